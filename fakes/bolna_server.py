@@ -1,0 +1,327 @@
+"""A local fake of the Bolna API, served over real HTTP on 127.0.0.1.
+
+It answers the endpoints callsync uses (see /work/shared/bolna-api.md) from in-memory records,
+and can be told to misbehave (`inject`) so tests can exercise retries and error handling.
+Executions are indexed per agent by created_at, so a page costs a bisect plus the page itself
+even with 100k executions stored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from bisect import bisect_left, bisect_right, insort
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from fakes.dataset import iso
+
+MAX_PAGE_SIZE = 50
+DEFAULT_PAGE_SIZE = 20
+MAX_WINDOW = timedelta(days=7)
+TRIMMED_FIELDS = ("id", "agent_id", "status", "conversation_duration", "created_at", "updated_at")
+TRIMMED_TELEPHONY_FIELDS = ("call_type", "duration")
+
+_EXECUTIONS_PATH = re.compile(r"^/v2/agent/([^/]+)/executions$")
+_EXECUTION_PATH = re.compile(r"^/executions/([^/]+)$")
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    status: int  # 0 when the connection was dropped without an answer
+
+
+@dataclass
+class _Fault:
+    pattern: re.Pattern
+    remaining: int
+    status: int
+    retry_after: float | None
+    delay: float
+    body: bytes | None
+    truncate: bool
+    drop_connection: bool
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _parse_time(name: str, value: str | None) -> datetime:
+    if not value:
+        raise _ApiError(400, f"'{name}' is required (UTC ISO 8601, e.g. 2026-06-07T00:00:00.000Z)")
+    # An unescaped '+' in a query string decodes as a space ("...+00:00" -> "... 00:00").
+    try:
+        parsed = datetime.fromisoformat(value.replace(" ", "+"))
+    except ValueError:
+        raise _ApiError(400, f"'{name}' is not an ISO 8601 datetime: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise _ApiError(400, f"'{name}' must carry a UTC offset ('Z' or '+00:00'): {value!r}")
+    return parsed
+
+
+def _parse_int(name: str, value: str | None, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise _ApiError(400, f"'{name}' must be an integer: {value!r}") from None
+
+
+def _created_key(execution: dict) -> tuple[datetime, str]:
+    return datetime.fromisoformat(execution["created_at"]), str(execution["id"])
+
+
+def _trim(execution: dict) -> dict:
+    trimmed = {k: execution[k] for k in TRIMMED_FIELDS if k in execution}
+    telephony = execution.get("telephony_data")
+    if isinstance(telephony, dict):
+        trimmed["telephony_data"] = {k: telephony[k] for k in TRIMMED_TELEPHONY_FIELDS if k in telephony}
+    return trimmed
+
+
+class FakeBolna:
+    def __init__(self, agents: list[dict], executions: list[dict], *, api_key: str = "test-key",
+                 projection: str = "full", latency: float = 0.0):
+        if projection not in ("full", "trimmed"):
+            raise ValueError(f"projection must be 'full' or 'trimmed', not {projection!r}")
+        self.api_key = api_key
+        self.projection = projection
+        self.latency = latency
+        self.requests: list[Request] = []
+        self.base_url = ""
+        self._agents = [dict(a) for a in agents]
+        self._agent_ids = {str(a["id"]) for a in agents}
+        self._lock = threading.Lock()
+        self._faults: list[_Fault] = []
+        self._executions: dict[str, dict] = {}
+        # agent_id -> [(created_at, id)] sorted ascending: pages are slices found by bisect.
+        self._index: dict[str, list[tuple[datetime, str]]] = {}
+        for execution in executions:
+            record = dict(execution)
+            self._executions[str(record["id"])] = record
+            self._index.setdefault(str(record["agent_id"]), []).append(_created_key(record))
+        for entries in self._index.values():
+            entries.sort()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> FakeBolna:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server.fake = self
+        self._server = server
+        self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+        # A short poll interval keeps stop() fast: shutdown() waits for the loop to notice.
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="fake-bolna",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join()
+            self._server = self._thread = None
+
+    def __enter__(self) -> FakeBolna:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # -- state changes, for tests -------------------------------------------------------------
+
+    def request_count(self, path_prefix: str = "") -> int:
+        with self._lock:
+            return sum(1 for r in self.requests if r.path.startswith(path_prefix))
+
+    def add_execution(self, execution: dict) -> None:
+        record = dict(execution)
+        with self._lock:
+            if str(record["id"]) in self._executions:
+                raise ValueError(f"execution {record['id']} already exists")
+            self._store(record)
+
+    def update_execution(self, execution_id: str, **fields) -> None:
+        """Change a stored call, e.g. in-progress -> completed with its transcript.
+
+        updated_at moves to now unless given, as the real API does on every change.
+        """
+        fields.setdefault("updated_at", iso(datetime.now(timezone.utc)))
+        with self._lock:
+            old = self._executions[execution_id]
+            entries = self._index[str(old["agent_id"])]
+            del entries[bisect_left(entries, _created_key(old))]
+            self._store({**old, **fields})
+
+    def inject(self, path_regex: str, *, status: int = 500, times: int = 1,
+               retry_after: float | None = None, delay: float = 0.0, body: bytes | None = None,
+               truncate: bool = False, drop_connection: bool = False) -> None:
+        """Make the next `times` requests whose path matches `path_regex` (re.search) misbehave.
+
+        After sleeping `delay`: drop_connection closes the socket unanswered; truncate sends a 200
+        whose Content-Length promises the whole page but only half arrives; body sends those raw
+        bytes as a 200; otherwise a status >= 400 answers with an error body (and Retry-After when
+        given), while a status < 400 answers normally, so `delay` alone makes a slow success.
+        """
+        with self._lock:
+            self._faults.append(_Fault(re.compile(path_regex), times, status, retry_after, delay,
+                                       body, truncate, drop_connection))
+
+    def _store(self, record: dict) -> None:
+        self._executions[str(record["id"])] = record
+        insort(self._index.setdefault(str(record["agent_id"]), []), _created_key(record))
+
+    def _take_fault(self, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.pattern.search(path):
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    # -- endpoints ------------------------------------------------------------------------------
+
+    def _answer(self, path: str, query: dict[str, str]) -> object:
+        """The JSON answer for an authorised GET; raises _ApiError for error answers."""
+        with self._lock:
+            if path == "/v2/agent/all":
+                return self._agents
+            match = _EXECUTIONS_PATH.match(path)
+            if match:
+                return self._list_executions(match.group(1), query)
+            match = _EXECUTION_PATH.match(path)
+            if match:
+                execution = self._executions.get(match.group(1))
+                if execution is None:
+                    raise _ApiError(404, f"Execution {match.group(1)} not found")
+                return execution
+        raise _ApiError(404, f"No route for {path}")
+
+    def _list_executions(self, agent_id: str, query: dict[str, str]) -> dict:
+        if agent_id not in self._agent_ids and agent_id not in self._index:
+            raise _ApiError(404, f"Agent {agent_id} not found")
+        start = _parse_time("from", query.get("from"))
+        end = _parse_time("to", query.get("to"))
+        if start > end:
+            raise _ApiError(400, "'from' must not be after 'to'")
+        if end - start > MAX_WINDOW:
+            raise _ApiError(400, "The range between 'from' and 'to' must not exceed 7 days")
+        page_number = _parse_int("page_number", query.get("page_number"), 1)
+        page_size = _parse_int("page_size", query.get("page_size"), DEFAULT_PAGE_SIZE)
+        if page_number < 1:
+            raise _ApiError(400, "'page_number' must be at least 1")
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise _ApiError(400, f"'page_size' must be between 1 and {MAX_PAGE_SIZE}")
+
+        entries = self._index.get(agent_id, [])
+        low = bisect_left(entries, start, key=lambda e: e[0])
+        high = bisect_right(entries, end, key=lambda e: e[0])
+        offset = (page_number - 1) * page_size
+        filters = {k: query[k] for k in ("status", "call_type") if k in query}
+        if filters:
+            # Filters need a scan of the window; unfiltered paging below only slices it.
+            matching = [e for e in reversed(entries[low:high]) if self._matches(e[1], filters)]
+            total = len(matching)
+            page = matching[offset:offset + page_size]
+        else:
+            total = high - low
+            page_end = max(high - offset, low)
+            page = entries[max(page_end - page_size, low):page_end][::-1]
+        records = [self._executions[execution_id] for _, execution_id in page]
+        return {
+            "data": [_trim(r) for r in records] if self.projection == "trimmed" else records,
+            "total": total,
+            "has_more": offset + len(page) < total,
+            "page_number": page_number,
+            "page_size": page_size,
+        }
+
+    def _matches(self, execution_id: str, filters: dict[str, str]) -> bool:
+        execution = self._executions[execution_id]
+        actual = {"status": execution.get("status"),
+                  "call_type": (execution.get("telephony_data") or {}).get("call_type")}
+        return all(actual[name] == wanted for name, wanted in filters.items())
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # HTTP/1.1 keeps connections alive, so clients using a Session don't reconnect per page.
+    protocol_version = "HTTP/1.1"
+    # Headers and body leave in separate writes; with Nagle on, each answer waits ~40 ms for an ACK.
+    disable_nagle_algorithm = True
+    server: ThreadingHTTPServer
+
+    def log_message(self, format, *args) -> None:
+        """Stay quiet: test and benchmark output should not fill with access logs."""
+
+    def do_GET(self) -> None:
+        fake: FakeBolna = self.server.fake
+        url = urlsplit(self.path)
+        self._path = url.path
+        self._query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        self._serve(fake, self._path, self._query)
+
+    def _serve(self, fake: FakeBolna, path: str, query: dict[str, str]) -> None:
+        if fake.latency:
+            time.sleep(fake.latency)
+        fault = fake._take_fault(path)
+        if fault:
+            time.sleep(fault.delay)
+            if fault.drop_connection:
+                self._log(0)
+                self.close_connection = True
+                return
+            if fault.body is not None:
+                return self._send(200, fault.body)
+            if fault.status >= 400 and not fault.truncate:
+                headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+                return self._send_json(fault.status, {"error": fault.status, "message": "Injected fault"},
+                                       headers)
+
+        if self.headers.get("Authorization") != f"Bearer {fake.api_key}":
+            return self._send_json(403, {"detail": "Invalid API key"})
+        try:
+            answer = fake._answer(path, query)
+        except _ApiError as error:
+            return self._send_json(error.status, {"error": error.status, "message": error.message})
+        body = json.dumps(answer).encode()
+        if fault and fault.truncate:
+            self.close_connection = True
+            return self._send(200, body[: len(body) // 2], content_length=len(body))
+        return self._send(200, body)
+
+    def _log(self, status: int) -> None:
+        fake: FakeBolna = self.server.fake
+        with fake._lock:
+            fake.requests.append(Request("GET", self._path, self._query, status))
+
+    def _send_json(self, status: int, payload: object, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(payload).encode(), headers=headers)
+
+    def _send(self, status: int, body: bytes, *, headers: dict[str, str] | None = None,
+              content_length: int | None = None) -> None:
+        # Logged before answering, so a client that has its answer also finds it in `requests`.
+        self._log(status)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body) if content_length is None else content_length))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)

@@ -1,0 +1,59 @@
+"""The `calls` document: one per Bolna execution, keyed by `callId`."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from pymongo import UpdateOne
+
+from models.execution import Execution
+from utils.phone import normalize_phone
+
+
+def call_fields(execution: Execution, region: str) -> dict:
+    """Everything Bolna owns on a call; a re-sync overwrites exactly these fields."""
+    customer = normalize_phone(execution.customer_number, region)
+    return {
+        "callId": execution.id,
+        "agentId": execution.agent_id,
+        "batchId": execution.batch_id,
+        "status": execution.status,
+        "terminal": execution.terminal,
+        "connected": execution.connected,
+        "direction": execution.direction,
+        "fromNumberRaw": execution.from_number,
+        "fromNumber": _e164_or_raw(execution.from_number, region),
+        "toNumberRaw": execution.to_number,
+        "toNumber": _e164_or_raw(execution.to_number, region),
+        "customerPhone": customer.key if customer else None,
+        "customerPhoneValid": customer.valid if customer else False,
+        "durationSeconds": execution.duration,
+        "costCents": execution.cost_cents,
+        "callAt": execution.created_at,
+        "bolnaUpdatedAt": execution.updated_at,
+        "transcript": execution.transcript,
+        "bolnaSummary": execution.summary,
+        "extractedData": execution.extracted_raw,
+        "extracted": execution.extracted,
+        "recordingUrl": execution.recording_url,
+        "hangupReason": execution.hangup_reason,
+        "hangupBy": execution.hangup_by,
+        "answeredByVoiceMail": execution.answered_by_voice_mail,
+    }
+
+
+def call_upsert(execution: Execution, region: str, now: datetime) -> UpdateOne:
+    """Insert a new call unprocessed; on re-sync refresh Bolna's fields only, so the
+    analysis state (`processed`, `analysis`, claims) survives."""
+    return UpdateOne(
+        {"callId": execution.id},
+        {
+            "$set": {**call_fields(execution, region), "updatedAt": now},
+            "$setOnInsert": {"processed": False, "attempts": 0, "createdAt": now},
+        },
+        upsert=True,
+    )
+
+
+def _e164_or_raw(raw: str | None, region: str) -> str | None:
+    phone = normalize_phone(raw, region)
+    return phone.key if phone else None

@@ -1,0 +1,216 @@
+"""A Bolna execution (one call), read defensively from the API's JSON.
+
+The API's shapes drift (list projection vs full record, `conversation_time` vs
+`conversation_duration`, flat vs nested `extracted_data`), so every field is read with a
+fallback and only a missing id or timestamp makes a record unusable.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+TERMINAL_STATUSES = frozenset({
+    "completed", "balance-low", "busy", "no-answer", "canceled", "cancelled", "failed",
+    "stopped", "error",
+})
+UNANSWERED_STATUSES = TERMINAL_STATUSES - {"completed"}
+_MAX_DEPTH = 6
+
+
+class MalformedExecution(ValueError):
+    def __init__(self, message: str, call_id: str | None = None, code: str = "malformed_execution"):
+        super().__init__(message)
+        self.call_id = call_id
+        self.code = code
+
+
+@dataclass
+class Execution:
+    id: str
+    agent_id: str | None
+    status: str
+    created_at: datetime
+    updated_at: datetime | None = None
+    batch_id: str | None = None
+    duration: float | None = None
+    cost_cents: float | None = None
+    transcript: str | None = None
+    summary: str | None = None
+    extracted_raw: Any = None          # as received, for the record
+    extracted: dict[str, Any] | None = None  # flat name -> value, None when absent or unreadable
+    extracted_error: str | None = None
+    direction: str | None = None       # inbound | outbound
+    from_number: str | None = None
+    to_number: str | None = None
+    recording_url: str | None = None
+    hangup_reason: str | None = None
+    hangup_by: str | None = None
+    answered_by_voice_mail: bool | None = None
+    has_full_record: bool = False
+    payload: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def customer_number(self) -> str | None:
+        """The other party: the number called on outbound calls, the caller on inbound ones."""
+        if self.direction == "inbound":
+            return self.from_number or self.to_number
+        return self.to_number or self.from_number
+
+    @property
+    def connected(self) -> bool:
+        """`completed` does not mean anyone spoke (Bolna docs): check duration and voicemail too."""
+        return (self.status == "completed" and (self.duration or 0) > 0
+                and not self.answered_by_voice_mail)
+
+
+def parse_time(value: Any) -> datetime | None:
+    """ISO 8601 as Bolna writes it (`2026-06-07T10:00:00.123Z`, sometimes without zone) -> naive UTC.
+
+    Naive UTC because that is what pymongo hands back, so stored and fresh values compare."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    # MongoDB stores milliseconds; truncating here keeps re-syncs byte-identical.
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    # Control characters other than line breaks and tabs come from broken upstream encodings.
+    text = "".join(ch for ch in text if ch >= " " or ch in "\n\t")
+    return text or None
+
+
+def safe_key(key: Any) -> str:
+    """A MongoDB-safe field name: no dots, no leading `$`."""
+    text = str(key).replace(".", "_").strip() or "_"
+    return "_" + text[1:] if text.startswith("$") else text
+
+
+def flatten_extracted(data: Any, depth: int = 0) -> dict[str, Any]:
+    """Flat `name -> value` from either extracted_data shape.
+
+    Old shape: {"name": "Ravi", "user_interested": true}.
+    New shape (Sept 2026): {category: {extraction: {"objective": ..., "subjective": ..., ...}}};
+    the objective value wins, the subjective one fills in when it is missing."""
+    flat: dict[str, Any] = {}
+    if not isinstance(data, dict) or depth > _MAX_DEPTH:
+        return flat
+    for key, value in data.items():
+        if isinstance(value, dict) and ("objective" in value or "subjective" in value):
+            objective = value.get("objective")
+            flat[safe_key(key)] = _plain(objective if objective not in (None, "") else value.get("subjective"))
+        elif isinstance(value, dict):
+            flat.update(flatten_extracted(value, depth + 1))
+        else:
+            flat[safe_key(key)] = _plain(value)
+    return flat
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """A value safe to store: scalars as they are, containers with safe keys, bounded depth."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return _text(value) if isinstance(value, str) else value
+    if depth >= _MAX_DEPTH:
+        return json.dumps(value, default=str)[:1000]
+    if isinstance(value, dict):
+        return {safe_key(k): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, depth + 1) for v in value]
+    return str(value)
+
+
+def _read_extracted(raw: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """(flat fields, error). Bolna sends an object, a JSON string of one, null, or nothing."""
+    if raw is None or raw == "":
+        return None, None
+    value = raw
+    if isinstance(raw, str):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return None, "extracted_data is a string that is not valid JSON"
+    if not isinstance(value, dict):
+        return None, f"extracted_data is a {type(value).__name__}, not an object"
+    return flatten_extracted(value), None
+
+
+def parse_execution(payload: Any) -> Execution:
+    """Read one execution; raises MalformedExecution when it cannot be identified or dated."""
+    if not isinstance(payload, dict):
+        raise MalformedExecution(f"execution is a {type(payload).__name__}, not an object",
+                                 code="not_an_object")
+    raw_id = payload.get("id") or payload.get("execution_id")
+    if raw_id is None or isinstance(raw_id, (dict, list, bool)) or not str(raw_id).strip():
+        raise MalformedExecution("execution has no id", code="missing_id")
+    call_id = str(raw_id).strip()[:200]
+    created_at = parse_time(payload.get("created_at"))
+    if created_at is None:
+        raise MalformedExecution("execution has no valid created_at", call_id, code="missing_created_at")
+    telephony = payload.get("telephony_data")
+    telephony = telephony if isinstance(telephony, dict) else {}
+    extracted, extracted_error = _read_extracted(payload.get("extracted_data"))
+    duration = _number(payload.get("conversation_duration"))
+    if duration is None:
+        duration = _number(payload.get("conversation_time"))
+    if duration is None:
+        duration = _number(telephony.get("duration"))
+    direction = _text(telephony.get("call_type"))
+    voicemail = payload.get("answered_by_voice_mail")
+    return Execution(
+        id=call_id,
+        agent_id=_text(payload.get("agent_id")),
+        status=(_text(payload.get("status")) or "unknown").lower(),
+        created_at=created_at,
+        updated_at=parse_time(payload.get("updated_at")),
+        batch_id=_text(payload.get("batch_id")),
+        duration=duration,
+        cost_cents=_number(payload.get("total_cost")),
+        transcript=_text(payload.get("transcript")),
+        summary=_text(payload.get("summary")),
+        extracted_raw=_plain(payload.get("extracted_data")),
+        extracted=extracted,
+        extracted_error=extracted_error,
+        direction=direction.lower() if direction else None,
+        from_number=_text(telephony.get("from_number")),
+        to_number=_text(telephony.get("to_number")),
+        recording_url=_text(telephony.get("recording_url")),
+        hangup_reason=_text(telephony.get("hangup_reason")),
+        hangup_by=_text(telephony.get("hangup_by")),
+        answered_by_voice_mail=voicemail if isinstance(voicemail, bool) else None,
+        has_full_record="transcript" in payload or "extracted_data" in payload,
+        payload=payload,
+    )
+
+
+def needs_full_record(payload: dict) -> bool:
+    """A list item in the trimmed projection lacks what the CRM needs; the full record is
+    worth fetching only once the call is terminal (before that the fields are not final)."""
+    status = str(payload.get("status") or "").lower()
+    telephony = payload.get("telephony_data")
+    has_numbers = isinstance(telephony, dict) and ("to_number" in telephony or "from_number" in telephony)
+    return status in TERMINAL_STATUSES and not ("transcript" in payload and has_numbers)

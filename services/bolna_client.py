@@ -1,0 +1,164 @@
+"""Bolna REST client: one pooled session, Bearer auth, timeouts, retries that respect the server."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Iterator
+
+import requests
+from tenacity import (Retrying, retry_if_exception, stop_after_attempt,
+                      wait_exponential_jitter)
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 50
+MAX_WINDOW = timedelta(days=7)  # `from`..`to` may span at most 7 days
+
+
+class BolnaError(Exception):
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.status is None or self.status == 429 or self.status >= 500
+
+
+class BolnaAuthError(BolnaError):
+    """The key was refused: retrying cannot help, the run stops."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """`Retry-After` is either seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (moment - datetime.now(moment.tzinfo)).total_seconds())
+
+
+def iso(moment: datetime) -> str:
+    """Naive UTC -> the API's `2026-06-07T00:00:00.000Z`."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class BolnaClient:
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0, max_attempts: int = 5,
+                 backoff_seconds: float = 1.0, max_wait: float = 60.0, page_size: int = MAX_PAGE_SIZE,
+                 session: requests.Session | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.page_size = max(1, min(page_size, MAX_PAGE_SIZE))
+        self.requests_made = 0
+        self.session = session or requests.Session()
+        self.session.headers.update({"Authorization": f"Bearer {api_key}", "Accept": "application/json"})
+        exponential = wait_exponential_jitter(multiplier=backoff_seconds, max=max_wait, jitter=backoff_seconds)
+
+        def wait(retry_state) -> float:
+            exc = retry_state.outcome.exception()
+            if isinstance(exc, BolnaError) and exc.retry_after is not None:
+                return min(exc.retry_after, max_wait)
+            return exponential(retry_state)
+
+        self._retrying = Retrying(stop=stop_after_attempt(max_attempts), wait=wait,
+                                  retry=retry_if_exception(lambda exc: isinstance(exc, BolnaError) and exc.retryable), reraise=True,
+                                  before_sleep=self._log_retry)
+
+    def close(self) -> None:
+        self.session.close()
+
+    @staticmethod
+    def _log_retry(retry_state) -> None:
+        log.warning("Bolna request failed (%s); retry %d in %.1fs", retry_state.outcome.exception(),
+                    retry_state.attempt_number, retry_state.next_action.sleep)
+
+    def _get(self, path: str, params: dict | None = None):
+        return self._retrying(self._get_once, path, params)
+
+    def _get_once(self, path: str, params: dict | None):
+        self.requests_made += 1
+        try:
+            response = self.session.get(self.base_url + path, params=params, timeout=self.timeout)
+        except requests.RequestException as exc:
+            # Refused, reset, timed out, or a body cut off mid-way: all worth another try.
+            raise BolnaError(f"Bolna request {path} failed: {type(exc).__name__}") from exc
+        if response.status_code in (401, 403):
+            raise BolnaAuthError(f"Bolna refused the API key (HTTP {response.status_code}) on {path}",
+                                 response.status_code)
+        if response.status_code >= 400:
+            raise BolnaError(f"Bolna answered HTTP {response.status_code} on {path}: {_error_text(response)}",
+                             response.status_code, _retry_after_seconds(response.headers.get("Retry-After")))
+        try:
+            return response.json()
+        except ValueError:
+            raise BolnaError(f"Bolna sent a body that is not valid JSON on {path}") from None
+
+    def list_agents(self) -> list[dict]:
+        agents = self._get("/v2/agent/all")
+        if not isinstance(agents, list):
+            raise BolnaError("GET /v2/agent/all did not return a list", status=200)
+        return [agent for agent in agents if isinstance(agent, dict) and agent.get("id")]
+
+    def get_execution(self, execution_id: str) -> dict:
+        record = self._get(f"/executions/{execution_id}")
+        if not isinstance(record, dict):
+            raise BolnaError(f"GET /executions/{execution_id} did not return an object", status=200)
+        return record
+
+    def iter_pages(self, agent_id: str, start: datetime, end: datetime) -> Iterator[list]:
+        """Pages of one agent's executions created in [start, end], one 7-day window after
+        another, oldest window first (the API pages newest first within a window).
+
+        Yields lists of raw records; a caller that stops iterating fetches nothing more."""
+        window_start = start
+        while window_start < end:
+            window_end = min(window_start + MAX_WINDOW, end)
+            yield from self._window_pages(agent_id, window_start, window_end)
+            window_start = window_end
+
+    def _window_pages(self, agent_id: str, start: datetime, end: datetime) -> Iterator[list]:
+        page_number = 1
+        while True:
+            page = self._get(f"/v2/agent/{agent_id}/executions", {
+                "page_number": page_number, "page_size": self.page_size, "from": iso(start), "to": iso(end)})
+            if not isinstance(page, dict) or not isinstance(page.get("data"), list):
+                raise BolnaError(f"executions page {page_number} of agent {agent_id} has no data list",
+                                 status=200)
+            yield WindowPage(page["data"], start, end, last=not page.get("has_more"))
+            if not page.get("has_more") or not page["data"]:
+                return
+            page_number += 1
+
+
+class WindowPage(list):
+    """A page of raw executions that knows its time window and whether it ends the window,
+    so the caller can move its cursor only past fully written windows."""
+
+    def __init__(self, items: list, window_start: datetime, window_end: datetime, last: bool):
+        super().__init__(items)
+        self.window_start = window_start
+        self.window_end = window_end
+        self.last = last
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("detail") or body)[:200]
+    return str(body)[:200]

@@ -1,0 +1,38 @@
+"""Job 2, phase 1: every execution -> `calls`, one document per Bolna call id."""
+from __future__ import annotations
+
+from pymongo.database import Database
+
+from models.call import call_upsert
+from models.execution import Execution, parse_time
+from services.bulk import bulk_upsert
+from services.run_record import RunRecorder, utcnow
+from services.storage import CALLS
+
+
+class CallStore:
+    name = "call_processor"
+
+    def __init__(self, db: Database, region: str):
+        self.calls = db[CALLS]
+        self.region = region
+
+    def unchanged(self, items: list[dict]) -> set[str]:
+        """Calls stored terminal whose Bolna `updated_at` has not moved since."""
+        listed = {str(item["id"]): parse_time(item.get("updated_at")) for item in items if item.get("id")}
+        if not listed:
+            return set()
+        stored = self.calls.find({"callId": {"$in": list(listed)}, "terminal": True},
+                                 {"callId": 1, "bolnaUpdatedAt": 1, "_id": 0})
+        return {doc["callId"] for doc in stored
+                if listed[doc["callId"]] is not None and doc.get("bolnaUpdatedAt") == listed[doc["callId"]]}
+
+    def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> None:
+        now = utcnow()
+        for execution in executions:
+            if execution.extracted_error:
+                recorder.error(f"call {execution.id}: {execution.extracted_error}; stored as received",
+                               code="bad_extracted_data", call_id=execution.id, agent_id=agent_id)
+        inserted, updated = bulk_upsert(self.calls, [call_upsert(e, self.region, now) for e in executions])
+        recorder.add("inserted", inserted, agent_id)
+        recorder.add("updated", updated, agent_id)

@@ -1,0 +1,143 @@
+"""Walks each agent's executions since its cursor and hands pages to a job.
+
+Shared by both jobs; each keeps its own cursor per agent in `sync_state`. The cursor is a
+low-water mark: everything created before it is stored in its final form. It moves only
+after a whole time window was written, and never past a call that is not terminal yet (its
+transcript and extracted data are still to come) or whose full record could not be fetched.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+from typing import Iterable, Protocol
+
+from pymongo.database import Database
+
+from models.execution import Execution, MalformedExecution, needs_full_record, parse_execution
+from services.bolna_client import BolnaAuthError, BolnaClient, BolnaError
+from services.run_record import RunRecorder, utcnow
+from services.storage import SYNC_STATE
+
+log = logging.getLogger(__name__)
+
+# A call still not terminal after this long is stuck (or scheduled far ahead); it stops
+# holding the cursor so one odd call cannot make every run re-read days of history.
+PENDING_HOLD = timedelta(hours=6)
+
+
+class PageJob(Protocol):
+    name: str
+
+    def unchanged(self, items: list[dict]) -> set[str]:
+        """Ids among these raw list items that are already stored final and need no work."""
+
+    def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> None:
+        """Store one page (one batched write)."""
+
+
+class ExecutionFeed:
+    def __init__(self, db: Database, client: BolnaClient, *, stop: threading.Event | None = None,
+                 agent_ids: Iterable[str] = (), backfill: timedelta = timedelta(days=30),
+                 overlap: timedelta = timedelta(minutes=10)):
+        self.state = db[SYNC_STATE]
+        self.stop = stop or threading.Event()
+        self.client = client
+        self.agent_ids = tuple(agent_ids)
+        self.backfill = backfill
+        self.overlap = overlap
+
+    def agents(self) -> list[str]:
+        return list(self.agent_ids) or [str(agent["id"]) for agent in self.client.list_agents()]
+
+    def run(self, job: PageJob, recorder: RunRecorder, *, full: bool = False) -> None:
+        """Sync every agent; one agent's failure is recorded and the others still run.
+        A refused API key stops the run: every further request would be refused too."""
+        now = utcnow()
+        for agent_id in self.agents():
+            if self.stop.is_set():
+                recorder.error("stopped before every agent was synced; the next run resumes",
+                               code="interrupted")
+                return
+            try:
+                self._sync_agent(job, recorder, agent_id, now, full)
+            except BolnaAuthError:
+                raise
+            except BolnaError as exc:
+                recorder.error(f"agent {agent_id}: {exc}", code="bolna_error", agent_id=agent_id)
+
+    def _cursor_id(self, job: PageJob, agent_id: str) -> str:
+        return f"{job.name}:{agent_id}"
+
+    def _start(self, job: PageJob, agent_id: str, now: datetime, full: bool) -> datetime:
+        state = None if full else self.state.find_one({"_id": self._cursor_id(job, agent_id)})
+        if state and state.get("cursor"):
+            return state["cursor"] - self.overlap
+        return now - self.backfill
+
+    def _sync_agent(self, job: PageJob, recorder: RunRecorder, agent_id: str, now: datetime,
+                    full: bool) -> None:
+        hold: datetime | None = None  # oldest call that must be read again next run
+        for page in self.client.iter_pages(agent_id, self._start(job, agent_id, now, full), now):
+            if self.stop.is_set():
+                recorder.error(f"agent {agent_id}: stopped before the sync finished; the next run resumes",
+                               code="interrupted", agent_id=agent_id)
+                return
+            recorder.add("fetched", len(page), agent_id)
+            executions, page_hold = self._read_page(job, page, recorder, agent_id, now)
+            if executions:
+                job.write(executions, recorder, agent_id)
+            if page_hold and (hold is None or page_hold < hold):
+                hold = page_hold
+            if page.last:
+                self._save_cursor(job, agent_id, min(page.window_end, hold or page.window_end), now)
+
+    def _read_page(self, job: PageJob, page: list, recorder: RunRecorder, agent_id: str,
+                   now: datetime) -> tuple[list[Execution], datetime | None]:
+        items = [item for item in page if isinstance(item, dict)]
+        known = job.unchanged(items)
+        executions: list[Execution] = []
+        hold: datetime | None = None
+        for item in page:
+            try:
+                execution = self._full_execution(item, known)
+            except MalformedExecution as exc:
+                recorder.error(f"malformed execution: {exc}", code=exc.code, call_id=exc.call_id,
+                               agent_id=agent_id)
+                continue
+            except BolnaError as exc:
+                # The full record could not be fetched: hold the cursor so a later run retries it.
+                listed = parse_execution(item)
+                hold = min(hold or listed.created_at, listed.created_at)
+                recorder.error(f"full record of {listed.id}: {exc}", code="bolna_error",
+                               call_id=listed.id, agent_id=agent_id)
+                continue
+            if execution is None:
+                recorder.add("unchanged", 1, agent_id)
+                continue
+            if not execution.terminal and now - execution.created_at < PENDING_HOLD:
+                hold = min(hold or execution.created_at, execution.created_at)
+                recorder.add("pending", 1, agent_id)
+            if execution.agent_id is None:
+                execution.agent_id = agent_id
+            executions.append(execution)
+        return executions, hold
+
+    def _full_execution(self, item: object, known: set[str]) -> Execution | None:
+        """The execution with every field the jobs need, or None when nothing changed."""
+        listed = parse_execution(item)
+        if listed.id in known:
+            return None
+        if needs_full_record(item):  # type: ignore[arg-type]
+            full = parse_execution(self.client.get_execution(listed.id))
+            if full.id != listed.id:
+                raise MalformedExecution(f"GET /executions/{listed.id} returned id {full.id}", listed.id)
+            return full
+        return listed
+
+    def _save_cursor(self, job: PageJob, agent_id: str, cursor: datetime, now: datetime) -> None:
+        self.state.update_one(
+            {"_id": self._cursor_id(job, agent_id)},
+            {"$set": {"job": job.name, "agentId": agent_id, "cursor": cursor, "updatedAt": now}},
+            upsert=True,
+        )

@@ -1,0 +1,70 @@
+"""The `sync_runs` collection: one document per job run, written when it starts and ends."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import timedelta
+from typing import Callable
+
+from pymongo.database import Database
+
+from services.run_record import RunRecorder, utcnow
+from services.storage import SYNC_RUNS
+
+log = logging.getLogger(__name__)
+
+
+class RunRecords:
+    def __init__(self, db: Database):
+        self.runs = db[SYNC_RUNS]
+
+    def record(self, job: str, body: Callable[[RunRecorder], None]) -> dict:
+        """Run `body` under a run record. Its exceptions are recorded, not raised: one job's
+        failure must never stop the other job or the daemon."""
+        recorder = RunRecorder(job)
+        self.runs.insert_one({**recorder.document(), "host": socket.gethostname(), "pid": os.getpid()})
+        context = {"job": job, "run_id": recorder.run_id}
+        log.info("run started", extra={**context, "event": "run_started"})
+        failure = None
+        try:
+            body(recorder)
+        except Exception as exc:  # noqa: BLE001 - recorded on the run, logged with its traceback
+            failure = exc
+            log.exception("run failed", extra={**context, "event": "run_failed"})
+        recorder.finish(failure)
+        document = recorder.document()
+        try:
+            fields = {k: v for k, v in document.items() if k != "_id"}
+            self.runs.update_one({"_id": recorder.run_id}, {"$set": fields})
+        except Exception:  # noqa: BLE001 - the run's own work is done; losing its record must not crash
+            log.exception("could not store the run record", extra={**context, "event": "run_record_failed"})
+        log.info("run finished: %s", document["status"],
+                 extra={**context, "event": "run_finished", "status": document["status"],
+                        "counts": document["counts"]})
+        return document
+
+    def mark_abandoned(self, stale_after: timedelta) -> int:
+        """At start-up: runs still `running` that belong to a dead process of this host (or to an
+        earlier life of this very pid, as in a restarted container), or that are older than any
+        live run can be. Another daemon's live run on another host is left alone."""
+        host, me = socket.gethostname(), os.getpid()
+        dead = [pid for pid in self.runs.distinct("pid", {"status": "running", "host": host})
+                if pid == me or not _alive(pid)]
+        result = self.runs.update_many(
+            {"status": "running",
+             "$or": [{"host": host, "pid": {"$in": dead}}, {"startedAt": {"$lt": utcnow() - stale_after}}]},
+            {"$set": {"status": "abandoned", "finishedAt": utcnow()}})
+        return result.modified_count
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True

@@ -1,0 +1,108 @@
+"""The Bolna client's HTTP behaviour, with `responses` standing in for the API."""
+import time
+from datetime import datetime, timedelta
+
+import pytest
+import requests
+import responses
+
+from services.bolna_client import BolnaAuthError, BolnaClient, BolnaError
+
+BASE = "https://api.bolna.test"
+EXECUTIONS = f"{BASE}/v2/agent/a1/executions"
+
+
+def client(**options):
+    return BolnaClient(BASE, "secret-key", backoff_seconds=0.01, max_attempts=3, **options)
+
+
+def page(data, has_more=False):
+    return {"data": data, "total": len(data), "has_more": has_more, "page_number": 1, "page_size": 50}
+
+
+@responses.activate
+def test_bearer_auth_and_agent_list():
+    responses.get(f"{BASE}/v2/agent/all", json=[{"id": "a1"}, {"name": "no id"}])
+    assert client().list_agents() == [{"id": "a1"}]
+    assert responses.calls[0].request.headers["Authorization"] == "Bearer secret-key"
+
+
+@responses.activate
+def test_server_errors_are_retried():
+    responses.get(f"{BASE}/executions/x", status=502)
+    responses.get(f"{BASE}/executions/x", json={"id": "x"})
+    c = client()
+    assert c.get_execution("x") == {"id": "x"}
+    assert c.requests_made == 2
+
+
+@responses.activate
+def test_retry_after_is_honoured():
+    responses.get(f"{BASE}/executions/x", status=429, headers={"Retry-After": "0.3"})
+    responses.get(f"{BASE}/executions/x", json={"id": "x"})
+    started = time.monotonic()
+    client().get_execution("x")
+    assert time.monotonic() - started >= 0.3
+
+
+@responses.activate
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_key_is_not_retried(status):
+    responses.get(f"{BASE}/executions/x", status=status, json={"detail": "Invalid API key"})
+    c = client()
+    with pytest.raises(BolnaAuthError):
+        c.get_execution("x")
+    assert c.requests_made == 1
+
+
+@responses.activate
+def test_client_errors_are_not_retried_and_gives_up_after_max_attempts():
+    responses.get(f"{BASE}/executions/missing", status=404, json={"error": 404, "message": "not found"})
+    responses.get(f"{BASE}/executions/down", status=500)
+    c = client()
+    with pytest.raises(BolnaError, match="404.*not found"):
+        c.get_execution("missing")
+    with pytest.raises(BolnaError, match="500"):
+        c.get_execution("down")
+    assert c.requests_made == 1 + 3
+
+
+@responses.activate
+def test_connection_errors_are_retried():
+    responses.get(f"{BASE}/executions/x", body=requests.ConnectionError("reset"))
+    responses.get(f"{BASE}/executions/x", json={"id": "x"})
+    assert client().get_execution("x") == {"id": "x"}
+
+
+@responses.activate
+def test_invalid_json_is_a_clear_error():
+    responses.get(f"{BASE}/executions/x", body="{truncated", status=200)
+    with pytest.raises(BolnaError, match="not valid JSON"):
+        client().get_execution("x")
+
+
+@responses.activate
+def test_pages_follow_has_more_and_windows_are_at_most_seven_days():
+    responses.get(EXECUTIONS, json=page([{"id": 1}], has_more=True))
+    responses.get(EXECUTIONS, json=page([{"id": 2}]))
+    responses.get(EXECUTIONS, json=page([{"id": 3}]))
+    end = datetime(2026, 11, 20)
+    pages = list(client().iter_pages("a1", end - timedelta(days=10), end))
+    assert [[e["id"] for e in p] for p in pages] == [[1], [2], [3]]
+    assert [p.last for p in pages] == [False, True, True]
+    queries = [call.request.params for call in responses.calls]
+    assert queries[0]["from"] == "2026-11-10T00:00:00.000Z" and queries[0]["to"] == "2026-11-17T00:00:00.000Z"
+    assert [q["page_number"] for q in queries] == ["1", "2", "1"]
+    assert queries[2]["from"] == "2026-11-17T00:00:00.000Z" and queries[2]["to"] == "2026-11-20T00:00:00.000Z"
+    assert all(q["page_size"] == "50" for q in queries)
+
+
+@responses.activate
+def test_a_page_without_a_data_list_is_an_error():
+    responses.get(EXECUTIONS, json={"detail": "odd"})
+    with pytest.raises(BolnaError, match="no data list"):
+        list(client().iter_pages("a1", datetime(2026, 11, 1), datetime(2026, 11, 2)))
+
+
+def test_page_size_is_capped_at_the_api_maximum():
+    assert client(page_size=500).page_size == 50

@@ -1,0 +1,41 @@
+import pytest
+
+from utils.config import ConfigError, describe, load_settings
+
+
+def test_defaults_from_an_empty_environment():
+    settings = load_settings({})
+    assert settings.sync_interval_minutes == 5 and settings.llm_batch_limit == 10
+    assert settings.min_transcript_chars == 15 and settings.default_phone_region == "IN"
+    assert settings.bolna_base_url == "https://api.bolna.ai" and settings.bolna_agent_ids == ()
+
+
+def test_lists_and_numbers_are_parsed():
+    settings = load_settings({"BOLNA_AGENT_IDS": "a, b,,c", "GROQ_API_KEY": "k1,k2", "LLM_BATCH_LIMIT": "3",
+                              "DEFAULT_PHONE_REGION": "us", "BOLNA_BASE_URL": "http://127.0.0.1:9/",
+                              "ANALYSIS_EXTRA_FIELDS": '[{"name": "Budget", "description": "stated budget"}]'})
+    assert settings.bolna_agent_ids == ("a", "b", "c") and settings.groq_api_keys == ("k1", "k2")
+    assert settings.llm_batch_limit == 3 and settings.default_phone_region == "US"
+    assert settings.bolna_base_url == "http://127.0.0.1:9"
+    assert settings.analysis_extra_fields[0].name == "Budget"
+
+
+@pytest.mark.parametrize("variable,value", [
+    ("SYNC_INTERVAL_MINUTES", "0"), ("SYNC_INTERVAL_MINUTES", "five"), ("DEFAULT_PHONE_REGION", "XX"),
+    ("MONGODB_URI", "localhost:27017"), ("BOLNA_BASE_URL", "api.bolna.ai"), ("LOG_LEVEL", "LOUD"),
+    ("ANALYSIS_EXTRA_FIELDS", "{not json"), ("ANALYSIS_EXTRA_FIELDS", '[{"name": "x", "type": "date"}]'),
+    ("HEALTH_PORT", "70000"),
+])
+def test_bad_values_name_the_variable(variable, value):
+    with pytest.raises(ConfigError, match=f"^{variable} is invalid"):
+        load_settings({variable: value})
+
+
+def test_secrets_never_appear_in_errors_or_descriptions():
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"MONGODB_URI": "postgres://user:hunter2@db"})
+    assert "hunter2" not in str(raised.value)
+    settings = load_settings({"BOLNA_API_KEY": "bn-secret-123", "GROQ_API_KEY": "gsk_secret"})
+    text = repr(settings) + str(describe(settings))
+    assert "bn-secret-123" not in text and "gsk_secret" not in text
+    assert describe(settings)["bolna_api_key"] is True

@@ -1,0 +1,183 @@
+"""Both jobs end to end: real HTTP against the local fake Bolna API, mongomock for MongoDB."""
+import pytest
+
+from fakes.bolna_server import FakeBolna
+from fakes.dataset import generate
+from services.storage import CALLS, CUSTOMERS, SYNC_STATE
+from tests.helpers import AGENT, build_app, execution
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def serve(settings, mongo):
+    servers = []
+
+    def start(executions, agents=(AGENT,), **options):
+        bolna = FakeBolna(list(agents), executions, api_key=settings.bolna_api_key, **options).start()
+        servers.append(bolna)
+        return bolna, build_app(settings, mongo, bolna)
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_two_spellings_of_one_number_are_one_customer(serve, db):
+    bolna, app = serve([execution("+91 98765 43210", minutes_ago=60), execution("9876543210", minutes_ago=30)])
+    assert app.run_job("crm_sync")["status"] == "ok"
+    customers = list(db[CUSTOMERS].find())
+    assert len(customers) == 1
+    assert customers[0]["phone"] == "+919876543210" and customers[0]["callCount"] == 2
+    assert customers[0]["phoneRaw"] == "9876543210"  # the newest call's spelling
+
+
+def test_rerun_creates_nothing_and_keeps_processed(serve, db):
+    bolna, app = serve([execution(minutes_ago=m) for m in (10, 20, 30)])
+    for job in ("crm_sync", "call_processor"):
+        app.run_job(job)
+    before = {name: db[name].count_documents({}) for name in (CUSTOMERS, CALLS)}
+    assert db[CALLS].count_documents({"processed": True}) == 3
+    for job in ("crm_sync", "call_processor"):
+        assert app.run_job(job, full=True)["status"] == "ok"
+    assert {name: db[name].count_documents({}) for name in (CUSTOMERS, CALLS)} == before
+    assert db[CALLS].count_documents({"processed": True}) == 3
+    assert db[CUSTOMERS].find_one()["callCount"] == 3
+
+
+def test_changed_call_is_updated_in_place_and_keeps_its_analysis(serve, db):
+    record = execution(call_id="c-1")
+    bolna, app = serve([record])
+    app.run_job("call_processor")
+    analysis = db[CALLS].find_one({"callId": "c-1"})["analysis"]
+    bolna.update_execution("c-1", total_cost=9.0, updated_at="2099-01-01T00:00:00.000Z")
+    assert app.run_job("call_processor", full=True)["counts"]["updated"] == 1
+    call = db[CALLS].find_one({"callId": "c-1"})
+    assert call["costCents"] == 9.0 and call["processed"] is True and call["analysis"] == analysis
+    assert db[CALLS].count_documents({}) == 1
+
+
+def test_malformed_records_are_errors_and_the_rest_of_the_page_is_written(serve, db):
+    good = execution("+14155552671", call_id="good")
+    no_id = execution("+14155550000")
+    del no_id["id"]
+    bad_extracted = execution("+919811112222", call_id="bad-extracted", extracted="{name: Ravi, budget")
+    bad_phone = execution("12345", call_id="bad-phone")
+    bolna, app = serve([good, no_id, bad_extracted, bad_phone])
+    crm = app.run_job("crm_sync")
+    calls = app.run_job("call_processor")
+    assert crm["status"] == calls["status"] == "partial"
+    codes = {(e["code"], e.get("callId")) for e in crm["errors"]}
+    assert {("missing_id", None), ("bad_extracted_data", "bad-extracted"), ("invalid_phone", "bad-phone")} <= codes
+    assert {c["callId"] for c in db[CALLS].find()} == {"good", "bad-extracted", "bad-phone"}
+    assert db[CALLS].find_one({"callId": "bad-extracted"})["extractedData"] == "{name: Ravi, budget"
+    invalid = db[CUSTOMERS].find_one({"phone": "12345"})
+    assert invalid["phoneValid"] is False and invalid["callCount"] == 1
+    assert db[CUSTOMERS].count_documents({}) == 3
+
+
+def test_invalid_numbers_are_never_merged(serve, db):
+    bolna, app = serve([execution("12345"), execution("123456"), execution("+0000")])
+    app.run_job("crm_sync")
+    assert sorted(c["phone"] for c in db[CUSTOMERS].find()) == ["+0000", "12345", "123456"]
+
+
+def test_record_written_before_normalization_is_found_by_its_raw_number(serve, db):
+    db[CUSTOMERS].insert_one({"phone": "09876543210", "name": "Old record", "callIds": ["legacy"]})
+    bolna, app = serve([execution("+91 98765 43210", extracted={"email": "r@x.in"})])
+    app.run_job("crm_sync")
+    [customer] = db[CUSTOMERS].find()
+    assert customer["phone"] == "+919876543210"
+    assert customer["name"] == "Old record" and customer["email"] == "r@x.in"
+    assert customer["callCount"] == 2
+
+
+def test_newest_call_wins_even_when_pages_arrive_newest_first(serve, db, settings):
+    old = execution(minutes_ago=600, extracted={"name": "R. Sharma", "interest": "2 BHK", "user_interested": True})
+    new = execution(minutes_ago=60, extracted={"name": "Ravi Sharma", "appointment_booked": True})
+    bolna, app = serve([old, new])  # one page, newest first, as the API sends it
+    app.run_job("crm_sync")
+    customer = db[CUSTOMERS].find_one()
+    assert customer["name"] == "Ravi Sharma" and customer["status"] == "Booked"
+    assert customer["interest"] == "2 BHK"  # an older call fills a gap
+    assert customer["lastCallId"] == new["id"]
+
+
+def test_missed_call_does_not_erase_intent(serve, db):
+    booked = execution(minutes_ago=120, extracted={"appointment_booked": True})
+    missed = execution(minutes_ago=10, status="no-answer")
+    bolna, app = serve([booked, missed])
+    app.run_job("crm_sync")
+    customer = db[CUSTOMERS].find_one()
+    assert customer["status"] == "Booked" and customer["lastCallId"] == missed["id"]
+
+
+def test_steady_state_costs_one_request_per_agent(serve, db):
+    agents, executions = generate(agents=2, per_agent=120, seed=3, span_days=5)
+    bolna, app = serve(executions, agents=agents)
+    for job in ("crm_sync", "call_processor"):
+        assert app.run_job(job)["status"] == "ok"
+    assert db[CALLS].count_documents({}) == 240
+    before = bolna.request_count()
+    record = app.run_job("crm_sync")
+    assert bolna.request_count() - before == 1 + 2  # agent discovery + one page per agent
+    assert record["counts"].get("inserted", 0) == 0 and record["counts"].get("updated", 0) == 0
+
+
+def test_trimmed_list_fetches_each_full_record_once(serve, db):
+    bolna, app = serve([execution(minutes_ago=m) for m in (5, 6, 7)], projection="trimmed")
+    app.run_job("call_processor")
+    assert bolna.request_count("/executions/") == 3
+    assert all(c["transcript"] for c in db[CALLS].find())
+    app.run_job("call_processor")
+    assert bolna.request_count("/executions/") == 3  # stored final: not fetched again
+
+
+def test_in_progress_call_is_refreshed_until_terminal(serve, db):
+    pending = execution(call_id="live", status="in-progress", minutes_ago=20)
+    bolna, app = serve([pending, execution(minutes_ago=200)])
+    app.run_job("call_processor")
+    app.run_job("crm_sync")
+    call = db[CALLS].find_one({"callId": "live"})
+    assert call["terminal"] is False and call["processed"] is False and "analysis" not in call
+    assert db[CUSTOMERS].count_documents({}) == 1  # no customer from an unfinished call
+    cursor = db[SYNC_STATE].find_one({"_id": "call_processor:agent-1"})["cursor"]
+    assert cursor <= call["callAt"]  # held at the unfinished call
+    bolna.update_execution("live", status="completed", conversation_duration=55.0,
+                           transcript="assistant: hi\nuser: please deliver it tomorrow, I will pay cash\n",
+                           extracted_data={"name": "Asha"}, updated_at=pending["updated_at"][:-5] + "9.000Z")
+    app.run_job("call_processor")
+    app.run_job("crm_sync")
+    call = db[CALLS].find_one({"callId": "live"})
+    assert call["terminal"] is True and call["processed"] is True
+    assert db[CUSTOMERS].find_one({"lastCallId": "live"})["name"] == "Asha"
+
+
+def test_bolna_outage_makes_the_run_partial_and_the_next_run_completes(serve, db):
+    agents, executions = generate(agents=1, per_agent=120, seed=5, span_days=3)
+    bolna, app = serve(executions, agents=agents)
+    # Page 2 fails as often as the client tries (settings: 3 attempts).
+    bolna.inject(r"/executions$", status=200, times=1)
+    bolna.inject(r"/executions$", status=503, times=3)
+    record = app.run_job("call_processor")
+    assert record["status"] == "partial"
+    assert any(e["code"] == "bolna_error" for e in record["errors"])
+    assert db[SYNC_STATE].count_documents({}) == 0  # no window was completed: cursor not advanced
+    assert app.run_job("call_processor")["status"] == "ok"
+    assert db[CALLS].count_documents({}) == 120
+
+
+def test_refused_key_fails_the_run_without_retrying(serve, db):
+    bolna, app = serve([execution()])
+    bolna.api_key = "another-key"
+    record = app.run_job("crm_sync")
+    assert record["status"] == "failed"
+    assert "refused the API key" in record["errors"][-1]["message"]
+    assert bolna.request_count() == 1
+
+
+def test_explicit_agent_ids_skip_discovery(serve, db, settings):
+    bolna, app = serve([execution()])
+    app.feed.agent_ids = ("agent-1",)
+    app.run_job("crm_sync")
+    assert bolna.request_count("/v2/agent/all") == 0

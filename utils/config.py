@@ -1,0 +1,215 @@
+"""Settings from environment variables (and `.env`), validated once at start-up."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable, Mapping
+
+import phonenumbers
+
+DEFAULT_TAGS = ("Purchased", "follow_up", "Interested", "Not_Interested", "No_Answer")
+
+
+class ConfigError(ValueError):
+    """One bad setting; the message names the variable and never contains its value if secret."""
+
+
+@dataclass(frozen=True)
+class ExtraField:
+    """An extra intelligence field asked of the LLM and copied onto the contact."""
+    name: str
+    description: str
+    type: str = "string"  # string | number | boolean
+
+
+@dataclass(frozen=True)
+class Settings:
+    mongodb_uri: str | None = None
+    mongodb_db: str = "callsync"
+    bolna_api_key: str | None = field(default=None, repr=False)
+    bolna_base_url: str = "https://api.bolna.ai"
+    bolna_agent_ids: tuple[str, ...] = ()
+    bolna_page_size: int = 50
+    http_timeout_seconds: float = 30.0
+    http_max_attempts: int = 5
+    http_backoff_seconds: float = 1.0
+    backfill_days: int = 30
+    sync_overlap_minutes: int = 10
+    groq_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    groq_model: str = "llama-3.3-70b-versatile"
+    groq_base_url: str | None = None
+    sync_interval_minutes: int = 5
+    llm_batch_limit: int = 10
+    llm_concurrency: int = 4
+    llm_batch_deadline_seconds: float = 120.0
+    llm_timeout_seconds: float = 30.0
+    min_transcript_chars: int = 15
+    transcript_char_budget: int = 12000
+    analysis_tags: tuple[str, ...] = DEFAULT_TAGS
+    analysis_extra_fields: tuple[ExtraField, ...] = ()
+    default_phone_region: str = "IN"
+    log_level: str = "INFO"
+    log_format: str = "text"
+    health_port: int | None = None
+    health_max_age_intervals: float = 3.0
+    run_retention_days: int = 30
+
+    def with_overrides(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+
+def _text(value: str) -> str:
+    return value.strip()
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be a whole number of at least 0")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError("must be a number above 0")
+    return number
+
+
+def _url(value: str) -> str:
+    value = value.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value
+
+
+def _mongo_uri(value: str) -> str:
+    value = value.strip()
+    if not value.startswith(("mongodb://", "mongodb+srv://")):
+        raise ValueError("must start with mongodb:// or mongodb+srv://")
+    return value
+
+
+def _region(value: str) -> str:
+    region = value.strip().upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError("must be a two-letter region code such as IN or US")
+    return region
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def _log_format(value: str) -> str:
+    fmt = value.strip().lower()
+    if fmt not in ("text", "json"):
+        raise ValueError("must be text or json")
+    return fmt
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+    return port
+
+
+def _extra_fields(value: str) -> tuple[ExtraField, ...]:
+    """JSON list of {"name", "description", "type"}; e.g.
+    [{"name": "budget", "description": "Budget the caller mentioned", "type": "string"}]"""
+    items = json.loads(value)
+    if not isinstance(items, list):
+        raise ValueError("must be a JSON list of {name, description, type} objects")
+    extra = []
+    for item in items:
+        if not isinstance(item, dict) or not str(item.get("name", "")).strip():
+            raise ValueError("every entry needs a non-empty name")
+        kind = item.get("type", "string")
+        if kind not in ("string", "number", "boolean"):
+            raise ValueError(f"type of {item['name']!r} must be string, number or boolean")
+        extra.append(ExtraField(str(item["name"]).strip(), str(item.get("description", "")), kind))
+    return tuple(extra)
+
+
+# variable -> (settings attribute, parser, secret)
+_VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
+    "MONGODB_URI": ("mongodb_uri", _mongo_uri, True),  # may hold a password
+    "MONGODB_DB": ("mongodb_db", _text, False),
+    "BOLNA_API_KEY": ("bolna_api_key", _text, True),
+    "BOLNA_BASE_URL": ("bolna_base_url", _url, False),
+    "BOLNA_AGENT_IDS": ("bolna_agent_ids", _csv, False),
+    "BOLNA_PAGE_SIZE": ("bolna_page_size", _positive_int, False),
+    "HTTP_TIMEOUT_SECONDS": ("http_timeout_seconds", _positive_float, False),
+    "HTTP_MAX_ATTEMPTS": ("http_max_attempts", _positive_int, False),
+    "HTTP_BACKOFF_SECONDS": ("http_backoff_seconds", _positive_float, False),
+    "BACKFILL_DAYS": ("backfill_days", _positive_int, False),
+    "SYNC_OVERLAP_MINUTES": ("sync_overlap_minutes", _non_negative_int, False),
+    "GROQ_API_KEY": ("groq_api_keys", _csv, True),
+    "GROQ_MODEL": ("groq_model", _text, False),
+    "GROQ_BASE_URL": ("groq_base_url", _url, False),
+    "SYNC_INTERVAL_MINUTES": ("sync_interval_minutes", _positive_int, False),
+    "LLM_BATCH_LIMIT": ("llm_batch_limit", _non_negative_int, False),
+    "LLM_CONCURRENCY": ("llm_concurrency", _positive_int, False),
+    "LLM_BATCH_DEADLINE_SECONDS": ("llm_batch_deadline_seconds", _positive_float, False),
+    "LLM_TIMEOUT_SECONDS": ("llm_timeout_seconds", _positive_float, False),
+    "MIN_TRANSCRIPT_CHARS": ("min_transcript_chars", _non_negative_int, False),
+    "TRANSCRIPT_CHAR_BUDGET": ("transcript_char_budget", _positive_int, False),
+    "ANALYSIS_TAGS": ("analysis_tags", _csv, False),
+    "ANALYSIS_EXTRA_FIELDS": ("analysis_extra_fields", _extra_fields, False),
+    "DEFAULT_PHONE_REGION": ("default_phone_region", _region, False),
+    "LOG_LEVEL": ("log_level", _log_level, False),
+    "LOG_FORMAT": ("log_format", _log_format, False),
+    "HEALTH_PORT": ("health_port", _port, False),
+    "HEALTH_MAX_AGE_INTERVALS": ("health_max_age_intervals", _positive_float, False),
+    "RUN_RETENTION_DAYS": ("run_retention_days", _positive_int, False),
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from `environ` (default: the process environment after loading `.env`).
+    An empty variable counts as unset. Raises ConfigError naming the first bad variable."""
+    if environ is None:
+        from dotenv import load_dotenv
+
+        load_dotenv(override=False)  # real environment variables win over .env
+        environ = os.environ
+    values: dict[str, object] = {}
+    for variable, (attribute, parse, secret) in _VARIABLES.items():
+        raw = environ.get(variable, "").strip()
+        if not raw:
+            continue
+        try:
+            values[attribute] = parse(raw)
+        except (ValueError, json.JSONDecodeError) as exc:
+            shown = "" if secret else f" (got {raw!r})"
+            raise ConfigError(f"{variable} is invalid{shown}: {exc}") from None
+    settings = Settings(**values)
+    if not settings.analysis_tags:
+        raise ConfigError("ANALYSIS_TAGS must name at least one tag")
+    return settings
+
+
+def describe(settings: Settings) -> dict[str, object]:
+    """Settings safe to log: secrets reduced to whether they are set."""
+    secret_attributes = {attr for attr, _, secret in _VARIABLES.values() if secret}
+    out: dict[str, object] = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        out[f.name] = (bool(value) if f.name in secret_attributes else value)
+    return out

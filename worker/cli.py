@@ -1,0 +1,122 @@
+"""Command line: `run` (the daemon), `once`, `demo`, `status`, `reanalyze`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+
+from utils.config import ConfigError, Settings, load_settings
+from utils.logging import setup_logging
+
+log = logging.getLogger("callsync")
+
+
+class UsageError(Exception):
+    """A command that cannot start with this configuration; the message says what to do."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py", description="Bolna -> MongoDB call-intelligence sync worker")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="the daemon: both jobs every SYNC_INTERVAL_MINUTES (default)")
+    once = commands.add_parser("once", help="run the jobs now, print each run record as a JSON line")
+    once.add_argument("--job", choices=("crm_sync", "call_processor"), help="only this job")
+    once.add_argument("--full", action="store_true", help="ignore the cursors and backfill BACKFILL_DAYS")
+    commands.add_parser("demo", help="zero-configuration demo against a local fake Bolna API and in-memory MongoDB")
+    status = commands.add_parser("status", help="last runs, queue depth, tags and lead statuses")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    reanalyze = commands.add_parser("reanalyze", help="put calls back in the analysis queue")
+    which = reanalyze.add_mutually_exclusive_group(required=True)
+    which.add_argument("--call-id", help="one call, by Bolna execution id")
+    which.add_argument("--since", type=_date, help="every call made since this date (YYYY-MM-DD or ISO 8601, UTC)")
+    return parser
+
+
+def _date(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r}") from None
+    # Stored times are naive UTC; a given zone is converted, no zone means UTC.
+    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def _require_server(settings: Settings, needs_bolna: bool = True) -> None:
+    if not settings.mongodb_uri:
+        raise UsageError("MONGODB_URI is not set: this command writes to MongoDB and will not keep data "
+                         "in memory. Set MONGODB_URI (see .env.example), or try `python main.py demo`.")
+    if needs_bolna and not settings.bolna_api_key:
+        raise UsageError("BOLNA_API_KEY is not set (see .env.example), or try `python main.py demo`.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "run"
+    try:
+        settings = load_settings()
+        setup_logging(settings.log_level, settings.log_format,
+                      secrets=(settings.bolna_api_key or "", *settings.groq_api_keys, settings.mongodb_uri or ""))
+        if command == "demo":
+            from worker.demo import run_demo
+            return run_demo(settings)
+        _require_server(settings, needs_bolna=command in ("run", "once"))
+        return _COMMANDS[command](settings, args)
+    except (ConfigError, UsageError) as exc:
+        print(f"callsync: {exc}", file=sys.stderr)
+        return 2
+
+
+def _build(settings: Settings):
+    from worker.app import App
+
+    app = App.build(settings)
+    app.prepare()
+    return app
+
+
+def _run(settings: Settings, _args) -> int:
+    from worker.scheduler import run_daemon
+
+    return run_daemon(_build(settings))
+
+
+def _once(settings: Settings, args) -> int:
+    from worker.app import JOB_NAMES
+
+    app = _build(settings)
+    failed = False
+    try:
+        for name in ([args.job] if args.job else JOB_NAMES):
+            record = app.run_job(name, full=args.full)
+            print(json.dumps(record, default=str), flush=True)
+            failed |= record["status"] == "failed"
+    finally:
+        app.close()
+    return 1 if failed else 0
+
+
+def _status(settings: Settings, args) -> int:
+    from worker.status import print_status
+
+    app = _build(settings)
+    try:
+        return print_status(app.db, settings, as_json=args.json)
+    finally:
+        app.close()
+
+
+def _reanalyze(settings: Settings, args) -> int:
+    from services.analyzer import requeue
+
+    app = _build(settings)
+    try:
+        count = requeue(app.db, call_id=args.call_id, since=args.since)
+    finally:
+        app.close()
+    print(f"{count} call(s) queued for analysis on the next run")
+    return 0 if count or args.since else 1
+
+
+_COMMANDS = {"run": _run, "once": _once, "status": _status, "reanalyze": _reanalyze}

@@ -1,0 +1,65 @@
+"""`main.py demo`: the real jobs, over real HTTP, against a bundled data set served by a local
+fake Bolna API, writing to an in-memory MongoDB. Needs no keys and no server."""
+from __future__ import annotations
+
+import json
+
+import mongomock
+
+from fakes.bolna_server import FakeBolna
+from fakes.dataset import demo_dataset
+from services.storage import CALLS, CONTACTS, CUSTOMERS
+from utils.config import Settings
+from utils.table import format_table
+from worker.app import JOB_NAMES, App
+
+DEMO_KEY = "demo-key"
+
+
+def run_demo(settings: Settings) -> int:
+    agents, executions = demo_dataset()
+    with FakeBolna(agents, executions, api_key=DEMO_KEY, projection="trimmed") as bolna:
+        demo_settings = settings.with_overrides(
+            mongodb_db="callsync_demo", bolna_base_url=bolna.base_url, bolna_api_key=DEMO_KEY,
+            bolna_agent_ids=(), backfill_days=7,
+            # The offline analyzer costs nothing: analyze the whole sample in one run.
+            llm_batch_limit=(settings.llm_batch_limit if settings.groq_api_keys else len(executions)))
+        app = App.build(demo_settings, mongo_client=mongomock.MongoClient())
+        try:
+            app.prepare()
+            print(f"Demo: {len(executions)} sample calls of {len(agents)} agents served by a fake Bolna API "
+                  f"at {bolna.base_url}; in-memory MongoDB; analyzer: "
+                  f"{'Groq ' + settings.groq_model if settings.groq_api_keys else 'offline heuristic'}.\n")
+            for name in JOB_NAMES:
+                record = app.run_job(name)
+                print(f"run {name}: {record['status']}  {json.dumps(record['counts'])}")
+                for error in record["errors"]:
+                    print(f"   ! {error.get('callId', error.get('agentId', ''))}: {error['message']}")
+            print(f"\nBolna requests made: {bolna.request_count()}\n")
+            _print_collections(app)
+        finally:
+            app.close()
+    return 0
+
+
+def _print_collections(app: App) -> None:
+    db = app.db
+    customers = db[CUSTOMERS].find().sort("lastCallAt", -1)
+    print(f"customers ({db[CUSTOMERS].count_documents({})}) — one per phone number (sample data, not real people)")
+    print(format_table(
+        ["phone", "valid", "name", "status", "calls", "interest", "last call"],
+        [[c["phone"], c.get("phoneValid"), c.get("name"), c.get("status"), c.get("callCount"),
+          c.get("interest"), c.get("lastCallAt")] for c in customers], max_width=28))
+    calls = db[CALLS].find().sort("callAt", -1).limit(15)
+    print(f"\ncalls ({db[CALLS].count_documents({})}, newest 15)")
+    print(format_table(
+        ["call id", "agent", "status", "customer", "secs", "analysis", "tag"],
+        [[c["callId"][:8], (c.get("agentId") or "")[:8], c.get("status"), c.get("customerPhone"),
+          c.get("durationSeconds"), (c.get("analysis") or {}).get("status", "queued" if c.get("terminal") else "pending"),
+          (c.get("analysis") or {}).get("tag")] for c in calls]))
+    contacts = db[CONTACTS].find().sort("leadScore", -1)
+    print(f"\ncontacts ({db[CONTACTS].count_documents({})}) — the analyzer's view")
+    print(format_table(
+        ["phone", "tag", "score", "lead status", "sentiment", "latest summary"],
+        [[c["phone"], c.get("tag"), c.get("leadScore"), c.get("leadStatus"), c.get("sentiment"),
+          ((c.get("pastConversations") or [{}])[-1]).get("summary")] for c in contacts], max_width=60))

@@ -1,0 +1,57 @@
+"""The daemon: both jobs on an interval, first run at start, clean stop on SIGTERM/SIGINT."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from datetime import datetime, timezone
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from worker.app import JOB_NAMES, App
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+def build_scheduler(app: App) -> BlockingScheduler:
+    interval = app.settings.sync_interval_minutes
+    # One thread per job: the jobs run side by side, each at most once at a time.
+    scheduler = BlockingScheduler(timezone=timezone.utc,
+                                  executors={"default": ThreadPoolExecutor(len(JOB_NAMES))})
+    for name in JOB_NAMES:
+        scheduler.add_job(app.run_job, "interval", minutes=interval, args=[name], id=name, name=name,
+                          next_run_time=datetime.now(timezone.utc), max_instances=1, coalesce=True,
+                          # A run that could not start on time still runs if it is late by less
+                          # than half an interval; later than that, the next tick is as good.
+                          misfire_grace_time=max(1, interval * 30))
+    return scheduler
+
+
+def run_daemon(app: App) -> int:
+    scheduler = build_scheduler(app)
+
+    def stop(signum, _frame):
+        log.info("received %s: stopping after the current write", signal.Signals(signum).name,
+                 extra={"event": "shutdown"})
+        app.stop.set()
+        # From a signal handler the scheduler must not wait for its jobs (they run in other
+        # threads and may need this one); the wait happens below, bounded.
+        threading.Thread(target=scheduler.shutdown, kwargs={"wait": False}, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("daemon started: jobs %s every %d min", ", ".join(JOB_NAMES), app.settings.sync_interval_minutes,
+             extra={"event": "daemon_started"})
+    scheduler.start()
+    if not app.wait_idle(SHUTDOWN_GRACE_SECONDS):
+        log.warning("a job did not stop within %.0fs; exiting anyway (its cursor was not advanced)",
+                    SHUTDOWN_GRACE_SECONDS, extra={"event": "shutdown_timeout"})
+        logging.shutdown()
+        os._exit(0)  # the stuck job's thread would otherwise hold the interpreter open
+    app.close()
+    log.info("daemon stopped", extra={"event": "daemon_stopped"})
+    return 0
