@@ -1,0 +1,221 @@
+"""A local fake of Groq's OpenAI-compatible chat completions API, served over real HTTP on
+127.0.0.1, so the real `groq` SDK can be pointed at it (`base_url`).
+
+It answers `POST /openai/v1/chat/completions` with an analysis derived from the transcript in the
+request, or misbehaves on demand (`respond`): invalid JSON, JSON of the wrong shape, 429 with
+Retry-After, 500. Keys in `rejected_keys` get 401; `latency` makes every answer slow. Every request
+is kept (`requests`) with its body and Authorization header, for assertions.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+COMPLETIONS_PATH = "/openai/v1/chat/completions"
+BEHAVIOURS = ("analysis", "invalid_json", "wrong_shape", "rate_limited", "server_error")
+
+
+@dataclass(frozen=True)
+class GroqRequest:
+    body: dict
+    authorization: str
+    status: int
+
+    @property
+    def api_key(self) -> str:
+        return self.authorization.removeprefix("Bearer ")
+
+    @property
+    def transcript(self) -> str:
+        """The transcript sent: callsync's user message is {"transcript": ...} as JSON."""
+        content = self.body["messages"][-1]["content"]
+        try:
+            return json.loads(content)["transcript"]
+        except (ValueError, KeyError, TypeError):
+            return content
+
+    @property
+    def sent_text(self) -> str:
+        return "\n".join(message["content"] for message in self.body["messages"])
+
+
+class FakeGroq:
+    def __init__(self, *, behaviour: str = "analysis", latency: float = 0.0, retry_after: float = 1.0,
+                 rejected_keys: tuple[str, ...] = (), extra: dict | None = None):
+        self._check(behaviour)
+        self.latency = latency
+        self.retry_after = retry_after
+        self.rejected_keys = set(rejected_keys)
+        self.extra = dict(extra or {})  # added to every valid analysis (configured extra fields)
+        self.requests: list[GroqRequest] = []
+        self.base_url = ""
+        self._behaviour = behaviour
+        self._scripted: deque[str] = deque()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> FakeGroq:
+        server = _QuietServer(("127.0.0.1", 0), _Handler)
+        server.fake = self
+        self._server = server
+        self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+        # A short poll interval: stop() waits up to one interval, and tests start many servers.
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-groq", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join()
+            self._server = self._thread = None
+
+    def __enter__(self) -> FakeGroq:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # -- behaviour, for tests -------------------------------------------------------------------
+
+    def respond(self, behaviour: str, *, times: int | None = None) -> None:
+        """Answer the next `times` requests with `behaviour`, then go back to the standing one;
+        without `times`, make it the standing behaviour."""
+        self._check(behaviour)
+        with self._lock:
+            if times is None:
+                self._behaviour = behaviour
+                self._scripted.clear()
+            else:
+                self._scripted.extend([behaviour] * times)
+
+    def recorded(self) -> list[GroqRequest]:
+        with self._lock:
+            return list(self.requests)
+
+    def tokens_sent(self) -> int:
+        return sum(_tokens(request.sent_text) for request in self.recorded())
+
+    @staticmethod
+    def _check(behaviour: str) -> None:
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"behaviour must be one of {BEHAVIOURS}, not {behaviour!r}")
+
+    def _next_behaviour(self) -> str:
+        with self._lock:
+            return self._scripted.popleft() if self._scripted else self._behaviour
+
+    def _log(self, request: GroqRequest) -> int:
+        with self._lock:
+            self.requests.append(request)
+            return len(self.requests)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True  # a handler still sleeping out `latency` must not hold up stop()
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that timed out closes its socket before the slow answer is written.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: ThreadingHTTPServer
+
+    def log_message(self, format, *args) -> None:
+        """Stay quiet: test and benchmark output should not fill with access logs."""
+
+    def do_POST(self) -> None:
+        fake: FakeGroq = self.server.fake
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        authorization = self.headers.get("Authorization", "")
+        if self.path != COMPLETIONS_PATH:
+            return self._error(fake, {}, authorization, 404, "Unknown request URL")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return self._error(fake, {}, authorization, 400, "Request body is not JSON")
+        if fake.latency:
+            time.sleep(fake.latency)
+        if authorization.removeprefix("Bearer ") in fake.rejected_keys:
+            return self._error(fake, body, authorization, 401, "Invalid API Key", code="invalid_api_key")
+        behaviour = fake._next_behaviour()
+        if behaviour == "rate_limited":
+            wait = f"{fake.retry_after:g}"
+            return self._error(fake, body, authorization, 429, "Rate limit reached",
+                               code="rate_limit_exceeded",
+                               headers={"Retry-After": wait, "x-ratelimit-remaining-requests": "0",
+                                        "x-ratelimit-reset-requests": f"{wait}s"})
+        if behaviour == "server_error":
+            return self._error(fake, body, authorization, 500, "Internal Server Error")
+        request = GroqRequest(body, authorization, 200)
+        content = _content(behaviour, request.transcript, fake.extra)
+        number = fake._log(request)
+        self._send(200, {
+            "id": f"chatcmpl-fake-{number}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", ""),
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": _tokens(request.sent_text), "completion_tokens": _tokens(content),
+                      "total_tokens": _tokens(request.sent_text) + _tokens(content)},
+        })
+
+    def _error(self, fake: FakeGroq, body: dict, authorization: str, status: int, message: str, *,
+               code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        fake._log(GroqRequest(body, authorization, status))
+        self._send(status, {"error": {"message": message, "type": "fake_error", "code": code}}, headers)
+
+    def _send(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _content(behaviour: str, transcript: str, extra: dict) -> str:
+    if behaviour == "invalid_json":
+        return "Sure! Here is the analysis: {tag: Interested"
+    if behaviour == "wrong_shape":
+        return json.dumps({**_analysis_of(transcript), "tag": "Maybe", "leadScore": 150})
+    return json.dumps({**_analysis_of(transcript), **extra})
+
+
+def _analysis_of(transcript: str) -> dict:
+    """A plausible analysis that tests can trace back to the transcript it came from."""
+    customer = [line.split(":", 1)[1].strip() for line in transcript.splitlines()
+                if line.lower().startswith("user:")]
+    score = min(40 + 10 * len(customer), 95)
+    return {
+        "tag": "Interested" if any(w in transcript.lower() for w in ("price", "interested")) else "follow_up",
+        "summary": f"Customer said: {customer[0] if customer else 'nothing'}",
+        "leadScore": score,
+        "leadStatus": "QUALIFIED" if score >= 60 else "CONTACTED",
+        "sentiment": "positive",
+        "confidence": 90,
+        "reasoning": f"{len(customer)} customer turns.",
+    }
+
+
+def _tokens(text: str) -> int:
+    """Roughly what a tokenizer counts for English: four characters a token."""
+    return math.ceil(len(text) / 4)

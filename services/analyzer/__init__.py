@@ -1,0 +1,28 @@
+"""Phase 2 of the call processor: LLM analysis of call transcripts and its CRM write-back.
+
+    batch = build_batch(db, settings, owner)   # once per run
+    batch.run(recorder)
+"""
+from __future__ import annotations
+
+from pymongo.database import Database
+
+from services.analyzer.batch import AnalysisBatch
+from services.analyzer.contacts import ensure_contact_indexes
+from services.analyzer.groq_analyzer import GroqAnalyzer
+from services.analyzer.requeue import requeue
+from utils.config import Settings
+
+__all__ = ["AnalysisBatch", "build_batch", "ensure_analyzer_indexes", "requeue"]
+
+
+def build_batch(db: Database, settings: Settings, owner: str) -> AnalysisBatch:
+    """A batch for one run. `owner` (unique per process) marks this process's claims. Without a
+    Groq key every call gets the heuristic analysis."""
+    llm = GroqAnalyzer(settings) if settings.groq_api_keys else None
+    return AnalysisBatch(db, settings, owner, llm)
+
+
+def ensure_analyzer_indexes(db: Database) -> None:
+    """Indexes beyond services.storage.ensure_indexes; idempotent, run at start-up."""
+    ensure_contact_indexes(db)

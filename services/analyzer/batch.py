@@ -1,0 +1,146 @@
+"""One run of phase 2: claim up to `llm_batch_limit` calls, analyze them a few at a time, write
+every outcome back, and stop starting new calls at the batch deadline."""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+from pymongo.database import Database
+
+from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
+from services.analyzer.contacts import record_decision
+from services.analyzer.deadline import Deadline, DeadlineExceeded
+from services.analyzer.groq_analyzer import GroqAnalyzer, LlmFailure
+from services.analyzer.heuristic import heuristic_analysis
+from services.analyzer.schema import (HEURISTIC_MODEL, SHORT_TRANSCRIPT, Usage,
+                                      analysis_document)
+from services.run_record import RunRecorder, utcnow
+from services.storage import CALLS
+from utils.config import Settings
+
+log = logging.getLogger(__name__)
+
+# A claim must outlive any attempt of a live process: attempts end by the batch deadline
+# (requests are cut to the time left), plus one request timeout and room for the write-back.
+LEASE_MARGIN_SECONDS = 60.0
+ABANDONED = "abandoned: the last allowed attempt did not finish (its process stopped)"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one claimed call; counted on the run record by the batch's thread."""
+    call_id: str
+    status: str  # ok | failed | skipped | released | claim_lost | crashed
+    error: str | None = None
+    used_fallback: bool = False
+    usage: Usage = Usage()
+    has_contact: bool = True
+
+
+class AnalysisBatch:
+    def __init__(self, db: Database, settings: Settings, owner: str, llm: GroqAnalyzer | None):
+        self._db = db
+        self._settings = settings
+        self._llm = llm
+        lease = settings.llm_batch_deadline_seconds + settings.llm_timeout_seconds + LEASE_MARGIN_SECONDS
+        self._queue = CallQueue(db[CALLS], owner, lease)
+
+    def run(self, recorder: RunRecorder) -> None:
+        limit = self._settings.llm_batch_limit
+        if limit == 0:
+            return
+        deadline = Deadline(self._settings.llm_batch_deadline_seconds)
+        if self._llm is not None:
+            self._llm.begin_run()
+        workers = min(self._settings.llm_concurrency, limit)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="analyzer") as pool:
+            slots = [pool.submit(self._fill_slot, deadline) for _ in range(limit)]
+            for slot in as_completed(slots):
+                for outcome in slot.result():
+                    _record(outcome, recorder)
+
+    def _fill_slot(self, deadline: Deadline) -> list[Outcome]:
+        """Analyze one call. Short transcripts met on the way are skipped without using up the
+        slot: they cost no LLM request, and a backlog of unanswered calls must not stall the queue."""
+        outcomes: list[Outcome] = []
+        while not deadline.reached:
+            claim = self._queue.claim_next()
+            if claim is None:
+                break
+            outcome = self._attempt(claim, deadline)
+            outcomes.append(outcome)
+            if outcome.status != "skipped":
+                break
+        return outcomes
+
+    def _attempt(self, claim: Claim, deadline: Deadline) -> Outcome:
+        try:
+            return self._analyze(claim, deadline)
+        except Exception as exc:  # one bad call must not end the run; its lease expires, it is retaken once
+            log.exception("analysis of a call crashed", extra={"call_id": claim.call_id})
+            # The type only: a driver error's text can quote document values such as a phone number.
+            return Outcome(claim.call_id, "crashed", error=type(exc).__name__)
+
+    def _analyze(self, claim: Claim, deadline: Deadline) -> Outcome:
+        call = claim.call
+        now = utcnow()
+        if claim.attempt > MAX_ATTEMPTS:
+            # No fallback either: whatever stopped the previous attempts may be this call.
+            return self._finish(claim, analysis_document("failed", attempted_at=now, error=ABANDONED))
+        transcript = (call.get("transcript") or "").strip()
+        if len(transcript) < self._settings.min_transcript_chars:
+            return self._finish(claim, analysis_document("skipped", attempted_at=now,
+                                                         skipped=SHORT_TRANSCRIPT))
+        if self._llm is None:
+            return self._finish(claim, analysis_document(
+                "ok", attempted_at=now, model=HEURISTIC_MODEL, used_fallback=True,
+                analysis=self._heuristic(transcript, call, now)))
+        try:
+            answer = self._llm.analyze(transcript, deadline)
+        except DeadlineExceeded:
+            self._queue.release(claim)
+            return Outcome(claim.call_id, "released")
+        except LlmFailure as failure:
+            return self._finish(claim, analysis_document(
+                "failed", attempted_at=now, model=HEURISTIC_MODEL, error=str(failure),
+                usage=failure.usage, used_fallback=True,
+                analysis=self._heuristic(transcript, call, now)))
+        return self._finish(claim, analysis_document("ok", attempted_at=now, model=answer.model,
+                                                     usage=answer.usage, analysis=answer.analysis))
+
+    def _heuristic(self, transcript: str, call: dict, now):
+        return heuristic_analysis(transcript, call.get("callAt"), now, self._settings.analysis_tags)
+
+    def _finish(self, claim: Claim, analysis: dict) -> Outcome:
+        # The CRM first, then the call: a process that dies in between leaves the call claimed,
+        # and the retake re-applies the decision, which the write-back makes idempotent per call.
+        has_contact = True
+        if _has_result(analysis):
+            has_contact = record_decision(self._db, claim.call, analysis,
+                                          self._settings.default_phone_region, utcnow())
+        usage = Usage(analysis["usage"]["promptTokens"], analysis["usage"]["completionTokens"])
+        if not self._queue.finish(claim, analysis):
+            return Outcome(claim.call_id, "claim_lost", usage=usage)
+        return Outcome(claim.call_id, analysis["status"], error=analysis["error"],
+                       used_fallback=analysis["usedFallback"], usage=usage, has_contact=has_contact)
+
+
+def _has_result(analysis: dict) -> bool:
+    """Skips and abandoned attempts carry no result fields, so there is nothing to apply."""
+    return "summary" in analysis
+
+
+_COUNTERS = {"ok": "analyzed", "failed": "failed", "skipped": "skipped", "released": "released",
+             "claim_lost": "claimLost", "crashed": "crashed"}
+
+
+def _record(outcome: Outcome, recorder: RunRecorder) -> None:
+    recorder.add(_COUNTERS[outcome.status])
+    recorder.add("fallback", int(outcome.used_fallback))
+    recorder.add("noContact", int(not outcome.has_contact))
+    recorder.add("promptTokens", outcome.usage.prompt_tokens)
+    recorder.add("completionTokens", outcome.usage.completion_tokens)
+    if outcome.status in ("failed", "crashed"):
+        recorder.error(f"analysis of call {outcome.call_id} {outcome.status}: {outcome.error}",
+                       code=f"analysis_{outcome.status}", call_id=outcome.call_id)

@@ -1,0 +1,73 @@
+"""The analysis queue on `calls`: claim the oldest unprocessed terminal call atomically, then
+finish it (processed, with its analysis) or release it (back to the queue, attempt not counted).
+
+A claim carries a lease. A live process finishes or releases well before it expires; a claim
+whose lease expired belongs to a process that died, and the call may be taken again.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.collection import Collection
+
+from services.run_record import utcnow
+
+# The first attempt, and one more after a lease expired; a claim beyond this is not analyzed.
+MAX_ATTEMPTS = 2
+_CALL_FIELDS = ("callId", "agentId", "callAt", "transcript", "customerPhone", "attempts")
+
+
+@dataclass(frozen=True)
+class Claim:
+    call: dict
+    token: str  # unique per claim: only the holder of the current claim may write the outcome
+
+    @property
+    def call_id(self) -> str:
+        return self.call["callId"]
+
+    @property
+    def attempt(self) -> int:
+        return self.call["attempts"]
+
+
+class CallQueue:
+    def __init__(self, calls: Collection, owner: str, lease_seconds: float):
+        self._calls = calls
+        self._owner = owner
+        self._lease = timedelta(seconds=lease_seconds)
+
+    def claim_next(self) -> Claim | None:
+        token = uuid.uuid4().hex
+        now = utcnow()
+        # Atomic on the server: of two processes asking at once, one gets the call.
+        call = self._calls.find_one_and_update(
+            {"processed": False, "terminal": True,
+             "$or": [{"claim": None}, {"claim.expiresAt": {"$lte": now}}]},
+            {"$set": {"claim": {"owner": self._owner, "token": token, "claimedAt": now,
+                                "expiresAt": now + self._lease}},
+             "$inc": {"attempts": 1}},
+            sort=[("callAt", ASCENDING)],
+            projection={name: 1 for name in _CALL_FIELDS},
+            return_document=ReturnDocument.AFTER,
+        )
+        return Claim(call, token) if call else None
+
+    def finish(self, claim: Claim, analysis: dict) -> bool:
+        """Mark the call processed with its analysis. False when the claim was lost (a requeue,
+        or a lease that expired and was retaken), in which case nothing was written."""
+        result = self._calls.update_one(
+            {"callId": claim.call_id, "claim.token": claim.token},
+            {"$set": {"processed": True, "analysis": analysis}, "$unset": {"claim": ""}},
+        )
+        return result.matched_count == 1
+
+    def release(self, claim: Claim) -> None:
+        """Back to the queue for the next run: the attempt was cut off, so it does not count."""
+        self._calls.update_one(
+            {"callId": claim.call_id, "claim.token": claim.token},
+            {"$unset": {"claim": ""}, "$inc": {"attempts": -1}},
+        )

@@ -1,0 +1,106 @@
+"""What an analysis changes in the CRM: the contact (found by its normalized phone, as customers
+are) and an `activities` entry recording the AI decision."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from services.storage import ACTIVITIES, CONTACTS
+from utils.phone import Phone, lookup_keys, normalize_phone
+
+PAST_CONVERSATIONS_KEPT = 20
+_CONTACT_FIELDS = ("tag", "leadScore", "leadStatus", "sentiment")
+ACTIVITY_TYPE = "ai_analysis"
+
+
+def ensure_contact_indexes(db: Database) -> None:
+    # A contact's timeline in the CRM: its activities, newest first.
+    db[ACTIVITIES].create_indexes([
+        IndexModel([("contactId", ASCENDING), ("at", DESCENDING)], name="contactId_at"),
+    ])
+
+
+def record_decision(db: Database, call: dict, analysis: dict, region: str, now: datetime) -> bool:
+    """Apply a finished analysis (a `calls.analysis` document with result fields) to the call's
+    contact and log it as an activity. False when the call has no customer number.
+
+    Idempotent per call, so that the retake of an attempt that died midway does not count the
+    call twice: one pastConversations entry and one activity per call, a re-analysis replaces them."""
+    phone = normalize_phone(call.get("customerPhone"), region)
+    if phone is None:
+        return False
+    changes = _changes(analysis)
+    contacts = db[CONTACTS]
+    contact_id, before = _update_contact(contacts, phone, {**changes, "lastAnalyzedAt": now,
+                                                           "updatedAt": now}, now)
+    _remember_conversation(contacts, contact_id, {
+        "callId": call["callId"], "summary": analysis["summary"], "tag": analysis["tag"],
+        "at": call.get("callAt") or now,
+    })
+    db[ACTIVITIES].update_one({"callId": call["callId"], "type": ACTIVITY_TYPE}, {"$set": {
+        "contactId": contact_id,
+        "at": now,
+        "changes": {name: {"from": _value_at(before, name), "to": value}
+                    for name, value in changes.items() if _value_at(before, name) != value},
+        "summary": analysis["summary"],
+        "reasoning": analysis["reasoning"],
+        "confidence": analysis["confidence"],
+        "model": analysis["model"],
+        "usedFallback": analysis["usedFallback"],
+        "analysisStatus": analysis["status"],
+    }}, upsert=True)
+    return True
+
+
+def _changes(analysis: dict) -> dict:
+    """The contact fields this analysis sets. Unknowns (a tag the configuration lacks, an extra
+    field the call did not mention) leave what an earlier call found."""
+    changes = {name: analysis[name] for name in _CONTACT_FIELDS if analysis[name] is not None}
+    changes.update({f"extra.{name}": value for name, value in analysis["extra"].items()
+                    if value is not None})
+    return changes
+
+
+def _update_contact(contacts: Collection, phone: Phone, fields: dict, now: datetime) -> tuple[object, dict]:
+    """Update the contact stored under any spelling of the number, or create it under its key.
+    Returns its _id and the document as it was before (empty when created)."""
+    existing = contacts.find_one({"phone": {"$in": lookup_keys(phone)}}, {"_id": 1})
+    update = {"$set": fields, "$setOnInsert": {"phoneValid": phone.valid, "createdAt": now}}
+    if existing is not None:
+        before = contacts.find_one_and_update({"_id": existing["_id"]}, update,
+                                              return_document=ReturnDocument.BEFORE)
+        return existing["_id"], before or {}
+    try:
+        before = contacts.find_one_and_update({"phone": phone.key}, update, upsert=True,
+                                              return_document=ReturnDocument.BEFORE)
+    except DuplicateKeyError:
+        # Another process created it since our lookup; now it exists, so this is an update.
+        before = contacts.find_one_and_update({"phone": phone.key}, update,
+                                              return_document=ReturnDocument.BEFORE)
+    contact_id = before["_id"] if before else contacts.find_one({"phone": phone.key}, {"_id": 1})["_id"]
+    return contact_id, before or {}
+
+
+def _remember_conversation(contacts: Collection, contact_id: object, entry: dict) -> None:
+    """One entry per call: a re-analysis replaces its entry; otherwise append, keeping the newest."""
+    replaced = contacts.update_one({"_id": contact_id, "pastConversations.callId": entry["callId"]},
+                                   {"$set": {"pastConversations.$": entry}})
+    if replaced.matched_count:
+        return
+    contacts.update_one(
+        {"_id": contact_id, "pastConversations.callId": {"$ne": entry["callId"]}},
+        {"$push": {"pastConversations": {"$each": [entry], "$sort": {"at": 1},
+                                         "$slice": -PAST_CONVERSATIONS_KEPT}}},
+    )
+
+
+def _value_at(document: dict, dotted: str) -> object:
+    for part in dotted.split("."):
+        if not isinstance(document, dict):
+            return None
+        document = document.get(part)
+    return document

@@ -1,0 +1,159 @@
+"""One call's transcript analyzed by Groq: one request, retried only for transient failures,
+the answer validated before anyone trusts it."""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import groq
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
+
+from services.analyzer.deadline import Deadline, DeadlineExceeded
+from services.analyzer.prompt import build_messages
+from services.analyzer.rate_limit import retry_after_seconds
+from services.analyzer.schema import Analysis, InvalidAnswer, Usage, parse_answer
+from utils.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Worth another request: the same request may well succeed a moment later.
+TRANSIENT_ERRORS = (groq.RateLimitError, groq.InternalServerError, groq.APIConnectionError)
+# For errors other than rate limits, which are waited out until the batch deadline instead.
+MAX_REQUESTS_PER_CALL = 4
+# A 429 saying "retry after 0 s" must not turn into a busy loop against the API.
+MIN_RATE_LIMIT_WAIT = 0.05
+# When Groq gives no hint how long to wait (5xx, dropped connection).
+_BACKOFF = wait_exponential(multiplier=0.25, max=4)
+
+
+class LlmFailure(Exception):
+    """The attempt failed for good; `usage` counts tokens spent on an answer that was unusable."""
+
+    def __init__(self, message: str, usage: Usage = Usage()):
+        super().__init__(message)
+        self.usage = usage
+
+
+@dataclass(frozen=True)
+class LlmAnswer:
+    analysis: Analysis
+    usage: Usage
+    model: str
+
+
+class _KeyRing:
+    """One client per API key, handed out in rotation to spread the rate limit; a key that
+    answers 401 is set aside for the rest of the run (a ring lives for one run)."""
+
+    def __init__(self, clients: list[groq.Groq]):
+        self._clients = list(clients)
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> groq.Groq | None:
+        with self._lock:
+            if not self._clients:
+                return None
+            client = self._clients[self._next % len(self._clients)]
+            self._next += 1
+            return client
+
+    def set_aside(self, client: groq.Groq) -> int:
+        """Returns how many keys are left."""
+        with self._lock:
+            if client in self._clients:
+                self._clients.remove(client)
+            return len(self._clients)
+
+
+class GroqAnalyzer:
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self.model = settings.groq_model
+        self._clients = [
+            # max_retries=0: retries are ours (tenacity), bounded by the batch deadline.
+            groq.Groq(api_key=key, base_url=settings.groq_base_url, max_retries=0,
+                      timeout=settings.llm_timeout_seconds)
+            for key in settings.groq_api_keys
+        ]
+        self.begin_run()
+
+    def begin_run(self) -> None:
+        """Every key gets another chance each run: a rejected key may have been renewed."""
+        self._keys = _KeyRing(self._clients)
+
+    def analyze(self, transcript: str, deadline: Deadline) -> LlmAnswer:
+        """Raises LlmFailure (a finished, failed attempt) or DeadlineExceeded (cut off)."""
+        messages = build_messages(transcript, self._settings)
+        retrying = Retrying(
+            retry=retry_if_exception_type(TRANSIENT_ERRORS),
+            wait=_server_hint_or_backoff,
+            stop=_out_of_attempts,
+            sleep=deadline.sleep,
+            reraise=True,
+        )
+        try:
+            completion = retrying(self._request, messages, deadline)
+        except groq.APIError as exc:
+            requests = retrying.statistics.get("attempt_number", 1)
+            raise LlmFailure(f"{self.model}: {_describe(exc)} (after {requests} request(s))") from exc
+        usage = _usage(completion)
+        try:
+            analysis = parse_answer(_content(completion), self._settings.analysis_tags,
+                                    self._settings.analysis_extra_fields)
+        except InvalidAnswer as exc:
+            raise LlmFailure(f"{self.model}: invalid answer: {exc}", usage) from exc
+        return LlmAnswer(analysis, usage, self.model)
+
+    def _request(self, messages: list[dict], deadline: Deadline):
+        while (client := self._keys.next()) is not None:
+            timeout = deadline.request_timeout(self._settings.llm_timeout_seconds)
+            try:
+                return client.chat.completions.create(
+                    model=self.model, messages=messages, temperature=0,
+                    response_format={"type": "json_object"}, timeout=timeout)
+            except groq.AuthenticationError:
+                left = self._keys.set_aside(client)
+                log.warning("a Groq API key was rejected (401); set aside for this run, %d left", left)
+            except groq.APITimeoutError as exc:
+                # The timeout was cut to the time left: the deadline, not Groq, ended it.
+                if deadline.reached:
+                    raise DeadlineExceeded("the batch deadline passed during the request") from exc
+                raise
+        raise LlmFailure(f"{self.model}: every Groq API key was rejected (401)")
+
+
+def _out_of_attempts(retry_state: RetryCallState) -> bool:
+    # A rate limit passes; waiting it out is bounded by the deadline (Deadline.sleep), and a call
+    # failed for it would be processed without its LLM analysis for good.
+    if isinstance(retry_state.outcome.exception(), groq.RateLimitError):
+        return False
+    return retry_state.attempt_number >= MAX_REQUESTS_PER_CALL
+
+
+def _server_hint_or_backoff(retry_state: RetryCallState) -> float:
+    error = retry_state.outcome.exception()
+    if isinstance(error, groq.APIStatusError):
+        hinted = retry_after_seconds(error.response.headers)
+        if hinted is not None:
+            return max(hinted, MIN_RATE_LIMIT_WAIT) if isinstance(error, groq.RateLimitError) else hinted
+    return _BACKOFF(retry_state)
+
+
+def _describe(error: groq.APIError) -> str:
+    # Not the error body: it is Groq's text, and a 400 may quote the request.
+    if isinstance(error, groq.APIStatusError):
+        return f"{type(error).__name__} (HTTP {error.status_code})"
+    return f"{type(error).__name__}: {error.message}"
+
+
+def _content(completion) -> str | None:
+    return completion.choices[0].message.content if completion.choices else None
+
+
+def _usage(completion) -> Usage:
+    usage = completion.usage
+    if usage is None:
+        return Usage()
+    return Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0)

@@ -1,0 +1,143 @@
+"""What an analysis is: the fields asked of the LLM, how an answer is validated, and the
+form it is stored in on the call (`calls.analysis`)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from utils.config import ExtraField
+
+LEAD_STATUSES = ("NEW", "CONTACTED", "QUALIFIED", "WON", "LOST")
+SENTIMENTS = ("positive", "neutral", "negative")
+CORE_KEYS = ("tag", "summary", "leadScore", "leadStatus", "sentiment", "confidence", "reasoning")
+HEURISTIC_MODEL = "heuristic"
+SHORT_TRANSCRIPT = "transcript_too_short"
+
+_EXTRA_TYPES = {"string": (str,), "number": (int, float), "boolean": (bool,)}
+
+
+class InvalidAnswer(ValueError):
+    """The LLM answered, but not with an analysis of the expected shape."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def document(self) -> dict:
+        return {"promptTokens": self.prompt_tokens, "completionTokens": self.completion_tokens}
+
+
+@dataclass(frozen=True)
+class Analysis:
+    tag: str | None  # None only from the heuristic, when its rule's tag is not configured
+    summary: str
+    lead_score: int
+    lead_status: str
+    sentiment: str
+    confidence: int
+    reasoning: str
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def document(self) -> dict:
+        return {
+            "tag": self.tag,
+            "summary": self.summary,
+            "leadScore": self.lead_score,
+            "leadStatus": self.lead_status,
+            "sentiment": self.sentiment,
+            "confidence": self.confidence,
+            "reasoning": self.reasoning,
+            "extra": dict(self.extra),
+        }
+
+
+def parse_answer(content: str | None, tags: tuple[str, ...],
+                 extra_fields: tuple[ExtraField, ...]) -> Analysis:
+    """The LLM's JSON answer as an Analysis; raises InvalidAnswer saying what is wrong.
+    Error texts quote at most a short value, never the answer, which may echo the transcript."""
+    if not content or not content.strip():
+        raise InvalidAnswer("answer is empty")
+    try:
+        payload = json.loads(content)
+    except json.JSONDecodeError as exc:
+        raise InvalidAnswer(f"answer is not JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(payload, dict):
+        raise InvalidAnswer(f"answer is a JSON {type(payload).__name__}, not an object")
+    missing = [key for key in (*CORE_KEYS, *(f.name for f in extra_fields)) if key not in payload]
+    if missing:
+        raise InvalidAnswer(f"answer lacks {', '.join(missing)}")
+    return Analysis(
+        tag=_one_of("tag", payload["tag"], tags),
+        summary=_text("summary", payload["summary"], required=True),
+        lead_score=_percentage("leadScore", payload["leadScore"]),
+        lead_status=_one_of("leadStatus", payload["leadStatus"], LEAD_STATUSES),
+        sentiment=_one_of("sentiment", payload["sentiment"], SENTIMENTS),
+        confidence=_percentage("confidence", payload["confidence"]),
+        reasoning=_text("reasoning", payload["reasoning"], required=False),
+        extra={f.name: _extra_value(f, payload[f.name]) for f in extra_fields},
+    )
+
+
+def analysis_document(status: str, *, attempted_at: datetime, model: str | None = None,
+                      error: str | None = None, usage: Usage = Usage(),
+                      used_fallback: bool = False, analysis: Analysis | None = None,
+                      skipped: str | None = None) -> dict:
+    """`calls.analysis`: the outcome of one attempt (status ok / failed / skipped) and, when
+    anything produced a result, its fields."""
+    document = {
+        "status": status,
+        "error": error,
+        "model": model,
+        "attemptedAt": attempted_at,
+        "usage": usage.document(),
+        "usedFallback": used_fallback,
+    }
+    if skipped is not None:
+        document["skipped"] = skipped
+    if analysis is not None:
+        document.update(analysis.document())
+    return document
+
+
+def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> str:
+    """The allowed spelling of `value`; models often change the case of an enum."""
+    if isinstance(value, str):
+        for option in allowed:
+            if option.casefold() == value.strip().casefold():
+                return option
+    raise InvalidAnswer(f"{name} {_short(value)} is not one of {', '.join(allowed)}")
+
+
+def _text(name: str, value: object, *, required: bool) -> str:
+    if not isinstance(value, str):
+        raise InvalidAnswer(f"{name} is a {type(value).__name__}, not a string")
+    if required and not value.strip():
+        raise InvalidAnswer(f"{name} is empty")
+    return value.strip()
+
+
+def _percentage(name: str, value: object) -> int:
+    # bool is an int in Python, but `true` is not a score.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidAnswer(f"{name} {_short(value)} is not a number")
+    if not 0 <= value <= 100:
+        raise InvalidAnswer(f"{name} {value} is outside 0-100")
+    return round(value)
+
+
+def _extra_value(extra: ExtraField, value: object) -> object:
+    """Null means the call did not mention it; otherwise the value must have the configured type."""
+    if value is None:
+        return None
+    expected = _EXTRA_TYPES[extra.type]
+    if isinstance(value, bool) != (extra.type == "boolean") or not isinstance(value, expected):
+        raise InvalidAnswer(f"{extra.name} is a {type(value).__name__}, not a {extra.type}")
+    return value.strip() if isinstance(value, str) else value
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

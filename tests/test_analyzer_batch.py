@@ -1,0 +1,358 @@
+"""Phase 2 end to end: the real groq SDK against the fake Groq server, calls in mongomock."""
+import re
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from fakes.mongo_hooks import HookedClient
+from fakes.groq_server import FakeGroq
+from services.analyzer import build_batch, ensure_analyzer_indexes, requeue
+from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL
+from services.run_record import RunRecorder, utcnow
+from services.storage import ensure_indexes
+from utils.config import ExtraField, Settings
+
+pytestmark = pytest.mark.timeout(30)
+
+PHONE = "+919876543210"
+
+
+@pytest.fixture
+def fake():
+    with FakeGroq(retry_after=0.2) as server:
+        yield server
+
+
+@pytest.fixture
+def db():
+    database = HookedClient()["callsync"]
+    ensure_indexes(database)
+    ensure_analyzer_indexes(database)
+    return database
+
+
+@pytest.fixture
+def settings(fake):
+    return Settings(groq_api_keys=("key-1",), groq_base_url=fake.base_url, llm_batch_deadline_seconds=10,
+                    llm_timeout_seconds=5)
+
+
+def transcript_for(call_id: str) -> str:
+    return (f"assistant: Hello, this is Ananya from Skyline Realty about flat {call_id}.\n"
+            f"user: Yes, I am interested in flat {call_id}, what is the price?\n"
+            "assistant: It starts at 85 lakhs.\n")
+
+
+def add_call(db, call_id, *, minutes_ago=60, transcript=None, phone=PHONE, **fields):
+    db.calls.insert_one({
+        "callId": call_id, "agentId": "agent-1", "status": "completed", "terminal": True,
+        "callAt": utcnow() - timedelta(minutes=minutes_ago),
+        "transcript": transcript_for(call_id) if transcript is None else transcript,
+        "customerPhone": phone, "customerPhoneValid": True, "processed": False, "attempts": 0, **fields,
+    })
+
+
+def add_calls(db, count):
+    """c0 is the oldest."""
+    for number in range(count):
+        add_call(db, f"c{number}", minutes_ago=100 - number)
+
+
+def run(db, settings, owner="host:1:a"):
+    recorder = RunRecorder("analyze")
+    build_batch(db, settings, owner).run(recorder)
+    return recorder
+
+
+def call(db, call_id):
+    return db.calls.find_one({"callId": call_id})
+
+
+def analyzed_flats(fake):
+    return [re.search(r"interested in flat (\w+)", r.transcript).group(1) for r in fake.recorded()]
+
+
+# -- selection -----------------------------------------------------------------------------------
+
+def test_a_run_analyzes_the_oldest_calls_up_to_the_batch_limit(fake, db, settings):
+    add_calls(db, 5)
+    add_call(db, "ongoing", minutes_ago=500, terminal=False)
+    recorder = run(db, settings.with_overrides(llm_batch_limit=3))
+    assert sorted(analyzed_flats(fake)) == ["c0", "c1", "c2"]
+    assert [call(db, f"c{n}")["processed"] for n in range(5)] == [True, True, True, False, False]
+    assert call(db, "c3")["attempts"] == 0 and "claim" not in call(db, "c3")
+    assert not call(db, "ongoing")["processed"]
+    assert recorder.counts["analyzed"] == 3
+
+
+def test_short_transcripts_are_skipped_without_a_request_or_using_up_the_limit(fake, db, settings):
+    add_call(db, "hello", transcript="user:  hi  ", minutes_ago=300)
+    add_call(db, "silent", transcript=None, minutes_ago=290)
+    db.calls.update_one({"callId": "silent"}, {"$set": {"transcript": None}})
+    add_call(db, "padded", transcript="   user: ok, bye" + " " * 50, minutes_ago=280)
+    add_calls(db, 2)
+    recorder = run(db, settings.with_overrides(llm_batch_limit=2))
+    assert sorted(analyzed_flats(fake)) == ["c0", "c1"]
+    for call_id in ("hello", "silent", "padded"):
+        analysis = call(db, call_id)["analysis"]
+        assert call(db, call_id)["processed"]
+        assert (analysis["status"], analysis["skipped"]) == ("skipped", "transcript_too_short")
+        assert "leadScore" not in analysis
+    assert recorder.counts["skipped"] == 3 and recorder.counts["analyzed"] == 2
+    assert db.activities.count_documents({"callId": "hello"}) == 0
+
+
+# -- what the LLM gets and what is written back ------------------------------------------------
+
+def test_request_is_one_json_mode_completion_at_temperature_zero_with_pii_masked(fake, db, settings):
+    add_call(db, "c1", transcript="assistant: Hi there, how can I help?\n"
+                                  "user: Call me on +91 98765 43210 or 080-2345-6789, mail ravi@example.com")
+    run(db, settings)
+    [request] = fake.recorded()
+    assert request.body["temperature"] == 0
+    assert request.body["response_format"] == {"type": "json_object"}
+    assert request.body["model"] == settings.groq_model
+    assert request.authorization == "Bearer key-1"
+    assert "[phone]" in request.transcript and "[email]" in request.transcript
+    assert not re.search(r"\d{4}", request.transcript.replace(" ", "").replace("-", ""))
+    assert "ravi@" not in request.sent_text
+
+
+def test_analysis_is_stored_on_the_call_and_applied_to_the_contact(fake, db, settings):
+    add_call(db, "c1")
+    recorder = run(db, settings)
+    stored = call(db, "c1")
+    analysis = stored["analysis"]
+    assert stored["processed"] and stored["attempts"] == 1 and "claim" not in stored
+    assert analysis["status"] == "ok" and analysis["error"] is None and not analysis["usedFallback"]
+    assert analysis["model"] == settings.groq_model and analysis["attemptedAt"] <= utcnow()
+    assert (analysis["tag"], analysis["leadScore"], analysis["leadStatus"]) == ("Interested", 50, "CONTACTED")
+    assert analysis["summary"] == "Customer said: Yes, I am interested in flat c1, what is the price?"
+    assert analysis["usage"]["promptTokens"] > 0 and analysis["usage"]["completionTokens"] > 0
+    assert recorder.counts["promptTokens"] == analysis["usage"]["promptTokens"]
+    assert recorder.counts["completionTokens"] == analysis["usage"]["completionTokens"]
+    contact = db.contacts.find_one({"phone": PHONE})
+    assert (contact["tag"], contact["leadScore"], contact["sentiment"]) == ("Interested", 50, "positive")
+    assert contact["pastConversations"][0]["callId"] == "c1"
+    activity = db.activities.find_one({"callId": "c1"})
+    assert activity["contactId"] == contact["_id"] and activity["model"] == settings.groq_model
+    assert activity["changes"]["leadScore"] == {"from": None, "to": 50}
+
+
+def test_configured_extra_fields_reach_the_prompt_and_the_contact(fake, db, settings):
+    fake.extra = {"budget": "85 lakhs", "wantsParking": True}
+    extra = (ExtraField("budget", "Budget the caller mentioned"), ExtraField("wantsParking", "Asked for parking", "boolean"))
+    add_call(db, "c1")
+    run(db, settings.with_overrides(analysis_extra_fields=extra))
+    assert "Budget the caller mentioned" in fake.recorded()[0].sent_text
+    assert db.contacts.find_one({"phone": PHONE})["extra"] == {"budget": "85 lakhs", "wantsParking": True}
+
+
+def test_token_usage_is_summed_on_the_run_record(fake, db, settings):
+    add_calls(db, 3)
+    recorder = run(db, settings)
+    usages = [doc["analysis"]["usage"] for doc in db.calls.find()]
+    assert recorder.counts["promptTokens"] == sum(u["promptTokens"] for u in usages) > 0
+    assert recorder.counts["completionTokens"] == sum(u["completionTokens"] for u in usages) > 0
+
+
+def test_call_without_a_customer_number_keeps_its_analysis_on_the_call_only(fake, db, settings):
+    add_call(db, "c1", phone=None)
+    recorder = run(db, settings)
+    assert call(db, "c1")["analysis"]["status"] == "ok"
+    assert db.contacts.count_documents({}) == 0 and db.activities.count_documents({}) == 0
+    assert recorder.counts["noContact"] == 1
+
+
+# -- failures: processed once, with the heuristic as fallback ---------------------------------
+
+@pytest.mark.parametrize("behaviour, error, requests", [
+    ("invalid_json", "invalid answer: answer is not JSON", 1),
+    ("wrong_shape", "invalid answer: tag 'Maybe' is not one of", 1),
+    ("server_error", f"InternalServerError (HTTP 500) (after {MAX_REQUESTS_PER_CALL} request(s))",
+     MAX_REQUESTS_PER_CALL),
+])
+def test_a_failed_attempt_is_final_and_falls_back_to_the_heuristic(fake, db, settings, behaviour, error, requests):
+    fake.respond(behaviour)
+    add_call(db, "c1")
+    recorder = run(db, settings)
+    analysis = call(db, "c1")["analysis"]
+    assert call(db, "c1")["processed"]
+    assert analysis["status"] == "failed" and error in analysis["error"]
+    assert analysis["usedFallback"] and analysis["model"] == "heuristic"
+    assert 15 <= analysis["leadScore"] <= 80 and analysis["confidence"] == 60
+    assert analysis["reasoning"].startswith("Heuristic")
+    assert db.contacts.find_one({"phone": PHONE})["leadScore"] == analysis["leadScore"]
+    assert db.activities.find_one({"callId": "c1"})["usedFallback"] is True
+    assert (recorder.counts["failed"], recorder.counts["fallback"]) == (1, 1)
+    assert recorder.errors[0]["callId"] == "c1" and recorder.errors[0]["code"] == "analysis_failed"
+    assert len(fake.recorded()) == requests
+
+    fake.respond("analysis")
+    run(db, settings)
+    assert len(fake.recorded()) == requests  # never retried by a later run
+
+
+def test_without_a_groq_key_every_call_gets_the_heuristic_analysis(fake, db, settings):
+    add_calls(db, 2)
+    recorder = run(db, settings.with_overrides(groq_api_keys=()))
+    assert fake.recorded() == []
+    for doc in db.calls.find():
+        assert doc["analysis"]["status"] == "ok" and doc["analysis"]["usedFallback"]
+        assert doc["analysis"]["model"] == "heuristic" and doc["analysis"]["tag"] == "Interested"
+    assert (recorder.counts["analyzed"], recorder.counts["fallback"]) == (2, 2)
+
+
+# -- rate limits, keys, deadline, concurrency ---------------------------------------------------
+
+def test_429_is_retried_after_the_time_the_server_asks_for(fake, db, settings):
+    fake.respond("rate_limited", times=1)
+    add_call(db, "c1")
+    started = time.monotonic()
+    run(db, settings)
+    assert time.monotonic() - started >= 0.2
+    assert [r.status for r in fake.recorded()] == [429, 200]
+    assert call(db, "c1")["analysis"]["status"] == "ok"
+
+
+def test_keys_are_used_in_rotation_and_a_rejected_key_is_set_aside(fake, db, settings):
+    fake.rejected_keys = {"bad"}
+    add_calls(db, 4)
+    run(db, settings.with_overrides(groq_api_keys=("bad", "good-1", "good-2"), llm_concurrency=1))
+    keys = Counter(r.api_key for r in fake.recorded())
+    assert keys == {"bad": 1, "good-1": 2, "good-2": 2}
+    assert all(doc["analysis"]["status"] == "ok" for doc in db.calls.find())
+
+
+def test_a_rejected_key_gets_another_chance_in_the_next_run_of_the_same_batch(fake, db, settings):
+    fake.rejected_keys = {"bad"}
+    batch = build_batch(db, settings.with_overrides(groq_api_keys=("bad", "good"), llm_concurrency=1), "host:1:a")
+    add_call(db, "c1")
+    batch.run(RunRecorder("analyze"))
+    add_call(db, "c2")
+    batch.run(RunRecorder("analyze"))
+    assert [r.api_key for r in fake.recorded()] == ["bad", "good", "bad", "good"]
+
+
+def test_when_every_key_is_rejected_the_attempt_fails_with_the_fallback(fake, db, settings):
+    fake.rejected_keys = {"key-1"}
+    add_calls(db, 2)
+    run(db, settings.with_overrides(llm_concurrency=1))
+    assert len(fake.recorded()) == 1
+    for doc in db.calls.find():
+        assert doc["analysis"]["error"].endswith("every Groq API key was rejected (401)")
+        assert doc["analysis"]["usedFallback"] and doc["processed"]
+
+
+def test_a_429_storm_ends_the_batch_by_its_deadline_leaving_calls_unprocessed(fake, db, settings):
+    fake.respond("rate_limited")
+    add_calls(db, 6)
+    started = time.monotonic()
+    recorder = run(db, settings.with_overrides(llm_batch_deadline_seconds=1.0, llm_concurrency=2))
+    assert time.monotonic() - started < 1.5
+    # The two calls in flight waited out 429s (every 0.2 s) until a wait would cross the deadline.
+    assert recorder.counts["released"] == 2 and recorder.counts["failed"] == 0
+    assert set(analyzed_flats(fake)) == {"c0", "c1"} and len(fake.recorded()) >= 2 * 4
+    for doc in db.calls.find():
+        assert not doc["processed"] and doc["attempts"] == 0 and "claim" not in doc and "analysis" not in doc
+
+    fake.respond("analysis")
+    run(db, settings)
+    assert all(doc["processed"] for doc in db.calls.find())
+
+
+def test_a_request_cut_off_by_the_deadline_releases_its_call(fake, db, settings):
+    fake.latency = 2.0
+    add_call(db, "c1")
+    started = time.monotonic()
+    recorder = run(db, settings.with_overrides(llm_batch_deadline_seconds=0.5))
+    assert time.monotonic() - started < 1.5
+    stored = call(db, "c1")
+    assert not stored["processed"] and stored["attempts"] == 0 and "claim" not in stored
+    assert recorder.counts["released"] == 1
+
+
+def test_calls_run_with_bounded_concurrency(fake, db, settings):
+    fake.latency = 0.3
+    add_calls(db, 8)
+    started = time.monotonic()
+    run(db, settings.with_overrides(llm_concurrency=4, llm_batch_limit=8))
+    elapsed = time.monotonic() - started
+    assert 0.6 <= elapsed < 1.2  # two rounds of four, not eight latencies
+
+
+# -- claims: processed once across processes -------------------------------------------------
+
+def test_two_processors_never_analyze_the_same_call(fake, db, settings):
+    fake.latency = 0.05
+    add_calls(db, 12)
+    both = settings.with_overrides(llm_batch_limit=12, llm_concurrency=3)
+    recorders = {}
+    start = threading.Barrier(2)
+
+    def processor(owner):
+        start.wait()
+        recorders[owner] = run(db, both, owner=owner)
+
+    threads = [threading.Thread(target=processor, args=(owner,)) for owner in ("host-a:1:x", "host-b:2:y")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert Counter(analyzed_flats(fake)) == {f"c{n}": 1 for n in range(12)}
+    assert all(doc["processed"] and doc["attempts"] == 1 for doc in db.calls.find())
+    assert sum(r.counts["analyzed"] for r in recorders.values()) == 12
+    assert db.activities.count_documents({}) == 12
+
+
+def test_a_claim_whose_lease_expired_is_retaken_once_and_live_claims_are_left_alone(fake, db, settings):
+    expired = {"owner": "dead:1:x", "token": "t", "claimedAt": utcnow() - timedelta(hours=1),
+               "expiresAt": utcnow() - timedelta(minutes=1)}
+    add_call(db, "retake", attempts=1, claim=expired)
+    add_call(db, "given-up", attempts=2, claim=expired)
+    add_call(db, "busy", attempts=1, claim={**expired, "owner": "alive:1:x",
+                                            "expiresAt": utcnow() + timedelta(minutes=5)})
+    recorder = run(db, settings)
+
+    assert analyzed_flats(fake) == ["retake"]
+    retaken = call(db, "retake")
+    assert retaken["processed"] and retaken["attempts"] == 2 and retaken["analysis"]["status"] == "ok"
+    given_up = call(db, "given-up")
+    assert given_up["processed"] and given_up["analysis"]["status"] == "failed"
+    assert given_up["analysis"]["error"].startswith("abandoned")
+    assert db.activities.count_documents({"callId": "given-up"}) == 0
+    busy = call(db, "busy")
+    assert not busy["processed"] and busy["claim"]["owner"] == "alive:1:x" and busy["attempts"] == 1
+    assert (recorder.counts["analyzed"], recorder.counts["failed"]) == (1, 1)
+
+
+def test_an_attempt_whose_call_was_requeued_meanwhile_does_not_mark_it_processed(fake, db, settings):
+    fake.latency = 0.5
+    add_call(db, "c1")
+    timer = threading.Timer(0.2, requeue, args=(db,), kwargs={"call_id": "c1"})
+    timer.start()
+    recorder = run(db, settings)
+    timer.join()
+    stored = call(db, "c1")
+    assert not stored["processed"] and stored["attempts"] == 0 and "analysis" not in stored
+    assert recorder.counts["claimLost"] == 1
+
+    fake.latency = 0
+    run(db, settings)
+    assert call(db, "c1")["processed"]
+    # The lost attempt had already written the contact; the re-analysis replaced its entries.
+    assert db.activities.count_documents({"callId": "c1"}) == 1
+    assert len(db.contacts.find_one({"phone": PHONE})["pastConversations"]) == 1
+
+
+def test_the_retake_of_an_attempt_that_died_after_the_crm_write_counts_the_call_once(fake, db, settings):
+    add_call(db, "c1")
+    run(db, settings)
+    # As if the process had died after the contact write, before marking the call processed.
+    db.calls.update_one({"callId": "c1"}, {"$set": {"processed": False}})
+    run(db, settings)
+    assert db.activities.count_documents({"callId": "c1"}) == 1
+    assert len(db.contacts.find_one({"phone": PHONE})["pastConversations"]) == 1
