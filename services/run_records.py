@@ -7,6 +7,7 @@ import socket
 from datetime import timedelta
 from typing import Callable
 
+from pymongo import DESCENDING
 from pymongo.database import Database
 
 from services.run_record import RunRecorder, utcnow
@@ -15,16 +16,32 @@ from services.storage import SYNC_RUNS
 log = logging.getLogger(__name__)
 
 
+RunListener = Callable[[dict], None]
+SUCCESSFUL = ("ok", "partial")  # a partial run did its work; only some records were refused
+
+
 class RunRecords:
     def __init__(self, db: Database):
         self.runs = db[SYNC_RUNS]
+        self._listeners: list[RunListener] = []
+
+    def subscribe(self, listener: RunListener) -> None:
+        """Call `listener` with every finished run's record (from the job's thread)."""
+        self._listeners.append(listener)
 
     def record(self, job: str, body: Callable[[RunRecorder], None]) -> dict:
         """Run `body` under a run record. Its exceptions are recorded, not raised: one job's
         failure must never stop the other job or the daemon."""
         recorder = RunRecorder(job)
-        self.runs.insert_one({**recorder.document(), "host": socket.gethostname(), "pid": os.getpid()})
         context = {"job": job, "run_id": recorder.run_id}
+        try:
+            self.runs.insert_one({**recorder.document(), "host": socket.gethostname(), "pid": os.getpid()})
+        except Exception as exc:  # noqa: BLE001 - MongoDB is unreachable: the job could not write either
+            log.exception("could not start the run record; run skipped", extra={**context, "event": "run_failed"})
+            recorder.finish(exc)
+            document = recorder.document()
+            self._notify(document, context)
+            return document
         log.info("run started", extra={**context, "event": "run_started"})
         failure = None
         try:
@@ -42,7 +59,22 @@ class RunRecords:
         log.info("run finished: %s", document["status"],
                  extra={**context, "event": "run_finished", "status": document["status"],
                         "counts": document["counts"]})
+        self._notify(document, context)
         return document
+
+    def _notify(self, document: dict, context: dict) -> None:
+        for listener in self._listeners:
+            try:
+                listener(document)
+            except Exception:  # noqa: BLE001 - an observer (metrics) must never fail the job
+                log.exception("a run listener failed", extra={**context, "event": "run_listener_failed"})
+
+    def last_run(self, job: str) -> dict | None:
+        return self.runs.find_one({"job": job}, sort=[("startedAt", DESCENDING)])
+
+    def last_success(self, job: str) -> dict | None:
+        return self.runs.find_one({"job": job, "status": {"$in": list(SUCCESSFUL)}},
+                                  sort=[("startedAt", DESCENDING)])
 
     def mark_abandoned(self, stale_after: timedelta) -> int:
         """At start-up: runs still `running` that belong to a dead process of this host (or to an

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.collection import Collection
 from pymongo.database import Database
 
 CUSTOMERS = "customers"
@@ -10,6 +11,8 @@ CONTACTS = "contacts"
 ACTIVITIES = "activities"
 SYNC_STATE = "sync_state"
 SYNC_RUNS = "sync_runs"
+
+RUN_EXPIRY_INDEX = "ttl_startedAt"
 
 
 def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
@@ -36,6 +39,16 @@ def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
     ])
     db[SYNC_RUNS].create_indexes([
         IndexModel([("job", ASCENDING), ("startedAt", DESCENDING)], name="job_startedAt"),
-        IndexModel([("startedAt", ASCENDING)], name="ttl_startedAt",
-                   expireAfterSeconds=run_retention_days * 86400),
     ])
+    _ensure_run_expiry(db[SYNC_RUNS], run_retention_days * 86400)
+
+
+def _ensure_run_expiry(runs: Collection, seconds: int) -> None:
+    """Old run records expire through a TTL index. When RUN_RETENTION_DAYS changed, MongoDB
+    refuses to re-create the index with another expiry (IndexOptionsConflict); `collMod` could
+    change it in place, but mongomock (tests, demo) lacks it, so the old index is dropped first.
+    Without the index for that moment, nothing expires early: it only delays expiry."""
+    current = runs.index_information().get(RUN_EXPIRY_INDEX)
+    if current is not None and current.get("expireAfterSeconds") != seconds:
+        runs.drop_index(RUN_EXPIRY_INDEX)
+    runs.create_index([("startedAt", ASCENDING)], name=RUN_EXPIRY_INDEX, expireAfterSeconds=seconds)

@@ -52,6 +52,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     health_port: int | None = None
+    health_host: str = "127.0.0.1"
     health_max_age_intervals: float = 3.0
     run_retention_days: int = 30
 
@@ -176,6 +177,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "LOG_LEVEL": ("log_level", _log_level, False),
     "LOG_FORMAT": ("log_format", _log_format, False),
     "HEALTH_PORT": ("health_port", _port, False),
+    "HEALTH_HOST": ("health_host", _text, False),
     "HEALTH_MAX_AGE_INTERVALS": ("health_max_age_intervals", _positive_float, False),
     "RUN_RETENTION_DAYS": ("run_retention_days", _positive_int, False),
 }

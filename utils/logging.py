@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import sys
+import time
 from datetime import datetime, timezone
 
 from utils.phone import mask_phone
@@ -18,6 +19,8 @@ CONTEXT_FIELDS = ("job", "run_id", "event", "agent_id", "call_id", "counts", "st
 
 _PHONE_LIKE = re.compile(r"(?<![\w.-])(?:\+\d[\d ()-]{7,}\d|\d{10,15})(?![\w-])")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\"]+")
+# user:password@ in a URL, e.g. a MongoDB URI quoted by a driver error.
+_URL_CREDENTIALS = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/\s@]+@")
 
 
 class RedactingFilter(logging.Filter):
@@ -31,16 +34,27 @@ class RedactingFilter(logging.Filter):
         for secret in self.secrets:
             text = text.replace(secret, "***")
         text = _BEARER.sub(r"\1***", text)
+        text = _URL_CREDENTIALS.sub(r"\1***@", text)
         return _PHONE_LIKE.sub(lambda m: mask_phone(m.group(0)), text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.redact(record.getMessage())
         record.args = None
+        # Context fields are printed too, and an id can be anything an upstream or a user sent.
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if isinstance(value, str):
+                setattr(record, name, self.redact(value))
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
         return True
+
+
+def _context(record: logging.LogRecord) -> dict[str, object]:
+    """The context fields a caller attached; a field passed as None (no call, no agent) is left out."""
+    return {name: getattr(record, name) for name in CONTEXT_FIELDS if getattr(record, name, None) is not None}
 
 
 class JsonFormatter(logging.Formatter):
@@ -51,22 +65,24 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for name in CONTEXT_FIELDS:
-            if hasattr(record, name):
-                line[name] = getattr(record, name)
+        line.update(_context(record))
         if record.exc_text:
             line["exception"] = record.exc_text
         return json.dumps(line, default=str)
 
 
 class TextFormatter(logging.Formatter):
+    # UTC like the JSON lines and the stored times, so a log line and a run record compare directly.
+    converter = time.gmtime
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"
+
     def __init__(self):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        context = " ".join(f"{name}={getattr(record, name)}" for name in CONTEXT_FIELDS
-                           if name != "event" and hasattr(record, name))
+        context = " ".join(f"{name}={value}" for name, value in _context(record).items() if name != "event")
         return f"{text} [{context}]" if context else text
 
 

@@ -68,11 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _build(settings: Settings):
+def _build(settings: Settings, *, prepare: bool = True):
+    """`prepare=False` for read-only commands: no index builds, no marking of other runs."""
     from worker.app import App
 
     app = App.build(settings)
-    app.prepare()
+    if prepare:
+        app.prepare()
     return app
 
 
@@ -100,7 +102,7 @@ def _once(settings: Settings, args) -> int:
 def _status(settings: Settings, args) -> int:
     from worker.status import print_status
 
-    app = _build(settings)
+    app = _build(settings, prepare=False)
     try:
         return print_status(app.db, settings, as_json=args.json)
     finally:

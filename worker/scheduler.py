@@ -5,12 +5,14 @@ import logging
 import os
 import signal
 import threading
+import time
 from datetime import datetime, timezone
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from worker.app import JOB_NAMES, App
+from worker.health import serve_health
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +42,33 @@ def run_daemon(app: App) -> int:
         app.stop.set()
         # From a signal handler the scheduler must not wait for its jobs (they run in other
         # threads and may need this one); the wait happens below, bounded.
-        threading.Thread(target=scheduler.shutdown, kwargs={"wait": False}, daemon=True).start()
+        threading.Thread(target=shut_down, daemon=True).start()
 
+    def shut_down():
+        # A signal may arrive before scheduler.start() got going: wait for it rather than miss it.
+        give_up = time.monotonic() + 10
+        while not scheduler.running and time.monotonic() < give_up:
+            time.sleep(0.02)
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+
+    health = None
+    if app.settings.health_port is not None:
+        health = serve_health(app, is_scheduling=lambda: scheduler.running)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("daemon started: jobs %s every %d min", ", ".join(JOB_NAMES), app.settings.sync_interval_minutes,
              extra={"event": "daemon_started"})
     scheduler.start()
+    # Still listening while the last job finishes: /healthz answers 503 (not scheduling), which
+    # tells a supervisor the stop is under way rather than a dead process.
     if not app.wait_idle(SHUTDOWN_GRACE_SECONDS):
         log.warning("a job did not stop within %.0fs; exiting anyway (its cursor was not advanced)",
                     SHUTDOWN_GRACE_SECONDS, extra={"event": "shutdown_timeout"})
         logging.shutdown()
         os._exit(0)  # the stuck job's thread would otherwise hold the interpreter open
+    if health is not None:
+        health.stop()
     app.close()
     log.info("daemon stopped", extra={"event": "daemon_stopped"})
     return 0

@@ -1,0 +1,196 @@
+"""The health listener over real HTTP on 127.0.0.1: /healthz states and /metrics content."""
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import timedelta, timezone
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fakes.bolna_server import FakeBolna
+from fakes.groq_server import FakeGroq
+from services.run_record import utcnow
+from services.storage import CALLS, SYNC_RUNS
+from tests.helpers import AGENT, build_app, execution
+from worker.health import serve_health
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def bolna(settings):
+    calls = [execution(f"+9198765432{n:02d}", minutes_ago=10 + n, call_id=f"c-{n}",
+                       transcript="assistant: Hello\nuser: Yes I want to book a site visit this Sunday\n")
+             for n in range(5)]
+    with FakeBolna([AGENT], calls, api_key=settings.bolna_api_key) as server:
+        yield server
+
+
+@pytest.fixture
+def health_settings(settings):
+    return settings.with_overrides(health_port=0, health_host="127.0.0.1", sync_interval_minutes=5,
+                                   health_max_age_intervals=3)
+
+
+@pytest.fixture
+def listen():
+    servers = []
+
+    def start(app, scheduling: threading.Event):
+        server = serve_health(app, is_scheduling=scheduling.is_set)
+        servers.append(server)
+        host, port = server.address
+        return f"http://{host}:{port}"
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read().decode()
+
+
+def healthz(base: str) -> tuple[int, dict]:
+    status, content_type, body = get(base + "/healthz")
+    assert content_type == "application/json"
+    return status, json.loads(body)
+
+
+def scheduling() -> threading.Event:
+    flag = threading.Event()
+    flag.set()
+    return flag
+
+
+def old_success(db, job: str, hours: float) -> None:
+    finished = utcnow() - timedelta(hours=hours)
+    db[SYNC_RUNS].insert_one({"_id": f"old-{job}", "job": job, "status": "ok", "counts": {},
+                              "startedAt": finished - timedelta(minutes=1), "finishedAt": finished})
+
+
+def test_healthy_while_scheduling_and_runs_are_recent(health_settings, mongo, bolna, listen):
+    app = build_app(health_settings, mongo, bolna)
+    base = listen(app, scheduling())
+
+    status, body = healthz(base)
+    assert status == 200 and body["status"] == "ok" and body["reasons"] == []
+    assert body["jobs"]["crm_sync"]["lastSuccessAt"] is None  # a fresh start gets time for its first runs
+    assert body["maxAgeSeconds"] == 15 * 60
+
+    for job in ("crm_sync", "call_processor"):
+        app.run_job(job)
+    status, body = healthz(base)
+    assert status == 200
+    assert all(state["lastSuccessAt"] and state["ageSeconds"] < 60 for state in body["jobs"].values())
+
+
+def test_unhealthy_when_the_scheduler_stopped(health_settings, mongo, bolna, listen):
+    app = build_app(health_settings, mongo, bolna)
+    flag = scheduling()
+    base = listen(app, flag)
+    for job in ("crm_sync", "call_processor"):
+        app.run_job(job)
+    assert healthz(base)[0] == 200
+
+    flag.clear()
+    status, body = healthz(base)
+    assert status == 503 and body["status"] == "unhealthy"
+    assert body["reasons"] == ["the scheduler is not running"]
+
+
+def test_unhealthy_when_a_job_has_not_succeeded_for_too_long(health_settings, mongo, db, bolna, listen):
+    old_success(db, "crm_sync", hours=2)
+    old_success(db, "call_processor", hours=2)
+    app = build_app(health_settings, mongo, bolna)
+    base = listen(app, scheduling())
+
+    status, body = healthz(base)
+    assert status == 503
+    assert [reason.split(":")[0] for reason in body["reasons"]] == ["crm_sync", "call_processor"]
+    assert body["jobs"]["crm_sync"]["ageSeconds"] >= 7200
+
+    app.run_job("call_processor")
+    status, body = healthz(base)
+    assert status == 503 and [reason.split(":")[0] for reason in body["reasons"]] == ["crm_sync"]
+
+    # A failed run is no success: crm_sync stays unhealthy.
+    bolna.inject("/v2/agent/", status=403)  # the key is refused
+    assert app.run_job("crm_sync")["status"] == "failed"
+    assert healthz(base)[0] == 503
+
+    app.run_job("crm_sync")
+    assert healthz(base)[0] == 200
+
+
+def test_a_job_that_never_succeeds_since_start_becomes_unhealthy(health_settings, mongo, bolna, listen):
+    # 0.001 intervals of 1 minute: 60 ms without a successful run is too long.
+    app = build_app(health_settings.with_overrides(sync_interval_minutes=1, health_max_age_intervals=0.001),
+                    mongo, bolna)
+    base = listen(app, scheduling())
+    time.sleep(0.2)
+
+    status, body = healthz(base)
+    assert status == 503
+    assert all("none since the start" in reason for reason in body["reasons"]) and len(body["reasons"]) == 2
+
+
+def metric_samples(base: str) -> dict[tuple[str, tuple], float]:
+    status, content_type, text = get(base + "/metrics")
+    assert status == 200 and content_type.startswith("text/plain")
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_metrics_follow_the_run_records(health_settings, mongo, db, bolna, listen):
+    with FakeGroq() as groq:
+        llm_settings = health_settings.with_overrides(groq_api_keys=("gsk-test",), groq_base_url=groq.base_url,
+                                                      llm_batch_limit=3)
+        app = build_app(llm_settings, mongo, bolna)
+        base = listen(app, scheduling())
+        crm = app.run_job("crm_sync")
+        calls = app.run_job("call_processor")
+        bolna.inject("/v2/agent/", status=403)  # next run: the key is refused
+        failed = app.run_job("crm_sync")
+
+    samples = metric_samples(base)
+
+    def value(name, **labels):
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("callsync_runs_total", job="crm_sync", status="ok") == 1
+    assert value("callsync_runs_total", job="crm_sync", status="failed") == 1
+    assert value("callsync_runs_total", job="call_processor", status="ok") == 1
+    assert value("callsync_runs_total", job="call_processor", status="partial") == 0
+    assert value("callsync_records_written_total", job="crm_sync", operation="inserted") == crm["counts"]["inserted"] == 5
+    assert value("callsync_records_written_total", job="call_processor", operation="inserted") == 5
+    assert value("callsync_run_errors_total", job="crm_sync") == failed["errorCount"] == 1
+    assert value("callsync_llm_calls_total", outcome="ok") == calls["counts"]["analyzed"] == 3
+    assert value("callsync_llm_tokens_total", kind="prompt") == calls["counts"]["promptTokens"] > 0
+    assert value("callsync_llm_tokens_total", kind="completion") == calls["counts"]["completionTokens"] > 0
+    assert value("callsync_llm_fallbacks_total") == 0 and value("callsync_llm_fallback_ratio") == 0
+    assert value("callsync_last_success_timestamp_seconds", job="crm_sync") == pytest.approx(
+        crm["finishedAt"].replace(tzinfo=timezone.utc).timestamp())
+    assert value("callsync_analysis_queue_depth") == db[CALLS].count_documents(
+        {"processed": False, "terminal": True}) == 2
+
+
+def test_fallback_ratio_is_the_share_of_heuristic_analyses(health_settings, mongo, bolna, listen):
+    app = build_app(health_settings.with_overrides(llm_batch_limit=4), mongo, bolna)  # no Groq key
+    base = listen(app, scheduling())
+    app.run_job("call_processor")
+
+    samples = metric_samples(base)
+    assert samples[("callsync_llm_fallbacks_total", ())] == 4
+    assert samples[("callsync_llm_fallback_ratio", ())] == 1.0
+
+
+def test_unknown_path_is_404(health_settings, mongo, bolna, listen):
+    base = listen(build_app(health_settings, mongo, bolna), scheduling())
+    assert get(base + "/")[0] == 404

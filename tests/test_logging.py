@@ -1,0 +1,96 @@
+"""What a run writes to the log: structured JSON or text lines, never an API key or a full phone number."""
+import io
+import json
+import logging
+import re
+
+import pytest
+
+from fakes.bolna_server import FakeBolna
+from tests.helpers import AGENT, build_app, execution
+from utils.logging import setup_logging
+
+pytestmark = pytest.mark.timeout(60)
+
+API_KEY = "bn-live-7f3a9c2e5d"
+PHONES = ["+91 98765 43210", "09811122233", "919900011122", "+1 415 555 2671"]
+
+
+@pytest.fixture
+def log_output():
+    """setup_logging as the CLI calls it, into a buffer; the root logger is restored afterwards."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    buffer = io.StringIO()
+
+    def start(fmt: str) -> io.StringIO:
+        setup_logging("INFO", fmt, secrets=(API_KEY,), stream=buffer)
+        return buffer
+
+    yield start
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
+
+
+@pytest.fixture
+def run_both_jobs(settings, mongo):
+    """Runs with everything that writes log lines: malformed records, an invalid number, and an
+    upstream error whose text quotes what it was sent (here the API key, pasted as an agent id)."""
+    calls = [execution(phone, minutes_ago=10 + n, call_id=f"c-{n}") for n, phone in enumerate(PHONES)]
+    calls.append(execution("12345", call_id="bad-phone"))
+    calls.append(execution("+91 99887 76655", call_id="bad-extracted", extracted="{name: Ravi"))
+    with FakeBolna([AGENT], calls, api_key=API_KEY) as bolna:
+        app = build_app(settings.with_overrides(bolna_api_key=API_KEY, bolna_agent_ids=("agent-1", API_KEY)),
+                        mongo, bolna)
+        yield lambda: [app.run_job(job) for job in ("crm_sync", "call_processor")]
+
+
+def assert_no_secret_or_phone(text: str) -> None:
+    assert API_KEY not in text
+    for phone in PHONES + ["+91 99887 76655"]:
+        digits = re.sub(r"\D", "", phone)
+        national = digits[-10:]
+        assert national not in re.sub(r"[\s()-]", "", text), phone
+    assert "***" in text  # the masks are there: the runs did log what was masked
+
+
+def test_json_lines_carry_the_run_context_and_no_secrets(log_output, run_both_jobs):
+    buffer = log_output("json")
+    records = run_both_jobs()
+    text = buffer.getvalue()
+
+    assert_no_secret_or_phone(text)
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert all({"timestamp", "level", "message"} <= line.keys() for line in lines)
+    finished = {line["job"]: line for line in lines if line.get("event") == "run_finished"}
+    for record in records:
+        line = finished[record["job"]]
+        assert line["run_id"] == record["_id"] and line["counts"] == record["counts"]
+        assert line["level"] == "INFO" and line["timestamp"].endswith("+00:00")
+    errors = [line for line in lines if line.get("event") == "bolna_error"]
+    assert errors and all(line["level"] == "WARNING" and line["run_id"] for line in errors)
+    assert not any(value is None for line in lines for value in line.values())
+
+
+def test_text_lines_carry_the_run_context_and_no_secrets(log_output, run_both_jobs):
+    buffer = log_output("text")
+    records = run_both_jobs()
+    text = buffer.getvalue()
+
+    assert_no_secret_or_phone(text)
+    for record in records:
+        finished = [line for line in text.splitlines()
+                    if f"run_id={record['_id']}" in line and "run finished" in line]
+        assert len(finished) == 1 and f"job={record['job']}" in finished[0]
+        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO ", finished[0])
+    assert "=None" not in text
+
+
+def test_the_redaction_net_masks_keys_tokens_credentials_and_numbers(log_output):
+    buffer = log_output("json")
+    logging.getLogger("upstream").error(
+        "refused %s with Authorization: Bearer gsk_abcdef123456 for +91 98765 43210 via mongodb://app:s3cret@db:27017",
+        API_KEY)
+    line = json.loads(buffer.getvalue())
+    assert line["message"] == ("refused *** with Authorization: Bearer *** for ***3210 "
+                               "via mongodb://***@db:27017")

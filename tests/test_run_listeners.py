@@ -1,0 +1,22 @@
+"""Run listeners (the metrics hook) see every finished run, and can never fail one."""
+from fakes.bolna_server import FakeBolna
+from services.storage import SYNC_RUNS
+from tests.helpers import AGENT, build_app, execution
+
+
+def test_listeners_get_the_stored_record_and_a_failing_one_is_contained(settings, mongo, db):
+    seen = []
+
+    def broken(_run):
+        raise RuntimeError("observer bug")
+
+    with FakeBolna([AGENT], [execution()], api_key=settings.bolna_api_key) as bolna:
+        app = build_app(settings, mongo, bolna)
+        app.runs.subscribe(broken)
+        app.runs.subscribe(seen.append)
+        record = app.run_job("crm_sync")
+
+    assert record["status"] == "ok"
+    assert seen == [record]
+    stored = db[SYNC_RUNS].find_one({"_id": record["_id"]})
+    assert stored["status"] == "ok" and stored["counts"] == record["counts"]

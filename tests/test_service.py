@@ -1,0 +1,153 @@
+"""The daemon as a process: SIGTERM mid-run, and refusals at start-up (real subprocesses)."""
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from fakes.bolna_server import FakeBolna
+from tests.helpers import AGENT, execution
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = Path(__file__).resolve().parent.parent
+TOTAL_CALLS = 60
+PAGE_SIZE = 5
+
+# The real daemon code (`run_daemon`) on an in-memory MongoDB, which only this process can read:
+# after the daemon returns, the script prints what was stored as one `STORED {...}` line.
+DAEMON = """
+import json, sys
+from fakes.mongo_hooks import HookedClient
+from utils.config import Settings
+from utils.logging import setup_logging
+from worker.app import App
+from worker.scheduler import run_daemon
+
+settings = Settings(**json.loads(sys.argv[1]))
+setup_logging(fmt="json", secrets=(settings.bolna_api_key,))
+app = App.build(settings, mongo_client=HookedClient())
+app.prepare()
+code = run_daemon(app)
+stored = {
+    "runs": list(app.db.sync_runs.find({}, {"job": 1, "status": 1, "counts": 1, "errors": 1})),
+    "callIds": [c["callId"] for c in app.db.calls.find()],
+    "customerCallIds": [i for c in app.db.customers.find() for i in c["callIds"]],
+    "cursors": [s["cursor"].isoformat() for s in app.db.sync_state.find()],
+}
+print("STORED " + json.dumps(stored, default=str), flush=True)
+sys.exit(code)
+"""
+
+
+class Daemon:
+    """A subprocess whose stdout lines are collected by a thread, so reading never blocks."""
+
+    def __init__(self, args: list[str], env: dict | None = None):
+        self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def wait_for_line(self, needle: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self.seen.append(line)
+            if needle in line:
+                return line
+        raise AssertionError(f"no line containing {needle!r} in {self.seen}")
+
+
+def wait_until(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def slow_bolna():
+    calls = [execution(f"+91987654{n:04d}", minutes_ago=5 + n, call_id=f"c-{n:03d}") for n in range(TOTAL_CALLS)]
+    # Every page takes 0.15 s: a run over 12 pages is still going when the signal comes.
+    with FakeBolna([AGENT], calls, api_key="service-key", latency=0.15) as server:
+        yield server, calls
+
+
+def test_sigterm_during_a_run_exits_0_after_writing_whole_pages(slow_bolna):
+    bolna, calls = slow_bolna
+    settings = {"mongodb_db": "callsync", "bolna_api_key": "service-key", "bolna_base_url": bolna.base_url,
+                "bolna_page_size": PAGE_SIZE, "backfill_days": 8, "health_port": 0, "http_backoff_seconds": 0.01}
+    daemon = Daemon([sys.executable, "-c", DAEMON, json.dumps(settings)])
+    try:
+        listening = json.loads(daemon.wait_for_line('"health_listening"'))
+        health_url = re.search(r"http://[\d.:]+", listening["message"]).group(0) + "/healthz"
+        wait_until(lambda: bolna.request_count("/v2/agent/agent-1/executions") >= 4)
+        with urllib.request.urlopen(health_url, timeout=5) as response:
+            assert response.status == 200  # scheduling, and a fresh start has time for its first runs
+
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=40) == 0
+        stored = json.loads(daemon.wait_for_line("STORED ").removeprefix("STORED "))
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+    stderr = daemon.process.stderr.read()
+    assert "Traceback" not in stderr, stderr
+    events = [json.loads(line).get("event") for line in daemon.seen if line.startswith("{")]
+    assert "shutdown" in events and "daemon_stopped" in events
+
+    runs = {run["job"]: run for run in stored["runs"]}
+    assert set(runs) == {"crm_sync", "call_processor"} and len(stored["runs"]) == 2
+    for run in runs.values():
+        # Ended by the signal, recorded as such, and not left `running`.
+        assert run["status"] == "partial"
+        assert "interrupted" in {error["code"] for error in run["errors"]}
+    # No half-written page: every call of every page fetched was stored, and the runs stopped early.
+    fetched = runs["call_processor"]["counts"]["fetched"]
+    assert len(stored["callIds"]) == fetched < TOTAL_CALLS and fetched % PAGE_SIZE == 0
+    assert len(stored["customerCallIds"]) == runs["crm_sync"]["counts"]["fetched"] < TOTAL_CALLS
+    # The next start resumes from the cursors: nothing older than a cursor is missing.
+    missing = [call for call in calls if call["id"] not in stored["callIds"]]
+    oldest_missing = min(datetime.fromisoformat(call["created_at"]).replace(tzinfo=None) for call in missing)
+    assert all(datetime.fromisoformat(cursor) <= oldest_missing for cursor in stored["cursors"])
+
+
+def run_main(*args: str, **variables: str) -> subprocess.CompletedProcess:
+    # Empty values count as unset and keep a developer's .env from filling them in.
+    env = {"PATH": os.environ["PATH"], "MONGODB_URI": "", "BOLNA_API_KEY": "", **variables}
+    return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("command", ["run", "once"])
+def test_run_and_once_refuse_without_mongodb_uri(command):
+    result = run_main(command, BOLNA_API_KEY="some-key")
+    assert result.returncode == 2
+    assert result.stderr.startswith("callsync: MONGODB_URI is not set")
+    assert "main.py demo" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable():
+    result = run_main("run", MONGODB_URI="mongodb://localhost:1", BOLNA_API_KEY="k", HEALTH_PORT="http")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("callsync: HEALTH_PORT is invalid")
+    assert "Traceback" not in result.stderr

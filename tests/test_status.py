@@ -1,0 +1,98 @@
+"""`main.py status`: what the run records and collections say, as JSON and as a table."""
+import json
+from datetime import timedelta
+
+import pytest
+
+from fakes.bolna_server import FakeBolna
+from services.run_record import utcnow
+from services.storage import CALLS, CONTACTS, SYNC_RUNS
+from tests.helpers import AGENT, build_app, execution
+from worker.status import print_status
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def bolna(settings):
+    calls = [execution(f"+9198765432{n:02d}", minutes_ago=10 + n, call_id=f"c-{n}") for n in range(6)]
+    calls.append(execution("+919811100000", status="in-progress", call_id="pending"))
+    with FakeBolna([AGENT], calls, api_key=settings.bolna_api_key) as server:
+        yield server
+
+
+def status_json(db, settings, capsys) -> dict:
+    assert print_status(db, settings, as_json=True) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1  # one JSON object on one line
+    return json.loads(out)
+
+
+def test_status_json_reflects_the_run_records(settings, mongo, db, bolna, capsys):
+    app = build_app(settings.with_overrides(llm_batch_limit=4), mongo, bolna)
+    crm = app.run_job("crm_sync")
+    calls = app.run_job("call_processor")
+
+    status = status_json(db, settings, capsys)
+
+    for job, record in (("crm_sync", crm), ("call_processor", calls)):
+        last = status["jobs"][job]["lastRun"]
+        assert last["id"] == record["_id"] and last["status"] == record["status"] == "ok"
+        assert last["counts"] == record["counts"]
+        assert status["jobs"][job]["lastSuccessAt"].startswith(record["finishedAt"].isoformat()[:19])
+        assert 0 <= status["jobs"][job]["lastSuccessAgeSeconds"] < 60
+    assert status["totals"] == {"customers": 7 - 1, "calls": 7, "contacts": 4}
+    # 6 terminal calls, 4 analyzed; the in-progress call is not waiting for analysis yet.
+    assert status["queueDepth"] == db[CALLS].count_documents({"processed": False, "terminal": True}) == 2
+    tags = {}
+    for contact in db[CONTACTS].find():
+        tags[contact["tag"]] = tags.get(contact["tag"], 0) + 1
+    assert status["contactsByTag"] == tags and sum(tags.values()) == 4
+    assert status["contactsByLeadStatus"] == {
+        value: db[CONTACTS].count_documents({"leadStatus": value}) for value in db[CONTACTS].distinct("leadStatus")}
+
+
+def test_a_failed_run_is_the_last_run_but_not_the_last_success(settings, mongo, db, bolna, capsys):
+    app = build_app(settings, mongo, bolna)
+    ok = app.run_job("crm_sync")
+    broken = build_app(settings.with_overrides(bolna_api_key="wrong-key"), mongo, bolna)
+    failed = broken.run_job("crm_sync")
+    assert failed["status"] == "failed"
+
+    job = status_json(db, settings, capsys)["jobs"]["crm_sync"]
+
+    assert job["lastRun"]["id"] == failed["_id"] and job["lastRun"]["status"] == "failed"
+    assert job["lastRun"]["errorCount"] == 1
+    assert job["lastSuccessAt"].startswith(ok["finishedAt"].isoformat()[:19])
+    assert status_json(db, settings, capsys)["jobs"]["call_processor"] == {
+        "lastRun": None, "lastSuccessAt": None, "lastSuccessAgeSeconds": None}
+
+
+def test_age_of_the_last_success_counts_from_when_it_finished(settings, db, capsys):
+    finished = utcnow() - timedelta(hours=2)
+    db[SYNC_RUNS].insert_many([
+        {"_id": "old-ok", "job": "crm_sync", "status": "ok", "startedAt": finished - timedelta(minutes=1),
+         "finishedAt": finished, "counts": {}, "errorCount": 0},
+        {"_id": "newer-abandoned", "job": "crm_sync", "status": "abandoned",
+         "startedAt": finished + timedelta(minutes=30), "finishedAt": finished + timedelta(minutes=40)},
+    ])
+
+    job = status_json(db, settings, capsys)["jobs"]["crm_sync"]
+
+    assert job["lastRun"]["id"] == "newer-abandoned"
+    assert abs(job["lastSuccessAgeSeconds"] - 7200) < 60
+
+
+def test_table_names_each_job_its_last_status_and_the_counts(settings, mongo, db, bolna, capsys):
+    app = build_app(settings.with_overrides(llm_batch_limit=4), mongo, bolna)
+    app.run_job("call_processor")
+
+    assert print_status(db, settings, as_json=False) == 0
+    out = capsys.readouterr().out
+
+    lines = out.splitlines()
+    assert any(line.split()[:2] == ["call_processor", "ok"] for line in lines)
+    assert any(line.split()[:3] == ["crm_sync", "never", "run"] for line in lines)
+    assert "calls 7" in out and "waiting for analysis 2" in out
+    for contact_tag in db[CONTACTS].distinct("tag"):
+        assert any(line.split()[:1] == [contact_tag] for line in lines)

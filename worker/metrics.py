@@ -1,0 +1,135 @@
+"""Prometheus metrics of the daemon, taken from the run records it writes.
+
+Counters grow by each finished run's counts (a `RunRecords` listener), so they say exactly what
+the stored run records say. The analysis queue depth is read from MongoDB when scraped, and the
+last-success times are loaded from `sync_runs` at start so a restart does not forget them.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+from typing import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
+
+from services.run_records import SUCCESSFUL, RunRecords
+from services.storage import CALLS
+
+log = logging.getLogger(__name__)
+
+RUN_STATUSES = ("ok", "partial", "failed")
+WRITE_COUNTS = ("inserted", "updated")
+# Analysis outcome label -> the call processor's run-record counter (services/analyzer/batch.py).
+ANALYSIS_OUTCOMES = {"ok": "analyzed", "failed": "failed", "skipped": "skipped", "released": "released",
+                     "claim_lost": "claimLost", "crashed": "crashed"}
+TOKEN_KINDS = {"prompt": "promptTokens", "completion": "completionTokens"}
+
+
+def analysis_queue_depth(db: Database) -> int:
+    """Calls waiting for analysis: stored final, not analyzed yet (the `analysis_queue` index)."""
+    return db[CALLS].count_documents({"processed": False, "terminal": True})
+
+
+class RunMetrics:
+    def __init__(self, db: Database, jobs: Iterable[str]):
+        self.jobs = tuple(jobs)
+        self.registry = CollectorRegistry()
+        self._lock = threading.Lock()
+        self._last_success: dict[str, datetime] = {}
+        registry = self.registry
+        self.runs = Counter("callsync_runs", "Job runs finished, by job and status",
+                            ["job", "status"], registry=registry)
+        self.records_written = Counter(
+            "callsync_records_written",
+            "Documents written by the jobs (crm_sync: customers, call_processor: calls), by operation",
+            ["job", "operation"], registry=registry)
+        self.run_errors = Counter("callsync_run_errors", "Errors recorded on job runs", ["job"],
+                                  registry=registry)
+        self.analyses = Counter("callsync_llm_calls", "Calls taken from the analysis queue, by outcome",
+                                ["outcome"], registry=registry)
+        self.fallbacks = Counter("callsync_llm_fallbacks",
+                                 "Analyses made by the offline heuristic instead of the LLM", registry=registry)
+        self.tokens = Counter("callsync_llm_tokens", "LLM tokens used, by kind", ["kind"], registry=registry)
+        self.fallback_ratio = Gauge(
+            "callsync_llm_fallback_ratio",
+            "Share of analyses made by the offline heuristic, in the last run that analyzed any call",
+            registry=registry)
+        self.last_success = Gauge("callsync_last_success_timestamp_seconds",
+                                  "When the last ok or partial run of each job finished (Unix time)",
+                                  ["job"], registry=registry)
+        registry.register(_QueueDepth(db))
+        # Every series exists from the start, so a rate over the first failure is not lost.
+        for job in self.jobs:
+            for status in RUN_STATUSES:
+                self.runs.labels(job, status)
+            for operation in WRITE_COUNTS:
+                self.records_written.labels(job, operation)
+            self.run_errors.labels(job)
+        for outcome in ANALYSIS_OUTCOMES:
+            self.analyses.labels(outcome)
+        for kind in TOKEN_KINDS:
+            self.tokens.labels(kind)
+
+    def load_last_successes(self, runs: RunRecords) -> None:
+        for job in self.jobs:
+            record = runs.last_success(job)
+            if record and record.get("finishedAt"):
+                self._set_last_success(job, record["finishedAt"])
+
+    def observe_run(self, run: dict) -> None:
+        """A `RunRecords` listener: count one finished run's record."""
+        job, counts = run["job"], run.get("counts", {})
+        self.runs.labels(job, run["status"]).inc()
+        for operation in WRITE_COUNTS:
+            self.records_written.labels(job, operation).inc(counts.get(operation, 0))
+        self.run_errors.labels(job).inc(counts.get("errors", 0))
+        for outcome, counter in ANALYSIS_OUTCOMES.items():
+            self.analyses.labels(outcome).inc(counts.get(counter, 0))
+        for kind, counter in TOKEN_KINDS.items():
+            self.tokens.labels(kind).inc(counts.get(counter, 0))
+        fallbacks = counts.get("fallback", 0)
+        self.fallbacks.inc(fallbacks)
+        # Both ok and failed analyses may carry a heuristic result; skips carry none.
+        analyzed = counts.get("analyzed", 0) + counts.get("failed", 0)
+        if analyzed:
+            self.fallback_ratio.set(fallbacks / analyzed)
+        if run["status"] in SUCCESSFUL and run.get("finishedAt"):
+            self._set_last_success(job, run["finishedAt"])
+
+    def last_success_at(self, job: str) -> datetime | None:
+        with self._lock:
+            return self._last_success.get(job)
+
+    def _set_last_success(self, job: str, finished_at: datetime) -> None:
+        with self._lock:
+            self._last_success[job] = finished_at
+        # Stored times are naive UTC.
+        self.last_success.labels(job).set(finished_at.replace(tzinfo=timezone.utc).timestamp())
+
+
+class _QueueDepth(Collector):
+    """Read at scrape time: the queue also shrinks by other daemons' work and `reanalyze`."""
+
+    NAME = "callsync_analysis_queue_depth"
+    HELP = "Calls stored final and not analyzed yet"
+
+    def __init__(self, db: Database):
+        self._db = db
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        # Without describe() the registry would run a query at registration to learn the name.
+        return [GaugeMetricFamily(self.NAME, self.HELP)]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            depth = analysis_queue_depth(self._db)
+        except PyMongoError as exc:
+            # A scrape must still answer with the other metrics; a missing series says enough.
+            log.warning("queue depth unavailable: %s", type(exc).__name__, extra={"event": "metrics_degraded"})
+            return
+        yield GaugeMetricFamily(self.NAME, self.HELP, value=depth)

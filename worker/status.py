@@ -1,0 +1,95 @@
+"""`main.py status`: what the daemon did and what waits — read from the collections it writes,
+so it works from any machine that reaches the database, daemon running or not."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from pymongo.database import Database
+
+from services.run_record import utcnow
+from services.run_records import RunRecords
+from services.storage import CALLS, CONTACTS, CUSTOMERS
+from utils.config import Settings
+from utils.table import format_table
+from worker.app import JOB_NAMES
+from worker.metrics import analysis_queue_depth
+
+
+def collect_status(db: Database, settings: Settings) -> dict:
+    runs = RunRecords(db)
+    now = utcnow()
+    jobs = {}
+    for job in JOB_NAMES:
+        last = runs.last_run(job)
+        success = runs.last_success(job)
+        success_at = success.get("finishedAt") if success else None
+        jobs[job] = {
+            "lastRun": _run_summary(last) if last else None,
+            "lastSuccessAt": success_at,
+            "lastSuccessAgeSeconds": round((now - success_at).total_seconds()) if success_at else None,
+        }
+    return {
+        "database": settings.mongodb_db,
+        "checkedAt": now,
+        "jobs": jobs,
+        "queueDepth": analysis_queue_depth(db),
+        "totals": {name: db[name].count_documents({}) for name in (CUSTOMERS, CALLS, CONTACTS)},
+        "contactsByTag": _count_by(db, "tag"),
+        "contactsByLeadStatus": _count_by(db, "leadStatus"),
+    }
+
+
+def print_status(db: Database, settings: Settings, as_json: bool) -> int:
+    status = collect_status(db, settings)
+    print(json.dumps(status, default=_json_value) if as_json else format_status(status))
+    return 0
+
+
+def format_status(status: dict) -> str:
+    job_rows = []
+    for job, state in status["jobs"].items():
+        last = state["lastRun"] or {}
+        job_rows.append([job, last.get("status", "never run"), last.get("startedAt"), last.get("finishedAt"),
+                         last.get("errorCount"), state["lastSuccessAt"], _age(state["lastSuccessAgeSeconds"])])
+    totals = status["totals"]
+    sections = [
+        f"callsync status of database {status['database']!r} at {status['checkedAt']:%Y-%m-%d %H:%M:%S} UTC",
+        format_table(["job", "last run", "started", "finished", "errors", "last success", "age"], job_rows),
+        f"customers {totals[CUSTOMERS]}   calls {totals[CALLS]}   contacts {totals[CONTACTS]}   "
+        f"waiting for analysis {status['queueDepth']}",
+        format_table(["tag", "contacts"], _count_rows(status["contactsByTag"])),
+        format_table(["lead status", "contacts"], _count_rows(status["contactsByLeadStatus"])),
+    ]
+    return "\n\n".join(sections)
+
+
+def _run_summary(run: dict) -> dict:
+    return {"id": run["_id"], "status": run["status"], "startedAt": run.get("startedAt"),
+            "finishedAt": run.get("finishedAt"), "counts": run.get("counts", {}),
+            "errorCount": run.get("errorCount", 0)}
+
+
+def _count_by(db: Database, field: str) -> dict[str, int]:
+    """Contacts per value of `field`, most common first; contacts without it count under "none"."""
+    groups = db[CONTACTS].aggregate([{"$group": {"_id": f"${field}", "count": {"$sum": 1}}}])
+    counts = {str(group["_id"]) if group["_id"] is not None else "none": group["count"] for group in groups}
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _count_rows(counts: dict[str, int]) -> list[list]:
+    return [[name, count] for name, count in counts.items()] or [["(no contacts)", 0]]
+
+
+def _age(seconds: int | None) -> str | None:
+    if seconds is None:
+        return None
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _json_value(value: object) -> str:
+    if isinstance(value, datetime):  # stored times are naive UTC
+        return value.isoformat(timespec="milliseconds") + "Z"
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
