@@ -16,6 +16,7 @@ from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 from fakes.dataset import iso
@@ -79,8 +80,8 @@ def _parse_int(name: str, value: str | None, default: int) -> int:
         raise _ApiError(400, f"'{name}' must be an integer: {value!r}") from None
 
 
-def _created_key(execution: dict) -> tuple[datetime, str]:
-    return datetime.fromisoformat(execution["created_at"]), str(execution["id"])
+def _created_key(execution: dict, key: str) -> tuple[datetime, str]:
+    return datetime.fromisoformat(execution["created_at"]), key
 
 
 def _trim(execution: dict) -> dict:
@@ -105,13 +106,16 @@ class FakeBolna:
         self._agent_ids = {str(a["id"]) for a in agents}
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
+        self._answer_actions: list[tuple[re.Pattern, Callable[[], None]]] = []
+        # Keyed by id; a record without one (a malformed record a test serves) by a stand-in key.
         self._executions: dict[str, dict] = {}
-        # agent_id -> [(created_at, id)] sorted ascending: pages are slices found by bisect.
+        # agent_id -> [(created_at, key)] sorted ascending: pages are slices found by bisect.
         self._index: dict[str, list[tuple[datetime, str]]] = {}
         for execution in executions:
             record = dict(execution)
-            self._executions[str(record["id"])] = record
-            self._index.setdefault(str(record["agent_id"]), []).append(_created_key(record))
+            key = self._key(record)
+            self._executions[key] = record
+            self._index.setdefault(str(record["agent_id"]), []).append(_created_key(record, key))
         for entries in self._index.values():
             entries.sort()
         self._server: ThreadingHTTPServer | None = None
@@ -165,8 +169,21 @@ class FakeBolna:
         with self._lock:
             old = self._executions[execution_id]
             entries = self._index[str(old["agent_id"])]
-            del entries[bisect_left(entries, _created_key(old))]
+            del entries[bisect_left(entries, _created_key(old, execution_id))]
             self._store({**old, **fields})
+
+    def ground_truth(self) -> dict[str, dict]:
+        """Every execution the API holds now, by id (records served without an id left out):
+        what a complete sync must have stored."""
+        with self._lock:
+            return {key: dict(record) for key, record in self._executions.items()
+                    if record.get("id") is not None}
+
+    def on_answer(self, path_regex: str, action: Callable[[], None]) -> None:
+        """Run `action` once, when the answer to the next request matching `path_regex` is ready but
+        not yet sent (so the client cannot ask again first): e.g. a call appears between two pages."""
+        with self._lock:
+            self._answer_actions.append((re.compile(path_regex), action))
 
     def inject(self, path_regex: str, *, status: int = 500, times: int = 1,
                retry_after: float | None = None, delay: float = 0.0, body: bytes | None = None,
@@ -182,9 +199,23 @@ class FakeBolna:
             self._faults.append(_Fault(re.compile(path_regex), times, status, retry_after, delay,
                                        body, truncate, drop_connection))
 
+    def _key(self, record: dict) -> str:
+        if record.get("id") is None:
+            return f"(no id #{len(self._executions)})"
+        return str(record["id"])
+
     def _store(self, record: dict) -> None:
-        self._executions[str(record["id"])] = record
-        insort(self._index.setdefault(str(record["agent_id"]), []), _created_key(record))
+        key = self._key(record)
+        self._executions[key] = record
+        insort(self._index.setdefault(str(record["agent_id"]), []), _created_key(record, key))
+
+    def _take_answer_action(self, path: str) -> Callable[[], None] | None:
+        with self._lock:
+            for entry in self._answer_actions:
+                if entry[0].search(path):
+                    self._answer_actions.remove(entry)
+                    return entry[1]
+        return None
 
     def _take_fault(self, path: str) -> _Fault | None:
         with self._lock:
@@ -301,6 +332,9 @@ class _Handler(BaseHTTPRequestHandler):
         except _ApiError as error:
             return self._send_json(error.status, {"error": error.status, "message": error.message})
         body = json.dumps(answer).encode()
+        action = fake._take_answer_action(path)
+        if action:
+            action()
         if fault and fault.truncate:
             self.close_connection = True
             return self._send(200, body[: len(body) // 2], content_length=len(body))

@@ -7,6 +7,7 @@ fallback and only a missing id or timestamp makes a record unusable.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -17,6 +18,9 @@ TERMINAL_STATUSES = frozenset({
 })
 UNANSWERED_STATUSES = TERMINAL_STATUSES - {"completed"}
 _MAX_DEPTH = 6
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f]")  # a regex: a loop per character would cost half the mapping time
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_INT64 = range(-2**63, 2**63)  # BSON integers; a bigger JSON number is kept as its digits
 
 
 class MalformedExecution(ValueError):
@@ -99,15 +103,21 @@ def _number(value: Any) -> float | None:
 def _text(value: Any) -> str | None:
     if value is None:
         return None
-    text = value if isinstance(value, str) else str(value)
+    text = _storable(value if isinstance(value, str) else str(value))
     # Control characters other than line breaks and tabs come from broken upstream encodings.
-    text = "".join(ch for ch in text if ch >= " " or ch in "\n\t")
-    return text or None
+    return _CONTROL.sub("", text) or None
+
+
+def _storable(text: str) -> str:
+    """JSON's `\\ud800` escape decodes to a lone surrogate, which UTF-8 (and so BSON) cannot
+    encode: one such character would fail the bulk write of its whole page."""
+    return text if text.isascii() else _SURROGATES.sub("\ufffd", text)
 
 
 def safe_key(key: Any) -> str:
     """A MongoDB-safe field name: no dots, no leading `$`."""
-    text = str(key).replace(".", "_").strip() or "_"
+    # BSON field names end at a NUL byte, so no control characters either.
+    text = (_text(key) or "").replace(".", "_").strip() or "_"
     return "_" + text[1:] if text.startswith("$") else text
 
 
@@ -133,6 +143,8 @@ def flatten_extracted(data: Any, depth: int = 0) -> dict[str, Any]:
 
 def _plain(value: Any, depth: int = 0) -> Any:
     """A value safe to store: scalars as they are, containers with safe keys, bounded depth."""
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+        return str(value)
     if isinstance(value, (str, int, float, bool)) or value is None:
         return _text(value) if isinstance(value, str) else value
     if depth >= _MAX_DEPTH:
@@ -168,6 +180,9 @@ def parse_execution(payload: Any) -> Execution:
     if raw_id is None or isinstance(raw_id, (dict, list, bool)) or not str(raw_id).strip():
         raise MalformedExecution("execution has no id", code="missing_id")
     call_id = str(raw_id).strip()[:200]
+    if _storable(call_id) != call_id:
+        # Changing it would store the call under an id Bolna does not know.
+        raise MalformedExecution("execution id is not valid text", code="bad_id")
     created_at = parse_time(payload.get("created_at"))
     if created_at is None:
         raise MalformedExecution("execution has no valid created_at", call_id, code="missing_created_at")

@@ -1,0 +1,115 @@
+"""`python -m benchmarks [scenario ...] [--quick]`: one table row per scenario and variant,
+callsync next to the naive baseline, measured in this one process. Not part of the test run."""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+from benchmarks import mapping_bench, sync_bench
+from benchmarks.baseline import sequential_llm
+from benchmarks.harness import CountedMongo, Measurement
+from utils.table import format_table
+
+# Scenario sizes: (full run, --quick). mongomock has no indexes: every upsert scans its
+# collection, so a sync's time grows with the square of its size there. On mongomock the first
+# sync (and the baseline, which writes a whole history record by record) runs at 1,000, and
+# 100 new calls are written over the smaller history only; a real server gets the full sizes.
+SIZES = {
+    "first_sync": (10_000, 1_000),
+    "first_sync_mongomock": (1_000, 300),
+    "steady_state": ((10_000, 100_000), (1_000, 10_000)),
+    "mapping": (50_000, 5_000),
+}
+SCENARIOS = ("first_sync", "steady_state", "mapping", "analyzer")
+HEADERS = ["scenario", "variant", "wall s", "Bolna req", "Mongo RT", "exec/s", "peak MB"]
+
+
+def _row(scenario: str, variant: str, m: Measurement, *, rate: bool = False) -> list:
+    return [scenario, variant, f"{m.seconds:.2f}", m.requests if m.requests else "-",
+            m.round_trips if m.round_trips else "-", f"{m.per_second:,.0f}" if rate else "-",
+            f"{m.peak_mb:.1f}" if m.peak_mb is not None else "-"]
+
+
+def _first_sync_size(quick: bool) -> int:
+    return SIZES["first_sync" if CountedMongo.server_uri() else "first_sync_mongomock"][quick]
+
+
+def first_sync(quick: bool) -> list[list]:
+    total = _first_sync_size(quick)
+    ours, naive = sync_bench.first_sync(total)
+    ratio = naive.round_trips / max(ours.round_trips, 1)
+    return [_row(f"first sync {total:,}", "callsync", ours, rate=True),
+            _row(f"first sync {total:,}", f"naive ({ratio:.0f}x the round trips)", naive, rate=True)]
+
+
+def steady_state(quick: bool) -> list[list]:
+    rows = []
+    baseline_history = _first_sync_size(quick)
+    histories = SIZES["steady_state"][quick]
+    for new in (0, 100):
+        naive = sync_bench.naive_rerun(baseline_history, new)
+        rows.append(_row(f"steady {new} new", f"naive re-fetch of {baseline_history:,} history", naive))
+        for history in histories:
+            if new and history != histories[0] and not CountedMongo.server_uri():
+                rows.append([f"steady {new} new / {history:,}", "callsync: needs MONGODB_URI (mongomock scans)",
+                             "", "", "", "", ""])
+                continue
+            ours = sync_bench.steady_state(history, new)
+            rows.append(_row(f"steady {new} new / {history:,}", "callsync (both jobs)", ours))
+    return rows
+
+
+def mapping(quick: bool) -> list[list]:
+    total = SIZES["mapping"][quick]
+    ours, again, naive = mapping_bench.mapping(total)
+    return [_row(f"mapping {total:,}", "callsync, new numbers", ours, rate=True),
+            _row(f"mapping {total:,}", "callsync, numbers seen before", again, rate=True),
+            _row(f"mapping {total:,}", "naive (no phone cache)", naive, rate=True)]
+
+
+def analyzer(quick: bool) -> list[list]:
+    """callsync's own numbers come from the analyzer's benchmark; the baseline sends the same
+    number of requests one after another against the same 1 s latency."""
+    from benchmarks import analyzer_bench
+    from fakes.groq_server import FakeGroq
+
+    print("analyzer batch (benchmarks.analyzer_bench):")
+    started = time.perf_counter()
+    analyzer_bench.main()
+    ours = Measurement(seconds=time.perf_counter() - started, records=analyzer_bench.CALLS)
+    with FakeGroq(latency=analyzer_bench.LATENCY_SECONDS) as fake:
+        started = time.perf_counter()
+        requests = sequential_llm(fake.base_url, [f"call {n}" for n in range(analyzer_bench.CALLS)],
+                                  "llama-3.3-70b-versatile")
+        naive = Measurement(seconds=time.perf_counter() - started, requests=requests)
+    print()
+    return [_row(f"analyzer batch {analyzer_bench.CALLS}", "callsync (incl. setup)", ours),
+            _row(f"analyzer batch {analyzer_bench.CALLS}", "sequential LLM calls", naive)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("scenarios", nargs="*", metavar="scenario",
+                        help=f"any of {', '.join(SCENARIOS)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the sizes, for a smoke run")
+    args = parser.parse_args(argv)
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+    logging.disable(logging.WARNING)  # the runs' own logs would bury the table
+    print("MongoDB: " + ("a server at MONGODB_URI; round trips counted by command monitoring"
+                         if CountedMongo.server_uri() else
+                         "mongomock; round trips counted per collection call (fakes.mongo_hooks)") + "\n")
+    rows = []
+    for name in args.scenarios or SCENARIOS:
+        started = time.perf_counter()
+        rows += globals()[name](args.quick)
+        print(f"  {name} done in {time.perf_counter() - started:.0f} s", flush=True)
+    print()
+    print(format_table(HEADERS, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

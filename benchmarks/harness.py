@@ -1,0 +1,118 @@
+"""What every sync scenario needs: a MongoDB whose round trips are counted, a fake Bolna API whose
+requests are counted, timing and peak memory."""
+from __future__ import annotations
+
+import os
+import time
+import tracemalloc
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import mongomock
+from pymongo import MongoClient, monitoring
+
+from fakes.mongo_hooks import HookedDatabase, RoundTripCounter
+from services.bolna_client import BolnaClient
+from utils.config import Settings
+from worker.app import App
+
+API_KEY = "bench-key"
+# Connection upkeep, not the daemon's work.
+_HOUSEKEEPING = frozenset({"hello", "ismaster", "isMaster", "ping", "endSessions", "saslStart",
+                           "saslContinue", "buildInfo"})
+
+
+class CommandCounter(monitoring.CommandListener):
+    """Round trips on a real server: every command the driver sends (getMore included)."""
+
+    def __init__(self):
+        self.total = 0
+
+    def started(self, event):
+        if event.command_name not in _HOUSEKEEPING:
+            self.total += 1
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
+
+    def reset(self) -> None:
+        self.total = 0
+
+
+@dataclass
+class Measurement:
+    seconds: float = 0.0
+    requests: int = 0
+    round_trips: int = 0
+    peak_mb: float | None = None
+    records: int = 0
+
+    @property
+    def per_second(self) -> float:
+        return self.records / self.seconds if self.seconds else 0.0
+
+
+class CountedMongo:
+    """mongomock behind the counting wrapper, or, when MONGODB_URI is set, a real server watched
+    by command monitoring (a fresh database, dropped on close)."""
+
+    @staticmethod
+    def server_uri() -> str:
+        return os.environ.get("MONGODB_URI", "").strip()
+
+    def __init__(self):
+        self.uri = self.server_uri()
+        if self.uri:
+            self.counter = CommandCounter()
+            self.client = MongoClient(self.uri, tz_aware=False, event_listeners=[self.counter])
+            self.name = f"callsync_bench_{uuid.uuid4().hex[:8]}"
+            self.db = self.client[self.name]
+        else:
+            self.counter = RoundTripCounter()
+            self.client = mongomock.MongoClient()
+            self.name = "callsync_bench"
+            self.db = HookedDatabase(self.client[self.name], self.counter)
+
+    @property
+    def raw(self):
+        """The database without counting, for seeding."""
+        return self.client[self.name]
+
+    def close(self) -> None:
+        if self.uri:
+            self.client.drop_database(self.name)
+        self.client.close()
+
+
+def settings_for(base_url: str, **overrides) -> Settings:
+    return Settings(mongodb_db="callsync_bench", bolna_api_key=API_KEY, bolna_base_url=base_url,
+                    backfill_days=30, llm_batch_limit=0, **overrides)
+
+
+def app_for(settings: Settings, mongo: CountedMongo) -> App:
+    app = App(settings, mongo.db, BolnaClient.from_settings(settings))
+    app.prepare()
+    return app
+
+
+@contextmanager
+def measure(measurement: Measurement, mongo: CountedMongo, bolna, *, memory: bool = False):
+    """Time the block, and count the requests and round trips it made."""
+    mongo.counter.reset()
+    requests_before = bolna.request_count()
+    if memory:
+        tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        yield measurement
+    finally:
+        measurement.seconds = time.perf_counter() - started
+        if memory:
+            measurement.peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+        measurement.requests = bolna.request_count() - requests_before
+        measurement.round_trips = mongo.counter.total

@@ -1,0 +1,93 @@
+"""Shared by the fault suite: Apps wired to the fakes (optionally through a MongoDB hook), and the
+one check every fault scenario ends with: MongoDB against the fake server's ground truth."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from fakes.bolna_server import FakeBolna
+from fakes.mongo_hooks import no_hook
+from models.execution import MalformedExecution, parse_execution, parse_time
+from services.storage import CALLS, CONTACTS, CUSTOMERS
+from tests.helpers import build_app
+from utils.phone import normalize_phone
+from worker.app import JOB_NAMES, App
+
+
+@pytest.fixture
+def bolna_server(settings):
+    """bolna_server(executions, agents) -> a started FakeBolna, stopped after the test."""
+    servers = []
+
+    def start(executions, agents, **options) -> FakeBolna:
+        server = FakeBolna(list(agents), executions, api_key=settings.bolna_api_key, **options).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def app_for(settings, mongo, bolna: FakeBolna, hook=no_hook) -> App:
+    """A prepared App on `mongo` and `bolna`, every MongoDB operation passing `hook` first.
+    A second App on the same client is a second daemon, or the same daemon restarted."""
+    return build_app(settings, mongo, bolna, hook)
+
+
+def run_both(app: App, **options) -> dict[str, dict]:
+    return {name: app.run_job(name, **options) for name in JOB_NAMES}
+
+
+def expected_customers(truth: dict[str, dict], region: str) -> dict[str, set[str]]:
+    """Customer key -> ids of the terminal calls from that number, as a complete sync stores them."""
+    customers: dict[str, set[str]] = {}
+    for record in truth.values():
+        try:
+            execution = parse_execution(record)
+        except MalformedExecution:
+            continue
+        phone = normalize_phone(execution.customer_number, region)
+        if execution.terminal and phone is not None:
+            customers.setdefault(phone.key, set()).add(execution.id)
+    return customers
+
+
+def assert_matches_ground_truth(db, bolna: FakeBolna, region: str = "IN", *, skip: set[str] = frozenset()):
+    """Nothing lost, nothing duplicated: one `calls` document per execution the API holds, in its
+    latest version, and one customer per number holding exactly that number's terminal calls.
+    `skip`: ids of executions the sync rightly refuses (malformed)."""
+    truth = {call_id: record for call_id, record in bolna.ground_truth().items() if call_id not in skip}
+    assert_calls_match(db, truth)
+    assert_customers_match(db, truth, region)
+
+
+def assert_calls_match(db, truth: dict[str, dict]):
+    calls = list(db[CALLS].find({}, {"callId": 1, "status": 1, "bolnaUpdatedAt": 1}))
+    assert not _duplicates(c["callId"] for c in calls), "a call was stored twice"
+    assert {c["callId"] for c in calls} == set(truth), "calls lost or invented"
+    for call in calls:
+        record = truth[call["callId"]]
+        assert (call["status"], call["bolnaUpdatedAt"]) == (record["status"], parse_time(record["updated_at"])), \
+            f"call {call['callId']} is not in its latest version"
+
+
+def assert_customers_match(db, truth: dict[str, dict], region: str):
+    customers = list(db[CUSTOMERS].find({}, {"phone": 1, "callIds": 1, "callCount": 1}))
+    assert not _duplicates(c["phone"] for c in customers), "a number has two customers"
+    assert not _duplicates(i for c in customers for i in c["callIds"]), "a call counted on two customers"
+    assert {c["phone"]: set(c["callIds"]) for c in customers} == expected_customers(truth, region)
+    assert all(c["callCount"] == len(c["callIds"]) for c in customers)
+
+
+def assert_each_call_analyzed_once(db):
+    """Every terminal call processed, and one activity per analysis (none twice)."""
+    assert db[CALLS].count_documents({"terminal": True, "processed": False}) == 0
+    activities = Counter(a["callId"] for a in db["activities"].find({}, {"callId": 1}))
+    assert activities and max(activities.values()) == 1
+    assert not _duplicates(c["phone"] for c in db[CONTACTS].find({}, {"phone": 1}))
+
+
+def _duplicates(values) -> list:
+    return [value for value, count in Counter(values).items() if count > 1]

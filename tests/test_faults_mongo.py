@@ -1,0 +1,139 @@
+"""MongoDB failing under the daemon: an error or the process ending at every write of a run, and
+two daemons writing at once. The end state must be the one a clean run leaves."""
+import threading
+from collections import Counter
+from datetime import timedelta
+
+import mongomock
+import pytest
+from pymongo.errors import AutoReconnect
+
+from fakes.dataset import generate
+from fakes.groq_server import FakeGroq
+from fakes.mongo_hooks import WriteTrap
+from services.run_record import utcnow
+from services.storage import CALLS, CONTACTS, CUSTOMERS, SYNC_RUNS
+from tests.faults import (app_for, assert_each_call_analyzed_once, assert_matches_ground_truth, run_both,
+                          bolna_server)  # noqa: F401 - bolna_server is a fixture
+
+pytestmark = pytest.mark.timeout(90)
+CALL_COUNT = 8
+
+
+@pytest.fixture
+def settings(settings):
+    # Three small pages; one analysis at a time, so a run's writes come in the same order
+    # every time and the sweeps below reach each of them; a batch as big as the data.
+    return settings.with_overrides(bolna_page_size=3, llm_concurrency=1, llm_batch_limit=CALL_COUNT)
+
+
+@pytest.fixture
+def bolna(bolna_server):
+    agents, executions = generate(agents=1, per_agent=CALL_COUNT, seed=21, span_days=2)
+    return bolna_server(executions, agents)
+
+
+def snapshot(db) -> dict:
+    """What a sync is for, without what legitimately differs between two runs (times, ids)."""
+    return {
+        "calls": {c["callId"]: (c["status"], c["bolnaUpdatedAt"], c["customerPhone"], c["processed"],
+                                (c.get("analysis") or {}).get("status"), (c.get("analysis") or {}).get("tag"))
+                  for c in db[CALLS].find()},
+        "customers": {c["phone"]: (sorted(c["callIds"]), c["status"], c.get("name"), c["lastCallId"])
+                      for c in db[CUSTOMERS].find()},
+        "contacts": {c["phone"]: (c.get("tag"), c.get("leadStatus"),
+                                  sorted(p["callId"] for p in c.get("pastConversations", [])))
+                     for c in db[CONTACTS].find()},
+        "activities": sorted(a["callId"] for a in db["activities"].find()),
+    }
+
+
+def expire_claims(db) -> None:
+    """Time passes beyond every analysis lease, as it does before a restarted daemon's next runs:
+    calls a dead process had claimed become claimable again."""
+    db[CALLS].update_many({"claim": {"$ne": None}}, {"$set": {"claim.expiresAt": utcnow() - timedelta(seconds=1)}})
+
+
+def clean_run(settings, bolna) -> tuple[dict, int]:
+    """The reference end state, and how many writes one pass of both jobs makes."""
+    trap = WriteTrap()
+    app = app_for(settings, mongomock.MongoClient(), bolna, trap)
+    before = trap.writes
+    assert {r["status"] for r in run_both(app).values()} == {"ok"}
+    return snapshot(app.db), trap.writes - before
+
+
+def test_the_process_ending_at_any_write_then_restarting_ends_as_a_clean_run(settings, bolna):
+    reference, writes = clean_run(settings, bolna)
+    differs = []
+    for crash_at in range(writes):
+        mongo, trap = mongomock.MongoClient(), WriteTrap()
+        app = app_for(settings, mongo, bolna, trap)
+        trap.arm(crash_at, KeyboardInterrupt)  # a BaseException: nothing in the daemon catches it
+        with pytest.raises(KeyboardInterrupt):
+            run_both(app)
+
+        restarted = app_for(settings, mongo, bolna)  # a fresh App on the same data: a restart
+        db = restarted.db
+        assert db[SYNC_RUNS].count_documents({"status": "running"}) == 0, "the dead run is not marked"
+        run_both(restarted)
+        expire_claims(db)
+        restarted.run_job("call_processor")
+        assert_matches_ground_truth(db, bolna)
+        if snapshot(db) != reference:
+            differs.append(f"#{crash_at} {trap.fired_at}")
+    assert differs == [], f"state after a crash at these of {writes} writes differs from a clean run"
+
+
+def test_a_mongodb_error_at_any_write_fails_cleanly_and_the_next_runs_complete(settings, bolna):
+    reference, writes = clean_run(settings, bolna)
+    differs = []
+    for fail_at in range(writes):
+        trap = WriteTrap()
+        app = app_for(settings, mongomock.MongoClient(), bolna, trap)
+        trap.arm(fail_at, lambda: AutoReconnect("connection reset by the server"))
+        records = run_both(app)
+        assert trap.fired_at
+        # Whichever write failed, a run says so: the run (failed) or the call analyzed (partial);
+        # only a run's closing record update may fail after its work is done (it is logged).
+        if trap.fired_at != "sync_runs.update_one":
+            assert any("AutoReconnect" in e["message"] for r in records.values() for e in r["errors"]), \
+                f"write {fail_at} ({trap.fired_at}) failed silently"
+
+        run_both(app)  # the same daemon, on its next tick
+        expire_claims(app.db)
+        app.run_job("call_processor")
+        assert_matches_ground_truth(app.db, bolna)
+        if snapshot(app.db) != reference:
+            differs.append(f"#{fail_at} {trap.fired_at}")
+    assert differs == [], f"state after an error at these of {writes} writes differs from a clean run"
+
+
+def test_two_daemons_at_once_store_and_analyze_everything_once(settings, bolna_server):
+    agents, executions = generate(agents=2, per_agent=30, seed=23, span_days=2, repeat_ratio=0.5)
+    bolna = bolna_server(executions, agents)
+    with FakeGroq(latency=0.02) as groq:
+        both = settings.with_overrides(groq_api_keys=("key-1",), groq_base_url=groq.base_url,
+                                       bolna_page_size=10, llm_concurrency=3, llm_batch_limit=60)
+        mongo = mongomock.MongoClient()
+        daemons = [app_for(both, mongo, bolna) for _ in range(2)]
+        start = threading.Barrier(len(daemons))
+        records = []
+
+        def daemon(app):
+            start.wait()
+            records.extend(run_both(app).values())
+
+        threads = [threading.Thread(target=daemon, args=(app,)) for app in daemons]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        db = daemons[0].db
+        assert {r["status"] for r in records} == {"ok"}
+        assert_matches_ground_truth(db, bolna)
+        assert_each_call_analyzed_once(db)
+        # Each analyzed call's transcript went to the LLM once (two calls may say the same words).
+        sent = Counter(request.transcript for request in groq.recorded())
+        assert sent == Counter(call["transcript"].strip() for call in db[CALLS].find({"analysis.status": "ok"}))

@@ -1,0 +1,84 @@
+"""The job tests and the fault suite again, against a real MongoDB at MONGODB_URI, so mongomock's
+answers are checked against a server wherever one exists; plus the one fault only a real
+process can show: the daemon killed with SIGKILL mid-run, then restarted.
+
+Each test starts from an empty database, dropped afterwards."""
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+MONGODB_URI = os.environ.get("MONGODB_URI", "").strip()
+if not MONGODB_URI:
+    pytest.skip("MONGODB_URI is not set: the real-MongoDB integration tests need a server "
+                "(e.g. MONGODB_URI=mongodb://localhost:27017)", allow_module_level=True)
+
+from pymongo import MongoClient  # noqa: E402
+
+from fakes.bolna_server import FakeBolna  # noqa: E402
+from fakes.dataset import generate  # noqa: E402
+from services.storage import CALLS, SYNC_RUNS  # noqa: E402
+from tests.faults import assert_matches_ground_truth  # noqa: E402
+from tests.test_faults_bolna import *  # noqa: E402,F401,F403 - collected again, on the server
+from tests.test_faults_hostile import *  # noqa: E402,F401,F403
+from tests.test_sync_jobs import *  # noqa: E402,F401,F403
+from tests.test_faults_mongo import expire_claims, snapshot  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def mongo(settings):
+    """Overrides conftest's mongomock client for every test collected here; the test database
+    starts empty and is dropped afterwards (so two such runs must not share a server)."""
+    client = MongoClient(MONGODB_URI, tz_aware=False, serverSelectionTimeoutMS=5000)
+    client.drop_database(settings.mongodb_db)
+    yield client
+    client.drop_database(settings.mongodb_db)
+    client.close()
+
+
+def _daemon_env(bolna: FakeBolna, database: str) -> dict:
+    return {**os.environ, "MONGODB_URI": MONGODB_URI, "MONGODB_DB": database, "BOLNA_BASE_URL": bolna.base_url,
+            "BOLNA_API_KEY": bolna.api_key, "BACKFILL_DAYS": "6", "BOLNA_PAGE_SIZE": "10",
+            "LLM_BATCH_LIMIT": "500", "GROQ_API_KEY": "", "LOG_LEVEL": "WARNING"}
+
+
+def _once(bolna: FakeBolna, database: str) -> None:
+    subprocess.run([sys.executable, "main.py", "once"], cwd=ROOT, env=_daemon_env(bolna, database),
+                   check=True, timeout=120, capture_output=True)
+
+
+def test_daemon_killed_mid_run_then_restarted_ends_as_a_clean_run(mongo):
+    agents, executions = generate(agents=2, per_agent=150, seed=31, span_days=5)
+    killed_db, clean_db = (f"callsync_kill_{uuid.uuid4().hex[:8]}", f"callsync_clean_{uuid.uuid4().hex[:8]}")
+    # Slow, trimmed answers (one extra request per call): the run lasts long enough to be killed in.
+    with FakeBolna(agents, executions, api_key="k", projection="trimmed", latency=0.01) as bolna:
+        try:
+            _once(bolna, clean_db)
+
+            daemon = subprocess.Popen([sys.executable, "main.py", "run"], cwd=ROOT,
+                                      env=_daemon_env(bolna, killed_db),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 60
+            while mongo[killed_db][CALLS].count_documents({}) < 50 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            daemon.send_signal(signal.SIGKILL)
+            daemon.wait(timeout=10)
+            assert mongo[killed_db][CALLS].count_documents({}) < len(executions), "killed too late"
+
+            _once(bolna, killed_db)  # the restart: marks the dead run, resumes from the cursors
+            expire_claims(mongo[killed_db])  # a lease the dead process held has run out by now
+            _once(bolna, killed_db)
+            assert mongo[killed_db][SYNC_RUNS].count_documents({"status": "running"}) == 0
+            assert snapshot(mongo[killed_db]) == snapshot(mongo[clean_db])
+            assert_matches_ground_truth(mongo[killed_db], bolna)
+        finally:
+            mongo.drop_database(killed_db)
+            mongo.drop_database(clean_db)
