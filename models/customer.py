@@ -115,10 +115,7 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime) -> U
                           {"$ifNull": [{"$literal": value}, f"${field}"]},
                           {"$ifNull": [f"${field}", {"$literal": value}]}]}
 
-    weak_status = newest.status == NO_ANSWER  # a missed call says nothing new about intent
-    status = {"$cond": [
-        {"$and": [is_newer, {"$or": [not weak_status, {"$eq": [{"$ifNull": ["$status", None]}, None]}]}]},
-        {"$literal": newest.status}, "$status"]}
+    status, status_at = _status_expressions(calls)
     stage: dict[str, Any] = {
         "phone": {"$literal": phone.key},
         "phoneValid": phone.valid,
@@ -128,6 +125,7 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime) -> U
         "lastCallId": newest_wins("lastCallId", newest.call_id),
         "agentId": newest_wins("agentId", newest.agent_id),
         "status": status,
+        "statusAt": status_at,
         "createdAt": {"$ifNull": ["$createdAt", now]},
         "updatedAt": now,
     }
@@ -146,3 +144,18 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime) -> U
         ],
         upsert=True,
     )
+
+
+def _status_expressions(calls: list[CustomerCall]) -> tuple[dict, dict]:
+    """`status` follows the newest call that says something about intent; a missed call
+    ("No Answer") only fills a status that is missing, and is overridden by any answered call,
+    older or newer. `statusAt` is the time of the call the status came from."""
+    answered = [c for c in calls if c.status != NO_ANSWER]
+    if not answered:
+        return ({"$ifNull": ["$status", NO_ANSWER]},
+                {"$ifNull": ["$statusAt", {"$literal": max(c.at for c in calls)}]})
+    source = max(answered, key=lambda c: (c.at, c.call_id))
+    overrides = {"$or": [{"$eq": [{"$ifNull": ["$status", NO_ANSWER]}, NO_ANSWER]},
+                         {"$gt": [source.at, {"$ifNull": ["$statusAt", _EPOCH]}]}]}
+    return ({"$cond": [overrides, {"$literal": source.status}, "$status"]},
+            {"$cond": [overrides, source.at, "$statusAt"]})

@@ -77,6 +77,12 @@ class BolnaClient:
                                   retry=retry_if_exception(lambda exc: isinstance(exc, BolnaError) and exc.retryable), reraise=True,
                                   before_sleep=self._log_retry)
 
+    @classmethod
+    def from_settings(cls, settings) -> "BolnaClient":
+        return cls(settings.bolna_base_url, settings.bolna_api_key or "",
+                   timeout=settings.http_timeout_seconds, max_attempts=settings.http_max_attempts,
+                   backoff_seconds=settings.http_backoff_seconds, page_size=settings.bolna_page_size)
+
     def close(self) -> None:
         self.session.close()
 

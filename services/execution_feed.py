@@ -12,6 +12,8 @@ import threading
 from datetime import datetime, timedelta
 from typing import Iterable, Protocol
 
+from pymongo import UpdateOne
+from pymongo.collection import Collection
 from pymongo.database import Database
 
 from models.execution import Execution, MalformedExecution, needs_full_record, parse_execution
@@ -20,6 +22,10 @@ from services.run_record import RunRecorder, utcnow
 from services.storage import SYNC_STATE
 
 log = logging.getLogger(__name__)
+
+# Cursors are saved together: at the end of a run, and during a long backfill every this many
+# completed windows. Losing unsaved ones to a crash only means re-reading (writes are idempotent).
+SAVE_EVERY_WINDOWS = 8
 
 # A call still not terminal after this long is stuck (or scheduled far ahead); it stops
 # holding the cursor so one odd call cannot make every run re-read days of history.
@@ -54,31 +60,28 @@ class ExecutionFeed:
         """Sync every agent; one agent's failure is recorded and the others still run.
         A refused API key stops the run: every further request would be refused too."""
         now = utcnow()
-        for agent_id in self.agents():
-            if self.stop.is_set():
-                recorder.error("stopped before every agent was synced; the next run resumes",
-                               code="interrupted")
-                return
-            try:
-                self._sync_agent(job, recorder, agent_id, now, full)
-            except BolnaAuthError:
-                raise
-            except BolnaError as exc:
-                recorder.error(f"agent {agent_id}: {exc}", code="bolna_error", agent_id=agent_id)
+        cursors = Cursors(self.state, job.name, now)
+        try:
+            for agent_id in self.agents():
+                if self.stop.is_set():
+                    recorder.error("stopped before every agent was synced; the next run resumes",
+                                   code="interrupted")
+                    return
+                start = cursors.get(agent_id) if not full else None
+                start = start - self.overlap if start else now - self.backfill
+                try:
+                    self._sync_agent(job, recorder, agent_id, start, now, cursors)
+                except BolnaAuthError:
+                    raise
+                except BolnaError as exc:
+                    recorder.error(f"agent {agent_id}: {exc}", code="bolna_error", agent_id=agent_id)
+        finally:
+            cursors.save()
 
-    def _cursor_id(self, job: PageJob, agent_id: str) -> str:
-        return f"{job.name}:{agent_id}"
-
-    def _start(self, job: PageJob, agent_id: str, now: datetime, full: bool) -> datetime:
-        state = None if full else self.state.find_one({"_id": self._cursor_id(job, agent_id)})
-        if state and state.get("cursor"):
-            return state["cursor"] - self.overlap
-        return now - self.backfill
-
-    def _sync_agent(self, job: PageJob, recorder: RunRecorder, agent_id: str, now: datetime,
-                    full: bool) -> None:
+    def _sync_agent(self, job: PageJob, recorder: RunRecorder, agent_id: str, start: datetime,
+                    now: datetime, cursors: "Cursors") -> None:
         hold: datetime | None = None  # oldest call that must be read again next run
-        for page in self.client.iter_pages(agent_id, self._start(job, agent_id, now, full), now):
+        for page in self.client.iter_pages(agent_id, start, now):
             if self.stop.is_set():
                 recorder.error(f"agent {agent_id}: stopped before the sync finished; the next run resumes",
                                code="interrupted", agent_id=agent_id)
@@ -90,7 +93,7 @@ class ExecutionFeed:
             if page_hold and (hold is None or page_hold < hold):
                 hold = page_hold
             if page.last:
-                self._save_cursor(job, agent_id, min(page.window_end, hold or page.window_end), now)
+                cursors.advance(agent_id, min(page.window_end, hold or page.window_end))
 
     def _read_page(self, job: PageJob, page: list, recorder: RunRecorder, agent_id: str,
                    now: datetime) -> tuple[list[Execution], datetime | None]:
@@ -135,9 +138,34 @@ class ExecutionFeed:
             return full
         return listed
 
-    def _save_cursor(self, job: PageJob, agent_id: str, cursor: datetime, now: datetime) -> None:
-        self.state.update_one(
-            {"_id": self._cursor_id(job, agent_id)},
-            {"$set": {"job": job.name, "agentId": agent_id, "cursor": cursor, "updatedAt": now}},
-            upsert=True,
-        )
+
+class Cursors:
+    """One job's cursors: read in one query, written in one batch."""
+
+    def __init__(self, state: Collection, job: str, now: datetime):
+        self.state = state
+        self.job = job
+        self.now = now
+        self.stored = {doc["agentId"]: doc.get("cursor") for doc in state.find({"job": job})}
+        self.unsaved: dict[str, datetime] = {}
+        self.windows_since_save = 0
+
+    def get(self, agent_id: str) -> datetime | None:
+        return self.stored.get(agent_id)
+
+    def advance(self, agent_id: str, cursor: datetime) -> None:
+        """A window was fully written: everything before `cursor` is stored in its final form."""
+        self.stored[agent_id] = self.unsaved[agent_id] = cursor
+        self.windows_since_save += 1
+        if self.windows_since_save >= SAVE_EVERY_WINDOWS:
+            self.save()
+
+    def save(self) -> None:
+        if self.unsaved:
+            self.state.bulk_write([
+                UpdateOne({"_id": f"{self.job}:{agent_id}"},
+                          {"$set": {"job": self.job, "agentId": agent_id, "cursor": cursor,
+                                    "updatedAt": self.now}}, upsert=True)
+                for agent_id, cursor in self.unsaved.items()])
+        self.unsaved.clear()
+        self.windows_since_save = 0

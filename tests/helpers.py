@@ -5,6 +5,7 @@ import itertools
 from datetime import datetime, timedelta, timezone
 
 from fakes.dataset import iso
+from fakes.mongo_hooks import HookedClient, no_hook
 from worker.app import App
 
 AGENT = {"id": "agent-1", "agent_name": "Sales", "agent_status": "processed"}
@@ -37,7 +38,11 @@ def execution(customer="+91 98765 43210", *, minutes_ago=30, agent_id="agent-1",
     return record
 
 
-def build_app(settings, mongo, bolna) -> App:
-    app = App.build(settings.with_overrides(bolna_base_url=bolna.base_url), mongo_client=mongo)
+def build_app(settings, mongo, bolna, hook=no_hook) -> App:
+    """A prepared App on the mongomock client `mongo` and the fake `bolna`. Each MongoDB operation
+    passes `hook` first and runs whole under one lock, as on a server (the jobs share mongomock
+    across threads)."""
+    app = App.build(settings.with_overrides(bolna_base_url=bolna.base_url),
+                    mongo_client=HookedClient(mongo, hook))
     app.prepare()
     return app

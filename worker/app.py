@@ -53,10 +53,7 @@ class App:
             mongo_client = MongoClient(settings.mongodb_uri, tz_aware=False, appname="callsync",
                                        serverSelectionTimeoutMS=10_000)
         db = mongo_client[settings.mongodb_db]
-        bolna = BolnaClient(settings.bolna_base_url, settings.bolna_api_key or "",
-                            timeout=settings.http_timeout_seconds, max_attempts=settings.http_max_attempts,
-                            backoff_seconds=settings.http_backoff_seconds, page_size=settings.bolna_page_size)
-        return cls(settings, db, bolna, mongo_client)
+        return cls(settings, db, BolnaClient.from_settings(settings), mongo_client)
 
     def prepare(self) -> None:
         """Start-up work that touches the database: indexes, and runs a dead process left open."""

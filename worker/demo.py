@@ -3,11 +3,11 @@ fake Bolna API, writing to an in-memory MongoDB. Needs no keys and no server."""
 from __future__ import annotations
 
 import json
-
-import mongomock
+import logging
 
 from fakes.bolna_server import FakeBolna
 from fakes.dataset import demo_dataset
+from fakes.mongo_hooks import HookedClient
 from services.storage import CALLS, CONTACTS, CUSTOMERS
 from utils.config import Settings
 from utils.table import format_table
@@ -17,6 +17,9 @@ DEMO_KEY = "demo-key"
 
 
 def run_demo(settings: Settings) -> int:
+    if settings.log_level != "DEBUG":
+        # The demo prints each run's errors itself; log lines would only repeat them.
+        logging.getLogger().setLevel(logging.ERROR)
     agents, executions = demo_dataset()
     with FakeBolna(agents, executions, api_key=DEMO_KEY, projection="trimmed") as bolna:
         demo_settings = settings.with_overrides(
@@ -24,7 +27,7 @@ def run_demo(settings: Settings) -> int:
             bolna_agent_ids=(), backfill_days=7,
             # The offline analyzer costs nothing: analyze the whole sample in one run.
             llm_batch_limit=(settings.llm_batch_limit if settings.groq_api_keys else len(executions)))
-        app = App.build(demo_settings, mongo_client=mongomock.MongoClient())
+        app = App.build(demo_settings, mongo_client=HookedClient())
         try:
             app.prepare()
             print(f"Demo: {len(executions)} sample calls of {len(agents)} agents served by a fake Bolna API "
