@@ -15,11 +15,12 @@ import time
 from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
+
 from fakes.dataset import iso
+from fakes.local_server import LocalServer, QuietHandler
 
 MAX_PAGE_SIZE = 50
 DEFAULT_PAGE_SIZE = 20
@@ -92,7 +93,9 @@ def _trim(execution: dict) -> dict:
     return trimmed
 
 
-class FakeBolna:
+class FakeBolna(LocalServer):
+    thread_name = "fake-bolna"
+
     def __init__(self, agents: list[dict], executions: list[dict], *, api_key: str = "test-key",
                  projection: str = "full", latency: float = 0.0):
         if projection not in ("full", "trimmed"):
@@ -101,7 +104,7 @@ class FakeBolna:
         self.projection = projection
         self.latency = latency
         self.requests: list[Request] = []
-        self.base_url = ""
+        super().__init__()
         self._agents = [dict(a) for a in agents]
         self._agent_ids = {str(a["id"]) for a in agents}
         self._lock = threading.Lock()
@@ -118,34 +121,6 @@ class FakeBolna:
             self._index.setdefault(str(record["agent_id"]), []).append(_created_key(record, key))
         for entries in self._index.values():
             entries.sort()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle --------------------------------------------------------------------------
-
-    def start(self) -> FakeBolna:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.fake = self
-        self._server = server
-        self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-        # A short poll interval keeps stop() fast: shutdown() waits for the loop to notice.
-        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="fake-bolna",
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = self._thread = None
-
-    def __enter__(self) -> FakeBolna:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
     # -- state changes, for tests -------------------------------------------------------------
 
@@ -291,16 +266,7 @@ class FakeBolna:
         return all(actual[name] == wanted for name, wanted in filters.items())
 
 
-class _Handler(BaseHTTPRequestHandler):
-    # HTTP/1.1 keeps connections alive, so clients using a Session don't reconnect per page.
-    protocol_version = "HTTP/1.1"
-    # Headers and body leave in separate writes; with Nagle on, each answer waits ~40 ms for an ACK.
-    disable_nagle_algorithm = True
-    server: ThreadingHTTPServer
-
-    def log_message(self, format, *args) -> None:
-        """Stay quiet: test and benchmark output should not fill with access logs."""
-
+class _Handler(QuietHandler):
     def do_GET(self) -> None:
         fake: FakeBolna = self.server.fake
         url = urlsplit(self.path)
@@ -359,3 +325,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+
+
+FakeBolna.handler = _Handler

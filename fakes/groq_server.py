@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from fakes.local_server import LocalServer, QuietHandler
 
 COMPLETIONS_PATH = "/openai/v1/chat/completions"
 BEHAVIOURS = ("analysis", "invalid_json", "wrong_shape", "rate_limited", "server_error")
@@ -45,7 +45,9 @@ class GroqRequest:
         return "\n".join(message["content"] for message in self.body["messages"])
 
 
-class FakeGroq:
+class FakeGroq(LocalServer):
+    thread_name = "fake-groq"
+
     def __init__(self, *, behaviour: str = "analysis", latency: float = 0.0, retry_after: float = 1.0,
                  rejected_keys: tuple[str, ...] = (), extra: dict | None = None):
         self._check(behaviour)
@@ -54,38 +56,10 @@ class FakeGroq:
         self.rejected_keys = set(rejected_keys)
         self.extra = dict(extra or {})  # added to every valid analysis (configured extra fields)
         self.requests: list[GroqRequest] = []
-        self.base_url = ""
+        super().__init__()
         self._behaviour = behaviour
         self._scripted: deque[str] = deque()
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle --------------------------------------------------------------------------
-
-    def start(self) -> FakeGroq:
-        server = _QuietServer(("127.0.0.1", 0), _Handler)
-        server.fake = self
-        self._server = server
-        self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-        # A short poll interval: stop() waits up to one interval, and tests start many servers.
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-groq", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = self._thread = None
-
-    def __enter__(self) -> FakeGroq:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
     # -- behaviour, for tests -------------------------------------------------------------------
 
@@ -122,23 +96,7 @@ class FakeGroq:
             return len(self.requests)
 
 
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True  # a handler still sleeping out `latency` must not hold up stop()
-
-    def handle_error(self, request, client_address) -> None:
-        # A client that timed out closes its socket before the slow answer is written.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: ThreadingHTTPServer
-
-    def log_message(self, format, *args) -> None:
-        """Stay quiet: test and benchmark output should not fill with access logs."""
-
+class _Handler(QuietHandler):
     def do_POST(self) -> None:
         fake: FakeGroq = self.server.fake
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -219,3 +177,6 @@ def _analysis_of(transcript: str) -> dict:
 def _tokens(text: str) -> int:
     """Roughly what a tokenizer counts for English: four characters a token."""
     return math.ceil(len(text) / 4)
+
+
+FakeGroq.handler = _Handler

@@ -15,6 +15,9 @@ import threading
 from collections import Counter
 from typing import Callable
 
+import mongomock
+import pymongo
+
 WRITE_METHODS = frozenset({
     "bulk_write", "insert_one", "insert_many", "update_one", "update_many", "replace_one",
     "find_one_and_update", "find_one_and_replace", "find_one_and_delete", "delete_one", "delete_many",
@@ -130,16 +133,16 @@ class HookedClient:
     in tests and the demo) wherever several threads share one in-memory database."""
 
     def __init__(self, client=None, hook: Hook = no_hook):
-        import mongomock  # only for in-memory use; a real server needs no wrapper
-
         self._client = client if client is not None else mongomock.MongoClient()
         self._hook = hook
+        # A real server is atomic on its own; serializing it would hide what the tests check.
+        self._lock = None if isinstance(client, pymongo.MongoClient) else ONE_OPERATION_AT_A_TIME
 
     def __getitem__(self, name: str) -> HookedDatabase:
-        return HookedDatabase(self._client[name], self._hook)
+        return HookedDatabase(self._client[name], self._hook, self._lock)
 
     def get_database(self, name: str, **options) -> HookedDatabase:
-        return HookedDatabase(self._client.get_database(name, **options), self._hook)
+        return HookedDatabase(self._client.get_database(name, **options), self._hook, self._lock)
 
     def close(self) -> None:
         self._client.close()

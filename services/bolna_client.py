@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Iterator
 
 import requests
 from tenacity import (Retrying, retry_if_exception, stop_after_attempt,
                       wait_exponential_jitter)
+
+from utils.http import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +34,6 @@ class BolnaAuthError(BolnaError):
     @property
     def retryable(self) -> bool:
         return False
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """`Retry-After` is either seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (moment - datetime.now(moment.tzinfo)).total_seconds())
 
 
 def iso(moment: datetime) -> str:
@@ -106,7 +92,7 @@ class BolnaClient:
                                  response.status_code)
         if response.status_code >= 400:
             raise BolnaError(f"Bolna answered HTTP {response.status_code} on {path}: {_error_text(response)}",
-                             response.status_code, _retry_after_seconds(response.headers.get("Retry-After")))
+                             response.status_code, parse_retry_after(response.headers.get("Retry-After")))
         try:
             return response.json()
         except ValueError:

@@ -24,5 +24,5 @@ def bulk_upsert(collection: Collection, operations: list[UpdateOne]) -> tuple[in
         if any(error.get("code") != DUPLICATE_KEY for error in errors):
             raise
         retry = [operations[error["index"]] for error in errors]
-        inserted, updated = collection.bulk_write(retry, ordered=False).upserted_count, 0
+        inserted = collection.bulk_write(retry, ordered=False).upserted_count
         return details.get("nUpserted", 0) + inserted, details.get("nModified", 0) + len(retry) - inserted

@@ -1,8 +1,6 @@
 """Job 1, the fast path: Bolna executions -> `customers`, one record per phone number."""
 from __future__ import annotations
 
-from collections import defaultdict
-
 from pymongo.database import Database
 
 from models.customer import CustomerCall, customer_call, customer_upsert

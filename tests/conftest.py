@@ -1,6 +1,10 @@
 import mongomock
 import pytest
 
+from fakes.bolna_server import FakeBolna
+from fakes.mongo_hooks import HookedClient
+from services.analyzer import ensure_analyzer_indexes
+from services.storage import ensure_indexes
 from utils.config import Settings
 
 
@@ -11,7 +15,12 @@ def mongo():
 
 @pytest.fixture
 def db(mongo):
-    return mongo["callsync_test"]
+    """The test database, indexed as the daemon indexes it; each operation runs whole, as on a
+    server (fakes.mongo_hooks), since the code under test shares it across threads."""
+    database = HookedClient(mongo)["callsync_test"]
+    ensure_indexes(database)
+    ensure_analyzer_indexes(database)
+    return database
 
 
 @pytest.fixture
@@ -19,3 +28,18 @@ def settings():
     """Settings for tests: fast retries, offline analyzer, no environment read."""
     return Settings(mongodb_db="callsync_test", bolna_api_key="test-key", http_backoff_seconds=0.01,
                     http_max_attempts=3, http_timeout_seconds=5, backfill_days=8)
+
+
+@pytest.fixture
+def bolna_server(settings):
+    """bolna_server(executions, agents) -> a started FakeBolna, stopped after the test."""
+    servers = []
+
+    def start(executions, agents, **options) -> FakeBolna:
+        server = FakeBolna(list(agents), executions, api_key=settings.bolna_api_key, **options).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pytest
-
 from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import no_hook
 from models.execution import MalformedExecution, parse_execution, parse_time
@@ -13,21 +11,6 @@ from services.storage import CALLS, CONTACTS, CUSTOMERS
 from tests.helpers import build_app
 from utils.phone import normalize_phone
 from worker.app import JOB_NAMES, App
-
-
-@pytest.fixture
-def bolna_server(settings):
-    """bolna_server(executions, agents) -> a started FakeBolna, stopped after the test."""
-    servers = []
-
-    def start(executions, agents, **options) -> FakeBolna:
-        server = FakeBolna(list(agents), executions, api_key=settings.bolna_api_key, **options).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def app_for(settings, mongo, bolna: FakeBolna, hook=no_hook) -> App:

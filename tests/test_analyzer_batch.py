@@ -7,12 +7,10 @@ from datetime import timedelta
 
 import pytest
 
-from fakes.mongo_hooks import HookedClient
 from fakes.groq_server import FakeGroq
-from services.analyzer import build_batch, ensure_analyzer_indexes, requeue
+from services.analyzer import build_batch, requeue
 from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL
 from services.run_record import RunRecorder, utcnow
-from services.storage import ensure_indexes
 from utils.config import ExtraField, Settings
 
 pytestmark = pytest.mark.timeout(30)
@@ -24,14 +22,6 @@ PHONE = "+919876543210"
 def fake():
     with FakeGroq(retry_after=0.2) as server:
         yield server
-
-
-@pytest.fixture
-def db():
-    database = HookedClient()["callsync"]
-    ensure_indexes(database)
-    ensure_analyzer_indexes(database)
-    return database
 
 
 @pytest.fixture

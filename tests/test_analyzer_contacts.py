@@ -3,21 +3,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from fakes.mongo_hooks import HookedClient
-from services.analyzer import ensure_analyzer_indexes, requeue
+from services.analyzer import requeue
 from services.analyzer.contacts import PAST_CONVERSATIONS_KEPT, record_decision
 from services.analyzer.schema import Analysis, analysis_document
-from services.storage import ensure_indexes
 
 NOW = datetime(2026, 6, 1, 12, 0)
-
-
-@pytest.fixture
-def db():
-    database = HookedClient()["callsync"]
-    ensure_indexes(database)
-    ensure_analyzer_indexes(database)
-    return database
 
 
 def decision(tag="Interested", score=70, extra=None, fallback=False):

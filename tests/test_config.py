@@ -24,7 +24,9 @@ def test_lists_and_numbers_are_parsed():
     ("SYNC_INTERVAL_MINUTES", "0"), ("SYNC_INTERVAL_MINUTES", "five"), ("DEFAULT_PHONE_REGION", "XX"),
     ("MONGODB_URI", "localhost:27017"), ("BOLNA_BASE_URL", "api.bolna.ai"), ("LOG_LEVEL", "LOUD"),
     ("ANALYSIS_EXTRA_FIELDS", "{not json"), ("ANALYSIS_EXTRA_FIELDS", '[{"name": "x", "type": "date"}]'),
-    ("HEALTH_PORT", "70000"),
+    ("HEALTH_PORT", "70000"), ("ANALYSIS_EXTRA_FIELDS", '[{"name": "a.b"}]'),
+    ("ANALYSIS_EXTRA_FIELDS", '[{"name": "$x"}]'), ("ANALYSIS_EXTRA_FIELDS", '[{"name": "summary"}]'),
+    ("ANALYSIS_EXTRA_FIELDS", '[{"name": "Budget"}, {"name": "Budget"}]'),
 ])
 def test_bad_values_name_the_variable(variable, value):
     with pytest.raises(ConfigError, match=f"^{variable} is invalid"):

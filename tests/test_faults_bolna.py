@@ -7,8 +7,7 @@ import pytest
 
 from fakes.dataset import generate, iso
 from services.storage import SYNC_STATE
-from tests.faults import (app_for, assert_calls_match, assert_matches_ground_truth, run_both,
-                          bolna_server)  # noqa: F401 - bolna_server is a fixture
+from tests.faults import app_for, assert_calls_match, assert_matches_ground_truth, run_both
 from tests.helpers import execution
 
 pytestmark = pytest.mark.timeout(60)

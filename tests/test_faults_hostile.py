@@ -5,7 +5,7 @@ import json
 import pytest
 
 from services.storage import CALLS, CUSTOMERS
-from tests.faults import app_for, assert_matches_ground_truth, run_both, bolna_server  # noqa: F401 - fixture
+from tests.faults import app_for, assert_matches_ground_truth, run_both
 from tests.helpers import AGENT, execution
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,8 +13,7 @@ from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import WriteTrap
 from services.run_record import utcnow
 from services.storage import CALLS, CONTACTS, CUSTOMERS, SYNC_RUNS
-from tests.faults import (app_for, assert_each_call_analyzed_once, assert_matches_ground_truth, run_both,
-                          bolna_server)  # noqa: F401 - bolna_server is a fixture
+from tests.faults import app_for, assert_each_call_analyzed_once, assert_matches_ground_truth, run_both
 
 pytestmark = pytest.mark.timeout(90)
 CALL_COUNT = 8

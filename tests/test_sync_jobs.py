@@ -1,7 +1,6 @@
 """Both jobs end to end: real HTTP against the local fake Bolna API, mongomock for MongoDB."""
 import pytest
 
-from fakes.bolna_server import FakeBolna
 from fakes.dataset import generate
 from services.storage import CALLS, CUSTOMERS, SYNC_STATE
 from tests.helpers import AGENT, build_app, execution
@@ -10,17 +9,13 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def serve(settings, mongo):
-    servers = []
-
+def serve(settings, mongo, bolna_server):
+    """serve(executions) -> (a started fake Bolna, an App syncing from it)."""
     def start(executions, agents=(AGENT,), **options):
-        bolna = FakeBolna(list(agents), executions, api_key=settings.bolna_api_key, **options).start()
-        servers.append(bolna)
+        bolna = bolna_server(executions, agents, **options)
         return bolna, build_app(settings, mongo, bolna)
 
-    yield start
-    for server in servers:
-        server.stop()
+    return start
 
 
 def test_two_spellings_of_one_number_are_one_customer(serve, db):

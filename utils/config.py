@@ -9,6 +9,8 @@ from typing import Callable, Mapping
 import phonenumbers
 
 DEFAULT_TAGS = ("Purchased", "follow_up", "Interested", "Not_Interested", "No_Answer")
+# Keys of the analysis the LLM returns; configured extra fields may not reuse them.
+ANALYSIS_KEYS = ("tag", "summary", "leadScore", "leadStatus", "sentiment", "confidence", "reasoning")
 
 
 class ConfigError(ValueError):
@@ -137,14 +139,20 @@ def _extra_fields(value: str) -> tuple[ExtraField, ...]:
     items = json.loads(value)
     if not isinstance(items, list):
         raise ValueError("must be a JSON list of {name, description, type} objects")
-    extra = []
+    extra: list[ExtraField] = []
     for item in items:
         if not isinstance(item, dict) or not str(item.get("name", "")).strip():
             raise ValueError("every entry needs a non-empty name")
+        name = str(item["name"]).strip()
+        # The name is a key of the LLM's JSON answer and a MongoDB field path (`extra.<name>`).
+        if "." in name or name.startswith("$"):
+            raise ValueError(f"field name {name!r} may not contain '.' or start with '$'")
+        if name in ANALYSIS_KEYS or name in (field.name for field in extra):
+            raise ValueError(f"field name {name!r} is already used")
         kind = item.get("type", "string")
         if kind not in ("string", "number", "boolean"):
-            raise ValueError(f"type of {item['name']!r} must be string, number or boolean")
-        extra.append(ExtraField(str(item["name"]).strip(), str(item.get("description", "")), kind))
+            raise ValueError(f"type of {name!r} must be string, number or boolean")
+        extra.append(ExtraField(name, str(item.get("description", "")), kind))
     return tuple(extra)
 
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Mapping
+
+from utils.http import parse_retry_after
 
 # Groq spells reset times as durations: "7.66s", "2m59.56s", "1h2m", "150ms".
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -14,30 +14,14 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """`Retry-After` (seconds or an HTTP date) when present; otherwise the latest reset among
     the rate limits that are used up (`x-ratelimit-remaining-*` of 0). None when no hint."""
-    retry_after = headers.get("retry-after")
-    if retry_after:
-        seconds = _seconds_or_date(retry_after.strip())
-        if seconds is not None:
-            return seconds
+    seconds = parse_retry_after(headers.get("retry-after"))
+    if seconds is not None:
+        return seconds
     resets = [_duration(headers.get(f"x-ratelimit-reset-{kind}", ""))
               for kind in ("requests", "tokens")
               if headers.get(f"x-ratelimit-remaining-{kind}", "").strip() == "0"]
     resets = [seconds for seconds in resets if seconds is not None]
     return max(resets) if resets else None
-
-
-def _seconds_or_date(value: str) -> float | None:
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _duration(value: str) -> float | None:

@@ -6,11 +6,11 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from utils.config import ExtraField
+from utils.config import ANALYSIS_KEYS, ExtraField
 
 LEAD_STATUSES = ("NEW", "CONTACTED", "QUALIFIED", "WON", "LOST")
 SENTIMENTS = ("positive", "neutral", "negative")
-CORE_KEYS = ("tag", "summary", "leadScore", "leadStatus", "sentiment", "confidence", "reasoning")
+CORE_KEYS = ANALYSIS_KEYS
 HEURISTIC_MODEL = "heuristic"
 SHORT_TRANSCRIPT = "transcript_too_short"
 
