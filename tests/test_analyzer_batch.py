@@ -265,6 +265,20 @@ def test_a_request_cut_off_by_the_deadline_releases_its_call(fake, db, settings)
     assert recorder.counts["released"] == 1
 
 
+def test_a_stop_signal_ends_the_batch_and_releases_calls_waiting_to_retry(fake, db, settings):
+    fake.respond("rate_limited")  # every attempt waits 0.2 s before its retry
+    add_calls(db, 4)
+    stop = threading.Event()
+    recorder = RunRecorder("analyze")
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    build_batch(db, settings.with_overrides(llm_concurrency=2), "host:1:a", stop).run(recorder)
+    assert time.monotonic() - started < 1.0  # not the 10 s batch deadline
+    assert recorder.counts["released"] == 2
+    for doc in db.calls.find():
+        assert not doc["processed"] and doc["attempts"] == 0 and "claim" not in doc
+
+
 def test_calls_run_with_bounded_concurrency(fake, db, settings):
     fake.latency = 0.3
     add_calls(db, 8)

@@ -43,7 +43,7 @@ class App:
                                   overlap=timedelta(minutes=settings.sync_overlap_minutes))
         self.crm_sync = CrmSync(db, settings.default_phone_region)
         self.call_store = CallStore(db, settings.default_phone_region)
-        self.analysis = build_batch(db, settings, self.owner)
+        self.analysis = build_batch(db, settings, self.owner, self.stop)
         self.runs = RunRecords(db)
 
     @classmethod

@@ -1,9 +1,11 @@
 """Phase 2 of the call processor: LLM analysis of call transcripts and its CRM write-back.
 
-    batch = build_batch(db, settings, owner)   # once per run
-    batch.run(recorder)
+    batch = build_batch(db, settings, owner)   # once per process
+    batch.run(recorder)                        # every call processor run
 """
 from __future__ import annotations
+
+import threading
 
 from pymongo.database import Database
 
@@ -16,11 +18,13 @@ from utils.config import Settings
 __all__ = ["AnalysisBatch", "build_batch", "ensure_analyzer_indexes", "requeue"]
 
 
-def build_batch(db: Database, settings: Settings, owner: str) -> AnalysisBatch:
-    """A batch for one run. `owner` (unique per process) marks this process's claims. Without a
-    Groq key every call gets the heuristic analysis."""
+def build_batch(db: Database, settings: Settings, owner: str,
+                stop: threading.Event | None = None) -> AnalysisBatch:
+    """The call processor's phase 2, run once per job run. `owner` (unique per process) marks
+    this process's claims; `stop` ends a batch early. Without a Groq key every call gets the
+    heuristic analysis."""
     llm = GroqAnalyzer(settings) if settings.groq_api_keys else None
-    return AnalysisBatch(db, settings, owner, llm)
+    return AnalysisBatch(db, settings, owner, llm, stop)
 
 
 def ensure_analyzer_indexes(db: Database) -> None:

@@ -3,6 +3,7 @@ every outcome back, and stop starting new calls at the batch deadline."""
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
@@ -39,8 +40,10 @@ class Outcome:
 
 
 class AnalysisBatch:
-    def __init__(self, db: Database, settings: Settings, owner: str, llm: GroqAnalyzer | None):
+    def __init__(self, db: Database, settings: Settings, owner: str, llm: GroqAnalyzer | None,
+                 stop: threading.Event | None = None):
         self._db = db
+        self._stop = stop  # set on SIGTERM: start no new call, release those cut off
         self._settings = settings
         self._llm = llm
         lease = settings.llm_batch_deadline_seconds + settings.llm_timeout_seconds + LEASE_MARGIN_SECONDS
@@ -50,7 +53,7 @@ class AnalysisBatch:
         limit = self._settings.llm_batch_limit
         if limit == 0:
             return
-        deadline = Deadline(self._settings.llm_batch_deadline_seconds)
+        deadline = Deadline(self._settings.llm_batch_deadline_seconds, self._stop)
         if self._llm is not None:
             self._llm.begin_run()
         workers = min(self._settings.llm_concurrency, limit)

@@ -10,13 +10,15 @@ class DeadlineExceeded(Exception):
 
 
 class Deadline:
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, stop: threading.Event | None = None):
+        """`stop`: the daemon's shutdown signal, which ends the batch like its deadline does."""
         self._ends_at = time.monotonic() + seconds
         self._given_up = threading.Event()
+        self._stop = stop or threading.Event()
 
     @property
     def reached(self) -> bool:
-        return self._given_up.is_set() or time.monotonic() >= self._ends_at
+        return self._given_up.is_set() or self._stop.is_set() or time.monotonic() >= self._ends_at
 
     def remaining(self) -> float:
         return max(0.0, self._ends_at - time.monotonic())
@@ -33,4 +35,5 @@ class Deadline:
         if seconds >= self.remaining():
             self._given_up.set()
             raise DeadlineExceeded(f"waiting {seconds:.1f} s to retry would pass the batch deadline")
-        time.sleep(seconds)
+        if self._stop.wait(seconds):
+            raise DeadlineExceeded("the daemon is stopping")
