@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timezone
 from typing import Any
 
@@ -114,6 +115,7 @@ def _storable(text: str) -> str:
     return text if text.isascii() else _SURROGATES.sub("\ufffd", text)
 
 
+@lru_cache(maxsize=4096)  # extraction keys repeat from call to call
 def safe_key(key: Any) -> str:
     """A MongoDB-safe field name: no dots, no leading `$`."""
     # BSON field names end at a NUL byte, so no control characters either.
