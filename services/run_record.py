@@ -6,6 +6,8 @@ import uuid
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
+from utils.logging import redact
+
 MAX_ERRORS = 100  # a run over a broken feed must not grow a 16 MB document
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,8 @@ class RunRecorder:
         log.warning("%s", message, extra={"job": self.job, "run_id": self.run_id, "event": code,
                                           "call_id": call_id, "agent_id": agent_id})
         if len(self.errors) < MAX_ERRORS:
-            entry = {"code": code, "message": message[:500]}
+            # Run records are read by other programs: the same masking as the logs.
+            entry = {"code": code, "message": redact(message)[:500]}
             if call_id is not None:
                 entry["callId"] = call_id
             if agent_id is not None:

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from fakes.bolna_server import FakeBolna
+from services.run_record import RunRecorder
 from tests.helpers import AGENT, build_app, execution
 from utils.logging import setup_logging
 
@@ -94,3 +95,10 @@ def test_the_redaction_net_masks_keys_tokens_credentials_and_numbers(log_output)
     line = json.loads(buffer.getvalue())
     assert line["message"] == ("refused *** with Authorization: Bearer *** for ***3210 "
                                "via mongodb://***@db:27017")
+
+
+def test_run_record_errors_mask_phone_numbers_and_tokens():
+    recorder = RunRecorder("crm_sync")
+    recorder.error("Bolna answered HTTP 400: bad number +91 98765 43210 (Bearer abc.def)", code="bolna_error")
+    message = recorder.document()["errors"][0]["message"]
+    assert "98765" not in message and "abc.def" not in message and "***3210" in message

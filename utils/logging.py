@@ -23,6 +23,15 @@ _BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\"]+")
 _URL_CREDENTIALS = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/\s@]+@")
 
 
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """`text` with the given secrets, bearer tokens, URL credentials and phone numbers masked."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    text = _BEARER.sub(r"\1***", text)
+    text = _URL_CREDENTIALS.sub(r"\1***@", text)
+    return _PHONE_LIKE.sub(lambda m: mask_phone(m.group(0)), text)
+
+
 class RedactingFilter(logging.Filter):
     """Masks registered secrets, bearer tokens and phone-number-like text in every record."""
 
@@ -31,11 +40,7 @@ class RedactingFilter(logging.Filter):
         self.secrets = tuple(s for s in secrets if s and len(s) >= 4)
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        text = _BEARER.sub(r"\1***", text)
-        text = _URL_CREDENTIALS.sub(r"\1***@", text)
-        return _PHONE_LIKE.sub(lambda m: mask_phone(m.group(0)), text)
+        return redact(text, self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.redact(record.getMessage())
