@@ -25,7 +25,8 @@ from fakes.local_server import LocalServer, QuietHandler
 MAX_PAGE_SIZE = 50
 DEFAULT_PAGE_SIZE = 20
 MAX_WINDOW = timedelta(days=7)
-TRIMMED_FIELDS = ("id", "agent_id", "status", "conversation_duration", "created_at", "updated_at")
+# As Bolna documents the list projection: no agent_id, no updated_at.
+TRIMMED_FIELDS = ("id", "status", "conversation_duration", "created_at")
 TRIMMED_TELEPHONY_FIELDS = ("call_type", "duration")
 
 _EXECUTIONS_PATH = re.compile(r"^/v2/agent/([^/]+)/executions$")

@@ -18,14 +18,14 @@ class CallStore:
         self.region = region
 
     def unchanged(self, items: list[dict]) -> set[str]:
-        """Calls stored terminal whose Bolna `updated_at` has not moved since."""
-        listed = {str(item["id"]): parse_time(item.get("updated_at")) for item in items if item.get("id")}
+        """Calls stored terminal that the listing shows unchanged: the same `updated_at` where the
+        listing has one (full records), else the same status (the trimmed projection has none)."""
+        listed = {str(item["id"]): item for item in items if item.get("id")}
         if not listed:
             return set()
         stored = self.calls.find({"callId": {"$in": list(listed)}, "terminal": True},
-                                 {"callId": 1, "bolnaUpdatedAt": 1, "_id": 0})
-        return {doc["callId"] for doc in stored
-                if listed[doc["callId"]] is not None and doc.get("bolnaUpdatedAt") == listed[doc["callId"]]}
+                                 {"callId": 1, "status": 1, "bolnaUpdatedAt": 1, "_id": 0})
+        return {doc["callId"] for doc in stored if _same(doc, listed[doc["callId"]])}
 
     def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> None:
         now = utcnow()
@@ -36,3 +36,10 @@ class CallStore:
         inserted, updated = bulk_upsert(self.calls, [call_upsert(e, self.region, now) for e in executions])
         recorder.add("inserted", inserted, agent_id)
         recorder.add("updated", updated, agent_id)
+
+
+def _same(stored: dict, item: dict) -> bool:
+    updated_at = parse_time(item.get("updated_at"))
+    if updated_at is not None:
+        return stored.get("bolnaUpdatedAt") == updated_at
+    return stored.get("status") == str(item.get("status") or "").lower()
