@@ -151,3 +151,12 @@ def test_a_bad_setting_is_one_line_naming_the_variable():
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("callsync: HEALTH_PORT is invalid")
     assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_mongodb_is_one_line_and_a_failure_exit_without_the_password():
+    uri = "mongodb://callsync:s3cret-pw@127.0.0.1:1/?serverSelectionTimeoutMS=300"
+    result = run_main("once", MONGODB_URI=uri, BOLNA_API_KEY="k")
+    assert result.returncode == 1
+    assert result.stderr.startswith("callsync: MongoDB is not reachable: 127.0.0.1:1")
+    assert result.stderr.count("\n") == 1 and "s3cret-pw" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr

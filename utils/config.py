@@ -70,23 +70,30 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError("must be a whole number of at least 1")
+def _int_at_least(value: str, minimum: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise ValueError(f"must be a whole number of at least {minimum}")
     return number
+
+
+def _positive_int(value: str) -> int:
+    return _int_at_least(value, 1)
 
 
 def _non_negative_int(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError("must be a whole number of at least 0")
-    return number
+    return _int_at_least(value, 0)
 
 
 def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0 or number == float("inf"):
         raise ValueError("must be a number above 0")
     return number
 
@@ -127,8 +134,8 @@ def _log_format(value: str) -> str:
 
 
 def _port(value: str) -> int:
-    port = int(value)
-    if not 0 <= port <= 65535:
+    port = _int_at_least(value, 0)
+    if port > 65535:
         raise ValueError("must be a port number from 0 to 65535")
     return port
 

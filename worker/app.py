@@ -50,8 +50,8 @@ class App:
     def build(cls, settings: Settings, mongo_client=None) -> "App":
         """`mongo_client`: any pymongo-compatible client; default: a MongoClient on MONGODB_URI."""
         if mongo_client is None:
-            mongo_client = MongoClient(settings.mongodb_uri, tz_aware=False, appname="callsync",
-                                       serverSelectionTimeoutMS=10_000)
+            # Timeouts and the like come from the URI's options (e.g. serverSelectionTimeoutMS).
+            mongo_client = MongoClient(settings.mongodb_uri, tz_aware=False, appname="callsync")
         db = mongo_client[settings.mongodb_db]
         return cls(settings, db, BolnaClient.from_settings(settings), mongo_client)
 

@@ -7,8 +7,10 @@ import logging
 import sys
 from datetime import datetime, timezone
 
+from pymongo.errors import PyMongoError
+
 from utils.config import ConfigError, Settings, load_settings
-from utils.logging import setup_logging
+from utils.logging import redact, setup_logging
 
 log = logging.getLogger("callsync")
 
@@ -66,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"callsync: {exc}", file=sys.stderr)
         return 2
+    except PyMongoError as exc:
+        # Down at start-up: one clear line and a failure exit, so a supervisor retries later.
+        reason = str(exc).split(" (configured timeouts")[0][:300]
+        print(f"callsync: MongoDB is not reachable: {redact(reason)}", file=sys.stderr)
+        return 1
 
 
 def _build(settings: Settings, *, prepare: bool = True):
