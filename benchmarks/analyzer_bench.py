@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from fakes.mongo_hooks import HookedClient
 from fakes.groq_server import FakeGroq
-from services.analyzer import build_batch, ensure_analyzer_indexes
+from services.analyzer import build_batch
 from services.run_record import RunRecorder, utcnow
 from services.storage import ensure_indexes
 from utils.config import Settings
@@ -21,7 +21,6 @@ def main() -> None:
     with FakeGroq(latency=LATENCY_SECONDS) as fake:
         db = HookedClient()["callsync"]
         ensure_indexes(db)
-        ensure_analyzer_indexes(db)
         for number in range(CALLS):
             db.calls.insert_one({
                 "callId": f"bench-{number}", "terminal": True, "processed": False, "attempts": 0,

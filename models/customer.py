@@ -13,7 +13,7 @@ from typing import Any
 from pymongo import UpdateOne
 
 from models.execution import Execution
-from utils.phone import Phone, lookup_keys
+from utils.phone import Phone
 
 # Customer field -> extraction names that mean it (agents' extraction prompts vary).
 PROFILE_FIELDS: dict[str, tuple[str, ...]] = {
@@ -94,11 +94,11 @@ def customer_call(execution: Execution) -> CustomerCall:
                         customer_status(execution, extracted), profile, unknown)
 
 
-def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime) -> UpdateOne:
-    """One upsert for all of a page's calls from one number.
-
-    Matched by any spelling the number may have been stored under (records from before
-    normalization); the stored `phone` becomes the normalized key."""
+def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime,
+                    existing_id: object = None) -> UpdateOne:
+    """One upsert for all of a page's calls from one number: onto `existing_id` (the record found
+    under any spelling of the number) or a record keyed by the normalized number. The stored
+    `phone` becomes the normalized key."""
     newest = max(calls, key=lambda c: (c.at, c.call_id))
     # Within the page, older calls fill profile gaps the newest call left empty.
     profile: dict[str, Any] = {}
@@ -134,7 +134,7 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime) -> U
     if newest.extracted:
         stage["extracted"] = newest_wins("extracted", newest.extracted)
     return UpdateOne(
-        {"phone": {"$in": lookup_keys(phone)}},
+        {"_id": existing_id} if existing_id is not None else {"phone": phone.key},
         [
             {"$set": {"_isNewer": {"$gt": [newest.at, {"$ifNull": ["$lastCallAt", _EPOCH]}]}}},
             {"$set": stage},

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from datetime import datetime, timezone
 from typing import Any
@@ -53,8 +53,6 @@ class Execution:
     hangup_reason: str | None = None
     hangup_by: str | None = None
     answered_by_voice_mail: bool | None = None
-    has_full_record: bool = False
-    payload: dict = field(default_factory=dict, repr=False)
 
     @property
     def terminal(self) -> bool:
@@ -173,15 +171,22 @@ def _read_extracted(raw: Any) -> tuple[dict[str, Any] | None, str | None]:
     return flatten_extracted(value), None
 
 
+def execution_id(payload: dict) -> str | None:
+    """The call id as the jobs store it (an opaque string), or None when there is none."""
+    raw_id = payload.get("id") or payload.get("execution_id")
+    if raw_id is None or isinstance(raw_id, (dict, list, bool)) or not str(raw_id).strip():
+        return None
+    return str(raw_id).strip()[:200]
+
+
 def parse_execution(payload: Any) -> Execution:
     """Read one execution; raises MalformedExecution when it cannot be identified or dated."""
     if not isinstance(payload, dict):
         raise MalformedExecution(f"execution is a {type(payload).__name__}, not an object",
                                  code="not_an_object")
-    raw_id = payload.get("id") or payload.get("execution_id")
-    if raw_id is None or isinstance(raw_id, (dict, list, bool)) or not str(raw_id).strip():
+    call_id = execution_id(payload)
+    if call_id is None:
         raise MalformedExecution("execution has no id", code="missing_id")
-    call_id = str(raw_id).strip()[:200]
     if _storable(call_id) != call_id:
         # Changing it would store the call under an id Bolna does not know.
         raise MalformedExecution("execution id is not valid text", code="bad_id")
@@ -219,8 +224,6 @@ def parse_execution(payload: Any) -> Execution:
         hangup_reason=_text(telephony.get("hangup_reason")),
         hangup_by=_text(telephony.get("hangup_by")),
         answered_by_voice_mail=voicemail if isinstance(voicemail, bool) else None,
-        has_full_record="transcript" in payload or "extracted_data" in payload,
-        payload=payload,
     )
 
 

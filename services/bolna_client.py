@@ -129,7 +129,7 @@ class BolnaClient:
             if not isinstance(page, dict) or not isinstance(page.get("data"), list):
                 raise BolnaError(f"executions page {page_number} of agent {agent_id} has no data list",
                                  status=200)
-            yield WindowPage(page["data"], start, end, last=not page.get("has_more"))
+            yield WindowPage(page["data"], end, last=not page.get("has_more"))
             if not page.get("has_more") or not page["data"]:
                 return
             page_number += 1
@@ -139,9 +139,8 @@ class WindowPage(list):
     """A page of raw executions that knows its time window and whether it ends the window,
     so the caller can move its cursor only past fully written windows."""
 
-    def __init__(self, items: list, window_start: datetime, window_end: datetime, last: bool):
+    def __init__(self, items: list, window_end: datetime, last: bool):
         super().__init__(items)
-        self.window_start = window_start
         self.window_end = window_end
         self.last = last
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pymongo.database import Database
 
 from models.call import call_upsert
-from models.execution import Execution, parse_time
+from models.execution import Execution, execution_id, parse_time
 from services.bulk import bulk_upsert
 from services.run_record import RunRecorder, utcnow
 from services.storage import CALLS
@@ -20,7 +20,7 @@ class CallStore:
     def unchanged(self, items: list[dict]) -> set[str]:
         """Calls stored terminal that the listing shows unchanged: the same `updated_at` where the
         listing has one (full records), else the same status (the trimmed projection has none)."""
-        listed = {str(item["id"]): item for item in items if item.get("id")}
+        listed = {call_id: item for item in items if (call_id := execution_id(item))}
         if not listed:
             return set()
         stored = self.calls.find({"callId": {"$in": list(listed)}, "terminal": True},

@@ -4,11 +4,11 @@ from __future__ import annotations
 from pymongo.database import Database
 
 from models.customer import CustomerCall, customer_call, customer_upsert
-from models.execution import Execution
+from models.execution import Execution, execution_id
 from services.bulk import bulk_upsert
 from services.run_record import RunRecorder, utcnow
 from services.storage import CUSTOMERS
-from utils.phone import Phone, mask_phone, normalize_phone
+from utils.phone import Phone, lookup_keys, mask_phone, normalize_phone
 
 
 class CrmSync:
@@ -20,7 +20,7 @@ class CrmSync:
 
     def unchanged(self, items: list[dict]) -> set[str]:
         """Calls already counted on a customer: a terminal call's customer data is final."""
-        ids = [str(item.get("id")) for item in items if item.get("id")]
+        ids = [call_id for item in items if (call_id := execution_id(item))]
         if not ids:
             return set()
         wanted = set(ids)
@@ -28,6 +28,17 @@ class CrmSync:
         for customer in self.customers.find({"callIds": {"$in": ids}}, {"callIds": 1, "_id": 0}):
             found.update(wanted.intersection(customer.get("callIds", ())))
         return found
+
+    def _existing(self, phones: list[Phone]) -> dict[str, object]:
+        """Customer ids by phone key, found under any spelling of the number in one query, so
+        that records stored before normalization are updated, not duplicated. Where several
+        spellings of one number exist, the record already keyed by the normalized number wins."""
+        keys = {phone.key: lookup_keys(phone) for phone in phones}
+        spellings = [spelling for variants in keys.values() for spelling in variants]
+        stored = {doc["phone"]: doc["_id"]
+                  for doc in self.customers.find({"phone": {"$in": spellings}}, {"phone": 1})}
+        return {key: next(stored[s] for s in variants if s in stored)
+                for key, variants in keys.items() if any(s in stored for s in variants)}
 
     def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> None:
         by_phone: dict[str, tuple[Phone, list[CustomerCall]]] = {}
@@ -49,7 +60,8 @@ class CrmSync:
                                call_id=execution.id, agent_id=agent_id)
             by_phone.setdefault(phone.key, (phone, []))[1].append(customer_call(execution))
         now = utcnow()
-        inserted, updated = bulk_upsert(
-            self.customers, [customer_upsert(phone, calls, now) for phone, calls in by_phone.values()])
+        existing = self._existing([phone for phone, _ in by_phone.values()])
+        inserted, updated = bulk_upsert(self.customers, [
+            customer_upsert(phone, calls, now, existing.get(phone.key)) for phone, calls in by_phone.values()])
         recorder.add("inserted", inserted, agent_id)
         recorder.add("updated", updated, agent_id)

@@ -108,10 +108,14 @@ class ExecutionFeed:
                 recorder.error(f"malformed execution: {exc}", code=exc.code, call_id=exc.call_id,
                                agent_id=agent_id)
                 continue
+            except BolnaAuthError:
+                raise
             except BolnaError as exc:
-                # The full record could not be fetched: hold the cursor so a later run retries it.
                 listed = parse_execution(item)
-                hold = min(hold or listed.created_at, listed.created_at)
+                if exc.retryable:
+                    # Worth another try: hold the cursor so a later run fetches it again. A
+                    # refusal (404, 422) would hold it, and re-read everything after, forever.
+                    hold = min(hold or listed.created_at, listed.created_at)
                 recorder.error(f"full record of {listed.id}: {exc}", code="bolna_error",
                                call_id=listed.id, agent_id=agent_id)
                 continue

@@ -6,6 +6,8 @@ import uuid
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
+from pymongo.errors import PyMongoError
+
 from utils.logging import redact
 
 MAX_ERRORS = 100  # a run over a broken feed must not grow a 16 MB document
@@ -17,6 +19,15 @@ def utcnow() -> datetime:
     """Naive UTC at millisecond precision: what MongoDB stores and pymongo returns."""
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def describe_failure(failure: BaseException) -> str:
+    """What a failed run records and logs. A driver error's text quotes the documents it failed
+    on (transcripts, numbers, e-mails), so of those only the type and code are kept."""
+    if isinstance(failure, PyMongoError):
+        code = getattr(failure, "code", None)
+        return type(failure).__name__ + (f" (code {code})" if code is not None else "")
+    return f"{type(failure).__name__}: {failure}"
 
 
 class RunRecorder:
@@ -62,7 +73,7 @@ class RunRecorder:
         self.finished_at = utcnow()
         if failure is not None:
             self.status = "failed"
-            self.error(f"{type(failure).__name__}: {failure}", code="run_failed")
+            self.error(describe_failure(failure), code="run_failed")
         else:
             self.status = "partial" if self.error_count else "ok"
 

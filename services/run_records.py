@@ -9,8 +9,9 @@ from typing import Callable
 
 from pymongo import DESCENDING
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
-from services.run_record import RunRecorder, utcnow
+from services.run_record import RunRecorder, describe_failure, utcnow
 from services.storage import SYNC_RUNS
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ class RunRecords:
         try:
             self.runs.insert_one({**recorder.document(), "host": socket.gethostname(), "pid": os.getpid()})
         except Exception as exc:  # noqa: BLE001 - MongoDB is unreachable: the job could not write either
-            log.exception("could not start the run record; run skipped", extra={**context, "event": "run_failed"})
+            log.error("could not start the run record; run skipped: %s", describe_failure(exc),
+                      extra={**context, "event": "run_failed"})
             recorder.finish(exc)
             document = recorder.document()
             self._notify(document, context)
@@ -48,7 +50,9 @@ class RunRecords:
             body(recorder)
         except Exception as exc:  # noqa: BLE001 - recorded on the run, logged with its traceback
             failure = exc
-            log.exception("run failed", extra={**context, "event": "run_failed"})
+            # A traceback for bugs; a database error's text would quote document values.
+            log.error("run failed: %s", describe_failure(exc), exc_info=not isinstance(exc, PyMongoError),
+                      extra={**context, "event": "run_failed"})
         recorder.finish(failure)
         document = recorder.document()
         try:

@@ -15,10 +15,16 @@ SYNC_RUNS = "sync_runs"
 RUN_EXPIRY_INDEX = "ttl_startedAt"
 
 
+# CRM records written by other programs may lack a phone; they must not stop the index build.
+_HAS_PHONE = {"phone": {"$type": "string"}}
+
+
 def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
     """Idempotent; run at start-up. Unique indexes are what make re-syncs updates, not duplicates."""
     db[CUSTOMERS].create_indexes([
-        IndexModel([("phone", ASCENDING)], unique=True, name="phone_unique"),
+        IndexModel([("phone", ASCENDING)], unique=True, name="phone_unique", partialFilterExpression=_HAS_PHONE),
+        # crm_sync asks which listed calls a customer already counts.
+        IndexModel([("callIds", ASCENDING)], name="callIds"),
         IndexModel([("updatedAt", ASCENDING)], name="updatedAt"),
     ])
     db[CALLS].create_indexes([
@@ -30,11 +36,16 @@ def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
         IndexModel([("updatedAt", ASCENDING)], name="updatedAt"),
     ])
     db[CONTACTS].create_indexes([
-        IndexModel([("phone", ASCENDING)], unique=True, name="phone_unique"),
+        IndexModel([("phone", ASCENDING)], unique=True, name="phone_unique", partialFilterExpression=_HAS_PHONE),
         IndexModel([("updatedAt", ASCENDING)], name="updatedAt"),
     ])
     db[ACTIVITIES].create_indexes([
-        IndexModel([("callId", ASCENDING)], name="callId"),
+        # One entry per AI decision: a retaken attempt rewrites its decision's entry, a
+        # reanalysis (a new round) adds one.
+        IndexModel([("callId", ASCENDING), ("type", ASCENDING), ("round", ASCENDING)], unique=True,
+                   name="decision_unique"),
+        # A contact's timeline in the CRM: its activities, newest first.
+        IndexModel([("contactId", ASCENDING), ("at", DESCENDING)], name="contactId_at"),
         IndexModel([("at", DESCENDING)], name="at"),
     ])
     db[SYNC_RUNS].create_indexes([

@@ -3,7 +3,6 @@ import pytest
 
 from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import HookedClient
-from services.analyzer import ensure_analyzer_indexes
 from services.storage import ensure_indexes
 from utils.config import Settings
 
@@ -19,7 +18,6 @@ def db(mongo):
     server (fakes.mongo_hooks), since the code under test shares it across threads."""
     database = HookedClient(mongo)["callsync_test"]
     ensure_indexes(database)
-    ensure_analyzer_indexes(database)
     return database
 
 

@@ -5,11 +5,12 @@ import logging
 import re
 
 import pytest
+from pymongo.errors import BulkWriteError
 
 from fakes.bolna_server import FakeBolna
 from services.run_record import RunRecorder
 from tests.helpers import AGENT, build_app, execution
-from utils.logging import setup_logging
+from utils.logging import redact, setup_logging
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -102,3 +103,29 @@ def test_run_record_errors_mask_phone_numbers_and_tokens():
     recorder.error("Bolna answered HTTP 400: bad number +91 98765 43210 (Bearer abc.def)", code="bolna_error")
     message = recorder.document()["errors"][0]["message"]
     assert "98765" not in message and "abc.def" not in message and "***3210" in message
+
+
+@pytest.mark.parametrize("text, masked", [
+    ("call from +91 98765 43210 failed", "call from ***3210 failed"),
+    ("number 98765 43210 refused", "number ***3210 refused"),
+    ("(415) 555-2671 and 415-555-2671", "***2671 and ***2671"),
+    ("9876543210", "***3210"),
+])
+def test_redaction_masks_numbers_written_with_separators(text, masked):
+    assert redact(text) == masked
+
+
+@pytest.mark.parametrize("text", [
+    "at 2026-11-23 17:34:55 ok", "run 6294382b0660483c897bc825daa60f44",
+    "call 4c06b4d1-4096-4561-919a-4f94539c8d4a", "http://127.0.0.1:40417/x", "price 1,50,000",
+])
+def test_redaction_leaves_dates_ids_and_addresses(text):
+    assert redact(text) == text
+
+
+def test_database_errors_are_recorded_without_the_documents_they_quote():
+    recorder = RunRecorder("call_processor")
+    error = BulkWriteError({"writeErrors": [{"code": 2, "errmsg": "bad", "op": {"email": "asha@x.in"}}]})
+    recorder.finish(error)
+    [entry] = recorder.document()["errors"]
+    assert entry["message"] == "BulkWriteError (code 65)" and "asha" not in entry["message"]

@@ -176,3 +176,30 @@ def test_explicit_agent_ids_skip_discovery(serve, db, settings):
     app.feed.agent_ids = ("agent-1",)
     app.run_job("crm_sync")
     assert bolna.request_count("/v2/agent/all") == 0
+
+
+def test_two_legacy_spellings_of_one_number_do_not_stop_the_sync(serve, db):
+    # Both stored before normalization existed; the normalized one must win, not collide.
+    db[CUSTOMERS].insert_many([{"phone": "09876543210", "callIds": ["old-1"]},
+                               {"phone": "+919876543210", "callIds": ["old-2"]}])
+    bolna, app = serve([execution("98765 43210")])
+    assert app.run_job("crm_sync")["status"] == "ok"
+    assert db[CUSTOMERS].find_one({"phone": "+919876543210"})["callCount"] == 2
+    assert db[CUSTOMERS].find_one({"phone": "09876543210"})["callIds"] == ["old-1"]
+
+
+def test_a_refused_full_record_does_not_hold_the_cursor(serve, db):
+    gone = execution(call_id="gone", minutes_ago=300)
+    bolna, app = serve([gone, execution(minutes_ago=30)], projection="trimmed")
+    bolna.inject(r"^/executions/gone$", status=404, times=10)
+    record = app.run_job("call_processor")
+    assert [e["callId"] for e in record["errors"]] == ["gone"]
+    assert db[SYNC_STATE].find_one()["cursor"] > db[CALLS].find_one()["callAt"]
+
+
+def test_a_refused_key_on_a_full_record_stops_the_run(serve, db):
+    bolna, app = serve([execution(minutes_ago=m) for m in (5, 6, 7)], projection="trimmed")
+    bolna.inject(r"^/executions/", status=403, times=10)
+    record = app.run_job("call_processor")
+    assert record["status"] == "failed" and "refused the API key" in record["errors"][-1]["message"]
+    assert bolna.request_count("/executions/") == 1

@@ -27,7 +27,7 @@ class ExtraField:
 
 @dataclass(frozen=True)
 class Settings:
-    mongodb_uri: str | None = None
+    mongodb_uri: str | None = field(default=None, repr=False)  # may hold a password
     mongodb_db: str = "callsync"
     bolna_api_key: str | None = field(default=None, repr=False)
     bolna_base_url: str = "https://api.bolna.ai"

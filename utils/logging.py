@@ -17,7 +17,10 @@ from utils.phone import mask_phone
 # Fields a caller may attach with `extra=` that belong in a structured line.
 CONTEXT_FIELDS = ("job", "run_id", "event", "agent_id", "call_id", "counts", "status")
 
-_PHONE_LIKE = re.compile(r"(?<![\w.-])(?:\+\d[\d ()-]{7,}\d|\d{10,15})(?![\w-])")
+# A run of digits with the separators people write numbers with ("+91 98765 43210",
+# "(415) 555-2671", "9876543210"); masked when it holds 10 to 15 digits and is not a date.
+_PHONE_LIKE = re.compile(r"(?<![\w.:/-])\+?\(?\d[\d ().-]{6,}\d(?![\w:-])")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\"]+")
 # user:password@ in a URL, e.g. a MongoDB URI quoted by a driver error.
 _URL_CREDENTIALS = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/\s@]+@")
@@ -29,7 +32,13 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
         text = text.replace(secret, "***")
     text = _BEARER.sub(r"\1***", text)
     text = _URL_CREDENTIALS.sub(r"\1***@", text)
-    return _PHONE_LIKE.sub(lambda m: mask_phone(m.group(0)), text)
+    return _PHONE_LIKE.sub(_mask_if_phone, text)
+
+
+def _mask_if_phone(match: re.Match) -> str:
+    text = match.group(0)
+    digits = sum(ch.isdigit() for ch in text)
+    return mask_phone(text) if 10 <= digits <= 15 and not _DATE.match(text) else text
 
 
 class RedactingFilter(logging.Filter):

@@ -12,7 +12,7 @@ from datetime import timedelta
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from services.analyzer import build_batch, ensure_analyzer_indexes
+from services.analyzer import build_batch
 from services.bolna_client import BolnaClient
 from services.call_store import CallStore
 from services.crm_sync import CrmSync
@@ -58,7 +58,6 @@ class App:
     def prepare(self) -> None:
         """Start-up work that touches the database: indexes, and runs a dead process left open."""
         ensure_indexes(self.db, self.settings.run_retention_days)
-        ensure_analyzer_indexes(self.db)
         stale = max(timedelta(hours=1), 3 * timedelta(minutes=self.settings.sync_interval_minutes))
         abandoned = self.runs.mark_abandoned(stale)
         if abandoned:

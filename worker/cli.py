@@ -7,8 +7,9 @@ import logging
 import sys
 from datetime import datetime, timezone
 
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
+from services.run_record import describe_failure
 from utils.config import ConfigError, Settings, load_settings
 from utils.logging import redact, setup_logging
 
@@ -68,10 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"callsync: {exc}", file=sys.stderr)
         return 2
-    except PyMongoError as exc:
+    except ConnectionFailure as exc:
         # Down at start-up: one clear line and a failure exit, so a supervisor retries later.
         reason = str(exc).split(" (configured timeouts")[0][:300]
         print(f"callsync: MongoDB is not reachable: {redact(reason)}", file=sys.stderr)
+        return 1
+    except PyMongoError as exc:
+        # E.g. an index that existing data prevents, or a user without the rights to build it.
+        details = getattr(exc, "details", None) or {}
+        reason = redact(str(details.get("errmsg", "")))[:300]
+        print(f"callsync: MongoDB refused the start-up ({describe_failure(exc)}): {reason}", file=sys.stderr)
         return 1
 
 

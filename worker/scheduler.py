@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
+from utils.config import describe
 from worker.app import JOB_NAMES, App
 from worker.health import serve_health
 
@@ -59,6 +60,8 @@ def run_daemon(app: App) -> int:
     signal.signal(signal.SIGINT, stop)
     log.info("daemon started: jobs %s every %d min", ", ".join(JOB_NAMES), app.settings.sync_interval_minutes,
              extra={"event": "daemon_started"})
+    # What it runs with, for whoever reads the log later; secrets only as set / not set.
+    log.info("settings: %s", describe(app.settings), extra={"event": "settings"})
     scheduler.start()
     # Still listening while the last job finishes: /healthz answers 503 (not scheduling), which
     # tells a supervisor the stop is under way rather than a dead process.

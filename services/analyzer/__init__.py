@@ -10,12 +10,11 @@ import threading
 from pymongo.database import Database
 
 from services.analyzer.batch import AnalysisBatch
-from services.analyzer.contacts import ensure_contact_indexes
 from services.analyzer.groq_analyzer import GroqAnalyzer
 from services.analyzer.requeue import requeue
 from utils.config import Settings
 
-__all__ = ["AnalysisBatch", "build_batch", "ensure_analyzer_indexes", "requeue"]
+__all__ = ["AnalysisBatch", "build_batch", "requeue"]
 
 
 def build_batch(db: Database, settings: Settings, owner: str,
@@ -25,8 +24,3 @@ def build_batch(db: Database, settings: Settings, owner: str,
     heuristic analysis."""
     llm = GroqAnalyzer(settings) if settings.groq_api_keys else None
     return AnalysisBatch(db, settings, owner, llm, stop)
-
-
-def ensure_analyzer_indexes(db: Database) -> None:
-    """Indexes beyond services.storage.ensure_indexes; idempotent, run at start-up."""
-    ensure_contact_indexes(db)

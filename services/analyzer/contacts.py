@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
@@ -15,13 +15,6 @@ from utils.phone import Phone, lookup_keys, normalize_phone
 PAST_CONVERSATIONS_KEPT = 20
 _CONTACT_FIELDS = ("tag", "leadScore", "leadStatus", "sentiment")
 ACTIVITY_TYPE = "ai_analysis"
-
-
-def ensure_contact_indexes(db: Database) -> None:
-    # A contact's timeline in the CRM: its activities, newest first.
-    db[ACTIVITIES].create_indexes([
-        IndexModel([("contactId", ASCENDING), ("at", DESCENDING)], name="contactId_at"),
-    ])
 
 
 def record_decision(db: Database, call: dict, analysis: dict, region: str, now: datetime) -> bool:
