@@ -3,7 +3,8 @@
 Shared by both jobs; each keeps its own cursor per agent in `sync_state`. The cursor is a
 low-water mark: everything created before it is stored in its final form. It moves only
 after a whole time window was written, and never past a call that is not terminal yet (its
-transcript and extracted data are still to come) or whose full record could not be fetched.
+transcript and extracted data are still to come) or whose full record could not be fetched;
+a call that stays unfinished for hours is followed by id instead (`PENDING_HOLD`).
 """
 from __future__ import annotations
 
@@ -27,9 +28,12 @@ log = logging.getLogger(__name__)
 # completed windows. Losing unsaved ones to a crash only means re-reading (writes are idempotent).
 SAVE_EVERY_WINDOWS = 8
 
-# A call still not terminal after this long is stuck (or scheduled far ahead); it stops
-# holding the cursor so one odd call cannot make every run re-read days of history.
+# A call still not terminal after this long (scheduled far ahead, or stuck) stops holding the
+# cursor, so one odd call cannot make every run re-read days of history. It is then followed by
+# id, a few per run, until it is terminal or PENDING_MAX_AGE old.
 PENDING_HOLD = timedelta(hours=6)
+PENDING_MAX_AGE = timedelta(days=14)
+PENDING_PER_RUN = 50
 
 
 class PageJob(Protocol):
@@ -80,7 +84,9 @@ class ExecutionFeed:
 
     def _sync_agent(self, job: PageJob, recorder: RunRecorder, agent_id: str, start: datetime,
                     now: datetime, cursors: "Cursors") -> None:
+        self._follow_pending(job, recorder, agent_id, now, cursors)
         hold: datetime | None = None  # oldest call that must be read again next run
+        followed: dict[str, datetime] = {}  # calls too old to hold it, to fetch by id from now on
         for page in self.client.iter_pages(agent_id, start, now):
             if self.stop.is_set():
                 recorder.error(f"agent {agent_id}: stopped before the sync finished; the next run resumes",
@@ -92,8 +98,48 @@ class ExecutionFeed:
                 job.write(executions, recorder, agent_id)
             if page_hold and (hold is None or page_hold < hold):
                 hold = page_hold
+            followed.update((e.id, e.created_at) for e in executions
+                            if not e.terminal and now - e.created_at >= PENDING_HOLD)
             if page.last:
-                cursors.advance(agent_id, min(page.window_end, hold or page.window_end))
+                cursors.advance(agent_id, min(page.window_end, hold or page.window_end), followed)
+                followed = {}
+
+    def _follow_pending(self, job: PageJob, recorder: RunRecorder, agent_id: str, now: datetime,
+                        cursors: "Cursors") -> None:
+        """Fetch by id the calls the cursor has passed while they were not terminal; write those
+        that now are, keep following the rest."""
+        pending = cursors.pending(agent_id)
+        if not pending:
+            return
+        still: dict[str, datetime] = {}
+        finished: list[Execution] = []
+        for number, (call_id, created_at) in enumerate(sorted(pending.items(), key=lambda p: p[1])):
+            if number >= PENDING_PER_RUN:
+                still[call_id] = created_at
+                continue
+            if now - created_at > PENDING_MAX_AGE:
+                recorder.error(f"call {call_id} is still not terminal after {PENDING_MAX_AGE.days} days; "
+                               "no longer followed", code="pending_expired", call_id=call_id, agent_id=agent_id)
+                continue
+            try:
+                execution = parse_execution(self.client.get_execution(call_id))
+            except BolnaAuthError:
+                raise
+            except (BolnaError, MalformedExecution) as exc:
+                recorder.error(f"pending call {call_id}: {exc}", code="bolna_error", call_id=call_id,
+                               agent_id=agent_id)
+                if isinstance(exc, BolnaError) and exc.retryable:
+                    still[call_id] = created_at
+                continue
+            if execution.terminal:
+                execution.agent_id = execution.agent_id or agent_id
+                finished.append(execution)
+            else:
+                still[call_id] = created_at
+        if finished:
+            job.write(finished, recorder, agent_id)
+            recorder.add("pendingFinished", len(finished), agent_id)
+        cursors.set_pending(agent_id, still)
 
     def _read_page(self, job: PageJob, page: list, recorder: RunRecorder, agent_id: str,
                    now: datetime) -> tuple[list[Execution], datetime | None]:
@@ -122,9 +168,10 @@ class ExecutionFeed:
             if execution is None:
                 recorder.add("unchanged", 1, agent_id)
                 continue
-            if not execution.terminal and now - execution.created_at < PENDING_HOLD:
-                hold = min(hold or execution.created_at, execution.created_at)
+            if not execution.terminal:
                 recorder.add("pending", 1, agent_id)
+                if now - execution.created_at < PENDING_HOLD:
+                    hold = min(hold or execution.created_at, execution.created_at)
             if execution.agent_id is None:
                 execution.agent_id = agent_id
             executions.append(execution)
@@ -144,22 +191,40 @@ class ExecutionFeed:
 
 
 class Cursors:
-    """One job's cursors: read in one query, written in one batch."""
+    """One job's sync state per agent: its cursor and the calls it follows by id
+    (`pending`: call id -> created_at). Read in one query, written in one batch."""
 
     def __init__(self, state: Collection, job: str, now: datetime):
         self.state = state
         self.job = job
         self.now = now
-        self.stored = {doc["agentId"]: doc.get("cursor") for doc in state.find({"job": job})}
-        self.unsaved: dict[str, datetime] = {}
+        self.stored = {doc["agentId"]: {"cursor": doc.get("cursor"),
+                                        "pending": {p["callId"]: p["createdAt"] for p in doc.get("pending", [])}}
+                       for doc in state.find({"job": job})}
+        self.unsaved: set[str] = set()
         self.windows_since_save = 0
 
-    def get(self, agent_id: str) -> datetime | None:
-        return self.stored.get(agent_id)
+    def _agent(self, agent_id: str) -> dict:
+        return self.stored.setdefault(agent_id, {"cursor": None, "pending": {}})
 
-    def advance(self, agent_id: str, cursor: datetime) -> None:
-        """A window was fully written: everything before `cursor` is stored in its final form."""
-        self.stored[agent_id] = self.unsaved[agent_id] = cursor
+    def get(self, agent_id: str) -> datetime | None:
+        return self._agent(agent_id)["cursor"]
+
+    def pending(self, agent_id: str) -> dict[str, datetime]:
+        return dict(self._agent(agent_id)["pending"])
+
+    def set_pending(self, agent_id: str, pending: dict[str, datetime]) -> None:
+        if pending != self._agent(agent_id)["pending"]:
+            self._agent(agent_id)["pending"] = pending
+            self.unsaved.add(agent_id)
+
+    def advance(self, agent_id: str, cursor: datetime, passed_pending: dict[str, datetime]) -> None:
+        """A window was fully written: everything before `cursor` is stored in its final form,
+        except the calls in `passed_pending`, which are followed by id from now on."""
+        state = self._agent(agent_id)
+        state["cursor"] = cursor
+        state["pending"] = {**state["pending"], **passed_pending}
+        self.unsaved.add(agent_id)
         self.windows_since_save += 1
         if self.windows_since_save >= SAVE_EVERY_WINDOWS:
             self.save()
@@ -168,8 +233,10 @@ class Cursors:
         if self.unsaved:
             self.state.bulk_write([
                 UpdateOne({"_id": f"{self.job}:{agent_id}"},
-                          {"$set": {"job": self.job, "agentId": agent_id, "cursor": cursor,
+                          {"$set": {"job": self.job, "agentId": agent_id, "cursor": self.stored[agent_id]["cursor"],
+                                    "pending": [{"callId": call_id, "createdAt": created_at} for call_id, created_at
+                                                in self.stored[agent_id]["pending"].items()],
                                     "updatedAt": self.now}}, upsert=True)
-                for agent_id, cursor in self.unsaved.items()])
+                for agent_id in sorted(self.unsaved)])
         self.unsaved.clear()
         self.windows_since_save = 0

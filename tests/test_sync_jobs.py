@@ -203,3 +203,24 @@ def test_a_refused_key_on_a_full_record_stops_the_run(serve, db):
     record = app.run_job("call_processor")
     assert record["status"] == "failed" and "refused the API key" in record["errors"][-1]["message"]
     assert bolna.request_count("/executions/") == 1
+
+
+def test_a_call_unfinished_for_hours_is_followed_by_id_until_it_is_terminal(serve, db):
+    scheduled = execution("+14155552671", call_id="later", status="scheduled", minutes_ago=600)
+    bolna, app = serve([scheduled, execution(minutes_ago=30)])
+    for job in ("crm_sync", "call_processor"):
+        app.run_job(job)
+    cursor = db[SYNC_STATE].find_one({"_id": "call_processor:agent-1"})
+    assert cursor["cursor"] > db[CALLS].find_one({"callId": "later"})["callAt"]  # not held
+    assert [p["callId"] for p in cursor["pending"]] == ["later"]
+    requests = bolna.request_count("/executions/")
+    app.run_job("call_processor")  # still scheduled: fetched by id, still followed
+    assert bolna.request_count("/executions/") == requests + 1
+    bolna.update_execution("later", status="completed", conversation_duration=30.0,
+                           transcript="assistant: hello\nuser: yes, please book the visit for Sunday\n",
+                           extracted_data={"name": "Meera", "appointment_booked": True})
+    for job in ("crm_sync", "call_processor"):
+        assert app.run_job(job)["counts"]["pendingFinished"] == 1
+    assert db[CALLS].find_one({"callId": "later"})["processed"] is True
+    assert db[CUSTOMERS].find_one({"lastCallId": "later"})["status"] == "Booked"
+    assert db[SYNC_STATE].find_one({"_id": "crm_sync:agent-1"})["pending"] == []
