@@ -6,8 +6,10 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+from pymongo.errors import AutoReconnect
 
 from fakes.groq_server import FakeGroq
+from fakes.mongo_hooks import HookedClient
 from services.analyzer import build_batch, requeue
 from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL
 from services.run_record import RunRecorder, utcnow
@@ -347,8 +349,9 @@ def test_an_attempt_whose_call_was_requeued_meanwhile_does_not_mark_it_processed
     fake.latency = 0
     run(db, settings)
     assert call(db, "c1")["processed"]
-    # The lost attempt had already written the contact; the re-analysis replaced its entries.
-    assert db.activities.count_documents({"callId": "c1"}) == 1
+    # The lost attempt had already written the contact, a decision of round 0; the re-analysis
+    # is round 1's decision. The contact still counts the call once.
+    assert sorted(a["round"] for a in db.activities.find({"callId": "c1"})) == [0, 1]
     assert len(db.contacts.find_one({"phone": PHONE})["pastConversations"]) == 1
 
 
@@ -360,3 +363,72 @@ def test_the_retake_of_an_attempt_that_died_after_the_crm_write_counts_the_call_
     run(db, settings)
     assert db.activities.count_documents({"callId": "c1"}) == 1
     assert len(db.contacts.find_one({"phone": PHONE})["pastConversations"]) == 1
+
+
+def test_a_retake_after_a_crash_between_the_crm_write_and_finish_keeps_the_decisions_changes(
+        mongo, db, settings):
+    crashed = []
+
+    def crash_at_finish(collection, method):
+        # The first write to calls after the claim is `finish`: the process ends just before it.
+        if (collection, method) == ("calls", "update_one") and not crashed:
+            crashed.append(True)
+            raise KeyboardInterrupt
+
+    crashing = HookedClient(mongo, crash_at_finish)["callsync_test"]
+    heuristic = settings.with_overrides(groq_api_keys=())
+    add_call(db, "c1")
+    with pytest.raises(KeyboardInterrupt):
+        build_batch(crashing, heuristic, "host:1:a").run(RunRecorder("analyze"))
+    first = db.activities.find_one({"callId": "c1"})
+    assert first["changes"]["leadScore"]["from"] is None
+    db.calls.update_one({"callId": "c1"}, {"$set": {"claim.expiresAt": utcnow() - timedelta(seconds=1)}})
+
+    recorder = run(db, heuristic)
+    assert recorder.counts["analyzed"] == 1 and call(db, "c1")["attempts"] == 2
+    [retaken] = db.activities.find({"callId": "c1"})
+    # The retake found the contact already changed; the decision still says what it changed.
+    assert retaken["changes"] == first["changes"] != {}
+    assert retaken["at"] >= first["at"]
+
+
+def test_reanalyze_adds_a_decision_and_keeps_the_earlier_one(fake, db, settings):
+    add_call(db, "c1")
+    run(db, settings)
+    assert requeue(db, call_id="c1") == 1 and call(db, "c1")["analysisRound"] == 1
+    fake.respond("invalid_json")  # the new decision differs: the heuristic's score
+    run(db, settings)
+
+    first, second = db.activities.find({"callId": "c1"}, sort=[("round", 1)])
+    assert (first["round"], second["round"]) == (0, 1)
+    assert (first["model"], second["model"]) == (settings.groq_model, "heuristic")
+    assert first["changes"]["leadScore"] == {"from": None, "to": 50}
+    assert second["changes"]["leadScore"]["from"] == 50
+    assert first["contactId"] == second["contactId"]
+    assert len(db.contacts.find_one({"phone": PHONE})["pastConversations"]) == 1
+
+
+# -- the queue itself failing -------------------------------------------------------------------
+
+def test_a_queue_error_ends_only_its_slot_and_is_recorded_once_with_the_outcomes_so_far(mongo, db, settings):
+    claims = []
+
+    def fail_second_and_third_claims(collection, method):
+        if (collection, method) == ("calls", "find_one_and_update"):
+            claims.append(method)
+            if len(claims) in (2, 3):
+                raise AutoReconnect("connection closed while reading +919876543210")
+
+    failing = HookedClient(mongo, fail_second_and_third_claims)["callsync_test"]
+    add_call(db, "short", transcript="user: hi", minutes_ago=300)
+    add_calls(db, 2)
+    recorder = RunRecorder("analyze")
+    # One slot at a time: slot 1 skips "short", then its next claim fails; slot 2's claim fails;
+    # slot 3 analyzes c0.
+    build_batch(failing, settings.with_overrides(groq_api_keys=(), llm_batch_limit=3, llm_concurrency=1),
+                "host:1:a").run(recorder)
+
+    assert (recorder.counts["skipped"], recorder.counts["analyzed"]) == (1, 1)
+    assert recorder.errors == [{"code": "analysis_queue_error", "message": "AutoReconnect"}]
+    assert recorder.error_count == 1
+    assert call(db, "c0")["processed"] and not call(db, "c1")["processed"]

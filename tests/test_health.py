@@ -38,8 +38,8 @@ def health_settings(settings):
 def listen():
     servers = []
 
-    def start(app, scheduling: threading.Event):
-        server = serve_health(app, is_scheduling=scheduling.is_set)
+    def start(app, scheduling: threading.Event, started_at=None):
+        server = serve_health(app, is_scheduling=scheduling.is_set, started_at=started_at)
         servers.append(server)
         host, port = server.address
         return f"http://{host}:{port}"
@@ -109,7 +109,8 @@ def test_unhealthy_when_a_job_has_not_succeeded_for_too_long(health_settings, mo
     old_success(db, "crm_sync", hours=2)
     old_success(db, "call_processor", hours=2)
     app = build_app(health_settings, mongo, bolna)
-    base = listen(app, scheduling())
+    # A daemon up for 3 hours: its last successes are since the start.
+    base = listen(app, scheduling(), started_at=utcnow() - timedelta(hours=3))
 
     status, body = healthz(base)
     assert status == 503
@@ -139,6 +140,32 @@ def test_a_job_that_never_succeeds_since_start_becomes_unhealthy(health_settings
     status, body = healthz(base)
     assert status == 503
     assert all("none since the start" in reason for reason in body["reasons"]) and len(body["reasons"]) == 2
+
+
+def test_a_restart_after_downtime_is_healthy_while_its_first_runs_catch_up(health_settings, mongo, db,
+                                                                           bolna, listen):
+    # The daemon was down for 2 hours: its last successes are older than the 15 minutes allowed.
+    old_success(db, "crm_sync", hours=2)
+    old_success(db, "call_processor", hours=2)
+    base = listen(build_app(health_settings, mongo, bolna), scheduling())
+
+    status, body = healthz(base)
+    assert status == 200 and body["reasons"] == []
+    assert body["jobs"]["crm_sync"]["lastSuccessAt"] is not None  # still reported as it is
+    assert all(state["ageSeconds"] < 60 for state in body["jobs"].values())  # measured from the start
+
+
+def test_a_restarted_job_that_does_not_catch_up_becomes_unhealthy(health_settings, mongo, db, bolna, listen):
+    old_success(db, "crm_sync", hours=2)
+    app = build_app(health_settings.with_overrides(sync_interval_minutes=1, health_max_age_intervals=0.001),
+                    mongo, bolna)
+    base = listen(app, scheduling())
+    time.sleep(0.2)
+
+    status, body = healthz(base)
+    assert status == 503 and len(body["reasons"]) == 2
+    assert all("none since the start" in reason for reason in body["reasons"])
+    assert body["jobs"]["crm_sync"]["ageSeconds"] < 60  # from the start, not from 2 hours ago
 
 
 def metric_samples(base: str) -> dict[tuple[str, tuple], float]:

@@ -20,14 +20,15 @@ log = logging.getLogger(__name__)
 
 class HealthCheck:
     """Healthy while the scheduler is running and every job's last successful run (ok or partial)
-    is younger than `max_age`. A job that has not succeeded yet counts from the daemon's start,
-    so a fresh install is healthy for `max_age` while its first runs happen."""
+    is younger than `max_age`. A job that has not succeeded since the daemon started is measured
+    from the start: a fresh install, or a daemon restarted after downtime, is healthy for
+    `max_age` while its first runs catch up."""
 
     def __init__(self, jobs: Iterable[str], max_age: timedelta, *, is_scheduling: Callable[[], bool],
-                 last_success: Callable[[str], datetime | None]):
+                 last_success: Callable[[str], datetime | None], started_at: datetime | None = None):
         self.jobs = tuple(jobs)
         self.max_age = max_age
-        self.started_at = utcnow()
+        self.started_at = started_at or utcnow()
         self._is_scheduling = is_scheduling
         self._last_success = last_success
 
@@ -40,10 +41,11 @@ class HealthCheck:
         jobs = {}
         for job in self.jobs:
             last = self._last_success(job)
-            age = (now - (last or self.started_at)).total_seconds()
+            since_start = last is None or last < self.started_at
+            age = (now - (self.started_at if since_start else last)).total_seconds()
             jobs[job] = {"lastSuccessAt": _iso(last), "ageSeconds": round(age)}
             if age > self.max_age.total_seconds():
-                since = f"the last one finished {age:.0f}s ago" if last else f"none since the start {age:.0f}s ago"
+                since = f"none since the start {age:.0f}s ago" if since_start else f"the last one finished {age:.0f}s ago"
                 reasons.append(f"{job}: no successful run within {self.max_age.total_seconds():.0f}s ({since})")
         body = {"status": "unhealthy" if reasons else "ok", "reasons": reasons,
                 "maxAgeSeconds": round(self.max_age.total_seconds()), "jobs": jobs}
@@ -78,14 +80,17 @@ class HealthServer:
         self._thread.join()
 
 
-def serve_health(app: App, is_scheduling: Callable[[], bool]) -> HealthServer:
-    """Start the listener on HEALTH_HOST:HEALTH_PORT, with metrics fed by `app`'s run records."""
+def serve_health(app: App, is_scheduling: Callable[[], bool],
+                 started_at: datetime | None = None) -> HealthServer:
+    """Start the listener on HEALTH_HOST:HEALTH_PORT, with metrics fed by `app`'s run records.
+    `started_at`: when the daemon started (default: now)."""
     settings = app.settings
     metrics = RunMetrics(app.db, JOB_NAMES)
     metrics.load_last_successes(app.runs)
     app.runs.subscribe(metrics.observe_run)
     max_age = timedelta(minutes=settings.sync_interval_minutes) * settings.health_max_age_intervals
-    check = HealthCheck(JOB_NAMES, max_age, is_scheduling=is_scheduling, last_success=metrics.last_success_at)
+    check = HealthCheck(JOB_NAMES, max_age, is_scheduling=is_scheduling, last_success=metrics.last_success_at,
+                        started_at=started_at)
     return HealthServer(check, metrics.registry, settings.health_host, settings.health_port).start()
 
 

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
+from services.analyzer.batch import OUTCOME_COUNTERS
 from services.run_records import SUCCESSFUL, RunRecords
 from services.storage import CALLS
 
@@ -24,9 +25,6 @@ log = logging.getLogger(__name__)
 
 RUN_STATUSES = ("ok", "partial", "failed")
 WRITE_COUNTS = ("inserted", "updated")
-# Analysis outcome label -> the call processor's run-record counter (services/analyzer/batch.py).
-ANALYSIS_OUTCOMES = {"ok": "analyzed", "failed": "failed", "skipped": "skipped", "released": "released",
-                     "claim_lost": "claimLost", "crashed": "crashed"}
 TOKEN_KINDS = {"prompt": "promptTokens", "completion": "completionTokens"}
 
 
@@ -70,7 +68,7 @@ class RunMetrics:
             for operation in WRITE_COUNTS:
                 self.records_written.labels(job, operation)
             self.run_errors.labels(job)
-        for outcome in ANALYSIS_OUTCOMES:
+        for outcome in OUTCOME_COUNTERS:
             self.analyses.labels(outcome)
         for kind in TOKEN_KINDS:
             self.tokens.labels(kind)
@@ -88,7 +86,7 @@ class RunMetrics:
         for operation in WRITE_COUNTS:
             self.records_written.labels(job, operation).inc(counts.get(operation, 0))
         self.run_errors.labels(job).inc(counts.get("errors", 0))
-        for outcome, counter in ANALYSIS_OUTCOMES.items():
+        for outcome, counter in OUTCOME_COUNTERS.items():
             self.analyses.labels(outcome).inc(counts.get(counter, 0))
         for kind, counter in TOKEN_KINDS.items():
             self.tokens.labels(kind).inc(counts.get(counter, 0))

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
 from services.analyzer.contacts import record_decision
@@ -16,7 +17,7 @@ from services.analyzer.groq_analyzer import GroqAnalyzer, LlmFailure
 from services.analyzer.heuristic import heuristic_analysis
 from services.analyzer.schema import (HEURISTIC_MODEL, SHORT_TRANSCRIPT, Usage,
                                       analysis_document)
-from services.run_record import RunRecorder, utcnow
+from services.run_record import RunRecorder, describe_failure, utcnow
 from services.storage import CALLS
 from utils.config import Settings
 
@@ -57,32 +58,47 @@ class AnalysisBatch:
         if self._llm is not None:
             self._llm.begin_run()
         workers = min(self._settings.llm_concurrency, limit)
+        queue_error = None
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="analyzer") as pool:
             slots = [pool.submit(self._fill_slot, deadline) for _ in range(limit)]
             for slot in as_completed(slots):
-                for outcome in slot.result():
+                outcomes, error = slot.result()
+                for outcome in outcomes:
                     _record(outcome, recorder)
+                queue_error = queue_error or error
+        if queue_error is not None:
+            # Once per run: when the database is away, every slot meets the same error.
+            recorder.error(queue_error, code="analysis_queue_error")
 
-    def _fill_slot(self, deadline: Deadline) -> list[Outcome]:
+    def _fill_slot(self, deadline: Deadline) -> tuple[list[Outcome], str | None]:
         """Analyze one call. Short transcripts met on the way are skipped without using up the
-        slot: they cost no LLM request, and a backlog of unanswered calls must not stall the queue."""
+        slot: they cost no LLM request, and a backlog of unanswered calls must not stall the queue.
+
+        Returns the outcomes and, when the queue itself failed (a claim could not be made), the
+        error's type: the outcomes gathered before it must still reach the run record."""
         outcomes: list[Outcome] = []
-        while not deadline.reached:
-            claim = self._queue.claim_next()
-            if claim is None:
-                break
-            outcome = self._attempt(claim, deadline)
-            outcomes.append(outcome)
-            if outcome.status != "skipped":
-                break
-        return outcomes
+        try:
+            while not deadline.reached:
+                claim = self._queue.claim_next()
+                if claim is None:
+                    break
+                outcome = self._attempt(claim, deadline)
+                outcomes.append(outcome)
+                if outcome.status != "skipped":
+                    break
+        except Exception as exc:  # the slot ends; the other slots and the run go on
+            # The type only: a driver error's text can quote document values such as a phone number.
+            log.error("the analysis queue failed: %s", describe_failure(exc))
+            return outcomes, type(exc).__name__
+        return outcomes, None
 
     def _attempt(self, claim: Claim, deadline: Deadline) -> Outcome:
         try:
             return self._analyze(claim, deadline)
         except Exception as exc:  # one bad call must not end the run; its lease expires, it is retaken once
-            log.exception("analysis of a call crashed", extra={"call_id": claim.call_id})
-            # The type only: a driver error's text can quote document values such as a phone number.
+            # A traceback for bugs; a driver error's text can quote document values (transcripts).
+            log.error("analysis of a call crashed: %s", describe_failure(exc),
+                      exc_info=not isinstance(exc, PyMongoError), extra={"call_id": claim.call_id})
             return Outcome(claim.call_id, "crashed", error=type(exc).__name__)
 
     def _analyze(self, claim: Claim, deadline: Deadline) -> Outcome:
@@ -117,7 +133,8 @@ class AnalysisBatch:
 
     def _finish(self, claim: Claim, analysis: dict) -> Outcome:
         # The CRM first, then the call: a process that dies in between leaves the call claimed,
-        # and the retake re-applies the decision, which the write-back makes idempotent per call.
+        # and the retake re-applies the decision, which the write-back makes idempotent per
+        # analysis round.
         has_contact = True
         if _has_result(analysis):
             has_contact = record_decision(self._db, claim.call, analysis,
@@ -134,12 +151,14 @@ def _has_result(analysis: dict) -> bool:
     return "summary" in analysis
 
 
-_COUNTERS = {"ok": "analyzed", "failed": "failed", "skipped": "skipped", "released": "released",
-             "claim_lost": "claimLost", "crashed": "crashed"}
+# Outcome status -> its run-record counter. worker/metrics.py labels its counters by the same
+# mapping, so the metrics say exactly what the run records say.
+OUTCOME_COUNTERS = {"ok": "analyzed", "failed": "failed", "skipped": "skipped", "released": "released",
+                    "claim_lost": "claimLost", "crashed": "crashed"}
 
 
 def _record(outcome: Outcome, recorder: RunRecorder) -> None:
-    recorder.add(_COUNTERS[outcome.status])
+    recorder.add(OUTCOME_COUNTERS[outcome.status])
     recorder.add("fallback", int(outcome.used_fallback))
     recorder.add("noContact", int(not outcome.has_contact))
     recorder.add("promptTokens", outcome.usage.prompt_tokens)

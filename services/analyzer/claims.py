@@ -17,7 +17,7 @@ from services.run_record import utcnow
 
 # The first attempt, and one more after a lease expired; a claim beyond this is not analyzed.
 MAX_ATTEMPTS = 2
-_CALL_FIELDS = ("callId", "agentId", "callAt", "transcript", "customerPhone", "attempts")
+_CALL_FIELDS = ("callId", "agentId", "callAt", "transcript", "customerPhone", "attempts", "analysisRound")
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ def record_decision(db: Database, call: dict, analysis: dict, region: str, now: 
     """Apply a finished analysis (a `calls.analysis` document with result fields) to the call's
     contact and log it as an activity. False when the call has no customer number.
 
-    Idempotent per call, so that the retake of an attempt that died midway does not count the
-    call twice: one pastConversations entry and one activity per call, a re-analysis replaces them."""
+    One activity per AI decision, keyed by the call's `analysisRound`: the retake of an attempt
+    that died midway rewrites its round's activity (and one pastConversations entry per call),
+    while a re-analysis (`reanalyze` starts a new round) adds an activity."""
     phone = normalize_phone(call.get("customerPhone"), region)
     if phone is None:
         return False
@@ -34,18 +35,24 @@ def record_decision(db: Database, call: dict, analysis: dict, region: str, now: 
         "callId": call["callId"], "summary": analysis["summary"], "tag": analysis["tag"],
         "at": call.get("callAt") or now,
     })
-    db[ACTIVITIES].update_one({"callId": call["callId"], "type": ACTIVITY_TYPE}, {"$set": {
-        "contactId": contact_id,
-        "at": now,
-        "changes": {name: {"from": _value_at(before, name), "to": value}
-                    for name, value in changes.items() if _value_at(before, name) != value},
-        "summary": analysis["summary"],
-        "reasoning": analysis["reasoning"],
-        "confidence": analysis["confidence"],
-        "model": analysis["model"],
-        "usedFallback": analysis["usedFallback"],
-        "analysisStatus": analysis["status"],
-    }}, upsert=True)
+    key = {"callId": call["callId"], "type": ACTIVITY_TYPE, "round": call.get("analysisRound", 0)}
+    db[ACTIVITIES].update_one(key, {
+        # A retake finds the contact as the first attempt already left it, so its own diff
+        # would be empty: the first attempt's `changes` is the one that says what the decision did.
+        "$setOnInsert": {"changes": {name: {"from": _value_at(before, name), "to": value}
+                                     for name, value in changes.items()
+                                     if _value_at(before, name) != value}},
+        "$set": {
+            "contactId": contact_id,
+            "at": now,
+            "summary": analysis["summary"],
+            "reasoning": analysis["reasoning"],
+            "confidence": analysis["confidence"],
+            "model": analysis["model"],
+            "usedFallback": analysis["usedFallback"],
+            "analysisStatus": analysis["status"],
+        },
+    }, upsert=True)
     return True
 
 
