@@ -7,6 +7,9 @@ from services.storage import ensure_indexes
 from utils.config import Settings
 
 
+TEST_DB = "callsync_test"
+
+
 @pytest.fixture
 def mongo():
     return mongomock.MongoClient()
@@ -16,7 +19,7 @@ def mongo():
 def db(mongo):
     """The test database, indexed as the daemon indexes it; each operation runs whole, as on a
     server (fakes.mongo_hooks), since the code under test shares it across threads."""
-    database = HookedClient(mongo)["callsync_test"]
+    database = HookedClient(mongo)[TEST_DB]
     ensure_indexes(database)
     return database
 
@@ -24,7 +27,7 @@ def db(mongo):
 @pytest.fixture
 def settings():
     """Settings for tests: fast retries, offline analyzer, no environment read."""
-    return Settings(mongodb_db="callsync_test", bolna_api_key="test-key", http_backoff_seconds=0.01,
+    return Settings(mongodb_db=TEST_DB, bolna_api_key="test-key", http_backoff_seconds=0.01,
                     http_max_attempts=3, http_timeout_seconds=5, backfill_days=8)
 
 

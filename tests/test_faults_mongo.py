@@ -108,13 +108,12 @@ def test_a_mongodb_error_at_any_write_fails_cleanly_and_the_next_runs_complete(s
     assert differs == [], f"state after an error at these of {writes} writes differs from a clean run"
 
 
-def test_two_daemons_at_once_store_and_analyze_everything_once(settings, bolna_server):
+def test_two_daemons_at_once_store_and_analyze_everything_once(settings, mongo, bolna_server):
     agents, executions = generate(agents=2, per_agent=30, seed=23, span_days=2, repeat_ratio=0.5)
     bolna = bolna_server(executions, agents)
     with FakeGroq(latency=0.02) as groq:
         both = settings.with_overrides(groq_api_keys=("key-1",), groq_base_url=groq.base_url,
                                        bolna_page_size=10, llm_concurrency=3, llm_batch_limit=60)
-        mongo = mongomock.MongoClient()
         daemons = [app_for(both, mongo, bolna) for _ in range(2)]
         start = threading.Barrier(len(daemons))
         records = []

@@ -13,35 +13,20 @@ from pathlib import Path
 
 import pytest
 
-MONGODB_URI = os.environ.get("MONGODB_URI", "").strip()
-if not MONGODB_URI:
-    pytest.skip("MONGODB_URI is not set: the real-MongoDB integration tests need a server "
-                "(e.g. MONGODB_URI=mongodb://localhost:27017)", allow_module_level=True)
-
-from pymongo import MongoClient  # noqa: E402
-
-from fakes.bolna_server import FakeBolna  # noqa: E402
-from fakes.dataset import generate  # noqa: E402
-from services.storage import CALLS, SYNC_RUNS  # noqa: E402
-from tests.faults import assert_matches_ground_truth  # noqa: E402
-from tests.test_faults_bolna import *  # noqa: E402,F401,F403 - collected again, on the server
-from tests.test_faults_hostile import *  # noqa: E402,F401,F403
-from tests.test_sync_jobs import *  # noqa: E402,F401,F403
-from tests.test_faults_mongo import expire_claims, snapshot  # noqa: E402
+# First: it skips the whole module when no server is configured.
+from tests.real_mongo import MONGODB_URI, mongo  # noqa: F401 - `mongo`: the fixture, on the server
+from fakes.bolna_server import FakeBolna
+from fakes.dataset import generate
+from services.storage import CALLS, SYNC_RUNS
+from tests.faults import assert_matches_ground_truth
+from tests.test_faults_bolna import *  # noqa: F401,F403 - collected again, on the server
+from tests.test_faults_hostile import *  # noqa: F401,F403
+from tests.test_sync_jobs import *  # noqa: F401,F403
+from tests.test_faults_mongo import expire_claims, snapshot
+from tests.test_faults_mongo import test_two_daemons_at_once_store_and_analyze_everything_once  # noqa: F401
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def mongo(settings):
-    """Overrides conftest's mongomock client for every test collected here; the test database
-    starts empty and is dropped afterwards (so two such runs must not share a server)."""
-    client = MongoClient(MONGODB_URI, tz_aware=False, serverSelectionTimeoutMS=5000)
-    client.drop_database(settings.mongodb_db)
-    yield client
-    client.drop_database(settings.mongodb_db)
-    client.close()
 
 
 def _daemon_env(bolna: FakeBolna, database: str) -> dict:
