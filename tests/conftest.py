@@ -1,5 +1,6 @@
 import mongomock
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import HookedClient
@@ -8,6 +9,11 @@ from utils.config import Settings
 
 
 TEST_DB = "callsync_test"
+
+# Property tests check behaviour, not speed (that is for benchmarks): no per-example deadline,
+# which a loaded CI machine would otherwise turn into random failures.
+hypothesis_settings.register_profile("callsync", deadline=None)
+hypothesis_settings.load_profile("callsync")
 
 
 @pytest.fixture

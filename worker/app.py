@@ -18,7 +18,7 @@ from services.call_store import CallStore
 from services.crm_sync import CrmSync
 from services.execution_feed import ExecutionFeed
 from services.run_record import RunRecorder
-from services.run_records import RunRecords
+from services.sync_runs import RunRecords
 from services.storage import ensure_indexes
 from utils.config import Settings
 

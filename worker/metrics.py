@@ -18,7 +18,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from services.analyzer.batch import OUTCOME_COUNTERS
-from services.run_records import SUCCESSFUL, RunRecords
+from services.sync_runs import SUCCESSFUL, RunRecords
 from services.storage import CALLS
 
 log = logging.getLogger(__name__)

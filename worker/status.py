@@ -8,7 +8,7 @@ from datetime import datetime
 from pymongo.database import Database
 
 from services.run_record import utcnow
-from services.run_records import RunRecords
+from services.sync_runs import RunRecords
 from services.storage import CALLS, CONTACTS, CUSTOMERS
 from utils.config import Settings
 from utils.table import format_table

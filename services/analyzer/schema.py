@@ -10,7 +10,6 @@ from utils.config import ANALYSIS_KEYS, ExtraField
 
 LEAD_STATUSES = ("NEW", "CONTACTED", "QUALIFIED", "WON", "LOST")
 SENTIMENTS = ("positive", "neutral", "negative")
-CORE_KEYS = ANALYSIS_KEYS
 HEURISTIC_MODEL = "heuristic"
 SHORT_TRANSCRIPT = "transcript_too_short"
 
@@ -66,7 +65,7 @@ def parse_answer(content: str | None, tags: tuple[str, ...],
         raise InvalidAnswer(f"answer is not JSON ({exc.msg} at char {exc.pos})") from None
     if not isinstance(payload, dict):
         raise InvalidAnswer(f"answer is a JSON {type(payload).__name__}, not an object")
-    missing = [key for key in (*CORE_KEYS, *(f.name for f in extra_fields)) if key not in payload]
+    missing = [key for key in (*ANALYSIS_KEYS, *(f.name for f in extra_fields)) if key not in payload]
     if missing:
         raise InvalidAnswer(f"answer lacks {', '.join(missing)}")
     return Analysis(
