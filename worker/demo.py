@@ -37,7 +37,7 @@ def run_demo(settings: Settings) -> int:
                 record = app.run_job(name)
                 print(f"run {name}: {record['status']}  {json.dumps(record['counts'])}")
                 for error in record["errors"]:
-                    print(f"   ! {error.get('callId', error.get('agentId', ''))}: {error['message']}")
+                    print(f"   ! {error['message']}")
             print(f"\nBolna requests made: {bolna.request_count()}\n")
             _print_collections(app)
         finally:
