@@ -18,8 +18,8 @@ from services.call_store import CallStore
 from services.crm_sync import CrmSync
 from services.execution_feed import ExecutionFeed
 from services.run_record import RunRecorder
-from services.sync_runs import RunRecords
 from services.storage import ensure_indexes
+from services.sync_runs import RunRecords
 from utils.config import Settings
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from services.analyzer.batch import OUTCOME_COUNTERS
-from services.sync_runs import SUCCESSFUL, RunRecords
 from services.storage import CALLS
+from services.sync_runs import SUCCESSFUL, RunRecords
 
 log = logging.getLogger(__name__)
 

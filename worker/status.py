@@ -8,8 +8,8 @@ from datetime import datetime
 from pymongo.database import Database
 
 from services.run_record import utcnow
-from services.sync_runs import RunRecords
 from services.storage import CALLS, CONTACTS, CUSTOMERS
+from services.sync_runs import RunRecords
 from utils.config import Settings
 from utils.table import format_table
 from worker.app import JOB_NAMES
