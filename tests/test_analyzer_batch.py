@@ -244,7 +244,7 @@ def test_a_429_storm_ends_the_batch_by_its_deadline_leaving_calls_unprocessed(fa
     add_calls(db, 6)
     started = time.monotonic()
     recorder = run(db, settings.with_overrides(llm_batch_deadline_seconds=1.0, llm_concurrency=2))
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 5.0  # its deadline, not 429s for ever (bound loose for busy machines)
     # The two calls in flight waited out 429s (every 0.2 s) until a wait would cross the deadline.
     assert recorder.counts["released"] == 2 and recorder.counts["failed"] == 0
     assert set(analyzed_flats(fake)) == {"c0", "c1"} and len(fake.recorded()) >= 2 * 4
@@ -257,11 +257,11 @@ def test_a_429_storm_ends_the_batch_by_its_deadline_leaving_calls_unprocessed(fa
 
 
 def test_a_request_cut_off_by_the_deadline_releases_its_call(fake, db, settings):
-    fake.latency = 2.0
+    fake.latency = 6.0
     add_call(db, "c1")
     started = time.monotonic()
     recorder = run(db, settings.with_overrides(llm_batch_deadline_seconds=0.5))
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 4.0  # cut off, not the 6 s answer
     stored = call(db, "c1")
     assert not stored["processed"] and stored["attempts"] == 0 and "claim" not in stored
     assert recorder.counts["released"] == 1
@@ -275,19 +275,19 @@ def test_a_stop_signal_ends_the_batch_and_releases_calls_waiting_to_retry(fake, 
     threading.Timer(0.3, stop.set).start()
     started = time.monotonic()
     build_batch(db, settings.with_overrides(llm_concurrency=2), "host:1:a", stop).run(recorder)
-    assert time.monotonic() - started < 1.0  # not the 10 s batch deadline
+    assert time.monotonic() - started < 5.0  # the signal, not the 10 s batch deadline
     assert recorder.counts["released"] == 2
     for doc in db.calls.find():
         assert not doc["processed"] and doc["attempts"] == 0 and "claim" not in doc
 
 
 def test_calls_run_with_bounded_concurrency(fake, db, settings):
-    fake.latency = 0.3
+    fake.latency = 0.5
     add_calls(db, 8)
     started = time.monotonic()
     run(db, settings.with_overrides(llm_concurrency=4, llm_batch_limit=8))
     elapsed = time.monotonic() - started
-    assert 0.6 <= elapsed < 1.2  # two rounds of four, not eight latencies
+    assert 1.0 <= elapsed < 3.0  # two rounds of four: not one round of eight (0.5 s), not eight (4 s)
 
 
 # -- claims: processed once across processes -------------------------------------------------
