@@ -17,7 +17,6 @@ TERMINAL_STATUSES = frozenset({
     "completed", "balance-low", "busy", "no-answer", "canceled", "cancelled", "failed",
     "stopped", "error",
 })
-UNANSWERED_STATUSES = TERMINAL_STATUSES - {"completed"}
 _MAX_DEPTH = 6
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f]")  # a regex: a loop per character would cost half the mapping time
 _SURROGATES = re.compile("[\ud800-\udfff]")

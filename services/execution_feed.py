@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable, Protocol
 
@@ -46,6 +47,13 @@ class PageJob(Protocol):
         """Store one page (one batched write)."""
 
 
+@dataclass
+class PageRead:
+    executions: list[Execution]  # to write
+    hold: datetime | None        # oldest call the cursor must not pass
+    followed: dict[str, datetime]  # unfinished for hours: to follow by id once the window is done
+
+
 class ExecutionFeed:
     def __init__(self, db: Database, client: BolnaClient, *, stop: threading.Event | None = None,
                  agent_ids: Iterable[str] = (), backfill: timedelta = timedelta(days=30),
@@ -71,8 +79,8 @@ class ExecutionFeed:
                     recorder.error("stopped before every agent was synced; the next run resumes",
                                    code="interrupted")
                     return
-                start = cursors.get(agent_id) if not full else None
-                start = start - self.overlap if start else now - self.backfill
+                cursor = None if full else cursors.get(agent_id)
+                start = cursor - self.overlap if cursor else now - self.backfill
                 try:
                     self._sync_agent(job, recorder, agent_id, start, now, cursors)
                 except BolnaAuthError:
@@ -93,13 +101,12 @@ class ExecutionFeed:
                                code="interrupted", agent_id=agent_id)
                 return
             recorder.add("fetched", len(page), agent_id)
-            executions, page_hold = self._read_page(job, page, recorder, agent_id, now)
-            if executions:
-                job.write(executions, recorder, agent_id)
-            if page_hold and (hold is None or page_hold < hold):
-                hold = page_hold
-            followed.update((e.id, e.created_at) for e in executions
-                            if not e.terminal and now - e.created_at >= PENDING_HOLD)
+            read = self._read_page(job, page, recorder, agent_id, now)
+            if read.executions:
+                job.write(read.executions, recorder, agent_id)
+            if read.hold and (hold is None or read.hold < hold):
+                hold = read.hold
+            followed.update(read.followed)
             if page.last:
                 cursors.advance(agent_id, min(page.window_end, hold or page.window_end), followed)
                 followed = {}
@@ -142,10 +149,11 @@ class ExecutionFeed:
         cursors.set_pending(agent_id, still)
 
     def _read_page(self, job: PageJob, page: list, recorder: RunRecorder, agent_id: str,
-                   now: datetime) -> tuple[list[Execution], datetime | None]:
+                   now: datetime) -> "PageRead":
         items = [item for item in page if isinstance(item, dict)]
         known = job.unchanged(items)
         executions: list[Execution] = []
+        followed: dict[str, datetime] = {}
         hold: datetime | None = None
         for item in page:
             try:
@@ -172,10 +180,12 @@ class ExecutionFeed:
                 recorder.add("pending", 1, agent_id)
                 if now - execution.created_at < PENDING_HOLD:
                     hold = min(hold or execution.created_at, execution.created_at)
+                else:
+                    followed[execution.id] = execution.created_at
             if execution.agent_id is None:
                 execution.agent_id = agent_id
             executions.append(execution)
-        return executions, hold
+        return PageRead(executions, hold, followed)
 
     def _full_execution(self, item: object, known: set[str]) -> Execution | None:
         """The execution with every field the jobs need, or None when nothing changed."""
