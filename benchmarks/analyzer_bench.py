@@ -8,9 +8,10 @@ from datetime import timedelta
 
 from fakes.mongo_hooks import HookedClient
 from fakes.groq_server import FakeGroq
-from services.analyzer import build_batch
-from services.run_record import RunRecorder, utcnow
-from services.storage import ensure_indexes
+from worker.app import build_analysis
+from services.run_records import RunRecorder
+from utils.clock import utcnow
+from services.database import ensure_indexes
 from utils.config import Settings
 
 CALLS = 10
@@ -33,7 +34,7 @@ def main() -> None:
         settings = Settings(groq_api_keys=("bench-key",), groq_base_url=fake.base_url, llm_batch_limit=CALLS)
         recorder = RunRecorder("analyze")
         started = time.monotonic()
-        build_batch(db, settings, "bench:1:x").run(recorder)
+        build_analysis(db, settings, "bench:1:x").run(recorder)
         wall = time.monotonic() - started
         requests = fake.recorded()
     print(f"calls analyzed:   {recorder.counts['analyzed']} of {CALLS} "

@@ -21,7 +21,7 @@ def naive_sync(db, client: BolnaClient, agent_ids: list[str], start: datetime, e
             for item in page:
                 read += 1
                 try:
-                    execution = parse_execution(item)
+                    execution = parse_execution(item, region)
                 except MalformedExecution:
                     continue
                 _store_call(db, execution, region)
@@ -31,7 +31,7 @@ def naive_sync(db, client: BolnaClient, agent_ids: list[str], start: datetime, e
 
 
 def _store_call(db, execution, region: str) -> None:
-    fields = call_fields(execution, region)
+    fields = call_fields(execution)
     if db["calls"].find_one({"callId": execution.id}, {"_id": 1}) is None:
         db["calls"].insert_one({**fields, "processed": False})
     else:

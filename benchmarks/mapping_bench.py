@@ -11,7 +11,6 @@ from fakes.dataset import generate
 from models.call import call_fields
 from models.customer import customer_call
 from models.execution import parse_execution
-from utils.phone import normalize_phone
 
 REGION = "IN"
 
@@ -30,10 +29,9 @@ def _timed(executions: list[dict], convert) -> Measurement:
 
 
 def _map(record: dict) -> None:
-    execution = parse_execution(record)
-    call_fields(execution, REGION)
+    execution = parse_execution(record, REGION)  # normalizes both numbers
+    call_fields(execution)
     customer_call(execution)
-    normalize_phone(execution.customer_number, REGION)
 
 
 def _map_uncached(record: dict) -> None:

@@ -12,9 +12,9 @@ from fakes.dataset import generate
 from models.call import call_fields
 from models.execution import parse_execution
 from services.bolna_client import BolnaClient
-from services.run_record import utcnow
-from services.storage import CALLS, SYNC_STATE
-from worker.app import JOB_NAMES
+from utils.clock import utcnow
+from services.database import CALLS, SYNC_STATE
+from worker.jobs import JOB_NAMES
 
 AGENTS = 4
 
@@ -55,7 +55,7 @@ def _seed_history(mongo: CountedMongo, executions: list[dict], agents: list[dict
     of 100k through it would scan the collection once per upsert (hours). The steady-state run
     itself goes through the real code."""
     now = utcnow()
-    documents = [{**call_fields(parse_execution(record), region), "processed": True, "attempts": 1,
+    documents = [{**call_fields(parse_execution(record, region)), "processed": True, "attempts": 1,
                   "createdAt": now, "updatedAt": now} for record in executions]
     for start in range(0, len(documents), 10_000):
         mongo.raw[CALLS].insert_many(documents[start:start + 10_000], ordered=False)

@@ -6,12 +6,12 @@ from datetime import datetime
 from pymongo import UpdateOne
 
 from models.execution import Execution
-from utils.phone import normalize_phone
+from utils.phone import Phone
 
 
-def call_fields(execution: Execution, region: str) -> dict:
+def call_fields(execution: Execution) -> dict:
     """Everything Bolna owns on a call; a re-sync overwrites exactly these fields."""
-    customer = normalize_phone(execution.customer_number, region)
+    customer = execution.customer_phone
     return {
         "callId": execution.id,
         "agentId": execution.agent_id,
@@ -21,9 +21,9 @@ def call_fields(execution: Execution, region: str) -> dict:
         "connected": execution.connected,
         "direction": execution.direction,
         "fromNumberRaw": execution.from_number,
-        "fromNumber": _e164_or_raw(execution.from_number, region),
+        "fromNumber": _key(execution.from_phone),
         "toNumberRaw": execution.to_number,
-        "toNumber": _e164_or_raw(execution.to_number, region),
+        "toNumber": _key(execution.to_phone),
         "customerPhone": customer.key if customer else None,
         "customerPhoneValid": customer.valid if customer else False,
         "durationSeconds": execution.duration,
@@ -41,19 +41,18 @@ def call_fields(execution: Execution, region: str) -> dict:
     }
 
 
-def call_upsert(execution: Execution, region: str, now: datetime) -> UpdateOne:
+def call_upsert(execution: Execution, now: datetime) -> UpdateOne:
     """Insert a new call unprocessed; on re-sync refresh Bolna's fields only, so the
     analysis state (`processed`, `analysis`, claims) survives."""
     return UpdateOne(
         {"callId": execution.id},
         {
-            "$set": {**call_fields(execution, region), "updatedAt": now},
+            "$set": {**call_fields(execution), "updatedAt": now},
             "$setOnInsert": {"processed": False, "attempts": 0, "createdAt": now},
         },
         upsert=True,
     )
 
 
-def _e164_or_raw(raw: str | None, region: str) -> str | None:
-    phone = normalize_phone(raw, region)
+def _key(phone: Phone | None) -> str | None:
     return phone.key if phone else None

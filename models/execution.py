@@ -10,8 +10,11 @@ import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
+
+from utils.clock import naive_utc, to_millis
+from utils.phone import DEFAULT_REGION, Phone, normalize_phone
 
 TERMINAL_STATUSES = frozenset({
     "completed", "balance-low", "busy", "no-answer", "canceled", "cancelled", "failed",
@@ -52,6 +55,9 @@ class Execution:
     hangup_reason: str | None = None
     hangup_by: str | None = None
     answered_by_voice_mail: bool | None = None
+    # Both numbers, normalized once when the execution is read.
+    from_phone: Phone | None = None
+    to_phone: Phone | None = None
 
     @property
     def terminal(self) -> bool:
@@ -63,6 +69,13 @@ class Execution:
         if self.direction == "inbound":
             return self.from_number or self.to_number
         return self.to_number or self.from_number
+
+    @property
+    def customer_phone(self) -> Phone | None:
+        """`customer_number`, normalized."""
+        if self.direction == "inbound":
+            return self.from_phone if self.from_number else self.to_phone
+        return self.to_phone if self.to_number else self.from_phone
 
     @property
     def connected(self) -> bool:
@@ -82,10 +95,8 @@ def parse_time(value: Any) -> datetime | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         return None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     # MongoDB stores milliseconds; truncating here keeps re-syncs byte-identical.
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    return to_millis(naive_utc(moment))
 
 
 def _number(value: Any) -> float | None:
@@ -98,7 +109,7 @@ def _number(value: Any) -> float | None:
     return number if number == number and abs(number) != float("inf") else None
 
 
-def _text(value: Any) -> str | None:
+def _clean_text(value: Any) -> str | None:
     if value is None:
         return None
     text = _storable(value if isinstance(value, str) else str(value))
@@ -116,7 +127,7 @@ def _storable(text: str) -> str:
 def safe_key(key: Any) -> str:
     """A MongoDB-safe field name: no dots, no leading `$`."""
     # BSON field names end at a NUL byte, so no control characters either.
-    text = (_text(key) or "").replace(".", "_").strip() or "_"
+    text = (_clean_text(key) or "").replace(".", "_").strip() or "_"
     return "_" + text[1:] if text.startswith("$") else text
 
 
@@ -145,7 +156,7 @@ def _plain(value: Any, depth: int = 0) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
         return str(value)
     if isinstance(value, (str, int, float, bool)) or value is None:
-        return _text(value) if isinstance(value, str) else value
+        return _clean_text(value) if isinstance(value, str) else value
     if depth >= _MAX_DEPTH:
         return json.dumps(value, default=str)[:1000]
     if isinstance(value, dict):
@@ -178,8 +189,9 @@ def execution_id(payload: dict) -> str | None:
     return str(raw_id).strip()[:200]
 
 
-def parse_execution(payload: Any) -> Execution:
-    """Read one execution; raises MalformedExecution when it cannot be identified or dated."""
+def parse_execution(payload: Any, region: str = DEFAULT_REGION) -> Execution:
+    """Read one execution; raises MalformedExecution when it cannot be identified or dated.
+    `region`: where numbers written without a country code are from."""
     if not isinstance(payload, dict):
         raise MalformedExecution(f"execution is a {type(payload).__name__}, not an object",
                                  code="not_an_object")
@@ -200,28 +212,32 @@ def parse_execution(payload: Any) -> Execution:
         duration = _number(payload.get("conversation_time"))
     if duration is None:
         duration = _number(telephony.get("duration"))
-    direction = _text(telephony.get("call_type"))
+    direction = _clean_text(telephony.get("call_type"))
     voicemail = payload.get("answered_by_voice_mail")
+    from_number = _clean_text(telephony.get("from_number"))
+    to_number = _clean_text(telephony.get("to_number"))
     return Execution(
         id=call_id,
-        agent_id=_text(payload.get("agent_id")),
-        status=(_text(payload.get("status")) or "unknown").lower(),
+        agent_id=_clean_text(payload.get("agent_id")),
+        status=(_clean_text(payload.get("status")) or "unknown").lower(),
         created_at=created_at,
         updated_at=parse_time(payload.get("updated_at")),
-        batch_id=_text(payload.get("batch_id")),
+        batch_id=_clean_text(payload.get("batch_id")),
         duration=duration,
         cost_cents=_number(payload.get("total_cost")),
-        transcript=_text(payload.get("transcript")),
-        summary=_text(payload.get("summary")),
+        transcript=_clean_text(payload.get("transcript")),
+        summary=_clean_text(payload.get("summary")),
         extracted_raw=_plain(payload.get("extracted_data")),
         extracted=extracted,
         extracted_error=extracted_error,
         direction=direction.lower() if direction else None,
-        from_number=_text(telephony.get("from_number")),
-        to_number=_text(telephony.get("to_number")),
-        recording_url=_text(telephony.get("recording_url")),
-        hangup_reason=_text(telephony.get("hangup_reason")),
-        hangup_by=_text(telephony.get("hangup_by")),
+        from_number=from_number,
+        to_number=to_number,
+        from_phone=normalize_phone(from_number, region),
+        to_phone=normalize_phone(to_number, region),
+        recording_url=_clean_text(telephony.get("recording_url")),
+        hangup_reason=_clean_text(telephony.get("hangup_reason")),
+        hangup_by=_clean_text(telephony.get("hangup_by")),
         answered_by_voice_mail=voicemail if isinstance(voicemail, bool) else None,
     )
 

@@ -4,7 +4,7 @@ from hypothesis import settings as hypothesis_settings
 
 from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import HookedClient
-from services.storage import ensure_indexes
+from services.database import ensure_indexes
 from utils.config import Settings
 
 

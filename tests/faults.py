@@ -7,10 +7,11 @@ from collections import Counter
 from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import no_hook
 from models.execution import MalformedExecution, parse_execution, parse_time
-from services.storage import CALLS, CONTACTS, CUSTOMERS
+from services.database import CALLS, CONTACTS, CUSTOMERS
 from tests.helpers import build_app
 from utils.phone import normalize_phone
-from worker.app import JOB_NAMES, App
+from worker.app import App
+from worker.jobs import JOB_NAMES
 
 
 def app_for(settings, mongo, bolna: FakeBolna, hook=no_hook) -> App:

@@ -6,6 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 from fakes.dataset import iso
 from fakes.mongo_hooks import HookedClient, no_hook
+from services.analyzer.claims import CallQueue
+from services.database import CALLS
 from worker.app import App
 
 AGENT = {"id": "agent-1", "agent_name": "Sales", "agent_status": "processed"}
@@ -46,3 +48,8 @@ def build_app(settings, mongo, bolna, hook=no_hook) -> App:
                     mongo_client=HookedClient(mongo, hook))
     app.prepare()
     return app
+
+
+def requeue(db, **selector) -> int:
+    """`main.py reanalyze`'s requeue, as another process would run it."""
+    return CallQueue(db[CALLS], "reanalyze:1:a", lease_seconds=60).requeue(**selector)

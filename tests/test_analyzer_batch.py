@@ -10,9 +10,11 @@ from pymongo.errors import AutoReconnect
 
 from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import HookedClient
-from services.analyzer import build_batch, requeue
+from tests.helpers import requeue
+from worker.app import build_analysis
 from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL
-from services.run_record import RunRecorder, utcnow
+from services.run_records import RunRecorder
+from utils.clock import utcnow
 from utils.config import ExtraField, Settings
 
 pytestmark = pytest.mark.timeout(30)
@@ -55,7 +57,7 @@ def add_calls(db, count):
 
 def run(db, settings, owner="host:1:a"):
     recorder = RunRecorder("analyze")
-    build_batch(db, settings, owner).run(recorder)
+    build_analysis(db, settings, owner).run(recorder)
     return recorder
 
 
@@ -221,7 +223,7 @@ def test_keys_are_used_in_rotation_and_a_rejected_key_is_set_aside(fake, db, set
 
 def test_a_rejected_key_gets_another_chance_in_the_next_run_of_the_same_batch(fake, db, settings):
     fake.rejected_keys = {"bad"}
-    batch = build_batch(db, settings.with_overrides(groq_api_keys=("bad", "good"), llm_concurrency=1), "host:1:a")
+    batch = build_analysis(db, settings.with_overrides(groq_api_keys=("bad", "good"), llm_concurrency=1), "host:1:a")
     add_call(db, "c1")
     batch.run(RunRecorder("analyze"))
     add_call(db, "c2")
@@ -274,7 +276,7 @@ def test_a_stop_signal_ends_the_batch_and_releases_calls_waiting_to_retry(fake, 
     recorder = RunRecorder("analyze")
     threading.Timer(0.3, stop.set).start()
     started = time.monotonic()
-    build_batch(db, settings.with_overrides(llm_concurrency=2), "host:1:a", stop).run(recorder)
+    build_analysis(db, settings.with_overrides(llm_concurrency=2), "host:1:a", stop).run(recorder)
     assert time.monotonic() - started < 5.0  # the signal, not the 10 s batch deadline
     assert recorder.counts["released"] == 2
     for doc in db.calls.find():
@@ -379,7 +381,7 @@ def test_a_retake_after_a_crash_between_the_crm_write_and_finish_keeps_the_decis
     heuristic = settings.with_overrides(groq_api_keys=())
     add_call(db, "c1")
     with pytest.raises(KeyboardInterrupt):
-        build_batch(crashing, heuristic, "host:1:a").run(RunRecorder("analyze"))
+        build_analysis(crashing, heuristic, "host:1:a").run(RunRecorder("analyze"))
     first = db.activities.find_one({"callId": "c1"})
     assert first["changes"]["leadScore"]["from"] is None
     db.calls.update_one({"callId": "c1"}, {"$set": {"claim.expiresAt": utcnow() - timedelta(seconds=1)}})
@@ -425,7 +427,7 @@ def test_a_queue_error_ends_only_its_slot_and_is_recorded_once_with_the_outcomes
     recorder = RunRecorder("analyze")
     # One slot at a time: slot 1 skips "short", then its next claim fails; slot 2's claim fails;
     # slot 3 analyzes c0.
-    build_batch(failing, settings.with_overrides(groq_api_keys=(), llm_batch_limit=3, llm_concurrency=1),
+    build_analysis(failing, settings.with_overrides(groq_api_keys=(), llm_batch_limit=3, llm_concurrency=1),
                 "host:1:a").run(recorder)
 
     assert (recorder.counts["skipped"], recorder.counts["analyzed"]) == (1, 1)

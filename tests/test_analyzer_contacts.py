@@ -3,9 +3,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from services.analyzer import requeue
 from services.analyzer.contacts import PAST_CONVERSATIONS_KEPT, record_decision
 from services.analyzer.schema import Analysis, analysis_document
+from tests.helpers import requeue
+from utils.phone import normalize_phone
 
 NOW = datetime(2026, 6, 1, 12, 0)
 
@@ -18,8 +19,10 @@ def decision(tag="Interested", score=70, extra=None, fallback=False):
 
 
 def apply(db, call_id, analysis, phone="+919876543210", at=NOW):
-    call = {"callId": call_id, "customerPhone": phone, "callAt": at}
-    return record_decision(db, call, analysis, "IN", NOW)
+    stored = normalize_phone(phone)  # as the call's document keeps it
+    call = {"callId": call_id, "customerPhone": stored.key if stored else None,
+            "customerPhoneValid": bool(stored and stored.valid), "callAt": at}
+    return record_decision(db, call, analysis, NOW)
 
 
 def test_the_contact_stored_under_an_older_spelling_of_the_number_is_updated(db):

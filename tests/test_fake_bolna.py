@@ -4,7 +4,8 @@ import pytest
 import requests
 
 from fakes.bolna_server import FakeBolna
-from fakes.dataset import demo_dataset, generate, iso
+from fakes.dataset import generate, iso
+from fakes.demo_dataset import demo_dataset
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 AUTH = {"Authorization": "Bearer test-key"}

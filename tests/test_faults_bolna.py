@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from fakes.dataset import generate, iso
-from services.storage import SYNC_STATE
+from services.database import SYNC_STATE
 from tests.faults import app_for, assert_calls_match, assert_matches_ground_truth, run_both
 from tests.helpers import execution
 

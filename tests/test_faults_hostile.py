@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from services.storage import CALLS, CUSTOMERS
+from services.database import CALLS, CUSTOMERS
 from tests.faults import app_for, assert_matches_ground_truth, run_both
 from tests.helpers import AGENT, execution
 

@@ -4,7 +4,7 @@ import pytest
 
 from fakes.groq_server import FakeGroq
 from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL
-from services.storage import CALLS
+from services.database import CALLS
 from tests.faults import app_for, assert_each_call_analyzed_once, assert_matches_ground_truth
 from tests.helpers import AGENT, execution
 

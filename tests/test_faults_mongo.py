@@ -11,8 +11,8 @@ from pymongo.errors import AutoReconnect
 from fakes.dataset import generate
 from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import WriteTrap
-from services.run_record import utcnow
-from services.storage import CALLS, CONTACTS, CUSTOMERS, SYNC_RUNS
+from utils.clock import utcnow
+from services.database import CALLS, CONTACTS, CUSTOMERS, SYNC_RUNS
 from tests.faults import app_for, assert_each_call_analyzed_once, assert_matches_ground_truth, run_both
 
 pytestmark = pytest.mark.timeout(90)

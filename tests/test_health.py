@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fakes.bolna_server import FakeBolna
 from fakes.groq_server import FakeGroq
-from services.run_record import utcnow
-from services.storage import CALLS, SYNC_RUNS
+from utils.clock import utcnow
+from services.database import CALLS, SYNC_RUNS
 from tests.helpers import AGENT, build_app, execution
 from worker.health import serve_health
 

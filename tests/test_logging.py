@@ -8,7 +8,7 @@ import pytest
 from pymongo.errors import BulkWriteError
 
 from fakes.bolna_server import FakeBolna
-from services.run_record import RunRecorder
+from services.run_records import RunRecorder
 from tests.helpers import AGENT, build_app, execution
 from utils.logging import redact, setup_logging
 

@@ -114,7 +114,7 @@ def test_customer_profile_and_unknown_keys():
 
 
 def test_call_fields_normalize_both_numbers_and_keep_raw():
-    fields = call_fields(parse_execution(execution()), "IN")
+    fields = call_fields(parse_execution(execution(), "IN"))
     assert fields["customerPhone"] == "+919876543210" and fields["customerPhoneValid"]
     assert fields["toNumberRaw"] == "+91 98765 43210" and fields["toNumber"] == "+919876543210"
     assert fields["durationSeconds"] == 42.5 and fields["terminal"] is True

@@ -17,7 +17,7 @@ import pytest
 from tests.real_mongo import MONGODB_URI, mongo  # noqa: F401 - `mongo`: the fixture, on the server
 from fakes.bolna_server import FakeBolna
 from fakes.dataset import generate
-from services.storage import CALLS, SYNC_RUNS
+from services.database import CALLS, SYNC_RUNS
 from tests.faults import assert_matches_ground_truth
 from tests.test_faults_bolna import *  # noqa: F401,F403 - collected again, on the server
 from tests.test_faults_hostile import *  # noqa: F401,F403

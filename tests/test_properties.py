@@ -100,7 +100,7 @@ mapping_settings = settings(max_examples=300, suppress_health_check=[HealthCheck
 def _map(payload):
     """Every document built from one execution, or MalformedExecution."""
     execution = parse_execution(payload)
-    return execution, call_fields(execution, "IN"), customer_call(execution)
+    return execution, call_fields(execution), customer_call(execution)
 
 
 @mapping_settings

@@ -1,6 +1,6 @@
 """Run listeners (the metrics hook) see every finished run, and can never fail one."""
 from fakes.bolna_server import FakeBolna
-from services.storage import SYNC_RUNS
+from services.database import SYNC_RUNS
 from tests.helpers import AGENT, build_app, execution
 
 

@@ -1,5 +1,5 @@
 """Run records expire after RUN_RETENTION_DAYS, and a changed value takes effect at the next start."""
-from services.storage import RUN_EXPIRY_INDEX, SYNC_RUNS, ensure_indexes
+from services.database import RUN_EXPIRY_INDEX, SYNC_RUNS, ensure_indexes
 
 
 def expiry_days(db) -> float:

@@ -31,7 +31,7 @@ from fakes.mongo_hooks import HookedClient
 from utils.config import Settings
 from utils.logging import setup_logging
 from worker.app import App
-from worker.scheduler import run_daemon
+from worker.daemon import run_daemon
 
 settings = Settings(**json.loads(sys.argv[1]))
 setup_logging(fmt="json", secrets=(settings.bolna_api_key,))
@@ -129,6 +129,27 @@ def test_sigterm_during_a_run_exits_0_after_writing_whole_pages(slow_bolna):
     missing = [call for call in calls if call["id"] not in stored["callIds"]]
     oldest_missing = min(datetime.fromisoformat(call["created_at"]).replace(tzinfo=None) for call in missing)
     assert all(datetime.fromisoformat(cursor) <= oldest_missing for cursor in stored["cursors"])
+
+
+def test_a_second_sigterm_stops_at_once_without_waiting_for_the_running_job(slow_bolna):
+    bolna, _calls = slow_bolna
+    settings = {"mongodb_db": "callsync", "bolna_api_key": "service-key", "bolna_base_url": bolna.base_url,
+                "bolna_page_size": PAGE_SIZE, "backfill_days": 8, "http_backoff_seconds": 0.01}
+    daemon = Daemon([sys.executable, "-c", DAEMON, json.dumps(settings)])
+    try:
+        wait_until(lambda: sum(r.query.get("page_number") == "2" for r in bolna.requests) >= 2)
+        bolna.latency = 60.0  # the requests in flight now outlast the 30 s grace of a clean stop
+        daemon.process.send_signal(signal.SIGTERM)
+        daemon.wait_for_line('"shutdown"')
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=20) == 128 + signal.SIGTERM
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+    daemon.wait_for_line('"shutdown_forced"', timeout=5)
+    events = [json.loads(line).get("event") for line in daemon.seen if line.startswith("{")]
+    assert "daemon_stopped" not in events
+    assert "Traceback" not in daemon.process.stderr.read()
 
 
 def run_main(*args: str, **variables: str) -> subprocess.CompletedProcess:

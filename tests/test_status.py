@@ -5,10 +5,12 @@ from datetime import timedelta
 import pytest
 
 from fakes.bolna_server import FakeBolna
-from services.run_record import utcnow
-from services.storage import CALLS, CONTACTS, SYNC_RUNS
+from utils.clock import utcnow
+from services.database import CALLS, CONTACTS, SYNC_RUNS
 from tests.helpers import AGENT, build_app, execution
-from worker.status import print_status
+from services.analyzer.claims import CallQueue
+from services.run_records import RunRecords
+from worker.status import StatusReader
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -21,8 +23,12 @@ def bolna(settings):
         yield server
 
 
+def show_status(db, settings, as_json: bool) -> int:
+    return StatusReader(db, settings.mongodb_db, RunRecords(db), CallQueue(db[CALLS], "status:1:a", 60)).show(as_json)
+
+
 def status_json(db, settings, capsys) -> dict:
-    assert print_status(db, settings, as_json=True) == 0
+    assert show_status(db, settings, as_json=True) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1  # one JSON object on one line
     return json.loads(out)
@@ -87,7 +93,7 @@ def test_table_names_each_job_its_last_status_and_the_counts(settings, mongo, db
     app = build_app(settings.with_overrides(llm_batch_limit=4), mongo, bolna)
     app.run_job("call_processor")
 
-    assert print_status(db, settings, as_json=False) == 0
+    assert show_status(db, settings, as_json=False) == 0
     out = capsys.readouterr().out
 
     lines = out.splitlines()

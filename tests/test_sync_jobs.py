@@ -2,7 +2,7 @@
 import pytest
 
 from fakes.dataset import generate
-from services.storage import CALLS, CUSTOMERS, SYNC_STATE
+from services.database import CALLS, CUSTOMERS, SYNC_STATE
 from tests.helpers import AGENT, build_app, execution
 
 pytestmark = pytest.mark.timeout(60)

@@ -8,6 +8,8 @@ from typing import Callable, Mapping
 
 import phonenumbers
 
+from utils.phone import DEFAULT_REGION
+
 DEFAULT_TAGS = ("Purchased", "follow_up", "Interested", "Not_Interested", "No_Answer")
 # Keys of the analysis the LLM returns; configured extra fields may not reuse them.
 ANALYSIS_KEYS = ("tag", "summary", "leadScore", "leadStatus", "sentiment", "confidence", "reasoning")
@@ -50,7 +52,7 @@ class Settings:
     transcript_char_budget: int = 12000
     analysis_tags: tuple[str, ...] = DEFAULT_TAGS
     analysis_extra_fields: tuple[ExtraField, ...] = ()
-    default_phone_region: str = "IN"
+    default_phone_region: str = DEFAULT_REGION
     log_level: str = "INFO"
     log_format: str = "text"
     health_port: int | None = None
@@ -62,7 +64,7 @@ class Settings:
         return replace(self, **changes)
 
 
-def _text(value: str) -> str:
+def _stripped(value: str) -> str:
     return value.strip()
 
 
@@ -166,8 +168,8 @@ def _extra_fields(value: str) -> tuple[ExtraField, ...]:
 # variable -> (settings attribute, parser, secret)
 _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "MONGODB_URI": ("mongodb_uri", _mongo_uri, True),  # may hold a password
-    "MONGODB_DB": ("mongodb_db", _text, False),
-    "BOLNA_API_KEY": ("bolna_api_key", _text, True),
+    "MONGODB_DB": ("mongodb_db", _stripped, False),
+    "BOLNA_API_KEY": ("bolna_api_key", _stripped, True),
     "BOLNA_BASE_URL": ("bolna_base_url", _url, False),
     "BOLNA_AGENT_IDS": ("bolna_agent_ids", _csv, False),
     "BOLNA_PAGE_SIZE": ("bolna_page_size", _positive_int, False),
@@ -177,7 +179,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "BACKFILL_DAYS": ("backfill_days", _positive_int, False),
     "SYNC_OVERLAP_MINUTES": ("sync_overlap_minutes", _non_negative_int, False),
     "GROQ_API_KEY": ("groq_api_keys", _csv, True),
-    "GROQ_MODEL": ("groq_model", _text, False),
+    "GROQ_MODEL": ("groq_model", _stripped, False),
     "GROQ_BASE_URL": ("groq_base_url", _url, False),
     "SYNC_INTERVAL_MINUTES": ("sync_interval_minutes", _positive_int, False),
     "LLM_BATCH_LIMIT": ("llm_batch_limit", _non_negative_int, False),
@@ -192,7 +194,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "LOG_LEVEL": ("log_level", _log_level, False),
     "LOG_FORMAT": ("log_format", _log_format, False),
     "HEALTH_PORT": ("health_port", _port, False),
-    "HEALTH_HOST": ("health_host", _text, False),
+    "HEALTH_HOST": ("health_host", _stripped, False),
     "HEALTH_MAX_AGE_INTERVALS": ("health_max_age_intervals", _positive_float, False),
     "RUN_RETENTION_DAYS": ("run_retention_days", _positive_int, False),
 }

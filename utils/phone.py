@@ -6,6 +6,8 @@ from functools import lru_cache
 
 import phonenumbers
 
+DEFAULT_REGION = "IN"  # where numbers written without a country code are from, unless configured
+
 
 @dataclass(frozen=True)
 class Phone:
@@ -22,8 +24,13 @@ class Phone:
         number is never merged with a different one)."""
         return self.e164 or self.raw
 
+    @classmethod
+    def stored(cls, key: str, valid: bool) -> "Phone":
+        """The number as a record keeps it (its key and whether it is valid), without parsing again."""
+        return cls(raw=key, e164=key if valid else None)
 
-def normalize_phone(raw: object, region: str = "IN") -> Phone | None:
+
+def normalize_phone(raw: object, region: str = DEFAULT_REGION) -> Phone | None:
     """Parse a number as Bolna sends it; None when there is no number at all."""
     if raw is None:
         return None

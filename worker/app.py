@@ -12,19 +12,31 @@ from datetime import timedelta
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from services.analyzer import build_batch
+from services.analyzer.batch import AnalysisBatch, claim_lease_seconds
+from services.analyzer.claims import CallQueue
+from services.analyzer.groq_analyzer import GroqAnalyzer
 from services.bolna_client import BolnaClient
-from services.call_store import CallStore
-from services.crm_sync import CrmSync
+from services.call_writer import CallWriter
+from services.customer_writer import CustomerWriter
+from services.database import CALLS, ensure_indexes
 from services.execution_feed import ExecutionFeed
-from services.run_record import RunRecorder
-from services.storage import ensure_indexes
-from services.sync_runs import RunRecords
+from services.page_reader import PageReader
+from services.run_records import RunRecords
 from utils.config import Settings
+from worker.jobs import JOB_NAMES, JOBS
+from worker.metrics import RunMetrics
+from worker.status import StatusReader
 
 log = logging.getLogger(__name__)
 
-JOB_NAMES = ("crm_sync", "call_processor")
+
+def build_analysis(db: Database, settings: Settings, owner: str,
+                   stop: threading.Event | None = None) -> AnalysisBatch:
+    """The call processor's second phase. `owner` (unique per process) marks this process's claims;
+    `stop` ends a batch early. Without a Groq key every call gets the heuristic analysis."""
+    queue = CallQueue(db[CALLS], owner, claim_lease_seconds(settings))
+    llm = GroqAnalyzer(settings) if settings.groq_api_keys else None
+    return AnalysisBatch(db, queue, settings, llm, stop)
 
 
 class App:
@@ -38,13 +50,18 @@ class App:
         self.stop = threading.Event()  # set on SIGTERM: jobs end after their current write
         self._active_jobs = 0
         self._idle = threading.Condition()
-        self.feed = ExecutionFeed(db, bolna, stop=self.stop, agent_ids=settings.bolna_agent_ids,
+        self.feed = ExecutionFeed(db, bolna, PageReader(bolna, settings.default_phone_region), stop=self.stop,
+                                  agent_ids=settings.bolna_agent_ids,
                                   backfill=timedelta(days=settings.backfill_days),
                                   overlap=timedelta(minutes=settings.sync_overlap_minutes))
-        self.crm_sync = CrmSync(db, settings.default_phone_region)
-        self.call_store = CallStore(db, settings.default_phone_region)
-        self.analysis = build_batch(db, settings, self.owner, self.stop)
+        self.customer_writer = CustomerWriter(db)
+        self.call_writer = CallWriter(db)
+        self.analysis = build_analysis(db, settings, self.owner, self.stop)
+        self.call_queue = self.analysis.queue
         self.runs = RunRecords(db)
+        self.metrics = RunMetrics(JOB_NAMES, queue_depth=self.call_queue.depth)
+        self.runs.subscribe(self.metrics.observe_run)
+        self.status = StatusReader(db, settings.mongodb_db, self.runs, self.call_queue)
 
     @classmethod
     def build(cls, settings: Settings, mongo_client=None) -> "App":
@@ -65,13 +82,12 @@ class App:
 
     def run_job(self, name: str, *, full: bool = False) -> dict:
         """Run one job now and return its run record (also stored in `sync_runs`)."""
-        steps = {"crm_sync": self._crm_sync, "call_processor": self._call_processor}
-        if name not in steps:
+        if name not in JOBS:
             raise ValueError(f"unknown job {name!r}; expected one of {', '.join(JOB_NAMES)}")
         with self._idle:
             self._active_jobs += 1
         try:
-            return self.runs.record(name, lambda recorder: steps[name](recorder, full))
+            return self.runs.record(name, lambda recorder: JOBS[name].run(self, recorder, full))
         finally:
             with self._idle:
                 self._active_jobs -= 1
@@ -81,16 +97,6 @@ class App:
         """Wait until no job runs; False if one still does after `timeout` seconds."""
         with self._idle:
             return self._idle.wait_for(lambda: self._active_jobs == 0, timeout)
-
-    def _crm_sync(self, recorder: RunRecorder, full: bool) -> None:
-        self.feed.run(self.crm_sync, recorder, full=full)
-
-    def _call_processor(self, recorder: RunRecorder, full: bool) -> None:
-        try:
-            self.feed.run(self.call_store, recorder, full=full)
-        finally:
-            # Calls stored by earlier runs are still worth analyzing when Bolna is down.
-            self.analysis.run(recorder)
 
     def close(self) -> None:
         self.bolna.close()

@@ -5,13 +5,15 @@ import argparse
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import datetime
 
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from services.run_record import describe_failure
+from services.run_records import describe_failure
+from utils.clock import naive_utc
 from utils.config import ConfigError, Settings, load_settings
 from utils.logging import redact, setup_logging
+from worker.jobs import JOB_NAMES
 
 log = logging.getLogger("callsync")
 
@@ -25,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("run", help="the daemon: both jobs every SYNC_INTERVAL_MINUTES (default)")
     once = commands.add_parser("once", help="run the jobs now, print each run record as a JSON line")
-    once.add_argument("--job", choices=("crm_sync", "call_processor"), help="only this job")
+    once.add_argument("--job", choices=JOB_NAMES, help="only this job")
     once.add_argument("--full", action="store_true", help="ignore the cursors and backfill BACKFILL_DAYS")
     commands.add_parser("demo", help="zero-configuration demo against a local fake Bolna API and in-memory MongoDB")
     status = commands.add_parser("status", help="last runs, queue depth, tags and lead statuses")
@@ -43,7 +45,7 @@ def _date(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date: {text!r}") from None
     # Stored times are naive UTC; a given zone is converted, no zone means UTC.
-    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+    return naive_utc(moment)
 
 
 def _require_server(settings: Settings, needs_bolna: bool = True) -> None:
@@ -93,14 +95,12 @@ def _build(settings: Settings, *, prepare: bool = True):
 
 
 def _run(settings: Settings, _args) -> int:
-    from worker.scheduler import run_daemon
+    from worker.daemon import run_daemon
 
     return run_daemon(_build(settings))
 
 
 def _once(settings: Settings, args) -> int:
-    from worker.app import JOB_NAMES
-
     app = _build(settings)
     failed = False
     try:
@@ -114,21 +114,17 @@ def _once(settings: Settings, args) -> int:
 
 
 def _status(settings: Settings, args) -> int:
-    from worker.status import print_status
-
     app = _build(settings, prepare=False)
     try:
-        return print_status(app.db, settings, as_json=args.json)
+        return app.status.show(as_json=args.json)
     finally:
         app.close()
 
 
 def _reanalyze(settings: Settings, args) -> int:
-    from services.analyzer import requeue
-
     app = _build(settings)
     try:
-        count = requeue(app.db, call_id=args.call_id, since=args.since)
+        count = app.call_queue.requeue(call_id=args.call_id, since=args.since)
     finally:
         app.close()
     print(f"{count} call(s) queued for analysis on the next run")

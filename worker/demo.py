@@ -6,12 +6,13 @@ import json
 import logging
 
 from fakes.bolna_server import FakeBolna
-from fakes.dataset import demo_dataset
+from fakes.demo_dataset import demo_dataset
 from fakes.mongo_hooks import HookedClient
-from services.storage import CALLS, CONTACTS, CUSTOMERS
+from services.database import CALLS, CONTACTS, CUSTOMERS
 from utils.config import Settings
 from utils.table import format_table
-from worker.app import JOB_NAMES, App
+from worker.app import App
+from worker.jobs import JOB_NAMES
 
 DEMO_KEY = "demo-key"
 

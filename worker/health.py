@@ -11,9 +11,9 @@ from typing import Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from services.run_record import utcnow
-from worker.app import JOB_NAMES, App
-from worker.metrics import RunMetrics
+from utils.clock import utcnow
+from worker.app import App
+from worker.jobs import JOB_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +85,11 @@ def serve_health(app: App, is_scheduling: Callable[[], bool],
     """Start the listener on HEALTH_HOST:HEALTH_PORT, with metrics fed by `app`'s run records.
     `started_at`: when the daemon started (default: now)."""
     settings = app.settings
-    metrics = RunMetrics(app.db, JOB_NAMES)
-    metrics.load_last_successes(app.runs)
-    app.runs.subscribe(metrics.observe_run)
+    app.metrics.load_last_successes(app.runs)
     max_age = timedelta(minutes=settings.sync_interval_minutes) * settings.health_max_age_intervals
-    check = HealthCheck(JOB_NAMES, max_age, is_scheduling=is_scheduling, last_success=metrics.last_success_at,
+    check = HealthCheck(JOB_NAMES, max_age, is_scheduling=is_scheduling, last_success=app.metrics.last_success_at,
                         started_at=started_at)
-    return HealthServer(check, metrics.registry, settings.health_host, settings.health_port).start()
+    return HealthServer(check, app.metrics.registry, settings.health_host, settings.health_port).start()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timezone
-from typing import Iterable, Iterator
+from datetime import datetime
+from typing import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from services.analyzer.batch import OUTCOME_COUNTERS
-from services.storage import CALLS
-from services.sync_runs import SUCCESSFUL, RunRecords
+from services.run_records import SUCCESSFUL, RunRecords
+from utils.clock import unix_seconds
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +27,9 @@ WRITE_COUNTS = ("inserted", "updated")
 TOKEN_KINDS = {"prompt": "promptTokens", "completion": "completionTokens"}
 
 
-def analysis_queue_depth(db: Database) -> int:
-    """Calls waiting for analysis: stored final, not analyzed yet (the `analysis_queue` index)."""
-    return db[CALLS].count_documents({"processed": False, "terminal": True})
-
-
 class RunMetrics:
-    def __init__(self, db: Database, jobs: Iterable[str]):
+    def __init__(self, jobs: Iterable[str], *, queue_depth: Callable[[], int]):
+        """`queue_depth`: how many calls wait for analysis, asked at each scrape."""
         self.jobs = tuple(jobs)
         self.registry = CollectorRegistry()
         self._lock = threading.Lock()
@@ -60,7 +55,7 @@ class RunMetrics:
         self.last_success = Gauge("callsync_last_success_timestamp_seconds",
                                   "When the last ok or partial run of each job finished (Unix time)",
                                   ["job"], registry=registry)
-        registry.register(_QueueDepth(db))
+        registry.register(_QueueDepth(queue_depth))
         # Every series exists from the start, so a rate over the first failure is not lost.
         for job in self.jobs:
             for status in RUN_STATUSES:
@@ -106,8 +101,7 @@ class RunMetrics:
     def _set_last_success(self, job: str, finished_at: datetime) -> None:
         with self._lock:
             self._last_success[job] = finished_at
-        # Stored times are naive UTC.
-        self.last_success.labels(job).set(finished_at.replace(tzinfo=timezone.utc).timestamp())
+        self.last_success.labels(job).set(unix_seconds(finished_at))
 
 
 class _QueueDepth(Collector):
@@ -116,8 +110,8 @@ class _QueueDepth(Collector):
     NAME = "callsync_analysis_queue_depth"
     HELP = "Calls stored final and not analyzed yet"
 
-    def __init__(self, db: Database):
-        self._db = db
+    def __init__(self, depth: Callable[[], int]):
+        self._depth = depth
 
     def describe(self) -> list[GaugeMetricFamily]:
         # Without describe() the registry would run a query at registration to learn the name.
@@ -125,7 +119,7 @@ class _QueueDepth(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            depth = analysis_queue_depth(self._db)
+            depth = self._depth()
         except PyMongoError as exc:
             # A scrape must still answer with the other metrics; a missing series says enough.
             log.warning("queue depth unavailable: %s", type(exc).__name__, extra={"event": "metrics_degraded"})

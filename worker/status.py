@@ -7,43 +7,53 @@ from datetime import datetime
 
 from pymongo.database import Database
 
-from services.run_record import utcnow
-from services.storage import CALLS, CONTACTS, CUSTOMERS
-from services.sync_runs import RunRecords
-from utils.config import Settings
+from services.analyzer.claims import CallQueue
+from services.database import CALLS, CONTACTS, CUSTOMERS
+from services.run_records import RunRecords
+from utils.clock import utcnow
 from utils.table import format_table
-from worker.app import JOB_NAMES
-from worker.metrics import analysis_queue_depth
+from worker.jobs import JOB_NAMES
 
 
-def collect_status(db: Database, settings: Settings) -> dict:
-    runs = RunRecords(db)
-    now = utcnow()
-    jobs = {}
-    for job in JOB_NAMES:
-        last = runs.last_run(job)
-        success = runs.last_success(job)
+class StatusReader:
+    def __init__(self, db: Database, database_name: str, runs: RunRecords, queue: CallQueue):
+        self.db = db
+        self.database_name = database_name
+        self.runs = runs
+        self.queue = queue
+
+    def collect(self) -> dict:
+        now = utcnow()
+        return {
+            "database": self.database_name,
+            "checkedAt": now,
+            "jobs": {job: self._job(job, now) for job in JOB_NAMES},
+            "queueDepth": self.queue.depth(),
+            "totals": {name: self.db[name].count_documents({}) for name in (CUSTOMERS, CALLS, CONTACTS)},
+            "contactsByTag": self._count_by("tag"),
+            "contactsByLeadStatus": self._count_by("leadStatus"),
+        }
+
+    def show(self, as_json: bool) -> int:
+        status = self.collect()
+        print(json.dumps(status, default=_json_value) if as_json else format_status(status))
+        return 0
+
+    def _job(self, job: str, now: datetime) -> dict:
+        last = self.runs.last_run(job)
+        success = self.runs.last_success(job)
         success_at = success.get("finishedAt") if success else None
-        jobs[job] = {
+        return {
             "lastRun": _run_summary(last) if last else None,
             "lastSuccessAt": success_at,
             "lastSuccessAgeSeconds": round((now - success_at).total_seconds()) if success_at else None,
         }
-    return {
-        "database": settings.mongodb_db,
-        "checkedAt": now,
-        "jobs": jobs,
-        "queueDepth": analysis_queue_depth(db),
-        "totals": {name: db[name].count_documents({}) for name in (CUSTOMERS, CALLS, CONTACTS)},
-        "contactsByTag": _count_by(db, "tag"),
-        "contactsByLeadStatus": _count_by(db, "leadStatus"),
-    }
 
-
-def print_status(db: Database, settings: Settings, as_json: bool) -> int:
-    status = collect_status(db, settings)
-    print(json.dumps(status, default=_json_value) if as_json else format_status(status))
-    return 0
+    def _count_by(self, field: str) -> dict[str, int]:
+        """Contacts per value of `field`, most common first; contacts without it count under "none"."""
+        groups = self.db[CONTACTS].aggregate([{"$group": {"_id": f"${field}", "count": {"$sum": 1}}}])
+        counts = {str(group["_id"]) if group["_id"] is not None else "none": group["count"] for group in groups}
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def format_status(status: dict) -> str:
@@ -68,13 +78,6 @@ def _run_summary(run: dict) -> dict:
     return {"id": run["_id"], "status": run["status"], "startedAt": run.get("startedAt"),
             "finishedAt": run.get("finishedAt"), "counts": run.get("counts", {}),
             "errorCount": run.get("errorCount", 0)}
-
-
-def _count_by(db: Database, field: str) -> dict[str, int]:
-    """Contacts per value of `field`, most common first; contacts without it count under "none"."""
-    groups = db[CONTACTS].aggregate([{"$group": {"_id": f"${field}", "count": {"$sum": 1}}}])
-    counts = {str(group["_id"]) if group["_id"] is not None else "none": group["count"] for group in groups}
-    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _count_rows(counts: dict[str, int]) -> list[list]:

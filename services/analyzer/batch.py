@@ -17,8 +17,8 @@ from services.analyzer.groq_analyzer import GroqAnalyzer, LlmFailure
 from services.analyzer.heuristic import heuristic_analysis
 from services.analyzer.schema import (HEURISTIC_MODEL, SHORT_TRANSCRIPT, Usage,
                                       analysis_document)
-from services.run_record import RunRecorder, describe_failure, utcnow
-from services.storage import CALLS
+from services.run_records import RunRecorder, describe_failure
+from utils.clock import utcnow
 from utils.config import Settings
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 # (requests are cut to the time left), plus one request timeout and room for the write-back.
 LEASE_MARGIN_SECONDS = 60.0
 ABANDONED = "abandoned: the last allowed attempt did not finish (its process stopped)"
+
+
+def claim_lease_seconds(settings: Settings) -> float:
+    return settings.llm_batch_deadline_seconds + settings.llm_timeout_seconds + LEASE_MARGIN_SECONDS
 
 
 @dataclass(frozen=True)
@@ -41,14 +45,14 @@ class Outcome:
 
 
 class AnalysisBatch:
-    def __init__(self, db: Database, settings: Settings, owner: str, llm: GroqAnalyzer | None,
+    def __init__(self, db: Database, queue: CallQueue, settings: Settings, llm: GroqAnalyzer | None,
                  stop: threading.Event | None = None):
+        """`llm`: None analyzes every call with the offline heuristic."""
         self._db = db
+        self.queue = queue
         self._stop = stop  # set on SIGTERM: start no new call, release those cut off
         self._settings = settings
         self._llm = llm
-        lease = settings.llm_batch_deadline_seconds + settings.llm_timeout_seconds + LEASE_MARGIN_SECONDS
-        self._queue = CallQueue(db[CALLS], owner, lease)
 
     def run(self, recorder: RunRecorder) -> None:
         limit = self._settings.llm_batch_limit
@@ -79,7 +83,7 @@ class AnalysisBatch:
         outcomes: list[Outcome] = []
         try:
             while not deadline.reached:
-                claim = self._queue.claim_next()
+                claim = self.queue.claim_next()
                 if claim is None:
                     break
                 outcome = self._attempt(claim, deadline)
@@ -118,7 +122,7 @@ class AnalysisBatch:
         try:
             answer = self._llm.analyze(transcript, deadline)
         except DeadlineExceeded:
-            self._queue.release(claim)
+            self.queue.release(claim)
             return Outcome(claim.call_id, "released")
         except LlmFailure as failure:
             return self._finish(claim, analysis_document(
@@ -137,10 +141,9 @@ class AnalysisBatch:
         # analysis round.
         has_contact = True
         if _has_result(analysis):
-            has_contact = record_decision(self._db, claim.call, analysis,
-                                          self._settings.default_phone_region, utcnow())
+            has_contact = record_decision(self._db, claim.call, analysis, utcnow())
         usage = Usage(analysis["usage"]["promptTokens"], analysis["usage"]["completionTokens"])
-        if not self._queue.finish(claim, analysis):
+        if not self.queue.finish(claim, analysis):
             return Outcome(claim.call_id, "claim_lost", usage=usage)
         return Outcome(claim.call_id, analysis["status"], error=analysis["error"],
                        used_fallback=analysis["usedFallback"], usage=usage, has_contact=has_contact)

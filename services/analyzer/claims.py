@@ -1,5 +1,6 @@
 """The analysis queue on `calls`: claim the oldest unprocessed terminal call atomically, then
-finish it (processed, with its analysis) or release it (back to the queue, attempt not counted).
+finish it (processed, with its analysis) or release it (back to the queue, attempt not counted);
+`requeue` puts chosen calls back on purpose (`main.py reanalyze`).
 
 A claim carries a lease. A live process finishes or releases well before it expires; a claim
 whose lease expired belongs to a process that died, and the call may be taken again.
@@ -8,16 +9,19 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
 
-from services.run_record import utcnow
+from utils.clock import naive_utc, utcnow
 
 # The first attempt, and one more after a lease expired; a claim beyond this is not analyzed.
 MAX_ATTEMPTS = 2
-_CALL_FIELDS = ("callId", "agentId", "callAt", "transcript", "customerPhone", "attempts", "analysisRound")
+_CALL_FIELDS = ("callId", "agentId", "callAt", "transcript", "customerPhone", "customerPhoneValid", "attempts",
+                "analysisRound")
+# Waiting for analysis: stored final, not analyzed yet (the `analysis_queue` index).
+_WAITING = {"processed": False, "terminal": True}
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,7 @@ class CallQueue:
         now = utcnow()
         # Atomic on the server: of two processes asking at once, one gets the call.
         call = self._calls.find_one_and_update(
-            {"processed": False, "terminal": True,
-             "$or": [{"claim": None}, {"claim.expiresAt": {"$lte": now}}]},
+            {**_WAITING, "$or": [{"claim": None}, {"claim.expiresAt": {"$lte": now}}]},
             {"$set": {"claim": {"owner": self._owner, "token": token, "claimedAt": now,
                                 "expiresAt": now + self._lease}},
              "$inc": {"attempts": 1}},
@@ -71,3 +74,21 @@ class CallQueue:
             {"callId": claim.call_id, "claim.token": claim.token},
             {"$unset": {"claim": ""}, "$inc": {"attempts": -1}},
         )
+
+    def depth(self) -> int:
+        """Calls waiting for analysis, claimed or not."""
+        return self._calls.count_documents(_WAITING)
+
+    def requeue(self, *, call_id: str | None = None, since: datetime | None = None) -> int:
+        """Mark one call (`call_id`) or every call from `since` on unprocessed with a fresh attempt
+        budget; returns how many calls matched. A claim in progress is dropped, so the attempt
+        holding it cannot write its now-outdated outcome. The previous analysis stays on the call
+        until the new one replaces it. `analysisRound` counts the requeues, so that the new
+        decision adds an activity instead of overwriting the earlier one."""
+        if (call_id is None) == (since is None):
+            raise ValueError("give exactly one of call_id or since")
+        selector = {"callId": call_id} if call_id is not None else {"callAt": {"$gte": naive_utc(since)}}
+        result = self._calls.update_many(selector, {"$set": {"processed": False, "attempts": 0},
+                                                    "$inc": {"analysisRound": 1},
+                                                    "$unset": {"claim": ""}})
+        return result.matched_count

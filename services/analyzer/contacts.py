@@ -9,24 +9,25 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from services.storage import ACTIVITIES, CONTACTS
-from utils.phone import Phone, lookup_keys, normalize_phone
+from services.database import ACTIVITIES, CONTACTS
+from services.phone_lookup import ids_by_phone
+from utils.phone import Phone
 
 PAST_CONVERSATIONS_KEPT = 20
 _CONTACT_FIELDS = ("tag", "leadScore", "leadStatus", "sentiment")
 ACTIVITY_TYPE = "ai_analysis"
 
 
-def record_decision(db: Database, call: dict, analysis: dict, region: str, now: datetime) -> bool:
+def record_decision(db: Database, call: dict, analysis: dict, now: datetime) -> bool:
     """Apply a finished analysis (a `calls.analysis` document with result fields) to the call's
     contact and log it as an activity. False when the call has no customer number.
 
     One activity per AI decision, keyed by the call's `analysisRound`: the retake of an attempt
     that died midway rewrites its round's activity (and one pastConversations entry per call),
     while a re-analysis (`reanalyze` starts a new round) adds an activity."""
-    phone = normalize_phone(call.get("customerPhone"), region)
-    if phone is None:
+    if not call.get("customerPhone"):
         return False
+    phone = Phone.stored(call["customerPhone"], bool(call.get("customerPhoneValid")))
     changes = _changes(analysis)
     contacts = db[CONTACTS]
     contact_id, before = _update_contact(contacts, phone, {**changes, "lastAnalyzedAt": now,
@@ -68,12 +69,12 @@ def _changes(analysis: dict) -> dict:
 def _update_contact(contacts: Collection, phone: Phone, fields: dict, now: datetime) -> tuple[object, dict]:
     """Update the contact stored under any spelling of the number, or create it under its key.
     Returns its _id and the document as it was before (empty when created)."""
-    existing = contacts.find_one({"phone": {"$in": lookup_keys(phone)}}, {"_id": 1})
+    existing_id = ids_by_phone(contacts, [phone]).get(phone.key)
     update = {"$set": fields, "$setOnInsert": {"phoneValid": phone.valid, "createdAt": now}}
-    if existing is not None:
-        before = contacts.find_one_and_update({"_id": existing["_id"]}, update,
+    if existing_id is not None:
+        before = contacts.find_one_and_update({"_id": existing_id}, update,
                                               return_document=ReturnDocument.BEFORE)
-        return existing["_id"], before or {}
+        return existing_id, before or {}
     try:
         before = contacts.find_one_and_update({"phone": phone.key}, update, upsert=True,
                                               return_document=ReturnDocument.BEFORE)

@@ -70,12 +70,12 @@ def parse_answer(content: str | None, tags: tuple[str, ...],
         raise InvalidAnswer(f"answer lacks {', '.join(missing)}")
     return Analysis(
         tag=_one_of("tag", payload["tag"], tags),
-        summary=_text("summary", payload["summary"], required=True),
+        summary=_answer_text("summary", payload["summary"], required=True),
         lead_score=_percentage("leadScore", payload["leadScore"]),
         lead_status=_one_of("leadStatus", payload["leadStatus"], LEAD_STATUSES),
         sentiment=_one_of("sentiment", payload["sentiment"], SENTIMENTS),
         confidence=_percentage("confidence", payload["confidence"]),
-        reasoning=_text("reasoning", payload["reasoning"], required=False),
+        reasoning=_answer_text("reasoning", payload["reasoning"], required=False),
         extra={f.name: _extra_value(f, payload[f.name]) for f in extra_fields},
     )
 
@@ -110,7 +110,7 @@ def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> str:
     raise InvalidAnswer(f"{name} {_short(value)} is not one of {', '.join(allowed)}")
 
 
-def _text(name: str, value: object, *, required: bool) -> str:
+def _answer_text(name: str, value: object, *, required: bool) -> str:
     if not isinstance(value, str):
         raise InvalidAnswer(f"{name} is a {type(value).__name__}, not a string")
     if required and not value.strip():

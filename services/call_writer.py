@@ -1,4 +1,4 @@
-"""Job 2, phase 1: every execution -> `calls`, one document per Bolna call id."""
+"""The call processor's first phase: every execution -> `calls`, one document per Bolna call id."""
 from __future__ import annotations
 
 from pymongo.database import Database
@@ -6,16 +6,14 @@ from pymongo.database import Database
 from models.call import call_upsert
 from models.execution import Execution, execution_id, parse_time
 from services.bulk import bulk_upsert
-from services.run_record import RunRecorder, utcnow
-from services.storage import CALLS
+from services.database import CALLS
+from services.run_records import RunRecorder
+from utils.clock import utcnow
 
 
-class CallStore:
-    name = "call_processor"
-
-    def __init__(self, db: Database, region: str):
+class CallWriter:
+    def __init__(self, db: Database):
         self.calls = db[CALLS]
-        self.region = region
 
     def unchanged(self, items: list[dict]) -> set[str]:
         """Calls stored terminal that the listing shows unchanged: the same `updated_at` where the
@@ -33,7 +31,7 @@ class CallStore:
             if execution.extracted_error:
                 recorder.error(f"call {execution.id}: {execution.extracted_error}; stored as received",
                                code="bad_extracted_data", call_id=execution.id, agent_id=agent_id)
-        inserted, updated = bulk_upsert(self.calls, [call_upsert(e, self.region, now) for e in executions])
+        inserted, updated = bulk_upsert(self.calls, [call_upsert(e, now) for e in executions])
         recorder.add("inserted", inserted, agent_id)
         recorder.add("updated", updated, agent_id)
 

@@ -1,0 +1,131 @@
+"""A job's sync state per agent, kept in `sync_state`: the cursor, and the calls followed by id.
+
+The cursor is a low-water mark: every call created before it is stored in its final form. The
+rules that keep it one are the pure functions below; `SyncState` only loads and saves.
+
+- A run reads from the cursor minus an overlap (or a backfill on the first run).
+- The cursor moves only after a whole time window was written, to the window's end, or to the
+  oldest call in it that must be read again (`WindowProgress`).
+- An unfinished call holds the cursor while it is young (its transcript and extracted data are
+  still to come). One still unfinished after `PENDING_HOLD` (scheduled far ahead, or stuck)
+  stops holding it, so one odd call cannot make every run re-read days of history: it is
+  followed by id instead, a few per run, until it is final or `PENDING_MAX_AGE` old.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from pymongo import UpdateOne
+from pymongo.collection import Collection
+
+PENDING_HOLD = timedelta(hours=6)
+PENDING_MAX_AGE = timedelta(days=14)
+PENDING_PER_RUN = 50
+
+# Cursors are saved together: at the end of a run, and during a long backfill every this many
+# completed windows. Losing unsaved ones to a crash only means re-reading (writes are idempotent).
+SAVE_EVERY_WINDOWS = 8
+
+
+def read_from(cursor: datetime | None, now: datetime, *, overlap: timedelta, backfill: timedelta) -> datetime:
+    """Where a run starts reading: a little before the cursor, or the backfill on a first run."""
+    return cursor - overlap if cursor else now - backfill
+
+
+def holds_cursor(unfinished_created_at: datetime, now: datetime) -> bool:
+    """An unfinished call holds the cursor while it is young; an older one is followed by id."""
+    return now - unfinished_created_at < PENDING_HOLD
+
+
+@dataclass
+class WindowProgress:
+    """What one time window's pages said about where the cursor may go."""
+    hold: datetime | None = None  # the oldest call that must be read again by the next run
+    followed: dict[str, datetime] = field(default_factory=dict)  # call id -> created_at
+
+    def read_again(self, created_at: datetime) -> None:
+        """A call the next run must read again: unfinished, or a full record worth retrying."""
+        self.hold = created_at if self.hold is None else min(self.hold, created_at)
+
+    def unfinished(self, call_id: str, created_at: datetime, now: datetime) -> None:
+        if holds_cursor(created_at, now):
+            self.read_again(created_at)
+        else:
+            self.followed[call_id] = created_at
+
+    def cursor(self, window_end: datetime) -> datetime:
+        """The cursor once the whole window is written."""
+        return window_end if self.hold is None else min(window_end, self.hold)
+
+
+@dataclass
+class FollowUps:
+    """Of the calls followed by id, what this run does with each."""
+    fetch: list[str]
+    keep: dict[str, datetime]  # not reached this run
+    expired: list[str]         # unfinished for too long: no longer followed
+
+
+def follow_ups(pending: dict[str, datetime], now: datetime) -> FollowUps:
+    """The oldest `PENDING_PER_RUN` are looked at this run, the rest wait for the next one."""
+    plan = FollowUps([], {}, [])
+    for number, (call_id, created_at) in enumerate(sorted(pending.items(), key=lambda p: p[1])):
+        if number >= PENDING_PER_RUN:
+            plan.keep[call_id] = created_at
+        elif now - created_at > PENDING_MAX_AGE:
+            plan.expired.append(call_id)
+        else:
+            plan.fetch.append(call_id)
+    return plan
+
+
+class SyncState:
+    """One job's state for every agent: read in one query, written in one batch."""
+
+    def __init__(self, state: Collection, job: str, now: datetime):
+        self.state = state
+        self.job = job
+        self.now = now
+        self.stored = {doc["agentId"]: {"cursor": doc.get("cursor"),
+                                        "pending": {p["callId"]: p["createdAt"] for p in doc.get("pending", [])}}
+                       for doc in state.find({"job": job})}
+        self.unsaved: set[str] = set()
+        self.windows_since_save = 0
+
+    def _agent(self, agent_id: str) -> dict:
+        return self.stored.setdefault(agent_id, {"cursor": None, "pending": {}})
+
+    def cursor(self, agent_id: str) -> datetime | None:
+        return self._agent(agent_id)["cursor"]
+
+    def pending(self, agent_id: str) -> dict[str, datetime]:
+        return dict(self._agent(agent_id)["pending"])
+
+    def set_pending(self, agent_id: str, pending: dict[str, datetime]) -> None:
+        if pending != self._agent(agent_id)["pending"]:
+            self._agent(agent_id)["pending"] = pending
+            self.unsaved.add(agent_id)
+
+    def window_done(self, agent_id: str, window_end: datetime, progress: WindowProgress) -> None:
+        """A window was fully written: move the cursor, follow the calls it passed unfinished."""
+        state = self._agent(agent_id)
+        state["cursor"] = progress.cursor(window_end)
+        state["pending"] = {**state["pending"], **progress.followed}
+        self.unsaved.add(agent_id)
+        self.windows_since_save += 1
+        if self.windows_since_save >= SAVE_EVERY_WINDOWS:
+            self.save()
+
+    def save(self) -> None:
+        if self.unsaved:
+            self.state.bulk_write([self._save_operation(agent_id) for agent_id in sorted(self.unsaved)])
+        self.unsaved.clear()
+        self.windows_since_save = 0
+
+    def _save_operation(self, agent_id: str) -> UpdateOne:
+        agent = self.stored[agent_id]
+        pending = [{"callId": call_id, "createdAt": created_at} for call_id, created_at in agent["pending"].items()]
+        return UpdateOne({"_id": f"{self.job}:{agent_id}"},
+                         {"$set": {"job": self.job, "agentId": agent_id, "cursor": agent["cursor"],
+                                   "pending": pending, "updatedAt": self.now}}, upsert=True)

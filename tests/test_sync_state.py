@@ -1,0 +1,129 @@
+"""The cursor rules on their own: where a run reads from, which unfinished call holds the cursor
+and which is followed by id, where the cursor moves after a window, and how state is stored."""
+from datetime import datetime, timedelta
+
+import pytest
+
+from fakes.mongo_hooks import HookedClient
+from services.database import SYNC_STATE
+from services.sync_state import (PENDING_HOLD, PENDING_MAX_AGE, PENDING_PER_RUN, SAVE_EVERY_WINDOWS,
+                                 SyncState, WindowProgress, follow_ups, holds_cursor, read_from)
+
+NOW = datetime(2026, 11, 27, 12, 0)
+WINDOW_END = NOW - timedelta(minutes=1)
+
+
+def test_a_first_run_reads_the_backfill_and_a_later_one_overlaps_its_cursor():
+    window = {"overlap": timedelta(minutes=10), "backfill": timedelta(days=30)}
+    assert read_from(None, NOW, **window) == NOW - timedelta(days=30)
+    assert read_from(NOW - timedelta(hours=1), NOW, **window) == NOW - timedelta(hours=1, minutes=10)
+
+
+def test_an_unfinished_call_holds_the_cursor_until_it_is_pending_hold_old():
+    assert holds_cursor(NOW - timedelta(minutes=3), NOW)
+    assert holds_cursor(NOW - PENDING_HOLD + timedelta(seconds=1), NOW)
+    assert not holds_cursor(NOW - PENDING_HOLD, NOW)
+    assert not holds_cursor(NOW - timedelta(days=3), NOW)
+
+
+def test_a_window_with_nothing_to_read_again_moves_the_cursor_to_its_end():
+    assert WindowProgress().cursor(WINDOW_END) == WINDOW_END
+
+
+def test_the_cursor_stops_at_the_oldest_call_to_read_again():
+    progress = WindowProgress()
+    progress.read_again(NOW - timedelta(minutes=5))
+    progress.read_again(NOW - timedelta(minutes=50))  # a full record worth retrying
+    progress.read_again(NOW - timedelta(minutes=20))
+    assert progress.cursor(WINDOW_END) == NOW - timedelta(minutes=50)
+
+
+def test_a_hold_past_the_window_end_never_moves_the_cursor_beyond_the_window():
+    progress = WindowProgress()
+    progress.read_again(WINDOW_END + timedelta(minutes=5))
+    assert progress.cursor(WINDOW_END) == WINDOW_END
+
+
+def test_a_young_unfinished_call_holds_and_an_old_one_is_followed_instead():
+    progress = WindowProgress()
+    progress.unfinished("young", NOW - timedelta(minutes=2), NOW)
+    progress.unfinished("scheduled", NOW - timedelta(hours=7), NOW)
+    assert progress.cursor(WINDOW_END) == NOW - timedelta(minutes=2)
+    assert progress.followed == {"scheduled": NOW - timedelta(hours=7)}
+
+
+def test_old_unfinished_calls_alone_do_not_hold_the_cursor():
+    progress = WindowProgress()
+    progress.unfinished("scheduled", NOW - timedelta(hours=7), NOW)
+    assert progress.cursor(WINDOW_END) == WINDOW_END
+
+
+def test_follow_ups_take_the_oldest_first_and_leave_the_rest_for_the_next_run():
+    pending = {f"c{n:03d}": NOW - timedelta(hours=7, minutes=n) for n in range(PENDING_PER_RUN + 5)}
+    plan = follow_ups(pending, NOW)
+    oldest_first = sorted(pending, key=pending.get)
+    assert plan.fetch == oldest_first[:PENDING_PER_RUN]
+    assert plan.keep == {call_id: pending[call_id] for call_id in oldest_first[PENDING_PER_RUN:]}
+    assert plan.expired == []
+
+
+def test_a_call_unfinished_for_too_long_is_no_longer_followed():
+    pending = {"stuck": NOW - PENDING_MAX_AGE - timedelta(minutes=1), "late": NOW - PENDING_MAX_AGE}
+    plan = follow_ups(pending, NOW)
+    assert plan.expired == ["stuck"] and plan.fetch == ["late"] and plan.keep == {}
+
+
+def test_nothing_followed_means_nothing_to_do():
+    plan = follow_ups({}, NOW)
+    assert (plan.fetch, plan.keep, plan.expired) == ([], {}, [])
+
+
+# -- the stored state -----------------------------------------------------------------------------
+
+@pytest.fixture
+def operations():
+    return []
+
+
+@pytest.fixture
+def state_collection(mongo, operations):
+    return HookedClient(mongo, lambda collection, method: operations.append(method))["callsync_test"][SYNC_STATE]
+
+
+def test_state_is_read_in_one_query_and_written_in_one_batch(state_collection, operations):
+    state = SyncState(state_collection, "crm_sync", NOW)
+    for agent in ("a1", "a2", "a3"):
+        state.window_done(agent, WINDOW_END, WindowProgress())
+    state.save()
+    assert operations == ["find", "bulk_write"]
+
+    reloaded = SyncState(state_collection, "crm_sync", NOW)
+    assert [reloaded.cursor(agent) for agent in ("a1", "a2", "a3")] == [WINDOW_END] * 3
+    assert SyncState(state_collection, "call_processor", NOW).cursor("a1") is None  # each job its own
+
+
+def test_a_long_backfill_saves_every_few_windows(state_collection, operations):
+    state = SyncState(state_collection, "crm_sync", NOW)
+    for window in range(SAVE_EVERY_WINDOWS):
+        state.window_done("a1", NOW - timedelta(days=7 * (SAVE_EVERY_WINDOWS - window)), WindowProgress())
+    assert operations.count("bulk_write") == 1 and not state.unsaved
+
+
+def test_followed_calls_accumulate_and_are_stored_with_the_cursor(state_collection):
+    state = SyncState(state_collection, "crm_sync", NOW)
+    first, second = WindowProgress(), WindowProgress()
+    first.unfinished("old-1", NOW - timedelta(days=2), NOW)
+    second.unfinished("old-2", NOW - timedelta(days=1), NOW)
+    state.window_done("a1", WINDOW_END - timedelta(days=7), first)
+    state.window_done("a1", WINDOW_END, second)
+    state.save()
+    reloaded = SyncState(state_collection, "crm_sync", NOW)
+    assert reloaded.pending("a1") == {"old-1": NOW - timedelta(days=2), "old-2": NOW - timedelta(days=1)}
+    assert reloaded.cursor("a1") == WINDOW_END
+
+
+def test_unchanged_follow_ups_write_nothing(state_collection, operations):
+    state = SyncState(state_collection, "crm_sync", NOW)
+    state.set_pending("a1", {})
+    state.save()
+    assert operations == ["find"]

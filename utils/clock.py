@@ -1,0 +1,24 @@
+"""Time as the daemon stores it: naive UTC at millisecond precision, what MongoDB keeps and
+pymongo (with `tz_aware=False`) hands back, so stored and fresh values compare equal."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+
+def utcnow() -> datetime:
+    return to_millis(datetime.now(timezone.utc).replace(tzinfo=None))
+
+
+def naive_utc(moment: datetime) -> datetime:
+    """An aware time converted to naive UTC; a naive one is taken to be UTC already."""
+    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def to_millis(moment: datetime) -> datetime:
+    """Truncated to what BSON stores, so a value re-read from MongoDB is unchanged."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def unix_seconds(stored: datetime) -> float:
+    """A stored (naive UTC) time as Unix time."""
+    return stored.replace(tzinfo=timezone.utc).timestamp()

@@ -1,0 +1,39 @@
+"""The daemon's jobs, declared once: the scheduler, the CLI's choices, `App.run_job` and the
+cursors in `sync_state` all take their names from `JOBS`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from services.run_records import RunRecorder
+    from worker.app import App
+
+CRM_SYNC = "crm_sync"
+CALL_PROCESSOR = "call_processor"
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    summary: str
+    run: Callable[["App", "RunRecorder", bool], None]  # (app, recorder, full)
+
+
+def _sync_customers(app: "App", recorder: "RunRecorder", full: bool) -> None:
+    app.feed.run(CRM_SYNC, app.customer_writer, recorder, full=full)
+
+
+def _process_calls(app: "App", recorder: "RunRecorder", full: bool) -> None:
+    try:
+        app.feed.run(CALL_PROCESSOR, app.call_writer, recorder, full=full)
+    finally:
+        # Calls stored by earlier runs are still worth analyzing when Bolna is down.
+        app.analysis.run(recorder)
+
+
+JOBS = {job.name: job for job in (
+    Job(CRM_SYNC, "Bolna executions -> customers", _sync_customers),
+    Job(CALL_PROCESSOR, "Bolna executions -> calls, then LLM analysis -> contacts", _process_calls),
+)}
+JOB_NAMES = tuple(JOBS)
