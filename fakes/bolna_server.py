@@ -19,15 +19,13 @@ from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 
+from fakes.bolna_api import ApiError, created_key, parse_int, parse_time, trim
 from fakes.dataset import iso
 from fakes.local_server import LocalServer, QuietHandler
 
 MAX_PAGE_SIZE = 50
 DEFAULT_PAGE_SIZE = 20
 MAX_WINDOW = timedelta(days=7)
-# As Bolna documents the list projection: no agent_id, no updated_at.
-TRIMMED_FIELDS = ("id", "status", "conversation_duration", "created_at")
-TRIMMED_TELEPHONY_FIELDS = ("call_type", "duration")
 
 _EXECUTIONS_PATH = re.compile(r"^/v2/agent/([^/]+)/executions$")
 _EXECUTION_PATH = re.compile(r"^/executions/([^/]+)$")
@@ -51,47 +49,6 @@ class _Fault:
     body: bytes | None
     truncate: bool
     drop_connection: bool
-
-
-class _ApiError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _parse_time(name: str, value: str | None) -> datetime:
-    if not value:
-        raise _ApiError(400, f"'{name}' is required (UTC ISO 8601, e.g. 2026-06-07T00:00:00.000Z)")
-    # An unescaped '+' in a query string decodes as a space ("...+00:00" -> "... 00:00").
-    try:
-        parsed = datetime.fromisoformat(value.replace(" ", "+"))
-    except ValueError:
-        raise _ApiError(400, f"'{name}' is not an ISO 8601 datetime: {value!r}") from None
-    if parsed.tzinfo is None:
-        raise _ApiError(400, f"'{name}' must carry a UTC offset ('Z' or '+00:00'): {value!r}")
-    return parsed
-
-
-def _parse_int(name: str, value: str | None, default: int) -> int:
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise _ApiError(400, f"'{name}' must be an integer: {value!r}") from None
-
-
-def _created_key(execution: dict, key: str) -> tuple[datetime, str]:
-    return datetime.fromisoformat(execution["created_at"]), key
-
-
-def _trim(execution: dict) -> dict:
-    trimmed = {k: execution[k] for k in TRIMMED_FIELDS if k in execution}
-    telephony = execution.get("telephony_data")
-    if isinstance(telephony, dict):
-        trimmed["telephony_data"] = {k: telephony[k] for k in TRIMMED_TELEPHONY_FIELDS if k in telephony}
-    return trimmed
 
 
 class FakeBolna(LocalServer):
@@ -119,7 +76,7 @@ class FakeBolna(LocalServer):
             record = dict(execution)
             key = self._key(record)
             self._executions[key] = record
-            self._index.setdefault(str(record["agent_id"]), []).append(_created_key(record, key))
+            self._index.setdefault(str(record["agent_id"]), []).append(created_key(record, key))
         for entries in self._index.values():
             entries.sort()
 
@@ -145,7 +102,7 @@ class FakeBolna(LocalServer):
         with self._lock:
             old = self._executions[execution_id]
             entries = self._index[str(old["agent_id"])]
-            del entries[bisect_left(entries, _created_key(old, execution_id))]
+            del entries[bisect_left(entries, created_key(old, execution_id))]
             self._store({**old, **fields})
 
     def ground_truth(self) -> dict[str, dict]:
@@ -183,7 +140,7 @@ class FakeBolna(LocalServer):
     def _store(self, record: dict) -> None:
         key = self._key(record)
         self._executions[key] = record
-        insort(self._index.setdefault(str(record["agent_id"]), []), _created_key(record, key))
+        insort(self._index.setdefault(str(record["agent_id"]), []), created_key(record, key))
 
     def _take_answer_action(self, path: str) -> Callable[[], None] | None:
         with self._lock:
@@ -206,7 +163,7 @@ class FakeBolna(LocalServer):
     # -- endpoints ------------------------------------------------------------------------------
 
     def _answer(self, path: str, query: dict[str, str]) -> object:
-        """The JSON answer for an authorised GET; raises _ApiError for error answers."""
+        """The JSON answer for an authorised GET; raises ApiError for error answers."""
         with self._lock:
             if path == "/v2/agent/all":
                 return self._agents
@@ -217,25 +174,25 @@ class FakeBolna(LocalServer):
             if match:
                 execution = self._executions.get(match.group(1))
                 if execution is None:
-                    raise _ApiError(404, f"Execution {match.group(1)} not found")
+                    raise ApiError(404, f"Execution {match.group(1)} not found")
                 return execution
-        raise _ApiError(404, f"No route for {path}")
+        raise ApiError(404, f"No route for {path}")
 
     def _list_executions(self, agent_id: str, query: dict[str, str]) -> dict:
         if agent_id not in self._agent_ids and agent_id not in self._index:
-            raise _ApiError(404, f"Agent {agent_id} not found")
-        start = _parse_time("from", query.get("from"))
-        end = _parse_time("to", query.get("to"))
+            raise ApiError(404, f"Agent {agent_id} not found")
+        start = parse_time("from", query.get("from"))
+        end = parse_time("to", query.get("to"))
         if start > end:
-            raise _ApiError(400, "'from' must not be after 'to'")
+            raise ApiError(400, "'from' must not be after 'to'")
         if end - start > MAX_WINDOW:
-            raise _ApiError(400, "The range between 'from' and 'to' must not exceed 7 days")
-        page_number = _parse_int("page_number", query.get("page_number"), 1)
-        page_size = _parse_int("page_size", query.get("page_size"), DEFAULT_PAGE_SIZE)
+            raise ApiError(400, "The range between 'from' and 'to' must not exceed 7 days")
+        page_number = parse_int("page_number", query.get("page_number"), 1)
+        page_size = parse_int("page_size", query.get("page_size"), DEFAULT_PAGE_SIZE)
         if page_number < 1:
-            raise _ApiError(400, "'page_number' must be at least 1")
+            raise ApiError(400, "'page_number' must be at least 1")
         if not 1 <= page_size <= MAX_PAGE_SIZE:
-            raise _ApiError(400, f"'page_size' must be between 1 and {MAX_PAGE_SIZE}")
+            raise ApiError(400, f"'page_size' must be between 1 and {MAX_PAGE_SIZE}")
 
         entries = self._index.get(agent_id, [])
         low = bisect_left(entries, start, key=lambda e: e[0])
@@ -253,7 +210,7 @@ class FakeBolna(LocalServer):
             page = entries[max(page_end - page_size, low):page_end][::-1]
         records = [self._executions[execution_id] for _, execution_id in page]
         return {
-            "data": [_trim(r) for r in records] if self.projection == "trimmed" else records,
+            "data": [trim(r) for r in records] if self.projection == "trimmed" else records,
             "total": total,
             "has_more": offset + len(page) < total,
             "page_number": page_number,
@@ -296,7 +253,7 @@ class _Handler(QuietHandler):
             return self._send_json(403, {"detail": "Invalid API key"})
         try:
             answer = fake._answer(path, query)
-        except _ApiError as error:
+        except ApiError as error:
             return self._send_json(error.status, {"error": error.status, "message": error.message})
         body = json.dumps(answer).encode()
         action = fake._take_answer_action(path)
