@@ -10,6 +10,8 @@ import random
 import uuid
 from datetime import datetime, timedelta, timezone
 
+from utils.clock import naive_utc
+
 # Each agent works one domain; agents beyond the third reuse the table with a number suffix.
 # Dialogue templates are whole strings so a call costs one str.format, which keeps 100k fast.
 DOMAINS = [
@@ -143,8 +145,7 @@ _RECORDINGS_URL = "https://bolna-recordings.s3.amazonaws.com"
 
 def iso(dt: datetime) -> str:
     """UTC ISO 8601 with milliseconds and 'Z', as the Bolna API writes timestamps."""
-    dt = dt.astimezone(timezone.utc).replace(tzinfo=None) if dt.tzinfo else dt
-    return dt.isoformat(timespec="milliseconds") + "Z"
+    return naive_utc(dt).isoformat(timespec="milliseconds") + "Z"
 
 
 def _format_number(country: str, digits: str, style: int) -> str:
