@@ -62,7 +62,7 @@ def _one_customer_three_spellings(call: Call) -> None:
          "assistant: Hello Ravi! Sure, I am sending the location pin on WhatsApp right now.\n"
          "user: Thanks. Is there parking for visitors?\n"
          "assistant: Yes, visitor parking is near gate 2. See you on Saturday.\n",
-         '{"name": "Ravi Sharma", "appointment_booked": true, "user_interested": true}',  # a JSON string
+         '{"name": "Ravi Sharma", "user_interested": true}',  # a JSON string; still Booked: a question ranks lower
          "Ravi Sharma called back for the site location.", call_type="inbound")
 
 

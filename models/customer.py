@@ -1,36 +1,61 @@
 """The `customers` document, built from the calls of one phone number.
 
-A customer update is an aggregation-pipeline update so that it is atomic and idempotent on
-the server: call ids are a set (so `callCount` cannot double count on a re-sync or when two
-daemons race), and profile fields follow the newest call even when pages arrive newest first.
+A customer update is an aggregation-pipeline update, so it is atomic and idempotent on the
+server, and right whatever order pages, agents and replicas deliver the calls in:
+- `status` is the highest-ranked status the calls have shown (`StatusRanks`); among equal ranks
+  the newest call's;
+- each profile field follows the newest call that set it (`fieldsAt` keeps each one's time);
+- `callCount` is counted elsewhere (one link per call) and only ever grows here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterable
 
 from pymongo import UpdateOne
 
 from models.execution import Execution
+from models.extraction import Extraction, Path
 from utils.phone import Phone
 
 # Customer field -> extraction names that mean it (agents' extraction prompts vary).
 PROFILE_FIELDS: dict[str, tuple[str, ...]] = {
     "name": ("name", "customer_name", "user_name", "full_name", "caller_name"),
-    "email": ("email", "email_address", "user_email"),
+    "email": ("email", "email_address", "user_email", "customer_email"),
     "interest": ("interest", "interested_in", "product", "product_interest", "requirement"),
     "notes": ("notes", "note", "remarks", "comments"),
-    "address": ("address", "location", "city"),
+    "address": ("address", "location", "city", "customer_address"),
 }
 _BOOKED_KEYS = ("appointment_booked", "booked", "is_booked", "booking_confirmed")
 _CALLBACK_KEYS = ("callback_user", "callback_requested", "call_back")
 _INTEREST_KEYS = ("user_interested", "interested", "is_interested")
-_KNOWN_KEYS = frozenset(k for keys in PROFILE_FIELDS.values() for k in keys).union(
-    _BOOKED_KEYS, _CALLBACK_KEYS, _INTEREST_KEYS)
 
-NO_ANSWER = "No Answer"
+BOOKED, CALLBACK, INTERESTED, NOT_INTERESTED = "Booked", "Callback", "Interested", "Not Interested"
+CONTACTED, VOICEMAIL, NO_ANSWER = "Contacted", "Voicemail", "No Answer"
+# Highest first; statuses in one group rank equal.
+DEFAULT_PRECEDENCE = ((BOOKED,), (CALLBACK, INTERESTED, NOT_INTERESTED), (CONTACTED,), (VOICEMAIL,), (NO_ANSWER,))
 _EPOCH = datetime(1970, 1, 1)
+
+
+class StatusRanks:
+    """A status's rank: higher wins. A status missing from the precedence ranks 0, below all."""
+
+    def __init__(self, precedence: Iterable[Iterable[str]] = DEFAULT_PRECEDENCE):
+        self.groups = tuple(tuple(group) for group in precedence)
+        self._rank = {status: len(self.groups) - index for index, group in enumerate(self.groups)
+                      for status in group}
+
+    def of(self, status: str | None) -> int:
+        return -1 if status is None else self._rank.get(status, 0)
+
+    def expression(self, field: str) -> dict:
+        """The rank of a stored status, computed on the server (so a changed precedence applies
+        to stored records too)."""
+        branches = [{"case": {"$in": [field, list(group)]}, "then": len(self.groups) - index}
+                    for index, group in enumerate(self.groups)]
+        return {"$cond": [{"$eq": [{"$ifNull": [field, None]}, None]}, -1,
+                          {"$switch": {"branches": branches, "default": 0}}]}
 
 
 @dataclass
@@ -39,9 +64,10 @@ class CustomerCall:
     call_id: str
     at: datetime
     agent_id: str | None
+    phone_raw: str
     status: str
     profile: dict[str, Any]
-    extracted: dict[str, Any]
+    extracted: dict[str, Any]  # the extraction less what became profile fields and the status
 
 
 def _truthy(value: Any) -> bool | None:
@@ -58,104 +84,141 @@ def _truthy(value: Any) -> bool | None:
     return None
 
 
-def _first_flag(extracted: dict[str, Any], keys: tuple[str, ...]) -> bool | None:
+def _first_flag(extraction: Extraction, keys: tuple[str, ...], used: set[Path]) -> bool | None:
     for key in keys:
-        flag = _truthy(extracted.get(key))
-        if flag is not None:
+        found = extraction.find(key)
+        if found is not None and (flag := _truthy(found[1])) is not None:
+            used.add(found[0])
             return flag
     return None
 
 
-def customer_status(execution: Execution, extracted: dict[str, Any]) -> str:
-    """The customer's status after this call, from its outcome and what was extracted."""
+def customer_status(execution: Execution, extraction: Extraction | None = None,
+                    used: set[Path] | None = None) -> str:
+    """The customer's status after this call, from its outcome and what was extracted. Answered
+    as Bolna documents it: `completed` with a conversation (duration above 0) and no voicemail."""
+    if execution.voicemail:
+        return VOICEMAIL
     if not execution.connected:
         return NO_ANSWER
-    if _first_flag(extracted, _BOOKED_KEYS) or str(extracted.get("appointment_status", "")).lower() == "booked":
-        return "Booked"
-    if _first_flag(extracted, _CALLBACK_KEYS):
-        return "Callback"
-    interested = _first_flag(extracted, _INTEREST_KEYS)
+    extraction = extraction or Extraction()
+    used = used if used is not None else set()
+    booked = extraction.find("appointment_status")
+    if _first_flag(extraction, _BOOKED_KEYS, used) or (booked and str(booked[1]).lower() == "booked"):
+        return BOOKED
+    if _first_flag(extraction, _CALLBACK_KEYS, used):
+        return CALLBACK
+    interested = _first_flag(extraction, _INTEREST_KEYS, used)
     if interested is not None:
-        return "Interested" if interested else "Not Interested"
-    return "Contacted"
+        return INTERESTED if interested else NOT_INTERESTED
+    return CONTACTED
 
 
 def customer_call(execution: Execution) -> CustomerCall:
-    extracted = execution.extracted or {}
+    extraction = execution.extraction or Extraction()
+    used: set[Path] = set()
     profile = {}
     for field_name, keys in PROFILE_FIELDS.items():
         for key in keys:
-            value = extracted.get(key)
-            if value not in (None, "", [], {}):
-                profile[field_name] = value
+            found = extraction.find(key)
+            if found is not None and found[1] not in (None, "", [], {}):
+                profile[field_name] = found[1]
+                used.add(found[0])
                 break
-    unknown = {k: v for k, v in extracted.items() if k not in _KNOWN_KEYS}
-    return CustomerCall(execution.id, execution.created_at, execution.agent_id,
-                        customer_status(execution, extracted), profile, unknown)
+    status = customer_status(execution, extraction, used)
+    phone_raw = execution.customer_phone.raw if execution.customer_phone else ""
+    return CustomerCall(execution.id, execution.created_at, execution.agent_id, phone_raw, status, profile,
+                        extraction.without(used))
 
 
-def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime,
-                    existing_id: object = None) -> UpdateOne:
+def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, ranks: StatusRanks,
+                    call_count: int, existing_id: object = None) -> UpdateOne:
     """One upsert for all of a page's calls from one number: onto `existing_id` (the record found
     under any spelling of the number) or a record keyed by the normalized number. The stored
-    `phone` becomes the normalized key."""
-    newest = max(calls, key=lambda c: (c.at, c.call_id))
-    # Within the page, older calls fill profile gaps the newest call left empty.
-    profile: dict[str, Any] = {}
-    for call in sorted(calls, key=lambda c: (c.at, c.call_id)):
-        profile.update(call.profile)
-    is_newer = "$_isNewer"
-
-    def newest_wins(field: str, value: Any) -> dict:
-        return {"$cond": [is_newer, {"$literal": value}, f"${field}"]}
-
-    def fill(field: str, value: Any) -> dict:
-        # A newer call overrides; an older one only fills what is missing.
-        return {"$cond": [is_newer,
-                          {"$ifNull": [{"$literal": value}, f"${field}"]},
-                          {"$ifNull": [f"${field}", {"$literal": value}]}]}
-
-    status, status_at = _status_expressions(calls)
+    `phone` becomes the normalized key. `call_count`: the calls counted for the number so far."""
+    newest = _newest(calls)
+    best = max(calls, key=lambda c: (ranks.of(c.status), c.at, c.call_id))
+    fields = _newest_per_field(calls)
+    with_extracted = [c for c in calls if c.extracted]
+    decide: dict[str, Any] = {
+        "_newer": {"$gt": [newest.at, {"$ifNull": ["$lastCallAt", _EPOCH]}]},
+        "_takeStatus": {"$or": [
+            {"$lt": [ranks.expression("$status"), ranks.of(best.status)]},
+            {"$and": [{"$eq": [ranks.expression("$status"), ranks.of(best.status)]},
+                      {"$gt": [best.at, {"$ifNull": ["$statusAt", _EPOCH]}]}]}]},
+    }
+    for name, (_value, at) in fields.items():
+        decide[f"_take_{name}"] = _newer_than_stored(name, at, f"$fieldsAt.{name}")
     stage: dict[str, Any] = {
         "phone": {"$literal": phone.key},
         "phoneValid": phone.valid,
-        "phoneRaw": newest_wins("phoneRaw", phone.raw),
-        "callIds": {"$setUnion": [{"$ifNull": ["$callIds", []]}, {"$literal": [c.call_id for c in calls]}]},
-        "lastCallAt": newest_wins("lastCallAt", newest.at),
-        "lastCallId": newest_wins("lastCallId", newest.call_id),
-        "agentId": newest_wins("agentId", newest.agent_id),
-        "status": status,
-        "statusAt": status_at,
+        "phoneRaw": _if("$_newer", newest.phone_raw, "$phoneRaw"),
+        "lastCallAt": _if("$_newer", newest.at, "$lastCallAt"),
+        "lastCallId": _if("$_newer", newest.call_id, "$lastCallId"),
+        "agentId": _if("$_newer", newest.agent_id, "$agentId"),
+        "status": _if("$_takeStatus", best.status, "$status"),
+        "statusAt": _if("$_takeStatus", best.at, "$statusAt"),
+        "statusCallId": _if("$_takeStatus", best.call_id, "$statusCallId"),
+        "callCount": {"$max": [{"$ifNull": ["$callCount", 0]}, call_count]},
+        "fieldsAt": {name: (_if(f"$_take_{name}", fields[name][1], f"$fieldsAt.{name}") if name in fields
+                            else f"$fieldsAt.{name}") for name in PROFILE_FIELDS},
         "createdAt": {"$ifNull": ["$createdAt", now]},
         "updatedAt": now,
     }
-    for field_name, value in profile.items():
-        stage[field_name] = fill(field_name, value)
-    if newest.extracted:
-        stage["extracted"] = newest_wins("extracted", newest.extracted)
+    for name, (value, _at) in fields.items():
+        stage[name] = _if(f"$_take_{name}", value, f"${name}")
+    if with_extracted:
+        source = _newest(with_extracted)
+        decide["_takeExtracted"] = _newer_than_stored("extracted", source.at, "$extractedAt")
+        stage["extracted"] = _if("$_takeExtracted", source.extracted, "$extracted")
+        stage["extractedAt"] = _if("$_takeExtracted", source.at, "$extractedAt")
+    temporary = {name: 0 for name in decide}
     return UpdateOne(
         {"_id": existing_id} if existing_id is not None else {"phone": phone.key},
-        [
-            {"$set": {"_isNewer": {"$gt": [newest.at, {"$ifNull": ["$lastCallAt", _EPOCH]}]}}},
-            {"$set": stage},
-            {"$set": {"callCount": {"$size": "$callIds"}}},
-            # `$project` exclusion, not the `$unset` stage: same effect, and mongomock knows it.
-            {"$project": {"_isNewer": 0}},
-        ],
+        # `$project` exclusion, not the `$unset` stage: same effect, and mongomock knows it.
+        [{"$set": decide}, {"$set": stage}, {"$project": temporary}],
         upsert=True,
     )
 
 
-def _status_expressions(calls: list[CustomerCall]) -> tuple[dict, dict]:
-    """`status` follows the newest call that says something about intent; a missed call
-    ("No Answer") only fills a status that is missing, and is overridden by any answered call,
-    older or newer. `statusAt` is the time of the call the status came from."""
-    answered = [c for c in calls if c.status != NO_ANSWER]
-    if not answered:
-        return ({"$ifNull": ["$status", NO_ANSWER]},
-                {"$ifNull": ["$statusAt", {"$literal": max(c.at for c in calls)}]})
-    source = max(answered, key=lambda c: (c.at, c.call_id))
-    overrides = {"$or": [{"$eq": [{"$ifNull": ["$status", NO_ANSWER]}, NO_ANSWER]},
-                         {"$gt": [source.at, {"$ifNull": ["$statusAt", _EPOCH]}]}]}
-    return ({"$cond": [overrides, {"$literal": source.status}, "$status"]},
-            {"$cond": [overrides, source.at, "$statusAt"]})
+def _newest(calls: list[CustomerCall]) -> CustomerCall:
+    return max(calls, key=lambda c: (c.at, c.call_id))
+
+
+def _newest_per_field(calls: list[CustomerCall]) -> dict[str, tuple[Any, datetime]]:
+    """Each profile field's value from the newest of these calls that named it, with its time."""
+    fields: dict[str, tuple[Any, datetime]] = {}
+    for call in sorted(calls, key=lambda c: (c.at, c.call_id)):
+        for name, value in call.profile.items():
+            fields[name] = (value, call.at)
+    return fields
+
+
+def _newer_than_stored(field: str, at: datetime, stored_at: str) -> dict:
+    """Take a value when the record lacks it, or when its call is newer than the one that set
+    the stored value. A record written before per-field times existed counts as set by its
+    newest call."""
+    return {"$or": [{"$eq": [{"$ifNull": [f"${field}", None]}, None]},
+                    {"$gt": [at, {"$ifNull": [stored_at, {"$ifNull": ["$lastCallAt", _EPOCH]}]}]}]}
+
+
+def _if(condition: str, value: Any, otherwise: str) -> dict:
+    return {"$cond": [condition, {"$literal": value}, otherwise]}
+
+
+def status_change(stored: dict | None, calls: list[CustomerCall], ranks: StatusRanks) -> dict | None:
+    """The status change these calls make to the record as read before the write (the same rule
+    as the update), for the activity log: from, to, the call and the reason; None for no change."""
+    best = max(calls, key=lambda c: (ranks.of(c.status), c.at, c.call_id))
+    before = (stored or {}).get("status")
+    before_at = (stored or {}).get("statusAt") or _EPOCH
+    rank, before_rank = ranks.of(best.status), ranks.of(before)
+    if rank < before_rank or (rank == before_rank and best.at <= before_at) or best.status == before:
+        return None
+    if before is None:
+        reason = "first status"
+    elif rank > before_rank:
+        reason = f"{best.status} ranks above {before}"
+    else:
+        reason = f"a newer call of the same rank as {before}"
+    return {"from": before, "to": best.status, "callId": best.call_id, "callAt": best.at, "reason": reason}

@@ -7,23 +7,18 @@ fallback and only a missing id or timestamp makes a record unusable.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime
 from typing import Any
 
+from models.extraction import Extraction, clean_text, plain, read_extraction, storable
 from utils.clock import naive_utc, to_millis
-from utils.phone import DEFAULT_REGION, Phone, normalize_phone
+from utils.phone import DEFAULT_REGION, Phone, missing_number_reason, normalize_phone
 
 TERMINAL_STATUSES = frozenset({
     "completed", "balance-low", "busy", "no-answer", "canceled", "cancelled", "failed",
     "stopped", "error",
 })
-_MAX_DEPTH = 6
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f]")  # a regex: a loop per character would cost half the mapping time
-_SURROGATES = re.compile("[\ud800-\udfff]")
-_INT64 = range(-2**63, 2**63)  # BSON integers; a bigger JSON number is kept as its digits
 
 
 class MalformedExecution(ValueError):
@@ -46,7 +41,7 @@ class Execution:
     transcript: str | None = None
     summary: str | None = None
     extracted_raw: Any = None          # as received, for the record
-    extracted: dict[str, Any] | None = None  # flat name -> value, None when absent or unreadable
+    extraction: Extraction | None = None  # None when absent or unreadable
     extracted_error: str | None = None
     direction: str | None = None       # inbound | outbound
     from_number: str | None = None
@@ -64,24 +59,36 @@ class Execution:
         return self.status in TERMINAL_STATUSES
 
     @property
+    def extracted(self) -> dict[str, Any] | None:
+        return self.extraction.values if self.extraction is not None else None
+
+    @property
     def customer_number(self) -> str | None:
-        """The other party: the number called on outbound calls, the caller on inbound ones."""
-        if self.direction == "inbound":
-            return self.from_number or self.to_number
-        return self.to_number or self.from_number
+        """The other party: the number called on outbound calls, the caller on inbound ones. Never
+        the agent's own line, even when the customer's number is missing."""
+        return self.from_number if self.direction == "inbound" else self.to_number
 
     @property
     def customer_phone(self) -> Phone | None:
-        """`customer_number`, normalized."""
-        if self.direction == "inbound":
-            return self.from_phone if self.from_number else self.to_phone
-        return self.to_phone if self.to_number else self.from_phone
+        """`customer_number`, normalized; None when it is missing or withheld."""
+        return self.from_phone if self.direction == "inbound" else self.to_phone
+
+    @property
+    def customer_phone_missing(self) -> str | None:
+        """Why there is no customer number: `missing` or `withheld`; None when there is one."""
+        return missing_number_reason(self.customer_number) if self.customer_phone is None else None
+
+    @property
+    def voicemail(self) -> bool:
+        """A machine took the call: Bolna's voicemail detection, or a hang-up reason saying so."""
+        reason = (self.hangup_reason or "").lower()
+        return self.status == "completed" and bool(
+            self.answered_by_voice_mail or "voicemail" in reason or "machine" in reason)
 
     @property
     def connected(self) -> bool:
         """`completed` does not mean anyone spoke (Bolna docs): check duration and voicemail too."""
-        return (self.status == "completed" and (self.duration or 0) > 0
-                and not self.answered_by_voice_mail)
+        return self.status == "completed" and (self.duration or 0) > 0 and not self.voicemail
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -109,65 +116,8 @@ def _number(value: Any) -> float | None:
     return number if number == number and abs(number) != float("inf") else None
 
 
-def _clean_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = _storable(value if isinstance(value, str) else str(value))
-    # Control characters other than line breaks and tabs come from broken upstream encodings.
-    return _CONTROL.sub("", text) or None
-
-
-def _storable(text: str) -> str:
-    """JSON's `\\ud800` escape decodes to a lone surrogate, which UTF-8 (and so BSON) cannot
-    encode: one such character would fail the bulk write of its whole page."""
-    return text if text.isascii() else _SURROGATES.sub("\ufffd", text)
-
-
-@lru_cache(maxsize=4096)  # extraction keys repeat from call to call
-def safe_key(key: Any) -> str:
-    """A MongoDB-safe field name: no dots, no leading `$`."""
-    # BSON field names end at a NUL byte, so no control characters either.
-    text = (_clean_text(key) or "").replace(".", "_").strip() or "_"
-    return "_" + text[1:] if text.startswith("$") else text
-
-
-def flatten_extracted(data: Any, depth: int = 0) -> dict[str, Any]:
-    """Flat `name -> value` from either extracted_data shape.
-
-    Old shape: {"name": "Ravi", "user_interested": true}.
-    New shape (Sept 2026): {category: {extraction: {"objective": ..., "subjective": ..., ...}}};
-    the objective value wins, the subjective one fills in when it is missing."""
-    flat: dict[str, Any] = {}
-    if not isinstance(data, dict) or depth > _MAX_DEPTH:
-        return flat
-    for key, value in data.items():
-        if isinstance(value, dict) and ("objective" in value or "subjective" in value):
-            objective = value.get("objective")
-            flat[safe_key(key)] = _plain(objective if objective not in (None, "") else value.get("subjective"))
-        elif isinstance(value, dict):
-            flat.update(flatten_extracted(value, depth + 1))
-        else:
-            flat[safe_key(key)] = _plain(value)
-    return flat
-
-
-def _plain(value: Any, depth: int = 0) -> Any:
-    """A value safe to store: scalars as they are, containers with safe keys, bounded depth."""
-    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
-        return str(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return _clean_text(value) if isinstance(value, str) else value
-    if depth >= _MAX_DEPTH:
-        return json.dumps(value, default=str)[:1000]
-    if isinstance(value, dict):
-        return {safe_key(k): _plain(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, depth + 1) for v in value]
-    return str(value)
-
-
-def _read_extracted(raw: Any) -> tuple[dict[str, Any] | None, str | None]:
-    """(flat fields, error). Bolna sends an object, a JSON string of one, null, or nothing."""
+def _read_extracted(raw: Any) -> tuple[Extraction | None, str | None]:
+    """(extraction, error). Bolna sends an object, a JSON string of one, null, or nothing."""
     if raw is None or raw == "":
         return None, None
     value = raw
@@ -178,7 +128,7 @@ def _read_extracted(raw: Any) -> tuple[dict[str, Any] | None, str | None]:
             return None, "extracted_data is a string that is not valid JSON"
     if not isinstance(value, dict):
         return None, f"extracted_data is a {type(value).__name__}, not an object"
-    return flatten_extracted(value), None
+    return read_extraction(value), None
 
 
 def execution_id(payload: dict) -> str | None:
@@ -198,7 +148,7 @@ def parse_execution(payload: Any, region: str = DEFAULT_REGION) -> Execution:
     call_id = execution_id(payload)
     if call_id is None:
         raise MalformedExecution("execution has no id", code="missing_id")
-    if _storable(call_id) != call_id:
+    if storable(call_id) != call_id:
         # Changing it would store the call under an id Bolna does not know.
         raise MalformedExecution("execution id is not valid text", code="bad_id")
     created_at = parse_time(payload.get("created_at"))
@@ -206,40 +156,47 @@ def parse_execution(payload: Any, region: str = DEFAULT_REGION) -> Execution:
         raise MalformedExecution("execution has no valid created_at", call_id, code="missing_created_at")
     telephony = payload.get("telephony_data")
     telephony = telephony if isinstance(telephony, dict) else {}
-    extracted, extracted_error = _read_extracted(payload.get("extracted_data"))
+    extraction, extracted_error = _read_extracted(payload.get("extracted_data"))
     duration = _number(payload.get("conversation_duration"))
     if duration is None:
         duration = _number(payload.get("conversation_time"))
     if duration is None:
         duration = _number(telephony.get("duration"))
-    direction = _clean_text(telephony.get("call_type"))
+    direction = clean_text(telephony.get("call_type"))
     voicemail = payload.get("answered_by_voice_mail")
-    from_number = _clean_text(telephony.get("from_number"))
-    to_number = _clean_text(telephony.get("to_number"))
+    # Numbers exactly as received (cleaning them would merge "98765\x0043210" into a valid
+    # number); normalization is for matching only.
+    from_number, to_number = _raw_number(telephony.get("from_number")), _raw_number(telephony.get("to_number"))
     return Execution(
         id=call_id,
-        agent_id=_clean_text(payload.get("agent_id")),
-        status=(_clean_text(payload.get("status")) or "unknown").lower(),
+        agent_id=clean_text(payload.get("agent_id")),
+        status=(clean_text(payload.get("status")) or "unknown").lower(),
         created_at=created_at,
         updated_at=parse_time(payload.get("updated_at")),
-        batch_id=_clean_text(payload.get("batch_id")),
+        batch_id=clean_text(payload.get("batch_id")),
         duration=duration,
         cost_cents=_number(payload.get("total_cost")),
-        transcript=_clean_text(payload.get("transcript")),
-        summary=_clean_text(payload.get("summary")),
-        extracted_raw=_plain(payload.get("extracted_data")),
-        extracted=extracted,
+        transcript=clean_text(payload.get("transcript")),
+        summary=clean_text(payload.get("summary")),
+        extracted_raw=plain(payload.get("extracted_data")),
+        extraction=extraction,
         extracted_error=extracted_error,
         direction=direction.lower() if direction else None,
         from_number=from_number,
         to_number=to_number,
         from_phone=normalize_phone(from_number, region),
         to_phone=normalize_phone(to_number, region),
-        recording_url=_clean_text(telephony.get("recording_url")),
-        hangup_reason=_clean_text(telephony.get("hangup_reason")),
-        hangup_by=_clean_text(telephony.get("hangup_by")),
+        recording_url=clean_text(telephony.get("recording_url")),
+        hangup_reason=clean_text(telephony.get("hangup_reason")),
+        hangup_by=clean_text(telephony.get("hangup_by")),
         answered_by_voice_mail=voicemail if isinstance(voicemail, bool) else None,
     )
+
+
+def _raw_number(value: Any) -> str | None:
+    if value is None or isinstance(value, (dict, list, bool)):
+        return None
+    return storable(value if isinstance(value, str) else str(value))
 
 
 def needs_full_record(payload: dict) -> bool:

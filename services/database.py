@@ -6,6 +6,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 CUSTOMERS = "customers"
+CUSTOMER_CALLS = "customer_calls"
 CALLS = "calls"
 CONTACTS = "contacts"
 ACTIVITIES = "activities"
@@ -23,10 +24,10 @@ def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
     """Idempotent; run at start-up. Unique indexes are what make re-syncs updates, not duplicates."""
     db[CUSTOMERS].create_indexes([
         IndexModel([("phone", ASCENDING)], unique=True, name="phone_unique", partialFilterExpression=_HAS_PHONE),
-        # crm_sync asks which listed calls a customer already counts.
-        IndexModel([("callIds", ASCENDING)], name="callIds"),
         IndexModel([("updatedAt", ASCENDING)], name="updatedAt"),
     ])
+    # One link per call counted on a customer (`_id` = call id): crm_sync counts them per number.
+    db[CUSTOMER_CALLS].create_indexes([IndexModel([("phone", ASCENDING)], name="phone")])
     db[CALLS].create_indexes([
         IndexModel([("callId", ASCENDING)], unique=True, name="callId_unique"),
         # The analyzer's queue: unprocessed terminal calls, oldest first.

@@ -7,13 +7,23 @@ from pymongo.collection import Collection
 from utils.phone import Phone, lookup_keys
 
 
-def ids_by_phone(collection: Collection, phones: list[Phone]) -> dict[str, object]:
-    """`_id` of the stored record of each number, by its key, in one query. Where several spellings
-    of one number are stored, the record already keyed by the normalized number wins."""
+def records_by_phone(collection: Collection, phones: list[Phone], projection: dict | None = None
+                     ) -> dict[str, list[dict]]:
+    """The stored records of each number, by its key, in one query; empty lists are left out.
+    The first of each list is the one to keep: the record already keyed by the normalized number,
+    else the oldest by `_id` (every process picks the same)."""
     keys = {phone.key: lookup_keys(phone) for phone in phones}
-    spellings = [spelling for variants in keys.values() for spelling in variants]
-    if not spellings:
+    owner = {spelling: key for key, variants in keys.items() for spelling in variants}
+    if not owner:
         return {}
-    stored = {doc["phone"]: doc["_id"] for doc in collection.find({"phone": {"$in": spellings}}, {"phone": 1})}
-    return {key: next(stored[s] for s in variants if s in stored)
-            for key, variants in keys.items() if any(s in stored for s in variants)}
+    found: dict[str, list[dict]] = {}
+    for doc in collection.find({"phone": {"$in": list(owner)}}, projection):
+        found.setdefault(owner[doc["phone"]], []).append(doc)
+    for key, docs in found.items():
+        docs.sort(key=lambda doc: (doc["phone"] != key, str(doc["_id"])))
+    return found
+
+
+def ids_by_phone(collection: Collection, phones: list[Phone]) -> dict[str, object]:
+    """`_id` of the record to keep for each number, by its key."""
+    return {key: docs[0]["_id"] for key, docs in records_by_phone(collection, phones, {"phone": 1}).items()}

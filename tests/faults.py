@@ -7,9 +7,9 @@ from collections import Counter
 from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import no_hook
 from models.execution import MalformedExecution, parse_execution, parse_time
-from services.database import CALLS, CONTACTS, CUSTOMERS
+from services.analyzer.contacts import ACTIVITY_TYPE
+from services.database import CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS
 from tests.helpers import build_app
-from utils.phone import normalize_phone
 from worker.app import App
 from worker.jobs import JOB_NAMES
 
@@ -29,10 +29,10 @@ def expected_customers(truth: dict[str, dict], region: str) -> dict[str, set[str
     customers: dict[str, set[str]] = {}
     for record in truth.values():
         try:
-            execution = parse_execution(record)
+            execution = parse_execution(record, region)
         except MalformedExecution:
             continue
-        phone = normalize_phone(execution.customer_number, region)
+        phone = execution.customer_phone
         if execution.terminal and phone is not None:
             customers.setdefault(phone.key, set()).add(execution.id)
     return customers
@@ -57,18 +57,29 @@ def assert_calls_match(db, truth: dict[str, dict]):
             f"call {call['callId']} is not in its latest version"
 
 
+def customer_call_ids(db) -> dict[str, set[str]]:
+    """Customer phone -> ids of the calls counted on it (its links, each applied)."""
+    linked: dict[str, set[str]] = {}
+    for link in db[CUSTOMER_CALLS].find():
+        assert link["applied"], f"call {link['_id']} was linked but its customer never updated"
+        linked.setdefault(link["phone"], set()).add(link["_id"])
+    return linked
+
+
 def assert_customers_match(db, truth: dict[str, dict], region: str):
     customers = list(db[CUSTOMERS].find({}, {"phone": 1, "callIds": 1, "callCount": 1}))
     assert not _duplicates(c["phone"] for c in customers), "a number has two customers"
-    assert not _duplicates(i for c in customers for i in c["callIds"]), "a call counted on two customers"
-    assert {c["phone"]: set(c["callIds"]) for c in customers} == expected_customers(truth, region)
-    assert all(c["callCount"] == len(c["callIds"]) for c in customers)
+    assert not any("callIds" in c for c in customers), "an array that grows with every call"
+    linked = customer_call_ids(db)
+    assert set(linked) == {c["phone"] for c in customers}, "calls counted on no customer"
+    assert linked == expected_customers(truth, region)
+    assert all(c["callCount"] == len(linked[c["phone"]]) for c in customers)
 
 
 def assert_each_call_analyzed_once(db):
     """Every terminal call processed, and one activity per analysis (none twice)."""
     assert db[CALLS].count_documents({"terminal": True, "processed": False}) == 0
-    activities = Counter(a["callId"] for a in db["activities"].find({}, {"callId": 1}))
+    activities = Counter(a["callId"] for a in db["activities"].find({"type": ACTIVITY_TYPE}, {"callId": 1}))
     assert activities and max(activities.values()) == 1
     assert not _duplicates(c["phone"] for c in db[CONTACTS].find({}, {"phone": 1}))
 

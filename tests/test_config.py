@@ -27,6 +27,8 @@ def test_lists_and_numbers_are_parsed():
     ("HEALTH_PORT", "70000"), ("ANALYSIS_EXTRA_FIELDS", '[{"name": "a.b"}]'),
     ("ANALYSIS_EXTRA_FIELDS", '[{"name": "$x"}]'), ("ANALYSIS_EXTRA_FIELDS", '[{"name": "summary"}]'),
     ("ANALYSIS_EXTRA_FIELDS", '[{"name": "Budget"}, {"name": "Budget"}]'),
+    ("STATUS_PRECEDENCE", "Booked>>Contacted"),
+    ("STATUS_PRECEDENCE", "Booked>Interested=Booked"),
 ])
 def test_bad_values_name_the_variable(variable, value):
     with pytest.raises(ConfigError, match=f"^{variable} is invalid"):
@@ -41,3 +43,9 @@ def test_secrets_never_appear_in_errors_or_descriptions():
     text = repr(settings) + str(describe(settings))
     assert "bn-secret-123" not in text and "gsk_secret" not in text
     assert describe(settings)["bolna_api_key"] is True
+
+
+def test_status_precedence_lists_ranks_highest_first():
+    settings = load_settings({"STATUS_PRECEDENCE": " Booked > Callback = Interested > No Answer "})
+    assert settings.status_precedence == (("Booked",), ("Callback", "Interested"), ("No Answer",))
+    assert load_settings({}).status_precedence[0] == ("Booked",)

@@ -171,6 +171,7 @@ def test_calls_that_change_between_runs_end_in_their_latest_version(paged_settin
         bolna.add_execution(execution(f"+91 98111 2222{n}", call_id=f"new-{n}", agent_id=agent, minutes_ago=1))
     assert {record["status"] for record in run_both(app).values()} == {"ok"}
     assert_matches_ground_truth(app.db, bolna)
-    assert app.db["customers"].find_one({"callIds": "live-1"})["status"] == "Booked"
+    live_customer = app.db["customer_calls"].find_one({"_id": "live-1"})["phone"]
+    assert app.db["customers"].find_one({"phone": live_customer})["status"] == "Booked"
     recent_call = app.db["calls"].find_one({"callId": "recent"})
     assert (recent_call["costCents"], recent_call["extracted"]["email"]) == (7.25, "m@x.in")

@@ -13,7 +13,8 @@ from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import WriteTrap
 from utils.clock import utcnow
 from services.database import CALLS, CONTACTS, CUSTOMERS, SYNC_RUNS
-from tests.faults import app_for, assert_each_call_analyzed_once, assert_matches_ground_truth, run_both
+from tests.faults import (app_for, assert_each_call_analyzed_once, assert_matches_ground_truth, customer_call_ids,
+                          run_both)
 
 pytestmark = pytest.mark.timeout(90)
 CALL_COUNT = 8
@@ -34,16 +35,18 @@ def bolna(bolna_server):
 
 def snapshot(db) -> dict:
     """What a sync is for, without what legitimately differs between two runs (times, ids)."""
+    linked = customer_call_ids(db)
     return {
         "calls": {c["callId"]: (c["status"], c["bolnaUpdatedAt"], c["customerPhone"], c["processed"],
                                 (c.get("analysis") or {}).get("status"), (c.get("analysis") or {}).get("tag"))
                   for c in db[CALLS].find()},
-        "customers": {c["phone"]: (sorted(c["callIds"]), c["status"], c.get("name"), c["lastCallId"])
+        "customers": {c["phone"]: (sorted(linked.get(c["phone"], ())), c["callCount"], c["status"], c.get("name"),
+                                   c["lastCallId"])
                       for c in db[CUSTOMERS].find()},
         "contacts": {c["phone"]: (c.get("tag"), c.get("leadStatus"),
                                   sorted(p["callId"] for p in c.get("pastConversations", [])))
                      for c in db[CONTACTS].find()},
-        "activities": sorted(a["callId"] for a in db["activities"].find()),
+        "activities": sorted((a["callId"], a["type"]) for a in db["activities"].find()),
     }
 
 

@@ -4,7 +4,8 @@ import pytest
 
 from models.call import call_fields
 from models.customer import customer_call, customer_status
-from models.execution import MalformedExecution, flatten_extracted, parse_execution, parse_time
+from models.execution import MalformedExecution, parse_execution, parse_time
+from models.extraction import read_extraction
 
 
 def execution(**overrides):
@@ -32,6 +33,31 @@ def test_inbound_customer_is_the_caller():
     e = parse_execution(execution(telephony_data={"to_number": "+918045671234", "from_number": "9876543210",
                                                   "call_type": "inbound"}))
     assert e.customer_number == "9876543210"
+
+
+@pytest.mark.parametrize("direction,numbers", [
+    ("outbound", {"to_number": "", "from_number": "+918000000001"}),
+    ("outbound", {"from_number": "+918000000001"}),
+    ("inbound", {"from_number": None, "to_number": "+918000000001"}),
+])
+def test_the_agents_own_line_is_never_the_customer(direction, numbers):
+    e = parse_execution(execution(telephony_data={**numbers, "call_type": direction}))
+    assert e.customer_phone is None and e.customer_phone_missing == "missing"
+
+
+@pytest.mark.parametrize("withheld", ["anonymous", "Restricted", "Unknown", "private", "null", "  "])
+def test_a_withheld_number_is_no_customer_and_says_why(withheld):
+    e = parse_execution(execution(telephony_data={"from_number": withheld, "to_number": "+918000000001",
+                                                  "call_type": "inbound"}))
+    assert e.customer_phone is None
+    assert e.customer_phone_missing == ("missing" if not withheld.strip() else "withheld")
+    assert call_fields(e)["customerPhoneMissing"] == e.customer_phone_missing
+
+
+def test_numbers_are_kept_exactly_as_received_and_not_cleaned_into_another():
+    e = parse_execution(execution(telephony_data={"to_number": "98765\x0043210", "call_type": "outbound"}))
+    assert e.customer_number == "98765\x0043210"
+    assert not e.customer_phone.valid and e.customer_phone.key == "98765\x0043210"
 
 
 def test_integer_id_is_an_opaque_string_and_duration_falls_back():
@@ -67,11 +93,29 @@ def test_missing_extracted_data():
     assert parse_execution(record).extracted is None
 
 
-def test_nested_extracted_shape_prefers_objective():
+def test_dispositions_are_values_with_their_confidence_under_their_path():
     nested = {"lead_info": {"budget": {"subjective": "around 50 lakhs", "objective": 5000000,
-                                       "confidence": 0.8},
-                            "name": {"subjective": "Asha", "objective": None}}}
-    assert flatten_extracted(nested) == {"budget": 5000000, "name": "Asha"}
+                                       "confidence": 0.8, "confidence_label": "high"},
+                            "name": {"subjective": "Asha", "objective": None, "confidence_label": "low"}}}
+    extraction = read_extraction(nested)
+    assert extraction.values == {"lead_info": {"budget": 5000000, "name": "Asha"}}
+    assert extraction.confidence == {"lead_info": {"budget": 0.8, "name": "low"}}
+    assert extraction.find("budget") == (("lead_info", "budget"), 5000000)  # a disposition by its name
+    assert extraction.find("lead_info_name") == (("lead_info", "name"), "Asha")
+
+
+def test_nested_objects_keep_their_paths_and_never_collide():
+    extraction = read_extraction({"customer": {"name": "Ravi"}, "agent": {"name": "Priya"},
+                                  "address": {"line1": "12 MG Road", "city": "Pune"}})
+    assert extraction.values["address"] == {"line1": "12 MG Road", "city": "Pune"}
+    assert extraction.find("customer_name")[1] == "Ravi" and extraction.find("agent_name")[1] == "Priya"
+    assert extraction.find("name") is None  # two parents: neither is "the" name
+    assert extraction.find("address")[1] == {"line1": "12 MG Road", "city": "Pune"}
+
+
+def test_keys_that_become_equal_when_made_safe_keep_both_values():
+    extraction = read_extraction({"a.b": 1, "a_b": 2})
+    assert extraction.values == {"a_b": 1, "a_b_2": 2}
 
 
 def test_unsafe_keys_and_deep_nesting_are_made_storable():
@@ -79,8 +123,13 @@ def test_unsafe_keys_and_deep_nesting_are_made_storable():
     for _ in range(50):
         current["k"] = {}
         current = current["k"]
-    flat = flatten_extracted({"$where": 1, "a.b": 2, "deep": deep})
-    assert flat["_where"] == 1 and flat["a_b"] == 2
+    values = read_extraction({"$where": 1, "a.b": 2, "deep": deep}).values
+    assert values["_where"] == 1 and values["a_b"] == 2
+    bson_depth = 0
+    node = values["deep"]
+    while isinstance(node, dict):
+        node, bson_depth = node["k"], bson_depth + 1
+    assert bson_depth <= 7 and isinstance(node, str)  # cut off, kept as text
 
 
 def test_parse_time_variants():
@@ -98,11 +147,13 @@ def test_parse_time_variants():
     ({"extracted_data": {}}, "Contacted"),
     ({"status": "no-answer", "conversation_duration": 0}, "No Answer"),
     ({"conversation_duration": 0}, "No Answer"),
-    ({"answered_by_voice_mail": True}, "No Answer"),
+    ({"answered_by_voice_mail": True}, "Voicemail"),
+    ({"telephony_data": {"to_number": "+919876543210", "hangup_reason": "Voicemail detected"}}, "Voicemail"),
+    ({"status": "busy", "answered_by_voice_mail": True}, "No Answer"),
 ])
 def test_customer_status_from_outcome(overrides, status):
     e = parse_execution(execution(**overrides))
-    assert customer_status(e, e.extracted or {}) == status
+    assert customer_status(e, e.extraction) == status
 
 
 def test_customer_profile_and_unknown_keys():

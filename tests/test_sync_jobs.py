@@ -1,8 +1,11 @@
 """Both jobs end to end: real HTTP against the local fake Bolna API, mongomock for MongoDB."""
+from datetime import datetime
+
 import pytest
 
 from fakes.dataset import generate
 from services.database import CALLS, CUSTOMERS, SYNC_STATE
+from tests.faults import customer_call_ids
 from tests.helpers import AGENT, build_app, execution
 
 pytestmark = pytest.mark.timeout(60)
@@ -178,14 +181,25 @@ def test_explicit_agent_ids_skip_discovery(serve, db, settings):
     assert bolna.request_count("/v2/agent/all") == 0
 
 
-def test_two_legacy_spellings_of_one_number_do_not_stop_the_sync(serve, db):
-    # Both stored before normalization existed; the normalized one must win, not collide.
-    db[CUSTOMERS].insert_many([{"phone": "09876543210", "callIds": ["old-1"]},
-                               {"phone": "+919876543210", "callIds": ["old-2"]}])
-    bolna, app = serve([execution("98765 43210")])
+def test_legacy_spellings_of_one_number_are_merged_into_one_customer(serve, db):
+    # Stored before normalization existed, in the spellings people write.
+    db[CUSTOMERS].insert_many([
+        {"phone": "098765-43210", "callIds": ["old-1"], "callCount": 1, "name": "Ravi (old)",
+         "lastCallAt": datetime(2026, 1, 1), "status": "Booked", "statusAt": datetime(2026, 1, 1)},
+        {"phone": "+919876543210", "callIds": ["old-2"], "callCount": 1, "email": "r@x.in",
+         "lastCallAt": datetime(2026, 2, 1), "status": "Contacted", "statusAt": datetime(2026, 2, 1)},
+        {"phone": "+91.98765.43210", "callIds": ["old-3"], "callCount": 1, "name": "Ravi (newer)",
+         "lastCallAt": datetime(2026, 3, 1)}])
+    bolna, app = serve([execution("98765 43210", extracted={"user_interested": True})])
     assert app.run_job("crm_sync")["status"] == "ok"
-    assert db[CUSTOMERS].find_one({"phone": "+919876543210"})["callCount"] == 2
-    assert db[CUSTOMERS].find_one({"phone": "09876543210"})["callIds"] == ["old-1"]
+    [customer] = db[CUSTOMERS].find()
+    assert customer["phone"] == "+919876543210" and customer["callCount"] == 4 and "callIds" not in customer
+    assert (customer["name"], customer["email"]) == ("Ravi (newer)", "r@x.in")
+    assert customer["status"] == "Booked"  # an old Booked outranks today's Interested
+    assert customer_call_ids(db) == {"+919876543210": {"old-1", "old-2", "old-3", customer["lastCallId"]}}
+
+    assert app.run_job("crm_sync", full=True)["status"] == "ok"  # again: nothing more merged or counted
+    assert db[CUSTOMERS].count_documents({}) == 1 and db[CUSTOMERS].find_one()["callCount"] == 4
 
 
 def test_a_refused_full_record_does_not_hold_the_cursor(serve, db):

@@ -8,6 +8,7 @@ from typing import Callable, Mapping
 
 import phonenumbers
 
+from models.customer import DEFAULT_PRECEDENCE
 from utils.phone import DEFAULT_REGION
 
 DEFAULT_TAGS = ("Purchased", "follow_up", "Interested", "Not_Interested", "No_Answer")
@@ -53,6 +54,7 @@ class Settings:
     analysis_tags: tuple[str, ...] = DEFAULT_TAGS
     analysis_extra_fields: tuple[ExtraField, ...] = ()
     default_phone_region: str = DEFAULT_REGION
+    status_precedence: tuple[tuple[str, ...], ...] = DEFAULT_PRECEDENCE
     log_level: str = "INFO"
     log_format: str = "text"
     health_port: int | None = None
@@ -119,6 +121,17 @@ def _region(value: str) -> str:
     if region not in phonenumbers.SUPPORTED_REGIONS:
         raise ValueError("must be a two-letter region code such as IN or US")
     return region
+
+
+def _precedence(value: str) -> tuple[tuple[str, ...], ...]:
+    """`Booked>Callback=Interested>Contacted`: highest first, `=` between equal ranks."""
+    groups = tuple(tuple(status.strip() for status in group.split("=")) for group in value.split(">"))
+    statuses = [status for group in groups for status in group]
+    if not all(statuses):
+        raise ValueError("must list statuses from highest to lowest, e.g. Booked>Callback=Interested>Contacted")
+    if len(set(statuses)) != len(statuses):
+        raise ValueError("names a status twice")
+    return groups
 
 
 def _log_level(value: str) -> str:
@@ -191,6 +204,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "ANALYSIS_TAGS": ("analysis_tags", _csv, False),
     "ANALYSIS_EXTRA_FIELDS": ("analysis_extra_fields", _extra_fields, False),
     "DEFAULT_PHONE_REGION": ("default_phone_region", _region, False),
+    "STATUS_PRECEDENCE": ("status_precedence", _precedence, False),
     "LOG_LEVEL": ("log_level", _log_level, False),
     "LOG_FORMAT": ("log_format", _log_format, False),
     "HEALTH_PORT": ("health_port", _port, False),

@@ -1,6 +1,7 @@
 """Phone numbers: one canonical form (E.164) so that every spelling of a number is one customer."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -11,7 +12,7 @@ DEFAULT_REGION = "IN"  # where numbers written without a country code are from, 
 
 @dataclass(frozen=True)
 class Phone:
-    raw: str
+    raw: str  # exactly as received
     e164: str | None  # None when the number could not be parsed into a valid number
 
     @property
@@ -20,9 +21,9 @@ class Phone:
 
     @property
     def key(self) -> str:
-        """What a record is keyed by: E.164 when valid, else the raw text (so an invalid
-        number is never merged with a different one)."""
-        return self.e164 or self.raw
+        """What a record is keyed by: E.164 when valid, else the text without surrounding blanks
+        (so an invalid number is never merged with a different one)."""
+        return self.e164 or self.raw.strip()
 
     @classmethod
     def stored(cls, key: str, valid: bool) -> "Phone":
@@ -31,13 +32,23 @@ class Phone:
 
 
 def normalize_phone(raw: object, region: str = DEFAULT_REGION) -> Phone | None:
-    """Parse a number as Bolna sends it; None when there is no number at all."""
+    """Parse a number as Bolna sends it. None when there is no number to speak of: nothing, blanks,
+    or text without a single digit (`anonymous`, `private`, `Restricted`, ... as carriers write a
+    withheld caller id), which would otherwise make strangers one customer."""
     if raw is None:
         return None
-    text = str(raw).strip()
-    if not text:
+    text = raw if isinstance(raw, str) else str(raw)
+    if not any(ch.isdigit() for ch in text):
         return None
-    return Phone(raw=text, e164=_to_e164(text, region))
+    return Phone(raw=text, e164=_to_e164(text.strip(), region))
+
+
+def missing_number_reason(raw: object) -> str | None:
+    """Why `normalize_phone` found no number: `missing` (none sent) or `withheld` (text without
+    digits); None when there is a number."""
+    if raw is None or not str(raw).strip():
+        return "missing"
+    return None if any(ch.isdigit() for ch in str(raw)) else "withheld"
 
 
 # Repeat callers and re-syncs parse the same strings again and again.
@@ -59,15 +70,31 @@ def _to_e164(text: str, region: str) -> str | None:
     return None
 
 
+# How people write the separators of a number: the formatter's spaces, or dashes, dots, nothing.
+_SEPARATORS = (" ", "-", ".", "")
+_GROUP_BREAK = re.compile(r"[ -]")
+
+
 def lookup_keys(phone: Phone) -> list[str]:
     """Every spelling under which a record of this number may have been stored before
-    normalization existed: the E.164 form, the raw text, and the usual national spellings."""
-    keys = [phone.key, phone.raw]
+    normalization existed: the E.164 form, the raw text, with or without the country code
+    (`+`, `00` or bare), with a trunk `0`, grouped as the formatters group it with spaces,
+    dashes, dots or nothing, and brackets where a region writes them (`(415) 555-2671`)."""
+    keys = [phone.key, phone.raw, phone.raw.strip()]
     if phone.e164:
         number = phonenumbers.parse(phone.e164)
         national = str(number.national_number)
-        keys += [phone.e164[1:], national, "0" + national,
-                 phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)]
+        country = str(number.country_code)
+        keys += [phone.e164[1:], national, "0" + national, "00" + country + national]
+        grouped = [phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL),
+                   phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)]
+        grouped.append(grouped[0].replace("+", "00", 1))
+        grouped.append(grouped[0].removeprefix("+" + country).strip())
+        for text in grouped:
+            keys.append(text)
+            for spelling in (text, text.replace("(", "").replace(")", "")):
+                groups = _GROUP_BREAK.split(spelling)
+                keys += [separator.join(groups) for separator in _SEPARATORS]
     return list(dict.fromkeys(keys))
 
 

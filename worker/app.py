@@ -12,6 +12,7 @@ from datetime import timedelta
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from models.customer import StatusRanks
 from services.analyzer.batch import AnalysisBatch, claim_lease_seconds
 from services.analyzer.claims import CallQueue
 from services.analyzer.groq_analyzer import GroqAnalyzer
@@ -54,7 +55,7 @@ class App:
                                   agent_ids=settings.bolna_agent_ids,
                                   backfill=timedelta(days=settings.backfill_days),
                                   overlap=timedelta(minutes=settings.sync_overlap_minutes))
-        self.customer_writer = CustomerWriter(db)
+        self.customer_writer = CustomerWriter(db, StatusRanks(settings.status_precedence))
         self.call_writer = CallWriter(db)
         self.analysis = build_analysis(db, settings, self.owner, self.stop)
         self.call_queue = self.analysis.queue

@@ -51,9 +51,10 @@ def _print_collections(app: App) -> None:
     customers = db[CUSTOMERS].find().sort("lastCallAt", -1)
     print(f"customers ({db[CUSTOMERS].count_documents({})}) — one per phone number (sample data, not real people)")
     print(format_table(
-        ["phone", "valid", "name", "status", "calls", "interest", "last call"],
-        [[c["phone"], c.get("phoneValid"), c.get("name"), c.get("status"), c.get("callCount"),
+        ["phone", "valid", "name", "status", "status since", "calls", "interest", "last call"],
+        [[c["phone"], c.get("phoneValid"), c.get("name"), c.get("status"), c.get("statusAt"), c.get("callCount"),
           c.get("interest"), c.get("lastCallAt")] for c in customers], max_width=28))
+    print("(a status only moves up: Booked outranks a later question; `status since` is the call that set it)")
     calls = db[CALLS].find().sort("callAt", -1).limit(15)
     print(f"\ncalls ({db[CALLS].count_documents({})}, newest 15)")
     print(format_table(

@@ -30,11 +30,10 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime) -> 
     phone = Phone.stored(call["customerPhone"], bool(call.get("customerPhoneValid")))
     changes = _changes(analysis)
     contacts = db[CONTACTS]
-    contact_id, before = _update_contact(contacts, phone, {**changes, "lastAnalyzedAt": now,
-                                                           "updatedAt": now}, now)
+    call_at = call.get("callAt") or now
+    contact_id, before, applied = _update_contact(contacts, phone, changes, call_at, now)
     _remember_conversation(contacts, contact_id, {
-        "callId": call["callId"], "summary": analysis["summary"], "tag": analysis["tag"],
-        "at": call.get("callAt") or now,
+        "callId": call["callId"], "summary": analysis["summary"], "tag": analysis["tag"], "at": call_at,
     })
     key = {"callId": call["callId"], "type": ACTIVITY_TYPE, "round": call.get("analysisRound", 0)}
     db[ACTIVITIES].update_one(key, {
@@ -42,9 +41,11 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime) -> 
         # would be empty: the first attempt's `changes` is the one that says what the decision did.
         "$setOnInsert": {"changes": {name: {"from": _value_at(before, name), "to": value}
                                      for name, value in changes.items()
-                                     if _value_at(before, name) != value}},
+                                     if applied and _value_at(before, name) != value}},
         "$set": {
             "contactId": contact_id,
+            # False: the contact already follows a newer call; this decision is history only.
+            "appliedToContact": applied,
             "at": now,
             "summary": analysis["summary"],
             "reasoning": analysis["reasoning"],
@@ -66,24 +67,33 @@ def _changes(analysis: dict) -> dict:
     return changes
 
 
-def _update_contact(contacts: Collection, phone: Phone, fields: dict, now: datetime) -> tuple[object, dict]:
-    """Update the contact stored under any spelling of the number, or create it under its key.
-    Returns its _id and the document as it was before (empty when created)."""
+def _update_contact(contacts: Collection, phone: Phone, changes: dict, call_at: datetime,
+                    now: datetime) -> tuple[object, dict, bool]:
+    """Apply `changes` to the contact stored under any spelling of the number (or create it under
+    its key) unless it already follows a newer call's analysis: tag, score and status follow the
+    newest analyzed call, whatever order analyses finish in. Returns its _id, the document as it
+    was before (empty when created) and whether the changes were applied."""
+    touched = {"lastAnalyzedAt": now, "updatedAt": now}
+    update = {"$set": {**changes, **touched, "analyzedCallAt": call_at},
+              "$setOnInsert": {"phoneValid": phone.valid, "createdAt": now}}
+    newer_or_none = {"$or": [{"analyzedCallAt": None}, {"analyzedCallAt": {"$lte": call_at}}]}
     existing_id = ids_by_phone(contacts, [phone]).get(phone.key)
-    update = {"$set": fields, "$setOnInsert": {"phoneValid": phone.valid, "createdAt": now}}
-    if existing_id is not None:
-        before = contacts.find_one_and_update({"_id": existing_id}, update,
-                                              return_document=ReturnDocument.BEFORE)
-        return existing_id, before or {}
-    try:
-        before = contacts.find_one_and_update({"phone": phone.key}, update, upsert=True,
-                                              return_document=ReturnDocument.BEFORE)
-    except DuplicateKeyError:
-        # Another process created it since our lookup; now it exists, so this is an update.
-        before = contacts.find_one_and_update({"phone": phone.key}, update,
-                                              return_document=ReturnDocument.BEFORE)
-    contact_id = before["_id"] if before else contacts.find_one({"phone": phone.key}, {"_id": 1})["_id"]
-    return contact_id, before or {}
+    if existing_id is None:
+        try:
+            before = contacts.find_one_and_update({"phone": phone.key, **newer_or_none}, update, upsert=True,
+                                                  return_document=ReturnDocument.BEFORE)
+            contact_id = before["_id"] if before else contacts.find_one({"phone": phone.key}, {"_id": 1})["_id"]
+            return contact_id, before or {}, True
+        except DuplicateKeyError:
+            # Another process created it since our lookup, with a newer call's analysis.
+            existing_id = contacts.find_one({"phone": phone.key}, {"_id": 1})["_id"]
+    before = contacts.find_one_and_update({"_id": existing_id, **newer_or_none}, update,
+                                          return_document=ReturnDocument.BEFORE)
+    if before is not None:
+        return existing_id, before, True
+    before = contacts.find_one_and_update({"_id": existing_id}, {"$set": touched},
+                                          return_document=ReturnDocument.BEFORE)
+    return existing_id, before or {}, False
 
 
 def _remember_conversation(contacts: Collection, contact_id: object, entry: dict) -> None:

@@ -1,0 +1,77 @@
+"""Legacy customers: records written before every spelling of a number meant one customer.
+
+Two spellings of one number (`09876543210` and `+919876543210`) stored as two records are merged
+into one by the same rules as any update (the newest value of each field, the highest-ranked
+status), and the others removed. A record's `callIds` array (the old way of counting) becomes one
+link per call in `customer_calls`, so the count stays exact and the array stops growing."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.collection import Collection
+
+from models.customer import PROFILE_FIELDS, StatusRanks
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def legacy_links(key: str, docs: list[dict]) -> list[UpdateOne]:
+    """Links for the calls the records count in a `callIds` array: already applied to them."""
+    call_ids = {call_id for doc in docs for call_id in doc.get("callIds") or () if isinstance(call_id, str)}
+    return [UpdateOne({"_id": call_id}, {"$setOnInsert": {"phone": key, "applied": True}}, upsert=True)
+            for call_id in sorted(call_ids)]
+
+
+def merge_records(customers: Collection, docs: list[dict], ranks: StatusRanks) -> dict:
+    """Fold `docs` (the one to keep first) into the first and delete the others; returns the kept
+    record as it now is. Safe to run twice at once: both runs pick the same record and fields."""
+    keep, others = docs[0], docs[1:]
+    if not others and "callIds" not in keep:
+        return keep
+    merged = _fold(docs, ranks)
+    customers.update_one({"_id": keep["_id"]}, {"$set": merged, "$unset": {"callIds": ""}})
+    if others:
+        customers.delete_many({"_id": {"$in": [doc["_id"] for doc in others]}})
+    return {**{k: v for k, v in keep.items() if k != "callIds"}, **merged}
+
+
+def _fold(docs: list[dict], ranks: StatusRanks) -> dict[str, Any]:
+    newest = max(docs, key=lambda doc: _at(doc, "lastCallAt"))
+    merged: dict[str, Any] = {name: newest.get(name) for name in ("lastCallAt", "lastCallId", "agentId", "phoneRaw")
+                              if newest.get(name) is not None}
+    with_status = [doc for doc in docs if doc.get("status") is not None]
+    if with_status:
+        best = max(with_status, key=lambda doc: (ranks.of(doc["status"]), _at(doc, "statusAt")))
+        merged.update({name: best.get(name) for name in ("status", "statusAt", "statusCallId")
+                       if best.get(name) is not None})
+    fields_at = {}
+    for name in PROFILE_FIELDS:
+        having = [doc for doc in docs if doc.get(name) not in (None, "")]
+        if having:
+            source = max(having, key=lambda doc: _field_at(doc, name))
+            merged[name], fields_at[name] = source[name], _field_at(doc=source, name=name)
+    if fields_at:
+        merged["fieldsAt"] = fields_at
+    with_extracted = [doc for doc in docs if doc.get("extracted")]
+    if with_extracted:
+        source = max(with_extracted, key=lambda doc: doc.get("extractedAt") or _at(doc, "lastCallAt"))
+        merged["extracted"] = source["extracted"]
+        merged["extractedAt"] = source.get("extractedAt") or _at(source, "lastCallAt")
+    merged["callCount"] = max(max(doc.get("callCount") or 0, len(doc.get("callIds") or ())) for doc in docs)
+    created = [doc["createdAt"] for doc in docs if isinstance(doc.get("createdAt"), datetime)]
+    if created:
+        merged["createdAt"] = min(created)
+    return merged
+
+
+def _at(doc: dict, name: str) -> datetime:
+    value = doc.get(name)
+    return value if isinstance(value, datetime) else _EPOCH
+
+
+def _field_at(doc: dict, name: str) -> datetime:
+    """When a record's field was set: its own time, or (written before those existed) its newest call."""
+    stored = (doc.get("fieldsAt") or {}).get(name)
+    return stored if isinstance(stored, datetime) else _at(doc, "lastCallAt")
