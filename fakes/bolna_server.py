@@ -55,12 +55,14 @@ class FakeBolna(LocalServer):
     thread_name = "fake-bolna"
 
     def __init__(self, agents: list[dict], executions: list[dict], *, api_key: str = "test-key",
-                 projection: str = "full", latency: float = 0.0):
+                 projection: str = "full", latency: float = 0.0, clock_offset: timedelta = timedelta(0)):
         if projection not in ("full", "trimmed"):
             raise ValueError(f"projection must be 'full' or 'trimmed', not {projection!r}")
         self.api_key = api_key
         self.projection = projection
         self.latency = latency
+        # Bolna's clock against this machine's: its `Date` header and the `updated_at` it stamps.
+        self.clock_offset = clock_offset
         self.requests: list[Request] = []
         super().__init__()
         self._agents = [dict(a) for a in agents]
@@ -98,12 +100,16 @@ class FakeBolna(LocalServer):
 
         updated_at moves to now unless given, as the real API does on every change.
         """
-        fields.setdefault("updated_at", iso(datetime.now(timezone.utc)))
+        fields.setdefault("updated_at", iso(self.now()))
         with self._lock:
             old = self._executions[execution_id]
             entries = self._index[str(old["agent_id"])]
             del entries[bisect_left(entries, created_key(old, execution_id))]
             self._store({**old, **fields})
+
+    def now(self) -> datetime:
+        """The time by Bolna's clock."""
+        return datetime.now(timezone.utc) + self.clock_offset
 
     def ground_truth(self) -> dict[str, dict]:
         """Every execution the API holds now, by id (records served without an id left out):
@@ -131,6 +137,11 @@ class FakeBolna(LocalServer):
         with self._lock:
             self._faults.append(_Fault(re.compile(path_regex), times, status, retry_after, delay,
                                        body, truncate, drop_connection))
+
+    def clear_faults(self) -> None:
+        """The API recovers: every injected fault still waiting is dropped."""
+        with self._lock:
+            self._faults.clear()
 
     def _key(self, record: dict) -> str:
         if record.get("id") is None:
@@ -225,6 +236,11 @@ class FakeBolna(LocalServer):
 
 
 class _Handler(QuietHandler):
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        fake: FakeBolna = self.server.fake
+        return super().date_time_string(time.time() + fake.clock_offset.total_seconds() if timestamp is None
+                                        else timestamp)
+
     def do_GET(self) -> None:
         fake: FakeBolna = self.server.fake
         url = urlsplit(self.path)

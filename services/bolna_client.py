@@ -2,19 +2,25 @@
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Iterator
 
 import requests
-from tenacity import (Retrying, retry_if_exception, stop_after_attempt,
+from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_when_event_set,
                       wait_exponential_jitter)
 
+from utils.clock import naive_utc
 from utils.http import parse_retry_after
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 50
 MAX_WINDOW = timedelta(days=7)  # `from`..`to` may span at most 7 days
+# A window holding more pages than this is an API that ignores `page_number` or never stops
+# saying `has_more`: following it would make a run that never ends.
+MAX_PAGES_PER_WINDOW = 2000
 
 
 class BolnaError(Exception):
@@ -44,8 +50,12 @@ def iso(moment: datetime) -> str:
 class BolnaClient:
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0, max_attempts: int = 5,
                  backoff_seconds: float = 1.0, max_wait: float = 60.0, page_size: int = MAX_PAGE_SIZE,
-                 session: requests.Session | None = None):
+                 session: requests.Session | None = None, stop: threading.Event | None = None,
+                 max_pages_per_window: int = MAX_PAGES_PER_WINDOW):
+        """`stop`: once set, a retry wait ends at once and no further retry is made."""
         self.base_url = base_url.rstrip("/")
+        self.max_pages_per_window = max_pages_per_window
+        self.stop = stop or threading.Event()
         self.timeout = timeout
         self.page_size = max(1, min(page_size, MAX_PAGE_SIZE))
         self.requests_made = 0
@@ -59,15 +69,16 @@ class BolnaClient:
                 return min(exc.retry_after, max_wait)
             return exponential(retry_state)
 
-        self._retrying = Retrying(stop=stop_after_attempt(max_attempts), wait=wait,
-                                  retry=retry_if_exception(lambda exc: isinstance(exc, BolnaError) and exc.retryable), reraise=True,
-                                  before_sleep=self._log_retry)
+        self._retrying = Retrying(stop=stop_after_attempt(max_attempts) | stop_when_event_set(self.stop),
+                                  wait=wait, sleep=self.stop.wait,
+                                  retry=retry_if_exception(lambda exc: isinstance(exc, BolnaError) and exc.retryable),
+                                  reraise=True, before_sleep=self._log_retry)
 
     @classmethod
-    def from_settings(cls, settings) -> "BolnaClient":
+    def from_settings(cls, settings, stop: threading.Event | None = None) -> "BolnaClient":
         return cls(settings.bolna_base_url, settings.bolna_api_key or "",
                    timeout=settings.http_timeout_seconds, max_attempts=settings.http_max_attempts,
-                   backoff_seconds=settings.http_backoff_seconds, page_size=settings.bolna_page_size)
+                   backoff_seconds=settings.http_backoff_seconds, page_size=settings.bolna_page_size, stop=stop)
 
     def close(self) -> None:
         self.session.close()
@@ -78,7 +89,7 @@ class BolnaClient:
                     retry_state.attempt_number, retry_state.next_action.sleep)
 
     def _get(self, path: str, params: dict | None = None):
-        return self._retrying(self._get_once, path, params)
+        return self._retrying(self._get_once, path, params)[0]
 
     def _get_once(self, path: str, params: dict | None):
         self.requests_made += 1
@@ -94,7 +105,7 @@ class BolnaClient:
             raise BolnaError(f"Bolna answered HTTP {response.status_code} on {path}: {_error_text(response)}",
                              response.status_code, parse_retry_after(response.headers.get("Retry-After")))
         try:
-            return response.json()
+            return response.json(), _served_at(response)
         except ValueError:
             raise BolnaError(f"Bolna sent a body that is not valid JSON on {path}") from None
 
@@ -122,27 +133,53 @@ class BolnaClient:
             window_start = window_end
 
     def _window_pages(self, agent_id: str, start: datetime, end: datetime) -> Iterator[list]:
-        page_number = 1
-        while True:
-            page = self._get(f"/v2/agent/{agent_id}/executions", {
+        for page_number in range(1, self.max_pages_per_window + 1):
+            page, served_at = self._retrying(self._get_once, f"/v2/agent/{agent_id}/executions", {
                 "page_number": page_number, "page_size": self.page_size, "from": iso(start), "to": iso(end)})
             if not isinstance(page, dict) or not isinstance(page.get("data"), list):
                 raise BolnaError(f"executions page {page_number} of agent {agent_id} has no data list",
                                  status=200)
-            yield WindowPage(page["data"], end, last=not page.get("has_more"))
-            if not page.get("has_more") or not page["data"]:
+            more = _has_more(page.get("has_more"), agent_id, page_number) and bool(page["data"])
+            yield WindowPage(page["data"], end, last=not more, served_at=served_at)
+            if not more:
                 return
-            page_number += 1
+        raise BolnaError(f"agent {agent_id}: more than {self.max_pages_per_window} pages in one window "
+                         f"({iso(start)} to {iso(end)}); the API keeps answering has_more", status=200)
 
 
 class WindowPage(list):
     """A page of raw executions that knows its time window and whether it ends the window,
-    so the caller can move its cursor only past fully written windows."""
+    so the caller can move its cursor only past fully written windows. `served_at`: Bolna's own
+    time when it answered (its `Date` header), None when it sent none."""
 
-    def __init__(self, items: list, window_end: datetime, last: bool):
+    def __init__(self, items: list, window_end: datetime, last: bool, served_at: datetime | None = None):
         super().__init__(items)
         self.window_end = window_end
         self.last = last
+        self.served_at = served_at
+
+    @property
+    def read_through(self) -> datetime:
+        """How far the page saw, by Bolna's clock: a window reaching past Bolna's "now" (a local
+        clock ahead of it) has not seen calls Bolna creates until the window's end."""
+        return self.window_end if self.served_at is None else min(self.window_end, self.served_at)
+
+
+def _served_at(response: requests.Response) -> datetime | None:
+    try:
+        return naive_utc(parsedate_to_datetime(response.headers["Date"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _has_more(value: object, agent_id: str, page_number: int) -> bool:
+    """`has_more` read strictly: "false" (a string) is false, and a value that says neither is an
+    error rather than a guess (guessing false would move the cursor past unread pages)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise BolnaError(f"executions page {page_number} of agent {agent_id}: has_more is {value!r}", status=200)
 
 
 def _error_text(response: requests.Response) -> str:

@@ -10,16 +10,24 @@ import threading
 from datetime import datetime, timedelta
 from typing import Iterable, Protocol
 
+from bson.errors import InvalidDocument
 from pymongo.database import Database
+from pymongo.errors import DocumentTooLarge, OperationFailure
 
 from models.execution import Execution, MalformedExecution
 from services.bolna_client import BolnaAuthError, BolnaClient, BolnaError
 from services.database import SYNC_STATE
 from services.page_reader import PageReader
-from services.run_records import RunRecorder
-from services.sync_state import PENDING_MAX_AGE, SyncState, WindowProgress, follow_ups, read_from
+from services.run_records import RunRecorder, describe_failure
+from services.sync_state import PENDING_MAX_AGE, Followed, SyncState, WindowProgress, follow_ups, read_from
 from utils.clock import utcnow
 
+
+
+# What the database says about one page's data (a document too large, a field of the wrong type in
+# an old record): the page is refused, the run goes on. A lost connection is not among them: every
+# later write would fail too, so it ends the run and the next run starts over.
+PAGE_REFUSALS = (OperationFailure, DocumentTooLarge, InvalidDocument)
 
 
 class PageWriter(Protocol):
@@ -80,16 +88,17 @@ class ExecutionFeed:
             items = [item for item in page if isinstance(item, dict)]
             read = self.reader.read(page, writer.unchanged(items), recorder, agent_id)
             recorder.add("unchanged", read.unchanged, agent_id)
-            for created_at in read.retry:
-                progress.read_again(created_at)
+            for call_id, created_at in read.retry:
+                progress.unfinished(call_id, created_at, now)
             for execution in read.executions:
                 if not execution.terminal:
                     recorder.add("pending", 1, agent_id)
                     progress.unfinished(execution.id, execution.created_at, now)
-            if read.executions:
-                writer.write(read.executions, recorder, agent_id)
+            if read.executions and not self._write(writer, read.executions, recorder, agent_id):
+                for execution in read.executions:
+                    progress.unfinished(execution.id, execution.created_at, now)
             if page.last:
-                state.window_done(agent_id, page.window_end, progress)
+                state.window_done(agent_id, page.read_through, progress)
                 progress = WindowProgress()
 
     def _follow_up(self, writer: PageWriter, recorder: RunRecorder, agent_id: str, now: datetime,
@@ -106,6 +115,7 @@ class ExecutionFeed:
                            "no longer followed", code="pending_expired", call_id=call_id, agent_id=agent_id)
         finished: list[Execution] = []
         for call_id in plan.fetch:
+            checked = Followed(pending[call_id].created_at, now)
             try:
                 execution = self.reader.fetch(call_id)
             except BolnaAuthError:
@@ -114,14 +124,29 @@ class ExecutionFeed:
                 recorder.error(f"pending call {call_id}: {exc}", code="bolna_error", call_id=call_id,
                                agent_id=agent_id)
                 if isinstance(exc, BolnaError) and exc.retryable:
-                    still[call_id] = pending[call_id]
+                    still[call_id] = checked
                 continue
             if execution.terminal:
                 execution.agent_id = execution.agent_id or agent_id
                 finished.append(execution)
             else:
-                still[call_id] = pending[call_id]
+                still[call_id] = checked
         if finished:
-            writer.write(finished, recorder, agent_id)
-            recorder.add("pendingFinished", len(finished), agent_id)
+            if self._write(writer, finished, recorder, agent_id):
+                recorder.add("pendingFinished", len(finished), agent_id)
+            else:
+                still.update({execution.id: Followed(pending[execution.id].created_at, now) for execution in finished})
         state.set_pending(agent_id, still)
+
+    @staticmethod
+    def _write(writer: PageWriter, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> bool:
+        """Write one page; False (an error on the run) when the database refuses it."""
+        try:
+            writer.write(executions, recorder, agent_id)
+        except PAGE_REFUSALS as exc:
+            ids = ", ".join(execution.id for execution in executions[:20])
+            recorder.error(f"agent {agent_id}: a page of {len(executions)} call(s) was refused by the database "
+                           f"({describe_failure(exc)}); it is read again by a later run: {ids}",
+                           code="page_write_failed", agent_id=agent_id)
+            return False
+        return True

@@ -15,9 +15,9 @@ from services.run_records import RunRecorder
 class PageRead:
     executions: list[Execution] = field(default_factory=list)  # to write
     unchanged: int = 0  # stored final already: nothing to do
-    # Calls whose full record failed in a way worth retrying: a later run must read them again.
-    # A refusal (404, 422) is not among them: it would hold the cursor, and re-read all after it, forever.
-    retry: list[datetime] = field(default_factory=list)
+    # Calls whose full record failed in a way worth retrying (call id, created_at): a later run
+    # must read them again. A refusal (404, 422) is not among them: it would be retried for ever.
+    retry: list[tuple[str, datetime]] = field(default_factory=list)
 
 
 class PageReader:
@@ -51,7 +51,7 @@ class PageReader:
                 raise
             except BolnaError as exc:
                 if exc.retryable:
-                    read.retry.append(listed.created_at)
+                    read.retry.append((listed.id, listed.created_at))
                 recorder.error(f"full record of {listed.id}: {exc}", code="bolna_error", call_id=listed.id,
                                agent_id=agent_id)
                 continue

@@ -9,7 +9,10 @@ rules that keep it one are the pure functions below; `SyncState` only loads and 
 - An unfinished call holds the cursor while it is young (its transcript and extracted data are
   still to come). One still unfinished after `PENDING_HOLD` (scheduled far ahead, or stuck)
   stops holding it, so one odd call cannot make every run re-read days of history: it is
-  followed by id instead, a few per run, until it is final or `PENDING_MAX_AGE` old.
+  followed by id instead, a few per run, until it is final or `PENDING_MAX_AGE` old. The same
+  holds for a call that could not be read or written (a full record answering 5xx, a page the
+  database refuses): retried while young, then followed.
+- Followed calls are checked least recently checked first, so none starves behind others.
 """
 from __future__ import annotations
 
@@ -38,21 +41,28 @@ def holds_cursor(unfinished_created_at: datetime, now: datetime) -> bool:
     return now - unfinished_created_at < PENDING_HOLD
 
 
+@dataclass(frozen=True)
+class Followed:
+    created_at: datetime
+    checked_at: datetime | None = None  # the last run that fetched it; None: never yet
+
+
 @dataclass
 class WindowProgress:
     """What one time window's pages said about where the cursor may go."""
     hold: datetime | None = None  # the oldest call that must be read again by the next run
-    followed: dict[str, datetime] = field(default_factory=dict)  # call id -> created_at
+    followed: dict[str, Followed] = field(default_factory=dict)
 
     def read_again(self, created_at: datetime) -> None:
-        """A call the next run must read again: unfinished, or a full record worth retrying."""
         self.hold = created_at if self.hold is None else min(self.hold, created_at)
 
     def unfinished(self, call_id: str, created_at: datetime, now: datetime) -> None:
+        """A call the next run must see again: not final yet, or not read or written this time.
+        While young it holds the cursor; after that it is followed by id."""
         if holds_cursor(created_at, now):
             self.read_again(created_at)
         else:
-            self.followed[call_id] = created_at
+            self.followed[call_id] = Followed(created_at)
 
     def cursor(self, window_end: datetime) -> datetime:
         """The cursor once the whole window is written."""
@@ -63,20 +73,25 @@ class WindowProgress:
 class FollowUps:
     """Of the calls followed by id, what this run does with each."""
     fetch: list[str]
-    keep: dict[str, datetime]  # not reached this run
+    keep: dict[str, Followed]  # not reached this run
     expired: list[str]         # unfinished for too long: no longer followed
 
 
-def follow_ups(pending: dict[str, datetime], now: datetime) -> FollowUps:
-    """The oldest `PENDING_PER_RUN` are looked at this run, the rest wait for the next one."""
+def follow_ups(pending: dict[str, Followed], now: datetime) -> FollowUps:
+    """`PENDING_PER_RUN` calls are fetched this run, those checked least recently first (never
+    checked before all), so a few that never finish cannot keep the others from being seen."""
     plan = FollowUps([], {}, [])
-    for number, (call_id, created_at) in enumerate(sorted(pending.items(), key=lambda p: p[1])):
-        if number >= PENDING_PER_RUN:
-            plan.keep[call_id] = created_at
-        elif now - created_at > PENDING_MAX_AGE:
+    live = []
+    for call_id, followed in pending.items():
+        if now - followed.created_at > PENDING_MAX_AGE:
             plan.expired.append(call_id)
         else:
+            live.append((followed.checked_at is not None, followed.checked_at, followed.created_at, call_id))
+    for number, (*_order, call_id) in enumerate(sorted(live)):
+        if number < PENDING_PER_RUN:
             plan.fetch.append(call_id)
+        else:
+            plan.keep[call_id] = pending[call_id]
     return plan
 
 
@@ -88,7 +103,8 @@ class SyncState:
         self.job = job
         self.now = now
         self.stored = {doc["agentId"]: {"cursor": doc.get("cursor"),
-                                        "pending": {p["callId"]: p["createdAt"] for p in doc.get("pending", [])}}
+                                        "pending": {p["callId"]: Followed(p["createdAt"], p.get("checkedAt"))
+                                                    for p in doc.get("pending", [])}}
                        for doc in state.find({"job": job})}
         self.unsaved: set[str] = set()
         self.windows_since_save = 0
@@ -99,10 +115,10 @@ class SyncState:
     def cursor(self, agent_id: str) -> datetime | None:
         return self._agent(agent_id)["cursor"]
 
-    def pending(self, agent_id: str) -> dict[str, datetime]:
+    def pending(self, agent_id: str) -> dict[str, Followed]:
         return dict(self._agent(agent_id)["pending"])
 
-    def set_pending(self, agent_id: str, pending: dict[str, datetime]) -> None:
+    def set_pending(self, agent_id: str, pending: dict[str, Followed]) -> None:
         if pending != self._agent(agent_id)["pending"]:
             self._agent(agent_id)["pending"] = pending
             self.unsaved.add(agent_id)
@@ -111,7 +127,8 @@ class SyncState:
         """A window was fully written: move the cursor, follow the calls it passed unfinished."""
         state = self._agent(agent_id)
         state["cursor"] = progress.cursor(window_end)
-        state["pending"] = {**state["pending"], **progress.followed}
+        # A call already followed keeps its record (when it was last checked).
+        state["pending"] = {**progress.followed, **state["pending"]}
         self.unsaved.add(agent_id)
         self.windows_since_save += 1
         if self.windows_since_save >= SAVE_EVERY_WINDOWS:
@@ -125,7 +142,8 @@ class SyncState:
 
     def _save_operation(self, agent_id: str) -> UpdateOne:
         agent = self.stored[agent_id]
-        pending = [{"callId": call_id, "createdAt": created_at} for call_id, created_at in agent["pending"].items()]
+        pending = [{"callId": call_id, "createdAt": followed.created_at, "checkedAt": followed.checked_at}
+                   for call_id, followed in agent["pending"].items()]
         return UpdateOne({"_id": f"{self.job}:{agent_id}"},
                          {"$set": {"job": self.job, "agentId": agent_id, "cursor": agent["cursor"],
                                    "pending": pending, "updatedAt": self.now}}, upsert=True)

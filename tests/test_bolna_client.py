@@ -1,4 +1,5 @@
 """The Bolna client's HTTP behaviour, with `responses` standing in for the API."""
+import threading
 import time
 from datetime import datetime, timedelta
 
@@ -106,3 +107,42 @@ def test_a_page_without_a_data_list_is_an_error():
 
 def test_page_size_is_capped_at_the_api_maximum():
     assert client(page_size=500).page_size == 50
+
+
+WINDOW = (datetime(2026, 11, 20), datetime(2026, 11, 21))
+
+
+@responses.activate
+def test_has_more_as_a_string_is_read_strictly():
+    responses.get(EXECUTIONS, json=page([{"id": "1"}], has_more="false"))
+    pages = list(client().iter_pages("a1", *WINDOW))
+    assert len(pages) == 1 and pages[0].last
+
+
+@responses.activate
+def test_a_has_more_that_says_neither_is_an_error_not_a_guess():
+    responses.get(EXECUTIONS, json=page([{"id": "1"}], has_more="maybe"))
+    with pytest.raises(BolnaError, match="has_more"):
+        list(client().iter_pages("a1", *WINDOW))
+
+
+@responses.activate
+def test_an_api_that_never_stops_saying_has_more_ends_the_window_with_an_error():
+    responses.get(EXECUTIONS, json=page([{"id": "same"}], has_more=True))  # page_number ignored
+    c = client(max_pages_per_window=5)
+    with pytest.raises(BolnaError, match="more than 5 pages"):
+        list(c.iter_pages("a1", *WINDOW))
+    assert c.requests_made == 5
+
+
+@responses.activate
+def test_a_retry_wait_ends_at_once_on_the_stop_signal():
+    responses.get(f"{BASE}/executions/x", status=503, headers={"Retry-After": "60"})
+    stop = threading.Event()
+    c = client(stop=stop, max_wait=60.0)
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(BolnaError):
+        c.get_execution("x")
+    # Without the signal it would wait 60 s twice; the margin is for a loaded machine.
+    assert time.monotonic() - started < 30 and c.requests_made <= 2

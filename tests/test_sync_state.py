@@ -6,7 +6,7 @@ import pytest
 
 from fakes.mongo_hooks import HookedClient
 from services.database import SYNC_STATE
-from services.sync_state import (PENDING_HOLD, PENDING_MAX_AGE, PENDING_PER_RUN, SAVE_EVERY_WINDOWS,
+from services.sync_state import (PENDING_HOLD, PENDING_MAX_AGE, PENDING_PER_RUN, SAVE_EVERY_WINDOWS, Followed,
                                  SyncState, WindowProgress, follow_ups, holds_cursor, read_from)
 
 NOW = datetime(2026, 11, 27, 12, 0)
@@ -49,7 +49,7 @@ def test_a_young_unfinished_call_holds_and_an_old_one_is_followed_instead():
     progress.unfinished("young", NOW - timedelta(minutes=2), NOW)
     progress.unfinished("scheduled", NOW - timedelta(hours=7), NOW)
     assert progress.cursor(WINDOW_END) == NOW - timedelta(minutes=2)
-    assert progress.followed == {"scheduled": NOW - timedelta(hours=7)}
+    assert progress.followed == {"scheduled": Followed(NOW - timedelta(hours=7))}
 
 
 def test_old_unfinished_calls_alone_do_not_hold_the_cursor():
@@ -59,16 +59,26 @@ def test_old_unfinished_calls_alone_do_not_hold_the_cursor():
 
 
 def test_follow_ups_take_the_oldest_first_and_leave_the_rest_for_the_next_run():
-    pending = {f"c{n:03d}": NOW - timedelta(hours=7, minutes=n) for n in range(PENDING_PER_RUN + 5)}
+    pending = {f"c{n:03d}": Followed(NOW - timedelta(hours=7, minutes=n)) for n in range(PENDING_PER_RUN + 5)}
     plan = follow_ups(pending, NOW)
-    oldest_first = sorted(pending, key=pending.get)
+    oldest_first = sorted(pending, key=lambda call_id: pending[call_id].created_at)
     assert plan.fetch == oldest_first[:PENDING_PER_RUN]
     assert plan.keep == {call_id: pending[call_id] for call_id in oldest_first[PENDING_PER_RUN:]}
     assert plan.expired == []
 
 
+def test_calls_checked_least_recently_come_first_so_none_starves():
+    # The oldest PENDING_PER_RUN never finish; the newer ones must still be checked next run.
+    stuck = {f"stuck-{n:03d}": Followed(NOW - timedelta(days=2, minutes=n), checked_at=NOW - timedelta(minutes=5))
+             for n in range(PENDING_PER_RUN)}
+    waiting = {f"new-{n}": Followed(NOW - timedelta(hours=8)) for n in range(3)}
+    plan = follow_ups({**stuck, **waiting}, NOW)
+    assert set(plan.fetch[:3]) == set(waiting)
+    assert len(plan.fetch) == PENDING_PER_RUN and len(plan.keep) == 3
+
+
 def test_a_call_unfinished_for_too_long_is_no_longer_followed():
-    pending = {"stuck": NOW - PENDING_MAX_AGE - timedelta(minutes=1), "late": NOW - PENDING_MAX_AGE}
+    pending = {"stuck": Followed(NOW - PENDING_MAX_AGE - timedelta(minutes=1)), "late": Followed(NOW - PENDING_MAX_AGE)}
     plan = follow_ups(pending, NOW)
     assert plan.expired == ["stuck"] and plan.fetch == ["late"] and plan.keep == {}
 
@@ -118,7 +128,8 @@ def test_followed_calls_accumulate_and_are_stored_with_the_cursor(state_collecti
     state.window_done("a1", WINDOW_END, second)
     state.save()
     reloaded = SyncState(state_collection, "crm_sync", NOW)
-    assert reloaded.pending("a1") == {"old-1": NOW - timedelta(days=2), "old-2": NOW - timedelta(days=1)}
+    assert reloaded.pending("a1") == {"old-1": Followed(NOW - timedelta(days=2)),
+                                      "old-2": Followed(NOW - timedelta(days=1))}
     assert reloaded.cursor("a1") == WINDOW_END
 
 
@@ -127,3 +138,12 @@ def test_unchanged_follow_ups_write_nothing(state_collection, operations):
     state.set_pending("a1", {})
     state.save()
     assert operations == ["find"]
+
+
+def test_a_call_followed_already_keeps_when_it_was_last_checked(state_collection):
+    state = SyncState(state_collection, "crm_sync", NOW)
+    state.set_pending("a1", {"old": Followed(NOW - timedelta(days=2), checked_at=NOW - timedelta(minutes=5))})
+    progress = WindowProgress()
+    progress.unfinished("old", NOW - timedelta(days=2), NOW)  # the listing shows it again
+    state.window_done("a1", WINDOW_END, progress)
+    assert state.pending("a1")["old"].checked_at == NOW - timedelta(minutes=5)

@@ -48,7 +48,7 @@ class App:
         self.mongo_client = mongo_client
         # Unique per process: names this daemon's analysis claims and run records.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.stop = threading.Event()  # set on SIGTERM: jobs end after their current write
+        self.stop = bolna.stop  # set on SIGTERM: jobs end after their current write, waits end at once
         self._active_jobs = 0
         self._idle = threading.Condition()
         self.feed = ExecutionFeed(db, bolna, PageReader(bolna, settings.default_phone_region), stop=self.stop,
@@ -71,7 +71,7 @@ class App:
             # Timeouts and the like come from the URI's options (e.g. serverSelectionTimeoutMS).
             mongo_client = MongoClient(settings.mongodb_uri, tz_aware=False, appname="callsync")
         db = mongo_client[settings.mongodb_db]
-        return cls(settings, db, BolnaClient.from_settings(settings), mongo_client)
+        return cls(settings, db, BolnaClient.from_settings(settings, stop=threading.Event()), mongo_client)
 
     def prepare(self) -> None:
         """Start-up work that touches the database: indexes, and runs a dead process left open."""

@@ -1,0 +1,85 @@
+"""Faults a real deployment meets in the sync: clocks that disagree, a page the database refuses,
+a call whose full record keeps failing. Each ends in the ground-truth check: nothing lost,
+nothing doubled, and the run went on."""
+from datetime import timedelta
+
+import pytest
+from pymongo.errors import OperationFailure
+
+from models.execution import parse_time
+from services.database import CUSTOMERS, SYNC_STATE
+from tests.faults import app_for, assert_matches_ground_truth, run_both
+from tests.helpers import execution
+
+pytestmark = pytest.mark.timeout(60)
+AGENTS = [{"id": "agent-1", "agent_name": "Sales"}, {"id": "agent-2", "agent_name": "Support"}]
+
+
+def test_a_call_created_after_a_run_is_stored_when_the_daemons_clock_is_ahead(settings, mongo, bolna_server):
+    # The daemon's clock 20 minutes ahead of Bolna's: more than SYNC_OVERLAP_MINUTES (10).
+    bolna = bolna_server([execution(call_id="before", minutes_ago=60)], AGENTS[:1],
+                         clock_offset=timedelta(minutes=-20))
+    app = app_for(settings, mongo, bolna)
+    run_both(app)
+    # A minute after that run by Bolna's clock (19 minutes ago by the daemon's), a call is made.
+    bolna.add_execution(execution(call_id="after", minutes_ago=19))
+    assert {r["status"] for r in run_both(app).values()} == {"ok"}
+    assert_matches_ground_truth(app.db, bolna)
+
+
+class RefuseWrites:
+    """A MongoDB hook: the database refuses the next `times` writes of one kind, as a server does a
+    document over 16 MB or an update that does not fit an old record."""
+
+    def __init__(self, collection: str, method: str, times: int = 1):
+        self.target, self.times = (collection, method), times
+
+    def __call__(self, collection: str, method: str) -> None:
+        if (collection, method) == self.target and self.times > 0:
+            self.times -= 1
+            raise OperationFailure("$setUnion only supports arrays, not string", code=28664)
+
+
+def test_a_page_the_database_refuses_is_recorded_and_the_rest_of_the_run_goes_on(settings, mongo, bolna_server):
+    calls = [execution(f"+9198765432{n:02d}", call_id=f"a1-{n}", agent_id="agent-1", minutes_ago=30 + n)
+             for n in range(4)]
+    calls += [execution(f"+9198111122{n:02d}", call_id=f"a2-{n}", agent_id="agent-2", minutes_ago=30 + n)
+              for n in range(4)]
+    bolna = bolna_server(calls, AGENTS)
+    refuse = RefuseWrites(CUSTOMERS, "bulk_write")
+    app = app_for(settings.with_overrides(bolna_page_size=2), mongo, bolna, refuse)
+
+    run = app.run_job("crm_sync")
+    assert run["status"] == "partial"
+    [error] = [e for e in run["errors"] if e["code"] == "page_write_failed"]
+    assert error["agentId"] == "agent-1" and "OperationFailure (code 28664)" in error["message"]
+    assert "a1-" in error["message"]  # which calls, so someone can look
+    assert run["agents"]["agent-2"]["inserted"] == 4  # the other agent was synced all the same
+    stored = {c["phone"] for c in app.db[CUSTOMERS].find()}
+    assert len(stored) == 6  # every page but the refused one
+    # The cursor did not pass the refused page: the next run writes it.
+    assert app.run_job("crm_sync")["status"] == "ok"
+    assert app.db[CUSTOMERS].count_documents({}) == 8
+    app.run_job("call_processor")
+    assert_matches_ground_truth(app.db, bolna)
+
+
+def test_a_full_record_failing_for_hours_is_followed_instead_of_holding_the_cursor(settings, mongo, bolna_server):
+    stuck = execution(call_id="stuck", minutes_ago=7 * 60)
+    fresh = execution("+919811100000", call_id="fresh", minutes_ago=30)
+    bolna = bolna_server([stuck, fresh], AGENTS[:1], projection="trimmed")
+    bolna.inject(r"/executions/stuck$", status=503, times=10_000)
+    app = app_for(settings, mongo, bolna)
+
+    run = app.run_job("crm_sync")
+    assert run["status"] == "partial"
+    state = app.db[SYNC_STATE].find_one({"job": "crm_sync"})
+    assert [p["callId"] for p in state["pending"]] == ["stuck"]
+    assert state["cursor"] > parse_time(stuck["created_at"])  # not held back by it: the window moved on
+    again = app.run_job("crm_sync")  # reads only the overlap, and asks for the stuck call by id
+    assert "fetched" not in again["counts"] and [e["callId"] for e in again["errors"]] == ["stuck"]
+
+    bolna.clear_faults()
+    run_both(app)
+    assert_matches_ground_truth(app.db, bolna)
+    assert app.db[SYNC_STATE].find_one({"job": "crm_sync"})["pending"] == []
