@@ -179,6 +179,41 @@ def test_an_unreachable_mongodb_is_one_line_and_a_failure_exit_without_the_passw
     uri = "mongodb://callsync:s3cret-pw@127.0.0.1:1/?serverSelectionTimeoutMS=300"
     result = run_main("once", MONGODB_URI=uri, BOLNA_API_KEY="k")
     assert result.returncode == 1
-    assert result.stderr.startswith("callsync: MongoDB is not reachable: 127.0.0.1:1")
+    assert result.stderr.startswith("callsync: MongoDB is not reachable (MONGODB_URI): 127.0.0.1:1")
     assert result.stderr.count("\n") == 1 and "s3cret-pw" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("uri,reason", [
+    ("mongodb://localhost:99999", "Port must be an integer between 0 and 65535"),
+    ("mongodb://", "Must provide at least one hostname or IP"),
+    ("mongodb://callsync:p@ss@db.example/", "Username and password must be escaped"),
+    ("mongodb://db.example/?serverSelectionTimeoutMS=soon", "must be an integer or float"),
+])
+def test_a_malformed_mongodb_uri_is_one_line_with_the_reason_and_exit_2(uri, reason):
+    result = run_main("once", MONGODB_URI=uri, BOLNA_API_KEY="k")
+    assert result.returncode == 2
+    assert result.stderr.startswith("callsync: MONGODB_URI is invalid: ") and reason in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "p@ss" not in result.stderr
+
+
+def test_an_unreachable_server_is_reported_within_seconds_without_a_timeout_in_the_uri():
+    started = time.monotonic()
+    result = run_main("once", MONGODB_URI="mongodb://127.0.0.1:1/", BOLNA_API_KEY="k")
+    assert result.returncode == 1 and result.stderr.startswith("callsync: MongoDB is not reachable (MONGODB_URI)")
+    assert time.monotonic() - started < 25  # the driver's own default would be 30 s
+
+
+def test_status_without_a_server_says_what_status_does():
+    result = run_main("status")
+    assert result.returncode == 2 and "`status` reads the database" in result.stderr
+    assert "writes to MongoDB" not in result.stderr
+
+
+def test_the_env_file_is_read_from_the_working_directory(tmp_path):
+    (tmp_path / ".env").write_text("MONGODB_URI=mongodb://127.0.0.1:1/\nHEALTH_PORT=http\n")
+    env = {"PATH": os.environ["PATH"]}
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "run"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("callsync: HEALTH_PORT is invalid")

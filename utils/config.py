@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Mapping
 
 import phonenumbers
+from pymongo import uri_parser
+from pymongo.errors import ConfigurationError, InvalidURI
 
 from models.customer import DEFAULT_PRECEDENCE
 from utils.phone import DEFAULT_REGION
@@ -113,6 +115,13 @@ def _mongo_uri(value: str) -> str:
     value = value.strip()
     if not value.startswith(("mongodb://", "mongodb+srv://")):
         raise ValueError("must start with mongodb:// or mongodb+srv://")
+    if value.startswith("mongodb://"):
+        # The driver's own parser, so every URI it would refuse later is refused here, with its
+        # reason. (A mongodb+srv:// URI is resolved through DNS when the client starts.)
+        try:
+            uri_parser.parse_uri(value)
+        except (InvalidURI, ConfigurationError, ValueError) as exc:
+            raise ValueError(str(exc) or type(exc).__name__) from None
     return value
 
 
@@ -220,7 +229,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if environ is None:
         from dotenv import load_dotenv
 
-        load_dotenv(override=False)  # real environment variables win over .env
+        # The working directory's .env, as documented (not one found next to the code); real
+        # environment variables win over it.
+        load_dotenv(os.path.join(os.getcwd(), ".env"), override=False)
         environ = os.environ
     values: dict[str, object] = {}
     for variable, (attribute, parse, secret) in _VARIABLES.items():

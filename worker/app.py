@@ -30,6 +30,8 @@ from worker.status import StatusReader
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SERVER_SELECTION_MS = 5000
+
 
 def build_analysis(db: Database, settings: Settings, owner: str,
                    stop: threading.Event | None = None) -> AnalysisBatch:
@@ -68,8 +70,11 @@ class App:
     def build(cls, settings: Settings, mongo_client=None) -> "App":
         """`mongo_client`: any pymongo-compatible client; default: a MongoClient on MONGODB_URI."""
         if mongo_client is None:
-            # Timeouts and the like come from the URI's options (e.g. serverSelectionTimeoutMS).
-            mongo_client = MongoClient(settings.mongodb_uri, tz_aware=False, appname="callsync")
+            # Timeouts and the like come from the URI's options; without one, a server that cannot
+            # be reached is reported after a few seconds, not the driver's 30.
+            timeout = {} if "serverselectiontimeoutms" in settings.mongodb_uri.lower() else {
+                "serverSelectionTimeoutMS": DEFAULT_SERVER_SELECTION_MS}
+            mongo_client = MongoClient(settings.mongodb_uri, tz_aware=False, appname="callsync", **timeout)
         db = mongo_client[settings.mongodb_db]
         return cls(settings, db, BolnaClient.from_settings(settings, stop=threading.Event()), mongo_client)
 

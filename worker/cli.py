@@ -7,7 +7,7 @@ import logging
 import sys
 from datetime import datetime
 
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import ConfigurationError, ConnectionFailure, PyMongoError
 
 from services.run_records import describe_failure
 from utils.clock import naive_utc
@@ -48,8 +48,11 @@ def _date(text: str) -> datetime:
     return naive_utc(moment)
 
 
-def _require_server(settings: Settings, needs_bolna: bool = True) -> None:
+def _require_server(settings: Settings, command: str, needs_bolna: bool = True) -> None:
     if not settings.mongodb_uri:
+        if command == "status":
+            raise UsageError("MONGODB_URI is not set: `status` reads the database the daemon writes. "
+                             "Set MONGODB_URI (see .env.example).")
         raise UsageError("MONGODB_URI is not set: this command writes to MongoDB and will not keep data "
                          "in memory. Set MONGODB_URI (see .env.example), or try `python main.py demo`.")
     if needs_bolna and not settings.bolna_api_key:
@@ -66,15 +69,16 @@ def main(argv: list[str] | None = None) -> int:
         if command == "demo":
             from worker.demo import run_demo
             return run_demo(settings)
-        _require_server(settings, needs_bolna=command in ("run", "once"))
+        _require_server(settings, command, needs_bolna=command in ("run", "once"))
         return _COMMANDS[command](settings, args)
     except (ConfigError, UsageError) as exc:
         print(f"callsync: {exc}", file=sys.stderr)
         return 2
-    except ConnectionFailure as exc:
-        # Down at start-up: one clear line and a failure exit, so a supervisor retries later.
-        reason = str(exc).split(" (configured timeouts")[0][:300]
-        print(f"callsync: MongoDB is not reachable: {redact(reason)}", file=sys.stderr)
+    except (ConnectionFailure, ConfigurationError) as exc:
+        # Down at start-up (or, for mongodb+srv://, its DNS records not found): one clear line and
+        # a failure exit, so a supervisor retries later.
+        reason = str(exc).split(" (configured timeouts")[0][:300] or type(exc).__name__
+        print(f"callsync: MongoDB is not reachable (MONGODB_URI): {redact(reason)}", file=sys.stderr)
         return 1
     except PyMongoError as exc:
         # E.g. an index that existing data prevents, or a user without the rights to build it.
