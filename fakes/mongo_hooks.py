@@ -8,6 +8,12 @@ mongomock runs `find_one_and_update` and bulk writes as several steps without a 
 threads can both claim one document — something a real server's single-document atomicity
 forbids (the analyzer's parallel claims then take one call twice). So every wrapper runs each
 operation whole under one lock, as a server would: tests then test the code, not mongomock.
+
+mongomock 4.3.0 (its latest release) also stopped following the driver at pymongo 4.11, whose
+UpdateOne and ReplaceOne hand a `sort` argument to the bulk builder that mongomock's builder does
+not take. The driver is not held back for it: the wrapper hands mongomock's builder the
+operations without an unset `sort` (`_SortlessBulk`), and refuses a set one, which mongomock
+could not honour.
 """
 from __future__ import annotations
 
@@ -61,6 +67,46 @@ class HookedDatabase:
         return attribute
 
 
+class _SortlessBulk:
+    """mongomock's BulkOperationBuilder as pymongo >= 4.11 calls it: `sort=None` is dropped (it is
+    what the builder did anyway); a bulk update with a sort is refused rather than run unsorted."""
+
+    def __init__(self, bulk):
+        self._bulk = bulk
+
+    def __getattr__(self, name: str):
+        return getattr(self._bulk, name)
+
+    def add_update(self, *args, sort=None, **kwargs):
+        _refuse_sort(sort)
+        return self._bulk.add_update(*args, **kwargs)
+
+    def add_replace(self, *args, sort=None, **kwargs):
+        _refuse_sort(sort)
+        return self._bulk.add_replace(*args, **kwargs)
+
+
+def _refuse_sort(sort) -> None:
+    if sort is not None:
+        raise NotImplementedError("mongomock cannot apply `sort` in a bulk write; run this on a server")
+
+
+class _SortlessOperation:
+    """A pymongo write operation that adds itself to mongomock's builder through `_SortlessBulk`."""
+
+    def __init__(self, operation):
+        self._operation = operation
+
+    def _add_to_bulk(self, bulk) -> None:
+        self._operation._add_to_bulk(_SortlessBulk(bulk))
+
+
+def _mongomock_bulk_write(collection):
+    def bulk_write(requests, *args, **kwargs):
+        return collection.bulk_write([_SortlessOperation(op) for op in requests], *args, **kwargs)
+    return bulk_write
+
+
 class HookedCollection:
     def __init__(self, collection, hook: Hook, lock: threading.RLock | None):
         self._collection = collection
@@ -71,6 +117,8 @@ class HookedCollection:
         attribute = getattr(self._collection, name)
         if name not in ROUND_TRIP_METHODS:
             return attribute
+        if name == "bulk_write" and isinstance(self._collection, mongomock.Collection):
+            attribute = _mongomock_bulk_write(self._collection)
 
         def operation(*args, **kwargs):
             self._hook(self._collection.name, name)
