@@ -13,7 +13,9 @@ mongomock 4.3.0 (its latest release) also stopped following the driver at pymong
 UpdateOne and ReplaceOne hand a `sort` argument to the bulk builder that mongomock's builder does
 not take. The driver is not held back for it: the wrapper hands mongomock's builder the
 operations without an unset `sort` (`_SortlessBulk`), and refuses a set one, which mongomock
-could not honour.
+could not honour. Likewise a `hint` (which mongomock's find and updates refuse): mongomock has no
+planner to steer, so the wrapper checks that the hint names an existing index, as a server does,
+and drops it.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import Callable
 
 import mongomock
 import pymongo
+import pymongo.errors
 
 WRITE_METHODS = frozenset({
     "bulk_write", "insert_one", "insert_many", "update_one", "update_many", "replace_one",
@@ -101,6 +104,15 @@ class _SortlessOperation:
         self._operation._add_to_bulk(_SortlessBulk(bulk))
 
 
+def _check_hint(collection, hint) -> None:
+    """A server refuses a hint that names no index (by name or by keys); so does this."""
+    indexes = collection.index_information()
+    keys = [tuple(pair) for pair in hint] if not isinstance(hint, str) else None
+    if (keys is None and hint in indexes) or any([tuple(pair) for pair in index["key"]] == keys for index in indexes.values()):
+        return
+    raise pymongo.errors.OperationFailure("hint provided does not correspond to an existing index", code=2)
+
+
 def _mongomock_bulk_write(collection):
     def bulk_write(requests, *args, **kwargs):
         return collection.bulk_write([_SortlessOperation(op) for op in requests], *args, **kwargs)
@@ -121,6 +133,8 @@ class HookedCollection:
             attribute = _mongomock_bulk_write(self._collection)
 
         def operation(*args, **kwargs):
+            if kwargs.get("hint") is not None and isinstance(self._collection, mongomock.Collection):
+                _check_hint(self._collection, kwargs.pop("hint"))
             self._hook(self._collection.name, name)
             if self._lock is None:
                 return attribute(*args, **kwargs)

@@ -3,6 +3,7 @@ as they run on a server, and what mongomock cannot do is refused, not done diffe
 import mongomock
 import pytest
 from pymongo import ReplaceOne, UpdateOne
+from pymongo.errors import OperationFailure
 
 from fakes.mongo_hooks import HookedClient
 
@@ -22,3 +23,13 @@ def test_a_bulk_update_with_a_sort_is_refused_on_mongomock():
     with pytest.raises(NotImplementedError, match="sort"):
         coll.bulk_write([UpdateOne({"k": 1}, {"$set": {"hit": True}}, sort={"n": -1})])
     assert coll.count_documents({"hit": True}) == 0
+
+
+def test_a_hint_is_checked_against_the_indexes_then_dropped_on_mongomock():
+    coll = HookedClient(mongomock.MongoClient())["t"]["c"]
+    coll.create_index([("k", 1), ("n", -1)], name="k_n")
+    coll.insert_many([{"k": 1, "n": 1}, {"k": 1, "n": 2}])
+    assert coll.find_one({"k": 1}, sort=[("n", -1)], hint=[("k", 1), ("n", -1)])["n"] == 2
+    assert coll.find_one_and_update({"k": 1}, {"$set": {"hit": True}}, sort=[("n", 1)], hint="k_n")["n"] == 1
+    with pytest.raises(OperationFailure, match="hint"):
+        coll.find_one({"k": 1}, hint=[("n", 1)])

@@ -17,6 +17,8 @@ from services.run_record import utcnow
 
 # The first attempt, and one more after a lease expired; a claim beyond this is not analyzed.
 MAX_ATTEMPTS = 2
+# services.storage's `analysis_queue` index, by its keys (a hint by keys survives a renamed index).
+QUEUE_INDEX_KEYS = [("processed", ASCENDING), ("terminal", ASCENDING), ("callAt", ASCENDING)]
 _CALL_FIELDS = ("callId", "agentId", "callAt", "transcript", "customerPhone", "attempts", "analysisRound")
 
 
@@ -51,6 +53,10 @@ class CallQueue:
                                 "expiresAt": now + self._lease}},
              "$inc": {"attempts": 1}},
             sort=[("callAt", ASCENDING)],
+            # The queue's index, named: the claim runs once per analyzed call and must never
+            # scan. MongoDB picks it anyway; a planner that gives up on the `$or` (the test
+            # run's wire server) would scan.
+            hint=QUEUE_INDEX_KEYS,
             projection={name: 1 for name in _CALL_FIELDS},
             return_document=ReturnDocument.AFTER,
         )
