@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 
 from benchmarks import mapping_bench, sync_bench
@@ -93,22 +94,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenarios", nargs="*", metavar="scenario",
                         help=f"any of {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes, for a smoke run")
+    parser.add_argument("--wire-server", action="store_true",
+                        help="start the test run's wire server (tests.wire_server: SecantusDB in its own venv) "
+                             "and measure against it, as against MONGODB_URI")
     args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
     logging.disable(logging.WARNING)  # the runs' own logs would bury the table
-    print("MongoDB: " + ("a server at MONGODB_URI; round trips counted by command monitoring"
-                         if CountedMongo.server_uri() else
-                         "mongomock; round trips counted per collection call (fakes.mongo_hooks)") + "\n")
+    if args.wire_server:
+        from tests.wire_server import PACKAGE, WireServer
+        server = WireServer().start()
+        os.environ["MONGODB_URI"] = server.uri  # CountedMongo's server, for this process only
+        backend = f"the wire server ({PACKAGE}, in memory, 127.0.0.1)"
+    else:
+        server = None
+        backend = "a server at MONGODB_URI" if CountedMongo.server_uri() else "mongomock"
+    print("MongoDB: " + backend + ("; round trips counted by command monitoring (pymongo.monitoring)"
+                                   if CountedMongo.server_uri() else
+                                   "; round trips counted per collection call (fakes.mongo_hooks)") + "\n")
+    try:
+        rows = _run(args)
+    finally:
+        if server is not None:
+            server.close()
+    print()
+    print(format_table(HEADERS, rows))
+    return 0
+
+
+def _run(args) -> list[list]:
     rows = []
     for name in args.scenarios or SCENARIOS:
         started = time.perf_counter()
         rows += globals()[name](args.quick)
         print(f"  {name} done in {time.perf_counter() - started:.0f} s", flush=True)
-    print()
-    print(format_table(HEADERS, rows))
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

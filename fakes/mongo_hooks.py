@@ -8,6 +8,14 @@ mongomock runs `find_one_and_update` and bulk writes as several steps without a 
 threads can both claim one document — something a real server's single-document atomicity
 forbids (the analyzer's parallel claims then take one call twice). So every wrapper runs each
 operation whole under one lock, as a server would: tests then test the code, not mongomock.
+
+mongomock 4.3.0 (its latest release) also stopped following the driver at pymongo 4.11, whose
+UpdateOne and ReplaceOne hand a `sort` argument to the bulk builder that mongomock's builder does
+not take. The driver is not held back for it: the wrapper hands mongomock's builder the
+operations without an unset `sort` (`_SortlessBulk`), and refuses a set one, which mongomock
+could not honour. Likewise a `hint` (which mongomock's find and updates refuse): mongomock has no
+planner to steer, so the wrapper checks that the hint names an existing index, as a server does,
+and drops it.
 """
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ from typing import Callable
 
 import mongomock
 import pymongo
+import pymongo.errors
 
 WRITE_METHODS = frozenset({
     "bulk_write", "insert_one", "insert_many", "update_one", "update_many", "replace_one",
@@ -61,6 +70,55 @@ class HookedDatabase:
         return attribute
 
 
+class _SortlessBulk:
+    """mongomock's BulkOperationBuilder as pymongo >= 4.11 calls it: `sort=None` is dropped (it is
+    what the builder did anyway); a bulk update with a sort is refused rather than run unsorted."""
+
+    def __init__(self, bulk):
+        self._bulk = bulk
+
+    def __getattr__(self, name: str):
+        return getattr(self._bulk, name)
+
+    def add_update(self, *args, sort=None, **kwargs):
+        _refuse_sort(sort)
+        return self._bulk.add_update(*args, **kwargs)
+
+    def add_replace(self, *args, sort=None, **kwargs):
+        _refuse_sort(sort)
+        return self._bulk.add_replace(*args, **kwargs)
+
+
+def _refuse_sort(sort) -> None:
+    if sort is not None:
+        raise NotImplementedError("mongomock cannot apply `sort` in a bulk write; run this on a server")
+
+
+class _SortlessOperation:
+    """A pymongo write operation that adds itself to mongomock's builder through `_SortlessBulk`."""
+
+    def __init__(self, operation):
+        self._operation = operation
+
+    def _add_to_bulk(self, bulk) -> None:
+        self._operation._add_to_bulk(_SortlessBulk(bulk))
+
+
+def _check_hint(collection, hint) -> None:
+    """A server refuses a hint that names no index (by name or by keys); so does this."""
+    indexes = collection.index_information()
+    keys = [tuple(pair) for pair in hint] if not isinstance(hint, str) else None
+    if (keys is None and hint in indexes) or any([tuple(pair) for pair in index["key"]] == keys for index in indexes.values()):
+        return
+    raise pymongo.errors.OperationFailure("hint provided does not correspond to an existing index", code=2)
+
+
+def _mongomock_bulk_write(collection):
+    def bulk_write(requests, *args, **kwargs):
+        return collection.bulk_write([_SortlessOperation(op) for op in requests], *args, **kwargs)
+    return bulk_write
+
+
 class HookedCollection:
     def __init__(self, collection, hook: Hook, lock: threading.RLock | None):
         self._collection = collection
@@ -71,8 +129,12 @@ class HookedCollection:
         attribute = getattr(self._collection, name)
         if name not in ROUND_TRIP_METHODS:
             return attribute
+        if name == "bulk_write" and isinstance(self._collection, mongomock.Collection):
+            attribute = _mongomock_bulk_write(self._collection)
 
         def operation(*args, **kwargs):
+            if kwargs.get("hint") is not None and isinstance(self._collection, mongomock.Collection):
+                _check_hint(self._collection, kwargs.pop("hint"))
             self._hook(self._collection.name, name)
             if self._lock is None:
                 return attribute(*args, **kwargs)

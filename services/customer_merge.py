@@ -17,9 +17,17 @@ from models.customer import PROFILE_FIELDS, StatusRanks
 _EPOCH = datetime(1970, 1, 1)
 
 
+def legacy_call_ids(doc: dict) -> list[str]:
+    """The call ids of a record's `callIds`: an array, or in some old records a single id."""
+    call_ids = doc.get("callIds")
+    if isinstance(call_ids, str):
+        return [call_ids]
+    return [call_id for call_id in call_ids if isinstance(call_id, str)] if isinstance(call_ids, list) else []
+
+
 def legacy_links(key: str, docs: list[dict]) -> list[UpdateOne]:
     """Links for the calls the records count in a `callIds` array: already applied to them."""
-    call_ids = {call_id for doc in docs for call_id in doc.get("callIds") or () if isinstance(call_id, str)}
+    call_ids = {call_id for doc in docs for call_id in legacy_call_ids(doc)}
     return [UpdateOne({"_id": call_id}, {"$setOnInsert": {"phone": key, "applied": True}}, upsert=True)
             for call_id in sorted(call_ids)]
 
@@ -59,11 +67,16 @@ def _fold(docs: list[dict], ranks: StatusRanks) -> dict[str, Any]:
         source = max(with_extracted, key=lambda doc: doc.get("extractedAt") or _at(doc, "lastCallAt"))
         merged["extracted"] = source["extracted"]
         merged["extractedAt"] = source.get("extractedAt") or _at(source, "lastCallAt")
-    merged["callCount"] = max(max(doc.get("callCount") or 0, len(doc.get("callIds") or ())) for doc in docs)
+    merged["callCount"] = max(max(_count(doc), len(legacy_call_ids(doc))) for doc in docs)
     created = [doc["createdAt"] for doc in docs if isinstance(doc.get("createdAt"), datetime)]
     if created:
         merged["createdAt"] = min(created)
     return merged
+
+
+def _count(doc: dict) -> int:
+    count = doc.get("callCount")
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
 def _at(doc: dict, name: str) -> datetime:

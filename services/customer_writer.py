@@ -37,7 +37,8 @@ class CustomerWriter:
         ids = [call_id for item in items if (call_id := execution_id(item))]
         if not ids:
             return set()
-        return {link["_id"] for link in self.links.find({"_id": {"$in": ids}, "applied": True}, {"_id": 1})}
+        # By id alone, `applied` checked here: a planner then has nothing to do but the _id index.
+        return {link["_id"] for link in self.links.find({"_id": {"$in": ids}}, {"applied": 1}) if link.get("applied")}
 
     def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> None:
         by_phone = self._by_phone(executions, recorder, agent_id)

@@ -14,16 +14,24 @@ SYNC_STATE = "sync_state"
 SYNC_RUNS = "sync_runs"
 
 RUN_EXPIRY_INDEX = "ttl_startedAt"
+PHONE_INDEX = "phone_unique"
 
-
-# CRM records written by other programs may lack a phone; they must not stop the index build.
-_HAS_PHONE = {"phone": {"$type": "string"}}
+# Unique and sparse, not partial: MongoDB uses a partial index only for a query it can prove is
+# inside the filter, and `{phone: "+91…"}` does not prove `$type: "string"`, so every lookup by
+# phone was a collection scan. A sparse index serves any equality or $in on a non-null phone,
+# and a CRM record written by another program without a phone is left out of it, so any number
+# of those never collide. The daemon writes every phone as a string: E.164, or the raw text of
+# an invalid number (a call without any number writes no customer), so its own writes never
+# store a null phone (a null is indexed, and a second one would collide).
+_PHONE = IndexModel([("phone", ASCENDING)], unique=True, sparse=True, name=PHONE_INDEX)
 
 
 def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
     """Idempotent; run at start-up. Unique indexes are what make re-syncs updates, not duplicates."""
+    _replace_partial_phone_index(db[CUSTOMERS])
+    _replace_partial_phone_index(db[CONTACTS])
     db[CUSTOMERS].create_indexes([
-        IndexModel([("phone", ASCENDING)], unique=True, name="phone_unique", partialFilterExpression=_HAS_PHONE),
+        _PHONE,
         IndexModel([("updatedAt", ASCENDING)], name="updatedAt"),
     ])
     # One link per call counted on a customer (`_id` = call id): crm_sync counts them per number.
@@ -37,7 +45,7 @@ def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
         IndexModel([("updatedAt", ASCENDING)], name="updatedAt"),
     ])
     db[CONTACTS].create_indexes([
-        IndexModel([("phone", ASCENDING)], unique=True, name="phone_unique", partialFilterExpression=_HAS_PHONE),
+        _PHONE,
         IndexModel([("updatedAt", ASCENDING)], name="updatedAt"),
     ])
     db[ACTIVITIES].create_indexes([
@@ -49,10 +57,26 @@ def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
         IndexModel([("contactId", ASCENDING), ("at", DESCENDING)], name="contactId_at"),
         IndexModel([("at", DESCENDING)], name="at"),
     ])
+    db[SYNC_STATE].create_indexes([
+        # Each run reads its job's cursors (`{job}`).
+        IndexModel([("job", ASCENDING)], name="job"),
+    ])
     db[SYNC_RUNS].create_indexes([
         IndexModel([("job", ASCENDING), ("startedAt", DESCENDING)], name="job_startedAt"),
+        # At start-up: which runs are still `running` on this host.
+        IndexModel([("status", ASCENDING), ("host", ASCENDING)], name="status_host"),
     ])
     _ensure_run_expiry(db[SYNC_RUNS], run_retention_days * 86400)
+
+
+def _replace_partial_phone_index(collection: Collection) -> None:
+    """Databases indexed by earlier versions have a partial `phone_unique`, and MongoDB refuses
+    to create an index of that name with other options, so it is dropped first. Until the new
+    one is built (at once: the existing phones are unique already), uniqueness rests on the
+    daemon's own upserts by phone."""
+    current = collection.index_information().get(PHONE_INDEX)
+    if current is not None and "partialFilterExpression" in current:
+        collection.drop_index(PHONE_INDEX)
 
 
 def _ensure_run_expiry(runs: Collection, seconds: int) -> None:

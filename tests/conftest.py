@@ -1,3 +1,5 @@
+import os
+
 import mongomock
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -5,6 +7,7 @@ from hypothesis import settings as hypothesis_settings
 from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import HookedClient
 from services.database import ensure_indexes
+from tests.wire_server import WireServer, ensure_installed
 from utils.config import Settings
 
 
@@ -14,6 +17,29 @@ TEST_DB = "callsync_test"
 # which a loaded CI machine would otherwise turn into random failures.
 hypothesis_settings.register_profile("callsync", deadline=None)
 hypothesis_settings.load_profile("callsync")
+
+
+def _configured_server() -> str:
+    return os.environ.get("MONGODB_URI", "").strip()
+
+
+def pytest_collection_finish(session):
+    """Install the wire server's venv (first run only) before any test starts, so the install
+    does not count against the first server test's timeout; only when a collected test needs it."""
+    if not _configured_server() and any("mongodb_uri" in getattr(item, "fixturenames", ())
+                                        for item in session.items):
+        ensure_installed()
+
+
+@pytest.fixture(scope="session")
+def mongodb_uri():
+    """The real server of the tests in `tests.real_mongo` modules: the one at MONGODB_URI when it
+    is set (a mongod, Atlas), else a wire server (tests.wire_server) started for this run."""
+    if _configured_server():
+        yield _configured_server()
+        return
+    with WireServer() as server:
+        yield server.uri
 
 
 @pytest.fixture

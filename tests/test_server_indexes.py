@@ -1,0 +1,62 @@
+"""The indexes and writes that only a real server judges (the wire server the test run starts,
+or MONGODB_URI): unique phones that never collide for records without one, the upgrade from
+the earlier partial phone index, and an old record mongomock and a server read differently."""
+from __future__ import annotations
+
+import pytest
+from pymongo import ASCENDING
+from pymongo.errors import DuplicateKeyError
+
+from services.database import CONTACTS, CUSTOMER_CALLS, CUSTOMERS, PHONE_INDEX, ensure_indexes
+from tests.conftest import TEST_DB
+from tests.helpers import build_app, execution
+from tests.real_mongo import mongo  # noqa: F401 - the test database on the server, dropped after
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.parametrize("collection", [CUSTOMERS, CONTACTS])
+def test_phone_is_unique_and_records_without_one_never_collide(mongo, collection):
+    db = mongo[TEST_DB]
+    ensure_indexes(db)
+    db[collection].insert_many([{"name": "from another program"}, {"name": "also without a phone"},
+                                {"phone": "+919876543210"}, {"phone": "12345", "phoneValid": False},
+                                {"phone": "98765-bad", "phoneValid": False}])
+    with pytest.raises(DuplicateKeyError):
+        db[collection].insert_one({"phone": "+919876543210"})
+    with pytest.raises(DuplicateKeyError):
+        db[collection].insert_one({"phone": "12345"})
+
+
+def test_the_earlier_partial_phone_index_is_replaced_by_one_the_planner_uses(mongo):
+    db = mongo[TEST_DB]
+    for collection in (CUSTOMERS, CONTACTS):
+        db[collection].create_index([("phone", ASCENDING)], unique=True, name=PHONE_INDEX,
+                                    partialFilterExpression={"phone": {"$type": "string"}})
+        db[collection].insert_many([{"phone": "+919876543210"}, {"name": "no phone"}, {"name": "none either"}])
+    ensure_indexes(db)
+    ensure_indexes(db)  # idempotent once replaced
+    for collection in (CUSTOMERS, CONTACTS):
+        index = db[collection].index_information()[PHONE_INDEX]
+        assert "partialFilterExpression" not in index and index["unique"] and index["sparse"]
+        plan = db[collection].find({"phone": "+919876543210"}).explain()["queryPlanner"]["winningPlan"]
+        assert plan["inputStage"]["stage"] == "IXSCAN", plan
+        with pytest.raises(DuplicateKeyError):
+            db[collection].insert_one({"phone": "+919876543210"})
+
+
+def test_a_customer_whose_call_ids_are_not_an_array_is_migrated_not_split_into_characters(
+        mongo, settings, bolna_server):
+    """An older record with `callIds` as a string: mongomock's `$setUnion` split it into characters
+    (callCount 9 for "call-0001") and a server refused the update, failing every run. Now the
+    old array, whatever its shape, becomes links, and the record stops carrying it."""
+    db = mongo[TEST_DB]
+    ensure_indexes(db)
+    db[CUSTOMERS].insert_one({"phone": "+919876543210", "callIds": "call-0001", "callCount": 1})
+    bolna = bolna_server([execution("+91 98765 43210", call_id="new-1"), execution("+91 91234 56789")],
+                         [{"id": "agent-1", "agent_name": "Sales", "agent_status": "processed"}])
+    app = build_app(settings, mongo, bolna)
+    assert app.run_job("crm_sync")["status"] == "ok"
+    stored = db[CUSTOMERS].find_one({"phone": "+919876543210"})
+    assert "callIds" not in stored and stored["callCount"] == 2
+    assert {link["_id"] for link in db[CUSTOMER_CALLS].find({"phone": "+919876543210"})} == {"call-0001", "new-1"}
