@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 from fakes.local_server import LocalServer, QuietHandler
 
@@ -49,8 +50,12 @@ class FakeGroq(LocalServer):
     thread_name = "fake-groq"
 
     def __init__(self, *, behaviour: str = "analysis", latency: float = 0.0, retry_after: float = 1.0,
-                 rejected_keys: tuple[str, ...] = (), extra: dict | None = None):
+                 rejected_keys: tuple[str, ...] = (), extra: dict | None = None,
+                 retired_models: tuple[str, ...] = ()):
+        """`retired_models`: decommissioned, answered 404 `model_not_found` as Groq does."""
         self._check(behaviour)
+        self.retired_models = set(retired_models)
+        self._on_request: deque[Callable[[], None]] = deque()
         self.latency = latency
         self.retry_after = retry_after
         self.rejected_keys = set(rejected_keys)
@@ -73,6 +78,16 @@ class FakeGroq(LocalServer):
                 self._scripted.clear()
             else:
                 self._scripted.extend([behaviour] * times)
+
+    def on_request(self, action: Callable[[], None]) -> None:
+        """Run `action` once, when the next request has arrived and before it is answered: what
+        happens while a request is in flight, without racing a timer against a delay."""
+        with self._lock:
+            self._on_request.append(action)
+
+    def _take_request_action(self) -> Callable[[], None] | None:
+        with self._lock:
+            return self._on_request.popleft() if self._on_request else None
 
     def recorded(self) -> list[GroqRequest]:
         with self._lock:
@@ -107,10 +122,16 @@ class _Handler(QuietHandler):
             body = json.loads(raw)
         except ValueError:
             return self._error(fake, {}, authorization, 400, "Request body is not JSON")
+        if (action := fake._take_request_action()) is not None:
+            action()
         if fake.latency:
             time.sleep(fake.latency)
         if authorization.removeprefix("Bearer ") in fake.rejected_keys:
             return self._error(fake, body, authorization, 401, "Invalid API Key", code="invalid_api_key")
+        if body.get("model") in fake.retired_models:
+            return self._error(fake, body, authorization, 404,
+                               f"The model `{body['model']}` has been decommissioned or does not exist.",
+                               code="model_not_found")
         behaviour = fake._next_behaviour()
         if behaviour == "rate_limited":
             wait = f"{fake.retry_after:g}"

@@ -12,7 +12,7 @@ from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import HookedClient
 from tests.helpers import requeue
 from worker.app import build_analysis
-from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL
+from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL, LlmUnavailable
 from services.run_records import RunRecorder
 from utils.clock import utcnow
 from utils.config import ExtraField, Settings
@@ -166,8 +166,6 @@ def test_call_without_a_customer_number_keeps_its_analysis_on_the_call_only(fake
 @pytest.mark.parametrize("behaviour, error, requests", [
     ("invalid_json", "invalid answer: answer is not JSON", 1),
     ("wrong_shape", "invalid answer: tag 'Maybe' is not one of", 1),
-    ("server_error", f"InternalServerError (HTTP 500) (after {MAX_REQUESTS_PER_CALL} request(s))",
-     MAX_REQUESTS_PER_CALL),
 ])
 def test_a_failed_attempt_is_final_and_falls_back_to_the_heuristic(fake, db, settings, behaviour, error, requests):
     fake.respond(behaviour)
@@ -231,14 +229,62 @@ def test_a_rejected_key_gets_another_chance_in_the_next_run_of_the_same_batch(fa
     assert [r.api_key for r in fake.recorded()] == ["bad", "good", "bad", "good"]
 
 
-def test_when_every_key_is_rejected_the_attempt_fails_with_the_fallback(fake, db, settings):
-    fake.rejected_keys = {"key-1"}
-    add_calls(db, 2)
-    run(db, settings.with_overrides(llm_concurrency=1))
-    assert len(fake.recorded()) == 1
+# -- the LLM unusable for a reason that is not the call's: calls stay queued -----------------------
+
+def assert_all_queued(db):
     for doc in db.calls.find():
-        assert doc["analysis"]["error"].endswith("every Groq API key was rejected (401)")
-        assert doc["analysis"]["usedFallback"] and doc["processed"]
+        assert not doc["processed"] and doc["attempts"] == 0 and "claim" not in doc and "analysis" not in doc
+
+
+def test_when_every_key_is_rejected_calls_stay_queued_and_the_run_fails(fake, db, settings):
+    fake.rejected_keys = {"key-1"}
+    add_calls(db, 3)
+    with pytest.raises(LlmUnavailable, match=r"every Groq API key was rejected \(401\)"):
+        run(db, settings.with_overrides(llm_concurrency=1))
+    assert len(fake.recorded()) == 1  # no slot claims another call once the LLM is known unusable
+    assert_all_queued(db)
+    fake.rejected_keys = set()  # the key renewed: the next run analyzes them
+    run(db, settings)
+    assert all(doc["analysis"]["status"] == "ok" for doc in db.calls.find())
+
+
+def test_a_model_that_no_longer_exists_keeps_the_calls_queued(fake, db, settings):
+    fake.retired_models = {settings.groq_model}
+    add_calls(db, 3)
+    with pytest.raises(LlmUnavailable, match="model .* is not available .*404.*GROQ_MODEL"):
+        run(db, settings.with_overrides(llm_concurrency=1))
+    assert len(fake.recorded()) == 1
+    assert_all_queued(db)
+
+
+def test_groq_down_keeps_the_calls_queued_after_a_bounded_number_of_requests(fake, db, settings):
+    fake.respond("server_error")
+    add_calls(db, 5)
+    with pytest.raises(LlmUnavailable, match=r"Groq is unavailable: .*InternalServerError \(HTTP 500\)"):
+        run(db, settings.with_overrides(llm_concurrency=1))
+    assert len(fake.recorded()) == MAX_REQUESTS_PER_CALL
+    assert_all_queued(db)
+
+
+def test_a_429_storm_with_no_wait_costs_at_most_the_request_budget(fake, db, settings):
+    fake.retry_after = 0  # "retry after 0 s", again and again
+    fake.respond("rate_limited")
+    add_calls(db, 10)
+    budget = settings.with_overrides(llm_batch_limit=10, llm_concurrency=4)
+    with pytest.raises(LlmUnavailable, match="budget of 20 LLM requests is spent"):
+        run(db, budget)
+    assert len(fake.recorded()) == budget.llm_requests_per_run == 20
+    assert_all_queued(db)
+
+
+def test_an_outage_after_some_analyses_is_an_error_on_a_partial_run(fake, db, settings):
+    add_calls(db, 4)
+    fake.respond("analysis", times=2)
+    fake.respond("server_error", times=100)
+    recorder = run(db, settings.with_overrides(llm_concurrency=1))
+    assert recorder.counts["analyzed"] == 2 and recorder.counts["released"] == 1
+    assert [e["code"] for e in recorder.errors] == ["llm_unavailable"]
+    assert [doc["processed"] for doc in db.calls.find(sort=[("callAt", 1)])] == [True, True, False, False]
 
 
 def test_a_429_storm_ends_the_batch_by_its_deadline_leaving_calls_unprocessed(fake, db, settings):
@@ -338,17 +384,13 @@ def test_a_claim_whose_lease_expired_is_retaken_once_and_live_claims_are_left_al
 
 
 def test_an_attempt_whose_call_was_requeued_meanwhile_does_not_mark_it_processed(fake, db, settings):
-    fake.latency = 0.5
     add_call(db, "c1")
-    timer = threading.Timer(0.2, requeue, args=(db,), kwargs={"call_id": "c1"})
-    timer.start()
+    fake.on_request(lambda: requeue(db, call_id="c1"))  # while its request is in flight
     recorder = run(db, settings)
-    timer.join()
     stored = call(db, "c1")
     assert not stored["processed"] and stored["attempts"] == 0 and "analysis" not in stored
     assert recorder.counts["claimLost"] == 1
 
-    fake.latency = 0
     run(db, settings)
     assert call(db, "c1")["processed"]
     # The lost attempt had already written the contact, a decision of round 0; the re-analysis

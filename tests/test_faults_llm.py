@@ -44,17 +44,37 @@ def test_every_llm_failure_in_one_run_costs_only_its_own_call(settings, mongo, b
     calls = [execution(f"+91 98000 1000{n}", call_id=f"c{n}", minutes_ago=60 - n, transcript=TALK + f"#{n}\n")
              for n in range(5)]
     bolna = bolna_server(calls, [AGENT])
-    # Oldest first: c0 invalid JSON, c1 wrong shape, c2 500 (retried to the end), c3 and c4 fine.
+    # Oldest first: c0 invalid JSON, c1 wrong shape (the call's own failures: final), then Groq
+    # down (500 to the end): c2 and the calls after it stay queued, not failed.
     groq.respond("invalid_json", times=1)
     groq.respond("wrong_shape", times=1)
     groq.respond("server_error", times=MAX_REQUESTS_PER_CALL)
     app = analyzing_app(settings, mongo, bolna, groq)
     record = app.run_job("call_processor")
-    analyses = {c["callId"]: c["analysis"] for c in app.db[CALLS].find()}
-    assert {call_id: a["status"] for call_id, a in analyses.items()} == {
-        "c0": "failed", "c1": "failed", "c2": "failed", "c3": "ok", "c4": "ok"}
-    assert all(analyses[f"c{n}"]["usedFallback"] and analyses[f"c{n}"]["leadScore"] for n in range(3))
-    assert {e["callId"] for e in record["errors"]} == {"c0", "c1", "c2"}
+    analyses = {c["callId"]: c.get("analysis") for c in app.db[CALLS].find()}
+    assert {call_id: (a or {}).get("status") for call_id, a in analyses.items()} == {
+        "c0": "failed", "c1": "failed", "c2": None, "c3": None, "c4": None}
+    assert all(analyses[f"c{n}"]["usedFallback"] and analyses[f"c{n}"]["leadScore"] for n in range(2))
+    assert record["status"] == "partial"
+    assert {(e["code"], e.get("callId")) for e in record["errors"]} == {
+        ("analysis_failed", "c0"), ("analysis_failed", "c1"), ("llm_unavailable", None)}
+
+    record = app.run_job("call_processor")  # Groq is back
+    assert record["status"] == "ok" and record["counts"]["analyzed"] == 3
     app.run_job("crm_sync")
     assert_matches_ground_truth(app.db, bolna)
     assert_each_call_analyzed_once(app.db)
+
+
+def test_a_run_that_could_analyze_nothing_fails_and_health_and_metrics_show_it(settings, mongo, bolna_server, groq):
+    bolna = bolna_server([execution(call_id="c1", transcript=TALK)], [AGENT])
+    groq.rejected_keys = {"key-1"}
+    app = analyzing_app(settings, mongo, bolna, groq)
+    record = app.run_job("call_processor")
+    assert record["status"] == "failed"
+    assert "every Groq API key was rejected" in record["errors"][-1]["message"]
+    assert app.db[CALLS].find_one({"callId": "c1"})["processed"] is False
+    assert app.metrics.last_success_at("call_processor") is None
+    failed_runs = app.metrics.registry.get_sample_value("callsync_runs_total",
+                                                         {"job": "call_processor", "status": "failed"})
+    assert failed_runs == 1

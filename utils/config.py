@@ -48,6 +48,7 @@ class Settings:
     groq_base_url: str | None = None
     sync_interval_minutes: int = 5
     llm_batch_limit: int = 10
+    llm_request_budget: int | None = None  # None: see llm_requests_per_run
     llm_concurrency: int = 4
     llm_batch_deadline_seconds: float = 120.0
     llm_timeout_seconds: float = 30.0
@@ -63,6 +64,12 @@ class Settings:
     health_host: str = "127.0.0.1"
     health_max_age_intervals: float = 3.0
     run_retention_days: int = 30
+
+    @property
+    def llm_requests_per_run(self) -> int:
+        """HTTP requests to the LLM a run may make, retries included: twice the batch limit unless
+        set, so a 429 storm or an outage costs a bounded number of requests."""
+        return self.llm_request_budget if self.llm_request_budget is not None else 2 * self.llm_batch_limit
 
     def with_overrides(self, **changes) -> "Settings":
         return replace(self, **changes)
@@ -206,6 +213,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "SYNC_INTERVAL_MINUTES": ("sync_interval_minutes", _positive_int, False),
     "LLM_BATCH_LIMIT": ("llm_batch_limit", _non_negative_int, False),
     "LLM_CONCURRENCY": ("llm_concurrency", _positive_int, False),
+    "LLM_REQUEST_BUDGET": ("llm_request_budget", _non_negative_int, False),
     "LLM_BATCH_DEADLINE_SECONDS": ("llm_batch_deadline_seconds", _positive_float, False),
     "LLM_TIMEOUT_SECONDS": ("llm_timeout_seconds", _positive_float, False),
     "MIN_TRANSCRIPT_CHARS": ("min_transcript_chars", _non_negative_int, False),

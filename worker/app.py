@@ -23,6 +23,7 @@ from services.database import CALLS, ensure_indexes
 from services.execution_feed import ExecutionFeed
 from services.page_reader import PageReader
 from services.run_records import RunRecords
+from services.server_clock import ServerClock
 from utils.config import Settings
 from worker.jobs import JOB_NAMES, JOBS
 from worker.metrics import RunMetrics
@@ -37,7 +38,7 @@ def build_analysis(db: Database, settings: Settings, owner: str,
                    stop: threading.Event | None = None) -> AnalysisBatch:
     """The call processor's second phase. `owner` (unique per process) marks this process's claims;
     `stop` ends a batch early. Without a Groq key every call gets the heuristic analysis."""
-    queue = CallQueue(db[CALLS], owner, claim_lease_seconds(settings))
+    queue = CallQueue(db[CALLS], owner, claim_lease_seconds(settings), clock=ServerClock(db).now)
     llm = GroqAnalyzer(settings) if settings.groq_api_keys else None
     return AnalysisBatch(db, queue, settings, llm, stop)
 

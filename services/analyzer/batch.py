@@ -13,7 +13,7 @@ from pymongo.errors import PyMongoError
 from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
 from services.analyzer.contacts import record_decision
 from services.analyzer.deadline import Deadline, DeadlineExceeded
-from services.analyzer.groq_analyzer import GroqAnalyzer, LlmFailure
+from services.analyzer.groq_analyzer import GroqAnalyzer, LlmFailure, LlmUnavailable
 from services.analyzer.heuristic import heuristic_analysis
 from services.analyzer.schema import (HEURISTIC_MODEL, SHORT_TRANSCRIPT, Usage,
                                       analysis_document)
@@ -53,6 +53,7 @@ class AnalysisBatch:
         self._stop = stop  # set on SIGTERM: start no new call, release those cut off
         self._settings = settings
         self._llm = llm
+        self._unavailable: str | None = None  # this run's reason the LLM cannot be used
 
     def run(self, recorder: RunRecorder) -> None:
         limit = self._settings.llm_batch_limit
@@ -60,19 +61,27 @@ class AnalysisBatch:
             return
         deadline = Deadline(self._settings.llm_batch_deadline_seconds, self._stop)
         if self._llm is not None:
-            self._llm.begin_run()
+            self._llm.begin_run(self._settings.llm_requests_per_run)
+        self._unavailable = None
         workers = min(self._settings.llm_concurrency, limit)
         queue_error = None
+        finished = 0
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="analyzer") as pool:
             slots = [pool.submit(self._fill_slot, deadline) for _ in range(limit)]
             for slot in as_completed(slots):
                 outcomes, error = slot.result()
                 for outcome in outcomes:
                     _record(outcome, recorder)
+                    finished += outcome.status in ("ok", "failed")
                 queue_error = queue_error or error
         if queue_error is not None:
             # Once per run: when the database is away, every slot meets the same error.
             recorder.error(queue_error, code="analysis_queue_error")
+        if self._unavailable is not None:
+            message = f"LLM unavailable: {self._unavailable}; calls not analyzed stay queued for a later run"
+            if not finished:
+                raise LlmUnavailable(message)  # nothing could be analyzed: the run failed
+            recorder.error(message, code="llm_unavailable")
 
     def _fill_slot(self, deadline: Deadline) -> tuple[list[Outcome], str | None]:
         """Analyze one call. Short transcripts met on the way are skipped without using up the
@@ -82,7 +91,7 @@ class AnalysisBatch:
         error's type: the outcomes gathered before it must still reach the run record."""
         outcomes: list[Outcome] = []
         try:
-            while not deadline.reached:
+            while not deadline.reached and self._unavailable is None:
                 claim = self.queue.claim_next()
                 if claim is None:
                     break
@@ -122,6 +131,11 @@ class AnalysisBatch:
         try:
             answer = self._llm.analyze(transcript, deadline)
         except DeadlineExceeded:
+            self.queue.release(claim)
+            return Outcome(claim.call_id, "released")
+        except LlmUnavailable as exc:
+            # Not the call's fault: it keeps its place in the queue, and no slot claims another.
+            self._unavailable = str(exc)
             self.queue.release(claim)
             return Outcome(claim.call_id, "released")
         except LlmFailure as failure:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Callable
 
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
@@ -41,14 +42,19 @@ class Claim:
 
 
 class CallQueue:
-    def __init__(self, calls: Collection, owner: str, lease_seconds: float):
+    def __init__(self, calls: Collection, owner: str, lease_seconds: float,
+                 clock: Callable[[], datetime] = utcnow):
+        """`clock`: the time leases are set and compared by; the database server's where several
+        replicas share the queue (`ServerClock`), so a replica whose clock is fast cannot take a
+        live claim."""
         self._calls = calls
         self._owner = owner
         self._lease = timedelta(seconds=lease_seconds)
+        self._clock = clock
 
     def claim_next(self) -> Claim | None:
         token = uuid.uuid4().hex
-        now = utcnow()
+        now = self._clock()
         # Atomic on the server: of two processes asking at once, one gets the call.
         call = self._calls.find_one_and_update(
             {**_WAITING, "$or": [{"claim": None}, {"claim.expiresAt": {"$lte": now}}]},

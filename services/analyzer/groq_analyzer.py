@@ -19,12 +19,35 @@ log = logging.getLogger(__name__)
 
 # Worth another request: the same request may well succeed a moment later.
 TRANSIENT_ERRORS = (groq.RateLimitError, groq.InternalServerError, groq.APIConnectionError)
+# Retried to the end, these say Groq is down rather than that the call is at fault; a timeout is
+# the exception (a long transcript can cause it), and stays the call's failure.
+SERVICE_DOWN = (groq.InternalServerError, groq.APIConnectionError)
 # For errors other than rate limits, which are waited out until the batch deadline instead.
 MAX_REQUESTS_PER_CALL = 4
 # A 429 saying "retry after 0 s" must not turn into a busy loop against the API.
 MIN_RATE_LIMIT_WAIT = 0.05
 # When Groq gives no hint how long to wait (5xx, dropped connection).
 _BACKOFF = wait_exponential(multiplier=0.25, max=4)
+
+
+class LlmUnavailable(Exception):
+    """The LLM cannot be used now for a reason that is not the call's: no key accepted, the model
+    gone, Groq down, or the run's request budget spent. The call goes back to the queue."""
+
+
+class RequestBudget:
+    """Every HTTP request of a run counts, retries included (the SDK's own retries are off)."""
+
+    def __init__(self, requests: int):
+        self.limit = requests
+        self._left = requests
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        with self._lock:
+            if self._left <= 0:
+                raise LlmUnavailable(f"the run's budget of {self.limit} LLM requests is spent")
+            self._left -= 1
 
 
 class LlmFailure(Exception):
@@ -77,14 +100,17 @@ class GroqAnalyzer:
                       timeout=settings.llm_timeout_seconds)
             for key in settings.groq_api_keys
         ]
-        self.begin_run()
+        self.begin_run(settings.llm_requests_per_run)
 
-    def begin_run(self) -> None:
-        """Every key gets another chance each run: a rejected key may have been renewed."""
+    def begin_run(self, request_budget: int) -> None:
+        """Every key gets another chance each run (a rejected key may have been renewed), and the
+        run its own request budget."""
         self._keys = _KeyRing(self._clients)
+        self._budget = RequestBudget(request_budget)
 
     def analyze(self, transcript: str, deadline: Deadline) -> LlmAnswer:
-        """Raises LlmFailure (a finished, failed attempt) or DeadlineExceeded (cut off)."""
+        """Raises LlmFailure (a finished, failed attempt), LlmUnavailable (not attempted for a
+        reason that is not the call's) or DeadlineExceeded (cut off)."""
         messages = build_messages(transcript, self._settings)
         retrying = Retrying(
             retry=retry_if_exception_type(TRANSIENT_ERRORS),
@@ -97,7 +123,10 @@ class GroqAnalyzer:
             completion = retrying(self._request, messages, deadline)
         except groq.APIError as exc:
             requests = retrying.statistics.get("attempt_number", 1)
-            raise LlmFailure(f"{self.model}: {_describe(exc)} (after {requests} request(s))") from exc
+            reason = f"{self.model}: {_describe(exc)} (after {requests} request(s))"
+            if isinstance(exc, SERVICE_DOWN) and not isinstance(exc, groq.APITimeoutError):
+                raise LlmUnavailable(f"Groq is unavailable: {reason}") from exc
+            raise LlmFailure(reason) from exc
         usage = _usage(completion)
         try:
             analysis = parse_answer(_content(completion), self._settings.analysis_tags,
@@ -109,6 +138,7 @@ class GroqAnalyzer:
     def _request(self, messages: list[dict], deadline: Deadline):
         while (client := self._keys.next()) is not None:
             timeout = deadline.request_timeout(self._settings.llm_timeout_seconds)
+            self._budget.take()
             try:
                 return client.chat.completions.create(
                     model=self.model, messages=messages, temperature=0,
@@ -116,12 +146,14 @@ class GroqAnalyzer:
             except groq.AuthenticationError:
                 left = self._keys.set_aside(client)
                 log.warning("a Groq API key was rejected (401); set aside for this run, %d left", left)
+            except groq.NotFoundError as exc:
+                raise LlmUnavailable(f"model {self.model} is not available (HTTP 404); set GROQ_MODEL") from exc
             except groq.APITimeoutError as exc:
                 # The timeout was cut to the time left: the deadline, not Groq, ended it.
                 if deadline.reached:
                     raise DeadlineExceeded("the batch deadline passed during the request") from exc
                 raise
-        raise LlmFailure(f"{self.model}: every Groq API key was rejected (401)")
+        raise LlmUnavailable(f"{self.model}: every Groq API key was rejected (401)")
 
 
 def _out_of_attempts(retry_state: RetryCallState) -> bool:
