@@ -386,7 +386,8 @@ def test_a_claim_whose_lease_expired_is_retaken_once_and_live_claims_are_left_al
 def test_an_attempt_whose_call_was_requeued_meanwhile_does_not_mark_it_processed(fake, db, settings):
     add_call(db, "c1")
     fake.on_request(lambda: requeue(db, call_id="c1"))  # while its request is in flight
-    recorder = run(db, settings)
+    # One slot: no other slot of the batch may claim the requeued call again meanwhile.
+    recorder = run(db, settings.with_overrides(llm_batch_limit=1))
     stored = call(db, "c1")
     assert not stored["processed"] and stored["attempts"] == 0 and "analysis" not in stored
     assert recorder.counts["claimLost"] == 1

@@ -11,8 +11,8 @@ SECOND_AGENT = {"id": "agent-2", "agent_name": "Support", "agent_status": "proce
 
 
 @pytest.fixture
-def serve(settings, mongo, bolna_server):
-    """serve(executions) -> (a started fake Bolna, an App syncing from it)."""
+def serve_trimmed(settings, mongo, bolna_server):
+    """serve_trimmed(executions) -> (a started fake Bolna, an App syncing from it)."""
     def start(executions, agents=(AGENT,), **overrides):
         bolna = bolna_server(executions, agents, projection="trimmed")
         return bolna, app_for(settings.with_overrides(**overrides), mongo, bolna)
@@ -20,8 +20,8 @@ def serve(settings, mongo, bolna_server):
     return start
 
 
-def test_a_booked_customer_stays_booked_after_later_calls(serve, db):
-    bolna, app = serve([execution(call_id="booked", minutes_ago=300, extracted={"appointment_booked": True})])
+def test_a_booked_customer_stays_booked_after_later_calls(serve_trimmed, db):
+    bolna, app = serve_trimmed([execution(call_id="booked", minutes_ago=300, extracted={"appointment_booked": True})])
     app.run_job("crm_sync")
     # Later calls, read by full runs: a cursor past their creation would not read them again.
     bolna.add_execution(execution(call_id="question", minutes_ago=200, extracted={"user_interested": True}))
@@ -38,8 +38,8 @@ def test_a_booked_customer_stays_booked_after_later_calls(serve, db):
     assert changes[0]["customerPhone"] == "+919876543210" and changes[0]["reason"] == "first status"
 
 
-def test_equal_ranks_follow_the_newest_call_and_each_change_is_an_activity(serve, db):
-    bolna, app = serve([execution(call_id="interested", minutes_ago=300, extracted={"user_interested": True}),
+def test_equal_ranks_follow_the_newest_call_and_each_change_is_an_activity(serve_trimmed, db):
+    bolna, app = serve_trimmed([execution(call_id="interested", minutes_ago=300, extracted={"user_interested": True}),
                         execution(call_id="contacted", minutes_ago=400, extracted={})])
     app.run_job("crm_sync")
     bolna.add_execution(execution(call_id="callback", minutes_ago=100, extracted={"callback_user": True}))
@@ -51,8 +51,8 @@ def test_equal_ranks_follow_the_newest_call_and_each_change_is_an_activity(serve
                        ("Interested", "Callback", "a newer call of the same rank as Interested")]
 
 
-def test_a_configured_precedence_applies_to_stored_records_too(serve, db, mongo):
-    bolna, app = serve([execution(call_id="booked", minutes_ago=300, extracted={"appointment_booked": True})])
+def test_a_configured_precedence_applies_to_stored_records_too(serve_trimmed, db, mongo):
+    bolna, app = serve_trimmed([execution(call_id="booked", minutes_ago=300, extracted={"appointment_booked": True})])
     app.run_job("crm_sync")
     bolna.add_execution(execution(call_id="not-now", minutes_ago=100, extracted={"user_interested": False}))
     app = app_for(app.settings.with_overrides(status_precedence=(("Not Interested",), ("Booked",))), mongo, bolna)
@@ -60,10 +60,10 @@ def test_a_configured_precedence_applies_to_stored_records_too(serve, db, mongo)
     assert db[CUSTOMERS].find_one()["status"] == "Not Interested"
 
 
-def test_an_older_call_never_overwrites_a_newer_value_across_agents_and_runs(serve, db):
+def test_an_older_call_never_overwrites_a_newer_value_across_agents_and_runs(serve_trimmed, db):
     newer = execution(call_id="newer", minutes_ago=60, agent_id="agent-2",
                       extracted={"name": "Ravi Sharma", "address": {"line1": "12 MG Road", "city": "Pune"}})
-    bolna, app = serve([newer], agents=(AGENT, SECOND_AGENT))
+    bolna, app = serve_trimmed([newer], agents=(AGENT, SECOND_AGENT))
     app.run_job("crm_sync")
     # The other agent's older call reaches the sync later (its agent was added, or a backfill).
     bolna.add_execution(execution(call_id="older", minutes_ago=600, extracted={"name": "R. Sharma", "email": "r@x.in"}))
@@ -77,8 +77,8 @@ def test_an_older_call_never_overwrites_a_newer_value_across_agents_and_runs(ser
     assert customer["lastCallId"] == "newer"
 
 
-def test_nested_extractions_name_the_customer_not_the_agent(serve, db):
-    bolna, app = serve([execution(call_id="c1", extracted={"agent": {"name": "Priya"}, "customer": {"name": "Ravi"},
+def test_nested_extractions_name_the_customer_not_the_agent(serve_trimmed, db):
+    bolna, app = serve_trimmed([execution(call_id="c1", extracted={"agent": {"name": "Priya"}, "customer": {"name": "Ravi"},
                                                            "lead": {"budget": {"objective": 5000000,
                                                                                "subjective": "50 lakhs",
                                                                                "confidence": 0.8}}})])
@@ -91,14 +91,14 @@ def test_nested_extractions_name_the_customer_not_the_agent(serve, db):
     assert call["extractedConfidence"] == {"lead": {"budget": 0.8}}
 
 
-def test_the_agents_line_and_withheld_numbers_make_no_customer(serve, db):
+def test_the_agents_line_and_withheld_numbers_make_no_customer(serve_trimmed, db):
     agent_line = {"to_number": "+918045671234", "call_type": "inbound"}
     calls = [execution(call_id=f"outbound-blank-{n}", telephony_data={"to_number": "", "from_number": "+918045671234",
                                                                       "call_type": "outbound"}) for n in range(3)]
     calls += [execution(call_id=f"withheld-{n}", telephony_data={**agent_line, "from_number": withheld})
               for n, withheld in enumerate(["anonymous", "Restricted", "private"])]
     calls.append(execution("+91 98765 43210", call_id="real"))
-    bolna, app = serve(calls)
+    bolna, app = serve_trimmed(calls)
     runs = {name: app.run_job(name) for name in ("crm_sync", "call_processor")}
 
     assert runs["crm_sync"]["status"] == "ok"  # no error: such calls happen
@@ -111,8 +111,8 @@ def test_the_agents_line_and_withheld_numbers_make_no_customer(serve, db):
     assert_matches_ground_truth(db, bolna)
 
 
-def test_a_number_with_control_characters_is_its_own_invalid_customer_kept_as_sent(serve, db):
-    bolna, app = serve([execution("98765\x0043210", call_id="odd"), execution("+91 98765 43210", call_id="real")])
+def test_a_number_with_control_characters_is_its_own_invalid_customer_kept_as_sent(serve_trimmed, db):
+    bolna, app = serve_trimmed([execution("98765\x0043210", call_id="odd"), execution("+91 98765 43210", call_id="real")])
     app.run_job("crm_sync")
     customers = {c["phone"]: c for c in db[CUSTOMERS].find()}
     assert set(customers) == {"+919876543210", "98765\x0043210"}
@@ -121,12 +121,12 @@ def test_a_number_with_control_characters_is_its_own_invalid_customer_kept_as_se
     assert customers["+919876543210"]["phoneRaw"] == "+91 98765 43210"
 
 
-def test_a_contact_follows_the_newest_analyzed_call_whatever_order_analyses_finish_in(serve, db):
+def test_a_contact_follows_the_newest_analyzed_call_whatever_order_analyses_finish_in(serve_trimmed, db):
     newer = execution(call_id="newer", minutes_ago=60,
                       transcript="user: Yes, I want to buy it, please book the purchase today.\n")
     older = execution(call_id="older", minutes_ago=600,
                       transcript="user: I am not interested, do not call me again please.\n")
-    bolna, app = serve([newer], llm_batch_limit=5)
+    bolna, app = serve_trimmed([newer], llm_batch_limit=5)
     app.run_job("call_processor")
     tag_after_newer = db[CONTACTS].find_one()["tag"]
     bolna.add_execution(older)
@@ -141,11 +141,11 @@ def test_a_contact_follows_the_newest_analyzed_call_whatever_order_analyses_fini
     assert decisions["newer"]["appliedToContact"] is True
 
 
-def test_out_of_order_pages_and_two_daemons_agree_with_one_clean_run(serve, db, settings, mongo):
+def test_out_of_order_pages_and_two_daemons_agree_with_one_clean_run(serve_trimmed, db, settings, mongo):
     calls = [execution(call_id=f"c{n}", minutes_ago=10 * n + 5,
                        extracted=[{"appointment_booked": True}, {"user_interested": True}, {},
                                   {"name": f"Name {n}"}][n % 4]) for n in range(24)]
-    bolna, first = serve(calls, bolna_page_size=3)
+    bolna, first = serve_trimmed(calls, bolna_page_size=3)
     second = app_for(first.settings, mongo, bolna)
     for app in (first, second, first):
         app.run_job("crm_sync", full=True)

@@ -18,8 +18,11 @@ from fakes.bolna_server import FakeBolna
 from fakes.dataset import generate
 from services.database import CALLS, SYNC_RUNS
 from tests.faults import assert_matches_ground_truth
-from tests.test_faults_bolna import *  # noqa: F401,F403 - collected again, on the server
+from tests.test_customer_rules import *  # noqa: F401,F403 - collected again, on the server
+from tests.test_faults_bolna import *  # noqa: F401,F403
 from tests.test_faults_hostile import *  # noqa: F401,F403
+from tests.test_faults_llm import *  # noqa: F401,F403
+from tests.test_faults_sync import *  # noqa: F401,F403
 from tests.test_sync_jobs import *  # noqa: F401,F403
 from tests.test_faults_mongo import expire_claims, snapshot
 from tests.test_faults_mongo import test_two_daemons_at_once_store_and_analyze_everything_once  # noqa: F401
