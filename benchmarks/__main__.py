@@ -10,6 +10,7 @@ import time
 from benchmarks import mapping_bench, sync_bench
 from benchmarks.baseline import sequential_llm
 from benchmarks.harness import CountedMongo, Measurement
+from utils.config import Settings
 from utils.table import format_table
 
 # Scenario sizes: (full run, --quick). mongomock has no indexes: every upsert scans its
@@ -82,7 +83,7 @@ def analyzer(quick: bool) -> list[list]:
     with FakeGroq(latency=analyzer_bench.LATENCY_SECONDS) as fake:
         started = time.perf_counter()
         requests = sequential_llm(fake.base_url, [f"call {n}" for n in range(analyzer_bench.CALLS)],
-                                  "llama-3.3-70b-versatile")
+                                  Settings().groq_model)
         naive = Measurement(seconds=time.perf_counter() - started, requests=requests)
     print()
     return [_row(f"analyzer batch {analyzer_bench.CALLS}", "callsync (incl. setup)", ours),

@@ -44,7 +44,8 @@ class Settings:
     backfill_days: int = 30
     sync_overlap_minutes: int = 10
     groq_api_keys: tuple[str, ...] = field(default=(), repr=False)
-    groq_model: str = "llama-3.3-70b-versatile"
+    # llama-3.3-70b-versatile, the earlier default, was decommissioned on 2026-08-16 (404 model_not_found).
+    groq_model: str = "openai/gpt-oss-20b"
     groq_base_url: str | None = None
     sync_interval_minutes: int = 5
     llm_batch_limit: int = 10
