@@ -47,10 +47,8 @@ class CustomerWriter:
         now = utcnow()
         found = records_by_phone(self.customers, [phone for phone, _ in by_phone.values()])
         # Links first, legacy ones too: a merge below removes the `callIds` they come from.
-        bulk_upsert(self.links, [link for key, docs in found.items() for link in legacy_links(key, docs)] + [
-            UpdateOne({"_id": call.call_id}, {"$set": {"phone": key, "at": call.at}, "$setOnInsert": {"applied": False}},
-                      upsert=True)
-            for key, (_phone, calls) in by_phone.items() for call in calls])
+        bulk_upsert(self.links, [link for key, docs in found.items() for link in legacy_links(key, docs)]
+                    + [_link(key, call) for key, (_phone, calls) in by_phone.items() for call in calls])
         stored = {key: merge_records(self.customers, docs, self.ranks) for key, docs in found.items()}
         counts = self._counts(list(by_phone))
         # Before the customers: once they hold the new status, a re-run could not tell it changed.
@@ -59,8 +57,8 @@ class CustomerWriter:
             customer_upsert(phone, calls, now, ranks=self.ranks, call_count=counts.get(key, 0),
                             existing_id=stored[key]["_id"] if key in stored else None)
             for key, (phone, calls) in by_phone.items()])
-        self.links.update_many({"_id": {"$in": [c.call_id for _, calls in by_phone.values() for c in calls]}},
-                               {"$set": {"applied": True}})
+        call_ids = [call.call_id for _phone, calls in by_phone.values() for call in calls]
+        self.links.update_many({"_id": {"$in": call_ids}}, {"$set": {"applied": True}})
         recorder.add("inserted", inserted, agent_id)
         recorder.add("updated", updated, agent_id)
 
@@ -102,3 +100,9 @@ class CustomerWriter:
                     {"$setOnInsert": {"customerPhone": key, "customerId": stored.get(key, {}).get("_id"),
                                       **change, "at": now}}, upsert=True))
         bulk_upsert(self.activities, operations)
+
+
+def _link(key: str, call: CustomerCall) -> UpdateOne:
+    """The call counted on the number `key`; `applied` once the customer holds it."""
+    return UpdateOne({"_id": call.call_id}, {"$set": {"phone": key, "at": call.at}, "$setOnInsert": {"applied": False}},
+                     upsert=True)
