@@ -35,7 +35,7 @@ BOOKED, CALLBACK, INTERESTED, NOT_INTERESTED = "Booked", "Callback", "Interested
 CONTACTED, VOICEMAIL, NO_ANSWER = "Contacted", "Voicemail", "No Answer"
 # Highest first; statuses in one group rank equal.
 DEFAULT_PRECEDENCE = ((BOOKED,), (CALLBACK, INTERESTED, NOT_INTERESTED), (CONTACTED,), (VOICEMAIL,), (NO_ANSWER,))
-_EPOCH = datetime(1970, 1, 1)
+EPOCH = datetime(1970, 1, 1)
 
 
 class StatusRanks:
@@ -137,15 +137,15 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
     under any spelling of the number) or a record keyed by the normalized number. The stored
     `phone` becomes the normalized key. `call_count`: the calls counted for the number so far."""
     newest = _newest(calls)
-    best = max(calls, key=lambda c: (ranks.of(c.status), c.at, c.call_id))
+    best = _best_status(calls, ranks)
     fields = _newest_per_field(calls)
     with_extracted = [c for c in calls if c.extracted]
     decide: dict[str, Any] = {
-        "_newer": {"$gt": [newest.at, {"$ifNull": ["$lastCallAt", _EPOCH]}]},
+        "_newer": {"$gt": [newest.at, {"$ifNull": ["$lastCallAt", EPOCH]}]},
         "_takeStatus": {"$or": [
             {"$lt": [ranks.expression("$status"), ranks.of(best.status)]},
             {"$and": [{"$eq": [ranks.expression("$status"), ranks.of(best.status)]},
-                      {"$gt": [best.at, {"$ifNull": ["$statusAt", _EPOCH]}]}]}]},
+                      {"$gt": [best.at, {"$ifNull": ["$statusAt", EPOCH]}]}]}]},
     }
     for name, (_value, at) in fields.items():
         decide[f"_take_{name}"] = _newer_than_stored(name, at, f"$fieldsAt.{name}")
@@ -185,6 +185,11 @@ def _newest(calls: list[CustomerCall]) -> CustomerCall:
     return max(calls, key=lambda c: (c.at, c.call_id))
 
 
+def _best_status(calls: list[CustomerCall], ranks: StatusRanks) -> CustomerCall:
+    """The call whose status these calls give the customer: the highest rank, then the newest."""
+    return max(calls, key=lambda c: (ranks.of(c.status), c.at, c.call_id))
+
+
 def _newest_per_field(calls: list[CustomerCall]) -> dict[str, tuple[Any, datetime]]:
     """Each profile field's value from the newest of these calls that named it, with its time."""
     fields: dict[str, tuple[Any, datetime]] = {}
@@ -199,7 +204,7 @@ def _newer_than_stored(field: str, at: datetime, stored_at: str) -> dict:
     the stored value. A record written before per-field times existed counts as set by its
     newest call."""
     return {"$or": [{"$eq": [{"$ifNull": [f"${field}", None]}, None]},
-                    {"$gt": [at, {"$ifNull": [stored_at, {"$ifNull": ["$lastCallAt", _EPOCH]}]}]}]}
+                    {"$gt": [at, {"$ifNull": [stored_at, {"$ifNull": ["$lastCallAt", EPOCH]}]}]}]}
 
 
 def _if(condition: str, value: Any, otherwise: str) -> dict:
@@ -209,9 +214,9 @@ def _if(condition: str, value: Any, otherwise: str) -> dict:
 def status_change(stored: dict | None, calls: list[CustomerCall], ranks: StatusRanks) -> dict | None:
     """The status change these calls make to the record as read before the write (the same rule
     as the update), for the activity log: from, to, the call and the reason; None for no change."""
-    best = max(calls, key=lambda c: (ranks.of(c.status), c.at, c.call_id))
+    best = _best_status(calls, ranks)
     before = (stored or {}).get("status")
-    before_at = (stored or {}).get("statusAt") or _EPOCH
+    before_at = (stored or {}).get("statusAt") or EPOCH
     rank, before_rank = ranks.of(best.status), ranks.of(before)
     if rank < before_rank or (rank == before_rank and best.at <= before_at) or best.status == before:
         return None

@@ -12,9 +12,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 
-from models.customer import PROFILE_FIELDS, StatusRanks
-
-_EPOCH = datetime(1970, 1, 1)
+from models.customer import EPOCH, PROFILE_FIELDS, StatusRanks
 
 
 def legacy_call_ids(doc: dict) -> list[str]:
@@ -81,7 +79,7 @@ def _count(doc: dict) -> int:
 
 def _at(doc: dict, name: str) -> datetime:
     value = doc.get(name)
-    return value if isinstance(value, datetime) else _EPOCH
+    return value if isinstance(value, datetime) else EPOCH
 
 
 def _field_at(doc: dict, name: str) -> datetime:

@@ -111,7 +111,7 @@ class ExecutionFeed:
         plan = follow_ups(pending, now)
         still = dict(plan.keep)
         for call_id in plan.expired:
-            recorder.error(f"call {call_id} is still not terminal after {PENDING_MAX_AGE.days} days; "
+            recorder.error(f"call {call_id} is still not stored final after {PENDING_MAX_AGE.days} days; "
                            "no longer followed", code="pending_expired", call_id=call_id, agent_id=agent_id)
         finished: list[Execution] = []
         for call_id in plan.fetch:
