@@ -35,7 +35,7 @@ def call_fields(execution: Execution) -> dict:
         "bolnaSummary": execution.summary,
         "extractedData": execution.extracted_raw,
         "extracted": execution.extracted,
-        "extractedConfidence": execution.extraction.confidence or None if execution.extraction else None,
+        "extractedConfidence": (execution.extraction.confidence or None) if execution.extraction else None,
         "recordingUrl": execution.recording_url,
         "hangupReason": execution.hangup_reason,
         "hangupBy": execution.hangup_by,

@@ -89,7 +89,11 @@ class BolnaClient:
                     retry_state.attempt_number, retry_state.next_action.sleep)
 
     def _get(self, path: str, params: dict | None = None):
-        return self._retrying(self._get_once, path, params)[0]
+        return self._get_served(path, params)[0]
+
+    def _get_served(self, path: str, params: dict | None = None) -> tuple[object, datetime | None]:
+        """(body, Bolna's time when it answered), retried as every request is."""
+        return self._retrying(self._get_once, path, params)
 
     def _get_once(self, path: str, params: dict | None):
         self.requests_made += 1
@@ -134,7 +138,7 @@ class BolnaClient:
 
     def _window_pages(self, agent_id: str, start: datetime, end: datetime) -> Iterator[list]:
         for page_number in range(1, self.max_pages_per_window + 1):
-            page, served_at = self._retrying(self._get_once, f"/v2/agent/{agent_id}/executions", {
+            page, served_at = self._get_served(f"/v2/agent/{agent_id}/executions", {
                 "page_number": page_number, "page_size": self.page_size, "from": iso(start), "to": iso(end)})
             if not isinstance(page, dict) or not isinstance(page.get("data"), list):
                 raise BolnaError(f"executions page {page_number} of agent {agent_id} has no data list",
