@@ -1,5 +1,6 @@
 import pytest
 
+from services.analyzer.pricing import DEFAULT_PRICES, Price
 from utils.config import ConfigError, describe, load_settings
 
 
@@ -49,3 +50,15 @@ def test_status_precedence_lists_ranks_highest_first():
     settings = load_settings({"STATUS_PRECEDENCE": " Booked > Callback = Interested > No Answer "})
     assert settings.status_precedence == (("Booked",), ("Callback", "Interested"), ("No Answer",))
     assert load_settings({}).status_precedence[0] == ("Booked",)
+
+
+def test_llm_prices_extend_the_built_in_table():
+    settings = load_settings({"LLM_PRICES": '{"my/model": [1, 2.5]}'})
+    assert settings.llm_prices["my/model"] == Price(1.0, 2.5)
+    assert settings.llm_prices["openai/gpt-oss-20b"] == DEFAULT_PRICES["openai/gpt-oss-20b"]
+
+
+@pytest.mark.parametrize("raw", ['["x"]', '{"m": [1]}', '{"m": [-1, 2]}', '{"m": ["a", 2]}', "{bad"])
+def test_malformed_llm_prices_are_refused(raw):
+    with pytest.raises(ConfigError, match="LLM_PRICES"):
+        load_settings({"LLM_PRICES": raw})

@@ -11,6 +11,7 @@ from pymongo import uri_parser
 from pymongo.errors import ConfigurationError, InvalidURI
 
 from models.customer import DEFAULT_PRECEDENCE
+from services.analyzer.pricing import DEFAULT_PRICES, Price
 from utils.phone import DEFAULT_REGION
 
 DEFAULT_TAGS = ("Purchased", "follow_up", "Interested", "Not_Interested", "No_Answer")
@@ -53,6 +54,7 @@ class Settings:
     llm_concurrency: int = 4
     llm_batch_deadline_seconds: float = 120.0
     llm_timeout_seconds: float = 30.0
+    llm_prices: Mapping[str, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
     min_transcript_chars: int = 15
     transcript_char_budget: int = 12000
     analysis_tags: tuple[str, ...] = DEFAULT_TAGS
@@ -172,6 +174,21 @@ def _port(value: str) -> int:
     return port
 
 
+def _prices(value: str) -> dict[str, Price]:
+    """JSON object of model -> [input, output] USD per million tokens, added to (or replacing
+    entries of) the built-in table; e.g. {"openai/gpt-oss-20b": [0.075, 0.30]}"""
+    table = json.loads(value)
+    if not isinstance(table, dict):
+        raise ValueError('must be a JSON object such as {"model": [input, output]} in USD per million tokens')
+    prices = dict(DEFAULT_PRICES)
+    for model, pair in table.items():
+        if (not isinstance(pair, list) or len(pair) != 2
+                or not all(isinstance(p, (int, float)) and not isinstance(p, bool) and p >= 0 for p in pair)):
+            raise ValueError(f"the price of {model!r} must be [input, output], two numbers of at least 0")
+        prices[model] = Price(float(pair[0]), float(pair[1]))
+    return prices
+
+
 def _extra_fields(value: str) -> tuple[ExtraField, ...]:
     """JSON list of {"name", "description", "type"}; e.g.
     [{"name": "budget", "description": "Budget the caller mentioned", "type": "string"}]"""
@@ -217,6 +234,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "LLM_REQUEST_BUDGET": ("llm_request_budget", _non_negative_int, False),
     "LLM_BATCH_DEADLINE_SECONDS": ("llm_batch_deadline_seconds", _positive_float, False),
     "LLM_TIMEOUT_SECONDS": ("llm_timeout_seconds", _positive_float, False),
+    "LLM_PRICES": ("llm_prices", _prices, False),
     "MIN_TRANSCRIPT_CHARS": ("min_transcript_chars", _non_negative_int, False),
     "TRANSCRIPT_CHAR_BUDGET": ("transcript_char_budget", _positive_int, False),
     "ANALYSIS_TAGS": ("analysis_tags", _csv, False),
