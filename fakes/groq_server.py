@@ -3,8 +3,11 @@
 
 It answers `POST /openai/v1/chat/completions` with an analysis derived from the transcript in the
 request, or misbehaves on demand (`respond`): invalid JSON, JSON of the wrong shape, 429 with
-Retry-After, 500. Keys in `rejected_keys` get 401; `latency` makes every answer slow. Every request
-is kept (`requests`) with its body and Authorization header, for assertions.
+Retry-After, 500. Keys in `rejected_keys` get 401; `latency` makes every answer slow. Like Groq it
+refuses (400) a strict schema on a model without constrained decoding, a strict schema that leaves
+a property optional, and a `reasoning_effort` the model does not take; it keeps rate limits
+(`fakes/groq_limits.py`) and answers `GET /openai/v1/models/{id}`. Every request is kept
+(`requests`) with its body and Authorization header, for assertions.
 """
 from __future__ import annotations
 
@@ -16,10 +19,17 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
+from urllib.parse import unquote
+
+from fakes.groq_limits import RateLimits
 from fakes.local_server import LocalServer, QuietHandler
 
 COMPLETIONS_PATH = "/openai/v1/chat/completions"
-BEHAVIOURS = ("analysis", "invalid_json", "wrong_shape", "rate_limited", "server_error")
+MODELS_PATH = "/openai/v1/models/"
+STRICT_MODELS = ("openai/gpt-oss-20b", "openai/gpt-oss-120b")
+REASONING_EFFORTS = ("low", "medium", "high")
+BEHAVIOURS = ("analysis", "invalid_json", "wrong_shape", "rate_limited", "server_error",
+              "json_validate_failed", "bad_request")
 
 
 @dataclass(frozen=True)
@@ -51,9 +61,12 @@ class FakeGroq(LocalServer):
 
     def __init__(self, *, behaviour: str = "analysis", latency: float = 0.0, retry_after: float = 1.0,
                  rejected_keys: tuple[str, ...] = (), extra: dict | None = None,
-                 retired_models: tuple[str, ...] = ()):
-        """`retired_models`: decommissioned, answered 404 `model_not_found` as Groq does."""
+                 retired_models: tuple[str, ...] = (), tokens_per_minute: int = 10_000_000,
+                 requests_per_day: int = 10_000_000, rate_window_seconds: float = 60.0):
+        """`retired_models`: decommissioned, answered 404 `model_not_found` as Groq does.
+        The limits default to more than any test sends; `rate_window_seconds` shortens the minute."""
         self._check(behaviour)
+        self.limits = RateLimits(tokens_per_minute, requests_per_day, rate_window_seconds)
         self.retired_models = set(retired_models)
         self._on_request: deque[Callable[[], None]] = deque()
         self.latency = latency
@@ -61,6 +74,7 @@ class FakeGroq(LocalServer):
         self.rejected_keys = set(rejected_keys)
         self.extra = dict(extra or {})  # added to every valid analysis (configured extra fields)
         self.requests: list[GroqRequest] = []
+        self.in_flight = self.max_in_flight = 0  # completion requests being answered at once
         super().__init__()
         self._behaviour = behaviour
         self._scripted: deque[str] = deque()
@@ -93,6 +107,9 @@ class FakeGroq(LocalServer):
         with self._lock:
             return list(self.requests)
 
+    def statuses(self) -> list[int]:
+        return [request.status for request in self.recorded()]
+
     def tokens_sent(self) -> int:
         return sum(_tokens(request.sent_text) for request in self.recorded())
 
@@ -112,8 +129,28 @@ class FakeGroq(LocalServer):
 
 
 class _Handler(QuietHandler):
+    def do_GET(self) -> None:
+        fake: FakeGroq = self.server.fake
+        if not self.path.startswith(MODELS_PATH):
+            return self._send(404, {"error": {"message": "Unknown request URL", "type": "invalid_request_error"}})
+        model = unquote(self.path[len(MODELS_PATH):])
+        if model in fake.retired_models:
+            return self._send(404, {"error": {"message": f"The model `{model}` does not exist or you do not have access to it.",
+                                              "type": "invalid_request_error", "code": "model_not_found"}})
+        self._send(200, {"id": model, "object": "model", "created": 0, "owned_by": "fake", "active": True})
+
     def do_POST(self) -> None:
         fake: FakeGroq = self.server.fake
+        with fake._lock:
+            fake.in_flight += 1
+            fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+        try:
+            self._answer(fake)
+        finally:
+            with fake._lock:
+                fake.in_flight -= 1
+
+    def _answer(self, fake: "FakeGroq") -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         authorization = self.headers.get("Authorization", "")
         if self.path != COMPLETIONS_PATH:
@@ -132,6 +169,8 @@ class _Handler(QuietHandler):
             return self._error(fake, body, authorization, 404,
                                f"The model `{body['model']}` has been decommissioned or does not exist.",
                                code="model_not_found")
+        if (refusal := _form_error(body)) is not None:
+            return self._error(fake, body, authorization, 400, refusal, code="invalid_request_error")
         behaviour = fake._next_behaviour()
         if behaviour == "rate_limited":
             wait = f"{fake.retry_after:g}"
@@ -141,9 +180,20 @@ class _Handler(QuietHandler):
                                         "x-ratelimit-reset-requests": f"{wait}s"})
         if behaviour == "server_error":
             return self._error(fake, body, authorization, 500, "Internal Server Error")
-        request = GroqRequest(body, authorization, 200)
-        content = _content(behaviour, request.transcript, fake.extra)
-        number = fake._log(request)
+        if behaviour == "json_validate_failed":
+            return self._error(fake, body, authorization, 400,
+                               "Failed to generate JSON. Please adjust your prompt. See 'failed_generation' for more details.",
+                               code="json_validate_failed", failed_generation='{"tag": "Interested", "summ')
+        if behaviour == "bad_request":
+            return self._error(fake, body, authorization, 400, "'messages.0' : unsupported parameter",
+                               code="invalid_request_error")
+        content = _content(behaviour, GroqRequest(body, authorization, 200).transcript, fake.extra)
+        prompt_tokens = _tokens(GroqRequest(body, authorization, 200).sent_text)
+        limit_headers, refusal = fake.limits.take(body.get("model", ""), prompt_tokens + _tokens(content))
+        if refusal is not None:
+            fake._log(GroqRequest(body, authorization, 429))
+            return self._send(429, refusal, limit_headers)
+        number = fake._log(GroqRequest(body, authorization, 200))
         self._send(200, {
             "id": f"chatcmpl-fake-{number}",
             "object": "chat.completion",
@@ -151,14 +201,15 @@ class _Handler(QuietHandler):
             "model": body.get("model", ""),
             "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
                          "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": _tokens(request.sent_text), "completion_tokens": _tokens(content),
-                      "total_tokens": _tokens(request.sent_text) + _tokens(content)},
-        })
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": _tokens(content),
+                      "total_tokens": prompt_tokens + _tokens(content)},
+        }, limit_headers)
 
     def _error(self, fake: FakeGroq, body: dict, authorization: str, status: int, message: str, *,
-               code: str | None = None, headers: dict[str, str] | None = None) -> None:
+               code: str | None = None, headers: dict[str, str] | None = None, **details) -> None:
         fake._log(GroqRequest(body, authorization, status))
-        self._send(status, {"error": {"message": message, "type": "fake_error", "code": code}}, headers)
+        error = {"message": message, "type": "invalid_request_error", "code": code, **details}
+        self._send(status, {"error": error}, headers)
 
     def _send(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
@@ -169,6 +220,26 @@ class _Handler(QuietHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+
+def _form_error(body: dict) -> str | None:
+    """What Groq refuses in the form of a request, whatever its transcript."""
+    model = body.get("model", "")
+    effort = body.get("reasoning_effort")
+    if effort is not None and (not model.startswith("openai/gpt-oss-") or effort not in REASONING_EFFORTS):
+        return f"`reasoning_effort` {effort!r} is not supported with model `{model}`"
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema") or {}
+    if not spec.get("strict"):
+        return None
+    if model not in STRICT_MODELS:
+        return f"model `{model}` does not support strict structured outputs"
+    schema = spec.get("schema") or {}
+    if schema.get("additionalProperties") is not False or set(schema.get("required", ())) != set(schema.get("properties", {})):
+        return "strict mode: every property must be required and additionalProperties must be false"
+    return None
 
 
 def _content(behaviour: str, transcript: str, extra: dict) -> str:

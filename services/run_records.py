@@ -47,7 +47,7 @@ class RunRecorder:
         self.errors: list[dict] = []
         self.error_count = 0
 
-    def add(self, counter: str, n: int = 1, agent_id: str | None = None) -> None:
+    def add(self, counter: str, n: float = 1, agent_id: str | None = None) -> None:
         if not n:
             return
         self.counts[counter] += n
@@ -158,6 +158,15 @@ class RunRecords:
         return self.runs.find_one({"job": job, "status": {"$in": list(SUCCESSFUL)}},
                                   sort=[("startedAt", DESCENDING)],
                                   hint=[("job", ASCENDING), ("startedAt", DESCENDING)])
+
+    def totals(self, job: str, since: datetime, counters: tuple[str, ...]) -> dict[str, float]:
+        """`counters` summed over the runs of `job` started since `since`."""
+        sums = {name: {"$sum": f"$counts.{name}"} for name in counters}
+        rows = list(self.runs.aggregate(
+            [{"$match": {"job": job, "startedAt": {"$gte": since}}}, {"$group": {"_id": None, **sums}}],
+            # As keys in a document: aggregate passes the hint through unconverted.
+            hint={"job": ASCENDING, "startedAt": DESCENDING}))
+        return {name: rows[0][name] if rows else 0 for name in counters}
 
     def mark_abandoned(self, stale_after: timedelta) -> int:
         """At start-up: runs still `running` that belong to a dead process of this host (or to an

@@ -101,13 +101,13 @@ def test_short_transcripts_are_skipped_without_a_request_or_using_up_the_limit(f
 
 # -- what the LLM gets and what is written back ------------------------------------------------
 
-def test_request_is_one_json_mode_completion_at_temperature_zero_with_pii_masked(fake, db, settings):
+def test_request_is_one_structured_completion_at_temperature_zero_with_pii_masked(fake, db, settings):
     add_call(db, "c1", transcript="assistant: Hi there, how can I help?\n"
                                   "user: Call me on +91 98765 43210 or 080-2345-6789, mail ravi@example.com")
     run(db, settings)
     [request] = fake.recorded()
     assert request.body["temperature"] == 0
-    assert request.body["response_format"] == {"type": "json_object"}
+    assert request.body["response_format"]["type"] == "json_schema"
     assert request.body["model"] == settings.groq_model
     assert request.authorization == "Bearer key-1"
     assert "[phone]" in request.transcript and "[email]" in request.transcript

@@ -201,6 +201,8 @@ def test_metrics_follow_the_run_records(health_settings, mongo, db, bolna, liste
     assert value("callsync_llm_calls_total", outcome="ok") == calls["counts"]["analyzed"] == 3
     assert value("callsync_llm_tokens_total", kind="prompt") == calls["counts"]["promptTokens"] > 0
     assert value("callsync_llm_tokens_total", kind="completion") == calls["counts"]["completionTokens"] > 0
+    assert calls["counts"]["costUsd"] > 0
+    assert value("callsync_llm_cost_usd_total") == pytest.approx(calls["counts"]["costUsd"])
     assert value("callsync_llm_fallbacks_total") == 0 and value("callsync_llm_fallback_ratio") == 0
     assert value("callsync_last_success_timestamp_seconds", job="crm_sync") == pytest.approx(
         crm["finishedAt"].replace(tzinfo=timezone.utc).timestamp())

@@ -19,6 +19,7 @@ from services.database import CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS
 from tests.conftest import TEST_DB
 from tests.helpers import build_app, requeue
 from tests.real_mongo import mongo  # noqa: F401 - the test database on the server, dropped after
+from utils.clock import utcnow
 from utils.phone import normalize_phone
 
 pytestmark = pytest.mark.timeout(180)
@@ -118,6 +119,7 @@ def recorded(mongo, mongodb_uri, settings, bolna_server):
     assert requeue(app.db, call_id=analyzed["callId"]) == 1
     app.run_job("call_processor")  # the re-analysis replaces the call's conversation on its contact
     app.runs.last_run("crm_sync"), app.runs.last_success("crm_sync")
+    app.runs.totals("call_processor", utcnow() - timedelta(days=1), ("costUsd",))  # status's LLM usage
     app.runs.mark_abandoned(timedelta(hours=6))
     yield recorder, client[TEST_DB]
     client.close()
@@ -133,7 +135,7 @@ def test_every_query_the_jobs_send_is_answered_from_an_index(recorded):
                      ("find", CALLS),  # the page's "already stored final" check
                      ("findAndModify", CALLS),  # the analyzer's claim
                      ("findAndModify", CONTACTS), ("find", "sync_state"), ("find", "sync_runs"),
-                     ("distinct", "sync_runs")]:
+                     ("distinct", "sync_runs"), ("aggregate", "sync_runs")]:
         assert expected in seen, f"no {expected[0]} on {expected[1]} was recorded"
 
     scans = []

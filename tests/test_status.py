@@ -56,6 +56,24 @@ def test_status_json_reflects_the_run_records(settings, mongo, db, bolna, capsys
     assert status["contactsByTag"] == tags and sum(tags.values()) == 4
     assert status["contactsByLeadStatus"] == {
         value: db[CONTACTS].count_documents({"leadStatus": value}) for value in db[CONTACTS].distinct("leadStatus")}
+    # The heuristic analyzed them: no tokens, no cost.
+    assert status["llmUsage24h"] == {"analyzed": 4, "failed": 0, "promptTokens": 0, "completionTokens": 0,
+                                     "costUsd": 0, "unpricedAnalyses": 0}
+
+
+def test_status_sums_llm_tokens_and_cost_over_the_last_day(settings, db, capsys):
+    runs = db[SYNC_RUNS]
+    now = utcnow()
+    for hours_ago, cost in ((1, 0.25), (5, 0.5), (30, 8.0)):  # the last is older than a day
+        runs.insert_one({"_id": f"r{hours_ago}", "job": "call_processor", "status": "ok",
+                         "startedAt": now - timedelta(hours=hours_ago), "finishedAt": now,
+                         "counts": {"analyzed": 10, "promptTokens": 1000, "completionTokens": 200, "costUsd": cost}})
+    status = status_json(db, settings, capsys)
+    assert status["llmUsage24h"] == {"analyzed": 20, "failed": 0, "promptTokens": 2000, "completionTokens": 400,
+                                     "costUsd": 0.75, "unpricedAnalyses": 0}
+    show_status(db, settings, as_json=False)
+    assert ("LLM, last 24 h: 20 analyzed, 0 failed, 2000 prompt + 400 completion tokens, estimated cost $0.7500"
+            in capsys.readouterr().out)
 
 
 def test_a_failed_run_is_the_last_run_but_not_the_last_success(settings, mongo, db, bolna, capsys):

@@ -48,6 +48,8 @@ class Settings:
     # llama-3.3-70b-versatile, the earlier default, was decommissioned on 2026-08-16 (404 model_not_found).
     groq_model: str = "openai/gpt-oss-20b"
     groq_base_url: str | None = None
+    groq_answer_format: str = "auto"  # auto | json_schema | json_object (services/analyzer/request.py)
+    groq_reasoning_effort: str = "low"  # sent to the models that take it (gpt-oss)
     sync_interval_minutes: int = 5
     llm_batch_limit: int = 10
     llm_request_budget: int | None = None  # None: see llm_requests_per_run
@@ -167,6 +169,20 @@ def _log_format(value: str) -> str:
     return fmt
 
 
+def _answer_format(value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in ("auto", "json_schema", "json_object"):
+        raise ValueError("must be auto, json_schema or json_object")
+    return mode
+
+
+def _reasoning_effort(value: str) -> str:
+    effort = value.strip().lower()
+    if effort not in ("low", "medium", "high"):
+        raise ValueError("must be low, medium or high")
+    return effort
+
+
 def _port(value: str) -> int:
     port = _int_at_least(value, 0)
     if port > 65535:
@@ -228,6 +244,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "GROQ_API_KEY": ("groq_api_keys", _csv, True),
     "GROQ_MODEL": ("groq_model", _stripped, False),
     "GROQ_BASE_URL": ("groq_base_url", _url, False),
+    "GROQ_ANSWER_FORMAT": ("groq_answer_format", _answer_format, False),
+    "GROQ_REASONING_EFFORT": ("groq_reasoning_effort", _reasoning_effort, False),
     "SYNC_INTERVAL_MINUTES": ("sync_interval_minutes", _positive_int, False),
     "LLM_BATCH_LIMIT": ("llm_batch_limit", _non_negative_int, False),
     "LLM_CONCURRENCY": ("llm_concurrency", _positive_int, False),

@@ -86,6 +86,8 @@ class App:
         abandoned = self.runs.mark_abandoned(stale)
         if abandoned:
             log.warning("marked %d run(s) left running by a stopped process as abandoned", abandoned)
+        if (problem := self.analysis.check_llm()) is not None:
+            log.warning("%s", problem, extra={"event": "llm_model_missing"})
 
     def run_job(self, name: str, *, full: bool = False) -> dict:
         """Run one job now and return its run record (also stored in `sync_runs`)."""

@@ -48,6 +48,9 @@ class RunMetrics:
         self.fallbacks = Counter("callsync_llm_fallbacks",
                                  "Analyses made by the offline heuristic instead of the LLM", registry=registry)
         self.tokens = Counter("callsync_llm_tokens", "LLM tokens used, by kind", ["kind"], registry=registry)
+        self.cost = Counter("callsync_llm_cost_usd",
+                            "Estimated LLM cost in US dollars, from the price table (LLM_PRICES)",
+                            registry=registry)
         self.fallback_ratio = Gauge(
             "callsync_llm_fallback_ratio",
             "Share of analyses made by the offline heuristic, in the last run that analyzed any call",
@@ -85,6 +88,7 @@ class RunMetrics:
             self.analyses.labels(outcome).inc(counts.get(counter, 0))
         for kind, counter in TOKEN_KINDS.items():
             self.tokens.labels(kind).inc(counts.get(counter, 0))
+        self.cost.inc(counts.get("costUsd", 0))
         fallbacks = counts.get("fallback", 0)
         self.fallbacks.inc(fallbacks)
         # Both ok and failed analyses may carry a heuristic result; skips carry none.

@@ -3,7 +3,7 @@ so it works from any machine that reaches the database, daemon running or not.""
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pymongo.database import Database
 
@@ -12,7 +12,10 @@ from services.database import CALLS, CONTACTS, CUSTOMERS
 from services.run_records import RunRecords
 from utils.clock import utcnow
 from utils.table import format_table
-from worker.jobs import JOB_NAMES
+from worker.jobs import CALL_PROCESSOR, JOB_NAMES
+
+LLM_USAGE_COUNTERS = ("analyzed", "failed", "promptTokens", "completionTokens", "costUsd", "unpricedAnalyses")
+LLM_USAGE_WINDOW = timedelta(hours=24)
 
 
 class StatusReader:
@@ -29,6 +32,7 @@ class StatusReader:
             "checkedAt": now,
             "jobs": {job: self._job(job, now) for job in JOB_NAMES},
             "queueDepth": self.queue.depth(),
+            "llmUsage24h": self.runs.totals(CALL_PROCESSOR, now - LLM_USAGE_WINDOW, LLM_USAGE_COUNTERS),
             "totals": {name: self.db[name].count_documents({}) for name in (CUSTOMERS, CALLS, CONTACTS)},
             "contactsByTag": self._count_by("tag"),
             "contactsByLeadStatus": self._count_by("leadStatus"),
@@ -68,10 +72,20 @@ def format_status(status: dict) -> str:
         format_table(["job", "last run", "started", "finished", "errors", "last success", "age"], job_rows),
         f"customers {totals[CUSTOMERS]}   calls {totals[CALLS]}   contacts {totals[CONTACTS]}   "
         f"waiting for analysis {status['queueDepth']}",
+        _llm_usage(status["llmUsage24h"]),
         format_table(["tag", "contacts"], _count_rows(status["contactsByTag"])),
         format_table(["lead status", "contacts"], _count_rows(status["contactsByLeadStatus"])),
     ]
     return "\n\n".join(sections)
+
+
+def _llm_usage(usage: dict) -> str:
+    cost = f"${usage['costUsd']:.4f}"
+    if usage["unpricedAnalyses"]:
+        cost += f" (+ {usage['unpricedAnalyses']} analyses of a model without a price; see LLM_PRICES)"
+    return (f"LLM, last 24 h: {usage['analyzed']} analyzed, {usage['failed']} failed, "
+            f"{usage['promptTokens']} prompt + {usage['completionTokens']} completion tokens, "
+            f"estimated cost {cost}")
 
 
 def _run_summary(run: dict) -> dict:

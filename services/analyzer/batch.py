@@ -15,6 +15,7 @@ from services.analyzer.contacts import record_decision
 from services.analyzer.deadline import Deadline, DeadlineExceeded
 from services.analyzer.groq_analyzer import GroqAnalyzer, LlmFailure, LlmUnavailable
 from services.analyzer.heuristic import heuristic_analysis
+from services.analyzer.pricing import estimated_cost
 from services.analyzer.schema import (HEURISTIC_MODEL, SHORT_TRANSCRIPT, Usage,
                                       analysis_document)
 from services.run_records import RunRecorder, describe_failure
@@ -41,6 +42,7 @@ class Outcome:
     error: str | None = None
     used_fallback: bool = False
     usage: Usage = Usage()
+    cost_usd: float | None = 0.0  # None: tokens of a model without a price
     has_contact: bool = True
 
 
@@ -54,6 +56,10 @@ class AnalysisBatch:
         self._settings = settings
         self._llm = llm
         self._unavailable: str | None = None  # this run's reason the LLM cannot be used
+
+    def check_llm(self) -> str | None:
+        """At start-up: why the configured LLM cannot be used, if Groq already says so."""
+        return self._llm.check_model() if self._llm is not None else None
 
     def run(self, recorder: RunRecorder) -> None:
         limit = self._settings.llm_batch_limit
@@ -157,10 +163,19 @@ class AnalysisBatch:
         if _has_result(analysis):
             has_contact = record_decision(self._db, claim.call, analysis, utcnow())
         usage = Usage(analysis["usage"]["promptTokens"], analysis["usage"]["completionTokens"])
+        cost = analysis["usage"]["costUsd"] = self._cost(usage)
         if not self.queue.finish(claim, analysis):
-            return Outcome(claim.call_id, "claim_lost", usage=usage)
+            return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
         return Outcome(claim.call_id, analysis["status"], error=analysis["error"],
-                       used_fallback=analysis["usedFallback"], usage=usage, has_contact=has_contact)
+                       used_fallback=analysis["usedFallback"], usage=usage, cost_usd=cost,
+                       has_contact=has_contact)
+
+    def _cost(self, usage: Usage) -> float | None:
+        # By the LLM's price even when the stored result is the fallback's: an answer that
+        # failed validation was still billed.
+        if not (usage.prompt_tokens or usage.completion_tokens):
+            return 0.0
+        return estimated_cost(usage, self._settings.llm_prices.get(self._settings.groq_model))
 
 
 def _has_result(analysis: dict) -> bool:
@@ -180,6 +195,10 @@ def _record(outcome: Outcome, recorder: RunRecorder) -> None:
     recorder.add("noContact", int(not outcome.has_contact))
     recorder.add("promptTokens", outcome.usage.prompt_tokens)
     recorder.add("completionTokens", outcome.usage.completion_tokens)
+    if outcome.cost_usd is None:
+        recorder.add("unpricedAnalyses")
+    else:
+        recorder.add("costUsd", outcome.cost_usd)
     if outcome.status in ("failed", "crashed"):
         recorder.error(f"analysis of call {outcome.call_id} {outcome.status}: {outcome.error}",
                        code=f"analysis_{outcome.status}", call_id=outcome.call_id)

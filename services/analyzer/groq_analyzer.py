@@ -10,8 +10,9 @@ import groq
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from services.analyzer.deadline import Deadline, DeadlineExceeded
-from services.analyzer.prompt import build_messages
+from services.analyzer.pacing import RatePacer
 from services.analyzer.rate_limit import retry_after_seconds
+from services.analyzer.request import completion_request, prompt_tokens_estimate
 from services.analyzer.schema import Analysis, InvalidAnswer, Usage, parse_answer
 from utils.config import Settings
 
@@ -22,6 +23,9 @@ TRANSIENT_ERRORS = (groq.RateLimitError, groq.InternalServerError, groq.APIConne
 # Retried to the end, these say Groq is down rather than that the call is at fault; a timeout is
 # the exception (a long transcript can cause it), and stays the call's failure.
 SERVICE_DOWN = (groq.InternalServerError, groq.APIConnectionError)
+# 400 codes that come from the call (its transcript, or the answer generated for it) rather than
+# from the form every request shares.
+CALL_FAULTS = frozenset({"json_validate_failed", "context_length_exceeded"})
 # For errors other than rate limits, which are waited out until the batch deadline instead.
 MAX_REQUESTS_PER_CALL = 4
 # A 429 saying "retry after 0 s" must not turn into a busy loop against the API.
@@ -65,39 +69,46 @@ class LlmAnswer:
     model: str
 
 
-class _KeyRing:
-    """One client per API key, handed out in rotation to spread the rate limit; a key that
-    answers 401 is set aside for the rest of the run (a ring lives for one run)."""
+@dataclass(eq=False)
+class _Key:
+    """One API key: its client, and the pacing of its organisation's limits (kept across runs)."""
+    client: groq.Groq
+    pacer: RatePacer
 
-    def __init__(self, clients: list[groq.Groq]):
-        self._clients = list(clients)
+
+class _KeyRing:
+    """The keys handed out in rotation to spread the rate limit; a key that answers 401 is set
+    aside for the rest of the run (a ring lives for one run)."""
+
+    def __init__(self, keys: list[_Key]):
+        self._keys = list(keys)
         self._next = 0
         self._lock = threading.Lock()
 
-    def next(self) -> groq.Groq | None:
+    def next(self) -> _Key | None:
         with self._lock:
-            if not self._clients:
+            if not self._keys:
                 return None
-            client = self._clients[self._next % len(self._clients)]
+            key = self._keys[self._next % len(self._keys)]
             self._next += 1
-            return client
+            return key
 
-    def set_aside(self, client: groq.Groq) -> int:
+    def set_aside(self, key: _Key) -> int:
         """Returns how many keys are left."""
         with self._lock:
-            if client in self._clients:
-                self._clients.remove(client)
-            return len(self._clients)
+            if key in self._keys:
+                self._keys.remove(key)
+            return len(self._keys)
 
 
 class GroqAnalyzer:
     def __init__(self, settings: Settings):
         self._settings = settings
         self.model = settings.groq_model
-        self._clients = [
+        self._all_keys = [
             # max_retries=0: retries are ours (tenacity), bounded by the batch deadline.
-            groq.Groq(api_key=key, base_url=settings.groq_base_url, max_retries=0,
-                      timeout=settings.llm_timeout_seconds)
+            _Key(groq.Groq(api_key=key, base_url=settings.groq_base_url, max_retries=0,
+                           timeout=settings.llm_timeout_seconds), RatePacer())
             for key in settings.groq_api_keys
         ]
         self.begin_run(settings.llm_requests_per_run)
@@ -105,13 +116,25 @@ class GroqAnalyzer:
     def begin_run(self, request_budget: int) -> None:
         """Every key gets another chance each run (a rejected key may have been renewed), and the
         run its own request budget."""
-        self._keys = _KeyRing(self._clients)
+        self._keys = _KeyRing(self._all_keys)
         self._budget = RequestBudget(request_budget)
+
+    def check_model(self) -> str | None:
+        """Why the configured model cannot be used, when Groq says it does not exist; None when it
+        exists or Groq cannot tell now (the runs will say more)."""
+        try:
+            self._all_keys[0].client.models.retrieve(self.model, timeout=self._settings.llm_timeout_seconds)
+        except groq.NotFoundError:
+            return (f"GROQ_MODEL {self.model} does not exist on Groq (404): calls stay queued until "
+                    "it is set to a current model such as openai/gpt-oss-20b")
+        except groq.APIError as exc:
+            log.info("could not check GROQ_MODEL %s: %s", self.model, _describe(exc))
+        return None
 
     def analyze(self, transcript: str, deadline: Deadline) -> LlmAnswer:
         """Raises LlmFailure (a finished, failed attempt), LlmUnavailable (not attempted for a
         reason that is not the call's) or DeadlineExceeded (cut off)."""
-        messages = build_messages(transcript, self._settings)
+        request = completion_request(transcript, self._settings)
         retrying = Retrying(
             retry=retry_if_exception_type(TRANSIENT_ERRORS),
             wait=_server_hint_or_backoff,
@@ -120,7 +143,7 @@ class GroqAnalyzer:
             reraise=True,
         )
         try:
-            completion = retrying(self._request, messages, deadline)
+            completion = retrying(self._request, request, deadline)
         except groq.APIError as exc:
             requests = retrying.statistics.get("attempt_number", 1)
             reason = f"{self.model}: {_describe(exc)} (after {requests} request(s))"
@@ -135,25 +158,47 @@ class GroqAnalyzer:
             raise LlmFailure(f"{self.model}: invalid answer: {exc}", usage) from exc
         return LlmAnswer(analysis, usage, self.model)
 
-    def _request(self, messages: list[dict], deadline: Deadline):
-        while (client := self._keys.next()) is not None:
-            timeout = deadline.request_timeout(self._settings.llm_timeout_seconds)
+    def _request(self, request: dict, deadline: Deadline):
+        prompt_tokens = prompt_tokens_estimate(request)
+        while (key := self._keys.next()) is not None:
             self._budget.take()
+            reserved = key.pacer.acquire(prompt_tokens, deadline)
+            headers = completion = None
             try:
-                return client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=0,
-                    response_format={"type": "json_object"}, timeout=timeout)
-            except groq.AuthenticationError:
-                left = self._keys.set_aside(client)
-                log.warning("a Groq API key was rejected (401); set aside for this run, %d left", left)
-            except groq.NotFoundError as exc:
-                raise LlmUnavailable(f"model {self.model} is not available (HTTP 404); set GROQ_MODEL") from exc
+                timeout = deadline.request_timeout(self._settings.llm_timeout_seconds)
+                raw = key.client.chat.completions.with_raw_response.create(**request, timeout=timeout)
+                headers = raw.headers
+                completion = raw.parse()
+                return completion
+            except groq.APIStatusError as exc:
+                headers = exc.response.headers
+                self._refuse(key, exc)
             except groq.APITimeoutError as exc:
                 # The timeout was cut to the time left: the deadline, not Groq, ended it.
                 if deadline.reached:
                     raise DeadlineExceeded("the batch deadline passed during the request") from exc
                 raise
+            finally:
+                key.pacer.settle(reserved, headers, _usage(completion).completion_tokens if completion else None)
         raise LlmUnavailable(f"{self.model}: every Groq API key was rejected (401)")
+
+    def _refuse(self, key: _Key, error: groq.APIStatusError) -> None:
+        """Sort a refusal: a rejected key is set aside (the next key is tried), a rate limit
+        pauses every request of the key, and what no call can get past ends the run's use of the
+        LLM; anything else is raised for the retry loop or as this call's failure."""
+        if isinstance(error, groq.AuthenticationError):
+            left = self._keys.set_aside(key)
+            log.warning("a Groq API key was rejected (401); set aside for this run, %d left", left)
+            return
+        if isinstance(error, groq.RateLimitError):
+            key.pacer.pause(max(retry_after_seconds(error.response.headers) or 0.0, MIN_RATE_LIMIT_WAIT))
+        elif isinstance(error, groq.NotFoundError):
+            raise LlmUnavailable(f"model {self.model} is not available (HTTP 404); set GROQ_MODEL") from error
+        elif isinstance(error, groq.BadRequestError) and _error_code(error) not in CALL_FAULTS:
+            # The request's form (model, answer format, parameters), which every call shares.
+            raise LlmUnavailable(f"{self.model}: Groq refused the request ({_error_code(error) or 'HTTP 400'}); "
+                                 "check GROQ_MODEL, GROQ_ANSWER_FORMAT and GROQ_REASONING_EFFORT") from error
+        raise error
 
 
 def _out_of_attempts(retry_state: RetryCallState) -> bool:
@@ -178,6 +223,13 @@ def _describe(error: groq.APIError) -> str:
     if isinstance(error, groq.APIStatusError):
         return f"{type(error).__name__} (HTTP {error.status_code})"
     return f"{type(error).__name__}: {error.message}"
+
+
+def _error_code(error: groq.APIStatusError) -> str | None:
+    body = error.body if isinstance(error.body, dict) else {}
+    details = body.get("error", body)
+    code = details.get("code") if isinstance(details, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _content(completion) -> str | None:

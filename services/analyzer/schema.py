@@ -14,6 +14,7 @@ HEURISTIC_MODEL = "heuristic"
 SHORT_TRANSCRIPT = "transcript_too_short"
 
 _EXTRA_TYPES = {"string": (str,), "number": (int, float), "boolean": (bool,)}
+SCHEMA_NAME = "call_analysis"
 
 
 class InvalidAnswer(ValueError):
@@ -78,6 +79,26 @@ def parse_answer(content: str | None, tags: tuple[str, ...],
         reasoning=_answer_text("reasoning", payload["reasoning"], required=False),
         extra={f.name: _extra_value(f, payload[f.name]) for f in extra_fields},
     )
+
+
+def answer_json_schema(tags: tuple[str, ...], extra_fields: tuple[ExtraField, ...]) -> dict:
+    """The answer `parse_answer` accepts, as the JSON Schema of Groq's structured outputs, in
+    the subset strict mode takes: every property required, no additional properties. Ranges are
+    not in that subset; `parse_answer` still checks them."""
+    properties = {
+        "tag": {"type": "string", "enum": list(tags)},
+        "summary": {"type": "string"},
+        "leadScore": {"type": "integer", "description": "0-100"},
+        "leadStatus": {"type": "string", "enum": list(LEAD_STATUSES)},
+        "sentiment": {"type": "string", "enum": list(SENTIMENTS)},
+        "confidence": {"type": "integer", "description": "0-100"},
+        "reasoning": {"type": "string"},
+    }
+    for extra in extra_fields:
+        # Null says the call did not mention it; strict mode has no optional properties.
+        properties[extra.name] = {"type": [extra.type, "null"], "description": extra.description}
+    return {"type": "object", "properties": properties, "required": list(properties),
+            "additionalProperties": False}
 
 
 def analysis_document(status: str, *, attempted_at: datetime, model: str | None = None,
