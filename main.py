@@ -1,4 +1,4 @@
-"""Entry point: `python main.py [run|once|demo|status|reanalyze]` (see `--help`)."""
+"""Entry point: `python main.py [run|once|demo|status|reanalyze|evaluate]` (see `--help`)."""
 import sys
 
 from worker.cli import main

@@ -1,4 +1,4 @@
-"""Command line: `run` (the daemon), `once`, `demo`, `status`, `reanalyze`."""
+"""Command line: `run` (the daemon), `once`, `demo`, `status`, `reanalyze`, `evaluate`."""
 from __future__ import annotations
 
 import argparse
@@ -36,7 +36,18 @@ def _parser() -> argparse.ArgumentParser:
     which = reanalyze.add_mutually_exclusive_group(required=True)
     which.add_argument("--call-id", help="one call, by Bolna execution id")
     which.add_argument("--since", type=_date, help="every call made since this date (YYYY-MM-DD or ISO 8601, UTC)")
+    evaluate = commands.add_parser("evaluate", help="the analyzer's accuracy on the labelled call set "
+                                                    "(Groq with GROQ_API_KEY, else the offline heuristic)")
+    evaluate.add_argument("--json", action="store_true", help="machine-readable output")
+    evaluate.add_argument("--limit", type=_positive, help="only the first N labelled calls")
+    evaluate.add_argument("--dataset", help="another labelled set (JSON lines, as evaluation/labelled_calls.jsonl)")
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
+    return int(text)
 
 
 def _date(text: str) -> datetime:
@@ -65,10 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         setup_logging(settings.log_level, settings.log_format,
-                      secrets=(settings.bolna_api_key or "", *settings.groq_api_keys, settings.mongodb_uri or ""))
+                      secrets=(settings.bolna_api_key or "", *settings.groq_api_keys, settings.mongodb_uri or ""),
+                      # evaluate's stdout is its report (JSON with --json): logs go beside it.
+                      stream=sys.stderr if command == "evaluate" else None)
         if command == "demo":
             from worker.demo import run_demo
             return run_demo(settings)
+        if command == "evaluate":
+            from worker.evaluate import run_evaluation
+            return run_evaluation(settings, args)
         _require_server(settings, command, needs_bolna=command in ("run", "once"))
         return _COMMANDS[command](settings, args)
     except (ConfigError, UsageError) as exc:

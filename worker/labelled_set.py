@@ -1,0 +1,67 @@
+"""The labelled call set of the quality evaluation (`evaluation/labelled_calls.jsonl`), read and
+checked: a broken line is one error naming it, never a silently wrong figure."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.analyzer.schema import LEAD_STATUSES
+from utils.config import DEFAULT_TAGS
+
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "evaluation" / "labelled_calls.jsonl"
+# The set is labelled with the default tags; evaluate asks the analyzer for these.
+LABEL_TAGS = DEFAULT_TAGS
+_FIELDS = ("id", "style", "category", "transcript", "expected_tag", "expected_status")
+
+
+class DatasetError(ValueError):
+    """The labelled set cannot be used; the message names the file and line, never a transcript."""
+
+
+@dataclass(frozen=True)
+class LabelledCall:
+    id: str
+    style: str
+    category: str
+    transcript: str
+    expected_tag: str
+    expected_status: str
+
+
+def load_labelled_calls(path: Path = DEFAULT_PATH) -> list[LabelledCall]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read the labelled set {path}: {exc}") from None
+    calls: list[LabelledCall] = []
+    seen: set[str] = set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path.name} line {number}"
+        call = _parse(line, where)
+        if call.id in seen:
+            raise DatasetError(f"{where}: id {call.id!r} is used twice")
+        seen.add(call.id)
+        calls.append(call)
+    if not calls:
+        raise DatasetError(f"the labelled set {path} holds no calls")
+    return calls
+
+
+def _parse(line: str, where: str) -> LabelledCall:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{where}: not JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(item, dict):
+        raise DatasetError(f"{where}: not a JSON object")
+    missing = [name for name in _FIELDS if not isinstance(item.get(name), str) or not item[name].strip()]
+    if missing:
+        raise DatasetError(f"{where}: needs text in {', '.join(missing)}")
+    if item["expected_tag"] not in LABEL_TAGS:
+        raise DatasetError(f"{where}: expected_tag must be one of {', '.join(LABEL_TAGS)}")
+    if item["expected_status"] not in LEAD_STATUSES:
+        raise DatasetError(f"{where}: expected_status must be one of {', '.join(LEAD_STATUSES)}")
+    return LabelledCall(**{name: item[name] for name in _FIELDS})
