@@ -14,6 +14,7 @@ SYNC_STATE = "sync_state"
 SYNC_RUNS = "sync_runs"
 
 RUN_EXPIRY_INDEX = "ttl_startedAt"
+JOB_STARTED_INDEX = "job_startedAt"
 PHONE_INDEX = "phone_unique"
 
 # Unique and sparse, not partial: MongoDB uses a partial index only for a query it can prove is
@@ -62,7 +63,7 @@ def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
         IndexModel([("job", ASCENDING)], name="job"),
     ])
     db[SYNC_RUNS].create_indexes([
-        IndexModel([("job", ASCENDING), ("startedAt", DESCENDING)], name="job_startedAt"),
+        IndexModel([("job", ASCENDING), ("startedAt", DESCENDING)], name=JOB_STARTED_INDEX),
         # At start-up: which runs are still `running` on this host.
         IndexModel([("status", ASCENDING), ("host", ASCENDING)], name="status_host"),
     ])

@@ -14,7 +14,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from services.database import SYNC_RUNS
+from services.database import JOB_STARTED_INDEX, SYNC_RUNS
 from utils.clock import utcnow
 from utils.logging import redact
 
@@ -164,8 +164,8 @@ class RunRecords:
         sums = {name: {"$sum": f"$counts.{name}"} for name in counters}
         rows = list(self.runs.aggregate(
             [{"$match": {"job": job, "startedAt": {"$gte": since}}}, {"$group": {"_id": None, **sums}}],
-            # As keys in a document: aggregate passes the hint through unconverted.
-            hint={"job": ASCENDING, "startedAt": DESCENDING}))
+            # By name: aggregate passes a hint through unconverted, and a list of keys is refused.
+            hint=JOB_STARTED_INDEX))
         return {name: rows[0][name] if rows else 0 for name in counters}
 
     def mark_abandoned(self, stale_after: timedelta) -> int:
