@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pymongo.errors import PyMongoError
 
-from services.analyzer.batch import OUTCOME_COUNTERS
+from services.analyzer.outcomes import OUTCOME_COUNTERS
 from services.run_records import SUCCESSFUL, RunRecords
 from utils.clock import unix_seconds
 

@@ -5,19 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
-from services.analyzer.contacts import record_decision
 from services.analyzer.deadline import Deadline, DeadlineExceeded
 from services.analyzer.groq_analyzer import GroqAnalyzer, LlmFailure, LlmUnavailable
-from services.analyzer.heuristic import heuristic_analysis
-from services.analyzer.pricing import estimated_cost
-from services.analyzer.schema import (HEURISTIC_MODEL, SHORT_TRANSCRIPT, Usage,
-                                      analysis_document)
+from services.analyzer.outcomes import Outcome, OutcomeWriter, record_outcome
+from services.analyzer.schema import HEURISTIC_MODEL, SHORT_TRANSCRIPT, analysis_document
 from services.run_records import RunRecorder, describe_failure
 from utils.clock import utcnow
 from utils.config import Settings
@@ -34,24 +30,12 @@ def claim_lease_seconds(settings: Settings) -> float:
     return settings.llm_batch_deadline_seconds + settings.llm_timeout_seconds + LEASE_MARGIN_SECONDS
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one claimed call; counted on the run record by the batch's thread."""
-    call_id: str
-    status: str  # ok | failed | skipped | released | claim_lost | crashed
-    error: str | None = None
-    used_fallback: bool = False
-    usage: Usage = Usage()
-    cost_usd: float | None = 0.0  # None: tokens of a model without a price
-    has_contact: bool = True
-
-
 class AnalysisBatch:
     def __init__(self, db: Database, queue: CallQueue, settings: Settings, llm: GroqAnalyzer | None,
                  stop: threading.Event | None = None):
         """`llm`: None analyzes every call with the offline heuristic."""
-        self._db = db
         self.queue = queue
+        self._outcomes = OutcomeWriter(db, queue, settings)
         self._stop = stop  # set on SIGTERM: start no new call, release those cut off
         self._settings = settings
         self._llm = llm
@@ -77,7 +61,7 @@ class AnalysisBatch:
             for slot in as_completed(slots):
                 outcomes, error = slot.result()
                 for outcome in outcomes:
-                    _record(outcome, recorder)
+                    record_outcome(outcome, recorder)
                     finished += outcome.status in ("ok", "failed")
                 queue_error = queue_error or error
         if queue_error is not None:
@@ -153,52 +137,7 @@ class AnalysisBatch:
                                                      usage=answer.usage, analysis=answer.analysis))
 
     def _heuristic(self, transcript: str, call: dict, now):
-        return heuristic_analysis(transcript, call.get("callAt"), now, self._settings.analysis_tags)
+        return self._outcomes.fallback(transcript, call, now)
 
     def _finish(self, claim: Claim, analysis: dict) -> Outcome:
-        # The CRM first, then the call: a process that dies in between leaves the call claimed,
-        # and the retake re-applies the decision, which the write-back makes idempotent per
-        # analysis round.
-        has_contact = True
-        if _has_result(analysis):
-            has_contact = record_decision(self._db, claim.call, analysis, utcnow())
-        usage = Usage(analysis["usage"]["promptTokens"], analysis["usage"]["completionTokens"])
-        cost = analysis["usage"]["costUsd"] = self._cost(usage)
-        if not self.queue.finish(claim, analysis):
-            return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
-        return Outcome(claim.call_id, analysis["status"], error=analysis["error"],
-                       used_fallback=analysis["usedFallback"], usage=usage, cost_usd=cost,
-                       has_contact=has_contact)
-
-    def _cost(self, usage: Usage) -> float | None:
-        # By the LLM's price even when the stored result is the fallback's: an answer that
-        # failed validation was still billed.
-        if not (usage.prompt_tokens or usage.completion_tokens):
-            return 0.0
-        return estimated_cost(usage, self._settings.llm_prices.get(self._settings.groq_model))
-
-
-def _has_result(analysis: dict) -> bool:
-    """Skips and abandoned attempts carry no result fields, so there is nothing to apply."""
-    return "summary" in analysis
-
-
-# Outcome status -> its run-record counter. worker/metrics.py labels its counters by the same
-# mapping, so the metrics say exactly what the run records say.
-OUTCOME_COUNTERS = {"ok": "analyzed", "failed": "failed", "skipped": "skipped", "released": "released",
-                    "claim_lost": "claimLost", "crashed": "crashed"}
-
-
-def _record(outcome: Outcome, recorder: RunRecorder) -> None:
-    recorder.add(OUTCOME_COUNTERS[outcome.status])
-    recorder.add("fallback", int(outcome.used_fallback))
-    recorder.add("noContact", int(not outcome.has_contact))
-    recorder.add("promptTokens", outcome.usage.prompt_tokens)
-    recorder.add("completionTokens", outcome.usage.completion_tokens)
-    if outcome.cost_usd is None:
-        recorder.add("unpricedAnalyses")
-    else:
-        recorder.add("costUsd", outcome.cost_usd)
-    if outcome.status in ("failed", "crashed"):
-        recorder.error(f"analysis of call {outcome.call_id} {outcome.status}: {outcome.error}",
-                       code=f"analysis_{outcome.status}", call_id=outcome.call_id)
+        return self._outcomes.finish(claim, analysis)

@@ -1,0 +1,89 @@
+"""One attempt's outcome written back, the same way by both lanes (the synchronous `batch.py`
+and the Batch API's `batch_api.py`): the CRM first, then the call, by the holder of its claim
+only; and the counts a run record keeps of it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from pymongo.database import Database
+
+from services.analyzer.claims import CallQueue, Claim
+from services.analyzer.contacts import record_decision
+from services.analyzer.heuristic import heuristic_analysis
+from services.analyzer.pricing import estimated_cost
+from services.analyzer.schema import Analysis, Usage
+from services.run_records import RunRecorder
+from utils.clock import utcnow
+from utils.config import Settings
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one claimed call; counted on the run record by the batch's thread."""
+    call_id: str
+    status: str  # ok | failed | skipped | released | claim_lost | crashed
+    error: str | None = None
+    used_fallback: bool = False
+    usage: Usage = Usage()
+    cost_usd: float | None = 0.0  # None: tokens of a model without a price
+    has_contact: bool = True
+
+
+class OutcomeWriter:
+    def __init__(self, db: Database, queue: CallQueue, settings: Settings):
+        self._db = db
+        self.queue = queue
+        self._settings = settings
+
+    def finish(self, claim: Claim, analysis: dict, *, discount: float = 0.0) -> Outcome:
+        """`analysis`: `calls.analysis` of the attempt; `discount`: off the price (a Batch API
+        job's). A process that dies between the CRM and the call leaves the call claimed, and the
+        retake re-applies the decision, which the write-back makes idempotent per analysis round."""
+        has_contact = True
+        if _has_result(analysis):
+            has_contact = record_decision(self._db, claim.call, analysis, utcnow())
+        usage = Usage(analysis["usage"]["promptTokens"], analysis["usage"]["completionTokens"])
+        cost = analysis["usage"]["costUsd"] = self._cost(usage, discount)
+        if not self.queue.finish(claim, analysis):
+            return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
+        return Outcome(claim.call_id, analysis["status"], error=analysis["error"],
+                       used_fallback=analysis["usedFallback"], usage=usage, cost_usd=cost,
+                       has_contact=has_contact)
+
+    def fallback(self, transcript: str, call: dict, now: datetime) -> Analysis:
+        """The offline heuristic's analysis: for no key, and for a failed LLM attempt."""
+        return heuristic_analysis(transcript, call.get("callAt"), now, self._settings.analysis_tags)
+
+    def _cost(self, usage: Usage, discount: float) -> float | None:
+        # By the LLM's price even when the stored result is the fallback's: an answer that
+        # failed validation was still billed.
+        if not (usage.prompt_tokens or usage.completion_tokens):
+            return 0.0
+        return estimated_cost(usage, self._settings.llm_prices.get(self._settings.groq_model), discount=discount)
+
+
+def _has_result(analysis: dict) -> bool:
+    """Skips and abandoned attempts carry no result fields, so there is nothing to apply."""
+    return "summary" in analysis
+
+
+# Outcome status -> its run-record counter. worker/metrics.py labels its counters by the same
+# mapping, so the metrics say exactly what the run records say.
+OUTCOME_COUNTERS = {"ok": "analyzed", "failed": "failed", "skipped": "skipped", "released": "released",
+                    "claim_lost": "claimLost", "crashed": "crashed"}
+
+
+def record_outcome(outcome: Outcome, recorder: RunRecorder) -> None:
+    recorder.add(OUTCOME_COUNTERS[outcome.status])
+    recorder.add("fallback", int(outcome.used_fallback))
+    recorder.add("noContact", int(not outcome.has_contact))
+    recorder.add("promptTokens", outcome.usage.prompt_tokens)
+    recorder.add("completionTokens", outcome.usage.completion_tokens)
+    if outcome.cost_usd is None:
+        recorder.add("unpricedAnalyses")
+    else:
+        recorder.add("costUsd", outcome.cost_usd)
+    if outcome.status in ("failed", "crashed"):
+        recorder.error(f"analysis of call {outcome.call_id} {outcome.status}: {outcome.error}",
+                       code=f"analysis_{outcome.status}", call_id=outcome.call_id)
