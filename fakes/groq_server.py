@@ -21,11 +21,14 @@ from typing import Callable
 
 from urllib.parse import unquote
 
+from fakes.groq_batches import FakeBatchApi
 from fakes.groq_limits import RateLimits
 from fakes.local_server import LocalServer, QuietHandler
 
 COMPLETIONS_PATH = "/openai/v1/chat/completions"
 MODELS_PATH = "/openai/v1/models/"
+FILES_PATH = "/openai/v1/files"
+BATCHES_PATH = "/openai/v1/batches"
 STRICT_MODELS = ("openai/gpt-oss-20b", "openai/gpt-oss-120b")
 REASONING_EFFORTS = ("low", "medium", "high")
 BEHAVIOURS = ("analysis", "invalid_json", "wrong_shape", "rate_limited", "server_error",
@@ -67,6 +70,7 @@ class FakeGroq(LocalServer):
         The limits default to more than any test sends; `rate_window_seconds` shortens the minute."""
         self._check(behaviour)
         self.limits = RateLimits(tokens_per_minute, requests_per_day, rate_window_seconds)
+        self.batch_api = FakeBatchApi(lambda body, number: answer_batch_line(body, self.extra, number))
         self.retired_models = set(retired_models)
         self._on_request: deque[Callable[[], None]] = deque()
         self.latency = latency
@@ -131,6 +135,13 @@ class FakeGroq(LocalServer):
 class _Handler(QuietHandler):
     def do_GET(self) -> None:
         fake: FakeGroq = self.server.fake
+        if self.path.startswith(BATCHES_PATH + "/"):
+            return self._send(*fake.batch_api.retrieve(unquote(self.path[len(BATCHES_PATH) + 1:])))
+        if self.path.startswith(FILES_PATH + "/") and self.path.endswith("/content"):
+            content = fake.batch_api.content(unquote(self.path[len(FILES_PATH) + 1:-len("/content")]))
+            if content is None:
+                return self._send(404, {"error": {"message": "file not found", "type": "invalid_request_error"}})
+            return self._send_bytes(200, content, "application/octet-stream")
         if not self.path.startswith(MODELS_PATH):
             return self._send(404, {"error": {"message": "Unknown request URL", "type": "invalid_request_error"}})
         model = unquote(self.path[len(MODELS_PATH):])
@@ -153,6 +164,15 @@ class _Handler(QuietHandler):
     def _answer(self, fake: "FakeGroq") -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         authorization = self.headers.get("Authorization", "")
+        if self.path in (FILES_PATH, BATCHES_PATH) and authorization.removeprefix("Bearer ") in fake.rejected_keys:
+            return self._error(fake, {}, authorization, 401, "Invalid API Key", code="invalid_api_key")
+        if self.path == FILES_PATH:
+            return self._send(*fake.batch_api.upload(self.headers.get("Content-Type", ""), raw))
+        if self.path == BATCHES_PATH:
+            try:
+                return self._send(*fake.batch_api.create(json.loads(raw)))
+            except ValueError:
+                return self._error(fake, {}, authorization, 400, "Request body is not JSON")
         if self.path != COMPLETIONS_PATH:
             return self._error(fake, {}, authorization, 404, "Unknown request URL")
         try:
@@ -169,7 +189,7 @@ class _Handler(QuietHandler):
             return self._error(fake, body, authorization, 404,
                                f"The model `{body['model']}` has been decommissioned or does not exist.",
                                code="model_not_found")
-        if (refusal := _form_error(body)) is not None:
+        if (refusal := form_error(body)) is not None:
             return self._error(fake, body, authorization, 400, refusal, code="invalid_request_error")
         behaviour = fake._next_behaviour()
         if behaviour == "rate_limited":
@@ -194,16 +214,7 @@ class _Handler(QuietHandler):
             fake._log(GroqRequest(body, authorization, 429))
             return self._send(429, refusal, limit_headers)
         number = fake._log(GroqRequest(body, authorization, 200))
-        self._send(200, {
-            "id": f"chatcmpl-fake-{number}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", ""),
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": _tokens(content),
-                      "total_tokens": prompt_tokens + _tokens(content)},
-        }, limit_headers)
+        self._send(200, chat_completion(body, content, prompt_tokens, number), limit_headers)
 
     def _error(self, fake: FakeGroq, body: dict, authorization: str, status: int, message: str, *,
                code: str | None = None, headers: dict[str, str] | None = None, **details) -> None:
@@ -212,9 +223,11 @@ class _Handler(QuietHandler):
         self._send(status, {"error": error}, headers)
 
     def _send(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
+        self._send_bytes(status, json.dumps(payload).encode(), "application/json", headers)
+
+    def _send_bytes(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
@@ -222,7 +235,29 @@ class _Handler(QuietHandler):
         self.wfile.write(data)
 
 
-def _form_error(body: dict) -> str | None:
+def chat_completion(body: dict, content: str, prompt_tokens: int, number: int) -> dict:
+    return {
+        "id": f"chatcmpl-fake-{number}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", ""),
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                     "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": _tokens(content),
+                  "total_tokens": prompt_tokens + _tokens(content)},
+    }
+
+
+def answer_batch_line(body: dict, extra: dict, number: int) -> tuple[int, dict]:
+    """A batch line's request answered as the chat endpoint answers it: (status, body)."""
+    if (refusal := form_error(body)) is not None:
+        return 400, {"error": {"message": refusal, "type": "invalid_request_error", "code": "invalid_request_error"}}
+    request = GroqRequest(body, "", 200)
+    content = _content("analysis", request.transcript, extra)
+    return 200, chat_completion(body, content, _tokens(request.sent_text), number)
+
+
+def form_error(body: dict) -> str | None:
     """What Groq refuses in the form of a request, whatever its transcript."""
     model = body.get("model", "")
     effort = body.get("reasoning_effort")

@@ -12,6 +12,7 @@ CONTACTS = "contacts"
 ACTIVITIES = "activities"
 SYNC_STATE = "sync_state"
 SYNC_RUNS = "sync_runs"
+LLM_BATCHES = "llm_batches"
 
 RUN_EXPIRY_INDEX = "ttl_startedAt"
 JOB_STARTED_INDEX = "job_startedAt"
@@ -68,6 +69,8 @@ def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
         IndexModel([("status", ASCENDING), ("host", ASCENDING)], name="status_host"),
     ])
     _ensure_run_expiry(db[SYNC_RUNS], run_retention_days * 86400)
+    # Groq Batch API jobs still open, polled each run.
+    db[LLM_BATCHES].create_indexes([IndexModel([("status", ASCENDING)], name="status")])
 
 
 def _replace_partial_phone_index(collection: Collection) -> None:

@@ -15,6 +15,7 @@ import pytest
 from pymongo import MongoClient, monitoring
 
 from fakes.dataset import generate
+from fakes.groq_server import FakeGroq
 from services.database import CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS
 from tests.conftest import TEST_DB
 from tests.helpers import build_app, requeue
@@ -110,10 +111,16 @@ def recorded(mongo, mongodb_uri, settings, bolna_server):
     client = MongoClient(mongodb_uri, tz_aware=False, event_listeners=[recorder])
     agents, executions = generate(agents=2, per_agent=60, seed=7, span_days=5)
     bolna = bolna_server(executions, agents)
-    app = build_app(settings.with_overrides(llm_batch_limit=200), client, bolna)
+    groq = FakeGroq().start()
+    # Every call through a Groq Batch API job, applied by the second run; the synchronous lane too.
+    app = build_app(settings.with_overrides(llm_batch_limit=200, groq_api_keys=("key-1",), groq_base_url=groq.base_url,
+                                            llm_batch_mode="always"), client, bolna)
     for _ in range(2):
         for job in ("crm_sync", "call_processor"):
             assert app.run_job(job)["status"] in ("ok", "partial")
+        for job_id, job in list(groq.batch_api.jobs.items()):
+            if job["status"] == "in_progress":
+                groq.batch_api.complete(job_id)
     analyzed = mongo[TEST_DB][CALLS].find_one({"analysis.status": "ok"}, {"callId": 1})  # not recorded
     assert analyzed is not None
     assert requeue(app.db, call_id=analyzed["callId"]) == 1
@@ -123,6 +130,7 @@ def recorded(mongo, mongodb_uri, settings, bolna_server):
     app.runs.mark_abandoned(timedelta(hours=6))
     yield recorder, client[TEST_DB]
     client.close()
+    groq.stop()
 
 
 def test_every_query_the_jobs_send_is_answered_from_an_index(recorded):
@@ -135,7 +143,9 @@ def test_every_query_the_jobs_send_is_answered_from_an_index(recorded):
                      ("find", CALLS),  # the page's "already stored final" check
                      ("findAndModify", CALLS),  # the analyzer's claim
                      ("findAndModify", CONTACTS), ("find", "sync_state"), ("find", "sync_runs"),
-                     ("distinct", "sync_runs"), ("aggregate", "sync_runs")]:
+                     ("distinct", "sync_runs"), ("aggregate", "sync_runs"),
+                     ("find", "llm_batches"), ("findAndModify", "llm_batches"),  # the Batch API lane's jobs
+                     ("update", CALLS)]:
         assert expected in seen, f"no {expected[0]} on {expected[1]} was recorded"
 
     scans = []

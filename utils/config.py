@@ -57,6 +57,11 @@ class Settings:
     llm_batch_deadline_seconds: float = 120.0
     llm_timeout_seconds: float = 30.0
     llm_prices: Mapping[str, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+    llm_batch_mode: str = "auto"  # auto | off | always: the Batch API lane (services/analyzer/batch_api.py)
+    llm_batch_api_max_calls: int = 5000
+    llm_batch_api_window: str = "24h"
+    # Groq's docs said 25 % in 2025 and 50 % in 2026: check console.groq.com/pricing.
+    llm_batch_api_discount: float = 0.5
     min_transcript_chars: int = 15
     transcript_char_budget: int = 12000
     analysis_tags: tuple[str, ...] = DEFAULT_TAGS
@@ -69,6 +74,10 @@ class Settings:
     health_host: str = "127.0.0.1"
     health_max_age_intervals: float = 3.0
     run_retention_days: int = 30
+
+    @property
+    def llm_batch_api_window_seconds(self) -> int:
+        return _window_hours(self.llm_batch_api_window) * 3600
 
     @property
     def llm_requests_per_run(self) -> int:
@@ -176,6 +185,39 @@ def _answer_format(value: str) -> str:
     return mode
 
 
+def _batch_mode(value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in ("auto", "off", "always"):
+        raise ValueError("must be auto, off or always")
+    return mode
+
+
+def _completion_window(value: str) -> str:
+    """Groq takes 24h to 7d."""
+    window = value.strip().lower()
+    hours = _window_hours(window)
+    if hours is None or not 24 <= hours <= 7 * 24:
+        raise ValueError("must be a duration from 24h to 7d, such as 24h, 48h or 7d")
+    return window
+
+
+def _window_hours(window: str) -> int | None:
+    number, unit = window[:-1], window[-1:]
+    if not number.isdigit() or unit not in ("h", "d"):
+        return None
+    return int(number) * (24 if unit == "d" else 1)
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number < 1:
+        raise ValueError("must be a fraction from 0 up to (not including) 1, such as 0.5")
+    return number
+
+
 def _reasoning_effort(value: str) -> str:
     effort = value.strip().lower()
     if effort not in ("low", "medium", "high"):
@@ -253,6 +295,10 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "LLM_BATCH_DEADLINE_SECONDS": ("llm_batch_deadline_seconds", _positive_float, False),
     "LLM_TIMEOUT_SECONDS": ("llm_timeout_seconds", _positive_float, False),
     "LLM_PRICES": ("llm_prices", _prices, False),
+    "LLM_BATCH_MODE": ("llm_batch_mode", _batch_mode, False),
+    "LLM_BATCH_API_MAX_CALLS": ("llm_batch_api_max_calls", _positive_int, False),
+    "LLM_BATCH_API_WINDOW": ("llm_batch_api_window", _completion_window, False),
+    "LLM_BATCH_API_DISCOUNT": ("llm_batch_api_discount", _fraction, False),
     "MIN_TRANSCRIPT_CHARS": ("min_transcript_chars", _non_negative_int, False),
     "TRANSCRIPT_CHAR_BUDGET": ("transcript_char_budget", _positive_int, False),
     "ANALYSIS_TAGS": ("analysis_tags", _csv, False),

@@ -11,18 +11,23 @@ from datetime import timedelta
 
 from pymongo import MongoClient
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 from models.customer import StatusRanks
+import groq
+
 from services.analyzer.batch import AnalysisBatch, claim_lease_seconds
+from services.analyzer.batch_api import BatchApiLane
 from services.analyzer.claims import CallQueue
 from services.analyzer.groq_analyzer import GroqAnalyzer
+from services.analyzer.outcomes import OutcomeWriter
 from services.bolna_client import BolnaClient
 from services.call_writer import CallWriter
 from services.customer_writer import CustomerWriter
-from services.database import CALLS, ensure_indexes
+from services.database import CALLS, LLM_BATCHES, ensure_indexes
 from services.execution_feed import ExecutionFeed
 from services.page_reader import PageReader
-from services.run_records import RunRecords
+from services.run_records import RunRecords, describe_failure
 from services.server_clock import ServerClock
 from utils.config import Settings
 from worker.jobs import JOB_NAMES, JOBS
@@ -32,6 +37,8 @@ from worker.status import StatusReader
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVER_SELECTION_MS = 5000
+# Uploading a batch job's input file (up to 90 MB) takes longer than an analysis request.
+BATCH_API_TIMEOUT_SECONDS = 300.0
 
 
 def build_analysis(db: Database, settings: Settings, owner: str,
@@ -41,6 +48,17 @@ def build_analysis(db: Database, settings: Settings, owner: str,
     queue = CallQueue(db[CALLS], owner, claim_lease_seconds(settings), clock=ServerClock(db).now)
     llm = GroqAnalyzer(settings) if settings.groq_api_keys else None
     return AnalysisBatch(db, queue, settings, llm, stop)
+
+
+def build_batch_api(db: Database, settings: Settings, owner: str, queue: CallQueue) -> BatchApiLane | None:
+    """The Groq Batch API lane for backlogs; None without a Groq key or with LLM_BATCH_MODE=off."""
+    if not settings.groq_api_keys or settings.llm_batch_mode == "off":
+        return None
+    # The SDK's own retries (2): these few requests have no retry loop of ours around them.
+    client = groq.Groq(api_key=settings.groq_api_keys[0], base_url=settings.groq_base_url,
+                       timeout=BATCH_API_TIMEOUT_SECONDS)
+    return BatchApiLane(db[LLM_BATCHES], queue, OutcomeWriter(db, queue, settings), settings, client, owner,
+                        clock=queue.clock)
 
 
 class App:
@@ -62,6 +80,7 @@ class App:
         self.call_writer = CallWriter(db)
         self.analysis = build_analysis(db, settings, self.owner, self.stop)
         self.call_queue = self.analysis.queue
+        self.batch_api = build_batch_api(db, settings, self.owner, self.call_queue)
         self.runs = RunRecords(db)
         self.metrics = RunMetrics(JOB_NAMES, queue_depth=self.call_queue.depth)
         self.runs.subscribe(self.metrics.observe_run)
@@ -101,6 +120,17 @@ class App:
             with self._idle:
                 self._active_jobs -= 1
                 self._idle.notify_all()
+
+    def analyze(self, recorder) -> None:
+        """The call processor's second phase: the Batch API lane (its finished jobs applied, a
+        backlog's overflow submitted), then this run's synchronous batch."""
+        if self.batch_api is not None:
+            try:
+                self.batch_api.run(recorder)
+            except Exception as exc:  # noqa: BLE001 - the synchronous lane must still run
+                log.error("the Batch API lane failed: %s", describe_failure(exc), exc_info=not isinstance(exc, PyMongoError))
+                recorder.error(f"Batch API lane failed: {describe_failure(exc)}", code="llm_batch_lane_failed")
+        self.analysis.run(recorder)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no job runs; False if one still does after `timeout` seconds."""

@@ -29,7 +29,7 @@ def _process_calls(app: "App", recorder: "RunRecorder", full: bool) -> None:
         app.feed.run(CALL_PROCESSOR, app.call_writer, recorder, full=full)
     finally:
         # Calls stored by earlier runs are still worth analyzing when Bolna is down.
-        app.analysis.run(recorder)
+        app.analyze(recorder)
 
 
 JOBS = {job.name: job for job in (

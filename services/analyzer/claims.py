@@ -25,6 +25,8 @@ _CALL_FIELDS = ("callId", "agentId", "callAt", "transcript", "customerPhone", "c
 _WAITING = {"processed": False, "terminal": True}
 # services.database's `analysis_queue` index, by its keys (a hint by keys survives a renamed index).
 QUEUE_INDEX_KEYS = [("processed", ASCENDING), ("terminal", ASCENDING), ("callAt", ASCENDING)]
+# Calls by id with a condition on their claim: named for the same reason as the queue's index.
+BY_ID = [("callId", ASCENDING)]
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,11 @@ class CallQueue:
         self._calls = calls
         self._owner = owner
         self._lease = timedelta(seconds=lease_seconds)
-        self._clock = clock
+        self.clock = clock
 
     def claim_next(self) -> Claim | None:
         token = uuid.uuid4().hex
-        now = self._clock()
+        now = self.clock()
         # Atomic on the server: of two processes asking at once, one gets the call.
         call = self._calls.find_one_and_update(
             {**_WAITING, "$or": [{"claim": None}, {"claim.expiresAt": {"$lte": now}}]},
@@ -71,6 +73,36 @@ class CallQueue:
         )
         return Claim(call, token) if call else None
 
+    def claim_oldest(self, limit: int, token: str, lease_seconds: float) -> list[Claim]:
+        """Claim up to `limit` of the oldest waiting calls under one `token` (a Batch API job):
+        a few round trips instead of one per call. Each call is claimed atomically, so a call
+        another process claimed in between is simply not among those returned."""
+        now = self.clock()
+        waiting = {**_WAITING, "$or": [{"claim": None}, {"claim.expiresAt": {"$lte": now}}]}
+        ids = [doc["callId"] for doc in self._calls.find(
+            waiting, {"callId": 1, "_id": 0}, sort=[("callAt", ASCENDING)], hint=QUEUE_INDEX_KEYS, limit=limit)]
+        if not ids:
+            return []
+        self._calls.update_many(
+            {"callId": {"$in": ids}, **waiting},
+            {"$set": {"claim": {"owner": self._owner, "token": token, "claimedAt": now,
+                                "expiresAt": now + timedelta(seconds=lease_seconds)}},
+             "$inc": {"attempts": 1}}, hint=BY_ID)
+        return self.held(ids, token)
+
+    def held(self, call_ids: list[str], token: str) -> list[Claim]:
+        """The calls among `call_ids` still claimed under `token`."""
+        calls = self._calls.find({"callId": {"$in": call_ids}, "claim.token": token},
+                                 {name: 1 for name in _CALL_FIELDS}, hint=BY_ID)
+        return [Claim(call, token) for call in calls]
+
+    def extend(self, call_ids: list[str], token: str, lease_seconds: float) -> None:
+        """Hold the claims under `token` for `lease_seconds` from now (a submitted Batch API job
+        holds its calls for its completion window)."""
+        self._calls.update_many({"callId": {"$in": call_ids}, "claim.token": token},
+                                {"$set": {"claim.expiresAt": self.clock() + timedelta(seconds=lease_seconds)}},
+                                hint=BY_ID)
+
     def finish(self, claim: Claim, analysis: dict) -> bool:
         """Mark the call processed with its analysis. False when the claim was lost (a requeue,
         or a lease that expired and was retaken), in which case nothing was written."""
@@ -86,6 +118,12 @@ class CallQueue:
             {"callId": claim.call_id, "claim.token": claim.token},
             {"$unset": {"claim": ""}, "$inc": {"attempts": -1}},
         )
+
+    def unclaimed(self) -> int:
+        """Calls waiting for analysis that no live claim holds."""
+        now = self.clock()
+        return self._calls.count_documents(
+            {**_WAITING, "$or": [{"claim": None}, {"claim.expiresAt": {"$lte": now}}]}, hint=QUEUE_INDEX_KEYS)
 
     def depth(self) -> int:
         """Calls waiting for analysis, claimed or not."""

@@ -1,0 +1,192 @@
+"""The Batch API lane: a backlog larger than the synchronous lane can clear in a day goes to Groq
+as batch jobs (outside the standard rate limits, at a discount), and later runs poll them and
+write their answers back with the same guarantees as the synchronous lane.
+
+- **Each call analyzed once**: a job's calls are claimed under the job's token before anything
+  is uploaded, so no other process or lane takes them; an answer is written only while the call
+  still holds that token, and one answer (or a failed request) is the call's one attempt.
+- **Nothing stuck**: the claim is short until the job is accepted, then held for the completion
+  window; a job that failed, expired or was cancelled releases the calls it did not answer, and a
+  process that died mid-submission leaves claims that expire and are taken again.
+- **New calls stay fast**: `auto` submits only the oldest calls beyond one synchronous run's worth,
+  so each run's `LLM_BATCH_LIMIT` still goes to the newest calls.
+
+Jobs are tracked in `llm_batches` (services/database.py); any replica may poll any job (a short poll lease keeps two
+from applying one at once, and the claim tokens would make a second application a no-op).
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import Callable
+
+import groq
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.collection import Collection
+
+from services.analyzer.batch_results import BATCH_ENDPOINT, analysis_of, read_answers, request_line
+from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
+from services.analyzer.outcomes import Outcome, OutcomeWriter, record_outcome
+from services.analyzer.request import completion_request
+from services.analyzer.schema import SHORT_TRANSCRIPT, analysis_document
+from services.run_records import RunRecorder
+from utils.clock import utcnow
+from utils.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Long enough to build and upload a job; a process that dies meanwhile loses its claims this soon.
+SUBMIT_LEASE_SECONDS = 15 * 60
+# Beyond the completion window: Groq's last answers, and the next poll after them.
+WINDOW_MARGIN_SECONDS = 3600
+POLL_LEASE = timedelta(minutes=5)
+# Groq takes input files of up to 100 MB; a job stops short of that.
+MAX_INPUT_BYTES = 90 * 1024 * 1024
+# Groq's batch states that are over; the others (validating, in_progress, finalizing, cancelling) wait.
+FINAL_STATES = frozenset({"completed", "failed", "expired", "cancelled"})
+ABANDONED = "abandoned: the last allowed attempt did not finish (its process stopped)"
+
+
+class BatchApiLane:
+    def __init__(self, jobs: Collection, queue: CallQueue, outcomes: OutcomeWriter, settings: Settings,
+                 client: groq.Groq, owner: str, clock: Callable[[], datetime] = utcnow):
+        self._jobs = jobs
+        self._queue = queue
+        self._outcomes = outcomes
+        self._settings = settings
+        self._client = client
+        self._owner = owner
+        self._clock = clock
+
+    def run(self, recorder: RunRecorder) -> None:
+        """Apply the jobs Groq finished, then submit the overflow, if any."""
+        for job in self._jobs.find({"status": "submitted"}, {"_id": 1}):
+            self._poll(job["_id"], recorder)
+        overflow = self._overflow()
+        if overflow:
+            self._submit(overflow, recorder)
+
+    def _overflow(self) -> int:
+        mode, per_run = self._settings.llm_batch_mode, self._settings.llm_batch_limit
+        if mode == "off":
+            return 0
+        waiting = self._queue.unclaimed()
+        if mode == "auto":
+            runs_a_day = 24 * 60 // self._settings.sync_interval_minutes
+            if waiting <= per_run * runs_a_day:
+                return 0
+            waiting -= per_run  # the newest: this run's synchronous lane analyzes them within minutes
+        return min(waiting, self._settings.llm_batch_api_max_calls)
+
+    # -- submitting -------------------------------------------------------------------------------
+
+    def _submit(self, count: int, recorder: RunRecorder) -> None:
+        token = uuid.uuid4().hex
+        self._jobs.insert_one({"_id": token, "status": "building", "owner": self._owner,
+                               "createdAt": self._clock(), "model": self._settings.groq_model})
+        claims = self._queue.claim_oldest(count, token, SUBMIT_LEASE_SECONDS)
+        lines, sent = [], []
+        size = 0
+        for claim in claims:
+            line = self._line(claim, recorder)
+            if line is None:
+                continue
+            if size + len(line) > MAX_INPUT_BYTES:
+                self._queue.release(claim)  # the next job takes it
+                continue
+            lines.append(line)
+            sent.append(claim.call_id)
+            size += len(line)
+        if not sent:
+            self._jobs.delete_one({"_id": token})
+            return
+        try:
+            upload = self._client.files.create(file=(f"callsync-{token}.jsonl", b"".join(lines)), purpose="batch")
+            job = self._client.batches.create(input_file_id=upload.id, endpoint=BATCH_ENDPOINT,
+                                              completion_window=self._settings.llm_batch_api_window,
+                                              metadata={"callsync_job": token})
+        except groq.APIError as exc:
+            for claim in self._queue.held(sent, token):
+                self._queue.release(claim)
+            self._jobs.update_one({"_id": token}, {"$set": {"status": "not_submitted", "finishedAt": self._clock(),
+                                                            "error": type(exc).__name__}})
+            recorder.error(f"Groq Batch API: submitting {len(sent)} call(s) failed ({type(exc).__name__}); "
+                           "they stay queued", code="llm_batch_submit_failed")
+            return
+        self._queue.extend(sent, token, self._settings.llm_batch_api_window_seconds + WINDOW_MARGIN_SECONDS)
+        self._jobs.update_one({"_id": token}, {"$set": {
+            "status": "submitted", "groqBatchId": job.id, "inputFileId": upload.id, "callIds": sent,
+            "submittedAt": self._clock()}})
+        recorder.add("batchJobsSubmitted")
+        recorder.add("batchCallsSubmitted", len(sent))
+        log.info("submitted %d call(s) to the Groq Batch API", len(sent), extra={"event": "llm_batch_submitted"})
+
+    def _line(self, claim: Claim, recorder: RunRecorder) -> bytes | None:
+        """The call's request line; None for a call that is finished here instead (as the
+        synchronous lane would: abandoned, or too short to analyze)."""
+        now = self._clock()
+        if claim.attempt > MAX_ATTEMPTS:
+            self._finish(claim, analysis_document("failed", attempted_at=now, error=ABANDONED), recorder)
+            return None
+        transcript = (claim.call.get("transcript") or "").strip()
+        if len(transcript) < self._settings.min_transcript_chars:
+            self._finish(claim, analysis_document("skipped", attempted_at=now, skipped=SHORT_TRANSCRIPT), recorder)
+            return None
+        return request_line(claim.call_id, completion_request(transcript, self._settings))
+
+    # -- polling ----------------------------------------------------------------------------------
+
+    def _poll(self, token: str, recorder: RunRecorder) -> None:
+        now = self._clock()
+        job = self._jobs.find_one_and_update(
+            {"_id": token, "status": "submitted", "$or": [{"pollUntil": None}, {"pollUntil": {"$lte": now}}]},
+            {"$set": {"pollUntil": now + POLL_LEASE}}, return_document=ReturnDocument.AFTER,
+            hint=[("_id", ASCENDING)])  # the wire server's planner would scan past the `$or`
+        if job is None:
+            return  # another replica is on it
+        try:
+            state = self._client.batches.retrieve(job["groqBatchId"])
+        except groq.APIError as exc:
+            recorder.error(f"Groq Batch API: checking job {job['groqBatchId']} failed ({type(exc).__name__})",
+                           code="llm_batch_poll_failed")
+            return
+        if state.status not in FINAL_STATES:
+            self._jobs.update_one({"_id": token}, {"$set": {"groqStatus": state.status}, "$unset": {"pollUntil": ""}})
+            return
+        try:
+            answers = read_answers(*(self._client.files.content(file_id).text()
+                                     for file_id in (state.output_file_id, state.error_file_id) if file_id))
+        except groq.APIError as exc:
+            recorder.error(f"Groq Batch API: reading the results of job {job['groqBatchId']} failed "
+                           f"({type(exc).__name__})", code="llm_batch_poll_failed")
+            return
+        self._apply(job, state.status, answers, recorder)
+
+    def _apply(self, job: dict, state: str, answers: dict, recorder: RunRecorder) -> None:
+        released = 0
+        for claim in self._queue.held(job["callIds"], job["_id"]):
+            answer = answers.get(claim.call_id)
+            if answer is None:
+                self._queue.release(claim)  # not attempted: back to the queue, attempt not counted
+                released += 1
+                continue
+            now = self._clock()
+            transcript = (claim.call.get("transcript") or "").strip()
+            analysis = analysis_of(answer, self._settings, now,
+                                   fallback=lambda: self._outcomes.fallback(transcript, claim.call, now))
+            self._finish(claim, analysis, recorder)
+        self._jobs.update_one({"_id": job["_id"]}, {
+            "$set": {"status": "finished", "groqStatus": state, "finishedAt": self._clock(),
+                     "answered": len(answers), "released": released},
+            "$unset": {"pollUntil": ""}})
+        recorder.add("batchJobsFinished")
+        recorder.add("batchReleased", released)
+        if state != "completed":
+            recorder.error(f"Groq Batch API job {job['groqBatchId']} ended {state}: {len(answers)} answered, "
+                           f"{released} call(s) back in the queue", code=f"llm_batch_{state}")
+
+    def _finish(self, claim: Claim, analysis: dict, recorder: RunRecorder) -> Outcome:
+        outcome = self._outcomes.finish(claim, analysis, discount=self._settings.llm_batch_api_discount)
+        record_outcome(outcome, recorder)
+        return outcome
