@@ -1,4 +1,4 @@
-"""Command line: `run` (the daemon), `once`, `demo`, `status`, `reanalyze`."""
+"""Command line: `run` (the daemon), `once`, `demo`, `status`, `reanalyze`, `forget`."""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     which = reanalyze.add_mutually_exclusive_group(required=True)
     which.add_argument("--call-id", help="one call, by Bolna execution id")
     which.add_argument("--since", type=_date, help="every call made since this date (YYYY-MM-DD or ISO 8601, UTC)")
+    forget = commands.add_parser("forget", help="erase a person's number everywhere and keep it out of later syncs")
+    forget.add_argument("--phone", required=True, help="the number, in any spelling")
+    forget.add_argument("--dry-run", action="store_true", help="only count what would be removed")
+    forget.add_argument("--as-stored", action="store_true",
+                        help="the exact text of a number that is not valid (stored as received)")
     return parser
 
 
@@ -65,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         setup_logging(settings.log_level, settings.log_format,
-                      secrets=(settings.bolna_api_key or "", *settings.groq_api_keys, settings.mongodb_uri or ""))
+                      secrets=(settings.bolna_api_key or "", *settings.groq_api_keys, settings.mongodb_uri or "",
+                               settings.privacy_hash_key or ""))
         if command == "demo":
             from worker.demo import run_demo
             return run_demo(settings)
@@ -135,4 +141,22 @@ def _reanalyze(settings: Settings, args) -> int:
     return 0 if count or args.since else 1
 
 
-_COMMANDS = {"run": _run, "once": _once, "status": _status, "reanalyze": _reanalyze}
+def _forget(settings: Settings, args) -> int:
+    from services.privacy.hashing import hasher_for, require_hasher
+    from worker.forget import BadNumber, parse_number, run_forget
+
+    try:
+        phone = parse_number(args.phone, settings.default_phone_region, as_stored=args.as_stored)
+    except BadNumber as exc:
+        raise UsageError(str(exc)) from None
+    if not args.dry_run:
+        require_hasher(hasher_for(settings.privacy_hash_key))  # before anything is read or written
+    app = _build(settings)
+    try:
+        print(run_forget(settings, app.db, phone, dry_run=args.dry_run))
+    finally:
+        app.close()
+    return 0
+
+
+_COMMANDS = {"run": _run, "once": _once, "status": _status, "reanalyze": _reanalyze, "forget": _forget}
