@@ -13,6 +13,7 @@ from services.privacy.hashing import PhoneHasher, PrivacyKeyError
 from utils.clock import utcnow
 
 _BY_ID = [("_id", ASCENDING)]
+_BY_KEY = [("keyId", ASCENDING)]
 
 
 class SuppressionList:
@@ -49,7 +50,8 @@ class SuppressionList:
                                       "numbers: without the key they cannot be recognized, and a sync would "
                                       "import them again. Set the key they were hashed with (docs/privacy.md).")
             return
-        other = self.entries.find_one({"keyId": {"$ne": self.hasher.key_id}}, {"_id": 1})
+        # `keyId`, named: a simpler planner (the test run's wire server) scans for a `$ne`.
+        other = self.entries.find_one({"keyId": {"$ne": self.hasher.key_id}}, {"_id": 1}, hint=_BY_KEY)
         if other is not None:
             raise PrivacyKeyError("PRIVACY_HASH_KEY is not the key the suppression list was written with: "
                                   "erased numbers would not be recognized. Restore the earlier key "
