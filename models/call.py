@@ -8,6 +8,10 @@ from pymongo import UpdateOne
 from models.execution import Execution
 from utils.phone import Phone
 
+# What TRANSCRIPT_RETENTION_DAYS removes from an old call: what was said, the recording, and the raw
+# extracted data. The analysis, Bolna's summary and the call's figures stay.
+TRANSCRIPT_FIELDS = ("transcript", "recordingUrl", "extractedData", "extracted")
+
 
 def call_fields(execution: Execution) -> dict:
     """Everything Bolna owns on a call; a re-sync overwrites exactly these fields."""
@@ -43,13 +47,17 @@ def call_fields(execution: Execution) -> dict:
     }
 
 
-def call_upsert(execution: Execution, now: datetime) -> UpdateOne:
+def call_upsert(execution: Execution, now: datetime, *, with_transcript: bool = True) -> UpdateOne:
     """Insert a new call unprocessed; on re-sync refresh Bolna's fields only, so the
-    analysis state (`processed`, `analysis`, claims) survives."""
+    analysis state (`processed`, `analysis`, claims) survives. `with_transcript=False` for a call
+    past its transcript retention: a re-sync must not bring back what retention removed."""
+    fields = call_fields(execution)
+    if not with_transcript:
+        fields = {name: value for name, value in fields.items() if name not in TRANSCRIPT_FIELDS}
     return UpdateOne(
         {"callId": execution.id},
         {
-            "$set": {**call_fields(execution), "updatedAt": now},
+            "$set": {**fields, "updatedAt": now},
             "$setOnInsert": {"processed": False, "attempts": 0, "createdAt": now},
         },
         upsert=True,

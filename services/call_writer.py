@@ -7,13 +7,17 @@ from models.call import call_upsert
 from models.execution import Execution, execution_id, parse_time
 from services.bulk import bulk_upsert
 from services.database import CALLS
+from services.privacy.guard import PrivacyGuard
+from services.privacy.retention import RetentionPolicy
 from services.run_records import RunRecorder
 from utils.clock import utcnow
 
 
 class CallWriter:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, guard: PrivacyGuard, retention: RetentionPolicy = RetentionPolicy()):
         self.calls = db[CALLS]
+        self.guard = guard
+        self.retention = retention
 
     def unchanged(self, items: list[dict]) -> set[str]:
         """Calls stored terminal that the listing shows unchanged: the same `updated_at` where the
@@ -29,11 +33,18 @@ class CallWriter:
 
     def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> None:
         now = utcnow()
-        for execution in executions:
+        executions = self.guard.admit(executions, recorder, agent_id)
+        # A backfill or a follow-up reaching past the retention would store again what it removed.
+        kept = [e for e in executions if not self.retention.record_expired(e.created_at, now)]
+        recorder.add("expired", len(executions) - len(kept), agent_id)
+        for execution in kept:
             if execution.extracted_error:
                 recorder.error(f"call {execution.id}: {execution.extracted_error}; stored as received",
                                code="bad_extracted_data", call_id=execution.id, agent_id=agent_id)
-        inserted, updated = bulk_upsert(self.calls, [call_upsert(e, now) for e in executions])
+        inserted, updated = bulk_upsert(self.calls, [
+            call_upsert(e, now, with_transcript=not self.retention.transcript_expired(e.created_at, now))
+            for e in kept])
+        self.guard.recheck(kept)
         recorder.add("inserted", inserted, agent_id)
         recorder.add("updated", updated, agent_id)
 

@@ -18,6 +18,7 @@ from services.bulk import bulk_upsert
 from services.customer_merge import legacy_links, merge_records
 from services.database import ACTIVITIES, CUSTOMER_CALLS, CUSTOMERS
 from services.phone_lookup import records_by_phone
+from services.privacy.guard import PrivacyGuard
 from services.run_records import RunRecorder
 from utils.clock import utcnow
 from utils.phone import Phone, mask_phone
@@ -26,7 +27,8 @@ STATUS_CHANGE = "status_change"
 
 
 class CustomerWriter:
-    def __init__(self, db: Database, ranks: StatusRanks):
+    def __init__(self, db: Database, ranks: StatusRanks, guard: PrivacyGuard):
+        self.guard = guard
         self.customers = db[CUSTOMERS]
         self.links = db[CUSTOMER_CALLS]
         self.activities = db[ACTIVITIES]
@@ -41,6 +43,7 @@ class CustomerWriter:
         return {link["_id"] for link in self.links.find({"_id": {"$in": ids}}, {"applied": 1}) if link.get("applied")}
 
     def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> None:
+        executions = self.guard.admit(executions, recorder, agent_id)
         by_phone = self._by_phone(executions, recorder, agent_id)
         if not by_phone:
             return
@@ -59,6 +62,7 @@ class CustomerWriter:
             for key, (phone, calls) in by_phone.items()])
         call_ids = [call.call_id for _phone, calls in by_phone.values() for call in calls]
         self.links.update_many({"_id": {"$in": call_ids}}, {"$set": {"applied": True}})
+        self.guard.recheck(executions)
         recorder.add("inserted", inserted, agent_id)
         recorder.add("updated", updated, agent_id)
 

@@ -13,6 +13,8 @@ ACTIVITIES = "activities"
 SYNC_STATE = "sync_state"
 SYNC_RUNS = "sync_runs"
 LLM_BATCHES = "llm_batches"
+SUPPRESSIONS = "suppressions"
+ERASURES = "erasures"
 
 RUN_EXPIRY_INDEX = "ttl_startedAt"
 JOB_STARTED_INDEX = "job_startedAt"
@@ -45,6 +47,11 @@ def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
                    name="analysis_queue"),
         IndexModel([("customerPhone", ASCENDING)], name="customerPhone"),
         IndexModel([("updatedAt", ASCENDING)], name="updatedAt"),
+        # Retention (services/privacy/retention.py): whole calls by age, and the calls still
+        # holding a transcript by age (those stripped carry `transcriptRemovedAt` and are out of
+        # the range, so a pass never walks the calls earlier passes stripped).
+        IndexModel([("callAt", ASCENDING)], name="callAt"),
+        IndexModel([("transcriptRemovedAt", ASCENDING), ("callAt", ASCENDING)], name="transcript_retention"),
     ])
     db[CONTACTS].create_indexes([
         _PHONE,
@@ -58,16 +65,23 @@ def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
         # A contact's timeline in the CRM: its activities, newest first.
         IndexModel([("contactId", ASCENDING), ("at", DESCENDING)], name="contactId_at"),
         IndexModel([("at", DESCENDING)], name="at"),
+        # A customer's status changes: what an erasure removes, and a CRM's status history.
+        # Sparse: AI decisions carry no `customerPhone`.
+        IndexModel([("customerPhone", ASCENDING)], sparse=True, name="customerPhone"),
     ])
     db[SYNC_STATE].create_indexes([
         # Each run reads its job's cursors (`{job}`).
         IndexModel([("job", ASCENDING)], name="job"),
+        # An erasure: which cursors still follow the erased number's calls by id.
+        IndexModel([("pending.callId", ASCENDING)], name="pending_callId"),
     ])
     db[SYNC_RUNS].create_indexes([
         IndexModel([("job", ASCENDING), ("startedAt", DESCENDING)], name=JOB_STARTED_INDEX),
         # At start-up: which runs are still `running` on this host.
         IndexModel([("status", ASCENDING), ("host", ASCENDING)], name="status_host"),
     ])
+    # Start-up: hashes written with another key than the configured one (services/privacy).
+    db[SUPPRESSIONS].create_indexes([IndexModel([("keyId", ASCENDING)], name="keyId")])
     _ensure_run_expiry(db[SYNC_RUNS], run_retention_days * 86400)
     # Groq Batch API jobs still open, polled each run.
     db[LLM_BATCHES].create_indexes([IndexModel([("status", ASCENDING)], name="status")])

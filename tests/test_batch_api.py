@@ -145,7 +145,9 @@ def test_two_daemons_never_submit_a_call_twice(fake, db, settings):
     submitted = [line["custom_id"] for job in fake.batch_api.jobs
                  for line in fake.batch_api.submitted_lines(job)]
     assert len(submitted) == len(set(submitted)) == sum(r.counts["batchCallsSubmitted"] for r in records)
-    assert 1 <= len(fake.batch_api.jobs) <= 3 and len(submitted) <= 28
+    # Each daemon counts the backlog before the others' claims land, so together they may take the
+    # newest two as well; never a call twice.
+    assert 1 <= len(fake.batch_api.jobs) <= 3 and 28 <= len(submitted) <= 30
     for job in list(fake.batch_api.jobs):
         fake.batch_api.complete(job)
     for owner in ("host:0:x", "host:1:x"):

@@ -62,3 +62,16 @@ def test_llm_prices_extend_the_built_in_table():
 def test_malformed_llm_prices_are_refused(raw):
     with pytest.raises(ConfigError, match="LLM_PRICES"):
         load_settings({"LLM_PRICES": raw})
+
+
+def test_privacy_settings_are_off_by_default_and_the_hash_key_is_a_secret():
+    assert load_settings({}).transcript_retention_days is None and load_settings({}).record_retention_days is None
+    settings = load_settings({"TRANSCRIPT_RETENTION_DAYS": "30", "RECORD_RETENTION_DAYS": "365",
+                              "PRIVACY_HASH_KEY": "k3y-0f-enough-length-42"})
+    assert (settings.transcript_retention_days, settings.record_retention_days) == (30, 365)
+    assert "k3y-0f-enough-length-42" not in repr(settings) + str(describe(settings))
+    with pytest.raises(ConfigError, match="^PRIVACY_HASH_KEY is invalid: must be at least") as raised:
+        load_settings({"PRIVACY_HASH_KEY": "tiny-key"})
+    assert "tiny-key" not in str(raised.value)
+    with pytest.raises(ConfigError, match="^TRANSCRIPT_RETENTION_DAYS is invalid"):
+        load_settings({"TRANSCRIPT_RETENTION_DAYS": "0"})

@@ -8,6 +8,7 @@ import groq as groq_sdk
 import pytest
 
 from fakes.groq_server import FakeGroq
+from fakes.mongo_hooks import HookedClient
 from services.analyzer.groq_analyzer import LlmUnavailable
 from services.analyzer.pricing import DEFAULT_PRICES, estimated_cost
 from services.analyzer.schema import Usage
@@ -95,7 +96,8 @@ def test_a_request_form_groq_refuses_stops_the_llm_without_burning_the_queue(fak
 
 def test_a_model_that_does_not_exist_is_one_clear_start_up_warning(fake, mongo, settings, caplog, bolna_server):
     fake.retired_models = {"openai/gpt-oss-20b"}
-    app = App.build(settings.with_overrides(mongodb_uri="mongodb://unused", bolna_api_key="k"), mongo_client=mongo)
+    app = App.build(settings.with_overrides(mongodb_uri="mongodb://unused", bolna_api_key="k"),
+                    mongo_client=HookedClient(mongo))
     with caplog.at_level(logging.WARNING):
         app.prepare()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

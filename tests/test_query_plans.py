@@ -16,7 +16,9 @@ from pymongo import MongoClient, monitoring
 
 from fakes.dataset import generate
 from fakes.groq_server import FakeGroq
-from services.database import CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS
+from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, SUPPRESSIONS, SYNC_STATE
+from services.privacy.erasure import Eraser, forget
+from services.privacy.hashing import PhoneHasher
 from tests.conftest import TEST_DB
 from tests.helpers import build_app, requeue
 from tests.real_mongo import mongo  # noqa: F401 - the test database on the server, dropped after
@@ -25,6 +27,7 @@ from utils.phone import normalize_phone
 
 pytestmark = pytest.mark.timeout(180)
 
+HASH_KEY = "query-plans-test-privacy-key"
 _QUERY_COMMANDS = frozenset({"find", "findAndModify", "update", "delete", "distinct", "aggregate", "count"})
 
 # Filters whose residual predicate (a field outside the index) the wire server's planner cannot
@@ -105,8 +108,9 @@ def plan_stages(db, collection: str, filter: dict, sort=None, hint=None) -> list
 
 @pytest.fixture
 def recorded(mongo, mongodb_uri, settings, bolna_server):
-    """Both jobs run twice over 120 calls, a re-analysis, and the start-up and health reads, on a
-    client whose every command is recorded. Yields (recorder, database)."""
+    """Both jobs run twice over 120 calls (with retention: transcripts after 2 days, calls after
+    4), an erasure (its dry run first) between them, a re-analysis, and the start-up and health
+    reads, on a client whose every command is recorded. Yields (recorder, database)."""
     recorder = QueryRecorder()
     client = MongoClient(mongodb_uri, tz_aware=False, event_listeners=[recorder])
     agents, executions = generate(agents=2, per_agent=60, seed=7, span_days=5)
@@ -114,13 +118,18 @@ def recorded(mongo, mongodb_uri, settings, bolna_server):
     groq = FakeGroq().start()
     # Every call through a Groq Batch API job, applied by the second run; the synchronous lane too.
     app = build_app(settings.with_overrides(llm_batch_limit=200, groq_api_keys=("key-1",), groq_base_url=groq.base_url,
-                                            llm_batch_mode="always"), client, bolna)
-    for _ in range(2):
+                                            llm_batch_mode="always", privacy_hash_key=HASH_KEY,
+                                            transcript_retention_days=2, record_retention_days=4), client, bolna)
+    for round in range(2):
         for job in ("crm_sync", "call_processor"):
             assert app.run_job(job)["status"] in ("ok", "partial")
         for job_id, job in list(groq.batch_api.jobs.items()):
             if job["status"] == "in_progress":
                 groq.batch_api.complete(job_id)
+        if round == 0:
+            erased = mongo[TEST_DB][CUSTOMERS].find_one({"phoneValid": True}, {"phone": 1})  # not recorded
+            Eraser(app.db).find(normalize_phone(erased["phone"], "IN"))
+            assert any(forget(app.db, normalize_phone(erased["phone"], "IN"), PhoneHasher(HASH_KEY)).values())
     analyzed = mongo[TEST_DB][CALLS].find_one({"analysis.status": "ok"}, {"callId": 1})  # not recorded
     assert analyzed is not None
     assert requeue(app.db, call_id=analyzed["callId"]) == 1
@@ -145,7 +154,8 @@ def test_every_query_the_jobs_send_is_answered_from_an_index(recorded):
                      ("findAndModify", CONTACTS), ("find", "sync_state"), ("find", "sync_runs"),
                      ("distinct", "sync_runs"), ("aggregate", "sync_runs"),
                      ("find", "llm_batches"), ("findAndModify", "llm_batches"),  # the Batch API lane's jobs
-                     ("update", CALLS)]:
+                     ("find", SUPPRESSIONS), ("update", SUPPRESSIONS),  # the writers' checks, forget's entry
+                     ("delete", CUSTOMERS), ("delete", ACTIVITIES), ("update", SYNC_STATE)]:  # the erasure
         assert expected in seen, f"no {expected[0]} on {expected[1]} was recorded"
 
     scans = []
@@ -174,6 +184,8 @@ CONSUMER_QUERIES = [
     ("activities", {"contactId": "C"}, {"at": -1}, "contactId_at"),
     ("sync_runs", {"job": "crm_sync"}, {"startedAt": -1}, "job_startedAt"),
     ("sync_runs", {"startedAt": {"$gte": "T"}}, None, "ttl_startedAt"),
+    ("activities", {"customerPhone": PHONE}, None, "customerPhone"),
+    (CALLS, {"callAt": {"$gte": "T"}}, {"callAt": 1}, "callAt"),
 ]
 
 

@@ -74,6 +74,10 @@ class Settings:
     health_host: str = "127.0.0.1"
     health_max_age_intervals: float = 3.0
     run_retention_days: int = 30
+    # Personal data (docs/privacy.md): None keeps transcripts and call documents without limit.
+    transcript_retention_days: int | None = None
+    record_retention_days: int | None = None
+    privacy_hash_key: str | None = field(default=None, repr=False)  # keys the hashes of erased numbers
 
     @property
     def llm_batch_api_window_seconds(self) -> int:
@@ -270,6 +274,17 @@ def _extra_fields(value: str) -> tuple[ExtraField, ...]:
     return tuple(extra)
 
 
+MIN_HASH_KEY_CHARS = 16
+
+
+def _hash_key(value: str) -> str:
+    """A short key would let anyone holding the hashes try every number of a country quickly."""
+    if len(value) < MIN_HASH_KEY_CHARS:
+        raise ValueError(f"must be at least {MIN_HASH_KEY_CHARS} characters: a random secret such as "
+                         "the output of `openssl rand -hex 32`")
+    return value
+
+
 # variable -> (settings attribute, parser, secret)
 _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "MONGODB_URI": ("mongodb_uri", _mongo_uri, True),  # may hold a password
@@ -311,6 +326,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "HEALTH_HOST": ("health_host", _stripped, False),
     "HEALTH_MAX_AGE_INTERVALS": ("health_max_age_intervals", _positive_float, False),
     "RUN_RETENTION_DAYS": ("run_retention_days", _positive_int, False),
+    "TRANSCRIPT_RETENTION_DAYS": ("transcript_retention_days", _positive_int, False),
+    "RECORD_RETENTION_DAYS": ("record_retention_days", _positive_int, False),
+    "PRIVACY_HASH_KEY": ("privacy_hash_key", _hash_key, True),
 }
 
 

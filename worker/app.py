@@ -27,6 +27,11 @@ from services.customer_writer import CustomerWriter
 from services.database import CALLS, LLM_BATCHES, ensure_indexes
 from services.execution_feed import ExecutionFeed
 from services.page_reader import PageReader
+from services.privacy.erasure import Eraser
+from services.privacy.guard import PrivacyGuard
+from services.privacy.hashing import hasher_for
+from services.privacy.retention import RetentionPass, RetentionPolicy
+from services.privacy.suppressions import SuppressionList
 from services.run_records import RunRecords, describe_failure
 from services.server_clock import ServerClock
 from utils.config import Settings
@@ -76,9 +81,13 @@ class App:
                                   agent_ids=settings.bolna_agent_ids,
                                   backfill=timedelta(days=settings.backfill_days),
                                   overlap=timedelta(minutes=settings.sync_overlap_minutes))
-        self.customer_writer = CustomerWriter(db, StatusRanks(settings.status_precedence))
-        self.call_writer = CallWriter(db)
+        self.suppressions = SuppressionList(db, hasher_for(settings.privacy_hash_key))
+        guard = PrivacyGuard(self.suppressions, Eraser(db))
+        retention = RetentionPolicy(settings.transcript_retention_days, settings.record_retention_days)
+        self.customer_writer = CustomerWriter(db, StatusRanks(settings.status_precedence), guard)
+        self.call_writer = CallWriter(db, guard, retention)
         self.analysis = build_analysis(db, settings, self.owner, self.stop)
+        self.retention = RetentionPass(db, retention, self.stop)
         self.call_queue = self.analysis.queue
         self.batch_api = build_batch_api(db, settings, self.owner, self.call_queue)
         self.runs = RunRecords(db)
@@ -101,6 +110,8 @@ class App:
     def prepare(self) -> None:
         """Start-up work that touches the database: indexes, and runs a dead process left open."""
         ensure_indexes(self.db, self.settings.run_retention_days)
+        # Before any sync: without the key the erased numbers could not be recognized.
+        self.suppressions.check_key()
         stale = max(timedelta(hours=1), 3 * timedelta(minutes=self.settings.sync_interval_minutes))
         abandoned = self.runs.mark_abandoned(stale)
         if abandoned:

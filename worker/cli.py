@@ -1,4 +1,4 @@
-"""Command line: `run` (the daemon), `once`, `demo`, `status`, `reanalyze`, `evaluate`."""
+"""Command line: `run` (the daemon), `once`, `demo`, `status`, `reanalyze`, `evaluate`, `forget`."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.add_argument("--limit", type=_positive, help="only the first N labelled calls")
     evaluate.add_argument("--dataset", help="another labelled set (JSON lines, as evaluation/labelled_calls.jsonl)")
+    forget = commands.add_parser("forget", help="erase a person's number everywhere and keep it out of later syncs")
+    forget.add_argument("--phone", required=True, help="the number, in any spelling")
+    forget.add_argument("--dry-run", action="store_true", help="only count what would be removed")
+    forget.add_argument("--as-stored", action="store_true",
+                        help="the exact text of a number that is not valid (stored as received)")
     return parser
 
 
@@ -76,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         setup_logging(settings.log_level, settings.log_format,
-                      secrets=(settings.bolna_api_key or "", *settings.groq_api_keys, settings.mongodb_uri or ""),
+                      secrets=(settings.bolna_api_key or "", *settings.groq_api_keys, settings.mongodb_uri or "",
+                               settings.privacy_hash_key or ""),
                       # evaluate's stdout is its report (JSON with --json): logs go beside it.
                       stream=sys.stderr if command == "evaluate" else None)
         if command == "demo":
@@ -151,4 +157,22 @@ def _reanalyze(settings: Settings, args) -> int:
     return 0 if count or args.since else 1
 
 
-_COMMANDS = {"run": _run, "once": _once, "status": _status, "reanalyze": _reanalyze}
+def _forget(settings: Settings, args) -> int:
+    from services.privacy.hashing import hasher_for, require_hasher
+    from worker.forget import BadNumber, parse_number, run_forget
+
+    try:
+        phone = parse_number(args.phone, settings.default_phone_region, as_stored=args.as_stored)
+    except BadNumber as exc:
+        raise UsageError(str(exc)) from None
+    if not args.dry_run:
+        require_hasher(hasher_for(settings.privacy_hash_key))  # before anything is read or written
+    app = _build(settings)
+    try:
+        print(run_forget(settings, app.db, phone, dry_run=args.dry_run))
+    finally:
+        app.close()
+    return 0
+
+
+_COMMANDS = {"run": _run, "once": _once, "status": _status, "reanalyze": _reanalyze, "forget": _forget}

@@ -28,12 +28,18 @@ def _process_calls(app: "App", recorder: "RunRecorder", full: bool) -> None:
     try:
         app.feed.run(CALL_PROCESSOR, app.call_writer, recorder, full=full)
     finally:
-        # Calls stored by earlier runs are still worth analyzing when Bolna is down.
-        app.analyze(recorder)
+        try:
+            # Calls stored by earlier runs are still worth analyzing when Bolna is down.
+            app.analyze(recorder)
+        finally:
+            # Retention is this job's last pass: the job that writes `calls` also ages them out,
+            # after its own analysis, whether Bolna or the LLM answered or not (docs/privacy.md).
+            app.retention.run(recorder)
 
 
 JOBS = {job.name: job for job in (
     Job(CRM_SYNC, "Bolna executions -> customers", _sync_customers),
-    Job(CALL_PROCESSOR, "Bolna executions -> calls, then LLM analysis -> contacts", _process_calls),
+    Job(CALL_PROCESSOR, "Bolna executions -> calls, then LLM analysis -> contacts, then retention",
+        _process_calls),
 )}
 JOB_NAMES = tuple(JOBS)

@@ -9,8 +9,9 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from services.database import ACTIVITIES, CONTACTS
+from services.database import ACTIVITIES, CALLS, CONTACTS
 from services.phone_lookup import ids_by_phone
+from services.privacy.erasure import Eraser
 from utils.phone import Phone
 
 PAST_CONVERSATIONS_KEPT = 20
@@ -59,7 +60,18 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime) -> 
             "analysisStatus": analysis["status"],
         },
     }, upsert=True)
+    if _erased_meanwhile(db, call["callId"]):
+        # `main.py forget` stripped the call while it was analyzed, and its sweep may have run
+        # before this decision landed. It marks the call before it removes contacts and
+        # activities, so of its sweep and this one, one runs after this write.
+        Eraser(db).sweep(phone)
+        return False
     return True
+
+
+def _erased_meanwhile(db: Database, call_id: str) -> bool:
+    stored = db[CALLS].find_one({"callId": call_id}, {"erasedAt": 1, "_id": 0})
+    return stored is not None and stored.get("erasedAt") is not None
 
 
 def _changes(analysis: dict) -> dict:

@@ -1,0 +1,155 @@
+"""Erasure of one number everywhere the daemon writes (`main.py forget`).
+
+`forget` puts the number's keyed hash on the suppression list first, then sweeps: from the moment
+the entry exists no writer stores the number, and a writer that was already writing it finds the
+entry after its write and sweeps again (`PrivacyGuard.recheck`, `contacts.record_decision`), so
+whichever of the two sweeps runs last leaves nothing behind.
+
+What a sweep does, per collection:
+- `customers`, `contacts`, `customer_calls`: the number's documents are deleted (any spelling).
+- `activities`: its status changes, the AI decisions on its calls and on its contact are deleted.
+- `calls`: kept for the business's totals (calls, minutes, cost, tags per agent), without a number,
+  a transcript, a recording, extracted data or any text of the analysis; marked `erasedAt`. A call
+  not analyzed yet is marked processed with a `skipped: erased` analysis, and a claim on it is
+  dropped, so an analysis in progress cannot write its text back.
+- `sync_state`: the number's calls are no longer followed by id.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from services.analyzer.schema import analysis_document
+from services.database import (ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, ERASURES,
+                               SYNC_STATE)
+from services.privacy.hashing import PhoneHasher
+from services.privacy.suppressions import SuppressionList
+from utils.clock import utcnow
+from utils.phone import Phone, lookup_keys
+
+ERASED = "erased"  # `calls.analysis.skipped` of a call erased before it was analyzed
+# Everything on a call that says who was called or what was said; the rest are the business's figures.
+PERSONAL_CALL_FIELDS = (
+    "fromNumberRaw", "fromNumber", "toNumberRaw", "toNumber", "customerPhone", "customerPhoneValid",
+    "customerPhoneMissing", "transcript", "bolnaSummary", "extractedData", "extracted", "extractedConfidence",
+    "recordingUrl", "claim")
+ANALYSIS_TEXT_FIELDS = ("analysis.summary", "analysis.reasoning", "analysis.extra", "analysis.error")
+COLLECTIONS = ("customers", "customerCalls", "calls", "contacts", "activities", "followUps")
+
+
+@dataclass(frozen=True)
+class PersonRecords:
+    """What the database holds of one number, found under every spelling it may be stored with."""
+    spellings: list[str]
+    analyzed_calls: list[str]  # call ids; also those only a customer link names
+    waiting_calls: list[str]   # call ids not analyzed yet
+    contact_ids: list
+    customers: int
+    links: int
+    activities: int
+    follow_ups: dict[str, list[str]]  # sync_state _id -> the number's calls followed there
+
+    @property
+    def call_ids(self) -> list[str]:
+        return self.analyzed_calls + self.waiting_calls
+
+    def counts(self) -> dict[str, int]:
+        return {"customers": self.customers, "customerCalls": self.links, "calls": len(self.call_ids),
+                "contacts": len(self.contact_ids), "activities": self.activities,
+                "followUps": sum(len(ids) for ids in self.follow_ups.values())}
+
+
+class Eraser:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def find(self, phone: Phone) -> PersonRecords:
+        spellings = lookup_keys(phone)
+        db = self.db
+        calls = list(db[CALLS].find({"customerPhone": {"$in": spellings}}, {"callId": 1, "processed": 1, "_id": 0}))
+        linked = {link["_id"] for link in db[CUSTOMER_CALLS].find({"phone": {"$in": spellings}}, {"_id": 1})}
+        waiting = sorted(call["callId"] for call in calls if call.get("processed") is False)
+        analyzed = sorted(({call["callId"] for call in calls} | linked) - set(waiting))
+        contact_ids = [doc["_id"] for doc in db[CONTACTS].find({"phone": {"$in": spellings}}, {"_id": 1})]
+        activities = set()
+        for selector in _activity_selectors(spellings, analyzed + waiting, contact_ids):
+            activities |= {doc["_id"] for doc in db[ACTIVITIES].find(selector, {"_id": 1})}
+        follow_ups = {}
+        if analyzed or waiting:
+            ids = set(analyzed + waiting)
+            for state in db[SYNC_STATE].find({"pending.callId": {"$in": sorted(ids)}}, {"pending.callId": 1}):
+                follow_ups[state["_id"]] = [p["callId"] for p in state["pending"] if p["callId"] in ids]
+        return PersonRecords(spellings, analyzed, waiting, contact_ids,
+                             customers=len(list(db[CUSTOMERS].find({"phone": {"$in": spellings}}, {"_id": 1}))),
+                             links=len(linked), activities=len(activities), follow_ups=follow_ups)
+
+    def sweep(self, phone: Phone) -> dict[str, int]:
+        """Remove what the database holds of the number now; what was removed, per collection."""
+        found = self.find(phone)
+        now = utcnow()
+        db = self.db
+        removed = Counter({"calls": self._strip_calls(found, now)})
+        removed["customerCalls"] = db[CUSTOMER_CALLS].delete_many({"phone": {"$in": found.spellings}}).deleted_count
+        for selector in _activity_selectors(found.spellings, found.call_ids, found.contact_ids):
+            removed["activities"] += db[ACTIVITIES].delete_many(selector).deleted_count
+        removed["contacts"] = db[CONTACTS].delete_many({"phone": {"$in": found.spellings}}).deleted_count
+        removed["customers"] = db[CUSTOMERS].delete_many({"phone": {"$in": found.spellings}}).deleted_count
+        for state_id, call_ids in found.follow_ups.items():
+            # A sync running now may save its own copy of the list back: harmless, its writers skip the number.
+            db[SYNC_STATE].update_one({"_id": state_id}, {"$pull": {"pending": {"callId": {"$in": call_ids}}}})
+            removed["followUps"] += len(call_ids)
+        return {name: removed[name] for name in COLLECTIONS}
+
+    def _strip_calls(self, found: PersonRecords, now: datetime) -> int:
+        calls = self.db[CALLS]
+        stamp = {"erasedAt": now, "transcriptRemovedAt": now, "updatedAt": now}
+        unset = {name: "" for name in PERSONAL_CALL_FIELDS}
+        stripped = 0
+        if found.analyzed_calls:
+            stripped += calls.update_many({"callId": {"$in": found.analyzed_calls}}, {
+                "$unset": {**unset, **{name: "" for name in ANALYSIS_TEXT_FIELDS}}, "$set": stamp}).modified_count
+        if found.waiting_calls:
+            skipped = analysis_document("skipped", attempted_at=now, skipped=ERASED)
+            stripped += calls.update_many({"callId": {"$in": found.waiting_calls}}, {
+                "$unset": unset, "$set": {**stamp, "processed": True, "analysis": skipped}}).modified_count
+        return stripped
+
+
+def _activity_selectors(spellings: list[str], call_ids: list[str], contact_ids: list) -> list[dict]:
+    """Each served by its own index: status changes by number, decisions by call and by contact."""
+    selectors = [{"customerPhone": {"$in": spellings}}]
+    if call_ids:
+        selectors.append({"callId": {"$in": call_ids}})
+    if contact_ids:
+        selectors.append({"contactId": {"$in": contact_ids}})
+    return selectors
+
+
+def forget(db: Database, phone: Phone, hasher: PhoneHasher) -> dict[str, int]:
+    """Erase the number everywhere and keep it out of later syncs; what was removed. Idempotent:
+    a second call finds nothing and changes nothing."""
+    suppressions = SuppressionList(db, hasher)
+    suppressions.check_key()
+    digest = hasher.digest(phone.key)
+    suppressions.add(digest)  # before anything is removed: see the module's docstring
+    removed = Eraser(db).sweep(phone)
+    _record_erasure(db, digest, hasher.key_id, removed)
+    return removed
+
+
+def _record_erasure(db: Database, digest: str, key_id: str, removed: dict[str, int]) -> None:
+    """One record per number (its hash), kept as evidence: when it was asked, when data was last
+    removed and how much. A sweep that found nothing leaves an existing record as it was."""
+    now = utcnow()
+    update: dict = {"$setOnInsert": {"keyId": key_id, "requestedAt": now}}
+    if any(removed.values()):
+        update["$set"] = {"erasedAt": now}
+        update["$inc"] = {f"removed.{name}": count for name, count in removed.items() if count}
+    try:
+        db[ERASURES].update_one({"_id": digest}, update, upsert=True)
+    except DuplicateKeyError:  # another forget of the number inserted it first: now it is an update
+        db[ERASURES].update_one({"_id": digest}, update)
