@@ -67,6 +67,12 @@ class FakeBatchApi:
             job = self.jobs.get(batch_id)
             return (200, dict(job)) if job else (404, _error("batch not found"))
 
+    def delete(self, file_id: str) -> tuple[int, dict]:
+        with self._lock:
+            if self.files.pop(file_id, None) is None:
+                return 404, _error("file not found")
+        return 200, {"id": file_id, "object": "file", "deleted": True}
+
     def content(self, file_id: str) -> bytes | None:
         with self._lock:
             return self.files.get(file_id)

@@ -12,15 +12,15 @@ a property optional, and a `reasoning_effort` the model does not take; it keeps 
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
-
 from urllib.parse import unquote
 
+from fakes.groq_answers import (answer_batch_line, answer_content, chat_completion, form_error, sent_text,
+                                tokens, transcript_of)
 from fakes.groq_batches import FakeBatchApi
 from fakes.groq_limits import RateLimits
 from fakes.local_server import LocalServer, QuietHandler
@@ -29,8 +29,6 @@ COMPLETIONS_PATH = "/openai/v1/chat/completions"
 MODELS_PATH = "/openai/v1/models/"
 FILES_PATH = "/openai/v1/files"
 BATCHES_PATH = "/openai/v1/batches"
-STRICT_MODELS = ("openai/gpt-oss-20b", "openai/gpt-oss-120b")
-REASONING_EFFORTS = ("low", "medium", "high")
 BEHAVIOURS = ("analysis", "invalid_json", "wrong_shape", "rate_limited", "server_error",
               "json_validate_failed", "bad_request")
 
@@ -47,16 +45,11 @@ class GroqRequest:
 
     @property
     def transcript(self) -> str:
-        """The transcript sent: callsync's user message is {"transcript": ...} as JSON."""
-        content = self.body["messages"][-1]["content"]
-        try:
-            return json.loads(content)["transcript"]
-        except (ValueError, KeyError, TypeError):
-            return content
+        return transcript_of(self.body)
 
     @property
     def sent_text(self) -> str:
-        return "\n".join(message["content"] for message in self.body["messages"])
+        return sent_text(self.body)
 
 
 class FakeGroq(LocalServer):
@@ -115,7 +108,7 @@ class FakeGroq(LocalServer):
         return [request.status for request in self.recorded()]
 
     def tokens_sent(self) -> int:
-        return sum(_tokens(request.sent_text) for request in self.recorded())
+        return sum(tokens(request.sent_text) for request in self.recorded())
 
     @staticmethod
     def _check(behaviour: str) -> None:
@@ -149,6 +142,12 @@ class _Handler(QuietHandler):
             return self._send(404, {"error": {"message": f"The model `{model}` does not exist or you do not have access to it.",
                                               "type": "invalid_request_error", "code": "model_not_found"}})
         self._send(200, {"id": model, "object": "model", "created": 0, "owned_by": "fake", "active": True})
+
+    def do_DELETE(self) -> None:
+        fake: FakeGroq = self.server.fake
+        if not self.path.startswith(FILES_PATH + "/"):
+            return self._send(404, {"error": {"message": "Unknown request URL", "type": "invalid_request_error"}})
+        self._send(*fake.batch_api.delete(unquote(self.path[len(FILES_PATH) + 1:])))
 
     def do_POST(self) -> None:
         fake: FakeGroq = self.server.fake
@@ -207,9 +206,9 @@ class _Handler(QuietHandler):
         if behaviour == "bad_request":
             return self._error(fake, body, authorization, 400, "'messages.0' : unsupported parameter",
                                code="invalid_request_error")
-        content = _content(behaviour, GroqRequest(body, authorization, 200).transcript, fake.extra)
-        prompt_tokens = _tokens(GroqRequest(body, authorization, 200).sent_text)
-        limit_headers, refusal = fake.limits.take(body.get("model", ""), prompt_tokens + _tokens(content))
+        content = answer_content(behaviour, GroqRequest(body, authorization, 200).transcript, fake.extra)
+        prompt_tokens = tokens(GroqRequest(body, authorization, 200).sent_text)
+        limit_headers, refusal = fake.limits.take(body.get("model", ""), prompt_tokens + tokens(content))
         if refusal is not None:
             fake._log(GroqRequest(body, authorization, 429))
             return self._send(429, refusal, limit_headers)
@@ -233,77 +232,6 @@ class _Handler(QuietHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
-
-
-def chat_completion(body: dict, content: str, prompt_tokens: int, number: int) -> dict:
-    return {
-        "id": f"chatcmpl-fake-{number}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body.get("model", ""),
-        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                     "message": {"role": "assistant", "content": content}}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": _tokens(content),
-                  "total_tokens": prompt_tokens + _tokens(content)},
-    }
-
-
-def answer_batch_line(body: dict, extra: dict, number: int) -> tuple[int, dict]:
-    """A batch line's request answered as the chat endpoint answers it: (status, body)."""
-    if (refusal := form_error(body)) is not None:
-        return 400, {"error": {"message": refusal, "type": "invalid_request_error", "code": "invalid_request_error"}}
-    request = GroqRequest(body, "", 200)
-    content = _content("analysis", request.transcript, extra)
-    return 200, chat_completion(body, content, _tokens(request.sent_text), number)
-
-
-def form_error(body: dict) -> str | None:
-    """What Groq refuses in the form of a request, whatever its transcript."""
-    model = body.get("model", "")
-    effort = body.get("reasoning_effort")
-    if effort is not None and (not model.startswith("openai/gpt-oss-") or effort not in REASONING_EFFORTS):
-        return f"`reasoning_effort` {effort!r} is not supported with model `{model}`"
-    response_format = body.get("response_format") or {}
-    if response_format.get("type") != "json_schema":
-        return None
-    spec = response_format.get("json_schema") or {}
-    if not spec.get("strict"):
-        return None
-    if model not in STRICT_MODELS:
-        return f"model `{model}` does not support strict structured outputs"
-    schema = spec.get("schema") or {}
-    if schema.get("additionalProperties") is not False or set(schema.get("required", ())) != set(schema.get("properties", {})):
-        return "strict mode: every property must be required and additionalProperties must be false"
-    return None
-
-
-def _content(behaviour: str, transcript: str, extra: dict) -> str:
-    if behaviour == "invalid_json":
-        return "Sure! Here is the analysis: {tag: Interested"
-    if behaviour == "wrong_shape":
-        return json.dumps({**_analysis_of(transcript), "tag": "Maybe", "leadScore": 150})
-    return json.dumps({**_analysis_of(transcript), **extra})
-
-
-def _analysis_of(transcript: str) -> dict:
-    """A plausible analysis that tests can trace back to the transcript it came from."""
-    customer = [line.split(":", 1)[1].strip() for line in transcript.splitlines()
-                if line.lower().startswith("user:")]
-    score = min(40 + 10 * len(customer), 95)
-    return {
-        "tag": "Interested" if any(w in transcript.lower() for w in ("price", "interested")) else "follow_up",
-        "summary": f"Customer said: {customer[0] if customer else 'nothing'}",
-        "leadScore": score,
-        "leadStatus": "QUALIFIED" if score >= 60 else "CONTACTED",
-        "sentiment": "positive",
-        "confidence": 90,
-        "reasoning": f"{len(customer)} customer turns.",
-    }
-
-
-def _tokens(text: str) -> int:
-    """Roughly what a tokenizer counts for English: four characters a token."""
-    return math.ceil(len(text) / 4)
 
 
 FakeGroq.handler = _Handler

@@ -84,6 +84,7 @@ def test_a_finished_job_is_applied_once_with_its_discounted_cost(fake, db, setti
     assert db.activities.count_documents({"callId": {"$in": OLDEST}}) == 8
     assert recorder.counts["analyzed"] == 7 and recorder.counts["failed"] == 1
     assert db[LLM_BATCHES].find_one()["status"] == "finished"
+    assert not fake.batch_api.files  # input, output and error files deleted at Groq once applied
     requests = len(fake.recorded())
     again = process(db, settings)
     assert len(fake.recorded()) == requests and "analyzed" not in again.counts

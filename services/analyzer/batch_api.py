@@ -162,6 +162,16 @@ class BatchApiLane:
                            f"({type(exc).__name__})", code="llm_batch_poll_failed")
             return
         self._apply(job, state.status, answers, recorder)
+        self._delete_files(job.get("inputFileId"), state.output_file_id, state.error_file_id)
+
+    def _delete_files(self, *file_ids: str | None) -> None:
+        """The job's files hold masked transcripts and their analyses: once applied, Groq need not
+        keep them (docs/privacy.md). Best effort; Groq expires batch files by itself too."""
+        for file_id in filter(None, file_ids):
+            try:
+                self._client.files.delete(file_id)
+            except groq.APIError as exc:
+                log.info("could not delete Groq file %s: %s", file_id, type(exc).__name__)
 
     def _apply(self, job: dict, state: str, answers: dict, recorder: RunRecorder) -> None:
         released = 0
