@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 
 STRICT_MODELS = ("openai/gpt-oss-20b", "openai/gpt-oss-120b")
@@ -40,7 +41,7 @@ def answer_batch_line(body: dict, extra: dict, number: int) -> tuple[int, dict]:
     """A batch line's request answered as the chat endpoint answers it: (status, body)."""
     if (refusal := form_error(body)) is not None:
         return 400, {"error": {"message": refusal, "type": "invalid_request_error", "code": "invalid_request_error"}}
-    content = answer_content("analysis", transcript_of(body), extra)
+    content = answer_content("analysis", transcript_of(body), extra, stages_asked(body))
     return 200, chat_completion(body, content, tokens(sent_text(body)), number)
 
 
@@ -64,12 +65,27 @@ def form_error(body: dict) -> str | None:
     return None
 
 
-def answer_content(behaviour: str, transcript: str, extra: dict) -> str:
+def answer_content(behaviour: str, transcript: str, extra: dict, stages: tuple[str, ...] = ()) -> str:
+    """`stages`: the pipeline stages the request asks to recommend one of (the first is)."""
     if behaviour == "invalid_json":
         return "Sure! Here is the analysis: {tag: Interested"
+    analysis = _analysis_of(transcript)
+    if stages:
+        analysis["recommendedStage"] = stages[0]
     if behaviour == "wrong_shape":
-        return json.dumps({**_analysis_of(transcript), "tag": "Maybe", "leadScore": 150})
-    return json.dumps({**_analysis_of(transcript), **extra})
+        return json.dumps({**analysis, "tag": "Maybe", "leadScore": 150})
+    return json.dumps({**analysis, **extra})
+
+
+def stages_asked(body: dict) -> tuple[str, ...]:
+    """The stage names a request asks the answer to recommend one of: the schema's enum, or in
+    JSON mode the instructions' list."""
+    schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema") or {}
+    enum = (schema.get("properties") or {}).get("recommendedStage", {}).get("enum")
+    if enum:
+        return tuple(enum)
+    listed = re.search(r'"recommendedStage": one of ((?:"[^"]+"(?:, )?)+)', body["messages"][0]["content"])
+    return tuple(re.findall(r'"([^"]+)"', listed.group(1))) if listed else ()
 
 
 def _analysis_of(transcript: str) -> dict:

@@ -20,7 +20,7 @@ from typing import Callable
 from urllib.parse import unquote
 
 from fakes.groq_answers import (answer_batch_line, answer_content, chat_completion, form_error, sent_text,
-                                tokens, transcript_of)
+                                stages_asked, tokens, transcript_of)
 from fakes.groq_batches import FakeBatchApi
 from fakes.groq_limits import RateLimits
 from fakes.local_server import LocalServer, QuietHandler
@@ -206,7 +206,8 @@ class _Handler(QuietHandler):
         if behaviour == "bad_request":
             return self._error(fake, body, authorization, 400, "'messages.0' : unsupported parameter",
                                code="invalid_request_error")
-        content = answer_content(behaviour, GroqRequest(body, authorization, 200).transcript, fake.extra)
+        content = answer_content(behaviour, GroqRequest(body, authorization, 200).transcript, fake.extra,
+                                 stages_asked(body))
         prompt_tokens = tokens(GroqRequest(body, authorization, 200).sent_text)
         limit_headers, refusal = fake.limits.take(body.get("model", ""), prompt_tokens + tokens(content))
         if refusal is not None:

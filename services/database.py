@@ -13,6 +13,8 @@ ACTIVITIES = "activities"
 SYNC_STATE = "sync_state"
 SYNC_RUNS = "sync_runs"
 LLM_BATCHES = "llm_batches"
+PIPELINES = "pipelines"
+STAGE_REVIEWS = "stage_reviews"
 SUPPRESSIONS = "suppressions"
 ERASURES = "erasures"
 
@@ -83,6 +85,12 @@ def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
     # Start-up: hashes written with another key than the configured one (services/privacy).
     db[SUPPRESSIONS].create_indexes([IndexModel([("keyId", ASCENDING)], name="keyId")])
     _ensure_run_expiry(db[SYNC_RUNS], run_retention_days * 86400)
+    # Stage suggestions a person reviews: the open ones, oldest first (`main.py review`).
+    db[STAGE_REVIEWS].create_indexes([
+        IndexModel([("callId", ASCENDING), ("round", ASCENDING)], unique=True, name="decision_unique"),
+        IndexModel([("status", ASCENDING), ("createdAt", ASCENDING)], name="status_createdAt"),
+        IndexModel([("customerPhone", ASCENDING)], name="customerPhone", sparse=True),
+    ])
     # Groq Batch API jobs still open, polled each run.
     db[LLM_BATCHES].create_indexes([IndexModel([("status", ASCENDING)], name="status")])
 

@@ -78,6 +78,7 @@ class Settings:
     transcript_retention_days: int | None = None
     record_retention_days: int | None = None
     privacy_hash_key: str | None = field(default=None, repr=False)  # keys the hashes of erased numbers
+    auto_assign_min_confidence: int = 60  # below it a stage move waits for a person's review
 
     @property
     def llm_batch_api_window_seconds(self) -> int:
@@ -229,6 +230,13 @@ def _reasoning_effort(value: str) -> str:
     return effort
 
 
+def _percentage(value: str) -> int:
+    number = _int_at_least(value, 0)
+    if number > 100:
+        raise ValueError("must be a whole number from 0 to 100")
+    return number
+
+
 def _port(value: str) -> int:
     port = _int_at_least(value, 0)
     if port > 65535:
@@ -329,6 +337,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "TRANSCRIPT_RETENTION_DAYS": ("transcript_retention_days", _positive_int, False),
     "RECORD_RETENTION_DAYS": ("record_retention_days", _positive_int, False),
     "PRIVACY_HASH_KEY": ("privacy_hash_key", _hash_key, True),
+    "AUTO_ASSIGN_MIN_CONFIDENCE": ("auto_assign_min_confidence", _percentage, False),
 }
 
 

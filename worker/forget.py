@@ -13,7 +13,8 @@ from utils.table import format_table
 _MEANING = {
     "customers": "deleted", "customerCalls": "deleted (links counting the calls)",
     "calls": "kept without number, transcript, recording, extracted data or analysis text",
-    "contacts": "deleted", "activities": "deleted (status changes, AI decisions)",
+    "contacts": "deleted", "activities": "deleted (status changes, AI decisions, stage moves)",
+    "stageReviews": "deleted (stage suggestions waiting for a person)",
     "followUps": "no longer fetched by id",
 }
 

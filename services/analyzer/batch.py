@@ -119,7 +119,7 @@ class AnalysisBatch:
                 "ok", attempted_at=now, model=HEURISTIC_MODEL, used_fallback=True,
                 analysis=self._heuristic(transcript, call, now)))
         try:
-            answer = self._llm.analyze(transcript, deadline)
+            answer = self._llm.analyze(transcript, deadline, self._outcomes.pipeline_for(call))
         except DeadlineExceeded:
             self.queue.release(claim)
             return Outcome(claim.call_id, "released")

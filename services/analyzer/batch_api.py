@@ -28,7 +28,7 @@ from pymongo.collection import Collection
 from services.analyzer.batch_results import BATCH_ENDPOINT, analysis_of, read_answers, request_line
 from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
 from services.analyzer.outcomes import Outcome, OutcomeWriter, record_outcome
-from services.analyzer.request import completion_request
+from services.analyzer.request import completion_request, stage_names
 from services.analyzer.schema import SHORT_TRANSCRIPT, analysis_document
 from services.run_records import RunRecorder
 from utils.clock import utcnow
@@ -133,7 +133,8 @@ class BatchApiLane:
         if len(transcript) < self._settings.min_transcript_chars:
             self._finish(claim, analysis_document("skipped", attempted_at=now, skipped=SHORT_TRANSCRIPT), recorder)
             return None
-        return request_line(claim.call_id, completion_request(transcript, self._settings))
+        return request_line(claim.call_id, completion_request(transcript, self._settings,
+                                                              self._outcomes.pipeline_for(claim.call)))
 
     # -- polling ----------------------------------------------------------------------------------
 
@@ -183,7 +184,7 @@ class BatchApiLane:
                 continue
             now = self._clock()
             transcript = (claim.call.get("transcript") or "").strip()
-            analysis = analysis_of(answer, self._settings, now,
+            analysis = analysis_of(answer, self._settings, now, stage_names(self._outcomes.pipeline_for(claim.call)),
                                    fallback=lambda: self._outcomes.fallback(transcript, claim.call, now))
             self._finish(claim, analysis, recorder)
         self._jobs.update_one({"_id": job["_id"]}, {

@@ -39,13 +39,13 @@ def read_answers(*files: str) -> dict[str, BatchAnswer]:
     return answers
 
 
-def analysis_of(answer: BatchAnswer, settings: Settings, now: datetime, fallback) -> dict:
+def analysis_of(answer: BatchAnswer, settings: Settings, now: datetime, stages: tuple[str, ...], fallback) -> dict:
     """`calls.analysis` for one answered call: the LLM's analysis, or a failed attempt with the
     offline heuristic's (`fallback()`), as the synchronous lane writes them."""
     error = answer.error
     if error is None:
         try:
-            analysis = parse_answer(answer.content, settings.analysis_tags, settings.analysis_extra_fields)
+            analysis = parse_answer(answer.content, settings.analysis_tags, settings.analysis_extra_fields, stages)
             return analysis_document("ok", attempted_at=now, model=answer.model, usage=answer.usage,
                                      analysis=analysis)
         except InvalidAnswer as exc:

@@ -1,31 +1,38 @@
 """What an analysis changes in the CRM: the contact (found by its normalized phone, as customers
-are) and an `activities` entry recording the AI decision."""
+are), its pipeline stage, and the `activities` entries recording the AI decision."""
 from __future__ import annotations
 
 from datetime import datetime
 
-from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
 
+from services.analyzer.contact_update import write_contact
+from services.analyzer.staging import CrmRules, audit, stage_change
 from services.database import ACTIVITIES, CALLS, CONTACTS
-from services.phone_lookup import ids_by_phone
+from services.phone_lookup import records_by_phone
 from services.privacy.erasure import Eraser
 from utils.phone import Phone
 
 PAST_CONVERSATIONS_KEPT = 20
 _CONTACT_FIELDS = ("tag", "leadScore", "leadStatus", "sentiment")
 ACTIVITY_TYPE = "ai_analysis"
-# The conditional updates below name their index: a planner that gives up on an index when the
-# filter has a field outside it (the test run's wire server) would otherwise scan for one contact.
-_BY_ID = [("_id", ASCENDING)]
-_BY_PHONE = [("phone", ASCENDING)]
+# Read, decide, write: a lock set or the contact created by another process between the read and
+# the write sends the decision round again; more than a few rounds means something is wrong.
+MAX_DECISIONS = 5
 
 
-def record_decision(db: Database, call: dict, analysis: dict, now: datetime) -> bool:
+class ContactContention(RuntimeError):
+    """The contact changed under every attempt to write the analysis."""
+
+
+def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rules: CrmRules | None = None) -> bool:
     """Apply a finished analysis (a `calls.analysis` document with result fields) to the call's
     contact and log it as an activity. False when the call has no customer number.
+
+    With `rules` and a pipeline for the call's agent, the analysis also places or moves the
+    contact in the pipeline (models/stage_routing.py). Fields a person locked are not written;
+    what the analysis would have written is kept under `suggested` (models/locks.py).
 
     One activity per AI decision, keyed by the call's `analysisRound`: the retake of an attempt
     that died midway rewrites its round's activity (and one pastConversations entry per call),
@@ -33,22 +40,34 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime) -> 
     if not call.get("customerPhone"):
         return False
     phone = Phone.stored(call["customerPhone"], bool(call.get("customerPhoneValid")))
-    changes = _changes(analysis)
     contacts = db[CONTACTS]
     call_at = call.get("callAt") or now
-    contact_id, before, applied = _update_contact(contacts, phone, changes, call_at, now)
-    _remember_conversation(contacts, contact_id, {
+    written = staged = None
+    changes: dict = {}
+    for _ in range(MAX_DECISIONS):
+        found = (records_by_phone(contacts, [phone]).get(phone.key) or [None])[0]
+        staged = rules.decide(call, found, analysis) if rules is not None else None
+        changes = _changes(analysis)
+        if staged is not None and staged[1].changes_stage:
+            changes.update(stage_change(*staged, call, now))
+        written = write_contact(contacts, phone, found, changes, call_id=call["callId"], call_at=call_at, now=now)
+        if written is not None:
+            break
+    if written is None:
+        raise ContactContention(f"the contact of call {call['callId']} kept changing while it was written")
+    _remember_conversation(contacts, written.contact_id, {
         "callId": call["callId"], "summary": analysis["summary"], "tag": analysis["tag"], "at": call_at,
     })
+    before, applied = written.before, written.applied
     key = {"callId": call["callId"], "type": ACTIVITY_TYPE, "round": call.get("analysisRound", 0)}
     db[ACTIVITIES].update_one(key, {
         # A retake finds the contact as the first attempt already left it, so its own diff
         # would be empty: the first attempt's `changes` is the one that says what the decision did.
         "$setOnInsert": {"changes": {name: {"from": _value_at(before, name), "to": value}
                                      for name, value in changes.items()
-                                     if applied and _value_at(before, name) != value}},
+                                     if applied and name not in written.held and _value_at(before, name) != value}},
         "$set": {
-            "contactId": contact_id,
+            "contactId": written.contact_id,
             # False: the contact already follows a newer call; this decision is history only.
             "appliedToContact": applied,
             "at": now,
@@ -60,6 +79,8 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime) -> 
             "analysisStatus": analysis["status"],
         },
     }, upsert=True)
+    if applied:
+        audit(db, contact_id=written.contact_id, call=call, analysis=analysis, staged=staged, held=written.held, now=now)
     if _erased_meanwhile(db, call["callId"]):
         # `main.py forget` stripped the call while it was analyzed, and its sweep may have run
         # before this decision landed. It marks the call before it removes contacts and
@@ -81,36 +102,6 @@ def _changes(analysis: dict) -> dict:
     changes.update({f"extra.{name}": value for name, value in analysis["extra"].items()
                     if value is not None})
     return changes
-
-
-def _update_contact(contacts: Collection, phone: Phone, changes: dict, call_at: datetime,
-                    now: datetime) -> tuple[object, dict, bool]:
-    """Apply `changes` to the contact stored under any spelling of the number (or create it under
-    its key) unless it already follows a newer call's analysis: tag, score and status follow the
-    newest analyzed call, whatever order analyses finish in. Returns its _id, the document as it
-    was before (empty when created) and whether the changes were applied."""
-    touched = {"lastAnalyzedAt": now, "updatedAt": now}
-    update = {"$set": {**changes, **touched, "analyzedCallAt": call_at},
-              "$setOnInsert": {"phoneValid": phone.valid, "createdAt": now}}
-    # Not newer than this call, or never analyzed (missing or null): one predicate, no `$or`.
-    newer_or_none = {"analyzedCallAt": {"$not": {"$gt": call_at}}}
-    existing_id = ids_by_phone(contacts, [phone]).get(phone.key)
-    if existing_id is None:
-        try:
-            before = contacts.find_one_and_update({"phone": phone.key, **newer_or_none}, update, upsert=True,
-                                                  hint=_BY_PHONE, return_document=ReturnDocument.BEFORE)
-            contact_id = before["_id"] if before else contacts.find_one({"phone": phone.key}, {"_id": 1})["_id"]
-            return contact_id, before or {}, True
-        except DuplicateKeyError:
-            # Another process created it since our lookup, with a newer call's analysis.
-            existing_id = contacts.find_one({"phone": phone.key}, {"_id": 1})["_id"]
-    before = contacts.find_one_and_update({"_id": existing_id, **newer_or_none}, update, hint=_BY_ID,
-                                          return_document=ReturnDocument.BEFORE)
-    if before is not None:
-        return existing_id, before, True
-    before = contacts.find_one_and_update({"_id": existing_id}, {"$set": touched},
-                                          return_document=ReturnDocument.BEFORE)
-    return existing_id, before or {}, False
 
 
 def _remember_conversation(contacts: Collection, contact_id: object, entry: dict) -> None:

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import groq
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
+from models.pipeline import Pipeline
 from services.analyzer.deadline import Deadline, DeadlineExceeded
 from services.analyzer.pacing import RatePacer
 from services.analyzer.rate_limit import retry_after_seconds
-from services.analyzer.request import completion_request, prompt_tokens_estimate
+from services.analyzer.request import completion_request, prompt_tokens_estimate, stage_names
 from services.analyzer.schema import Analysis, InvalidAnswer, Usage, parse_answer
 from utils.config import Settings
 
@@ -131,10 +132,11 @@ class GroqAnalyzer:
             log.info("could not check GROQ_MODEL %s: %s", self.model, _describe(exc))
         return None
 
-    def analyze(self, transcript: str, deadline: Deadline) -> LlmAnswer:
+    def analyze(self, transcript: str, deadline: Deadline, pipeline: Pipeline | None = None) -> LlmAnswer:
         """Raises LlmFailure (a finished, failed attempt), LlmUnavailable (not attempted for a
-        reason that is not the call's) or DeadlineExceeded (cut off)."""
-        request = completion_request(transcript, self._settings)
+        reason that is not the call's) or DeadlineExceeded (cut off). `pipeline`: the contact's,
+        whose stages the answer recommends one of."""
+        request = completion_request(transcript, self._settings, pipeline)
         retrying = Retrying(
             retry=retry_if_exception_type(TRANSIENT_ERRORS),
             wait=_server_hint_or_backoff,
@@ -153,7 +155,7 @@ class GroqAnalyzer:
         usage = _usage(completion)
         try:
             analysis = parse_answer(_content(completion), self._settings.analysis_tags,
-                                    self._settings.analysis_extra_fields)
+                                    self._settings.analysis_extra_fields, stage_names(pipeline))
         except InvalidAnswer as exc:
             raise LlmFailure(f"{self.model}: invalid answer: {exc}", usage) from exc
         return LlmAnswer(analysis, usage, self.model)

@@ -3,16 +3,21 @@ and the Batch API's `batch_api.py`): the CRM first, then the call, by the holder
 only; and the counts a run record keeps of it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from pymongo.database import Database
 
+from models.pipeline import Pipeline
+from models.stage_routing import recommendation
 from services.analyzer.claims import CallQueue, Claim
 from services.analyzer.contacts import record_decision
 from services.analyzer.heuristic import heuristic_analysis
 from services.analyzer.pricing import estimated_cost
 from services.analyzer.schema import Analysis, Usage
+from services.analyzer.staging import CrmRules
+from services.database import PIPELINES
+from services.pipelines import PipelineCatalog
 from services.run_records import RunRecorder
 from utils.clock import utcnow
 from utils.config import Settings
@@ -35,6 +40,11 @@ class OutcomeWriter:
         self._db = db
         self.queue = queue
         self._settings = settings
+        self.rules = CrmRules(PipelineCatalog(db[PIPELINES]), settings.auto_assign_min_confidence)
+
+    def pipeline_for(self, call: dict) -> Pipeline | None:
+        """The call's pipeline, whose stages the analysis recommends one of (None: no pipeline)."""
+        return self.rules.pipeline_for(call)
 
     def finish(self, claim: Claim, analysis: dict, *, discount: float = 0.0) -> Outcome:
         """`analysis`: `calls.analysis` of the attempt; `discount`: off the price (a Batch API
@@ -42,7 +52,7 @@ class OutcomeWriter:
         retake re-applies the decision, which the write-back makes idempotent per analysis round."""
         has_contact = True
         if _has_result(analysis):
-            has_contact = record_decision(self._db, claim.call, analysis, utcnow())
+            has_contact = record_decision(self._db, claim.call, analysis, utcnow(), self.rules)
         usage = Usage(analysis["usage"]["promptTokens"], analysis["usage"]["completionTokens"])
         cost = analysis["usage"]["costUsd"] = self._cost(usage, discount)
         if not self.queue.finish(claim, analysis):
@@ -52,8 +62,14 @@ class OutcomeWriter:
                        has_contact=has_contact)
 
     def fallback(self, transcript: str, call: dict, now: datetime) -> Analysis:
-        """The offline heuristic's analysis: for no key, and for a failed LLM attempt."""
-        return heuristic_analysis(transcript, call.get("callAt"), now, self._settings.analysis_tags)
+        """The offline heuristic's analysis: for no key, and for a failed LLM attempt. Where the
+        call has a pipeline, it recommends the stage its own score and tag route to."""
+        analysis = heuristic_analysis(transcript, call.get("callAt"), now, self._settings.analysis_tags)
+        pipeline = self.pipeline_for(call)
+        if pipeline is None:
+            return analysis
+        stage = recommendation(pipeline, score=analysis.lead_score, tag=analysis.tag, lead_status=analysis.lead_status)
+        return replace(analysis, recommended_stage=stage)
 
     def _cost(self, usage: Usage, discount: float) -> float | None:
         # By the LLM's price even when the stored result is the fallback's: an answer that

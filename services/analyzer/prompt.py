@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 
+from models.pipeline import Pipeline
 from services.analyzer.schema import LEAD_STATUSES, SENTIMENTS
 from utils.config import ExtraField, Settings
 
@@ -31,17 +32,18 @@ def fit_budget(text: str, budget: int) -> str:
     return f"{text[:head]}\n[... {len(text) - budget} characters omitted ...]\n{text[-tail:]}"
 
 
-def build_messages(transcript: str, settings: Settings) -> list[dict]:
+def build_messages(transcript: str, settings: Settings, pipeline: Pipeline | None = None) -> list[dict]:
+    """`pipeline`: the contact's, whose stages the model recommends one of."""
     prepared = fit_budget(mask_pii(transcript), settings.transcript_char_budget)
     # JSON-encoded, the transcript cannot close its own quotes and pose as instructions.
     data = json.dumps({"transcript": prepared}, ensure_ascii=False)
     return [
-        {"role": "system", "content": _instructions(settings.analysis_tags, settings.analysis_extra_fields)},
+        {"role": "system", "content": _instructions(settings.analysis_tags, settings.analysis_extra_fields, pipeline)},
         {"role": "user", "content": data},
     ]
 
 
-def _instructions(tags: tuple[str, ...], extra_fields: tuple[ExtraField, ...]) -> str:
+def _instructions(tags: tuple[str, ...], extra_fields: tuple[ExtraField, ...], pipeline: Pipeline | None) -> str:
     keys = [
         f'- "tag": one of {_choices(tags)}: the outcome of the call',
         '- "summary": one sentence summarizing the call',
@@ -53,6 +55,11 @@ def _instructions(tags: tuple[str, ...], extra_fields: tuple[ExtraField, ...]) -
     ]
     keys += [f'- "{extra.name}": {extra.type} or null if the call does not say: {extra.description}'
              for extra in extra_fields]
+    if pipeline is not None:
+        keys.append(f'- "recommendedStage": one of {_choices(tuple(s.name for s in pipeline.stages))}: the stage of '
+                    f'the sales pipeline "{pipeline.name}" the customer belongs in after this call')
+        keys += [f'  - "{stage.name}" ({stage.type}, lead score {stage.minimum}-{stage.maximum})'
+                 + (f": {stage.description}" if stage.description else "") for stage in pipeline.stages]
     return "\n".join([
         "You analyze sales calls for a CRM. The user message is a JSON object whose \"transcript\" "
         "value is one call between an AI voice agent (\"assistant\") and a customer (\"user\").",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from models.pipeline import Pipeline
 from services.analyzer.prompt import build_messages
 from services.analyzer.schema import SCHEMA_NAME, answer_json_schema
 from utils.config import Settings
@@ -24,13 +25,14 @@ def answer_format(settings: Settings) -> str:
     return "json_schema" if settings.groq_model in STRICT_SCHEMA_MODELS else "json_object"
 
 
-def completion_request(transcript: str, settings: Settings) -> dict:
-    """Keyword arguments of `chat.completions.create`, and the `body` of a batch line."""
+def completion_request(transcript: str, settings: Settings, pipeline: Pipeline | None = None) -> dict:
+    """Keyword arguments of `chat.completions.create`, and the `body` of a batch line.
+    `pipeline`: the contact's, whose stages the answer recommends one of."""
     request = {
         "model": settings.groq_model,
-        "messages": build_messages(transcript, settings),
+        "messages": build_messages(transcript, settings, pipeline),
         "temperature": 0,
-        "response_format": _response_format(settings),
+        "response_format": _response_format(settings, pipeline),
     }
     if settings.groq_model.startswith(REASONING_MODEL_PREFIX):
         request["reasoning_effort"] = settings.groq_reasoning_effort
@@ -43,11 +45,15 @@ def prompt_tokens_estimate(request: dict) -> int:
     return math.ceil(characters / CHARS_PER_TOKEN)
 
 
-def _response_format(settings: Settings) -> dict:
+def stage_names(pipeline: Pipeline | None) -> tuple[str, ...]:
+    return tuple(stage.name for stage in pipeline.stages) if pipeline is not None else ()
+
+
+def _response_format(settings: Settings, pipeline: Pipeline | None) -> dict:
     if answer_format(settings) == "json_object":
         return {"type": "json_object"}
     return {"type": "json_schema", "json_schema": {
         "name": SCHEMA_NAME,
         "strict": settings.groq_model in STRICT_SCHEMA_MODELS,
-        "schema": answer_json_schema(settings.analysis_tags, settings.analysis_extra_fields),
+        "schema": answer_json_schema(settings.analysis_tags, settings.analysis_extra_fields, stage_names(pipeline)),
     }}

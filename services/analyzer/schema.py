@@ -40,9 +40,11 @@ class Analysis:
     confidence: int
     reasoning: str
     extra: dict[str, object] = field(default_factory=dict)
+    recommended_stage: str | None = None  # a stage name of the contact's pipeline, where there is one
 
     def document(self) -> dict:
-        return {
+        stage = {"recommendedStage": self.recommended_stage} if self.recommended_stage is not None else {}
+        return {**stage,
             "tag": self.tag,
             "summary": self.summary,
             "leadScore": self.lead_score,
@@ -55,8 +57,9 @@ class Analysis:
 
 
 def parse_answer(content: str | None, tags: tuple[str, ...],
-                 extra_fields: tuple[ExtraField, ...]) -> Analysis:
-    """The LLM's JSON answer as an Analysis; raises InvalidAnswer saying what is wrong.
+                 extra_fields: tuple[ExtraField, ...], stages: tuple[str, ...] = ()) -> Analysis:
+    """The LLM's JSON answer as an Analysis; raises InvalidAnswer saying what is wrong. `stages`:
+    the names of the contact's pipeline stages, one of which the answer must recommend.
     Error texts quote at most a short value, never the answer, which may echo the transcript."""
     if not content or not content.strip():
         raise InvalidAnswer("answer is empty")
@@ -66,7 +69,8 @@ def parse_answer(content: str | None, tags: tuple[str, ...],
         raise InvalidAnswer(f"answer is not JSON ({exc.msg} at char {exc.pos})") from None
     if not isinstance(payload, dict):
         raise InvalidAnswer(f"answer is a JSON {type(payload).__name__}, not an object")
-    missing = [key for key in (*ANALYSIS_KEYS, *(f.name for f in extra_fields)) if key not in payload]
+    expected = (*ANALYSIS_KEYS, *(f.name for f in extra_fields), *(("recommendedStage",) if stages else ()))
+    missing = [key for key in expected if key not in payload]
     if missing:
         raise InvalidAnswer(f"answer lacks {', '.join(missing)}")
     return Analysis(
@@ -78,10 +82,12 @@ def parse_answer(content: str | None, tags: tuple[str, ...],
         confidence=_percentage("confidence", payload["confidence"]),
         reasoning=_answer_text("reasoning", payload["reasoning"], required=False),
         extra={f.name: _extra_value(f, payload[f.name]) for f in extra_fields},
+        recommended_stage=_one_of("recommendedStage", payload["recommendedStage"], stages) if stages else None,
     )
 
 
-def answer_json_schema(tags: tuple[str, ...], extra_fields: tuple[ExtraField, ...]) -> dict:
+def answer_json_schema(tags: tuple[str, ...], extra_fields: tuple[ExtraField, ...],
+                       stages: tuple[str, ...] = ()) -> dict:
     """The answer `parse_answer` accepts, as the JSON Schema of Groq's structured outputs, in
     the subset strict mode takes: every property required, no additional properties. Ranges are
     not in that subset; `parse_answer` still checks them."""
@@ -97,6 +103,8 @@ def answer_json_schema(tags: tuple[str, ...], extra_fields: tuple[ExtraField, ..
     for extra in extra_fields:
         # Null says the call did not mention it; strict mode has no optional properties.
         properties[extra.name] = {"type": [extra.type, "null"], "description": extra.description}
+    if stages:
+        properties["recommendedStage"] = {"type": "string", "enum": list(stages)}
     return {"type": "object", "properties": properties, "required": list(properties),
             "additionalProperties": False}
 

@@ -24,7 +24,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from services.analyzer.schema import analysis_document
-from services.database import (ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, ERASURES,
+from services.database import (ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, ERASURES, STAGE_REVIEWS,
                                SYNC_STATE)
 from services.privacy.hashing import PhoneHasher
 from services.privacy.suppressions import SuppressionList
@@ -38,7 +38,7 @@ PERSONAL_CALL_FIELDS = (
     "customerPhoneMissing", "transcript", "bolnaSummary", "extractedData", "extracted", "extractedConfidence",
     "recordingUrl", "claim")
 ANALYSIS_TEXT_FIELDS = ("analysis.summary", "analysis.reasoning", "analysis.extra", "analysis.error")
-COLLECTIONS = ("customers", "customerCalls", "calls", "contacts", "activities", "followUps")
+COLLECTIONS = ("customers", "customerCalls", "calls", "contacts", "activities", "stageReviews", "followUps")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class PersonRecords:
     customers: int
     links: int
     activities: int
+    reviews: int
     follow_ups: dict[str, list[str]]  # sync_state _id -> the number's calls followed there
 
     @property
@@ -59,7 +60,7 @@ class PersonRecords:
 
     def counts(self) -> dict[str, int]:
         return {"customers": self.customers, "customerCalls": self.links, "calls": len(self.call_ids),
-                "contacts": len(self.contact_ids), "activities": self.activities,
+                "contacts": len(self.contact_ids), "activities": self.activities, "stageReviews": self.reviews,
                 "followUps": sum(len(ids) for ids in self.follow_ups.values())}
 
 
@@ -85,7 +86,9 @@ class Eraser:
                 follow_ups[state["_id"]] = [p["callId"] for p in state["pending"] if p["callId"] in ids]
         return PersonRecords(spellings, analyzed, waiting, contact_ids,
                              customers=len(list(db[CUSTOMERS].find({"phone": {"$in": spellings}}, {"_id": 1}))),
-                             links=len(linked), activities=len(activities), follow_ups=follow_ups)
+                             links=len(linked), activities=len(activities),
+                             reviews=db[STAGE_REVIEWS].count_documents({"customerPhone": {"$in": spellings}}),
+                             follow_ups=follow_ups)
 
     def sweep(self, phone: Phone) -> dict[str, int]:
         """Remove what the database holds of the number now; what was removed, per collection."""
@@ -96,6 +99,7 @@ class Eraser:
         removed["customerCalls"] = db[CUSTOMER_CALLS].delete_many({"phone": {"$in": found.spellings}}).deleted_count
         for selector in _activity_selectors(found.spellings, found.call_ids, found.contact_ids):
             removed["activities"] += db[ACTIVITIES].delete_many(selector).deleted_count
+        removed["stageReviews"] = db[STAGE_REVIEWS].delete_many({"customerPhone": {"$in": found.spellings}}).deleted_count
         removed["contacts"] = db[CONTACTS].delete_many({"phone": {"$in": found.spellings}}).deleted_count
         removed["customers"] = db[CUSTOMERS].delete_many({"phone": {"$in": found.spellings}}).deleted_count
         for state_id, call_ids in found.follow_ups.items():

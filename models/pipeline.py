@@ -1,0 +1,107 @@
+"""Sales pipelines as the CRM front end writes them (`pipelines`; the daemon only reads them):
+ordered stages, each of a type, with a score range given or derived from its type."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+STAGE_TYPES = ("LEAD", "IN_PROGRESS", "WON", "LOST", "ARCHIVED")
+# Where a stage names no range: what its type usually holds.
+DERIVED_RANGES = {"LEAD": (0, 30), "IN_PROGRESS": (31, 80), "WON": (81, 100), "LOST": (0, 20), "ARCHIVED": (0, 100)}
+# Stages a score may lead to; WON and LOST are outcomes (reached by the call's outcome or the
+# model's explicit recommendation), ARCHIVED is a person's decision.
+OPEN_TYPES = ("LEAD", "IN_PROGRESS")
+SKIP_EXISTING, UPDATE_EXISTING = "SKIP_EXISTING", "UPDATE_EXISTING"
+UPDATE_MODES = (SKIP_EXISTING, UPDATE_EXISTING)
+
+
+class MalformedPipeline(ValueError):
+    """A pipeline document the daemon cannot route by; the message names what is wrong."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    id: str
+    name: str
+    type: str
+    minimum: int
+    maximum: int
+    description: str = ""
+
+    @property
+    def open(self) -> bool:
+        return self.type in OPEN_TYPES
+
+    @property
+    def midpoint(self) -> float:
+        return (self.minimum + self.maximum) / 2
+
+    def holds(self, score: int) -> bool:
+        return self.minimum <= score <= self.maximum
+
+    def document(self) -> dict:
+        """How a contact stores its stage."""
+        return {"id": self.id, "name": self.name, "type": self.type}
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    id: str
+    name: str
+    agent_ids: tuple[str, ...]  # empty: every agent
+    update_mode: str
+    stages: tuple[Stage, ...]
+
+    def stage(self, stage_id: str | None) -> Stage | None:
+        return next((stage for stage in self.stages if stage.id == stage_id), None)
+
+    def of_type(self, stage_type: str) -> Stage | None:
+        return next((stage for stage in self.stages if stage.type == stage_type), None)
+
+    def named(self, name: str | None) -> Stage | None:
+        if not isinstance(name, str):
+            return None
+        return next((stage for stage in self.stages if stage.name.casefold() == name.strip().casefold()), None)
+
+
+def parse_pipeline(document: dict[str, Any]) -> Pipeline:
+    stages = document.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise MalformedPipeline("it has no stages")
+    parsed = tuple(_stage(item, number) for number, item in enumerate(stages, 1))
+    if len({stage.id for stage in parsed}) != len(parsed):
+        raise MalformedPipeline("two stages share an id")
+    mode = document.get("updateMode") or SKIP_EXISTING
+    if mode not in UPDATE_MODES:
+        raise MalformedPipeline(f"updateMode {mode!r} is not one of {', '.join(UPDATE_MODES)}")
+    agents = document.get("agentIds") or ()
+    if not isinstance(agents, (list, tuple)) or not all(isinstance(agent, str) for agent in agents):
+        raise MalformedPipeline("agentIds must be a list of agent ids")
+    return Pipeline(str(document.get("_id")), str(document.get("name") or document.get("_id")), tuple(agents),
+                    mode, parsed)
+
+
+def pipeline_for(agent_id: str | None, pipelines: list[Pipeline]) -> Pipeline | None:
+    """The pipeline of a call's agent: one naming the agent, else one for every agent."""
+    named = [pipeline for pipeline in pipelines if agent_id in pipeline.agent_ids]
+    return (named or [pipeline for pipeline in pipelines if not pipeline.agent_ids] or [None])[0]
+
+
+def _stage(item: Any, number: int) -> Stage:
+    if not isinstance(item, dict) or not str(item.get("id") or "").strip() or not str(item.get("name") or "").strip():
+        raise MalformedPipeline(f"stage {number} needs an id and a name")
+    kind = item.get("type")
+    if kind not in STAGE_TYPES:
+        raise MalformedPipeline(f"stage {number} has type {kind!r}, not one of {', '.join(STAGE_TYPES)}")
+    low, high = _range(item.get("scoreRange"), kind, number)
+    return Stage(str(item["id"]), str(item["name"]).strip(), kind, low, high, str(item.get("description") or ""))
+
+
+def _range(value: Any, kind: str, number: int) -> tuple[int, int]:
+    if value is None:
+        return DERIVED_RANGES[kind]
+    low, high = (value.get("min"), value.get("max")) if isinstance(value, dict) else (None, None)
+    if not all(isinstance(bound, (int, float)) and not isinstance(bound, bool) for bound in (low, high)) \
+            or not 0 <= low <= high <= 100:
+        raise MalformedPipeline(f"stage {number}'s scoreRange must be {{min, max}} within 0-100")
+    return round(low), round(high)

@@ -1,0 +1,205 @@
+"""Contacts routed into pipeline stages (issue 11): the routing priorities, downgrade protection,
+WON stickiness, update modes, the confidence threshold and review entries, and a person's locks
+winning over the daemon's writes, races included (mongomock here, and again on the wire server,
+tests/test_mongodb_integration_pipelines.py)."""
+from datetime import datetime
+
+import pytest
+
+from fakes.mongo_hooks import HookedClient
+from models.pipeline import MalformedPipeline, parse_pipeline, pipeline_for
+from models.stage_routing import BLOCKED, KEPT, MOVED, PLACED, REVIEW, decide, route
+from services.analyzer.contacts import record_decision
+from services.analyzer.schema import Analysis, analysis_document
+from services.analyzer.staging import CrmRules
+from services.database import PIPELINES, STAGE_REVIEWS
+from services.pipelines import PipelineCatalog
+from tests.conftest import TEST_DB
+
+NOW = datetime(2026, 11, 1, 12, 0)
+PHONE = "+919876543210"
+
+SALES = {"_id": "sales", "name": "Sales", "updateMode": "UPDATE_EXISTING", "stages": [
+    {"id": "new", "name": "New Lead", "type": "LEAD"},
+    {"id": "qualified", "name": "Qualified", "type": "IN_PROGRESS", "scoreRange": {"min": 31, "max": 60}},
+    {"id": "negotiation", "name": "Negotiation", "type": "IN_PROGRESS", "scoreRange": {"min": 61, "max": 79},
+     "description": "price and terms under discussion"},
+    {"id": "won", "name": "Won", "type": "WON"},
+    {"id": "lost", "name": "Lost", "type": "LOST"},
+]}
+PIPELINE = parse_pipeline(SALES)
+
+
+def analysis(*, score=50, tag="Interested", status="QUALIFIED", confidence=90, recommended=None, fallback=False):
+    result = Analysis(tag=tag, summary="Asked about the flat.", lead_score=score, lead_status=status,
+                      sentiment="positive", confidence=confidence, reasoning="Asked the price.",
+                      recommended_stage=recommended)
+    return analysis_document("ok", attempted_at=NOW, model="heuristic" if fallback else "openai/gpt-oss-20b",
+                             used_fallback=fallback, analysis=result)
+
+
+# -- the pipeline documents -----------------------------------------------------------------------
+
+def test_a_stage_without_a_range_takes_its_types():
+    stages = {stage.id: (stage.minimum, stage.maximum) for stage in PIPELINE.stages}
+    assert stages == {"new": (0, 30), "qualified": (31, 60), "negotiation": (61, 79), "won": (81, 100), "lost": (0, 20)}
+    assert PIPELINE.update_mode == "UPDATE_EXISTING" and parse_pipeline({**SALES, "updateMode": None}).update_mode == "SKIP_EXISTING"
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"stages": []}, "no stages"),
+    ({"stages": [{"id": "a", "name": "A", "type": "MAYBE"}]}, "type 'MAYBE'"),
+    ({"stages": [{"id": "a", "name": "A", "type": "LEAD", "scoreRange": {"min": 50, "max": 10}}]}, "scoreRange"),
+    ({"stages": [{"id": "a", "name": "A", "type": "LEAD"}, {"id": "a", "name": "B", "type": "WON"}]}, "share an id"),
+    ({"updateMode": "ALWAYS"}, "updateMode"),
+])
+def test_a_malformed_pipeline_is_refused_saying_why(change, problem):
+    with pytest.raises(MalformedPipeline, match=problem):
+        parse_pipeline({**SALES, **change})
+
+
+def test_an_agents_own_pipeline_wins_over_the_one_for_every_agent():
+    everyone = parse_pipeline(SALES)
+    support = parse_pipeline({**SALES, "_id": "support", "agentIds": ["agent-9"]})
+    assert pipeline_for("agent-9", [everyone, support]) is support
+    assert pipeline_for("agent-1", [everyone, support]) is everyone
+    assert pipeline_for("agent-1", [support]) is None
+
+
+# -- routing, in priority order ------------------------------------------------------------------
+
+@pytest.mark.parametrize("score, tag, status, recommended, stage, rule", [
+    (40, "Purchased", "QUALIFIED", "New Lead", "won", "status"),       # (1) the outcome, over everything
+    (95, "Interested", "WON", None, "won", "status"),
+    (70, "Not_Interested", "CONTACTED", None, "lost", "status"),
+    (45, "Interested", "QUALIFIED", "Negotiation", "qualified", "score_range"),  # (2) over the recommendation
+    (10, "follow_up", "NEW", None, "new", "score_range"),              # an open stage, not LOST (0-20)
+    (90, "Interested", "QUALIFIED", "negotiation", "negotiation", "recommendation"),  # (3) case-insensitive
+    (90, "Interested", "QUALIFIED", "Nowhere", "negotiation", "nearest_midpoint"),  # (4)
+])
+def test_routing_priorities(score, tag, status, recommended, stage, rule):
+    routed = route(PIPELINE, score=score, tag=tag, lead_status=status, recommended=recommended)
+    assert (routed.stage.id, routed.rule) == (stage, rule)
+
+
+def staged(stage_id, score=None):
+    contact = {"stage": {"id": stage_id, "pipelineId": "sales"}}
+    return {**contact, "leadScore": score} if score is not None else contact
+
+
+@pytest.mark.parametrize("contact, result, action", [
+    (staged("negotiation", 85), analysis(score=25), BLOCKED),   # >= 80 never to a stage starting below 50
+    (staged("negotiation", 55), analysis(score=10), BLOCKED),   # >= 50 never below 20
+    (staged("negotiation", 55), analysis(score=45), MOVED),     # Qualified starts at 31: allowed
+    (staged("won", 40), analysis(score=20, tag="Not_Interested"), BLOCKED),  # WON is a person's to change
+    (staged("qualified", 40), analysis(score=70), MOVED),
+    ({}, analysis(score=70), PLACED),
+    (staged("qualified", 40), analysis(score=45), KEPT),        # already there
+])
+def test_downgrade_protection_and_won_stickiness(contact, result, action):
+    assert decide(PIPELINE, contact, result, 60).action == action
+
+
+def test_skip_existing_places_only_contacts_without_a_stage():
+    skip = parse_pipeline({**SALES, "updateMode": "SKIP_EXISTING"})
+    assert decide(skip, {}, analysis(score=70), 60).action == PLACED
+    kept = decide(skip, staged("new", 10), analysis(score=70), 60)
+    assert kept.action == KEPT and "SKIP_EXISTING" in kept.reason
+
+
+def test_below_the_confidence_threshold_a_person_reviews_the_move():
+    assert decide(PIPELINE, {}, analysis(score=70, confidence=59), 60).action == REVIEW
+    assert decide(PIPELINE, {}, analysis(score=70, confidence=60), 60).action == PLACED
+
+
+# -- applied to the CRM ------------------------------------------------------------------------------
+
+@pytest.fixture
+def rules(db):
+    db[PIPELINES].insert_one(SALES)
+    return CrmRules(PipelineCatalog(db[PIPELINES]), 60)
+
+
+def apply(db, rules, call_id, result, *, at=NOW, round=0):
+    call = {"callId": call_id, "agentId": "agent-1", "customerPhone": PHONE, "customerPhoneValid": True,
+            "callAt": at, "analysisRound": round}
+    return record_decision(db, call, result, NOW, rules)
+
+
+def contact(db):
+    return db.contacts.find_one({"phone": PHONE})
+
+
+def activities(db, kind):
+    return list(db.activities.find({"type": kind}, {"_id": 0}))
+
+
+def test_an_analysis_places_the_contact_and_audits_it(db, rules):
+    assert apply(db, rules, "c1", analysis(score=70))
+    stage = contact(db)["stage"]
+    assert (stage["id"], stage["name"], stage["type"], stage["pipelineId"], stage["rule"], stage["callId"]) == \
+        ("negotiation", "Negotiation", "IN_PROGRESS", "sales", "score_range", "c1")
+    [entry] = activities(db, "stage_change")
+    assert (entry["action"], entry["from"], entry["to"]["id"], entry["rule"], entry["callId"]) == \
+        ("placed", None, "negotiation", "score_range", "c1")
+    assert entry["confidence"] == 90 and entry["model"] == "openai/gpt-oss-20b" and entry["usedFallback"] is False
+
+
+def test_a_blocked_downgrade_is_logged_not_applied(db, rules):
+    apply(db, rules, "c1", analysis(score=85, recommended="Negotiation"), at=NOW.replace(hour=9))
+    assert contact(db)["stage"]["id"] == "negotiation"
+    apply(db, rules, "c2", analysis(score=20), at=NOW.replace(hour=10))
+    assert contact(db)["stage"]["id"] == "negotiation" and contact(db)["leadScore"] == 20
+    [blocked] = activities(db, "stage_blocked")
+    assert blocked["to"]["id"] == "new" and "scored 85" in blocked["reason"] and blocked["callId"] == "c2"
+
+
+def test_an_unsure_analysis_opens_one_review_entry_and_moves_nothing(db, rules):
+    apply(db, rules, "c1", analysis(score=70, confidence=40))
+    assert "stage" not in contact(db)
+    apply(db, rules, "c1", analysis(score=70, confidence=40))  # a retake of the same attempt
+    [review] = db[STAGE_REVIEWS].find({}, {"_id": 0})
+    assert (review["status"], review["suggestedStage"]["id"], review["leadScore"], review["callId"]) == \
+        ("open", "negotiation", 70, "c1")
+    assert review["contactId"] == contact(db)["_id"] and review["reasoning"] == "Asked the price."
+    db[STAGE_REVIEWS].update_one({}, {"$set": {"status": "dismissed"}})  # a person's answer
+    apply(db, rules, "c1", analysis(score=70, confidence=40))
+    assert db[STAGE_REVIEWS].find_one()["status"] == "dismissed"
+
+
+def test_without_a_pipeline_contacts_get_no_stage(db):
+    rules = CrmRules(PipelineCatalog(db[PIPELINES]), 60)
+    apply(db, rules, "c1", analysis(score=70))
+    assert "stage" not in contact(db) and not activities(db, "stage_change")
+
+
+def test_locked_fields_on_a_contact_are_held_back_as_suggestions(db, rules):
+    db.contacts.insert_one({"phone": PHONE, "tag": "Purchased", "stage": {"id": "qualified", "pipelineId": "sales"},
+                            "locked": ["tag", "stage"]})
+    apply(db, rules, "c1", analysis(score=70, tag="follow_up"))
+    stored = contact(db)
+    assert stored["tag"] == "Purchased" and stored["stage"]["id"] == "qualified"
+    assert stored["leadScore"] == 70  # not locked: written
+    assert stored["suggested"]["tag"] == {"value": "follow_up", "callId": "c1", "at": NOW}
+    assert stored["suggested"]["stage"]["value"]["id"] == "negotiation"
+    [held] = activities(db, "held_back")
+    assert set(held["fields"]) == {"tag", "stage"} and held["callId"] == "c1"
+    assert not activities(db, "stage_change")
+
+
+def test_a_lock_set_while_the_daemon_writes_wins(mongo, rules):
+    """A person sets the tag (and locks it) between the daemon's read and its write."""
+    raw = mongo[TEST_DB]
+    raw.contacts.insert_one({"phone": PHONE, "tag": "follow_up"})
+    edits = []
+
+    def person_edits_first(collection, method):
+        if collection == "contacts" and method == "find_one_and_update" and not edits:
+            edits.append(raw.contacts.update_one({"phone": PHONE}, {"$set": {"tag": "Purchased"},
+                                                                   "$addToSet": {"locked": "tag"}}))
+
+    racing = HookedClient(mongo, person_edits_first)[TEST_DB]
+    apply(racing, rules, "c1", analysis(score=70, tag="Interested"))
+    stored = raw.contacts.find_one({"phone": PHONE})
+    assert edits and stored["tag"] == "Purchased" and stored["suggested"]["tag"]["value"] == "Interested"
+    assert stored["leadScore"] == 70 and stored["stage"]["id"] == "negotiation"
