@@ -17,6 +17,7 @@ from pymongo import UpdateOne
 
 from models.execution import Execution
 from models.extraction import Extraction, Path
+from models.locks import LOCKED, SUGGESTED
 from utils.phone import Phone
 
 # Customer field -> extraction names that mean it (agents' extraction prompts vary).
@@ -31,6 +32,8 @@ _BOOKED_KEYS = ("appointment_booked", "booked", "is_booked", "booking_confirmed"
 _CALLBACK_KEYS = ("callback_user", "callback_requested", "call_back")
 _INTEREST_KEYS = ("user_interested", "interested", "is_interested")
 
+# What the CRM sync writes that a person may lock (models/locks.py).
+LOCKABLE_FIELDS = ("status", *PROFILE_FIELDS, "extracted")
 BOOKED, CALLBACK, INTERESTED, NOT_INTERESTED = "Booked", "Callback", "Interested", "Not Interested"
 CONTACTED, VOICEMAIL, NO_ANSWER = "Contacted", "Voicemail", "No Answer"
 # Highest first; statuses in one group rank equal.
@@ -140,15 +143,25 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
     best = _best_status(calls, ranks)
     fields = _newest_per_field(calls)
     with_extracted = [c for c in calls if c.extracted]
-    decide: dict[str, Any] = {
-        "_newer": {"$gt": [newest.at, {"$ifNull": ["$lastCallAt", EPOCH]}]},
-        "_takeStatus": {"$or": [
+    # What the calls would change, each as (condition, value, call, time); the update then takes
+    # it unless a person locked the field (models/locks.py), in which case it is kept under
+    # `suggested`: all in the one atomic update, so a lock set a moment before always wins.
+    offers: dict[str, tuple[dict, Any, CustomerCall | None, datetime]] = {
+        "status": ({"$or": [
             {"$lt": [ranks.expression("$status"), ranks.of(best.status)]},
             {"$and": [{"$eq": [ranks.expression("$status"), ranks.of(best.status)]},
-                      {"$gt": [best.at, {"$ifNull": ["$statusAt", EPOCH]}]}]}]},
-    }
-    for name, (_value, at) in fields.items():
-        decide[f"_take_{name}"] = _newer_than_stored(name, at, f"$fieldsAt.{name}")
+                      {"$gt": [best.at, {"$ifNull": ["$statusAt", EPOCH]}]}]}]}, best.status, best, best.at)}
+    for name, (value, source) in fields.items():
+        offers[name] = (_newer_than_stored(name, source.at, f"$fieldsAt.{name}"), value, source, source.at)
+    if with_extracted:
+        source = _newest(with_extracted)
+        offers["extracted"] = (_newer_than_stored("extracted", source.at, "$extractedAt"), source.extracted,
+                               source, source.at)
+    decide: dict[str, Any] = {"_newer": {"$gt": [newest.at, {"$ifNull": ["$lastCallAt", EPOCH]}]}}
+    for name, (condition, _value, _source, _at) in offers.items():
+        # `$eq: false`, not `$not`: mongomock evaluates `{$not: [false]}` as false.
+        decide[f"_take_{name}"] = {"$and": [{"$eq": [_locked(name), False]}, condition]}
+        decide[f"_hold_{name}"] = {"$and": [_locked(name), condition]}
     stage: dict[str, Any] = {
         "phone": {"$literal": phone.key},
         "phoneValid": phone.valid,
@@ -156,22 +169,27 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
         "lastCallAt": _if("$_newer", newest.at, "$lastCallAt"),
         "lastCallId": _if("$_newer", newest.call_id, "$lastCallId"),
         "agentId": _if("$_newer", newest.agent_id, "$agentId"),
-        "status": _if("$_takeStatus", best.status, "$status"),
-        "statusAt": _if("$_takeStatus", best.at, "$statusAt"),
-        "statusCallId": _if("$_takeStatus", best.call_id, "$statusCallId"),
+        "status": _if("$_take_status", best.status, "$status"),
+        "statusAt": _if("$_take_status", best.at, "$statusAt"),
+        "statusCallId": _if("$_take_status", best.call_id, "$statusCallId"),
         "callCount": {"$max": [{"$ifNull": ["$callCount", 0]}, call_count]},
-        "fieldsAt": {name: (_if(f"$_take_{name}", fields[name][1], f"$fieldsAt.{name}") if name in fields
+        "fieldsAt": {name: (_if(f"$_take_{name}", fields[name][1].at, f"$fieldsAt.{name}") if name in fields
                             else f"$fieldsAt.{name}") for name in PROFILE_FIELDS},
         "createdAt": {"$ifNull": ["$createdAt", now]},
         "updatedAt": now,
+        # Every field a customer's suggestion may hold, so those of earlier calls stay (an
+        # object here replaces `suggested`; mongomock has no `$mergeObjects`).
+        SUGGESTED: {"$cond": [{"$or": [f"$_hold_{name}" for name in offers]}, {
+            name: (_if(f"$_hold_{name}", {"value": offers[name][1], "callId": offers[name][2].call_id,
+                                          "at": offers[name][3]}, f"${SUGGESTED}.{name}")
+                   if name in offers else f"${SUGGESTED}.{name}")
+            for name in LOCKABLE_FIELDS}, f"${SUGGESTED}"]},
     }
-    for name, (value, _at) in fields.items():
+    for name, (value, _source) in fields.items():
         stage[name] = _if(f"$_take_{name}", value, f"${name}")
     if with_extracted:
-        source = _newest(with_extracted)
-        decide["_takeExtracted"] = _newer_than_stored("extracted", source.at, "$extractedAt")
-        stage["extracted"] = _if("$_takeExtracted", source.extracted, "$extracted")
-        stage["extractedAt"] = _if("$_takeExtracted", source.at, "$extractedAt")
+        stage["extracted"] = _if("$_take_extracted", offers["extracted"][1], "$extracted")
+        stage["extractedAt"] = _if("$_take_extracted", offers["extracted"][3], "$extractedAt")
     temporary = {name: 0 for name in decide}
     return UpdateOne(
         {"_id": existing_id} if existing_id is not None else {"phone": phone.key},
@@ -190,13 +208,30 @@ def _best_status(calls: list[CustomerCall], ranks: StatusRanks) -> CustomerCall:
     return max(calls, key=lambda c: (ranks.of(c.status), c.at, c.call_id))
 
 
-def _newest_per_field(calls: list[CustomerCall]) -> dict[str, tuple[Any, datetime]]:
-    """Each profile field's value from the newest of these calls that named it, with its time."""
-    fields: dict[str, tuple[Any, datetime]] = {}
+def _newest_per_field(calls: list[CustomerCall]) -> dict[str, tuple[Any, CustomerCall]]:
+    """Each profile field's value from the newest of these calls that named it, with that call."""
+    fields: dict[str, tuple[Any, CustomerCall]] = {}
     for call in sorted(calls, key=lambda c: (c.at, c.call_id)):
         for name, value in call.profile.items():
-            fields[name] = (value, call.at)
+            fields[name] = (value, call)
     return fields
+
+
+def _locked(field: str) -> dict:
+    """True on the server while a person holds `field` (models/locks.py)."""
+    return {"$in": [field, {"$ifNull": [f"${LOCKED}", []]}]}
+
+
+def held_back(stored: dict | None, calls: list[CustomerCall], ranks: StatusRanks) -> dict[str, Any]:
+    """What these calls would change that the record as read holds locked, for the activity log
+    (the update itself decides atomically; a lock set after this read still holds)."""
+    locked = set((stored or {}).get(LOCKED) or ())
+    if not locked:
+        return {}
+    held = {name: value for name, (value, _call) in _newest_per_field(calls).items() if name in locked}
+    if "status" in locked and status_change(stored, calls, ranks, ignore_lock=True) is not None:
+        held["status"] = _best_status(calls, ranks).status
+    return held
 
 
 def _newer_than_stored(field: str, at: datetime, stored_at: str) -> dict:
@@ -211,9 +246,13 @@ def _if(condition: str, value: Any, otherwise: str) -> dict:
     return {"$cond": [condition, {"$literal": value}, otherwise]}
 
 
-def status_change(stored: dict | None, calls: list[CustomerCall], ranks: StatusRanks) -> dict | None:
+def status_change(stored: dict | None, calls: list[CustomerCall], ranks: StatusRanks, *,
+                  ignore_lock: bool = False) -> dict | None:
     """The status change these calls make to the record as read before the write (the same rule
-    as the update), for the activity log: from, to, the call and the reason; None for no change."""
+    as the update), for the activity log: from, to, the call and the reason; None for no change
+    (and while a person holds the status locked)."""
+    if not ignore_lock and "status" in ((stored or {}).get(LOCKED) or ()):
+        return None
     best = _best_status(calls, ranks)
     before = (stored or {}).get("status")
     before_at = (stored or {}).get("statusAt") or EPOCH

@@ -9,6 +9,7 @@ from typing import Any, Iterable
 
 LOCKED = "locked"
 SUGGESTED = "suggested"
+HELD_BACK = "held_back"  # the activity recording what a lock kept out
 
 
 def _prefixes(field: str) -> list[str]:

@@ -12,7 +12,8 @@ from datetime import datetime
 from pymongo import UpdateOne
 from pymongo.database import Database
 
-from models.customer import CustomerCall, StatusRanks, customer_call, customer_upsert, status_change
+from models.customer import CustomerCall, StatusRanks, customer_call, customer_upsert, held_back, status_change
+from models.locks import HELD_BACK
 from models.execution import Execution, execution_id
 from services.bulk import bulk_upsert
 from services.customer_merge import legacy_links, merge_records
@@ -55,7 +56,7 @@ class CustomerWriter:
         stored = {key: merge_records(self.customers, docs, self.ranks) for key, docs in found.items()}
         counts = self._counts(list(by_phone))
         # Before the customers: once they hold the new status, a re-run could not tell it changed.
-        self._record_status_changes(by_phone, stored, now)
+        self._record_changes(by_phone, stored, now)
         inserted, updated = bulk_upsert(self.customers, [
             customer_upsert(phone, calls, now, ranks=self.ranks, call_count=counts.get(key, 0),
                             existing_id=stored[key]["_id"] if key in stored else None)
@@ -92,17 +93,24 @@ class CustomerWriter:
         return {group["_id"]: group["count"] for group in self.links.aggregate([
             {"$match": {"phone": {"$in": keys}}}, {"$group": {"_id": "$phone", "count": {"$sum": 1}}}])}
 
-    def _record_status_changes(self, by_phone: dict[str, tuple[Phone, list[CustomerCall]]],
-                               stored: dict[str, dict], now: datetime) -> None:
-        """One activity per status change, keyed by the call that made it (a re-run rewrites it)."""
+    def _record_changes(self, by_phone: dict[str, tuple[Phone, list[CustomerCall]]],
+                        stored: dict[str, dict], now: datetime) -> None:
+        """One activity per status change, keyed by the call that made it (a re-run rewrites it),
+        and one per page's calls of a number whose locked fields they would have changed."""
         operations = []
         for key, (_phone, calls) in by_phone.items():
+            customer = {"customerPhone": key, "customerId": stored.get(key, {}).get("_id")}
             change = status_change(stored.get(key), calls, self.ranks)
             if change is not None:
                 operations.append(UpdateOne(
                     {"callId": change.pop("callId"), "type": STATUS_CHANGE, "round": 0},
-                    {"$setOnInsert": {"customerPhone": key, "customerId": stored.get(key, {}).get("_id"),
-                                      **change, "at": now}}, upsert=True))
+                    {"$setOnInsert": {**customer, **change, "at": now}}, upsert=True))
+            held = held_back(stored.get(key), calls, self.ranks)
+            if held:
+                newest = max(calls, key=lambda call: (call.at, call.call_id))
+                operations.append(UpdateOne(
+                    {"callId": newest.call_id, "type": HELD_BACK, "round": 0},
+                    {"$set": {**customer, "fields": held, "reason": "locked by a person", "at": now}}, upsert=True))
         bulk_upsert(self.activities, operations)
 
 

@@ -15,6 +15,7 @@ from services.analyzer.staging import CrmRules
 from services.database import PIPELINES, STAGE_REVIEWS
 from services.pipelines import PipelineCatalog
 from tests.conftest import TEST_DB
+from tests.helpers import AGENT, build_app, execution
 
 NOW = datetime(2026, 11, 1, 12, 0)
 PHONE = "+919876543210"
@@ -203,3 +204,43 @@ def test_a_lock_set_while_the_daemon_writes_wins(mongo, rules):
     stored = raw.contacts.find_one({"phone": PHONE})
     assert edits and stored["tag"] == "Purchased" and stored["suggested"]["tag"]["value"] == "Interested"
     assert stored["leadScore"] == 70 and stored["stage"]["id"] == "negotiation"
+
+
+# -- a person's locks on customers, through the CRM sync ---------------------------------------------
+
+def sync_one_booked_call(settings, mongo, bolna_server, hook=None):
+    bolna = bolna_server([execution(PHONE, call_id="booked", extracted={"appointment_booked": True, "name": "Ravi"})],
+                         [AGENT])
+    app = build_app(settings.with_overrides(bolna_base_url=bolna.base_url), mongo, bolna,
+                    **({"hook": hook} if hook else {}))
+    assert app.run_job("crm_sync")["status"] == "ok"
+
+
+def test_locked_customer_fields_are_held_back_as_suggestions(settings, mongo, bolna_server):
+    raw = mongo[TEST_DB]
+    raw.customers.insert_one({"phone": PHONE, "status": "Interested", "name": "Ravi Kumar",
+                              "locked": ["status", "name"]})
+    sync_one_booked_call(settings, mongo, bolna_server)
+    [customer] = raw.customers.find()
+    assert (customer["status"], customer["name"], customer["callCount"]) == ("Interested", "Ravi Kumar", 1)
+    assert customer["suggested"]["status"]["value"] == "Booked" and customer["suggested"]["name"]["value"] == "Ravi"
+    assert customer["suggested"]["status"]["callId"] == "booked"
+    [held] = raw.activities.find({"type": "held_back"})
+    assert held["fields"] == {"status": "Booked", "name": "Ravi"} and held["callId"] == "booked"
+    assert not list(raw.activities.find({"type": "status_change"}))
+
+
+def test_a_customer_lock_set_while_the_sync_writes_wins(settings, mongo, bolna_server):
+    raw = mongo[TEST_DB]
+    raw.customers.insert_one({"phone": PHONE, "status": "Contacted"})
+    edits = []
+
+    def person_edits_first(collection, method):
+        if collection == "customers" and method == "bulk_write" and not edits:
+            edits.append(raw.customers.update_one({"phone": PHONE}, {"$set": {"status": "Not Interested"},
+                                                                     "$addToSet": {"locked": "status"}}))
+
+    sync_one_booked_call(settings, mongo, bolna_server, hook=person_edits_first)
+    [customer] = raw.customers.find()
+    assert edits and customer["status"] == "Not Interested"
+    assert customer["suggested"]["status"]["value"] == "Booked" and customer["name"] == "Ravi"

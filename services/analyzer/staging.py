@@ -8,12 +8,13 @@ from datetime import datetime
 
 from pymongo.database import Database
 
+from models.locks import HELD_BACK
 from models.pipeline import Pipeline
 from models.stage_routing import BLOCKED, REVIEW, StageDecision, decide
 from services.database import ACTIVITIES, STAGE_REVIEWS
 from services.pipelines import PipelineCatalog
 
-STAGE_CHANGE, STAGE_BLOCKED, HELD_BACK = "stage_change", "stage_blocked", "held_back"
+STAGE_CHANGE, STAGE_BLOCKED = "stage_change", "stage_blocked"
 
 
 @dataclass(frozen=True)
