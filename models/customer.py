@@ -228,7 +228,8 @@ def held_back(stored: dict | None, calls: list[CustomerCall], ranks: StatusRanks
     locked = set((stored or {}).get(LOCKED) or ())
     if not locked:
         return {}
-    held = {name: value for name, (value, _call) in _newest_per_field(calls).items() if name in locked}
+    held = {name: value for name, (value, _call) in _newest_per_field(calls).items()
+            if name in locked and stored.get(name) != value}
     if "status" in locked and status_change(stored, calls, ranks, ignore_lock=True) is not None:
         held["status"] = _best_status(calls, ranks).status
     return held

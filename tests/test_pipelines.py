@@ -2,6 +2,7 @@
 WON stickiness, update modes, the confidence threshold and review entries, and a person's locks
 winning over the daemon's writes, races included (mongomock here, and again on the wire server,
 tests/test_mongodb_integration_pipelines.py)."""
+import json
 from datetime import datetime
 
 import pytest
@@ -16,6 +17,8 @@ from services.database import PIPELINES, STAGE_REVIEWS
 from services.pipelines import PipelineCatalog
 from tests.conftest import TEST_DB
 from tests.helpers import AGENT, build_app, execution
+from tests.test_service import run_main
+from worker.review import show_reviews
 
 NOW = datetime(2026, 11, 1, 12, 0)
 PHONE = "+919876543210"
@@ -244,3 +247,27 @@ def test_a_customer_lock_set_while_the_sync_writes_wins(settings, mongo, bolna_s
     [customer] = raw.customers.find()
     assert edits and customer["status"] == "Not Interested"
     assert customer["suggested"]["status"]["value"] == "Booked" and customer["name"] == "Ravi"
+
+
+# -- main.py review ----------------------------------------------------------------------------------
+
+def test_review_lists_the_open_entries_oldest_first_with_the_number_masked(db, rules, capsys):
+    apply(db, rules, "c1", analysis(score=70, confidence=40))
+    other = {"callId": "c2", "agentId": "agent-1", "customerPhone": "+919811122233", "customerPhoneValid": True,
+             "callAt": NOW, "analysisRound": 0}
+    record_decision(db, other, analysis(score=20, confidence=30), NOW, rules)
+    db[STAGE_REVIEWS].update_one({"callId": "c2"}, {"$set": {"status": "accepted"}})
+
+    assert show_reviews(db, as_json=True, limit=10) == 0
+    [entry] = json.loads(capsys.readouterr().out)
+    assert (entry["callId"], entry["suggestedStage"]["name"], entry["leadScore"], entry["confidence"]) == \
+        ("c1", "Negotiation", 70, 40)
+    assert entry["customerPhone"] != PHONE and entry["customerPhone"].endswith(PHONE[-4:])
+    show_reviews(db, as_json=False, limit=10)
+    table = capsys.readouterr().out
+    assert "1 open stage review(s)" in table and "Negotiation" in table and PHONE not in table
+
+
+def test_review_needs_the_database():
+    result = run_main("review")
+    assert result.returncode == 2 and result.stderr.startswith("callsync: MONGODB_URI is not set: `review`")

@@ -217,3 +217,12 @@ def test_the_env_file_is_read_from_the_working_directory(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "main.py"), "run"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stderr.startswith("callsync: HEALTH_PORT is invalid")
+
+
+def test_the_demo_places_contacts_in_its_pipeline_and_shows_what_was_held_back():
+    result = run_main("demo")
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "placed in the 'Sales' pipeline" in result.stdout
+    assert "score_range" in result.stdout and "status" in result.stdout
+    assert "blocked move: +919740055667 stays in Negotiation, not New Lead" in result.stdout
+    assert "held back: +919876543210's tag -> Interested (locked by a person" in result.stdout

@@ -1,4 +1,4 @@
-"""Command line: `run` (the daemon), `once`, `demo`, `status`, `reanalyze`, `evaluate`, `forget`."""
+"""Command line: `run` (the daemon), `once`, `demo`, `status`, `reanalyze`, `evaluate`, `forget`, `review`."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.add_argument("--limit", type=_positive, help="only the first N labelled calls")
     evaluate.add_argument("--dataset", help="another labelled set (JSON lines, as evaluation/labelled_calls.jsonl)")
+    review = commands.add_parser("review", help="stage moves waiting for a person (confidence below "
+                                                "AUTO_ASSIGN_MIN_CONFIDENCE), oldest first")
+    review.add_argument("--json", action="store_true", help="machine-readable output")
+    review.add_argument("--limit", type=_positive, default=100, help="at most N entries (default 100)")
     forget = commands.add_parser("forget", help="erase a person's number everywhere and keep it out of later syncs")
     forget.add_argument("--phone", required=True, help="the number, in any spelling")
     forget.add_argument("--dry-run", action="store_true", help="only count what would be removed")
@@ -66,8 +70,8 @@ def _date(text: str) -> datetime:
 
 def _require_server(settings: Settings, command: str, needs_bolna: bool = True) -> None:
     if not settings.mongodb_uri:
-        if command == "status":
-            raise UsageError("MONGODB_URI is not set: `status` reads the database the daemon writes. "
+        if command in ("status", "review"):
+            raise UsageError(f"MONGODB_URI is not set: `{command}` reads the database the daemon writes. "
                              "Set MONGODB_URI (see .env.example).")
         raise UsageError("MONGODB_URI is not set: this command writes to MongoDB and will not keep data "
                          "in memory. Set MONGODB_URI (see .env.example), or try `python main.py demo`.")
@@ -175,4 +179,15 @@ def _forget(settings: Settings, args) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "once": _once, "status": _status, "reanalyze": _reanalyze, "forget": _forget}
+def _review(settings: Settings, args) -> int:
+    from worker.review import show_reviews
+
+    app = _build(settings, prepare=False)
+    try:
+        return show_reviews(app.db, as_json=args.json, limit=args.limit)
+    finally:
+        app.close()
+
+
+_COMMANDS = {"run": _run, "once": _once, "status": _status, "reanalyze": _reanalyze, "forget": _forget,
+             "review": _review}

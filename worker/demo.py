@@ -6,9 +6,11 @@ import json
 import logging
 
 from fakes.bolna_server import FakeBolna
+from fakes.demo_crm import DEMO_PIPELINE, worked_contacts
 from fakes.demo_dataset import demo_dataset
 from fakes.mongo_hooks import HookedClient
-from services.database import CALLS, CONTACTS, CUSTOMERS
+from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMERS, PIPELINES
+from utils.clock import utcnow
 from utils.config import Settings
 from utils.table import format_table
 from worker.app import App
@@ -31,6 +33,8 @@ def run_demo(settings: Settings) -> int:
         app = App.build(demo_settings, mongo_client=HookedClient())
         try:
             app.prepare()
+            app.db[PIPELINES].insert_one(DEMO_PIPELINE)
+            app.db[CONTACTS].insert_many(worked_contacts(utcnow()))
             print(f"Demo: {len(executions)} sample calls of {len(agents)} agents served by a fake Bolna API "
                   f"at {bolna.base_url}; in-memory MongoDB; analyzer: "
                   f"{'Groq ' + settings.groq_model if settings.groq_api_keys else 'offline heuristic'}.\n")
@@ -63,8 +67,23 @@ def _print_collections(app: App) -> None:
           c.get("durationSeconds"), (c.get("analysis") or {}).get("status", "queued" if c.get("terminal") else "pending"),
           (c.get("analysis") or {}).get("tag")] for c in calls]))
     contacts = db[CONTACTS].find().sort("leadScore", -1)
-    print(f"\ncontacts ({db[CONTACTS].count_documents({})}) — the analyzer's view")
+    print(f"\ncontacts ({db[CONTACTS].count_documents({})}) — the analyzer's view, placed in the "
+          f"{DEMO_PIPELINE['name']!r} pipeline")
     print(format_table(
-        ["phone", "tag", "score", "lead status", "sentiment", "latest summary"],
-        [[c["phone"], c.get("tag"), c.get("leadScore"), c.get("leadStatus"), c.get("sentiment"),
-          ((c.get("pastConversations") or [{}])[-1]).get("summary")] for c in contacts], max_width=60))
+        ["phone", "tag", "score", "lead status", "stage", "by rule", "latest summary"],
+        [[c["phone"], c.get("tag"), c.get("leadScore"), c.get("leadStatus"), (c.get("stage") or {}).get("name"),
+          (c.get("stage") or {}).get("rule"), ((c.get("pastConversations") or [{}])[-1]).get("summary")]
+         for c in contacts], max_width=48))
+    print()
+    _print_overrides(db)
+
+
+def _print_overrides(db) -> None:
+    """What the routing and a person's locks kept from happening."""
+    for entry in db[ACTIVITIES].find({"type": "stage_blocked"}):
+        print(f"blocked move: {entry['customerPhone']} stays in {entry['from']['name']}, not "
+              f"{entry['to']['name']}: {entry['reason']}")
+    for entry in db[ACTIVITIES].find({"type": "held_back"}):
+        fields = ", ".join(f"{name} -> {value}" for name, value in entry["fields"].items())
+        print(f"held back: {entry['customerPhone']}'s {fields} (locked by a person; call {entry['callId'][:8]}; "
+              "kept under `suggested`)")

@@ -18,6 +18,14 @@ _BY_ID = [("_id", ASCENDING)]
 _BY_PHONE = [("phone", ASCENDING)]
 
 
+def value_at(document: dict, dotted: str) -> object:
+    for part in dotted.split("."):
+        if not isinstance(document, dict):
+            return None
+        document = document.get(part)
+    return document
+
+
 @dataclass(frozen=True)
 class ContactWrite:
     contact_id: object
@@ -32,6 +40,8 @@ def write_contact(contacts: Collection, phone: Phone, found: dict | None, change
     key). None when the contact changed meanwhile in a way that may change the decision (a lock
     set, the contact created by another process): read it again and decide again."""
     allowed, held = split_locked(changes, (found or {}).get("locked") or ())
+    # A lock holds back only what would differ from what the person set.
+    held = {name: value for name, value in held.items() if value_at(found or {}, name) != value}
     touched = {"lastAnalyzedAt": now, "updatedAt": now}
     update = {"$set": {**allowed, **suggestions(held, call_id, now), **touched, "analyzedCallAt": call_at},
               "$setOnInsert": {"phoneValid": phone.valid, "createdAt": now}}

@@ -7,7 +7,7 @@ from datetime import datetime
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from services.analyzer.contact_update import write_contact
+from services.analyzer.contact_update import value_at, write_contact
 from services.analyzer.staging import CrmRules, audit, stage_change
 from services.database import ACTIVITIES, CALLS, CONTACTS
 from services.phone_lookup import records_by_phone
@@ -63,9 +63,9 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rul
     db[ACTIVITIES].update_one(key, {
         # A retake finds the contact as the first attempt already left it, so its own diff
         # would be empty: the first attempt's `changes` is the one that says what the decision did.
-        "$setOnInsert": {"changes": {name: {"from": _value_at(before, name), "to": value}
+        "$setOnInsert": {"changes": {name: {"from": value_at(before, name), "to": value}
                                      for name, value in changes.items()
-                                     if applied and name not in written.held and _value_at(before, name) != value}},
+                                     if applied and name not in written.held and value_at(before, name) != value}},
         "$set": {
             "contactId": written.contact_id,
             # False: the contact already follows a newer call; this decision is history only.
@@ -115,11 +115,3 @@ def _remember_conversation(contacts: Collection, contact_id: object, entry: dict
         {"$push": {"pastConversations": {"$each": [entry], "$sort": {"at": 1},
                                          "$slice": -PAST_CONVERSATIONS_KEPT}}},
     )
-
-
-def _value_at(document: dict, dotted: str) -> object:
-    for part in dotted.split("."):
-        if not isinstance(document, dict):
-            return None
-        document = document.get(part)
-    return document
