@@ -146,7 +146,7 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
     # What the calls would change, each as (condition, value, call, time); the update then takes
     # it unless a person locked the field (models/locks.py), in which case it is kept under
     # `suggested`: all in the one atomic update, so a lock set a moment before always wins.
-    offers: dict[str, tuple[dict, Any, CustomerCall | None, datetime]] = {
+    offers: dict[str, tuple[dict, Any, CustomerCall, datetime]] = {
         "status": ({"$or": [
             {"$lt": [ranks.expression("$status"), ranks.of(best.status)]},
             {"$and": [{"$eq": [ranks.expression("$status"), ranks.of(best.status)]},
@@ -177,13 +177,7 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
                             else f"$fieldsAt.{name}") for name in PROFILE_FIELDS},
         "createdAt": {"$ifNull": ["$createdAt", now]},
         "updatedAt": now,
-        # Every field a customer's suggestion may hold, so those of earlier calls stay (an
-        # object here replaces `suggested`; mongomock has no `$mergeObjects`).
-        SUGGESTED: {"$cond": [{"$or": [f"$_hold_{name}" for name in offers]}, {
-            name: (_if(f"$_hold_{name}", {"value": offers[name][1], "callId": offers[name][2].call_id,
-                                          "at": offers[name][3]}, f"${SUGGESTED}.{name}")
-                   if name in offers else f"${SUGGESTED}.{name}")
-            for name in LOCKABLE_FIELDS}, f"${SUGGESTED}"]},
+        SUGGESTED: _suggested(offers),
     }
     for name, (value, _source) in fields.items():
         stage[name] = _if(f"$_take_{name}", value, f"${name}")
@@ -215,6 +209,17 @@ def _newest_per_field(calls: list[CustomerCall]) -> dict[str, tuple[Any, Custome
         for name, value in call.profile.items():
             fields[name] = (value, call)
     return fields
+
+
+def _suggested(offers: dict[str, tuple[dict, Any, CustomerCall, datetime]]) -> dict:
+    """`suggested`, with what a lock held back of these offers. Every field a customer's
+    suggestion may hold is listed, so those of earlier calls stay (an object here replaces
+    `suggested`; mongomock has no `$mergeObjects`)."""
+    return {"$cond": [{"$or": [f"$_hold_{name}" for name in offers]}, {
+        name: (_if(f"$_hold_{name}", {"value": offers[name][1], "callId": offers[name][2].call_id,
+                                      "at": offers[name][3]}, f"${SUGGESTED}.{name}")
+               if name in offers else f"${SUGGESTED}.{name}")
+        for name in LOCKABLE_FIELDS}, f"${SUGGESTED}"]}
 
 
 def _locked(field: str) -> dict:

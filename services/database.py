@@ -32,17 +32,12 @@ PHONE_INDEX = "phone_unique"
 _PHONE = IndexModel([("phone", ASCENDING)], unique=True, sparse=True, name=PHONE_INDEX)
 
 
-def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
-    """Idempotent; run at start-up. Unique indexes are what make re-syncs updates, not duplicates."""
-    _replace_partial_phone_index(db[CUSTOMERS])
-    _replace_partial_phone_index(db[CONTACTS])
-    db[CUSTOMERS].create_indexes([
-        _PHONE,
-        IndexModel([("updatedAt", ASCENDING)], name="updatedAt"),
-    ])
+# Every index the daemon relies on, by collection; built (idempotently) at start-up.
+_INDEXES: dict[str, list[IndexModel]] = {
+    CUSTOMERS: [_PHONE, IndexModel([("updatedAt", ASCENDING)], name="updatedAt")],
     # One link per call counted on a customer (`_id` = call id): crm_sync counts them per number.
-    db[CUSTOMER_CALLS].create_indexes([IndexModel([("phone", ASCENDING)], name="phone")])
-    db[CALLS].create_indexes([
+    CUSTOMER_CALLS: [IndexModel([("phone", ASCENDING)], name="phone")],
+    CALLS: [
         IndexModel([("callId", ASCENDING)], unique=True, name="callId_unique"),
         # The analyzer's queue: unprocessed terminal calls, oldest first.
         IndexModel([("processed", ASCENDING), ("terminal", ASCENDING), ("callAt", ASCENDING)],
@@ -54,12 +49,9 @@ def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
         # the range, so a pass never walks the calls earlier passes stripped).
         IndexModel([("callAt", ASCENDING)], name="callAt"),
         IndexModel([("transcriptRemovedAt", ASCENDING), ("callAt", ASCENDING)], name="transcript_retention"),
-    ])
-    db[CONTACTS].create_indexes([
-        _PHONE,
-        IndexModel([("updatedAt", ASCENDING)], name="updatedAt"),
-    ])
-    db[ACTIVITIES].create_indexes([
+    ],
+    CONTACTS: [_PHONE, IndexModel([("updatedAt", ASCENDING)], name="updatedAt")],
+    ACTIVITIES: [
         # One entry per AI decision: a retaken attempt rewrites its decision's entry, a
         # reanalysis (a new round) adds one.
         IndexModel([("callId", ASCENDING), ("type", ASCENDING), ("round", ASCENDING)], unique=True,
@@ -70,29 +62,38 @@ def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
         # A customer's status changes: what an erasure removes, and a CRM's status history.
         # Sparse: AI decisions carry no `customerPhone`.
         IndexModel([("customerPhone", ASCENDING)], sparse=True, name="customerPhone"),
-    ])
-    db[SYNC_STATE].create_indexes([
+    ],
+    SYNC_STATE: [
         # Each run reads its job's cursors (`{job}`).
         IndexModel([("job", ASCENDING)], name="job"),
         # An erasure: which cursors still follow the erased number's calls by id.
         IndexModel([("pending.callId", ASCENDING)], name="pending_callId"),
-    ])
-    db[SYNC_RUNS].create_indexes([
+    ],
+    SYNC_RUNS: [
         IndexModel([("job", ASCENDING), ("startedAt", DESCENDING)], name=JOB_STARTED_INDEX),
         # At start-up: which runs are still `running` on this host.
         IndexModel([("status", ASCENDING), ("host", ASCENDING)], name="status_host"),
-    ])
+    ],
     # Start-up: hashes written with another key than the configured one (services/privacy).
-    db[SUPPRESSIONS].create_indexes([IndexModel([("keyId", ASCENDING)], name="keyId")])
-    _ensure_run_expiry(db[SYNC_RUNS], run_retention_days * 86400)
+    SUPPRESSIONS: [IndexModel([("keyId", ASCENDING)], name="keyId")],
     # Stage suggestions a person reviews: the open ones, oldest first (`main.py review`).
-    db[STAGE_REVIEWS].create_indexes([
+    STAGE_REVIEWS: [
         IndexModel([("callId", ASCENDING), ("round", ASCENDING)], unique=True, name="decision_unique"),
         IndexModel([("status", ASCENDING), ("createdAt", ASCENDING)], name="status_createdAt"),
         IndexModel([("customerPhone", ASCENDING)], name="customerPhone", sparse=True),
-    ])
+    ],
     # Groq Batch API jobs still open, polled each run.
-    db[LLM_BATCHES].create_indexes([IndexModel([("status", ASCENDING)], name="status")])
+    LLM_BATCHES: [IndexModel([("status", ASCENDING)], name="status")],
+}
+
+
+def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
+    """Idempotent; run at start-up. Unique indexes are what make re-syncs updates, not duplicates."""
+    _replace_partial_phone_index(db[CUSTOMERS])
+    _replace_partial_phone_index(db[CONTACTS])
+    for collection, indexes in _INDEXES.items():
+        db[collection].create_indexes(indexes)
+    _ensure_run_expiry(db[SYNC_RUNS], run_retention_days * 86400)
 
 
 def _replace_partial_phone_index(collection: Collection) -> None:

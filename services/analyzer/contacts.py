@@ -7,7 +7,7 @@ from datetime import datetime
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from services.analyzer.contact_update import value_at, write_contact
+from services.analyzer.contact_update import ContactWrite, value_at, write_contact
 from services.analyzer.staging import CrmRules, audit, stage_change
 from services.database import ACTIVITIES, CALLS, CONTACTS
 from services.phone_lookup import records_by_phone
@@ -42,8 +42,25 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rul
     phone = Phone.stored(call["customerPhone"], bool(call.get("customerPhoneValid")))
     contacts = db[CONTACTS]
     call_at = call.get("callAt") or now
-    written = staged = None
-    changes: dict = {}
+    written, staged, changes = _write(contacts, phone, call, analysis, rules, call_at, now)
+    _remember_conversation(contacts, written.contact_id, {
+        "callId": call["callId"], "summary": analysis["summary"], "tag": analysis["tag"], "at": call_at,
+    })
+    _log_decision(db, call, analysis, written, changes, now)
+    if written.applied:
+        audit(db, contact_id=written.contact_id, call=call, analysis=analysis, staged=staged, held=written.held, now=now)
+    if _erased_meanwhile(db, call["callId"]):
+        # `main.py forget` stripped the call while it was analyzed, and its sweep may have run
+        # before this decision landed. It marks the call before it removes contacts and
+        # activities, so of its sweep and this one, one runs after this write.
+        Eraser(db).sweep(phone)
+        return False
+    return True
+
+
+def _write(contacts: Collection, phone: Phone, call: dict, analysis: dict, rules: CrmRules | None,
+           call_at: datetime, now: datetime):
+    """Read the contact, decide (its stage too), write; again when it changed in between."""
     for _ in range(MAX_DECISIONS):
         found = (records_by_phone(contacts, [phone]).get(phone.key) or [None])[0]
         staged = rules.decide(call, found, analysis) if rules is not None else None
@@ -52,12 +69,12 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rul
             changes.update(stage_change(*staged, call, now))
         written = write_contact(contacts, phone, found, changes, call_id=call["callId"], call_at=call_at, now=now)
         if written is not None:
-            break
-    if written is None:
-        raise ContactContention(f"the contact of call {call['callId']} kept changing while it was written")
-    _remember_conversation(contacts, written.contact_id, {
-        "callId": call["callId"], "summary": analysis["summary"], "tag": analysis["tag"], "at": call_at,
-    })
+            return written, staged, changes
+    raise ContactContention(f"the contact of call {call['callId']} kept changing while it was written")
+
+
+def _log_decision(db: Database, call: dict, analysis: dict, written: ContactWrite, changes: dict,
+                  now: datetime) -> None:
     before, applied = written.before, written.applied
     key = {"callId": call["callId"], "type": ACTIVITY_TYPE, "round": call.get("analysisRound", 0)}
     db[ACTIVITIES].update_one(key, {
@@ -79,15 +96,6 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rul
             "analysisStatus": analysis["status"],
         },
     }, upsert=True)
-    if applied:
-        audit(db, contact_id=written.contact_id, call=call, analysis=analysis, staged=staged, held=written.held, now=now)
-    if _erased_meanwhile(db, call["callId"]):
-        # `main.py forget` stripped the call while it was analyzed, and its sweep may have run
-        # before this decision landed. It marks the call before it removes contacts and
-        # activities, so of its sweep and this one, one runs after this write.
-        Eraser(db).sweep(phone)
-        return False
-    return True
 
 
 def _erased_meanwhile(db: Database, call_id: str) -> bool:
