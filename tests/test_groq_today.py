@@ -12,25 +12,13 @@ from fakes.mongo_hooks import HookedClient
 from services.analyzer.groq_analyzer import LlmUnavailable
 from services.analyzer.pricing import DEFAULT_PRICES, estimated_cost
 from services.analyzer.schema import Usage
-from tests.test_analyzer_batch import add_call, add_calls, call, run
+from tests.test_analyzer_batch import add_call, add_calls, call, fake, run, settings  # noqa: F401 - fixtures
 from utils.config import ANALYSIS_KEYS, ExtraField, Settings
 from worker.app import App
 
 pytestmark = pytest.mark.timeout(60)
 
 BUDGET = ExtraField("budget", "the budget the caller named")
-
-
-@pytest.fixture
-def fake():
-    with FakeGroq(retry_after=0.2) as server:
-        yield server
-
-
-@pytest.fixture
-def settings(fake):
-    return Settings(groq_api_keys=("key-1",), groq_base_url=fake.base_url, llm_batch_deadline_seconds=20,
-                    llm_timeout_seconds=5)
 
 
 # -- the answer format --------------------------------------------------------------------------
