@@ -121,7 +121,7 @@ class WebhookListener:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self._server.effective_host, self._server.effective_port
+        return self._server.effective_host, int(self._server.effective_port)  # waitress gives text
 
     def start(self) -> "WebhookListener":
         self._thread.start()
