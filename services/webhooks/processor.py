@@ -69,9 +69,11 @@ class InboxProcessor:
             try:
                 worked = self.process_batch()
                 self.tally.flush()
-            except PyMongoError as exc:
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any one batch
+                # A batch cut off here stays claimed until its lease ends, then is taken again
+                # (at most MAX_ATTEMPTS times); a lost database connection passes by then.
                 log.warning("webhook processing paused (%s); retrying", describe_failure(exc),
-                            extra={"event": "webhook_processing_failed"})
+                            extra={"event": "webhook_processing_failed"}, exc_info=not isinstance(exc, PyMongoError))
                 self._stop.wait(RETRY_AFTER_FAILURE_SECONDS)
                 continue
             if not worked:
