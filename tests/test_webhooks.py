@@ -284,7 +284,8 @@ def test_a_database_that_cannot_store_answers_503_without_a_traceback(hook_setti
     with caplog.at_level(logging.DEBUG):
         answer = deliver(base, state_of("w-17", "completed", 3))
     assert answer.status_code == 503 and "Traceback" not in answer.text
-    assert "Traceback" not in caplog.text and "webhook_store_failed" in [r.__dict__.get("event") for r in caplog.records]
+    assert "Traceback" not in caplog.text
+    assert "webhook_store_failed" in [record.__dict__.get("event") for record in caplog.records]
 
 
 def test_a_burst_of_1000_deliveries_is_processed_in_bounded_memory(hook_settings, mongo, bolna, started):
