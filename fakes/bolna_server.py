@@ -29,6 +29,7 @@ MAX_WINDOW = timedelta(days=7)
 
 _EXECUTIONS_PATH = re.compile(r"^/v2/agent/([^/]+)/executions$")
 _EXECUTION_PATH = re.compile(r"^/executions/([^/]+)$")
+_AGENT_PATH = re.compile(r"^/v2/agent/([^/]+)$")
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,30 @@ class FakeBolna(LocalServer):
             entries = self._index[str(old["agent_id"])]
             del entries[bisect_left(entries, created_key(old, execution_id))]
             self._store({**old, **fields})
+
+    def agent(self, agent_id: str) -> dict:
+        """The agent as stored, with what a PATCH changed (e.g. `agent_config.webhook_url`)."""
+        with self._lock:
+            return json.loads(json.dumps(next(a for a in self._agents if str(a["id"]) == agent_id)))
+
+    def _patch_agent(self, path: str, body: bytes) -> dict:
+        """`PATCH /v2/agent/{id}`: Bolna merges the given `agent_config` keys into the agent's."""
+        match = _AGENT_PATH.match(path)
+        if match is None or match.group(1) == "all":
+            raise ApiError(404, f"No route for PATCH {path}")
+        try:
+            changes = json.loads(body)
+        except ValueError:
+            raise ApiError(400, "The body is not valid JSON") from None
+        config = changes.get("agent_config") if isinstance(changes, dict) else None
+        if not isinstance(config, dict) or not isinstance(config.get("webhook_url", ""), (str, type(None))):
+            raise ApiError(422, "agent_config must be an object; webhook_url a string or null")
+        with self._lock:
+            agent = next((a for a in self._agents if str(a["id"]) == match.group(1)), None)
+            if agent is None:
+                raise ApiError(404, f"Agent {match.group(1)} not found")
+            agent.setdefault("agent_config", {}).update(config)
+        return {"message": "success", "state": "updated"}
 
     def now(self) -> datetime:
         """The time by Bolna's clock."""
@@ -248,6 +273,17 @@ class _Handler(QuietHandler):
         self._query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         self._serve(fake, self._path, self._query)
 
+    def do_PATCH(self) -> None:
+        fake: FakeBolna = self.server.fake
+        self._method, self._path, self._query = "PATCH", urlsplit(self.path).path, {}
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.headers.get("Authorization") != f"Bearer {fake.api_key}":
+            return self._send_json(403, {"detail": "Invalid API key"})
+        try:
+            return self._send_json(200, fake._patch_agent(self._path, body))
+        except ApiError as error:
+            return self._send_json(error.status, {"error": error.status, "message": error.message})
+
     def _serve(self, fake: FakeBolna, path: str, query: dict[str, str]) -> None:
         if fake.latency:
             time.sleep(fake.latency)
@@ -283,7 +319,7 @@ class _Handler(QuietHandler):
     def _log(self, status: int) -> None:
         fake: FakeBolna = self.server.fake
         with fake._lock:
-            fake.requests.append(Request("GET", self._path, self._query, status))
+            fake.requests.append(Request(getattr(self, "_method", "GET"), self._path, self._query, status))
 
     def _send_json(self, status: int, payload: object, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(payload).encode(), headers=headers)

@@ -11,6 +11,8 @@ from utils.phone import Phone
 # What TRANSCRIPT_RETENTION_DAYS removes from an old call: what was said, the recording, and the raw
 # extracted data. The analysis, Bolna's summary and the call's figures stay.
 TRANSCRIPT_FIELDS = ("transcript", "recordingUrl", "extractedData", "extracted")
+TAKE = "_takeBolnaFields"  # a temporary field of the update pipeline, removed by its last stage
+EPOCH = datetime(1970, 1, 1)
 
 
 def call_fields(execution: Execution) -> dict:
@@ -48,20 +50,48 @@ def call_fields(execution: Execution) -> dict:
 
 
 def call_upsert(execution: Execution, now: datetime, *, with_transcript: bool = True) -> UpdateOne:
-    """Insert a new call unprocessed; on re-sync refresh Bolna's fields only, so the
-    analysis state (`processed`, `analysis`, claims) survives. `with_transcript=False` for a call
-    past its transcript retention: a re-sync must not bring back what retention removed."""
+    """Insert a new call unprocessed; on re-sync refresh Bolna's fields only, so the analysis
+    state (`processed`, `analysis`, claims) survives. `with_transcript=False` for a call past its
+    transcript retention: a re-sync must not bring back what retention removed.
+
+    Order-safe: the poll and webhooks deliver one call's states in any order, so an aggregation
+    pipeline takes Bolna's fields only when they are not older than the stored ones (`_take`):
+    a stale `updated_at`, or an unfinished status after a final one, changes nothing at all."""
     fields = call_fields(execution)
     if not with_transcript:
         fields = {name: value for name, value in fields.items() if name not in TRANSCRIPT_FIELDS}
+    stage = {name: _if_taken(value, f"${name}") for name, value in fields.items()}
+    stage.update({
+        "updatedAt": _if_taken(now, "$updatedAt"),
+        # What `$setOnInsert` gave before: a pipeline update has no insert-only stage.
+        "processed": {"$ifNull": ["$processed", False]},
+        "attempts": {"$ifNull": ["$attempts", 0]},
+        "createdAt": {"$ifNull": ["$createdAt", {"$literal": now}]},
+    })
     return UpdateOne(
         {"callId": execution.id},
-        {
-            "$set": {**fields, "updatedAt": now},
-            "$setOnInsert": {"processed": False, "attempts": 0, "createdAt": now},
-        },
+        # `$project` exclusion, not the `$unset` stage: same effect, and mongomock knows it.
+        [{"$set": {TAKE: _newer_or_same(execution)}}, {"$set": stage}, {"$project": {TAKE: 0}}],
         upsert=True,
     )
+
+
+def _newer_or_same(execution: Execution) -> dict | bool:
+    """True on the server unless the stored call is further along than `execution`: final while
+    it is not, or updated at Bolna after it. Equal times take it, so a re-sync stays a write.
+    `$eq: false`, not `$not`: mongomock evaluates `{$not: [x]}` wrongly."""
+    stored_final = {"$eq": ["$terminal", True]}
+    stored_newer = ({"$gt": [{"$ifNull": ["$bolnaUpdatedAt", EPOCH]}, execution.updated_at]}
+                    if execution.updated_at is not None else False)
+    if execution.terminal:
+        behind = {"$and": [stored_final, stored_newer]} if stored_newer is not False else False
+    else:
+        behind = {"$or": [stored_final, stored_newer]}
+    return True if behind is False else {"$eq": [behind, False]}
+
+
+def _if_taken(value: object, otherwise: str) -> dict:
+    return {"$cond": [f"${TAKE}", {"$literal": value}, otherwise]}
 
 
 def _key(phone: Phone | None) -> str | None:

@@ -125,6 +125,28 @@ class BolnaClient:
             raise BolnaError(f"GET /executions/{execution_id} did not return an object", status=200)
         return record
 
+    def set_webhook_url(self, agent_id: str, url: str) -> object:
+        """`PATCH /v2/agent/{id}` with `agent_config.webhook_url`, as Bolna documents it; the same
+        body again changes nothing, so it is retried like a read."""
+        return self._retrying(self._patch_once, f"/v2/agent/{agent_id}", {"agent_config": {"webhook_url": url}})
+
+    def _patch_once(self, path: str, body: dict) -> object:
+        self.requests_made += 1
+        try:
+            response = self.session.patch(self.base_url + path, json=body, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise BolnaError(f"Bolna request PATCH {path} failed: {type(exc).__name__}") from exc
+        if response.status_code in (401, 403):
+            raise BolnaAuthError(f"Bolna refused the API key (HTTP {response.status_code}) on PATCH {path}",
+                                 response.status_code)
+        if response.status_code >= 400:
+            raise BolnaError(f"Bolna answered HTTP {response.status_code} on PATCH {path}: {_error_text(response)}",
+                             response.status_code, parse_retry_after(response.headers.get("Retry-After")))
+        try:
+            return response.json()
+        except ValueError:
+            return None  # a 2xx without a JSON body still applied the change
+
     def iter_pages(self, agent_id: str, start: datetime, end: datetime) -> Iterator[list]:
         """Pages of one agent's executions created in [start, end], one 7-day window after
         another, oldest window first (the API pages newest first within a window).

@@ -17,10 +17,15 @@ PIPELINES = "pipelines"
 STAGE_REVIEWS = "stage_reviews"
 SUPPRESSIONS = "suppressions"
 ERASURES = "erasures"
+WEBHOOK_INBOX = "webhook_inbox"
+WEBHOOK_DELIVERIES = "webhook_deliveries"
 
 RUN_EXPIRY_INDEX = "ttl_startedAt"
 JOB_STARTED_INDEX = "job_startedAt"
 PHONE_INDEX = "phone_unique"
+INBOX_EXPIRY_INDEX = "ttl_receivedAt"
+DELIVERIES_EXPIRY_INDEX = "ttl_at"
+DELIVERY_COUNTS_DAYS = 30
 
 # Unique and sparse, not partial: MongoDB uses a partial index only for a query it can prove is
 # inside the filter, and `{phone: "+91…"}` does not prove `$type: "string"`, so every lookup by
@@ -84,16 +89,24 @@ _INDEXES: dict[str, list[IndexModel]] = {
     ],
     # Groq Batch API jobs still open, polled each run.
     LLM_BATCHES: [IndexModel([("status", ASCENDING)], name="status")],
+    WEBHOOK_INBOX: [
+        # Bolna sends each status of a call once, and again when unsure: the second is a duplicate.
+        IndexModel([("callId", ASCENDING), ("status", ASCENDING)], unique=True, name="delivery_unique"),
+        # The processor's claims: waiting deliveries, oldest first.
+        IndexModel([("state", ASCENDING), ("receivedAt", ASCENDING)], name="state_receivedAt"),
+    ],
 }
 
 
-def ensure_indexes(db: Database, run_retention_days: int = 30) -> None:
+def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int = 3) -> None:
     """Idempotent; run at start-up. Unique indexes are what make re-syncs updates, not duplicates."""
     _replace_partial_phone_index(db[CUSTOMERS])
     _replace_partial_phone_index(db[CONTACTS])
     for collection, indexes in _INDEXES.items():
         db[collection].create_indexes(indexes)
     _ensure_run_expiry(db[SYNC_RUNS], run_retention_days * 86400)
+    _ensure_expiry(db[WEBHOOK_INBOX], INBOX_EXPIRY_INDEX, "receivedAt", inbox_days * 86400)
+    _ensure_expiry(db[WEBHOOK_DELIVERIES], DELIVERIES_EXPIRY_INDEX, "at", DELIVERY_COUNTS_DAYS * 86400)
 
 
 def _replace_partial_phone_index(collection: Collection) -> None:
@@ -107,11 +120,15 @@ def _replace_partial_phone_index(collection: Collection) -> None:
 
 
 def _ensure_run_expiry(runs: Collection, seconds: int) -> None:
-    """Old run records expire through a TTL index. When RUN_RETENTION_DAYS changed, MongoDB
-    refuses to re-create the index with another expiry (IndexOptionsConflict); `collMod` could
-    change it in place, but mongomock (tests, demo) lacks it, so the old index is dropped first.
-    Without the index for that moment, nothing expires early: it only delays expiry."""
-    current = runs.index_information().get(RUN_EXPIRY_INDEX)
+    _ensure_expiry(runs, RUN_EXPIRY_INDEX, "startedAt", seconds)
+
+
+def _ensure_expiry(collection: Collection, name: str, field: str, seconds: int) -> None:
+    """Old documents expire through a TTL index. When the retention changed, MongoDB refuses to
+    re-create the index with another expiry (IndexOptionsConflict); `collMod` could change it in
+    place, but mongomock (tests, demo) lacks it, so the old index is dropped first. Without the
+    index for that moment, nothing expires early: it only delays expiry."""
+    current = collection.index_information().get(name)
     if current is not None and current.get("expireAfterSeconds") != seconds:
-        runs.drop_index(RUN_EXPIRY_INDEX)
-    runs.create_index([("startedAt", ASCENDING)], name=RUN_EXPIRY_INDEX, expireAfterSeconds=seconds)
+        collection.drop_index(name)
+    collection.create_index([(field, ASCENDING)], name=name, expireAfterSeconds=seconds)

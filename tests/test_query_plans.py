@@ -18,7 +18,7 @@ from fakes.dataset import generate
 from fakes.groq_server import FakeGroq
 from tests.test_pipelines import SALES
 from services.database import (ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, PIPELINES, SUPPRESSIONS,
-                               SYNC_STATE)
+                               SYNC_STATE, WEBHOOK_INBOX)
 from services.privacy.erasure import Eraser, forget
 from services.privacy.hashing import PhoneHasher
 from tests.conftest import TEST_DB
@@ -39,6 +39,8 @@ _QUERY_COMMANDS = frozenset({"find", "findAndModify", "update", "delete", "disti
 PLANNER_GAPS = {
     # The analyzer finishing or releasing its claim: MongoDB uses callId_unique.
     ("update", CALLS, '{"callId": "str", "claim.token": "str"}'),
+    # The webhook processor closing a claimed delivery (one bulk write per batch): MongoDB uses _id.
+    ("update", WEBHOOK_INBOX, '{"_id": "ObjectId", "claim.token": "str"}'),
     # A contact's conversation list, by _id: MongoDB uses _id.
     ("update", CONTACTS, '{"_id": "ObjectId", "pastConversations.callId": "str"}'),
     ("update", CONTACTS, '{"_id": "ObjectId", "pastConversations.callId": {"$ne": "str"}}'),
@@ -144,9 +146,21 @@ def recorded(mongo, mongodb_uri, settings, bolna_server):
     app.runs.last_run("crm_sync"), app.runs.last_success("crm_sync")
     app.runs.totals("call_processor", utcnow() - timedelta(days=1), ("costUsd",))  # status's LLM usage
     app.runs.mark_abandoned(timedelta(hours=6))
+    _webhook_deliveries(app, executions[:5])
     yield recorder, client[TEST_DB]
     client.close()
     groq.stop()
+
+
+def _webhook_deliveries(app, executions: list[dict]) -> None:
+    """Deliveries accepted (one twice), processed, counted, and read back by `status`."""
+    for execution in executions + executions[:1]:
+        app.inbox.accept(execution["id"], execution["status"], None, json.dumps(execution).encode())
+    assert app.webhook_processor.process_batch() == len(executions)
+    app.deliveries.count("accepted", len(executions))
+    app.deliveries.flush(force=True)
+    app.inbox.waiting(), app.inbox.lags_since(utcnow() - timedelta(days=1))  # status's webhook figures
+    app.deliveries.totals(utcnow() - timedelta(days=1))
 
 
 def test_every_query_the_jobs_send_is_answered_from_an_index(recorded):
@@ -162,7 +176,8 @@ def test_every_query_the_jobs_send_is_answered_from_an_index(recorded):
                      ("distinct", "sync_runs"), ("aggregate", "sync_runs"),
                      ("find", "llm_batches"), ("findAndModify", "llm_batches"),  # the Batch API lane's jobs
                      ("find", SUPPRESSIONS), ("update", SUPPRESSIONS),  # the writers' checks, forget's entry
-                     ("delete", CUSTOMERS), ("delete", ACTIVITIES), ("update", SYNC_STATE)]:  # the erasure
+                     ("delete", CUSTOMERS), ("delete", ACTIVITIES), ("update", SYNC_STATE),  # the erasure
+                     ("find", WEBHOOK_INBOX), ("update", WEBHOOK_INBOX)]:  # the webhook processor's claims
         assert expected in seen, f"no {expected[0]} on {expected[1]} was recorded"
 
     scans = []

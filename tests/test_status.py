@@ -6,7 +6,9 @@ import pytest
 
 from fakes.bolna_server import FakeBolna
 from utils.clock import utcnow
-from services.database import CALLS, CONTACTS, SYNC_RUNS
+from services.database import CALLS, CONTACTS, SYNC_RUNS, WEBHOOK_DELIVERIES, WEBHOOK_INBOX
+from services.webhooks.inbox import Inbox
+from services.webhooks.tally import DeliveryTally
 from tests.helpers import AGENT, build_app, execution
 from services.analyzer.claims import CallQueue
 from services.run_records import RunRecords
@@ -24,7 +26,8 @@ def bolna(settings):
 
 
 def show_status(db, settings, as_json: bool) -> int:
-    return StatusReader(db, settings.mongodb_db, RunRecords(db), CallQueue(db[CALLS], "status:1:a", 60)).show(as_json)
+    return StatusReader(db, settings.mongodb_db, RunRecords(db), CallQueue(db[CALLS], "status:1:a", 60),
+                        Inbox(db[WEBHOOK_INBOX], "status:1:a", 60), DeliveryTally(db[WEBHOOK_DELIVERIES])).show(as_json)
 
 
 def status_json(db, settings, capsys) -> dict:

@@ -1,6 +1,7 @@
 """Settings from environment variables (and `.env`), validated once at start-up."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from dataclasses import dataclass, field, fields, replace
@@ -14,6 +15,9 @@ from models.customer import DEFAULT_PRECEDENCE
 from services.analyzer.pricing import DEFAULT_PRICES, Price
 from utils.phone import DEFAULT_REGION
 
+# The addresses Bolna documents sending webhooks from (shared/bolna-api.md, 2026-11).
+BOLNA_SENDER_IPS = ("13.203.39.153", "13.126.9.249", "13.202.133.53")
+MIN_WEBHOOK_TOKEN_CHARS = 24
 DEFAULT_TAGS = ("Purchased", "follow_up", "Interested", "Not_Interested", "No_Answer")
 # Keys of the analysis the LLM returns; configured extra fields may not reuse them.
 ANALYSIS_KEYS = ("tag", "summary", "leadScore", "leadStatus", "sentiment", "confidence", "reasoning")
@@ -79,6 +83,15 @@ class Settings:
     record_retention_days: int | None = None
     privacy_hash_key: str | None = field(default=None, repr=False)  # keys the hashes of erased numbers
     auto_assign_min_confidence: int = 60  # below it a stage move waits for a person's review
+    # Bolna webhooks (worker/webhook_listener.py): off unless WEBHOOK_PORT is set.
+    webhook_port: int | None = None
+    webhook_host: str = "127.0.0.1"  # behind a reverse proxy on the same host; 0.0.0.0 in a container
+    webhook_token: str | None = field(default=None, repr=False)  # the secret in the URL's path
+    webhook_allowed_ips: tuple[str, ...] | None = BOLNA_SENDER_IPS  # None: any sender
+    webhook_trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For is believed
+    webhook_max_body_bytes: int = 1_048_576
+    webhook_public_url: str | None = None  # the listener's base URL as Bolna reaches it (https://…)
+    webhook_inbox_days: int = 3  # accepted deliveries are kept this long (TTL)
 
     @property
     def llm_batch_api_window_seconds(self) -> int:
@@ -293,6 +306,31 @@ def _hash_key(value: str) -> str:
     return value
 
 
+def _webhook_token(value: str) -> str:
+    """The path secret is all that keeps strangers out when the allow-list is off: long, and
+    URL-safe so it survives every proxy unchanged."""
+    if len(value) < MIN_WEBHOOK_TOKEN_CHARS or not all(ch.isalnum() or ch in "-_" for ch in value):
+        raise ValueError(f"must be at least {MIN_WEBHOOK_TOKEN_CHARS} letters, digits, '-' or '_': "
+                         "e.g. the output of `openssl rand -hex 24`")
+    return value
+
+
+def _networks(value: str) -> tuple[str, ...]:
+    """Addresses or CIDR ranges, comma-separated, each checked here so a typo fails at start-up."""
+    networks = _csv(value)
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"{network!r} is not an IP address or range such as 10.0.0.0/8") from None
+    return networks
+
+
+def _allowed_senders(value: str) -> tuple[str, ...] | None:
+    """`any` turns the allow-list off (e.g. behind a proxy that filters senders itself)."""
+    return None if value.strip().lower() == "any" else _networks(value)
+
+
 # variable -> (settings attribute, parser, secret)
 _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "MONGODB_URI": ("mongodb_uri", _mongo_uri, True),  # may hold a password
@@ -338,6 +376,14 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "RECORD_RETENTION_DAYS": ("record_retention_days", _positive_int, False),
     "PRIVACY_HASH_KEY": ("privacy_hash_key", _hash_key, True),
     "AUTO_ASSIGN_MIN_CONFIDENCE": ("auto_assign_min_confidence", _percentage, False),
+    "WEBHOOK_PORT": ("webhook_port", _port, False),
+    "WEBHOOK_HOST": ("webhook_host", _stripped, False),
+    "WEBHOOK_TOKEN": ("webhook_token", _webhook_token, True),
+    "WEBHOOK_ALLOWED_IPS": ("webhook_allowed_ips", _allowed_senders, False),
+    "WEBHOOK_TRUSTED_PROXIES": ("webhook_trusted_proxies", _networks, False),
+    "WEBHOOK_MAX_BODY_BYTES": ("webhook_max_body_bytes", _positive_int, False),
+    "WEBHOOK_PUBLIC_URL": ("webhook_public_url", _url, False),
+    "WEBHOOK_INBOX_DAYS": ("webhook_inbox_days", _positive_int, False),
 }
 
 
@@ -364,6 +410,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)
     if not settings.analysis_tags:
         raise ConfigError("ANALYSIS_TAGS must name at least one tag")
+    if settings.webhook_port is not None and not settings.webhook_token:
+        raise ConfigError("WEBHOOK_PORT is set but WEBHOOK_TOKEN is not: the listener needs its secret path")
     return settings
 
 

@@ -111,5 +111,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text", secrets: tuple[str, ..
     root.addHandler(handler)
     root.setLevel(level)
     # Library chatter (connection pools, scheduler internals) only when debugging.
-    for noisy in ("urllib3", "httpx", "httpcore", "apscheduler", "groq", "pymongo"):
+    for noisy in ("urllib3", "httpx", "httpcore", "apscheduler", "groq", "pymongo", "waitress"):
         logging.getLogger(noisy).setLevel(logging.WARNING if level != "DEBUG" else logging.DEBUG)

@@ -24,7 +24,7 @@ from services.analyzer.outcomes import OutcomeWriter
 from services.bolna_client import BolnaClient
 from services.call_writer import CallWriter
 from services.customer_writer import CustomerWriter
-from services.database import CALLS, LLM_BATCHES, ensure_indexes
+from services.database import CALLS, LLM_BATCHES, WEBHOOK_DELIVERIES, WEBHOOK_INBOX, ensure_indexes
 from services.execution_feed import ExecutionFeed
 from services.page_reader import PageReader
 from services.privacy.erasure import Eraser
@@ -34,9 +34,12 @@ from services.privacy.retention import RetentionPass, RetentionPolicy
 from services.privacy.suppressions import SuppressionList
 from services.run_records import RunRecords, describe_failure
 from services.server_clock import ServerClock
+from services.webhooks.inbox import Inbox
+from services.webhooks.processor import LEASE_SECONDS, InboxProcessor
+from services.webhooks.tally import DeliveryTally
 from utils.config import Settings
 from worker.jobs import JOB_NAMES, JOBS
-from worker.metrics import RunMetrics
+from worker.metrics import RunMetrics, observe_webhooks
 from worker.status import StatusReader
 
 log = logging.getLogger(__name__)
@@ -93,7 +96,13 @@ class App:
         self.runs = RunRecords(db)
         self.metrics = RunMetrics(JOB_NAMES, queue_depth=self.call_queue.depth)
         self.runs.subscribe(self.metrics.observe_run)
-        self.status = StatusReader(db, settings.mongodb_db, self.runs, self.call_queue)
+        # Webhooks: the inbox, its processor (started by the daemon with the listener) and the tally.
+        self.inbox = Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self.call_queue.clock)
+        self.deliveries = DeliveryTally(db[WEBHOOK_DELIVERIES])
+        observe_webhooks(self.metrics.registry, self.deliveries)
+        self.webhook_processor = InboxProcessor(self.inbox, self.call_writer, self.customer_writer, self.deliveries,
+                                                settings.default_phone_region)
+        self.status = StatusReader(db, settings.mongodb_db, self.runs, self.call_queue, self.inbox, self.deliveries)
 
     @classmethod
     def build(cls, settings: Settings, mongo_client=None) -> "App":
@@ -109,7 +118,7 @@ class App:
 
     def prepare(self) -> None:
         """Start-up work that touches the database: indexes, and runs a dead process left open."""
-        ensure_indexes(self.db, self.settings.run_retention_days)
+        ensure_indexes(self.db, self.settings.run_retention_days, self.settings.webhook_inbox_days)
         # Before any sync: without the key the erased numbers could not be recognized.
         self.suppressions.check_key()
         stale = max(timedelta(hours=1), 3 * timedelta(minutes=self.settings.sync_interval_minutes))

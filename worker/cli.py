@@ -1,4 +1,5 @@
-"""Command line: `run` (the daemon), `once`, `demo`, `status`, `reanalyze`, `evaluate`, `forget`, `review`."""
+"""Command line: `run` (the daemon), `once`, `demo`, `status`, `reanalyze`, `evaluate`, `forget`, `review`,
+`webhook-url`."""
 from __future__ import annotations
 
 import argparse
@@ -50,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("--dry-run", action="store_true", help="only count what would be removed")
     forget.add_argument("--as-stored", action="store_true",
                         help="the exact text of a number that is not valid (stored as received)")
+    hook = commands.add_parser("webhook-url", help="the webhook URL to configure at Bolna (WEBHOOK_PUBLIC_URL + "
+                                                   "token); --apply sets it on the agent")
+    hook.add_argument("--agent", help="the Bolna agent id")
+    hook.add_argument("--apply", action="store_true", help="set it on the agent through Bolna's API")
     return parser
 
 
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         setup_logging(settings.log_level, settings.log_format,
                       secrets=(settings.bolna_api_key or "", *settings.groq_api_keys, settings.mongodb_uri or "",
-                               settings.privacy_hash_key or ""),
+                               settings.privacy_hash_key or "", settings.webhook_token or ""),
                       # evaluate's stdout is its report (JSON with --json): logs go beside it.
                       stream=sys.stderr if command == "evaluate" else None)
         if command == "demo":
@@ -95,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         if command == "evaluate":
             from worker.evaluate import run_evaluation
             return run_evaluation(settings, args)
+        if command == "webhook-url":
+            return _webhook_url(settings, args)
         _require_server(settings, command, needs_bolna=command in ("run", "once"))
         return _COMMANDS[command](settings, args)
     except (ConfigError, UsageError) as exc:
@@ -187,6 +194,16 @@ def _review(settings: Settings, args) -> int:
         return show_reviews(app.db, as_json=args.json, limit=args.limit)
     finally:
         app.close()
+
+
+def _webhook_url(settings: Settings, args) -> int:
+    """Needs no database: only the settings, and Bolna's API with --apply."""
+    from worker.webhook_url import WebhookUrlError, run_webhook_url
+
+    try:
+        return run_webhook_url(settings, args.agent, args.apply)
+    except WebhookUrlError as exc:
+        raise UsageError(str(exc)) from None
 
 
 _COMMANDS = {"run": _run, "once": _once, "status": _status, "reanalyze": _reanalyze, "forget": _forget,

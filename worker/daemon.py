@@ -16,6 +16,7 @@ from utils.config import describe
 from worker.app import App
 from worker.health import serve_health
 from worker.jobs import JOB_NAMES
+from worker.webhook_listener import serve_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,14 @@ def run_daemon(app: App) -> int:
         if scheduler.running:
             scheduler.shutdown(wait=False)
 
-    health = None
+    health = webhooks = None
     try:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         if app.settings.health_port is not None:
             health = serve_health(app, is_scheduling=lambda: scheduler.running)
+        if app.settings.webhook_port is not None:
+            webhooks = serve_webhooks(app)
         log.info("daemon started: jobs %s every %d min", ", ".join(JOB_NAMES), app.settings.sync_interval_minutes,
                  extra={"event": "daemon_started"})
         # What it runs with, for whoever reads the log later; secrets only as set / not set.
@@ -84,6 +87,8 @@ def run_daemon(app: App) -> int:
             logging.shutdown()
             os._exit(0)  # the stuck job's thread would otherwise hold the interpreter open
     finally:
+        if webhooks is not None:
+            webhooks.stop()
         if health is not None:
             health.stop()
         app.close()

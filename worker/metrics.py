@@ -11,13 +11,14 @@ import threading
 from datetime import datetime
 from typing import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pymongo.errors import PyMongoError
 
 from services.analyzer.outcomes import OUTCOME_COUNTERS
 from services.run_records import SUCCESSFUL, RunRecords
+from services.webhooks.tally import OUTCOMES, DeliveryTally
 from utils.clock import unix_seconds
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 RUN_STATUSES = ("ok", "partial", "failed")
 WRITE_COUNTS = ("inserted", "updated")
 TOKEN_KINDS = {"prompt": "promptTokens", "completion": "completionTokens"}
+# Seconds from Bolna's `updated_at` to the call's write: Bolna's own delay is part of it.
+LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 
 class RunMetrics:
@@ -106,6 +109,18 @@ class RunMetrics:
         with self._lock:
             self._last_success[job] = finished_at
         self.last_success.labels(job).set(unix_seconds(finished_at))
+
+
+def observe_webhooks(registry: CollectorRegistry, tally: DeliveryTally) -> None:
+    """Webhook deliveries by outcome and the lag of their writes, as this process sees them."""
+    deliveries = Counter("callsync_webhook_deliveries", "Webhook deliveries, by outcome", ["outcome"],
+                         registry=registry)
+    lag = Histogram("callsync_webhook_lag_seconds",
+                    "Seconds from Bolna's updated_at of a delivered call to its write", buckets=LAG_BUCKETS,
+                    registry=registry)
+    for outcome in OUTCOMES:
+        deliveries.labels(outcome)
+    tally.subscribe(lambda outcome, n: deliveries.labels(outcome).inc(n), lag.observe)
 
 
 class _QueueDepth(Collector):

@@ -10,20 +10,26 @@ from pymongo.database import Database
 from services.analyzer.claims import CallQueue
 from services.database import CALLS, CONTACTS, CUSTOMERS
 from services.run_records import RunRecords
+from services.webhooks.inbox import Inbox
+from services.webhooks.tally import DeliveryTally
 from utils.clock import utcnow
 from utils.table import format_table
 from worker.jobs import CALL_PROCESSOR, JOB_NAMES
 
 LLM_USAGE_COUNTERS = ("analyzed", "failed", "promptTokens", "completionTokens", "costUsd", "unpricedAnalyses")
 LLM_USAGE_WINDOW = timedelta(hours=24)
+WEBHOOK_WINDOW = timedelta(hours=24)
 
 
 class StatusReader:
-    def __init__(self, db: Database, database_name: str, runs: RunRecords, queue: CallQueue):
+    def __init__(self, db: Database, database_name: str, runs: RunRecords, queue: CallQueue, inbox: Inbox,
+                 deliveries: DeliveryTally):
         self.db = db
         self.database_name = database_name
         self.runs = runs
         self.queue = queue
+        self.inbox = inbox
+        self.deliveries = deliveries
 
     def collect(self) -> dict:
         now = utcnow()
@@ -36,7 +42,13 @@ class StatusReader:
             "totals": {name: self.db[name].count_documents({}) for name in (CUSTOMERS, CALLS, CONTACTS)},
             "contactsByTag": self._count_by("tag"),
             "contactsByLeadStatus": self._count_by("leadStatus"),
+            "webhooks24h": self._webhooks(now - WEBHOOK_WINDOW),
         }
+
+    def _webhooks(self, since: datetime) -> dict:
+        lags = self.inbox.lags_since(since)
+        return {"deliveries": self.deliveries.totals(since), "waiting": self.inbox.waiting(),
+                "lagMs": {"count": len(lags), "p50": _percentile(lags, 0.50), "p99": _percentile(lags, 0.99)}}
 
     def show(self, as_json: bool) -> int:
         status = self.collect()
@@ -73,6 +85,7 @@ def format_status(status: dict) -> str:
         f"customers {totals[CUSTOMERS]}   calls {totals[CALLS]}   contacts {totals[CONTACTS]}   "
         f"waiting for analysis {status['queueDepth']}",
         _llm_usage(status["llmUsage24h"]),
+        _webhook_summary(status["webhooks24h"]),
         format_table(["tag", "contacts"], _count_rows(status["contactsByTag"])),
         format_table(["lead status", "contacts"], _count_rows(status["contactsByLeadStatus"])),
     ]
@@ -86,6 +99,21 @@ def _llm_usage(usage: dict) -> str:
     return (f"LLM, last 24 h: {usage['analyzed']} analyzed, {usage['failed']} failed, "
             f"{usage['promptTokens']} prompt + {usage['completionTokens']} completion tokens, "
             f"estimated cost {cost}")
+
+
+def _webhook_summary(webhooks: dict) -> str:
+    counts = ", ".join(f"{n} {outcome}" for outcome, n in webhooks["deliveries"].items() if n) or "none"
+    lag = webhooks["lagMs"]
+    delay = (f"; from Bolna's updated_at to the write: p50 {lag['p50'] / 1000:.1f} s, p99 {lag['p99'] / 1000:.1f} s "
+             f"over {lag['count']}" if lag["count"] else "")
+    return f"webhooks, last 24 h: {counts}; waiting {webhooks['waiting']}{delay}"
+
+
+def _percentile(ordered: list[int], fraction: float) -> int | None:
+    """Nearest-rank percentile of an ascending list."""
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, max(0, int(fraction * len(ordered) + 0.999999) - 1))]
 
 
 def _run_summary(run: dict) -> dict:

@@ -1,0 +1,115 @@
+"""The webhook inbox: every accepted delivery is stored here before it is answered, so a crash
+between accepting and processing loses nothing.
+
+One entry per call id and status (Bolna's own deduplication key): a repeated delivery is a
+duplicate and stores nothing. The processor claims waiting entries with a token and a lease, as
+the analysis queue does: a live processor finishes its claim well within the lease; a claim whose
+lease expired belongs to a processor that died, and another takes the entries over. The raw body
+is kept only until the entry is processed (it holds a transcript and phone numbers); entries
+expire after WEBHOOK_INBOX_DAYS."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable
+
+from bson import Binary
+from pymongo import ASCENDING, UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from utils.clock import utcnow
+
+WAITING, DONE, FAILED = "waiting", "done", "failed"
+# Deliveries whose processing was cut off this many times (a processor dying on them) are failed:
+# the poll still reconciles the call.
+MAX_ATTEMPTS = 5
+# Indexes named by their keys: a simpler planner (the test run's wire server) gives up on an index
+# when the filter has an `$or` or a field outside it; MongoDB's picks the same ones unaided.
+STATE_INDEX_KEYS = [("state", ASCENDING), ("receivedAt", ASCENDING)]  # services.database's state_receivedAt
+BY_ID = [("_id", ASCENDING)]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A claimed inbox entry."""
+    entry_id: object
+    call_id: str
+    body: bytes
+    received_at: datetime
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Processed:
+    """What the processor reports of one delivery: `lag_ms` from Bolna's `updated_at` to the write."""
+    entry_id: object
+    lag_ms: int | None = None
+    error: str | None = None  # set: the delivery failed
+
+
+class Inbox:
+    def __init__(self, entries: Collection, owner: str, lease_seconds: float,
+                 clock: Callable[[], datetime] = utcnow):
+        """`clock`: the database server's time (`ServerClock`) where replicas share the inbox."""
+        self.entries = entries
+        self.owner = owner
+        self.lease = timedelta(seconds=lease_seconds)
+        self.clock = clock
+
+    def accept(self, call_id: str, status: str, bolna_updated_at: datetime | None, body: bytes) -> bool:
+        """Store one delivery; False when this call's status was delivered before (a duplicate)."""
+        try:
+            self.entries.insert_one({"callId": call_id, "status": status, "bolnaUpdatedAt": bolna_updated_at,
+                                     "receivedAt": utcnow(), "state": WAITING, "attempts": 0,
+                                     "body": Binary(body)})
+        except DuplicateKeyError:
+            return False
+        return True
+
+    def claim(self, limit: int) -> tuple[str, list[Delivery]]:
+        """Up to `limit` of the oldest waiting deliveries no live claim holds, under one new token:
+        three round trips whatever the number. Each entry is claimed atomically, so one another
+        processor took in between is simply not among those returned."""
+        token, now = uuid.uuid4().hex, self.clock()
+        claimable = {"state": WAITING, "$or": [{"claim": None}, {"claim.expiresAt": {"$lte": now}}]}
+        ids = [doc["_id"] for doc in self.entries.find(claimable, {"_id": 1}, sort=STATE_INDEX_KEYS[1:],
+                                                        hint=STATE_INDEX_KEYS, limit=limit)]
+        if not ids:
+            return token, []
+        self.entries.update_many({"_id": {"$in": ids}, **claimable}, {
+            "$set": {"claim": {"owner": self.owner, "token": token, "claimedAt": now, "expiresAt": now + self.lease}},
+            "$inc": {"attempts": 1}}, hint=BY_ID)
+        held = self.entries.find({"_id": {"$in": ids}, "claim.token": token},
+                                 {"callId": 1, "body": 1, "receivedAt": 1, "attempts": 1}, hint=BY_ID)
+        deliveries = [Delivery(doc["_id"], doc["callId"], bytes(doc.get("body") or b""), doc["receivedAt"],
+                               doc["attempts"]) for doc in held]
+        return token, sorted(deliveries, key=lambda delivery: delivery.received_at)
+
+    def finish(self, token: str, outcomes: list[Processed]) -> int:
+        """Close the claimed entries, in one round trip; only the holder of the claim can. Returns
+        how many were closed (fewer when a lease expired and another processor took them)."""
+        now = utcnow()
+        operations = [UpdateOne(
+            {"_id": outcome.entry_id, "claim.token": token},
+            {"$set": {"state": FAILED if outcome.error else DONE, "processedAt": now, "lagMs": outcome.lag_ms,
+                      **({"error": outcome.error} if outcome.error else {})},
+             "$unset": {"claim": "", "body": ""}}) for outcome in outcomes]
+        if not operations:
+            return 0
+        return self.entries.bulk_write(operations, ordered=False).modified_count
+
+    def release(self, token: str, entry_ids: list) -> None:
+        """Back to waiting at once (a write the database refused for a reason that may pass)."""
+        self.entries.update_many({"_id": {"$in": entry_ids}, "claim.token": token}, {"$unset": {"claim": ""}},
+                                 hint=BY_ID)
+
+    def waiting(self) -> int:
+        return self.entries.count_documents({"state": WAITING})
+
+    def lags_since(self, since: datetime) -> list[int]:
+        """Lags (ms) of the deliveries processed since `since`, ascending."""
+        docs = self.entries.find({"state": DONE, "receivedAt": {"$gte": since}, "lagMs": {"$ne": None}},
+                                 {"lagMs": 1, "_id": 0}, hint=STATE_INDEX_KEYS)
+        return sorted(doc["lagMs"] for doc in docs)
