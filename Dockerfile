@@ -20,6 +20,8 @@ RUN useradd --system --no-create-home --shell /usr/sbin/nologin callsync
 USER callsync
 
 EXPOSE 8080
+# Bolna webhooks, when WEBHOOK_PORT=8090 is set (off by default).
+EXPOSE 8090
 # slim has no curl: ask /healthz with Python. urlopen raises on 503, so the exit code is non-zero.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['HEALTH_PORT'] + '/healthz', timeout=4)"]
