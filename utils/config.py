@@ -78,6 +78,14 @@ class Settings:
     transcript_retention_days: int | None = None
     record_retention_days: int | None = None
     privacy_hash_key: str | None = field(default=None, repr=False)  # keys the hashes of erased numbers
+    # Bolna's documented limits per organisation (services/bolna_pacing.py), and the share left unused.
+    bolna_listing_rate_per_minute: int = 500
+    bolna_rate_per_minute: int = 1000
+    bolna_rate_headroom: float = 0.1
+    bolna_fetch_concurrency: int = 8   # full records (GET /executions/{id}) in flight at once
+    # A full record fetched for one job, kept for the other (services/record_cache.py).
+    bolna_record_cache_size: int = 10000
+    bolna_record_cache_seconds: int = 1800
 
     @property
     def llm_batch_api_window_seconds(self) -> int:
@@ -329,6 +337,12 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "TRANSCRIPT_RETENTION_DAYS": ("transcript_retention_days", _positive_int, False),
     "RECORD_RETENTION_DAYS": ("record_retention_days", _positive_int, False),
     "PRIVACY_HASH_KEY": ("privacy_hash_key", _hash_key, True),
+    "BOLNA_LISTING_RATE_PER_MINUTE": ("bolna_listing_rate_per_minute", _positive_int, False),
+    "BOLNA_RATE_PER_MINUTE": ("bolna_rate_per_minute", _positive_int, False),
+    "BOLNA_RATE_HEADROOM": ("bolna_rate_headroom", _fraction, False),
+    "BOLNA_FETCH_CONCURRENCY": ("bolna_fetch_concurrency", _positive_int, False),
+    "BOLNA_RECORD_CACHE_SIZE": ("bolna_record_cache_size", _non_negative_int, False),
+    "BOLNA_RECORD_CACHE_SECONDS": ("bolna_record_cache_seconds", _non_negative_int, False),
 }
 
 
