@@ -7,66 +7,80 @@ import logging
 import os
 import time
 
-from benchmarks import mapping_bench, sync_bench
+from benchmarks import backfill_bench, mapping_bench, sync_bench
 from benchmarks.baseline import sequential_llm
 from benchmarks.harness import CountedMongo, Measurement
 from utils.config import Settings
 from utils.table import format_table
 
-# Scenario sizes: (full run, --quick). mongomock has no indexes: every upsert scans its
-# collection, so a sync's time grows with the square of its size there. On mongomock the first
-# sync (and the baseline, which writes a whole history record by record) runs at 1,000, and
-# 100 new calls are written over the smaller history only; a real server gets the full sizes.
+# Scenario sizes: (full run, --quick), on a server (the wire server or MONGODB_URI) and on
+# mongomock. mongomock has no indexes: every upsert scans its collection, so writing grows with
+# the square of the size there; the sizes it cannot reach are left to a server.
 SIZES = {
-    "first_sync": (10_000, 1_000),
-    "first_sync_mongomock": (1_000, 300),
-    "steady_state": ((10_000, 100_000), (1_000, 10_000)),
-    "mapping": (50_000, 5_000),
+    "first_sync": {"server": (10_000, 1_000), "mongomock": (1_000, 300)},
+    "steady_state": {"server": ((10_000, 100_000), (1_000, 10_000)), "mongomock": ((10_000, 100_000), (1_000, 10_000))},
+    "steady_new_calls": {"server": ((10_000, 100_000), (1_000, 10_000)), "mongomock": ((10_000,), (1_000,))},
+    "full_resync": {"server": ((10_000, 100_000), (1_000, 10_000)), "mongomock": ((1_000, 10_000), (300, 1_000))},
+    "backfill": {"server": (10_000, 1_000), "mongomock": (1_000, 300)},
+    "backfill_sequential": {"server": (1_000, 300), "mongomock": (1_000, 300)},
+    "mapping": {"server": (50_000, 5_000), "mongomock": (50_000, 5_000)},
 }
-SCENARIOS = ("first_sync", "steady_state", "mapping", "analyzer")
-HEADERS = ["scenario", "variant", "wall s", "Bolna req", "Mongo RT", "exec/s", "peak MB"]
+# The backfill's minute, in seconds (Bolna's is 60): the limits' time-scale (backfill_bench).
+BACKFILL_MINUTE = 30.0
+SCENARIOS = ("first_sync", "steady_state", "full_resync", "backfill", "mapping", "analyzer")
+HEADERS = ["scenario", "variant", "wall s", "Bolna req", "429s", "Mongo RT", "exec/s", "peak MB"]
+
+
+def _size(name: str, quick: bool):
+    return SIZES[name]["server" if CountedMongo.server_uri() else "mongomock"][quick]
 
 
 def _row(scenario: str, variant: str, m: Measurement, *, rate: bool = False) -> list:
     return [scenario, variant, f"{m.seconds:.2f}", m.requests if m.requests else "-",
+            m.rate_limited if m.requests else "-",
             m.round_trips if m.round_trips else "-", f"{m.per_second:,.0f}" if rate else "-",
             f"{m.peak_mb:.1f}" if m.peak_mb is not None else "-"]
 
 
-def _first_sync_size(quick: bool) -> int:
-    return SIZES["first_sync" if CountedMongo.server_uri() else "first_sync_mongomock"][quick]
-
-
 def first_sync(quick: bool) -> list[list]:
-    total = _first_sync_size(quick)
+    total = _size("first_sync", quick)
     ours, naive = sync_bench.first_sync(total)
     ratio = naive.round_trips / max(ours.round_trips, 1)
-    return [_row(f"first sync {total:,}", "callsync", ours, rate=True),
-            _row(f"first sync {total:,}", f"naive ({ratio:.0f}x the round trips)", naive, rate=True)]
+    return [_row(f"first sync {total:,}", "callsync (both jobs)", ours, rate=True),
+            _row(f"first sync {total:,}", f"naive ({ratio:.1f}x the round trips)", naive, rate=True)]
 
 
 def steady_state(quick: bool) -> list[list]:
     rows = []
-    baseline_history = _first_sync_size(quick)
-    histories = SIZES["steady_state"][quick]
-    for new in (0, 100):
-        naive = sync_bench.naive_rerun(baseline_history, new)
-        rows.append(_row(f"steady {new} new", f"naive re-fetch of {baseline_history:,} history", naive))
-        for history in histories:
-            if new and history != histories[0] and not CountedMongo.server_uri():
-                rows.append([f"steady {new} new / {history:,}", "callsync: needs MONGODB_URI (mongomock scans)",
-                             "", "", "", "", ""])
-                continue
-            ours = sync_bench.steady_state(history, new)
+    for new, sizes in ((0, _size("steady_state", quick)), (100, _size("steady_new_calls", quick))):
+        for history in sizes:
+            ours, naive = sync_bench.steady_state(history, new)
             rows.append(_row(f"steady {new} new / {history:,}", "callsync (both jobs)", ours))
+            rows.append(_row(f"steady {new} new / {history:,}", "naive, from its cursor", naive))
     return rows
 
 
+def full_resync(quick: bool) -> list[list]:
+    return [_row(f"--full re-sync of {history:,}", "callsync (both jobs)", sync_bench.full_resync(history), rate=True)
+            for history in _size("full_resync", quick)]
+
+
+def backfill(quick: bool) -> list[list]:
+    total = _size("backfill", quick)
+    ours, floor = backfill_bench.backfill(total, BACKFILL_MINUTE)
+    sequential_total = _size("backfill_sequential", quick)
+    naive = backfill_bench.sequential(sequential_total, BACKFILL_MINUTE)
+    return [_row(f"backfill {total:,} trimmed", f"floor {floor:.1f} s; callsync at {ours.seconds / floor:.2f}x",
+                 ours, rate=True),
+            _row(f"backfill {sequential_total:,} trimmed", "naive, one request at a time", naive, rate=True)]
+
+
 def mapping(quick: bool) -> list[list]:
-    total = SIZES["mapping"][quick]
-    ours, again, naive = mapping_bench.mapping(total)
+    total = _size("mapping", quick)
+    ours, again, e164, naive = mapping_bench.mapping(total)
     return [_row(f"mapping {total:,}", "callsync, new numbers", ours, rate=True),
             _row(f"mapping {total:,}", "callsync, numbers seen before", again, rate=True),
+            _row(f"mapping {total:,}", "callsync, new numbers, all E.164", e164, rate=True),
             _row(f"mapping {total:,}", "naive (no phone cache)", naive, rate=True)]
 
 

@@ -12,12 +12,19 @@ from dataclasses import dataclass
 import mongomock
 from pymongo import MongoClient, monitoring
 
+from fakes.bolna_api import RateLimits
+from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import HookedDatabase, RoundTripCounter
 from services.bolna_client import BolnaClient
+from services.bolna_pacing import Limits
 from utils.config import Settings
 from worker.app import App
 
 API_KEY = "bench-key"
+# The scenarios about the database lift Bolna's rate limits (its minute shortened to 0.6 s, a
+# hundred times the rate), so what they time is the database and the mapping; the backfill
+# scenario (benchmarks/backfill_bench.py) is the one that runs under the limits.
+LIFTED_MINUTE = 0.6
 # Connection upkeep, not the daemon's work.
 _HOUSEKEEPING = frozenset({"hello", "ismaster", "isMaster", "ping", "endSessions", "saslStart",
                            "saslContinue", "buildInfo"})
@@ -50,6 +57,7 @@ class Measurement:
     round_trips: int = 0
     peak_mb: float | None = None
     records: int = 0
+    rate_limited: int = 0  # 429 answers Bolna gave during the run
 
     @property
     def per_second(self) -> float:
@@ -88,13 +96,27 @@ class CountedMongo:
         self.client.close()
 
 
+def fake_bolna(agents: list[dict], executions: list[dict], *, minute: float = LIFTED_MINUTE, **options) -> FakeBolna:
+    """The fake Bolna, enforcing the documented limits over a minute of `minute` seconds."""
+    return FakeBolna(agents, executions, api_key=API_KEY, rate_limits=RateLimits(minute_seconds=minute), **options)
+
+
+def client_for(settings: Settings, *, minute: float = LIFTED_MINUTE, headroom: float | None = None) -> BolnaClient:
+    """The daemon's client, pacing itself over the same minute as the fake."""
+    limits = Limits(settings.bolna_listing_rate_per_minute, settings.bolna_rate_per_minute,
+                    settings.bolna_rate_headroom if headroom is None else headroom, minute_seconds=minute)
+    return BolnaClient(settings.bolna_base_url, settings.bolna_api_key, timeout=settings.http_timeout_seconds,
+                       max_attempts=settings.http_max_attempts, backoff_seconds=settings.http_backoff_seconds,
+                       limits=limits, connections=settings.bolna_fetch_concurrency + 4)
+
+
 def settings_for(base_url: str, **overrides) -> Settings:
     return Settings(mongodb_db="callsync_bench", bolna_api_key=API_KEY, bolna_base_url=base_url,
                     backfill_days=30, llm_batch_limit=0, **overrides)
 
 
-def app_for(settings: Settings, mongo: CountedMongo) -> App:
-    app = App(settings, mongo.db, BolnaClient.from_settings(settings))
+def app_for(settings: Settings, mongo: CountedMongo, *, minute: float = LIFTED_MINUTE) -> App:
+    app = App(settings, mongo.db, client_for(settings, minute=minute))
     app.prepare()
     return app
 
@@ -115,4 +137,5 @@ def measure(measurement: Measurement, mongo: CountedMongo, bolna, *, memory: boo
             measurement.peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
             tracemalloc.stop()
         measurement.requests = bolna.request_count() - requests_before
+        measurement.rate_limited = sum(1 for request in bolna.requests[requests_before:] if request.status == 429)
         measurement.round_trips = mongo.counter.total

@@ -11,14 +11,29 @@ from fakes.dataset import generate
 from models.call import call_fields
 from models.customer import customer_call
 from models.execution import parse_execution
+from utils.phone import _parsed_e164, _to_e164
 
 REGION = "IN"
 
 
-def mapping(total: int) -> tuple[Measurement, Measurement, Measurement]:
-    """(first pass: numbers new to the process, second pass: the same calls again, baseline)."""
+def mapping(total: int) -> tuple[Measurement, Measurement, Measurement, Measurement]:
+    """(first pass: numbers new to the process, second pass: the same calls again, other calls
+    whose numbers are all E.164 as telephony providers send them, baseline). The data set writes
+    numbers in many spellings (legacy formats), so the first pass mostly takes the slow path."""
     executions = generate(agents=4, per_agent=total // 4, seed=505, transcript_chars=600)[1]
-    return _timed(executions, _map), _timed(executions, _map), _timed(executions, _map_uncached)
+    first, again = _timed(executions, _map), _timed(executions, _map)
+    e164 = _as_e164(generate(agents=4, per_agent=total // 4, seed=515, transcript_chars=600)[1])
+    _to_e164.cache_clear()  # every number new to the process again
+    return first, again, _timed(e164, _map), _timed(executions, _map_uncached)
+
+
+def _as_e164(executions: list[dict]) -> list[dict]:
+    for record in executions:
+        telephony = record["telephony_data"]
+        for field in ("to_number", "from_number"):
+            if telephony.get(field):
+                telephony[field] = _parsed_e164(telephony[field].strip(), REGION) or telephony[field]
+    return executions
 
 
 def _timed(executions: list[dict], convert) -> Measurement:

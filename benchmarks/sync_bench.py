@@ -1,22 +1,21 @@
-"""Sync scenarios: a first sync, and steady-state runs over a long history, each against the naive
-baseline (benchmarks.baseline) on the same data."""
+"""Sync scenarios: a first sync, steady-state runs over a long history, and a `--full` re-sync
+that reads the whole history; callsync and the naive baseline (benchmarks.baseline) on the same
+data, at the same sizes. Bolna's rate limits are lifted here (harness.LIFTED_MINUTE)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
 from benchmarks.baseline import naive_sync
-from benchmarks.harness import (API_KEY, CountedMongo, Measurement, app_for, measure,
-                                settings_for)
-from fakes.bolna_server import FakeBolna
+from benchmarks.harness import CountedMongo, Measurement, app_for, client_for, fake_bolna, measure, settings_for
 from fakes.dataset import generate
 from models.call import call_fields
 from models.execution import parse_execution
-from services.bolna_client import BolnaClient
-from services.database import CALLS, SYNC_STATE, ensure_indexes
+from services.database import CALLS, CUSTOMER_CALLS, SYNC_STATE, ensure_indexes
 from utils.clock import utcnow
 from worker.jobs import JOB_NAMES
 
 AGENTS = 4
+CURSOR_AGE = timedelta(minutes=5)  # the last run, as a daemon on a 5-minute interval leaves it
 
 
 def _dataset(total: int, span_days: float, seed: int):
@@ -31,84 +30,99 @@ def _index_for_baseline(mongo: CountedMongo) -> None:
         ensure_indexes(mongo.raw)
 
 
+def _ours(bolna, agents: list[dict], measurement: Measurement, *, seed=None, full: bool = False,
+          memory: bool = True) -> Measurement:
+    mongo = CountedMongo()
+    try:
+        settings = settings_for(bolna.base_url, bolna_agent_ids=tuple(a["id"] for a in agents))
+        if seed:
+            seed(mongo, settings)
+        app = app_for(settings, mongo)
+        with measure(measurement, mongo, bolna, memory=memory):
+            for name in JOB_NAMES:
+                app.run_job(name, full=full)
+        app.close()
+    finally:
+        mongo.close()
+    return measurement
+
+
+def _naive(bolna, agents: list[dict], measurement: Measurement, start: datetime, *, seed=None) -> Measurement:
+    mongo = CountedMongo()
+    try:
+        _index_for_baseline(mongo)
+        settings = settings_for(bolna.base_url)
+        if seed:
+            seed(mongo, settings)
+        client = client_for(settings)
+        with measure(measurement, mongo, bolna, memory=True):
+            naive_sync(mongo.db, client, [a["id"] for a in agents], start, utcnow(), settings.default_phone_region)
+        client.close()
+    finally:
+        mongo.close()
+    return measurement
+
+
 def first_sync(total: int) -> tuple[Measurement, Measurement]:
-    """Both jobs on an empty database (analysis off: it has its own row)."""
+    """Both jobs on an empty database (analysis off: it has its own row), and the baseline's
+    first run over the same backfill."""
     agents, executions = _dataset(total, span_days=20, seed=101)
-    with FakeBolna(agents, executions, api_key=API_KEY) as bolna:
-        ours, naive = Measurement(records=len(executions)), Measurement(records=len(executions))
-        mongo = CountedMongo()
-        try:
-            app = app_for(settings_for(bolna.base_url), mongo)
-            with measure(ours, mongo, bolna, memory=True):
-                for name in JOB_NAMES:
-                    app.run_job(name)
-        finally:
-            mongo.close()
-        mongo = CountedMongo()
-        try:
-            _index_for_baseline(mongo)
-            settings = settings_for(bolna.base_url)
-            now = utcnow()
-            with measure(naive, mongo, bolna, memory=True):
-                naive_sync(mongo.db, BolnaClient.from_settings(settings), [a["id"] for a in agents],
-                           now - timedelta(days=settings.backfill_days), now, settings.default_phone_region)
-        finally:
-            mongo.close()
+    with fake_bolna(agents, executions) as bolna:
+        ours = _ours(bolna, agents, Measurement(records=len(executions)))
+        backfill = timedelta(days=settings_for(bolna.base_url).backfill_days)
+        naive = _naive(bolna, agents, Measurement(records=len(executions)), utcnow() - backfill)
     return ours, naive
 
 
-def _seed_history(mongo: CountedMongo, executions: list[dict], agents: list[dict], region: str) -> None:
-    """The state a long-running daemon has reached: every call stored, each cursor at the last run.
-    Inserted directly, before the indexes exist: mongomock has no indexes to use, so a first sync
-    of 100k through it would scan the collection once per upsert (hours). The steady-state run
-    itself goes through the real code."""
-    now = utcnow()
-    documents = [{**call_fields(parse_execution(record, region)), "processed": True, "attempts": 1,
-                  "createdAt": now, "updatedAt": now} for record in executions]
-    for start in range(0, len(documents), 10_000):
-        mongo.raw[CALLS].insert_many(documents[start:start + 10_000], ordered=False)
-    for agent in agents:
-        for job in JOB_NAMES:
-            mongo.raw[SYNC_STATE].insert_one({"_id": f"{job}:{agent['id']}", "job": job, "agentId": agent["id"],
-                                              "cursor": now - timedelta(minutes=5), "updatedAt": now})
+def _seeder(executions: list[dict], agents: list[dict], *, links: bool):
+    """The state a long-running daemon has reached: every call stored (and, with `links`, applied
+    to its customer), each cursor at the last run. Inserted directly: mongomock has no indexes,
+    so writing 100k through the jobs would scan the collection once per upsert (hours). The
+    measured run itself goes through the real code."""
+    def seed(mongo: CountedMongo, settings) -> None:
+        now = utcnow()
+        parsed = [parse_execution(record, settings.default_phone_region) for record in executions]
+        documents = [{**call_fields(e), "processed": True, "attempts": 1, "createdAt": now, "updatedAt": now}
+                     for e in parsed]
+        for start in range(0, len(documents), 10_000):
+            mongo.raw[CALLS].insert_many(documents[start:start + 10_000], ordered=False)
+        if links:
+            applied = [{"_id": e.id, "phone": e.customer_phone.key, "at": e.created_at, "applied": True}
+                       for e in parsed if e.terminal and e.customer_phone]
+            for start in range(0, len(applied), 10_000):
+                mongo.raw[CUSTOMER_CALLS].insert_many(applied[start:start + 10_000], ordered=False)
+        mongo.raw[SYNC_STATE].insert_many([
+            {"_id": f"{job}:{agent['id']}", "job": job, "agentId": agent["id"], "cursor": now - CURSOR_AGE,
+             "updatedAt": now} for agent in agents for job in JOB_NAMES])
+    return seed
 
 
-def steady_state(history: int, new_calls: int) -> Measurement:
-    """One run of each job over `history` stored calls with `new_calls` just made."""
-    agents, executions = _dataset(history, span_days=29, seed=202)
+def _with_new_calls(history: int, new_calls: int, seed: int):
+    agents, executions = _dataset(history, span_days=29, seed=seed)
     fresh = generate(agents=AGENTS, per_agent=max(new_calls // AGENTS, 1), seed=303, span_days=0.001)[1][:new_calls]
     for index, record in enumerate(fresh):  # the new calls belong to the same agents
         record["agent_id"] = agents[index % AGENTS]["id"]
-    ours = Measurement(records=new_calls)
-    with FakeBolna(agents, executions + fresh, api_key=API_KEY) as bolna:
-        mongo = CountedMongo()
-        try:
-            settings = settings_for(bolna.base_url, bolna_agent_ids=tuple(a["id"] for a in agents))
-            _seed_history(mongo, executions, agents, settings.default_phone_region)
-            app = app_for(settings, mongo)
-            with measure(ours, mongo, bolna, memory=True):
-                for name in JOB_NAMES:
-                    app.run_job(name)
-        finally:
-            mongo.close()
-    return ours
+    return agents, executions, fresh
 
 
-def naive_rerun(history: int, new_calls: int) -> Measurement:
-    """The baseline's second run: the whole backfill period again, record by record."""
-    agents, executions = _dataset(history + new_calls, span_days=29, seed=404)
-    naive = Measurement(records=history + new_calls)
-    with FakeBolna(agents, executions, api_key=API_KEY) as bolna:
-        mongo = CountedMongo()
-        try:
-            _index_for_baseline(mongo)
-            settings = settings_for(bolna.base_url)
-            client, ids = BolnaClient.from_settings(settings), [a["id"] for a in agents]
-            now = utcnow()
-            start = now - timedelta(days=settings.backfill_days)
-            naive_sync(mongo.db, client, ids, start, now, settings.default_phone_region)  # the first run
-            with measure(naive, mongo, bolna, memory=True):
-                naive_sync(mongo.db, client, ids, start, now, settings.default_phone_region)
-        finally:
-            mongo.close()
-    return naive
+def steady_state(history: int, new_calls: int, *, naive: bool = True) -> tuple[Measurement, Measurement | None]:
+    """One run of each job over `history` stored calls with `new_calls` just made; the baseline
+    over the same history, reading from its cursor too."""
+    agents, executions, fresh = _with_new_calls(history, new_calls, seed=202)
+    with fake_bolna(agents, executions + fresh) as bolna:
+        seed = _seeder(executions, agents, links=False)
+        ours = _ours(bolna, agents, Measurement(records=new_calls), seed=seed)
+        theirs = None
+        if naive:
+            overlap = timedelta(minutes=settings_for(bolna.base_url).sync_overlap_minutes)
+            theirs = _naive(bolna, agents, Measurement(records=new_calls), utcnow() - CURSOR_AGE - overlap, seed=seed)
+    return ours, theirs
+
+
+def full_resync(history: int) -> Measurement:
+    """`once --full` over a stored history: every page of every agent read again (nothing to
+    write), the run whose memory would grow with the history if pages were not streamed."""
+    agents, executions = _dataset(history, span_days=29, seed=404)
+    with fake_bolna(agents, executions) as bolna:
+        return _ours(bolna, agents, Measurement(records=history), seed=_seeder(executions, agents, links=True),
+                     full=True)

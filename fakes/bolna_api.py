@@ -1,7 +1,11 @@
 """The Bolna API's rules as the fake enforces them: query parameters, errors, the trimmed list
-projection (see /work/shared/bolna-api.md)."""
+projection, the rate limits (see /work/shared/bolna-api.md)."""
 from __future__ import annotations
 
+import re
+import threading
+import time
+from collections import deque
 from datetime import datetime
 
 # As Bolna documents the list projection: no agent_id, no updated_at.
@@ -48,3 +52,36 @@ def trim(execution: dict) -> dict:
     if isinstance(telephony, dict):
         trimmed["telephony_data"] = {k: telephony[k] for k in TRIMMED_TELEPHONY_FIELDS if k in telephony}
     return trimmed
+
+
+# Bolna's documented limits per organisation (requests per minute), by endpoint.
+LISTING_PER_MINUTE = 500   # /v2/agent/{id}/executions, /v2/agent/{id}, /call
+OTHER_PER_MINUTE = 1000    # everything else, e.g. GET /executions/{id}
+_LISTING_PATHS = re.compile(r"^/v2/agent/(?!all$)[^/]+(/executions)?$|^/call$")
+
+
+class RateLimits:
+    """A sliding minute per key and endpoint class, as strict as Bolna's documented limits read:
+    no more than the limit in any window; beyond it a 429 and the seconds until room (a refused
+    request does not count). `minute_seconds` shortens the minute for time-scaled benchmarks.
+    Written independently of the client's pacer (pyrate-limiter), so each checks the other."""
+
+    def __init__(self, minute_seconds: float = 60.0, listing: int = LISTING_PER_MINUTE,
+                 other: int = OTHER_PER_MINUTE):
+        self.minute_seconds = minute_seconds
+        self.limits = {"listing": listing, "other": other}
+        self._seen: dict[tuple[str, str], deque] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, api_key: str, path: str) -> float | None:
+        """None when the request may be served, else the seconds to wait."""
+        kind = "listing" if _LISTING_PATHS.match(path) else "other"
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.setdefault((api_key, kind), deque())
+            while seen and seen[0] <= now - self.minute_seconds:
+                seen.popleft()
+            if len(seen) >= self.limits[kind]:
+                return max(0.001, seen[0] + self.minute_seconds - now)
+            seen.append(now)
+            return None

@@ -19,7 +19,7 @@ from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 
-from fakes.bolna_api import ApiError, created_key, parse_int, parse_time, trim
+from fakes.bolna_api import ApiError, RateLimits, created_key, parse_int, parse_time, trim
 from fakes.dataset import iso
 from fakes.local_server import LocalServer, QuietHandler
 
@@ -56,12 +56,15 @@ class FakeBolna(LocalServer):
     thread_name = "fake-bolna"
 
     def __init__(self, agents: list[dict], executions: list[dict], *, api_key: str = "test-key",
-                 projection: str = "full", latency: float = 0.0, clock_offset: timedelta = timedelta(0)):
+                 projection: str = "full", latency: float = 0.0, clock_offset: timedelta = timedelta(0),
+                 rate_limits: RateLimits | None = None):
+        """`rate_limits`: Bolna's documented per-minute limits unless given (429 beyond them)."""
         if projection not in ("full", "trimmed"):
             raise ValueError(f"projection must be 'full' or 'trimmed', not {projection!r}")
         self.api_key = api_key
         self.projection = projection
         self.latency = latency
+        self.rate_limits = rate_limits or RateLimits()
         # Bolna's clock against this machine's: its `Date` header and the `updated_at` it stamps.
         self.clock_offset = clock_offset
         self.requests: list[Request] = []
@@ -285,8 +288,13 @@ class _Handler(QuietHandler):
             return self._send_json(error.status, {"error": error.status, "message": error.message})
 
     def _serve(self, fake: FakeBolna, path: str, query: dict[str, str]) -> None:
+        # Counted on arrival, per key (an organisation's limits), before the answer's latency.
+        wait = fake.rate_limits.admit(self.headers.get("Authorization", ""), path)
         if fake.latency:
             time.sleep(fake.latency)
+        if wait is not None:
+            return self._send_json(429, {"error": 429, "message": "Rate limit exceeded"},
+                                   {"Retry-After": f"{wait:.3f}"})
         fault = fake._take_fault(path)
         if fault:
             time.sleep(fault.delay)

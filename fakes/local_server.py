@@ -8,6 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class QuietServer(ThreadingHTTPServer):
     daemon_threads = True  # a handler still sleeping out a latency must not hold up stop()
+    # socketserver's default backlog of 5 refuses (and the client retries after a second) the
+    # sixth connection opened at once: concurrent clients must all get in, as on a real server.
+    request_queue_size = 128
 
     def handle_error(self, request, client_address) -> None:
         # A client that timed out closes its socket before the slow answer is written.

@@ -178,7 +178,9 @@ def parse_execution(payload: Any, region: str = DEFAULT_REGION) -> Execution:
         cost_cents=_number(payload.get("total_cost")),
         transcript=clean_text(payload.get("transcript")),
         summary=clean_text(payload.get("summary")),
-        extracted_raw=plain(payload.get("extracted_data")),
+        # Walked once: an object's storable copy comes with its reading.
+        extracted_raw=extraction.stored if isinstance(payload.get("extracted_data"), dict) and extraction is not None
+        else plain(payload.get("extracted_data")),
         extraction=extraction,
         extracted_error=extracted_error,
         direction=direction.lower() if direction else None,

@@ -90,6 +90,7 @@ def _is_disposition(value: Any) -> bool:
 class Extraction:
     values: dict[str, Any] = field(default_factory=dict)      # nested; a disposition is its value
     confidence: dict[str, Any] = field(default_factory=dict)  # nested like `values`, dispositions only
+    stored: dict[str, Any] = field(default_factory=dict)      # the data as received, made storable: `plain(data)`
     # Lookup names: a top-level key, or a nested path joined with "_" (`customer_name`).
     _by_name: dict[str, tuple[Path, Any]] = field(default_factory=dict, repr=False)
     # Dispositions by their own name, when no other disposition shares it.
@@ -122,16 +123,20 @@ def _prune(values: dict, paths: set[Path], prefix: Path) -> dict:
 
 
 def read_extraction(data: dict) -> Extraction:
+    """One walk of the data builds the values, the confidences and the storable copy."""
     extraction = Extraction()
-    _walk(data, (), extraction.values, extraction.confidence, extraction, 0)
+    _walk(data, (), extraction.values, extraction.confidence, extraction.stored, extraction, 0)
     return extraction
 
 
-def _walk(data: dict, prefix: Path, values: dict, confidence: dict, extraction: Extraction, depth: int) -> None:
+def _walk(data: dict, prefix: Path, values: dict, confidence: dict, stored: dict, extraction: Extraction,
+          depth: int) -> None:
+    """`stored` receives `plain(data, depth)`: each value's copy as `plain(value, depth + 1)`."""
     for raw_key, raw_value in data.items():
         key = _unique(safe_key(raw_key), values)
         path = prefix + (key,)
         if _is_disposition(raw_value):
+            stored[key] = plain(raw_value, depth + 1)
             objective = raw_value.get("objective")
             value = plain(objective if objective not in (None, "") else raw_value.get("subjective"))
             score = raw_value.get("confidence")
@@ -141,11 +146,14 @@ def _walk(data: dict, prefix: Path, values: dict, confidence: dict, extraction: 
                 confidence[key] = score
             extraction._dispositions.setdefault(key, []).append((path, value))
         elif isinstance(raw_value, dict) and depth < MAX_DEPTH:
-            value, nested_confidence = {}, {}
-            _walk(raw_value, path, value, nested_confidence, extraction, depth + 1)
+            value, nested_confidence, nested_stored = {}, {}, {}
+            _walk(raw_value, path, value, nested_confidence, nested_stored, extraction, depth + 1)
             if nested_confidence:
                 confidence[key] = nested_confidence
+            stored[key] = nested_stored if depth + 1 < MAX_DEPTH else plain(raw_value, depth + 1)
         else:
             value = plain(raw_value, depth)
+            # A scalar's copy does not depend on the depth; a container's may, at the limit.
+            stored[key] = plain(raw_value, depth + 1) if isinstance(raw_value, (dict, list, tuple)) else value
         values[key] = value
         extraction._by_name.setdefault("_".join(path), (path, value))

@@ -1,4 +1,6 @@
-"""Bolna REST client: one pooled session, Bearer auth, timeouts, retries that respect the server."""
+"""Bolna REST client: one pooled session, Bearer auth, timeouts, retries that respect the server,
+and every request paced to Bolna's rate limits (`services/bolna_pacing.py`). Safe to share
+between threads."""
 from __future__ import annotations
 
 import logging
@@ -11,12 +13,15 @@ import requests
 from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_when_event_set,
                       wait_exponential_jitter)
 
+from services.bolna_pacing import Limits, PacingStopped, pacer_for
 from utils.clock import naive_utc
 from utils.http import parse_retry_after
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 50
+# Requests of one job besides its full records: a listing read ahead and one written page's.
+LISTINGS_IN_FLIGHT = 2
 MAX_WINDOW = timedelta(days=7)  # `from`..`to` may span at most 7 days
 # A window holding more pages than this is an API that ignores `page_number` or never stops
 # saying `has_more`: following it would make a run that never ends.
@@ -51,15 +56,25 @@ class BolnaClient:
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0, max_attempts: int = 5,
                  backoff_seconds: float = 1.0, max_wait: float = 60.0, page_size: int = MAX_PAGE_SIZE,
                  session: requests.Session | None = None, stop: threading.Event | None = None,
-                 max_pages_per_window: int = MAX_PAGES_PER_WINDOW):
-        """`stop`: once set, a retry wait ends at once and no further retry is made."""
+                 max_pages_per_window: int = MAX_PAGES_PER_WINDOW, limits: Limits = Limits(),
+                 connections: int = 10):
+        """`stop`: once set, a retry wait or a wait for a turn ends at once and no further retry
+        is made. `connections`: kept open to Bolna, one per request that may be in flight."""
         self.base_url = base_url.rstrip("/")
+        self.pacer = pacer_for(self.base_url, api_key, limits)
+        self._count_lock = threading.Lock()
+        self.rate_limited = 0  # 429 answers met: pacing keeps this at 0 in normal operation
         self.max_pages_per_window = max_pages_per_window
         self.stop = stop or threading.Event()
         self.timeout = timeout
         self.page_size = max(1, min(page_size, MAX_PAGE_SIZE))
         self.requests_made = 0
-        self.session = session or requests.Session()
+        if session is None:
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max(1, connections))
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self.session = session
         self.session.headers.update({"Authorization": f"Bearer {api_key}", "Accept": "application/json"})
         exponential = wait_exponential_jitter(multiplier=backoff_seconds, max=max_wait, jitter=backoff_seconds)
 
@@ -76,9 +91,12 @@ class BolnaClient:
 
     @classmethod
     def from_settings(cls, settings, stop: threading.Event | None = None) -> "BolnaClient":
+        limits = Limits(settings.bolna_listing_rate_per_minute, settings.bolna_rate_per_minute,
+                        settings.bolna_rate_headroom)
         return cls(settings.bolna_base_url, settings.bolna_api_key or "",
                    timeout=settings.http_timeout_seconds, max_attempts=settings.http_max_attempts,
-                   backoff_seconds=settings.http_backoff_seconds, page_size=settings.bolna_page_size, stop=stop)
+                   backoff_seconds=settings.http_backoff_seconds, page_size=settings.bolna_page_size, stop=stop,
+                   limits=limits, connections=settings.bolna_fetch_concurrency + 2 * LISTINGS_IN_FLIGHT)
 
     def close(self) -> None:
         self.session.close()
@@ -96,7 +114,12 @@ class BolnaClient:
         return self._retrying(self._get_once, path, params)
 
     def _get_once(self, path: str, params: dict | None):
-        self.requests_made += 1
+        try:
+            self.pacer.wait_turn(path, self.stop)
+        except PacingStopped as exc:
+            raise BolnaError(f"Bolna request {path} not sent: {exc}") from None
+        with self._count_lock:
+            self.requests_made += 1
         try:
             response = self.session.get(self.base_url + path, params=params, timeout=self.timeout)
         except requests.RequestException as exc:
@@ -105,6 +128,9 @@ class BolnaClient:
         if response.status_code in (401, 403):
             raise BolnaAuthError(f"Bolna refused the API key (HTTP {response.status_code}) on {path}",
                                  response.status_code)
+        if response.status_code == 429:
+            with self._count_lock:
+                self.rate_limited += 1
         if response.status_code >= 400:
             raise BolnaError(f"Bolna answered HTTP {response.status_code} on {path}: {_error_text(response)}",
                              response.status_code, parse_retry_after(response.headers.get("Retry-After")))

@@ -1,12 +1,16 @@
 """The page loop: walks each agent's executions since its cursor and hands pages to a writer.
 
 Shared by both jobs; each keeps its own sync state per agent (`services/sync_state.py` holds the
-rules for where the cursor may go). Pages are read by `PageReader` and written by the job's
+rules for where the cursor may go). Pages are read by `PageReader` one page ahead of the
+writes (`read_ahead`: two pages held at most, whatever the history) and written by the job's
 writer, one batched write per page.
 """
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable, Protocol
 
@@ -15,14 +19,13 @@ from pymongo.database import Database
 from pymongo.errors import DocumentTooLarge, OperationFailure
 
 from models.execution import Execution, MalformedExecution
-from services.bolna_client import BolnaAuthError, BolnaClient, BolnaError
+from services.bolna_client import BolnaAuthError, BolnaClient, BolnaError, WindowPage
 from services.database import SYNC_STATE
-from services.page_reader import PageReader
+from services.page_reader import PageRead, PageReader
+from services.read_ahead import read_ahead
 from services.run_records import RunRecorder, describe_failure
 from services.sync_state import PENDING_MAX_AGE, Followed, SyncState, WindowProgress, follow_ups, read_from
 from utils.clock import utcnow
-
-
 
 # What the database says about one page's data (a document too large, a field of the wrong type in
 # an old record): the page is refused, the run goes on. A lost connection is not among them: every
@@ -36,6 +39,17 @@ class PageWriter(Protocol):
 
     def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> None:
         """Store one page (one batched write)."""
+
+
+@dataclass
+class _Run:
+    """One job's run, as its agents share it."""
+    job: str
+    writer: PageWriter
+    recorder: RunRecorder
+    state: SyncState
+    now: datetime
+    ahead: ThreadPoolExecutor  # reads the next page while this one is written
 
 
 class ExecutionFeed:
@@ -55,51 +69,63 @@ class ExecutionFeed:
 
     def run(self, job: str, writer: PageWriter, recorder: RunRecorder, *, full: bool = False) -> None:
         """Sync every agent under `job`'s cursors; one agent's failure is recorded and the others
-        still run. A refused API key stops the run: every further request would be refused too."""
+        still run. A refused API key stops the run: every further request would be refused too.
+
+        Agents are synced one after another, so pages are written in the order Bolna lists them
+        (a customer's status changes are recorded in that order); the time goes to fetching, and
+        that runs ahead of the writes and side by side (`read_ahead`, `PageReader`)."""
         now = utcnow()
         state = SyncState(self.state, job, now)
         try:
-            for agent_id in self.agents():
-                if self.stop.is_set():
-                    recorder.error("stopped before every agent was synced; the next run resumes",
-                                   code="interrupted")
-                    return
-                start = read_from(None if full else state.cursor(agent_id), now,
-                                  overlap=self.overlap, backfill=self.backfill)
-                try:
-                    self._follow_up(writer, recorder, agent_id, now, state)
-                    self._sync_agent(writer, recorder, agent_id, start, now, state)
-                except BolnaAuthError:
-                    raise
-                except BolnaError as exc:
-                    recorder.error(f"agent {agent_id}: {exc}", code="bolna_error", agent_id=agent_id)
+            with ThreadPoolExecutor(1, thread_name_prefix=f"{job}-read-ahead") as ahead:
+                run = _Run(job, writer, recorder, state, now, ahead)
+                for agent_id in self.agents():
+                    if self.stop.is_set():
+                        recorder.error("stopped before every agent was synced; the next run resumes",
+                                       code="interrupted")
+                        return
+                    start = read_from(None if full else state.cursor(agent_id), now,
+                                      overlap=self.overlap, backfill=self.backfill)
+                    try:
+                        self._follow_up(writer, recorder, agent_id, now, state)
+                        self._sync_agent(run, agent_id, start)
+                    except BolnaAuthError:
+                        raise
+                    except BolnaError as exc:
+                        recorder.error(f"agent {agent_id}: {exc}", code="bolna_error", agent_id=agent_id)
         finally:
             state.save()
 
-    def _sync_agent(self, writer: PageWriter, recorder: RunRecorder, agent_id: str, start: datetime,
-                    now: datetime, state: SyncState) -> None:
+    def _read_page(self, run: _Run, agent_id: str, page: WindowPage) -> PageRead:
+        items = [item for item in page if isinstance(item, dict)]
+        return self.reader.read(page, run.writer.unchanged(items), run.recorder, agent_id)
+
+    def _sync_agent(self, run: _Run, agent_id: str, start: datetime) -> None:
+        writer, recorder, state, now = run.writer, run.recorder, run.state, run.now
         progress = WindowProgress()
-        for page in self.client.iter_pages(agent_id, start, now):
-            if self.stop.is_set():
-                recorder.error(f"agent {agent_id}: stopped before the sync finished; the next run resumes",
-                               code="interrupted", agent_id=agent_id)
-                return
-            recorder.add("fetched", len(page), agent_id)
-            items = [item for item in page if isinstance(item, dict)]
-            read = self.reader.read(page, writer.unchanged(items), recorder, agent_id)
-            recorder.add("unchanged", read.unchanged, agent_id)
-            for call_id, created_at in read.retry:
-                progress.unfinished(call_id, created_at, now)
-            for execution in read.executions:
-                if not execution.terminal:
-                    recorder.add("pending", 1, agent_id)
-                    progress.unfinished(execution.id, execution.created_at, now)
-            if read.executions and not self._write(writer, read.executions, recorder, agent_id):
+        pages = read_ahead(self.client.iter_pages(agent_id, start, now),
+                           lambda page: self._read_page(run, agent_id, page), run.ahead,
+                           keep_going=lambda: not self.stop.is_set())
+        with closing(pages):
+            for page, read in pages:
+                if self.stop.is_set():
+                    recorder.error(f"agent {agent_id}: stopped before the sync finished; the next run resumes",
+                                   code="interrupted", agent_id=agent_id)
+                    return
+                recorder.add("fetched", len(page), agent_id)
+                recorder.add("unchanged", read.unchanged, agent_id)
+                for call_id, created_at in read.retry:
+                    progress.unfinished(call_id, created_at, now)
                 for execution in read.executions:
-                    progress.unfinished(execution.id, execution.created_at, now)
-            if page.last:
-                state.window_done(agent_id, page.read_through, progress)
-                progress = WindowProgress()
+                    if not execution.terminal:
+                        recorder.add("pending", 1, agent_id)
+                        progress.unfinished(execution.id, execution.created_at, now)
+                if read.executions and not self._write(writer, read.executions, recorder, agent_id):
+                    for execution in read.executions:
+                        progress.unfinished(execution.id, execution.created_at, now)
+                if page.last:
+                    state.window_done(agent_id, page.read_through, progress)
+                    progress = WindowProgress()
 
     def _follow_up(self, writer: PageWriter, recorder: RunRecorder, agent_id: str, now: datetime,
                    state: SyncState) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta
@@ -34,7 +35,8 @@ def describe_failure(failure: BaseException) -> str:
 
 class RunRecorder:
     """Collects a run's counts and errors. Counts are global (`counts`) and, when an agent
-    is named, per agent (`agents`). Errors never stop the run; they make it `partial`."""
+    is named, per agent (`agents`). Errors never stop the run; they make it `partial`. Agents
+    synced side by side report to one recorder: it takes one lock per report."""
 
     def __init__(self, job: str):
         self.job = job
@@ -46,20 +48,20 @@ class RunRecorder:
         self.agents: defaultdict[str, Counter] = defaultdict(Counter)
         self.errors: list[dict] = []
         self.error_count = 0
+        self._lock = threading.Lock()
 
     def add(self, counter: str, n: float = 1, agent_id: str | None = None) -> None:
         if not n:
             return
-        self.counts[counter] += n
-        if agent_id is not None:
-            self.agents[agent_id][counter] += n
+        with self._lock:
+            self.counts[counter] += n
+            if agent_id is not None:
+                self.agents[agent_id][counter] += n
 
     def error(self, message: str, *, code: str, call_id: str | None = None,
               agent_id: str | None = None) -> None:
-        self.error_count += 1
-        self.counts["errors"] += 1
-        if agent_id is not None:
-            self.agents[agent_id]["failed"] += 1
+        with self._lock:
+            self._count_error(agent_id)
         log.warning("%s", message, extra={"job": self.job, "run_id": self.run_id, "event": code,
                                           "call_id": call_id, "agent_id": agent_id})
         if len(self.errors) < MAX_ERRORS:
@@ -69,7 +71,14 @@ class RunRecorder:
                 entry["callId"] = call_id
             if agent_id is not None:
                 entry["agentId"] = agent_id
-            self.errors.append(entry)
+            with self._lock:
+                self.errors.append(entry)
+
+    def _count_error(self, agent_id: str | None) -> None:
+        self.error_count += 1
+        self.counts["errors"] += 1
+        if agent_id is not None:
+            self.agents[agent_id]["failed"] += 1
 
     def finish(self, failure: BaseException | None = None) -> None:
         self.finished_at = utcnow()

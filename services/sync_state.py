@@ -16,6 +16,7 @@ rules that keep it one are the pure functions below; `SyncState` only loads and 
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -96,7 +97,8 @@ def follow_ups(pending: dict[str, Followed], now: datetime) -> FollowUps:
 
 
 class SyncState:
-    """One job's state for every agent: read in one query, written in one batch."""
+    """One job's state for every agent: read in one query, written in one batch. Agents synced
+    side by side share it: every change and the save hold one lock."""
 
     def __init__(self, state: Collection, job: str, now: datetime):
         self.state = state
@@ -108,37 +110,43 @@ class SyncState:
                        for doc in state.find({"job": job})}
         self.unsaved: set[str] = set()
         self.windows_since_save = 0
+        self._lock = threading.RLock()
 
     def _agent(self, agent_id: str) -> dict:
         return self.stored.setdefault(agent_id, {"cursor": None, "pending": {}})
 
     def cursor(self, agent_id: str) -> datetime | None:
-        return self._agent(agent_id)["cursor"]
+        with self._lock:
+            return self._agent(agent_id)["cursor"]
 
     def pending(self, agent_id: str) -> dict[str, Followed]:
-        return dict(self._agent(agent_id)["pending"])
+        with self._lock:
+            return dict(self._agent(agent_id)["pending"])
 
     def set_pending(self, agent_id: str, pending: dict[str, Followed]) -> None:
-        if pending != self._agent(agent_id)["pending"]:
-            self._agent(agent_id)["pending"] = pending
-            self.unsaved.add(agent_id)
+        with self._lock:
+            if pending != self._agent(agent_id)["pending"]:
+                self._agent(agent_id)["pending"] = pending
+                self.unsaved.add(agent_id)
 
     def window_done(self, agent_id: str, window_end: datetime, progress: WindowProgress) -> None:
         """A window was fully written: move the cursor, follow the calls it passed unfinished."""
-        state = self._agent(agent_id)
-        state["cursor"] = progress.cursor(window_end)
-        # A call already followed keeps its record (when it was last checked).
-        state["pending"] = {**progress.followed, **state["pending"]}
-        self.unsaved.add(agent_id)
-        self.windows_since_save += 1
-        if self.windows_since_save >= SAVE_EVERY_WINDOWS:
-            self.save()
+        with self._lock:
+            state = self._agent(agent_id)
+            state["cursor"] = progress.cursor(window_end)
+            # A call already followed keeps its record (when it was last checked).
+            state["pending"] = {**progress.followed, **state["pending"]}
+            self.unsaved.add(agent_id)
+            self.windows_since_save += 1
+            if self.windows_since_save >= SAVE_EVERY_WINDOWS:
+                self.save()
 
     def save(self) -> None:
-        if self.unsaved:
-            self.state.bulk_write([self._save_operation(agent_id) for agent_id in sorted(self.unsaved)])
-        self.unsaved.clear()
-        self.windows_since_save = 0
+        with self._lock:
+            if self.unsaved:
+                self.state.bulk_write([self._save_operation(agent_id) for agent_id in sorted(self.unsaved)])
+            self.unsaved.clear()
+            self.windows_since_save = 0
 
     def _save_operation(self, agent_id: str) -> UpdateOne:
         agent = self.stored[agent_id]

@@ -4,6 +4,7 @@ import mongomock
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from fakes.bolna_api import RateLimits
 from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import HookedClient
 from services.database import ensure_indexes
@@ -12,6 +13,10 @@ from utils.config import Settings
 
 
 TEST_DB = "callsync_test"
+# Bolna's limits raised a hundredfold, in the fake and in the client alike, for the tests that are
+# not about pacing: some restart a sync hundreds of times against one fake within a minute.
+# tests/test_backfill_pacing.py runs under the documented limits.
+RAISED_LIMITS = {"listing": 50_000, "other": 100_000}
 
 # Property tests check behaviour, not speed (that is for benchmarks): no per-example deadline,
 # which a loaded CI machine would otherwise turn into random failures.
@@ -60,7 +65,9 @@ def db(mongo):
 def settings():
     """Settings for tests: fast retries, offline analyzer, no environment read."""
     return Settings(mongodb_db=TEST_DB, bolna_api_key="test-key", http_backoff_seconds=0.01,
-                    http_max_attempts=3, http_timeout_seconds=5, backfill_days=8)
+                    http_max_attempts=3, http_timeout_seconds=5, backfill_days=8,
+                    bolna_listing_rate_per_minute=RAISED_LIMITS["listing"],
+                    bolna_rate_per_minute=RAISED_LIMITS["other"])
 
 
 @pytest.fixture
@@ -69,6 +76,7 @@ def bolna_server(settings):
     servers = []
 
     def start(executions, agents, **options) -> FakeBolna:
+        options.setdefault("rate_limits", RateLimits(**RAISED_LIMITS))
         server = FakeBolna(list(agents), executions, api_key=settings.bolna_api_key, **options).start()
         servers.append(server)
         return server

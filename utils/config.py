@@ -92,6 +92,14 @@ class Settings:
     webhook_max_body_bytes: int = 1_048_576
     webhook_public_url: str | None = None  # the listener's base URL as Bolna reaches it (https://…)
     webhook_inbox_days: int = 3  # accepted deliveries are kept this long (TTL)
+    # Bolna's documented limits per organisation (services/bolna_pacing.py), and the share left unused.
+    bolna_listing_rate_per_minute: int = 500
+    bolna_rate_per_minute: int = 1000
+    bolna_rate_headroom: float = 0.1
+    bolna_fetch_concurrency: int = 8   # full records (GET /executions/{id}) in flight at once
+    # A full record fetched for one job, kept for the other (services/record_cache.py).
+    bolna_record_cache_size: int = 10000
+    bolna_record_cache_seconds: int = 1800
 
     @property
     def llm_batch_api_window_seconds(self) -> int:
@@ -384,6 +392,12 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "WEBHOOK_MAX_BODY_BYTES": ("webhook_max_body_bytes", _positive_int, False),
     "WEBHOOK_PUBLIC_URL": ("webhook_public_url", _url, False),
     "WEBHOOK_INBOX_DAYS": ("webhook_inbox_days", _positive_int, False),
+    "BOLNA_LISTING_RATE_PER_MINUTE": ("bolna_listing_rate_per_minute", _positive_int, False),
+    "BOLNA_RATE_PER_MINUTE": ("bolna_rate_per_minute", _positive_int, False),
+    "BOLNA_RATE_HEADROOM": ("bolna_rate_headroom", _fraction, False),
+    "BOLNA_FETCH_CONCURRENCY": ("bolna_fetch_concurrency", _positive_int, False),
+    "BOLNA_RECORD_CACHE_SIZE": ("bolna_record_cache_size", _non_negative_int, False),
+    "BOLNA_RECORD_CACHE_SECONDS": ("bolna_record_cache_seconds", _non_negative_int, False),
 }
 
 

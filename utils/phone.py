@@ -54,6 +54,45 @@ def missing_number_reason(raw: object) -> str | None:
 # Repeat callers and re-syncs parse the same strings again and again.
 @lru_cache(maxsize=65536)
 def _to_e164(text: str, region: str) -> str | None:
+    if _e164_valid(text):
+        return text
+    return _parsed_e164(text, region)
+
+
+def _e164_valid(text: str) -> bool:
+    """The fast path for what telephony providers send, `+<digits>`: the number is built from the
+    digits as `parse` would build it, and only validated. Anything `parse` could read otherwise
+    (a national number with a leading zero, a national prefix `parse` would strip) is left to it:
+    `_to_e164` gives the same answer either way (tests/test_phone_fast_path.py)."""
+    digits = text[1:]
+    if text[:1] != "+" or not (digits.isascii() and digits.isdigit()) or not 3 <= len(digits) <= 17:
+        return False
+    for length in (1, 2, 3):  # country codes are prefix-free: at most one of these is one
+        country = int(digits[:length])
+        if country in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            national = digits[length:]
+            if not national or national[0] == "0" or _may_strip_prefix(country, national):
+                return False
+            number = phonenumbers.PhoneNumber(country_code=country, national_number=int(national))
+            return phonenumbers.is_valid_number(number)
+    return False
+
+
+@lru_cache(maxsize=512)
+def _prefix_for_parsing(country: int) -> re.Pattern | None:
+    """The national prefix `parse` strips for this country code (e.g. `8` in Russia), if any."""
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+        country, phonenumbers.region_code_for_country_code(country))
+    pattern = metadata.national_prefix_for_parsing if metadata is not None else None
+    return re.compile(pattern) if pattern else None
+
+
+def _may_strip_prefix(country: int, national: str) -> bool:
+    prefix = _prefix_for_parsing(country)
+    return prefix is not None and prefix.match(national) is not None
+
+
+def _parsed_e164(text: str, region: str) -> str | None:
     candidates = [text]
     digits = "".join(ch for ch in text if ch.isdigit())
     # "919876543210": the country code written without "+" is common in telephony payloads;
@@ -82,20 +121,28 @@ def lookup_keys(phone: Phone) -> list[str]:
     dashes, dots or nothing, and brackets where a region writes them (`(415) 555-2671`)."""
     keys = [phone.key, phone.raw, phone.raw.strip()]
     if phone.e164:
-        number = phonenumbers.parse(phone.e164)
-        national = str(number.national_number)
-        country = str(number.country_code)
-        keys += [phone.e164[1:], national, "0" + national, "00" + country + national]
-        grouped = [phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL),
-                   phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)]
-        grouped.append(grouped[0].replace("+", "00", 1))
-        grouped.append(grouped[0].removeprefix("+" + country).strip())
-        for text in grouped:
-            keys.append(text)
-            for spelling in (text, text.replace("(", "").replace(")", "")):
-                groups = _GROUP_BREAK.split(spelling)
-                keys += [separator.join(groups) for separator in _SEPARATORS]
+        keys += _spellings(phone.e164)
     return list(dict.fromkeys(keys))
+
+
+# Every page looks its numbers up again (repeat callers, re-read pages); a number's spellings
+# never change. About 2 KB an entry (some thirty spellings): 4,096 numbers hold about 8 MB.
+@lru_cache(maxsize=4096)
+def _spellings(e164: str) -> tuple[str, ...]:
+    number = phonenumbers.parse(e164)
+    national = str(number.national_number)
+    country = str(number.country_code)
+    keys = [e164[1:], national, "0" + national, "00" + country + national]
+    grouped = [phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL),
+               phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)]
+    grouped.append(grouped[0].replace("+", "00", 1))
+    grouped.append(grouped[0].removeprefix("+" + country).strip())
+    for text in grouped:
+        keys.append(text)
+        for spelling in (text, text.replace("(", "").replace(")", "")):
+            groups = _GROUP_BREAK.split(spelling)
+            keys += [separator.join(groups) for separator in _SEPARATORS]
+    return tuple(keys)
 
 
 def mask_phone(value: object) -> str:

@@ -27,6 +27,7 @@ from services.customer_writer import CustomerWriter
 from services.database import CALLS, LLM_BATCHES, WEBHOOK_DELIVERIES, WEBHOOK_INBOX, ensure_indexes
 from services.execution_feed import ExecutionFeed
 from services.page_reader import PageReader
+from services.record_cache import SharedRecords
 from services.privacy.erasure import Eraser
 from services.privacy.guard import PrivacyGuard
 from services.privacy.hashing import hasher_for
@@ -80,7 +81,12 @@ class App:
         self.stop = bolna.stop  # set on SIGTERM: jobs end after their current write, waits end at once
         self._active_jobs = 0
         self._idle = threading.Condition()
-        self.feed = ExecutionFeed(db, bolna, PageReader(bolna, settings.default_phone_region), stop=self.stop,
+        # One full-record read per call for both jobs: the readers share what either fetched.
+        self.records = SharedRecords(bolna.get_execution, size=settings.bolna_record_cache_size,
+                                     seconds=settings.bolna_record_cache_seconds)
+        self.reader = PageReader(bolna, settings.default_phone_region, self.records,
+                                 concurrency=settings.bolna_fetch_concurrency)
+        self.feed = ExecutionFeed(db, bolna, self.reader, stop=self.stop,
                                   agent_ids=settings.bolna_agent_ids,
                                   backfill=timedelta(days=settings.backfill_days),
                                   overlap=timedelta(minutes=settings.sync_overlap_minutes))
@@ -158,6 +164,7 @@ class App:
             return self._idle.wait_for(lambda: self._active_jobs == 0, timeout)
 
     def close(self) -> None:
+        self.reader.close()
         self.bolna.close()
         if self.mongo_client is not None:
             self.mongo_client.close()
