@@ -114,30 +114,37 @@ class BolnaClient:
         return self._retrying(self._get_once, path, params)
 
     def _get_once(self, path: str, params: dict | None):
+        response = self._send("GET", path, params=params)
+        try:
+            return response.json(), _served_at(response)
+        except ValueError:
+            raise BolnaError(f"Bolna sent a body that is not valid JSON on {path}") from None
+
+    def _send(self, method: str, path: str, **request) -> requests.Response:
+        """One request, in its turn under the pace: a refused key raises BolnaAuthError, any
+        other failure BolnaError (with Bolna's Retry-After, for the retry loop)."""
+        shown = path if method == "GET" else f"{method} {path}"
         try:
             self.pacer.wait_turn(path, self.stop)
         except PacingStopped as exc:
-            raise BolnaError(f"Bolna request {path} not sent: {exc}") from None
+            raise BolnaError(f"Bolna request {shown} not sent: {exc}") from None
         with self._count_lock:
             self.requests_made += 1
         try:
-            response = self.session.get(self.base_url + path, params=params, timeout=self.timeout)
+            response = self.session.request(method, self.base_url + path, timeout=self.timeout, **request)
         except requests.RequestException as exc:
             # Refused, reset, timed out, or a body cut off mid-way: all worth another try.
-            raise BolnaError(f"Bolna request {path} failed: {type(exc).__name__}") from exc
+            raise BolnaError(f"Bolna request {shown} failed: {type(exc).__name__}") from exc
         if response.status_code in (401, 403):
-            raise BolnaAuthError(f"Bolna refused the API key (HTTP {response.status_code}) on {path}",
+            raise BolnaAuthError(f"Bolna refused the API key (HTTP {response.status_code}) on {shown}",
                                  response.status_code)
         if response.status_code == 429:
             with self._count_lock:
                 self.rate_limited += 1
         if response.status_code >= 400:
-            raise BolnaError(f"Bolna answered HTTP {response.status_code} on {path}: {_error_text(response)}",
+            raise BolnaError(f"Bolna answered HTTP {response.status_code} on {shown}: {_error_text(response)}",
                              response.status_code, parse_retry_after(response.headers.get("Retry-After")))
-        try:
-            return response.json(), _served_at(response)
-        except ValueError:
-            raise BolnaError(f"Bolna sent a body that is not valid JSON on {path}") from None
+        return response
 
     def list_agents(self) -> list[dict]:
         agents = self._get("/v2/agent/all")
@@ -157,17 +164,7 @@ class BolnaClient:
         return self._retrying(self._patch_once, f"/v2/agent/{agent_id}", {"agent_config": {"webhook_url": url}})
 
     def _patch_once(self, path: str, body: dict) -> object:
-        self.requests_made += 1
-        try:
-            response = self.session.patch(self.base_url + path, json=body, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise BolnaError(f"Bolna request PATCH {path} failed: {type(exc).__name__}") from exc
-        if response.status_code in (401, 403):
-            raise BolnaAuthError(f"Bolna refused the API key (HTTP {response.status_code}) on PATCH {path}",
-                                 response.status_code)
-        if response.status_code >= 400:
-            raise BolnaError(f"Bolna answered HTTP {response.status_code} on PATCH {path}: {_error_text(response)}",
-                             response.status_code, parse_retry_after(response.headers.get("Retry-After")))
+        response = self._send("PATCH", path, json=body)
         try:
             return response.json()
         except ValueError:
