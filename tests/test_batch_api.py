@@ -33,7 +33,7 @@ def process(db, settings, owner="host:1:a", *, lane_only=False):
     """The call processor's analysis phase, as App.analyze runs it."""
     recorder = RunRecorder("call_processor")
     analysis = build_analysis(db, settings, owner)
-    build_batch_api(db, settings, owner, analysis.queue).run(recorder)
+    build_batch_api(db, settings, owner, analysis).run(recorder)
     if not lane_only:
         analysis.run(recorder)
     return recorder

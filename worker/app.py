@@ -20,7 +20,6 @@ from services.analyzer.batch import AnalysisBatch, claim_lease_seconds
 from services.analyzer.batch_api import BatchApiLane
 from services.analyzer.claims import CallQueue
 from services.analyzer.groq_analyzer import GroqAnalyzer
-from services.analyzer.outcomes import OutcomeWriter
 from services.bolna_client import BolnaClient
 from services.call_writer import CallWriter
 from services.customer_writer import CustomerWriter
@@ -59,15 +58,16 @@ def build_analysis(db: Database, settings: Settings, owner: str,
     return AnalysisBatch(db, queue, settings, llm, stop)
 
 
-def build_batch_api(db: Database, settings: Settings, owner: str, queue: CallQueue) -> BatchApiLane | None:
+def build_batch_api(db: Database, settings: Settings, owner: str, analysis: AnalysisBatch) -> BatchApiLane | None:
     """The Groq Batch API lane for backlogs; None without a Groq key or with LLM_BATCH_MODE=off."""
     if not settings.groq_api_keys or settings.llm_batch_mode == "off":
         return None
     # The SDK's own retries (2): these few requests have no retry loop of ours around them.
     client = groq.Groq(api_key=settings.groq_api_keys[0], base_url=settings.groq_base_url,
                        timeout=BATCH_API_TIMEOUT_SECONDS)
-    return BatchApiLane(db[LLM_BATCHES], queue, OutcomeWriter(db, queue, settings), settings, client, owner,
-                        clock=queue.clock)
+    # The synchronous lane's queue and write-back (and so its pipeline catalog), not copies of them.
+    return BatchApiLane(db[LLM_BATCHES], analysis.queue, analysis.outcomes, settings, client, owner,
+                        clock=analysis.queue.clock)
 
 
 class App:
@@ -98,7 +98,7 @@ class App:
         self.analysis = build_analysis(db, settings, self.owner, self.stop)
         self.retention = RetentionPass(db, retention, self.stop)
         self.call_queue = self.analysis.queue
-        self.batch_api = build_batch_api(db, settings, self.owner, self.call_queue)
+        self.batch_api = build_batch_api(db, settings, self.owner, self.analysis)
         self.runs = RunRecords(db)
         self.metrics = RunMetrics(JOB_NAMES, queue_depth=self.call_queue.depth)
         self.runs.subscribe(self.metrics.observe_run)

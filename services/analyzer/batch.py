@@ -35,7 +35,7 @@ class AnalysisBatch:
                  stop: threading.Event | None = None):
         """`llm`: None analyzes every call with the offline heuristic."""
         self.queue = queue
-        self._outcomes = OutcomeWriter(db, queue, settings)
+        self.outcomes = OutcomeWriter(db, queue, settings)  # shared with the Batch API lane
         self._stop = stop  # set on SIGTERM: start no new call, release those cut off
         self._settings = settings
         self._llm = llm
@@ -119,7 +119,7 @@ class AnalysisBatch:
                 "ok", attempted_at=now, model=HEURISTIC_MODEL, used_fallback=True,
                 analysis=self._heuristic(transcript, call, now)))
         try:
-            answer = self._llm.analyze(transcript, deadline, self._outcomes.pipeline_for(call))
+            answer = self._llm.analyze(transcript, deadline, self.outcomes.pipeline_for(call))
         except DeadlineExceeded:
             self.queue.release(claim)
             return Outcome(claim.call_id, "released")
@@ -137,7 +137,7 @@ class AnalysisBatch:
                                                      usage=answer.usage, analysis=answer.analysis))
 
     def _heuristic(self, transcript: str, call: dict, now):
-        return self._outcomes.fallback(transcript, call, now)
+        return self.outcomes.fallback(transcript, call, now)
 
     def _finish(self, claim: Claim, analysis: dict) -> Outcome:
-        return self._outcomes.finish(claim, analysis)
+        return self.outcomes.finish(claim, analysis)

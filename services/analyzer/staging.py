@@ -60,7 +60,7 @@ def audit(db: Database, *, contact_id: object, call: dict, analysis: dict, stage
         elif decision.action == REVIEW:
             _review(db, key, base, stage, analysis)
     if held:
-        _activity(db, key, HELD_BACK, {**base, "fields": {name: value for name, value in held.items()},
+        _activity(db, key, HELD_BACK, {**base, "fields": dict(held),
                                         "reason": "locked by a person"})
 
 
