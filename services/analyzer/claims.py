@@ -59,7 +59,7 @@ class CallQueue:
         now = self.clock()
         # Atomic on the server: of two processes asking at once, one gets the call.
         call = self._calls.find_one_and_update(
-            {**_WAITING, "$or": [{"claim": None}, {"claim.expiresAt": {"$lte": now}}]},
+            _claimable(now),
             {"$set": {"claim": {"owner": self._owner, "token": token, "claimedAt": now,
                                 "expiresAt": now + self._lease}},
              "$inc": {"attempts": 1}},
@@ -78,7 +78,7 @@ class CallQueue:
         a few round trips instead of one per call. Each call is claimed atomically, so a call
         another process claimed in between is simply not among those returned."""
         now = self.clock()
-        waiting = {**_WAITING, "$or": [{"claim": None}, {"claim.expiresAt": {"$lte": now}}]}
+        waiting = _claimable(now)
         ids = [doc["callId"] for doc in self._calls.find(
             waiting, {"callId": 1, "_id": 0}, sort=[("callAt", ASCENDING)], hint=QUEUE_INDEX_KEYS, limit=limit)]
         if not ids:
@@ -123,7 +123,7 @@ class CallQueue:
         """Calls waiting for analysis that no live claim holds."""
         now = self.clock()
         return self._calls.count_documents(
-            {**_WAITING, "$or": [{"claim": None}, {"claim.expiresAt": {"$lte": now}}]}, hint=QUEUE_INDEX_KEYS)
+            _claimable(now), hint=QUEUE_INDEX_KEYS)
 
     def depth(self) -> int:
         """Calls waiting for analysis, claimed or not."""
@@ -142,3 +142,8 @@ class CallQueue:
                                                     "$inc": {"analysisRound": 1},
                                                     "$unset": {"claim": ""}})
         return result.matched_count
+
+
+def _claimable(now: datetime) -> dict:
+    """Waiting for analysis and held by no live claim (never claimed, or its lease expired)."""
+    return {**_WAITING, "$or": [{"claim": None}, {"claim.expiresAt": {"$lte": now}}]}
