@@ -26,6 +26,8 @@ MAX_WINDOW = timedelta(days=7)  # `from`..`to` may span at most 7 days
 # A window holding more pages than this is an API that ignores `page_number` or never stops
 # saying `has_more`: following it would make a run that never ends.
 MAX_PAGES_PER_WINDOW = 2000
+# The code a run records when Bolna refused the key.
+KEY_REFUSED = "bolna_key_refused"
 
 
 class BolnaError(Exception):
@@ -41,6 +43,7 @@ class BolnaError(Exception):
 
 class BolnaAuthError(BolnaError):
     """The key was refused: retrying cannot help, the run stops."""
+    run_error_code = KEY_REFUSED  # what a failed run records: the account is set aside (worker/tenants.py)
 
     @property
     def retryable(self) -> bool:

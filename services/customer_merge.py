@@ -7,7 +7,7 @@ link per call in `customer_calls`, so the count stays exact and the array stops 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from pymongo import UpdateOne
 from pymongo.collection import Collection
@@ -23,11 +23,18 @@ def legacy_call_ids(doc: dict) -> list[str]:
     return [call_id for call_id in call_ids if isinstance(call_id, str)] if isinstance(call_ids, list) else []
 
 
-def legacy_links(key: str, docs: list[dict]) -> list[UpdateOne]:
+def legacy_links(key: str, docs: list[dict], link_id: Callable[[str], str]) -> list[UpdateOne]:
     """Links for the calls the records count in a `callIds` array: already applied to them."""
     call_ids = {call_id for doc in docs for call_id in legacy_call_ids(doc)}
-    return [UpdateOne({"_id": call_id}, {"$setOnInsert": {"phone": key, "applied": True}}, upsert=True)
+    return [UpdateOne({"_id": link_id(call_id)}, {"$setOnInsert": {"callId": call_id, "phone": key, "applied": True}},
+                      upsert=True)
             for call_id in sorted(call_ids)]
+
+
+def linked_call_id(link: dict) -> str:
+    """A link's call: its `_id` is the call id made unique across accounts (services/tenancy), and
+    links written before accounts existed carry no `callId` (their `_id` is the call id)."""
+    return link.get("callId", link["_id"])
 
 
 def merge_records(customers: Collection, docs: list[dict], ranks: StatusRanks) -> dict:

@@ -8,6 +8,7 @@ again and every step is idempotent."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Callable
 
 from pymongo import UpdateOne
 from pymongo.database import Database
@@ -16,7 +17,7 @@ from models.customer import CustomerCall, StatusRanks, customer_call, customer_u
 from models.locks import HELD_BACK
 from models.execution import Execution, execution_id
 from services.bulk import bulk_upsert
-from services.customer_merge import legacy_links, merge_records
+from services.customer_merge import legacy_links, linked_call_id, merge_records
 from services.database import ACTIVITIES, CUSTOMER_CALLS, CUSTOMERS
 from services.phone_lookup import records_by_phone
 from services.privacy.guard import PrivacyGuard
@@ -41,7 +42,8 @@ class CustomerWriter:
         if not ids:
             return set()
         # By id alone, `applied` checked here: a planner then has nothing to do but the _id index.
-        return {link["_id"] for link in self.links.find({"_id": {"$in": ids}}, {"applied": 1}) if link.get("applied")}
+        links = self.links.find({"_id": {"$in": [self.links.local_id(i) for i in ids]}}, {"applied": 1, "callId": 1})
+        return {linked_call_id(link) for link in links if link.get("applied")}
 
     def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> None:
         executions = self.guard.admit(executions, recorder, agent_id)
@@ -51,8 +53,8 @@ class CustomerWriter:
         now = utcnow()
         found = records_by_phone(self.customers, [phone for phone, _ in by_phone.values()])
         # Links first, legacy ones too: a merge below removes the `callIds` they come from.
-        bulk_upsert(self.links, [link for key, docs in found.items() for link in legacy_links(key, docs)]
-                    + [_link(key, call) for key, (_phone, calls) in by_phone.items() for call in calls])
+        bulk_upsert(self.links, [link for key, docs in found.items() for link in legacy_links(key, docs, self.links.local_id)]
+                    + [_link(key, call, self.links.local_id) for key, (_phone, calls) in by_phone.items() for call in calls])
         stored = {key: merge_records(self.customers, docs, self.ranks) for key, docs in found.items()}
         counts = self._counts(list(by_phone))
         # Before the customers: once they hold the new status, a re-run could not tell it changed.
@@ -62,7 +64,7 @@ class CustomerWriter:
                             existing_id=stored[key]["_id"] if key in stored else None)
             for key, (phone, calls) in by_phone.items()])
         call_ids = [call.call_id for _phone, calls in by_phone.values() for call in calls]
-        self.links.update_many({"_id": {"$in": call_ids}}, {"$set": {"applied": True}})
+        self.links.update_many({"_id": {"$in": [self.links.local_id(i) for i in call_ids]}}, {"$set": {"applied": True}})
         self.guard.recheck(executions)
         recorder.add("inserted", inserted, agent_id)
         recorder.add("updated", updated, agent_id)
@@ -114,7 +116,8 @@ class CustomerWriter:
         bulk_upsert(self.activities, operations)
 
 
-def _link(key: str, call: CustomerCall) -> UpdateOne:
+def _link(key: str, call: CustomerCall, link_id: Callable[[str], str]) -> UpdateOne:
     """The call counted on the number `key`; `applied` once the customer holds it."""
-    return UpdateOne({"_id": call.call_id}, {"$set": {"phone": key, "at": call.at}, "$setOnInsert": {"applied": False}},
+    return UpdateOne({"_id": link_id(call.call_id)},
+                     {"$set": {"phone": key, "at": call.at}, "$setOnInsert": {"callId": call.call_id, "applied": False}},
                      upsert=True)

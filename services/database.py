@@ -5,6 +5,8 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.collection import Collection
 from pymongo.database import Database
 
+from services.tenancy.scoped import TENANT_FIELD, TenantDatabase, TenantScopeError
+
 CUSTOMERS = "customers"
 CUSTOMER_CALLS = "customer_calls"
 CALLS = "calls"
@@ -20,6 +22,10 @@ ERASURES = "erasures"
 WEBHOOK_INBOX = "webhook_inbox"
 WEBHOOK_DELIVERIES = "webhook_deliveries"
 
+# Every collection the daemon writes holds one account's documents at a time (services/tenancy).
+TENANT_COLLECTIONS = (CUSTOMERS, CUSTOMER_CALLS, CALLS, CONTACTS, ACTIVITIES, SYNC_STATE, SYNC_RUNS, LLM_BATCHES,
+                      PIPELINES, STAGE_REVIEWS, SUPPRESSIONS, ERASURES, WEBHOOK_INBOX, WEBHOOK_DELIVERIES)
+
 RUN_EXPIRY_INDEX = "ttl_startedAt"
 JOB_STARTED_INDEX = "job_startedAt"
 PHONE_INDEX = "phone_unique"
@@ -27,96 +33,137 @@ INBOX_EXPIRY_INDEX = "ttl_receivedAt"
 DELIVERIES_EXPIRY_INDEX = "ttl_at"
 DELIVERY_COUNTS_DAYS = 30
 
+# Keys of the indexes some queries name as a hint (a hint by keys survives a renamed index): a
+# simpler planner (the test run's wire server) gives up on an index when the filter has a field
+# outside it, or on an `$or`, and would scan; MongoDB picks these anyway.
+PHONE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("phone", ASCENDING)]
+CALL_ID_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("callId", ASCENDING)]
+QUEUE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("processed", ASCENDING), ("terminal", ASCENDING),
+                    ("callAt", ASCENDING)]
+CALL_AGE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("callAt", ASCENDING)]
+TRANSCRIPT_AGE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("transcriptRemovedAt", ASCENDING), ("callAt", ASCENDING)]
+RUN_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("job", ASCENDING), ("startedAt", DESCENDING)]
+INBOX_STATE_KEYS = [(TENANT_FIELD, ASCENDING), ("state", ASCENDING), ("receivedAt", ASCENDING)]
+SUPPRESSION_KEY_KEYS = [(TENANT_FIELD, ASCENDING), ("keyId", ASCENDING)]
+
+# Every index of an account's data leads with `userId` (services/tenancy/scoped.py adds it to every
+# query): a lookup reads the one account's entries, and uniqueness is per account, so two accounts
+# may hold the same number or the same call id. (TTL indexes cannot be compound; they expire by age
+# whatever the account.)
+def _tenant_index(*keys: tuple[str, int], name: str, **options) -> IndexModel:
+    return IndexModel([(TENANT_FIELD, ASCENDING), *keys], name=name, **options)
+
+
+def _named(keys: list, name: str, **options) -> IndexModel:
+    return IndexModel(keys, name=name, **options)
+
+
 # Unique and sparse, not partial: MongoDB uses a partial index only for a query it can prove is
 # inside the filter, and `{phone: "+91…"}` does not prove `$type: "string"`, so every lookup by
-# phone was a collection scan. A sparse index serves any equality or $in on a non-null phone,
-# and a CRM record written by another program without a phone is left out of it, so any number
-# of those never collide. The daemon writes every phone as a string: E.164, or the raw text of
-# an invalid number (a call without any number writes no customer), so its own writes never
-# store a null phone (a null is indexed, and a second one would collide).
-_PHONE = IndexModel([("phone", ASCENDING)], unique=True, sparse=True, name=PHONE_INDEX)
-
+# phone was a collection scan. A sparse index serves any equality or $in on a non-null phone.
+# A record written by another program with neither field is left out of it; the daemon writes
+# every phone as a string (E.164, or the raw text of an invalid number; a call without any number
+# writes no customer), so its own writes never store a null phone.
+_PHONE = _named(PHONE_INDEX_KEYS, unique=True, sparse=True, name=PHONE_INDEX)
+_UPDATED = _tenant_index(("updatedAt", ASCENDING), name="updatedAt")
 
 # Every index the daemon relies on, by collection; built (idempotently) at start-up.
 _INDEXES: dict[str, list[IndexModel]] = {
-    CUSTOMERS: [_PHONE, IndexModel([("updatedAt", ASCENDING)], name="updatedAt")],
-    # One link per call counted on a customer (`_id` = call id): crm_sync counts them per number.
-    CUSTOMER_CALLS: [IndexModel([("phone", ASCENDING)], name="phone")],
+    CUSTOMERS: [_PHONE, _UPDATED],
+    # One link per call counted on a customer: crm_sync counts them per number.
+    CUSTOMER_CALLS: [_tenant_index(("phone", ASCENDING), name="phone")],
     CALLS: [
-        IndexModel([("callId", ASCENDING)], unique=True, name="callId_unique"),
+        _named(CALL_ID_INDEX_KEYS, unique=True, name="callId_unique"),
         # The analyzer's queue: unprocessed terminal calls, oldest first.
-        IndexModel([("processed", ASCENDING), ("terminal", ASCENDING), ("callAt", ASCENDING)],
-                   name="analysis_queue"),
-        IndexModel([("customerPhone", ASCENDING)], name="customerPhone"),
-        IndexModel([("updatedAt", ASCENDING)], name="updatedAt"),
+        _named(QUEUE_INDEX_KEYS, name="analysis_queue"),
+        _tenant_index(("customerPhone", ASCENDING), name="customerPhone"),
+        _UPDATED,
         # Retention (services/privacy/retention.py): whole calls by age, and the calls still
         # holding a transcript by age (those stripped carry `transcriptRemovedAt` and are out of
         # the range, so a pass never walks the calls earlier passes stripped).
-        IndexModel([("callAt", ASCENDING)], name="callAt"),
-        IndexModel([("transcriptRemovedAt", ASCENDING), ("callAt", ASCENDING)], name="transcript_retention"),
+        _named(CALL_AGE_INDEX_KEYS, name="callAt"),
+        _named(TRANSCRIPT_AGE_INDEX_KEYS, name="transcript_retention"),
     ],
-    CONTACTS: [_PHONE, IndexModel([("updatedAt", ASCENDING)], name="updatedAt")],
+    CONTACTS: [_PHONE, _UPDATED],
     ACTIVITIES: [
         # One entry per AI decision: a retaken attempt rewrites its decision's entry, a
         # reanalysis (a new round) adds one.
-        IndexModel([("callId", ASCENDING), ("type", ASCENDING), ("round", ASCENDING)], unique=True,
-                   name="decision_unique"),
+        _tenant_index(("callId", ASCENDING), ("type", ASCENDING), ("round", ASCENDING), unique=True,
+                      name="decision_unique"),
         # A contact's timeline in the CRM: its activities, newest first.
-        IndexModel([("contactId", ASCENDING), ("at", DESCENDING)], name="contactId_at"),
-        IndexModel([("at", DESCENDING)], name="at"),
+        _tenant_index(("contactId", ASCENDING), ("at", DESCENDING), name="contactId_at"),
+        _tenant_index(("at", DESCENDING), name="at"),
         # A customer's status changes: what an erasure removes, and a CRM's status history.
         # Sparse: AI decisions carry no `customerPhone`.
-        IndexModel([("customerPhone", ASCENDING)], sparse=True, name="customerPhone"),
+        _tenant_index(("customerPhone", ASCENDING), sparse=True, name="customerPhone"),
     ],
     SYNC_STATE: [
         # Each run reads its job's cursors (`{job}`).
-        IndexModel([("job", ASCENDING)], name="job"),
+        _tenant_index(("job", ASCENDING), name="job"),
         # An erasure: which cursors still follow the erased number's calls by id.
-        IndexModel([("pending.callId", ASCENDING)], name="pending_callId"),
+        _tenant_index(("pending.callId", ASCENDING), name="pending_callId"),
     ],
     SYNC_RUNS: [
-        IndexModel([("job", ASCENDING), ("startedAt", DESCENDING)], name=JOB_STARTED_INDEX),
-        # At start-up: which runs are still `running` on this host.
+        _named(RUN_INDEX_KEYS, name=JOB_STARTED_INDEX),
+        # At start-up: which runs are still `running` on this host (whatever the account).
         IndexModel([("status", ASCENDING), ("host", ASCENDING)], name="status_host"),
     ],
     # Start-up: hashes written with another key than the configured one (services/privacy).
-    SUPPRESSIONS: [IndexModel([("keyId", ASCENDING)], name="keyId")],
+    SUPPRESSIONS: [_named(SUPPRESSION_KEY_KEYS, name="keyId")],
     # Stage suggestions a person reviews: the open ones, oldest first (`main.py review`).
     STAGE_REVIEWS: [
-        IndexModel([("callId", ASCENDING), ("round", ASCENDING)], unique=True, name="decision_unique"),
-        IndexModel([("status", ASCENDING), ("createdAt", ASCENDING)], name="status_createdAt"),
-        IndexModel([("customerPhone", ASCENDING)], name="customerPhone", sparse=True),
+        _tenant_index(("callId", ASCENDING), ("round", ASCENDING), unique=True, name="decision_unique"),
+        _tenant_index(("status", ASCENDING), ("createdAt", ASCENDING), name="status_createdAt"),
+        _tenant_index(("customerPhone", ASCENDING), name="customerPhone", sparse=True),
     ],
     # Groq Batch API jobs still open, polled each run.
-    LLM_BATCHES: [IndexModel([("status", ASCENDING)], name="status")],
+    LLM_BATCHES: [_tenant_index(("status", ASCENDING), name="status")],
     WEBHOOK_INBOX: [
         # Bolna sends each status of a call once, and again when unsure: the second is a duplicate.
-        IndexModel([("callId", ASCENDING), ("status", ASCENDING)], unique=True, name="delivery_unique"),
+        _tenant_index(("callId", ASCENDING), ("status", ASCENDING), unique=True, name="delivery_unique"),
         # The processor's claims: waiting deliveries, oldest first.
-        IndexModel([("state", ASCENDING), ("receivedAt", ASCENDING)], name="state_receivedAt"),
+        _named(INBOX_STATE_KEYS, name="state_receivedAt"),
     ],
 }
 
 
+def tenant_view(db: Database, tenant_id) -> TenantDatabase:
+    """The database as the account `tenant_id` sees it (None: the single account of the environment)."""
+    if isinstance(db, TenantDatabase):
+        if db.tenant_id != tenant_id:
+            raise TenantScopeError("one account's view of the database cannot be another's")
+        return db
+    return TenantDatabase(db, tenant_id, TENANT_COLLECTIONS)
+
+
 def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int = 3) -> None:
     """Idempotent; run at start-up. Unique indexes are what make re-syncs updates, not duplicates."""
-    _replace_partial_phone_index(db[CUSTOMERS])
-    _replace_partial_phone_index(db[CONTACTS])
     for collection, indexes in _INDEXES.items():
+        _drop_changed(db[collection], indexes)
         db[collection].create_indexes(indexes)
     _ensure_run_expiry(db[SYNC_RUNS], run_retention_days * 86400)
     _ensure_expiry(db[WEBHOOK_INBOX], INBOX_EXPIRY_INDEX, "receivedAt", inbox_days * 86400)
     _ensure_expiry(db[WEBHOOK_DELIVERIES], DELIVERIES_EXPIRY_INDEX, "at", DELIVERY_COUNTS_DAYS * 86400)
 
 
-def _replace_partial_phone_index(collection: Collection) -> None:
-    """Databases indexed by earlier versions have a partial `phone_unique`, and MongoDB refuses
-    to create an index of that name with other options, so it is dropped first. Until the new
-    one is built (at once: the existing phones are unique already), uniqueness rests on the
-    daemon's own upserts by phone."""
-    current = collection.index_information().get(PHONE_INDEX)
-    if current is not None and "partialFilterExpression" in current:
-        collection.drop_index(PHONE_INDEX)
+_OPTIONS = ("unique", "sparse", "partialFilterExpression")
+
+
+def _drop_changed(collection: Collection, indexes: list[IndexModel]) -> None:
+    """An index of ours that an earlier version built with other keys or options (before
+    accounts, without `userId`; a partial `phone_unique`) is dropped first: MongoDB refuses to
+    build one of the same name differently. Until the new one is built (at once: what it keeps
+    unique was unique before), uniqueness rests on the daemon's own upserts. Indexes of other
+    names (a CRM front end's) are left alone."""
+    current = collection.index_information()
+    for index in indexes:
+        wanted = index.document
+        existing = current.get(wanted["name"])
+        if existing is None:
+            continue
+        if (list(existing["key"]) != list(wanted["key"].items())
+                or any(existing.get(option) != wanted.get(option) for option in _OPTIONS)):
+            collection.drop_index(wanted["name"])
 
 
 def _ensure_run_expiry(runs: Collection, seconds: int) -> None:

@@ -11,11 +11,11 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Callable
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import DESCENDING
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from services.database import JOB_STARTED_INDEX, SYNC_RUNS
+from services.database import JOB_STARTED_INDEX, RUN_INDEX_KEYS, SYNC_RUNS
 from utils.clock import utcnow
 from utils.logging import redact
 
@@ -84,7 +84,8 @@ class RunRecorder:
         self.finished_at = utcnow()
         if failure is not None:
             self.status = "failed"
-            self.error(describe_failure(failure), code="run_failed")
+            # An error may name its own code (a refused key sets its account aside).
+            self.error(describe_failure(failure), code=getattr(failure, "run_error_code", "run_failed"))
         else:
             self.status = "partial" if self.error_count else "ok"
 
@@ -166,7 +167,7 @@ class RunRecords:
         # outside it (the test run's wire server) would scan; MongoDB picks it anyway.
         return self.runs.find_one({"job": job, "status": {"$in": list(SUCCESSFUL)}},
                                   sort=[("startedAt", DESCENDING)],
-                                  hint=[("job", ASCENDING), ("startedAt", DESCENDING)])
+                                  hint=RUN_INDEX_KEYS)
 
     def totals(self, job: str, since: datetime, counters: tuple[str, ...]) -> dict[str, float]:
         """`counters` summed over the runs of `job` started since `since`."""

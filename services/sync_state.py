@@ -152,6 +152,6 @@ class SyncState:
         agent = self.stored[agent_id]
         pending = [{"callId": call_id, "createdAt": followed.created_at, "checkedAt": followed.checked_at}
                    for call_id, followed in agent["pending"].items()]
-        return UpdateOne({"_id": f"{self.job}:{agent_id}"},
+        return UpdateOne({"_id": self.state.local_id(f"{self.job}:{agent_id}")},
                          {"$set": {"job": self.job, "agentId": agent_id, "cursor": agent["cursor"],
                                    "pending": pending, "updatedAt": self.now}}, upsert=True)

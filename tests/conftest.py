@@ -7,7 +7,7 @@ from hypothesis import settings as hypothesis_settings
 from fakes.bolna_api import RateLimits
 from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import HookedClient
-from services.database import ensure_indexes
+from services.database import ensure_indexes, tenant_view
 from tests.wire_server import WireServer, ensure_installed
 from utils.config import Settings
 
@@ -58,6 +58,7 @@ def db(mongo):
     server (fakes.mongo_hooks), since the code under test shares it across threads."""
     database = HookedClient(mongo)[TEST_DB]
     ensure_indexes(database)
+    database = tenant_view(database, None)
     return database
 
 

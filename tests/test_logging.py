@@ -129,3 +129,12 @@ def test_database_errors_are_recorded_without_the_documents_they_quote():
     recorder.finish(error)
     [entry] = recorder.document()["errors"]
     assert entry["message"] == "BulkWriteError (code 65)" and "asha" not in entry["message"]
+
+
+def test_debug_never_turns_on_the_loggers_that_write_documents_and_request_bodies():
+    """The driver's command log holds whole documents (an account's key read from `users`) and the
+    Groq client's request log the transcript: neither is masked reliably, so neither is turned on."""
+    setup_logging("DEBUG", stream=io.StringIO())
+    assert logging.getLogger("pymongo").getEffectiveLevel() == logging.DEBUG
+    assert logging.getLogger("pymongo.command").getEffectiveLevel() == logging.WARNING
+    assert logging.getLogger("groq._base_client").getEffectiveLevel() == logging.WARNING

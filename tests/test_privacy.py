@@ -123,7 +123,7 @@ def test_forget_finds_every_spelling_in_every_collection(serve, db):
     assert db[SUPPRESSIONS].find_one({"_id": digest}) is not None
     record = db[ERASURES].find_one({"_id": digest})
     assert record["removed"] == {name: n for name, n in removed.items() if n}
-    assert DIGITS not in repr(record) and set(record) == {"_id", "keyId", "requestedAt", "erasedAt", "removed"}
+    assert DIGITS not in repr(record) and set(record) == {"_id", "userId", "keyId", "requestedAt", "erasedAt", "removed"}
 
 
 def test_dry_run_counts_what_forget_removes_and_changes_nothing(serve, db):

@@ -113,3 +113,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text", secrets: tuple[str, ..
     # Library chatter (connection pools, scheduler internals) only when debugging.
     for noisy in ("urllib3", "httpx", "httpcore", "apscheduler", "groq", "pymongo", "waitress"):
         logging.getLogger(noisy).setLevel(logging.WARNING if level != "DEBUG" else logging.DEBUG)
+    # Even at DEBUG: these log whole documents and request bodies (the accounts' keys read from
+    # MongoDB, transcripts sent to the LLM), which the phone and secret masks cannot all recognize.
+    for verbatim in ("pymongo.command", "groq._base_client"):
+        logging.getLogger(verbatim).setLevel(logging.WARNING)

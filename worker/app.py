@@ -23,7 +23,7 @@ from services.analyzer.groq_analyzer import GroqAnalyzer
 from services.bolna_client import BolnaClient
 from services.call_writer import CallWriter
 from services.customer_writer import CustomerWriter
-from services.database import CALLS, LLM_BATCHES, WEBHOOK_DELIVERIES, WEBHOOK_INBOX, ensure_indexes
+from services.database import CALLS, LLM_BATCHES, WEBHOOK_DELIVERIES, WEBHOOK_INBOX, ensure_indexes, tenant_view
 from services.execution_feed import ExecutionFeed
 from services.page_reader import PageReader
 from services.record_cache import SharedRecords
@@ -70,12 +70,18 @@ def build_batch_api(db: Database, settings: Settings, owner: str, analysis: Anal
                         clock=analysis.queue.clock)
 
 
-class App:
-    def __init__(self, settings: Settings, db: Database, bolna: BolnaClient, mongo_client=None):
+class AccountApp:
+    """One account's half of the daemon: its Bolna client, its view of the database, both jobs'
+    parts. Single-account mode runs one (inside `App`); with many accounts (worker/fleet.py) a
+    replica builds one for each account it has claimed."""
+
+    def __init__(self, settings: Settings, db: Database, bolna: BolnaClient, tenant_id=None):
+        """`tenant_id`: the account whose records this app reads and writes (`userId`); None, the
+        single account of the environment."""
         self.settings = settings
-        self.db = db
+        self.db = db = tenant_view(db, tenant_id)
+        self.tenant_id = tenant_id
         self.bolna = bolna
-        self.mongo_client = mongo_client
         # Unique per process: names this daemon's analysis claims and run records.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop = bolna.stop  # set on SIGTERM: jobs end after their current write, waits end at once
@@ -100,6 +106,49 @@ class App:
         self.call_queue = self.analysis.queue
         self.batch_api = build_batch_api(db, settings, self.owner, self.analysis)
         self.runs = RunRecords(db)
+
+    def run_job(self, name: str, *, full: bool = False) -> dict:
+        """Run one job now and return its run record (also stored in `sync_runs`)."""
+        if name not in JOBS:
+            raise ValueError(f"unknown job {name!r}; expected one of {', '.join(JOB_NAMES)}")
+        with self._idle:
+            self._active_jobs += 1
+        try:
+            return self.runs.record(name, lambda recorder: JOBS[name].run(self, recorder, full))
+        finally:
+            with self._idle:
+                self._active_jobs -= 1
+                self._idle.notify_all()
+
+    def analyze(self, recorder) -> None:
+        """The call processor's second phase: the Batch API lane (its finished jobs applied, a
+        backlog's overflow submitted), then this run's synchronous batch."""
+        if self.batch_api is not None:
+            try:
+                self.batch_api.run(recorder)
+            except Exception as exc:  # noqa: BLE001 - the synchronous lane must still run
+                log.error("the Batch API lane failed: %s", describe_failure(exc), exc_info=not isinstance(exc, PyMongoError))
+                recorder.error(f"Batch API lane failed: {describe_failure(exc)}", code="llm_batch_lane_failed")
+        self.analysis.run(recorder)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no job runs; False if one still does after `timeout` seconds."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active_jobs == 0, timeout)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.bolna.close()
+
+
+class App(AccountApp):
+    """Single-account mode (TENANT_SOURCE=env): the account's jobs, and the process's metrics,
+    status and webhook path around them."""
+
+    def __init__(self, settings: Settings, db: Database, bolna: BolnaClient, mongo_client=None, tenant_id=None):
+        super().__init__(settings, db, bolna, tenant_id)
+        db = self.db
+        self.mongo_client = mongo_client
         self.metrics = RunMetrics(JOB_NAMES, queue_depth=self.call_queue.depth)
         self.runs.subscribe(self.metrics.observe_run)
         # Webhooks: the inbox, its processor (started by the daemon with the listener) and the tally.
@@ -134,37 +183,7 @@ class App:
         if (problem := self.analysis.check_llm()) is not None:
             log.warning("%s", problem, extra={"event": "llm_model_missing"})
 
-    def run_job(self, name: str, *, full: bool = False) -> dict:
-        """Run one job now and return its run record (also stored in `sync_runs`)."""
-        if name not in JOBS:
-            raise ValueError(f"unknown job {name!r}; expected one of {', '.join(JOB_NAMES)}")
-        with self._idle:
-            self._active_jobs += 1
-        try:
-            return self.runs.record(name, lambda recorder: JOBS[name].run(self, recorder, full))
-        finally:
-            with self._idle:
-                self._active_jobs -= 1
-                self._idle.notify_all()
-
-    def analyze(self, recorder) -> None:
-        """The call processor's second phase: the Batch API lane (its finished jobs applied, a
-        backlog's overflow submitted), then this run's synchronous batch."""
-        if self.batch_api is not None:
-            try:
-                self.batch_api.run(recorder)
-            except Exception as exc:  # noqa: BLE001 - the synchronous lane must still run
-                log.error("the Batch API lane failed: %s", describe_failure(exc), exc_info=not isinstance(exc, PyMongoError))
-                recorder.error(f"Batch API lane failed: {describe_failure(exc)}", code="llm_batch_lane_failed")
-        self.analysis.run(recorder)
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no job runs; False if one still does after `timeout` seconds."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._active_jobs == 0, timeout)
-
     def close(self) -> None:
-        self.reader.close()
-        self.bolna.close()
+        super().close()
         if self.mongo_client is not None:
             self.mongo_client.close()

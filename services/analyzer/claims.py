@@ -15,6 +15,7 @@ from typing import Callable
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
 
+from services.database import CALL_ID_INDEX_KEYS, QUEUE_INDEX_KEYS
 from utils.clock import naive_utc, utcnow
 
 # The first attempt, and one more after a lease expired; a claim beyond this is not analyzed.
@@ -23,10 +24,6 @@ _CALL_FIELDS = ("callId", "agentId", "callAt", "transcript", "customerPhone", "c
                 "analysisRound")
 # Waiting for analysis: stored final, not analyzed yet (the `analysis_queue` index).
 _WAITING = {"processed": False, "terminal": True}
-# services.database's `analysis_queue` index, by its keys (a hint by keys survives a renamed index).
-QUEUE_INDEX_KEYS = [("processed", ASCENDING), ("terminal", ASCENDING), ("callAt", ASCENDING)]
-# Calls by id with a condition on their claim: named for the same reason as the queue's index.
-BY_ID = [("callId", ASCENDING)]
 
 
 @dataclass(frozen=True)
@@ -87,13 +84,13 @@ class CallQueue:
             {"callId": {"$in": ids}, **waiting},
             {"$set": {"claim": {"owner": self._owner, "token": token, "claimedAt": now,
                                 "expiresAt": now + timedelta(seconds=lease_seconds)}},
-             "$inc": {"attempts": 1}}, hint=BY_ID)
+             "$inc": {"attempts": 1}}, hint=CALL_ID_INDEX_KEYS)
         return self.held(ids, token)
 
     def held(self, call_ids: list[str], token: str) -> list[Claim]:
         """The calls among `call_ids` still claimed under `token`."""
         calls = self._calls.find({"callId": {"$in": call_ids}, "claim.token": token},
-                                 {name: 1 for name in _CALL_FIELDS}, hint=BY_ID)
+                                 {name: 1 for name in _CALL_FIELDS}, hint=CALL_ID_INDEX_KEYS)
         return [Claim(call, token) for call in calls]
 
     def extend(self, call_ids: list[str], token: str, lease_seconds: float) -> None:
@@ -101,7 +98,7 @@ class CallQueue:
         holds its calls for its completion window)."""
         self._calls.update_many({"callId": {"$in": call_ids}, "claim.token": token},
                                 {"$set": {"claim.expiresAt": self.clock() + timedelta(seconds=lease_seconds)}},
-                                hint=BY_ID)
+                                hint=CALL_ID_INDEX_KEYS)
 
     def finish(self, claim: Claim, analysis: dict) -> bool:
         """Mark the call processed with its analysis. False when the claim was lost (a requeue,

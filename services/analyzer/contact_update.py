@@ -10,12 +10,12 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from models.locks import split_locked, suggestions, unlocked_guard
+from services.database import PHONE_INDEX_KEYS
 from utils.phone import Phone
 
 # The conditional updates name their index: a planner that gives up on an index when the filter
 # has a field outside it (the test run's wire server) would otherwise scan for one contact.
 _BY_ID = [("_id", ASCENDING)]
-_BY_PHONE = [("phone", ASCENDING)]
 
 
 def value_at(document: dict, dotted: str) -> object:
@@ -50,7 +50,7 @@ def write_contact(contacts: Collection, phone: Phone, found: dict | None, change
     if found is None:
         try:
             before = contacts.find_one_and_update({"phone": phone.key, **condition}, update, upsert=True,
-                                                  hint=_BY_PHONE, return_document=ReturnDocument.BEFORE)
+                                                  hint=PHONE_INDEX_KEYS, return_document=ReturnDocument.BEFORE)
         except DuplicateKeyError:
             return None  # created by another process since the read (or locked): decide on it
         contact_id = before["_id"] if before else contacts.find_one({"phone": phone.key}, {"_id": 1})["_id"]

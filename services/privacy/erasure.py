@@ -24,6 +24,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from services.analyzer.schema import analysis_document
+from services.customer_merge import linked_call_id
 from services.database import (ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, ERASURES, STAGE_REVIEWS,
                                SYNC_STATE)
 from services.privacy.hashing import PhoneHasher
@@ -72,7 +73,8 @@ class Eraser:
         spellings = lookup_keys(phone)
         db = self.db
         calls = list(db[CALLS].find({"customerPhone": {"$in": spellings}}, {"callId": 1, "processed": 1, "_id": 0}))
-        linked = {link["_id"] for link in db[CUSTOMER_CALLS].find({"phone": {"$in": spellings}}, {"_id": 1})}
+        linked = {linked_call_id(link) for link in db[CUSTOMER_CALLS].find({"phone": {"$in": spellings}},
+                                                                            {"_id": 1, "callId": 1})}
         waiting = sorted(call["callId"] for call in calls if call.get("processed") is False)
         analyzed = sorted(({call["callId"] for call in calls} | linked) - set(waiting))
         contact_ids = [doc["_id"] for doc in db[CONTACTS].find({"phone": {"$in": spellings}}, {"_id": 1})]
@@ -154,6 +156,6 @@ def _record_erasure(db: Database, digest: str, key_id: str, removed: dict[str, i
         update["$set"] = {"erasedAt": now}
         update["$inc"] = {f"removed.{name}": count for name, count in removed.items() if count}
     try:
-        db[ERASURES].update_one({"_id": digest}, update, upsert=True)
+        db[ERASURES].update_one({"_id": db[ERASURES].local_id(digest)}, update, upsert=True)
     except DuplicateKeyError:  # another forget of the number inserted it first: now it is an update
-        db[ERASURES].update_one({"_id": digest}, update)
+        db[ERASURES].update_one({"_id": db[ERASURES].local_id(digest)}, update)

@@ -14,15 +14,14 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from models.call import TRANSCRIPT_FIELDS
-from services.database import CALLS
+from services.database import CALL_AGE_INDEX_KEYS, CALLS, TRANSCRIPT_AGE_INDEX_KEYS
 from services.run_records import RunRecorder, describe_failure
 from utils.clock import utcnow
 
 BATCH_SIZE = 200
 # Per pass: a backlog (the setting just turned on) drains over a few runs, each bounded.
 MAX_BATCHES = 25
-_BY_AGE = [("callAt", ASCENDING)]
-_HOLDING_TRANSCRIPTS = [("transcriptRemovedAt", ASCENDING), ("callAt", ASCENDING)]
+_OLDEST_FIRST = [("callAt", ASCENDING)]
 
 
 @dataclass(frozen=True)
@@ -60,11 +59,11 @@ class RetentionPass:
         try:
             if self.policy.record_days:
                 cutoff = now - timedelta(days=self.policy.record_days)
-                recorder.add("callsRemoved", self._in_batches({"callAt": {"$lt": cutoff}}, _BY_AGE, self._delete))
+                recorder.add("callsRemoved", self._in_batches({"callAt": {"$lt": cutoff}}, CALL_AGE_INDEX_KEYS, self._delete))
             if self.policy.transcript_days:
                 cutoff = now - timedelta(days=self.policy.transcript_days)
                 recorder.add("transcriptsRemoved", self._in_batches(
-                    {"transcriptRemovedAt": None, "callAt": {"$lt": cutoff}}, _HOLDING_TRANSCRIPTS,
+                    {"transcriptRemovedAt": None, "callAt": {"$lt": cutoff}}, TRANSCRIPT_AGE_INDEX_KEYS,
                     lambda ids: self._strip(ids, now)))
         except PyMongoError as exc:
             recorder.error(f"retention pass stopped ({describe_failure(exc)}); the next run goes on",
@@ -74,7 +73,7 @@ class RetentionPass:
         """Oldest first, by the index named (a pass must never scan the calls)."""
         done = 0
         for _ in range(self.max_batches):
-            ids = [doc["_id"] for doc in self.calls.find(selector, {"_id": 1}, sort=_BY_AGE, limit=self.batch_size,
+            ids = [doc["_id"] for doc in self.calls.find(selector, {"_id": 1}, sort=_OLDEST_FIRST, limit=self.batch_size,
                                                            hint=index)]
             if ids:
                 done += act(ids)

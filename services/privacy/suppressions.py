@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from pymongo import ASCENDING
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from services.database import SUPPRESSIONS
+from services.database import SUPPRESSION_KEY_KEYS, SUPPRESSIONS
 from services.privacy.hashing import PhoneHasher, PrivacyKeyError
 from utils.clock import utcnow
 
-_BY_ID = [("_id", ASCENDING)]
-_BY_KEY = [("keyId", ASCENDING)]
 
 
 class SuppressionList:
@@ -24,7 +21,7 @@ class SuppressionList:
     def add(self, digest: str) -> None:
         """Idempotent: an entry already there (a second `forget`, or two at once) is left as it was."""
         try:
-            self.entries.update_one({"_id": digest},
+            self.entries.update_one({"_id": self.entries.local_id(digest)},
                                     {"$setOnInsert": {"keyId": self.hasher.key_id, "createdAt": utcnow()}},
                                     upsert=True)
         except DuplicateKeyError:
@@ -39,19 +36,19 @@ class SuppressionList:
         if self.hasher is None:
             self.check_key()
             return set()
-        by_digest = {self.hasher.digest(key): key for key in keys}
-        return {by_digest[entry["_id"]] for entry in self.entries.find({"_id": {"$in": list(by_digest)}}, {"_id": 1})}
+        by_id = {self.entries.local_id(self.hasher.digest(key)): key for key in keys}
+        return {by_id[entry["_id"]] for entry in self.entries.find({"_id": {"$in": list(by_id)}}, {"_id": 1})}
 
     def check_key(self) -> None:
         """At start-up and whenever a key is needed: the list is usable with this configuration."""
         if self.hasher is None:
-            if self.entries.find_one({}, {"_id": 1}, hint=_BY_ID) is not None:
+            if self.entries.find_one({}, {"_id": 1}, hint=SUPPRESSION_KEY_KEYS) is not None:
                 raise PrivacyKeyError("PRIVACY_HASH_KEY is not set, but the suppression list holds erased "
                                       "numbers: without the key they cannot be recognized, and a sync would "
                                       "import them again. Set the key they were hashed with (docs/privacy.md).")
             return
         # `keyId`, named: a simpler planner (the test run's wire server) scans for a `$ne`.
-        other = self.entries.find_one({"keyId": {"$ne": self.hasher.key_id}}, {"_id": 1}, hint=_BY_KEY)
+        other = self.entries.find_one({"keyId": {"$ne": self.hasher.key_id}}, {"_id": 1}, hint=SUPPRESSION_KEY_KEYS)
         if other is not None:
             raise PrivacyKeyError("PRIVACY_HASH_KEY is not the key the suppression list was written with: "
                                   "erased numbers would not be recognized. Restore the earlier key "

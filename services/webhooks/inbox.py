@@ -19,6 +19,7 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
+from services.database import INBOX_STATE_KEYS
 from utils.clock import utcnow
 
 WAITING, DONE, FAILED = "waiting", "done", "failed"
@@ -27,7 +28,6 @@ WAITING, DONE, FAILED = "waiting", "done", "failed"
 MAX_ATTEMPTS = 5
 # Indexes named by their keys: a simpler planner (the test run's wire server) gives up on an index
 # when the filter has an `$or` or a field outside it; MongoDB's picks the same ones unaided.
-STATE_INDEX_KEYS = [("state", ASCENDING), ("receivedAt", ASCENDING)]  # services.database's state_receivedAt
 BY_ID = [("_id", ASCENDING)]
 
 
@@ -74,8 +74,8 @@ class Inbox:
         processor took in between is simply not among those returned."""
         token, now = uuid.uuid4().hex, self.clock()
         claimable = {"state": WAITING, "$or": [{"claim": None}, {"claim.expiresAt": {"$lte": now}}]}
-        ids = [doc["_id"] for doc in self.entries.find(claimable, {"_id": 1}, sort=STATE_INDEX_KEYS[1:],
-                                                        hint=STATE_INDEX_KEYS, limit=limit)]
+        ids = [doc["_id"] for doc in self.entries.find(claimable, {"_id": 1}, sort=[("receivedAt", ASCENDING)],
+                                                        hint=INBOX_STATE_KEYS, limit=limit)]
         if not ids:
             return token, []
         self.entries.update_many({"_id": {"$in": ids}, **claimable}, {
@@ -111,5 +111,5 @@ class Inbox:
     def lags_since(self, since: datetime) -> list[int]:
         """Lags (ms) of the deliveries processed since `since`, ascending."""
         docs = self.entries.find({"state": DONE, "receivedAt": {"$gte": since}, "lagMs": {"$ne": None}},
-                                 {"lagMs": 1, "_id": 0}, hint=STATE_INDEX_KEYS)
+                                 {"lagMs": 1, "_id": 0}, hint=INBOX_STATE_KEYS)
         return sorted(doc["lagMs"] for doc in docs)

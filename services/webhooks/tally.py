@@ -65,7 +65,7 @@ class DeliveryTally:
             self._flushed_at = now
         hour = now.replace(minute=0, second=0, microsecond=0)
         try:
-            self.counts.update_one({"_id": hour.strftime("%Y-%m-%dT%H")},
+            self.counts.update_one({"_id": self.counts.local_id(hour.strftime("%Y-%m-%dT%H"))},
                                    {"$inc": {f"counts.{name}": n for name, n in pending.items()},
                                     "$setOnInsert": {"at": hour}}, upsert=True)
         except PyMongoError as exc:

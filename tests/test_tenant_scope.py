@@ -1,0 +1,147 @@
+"""Scoping by account (services/tenancy/scoped.py): every read and write of a tenant's app stays
+inside its `userId`, and an attempt to leave it fails before it reaches the server."""
+import threading
+
+import pytest
+from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
+
+from fakes.mongo_hooks import HookedClient
+from services.bolna_client import BolnaClient
+from services.database import (CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, SYNC_STATE, ensure_indexes,
+                               tenant_view)
+from services.tenancy.scoped import TenantScopeError
+from tests.conftest import TEST_DB
+from tests.helpers import AGENT, execution
+from worker.app import App
+from worker.jobs import CALL_PROCESSOR, CRM_SYNC
+
+
+@pytest.fixture
+def raw(mongo):
+    database = HookedClient(mongo)[TEST_DB]
+    ensure_indexes(database)
+    return database
+
+
+def test_writes_carry_the_tenant_and_reads_see_only_its_documents(raw):
+    alpha, beta = tenant_view(raw, "alpha")[CUSTOMERS], tenant_view(raw, "beta")[CUSTOMERS]
+    alpha.insert_one({"phone": "+919876543210", "name": "Ravi"})
+    beta.update_one({"phone": "+919876543210"}, {"$set": {"name": "Asha"}}, upsert=True)
+    beta.bulk_write([UpdateOne({"phone": "+14155550100"}, {"$set": {"name": "Lee"}}, upsert=True),
+                     InsertOne({"phone": "+447700900000"})])
+
+    assert {(d["userId"], d["phone"]) for d in raw[CUSTOMERS].find({}, {"_id": 0, "userId": 1, "phone": 1})} == {
+        ("alpha", "+919876543210"), ("beta", "+919876543210"), ("beta", "+14155550100"), ("beta", "+447700900000")}
+    assert alpha.find_one({"phone": "+919876543210"})["name"] == "Ravi"
+    assert beta.count_documents({}) == 3
+    assert [row["_id"] for row in alpha.aggregate([{"$group": {"_id": "$name"}}])] == ["Ravi"]
+    assert alpha.delete_many({}).deleted_count == 1
+    assert beta.count_documents({}) == 3
+
+
+@pytest.mark.parametrize("attempt", [
+    lambda c: c.find_one({"userId": "beta"}),
+    lambda c: c.find({"userId": {"$in": ["alpha", "beta"]}}),
+    lambda c: c.count_documents({"userId": {"$ne": "alpha"}}),
+    lambda c: c.update_one({"phone": "+919876543210"}, {"$set": {"userId": "beta"}}),
+    lambda c: c.update_many({}, {"$unset": {"userId": ""}}),
+    lambda c: c.update_one({"phone": "x"}, [{"$set": {"userId": "beta"}}]),
+    lambda c: c.update_one({"phone": "x"}, [{"$replaceWith": {"phone": "x"}}]),
+    lambda c: c.update_one({"phone": "x"}, [{"$project": {"phone": 1}}]),
+    lambda c: c.insert_one({"phone": "+1", "userId": "beta"}),
+    lambda c: c.replace_one({"phone": "+1"}, {"phone": "+1", "userId": "beta"}),
+    lambda c: c.delete_many({"userId": "beta"}),
+    lambda c: c.aggregate([{"$lookup": {"from": CUSTOMERS, "pipeline": [], "as": "all"}}]),
+    lambda c: c.aggregate([{"$unionWith": CUSTOMERS}]),
+    lambda c: c.bulk_write([UpdateMany({"userId": "beta"}, {"$set": {"name": "x"}})]),
+    lambda c: c.bulk_write([ReplaceOne({}, {"userId": "beta"})]),
+    lambda c: c.bulk_write([DeleteOne({"userId": "beta"})]),
+    lambda c: c.estimated_document_count(),
+    lambda c: c.drop(),
+], ids=["find_one", "find", "count", "set", "unset", "pipeline-set", "replaceWith", "project", "insert",
+        "replace", "delete", "lookup", "unionWith", "bulk-update", "bulk-replace", "bulk-delete", "estimate",
+        "drop"])
+def test_a_cross_tenant_attempt_fails_and_changes_nothing(raw, attempt):
+    tenant_view(raw, "beta")[CUSTOMERS].insert_one({"phone": "+919876543210", "name": "Asha"})
+    alpha = tenant_view(raw, "alpha")[CUSTOMERS]
+    alpha.insert_one({"phone": "+919876543210", "name": "Ravi"})
+    before = sorted((d["userId"], d["name"]) for d in raw[CUSTOMERS].find())
+
+    with pytest.raises(TenantScopeError):
+        result = attempt(alpha)
+        list(result) if hasattr(result, "__iter__") and not isinstance(result, dict) else None
+
+    assert sorted((d["userId"], d["name"]) for d in raw[CUSTOMERS].find()) == before
+
+
+def test_one_view_cannot_be_turned_into_another(raw):
+    with pytest.raises(TenantScopeError):
+        tenant_view(tenant_view(raw, "alpha"), "beta")
+    assert tenant_view(tenant_view(raw, "alpha"), "alpha").tenant_id == "alpha"
+
+
+def test_ids_made_from_shared_values_are_unique_per_account_and_unchanged_for_one(raw):
+    assert tenant_view(raw, None)[CUSTOMER_CALLS].local_id("call-1") == "call-1"
+    assert tenant_view(raw, "alpha")[CUSTOMER_CALLS].local_id("call-1") != tenant_view(raw, "beta")[
+        CUSTOMER_CALLS].local_id("call-1")
+
+
+def test_the_single_account_sees_the_documents_written_before_accounts_existed(raw):
+    raw[CUSTOMERS].insert_one({"phone": "+919876543210", "name": "Ravi"})  # no userId: an older version
+    assert tenant_view(raw, None)[CUSTOMERS].find_one({"phone": "+919876543210"})["name"] == "Ravi"
+    assert tenant_view(raw, "alpha")[CUSTOMERS].find_one({"phone": "+919876543210"}) is None
+
+
+def test_indexes_built_before_accounts_are_rebuilt_per_account(mongo):
+    database = HookedClient(mongo)[TEST_DB]
+    database[CALLS].create_index("callId", unique=True, name="callId_unique")
+    database[CUSTOMERS].create_index("phone", unique=True, sparse=True, name="phone_unique")
+    database[CUSTOMERS].create_index("crmOwner", name="front_end_index")  # another program's: kept
+    database[CALLS].insert_one({"callId": "call-1"})
+
+    ensure_indexes(database)
+
+    assert list(database[CALLS].index_information()["callId_unique"]["key"]) == [("userId", 1), ("callId", 1)]
+    assert list(database[CUSTOMERS].index_information()["phone_unique"]["key"]) == [("userId", 1), ("phone", 1)]
+    assert "front_end_index" in database[CUSTOMERS].index_information()
+    tenant_view(database, "alpha")[CALLS].insert_one({"callId": "call-1"})  # another account's call-1
+    assert database[CALLS].count_documents({"callId": "call-1"}) == 2
+
+
+def test_same_number_and_same_call_id_in_two_accounts_stay_apart(settings, mongo, bolna_server):
+    """Both accounts' Bolna serve the same call id for the same number, with different data; each
+    account's customer, call and contact hold its own, and neither job reads the other's."""
+    shared_id = "call-shared-1"
+    apps = {}
+    for tenant, name, words in (("alpha", "Ravi", "I want to book a visit"), ("beta", "Asha", "not interested, bye")):
+        server = bolna_server([execution(call_id=shared_id, extracted={"name": name},
+                                         transcript=f"assistant: Hello\nuser: {words}\n")], [AGENT])
+        tenant_settings = settings.with_overrides(bolna_base_url=server.base_url)
+        app = App(tenant_settings, HookedClient(mongo)[TEST_DB],
+                  BolnaClient.from_settings(tenant_settings, stop=threading.Event()), tenant_id=tenant)
+        app.prepare()
+        apps[tenant] = app
+    try:
+        for app in apps.values():
+            for job in (CRM_SYNC, CALL_PROCESSOR):
+                assert app.run_job(job)["status"] == "ok"
+        for app in apps.values():  # a second round: updates, never each other's
+            for job in (CRM_SYNC, CALL_PROCESSOR):
+                assert app.run_job(job)["status"] == "ok"
+    finally:
+        for app in apps.values():
+            app.close()
+
+    raw = mongo[TEST_DB]
+    customers = {d["userId"]: d for d in raw[CUSTOMERS].find()}
+    assert {tenant: c["name"] for tenant, c in customers.items()} == {"alpha": "Ravi", "beta": "Asha"}
+    assert customers["alpha"]["phone"] == customers["beta"]["phone"] == "+919876543210"
+    calls = {d["userId"]: d for d in raw[CALLS].find({"callId": shared_id})}
+    assert set(calls) == {"alpha", "beta"}
+    assert "book" in calls["alpha"]["transcript"] and "not interested" in calls["beta"]["transcript"]
+    contacts = {d["userId"]: d for d in raw[CONTACTS].find()}
+    assert set(contacts) == {"alpha", "beta"}
+    assert contacts["alpha"]["tag"] != contacts["beta"]["tag"]
+    assert raw[CUSTOMER_CALLS].count_documents({}) == 2
+    assert {d["userId"] for d in raw[SYNC_STATE].find()} == {"alpha", "beta"}
+    assert {d["userId"] for d in raw["sync_runs"].find()} == {"alpha", "beta"}
