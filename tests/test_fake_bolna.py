@@ -3,6 +3,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import requests
 
+from fakes.accounts_dataset import accounts_dataset, customer_number
+from fakes.bolna_api import RateLimits
 from fakes.bolna_server import FakeBolna
 from fakes.dataset import generate, iso
 from fakes.demo_dataset import demo_dataset
@@ -143,3 +145,135 @@ def test_demo_dataset_has_the_awkward_cases():
     assert any("extracted_data" not in e for e in executions)
     assert any(isinstance(e.get("extracted_data"), str) for e in executions)
     assert all(NOW - timedelta(days=3) <= datetime.fromisoformat(e["created_at"]) <= NOW for e in executions)
+
+
+# -- many accounts --------------------------------------------------------------------------------
+
+@pytest.fixture
+def accounts():
+    return accounts_dataset(2, agents_per_account=2, calls_per_agent=30, seed=3, now=NOW, span_days=6.5)
+
+
+def as_(account, fake, path, **params):
+    headers = {"Authorization": f"Bearer {account.api_key}"}
+    return requests.get(fake.base_url + path, params=params, headers=headers, timeout=5)
+
+
+def test_accounts_are_isolated(accounts):
+    a, b = accounts
+    shared_ids = {e["id"] for e in a.executions} & {e["id"] for e in b.executions}
+    a_only = next(e for e in a.executions if e["id"] not in shared_ids)
+    with FakeBolna.serving(accounts) as fake:
+        for mine, theirs in ((a, b), (b, a)):
+            assert as_(mine, fake, "/v2/agent/all").json() == mine.agents
+            listed = as_(mine, fake, f"/v2/agent/{mine.agents[0]['id']}/executions", page_size=50,
+                         **window()).json()
+            assert listed["total"] == 30
+            assert {e["agent_id"] for e in listed["data"]} == {mine.agents[0]["id"]}
+            # Another organisation's agent is as missing as one that never existed.
+            missing = as_(mine, fake, f"/v2/agent/{theirs.agents[0]['id']}/executions", **window())
+            assert missing.status_code == 404 and missing.json()["error"] == 404
+        assert as_(a, fake, f"/executions/{a_only['id']}").json() == a_only
+        assert as_(b, fake, f"/executions/{a_only['id']}").status_code == 404
+        # One id, two accounts: each key gets its own call.
+        for shared_id in shared_ids:
+            served = [as_(acc, fake, f"/executions/{shared_id}").json() for acc in (a, b)]
+            assert served == [next(e for e in acc.executions if e["id"] == shared_id) for acc in (a, b)]
+            assert served[0]["agent_id"] != served[1]["agent_id"]
+        unknown = requests.get(fake.base_url + "/v2/agent/all", headers={"Authorization": "Bearer bn-nope"},
+                               timeout=5)
+        assert (unknown.status_code, unknown.json()) == (403, {"detail": "Invalid API key"})
+    assert shared_ids
+
+
+def test_changes_to_one_account_stay_in_it(accounts):
+    a, b = accounts
+    with FakeBolna.serving(accounts) as fake:
+        call = {**b.executions[0], "id": a.executions[0]["id"], "status": "in-progress",
+                "created_at": iso(NOW - timedelta(minutes=1))}
+        fake.account(b.api_key).add_execution(call)
+        fake.account(b.api_key).update_execution(call["id"], status="completed")
+        assert as_(b, fake, f"/executions/{call['id']}").json()["status"] == "completed"
+        assert as_(a, fake, f"/executions/{call['id']}").json() == a.executions[0]
+        assert fake.ground_truth() == {e["id"]: e for e in a.executions}
+        assert fake.account(b.api_key).ground_truth()[call["id"]]["agent_id"] == b.agents[0]["id"]
+
+        answer = requests.patch(fake.base_url + f"/v2/agent/{a.agents[0]['id']}", timeout=5,
+                                json={"agent_config": {"webhook_url": "https://hooks.example/b"}},
+                                headers={"Authorization": f"Bearer {b.api_key}"})
+        assert answer.status_code == 404
+        assert "agent_config" not in fake.agent(a.agents[0]["id"])
+
+
+def test_rate_limits_are_per_account(accounts):
+    a, b = accounts
+    with FakeBolna.serving(accounts, rate_limits=RateLimits(listing=2)) as fake:
+        path = f"/v2/agent/{a.agents[0]['id']}/executions"
+        assert [as_(a, fake, path, **window()).status_code for _ in range(3)] == [200, 200, 429]
+        assert as_(a, fake, path, **window()).headers["Retry-After"]
+        assert as_(b, fake, f"/v2/agent/{b.agents[0]['id']}/executions", **window()).status_code == 200
+        assert as_(a, fake, f"/executions/{a.executions[0]['id']}").status_code == 200  # another class
+
+
+def test_request_log_faults_and_actions_per_account(accounts):
+    a, b = accounts
+    with FakeBolna.serving(accounts) as fake:
+        fake.inject("/agent/all", status=503, api_key=b.api_key)
+        fake.on_answer("/agent/all", lambda: fake.account(a.api_key).add_execution(
+            {**a.executions[0], "id": "late-call"}), api_key=a.api_key)
+        assert as_(a, fake, "/v2/agent/all").status_code == 200
+        assert as_(b, fake, "/v2/agent/all").status_code == 503
+        assert as_(b, fake, "/v2/agent/all").status_code == 200
+        assert "late-call" in fake.ground_truth()
+        assert "late-call" not in fake.account(b.api_key).ground_truth()
+        requests.get(fake.base_url + "/v2/agent/all", timeout=5)
+
+        assert [(r.account, r.status) for r in fake.requests] == [
+            ("acct-0000", 200), ("acct-0001", 503), ("acct-0001", 200), (None, 403)]
+        assert fake.request_count(api_key=b.api_key) == 2
+        assert fake.request_count("/v2/agent/all", api_key=a.api_key) == 1
+        assert fake.request_count() == 4
+        assert not any(a.api_key in str(r) or b.api_key in str(r) for r in fake.requests)
+
+
+def test_default_account_can_be_rekeyed_and_keys_stay_unique(fake, accounts):
+    fake.api_key = "new-key"
+    assert get(fake, "/v2/agent/all").status_code == 403
+    answer = requests.get(fake.base_url + "/v2/agent/all", headers={"Authorization": "Bearer new-key"},
+                          timeout=5)
+    assert answer.status_code == 200
+    fake.add_account(accounts[0].api_key, accounts[0].agents, [], label="acct-0000")
+    with pytest.raises(ValueError):
+        fake.add_account(accounts[0].api_key, [], [])
+    with pytest.raises(ValueError):
+        fake.add_account("other", [], [], label="acct-0000")
+    with pytest.raises(ValueError):
+        fake.api_key = accounts[0].api_key
+
+
+def test_accounts_dataset_is_deterministic_and_shares_on_purpose():
+    assert accounts_dataset(4, 2, 10, seed=7, now=NOW) == accounts_dataset(4, 2, 10, seed=7, now=NOW)
+    assert accounts_dataset(4, 2, 10, seed=7, now=NOW) != accounts_dataset(4, 2, 10, seed=8, now=NOW)
+    accounts = accounts_dataset(500, agents_per_account=2, calls_per_agent=4, seed=1, now=NOW)
+    assert len(accounts) == 500
+    assert len({a.api_key for a in accounts}) == len({a.label for a in accounts}) == 500
+    assert len({agent["id"] for a in accounts for agent in a.agents}) == 1000
+    for account in accounts:
+        assert len(account.agents) == 2 and len(account.executions) == 8
+        assert len({e["id"] for e in account.executions}) == 8  # unique within an account
+        assert {e["agent_id"] for e in account.executions} == {agent["id"] for agent in account.agents}
+
+    def ids(account):
+        return {e["id"] for e in account.executions}
+
+    def customers(account):
+        return {customer_number(e) for e in account.executions}
+
+    a, b, c = accounts_dataset(3, 2, 50, seed=2, now=NOW)
+    assert len(ids(a) & ids(b)) == 5 and len(customers(a) & customers(b)) >= 5
+    assert not ids(b) & ids(c) and not customers(b) & customers(c)  # c has no partner
+    a, b = accounts_dataset(2, 2, 50, seed=2, now=NOW, shared=False)
+    assert not ids(a) & ids(b) and not customers(a) & customers(b)
+    agent_numbers = [{e["telephony_data"]["from_number"] for e in x.executions
+                      if e["telephony_data"]["call_type"] == "outbound"} for x in (a, b)]
+    assert len(agent_numbers[0]) == 2 and not agent_numbers[0] & agent_numbers[1]
