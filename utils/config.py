@@ -11,7 +11,7 @@ from models.customer import DEFAULT_PRECEDENCE
 from services.analyzer.pricing import DEFAULT_PRICES, Price
 from utils import config_values as values
 from utils.config_values import (  # used here, and imported from here by callers
-    BOLNA_SENDER_IPS, DEFAULT_TAGS, ExtraField, window_hours)
+    BOLNA_SENDER_IPS, DEFAULT_TAGS, DEFAULT_TENANT_FIELDS, ExtraField, window_hours)
 from utils.phone import DEFAULT_REGION
 
 
@@ -84,6 +84,14 @@ class Settings:
     # A full record fetched for one job, kept for the other (services/record_cache.py).
     bolna_record_cache_size: int = 10000
     bolna_record_cache_seconds: int = 1800
+    # Many accounts (services/tenancy): `env` serves the one account of BOLNA_API_KEY; `mongodb`
+    # reads the accounts and their keys from `tenants_collection`.
+    tenant_source: str = "env"
+    tenants_collection: str = "users"
+    tenants_filter: Mapping[str, object] | None = None  # None: see tenants_query
+    tenant_fields: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TENANT_FIELDS))
+    # Fernet key(s) the stored keys are encrypted with; None: they are stored as plain text.
+    tenant_keys_secret: str | None = field(default=None, repr=False)
 
     @property
     def llm_batch_api_window_seconds(self) -> int:
@@ -94,6 +102,14 @@ class Settings:
         """HTTP requests to the LLM a run may make, retries included: twice the batch limit unless
         set, so a 429 storm or an outage costs a bounded number of requests."""
         return self.llm_request_budget if self.llm_request_budget is not None else 2 * self.llm_batch_limit
+
+    @property
+    def tenants_query(self) -> Mapping[str, object]:
+        """The accounts' filter: TENANTS_FILTER, else the default, derived here rather than stored
+        so it follows TENANT_FIELDS' key path however the settings were built."""
+        if self.tenants_filter is not None:
+            return self.tenants_filter
+        return values.default_tenants_filter(self.tenant_fields["bolnaApiKey"])
 
     def with_overrides(self, **changes) -> "Settings":
         return replace(self, **changes)
@@ -158,6 +174,11 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "BOLNA_FETCH_CONCURRENCY": ("bolna_fetch_concurrency", values.positive_int, False),
     "BOLNA_RECORD_CACHE_SIZE": ("bolna_record_cache_size", values.non_negative_int, False),
     "BOLNA_RECORD_CACHE_SECONDS": ("bolna_record_cache_seconds", values.non_negative_int, False),
+    "TENANT_SOURCE": ("tenant_source", values.tenant_source, False),
+    "TENANTS_COLLECTION": ("tenants_collection", values.collection_name, False),
+    "TENANTS_FILTER": ("tenants_filter", values.json_object, False),
+    "TENANT_FIELDS": ("tenant_fields", values.tenant_fields, False),
+    "TENANT_KEYS_SECRET": ("tenant_keys_secret", values.fernet_secret, True),
 }
 
 

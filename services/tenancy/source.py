@@ -1,0 +1,59 @@
+"""The accounts to serve (TENANT_SOURCE): the one of BOLNA_API_KEY, or those of the CRM's
+accounts collection, each with its keys made plain. An account that cannot be served is skipped
+and reported, and never keeps the others from running."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pymongo.database import Database
+
+from services.tenancy.document import projection, tenant_from_document
+from services.tenancy.keys import KeyReader
+from services.tenancy.tenant import Tenant, UnusableTenant
+from utils.config import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SkippedTenant:
+    id: object
+    reason: str  # names fields, never a key
+
+
+@dataclass(frozen=True)
+class TenantList:
+    tenants: tuple[Tenant, ...]
+    skipped: tuple[SkippedTenant, ...] = ()
+
+
+class TenantSource:
+    def __init__(self, settings: Settings, db: Database | None = None):
+        """Checks what can be checked at start-up (the secret), so a mistake stops the daemon
+        once instead of skipping every account at every load."""
+        self._settings = settings
+        if settings.tenant_source == "mongodb":
+            if db is None:
+                raise ConfigError("TENANT_SOURCE=mongodb reads the accounts from MongoDB: a database is needed")
+            self._keys = KeyReader.from_secret(settings.tenant_keys_secret)
+            self._collection = db[settings.tenants_collection]
+        else:
+            Tenant.from_settings(settings)  # BOLNA_API_KEY must be set
+
+    def load(self) -> TenantList:
+        """The accounts as they are now; called again to follow the CRM's changes."""
+        if self._settings.tenant_source != "mongodb":
+            return TenantList((Tenant.from_settings(self._settings),))
+        fields = self._settings.tenant_fields
+        tenants: list[Tenant] = []
+        skipped: list[SkippedTenant] = []
+        documents = self._collection.find(self._settings.tenants_query, projection=projection(fields),
+                                          sort=[("_id", 1)])
+        for document in documents:
+            try:
+                tenants.append(tenant_from_document(document, fields, self._keys))
+            except UnusableTenant as exc:
+                skipped.append(SkippedTenant(exc.tenant_id, exc.reason))
+                log.warning("tenant %s skipped: %s", exc.tenant_id, exc.reason, extra={"event": "tenant_skipped"})
+        return TenantList(tuple(tenants), tuple(skipped))
