@@ -1,0 +1,296 @@
+"""The tenant schedule: when each tenant (account) is synced next, and which replica syncs it now.
+
+One document per tenant, `_id` the tenant id:
+
+    {_id, dueAt, keyFingerprint, active,
+     lease:   {owner, token, claimedAt, until}          while a replica syncs it
+     refused: {reason, since, keyFingerprint}            its key was refused
+     retiredAt                                           no longer in the tenant list
+     lastRun: {startedAt, finishedAt, owner, status, ...the runtime's result}
+     registeredAt}
+
+Replicas share the work with no configuration: each one claims due tenants atomically
+(`find_one_and_update`) under a lease, as the analysis queue claims calls (services/analyzer/claims.py).
+A live replica finishes or renews well within the lease; a lease whose `until` passed belongs to a
+replica that died, and its tenant is taken over by the next claim. Only the holder of the current
+token can finish, renew, release or mark a claim refused, so a replica that lost its lease writes
+nothing. Leases are set and compared by one clock for all replicas: the database server's
+(`ServerClock(db).now`), passed in as `clock`.
+
+`active` is false while the tenant is retired or its key refused: it leads the claim index, so
+the tenants that must be skipped (which stay overdue for as long as they are skipped) are outside
+the range a claim scans, however many there are. Every write that sets or clears `retiredAt` or
+`refused` sets `active` with it.
+
+The integrator adds `SCHEDULE_INDEXES` to services/database.py for the schedule's collection:
+
+    active_dueAt  (active, dueAt)  the claim: active, due, the longest due first
+
+Renew, finish, release, mark_refused and register's writes select by `_id`, served by `_id_`.
+`register` and `overview` read the whole collection on purpose (a few small fields per tenant,
+once per tenant-list refresh and per status request).
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable, Iterable
+
+from pymongo import ASCENDING, IndexModel, InsertOne, ReturnDocument, UpdateMany, UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError
+
+from utils.clock import to_millis, utcnow
+
+# The claim's index, named by its keys in the hint: a simpler planner (the test run's wire server)
+# gives up on an index when the filter has an `$or`; MongoDB's picks the same one unaided.
+CLAIM_INDEX_KEYS = [("active", ASCENDING), ("dueAt", ASCENDING)]
+# A tenant with a condition on its lease: named for the same reason.
+BY_ID = [("_id", ASCENDING)]
+SCHEDULE_INDEXES = [IndexModel(CLAIM_INDEX_KEYS, name="active_dueAt")]
+
+RUNNING, RETIRED, REFUSED, DUE, WAITING = "running", "retired", "refused", "due", "waiting"
+STATES = (RUNNING, RETIRED, REFUSED, DUE, WAITING)
+DUPLICATE_KEY = 11000
+_ROW_FIELDS = ("dueAt", "keyFingerprint", "lease", "refused", "retiredAt", "lastRun")
+
+
+@dataclass(frozen=True)
+class TenantClaim:
+    tenant_id: object
+    token: str  # unique per claim: only the holder of the current claim may write the outcome
+    due_at: datetime  # the slot this sync serves: the next one is counted from it (`next_due`)
+    claimed_at: datetime
+    lease_until: datetime
+    key_fingerprint: str  # the key the schedule knew when the tenant was claimed
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    added: int = 0
+    rekeyed: int = 0  # fingerprint changed: any refusal cleared
+    retired: int = 0
+    returned: int = 0  # retired before, listed again
+
+
+def next_due(previous_due: datetime, interval: timedelta, now: datetime) -> datetime:
+    """The tenant's next slot: `previous_due` plus whole intervals, the first at least half an
+    interval after `now` (the end of the sync).
+
+    Slots keep each tenant's place in the interval, so tenants spread over it (the first
+    register spreads them) stay spread: `now + interval` would move every tenant to when its sync
+    happened to end, and after an outage all tenants synced in one burst would stay bunched for
+    good. Whole intervals are skipped when a sync overran or the tenant waited (replicas down),
+    rather than syncing it again at once for each missed slot; the half interval keeps a sync
+    that ended just before its next slot from running again straight away."""
+    slots = max(1, -(-(now + interval / 2 - previous_due) // interval))  # ceiling division
+    return to_millis(previous_due + slots * interval)
+
+
+def first_due_times(count: int, interval: timedelta, now: datetime) -> list[datetime]:
+    """Due times of `count` tenants registered together, evenly over one interval from `now`: a
+    first register of 10,000 tenants does not make them all due at once (nor, through
+    `next_due`'s slots, at once in every later interval); a single new tenant is due now."""
+    return [to_millis(now + interval * n / count) for n in range(count)]
+
+
+class TenantSchedule:
+    def __init__(self, collection: Collection, owner: str, lease_seconds: float, interval_seconds: float,
+                 clock: Callable[[], datetime] = utcnow):
+        """`owner`: this replica (host:pid:random), shown in status. `interval_seconds`: how often
+        a tenant is synced, for the first spread and the default next due time. `clock`: the
+        database server's time (`ServerClock`) where replicas share the schedule, so a replica
+        whose clock is fast cannot take a live lease."""
+        self._schedule = collection
+        self.owner = owner
+        self.lease = timedelta(seconds=lease_seconds)
+        self.interval = timedelta(seconds=interval_seconds)
+        self.clock = clock
+
+    # -- the tenant list --------------------------------------------------------------------
+
+    def register(self, tenants: Iterable[tuple[object, str]]) -> RegisterResult:
+        """Bring the schedule in line with the current tenant list, (tenant id, key fingerprint)
+        pairs: new tenants are added (spread over one interval); a changed fingerprint clears a
+        refusal (the key changed, so it gets a try); tenants no longer listed are retired (never
+        claimed; a sync in progress may finish) and un-retired when they are listed again.
+
+        A bounded number of round trips whatever the number of tenants: one read of the whole
+        schedule (a few fields each; more batches of the same cursor for a large one) and one
+        unordered bulk write of the changes only (an insert and an update command, each split
+        only past 100,000 writes), so a refresh that changes nothing writes nothing. Retired and
+        returning tenants are one `$in` update each, not one per tenant. Each write is guarded by
+        what it changes, and a new tenant another replica inserted first is a duplicate that is
+        passed over, so replicas registering at once neither fail nor undo each other's changes.
+
+        An empty list retires every tenant: a tenant source that cannot read the accounts must
+        raise, not return nothing."""
+        listed = dict(tenants)
+        known = {doc["_id"]: doc for doc in self._schedule.find(
+            {}, {"keyFingerprint": 1, "retiredAt": 1})}
+        now = self.clock()
+        operations: list = []
+        new = [tenant_id for tenant_id in listed if tenant_id not in known]
+        for tenant_id, due_at in zip(new, first_due_times(len(new), self.interval, now)):
+            operations.append(InsertOne({"_id": tenant_id, "dueAt": due_at, "keyFingerprint": listed[tenant_id],
+                                         "active": True, "registeredAt": now}))
+        rekeyed = [tenant_id for tenant_id, doc in known.items()
+                   if tenant_id in listed and doc.get("keyFingerprint") != listed[tenant_id]]
+        for tenant_id in rekeyed:
+            # Listed, with another key: neither retired nor refused any more, whatever it was.
+            operations.append(UpdateOne(
+                {"_id": tenant_id, "keyFingerprint": known[tenant_id].get("keyFingerprint")},
+                {"$set": {"keyFingerprint": listed[tenant_id], "active": True},
+                 "$unset": {"refused": "", "retiredAt": ""}}))
+        returned = [tenant_id for tenant_id, doc in known.items()
+                    if tenant_id in listed and "retiredAt" in doc and doc.get("keyFingerprint") == listed[tenant_id]]
+        if returned:
+            # Active again unless its (unchanged) key is refused: both cases, each guarded, so a
+            # refusal written between the read and this write is kept.
+            back = {"_id": {"$in": returned}, "retiredAt": {"$exists": True}}
+            operations.append(UpdateMany({**back, "refused": None},
+                                         {"$set": {"active": True}, "$unset": {"retiredAt": ""}}))
+            operations.append(UpdateMany({**back, "refused": {"$ne": None}}, {"$unset": {"retiredAt": ""}}))
+        retired = [tenant_id for tenant_id, doc in known.items()
+                   if tenant_id not in listed and "retiredAt" not in doc]
+        if retired:
+            operations.append(UpdateMany({"_id": {"$in": retired}, "retiredAt": None},
+                                         {"$set": {"retiredAt": now, "active": False}}))
+        if operations:
+            try:
+                self._schedule.bulk_write(operations, ordered=False)
+            except BulkWriteError as exc:
+                self._pass_over_registered_meanwhile(exc, new)
+        return RegisterResult(added=len(new), rekeyed=len(rekeyed), retired=len(retired), returned=len(returned))
+
+    def _pass_over_registered_meanwhile(self, failure: BulkWriteError, new: list) -> None:
+        """The bulk write was unordered, so every other write was applied. A failed insert of a
+        new tenant (the first `len(new)` writes) that is in the schedule now was another
+        replica's register, done first; any other failure is raised."""
+        details = failure.details
+        duplicates = [new[error["index"]] for error in details.get("writeErrors", [])
+                      if error.get("code") == DUPLICATE_KEY and error["index"] < len(new)]
+        if (len(duplicates) != len(details.get("writeErrors", [])) or details.get("writeConcernErrors")
+                or self._schedule.count_documents({"_id": {"$in": duplicates}}) != len(duplicates)):
+            raise failure
+
+    # -- claims ----------------------------------------------------------------------------
+
+    def claim_due(self) -> TenantClaim | None:
+        """The tenant due longest that no live lease holds, leased to this replica; None when no
+        tenant is due. Atomic on the server: of two replicas asking at once, one gets it."""
+        token, now = uuid.uuid4().hex, self.clock()
+        until = to_millis(now + self.lease)
+        doc = self._schedule.find_one_and_update(
+            {"active": True, "dueAt": {"$lte": now}, "$or": [{"lease": None}, {"lease.until": {"$lte": now}}]},
+            {"$set": {"lease": {"owner": self.owner, "token": token, "claimedAt": now, "until": until}}},
+            sort=[("dueAt", ASCENDING)],
+            hint=CLAIM_INDEX_KEYS,
+            projection={"dueAt": 1, "keyFingerprint": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            return None
+        return TenantClaim(doc["_id"], token, doc["dueAt"], now, until, doc.get("keyFingerprint", ""))
+
+    def renew(self, claim: TenantClaim) -> bool:
+        """Hold the tenant for another lease from now; False when the lease was lost (it expired
+        and another replica took the tenant, or it was released). A lease that expired but that
+        no replica took yet is still this claim's: nobody else synced the tenant meanwhile."""
+        until = to_millis(self.clock() + self.lease)
+        result = self._schedule.update_one(_held(claim), {"$set": {"lease.until": until}}, hint=BY_ID)
+        return result.matched_count == 1
+
+    def finish(self, claim: TenantClaim, result: dict, *, next_due_at: datetime | None = None) -> bool:
+        """Record the sync (`result`: the runtime's outcome, with a `status`) as the tenant's last
+        run and make it due again at `next_due_at` (by default its next slot, `next_due`); the
+        lease is removed. False when the lease was lost, in which case nothing was written: the
+        replica that took the tenant over records its own run."""
+        if "status" not in result:
+            raise ValueError("a run's result needs a status")
+        now = self.clock()
+        due = next_due_at if next_due_at is not None else next_due(claim.due_at, self.interval, now)
+        return self._close(claim, {"dueAt": due, "lastRun": self._run(claim, now, result)})
+
+    def release(self, claim: TenantClaim) -> bool:
+        """Give the tenant back unsynced (shutdown, a sync cut off): still due, for any replica at
+        once. False when the lease was lost already."""
+        result = self._schedule.update_one(_held(claim), {"$unset": {"lease": ""}}, hint=BY_ID)
+        return result.matched_count == 1
+
+    def mark_refused(self, claim: TenantClaim, reason: str, *, key_fingerprint: str | None = None) -> bool:
+        """The tenant's key was refused: it is skipped, and the others go on, until `register`
+        sees another fingerprint for it (`key_fingerprint`: the refused key's, by default the one
+        claimed). It stays due, so the new key is tried at once.
+
+        False when nothing was marked: the lease was lost, or the tenant's key changed while it
+        was synced with the old one, in which case the lease is released and the new key gets
+        its own try."""
+        fingerprint = claim.key_fingerprint if key_fingerprint is None else key_fingerprint
+        now = self.clock()
+        marked = self._close(claim, {
+            "active": False, "refused": {"reason": reason, "since": now, "keyFingerprint": fingerprint},
+            "lastRun": self._run(claim, now, {"status": REFUSED, "errors": [reason]})},
+            keyFingerprint=fingerprint)
+        if not marked:
+            self.release(claim)
+        return marked
+
+    def _close(self, claim: TenantClaim, fields: dict, **condition) -> bool:
+        result = self._schedule.update_one({**_held(claim), **condition},
+                                           {"$set": fields, "$unset": {"lease": ""}}, hint=BY_ID)
+        return result.matched_count == 1
+
+    def _run(self, claim: TenantClaim, now: datetime, result: dict) -> dict:
+        return {**result, "startedAt": claim.claimed_at, "finishedAt": now, "owner": self.owner}
+
+    # -- status ----------------------------------------------------------------------------
+
+    def overview(self, limit: int = 50) -> dict:
+        """What status shows: how many tenants are in each state (running: held by a live lease;
+        retired; refused; due: waiting for a replica, an expired lease's included; waiting: not
+        due yet), and up to `limit` tenants that are not retired, the longest due first, each
+        with its state, due time, lease (owner, until), last run and refusal."""
+        now = self.clock()
+        counts = dict.fromkeys(STATES, 0)
+        for group in self._schedule.aggregate([{"$group": {"_id": _state_expression(now), "n": {"$sum": 1}}}]):
+            counts[group["_id"]] = group["n"]
+        rows = [{"tenantId": doc["_id"], "state": _state(doc, now), **{k: doc[k] for k in _ROW_FIELDS if k in doc}}
+                for doc in self._schedule.find({"retiredAt": None}, {field: 1 for field in _ROW_FIELDS},
+                                               sort=[("dueAt", ASCENDING)], limit=limit)]
+        for row in rows:
+            if "lease" in row:
+                row["lease"] = {"owner": row["lease"]["owner"], "until": row["lease"]["until"]}
+        return {"counts": counts, "total": sum(counts.values()), "tenants": rows}
+
+
+def _held(claim: TenantClaim) -> dict:
+    """The tenant, while this claim holds it."""
+    return {"_id": claim.tenant_id, "lease.token": claim.token}
+
+
+def _state(doc: dict, now: datetime) -> str:
+    """One state per tenant, the first that applies: the order of `STATES`."""
+    if doc.get("lease") and doc["lease"]["until"] > now:
+        return RUNNING
+    if "retiredAt" in doc:
+        return RETIRED
+    if doc.get("refused"):
+        return REFUSED
+    return DUE if doc["dueAt"] <= now else WAITING
+
+
+def _state_expression(now: datetime) -> dict:
+    """`_state` on the server, to count without reading every tenant."""
+    return {"$switch": {"branches": [
+        {"case": {"$gt": ["$lease.until", now]}, "then": RUNNING},
+        {"case": _present("$retiredAt"), "then": RETIRED},
+        {"case": _present("$refused"), "then": REFUSED},
+        {"case": {"$lte": ["$dueAt", now]}, "then": DUE},
+    ], "default": WAITING}}
+
+
+def _present(field: str) -> dict:
+    # $ifNull, not a comparison with null: how a missing field compares differs between servers.
+    return {"$ne": [{"$ifNull": [field, None]}, None]}
