@@ -5,6 +5,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.collection import Collection
 from pymongo.database import Database
 
+from services.tenancy.schedule import SCHEDULE_INDEXES
 from services.tenancy.scoped import TENANT_FIELD, TenantDatabase, TenantScopeError
 
 CUSTOMERS = "customers"
@@ -21,6 +22,11 @@ SUPPRESSIONS = "suppressions"
 ERASURES = "erasures"
 WEBHOOK_INBOX = "webhook_inbox"
 WEBHOOK_DELIVERIES = "webhook_deliveries"
+# Across accounts (TENANT_SOURCE=mongodb): when each is synced next and by which replica, and the
+# LLM analyses taken per interval under LLM_GLOBAL_LIMIT.
+TENANT_SCHEDULE = "tenant_schedule"
+LLM_QUOTA = "llm_quota"
+QUOTA_EXPIRY_INDEX = "ttl_at"
 
 # Every collection the daemon writes holds one account's documents at a time (services/tenancy).
 TENANT_COLLECTIONS = (CUSTOMERS, CUSTOMER_CALLS, CALLS, CONTACTS, ACTIVITIES, SYNC_STATE, SYNC_RUNS, LLM_BATCHES,
@@ -124,6 +130,9 @@ _INDEXES: dict[str, list[IndexModel]] = {
         # The processor's claims: waiting deliveries, oldest first.
         _named(INBOX_STATE_KEYS, name="state_receivedAt"),
     ],
+    # The tally's last day of deliveries (status): beside the TTL index, which cannot be compound.
+    WEBHOOK_DELIVERIES: [_tenant_index(("at", ASCENDING), name="userId_at")],
+    TENANT_SCHEDULE: SCHEDULE_INDEXES,
 }
 
 
@@ -144,6 +153,7 @@ def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int =
     _ensure_run_expiry(db[SYNC_RUNS], run_retention_days * 86400)
     _ensure_expiry(db[WEBHOOK_INBOX], INBOX_EXPIRY_INDEX, "receivedAt", inbox_days * 86400)
     _ensure_expiry(db[WEBHOOK_DELIVERIES], DELIVERIES_EXPIRY_INDEX, "at", DELIVERY_COUNTS_DAYS * 86400)
+    _ensure_expiry(db[LLM_QUOTA], QUOTA_EXPIRY_INDEX, "at", 86400)  # a window's counter is of no use a day on
 
 
 _OPTIONS = ("unique", "sparse", "partialFilterExpression")

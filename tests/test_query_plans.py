@@ -38,15 +38,18 @@ _QUERY_COMMANDS = frozenset({"find", "findAndModify", "update", "delete", "disti
 # asserted, and every other query is.
 PLANNER_GAPS = {
     # The analyzer finishing or releasing its claim: MongoDB uses callId_unique.
-    ("update", CALLS, '{"callId": "str", "claim.token": "str"}'),
+    ("update", CALLS, '{"callId": "str", "claim.token": "str", "userId": "NoneType"}'),
     # The webhook processor closing a claimed delivery (one bulk write per batch): MongoDB uses _id.
-    ("update", WEBHOOK_INBOX, '{"_id": "ObjectId", "claim.token": "str"}'),
-    # A contact's conversation list, by _id: MongoDB uses _id.
-    ("update", CONTACTS, '{"_id": "ObjectId", "pastConversations.callId": "str"}'),
-    ("update", CONTACTS, '{"_id": "ObjectId", "pastConversations.callId": {"$ne": "str"}}'),
-    # Start-up: runs this host left `running` (`$or`): MongoDB uses status_host.
+    ("update", WEBHOOK_INBOX, '{"_id": "ObjectId", "claim.token": "str", "userId": "NoneType"}'),
+    # Bulk writes by _id (mongomock's bulk writes take no hint, so none is named): MongoDB uses _id.
+    ("update", CUSTOMER_CALLS, '{"_id": "str", "userId": "NoneType"}'),
+    ("update", CUSTOMERS, '{"_id": "ObjectId", "userId": "NoneType"}'),
+    ("update", SYNC_STATE, '{"_id": "str", "userId": "NoneType"}'),
+    # Start-up: runs this host left `running` (`$or`; and what they are, by `distinct`, which takes
+    # no hint): MongoDB uses status_host.
     ("update", "sync_runs", '{"$or": [{"host": "str", "pid": {"$in": []}}, '
-                            '{"startedAt": {"$lt": "datetime"}}], "status": "str"}'),
+                            '{"startedAt": {"$lt": "datetime"}}], "status": "str", "userId": "NoneType"}'),
+    ("distinct", "sync_runs", '{"host": "str", "status": "str", "userId": "NoneType"}'),
 }
 
 
@@ -194,21 +197,24 @@ PHONE = normalize_phone("+91 98765 43210", "IN").key
 
 # A CRM consumer's "find this customer / contact" as it writes it, a call by id, and "what
 # changed since T" (docs/collections.md); T and C are filled in from the recorded run's data.
+# A CRM front end's queries name the account (`userId`) first, as every index does; the single
+# account of TENANT_SOURCE=env is `null`.
+ACCOUNT = None
 CONSUMER_QUERIES = [
-    (CUSTOMERS, {"phone": PHONE}, None, "phone_unique"),
-    (CONTACTS, {"phone": PHONE}, None, "phone_unique"),
-    (CALLS, {"callId": "call-00001"}, None, "callId_unique"),
-    (CALLS, {"customerPhone": PHONE}, None, "customerPhone"),
-    (CUSTOMER_CALLS, {"phone": PHONE}, None, "phone"),
-    (CUSTOMERS, {"updatedAt": {"$gte": "T"}}, {"updatedAt": 1}, "updatedAt"),
-    (CALLS, {"updatedAt": {"$gte": "T"}}, {"updatedAt": 1}, "updatedAt"),
-    (CONTACTS, {"updatedAt": {"$gte": "T"}}, {"updatedAt": 1}, "updatedAt"),
-    ("activities", {"at": {"$gte": "T"}}, {"at": 1}, "at"),
-    ("activities", {"contactId": "C"}, {"at": -1}, "contactId_at"),
-    ("sync_runs", {"job": "crm_sync"}, {"startedAt": -1}, "job_startedAt"),
+    (CUSTOMERS, {"userId": ACCOUNT, "phone": PHONE}, None, "phone_unique"),
+    (CONTACTS, {"userId": ACCOUNT, "phone": PHONE}, None, "phone_unique"),
+    (CALLS, {"userId": ACCOUNT, "callId": "call-00001"}, None, "callId_unique"),
+    (CALLS, {"userId": ACCOUNT, "customerPhone": PHONE}, None, "customerPhone"),
+    (CUSTOMER_CALLS, {"userId": ACCOUNT, "phone": PHONE}, None, "phone"),
+    (CUSTOMERS, {"userId": ACCOUNT, "updatedAt": {"$gte": "T"}}, {"updatedAt": 1}, "updatedAt"),
+    (CALLS, {"userId": ACCOUNT, "updatedAt": {"$gte": "T"}}, {"updatedAt": 1}, "updatedAt"),
+    (CONTACTS, {"userId": ACCOUNT, "updatedAt": {"$gte": "T"}}, {"updatedAt": 1}, "updatedAt"),
+    ("activities", {"userId": ACCOUNT, "at": {"$gte": "T"}}, {"at": 1}, "at"),
+    ("activities", {"userId": ACCOUNT, "contactId": "C"}, {"at": -1}, "contactId_at"),
+    ("sync_runs", {"userId": ACCOUNT, "job": "crm_sync"}, {"startedAt": -1}, "job_startedAt"),
     ("sync_runs", {"startedAt": {"$gte": "T"}}, None, "ttl_startedAt"),
-    ("activities", {"customerPhone": PHONE}, None, "customerPhone"),
-    (CALLS, {"callAt": {"$gte": "T"}}, {"callAt": 1}, "callAt"),
+    ("activities", {"userId": ACCOUNT, "customerPhone": PHONE}, None, "customerPhone"),
+    (CALLS, {"userId": ACCOUNT, "callAt": {"$gte": "T"}}, {"callAt": 1}, "callAt"),
 ]
 
 

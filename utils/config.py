@@ -92,6 +92,15 @@ class Settings:
     tenant_fields: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TENANT_FIELDS))
     # Fernet key(s) the stored keys are encrypted with; None: they are stored as plain text.
     tenant_keys_secret: str | None = field(default=None, repr=False)
+    # Many accounts across replicas (worker/fleet.py): the lease a replica holds on an account it
+    # syncs (renewed every third of it; an account of a dead replica is taken over after it), how
+    # often each replica looks for due accounts, how many it syncs at once, how often the account
+    # list is re-read, and the ceiling on LLM analyses per sync interval across all accounts.
+    tenant_lease_seconds: int = 120
+    tenant_poll_seconds: int = 5
+    tenant_concurrency: int = 4
+    tenant_refresh_seconds: int = 60
+    llm_global_limit: int | None = None
 
     @property
     def llm_batch_api_window_seconds(self) -> int:
@@ -179,6 +188,11 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "TENANTS_FILTER": ("tenants_filter", values.json_object, False),
     "TENANT_FIELDS": ("tenant_fields", values.tenant_fields, False),
     "TENANT_KEYS_SECRET": ("tenant_keys_secret", values.fernet_secret, True),
+    "TENANT_LEASE_SECONDS": ("tenant_lease_seconds", values.lease_seconds, False),
+    "TENANT_POLL_SECONDS": ("tenant_poll_seconds", values.positive_int, False),
+    "TENANT_CONCURRENCY": ("tenant_concurrency", values.positive_int, False),
+    "TENANT_REFRESH_SECONDS": ("tenant_refresh_seconds", values.positive_int, False),
+    "LLM_GLOBAL_LIMIT": ("llm_global_limit", values.non_negative_int, False),
 }
 
 
@@ -207,6 +221,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("ANALYSIS_TAGS must name at least one tag")
     if settings.webhook_port is not None and not settings.webhook_token:
         raise ConfigError("WEBHOOK_PORT is set but WEBHOOK_TOKEN is not: the listener needs its secret path")
+    if settings.webhook_port is not None and settings.tenant_source == "mongodb":
+        # One token names one account; a token per account is not built yet (docs/scaling.md).
+        raise ConfigError("WEBHOOK_PORT serves the one account of TENANT_SOURCE=env; with TENANT_SOURCE=mongodb "
+                          "each account's calls arrive by the sync alone")
     return settings
 
 

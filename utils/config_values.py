@@ -327,3 +327,11 @@ def fernet_keys(value: str) -> tuple[str, ...]:
 
 def fernet_secret(value: str) -> str:
     return ",".join(fernet_keys(value))
+
+
+MIN_LEASE_SECONDS = 15
+
+
+def lease_seconds(value: str) -> int:
+    """Renewed every third of it: much shorter, and a slow MongoDB round trip would lose it."""
+    return int_at_least(value, MIN_LEASE_SECONDS)

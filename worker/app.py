@@ -2,12 +2,13 @@
 MongoDB client (pymongo or mongomock) and point the HTTP clients at local servers."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import threading
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pymongo import MongoClient
 from pymongo.database import Database
@@ -38,7 +39,7 @@ from services.webhooks.inbox import Inbox
 from services.webhooks.processor import LEASE_SECONDS, InboxProcessor
 from services.webhooks.tally import DeliveryTally
 from utils.config import Settings
-from worker.jobs import JOB_NAMES, JOBS
+from worker.jobs import JOB_NAMES, JOBS, ScheduledJob
 from worker.metrics import RunMetrics, observe_webhooks
 from worker.status import StatusReader
 
@@ -47,6 +48,14 @@ log = logging.getLogger(__name__)
 DEFAULT_SERVER_SELECTION_MS = 5000
 # Uploading a batch job's input file (up to 90 MB) takes longer than an analysis request.
 BATCH_API_TIMEOUT_SECONDS = 300.0
+
+
+def connect(settings: Settings) -> MongoClient:
+    """A client of MONGODB_URI. Timeouts and the like come from the URI's options; without one, a
+    server that cannot be reached is reported after a few seconds, not the driver's 30."""
+    timeout = {} if "serverselectiontimeoutms" in settings.mongodb_uri.lower() else {
+        "serverSelectionTimeoutMS": DEFAULT_SERVER_SELECTION_MS}
+    return MongoClient(settings.mongodb_uri, tz_aware=False, appname="callsync", **timeout)
 
 
 def build_analysis(db: Database, settings: Settings, owner: str,
@@ -150,6 +159,7 @@ class App(AccountApp):
         db = self.db
         self.mongo_client = mongo_client
         self.metrics = RunMetrics(JOB_NAMES, queue_depth=self.call_queue.depth)
+        self._successes_loaded = False
         self.runs.subscribe(self.metrics.observe_run)
         # Webhooks: the inbox, its processor (started by the daemon with the listener) and the tally.
         self.inbox = Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self.call_queue.clock)
@@ -160,16 +170,11 @@ class App(AccountApp):
         self.status = StatusReader(db, settings.mongodb_db, self.runs, self.call_queue, self.inbox, self.deliveries)
 
     @classmethod
-    def build(cls, settings: Settings, mongo_client=None) -> "App":
+    def build(cls, settings: Settings, mongo_client=None, tenant_id=None) -> "App":
         """`mongo_client`: any pymongo-compatible client; default: a MongoClient on MONGODB_URI."""
-        if mongo_client is None:
-            # Timeouts and the like come from the URI's options; without one, a server that cannot
-            # be reached is reported after a few seconds, not the driver's 30.
-            timeout = {} if "serverselectiontimeoutms" in settings.mongodb_uri.lower() else {
-                "serverSelectionTimeoutMS": DEFAULT_SERVER_SELECTION_MS}
-            mongo_client = MongoClient(settings.mongodb_uri, tz_aware=False, appname="callsync", **timeout)
+        mongo_client = mongo_client or connect(settings)
         db = mongo_client[settings.mongodb_db]
-        return cls(settings, db, BolnaClient.from_settings(settings, stop=threading.Event()), mongo_client)
+        return cls(settings, db, BolnaClient.from_settings(settings, stop=threading.Event()), mongo_client, tenant_id)
 
     def prepare(self) -> None:
         """Start-up work that touches the database: indexes, and runs a dead process left open."""
@@ -182,6 +187,17 @@ class App(AccountApp):
             log.warning("marked %d run(s) left running by a stopped process as abandoned", abandoned)
         if (problem := self.analysis.check_llm()) is not None:
             log.warning("%s", problem, extra={"event": "llm_model_missing"})
+
+    def scheduled_jobs(self) -> list[ScheduledJob]:
+        seconds = self.settings.sync_interval_minutes * 60
+        return [ScheduledJob(name, functools.partial(self.run_job, name), seconds) for name in JOB_NAMES]
+
+    def last_success_at(self, job: str) -> datetime | None:
+        """From the run records the first time (a restart remembers), then from the runs seen."""
+        if not self._successes_loaded:
+            self.metrics.load_last_successes(self.runs)
+            self._successes_loaded = True
+        return self.metrics.last_success_at(job)
 
     def close(self) -> None:
         super().close()

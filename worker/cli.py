@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pymongo.errors import ConfigurationError, ConnectionFailure, PyMongoError
 
@@ -30,9 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     once = commands.add_parser("once", help="run the jobs now, print each run record as a JSON line")
     once.add_argument("--job", choices=JOB_NAMES, help="only this job")
     once.add_argument("--full", action="store_true", help="ignore the cursors and backfill BACKFILL_DAYS")
-    commands.add_parser("demo", help="zero-configuration demo against a local fake Bolna API and in-memory MongoDB")
-    status = commands.add_parser("status", help="last runs, queue depth, tags and lead statuses")
+    demo = commands.add_parser("demo", help="zero-configuration demo against a local fake Bolna API and in-memory MongoDB")
+    demo.add_argument("--tenants", type=_positive, help="many-accounts mode: N accounts in `users`, each with its "
+                                                        "own Bolna key, synced as replicas sync them")
+    status = commands.add_parser("status", help="last runs, queue depth, tags and lead statuses; with many "
+                                                "accounts, the accounts by state (--account: one account's)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--limit", type=_positive, default=50, help="with many accounts: list at most N (default 50)")
     reanalyze = commands.add_parser("reanalyze", help="put calls back in the analysis queue")
     which = reanalyze.add_mutually_exclusive_group(required=True)
     which.add_argument("--call-id", help="one call, by Bolna execution id")
@@ -51,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("--dry-run", action="store_true", help="only count what would be removed")
     forget.add_argument("--as-stored", action="store_true",
                         help="the exact text of a number that is not valid (stored as received)")
+    for command in (status, reanalyze, review, forget):
+        command.add_argument("--account", help="with TENANT_SOURCE=mongodb: the account (its id in "
+                                               "TENANTS_COLLECTION) this command is about")
     hook = commands.add_parser("webhook-url", help="the webhook URL to configure at Bolna (WEBHOOK_PUBLIC_URL + "
                                                    "token); --apply sets it on the agent")
     hook.add_argument("--agent", help="the Bolna agent id")
@@ -80,7 +87,7 @@ def _require_server(settings: Settings, command: str, needs_bolna: bool = True) 
                              "Set MONGODB_URI (see .env.example).")
         raise UsageError("MONGODB_URI is not set: this command writes to MongoDB and will not keep data "
                          "in memory. Set MONGODB_URI (see .env.example), or try `python main.py demo`.")
-    if needs_bolna and not settings.bolna_api_key:
+    if needs_bolna and not settings.bolna_api_key and settings.tenant_source == "env":
         raise UsageError("BOLNA_API_KEY is not set (see .env.example), or try `python main.py demo`.")
 
 
@@ -95,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                       # evaluate's stdout is its report (JSON with --json): logs go beside it.
                       stream=sys.stderr if command == "evaluate" else None)
         if command == "demo":
+            if args.tenants:
+                from worker.demo_accounts import run_accounts_demo
+                return run_accounts_demo(settings, args.tenants)
             from worker.demo import run_demo
             return run_demo(settings)
         if command == "evaluate":
@@ -121,23 +131,48 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _build(settings: Settings, *, prepare: bool = True):
-    """`prepare=False` for read-only commands: no index builds, no marking of other runs."""
-    from worker.app import App
+def _build(settings: Settings, *, prepare: bool = True, account: str | None = None):
+    """`prepare=False` for read-only commands: no index builds, no marking of other runs.
+    `account`: with many accounts, the one the command is about (required there)."""
+    from worker.app import App, connect
 
-    app = App.build(settings)
+    tenant_id = None
+    client = None
+    if settings.tenant_source == "mongodb":
+        from worker.accounts import AccountNotFound, find_account
+
+        if account is None:
+            raise UsageError("TENANT_SOURCE=mongodb: name the account with --account ID")
+        client = connect(settings)
+        try:
+            tenant_id = find_account(client[settings.mongodb_db][settings.tenants_collection], account)
+        except AccountNotFound as exc:
+            client.close()
+            raise UsageError(str(exc)) from None
+    app = App.build(settings, mongo_client=client, tenant_id=tenant_id)
     if prepare:
         app.prepare()
     return app
 
 
+def _build_fleet(settings: Settings, *, prepare: bool = True):
+    from worker.fleet import Fleet
+
+    fleet = Fleet.build(settings)
+    if prepare:
+        fleet.prepare()
+    return fleet
+
+
 def _run(settings: Settings, _args) -> int:
     from worker.daemon import run_daemon
 
-    return run_daemon(_build(settings))
+    return run_daemon(_build_fleet(settings) if settings.tenant_source == "mongodb" else _build(settings))
 
 
 def _once(settings: Settings, args) -> int:
+    if settings.tenant_source == "mongodb":
+        return _once_every_account(settings, args)
     app = _build(settings)
     failed = False
     try:
@@ -150,8 +185,37 @@ def _once(settings: Settings, args) -> int:
     return 1 if failed else 0
 
 
+def _once_every_account(settings: Settings, args) -> int:
+    """Every account's jobs once now, whatever their due times (each account's next slot then
+    follows from it); each run record printed as a JSON line."""
+    if args.job or args.full:
+        raise UsageError("--job and --full run one account's jobs: with TENANT_SOURCE=mongodb, they are not offered")
+    fleet = _build_fleet(settings)
+    failed = False
+
+    def show(record: dict) -> None:
+        nonlocal failed
+        failed |= record["status"] == "failed"
+        print(json.dumps(record, default=str), flush=True)
+
+    fleet.subscribe(show)
+    try:
+        fleet.work(ahead=timedelta(minutes=settings.sync_interval_minutes))
+    finally:
+        fleet.close()
+    return 1 if failed else 0
+
+
 def _status(settings: Settings, args) -> int:
-    app = _build(settings, prepare=False)
+    if settings.tenant_source == "mongodb" and args.account is None:
+        from worker.fleet_status import show_fleet
+
+        fleet = _build_fleet(settings, prepare=False)
+        try:
+            return show_fleet(fleet.schedule, as_json=args.json, limit=args.limit)
+        finally:
+            fleet.close()
+    app = _build(settings, prepare=False, account=args.account)
     try:
         return app.status.show(as_json=args.json)
     finally:
@@ -159,7 +223,7 @@ def _status(settings: Settings, args) -> int:
 
 
 def _reanalyze(settings: Settings, args) -> int:
-    app = _build(settings)
+    app = _build(settings, account=args.account)
     try:
         count = app.call_queue.requeue(call_id=args.call_id, since=args.since)
     finally:
@@ -178,7 +242,7 @@ def _forget(settings: Settings, args) -> int:
         raise UsageError(str(exc)) from None
     if not args.dry_run:
         require_hasher(hasher_for(settings.privacy_hash_key))  # before anything is read or written
-    app = _build(settings)
+    app = _build(settings, account=args.account)
     try:
         print(run_forget(settings, app.db, phone, dry_run=args.dry_run))
     finally:
@@ -189,7 +253,7 @@ def _forget(settings: Settings, args) -> int:
 def _review(settings: Settings, args) -> int:
     from worker.review import show_reviews
 
-    app = _build(settings, prepare=False)
+    app = _build(settings, prepare=False, account=args.account)
     try:
         return show_reviews(app.db, as_json=args.json, limit=args.limit)
     finally:

@@ -12,32 +12,36 @@ from datetime import datetime, timezone
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
+from typing import TYPE_CHECKING
+
 from utils.config import describe
-from worker.app import App
 from worker.health import serve_health
-from worker.jobs import JOB_NAMES
 from worker.webhook_listener import serve_webhooks
+
+if TYPE_CHECKING:
+    from worker.app import App
+    from worker.fleet import Fleet
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 30.0
 
 
-def build_scheduler(app: App) -> BlockingScheduler:
-    interval = app.settings.sync_interval_minutes
+def build_scheduler(app: "App | Fleet") -> BlockingScheduler:
+    jobs = app.scheduled_jobs()
     # One thread per job: the jobs run side by side, each at most once at a time.
     scheduler = BlockingScheduler(timezone=timezone.utc,
-                                  executors={"default": ThreadPoolExecutor(len(JOB_NAMES))})
-    for name in JOB_NAMES:
-        scheduler.add_job(app.run_job, "interval", minutes=interval, args=[name], id=name, name=name,
+                                  executors={"default": ThreadPoolExecutor(len(jobs))})
+    for job in jobs:
+        scheduler.add_job(job.run, "interval", seconds=job.seconds, id=job.name, name=job.name,
                           next_run_time=datetime.now(timezone.utc), max_instances=1, coalesce=True,
                           # A run that could not start on time still runs if it is late by less
                           # than half an interval; later than that, the next tick is as good.
-                          misfire_grace_time=max(1, interval * 30))
+                          misfire_grace_time=max(1, int(job.seconds / 2)))
     return scheduler
 
 
-def run_daemon(app: App) -> int:
+def run_daemon(app: "App | Fleet") -> int:
     scheduler = build_scheduler(app)
     signals_received = 0
 
@@ -72,9 +76,9 @@ def run_daemon(app: App) -> int:
         signal.signal(signal.SIGINT, on_signal)
         if app.settings.health_port is not None:
             health = serve_health(app, is_scheduling=lambda: scheduler.running)
-        if app.settings.webhook_port is not None:
+        if app.settings.webhook_port is not None:  # one account only (load_settings refuses it with many)
             webhooks = serve_webhooks(app)
-        log.info("daemon started: jobs %s every %d min", ", ".join(JOB_NAMES), app.settings.sync_interval_minutes,
+        log.info("daemon started: %s", ", ".join(f"{job.name} every {job.seconds:g} s" for job in app.scheduled_jobs()),
                  extra={"event": "daemon_started"})
         # What it runs with, for whoever reads the log later; secrets only as set / not set.
         log.info("settings: %s", describe(app.settings), extra={"event": "settings"})

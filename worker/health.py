@@ -7,13 +7,15 @@ import logging
 import threading
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from utils.clock import utcnow
-from worker.app import App
-from worker.jobs import JOB_NAMES
+
+if TYPE_CHECKING:
+    from worker.app import App
+    from worker.fleet import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +82,16 @@ class HealthServer:
         self._thread.join()
 
 
-def serve_health(app: App, is_scheduling: Callable[[], bool],
+def serve_health(service: "App | Fleet", is_scheduling: Callable[[], bool],
                  started_at: datetime | None = None) -> HealthServer:
-    """Start the listener on HEALTH_HOST:HEALTH_PORT, with metrics fed by `app`'s run records.
-    `started_at`: when the daemon started (default: now)."""
-    settings = app.settings
-    app.metrics.load_last_successes(app.runs)
+    """Start the listener on HEALTH_HOST:HEALTH_PORT, with `service`'s metrics and the last
+    successes of its scheduled jobs. `started_at`: when the daemon started (default: now)."""
+    settings = service.settings
     max_age = timedelta(minutes=settings.sync_interval_minutes) * settings.health_max_age_intervals
-    check = HealthCheck(JOB_NAMES, max_age, is_scheduling=is_scheduling, last_success=app.metrics.last_success_at,
+    jobs = [job.name for job in service.scheduled_jobs()]
+    check = HealthCheck(jobs, max_age, is_scheduling=is_scheduling, last_success=service.last_success_at,
                         started_at=started_at)
-    return HealthServer(check, app.metrics.registry, settings.health_host, settings.health_port).start()
+    return HealthServer(check, service.metrics.registry, settings.health_host, settings.health_port).start()
 
 
 class _Handler(BaseHTTPRequestHandler):

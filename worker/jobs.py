@@ -43,3 +43,11 @@ JOBS = {job.name: job for job in (
         _process_calls),
 )}
 JOB_NAMES = tuple(JOBS)
+
+
+@dataclass(frozen=True)
+class ScheduledJob:
+    """What the daemon runs on an interval: each job (one account), or the accounts' pass (many)."""
+    name: str
+    run: Callable[[], object]
+    seconds: float

@@ -31,8 +31,9 @@ LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 
 class RunMetrics:
-    def __init__(self, jobs: Iterable[str], *, queue_depth: Callable[[], int]):
-        """`queue_depth`: how many calls wait for analysis, asked at each scrape."""
+    def __init__(self, jobs: Iterable[str], *, queue_depth: Callable[[], int] | None):
+        """`queue_depth`: how many calls wait for analysis, asked at each scrape; None with many
+        accounts (each account's queue is its own, and a count across them would scan)."""
         self.jobs = tuple(jobs)
         self.registry = CollectorRegistry()
         self._lock = threading.Lock()
@@ -61,7 +62,8 @@ class RunMetrics:
         self.last_success = Gauge("callsync_last_success_timestamp_seconds",
                                   "When the last ok or partial run of each job finished (Unix time)",
                                   ["job"], registry=registry)
-        registry.register(_QueueDepth(queue_depth))
+        if queue_depth is not None:
+            registry.register(_QueueDepth(queue_depth))
         # Every series exists from the start, so a rate over the first failure is not lost.
         for job in self.jobs:
             for status in RUN_STATUSES:

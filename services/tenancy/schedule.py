@@ -177,13 +177,14 @@ class TenantSchedule:
 
     # -- claims ----------------------------------------------------------------------------
 
-    def claim_due(self) -> TenantClaim | None:
+    def claim_due(self, due_by: datetime | None = None) -> TenantClaim | None:
         """The tenant due longest that no live lease holds, leased to this replica; None when no
-        tenant is due. Atomic on the server: of two replicas asking at once, one gets it."""
+        tenant is due. Atomic on the server: of two replicas asking at once, one gets it.
+        `due_by`: a later time than now to count as due by (`main.py once`: every tenant)."""
         token, now = uuid.uuid4().hex, self.clock()
         until = to_millis(now + self.lease)
         doc = self._schedule.find_one_and_update(
-            {"active": True, "dueAt": {"$lte": now}, "$or": [{"lease": None}, {"lease.until": {"$lte": now}}]},
+            {"active": True, "dueAt": {"$lte": max(now, due_by or now)}, "$or": [{"lease": None}, {"lease.until": {"$lte": now}}]},
             {"$set": {"lease": {"owner": self.owner, "token": token, "claimedAt": now, "until": until}}},
             sort=[("dueAt", ASCENDING)],
             hint=CLAIM_INDEX_KEYS,
@@ -202,15 +203,19 @@ class TenantSchedule:
         result = self._schedule.update_one(_held(claim), {"$set": {"lease.until": until}}, hint=BY_ID)
         return result.matched_count == 1
 
-    def finish(self, claim: TenantClaim, result: dict, *, next_due_at: datetime | None = None) -> bool:
+    def finish(self, claim: TenantClaim, result: dict, *, next_due_at: datetime | None = None,
+               after: datetime | None = None) -> bool:
         """Record the sync (`result`: the runtime's outcome, with a `status`) as the tenant's last
-        run and make it due again at `next_due_at` (by default its next slot, `next_due`); the
-        lease is removed. False when the lease was lost, in which case nothing was written: the
-        replica that took the tenant over records its own run."""
+        run and make it due again at `next_due_at` (by default its next slot, `next_due`, and the
+        first slot past `after` when given: a pass claiming by a later `due_by` must not meet the
+        tenant again); the lease is removed. False when the lease was lost, in which case nothing
+        was written: the replica that took the tenant over records its own run."""
         if "status" not in result:
             raise ValueError("a run's result needs a status")
         now = self.clock()
         due = next_due_at if next_due_at is not None else next_due(claim.due_at, self.interval, now)
+        while after is not None and due <= after:
+            due += self.interval
         return self._close(claim, {"dueAt": due, "lastRun": self._run(claim, now, result)})
 
     def release(self, claim: TenantClaim) -> bool:

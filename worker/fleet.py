@@ -1,0 +1,259 @@
+"""Many accounts (TENANT_SOURCE=mongodb): the accounts of the CRM, synced by every replica that
+runs this image, sharing the work through MongoDB with no configuration.
+
+Every few seconds a replica re-reads the account list when it is due (TENANT_REFRESH_SECONDS),
+then claims due accounts from the tenant schedule under a lease (services/tenancy/schedule.py),
+TENANT_CONCURRENCY at a time, and runs both jobs for each with that account's own keys, limits and
+view of the database (`AccountApp`). The lease is renewed while the jobs run; a replica that dies
+stops renewing, and another takes its accounts over once the lease has run out. An account whose
+Bolna key is refused is set aside until its key changes, and never holds up the others.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Callable
+
+from pymongo.database import Database
+
+from services.bolna_client import KEY_REFUSED, BolnaClient
+from services.database import LLM_QUOTA, TENANT_SCHEDULE, ensure_indexes
+from services.run_records import RunListener, RunRecords, describe_failure
+from services.server_clock import ServerClock
+from services.tenancy.llm_quota import LlmQuota
+from services.tenancy.schedule import TenantClaim, TenantSchedule
+from services.tenancy.source import TenantSource
+from services.tenancy.tenant import Tenant
+from utils.config import Settings
+from worker.app import AccountApp, connect
+from utils.clock import utcnow
+from worker.jobs import CALL_PROCESSOR, JOB_NAMES, ScheduledJob
+from worker.metrics import RunMetrics
+
+log = logging.getLogger(__name__)
+
+ACCOUNTS_PASS = "accounts"  # the daemon's one scheduled job with many accounts
+
+
+def account_settings(settings: Settings, tenant: Tenant, llm_limit: int | None = None) -> Settings:
+    """The daemon's settings with what the account brings: its keys, agents, region and limits."""
+    changes: dict = {"bolna_api_key": tenant.bolna_api_key, "bolna_agent_ids": tenant.agent_ids}
+    if tenant.groq_api_key:
+        changes["groq_api_keys"] = (tenant.groq_api_key,)
+    if tenant.phone_region:
+        changes["default_phone_region"] = tenant.phone_region
+    if llm_limit is not None:
+        changes["llm_batch_limit"] = llm_limit
+    if tenant.bolna_requests_per_minute:
+        # Below Bolna's limits for the organisation, never above them.
+        changes["bolna_listing_rate_per_minute"] = min(settings.bolna_listing_rate_per_minute,
+                                                       tenant.bolna_requests_per_minute)
+        changes["bolna_rate_per_minute"] = min(settings.bolna_rate_per_minute, tenant.bolna_requests_per_minute)
+    return settings.with_overrides(**changes)
+
+
+class Fleet:
+    def __init__(self, settings: Settings, db: Database, mongo_client=None,
+                 clock: Callable[[], datetime] | None = None):
+        """`clock`: what leases and quota windows are measured by; the database server's unless given."""
+        self.settings = settings
+        self.db = db
+        self.mongo_client = mongo_client
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stop = threading.Event()
+        clock = clock or ServerClock(db).now
+        interval = timedelta(minutes=settings.sync_interval_minutes)
+        self.source = TenantSource(settings, db)
+        self.schedule = TenantSchedule(db[TENANT_SCHEDULE], self.owner, settings.tenant_lease_seconds,
+                                       interval.total_seconds(), clock=clock)
+        self.quota = (LlmQuota(db[LLM_QUOTA], settings.llm_global_limit, interval, clock)
+                      if settings.llm_global_limit is not None else None)
+        # Across accounts: counts by job and status, never by account (bounded cardinality).
+        self.metrics = RunMetrics(JOB_NAMES, queue_depth=None)
+        self._listeners: list[RunListener] = [self.metrics.observe_run]
+        self._tenants: dict[object, Tenant] = {}
+        self._loaded_at: float | None = None
+        self._refresh_lock = threading.Lock()
+        self._active = 0
+        self._idle = threading.Condition()
+        self._last_pass_at: datetime | None = None
+
+    @classmethod
+    def build(cls, settings: Settings, mongo_client=None) -> "Fleet":
+        mongo_client = mongo_client or connect(settings)
+        return cls(settings, mongo_client[settings.mongodb_db], mongo_client)
+
+    def prepare(self) -> None:
+        ensure_indexes(self.db, self.settings.run_retention_days, self.settings.webhook_inbox_days)
+        stale = max(timedelta(hours=1), 3 * timedelta(minutes=self.settings.sync_interval_minutes))
+        # Every account's runs this host left open: one query over all of them.
+        abandoned = RunRecords(self.db).mark_abandoned(stale)
+        if abandoned:
+            log.warning("marked %d run(s) left running by a stopped process as abandoned", abandoned)
+        self.refresh(force=True)
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Re-read the accounts when the last read is TENANT_REFRESH_SECONDS old: new accounts join
+        the schedule, a changed key lifts a refusal, accounts gone are retired."""
+        with self._refresh_lock:
+            if not force and self._loaded_at is not None and (
+                    time.monotonic() - self._loaded_at < self.settings.tenant_refresh_seconds):
+                return
+            listed = self.source.load()
+            self.schedule.register([(tenant.id, tenant.key_fingerprint) for tenant in listed.tenants])
+            self._tenants = {tenant.id: tenant for tenant in listed.tenants}
+            self._loaded_at = time.monotonic()
+            log.info("%d account(s) listed, %d skipped", len(listed.tenants), len(listed.skipped),
+                     extra={"event": "tenants_loaded"})
+
+    def work(self, ahead: timedelta = timedelta(0)) -> int:
+        """One pass (the daemon's job every TENANT_POLL_SECONDS): sync due accounts, a few at a
+        time, until none is due or the daemon stops. Returns how many were synced. `ahead`: also
+        the accounts due within that time (`main.py once` passes an interval: every account)."""
+        with self._idle:
+            self._active += 1
+        try:
+            self.refresh()
+            due_by = self.schedule.clock() + ahead if ahead else None
+            with ThreadPoolExecutor(self.settings.tenant_concurrency, thread_name_prefix="account") as pool:
+                synced = sum(pool.map(lambda _: self._drain(due_by), range(self.settings.tenant_concurrency)))
+            self._last_pass_at = utcnow()
+            return synced
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def subscribe(self, listener: RunListener) -> None:
+        """Called with each finished run record of every account this replica syncs (with its `userId`)."""
+        self._listeners.append(listener)
+
+    def _drain(self, due_by: datetime | None) -> int:
+        synced = 0
+        while not self.stop.is_set() and (claim := self.schedule.claim_due(due_by)) is not None:
+            try:
+                self.sync(claim, due_by)
+                synced += 1
+            except Exception as exc:  # noqa: BLE001 - one account's failure must not end the pass for the others
+                log.exception("account %s: its sync failed; it is tried again at its next slot", claim.tenant_id,
+                              extra={"event": "tenant_failed"})
+                _quietly(self.schedule.finish, claim, {"status": "failed", "error": describe_failure(exc)}, due_by)
+        return synced
+
+    def sync(self, claim: TenantClaim, due_by: datetime | None = None) -> None:
+        """Both jobs for the claimed account, under its lease; the schedule records the result
+        (its next slot after `due_by`, the pass's horizon, so the pass does not meet it again)."""
+        tenant = self._tenants.get(claim.tenant_id)
+        if tenant is None:  # listed when the schedule was written, gone since: the next register retires it
+            self.schedule.release(claim)
+            return
+        grant = self.quota.take(tenant.llm_batch_limit or self.settings.llm_batch_limit) if self.quota else None
+        settings = account_settings(self.settings, tenant, grant.count if grant else tenant.llm_batch_limit)
+        app = AccountApp(settings, self.db, BolnaClient.from_settings(settings, stop=self.stop), tenant.id)
+        for listener in self._listeners:
+            app.runs.subscribe(functools.partial(_with_account, listener, tenant.id))
+        runs: list[dict] = []
+        try:
+            with _LeaseKeeper(self.schedule, claim) as lease:
+                for job in JOB_NAMES:
+                    runs.append(app.run_job(job))
+                    if _refused(runs[-1]) or self.stop.is_set() or lease.lost:
+                        break
+        finally:
+            app.close()
+            if grant is not None:
+                grant.settle(_llm_used(runs))
+        self._record(claim, tenant, runs, lease.lost, due_by)
+
+    def _record(self, claim: TenantClaim, tenant: Tenant, runs: list[dict], lease_lost: bool,
+                due_by: datetime | None) -> None:
+        if lease_lost:
+            log.warning("account %s: the lease ran out during its sync; another replica may take it",
+                        tenant.label, extra={"event": "tenant_lease_lost"})
+            return
+        if any(_refused(run) for run in runs):
+            log.warning("account %s: Bolna refused its key; set aside until the key changes", tenant.label,
+                        extra={"event": "tenant_refused"})
+            self.schedule.mark_refused(claim, "Bolna refused the account's API key",
+                                       key_fingerprint=tenant.key_fingerprint)
+        elif len(runs) < len(JOB_NAMES):  # stopping: another replica (or this one, restarted) syncs it soon
+            self.schedule.release(claim)
+        else:
+            self.schedule.finish(claim, {"status": _worst(runs), "runs": {run["job"]: run["_id"] for run in runs},
+                                         "errors": sum(run.get("errorCount", 0) for run in runs)}, after=due_by)
+
+    def scheduled_jobs(self) -> list[ScheduledJob]:
+        return [ScheduledJob(ACCOUNTS_PASS, self.work, self.settings.tenant_poll_seconds)]
+
+    def last_success_at(self, job: str) -> datetime | None:
+        """Health: when a pass last ended whole (the accounts' own runs are in /metrics and status)."""
+        return self._last_pass_at
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    def close(self) -> None:
+        if self.mongo_client is not None:
+            self.mongo_client.close()
+
+
+class _LeaseKeeper:
+    """Renews a claim's lease a few times per lease period while the account's jobs run."""
+
+    def __init__(self, schedule: TenantSchedule, claim: TenantClaim):
+        self._schedule = schedule
+        self._claim = claim
+        self._done = threading.Event()
+        self._every = schedule.lease.total_seconds() / 3
+        self.lost = False
+        self._thread = threading.Thread(target=self._keep, name="lease", daemon=True)
+
+    def __enter__(self) -> "_LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _keep(self) -> None:
+        while not self._done.wait(self._every):
+            try:
+                if not self._schedule.renew(self._claim):
+                    self.lost = True
+                    return
+            except Exception:  # noqa: BLE001 - MongoDB away for a moment: the next renewal may succeed
+                log.warning("could not renew an account's lease", exc_info=True, extra={"event": "lease_renew_failed"})
+
+
+def _quietly(finish, claim: TenantClaim, result: dict, due_by: datetime | None) -> None:
+    try:
+        finish(claim, result, after=due_by)
+    except Exception:  # noqa: BLE001 - MongoDB away: the lease runs out and another claim takes it
+        log.warning("could not record an account's failed sync", exc_info=True)
+
+
+def _with_account(listener: RunListener, tenant_id, run: dict) -> None:
+    listener({**run, "userId": tenant_id})
+
+
+def _refused(run: dict) -> bool:
+    return any(error.get("code") == KEY_REFUSED for error in run.get("errors", ()))
+
+
+def _worst(runs: list[dict]) -> str:
+    statuses = {run["status"] for run in runs}
+    return next((status for status in ("failed", "partial") if status in statuses), "ok")
+
+
+def _llm_used(runs: list[dict]) -> int:
+    counts = next((run.get("counts", {}) for run in runs if run["job"] == CALL_PROCESSOR), {})
+    return int(counts.get("analyzed", 0) + counts.get("failed", 0))
