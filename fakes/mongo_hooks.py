@@ -108,6 +108,8 @@ def _check_hint(collection, hint) -> None:
     """A server refuses a hint that names no index (by name or by keys); so does this."""
     indexes = collection.index_information()
     keys = [tuple(pair) for pair in hint] if not isinstance(hint, str) else None
+    if keys == [("_id", 1)] or hint == "_id_":
+        return  # every collection has `_id_`, one not created yet too (a server builds it with the collection)
     if (keys is None and hint in indexes) or any([tuple(pair) for pair in index["key"]] == keys for index in indexes.values()):
         return
     raise pymongo.errors.OperationFailure("hint provided does not correspond to an existing index", code=2)

@@ -7,6 +7,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from prometheus_client import generate_latest
 
 from fakes.bolna_api import RateLimits
 from fakes.bolna_server import FakeBolna
@@ -221,3 +222,25 @@ def test_account_settings_take_the_accounts_keys_and_limits_within_bolnas(settin
         "bk", ("a1",), ("gk",), "US")
     assert tuned.llm_batch_limit == 2
     assert tuned.bolna_listing_rate_per_minute == settings.bolna_listing_rate_per_minute  # never above Bolna's
+
+
+def test_an_account_another_replica_listed_first_is_read_and_synced(fleet_settings, mongo, users, bolna):
+    clock = Clock()
+    early = replica(fleet_settings, mongo, clock)  # has read the list before the account existed
+    bolna.add_account("key-new", [AGENT], [execution(customer="+91 90000 11111")], label="new")
+    users.insert_one({"_id": "newcomer", "bolnaApiKey": "key-new", **ACTIVE})
+    replica(fleet_settings, mongo, clock)  # registers it in the schedule
+
+    every_account(early)
+
+    assert mongo[TEST_DB][CUSTOMERS].count_documents({"userId": "newcomer"}) == 1
+
+
+def test_metrics_count_accounts_by_state_never_by_account(fleet_settings, mongo, users):
+    fleet = replica(fleet_settings, mongo, Clock())
+    every_account(fleet)
+    exposed = generate_latest(fleet.metrics.registry).decode()
+    assert 'callsync_accounts{state="refused"} 1.0' in exposed
+    assert 'callsync_accounts{state="waiting"} 2.0' in exposed
+    assert 'callsync_runs_total{job="crm_sync",status="ok"} 2.0' in exposed
+    assert "alpha" not in exposed and "key-" not in exposed

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         setup_logging(settings.log_level, settings.log_format,
                       secrets=(settings.bolna_api_key or "", *settings.groq_api_keys, settings.mongodb_uri or "",
-                               settings.privacy_hash_key or "", settings.webhook_token or ""),
+                               settings.privacy_hash_key or "", settings.webhook_token or "",
+                               *(settings.tenant_keys_secret or "").split(",")),
                       # evaluate's stdout is its report (JSON with --json): logs go beside it.
                       stream=sys.stderr if command == "evaluate" else None)
         if command == "demo":

@@ -35,7 +35,7 @@ from utils.config import Settings
 from worker.app import AccountApp, connect
 from utils.clock import utcnow
 from worker.jobs import CALL_PROCESSOR, JOB_NAMES, ScheduledJob
-from worker.metrics import RunMetrics
+from worker.metrics import RunMetrics, observe_accounts
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,10 @@ class Fleet:
                                        interval.total_seconds(), clock=clock)
         self.quota = (LlmQuota(db[LLM_QUOTA], settings.llm_global_limit, interval, clock)
                       if settings.llm_global_limit is not None else None)
-        # Across accounts: counts by job and status, never by account (bounded cardinality).
+        # Across accounts: counts by job and status, and accounts by state; never by account
+        # (bounded cardinality).
         self.metrics = RunMetrics(JOB_NAMES, queue_depth=None)
+        observe_accounts(self.metrics.registry, self.schedule.counts)
         self._listeners: list[RunListener] = [self.metrics.observe_run]
         self._tenants: dict[object, Tenant] = {}
         self._loaded_at: float | None = None
@@ -151,9 +153,14 @@ class Fleet:
         """Both jobs for the claimed account, under its lease; the schedule records the result
         (its next slot after `due_by`, the pass's horizon, so the pass does not meet it again)."""
         tenant = self._tenants.get(claim.tenant_id)
-        if tenant is None:  # listed when the schedule was written, gone since: the next register retires it
-            self.schedule.release(claim)
-            return
+        if tenant is None:
+            # Listed by another replica's newer read, or gone since ours: read the list again, so
+            # the account is either known or retired (a release alone would be claimed again at once).
+            self.refresh(force=True)
+            tenant = self._tenants.get(claim.tenant_id)
+            if tenant is None:
+                self.schedule.release(claim)
+                return
         grant = self.quota.take(tenant.llm_batch_limit or self.settings.llm_batch_limit) if self.quota else None
         settings = account_settings(self.settings, tenant, grant.count if grant else tenant.llm_batch_limit)
         app = AccountApp(settings, self.db, BolnaClient.from_settings(settings, stop=self.stop), tenant.id)

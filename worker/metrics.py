@@ -125,6 +125,33 @@ def observe_webhooks(registry: CollectorRegistry, tally: DeliveryTally) -> None:
     tally.subscribe(lambda outcome, n: deliveries.labels(outcome).inc(n), lag.observe)
 
 
+def observe_accounts(registry: CollectorRegistry, counts: Callable[[], dict[str, int]]) -> None:
+    """Accounts by schedule state (running, due, waiting, refused, retired), read at each scrape."""
+    registry.register(_AccountStates(counts))
+
+
+class _AccountStates(Collector):
+    NAME = "callsync_accounts"
+    HELP = "Accounts in the schedule, by state (TENANT_SOURCE=mongodb)"
+
+    def __init__(self, counts: Callable[[], dict[str, int]]):
+        self._counts = counts
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["state"])]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            counts = self._counts()
+        except PyMongoError as exc:
+            log.warning("account counts unavailable: %s", type(exc).__name__, extra={"event": "metrics_degraded"})
+            return
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["state"])
+        for state, count in counts.items():
+            family.add_metric([state], count)
+        yield family
+
+
 class _QueueDepth(Collector):
     """Read at scrape time: the queue also shrinks by other daemons' work and `reanalyze`."""
 

@@ -252,15 +252,21 @@ class TenantSchedule:
 
     # -- status ----------------------------------------------------------------------------
 
+    def counts(self, now: datetime | None = None) -> dict[str, int]:
+        """How many tenants are in each state (`overview`'s counts; /metrics reads them alone)."""
+        now = now or self.clock()
+        counts = dict.fromkeys(STATES, 0)
+        for group in self._schedule.aggregate([{"$group": {"_id": _state_expression(now), "n": {"$sum": 1}}}]):
+            counts[group["_id"]] = group["n"]
+        return counts
+
     def overview(self, limit: int = 50) -> dict:
         """What status shows: how many tenants are in each state (running: held by a live lease;
         retired; refused; due: waiting for a replica, an expired lease's included; waiting: not
         due yet), and up to `limit` tenants that are not retired, the longest due first, each
         with its state, due time, lease (owner, until), last run and refusal."""
         now = self.clock()
-        counts = dict.fromkeys(STATES, 0)
-        for group in self._schedule.aggregate([{"$group": {"_id": _state_expression(now), "n": {"$sum": 1}}}]):
-            counts[group["_id"]] = group["n"]
+        counts = self.counts(now)
         rows = [{"tenantId": doc["_id"], "state": _state(doc, now), **{k: doc[k] for k in _ROW_FIELDS if k in doc}}
                 for doc in self._schedule.find({"retiredAt": None}, {field: 1 for field in _ROW_FIELDS},
                                                sort=[("dueAt", ASCENDING)], limit=limit)]
