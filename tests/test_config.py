@@ -75,3 +75,13 @@ def test_privacy_settings_are_off_by_default_and_the_hash_key_is_a_secret():
     assert "tiny-key" not in str(raised.value)
     with pytest.raises(ConfigError, match="^TRANSCRIPT_RETENTION_DAYS is invalid"):
         load_settings({"TRANSCRIPT_RETENTION_DAYS": "0"})
+
+
+def test_many_accounts_settings_are_checked():
+    settings = load_settings({"TENANT_SOURCE": "mongodb", "TENANT_LEASE_SECONDS": "30", "TENANT_CONCURRENCY": "8",
+                              "LLM_GLOBAL_LIMIT": "500"})
+    assert (settings.tenant_lease_seconds, settings.tenant_concurrency, settings.llm_global_limit) == (30, 8, 500)
+    with pytest.raises(ConfigError, match="TENANT_LEASE_SECONDS"):
+        load_settings({"TENANT_LEASE_SECONDS": "5"})  # renewed every third: shorter is lost on a slow round trip
+    with pytest.raises(ConfigError, match="WEBHOOK_PORT serves the one account"):
+        load_settings({"TENANT_SOURCE": "mongodb", "WEBHOOK_PORT": "8080", "WEBHOOK_TOKEN": "t" * 32})

@@ -1,5 +1,5 @@
 """Settings from environment variables (and `.env`), validated once at start-up. The parsers of
-the values are in utils/config_values.py."""
+the values are in utils/config_values.py (and, for many accounts, utils/config_tenants.py)."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,11 @@ from typing import Callable, Mapping
 
 from models.customer import DEFAULT_PRECEDENCE
 from services.analyzer.pricing import DEFAULT_PRICES, Price
+from utils import config_tenants as tenants
 from utils import config_values as values
 from utils.config_values import (  # used here, and imported from here by callers
-    BOLNA_SENDER_IPS, DEFAULT_TAGS, DEFAULT_TENANT_FIELDS, ExtraField, window_hours)
+    BOLNA_SENDER_IPS, DEFAULT_TAGS, ExtraField, window_hours)
+from utils.config_tenants import DEFAULT_TENANT_FIELDS
 from utils.phone import DEFAULT_REGION
 
 
@@ -118,7 +120,7 @@ class Settings:
         so it follows TENANT_FIELDS' key path however the settings were built."""
         if self.tenants_filter is not None:
             return self.tenants_filter
-        return values.default_tenants_filter(self.tenant_fields["bolnaApiKey"])
+        return tenants.default_tenants_filter(self.tenant_fields["bolnaApiKey"])
 
     def with_overrides(self, **changes) -> "Settings":
         return replace(self, **changes)
@@ -183,12 +185,12 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "BOLNA_FETCH_CONCURRENCY": ("bolna_fetch_concurrency", values.positive_int, False),
     "BOLNA_RECORD_CACHE_SIZE": ("bolna_record_cache_size", values.non_negative_int, False),
     "BOLNA_RECORD_CACHE_SECONDS": ("bolna_record_cache_seconds", values.non_negative_int, False),
-    "TENANT_SOURCE": ("tenant_source", values.tenant_source, False),
-    "TENANTS_COLLECTION": ("tenants_collection", values.collection_name, False),
+    "TENANT_SOURCE": ("tenant_source", tenants.tenant_source, False),
+    "TENANTS_COLLECTION": ("tenants_collection", tenants.collection_name, False),
     "TENANTS_FILTER": ("tenants_filter", values.json_object, False),
-    "TENANT_FIELDS": ("tenant_fields", values.tenant_fields, False),
-    "TENANT_KEYS_SECRET": ("tenant_keys_secret", values.fernet_secret, True),
-    "TENANT_LEASE_SECONDS": ("tenant_lease_seconds", values.lease_seconds, False),
+    "TENANT_FIELDS": ("tenant_fields", tenants.tenant_fields, False),
+    "TENANT_KEYS_SECRET": ("tenant_keys_secret", tenants.fernet_secret, True),
+    "TENANT_LEASE_SECONDS": ("tenant_lease_seconds", tenants.lease_seconds, False),
     "TENANT_POLL_SECONDS": ("tenant_poll_seconds", values.positive_int, False),
     "TENANT_CONCURRENCY": ("tenant_concurrency", values.positive_int, False),
     "TENANT_REFRESH_SECONDS": ("tenant_refresh_seconds", values.positive_int, False),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from services.tenancy.tenant import UnusableTenant
-from utils import config_values
+from utils import config_tenants
 from utils.config import ConfigError
 
 # Every Fernet token starts so: version byte 0x80, then a 64-bit timestamp whose high bytes are
@@ -27,7 +27,7 @@ class KeyReader:
         if not secret:
             return cls(None)
         try:
-            parts = config_values.fernet_keys(secret)
+            parts = config_tenants.fernet_keys(secret)
         except ValueError as exc:
             raise ConfigError(f"TENANT_KEYS_SECRET is invalid: {exc}") from None
         return cls(MultiFernet([Fernet(part) for part in parts]))
