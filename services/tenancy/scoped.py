@@ -19,10 +19,10 @@ from pymongo import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, Up
 TENANT_FIELD = "userId"
 
 # The operations that read or write documents are wrapped below; the others a collection offers
-# that touch documents are refused rather than passed through unscoped.
+# that touch documents, or hand out an unscoped copy of the collection, are refused.
 _REFUSED_METHODS = frozenset({
     "estimated_document_count", "watch", "find_raw_batches", "aggregate_raw_batches", "rename", "drop",
-    "find_one_and_replace", "update_search_index", "options",
+    "find_one_and_replace", "with_options",
 })
 # Aggregation stages that read other collections, or write, outside the scope of the `$match`.
 _ESCAPING_STAGES = frozenset({"$lookup", "$graphLookup", "$unionWith", "$out", "$merge", "$documents"})
