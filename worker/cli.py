@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from datetime import datetime, timedelta
 
 from pymongo.errors import ConfigurationError, ConnectionFailure, PyMongoError
@@ -139,6 +140,8 @@ def _build(settings: Settings, *, prepare: bool = True, account: str | None = No
 
     tenant_id = None
     client = None
+    if account is not None and settings.tenant_source != "mongodb":
+        raise UsageError("--account names one of many accounts: it needs TENANT_SOURCE=mongodb")
     if settings.tenant_source == "mongodb":
         from worker.accounts import AccountNotFound, find_account
 
@@ -193,11 +196,13 @@ def _once_every_account(settings: Settings, args) -> int:
         raise UsageError("--job and --full run one account's jobs: with TENANT_SOURCE=mongodb, they are not offered")
     fleet = _build_fleet(settings)
     failed = False
+    printing = threading.Lock()  # accounts are synced side by side: one whole line at a time
 
     def show(record: dict) -> None:
         nonlocal failed
-        failed |= record["status"] == "failed"
-        print(json.dumps(record, default=str), flush=True)
+        with printing:
+            failed |= record["status"] == "failed"
+            print(json.dumps(record, default=str), flush=True)
 
     fleet.subscribe(show)
     try:
