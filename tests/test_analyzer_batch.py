@@ -10,6 +10,7 @@ from pymongo.errors import AutoReconnect
 
 from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import HookedClient
+from services.database import ensure_indexes, tenant_view
 from tests.helpers import requeue
 from worker.app import build_analysis
 from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL, LlmUnavailable
@@ -477,3 +478,19 @@ def test_a_queue_error_ends_only_its_slot_and_is_recorded_once_with_the_outcomes
     assert recorder.errors == [{"code": "analysis_queue_error", "message": "AutoReconnect"}]
     assert recorder.error_count == 1
     assert call(db, "c0")["processed"] and not call(db, "c1")["processed"]
+
+
+def test_a_run_stops_claiming_once_the_queue_is_found_empty(fake, mongo, settings):
+    """Three calls and a limit of ten: the slots after the first empty claim do not claim again
+    (they made one empty claim each, half a steady sync's round trips with many accounts)."""
+    claims = Counter()
+    db = tenant_view(HookedClient(mongo, lambda collection, method: claims.update(
+        [method] if (collection, method) == ("calls", "find_one_and_update") else []))["callsync_test"], None)
+    ensure_indexes(db)
+    add_calls(db, 3)
+
+    recorder = run(db, settings.with_overrides(llm_batch_limit=10, llm_concurrency=2))
+
+    assert recorder.counts["analyzed"] == 3
+    # 3 claims that found a call, and at most one empty one per worker that asked at the same moment.
+    assert 4 <= claims["find_one_and_update"] <= 3 + 2

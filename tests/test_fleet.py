@@ -244,3 +244,14 @@ def test_metrics_count_accounts_by_state_never_by_account(fleet_settings, mongo,
     assert 'callsync_accounts{state="waiting"} 2.0' in exposed
     assert 'callsync_runs_total{job="crm_sync",status="ok"} 2.0' in exposed
     assert "alpha" not in exposed and "key-" not in exposed
+
+
+def test_health_counts_each_account_finished_not_only_passes_that_end(fleet_settings, mongo, users):
+    """Behind a standing backlog no pass ends; a replica that keeps finishing accounts is healthy."""
+    clock = Clock()
+    fleet = replica(fleet_settings, mongo, clock)
+    assert fleet.last_success_at(fleet.scheduled_jobs()[0].name) is None
+
+    fleet.sync(fleet.schedule.claim_due(clock() + timedelta(minutes=fleet_settings.sync_interval_minutes)))
+
+    assert fleet.last_success_at(fleet.scheduled_jobs()[0].name) is not None

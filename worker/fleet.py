@@ -85,7 +85,7 @@ class Fleet:
         self._refresh_lock = threading.Lock()
         self._active = 0
         self._idle = threading.Condition()
-        self._last_pass_at: datetime | None = None
+        self._progress_at: datetime | None = None
 
     @classmethod
     def build(cls, settings: Settings, mongo_client=None) -> "Fleet":
@@ -126,7 +126,7 @@ class Fleet:
             due_by = self.schedule.clock() + ahead if ahead else None
             with ThreadPoolExecutor(self.settings.tenant_concurrency, thread_name_prefix="account") as pool:
                 synced = sum(pool.map(lambda _: self._drain(due_by), range(self.settings.tenant_concurrency)))
-            self._last_pass_at = utcnow()
+            self._progress_at = utcnow()
             return synced
         finally:
             with self._idle:
@@ -178,6 +178,7 @@ class Fleet:
             if grant is not None:
                 grant.settle(_llm_used(runs))
         self._record(claim, tenant, runs, lease.lost, due_by)
+        self._progress_at = utcnow()
 
     def _record(self, claim: TenantClaim, tenant: Tenant, runs: list[dict], lease_lost: bool,
                 due_by: datetime | None) -> None:
@@ -200,8 +201,11 @@ class Fleet:
         return [ScheduledJob(ACCOUNTS_PASS, self.work, self.settings.tenant_poll_seconds)]
 
     def last_success_at(self, job: str) -> datetime | None:
-        """Health: when a pass last ended whole (the accounts' own runs are in /metrics and status)."""
-        return self._last_pass_at
+        """Health: when this replica last got on, by finishing an account's sync or a pass that
+        found none due. Under a standing backlog no pass ends, and the replica is healthy while it
+        keeps finishing accounts; one that finishes nothing is not. (Each account's own runs are in
+        /metrics and `status`.)"""
+        return self._progress_at
 
     def wait_idle(self, timeout: float) -> bool:
         with self._idle:

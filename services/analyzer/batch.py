@@ -56,8 +56,11 @@ class AnalysisBatch:
         workers = min(self._settings.llm_concurrency, limit)
         queue_error = None
         finished = 0
+        # Set by the first slot that finds the queue empty: the slots after it do not ask again
+        # (a steady run over an empty queue made one empty claim per slot, half its round trips).
+        drained = threading.Event()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="analyzer") as pool:
-            slots = [pool.submit(self._fill_slot, deadline) for _ in range(limit)]
+            slots = [pool.submit(self._fill_slot, deadline, drained) for _ in range(limit)]
             for slot in as_completed(slots):
                 outcomes, error = slot.result()
                 for outcome in outcomes:
@@ -73,7 +76,7 @@ class AnalysisBatch:
                 raise LlmUnavailable(message)  # nothing could be analyzed: the run failed
             recorder.error(message, code="llm_unavailable")
 
-    def _fill_slot(self, deadline: Deadline) -> tuple[list[Outcome], str | None]:
+    def _fill_slot(self, deadline: Deadline, drained: threading.Event) -> tuple[list[Outcome], str | None]:
         """Analyze one call. Short transcripts met on the way are skipped without using up the
         slot: they cost no LLM request, and a backlog of unanswered calls must not stall the queue.
 
@@ -81,9 +84,10 @@ class AnalysisBatch:
         error's type: the outcomes gathered before it must still reach the run record."""
         outcomes: list[Outcome] = []
         try:
-            while not deadline.reached and self._unavailable is None:
+            while not deadline.reached and self._unavailable is None and not drained.is_set():
                 claim = self.queue.claim_next()
                 if claim is None:
+                    drained.set()
                     break
                 outcome = self._attempt(claim, deadline)
                 outcomes.append(outcome)
