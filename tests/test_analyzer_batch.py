@@ -480,17 +480,22 @@ def test_a_queue_error_ends_only_its_slot_and_is_recorded_once_with_the_outcomes
     assert call(db, "c0")["processed"] and not call(db, "c1")["processed"]
 
 
-def test_a_run_stops_claiming_once_the_queue_is_found_empty(fake, mongo, settings):
-    """Three calls and a limit of ten: the slots after the first empty claim do not claim again
-    (they made one empty claim each, half a steady sync's round trips with many accounts)."""
-    claims = Counter()
-    db = tenant_view(HookedClient(mongo, lambda collection, method: claims.update(
-        [method] if (collection, method) == ("calls", "find_one_and_update") else []))["callsync_test"], None)
+@pytest.mark.parametrize("waiting", [0, 3])
+def test_a_run_makes_no_empty_claims_beyond_one_per_worker(fake, mongo, settings, waiting):
+    """A limit of ten: over an empty queue a run asks once (a read) and claims nothing; over three
+    calls, the slots after the first empty claim do not claim again (each slot made one empty
+    claim, half a steady sync's round trips with many accounts)."""
+    calls = Counter()
+    db = tenant_view(HookedClient(mongo, lambda collection, method: calls.update(
+        [method] if collection == "calls" else []))["callsync_test"], None)
     ensure_indexes(db)
-    add_calls(db, 3)
+    add_calls(db, waiting)
 
     recorder = run(db, settings.with_overrides(llm_batch_limit=10, llm_concurrency=2))
 
-    assert recorder.counts["analyzed"] == 3
-    # 3 claims that found a call, and at most one empty one per worker that asked at the same moment.
-    assert 4 <= claims["find_one_and_update"] <= 3 + 2
+    assert recorder.counts["analyzed"] == waiting
+    if waiting:
+        # One claim per call, and at most one empty one per worker that asked at the same moment.
+        assert waiting + 1 <= calls["find_one_and_update"] <= waiting + 2
+    else:
+        assert calls["find_one_and_update"] == 0 and calls["find_one"] == 1

@@ -47,7 +47,7 @@ class AnalysisBatch:
 
     def run(self, recorder: RunRecorder) -> None:
         limit = self._settings.llm_batch_limit
-        if limit == 0:
+        if limit == 0 or not self.queue.any_claimable():
             return
         deadline = Deadline(self._settings.llm_batch_deadline_seconds, self._stop)
         if self._llm is not None:

@@ -116,6 +116,11 @@ class CallQueue:
             {"$unset": {"claim": ""}, "$inc": {"attempts": -1}},
         )
 
+    def any_claimable(self) -> bool:
+        """Whether a claim would find a call: one read, where a batch's slots would each make an
+        empty claim (a write) when nothing waits, the steady state of most accounts."""
+        return self._calls.find_one(_claimable(self.clock()), {"_id": 1}, hint=QUEUE_INDEX_KEYS) is not None
+
     def unclaimed(self) -> int:
         """Calls waiting for analysis that no live claim holds."""
         now = self.clock()
