@@ -255,3 +255,30 @@ def test_health_counts_each_account_finished_not_only_passes_that_end(fleet_sett
     fleet.sync(fleet.schedule.claim_due(clock() + timedelta(minutes=fleet_settings.sync_interval_minutes)))
 
     assert fleet.last_success_at(fleet.scheduled_jobs()[0].name) is not None
+
+
+def test_a_sync_whose_lease_may_have_run_out_stops_before_another_replica_can_claim_it(
+        fleet_settings, mongo, users, bolna, caplog):
+    """No renewal confirmed before the lease's end (here: the server's clock jumps past it while
+    the account's jobs run): the jobs stop after their current write and nothing is recorded as
+    this replica's sync; the account is then another replica's to claim."""
+    clock = Clock()
+    fleet = replica(fleet_settings, mongo, clock)
+    claim = fleet.schedule.claim_due(clock() + timedelta(minutes=fleet_settings.sync_interval_minutes))
+    key = {"alpha": "key-alpha", "beta": "key-beta"}.get(claim.tenant_id)
+    if key is None:  # the refused account: no sync to cut short
+        fleet.schedule.release(claim)
+        claim = fleet.schedule.claim_due(clock() + timedelta(minutes=fleet_settings.sync_interval_minutes))
+        key = {"alpha": "key-alpha", "beta": "key-beta"}[claim.tenant_id]
+    bolna.latency = 0.3  # each request takes a moment: the sync is still running when the lease ends
+    bolna.on_answer(r"/v2/agent/all", lambda: clock.advance(fleet_settings.tenant_lease_seconds + 1), api_key=key)
+
+    fleet.sync(claim)
+
+    entry = mongo[TEST_DB][TENANT_SCHEDULE].find_one({"_id": claim.tenant_id})
+    assert "lastRun" not in entry  # this replica recorded nothing: it no longer held the account
+    assert mongo[TEST_DB][SYNC_RUNS].count_documents(
+        {"userId": claim.tenant_id, "job": CALL_PROCESSOR, "status": "ok"}) == 0
+    assert "tenant_lease_lost" in [getattr(record, "event", None) for record in caplog.records]
+    other = replica(fleet_settings, mongo, clock)
+    assert other.schedule.claim_due(clock() + timedelta(minutes=1)) is not None

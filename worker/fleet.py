@@ -27,6 +27,7 @@ from services.bolna_client import KEY_REFUSED, BolnaClient
 from services.database import LLM_QUOTA, TENANT_SCHEDULE, ensure_indexes
 from services.run_records import RunListener, RunRecords, describe_failure
 from services.server_clock import ServerClock
+from services.tenancy.lease import LeaseKeeper
 from services.tenancy.llm_quota import LlmQuota
 from services.tenancy.schedule import TenantClaim, TenantSchedule
 from services.tenancy.source import TenantSource
@@ -163,12 +164,14 @@ class Fleet:
                 return
         grant = self.quota.take(tenant.llm_batch_limit or self.settings.llm_batch_limit) if self.quota else None
         settings = account_settings(self.settings, tenant, grant.count if grant else tenant.llm_batch_limit)
-        app = AccountApp(settings, self.db, BolnaClient.from_settings(settings, stop=self.stop), tenant.id)
+        lease = LeaseKeeper(self.schedule, claim, self.stop)
+        # The account's jobs stop on the lease's stop: the process's, or the lease's own end.
+        app = AccountApp(settings, self.db, BolnaClient.from_settings(settings, stop=lease.stop), tenant.id)
         for listener in self._listeners:
             app.runs.subscribe(functools.partial(_with_account, listener, tenant.id))
         runs: list[dict] = []
         try:
-            with _LeaseKeeper(self.schedule, claim) as lease:
+            with lease:
                 for job in JOB_NAMES:
                     runs.append(app.run_job(job))
                     if _refused(runs[-1]) or self.stop.is_set() or lease.lost:
@@ -182,9 +185,7 @@ class Fleet:
 
     def _record(self, claim: TenantClaim, tenant: Tenant, runs: list[dict], lease_lost: bool,
                 due_by: datetime | None) -> None:
-        if lease_lost:
-            log.warning("account %s: the lease ran out during its sync; another replica may take it",
-                        tenant.label, extra={"event": "tenant_lease_lost"})
+        if lease_lost:  # logged by the lease; whoever holds the account now records its own sync
             return
         if any(_refused(run) for run in runs):
             log.warning("account %s: Bolna refused its key; set aside until the key changes", tenant.label,
@@ -214,35 +215,6 @@ class Fleet:
     def close(self) -> None:
         if self.mongo_client is not None:
             self.mongo_client.close()
-
-
-class _LeaseKeeper:
-    """Renews a claim's lease a few times per lease period while the account's jobs run."""
-
-    def __init__(self, schedule: TenantSchedule, claim: TenantClaim):
-        self._schedule = schedule
-        self._claim = claim
-        self._done = threading.Event()
-        self._every = schedule.lease.total_seconds() / 3
-        self.lost = False
-        self._thread = threading.Thread(target=self._keep, name="lease", daemon=True)
-
-    def __enter__(self) -> "_LeaseKeeper":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _keep(self) -> None:
-        while not self._done.wait(self._every):
-            try:
-                if not self._schedule.renew(self._claim):
-                    self.lost = True
-                    return
-            except Exception:  # noqa: BLE001 - MongoDB away for a moment: the next renewal may succeed
-                log.warning("could not renew an account's lease", exc_info=True, extra={"event": "lease_renew_failed"})
 
 
 def _quietly(finish, claim: TenantClaim, result: dict, due_by: datetime | None) -> None:
