@@ -21,6 +21,7 @@ from services.database import (ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUST
                                SYNC_STATE, WEBHOOK_INBOX)
 from services.privacy.erasure import Eraser, forget
 from services.privacy.hashing import PhoneHasher
+from services.run_records import RunRecorder
 from tests.conftest import TEST_DB
 from tests.helpers import build_app, requeue
 from tests.real_mongo import mongo  # noqa: F401 - the test database on the server, dropped after
@@ -145,7 +146,9 @@ def recorded(mongo, mongodb_uri, settings, bolna_server):
     analyzed = mongo[TEST_DB][CALLS].find_one({"analysis.status": "ok"}, {"callId": 1})  # not recorded
     assert analyzed is not None
     assert requeue(app.db, call_id=analyzed["callId"]) == 1
-    app.run_job("call_processor")  # the re-analysis replaces the call's conversation on its contact
+    # The re-analysis, by the synchronous lane (the Batch API lane took every call above): its claim,
+    # and the call's conversation replaced on its contact.
+    app.analysis.run(RunRecorder("call_processor"))
     app.runs.last_run("crm_sync"), app.runs.last_success("crm_sync")
     app.runs.totals("call_processor", utcnow() - timedelta(days=1), ("costUsd",))  # status's LLM usage
     app.runs.mark_abandoned(timedelta(hours=6))
