@@ -188,3 +188,15 @@ def test_the_heuristic_costs_nothing(db):
     recorder = run(db, Settings())
     assert [doc["analysis"]["usage"]["costUsd"] for doc in db.calls.find()] == [0.0, 0.0]
     assert "costUsd" not in recorder.counts and "unpricedAnalyses" not in recorder.counts
+
+
+def test_with_many_accounts_the_daemons_model_is_checked_at_start_up_too(fake, mongo, settings, caplog):
+    from worker.fleet import Fleet
+
+    fake.retired_models = {"openai/gpt-oss-20b"}
+    fleet = Fleet.build(settings.with_overrides(tenant_source="mongodb", mongodb_uri="mongodb://unused"),
+                        mongo_client=HookedClient(mongo))
+    with caplog.at_level(logging.WARNING):
+        fleet.prepare()
+    assert any("GROQ_MODEL openai/gpt-oss-20b does not exist" in r.getMessage() for r in caplog.records)
+    fleet.close()

@@ -23,6 +23,7 @@ from typing import Callable
 
 from pymongo.database import Database
 
+from services.analyzer.groq_analyzer import GroqAnalyzer
 from services.bolna_client import KEY_REFUSED, BolnaClient
 from services.database import LLM_QUOTA, TENANT_SCHEDULE, ensure_indexes
 from services.run_records import RunListener, RunRecords, describe_failure
@@ -100,6 +101,10 @@ class Fleet:
         abandoned = RunRecords(self.db).mark_abandoned(stale)
         if abandoned:
             log.warning("marked %d run(s) left running by a stopped process as abandoned", abandoned)
+        # The daemon's own Groq key and model, as single-account mode checks them (an account's
+        # own key meets a missing model in its first run, which then stops its LLM use).
+        if self.settings.groq_api_keys and (problem := GroqAnalyzer(self.settings).check_model()) is not None:
+            log.warning("%s", problem, extra={"event": "llm_model_missing"})
         self.refresh(force=True)
 
     def refresh(self, *, force: bool = False) -> None:
