@@ -12,6 +12,11 @@ from models.customer import customer_call
 from models.execution import MalformedExecution, needs_full_record, parse_execution
 from services.bolna_client import BolnaClient, BolnaError
 
+# The account the records belong to, named in every filter as any writer of this schema must:
+# every index leads with `userId` (docs/collections.md), and a filter without it would scan.
+# `None` is the single account of TENANT_SOURCE=env.
+ACCOUNT = None
+
 
 def naive_sync(db, client: BolnaClient, agent_ids: list[str], start: datetime, end: datetime,
                region: str) -> int:
@@ -35,7 +40,7 @@ def naive_sync(db, client: BolnaClient, agent_ids: list[str], start: datetime, e
 
 
 def _store_call(db, execution) -> None:
-    db["calls"].update_one({"callId": execution.id},
+    db["calls"].update_one({"userId": ACCOUNT, "callId": execution.id},
                            {"$set": call_fields(execution), "$setOnInsert": {"processed": False}}, upsert=True)
 
 
@@ -44,7 +49,7 @@ def _store_customer(db, execution) -> None:
     if phone is None:
         return
     call = customer_call(execution)
-    db["customers"].update_one({"phone": phone.key},
+    db["customers"].update_one({"userId": ACCOUNT, "phone": phone.key},
                                {"$addToSet": {"callIds": call.call_id},
                                 "$set": {"status": call.status, **call.profile}}, upsert=True)
 
