@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cryptography.fernet import Fernet
 
-from utils.config_values import csv, int_at_least, json_object
+from utils.config_values import csv, int_at_least, json_object, one_of
 
 # Many accounts (services/tenancy): where each setting of an account is read in its document.
 # The names are the daemon's; the paths (dotted for nested fields) are the CRM's, overridable.
@@ -25,11 +25,8 @@ def default_tenants_filter(key_path: str) -> dict[str, object]:
     return {key_path: {"$nin": [None, ""]}, "subscription.status": {"$in": list(ACTIVE_SUBSCRIPTIONS)}}
 
 
-def tenant_source(value: str) -> str:
-    source = value.strip().lower()
-    if source not in ("env", "mongodb"):
-        raise ValueError("must be env (one account, from BOLNA_API_KEY) or mongodb (the accounts collection)")
-    return source
+tenant_source = one_of("env", "mongodb",
+                       explained="env (one account, from BOLNA_API_KEY) or mongodb (the accounts collection)")
 
 
 def collection_name(value: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass
+from typing import Callable
 
 import phonenumbers
 from pymongo import uri_parser
@@ -104,32 +105,24 @@ def precedence(value: str) -> tuple[tuple[str, ...], ...]:
     return groups
 
 
-def log_level(value: str) -> str:
-    level = value.strip().upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
-    return level
+def one_of(*choices: str, explained: str | None = None) -> Callable[[str], str]:
+    """A parser of one word among `choices`, in any case (stored as the choices are written)."""
+    by_folded = {choice.lower(): choice for choice in choices}
+
+    def parse(value: str) -> str:
+        choice = by_folded.get(value.strip().lower())
+        if choice is None:
+            raise ValueError("must be " + (explained or f"{', '.join(choices[:-1])} or {choices[-1]}"))
+        return choice
+
+    return parse
 
 
-def log_format(value: str) -> str:
-    fmt = value.strip().lower()
-    if fmt not in ("text", "json"):
-        raise ValueError("must be text or json")
-    return fmt
-
-
-def answer_format(value: str) -> str:
-    mode = value.strip().lower()
-    if mode not in ("auto", "json_schema", "json_object"):
-        raise ValueError("must be auto, json_schema or json_object")
-    return mode
-
-
-def batch_mode(value: str) -> str:
-    mode = value.strip().lower()
-    if mode not in ("auto", "off", "always"):
-        raise ValueError("must be auto, off or always")
-    return mode
+log_level = one_of("DEBUG", "INFO", "WARNING", "ERROR")
+log_format = one_of("text", "json")
+answer_format = one_of("auto", "json_schema", "json_object")
+batch_mode = one_of("auto", "off", "always")
+reasoning_effort = one_of("low", "medium", "high")
 
 
 def completion_window(value: str) -> str:
@@ -156,13 +149,6 @@ def fraction(value: str) -> float:
     if not 0 <= number < 1:
         raise ValueError("must be a fraction from 0 up to (not including) 1, such as 0.5")
     return number
-
-
-def reasoning_effort(value: str) -> str:
-    effort = value.strip().lower()
-    if effort not in ("low", "medium", "high"):
-        raise ValueError("must be low, medium or high")
-    return effort
 
 
 def percentage(value: str) -> int:

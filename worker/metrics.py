@@ -63,7 +63,8 @@ class RunMetrics:
                                   "When the last ok or partial run of each job finished (Unix time)",
                                   ["job"], registry=registry)
         if queue_depth is not None:
-            registry.register(_QueueDepth(queue_depth))
+            registry.register(_ReadAtScrape("callsync_analysis_queue_depth",
+                                            "Calls stored final and not analyzed yet", queue_depth))
         # Every series exists from the start, so a rate over the first failure is not lost.
         for job in self.jobs:
             for status in RUN_STATUSES:
@@ -127,49 +128,36 @@ def observe_webhooks(registry: CollectorRegistry, tally: DeliveryTally) -> None:
 
 def observe_accounts(registry: CollectorRegistry, counts: Callable[[], dict[str, int]]) -> None:
     """Accounts by schedule state (running, due, waiting, refused, retired), read at each scrape."""
-    registry.register(_AccountStates(counts))
+    registry.register(_ReadAtScrape("callsync_accounts", "Accounts in the schedule, by state (TENANT_SOURCE=mongodb)",
+                                    counts, label="state"))
 
 
-class _AccountStates(Collector):
-    NAME = "callsync_accounts"
-    HELP = "Accounts in the schedule, by state (TENANT_SOURCE=mongodb)"
+class _ReadAtScrape(Collector):
+    """A gauge read from MongoDB at each scrape: what it counts also changes by other daemons'
+    work (another replica, `reanalyze`). `label`: the read returns a number per value of it."""
 
-    def __init__(self, counts: Callable[[], dict[str, int]]):
-        self._counts = counts
+    def __init__(self, name: str, help: str, read: Callable[[], object], label: str | None = None):
+        self._name, self._help, self._read = name, help, read
+        self._labels = [label] if label else []
 
-    def describe(self) -> list[GaugeMetricFamily]:
-        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["state"])]
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        try:
-            counts = self._counts()
-        except PyMongoError as exc:
-            log.warning("account counts unavailable: %s", type(exc).__name__, extra={"event": "metrics_degraded"})
-            return
-        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["state"])
-        for state, count in counts.items():
-            family.add_metric([state], count)
-        yield family
-
-
-class _QueueDepth(Collector):
-    """Read at scrape time: the queue also shrinks by other daemons' work and `reanalyze`."""
-
-    NAME = "callsync_analysis_queue_depth"
-    HELP = "Calls stored final and not analyzed yet"
-
-    def __init__(self, depth: Callable[[], int]):
-        self._depth = depth
+    def _family(self, **value) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self._name, self._help, labels=self._labels or None, **value)
 
     def describe(self) -> list[GaugeMetricFamily]:
         # Without describe() the registry would run a query at registration to learn the name.
-        return [GaugeMetricFamily(self.NAME, self.HELP)]
+        return [self._family()]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            depth = self._depth()
+            value = self._read()
         except PyMongoError as exc:
             # A scrape must still answer with the other metrics; a missing series says enough.
-            log.warning("queue depth unavailable: %s", type(exc).__name__, extra={"event": "metrics_degraded"})
+            log.warning("%s unavailable: %s", self._name, type(exc).__name__, extra={"event": "metrics_degraded"})
             return
-        yield GaugeMetricFamily(self.NAME, self.HELP, value=depth)
+        if not self._labels:
+            yield self._family(value=value)
+            return
+        family = self._family()
+        for label_value, number in value.items():
+            family.add_metric([label_value], number)
+        yield family
