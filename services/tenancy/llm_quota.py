@@ -6,6 +6,11 @@ One counter document per interval window. A take is one atomic `$inc`; when it o
 ceiling, the overshoot is returned at once, so the sum granted never passes the ceiling even when
 replicas take at the same instant (each sees its own increment's total and returns only what it
 took beyond the ceiling).
+
+The `$inc` never upserts: the total it returns is what the take is decided on, and of two upserts
+racing to create a document, one may be answered with no document at all (the test run's wire
+server) or a duplicate-key error, after its increment was or was not applied. The window's
+document is created on its own first, where a race is harmless.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from typing import Callable
 
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
 
 from utils.clock import unix_seconds
 
@@ -31,13 +37,21 @@ class LlmQuota:
             return Grant(self, None, 0)
         now = self._clock()
         window = int(unix_seconds(now) // self._interval.total_seconds())
-        counter = self._counters.find_one_and_update(
-            {"_id": window}, {"$inc": {"taken": wanted}, "$setOnInsert": {"at": now}},
-            upsert=True, return_document=ReturnDocument.AFTER)
+        counter = self._increment(window, wanted)
+        if counter is None:  # the window's first take: create its counter, then take
+            try:
+                self._counters.update_one({"_id": window}, {"$setOnInsert": {"taken": 0, "at": now}}, upsert=True)
+            except DuplicateKeyError:
+                pass  # another replica created it at the same instant
+            counter = self._increment(window, wanted)
         overshoot = min(wanted, max(0, counter["taken"] - self._ceiling))
         if overshoot:
             self._counters.update_one({"_id": window}, {"$inc": {"taken": -overshoot}})
         return Grant(self, window, wanted - overshoot)
+
+    def _increment(self, window: int, count: int) -> dict | None:
+        return self._counters.find_one_and_update({"_id": window}, {"$inc": {"taken": count}},
+                                                  return_document=ReturnDocument.AFTER)
 
     def _give_back(self, window: int, count: int) -> None:
         self._counters.update_one({"_id": window}, {"$inc": {"taken": -count}})
