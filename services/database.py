@@ -49,7 +49,8 @@ QUEUE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("processed", ASCENDING), ("termi
 CALL_AGE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("callAt", ASCENDING)]
 TRANSCRIPT_AGE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("transcriptRemovedAt", ASCENDING), ("callAt", ASCENDING)]
 RUN_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("job", ASCENDING), ("startedAt", DESCENDING)]
-INBOX_STATE_KEYS = [(TENANT_FIELD, ASCENDING), ("state", ASCENDING), ("receivedAt", ASCENDING)]
+# Across accounts: a replica's one webhook processor claims the waiting deliveries of all of them.
+INBOX_STATE_KEYS = [("state", ASCENDING), ("receivedAt", ASCENDING)]
 SUPPRESSION_KEY_KEYS = [(TENANT_FIELD, ASCENDING), ("keyId", ASCENDING)]
 
 # Every index of an account's data leads with `userId` (services/tenancy/scoped.py adds it to every
@@ -127,7 +128,7 @@ _INDEXES: dict[str, list[IndexModel]] = {
     WEBHOOK_INBOX: [
         # Bolna sends each status of a call once, and again when unsure: the second is a duplicate.
         _tenant_index(("callId", ASCENDING), ("status", ASCENDING), unique=True, name="delivery_unique"),
-        # The processor's claims: waiting deliveries, oldest first.
+        # The processor's claims: waiting deliveries of every account, oldest first.
         _named(INBOX_STATE_KEYS, name="state_receivedAt"),
     ],
     # The tally's last day of deliveries (status): beside the TTL index, which cannot be compound.

@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import requests
 
 from fakes.accounts_dataset import accounts_dataset
 from fakes.bolna_api import RateLimits
@@ -23,7 +24,9 @@ from fakes.bolna_server import FakeBolna
 from services.database import SYNC_RUNS, TENANT_SCHEDULE
 from services.tenancy.schedule import TenantSchedule
 from services.tenancy.tenant import Tenant
+from services.webhooks.routes import account_token
 from tests.conftest import RAISED_LIMITS
+from tests.helpers import execution
 from tests.real_mongo import mongo  # noqa: F401 - the fixture, on the server
 from utils.clock import utcnow
 from worker.jobs import CALL_PROCESSOR, CRM_SYNC
@@ -249,3 +252,25 @@ def test_the_cli_with_many_accounts_and_a_refused_key(fleet):
     for shown in (once, again, table, as_json, one, text, missing):
         for key in keys:
             assert key not in shown.stdout and key not in shown.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_replica_writes_each_accounts_webhook_deliveries_into_that_account(fleet):
+    db, env, accounts, _bolna = fleet(2, calls_per_agent=1)
+    token = "tok_" + "0123456789abcdef" * 2
+    replica = fleet.replica({**env, "WEBHOOK_PORT": "0", "WEBHOOK_TOKEN": token,
+                             "WEBHOOK_ALLOWED_IPS": "127.0.0.1"}, "run").wait_started()
+    listening = wait_until(lambda: next((json.loads(line) for line in replica.lines
+                                         if '"webhook_listening"' in line), None), 30, "the listener's address")
+    base = listening["message"].split(" on ", 1)[1].split("/webhooks/", 1)[0]
+    for account in accounts:
+        delivered = execution(call_id="hooked-call", customer="+91 98765 43210")
+        answer = requests.post(f"{base}/webhooks/bolna/{account_token(token, account.label)}",
+                               json=delivered, timeout=10)
+        assert (answer.status_code, answer.json()) == (200, {"status": "accepted"})
+
+    wait_until(lambda: db["calls"].count_documents({"callId": "hooked-call"}) == 2, 30, "both deliveries written")
+    assert {call["userId"] for call in db["calls"].find({"callId": "hooked-call"})} == {a.label for a in accounts}
+    assert replica.stop() == 0
+    logged = "".join(replica.lines)
+    assert token not in logged and not any(account_token(token, a.label) in logged for a in accounts)

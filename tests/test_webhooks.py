@@ -62,8 +62,9 @@ def started():
             host, port = service.address
         else:  # the listener alone: a process that died before its processor ran
             settings = app.settings.with_overrides(**overrides)
-            web = WebhookApp(TOKEN, SenderPolicy(settings.webhook_allowed_ips, settings.webhook_trusted_proxies),
-                             app.inbox, app.deliveries, max_body_bytes=settings.webhook_max_body_bytes, region="IN")
+            web = WebhookApp(app.webhook_routes, SenderPolicy(settings.webhook_allowed_ips,
+                                                              settings.webhook_trusted_proxies),
+                             app.deliveries, max_body_bytes=settings.webhook_max_body_bytes, region="IN")
             listener = WebhookListener(web, "127.0.0.1", 0).start()
             stoppers.append(listener.stop)
             host, port = listener.address

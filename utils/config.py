@@ -223,10 +223,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("ANALYSIS_TAGS must name at least one tag")
     if settings.webhook_port is not None and not settings.webhook_token:
         raise ConfigError("WEBHOOK_PORT is set but WEBHOOK_TOKEN is not: the listener needs its secret path")
-    if settings.webhook_port is not None and settings.tenant_source == "mongodb":
-        # One token names one account; a token per account is not built yet (docs/scaling.md).
-        raise ConfigError("WEBHOOK_PORT serves the one account of TENANT_SOURCE=env; with TENANT_SOURCE=mongodb "
-                          "each account's calls arrive by the sync alone")
     return settings
 
 

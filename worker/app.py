@@ -36,7 +36,8 @@ from services.privacy.suppressions import SuppressionList
 from services.run_records import RunRecords, describe_failure
 from services.server_clock import ServerClock
 from services.webhooks.inbox import Inbox
-from services.webhooks.processor import LEASE_SECONDS, InboxProcessor
+from services.webhooks.processor import LEASE_SECONDS, AccountWriters, InboxProcessor
+from services.webhooks.routes import SingleRoute
 from services.webhooks.tally import DeliveryTally
 from utils.config import Settings
 from worker.jobs import JOB_NAMES, JOBS, ScheduledJob
@@ -79,6 +80,19 @@ def build_batch_api(db: Database, settings: Settings, owner: str, analysis: Anal
                         clock=analysis.queue.clock)
 
 
+def build_writers(db: Database, settings: Settings) -> AccountWriters:
+    """One account's call and customer writers (`db`: its view), behind its suppression list:
+    the poll's, and the webhook processor's for the account's deliveries."""
+    guard = PrivacyGuard(SuppressionList(db, hasher_for(settings.privacy_hash_key)), Eraser(db))
+    return AccountWriters(CallWriter(db, guard, retention_policy(settings)),
+                          CustomerWriter(db, StatusRanks(settings.status_precedence), guard),
+                          settings.default_phone_region)
+
+
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    return RetentionPolicy(settings.transcript_retention_days, settings.record_retention_days)
+
+
 class AccountApp:
     """One account's half of the daemon: its Bolna client, its view of the database, both jobs'
     parts. Single-account mode runs one (inside `App`); with many accounts (worker/fleet.py) a
@@ -105,13 +119,10 @@ class AccountApp:
                                   agent_ids=settings.bolna_agent_ids,
                                   backfill=timedelta(days=settings.backfill_days),
                                   overlap=timedelta(minutes=settings.sync_overlap_minutes))
-        self.suppressions = SuppressionList(db, hasher_for(settings.privacy_hash_key))
-        guard = PrivacyGuard(self.suppressions, Eraser(db))
-        retention = RetentionPolicy(settings.transcript_retention_days, settings.record_retention_days)
-        self.customer_writer = CustomerWriter(db, StatusRanks(settings.status_precedence), guard)
-        self.call_writer = CallWriter(db, guard, retention)
+        self.writers = build_writers(db, settings)
+        self.customer_writer, self.call_writer = self.writers.customers, self.writers.calls
         self.analysis = build_analysis(db, settings, self.owner, self.stop)
-        self.retention = RetentionPass(db, retention, self.stop)
+        self.retention = RetentionPass(db, retention_policy(settings), self.stop)
         self.call_queue = self.analysis.queue
         self.batch_api = build_batch_api(db, settings, self.owner, self.analysis)
         self.runs = RunRecords(db)
@@ -165,8 +176,8 @@ class App(AccountApp):
         self.inbox = Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self.call_queue.clock)
         self.deliveries = DeliveryTally(db[WEBHOOK_DELIVERIES])
         observe_webhooks(self.metrics.registry, self.deliveries)
-        self.webhook_processor = InboxProcessor(self.inbox, self.call_writer, self.customer_writer, self.deliveries,
-                                                settings.default_phone_region)
+        self.webhook_processor = InboxProcessor(self.inbox, lambda _account: self.writers, self.deliveries)
+        self.webhook_routes = SingleRoute(settings.webhook_token, self.inbox) if settings.webhook_token else None
         self.status = StatusReader(db, settings.mongodb_db, self.runs, self.call_queue, self.inbox, self.deliveries)
 
     @classmethod
@@ -180,7 +191,7 @@ class App(AccountApp):
         """Start-up work that touches the database: indexes, and runs a dead process left open."""
         ensure_indexes(self.db, self.settings.run_retention_days, self.settings.webhook_inbox_days)
         # Before any sync: without the key the erased numbers could not be recognized.
-        self.suppressions.check_key()
+        SuppressionList(self.db, hasher_for(self.settings.privacy_hash_key)).check_key()
         stale = max(timedelta(hours=1), 3 * timedelta(minutes=self.settings.sync_interval_minutes))
         abandoned = self.runs.mark_abandoned(stale)
         if abandoned:

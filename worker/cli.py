@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                                                    "token); --apply sets it on the agent")
     hook.add_argument("--agent", help="the Bolna agent id")
     hook.add_argument("--apply", action="store_true", help="set it on the agent through Bolna's API")
+    hook.add_argument("--account", help="with TENANT_SOURCE=mongodb: the account whose URL it is (its own token "
+                                        "and, with --apply, its Bolna key)")
     return parser
 
 
@@ -83,7 +85,7 @@ def _date(text: str) -> datetime:
 
 def _require_server(settings: Settings, command: str, needs_bolna: bool = True) -> None:
     if not settings.mongodb_uri:
-        if command in ("status", "review"):
+        if command in ("status", "review", "webhook-url"):
             raise UsageError(f"MONGODB_URI is not set: `{command}` reads the database the daemon writes. "
                              "Set MONGODB_URI (see .env.example).")
         raise UsageError("MONGODB_URI is not set: this command writes to MongoDB and will not keep data "
@@ -267,13 +269,42 @@ def _review(settings: Settings, args) -> int:
 
 
 def _webhook_url(settings: Settings, args) -> int:
-    """Needs no database: only the settings, and Bolna's API with --apply."""
-    from worker.webhook_url import WebhookUrlError, run_webhook_url
+    """Needs no database with one account: only the settings, and Bolna's API with --apply."""
+    from worker.webhook_url import WebhookUrlError, check_settings, run_webhook_url
 
+    if args.account is not None and settings.tenant_source != "mongodb":
+        raise UsageError("--account names one of many accounts: it needs TENANT_SOURCE=mongodb")
     try:
-        return run_webhook_url(settings, args.agent, args.apply)
+        check_settings(settings)
+        account = None
+        if settings.tenant_source == "mongodb":
+            if args.account is None:
+                raise UsageError("TENANT_SOURCE=mongodb: each account has its own URL; name it with --account ID")
+            _require_server(settings, "webhook-url", needs_bolna=False)
+            account = _listed_account(settings, args.account)
+        return run_webhook_url(settings, args.agent, args.apply, account)
     except WebhookUrlError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _listed_account(settings: Settings, text: str):
+    """The account `text` names, as the daemon serves it (TENANTS_FILTER, its keys readable)."""
+    from services.tenancy.source import TenantSource
+    from services.tenancy.tenant import UnusableTenant
+    from worker.accounts import AccountNotFound, find_account
+    from worker.app import connect
+
+    client = connect(settings)
+    try:
+        db = client[settings.mongodb_db]
+        tenant = TenantSource(settings, db).find(find_account(db[settings.tenants_collection], text))
+    except (AccountNotFound, UnusableTenant) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        client.close()
+    if tenant is None:
+        raise UsageError(f"account {text!r} is not served: TENANTS_FILTER does not list it")
+    return tenant
 
 
 _COMMANDS = {"run": _run, "once": _once, "status": _status, "reanalyze": _reanalyze, "forget": _forget,

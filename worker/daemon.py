@@ -76,7 +76,7 @@ def run_daemon(app: "App | Fleet") -> int:
         signal.signal(signal.SIGINT, on_signal)
         if app.settings.health_port is not None:
             health = serve_health(app, is_scheduling=lambda: scheduler.running)
-        if app.settings.webhook_port is not None:  # one account only (load_settings refuses it with many)
+        if app.settings.webhook_port is not None:
             webhooks = serve_webhooks(app)
         log.info("daemon started: %s", ", ".join(f"{job.name} every {job.seconds:g} s" for job in app.scheduled_jobs()),
                  extra={"event": "daemon_started"})

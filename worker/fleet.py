@@ -7,6 +7,9 @@ TENANT_CONCURRENCY at a time, and runs both jobs for each with that account's ow
 view of the database (`AccountApp`). The lease is renewed while the jobs run; a replica that dies
 stops renewing, and another takes its accounts over once the lease has run out. An account whose
 Bolna key is refused is set aside until its key changes, and never holds up the others.
+
+With WEBHOOK_PORT, each listed account has its own webhook URL (services/webhooks/routes.py); the
+replica's one inbox processor writes every account's deliveries into that account's records.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from pymongo.database import Database
 
 from services.analyzer.groq_analyzer import GroqAnalyzer
 from services.bolna_client import KEY_REFUSED, BolnaClient
-from services.database import LLM_QUOTA, TENANT_SCHEDULE, ensure_indexes
+from services.database import (LLM_QUOTA, TENANT_SCHEDULE, WEBHOOK_DELIVERIES, WEBHOOK_INBOX, ensure_indexes,
+                               tenant_view)
 from services.run_records import RunListener, RunRecords, describe_failure
 from services.server_clock import ServerClock
 from services.tenancy.lease import LeaseKeeper
@@ -33,11 +37,15 @@ from services.tenancy.llm_quota import LlmQuota
 from services.tenancy.schedule import TenantClaim, TenantSchedule
 from services.tenancy.source import TenantSource
 from services.tenancy.tenant import Tenant
+from services.webhooks.inbox import Inbox
+from services.webhooks.processor import LEASE_SECONDS, AccountWriters, InboxProcessor
+from services.webhooks.routes import AccountRoutes
+from services.webhooks.tally import DeliveryTally
 from utils.config import Settings
-from worker.app import AccountApp, connect
+from worker.app import AccountApp, build_writers, connect
 from utils.clock import utcnow
 from worker.jobs import CALL_PROCESSOR, JOB_NAMES, ScheduledJob
-from worker.metrics import RunMetrics, observe_accounts
+from worker.metrics import RunMetrics, observe_accounts, observe_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +96,14 @@ class Fleet:
         self._active = 0
         self._idle = threading.Condition()
         self._progress_at: datetime | None = None
+        # Webhooks: every account's deliveries land in one inbox, each entry under its account.
+        self._clock = clock
+        self.deliveries = DeliveryTally(tenant_view(db, None)[WEBHOOK_DELIVERIES])  # the replica's, all accounts
+        observe_webhooks(self.metrics.registry, self.deliveries)
+        self.webhook_processor = InboxProcessor(Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=clock),
+                                                self._writers_for, self.deliveries)
+        self.webhook_routes = (AccountRoutes(settings.webhook_token, self._inbox_of) if settings.webhook_token
+                               else None)
 
     @classmethod
     def build(cls, settings: Settings, mongo_client=None) -> "Fleet":
@@ -117,6 +133,8 @@ class Fleet:
             listed = self.source.load()
             self.schedule.register([(tenant.id, tenant.key_fingerprint) for tenant in listed.tenants])
             self._tenants = {tenant.id: tenant for tenant in listed.tenants}
+            if self.webhook_routes is not None:
+                self.webhook_routes.update(self._tenants)
             self._loaded_at = time.monotonic()
             log.info("%d account(s) listed, %d skipped", len(listed.tenants), len(listed.skipped),
                      extra={"event": "tenants_loaded"})
@@ -216,6 +234,20 @@ class Fleet:
     def wait_idle(self, timeout: float) -> bool:
         with self._idle:
             return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    def _inbox_of(self, tenant_id) -> Inbox:
+        return Inbox(tenant_view(self.db, tenant_id)[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self._clock)
+
+    def _writers_for(self, tenant_id) -> AccountWriters | None:
+        """The writers of a delivery's account; None when the account is no longer listed."""
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None:
+            # Accepted by a replica that read the list after this one did, or since retired.
+            self.refresh(force=True)
+            tenant = self._tenants.get(tenant_id)
+        if tenant is None:
+            return None
+        return build_writers(tenant_view(self.db, tenant.id), account_settings(self.settings, tenant))
 
     def close(self) -> None:
         if self.mongo_client is not None:

@@ -7,7 +7,6 @@ caller sends produces a traceback or a 500: every failure is an answer chosen he
 database that cannot store the delivery answers 503, which Bolna retries."""
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import threading
@@ -20,6 +19,7 @@ from waitress import wasyncore
 from models.execution import MalformedExecution, parse_execution
 from services.run_records import describe_failure
 from services.webhooks.inbox import Inbox
+from services.webhooks.routes import AccountRoutes, SingleRoute
 from services.webhooks.senders import SenderPolicy
 from services.webhooks.tally import DeliveryTally
 
@@ -35,13 +35,13 @@ NOT_FOUND: Answer = ("404 Not Found", {"error": "not found"})
 
 
 class WebhookApp:
-    """The WSGI application. `on_accept`: called after a delivery was stored (wakes the processor)."""
+    """The WSGI application. `routes`: the token in the path to the inbox of its account (a
+    SingleRoute or AccountRoutes); `on_accept`: called after a delivery was stored (wakes the processor)."""
 
-    def __init__(self, token: str, senders: SenderPolicy, inbox: Inbox, tally: DeliveryTally, *,
+    def __init__(self, routes: SingleRoute | AccountRoutes, senders: SenderPolicy, tally: DeliveryTally, *,
                  max_body_bytes: int, region: str, on_accept: Callable[[], None] = lambda: None):
-        self._token = token.encode()
+        self.routes = routes
         self.senders = senders
-        self.inbox = inbox
         self.tally = tally
         self.max_body_bytes = max_body_bytes
         self.region = region
@@ -69,8 +69,8 @@ class WebhookApp:
         if not self.senders.admits(environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR")):
             self.tally.count("rejected_sender")
             return "403 Forbidden", {"error": "forbidden"}
-        # Constant time, so the answer's timing tells nothing about how much of a guess was right.
-        if not hmac.compare_digest(path[len(PATH_PREFIX):].encode("utf-8", "surrogateescape"), self._token):
+        inbox = self.routes.inbox_for(path[len(PATH_PREFIX):])
+        if inbox is None:
             self.tally.count("rejected_token")
             return NOT_FOUND
         if environ.get("REQUEST_METHOD") != "POST":
@@ -79,7 +79,7 @@ class WebhookApp:
         if body is None:
             self.tally.count("too_large")
             return "413 Content Too Large", {"error": f"the body exceeds {self.max_body_bytes} bytes"}
-        return self._accept(body)
+        return self._accept(body, inbox)
 
     def _body(self, environ: dict) -> bytes | None:
         """The body, or None when it is over the limit (told by Content-Length when sent)."""
@@ -92,14 +92,14 @@ class WebhookApp:
         body = environ["wsgi.input"].read(self.max_body_bytes + 1)
         return None if len(body) > self.max_body_bytes else body
 
-    def _accept(self, body: bytes) -> Answer:
+    def _accept(self, body: bytes, inbox: Inbox) -> Answer:
         try:
             execution = parse_execution(json.loads(body), self.region)
         except (ValueError, RecursionError, MalformedExecution) as exc:
             self.tally.count("malformed")
             reason = str(exc) if isinstance(exc, MalformedExecution) else "the body is not JSON"
             return "400 Bad Request", {"error": reason[:200]}
-        if self.inbox.accept(execution.id, execution.status, execution.updated_at, body):
+        if inbox.accept(execution.id, execution.status, execution.updated_at, body):
             self.tally.count("accepted")
             self.on_accept()
             return "200 OK", {"status": "accepted"}
@@ -166,14 +166,15 @@ class WebhookService:
 
 
 def serve_webhooks(app) -> WebhookService:
-    """Start the processor and the listener on WEBHOOK_HOST:WEBHOOK_PORT for `app` (worker.app.App)."""
+    """Start the processor and the listener on WEBHOOK_HOST:WEBHOOK_PORT for `app` (worker.app.App,
+    or worker.fleet.Fleet with many accounts)."""
     settings = app.settings
     senders = SenderPolicy(settings.webhook_allowed_ips, settings.webhook_trusted_proxies)
     if senders.allowed is None:
         log.warning("WEBHOOK_ALLOWED_IPS=any: any address may deliver webhooks; only the token keeps others out",
                     extra={"event": "webhook_senders_open"})
     processor = app.webhook_processor.start()
-    web = WebhookApp(settings.webhook_token, senders, app.inbox, app.deliveries,
+    web = WebhookApp(app.webhook_routes, senders, app.deliveries,
                      max_body_bytes=settings.webhook_max_body_bytes, region=settings.default_phone_region,
                      on_accept=processor.wake)
     try:

@@ -57,3 +57,11 @@ class TenantSource:
                 skipped.append(SkippedTenant(exc.tenant_id, exc.reason))
                 log.warning("tenant %s skipped: %s", exc.tenant_id, exc.reason, extra={"event": "tenant_skipped"})
         return TenantList(tuple(tenants), tuple(skipped))
+
+    def find(self, tenant_id: object) -> Tenant | None:
+        """The account `tenant_id` when TENANTS_FILTER lists it (else None); UnusableTenant, with
+        the reason, when it is listed but cannot be served."""
+        fields = self._settings.tenant_fields
+        document = self._collection.find_one({"$and": [self._settings.tenants_query, {"_id": tenant_id}]},
+                                             projection=projection(fields))
+        return None if document is None else tenant_from_document(document, fields, self._keys)

@@ -6,7 +6,11 @@ duplicate and stores nothing. The processor claims waiting entries with a token 
 the analysis queue does: a live processor finishes its claim well within the lease; a claim whose
 lease expired belongs to a processor that died, and another takes the entries over. The raw body
 is kept only until the entry is processed (it holds a transcript and phone numbers); entries
-expire after WEBHOOK_INBOX_DAYS."""
+expire after WEBHOOK_INBOX_DAYS.
+
+With many accounts, a delivery is accepted through its account's view of the database, so the
+entry carries the account's `userId`; a replica's one processor claims the waiting entries of all
+accounts (through the database itself) and writes each through its own account's view."""
 from __future__ import annotations
 
 import uuid
@@ -39,6 +43,7 @@ class Delivery:
     body: bytes
     received_at: datetime
     attempts: int
+    user_id: object = None  # the account it was delivered for (None: the single account)
 
 
 @dataclass(frozen=True)
@@ -82,9 +87,9 @@ class Inbox:
             "$set": {"claim": {"owner": self.owner, "token": token, "claimedAt": now, "expiresAt": now + self.lease}},
             "$inc": {"attempts": 1}}, hint=BY_ID)
         held = self.entries.find({"_id": {"$in": ids}, "claim.token": token},
-                                 {"callId": 1, "body": 1, "receivedAt": 1, "attempts": 1}, hint=BY_ID)
+                                 {"callId": 1, "body": 1, "receivedAt": 1, "attempts": 1, "userId": 1}, hint=BY_ID)
         deliveries = [Delivery(doc["_id"], doc["callId"], bytes(doc.get("body") or b""), doc["receivedAt"],
-                               doc["attempts"]) for doc in held]
+                               doc["attempts"], doc.get("userId")) for doc in held]
         return token, sorted(deliveries, key=lambda delivery: delivery.received_at)
 
     def finish(self, token: str, outcomes: list[Processed]) -> int:
@@ -106,7 +111,7 @@ class Inbox:
                                  hint=BY_ID)
 
     def waiting(self) -> int:
-        return self.entries.count_documents({"state": WAITING})
+        return self.entries.count_documents({"state": WAITING}, hint=INBOX_STATE_KEYS)
 
     def lags_since(self, since: datetime) -> list[int]:
         """Lags (ms) of the deliveries processed since `since`, ascending."""

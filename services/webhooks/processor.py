@@ -3,13 +3,19 @@ through the poll's own writers (calls, then customers), so the analysis queue, t
 order-safe call write and the suppression list apply to webhooks exactly as to the poll.
 
 Woken when the listener accepts a delivery, and every POLL_SECONDS anyway (a delivery another
-replica accepted, or one a dead processor left claimed until its lease expired)."""
+replica accepted, or one a dead processor left claimed until its lease expired).
+
+With many accounts, one processor serves them all: a batch is split by the account each delivery
+came for, and each part is written through that account's writers (its view of the database, its
+phone region)."""
 from __future__ import annotations
 
 import json
 import logging
 import threading
+from dataclasses import dataclass
 from itertools import groupby
+from typing import Callable
 
 from pymongo.errors import PyMongoError
 
@@ -29,16 +35,25 @@ LEASE_SECONDS = 60.0  # a batch is written in well under a second; a claim this 
 BATCH = 200  # deliveries per claim: one batched write per collection for all of them
 RETRY_AFTER_FAILURE_SECONDS = 2.0
 JOB = "webhooks"
+NOT_LISTED = "the account is no longer listed (TENANTS_FILTER); not written"
+
+
+@dataclass(frozen=True)
+class AccountWriters:
+    """How one account's deliveries are written: the poll's own writers, on the account's records."""
+    calls: CallWriter
+    customers: CustomerWriter
+    region: str
 
 
 class InboxProcessor:
-    def __init__(self, inbox: Inbox, calls: CallWriter, customers: CustomerWriter, tally: DeliveryTally,
-                 region: str, *, batch: int = BATCH):
+    def __init__(self, inbox: Inbox, writers_for: Callable[[object], AccountWriters | None], tally: DeliveryTally,
+                 *, batch: int = BATCH):
+        """`writers_for(user_id)`: the writers of the account a delivery came for; None when the
+        daemon no longer serves it."""
         self.inbox = inbox
-        self.calls = calls
-        self.customers = customers
+        self.writers_for = writers_for
         self.tally = tally
-        self.region = region
         self.batch = batch
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -85,28 +100,44 @@ class InboxProcessor:
         token, deliveries = self.inbox.claim(self.batch)
         if not deliveries:
             return 0
-        outcomes, executions = self._read(deliveries)
-        written_at = None
+        outcomes: list[Processed] = []
+        by_account = sorted(deliveries, key=lambda delivery: str(delivery.user_id))
+        for _, group in groupby(by_account, key=lambda delivery: delivery.user_id):
+            part = list(group)
+            try:
+                outcomes += self._process(part)
+            except PyMongoError:
+                # Lost on the way: this account's part and those after it go back to the queue;
+                # what was written before is closed.
+                written = {outcome.entry_id for outcome in outcomes}
+                self.inbox.release(token, [d.entry_id for d in deliveries if d.entry_id not in written])
+                self.inbox.finish(token, outcomes)
+                self._count(outcomes)
+                raise
+        self.inbox.finish(token, outcomes)
+        self._count(outcomes)
+        return len(deliveries)
+
+    def _process(self, deliveries: list[Delivery]) -> list[Processed]:
+        """One account's deliveries of the batch."""
+        writers = self.writers_for(deliveries[0].user_id)
+        if writers is None:
+            return [Processed(delivery.entry_id, error=NOT_LISTED) for delivery in deliveries]
+        outcomes, executions = self._read(deliveries, writers.region)
         try:
-            self._write(latest_states(list(executions.values())))
-            written_at = utcnow()
+            self._write(writers, latest_states(list(executions.values())))
         except PAGE_REFUSALS as exc:
             # The database refused this data (not a lost connection): each delivery alone, so
             # one bad record does not fail the others.
             log.warning("a batch of %d webhook deliveries was refused (%s); written one by one",
                         len(executions), describe_failure(exc), extra={"event": "webhook_batch_refused"})
-            outcomes += self._write_each(executions)
-        except PyMongoError:
-            self.inbox.release(token, [delivery.entry_id for delivery in deliveries])
-            raise
-        if written_at is not None:
-            outcomes += [Processed(entry_id, lag_ms=_lag_ms(execution, written_at))
-                         for entry_id, execution in executions.items()]
-        self.inbox.finish(token, outcomes)
-        self._count(outcomes)
-        return len(deliveries)
+            return outcomes + self._write_each(writers, executions)
+        written_at = utcnow()
+        return outcomes + [Processed(entry_id, lag_ms=_lag_ms(execution, written_at))
+                           for entry_id, execution in executions.items()]
 
-    def _read(self, deliveries: list[Delivery]) -> tuple[list[Processed], dict[object, Execution]]:
+    @staticmethod
+    def _read(deliveries: list[Delivery], region: str) -> tuple[list[Processed], dict[object, Execution]]:
         failed: list[Processed] = []
         executions: dict[object, Execution] = {}
         for delivery in deliveries:
@@ -114,24 +145,25 @@ class InboxProcessor:
                 failed.append(Processed(delivery.entry_id, error=f"cut off {MAX_ATTEMPTS} times; left to the poll"))
                 continue
             try:
-                executions[delivery.entry_id] = parse_execution(json.loads(delivery.body), self.region)
+                executions[delivery.entry_id] = parse_execution(json.loads(delivery.body), region)
             except (ValueError, MalformedExecution) as exc:  # accepted by an older version's checks
                 failed.append(Processed(delivery.entry_id, error=f"unreadable: {type(exc).__name__}"))
         return failed, executions
 
-    def _write(self, executions: list[Execution]) -> None:
+    @staticmethod
+    def _write(writers: AccountWriters, executions: list[Execution]) -> None:
         recorder = RunRecorder(JOB)
         ordered = sorted(executions, key=lambda execution: execution.agent_id or "")
         for agent_id, group in groupby(ordered, key=lambda execution: execution.agent_id or ""):
             page = list(group)
-            self.calls.write(page, recorder, agent_id)
-            self.customers.write(page, recorder, agent_id)
+            writers.calls.write(page, recorder, agent_id)
+            writers.customers.write(page, recorder, agent_id)
 
-    def _write_each(self, executions: dict[object, Execution]) -> list[Processed]:
+    def _write_each(self, writers: AccountWriters, executions: dict[object, Execution]) -> list[Processed]:
         outcomes = []
         for entry_id, execution in executions.items():
             try:
-                self._write([execution])
+                self._write(writers, [execution])
                 outcomes.append(Processed(entry_id, lag_ms=_lag_ms(execution, utcnow())))
             except PAGE_REFUSALS as exc:
                 outcomes.append(Processed(entry_id, error=f"refused by the database: {describe_failure(exc)}"))
