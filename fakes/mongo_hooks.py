@@ -72,7 +72,8 @@ class HookedDatabase:
 
 class _SortlessBulk:
     """mongomock's BulkOperationBuilder as pymongo >= 4.11 calls it: `sort=None` is dropped (it is
-    what the builder did anyway); a bulk update with a sort is refused rather than run unsorted."""
+    what the builder did anyway); a bulk update with a sort is refused rather than run unsorted. A
+    `hint` is checked against the collection's indexes, as a server does, and dropped."""
 
     def __init__(self, bulk):
         self._bulk = bulk
@@ -80,13 +81,23 @@ class _SortlessBulk:
     def __getattr__(self, name: str):
         return getattr(self._bulk, name)
 
-    def add_update(self, *args, sort=None, **kwargs):
+    def add_update(self, *args, sort=None, hint=None, **kwargs):
         _refuse_sort(sort)
+        self._check(hint)
         return self._bulk.add_update(*args, **kwargs)
 
-    def add_replace(self, *args, sort=None, **kwargs):
+    def add_replace(self, *args, sort=None, hint=None, **kwargs):
         _refuse_sort(sort)
+        self._check(hint)
         return self._bulk.add_replace(*args, **kwargs)
+
+    def add_delete(self, *args, hint=None, **kwargs):
+        self._check(hint)
+        return self._bulk.add_delete(*args, **kwargs)
+
+    def _check(self, hint) -> None:
+        if hint is not None:
+            _check_hint(self._bulk.collection, hint)
 
 
 def _refuse_sort(sort) -> None:

@@ -40,18 +40,22 @@ _QUERY_COMMANDS = frozenset({"find", "findAndModify", "update", "delete", "disti
 PLANNER_GAPS = {
     # The analyzer finishing or releasing its claim: MongoDB uses callId_unique.
     ("update", CALLS, '{"callId": "str", "claim.token": "str", "userId": "NoneType"}'),
-    # The webhook processor closing a claimed delivery (one bulk write per batch): MongoDB uses _id.
-    ("update", WEBHOOK_INBOX, '{"_id": "ObjectId", "claim.token": "str", "userId": "NoneType"}'),
-    # Bulk writes by _id (mongomock's bulk writes take no hint, so none is named): MongoDB uses _id.
-    ("update", CUSTOMER_CALLS, '{"_id": "str", "userId": "NoneType"}'),
-    ("update", CUSTOMERS, '{"_id": "ObjectId", "userId": "NoneType"}'),
-    ("update", SYNC_STATE, '{"_id": "str", "userId": "NoneType"}'),
     # Start-up: runs this host left `running` (`$or`; and what they are, by `distinct`, which takes
     # no hint): MongoDB uses status_host.
     ("update", "sync_runs", '{"$or": [{"host": "str", "pid": {"$in": []}}, '
                             '{"startedAt": {"$lt": "datetime"}}], "status": "str", "userId": "NoneType"}'),
     ("distinct", "sync_runs", '{"host": "str", "status": "str", "userId": "NoneType"}'),
 }
+
+
+def by_id(filter: dict) -> bool:
+    """Whether the filter selects by `_id` (one, or a few by `$in`): MongoDB answers it from
+    `_id_` whatever else it says. The wire server runs it by `_id` too, though its explain reports
+    a collection scan when the filter has another field (`userId`, a claim token): measured 1-8 ms
+    at 50,000 documents, against 380 ms for a real scan. (Naming `_id_` in a hint would make its
+    explain agree, and make it walk the whole index: 0.2-0.8 s. So no query names it.)"""
+    selector = filter.get("_id")
+    return selector is not None and (not isinstance(selector, dict) or set(selector) == {"$in"})
 
 
 # Read whole on purpose: a few documents the CRM front end keeps, read once a minute.
@@ -190,7 +194,7 @@ def test_every_query_the_jobs_send_is_answered_from_an_index(recorded):
     for (command, collection, shape), query in sorted(recorder.queries.items(), key=lambda item: item[0]):
         stages = plan_stages(db, collection, query["filter"], query["sort"], query["hint"])
         if ("COLLSCAN" in stages and (command, collection, shape) not in PLANNER_GAPS
-                and (command, collection) not in WHOLE_COLLECTION_READS):
+                and (command, collection) not in WHOLE_COLLECTION_READS and not by_id(query["filter"])):
             scans.append(f"{command} {collection} {shape}: {' <- '.join(stages)}")
     assert not scans, "collection scans:\n" + "\n".join(scans)
 

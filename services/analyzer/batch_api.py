@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 import groq
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ReturnDocument
 from pymongo.collection import Collection
 
 from services.analyzer.batch_results import BATCH_ENDPOINT, analysis_of, read_answers, request_line
@@ -142,8 +142,7 @@ class BatchApiLane:
         now = self._clock()
         job = self._jobs.find_one_and_update(
             {"_id": token, "status": "submitted", "$or": [{"pollUntil": None}, {"pollUntil": {"$lte": now}}]},
-            {"$set": {"pollUntil": now + POLL_LEASE}}, return_document=ReturnDocument.AFTER,
-            hint=[("_id", ASCENDING)])  # the wire server's planner would scan past the `$or`
+            {"$set": {"pollUntil": now + POLL_LEASE}}, return_document=ReturnDocument.AFTER)
         if job is None:
             return  # another replica is on it
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
@@ -13,9 +13,6 @@ from models.locks import split_locked, suggestions, unlocked_guard
 from services.database import PHONE_INDEX_KEYS
 from utils.phone import Phone
 
-# The conditional updates name their index: a planner that gives up on an index when the filter
-# has a field outside it (the test run's wire server) would otherwise scan for one contact.
-_BY_ID = [("_id", ASCENDING)]
 
 
 def value_at(document: dict, dotted: str) -> object:
@@ -55,12 +52,12 @@ def write_contact(contacts: Collection, phone: Phone, found: dict | None, change
             return None  # created by another process since the read (or locked): decide on it
         contact_id = before["_id"] if before else contacts.find_one({"phone": phone.key}, {"_id": 1})["_id"]
         return ContactWrite(contact_id, before or {}, True, held)
-    before = contacts.find_one_and_update({"_id": found["_id"], **condition}, update, hint=_BY_ID,
+    before = contacts.find_one_and_update({"_id": found["_id"], **condition}, update,
                                           return_document=ReturnDocument.BEFORE)
     if before is not None:
         return ContactWrite(found["_id"], before, True, held)
     newer = contacts.find_one_and_update({"_id": found["_id"], "analyzedCallAt": {"$gt": call_at}},
-                                         {"$set": touched}, hint=_BY_ID, return_document=ReturnDocument.BEFORE)
+                                         {"$set": touched}, return_document=ReturnDocument.BEFORE)
     if newer is not None:
         return ContactWrite(found["_id"], newer, False)
     return None  # a lock set (or the contact removed) since the read

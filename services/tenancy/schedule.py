@@ -46,8 +46,6 @@ from utils.clock import to_millis, utcnow
 # The claim's index, named by its keys in the hint: a simpler planner (the test run's wire server)
 # gives up on an index when the filter has an `$or`; MongoDB's picks the same one unaided.
 CLAIM_INDEX_KEYS = [("active", ASCENDING), ("dueAt", ASCENDING)]
-# A tenant with a condition on its lease: named for the same reason.
-BY_ID = [("_id", ASCENDING)]
 SCHEDULE_INDEXES = [IndexModel(CLAIM_INDEX_KEYS, name="active_dueAt")]
 
 RUNNING, RETIRED, REFUSED, DUE, WAITING = "running", "retired", "refused", "due", "waiting"
@@ -200,7 +198,7 @@ class TenantSchedule:
         and another replica took the tenant, or it was released). A lease that expired but that
         no replica took yet is still this claim's: nobody else synced the tenant meanwhile."""
         until = to_millis(self.clock() + self.lease)
-        result = self._schedule.update_one(_held(claim), {"$set": {"lease.until": until}}, hint=BY_ID)
+        result = self._schedule.update_one(_held(claim), {"$set": {"lease.until": until}})
         return result.matched_count == 1
 
     def finish(self, claim: TenantClaim, result: dict, *, next_due_at: datetime | None = None,
@@ -221,7 +219,7 @@ class TenantSchedule:
     def release(self, claim: TenantClaim) -> bool:
         """Give the tenant back unsynced (shutdown, a sync cut off): still due, for any replica at
         once. False when the lease was lost already."""
-        result = self._schedule.update_one(_held(claim), {"$unset": {"lease": ""}}, hint=BY_ID)
+        result = self._schedule.update_one(_held(claim), {"$unset": {"lease": ""}})
         return result.matched_count == 1
 
     def mark_refused(self, claim: TenantClaim, reason: str, *, key_fingerprint: str | None = None) -> bool:
@@ -244,7 +242,7 @@ class TenantSchedule:
 
     def _close(self, claim: TenantClaim, fields: dict, **condition) -> bool:
         result = self._schedule.update_one({**_held(claim), **condition},
-                                           {"$set": fields, "$unset": {"lease": ""}}, hint=BY_ID)
+                                           {"$set": fields, "$unset": {"lease": ""}})
         return result.matched_count == 1
 
     def _run(self, claim: TenantClaim, now: datetime, result: dict) -> dict:

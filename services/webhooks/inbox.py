@@ -30,9 +30,6 @@ WAITING, DONE, FAILED = "waiting", "done", "failed"
 # Deliveries whose processing was cut off this many times (a processor dying on them) are failed:
 # the poll still reconciles the call.
 MAX_ATTEMPTS = 5
-# Indexes named by their keys: a simpler planner (the test run's wire server) gives up on an index
-# when the filter has an `$or` or a field outside it; MongoDB's picks the same ones unaided.
-BY_ID = [("_id", ASCENDING)]
 
 
 @dataclass(frozen=True)
@@ -85,9 +82,9 @@ class Inbox:
             return token, []
         self.entries.update_many({"_id": {"$in": ids}, **claimable}, {
             "$set": {"claim": {"owner": self.owner, "token": token, "claimedAt": now, "expiresAt": now + self.lease}},
-            "$inc": {"attempts": 1}}, hint=BY_ID)
+            "$inc": {"attempts": 1}})
         held = self.entries.find({"_id": {"$in": ids}, "claim.token": token},
-                                 {"callId": 1, "body": 1, "receivedAt": 1, "attempts": 1, "userId": 1}, hint=BY_ID)
+                                 {"callId": 1, "body": 1, "receivedAt": 1, "attempts": 1, "userId": 1})
         deliveries = [Delivery(doc["_id"], doc["callId"], bytes(doc.get("body") or b""), doc["receivedAt"],
                                doc["attempts"], doc.get("userId")) for doc in held]
         return token, sorted(deliveries, key=lambda delivery: delivery.received_at)
@@ -107,8 +104,7 @@ class Inbox:
 
     def release(self, token: str, entry_ids: list) -> None:
         """Back to waiting at once (a write the database refused for a reason that may pass)."""
-        self.entries.update_many({"_id": {"$in": entry_ids}, "claim.token": token}, {"$unset": {"claim": ""}},
-                                 hint=BY_ID)
+        self.entries.update_many({"_id": {"$in": entry_ids}, "claim.token": token}, {"$unset": {"claim": ""}})
 
     def waiting(self) -> int:
         return self.entries.count_documents({"state": WAITING}, hint=INBOX_STATE_KEYS)
