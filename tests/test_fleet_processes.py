@@ -198,9 +198,10 @@ def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 def run_records(result: subprocess.CompletedProcess) -> list[dict]:
-    """`once`'s run records: its JSON lines that are not log lines (logs go to stdout too)."""
-    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    return [line for line in lines if "timestamp" not in line]
+    """`once`'s stdout: one run record a line, and nothing else (its logs go to stderr)."""
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all("timestamp" not in record and "job" in record for record in records), result.stdout[-2000:]
+    return records
 
 
 @pytest.mark.timeout(240)

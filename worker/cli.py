@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                       secrets=(settings.bolna_api_key or "", *settings.groq_api_keys, settings.mongodb_uri or "",
                                settings.privacy_hash_key or "", settings.webhook_token or "",
                                *(settings.tenant_keys_secret or "").split(",")),
-                      # evaluate's stdout is its report (JSON with --json): logs go beside it.
-                      stream=sys.stderr if command == "evaluate" else None)
+                      # evaluate's stdout is its report (JSON with --json), once's its run records, one
+                      # JSON object a line: their logs go beside them, to stderr.
+                      stream=sys.stderr if command in ("evaluate", "once") else None)
         if command == "demo":
             if args.tenants:
                 from worker.demo_accounts import run_accounts_demo
