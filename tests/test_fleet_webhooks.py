@@ -16,12 +16,10 @@ from services.database import CALLS, CUSTOMERS, WEBHOOK_INBOX
 from services.webhooks.inbox import DONE, FAILED, WAITING
 from services.webhooks.processor import NOT_LISTED
 from services.webhooks.routes import account_token
-from services.webhooks.senders import SenderPolicy
 from tests.conftest import TEST_DB
-from tests.test_webhooks import TOKEN, deliver, state_of, wait_until
+from tests.test_webhooks import TOKEN, deliver, started, state_of, wait_until  # noqa: F401 - `started`: a fixture
 from utils.clock import utcnow
 from worker.fleet import Fleet
-from worker.webhook_listener import WebhookApp, WebhookListener, serve_webhooks
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,29 +49,6 @@ def users(db):
     return db["users"]
 
 
-@pytest.fixture
-def serving():
-    """serving(fleet, processor=True) -> the base URL of its listener (and processor), stopped afterwards."""
-    stoppers = []
-
-    def start(fleet: Fleet, processor: bool = True) -> str:
-        if processor:
-            service = serve_webhooks(fleet)
-            stoppers.append(service.stop)
-            host, port = service.address
-        else:  # the listener alone: a replica that died before its processor ran
-            web = WebhookApp(fleet.webhook_routes, SenderPolicy(("127.0.0.1",), ()), fleet.deliveries,
-                             max_body_bytes=fleet.settings.webhook_max_body_bytes, region="IN")
-            listener = WebhookListener(web, "127.0.0.1", 0).start()
-            stoppers.append(listener.stop)
-            host, port = listener.address
-        return f"http://{host}:{port}"
-
-    yield start
-    for stop in reversed(stoppers):
-        stop()
-
-
 def replica(settings, mongo) -> Fleet:
     fleet = Fleet(settings, HookedClient(mongo)[TEST_DB])
     fleet.prepare()
@@ -90,8 +65,8 @@ def test_each_account_token_is_the_documented_hmac_of_its_id():
     assert account_token(TOKEN, "beta") != expected and account_token("another secret", "alpha") != expected
 
 
-def test_each_account_url_writes_into_that_accounts_records(hook_settings, mongo, users, serving):
-    base = serving(replica(hook_settings, mongo))
+def test_each_account_url_writes_into_that_accounts_records(hook_settings, mongo, users, started):
+    base = started(replica(hook_settings, mongo))
     alpha = state_of("call-in-both", "completed", 3, customer="+91 98765 43210")
     beta = state_of("call-in-both", "completed", 4, customer="(415) 555-0100")  # a US number, beta's region
     beta["extracted_data"]["name"] = "Asha"
@@ -108,11 +83,11 @@ def test_each_account_url_writes_into_that_accounts_records(hook_settings, mongo
     assert {entry["userId"] for entry in raw[WEBHOOK_INBOX].find({"state": DONE})} == {"alpha", "beta"}
 
 
-def test_the_daemons_own_token_and_an_unlisted_accounts_token_are_refused(hook_settings, mongo, users, serving):
+def test_the_daemons_own_token_and_an_unlisted_accounts_token_are_refused(hook_settings, mongo, users, started):
     db = HookedClient(mongo)[TEST_DB]
     db["users"].insert_one({"_id": "lapsed", "bolnaApiKey": "key-lapsed", "subscription": {"status": "cancelled"}})
     fleet = replica(hook_settings, mongo)
-    base = serving(fleet)
+    base = started(fleet)
     for token in (TOKEN, account_token(TOKEN, "lapsed"), account_token("another secret", "alpha"),
                   account_token(TOKEN, "alpha")[:-1]):
         answer = deliver(base, state_of("w-1", "completed", 3), token=token)
@@ -123,9 +98,9 @@ def test_the_daemons_own_token_and_an_unlisted_accounts_token_are_refused(hook_s
 
 
 def test_a_delivery_for_an_account_gone_before_processing_is_failed_and_not_written(hook_settings, mongo, users,
-                                                                                    serving):
+                                                                                    started):
     listening = replica(hook_settings, mongo)
-    base = serving(listening, processor=False)
+    base = started(listening, processor=False)
     assert deliver(base, state_of("w-2", "completed", 3), token=account_token(TOKEN, "beta")).status_code == 200
     users.update_one({"_id": "beta"}, {"$set": {"subscription.status": "cancelled"}})
 
@@ -138,11 +113,11 @@ def test_a_delivery_for_an_account_gone_before_processing_is_failed_and_not_writ
 
 
 def test_a_delivery_for_an_account_listed_after_this_replicas_read_is_written(hook_settings, mongo, users,
-                                                                             bolna, serving):
+                                                                             bolna, started):
     processing = replica(hook_settings, mongo)  # has read the list before the account existed
     bolna.add_account("key-new", [], [], label="new")
     users.insert_one({"_id": "newcomer", "bolnaApiKey": "key-new", **ACTIVE})
-    base = serving(replica(hook_settings, mongo), processor=False)  # a replica that read it since
+    base = started(replica(hook_settings, mongo), processor=False)  # a replica that read it since
     token = account_token(TOKEN, "newcomer")
     assert deliver(base, state_of("w-3", "completed", 3), token=token).status_code == 200
 
