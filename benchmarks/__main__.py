@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 
 from benchmarks import backfill_bench, mapping_bench, sync_bench
 from benchmarks.baseline import sequential_llm
-from benchmarks.harness import CountedMongo, Measurement
+from benchmarks.harness import CountedMongo, Measurement, wire_server_if
 from utils.config import Settings
 from utils.table import format_table
 
@@ -118,21 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
     logging.disable(logging.WARNING)  # the runs' own logs would bury the table
     if args.wire_server:
-        from tests.wire_server import PACKAGE, WireServer
-        server = WireServer().start()
-        os.environ["MONGODB_URI"] = server.uri  # CountedMongo's server, for this process only
+        from tests.wire_server import PACKAGE
         backend = f"the wire server ({PACKAGE}, in memory, 127.0.0.1)"
     else:
-        server = None
         backend = "a server at MONGODB_URI" if CountedMongo.server_uri() else "mongomock"
-    print("MongoDB: " + backend + ("; round trips counted by command monitoring (pymongo.monitoring)"
-                                   if CountedMongo.server_uri() else
-                                   "; round trips counted per collection call (fakes.mongo_hooks)") + "\n")
-    try:
+    with wire_server_if(args.wire_server):
+        print("MongoDB: " + backend + ("; round trips counted by command monitoring (pymongo.monitoring)"
+                                       if CountedMongo.server_uri() else
+                                       "; round trips counted per collection call (fakes.mongo_hooks)") + "\n")
         rows = _run(args)
-    finally:
-        if server is not None:
-            server.close()
     print()
     print(format_table(HEADERS, rows))
     return 0

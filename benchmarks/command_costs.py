@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from collections import defaultdict
 
 from pymongo import monitoring
 
 from benchmarks import sync_bench
-from benchmarks.harness import Measurement
+from benchmarks.harness import CountedMongo, Measurement, wire_server_if
 
 
 class CommandCosts(monitoring.CommandListener):
@@ -51,24 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wire-server", action="store_true", help="start the test run's wire server and use it")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
-    server = None
-    if args.wire_server:
-        from tests.wire_server import WireServer
-        server = WireServer().start()
-        os.environ["MONGODB_URI"] = server.uri
-    if not os.environ.get("MONGODB_URI"):
-        parser.error("a server is needed: --wire-server, or MONGODB_URI")
     costs = CommandCosts()
     monitoring.register(costs)  # before the benchmark's client is made: it is registered on it
-    try:
+    with wire_server_if(args.wire_server):
+        if not CountedMongo.server_uri():
+            parser.error("a server is needed: --wire-server, or MONGODB_URI")
         agents, executions = sync_bench._dataset(args.calls, span_days=20, seed=101)
         with sync_bench.fake_bolna(agents, executions) as bolna:
             started = time.monotonic()
             measured = sync_bench._ours(bolna, agents, Measurement(records=len(executions)), memory=False)
             wall = time.monotonic() - started
-    finally:
-        if server is not None:
-            server.close()
     print(f"first sync of {args.calls:,} calls: {wall:.1f} s wall, {measured.round_trips:,} round trips\n")
     print(f"{'seconds':>8}  {'count':>6}  command")
     for key, (count, seconds) in sorted(costs.costs.items(), key=lambda item: -item[1][1])[:15]:

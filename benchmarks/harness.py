@@ -30,6 +30,23 @@ _HOUSEKEEPING = frozenset({"hello", "ismaster", "isMaster", "ping", "endSessions
                            "saslContinue", "buildInfo"})
 
 
+@contextmanager
+def wire_server_if(asked: bool):
+    """`--wire-server`: the test run's wire server (tests.wire_server) started and made this
+    process's MONGODB_URI, the server of CountedMongo and of the benchmarks' own clients, until
+    the block ends. Otherwise nothing changes: MONGODB_URI as set, or mongomock."""
+    if not asked:
+        yield
+        return
+    from tests.wire_server import WireServer
+    server = WireServer().start()
+    os.environ["MONGODB_URI"] = server.uri
+    try:
+        yield
+    finally:
+        server.close()
+
+
 class CommandCounter(monitoring.CommandListener):
     """Round trips on a real server: every command the driver sends (getMore included)."""
 

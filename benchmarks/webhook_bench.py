@@ -19,6 +19,7 @@ import mongomock
 import requests
 from pymongo import MongoClient
 
+from benchmarks.harness import CountedMongo, wire_server_if
 from fakes.bolna_server import FakeBolna
 from fakes.dataset import iso
 from fakes.mongo_hooks import HookedClient
@@ -101,24 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wire-server", action="store_true", help="start the test run's wire server and use it")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
-    server = None
-    if args.wire_server:
-        from tests.wire_server import WireServer
-        server = WireServer().start()
-        uri = server.uri
-    else:
-        uri = os.environ.get("MONGODB_URI", "").strip()
-    client = MongoClient(uri, tz_aware=False) if uri else HookedClient(mongomock.MongoClient())
-    try:
-        if uri:
-            client.drop_database(DATABASE)
-        result = run(args.deliveries, args.senders, client, args.rate)
-    finally:
-        if uri:
-            client.drop_database(DATABASE)
-        client.close()
-        if server is not None:
-            server.close()
+    with wire_server_if(args.wire_server):
+        uri = CountedMongo.server_uri()
+        client = MongoClient(uri, tz_aware=False) if uri else HookedClient(mongomock.MongoClient())
+        try:
+            if uri:
+                client.drop_database(DATABASE)
+            result = run(args.deliveries, args.senders, client, args.rate)
+        finally:
+            if uri:
+                client.drop_database(DATABASE)
+            client.close()
     interval = Settings().sync_interval_minutes * 60
     print(f"MongoDB: {'wire server' if args.wire_server else ('MONGODB_URI' if uri else 'mongomock')}; "
           f"{os.cpu_count()} cores")

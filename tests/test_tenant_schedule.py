@@ -127,11 +127,17 @@ def test_new_tenants_are_spread_over_one_interval_and_a_lone_newcomer_is_due_at_
     assert stored(schedule_collection, "t60")["dueAt"] == clock()
 
 
-def test_a_second_register_of_an_unchanged_list_writes_nothing(mongo, clock):
+@pytest.fixture
+def counted(mongo, clock):
+    """(schedule, its collection, the counter of the collection's round trips)."""
     counter = RoundTripCounter()
     collection = HookedClient(mongo, counter)[TEST_DB][COLLECTION]
     collection.create_indexes(SCHEDULE_INDEXES)
-    schedule = TenantSchedule(collection, "host-a:1:x", LEASE, INTERVAL, clock)
+    return TenantSchedule(collection, "host-a:1:x", LEASE, INTERVAL, clock), collection, counter
+
+
+def test_a_second_register_of_an_unchanged_list_writes_nothing(counted, clock):
+    schedule, collection, counter = counted
     tenants = [(f"t{n}", "fp") for n in range(5)]
     schedule.register(tenants)
     before = list(collection.find(sort=[("_id", 1)]))
@@ -219,11 +225,8 @@ def test_a_failed_write_of_register_is_raised(mongo, clock):
         TenantSchedule(collection, "host-a:1:x", LEASE, INTERVAL, clock).register([("t1", "a"), ("t2", "a")])
 
 
-def test_registering_10000_tenants_takes_two_round_trips(mongo, clock):
-    counter = RoundTripCounter()
-    collection = HookedClient(mongo, counter)[TEST_DB][COLLECTION]
-    collection.create_indexes(SCHEDULE_INDEXES)
-    schedule = TenantSchedule(collection, "host-a:1:x", LEASE, INTERVAL, clock)
+def test_registering_10000_tenants_takes_two_round_trips(counted):
+    schedule, collection, counter = counted
     tenants = [(f"t{n:05d}", "fp") for n in range(10_000)]
     counter.reset()
     assert schedule.register(tenants).added == 10_000
