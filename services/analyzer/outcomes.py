@@ -48,14 +48,29 @@ class OutcomeWriter:
 
     def finish(self, claim: Claim, analysis: dict, *, discount: float = 0.0) -> Outcome:
         """`analysis`: `calls.analysis` of the attempt; `discount`: off the price (a Batch API
-        job's). A process that dies between the CRM and the call leaves the call claimed, and the
-        retake re-applies the decision, which the write-back makes idempotent per analysis round."""
-        has_contact = True
-        if _has_result(analysis):
-            has_contact = record_decision(self._db, claim.call, analysis, utcnow(), self.rules)
+        job's). An analysis with a result is settled on the call first, under the claim: only then
+        is it written to the CRM, so a holder whose claim was lost writes nothing. A process that
+        dies after settling leaves the call claimed and settled; the retake `resume`s it."""
         usage = Usage(analysis["usage"]["promptTokens"], analysis["usage"]["completionTokens"])
         cost = analysis["usage"]["costUsd"] = self._cost(usage, discount)
-        if not self.queue.finish(claim, analysis):
+        if not _has_result(analysis):
+            if not self.queue.finish(claim, analysis):
+                return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
+            return Outcome(claim.call_id, analysis["status"], error=analysis["error"], usage=usage, cost_usd=cost)
+        if not self.queue.settle(claim, analysis):
+            return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
+        return self._apply(claim, analysis, usage, cost)
+
+    def resume(self, claim: Claim) -> Outcome:
+        """Write the decision an earlier holder settled (`claim.settled`) and stopped before
+        seeing through: the CRM write is idempotent per call and round, so whatever of it the
+        earlier holder did is neither lost nor doubled. No new analysis, no new cost."""
+        return self._apply(claim, claim.settled, Usage(), 0.0)
+
+    def _apply(self, claim: Claim, analysis: dict, usage: Usage, cost: float | None) -> Outcome:
+        has_contact = record_decision(self._db, claim.call, analysis, utcnow(), self.rules)
+        if not self.queue.finish(claim):
+            # Retaken while the CRM was written: the new holder applies the same settled decision.
             return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
         return Outcome(claim.call_id, analysis["status"], error=analysis["error"],
                        used_fallback=analysis["usedFallback"], usage=usage, cost_usd=cost,
