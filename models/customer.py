@@ -147,10 +147,7 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
     # it unless a person locked the field (models/locks.py), in which case it is kept under
     # `suggested`: all in the one atomic update, so a lock set a moment before always wins.
     offers: dict[str, tuple[dict, Any, CustomerCall, datetime]] = {
-        "status": ({"$or": [
-            {"$lt": [ranks.expression("$status"), ranks.of(best.status)]},
-            {"$and": [{"$eq": [ranks.expression("$status"), ranks.of(best.status)]},
-                      {"$gt": [best.at, {"$ifNull": ["$statusAt", EPOCH]}]}]}]}, best.status, best, best.at)}
+        "status": (_status_wins(ranks, best.status, best.at), best.status, best, best.at)}
     for name, (value, source) in fields.items():
         offers[name] = (_newer_than_stored(name, source.at, f"$fieldsAt.{name}"), value, source, source.at)
     if with_extracted:
@@ -191,6 +188,49 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
         [{"$set": decide}, {"$set": stage}, {"$project": temporary}],
         upsert=True,
     )
+
+
+def merge_update(merged: dict[str, Any], ranks: StatusRanks) -> list[dict]:
+    """The update folding `merged` (services/customer_merge.py: what several records of one number
+    hold, each field by the rules above) into the record kept, by the same rules applied on the
+    server against the record as it is then: a call written to it since the records were read
+    is never undone (a status never moves down, a field never goes back to an older value)."""
+    decide: dict[str, Any] = {}
+    stage: dict[str, Any] = {
+        "callCount": {"$max": [{"$ifNull": ["$callCount", 0]}, merged.get("callCount", 0)]}}
+    if merged.get("lastCallAt") is not None:
+        decide["_newer"] = {"$gt": [merged["lastCallAt"], {"$ifNull": ["$lastCallAt", EPOCH]}]}
+        stage.update({name: _if("$_newer", merged.get(name), f"${name}")
+                      for name in ("lastCallAt", "lastCallId", "agentId", "phoneRaw") if name in merged})
+    if merged.get("status") is not None:
+        decide["_take_status"] = _status_wins(ranks, merged["status"], merged.get("statusAt") or EPOCH)
+        stage.update({name: _if("$_take_status", merged.get(name), f"${name}")
+                      for name in ("status", "statusAt", "statusCallId")})
+    fields_at = merged.get("fieldsAt") or {}
+    for name, at in fields_at.items():
+        decide[f"_take_{name}"] = _newer_than_stored(name, at, f"$fieldsAt.{name}")
+        stage[name] = _if(f"$_take_{name}", merged[name], f"${name}")
+    if fields_at:
+        stage["fieldsAt"] = {name: (_if(f"$_take_{name}", fields_at[name], f"$fieldsAt.{name}") if name in fields_at
+                                    else f"$fieldsAt.{name}") for name in PROFILE_FIELDS}
+    if merged.get("extracted"):
+        decide["_take_extracted"] = _newer_than_stored("extracted", merged["extractedAt"], "$extractedAt")
+        stage["extracted"] = _if("$_take_extracted", merged["extracted"], "$extracted")
+        stage["extractedAt"] = _if("$_take_extracted", merged["extractedAt"], "$extractedAt")
+    if merged.get("createdAt") is not None:
+        stage["createdAt"] = {"$min": [{"$ifNull": ["$createdAt", merged["createdAt"]]}, merged["createdAt"]]}
+    # `$project` exclusion, not the `$unset` stage: same effect, and mongomock knows it.
+    return [*([{"$set": decide}] if decide else []), {"$set": stage},
+            {"$project": {**{name: 0 for name in decide}, "callIds": 0}}]
+
+
+def _status_wins(ranks: StatusRanks, status: str, at: datetime) -> dict:
+    """True on the server when `status` (of a call at `at`) replaces the stored one: it ranks
+    higher, or the same and is newer."""
+    return {"$or": [
+        {"$lt": [ranks.expression("$status"), ranks.of(status)]},
+        {"$and": [{"$eq": [ranks.expression("$status"), ranks.of(status)]},
+                  {"$gt": [at, {"$ifNull": ["$statusAt", EPOCH]}]}]}]}
 
 
 def _newest(calls: list[CustomerCall]) -> CustomerCall:

@@ -1,10 +1,17 @@
 """The CRM rules a sales team relies on, end to end through both jobs: status only moves up, each
 field holds its newest value whatever order calls arrive in, and a customer is one real person."""
+from datetime import datetime
+
 import pytest
 
+from fakes.mongo_hooks import HookedClient
+from models.customer import CustomerCall, StatusRanks, customer_upsert
+from services.customer_merge import merge_records
 from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMERS
+from tests.conftest import TEST_DB
 from tests.faults import app_for, assert_matches_ground_truth, customer_call_ids
 from tests.helpers import AGENT, execution
+from utils.phone import normalize_phone
 
 pytestmark = pytest.mark.timeout(60)
 SECOND_AGENT = {"id": "agent-2", "agent_name": "Support", "agent_status": "processed"}
@@ -154,3 +161,32 @@ def test_out_of_order_pages_and_two_daemons_agree_with_one_clean_run(serve_trimm
     newest_named = min((n for n in range(24) if n % 4 == 3))
     assert customer["name"] == f"Name {newest_named}"
     assert customer_call_ids(db) == {"+919876543210": {f"c{n}" for n in range(24)}}
+
+
+def test_a_call_written_while_legacy_records_are_merged_is_not_undone(mongo, db):
+    """Two spellings of one number are merged while another writer (a second daemon's page, a
+    webhook) upserts a Booked call onto the record kept: the merge, folded from the records as
+    read before, must not move the status (nor the newest call, nor the name) back."""
+    early, late = datetime(2026, 5, 1), datetime(2026, 6, 1)
+    kept = db[CUSTOMERS].insert_one({"phone": "+919876543210", "status": "Contacted", "statusAt": early,
+                                     "statusCallId": "a", "lastCallAt": early, "lastCallId": "a", "name": "Ravi",
+                                     "fieldsAt": {"name": early}, "callCount": 1}).inserted_id
+    db[CUSTOMERS].insert_one({"phone": "09876543210", "status": "No Answer", "statusAt": early, "lastCallAt": early,
+                              "lastCallId": "b", "callIds": ["b"]})
+    docs = sorted(db[CUSTOMERS].find(), key=lambda doc: doc["_id"] != kept)
+    ranks = StatusRanks()
+    booked = CustomerCall("booked", late, "agent-1", "+919876543210", "Booked", {"name": "Ravi Kumar"}, {})
+    racing = []
+
+    def booked_call_lands_first(collection, method):
+        if collection == CUSTOMERS and not racing:
+            racing.append(db[CUSTOMERS].bulk_write([customer_upsert(
+                normalize_phone("+919876543210"), [booked], late, ranks=ranks, call_count=2, existing_id=kept)]))
+
+    merged = merge_records(HookedClient(mongo, booked_call_lands_first)[TEST_DB][CUSTOMERS], docs, ranks)
+    [customer] = db[CUSTOMERS].find()
+    assert racing
+    assert (customer["status"], customer["statusCallId"], customer["lastCallId"], customer["name"]) == \
+        ("Booked", "booked", "booked", "Ravi Kumar")
+    assert customer["callCount"] == 2 and "callIds" not in customer
+    assert merged["status"] == "Booked"
