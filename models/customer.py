@@ -39,6 +39,9 @@ CONTACTED, VOICEMAIL, NO_ANSWER = "Contacted", "Voicemail", "No Answer"
 # Highest first; statuses in one group rank equal.
 DEFAULT_PRECEDENCE = ((BOOKED,), (CALLBACK, INTERESTED, NOT_INTERESTED), (CONTACTED,), (VOICEMAIL,), (NO_ANSWER,))
 EPOCH = datetime(1970, 1, 1)
+# The status changes an upsert made, kept on the record by the upsert itself until the writer has
+# logged each as an activity: what a change was is known only to the write that made it.
+PENDING_STATUS_CHANGES = "pendingStatusChanges"
 
 
 class StatusRanks:
@@ -154,7 +157,11 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
         source = _newest(with_extracted)
         offers["extracted"] = (_newer_than_stored("extracted", source.at, "$extractedAt"), source.extracted,
                                source, source.at)
-    decide: dict[str, Any] = {"_newer": {"$gt": [newest.at, {"$ifNull": ["$lastCallAt", EPOCH]}]}}
+    decide: dict[str, Any] = {"_newer": {"$gt": [newest.at, {"$ifNull": ["$lastCallAt", EPOCH]}]},
+                              "_status_change": {"from": {"$ifNull": ["$status", None]},
+                                                 "to": {"$literal": best.status},
+                                                 "callId": {"$literal": best.call_id},
+                                                 "callAt": {"$literal": best.at}}}
     for name, (condition, _value, _source, _at) in offers.items():
         # `$eq: false`, not `$not`: mongomock evaluates `{$not: [false]}` as false.
         decide[f"_take_{name}"] = {"$and": [{"$eq": [_locked(name), False]}, condition]}
@@ -175,6 +182,12 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
         "createdAt": {"$ifNull": ["$createdAt", now]},
         "updatedAt": now,
         SUGGESTED: _suggested(offers),
+        PENDING_STATUS_CHANGES: {"$cond": [
+            {"$and": ["$_take_status", {"$ne": [{"$ifNull": ["$status", None]}, best.status]}]},
+            # `$map` over one element: mongomock evaluates no expression inside an array literal.
+            {"$concatArrays": [{"$ifNull": [f"${PENDING_STATUS_CHANGES}", []]},
+                               {"$map": {"input": [0], "in": "$_status_change"}}]},
+            f"${PENDING_STATUS_CHANGES}"]},
     }
     for name, (value, _source) in fields.items():
         stage[name] = _if(f"$_take_{name}", value, f"${name}")
@@ -305,10 +318,14 @@ def status_change(stored: dict | None, calls: list[CustomerCall], ranks: StatusR
     rank, before_rank = ranks.of(best.status), ranks.of(before)
     if rank < before_rank or (rank == before_rank and best.at <= before_at) or best.status == before:
         return None
+    return {"from": before, "to": best.status, "callId": best.call_id, "callAt": best.at,
+            "reason": change_reason(before, best.status, ranks)}
+
+
+def change_reason(before: str | None, after: str, ranks: StatusRanks) -> str:
+    """Why a status change was made, for its activity."""
     if before is None:
-        reason = "first status"
-    elif rank > before_rank:
-        reason = f"{best.status} ranks above {before}"
-    else:
-        reason = f"a newer call of the same rank as {before}"
-    return {"from": before, "to": best.status, "callId": best.call_id, "callAt": best.at, "reason": reason}
+        return "first status"
+    if ranks.of(after) > ranks.of(before):
+        return f"{after} ranks above {before}"
+    return f"a newer call of the same rank as {before}"
