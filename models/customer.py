@@ -307,9 +307,10 @@ def _if(condition: str, value: Any, otherwise: str) -> dict:
 
 def status_change(stored: dict | None, calls: list[CustomerCall], ranks: StatusRanks, *,
                   ignore_lock: bool = False) -> dict | None:
-    """The status change these calls make to the record as read before the write (the same rule
-    as the update), for the activity log: from, to, the call and the reason; None for no change
-    (and while a person holds the status locked)."""
+    """The status change these calls would make to the record as read before the write (the same
+    rule as the update): from, to, the call and the reason; None for no change (and while a
+    person holds the status locked). For what a lock held back; the changes the update made are
+    logged from what it recorded (`PENDING_STATUS_CHANGES`)."""
     if not ignore_lock and "status" in ((stored or {}).get(LOCKED) or ()):
         return None
     best = _best_status(calls, ranks)
