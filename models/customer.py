@@ -309,8 +309,9 @@ def status_change(stored: dict | None, calls: list[CustomerCall], ranks: StatusR
                   ignore_lock: bool = False) -> dict | None:
     """The status change these calls would make to the record as read before the write (the same
     rule as the update): from, to, the call and the reason; None for no change (and while a
-    person holds the status locked). For what a lock held back; the changes the update made are
-    logged from what it recorded (`PENDING_STATUS_CHANGES`)."""
+    person holds the status locked). For what a lock held back, and whether a write may change
+    the status at all; the changes the update made are logged from what it recorded
+    (`PENDING_STATUS_CHANGES`)."""
     if not ignore_lock and "status" in ((stored or {}).get(LOCKED) or ()):
         return None
     best = _best_status(calls, ranks)

@@ -14,7 +14,7 @@ from pymongo import UpdateOne
 from pymongo.database import Database
 
 from models.customer import (PENDING_STATUS_CHANGES, CustomerCall, StatusRanks, change_reason, customer_call,
-                             customer_upsert, held_back)
+                             customer_upsert, held_back, status_change)
 from models.locks import HELD_BACK
 from models.execution import Execution, execution_id
 from services.bulk import bulk_upsert
@@ -66,7 +66,8 @@ class CustomerWriter:
             for key, (phone, calls) in by_phone.items()])
         # Before the links are marked applied: a page cut off before this is taken again, and
         # logs what this write (or any earlier one) left pending.
-        self._log_status_changes(list(by_phone), now)
+        self._log_status_changes([key for key, (_phone, calls) in by_phone.items()
+                                  if self._may_change_status(stored.get(key), calls)], now)
         call_ids = [call.call_id for _phone, calls in by_phone.values() for call in calls]
         self.links.update_many({"_id": {"$in": [self.links.local_id(i) for i in call_ids]}}, {"$set": {"applied": True}})
         self.guard.recheck(executions)
@@ -113,11 +114,22 @@ class CustomerWriter:
                               "reason": "locked by a person", "at": now}}, upsert=True))
         bulk_upsert(self.activities, operations)
 
+    def _may_change_status(self, stored: dict | None, calls: list[CustomerCall]) -> bool:
+        """Whether the upsert of `calls` may have made (or an earlier write left) a change to log:
+        the one read of the changes is skipped for the numbers whose status these calls cannot
+        move (the steady state). A status only moves up, so what cannot beat the record as read
+        cannot beat it at the write; a change a person's edit made possible meanwhile stays
+        pending on the record until its number's next write logs it."""
+        return (stored is None or bool(stored.get(PENDING_STATUS_CHANGES))
+                or status_change(stored, calls, self.ranks, ignore_lock=True) is not None)
+
     def _log_status_changes(self, keys: list[str], now: datetime) -> None:
         """One activity per status change the upserts made, as each recorded it on its customer
         (`PENDING_STATUS_CHANGES`, from the status it replaced): keyed by the call that made it,
         so a change logged twice (two writers, a retry) is one activity; then taken off the
         customer. A change that did not happen was never recorded."""
+        if not keys:
+            return
         pending = list(self.customers.find({"phone": {"$in": keys}, f"{PENDING_STATUS_CHANGES}.0": {"$exists": True}},
                                            {"phone": 1, PENDING_STATUS_CHANGES: 1},
                                            # Named: a planner may weigh the array clause and scan.
