@@ -53,10 +53,10 @@ class OutcomeWriter:
         dies after settling leaves the call claimed and settled; the retake `resume`s it."""
         usage = Usage(analysis["usage"]["promptTokens"], analysis["usage"]["completionTokens"])
         cost = analysis["usage"]["costUsd"] = self._cost(usage, discount)
-        if not _has_result(analysis):
+        if not _has_result(analysis):  # nothing for the CRM: processed in one write
             if not self.queue.finish(claim, analysis):
                 return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
-            return Outcome(claim.call_id, analysis["status"], error=analysis["error"], usage=usage, cost_usd=cost)
+            return _outcome(claim, analysis, usage, cost, has_contact=True)
         if not self.queue.settle(claim, analysis):
             return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
         return self._apply(claim, analysis, usage, cost)
@@ -72,9 +72,7 @@ class OutcomeWriter:
         if not self.queue.finish(claim):
             # Retaken while the CRM was written: the new holder applies the same settled decision.
             return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
-        return Outcome(claim.call_id, analysis["status"], error=analysis["error"],
-                       used_fallback=analysis["usedFallback"], usage=usage, cost_usd=cost,
-                       has_contact=has_contact)
+        return _outcome(claim, analysis, usage, cost, has_contact=has_contact)
 
     def fallback(self, transcript: str, call: dict, now: datetime) -> Analysis:
         """The offline heuristic's analysis: for no key, and for a failed LLM attempt. Where the
@@ -92,6 +90,11 @@ class OutcomeWriter:
         if not (usage.prompt_tokens or usage.completion_tokens):
             return 0.0
         return estimated_cost(usage, self._settings.llm_prices.get(self._settings.groq_model), discount=discount)
+
+
+def _outcome(claim: Claim, analysis: dict, usage: Usage, cost: float | None, *, has_contact: bool) -> Outcome:
+    return Outcome(claim.call_id, analysis["status"], error=analysis["error"], used_fallback=analysis["usedFallback"],
+                   usage=usage, cost_usd=cost, has_contact=has_contact)
 
 
 def _has_result(analysis: dict) -> bool:
