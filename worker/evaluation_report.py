@@ -6,11 +6,13 @@ from dataclasses import dataclass
 
 from services.analyzer.schema import LEAD_STATUSES, Usage
 from utils.table import format_table
-from worker.labelled_set import LABEL_TAGS, LabelledCall
+from worker.labelled_set import LABEL_TAGS, SPLITS, LabelledCall
 
 FAILED = "(failed)"  # the predicted column of calls the analyzer gave no answer for
 NO_TAG = "(none)"  # the heuristic's tag when its rule's tag is not configured
 REASON_WIDTH = 100
+SPLIT_TITLES = {"tuning": "Tuning part (the rules were adjusted on these)",
+                "held_out": "Held-out part (never tuned on)"}
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,24 @@ def build_report(outcomes: list[Outcome], *, analyzer: str, model: str, dataset:
         "status": _scores([(o.call.expected_status, o.predicted_status()) for o in outcomes], LEAD_STATUSES),
         "byCategory": _groups(outcomes, lambda call: call.category),
         "byStyle": _groups(outcomes, lambda call: call.style),
+        "bySplit": {split: _part([o for o in outcomes if o.call.split == split])
+                    for split in SPLITS if any(o.call.split == split for o in outcomes)},
         "failures": {"count": sum(1 for o in outcomes if o.failure),
                      "calls": [{"id": o.call.id, "reason": o.failure} for o in outcomes if o.failure]},
         "usage": {"promptTokens": usage.prompt_tokens, "completionTokens": usage.completion_tokens},
         "estimatedCostUsd": cost,
     }
+
+
+def _part(outcomes: list[Outcome]) -> dict:
+    """One split's figures: what the whole set reports, without the confusion tables."""
+    tag = sum(o.predicted_tag() == o.call.expected_tag for o in outcomes)
+    status = sum(o.predicted_status() == o.call.expected_status for o in outcomes)
+    return {"calls": len(outcomes),
+            "tag": {"correct": tag, "accuracy": tag / len(outcomes)},
+            "status": {"correct": status, "accuracy": status / len(outcomes)},
+            "byCategory": _groups(outcomes, lambda call: call.category),
+            "byStyle": _groups(outcomes, lambda call: call.style)}
 
 
 def _scores(pairs: list[tuple[str, str]], labels: tuple[str, ...]) -> dict:
@@ -92,6 +107,13 @@ def render_report(report: dict) -> str:
         "By style",
         _group_table("style", report["byStyle"]),
     ]
+    for split, part in report["bySplit"].items():
+        title = SPLIT_TITLES[split]
+        lines += ["", f"{title}: {part['calls']} calls",
+                  f"tag accuracy:    {_ratio(part['tag']['correct'], part['calls'])}",
+                  f"status accuracy: {_ratio(part['status']['correct'], part['calls'])}",
+                  "", f"{title}, by category", _group_table("category", part["byCategory"]),
+                  "", f"{title}, by style", _group_table("style", part["byStyle"])]
     if report["failures"]["calls"]:
         rows = [(failure["id"], failure["reason"]) for failure in report["failures"]["calls"]]
         lines += ["", "Failed answers", format_table(("id", "reason"), rows, max_width=REASON_WIDTH)]
