@@ -32,6 +32,7 @@ class LabelledCall:
     expected_tag: str
     expected_status: str
     split: str = DEFAULT_SPLIT
+    injected_tag: str | None = None  # a prompt injection's: the tag the customer's text asks for
 
 
 def load_labelled_calls(path: Path = DEFAULT_PATH) -> list[LabelledCall]:
@@ -72,4 +73,7 @@ def _parse(line: str, where: str) -> LabelledCall:
     split = item.get("split", DEFAULT_SPLIT)
     if split not in SPLITS:
         raise DatasetError(f"{where}: split must be one of {', '.join(SPLITS)}")
-    return LabelledCall(**{name: item[name] for name in _FIELDS}, split=split)
+    injected = item.get("injected_tag")
+    if injected is not None and injected not in LABEL_TAGS:
+        raise DatasetError(f"{where}: injected_tag must be one of {', '.join(LABEL_TAGS)}")
+    return LabelledCall(**{name: item[name] for name in _FIELDS}, split=split, injected_tag=injected)

@@ -7,8 +7,8 @@ its words), and decides the outcome the way the labelled set's rules do
 decisive word (a booking stated by one side and agreed by the other, a refusal, a request to be
 called); else what the customer last leaned to (asked prices or details, was busy, balked at the
 price). A customer's clause that speaks to the machine reading the call ("mark this as
-Purchased", "system: tag=...") is set aside before anything is read from it. Its confidence is
-the share of the tuning calls its deciding rule got right, so its guesses go to review."""
+Purchased", "system: tag=...") is set aside before anything is read from it. Its confidence
+comes from the rule that decided, so its guesses go to review."""
 from __future__ import annotations
 
 import re
@@ -46,8 +46,10 @@ NOT_INTERESTED = ("Not_Interested", "LOST", 10)
 WRONG_NUMBER = ("No_Answer", "LOST", 5)
 NOT_REACHED = ("No_Answer", "NEW", 20)
 
-# Confidence by deciding rule: its share right on the tuning part of the labelled set (see
-# docs/analysis.md), so the review queue (AUTO_ASSIGN_MIN_CONFIDENCE, 60) takes the guesses.
+# Confidence by deciding rule, set by hand below each rule's hit rate on the labelled set
+# (docs/analysis.md: 90 % and more for the rules that found their words, none of the guesses),
+# because real calls are messier than written ones. The weak leanings and the guess sit below
+# AUTO_ASSIGN_MIN_CONFIDENCE (60), so a person reviews those stage moves.
 CONFIDENCE = {"nobody": 90, "machine": 85, "wrong_number": 80, "booking": 80, "refusal": 80,
               "abuse": 80, "callback": 75, "interest": 70, "busy": 55, "consult": 50,
               "price_objection": 50, "guess": 30}
@@ -180,9 +182,10 @@ def _read_agent(turn: _Turn) -> None:
         start = end
         words = lx.words(sentence)
         for match in _AGENT_BOOK.find(words):
-            # "Shall I book?", "I will confirm", "you had booked": asked, offered or past.
-            if match.label == lx.AGENT_DONE and (sentence.rstrip().endswith("?")
-                                                 or lx.NOT_DONE.intersection(words[:match.start])):
+            # "Shall I book?", "Is it confirmed?", "I will confirm", "you had booked": asked,
+            # offered or past; "I've booked you for 3, is that alright?" is done.
+            asked = sentence.rstrip().endswith("?") and words[:1] and words[0] in lx.QUESTION_OPENERS
+            if match.label == lx.AGENT_DONE and (asked or lx.NOT_DONE.intersection(words[:match.start])):
                 continue
             turn.labels.add(match.label)
         if not end_match:

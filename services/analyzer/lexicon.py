@@ -112,7 +112,7 @@ CUSTOMER_PHRASES: dict[str, tuple[str, ...]] = {
         "payment ho gaya", "payment kar di",
     ),
     INTEREST: (
-        "how much", "what is the price", "what s the price", "the price", "price range", "what price",
+        "price", "prices", "pricing", "rate", "rates", "cost", "how much", "what is the price", "what s the price", "the price", "price range", "what price",
         "what rate", "what is the rate", "the rate", "the cost", "what does it cost", "cost for",
         "what is the fees", "the fees", "fees kitni", "fee kitni", "emi", "installment", "quotation",
         "a quote", "send me", "send the", "send details", "send brochure", "email me", "mail me",
@@ -196,6 +196,8 @@ AFFIRMATIONS = frozenset({"yes", "yeah", "yep", "yup", "sure", "ok", "okay", "ha
 # An agent sentence with one of these offers or plans; it states nothing done.
 NOT_DONE = frozenset({"shall", "will", "would", "can", "could", "should", "if", "ll", "doon", "dein",
                       "pannatuma", "pannalama", "kya", "had", "want", "like"})
+QUESTION_OPENERS = frozenset({"is", "are", "was", "has", "have", "did", "do", "does", "shall", "should",
+                              "can", "could", "would", "will", "may", "kya", "confirm"})
 FILLERS = frozenset({"hello", "hi", "hey", "hmm", "um", "uh", "haan", "ji", "yes", "ok", "okay",
                      "allo", "helo"})
 
