@@ -19,8 +19,9 @@ from services.analyzer import lexicon as lx
 from services.analyzer.prompt import fit_budget, mask_pii
 from services.analyzer.schema import Analysis
 
-# Longer transcripts keep their start and end: the heuristic's work stays bounded.
-MAX_CHARS = 20_000
+# Longer transcripts keep their start and end, as the LLM's do at the default
+# TRANSCRIPT_CHAR_BUDGET: the heuristic's work stays bounded (a few ms at most).
+MAX_CHARS = 12_000
 _CUSTOMER_SPEAKERS = frozenset({"user", "customer", "human", "caller"})
 _SPEAKER_CHARS = 20
 _CLAUSE_END = re.compile(r"[.!?;{}\[\]\n]")  # where a customer's clause ends

@@ -268,9 +268,10 @@ class PhraseBook:
         first (so "dont call" is a refusal, not a callback)."""
         found = []
         for i, token in enumerate(tokens):
-            for label, phrase in (*self._by_first.get(token, ()), *self._open_start):
-                if _matches(tokens, i, phrase):
-                    found.append(Match(label, i, i + len(phrase)))
+            for candidates in (self._by_first.get(token, ()), self._open_start):
+                for label, phrase in candidates:
+                    if _matches(tokens, i, phrase):
+                        found.append(Match(label, i, i + len(phrase)))
         found.sort(key=lambda m: (-(m.end - m.start), self._rank.get(m.label, len(self._rank)), m.start))
         taken = [False] * len(tokens)
         kept = []
