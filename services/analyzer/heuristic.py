@@ -38,6 +38,8 @@ _NEEDS = frozenset({"budget", "approved", "need", "lakhs", "crore", "income", "s
                     "timeline"})
 SUMMARY_CHARS = 240
 _BUSINESS_WORDS = 4
+_PUNCTUATION = ",.!?;:"
+_ABBREVIATIONS = frozenset({"Dr.", "Mr.", "Mrs.", "Ms.", "St."})
 
 # The outcomes, as (tag, lead status, base score). Tags are the default ANALYSIS_TAGS spelling.
 PURCHASED = ("Purchased", "WON", 90)
@@ -324,31 +326,33 @@ def _summary(verdict: _Verdict, turns: list[_Turn]) -> str:
 
 
 def _business(turns: list[_Turn]) -> str | None:
-    """The agent's business, from its first turn: capitalized words after "from" (English) or
-    before "se" / "la irundhu" (Hindi, Tamil). Words with digits are never taken."""
+    """The agent's business, from its first turn: the capitalized words after "from" (English)
+    or before "se" / "la irundhu" (Hindi, Tamil), within one sentence. Words with digits are
+    never taken, and the result is masked like the LLM's input."""
     agent = next((turn.text for turn in turns if not turn.by_customer), "")
-    raw = agent.replace(",", " ").replace(".", " ").split()
-    lowered = [word.lower() for word in raw]
+    raw = agent.split()
+    bare = [word.strip(_PUNCTUATION) for word in raw]
+    lowered = [word.lower() for word in bare]
     names: list[str] = []
     if "from" in lowered:
         at = lowered.index("from") + 1
-        while at < len(raw) and len(names) < _BUSINESS_WORDS and raw[at][:1].isupper() and _name_word(raw[at]):
-            names.append(raw[at])
+        while at < len(raw) and len(names) < _BUSINESS_WORDS and _name_word(bare[at]):
+            names.append(raw[at] if raw[at] in _ABBREVIATIONS else bare[at])
+            if raw[at][-1] in _PUNCTUATION and raw[at] not in _ABBREVIATIONS:
+                break
             at += 1
     else:
-        for marker in ("se", "la"):
-            if marker in lowered:
-                at = lowered.index(marker) - 1
-                while at >= 0 and len(names) < _BUSINESS_WORDS and raw[at][:1].isupper() and _name_word(raw[at]):
-                    names.insert(0, raw[at])
-                    at -= 1
-                break
+        marker = next((n for n, word in enumerate(lowered) if word in ("se", "la") and n > 0), None)
+        at = marker - 1 if marker is not None else -1
+        while at >= 0 and len(names) < _BUSINESS_WORDS and _name_word(bare[at]) and raw[at][-1] not in _PUNCTUATION:
+            names.insert(0, bare[at])
+            at -= 1
     name = mask_pii(" ".join(names))
     return name or None
 
 
 def _name_word(word: str) -> bool:
-    return word.replace("'", "").replace("&", "").replace("-", "").isalpha()
+    return word[:1].isupper() and word.replace("'", "").replace("&", "").replace("-", "").replace(".", "").isalpha()
 
 
 def _sentiment(verdict: _Verdict, customer: list[_Turn]) -> str:

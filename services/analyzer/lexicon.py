@@ -22,7 +22,7 @@ CALLBACK = "callback"  # asks to be called (again, later)
 BUSY = "busy"  # cannot talk now: a callback when nothing else is said
 CONSULT = "consult"  # must ask someone first / will get back
 ACCEPT = "accept"  # says yes to a booking, an order, a plan
-PAYMENT = "payment"  # says they paid
+PAYMENT = "payment"  # says they paid, ordered, or confirm the appointment
 INTEREST = "interest"  # asks the price, details, a visit, a trial; says it fits
 WRONG_NUMBER = "wrong_number"  # says the agent has the wrong number
 NOT_THAT_PERSON = "not_that_person"  # "no Priya here": a wrong number when the agent asked for someone
@@ -45,7 +45,7 @@ CUSTOMER_PHRASES: dict[str, tuple[str, ...]] = {
         "already have", "already having", "already purchased", "already bought", "already taken",
         "gone with another", "went with another", "signed up with another", "bought elsewhere",
         "bought from another", "in a different project", "from someone else", "no thank", "we ll skip",
-        "not for me", "not now or ever", "get lost",
+        "get lost",
         # Hindi in Latin script
         "nahi chahiye", "nahin chahiye", "nahi chahie", "nahi lena", "nahi lenge", "nahi lunga",
         "nahi lungi", "nahi karna", "nahi karni", "nahi kharidna", "zaroorat nahi", "jarurat nahi",
@@ -109,14 +109,15 @@ CUSTOMER_PHRASES: dict[str, tuple[str, ...]] = {
         "sent the deposit", "sent the payment", "made the payment", "payment done", "pay by card",
         "bhar diya", "bhar di", "pay kar diya", "payment kar diya", "upi se kiya", "transfer kar diya",
         "gpay la anuppuren", "gpay panniten", "pay panniten", "kattiten", "ho gaya payment",
-        "payment ho gaya", "payment kar di",
+        "payment ho gaya", "payment kar di", "i ordered", "ive ordered", "i have ordered", "we ordered",
+        "we have ordered", "yes confirmed", "confirmed from our side", "order kar diya",
     ),
     INTEREST: (
         "price", "prices", "pricing", "rate", "rates", "cost", "how much", "what is the price", "what s the price", "the price", "price range", "what price",
         "what rate", "what is the rate", "the rate", "the cost", "what does it cost", "cost for",
         "what is the fees", "the fees", "fees kitni", "fee kitni", "emi", "installment", "quotation",
         "a quote", "send me", "send the", "send details", "send brochure", "email me", "mail me",
-        "whatsapp me", "on whatsapp", "brochure", "floor plan", "floor plans", "details", "trial",
+        "whatsapp me", "on whatsapp", "send them", "send it", "send those", "urgent", "brochure", "floor plan", "floor plans", "details", "trial",
         "test ride", "test drive", "demo", "site visit", "survey", "come and see", "visit",
         "interested", "sounds good", "within my budget", "that fits", "reasonable", "promising",
         "kitna", "kitne", "kitni", "kya rate", "bhej do", "bhejo", "bhejiye", "bhej dijiye",
