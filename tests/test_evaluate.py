@@ -52,7 +52,7 @@ def heuristic_predictions() -> list[tuple[dict, str, str]]:
 def test_the_labelled_set_covers_every_kind_of_call_with_allowed_labels():
     items = labelled()
     assert len(items) >= 150
-    assert {item["split"] for item in items} == {"tuning", "held_out"}
+    assert {item["split"] for item in items} == {"tuning", "held_out", "challenge"}
     assert sum(item["split"] == "held_out" for item in items) >= 60
     assert len({item["id"] for item in items}) == len(items)
     assert {item["category"] for item in items} == CATEGORIES
@@ -108,7 +108,7 @@ def test_without_a_key_evaluate_reports_the_heuristic_figures(tmp_path):
         members = [(item, tag) for item, tag, _ in predictions if item["category"] == category]
         assert report["byCategory"][category]["calls"] == len(members)
         assert report["byCategory"][category]["tagCorrect"] == sum(i["expected_tag"] == t for i, t in members)
-    for split in ("tuning", "held_out"):
+    for split in ("tuning", "held_out", "challenge"):
         members = [(item, tag, status) for item, tag, status in predictions if item["split"] == split]
         part = report["bySplit"][split]
         assert part["calls"] == len(members) > 0

@@ -12,7 +12,8 @@ FAILED = "(failed)"  # the predicted column of calls the analyzer gave no answer
 NO_TAG = "(none)"  # the heuristic's tag when its rule's tag is not configured
 REASON_WIDTH = 100
 SPLIT_TITLES = {"tuning": "Tuning part (the rules were adjusted on these)",
-                "held_out": "Held-out part (never tuned on)"}
+                "held_out": "Held-out part (never tuned on)",
+                "challenge": "Challenge part (written after the rules to find their misses, never tuned on)"}
 
 
 @dataclass(frozen=True)
