@@ -55,7 +55,9 @@ NOT_REACHED = ("No_Answer", "NEW", 20)
 # AUTO_ASSIGN_MIN_CONFIDENCE (60), so a person reviews those stage moves.
 CONFIDENCE = {"nobody": 90, "machine": 85, "wrong_number": 80, "booking": 80, "refusal": 80,
               "abuse": 80, "callback": 75, "interest": 70, "busy": 55, "consult": 50,
-              "price_objection": 50, "guess": 30}
+              "price_objection": 50, "soft_refusal": 50, "machine_shape": 50, "guess": 30}
+# A call that opens with a long customer turn the customer never follows: a recording.
+RECORDING_WORDS = 8
 CONFLICT_PENALTY = 10  # more than one kind of decisive word: less sure
 INSTRUCTION_PENALTY = 10  # text was set aside: the call was not an ordinary one
 
@@ -63,12 +65,13 @@ INSTRUCTION_PENALTY = 10  # text was set aside: the call was not an ordinary one
 @dataclass
 class _Turn:
     by_customer: bool
-    text: str
+    text: str  # a customer's: the clauses kept, instructions set aside
     matches: list[lx.Match] = field(default_factory=list)
     labels: set[str] = field(default_factory=set)
     negated_buying: bool = False
     first_words: tuple[str, ...] = ()
     words: list[str] = field(default_factory=list)
+    asks: bool = False  # a customer's: asked a question
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ def _read(transcript: str) -> tuple[list[_Turn], int]:
 
 def _read_customer(turn: _Turn) -> int:
     kept, dropped = [], 0
+    turn.asks = "?" in turn.text
     for clause in _CLAUSE_END.split(turn.text):
         if _is_instruction(clause):
             dropped += 1
@@ -207,10 +211,14 @@ def _decide(turns: list[_Turn]) -> _Verdict:
     if machine and len(machine) == len(spoken):
         return _Verdict(NOT_REACHED, "machine", (f"voicemail or carrier message (turn {machine[0] + 1})",),
                         "try again later")
-    asked_for_someone = any(lx.AGENT_ASKS_FOR in turns[n].labels for n in range(len(turns)) if not turns[n].by_customer)
+    if spoken == [0] and len(turns[0].words) >= RECORDING_WORDS and not turns[0].asks:
+        return _Verdict(NOT_REACHED, "machine_shape", ("the call opens with one long customer turn, never followed",),
+                        "try again later")
+    asked_for = _names_asked_for(turns)
     for n in spoken:
         labels = turns[n].labels
-        if lx.WRONG_NUMBER in labels or (lx.NOT_THAT_PERSON in labels and asked_for_someone):
+        if (lx.WRONG_NUMBER in labels or (lx.NOT_THAT_PERSON in labels and asked_for is not None)
+                or _denies_being(turns[n], asked_for)):
             return _Verdict(WRONG_NUMBER, "wrong_number", (f"wrong number (turn {n + 1})",),
                             "find a correct number for the lead")
 
@@ -225,13 +233,15 @@ def _decide(turns: list[_Turn]) -> _Verdict:
             return _Verdict(NOT_INTERESTED, last.kind, evidence, "do not call again about this offer")
         return _Verdict(_callback_outcome(turns, spoken), "callback", evidence,
                         f"call back {_when(turns[last.turn])}".rstrip())
-    leanings = [e for e in events if e.kind in ("interest", "busy", "consult", "price_objection")]
+    leanings = [e for e in events if e.kind in ("interest", "busy", "consult", "price_objection", "soft_refusal")]
     if leanings:
         last = max(leanings, key=lambda e: (e.turn, e.position))
         if last.kind == "interest":
             return _Verdict(INTERESTED, "interest", evidence, "send the details asked for and follow up")
         if last.kind == "price_objection":
             return _Verdict(NOT_INTERESTED, "price_objection", evidence, "offer a cheaper option or close the lead")
+        if last.kind == "soft_refusal":
+            return _Verdict(NOT_INTERESTED, "soft_refusal", evidence, "do not call again about this offer")
         return _Verdict(FOLLOW_UP, last.kind, evidence, f"call back {_when(turns[last.turn])}".rstrip())
     return _Verdict(FOLLOW_UP, "guess", evidence, "call again to learn what the customer wants")
 
@@ -239,7 +249,8 @@ def _decide(turns: list[_Turn]) -> _Verdict:
 def _events(turns: list[_Turn], spoken: list[int]) -> list[_Event]:
     events: list[_Event] = []
     simple = {lx.REFUSE: "refusal", lx.ABUSE: "abuse", lx.CALLBACK: "callback", lx.INTEREST: "interest",
-              lx.BUSY: "busy", lx.CONSULT: "consult", lx.PRICE_OBJECTION: "price_objection"}
+              lx.BUSY: "busy", lx.CONSULT: "consult", lx.PRICE_OBJECTION: "price_objection",
+              lx.SOFT_REFUSAL: "soft_refusal"}
     first_customer = spoken[0]
     accepted_at: int | None = None
     done_at: int | None = None
@@ -252,6 +263,8 @@ def _events(turns: list[_Turn], spoken: list[int]) -> list[_Event]:
                 events.append(_Event("booking", n, match.start))
         if turn.negated_buying and lx.REFUSE not in turn.labels:
             events.append(_Event("refusal", n, len(turn.words)))
+        if _opens_with_no(turn) and n > 0 and not turns[n - 1].by_customer:
+            events.append(_Event("soft_refusal", n, 0))
         if lx.ACCEPT in turn.labels or _answers_offer_with_yes(turns, n):
             accepted_at = n if accepted_at is None else accepted_at
     for n, turn in enumerate(turns):
@@ -262,6 +275,34 @@ def _events(turns: list[_Turn], spoken: list[int]) -> list[_Event]:
     if accepted_at is not None and done_at is not None:
         events.append(_Event("booking", max(accepted_at, done_at), 0))
     return events
+
+
+def _opens_with_no(turn: _Turn) -> bool:
+    return bool(turn.words) and turn.words[0] in lx.NEGATIVE_OPENERS and lx.NOT_A_NO.isdisjoint(turn.words[1:2])
+
+
+def _names_asked_for(turns: list[_Turn]) -> frozenset[str] | None:
+    """When the agent asked for a named person ("Am I speaking with Priya?"), the names it
+    used, lowercased; None when it asked for nobody."""
+    names: set[str] = set()
+    asked = False
+    for turn in turns:
+        if turn.by_customer or lx.AGENT_ASKS_FOR not in turn.labels:
+            continue
+        asked = True
+        for word in turn.text.split():
+            bare = word.strip(_PUNCTUATION + "?'\"")
+            if bare[:1].isupper() and bare.isalpha() and bare.lower() not in lx.NOT_NAMES:
+                names.add(bare.lower())
+    return frozenset(names) if asked else None
+
+
+def _denies_being(turn: _Turn, asked_for: frozenset[str] | None) -> bool:
+    """The customer says the name the agent asked for with a "no" or a "who": not that person."""
+    if not turn.by_customer or not asked_for or asked_for.isdisjoint(turn.words):
+        return False
+    denial = lx.NEGATIONS_BEFORE | lx.NEGATIONS_AFTER | lx.NEGATIVE_OPENERS | {"who", "kaun", "yaaru"}
+    return not denial.isdisjoint(turn.words)
 
 
 def _answers_offer_with_yes(turns: list[_Turn], n: int) -> bool:
@@ -315,6 +356,8 @@ def _summary(verdict: _Verdict, turns: list[_Turn]) -> str:
         "refusal": f"The customer declined{offer} offer",
         "abuse": f"The customer was abusive and refused{offer} offer",
         "price_objection": f"The customer found{offer} price too high",
+        "soft_refusal": f"The customer turned down{offer} offer",
+        "machine_shape": "The call reached what sounds like a recording, not the customer",
         "callback": "The customer asked to be called back",
         "busy": "The customer could not talk at the time",
         "consult": "The customer wants to consult someone before deciding",

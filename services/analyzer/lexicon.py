@@ -18,6 +18,7 @@ ANY_WORD, PREFIX = "_", "*"
 
 REFUSE = "refuse"  # a refusal, in any language
 PRICE_OBJECTION = "price_objection"  # too dear: a refusal unless something else follows
+SOFT_REFUSAL = "soft_refusal"  # "nah, I'm good", "leave it": a refusal unless something else follows
 CALLBACK = "callback"  # asks to be called (again, later)
 BUSY = "busy"  # cannot talk now: a callback when nothing else is said
 CONSULT = "consult"  # must ask someone first / will get back
@@ -56,7 +57,13 @@ CUSTOMER_PHRASES: dict[str, tuple[str, ...]] = {
         "venam", "vendam", "vendaam", "vendaamu", "venaam", "interest illa", "interest illai",
         "vaanga maaten", "vaanga matten", "edukka maaten", "pannadheenga", "pannatheenga",
         "pannadeenga", "panna vendaam", "already eduthuten", "eduthachu", "vaangiyachu", "vaangitten",
-        "onnum vendaam", "onnum venam",
+        "onnum vendaam", "onnum venam", "venaam*", "vendaam*", "renewed with", "badalna nahi",
+        "khush hain", "sari varaadhu", "sari varadhu", "not coming",
+    ),
+    SOFT_REFUSAL: (
+        "nah", "nope", "im good", "i am good", "were good", "we are good", "im fine", "were fine",
+        "we are fine", "im sorted", "were sorted", "all sorted", "not for me", "leave it", "chhodo",
+        "chodo", "chhod do", "jane do", "jaane do", "vidunga", "vittudunga", "pass",
     ),
     PRICE_OBJECTION: (
         "too costly", "too expensive", "very costly", "very expensive", "so expensive", "too much",
@@ -65,7 +72,7 @@ CUSTOMER_PHRASES: dict[str, tuple[str, ...]] = {
         "can t afford", "cannot afford", "more than we want to spend", "more than i want to spend",
         "way beyond", "bahut mehenga", "bahut mehnga", "bahut zyada", "zyada hai", "mehenga hai",
         "budget nahi", "itna budget", "romba costly", "romba jaasthi", "romba jasthi", "romba adhigam",
-        "romba expensive", "konjam adhigam",
+        "romba expensive", "konjam adhigam", "itne mein", "too pricey", "pricey",
     ),
     CALLBACK: (
         "call me", "call back", "callback", "call later", "call again", "call after", "call on",
@@ -93,7 +100,11 @@ CUSTOMER_PHRASES: dict[str, tuple[str, ...]] = {
         "yosichu sollren",
     ),
     ACCEPT: (
-        "book it", "book me", "please book", "please confirm", "confirm the", "book that", "book the", "go ahead", "confirm it",
+        "book it", "book me", "please book", "please confirm", "confirm the", "lock that in", "lock it in",
+        "lock it", "that is fine", "thats fine", "fine only", "block the", "finalise", "finalize",
+        "shuru kar", "start kar", "rakh dijiye", "rakh do", "le lete", "le lenge", "le lunga",
+        "note pannikkonga", "vandhudren", "varen", "coming", "ok dhaan", "is perfect", "sounds perfect",
+        "count me in", "sign us up", "put us down", "put me down", "book that", "book the", "go ahead", "confirm it",
         "its confirmed", "it is confirmed", "confirmed from our side", "sign me up", "put my name",
         "i ll take it", "ill take it", "i will take it", "i ll take", "i will take", "works for me",
         "suits me", "that works", "fix it", "yes please", "reserve one", "reserve it", "do the upgrade",
@@ -110,7 +121,9 @@ CUSTOMER_PHRASES: dict[str, tuple[str, ...]] = {
         "bhar diya", "bhar di", "pay kar diya", "payment kar diya", "upi se kiya", "transfer kar diya",
         "gpay la anuppuren", "gpay panniten", "pay panniten", "kattiten", "ho gaya payment",
         "payment ho gaya", "payment kar di", "i ordered", "ive ordered", "i have ordered", "we ordered",
-        "we have ordered", "yes confirmed", "confirmed from our side", "order kar diya",
+        "we have ordered", "yes confirmed", "confirmed from our side", "order kar diya", "gpay kar",
+        "paytm kar", "upi kar", "anuppitten", "anupitten", "anuppiten", "advance bhej", "sending the advance",
+        "sent the advance", "paise bhej",
     ),
     INTEREST: (
         "price", "prices", "pricing", "rate", "rates", "cost", "how much", "what is the price", "what s the price", "the price", "price range", "what price",
@@ -123,7 +136,9 @@ CUSTOMER_PHRASES: dict[str, tuple[str, ...]] = {
         "kitna", "kitne", "kitni", "kya rate", "bhej do", "bhejo", "bhejiye", "bhej dijiye",
         "interest hai", "pasand", "dikhao", "evlo", "evvalavu", "enna price", "enna rate", "vilai",
         "anuppunga", "anupunga", "interest irukku", "nalla irukku", "mail pannunga", "details venum",
-        "paakalama", "paakanum", "kidaikuma", "irukka", "varen",
+        "paakalama", "paakanum", "kidaikuma", "irukka", "what would", "how long", "how many", "do you have",
+        "is there", "when can", "can someone", "come look", "roughly", "approximately",
+        "form link", "procedure",
     ),
     WRONG_NUMBER: (
         "wrong number", "wrong person", "wrong no", "dialled wrong", "dialed wrong", "dialled the wrong",
@@ -135,7 +150,8 @@ CUSTOMER_PHRASES: dict[str, tuple[str, ...]] = {
         "no _ is here", "no _ _ here", "is not there", "moved out", "was my tenant", "got this number",
         "this number is mine", "had this number", "not the person", "number check karo", "yahan koi",
         "koi _ nahi hai", "kaun _", "main _ nahi hoon", "mera number hai", "yaarum illa", "yaarum illai",
-        "nu yaarum",
+        "nu yaarum", "no _ at this number", "ka number nahi", "kisi aur", "inga illa",
+        "vera aal*", "old number", "someone else",
     ),
     MACHINE: (
         "leave a message", "leave your message", "leave your name", "after the beep", "after the tone",
@@ -147,14 +163,17 @@ CUSTOMER_PHRASES: dict[str, tuple[str, ...]] = {
         "please try again later", "try after some time", "call after some time", "press hash",
         "jis number par", "jis number pe", "dwara dial", "vyast hai", "uplabdh nahi", "kripya",
         "prayas karein", "thodarbu", "vaadikkaiyalar", "ellaikku veliye", "message vidunga",
-        "beep ku", "phone edukka mudiyaadhu",
+        "beep ku", "phone edukka mudiyaadhu", "youve reached", "you have reached", "not home",
+        "lines vyast", "sabhi lines", "dial karein", "upayogathil illai", "not in use",
+        "after the signal",
     ),
     ABUSE: (
         "idiot", "idiots", "stupid", "moron", "morons", "fool", "fools", "useless", "nonsense", "bloody",
         "crooks", "scammer", "scammers", "fraud", "cheat", "clowns", "pathetic", "shut up", "shove",
         "harass*", "pester*", "go to hell", "damn", "rubbish", "pagal", "bewakoof", "bewkoof",
         "bakwas", "bakwaas", "chup kar", "dimaag kharab", "sharam nahi", "tameez", "gadha", "kamine",
-        "loosu", "dei", "torture", "naaye", "porambokku", "mental",
+        "loosu", "dei", "torture", "naaye", "porambokku", "mental", "buzz off", "muppet*", "nerve",
+        "saale", "saala", "chor", "abe", "dekh lena", "kameena", "get out",
     ),
 }
 
@@ -166,20 +185,28 @@ AGENT_PHRASES: dict[str, tuple[str, ...]] = {
         "book kar diya", "booking ho gayi", "booking ho gaya", "ho gayi hai", "receive ho gaya",
         "renew ho gayi", "aa gaya hai", "book ho gaya", "book ho gayi", "mil gaya hai", "confirm aayiduchu", "book aayiduchu", "confirm pannitten",
         "confirm panniten", "fix panniten", "fix pannitten", "book panniten", "book pannitten",
-        "vandhuduchu", "vanthuduchu", "aayiduchu",
+        "vandhuduchu", "vanthuduchu", "aayiduchu", "down for", "on the schedule", "booked in", "pakki",
+        "pakka hai", "mani fix", "baje fix", "fix aachu", "mil gaye", "mil gaya", "aa gaya", "aa gaye",
+        "note panniten",
     ),
     AGENT_PROPOSAL: (
         "shall i book", "should i book", "can i book", "book you in", "shall i confirm", "shall i fix",
         "shall i reserve", "shall i schedule", "want me to book", "like me to book", "book kar doon",
         "book kar du", "confirm kar doon", "book kar dein", "book kar deti", "book kar deta", "book pannatuma", "book pannalama",
-        "fix pannalama", "fix pannatuma", "confirm pannatuma", "confirm pannalama",
+        "fix pannalama", "fix pannatuma", "confirm pannatuma", "confirm pannalama", "want it",
+        "shuru karein", "start karein", "book karein", "ok va", "okva", "shall we", "should we go ahead",
+        "want me to", "shall i go ahead",
     ),
     AGENT_ASKS_FOR: (
         "speaking with", "speaking to", "speak with", "speak to", "is this", "am i talking",
-        "se baat", "ji hain", "ji se", "ah pesuradhu", "ah pesuringa", "thaane",
+        "se baat", "ji hain", "ji se", "ah pesuradhu", "ah pesuringa", "thaane", "sir ah", "madam ah",
+
     ),
 }
 
+# A reply that opens with one of these says no to what the agent just asked ("no problem" does not).
+NOT_A_NO = frozenset({"problem", "worries", "worry", "issue", "issues", "doubt"})
+NEGATIVE_OPENERS = frozenset({"no", "nope", "nah", "nahi", "nahin", "illa", "illai", "venam", "vendaam"})
 # Words that negate a buying word near them: English ones come before it ("never wanted to
 # buy"); Hindi and Tamil ones may also follow it ("zaroorat nahi", "interest illa").
 NEGATIONS_BEFORE = frozenset({"not", "never", "dont", "didnt", "doesnt", "wont", "cannot", "nahi",
@@ -199,6 +226,11 @@ NOT_DONE = frozenset({"shall", "will", "would", "can", "could", "should", "if", 
                       "pannatuma", "pannalama", "kya", "had", "want", "like"})
 QUESTION_OPENERS = frozenset({"is", "are", "was", "has", "have", "did", "do", "does", "shall", "should",
                               "can", "could", "would", "will", "may", "kya", "confirm"})
+# Capitalized words of an agent's question that are not the name of the person asked for.
+NOT_NAMES = frozenset({"hello", "hi", "hey", "i", "am", "is", "this", "the", "mr", "mrs", "ms", "dr", "sir",
+                       "madam", "namaste", "vanakkam", "good", "morning", "afternoon", "evening", "calling",
+                       "may", "can", "could", "speak", "speaking", "with", "from", "kya", "main", "naan",
+                       "ji", "am", "are", "you", "your", "we", "our", "my"})
 FILLERS = frozenset({"hello", "hi", "hey", "hmm", "um", "uh", "haan", "ji", "yes", "ok", "okay",
                      "allo", "helo"})
 
@@ -208,6 +240,7 @@ FILLERS = frozenset({"hello", "hi", "hey", "hmm", "um", "uh", "haan", "ji", "yes
 # spelled as the analysis spells it ("Not_Interested", "leadStatus", "WON") make an instruction.
 INSTRUCTION_TARGETS = frozenset({
     "instruction", "instructions", "prompt", "programming", "analyzer", "analyser", "classifier",
+    "category", "classification", "transcribing", "transcript", "transcriber", "computer", "chatbot",
     "leadstatus", "leadscore", "tag", "tags", "developer", "jailbreak", "system", "ai", "bot", "model",
     "summary", "report", "notes", "assistant", "lead", "status", "crm",
 })
