@@ -56,6 +56,7 @@ NOT_REACHED = ("No_Answer", "NEW", 20)
 CONFIDENCE = {"nobody": 90, "machine": 85, "wrong_number": 80, "booking": 80, "refusal": 80,
               "abuse": 80, "callback": 75, "interest": 70, "busy": 55, "consult": 50,
               "price_objection": 50, "soft_refusal": 50, "machine_shape": 50, "guess": 30}
+_NAMING_QUESTION_WORDS = 6  # "Is it Lakshmi madam speaking?"
 # A call that opens with a long customer turn the customer never follows: a recording.
 RECORDING_WORDS = 8
 CONFLICT_PENALTY = 10  # more than one kind of decisive word: less sure
@@ -188,6 +189,8 @@ def _read_agent(turn: _Turn) -> None:
         sentence = turn.text[start:end]
         start = end
         words = lx.words(sentence)
+        if sentence.rstrip().endswith("?") and len(words) <= _NAMING_QUESTION_WORDS and _names(sentence):
+            turn.labels.add(lx.AGENT_ASKS_FOR)  # "Hello, Manoj ji?", "Selvi madam ah?"
         for match in _AGENT_BOOK.find(words):
             # "Shall I book?", "Is it confirmed?", "I will confirm", "you had booked": asked,
             # offered or past; "I've booked you for 3, is that alright?" is done.
@@ -229,6 +232,10 @@ def _decide(turns: list[_Turn]) -> _Verdict:
         last = max(decisive, key=lambda e: (e.turn, e.position))
         if last.kind == "booking":
             return _Verdict(PURCHASED, "booking", evidence, "keep the booking and complete the order")
+        stated_later = any(e.kind == "interest_stated" and (e.turn, e.position) > (last.turn, last.position)
+                           for e in events)
+        if last.kind in ("refusal", "abuse") and stated_later:
+            return _Verdict(INTERESTED, "interest", evidence, "send the details asked for and follow up")
         if last.kind in ("refusal", "abuse"):
             return _Verdict(NOT_INTERESTED, last.kind, evidence, "do not call again about this offer")
         return _Verdict(_callback_outcome(turns, spoken), "callback", evidence,
@@ -257,8 +264,12 @@ def _events(turns: list[_Turn], spoken: list[int]) -> list[_Event]:
     for n in spoken:
         turn = turns[n]
         for match in turn.matches:
-            if match.label in simple:
+            if match.label == lx.CALLBACK and "if" in turn.words[max(0, match.start - 3):match.start]:
+                events.append(_Event("refusal", n, match.start))  # "... if you call again"
+            elif match.label in simple:
                 events.append(_Event(simple[match.label], n, match.start))
+                if match.label == lx.INTEREST and tuple(turn.words[match.start:match.end]) in lx.INTEREST_STATED:
+                    events.append(_Event("interest_stated", n, match.start))
             elif match.label == lx.PAYMENT:
                 events.append(_Event("booking", n, match.start))
         if turn.negated_buying and lx.REFUSE not in turn.labels:
@@ -270,6 +281,8 @@ def _events(turns: list[_Turn], spoken: list[int]) -> list[_Event]:
     for n, turn in enumerate(turns):
         if not turn.by_customer and n > first_customer and lx.AGENT_DONE in turn.labels:
             done_at = n
+        if turn.by_customer and n not in spoken and _answers_offer_with_yes(turns, n):
+            accepted_at = n if accepted_at is None else accepted_at  # a bare "Ok." to "You're booked"
     # A booking is said by one side and agreed by the other: the customer's yes and the
     # agent's "booked", in either order.
     if accepted_at is not None and done_at is not None:
@@ -290,11 +303,18 @@ def _names_asked_for(turns: list[_Turn]) -> frozenset[str] | None:
         if turn.by_customer or lx.AGENT_ASKS_FOR not in turn.labels:
             continue
         asked = True
-        for word in turn.text.split():
-            bare = word.strip(_PUNCTUATION + "?'\"")
-            if bare[:1].isupper() and bare.isalpha() and bare.lower() not in lx.NOT_NAMES:
-                names.add(bare.lower())
+        names |= _names(turn.text)
     return frozenset(names) if asked else None
+
+
+def _names(text: str) -> set[str]:
+    """Capitalized words that may be a person's name, lowercased."""
+    names = set()
+    for word in text.split():
+        bare = word.strip(_PUNCTUATION + "?'\"")
+        if bare[:1].isupper() and bare.isalpha() and bare.lower() not in lx.NOT_NAMES:
+            names.add(bare.lower())
+    return names
 
 
 def _denies_being(turn: _Turn, asked_for: frozenset[str] | None) -> bool:

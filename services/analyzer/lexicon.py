@@ -58,7 +58,9 @@ CUSTOMER_PHRASES: dict[str, tuple[str, ...]] = {
         "vaanga maaten", "vaanga matten", "edukka maaten", "pannadheenga", "pannatheenga",
         "pannadeenga", "panna vendaam", "already eduthuten", "eduthachu", "vaangiyachu", "vaangitten",
         "onnum vendaam", "onnum venam", "venaam*", "vendaam*", "renewed with", "badalna nahi",
-        "khush hain", "sari varaadhu", "sari varadhu", "not coming",
+        "khush hain", "sari varaadhu", "sari varadhu", "not coming", "dont ring", "do not ring",
+        "never ring", "say no", "not in the budget", "not in our budget", "not in my budget",
+        "decided against", "decided not to", "vaiya phone", "phone vai*", "phone vei", "phone ah vai*",
     ),
     SOFT_REFUSAL: (
         "nah", "nope", "im good", "i am good", "were good", "we are good", "im fine", "were fine",
@@ -138,7 +140,8 @@ CUSTOMER_PHRASES: dict[str, tuple[str, ...]] = {
         "anuppunga", "anupunga", "interest irukku", "nalla irukku", "mail pannunga", "details venum",
         "paakalama", "paakanum", "kidaikuma", "irukka", "what would", "how long", "how many", "do you have",
         "is there", "when can", "can someone", "come look", "roughly", "approximately",
-        "form link", "procedure",
+        "form link", "procedure", "looking at", "looking for", "whats included", "available",
+        "come see", "love to", "kab tak", "dekhne", "aate hain", "aayenge", "milega",
     ),
     WRONG_NUMBER: (
         "wrong number", "wrong person", "wrong no", "dialled wrong", "dialed wrong", "dialled the wrong",
@@ -172,7 +175,8 @@ CUSTOMER_PHRASES: dict[str, tuple[str, ...]] = {
         "crooks", "scammer", "scammers", "fraud", "cheat", "clowns", "pathetic", "shut up", "shove",
         "harass*", "pester*", "go to hell", "damn", "rubbish", "pagal", "bewakoof", "bewkoof",
         "bakwas", "bakwaas", "chup kar", "dimaag kharab", "sharam nahi", "tameez", "gadha", "kamine",
-        "loosu", "dei", "torture", "naaye", "porambokku", "mental", "buzz off", "muppet*", "nerve",
+        "loosu", "dei", "torture", "yov", "arivu irukka", "arivu illa", "vera vela illaya",
+        "vera velai illaya", "piss off", "naaye", "porambokku", "mental", "buzz off", "muppet*", "nerve",
         "saale", "saala", "chor", "abe", "dekh lena", "kameena", "get out",
     ),
 }
@@ -204,6 +208,9 @@ AGENT_PHRASES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# An interest said outright: it outweighs an earlier refusal of one option ("road facing venaam").
+INTEREST_STATED = frozenset({("interested",), ("interest", "hai"), ("interest", "irukku"), ("sounds", "good"),
+                             ("nalla", "irukku"), ("pasand",)})
 # A reply that opens with one of these says no to what the agent just asked ("no problem" does not).
 NOT_A_NO = frozenset({"problem", "worries", "worry", "issue", "issues", "doubt"})
 NEGATIVE_OPENERS = frozenset({"no", "nope", "nah", "nahi", "nahin", "illa", "illai", "venam", "vendaam"})
@@ -241,6 +248,7 @@ FILLERS = frozenset({"hello", "hi", "hey", "hmm", "um", "uh", "haan", "ji", "yes
 INSTRUCTION_TARGETS = frozenset({
     "instruction", "instructions", "prompt", "programming", "analyzer", "analyser", "classifier",
     "category", "classification", "transcribing", "transcript", "transcriber", "computer", "chatbot",
+    "result", "outcome", "google", "alexa", "siri", "chatgpt", "gpt", "llm",
     "leadstatus", "leadscore", "tag", "tags", "developer", "jailbreak", "system", "ai", "bot", "model",
     "summary", "report", "notes", "assistant", "lead", "status", "crm",
 })
