@@ -6,6 +6,7 @@ import pytest
 
 from services.analyzer.heuristic import CONFIDENCE, MAX_CHARS, heuristic_analysis
 from services.analyzer.schema import LEAD_STATUSES, SENTIMENTS
+from services.analyzer.word_model import Example, WordModel
 from utils.config import DEFAULT_TAGS
 from worker.labelled_set import load_labelled_calls
 
@@ -192,11 +193,25 @@ def test_the_summary_is_one_english_sentence_without_numbers_or_emails_of_the_ca
     assert analysis.summary.startswith("The customer showed interest in Skyline Realty's offer")
 
 
-def test_a_guess_has_a_confidence_the_review_queue_catches_and_clear_outcomes_do_not():
+def test_a_call_without_outcome_words_gets_the_word_models_answer_with_a_confidence_sent_to_review():
     guess = analyze("assistant: Hello, about your enquiry.", "user: Okay, and what else?")
-    assert guess.confidence == CONFIDENCE["guess"] < REVIEW_BELOW
+    assert "rule 'word_model'" in guess.reasoning
+    assert guess.confidence == CONFIDENCE["word_model"] < REVIEW_BELOW
+    assert guess.summary.startswith("The call most resembles")
     clear = analyze("assistant: Hello.", "user: Wrong number.")
     assert clear.confidence >= REVIEW_BELOW
+
+
+def test_the_word_model_learns_each_speakers_words_and_answers_a_tag_and_status():
+    model = WordModel([
+        Example(((False, "Shall I book it?"), (True, "haan kar do")), "Purchased|WON"),
+        Example(((False, "Shall I book it?"), (True, "chhodo yaar")), "Not_Interested|LOST"),
+        Example(((False, "haan kar do"), (True, "kaun")), "No_Answer|LOST"),
+    ])
+    assert model.predict(((True, "theek hai, kar do"),)) == ("Purchased", "WON")
+    assert model.predict(((True, "arre chhodo"),)) == ("Not_Interested", "LOST")
+    # the agent's words count as the agent's: "haan kar do" said by the agent is the third label's
+    assert model.predict(((False, "haan kar do"),)) == ("No_Answer", "LOST")
 
 
 def test_every_tag_and_status_of_the_labelled_set_is_answered_in_the_analysis_shape():

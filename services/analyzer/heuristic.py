@@ -18,6 +18,7 @@ from datetime import datetime
 from services.analyzer import lexicon as lx
 from services.analyzer.prompt import fit_budget, mask_pii
 from services.analyzer.schema import Analysis
+from services.analyzer.word_model import trained_model
 
 # Longer transcripts keep their start and end, as the LLM's do at the default
 # TRANSCRIPT_CHAR_BUDGET: the heuristic's work stays bounded (a few ms at most).
@@ -48,6 +49,11 @@ FOLLOW_UP = ("follow_up", "CONTACTED", 45)
 NOT_INTERESTED = ("Not_Interested", "LOST", 10)
 WRONG_NUMBER = ("No_Answer", "LOST", 5)
 NOT_REACHED = ("No_Answer", "NEW", 20)
+_OUTCOMES = (PURCHASED, INTERESTED, FOLLOW_UP, NOT_INTERESTED, WRONG_NUMBER, NOT_REACHED,
+             (FOLLOW_UP[0], "QUALIFIED", FOLLOW_UP[2] + 15))
+_NEXT_BY_TAG = {"Purchased": "confirm the booking or order", "Interested": "send details and follow up",
+                "follow_up": "call back", "Not_Interested": "do not call again about this offer",
+                "No_Answer": "try again later"}
 
 # Confidence by deciding rule, set by hand below each rule's hit rate on the labelled set
 # (docs/analysis.md: 90 % and more for the rules that found their words, none of the guesses),
@@ -55,7 +61,8 @@ NOT_REACHED = ("No_Answer", "NEW", 20)
 # AUTO_ASSIGN_MIN_CONFIDENCE (60), so a person reviews those stage moves.
 CONFIDENCE = {"nobody": 90, "machine": 85, "wrong_number": 80, "booking": 80, "refusal": 80,
               "abuse": 80, "callback": 75, "interest": 70, "busy": 55, "consult": 50,
-              "price_objection": 50, "soft_refusal": 50, "machine_shape": 50, "guess": 30}
+              "price_objection": 50, "soft_refusal": 50, "machine_shape": 50, "word_model": 45,
+              "guess": 30}
 _NAMING_QUESTION_WORDS = 6  # "Is it Lakshmi madam speaking?"
 # A call that opens with a long customer turn the customer never follows: a recording.
 RECORDING_WORDS = 8
@@ -250,7 +257,22 @@ def _decide(turns: list[_Turn]) -> _Verdict:
         if last.kind == "soft_refusal":
             return _Verdict(NOT_INTERESTED, "soft_refusal", evidence, "do not call again about this offer")
         return _Verdict(FOLLOW_UP, last.kind, evidence, f"call back {_when(turns[last.turn])}".rstrip())
+    model = trained_model(model_lines)
+    if model is not None:
+        tag, status = model.predict(_lines(turns))
+        outcome = next((o for o in _OUTCOMES if o[:2] == (tag, status)), (tag, status, FOLLOW_UP[2]))
+        return _Verdict(outcome, "word_model", ("no outcome words; the word model's best match",),
+                        _NEXT_BY_TAG.get(tag, "call again to learn what the customer wants"))
     return _Verdict(FOLLOW_UP, "guess", evidence, "call again to learn what the customer wants")
+
+
+def _lines(turns: list[_Turn]) -> tuple[tuple[bool, str], ...]:
+    return tuple((turn.by_customer, turn.text) for turn in turns)
+
+
+def model_lines(transcript: str) -> tuple[tuple[bool, str], ...]:
+    """A transcript as the word model learns it: as the rules read it."""
+    return _lines(_read(transcript)[0])
 
 
 def _events(turns: list[_Turn], spoken: list[int]) -> list[_Event]:
@@ -383,6 +405,12 @@ def _summary(verdict: _Verdict, turns: list[_Turn]) -> str:
         "consult": "The customer wants to consult someone before deciding",
         "interest": f"The customer showed interest in{offer} offer and asked for prices or details",
         "guess": "The customer spoke but gave no clear outcome",
+        "word_model": {"Purchased": "The call most resembles a booking or purchase",
+                       "Interested": "The call most resembles an interested customer",
+                       "follow_up": "The call most resembles a request to call back",
+                       "Not_Interested": "The call most resembles a refusal",
+                       "No_Answer": "The call most resembles one that did not reach the customer",
+                       }.get(verdict.outcome[0], "The customer spoke but gave no clear outcome"),
     }[verdict.rule]
     sentence = f"{what}; next: {verdict.next_step}."
     return sentence if len(sentence) <= SUMMARY_CHARS else sentence[:SUMMARY_CHARS - 3] + "..."
