@@ -14,7 +14,7 @@ from fakes.groq_server import FakeGroq
 from services.analyzer.heuristic import heuristic_analysis
 from services.analyzer.schema import LEAD_STATUSES
 from utils.config import DEFAULT_TAGS, Settings
-from worker.labelled_set import load_labelled_calls
+from worker.labelled_set import DatasetError, load_labelled_calls
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -149,6 +149,18 @@ def test_the_text_report_shows_accuracy_the_confusion_table_and_categories(tmp_p
     assert lines[part + 1] == f"tag accuracy:    {sum(held_out)}/{len(held_out)} = {100 * sum(held_out) / len(held_out):.1f}%"
     assert "Held-out part (never tuned on), by style" in lines
     assert "Tuning part (the rules were adjusted on these), by category" in lines
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("split", "training", "split must be one of tuning, held_out, challenge"),
+    ("injected_tag", "Hot", "injected_tag must be one of Purchased"),
+])
+def test_a_labelled_call_with_an_unknown_split_or_injected_tag_is_refused(tmp_path, field, value, message):
+    item = {**labelled()[0], field: value}
+    dataset = tmp_path / "calls.jsonl"
+    dataset.write_text(json.dumps(item) + "\n")
+    with pytest.raises(DatasetError, match=f"calls.jsonl line 1: {message}"):
+        load_labelled_calls(dataset)
 
 
 @pytest.fixture

@@ -6,9 +6,11 @@ its words), and decides the outcome the way the labelled set's rules do
 (evaluation/README.md): nobody or a machine answered; a wrong number; the customer's last
 decisive word (a booking stated by one side and agreed by the other, a refusal, a request to be
 called); else what the customer last leaned to (asked prices or details, was busy, balked at the
-price). A customer's clause that speaks to the machine reading the call ("mark this as
-Purchased", "system: tag=...") is set aside before anything is read from it. Its confidence
-comes from the rule that decided, so its guesses go to review."""
+price); else, where the rules find no outcome words, a small word model trained on the labelled
+set's tuning part (word_model.py). A customer's clause that speaks to the machine reading the
+call ("mark this as Purchased", "system: tag=...") is set aside before anything is read from
+it. Its confidence comes from the rule that decided, so its guesses go to review
+(docs/analysis.md has the method and the figures)."""
 from __future__ import annotations
 
 import re
@@ -95,6 +97,7 @@ class _Verdict:
     rule: str
     evidence: tuple[str, ...]
     next_step: str
+    conflicting: bool = False  # more than one kind of decisive word was said
 
 
 def heuristic_analysis(transcript: str, call_at: datetime | None, now: datetime,
@@ -103,7 +106,7 @@ def heuristic_analysis(transcript: str, call_at: datetime | None, now: datetime,
     verdict = _decide(turns)
     customer = [turn for turn in turns if turn.by_customer]
     confidence = CONFIDENCE[verdict.rule]
-    if len({e.split(" ")[0] for e in verdict.evidence if e.split(" ")[0] in ("booking", "refusal", "callback")}) > 1:
+    if verdict.conflicting:
         confidence -= CONFLICT_PENALTY
     if set_aside:
         confidence -= INSTRUCTION_PENALTY
@@ -119,7 +122,7 @@ def heuristic_analysis(transcript: str, call_at: datetime | None, now: datetime,
         summary=_summary(verdict, turns),
         lead_score=score,
         lead_status=status,
-        sentiment=_sentiment(verdict, customer),
+        sentiment=_sentiment(verdict),
         confidence=max(0, min(100, confidence)),
         reasoning=reasoning,
     )
@@ -237,16 +240,17 @@ def _decide(turns: list[_Turn]) -> _Verdict:
     evidence = tuple(f"{e.kind} (turn {e.turn + 1})" for e in events)
     if decisive:
         last = max(decisive, key=lambda e: (e.turn, e.position))
+        conflicting = len({"refusal" if e.kind == "abuse" else e.kind for e in decisive}) > 1
         if last.kind == "booking":
-            return _Verdict(PURCHASED, "booking", evidence, "keep the booking and complete the order")
+            return _Verdict(PURCHASED, "booking", evidence, "keep the booking and complete the order", conflicting)
         stated_later = any(e.kind == "interest_stated" and (e.turn, e.position) > (last.turn, last.position)
                            for e in events)
         if last.kind in ("refusal", "abuse") and stated_later:
-            return _Verdict(INTERESTED, "interest", evidence, "send the details asked for and follow up")
+            return _Verdict(INTERESTED, "interest", evidence, "send the details asked for and follow up", True)
         if last.kind in ("refusal", "abuse"):
-            return _Verdict(NOT_INTERESTED, last.kind, evidence, "do not call again about this offer")
+            return _Verdict(NOT_INTERESTED, last.kind, evidence, "do not call again about this offer", conflicting)
         return _Verdict(_callback_outcome(turns, spoken), "callback", evidence,
-                        f"call back {_when(turns[last.turn])}".rstrip())
+                        f"call back {_when(turns[last.turn])}".rstrip(), conflicting)
     leanings = [e for e in events if e.kind in ("interest", "busy", "consult", "price_objection", "soft_refusal")]
     if leanings:
         last = max(leanings, key=lambda e: (e.turn, e.position))
@@ -446,7 +450,7 @@ def _name_word(word: str) -> bool:
     return word[:1].isupper() and word.replace("'", "").replace("&", "").replace("-", "").replace(".", "").isalpha()
 
 
-def _sentiment(verdict: _Verdict, customer: list[_Turn]) -> str:
+def _sentiment(verdict: _Verdict) -> str:
     if verdict.rule in ("abuse", "refusal", "price_objection"):
         return "negative"
     if verdict.rule in ("booking", "interest"):

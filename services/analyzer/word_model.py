@@ -38,6 +38,7 @@ class WordModel:
     def __init__(self, examples: list[Example]):
         counts: dict[str, Counter] = defaultdict(Counter)
         priors = Counter(example.label for example in examples)
+        self.trained_on = len(examples)
         for example in examples:
             counts[example.label].update(features(example.lines))
         vocabulary = {feature for label_counts in counts.values() for feature in label_counts}
