@@ -117,7 +117,9 @@ def render_report(report: dict) -> str:
         "By style",
         _group_table("style", report["byStyle"]),
     ]
-    for split, part in report["bySplit"].items():
+    # A set of one part (e.g. --dataset without `split`) is the whole set, shown above.
+    parts = report["bySplit"].items() if len(report["bySplit"]) > 1 else ()
+    for split, part in parts:
         title = SPLIT_TITLES[split]
         lines += ["", f"{title}: {part['calls']} calls",
                   f"tag accuracy:    {_ratio(part['tag']['correct'], part['calls'])}",
