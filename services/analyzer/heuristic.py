@@ -32,7 +32,7 @@ _SENTENCE_END = re.compile(r"[.!?]")
 _CASED_WORD = re.compile(r"[A-Za-z_]+")
 _CUSTOMER_BOOK = lx.PhraseBook(lx.CUSTOMER_PHRASES, priority=(
     lx.REFUSE, lx.WRONG_NUMBER, lx.MACHINE, lx.PAYMENT, lx.ACCEPT, lx.CALLBACK, lx.ABUSE,
-    lx.PRICE_OBJECTION, lx.BUSY, lx.CONSULT, lx.NOT_THAT_PERSON, lx.INTEREST))
+    lx.PRICE_OBJECTION, lx.SOFT_REFUSAL, lx.BUSY, lx.CONSULT, lx.NOT_THAT_PERSON, lx.INTEREST))
 _AGENT_BOOK = lx.PhraseBook(lx.AGENT_PHRASES, priority=(lx.AGENT_PROPOSAL, lx.AGENT_DONE, lx.AGENT_ASKS_FOR))
 NEGATION_WINDOW = 3  # words between a negation and the buying word it negates
 AFFIRMATION_WINDOW = 3  # a yes opens the answer: within its first words
@@ -58,9 +58,9 @@ _NEXT_BY_TAG = {"Purchased": "confirm the booking or order", "Interested": "send
                 "No_Answer": "try again later"}
 
 # Confidence by deciding rule, set by hand below each rule's hit rate on the labelled set
-# (docs/analysis.md: 90 % and more for the rules that found their words, none of the guesses),
-# because real calls are messier than written ones. The weak leanings and the guess sit below
-# AUTO_ASSIGN_MIN_CONFIDENCE (60), so a person reviews those stage moves.
+# (docs/analysis.md), because real calls are messier than written ones. The weak leanings, the
+# word model and the bare guess sit below AUTO_ASSIGN_MIN_CONFIDENCE (60), so a person reviews
+# those stage moves.
 CONFIDENCE = {"nobody": 90, "machine": 85, "wrong_number": 80, "booking": 80, "refusal": 80,
               "abuse": 80, "callback": 75, "interest": 70, "busy": 55, "consult": 50,
               "price_objection": 50, "soft_refusal": 50, "machine_shape": 50, "word_model": 45,
@@ -86,7 +86,8 @@ class _Turn:
 
 @dataclass(frozen=True)
 class _Event:
-    kind: str  # booking | refusal | abuse | callback | interest | busy | consult | price_objection
+    kind: str  # booking | refusal | abuse | callback (decisive); interest | interest_stated |
+    # busy | consult | price_objection | soft_refusal (leanings)
     turn: int
     position: int  # word index within the turn
 
