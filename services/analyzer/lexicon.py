@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 _WORD = re.compile(r"[a-z0-9]+")
+_PREFIX_KEY = 3
 ANY_WORD, PREFIX = "_", "*"
 
 # -- what the customer says -------------------------------------------------------------------
@@ -294,14 +295,18 @@ class PhraseBook:
 
     def __init__(self, phrases: dict[str, tuple[str, ...]], priority: tuple[str, ...] = ()):
         self._by_first: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
-        self._open_start: list[tuple[str, tuple[str, ...]]] = []  # phrases starting with _ or a prefix
+        # phrases whose first word is a prefix ("venaam*"), by its first _PREFIX_KEY letters
+        self._by_prefix: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        self._open_start: list[tuple[str, tuple[str, ...]]] = []  # phrases starting with _
         self._rank = {label: n for n, label in enumerate(priority)}
         for label, texts in phrases.items():
             for text in texts:
                 tokens = tuple(text.split())
                 first = tokens[0]
-                if first == ANY_WORD or first.endswith(PREFIX):
+                if first == ANY_WORD or (first.endswith(PREFIX) and len(first) <= _PREFIX_KEY):
                     self._open_start.append((label, tokens))
+                elif first.endswith(PREFIX):
+                    self._by_prefix.setdefault(first[:_PREFIX_KEY], []).append((label, tokens))
                 else:
                     self._by_first.setdefault(first, []).append((label, tokens))
 
@@ -310,7 +315,8 @@ class PhraseBook:
         first (so "dont call" is a refusal, not a callback)."""
         found = []
         for i, token in enumerate(tokens):
-            for candidates in (self._by_first.get(token, ()), self._open_start):
+            for candidates in (self._by_first.get(token, ()), self._by_prefix.get(token[:_PREFIX_KEY], ()),
+                               self._open_start):
                 for label, phrase in candidates:
                     if _matches(tokens, i, phrase):
                         found.append(Match(label, i, i + len(phrase)))
