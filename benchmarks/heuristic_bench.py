@@ -11,7 +11,7 @@ from datetime import datetime
 from services.analyzer.heuristic import MAX_CHARS, heuristic_analysis, model_lines
 from services.analyzer.word_model import trained_model
 from utils.config import DEFAULT_TAGS
-from worker.labelled_set import load_labelled_calls
+from services.analyzer.labelled_set import load_labelled_calls
 
 NOW = datetime(2026, 12, 1)
 REPEATS = {False: 20, True: 3}  # full run, --quick

@@ -14,7 +14,7 @@ from fakes.groq_server import FakeGroq
 from services.analyzer.heuristic import heuristic_analysis
 from services.analyzer.schema import LEAD_STATUSES
 from utils.config import DEFAULT_TAGS, Settings
-from worker.labelled_set import DatasetError, load_labelled_calls
+from services.analyzer.labelled_set import DatasetError, load_labelled_calls
 
 pytestmark = pytest.mark.timeout(90)
 

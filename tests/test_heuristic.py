@@ -8,7 +8,7 @@ from services.analyzer.heuristic import CONFIDENCE, MAX_CHARS, heuristic_analysi
 from services.analyzer.schema import LEAD_STATUSES, SENTIMENTS
 from services.analyzer.word_model import Example, WordModel, trained_model
 from utils.config import DEFAULT_TAGS
-from worker.labelled_set import load_labelled_calls
+from services.analyzer.labelled_set import load_labelled_calls
 
 NOW = datetime(2026, 12, 1, 10, 0)
 REVIEW_BELOW = 60  # AUTO_ASSIGN_MIN_CONFIDENCE's default: below it, a person reviews

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from services.analyzer.schema import LEAD_STATUSES, Usage
 from utils.table import format_table
-from worker.labelled_set import LABEL_TAGS, SPLITS, LabelledCall
+from services.analyzer.labelled_set import LABEL_TAGS, SPLITS, LabelledCall
 
 FAILED = "(failed)"  # the predicted column of calls the analyzer gave no answer for
 NO_TAG = "(none)"  # the heuristic's tag when its rule's tag is not configured

@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Callable
 
+from services.analyzer.labelled_set import DatasetError, load_labelled_calls
 from services.analyzer.lexicon import words
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,6 @@ def trained_model(read: Callable[[str], tuple[tuple[bool, str], ...]]) -> WordMo
 
 
 def _train(read: Callable[[str], tuple[tuple[bool, str], ...]]) -> WordModel | None:
-    # The labelled set's reader lives with `main.py evaluate`; imported here only when needed.
-    from worker.labelled_set import DatasetError, load_labelled_calls
-
     try:
         calls = [call for call in load_labelled_calls() if call.split == TRAINING_SPLIT]
     except DatasetError as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 from services.analyzer.schema import LEAD_STATUSES
 from utils.config import DEFAULT_TAGS
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "evaluation" / "labelled_calls.jsonl"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "evaluation" / "labelled_calls.jsonl"
 # The set is labelled with the default tags; evaluate asks the analyzer for these.
 LABEL_TAGS = DEFAULT_TAGS
 _FIELDS = ("id", "style", "category", "transcript", "expected_tag", "expected_status")
