@@ -53,6 +53,15 @@ def mongo():
 
 
 @pytest.fixture
+def whole_db(mongo):
+    """The database itself, indexed, as the code that serves every account sees it (the accounts
+    list, the tenant schedule, the LLM quota: collections no account's view reaches)."""
+    database = HookedClient(mongo)[TEST_DB]
+    ensure_indexes(database)
+    return database
+
+
+@pytest.fixture
 def db(mongo):
     """The test database, indexed as the daemon indexes it; each operation runs whole, as on a
     server (fakes.mongo_hooks), since the code under test shares it across threads."""

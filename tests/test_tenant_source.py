@@ -46,6 +46,12 @@ def ids(tenant_list):
 # ---- reading the accounts from the database (again on a real server: test_mongodb_integration_tenants.py)
 
 class TestSourceOnDatabase:
+    @pytest.fixture
+    def db(self, whole_db):
+        """The database itself: the accounts are read by what serves every account, never through
+        one account's view (which refuses the accounts collection)."""
+        return whole_db
+
     def test_the_default_filter_serves_active_and_trial_accounts_that_have_a_key(self, db):
         db.users.insert_many([
             account("active"), account("trial", status="trial"), account("cancelled", status="cancelled"),
