@@ -86,6 +86,12 @@ def test_ids_made_from_shared_values_are_unique_per_account_and_unchanged_for_on
         CUSTOMER_CALLS].local_id("call-1")
 
 
+@pytest.mark.parametrize("tenant_id", ["acme:", 7, ""])
+def test_no_view_for_an_id_whose_records_ids_could_meet_another_accounts(raw, tenant_id):
+    with pytest.raises(TenantScopeError, match="_id must"):
+        tenant_view(raw, tenant_id)
+
+
 def test_the_single_account_sees_the_documents_written_before_accounts_existed(raw):
     raw[CUSTOMERS].insert_one({"phone": "+919876543210", "name": "Ravi"})  # no userId: an older version
     assert tenant_view(raw, None)[CUSTOMERS].find_one({"phone": "+919876543210"})["name"] == "Ravi"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Iterable, Mapping
 
+from bson import ObjectId
 from pymongo import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
 
 TENANT_FIELD = "userId"
@@ -70,6 +71,8 @@ class TenantDatabase:
     database itself, by the code that serves every account)."""
 
     def __init__(self, db, tenant_id: Any, scoped: Iterable[str]):
+        if (problem := account_id_problem(tenant_id)) is not None:
+            raise TenantScopeError(f"account {tenant_id!r}: {problem}")
         self._db = db
         self.tenant_id = tenant_id
         self._scoped = frozenset(scoped)
@@ -111,11 +114,29 @@ class TenantDatabase:
         return local_id(self.tenant_id, value)
 
 
+LOCAL_ID_SEPARATOR = ":"
+
+
 def local_id(tenant_id: Any, value: str) -> str:
     """An `_id` made from a value that two accounts may share (a call id, a number's digest):
     unique across accounts by the tenant's id in front; unchanged in single-account mode, so the
-    documents a database already holds keep their ids."""
-    return value if tenant_id is None else f"{tenant_id}:{value}"
+    documents a database already holds keep their ids. One (account, value) pair per id: the
+    account's spelling holds no separator (`account_id_problem`), so the first one ends it, and no
+    two accounts share a spelling (TenantSource); the stored ids keep the form they always had."""
+    return value if tenant_id is None else f"{tenant_id}{LOCAL_ID_SEPARATOR}{value}"
+
+
+def account_id_problem(tenant_id: Any) -> str | None:
+    """Why `tenant_id` cannot be an account's id, or None: an ObjectId, or a string without the
+    separator of `local_id` (with one, "acme" + ":x" and "acme:" + "x" would be one id). Other
+    types are refused too: their spelling may be a string's (5 and "5")."""
+    if tenant_id is None or isinstance(tenant_id, ObjectId):
+        return None
+    if not isinstance(tenant_id, str) or not tenant_id:
+        return "_id must be an ObjectId or a non-empty string"
+    if LOCAL_ID_SEPARATOR in tenant_id:
+        return f"_id must not contain {LOCAL_ID_SEPARATOR!r}: it ends the account's part of its records' ids"
+    return None
 
 
 class ScopedCollection:
