@@ -137,7 +137,7 @@ def _number(value: Any) -> float | None:
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # an integer past a float: JSON allows it
         return None
     return number if number == number and abs(number) != float("inf") else None
 

@@ -21,7 +21,10 @@ RAISED_LIMITS = {"listing": 50_000, "other": 100_000}
 # Property tests check behaviour, not speed (that is for benchmarks): no per-example deadline,
 # which a loaded CI machine would otherwise turn into random failures.
 hypothesis_settings.register_profile("callsync", deadline=None)
-hypothesis_settings.load_profile("callsync")
+# CALLSYNC_HYPOTHESIS_PROFILE=long: the fuzz tests (tests/hostile_inputs.py `examples`) and every
+# property test without its own count run this many examples instead of their bounded default.
+hypothesis_settings.register_profile("long", parent=hypothesis_settings.get_profile("callsync"), max_examples=2_000)
+hypothesis_settings.load_profile(os.environ.get("CALLSYNC_HYPOTHESIS_PROFILE") or "callsync")
 
 
 def _configured_server() -> str:
