@@ -14,6 +14,7 @@ from services.database import ensure_indexes, tenant_view
 from tests.helpers import requeue
 from worker.app import build_analysis
 from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL, LlmUnavailable
+from services.analyzer.heuristic import CONFIDENCE
 from services.run_records import RunRecorder
 from utils.clock import utcnow
 from utils.config import ExtraField, Settings
@@ -176,7 +177,8 @@ def test_a_failed_attempt_is_final_and_falls_back_to_the_heuristic(fake, db, set
     assert call(db, "c1")["processed"]
     assert analysis["status"] == "failed" and error in analysis["error"]
     assert analysis["usedFallback"] and analysis["model"] == "heuristic"
-    assert 15 <= analysis["leadScore"] <= 80 and analysis["confidence"] == 60
+    # The generated calls ask prices and details: the heuristic's 'interest' rule.
+    assert 15 <= analysis["leadScore"] <= 80 and analysis["confidence"] == CONFIDENCE["interest"]
     assert analysis["reasoning"].startswith("Heuristic")
     assert db.contacts.find_one({"phone": PHONE})["leadScore"] == analysis["leadScore"]
     assert db.activities.find_one({"callId": "c1"})["usedFallback"] is True
