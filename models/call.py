@@ -5,7 +5,7 @@ from datetime import datetime
 
 from pymongo import UpdateOne
 
-from models.execution import Execution
+from models.execution import FUTURE_TOLERANCE, Execution
 from utils.phone import Phone
 
 # What TRANSCRIPT_RETENTION_DAYS removes from an old call: what was said, the recording, and the raw
@@ -71,17 +71,21 @@ def call_upsert(execution: Execution, now: datetime, *, with_transcript: bool = 
     return UpdateOne(
         {"callId": execution.id},
         # `$project` exclusion, not the `$unset` stage: same effect, and mongomock knows it.
-        [{"$set": {TAKE: _newer_or_same(execution)}}, {"$set": stage}, {"$project": {TAKE: 0}}],
+        [{"$set": {TAKE: _newer_or_same(execution, now)}}, {"$set": stage}, {"$project": {TAKE: 0}}],
         upsert=True,
     )
 
 
-def _newer_or_same(execution: Execution) -> dict | bool:
+def _newer_or_same(execution: Execution, now: datetime) -> dict | bool:
     """True on the server unless the stored call is further along than `execution`: final while
     it is not, or updated at Bolna after it. Equal times take it, so a re-sync stays a write.
+    A stored time further ahead of `now` than Bolna's clock can be (stored before such times were
+    refused) outranks nothing: it would freeze the call for ever.
     `$eq: false`, not `$not`: mongomock evaluates `{$not: [x]}` wrongly."""
     stored_final = {"$eq": ["$terminal", True]}
-    stored_newer = ({"$gt": [{"$ifNull": ["$bolnaUpdatedAt", EPOCH]}, execution.updated_at]}
+    stored_time = {"$ifNull": ["$bolnaUpdatedAt", EPOCH]}
+    stored_newer = ({"$and": [{"$gt": [stored_time, execution.updated_at]},
+                              {"$lte": [stored_time, now + FUTURE_TOLERANCE]}]}
                     if execution.updated_at is not None else False)
     if execution.terminal:
         behind = {"$and": [stored_final, stored_newer]} if stored_newer is not False else False

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from models.extraction import Extraction, clean_text, plain, read_extraction, storable
-from utils.clock import naive_utc, to_millis
+from utils.clock import naive_utc, to_millis, utcnow
 from utils.phone import DEFAULT_REGION, Phone, missing_number_reason, normalize_phone
 
 TERMINAL_STATUSES = frozenset({
@@ -91,10 +91,29 @@ class Execution:
         return self.status == "completed" and (self.duration or 0) > 0 and not self.voicemail
 
 
+# How far ahead of this server's clock a time Bolna sends may be: clocks drift by seconds; a call
+# dated days ahead is a wrong record, and its `updated_at` would outrank every real update.
+FUTURE_TOLERANCE = timedelta(days=1)
+
+
+class UnusableTime(ValueError):
+    """A time written correctly that cannot be used: not representable, or too far ahead."""
+
+
 def parse_time(value: Any) -> datetime | None:
-    """ISO 8601 as Bolna writes it (`2026-06-07T10:00:00.123Z`, sometimes without zone) -> naive UTC.
+    """ISO 8601 as Bolna writes it (`2026-06-07T10:00:00.123Z`, sometimes without zone) -> naive UTC;
+    None when there is none, or it is not a time, or it cannot be represented.
 
     Naive UTC because that is what pymongo hands back, so stored and fresh values compare."""
+    try:
+        return read_time(value)
+    except UnusableTime:
+        return None
+
+
+def read_time(value: Any, latest: datetime | None = None) -> datetime | None:
+    """`parse_time`, but a time that cannot be represented in UTC ("0001-01-01T00:00:00+01:00"),
+    or lies after `latest`, raises UnusableTime saying why."""
     if not isinstance(value, str) or not value.strip():
         return None
     text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
@@ -102,8 +121,15 @@ def parse_time(value: Any) -> datetime | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         return None
-    # MongoDB stores milliseconds; truncating here keeps re-syncs byte-identical.
-    return to_millis(naive_utc(moment))
+    try:
+        # MongoDB stores milliseconds; truncating here keeps re-syncs byte-identical.
+        moment = to_millis(naive_utc(moment))
+    except OverflowError:
+        raise UnusableTime(f"{value.strip()[:40]!r} is outside the years 1-9999 in UTC") from None
+    if latest is not None and moment > latest:
+        raise UnusableTime(f"{value.strip()[:40]!r} is more than {FUTURE_TOLERANCE.total_seconds() / 3600:g} "
+                           "hours ahead of this server's clock")
+    return moment
 
 
 def _number(value: Any) -> float | None:
@@ -111,7 +137,7 @@ def _number(value: Any) -> float | None:
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # an integer past a float: JSON allows it
         return None
     return number if number == number and abs(number) != float("inf") else None
 
@@ -139,9 +165,10 @@ def execution_id(payload: dict) -> str | None:
     return str(raw_id).strip()[:200]
 
 
-def parse_execution(payload: Any, region: str = DEFAULT_REGION) -> Execution:
-    """Read one execution; raises MalformedExecution when it cannot be identified or dated.
-    `region`: where numbers written without a country code are from."""
+def parse_execution(payload: Any, region: str = DEFAULT_REGION, now: datetime | None = None) -> Execution:
+    """Read one execution; raises MalformedExecution when it cannot be identified or dated, or
+    when a time it carries cannot be used (see `read_time`). `region`: where numbers written
+    without a country code are from; `now`: this server's time (naive UTC), by default the clock's."""
     if not isinstance(payload, dict):
         raise MalformedExecution(f"execution is a {type(payload).__name__}, not an object",
                                  code="not_an_object")
@@ -151,9 +178,11 @@ def parse_execution(payload: Any, region: str = DEFAULT_REGION) -> Execution:
     if storable(call_id) != call_id:
         # Changing it would store the call under an id Bolna does not know.
         raise MalformedExecution("execution id is not valid text", code="bad_id")
-    created_at = parse_time(payload.get("created_at"))
+    latest = (now or utcnow()) + FUTURE_TOLERANCE
+    created_at = _checked_time(payload, "created_at", latest, call_id)
     if created_at is None:
         raise MalformedExecution("execution has no valid created_at", call_id, code="missing_created_at")
+    updated_at = _checked_time(payload, "updated_at", latest, call_id)
     telephony = payload.get("telephony_data")
     telephony = telephony if isinstance(telephony, dict) else {}
     extraction, extracted_error = _read_extracted(payload.get("extracted_data"))
@@ -172,7 +201,7 @@ def parse_execution(payload: Any, region: str = DEFAULT_REGION) -> Execution:
         agent_id=clean_text(payload.get("agent_id")),
         status=(clean_text(payload.get("status")) or "unknown").lower(),
         created_at=created_at,
-        updated_at=parse_time(payload.get("updated_at")),
+        updated_at=updated_at,
         batch_id=clean_text(payload.get("batch_id")),
         duration=duration,
         cost_cents=_number(payload.get("total_cost")),
@@ -193,6 +222,13 @@ def parse_execution(payload: Any, region: str = DEFAULT_REGION) -> Execution:
         hangup_by=clean_text(telephony.get("hangup_by")),
         answered_by_voice_mail=voicemail if isinstance(voicemail, bool) else None,
     )
+
+
+def _checked_time(payload: dict, name: str, latest: datetime, call_id: str) -> datetime | None:
+    try:
+        return read_time(payload.get(name), latest)
+    except UnusableTime as exc:
+        raise MalformedExecution(f"execution {name} {exc}", call_id, code="unusable_time") from None
 
 
 def _raw_number(value: Any) -> str | None:

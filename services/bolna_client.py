@@ -129,6 +129,8 @@ class BolnaClient:
             return response.json(), _read_no_earlier_than(response)
         except ValueError:
             raise BolnaError(f"Bolna sent a body that is not valid JSON on {path}") from None
+        except RecursionError:  # nesting deeper than the parser's stack: not a page we can split
+            raise BolnaError(f"Bolna sent a body nested too deep to read on {path}") from None
 
     def _send(self, method: str, path: str, **request) -> requests.Response:
         """One request, in its turn under the pace: a refused key raises BolnaAuthError, any

@@ -84,6 +84,10 @@ _INDEXES: dict[str, list[IndexModel]] = {
         # The analyzer's queue: unprocessed terminal calls, oldest first.
         _named(QUEUE_INDEX_KEYS, name="analysis_queue"),
         _tenant_index(("customerPhone", ASCENDING), name="customerPhone"),
+        # An erasure: the calls holding the number on either side, the customer's or not (a call
+        # without `call_type` is taken as outbound: its caller is only in `fromNumber`).
+        _tenant_index(("fromNumber", ASCENDING), name="fromNumber"),
+        _tenant_index(("toNumber", ASCENDING), name="toNumber"),
         _UPDATED,
         # Retention (services/privacy/retention.py): whole calls by age, and the calls still
         # holding a transcript by age (those stripped carry `transcriptRemovedAt` and are out of

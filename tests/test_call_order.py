@@ -3,7 +3,8 @@ any order, and the stored call keeps the furthest one (final over unfinished, th
 `updated_at`). Written through the app's own CallWriter, on mongomock here and on the wire server
 in tests/test_mongodb_integration_webhooks.py."""
 import time
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -124,3 +125,14 @@ def test_values_that_look_like_field_paths_are_stored_as_sent(app):
     write(app, state("c-10", "completed", 3, transcript="$transcript", summary="$$ROOT"))
     call = stored(app, "c-10")
     assert (call["transcript"], call["bolnaSummary"]) == ("$transcript", "$$ROOT")
+
+
+def test_an_updated_at_far_in_the_future_stored_before_blocks_no_later_update(app):
+    """A year-9999 `updated_at` stored before such times were refused (issue 25) would outrank every
+    real update for ever: a stored time further ahead than Bolna's clock can be outranks nothing."""
+    frozen = replace(parse_execution(state("c-9", "completed", 1), "IN"), updated_at=datetime(9999, 12, 31))
+    app.call_writer.write([frozen], RunRecorder("call_processor"), AGENT["id"])
+    write(app, state("c-9", "completed", 3, total_cost=7.0))  # Bolna's cost, final a little later
+    assert stored(app, "c-9")["costCents"] == 7.0
+    write(app, state("c-9", "completed", 2, total_cost=1.0))  # and the order holds again after it
+    assert stored(app, "c-9")["costCents"] == 7.0

@@ -1,6 +1,7 @@
-"""Retention and erasure again on a real server (tests.real_mongo): the sweeps, the suppression
-checks and the retention batches through a server's own updates, deletes and index plans; plus
-`main.py forget` as a user runs it, in its own process."""
+"""Retention and erasure (tests/test_privacy.py, tests/test_erasure_everywhere.py) again on a real
+server (tests.real_mongo): the sweeps, the suppression checks and the retention batches through a
+server's own updates, deletes and index plans; plus `main.py forget` as a user runs it, in its own
+process."""
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from tests.conftest import TEST_DB
 from tests.helpers import AGENT, build_app
 from tests.real_mongo import mongo  # noqa: F401 - the fixture, on the server
 from tests.test_privacy import *  # noqa: F401,F403 - collected again, on the server
+from tests.test_erasure_everywhere import *  # noqa: F401,F403 - collected again, on the server
 from tests.test_privacy import DIGITS, KEY, assert_person_gone, person_and_others, sync
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -108,7 +108,7 @@ def test_forget_finds_every_spelling_in_every_collection(serve, db):
     removed = forget(db, normalize_phone("0091-98765-43210", "IN"), PhoneHasher(KEY))
 
     assert removed == {"customers": 2, "customerCalls": 3, "calls": 4, "contacts": 2, "activities": activities,
-                       "stageReviews": 0, "followUps": 2}
+                       "stageReviews": 0, "followUps": 2, "webhookInbox": 0}
     assert_person_gone(db)
     assert others(db, person_calls) == before_others
     calls = {c["callId"]: c for c in db[CALLS].find({"callId": {"$in": sorted(person_calls)}})}
@@ -142,7 +142,8 @@ def test_a_second_forget_changes_nothing(serve, db):
     forget(db, PERSON, PhoneHasher(KEY))
     before = dump(db, _COLLECTIONS + (SUPPRESSIONS, ERASURES))
     assert forget(db, normalize_phone("9876543210", "IN"), PhoneHasher(KEY)) == dict.fromkeys(
-        ("customers", "customerCalls", "calls", "contacts", "activities", "stageReviews", "followUps"), 0)
+        ("customers", "customerCalls", "calls", "contacts", "activities", "stageReviews", "followUps",
+         "webhookInbox"), 0)
     assert dump(db, _COLLECTIONS + (SUPPRESSIONS, ERASURES)) == before
 
 

@@ -3,10 +3,10 @@ from datetime import datetime
 
 import pytest
 
-from fakes.dataset import generate
+from fakes.dataset import generate, iso
 from services.database import CALLS, CUSTOMERS, SYNC_STATE
 from tests.faults import customer_call_ids
-from tests.helpers import AGENT, build_app, execution
+from tests.helpers import AGENT, build_app, execution, now_utc
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,7 +48,7 @@ def test_changed_call_is_updated_in_place_and_keeps_its_analysis(serve, db):
     bolna, app = serve([record])
     app.run_job("call_processor")
     analysis = db[CALLS].find_one({"callId": "c-1"})["analysis"]
-    bolna.update_execution("c-1", total_cost=9.0, updated_at="2099-01-01T00:00:00.000Z")
+    bolna.update_execution("c-1", total_cost=9.0, updated_at=iso(now_utc()))
     assert app.run_job("call_processor", full=True)["counts"]["updated"] == 1
     call = db[CALLS].find_one({"callId": "c-1"})
     assert call["costCents"] == 9.0 and call["processed"] is True and call["analysis"] == analysis

@@ -17,13 +17,20 @@ from utils.phone import mask_phone
 # Fields a caller may attach with `extra=` that belong in a structured line.
 CONTEXT_FIELDS = ("job", "run_id", "event", "agent_id", "call_id", "counts", "status")
 
+# Every pattern here runs in linear time on any text (tests/test_regex_bounds.py): a log line
+# can quote what a caller sent.
 # A run of digits with the separators people write numbers with ("+91 98765 43210",
-# "(415) 555-2671", "9876543210"); masked when it holds 10 to 15 digits and is not a date.
-_PHONE_LIKE = re.compile(r"(?<![\w.:/-])\+?\(?\d[\d ().-]{6,}\d(?![\w:-])")
+# "(415) 555-2671", "9876543210"), not inside a word, a path or a time; masked when it holds 10
+# to 15 digits and is not a date. The pattern takes the whole run and `_mask_if_phone` finds where
+# the number ends: a pattern backtracking to that end, tried from every digit of a run such as
+# "1- 1- 1- ...", rescans the rest of the run each time (quadratic).
+_NUMBER_RUN = re.compile(r"(?<![\w.:/-])\+?\(?\d[\d ().-]*")
+_NUMBER_MIN_LENGTH = 8  # from the first digit to the last, separators included
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\"]+")
-# user:password@ in a URL, e.g. a MongoDB URI quoted by a driver error.
-_URL_CREDENTIALS = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+# user:password@ in a URL, e.g. a MongoDB URI quoted by a driver error. The scheme starts only
+# where a run of its characters starts, for the same reason as `_NUMBER_RUN`.
+_URL_CREDENTIALS = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z0-9+.-]+://)[^/\s@]+@")
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -32,13 +39,29 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
         text = text.replace(secret, "***")
     text = _BEARER.sub(r"\1***", text)
     text = _URL_CREDENTIALS.sub(r"\1***@", text)
-    return _PHONE_LIKE.sub(_mask_if_phone, text)
+    return _NUMBER_RUN.sub(_mask_if_phone, text)
 
 
 def _mask_if_phone(match: re.Match) -> str:
-    text = match.group(0)
-    digits = sum(ch.isdigit() for ch in text)
-    return mask_phone(text) if 10 <= digits <= 15 and not _DATE.match(text) else text
+    """The run with the number at its start masked. The number ends at the run's last digit that
+    no word character, ':' or '-' follows (an id such as "12345678-ab" is not a number)."""
+    run = match.group(0)
+    following = match.string[match.end():match.end() + 1]
+    end = len(run)
+    while end > 0 and not (run[end - 1].isdecimal() and not _continues_word(following)):
+        following = run[end - 1]
+        end -= 1
+    first_digit = next(index for index, ch in enumerate(run) if ch.isdecimal())
+    text = run[:end]
+    if end - first_digit < _NUMBER_MIN_LENGTH:
+        return run
+    digits = sum(ch.isdecimal() for ch in text)
+    number = mask_phone(text) if 10 <= digits <= 15 and not _DATE.match(text) else text
+    return number + run[end:]
+
+
+def _continues_word(ch: str) -> bool:
+    return ch != "" and (ch.isalnum() or ch in "_:-")
 
 
 class RedactingFilter(logging.Filter):

@@ -83,7 +83,8 @@ def build_batch_api(db: Database, settings: Settings, owner: str, analysis: Anal
 def build_writers(db: Database, settings: Settings) -> AccountWriters:
     """One account's call and customer writers (`db`: its view), behind its suppression list:
     the poll's, and the webhook processor's for the account's deliveries."""
-    guard = PrivacyGuard(SuppressionList(db, hasher_for(settings.privacy_hash_key)), Eraser(db))
+    guard = PrivacyGuard(SuppressionList(db, hasher_for(settings.privacy_hash_key)),
+                         Eraser(db, settings.default_phone_region))
     return AccountWriters(CallWriter(db, guard, retention_policy(settings)),
                           CustomerWriter(db, StatusRanks(settings.status_precedence), guard),
                           settings.default_phone_region)

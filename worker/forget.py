@@ -16,6 +16,7 @@ _MEANING = {
     "contacts": "deleted", "activities": "deleted (status changes, AI decisions, stage moves)",
     "stageReviews": "deleted (stage suggestions waiting for a person)",
     "followUps": "no longer fetched by id",
+    "webhookInbox": "deleted (webhook deliveries waiting to be processed)",
 }
 
 
@@ -45,10 +46,10 @@ def run_forget(settings: Settings, db: Database, phone: Phone, *, dry_run: bool)
     """Erase (or, `dry_run`, count) and return the report to print."""
     shown = mask_phone(phone.key)
     if dry_run:
-        counts = Eraser(db).find(phone).counts()
+        counts = Eraser(db, settings.default_phone_region).find(phone).counts()
         header = f"{shown}: dry run, nothing changed. An erasure would affect:"
     else:
-        counts = forget(db, phone, require_hasher(hasher_for(settings.privacy_hash_key)))
+        counts = forget(db, phone, require_hasher(hasher_for(settings.privacy_hash_key)), settings.default_phone_region)
         header = (f"{shown}: erased, and on the suppression list: later syncs skip this number."
                   + ("" if any(counts.values()) else " Nothing was left to remove."))
     rows = [[name, counts[name], _MEANING[name]] for name in COLLECTIONS]

@@ -3,15 +3,24 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Callable
 
 from models.pipeline import Pipeline
 from services.analyzer.schema import LEAD_STATUSES, SENTIMENTS
 from utils.config import ExtraField, Settings
 
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# Masking runs in linear time on any text (tests/test_regex_bounds.py). An address is found from
+# its "@" (the domain by this pattern, the local part by a scan to the left, `_mask_emails`): a
+# pattern for the whole address, tried from every letter of a long word, rescans the rest of the
+# word each time, quadratic in its length.
+_EMAIL_DOMAIN = re.compile(r"@[\w-]+(?:\.[\w-]+)+")
 # Eight or more digits, optionally "+"-prefixed and split by spaces, dots, dashes or brackets
 # ("+91 (987) 654-3210"). Prices ("25000", "1,50,000") stay readable: commas end a match.
+# Separators and digits are disjoint classes, so each character has one way to be matched.
 _PHONE = re.compile(r"\+?\d(?:[\s().-]{0,2}\d){7,}")
+# Masking each kept end of a cut transcript with this much text past the cut: a number or an
+# address across the cut is whole when masked, and no fragment of it reaches the LLM.
+_CUT_MARGIN = 256
 
 PHONE_MASK = "[phone]"
 EMAIL_MASK = "[email]"
@@ -19,22 +28,46 @@ EMAIL_MASK = "[email]"
 
 def mask_pii(text: str) -> str:
     """Phone numbers and e-mail addresses replaced by placeholders; the LLM needs neither."""
-    return _PHONE.sub(PHONE_MASK, _EMAIL.sub(EMAIL_MASK, text))
+    return _PHONE.sub(PHONE_MASK, _mask_emails(text))
 
 
-def fit_budget(text: str, budget: int) -> str:
-    """At most `budget` characters of transcript: the start (what the customer wanted) and the
-    end (how the call ended) are kept, the middle is cut."""
+def _mask_emails(text: str) -> str:
+    """Each `local@domain.tld` replaced; the local part is the run of `[\\w.+-]` before the "@",
+    never reaching into the address masked before it."""
+    parts = []
+    done = 0
+    for match in _EMAIL_DOMAIN.finditer(text):
+        start = match.start()
+        while start > done and _in_local_part(text[start - 1]):
+            start -= 1
+        if start < match.start():
+            parts += [text[done:start], EMAIL_MASK]
+            done = match.end()
+    parts.append(text[done:])
+    return "".join(parts)
+
+
+def _in_local_part(ch: str) -> bool:
+    return ch.isalnum() or ch in "_.+-"
+
+
+def fit_budget(text: str, budget: int, mask: Callable[[str], str] = lambda part: part) -> str:
+    """At most `budget` characters of transcript (about: `mask` may lengthen a short address),
+    `mask`ed: the start (what the customer wanted) and the end (how the call ended) are kept, the
+    middle is cut. Cut first, masked after: masking a caller's whole transcript would make the
+    work of one call grow with whatever it sent."""
     if len(text) <= budget:
-        return text
+        return mask(text)
     head = budget // 2
     tail = budget - head
-    return f"{text[:head]}\n[... {len(text) - budget} characters omitted ...]\n{text[-tail:]}"
+    start = mask(text[:head + _CUT_MARGIN])[:head]
+    end = mask(text[-(tail + _CUT_MARGIN):])[-tail:] if tail else ""
+    return f"{start}\n[... {len(text) - budget} characters omitted ...]\n{end}"
 
 
 def build_messages(transcript: str, settings: Settings, pipeline: Pipeline | None = None) -> list[dict]:
     """`pipeline`: the contact's, whose stages the model recommends one of."""
-    prepared = fit_budget(mask_pii(transcript), settings.transcript_char_budget)
+    prepared = fit_budget(transcript, settings.transcript_char_budget, mask_pii)
     # JSON-encoded, the transcript cannot close its own quotes and pose as instructions.
     data = json.dumps({"transcript": prepared}, ensure_ascii=False)
     return [

@@ -9,7 +9,9 @@ from typing import Mapping
 from utils.http import parse_retry_after
 
 # Groq spells reset times as durations: "7.66s", "2m59.56s", "1h2m", "150ms".
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+# A part starts only where a number starts: tried from every digit of a long run of digits, it
+# would rescan the rest of the run each time (quadratic; a header is outside text).
+_DURATION_PART = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 

@@ -8,14 +8,17 @@ whichever of the two sweeps runs last leaves nothing behind.
 What a sweep does, per collection:
 - `customers`, `contacts`, `customer_calls`: the number's documents are deleted (any spelling).
 - `activities`: its status changes, the AI decisions on its calls and on its contact are deleted.
-- `calls`: kept for the business's totals (calls, minutes, cost, tags per agent), without a number,
+- `calls` (the number as the customer's, or on either side: `fromNumber`, `toNumber`): kept for the business's totals (calls, minutes, cost, tags per agent), without a number,
   a transcript, a recording, extracted data or any text of the analysis; marked `erasedAt`. A call
   not analyzed yet is marked processed with a `skipped: erased` analysis, and a claim on it is
   dropped, so an analysis in progress cannot write its text back.
 - `sync_state`: the number's calls are no longer followed by id.
+- `webhook_inbox`: deliveries still waiting with the number on either side (their raw body holds
+  it) are deleted; the numbers are read from the body as the sync reads them (`parse_execution`).
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,14 +26,16 @@ from datetime import datetime
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from models.execution import MalformedExecution, parse_execution
 from services.analyzer.schema import analysis_document
 from services.customer_merge import linked_call_id
-from services.database import (ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, ERASURES, STAGE_REVIEWS,
-                               SYNC_STATE)
+from services.database import (ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, ERASURES, INBOX_STATE_KEYS,
+                               STAGE_REVIEWS, SYNC_STATE, WEBHOOK_INBOX)
 from services.privacy.hashing import PhoneHasher
 from services.privacy.suppressions import SuppressionList
 from utils.clock import utcnow
-from utils.phone import Phone, lookup_keys
+from services.webhooks.inbox import WAITING
+from utils.phone import DEFAULT_REGION, Phone, lookup_keys
 
 ERASED = "erased"  # `calls.analysis.skipped` of a call erased before it was analyzed
 # Everything on a call that says who was called or what was said; the rest are the business's figures.
@@ -39,7 +44,10 @@ PERSONAL_CALL_FIELDS = (
     "customerPhoneMissing", "transcript", "bolnaSummary", "extractedData", "extracted", "extractedConfidence",
     "recordingUrl", "claim")
 ANALYSIS_TEXT_FIELDS = ("analysis.summary", "analysis.reasoning", "analysis.extra", "analysis.error")
-COLLECTIONS = ("customers", "customerCalls", "calls", "contacts", "activities", "stageReviews", "followUps")
+COLLECTIONS = ("customers", "customerCalls", "calls", "contacts", "activities", "stageReviews", "followUps",
+               "webhookInbox")
+# Where a call stores a number: the customer's, and both sides as normalized.
+CALL_NUMBER_FIELDS = ("customerPhone", "fromNumber", "toNumber")
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class PersonRecords:
     activities: int
     reviews: int
     follow_ups: dict[str, list[str]]  # sync_state _id -> the number's calls followed there
+    deliveries: list  # webhook_inbox _ids of waiting deliveries holding the number
 
     @property
     def call_ids(self) -> list[str]:
@@ -62,17 +71,23 @@ class PersonRecords:
     def counts(self) -> dict[str, int]:
         return {"customers": self.customers, "customerCalls": self.links, "calls": len(self.call_ids),
                 "contacts": len(self.contact_ids), "activities": self.activities, "stageReviews": self.reviews,
-                "followUps": sum(len(ids) for ids in self.follow_ups.values())}
+                "followUps": sum(len(ids) for ids in self.follow_ups.values()), "webhookInbox": len(self.deliveries)}
 
 
 class Eraser:
-    def __init__(self, db: Database):
+    """`region`: where numbers written without a country code are from (DEFAULT_PHONE_REGION), to
+    read a waiting delivery's numbers as the sync would."""
+
+    def __init__(self, db: Database, region: str = DEFAULT_REGION):
         self.db = db
+        self.region = region
 
     def find(self, phone: Phone) -> PersonRecords:
         spellings = lookup_keys(phone)
         db = self.db
-        calls = list(db[CALLS].find({"customerPhone": {"$in": spellings}}, {"callId": 1, "processed": 1, "_id": 0}))
+        # One query per field, each served by its index (an `$or` is not, on every planner).
+        calls = list({call["callId"]: call for field in CALL_NUMBER_FIELDS for call in db[CALLS].find(
+            {field: {"$in": spellings}}, {"callId": 1, "processed": 1, "_id": 0})}.values())
         linked = {linked_call_id(link) for link in db[CUSTOMER_CALLS].find({"phone": {"$in": spellings}},
                                                                             {"_id": 1, "callId": 1})}
         waiting = sorted(call["callId"] for call in calls if call.get("processed") is False)
@@ -90,7 +105,13 @@ class Eraser:
                              customers=len(list(db[CUSTOMERS].find({"phone": {"$in": spellings}}, {"_id": 1}))),
                              links=len(linked), activities=len(activities),
                              reviews=db[STAGE_REVIEWS].count_documents({"customerPhone": {"$in": spellings}}),
-                             follow_ups=follow_ups)
+                             follow_ups=follow_ups, deliveries=self._deliveries(set(spellings)))
+
+    def _deliveries(self, spellings: set[str]) -> list:
+        """The waiting deliveries with the number on either side (only those keep their body)."""
+        waiting = self.db[WEBHOOK_INBOX].find({"state": WAITING}, {"body": 1}, hint=INBOX_STATE_KEYS)
+        return [entry["_id"] for entry in waiting
+                if entry.get("body") and _delivered_numbers(bytes(entry["body"]), self.region) & spellings]
 
     def sweep(self, phone: Phone) -> dict[str, int]:
         """Remove what the database holds of the number now; what was removed, per collection."""
@@ -108,6 +129,8 @@ class Eraser:
             # A sync running now may save its own copy of the list back: harmless, its writers skip the number.
             db[SYNC_STATE].update_one({"_id": state_id}, {"$pull": {"pending": {"callId": {"$in": call_ids}}}})
             removed["followUps"] += len(call_ids)
+        if found.deliveries:
+            removed["webhookInbox"] = db[WEBHOOK_INBOX].delete_many({"_id": {"$in": found.deliveries}}).deleted_count
         return {name: removed[name] for name in COLLECTIONS}
 
     def _strip_calls(self, found: PersonRecords, now: datetime) -> int:
@@ -125,6 +148,30 @@ class Eraser:
         return stripped
 
 
+def _delivered_numbers(body: bytes, region: str) -> set[str]:
+    """Both numbers of a delivery's body, as the sync stores them (their keys, and as received);
+    for a body the sync could not read, every string in it, which holds the number if anything does."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):  # the listener stores only JSON
+        return set()
+    try:
+        execution = parse_execution(payload, region)
+    except (MalformedExecution, RecursionError):
+        return set(_strings(payload))
+    phones = (execution.from_phone, execution.to_phone)
+    return {text for phone in phones if phone is not None for text in (phone.key, phone.raw)}
+
+
+def _strings(value, depth: int = 0) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if depth > 20:
+        return []
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return [text for item in items for text in _strings(item, depth + 1)]
+
+
 def _activity_selectors(spellings: list[str], call_ids: list[str], contact_ids: list) -> list[dict]:
     """Each served by its own index: status changes by number, decisions by call and by contact."""
     selectors = [{"customerPhone": {"$in": spellings}}]
@@ -135,14 +182,14 @@ def _activity_selectors(spellings: list[str], call_ids: list[str], contact_ids: 
     return selectors
 
 
-def forget(db: Database, phone: Phone, hasher: PhoneHasher) -> dict[str, int]:
+def forget(db: Database, phone: Phone, hasher: PhoneHasher, region: str = DEFAULT_REGION) -> dict[str, int]:
     """Erase the number everywhere and keep it out of later syncs; what was removed. Idempotent:
-    a second call finds nothing and changes nothing."""
+    a second call finds nothing and changes nothing. `region`: as for `Eraser`."""
     suppressions = SuppressionList(db, hasher)
     suppressions.check_key()
     digest = hasher.digest(phone.key)
     suppressions.add(digest)  # before anything is removed: see the module's docstring
-    removed = Eraser(db).sweep(phone)
+    removed = Eraser(db, region).sweep(phone)
     _record_erasure(db, digest, hasher.key_id, removed)
     return removed
 

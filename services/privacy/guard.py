@@ -26,7 +26,7 @@ class PrivacyGuard:
         barred = self.suppressions.suppressed(_phones(executions))
         if not barred:
             return executions
-        admitted = [e for e in executions if e.customer_phone is None or e.customer_phone.key not in barred]
+        admitted = [e for e in executions if not any(phone.key in barred for phone in _numbers(e))]
         recorder.add("suppressed", len(executions) - len(admitted), agent_id)
         return admitted
 
@@ -39,4 +39,10 @@ class PrivacyGuard:
 
 
 def _phones(executions: list[Execution]) -> dict[str, Phone]:
-    return {e.customer_phone.key: e.customer_phone for e in executions if e.customer_phone is not None}
+    return {phone.key: phone for e in executions for phone in _numbers(e)}
+
+
+def _numbers(execution: Execution) -> list[Phone]:
+    """Both sides of the call, as `forget` finds them: the erased number may be either, the
+    customer's or not (a call without `call_type` is taken as outbound)."""
+    return [phone for phone in (execution.from_phone, execution.to_phone) if phone is not None]
