@@ -199,6 +199,10 @@ class App(AccountApp):
         if (problem := self.analysis.check_llm()) is not None:
             log.warning("%s", problem, extra={"event": "llm_model_missing"})
 
+    def subscribe(self, listener) -> None:
+        """Called with each finished run record (as `Fleet.subscribe`)."""
+        self.runs.subscribe(listener)
+
     def scheduled_jobs(self) -> list[ScheduledJob]:
         seconds = self.settings.sync_interval_minutes * 60
         return [ScheduledJob(name, functools.partial(self.run_job, name), seconds) for name in JOB_NAMES]

@@ -1,5 +1,7 @@
 """The daemon's life: every job on an interval, first runs at start, a clean stop on SIGTERM or
-SIGINT (the running job ends after its current write), and an immediate one on a second signal."""
+SIGINT (the running job ends after its current write), and an immediate one on a second signal.
+Under systemd (Type=notify) it says READY=1 once MongoDB and the scheduler are up, feeds the
+watchdog from the jobs' progress (worker/systemd.py) and says STOPPING=1 when it stops."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +11,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
+from apscheduler.events import EVENT_SCHEDULER_STARTED
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from utils.config import describe
 from worker.health import serve_health
+from worker.systemd import READY, STOPPING, Heartbeat, JobWatch, notify, watchdog_seconds
 from worker.webhook_listener import serve_webhooks
 
 if TYPE_CHECKING:
@@ -27,22 +31,38 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 30.0
 
 
-def build_scheduler(app: "App | Fleet") -> BlockingScheduler:
+def build_scheduler(app: "App | Fleet", watch: JobWatch | None = None,
+                    watchdog: float | None = None) -> BlockingScheduler:
+    """`watch`: notes each job's start and end; `watchdog`: systemd's WatchdogSec, when the
+    unit has one: a heartbeat job then pings it while no job is overdue."""
     jobs = app.scheduled_jobs()
-    # One thread per job: the jobs run side by side, each at most once at a time.
+    # One thread per job: the jobs run side by side, each at most once at a time. The heartbeat
+    # has its own thread, so a busy job never delays it (only an overdue one silences it).
     scheduler = BlockingScheduler(timezone=timezone.utc,
-                                  executors={"default": ThreadPoolExecutor(len(jobs))})
+                                  executors={"default": ThreadPoolExecutor(len(jobs)),
+                                             "heartbeat": ThreadPoolExecutor(1)})
     for job in jobs:
-        scheduler.add_job(job.run, "interval", seconds=job.seconds, id=job.name, name=job.name,
+        run = watch.watched(job.name, job.run) if watch is not None else job.run
+        scheduler.add_job(run, "interval", seconds=job.seconds, id=job.name, name=job.name,
                           next_run_time=datetime.now(timezone.utc), max_instances=1, coalesce=True,
                           # A run that could not start on time still runs if it is late by less
                           # than half an interval; later than that, the next tick is as good.
                           misfire_grace_time=max(1, int(job.seconds / 2)))
+    if watch is not None and watchdog is not None:
+        # Three beats a WatchdogSec: one late beat is no restart.
+        scheduler.add_job(Heartbeat(watch).beat, "interval", seconds=watchdog / 3, id="watchdog",
+                          name="watchdog", executor="heartbeat", next_run_time=datetime.now(timezone.utc),
+                          max_instances=1, coalesce=True, misfire_grace_time=None)
     return scheduler
 
 
 def run_daemon(app: "App | Fleet") -> int:
-    scheduler = build_scheduler(app)
+    watch = JobWatch(app.settings.job_deadline_seconds)
+    app.subscribe(watch.progress)
+    watchdog = watchdog_seconds()
+    scheduler = build_scheduler(app, watch, watchdog)
+    # Called by start() once the jobs are scheduled; MongoDB answered already (prepare()).
+    scheduler.add_listener(lambda _event: notify(READY, "STATUS=scheduling"), EVENT_SCHEDULER_STARTED)
     signals_received = 0
 
     def on_signal(signum, _frame):
@@ -57,6 +77,7 @@ def run_daemon(app: "App | Fleet") -> int:
             os._exit(128 + signum)
         log.info("received %s: stopping after the current write (send it again to stop now)", name,
                  extra={"event": "shutdown"})
+        notify(STOPPING, f"STATUS=stopping on {name}")
         app.stop.set()
         # From a signal handler the scheduler must not wait for its jobs (they run in other
         # threads and may need this one); the wait happens below, bounded.
@@ -78,8 +99,9 @@ def run_daemon(app: "App | Fleet") -> int:
             health = serve_health(app, is_scheduling=lambda: scheduler.running)
         if app.settings.webhook_port is not None:
             webhooks = serve_webhooks(app)
-        log.info("daemon started: %s", ", ".join(f"{job.name} every {job.seconds:g} s" for job in app.scheduled_jobs()),
-                 extra={"event": "daemon_started"})
+        log.info("daemon started: %s%s", ", ".join(f"{job.name} every {job.seconds:g} s" for job in app.scheduled_jobs()),
+                 f"; systemd watchdog every {watchdog:g} s, job deadline {app.settings.job_deadline_seconds:g} s"
+                 if watchdog else "", extra={"event": "daemon_started"})
         # What it runs with, for whoever reads the log later; secrets only as set / not set.
         log.info("settings: %s", describe(app.settings), extra={"event": "settings"})
         scheduler.start()
@@ -91,6 +113,7 @@ def run_daemon(app: "App | Fleet") -> int:
             logging.shutdown()
             os._exit(0)  # the stuck job's thread would otherwise hold the interpreter open
     finally:
+        notify(STOPPING)
         if webhooks is not None:
             webhooks.stop()
         if health is not None:
