@@ -1,5 +1,8 @@
 """The daemon's life: every job on an interval, first runs at start, a clean stop on SIGTERM or
 SIGINT (the running job ends after its current write), and an immediate one on a second signal.
+SIGHUP stops it the same clean way but exits EXIT_RESTART, so that a supervisor restarts it with
+its configuration read again: the settings are frozen into every part at start-up, and a reload in
+place could leave a running job with half the old settings and half the new.
 Under systemd (Type=notify) it says READY=1 once MongoDB and the scheduler are up, feeds the
 watchdog from the jobs' progress (worker/systemd.py) and says STOPPING=1 when it stops."""
 from __future__ import annotations
@@ -28,7 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_SECONDS = 30.0
+# Exit codes besides 0 (stopped cleanly), 2 (configuration error) and 128 + signal (a second one).
+EXIT_RESTART = 75  # EX_TEMPFAIL: stopped cleanly on SIGHUP, to be started again (Restart=on-failure)
+EXIT_FORCED = 1  # a job did not stop within the grace period: not a clean stop, whatever asked for it
 
 
 def build_scheduler(app: "App | Fleet", watch: JobWatch | None = None,
@@ -61,12 +66,14 @@ def run_daemon(app: "App | Fleet") -> int:
     app.subscribe(watch.progress)
     watchdog = watchdog_seconds()
     scheduler = build_scheduler(app, watch, watchdog)
+    grace = app.settings.shutdown_grace_seconds
+    exit_code = 0
     # Called by start() once the jobs are scheduled; MongoDB answered already (prepare()).
     scheduler.add_listener(lambda _event: notify(READY, "STATUS=scheduling"), EVENT_SCHEDULER_STARTED)
     signals_received = 0
 
     def on_signal(signum, _frame):
-        nonlocal signals_received
+        nonlocal signals_received, exit_code
         signals_received += 1
         name = signal.Signals(signum).name
         if signals_received > 1:
@@ -75,8 +82,11 @@ def run_daemon(app: "App | Fleet") -> int:
             log.warning("received %s again: stopping now", name, extra={"event": "shutdown_forced"})
             logging.shutdown()
             os._exit(128 + signum)
-        log.info("received %s: stopping after the current write (send it again to stop now)", name,
-                 extra={"event": "shutdown"})
+        if signum == signal.SIGHUP:
+            exit_code = EXIT_RESTART
+        log.info("received %s: stopping after the current write (send it again to stop now)%s", name,
+                 f"; exit code {EXIT_RESTART}, to be restarted with the configuration read again"
+                 if exit_code == EXIT_RESTART else "", extra={"event": "shutdown"})
         notify(STOPPING, f"STATUS=stopping on {name}")
         app.stop.set()
         # From a signal handler the scheduler must not wait for its jobs (they run in other
@@ -95,6 +105,7 @@ def run_daemon(app: "App | Fleet") -> int:
     try:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_signal)
         if app.settings.health_port is not None:
             health = serve_health(app, is_scheduling=lambda: scheduler.running)
         if app.settings.webhook_port is not None:
@@ -107,11 +118,12 @@ def run_daemon(app: "App | Fleet") -> int:
         scheduler.start()
         # Still listening while the last job finishes: /healthz answers 503 (not scheduling), which
         # tells a supervisor the stop is under way rather than a dead process.
-        if not app.wait_idle(SHUTDOWN_GRACE_SECONDS):
-            log.warning("a job did not stop within %.0fs; exiting anyway (its cursor was not advanced)",
-                        SHUTDOWN_GRACE_SECONDS, extra={"event": "shutdown_timeout"})
+        if not app.wait_idle(grace):
+            log.error("a job did not stop within %gs; exiting anyway with code %d (its cursor was not advanced)",
+                      grace, EXIT_FORCED, extra={"event": "shutdown_timeout"})
+            notify(STOPPING)
             logging.shutdown()
-            os._exit(0)  # the stuck job's thread would otherwise hold the interpreter open
+            os._exit(EXIT_FORCED)  # the stuck job's thread would otherwise hold the interpreter open
     finally:
         notify(STOPPING)
         if webhooks is not None:
@@ -119,5 +131,5 @@ def run_daemon(app: "App | Fleet") -> int:
         if health is not None:
             health.stop()
         app.close()
-    log.info("daemon stopped", extra={"event": "daemon_stopped"})
-    return 0
+    log.info("daemon stopped (exit code %d)", exit_code, extra={"event": "daemon_stopped"})
+    return exit_code
