@@ -1,5 +1,6 @@
 """The health listener over real HTTP on 127.0.0.1: /healthz states and /metrics content."""
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -223,3 +224,64 @@ def test_fallback_ratio_is_the_share_of_heuristic_analyses(health_settings, mong
 def test_unknown_path_is_404(health_settings, mongo, bolna, listen):
     base = listen(build_app(health_settings, mongo, bolna), scheduling())
     assert get(base + "/")[0] == 404
+
+
+def probe(base: str, path: str) -> tuple[int, dict]:
+    status, content_type, body = get(base + path)
+    assert content_type == "application/json"
+    return status, json.loads(body)
+
+
+def test_livez_and_readyz_say_why(health_settings, mongo, bolna, listen):
+    app = build_app(health_settings, mongo, bolna)
+    flag = scheduling()
+    base = listen(app, flag)
+    assert probe(base, "/livez") == (200, {"status": "ok", "reasons": []})
+    assert probe(base, "/readyz") == (200, {"status": "ready", "reasons": []})
+
+    bolna.inject("/v2/agent/", status=403)  # the key is refused: the last crm_sync failed
+    assert app.run_job("crm_sync")["status"] == "failed"
+    assert probe(base, "/readyz") == (503, {"status": "not ready", "reasons": ["crm_sync: its last run failed"]})
+    assert probe(base, "/livez")[0] == 200  # alive all the same: a restart would not help
+    app.run_job("crm_sync")
+    assert probe(base, "/readyz")[0] == 200
+
+    flag.clear()
+    assert probe(base, "/livez") == (503, {"status": "not live", "reasons": ["the scheduler is not running"]})
+    assert probe(base, "/readyz")[0] == 503
+
+
+def test_a_thousand_idle_connections_hold_no_thread_and_healthz_still_answers(health_settings, mongo, bolna, listen):
+    base = listen(build_app(health_settings, mongo, bolna), scheduling())
+    host, port = base.removeprefix("http://").split(":")
+    assert healthz(base)[0] == 200
+    threads_before = threading.active_count()
+    idle = []
+    try:
+        for n in range(1000):
+            client = socket.create_connection((host, int(port)), timeout=5)
+            if n % 2:
+                client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a head never finished (slowloris)
+            idle.append(client)
+        started = time.monotonic()
+        status, _body = healthz(base)
+        took = time.monotonic() - started
+        threads_during = threading.active_count()
+    finally:
+        for client in idle:
+            client.close()
+    assert status == 200 and took < 1.0, took
+    assert threads_during <= threads_before + 2, (threads_before, threads_during)  # the check pool, at most
+
+
+def test_an_idle_client_is_dropped_after_the_read_timeout(health_settings, mongo, bolna):
+    app = build_app(health_settings, mongo, bolna)
+    server = serve_health(app, is_scheduling=lambda: True, read_timeout=0.3)
+    try:
+        with socket.create_connection(server.address, timeout=5) as client:
+            client.sendall(b"GET /healthz HTTP/1.1\r\n")
+            started = time.monotonic()
+            assert client.recv(100) == b""  # closed unanswered
+            assert time.monotonic() - started < 3
+    finally:
+        server.stop()

@@ -107,7 +107,7 @@ def run_daemon(app: "App | Fleet") -> int:
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, on_signal)
         if app.settings.health_port is not None:
-            health = serve_health(app, is_scheduling=lambda: scheduler.running)
+            health = serve_health(app, is_scheduling=lambda: scheduler.running, watch=watch)
         if app.settings.webhook_port is not None:
             webhooks = serve_webhooks(app)
         log.info("daemon started: %s%s", ", ".join(f"{job.name} every {job.seconds:g} s" for job in app.scheduled_jobs()),

@@ -88,7 +88,7 @@ class Fleet:
         # Across accounts: counts by job and status, and accounts by state; never by account
         # (bounded cardinality).
         self.metrics = RunMetrics(JOB_NAMES, queue_depth=None)
-        observe_accounts(self.metrics.registry, self.schedule.counts)
+        observe_accounts(self.metrics, self.schedule.counts)
         self._listeners: list[RunListener] = [self.metrics.observe_run]
         self._tenants: dict[object, Tenant] = {}
         self._loaded_at: float | None = None
@@ -151,6 +151,7 @@ class Fleet:
             with ThreadPoolExecutor(self.settings.tenant_concurrency, thread_name_prefix="account") as pool:
                 synced = sum(pool.map(lambda _: self._drain(due_by), range(self.settings.tenant_concurrency)))
             self._progress_at = utcnow()
+            self.metrics.refresh()  # the accounts' states as the pass left them
             return synced
         finally:
             with self._idle:

@@ -1,8 +1,10 @@
 """Prometheus metrics of the daemon, taken from the run records it writes.
 
 Counters grow by each finished run's counts (a `RunRecords` listener), so they say exactly what
-the stored run records say. The analysis queue depth is read from MongoDB when scraped, and the
-last-success times are loaded from `sync_runs` at start so a restart does not forget them.
+the stored run records say. What only MongoDB knows (the analysis queue depth, the accounts by
+state) is read after each run and every few seconds by the health server, under a timeout, and a
+scrape shows the last value read: a scrape never waits for MongoDB. The last-success times are
+loaded from `sync_runs` at start so a restart does not forget them.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import threading
 from datetime import datetime
 from typing import Callable, Iterable, Iterator
 
+import pymongo
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -28,16 +31,21 @@ WRITE_COUNTS = ("inserted", "updated")
 TOKEN_KINDS = {"prompt": "promptTokens", "completion": "completionTokens"}
 # Seconds from Bolna's `updated_at` to the call's write: Bolna's own delay is part of it.
 LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+# A read for a refreshed gauge that takes longer is given up; the gauge keeps its last value.
+REFRESH_TIMEOUT_SECONDS = 2.0
 
 
 class RunMetrics:
     def __init__(self, jobs: Iterable[str], *, queue_depth: Callable[[], int] | None):
-        """`queue_depth`: how many calls wait for analysis, asked at each scrape; None with many
-        accounts (each account's queue is its own, and a count across them would scan)."""
+        """`queue_depth`: how many calls wait for analysis, read after each run and by the
+        refresher; None with many accounts (each account's queue is its own, and a count across
+        them would scan)."""
         self.jobs = tuple(jobs)
         self.registry = CollectorRegistry()
         self._lock = threading.Lock()
         self._last_success: dict[str, datetime] = {}
+        self._last_status: dict[str, str] = {}
+        self._refreshed: list[_Refreshed] = []
         registry = self.registry
         self.runs = Counter("callsync_runs", "Job runs finished, by job and status",
                             ["job", "status"], registry=registry)
@@ -63,8 +71,7 @@ class RunMetrics:
                                   "When the last ok or partial run of each job finished (Unix time)",
                                   ["job"], registry=registry)
         if queue_depth is not None:
-            registry.register(_ReadAtScrape("callsync_analysis_queue_depth",
-                                            "Calls stored final and not analyzed yet", queue_depth))
+            self.refreshed("callsync_analysis_queue_depth", "Calls stored final and not analyzed yet", queue_depth)
         # Every series exists from the start, so a rate over the first failure is not lost.
         for job in self.jobs:
             for status in RUN_STATUSES:
@@ -76,6 +83,22 @@ class RunMetrics:
             self.analyses.labels(outcome)
         for kind in TOKEN_KINDS:
             self.tokens.labels(kind)
+
+    def refreshed(self, name: str, help: str, read: Callable[[], object], label: str | None = None) -> None:
+        """A gauge of what `read` returns from MongoDB, read by `refresh` (never at scrape)."""
+        gauge = _Refreshed(name, help, read, label)
+        self.registry.register(gauge)
+        self._refreshed.append(gauge)
+
+    def refresh(self) -> None:
+        """Read the refreshed gauges again, each within REFRESH_TIMEOUT_SECONDS."""
+        for gauge in self._refreshed:
+            gauge.refresh()
+
+    def last_status(self, job: str) -> str | None:
+        """The status of the last run of `job` this process finished (None before the first)."""
+        with self._lock:
+            return self._last_status.get(job)
 
     def load_last_successes(self, runs: RunRecords) -> None:
         for job in self.jobs:
@@ -103,6 +126,9 @@ class RunMetrics:
             self.fallback_ratio.set(fallbacks / analyzed)
         if run["status"] in SUCCESSFUL and run.get("finishedAt"):
             self._set_last_success(job, run["finishedAt"])
+        with self._lock:
+            self._last_status[job] = run["status"]
+        self.refresh()  # what the run changed in MongoDB, shown at the next scrape
 
     def last_success_at(self, job: str) -> datetime | None:
         with self._lock:
@@ -126,19 +152,29 @@ def observe_webhooks(registry: CollectorRegistry, tally: DeliveryTally) -> None:
     tally.subscribe(lambda outcome, n: deliveries.labels(outcome).inc(n), lag.observe)
 
 
-def observe_accounts(registry: CollectorRegistry, counts: Callable[[], dict[str, int]]) -> None:
-    """Accounts by schedule state (running, due, waiting, refused, retired), read at each scrape."""
-    registry.register(_ReadAtScrape("callsync_accounts", "Accounts in the schedule, by state (TENANT_SOURCE=mongodb)",
-                                    counts, label="state"))
+def observe_accounts(metrics: RunMetrics, counts: Callable[[], dict[str, int]]) -> None:
+    """Accounts by schedule state (running, due, waiting, refused, retired), read by the refresh."""
+    metrics.refreshed("callsync_accounts", "Accounts in the schedule, by state (TENANT_SOURCE=mongodb)", counts,
+                      label="state")
 
 
-class _ReadAtScrape(Collector):
-    """A gauge read from MongoDB at each scrape: what it counts also changes by other daemons'
-    work (another replica, `reanalyze`). `label`: the read returns a number per value of it."""
+class _Refreshed(Collector):
+    """A gauge of a value read from MongoDB: what it counts also changes by other daemons' work
+    (another replica, `reanalyze`), so it is read again, by `refresh`. A scrape shows the last value
+    read (no series before the first read succeeded). `label`: the read returns a number per value of it."""
 
     def __init__(self, name: str, help: str, read: Callable[[], object], label: str | None = None):
         self._name, self._help, self._read = name, help, read
         self._labels = [label] if label else []
+        self._value: object = None
+
+    def refresh(self) -> None:
+        try:
+            with pymongo.timeout(REFRESH_TIMEOUT_SECONDS):
+                self._value = self._read()
+        except PyMongoError as exc:
+            # The last value stays; the scrape answers at once with it and every other metric.
+            log.warning("%s not refreshed: %s", self._name, type(exc).__name__, extra={"event": "metrics_degraded"})
 
     def _family(self, **value) -> GaugeMetricFamily:
         return GaugeMetricFamily(self._name, self._help, labels=self._labels or None, **value)
@@ -148,11 +184,8 @@ class _ReadAtScrape(Collector):
         return [self._family()]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        try:
-            value = self._read()
-        except PyMongoError as exc:
-            # A scrape must still answer with the other metrics; a missing series says enough.
-            log.warning("%s unavailable: %s", self._name, type(exc).__name__, extra={"event": "metrics_degraded"})
+        value = self._value
+        if value is None:
             return
         if not self._labels:
             yield self._family(value=value)
