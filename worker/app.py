@@ -33,7 +33,7 @@ from services.privacy.guard import PrivacyGuard
 from services.privacy.hashing import hasher_for
 from services.privacy.retention import RetentionPass, RetentionPolicy
 from services.privacy.suppressions import SuppressionList
-from services.run_records import RunRecords, describe_failure
+from services.run_records import RunRecords, describe_failure, stale_after
 from services.server_clock import ServerClock
 from services.webhooks.inbox import Inbox
 from services.webhooks.processor import LEASE_SECONDS, AccountWriters, InboxProcessor
@@ -178,7 +178,8 @@ class App(AccountApp):
         observe_webhooks(self.metrics.registry, self.deliveries)
         self.webhook_processor = InboxProcessor(self.inbox, lambda _account: self.writers, self.deliveries)
         self.webhook_routes = SingleRoute(settings.webhook_token, self.inbox) if settings.webhook_token else None
-        self.status = StatusReader(db, settings.mongodb_db, self.runs, self.call_queue, self.inbox, self.deliveries)
+        self.status = StatusReader(db, settings.mongodb_db, self.runs, self.call_queue, self.inbox, self.deliveries,
+                                   stale_after(settings.sync_interval_minutes))
 
     @classmethod
     def build(cls, settings: Settings, mongo_client=None, tenant_id=None) -> "App":
@@ -192,8 +193,7 @@ class App(AccountApp):
         ensure_indexes(self.db, self.settings.run_retention_days, self.settings.webhook_inbox_days)
         # Before any sync: without the key the erased numbers could not be recognized.
         SuppressionList(self.db, hasher_for(self.settings.privacy_hash_key)).check_key()
-        stale = max(timedelta(hours=1), 3 * timedelta(minutes=self.settings.sync_interval_minutes))
-        abandoned = self.runs.mark_abandoned(stale)
+        abandoned = self.runs.mark_abandoned(stale_after(self.settings.sync_interval_minutes))
         if abandoned:
             log.warning("marked %d run(s) left running by a stopped process as abandoned", abandoned)
         if (problem := self.analysis.check_llm()) is not None:

@@ -20,6 +20,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 from typing import TYPE_CHECKING
 
+from services.run_records import UNSETTLED
 from utils.config import describe
 from worker.health import serve_health
 from worker.systemd import READY, STOPPING, Heartbeat, JobWatch, notify, watchdog_seconds
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 # Exit codes besides 0 (stopped cleanly), 2 (configuration error) and 128 + signal (a second one).
 EXIT_RESTART = 75  # EX_TEMPFAIL: stopped cleanly on SIGHUP, to be started again (Restart=on-failure)
 EXIT_FORCED = 1  # a job did not stop within the grace period: not a clean stop, whatever asked for it
+SETTLE_SECONDS = 15.0  # how often run records lost in an outage are tried again
 
 
 def build_scheduler(app: "App | Fleet", watch: JobWatch | None = None,
@@ -45,7 +47,8 @@ def build_scheduler(app: "App | Fleet", watch: JobWatch | None = None,
     # has its own thread, so a busy job never delays it (only an overdue one silences it).
     scheduler = BlockingScheduler(timezone=timezone.utc,
                                   executors={"default": ThreadPoolExecutor(len(jobs)),
-                                             "heartbeat": ThreadPoolExecutor(1)})
+                                             "heartbeat": ThreadPoolExecutor(1),
+                                             "housekeeping": ThreadPoolExecutor(1)})
     for job in jobs:
         run = watch.watched(job.name, job.run) if watch is not None else job.run
         scheduler.add_job(run, "interval", seconds=job.seconds, id=job.name, name=job.name,
@@ -53,6 +56,9 @@ def build_scheduler(app: "App | Fleet", watch: JobWatch | None = None,
                           # A run that could not start on time still runs if it is late by less
                           # than half an interval; later than that, the next tick is as good.
                           misfire_grace_time=max(1, int(job.seconds / 2)))
+    # A run record lost in a MongoDB outage is written once MongoDB answers, not only by the next run.
+    scheduler.add_job(UNSETTLED.settle, "interval", seconds=SETTLE_SECONDS, id="settle_runs", name="settle_runs",
+                      executor="housekeeping", max_instances=1, coalesce=True)
     if watch is not None and watchdog is not None:
         # Three beats a WatchdogSec: one late beat is no restart.
         scheduler.add_job(Heartbeat(watch).beat, "interval", seconds=watchdog / 3, id="watchdog",

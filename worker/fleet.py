@@ -30,7 +30,7 @@ from services.analyzer.groq_analyzer import GroqAnalyzer
 from services.bolna_client import KEY_REFUSED, BolnaClient
 from services.database import (LLM_QUOTA, TENANT_SCHEDULE, WEBHOOK_DELIVERIES, WEBHOOK_INBOX, ensure_indexes,
                                tenant_view)
-from services.run_records import RunListener, RunRecords, describe_failure
+from services.run_records import RunListener, RunRecords, describe_failure, stale_after
 from services.server_clock import ServerClock
 from services.tenancy.lease import LeaseKeeper
 from services.tenancy.llm_quota import LlmQuota
@@ -112,9 +112,8 @@ class Fleet:
 
     def prepare(self) -> None:
         ensure_indexes(self.db, self.settings.run_retention_days, self.settings.webhook_inbox_days)
-        stale = max(timedelta(hours=1), 3 * timedelta(minutes=self.settings.sync_interval_minutes))
         # Every account's runs this host left open: one query over all of them.
-        abandoned = RunRecords(self.db).mark_abandoned(stale)
+        abandoned = RunRecords(self.db).mark_abandoned(stale_after(self.settings.sync_interval_minutes))
         if abandoned:
             log.warning("marked %d run(s) left running by a stopped process as abandoned", abandoned)
         # The daemon's own Groq key and model, as single-account mode checks them (an account's
