@@ -155,3 +155,11 @@ class SyncState:
         return UpdateOne({"_id": self.state.local_id(f"{self.job}:{agent_id}")},
                          {"$set": {"job": self.job, "agentId": agent_id, "cursor": agent["cursor"],
                                    "pending": pending, "updatedAt": self.now}}, upsert=True)
+
+
+def oldest_cursors(state: Collection) -> dict[str, datetime]:
+    """Each job's oldest cursor over its agents (and, on the whole database, over the accounts):
+    how far behind Bolna the sync is, for the metrics. One aggregation."""
+    rows = state.aggregate([{"$match": {"cursor": {"$ne": None}}},
+                            {"$group": {"_id": "$job", "oldest": {"$min": "$cursor"}}}])
+    return {row["_id"]: row["oldest"] for row in rows if row["_id"]}

@@ -285,3 +285,46 @@ def test_an_idle_client_is_dropped_after_the_read_timeout(health_settings, mongo
             assert time.monotonic() - started < 3
     finally:
         server.stop()
+
+
+def test_metrics_parse_and_count_requests_by_outcome_durations_cursors_build_and_process(
+        health_settings, mongo, bolna, listen):
+    with FakeGroq(retry_after=0.01) as groq:
+        app = build_app(health_settings.with_overrides(groq_api_keys=("gsk-test",), groq_base_url=groq.base_url,
+                                                       llm_batch_limit=2, llm_concurrency=1), mongo, bolna)
+        base = listen(app, scheduling())
+        bolna.inject("/executions$", status=500)  # retried, then answered
+        bolna.inject("/executions$", status=429, retry_after=0.01)
+        groq.respond("server_error", times=1)
+        groq.respond("rate_limited", times=1)
+        app.run_job("crm_sync")
+        app.run_job("call_processor")
+        status, content_type, text = get(base + "/metrics")
+    assert status == 200
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+
+    def value(family: str, sample: str, **labels) -> float:
+        return next(s.value for s in families[family].samples if s.name == sample and s.labels == labels)
+
+    assert value("callsync_bolna_requests", "callsync_bolna_requests_total", outcome="retried") == 1
+    assert value("callsync_bolna_requests", "callsync_bolna_requests_total", outcome="429") == 1
+    assert value("callsync_bolna_requests", "callsync_bolna_requests_total", outcome="error") == 0
+    assert value("callsync_bolna_requests", "callsync_bolna_requests_total", outcome="ok") == len(bolna.requests) - 2
+    assert value("callsync_llm_requests", "callsync_llm_requests_total", outcome="retried") == 1
+    assert value("callsync_llm_requests", "callsync_llm_requests_total", outcome="429") == 1
+    assert value("callsync_llm_requests", "callsync_llm_requests_total", outcome="ok") == 2
+    assert families["callsync_run_duration_seconds"].type == "histogram"
+    assert value("callsync_run_duration_seconds", "callsync_run_duration_seconds_count", job="crm_sync") == 1
+    cursor = value("callsync_cursor_timestamp_seconds", "callsync_cursor_timestamp_seconds", job="call_processor")
+    assert 0 < time.time() - cursor < 3600  # behind Bolna by at most the overlap and the young unfinished calls
+    build = next(iter(families["callsync_build_info"].samples))
+    assert build.name == "callsync_build_info" and set(build.labels) == {"version", "python"}
+    assert value("process_resident_memory_bytes", "process_resident_memory_bytes") > 0
+    assert "python_gc_objects_collected" in families
+    # Prometheus' conventions: a counter's samples end in _total, times in seconds, no account label.
+    for family in families.values():
+        assert family.name.startswith(("callsync_", "process_", "python_")), family.name
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples), family.name
+        assert not family.name.endswith(("_ms", "_milliseconds", "_minutes")), family.name
+        assert all("account" not in s.labels for s in family.samples)

@@ -170,6 +170,8 @@ class App(AccountApp):
         db = self.db
         self.mongo_client = mongo_client
         self.metrics = RunMetrics(JOB_NAMES, queue_depth=self.call_queue.depth)
+        self.metrics.observe_requests(self)
+        self.metrics.observe_cursors(db)
         self._successes_loaded = False
         self.runs.subscribe(self.metrics.observe_run)
         # Webhooks: the inbox, its processor (started by the daemon with the listener) and the tally.

@@ -89,6 +89,7 @@ class Fleet:
         # (bounded cardinality).
         self.metrics = RunMetrics(JOB_NAMES, queue_depth=None)
         observe_accounts(self.metrics, self.schedule.counts)
+        self.metrics.observe_cursors(db)  # the oldest over every account: one series per job
         self._listeners: list[RunListener] = [self.metrics.observe_run]
         self._tenants: dict[object, Tenant] = {}
         self._loaded_at: float | None = None
@@ -192,6 +193,7 @@ class Fleet:
         app = AccountApp(settings, self.db, BolnaClient.from_settings(settings, stop=lease.stop), tenant.id)
         for listener in self._listeners:
             app.runs.subscribe(functools.partial(_with_account, listener, tenant.id))
+        self.metrics.observe_requests(app)
         runs: list[dict] = []
         try:
             with lease:

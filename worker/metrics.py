@@ -9,20 +9,31 @@ loaded from `sync_runs` at start so a restart does not forget them.
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import threading
 from datetime import datetime
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import pymongo
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter,
+                               Gauge, Histogram, Info)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pymongo.errors import PyMongoError
 
 from services.analyzer.outcomes import OUTCOME_COUNTERS
+from services.database import SYNC_STATE
+from services.request_outcomes import OUTCOMES as REQUEST_OUTCOMES
 from services.run_records import SUCCESSFUL, RunRecords
+from services.sync_state import oldest_cursors
 from services.webhooks.tally import OUTCOMES, DeliveryTally
 from utils.clock import unix_seconds
+
+if TYPE_CHECKING:
+    from pymongo.database import Database
+
+    from worker.app import AccountApp
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +42,10 @@ WRITE_COUNTS = ("inserted", "updated")
 TOKEN_KINDS = {"prompt": "promptTokens", "completion": "completionTokens"}
 # Seconds from Bolna's `updated_at` to the call's write: Bolna's own delay is part of it.
 LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+# A run lasts from seconds (nothing new) to many minutes (a first sync, a backlog of analyses).
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+# The version in callsync_build_info: set by the image build (Dockerfile's CALLSYNC_VERSION).
+VERSION_VARIABLE = "CALLSYNC_VERSION"
 # A read for a refreshed gauge that takes longer is given up; the gauge keeps its last value.
 REFRESH_TIMEOUT_SECONDS = 2.0
 
@@ -70,6 +85,17 @@ class RunMetrics:
         self.last_success = Gauge("callsync_last_success_timestamp_seconds",
                                   "When the last ok or partial run of each job finished (Unix time)",
                                   ["job"], registry=registry)
+        self.duration = Histogram("callsync_run_duration_seconds", "How long each finished run took, by job",
+                                  ["job"], buckets=DURATION_BUCKETS, registry=registry)
+        self.bolna_requests = Counter("callsync_bolna_requests", "Requests to Bolna's API, by outcome "
+                                      "(ok, retried, 429, error)", ["outcome"], registry=registry)
+        self.llm_requests = Counter("callsync_llm_requests", "Requests to Groq's chat completions, by outcome "
+                                    "(ok, retried, 429, error)", ["outcome"], registry=registry)
+        Info("callsync_build", "The running build", registry=registry).info(
+            {"version": os.environ.get(VERSION_VARIABLE) or "dev", "python": platform.python_version()})
+        # The process's CPU, memory, file descriptors and start time; the interpreter's GC.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            registry.register(collector)
         if queue_depth is not None:
             self.refreshed("callsync_analysis_queue_depth", "Calls stored final and not analyzed yet", queue_depth)
         # Every series exists from the start, so a rate over the first failure is not lost.
@@ -83,6 +109,9 @@ class RunMetrics:
             self.analyses.labels(outcome)
         for kind in TOKEN_KINDS:
             self.tokens.labels(kind)
+        for outcome in REQUEST_OUTCOMES:
+            self.bolna_requests.labels(outcome)
+            self.llm_requests.labels(outcome)
 
     def refreshed(self, name: str, help: str, read: Callable[[], object], label: str | None = None) -> None:
         """A gauge of what `read` returns from MongoDB, read by `refresh` (never at scrape)."""
@@ -94,6 +123,20 @@ class RunMetrics:
         """Read the refreshed gauges again, each within REFRESH_TIMEOUT_SECONDS."""
         for gauge in self._refreshed:
             gauge.refresh()
+
+    def observe_requests(self, app: "AccountApp") -> None:
+        """Count the outcome of each request `app` makes to Bolna and to Groq."""
+        app.bolna.outcomes.subscribe(lambda outcome: self.bolna_requests.labels(outcome).inc())
+        if app.analysis.llm is not None:
+            app.analysis.llm.outcomes.subscribe(lambda outcome: self.llm_requests.labels(outcome).inc())
+
+    def observe_cursors(self, db: "Database") -> None:
+        """Each job's oldest cursor (`db`: an account's view, or the whole database with many accounts)."""
+        self.refreshed("callsync_cursor_timestamp_seconds",
+                       "Each job's oldest cursor (Unix time, by Bolna's clock): every call created before it "
+                       "is stored; time() minus it is the sync's lag",
+                       lambda: {job: unix_seconds(cursor) for job, cursor in oldest_cursors(db[SYNC_STATE]).items()},
+                       label="job")
 
     def last_status(self, job: str) -> str | None:
         """The status of the last run of `job` this process finished (None before the first)."""
@@ -126,6 +169,8 @@ class RunMetrics:
             self.fallback_ratio.set(fallbacks / analyzed)
         if run["status"] in SUCCESSFUL and run.get("finishedAt"):
             self._set_last_success(job, run["finishedAt"])
+        if run.get("finishedAt") and run.get("startedAt"):
+            self.duration.labels(job).observe((run["finishedAt"] - run["startedAt"]).total_seconds())
         with self._lock:
             self._last_status[job] = run["status"]
         self.refresh()  # what the run changed in MongoDB, shown at the next scrape

@@ -41,6 +41,11 @@ class AnalysisBatch:
         self._llm = llm
         self._unavailable: str | None = None  # this run's reason the LLM cannot be used
 
+    @property
+    def llm(self) -> GroqAnalyzer | None:
+        """The LLM client (None: the offline heuristic only)."""
+        return self._llm
+
     def check_llm(self) -> str | None:
         """At start-up: why the configured LLM cannot be used, if Groq already says so."""
         return self._llm.check_model() if self._llm is not None else None
