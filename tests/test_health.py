@@ -328,3 +328,16 @@ def test_metrics_parse_and_count_requests_by_outcome_durations_cursors_build_and
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples), family.name
         assert not family.name.endswith(("_ms", "_milliseconds", "_minutes")), family.name
         assert all("account" not in s.labels for s in family.samples)
+
+
+def test_a_spent_llm_budget_is_counted(health_settings, mongo, bolna, listen):
+    with FakeGroq() as groq:
+        app = build_app(health_settings.with_overrides(groq_api_keys=("gsk-test",), groq_base_url=groq.base_url,
+                                                       llm_batch_limit=3, llm_request_budget=1, llm_concurrency=1),
+                        mongo, bolna)
+        base = listen(app, scheduling())
+        run = app.run_job("call_processor")
+    assert run["counts"]["analyzed"] == 1 and run["counts"]["llmBudgetSpent"] == 1
+    samples = metric_samples(base)
+    assert samples[("callsync_llm_budget_exhausted_total", ())] == 1
+    assert samples[("callsync_llm_configured", ())] == 1

@@ -169,7 +169,8 @@ class App(AccountApp):
         super().__init__(settings, db, bolna, tenant_id)
         db = self.db
         self.mongo_client = mongo_client
-        self.metrics = RunMetrics(JOB_NAMES, queue_depth=self.call_queue.depth)
+        self.metrics = RunMetrics(JOB_NAMES, queue_depth=self.call_queue.depth,
+                                  llm_configured=bool(settings.groq_api_keys))
         self.metrics.observe_requests(self)
         self.metrics.observe_cursors(db)
         self._successes_loaded = False
@@ -177,7 +178,7 @@ class App(AccountApp):
         # Webhooks: the inbox, its processor (started by the daemon with the listener) and the tally.
         self.inbox = Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self.call_queue.clock)
         self.deliveries = DeliveryTally(db[WEBHOOK_DELIVERIES])
-        observe_webhooks(self.metrics.registry, self.deliveries)
+        observe_webhooks(self.metrics, self.deliveries, self.inbox.waiting)
         self.webhook_processor = InboxProcessor(self.inbox, lambda _account: self.writers, self.deliveries)
         self.webhook_routes = SingleRoute(settings.webhook_token, self.inbox) if settings.webhook_token else None
         self.status = StatusReader(db, settings.mongodb_db, self.runs, self.call_queue, self.inbox, self.deliveries,

@@ -87,7 +87,7 @@ class Fleet:
                       if settings.llm_global_limit is not None else None)
         # Across accounts: counts by job and status, and accounts by state; never by account
         # (bounded cardinality).
-        self.metrics = RunMetrics(JOB_NAMES, queue_depth=None)
+        self.metrics = RunMetrics(JOB_NAMES, queue_depth=None, llm_configured=bool(settings.groq_api_keys))
         observe_accounts(self.metrics, self.schedule.counts)
         self.metrics.observe_cursors(db)  # the oldest over every account: one series per job
         self._listeners: list[RunListener] = [self.metrics.observe_run]
@@ -100,9 +100,9 @@ class Fleet:
         # Webhooks: every account's deliveries land in one inbox, each entry under its account.
         self._clock = clock
         self.deliveries = DeliveryTally(tenant_view(db, None)[WEBHOOK_DELIVERIES])  # the replica's, all accounts
-        observe_webhooks(self.metrics.registry, self.deliveries)
         self.webhook_processor = InboxProcessor(Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=clock),
                                                 self._writers_for, self.deliveries)
+        observe_webhooks(self.metrics, self.deliveries, self.webhook_processor.inbox.waiting)
         self.webhook_routes = (AccountRoutes(settings.webhook_token, self._inbox_of) if settings.webhook_token
                                else None)
 

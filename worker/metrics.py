@@ -51,7 +51,7 @@ REFRESH_TIMEOUT_SECONDS = 2.0
 
 
 class RunMetrics:
-    def __init__(self, jobs: Iterable[str], *, queue_depth: Callable[[], int] | None):
+    def __init__(self, jobs: Iterable[str], *, queue_depth: Callable[[], int] | None, llm_configured: bool = False):
         """`queue_depth`: how many calls wait for analysis, read after each run and by the
         refresher; None with many accounts (each account's queue is its own, and a count across
         them would scan)."""
@@ -85,6 +85,13 @@ class RunMetrics:
         self.last_success = Gauge("callsync_last_success_timestamp_seconds",
                                   "When the last ok or partial run of each job finished (Unix time)",
                                   ["job"], registry=registry)
+        self.budget_spent = Counter("callsync_llm_budget_exhausted",
+                                    "Runs whose LLM request budget (LLM_REQUEST_BUDGET) ran out, leaving calls queued",
+                                    registry=registry)
+        # 1 when a Groq key is set (with many accounts: the daemon's own): without one every
+        # analysis is the heuristic's by design, and the fallback ratio is no alarm.
+        Gauge("callsync_llm_configured", "1 when a Groq API key is configured", registry=registry).set(
+            int(llm_configured))
         self.duration = Histogram("callsync_run_duration_seconds", "How long each finished run took, by job",
                                   ["job"], buckets=DURATION_BUCKETS, registry=registry)
         self.bolna_requests = Counter("callsync_bolna_requests", "Requests to Bolna's API, by outcome "
@@ -161,6 +168,7 @@ class RunMetrics:
         for kind, counter in TOKEN_KINDS.items():
             self.tokens.labels(kind).inc(counts.get(counter, 0))
         self.cost.inc(counts.get("costUsd", 0))
+        self.budget_spent.inc(counts.get("llmBudgetSpent", 0))
         fallbacks = counts.get("fallback", 0)
         self.fallbacks.inc(fallbacks)
         # Both ok and failed analyses may carry a heuristic result; skips carry none.
@@ -185,8 +193,11 @@ class RunMetrics:
         self.last_success.labels(job).set(unix_seconds(finished_at))
 
 
-def observe_webhooks(registry: CollectorRegistry, tally: DeliveryTally) -> None:
-    """Webhook deliveries by outcome and the lag of their writes, as this process sees them."""
+def observe_webhooks(metrics: RunMetrics, tally: DeliveryTally, waiting: Callable[[], int]) -> None:
+    """Webhook deliveries by outcome and the lag of their writes, as this process sees them; the
+    inbox's deliveries waiting to be written (`waiting`, read by the refresh)."""
+    registry = metrics.registry
+    metrics.refreshed("callsync_webhook_inbox_waiting", "Webhook deliveries stored and not written yet", waiting)
     deliveries = Counter("callsync_webhook_deliveries", "Webhook deliveries, by outcome", ["outcome"],
                          registry=registry)
     lag = Histogram("callsync_webhook_lag_seconds",

@@ -11,7 +11,7 @@ from pymongo.errors import PyMongoError
 
 from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
 from services.analyzer.deadline import Deadline, DeadlineExceeded
-from services.analyzer.groq_analyzer import GroqAnalyzer, LlmFailure, LlmUnavailable
+from services.analyzer.groq_analyzer import BudgetSpent, GroqAnalyzer, LlmFailure, LlmUnavailable
 from services.analyzer.outcomes import Outcome, OutcomeWriter, record_outcome
 from services.analyzer.schema import HEURISTIC_MODEL, SHORT_TRANSCRIPT, analysis_document
 from services.run_records import RunRecorder, describe_failure
@@ -40,6 +40,7 @@ class AnalysisBatch:
         self._settings = settings
         self._llm = llm
         self._unavailable: str | None = None  # this run's reason the LLM cannot be used
+        self._budget_spent = False
 
     @property
     def llm(self) -> GroqAnalyzer | None:
@@ -58,6 +59,7 @@ class AnalysisBatch:
         if self._llm is not None:
             self._llm.begin_run(self._settings.llm_requests_per_run)
         self._unavailable = None
+        self._budget_spent = False
         workers = min(self._settings.llm_concurrency, limit)
         queue_error = None
         finished = 0
@@ -75,6 +77,8 @@ class AnalysisBatch:
         if queue_error is not None:
             # Once per run: when the database is away, every slot meets the same error.
             recorder.error(queue_error, code="analysis_queue_error")
+        if self._budget_spent:
+            recorder.add("llmBudgetSpent")  # counted apart: an operator raises the budget, or waits
         if self._unavailable is not None:
             message = f"LLM unavailable: {self._unavailable}; calls not analyzed stay queued for a later run"
             if not finished:
@@ -135,6 +139,7 @@ class AnalysisBatch:
         except LlmUnavailable as exc:
             # Not the call's fault: it keeps its place in the queue, and no slot claims another.
             self._unavailable = str(exc)
+            self._budget_spent = self._budget_spent or isinstance(exc, BudgetSpent)
             self.queue.release(claim)
             return Outcome(claim.call_id, "released")
         except LlmFailure as failure:

@@ -41,6 +41,10 @@ class LlmUnavailable(Exception):
     gone, Groq down, or the run's request budget spent. The call goes back to the queue."""
 
 
+class BudgetSpent(LlmUnavailable):
+    """The run's LLM request budget (LLM_REQUEST_BUDGET) is spent."""
+
+
 class RequestBudget:
     """Every HTTP request of a run counts, retries included (the SDK's own retries are off)."""
 
@@ -52,7 +56,7 @@ class RequestBudget:
     def take(self) -> None:
         with self._lock:
             if self._left <= 0:
-                raise LlmUnavailable(f"the run's budget of {self.limit} LLM requests is spent")
+                raise BudgetSpent(f"the run's budget of {self.limit} LLM requests is spent")
             self._left -= 1
 
 
