@@ -44,8 +44,6 @@ TOKEN_KINDS = {"prompt": "promptTokens", "completion": "completionTokens"}
 LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 # A run lasts from seconds (nothing new) to many minutes (a first sync, a backlog of analyses).
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
-# The version in callsync_build_info: set by the image build (Dockerfile's CALLSYNC_VERSION).
-VERSION_VARIABLE = "CALLSYNC_VERSION"
 # A read for a refreshed gauge that takes longer is given up; the gauge keeps its last value.
 REFRESH_TIMEOUT_SECONDS = 2.0
 
@@ -99,7 +97,8 @@ class RunMetrics:
         self.llm_requests = Counter("callsync_llm_requests", "Requests to Groq's chat completions, by outcome "
                                     "(ok, retried, 429, error)", ["outcome"], registry=registry)
         Info("callsync_build", "The running build", registry=registry).info(
-            {"version": os.environ.get(VERSION_VARIABLE) or "dev", "python": platform.python_version()})
+            # Set by the image build (Dockerfile's CALLSYNC_VERSION).
+            {"version": os.environ.get("CALLSYNC_VERSION") or "dev", "python": platform.python_version()})
         # The process's CPU, memory, file descriptors and start time; the interpreter's GC.
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             registry.register(collector)
