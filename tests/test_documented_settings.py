@@ -12,9 +12,11 @@ SET_BY_SYSTEMD = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
 
 
 def read_by_the_code() -> set[str]:
+    """The settings, every os.environ read, and the variables docker-compose.yml interpolates."""
     direct = {name for path in SOURCES
               for name in re.findall(r"""os\.environ(?:\.get\(|\[)\s*["']([A-Z][A-Z0-9_]*)["']""", path.read_text())}
-    return set(_VARIABLES) | direct
+    compose = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", (ROOT / "docker-compose.yml").read_text()))
+    return set(_VARIABLES) | direct | compose
 
 
 def in_readme_tables() -> set[str]:
