@@ -18,7 +18,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 
 from services.database import JOB_STARTED_INDEX, RUN_INDEX_KEYS, SYNC_RUNS
 from utils.clock import utcnow
-from utils.logging import redact
+from utils.logging import log_context, redact
 
 MAX_ERRORS = 100  # a run over a broken feed must not grow a 16 MB document
 
@@ -60,11 +60,17 @@ class RunRecorder:
                 self.agents[agent_id][counter] += n
 
     def error(self, message: str, *, code: str, call_id: str | None = None,
-              agent_id: str | None = None) -> None:
+              agent_id: str | None = None, exc_info: BaseException | None = None) -> None:
+        """Record an error on the run and log it: the one log line of this failure (with the
+        traceback of `exc_info`, when given)."""
+        log.warning("%s", message, exc_info=exc_info, extra={"job": self.job, "run_id": self.run_id, "event": code,
+                                                             "call_id": call_id, "agent_id": agent_id})
+        self._record_error(message, code, call_id, agent_id)
+
+    def _record_error(self, message: str, code: str, call_id: str | None = None,
+                      agent_id: str | None = None) -> None:
         with self._lock:
             self._count_error(agent_id)
-        log.warning("%s", message, extra={"job": self.job, "run_id": self.run_id, "event": code,
-                                          "call_id": call_id, "agent_id": agent_id})
         if len(self.errors) < MAX_ERRORS:
             # Run records are read by other programs: the same masking as the logs.
             entry = {"code": code, "message": redact(message)[:500]}
@@ -85,8 +91,9 @@ class RunRecorder:
         self.finished_at = utcnow()
         if failure is not None:
             self.status = "failed"
-            # An error may name its own code (a refused key sets its account aside).
-            self.error(describe_failure(failure), code=getattr(failure, "run_error_code", "run_failed"))
+            # An error may name its own code (a refused key sets its account aside). Recorded, not
+            # logged again: RunRecords logged the failure once, with its traceback.
+            self._record_error(describe_failure(failure), getattr(failure, "run_error_code", "run_failed"))
         else:
             self.status = "partial" if self.error_count else "ok"
 
@@ -171,7 +178,11 @@ class RunRecords:
         """Run `body` under a run record. Its exceptions are recorded, not raised: one job's
         failure must never stop the other job or the daemon."""
         recorder = RunRecorder(job)
-        context = {"job": job, "run_id": recorder.run_id}
+        with log_context(job=job, run_id=recorder.run_id):
+            return self._record(recorder, body)
+
+    def _record(self, recorder: RunRecorder, body: Callable[[RunRecorder], None]) -> dict:
+        context = {"job": recorder.job, "run_id": recorder.run_id}
         self.unsettled.settle()
         try:
             self.runs.insert_one({**recorder.document(), "host": socket.gethostname(), "pid": os.getpid()})

@@ -40,6 +40,7 @@ from services.webhooks.processor import LEASE_SECONDS, AccountWriters, InboxProc
 from services.webhooks.routes import SingleRoute
 from services.webhooks.tally import DeliveryTally
 from utils.config import Settings
+from utils.logging import log_context
 from worker.jobs import JOB_NAMES, JOBS, ScheduledJob
 from worker.metrics import RunMetrics, observe_webhooks
 from worker.status import StatusReader
@@ -134,7 +135,8 @@ class AccountApp:
         with self._idle:
             self._active_jobs += 1
         try:
-            return self.runs.record(name, lambda recorder: JOBS[name].run(self, recorder, full))
+            with log_context(account=None if self.tenant_id is None else str(self.tenant_id)):
+                return self.runs.record(name, lambda recorder: JOBS[name].run(self, recorder, full))
         finally:
             with self._idle:
                 self._active_jobs -= 1
@@ -147,8 +149,9 @@ class AccountApp:
             try:
                 self.batch_api.run(recorder)
             except Exception as exc:  # noqa: BLE001 - the synchronous lane must still run
-                log.error("the Batch API lane failed: %s", describe_failure(exc), exc_info=not isinstance(exc, PyMongoError))
-                recorder.error(f"Batch API lane failed: {describe_failure(exc)}", code="llm_batch_lane_failed")
+                # A traceback for bugs; a database error's text would quote document values.
+                recorder.error(f"Batch API lane failed: {describe_failure(exc)}", code="llm_batch_lane_failed",
+                               exc_info=None if isinstance(exc, PyMongoError) else exc)
         self.analysis.run(recorder)
 
     def wait_idle(self, timeout: float) -> bool:

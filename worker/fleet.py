@@ -42,6 +42,7 @@ from services.webhooks.processor import LEASE_SECONDS, AccountWriters, InboxProc
 from services.webhooks.routes import AccountRoutes
 from services.webhooks.tally import DeliveryTally
 from utils.config import Settings
+from utils.logging import log_context
 from worker.app import AccountApp, build_writers, connect
 from utils.clock import utcnow
 from worker.jobs import CALL_PROCESSOR, JOB_NAMES, ScheduledJob
@@ -166,7 +167,8 @@ class Fleet:
         synced = 0
         while not self.stop.is_set() and (claim := self.schedule.claim_due(due_by)) is not None:
             try:
-                self.sync(claim, due_by)
+                with log_context(account=str(claim.tenant_id)):
+                    self.sync(claim, due_by)
                 synced += 1
             except Exception as exc:  # noqa: BLE001 - one account's failure must not end the pass for the others
                 log.exception("account %s: its sync failed; it is tried again at its next slot", claim.tenant_id,

@@ -2,7 +2,6 @@
 every outcome back, and stop starting new calls at the batch deadline."""
 from __future__ import annotations
 
-import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -14,11 +13,11 @@ from services.analyzer.deadline import Deadline, DeadlineExceeded
 from services.analyzer.groq_analyzer import BudgetSpent, GroqAnalyzer, LlmFailure, LlmUnavailable
 from services.analyzer.outcomes import Outcome, OutcomeWriter, record_outcome
 from services.analyzer.schema import HEURISTIC_MODEL, SHORT_TRANSCRIPT, analysis_document
-from services.run_records import RunRecorder, describe_failure
+from services.run_records import RunRecorder
 from utils.clock import utcnow
 from utils.config import Settings
+from utils.logging import in_log_context
 
-log = logging.getLogger(__name__)
 
 # A claim must outlive any attempt of a live process: attempts end by the batch deadline
 # (requests are cut to the time left), plus one request timeout and room for the write-back.
@@ -67,7 +66,7 @@ class AnalysisBatch:
         # (a steady run over an empty queue made one empty claim per slot, half its round trips).
         drained = threading.Event()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="analyzer") as pool:
-            slots = [pool.submit(self._fill_slot, deadline, drained) for _ in range(limit)]
+            slots = [pool.submit(in_log_context(self._fill_slot, deadline, drained)) for _ in range(limit)]
             for slot in as_completed(slots):
                 outcomes, error = slot.result()
                 for outcome in outcomes:
@@ -104,7 +103,7 @@ class AnalysisBatch:
                     break
         except Exception as exc:  # the slot ends; the other slots and the run go on
             # The type only: a driver error's text can quote document values such as a phone number.
-            log.error("the analysis queue failed: %s", describe_failure(exc))
+            # Logged once for the run, as its error (every slot meets the same one).
             return outcomes, type(exc).__name__
         return outcomes, None
 
@@ -112,10 +111,10 @@ class AnalysisBatch:
         try:
             return self._analyze(claim, deadline)
         except Exception as exc:  # one bad call must not end the run; its lease expires, it is retaken once
-            # A traceback for bugs; a driver error's text can quote document values (transcripts).
-            log.error("analysis of a call crashed: %s", describe_failure(exc),
-                      exc_info=not isinstance(exc, PyMongoError), extra={"call_id": claim.call_id})
-            return Outcome(claim.call_id, "crashed", error=type(exc).__name__)
+            # Logged once, as the run's error; a traceback for bugs, while a driver error's text
+            # can quote document values (transcripts).
+            return Outcome(claim.call_id, "crashed", error=type(exc).__name__,
+                           exception=None if isinstance(exc, PyMongoError) else exc)
 
     def _analyze(self, claim: Claim, deadline: Deadline) -> Outcome:
         call = claim.call
