@@ -88,9 +88,9 @@ class Fleet:
                       if settings.llm_global_limit is not None else None)
         # Across accounts: counts by job and status, and accounts by state; never by account
         # (bounded cardinality).
-        self.metrics = RunMetrics(JOB_NAMES, queue_depth=None, llm_configured=bool(settings.groq_api_keys))
+        self.metrics = RunMetrics(JOB_NAMES, queue_depth=None, llm_configured=bool(settings.groq_api_keys),
+                                  refresh_after_runs=False)
         observe_accounts(self.metrics, self.schedule.counts)
-        self.metrics.observe_cursors(db)  # the oldest over every account: one series per job
         self._listeners: list[RunListener] = [self.metrics.observe_run]
         self._tenants: dict[object, Tenant] = {}
         self._loaded_at: float | None = None
@@ -152,7 +152,6 @@ class Fleet:
             with ThreadPoolExecutor(self.settings.tenant_concurrency, thread_name_prefix="account") as pool:
                 synced = sum(pool.map(lambda _: self._drain(due_by), range(self.settings.tenant_concurrency)))
             self._progress_at = utcnow()
-            self.metrics.refresh()  # the accounts' states as the pass left them
             return synced
         finally:
             with self._idle:

@@ -26,7 +26,7 @@ from services.analyzer.outcomes import OUTCOME_COUNTERS
 from services.database import SYNC_STATE
 from services.request_outcomes import OUTCOMES as REQUEST_OUTCOMES
 from services.run_records import SUCCESSFUL, RunRecords
-from services.sync_state import oldest_cursors
+from services.sync_state import oldest_cursor
 from services.webhooks.tally import OUTCOMES, DeliveryTally
 from utils.clock import unix_seconds
 
@@ -49,10 +49,14 @@ REFRESH_TIMEOUT_SECONDS = 2.0
 
 
 class RunMetrics:
-    def __init__(self, jobs: Iterable[str], *, queue_depth: Callable[[], int] | None, llm_configured: bool = False):
+    def __init__(self, jobs: Iterable[str], *, queue_depth: Callable[[], int] | None, llm_configured: bool = False,
+                 refresh_after_runs: bool = True):
         """`queue_depth`: how many calls wait for analysis, read after each run and by the
         refresher; None with many accounts (each account's queue is its own, and a count across
-        them would scan)."""
+        them would scan). `refresh_after_runs`: read the refreshed gauges again after each run (one
+        account); with many accounts only the listener's refresher reads them, every few seconds,
+        not once per account's run."""
+        self._refresh_after_runs = refresh_after_runs
         self.jobs = tuple(jobs)
         self.registry = CollectorRegistry()
         self._lock = threading.Lock()
@@ -137,12 +141,15 @@ class RunMetrics:
             app.analysis.llm.outcomes.subscribe(lambda outcome: self.llm_requests.labels(outcome).inc())
 
     def observe_cursors(self, db: "Database") -> None:
-        """Each job's oldest cursor (`db`: an account's view, or the whole database with many accounts)."""
+        """Each job's oldest cursor, in single-account mode (`db`: the account's view). With many
+        accounts there is none: a series per account is unbounded, and the oldest over all of them
+        would scan every account's state (`status --account` shows one account's)."""
+        def read() -> dict[str, float]:
+            cursors = {job: oldest_cursor(db[SYNC_STATE], job) for job in self.jobs}
+            return {job: unix_seconds(cursor) for job, cursor in cursors.items() if cursor is not None}
         self.refreshed("callsync_cursor_timestamp_seconds",
                        "Each job's oldest cursor (Unix time, by Bolna's clock): every call created before it "
-                       "is stored; time() minus it is the sync's lag",
-                       lambda: {job: unix_seconds(cursor) for job, cursor in oldest_cursors(db[SYNC_STATE]).items()},
-                       label="job")
+                       "is stored; time() minus it is the sync's lag", read, label="job")
 
     def last_status(self, job: str) -> str | None:
         """The status of the last run of `job` this process finished (None before the first)."""
@@ -180,7 +187,8 @@ class RunMetrics:
             self.duration.labels(job).observe((run["finishedAt"] - run["startedAt"]).total_seconds())
         with self._lock:
             self._last_status[job] = run["status"]
-        self.refresh()  # what the run changed in MongoDB, shown at the next scrape
+        if self._refresh_after_runs:
+            self.refresh()  # what the run changed in MongoDB, shown at the next scrape
 
     def last_success_at(self, job: str) -> datetime | None:
         with self._lock:
