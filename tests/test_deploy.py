@@ -2,6 +2,8 @@
 fallback alert stands only where a Groq key is configured."""
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import mongomock
@@ -94,3 +96,10 @@ def test_the_fallback_alert_stands_only_where_a_groq_key_is_configured(settings,
         generate_latest(app.metrics.registry).decode()) for sample in family.samples
         if sample.name == "callsync_llm_configured") for app in (without_key, with_key)}
     assert configured == {without_key: 0, with_key: 1}
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian: prometheus) is not installed")
+def test_promtool_checks_the_rules_and_their_unit_tests():
+    for command in (["check", "rules", str(RULES)], ["test", "rules", str(RULES.with_name("callsync-alerts.test.yml"))]):
+        result = subprocess.run(["promtool", *command], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
