@@ -14,6 +14,7 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_whe
                       wait_exponential_jitter)
 
 from services.bolna_pacing import Limits, PacingStopped, pacer_for
+from services.request_outcomes import RequestOutcomes
 from utils.clock import naive_utc, to_millis, utcnow
 from utils.http import parse_retry_after
 
@@ -36,10 +37,14 @@ KEY_REFUSED = "bolna_key_refused"
 
 
 class BolnaError(Exception):
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None, *,
+                 sent: bool = False):
+        """`sent`: the failure of a request that went out (its outcome is counted once it is known
+        whether another attempt follows)."""
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.sent = sent
 
     @property
     def retryable(self) -> bool:
@@ -79,6 +84,7 @@ class BolnaClient:
         self.requests_made = 0
         # Bolna's clock less this machine's, as the last `Date` header said; None until one came.
         self.clock_offset: timedelta | None = None
+        self.outcomes = RequestOutcomes()  # each request's outcome, for the metrics
         if session is None:
             session = requests.Session()
             adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max(1, connections))
@@ -111,17 +117,31 @@ class BolnaClient:
     def close(self) -> None:
         self.session.close()
 
-    @staticmethod
-    def _log_retry(retry_state) -> None:
-        log.warning("Bolna request failed (%s); retry %d in %.1fs", retry_state.outcome.exception(),
+    def _log_retry(self, retry_state) -> None:
+        exc = retry_state.outcome.exception()
+        self._count_failure(exc, "retried")
+        log.warning("Bolna request failed (%s); retry %d in %.1fs", exc,
                     retry_state.attempt_number, retry_state.next_action.sleep)
+
+    def _count_failure(self, exc: BaseException, outcome: str) -> None:
+        # A 429 was counted as such when it came; a request never sent is no request.
+        if isinstance(exc, BolnaError) and exc.sent and exc.status != 429:
+            self.outcomes(outcome)
+
+    def _retried(self, attempt, *args):
+        """`attempt(*args)` under the retry loop; a failure given up is counted an `error`."""
+        try:
+            return self._retrying(attempt, *args)
+        except BolnaError as exc:
+            self._count_failure(exc, "error")
+            raise
 
     def _get(self, path: str, params: dict | None = None):
         return self._get_served(path, params)[0]
 
     def _get_served(self, path: str, params: dict | None = None) -> tuple[object, datetime | None]:
         """(body, Bolna's time when it answered), retried as every request is."""
-        return self._retrying(self._get_once, path, params)
+        return self._retried(self._get_once, path, params)
 
     def _get_once(self, path: str, params: dict | None):
         response = self._send("GET", path, params=params)
@@ -146,19 +166,21 @@ class BolnaClient:
             response = self.session.request(method, self.base_url + path, timeout=self.timeout, **request)
         except requests.RequestException as exc:
             # Refused, reset, timed out, or a body cut off mid-way: all worth another try.
-            raise BolnaError(f"Bolna request {shown} failed: {type(exc).__name__}") from exc
+            raise BolnaError(f"Bolna request {shown} failed: {type(exc).__name__}", sent=True) from exc
         stamped = _date(response)
         if stamped is not None:
             self.clock_offset = stamped - utcnow()
         if response.status_code in (401, 403):
             raise BolnaAuthError(f"Bolna refused the API key (HTTP {response.status_code}) on {shown}",
-                                 response.status_code)
+                                 response.status_code, sent=True)
         if response.status_code == 429:
             with self._count_lock:
                 self.rate_limited += 1
+            self.outcomes("429")
         if response.status_code >= 400:
             raise BolnaError(f"Bolna answered HTTP {response.status_code} on {shown}: {_error_text(response)}",
-                             response.status_code, parse_retry_after(response.headers.get("Retry-After")))
+                             response.status_code, parse_retry_after(response.headers.get("Retry-After")), sent=True)
+        self.outcomes("ok")
         return response
 
     def now(self) -> datetime:
@@ -182,7 +204,7 @@ class BolnaClient:
     def set_webhook_url(self, agent_id: str, url: str) -> object:
         """`PATCH /v2/agent/{id}` with `agent_config.webhook_url`, as Bolna documents it; the same
         body again changes nothing, so it is retried like a read."""
-        return self._retrying(self._patch_once, f"/v2/agent/{agent_id}", {"agent_config": {"webhook_url": url}})
+        return self._retried(self._patch_once, f"/v2/agent/{agent_id}", {"agent_config": {"webhook_url": url}})
 
     def _patch_once(self, path: str, body: dict) -> object:
         response = self._send("PATCH", path, json=body)

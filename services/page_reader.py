@@ -12,6 +12,7 @@ from models.execution import Execution, MalformedExecution, needs_full_record, p
 from services.bolna_client import BolnaAuthError, BolnaClient, BolnaError
 from services.record_cache import SharedRecords
 from services.run_records import RunRecorder
+from utils.logging import in_log_context
 
 
 @dataclass
@@ -88,7 +89,7 @@ class PageReader:
                 if isinstance(results[execution.id].exception(), BolnaAuthError):
                     raise results[execution.id].exception()
             else:
-                results[execution.id] = self._pool.submit(self._get, execution)
+                results[execution.id] = self._pool.submit(in_log_context(self._get, execution))
         for future in results.values():
             if isinstance(future.exception(), BolnaAuthError):
                 for other in results.values():

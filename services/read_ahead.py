@@ -6,6 +6,8 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterator, TypeVar
 
+from utils.logging import in_log_context
+
 Page = TypeVar("Page")
 Read = TypeVar("Read")
 
@@ -19,7 +21,7 @@ def read_ahead(pages: Iterator[Page], read: Callable[[Page], Read], worker: Thre
         page = next(pages, None)
         return None if page is None else (page, read(page))
 
-    pending: Future | None = worker.submit(next_read)
+    pending: Future | None = worker.submit(in_log_context(next_read))
     try:
         while pending is not None:
             result = pending.result()
@@ -27,7 +29,7 @@ def read_ahead(pages: Iterator[Page], read: Callable[[Page], Read], worker: Thre
             if result is None:
                 return
             if keep_going():
-                pending = worker.submit(next_read)
+                pending = worker.submit(in_log_context(next_read))
             yield result
     finally:
         if pending is not None:

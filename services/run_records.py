@@ -12,12 +12,13 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from pymongo import DESCENDING
+from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from services.database import JOB_STARTED_INDEX, RUN_INDEX_KEYS, SYNC_RUNS
 from utils.clock import utcnow
-from utils.logging import redact
+from utils.logging import log_context, redact
 
 MAX_ERRORS = 100  # a run over a broken feed must not grow a 16 MB document
 
@@ -59,11 +60,17 @@ class RunRecorder:
                 self.agents[agent_id][counter] += n
 
     def error(self, message: str, *, code: str, call_id: str | None = None,
-              agent_id: str | None = None) -> None:
+              agent_id: str | None = None, exc_info: BaseException | None = None) -> None:
+        """Record an error on the run and log it: the one log line of this failure (with the
+        traceback of `exc_info`, when given)."""
+        log.warning("%s", message, exc_info=exc_info, extra={"job": self.job, "run_id": self.run_id, "event": code,
+                                                             "call_id": call_id, "agent_id": agent_id})
+        self._record_error(message, code, call_id, agent_id)
+
+    def _record_error(self, message: str, code: str, call_id: str | None = None,
+                      agent_id: str | None = None) -> None:
         with self._lock:
             self._count_error(agent_id)
-        log.warning("%s", message, extra={"job": self.job, "run_id": self.run_id, "event": code,
-                                          "call_id": call_id, "agent_id": agent_id})
         if len(self.errors) < MAX_ERRORS:
             # Run records are read by other programs: the same masking as the logs.
             entry = {"code": code, "message": redact(message)[:500]}
@@ -84,8 +91,9 @@ class RunRecorder:
         self.finished_at = utcnow()
         if failure is not None:
             self.status = "failed"
-            # An error may name its own code (a refused key sets its account aside).
-            self.error(describe_failure(failure), code=getattr(failure, "run_error_code", "run_failed"))
+            # An error may name its own code (a refused key sets its account aside). Recorded, not
+            # logged again: RunRecords logged the failure once, with its traceback.
+            self._record_error(describe_failure(failure), getattr(failure, "run_error_code", "run_failed"))
         else:
             self.status = "partial" if self.error_count else "ok"
 
@@ -107,10 +115,60 @@ RunListener = Callable[[dict], None]
 SUCCESSFUL = ("ok", "partial")  # a partial run did its work; only some records were refused
 
 
+def stale_after(sync_interval_minutes: float) -> timedelta:
+    """How long a run can be `running` while its process lives: older, it is dead (abandoned)."""
+    return max(timedelta(hours=1), 3 * timedelta(minutes=sync_interval_minutes))
+
+
+class UnsettledRuns:
+    """Final run records this process could not write (MongoDB away): kept in memory and written
+    once MongoDB answers again, so a finished run is not left `running`. One for the process
+    (`UNSETTLED`): with many accounts the `RunRecords` of each account's sync come and go, and the
+    next run of any account settles what an earlier one left."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[Collection, dict]] = {}
+
+    def keep(self, runs: Collection, run_id: str, fields: dict) -> None:
+        with self._lock:
+            self._pending[run_id] = (runs, fields)
+
+    def settle(self) -> int:
+        """Write what is kept; stops at the first connection failure (MongoDB still away). Returns
+        how many were written."""
+        with self._lock:
+            pending = list(self._pending.items())
+        settled = 0
+        for run_id, (runs, fields) in pending:
+            context = {"job": fields.get("job"), "run_id": run_id}
+            try:
+                # The outcome this process saw is the truth, even over an `abandoned` set meanwhile.
+                runs.update_one({"_id": run_id}, {"$set": fields})
+                settled += 1
+                log.info("run record settled: %s", fields["status"], extra={**context, "event": "run_record_settled"})
+            except ConnectionFailure:
+                break
+            except PyMongoError as exc:  # refused for good: the next start marks it abandoned
+                log.warning("run record not settled: %s", describe_failure(exc),
+                            extra={**context, "event": "run_record_failed"})
+            with self._lock:
+                self._pending.pop(run_id, None)
+        return settled
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+
+UNSETTLED = UnsettledRuns()
+
+
 class RunRecords:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, unsettled: UnsettledRuns = UNSETTLED):
         self.runs = db[SYNC_RUNS]
         self._listeners: list[RunListener] = []
+        self.unsettled = unsettled
 
     def subscribe(self, listener: RunListener) -> None:
         """Call `listener` with every finished run's record (from the job's thread)."""
@@ -120,7 +178,12 @@ class RunRecords:
         """Run `body` under a run record. Its exceptions are recorded, not raised: one job's
         failure must never stop the other job or the daemon."""
         recorder = RunRecorder(job)
-        context = {"job": job, "run_id": recorder.run_id}
+        with log_context(job=job, run_id=recorder.run_id):
+            return self._record(recorder, body)
+
+    def _record(self, recorder: RunRecorder, body: Callable[[RunRecorder], None]) -> dict:
+        context = {"job": recorder.job, "run_id": recorder.run_id}
+        self.unsettled.settle()
         try:
             self.runs.insert_one({**recorder.document(), "host": socket.gethostname(), "pid": os.getpid()})
         except Exception as exc:  # noqa: BLE001 - MongoDB is unreachable: the job could not write either
@@ -141,9 +204,16 @@ class RunRecords:
                       extra={**context, "event": "run_failed"})
         recorder.finish(failure)
         document = recorder.document()
+        fields = {k: v for k, v in document.items() if k != "_id"}
         try:
-            fields = {k: v for k, v in document.items() if k != "_id"}
             self.runs.update_one({"_id": recorder.run_id}, {"$set": fields})
+        except PyMongoError as exc:
+            # MongoDB away: the run's own work is done (or failed for the same reason); its record
+            # is written by the next run that finds MongoDB back, and at the latest the next start
+            # marks it abandoned.
+            self.unsettled.keep(self.runs, recorder.run_id, fields)
+            log.warning("could not store the run record; kept to be written when MongoDB answers: %s",
+                        describe_failure(exc), extra={**context, "event": "run_record_failed"})
         except Exception:  # noqa: BLE001 - the run's own work is done; losing its record must not crash
             log.exception("could not store the run record", extra={**context, "event": "run_record_failed"})
         log.info("run finished: %s", document["status"],
@@ -159,8 +229,13 @@ class RunRecords:
             except Exception:  # noqa: BLE001 - an observer (metrics) must never fail the job
                 log.exception("a run listener failed", extra={**context, "event": "run_listener_failed"})
 
-    def last_run(self, job: str) -> dict | None:
-        return self.runs.find_one({"job": job}, sort=[("startedAt", DESCENDING)])
+    def last_run(self, job: str, stale: timedelta | None = None) -> dict | None:
+        """The last run of `job`; with `stale`, one still `running` whose process is dead (on this
+        host) or that is older than `stale` reads as `abandoned`, as the next start will mark it."""
+        run = self.runs.find_one({"job": job}, sort=[("startedAt", DESCENDING)])
+        if run is not None and stale is not None and run["status"] == "running" and _dead(run, stale):
+            run = {**run, "status": "abandoned"}
+        return run
 
     def last_success(self, job: str) -> dict | None:
         # `job_startedAt`, named: a planner that cannot use an index with a filter on a field
@@ -190,6 +265,13 @@ class RunRecords:
              "$or": [{"host": host, "pid": {"$in": dead}}, {"startedAt": {"$lt": utcnow() - stale_after}}]},
             {"$set": {"status": "abandoned", "finishedAt": utcnow()}})
         return result.modified_count
+
+
+def _dead(run: dict, stale: timedelta) -> bool:
+    started = run.get("startedAt")
+    if started is not None and started < utcnow() - stale:
+        return True
+    return run.get("host") == socket.gethostname() and run.get("pid") != os.getpid() and not _alive(run.get("pid"))
 
 
 def _alive(pid: object) -> bool:

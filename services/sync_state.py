@@ -157,3 +157,10 @@ class SyncState:
         return UpdateOne({"_id": self.state.local_id(f"{self.job}:{agent_id}")},
                          {"$set": {"job": self.job, "agentId": agent_id, "cursor": agent["cursor"],
                                    "pending": pending, "updatedAt": self.now}}, upsert=True)
+
+
+def oldest_cursor(state: Collection, job: str) -> datetime | None:
+    """`job`'s oldest cursor over its agents (one account's view): how far behind Bolna the sync
+    is, for the metrics. The query a run's `SyncState` makes, so it is read from the same index."""
+    cursors = [doc["cursor"] for doc in state.find({"job": job}, {"cursor": 1}) if doc.get("cursor")]
+    return min(cursors, default=None)

@@ -1,5 +1,6 @@
 """The health listener over real HTTP on 127.0.0.1: /healthz states and /metrics content."""
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -223,3 +224,120 @@ def test_fallback_ratio_is_the_share_of_heuristic_analyses(health_settings, mong
 def test_unknown_path_is_404(health_settings, mongo, bolna, listen):
     base = listen(build_app(health_settings, mongo, bolna), scheduling())
     assert get(base + "/")[0] == 404
+
+
+def probe(base: str, path: str) -> tuple[int, dict]:
+    status, content_type, body = get(base + path)
+    assert content_type == "application/json"
+    return status, json.loads(body)
+
+
+def test_livez_and_readyz_say_why(health_settings, mongo, bolna, listen):
+    app = build_app(health_settings, mongo, bolna)
+    flag = scheduling()
+    base = listen(app, flag)
+    assert probe(base, "/livez") == (200, {"status": "ok", "reasons": []})
+    assert probe(base, "/readyz") == (200, {"status": "ready", "reasons": []})
+
+    bolna.inject("/v2/agent/", status=403)  # the key is refused: the last crm_sync failed
+    assert app.run_job("crm_sync")["status"] == "failed"
+    assert probe(base, "/readyz") == (503, {"status": "not ready", "reasons": ["crm_sync: its last run failed"]})
+    assert probe(base, "/livez")[0] == 200  # alive all the same: a restart would not help
+    app.run_job("crm_sync")
+    assert probe(base, "/readyz")[0] == 200
+
+    flag.clear()
+    assert probe(base, "/livez") == (503, {"status": "not live", "reasons": ["the scheduler is not running"]})
+    assert probe(base, "/readyz")[0] == 503
+
+
+def test_a_thousand_idle_connections_hold_no_thread_and_healthz_still_answers(health_settings, mongo, bolna, listen):
+    base = listen(build_app(health_settings, mongo, bolna), scheduling())
+    host, port = base.removeprefix("http://").split(":")
+    assert healthz(base)[0] == 200
+    threads_before = threading.active_count()
+    idle = []
+    try:
+        for n in range(1000):
+            client = socket.create_connection((host, int(port)), timeout=5)
+            if n % 2:
+                client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a head never finished (slowloris)
+            idle.append(client)
+        started = time.monotonic()
+        status, _body = healthz(base)
+        took = time.monotonic() - started
+        threads_during = threading.active_count()
+    finally:
+        for client in idle:
+            client.close()
+    assert status == 200 and took < 1.0, took
+    assert threads_during <= threads_before + 2, (threads_before, threads_during)  # the check pool, at most
+
+
+def test_an_idle_client_is_dropped_after_the_read_timeout(health_settings, mongo, bolna):
+    app = build_app(health_settings, mongo, bolna)
+    server = serve_health(app, is_scheduling=lambda: True, read_timeout=0.3)
+    try:
+        with socket.create_connection(server.address, timeout=5) as client:
+            client.sendall(b"GET /healthz HTTP/1.1\r\n")
+            started = time.monotonic()
+            assert client.recv(100) == b""  # closed unanswered
+            assert time.monotonic() - started < 3
+    finally:
+        server.stop()
+
+
+def test_metrics_parse_and_count_requests_by_outcome_durations_cursors_build_and_process(
+        health_settings, mongo, bolna, listen):
+    with FakeGroq(retry_after=0.01) as groq:
+        app = build_app(health_settings.with_overrides(groq_api_keys=("gsk-test",), groq_base_url=groq.base_url,
+                                                       llm_batch_limit=2, llm_concurrency=1), mongo, bolna)
+        base = listen(app, scheduling())
+        bolna.inject("/executions$", status=500)  # retried, then answered
+        bolna.inject("/executions$", status=429, retry_after=0.01)
+        groq.respond("server_error", times=1)
+        groq.respond("rate_limited", times=1)
+        app.run_job("crm_sync")
+        app.run_job("call_processor")
+        status, content_type, text = get(base + "/metrics")
+    assert status == 200
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+
+    def value(family: str, sample: str, **labels) -> float:
+        return next(s.value for s in families[family].samples if s.name == sample and s.labels == labels)
+
+    assert value("callsync_bolna_requests", "callsync_bolna_requests_total", outcome="retried") == 1
+    assert value("callsync_bolna_requests", "callsync_bolna_requests_total", outcome="429") == 1
+    assert value("callsync_bolna_requests", "callsync_bolna_requests_total", outcome="error") == 0
+    assert value("callsync_bolna_requests", "callsync_bolna_requests_total", outcome="ok") == len(bolna.requests) - 2
+    assert value("callsync_llm_requests", "callsync_llm_requests_total", outcome="retried") == 1
+    assert value("callsync_llm_requests", "callsync_llm_requests_total", outcome="429") == 1
+    assert value("callsync_llm_requests", "callsync_llm_requests_total", outcome="ok") == 2
+    assert families["callsync_run_duration_seconds"].type == "histogram"
+    assert value("callsync_run_duration_seconds", "callsync_run_duration_seconds_count", job="crm_sync") == 1
+    cursor = value("callsync_cursor_timestamp_seconds", "callsync_cursor_timestamp_seconds", job="call_processor")
+    assert 0 < time.time() - cursor < 3600  # behind Bolna by at most the overlap and the young unfinished calls
+    build = next(iter(families["callsync_build_info"].samples))
+    assert build.name == "callsync_build_info" and set(build.labels) == {"version", "python"}
+    assert value("process_resident_memory_bytes", "process_resident_memory_bytes") > 0
+    assert "python_gc_objects_collected" in families
+    # Prometheus' conventions: a counter's samples end in _total, times in seconds, no account label.
+    for family in families.values():
+        assert family.name.startswith(("callsync_", "process_", "python_")), family.name
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples), family.name
+        assert not family.name.endswith(("_ms", "_milliseconds", "_minutes")), family.name
+        assert all("account" not in s.labels for s in family.samples)
+
+
+def test_a_spent_llm_budget_is_counted(health_settings, mongo, bolna, listen):
+    with FakeGroq() as groq:
+        app = build_app(health_settings.with_overrides(groq_api_keys=("gsk-test",), groq_base_url=groq.base_url,
+                                                       llm_batch_limit=3, llm_request_budget=1, llm_concurrency=1),
+                        mongo, bolna)
+        base = listen(app, scheduling())
+        run = app.run_job("call_processor")
+    assert run["counts"]["analyzed"] == 1 and run["counts"]["llmBudgetSpent"] == 1
+    samples = metric_samples(base)
+    assert samples[("callsync_llm_budget_exhausted_total", ())] == 1
+    assert samples[("callsync_llm_configured", ())] == 1

@@ -3,14 +3,18 @@ import io
 import json
 import logging
 import re
+import threading
 
 import pytest
 from pymongo.errors import BulkWriteError
 
 from fakes.bolna_server import FakeBolna
+from fakes.mongo_hooks import HookedDatabase
+from services.bolna_client import BolnaClient
 from services.run_records import RunRecorder
 from tests.helpers import AGENT, build_app, execution
 from utils.logging import redact, setup_logging
+from worker.app import AccountApp
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -138,3 +142,39 @@ def test_debug_never_turns_on_the_loggers_that_write_documents_and_request_bodie
     assert logging.getLogger("pymongo").getEffectiveLevel() == logging.DEBUG
     assert logging.getLogger("pymongo.command").getEffectiveLevel() == logging.WARNING
     assert logging.getLogger("groq._base_client").getEffectiveLevel() == logging.WARNING
+
+
+def json_lines(buffer: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines() if line.startswith("{")]
+
+
+def test_every_line_of_a_run_carries_job_run_and_account_from_every_thread(log_output, settings, mongo):
+    buffer = log_output("json")
+    calls = [execution(f"+9198765432{n:02d}", minutes_ago=10 + n, call_id=f"c-{n}") for n in range(3)]
+    with FakeBolna([AGENT], calls, api_key=settings.bolna_api_key, projection="trimmed") as bolna:
+        # One account's app, as a fleet replica builds it; its first listing and one full record fail
+        # once: the listing is read ahead in a worker thread, full records in the reader's pool.
+        app = AccountApp(settings.with_overrides(bolna_base_url=bolna.base_url, bolna_fetch_concurrency=2),
+                         HookedDatabase(mongo[settings.mongodb_db]), BolnaClient.from_settings(
+                             settings.with_overrides(bolna_base_url=bolna.base_url), stop=threading.Event()),
+                         tenant_id="acme")
+        bolna.inject(r"/executions$", status=500)
+        bolna.inject(r"/executions/c-1$", status=503)
+        run = app.run_job("crm_sync")
+    lines = json_lines(buffer)
+    retries = [line for line in lines if "retry" in line["message"]]
+    assert len(retries) == 2, lines
+    for line in lines:
+        assert (line.get("job"), line.get("run_id"), line.get("account")) == ("crm_sync", run["_id"], "acme"), line
+
+
+def test_a_failed_run_is_logged_once_with_its_traceback(log_output, settings, mongo):
+    buffer = log_output("json")
+    with FakeBolna([AGENT], [execution()], api_key=settings.bolna_api_key) as bolna:
+        app = build_app(settings, mongo, bolna)
+        bolna.inject("/v2/agent/", status=403)  # the key is refused: the run fails
+        run = app.run_job("crm_sync")
+    assert run["status"] == "failed"
+    about_it = [line for line in json_lines(buffer) if "refused the API key" in line["message"]]
+    assert len(about_it) == 1, about_it
+    assert "Traceback" in about_it[0]["exception"] and about_it[0]["event"] == "run_failed"

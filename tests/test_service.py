@@ -16,6 +16,7 @@ import pytest
 
 from fakes.bolna_server import FakeBolna
 from tests.helpers import AGENT, execution
+from worker.daemon import EXIT_FORCED, EXIT_RESTART
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -149,6 +150,46 @@ def test_a_second_sigterm_stops_at_once_without_waiting_for_the_running_job(slow
     daemon.wait_for_line('"shutdown_forced"', timeout=5)
     events = [json.loads(line).get("event") for line in daemon.seen if line.startswith("{")]
     assert "daemon_stopped" not in events
+    assert "Traceback" not in daemon.process.stderr.read()
+
+
+def test_sighup_stops_cleanly_with_the_restart_code(slow_bolna):
+    bolna, _calls = slow_bolna
+    settings = {"mongodb_db": "callsync", "bolna_api_key": "service-key", "bolna_base_url": bolna.base_url,
+                "bolna_page_size": PAGE_SIZE, "backfill_days": 8, "http_backoff_seconds": 0.01}
+    daemon = Daemon([sys.executable, "-c", DAEMON, json.dumps(settings)])
+    try:
+        wait_until(lambda: sum(r.query.get("page_number") == "2" for r in bolna.requests) >= 2)
+        daemon.process.send_signal(signal.SIGHUP)
+        # The same clean stop as SIGTERM, and an exit code that systemd's Restart=on-failure restarts.
+        assert daemon.process.wait(timeout=40) == EXIT_RESTART
+        stored = json.loads(daemon.wait_for_line("STORED ").removeprefix("STORED "))
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+    assert "Traceback" not in daemon.process.stderr.read()
+    events = [json.loads(line).get("event") for line in daemon.seen if line.startswith("{")]
+    assert "shutdown" in events and "daemon_stopped" in events
+    assert {run["status"] for run in stored["runs"]} == {"partial"}  # interrupted, recorded, not left running
+
+
+def test_a_job_stuck_past_the_grace_period_is_a_failure_exit(slow_bolna):
+    bolna, _calls = slow_bolna
+    release = threading.Event()
+    bolna.on_answer(r"/executions$", lambda: release.wait(30))  # a response that does not come
+    settings = {"mongodb_db": "callsync", "bolna_api_key": "service-key", "bolna_base_url": bolna.base_url,
+                "bolna_page_size": PAGE_SIZE, "backfill_days": 8, "http_timeout_seconds": 40,
+                "shutdown_grace_seconds": 1}
+    daemon = Daemon([sys.executable, "-c", DAEMON, json.dumps(settings)])
+    try:
+        wait_until(lambda: bolna.request_count("/v2/agent/agent-1/executions") >= 1)
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=20) == EXIT_FORCED != 0
+    finally:
+        release.set()
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+    daemon.wait_for_line('"shutdown_timeout"', timeout=5)
     assert "Traceback" not in daemon.process.stderr.read()
 
 

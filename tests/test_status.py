@@ -1,8 +1,12 @@
 """`main.py status`: what the run records and collections say, as JSON and as a table."""
 import json
+import os
+import socket
+import threading
 from datetime import timedelta
 
 import pytest
+from pymongo.errors import AutoReconnect
 
 from fakes.bolna_server import FakeBolna
 from utils.clock import utcnow
@@ -123,3 +127,39 @@ def test_table_names_each_job_its_last_status_and_the_counts(settings, mongo, db
     assert "calls 7" in out and "waiting for analysis 2" in out
     for contact_tag in db[CONTACTS].distinct("tag"):
         assert any(line.split()[:1] == [contact_tag] for line in lines)
+
+
+def test_a_run_whose_final_write_was_lost_in_an_outage_is_settled_once_mongodb_is_back(settings, mongo, db, bolna):
+    away = threading.Event()
+
+    def outage(_collection: str, _method: str) -> None:
+        if away.is_set():
+            raise AutoReconnect("127.0.0.1:27017: [Errno 111] Connection refused")
+
+    app = build_app(settings, mongo, bolna, hook=outage)
+    bolna.on_answer(r"/executions$", away.set)  # MongoDB goes away while the run reads its first page
+    lost = app.run_job("crm_sync")
+    assert lost["status"] == "failed"
+    assert db[SYNC_RUNS].find_one({"_id": lost["_id"]})["status"] == "running"  # its final write was lost
+
+    away.clear()  # MongoDB is back: the next run writes the lost record first
+    app.run_job("call_processor")
+    stored = db[SYNC_RUNS].find_one({"_id": lost["_id"]})
+    assert stored["status"] == "failed" and stored["finishedAt"] == lost["finishedAt"]
+    assert stored["errors"] == lost["errors"] and len(app.runs.unsettled) == 0
+    assert app.status.collect()["jobs"]["crm_sync"]["lastRun"]["status"] == "failed"
+
+
+def test_status_shows_a_run_left_running_by_a_dead_process_as_abandoned(settings, db, capsys):
+    started = utcnow() - timedelta(minutes=2)
+    db[SYNC_RUNS].insert_one({"_id": "dead", "job": "crm_sync", "status": "running", "startedAt": started,
+                              "host": socket.gethostname(), "pid": 2 ** 22 + 1, "counts": {}})
+    db[SYNC_RUNS].insert_one({"_id": "old", "job": "call_processor", "status": "running",
+                              "startedAt": utcnow() - timedelta(hours=2), "host": "elsewhere", "pid": 7, "counts": {}})
+    reader = StatusReader(db, settings.mongodb_db, RunRecords(db), CallQueue(db[CALLS], "status:1:a", 60),
+                          Inbox(db[WEBHOOK_INBOX], "status:1:a", 60), DeliveryTally(db[WEBHOOK_DELIVERIES]))
+    jobs = reader.collect()["jobs"]
+    assert jobs["crm_sync"]["lastRun"]["status"] == "abandoned"
+    assert jobs["call_processor"]["lastRun"]["status"] == "abandoned"
+    db[SYNC_RUNS].update_one({"_id": "dead"}, {"$set": {"pid": os.getppid()}})  # a live process's own run
+    assert reader.collect()["jobs"]["crm_sync"]["lastRun"]["status"] == "running"

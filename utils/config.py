@@ -63,6 +63,10 @@ class Settings:
     health_port: int | None = None
     health_host: str = "127.0.0.1"
     health_max_age_intervals: float = 3.0
+    # A scheduled job running this long without progress stops the systemd watchdog (worker/systemd.py).
+    job_deadline_seconds: float = 3600.0
+    # On SIGTERM/SIGINT/SIGHUP the running job has this long to finish its write; then exit 1.
+    shutdown_grace_seconds: float = 30.0
     run_retention_days: int = 30
     # Personal data (docs/privacy.md): None keeps transcripts and call documents without limit.
     transcript_retention_days: int | None = None
@@ -166,6 +170,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "HEALTH_PORT": ("health_port", values.port, False),
     "HEALTH_HOST": ("health_host", values.stripped, False),
     "HEALTH_MAX_AGE_INTERVALS": ("health_max_age_intervals", values.positive_float, False),
+    "JOB_DEADLINE_SECONDS": ("job_deadline_seconds", values.positive_float, False),
+    "SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", values.positive_float, False),
     "RUN_RETENTION_DAYS": ("run_retention_days", values.positive_int, False),
     "TRANSCRIPT_RETENTION_DAYS": ("transcript_retention_days", values.positive_int, False),
     "RECORD_RETENTION_DAYS": ("record_retention_days", values.positive_int, False),

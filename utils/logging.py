@@ -7,15 +7,40 @@ from __future__ import annotations
 
 import json
 import logging
+import contextlib
+import contextvars
 import re
 import sys
 import time
+from typing import Callable
 from datetime import datetime, timezone
 
 from utils.phone import mask_phone
 
 # Fields a caller may attach with `extra=` that belong in a structured line.
-CONTEXT_FIELDS = ("job", "run_id", "event", "agent_id", "call_id", "counts", "status")
+CONTEXT_FIELDS = ("job", "run_id", "account", "event", "agent_id", "call_id", "counts", "status")
+
+# The run a line belongs to (job, run_id, account), set around a run by `log_context` and added
+# to every line logged under it that does not name its own, from any thread the run hands work to
+# (`in_log_context`): a retry deep in an HTTP client says which run and account it is for.
+_RUN_CONTEXT: contextvars.ContextVar[dict] = contextvars.ContextVar("callsync_log_context", default={})
+
+
+@contextlib.contextmanager
+def log_context(**fields):
+    """Lines logged inside carry `fields` (None values are left out), on top of the outer context."""
+    token = _RUN_CONTEXT.set({**_RUN_CONTEXT.get(), **{k: v for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _RUN_CONTEXT.reset(token)
+
+
+def in_log_context(function: Callable, *args, **kwargs) -> Callable[[], object]:
+    """`function(*args, **kwargs)` to run in another thread under this thread's log context (a
+    thread pool's workers start with none). Call it where the work is handed over, once per task."""
+    context = contextvars.copy_context()
+    return lambda: context.run(function, *args, **kwargs)
 
 # Every pattern here runs in linear time on any text (tests/test_regex_bounds.py): a log line
 # can quote what a caller sent.
@@ -75,6 +100,9 @@ class RedactingFilter(logging.Filter):
         return redact(text, self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in _RUN_CONTEXT.get().items():
+            if getattr(record, name, None) is None:
+                setattr(record, name, value)
         record.msg = self.redact(record.getMessage())
         record.args = None
         # Context fields are printed too, and an id can be anything an upstream or a user sent.

@@ -33,13 +33,14 @@ from services.privacy.guard import PrivacyGuard
 from services.privacy.hashing import hasher_for
 from services.privacy.retention import RetentionPass, RetentionPolicy
 from services.privacy.suppressions import SuppressionList
-from services.run_records import RunRecords, describe_failure
+from services.run_records import RunRecords, describe_failure, stale_after
 from services.server_clock import ServerClock
 from services.webhooks.inbox import Inbox
 from services.webhooks.processor import LEASE_SECONDS, AccountWriters, InboxProcessor
 from services.webhooks.routes import SingleRoute
 from services.webhooks.tally import DeliveryTally
 from utils.config import Settings
+from utils.logging import log_context
 from worker.jobs import JOB_NAMES, JOBS, ScheduledJob
 from worker.metrics import RunMetrics, observe_webhooks
 from worker.status import StatusReader
@@ -135,7 +136,8 @@ class AccountApp:
         with self._idle:
             self._active_jobs += 1
         try:
-            return self.runs.record(name, lambda recorder: JOBS[name].run(self, recorder, full))
+            with log_context(account=None if self.tenant_id is None else str(self.tenant_id)):
+                return self.runs.record(name, lambda recorder: JOBS[name].run(self, recorder, full))
         finally:
             with self._idle:
                 self._active_jobs -= 1
@@ -148,8 +150,9 @@ class AccountApp:
             try:
                 self.batch_api.run(recorder)
             except Exception as exc:  # noqa: BLE001 - the synchronous lane must still run
-                log.error("the Batch API lane failed: %s", describe_failure(exc), exc_info=not isinstance(exc, PyMongoError))
-                recorder.error(f"Batch API lane failed: {describe_failure(exc)}", code="llm_batch_lane_failed")
+                # A traceback for bugs; a database error's text would quote document values.
+                recorder.error(f"Batch API lane failed: {describe_failure(exc)}", code="llm_batch_lane_failed",
+                               exc_info=None if isinstance(exc, PyMongoError) else exc)
         self.analysis.run(recorder)
 
     def wait_idle(self, timeout: float) -> bool:
@@ -170,16 +173,20 @@ class App(AccountApp):
         super().__init__(settings, db, bolna, tenant_id)
         db = self.db
         self.mongo_client = mongo_client
-        self.metrics = RunMetrics(JOB_NAMES, queue_depth=self.call_queue.depth)
+        self.metrics = RunMetrics(JOB_NAMES, queue_depth=self.call_queue.depth,
+                                  llm_configured=bool(settings.groq_api_keys))
+        self.metrics.observe_requests(self)
+        self.metrics.observe_cursors(db)
         self._successes_loaded = False
         self.runs.subscribe(self.metrics.observe_run)
         # Webhooks: the inbox, its processor (started by the daemon with the listener) and the tally.
         self.inbox = Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self.call_queue.clock)
         self.deliveries = DeliveryTally(db[WEBHOOK_DELIVERIES])
-        observe_webhooks(self.metrics.registry, self.deliveries)
+        observe_webhooks(self.metrics, self.deliveries, self.inbox.waiting)
         self.webhook_processor = InboxProcessor(self.inbox, lambda _account: self.writers, self.deliveries)
         self.webhook_routes = SingleRoute(settings.webhook_token, self.inbox) if settings.webhook_token else None
-        self.status = StatusReader(db, settings.mongodb_db, self.runs, self.call_queue, self.inbox, self.deliveries)
+        self.status = StatusReader(db, settings.mongodb_db, self.runs, self.call_queue, self.inbox, self.deliveries,
+                                   stale_after(settings.sync_interval_minutes))
 
     @classmethod
     def build(cls, settings: Settings, mongo_client=None, tenant_id=None) -> "App":
@@ -193,12 +200,15 @@ class App(AccountApp):
         ensure_indexes(self.db, self.settings.run_retention_days, self.settings.webhook_inbox_days)
         # Before any sync: without the key the erased numbers could not be recognized.
         SuppressionList(self.db, hasher_for(self.settings.privacy_hash_key)).check_key()
-        stale = max(timedelta(hours=1), 3 * timedelta(minutes=self.settings.sync_interval_minutes))
-        abandoned = self.runs.mark_abandoned(stale)
+        abandoned = self.runs.mark_abandoned(stale_after(self.settings.sync_interval_minutes))
         if abandoned:
             log.warning("marked %d run(s) left running by a stopped process as abandoned", abandoned)
         if (problem := self.analysis.check_llm()) is not None:
             log.warning("%s", problem, extra={"event": "llm_model_missing"})
+
+    def subscribe(self, listener) -> None:
+        """Called with each finished run record (as `Fleet.subscribe`)."""
+        self.runs.subscribe(listener)
 
     def scheduled_jobs(self) -> list[ScheduledJob]:
         seconds = self.settings.sync_interval_minutes * 60

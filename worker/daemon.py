@@ -1,5 +1,10 @@
 """The daemon's life: every job on an interval, first runs at start, a clean stop on SIGTERM or
-SIGINT (the running job ends after its current write), and an immediate one on a second signal."""
+SIGINT (the running job ends after its current write), and an immediate one on a second signal.
+SIGHUP stops it the same clean way but exits EXIT_RESTART, so that a supervisor restarts it with
+its configuration read again: the settings are frozen into every part at start-up, and a reload in
+place could leave a running job with half the old settings and half the new.
+Under systemd (Type=notify) it says READY=1 once MongoDB and the scheduler are up, feeds the
+watchdog from the jobs' progress (worker/systemd.py) and says STOPPING=1 when it stops."""
 from __future__ import annotations
 
 import logging
@@ -9,13 +14,16 @@ import threading
 import time
 from datetime import datetime, timezone
 
+from apscheduler.events import EVENT_SCHEDULER_STARTED
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from typing import TYPE_CHECKING
 
+from services.run_records import UNSETTLED
 from utils.config import describe
 from worker.health import serve_health
+from worker.systemd import READY, STOPPING, Heartbeat, JobWatch, notify, watchdog_seconds
 from worker.webhook_listener import serve_webhooks
 
 if TYPE_CHECKING:
@@ -24,29 +32,54 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_SECONDS = 30.0
+# Exit codes besides 0 (stopped cleanly), 2 (configuration error) and 128 + signal (a second one).
+EXIT_RESTART = 75  # EX_TEMPFAIL: stopped cleanly on SIGHUP, to be started again (Restart=on-failure)
+EXIT_FORCED = 1  # a job did not stop within the grace period: not a clean stop, whatever asked for it
+SETTLE_SECONDS = 15.0  # how often run records lost in an outage are tried again
 
 
-def build_scheduler(app: "App | Fleet") -> BlockingScheduler:
+def build_scheduler(app: "App | Fleet", watch: JobWatch | None = None,
+                    watchdog: float | None = None) -> BlockingScheduler:
+    """`watch`: notes each job's start and end; `watchdog`: systemd's WatchdogSec, when the
+    unit has one: a heartbeat job then pings it while no job is overdue."""
     jobs = app.scheduled_jobs()
-    # One thread per job: the jobs run side by side, each at most once at a time.
+    # One thread per job: the jobs run side by side, each at most once at a time. The heartbeat
+    # has its own thread, so a busy job never delays it (only an overdue one silences it).
     scheduler = BlockingScheduler(timezone=timezone.utc,
-                                  executors={"default": ThreadPoolExecutor(len(jobs))})
+                                  executors={"default": ThreadPoolExecutor(len(jobs)),
+                                             "heartbeat": ThreadPoolExecutor(1),
+                                             "housekeeping": ThreadPoolExecutor(1)})
     for job in jobs:
-        scheduler.add_job(job.run, "interval", seconds=job.seconds, id=job.name, name=job.name,
+        run = watch.watched(job.name, job.run) if watch is not None else job.run
+        scheduler.add_job(run, "interval", seconds=job.seconds, id=job.name, name=job.name,
                           next_run_time=datetime.now(timezone.utc), max_instances=1, coalesce=True,
                           # A run that could not start on time still runs if it is late by less
                           # than half an interval; later than that, the next tick is as good.
                           misfire_grace_time=max(1, int(job.seconds / 2)))
+    # A run record lost in a MongoDB outage is written once MongoDB answers, not only by the next run.
+    scheduler.add_job(UNSETTLED.settle, "interval", seconds=SETTLE_SECONDS, id="settle_runs", name="settle_runs",
+                      executor="housekeeping", max_instances=1, coalesce=True)
+    if watch is not None and watchdog is not None:
+        # Three beats a WatchdogSec: one late beat is no restart.
+        scheduler.add_job(Heartbeat(watch).beat, "interval", seconds=watchdog / 3, id="watchdog",
+                          name="watchdog", executor="heartbeat", next_run_time=datetime.now(timezone.utc),
+                          max_instances=1, coalesce=True, misfire_grace_time=None)
     return scheduler
 
 
 def run_daemon(app: "App | Fleet") -> int:
-    scheduler = build_scheduler(app)
+    watch = JobWatch(app.settings.job_deadline_seconds)
+    app.subscribe(watch.progress)
+    watchdog = watchdog_seconds()
+    scheduler = build_scheduler(app, watch, watchdog)
+    grace = app.settings.shutdown_grace_seconds
+    exit_code = 0
+    # Called by start() once the jobs are scheduled; MongoDB answered already (prepare()).
+    scheduler.add_listener(lambda _event: notify(READY, "STATUS=scheduling"), EVENT_SCHEDULER_STARTED)
     signals_received = 0
 
     def on_signal(signum, _frame):
-        nonlocal signals_received
+        nonlocal signals_received, exit_code
         signals_received += 1
         name = signal.Signals(signum).name
         if signals_received > 1:
@@ -55,8 +88,12 @@ def run_daemon(app: "App | Fleet") -> int:
             log.warning("received %s again: stopping now", name, extra={"event": "shutdown_forced"})
             logging.shutdown()
             os._exit(128 + signum)
-        log.info("received %s: stopping after the current write (send it again to stop now)", name,
-                 extra={"event": "shutdown"})
+        if signum == signal.SIGHUP:
+            exit_code = EXIT_RESTART
+        log.info("received %s: stopping after the current write (send it again to stop now)%s", name,
+                 f"; exit code {EXIT_RESTART}, to be restarted with the configuration read again"
+                 if exit_code == EXIT_RESTART else "", extra={"event": "shutdown"})
+        notify(STOPPING, f"STATUS=stopping on {name}")
         app.stop.set()
         # From a signal handler the scheduler must not wait for its jobs (they run in other
         # threads and may need this one); the wait happens below, bounded.
@@ -74,27 +111,31 @@ def run_daemon(app: "App | Fleet") -> int:
     try:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_signal)
         if app.settings.health_port is not None:
-            health = serve_health(app, is_scheduling=lambda: scheduler.running)
+            health = serve_health(app, is_scheduling=lambda: scheduler.running, watch=watch)
         if app.settings.webhook_port is not None:
             webhooks = serve_webhooks(app)
-        log.info("daemon started: %s", ", ".join(f"{job.name} every {job.seconds:g} s" for job in app.scheduled_jobs()),
-                 extra={"event": "daemon_started"})
+        log.info("daemon started: %s%s", ", ".join(f"{job.name} every {job.seconds:g} s" for job in app.scheduled_jobs()),
+                 f"; systemd watchdog every {watchdog:g} s, job deadline {app.settings.job_deadline_seconds:g} s"
+                 if watchdog else "", extra={"event": "daemon_started"})
         # What it runs with, for whoever reads the log later; secrets only as set / not set.
         log.info("settings: %s", describe(app.settings), extra={"event": "settings"})
         scheduler.start()
         # Still listening while the last job finishes: /healthz answers 503 (not scheduling), which
         # tells a supervisor the stop is under way rather than a dead process.
-        if not app.wait_idle(SHUTDOWN_GRACE_SECONDS):
-            log.warning("a job did not stop within %.0fs; exiting anyway (its cursor was not advanced)",
-                        SHUTDOWN_GRACE_SECONDS, extra={"event": "shutdown_timeout"})
+        if not app.wait_idle(grace):
+            log.error("a job did not stop within %gs; exiting anyway with code %d (its cursor was not advanced)",
+                      grace, EXIT_FORCED, extra={"event": "shutdown_timeout"})
+            notify(STOPPING)
             logging.shutdown()
-            os._exit(0)  # the stuck job's thread would otherwise hold the interpreter open
+            os._exit(EXIT_FORCED)  # the stuck job's thread would otherwise hold the interpreter open
     finally:
+        notify(STOPPING)
         if webhooks is not None:
             webhooks.stop()
         if health is not None:
             health.stop()
         app.close()
-    log.info("daemon stopped", extra={"event": "daemon_stopped"})
-    return 0
+    log.info("daemon stopped (exit code %d)", exit_code, extra={"event": "daemon_stopped"})
+    return exit_code

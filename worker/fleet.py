@@ -30,7 +30,7 @@ from services.analyzer.groq_analyzer import GroqAnalyzer
 from services.bolna_client import KEY_REFUSED, BolnaClient
 from services.database import (LLM_QUOTA, TENANT_SCHEDULE, WEBHOOK_DELIVERIES, WEBHOOK_INBOX, ensure_indexes,
                                tenant_view)
-from services.run_records import RunListener, RunRecords, describe_failure
+from services.run_records import RunListener, RunRecords, describe_failure, stale_after
 from services.server_clock import ServerClock
 from services.tenancy.lease import LeaseKeeper
 from services.tenancy.llm_quota import LlmQuota
@@ -42,6 +42,7 @@ from services.webhooks.processor import LEASE_SECONDS, AccountWriters, InboxProc
 from services.webhooks.routes import AccountRoutes
 from services.webhooks.tally import DeliveryTally
 from utils.config import Settings
+from utils.logging import log_context
 from worker.app import AccountApp, build_writers, connect
 from utils.clock import utcnow
 from worker.jobs import CALL_PROCESSOR, JOB_NAMES, ScheduledJob
@@ -87,8 +88,9 @@ class Fleet:
                       if settings.llm_global_limit is not None else None)
         # Across accounts: counts by job and status, and accounts by state; never by account
         # (bounded cardinality).
-        self.metrics = RunMetrics(JOB_NAMES, queue_depth=None)
-        observe_accounts(self.metrics.registry, self.schedule.counts)
+        self.metrics = RunMetrics(JOB_NAMES, queue_depth=None, llm_configured=bool(settings.groq_api_keys),
+                                  refresh_after_runs=False)
+        observe_accounts(self.metrics, self.schedule.counts)
         self._listeners: list[RunListener] = [self.metrics.observe_run]
         self._tenants: dict[object, Tenant] = {}
         self._loaded_at: float | None = None
@@ -99,9 +101,9 @@ class Fleet:
         # Webhooks: every account's deliveries land in one inbox, each entry under its account.
         self._clock = clock
         self.deliveries = DeliveryTally(tenant_view(db, None)[WEBHOOK_DELIVERIES])  # the replica's, all accounts
-        observe_webhooks(self.metrics.registry, self.deliveries)
         self.webhook_processor = InboxProcessor(Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=clock),
                                                 self._writers_for, self.deliveries)
+        observe_webhooks(self.metrics, self.deliveries, self.webhook_processor.inbox.waiting)
         self.webhook_routes = (AccountRoutes(settings.webhook_token, self._inbox_of) if settings.webhook_token
                                else None)
 
@@ -112,9 +114,8 @@ class Fleet:
 
     def prepare(self) -> None:
         ensure_indexes(self.db, self.settings.run_retention_days, self.settings.webhook_inbox_days)
-        stale = max(timedelta(hours=1), 3 * timedelta(minutes=self.settings.sync_interval_minutes))
         # Every account's runs this host left open: one query over all of them.
-        abandoned = RunRecords(self.db).mark_abandoned(stale)
+        abandoned = RunRecords(self.db).mark_abandoned(stale_after(self.settings.sync_interval_minutes))
         if abandoned:
             log.warning("marked %d run(s) left running by a stopped process as abandoned", abandoned)
         # The daemon's own Groq key and model, as single-account mode checks them (an account's
@@ -165,7 +166,8 @@ class Fleet:
         synced = 0
         while not self.stop.is_set() and (claim := self.schedule.claim_due(due_by)) is not None:
             try:
-                self.sync(claim, due_by)
+                with log_context(account=str(claim.tenant_id)):
+                    self.sync(claim, due_by)
                 synced += 1
             except Exception as exc:  # noqa: BLE001 - one account's failure must not end the pass for the others
                 log.exception("account %s: its sync failed; it is tried again at its next slot", claim.tenant_id,
@@ -192,6 +194,7 @@ class Fleet:
         app = AccountApp(settings, self.db, BolnaClient.from_settings(settings, stop=lease.stop), tenant.id)
         for listener in self._listeners:
             app.runs.subscribe(functools.partial(_with_account, listener, tenant.id))
+        self.metrics.observe_requests(app)
         runs: list[dict] = []
         try:
             with lease:

@@ -23,7 +23,9 @@ WEBHOOK_WINDOW = timedelta(hours=24)
 
 class StatusReader:
     def __init__(self, db: Database, database_name: str, runs: RunRecords, queue: CallQueue, inbox: Inbox,
-                 deliveries: DeliveryTally):
+                 deliveries: DeliveryTally, stale: timedelta = timedelta(hours=1)):
+        """`stale`: a run `running` longer than this is dead (`stale_after`)."""
+        self.stale = stale
         self.db = db
         self.database_name = database_name
         self.runs = runs
@@ -56,7 +58,7 @@ class StatusReader:
         return 0
 
     def _job(self, job: str, now: datetime) -> dict:
-        last = self.runs.last_run(job)
+        last = self.runs.last_run(job, self.stale)
         success = self.runs.last_success(job)
         success_at = success.get("finishedAt") if success else None
         return {

@@ -2,7 +2,6 @@
 every outcome back, and stop starting new calls at the batch deadline."""
 from __future__ import annotations
 
-import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -11,14 +10,14 @@ from pymongo.errors import PyMongoError
 
 from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
 from services.analyzer.deadline import Deadline, DeadlineExceeded
-from services.analyzer.groq_analyzer import GroqAnalyzer, LlmFailure, LlmUnavailable
+from services.analyzer.groq_analyzer import BudgetSpent, GroqAnalyzer, LlmFailure, LlmUnavailable
 from services.analyzer.outcomes import Outcome, OutcomeWriter, record_outcome
 from services.analyzer.schema import HEURISTIC_MODEL, SHORT_TRANSCRIPT, analysis_document
-from services.run_records import RunRecorder, describe_failure
+from services.run_records import RunRecorder
 from utils.clock import utcnow
 from utils.config import Settings
+from utils.logging import in_log_context
 
-log = logging.getLogger(__name__)
 
 # A claim must outlive any attempt of a live process: attempts end by the batch deadline
 # (requests are cut to the time left), plus one request timeout and room for the write-back.
@@ -40,6 +39,12 @@ class AnalysisBatch:
         self._settings = settings
         self._llm = llm
         self._unavailable: str | None = None  # this run's reason the LLM cannot be used
+        self._budget_spent = False
+
+    @property
+    def llm(self) -> GroqAnalyzer | None:
+        """The LLM client (None: the offline heuristic only)."""
+        return self._llm
 
     def check_llm(self) -> str | None:
         """At start-up: why the configured LLM cannot be used, if Groq already says so."""
@@ -53,6 +58,7 @@ class AnalysisBatch:
         if self._llm is not None:
             self._llm.begin_run(self._settings.llm_requests_per_run)
         self._unavailable = None
+        self._budget_spent = False
         workers = min(self._settings.llm_concurrency, limit)
         queue_error = None
         finished = 0
@@ -60,7 +66,7 @@ class AnalysisBatch:
         # (a steady run over an empty queue made one empty claim per slot, half its round trips).
         drained = threading.Event()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="analyzer") as pool:
-            slots = [pool.submit(self._fill_slot, deadline, drained) for _ in range(limit)]
+            slots = [pool.submit(in_log_context(self._fill_slot, deadline, drained)) for _ in range(limit)]
             for slot in as_completed(slots):
                 outcomes, error = slot.result()
                 for outcome in outcomes:
@@ -70,6 +76,8 @@ class AnalysisBatch:
         if queue_error is not None:
             # Once per run: when the database is away, every slot meets the same error.
             recorder.error(queue_error, code="analysis_queue_error")
+        if self._budget_spent:
+            recorder.add("llmBudgetSpent")  # counted apart: an operator raises the budget, or waits
         if self._unavailable is not None:
             message = f"LLM unavailable: {self._unavailable}; calls not analyzed stay queued for a later run"
             if not finished:
@@ -95,7 +103,7 @@ class AnalysisBatch:
                     break
         except Exception as exc:  # the slot ends; the other slots and the run go on
             # The type only: a driver error's text can quote document values such as a phone number.
-            log.error("the analysis queue failed: %s", describe_failure(exc))
+            # Logged once for the run, as its error (every slot meets the same one).
             return outcomes, type(exc).__name__
         return outcomes, None
 
@@ -103,10 +111,10 @@ class AnalysisBatch:
         try:
             return self._analyze(claim, deadline)
         except Exception as exc:  # one bad call must not end the run; its lease expires, it is retaken once
-            # A traceback for bugs; a driver error's text can quote document values (transcripts).
-            log.error("analysis of a call crashed: %s", describe_failure(exc),
-                      exc_info=not isinstance(exc, PyMongoError), extra={"call_id": claim.call_id})
-            return Outcome(claim.call_id, "crashed", error=type(exc).__name__)
+            # Logged once, as the run's error; a traceback for bugs, while a driver error's text
+            # can quote document values (transcripts).
+            return Outcome(claim.call_id, "crashed", error=type(exc).__name__,
+                           exception=None if isinstance(exc, PyMongoError) else exc)
 
     def _analyze(self, claim: Claim, deadline: Deadline) -> Outcome:
         call = claim.call
@@ -132,6 +140,7 @@ class AnalysisBatch:
         except LlmUnavailable as exc:
             # Not the call's fault: it keeps its place in the queue, and no slot claims another.
             self._unavailable = str(exc)
+            self._budget_spent = self._budget_spent or isinstance(exc, BudgetSpent)
             self.queue.release(claim)
             return Outcome(claim.call_id, "released")
         except LlmFailure as failure:

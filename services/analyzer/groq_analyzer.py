@@ -15,6 +15,7 @@ from services.analyzer.pacing import RatePacer
 from services.analyzer.rate_limit import retry_after_seconds
 from services.analyzer.request import completion_request, prompt_tokens_estimate, stage_names
 from services.analyzer.schema import Analysis, InvalidAnswer, Usage, parse_answer
+from services.request_outcomes import RequestOutcomes
 from utils.config import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ class LlmUnavailable(Exception):
     gone, Groq down, or the run's request budget spent. The call goes back to the queue."""
 
 
+class BudgetSpent(LlmUnavailable):
+    """The run's LLM request budget (LLM_REQUEST_BUDGET) is spent."""
+
+
 class RequestBudget:
     """Every HTTP request of a run counts, retries included (the SDK's own retries are off)."""
 
@@ -51,7 +56,7 @@ class RequestBudget:
     def take(self) -> None:
         with self._lock:
             if self._left <= 0:
-                raise LlmUnavailable(f"the run's budget of {self.limit} LLM requests is spent")
+                raise BudgetSpent(f"the run's budget of {self.limit} LLM requests is spent")
             self._left -= 1
 
 
@@ -112,6 +117,7 @@ class GroqAnalyzer:
                            timeout=settings.llm_timeout_seconds), RatePacer())
             for key in settings.groq_api_keys
         ]
+        self.outcomes = RequestOutcomes()  # each request's outcome, for the metrics
         self.begin_run(settings.llm_requests_per_run)
 
     def begin_run(self, request_budget: int) -> None:
@@ -143,10 +149,12 @@ class GroqAnalyzer:
             stop=_out_of_attempts,
             sleep=deadline.sleep,
             reraise=True,
+            before_sleep=lambda state: self._count_transient(state.outcome.exception(), "retried"),
         )
         try:
             completion = retrying(self._request, request, deadline)
         except groq.APIError as exc:
+            self._count_transient(exc, "error")
             requests = retrying.statistics.get("attempt_number", 1)
             reason = f"{self.model}: {_describe(exc)} (after {requests} request(s))"
             if isinstance(exc, SERVICE_DOWN) and not isinstance(exc, groq.APITimeoutError):
@@ -171,18 +179,30 @@ class GroqAnalyzer:
                 raw = key.client.chat.completions.with_raw_response.create(**request, timeout=timeout)
                 headers = raw.headers
                 completion = raw.parse()
+                self.outcomes("ok")
                 return completion
             except groq.APIStatusError as exc:
                 headers = exc.response.headers
+                if isinstance(exc, groq.RateLimitError):
+                    self.outcomes("429")
+                elif not isinstance(exc, TRANSIENT_ERRORS):
+                    self.outcomes("error")  # never retried: a refused key, a missing model, a bad request
                 self._refuse(key, exc)
             except groq.APITimeoutError as exc:
                 # The timeout was cut to the time left: the deadline, not Groq, ended it.
                 if deadline.reached:
+                    self.outcomes("error")
                     raise DeadlineExceeded("the batch deadline passed during the request") from exc
                 raise
             finally:
                 key.pacer.settle(reserved, headers, _usage(completion).completion_tokens if completion else None)
         raise LlmUnavailable(f"{self.model}: every Groq API key was rejected (401)")
+
+    def _count_transient(self, error: BaseException | None, outcome: str) -> None:
+        """A transient failure (5xx, timeout, connection) is `retried` or, given up, an `error`; a
+        429 was counted when it came, the others when they came (never retried)."""
+        if isinstance(error, TRANSIENT_ERRORS) and not isinstance(error, groq.RateLimitError):
+            self.outcomes(outcome)
 
     def _refuse(self, key: _Key, error: groq.APIStatusError) -> None:
         """Sort a refusal: a rejected key is set aside (the next key is tried), a rate limit

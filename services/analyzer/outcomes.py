@@ -33,6 +33,9 @@ class Outcome:
     usage: Usage = Usage()
     cost_usd: float | None = 0.0  # None: tokens of a model without a price
     has_contact: bool = True
+    # A crash's exception, for the traceback of its one log line (a bug; never a driver error,
+    # whose text can quote document values).
+    exception: BaseException | None = None
 
 
 class OutcomeWriter:
@@ -120,4 +123,4 @@ def record_outcome(outcome: Outcome, recorder: RunRecorder) -> None:
         recorder.add("costUsd", outcome.cost_usd)
     if outcome.status in ("failed", "crashed"):
         recorder.error(f"analysis of call {outcome.call_id} {outcome.status}: {outcome.error}",
-                       code=f"analysis_{outcome.status}", call_id=outcome.call_id)
+                       code=f"analysis_{outcome.status}", call_id=outcome.call_id, exc_info=outcome.exception)

@@ -1,0 +1,45 @@
+"""Configuration documented once: every environment variable the code reads is in .env.example and
+in a row of the README's tables (and nothing is documented that the code does not read)."""
+import re
+from pathlib import Path
+
+from utils.config import _VARIABLES
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = [path for folder in ("worker", "services", "utils", "models") for path in (ROOT / folder).rglob("*.py")]
+# Set by systemd for the unit, never configured: documented in the README only.
+SET_BY_SYSTEMD = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
+
+
+def read_by_the_code() -> set[str]:
+    """The settings, every os.environ read, and the variables docker-compose.yml interpolates."""
+    direct = {name for path in SOURCES
+              for name in re.findall(r"""os\.environ(?:\.get\(|\[)\s*["']([A-Z][A-Z0-9_]*)["']""", path.read_text())}
+    compose = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", (ROOT / "docker-compose.yml").read_text()))
+    return set(_VARIABLES) | direct | compose
+
+
+def in_readme_tables() -> set[str]:
+    first_cells = re.findall(r"^\|([^|\n]*)\|", (ROOT / "README.md").read_text(), re.M)
+    return {name for cell in first_cells for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", cell)}
+
+
+def in_env_example() -> set[str]:
+    return set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
+
+
+def test_the_scan_finds_the_variables_read_outside_the_settings():
+    assert {"CALLSYNC_VERSION", "NOTIFY_SOCKET", "WATCHDOG_USEC", "MONGODB_URI"} <= read_by_the_code()
+
+
+def test_every_variable_is_in_a_readme_table():
+    assert read_by_the_code() - in_readme_tables() == set()
+
+
+def test_every_configurable_variable_is_in_env_example():
+    assert read_by_the_code() - SET_BY_SYSTEMD - in_env_example() == set()
+
+
+def test_nothing_documented_is_not_read():
+    documented = in_env_example() | {name for name in in_readme_tables() if name.isupper() and "_" in name}
+    assert documented - read_by_the_code() == set()
