@@ -13,7 +13,6 @@ import threading
 from typing import Callable, Iterable
 
 from pymongo.errors import PyMongoError
-from waitress import create_server
 from waitress import wasyncore
 
 from models.execution import MalformedExecution, parse_execution
@@ -22,6 +21,7 @@ from services.webhooks.inbox import Inbox
 from services.webhooks.routes import AccountRoutes, SingleRoute
 from services.webhooks.senders import SenderPolicy
 from services.webhooks.tally import DeliveryTally
+from worker.bounded_server import BoundedServer, ConnectionLimits
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +108,14 @@ class WebhookApp:
 
 
 class WebhookListener:
-    def __init__(self, app: WebhookApp, host: str, port: int):
-        self._server = create_server(
-            app, host=host, port=port, threads=THREADS, ident="",
-            max_request_body_size=app.max_body_bytes * HARD_BODY_FACTOR,
+    def __init__(self, app: WebhookApp, host: str, port: int, limits: ConnectionLimits = ConnectionLimits()):
+        """`limits`: how many connections, from one address and in all, and for how long (see
+        worker/bounded_server.py and docs/reliability.md)."""
+        self._server = BoundedServer(
+            app, host=host, port=port, limits=limits, unbounded_peer=app.senders.is_trusted_proxy,
+            threads=THREADS, ident="", max_request_body_size=app.max_body_bytes * HARD_BODY_FACTOR,
             # X-Forwarded-For is judged by SenderPolicy against WEBHOOK_TRUSTED_PROXIES, not cleared.
-            clear_untrusted_proxy_headers=False,
-            # A Bolna delivery is answered in milliseconds; an idle connection is not kept long.
-            channel_timeout=30)
+            clear_untrusted_proxy_headers=False)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="webhook-listener", daemon=True)
 
