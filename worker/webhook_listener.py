@@ -17,7 +17,7 @@ from waitress import wasyncore
 
 from models.execution import MalformedExecution, parse_execution
 from services.run_records import describe_failure
-from services.webhooks.inbox import Inbox
+from services.webhooks.inbox import Inbox, InboxFull
 from services.webhooks.routes import AccountRoutes, SingleRoute
 from services.webhooks.senders import SenderPolicy
 from services.webhooks.tally import DeliveryTally
@@ -29,6 +29,9 @@ PATH_PREFIX = "/webhooks/bolna/"
 THREADS = 4
 # Bodies larger than this are refused by waitress itself, before the application counts them.
 HARD_BODY_FACTOR = 4
+# A throttled account's deliveries are asked again after this: time for the processor to drain
+# thousands of waiting deliveries.
+RETRY_AFTER_SECONDS = 30
 
 Answer = tuple[str, dict]
 NOT_FOUND: Answer = ("404 Not Found", {"error": "not found"})
@@ -48,8 +51,14 @@ class WebhookApp:
         self.on_accept = on_accept
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
+        headers = []
         try:
             status, body = self._handle(environ)
+        except InboxFull:
+            # Not stored and not lost: Bolna retries a non-2xx answer, and the poll reads the call anyway.
+            self.tally.count("throttled")
+            status, body = "429 Too Many Requests", {"error": "too many deliveries of this account waiting"}
+            headers.append(("Retry-After", str(RETRY_AFTER_SECONDS)))
         except PyMongoError as exc:
             log.warning("a webhook delivery could not be stored (%s); answered 503 for Bolna to retry",
                         describe_failure(exc), extra={"event": "webhook_store_failed"})
@@ -59,7 +68,7 @@ class WebhookApp:
             status, body = "503 Service Unavailable", {"error": "try again later"}
         payload = json.dumps(body).encode()
         start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
-                                ("Cache-Control", "no-store")])
+                                ("Cache-Control", "no-store"), *headers])
         return [payload]
 
     def _handle(self, environ: dict) -> Answer:
