@@ -68,6 +68,12 @@ class Processed:
     error: str | None = None  # set: the delivery failed
 
 
+def waiting_entry(call_id: str, status: str, bolna_updated_at: datetime | None, body: bytes, rank: int) -> dict:
+    """An accepted delivery as stored; `rank`: how many of its account's deliveries were waiting."""
+    return {"callId": call_id, "status": status, "bolnaUpdatedAt": bolna_updated_at, "receivedAt": utcnow(),
+            "state": WAITING, "rank": rank, "attempts": 0, "body": Binary(body)}
+
+
 class Inbox:
     def __init__(self, entries: Collection, owner: str, lease_seconds: float,
                  clock: Callable[[], datetime] = utcnow, *, max_waiting: int = 5000):
@@ -86,9 +92,7 @@ class Inbox:
         if waiting >= self.max_waiting:
             raise InboxFull(f"{self.max_waiting} deliveries of this account are waiting")
         try:
-            self.entries.insert_one({"callId": call_id, "status": status, "bolnaUpdatedAt": bolna_updated_at,
-                                     "receivedAt": utcnow(), "state": WAITING, "rank": waiting, "attempts": 0,
-                                     "body": Binary(body)})
+            self.entries.insert_one(waiting_entry(call_id, status, bolna_updated_at, body, waiting))
         except DuplicateKeyError:
             return False
         return True
