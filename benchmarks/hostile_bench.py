@@ -357,21 +357,27 @@ def run(quick: bool) -> list[str]:
     for row in sorted(patterns, key=lambda row: (not row["finished"], row["seconds"]), reverse=True):
         took = f"{row['seconds']:.3f} s" if row["finished"] else f"> {pick['regex_deadline_s']:.0f} s (stopped)"
         lines.append(f"  {row['pattern']:<45} {took:>20}  slowest on {row['input']}")
+    print("\n".join(lines), flush=True)
     with _mongo() as client:
         listener = listener_flood(client, pick["connections"])
+    print("  listener flood measured", flush=True)
     with _mongo() as client:
         health = health_flood(client, pick["connections"])
+    print("  health flood measured", flush=True)
     with _mongo() as client:
         fair = account_flood(client, pick["flood"])
+    lines = []
     took = f"{slowest['seconds']:.3f} s" if slowest["finished"] else f"over {pick['regex_deadline_s']:.0f} s"
     rows = [
         ("slowest product regex on 1 MB adversarial input", f"{took}: {slowest['pattern']} on {slowest['input']}"),
         (f"delivery under {listener['connections']:,} idle connections",
          f"first {listener['first_ms']:.0f} ms (accepting the queue ahead of it), then median "
-         f"{listener['median_ms']:.1f} ms, max {listener['max_ms']:.1f} ms; {listener['closed']} of the idle closed"),
+         f"{listener['median_ms']:.1f} ms, max {listener['max_ms']:.1f} ms; {listener['connected']:,} opened in "
+         f"{listener['open_seconds']:.1f} s, {listener['closed']} of them closed by then"),
         (f"health server under {health['connections']:,} idle connections",
          f"threads {health['threads_before']} before, {health['threads_during']} during; /healthz median "
-         f"{health['median_ms']:.1f} ms, max {health['max_ms']:.1f} ms"),
+         f"{health['median_ms']:.1f} ms, max {health['max_ms']:.1f} ms; {health['connected']:,} opened in "
+         f"{health['open_seconds']:.1f} s"),
         (f"other account's delay under a {fair['flood']:,}-delivery flood",
          f"{fair['other_ms']:.0f} ms, written by batch {fair['other_batches']} of {fair['batches']} (a batch of "
          f"{BATCH} {fair['batch_ms']:.0f} ms; the flood drained in {fair['drained_seconds']:.1f} s, {fair['written']:,} "
