@@ -134,3 +134,11 @@ def test_idle_and_trickling_clients_are_dropped_after_a_short_timeout(hook_setti
             assert trickling in dropped and 2.0 <= dropped[trickling] < 2.0 + 1.5
     finally:
         listener.stop()
+
+
+def test_a_trusted_proxy_is_not_bounded_per_address(hook_settings, mongo, bolna, started):
+    app = build_app(hook_settings, mongo, bolna)
+    base = started(app, processor=False, webhook_trusted_proxies=("127.0.3.0/24",))
+    with idle_connections(_address(base), PER_ADDRESS + 5, ["127.0.3.1"]) as from_proxy:
+        assert deliver(base, state_of("x-1", "completed", 3)).status_code == 200  # all accepted by now
+        assert not closed_by_server(from_proxy, within=0.3)
