@@ -27,6 +27,8 @@ SIZES = {
 # The backfill's minute, in seconds (Bolna's is 60): the limits' time-scale (backfill_bench).
 BACKFILL_MINUTE = 30.0
 SCENARIOS = ("first_sync", "steady_state", "full_resync", "backfill", "mapping", "heuristic", "analyzer")
+# Asked by name only, each printing its own figures (not rows of the sync table).
+OWN_REPORTS = ("hostile",)
 HEADERS = ["scenario", "variant", "wall s", "Bolna req", "429s", "Mongo RT", "exec/s", "peak MB"]
 
 
@@ -120,15 +122,19 @@ def analyzer(quick: bool) -> list[list]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("scenarios", nargs="*", metavar="scenario",
-                        help=f"any of {', '.join(SCENARIOS)} (default: all)")
+                        help=f"any of {', '.join(SCENARIOS)} (default: all); or {', '.join(OWN_REPORTS)}: "
+                             "what hostile input costs (benchmarks/hostile_bench.py)")
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes, for a smoke run")
     parser.add_argument("--wire-server", action="store_true",
                         help="start the test run's wire server (tests.wire_server: SecantusDB in its own venv) "
                              "and measure against it, as against MONGODB_URI")
     args = parser.parse_args(argv)
-    unknown = set(args.scenarios) - set(SCENARIOS)
+    unknown = set(args.scenarios) - set(SCENARIOS) - set(OWN_REPORTS)
     if unknown:
-        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from "
+                     f"{', '.join(SCENARIOS + OWN_REPORTS)}")
+    own = [name for name in args.scenarios if name in OWN_REPORTS]
+    args.scenarios = [name for name in args.scenarios if name not in OWN_REPORTS]
     logging.disable(logging.WARNING)  # the runs' own logs would bury the table
     if args.wire_server:
         from tests.wire_server import PACKAGE
@@ -139,9 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         print("MongoDB: " + backend + ("; round trips counted by command monitoring (pymongo.monitoring)"
                                        if CountedMongo.server_uri() else
                                        "; round trips counted per collection call (fakes.mongo_hooks)") + "\n")
-        rows = _run(args)
-    print()
-    print(format_table(HEADERS, rows))
+        if own:
+            from benchmarks import hostile_bench
+            print("\n".join(hostile_bench.run(args.quick)), flush=True)
+        rows = _run(args) if args.scenarios or not own else []
+    if rows:
+        print()
+        print(format_table(HEADERS, rows))
     return 0
 
 

@@ -51,6 +51,10 @@ TRANSCRIPT_AGE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("transcriptRemovedAt", 
 RUN_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("job", ASCENDING), ("startedAt", DESCENDING)]
 # Across accounts: a replica's one webhook processor claims the waiting deliveries of all of them.
 INBOX_STATE_KEYS = [("state", ASCENDING), ("receivedAt", ASCENDING)]
+# The processor's claims, round-robin across accounts (services/webhooks/inbox.py), and one
+# account's waiting deliveries counted against WEBHOOK_MAX_WAITING.
+INBOX_CLAIM_KEYS = [("state", ASCENDING), ("rank", ASCENDING), ("receivedAt", ASCENDING)]
+INBOX_ACCOUNT_KEYS = [(TENANT_FIELD, ASCENDING), ("state", ASCENDING)]
 SUPPRESSION_KEY_KEYS = [(TENANT_FIELD, ASCENDING), ("keyId", ASCENDING)]
 
 # Every index of an account's data leads with `userId` (services/tenancy/scoped.py adds it to every
@@ -132,8 +136,12 @@ _INDEXES: dict[str, list[IndexModel]] = {
     WEBHOOK_INBOX: [
         # Bolna sends each status of a call once, and again when unsure: the second is a duplicate.
         _tenant_index(("callId", ASCENDING), ("status", ASCENDING), unique=True, name="delivery_unique"),
-        # The processor's claims: waiting deliveries of every account, oldest first.
+        # Waiting deliveries of every account, oldest first (status), and processed ones by age (lags).
         _named(INBOX_STATE_KEYS, name="state_receivedAt"),
+        # The processor's claims: lowest rank first, across accounts.
+        _named(INBOX_CLAIM_KEYS, name="state_rank_receivedAt"),
+        # One account's waiting deliveries, counted at each accept against its cap.
+        _named(INBOX_ACCOUNT_KEYS, name="userId_state"),
     ],
     # The tally's last day of deliveries (status): beside the TTL index, which cannot be compound.
     WEBHOOK_DELIVERIES: [_tenant_index(("at", ASCENDING), name="userId_at")],

@@ -14,7 +14,7 @@ from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import HookedClient
 from services.database import CALLS, CUSTOMERS, WEBHOOK_INBOX
 from services.webhooks.inbox import DONE, FAILED, WAITING
-from services.webhooks.processor import NOT_LISTED
+from services.webhooks.processor import NOT_LISTED, InboxProcessor
 from services.webhooks.routes import account_token
 from tests.conftest import TEST_DB
 from tests.test_webhooks import TOKEN, deliver, started, state_of, wait_until  # noqa: F401 - `started`: a fixture
@@ -124,3 +124,29 @@ def test_a_delivery_for_an_account_listed_after_this_replicas_read_is_written(ho
     assert processing.webhook_processor.process_batch() == 1
 
     assert mongo[TEST_DB][CALLS].find_one({"callId": "w-3"})["userId"] == "newcomer"
+
+
+def test_one_accounts_flood_delays_anothers_delivery_by_at_most_one_batch(hook_settings, mongo, users, started):
+    fleet = replica(hook_settings, mongo)
+    base = started(fleet, processor=False)
+    batch, flood = 10, 35
+    for n in range(flood):
+        deliver(base, state_of(f"a-{n}", "completed", 3, customer=f"+9198765{n:05d}"),
+                token=account_token(TOKEN, "alpha"))
+    assert deliver(base, state_of("b-1", "completed", 3, customer="(415) 555-0100"),
+                   token=account_token(TOKEN, "beta")).status_code == 200
+    processor = InboxProcessor(fleet.webhook_processor.inbox, fleet.webhook_processor.writers_for,
+                               fleet.deliveries, batch=batch)
+    assert processor.process_batch() == batch
+    assert mongo[TEST_DB][CALLS].count_documents({"userId": "beta", "callId": "b-1"}) == 1
+    while processor.process_batch():
+        pass
+    assert mongo[TEST_DB][CALLS].count_documents({"userId": "alpha"}) == flood  # the flood is all written too
+
+
+def test_each_account_has_its_own_cap(hook_settings, mongo, users, started):
+    base = started(replica(hook_settings.with_overrides(webhook_max_waiting=2), mongo), processor=False)
+    alpha, beta = account_token(TOKEN, "alpha"), account_token(TOKEN, "beta")
+    codes = [deliver(base, state_of(f"a-{n}", "completed", 3), token=alpha).status_code for n in range(3)]
+    assert codes == [200, 200, 429]
+    assert deliver(base, state_of("b-1", "completed", 3), token=beta).status_code == 200

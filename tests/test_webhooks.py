@@ -7,6 +7,7 @@ import json
 import logging
 import time
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import mongomock
@@ -27,7 +28,7 @@ from utils.config import BOLNA_SENDER_IPS
 from utils.phone import normalize_phone
 from worker.health import serve_health
 from worker.status import format_status
-from worker.webhook_listener import PATH_PREFIX, WebhookApp, WebhookListener, serve_webhooks
+from worker.webhook_listener import PATH_PREFIX, THREADS, WebhookApp, WebhookListener, serve_webhooks
 from services.webhooks.senders import SenderPolicy
 
 pytestmark = pytest.mark.timeout(120)
@@ -351,7 +352,7 @@ def test_deliveries_by_outcome_and_the_lag_in_metrics_and_status(hook_settings, 
     by_outcome = {sample.labels["outcome"]: sample.value for sample in families["callsync_webhook_deliveries"].samples
                   if sample.name.endswith("_total")}
     assert by_outcome == {"accepted": 1, "duplicate": 1, "rejected_token": 1, "rejected_sender": 0,
-                          "too_large": 0, "malformed": 1, "processed": 1, "failed": 0}
+                          "too_large": 0, "malformed": 1, "throttled": 0, "processed": 1, "failed": 0}
     lag_count = [s.value for s in families["callsync_webhook_lag_seconds"].samples if s.name.endswith("_count")]
     assert lag_count == [1]
     app.deliveries.flush(force=True)
@@ -361,3 +362,35 @@ def test_deliveries_by_outcome_and_the_lag_in_metrics_and_status(hook_settings, 
     assert status["lagMs"]["count"] == 1 and 56 * 60_000 < status["lagMs"]["p50"] < 58 * 60_000
     assert "webhooks, last 24 h: 1 accepted, 1 duplicate, 1 rejected_token, 1 malformed, 1 processed" in \
         format_status(app.status.collect())
+
+
+def test_an_account_at_its_cap_is_answered_429_with_retry_after_and_its_retry_is_accepted(
+        hook_settings, mongo, bolna, started):
+    app = build_app(hook_settings.with_overrides(webhook_max_waiting=3), mongo, bolna)
+    base = started(app, processor=False)
+    for n in range(3):
+        assert deliver(base, state_of(f"c-{n}", "completed", 3)).status_code == 200
+    refused = deliver(base, state_of("c-3", "completed", 3))
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    assert "Traceback" not in refused.text
+    assert app.db[WEBHOOK_INBOX].count_documents({}) == 3  # not stored, so not half-kept either
+    assert app.webhook_processor.process_batch() == 3
+    # Bolna's retry, once the deliveries waiting were processed.
+    assert deliver(base, state_of("c-3", "completed", 3)).json() == {"status": "accepted"}
+    app.deliveries.flush(force=True)
+    totals = app.deliveries.totals(utcnow() - timedelta(hours=1))
+    assert (totals["accepted"], totals["throttled"]) == (4, 1)
+
+
+def test_a_concurrent_burst_exceeds_the_cap_by_fewer_than_the_listeners_threads(hook_settings, mongo, bolna,
+                                                                                 started):
+    cap = 5
+    app = build_app(hook_settings.with_overrides(webhook_max_waiting=cap), mongo, bolna)
+    base = started(app, processor=False)
+    burst = 40
+    with ThreadPoolExecutor(burst) as pool:
+        codes = list(pool.map(lambda n: deliver(base, state_of(f"u-{n}", "completed", 3)).status_code, range(burst)))
+    stored = app.db[WEBHOOK_INBOX].count_documents({})
+    # Each listener thread holds one delivery between counting and inserting.
+    assert cap <= stored <= cap + THREADS - 1
+    assert sorted(set(codes)) == [200, 429] and codes.count(200) == stored

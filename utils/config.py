@@ -82,6 +82,7 @@ class Settings:
     webhook_max_body_bytes: int = 1_048_576
     webhook_public_url: str | None = None  # the listener's base URL as Bolna reaches it (https://…)
     webhook_inbox_days: int = 3  # accepted deliveries are kept this long (TTL)
+    webhook_max_waiting: int = 5000  # an account's deliveries waiting at once; beyond it, 429
     # Bolna's documented limits per organisation (services/bolna_pacing.py), and the share left unused.
     bolna_listing_rate_per_minute: int = 500
     bolna_rate_per_minute: int = 1000
@@ -185,6 +186,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "WEBHOOK_MAX_BODY_BYTES": ("webhook_max_body_bytes", values.positive_int, False),
     "WEBHOOK_PUBLIC_URL": ("webhook_public_url", values.url, False),
     "WEBHOOK_INBOX_DAYS": ("webhook_inbox_days", values.positive_int, False),
+    "WEBHOOK_MAX_WAITING": ("webhook_max_waiting", values.positive_int, False),
     "BOLNA_LISTING_RATE_PER_MINUTE": ("bolna_listing_rate_per_minute", values.positive_int, False),
     "BOLNA_RATE_PER_MINUTE": ("bolna_rate_per_minute", values.positive_int, False),
     "BOLNA_RATE_HEADROOM": ("bolna_rate_headroom", values.fraction, False),

@@ -180,7 +180,8 @@ class App(AccountApp):
         self._successes_loaded = False
         self.runs.subscribe(self.metrics.observe_run)
         # Webhooks: the inbox, its processor (started by the daemon with the listener) and the tally.
-        self.inbox = Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self.call_queue.clock)
+        self.inbox = Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self.call_queue.clock,
+                           max_waiting=settings.webhook_max_waiting)
         self.deliveries = DeliveryTally(db[WEBHOOK_DELIVERIES])
         observe_webhooks(self.metrics, self.deliveries, self.inbox.waiting)
         self.webhook_processor = InboxProcessor(self.inbox, lambda _account: self.writers, self.deliveries)

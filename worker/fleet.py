@@ -239,7 +239,8 @@ class Fleet:
             return self._idle.wait_for(lambda: self._active == 0, timeout)
 
     def _inbox_of(self, tenant_id) -> Inbox:
-        return Inbox(tenant_view(self.db, tenant_id)[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self._clock)
+        return Inbox(tenant_view(self.db, tenant_id)[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self._clock,
+                     max_waiting=self.settings.webhook_max_waiting)
 
     def _writers_for(self, tenant_id) -> AccountWriters | None:
         """The writers of a delivery's account; None when the account is no longer listed."""

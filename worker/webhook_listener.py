@@ -13,15 +13,15 @@ import threading
 from typing import Callable, Iterable
 
 from pymongo.errors import PyMongoError
-from waitress import create_server
 from waitress import wasyncore
 
 from models.execution import MalformedExecution, parse_execution
 from services.run_records import describe_failure
-from services.webhooks.inbox import Inbox
+from services.webhooks.inbox import Inbox, InboxFull
 from services.webhooks.routes import AccountRoutes, SingleRoute
 from services.webhooks.senders import SenderPolicy
 from services.webhooks.tally import DeliveryTally
+from worker.bounded_server import BoundedServer, ConnectionLimits
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,9 @@ PATH_PREFIX = "/webhooks/bolna/"
 THREADS = 4
 # Bodies larger than this are refused by waitress itself, before the application counts them.
 HARD_BODY_FACTOR = 4
+# A throttled account's deliveries are asked again after this: time for the processor to drain
+# thousands of waiting deliveries.
+RETRY_AFTER_SECONDS = 30
 
 Answer = tuple[str, dict]
 NOT_FOUND: Answer = ("404 Not Found", {"error": "not found"})
@@ -48,8 +51,14 @@ class WebhookApp:
         self.on_accept = on_accept
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
+        headers = []
         try:
             status, body = self._handle(environ)
+        except InboxFull:
+            # Not stored and not lost: Bolna retries a non-2xx answer, and the poll reads the call anyway.
+            self.tally.count("throttled")
+            status, body = "429 Too Many Requests", {"error": "too many deliveries of this account waiting"}
+            headers.append(("Retry-After", str(RETRY_AFTER_SECONDS)))
         except PyMongoError as exc:
             log.warning("a webhook delivery could not be stored (%s); answered 503 for Bolna to retry",
                         describe_failure(exc), extra={"event": "webhook_store_failed"})
@@ -59,7 +68,7 @@ class WebhookApp:
             status, body = "503 Service Unavailable", {"error": "try again later"}
         payload = json.dumps(body).encode()
         start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
-                                ("Cache-Control", "no-store")])
+                                ("Cache-Control", "no-store"), *headers])
         return [payload]
 
     def _handle(self, environ: dict) -> Answer:
@@ -108,14 +117,14 @@ class WebhookApp:
 
 
 class WebhookListener:
-    def __init__(self, app: WebhookApp, host: str, port: int):
-        self._server = create_server(
-            app, host=host, port=port, threads=THREADS, ident="",
-            max_request_body_size=app.max_body_bytes * HARD_BODY_FACTOR,
+    def __init__(self, app: WebhookApp, host: str, port: int, limits: ConnectionLimits = ConnectionLimits()):
+        """`limits`: how many connections, from one address and in all, and for how long (see
+        worker/bounded_server.py and docs/reliability.md)."""
+        self._server = BoundedServer(
+            app, host=host, port=port, limits=limits, unbounded_peer=app.senders.is_trusted_proxy,
+            threads=THREADS, ident="", max_request_body_size=app.max_body_bytes * HARD_BODY_FACTOR,
             # X-Forwarded-For is judged by SenderPolicy against WEBHOOK_TRUSTED_PROXIES, not cleared.
-            clear_untrusted_proxy_headers=False,
-            # A Bolna delivery is answered in milliseconds; an idle connection is not kept long.
-            channel_timeout=30)
+            clear_untrusted_proxy_headers=False)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="webhook-listener", daemon=True)
 

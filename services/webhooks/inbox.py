@@ -10,7 +10,20 @@ expire after WEBHOOK_INBOX_DAYS.
 
 With many accounts, a delivery is accepted through its account's view of the database, so the
 entry carries the account's `userId`; a replica's one processor claims the waiting entries of all
-accounts (through the database itself) and writes each through its own account's view."""
+accounts (through the database itself) and writes each through its own account's view.
+
+Fair to every account: an account holds at most `max_waiting` waiting entries (WEBHOOK_MAX_WAITING;
+beyond it a delivery is refused with InboxFull, answered 429 for Bolna to retry later), and each
+entry is stamped with its `rank`, how many of its account's entries were waiting when it came.
+Claims take the lowest ranks first, so the accounts are served round-robin: the first waiting
+delivery of every account, then the second, ... and one account's flood delays another's delivery
+by at most the batch in hand.
+
+The cap is checked by counting, then the entry is inserted: two requests of one account checked at
+once may both pass. Each listener thread holds one delivery at a time, so an account holds at most
+`max_waiting` + (listener threads x replicas) - 1 entries, whatever the burst. (A counter kept
+beside the entries would close that gap but must be remembered and mended after a crash; the
+count is recomputed from the entries themselves, and bounded by `max_waiting` keys.)"""
 from __future__ import annotations
 
 import uuid
@@ -23,13 +36,17 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from services.database import INBOX_STATE_KEYS
+from services.database import INBOX_CLAIM_KEYS, INBOX_STATE_KEYS
 from utils.clock import utcnow
 
 WAITING, DONE, FAILED = "waiting", "done", "failed"
 # Deliveries whose processing was cut off this many times (a processor dying on them) are failed:
 # the poll still reconciles the call.
 MAX_ATTEMPTS = 5
+
+
+class InboxFull(Exception):
+    """The account already has its `max_waiting` deliveries waiting: answered 429, retried by Bolna."""
 
 
 @dataclass(frozen=True)
@@ -51,33 +68,47 @@ class Processed:
     error: str | None = None  # set: the delivery failed
 
 
+def waiting_entry(call_id: str, status: str, bolna_updated_at: datetime | None, body: bytes, rank: int) -> dict:
+    """An accepted delivery as stored; `rank`: how many of its account's deliveries were waiting."""
+    return {"callId": call_id, "status": status, "bolnaUpdatedAt": bolna_updated_at, "receivedAt": utcnow(),
+            "state": WAITING, "rank": rank, "attempts": 0, "body": Binary(body)}
+
+
 class Inbox:
     def __init__(self, entries: Collection, owner: str, lease_seconds: float,
-                 clock: Callable[[], datetime] = utcnow):
-        """`clock`: the database server's time (`ServerClock`) where replicas share the inbox."""
+                 clock: Callable[[], datetime] = utcnow, *, max_waiting: int = 5000):
+        """`clock`: the database server's time (`ServerClock`) where replicas share the inbox.
+        `max_waiting`: the waiting entries one account may hold (accepting through its view)."""
         self.entries = entries
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
         self.clock = clock
+        self.max_waiting = max_waiting
 
     def accept(self, call_id: str, status: str, bolna_updated_at: datetime | None, body: bytes) -> bool:
-        """Store one delivery; False when this call's status was delivered before (a duplicate)."""
+        """Store one delivery; False when this call's status was delivered before (a duplicate).
+        Raises InboxFull when the account has `max_waiting` deliveries waiting."""
+        # No hint: the filter is exactly `userId_state`'s keys (the account's view adds `userId`),
+        # which every planner picks; the test run's wire server walks a hinted index whole.
+        waiting = self.entries.count_documents({"state": WAITING}, limit=self.max_waiting)
+        if waiting >= self.max_waiting:
+            raise InboxFull(f"{self.max_waiting} deliveries of this account are waiting")
         try:
-            self.entries.insert_one({"callId": call_id, "status": status, "bolnaUpdatedAt": bolna_updated_at,
-                                     "receivedAt": utcnow(), "state": WAITING, "attempts": 0,
-                                     "body": Binary(body)})
+            self.entries.insert_one(waiting_entry(call_id, status, bolna_updated_at, body, waiting))
         except DuplicateKeyError:
             return False
         return True
 
     def claim(self, limit: int) -> tuple[str, list[Delivery]]:
-        """Up to `limit` of the oldest waiting deliveries no live claim holds, under one new token:
-        three round trips whatever the number. Each entry is claimed atomically, so one another
-        processor took in between is simply not among those returned."""
+        """Up to `limit` waiting deliveries no live claim holds, lowest rank first (round-robin
+        across accounts), then oldest, under one new token: three round trips whatever the number.
+        Each entry is claimed atomically, so one another processor took in between is simply not
+        among those returned."""
         token, now = uuid.uuid4().hex, self.clock()
         claimable = {"state": WAITING, "$or": [{"claim": None}, {"claim.expiresAt": {"$lte": now}}]}
-        ids = [doc["_id"] for doc in self.entries.find(claimable, {"_id": 1}, sort=[("receivedAt", ASCENDING)],
-                                                        hint=INBOX_STATE_KEYS, limit=limit)]
+        ids = [doc["_id"] for doc in self.entries.find(claimable, {"_id": 1},
+                                                        sort=[("rank", ASCENDING), ("receivedAt", ASCENDING)],
+                                                        hint=INBOX_CLAIM_KEYS, limit=limit)]
         if not ids:
             return token, []
         self.entries.update_many({"_id": {"$in": ids}, **claimable}, {

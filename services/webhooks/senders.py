@@ -50,5 +50,9 @@ class SenderPolicy:
         sender = self.sender(peer, forwarded_for)
         return sender is not None and any(sender in network for network in self.allowed)
 
+    def is_trusted_proxy(self, peer: str) -> bool:
+        address = _address(peer)
+        return address is not None and self._trusted(address)
+
     def _trusted(self, address) -> bool:
         return any(address in network for network in self.trusted_proxies)

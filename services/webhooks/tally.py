@@ -17,8 +17,9 @@ from utils.clock import utcnow
 
 log = logging.getLogger(__name__)
 
-# What became of a delivery: at the listener (the first six), then at the processor (the last two).
-OUTCOMES = ("accepted", "duplicate", "rejected_token", "rejected_sender", "too_large", "malformed",
+# What became of a delivery: at the listener (the first seven; `throttled`: refused 429 as its
+# account had WEBHOOK_MAX_WAITING deliveries waiting), then at the processor (the last two).
+OUTCOMES = ("accepted", "duplicate", "rejected_token", "rejected_sender", "too_large", "malformed", "throttled",
             "processed", "failed")
 FLUSH_EVERY = timedelta(seconds=5)
 
