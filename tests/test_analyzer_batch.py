@@ -296,9 +296,11 @@ def test_a_429_storm_ends_the_batch_by_its_deadline_leaving_calls_unprocessed(fa
     started = time.monotonic()
     recorder = run(db, settings.with_overrides(llm_batch_deadline_seconds=1.0, llm_concurrency=2))
     assert time.monotonic() - started < 5.0  # its deadline, not 429s for ever (bound loose for busy machines)
-    # The two calls in flight waited out 429s (every 0.2 s) until a wait would cross the deadline.
+    # The two calls in flight waited out 429s (every 0.2 s) until a wait would cross the deadline:
+    # each was asked again after a 429 (how many times depends on how busy the machine is).
     assert recorder.counts["released"] == 2 and recorder.counts["failed"] == 0
-    assert set(analyzed_flats(fake)) == {"c0", "c1"} and len(fake.recorded()) >= 2 * 4
+    asked = Counter(analyzed_flats(fake))
+    assert set(asked) == {"c0", "c1"} and min(asked.values()) >= 2
     for doc in db.calls.find():
         assert not doc["processed"] and doc["attempts"] == 0 and "claim" not in doc and "analysis" not in doc
 
