@@ -1,6 +1,6 @@
 import pytest
 
-from services.analyzer.pricing import DEFAULT_PRICES, Price
+from utils.config import DEFAULT_PRICES, Price
 from utils.config import ConfigError, describe, load_settings
 
 

@@ -3,7 +3,7 @@ in a row of the README's tables (and nothing is documented that the code does no
 import re
 from pathlib import Path
 
-from utils.config import _VARIABLES
+from utils.config import VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [path for folder in ("worker", "services", "utils", "models") for path in (ROOT / folder).rglob("*.py")]
@@ -16,7 +16,7 @@ def read_by_the_code() -> set[str]:
     direct = {name for path in SOURCES
               for name in re.findall(r"""os\.environ(?:\.get\(|\[)\s*["']([A-Z][A-Z0-9_]*)["']""", path.read_text())}
     compose = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", (ROOT / "docker-compose.yml").read_text()))
-    return set(_VARIABLES) | direct | compose
+    return set(VARIABLES) | direct | compose
 
 
 def in_readme_tables() -> set[str]:
