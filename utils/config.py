@@ -200,8 +200,9 @@ def port(value: str) -> int:
 def prices(value: str) -> dict[str, Price]:
     """JSON object of model -> [input, output] USD per million tokens, added to (or replacing
     entries of) the built-in table; e.g. {"openai/gpt-oss-20b": [0.075, 0.30]}"""
-    table = json_object(value, expected='must be a JSON object such as {"model": [input, output]} '
-                                        'in USD per million tokens')
+    table = json.loads(value)
+    if not isinstance(table, dict):
+        raise ValueError('must be a JSON object such as {"model": [input, output]} in USD per million tokens')
     prices = dict(DEFAULT_PRICES)
     for model, pair in table.items():
         if (not isinstance(pair, list) or len(pair) != 2
@@ -267,11 +268,10 @@ def allowed_senders(value: str) -> tuple[str, ...] | None:
     return None if value.strip().lower() == "any" else networks(value)
 
 
-def json_object(value: str, expected: str = 'must be a JSON object, i.e. a MongoDB query such as {"plan": "pro"}'
-                ) -> dict[str, object]:
+def json_object(value: str) -> dict[str, object]:
     document = json.loads(value)
     if not isinstance(document, dict):
-        raise ValueError(expected)
+        raise ValueError('must be a JSON object, i.e. a MongoDB query such as {"plan": "pro"}')
     return document
 
 
