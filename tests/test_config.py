@@ -1,7 +1,9 @@
+import subprocess
+import sys
+
 import pytest
 
-from utils.config import DEFAULT_PRICES, Price
-from utils.config import ConfigError, describe, load_settings
+from utils.config import DEFAULT_PRICES, ConfigError, Price, describe, load_settings
 
 
 def test_defaults_from_an_empty_environment():
@@ -86,3 +88,13 @@ def test_many_accounts_settings_are_checked():
     # Each account's webhook URL derives from WEBHOOK_TOKEN (services/webhooks/routes.py).
     assert load_settings({"TENANT_SOURCE": "mongodb", "WEBHOOK_PORT": "8080",
                           "WEBHOOK_TOKEN": "t" * 32}).webhook_port == 8080
+
+
+def test_the_settings_load_no_service_or_worker_module():
+    """utils/ sits below services/ and worker/: reading the settings (price table included) must
+    not pull them in, or an import circle through them is one edit away."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, utils.config; "
+                               "print(sorted(m for m in sys.modules if m.split('.')[0] in ('services', 'worker')))"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
