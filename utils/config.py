@@ -488,3 +488,15 @@ def describe(settings: Settings) -> dict[str, object]:
     """Settings safe to log: secrets reduced to whether they are set."""
     return {f.name: bool(getattr(settings, f.name)) if f.metadata["secret"] else getattr(settings, f.name)
             for f in fields(settings)}
+
+
+def secret_texts(settings: Settings) -> tuple[str, ...]:
+    """The text of every secret that is set, for the log filter to mask: each whole, and each part
+    of a comma-separated one (GROQ_API_KEY's keys, TENANT_KEYS_SECRET's ring are used one by one)."""
+    texts: list[str] = []
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if f.metadata["secret"] and value:
+            whole = ",".join(value) if isinstance(value, tuple) else value
+            texts += [whole, *csv(whole)]
+    return tuple(texts)
