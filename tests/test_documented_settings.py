@@ -1,6 +1,6 @@
 """Configuration documented once: every environment variable the code reads is in .env.example and
-in a row of the README's tables (and nothing is documented that the code does not read), each
-with the default its declaration in utils/config.py gives."""
+in a row of the README's tables (and nothing is documented that the code does not read), and every
+default shown (README, docs/, .env.example) is the one its declaration in utils/config.py gives."""
 import re
 from pathlib import Path
 
@@ -58,22 +58,27 @@ def parsed(variable: str, text: str) -> object:
     return VARIABLES[variable].metadata["parse"](text)
 
 
-def readme_defaults() -> list[tuple[str, str]]:
-    """(variable, its default cell) for each setting in the README's tables; a row of two settings
-    (`A` / `B` | `1` / `2`) gives each its own part of the cell."""
-    pairs = []
-    for names_cell, default_cell in re.findall(r"^\|([^|\n]*)\|([^|\n]*)\|", (ROOT / "README.md").read_text(), re.M):
-        names = re.findall(r"`([A-Z][A-Z0-9_]+)`", names_cell)
-        parts = default_cell.split(" / ") if len(names) > 1 else [default_cell]
-        pairs += [(name, part.strip()) for name, part in zip(names, parts) if name in VARIABLES]
+def documented_defaults() -> list[tuple[str, str]]:
+    """(variable, its default cell) for each setting in a `| variable | default |` table of the
+    README or docs/; a row of two settings (`A` / `B` | `1` / `2`) gives each its part of the cell."""
+    pairs, in_table = [], False
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for line in path.read_text().splitlines():
+            in_table = line.startswith("| variable | default |") or (in_table and line.startswith("|"))
+            cells = line.split("|")
+            if not in_table or len(cells) < 4:
+                continue
+            names = re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[1])
+            parts = cells[2].split(" / ") if len(names) > 1 else [cells[2]]
+            pairs += [(name, part.strip()) for name, part in zip(names, parts) if name in VARIABLES]
     return pairs
 
 
-def test_the_readme_shows_each_declared_default():
+def test_the_docs_show_each_declared_default():
     """A default cell that is one literal value parses to the declared default; one that says
     there is none (— or none) stands for a default that is empty or None."""
     checked = 0
-    for variable, cell in readme_defaults():
+    for variable, cell in documented_defaults():
         literal = re.fullmatch(r"`([^`]*)`", cell)
         if literal:
             assert parsed(variable, literal.group(1)) == declared_default(variable), variable
@@ -81,7 +86,7 @@ def test_the_readme_shows_each_declared_default():
         elif cell.startswith("—") or cell == "none":
             assert not declared_default(variable), variable
             checked += 1
-    assert checked >= 60
+    assert checked >= 70
 
 
 def test_env_example_shows_each_declared_default():
