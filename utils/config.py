@@ -2,7 +2,8 @@
 declared once, as a field of `Settings`: its type, its default, the parser of its variable's text
 and whether it is a secret. The variable is the field's name in capitals unless the declaration
 names another. A parser returns the value or raises ValueError saying what is expected;
-`load_settings` names the variable (and never shows a secret's text)."""
+`load_settings` names the variable (and never shows a secret's text). The README's tables and
+`.env.example` are checked against this declaration by tests/test_documented_settings.py."""
 from __future__ import annotations
 
 import ipaddress
