@@ -1,7 +1,10 @@
+import subprocess
+import sys
+
 import pytest
 
-from services.analyzer.pricing import DEFAULT_PRICES, Price
-from utils.config import ConfigError, describe, load_settings
+from utils.config import DEFAULT_PRICES, VARIABLES, ConfigError, Price, Settings, describe, load_settings, secret_texts
+from utils.logging import redact
 
 
 def test_defaults_from_an_empty_environment():
@@ -86,3 +89,24 @@ def test_many_accounts_settings_are_checked():
     # Each account's webhook URL derives from WEBHOOK_TOKEN (services/webhooks/routes.py).
     assert load_settings({"TENANT_SOURCE": "mongodb", "WEBHOOK_PORT": "8080",
                           "WEBHOOK_TOKEN": "t" * 32}).webhook_port == 8080
+
+
+def test_the_settings_load_no_service_or_worker_module():
+    """utils/ sits below services/ and worker/: reading the settings (price table included) must
+    not pull them in, or an import circle through them is one edit away."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, utils.config; "
+                               "print(sorted(m for m in sys.modules if m.split('.')[0] in ('services', 'worker')))"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
+
+
+def test_every_declared_secret_is_masked_in_logs_whole_and_by_its_parts():
+    secret = [f.name for f in VARIABLES.values() if f.metadata["secret"]]
+    assert {"mongodb_uri", "bolna_api_key", "groq_api_keys", "webhook_token", "tenant_keys_secret"} <= set(secret)
+    settings = Settings().with_overrides(**{
+        name: (f"s3cret-{name}-1", f"s3cret-{name}-2") if name == "groq_api_keys"
+        else f"s3cret-{name}-1,s3cret-{name}-2" for name in secret})
+    line = " ".join(f"{name}: s3cret-{name}-1 then s3cret-{name}-2" for name in secret)
+    assert "s3cret" not in redact(line, secret_texts(settings))
+    assert secret_texts(Settings()) == ()

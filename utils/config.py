@@ -1,19 +1,23 @@
-"""Settings from environment variables (and `.env`), validated once at start-up. The parsers of
-the values are in utils/config_values.py (and, for many accounts, utils/config_tenants.py)."""
+"""Settings from environment variables (and `.env`), validated once at start-up. Each setting is
+declared once, as a field of `Settings`: its type, its default, the parser of its variable's text
+and whether it is a secret. The variable is the field's name in capitals unless the declaration
+names another. A parser returns the value or raises ValueError saying what is expected;
+`load_settings` names the variable (and never shows a secret's text). The README's tables and
+`.env.example` are checked against this declaration by tests/test_documented_settings.py."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
-from dataclasses import dataclass, field, fields, replace
-from typing import Callable, Mapping
+from dataclasses import Field, dataclass, field, fields, replace
+from typing import Any, Callable, Mapping
+
+import phonenumbers
+from cryptography.fernet import Fernet
+from pymongo import uri_parser
+from pymongo.errors import ConfigurationError, InvalidURI
 
 from models.customer import DEFAULT_PRECEDENCE
-from services.analyzer.pricing import DEFAULT_PRICES, Price
-from utils import config_tenants as tenants
-from utils import config_values as values
-from utils.config_values import (  # used here, and imported from here by callers
-    BOLNA_SENDER_IPS, DEFAULT_TAGS, ExtraField, window_hours)
-from utils.config_tenants import DEFAULT_TENANT_FIELDS
 from utils.phone import DEFAULT_REGION
 
 
@@ -21,93 +25,411 @@ class ConfigError(ValueError):
     """One bad setting; the message names the variable and never contains its value if secret."""
 
 
+# The addresses Bolna documents sending webhooks from (shared/bolna-api.md, 2026-11).
+BOLNA_SENDER_IPS = ("13.203.39.153", "13.126.9.249", "13.202.133.53")
+MIN_WEBHOOK_TOKEN_CHARS = 24
+MIN_HASH_KEY_CHARS = 16
+MIN_LEASE_SECONDS = 15
+DEFAULT_TAGS = ("Purchased", "follow_up", "Interested", "Not_Interested", "No_Answer")
+# Keys of the analysis the LLM returns; configured extra fields may not reuse them.
+ANALYSIS_KEYS = ("tag", "summary", "leadScore", "leadStatus", "sentiment", "confidence", "reasoning")
+# Many accounts (services/tenancy): where each setting of an account is read in its document.
+# The names are the daemon's; the paths (dotted for nested fields) are the CRM's, overridable.
+DEFAULT_TENANT_FIELDS = {
+    "bolnaApiKey": "bolnaApiKey",
+    "agentIds": "bolnaAgentIds",
+    "groqApiKey": "groqApiKey",
+    "phoneRegion": "phoneRegion",
+    "llmBatchLimit": "callsync.llmBatchLimit",
+    "bolnaRequestsPerMinute": "callsync.bolnaRequestsPerMinute",
+}
+ACTIVE_SUBSCRIPTIONS = ("active", "trial")
+
+
+@dataclass(frozen=True)
+class Price:
+    """What an LLM's tokens cost, in USD per million (services/analyzer/pricing.py estimates)."""
+    input_per_million: float
+    output_per_million: float
+
+
+# Groq's on-demand prices, checked 2026-11 (console.groq.com/pricing); `LLM_PRICES` adds or
+# overrides models.
+DEFAULT_PRICES: dict[str, Price] = {
+    "openai/gpt-oss-20b": Price(0.075, 0.30),
+    "openai/gpt-oss-120b": Price(0.15, 0.60),
+    "qwen/qwen3.6-27b": Price(0.60, 3.00),
+}
+
+
+@dataclass(frozen=True)
+class ExtraField:
+    """An extra intelligence field asked of the LLM and copied onto the contact."""
+    name: str
+    description: str
+    type: str = "string"  # string | number | boolean
+
+
+def stripped(value: str) -> str:
+    return value.strip()
+
+
+def csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def int_at_least(value: str, minimum: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise ValueError(f"must be a whole number of at least {minimum}")
+    return number
+
+
+def positive_int(value: str) -> int:
+    return int_at_least(value, 1)
+
+
+def non_negative_int(value: str) -> int:
+    return int_at_least(value, 0)
+
+
+def positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0 or number == float("inf"):
+        raise ValueError("must be a number above 0")
+    return number
+
+
+def url(value: str) -> str:
+    value = value.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value
+
+
+def mongo_uri(value: str) -> str:
+    value = value.strip()
+    if not value.startswith(("mongodb://", "mongodb+srv://")):
+        raise ValueError("must start with mongodb:// or mongodb+srv://")
+    if value.startswith("mongodb://"):
+        # The driver's own parser, so every URI it would refuse later is refused here, with its
+        # reason. (A mongodb+srv:// URI is resolved through DNS when the client starts.)
+        try:
+            uri_parser.parse_uri(value)
+        except (InvalidURI, ConfigurationError, ValueError) as exc:
+            raise ValueError(str(exc) or type(exc).__name__) from None
+    return value
+
+
+def region(value: str) -> str:
+    region = value.strip().upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError("must be a two-letter region code such as IN or US")
+    return region
+
+
+def precedence(value: str) -> tuple[tuple[str, ...], ...]:
+    """`Booked>Callback=Interested>Contacted`: highest first, `=` between equal ranks."""
+    groups = tuple(tuple(status.strip() for status in group.split("=")) for group in value.split(">"))
+    statuses = [status for group in groups for status in group]
+    if not all(statuses):
+        raise ValueError("must list statuses from highest to lowest, e.g. Booked>Callback=Interested>Contacted")
+    if len(set(statuses)) != len(statuses):
+        raise ValueError("names a status twice")
+    return groups
+
+
+def one_of(*choices: str, explained: str | None = None) -> Callable[[str], str]:
+    """A parser of one word among `choices`, in any case (stored as the choices are written)."""
+    by_folded = {choice.lower(): choice for choice in choices}
+
+    def parse(value: str) -> str:
+        choice = by_folded.get(value.strip().lower())
+        if choice is None:
+            raise ValueError("must be " + (explained or f"{', '.join(choices[:-1])} or {choices[-1]}"))
+        return choice
+
+    return parse
+
+
+def completion_window(value: str) -> str:
+    """Groq takes 24h to 7d."""
+    window = value.strip().lower()
+    hours = window_hours(window)
+    if hours is None or not 24 <= hours <= 7 * 24:
+        raise ValueError("must be a duration from 24h to 7d, such as 24h, 48h or 7d")
+    return window
+
+
+def window_hours(window: str) -> int | None:
+    number, unit = window[:-1], window[-1:]
+    if not number.isdigit() or unit not in ("h", "d"):
+        return None
+    return int(number) * (24 if unit == "d" else 1)
+
+
+def fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number < 1:
+        raise ValueError("must be a fraction from 0 up to (not including) 1, such as 0.5")
+    return number
+
+
+def percentage(value: str) -> int:
+    number = int_at_least(value, 0)
+    if number > 100:
+        raise ValueError("must be a whole number from 0 to 100")
+    return number
+
+
+def port(value: str) -> int:
+    port = int_at_least(value, 0)
+    if port > 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+    return port
+
+
+def prices(value: str) -> dict[str, Price]:
+    """JSON object of model -> [input, output] USD per million tokens, added to (or replacing
+    entries of) the built-in table; e.g. {"openai/gpt-oss-20b": [0.075, 0.30]}"""
+    table = json.loads(value)
+    if not isinstance(table, dict):
+        raise ValueError('must be a JSON object such as {"model": [input, output]} in USD per million tokens')
+    prices = dict(DEFAULT_PRICES)
+    for model, pair in table.items():
+        if (not isinstance(pair, list) or len(pair) != 2
+                or not all(isinstance(p, (int, float)) and not isinstance(p, bool) and p >= 0 for p in pair)):
+            raise ValueError(f"the price of {model!r} must be [input, output], two numbers of at least 0")
+        prices[model] = Price(float(pair[0]), float(pair[1]))
+    return prices
+
+
+def extra_fields(value: str) -> tuple[ExtraField, ...]:
+    """JSON list of {"name", "description", "type"}; e.g.
+    [{"name": "budget", "description": "Budget the caller mentioned", "type": "string"}]"""
+    items = json.loads(value)
+    if not isinstance(items, list):
+        raise ValueError("must be a JSON list of {name, description, type} objects")
+    extra: list[ExtraField] = []
+    for item in items:
+        if not isinstance(item, dict) or not str(item.get("name", "")).strip():
+            raise ValueError("every entry needs a non-empty name")
+        name = str(item["name"]).strip()
+        # The name is a key of the LLM's JSON answer and a MongoDB field path (`extra.<name>`).
+        if "." in name or name.startswith("$"):
+            raise ValueError(f"field name {name!r} may not contain '.' or start with '$'")
+        if name in ANALYSIS_KEYS or name in (field.name for field in extra):
+            raise ValueError(f"field name {name!r} is already used")
+        kind = item.get("type", "string")
+        if kind not in ("string", "number", "boolean"):
+            raise ValueError(f"type of {name!r} must be string, number or boolean")
+        extra.append(ExtraField(name, str(item.get("description", "")), kind))
+    return tuple(extra)
+
+
+def hash_key(value: str) -> str:
+    """A short key would let anyone holding the hashes try every number of a country quickly."""
+    if len(value) < MIN_HASH_KEY_CHARS:
+        raise ValueError(f"must be at least {MIN_HASH_KEY_CHARS} characters: a random secret such as "
+                         "the output of `openssl rand -hex 32`")
+    return value
+
+
+def path_token(value: str) -> str:
+    """The path secret is all that keeps strangers out when the allow-list is off: long, and
+    URL-safe so it survives every proxy unchanged."""
+    if len(value) < MIN_WEBHOOK_TOKEN_CHARS or not all(ch.isalnum() or ch in "-_" for ch in value):
+        raise ValueError(f"must be at least {MIN_WEBHOOK_TOKEN_CHARS} letters, digits, '-' or '_': "
+                         "e.g. the output of `openssl rand -hex 24`")
+    return value
+
+
+def networks(value: str) -> tuple[str, ...]:
+    """Addresses or CIDR ranges, comma-separated, each checked here so a typo fails at start-up."""
+    networks = csv(value)
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"{network!r} is not an IP address or range such as 10.0.0.0/8") from None
+    return networks
+
+
+def allowed_senders(value: str) -> tuple[str, ...] | None:
+    """`any` turns the allow-list off (e.g. behind a proxy that filters senders itself)."""
+    return None if value.strip().lower() == "any" else networks(value)
+
+
+def json_object(value: str) -> dict[str, object]:
+    document = json.loads(value)
+    if not isinstance(document, dict):
+        raise ValueError('must be a JSON object, i.e. a MongoDB query such as {"plan": "pro"}')
+    return document
+
+
+def collection_name(value: str) -> str:
+    name = value.strip()
+    if "$" in name or "\0" in name or name.startswith("system.") or name.startswith(".") or name.endswith("."):
+        raise ValueError("must be a MongoDB collection name (no '$', not system.*)")
+    return name
+
+
+def tenant_field_paths(value: str) -> dict[str, str]:
+    """JSON object of the daemon's name -> the CRM's field path, over DEFAULT_TENANT_FIELDS; e.g.
+    {"bolnaApiKey": "integrations.bolna.key"}. A misspelt name would silently keep the default, so
+    it is refused."""
+    overrides = json_object(value)
+    unknown = sorted(set(overrides) - set(DEFAULT_TENANT_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown field name(s) {', '.join(map(repr, unknown))}: "
+                         f"the names are {', '.join(DEFAULT_TENANT_FIELDS)}")
+    for name, path in overrides.items():
+        if (not isinstance(path, str) or not path.strip() or path.startswith("$")
+                or not all(part.strip() for part in path.split("."))):
+            raise ValueError(f"the path of {name!r} must be a field name, dotted for a nested field (a.b)")
+    return {**DEFAULT_TENANT_FIELDS, **{name: path.strip() for name, path in overrides.items()}}
+
+
+def fernet_keys(value: str) -> tuple[str, ...]:
+    """One Fernet key, or several comma-separated while rotating: the first encrypts, all decrypt.
+    The message says which part is wrong by its position, never by its text (the value is secret)."""
+    parts = csv(value)
+    if not parts:
+        raise ValueError("must hold at least one Fernet key")
+    for position, part in enumerate(parts, 1):
+        try:
+            Fernet(part)
+        except (ValueError, TypeError):
+            raise ValueError(f"key {position} of {len(parts)} is not a Fernet key: 32 url-safe base64-encoded "
+                             "bytes, as `Fernet.generate_key()` makes") from None
+    return parts
+
+
+def fernet_secret(value: str) -> str:
+    return ",".join(fernet_keys(value))
+
+
+def lease_seconds(value: str) -> int:
+    """Renewed every third of it: much shorter, and a slow MongoDB round trip would lose it."""
+    return int_at_least(value, MIN_LEASE_SECONDS)
+
+
+def default_tenants_filter(key_path: str) -> dict[str, object]:
+    """The accounts served unless TENANTS_FILTER says otherwise: those with a Bolna key (wherever
+    TENANT_FIELDS puts it) and an active or trial subscription."""
+    return {key_path: {"$nin": [None, ""]}, "subscription.status": {"$in": list(ACTIVE_SUBSCRIPTIONS)}}
+
+
+def setting(default: object = None, parse: Callable[[str], object] = stripped, *, secret: bool = False,
+            variable: str | None = None) -> Any:
+    """One setting's whole declaration. A secret is left out of `repr` and reduced to whether it
+    is set by `describe`; a dict default is copied for each Settings."""
+    metadata = {"parse": parse, "secret": secret, "variable": variable}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), repr=not secret, metadata=metadata)
+    return field(default=default, repr=not secret, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class Settings:
-    mongodb_uri: str | None = field(default=None, repr=False)  # may hold a password
-    mongodb_db: str = "callsync"
-    bolna_api_key: str | None = field(default=None, repr=False)
-    bolna_base_url: str = "https://api.bolna.ai"
-    bolna_agent_ids: tuple[str, ...] = ()
-    bolna_page_size: int = 50
-    http_timeout_seconds: float = 30.0
-    http_max_attempts: int = 5
-    http_backoff_seconds: float = 1.0
-    backfill_days: int = 30
-    sync_overlap_minutes: int = 10
-    groq_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    mongodb_uri: str | None = setting(None, mongo_uri, secret=True)  # may hold a password
+    mongodb_db: str = setting("callsync")
+    bolna_api_key: str | None = setting(None, secret=True)
+    bolna_base_url: str = setting("https://api.bolna.ai", url)
+    bolna_agent_ids: tuple[str, ...] = setting((), csv)
+    bolna_page_size: int = setting(50, positive_int)
+    http_timeout_seconds: float = setting(30.0, positive_float)
+    http_max_attempts: int = setting(5, positive_int)
+    http_backoff_seconds: float = setting(1.0, positive_float)
+    backfill_days: int = setting(30, positive_int)
+    sync_overlap_minutes: int = setting(10, non_negative_int)
+    groq_api_keys: tuple[str, ...] = setting((), csv, secret=True, variable="GROQ_API_KEY")
     # llama-3.3-70b-versatile, the earlier default, was decommissioned on 2026-08-16 (404 model_not_found).
-    groq_model: str = "openai/gpt-oss-20b"
-    groq_base_url: str | None = None
-    groq_answer_format: str = "auto"  # auto | json_schema | json_object (services/analyzer/request.py)
-    groq_reasoning_effort: str = "low"  # sent to the models that take it (gpt-oss)
-    sync_interval_minutes: int = 5
-    llm_batch_limit: int = 10
-    llm_request_budget: int | None = None  # None: see llm_requests_per_run
-    llm_concurrency: int = 4
-    llm_batch_deadline_seconds: float = 120.0
-    llm_timeout_seconds: float = 30.0
-    llm_prices: Mapping[str, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
-    llm_batch_mode: str = "auto"  # auto | off | always: the Batch API lane (services/analyzer/batch_api.py)
-    llm_batch_api_max_calls: int = 5000
-    llm_batch_api_window: str = "24h"
+    groq_model: str = setting("openai/gpt-oss-20b")
+    groq_base_url: str | None = setting(None, url)
+    # services/analyzer/request.py
+    groq_answer_format: str = setting("auto", one_of("auto", "json_schema", "json_object"))
+    # sent to the models that take it (gpt-oss)
+    groq_reasoning_effort: str = setting("low", one_of("low", "medium", "high"))
+    sync_interval_minutes: int = setting(5, positive_int)
+    llm_batch_limit: int = setting(10, non_negative_int)
+    llm_concurrency: int = setting(4, positive_int)
+    llm_request_budget: int | None = setting(None, non_negative_int)  # None: see llm_requests_per_run
+    llm_batch_deadline_seconds: float = setting(120.0, positive_float)
+    llm_timeout_seconds: float = setting(30.0, positive_float)
+    llm_prices: Mapping[str, Price] = setting(DEFAULT_PRICES, prices)
+    # The Batch API lane (services/analyzer/batch_api.py)
+    llm_batch_mode: str = setting("auto", one_of("auto", "off", "always"))
+    llm_batch_api_max_calls: int = setting(5000, positive_int)
+    llm_batch_api_window: str = setting("24h", completion_window)
     # Groq's docs said 25 % in 2025 and 50 % in 2026: check console.groq.com/pricing.
-    llm_batch_api_discount: float = 0.5
-    min_transcript_chars: int = 15
-    transcript_char_budget: int = 12000
-    analysis_tags: tuple[str, ...] = DEFAULT_TAGS
-    analysis_extra_fields: tuple[ExtraField, ...] = ()
-    default_phone_region: str = DEFAULT_REGION
-    status_precedence: tuple[tuple[str, ...], ...] = DEFAULT_PRECEDENCE
-    log_level: str = "INFO"
-    log_format: str = "text"
-    health_port: int | None = None
-    health_host: str = "127.0.0.1"
-    health_max_age_intervals: float = 3.0
+    llm_batch_api_discount: float = setting(0.5, fraction)
+    min_transcript_chars: int = setting(15, non_negative_int)
+    transcript_char_budget: int = setting(12000, positive_int)
+    analysis_tags: tuple[str, ...] = setting(DEFAULT_TAGS, csv)
+    analysis_extra_fields: tuple[ExtraField, ...] = setting((), extra_fields)
+    default_phone_region: str = setting(DEFAULT_REGION, region)
+    status_precedence: tuple[tuple[str, ...], ...] = setting(DEFAULT_PRECEDENCE, precedence)
+    log_level: str = setting("INFO", one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = setting("text", one_of("text", "json"))
+    health_port: int | None = setting(None, port)
+    health_host: str = setting("127.0.0.1")
+    health_max_age_intervals: float = setting(3.0, positive_float)
     # A scheduled job running this long without progress stops the systemd watchdog (worker/systemd.py).
-    job_deadline_seconds: float = 3600.0
+    job_deadline_seconds: float = setting(3600.0, positive_float)
     # On SIGTERM/SIGINT/SIGHUP the running job has this long to finish its write; then exit 1.
-    shutdown_grace_seconds: float = 30.0
-    run_retention_days: int = 30
+    shutdown_grace_seconds: float = setting(30.0, positive_float)
+    run_retention_days: int = setting(30, positive_int)
     # Personal data (docs/privacy.md): None keeps transcripts and call documents without limit.
-    transcript_retention_days: int | None = None
-    record_retention_days: int | None = None
-    privacy_hash_key: str | None = field(default=None, repr=False)  # keys the hashes of erased numbers
-    auto_assign_min_confidence: int = 60  # below it a stage move waits for a person's review
+    transcript_retention_days: int | None = setting(None, positive_int)
+    record_retention_days: int | None = setting(None, positive_int)
+    privacy_hash_key: str | None = setting(None, hash_key, secret=True)  # keys the hashes of erased numbers
+    auto_assign_min_confidence: int = setting(60, percentage)  # below it a stage move waits for a person's review
     # Bolna webhooks (worker/webhook_listener.py): off unless WEBHOOK_PORT is set.
-    webhook_port: int | None = None
-    webhook_host: str = "127.0.0.1"  # behind a reverse proxy on the same host; 0.0.0.0 in a container
-    webhook_token: str | None = field(default=None, repr=False)  # the secret in the URL's path
-    webhook_allowed_ips: tuple[str, ...] | None = BOLNA_SENDER_IPS  # None: any sender
-    webhook_trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For is believed
-    webhook_max_body_bytes: int = 1_048_576
-    webhook_public_url: str | None = None  # the listener's base URL as Bolna reaches it (https://…)
-    webhook_inbox_days: int = 3  # accepted deliveries are kept this long (TTL)
-    webhook_max_waiting: int = 5000  # an account's deliveries waiting at once; beyond it, 429
+    webhook_port: int | None = setting(None, port)
+    webhook_host: str = setting("127.0.0.1")  # behind a reverse proxy on the same host; 0.0.0.0 in a container
+    webhook_token: str | None = setting(None, path_token, secret=True)  # the secret in the URL's path
+    webhook_allowed_ips: tuple[str, ...] | None = setting(BOLNA_SENDER_IPS, allowed_senders)  # None: any sender
+    webhook_trusted_proxies: tuple[str, ...] = setting((), networks)  # whose X-Forwarded-For is believed
+    webhook_max_body_bytes: int = setting(1_048_576, positive_int)
+    webhook_public_url: str | None = setting(None, url)  # the listener's base URL as Bolna reaches it (https://…)
+    webhook_inbox_days: int = setting(3, positive_int)  # accepted deliveries are kept this long (TTL)
+    webhook_max_waiting: int = setting(5000, positive_int)  # an account's deliveries waiting at once; beyond it, 429
     # Bolna's documented limits per organisation (services/bolna_pacing.py), and the share left unused.
-    bolna_listing_rate_per_minute: int = 500
-    bolna_rate_per_minute: int = 1000
-    bolna_rate_headroom: float = 0.1
-    bolna_fetch_concurrency: int = 8   # full records (GET /executions/{id}) in flight at once
+    bolna_listing_rate_per_minute: int = setting(500, positive_int)
+    bolna_rate_per_minute: int = setting(1000, positive_int)
+    bolna_rate_headroom: float = setting(0.1, fraction)
+    bolna_fetch_concurrency: int = setting(8, positive_int)  # full records (GET /executions/{id}) in flight at once
     # A full record fetched for one job, kept for the other (services/record_cache.py).
-    bolna_record_cache_size: int = 10000
-    bolna_record_cache_seconds: int = 1800
+    bolna_record_cache_size: int = setting(10000, non_negative_int)
+    bolna_record_cache_seconds: int = setting(1800, non_negative_int)
     # Many accounts (services/tenancy): `env` serves the one account of BOLNA_API_KEY; `mongodb`
     # reads the accounts and their keys from `tenants_collection`.
-    tenant_source: str = "env"
-    tenants_collection: str = "users"
-    tenants_filter: Mapping[str, object] | None = None  # None: see tenants_query
-    tenant_fields: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TENANT_FIELDS))
+    tenant_source: str = setting("env", one_of(
+        "env", "mongodb", explained="env (one account, from BOLNA_API_KEY) or mongodb (the accounts collection)"))
+    tenants_collection: str = setting("users", collection_name)
+    tenants_filter: Mapping[str, object] | None = setting(None, json_object)  # None: see tenants_query
+    tenant_fields: Mapping[str, str] = setting(DEFAULT_TENANT_FIELDS, tenant_field_paths)
     # Fernet key(s) the stored keys are encrypted with; None: they are stored as plain text.
-    tenant_keys_secret: str | None = field(default=None, repr=False)
+    tenant_keys_secret: str | None = setting(None, fernet_secret, secret=True)
     # Many accounts across replicas (worker/fleet.py): the lease a replica holds on an account it
     # syncs (renewed every third of it; an account of a dead replica is taken over after it), how
     # often each replica looks for due accounts, how many it syncs at once, how often the account
     # list is re-read, and the ceiling on LLM analyses per sync interval across all accounts.
-    tenant_lease_seconds: int = 120
-    tenant_poll_seconds: int = 5
-    tenant_concurrency: int = 4
-    tenant_refresh_seconds: int = 60
-    llm_global_limit: int | None = None
+    tenant_lease_seconds: int = setting(120, lease_seconds)
+    tenant_poll_seconds: int = setting(5, positive_int)
+    tenant_concurrency: int = setting(4, positive_int)
+    tenant_refresh_seconds: int = setting(60, positive_int)
+    llm_global_limit: int | None = setting(None, non_negative_int)
 
     @property
     def llm_batch_api_window_seconds(self) -> int:
@@ -125,85 +447,14 @@ class Settings:
         so it follows TENANT_FIELDS' key path however the settings were built."""
         if self.tenants_filter is not None:
             return self.tenants_filter
-        return tenants.default_tenants_filter(self.tenant_fields["bolnaApiKey"])
+        return default_tenants_filter(self.tenant_fields["bolnaApiKey"])
 
     def with_overrides(self, **changes) -> "Settings":
         return replace(self, **changes)
 
 
-# variable -> (settings attribute, parser, secret)
-_VARIABLES: dict[str, tuple[str, Callable[[str], object], bool]] = {
-    "MONGODB_URI": ("mongodb_uri", values.mongo_uri, True),  # may hold a password
-    "MONGODB_DB": ("mongodb_db", values.stripped, False),
-    "BOLNA_API_KEY": ("bolna_api_key", values.stripped, True),
-    "BOLNA_BASE_URL": ("bolna_base_url", values.url, False),
-    "BOLNA_AGENT_IDS": ("bolna_agent_ids", values.csv, False),
-    "BOLNA_PAGE_SIZE": ("bolna_page_size", values.positive_int, False),
-    "HTTP_TIMEOUT_SECONDS": ("http_timeout_seconds", values.positive_float, False),
-    "HTTP_MAX_ATTEMPTS": ("http_max_attempts", values.positive_int, False),
-    "HTTP_BACKOFF_SECONDS": ("http_backoff_seconds", values.positive_float, False),
-    "BACKFILL_DAYS": ("backfill_days", values.positive_int, False),
-    "SYNC_OVERLAP_MINUTES": ("sync_overlap_minutes", values.non_negative_int, False),
-    "GROQ_API_KEY": ("groq_api_keys", values.csv, True),
-    "GROQ_MODEL": ("groq_model", values.stripped, False),
-    "GROQ_BASE_URL": ("groq_base_url", values.url, False),
-    "GROQ_ANSWER_FORMAT": ("groq_answer_format", values.answer_format, False),
-    "GROQ_REASONING_EFFORT": ("groq_reasoning_effort", values.reasoning_effort, False),
-    "SYNC_INTERVAL_MINUTES": ("sync_interval_minutes", values.positive_int, False),
-    "LLM_BATCH_LIMIT": ("llm_batch_limit", values.non_negative_int, False),
-    "LLM_CONCURRENCY": ("llm_concurrency", values.positive_int, False),
-    "LLM_REQUEST_BUDGET": ("llm_request_budget", values.non_negative_int, False),
-    "LLM_BATCH_DEADLINE_SECONDS": ("llm_batch_deadline_seconds", values.positive_float, False),
-    "LLM_TIMEOUT_SECONDS": ("llm_timeout_seconds", values.positive_float, False),
-    "LLM_PRICES": ("llm_prices", values.prices, False),
-    "LLM_BATCH_MODE": ("llm_batch_mode", values.batch_mode, False),
-    "LLM_BATCH_API_MAX_CALLS": ("llm_batch_api_max_calls", values.positive_int, False),
-    "LLM_BATCH_API_WINDOW": ("llm_batch_api_window", values.completion_window, False),
-    "LLM_BATCH_API_DISCOUNT": ("llm_batch_api_discount", values.fraction, False),
-    "MIN_TRANSCRIPT_CHARS": ("min_transcript_chars", values.non_negative_int, False),
-    "TRANSCRIPT_CHAR_BUDGET": ("transcript_char_budget", values.positive_int, False),
-    "ANALYSIS_TAGS": ("analysis_tags", values.csv, False),
-    "ANALYSIS_EXTRA_FIELDS": ("analysis_extra_fields", values.extra_fields, False),
-    "DEFAULT_PHONE_REGION": ("default_phone_region", values.region, False),
-    "STATUS_PRECEDENCE": ("status_precedence", values.precedence, False),
-    "LOG_LEVEL": ("log_level", values.log_level, False),
-    "LOG_FORMAT": ("log_format", values.log_format, False),
-    "HEALTH_PORT": ("health_port", values.port, False),
-    "HEALTH_HOST": ("health_host", values.stripped, False),
-    "HEALTH_MAX_AGE_INTERVALS": ("health_max_age_intervals", values.positive_float, False),
-    "JOB_DEADLINE_SECONDS": ("job_deadline_seconds", values.positive_float, False),
-    "SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", values.positive_float, False),
-    "RUN_RETENTION_DAYS": ("run_retention_days", values.positive_int, False),
-    "TRANSCRIPT_RETENTION_DAYS": ("transcript_retention_days", values.positive_int, False),
-    "RECORD_RETENTION_DAYS": ("record_retention_days", values.positive_int, False),
-    "PRIVACY_HASH_KEY": ("privacy_hash_key", values.hash_key, True),
-    "AUTO_ASSIGN_MIN_CONFIDENCE": ("auto_assign_min_confidence", values.percentage, False),
-    "WEBHOOK_PORT": ("webhook_port", values.port, False),
-    "WEBHOOK_HOST": ("webhook_host", values.stripped, False),
-    "WEBHOOK_TOKEN": ("webhook_token", values.webhook_token, True),
-    "WEBHOOK_ALLOWED_IPS": ("webhook_allowed_ips", values.allowed_senders, False),
-    "WEBHOOK_TRUSTED_PROXIES": ("webhook_trusted_proxies", values.networks, False),
-    "WEBHOOK_MAX_BODY_BYTES": ("webhook_max_body_bytes", values.positive_int, False),
-    "WEBHOOK_PUBLIC_URL": ("webhook_public_url", values.url, False),
-    "WEBHOOK_INBOX_DAYS": ("webhook_inbox_days", values.positive_int, False),
-    "WEBHOOK_MAX_WAITING": ("webhook_max_waiting", values.positive_int, False),
-    "BOLNA_LISTING_RATE_PER_MINUTE": ("bolna_listing_rate_per_minute", values.positive_int, False),
-    "BOLNA_RATE_PER_MINUTE": ("bolna_rate_per_minute", values.positive_int, False),
-    "BOLNA_RATE_HEADROOM": ("bolna_rate_headroom", values.fraction, False),
-    "BOLNA_FETCH_CONCURRENCY": ("bolna_fetch_concurrency", values.positive_int, False),
-    "BOLNA_RECORD_CACHE_SIZE": ("bolna_record_cache_size", values.non_negative_int, False),
-    "BOLNA_RECORD_CACHE_SECONDS": ("bolna_record_cache_seconds", values.non_negative_int, False),
-    "TENANT_SOURCE": ("tenant_source", tenants.tenant_source, False),
-    "TENANTS_COLLECTION": ("tenants_collection", tenants.collection_name, False),
-    "TENANTS_FILTER": ("tenants_filter", values.json_object, False),
-    "TENANT_FIELDS": ("tenant_fields", tenants.tenant_fields, False),
-    "TENANT_KEYS_SECRET": ("tenant_keys_secret", tenants.fernet_secret, True),
-    "TENANT_LEASE_SECONDS": ("tenant_lease_seconds", tenants.lease_seconds, False),
-    "TENANT_POLL_SECONDS": ("tenant_poll_seconds", values.positive_int, False),
-    "TENANT_CONCURRENCY": ("tenant_concurrency", values.positive_int, False),
-    "TENANT_REFRESH_SECONDS": ("tenant_refresh_seconds", values.positive_int, False),
-    "LLM_GLOBAL_LIMIT": ("llm_global_limit", values.non_negative_int, False),
-}
+# Every environment variable read, with the field it sets.
+VARIABLES: dict[str, Field] = {f.metadata["variable"] or f.name.upper(): f for f in fields(Settings)}
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -216,17 +467,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         # environment variables win over it.
         load_dotenv(os.path.join(os.getcwd(), ".env"), override=False)
         environ = os.environ
-    values: dict[str, object] = {}
-    for variable, (attribute, parse, secret) in _VARIABLES.items():
+    parsed: dict[str, object] = {}
+    for variable, declared in VARIABLES.items():
         raw = environ.get(variable, "").strip()
         if not raw:
             continue
         try:
-            values[attribute] = parse(raw)
-        except (ValueError, json.JSONDecodeError) as exc:
-            shown = "" if secret else f" (got {raw!r})"
+            parsed[declared.name] = declared.metadata["parse"](raw)
+        except ValueError as exc:  # json.JSONDecodeError is one too
+            shown = "" if declared.metadata["secret"] else f" (got {raw!r})"
             raise ConfigError(f"{variable} is invalid{shown}: {exc}") from None
-    settings = Settings(**values)
+    settings = Settings(**parsed)
     if not settings.analysis_tags:
         raise ConfigError("ANALYSIS_TAGS must name at least one tag")
     if settings.webhook_port is not None and not settings.webhook_token:
@@ -236,9 +487,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 def describe(settings: Settings) -> dict[str, object]:
     """Settings safe to log: secrets reduced to whether they are set."""
-    secret_attributes = {attr for attr, _, secret in _VARIABLES.values() if secret}
-    out: dict[str, object] = {}
+    return {f.name: bool(getattr(settings, f.name)) if f.metadata["secret"] else getattr(settings, f.name)
+            for f in fields(settings)}
+
+
+def secret_texts(settings: Settings) -> tuple[str, ...]:
+    """The text of every secret that is set, for the log filter to mask: each whole, and each part
+    of a comma-separated one (GROQ_API_KEY's keys, TENANT_KEYS_SECRET's ring are used one by one)."""
+    texts: list[str] = []
     for f in fields(settings):
         value = getattr(settings, f.name)
-        out[f.name] = (bool(value) if f.name in secret_attributes else value)
-    return out
+        if f.metadata["secret"] and value:
+            whole = ",".join(value) if isinstance(value, tuple) else value
+            texts += [whole, *csv(whole)]
+    return tuple(texts)

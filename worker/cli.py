@@ -13,7 +13,7 @@ from pymongo.errors import ConfigurationError, ConnectionFailure, PyMongoError
 
 from services.run_records import describe_failure
 from utils.clock import naive_utc
-from utils.config import ConfigError, Settings, load_settings
+from utils.config import ConfigError, Settings, load_settings, secret_texts
 from utils.logging import redact, setup_logging
 from worker.jobs import JOB_NAMES
 
@@ -100,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         setup_logging(settings.log_level, settings.log_format,
-                      secrets=(settings.bolna_api_key or "", *settings.groq_api_keys, settings.mongodb_uri or "",
-                               settings.privacy_hash_key or "", settings.webhook_token or "",
-                               *(settings.tenant_keys_secret or "").split(",")),
+                      secrets=secret_texts(settings),
                       # evaluate's stdout is its report (JSON with --json), once's its run records, one
                       # JSON object a line: their logs go beside them, to stderr.
                       stream=sys.stderr if command in ("evaluate", "once") else None)

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from utils.config_values import ANALYSIS_KEYS, ExtraField
+from utils.config import ANALYSIS_KEYS, ExtraField
 
 LEAD_STATUSES = ("NEW", "CONTACTED", "QUALIFIED", "WON", "LOST")
 SENTIMENTS = ("positive", "neutral", "negative")

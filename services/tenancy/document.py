@@ -7,7 +7,7 @@ from typing import Mapping
 from services.tenancy.keys import KeyReader
 from services.tenancy.scoped import account_id_problem
 from services.tenancy.tenant import Tenant, UnusableTenant
-from utils import config_values
+from utils.config import region as parse_region
 
 
 def read_path(document: Mapping, path: str) -> object:
@@ -74,7 +74,7 @@ def _region(document: Mapping, path: str, tenant_id: object) -> str | None:
     if not isinstance(value, str):
         raise UnusableTenant(tenant_id, f"{path} must be a region code such as IN or US")
     try:
-        return config_values.region(value)
+        return parse_region(value)
     except ValueError as exc:
         raise UnusableTenant(tenant_id, f"{path} {exc} (got {value!r})") from None
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from services.tenancy.tenant import UnusableTenant
-from utils import config_tenants
-from utils.config import ConfigError
+from utils.config import ConfigError, fernet_keys
 
 # Every Fernet token starts so: version byte 0x80, then a 64-bit timestamp whose high bytes are
 # zero until the year 4147, base64url-encoded. A plain Bolna or Groq key never does.
@@ -27,7 +26,7 @@ class KeyReader:
         if not secret:
             return cls(None)
         try:
-            parts = config_tenants.fernet_keys(secret)
+            parts = fernet_keys(secret)
         except ValueError as exc:
             raise ConfigError(f"TENANT_KEYS_SECRET is invalid: {exc}") from None
         return cls(MultiFernet([Fernet(part) for part in parts]))
