@@ -53,9 +53,7 @@ class StatusRanks:
                       for status in group}
 
     def of(self, status: str | None) -> int:
-        if status is None:
-            return -1
-        return self._rank.get(status, 0) if isinstance(status, str) else 0  # as `$in` finds no list
+        return -1 if status is None else self._rank.get(status, 0)
 
     # The status rule, once: a status replaces another when its key is greater (its rank, then
     # the newer call). `wins` applies it here, `wins_expression` on the server, from the same key.
@@ -67,7 +65,9 @@ class StatusRanks:
 
     def wins_expression(self, status: str | None, at: datetime | None) -> dict:
         """True on the server when `status` (of a call at `at`) replaces the stored one."""
-        return _greater(self.key(status, at), (self.expression("$status"), {"$ifNull": ["$statusAt", EPOCH]}))
+        (rank, at), stored_rank = self.key(status, at), self.expression("$status")
+        return {"$or": [{"$gt": [rank, stored_rank]}, {"$and": [{"$eq": [rank, stored_rank]},
+                                                                {"$gt": [at, {"$ifNull": ["$statusAt", EPOCH]}]}]}]}
 
     def expression(self, field: str) -> dict:
         """The rank of a stored status, computed on the server (so a changed precedence applies
@@ -249,14 +249,6 @@ def merge_update(merged: dict[str, Any], ranks: StatusRanks) -> list[dict]:
     # `$project` exclusion, not the `$unset` stage: same effect, and mongomock knows it.
     return [*([{"$set": decide}] if decide else []), {"$set": stage},
             {"$project": {**{name: 0 for name in decide}, "callIds": 0}}]
-
-
-def _greater(key: tuple, stored: tuple) -> dict:
-    """`key > stored` on the server, term by term as Python compares tuples."""
-    first, *rest = zip(key, stored)
-    if not rest:
-        return {"$gt": list(first)}
-    return {"$or": [{"$gt": list(first)}, {"$and": [{"$eq": list(first)}, _greater(key[1:], stored[1:])]}]}
 
 
 def _newest(calls: list[CustomerCall]) -> CustomerCall:
