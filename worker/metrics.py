@@ -13,7 +13,7 @@ import os
 import platform
 import threading
 from datetime import datetime
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol
 
 import pymongo
 from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter,
@@ -33,7 +33,14 @@ from utils.clock import unix_seconds
 if TYPE_CHECKING:
     from pymongo.database import Database
 
-    from worker.app import AccountApp
+    from services.analyzer.batch import AnalysisBatch
+    from services.bolna_client import BolnaClient
+
+
+class Requesting(Protocol):
+    """An account's parts that make requests (worker/app.py's `AccountApp`)."""
+    bolna: BolnaClient
+    analysis: AnalysisBatch
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +141,7 @@ class RunMetrics:
         for gauge in self._refreshed:
             gauge.refresh()
 
-    def observe_requests(self, app: "AccountApp") -> None:
+    def observe_requests(self, app: Requesting) -> None:
         """Count the outcome of each request `app` makes to Bolna and to Groq."""
         app.bolna.outcomes.subscribe(lambda outcome: self.bolna_requests.labels(outcome).inc())
         if app.analysis.llm is not None:
