@@ -260,7 +260,8 @@ def test_the_status_rule_on_the_server_agrees_with_python_on_every_pair(mongo):
     ranks = StatusRanks()
     statuses = [status for group in ranks.groups for status in group] + ["Escalated", "", 7, None]
     times = [None, datetime(2026, 1, 1), datetime(2026, 1, 2)]
-    stored = [{"_id": index, **({} if status is None else {"status": status}), **({} if at is None else {"statusAt": at})}
+    stored = [{"_id": index, **({} if status is None else {"status": status}),
+               **({} if at is None else {"statusAt": at})}
               for index, (status, at) in enumerate((s, t) for s in statuses for t in times)]
     collection = mongo[TEST_DB]["status_rule"]
     collection.insert_many(stored)

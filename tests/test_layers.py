@@ -63,7 +63,7 @@ def test_no_import_cycle():
     reach = {module: reachable(graph, module) for module in graph}
     circles = {" <-> ".join(sorted(other for other in reach[module] if module in reach[other]))
                for module in graph if module in reach[module]}
-    assert not circles, "modules that import each other, through the others of their circle:\n" + "\n".join(sorted(circles))
+    assert not circles, "modules importing each other, through the rest of their circle:\n" + "\n".join(sorted(circles))
 
 
 def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
