@@ -64,18 +64,14 @@ class StatusRanks:
         return self.key(status, at) > self.key(over, over_at)
 
     def wins_expression(self, status: str | None, at: datetime | None) -> dict:
-        """True on the server when `status` (of a call at `at`) replaces the stored one."""
-        (rank, at), stored_rank = self.key(status, at), self.expression("$status")
+        """True on the server when `status` (of a call at `at`) replaces the stored one, ranked
+        there by the table `of` reads (so a changed precedence applies to stored records too)."""
+        branches = [{"case": {"$eq": ["$status", name]}, "then": rank} for name, rank in self._rank.items()]
+        stored_rank = {"$cond": [{"$eq": [{"$ifNull": ["$status", None]}, None]}, -1,
+                                 {"$switch": {"branches": branches, "default": 0}}]}
+        rank, at = self.key(status, at)
         return {"$or": [{"$gt": [rank, stored_rank]}, {"$and": [{"$eq": [rank, stored_rank]},
                                                                 {"$gt": [at, {"$ifNull": ["$statusAt", EPOCH]}]}]}]}
-
-    def expression(self, field: str) -> dict:
-        """The rank of a stored status, computed on the server (so a changed precedence applies
-        to stored records too)."""
-        branches = [{"case": {"$in": [field, list(group)]}, "then": len(self.groups) - index}
-                    for index, group in enumerate(self.groups)]
-        return {"$cond": [{"$eq": [{"$ifNull": [field, None]}, None]}, -1,
-                          {"$switch": {"branches": branches, "default": 0}}]}
 
 
 @dataclass

@@ -26,13 +26,12 @@ log = logging.getLogger(__name__)
 
 
 class FatalError(Exception):
-    """No retry gets past it (Singer SDK's FatalAPIError): the run stops, and its record names the
-    failure by the type's `run_error_code`, by which a reader of the record knows it (`failed_with`)."""
+    """No retry gets past it (Singer SDK's FatalAPIError): the run stops, its record naming the
+    failure by the type's `run_error_code` (`failed_with` reads it)."""
     run_error_code = "run_failed"
 
 
 def failed_with(run: dict, error: type[FatalError]) -> bool:
-    """Whether the run (its record) stopped on an `error`."""
     return any(entry.get("code") == error.run_error_code for entry in run.get("errors", ()))
 
 

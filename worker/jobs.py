@@ -6,14 +6,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
 if TYPE_CHECKING:
+    from services.analyzer.batch import AnalysisBatch
+    from services.bolna_client import BolnaClient
     from services.execution_feed import ExecutionFeed, PageWriter
     from services.privacy.retention import RetentionPass
     from services.run_records import RunRecorder
 
 
 class App(Protocol):
-    """What a job's body uses of an account's parts (worker/app.py's `AccountApp`): named here, so
-    the jobs need not import the composition root that imports them."""
+    """What the jobs (and worker/metrics.py) use of worker/app.py's `AccountApp`, which imports them."""
+    bolna: BolnaClient
+    analysis: AnalysisBatch
     feed: ExecutionFeed
     customer_writer: PageWriter
     call_writer: PageWriter

@@ -13,7 +13,7 @@ import os
 import platform
 import threading
 from datetime import datetime
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import pymongo
 from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter,
@@ -33,14 +33,7 @@ from utils.clock import unix_seconds
 if TYPE_CHECKING:
     from pymongo.database import Database
 
-    from services.analyzer.batch import AnalysisBatch
-    from services.bolna_client import BolnaClient
-
-
-class Requesting(Protocol):
-    """An account's parts that make requests (worker/app.py's `AccountApp`)."""
-    bolna: BolnaClient
-    analysis: AnalysisBatch
+    from worker.jobs import App
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +134,7 @@ class RunMetrics:
         for gauge in self._refreshed:
             gauge.refresh()
 
-    def observe_requests(self, app: Requesting) -> None:
+    def observe_requests(self, app: App) -> None:
         """Count the outcome of each request `app` makes to Bolna and to Groq."""
         app.bolna.outcomes.subscribe(lambda outcome: self.bolna_requests.labels(outcome).inc())
         if app.analysis.llm is not None:
