@@ -79,7 +79,7 @@ class AnalysisBatch:
         if self._unavailable:
             message = f"LLM unavailable: {self._unavailable[-1]}; calls not analyzed stay queued for a later run"
             if not finished:
-                raise LlmUnavailable(message) from self._unavailable[-1]  # nothing could be analyzed: the run failed
+                raise LlmUnavailable(message)  # nothing could be analyzed: the run failed
             recorder.error(message, code="llm_unavailable")
 
     def _fill_slot(self, deadline: Deadline, drained: threading.Event) -> tuple[list[Outcome], str | None]:
