@@ -55,13 +55,23 @@ class StatusRanks:
     def of(self, status: str | None) -> int:
         return -1 if status is None else self._rank.get(status, 0)
 
-    def expression(self, field: str) -> dict:
-        """The rank of a stored status, computed on the server (so a changed precedence applies
-        to stored records too)."""
-        branches = [{"case": {"$in": [field, list(group)]}, "then": len(self.groups) - index}
-                    for index, group in enumerate(self.groups)]
-        return {"$cond": [{"$eq": [{"$ifNull": [field, None]}, None]}, -1,
-                          {"$switch": {"branches": branches, "default": 0}}]}
+    # The status rule, once: a status replaces another when its key is greater (its rank, then
+    # the newer call). `wins` applies it here, `wins_expression` on the server, from the same key.
+    def key(self, status: str | None, at: datetime | None) -> tuple[int, datetime]:
+        return self.of(status), at or EPOCH
+
+    def wins(self, status: str | None, at: datetime | None, over: str | None, over_at: datetime | None) -> bool:
+        return self.key(status, at) > self.key(over, over_at)
+
+    def wins_expression(self, status: str | None, at: datetime | None) -> dict:
+        """True on the server when `status` (of a call at `at`) replaces the stored one, ranked
+        there by the table `of` reads (so a changed precedence applies to stored records too)."""
+        branches = [{"case": {"$eq": ["$status", name]}, "then": rank} for name, rank in self._rank.items()]
+        stored_rank = {"$cond": [{"$eq": [{"$ifNull": ["$status", None]}, None]}, -1,
+                                 {"$switch": {"branches": branches, "default": 0}}]}
+        rank, at = self.key(status, at)
+        return {"$or": [{"$gt": [rank, stored_rank]}, {"$and": [{"$eq": [rank, stored_rank]},
+                                                                {"$gt": [at, {"$ifNull": ["$statusAt", EPOCH]}]}]}]}
 
 
 @dataclass
@@ -150,7 +160,7 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
     # it unless a person locked the field (models/locks.py), in which case it is kept under
     # `suggested`: all in the one atomic update, so a lock set a moment before always wins.
     offers: dict[str, tuple[dict, Any, CustomerCall, datetime]] = {
-        "status": (_status_wins(ranks, best.status, best.at), best.status, best, best.at)}
+        "status": (ranks.wins_expression(best.status, best.at), best.status, best, best.at)}
     for name, (value, source) in fields.items():
         offers[name] = (_newer_than_stored(name, source.at, f"$fieldsAt.{name}"), value, source, source.at)
     if with_extracted:
@@ -216,7 +226,7 @@ def merge_update(merged: dict[str, Any], ranks: StatusRanks) -> list[dict]:
         stage.update({name: _if("$_newer", merged.get(name), f"${name}")
                       for name in ("lastCallAt", "lastCallId", "agentId", "phoneRaw") if name in merged})
     if merged.get("status") is not None:
-        decide["_take_status"] = _status_wins(ranks, merged["status"], merged.get("statusAt") or EPOCH)
+        decide["_take_status"] = ranks.wins_expression(merged["status"], merged.get("statusAt"))
         stage.update({name: _if("$_take_status", merged.get(name), f"${name}")
                       for name in ("status", "statusAt", "statusCallId")})
     fields_at = merged.get("fieldsAt") or {}
@@ -237,22 +247,13 @@ def merge_update(merged: dict[str, Any], ranks: StatusRanks) -> list[dict]:
             {"$project": {**{name: 0 for name in decide}, "callIds": 0}}]
 
 
-def _status_wins(ranks: StatusRanks, status: str, at: datetime) -> dict:
-    """True on the server when `status` (of a call at `at`) replaces the stored one: it ranks
-    higher, or the same and is newer."""
-    return {"$or": [
-        {"$lt": [ranks.expression("$status"), ranks.of(status)]},
-        {"$and": [{"$eq": [ranks.expression("$status"), ranks.of(status)]},
-                  {"$gt": [at, {"$ifNull": ["$statusAt", EPOCH]}]}]}]}
-
-
 def _newest(calls: list[CustomerCall]) -> CustomerCall:
     return max(calls, key=lambda c: (c.at, c.call_id))
 
 
 def _best_status(calls: list[CustomerCall], ranks: StatusRanks) -> CustomerCall:
     """The call whose status these calls give the customer: the highest rank, then the newest."""
-    return max(calls, key=lambda c: (ranks.of(c.status), c.at, c.call_id))
+    return max(calls, key=lambda c: (*ranks.key(c.status, c.at), c.call_id))
 
 
 def _newest_per_field(calls: list[CustomerCall]) -> dict[str, tuple[Any, CustomerCall]]:
@@ -316,9 +317,7 @@ def status_change(stored: dict | None, calls: list[CustomerCall], ranks: StatusR
         return None
     best = _best_status(calls, ranks)
     before = (stored or {}).get("status")
-    before_at = (stored or {}).get("statusAt") or EPOCH
-    rank, before_rank = ranks.of(best.status), ranks.of(before)
-    if rank < before_rank or (rank == before_rank and best.at <= before_at) or best.status == before:
+    if not ranks.wins(best.status, best.at, before, (stored or {}).get("statusAt")) or best.status == before:
         return None
     return {"from": before, "to": best.status, "callId": best.call_id, "callAt": best.at,
             "reason": change_reason(before, best.status, ranks)}

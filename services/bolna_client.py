@@ -15,6 +15,7 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_whe
 
 from services.bolna_pacing import Limits, PacingStopped, pacer_for
 from services.request_outcomes import RequestOutcomes
+from services.run_records import FatalError
 from utils.clock import naive_utc, to_millis, utcnow
 from utils.http import parse_retry_after
 
@@ -32,8 +33,6 @@ MAX_CLOCK_SKEW = timedelta(days=1)
 # A window holding more pages than this is an API that ignores `page_number` or never stops
 # saying `has_more`: following it would make a run that never ends.
 MAX_PAGES_PER_WINDOW = 2000
-# The code a run records when Bolna refused the key.
-KEY_REFUSED = "bolna_key_refused"
 
 
 class BolnaError(Exception):
@@ -51,9 +50,10 @@ class BolnaError(Exception):
         return self.status is None or self.status == 429 or self.status >= 500
 
 
-class BolnaAuthError(BolnaError):
-    """The key was refused: retrying cannot help, the run stops."""
-    run_error_code = KEY_REFUSED  # what a failed run records: the account is set aside (worker/tenants.py)
+class BolnaAuthError(BolnaError, FatalError):
+    """The key was refused: retrying cannot help, the run stops (and worker/fleet.py sets the
+    account aside)."""
+    run_error_code = "bolna_key_refused"
 
     @property
     def retryable(self) -> bool:

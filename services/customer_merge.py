@@ -58,7 +58,7 @@ def _fold(docs: list[dict], ranks: StatusRanks) -> dict[str, Any]:
                               if newest.get(name) is not None}
     with_status = [doc for doc in docs if doc.get("status") is not None]
     if with_status:
-        best = max(with_status, key=lambda doc: (ranks.of(doc["status"]), _at(doc, "statusAt")))
+        best = max(with_status, key=lambda doc: ranks.key(doc["status"], _at(doc, "statusAt")))
         merged.update({name: best.get(name) for name in ("status", "statusAt", "statusCallId")
                        if best.get(name) is not None})
     fields_at = {}

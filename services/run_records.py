@@ -25,6 +25,16 @@ MAX_ERRORS = 100  # a run over a broken feed must not grow a 16 MB document
 log = logging.getLogger(__name__)
 
 
+class FatalError(Exception):
+    """No retry gets past it (Singer SDK's FatalAPIError): the run stops, its record naming the
+    failure by the type's `run_error_code` (`failed_with` reads it)."""
+    run_error_code = "run_failed"
+
+
+def failed_with(run: dict, error: type[FatalError]) -> bool:
+    return any(entry.get("code") == error.run_error_code for entry in run.get("errors", ()))
+
+
 def describe_failure(failure: BaseException) -> str:
     """What a failed run records and logs. A driver error's text quotes the documents it failed
     on (transcripts, numbers, e-mails), so of those only the type and code are kept."""
@@ -91,9 +101,10 @@ class RunRecorder:
         self.finished_at = utcnow()
         if failure is not None:
             self.status = "failed"
-            # An error may name its own code (a refused key sets its account aside). Recorded, not
+            # A fatal error names its own code (a refused key sets its account aside). Recorded, not
             # logged again: RunRecords logged the failure once, with its traceback.
-            self._record_error(describe_failure(failure), getattr(failure, "run_error_code", "run_failed"))
+            code = failure.run_error_code if isinstance(failure, FatalError) else FatalError.run_error_code
+            self._record_error(describe_failure(failure), code)
         else:
             self.status = "partial" if self.error_count else "ok"
 

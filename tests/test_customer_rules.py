@@ -251,3 +251,23 @@ def test_a_status_change_cut_off_by_a_crash_is_logged_once_by_the_retry_and_neve
         assert customer["status"] == "Booked" and not customer.get("pendingStatusChanges")
         for name in (CUSTOMERS, ACTIVITIES, CUSTOMER_CALLS):
             db[name].delete_many({})
+
+
+def test_the_status_rule_on_the_server_agrees_with_python_on_every_pair(mongo):
+    """`StatusRanks.wins_expression` (run by the server) and `StatusRanks.wins` (the writer's log,
+    the legacy merge) decide alike for every stored status and time against every call's: known,
+    equal-ranked, unknown, empty, not a string, missing."""
+    ranks = StatusRanks()
+    statuses = [status for group in ranks.groups for status in group] + ["Escalated", "", 7, None]
+    times = [None, datetime(2026, 1, 1), datetime(2026, 1, 2)]
+    stored = [{"_id": index, **({} if status is None else {"status": status}),
+               **({} if at is None else {"statusAt": at})}
+              for index, (status, at) in enumerate((s, t) for s in statuses for t in times)]
+    collection = mongo[TEST_DB]["status_rule"]
+    collection.insert_many(stored)
+    for status in statuses:
+        for at in times[1:]:
+            on_server = {doc["_id"]: doc["wins"] for doc in collection.aggregate(
+                [{"$project": {"wins": ranks.wins_expression(status, at)}}])}
+            in_python = {doc["_id"]: ranks.wins(status, at, doc.get("status"), doc.get("statusAt")) for doc in stored}
+            assert on_server == in_python, (status, at)

@@ -27,10 +27,10 @@ from typing import Callable
 from pymongo.database import Database
 
 from services.analyzer.groq_analyzer import GroqAnalyzer
-from services.bolna_client import KEY_REFUSED, BolnaClient
+from services.bolna_client import BolnaAuthError, BolnaClient
 from services.database import (LLM_QUOTA, TENANT_SCHEDULE, WEBHOOK_DELIVERIES, WEBHOOK_INBOX, ensure_indexes,
                                tenant_view)
-from services.run_records import RunListener, RunRecords, describe_failure, stale_after
+from services.run_records import RunListener, RunRecords, describe_failure, failed_with, stale_after
 from services.server_clock import ServerClock
 from services.tenancy.lease import LeaseKeeper
 from services.tenancy.llm_quota import LlmQuota
@@ -270,7 +270,7 @@ def _with_account(listener: RunListener, tenant_id, run: dict) -> None:
 
 
 def _refused(run: dict) -> bool:
-    return any(error.get("code") == KEY_REFUSED for error in run.get("errors", ()))
+    return failed_with(run, BolnaAuthError)
 
 
 def _worst(runs: list[dict]) -> str:

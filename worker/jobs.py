@@ -3,11 +3,26 @@ cursors in `sync_state` all take their names from `JOBS`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 if TYPE_CHECKING:
+    from services.analyzer.batch import AnalysisBatch
+    from services.bolna_client import BolnaClient
+    from services.execution_feed import ExecutionFeed, PageWriter
+    from services.privacy.retention import RetentionPass
     from services.run_records import RunRecorder
-    from worker.app import App
+
+
+class App(Protocol):
+    """What the jobs (and worker/metrics.py) use of worker/app.py's `AccountApp`, which imports them."""
+    bolna: BolnaClient
+    analysis: AnalysisBatch
+    feed: ExecutionFeed
+    customer_writer: PageWriter
+    call_writer: PageWriter
+    retention: RetentionPass
+
+    def analyze(self, recorder: RunRecorder) -> None: ...
 
 CRM_SYNC = "crm_sync"
 CALL_PROCESSOR = "call_processor"

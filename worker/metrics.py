@@ -33,7 +33,7 @@ from utils.clock import unix_seconds
 if TYPE_CHECKING:
     from pymongo.database import Database
 
-    from worker.app import AccountApp
+    from worker.jobs import App
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class RunMetrics:
         for gauge in self._refreshed:
             gauge.refresh()
 
-    def observe_requests(self, app: "AccountApp") -> None:
+    def observe_requests(self, app: App) -> None:
         """Count the outcome of each request `app` makes to Bolna and to Groq."""
         app.bolna.outcomes.subscribe(lambda outcome: self.bolna_requests.labels(outcome).inc())
         if app.analysis.llm is not None:

@@ -38,8 +38,7 @@ class AnalysisBatch:
         self._stop = stop  # set on SIGTERM: start no new call, release those cut off
         self._settings = settings
         self._llm = llm
-        self._unavailable: str | None = None  # this run's reason the LLM cannot be used
-        self._budget_spent = False
+        self._unavailable: list[LlmUnavailable] = []  # this run's reasons the LLM cannot be used
 
     @property
     def llm(self) -> GroqAnalyzer | None:
@@ -57,8 +56,7 @@ class AnalysisBatch:
         deadline = Deadline(self._settings.llm_batch_deadline_seconds, self._stop)
         if self._llm is not None:
             self._llm.begin_run(self._settings.llm_requests_per_run)
-        self._unavailable = None
-        self._budget_spent = False
+        self._unavailable = []
         workers = min(self._settings.llm_concurrency, limit)
         queue_error = None
         finished = 0
@@ -76,10 +74,10 @@ class AnalysisBatch:
         if queue_error is not None:
             # Once per run: when the database is away, every slot meets the same error.
             recorder.error(queue_error, code="analysis_queue_error")
-        if self._budget_spent:
+        if any(isinstance(reason, BudgetSpent) for reason in self._unavailable):
             recorder.add("llmBudgetSpent")  # counted apart: an operator raises the budget, or waits
-        if self._unavailable is not None:
-            message = f"LLM unavailable: {self._unavailable}; calls not analyzed stay queued for a later run"
+        if self._unavailable:
+            message = f"LLM unavailable: {self._unavailable[-1]}; calls not analyzed stay queued for a later run"
             if not finished:
                 raise LlmUnavailable(message)  # nothing could be analyzed: the run failed
             recorder.error(message, code="llm_unavailable")
@@ -92,7 +90,7 @@ class AnalysisBatch:
         error's type: the outcomes gathered before it must still reach the run record."""
         outcomes: list[Outcome] = []
         try:
-            while not deadline.reached and self._unavailable is None and not drained.is_set():
+            while not deadline.reached and not self._unavailable and not drained.is_set():
                 claim = self.queue.claim_next()
                 if claim is None:
                     drained.set()
@@ -139,8 +137,7 @@ class AnalysisBatch:
             return Outcome(claim.call_id, "released")
         except LlmUnavailable as exc:
             # Not the call's fault: it keeps its place in the queue, and no slot claims another.
-            self._unavailable = str(exc)
-            self._budget_spent = self._budget_spent or isinstance(exc, BudgetSpent)
+            self._unavailable.append(exc)
             self.queue.release(claim)
             return Outcome(claim.call_id, "released")
         except LlmFailure as failure:
