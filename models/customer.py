@@ -18,6 +18,8 @@ from pymongo import UpdateOne
 from models.execution import Execution
 from models.extraction import Extraction, Path
 from models.locks import LOCKED, SUGGESTED
+from utils.config import (BOOKED, CALLBACK, CONTACTED, DEFAULT_PRECEDENCE, INTERESTED, NO_ANSWER, NOT_INTERESTED,
+                          VOICEMAIL)
 from utils.phone import Phone
 
 # Customer field -> extraction names that mean it (agents' extraction prompts vary).
@@ -34,10 +36,6 @@ _INTEREST_KEYS = ("user_interested", "interested", "is_interested")
 
 # What the CRM sync writes that a person may lock (models/locks.py).
 LOCKABLE_FIELDS = ("status", *PROFILE_FIELDS, "extracted")
-BOOKED, CALLBACK, INTERESTED, NOT_INTERESTED = "Booked", "Callback", "Interested", "Not Interested"
-CONTACTED, VOICEMAIL, NO_ANSWER = "Contacted", "Voicemail", "No Answer"
-# Highest first; statuses in one group rank equal.
-DEFAULT_PRECEDENCE = ((BOOKED,), (CALLBACK, INTERESTED, NOT_INTERESTED), (CONTACTED,), (VOICEMAIL,), (NO_ANSWER,))
 EPOCH = datetime(1970, 1, 1)
 # The status changes an upsert made, kept on the record by the upsert itself until the writer has
 # logged each as an activity: what a change was is known only to the write that made it.

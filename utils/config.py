@@ -17,7 +17,6 @@ from cryptography.fernet import Fernet
 from pymongo import uri_parser
 from pymongo.errors import ConfigurationError, InvalidURI
 
-from models.customer import DEFAULT_PRECEDENCE
 from utils.phone import DEFAULT_REGION
 
 
@@ -30,6 +29,11 @@ BOLNA_SENDER_IPS = ("13.203.39.153", "13.126.9.249", "13.202.133.53")
 MIN_WEBHOOK_TOKEN_CHARS = 24
 MIN_HASH_KEY_CHARS = 16
 MIN_LEASE_SECONDS = 15
+# The customer statuses the CRM sync sets (models/customer.py), and their default order
+# (`STATUS_PRECEDENCE`): highest first; statuses in one group rank equal.
+BOOKED, CALLBACK, INTERESTED, NOT_INTERESTED = "Booked", "Callback", "Interested", "Not Interested"
+CONTACTED, VOICEMAIL, NO_ANSWER = "Contacted", "Voicemail", "No Answer"
+DEFAULT_PRECEDENCE = ((BOOKED,), (CALLBACK, INTERESTED, NOT_INTERESTED), (CONTACTED,), (VOICEMAIL,), (NO_ANSWER,))
 DEFAULT_TAGS = ("Purchased", "follow_up", "Interested", "Not_Interested", "No_Answer")
 # Keys of the analysis the LLM returns; configured extra fields may not reuse them.
 ANALYSIS_KEYS = ("tag", "summary", "leadScore", "leadStatus", "sentiment", "confidence", "reasoning")
