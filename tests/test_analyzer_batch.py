@@ -6,7 +6,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from pymongo.errors import AutoReconnect
+from pymongo.errors import AutoReconnect, OperationFailure
 
 from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import HookedClient
@@ -14,7 +14,9 @@ from services.database import ensure_indexes, tenant_view
 from tests.helpers import requeue
 from worker.app import build_analysis
 from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL, LlmUnavailable
+from services.analyzer.claims import MAX_ATTEMPTS
 from services.analyzer.heuristic import CONFIDENCE
+from services.analyzer.outcomes import SETTLED_RESUMES
 from services.run_records import RunRecorder
 from utils.clock import utcnow
 from utils.config import ExtraField, Settings
@@ -65,6 +67,14 @@ def run(db, settings, owner="host:1:a"):
 
 def call(db, call_id):
     return db.calls.find_one({"callId": call_id})
+
+
+def expire_claims(db):
+    db.calls.update_many({"claim": {"$ne": None}}, {"$set": {"claim.expiresAt": utcnow() - timedelta(seconds=1)}})
+
+
+def has_claim(doc):
+    return "claim" in doc
 
 
 def analyzed_flats(fake):
@@ -452,6 +462,27 @@ def test_a_retake_of_a_settled_call_applies_the_settled_decision_without_asking_
     assert stored["processed"] and "settled" not in stored and stored["analysis"] == settled["analysis"]
     assert db.contacts.find_one({"phone": PHONE})["leadScore"] == settled["analysis"]["leadScore"]
     assert db.activities.count_documents({"callId": "c1", "type": "ai_analysis"}) == 1
+
+
+def test_a_settled_decision_whose_crm_write_always_fails_is_finished_failed_after_a_bounded_number_of_retakes(
+        fake, mongo, db, settings):
+    add_call(db, "c1")
+
+    def crm_refuses(collection, method):
+        if collection == "contacts":
+            raise OperationFailure("the contact write is refused")
+
+    refusing = HookedClient(mongo, crm_refuses)["callsync_test"]
+    for _ in range(MAX_ATTEMPTS + SETTLED_RESUMES + 3):
+        build_analysis(refusing, settings, "host:1:a").run(RunRecorder("analyze"))
+        expire_claims(db)
+    stored = call(db, "c1")
+    # Finished, failed with its reason; the settled decision is kept on the call, asked for once.
+    assert stored["processed"] and "settled" not in stored and not has_claim(stored)
+    assert stored["attempts"] == MAX_ATTEMPTS + SETTLED_RESUMES + 1
+    assert stored["analysis"]["status"] == "failed" and "CRM" in stored["analysis"]["error"]
+    assert stored["analysis"]["summary"] and len(fake.recorded()) == 1
+    assert db.contacts.count_documents({}) == 0
 
 
 def test_the_retake_of_an_attempt_that_died_after_the_crm_write_counts_the_call_once(fake, db, settings):
