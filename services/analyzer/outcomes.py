@@ -14,7 +14,7 @@ from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
 from services.analyzer.contacts import record_decision
 from services.analyzer.heuristic import heuristic_analysis
 from services.analyzer.pricing import estimated_cost
-from services.analyzer.schema import Analysis, Usage
+from services.analyzer.schema import SHORT_TRANSCRIPT, Analysis, Usage, analysis_document
 from services.analyzer.staging import CrmRules
 from services.database import PIPELINES
 from services.pipelines import PipelineCatalog
@@ -24,6 +24,7 @@ from utils.config import Settings
 
 # Claims that may resume a settled decision past MAX_ATTEMPTS (its CRM write cut off again).
 SETTLED_RESUMES = 2
+ABANDONED = "abandoned: the last allowed attempt did not finish (its process stopped)"
 UNAPPLIED = (f"settled, but its CRM write did not succeed in {MAX_ATTEMPTS + SETTLED_RESUMES} attempts; "
              "the decision is kept on the call")
 
@@ -68,6 +69,19 @@ class OutcomeWriter:
         if not self.queue.settle(claim, analysis):
             return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
         return self._apply(claim, analysis, usage, cost)
+
+    def without_llm(self, claim: Claim, now: datetime) -> Outcome | None:
+        """The outcome of a claim that needs no request, the same in both lanes: a settled
+        decision resumed, a call past MAX_ATTEMPTS abandoned, a transcript too short to analyze.
+        None: the call is to be analyzed."""
+        if claim.settled is not None:
+            return self.resume(claim)  # decided already: only its CRM write is left
+        if claim.attempt > MAX_ATTEMPTS:
+            # No fallback either: whatever stopped the previous attempts may be this call.
+            return self.finish(claim, analysis_document("failed", attempted_at=now, error=ABANDONED))
+        if len((claim.call.get("transcript") or "").strip()) < self._settings.min_transcript_chars:
+            return self.finish(claim, analysis_document("skipped", attempted_at=now, skipped=SHORT_TRANSCRIPT))
+        return None
 
     def resume(self, claim: Claim) -> Outcome:
         """Write the decision an earlier holder settled (`claim.settled`) and stopped before
