@@ -8,8 +8,7 @@ claim was lost settles nothing and so writes nothing; a holder that stops after 
 the call claimed and settled, and the next holder applies the stored decision instead of asking
 for a new one, so the CRM always follows the one decision settled under a live claim.
 
-A claim is a lease (services/lease.py): a live process finishes or releases well before it
-expires; a claim whose lease expired belongs to a process that died, and the call may be taken again.
+A claim is a lease (services/lease.py): a process that died leaves its calls to the next claim.
 """
 from __future__ import annotations
 
@@ -54,9 +53,6 @@ class Claim:
 class CallQueue:
     def __init__(self, calls: Collection, owner: str, lease_seconds: float,
                  clock: Callable[[], datetime] = utcnow):
-        """`clock`: the time leases are set and compared by; the database server's where several
-        replicas share the queue (`ServerClock`), so a replica whose clock is fast cannot take a
-        live claim."""
         self._calls = calls
         self._owner = owner
         self._lease = timedelta(seconds=lease_seconds)
@@ -97,14 +93,14 @@ class CallQueue:
 
     def held(self, call_ids: list[str], token: str) -> list[Claim]:
         """The calls among `call_ids` still claimed under `token`."""
-        calls = self._calls.find({"callId": {"$in": call_ids}, **lease.held(token)},
+        calls = self._calls.find({"callId": {"$in": call_ids}, lease.TOKEN: token},
                                  {name: 1 for name in _CALL_FIELDS}, hint=CALL_ID_INDEX_KEYS)
         return [Claim(call, token) for call in calls]
 
     def extend(self, call_ids: list[str], token: str, lease_seconds: float) -> None:
         """Hold the claims under `token` for `lease_seconds` from now (a submitted Batch API job
         holds its calls for its completion window)."""
-        self._calls.update_many({"callId": {"$in": call_ids}, **lease.held(token)},
+        self._calls.update_many({"callId": {"$in": call_ids}, lease.TOKEN: token},
                                 {"$set": {lease.UNTIL: self.clock() + timedelta(seconds=lease_seconds)}},
                                 hint=CALL_ID_INDEX_KEYS)
 
@@ -161,4 +157,4 @@ def _claimable(now: datetime) -> dict:
 
 
 def _held(claim: Claim) -> dict:
-    return {"callId": claim.call_id, **lease.held(claim.token)}
+    return {"callId": claim.call_id, lease.TOKEN: claim.token}

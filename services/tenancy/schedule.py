@@ -10,12 +10,8 @@ One document per tenant, `_id` the tenant id:
      registeredAt}
 
 Replicas share the work with no configuration: each one claims due tenants atomically
-(`find_one_and_update`) under a lease, as the analysis queue claims calls (services/analyzer/claims.py).
-A live replica finishes or renews well within the lease; a lease whose end passed belongs to a
-replica that died, and its tenant is taken over by the next claim. Only the holder of the current
-token can finish, renew, release or mark a claim refused, so a replica that lost its lease writes
-nothing. Leases are set and compared by one clock for all replicas: the database server's
-(`ServerClock(db).now`), passed in as `clock`.
+(`find_one_and_update`) under a lease (services/lease.py): a replica that died leaves its tenants
+to the next claim, and one that lost its lease writes nothing (finish, renew, release, refusal).
 
 `active` is false while the tenant is retired or its key refused: it leads the claim index, so
 the tenants that must be skipped (which stay overdue for as long as they are skipped) are outside
@@ -97,9 +93,7 @@ class TenantSchedule:
     def __init__(self, collection: Collection, owner: str, lease_seconds: float, interval_seconds: float,
                  clock: Callable[[], datetime] = utcnow):
         """`owner`: this replica (host:pid:random), shown in status. `interval_seconds`: how often
-        a tenant is synced, for the first spread and the default next due time. `clock`: the
-        database server's time (`ServerClock`) where replicas share the schedule, so a replica
-        whose clock is fast cannot take a live lease."""
+        a tenant is synced, for the first spread and the default next due time."""
         self._schedule = collection
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
@@ -273,12 +267,12 @@ class TenantSchedule:
 
 def _held(claim: TenantClaim) -> dict:
     """The tenant, while this claim holds it."""
-    return {"_id": claim.tenant_id, **lease.held(claim.token)}
+    return {"_id": claim.tenant_id, lease.TOKEN: claim.token}
 
 
 def _state(doc: dict, now: datetime) -> str:
     """One state per tenant, the first that applies: the order of `STATES`."""
-    if lease.live(doc, now):
+    if doc.get(lease.UNTIL) and doc[lease.UNTIL] > now:
         return RUNNING
     if "retiredAt" in doc:
         return RETIRED

@@ -2,9 +2,8 @@
 between accepting and processing loses nothing.
 
 One entry per call id and status (Bolna's own deduplication key): a repeated delivery is a
-duplicate and stores nothing. The processor claims waiting entries under a lease with a token
-(services/lease.py), as the analysis queue does: a live processor finishes its claim well within the lease; a claim whose
-lease expired belongs to a processor that died, and another takes the entries over. The raw body
+duplicate and stores nothing. The processor claims waiting entries under leases (services/lease.py):
+a processor that died leaves them to another. The raw body
 is kept only until the entry is processed (it holds a transcript and phone numbers); entries
 expire after WEBHOOK_INBOX_DAYS.
 
@@ -77,8 +76,7 @@ def waiting_entry(call_id: str, status: str, bolna_updated_at: datetime | None, 
 class Inbox:
     def __init__(self, entries: Collection, owner: str, lease_seconds: float,
                  clock: Callable[[], datetime] = utcnow, *, max_waiting: int = 5000):
-        """`clock`: the database server's time (`ServerClock`) where replicas share the inbox.
-        `max_waiting`: the waiting entries one account may hold (accepting through its view)."""
+        """`max_waiting`: the waiting entries one account may hold (accepting through its view)."""
         self.entries = entries
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
@@ -113,7 +111,7 @@ class Inbox:
             return token, []
         self.entries.update_many({"_id": {"$in": ids}, **claimable}, {
             "$set": lease.taken(self.owner, token, now + self.lease), "$inc": {"attempts": 1}})
-        held = self.entries.find({"_id": {"$in": ids}, **lease.held(token)},
+        held = self.entries.find({"_id": {"$in": ids}, lease.TOKEN: token},
                                  {"callId": 1, "body": 1, "receivedAt": 1, "attempts": 1, "userId": 1})
         deliveries = [Delivery(doc["_id"], doc["callId"], bytes(doc.get("body") or b""), doc["receivedAt"],
                                doc["attempts"], doc.get("userId")) for doc in held]
@@ -124,7 +122,7 @@ class Inbox:
         how many were closed (fewer when a lease expired and another processor took them)."""
         now = utcnow()
         operations = [UpdateOne(
-            {"_id": outcome.entry_id, **lease.held(token)},
+            {"_id": outcome.entry_id, lease.TOKEN: token},
             {"$set": {"state": FAILED if outcome.error else DONE, "processedAt": now, "lagMs": outcome.lag_ms,
                       **({"error": outcome.error} if outcome.error else {})},
              "$unset": {**lease.RELEASED, "body": ""}}) for outcome in outcomes]
@@ -134,7 +132,7 @@ class Inbox:
 
     def release(self, token: str, entry_ids: list) -> None:
         """Back to waiting at once (a write the database refused for a reason that may pass)."""
-        self.entries.update_many({"_id": {"$in": entry_ids}, **lease.held(token)}, {"$unset": lease.RELEASED})
+        self.entries.update_many({"_id": {"$in": entry_ids}, lease.TOKEN: token}, {"$unset": lease.RELEASED})
 
     def waiting(self) -> int:
         return self.entries.count_documents({"state": WAITING}, hint=INBOX_STATE_KEYS)
