@@ -13,7 +13,7 @@ from tests.test_tenant_schedule import *  # noqa: F401,F403 - collected again, o
 from tests.test_tenant_schedule import COLLECTION, INTERVAL, LEASE, START, FakeClock
 
 # Read whole on purpose (services/tenancy/schedule.py): register's diff, status's counts and rows.
-WHOLE_COLLECTION_READS = {("find", "{}"), ("aggregate", "{}"), ("find", '{"retiredAt": "NoneType"}')}
+WHOLE_COLLECTION_READS = {("find", "{}"), ("aggregate", "{}"), ("aggregate", '{"retiredAt": "NoneType"}')}
 
 
 def test_the_schedules_queries_are_answered_from_its_indexes(mongo, mongodb_uri):

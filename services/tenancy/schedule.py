@@ -259,9 +259,9 @@ class TenantSchedule:
         with its state, due time, lease (`acquired_by`, `acquired_until`), last run and refusal."""
         now = self.clock()
         counts = self.counts(now)
-        rows = [{"tenantId": doc["_id"], "state": _state(doc, now), **{k: doc[k] for k in _ROW_FIELDS if k in doc}}
-                for doc in self._schedule.find({"retiredAt": None}, {field: 1 for field in _ROW_FIELDS},
-                                               sort=[("dueAt", ASCENDING)], limit=limit)]
+        rows = [{"tenantId": doc.pop("_id"), **doc} for doc in self._schedule.aggregate([
+            {"$match": {"retiredAt": None}}, {"$sort": {"dueAt": ASCENDING}}, {"$limit": limit},
+            {"$project": {"state": _state_expression(now), **{field: 1 for field in _ROW_FIELDS}}}])]
         return {"counts": counts, "total": sum(counts.values()), "tenants": rows}
 
 
@@ -270,19 +270,9 @@ def _held(claim: TenantClaim) -> dict:
     return {"_id": claim.tenant_id, lease.TOKEN: claim.token}
 
 
-def _state(doc: dict, now: datetime) -> str:
-    """One state per tenant, the first that applies: the order of `STATES`."""
-    if doc.get(lease.UNTIL) and doc[lease.UNTIL] > now:
-        return RUNNING
-    if "retiredAt" in doc:
-        return RETIRED
-    if doc.get("refused"):
-        return REFUSED
-    return DUE if doc["dueAt"] <= now else WAITING
-
-
 def _state_expression(now: datetime) -> dict:
-    """`_state` on the server, to count without reading every tenant."""
+    """One state per tenant, the first that applies (the order of `STATES`), on the server: the
+    counts are taken without reading every tenant."""
     return {"$switch": {"branches": [
         {"case": {"$gt": ["$" + lease.UNTIL, now]}, "then": RUNNING},
         {"case": _present("$retiredAt"), "then": RETIRED},
