@@ -86,16 +86,16 @@ def _kill_busiest(db, replicas: list[Replica], timeout: float = 60) -> tuple[Rep
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         now = utcnow()
-        held = list(db[TENANT_SCHEDULE].find({"lease.until": {"$gt": now}}, {"lease": 1}))
-        owners = Counter(doc["lease"]["owner"] for doc in held)
+        held = list(db[TENANT_SCHEDULE].find({"acquired_until": {"$gt": now}}, {"acquired_by": 1}))
+        owners = Counter(doc["acquired_by"] for doc in held)
         if owners:
             owner = owners.most_common(1)[0][0]
             victim = next(r for r in replicas if r.pid == int(owner.split(":")[1]))
             victim.kill()
             killed_at = utcnow()
             # What it held at the moment it died (a lease it finished meanwhile is no longer in it).
-            leased = {doc["_id"]: doc["lease"]["until"] for doc in db[TENANT_SCHEDULE].find(
-                {"lease.owner": owner, "lease.until": {"$gt": killed_at}}, {"lease": 1})}
+            leased = {doc["_id"]: doc["acquired_until"] for doc in db[TENANT_SCHEDULE].find(
+                {"acquired_by": owner, "acquired_until": {"$gt": killed_at}}, {"acquired_until": 1})}
             if leased:
                 return victim, leased, killed_at
             raise RuntimeError("the killed replica held no lease by the time it died; run again")
@@ -123,7 +123,7 @@ def _isolated(client_uri: str, database: str, bolna_url: str, fake: FakeBolna) -
     try:
         db = client[database]
         schedule = db[TENANT_SCHEDULE]
-        schedule.update_many({}, {"$set": {"dueAt": utcnow() + timedelta(days=1)}, "$unset": {"lease": ""}})
+        schedule.update_many({}, {"$set": {"dueAt": utcnow() + timedelta(days=1)}, "$unset": {"acquired_by": "", "acquired_until": "", "acquired_token": ""}})
         chosen = [doc["_id"] for doc in schedule.find({}, {"_id": 1}).sort("_id", 1).limit(ISOLATED_SYNCS)]
         schedule.update_many({"_id": {"$in": chosen}}, {"$set": {"dueAt": utcnow() - timedelta(seconds=1)}})
         settings = Settings(mongodb_db=database, tenant_source="mongodb", bolna_base_url=bolna_url,

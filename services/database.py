@@ -5,6 +5,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.collection import Collection
 from pymongo.database import Database
 
+from services import lease
 from services.tenancy.schedule import SCHEDULE_INDEXES
 from services.tenancy.scoped import TENANT_FIELD, TenantDatabase, TenantScopeError
 
@@ -167,6 +168,11 @@ def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int =
         if shared or collection in TENANT_COLLECTIONS:
             _drop_changed(db[collection], indexes)
             db[collection].create_indexes(indexes)
+    # Leases an earlier version wrote in its own names (services/lease.py), where they can be.
+    lease.migrate(db[CALLS], "claim", "expiresAt", {"processed": False, "terminal": True}, QUEUE_INDEX_KEYS)
+    lease.migrate(db[WEBHOOK_INBOX], "claim", "expiresAt", {"state": "waiting"}, INBOX_STATE_KEYS)
+    if shared:
+        lease.migrate(db[TENANT_SCHEDULE], "lease", "until", {})
     _ensure_run_expiry(db[SYNC_RUNS], run_retention_days * 86400)
     _ensure_expiry(db[WEBHOOK_INBOX], INBOX_EXPIRY_INDEX, "receivedAt", inbox_days * 86400)
     _ensure_expiry(db[WEBHOOK_DELIVERIES], DELIVERIES_EXPIRY_INDEX, "at", DELIVERY_COUNTS_DAYS * 86400)

@@ -6,7 +6,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from pymongo.errors import AutoReconnect
+from pymongo.errors import AutoReconnect, OperationFailure
 
 from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import HookedClient
@@ -14,9 +14,12 @@ from services.database import ensure_indexes, tenant_view
 from tests.helpers import requeue
 from worker.app import build_analysis
 from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL, LlmUnavailable
+from services.analyzer.claims import MAX_ATTEMPTS
 from services.analyzer.heuristic import CONFIDENCE
+from services.analyzer.outcomes import SETTLED_RESUMES
+from services import lease
 from services.run_records import RunRecorder
-from utils.clock import utcnow
+from utils.clock import to_millis, utcnow
 from utils.config import ExtraField, Settings
 
 pytestmark = pytest.mark.timeout(30)
@@ -67,6 +70,14 @@ def call(db, call_id):
     return db.calls.find_one({"callId": call_id})
 
 
+def expire_claims(db):
+    db.calls.update_many({lease.UNTIL: {"$ne": None}}, {"$set": {lease.UNTIL: utcnow() - timedelta(seconds=1)}})
+
+
+def has_claim(doc):
+    return any(field in doc for field in lease.RELEASED)
+
+
 def analyzed_flats(fake):
     return [re.search(r"interested in flat (\w+)", r.transcript).group(1) for r in fake.recorded()]
 
@@ -79,7 +90,7 @@ def test_a_run_analyzes_the_oldest_calls_up_to_the_batch_limit(fake, db, setting
     recorder = run(db, settings.with_overrides(llm_batch_limit=3))
     assert sorted(analyzed_flats(fake)) == ["c0", "c1", "c2"]
     assert [call(db, f"c{n}")["processed"] for n in range(5)] == [True, True, True, False, False]
-    assert call(db, "c3")["attempts"] == 0 and "claim" not in call(db, "c3")
+    assert call(db, "c3")["attempts"] == 0 and not has_claim(call(db, "c3"))
     assert not call(db, "ongoing")["processed"]
     assert recorder.counts["analyzed"] == 3
 
@@ -122,7 +133,7 @@ def test_analysis_is_stored_on_the_call_and_applied_to_the_contact(fake, db, set
     recorder = run(db, settings)
     stored = call(db, "c1")
     analysis = stored["analysis"]
-    assert stored["processed"] and stored["attempts"] == 1 and "claim" not in stored
+    assert stored["processed"] and stored["attempts"] == 1 and not has_claim(stored)
     assert analysis["status"] == "ok" and analysis["error"] is None and not analysis["usedFallback"]
     assert analysis["model"] == settings.groq_model and analysis["attemptedAt"] <= utcnow()
     assert (analysis["tag"], analysis["leadScore"], analysis["leadStatus"]) == ("Interested", 50, "CONTACTED")
@@ -236,7 +247,7 @@ def test_a_rejected_key_gets_another_chance_in_the_next_run_of_the_same_batch(fa
 
 def assert_all_queued(db):
     for doc in db.calls.find():
-        assert not doc["processed"] and doc["attempts"] == 0 and "claim" not in doc and "analysis" not in doc
+        assert not doc["processed"] and doc["attempts"] == 0 and not has_claim(doc) and "analysis" not in doc
 
 
 def test_when_every_key_is_rejected_calls_stay_queued_and_the_run_fails(fake, db, settings):
@@ -302,7 +313,7 @@ def test_a_429_storm_ends_the_batch_by_its_deadline_leaving_calls_unprocessed(fa
     asked = Counter(analyzed_flats(fake))
     assert set(asked) == {"c0", "c1"} and min(asked.values()) >= 2
     for doc in db.calls.find():
-        assert not doc["processed"] and doc["attempts"] == 0 and "claim" not in doc and "analysis" not in doc
+        assert not doc["processed"] and doc["attempts"] == 0 and not has_claim(doc) and "analysis" not in doc
 
     fake.respond("analysis")
     run(db, settings)
@@ -316,7 +327,7 @@ def test_a_request_cut_off_by_the_deadline_releases_its_call(fake, db, settings)
     recorder = run(db, settings.with_overrides(llm_batch_deadline_seconds=0.5))
     assert time.monotonic() - started < 4.0  # cut off, not the 6 s answer
     stored = call(db, "c1")
-    assert not stored["processed"] and stored["attempts"] == 0 and "claim" not in stored
+    assert not stored["processed"] and stored["attempts"] == 0 and not has_claim(stored)
     assert recorder.counts["released"] == 1
 
 
@@ -331,7 +342,7 @@ def test_a_stop_signal_ends_the_batch_and_releases_calls_waiting_to_retry(fake, 
     assert time.monotonic() - started < 5.0  # the signal, not the 10 s batch deadline
     assert recorder.counts["released"] == 2
     for doc in db.calls.find():
-        assert not doc["processed"] and doc["attempts"] == 0 and "claim" not in doc
+        assert not doc["processed"] and doc["attempts"] == 0 and not has_claim(doc)
 
 
 def test_calls_run_with_bounded_concurrency(fake, db, settings):
@@ -368,12 +379,10 @@ def test_two_processors_never_analyze_the_same_call(fake, db, settings):
 
 
 def test_a_claim_whose_lease_expired_is_retaken_once_and_live_claims_are_left_alone(fake, db, settings):
-    expired = {"owner": "dead:1:x", "token": "t", "claimedAt": utcnow() - timedelta(hours=1),
-               "expiresAt": utcnow() - timedelta(minutes=1)}
-    add_call(db, "retake", attempts=1, claim=expired)
-    add_call(db, "given-up", attempts=2, claim=expired)
-    add_call(db, "busy", attempts=1, claim={**expired, "owner": "alive:1:x",
-                                            "expiresAt": utcnow() + timedelta(minutes=5)})
+    expired = lease.taken("dead:1:x", "t", utcnow() - timedelta(minutes=1))
+    add_call(db, "retake", attempts=1, **expired)
+    add_call(db, "given-up", attempts=2, **expired)
+    add_call(db, "busy", attempts=1, **lease.taken("alive:1:x", "t", utcnow() + timedelta(minutes=5)))
     recorder = run(db, settings)
 
     assert analyzed_flats(fake) == ["retake"]
@@ -384,8 +393,25 @@ def test_a_claim_whose_lease_expired_is_retaken_once_and_live_claims_are_left_al
     assert given_up["analysis"]["error"].startswith("abandoned")
     assert db.activities.count_documents({"callId": "given-up"}) == 0
     busy = call(db, "busy")
-    assert not busy["processed"] and busy["claim"]["owner"] == "alive:1:x" and busy["attempts"] == 1
+    assert not busy["processed"] and busy[lease.BY] == "alive:1:x" and busy["attempts"] == 1
     assert (recorder.counts["analyzed"], recorder.counts["failed"]) == (1, 1)
+
+
+def test_claims_stored_by_an_earlier_version_are_migrated_at_start_and_keep_their_meaning(fake, mongo, db, settings):
+    old = {"owner": "dead:1:x", "token": "t", "claimedAt": utcnow() - timedelta(hours=1),
+           "expiresAt": utcnow() - timedelta(minutes=1)}
+    add_call(db, "retake", attempts=1, claim=old)
+    until = to_millis(utcnow() + timedelta(minutes=5))
+    add_call(db, "busy", attempts=1, claim={**old, "owner": "alive:1:x", "expiresAt": until})
+    for _ in range(2):  # idempotent
+        ensure_indexes(HookedClient(mongo)["callsync_test"])
+    busy = call(db, "busy")
+    assert "claim" not in busy and (busy[lease.BY], busy[lease.TOKEN]) == ("alive:1:x", "t")
+    assert busy[lease.UNTIL] == until
+
+    run(db, settings)
+    assert analyzed_flats(fake) == ["retake"] and call(db, "retake")["processed"]
+    assert not call(db, "busy")["processed"]
 
 
 def test_an_attempt_whose_call_was_requeued_meanwhile_does_not_mark_it_processed(fake, db, settings):
@@ -413,7 +439,7 @@ def test_an_attempt_whose_lease_expired_and_was_retaken_writes_nothing_to_the_co
     def retaken_meanwhile():
         # While the first attempt waits for Groq its lease runs out, and another process takes
         # the call and sees it through (with the offline heuristic, so the two decisions differ).
-        db.calls.update_one({"callId": "c1"}, {"$set": {"claim.expiresAt": utcnow() - timedelta(seconds=1)}})
+        expire_claims(db)
         assert run(db, heuristic, owner="host-b:2:y").counts["analyzed"] == 1
 
     fake.on_request(retaken_meanwhile)
@@ -443,7 +469,7 @@ def test_a_retake_of_a_settled_call_applies_the_settled_decision_without_asking_
         build_analysis(crashing, settings, "host:1:a").run(RunRecorder("analyze"))
     settled = call(db, "c1")
     assert settled["settled"] and not settled["processed"] and db.contacts.count_documents({}) == 0
-    db.calls.update_one({"callId": "c1"}, {"$set": {"claim.expiresAt": utcnow() - timedelta(seconds=1)}})
+    expire_claims(db)
 
     recorder = run(db, settings)
     assert len(fake.recorded()) == 1  # the settled decision was applied, not asked for again
@@ -452,6 +478,27 @@ def test_a_retake_of_a_settled_call_applies_the_settled_decision_without_asking_
     assert stored["processed"] and "settled" not in stored and stored["analysis"] == settled["analysis"]
     assert db.contacts.find_one({"phone": PHONE})["leadScore"] == settled["analysis"]["leadScore"]
     assert db.activities.count_documents({"callId": "c1", "type": "ai_analysis"}) == 1
+
+
+def test_a_settled_decision_whose_crm_write_always_fails_is_finished_failed_after_a_bounded_number_of_retakes(
+        fake, mongo, db, settings):
+    add_call(db, "c1")
+
+    def crm_refuses(collection, method):
+        if collection == "contacts":
+            raise OperationFailure("the contact write is refused")
+
+    refusing = HookedClient(mongo, crm_refuses)["callsync_test"]
+    for _ in range(MAX_ATTEMPTS + SETTLED_RESUMES + 3):
+        build_analysis(refusing, settings, "host:1:a").run(RunRecorder("analyze"))
+        expire_claims(db)
+    stored = call(db, "c1")
+    # Finished, failed with its reason; the settled decision is kept on the call, asked for once.
+    assert stored["processed"] and "settled" not in stored and not has_claim(stored)
+    assert stored["attempts"] == MAX_ATTEMPTS + SETTLED_RESUMES + 1
+    assert stored["analysis"]["status"] == "failed" and "CRM" in stored["analysis"]["error"]
+    assert stored["analysis"]["summary"] and len(fake.recorded()) == 1
+    assert db.contacts.count_documents({}) == 0
 
 
 def test_the_retake_of_an_attempt_that_died_after_the_crm_write_counts_the_call_once(fake, db, settings):
@@ -483,7 +530,7 @@ def test_a_retake_after_a_crash_between_the_crm_write_and_finish_keeps_the_decis
         build_analysis(crashing, heuristic, "host:1:a").run(RunRecorder("analyze"))
     first = db.activities.find_one({"callId": "c1"})
     assert first["changes"]["leadScore"]["from"] is None
-    db.calls.update_one({"callId": "c1"}, {"$set": {"claim.expiresAt": utcnow() - timedelta(seconds=1)}})
+    expire_claims(db)
 
     recorder = run(db, heuristic)
     assert recorder.counts["analyzed"] == 1 and call(db, "c1")["attempts"] == 2

@@ -81,7 +81,7 @@ def test_an_unset_heuristic_tag_leaves_the_contacts_tag(db):
 
 def add_processed(db, call_id, at):
     db.calls.insert_one({"callId": call_id, "callAt": at, "terminal": True, "processed": True, "attempts": 2,
-                         "claim": {"owner": "x", "token": "t"}, "analysis": {"status": "failed"}})
+                         "acquired_by": "x", "acquired_token": "t", "analysis": {"status": "failed"}})
 
 
 def test_requeue_puts_one_call_or_calls_since_a_date_back_in_the_queue(db):
@@ -89,7 +89,7 @@ def test_requeue_puts_one_call_or_calls_since_a_date_back_in_the_queue(db):
     add_processed(db, "new", NOW - timedelta(hours=1))
     assert requeue(db, call_id="old") == 1
     old = db.calls.find_one({"callId": "old"})
-    assert (old["processed"], old["attempts"], "claim" in old) == (False, 0, False)
+    assert (old["processed"], old["attempts"], "acquired_token" in old) == (False, 0, False)
     assert old["analysis"] == {"status": "failed"}  # kept until the new attempt replaces it
     assert db.calls.find_one({"callId": "new"})["processed"] is True
 
@@ -114,7 +114,7 @@ def test_requeue_needs_exactly_one_selector(db):
 
 def test_requeue_drops_a_settled_decision_so_the_new_round_is_analyzed_afresh(db):
     db.calls.insert_one({"callId": "c1", "callAt": NOW, "terminal": True, "processed": False, "attempts": 1,
-                         "settled": True, "claim": {"owner": "x", "token": "t"}, "analysis": {"status": "ok"}})
+                         "settled": True, "acquired_by": "x", "acquired_token": "t", "analysis": {"status": "ok"}})
     assert requeue(db, call_id="c1") == 1
     stored = db.calls.find_one({"callId": "c1"})
-    assert "settled" not in stored and "claim" not in stored and stored["analysisRound"] == 1
+    assert "settled" not in stored and "acquired_token" not in stored and stored["analysisRound"] == 1

@@ -62,7 +62,7 @@ def test_a_backlog_beyond_a_days_work_goes_to_a_batch_job_and_the_newest_stay_sy
     assert all(doc["processed"] for doc in calls(db, *NEWEST))
     job = db[LLM_BATCHES].find_one()
     assert job["status"] == "submitted" and job["callIds"] == OLDEST
-    assert all(not doc["processed"] and doc["claim"]["token"] == job["_id"] for doc in calls(db, *OLDEST))
+    assert all(not doc["processed"] and doc["acquired_token"] == job["_id"] for doc in calls(db, *OLDEST))
     assert recorder.counts["batchCallsSubmitted"] == 8 and recorder.counts["batchJobsSubmitted"] == 1
     assert recorder.counts["analyzed"] == 2
 
@@ -73,7 +73,7 @@ def test_a_finished_job_is_applied_once_with_its_discounted_cost(fake, db, setti
     fake.batch_api.complete(fail_lines=("c3",))
     recorder = process(db, settings)
     for doc in calls(db, *OLDEST):
-        assert doc["processed"] and "claim" not in doc and doc["attempts"] == 1
+        assert doc["processed"] and "acquired_token" not in doc and doc["attempts"] == 1
     failed = call(db, "c3")["analysis"]
     assert failed["status"] == "failed" and failed["usedFallback"] and "Batch API" in failed["error"]
     ok = call(db, "c0")["analysis"]
@@ -105,7 +105,7 @@ def test_an_expired_job_releases_the_calls_it_did_not_answer(fake, db, settings)
     # run's worth went straight into a new job, with their attempt counted once.
     assert [line["custom_id"] for line in fake.batch_api.submitted_lines()] == ["c3", "c4", "c5"]
     assert [doc["attempts"] for doc in calls(db, "c3", "c4", "c5", "c6", "c7")] == [1, 1, 1, 0, 0]
-    assert all("claim" not in doc for doc in calls(db, "c6", "c7"))
+    assert all("acquired_token" not in doc for doc in calls(db, "c6", "c7"))
 
 
 def test_a_job_groq_refused_releases_every_call(fake, db, settings):
@@ -126,7 +126,7 @@ def test_a_submission_that_fails_leaves_the_calls_queued(fake, db, settings):
     fake.rejected_keys = {"key-1"}
     recorder = process(db, settings, lane_only=True)
     assert not fake.batch_api.jobs
-    assert all(not doc["processed"] and "claim" not in doc and doc["attempts"] == 0 for doc in calls(db, *OLDEST))
+    assert all(not doc["processed"] and "acquired_token" not in doc and doc["attempts"] == 0 for doc in calls(db, *OLDEST))
     assert db[LLM_BATCHES].find_one()["status"] == "not_submitted"
     assert [error["code"] for error in recorder.errors] == ["llm_batch_submit_failed"]
 

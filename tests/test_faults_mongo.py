@@ -55,7 +55,7 @@ def snapshot(db) -> dict:
 def expire_claims(db) -> None:
     """Time passes beyond every analysis lease, as it does before a restarted daemon's next runs:
     calls a dead process had claimed become claimable again."""
-    db[CALLS].update_many({"claim": {"$ne": None}}, {"$set": {"claim.expiresAt": utcnow() - timedelta(seconds=1)}})
+    db[CALLS].update_many({"acquired_until": {"$ne": None}}, {"$set": {"acquired_until": utcnow() - timedelta(seconds=1)}})
 
 
 def clean_run(settings, bolna, prepare=lambda mongo: None) -> tuple[dict, int]:

@@ -136,13 +136,13 @@ def test_a_replica_killed_mid_sync_is_taken_over_within_one_lease(fleet):
     db, env, accounts, _bolna = fleet(6, latency=0.15)
     all_due_now(db, accounts)
     dead = fleet.replica(env, "run").wait_started()
-    owned_by_dead = {"lease.owner": {"$regex": f":{dead.pid}:"}}
+    owned_by_dead = {"acquired_by": {"$regex": f":{dead.pid}:"}}
     wait_until(lambda: db[TENANT_SCHEDULE].count_documents(owned_by_dead) == 2
                and len(runs_of(db, pid=dead.pid, status="running")) == 2, 60, "the first replica syncing two accounts")
     assert dead.stop(signal.SIGKILL, 10) == -signal.SIGKILL
     killed_at = utcnow()
     # What the dead replica left: its leases (never renewed again) and its runs still `running`.
-    held = {doc["_id"]: doc["lease"]["until"] for doc in db[TENANT_SCHEDULE].find(owned_by_dead)}
+    held = {doc["_id"]: doc["acquired_until"] for doc in db[TENANT_SCHEDULE].find(owned_by_dead)}
     assert len(held) == 2
     left_running = runs_of(db, pid=dead.pid, status="running")
     assert {run["userId"] for run in left_running} == set(held)  # mid-sync: one open run per held account

@@ -13,7 +13,7 @@ from tests.test_tenant_schedule import *  # noqa: F401,F403 - collected again, o
 from tests.test_tenant_schedule import COLLECTION, INTERVAL, LEASE, START, FakeClock
 
 # Read whole on purpose (services/tenancy/schedule.py): register's diff, status's counts and rows.
-WHOLE_COLLECTION_READS = {("find", "{}"), ("aggregate", "{}"), ("find", '{"retiredAt": "NoneType"}')}
+WHOLE_COLLECTION_READS = {("find", "{}"), ("aggregate", "{}"), ("aggregate", '{"retiredAt": "NoneType"}')}
 
 
 def test_the_schedules_queries_are_answered_from_its_indexes(mongo, mongodb_uri):
@@ -42,7 +42,7 @@ def test_the_schedules_queries_are_answered_from_its_indexes(mongo, mongodb_uri)
         # Renewal, finish, release, refusal and register's guarded writes: by `_id` (answered from `_id_`).
         selected_by_id = {(command, shape) for (command, _, shape), query in recorder.queries.items()
                           if by_id(query["filter"])}
-        assert len([shape for _, shape in selected_by_id if '"lease.token"' in shape]) == 2, selected_by_id
+        assert len([shape for _, shape in selected_by_id if '"acquired_token"' in shape]) == 2, selected_by_id
         scans = [f"{command} {shape}: {' <- '.join(stages)}" for (command, shape), stages in plans.items()
                  if "COLLSCAN" in stages and (command, shape) not in WHOLE_COLLECTION_READS | selected_by_id]
         assert not scans, "collection scans:\n" + "\n".join(scans)
@@ -64,7 +64,7 @@ def test_a_claim_scans_only_active_due_tenants(mongo, mongodb_uri):
     now = clock()
     explained = mongo[TEST_DB].command("explain", {
         "find": COLLECTION, "filter": {"active": True, "dueAt": {"$lte": now}, "$or": [
-            {"lease": None}, {"lease.until": {"$lte": now}}]},
+            {"acquired_until": None}, {"acquired_until": {"$lte": now}}]},
         "sort": {"dueAt": 1}, "hint": {"active": 1, "dueAt": 1}, "limit": 1}, verbosity="executionStats")
     # The 50 active tenants at most (they are all due; the wire server's explain ignores the
     # limit), never the 150 inactive ones before them in `dueAt` order.

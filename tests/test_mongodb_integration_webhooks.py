@@ -66,7 +66,7 @@ def test_daemon_killed_while_deliveries_arrive_loses_none_it_accepted(mongo, mon
             assert 150 <= len(accepted) < 400
             # Time passes beyond the dead process's leases; then it is started again.
             mongo[database][WEBHOOK_INBOX].update_many(
-                {"claim": {"$ne": None}}, {"$set": {"claim.expiresAt": utcnow() - timedelta(seconds=1)}})
+                {"acquired_until": {"$ne": None}}, {"$set": {"acquired_until": utcnow() - timedelta(seconds=1)}})
             restarted, _base = _start_daemon(bolna, mongodb_uri, database)
             try:
                 wait_until(lambda: mongo[database][WEBHOOK_INBOX].count_documents({"state": "waiting"}) == 0, 60)

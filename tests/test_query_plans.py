@@ -39,7 +39,7 @@ _QUERY_COMMANDS = frozenset({"find", "findAndModify", "update", "delete", "disti
 # asserted, and every other query is.
 PLANNER_GAPS = {
     # The analyzer finishing or releasing its claim: MongoDB uses callId_unique.
-    ("update", CALLS, '{"callId": "str", "claim.token": "str", "userId": "NoneType"}'),
+    ("update", CALLS, '{"acquired_token": "str", "callId": "str", "userId": "NoneType"}'),
     # Start-up: runs this host left `running` (`$or`; and what they are, by `distinct`, which takes
     # no hint): MongoDB uses status_host.
     ("update", "sync_runs", '{"$or": [{"host": "str", "pid": {"$in": []}}, '

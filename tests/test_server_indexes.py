@@ -1,13 +1,17 @@
 """The indexes and writes that only a real server judges (the wire server the test run starts,
 or MONGODB_URI): unique phones that never collide for records without one, the upgrade from
-the earlier partial phone index, and an old record mongomock and a server read differently."""
+the earlier partial phone index, and an old record mongomock and a server read differently; leases
+stored in the earlier shapes rewritten at start."""
 from __future__ import annotations
+
+from datetime import datetime, timedelta
 
 import pytest
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
-from services.database import CONTACTS, CUSTOMER_CALLS, CUSTOMERS, PHONE_INDEX, ensure_indexes
+from services.database import (CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, PHONE_INDEX, TENANT_SCHEDULE, WEBHOOK_INBOX,
+                               ensure_indexes)
 from tests.conftest import TEST_DB
 from tests.helpers import build_app, execution
 from tests.real_mongo import mongo  # noqa: F401 - the test database on the server, dropped after
@@ -60,3 +64,21 @@ def test_a_customer_whose_call_ids_are_not_an_array_is_migrated_not_split_into_c
     stored = db[CUSTOMERS].find_one({"phone": "+919876543210"})
     assert "callIds" not in stored and stored["callCount"] == 2
     assert {link["_id"] for link in db[CUSTOMER_CALLS].find({"phone": "+919876543210"})} == {"call-0001", "new-1"}
+
+
+def test_leases_stored_in_the_earlier_shapes_are_rewritten_in_one_vocabulary_at_start(mongo):
+    db = mongo[TEST_DB]
+    until = datetime(2026, 6, 1, 12, 0)
+    claim = {"owner": "host:1:x", "token": "t", "claimedAt": until - timedelta(minutes=5), "expiresAt": until}
+    db[CALLS].insert_many([{"callId": "c1", "processed": False, "terminal": True, "claim": claim},
+                           {"callId": "c2", "processed": True, "terminal": True}])
+    db[WEBHOOK_INBOX].insert_one({"callId": "c1", "status": "completed", "state": "waiting", "claim": claim})
+    db[TENANT_SCHEDULE].insert_one({"_id": "a1", "dueAt": until, "active": True,
+                                    "lease": {"owner": "host:1:x", "token": "t", "claimedAt": until, "until": until}})
+    ensure_indexes(db)
+    ensure_indexes(db)  # idempotent
+    migrated = {"acquired_by": "host:1:x", "acquired_until": until, "acquired_token": "t"}
+    for collection, old in ((CALLS, "claim"), (WEBHOOK_INBOX, "claim"), (TENANT_SCHEDULE, "lease")):
+        doc = db[collection].find_one({"acquired_token": {"$exists": True}})
+        assert old not in doc and {key: doc[key] for key in migrated} == migrated, collection
+    assert set(db[CALLS].find_one({"callId": "c2"})) == {"_id", "callId", "processed", "terminal"}

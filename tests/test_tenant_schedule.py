@@ -17,6 +17,7 @@ from fakes.mongo_hooks import HookedClient, RoundTripCounter
 from services.tenancy.schedule import (DUE, REFUSED, RETIRED, RUNNING, SCHEDULE_INDEXES, WAITING, TenantSchedule,
                                        first_due_times, next_due)
 from tests.conftest import TEST_DB
+from worker.fleet_status import collect_fleet
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -260,13 +261,13 @@ def test_only_due_tenants_are_claimed_oldest_due_first(replica, schedule_collect
     schedule_collection.update_one({"_id": "t3"}, {"$set": {"dueAt": START + timedelta(seconds=1)}})
     first = schedule.claim_due()
     assert (first.tenant_id, first.due_at) == ("t2", START - timedelta(seconds=50))
-    assert first.claimed_at == START and first.lease_until == START + timedelta(seconds=LEASE)
+    assert first.claimed_at == START and first.acquired_until == START + timedelta(seconds=LEASE)
     assert schedule.claim_due().tenant_id == "t1"
     assert schedule.claim_due() is None  # t3 is not due yet
     clock.advance(1)
     assert schedule.claim_due().tenant_id == "t3"
-    lease = stored(schedule_collection, "t2")["lease"]
-    assert lease["owner"] == "host-a:1:x" and lease["token"] == first.token
+    lease = stored(schedule_collection, "t2")
+    assert lease["acquired_by"] == "host-a:1:x" and lease["acquired_token"] == first.token
 
 
 def test_a_live_lease_is_left_alone_and_an_expired_one_taken_over(replica, schedule_collection, clock):
@@ -280,12 +281,12 @@ def test_a_live_lease_is_left_alone_and_an_expired_one_taken_over(replica, sched
     clock.advance(1)
     taken = b.claim_due()
     assert taken.tenant_id == "t1" and taken.token != held.token and taken.due_at == held.due_at
-    assert stored(schedule_collection, "t1")["lease"]["owner"] == "host-b:2:y"
+    assert stored(schedule_collection, "t1")["acquired_by"] == "host-b:2:y"
     # Replica a, had it only been paused, can no longer write anything for t1.
     assert not a.renew(held) and not a.finish(held, {"status": "ok"})
     assert not a.release(held) and not a.mark_refused(held, "401")
     doc = stored(schedule_collection, "t1")
-    assert doc["lease"]["token"] == taken.token and "lastRun" not in doc and doc["active"]
+    assert doc["acquired_token"] == taken.token and "lastRun" not in doc and doc["active"]
     assert b.finish(taken, {"status": "ok"})
 
 
@@ -418,7 +419,7 @@ def test_replicas_never_sync_one_tenant_at_once_and_sync_every_tenant(schedule_c
         assert all(earlier[1] < later[0] for earlier, later in zip(spans, spans[1:])), (tenant_id, spans)
         assert 4 <= len(spans) <= 6, (tenant_id, len(spans))  # once a slot, five intervals
     assert len({owner for spans in holds.values() for _, _, owner in spans}) > 1
-    assert schedule_collection.count_documents({"lease": {"$exists": True}}) == 0
+    assert schedule_collection.count_documents({"acquired_token": {"$exists": True}}) == 0
 
 
 # -- status -----------------------------------------------------------------------------------
@@ -446,6 +447,9 @@ def test_overview_counts_each_state_and_lists_the_longest_due_first(replica, sch
     assert [(row["tenantId"], row["state"]) for row in rows] == [
         ("t0", REFUSED), ("t1", RUNNING), ("t2", DUE), ("t4", DUE), ("t5", WAITING)]
     assert rows[0]["refused"]["reason"] == "401" and rows[0]["lastRun"]["status"] == REFUSED
-    assert rows[1]["lease"] == {"owner": "host-a:1:x", "until": START + timedelta(seconds=2 * LEASE - 5)}
-    assert rows[2]["lease"]["owner"] == "host-dead:9:z"  # still shown: whose lease expired
+    assert rows[1]["acquired_by"] == "host-a:1:x" and "acquired_token" not in rows[1]
+    assert rows[1]["acquired_until"] == START + timedelta(seconds=2 * LEASE - 5)
+    assert rows[2]["acquired_by"] == "host-dead:9:z"  # still shown: whose lease expired
     assert [row["tenantId"] for row in schedule.overview(limit=2)["tenants"]] == ["t0", "t1"]
+    listed = collect_fleet(schedule, 50)["listed"]  # main.py status: the replica of each lease
+    assert [row["runningOn"] for row in listed[:3]] == [None, "host-a:1:x", "host-dead:9:z"]

@@ -241,8 +241,8 @@ def test_a_delivery_accepted_by_a_process_that_died_is_processed_later(hook_sett
     assert restarted.webhook_processor.process_batch() == 1  # w-14 only: w-13's claim is live
     assert [doc["callId"] for doc in restarted.db[CALLS].find()] == ["w-14"]
     # Time passes beyond the dead process's lease.
-    restarted.db[WEBHOOK_INBOX].update_many({"claim": {"$ne": None}},
-                                            {"$set": {"claim.expiresAt": utcnow() - timedelta(seconds=1)}})
+    restarted.db[WEBHOOK_INBOX].update_many({"acquired_until": {"$ne": None}},
+                                            {"$set": {"acquired_until": utcnow() - timedelta(seconds=1)}})
     assert restarted.webhook_processor.process_batch() == 1
     assert sorted(doc["callId"] for doc in restarted.db[CALLS].find()) == ["w-13", "w-14"]
     assert restarted.db[CUSTOMERS].count_documents({}) == 2

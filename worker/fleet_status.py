@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from services import lease
 from services.tenancy.schedule import STATES, TenantSchedule
 from utils.clock import utcnow
 from utils.table import format_table
@@ -40,6 +41,6 @@ def _row(row: dict) -> dict:
     last = row.get("lastRun") or {}
     refused = row.get("refused") or {}
     return {"account": str(row["tenantId"]), "state": row.get("state"), "dueAt": row.get("dueAt"),
-            "runningOn": (row.get("lease") or {}).get("owner"), "lastStatus": last.get("status"),
+            "runningOn": row.get(lease.BY), "lastStatus": last.get("status"),
             "lastFinishedAt": last.get("finishedAt"), "errors": last.get("errors"),
             "refused": f"{refused['reason']} (since {refused['since']:%Y-%m-%d %H:%M})" if refused else None}

@@ -8,11 +8,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
+from services.analyzer.claims import CallQueue, Claim
 from services.analyzer.deadline import Deadline, DeadlineExceeded
 from services.analyzer.groq_analyzer import BudgetSpent, GroqAnalyzer, LlmFailure, LlmUnavailable
 from services.analyzer.outcomes import Outcome, OutcomeWriter, record_outcome
-from services.analyzer.schema import HEURISTIC_MODEL, SHORT_TRANSCRIPT, analysis_document
+from services.analyzer.schema import HEURISTIC_MODEL, analysis_document
 from services.run_records import RunRecorder
 from utils.clock import utcnow
 from utils.config import Settings
@@ -22,7 +22,6 @@ from utils.logging import in_log_context
 # A claim must outlive any attempt of a live process: attempts end by the batch deadline
 # (requests are cut to the time left), plus one request timeout and room for the write-back.
 LEASE_MARGIN_SECONDS = 60.0
-ABANDONED = "abandoned: the last allowed attempt did not finish (its process stopped)"
 
 
 def claim_lease_seconds(settings: Settings) -> float:
@@ -117,15 +116,10 @@ class AnalysisBatch:
     def _analyze(self, claim: Claim, deadline: Deadline) -> Outcome:
         call = claim.call
         now = utcnow()
-        if claim.settled is not None:
-            return self.outcomes.resume(claim)  # decided already: only its CRM write is left
-        if claim.attempt > MAX_ATTEMPTS:
-            # No fallback either: whatever stopped the previous attempts may be this call.
-            return self._finish(claim, analysis_document("failed", attempted_at=now, error=ABANDONED))
+        decided = self.outcomes.without_llm(claim, now)
+        if decided is not None:
+            return decided
         transcript = (call.get("transcript") or "").strip()
-        if len(transcript) < self._settings.min_transcript_chars:
-            return self._finish(claim, analysis_document("skipped", attempted_at=now,
-                                                         skipped=SHORT_TRANSCRIPT))
         if self._llm is None:
             return self._finish(claim, analysis_document(
                 "ok", attempted_at=now, model=HEURISTIC_MODEL, used_fallback=True,

@@ -26,10 +26,9 @@ from pymongo import ReturnDocument
 from pymongo.collection import Collection
 
 from services.analyzer.batch_results import BATCH_ENDPOINT, analysis_of, read_answers, request_line
-from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
+from services.analyzer.claims import CallQueue, Claim
 from services.analyzer.outcomes import Outcome, OutcomeWriter, record_outcome
 from services.analyzer.request import completion_request, stage_names
-from services.analyzer.schema import SHORT_TRANSCRIPT, analysis_document
 from services.run_records import RunRecorder
 from utils.clock import utcnow
 from utils.config import Settings
@@ -45,7 +44,6 @@ POLL_LEASE = timedelta(minutes=5)
 MAX_INPUT_BYTES = 90 * 1024 * 1024
 # Groq's batch states that are over; the others (validating, in_progress, finalizing, cancelling) wait.
 FINAL_STATES = frozenset({"completed", "failed", "expired", "cancelled"})
-ABANDONED = "abandoned: the last allowed attempt did not finish (its process stopped)"
 
 
 class BatchApiLane:
@@ -125,17 +123,11 @@ class BatchApiLane:
     def _line(self, claim: Claim, recorder: RunRecorder) -> bytes | None:
         """The call's request line; None for a call that is finished here instead (as the
         synchronous lane would: abandoned, or too short to analyze)."""
-        now = self._clock()
-        if claim.settled is not None:
-            record_outcome(self._outcomes.resume(claim), recorder)  # decided already: only its CRM write is left
-            return None
-        if claim.attempt > MAX_ATTEMPTS:
-            self._finish(claim, analysis_document("failed", attempted_at=now, error=ABANDONED), recorder)
+        decided = self._outcomes.without_llm(claim, self._clock())
+        if decided is not None:
+            record_outcome(decided, recorder)
             return None
         transcript = (claim.call.get("transcript") or "").strip()
-        if len(transcript) < self._settings.min_transcript_chars:
-            self._finish(claim, analysis_document("skipped", attempted_at=now, skipped=SHORT_TRANSCRIPT), recorder)
-            return None
         return request_line(claim.call_id, completion_request(transcript, self._settings,
                                                               self._outcomes.pipeline_for(claim.call)))
 

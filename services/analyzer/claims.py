@@ -8,12 +8,10 @@ claim was lost settles nothing and so writes nothing; a holder that stops after 
 the call claimed and settled, and the next holder applies the stored decision instead of asking
 for a new one, so the CRM always follows the one decision settled under a live claim.
 
-A claim carries a lease. A live process finishes or releases well before it expires; a claim
-whose lease expired belongs to a process that died, and the call may be taken again.
+A claim is a lease (services/lease.py): a process that died leaves its calls to the next claim.
 """
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
@@ -21,6 +19,7 @@ from typing import Callable
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
 
+from services import lease
 from services.database import CALL_ID_INDEX_KEYS, QUEUE_INDEX_KEYS
 from utils.clock import naive_utc, utcnow
 
@@ -54,23 +53,18 @@ class Claim:
 class CallQueue:
     def __init__(self, calls: Collection, owner: str, lease_seconds: float,
                  clock: Callable[[], datetime] = utcnow):
-        """`clock`: the time leases are set and compared by; the database server's where several
-        replicas share the queue (`ServerClock`), so a replica whose clock is fast cannot take a
-        live claim."""
         self._calls = calls
         self._owner = owner
         self._lease = timedelta(seconds=lease_seconds)
         self.clock = clock
 
     def claim_next(self) -> Claim | None:
-        token = uuid.uuid4().hex
+        token = lease.new_token()
         now = self.clock()
         # Atomic on the server: of two processes asking at once, one gets the call.
         call = self._calls.find_one_and_update(
             _claimable(now),
-            {"$set": {"claim": {"owner": self._owner, "token": token, "claimedAt": now,
-                                "expiresAt": now + self._lease}},
-             "$inc": {"attempts": 1}},
+            {"$set": lease.taken(self._owner, token, now + self._lease), "$inc": {"attempts": 1}},
             sort=[("callAt", ASCENDING)],
             # The queue's index, named: the claim runs once per analyzed call and must never
             # scan. MongoDB picks it anyway; a planner that gives up on the `$or` (the test
@@ -93,50 +87,41 @@ class CallQueue:
             return []
         self._calls.update_many(
             {"callId": {"$in": ids}, **waiting},
-            {"$set": {"claim": {"owner": self._owner, "token": token, "claimedAt": now,
-                                "expiresAt": now + timedelta(seconds=lease_seconds)}},
-             "$inc": {"attempts": 1}}, hint=CALL_ID_INDEX_KEYS)
+            {"$set": lease.taken(self._owner, token, now + timedelta(seconds=lease_seconds)), "$inc": {"attempts": 1}},
+            hint=CALL_ID_INDEX_KEYS)
         return self.held(ids, token)
 
     def held(self, call_ids: list[str], token: str) -> list[Claim]:
         """The calls among `call_ids` still claimed under `token`."""
-        calls = self._calls.find({"callId": {"$in": call_ids}, "claim.token": token},
+        calls = self._calls.find({"callId": {"$in": call_ids}, lease.TOKEN: token},
                                  {name: 1 for name in _CALL_FIELDS}, hint=CALL_ID_INDEX_KEYS)
         return [Claim(call, token) for call in calls]
 
     def extend(self, call_ids: list[str], token: str, lease_seconds: float) -> None:
         """Hold the claims under `token` for `lease_seconds` from now (a submitted Batch API job
         holds its calls for its completion window)."""
-        self._calls.update_many({"callId": {"$in": call_ids}, "claim.token": token},
-                                {"$set": {"claim.expiresAt": self.clock() + timedelta(seconds=lease_seconds)}},
+        self._calls.update_many({"callId": {"$in": call_ids}, lease.TOKEN: token},
+                                {"$set": {lease.UNTIL: self.clock() + timedelta(seconds=lease_seconds)}},
                                 hint=CALL_ID_INDEX_KEYS)
 
     def settle(self, claim: Claim, analysis: dict) -> bool:
         """Store `analysis` as this round's decision, while the claim is still held; the CRM may
         be written only after this returned True. False when the claim was lost."""
-        result = self._calls.update_one(
-            {"callId": claim.call_id, "claim.token": claim.token},
-            {"$set": {"analysis": analysis, "settled": True}},
-        )
+        result = self._calls.update_one(_held(claim), {"$set": {"analysis": analysis, "settled": True}})
         return result.matched_count == 1
 
     def finish(self, claim: Claim, analysis: dict | None = None) -> bool:
         """Mark the call processed (with `analysis`, when not settled before). False when the
         claim was lost (a requeue, or a lease that expired and was retaken), in which case
         nothing was written."""
-        result = self._calls.update_one(
-            {"callId": claim.call_id, "claim.token": claim.token},
-            {"$set": {"processed": True, **({"analysis": analysis} if analysis is not None else {})},
-             "$unset": {"claim": "", "settled": ""}},
-        )
+        result = self._calls.update_one(_held(claim), {
+            "$set": {"processed": True, **({"analysis": analysis} if analysis is not None else {})},
+            "$unset": {**lease.RELEASED, "settled": ""}})
         return result.matched_count == 1
 
     def release(self, claim: Claim) -> None:
         """Back to the queue for the next run: the attempt was cut off, so it does not count."""
-        self._calls.update_one(
-            {"callId": claim.call_id, "claim.token": claim.token},
-            {"$unset": {"claim": ""}, "$inc": {"attempts": -1}},
-        )
+        self._calls.update_one(_held(claim), {"$unset": lease.RELEASED, "$inc": {"attempts": -1}})
 
     def any_claimable(self) -> bool:
         """Whether a claim would find a call: one read, where a batch's slots would each make an
@@ -145,9 +130,7 @@ class CallQueue:
 
     def unclaimed(self) -> int:
         """Calls waiting for analysis that no live claim holds."""
-        now = self.clock()
-        return self._calls.count_documents(
-            _claimable(now), hint=QUEUE_INDEX_KEYS)
+        return self._calls.count_documents(_claimable(self.clock()), hint=QUEUE_INDEX_KEYS)
 
     def depth(self) -> int:
         """Calls waiting for analysis, claimed or not."""
@@ -164,10 +147,14 @@ class CallQueue:
         selector = {"callId": call_id} if call_id is not None else {"callAt": {"$gte": naive_utc(since)}}
         result = self._calls.update_many(selector, {"$set": {"processed": False, "attempts": 0},
                                                     "$inc": {"analysisRound": 1},
-                                                    "$unset": {"claim": "", "settled": ""}})
+                                                    "$unset": {**lease.RELEASED, "settled": ""}})
         return result.matched_count
 
 
 def _claimable(now: datetime) -> dict:
     """Waiting for analysis and held by no live claim (never claimed, or its lease expired)."""
-    return {**_WAITING, "$or": [{"claim": None}, {"claim.expiresAt": {"$lte": now}}]}
+    return {**_WAITING, **lease.free(now)}
+
+
+def _held(claim: Claim) -> dict:
+    return {"callId": claim.call_id, lease.TOKEN: claim.token}

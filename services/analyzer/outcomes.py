@@ -10,17 +10,23 @@ from pymongo.database import Database
 
 from models.pipeline import Pipeline
 from models.stage_routing import recommendation
-from services.analyzer.claims import CallQueue, Claim
+from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
 from services.analyzer.contacts import record_decision
 from services.analyzer.heuristic import heuristic_analysis
 from services.analyzer.pricing import estimated_cost
-from services.analyzer.schema import Analysis, Usage
+from services.analyzer.schema import SHORT_TRANSCRIPT, Analysis, Usage, analysis_document
 from services.analyzer.staging import CrmRules
 from services.database import PIPELINES
 from services.pipelines import PipelineCatalog
 from services.run_records import RunRecorder
 from utils.clock import utcnow
 from utils.config import Settings
+
+# Claims that may resume a settled decision past MAX_ATTEMPTS (its CRM write cut off again).
+SETTLED_RESUMES = 2
+ABANDONED = "abandoned: the last allowed attempt did not finish (its process stopped)"
+UNAPPLIED = (f"settled, but its CRM write did not succeed in {MAX_ATTEMPTS + SETTLED_RESUMES} attempts; "
+             "the decision is kept on the call")
 
 
 @dataclass(frozen=True)
@@ -64,11 +70,32 @@ class OutcomeWriter:
             return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
         return self._apply(claim, analysis, usage, cost)
 
+    def without_llm(self, claim: Claim, now: datetime) -> Outcome | None:
+        """The outcome of a claim that needs no request, the same in both lanes: a settled
+        decision resumed, a call past MAX_ATTEMPTS abandoned, a transcript too short to analyze.
+        None: the call is to be analyzed."""
+        if claim.settled is not None:
+            return self.resume(claim)  # decided already: only its CRM write is left
+        if claim.attempt > MAX_ATTEMPTS:
+            # No fallback either: whatever stopped the previous attempts may be this call.
+            return self.finish(claim, analysis_document("failed", attempted_at=now, error=ABANDONED))
+        if len((claim.call.get("transcript") or "").strip()) < self._settings.min_transcript_chars:
+            return self.finish(claim, analysis_document("skipped", attempted_at=now, skipped=SHORT_TRANSCRIPT))
+        return None
+
     def resume(self, claim: Claim) -> Outcome:
         """Write the decision an earlier holder settled (`claim.settled`) and stopped before
         seeing through: the CRM write is idempotent per call and round, so whatever of it the
-        earlier holder did is neither lost nor doubled. No new analysis, no new cost."""
-        return self._apply(claim, claim.settled, Usage(), 0.0)
+        earlier holder did is neither lost nor doubled. No new analysis, no new cost.
+
+        Resumes count against the attempts too: a CRM write that fails every time would
+        otherwise be retried under every later claim for ever. Past the bound the call is
+        finished failed, the settled decision kept on it with the reason."""
+        if claim.attempt <= MAX_ATTEMPTS + SETTLED_RESUMES:
+            return self._apply(claim, claim.settled, Usage(), 0.0)
+        if not self.queue.finish(claim, {**claim.settled, "status": "failed", "error": UNAPPLIED}):
+            return Outcome(claim.call_id, "claim_lost")
+        return Outcome(claim.call_id, "failed", error=UNAPPLIED)
 
     def _apply(self, claim: Claim, analysis: dict, usage: Usage, cost: float | None) -> Outcome:
         has_contact = record_decision(self._db, claim.call, analysis, utcnow(), self.rules)

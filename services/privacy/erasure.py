@@ -27,6 +27,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from models.execution import MalformedExecution, parse_execution
+from services import lease
 from services.analyzer.schema import analysis_document
 from services.customer_merge import linked_call_id
 from services.database import (ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, ERASURES, INBOX_STATE_KEYS,
@@ -42,7 +43,7 @@ ERASED = "erased"  # `calls.analysis.skipped` of a call erased before it was ana
 PERSONAL_CALL_FIELDS = (
     "fromNumberRaw", "fromNumber", "toNumberRaw", "toNumber", "customerPhone", "customerPhoneValid",
     "customerPhoneMissing", "transcript", "bolnaSummary", "extractedData", "extracted", "extractedConfidence",
-    "recordingUrl", "claim")
+    "recordingUrl")
 ANALYSIS_TEXT_FIELDS = ("analysis.summary", "analysis.reasoning", "analysis.extra", "analysis.error")
 COLLECTIONS = ("customers", "customerCalls", "calls", "contacts", "activities", "stageReviews", "followUps",
                "webhookInbox")
@@ -136,7 +137,8 @@ class Eraser:
     def _strip_calls(self, found: PersonRecords, now: datetime) -> int:
         calls = self.db[CALLS]
         stamp = {"erasedAt": now, "transcriptRemovedAt": now, "updatedAt": now}
-        unset = {name: "" for name in PERSONAL_CALL_FIELDS}
+        # A lease dropped too: the attempt holding a waiting call writes nothing of it back.
+        unset = {**{name: "" for name in PERSONAL_CALL_FIELDS}, **lease.RELEASED}
         stripped = 0
         if found.analyzed_calls:
             stripped += calls.update_many({"callId": {"$in": found.analyzed_calls}}, {

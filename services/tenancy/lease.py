@@ -28,7 +28,7 @@ class LeaseKeeper:
         # The account's stop, given to its jobs: set on the process's stop or when the lease may be gone.
         self.stop = threading.Event()
         self.lost = False
-        self._valid_until = claim.lease_until  # server time, as the schedule compares it
+        self._valid_until = claim.acquired_until  # server time, as the schedule compares it
         self._margin = max(MIN_MARGIN, schedule.lease / 10)
         self._lock = threading.Lock()
         self._done = threading.Event()

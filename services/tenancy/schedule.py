@@ -3,19 +3,15 @@
 One document per tenant, `_id` the tenant id:
 
     {_id, dueAt, keyFingerprint, active,
-     lease:   {owner, token, claimedAt, until}          while a replica syncs it
+     acquired_by, acquired_until, acquired_token         while a replica syncs it (services/lease.py)
      refused: {reason, since, keyFingerprint}            its key was refused
      retiredAt                                           no longer in the tenant list
      lastRun: {startedAt, finishedAt, owner, status, ...the runtime's result}
      registeredAt}
 
 Replicas share the work with no configuration: each one claims due tenants atomically
-(`find_one_and_update`) under a lease, as the analysis queue claims calls (services/analyzer/claims.py).
-A live replica finishes or renews well within the lease; a lease whose `until` passed belongs to a
-replica that died, and its tenant is taken over by the next claim. Only the holder of the current
-token can finish, renew, release or mark a claim refused, so a replica that lost its lease writes
-nothing. Leases are set and compared by one clock for all replicas: the database server's
-(`ServerClock(db).now`), passed in as `clock`.
+(`find_one_and_update`) under a lease (services/lease.py): a replica that died leaves its tenants
+to the next claim, and one that lost its lease writes nothing (finish, renew, release, refusal).
 
 `active` is false while the tenant is retired or its key refused: it leads the claim index, so
 the tenants that must be skipped (which stay overdue for as long as they are skipped) are outside
@@ -32,7 +28,6 @@ once per tenant-list refresh and per status request).
 """
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Iterable
@@ -41,6 +36,7 @@ from pymongo import ASCENDING, IndexModel, InsertOne, ReturnDocument, UpdateMany
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
+from services import lease
 from utils.clock import to_millis, utcnow
 
 # The claim's index, named by its keys in the hint: a simpler planner (the test run's wire server)
@@ -51,7 +47,7 @@ SCHEDULE_INDEXES = [IndexModel(CLAIM_INDEX_KEYS, name="active_dueAt")]
 RUNNING, RETIRED, REFUSED, DUE, WAITING = "running", "retired", "refused", "due", "waiting"
 STATES = (RUNNING, RETIRED, REFUSED, DUE, WAITING)
 DUPLICATE_KEY = 11000
-_ROW_FIELDS = ("dueAt", "keyFingerprint", "lease", "refused", "retiredAt", "lastRun")
+_ROW_FIELDS = ("dueAt", "keyFingerprint", lease.BY, lease.UNTIL, "refused", "retiredAt", "lastRun")
 
 
 @dataclass(frozen=True)
@@ -60,7 +56,7 @@ class TenantClaim:
     token: str  # unique per claim: only the holder of the current claim may write the outcome
     due_at: datetime  # the slot this sync serves: the next one is counted from it (`next_due`)
     claimed_at: datetime
-    lease_until: datetime
+    acquired_until: datetime
     key_fingerprint: str  # the key the schedule knew when the tenant was claimed
 
 
@@ -97,9 +93,7 @@ class TenantSchedule:
     def __init__(self, collection: Collection, owner: str, lease_seconds: float, interval_seconds: float,
                  clock: Callable[[], datetime] = utcnow):
         """`owner`: this replica (host:pid:random), shown in status. `interval_seconds`: how often
-        a tenant is synced, for the first spread and the default next due time. `clock`: the
-        database server's time (`ServerClock`) where replicas share the schedule, so a replica
-        whose clock is fast cannot take a live lease."""
+        a tenant is synced, for the first spread and the default next due time."""
         self._schedule = collection
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
@@ -179,11 +173,11 @@ class TenantSchedule:
         """The tenant due longest that no live lease holds, leased to this replica; None when no
         tenant is due. Atomic on the server: of two replicas asking at once, one gets it.
         `due_by`: a later time than now to count as due by (`main.py once`: every tenant)."""
-        token, now = uuid.uuid4().hex, self.clock()
+        token, now = lease.new_token(), self.clock()
         until = to_millis(now + self.lease)
         doc = self._schedule.find_one_and_update(
-            {"active": True, "dueAt": {"$lte": max(now, due_by or now)}, "$or": [{"lease": None}, {"lease.until": {"$lte": now}}]},
-            {"$set": {"lease": {"owner": self.owner, "token": token, "claimedAt": now, "until": until}}},
+            {"active": True, "dueAt": {"$lte": max(now, due_by or now)}, **lease.free(now)},
+            {"$set": lease.taken(self.owner, token, until)},
             sort=[("dueAt", ASCENDING)],
             hint=CLAIM_INDEX_KEYS,
             projection={"dueAt": 1, "keyFingerprint": 1},
@@ -198,7 +192,7 @@ class TenantSchedule:
         and another replica took the tenant, or it was released). A lease that expired but that
         no replica took yet is still this claim's: nobody else synced the tenant meanwhile."""
         until = to_millis(self.clock() + self.lease)
-        result = self._schedule.update_one(_held(claim), {"$set": {"lease.until": until}})
+        result = self._schedule.update_one(_held(claim), {"$set": {lease.UNTIL: until}})
         return result.matched_count == 1
 
     def finish(self, claim: TenantClaim, result: dict, *, next_due_at: datetime | None = None,
@@ -219,7 +213,7 @@ class TenantSchedule:
     def release(self, claim: TenantClaim) -> bool:
         """Give the tenant back unsynced (shutdown, a sync cut off): still due, for any replica at
         once. False when the lease was lost already."""
-        result = self._schedule.update_one(_held(claim), {"$unset": {"lease": ""}})
+        result = self._schedule.update_one(_held(claim), {"$unset": lease.RELEASED})
         return result.matched_count == 1
 
     def mark_refused(self, claim: TenantClaim, reason: str, *, key_fingerprint: str | None = None) -> bool:
@@ -242,7 +236,7 @@ class TenantSchedule:
 
     def _close(self, claim: TenantClaim, fields: dict, **condition) -> bool:
         result = self._schedule.update_one({**_held(claim), **condition},
-                                           {"$set": fields, "$unset": {"lease": ""}})
+                                           {"$set": fields, "$unset": lease.RELEASED})
         return result.matched_count == 1
 
     def _run(self, claim: TenantClaim, now: datetime, result: dict) -> dict:
@@ -262,38 +256,25 @@ class TenantSchedule:
         """What status shows: how many tenants are in each state (running: held by a live lease;
         retired; refused; due: waiting for a replica, an expired lease's included; waiting: not
         due yet), and up to `limit` tenants that are not retired, the longest due first, each
-        with its state, due time, lease (owner, until), last run and refusal."""
+        with its state, due time, lease (`acquired_by`, `acquired_until`), last run and refusal."""
         now = self.clock()
         counts = self.counts(now)
-        rows = [{"tenantId": doc["_id"], "state": _state(doc, now), **{k: doc[k] for k in _ROW_FIELDS if k in doc}}
-                for doc in self._schedule.find({"retiredAt": None}, {field: 1 for field in _ROW_FIELDS},
-                                               sort=[("dueAt", ASCENDING)], limit=limit)]
-        for row in rows:
-            if "lease" in row:
-                row["lease"] = {"owner": row["lease"]["owner"], "until": row["lease"]["until"]}
+        rows = [{"tenantId": doc.pop("_id"), **doc} for doc in self._schedule.aggregate([
+            {"$match": {"retiredAt": None}}, {"$sort": {"dueAt": ASCENDING}}, {"$limit": limit},
+            {"$project": {"state": _state_expression(now), **{field: 1 for field in _ROW_FIELDS}}}])]
         return {"counts": counts, "total": sum(counts.values()), "tenants": rows}
 
 
 def _held(claim: TenantClaim) -> dict:
     """The tenant, while this claim holds it."""
-    return {"_id": claim.tenant_id, "lease.token": claim.token}
-
-
-def _state(doc: dict, now: datetime) -> str:
-    """One state per tenant, the first that applies: the order of `STATES`."""
-    if doc.get("lease") and doc["lease"]["until"] > now:
-        return RUNNING
-    if "retiredAt" in doc:
-        return RETIRED
-    if doc.get("refused"):
-        return REFUSED
-    return DUE if doc["dueAt"] <= now else WAITING
+    return {"_id": claim.tenant_id, lease.TOKEN: claim.token}
 
 
 def _state_expression(now: datetime) -> dict:
-    """`_state` on the server, to count without reading every tenant."""
+    """One state per tenant, the first that applies (the order of `STATES`), on the server: the
+    counts are taken without reading every tenant."""
     return {"$switch": {"branches": [
-        {"case": {"$gt": ["$lease.until", now]}, "then": RUNNING},
+        {"case": {"$gt": ["$" + lease.UNTIL, now]}, "then": RUNNING},
         {"case": _present("$retiredAt"), "then": RETIRED},
         {"case": _present("$refused"), "then": REFUSED},
         {"case": {"$lte": ["$dueAt", now]}, "then": DUE},

@@ -2,9 +2,8 @@
 between accepting and processing loses nothing.
 
 One entry per call id and status (Bolna's own deduplication key): a repeated delivery is a
-duplicate and stores nothing. The processor claims waiting entries with a token and a lease, as
-the analysis queue does: a live processor finishes its claim well within the lease; a claim whose
-lease expired belongs to a processor that died, and another takes the entries over. The raw body
+duplicate and stores nothing. The processor claims waiting entries under leases (services/lease.py):
+a processor that died leaves them to another. The raw body
 is kept only until the entry is processed (it holds a transcript and phone numbers); entries
 expire after WEBHOOK_INBOX_DAYS.
 
@@ -26,7 +25,6 @@ beside the entries would close that gap but must be remembered and mended after 
 count is recomputed from the entries themselves, and bounded by `max_waiting` keys.)"""
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
@@ -36,6 +34,7 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
+from services import lease
 from services.database import INBOX_CLAIM_KEYS, INBOX_STATE_KEYS
 from utils.clock import utcnow
 
@@ -77,8 +76,7 @@ def waiting_entry(call_id: str, status: str, bolna_updated_at: datetime | None, 
 class Inbox:
     def __init__(self, entries: Collection, owner: str, lease_seconds: float,
                  clock: Callable[[], datetime] = utcnow, *, max_waiting: int = 5000):
-        """`clock`: the database server's time (`ServerClock`) where replicas share the inbox.
-        `max_waiting`: the waiting entries one account may hold (accepting through its view)."""
+        """`max_waiting`: the waiting entries one account may hold (accepting through its view)."""
         self.entries = entries
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
@@ -104,17 +102,16 @@ class Inbox:
         across accounts), then oldest, under one new token: three round trips whatever the number.
         Each entry is claimed atomically, so one another processor took in between is simply not
         among those returned."""
-        token, now = uuid.uuid4().hex, self.clock()
-        claimable = {"state": WAITING, "$or": [{"claim": None}, {"claim.expiresAt": {"$lte": now}}]}
+        token, now = lease.new_token(), self.clock()
+        claimable = {"state": WAITING, **lease.free(now)}
         ids = [doc["_id"] for doc in self.entries.find(claimable, {"_id": 1},
                                                         sort=[("rank", ASCENDING), ("receivedAt", ASCENDING)],
                                                         hint=INBOX_CLAIM_KEYS, limit=limit)]
         if not ids:
             return token, []
         self.entries.update_many({"_id": {"$in": ids}, **claimable}, {
-            "$set": {"claim": {"owner": self.owner, "token": token, "claimedAt": now, "expiresAt": now + self.lease}},
-            "$inc": {"attempts": 1}})
-        held = self.entries.find({"_id": {"$in": ids}, "claim.token": token},
+            "$set": lease.taken(self.owner, token, now + self.lease), "$inc": {"attempts": 1}})
+        held = self.entries.find({"_id": {"$in": ids}, lease.TOKEN: token},
                                  {"callId": 1, "body": 1, "receivedAt": 1, "attempts": 1, "userId": 1})
         deliveries = [Delivery(doc["_id"], doc["callId"], bytes(doc.get("body") or b""), doc["receivedAt"],
                                doc["attempts"], doc.get("userId")) for doc in held]
@@ -125,17 +122,17 @@ class Inbox:
         how many were closed (fewer when a lease expired and another processor took them)."""
         now = utcnow()
         operations = [UpdateOne(
-            {"_id": outcome.entry_id, "claim.token": token},
+            {"_id": outcome.entry_id, lease.TOKEN: token},
             {"$set": {"state": FAILED if outcome.error else DONE, "processedAt": now, "lagMs": outcome.lag_ms,
                       **({"error": outcome.error} if outcome.error else {})},
-             "$unset": {"claim": "", "body": ""}}) for outcome in outcomes]
+             "$unset": {**lease.RELEASED, "body": ""}}) for outcome in outcomes]
         if not operations:
             return 0
         return self.entries.bulk_write(operations, ordered=False).modified_count
 
     def release(self, token: str, entry_ids: list) -> None:
         """Back to waiting at once (a write the database refused for a reason that may pass)."""
-        self.entries.update_many({"_id": {"$in": entry_ids}, "claim.token": token}, {"$unset": {"claim": ""}})
+        self.entries.update_many({"_id": {"$in": entry_ids}, lease.TOKEN: token}, {"$unset": lease.RELEASED})
 
     def waiting(self) -> int:
         return self.entries.count_documents({"state": WAITING}, hint=INBOX_STATE_KEYS)
