@@ -41,7 +41,7 @@ from services.customer_writer import STATUS_CHANGE
 from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, WEBHOOK_INBOX
 from services.webhooks.processor import LEASE_SECONDS as INBOX_LEASE_SECONDS
 from tests.conftest import RAISED_LIMITS, TEST_DB
-from tests.faults import assert_customers_match, expected_customers
+from tests.faults import assert_customers_match, customer_call_ids, expected_customers
 from tests.helpers import requeue
 from utils.config_values import ExtraField
 from utils.phone import normalize_phone
@@ -510,6 +510,11 @@ def check_exact(db, truth: dict[str, dict], region: str, initial: dict[str, str]
         record = truth[call_id]
         assert (stored[call_id]["status"], stored[call_id]["bolnaUpdatedAt"]) == \
             (record["status"], parse_time(record["updated_at"])), f"call {call_id} is not in its final state"
+    linked, expected = customer_call_ids(db), expected_customers(truth, region)
+    counted = {call_id for ids in linked.values() for call_id in ids}
+    wanted = {call_id for ids in expected.values() for call_id in ids}
+    assert linked == expected, (f"the calls counted on customers are not Bolna's final calls: never counted "
+                                f"{sorted(wanted - counted)}, not final or on another number {sorted(counted - wanted)}")
     assert_customers_match(db, truth, region)  # one link per terminal call, each applied; callCount exact
     links = _links(db)
     for customer in db[CUSTOMERS].find():
