@@ -26,7 +26,7 @@ SIZES = {
 }
 # The backfill's minute, in seconds (Bolna's is 60): the limits' time-scale (backfill_bench).
 BACKFILL_MINUTE = 30.0
-SCENARIOS = ("first_sync", "steady_state", "full_resync", "backfill", "mapping", "analyzer")
+SCENARIOS = ("first_sync", "steady_state", "full_resync", "backfill", "mapping", "heuristic", "analyzer")
 HEADERS = ["scenario", "variant", "wall s", "Bolna req", "429s", "Mongo RT", "exec/s", "peak MB"]
 
 
@@ -81,6 +81,20 @@ def mapping(quick: bool) -> list[list]:
             _row(f"mapping {total:,}", "callsync, numbers seen before", again, rate=True),
             _row(f"mapping {total:,}", "callsync, new numbers, all E.164", e164, rate=True),
             _row(f"mapping {total:,}", "naive (no phone cache)", naive, rate=True)]
+
+
+def heuristic(quick: bool) -> list[list]:
+    """The offline analyzer, in this process on one core: no database, no network."""
+    from benchmarks import heuristic_bench
+
+    t = heuristic_bench.per_call(quick)
+    print(f"offline analyzer (CPU time, one core): {t.mean_ms:.3f} ms per call on average over {t.calls:,} labelled calls "
+          f"(99th percentile {t.p99_ms:.2f} ms); {t.longest_ms:.2f} ms for a transcript of "
+          f"{heuristic_bench.MAX_CHARS:,} characters, the longest it reads; the word model trained "
+          f"in {t.training_ms:.0f} ms, once per process")
+    return [_row(f"offline analyzer {t.calls:,} calls",
+                 f"{t.mean_ms:.3f} ms/call, p99 {t.p99_ms:.2f}, longest {t.longest_ms:.2f}",
+                 Measurement(seconds=t.seconds, records=t.calls), rate=True)]
 
 
 def analyzer(quick: bool) -> list[list]:

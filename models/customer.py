@@ -39,6 +39,9 @@ CONTACTED, VOICEMAIL, NO_ANSWER = "Contacted", "Voicemail", "No Answer"
 # Highest first; statuses in one group rank equal.
 DEFAULT_PRECEDENCE = ((BOOKED,), (CALLBACK, INTERESTED, NOT_INTERESTED), (CONTACTED,), (VOICEMAIL,), (NO_ANSWER,))
 EPOCH = datetime(1970, 1, 1)
+# The status changes an upsert made, kept on the record by the upsert itself until the writer has
+# logged each as an activity: what a change was is known only to the write that made it.
+PENDING_STATUS_CHANGES = "pendingStatusChanges"
 
 
 class StatusRanks:
@@ -147,17 +150,18 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
     # it unless a person locked the field (models/locks.py), in which case it is kept under
     # `suggested`: all in the one atomic update, so a lock set a moment before always wins.
     offers: dict[str, tuple[dict, Any, CustomerCall, datetime]] = {
-        "status": ({"$or": [
-            {"$lt": [ranks.expression("$status"), ranks.of(best.status)]},
-            {"$and": [{"$eq": [ranks.expression("$status"), ranks.of(best.status)]},
-                      {"$gt": [best.at, {"$ifNull": ["$statusAt", EPOCH]}]}]}]}, best.status, best, best.at)}
+        "status": (_status_wins(ranks, best.status, best.at), best.status, best, best.at)}
     for name, (value, source) in fields.items():
         offers[name] = (_newer_than_stored(name, source.at, f"$fieldsAt.{name}"), value, source, source.at)
     if with_extracted:
         source = _newest(with_extracted)
         offers["extracted"] = (_newer_than_stored("extracted", source.at, "$extractedAt"), source.extracted,
                                source, source.at)
-    decide: dict[str, Any] = {"_newer": {"$gt": [newest.at, {"$ifNull": ["$lastCallAt", EPOCH]}]}}
+    decide: dict[str, Any] = {"_newer": {"$gt": [newest.at, {"$ifNull": ["$lastCallAt", EPOCH]}]},
+                              "_status_change": {"from": {"$ifNull": ["$status", None]},
+                                                 "to": {"$literal": best.status},
+                                                 "callId": {"$literal": best.call_id},
+                                                 "callAt": {"$literal": best.at}}}
     for name, (condition, _value, _source, _at) in offers.items():
         # `$eq: false`, not `$not`: mongomock evaluates `{$not: [false]}` as false.
         decide[f"_take_{name}"] = {"$and": [{"$eq": [_locked(name), False]}, condition]}
@@ -178,6 +182,12 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
         "createdAt": {"$ifNull": ["$createdAt", now]},
         "updatedAt": now,
         SUGGESTED: _suggested(offers),
+        PENDING_STATUS_CHANGES: {"$cond": [
+            {"$and": ["$_take_status", {"$ne": [{"$ifNull": ["$status", None]}, best.status]}]},
+            # `$map` over one element: mongomock evaluates no expression inside an array literal.
+            {"$concatArrays": [{"$ifNull": [f"${PENDING_STATUS_CHANGES}", []]},
+                               {"$map": {"input": [0], "in": "$_status_change"}}]},
+            f"${PENDING_STATUS_CHANGES}"]},
     }
     for name, (value, _source) in fields.items():
         stage[name] = _if(f"$_take_{name}", value, f"${name}")
@@ -191,6 +201,49 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
         [{"$set": decide}, {"$set": stage}, {"$project": temporary}],
         upsert=True,
     )
+
+
+def merge_update(merged: dict[str, Any], ranks: StatusRanks) -> list[dict]:
+    """The update folding `merged` (services/customer_merge.py: what several records of one number
+    hold, each field by the rules above) into the record kept, by the same rules applied on the
+    server against the record as it is then: a call written to it since the records were read
+    is never undone (a status never moves down, a field never goes back to an older value)."""
+    decide: dict[str, Any] = {}
+    stage: dict[str, Any] = {
+        "callCount": {"$max": [{"$ifNull": ["$callCount", 0]}, merged.get("callCount", 0)]}}
+    if merged.get("lastCallAt") is not None:
+        decide["_newer"] = {"$gt": [merged["lastCallAt"], {"$ifNull": ["$lastCallAt", EPOCH]}]}
+        stage.update({name: _if("$_newer", merged.get(name), f"${name}")
+                      for name in ("lastCallAt", "lastCallId", "agentId", "phoneRaw") if name in merged})
+    if merged.get("status") is not None:
+        decide["_take_status"] = _status_wins(ranks, merged["status"], merged.get("statusAt") or EPOCH)
+        stage.update({name: _if("$_take_status", merged.get(name), f"${name}")
+                      for name in ("status", "statusAt", "statusCallId")})
+    fields_at = merged.get("fieldsAt") or {}
+    for name, at in fields_at.items():
+        decide[f"_take_{name}"] = _newer_than_stored(name, at, f"$fieldsAt.{name}")
+        stage[name] = _if(f"$_take_{name}", merged[name], f"${name}")
+    if fields_at:
+        stage["fieldsAt"] = {name: (_if(f"$_take_{name}", fields_at[name], f"$fieldsAt.{name}") if name in fields_at
+                                    else f"$fieldsAt.{name}") for name in PROFILE_FIELDS}
+    if merged.get("extracted"):
+        decide["_take_extracted"] = _newer_than_stored("extracted", merged["extractedAt"], "$extractedAt")
+        stage["extracted"] = _if("$_take_extracted", merged["extracted"], "$extracted")
+        stage["extractedAt"] = _if("$_take_extracted", merged["extractedAt"], "$extractedAt")
+    if merged.get("createdAt") is not None:
+        stage["createdAt"] = {"$min": [{"$ifNull": ["$createdAt", merged["createdAt"]]}, merged["createdAt"]]}
+    # `$project` exclusion, not the `$unset` stage: same effect, and mongomock knows it.
+    return [*([{"$set": decide}] if decide else []), {"$set": stage},
+            {"$project": {**{name: 0 for name in decide}, "callIds": 0}}]
+
+
+def _status_wins(ranks: StatusRanks, status: str, at: datetime) -> dict:
+    """True on the server when `status` (of a call at `at`) replaces the stored one: it ranks
+    higher, or the same and is newer."""
+    return {"$or": [
+        {"$lt": [ranks.expression("$status"), ranks.of(status)]},
+        {"$and": [{"$eq": [ranks.expression("$status"), ranks.of(status)]},
+                  {"$gt": [at, {"$ifNull": ["$statusAt", EPOCH]}]}]}]}
 
 
 def _newest(calls: list[CustomerCall]) -> CustomerCall:
@@ -254,9 +307,11 @@ def _if(condition: str, value: Any, otherwise: str) -> dict:
 
 def status_change(stored: dict | None, calls: list[CustomerCall], ranks: StatusRanks, *,
                   ignore_lock: bool = False) -> dict | None:
-    """The status change these calls make to the record as read before the write (the same rule
-    as the update), for the activity log: from, to, the call and the reason; None for no change
-    (and while a person holds the status locked)."""
+    """The status change these calls would make to the record as read before the write (the same
+    rule as the update): from, to, the call and the reason; None for no change (and while a
+    person holds the status locked). For what a lock held back, and whether a write may change
+    the status at all; the changes the update made are logged from what it recorded
+    (`PENDING_STATUS_CHANGES`)."""
     if not ignore_lock and "status" in ((stored or {}).get(LOCKED) or ()):
         return None
     best = _best_status(calls, ranks)
@@ -265,10 +320,14 @@ def status_change(stored: dict | None, calls: list[CustomerCall], ranks: StatusR
     rank, before_rank = ranks.of(best.status), ranks.of(before)
     if rank < before_rank or (rank == before_rank and best.at <= before_at) or best.status == before:
         return None
+    return {"from": before, "to": best.status, "callId": best.call_id, "callAt": best.at,
+            "reason": change_reason(before, best.status, ranks)}
+
+
+def change_reason(before: str | None, after: str, ranks: StatusRanks) -> str:
+    """Why a status change was made, for its activity."""
     if before is None:
-        reason = "first status"
-    elif rank > before_rank:
-        reason = f"{best.status} ranks above {before}"
-    else:
-        reason = f"a newer call of the same rank as {before}"
-    return {"from": before, "to": best.status, "callId": best.call_id, "callAt": best.at, "reason": reason}
+        return "first status"
+    if ranks.of(after) > ranks.of(before):
+        return f"{after} ranks above {before}"
+    return f"a newer call of the same rank as {before}"

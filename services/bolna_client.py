@@ -14,7 +14,7 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_whe
                       wait_exponential_jitter)
 
 from services.bolna_pacing import Limits, PacingStopped, pacer_for
-from utils.clock import naive_utc
+from utils.clock import naive_utc, to_millis, utcnow
 from utils.http import parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,11 @@ MAX_PAGE_SIZE = 50
 # Requests of one job besides its full records: a listing read ahead and one written page's.
 LISTINGS_IN_FLIGHT = 2
 MAX_WINDOW = timedelta(days=7)  # `from`..`to` may span at most 7 days
+# A `Date` header counts whole seconds: Bolna's clock cannot be told closer than this.
+DATE_RESOLUTION = timedelta(seconds=1)
+# A `Date` further than this from this machine's clock is not believed (a broken proxy, a bad
+# answer): the listing's end would follow it, through years of empty windows, and so would the cursor.
+MAX_CLOCK_SKEW = timedelta(days=1)
 # A window holding more pages than this is an API that ignores `page_number` or never stops
 # saying `has_more`: following it would make a run that never ends.
 MAX_PAGES_PER_WINDOW = 2000
@@ -72,6 +77,8 @@ class BolnaClient:
         self.timeout = timeout
         self.page_size = max(1, min(page_size, MAX_PAGE_SIZE))
         self.requests_made = 0
+        # Bolna's clock less this machine's, as the last `Date` header said; None until one came.
+        self.clock_offset: timedelta | None = None
         if session is None:
             session = requests.Session()
             adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max(1, connections))
@@ -119,7 +126,7 @@ class BolnaClient:
     def _get_once(self, path: str, params: dict | None):
         response = self._send("GET", path, params=params)
         try:
-            return response.json(), _served_at(response)
+            return response.json(), _read_no_earlier_than(response)
         except ValueError:
             raise BolnaError(f"Bolna sent a body that is not valid JSON on {path}") from None
 
@@ -138,6 +145,9 @@ class BolnaClient:
         except requests.RequestException as exc:
             # Refused, reset, timed out, or a body cut off mid-way: all worth another try.
             raise BolnaError(f"Bolna request {shown} failed: {type(exc).__name__}") from exc
+        stamped = _date(response)
+        if stamped is not None:
+            self.clock_offset = stamped - utcnow()
         if response.status_code in (401, 403):
             raise BolnaAuthError(f"Bolna refused the API key (HTTP {response.status_code}) on {shown}",
                                  response.status_code)
@@ -148,6 +158,12 @@ class BolnaClient:
             raise BolnaError(f"Bolna answered HTTP {response.status_code} on {shown}: {_error_text(response)}",
                              response.status_code, parse_retry_after(response.headers.get("Retry-After")))
         return response
+
+    def now(self) -> datetime:
+        """Bolna's present, by its own clock as its last answer told it (the `Date` header against
+        this machine's clock on arrival, so up to a second and a round trip early, never late);
+        this machine's clock until an answer came."""
+        return utcnow() + (self.clock_offset or timedelta(0))
 
     def list_agents(self) -> list[dict]:
         agents = self._get("/v2/agent/all")
@@ -173,18 +189,36 @@ class BolnaClient:
         except ValueError:
             return None  # a 2xx without a JSON body still applied the change
 
-    def iter_pages(self, agent_id: str, start: datetime, end: datetime) -> Iterator[list]:
+    def iter_pages(self, agent_id: str, start: datetime, end: datetime | None = None) -> Iterator[WindowPage]:
         """Pages of one agent's executions created in [start, end], one 7-day window after
-        another, oldest window first (the API pages newest first within a window).
+        another, oldest window first (the API pages newest first within a window). `end` None:
+        up to Bolna's present, by Bolna's clock (`now`), so a call is listed by the first run after
+        it was made whatever this machine's clock says.
+
+        A client that has had no answer yet does not know Bolna's clock: its first window ends by
+        this machine's (a second past `start` at least, so it is asked something), and when that
+        window's first page shows Bolna's clock further on, the listing goes on up to it.
 
         Yields lists of raw records; a caller that stops iterating fetches nothing more."""
+        guessed = end is None and self.clock_offset is None
+        end = to_millis(self.now() if end is None else end)  # as `iso` sends it
+        if guessed:
+            end = max(end, start + DATE_RESOLUTION)
         window_start = start
         while window_start < end:
             window_end = min(window_start + MAX_WINDOW, end)
-            yield from self._window_pages(agent_id, window_start, window_end)
+            first_served = None
+            for page in self._window_pages(agent_id, window_start, window_end):
+                first_served = first_served or page.served_at
+                yield page
             window_start = window_end
+            if guessed:
+                guessed = False
+                if first_served is not None and first_served - window_end > DATE_RESOLUTION:
+                    end = max(end, first_served)
 
-    def _window_pages(self, agent_id: str, start: datetime, end: datetime) -> Iterator[list]:
+    def _window_pages(self, agent_id: str, start: datetime, end: datetime) -> Iterator[WindowPage]:
+        read_through = end
         for page_number in range(1, self.max_pages_per_window + 1):
             page, served_at = self._get_served(f"/v2/agent/{agent_id}/executions", {
                 "page_number": page_number, "page_size": self.page_size, "from": iso(start), "to": iso(end)})
@@ -192,7 +226,11 @@ class BolnaClient:
                 raise BolnaError(f"executions page {page_number} of agent {agent_id} has no data list",
                                  status=200)
             more = _has_more(page.get("has_more"), agent_id, page_number) and bool(page["data"])
-            yield WindowPage(page["data"], end, last=not more, served_at=served_at)
+            # A call Bolna creates while the window is paged lands at the top of page 1, already
+            # read: only what Bolna held when the earliest page was served was seen on every page.
+            if served_at is not None:
+                read_through = min(read_through, served_at)
+            yield WindowPage(page["data"], end, last=not more, served_at=served_at, read_through=read_through)
             if not more:
                 return
         raise BolnaError(f"agent {agent_id}: more than {self.max_pages_per_window} pages in one window "
@@ -201,27 +239,37 @@ class BolnaClient:
 
 class WindowPage(list):
     """A page of raw executions that knows its time window and whether it ends the window,
-    so the caller can move its cursor only past fully written windows. `served_at`: Bolna's own
-    time when it answered (its `Date` header), None when it sent none."""
+    so the caller can move its cursor only past fully written windows. `served_at`: the earliest
+    Bolna's clock may have read this page (`_read_no_earlier_than`), None when it sent no `Date`.
+    `read_through`: how far every page of the window up to this one has seen, by Bolna's clock:
+    the window's end, or the earliest page's `served_at` when that is sooner (a clock here ahead
+    of Bolna's, or calls made while the window was paged)."""
 
-    def __init__(self, items: list, window_end: datetime, last: bool, served_at: datetime | None = None):
+    def __init__(self, items: list, window_end: datetime, last: bool, served_at: datetime | None = None,
+                 read_through: datetime | None = None):
         super().__init__(items)
         self.window_end = window_end
         self.last = last
         self.served_at = served_at
-
-    @property
-    def read_through(self) -> datetime:
-        """How far the page saw, by Bolna's clock: a window reaching past Bolna's "now" (a local
-        clock ahead of it) has not seen calls Bolna creates until the window's end."""
-        return self.window_end if self.served_at is None else min(self.window_end, self.served_at)
+        self.read_through = window_end if read_through is None else read_through
 
 
-def _served_at(response: requests.Response) -> datetime | None:
+def _date(response: requests.Response) -> datetime | None:
+    """Bolna's time when it answered (its `Date` header, whole seconds); None without one, or
+    with one past belief (`MAX_CLOCK_SKEW`)."""
     try:
-        return naive_utc(parsedate_to_datetime(response.headers["Date"]))
+        stamped = naive_utc(parsedate_to_datetime(response.headers["Date"]))
     except (KeyError, TypeError, ValueError):
         return None
+    return stamped if abs(stamped - utcnow()) <= MAX_CLOCK_SKEW else None
+
+
+def _read_no_earlier_than(response: requests.Response) -> datetime | None:
+    """The earliest Bolna's clock may have read what it answered: the `Date` it stamped once the
+    answer was ready, less the round trip (the header is rounded down to the second, too)."""
+    stamped = _date(response)
+    # In milliseconds, as the listing's `to` is sent: a window never reaches past what was asked.
+    return None if stamped is None else to_millis(stamped - response.elapsed)
 
 
 def _has_more(value: object, agent_id: str, page_number: int) -> bool:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Callable
 
-from pymongo import UpdateOne
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.collection import Collection
 
-from models.customer import EPOCH, PROFILE_FIELDS, StatusRanks
+from models.customer import EPOCH, PROFILE_FIELDS, StatusRanks, merge_update
 
 
 def legacy_call_ids(doc: dict) -> list[str]:
@@ -43,11 +43,13 @@ def merge_records(customers: Collection, docs: list[dict], ranks: StatusRanks) -
     keep, others = docs[0], docs[1:]
     if not others and "callIds" not in keep:
         return keep
-    merged = _fold(docs, ranks)
-    customers.update_one({"_id": keep["_id"]}, {"$set": merged, "$unset": {"callIds": ""}})
+    # Folded here, applied on the server by the update's rules: a call written to the kept record
+    # since `docs` were read (another page, a webhook, the other run) stays.
+    kept = customers.find_one_and_update({"_id": keep["_id"]}, merge_update(_fold(docs, ranks), ranks),
+                                         return_document=ReturnDocument.AFTER)
     if others:
         customers.delete_many({"_id": {"$in": [doc["_id"] for doc in others]}})
-    return {**{k: v for k, v in keep.items() if k != "callIds"}, **merged}
+    return kept if kept is not None else {k: v for k, v in keep.items() if k != "callIds"}
 
 
 def _fold(docs: list[dict], ranks: StatusRanks) -> dict[str, Any]:

@@ -2,9 +2,9 @@
 
 Each page: one lookup of the page's numbers under every spelling, a link per call in
 `customer_calls` (what counts a customer's calls, exactly, without an array that grows with
-every call), one count of the links per number, the status changes as activities, one batch of
-customer upserts, and the links marked applied — last, so a page cut off by a crash is taken
-again and every step is idempotent."""
+every call), one count of the links per number, one batch of customer upserts, the status
+changes they made as activities, and the links marked applied — last, so a page cut off by a
+crash is taken again and every step is idempotent."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -13,12 +13,13 @@ from typing import Callable
 from pymongo import UpdateOne
 from pymongo.database import Database
 
-from models.customer import CustomerCall, StatusRanks, customer_call, customer_upsert, held_back, status_change
+from models.customer import (PENDING_STATUS_CHANGES, CustomerCall, StatusRanks, change_reason, customer_call,
+                             customer_upsert, held_back, status_change)
 from models.locks import HELD_BACK
 from models.execution import Execution, execution_id
 from services.bulk import bulk_upsert
 from services.customer_merge import legacy_links, linked_call_id, merge_records
-from services.database import ACTIVITIES, CUSTOMER_CALLS, CUSTOMERS
+from services.database import ACTIVITIES, CUSTOMER_CALLS, CUSTOMERS, PHONE_INDEX_KEYS
 from services.phone_lookup import records_by_phone
 from services.privacy.guard import PrivacyGuard
 from services.run_records import RunRecorder
@@ -57,12 +58,16 @@ class CustomerWriter:
                     + [_link(key, call, self.links.local_id) for key, (_phone, calls) in by_phone.items() for call in calls])
         stored = {key: merge_records(self.customers, docs, self.ranks) for key, docs in found.items()}
         counts = self._counts(list(by_phone))
-        # Before the customers: once they hold the new status, a re-run could not tell it changed.
-        self._record_changes(by_phone, stored, now)
+        # Before the customers: once they hold the new values, a re-run could not tell a lock held one.
+        self._record_held_back(by_phone, stored, now)
         inserted, updated = bulk_upsert(self.customers, [
             customer_upsert(phone, calls, now, ranks=self.ranks, call_count=counts.get(key, 0),
                             existing_id=stored[key]["_id"] if key in stored else None)
             for key, (phone, calls) in by_phone.items()])
+        # Before the links are marked applied: a page cut off before this is taken again, and
+        # logs what this write (or any earlier one) left pending.
+        self._log_status_changes([key for key, (_phone, calls) in by_phone.items()
+                                  if self._may_change_status(stored.get(key), calls)], now)
         call_ids = [call.call_id for _phone, calls in by_phone.values() for call in calls]
         self.links.update_many({"_id": {"$in": [self.links.local_id(i) for i in call_ids]}}, {"$set": {"applied": True}})
         self.guard.recheck(executions)
@@ -95,25 +100,53 @@ class CustomerWriter:
         return {group["_id"]: group["count"] for group in self.links.aggregate([
             {"$match": {"phone": {"$in": keys}}}, {"$group": {"_id": "$phone", "count": {"$sum": 1}}}])}
 
-    def _record_changes(self, by_phone: dict[str, tuple[Phone, list[CustomerCall]]],
-                        stored: dict[str, dict], now: datetime) -> None:
-        """One activity per status change, keyed by the call that made it (a re-run rewrites it),
-        and one per page's calls of a number whose locked fields they would have changed."""
+    def _record_held_back(self, by_phone: dict[str, tuple[Phone, list[CustomerCall]]],
+                          stored: dict[str, dict], now: datetime) -> None:
+        """One activity per page's calls of a number whose locked fields they would have changed."""
         operations = []
         for key, (_phone, calls) in by_phone.items():
-            customer = {"customerPhone": key, "customerId": stored.get(key, {}).get("_id")}
-            change = status_change(stored.get(key), calls, self.ranks)
-            if change is not None:
-                operations.append(UpdateOne(
-                    {"callId": change.pop("callId"), "type": STATUS_CHANGE, "round": 0},
-                    {"$setOnInsert": {**customer, **change, "at": now}}, upsert=True))
             held = held_back(stored.get(key), calls, self.ranks)
             if held:
                 newest = max(calls, key=lambda call: (call.at, call.call_id))
                 operations.append(UpdateOne(
                     {"callId": newest.call_id, "type": HELD_BACK, "round": 0},
-                    {"$set": {**customer, "fields": held, "reason": "locked by a person", "at": now}}, upsert=True))
+                    {"$set": {"customerPhone": key, "customerId": stored.get(key, {}).get("_id"), "fields": held,
+                              "reason": "locked by a person", "at": now}}, upsert=True))
         bulk_upsert(self.activities, operations)
+
+    def _may_change_status(self, stored: dict | None, calls: list[CustomerCall]) -> bool:
+        """Whether the upsert of `calls` may have made (or an earlier write left) a change to log:
+        the one read of the changes is skipped for the numbers whose status these calls cannot
+        move (the steady state). A status only moves up, so what cannot beat the record as read
+        cannot beat it at the write; a change a person's edit made possible meanwhile stays
+        pending on the record until its number's next write logs it."""
+        return (stored is None or bool(stored.get(PENDING_STATUS_CHANGES))
+                or status_change(stored, calls, self.ranks, ignore_lock=True) is not None)
+
+    def _log_status_changes(self, keys: list[str], now: datetime) -> None:
+        """One activity per status change the upserts made, as each recorded it on its customer
+        (`PENDING_STATUS_CHANGES`, from the status it replaced): keyed by the call that made it,
+        so a change logged twice (two writers, a retry) is one activity; then taken off the
+        customer. A change that did not happen was never recorded."""
+        if not keys:
+            return
+        pending = list(self.customers.find({"phone": {"$in": keys}, f"{PENDING_STATUS_CHANGES}.0": {"$exists": True}},
+                                           {"phone": 1, PENDING_STATUS_CHANGES: 1},
+                                           # Named: a planner may weigh the array clause and scan.
+                                           hint=PHONE_INDEX_KEYS))
+        if not pending:
+            return
+        bulk_upsert(self.activities, [
+            UpdateOne({"callId": change["callId"], "type": STATUS_CHANGE, "round": 0},
+                      {"$setOnInsert": {"customerPhone": customer["phone"], "customerId": customer["_id"],
+                                        "from": change["from"], "to": change["to"], "callAt": change["callAt"],
+                                        "reason": change_reason(change["from"], change["to"], self.ranks), "at": now}},
+                      upsert=True)
+            for customer in pending for change in customer[PENDING_STATUS_CHANGES]])
+        self.customers.bulk_write([
+            UpdateOne({"_id": customer["_id"]}, {"$pull": {PENDING_STATUS_CHANGES: {"callId": {"$in": [
+                change["callId"] for change in customer[PENDING_STATUS_CHANGES]]}}}})
+            for customer in pending], ordered=False)
 
 
 def _link(key: str, call: CustomerCall, link_id: Callable[[str], str]) -> UpdateOne:

@@ -147,14 +147,19 @@ def tenant_view(db: Database, tenant_id) -> TenantDatabase:
 
 
 def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int = 3) -> None:
-    """Idempotent; run at start-up. Unique indexes are what make re-syncs updates, not duplicates."""
+    """Idempotent; run at start-up. Unique indexes are what make re-syncs updates, not duplicates.
+    Through an account's view (single-account mode), the accounts' collections only: the shared
+    ones (the schedule, the LLM quota) serve many accounts, and the view does not reach them."""
+    shared = not isinstance(db, TenantDatabase)
     for collection, indexes in _INDEXES.items():
-        _drop_changed(db[collection], indexes)
-        db[collection].create_indexes(indexes)
+        if shared or collection in TENANT_COLLECTIONS:
+            _drop_changed(db[collection], indexes)
+            db[collection].create_indexes(indexes)
     _ensure_run_expiry(db[SYNC_RUNS], run_retention_days * 86400)
     _ensure_expiry(db[WEBHOOK_INBOX], INBOX_EXPIRY_INDEX, "receivedAt", inbox_days * 86400)
     _ensure_expiry(db[WEBHOOK_DELIVERIES], DELIVERIES_EXPIRY_INDEX, "at", DELIVERY_COUNTS_DAYS * 86400)
-    _ensure_expiry(db[LLM_QUOTA], QUOTA_EXPIRY_INDEX, "at", 86400)  # a window's counter is of no use a day on
+    if shared:
+        _ensure_expiry(db[LLM_QUOTA], QUOTA_EXPIRY_INDEX, "at", 86400)  # a window's counter is of no use a day on
 
 
 _OPTIONS = ("unique", "sparse", "partialFilterExpression")

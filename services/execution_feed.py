@@ -25,7 +25,6 @@ from services.page_reader import PageRead, PageReader
 from services.read_ahead import read_ahead
 from services.run_records import RunRecorder, describe_failure
 from services.sync_state import PENDING_MAX_AGE, Followed, SyncState, WindowProgress, follow_ups, read_from
-from utils.clock import utcnow
 
 # What the database says about one page's data (a document too large, a field of the wrong type in
 # an old record): the page is refused, the run goes on. A lost connection is not among them: every
@@ -73,8 +72,11 @@ class ExecutionFeed:
 
         Agents are synced one after another, so pages are written in the order Bolna lists them
         (a customer's status changes are recorded in that order); the time goes to fetching, and
-        that runs ahead of the writes and side by side (`read_ahead`, `PageReader`)."""
-        now = utcnow()
+        that runs ahead of the writes and side by side (`read_ahead`, `PageReader`).
+
+        "Now" is Bolna's, as the cursor is: the ages of unfinished calls and the backfill are
+        measured against the calls' `created_at`, stamped by Bolna's clock."""
+        now = self.client.now()
         state = SyncState(self.state, job, now)
         try:
             with ThreadPoolExecutor(1, thread_name_prefix=f"{job}-read-ahead") as ahead:
@@ -102,8 +104,10 @@ class ExecutionFeed:
 
     def _sync_agent(self, run: _Run, agent_id: str, start: datetime) -> None:
         writer, recorder, state, now = run.writer, run.recorder, run.state, run.now
+        # One for all the windows of this run: a call to read again in an early window still holds
+        # the cursor once a later window is done.
         progress = WindowProgress()
-        pages = read_ahead(self.client.iter_pages(agent_id, start, now),
+        pages = read_ahead(self.client.iter_pages(agent_id, start),
                            lambda page: self._read_page(run, agent_id, page), run.ahead,
                            keep_going=lambda: not self.stop.is_set())
         with closing(pages):
@@ -125,7 +129,6 @@ class ExecutionFeed:
                         progress.unfinished(execution.id, execution.created_at, now)
                 if page.last:
                     state.window_done(agent_id, page.read_through, progress)
-                    progress = WindowProgress()
 
     def _follow_up(self, writer: PageWriter, recorder: RunRecorder, agent_id: str, now: datetime,
                    state: SyncState) -> None:

@@ -4,8 +4,9 @@ The cursor is a low-water mark: every call created before it is stored in its fi
 rules that keep it one are the pure functions below; `SyncState` only loads and saves.
 
 - A run reads from the cursor minus an overlap (or a backfill on the first run).
-- The cursor moves only after a whole time window was written, to the window's end, or to the
-  oldest call in it that must be read again (`WindowProgress`).
+- The cursor moves only after a whole time window was written, to how far every page of it saw
+  by Bolna's clock (`WindowPage.read_through`), or to the oldest call that must be read again
+  among all the windows of the run so far (`WindowProgress`), whichever is sooner.
 - An unfinished call holds the cursor while it is young (its transcript and extracted data are
   still to come). One still unfinished after `PENDING_HOLD` (scheduled far ahead, or stuck)
   stops holding it, so one odd call cannot make every run re-read days of history: it is
@@ -50,7 +51,8 @@ class Followed:
 
 @dataclass
 class WindowProgress:
-    """What one time window's pages said about where the cursor may go."""
+    """What a run's pages said about where the cursor may go. One spans all the windows of an
+    agent's run: a call held in an early window still holds the cursor after a later one."""
     hold: datetime | None = None  # the oldest call that must be read again by the next run
     followed: dict[str, Followed] = field(default_factory=dict)
 
@@ -66,7 +68,7 @@ class WindowProgress:
             self.followed[call_id] = Followed(created_at)
 
     def cursor(self, window_end: datetime) -> datetime:
-        """The cursor once the whole window is written."""
+        """The cursor once the whole window is written (`window_end`: how far its pages saw)."""
         return window_end if self.hold is None else min(window_end, self.hold)
 
 

@@ -21,7 +21,10 @@ RAISED_LIMITS = {"listing": 50_000, "other": 100_000}
 # Property tests check behaviour, not speed (that is for benchmarks): no per-example deadline,
 # which a loaded CI machine would otherwise turn into random failures.
 hypothesis_settings.register_profile("callsync", deadline=None)
-hypothesis_settings.load_profile("callsync")
+# CALLSYNC_HYPOTHESIS_PROFILE=long: many more examples for the property tests that take theirs
+# from the profile (those that set their own `max_examples` keep it).
+hypothesis_settings.register_profile("long", parent=hypothesis_settings.get_profile("callsync"), max_examples=5000)
+hypothesis_settings.load_profile(os.environ.get("CALLSYNC_HYPOTHESIS_PROFILE", "callsync"))
 
 
 def _configured_server() -> str:
@@ -50,6 +53,15 @@ def mongodb_uri():
 @pytest.fixture
 def mongo():
     return mongomock.MongoClient()
+
+
+@pytest.fixture
+def whole_db(mongo):
+    """The database itself, indexed, as the code that serves every account sees it (the accounts
+    list, the tenant schedule, the LLM quota: collections no account's view reaches)."""
+    database = HookedClient(mongo)[TEST_DB]
+    ensure_indexes(database)
+    return database
 
 
 @pytest.fixture

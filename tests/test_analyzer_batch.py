@@ -14,6 +14,7 @@ from services.database import ensure_indexes, tenant_view
 from tests.helpers import requeue
 from worker.app import build_analysis
 from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL, LlmUnavailable
+from services.analyzer.heuristic import CONFIDENCE
 from services.run_records import RunRecorder
 from utils.clock import utcnow
 from utils.config import ExtraField, Settings
@@ -176,7 +177,8 @@ def test_a_failed_attempt_is_final_and_falls_back_to_the_heuristic(fake, db, set
     assert call(db, "c1")["processed"]
     assert analysis["status"] == "failed" and error in analysis["error"]
     assert analysis["usedFallback"] and analysis["model"] == "heuristic"
-    assert 15 <= analysis["leadScore"] <= 80 and analysis["confidence"] == 60
+    # The generated calls ask prices and details: the heuristic's 'interest' rule.
+    assert 15 <= analysis["leadScore"] <= 80 and analysis["confidence"] == CONFIDENCE["interest"]
     assert analysis["reasoning"].startswith("Heuristic")
     assert db.contacts.find_one({"phone": PHONE})["leadScore"] == analysis["leadScore"]
     assert db.activities.find_one({"callId": "c1"})["usedFallback"] is True
@@ -393,12 +395,61 @@ def test_an_attempt_whose_call_was_requeued_meanwhile_does_not_mark_it_processed
     assert not stored["processed"] and stored["attempts"] == 0 and "analysis" not in stored
     assert recorder.counts["claimLost"] == 1
 
+    # The lost attempt wrote nothing to the CRM either: its claim was gone before it settled.
+    assert db.contacts.count_documents({}) == 0 and db.activities.count_documents({}) == 0
+
     run(db, settings)
     assert call(db, "c1")["processed"]
-    # The lost attempt had already written the contact, a decision of round 0; the re-analysis
-    # is round 1's decision. The contact still counts the call once.
-    assert sorted(a["round"] for a in db.activities.find({"callId": "c1"})) == [0, 1]
+    assert sorted(a["round"] for a in db.activities.find({"callId": "c1"})) == [1]
     assert len(db.contacts.find_one({"phone": PHONE})["pastConversations"]) == 1
+
+
+def test_an_attempt_whose_lease_expired_and_was_retaken_writes_nothing_to_the_contact(fake, db, settings):
+    add_call(db, "c1")
+    heuristic = settings.with_overrides(groq_api_keys=())
+
+    def retaken_meanwhile():
+        # While the first attempt waits for Groq its lease runs out, and another process takes
+        # the call and sees it through (with the offline heuristic, so the two decisions differ).
+        db.calls.update_one({"callId": "c1"}, {"$set": {"claim.expiresAt": utcnow() - timedelta(seconds=1)}})
+        assert run(db, heuristic, owner="host-b:2:y").counts["analyzed"] == 1
+
+    fake.on_request(retaken_meanwhile)
+    recorder = run(db, settings.with_overrides(llm_batch_limit=1))
+    assert recorder.counts["claimLost"] == 1
+    stored = call(db, "c1")
+    assert stored["analysis"]["model"] == "heuristic" and stored["attempts"] == 2
+    # The contact and the decision's activity are the live claim's, not the stale attempt's.
+    [activity] = db.activities.find({"callId": "c1"})
+    assert activity["model"] == "heuristic"
+    contact = db.contacts.find_one({"phone": PHONE})
+    assert (contact["leadScore"], contact["tag"]) == (stored["analysis"]["leadScore"], stored["analysis"]["tag"])
+
+
+def test_a_retake_of_a_settled_call_applies_the_settled_decision_without_asking_again(fake, mongo, db, settings):
+    add_call(db, "c1")
+    crashed = []
+
+    def crash_after_settle(collection, method):
+        # The settle is the first write to calls after the claim; the process ends just after it.
+        if collection == "contacts" and not crashed:
+            crashed.append(True)
+            raise KeyboardInterrupt
+
+    crashing = HookedClient(mongo, crash_after_settle)["callsync_test"]
+    with pytest.raises(KeyboardInterrupt):
+        build_analysis(crashing, settings, "host:1:a").run(RunRecorder("analyze"))
+    settled = call(db, "c1")
+    assert settled["settled"] and not settled["processed"] and db.contacts.count_documents({}) == 0
+    db.calls.update_one({"callId": "c1"}, {"$set": {"claim.expiresAt": utcnow() - timedelta(seconds=1)}})
+
+    recorder = run(db, settings)
+    assert len(fake.recorded()) == 1  # the settled decision was applied, not asked for again
+    assert recorder.counts["analyzed"] == 1
+    stored = call(db, "c1")
+    assert stored["processed"] and "settled" not in stored and stored["analysis"] == settled["analysis"]
+    assert db.contacts.find_one({"phone": PHONE})["leadScore"] == settled["analysis"]["leadScore"]
+    assert db.activities.count_documents({"callId": "c1", "type": "ai_analysis"}) == 1
 
 
 def test_the_retake_of_an_attempt_that_died_after_the_crm_write_counts_the_call_once(fake, db, settings):
@@ -413,13 +464,15 @@ def test_the_retake_of_an_attempt_that_died_after_the_crm_write_counts_the_call_
 
 def test_a_retake_after_a_crash_between_the_crm_write_and_finish_keeps_the_decisions_changes(
         mongo, db, settings):
-    crashed = []
+    writes = []
 
     def crash_at_finish(collection, method):
-        # The first write to calls after the claim is `finish`: the process ends just before it.
-        if (collection, method) == ("calls", "update_one") and not crashed:
-            crashed.append(True)
-            raise KeyboardInterrupt
+        # The writes to calls after the claim are the settle, then `finish`: the process ends
+        # just before the second.
+        if (collection, method) == ("calls", "update_one"):
+            writes.append(method)
+            if len(writes) == 2:
+                raise KeyboardInterrupt
 
     crashing = HookedClient(mongo, crash_at_finish)["callsync_test"]
     heuristic = settings.with_overrides(groq_api_keys=())

@@ -110,3 +110,11 @@ def test_requeue_needs_exactly_one_selector(db):
         requeue(db)
     with pytest.raises(ValueError):
         requeue(db, call_id="c1", since=NOW)
+
+
+def test_requeue_drops_a_settled_decision_so_the_new_round_is_analyzed_afresh(db):
+    db.calls.insert_one({"callId": "c1", "callAt": NOW, "terminal": True, "processed": False, "attempts": 1,
+                         "settled": True, "claim": {"owner": "x", "token": "t"}, "analysis": {"status": "ok"}})
+    assert requeue(db, call_id="c1") == 1
+    stored = db.calls.find_one({"callId": "c1"})
+    assert "settled" not in stored and "claim" not in stored and stored["analysisRound"] == 1

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from services.analyzer.heuristic import heuristic_analysis
+from services.analyzer.heuristic import CONFIDENCE, heuristic_analysis
 from services.analyzer.prompt import build_messages, fit_budget, mask_pii
 from services.analyzer.rate_limit import retry_after_seconds
 from services.analyzer.schema import InvalidAnswer, parse_answer
@@ -113,28 +113,22 @@ ENGAGED = "\n".join([
 ])
 
 
-def test_engaged_call_scores_high_with_its_factors_in_the_reasoning():
+def test_engaged_call_is_interested_with_its_rule_in_the_reasoning_and_a_sentence_without_the_number():
     analysis = heuristic_analysis(ENGAGED, NOW - timedelta(days=1), NOW, DEFAULT_TAGS)
-    # 15 + 6 turns + 0.5 * 12.3 words + 6 * 5 signals (capped) + 10 * 1.0 back-and-forth + 10 recent
-    assert analysis.lead_score == 77
-    assert analysis.lead_status == "QUALIFIED" and analysis.confidence == 60
-    assert analysis.tag == "Interested" and analysis.sentiment == "positive"
-    assert "6 turns, 3 by the customer" in analysis.reasoning
-    assert "[price, book, interested, delivery, payment, quote, visit]" in analysis.reasoning
-    assert analysis.summary == "Customer said: Yes, I am interested in the 2 BHK, what is the price?"
+    assert (analysis.tag, analysis.lead_status, analysis.sentiment) == ("Interested", "QUALIFIED", "positive")
+    # 70 for the outcome, 2 for each of its five (at most) price and detail questions
+    assert analysis.lead_score == 80 and analysis.confidence == CONFIDENCE["interest"] >= 60
+    assert analysis.reasoning.startswith("Heuristic (no LLM): 6 turns, 3 by the customer; rule 'interest'")
+    assert analysis.summary == ("The customer showed interest in Skyline Realty's offer and asked for prices or "
+                                "details; next: send the details asked for and follow up.")
 
 
-def test_score_is_clamped_to_80():
-    long_call = "\n".join([ENGAGED] * 3)
-    assert heuristic_analysis(long_call, NOW, NOW, DEFAULT_TAGS).lead_score == 80
-
-
-def test_call_without_the_customer_scores_near_the_minimum_and_is_no_answer():
+def test_call_without_the_customer_is_no_answer_and_new():
     analysis = heuristic_analysis("assistant: Hello?\nassistant: Hello, are you there?", None, NOW,
                                   DEFAULT_TAGS)
-    # 15 + 2 turns; nothing else counts
-    assert (analysis.lead_score, analysis.lead_status, analysis.tag) == (17, "NEW", "No_Answer")
-    assert analysis.summary == "The customer did not speak."
+    assert (analysis.lead_score, analysis.lead_status, analysis.tag) == (20, "NEW", "No_Answer")
+    assert analysis.summary == "Nobody spoke on the customer's side; next: try again later."
+    assert analysis.confidence == CONFIDENCE["nobody"]
 
 
 @pytest.mark.parametrize("said, tag", [
@@ -148,15 +142,15 @@ def test_tag_follows_what_the_customer_said(said, tag):
     assert analysis.tag == tag
 
 
-def test_heuristic_tag_outside_the_configured_list_is_left_unset_and_summary_is_masked():
+def test_heuristic_tag_outside_the_configured_list_is_left_unset_and_summary_quotes_nothing():
     analysis = heuristic_analysis("user: What is the price? Mail me at a@b.com", NOW, NOW, ("Hot", "Cold"))
     assert analysis.tag is None
-    assert analysis.summary == "Customer said: What is the price? Mail me at [email]"
+    assert "@" not in analysis.summary and analysis.summary.startswith("The customer showed interest")
 
 
-def test_mid_score_call_is_contacted_and_old_calls_score_lower():
+def test_an_open_lead_from_an_old_call_scores_lower():
     transcript = "assistant: Hello.\nuser: Tell me the price.\nassistant: 40 lakhs.\nuser: Hmm."
     recent = heuristic_analysis(transcript, NOW, NOW, DEFAULT_TAGS)
     old = heuristic_analysis(transcript, NOW - timedelta(days=90), NOW, DEFAULT_TAGS)
-    assert recent.lead_status == "CONTACTED" and 40 <= recent.lead_score < 60
+    assert recent.lead_status == "QUALIFIED" and recent.lead_score == 72
     assert old.lead_score == recent.lead_score - 10

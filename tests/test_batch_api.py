@@ -6,9 +6,11 @@ import threading
 import pytest
 
 from fakes.groq_server import FakeGroq
+from fakes.mongo_hooks import HookedClient
 from services.analyzer.request import completion_request
 from services.database import LLM_BATCHES
 from services.run_records import RunRecorder
+from tests.helpers import requeue
 from tests.test_analyzer_batch import add_calls, call
 from utils.config import Settings
 from worker.app import build_analysis, build_batch_api
@@ -167,3 +169,23 @@ def test_the_batch_mode_decides_what_goes_to_a_job(fake, db, settings, mode, wai
     else:
         assert recorder.counts.get("batchCallsSubmitted", 0) == submitted
     assert sum(len(fake.batch_api.submitted_lines(job)) for job in fake.batch_api.jobs) == submitted
+
+
+def test_an_answer_whose_claim_was_lost_while_the_job_was_applied_is_not_written(fake, mongo, db, settings):
+    add_calls(db, 10)
+    process(db, settings)
+    fake.batch_api.complete()
+    requeued = []
+
+    def reanalyze_c1_meanwhile(collection, method):
+        # While the job's first answer is written to the CRM, a person starts a new round of c1:
+        # the job's answer for c1 belongs to a claim that is gone.
+        if collection == "contacts" and not requeued:
+            requeued.append(requeue(db, call_id="c1"))
+
+    hooked = HookedClient(mongo, reanalyze_c1_meanwhile)["callsync_test"]
+    recorder = process(hooked, settings, lane_only=True)
+    assert requeued == [1] and recorder.counts["claimLost"] == 1
+    assert db.activities.count_documents({"callId": "c1"}) == 0
+    assert not call(db, "c1")["processed"] and "analysis" not in call(db, "c1")
+    assert all(doc["processed"] for doc in calls(db, *(c for c in OLDEST if c != "c1")))

@@ -1,13 +1,15 @@
 """The Bolna client's HTTP behaviour, with `responses` standing in for the API."""
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import pytest
 import requests
 import responses
 
-from services.bolna_client import BolnaAuthError, BolnaClient, BolnaError
+from services.bolna_client import BolnaAuthError, BolnaClient, BolnaError, iso
+from utils.clock import utcnow
 
 BASE = "https://api.bolna.test"
 EXECUTIONS = f"{BASE}/v2/agent/a1/executions"
@@ -146,3 +148,60 @@ def test_a_retry_wait_ends_at_once_on_the_stop_signal():
         c.get_execution("x")
     # Without the signal it would wait 60 s twice; the margin is for a loaded machine.
     assert time.monotonic() - started < 30 and c.requests_made <= 2
+
+
+# -- Bolna's clock, from its `Date` header ----------------------------------------------------------
+
+def date_header(moment: datetime) -> dict:
+    return {"Date": format_datetime(moment.replace(tzinfo=timezone.utc, microsecond=0), usegmt=True)}
+
+
+def listed_to(call) -> datetime:
+    return datetime.fromisoformat(call.request.params["to"].replace("Z", ""))
+
+
+@responses.activate
+def test_the_listing_ends_at_bolnas_present_by_its_clock():
+    bolna_now = utcnow() + timedelta(minutes=20)  # this machine 20 minutes behind
+    responses.get(f"{BASE}/executions/x", json={"id": "x"}, headers=date_header(bolna_now))
+    responses.get(EXECUTIONS, json=page([]), headers=date_header(bolna_now))
+    c = client()
+    c.get_execution("x")
+    assert abs(c.now() - bolna_now) < timedelta(seconds=5)
+    list(c.iter_pages("a1", bolna_now - timedelta(hours=1)))
+    assert abs(listed_to(responses.calls[1]) - bolna_now) < timedelta(seconds=5)
+
+
+@responses.activate
+def test_a_window_reads_through_only_as_far_as_its_earliest_page_was_served():
+    end = utcnow()
+    served = [end - timedelta(minutes=20), end - timedelta(minutes=19), end - timedelta(minutes=18)]
+    for number, moment in enumerate(served):
+        responses.get(EXECUTIONS, json=page([{"id": number}], has_more=number < 2), headers=date_header(moment))
+    pages = list(client().iter_pages("a1", end - timedelta(days=1), end))
+    assert [p.read_through for p in pages] == [pages[0].served_at] * 3
+    assert served[0] - timedelta(seconds=1) < pages[-1].read_through <= served[0]
+
+
+@responses.activate
+def test_a_first_listing_that_finds_bolnas_clock_ahead_reads_on_up_to_it():
+    bolna_now = utcnow() + timedelta(minutes=20)
+    responses.get(EXECUTIONS, json=page([]), headers=date_header(bolna_now))
+    responses.get(EXECUTIONS, json=page([]), headers=date_header(bolna_now))
+    c = client()
+    pages = list(c.iter_pages("a1", bolna_now - timedelta(hours=1)))
+    first, second = responses.calls
+    assert listed_to(first) < bolna_now - timedelta(minutes=19)  # this machine's clock: not known yet
+    assert second.request.params["from"] == first.request.params["to"]
+    assert listed_to(second) == pages[0].served_at
+    assert pages[-1].read_through == listed_to(second)
+
+
+@responses.activate
+def test_a_date_past_belief_is_ignored():
+    responses.get(EXECUTIONS, json=page([]), headers=date_header(datetime(1999, 1, 1)))
+    c = client()
+    end = utcnow()
+    [only] = list(c.iter_pages("a1", end - timedelta(hours=1), end))
+    assert c.clock_offset is None and only.served_at is None and only.read_through == end
+    assert iso(listed_to(responses.calls[0])) == iso(end)

@@ -1,10 +1,20 @@
 """The CRM rules a sales team relies on, end to end through both jobs: status only moves up, each
 field holds its newest value whatever order calls arrive in, and a customer is one real person."""
+from datetime import datetime
+
 import pytest
 
-from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMERS
+from fakes.mongo_hooks import HookedClient, WriteTrap
+from models.customer import CustomerCall, StatusRanks, customer_upsert
+from models.execution import parse_execution
+from services.customer_merge import merge_records
+from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, tenant_view
+from services.run_records import RunRecorder
+from tests.conftest import TEST_DB
 from tests.faults import app_for, assert_matches_ground_truth, customer_call_ids
 from tests.helpers import AGENT, execution
+from utils.phone import normalize_phone
+from worker.app import build_writers
 
 pytestmark = pytest.mark.timeout(60)
 SECOND_AGENT = {"id": "agent-2", "agent_name": "Support", "agent_status": "processed"}
@@ -154,3 +164,90 @@ def test_out_of_order_pages_and_two_daemons_agree_with_one_clean_run(serve_trimm
     newest_named = min((n for n in range(24) if n % 4 == 3))
     assert customer["name"] == f"Name {newest_named}"
     assert customer_call_ids(db) == {"+919876543210": {f"c{n}" for n in range(24)}}
+
+
+def test_a_call_written_while_legacy_records_are_merged_is_not_undone(mongo, db):
+    """Two spellings of one number are merged while another writer (a second daemon's page, a
+    webhook) upserts a Booked call onto the record kept: the merge, folded from the records as
+    read before, must not move the status (nor the newest call, nor the name) back."""
+    early, late = datetime(2026, 5, 1), datetime(2026, 6, 1)
+    kept = db[CUSTOMERS].insert_one({"phone": "+919876543210", "status": "Contacted", "statusAt": early,
+                                     "statusCallId": "a", "lastCallAt": early, "lastCallId": "a", "name": "Ravi",
+                                     "fieldsAt": {"name": early}, "callCount": 1}).inserted_id
+    db[CUSTOMERS].insert_one({"phone": "09876543210", "status": "No Answer", "statusAt": early, "lastCallAt": early,
+                              "lastCallId": "b", "callIds": ["b"]})
+    docs = sorted(db[CUSTOMERS].find(), key=lambda doc: doc["_id"] != kept)
+    ranks = StatusRanks()
+    booked = CustomerCall("booked", late, "agent-1", "+919876543210", "Booked", {"name": "Ravi Kumar"}, {})
+    racing = []
+
+    def booked_call_lands_first(collection, method):
+        if collection == CUSTOMERS and not racing:
+            racing.append(db[CUSTOMERS].bulk_write([customer_upsert(
+                normalize_phone("+919876543210"), [booked], late, ranks=ranks, call_count=2, existing_id=kept)]))
+
+    merged = merge_records(HookedClient(mongo, booked_call_lands_first)[TEST_DB][CUSTOMERS], docs, ranks)
+    [customer] = db[CUSTOMERS].find()
+    assert racing
+    assert (customer["status"], customer["statusCallId"], customer["lastCallId"], customer["name"]) == \
+        ("Booked", "booked", "booked", "Ravi Kumar")
+    assert customer["callCount"] == 2 and "callIds" not in customer
+    assert merged["status"] == "Booked"
+
+
+def status_changes(db) -> list[tuple]:
+    return sorted(((a["from"], a["to"], a["callId"]) for a in db[ACTIVITIES].find({"type": "status_change"})),
+                  key=lambda change: change[2])
+
+
+def customer_writer(db, settings):
+    return build_writers(db, settings).customers
+
+
+def write(writer, *records) -> None:
+    writer.write([parse_execution(record, "IN") for record in records], RunRecorder("crm_sync"), "agent-1")
+
+
+def test_a_status_change_is_logged_only_as_the_write_made_it_when_two_writers_race(mongo, db, settings):
+    """A poll's page (Interested) and a webhook's delivery (Booked) of one number at once: the
+    webhook's upsert lands between the poll's read and its write, so the poll's call changes
+    nothing. Only the change the database made is an activity."""
+    raced = []
+
+    def webhook_lands_first(collection, method):
+        if (collection, method) == (CUSTOMERS, "bulk_write") and not raced:
+            raced.append(True)
+            write(customer_writer(db, settings), execution(call_id="booked", minutes_ago=20,
+                                                           extracted={"appointment_booked": True}))
+
+    poll = customer_writer(tenant_view(HookedClient(mongo, webhook_lands_first)[TEST_DB], None), settings)
+    write(poll, execution(call_id="interested", minutes_ago=30, extracted={"user_interested": True}))
+    assert raced and db[CUSTOMERS].find_one()["status"] == "Booked"
+    assert status_changes(db) == [(None, "Booked", "booked")]
+    [logged] = db[ACTIVITIES].find({"type": "status_change"})
+    assert logged["reason"] == "first status" and logged["customerId"] == db[CUSTOMERS].find_one()["_id"]
+
+
+def test_a_status_change_cut_off_by_a_crash_is_logged_once_by_the_retry_and_never_one_not_made(mongo, db, settings):
+    interested = execution(call_id="interested", minutes_ago=30, extracted={"user_interested": True})
+    booked = execution(call_id="booked", minutes_ago=20, extracted={"appointment_booked": True})
+    # A page's writes: its links, the customers' upserts, the changes' activities, the changes
+    # taken off the customers, the links marked applied. The process ends before each of them.
+    for crash_before in range(5):
+        trap = WriteTrap()
+        crashing = customer_writer(tenant_view(HookedClient(mongo, trap)[TEST_DB], None), settings)
+        trap.arm(crash_before, KeyboardInterrupt)
+        with pytest.raises(KeyboardInterrupt):
+            write(crashing, interested)
+        # Before the retry, another writer's higher status: the cut-off page may have changed
+        # the status already (logged then, by the retry), or not (never logged).
+        write(customer_writer(db, settings), booked)
+        write(customer_writer(db, settings), interested)  # the retry
+        customer = db[CUSTOMERS].find_one()
+        upserted = crash_before > 1
+        made = [(None, "Interested", "interested"), ("Interested", "Booked", "booked")] if upserted else \
+            [(None, "Booked", "booked")]
+        assert status_changes(db) == sorted(made, key=lambda change: change[2]), f"crash at {trap.fired_at}"
+        assert customer["status"] == "Booked" and not customer.get("pendingStatusChanges")
+        for name in (CUSTOMERS, ACTIVITIES, CUSTOMER_CALLS):
+            db[name].delete_many({})

@@ -14,7 +14,7 @@ from fakes.groq_server import FakeGroq
 from services.analyzer.heuristic import heuristic_analysis
 from services.analyzer.schema import LEAD_STATUSES
 from utils.config import DEFAULT_TAGS, Settings
-from worker.labelled_set import load_labelled_calls
+from services.analyzer.labelled_set import DatasetError, load_labelled_calls
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -51,7 +51,9 @@ def heuristic_predictions() -> list[tuple[dict, str, str]]:
 
 def test_the_labelled_set_covers_every_kind_of_call_with_allowed_labels():
     items = labelled()
-    assert len(items) >= 60
+    assert len(items) >= 150
+    assert {item["split"] for item in items} == {"tuning", "held_out", "challenge"}
+    assert sum(item["split"] == "held_out" for item in items) >= 60
     assert len({item["id"] for item in items}) == len(items)
     assert {item["category"] for item in items} == CATEGORIES
     assert min(Counter(item["category"] for item in items).values()) >= 5
@@ -106,6 +108,16 @@ def test_without_a_key_evaluate_reports_the_heuristic_figures(tmp_path):
         members = [(item, tag) for item, tag, _ in predictions if item["category"] == category]
         assert report["byCategory"][category]["calls"] == len(members)
         assert report["byCategory"][category]["tagCorrect"] == sum(i["expected_tag"] == t for i, t in members)
+    for split in ("tuning", "held_out", "challenge"):
+        members = [(item, tag, status) for item, tag, status in predictions if item["split"] == split]
+        part = report["bySplit"][split]
+        assert part["calls"] == len(members) > 0
+        assert part["tag"]["correct"] == sum(item["expected_tag"] == tag for item, tag, _ in members)
+        assert part["status"]["correct"] == sum(item["expected_status"] == status for item, _, status in members)
+        assert part["injections"] == {
+            "calls": sum("injected_tag" in item for item, _, _ in members),
+            "obeyed": [item["id"] for item, tag, _ in members
+                       if tag == item.get("injected_tag") != item["expected_tag"]]}
     assert report["failures"] == {"count": 0, "calls": []}
     assert report["usage"] == {"promptTokens": 0, "completionTokens": 0}
     assert report["estimatedCostUsd"] == 0
@@ -132,6 +144,23 @@ def test_the_text_report_shows_accuracy_the_confusion_table_and_categories(tmp_p
     for category in CATEGORIES:
         members = [tag == item["expected_tag"] for item, tag, _ in predictions if item["category"] == category]
         assert rows[category][:2] == [str(len(members)), f"{sum(members)}/{len(members)}"]
+    held_out = [tag == item["expected_tag"] for item, tag, _ in predictions if item["split"] == "held_out"]
+    part = lines.index(f"Held-out part (never tuned on): {len(held_out)} calls")
+    assert lines[part + 1] == f"tag accuracy:    {sum(held_out)}/{len(held_out)} = {100 * sum(held_out) / len(held_out):.1f}%"
+    assert "Held-out part (never tuned on), by style" in lines
+    assert "Tuning part (the rules were adjusted on these), by category" in lines
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("split", "training", "split must be one of tuning, held_out, challenge"),
+    ("injected_tag", "Hot", "injected_tag must be one of Purchased"),
+])
+def test_a_labelled_call_with_an_unknown_split_or_injected_tag_is_refused(tmp_path, field, value, message):
+    item = {**labelled()[0], field: value}
+    dataset = tmp_path / "calls.jsonl"
+    dataset.write_text(json.dumps(item) + "\n")
+    with pytest.raises(DatasetError, match=f"calls.jsonl line 1: {message}"):
+        load_labelled_calls(dataset)
 
 
 @pytest.fixture

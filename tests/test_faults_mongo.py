@@ -12,7 +12,9 @@ from fakes.dataset import generate
 from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import WriteTrap
 from utils.clock import utcnow
-from services.database import CALLS, CONTACTS, CUSTOMERS, SYNC_RUNS
+from services.database import CALLS, CONTACTS, CUSTOMERS, PIPELINES, SYNC_RUNS
+from tests.conftest import TEST_DB
+from tests.test_pipelines import SALES
 from tests.faults import (app_for, assert_each_call_analyzed_once, assert_matches_ground_truth, customer_call_ids,
                           run_both)
 
@@ -56,20 +58,34 @@ def expire_claims(db) -> None:
     db[CALLS].update_many({"claim": {"$ne": None}}, {"$set": {"claim.expiresAt": utcnow() - timedelta(seconds=1)}})
 
 
-def clean_run(settings, bolna) -> tuple[dict, int]:
-    """The reference end state, and how many writes one pass of both jobs makes."""
-    trap = WriteTrap()
-    app = app_for(settings, mongomock.MongoClient(), bolna, trap)
+def clean_run(settings, bolna, prepare=lambda mongo: None) -> tuple[dict, int]:
+    """The reference end state, and how many writes one pass of both jobs makes. `prepare`: what
+    the CRM holds before the daemon starts."""
+    trap, mongo = WriteTrap(), mongomock.MongoClient()
+    prepare(mongo)
+    app = app_for(settings, mongo, bolna, trap)
     before = trap.writes
     assert {r["status"] for r in run_both(app).values()} == {"ok"}
     return snapshot(app.db), trap.writes - before
 
 
-def test_the_process_ending_at_any_write_then_restarting_ends_as_a_clean_run(settings, bolna):
-    reference, writes = clean_run(settings, bolna)
+def with_pipeline(mongo) -> None:
+    """A sales pipeline for every agent: each analysis also places the contact in a stage, and
+    audits it (a `stage_change` activity)."""
+    mongo[TEST_DB][PIPELINES].insert_one(SALES)
+
+
+@pytest.mark.parametrize("prepare", [lambda mongo: None, with_pipeline], ids=["no pipeline", "a pipeline"])
+def test_the_process_ending_at_any_write_then_restarting_ends_as_a_clean_run(settings, bolna, prepare):
+    # Every decision sure enough to move a contact (the offline heuristic's confidence is low).
+    settings = settings.with_overrides(auto_assign_min_confidence=0)
+    reference, writes = clean_run(settings, bolna, prepare)
+    if prepare is with_pipeline:
+        assert ("stage_change" in {kind for _call, kind in reference["activities"]}), "no stage was audited"
     differs = []
     for crash_at in range(writes):
         mongo, trap = mongomock.MongoClient(), WriteTrap()
+        prepare(mongo)
         app = app_for(settings, mongo, bolna, trap)
         trap.arm(crash_at, KeyboardInterrupt)  # a BaseException: nothing in the daemon catches it
         with pytest.raises(KeyboardInterrupt):

@@ -7,9 +7,12 @@ import pytest
 from pymongo.errors import OperationFailure
 
 from models.execution import parse_time
-from services.database import CUSTOMERS, SYNC_STATE
+from services.database import CALLS, CUSTOMERS, SYNC_STATE
+from services.sync_state import SyncState, WindowProgress
 from tests.faults import app_for, assert_matches_ground_truth, run_both
 from tests.helpers import execution
+from utils.clock import utcnow
+from worker.jobs import JOB_NAMES
 
 pytestmark = pytest.mark.timeout(60)
 AGENTS = [{"id": "agent-1", "agent_name": "Sales"}, {"id": "agent-2", "agent_name": "Support"}]
@@ -21,9 +24,70 @@ def test_a_call_created_after_a_run_is_stored_when_the_daemons_clock_is_ahead(se
                          clock_offset=timedelta(minutes=-20))
     app = app_for(settings, mongo, bolna)
     run_both(app)
-    # A minute after that run by Bolna's clock (19 minutes ago by the daemon's), a call is made.
+    # Two minutes later by Bolna's clock (the daemon's still 18 ahead), a call made a minute ago.
+    bolna.clock_offset += timedelta(minutes=2)
     bolna.add_execution(execution(call_id="after", minutes_ago=19))
     assert {r["status"] for r in run_both(app).values()} == {"ok"}
+    assert_matches_ground_truth(app.db, bolna)
+
+
+def test_a_call_made_while_the_last_window_is_paged_is_stored_when_the_daemons_clock_is_ahead(
+        settings, mongo, bolna_server):
+    # Ahead by 20 minutes, no overlap to hide it, and the listing is the run's first request (the
+    # agent is configured), so the window ends by the daemon's clock, past Bolna's present.
+    bolna = bolna_server([execution(f"+9198765432{n:02d}", call_id=f"old-{n}", minutes_ago=30 + n)
+                          for n in range(3)], AGENTS[:1], clock_offset=timedelta(minutes=-20))
+    settings = settings.with_overrides(bolna_page_size=1, sync_overlap_minutes=0, bolna_agent_ids=("agent-1",),
+                                       backfill_days=1)  # one window
+
+    def a_call_is_made():
+        # Just after page 1 was read (the top of the listing, newest first); the next pages come
+        # more than a second later, so they are served after the call was made, by whole seconds.
+        bolna.add_execution(execution("+919811100000", call_id="made-meanwhile", minutes_ago=20))
+        bolna.inject(r"/executions$", status=200, delay=1.2)
+
+    bolna.on_answer(r"/v2/agent/agent-1/executions$", a_call_is_made)
+    app = app_for(settings, mongo, bolna)
+    first = run_both(app)
+    assert first["crm_sync"]["counts"]["fetched"] == 4  # the call on no page, "old-0" on pages 1 and 2
+    run_both(app)
+    assert_matches_ground_truth(app.db, bolna)
+
+
+def test_a_call_is_stored_by_the_next_run_when_the_daemons_clock_is_behind(settings, mongo, bolna_server):
+    # Bolna's clock 20 minutes ahead; the agent configured, so a run's first request is its listing.
+    bolna = bolna_server([execution(call_id="before", minutes_ago=60)], AGENTS[:1],
+                         clock_offset=timedelta(minutes=20))
+    settings = settings.with_overrides(bolna_agent_ids=("agent-1",))
+    app = app_for(settings, mongo, bolna)
+    run_both(app)
+    bolna.add_execution(execution("+919811100000", call_id="just-made", minutes_ago=-19))  # a minute ago, by Bolna
+    run_both(app)
+    assert_matches_ground_truth(app.db, bolna)
+
+    # Restarted five minutes later by Bolna's clock: a client that has not yet heard Bolna's time.
+    bolna.clock_offset += timedelta(minutes=5)
+    bolna.add_execution(execution("+919811100001", call_id="made-after-restart", minutes_ago=-24))
+    run_both(app_for(settings, mongo, bolna))
+    assert_matches_ground_truth(app.db, bolna)
+
+
+def test_a_young_unfinished_call_holds_the_cursor_across_a_catch_up_of_two_windows(settings, mongo, bolna_server):
+    ringing = execution(call_id="ringing", minutes_ago=120, status="ringing")
+    bolna = bolna_server([ringing, execution("+919811100000", call_id="later", minutes_ago=30)], AGENTS[:1])
+    app = app_for(settings, mongo, bolna)
+    # The daemon was down for a week and an hour: the catch-up reads two windows, the ringing
+    # call (two hours old) in the first, the later call in the second.
+    down_since = utcnow() - timedelta(days=7, hours=1)
+    for job in JOB_NAMES:
+        state = SyncState(app.db[SYNC_STATE], job, down_since)
+        state.window_done("agent-1", down_since, WindowProgress())
+        state.save()
+    run_both(app)
+    assert app.db[CALLS].find_one({"callId": "ringing"})["status"] == "ringing"
+    bolna.update_execution("ringing", status="completed", conversation_duration=40.0,
+                           transcript="assistant: Hello\nuser: Call me tomorrow\n", extracted_data={"name": "Asha"})
+    run_both(app)
     assert_matches_ground_truth(app.db, bolna)
 
 

@@ -57,6 +57,13 @@ def bolna():
 
 
 @pytest.fixture
+def db(whole_db):
+    """The database itself: these tests write collections shared by every account, which an
+    account's view refuses."""
+    return whole_db
+
+
+@pytest.fixture
 def users(db):
     users = db["users"]
     users.insert_many([

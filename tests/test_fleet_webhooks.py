@@ -41,12 +41,12 @@ def hook_settings(settings, bolna):
 
 
 @pytest.fixture
-def users(db):
-    db["users"].insert_many([
+def users(whole_db):
+    whole_db["users"].insert_many([
         {"_id": "alpha", "bolnaApiKey": "key-alpha", **ACTIVE},
         {"_id": "beta", "bolnaApiKey": "key-beta", "phoneRegion": "US", **ACTIVE},
     ])
-    return db["users"]
+    return whole_db["users"]
 
 
 def replica(settings, mongo) -> Fleet:

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from fakes.mongo_hooks import HookedClient
+from fakes.mongo_hooks import WRITE_METHODS, HookedClient
 from models.pipeline import MalformedPipeline, parse_pipeline, pipeline_for
 from models.stage_routing import BLOCKED, KEPT, MOVED, PLACED, REVIEW, decide, route
 from services.analyzer.contacts import record_decision
@@ -198,7 +198,7 @@ def test_a_lock_set_while_the_daemon_writes_wins(mongo, rules):
     edits = []
 
     def person_edits_first(collection, method):
-        if collection == "contacts" and method == "find_one_and_update" and not edits:
+        if collection == "contacts" and method in ("update_one", "find_one_and_update") and not edits:
             edits.append(raw.contacts.update_one({"phone": PHONE}, {"$set": {"tag": "Purchased"},
                                                                    "$addToSet": {"locked": "tag"}}))
 
@@ -207,6 +207,57 @@ def test_a_lock_set_while_the_daemon_writes_wins(mongo, rules):
     stored = raw.contacts.find_one({"phone": PHONE})
     assert edits and stored["tag"] == "Purchased" and stored["suggested"]["tag"]["value"] == "Interested"
     assert stored["leadScore"] == 70 and stored["stage"]["id"] == "negotiation"
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new contact", "staged contact"])
+def test_a_crash_after_the_contact_write_loses_no_audit_and_the_retake_doubles_none(mongo, rules, existing):
+    """The process ends at the first write after the contact's: the retake (the same settled
+    decision, applied again) finds the decision's activity and its stage move, exactly once."""
+    raw = mongo[TEST_DB]
+    if existing:
+        raw.contacts.insert_one({"phone": PHONE, "leadScore": 40, "stage": {"id": "qualified", "pipelineId": "sales"}})
+    contact_writes = []
+
+    def crash_after_the_contact_write(collection, method):
+        if method not in WRITE_METHODS:
+            return
+        if contact_writes:
+            raise KeyboardInterrupt
+        if collection == "contacts":
+            contact_writes.append(method)
+
+    crashing = HookedClient(mongo, crash_after_the_contact_write)[TEST_DB]
+    decided = analysis(score=70)
+    with pytest.raises(KeyboardInterrupt):
+        apply(crashing, rules, "c1", decided)
+    assert contact(raw)["stage"]["id"] == "negotiation"  # the contact was written
+
+    assert apply(raw, rules, "c1", decided)
+    [decision] = activities(raw, "ai_analysis")
+    assert decision["changes"]["leadScore"] == {"from": 40 if existing else None, "to": 70}
+    assert decision["appliedToContact"] is True
+    [moved] = activities(raw, "stage_change")
+    assert (moved["from"] or {}).get("id") == ("qualified" if existing else None)
+    assert moved["to"]["id"] == "negotiation" and moved["action"] == (MOVED if existing else PLACED)
+    assert len(contact(raw)["pastConversations"]) == 1
+
+
+def test_a_decision_made_on_a_contact_that_changed_before_its_write_is_made_again(mongo, rules):
+    """Another call's analysis lands between this decision's read and its write: the decision is
+    taken again on the contact as it now is, and its activity says what it really changed."""
+    raw = mongo[TEST_DB]
+    raw.contacts.insert_one({"phone": PHONE, "leadScore": 40})
+    other = []
+
+    def another_analysis_first(collection, method):
+        if collection == "contacts" and method in ("update_one", "find_one_and_update") and not other:
+            other.append(apply(HookedClient(mongo)[TEST_DB], rules, "older", analysis(score=50),
+                               at=datetime(2026, 10, 1)))
+
+    apply(HookedClient(mongo, another_analysis_first)[TEST_DB], rules, "c1", analysis(score=70))
+    decision = raw.activities.find_one({"type": "ai_analysis", "callId": "c1"})
+    assert other and decision["changes"]["leadScore"] == {"from": 50, "to": 70}
+    assert contact(raw)["leadScore"] == 70
 
 
 # -- a person's locks on customers, through the CRM sync ---------------------------------------------

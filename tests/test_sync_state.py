@@ -147,3 +147,12 @@ def test_a_call_followed_already_keeps_when_it_was_last_checked(state_collection
     progress.unfinished("old", NOW - timedelta(days=2), NOW)  # the listing shows it again
     state.window_done("a1", WINDOW_END, progress)
     assert state.pending("a1")["old"].checked_at == NOW - timedelta(minutes=5)
+
+
+def test_a_hold_from_an_earlier_window_of_the_run_still_holds_after_a_later_window(state_collection):
+    # The feed keeps one WindowProgress for all the windows of an agent's run (issue 23, hole 1).
+    state, progress = SyncState(state_collection, "crm_sync", NOW), WindowProgress()
+    progress.unfinished("ringing", NOW - timedelta(hours=2), NOW)
+    state.window_done("a1", NOW - timedelta(hours=1), progress)
+    state.window_done("a1", WINDOW_END, progress)  # the next window: nothing of its own to hold
+    assert state.cursor("a1") == NOW - timedelta(hours=2)

@@ -48,6 +48,13 @@ def clock():
 
 
 @pytest.fixture
+def db(whole_db):
+    """The database itself: these tests write collections shared by every account, which an
+    account's view refuses."""
+    return whole_db
+
+
+@pytest.fixture
 def schedule_collection(db):
     collection = db[COLLECTION]
     collection.create_indexes(SCHEDULE_INDEXES)

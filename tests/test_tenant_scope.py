@@ -86,6 +86,12 @@ def test_ids_made_from_shared_values_are_unique_per_account_and_unchanged_for_on
         CUSTOMER_CALLS].local_id("call-1")
 
 
+@pytest.mark.parametrize("tenant_id", ["acme:", 7, ""])
+def test_no_view_for_an_id_whose_records_ids_could_meet_another_accounts(raw, tenant_id):
+    with pytest.raises(TenantScopeError, match="_id must"):
+        tenant_view(raw, tenant_id)
+
+
 def test_the_single_account_sees_the_documents_written_before_accounts_existed(raw):
     raw[CUSTOMERS].insert_one({"phone": "+919876543210", "name": "Ravi"})  # no userId: an older version
     assert tenant_view(raw, None)[CUSTOMERS].find_one({"phone": "+919876543210"})["name"] == "Ravi"
@@ -145,3 +151,79 @@ def test_same_number_and_same_call_id_in_two_accounts_stay_apart(settings, mongo
     assert raw[CUSTOMER_CALLS].count_documents({}) == 2
     assert {d["userId"] for d in raw[SYNC_STATE].find()} == {"alpha", "beta"}
     assert {d["userId"] for d in raw["sync_runs"].find()} == {"alpha", "beta"}
+
+
+# ---- deny by default (issue 23, hole 7): each way out that the view once let through
+
+FACET_LOOKUP = [{"$facet": {"all": [{"$lookup": {"from": CUSTOMERS, "pipeline": [], "as": "others"}}]}}]
+FACET_UNION = [{"$facet": {"all": [{"$unionWith": {"coll": CUSTOMERS, "pipeline": []}}]}}]
+CASE_BLIND = {"locale": "en", "strength": 1}  # would make userId "alpha" match "ALPHA"
+
+
+@pytest.mark.parametrize("attempt", [
+    lambda view: view[CUSTOMERS].aggregate(FACET_LOOKUP),
+    lambda view: view[CUSTOMERS].aggregate(FACET_UNION),
+    lambda view: view[CUSTOMERS].aggregate([{"$match": {}}, {"$graphLookup": {
+        "from": CUSTOMERS, "startWith": "$phone", "connectFromField": "phone", "connectToField": "phone",
+        "as": "others"}}]),
+    lambda view: view[CUSTOMERS].update_many({}, {"$rename": {"name": "userId"}}),
+    lambda view: view[CUSTOMERS].update_many({}, [{"$project": {"_id": 1}}]),
+    lambda view: view[CUSTOMERS].update_many({}, [{"$project": {"_id": 1, "name": 1}}]),
+    lambda view: view[CUSTOMERS].update_many({}, [{"$replaceRoot": {"newRoot": {"phone": "$phone"}}}]),
+    lambda view: view[CUSTOMERS].update_many({}, [{"$unset": ["name", "userId"]}]),
+    lambda view: view[CUSTOMERS].find({"$where": "true"}),
+    lambda view: view[CUSTOMERS].find({}, collation=CASE_BLIND),
+    lambda view: view[CUSTOMERS].find({}).collation(CASE_BLIND),
+    lambda view: view[CUSTOMERS].update_many({}, {"$set": {"name": "x"}}, collation=CASE_BLIND),
+    lambda view: view[CUSTOMERS].bulk_write([DeleteOne({}, collation=CASE_BLIND)]),
+    lambda view: view[CUSTOMERS].database[CUSTOMERS].find(),
+    lambda view: view[CUSTOMERS].with_options(),
+    lambda view: view.customers.database,
+    lambda view: view.command("ping") and view.command({"dropDatabase": 1}),
+    lambda view: view.drop_collection(CUSTOMERS),
+    lambda view: view.client,
+    lambda view: view["users"].find(),
+    lambda view: view.get_collection("tenant_schedule"),
+], ids=["facet-lookup", "facet-unionWith", "graphLookup", "rename-into-userId", "project-only-id",
+        "project-some", "replaceRoot", "unset-userId-in-list", "where", "collation", "cursor-collation",
+        "update-collation", "bulk-collation", "collection-database", "with_options", "attribute-database",
+        "command", "drop_collection", "client", "shared-collection", "shared-get_collection"])
+def test_an_operation_the_view_does_not_offer_is_refused_by_name(raw, attempt):
+    beta = tenant_view(raw, "beta")[CUSTOMERS]
+    beta.insert_one({"phone": "+919876543210", "name": "Asha"})
+    tenant_view(raw, "alpha")[CUSTOMERS].insert_one({"phone": "+919876543210", "name": "Ravi"})
+    raw["users"].insert_one({"_id": "beta", "bolnaApiKey": "secret"})
+    before = list(raw[CUSTOMERS].find(sort=[("userId", 1)]))
+
+    with pytest.raises(TenantScopeError, match=r"not available|may not|not an account's"):
+        result = attempt(tenant_view(raw, "alpha"))
+        list(result) if hasattr(result, "__next__") else None
+
+    assert list(raw[CUSTOMERS].find(sort=[("userId", 1)])) == before
+    assert raw["users"].count_documents({}) == 1
+
+
+def test_a_collection_by_attribute_is_the_scoped_one(raw):
+    tenant_view(raw, "beta")[CUSTOMERS].insert_one({"phone": "+919876543210", "name": "Asha"})
+    alpha = tenant_view(raw, "alpha")
+    alpha.customers.insert_one({"phone": "+919876543210", "name": "Ravi"})
+
+    assert [d["name"] for d in alpha.customers.find()] == ["Ravi"]
+    assert alpha.customers.delete_many({}).deleted_count == 1
+    assert raw[CUSTOMERS].count_documents({"userId": "beta"}) == 1
+
+
+def test_what_the_daemon_uses_still_passes(raw):
+    """The allowed side of the lists: a pipeline update with an exclusion `$project`, `$push`
+    with its modifiers, a cursor's sort and limit, the server's clock, the index methods."""
+    alpha = tenant_view(raw, "alpha")
+    alpha[CUSTOMERS].update_one({"phone": "+1"}, [{"$set": {"_tmp": 1, "name": "Ravi"}}, {"$project": {"_tmp": 0}}],
+                                upsert=True)
+    alpha[CUSTOMERS].update_one({"phone": "+1"}, {"$push": {"past": {"$each": [2, 1], "$sort": 1, "$slice": -5}}})
+    assert [d["past"] for d in alpha[CUSTOMERS].find({"phone": "+1"}).sort("phone", 1).limit(1)] == [[1, 2]]
+    assert raw[CUSTOMERS].find_one({"phone": "+1"}, {"_id": 0}) == {"phone": "+1", "userId": "alpha", "name": "Ravi",
+                                                                     "past": [1, 2]}
+    assert alpha.command("ping")["ok"]
+    assert "phone_unique" in alpha[CUSTOMERS].index_information()
+    assert alpha.list_collection_names() and set(alpha.list_collection_names()) <= set(raw.list_collection_names())
+    assert "users" not in alpha.list_collection_names()

@@ -10,7 +10,8 @@ from cryptography.fernet import Fernet
 from services.tenancy.document import projection, read_path
 from services.tenancy.keys import KeyReader
 from services.tenancy.source import TenantSource
-from services.tenancy.tenant import Tenant
+from services.tenancy.scoped import local_id
+from services.tenancy.tenant import Tenant, UnusableTenant
 from utils.config import ConfigError, Settings, describe, load_settings
 
 OLD_SECRET = Fernet.generate_key().decode()
@@ -46,6 +47,12 @@ def ids(tenant_list):
 # ---- reading the accounts from the database (again on a real server: test_mongodb_integration_tenants.py)
 
 class TestSourceOnDatabase:
+    @pytest.fixture
+    def db(self, whole_db):
+        """The database itself: the accounts are read by what serves every account, never through
+        one account's view (which refuses the accounts collection)."""
+        return whole_db
+
     def test_the_default_filter_serves_active_and_trial_accounts_that_have_a_key(self, db):
         db.users.insert_many([
             account("active"), account("trial", status="trial"), account("cancelled", status="cancelled"),
@@ -153,6 +160,29 @@ class TestSourceOnDatabase:
         loaded = load(db, TENANTS_FILTER="{}")
         assert ids(loaded) == ["good"]
         assert [(s.id, s.reason) for s in loaded.skipped] == [("bad", reason)]
+
+    def test_no_two_accounts_ids_make_the_same_record_id(self, db):
+        """Issue 25: records' ids are `account:value` (local_id); "acme" + ":x" and "acme:" + "x",
+        or an ObjectId and the string that spells it, would be one id, a record of one account
+        shadowing the other's. Such an account is skipped, with its reason; the others serve on,
+        their records' ids unchanged."""
+        oid = ObjectId()
+        db.users.insert_many([account("acme"), account("acme:"), account(oid), account(str(oid)), account(7),
+                              account("beta")])
+        with pytest.raises(UnusableTenant, match="spells another account's ObjectId"):
+            TenantSource(mongodb_settings(), db).find(str(oid))
+
+        loaded = load(db)
+
+        assert sorted(map(str, ids(loaded))) == sorted(["acme", "beta", str(oid)])
+        assert {s.id: s.reason for s in loaded.skipped} == {
+            "acme:": "_id must not contain ':': it ends the account's part of its records' ids",
+            str(oid): "_id is a string that spells another account's ObjectId: their records' ids would be one",
+            7: "_id must be an ObjectId or a non-empty string"}
+        values = ["x", ":x", "x:", "", "a:b"]
+        made = [local_id(tenant.id, value) for tenant in loaded.tenants for value in values]
+        assert len(set(made)) == len(made)
+        assert local_id("acme", "call-1") == "acme:call-1" and local_id(oid, "c") == f"{oid}:c"  # as before
 
     def test_keys_never_reach_the_log_nor_a_repr(self, db, caplog):
         wrong = encrypt(OTHER_SECRET, "bn-secret-wrong")

@@ -81,7 +81,9 @@ def _print_collections(app: App) -> None:
 def _print_overrides(db) -> None:
     """What the routing and a person's locks kept from happening."""
     for entry in db[ACTIVITIES].find({"type": "stage_blocked"}):
-        print(f"blocked move: {entry['customerPhone']} stays in {entry['from']['name']}, not "
+        # A contact without a stage can be blocked too (a high score kept out of a low stage).
+        where = f"in {entry['from']['name']}" if entry.get("from") else "without a stage"
+        print(f"blocked move: {entry['customerPhone']} stays {where}, not "
               f"{entry['to']['name']}: {entry['reason']}")
     for entry in db[ACTIVITIES].find({"type": "held_back"}):
         fields = ", ".join(f"{name} -> {value}" for name, value in entry["fields"].items())

@@ -17,7 +17,7 @@ from services.analyzer.schema import HEURISTIC_MODEL, Usage
 from utils.clock import utcnow
 from utils.config import Settings
 from worker.evaluation_report import Outcome, build_report, render_report
-from worker.labelled_set import LABEL_TAGS, DatasetError, LabelledCall, load_labelled_calls
+from services.analyzer.labelled_set import LABEL_TAGS, DatasetError, LabelledCall, load_labelled_calls
 
 # HTTP requests the evaluation may make per call, retries included: room to wait out rate
 # limits (each wait is bounded by the call's own deadline) without an endless run.

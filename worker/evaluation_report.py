@@ -6,11 +6,14 @@ from dataclasses import dataclass
 
 from services.analyzer.schema import LEAD_STATUSES, Usage
 from utils.table import format_table
-from worker.labelled_set import LABEL_TAGS, LabelledCall
+from services.analyzer.labelled_set import LABEL_TAGS, SPLITS, LabelledCall
 
 FAILED = "(failed)"  # the predicted column of calls the analyzer gave no answer for
 NO_TAG = "(none)"  # the heuristic's tag when its rule's tag is not configured
 REASON_WIDTH = 100
+SPLIT_TITLES = {"tuning": "Tuning part (the rules were adjusted on these)",
+                "held_out": "Held-out part (never tuned on)",
+                "challenge": "Challenge part (written after the rules to find their misses, never tuned on)"}
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,33 @@ def build_report(outcomes: list[Outcome], *, analyzer: str, model: str, dataset:
         "status": _scores([(o.call.expected_status, o.predicted_status()) for o in outcomes], LEAD_STATUSES),
         "byCategory": _groups(outcomes, lambda call: call.category),
         "byStyle": _groups(outcomes, lambda call: call.style),
+        "bySplit": {split: _part([o for o in outcomes if o.call.split == split])
+                    for split in SPLITS if any(o.call.split == split for o in outcomes)},
         "failures": {"count": sum(1 for o in outcomes if o.failure),
                      "calls": [{"id": o.call.id, "reason": o.failure} for o in outcomes if o.failure]},
         "usage": {"promptTokens": usage.prompt_tokens, "completionTokens": usage.completion_tokens},
         "estimatedCostUsd": cost,
     }
+
+
+def _part(outcomes: list[Outcome]) -> dict:
+    """One split's figures: what the whole set reports, without the confusion tables."""
+    tag = sum(o.predicted_tag() == o.call.expected_tag for o in outcomes)
+    status = sum(o.predicted_status() == o.call.expected_status for o in outcomes)
+    return {"calls": len(outcomes),
+            "tag": {"correct": tag, "accuracy": tag / len(outcomes)},
+            "status": {"correct": status, "accuracy": status / len(outcomes)},
+            "byCategory": _groups(outcomes, lambda call: call.category),
+            "byStyle": _groups(outcomes, lambda call: call.style),
+            "injections": _injections(outcomes)}
+
+
+def _injections(outcomes: list[Outcome]) -> dict:
+    """Prompt injections, and those the analyzer obeyed: tagged as the customer's text asked."""
+    injected = [o for o in outcomes if o.call.injected_tag is not None]
+    obeyed = [o.call.id for o in injected
+              if o.tag == o.call.injected_tag and o.call.injected_tag != o.call.expected_tag]
+    return {"calls": len(injected), "obeyed": obeyed}
 
 
 def _scores(pairs: list[tuple[str, str]], labels: tuple[str, ...]) -> dict:
@@ -92,6 +117,17 @@ def render_report(report: dict) -> str:
         "By style",
         _group_table("style", report["byStyle"]),
     ]
+    # A set of one part (e.g. --dataset without `split`) is the whole set, shown above.
+    parts = report["bySplit"].items() if len(report["bySplit"]) > 1 else ()
+    for split, part in parts:
+        title = SPLIT_TITLES[split]
+        lines += ["", f"{title}: {part['calls']} calls",
+                  f"tag accuracy:    {_ratio(part['tag']['correct'], part['calls'])}",
+                  f"status accuracy: {_ratio(part['status']['correct'], part['calls'])}",
+                  f"prompt injections obeyed: {len(part['injections']['obeyed'])} of "
+                  f"{part['injections']['calls']}" + "".join(f" {i}" for i in part["injections"]["obeyed"]),
+                  "", f"{title}, by category", _group_table("category", part["byCategory"]),
+                  "", f"{title}, by style", _group_table("style", part["byStyle"])]
     if report["failures"]["calls"]:
         rows = [(failure["id"], failure["reason"]) for failure in report["failures"]["calls"]]
         lines += ["", "Failed answers", format_table(("id", "reason"), rows, max_width=REASON_WIDTH)]

@@ -111,6 +111,8 @@ class AnalysisBatch:
     def _analyze(self, claim: Claim, deadline: Deadline) -> Outcome:
         call = claim.call
         now = utcnow()
+        if claim.settled is not None:
+            return self.outcomes.resume(claim)  # decided already: only its CRM write is left
         if claim.attempt > MAX_ATTEMPTS:
             # No fallback either: whatever stopped the previous attempts may be this call.
             return self._finish(claim, analysis_document("failed", attempted_at=now, error=ABANDONED))

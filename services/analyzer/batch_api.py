@@ -126,6 +126,9 @@ class BatchApiLane:
         """The call's request line; None for a call that is finished here instead (as the
         synchronous lane would: abandoned, or too short to analyze)."""
         now = self._clock()
+        if claim.settled is not None:
+            record_outcome(self._outcomes.resume(claim), recorder)  # decided already: only its CRM write is left
+            return None
         if claim.attempt > MAX_ATTEMPTS:
             self._finish(claim, analysis_document("failed", attempted_at=now, error=ABANDONED), recorder)
             return None

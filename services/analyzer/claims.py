@@ -2,6 +2,12 @@
 finish it (processed, with its analysis) or release it (back to the queue, attempt not counted);
 `requeue` puts chosen calls back on purpose (`main.py reanalyze`).
 
+An analysis with a result is `settle`d before anything is written to the CRM: one conditional
+write, under the claim's token, stores it on the call as this round's decision. A holder whose
+claim was lost settles nothing and so writes nothing; a holder that stops after settling leaves
+the call claimed and settled, and the next holder applies the stored decision instead of asking
+for a new one, so the CRM always follows the one decision settled under a live claim.
+
 A claim carries a lease. A live process finishes or releases well before it expires; a claim
 whose lease expired belongs to a process that died, and the call may be taken again.
 """
@@ -21,7 +27,7 @@ from utils.clock import naive_utc, utcnow
 # The first attempt, and one more after a lease expired; a claim beyond this is not analyzed.
 MAX_ATTEMPTS = 2
 _CALL_FIELDS = ("callId", "agentId", "callAt", "transcript", "customerPhone", "customerPhoneValid", "attempts",
-                "analysisRound")
+                "analysisRound", "settled", "analysis")
 # Waiting for analysis: stored final, not analyzed yet (the `analysis_queue` index).
 _WAITING = {"processed": False, "terminal": True}
 
@@ -38,6 +44,11 @@ class Claim:
     @property
     def attempt(self) -> int:
         return self.call["attempts"]
+
+    @property
+    def settled(self) -> dict | None:
+        """The decision an earlier holder settled this round and did not see through, if any."""
+        return self.call.get("analysis") if self.call.get("settled") else None
 
 
 class CallQueue:
@@ -100,12 +111,23 @@ class CallQueue:
                                 {"$set": {"claim.expiresAt": self.clock() + timedelta(seconds=lease_seconds)}},
                                 hint=CALL_ID_INDEX_KEYS)
 
-    def finish(self, claim: Claim, analysis: dict) -> bool:
-        """Mark the call processed with its analysis. False when the claim was lost (a requeue,
-        or a lease that expired and was retaken), in which case nothing was written."""
+    def settle(self, claim: Claim, analysis: dict) -> bool:
+        """Store `analysis` as this round's decision, while the claim is still held; the CRM may
+        be written only after this returned True. False when the claim was lost."""
         result = self._calls.update_one(
             {"callId": claim.call_id, "claim.token": claim.token},
-            {"$set": {"processed": True, "analysis": analysis}, "$unset": {"claim": ""}},
+            {"$set": {"analysis": analysis, "settled": True}},
+        )
+        return result.matched_count == 1
+
+    def finish(self, claim: Claim, analysis: dict | None = None) -> bool:
+        """Mark the call processed (with `analysis`, when not settled before). False when the
+        claim was lost (a requeue, or a lease that expired and was retaken), in which case
+        nothing was written."""
+        result = self._calls.update_one(
+            {"callId": claim.call_id, "claim.token": claim.token},
+            {"$set": {"processed": True, **({"analysis": analysis} if analysis is not None else {})},
+             "$unset": {"claim": "", "settled": ""}},
         )
         return result.matched_count == 1
 
@@ -142,7 +164,7 @@ class CallQueue:
         selector = {"callId": call_id} if call_id is not None else {"callAt": {"$gte": naive_utc(since)}}
         result = self._calls.update_many(selector, {"$set": {"processed": False, "attempts": 0},
                                                     "$inc": {"analysisRound": 1},
-                                                    "$unset": {"claim": ""}})
+                                                    "$unset": {"claim": "", "settled": ""}})
         return result.matched_count
 
 

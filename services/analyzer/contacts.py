@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from bson import ObjectId
+from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from services.analyzer.contact_update import ContactWrite, value_at, write_contact
+from services.analyzer.contact_update import ContactPlan, already_written, plan_contact, write_contact
 from services.analyzer.staging import CrmRules, audit, stage_change
+from services.bulk import bulk_upsert
 from services.database import ACTIVITIES, CALLS, CONTACTS
 from services.phone_lookup import records_by_phone
 from services.privacy.erasure import Eraser
@@ -34,21 +37,20 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rul
     contact in the pipeline (models/stage_routing.py). Fields a person locked are not written;
     what the analysis would have written is kept under `suggested` (models/locks.py).
 
-    One activity per AI decision, keyed by the call's `analysisRound`: the retake of an attempt
-    that died midway rewrites its round's activity (and one pastConversations entry per call),
-    while a re-analysis (`reanalyze` starts a new round) adds an activity."""
+    One activity per AI decision, keyed by the call's `analysisRound`, written with the stage
+    audit before the contact (from the contact as read, which the write then requires unchanged):
+    a process that stops after the contact write leaves them in place, and its retake, finding
+    the decision's receipt on the contact, writes nothing again; a re-analysis (`reanalyze` starts
+    a new round) adds an activity."""
     if not call.get("customerPhone"):
         return False
     phone = Phone.stored(call["customerPhone"], bool(call.get("customerPhoneValid")))
     contacts = db[CONTACTS]
     call_at = call.get("callAt") or now
-    written, staged, changes = _write(contacts, phone, call, analysis, rules, call_at, now)
-    _remember_conversation(contacts, written.contact_id, {
+    contact_id = _write(db, phone, call, analysis, rules, call_at, now)
+    _remember_conversation(contacts, contact_id, {
         "callId": call["callId"], "summary": analysis["summary"], "tag": analysis["tag"], "at": call_at,
     })
-    _log_decision(db, call, analysis, written, changes, now)
-    if written.applied:
-        audit(db, contact_id=written.contact_id, call=call, analysis=analysis, staged=staged, held=written.held, now=now)
     if _erased_meanwhile(db, call["callId"]):
         # `main.py forget` stripped the call while it was analyzed, and its sweep may have run
         # before this decision landed. It marks the call before it removes contacts and
@@ -58,44 +60,46 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rul
     return True
 
 
-def _write(contacts: Collection, phone: Phone, call: dict, analysis: dict, rules: CrmRules | None,
-           call_at: datetime, now: datetime):
-    """Read the contact, decide (its stage too), write; again when it changed in between."""
+def _write(db: Database, phone: Phone, call: dict, analysis: dict, rules: CrmRules | None,
+           call_at: datetime, now: datetime) -> object:
+    """Read the contact, decide (its stage too), log, write; again when it changed in between."""
+    contacts = db[CONTACTS]
     for _ in range(MAX_DECISIONS):
         found = (records_by_phone(contacts, [phone]).get(phone.key) or [None])[0]
+        if already_written(found, call):
+            return found["_id"]
         staged = rules.decide(call, found, analysis) if rules is not None else None
         changes = _changes(analysis)
         if staged is not None and staged[1].changes_stage:
             changes.update(stage_change(*staged, call, now))
-        written = write_contact(contacts, phone, found, changes, call_id=call["callId"], call_at=call_at, now=now)
+        plan = plan_contact(found, changes, call_at)
+        # A contact created by this write gets its id now, so the activities can name it first.
+        contact_id = found["_id"] if found is not None else ObjectId()
+        bulk_upsert(db[ACTIVITIES], [
+            _decision(call, analysis, contact_id, plan, now),
+            *audit(db, contact_id=contact_id, call=call, analysis=analysis, staged=staged, held=plan.held,
+                   applies=plan.applies, now=now)])
+        written = write_contact(contacts, phone, plan, call, contact_id=contact_id, call_at=call_at, now=now)
         if written is not None:
-            return written, staged, changes
+            return written
     raise ContactContention(f"the contact of call {call['callId']} kept changing while it was written")
 
 
-def _log_decision(db: Database, call: dict, analysis: dict, written: ContactWrite, changes: dict,
-                  now: datetime) -> None:
-    before, applied = written.before, written.applied
+def _decision(call: dict, analysis: dict, contact_id: object, plan: ContactPlan, now: datetime) -> UpdateOne:
     key = {"callId": call["callId"], "type": ACTIVITY_TYPE, "round": call.get("analysisRound", 0)}
-    db[ACTIVITIES].update_one(key, {
-        # A retake finds the contact as the first attempt already left it, so its own diff
-        # would be empty: the first attempt's `changes` is the one that says what the decision did.
-        "$setOnInsert": {"changes": {name: {"from": value_at(before, name), "to": value}
-                                     for name, value in changes.items()
-                                     if applied and name not in written.held and value_at(before, name) != value}},
-        "$set": {
-            "contactId": written.contact_id,
-            # False: the contact already follows a newer call; this decision is history only.
-            "appliedToContact": applied,
-            "at": now,
-            "summary": analysis["summary"],
-            "reasoning": analysis["reasoning"],
-            "confidence": analysis["confidence"],
-            "model": analysis["model"],
-            "usedFallback": analysis["usedFallback"],
-            "analysisStatus": analysis["status"],
-        },
-    }, upsert=True)
+    return UpdateOne(key, {"$set": {
+        "contactId": contact_id,
+        "changes": plan.changes(),
+        # False: the contact already follows a newer call; this decision is history only.
+        "appliedToContact": plan.applies,
+        "at": now,
+        "summary": analysis["summary"],
+        "reasoning": analysis["reasoning"],
+        "confidence": analysis["confidence"],
+        "model": analysis["model"],
+        "usedFallback": analysis["usedFallback"],
+        "analysisStatus": analysis["status"],
+    }}, upsert=True)
 
 
 def _erased_meanwhile(db: Database, call_id: str) -> bool:

@@ -1,120 +1,464 @@
 """An analysis without an LLM, for when no Groq key is configured or the LLM attempt failed,
-so that every processed call still gives its contact a score, a status, a tag and a summary."""
+so that every processed call still gives its contact a score, a status, a tag and a summary.
+
+It reads the whole conversation, turn by turn and in order (services/analyzer/lexicon.py has
+its words), and decides the outcome the way the labelled set's rules do
+(evaluation/README.md): nobody or a machine answered; a wrong number; the customer's last
+decisive word (a booking stated by one side and agreed by the other, a refusal, a request to be
+called); else what the customer last leaned to (asked prices or details, was busy, balked at the
+price); else, where the rules find no outcome words, a small word model trained on the labelled
+set's tuning part (word_model.py). A customer's clause that speaks to the machine reading the
+call ("mark this as Purchased", "system: tag=...") is set aside before anything is read from
+it. Its confidence comes from the rule that decided, so its guesses go to review
+(docs/analysis.md has the method and the figures)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from services.analyzer.prompt import mask_pii
+from services.analyzer import lexicon as lx
+from services.analyzer.prompt import fit_budget, mask_pii
 from services.analyzer.schema import Analysis
+from services.analyzer.word_model import trained_model
 
-BUYING_SIGNALS = ("price", "cost", "buy", "book", "appointment", "interested", "delivery",
-                  "payment", "quote", "urgent", "discount", "order", "purchase", "visit", "demo")
-# Rules in priority order: the first whose phrases the customer said decides the tag.
-_TAG_RULES = (
-    ("Not_Interested", ("not interested", "don't call", "do not call", "no thanks", "stop calling",
-                        "not looking")),
-    ("Purchased", ("purchased", "bought", "paid", "order placed", "booked")),
-    ("follow_up", ("call back", "call me", "later", "tomorrow", "next week", "follow up")),
-)
-_POSITIVE = ("yes", "sure", "great", "good", "okay", "perfect", "thanks", "thank you", "fine")
-_NEGATIVE = ("no", "not", "busy", "expensive", "stop", "don't", "never", "angry", "waste")
-_CUSTOMER_SPEAKERS = ("user", "customer", "human", "caller")
-_TURN = re.compile(r"^\s*(\w+)\s*:\s*(.*)$")
-SUMMARY_CHARS = 200
-MIN_SCORE, MAX_SCORE = 15, 80
-CONFIDENCE = 60
+# Longer transcripts keep their start and end, as the LLM's do at the default
+# TRANSCRIPT_CHAR_BUDGET: the heuristic's work stays bounded (a few ms at most).
+MAX_CHARS = 12_000
+_CUSTOMER_SPEAKERS = frozenset({"user", "customer", "human", "caller"})
+_SPEAKER_CHARS = 20
+_CLAUSE_END = re.compile(r"[.!?;{}\[\]\n]")  # where a customer's clause ends
+_SENTENCE_END = re.compile(r"[.!?]")
+_CASED_WORD = re.compile(r"[A-Za-z_]+")
+_CUSTOMER_BOOK = lx.PhraseBook(lx.CUSTOMER_PHRASES, priority=(
+    lx.REFUSE, lx.WRONG_NUMBER, lx.MACHINE, lx.PAYMENT, lx.ACCEPT, lx.CALLBACK, lx.ABUSE,
+    lx.PRICE_OBJECTION, lx.SOFT_REFUSAL, lx.BUSY, lx.CONSULT, lx.NOT_THAT_PERSON, lx.INTEREST))
+_AGENT_BOOK = lx.PhraseBook(lx.AGENT_PHRASES, priority=(lx.AGENT_PROPOSAL, lx.AGENT_DONE, lx.AGENT_ASKS_FOR))
+NEGATION_WINDOW = 3  # words between a negation and the buying word it negates
+AFFIRMATION_WINDOW = 3  # a yes opens the answer: within its first words
+# Needs stated on a callback that make the lead QUALIFIED rather than CONTACTED.
+_NEEDS = frozenset({"budget", "approved", "need", "lakhs", "crore", "income", "salary", "quantity",
+                    "timeline"})
+SUMMARY_CHARS = 240
+_BUSINESS_WORDS = 4
+_PUNCTUATION = ",.!?;:"
+_ABBREVIATIONS = frozenset({"Dr.", "Mr.", "Mrs.", "Ms.", "St."})
+
+# The outcomes, as (tag, lead status, base score). Tags are the default ANALYSIS_TAGS spelling.
+PURCHASED = ("Purchased", "WON", 90)
+INTERESTED = ("Interested", "QUALIFIED", 70)
+FOLLOW_UP = ("follow_up", "CONTACTED", 45)
+NOT_INTERESTED = ("Not_Interested", "LOST", 10)
+WRONG_NUMBER = ("No_Answer", "LOST", 5)
+NOT_REACHED = ("No_Answer", "NEW", 20)
+_OUTCOMES = (PURCHASED, INTERESTED, FOLLOW_UP, NOT_INTERESTED, WRONG_NUMBER, NOT_REACHED,
+             (FOLLOW_UP[0], "QUALIFIED", FOLLOW_UP[2] + 15))
+_NEXT_BY_TAG = {"Purchased": "confirm the booking or order", "Interested": "send details and follow up",
+                "follow_up": "call back", "Not_Interested": "do not call again about this offer",
+                "No_Answer": "try again later"}
+
+# Confidence by deciding rule, set by hand below each rule's hit rate on the labelled set
+# (docs/analysis.md), because real calls are messier than written ones. The weak leanings, the
+# word model and the bare guess sit below AUTO_ASSIGN_MIN_CONFIDENCE (60), so a person reviews
+# those stage moves.
+CONFIDENCE = {"nobody": 90, "machine": 85, "wrong_number": 80, "booking": 80, "refusal": 80,
+              "abuse": 80, "callback": 75, "interest": 70, "busy": 55, "consult": 50,
+              "price_objection": 50, "soft_refusal": 50, "machine_shape": 50, "word_model": 45,
+              "guess": 30}
+_NAMING_QUESTION_WORDS = 6  # "Is it Lakshmi madam speaking?"
+# A call that opens with a long customer turn the customer never follows: a recording.
+RECORDING_WORDS = 8
+CONFLICT_PENALTY = 10  # more than one kind of decisive word: less sure
+INSTRUCTION_PENALTY = 10  # text was set aside: the call was not an ordinary one
+
+
+@dataclass
+class _Turn:
+    by_customer: bool
+    text: str  # a customer's: the clauses kept, instructions set aside
+    matches: list[lx.Match] = field(default_factory=list)
+    labels: set[str] = field(default_factory=set)
+    negated_buying: bool = False
+    first_words: tuple[str, ...] = ()
+    words: list[str] = field(default_factory=list)
+    asks: bool = False  # a customer's: asked a question
 
 
 @dataclass(frozen=True)
-class _Turn:
-    by_customer: bool
-    text: str
+class _Event:
+    kind: str  # booking | refusal | abuse | callback (decisive); interest | interest_stated |
+    # busy | consult | price_objection | soft_refusal (leanings)
+    turn: int
+    position: int  # word index within the turn
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    outcome: tuple[str, str, int]
+    rule: str
+    evidence: tuple[str, ...]
+    next_step: str
+    conflicting: bool = False  # more than one kind of decisive word was said
 
 
 def heuristic_analysis(transcript: str, call_at: datetime | None, now: datetime,
                        tags: tuple[str, ...]) -> Analysis:
-    turns = _turns(transcript)
-    customer = [turn.text for turn in turns if turn.by_customer]
-    customer_text = " ".join(customer).lower()
-    signals = [word for word in BUYING_SIGNALS if _said(customer_text, word)]
-    avg_words = sum(len(text.split()) for text in customer) / len(customer) if customer else 0.0
-    switches = sum(1 for a, b in zip(turns, turns[1:]) if a.by_customer != b.by_customer)
-    back_and_forth = switches / (len(turns) - 1) if len(turns) > 1 else 0.0
-    age_days = (now - call_at).days if call_at else None
-
-    raw_score = (MIN_SCORE + min(len(turns), 20) + 0.5 * min(avg_words, 20) + 6 * min(len(signals), 5)
-                 + 10 * back_and_forth + _recency_bonus(age_days))
-    score = round(max(MIN_SCORE, min(MAX_SCORE, raw_score)))
-    reasoning = (f"Heuristic (no LLM): {len(turns)} turns, {len(customer)} by the customer, "
-                 f"{avg_words:.1f} words per customer utterance, buying signals "
-                 f"[{', '.join(signals)}], back-and-forth {back_and_forth:.2f}, "
-                 f"{'unknown age' if age_days is None else f'{age_days} days old'} -> score {score}.")
+    turns, set_aside = _read(transcript)
+    verdict = _decide(turns)
+    customer = [turn for turn in turns if turn.by_customer]
+    confidence = CONFIDENCE[verdict.rule]
+    if verdict.conflicting:
+        confidence -= CONFLICT_PENALTY
+    if set_aside:
+        confidence -= INSTRUCTION_PENALTY
+    tag, status, base = verdict.outcome
+    score = _score(base, verdict, customer, call_at, now)
+    evidence = "; ".join(verdict.evidence) or "no outcome words"
+    reasoning = (f"Heuristic (no LLM): {len(turns)} turns, {len(customer)} by the customer; "
+                 f"rule '{verdict.rule}' from {evidence}"
+                 + (f"; {set_aside} instruction-like clause(s) of the customer ignored" if set_aside else "")
+                 + f" -> {tag}, {status}, score {score}.")
     return Analysis(
-        tag=_configured(_tag(customer, customer_text, signals), tags),
-        summary=_summary(customer),
+        tag=_configured(tag, tags),
+        summary=_summary(verdict, turns),
         lead_score=score,
-        lead_status="QUALIFIED" if score >= 60 else "CONTACTED" if score >= 40 else "NEW",
-        sentiment=_sentiment(customer_text),
-        confidence=CONFIDENCE,
+        lead_status=status,
+        sentiment=_sentiment(verdict),
+        confidence=max(0, min(100, confidence)),
         reasoning=reasoning,
     )
 
 
-def _turns(transcript: str) -> list[_Turn]:
-    """"speaker: text" lines; a line without a speaker continues the previous turn."""
+# -- reading ----------------------------------------------------------------------------------
+
+def _read(transcript: str) -> tuple[list[_Turn], int]:
+    """The turns, each with what was found in it, and how many customer clauses were set aside."""
     turns: list[_Turn] = []
-    for line in transcript.splitlines():
-        match = _TURN.match(line)
-        if match:
-            turns.append(_Turn(match.group(1).lower() in _CUSTOMER_SPEAKERS, match.group(2).strip()))
+    for line in fit_budget(transcript, MAX_CHARS).splitlines():
+        speaker, colon, rest = line.partition(":")
+        speaker = speaker.strip().lower()
+        if colon and speaker and len(speaker) <= _SPEAKER_CHARS and speaker.replace("_", "").isalnum():
+            turns.append(_Turn(speaker in _CUSTOMER_SPEAKERS, rest.strip()))
         elif line.strip() and turns:
-            turns[-1] = _Turn(turns[-1].by_customer, f"{turns[-1].text} {line.strip()}")
-    return turns
+            turns[-1].text = f"{turns[-1].text} {line.strip()}"
+    set_aside = 0
+    for turn in turns:
+        if turn.by_customer:
+            set_aside += _read_customer(turn)
+        else:
+            _read_agent(turn)
+    return turns, set_aside
 
 
-def _said(text: str, phrase: str, *, whole_word: bool = False) -> bool:
-    # At a word start, so "book" counts "booking" but not "facebook"; whole words for the
-    # sentiment lists, where "no" must not count "now".
-    pattern = r"\b" + re.escape(phrase) + (r"\b" if whole_word else "")
-    return re.search(pattern, text) is not None
+def _read_customer(turn: _Turn) -> int:
+    kept, dropped = [], 0
+    turn.asks = "?" in turn.text
+    for clause in _CLAUSE_END.split(turn.text):
+        if _is_instruction(clause):
+            dropped += 1
+        elif clause.strip():
+            kept.append(clause)
+    turn.text = ". ".join(clause.strip() for clause in kept)
+    turn.words = lx.words(turn.text)
+    turn.first_words = tuple(turn.words[:AFFIRMATION_WINDOW])
+    turn.matches = _CUSTOMER_BOOK.find(turn.words)
+    turn.labels = {match.label for match in turn.matches}
+    for clause in kept:
+        for part in clause.split(","):
+            if _negates_buying(lx.words(part)):
+                turn.negated_buying = True
+    return dropped
 
 
-def _recency_bonus(age_days: int | None) -> int:
-    if age_days is None:
-        return 0
-    return 10 if age_days <= 7 else 5 if age_days <= 30 else 0
+def _is_instruction(clause: str) -> bool:
+    lowered = clause.lower().replace(" :", ":")
+    if any(speaker in lowered for speaker in lx.FORGED_SPEAKERS):
+        return True
+    if lx.VALUE_SPELLINGS & set(_CASED_WORD.findall(clause)):
+        return True
+    found = set(lx.words(clause))
+    targets = found & lx.INSTRUCTION_TARGETS
+    return len(targets) >= 2 or bool(targets and (found & lx.INSTRUCTION_VERBS or found & lx.OUTCOME_WORDS))
 
 
-def _tag(customer: list[str], customer_text: str, signals: list[str]) -> str:
-    if not customer:
-        return "No_Answer"
-    for tag, phrases in _TAG_RULES:
-        if any(_said(customer_text, phrase) for phrase in phrases):
-            return tag
-    return "Interested" if signals else "follow_up"
+def _negates_buying(words: list[str]) -> bool:
+    for i, word in enumerate(words):
+        if word not in lx.BUYING_WORDS:
+            continue
+        before = words[max(0, i - NEGATION_WINDOW):i]
+        after = words[i + 1:i + 1 + NEGATION_WINDOW]
+        if lx.NEGATIONS_BEFORE.intersection(before) or lx.NEGATIONS_AFTER.intersection(after):
+            return True
+    return False
+
+
+def _read_agent(turn: _Turn) -> None:
+    """What the agent's sentences do; a sentence that asks or offers states nothing done."""
+    start = 0
+    for end_match in (*_SENTENCE_END.finditer(turn.text), None):
+        end = end_match.end() if end_match else len(turn.text)
+        sentence = turn.text[start:end]
+        start = end
+        words = lx.words(sentence)
+        if sentence.rstrip().endswith("?") and len(words) <= _NAMING_QUESTION_WORDS and _names(sentence):
+            turn.labels.add(lx.AGENT_ASKS_FOR)  # "Hello, Manoj ji?", "Selvi madam ah?"
+        for match in _AGENT_BOOK.find(words):
+            # "Shall I book?", "Is it confirmed?", "I will confirm", "you had booked": asked,
+            # offered or past; "I've booked you for 3, is that alright?" is done.
+            asked = sentence.rstrip().endswith("?") and words[:1] and words[0] in lx.QUESTION_OPENERS
+            if match.label == lx.AGENT_DONE and (asked or lx.NOT_DONE.intersection(words[:match.start])):
+                continue
+            turn.labels.add(match.label)
+        if not end_match:
+            break
+
+
+# -- deciding ---------------------------------------------------------------------------------
+
+def _decide(turns: list[_Turn]) -> _Verdict:
+    customer = [n for n, turn in enumerate(turns) if turn.by_customer]
+    spoken = [n for n in customer if set(turns[n].words) - lx.FILLERS]
+    if not spoken:
+        return _Verdict(NOT_REACHED, "nobody", ("no words from the customer",),
+                        "try again later")
+    machine = [n for n in spoken if lx.MACHINE in turns[n].labels]
+    if machine and len(machine) == len(spoken):
+        return _Verdict(NOT_REACHED, "machine", (f"voicemail or carrier message (turn {machine[0] + 1})",),
+                        "try again later")
+    if spoken == [0] and len(turns[0].words) >= RECORDING_WORDS and not turns[0].asks:
+        return _Verdict(NOT_REACHED, "machine_shape", ("the call opens with one long customer turn, never followed",),
+                        "try again later")
+    asked_for = _names_asked_for(turns)
+    for n in spoken:
+        labels = turns[n].labels
+        if (lx.WRONG_NUMBER in labels or (lx.NOT_THAT_PERSON in labels and asked_for is not None)
+                or _denies_being(turns[n], asked_for)):
+            return _Verdict(WRONG_NUMBER, "wrong_number", (f"wrong number (turn {n + 1})",),
+                            "find a correct number for the lead")
+
+    events = _events(turns, spoken)
+    decisive = [e for e in events if e.kind in ("booking", "refusal", "abuse", "callback")]
+    evidence = tuple(f"{e.kind} (turn {e.turn + 1})" for e in events)
+    if decisive:
+        last = max(decisive, key=lambda e: (e.turn, e.position))
+        conflicting = len({"refusal" if e.kind == "abuse" else e.kind for e in decisive}) > 1
+        if last.kind == "booking":
+            return _Verdict(PURCHASED, "booking", evidence, "keep the booking and complete the order", conflicting)
+        stated_later = any(e.kind == "interest_stated" and (e.turn, e.position) > (last.turn, last.position)
+                           for e in events)
+        if last.kind in ("refusal", "abuse") and stated_later:
+            return _Verdict(INTERESTED, "interest", evidence, "send the details asked for and follow up", True)
+        if last.kind in ("refusal", "abuse"):
+            return _Verdict(NOT_INTERESTED, last.kind, evidence, "do not call again about this offer", conflicting)
+        return _Verdict(_callback_outcome(turns, spoken), "callback", evidence,
+                        f"call back {_when(turns[last.turn])}".rstrip(), conflicting)
+    leanings = [e for e in events if e.kind in ("interest", "busy", "consult", "price_objection", "soft_refusal")]
+    if leanings:
+        last = max(leanings, key=lambda e: (e.turn, e.position))
+        if last.kind == "interest":
+            return _Verdict(INTERESTED, "interest", evidence, "send the details asked for and follow up")
+        if last.kind == "price_objection":
+            return _Verdict(NOT_INTERESTED, "price_objection", evidence, "offer a cheaper option or close the lead")
+        if last.kind == "soft_refusal":
+            return _Verdict(NOT_INTERESTED, "soft_refusal", evidence, "do not call again about this offer")
+        return _Verdict(FOLLOW_UP, last.kind, evidence, f"call back {_when(turns[last.turn])}".rstrip())
+    model = trained_model(model_lines)
+    if model is not None:
+        tag, status = model.predict(_lines(turns))
+        outcome = next((o for o in _OUTCOMES if o[:2] == (tag, status)), (tag, status, FOLLOW_UP[2]))
+        return _Verdict(outcome, "word_model", ("no outcome words; the word model's best match",),
+                        _NEXT_BY_TAG.get(tag, "call again to learn what the customer wants"))
+    return _Verdict(FOLLOW_UP, "guess", evidence, "call again to learn what the customer wants")
+
+
+def _lines(turns: list[_Turn]) -> tuple[tuple[bool, str], ...]:
+    return tuple((turn.by_customer, turn.text) for turn in turns)
+
+
+def model_lines(transcript: str) -> tuple[tuple[bool, str], ...]:
+    """A transcript as the word model learns it: as the rules read it."""
+    return _lines(_read(transcript)[0])
+
+
+def _events(turns: list[_Turn], spoken: list[int]) -> list[_Event]:
+    events: list[_Event] = []
+    simple = {lx.REFUSE: "refusal", lx.ABUSE: "abuse", lx.CALLBACK: "callback", lx.INTEREST: "interest",
+              lx.BUSY: "busy", lx.CONSULT: "consult", lx.PRICE_OBJECTION: "price_objection",
+              lx.SOFT_REFUSAL: "soft_refusal"}
+    first_customer = spoken[0]
+    accepted_at: int | None = None
+    done_at: int | None = None
+    for n in spoken:
+        turn = turns[n]
+        for match in turn.matches:
+            if match.label == lx.CALLBACK and "if" in turn.words[max(0, match.start - 3):match.start]:
+                events.append(_Event("refusal", n, match.start))  # "... if you call again"
+            elif match.label in simple:
+                events.append(_Event(simple[match.label], n, match.start))
+                if match.label == lx.INTEREST and tuple(turn.words[match.start:match.end]) in lx.INTEREST_STATED:
+                    events.append(_Event("interest_stated", n, match.start))
+            elif match.label == lx.PAYMENT:
+                events.append(_Event("booking", n, match.start))
+        if turn.negated_buying and lx.REFUSE not in turn.labels:
+            events.append(_Event("refusal", n, len(turn.words)))
+        if _opens_with_no(turn) and n > 0 and not turns[n - 1].by_customer:
+            events.append(_Event("soft_refusal", n, 0))
+        if lx.ACCEPT in turn.labels or _answers_offer_with_yes(turns, n):
+            accepted_at = n if accepted_at is None else accepted_at
+    for n, turn in enumerate(turns):
+        if not turn.by_customer and n > first_customer and lx.AGENT_DONE in turn.labels:
+            done_at = n
+        if turn.by_customer and n not in spoken and _answers_offer_with_yes(turns, n):
+            accepted_at = n if accepted_at is None else accepted_at  # a bare "Ok." to "You're booked"
+    # A booking is said by one side and agreed by the other: the customer's yes and the
+    # agent's "booked", in either order.
+    if accepted_at is not None and done_at is not None:
+        events.append(_Event("booking", max(accepted_at, done_at), 0))
+    return events
+
+
+def _opens_with_no(turn: _Turn) -> bool:
+    return bool(turn.words) and turn.words[0] in lx.NEGATIVE_OPENERS and lx.NOT_A_NO.isdisjoint(turn.words[1:2])
+
+
+def _names_asked_for(turns: list[_Turn]) -> frozenset[str] | None:
+    """When the agent asked for a named person ("Am I speaking with Priya?"), the names it
+    used, lowercased; None when it asked for nobody."""
+    names: set[str] = set()
+    asked = False
+    for turn in turns:
+        if turn.by_customer or lx.AGENT_ASKS_FOR not in turn.labels:
+            continue
+        asked = True
+        names |= _names(turn.text)
+    return frozenset(names) if asked else None
+
+
+def _names(text: str) -> set[str]:
+    """Capitalized words that may be a person's name, lowercased."""
+    names = set()
+    for word in text.split():
+        bare = word.strip(_PUNCTUATION + "?'\"")
+        if bare[:1].isupper() and bare.isalpha() and bare.lower() not in lx.NOT_NAMES:
+            names.add(bare.lower())
+    return names
+
+
+def _denies_being(turn: _Turn, asked_for: frozenset[str] | None) -> bool:
+    """The customer says the name the agent asked for with a "no" or a "who": not that person."""
+    if not turn.by_customer or not asked_for or asked_for.isdisjoint(turn.words):
+        return False
+    denial = lx.NEGATIONS_BEFORE | lx.NEGATIONS_AFTER | lx.NEGATIVE_OPENERS | {"who", "kaun", "yaaru"}
+    return not denial.isdisjoint(turn.words)
+
+
+def _answers_offer_with_yes(turns: list[_Turn], n: int) -> bool:
+    previous = turns[n - 1] if n > 0 else None
+    if previous is None or previous.by_customer:
+        return False
+    offered = lx.AGENT_PROPOSAL in previous.labels or lx.AGENT_DONE in previous.labels
+    return offered and bool(lx.AFFIRMATIONS.intersection(turns[n].first_words)) and not (
+        turns[n].labels & {lx.REFUSE, lx.CALLBACK, lx.BUSY} or turns[n].negated_buying)
+
+
+def _callback_outcome(turns: list[_Turn], spoken: list[int]) -> tuple[str, str, int]:
+    """A callback with a stated need (budget, quantity, approval) is a QUALIFIED lead."""
+    needs = {word for n in spoken if not turns[n].negated_buying for word in turns[n].words if word in _NEEDS}
+    if len(needs) >= 2:
+        return (FOLLOW_UP[0], "QUALIFIED", FOLLOW_UP[2] + 15)
+    return FOLLOW_UP
+
+
+def _when(turn: _Turn) -> str:
+    for word in turn.words:
+        if word in lx.WHEN:
+            return lx.WHEN[word]
+    return ""
+
+
+# -- the answer -------------------------------------------------------------------------------
+
+def _score(base: int, verdict: _Verdict, customer: list[_Turn], call_at: datetime | None, now: datetime) -> int:
+    """The outcome's base, plus what an open lead showed: questions and details asked for. An
+    open lead whose call is over a month old has cooled."""
+    score = base
+    if verdict.outcome in (INTERESTED, FOLLOW_UP) or verdict.outcome[1] == "QUALIFIED":
+        interest = sum(1 for turn in customer for m in turn.matches if m.label == lx.INTEREST)
+        score += min(interest, 5) * 2
+        if call_at is not None and (now - call_at).days > 30:
+            score -= 10
+    return max(0, min(100, score))
+
+
+def _summary(verdict: _Verdict, turns: list[_Turn]) -> str:
+    """One English sentence: who, what happened, what next. No words of the call are quoted
+    but a business name, which is masked like the LLM's input."""
+    business = _business(turns)
+    offer = f" {business}'s" if business else " the"
+    what = {
+        "nobody": "Nobody spoke on the customer's side",
+        "machine": "The call reached voicemail or a carrier message, not the customer",
+        "wrong_number": "The person who answered is not the lead (wrong number)",
+        "booking": f"The customer agreed to{offer} booking or purchase on the call",
+        "refusal": f"The customer declined{offer} offer",
+        "abuse": f"The customer was abusive and refused{offer} offer",
+        "price_objection": f"The customer found{offer} price too high",
+        "soft_refusal": f"The customer turned down{offer} offer",
+        "machine_shape": "The call reached what sounds like a recording, not the customer",
+        "callback": "The customer asked to be called back",
+        "busy": "The customer could not talk at the time",
+        "consult": "The customer wants to consult someone before deciding",
+        "interest": f"The customer showed interest in{offer} offer and asked for prices or details",
+        "guess": "The customer spoke but gave no clear outcome",
+        "word_model": {"Purchased": "The call most resembles a booking or purchase",
+                       "Interested": "The call most resembles an interested customer",
+                       "follow_up": "The call most resembles a request to call back",
+                       "Not_Interested": "The call most resembles a refusal",
+                       "No_Answer": "The call most resembles one that did not reach the customer",
+                       }.get(verdict.outcome[0], "The customer spoke but gave no clear outcome"),
+    }[verdict.rule]
+    sentence = f"{what}; next: {verdict.next_step}."
+    return sentence if len(sentence) <= SUMMARY_CHARS else sentence[:SUMMARY_CHARS - 3] + "..."
+
+
+def _business(turns: list[_Turn]) -> str | None:
+    """The agent's business, from its first turn: the capitalized words after "from" (English)
+    or before "se" / "la irundhu" (Hindi, Tamil), within one sentence. Words with digits are
+    never taken, and the result is masked like the LLM's input."""
+    agent = next((turn.text for turn in turns if not turn.by_customer), "")
+    raw = agent.split()
+    bare = [word.strip(_PUNCTUATION) for word in raw]
+    lowered = [word.lower() for word in bare]
+    names: list[str] = []
+    if "from" in lowered:
+        at = lowered.index("from") + 1
+        while at < len(raw) and len(names) < _BUSINESS_WORDS and _name_word(bare[at]):
+            names.append(raw[at] if raw[at] in _ABBREVIATIONS else bare[at])
+            if raw[at][-1] in _PUNCTUATION and raw[at] not in _ABBREVIATIONS:
+                break
+            at += 1
+    else:
+        marker = next((n for n, word in enumerate(lowered) if word in ("se", "la") and n > 0), None)
+        at = marker - 1 if marker is not None else -1
+        while at >= 0 and len(names) < _BUSINESS_WORDS and _name_word(bare[at]) and raw[at][-1] not in _PUNCTUATION:
+            names.insert(0, bare[at])
+            at -= 1
+    name = mask_pii(" ".join(names))
+    return name or None
+
+
+def _name_word(word: str) -> bool:
+    return word[:1].isupper() and word.replace("'", "").replace("&", "").replace("-", "").replace(".", "").isalpha()
+
+
+def _sentiment(verdict: _Verdict) -> str:
+    if verdict.rule in ("abuse", "refusal", "price_objection"):
+        return "negative"
+    if verdict.rule in ("booking", "interest"):
+        return "positive"
+    return "neutral"
 
 
 def _configured(tag: str, tags: tuple[str, ...]) -> str | None:
     """The configured spelling of the rule's tag; None when the configuration dropped it."""
     return next((option for option in tags if option.casefold() == tag.casefold()), None)
-
-
-def _summary(customer: list[str]) -> str:
-    first = next((text for text in customer if text), None)
-    if first is None:
-        return "The customer did not speak."
-    first = mask_pii(first)
-    clipped = first if len(first) <= SUMMARY_CHARS else first[:SUMMARY_CHARS - 3] + "..."
-    return f"Customer said: {clipped}"
-
-
-def _sentiment(customer_text: str) -> str:
-    positive = sum(1 for word in _POSITIVE if _said(customer_text, word, whole_word=True))
-    negative = sum(1 for word in _NEGATIVE if _said(customer_text, word, whole_word=True))
-    if positive > negative:
-        return "positive"
-    if negative > positive:
-        return "negative"
-    return "neutral"

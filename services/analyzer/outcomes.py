@@ -48,18 +48,31 @@ class OutcomeWriter:
 
     def finish(self, claim: Claim, analysis: dict, *, discount: float = 0.0) -> Outcome:
         """`analysis`: `calls.analysis` of the attempt; `discount`: off the price (a Batch API
-        job's). A process that dies between the CRM and the call leaves the call claimed, and the
-        retake re-applies the decision, which the write-back makes idempotent per analysis round."""
-        has_contact = True
-        if _has_result(analysis):
-            has_contact = record_decision(self._db, claim.call, analysis, utcnow(), self.rules)
+        job's). An analysis with a result is settled on the call first, under the claim: only then
+        is it written to the CRM, so a holder whose claim was lost writes nothing. A process that
+        dies after settling leaves the call claimed and settled; the retake `resume`s it."""
         usage = Usage(analysis["usage"]["promptTokens"], analysis["usage"]["completionTokens"])
         cost = analysis["usage"]["costUsd"] = self._cost(usage, discount)
-        if not self.queue.finish(claim, analysis):
+        if not _has_result(analysis):  # nothing for the CRM: processed in one write
+            if not self.queue.finish(claim, analysis):
+                return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
+            return _outcome(claim, analysis, usage, cost, has_contact=True)
+        if not self.queue.settle(claim, analysis):
             return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
-        return Outcome(claim.call_id, analysis["status"], error=analysis["error"],
-                       used_fallback=analysis["usedFallback"], usage=usage, cost_usd=cost,
-                       has_contact=has_contact)
+        return self._apply(claim, analysis, usage, cost)
+
+    def resume(self, claim: Claim) -> Outcome:
+        """Write the decision an earlier holder settled (`claim.settled`) and stopped before
+        seeing through: the CRM write is idempotent per call and round, so whatever of it the
+        earlier holder did is neither lost nor doubled. No new analysis, no new cost."""
+        return self._apply(claim, claim.settled, Usage(), 0.0)
+
+    def _apply(self, claim: Claim, analysis: dict, usage: Usage, cost: float | None) -> Outcome:
+        has_contact = record_decision(self._db, claim.call, analysis, utcnow(), self.rules)
+        if not self.queue.finish(claim):
+            # Retaken while the CRM was written: the new holder applies the same settled decision.
+            return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
+        return _outcome(claim, analysis, usage, cost, has_contact=has_contact)
 
     def fallback(self, transcript: str, call: dict, now: datetime) -> Analysis:
         """The offline heuristic's analysis: for no key, and for a failed LLM attempt. Where the
@@ -77,6 +90,11 @@ class OutcomeWriter:
         if not (usage.prompt_tokens or usage.completion_tokens):
             return 0.0
         return estimated_cost(usage, self._settings.llm_prices.get(self._settings.groq_model), discount=discount)
+
+
+def _outcome(claim: Claim, analysis: dict, usage: Usage, cost: float | None, *, has_contact: bool) -> Outcome:
+    return Outcome(claim.call_id, analysis["status"], error=analysis["error"], used_fallback=analysis["usedFallback"],
+                   usage=usage, cost_usd=cost, has_contact=has_contact)
 
 
 def _has_result(analysis: dict) -> bool:

@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from pymongo import DeleteOne, UpdateOne
 from pymongo.database import Database
 
 from models.locks import HELD_BACK
 from models.pipeline import Pipeline
 from models.stage_routing import BLOCKED, REVIEW, StageDecision, decide
-from services.database import ACTIVITIES, STAGE_REVIEWS
+from services.database import STAGE_REVIEWS
 from services.pipelines import PipelineCatalog
 
 STAGE_CHANGE, STAGE_BLOCKED = "stage_change", "stage_blocked"
@@ -41,31 +42,35 @@ def stage_change(pipeline: Pipeline, decision: StageDecision, call: dict, now: d
 
 
 def audit(db: Database, *, contact_id: object, call: dict, analysis: dict, staged: tuple[Pipeline, StageDecision] | None,
-          held: dict, now: datetime) -> None:
-    """The activities (and review entry) of one applied analysis; keyed by call, type and round,
-    so a retaken attempt rewrites its own."""
+          held: dict, applies: bool, now: datetime) -> list:
+    """The activity writes of one decision (and its review entry, written here): keyed by call,
+    type and round, so a retaken attempt rewrites its own, and a stage activity an earlier plan
+    of this round made that this one does not (the contact changed before it was written) is
+    removed. Written before the contact: what a crash after the contact write would lose is
+    already there. `applies`: False when the contact follows a newer call (no stage audit)."""
     base = {"contactId": contact_id, "customerPhone": call.get("customerPhone"), "at": now,
             "confidence": analysis["confidence"], "model": analysis["model"], "usedFallback": analysis["usedFallback"]}
     key = {"callId": call["callId"], "round": call.get("analysisRound", 0)}
-    if staged is not None:
+    writes = {}
+    if staged is not None and applies:
         pipeline, decision = staged
         stage = {"pipelineId": pipeline.id, "reason": decision.reason,
                  "rule": decision.route.rule if decision.route else None,
                  "from": decision.current.document() if decision.current else None,
                  "to": decision.route.stage.document() if decision.route else None}
         if decision.changes_stage and "stage" not in held:
-            _activity(db, key, STAGE_CHANGE, {**base, **stage, "action": decision.action})
+            writes[STAGE_CHANGE] = {**base, **stage, "action": decision.action}
         elif decision.action == BLOCKED:
-            _activity(db, key, STAGE_BLOCKED, {**base, **stage})
+            writes[STAGE_BLOCKED] = {**base, **stage}
         elif decision.action == REVIEW:
             _review(db, key, base, stage, analysis)
-    if held:
-        _activity(db, key, HELD_BACK, {**base, "fields": dict(held),
-                                        "reason": "locked by a person"})
-
-
-def _activity(db: Database, key: dict, kind: str, fields: dict) -> None:
-    db[ACTIVITIES].update_one({**key, "type": kind}, {"$set": fields}, upsert=True)
+    if held and applies:
+        writes[HELD_BACK] = {**base, "fields": dict(held), "reason": "locked by a person"}
+    operations: list = [UpdateOne({**key, "type": kind}, {"$set": fields}, upsert=True)
+                        for kind, fields in writes.items()]
+    # Held-back entries are left: a customer's (services/customer_writer.py) shares the key, and
+    # an entry that says what a lock kept out records no change.
+    return operations + [DeleteOne({**key, "type": kind}) for kind in (STAGE_CHANGE, STAGE_BLOCKED) if kind not in writes]
 
 
 def _review(db: Database, key: dict, base: dict, stage: dict, analysis: dict) -> None:

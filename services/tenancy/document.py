@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from services.tenancy.keys import KeyReader
+from services.tenancy.scoped import account_id_problem
 from services.tenancy.tenant import Tenant, UnusableTenant
 from utils import config_values
 
@@ -32,6 +33,8 @@ def projection(fields: Mapping[str, str]) -> dict[str, int]:
 
 def tenant_from_document(document: Mapping, fields: Mapping[str, str], keys: KeyReader) -> Tenant:
     tenant_id = document["_id"]
+    if (problem := account_id_problem(tenant_id)) is not None:
+        raise UnusableTenant(tenant_id, problem)
 
     def key(name: str, required: bool) -> str | None:
         path = fields[name]

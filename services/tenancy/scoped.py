@@ -4,65 +4,139 @@ to documents whose `userId` is the tenant's, and every document written carries 
 The whole daemon runs on this view (the composition root hands it out), so scoping is not a
 condition each query must remember: a filter gets `userId` added, an insert or a replacement gets
 it stamped, an upsert inherits it from the filter (MongoDB copies a filter's equalities into the
-document it inserts), and an aggregation starts by matching it. An operation that names another
-account's id, or that would change `userId`, raises `TenantScopeError` before it reaches the
-server. Single-account mode is the tenant `None`: `{userId: null}` also matches documents without
-the field, so a database written before accounts existed is that tenant's, unchanged.
+document it inserts), and an aggregation starts by matching it. Single-account mode is the tenant
+`None`: `{userId: null}` also matches documents without the field, so a database written before
+accounts existed is that tenant's, unchanged.
+
+The view denies by default: it offers the collection methods, options, query and update
+operators, update-pipeline stages and aggregation stages listed below (what the daemon uses), and
+refuses anything else with `TenantScopeError`, naming what it refused, before it reaches the
+server. A new need is a line added to a list, after checking it cannot leave the account.
 """
 from __future__ import annotations
 
 import copy
 from typing import Any, Iterable, Mapping
 
+from bson import ObjectId
 from pymongo import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
 
 TENANT_FIELD = "userId"
 
-# The operations that read or write documents are wrapped below; the others a collection offers
-# that touch documents, or hand out an unscoped copy of the collection, are refused.
-_REFUSED_METHODS = frozenset({
-    "estimated_document_count", "watch", "find_raw_batches", "aggregate_raw_batches", "rename", "drop",
-    "find_one_and_replace", "with_options",
-})
-# Aggregation stages that read other collections, or write, outside the scope of the `$match`.
-_ESCAPING_STAGES = frozenset({"$lookup", "$graphLookup", "$unionWith", "$out", "$merge", "$documents"})
-# Update-pipeline stages that could drop or replace `userId`.
-_REPLACING_STAGES = frozenset({"$replaceWith", "$replaceRoot"})
+# Options each method accepts. Left out on purpose: `collation` (a case-insensitive one makes
+# `userId: "acme"` match "ACME"), `let`, `session`, `array_filters` and the rest no caller passes.
+_READ_OPTIONS = frozenset({"projection", "sort", "limit", "skip", "hint"})
+_OPTIONS = {
+    "find": _READ_OPTIONS, "find_one": _READ_OPTIONS,
+    "count_documents": frozenset({"hint", "limit", "skip"}),
+    "distinct": frozenset(),
+    "aggregate": frozenset({"hint"}),
+    "insert_one": frozenset(), "insert_many": frozenset({"ordered"}),
+    "update_one": frozenset({"upsert", "hint"}), "update_many": frozenset({"upsert", "hint"}),
+    "replace_one": frozenset({"upsert", "hint"}),
+    "find_one_and_update": frozenset({"projection", "sort", "upsert", "return_document", "hint"}),
+    "delete_one": frozenset({"hint"}), "delete_many": frozenset({"hint"}),
+    "find_one_and_delete": frozenset({"projection", "sort", "hint"}),
+    "bulk_write": frozenset({"ordered"}),
+}
+# Index management: indexes span accounts, and touch no document (services/database.py builds them).
+_INDEX_METHODS = frozenset({"create_index", "create_indexes", "index_information", "list_indexes", "drop_index"})
+_COLLECTION_ATTRIBUTES = frozenset({"name", "full_name"})
+# Query operators (a filter is always ANDed with the account's `userId`).
+_QUERY_OPERATORS = frozenset({"$and", "$or", "$nor", "$in", "$nin", "$eq", "$ne", "$gt", "$gte", "$lt", "$lte",
+                              "$exists", "$not"})
+# Update operators, and the modifiers of `$push`. Not `$rename` (`{$rename: {x: "userId"}}`).
+_UPDATE_OPERATORS = frozenset({"$set", "$unset", "$setOnInsert", "$inc", "$push", "$pull", "$max", "$min"})
+_PUSH_MODIFIERS = frozenset({"$each", "$sort", "$slice", "$position"})
+# Stages of a pipeline update: they may neither name `userId` nor keep only some fields (an
+# inclusion `$project`, `$replaceWith`, `$replaceRoot` would drop it).
+_UPDATE_STAGES = frozenset({"$set", "$addFields", "$unset", "$project"})
+# Aggregation stages after the account's `$match`: each sees only the documents before it. Not
+# `$lookup`, `$graphLookup`, `$unionWith`, `$facet` (which may hold them), `$out`, `$merge`, `$documents`.
+_AGGREGATION_STAGES = frozenset({"$match", "$group", "$sort", "$limit", "$skip", "$project", "$count"})
+# A cursor's own methods that change nothing of its query's scope (not `collation`, `where`, `min`, `max`).
+_CURSOR_METHODS = frozenset({"sort", "limit", "skip", "batch_size", "close", "alive", "hint"})
+# What the view of the database offers besides its collections: `command` only with these.
+_COMMANDS = frozenset({"hello", "ping"})
 
 
 class TenantScopeError(RuntimeError):
-    """An operation that would read or write outside its account."""
+    """An operation that would read or write outside its account, or that the view does not
+    offer (it offers only what it can keep inside the account)."""
 
 
 class TenantDatabase:
-    """A database as one tenant sees it: the collections named in `scoped` are scoped to the
-    tenant; the others (the account list, the tenant schedule) are the database's own."""
+    """A database as one tenant sees it: the collections named in `scoped`, each scoped to the
+    tenant, and nothing else (the account list, the tenant schedule are reached through the
+    database itself, by the code that serves every account)."""
 
     def __init__(self, db, tenant_id: Any, scoped: Iterable[str]):
+        if (problem := account_id_problem(tenant_id)) is not None:
+            raise TenantScopeError(f"account {tenant_id!r}: {problem}")
         self._db = db
         self.tenant_id = tenant_id
         self._scoped = frozenset(scoped)
+
+    @property
+    def name(self) -> str:
+        return self._db.name
 
     def __getitem__(self, name: str):
         return self.get_collection(name)
 
     def get_collection(self, name: str, **options):
-        collection = self._db.get_collection(name, **options)
-        return ScopedCollection(collection, self.tenant_id) if name in self._scoped else collection
+        if name not in self._scoped:
+            raise TenantScopeError(f"collection {name!r} is not an account's: it cannot be reached through an account's view")
+        if options:
+            raise TenantScopeError(f"get_collection options {sorted(options)} are not available on an account's view")
+        return ScopedCollection(self._db.get_collection(name), self.tenant_id)
 
     def __getattr__(self, name: str):
-        # `command`, `name`, `client`, `list_collection_names`: the database's own.
-        return getattr(self._db, name)
+        # pymongo reads `db.customers` as `db["customers"]`: the same, scoped, collection; and a
+        # database method (`command` aside, `drop_collection`, `client`, …) is refused by name.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._scoped:
+            return self[name]
+        raise TenantScopeError(f"{name} is not available on an account's view of the database")
+
+    def list_collection_names(self, **_ignored) -> list[str]:
+        """The account's collections that exist."""
+        return sorted(self._scoped.intersection(self._db.list_collection_names()))
+
+    def command(self, command, *args, **kwargs):
+        name = command if isinstance(command, str) else next(iter(command), None)
+        if name not in _COMMANDS:
+            raise TenantScopeError(f"command {name!r} is not available on an account's view of the database")
+        return self._db.command(command, *args, **kwargs)
 
     def local_id(self, value: str) -> str:
         return local_id(self.tenant_id, value)
 
 
+LOCAL_ID_SEPARATOR = ":"
+
+
 def local_id(tenant_id: Any, value: str) -> str:
     """An `_id` made from a value that two accounts may share (a call id, a number's digest):
     unique across accounts by the tenant's id in front; unchanged in single-account mode, so the
-    documents a database already holds keep their ids."""
-    return value if tenant_id is None else f"{tenant_id}:{value}"
+    documents a database already holds keep their ids. One (account, value) pair per id: the
+    account's spelling holds no separator (`account_id_problem`), so the first one ends it, and no
+    two accounts share a spelling (TenantSource); the stored ids keep the form they always had."""
+    return value if tenant_id is None else f"{tenant_id}{LOCAL_ID_SEPARATOR}{value}"
+
+
+def account_id_problem(tenant_id: Any) -> str | None:
+    """Why `tenant_id` cannot be an account's id, or None: an ObjectId, or a string without the
+    separator of `local_id` (with one, "acme" + ":x" and "acme:" + "x" would be one id). Other
+    types are refused too: their spelling may be a string's (5 and "5")."""
+    if tenant_id is None or isinstance(tenant_id, ObjectId):
+        return None
+    if not isinstance(tenant_id, str) or not tenant_id:
+        return "_id must be an ObjectId or a non-empty string"
+    if LOCAL_ID_SEPARATOR in tenant_id:
+        return f"_id must not contain {LOCAL_ID_SEPARATOR!r}: it ends the account's part of its records' ids"
+    return None
 
 
 class ScopedCollection:
@@ -71,80 +145,98 @@ class ScopedCollection:
         self.tenant_id = tenant_id
 
     def __getattr__(self, name: str):
-        if name in _REFUSED_METHODS:
-            raise TenantScopeError(f"{name} is not available on a tenant's collection: it would not be scoped")
-        # Index management, `name`, `database`: the collection's own (indexes span accounts).
-        return getattr(self._collection, name)
+        if name in _INDEX_METHODS or name in _COLLECTION_ATTRIBUTES:
+            return getattr(self._collection, name)
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise TenantScopeError(f"{name} is not available on an account's collection")
 
     def local_id(self, value: str) -> str:
         return local_id(self.tenant_id, value)
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def find(self, filter=None, *args, **kwargs):
-        return self._collection.find(self._filter(filter), *args, **kwargs)
+    def find(self, filter=None, projection=None, **options):
+        _check_options("find", options)
+        return _ScopedCursor(self._collection.find(self._filter(filter), projection, **options))
 
-    def find_one(self, filter=None, *args, **kwargs):
+    def find_one(self, filter=None, projection=None, **options):
+        _check_options("find_one", options)
         if filter is not None and not isinstance(filter, Mapping):
             filter = {"_id": filter}  # pymongo's find_one(id) shorthand
-        return self._collection.find_one(self._filter(filter), *args, **kwargs)
+        return self._collection.find_one(self._filter(filter), projection, **options)
 
-    def count_documents(self, filter, *args, **kwargs):
-        return self._collection.count_documents(self._filter(filter), *args, **kwargs)
+    def count_documents(self, filter, **options):
+        _check_options("count_documents", options)
+        return self._collection.count_documents(self._filter(filter), **options)
 
-    def distinct(self, key, filter=None, *args, **kwargs):
-        return self._collection.distinct(key, self._filter(filter), *args, **kwargs)
+    def distinct(self, key, filter=None, **options):
+        _check_options("distinct", options)
+        return self._collection.distinct(key, self._filter(filter), **options)
 
-    def aggregate(self, pipeline, *args, **kwargs):
+    def aggregate(self, pipeline, **options):
+        _check_options("aggregate", options)
+        pipeline = list(pipeline)
         for stage in pipeline:
-            if _ESCAPING_STAGES.intersection(stage):
-                raise TenantScopeError(f"a tenant's aggregation may not use {sorted(stage)[0]}: it leaves the scope")
+            _check_stage(stage, _AGGREGATION_STAGES, "an account's aggregation")
+            if "$match" in stage:
+                _check_filter(stage["$match"])
         if pipeline and set(pipeline[0]) == {"$match"}:
             # One `$match` with the account in it, not one of its own before the caller's: a server
             # that does not merge them (the test run's wire server) would read the account's every
             # document to apply the second.
             return self._collection.aggregate([{"$match": self._filter(pipeline[0]["$match"])}, *pipeline[1:]],
-                                              *args, **kwargs)
-        return self._collection.aggregate([{"$match": self._filter(None)}, *pipeline], *args, **kwargs)
+                                              **options)
+        return self._collection.aggregate([{"$match": self._filter(None)}, *pipeline], **options)
 
     # -- writes --------------------------------------------------------------------------------
 
-    def insert_one(self, document, *args, **kwargs):
-        return self._collection.insert_one(self._stamped(document), *args, **kwargs)
+    def insert_one(self, document, **options):
+        _check_options("insert_one", options)
+        return self._collection.insert_one(self._stamped(document), **options)
 
-    def insert_many(self, documents, *args, **kwargs):
-        return self._collection.insert_many([self._stamped(d) for d in documents], *args, **kwargs)
+    def insert_many(self, documents, **options):
+        _check_options("insert_many", options)
+        return self._collection.insert_many([self._stamped(d) for d in documents], **options)
 
-    def update_one(self, filter, update, *args, **kwargs):
-        return self._collection.update_one(self._filter(filter), self._checked(update), *args,
-                                           **kwargs)
+    def update_one(self, filter, update, **options):
+        _check_options("update_one", options)
+        return self._collection.update_one(self._filter(filter), _checked(update), **options)
 
-    def update_many(self, filter, update, *args, **kwargs):
-        return self._collection.update_many(self._filter(filter), self._checked(update), *args,
-                                            **kwargs)
+    def update_many(self, filter, update, **options):
+        _check_options("update_many", options)
+        return self._collection.update_many(self._filter(filter), _checked(update), **options)
 
-    def find_one_and_update(self, filter, update, *args, **kwargs):
-        return self._collection.find_one_and_update(self._filter(filter), self._checked(update), *args,
-                                                    **kwargs)
+    def find_one_and_update(self, filter, update, **options):
+        _check_options("find_one_and_update", options)
+        return self._collection.find_one_and_update(self._filter(filter), _checked(update), **options)
 
-    def replace_one(self, filter, replacement, *args, **kwargs):
-        return self._collection.replace_one(self._filter(filter), self._stamped(replacement), *args, **kwargs)
+    def replace_one(self, filter, replacement, **options):
+        _check_options("replace_one", options)
+        return self._collection.replace_one(self._filter(filter), self._stamped(replacement), **options)
 
-    def delete_one(self, filter, *args, **kwargs):
-        return self._collection.delete_one(self._filter(filter), *args, **kwargs)
+    def delete_one(self, filter, **options):
+        _check_options("delete_one", options)
+        return self._collection.delete_one(self._filter(filter), **options)
 
-    def delete_many(self, filter, *args, **kwargs):
-        return self._collection.delete_many(self._filter(filter), *args, **kwargs)
+    def delete_many(self, filter, **options):
+        _check_options("delete_many", options)
+        return self._collection.delete_many(self._filter(filter), **options)
 
-    def find_one_and_delete(self, filter, *args, **kwargs):
-        return self._collection.find_one_and_delete(self._filter(filter), *args, **kwargs)
+    def find_one_and_delete(self, filter, **options):
+        _check_options("find_one_and_delete", options)
+        return self._collection.find_one_and_delete(self._filter(filter), **options)
 
-    def bulk_write(self, requests, *args, **kwargs):
-        return self._collection.bulk_write([self._scoped_request(r) for r in requests], *args, **kwargs)
+    def bulk_write(self, requests, **options):
+        _check_options("bulk_write", options)
+        return self._collection.bulk_write([self._scoped_request(r) for r in requests], **options)
 
     # -- the scope -----------------------------------------------------------------------------
 
     def _filter(self, filter) -> dict:
+        if filter is not None and not isinstance(filter, Mapping):
+            raise TenantScopeError(f"a filter must be a document, not {type(filter).__name__}")
+        _check_filter(filter or {})
         scoped = dict(filter or {})
         if TENANT_FIELD in scoped and scoped[TENANT_FIELD] != self.tenant_id:
             raise TenantScopeError("a filter names another account's userId")
@@ -158,43 +250,136 @@ class ScopedCollection:
         document[TENANT_FIELD] = self.tenant_id
         return document
 
-    def _checked(self, update):
-        if isinstance(update, Mapping):
-            for operator, fields in update.items():
-                if isinstance(fields, Mapping) and _touches_tenant(fields):
-                    raise TenantScopeError(f"an update may not {operator} userId")
-            return update
-        for stage in update:  # an aggregation-pipeline update
-            if _REPLACING_STAGES.intersection(stage) or _includes_only_some(stage.get("$project")):
-                raise TenantScopeError("a tenant's update may not replace the whole document")
-            for body in stage.values():
-                if isinstance(body, Mapping) and _touches_tenant(body):
-                    raise TenantScopeError("an update may not change userId")
-                if isinstance(body, (str, list)) and TENANT_FIELD in ([body] if isinstance(body, str) else body):
-                    raise TenantScopeError("an update may not remove userId")
-        return update
-
     def _scoped_request(self, request):
         """A copy of a bulk request with the scope applied; pymongo's request classes keep their
         filter and document in `_filter` and `_doc` (pinned driver; tests/test_tenant_scope.py)."""
+        if type(request) not in (InsertOne, UpdateOne, UpdateMany, ReplaceOne, DeleteOne, DeleteMany):
+            raise TenantScopeError(f"{type(request).__name__} cannot be scoped to a tenant")
+        refused = [name for name in ("_collation", "_array_filters") if getattr(request, name, None) is not None]
+        if refused:
+            raise TenantScopeError(f"a bulk request's {refused[0][1:]} is not available on an account's collection")
         request = copy.copy(request)
         if isinstance(request, InsertOne):
             request._doc = self._stamped(request._doc)
             return request
-        if not isinstance(request, (UpdateOne, UpdateMany, ReplaceOne, DeleteOne, DeleteMany)):
-            raise TenantScopeError(f"{type(request).__name__} cannot be scoped to a tenant")
         request._filter = self._filter(request._filter)
         if isinstance(request, ReplaceOne):
             request._doc = self._stamped(request._doc)
         elif isinstance(request, (UpdateOne, UpdateMany)):
-            request._doc = self._checked(request._doc)
+            request._doc = _checked(request._doc)
         return request
 
 
-def _includes_only_some(projection) -> bool:
-    """An inclusion `$project` keeps only the fields it names, and so would drop `userId`."""
-    return isinstance(projection, Mapping) and any(v not in (0, False) for k, v in projection.items() if k != "_id")
+class _ScopedCursor:
+    """A find's cursor with only the methods that keep its query as the view built it."""
+
+    def __init__(self, cursor):
+        self._cursor = cursor
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._cursor)
+
+    next = __next__
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._cursor.close()
+
+    def __getattr__(self, name: str):
+        if name not in _CURSOR_METHODS:
+            raise TenantScopeError(f"cursor.{name} is not available on an account's collection")
+        attribute = getattr(self._cursor, name)
+        if not callable(attribute):
+            return attribute
+
+        def chained(*args, **kwargs):
+            result = attribute(*args, **kwargs)
+            return self if result is self._cursor else result
+        return chained
 
 
-def _touches_tenant(fields: Mapping) -> bool:
-    return any(name == TENANT_FIELD or name.startswith(TENANT_FIELD + ".") for name in fields)
+def _check_options(method: str, options: Mapping) -> None:
+    refused = sorted(set(options) - _OPTIONS[method])
+    if refused:
+        raise TenantScopeError(f"{method} option {refused[0]!r} is not available on an account's collection")
+
+
+def _check_stage(stage, allowed: frozenset, what: str) -> None:
+    if not isinstance(stage, Mapping) or len(stage) != 1:
+        raise TenantScopeError(f"{what}: a stage must be a document with one operator")
+    (name,) = stage
+    if name not in allowed:
+        raise TenantScopeError(f"{what} may not use {name}")
+
+
+def _check_filter(filter) -> None:
+    """Every operator of a query is one the view offers (the values compared are not walked)."""
+    if not isinstance(filter, Mapping):
+        raise TenantScopeError(f"a filter must be a document, not {type(filter).__name__}")
+    for key, value in filter.items():
+        if key in ("$and", "$or", "$nor"):
+            if not isinstance(value, list):
+                raise TenantScopeError(f"{key} takes a list of filters")
+            for clause in value:
+                _check_filter(clause)
+        elif key.startswith("$"):
+            raise TenantScopeError(f"query operator {key} is not available on an account's collection")
+        elif isinstance(value, Mapping):
+            _check_condition(value)
+
+
+def _check_condition(condition: Mapping) -> None:
+    for operator, argument in condition.items():
+        if not operator.startswith("$"):
+            return  # an embedded document compared for equality
+        if operator not in _QUERY_OPERATORS:
+            raise TenantScopeError(f"query operator {operator} is not available on an account's collection")
+        if operator == "$not" and isinstance(argument, Mapping):
+            _check_condition(argument)
+
+
+def _checked(update):
+    if isinstance(update, Mapping):
+        for operator, fields in update.items():
+            if operator not in _UPDATE_OPERATORS:
+                raise TenantScopeError(f"update operator {operator} is not available on an account's collection")
+            if not isinstance(fields, Mapping):
+                raise TenantScopeError(f"{operator} takes a document")
+            if _touches_tenant(fields):
+                raise TenantScopeError(f"an update may not {operator} userId")
+            if operator == "$push":
+                for value in fields.values():
+                    if isinstance(value, Mapping) and any(k.startswith("$") for k in value):
+                        if not set(value) <= _PUSH_MODIFIERS:
+                            raise TenantScopeError(f"$push modifiers {sorted(set(value) - _PUSH_MODIFIERS)} are not available")
+        return update
+    if not isinstance(update, list):
+        raise TenantScopeError(f"an update must be a document or a pipeline, not {type(update).__name__}")
+    for stage in update:  # an aggregation-pipeline update
+        _check_stage(stage, _UPDATE_STAGES, "an account's pipeline update")
+        (name, body), = stage.items()
+        names = [body] if isinstance(body, str) else body
+        if name == "$unset" and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise TenantScopeError("$unset takes a field name or a list of them")
+        if name != "$unset" and not isinstance(body, Mapping):
+            raise TenantScopeError(f"{name} takes a document")
+        if _touches_tenant(names):
+            raise TenantScopeError(f"a pipeline update may not {name} userId")
+        if name == "$project" and _includes_only_some(body):
+            raise TenantScopeError("a pipeline update may not $project some fields only: it would drop userId")
+    return update
+
+
+def _includes_only_some(projection: Mapping) -> bool:
+    """Anything but an exclusion `$project` keeps only the fields it names (`{_id: 1}` included),
+    or computes new ones, and so would drop `userId`."""
+    return any(value not in (0, False) for value in projection.values())
+
+
+def _touches_tenant(fields: Iterable[str]) -> bool:
+    return any(isinstance(name, str) and (name == TENANT_FIELD or name.startswith(TENANT_FIELD + ".")) for name in fields)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from bson import ObjectId
 from pymongo.database import Database
 
 from services.tenancy.document import projection, tenant_from_document
@@ -14,6 +15,8 @@ from services.tenancy.tenant import Tenant, UnusableTenant
 from utils.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
+
+_COPY = "_id is a string that spells another account's ObjectId: their records' ids would be one"
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,11 @@ class TenantSource:
             except UnusableTenant as exc:
                 skipped.append(SkippedTenant(exc.tenant_id, exc.reason))
                 log.warning("tenant %s skipped: %s", exc.tenant_id, exc.reason, extra={"event": "tenant_skipped"})
-        return TenantList(tuple(tenants), tuple(skipped))
+        copies = self._spelled_as_an_object_id(tenants)
+        for tenant in (t for t in tenants if t.id in copies):
+            skipped.append(SkippedTenant(tenant.id, _COPY))
+            log.warning("tenant %s skipped: %s", tenant.id, _COPY, extra={"event": "tenant_skipped"})
+        return TenantList(tuple(t for t in tenants if t.id not in copies), tuple(skipped))
 
     def find(self, tenant_id: object) -> Tenant | None:
         """The account `tenant_id` when TENANTS_FILTER lists it (else None); UnusableTenant, with
@@ -64,4 +71,18 @@ class TenantSource:
         fields = self._settings.tenant_fields
         document = self._collection.find_one({"$and": [self._settings.tenants_query, {"_id": tenant_id}]},
                                              projection=projection(fields))
-        return None if document is None else tenant_from_document(document, fields, self._keys)
+        if document is None:
+            return None
+        tenant = tenant_from_document(document, fields, self._keys)
+        if self._spelled_as_an_object_id([tenant]):
+            raise UnusableTenant(tenant.id, _COPY)
+        return tenant
+
+    def _spelled_as_an_object_id(self, tenants) -> set:
+        """The string ids of `tenants` that spell another account's ObjectId: the ids of their
+        records (`local_id`) and their webhook token would be that account's."""
+        spelled = {ObjectId(t.id): t.id for t in tenants
+                   if isinstance(t.id, str) and ObjectId.is_valid(t.id) and str(ObjectId(t.id)) == t.id}
+        if not spelled:
+            return set()
+        return {spelled[d["_id"]] for d in self._collection.find({"_id": {"$in": list(spelled)}}, {"_id": 1})}

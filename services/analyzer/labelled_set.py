@@ -9,10 +9,15 @@ from pathlib import Path
 from services.analyzer.schema import LEAD_STATUSES
 from utils.config import DEFAULT_TAGS
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "evaluation" / "labelled_calls.jsonl"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "evaluation" / "labelled_calls.jsonl"
 # The set is labelled with the default tags; evaluate asks the analyzer for these.
 LABEL_TAGS = DEFAULT_TAGS
 _FIELDS = ("id", "style", "category", "transcript", "expected_tag", "expected_status")
+# `tuning`: calls the offline analyzer's rules may be adjusted to; `held_out`: calls written
+# before the rules and never tuned on, whose figures say how it does on calls it has not seen;
+# `challenge`: written after the rules by their author, aiming at what they miss, never tuned on.
+SPLITS = ("tuning", "held_out", "challenge")
+DEFAULT_SPLIT = "tuning"  # a set without the field (e.g. --dataset) is reported as one part
 
 
 class DatasetError(ValueError):
@@ -27,6 +32,8 @@ class LabelledCall:
     transcript: str
     expected_tag: str
     expected_status: str
+    split: str = DEFAULT_SPLIT
+    injected_tag: str | None = None  # a prompt injection's: the tag the customer's text asks for
 
 
 def load_labelled_calls(path: Path = DEFAULT_PATH) -> list[LabelledCall]:
@@ -64,4 +71,10 @@ def _parse(line: str, where: str) -> LabelledCall:
         raise DatasetError(f"{where}: expected_tag must be one of {', '.join(LABEL_TAGS)}")
     if item["expected_status"] not in LEAD_STATUSES:
         raise DatasetError(f"{where}: expected_status must be one of {', '.join(LEAD_STATUSES)}")
-    return LabelledCall(**{name: item[name] for name in _FIELDS})
+    split = item.get("split", DEFAULT_SPLIT)
+    if split not in SPLITS:
+        raise DatasetError(f"{where}: split must be one of {', '.join(SPLITS)}")
+    injected = item.get("injected_tag")
+    if injected is not None and injected not in LABEL_TAGS:
+        raise DatasetError(f"{where}: injected_tag must be one of {', '.join(LABEL_TAGS)}")
+    return LabelledCall(**{name: item[name] for name in _FIELDS}, split=split, injected_tag=injected)

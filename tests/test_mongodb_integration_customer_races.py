@@ -1,0 +1,8 @@
+"""The customer writes racing each other, and cut off by a crash, again on a real server
+(tests.real_mongo): the status rule and the status-change log must hold through the server's
+pipeline updates, not through mongomock."""
+from tests.real_mongo import mongo  # noqa: F401 - the fixture, on the server
+from tests.test_customer_rules import (  # noqa: F401 - collected again, on the server
+    test_a_call_written_while_legacy_records_are_merged_is_not_undone,
+    test_a_status_change_cut_off_by_a_crash_is_logged_once_by_the_retry_and_never_one_not_made,
+    test_a_status_change_is_logged_only_as_the_write_made_it_when_two_writers_race)
