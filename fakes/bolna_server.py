@@ -72,6 +72,7 @@ class FakeBolna(LocalServer):
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
         self._answer_actions: list[tuple[re.Pattern, str | None, Callable[[], None]]] = []
+        self._request_actions: list[tuple[re.Pattern, str | None, Callable[[], None]]] = []
         self._default = BolnaAccount(api_key, agents, executions, label=label, clock=self.now)
         self._accounts: dict[str, BolnaAccount] = {api_key: self._default}
 
@@ -152,6 +153,20 @@ class FakeBolna(LocalServer):
         with self._lock:
             self._answer_actions.append((re.compile(path_regex), api_key, action))
 
+    def on_request(self, path_regex: str, action: Callable[[], None], *, api_key: str | None = None) -> None:
+        """Run `action` once, when the next request matching `path_regex` (and sent with `api_key`,
+        when given) has arrived and before its answer is computed: e.g. a call appears, or time
+        passes, between two pages, so that this page already lists what changed."""
+        with self._lock:
+            self._request_actions.append((re.compile(path_regex), api_key, action))
+
+    def clear_actions(self, *, api_key: str | None = None) -> None:
+        """Drop the `on_answer` and `on_request` actions still waiting (only those of `api_key`'s
+        account when given)."""
+        with self._lock:
+            for actions in (self._answer_actions, self._request_actions):
+                actions[:] = [entry for entry in actions if api_key is not None and entry[1] != api_key]
+
     def inject(self, path_regex: str, *, status: int = 500, times: int = 1,
                retry_after: float | None = None, delay: float = 0.0, body: bytes | None = None,
                truncate: bool = False, drop_connection: bool = False, api_key: str | None = None) -> None:
@@ -180,10 +195,16 @@ class FakeBolna(LocalServer):
             return self._accounts.get(key) if scheme == "Bearer" else None
 
     def _take_answer_action(self, path: str, api_key: str | None) -> Callable[[], None] | None:
+        return self._take_action(self._answer_actions, path, api_key)
+
+    def _take_request_action(self, path: str, api_key: str | None) -> Callable[[], None] | None:
+        return self._take_action(self._request_actions, path, api_key)
+
+    def _take_action(self, actions: list, path: str, api_key: str | None) -> Callable[[], None] | None:
         with self._lock:
-            for entry in self._answer_actions:
+            for entry in actions:
                 if entry[0].search(path) and entry[1] in (None, api_key):
-                    self._answer_actions.remove(entry)
+                    actions.remove(entry)
                     return entry[2]
         return None
 
@@ -261,6 +282,8 @@ class _Handler(QuietHandler):
 
         if account is None:
             return self._send_json(403, {"detail": "Invalid API key"})
+        if (before := fake._take_request_action(path, api_key)) is not None:
+            before()
         try:
             answer = fake._answer(account, path, self._query, patch_body)
         except ApiError as error:

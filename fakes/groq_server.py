@@ -96,6 +96,11 @@ class FakeGroq(LocalServer):
         with self._lock:
             self._on_request.append(action)
 
+    def clear_request_actions(self) -> None:
+        """Drop the `on_request` actions still waiting."""
+        with self._lock:
+            self._on_request.clear()
+
     def _take_request_action(self) -> Callable[[], None] | None:
         with self._lock:
             return self._on_request.popleft() if self._on_request else None
