@@ -35,6 +35,7 @@ from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import HookedClient, WriteTrap
 from models.customer import StatusRanks, customer_call
 from models.execution import MalformedExecution, parse_execution, parse_time
+from services import lease
 from services.analyzer.batch import claim_lease_seconds
 from services.analyzer.contacts import ACTIVITY_TYPE
 from services.customer_writer import STATUS_CHANGE
@@ -44,7 +45,7 @@ from services.webhooks.processor import LEASE_SECONDS as INBOX_LEASE_SECONDS
 from tests.conftest import RAISED_LIMITS, TEST_DB
 from tests.faults import assert_customers_match, customer_call_ids, expected_customers
 from tests.helpers import requeue
-from utils.config_values import ExtraField
+from utils.config import ExtraField
 from utils.phone import normalize_phone
 from worker.app import AccountApp, App
 from worker.jobs import CALL_PROCESSOR, CRM_SYNC, JOB_NAMES
@@ -374,16 +375,16 @@ class SyncModel(RuleBasedStateMachine):
     def claim_expires_while_analyzing(self):
         """A waits for the LLM so long that its claim's lease expires; B takes the call over and
         analyzes it. A's answer then arrives (marked STALE when its claim was indeed taken)."""
-        lease = timedelta(seconds=claim_lease_seconds(self.settings) + 1)
+        lease_length = timedelta(seconds=claim_lease_seconds(self.settings) + 1)
         first = self.workers[0]
 
         def meanwhile():
             Figures.expiries += 1
-            self.clock.shift(lease)
+            self.clock.shift(lease_length)
             if not isinstance(self.mongo, mongomock.MongoClient):
                 self._expire_leases()
             self._task(1, CALL_PROCESSOR)
-            still_held = first.db[CALLS].count_documents({"claim.owner": first.owner}) > 0
+            still_held = first.db[CALLS].count_documents({lease.BY: first.owner}) > 0
             self.groq.extra = {MARKER: LIVE if still_held else STALE}
             # A's next request is under a new, live claim.
             self.groq.on_request(lambda: setattr(self.groq, "extra", {MARKER: LIVE}))
@@ -414,13 +415,13 @@ class SyncModel(RuleBasedStateMachine):
         """Every claim's lease over. The clock moved past them already; a real server's clock does
         not follow this process's, so its leases are ended as tests/test_faults_mongo.py ends them."""
         for name in (CALLS, WEBHOOK_INBOX):
-            self.workers[0].db[name].update_many({"claim": {"$ne": None}},
-                                                 {"$set": {"claim.expiresAt": datetime(2000, 1, 1)}})
+            self.workers[0].db[name].update_many({lease.UNTIL: {"$ne": None}},
+                                                 {"$set": {lease.UNTIL: datetime(2000, 1, 1)}})
 
     def _fingerprint(self) -> tuple:
         db = self.workers[0].db
         return tuple(sorted(map(repr, db[name].find({}, {"_id": 0, "updatedAt": 0, "at": 0, "lastAnalyzedAt": 0,
-                                                        "claim": 0})))
+                                                        **{name: 0 for name in lease.RELEASED}})))
                      for name in (CALLS, CUSTOMERS, CUSTOMER_CALLS, CONTACTS, ACTIVITIES))
 
     def _quiesce(self) -> None:
