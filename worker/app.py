@@ -62,6 +62,11 @@ def connect(settings: Settings) -> MongoClient:
     return MongoClient(settings.mongodb_uri, tz_aware=False, appname="callsync", **timeout)
 
 
+def new_owner() -> str:
+    """Unique per process and part: names its claims and leases (analyses, deliveries, accounts)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 def build_analysis(db: Database, settings: Settings, owner: str,
                    stop: threading.Event | None = None) -> AnalysisBatch:
     """The call processor's second phase. `owner` (unique per process) marks this process's claims;
@@ -109,8 +114,7 @@ class AccountApp:
         self.db = db = tenant_view(db, tenant_id)
         self.tenant_id = tenant_id
         self.bolna = bolna
-        # Unique per process: names this daemon's analysis claims and run records.
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = new_owner()
         self.stop = bolna.stop  # set on SIGTERM: jobs end after their current write, waits end at once
         # One full-record read per call for both jobs: the readers share what either fetched.
         self.records = SharedRecords(bolna.get_execution, size=settings.bolna_record_cache_size,

@@ -217,11 +217,11 @@ def _once_every_account(settings: Settings, args) -> int:
 
 def _status(settings: Settings, args) -> int:
     if settings.tenant_source == "mongodb" and args.account is None:
-        from worker.fleet_status import show_fleet
+        from worker.status import collect_fleet, format_fleet, show
 
         fleet = _build_fleet(settings, prepare=False)
         try:
-            return show_fleet(fleet.schedule, as_json=args.json, limit=args.limit)
+            return show(collect_fleet(fleet.schedule, args.limit), format_fleet, args.json)
         finally:
             fleet.close()
     app = _build(settings, prepare=False, account=args.account)

@@ -14,11 +14,8 @@ replica's one inbox processor writes every account's deliveries into that accoun
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Callable
@@ -40,7 +37,7 @@ from services.webhooks.routes import AccountRoutes
 from utils.clock import utcnow
 from utils.config import Settings
 from utils.logging import log_context
-from worker.app import AccountApp, Runtime, build_writers
+from worker.app import AccountApp, Runtime, build_writers, new_owner
 from worker.jobs import CALL_PROCESSOR, JOB_NAMES, ScheduledJob
 from worker.metrics import RunMetrics, observe_accounts
 
@@ -73,7 +70,7 @@ class Fleet(Runtime):
         self.settings = settings
         self.db = db
         self.mongo_client = mongo_client
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = new_owner()
         self.stop = threading.Event()
         self.clock = clock = clock or ServerClock(db).now
         interval = timedelta(minutes=settings.sync_interval_minutes)
