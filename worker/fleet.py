@@ -140,15 +140,10 @@ class Fleet(Runtime):
     def sync(self, claim: TenantClaim, due_by: datetime | None = None) -> None:
         """Both jobs for the claimed account, under its lease; the schedule records the result
         (its next slot after `due_by`, the pass's horizon, so the pass does not meet it again)."""
-        tenant = self._tenants.get(claim.tenant_id)
-        if tenant is None:
-            # Listed by another replica's newer read, or gone since ours: read the list again, so
-            # the account is either known or retired (a release alone would be claimed again at once).
-            self.refresh(force=True)
-            tenant = self._tenants.get(claim.tenant_id)
-            if tenant is None:
-                self.schedule.release(claim)
-                return
+        tenant = self._tenant(claim.tenant_id)
+        if tenant is None:  # retired by the new read (a release alone would be claimed again at once)
+            self.schedule.release(claim)
+            return
         grant = self.quota.take(tenant.llm_batch_limit or self.settings.llm_batch_limit) if self.quota else None
         settings = account_settings(self.settings, tenant, grant.count if grant else tenant.llm_batch_limit)
         lease = LeaseKeeper(self.schedule, claim, self.stop)
@@ -196,14 +191,16 @@ class Fleet(Runtime):
 
     def _writers_for(self, tenant_id) -> AccountWriters | None:
         """The writers of a delivery's account; None when the account is no longer listed."""
-        tenant = self._tenants.get(tenant_id)
-        if tenant is None:
-            # Accepted by a replica that read the list after this one did, or since retired.
+        tenant = self._tenant(tenant_id)
+        return None if tenant is None else build_writers(tenant_view(self.db, tenant.id),
+                                                         account_settings(self.settings, tenant))
+
+    def _tenant(self, tenant_id) -> Tenant | None:
+        """The listed account; one unknown to this replica's last read (listed by another replica's
+        newer read, or gone since ours) after reading the list again, None if it is gone."""
+        if tenant_id not in self._tenants:
             self.refresh(force=True)
-            tenant = self._tenants.get(tenant_id)
-        if tenant is None:
-            return None
-        return build_writers(tenant_view(self.db, tenant.id), account_settings(self.settings, tenant))
+        return self._tenants.get(tenant_id)
 
 
 def _quietly(finish, claim: TenantClaim, result: dict, due_by: datetime | None) -> None:
