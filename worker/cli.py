@@ -146,16 +146,14 @@ def _build(settings: Settings, *, prepare: bool = True, account: str | None = No
     if account is not None and settings.tenant_source != "mongodb":
         raise UsageError("--account names one of many accounts: it needs TENANT_SOURCE=mongodb")
     if settings.tenant_source == "mongodb":
-        from worker.accounts import AccountNotFound, find_account
-
         if account is None:
             raise UsageError("TENANT_SOURCE=mongodb: name the account with --account ID")
         client = connect(settings)
         try:
-            tenant_id = find_account(client[settings.mongodb_db][settings.tenants_collection], account)
-        except AccountNotFound as exc:
+            tenant_id = _account_id(client[settings.mongodb_db], settings, account)
+        except UsageError:
             client.close()
-            raise UsageError(str(exc)) from None
+            raise
     app = App.build(settings, mongo_client=client, tenant_id=tenant_id)
     if prepare:
         app.prepare()
@@ -292,20 +290,31 @@ def _listed_account(settings: Settings, text: str):
     """The account `text` names, as the daemon serves it (TENANTS_FILTER, its keys readable)."""
     from services.tenancy.source import TenantSource
     from services.tenancy.tenant import UnusableTenant
-    from worker.accounts import AccountNotFound, find_account
     from worker.app import connect
 
     client = connect(settings)
     try:
         db = client[settings.mongodb_db]
-        tenant = TenantSource(settings, db).find(find_account(db[settings.tenants_collection], text))
-    except (AccountNotFound, UnusableTenant) as exc:
+        tenant = TenantSource(settings, db).find(_account_id(db, settings, text))
+    except UnusableTenant as exc:
         raise UsageError(str(exc)) from None
     finally:
         client.close()
     if tenant is None:
         raise UsageError(f"account {text!r} is not served: TENANTS_FILTER does not list it")
     return tenant
+
+
+def _account_id(db, settings: Settings, text: str) -> object:
+    """The stored `_id` `--account` names: an ObjectId when it is one's 24 hex digits and such an
+    account exists (a CRM written in JavaScript stores those), else the text itself."""
+    from bson import ObjectId
+
+    accounts = db[settings.tenants_collection]
+    for candidate in ([ObjectId(text)] if ObjectId.is_valid(text) else []) + [text]:
+        if accounts.find_one({"_id": candidate}, {"_id": 1}) is not None:
+            return candidate
+    raise UsageError(f"no account {text!r} in the {accounts.name!r} collection")
 
 
 _COMMANDS = {"run": _run, "once": _once, "status": _status, "reanalyze": _reanalyze, "forget": _forget,
