@@ -176,26 +176,12 @@ def _run(settings: Settings, _args) -> int:
 
 
 def _once(settings: Settings, args) -> int:
-    if settings.tenant_source == "mongodb":
-        return _once_every_account(settings, args)
-    app = _build(settings)
-    failed = False
-    try:
-        for name in ([args.job] if args.job else JOB_NAMES):
-            record = app.run_job(name, full=args.full)
-            print(json.dumps(record, default=str), flush=True)
-            failed |= record["status"] == "failed"
-    finally:
-        app.close()
-    return 1 if failed else 0
-
-
-def _once_every_account(settings: Settings, args) -> int:
-    """Every account's jobs once now, whatever their due times (each account's next slot then
-    follows from it); each run record printed as a JSON line."""
-    if args.job or args.full:
+    """The jobs once now, each run record printed as a JSON line. With many accounts, every
+    account's, whatever their due times (each account's next slot then follows from it)."""
+    many = settings.tenant_source == "mongodb"
+    if many and (args.job or args.full):
         raise UsageError("--job and --full run one account's jobs: with TENANT_SOURCE=mongodb, they are not offered")
-    fleet = _build_fleet(settings)
+    runtime = _build_fleet(settings) if many else _build(settings)
     failed = False
     printing = threading.Lock()  # accounts are synced side by side: one whole line at a time
 
@@ -205,11 +191,15 @@ def _once_every_account(settings: Settings, args) -> int:
             failed |= record["status"] == "failed"
             print(json.dumps(record, default=str), flush=True)
 
-    fleet.subscribe(show)
+    runtime.subscribe(show)
     try:
-        fleet.work(ahead=timedelta(minutes=settings.sync_interval_minutes))
+        if many:
+            runtime.work(ahead=timedelta(minutes=settings.sync_interval_minutes))
+        else:
+            for name in [args.job] if args.job else JOB_NAMES:
+                runtime.run_job(name, full=args.full)
     finally:
-        fleet.close()
+        runtime.close()
     return 1 if failed else 0
 
 
