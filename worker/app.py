@@ -104,8 +104,9 @@ def retention_policy(settings: Settings) -> RetentionPolicy:
 
 class AccountApp:
     """One account's half of the daemon: its Bolna client, its view of the database, both jobs'
-    parts. Single-account mode runs one (inside `App`); with many accounts (worker/fleet.py) a
-    replica builds one for each account it has claimed."""
+    parts. Single-account mode runs one for the process's life (`App` is one); with many accounts
+    (worker/fleet.py) a replica builds one for each account it has claimed. Either way it is
+    attached to the process's `Runtime` (`Runtime.attach`)."""
 
     def __init__(self, settings: Settings, db: Database, bolna: BolnaClient, tenant_id=None):
         """`tenant_id`: the account whose records this app reads and writes (`userId`); None, the
@@ -198,8 +199,7 @@ class Runtime:
         """An account's finished runs to the listeners (with its `userId` when it is one of many),
         its requests to Bolna and Groq to the metrics."""
         for listener in self._listeners:
-            account.runs.subscribe(listener if account.tenant_id is None
-                                   else functools.partial(_with_account, listener, account.tenant_id))
+            _subscribe(account, listener)
         self.metrics.observe_requests(account.bolna.outcomes, account.analysis.llm)
 
     def subscribe(self, listener: RunListener) -> None:
@@ -238,8 +238,9 @@ class Runtime:
             self.mongo_client.close()
 
 
-def _with_account(listener: RunListener, tenant_id, run: dict) -> None:
-    listener({**run, "userId": tenant_id})
+def _subscribe(account: AccountApp, listener: RunListener) -> None:
+    account.runs.subscribe(listener if account.tenant_id is None
+                           else lambda run: listener({**run, "userId": account.tenant_id}))
 
 
 class App(AccountApp, Runtime):
@@ -273,7 +274,7 @@ class App(AccountApp, Runtime):
 
     def subscribe(self, listener: RunListener) -> None:
         super().subscribe(listener)
-        self.runs.subscribe(listener)
+        _subscribe(self, listener)
 
     def scheduled_jobs(self) -> list[ScheduledJob]:
         seconds = self.settings.sync_interval_minutes * 60
