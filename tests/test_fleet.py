@@ -293,3 +293,19 @@ def test_a_sync_whose_lease_may_have_run_out_stops_before_another_replica_can_cl
     assert "tenant_lease_lost" in [getattr(record, "event", None) for record in caplog.records]
     other = replica(fleet_settings, mongo, clock)
     assert other.schedule.claim_due(clock() + timedelta(minutes=1)) is not None
+
+
+def test_every_accounts_runs_reach_the_runtimes_listeners_and_metrics_with_the_account(fleet_settings, mongo, users,
+                                                                                      bolna):
+    """One runtime: each account's app is attached as the single account's is (worker/app.py,
+    `Runtime.attach`), so a listener (the daemon's watchdog, `main.py once`) sees every run, with its account."""
+    fleet = replica(fleet_settings, mongo, Clock())
+    seen = []
+    fleet.subscribe(seen.append)
+    every_account(fleet)
+
+    stored = {run["_id"]: run["userId"] for run in mongo[TEST_DB][SYNC_RUNS].find()}
+    assert len(stored) == 5 and {run["_id"]: run["userId"] for run in seen} == stored  # revoked: its refused crm_sync
+    metrics = generate_latest(fleet.metrics.registry).decode()
+    assert 'callsync_runs_total{job="crm_sync",status="ok"} 2.0' in metrics
+    assert 'callsync_runs_total{job="call_processor",status="ok"} 2.0' in metrics

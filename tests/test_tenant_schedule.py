@@ -17,7 +17,7 @@ from fakes.mongo_hooks import HookedClient, RoundTripCounter
 from services.tenancy.schedule import (DUE, REFUSED, RETIRED, RUNNING, SCHEDULE_INDEXES, WAITING, TenantSchedule,
                                        first_due_times, next_due)
 from tests.conftest import TEST_DB
-from worker.fleet_status import collect_fleet
+from worker.status import collect_fleet
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -2,6 +2,7 @@
 MongoDB client (pymongo or mongomock) and point the HTTP clients at local servers."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -9,6 +10,7 @@ import socket
 import threading
 import uuid
 from datetime import datetime, timedelta
+from typing import Callable
 
 from pymongo import MongoClient
 from pymongo.database import Database
@@ -33,7 +35,7 @@ from services.privacy.guard import PrivacyGuard
 from services.privacy.hashing import hasher_for
 from services.privacy.retention import RetentionPass, RetentionPolicy
 from services.privacy.suppressions import SuppressionList
-from services.run_records import RunRecords, describe_failure, stale_after
+from services.run_records import RunListener, RunRecords, describe_failure, stale_after
 from services.server_clock import ServerClock
 from services.webhooks.inbox import Inbox
 from services.webhooks.processor import LEASE_SECONDS, AccountWriters, InboxProcessor
@@ -58,6 +60,11 @@ def connect(settings: Settings) -> MongoClient:
     timeout = {} if "serverselectiontimeoutms" in settings.mongodb_uri.lower() else {
         "serverSelectionTimeoutMS": DEFAULT_SERVER_SELECTION_MS}
     return MongoClient(settings.mongodb_uri, tz_aware=False, appname="callsync", **timeout)
+
+
+def new_owner() -> str:
+    """Unique per process and part: names its claims and leases (analyses, deliveries, accounts)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def build_analysis(db: Database, settings: Settings, owner: str,
@@ -97,8 +104,9 @@ def retention_policy(settings: Settings) -> RetentionPolicy:
 
 class AccountApp:
     """One account's half of the daemon: its Bolna client, its view of the database, both jobs'
-    parts. Single-account mode runs one (inside `App`); with many accounts (worker/fleet.py) a
-    replica builds one for each account it has claimed."""
+    parts. Single-account mode runs one for the process's life (`App` is one); with many accounts
+    (worker/fleet.py) a replica builds one for each account it has claimed. Either way it is
+    attached to the process's `Runtime` (`Runtime.attach`)."""
 
     def __init__(self, settings: Settings, db: Database, bolna: BolnaClient, tenant_id=None):
         """`tenant_id`: the account whose records this app reads and writes (`userId`); None, the
@@ -107,11 +115,8 @@ class AccountApp:
         self.db = db = tenant_view(db, tenant_id)
         self.tenant_id = tenant_id
         self.bolna = bolna
-        # Unique per process: names this daemon's analysis claims and run records.
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = new_owner()
         self.stop = bolna.stop  # set on SIGTERM: jobs end after their current write, waits end at once
-        self._active_jobs = 0
-        self._idle = threading.Condition()
         # One full-record read per call for both jobs: the readers share what either fetched.
         self.records = SharedRecords(bolna.get_execution, size=settings.bolna_record_cache_size,
                                      seconds=settings.bolna_record_cache_seconds)
@@ -133,15 +138,8 @@ class AccountApp:
         """Run one job now and return its run record (also stored in `sync_runs`)."""
         if name not in JOBS:
             raise ValueError(f"unknown job {name!r}; expected one of {', '.join(JOB_NAMES)}")
-        with self._idle:
-            self._active_jobs += 1
-        try:
-            with log_context(account=None if self.tenant_id is None else str(self.tenant_id)):
-                return self.runs.record(name, lambda recorder: JOBS[name].run(self, recorder, full))
-        finally:
-            with self._idle:
-                self._active_jobs -= 1
-                self._idle.notify_all()
+        with log_context(account=None if self.tenant_id is None else str(self.tenant_id)):
+            return self.runs.record(name, lambda recorder: JOBS[name].run(self, recorder, full))
 
     def analyze(self, recorder) -> None:
         """The call processor's second phase: the Batch API lane (its finished jobs applied, a
@@ -155,61 +153,128 @@ class AccountApp:
                                exc_info=None if isinstance(exc, PyMongoError) else exc)
         self.analysis.run(recorder)
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no job runs; False if one still does after `timeout` seconds."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._active_jobs == 0, timeout)
-
     def close(self) -> None:
         self.reader.close()
         self.bolna.close()
 
 
-class App(AccountApp):
-    """Single-account mode (TENANT_SOURCE=env): the account's jobs, and the process's metrics,
-    status and webhook path around them."""
+class Runtime:
+    """The process around the accounts' jobs, one code path for one account (`App`) and many
+    (`worker/fleet.py`): the metrics and run listeners each account's app is attached to, the
+    webhook inbox and its processor, start-up, the wait for running work, teardown. A subclass
+    says which accounts run when (`scheduled_jobs`, `last_success_at`)."""
 
-    def __init__(self, settings: Settings, db: Database, bolna: BolnaClient, mongo_client=None, tenant_id=None):
-        super().__init__(settings, db, bolna, tenant_id)
-        db = self.db
-        self.mongo_client = mongo_client
-        self.metrics = RunMetrics(JOB_NAMES, queue_depth=self.call_queue.depth,
-                                  llm_configured=bool(settings.groq_api_keys))
-        self.metrics.observe_requests(self)
-        self.metrics.observe_cursors(db)
-        self._successes_loaded = False
-        self.runs.subscribe(self.metrics.observe_run)
-        # Webhooks: the inbox, its processor (started by the daemon with the listener) and the tally.
-        self.inbox = Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self.call_queue.clock,
-                           max_waiting=settings.webhook_max_waiting)
-        self.deliveries = DeliveryTally(db[WEBHOOK_DELIVERIES])
-        observe_webhooks(self.metrics, self.deliveries, self.inbox.waiting)
-        self.webhook_processor = InboxProcessor(self.inbox, lambda _account: self.writers, self.deliveries)
-        self.webhook_routes = SingleRoute(settings.webhook_token, self.inbox) if settings.webhook_token else None
-        self.status = StatusReader(db, settings.mongodb_db, self.runs, self.call_queue, self.inbox, self.deliveries,
-                                   stale_after(settings.sync_interval_minutes))
+    settings: Settings
+    db: Database
+    mongo_client: MongoClient | None
+    owner: str
+    clock: Callable[[], datetime]
 
     @classmethod
-    def build(cls, settings: Settings, mongo_client=None, tenant_id=None) -> "App":
+    def build(cls, settings: Settings, mongo_client=None, **options):
         """`mongo_client`: any pymongo-compatible client; default: a MongoClient on MONGODB_URI."""
         mongo_client = mongo_client or connect(settings)
-        db = mongo_client[settings.mongodb_db]
-        return cls(settings, db, BolnaClient.from_settings(settings, stop=threading.Event()), mongo_client, tenant_id)
+        return cls(settings, mongo_client[settings.mongodb_db], mongo_client=mongo_client, **options)
+
+    def _serve(self, metrics: RunMetrics, inbox: Inbox, writers_for: Callable[[object], AccountWriters | None],
+               routes: Callable[[str], object], tally: Database) -> None:
+        """`inbox`: where the processor claims deliveries; `writers_for(account)`: who writes one;
+        `routes(WEBHOOK_TOKEN)`: the listener's paths, when a token is set; `tally`: the view the
+        deliveries are counted in."""
+        self.metrics = metrics
+        self._listeners: list[RunListener] = [metrics.observe_run]
+        self._active = 0
+        self._idle = threading.Condition()
+        self.deliveries = DeliveryTally(tally[WEBHOOK_DELIVERIES])
+        self.webhook_processor = InboxProcessor(inbox, writers_for, self.deliveries)
+        observe_webhooks(metrics, self.deliveries, inbox.waiting)
+        self.webhook_routes = routes(self.settings.webhook_token) if self.settings.webhook_token else None
+
+    def inbox_of(self, tenant_id) -> Inbox:
+        """The inbox an account's deliveries are accepted into (its view of `webhook_inbox`)."""
+        return Inbox(tenant_view(self.db, tenant_id)[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self.clock,
+                     max_waiting=self.settings.webhook_max_waiting)
+
+    def attach(self, account: AccountApp) -> None:
+        """An account's finished runs to the listeners (with its `userId` when it is one of many),
+        its requests to Bolna and Groq to the metrics."""
+        for listener in self._listeners:
+            _subscribe(account, listener)
+        self.metrics.observe_requests(account.bolna.outcomes, account.analysis.llm)
+
+    def subscribe(self, listener: RunListener) -> None:
+        """Called with each finished run record of the accounts attached from now on."""
+        self._listeners.append(listener)
 
     def prepare(self) -> None:
-        """Start-up work that touches the database: indexes, and runs a dead process left open."""
+        """Start-up work that touches the database: indexes, runs a dead process left open (every
+        account's, one query), and whether Groq knows the daemon's model."""
         ensure_indexes(self.db, self.settings.run_retention_days, self.settings.webhook_inbox_days)
-        # Before any sync: without the key the erased numbers could not be recognized.
-        SuppressionList(self.db, hasher_for(self.settings.privacy_hash_key)).check_key()
-        abandoned = self.runs.mark_abandoned(stale_after(self.settings.sync_interval_minutes))
+        abandoned = RunRecords(self.db).mark_abandoned(stale_after(self.settings.sync_interval_minutes))
         if abandoned:
             log.warning("marked %d run(s) left running by a stopped process as abandoned", abandoned)
-        if (problem := self.analysis.check_llm()) is not None:
+        # An account's own key meets a missing model in its first run, which then stops its LLM use.
+        if self.settings.groq_api_keys and (problem := GroqAnalyzer(self.settings).check_model()) is not None:
             log.warning("%s", problem, extra={"event": "llm_model_missing"})
 
-    def subscribe(self, listener) -> None:
-        """Called with each finished run record (as `Fleet.subscribe`)."""
-        self.runs.subscribe(listener)
+    @contextlib.contextmanager
+    def _running(self):
+        with self._idle:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no work runs; False if some still does after `timeout` seconds."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    def close(self) -> None:
+        if self.mongo_client is not None:
+            self.mongo_client.close()
+
+
+def _subscribe(account: AccountApp, listener: RunListener) -> None:
+    account.runs.subscribe(listener if account.tenant_id is None
+                           else lambda run: listener({**run, "userId": account.tenant_id}))
+
+
+class App(AccountApp, Runtime):
+    """Single-account mode (TENANT_SOURCE=env): one account, its app kept for the process's life
+    and each job scheduled on its own every SYNC_INTERVAL_MINUTES."""
+
+    def __init__(self, settings: Settings, db: Database, bolna: BolnaClient | None = None, mongo_client=None,
+                 tenant_id=None):
+        super().__init__(settings, db, bolna or BolnaClient.from_settings(settings, stop=threading.Event()),
+                         tenant_id)
+        self.mongo_client = mongo_client
+        self.clock = self.call_queue.clock
+        metrics = RunMetrics(JOB_NAMES, queue_depth=self.call_queue.depth, llm_configured=bool(settings.groq_api_keys))
+        metrics.observe_cursors(self.db)
+        self._successes_loaded = False
+        self.inbox = self.inbox_of(tenant_id)
+        self._serve(metrics, self.inbox, lambda _account: self.writers,
+                    lambda token: SingleRoute(token, self.inbox), self.db)
+        self.attach(self)
+        self.status = StatusReader(self.db, settings.mongodb_db, self.runs, self.call_queue, self.inbox,
+                                   self.deliveries, stale_after(settings.sync_interval_minutes))
+
+    def prepare(self) -> None:
+        super().prepare()
+        # Before any sync: without the key the erased numbers could not be recognized.
+        SuppressionList(self.db, hasher_for(self.settings.privacy_hash_key)).check_key()
+
+    def run_job(self, name: str, *, full: bool = False) -> dict:
+        with self._running():
+            return super().run_job(name, full=full)
+
+    def subscribe(self, listener: RunListener) -> None:
+        super().subscribe(listener)
+        _subscribe(self, listener)
 
     def scheduled_jobs(self) -> list[ScheduledJob]:
         seconds = self.settings.sync_interval_minutes * 60
@@ -223,6 +288,5 @@ class App(AccountApp):
         return self.metrics.last_success_at(job)
 
     def close(self) -> None:
-        super().close()
-        if self.mongo_client is not None:
-            self.mongo_client.close()
+        AccountApp.close(self)
+        Runtime.close(self)

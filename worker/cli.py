@@ -144,16 +144,14 @@ def _build(settings: Settings, *, prepare: bool = True, account: str | None = No
     if account is not None and settings.tenant_source != "mongodb":
         raise UsageError("--account names one of many accounts: it needs TENANT_SOURCE=mongodb")
     if settings.tenant_source == "mongodb":
-        from worker.accounts import AccountNotFound, find_account
-
         if account is None:
             raise UsageError("TENANT_SOURCE=mongodb: name the account with --account ID")
         client = connect(settings)
         try:
-            tenant_id = find_account(client[settings.mongodb_db][settings.tenants_collection], account)
-        except AccountNotFound as exc:
+            tenant_id = _account_id(client[settings.mongodb_db], settings, account)
+        except UsageError:
             client.close()
-            raise UsageError(str(exc)) from None
+            raise
     app = App.build(settings, mongo_client=client, tenant_id=tenant_id)
     if prepare:
         app.prepare()
@@ -176,26 +174,12 @@ def _run(settings: Settings, _args) -> int:
 
 
 def _once(settings: Settings, args) -> int:
-    if settings.tenant_source == "mongodb":
-        return _once_every_account(settings, args)
-    app = _build(settings)
-    failed = False
-    try:
-        for name in ([args.job] if args.job else JOB_NAMES):
-            record = app.run_job(name, full=args.full)
-            print(json.dumps(record, default=str), flush=True)
-            failed |= record["status"] == "failed"
-    finally:
-        app.close()
-    return 1 if failed else 0
-
-
-def _once_every_account(settings: Settings, args) -> int:
-    """Every account's jobs once now, whatever their due times (each account's next slot then
-    follows from it); each run record printed as a JSON line."""
-    if args.job or args.full:
+    """The jobs once now, each run record printed as a JSON line. With many accounts, every
+    account's, whatever their due times (each account's next slot then follows from it)."""
+    many = settings.tenant_source == "mongodb"
+    if many and (args.job or args.full):
         raise UsageError("--job and --full run one account's jobs: with TENANT_SOURCE=mongodb, they are not offered")
-    fleet = _build_fleet(settings)
+    runtime = _build_fleet(settings) if many else _build(settings)
     failed = False
     printing = threading.Lock()  # accounts are synced side by side: one whole line at a time
 
@@ -205,21 +189,25 @@ def _once_every_account(settings: Settings, args) -> int:
             failed |= record["status"] == "failed"
             print(json.dumps(record, default=str), flush=True)
 
-    fleet.subscribe(show)
+    runtime.subscribe(show)
     try:
-        fleet.work(ahead=timedelta(minutes=settings.sync_interval_minutes))
+        if many:
+            runtime.work(ahead=timedelta(minutes=settings.sync_interval_minutes))
+        else:
+            for name in [args.job] if args.job else JOB_NAMES:
+                runtime.run_job(name, full=args.full)
     finally:
-        fleet.close()
+        runtime.close()
     return 1 if failed else 0
 
 
 def _status(settings: Settings, args) -> int:
     if settings.tenant_source == "mongodb" and args.account is None:
-        from worker.fleet_status import show_fleet
+        from worker.status import collect_fleet, format_fleet, show
 
         fleet = _build_fleet(settings, prepare=False)
         try:
-            return show_fleet(fleet.schedule, as_json=args.json, limit=args.limit)
+            return show(collect_fleet(fleet.schedule, args.limit), format_fleet, args.json)
         finally:
             fleet.close()
     app = _build(settings, prepare=False, account=args.account)
@@ -290,20 +278,31 @@ def _listed_account(settings: Settings, text: str):
     """The account `text` names, as the daemon serves it (TENANTS_FILTER, its keys readable)."""
     from services.tenancy.source import TenantSource
     from services.tenancy.tenant import UnusableTenant
-    from worker.accounts import AccountNotFound, find_account
     from worker.app import connect
 
     client = connect(settings)
     try:
         db = client[settings.mongodb_db]
-        tenant = TenantSource(settings, db).find(find_account(db[settings.tenants_collection], text))
-    except (AccountNotFound, UnusableTenant) as exc:
+        tenant = TenantSource(settings, db).find(_account_id(db, settings, text))
+    except UnusableTenant as exc:
         raise UsageError(str(exc)) from None
     finally:
         client.close()
     if tenant is None:
         raise UsageError(f"account {text!r} is not served: TENANTS_FILTER does not list it")
     return tenant
+
+
+def _account_id(db, settings: Settings, text: str) -> object:
+    """The stored `_id` `--account` names: an ObjectId when it is one's 24 hex digits and such an
+    account exists (a CRM written in JavaScript stores those), else the text itself."""
+    from bson import ObjectId
+
+    accounts = db[settings.tenants_collection]
+    for candidate in ([ObjectId(text)] if ObjectId.is_valid(text) else []) + [text]:
+        if accounts.find_one({"_id": candidate}, {"_id": 1}) is not None:
+            return candidate
+    raise UsageError(f"no account {text!r} in the {accounts.name!r} collection")
 
 
 _COMMANDS = {"run": _run, "once": _once, "status": _status, "reanalyze": _reanalyze, "forget": _forget,

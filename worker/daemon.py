@@ -27,8 +27,7 @@ from worker.systemd import READY, STOPPING, Heartbeat, JobWatch, notify, watchdo
 from worker.webhook_listener import serve_webhooks
 
 if TYPE_CHECKING:
-    from worker.app import App
-    from worker.fleet import Fleet
+    from worker.app import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ EXIT_FORCED = 1  # a job did not stop within the grace period: not a clean stop,
 SETTLE_SECONDS = 15.0  # how often run records lost in an outage are tried again
 
 
-def build_scheduler(app: "App | Fleet", watch: JobWatch | None = None,
+def build_scheduler(app: "Runtime", watch: JobWatch | None = None,
                     watchdog: float | None = None) -> BlockingScheduler:
     """`watch`: notes each job's start and end; `watchdog`: systemd's WatchdogSec, when the
     unit has one: a heartbeat job then pings it while no job is overdue."""
@@ -67,7 +66,7 @@ def build_scheduler(app: "App | Fleet", watch: JobWatch | None = None,
     return scheduler
 
 
-def run_daemon(app: "App | Fleet") -> int:
+def run_daemon(app: "Runtime") -> int:
     watch = JobWatch(app.settings.job_deadline_seconds)
     app.subscribe(watch.progress)
     watchdog = watchdog_seconds()

@@ -14,8 +14,8 @@ from services.database import CALLS, CONTACTS, CUSTOMERS
 from utils.config import Settings
 from utils.table import format_table
 from worker.fleet import Fleet
-from worker.fleet_status import collect_fleet, format_fleet
 from worker.jobs import JOB_NAMES
+from worker.status import collect_fleet, format_fleet
 
 
 def run_accounts_demo(settings: Settings, tenants: int) -> int:

@@ -13,24 +13,18 @@ replica's one inbox processor writes every account's deliveries into that accoun
 """
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Callable
 
 from pymongo.database import Database
 
-from services.analyzer.groq_analyzer import GroqAnalyzer
 from services.bolna_client import BolnaAuthError, BolnaClient
-from services.database import (LLM_QUOTA, TENANT_SCHEDULE, WEBHOOK_DELIVERIES, WEBHOOK_INBOX, ensure_indexes,
-                               tenant_view)
-from services.run_records import RunListener, RunRecords, describe_failure, failed_with, stale_after
+from services.database import LLM_QUOTA, TENANT_SCHEDULE, WEBHOOK_INBOX, tenant_view
+from services.run_records import describe_failure, failed_with
 from services.server_clock import ServerClock
 from services.tenancy.lease import LeaseKeeper
 from services.tenancy.llm_quota import LlmQuota
@@ -38,15 +32,14 @@ from services.tenancy.schedule import TenantClaim, TenantSchedule
 from services.tenancy.source import TenantSource
 from services.tenancy.tenant import Tenant
 from services.webhooks.inbox import Inbox
-from services.webhooks.processor import LEASE_SECONDS, AccountWriters, InboxProcessor
+from services.webhooks.processor import LEASE_SECONDS, AccountWriters
 from services.webhooks.routes import AccountRoutes
-from services.webhooks.tally import DeliveryTally
+from utils.clock import utcnow
 from utils.config import Settings
 from utils.logging import log_context
-from worker.app import AccountApp, build_writers, connect
-from utils.clock import utcnow
+from worker.app import AccountApp, Runtime, build_writers, new_owner
 from worker.jobs import CALL_PROCESSOR, JOB_NAMES, ScheduledJob
-from worker.metrics import RunMetrics, observe_accounts, observe_webhooks
+from worker.metrics import RunMetrics, observe_accounts
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +63,16 @@ def account_settings(settings: Settings, tenant: Tenant, llm_limit: int | None =
     return settings.with_overrides(**changes)
 
 
-class Fleet:
+class Fleet(Runtime):
     def __init__(self, settings: Settings, db: Database, mongo_client=None,
                  clock: Callable[[], datetime] | None = None):
         """`clock`: what leases and quota windows are measured by; the database server's unless given."""
         self.settings = settings
         self.db = db
         self.mongo_client = mongo_client
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = new_owner()
         self.stop = threading.Event()
-        clock = clock or ServerClock(db).now
+        self.clock = clock = clock or ServerClock(db).now
         interval = timedelta(minutes=settings.sync_interval_minutes)
         self.source = TenantSource(settings, db)
         self.schedule = TenantSchedule(db[TENANT_SCHEDULE], self.owner, settings.tenant_lease_seconds,
@@ -88,40 +81,19 @@ class Fleet:
                       if settings.llm_global_limit is not None else None)
         # Across accounts: counts by job and status, and accounts by state; never by account
         # (bounded cardinality).
-        self.metrics = RunMetrics(JOB_NAMES, queue_depth=None, llm_configured=bool(settings.groq_api_keys),
-                                  refresh_after_runs=False)
-        observe_accounts(self.metrics, self.schedule.counts)
-        self._listeners: list[RunListener] = [self.metrics.observe_run]
+        metrics = RunMetrics(JOB_NAMES, queue_depth=None, llm_configured=bool(settings.groq_api_keys),
+                             refresh_after_runs=False)
+        observe_accounts(metrics, self.schedule.counts)
         self._tenants: dict[object, Tenant] = {}
         self._loaded_at: float | None = None
         self._refresh_lock = threading.Lock()
-        self._active = 0
-        self._idle = threading.Condition()
         self._progress_at: datetime | None = None
         # Webhooks: every account's deliveries land in one inbox, each entry under its account.
-        self._clock = clock
-        self.deliveries = DeliveryTally(tenant_view(db, None)[WEBHOOK_DELIVERIES])  # the replica's, all accounts
-        self.webhook_processor = InboxProcessor(Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=clock),
-                                                self._writers_for, self.deliveries)
-        observe_webhooks(self.metrics, self.deliveries, self.webhook_processor.inbox.waiting)
-        self.webhook_routes = (AccountRoutes(settings.webhook_token, self._inbox_of) if settings.webhook_token
-                               else None)
-
-    @classmethod
-    def build(cls, settings: Settings, mongo_client=None) -> "Fleet":
-        mongo_client = mongo_client or connect(settings)
-        return cls(settings, mongo_client[settings.mongodb_db], mongo_client)
+        self._serve(metrics, Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=clock), self._writers_for,
+                    lambda token: AccountRoutes(token, self.inbox_of), tenant_view(db, None))  # the replica's tally
 
     def prepare(self) -> None:
-        ensure_indexes(self.db, self.settings.run_retention_days, self.settings.webhook_inbox_days)
-        # Every account's runs this host left open: one query over all of them.
-        abandoned = RunRecords(self.db).mark_abandoned(stale_after(self.settings.sync_interval_minutes))
-        if abandoned:
-            log.warning("marked %d run(s) left running by a stopped process as abandoned", abandoned)
-        # The daemon's own Groq key and model, as single-account mode checks them (an account's
-        # own key meets a missing model in its first run, which then stops its LLM use).
-        if self.settings.groq_api_keys and (problem := GroqAnalyzer(self.settings).check_model()) is not None:
-            log.warning("%s", problem, extra={"event": "llm_model_missing"})
+        super().prepare()
         self.refresh(force=True)
 
     def refresh(self, *, force: bool = False) -> None:
@@ -144,23 +116,13 @@ class Fleet:
         """One pass (the daemon's job every TENANT_POLL_SECONDS): sync due accounts, a few at a
         time, until none is due or the daemon stops. Returns how many were synced. `ahead`: also
         the accounts due within that time (`main.py once` passes an interval: every account)."""
-        with self._idle:
-            self._active += 1
-        try:
+        with self._running():
             self.refresh()
             due_by = self.schedule.clock() + ahead if ahead else None
             with ThreadPoolExecutor(self.settings.tenant_concurrency, thread_name_prefix="account") as pool:
                 synced = sum(pool.map(lambda _: self._drain(due_by), range(self.settings.tenant_concurrency)))
             self._progress_at = utcnow()
             return synced
-        finally:
-            with self._idle:
-                self._active -= 1
-                self._idle.notify_all()
-
-    def subscribe(self, listener: RunListener) -> None:
-        """Called with each finished run record of every account this replica syncs (with its `userId`)."""
-        self._listeners.append(listener)
 
     def _drain(self, due_by: datetime | None) -> int:
         synced = 0
@@ -178,23 +140,16 @@ class Fleet:
     def sync(self, claim: TenantClaim, due_by: datetime | None = None) -> None:
         """Both jobs for the claimed account, under its lease; the schedule records the result
         (its next slot after `due_by`, the pass's horizon, so the pass does not meet it again)."""
-        tenant = self._tenants.get(claim.tenant_id)
-        if tenant is None:
-            # Listed by another replica's newer read, or gone since ours: read the list again, so
-            # the account is either known or retired (a release alone would be claimed again at once).
-            self.refresh(force=True)
-            tenant = self._tenants.get(claim.tenant_id)
-            if tenant is None:
-                self.schedule.release(claim)
-                return
+        tenant = self._tenant(claim.tenant_id)
+        if tenant is None:  # retired by the new read (a release alone would be claimed again at once)
+            self.schedule.release(claim)
+            return
         grant = self.quota.take(tenant.llm_batch_limit or self.settings.llm_batch_limit) if self.quota else None
         settings = account_settings(self.settings, tenant, grant.count if grant else tenant.llm_batch_limit)
         lease = LeaseKeeper(self.schedule, claim, self.stop)
         # The account's jobs stop on the lease's stop: the process's, or the lease's own end.
         app = AccountApp(settings, self.db, BolnaClient.from_settings(settings, stop=lease.stop), tenant.id)
-        for listener in self._listeners:
-            app.runs.subscribe(functools.partial(_with_account, listener, tenant.id))
-        self.metrics.observe_requests(app)
+        self.attach(app)
         runs: list[dict] = []
         try:
             with lease:
@@ -234,28 +189,18 @@ class Fleet:
         /metrics and `status`.)"""
         return self._progress_at
 
-    def wait_idle(self, timeout: float) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: self._active == 0, timeout)
-
-    def _inbox_of(self, tenant_id) -> Inbox:
-        return Inbox(tenant_view(self.db, tenant_id)[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self._clock,
-                     max_waiting=self.settings.webhook_max_waiting)
-
     def _writers_for(self, tenant_id) -> AccountWriters | None:
         """The writers of a delivery's account; None when the account is no longer listed."""
-        tenant = self._tenants.get(tenant_id)
-        if tenant is None:
-            # Accepted by a replica that read the list after this one did, or since retired.
-            self.refresh(force=True)
-            tenant = self._tenants.get(tenant_id)
-        if tenant is None:
-            return None
-        return build_writers(tenant_view(self.db, tenant.id), account_settings(self.settings, tenant))
+        tenant = self._tenant(tenant_id)
+        return None if tenant is None else build_writers(tenant_view(self.db, tenant.id),
+                                                         account_settings(self.settings, tenant))
 
-    def close(self) -> None:
-        if self.mongo_client is not None:
-            self.mongo_client.close()
+    def _tenant(self, tenant_id) -> Tenant | None:
+        """The listed account; one unknown to this replica's last read (listed by another replica's
+        newer read, or gone since ours) after reading the list again, None if it is gone."""
+        if tenant_id not in self._tenants:
+            self.refresh(force=True)
+        return self._tenants.get(tenant_id)
 
 
 def _quietly(finish, claim: TenantClaim, result: dict, due_by: datetime | None) -> None:
@@ -263,10 +208,6 @@ def _quietly(finish, claim: TenantClaim, result: dict, due_by: datetime | None) 
         finish(claim, result, after=due_by)
     except Exception:  # noqa: BLE001 - MongoDB away: the lease runs out and another claim takes it
         log.warning("could not record an account's failed sync", exc_info=True)
-
-
-def _with_account(listener: RunListener, tenant_id, run: dict) -> None:
-    listener({**run, "userId": tenant_id})
 
 
 def _refused(run: dict) -> bool:

@@ -23,8 +23,7 @@ from services.run_records import describe_failure
 from utils.clock import utcnow
 
 if TYPE_CHECKING:
-    from worker.app import App
-    from worker.fleet import Fleet
+    from worker.app import Runtime
     from worker.metrics import RunMetrics
     from worker.systemd import JobWatch
 
@@ -221,7 +220,7 @@ def _json(healthy: bool, body: dict) -> tuple[int, bytes, str]:
     return 200 if healthy else 503, json.dumps(body).encode(), JSON
 
 
-def serve_health(service: "App | Fleet", is_scheduling: Callable[[], bool], started_at: datetime | None = None,
+def serve_health(service: "Runtime", is_scheduling: Callable[[], bool], started_at: datetime | None = None,
                  watch: "JobWatch | None" = None, **limits) -> HealthServer:
     """Start the listener on HEALTH_HOST:HEALTH_PORT, with `service`'s metrics and the last
     successes of its scheduled jobs. `started_at`: when the daemon started (default: now);

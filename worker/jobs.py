@@ -1,28 +1,12 @@
-"""The daemon's jobs, declared once: the scheduler, the CLI's choices, `App.run_job` and the
-cursors in `sync_state` all take their names from `JOBS`."""
+"""The daemon's jobs, declared once: the scheduler, the CLI's choices, `AccountApp.run_job` and
+the cursors in `sync_state` all take their names from `JOBS`. A job's body is handed the account's
+app (worker/app.py, which imports this module: so it is not named here)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import Callable
 
-if TYPE_CHECKING:
-    from services.analyzer.batch import AnalysisBatch
-    from services.bolna_client import BolnaClient
-    from services.execution_feed import ExecutionFeed, PageWriter
-    from services.privacy.retention import RetentionPass
-    from services.run_records import RunRecorder
-
-
-class App(Protocol):
-    """What the jobs (and worker/metrics.py) use of worker/app.py's `AccountApp`, which imports them."""
-    bolna: BolnaClient
-    analysis: AnalysisBatch
-    feed: ExecutionFeed
-    customer_writer: PageWriter
-    call_writer: PageWriter
-    retention: RetentionPass
-
-    def analyze(self, recorder: RunRecorder) -> None: ...
+from services.run_records import RunRecorder
 
 CRM_SYNC = "crm_sync"
 CALL_PROCESSOR = "call_processor"
@@ -32,14 +16,14 @@ CALL_PROCESSOR = "call_processor"
 class Job:
     name: str
     summary: str
-    run: Callable[["App", "RunRecorder", bool], None]  # (app, recorder, full)
+    run: Callable[[object, RunRecorder, bool], None]  # (the account's app, recorder, full)
 
 
-def _sync_customers(app: "App", recorder: "RunRecorder", full: bool) -> None:
+def _sync_customers(app, recorder: RunRecorder, full: bool) -> None:
     app.feed.run(CRM_SYNC, app.customer_writer, recorder, full=full)
 
 
-def _process_calls(app: "App", recorder: "RunRecorder", full: bool) -> None:
+def _process_calls(app, recorder: RunRecorder, full: bool) -> None:
     try:
         app.feed.run(CALL_PROCESSOR, app.call_writer, recorder, full=full)
     finally:

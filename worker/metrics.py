@@ -24,7 +24,7 @@ from pymongo.errors import PyMongoError
 
 from services.analyzer.outcomes import OUTCOME_COUNTERS
 from services.database import SYNC_STATE
-from services.request_outcomes import OUTCOMES as REQUEST_OUTCOMES
+from services.request_outcomes import OUTCOMES as REQUEST_OUTCOMES, RequestOutcomes
 from services.run_records import SUCCESSFUL, RunRecords
 from services.sync_state import oldest_cursor
 from services.webhooks.tally import OUTCOMES, DeliveryTally
@@ -33,7 +33,7 @@ from utils.clock import unix_seconds
 if TYPE_CHECKING:
     from pymongo.database import Database
 
-    from worker.jobs import App
+    from services.analyzer.groq_analyzer import GroqAnalyzer
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +134,11 @@ class RunMetrics:
         for gauge in self._refreshed:
             gauge.refresh()
 
-    def observe_requests(self, app: App) -> None:
-        """Count the outcome of each request `app` makes to Bolna and to Groq."""
-        app.bolna.outcomes.subscribe(lambda outcome: self.bolna_requests.labels(outcome).inc())
-        if app.analysis.llm is not None:
-            app.analysis.llm.outcomes.subscribe(lambda outcome: self.llm_requests.labels(outcome).inc())
+    def observe_requests(self, bolna: RequestOutcomes, llm: "GroqAnalyzer | None") -> None:
+        """Count the outcome of each request to Bolna (`bolna`: its client's outcomes) and to Groq."""
+        bolna.subscribe(lambda outcome: self.bolna_requests.labels(outcome).inc())
+        if llm is not None:
+            llm.outcomes.subscribe(lambda outcome: self.llm_requests.labels(outcome).inc())
 
     def observe_cursors(self, db: "Database") -> None:
         """Each job's oldest cursor, in single-account mode (`db`: the account's view). With many

@@ -1,15 +1,21 @@
 """`main.py status`: what the daemon did and what waits — read from the collections it writes,
-so it works from any machine that reaches the database, daemon running or not."""
+so it works from any machine that reaches the database, daemon running or not. One account's
+runs, queue and contacts (`StatusReader`; with many accounts, `--account ID`), or many accounts
+by state (running, due, waiting, refused, retired), the ones due longest with the replica syncing
+them, their last result and errors (`collect_fleet`)."""
 from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from typing import Callable
 
 from pymongo.database import Database
 
+from services import lease
 from services.analyzer.claims import CallQueue
 from services.database import CALLS, CONTACTS, CUSTOMERS
 from services.run_records import RunRecords
+from services.tenancy.schedule import STATES, TenantSchedule
 from services.webhooks.inbox import Inbox
 from services.webhooks.tally import DeliveryTally
 from utils.clock import utcnow
@@ -53,9 +59,7 @@ class StatusReader:
                 "lagMs": {"count": len(lags), "p50": _percentile(lags, 0.50), "p99": _percentile(lags, 0.99)}}
 
     def show(self, as_json: bool) -> int:
-        status = self.collect()
-        print(json.dumps(status, default=_json_value) if as_json else format_status(status))
-        return 0
+        return show(self.collect(), format_status, as_json)
 
     def _job(self, job: str, now: datetime) -> dict:
         last = self.runs.last_run(job, self.stale)
@@ -72,6 +76,11 @@ class StatusReader:
         groups = self.db[CONTACTS].aggregate([{"$group": {"_id": f"${field}", "count": {"$sum": 1}}}])
         counts = {str(group["_id"]) if group["_id"] is not None else "none": group["count"] for group in groups}
         return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def show(status: dict, formatted: Callable[[dict], str], as_json: bool) -> int:
+    print(json.dumps(status, default=_json_value) if as_json else formatted(status))
+    return 0
 
 
 def format_status(status: dict) -> str:
@@ -92,6 +101,34 @@ def format_status(status: dict) -> str:
         format_table(["lead status", "contacts"], _count_rows(status["contactsByLeadStatus"])),
     ]
     return "\n\n".join(sections)
+
+
+def collect_fleet(schedule: TenantSchedule, limit: int) -> dict:
+    overview = schedule.overview(limit=limit)
+    return {"checkedAt": utcnow(), "accounts": overview["counts"], "total": overview["total"],
+            "listed": [_account_row(row) for row in overview["tenants"]]}
+
+
+def format_fleet(status: dict) -> str:
+    counts = "   ".join(f"{state} {status['accounts'].get(state, 0)}" for state in STATES)
+    rows = [[row["account"], row["state"], row["dueAt"], row["runningOn"], row["lastStatus"], row["lastFinishedAt"],
+             row["errors"], row["refused"]] for row in status["listed"]]
+    return "\n\n".join([
+        f"callsync accounts at {status['checkedAt']:%Y-%m-%d %H:%M:%S} UTC: {status['total']} in the schedule",
+        counts,
+        format_table(["account", "state", "due", "running on", "last run", "finished", "errors", "refused"],
+                     rows or [["(no accounts)", "", "", "", "", "", "", ""]]),
+    ])
+
+
+def _account_row(row: dict) -> dict:
+    """Ids, states and times only: never a key (the schedule holds none, only its fingerprint)."""
+    last = row.get("lastRun") or {}
+    refused = row.get("refused") or {}
+    return {"account": str(row["tenantId"]), "state": row.get("state"), "dueAt": row.get("dueAt"),
+            "runningOn": row.get(lease.BY), "lastStatus": last.get("status"),
+            "lastFinishedAt": last.get("finishedAt"), "errors": last.get("errors"),
+            "refused": f"{refused['reason']} (since {refused['since']:%Y-%m-%d %H:%M})" if refused else None}
 
 
 def _llm_usage(usage: dict) -> str:

@@ -175,8 +175,8 @@ class WebhookService:
 
 
 def serve_webhooks(app) -> WebhookService:
-    """Start the processor and the listener on WEBHOOK_HOST:WEBHOOK_PORT for `app` (worker.app.App,
-    or worker.fleet.Fleet with many accounts)."""
+    """Start the processor and the listener on WEBHOOK_HOST:WEBHOOK_PORT for `app` (a
+    worker.app.Runtime: one account or many)."""
     settings = app.settings
     senders = SenderPolicy(settings.webhook_allowed_ips, settings.webhook_trusted_proxies)
     if senders.allowed is None:
