@@ -276,11 +276,12 @@ def health_flood(mongo_client, connections: int) -> dict:
                         latencies.append(time.perf_counter() - started)
                     except requests.RequestException:
                         latencies.append(float("inf"))
+                closed = _closed(flood)
         finally:
             health.stop()
     return {"connections": connections, "connected": flood.connected, "open_seconds": flood.seconds,
             "threads_before": threads_before, "threads_during": threads_during,
-            "median_ms": 1000 * statistics.median(latencies), "max_ms": 1000 * max(latencies)}
+            "median_ms": 1000 * statistics.median(latencies), "max_ms": 1000 * max(latencies), "closed": closed}
 
 
 def account_flood(mongo_client, flood: int) -> dict:
@@ -377,7 +378,8 @@ def run(quick: bool) -> list[str]:
         (f"health server under {health['connections']:,} idle connections",
          f"threads {health['threads_before']} before, {health['threads_during']} during; /healthz median "
          f"{health['median_ms']:.1f} ms, max {health['max_ms']:.1f} ms; {health['connected']:,} opened in "
-         f"{health['open_seconds']:.1f} s"),
+         f"{health['open_seconds']:.1f} s, {health['closed']} of them closed by the server by then (it drops a "
+         f"connection idle for its read timeout)"),
         (f"other account's delay under a {fair['flood']:,}-delivery flood",
          f"{fair['other_ms']:.0f} ms, written by batch {fair['other_batches']} of {fair['batches']} (a batch of "
          f"{BATCH} {fair['batch_ms']:.0f} ms; the flood drained in {fair['drained_seconds']:.1f} s, {fair['written']:,} "
