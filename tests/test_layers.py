@@ -13,7 +13,9 @@ LAYERS = (("utils",), ("models",), ("services",), ("worker",), ("main", "evaluat
 def product_modules() -> dict[str, Path]:
     return {".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
             for path in ROOT.rglob("*.py")
-            if path.relative_to(ROOT).parts[0] not in NOT_PRODUCT and ".venv" not in path.parts}
+            # Hidden folders are no product: the virtual environments (.venv, .wire-server-venv), .git.
+            if path.relative_to(ROOT).parts[0] not in NOT_PRODUCT
+            and not any(part.startswith(".") for part in path.relative_to(ROOT).parts)}
 
 
 def imports(path: Path, modules: dict[str, Path]) -> set[str]:
