@@ -24,11 +24,22 @@ def legacy_call_ids(doc: dict) -> list[str]:
 
 
 def legacy_links(key: str, docs: list[dict], link_id: Callable[[str], str]) -> list[UpdateOne]:
-    """Links for the calls the records count in a `callIds` array: already applied to them."""
+    """Links for the calls the records count in a `callIds` array, not applied yet: a link is
+    applied only once its customer is stored under `key` (`LEGACY_LINK`). Applied at once, a
+    crash before that left the calls skipped by every later run, and the merged record under its
+    old spelling for good (issue 23)."""
     call_ids = {call_id for doc in docs for call_id in legacy_call_ids(doc)}
-    return [UpdateOne({"_id": link_id(call_id)}, {"$setOnInsert": {"callId": call_id, "phone": key, "applied": True}},
+    return [UpdateOne({"_id": link_id(call_id)}, {"$setOnInsert": {"callId": call_id, "phone": key, "applied": False}},
                       upsert=True)
             for call_id in sorted(call_ids)]
+
+
+# A link made from a `callIds` array whose call no page has brought yet (a page's link has its
+# call's `at`), not applied: the writer applies it once its number's customer is written under
+# the number's key. Told from the links themselves, so a run after a crash applies it even when
+# the `callIds` it came from were already merged away. As a query, and as an expression.
+LEGACY_LINK = {"applied": False, "at": {"$exists": False}}
+LEGACY_LINK_EXPRESSION = {"$and": [{"$eq": ["$applied", False]}, {"$eq": [{"$ifNull": ["$at", None]}, None]}]}
 
 
 def linked_call_id(link: dict) -> str:
