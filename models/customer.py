@@ -219,6 +219,8 @@ def merge_update(merged: dict[str, Any], ranks: StatusRanks) -> list[dict]:
     decide: dict[str, Any] = {}
     stage: dict[str, Any] = {
         "callCount": {"$max": [{"$ifNull": ["$callCount", 0]}, merged.get("callCount", 0)]}}
+    if merged.get("phone") is not None:
+        stage["phone"] = {"$literal": merged["phone"]}  # the normalized key the record moves to
     if merged.get("lastCallAt") is not None:
         decide["_newer"] = {"$gt": [merged["lastCallAt"], {"$ifNull": ["$lastCallAt", EPOCH]}]}
         stage.update({name: _if("$_newer", merged.get(name), f"${name}")

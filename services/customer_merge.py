@@ -48,15 +48,19 @@ def linked_call_id(link: dict) -> str:
     return link.get("callId", link["_id"])
 
 
-def merge_records(customers: Collection, docs: list[dict], ranks: StatusRanks) -> dict:
-    """Fold `docs` (the one to keep first) into the first and delete the others; returns the kept
-    record as it now is. Safe to run twice at once: both runs pick the same record and fields."""
+def merge_records(customers: Collection, key: str, docs: list[dict], ranks: StatusRanks) -> dict:
+    """Fold `docs` (the one to keep first) into the first, stored under the number's `key`, and
+    delete the others; returns the kept record as it now is. Safe to run twice at once: both runs
+    pick the same record and fields."""
     keep, others = docs[0], docs[1:]
-    if not others and "callIds" not in keep:
+    if not others and "callIds" not in keep and keep.get("phone") == key:
         return keep
     # Folded here, applied on the server by the update's rules: a call written to the kept record
-    # since `docs` were read (another page, a webhook, the other run) stays.
-    kept = customers.find_one_and_update({"_id": keep["_id"]}, merge_update(_fold(docs, ranks), ranks),
+    # since `docs` were read (another page, a webhook, the other run) stays. Re-keyed in the same
+    # write that drops `callIds`: the record is never without both its array and the key its
+    # links are under, whatever write a crash stops at.
+    kept = customers.find_one_and_update({"_id": keep["_id"]},
+                                         merge_update({**_fold(docs, ranks), "phone": key}, ranks),
                                          return_document=ReturnDocument.AFTER)
     if others:
         customers.delete_many({"_id": {"$in": [doc["_id"] for doc in others]}})

@@ -58,7 +58,7 @@ class CustomerWriter:
         # the page again, and merges and rewrites the record.
         bulk_upsert(self.links, [link for key, docs in found.items() for link in legacy_links(key, docs, self.links.local_id)]
                     + [_link(key, call, self.links.local_id) for key, (_phone, calls) in by_phone.items() for call in calls])
-        stored = {key: merge_records(self.customers, docs, self.ranks) for key, docs in found.items()}
+        stored = {key: merge_records(self.customers, key, docs, self.ranks) for key, docs in found.items()}
         counts, legacy_keys = self._counts(list(by_phone))
         # Before the customers: once they hold the new values, a re-run could not tell a lock held one.
         self._record_held_back(by_phone, stored, now)

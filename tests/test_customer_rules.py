@@ -186,7 +186,8 @@ def test_a_call_written_while_legacy_records_are_merged_is_not_undone(mongo, db)
             racing.append(db[CUSTOMERS].bulk_write([customer_upsert(
                 normalize_phone("+919876543210"), [booked], late, ranks=ranks, call_count=2, existing_id=kept)]))
 
-    merged = merge_records(HookedClient(mongo, booked_call_lands_first)[TEST_DB][CUSTOMERS], docs, ranks)
+    merged = merge_records(HookedClient(mongo, booked_call_lands_first)[TEST_DB][CUSTOMERS], "+919876543210",
+                           docs, ranks)
     [customer] = db[CUSTOMERS].find()
     assert racing
     assert (customer["status"], customer["statusCallId"], customer["lastCallId"], customer["name"]) == \
