@@ -185,8 +185,8 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
         "statusAt": _if("$_take_status", best.at, "$statusAt"),
         "statusCallId": _if("$_take_status", best.call_id, "$statusCallId"),
         "callCount": {"$max": [{"$ifNull": ["$callCount", 0]}, call_count]},
-        "fieldsAt": {name: (_if(f"$_take_{name}", fields[name][1].at, f"$fieldsAt.{name}") if name in fields
-                            else f"$fieldsAt.{name}") for name in PROFILE_FIELDS},
+        "fieldsAt": {name: (_if(f"$_take_{name}", fields[name][1].at, _stored_field_at(name)) if name in fields
+                            else _stored_field_at(name)) for name in PROFILE_FIELDS},
         "createdAt": {"$ifNull": ["$createdAt", now]},
         "updatedAt": now,
         SUGGESTED: _suggested(offers),
@@ -219,6 +219,8 @@ def merge_update(merged: dict[str, Any], ranks: StatusRanks) -> list[dict]:
     decide: dict[str, Any] = {}
     stage: dict[str, Any] = {
         "callCount": {"$max": [{"$ifNull": ["$callCount", 0]}, merged.get("callCount", 0)]}}
+    if merged.get("phone") is not None:
+        stage["phone"] = {"$literal": merged["phone"]}  # the normalized key the record moves to
     if merged.get("lastCallAt") is not None:
         decide["_newer"] = {"$gt": [merged["lastCallAt"], {"$ifNull": ["$lastCallAt", EPOCH]}]}
         stage.update({name: _if("$_newer", merged.get(name), f"${name}")
@@ -232,8 +234,8 @@ def merge_update(merged: dict[str, Any], ranks: StatusRanks) -> list[dict]:
         decide[f"_take_{name}"] = _newer_than_stored(name, at, f"$fieldsAt.{name}")
         stage[name] = _if(f"$_take_{name}", merged[name], f"${name}")
     if fields_at:
-        stage["fieldsAt"] = {name: (_if(f"$_take_{name}", fields_at[name], f"$fieldsAt.{name}") if name in fields_at
-                                    else f"$fieldsAt.{name}") for name in PROFILE_FIELDS}
+        stage["fieldsAt"] = {name: (_if(f"$_take_{name}", fields_at[name], _stored_field_at(name)) if name in fields_at
+                                    else _stored_field_at(name)) for name in PROFILE_FIELDS}
     if merged.get("extracted"):
         decide["_take_extracted"] = _newer_than_stored("extracted", merged["extractedAt"], "$extractedAt")
         stage["extracted"] = _if("$_take_extracted", merged["extracted"], "$extracted")
@@ -300,7 +302,17 @@ def _newer_than_stored(field: str, at: datetime, stored_at: str) -> dict:
                     {"$gt": [at, {"$ifNull": [stored_at, {"$ifNull": ["$lastCallAt", EPOCH]}]}]}]}
 
 
-def _if(condition: str, value: Any, otherwise: str) -> dict:
+def _stored_field_at(field: str) -> dict:
+    """The time of the stored value of `field`, kept: its own, or for a value written before
+    per-field times existed (a legacy record) its newest call as read now, pinned. Left to
+    follow `lastCallAt`, it would move forward with every newer call that does not name the
+    field, and a call that does, newer than the value's but older than those, could never
+    replace it (issue 23, found by the model test's long profile)."""
+    return {"$cond": [{"$eq": [{"$ifNull": [f"${field}", None]}, None]}, f"$fieldsAt.{field}",
+                      {"$ifNull": [f"$fieldsAt.{field}", "$lastCallAt"]}]}
+
+
+def _if(condition: str, value: Any, otherwise: Any) -> dict:
     return {"$cond": [condition, {"$literal": value}, otherwise]}
 
 

@@ -24,11 +24,22 @@ def legacy_call_ids(doc: dict) -> list[str]:
 
 
 def legacy_links(key: str, docs: list[dict], link_id: Callable[[str], str]) -> list[UpdateOne]:
-    """Links for the calls the records count in a `callIds` array: already applied to them."""
+    """Links for the calls the records count in a `callIds` array, not applied yet: a link is
+    applied only once its customer is stored under `key` (`LEGACY_LINK`). Applied at once, a
+    crash before that left the calls skipped by every later run, and the merged record under its
+    old spelling for good (issue 23)."""
     call_ids = {call_id for doc in docs for call_id in legacy_call_ids(doc)}
-    return [UpdateOne({"_id": link_id(call_id)}, {"$setOnInsert": {"callId": call_id, "phone": key, "applied": True}},
+    return [UpdateOne({"_id": link_id(call_id)}, {"$setOnInsert": {"callId": call_id, "phone": key, "applied": False}},
                       upsert=True)
             for call_id in sorted(call_ids)]
+
+
+# A link made from a `callIds` array whose call no page has brought yet (a page's link has its
+# call's `at`), not applied: the writer applies it once its number's customer is written under
+# the number's key. Told from the links themselves, so a run after a crash applies it even when
+# the `callIds` it came from were already merged away. As a query, and as an expression.
+LEGACY_LINK = {"applied": False, "at": {"$exists": False}}
+LEGACY_LINK_EXPRESSION = {"$and": [{"$eq": ["$applied", False]}, {"$eq": [{"$ifNull": ["$at", None]}, None]}]}
 
 
 def linked_call_id(link: dict) -> str:
@@ -37,15 +48,19 @@ def linked_call_id(link: dict) -> str:
     return link.get("callId", link["_id"])
 
 
-def merge_records(customers: Collection, docs: list[dict], ranks: StatusRanks) -> dict:
-    """Fold `docs` (the one to keep first) into the first and delete the others; returns the kept
-    record as it now is. Safe to run twice at once: both runs pick the same record and fields."""
+def merge_records(customers: Collection, key: str, docs: list[dict], ranks: StatusRanks) -> dict:
+    """Fold `docs` (the one to keep first) into the first, stored under the number's `key`, and
+    delete the others; returns the kept record as it now is. Safe to run twice at once: both runs
+    pick the same record and fields."""
     keep, others = docs[0], docs[1:]
-    if not others and "callIds" not in keep:
+    if not others and "callIds" not in keep and keep.get("phone") == key:
         return keep
     # Folded here, applied on the server by the update's rules: a call written to the kept record
-    # since `docs` were read (another page, a webhook, the other run) stays.
-    kept = customers.find_one_and_update({"_id": keep["_id"]}, merge_update(_fold(docs, ranks), ranks),
+    # since `docs` were read (another page, a webhook, the other run) stays. Re-keyed in the same
+    # write that drops `callIds`: the record is never without both its array and the key its
+    # links are under, whatever write a crash stops at.
+    kept = customers.find_one_and_update({"_id": keep["_id"]},
+                                         merge_update({**_fold(docs, ranks), "phone": key}, ranks),
                                          return_document=ReturnDocument.AFTER)
     if others:
         customers.delete_many({"_id": {"$in": [doc["_id"] for doc in others]}})

@@ -18,7 +18,7 @@ from models.customer import (PENDING_STATUS_CHANGES, CustomerCall, StatusRanks, 
 from models.locks import HELD_BACK
 from models.execution import Execution, execution_id
 from services.bulk import bulk_upsert
-from services.customer_merge import legacy_links, linked_call_id, merge_records
+from services.customer_merge import LEGACY_LINK, LEGACY_LINK_EXPRESSION, legacy_links, linked_call_id, merge_records
 from services.database import ACTIVITIES, CUSTOMER_CALLS, CUSTOMERS, PHONE_INDEX_KEYS
 from services.phone_lookup import records_by_phone
 from services.privacy.guard import PrivacyGuard
@@ -53,11 +53,13 @@ class CustomerWriter:
             return
         now = utcnow()
         found = records_by_phone(self.customers, [phone for phone, _ in by_phone.values()])
-        # Links first, legacy ones too: a merge below removes the `callIds` they come from.
+        # Links first, legacy ones too: a merge below removes the `callIds` they come from. None is
+        # applied until the customer is written under its number's key: until then a restart takes
+        # the page again, and merges and rewrites the record.
         bulk_upsert(self.links, [link for key, docs in found.items() for link in legacy_links(key, docs, self.links.local_id)]
                     + [_link(key, call, self.links.local_id) for key, (_phone, calls) in by_phone.items() for call in calls])
-        stored = {key: merge_records(self.customers, docs, self.ranks) for key, docs in found.items()}
-        counts = self._counts(list(by_phone))
+        stored = {key: merge_records(self.customers, key, docs, self.ranks) for key, docs in found.items()}
+        counts, legacy_keys = self._counts(list(by_phone))
         # Before the customers: once they hold the new values, a re-run could not tell a lock held one.
         self._record_held_back(by_phone, stored, now)
         inserted, updated = bulk_upsert(self.customers, [
@@ -69,6 +71,8 @@ class CustomerWriter:
         self._log_status_changes([key for key, (_phone, calls) in by_phone.items()
                                   if self._may_change_status(stored.get(key), calls)], now)
         call_ids = [call.call_id for _phone, calls in by_phone.values() for call in calls]
+        if legacy_keys:
+            self.links.update_many({"phone": {"$in": legacy_keys}, **LEGACY_LINK}, {"$set": {"applied": True}})
         self.links.update_many({"_id": {"$in": [self.links.local_id(i) for i in call_ids]}}, {"$set": {"applied": True}})
         self.guard.recheck(executions)
         recorder.add("inserted", inserted, agent_id)
@@ -96,9 +100,14 @@ class CustomerWriter:
             by_phone.setdefault(phone.key, (phone, []))[1].append(customer_call(execution))
         return by_phone
 
-    def _counts(self, keys: list[str]) -> dict[str, int]:
-        return {group["_id"]: group["count"] for group in self.links.aggregate([
-            {"$match": {"phone": {"$in": keys}}}, {"$group": {"_id": "$phone", "count": {"$sum": 1}}}])}
+    def _counts(self, keys: list[str]) -> tuple[dict[str, int], list[str]]:
+        """The calls counted on each number, and the numbers with legacy links still to apply
+        (`LEGACY_LINK`): known from the links themselves, so a run after a crash anywhere in a
+        merge applies them too, and the steady state pays no write for them."""
+        groups = list(self.links.aggregate([
+            {"$match": {"phone": {"$in": keys}}},
+            {"$group": {"_id": "$phone", "count": {"$sum": 1}, "legacy": {"$sum": {"$cond": [LEGACY_LINK_EXPRESSION, 1, 0]}}}}]))
+        return {group["_id"]: group["count"] for group in groups}, [group["_id"] for group in groups if group["legacy"]]
 
     def _record_held_back(self, by_phone: dict[str, tuple[Phone, list[CustomerCall]]],
                           stored: dict[str, dict], now: datetime) -> None:

@@ -186,7 +186,8 @@ def test_a_call_written_while_legacy_records_are_merged_is_not_undone(mongo, db)
             racing.append(db[CUSTOMERS].bulk_write([customer_upsert(
                 normalize_phone("+919876543210"), [booked], late, ranks=ranks, call_count=2, existing_id=kept)]))
 
-    merged = merge_records(HookedClient(mongo, booked_call_lands_first)[TEST_DB][CUSTOMERS], docs, ranks)
+    merged = merge_records(HookedClient(mongo, booked_call_lands_first)[TEST_DB][CUSTOMERS], "+919876543210",
+                           docs, ranks)
     [customer] = db[CUSTOMERS].find()
     assert racing
     assert (customer["status"], customer["statusCallId"], customer["lastCallId"], customer["name"]) == \
@@ -271,3 +272,21 @@ def test_the_status_rule_on_the_server_agrees_with_python_on_every_pair(mongo):
                 [{"$project": {"wins": ranks.wins_expression(status, at)}}])}
             in_python = {doc["_id"]: ranks.wins(status, at, doc.get("status"), doc.get("statusAt")) for doc in stored}
             assert on_server == in_python, (status, at)
+
+
+def test_a_legacy_field_is_replaced_by_a_newer_call_written_after_a_still_newer_one(mongo, db):
+    """A legacy record's `name` (no `fieldsAt`: counted as set by its newest call, t1) must give
+    way to a call at t2 naming another, even when a call at t3 > t2 naming nothing was written
+    first (issue 23, found by the model test's long profile: the field's time followed
+    `lastCallAt` to t3)."""
+    t1, t2, t3 = datetime(2026, 5, 1), datetime(2026, 5, 2), datetime(2026, 5, 3)
+    db[CUSTOMERS].insert_one({"phone": "09876543210", "callIds": ["a"], "callCount": 1, "status": "Contacted",
+                              "statusAt": t1, "lastCallAt": t1, "lastCallId": "a", "name": "Old Name"})
+    ranks, phone = StatusRanks(), normalize_phone("+919876543210")
+    customers = HookedClient(mongo)[TEST_DB][CUSTOMERS]
+    kept = merge_records(customers, phone.key, list(db[CUSTOMERS].find()), ranks)
+    for call in (CustomerCall("c", t3, "agent-1", phone.key, "No Answer", {}, {}),
+                 CustomerCall("b", t2, "agent-1", phone.key, "Contacted", {"name": "New Name"}, {})):
+        customers.bulk_write([customer_upsert(phone, [call], t3, ranks=ranks, call_count=3, existing_id=kept["_id"])])
+    [customer] = db[CUSTOMERS].find()
+    assert (customer["phone"], customer["name"], customer["lastCallId"]) == (phone.key, "New Name", "c")

@@ -5,6 +5,7 @@ from collections import Counter
 from datetime import timedelta
 
 import mongomock
+import phonenumbers
 import pytest
 from pymongo.errors import AutoReconnect
 
@@ -15,8 +16,8 @@ from utils.clock import utcnow
 from services.database import CALLS, CONTACTS, CUSTOMERS, PIPELINES, SYNC_RUNS
 from tests.conftest import TEST_DB
 from tests.test_pipelines import SALES
-from tests.faults import (app_for, assert_each_call_analyzed_once, assert_matches_ground_truth, customer_call_ids,
-                          run_both)
+from tests.faults import (app_for, assert_each_call_analyzed_once, assert_matches_ground_truth, assert_customers_match,
+                          customer_call_ids, expected_customers, run_both)
 
 pytestmark = pytest.mark.timeout(90)
 CALL_COUNT = 8
@@ -154,3 +155,62 @@ def test_two_daemons_at_once_store_and_analyze_everything_once(settings, mongo, 
         # Each analyzed call's transcript went to the LLM once (two calls may say the same words).
         sent = Counter(request.transcript for request in groq.recorded())
         assert sent == Counter(call["transcript"].strip() for call in db[CALLS].find({"analysis.status": "ok"}))
+
+
+
+@pytest.fixture
+def legacy_bolna(bolna_server):
+    agents, executions = generate(agents=1, per_agent=CALL_COUNT, seed=21, span_days=2, repeat_ratio=0.6)
+    return bolna_server(executions, agents)
+
+
+def legacy_customer(bolna):
+    """What the CRM holds before the daemon starts: the customer of the number Bolna has the most
+    calls from, stored by an old version under its national spelling (`080 4567 1234`) and
+    counting its calls in a `callIds` array. Returns it as a `prepare`, with the number's key,
+    that spelling and its calls."""
+    key, call_ids = max(expected_customers(bolna.ground_truth(), "IN").items(), key=lambda item: len(item[1]))
+    assert len(call_ids) > 1
+    spelling = phonenumbers.format_number(phonenumbers.parse(key), phonenumbers.PhoneNumberFormat.NATIONAL)
+    assert spelling != key
+
+    def prepare(mongo):
+        mongo[TEST_DB][CUSTOMERS].insert_one({
+            "phone": spelling, "callIds": sorted(call_ids), "callCount": len(call_ids), "status": "No Answer",
+            "name": "Old Name", "lastCallAt": utcnow() - timedelta(days=30), "lastCallId": min(call_ids),
+            "createdAt": utcnow() - timedelta(days=60)})
+    return prepare, key, spelling, len(call_ids)
+
+
+def test_the_process_ending_at_any_write_of_a_legacy_merge_then_restarting_ends_as_a_clean_run(settings, legacy_bolna):
+    """A crash at any write of the first sync, which merges a legacy record (issue 23, found by the
+    model test): after a restart the merged customer must be under the normalized number, counted
+    exactly, with no record left under the old spelling: as a clean run leaves it."""
+    bolna = legacy_bolna
+    prepare, key, spelling, legacy_calls = legacy_customer(bolna)
+    sync_writes, mongo = WriteTrap(), mongomock.MongoClient()
+    prepare(mongo)
+    reference_app = app_for(settings, mongo, bolna, sync_writes)
+    before = sync_writes.writes
+    assert reference_app.run_job("crm_sync")["status"] == "ok"
+    writes = sync_writes.writes - before
+    reference = snapshot(reference_app.db)
+    assert reference["customers"][key][1] == legacy_calls and spelling not in reference["customers"]
+    differs = []
+    for crash_at in range(writes):
+        mongo, trap = mongomock.MongoClient(), WriteTrap()
+        prepare(mongo)
+        app = app_for(settings, mongo, bolna, trap)
+        trap.arm(crash_at, KeyboardInterrupt)
+        with pytest.raises(KeyboardInterrupt):
+            app.run_job("crm_sync")
+
+        restarted = app_for(settings, mongo, bolna)
+        restarted.run_job("crm_sync")
+        db = restarted.db
+        try:
+            assert_customers_match(db, bolna.ground_truth(), "IN")  # one per number, callCount exact
+            assert snapshot(db) == reference
+        except AssertionError as exc:
+            differs.append(f"#{crash_at} {trap.fired_at}: {str(exc).splitlines()[0]}")
+    assert differs == [], f"state after a crash at these of {writes} writes differs from a clean run: {differs}"
