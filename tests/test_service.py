@@ -92,16 +92,25 @@ def slow_bolna():
         yield server, calls
 
 
+def start_daemon(bolna, **settings) -> Daemon:
+    """The daemon over `bolna`, the service's settings with `settings` over them."""
+    settings = {"mongodb_db": "callsync", "bolna_api_key": "service-key", "bolna_base_url": bolna.base_url,
+                "bolna_page_size": PAGE_SIZE, "backfill_days": 8, "http_backoff_seconds": 0.01, **settings}
+    return Daemon([sys.executable, "-c", DAEMON, json.dumps(settings)])
+
+
+def past_the_first_pages(bolna) -> bool:
+    """Both jobs are past their first page (they ask for the same pages, one each)."""
+    return sum(r.query.get("page_number") == "2" for r in bolna.requests) >= 2
+
+
 def test_sigterm_during_a_run_exits_0_after_writing_whole_pages(slow_bolna):
     bolna, calls = slow_bolna
-    settings = {"mongodb_db": "callsync", "bolna_api_key": "service-key", "bolna_base_url": bolna.base_url,
-                "bolna_page_size": PAGE_SIZE, "backfill_days": 8, "health_port": 0, "http_backoff_seconds": 0.01}
-    daemon = Daemon([sys.executable, "-c", DAEMON, json.dumps(settings)])
+    daemon = start_daemon(bolna, health_port=0)
     try:
         listening = json.loads(daemon.wait_for_line('"health_listening"'))
         health_url = re.search(r"http://[\d.:]+", listening["message"]).group(0) + "/healthz"
-        # Both jobs are past their first page (they ask for the same pages, one each).
-        wait_until(lambda: sum(r.query.get("page_number") == "2" for r in bolna.requests) >= 2)
+        wait_until(lambda: past_the_first_pages(bolna))
         with urllib.request.urlopen(health_url, timeout=5) as response:
             assert response.status == 200  # scheduling, and a fresh start has time for its first runs
 
@@ -134,11 +143,9 @@ def test_sigterm_during_a_run_exits_0_after_writing_whole_pages(slow_bolna):
 
 def test_a_second_sigterm_stops_at_once_without_waiting_for_the_running_job(slow_bolna):
     bolna, _calls = slow_bolna
-    settings = {"mongodb_db": "callsync", "bolna_api_key": "service-key", "bolna_base_url": bolna.base_url,
-                "bolna_page_size": PAGE_SIZE, "backfill_days": 8, "http_backoff_seconds": 0.01}
-    daemon = Daemon([sys.executable, "-c", DAEMON, json.dumps(settings)])
+    daemon = start_daemon(bolna)
     try:
-        wait_until(lambda: sum(r.query.get("page_number") == "2" for r in bolna.requests) >= 2)
+        wait_until(lambda: past_the_first_pages(bolna))
         bolna.latency = 60.0  # the requests in flight now outlast the 30 s grace of a clean stop
         daemon.process.send_signal(signal.SIGTERM)
         daemon.wait_for_line('"shutdown"')
@@ -155,11 +162,9 @@ def test_a_second_sigterm_stops_at_once_without_waiting_for_the_running_job(slow
 
 def test_sighup_stops_cleanly_with_the_restart_code(slow_bolna):
     bolna, _calls = slow_bolna
-    settings = {"mongodb_db": "callsync", "bolna_api_key": "service-key", "bolna_base_url": bolna.base_url,
-                "bolna_page_size": PAGE_SIZE, "backfill_days": 8, "http_backoff_seconds": 0.01}
-    daemon = Daemon([sys.executable, "-c", DAEMON, json.dumps(settings)])
+    daemon = start_daemon(bolna)
     try:
-        wait_until(lambda: sum(r.query.get("page_number") == "2" for r in bolna.requests) >= 2)
+        wait_until(lambda: past_the_first_pages(bolna))
         daemon.process.send_signal(signal.SIGHUP)
         # The same clean stop as SIGTERM, and an exit code that systemd's Restart=on-failure restarts.
         assert daemon.process.wait(timeout=40) == EXIT_RESTART
@@ -177,10 +182,7 @@ def test_a_job_stuck_past_the_grace_period_is_a_failure_exit(slow_bolna):
     bolna, _calls = slow_bolna
     release = threading.Event()
     bolna.on_answer(r"/executions$", lambda: release.wait(30))  # a response that does not come
-    settings = {"mongodb_db": "callsync", "bolna_api_key": "service-key", "bolna_base_url": bolna.base_url,
-                "bolna_page_size": PAGE_SIZE, "backfill_days": 8, "http_timeout_seconds": 40,
-                "shutdown_grace_seconds": 1}
-    daemon = Daemon([sys.executable, "-c", DAEMON, json.dumps(settings)])
+    daemon = start_daemon(bolna, http_timeout_seconds=40, shutdown_grace_seconds=1)
     try:
         wait_until(lambda: bolna.request_count("/v2/agent/agent-1/executions") >= 1)
         daemon.process.send_signal(signal.SIGTERM)
