@@ -1,6 +1,7 @@
 """`main.py evaluate`: the configured analyzer (Groq when a key is set, the offline heuristic
 otherwise) run over the labelled call set, its tags and lead statuses compared with the labels.
-Needs no MongoDB and no Bolna key."""
+The figures (accuracy, confusion tables, per-category, per-style and per-part scores, failures,
+tokens and cost) are printed as JSON or as text for the terminal. Needs no MongoDB and no Bolna key."""
 from __future__ import annotations
 
 import json
@@ -12,76 +13,79 @@ from typing import Callable
 from services.analyzer.deadline import Deadline, DeadlineExceeded
 from services.analyzer.groq_analyzer import GroqAnalyzer, LlmFailure, LlmUnavailable
 from services.analyzer.heuristic import heuristic_analysis
+from services.analyzer.labelled_set import (LABEL_TAGS, SPLITS, DatasetError, LabelledCall,
+                                            load_labelled_calls)
 from services.analyzer.pricing import estimated_cost
-from services.analyzer.schema import HEURISTIC_MODEL, Usage
+from services.analyzer.schema import HEURISTIC_MODEL, LEAD_STATUSES, Usage
 from utils.clock import utcnow
-from utils.config import Settings
-from worker.evaluation_report import Outcome, build_report, render_report
-from services.analyzer.labelled_set import LABEL_TAGS, DatasetError, LabelledCall, load_labelled_calls
+from utils.config import Price, Settings
+from utils.table import format_table
 
 # HTTP requests the evaluation may make per call, retries included: room to wait out rate
 # limits (each wait is bounded by the call's own deadline) without an endless run.
 REQUESTS_PER_CALL = 10
+FAILED = "(failed)"  # the predicted column of calls the analyzer gave no answer for
+NO_TAG = "(none)"  # the heuristic's tag when its rule's tag is not configured
+SPLIT_TITLES = {"tuning": "Tuning part (the rules were adjusted on these)",
+                "held_out": "Held-out part (never tuned on)",
+                "challenge": "Challenge part (written after the rules to find their misses, never tuned on)"}
 
 
 @dataclass(frozen=True)
-class _Judge:
-    """One analyzer as the evaluation sees it: a name, a model, and a verdict per call."""
-    name: str
-    model: str
-    judge: Callable[[LabelledCall], Outcome]
-    cost: Callable[[Usage], float | None]  # None: the model has no price
+class Outcome:
+    """The analyzer's verdict on one labelled call; tag and status are None when it failed."""
+    call: LabelledCall
+    tag: str | None
+    status: str | None
+    usage: Usage
+    failure: str | None = None
+
+    def predicted_tag(self) -> str:
+        return FAILED if self.failure else self.tag or NO_TAG
+
+    def predicted_status(self) -> str:
+        return FAILED if self.failure else self.status or NO_TAG
 
 
 def run_evaluation(settings: Settings, args) -> int:
-    path = Path(args.dataset) if args.dataset else None
     try:
-        calls = load_labelled_calls(path) if path else load_labelled_calls()
+        calls = load_labelled_calls(Path(args.dataset)) if args.dataset else load_labelled_calls()
     except DatasetError as exc:
         print(f"callsync: {exc}", file=sys.stderr)
         return 2
     calls = calls[:args.limit] if args.limit else calls
     # The labels use the default tags: the analyzer is asked for those, whatever ANALYSIS_TAGS says.
-    judge = _choose_judge(settings.with_overrides(analysis_tags=LABEL_TAGS), len(calls))
-    print(f"evaluating {len(calls)} labelled call(s) with {judge.name} ({judge.model})", file=sys.stderr)
+    analyzer, model, price, judge = _judge(settings.with_overrides(analysis_tags=LABEL_TAGS), len(calls))
+    print(f"evaluating {len(calls)} labelled call(s) with {analyzer} ({model})", file=sys.stderr)
     outcomes: list[Outcome] = []
     try:
         for call in calls:
-            outcomes.append(judge.judge(call))
+            outcomes.append(judge(call))
     except LlmUnavailable as exc:
         print(f"callsync: evaluation stopped after {len(outcomes)} of {len(calls)} call(s): "
               f"the LLM is unavailable: {exc}", file=sys.stderr)
         return 1
-    total = Usage(sum(o.usage.prompt_tokens for o in outcomes), sum(o.usage.completion_tokens for o in outcomes))
-    report = build_report(outcomes, analyzer=judge.name, model=judge.model, dataset=_shown(path),
-                          usage=total, cost=judge.cost(total))
+    dataset = str(Path(args.dataset)) if args.dataset else "evaluation/labelled_calls.jsonl"
+    report = build_report(outcomes, analyzer=analyzer, model=model, dataset=dataset, price=price)
     print(json.dumps(report) if args.json else render_report(report))
     return 0
 
 
-def _choose_judge(settings: Settings, calls: int) -> _Judge:
-    if settings.groq_api_keys:
-        return _groq_judge(settings, calls)
-    return _heuristic_judge(settings)
+def _judge(settings: Settings, calls: int) -> tuple[str, str, Price | None, Callable[[LabelledCall], Outcome]]:
+    """The analyzer as the evaluation sees it: its name, its model, its price (None: unknown) and
+    its verdict on a call."""
+    if not settings.groq_api_keys:
+        now = utcnow()  # analyzed minutes after the call, as the daemon does: the call's age is zero days
 
+        def heuristic(call: LabelledCall) -> Outcome:
+            analysis = heuristic_analysis(call.transcript, now, now, settings.analysis_tags)
+            return Outcome(call, analysis.tag, analysis.lead_status, Usage())
 
-def _heuristic_judge(settings: Settings) -> _Judge:
-    # Analyzed minutes after the call, as the daemon does: the call's age is zero days.
-    now = utcnow()
-
-    def judge(call: LabelledCall) -> Outcome:
-        analysis = heuristic_analysis(call.transcript, now, now, settings.analysis_tags)
-        return Outcome(call, analysis.tag, analysis.lead_status, Usage())
-
-    return _Judge("heuristic", HEURISTIC_MODEL, judge, cost=lambda usage: 0.0)
-
-
-def _groq_judge(settings: Settings, calls: int) -> _Judge:
+        return "heuristic", HEURISTIC_MODEL, Price(0.0, 0.0), heuristic
     llm = GroqAnalyzer(settings)
     llm.begin_run(REQUESTS_PER_CALL * calls)
-    price = settings.llm_prices.get(llm.model)
 
-    def judge(call: LabelledCall) -> Outcome:
+    def groq(call: LabelledCall) -> Outcome:
         """LlmUnavailable is not caught: it is no answer about this call, and ends the run."""
         try:
             answer = llm.analyze(call.transcript, Deadline(settings.llm_batch_deadline_seconds))
@@ -91,10 +95,117 @@ def _groq_judge(settings: Settings, calls: int) -> _Judge:
             return Outcome(call, None, None, Usage(), failure=f"deadline: {exc}")
         return Outcome(call, answer.analysis.tag, answer.analysis.lead_status, answer.usage)
 
-    return _Judge("groq", llm.model, judge, cost=lambda usage: estimated_cost(usage, price))
+    return "groq", llm.model, settings.llm_prices.get(llm.model), groq
 
 
-def _shown(path: Path | None) -> str:
-    if path is None:
-        return "evaluation/labelled_calls.jsonl"
-    return str(path)
+def build_report(outcomes: list[Outcome], *, analyzer: str, model: str, dataset: str, price: Price | None) -> dict:
+    """A failed call counts as a miss in every accuracy: the analyzer gave no right answer."""
+    usage = Usage(sum(o.usage.prompt_tokens for o in outcomes), sum(o.usage.completion_tokens for o in outcomes))
+    return {
+        "analyzer": analyzer,
+        "model": model,
+        "dataset": dataset,
+        **_part(outcomes),
+        "bySplit": {split: _part([o for o in outcomes if o.call.split == split])
+                    for split in SPLITS if any(o.call.split == split for o in outcomes)},
+        "failures": {"count": sum(1 for o in outcomes if o.failure),
+                     "calls": [{"id": o.call.id, "reason": o.failure} for o in outcomes if o.failure]},
+        "usage": {"promptTokens": usage.prompt_tokens, "completionTokens": usage.completion_tokens},
+        "estimatedCostUsd": estimated_cost(usage, price),
+    }
+
+
+def _part(outcomes: list[Outcome]) -> dict:
+    """The figures of the whole set, or of one of its parts."""
+    # Prompt injections, and those the analyzer obeyed: tagged as the customer's text asked.
+    injected = [o for o in outcomes if o.call.injected_tag is not None]
+    obeyed = [o.call.id for o in injected
+              if o.tag == o.call.injected_tag and o.call.injected_tag != o.call.expected_tag]
+    return {"calls": len(outcomes),
+            "tag": _scores([(o.call.expected_tag, o.predicted_tag()) for o in outcomes], LABEL_TAGS),
+            "status": _scores([(o.call.expected_status, o.predicted_status()) for o in outcomes], LEAD_STATUSES),
+            "byCategory": _groups(outcomes, lambda call: call.category),
+            "byStyle": _groups(outcomes, lambda call: call.style),
+            "injections": {"calls": len(injected), "obeyed": obeyed}}
+
+
+def _scores(pairs: list[tuple[str, str]], labels: tuple[str, ...]) -> dict:
+    extra = sorted({predicted for _, predicted in pairs} - set(labels))
+    columns = (*labels, *extra)
+    confusion = {expected: {predicted: 0 for predicted in columns} for expected in labels}
+    for expected, predicted in pairs:
+        confusion[expected][predicted] += 1
+    correct = sum(1 for expected, predicted in pairs if expected == predicted)
+    return {"correct": correct, "accuracy": correct / len(pairs) if pairs else None, "confusion": confusion}
+
+
+def _groups(outcomes: list[Outcome], key) -> dict:
+    groups: dict[str, dict] = {}
+    for outcome in outcomes:
+        group = groups.setdefault(key(outcome.call), {"calls": 0, "tagCorrect": 0, "statusCorrect": 0})
+        group["calls"] += 1
+        group["tagCorrect"] += outcome.predicted_tag() == outcome.call.expected_tag
+        group["statusCorrect"] += outcome.predicted_status() == outcome.call.expected_status
+    return groups
+
+
+def render_report(report: dict) -> str:
+    calls = report["calls"]
+    usage = report["usage"]
+    model = "" if report["model"] == report["analyzer"] else f" ({report['model']})"
+    lines = [
+        f"Evaluation of the {report['analyzer']} analyzer{model} on {calls} labelled calls ({report['dataset']})",
+        "",
+        f"tag accuracy:    {_ratio(report['tag']['correct'], calls)}",
+        f"status accuracy: {_ratio(report['status']['correct'], calls)}",
+        f"failed answers:  {report['failures']['count']} (counted as misses)",
+        f"tokens:          {usage['promptTokens']} in / {usage['completionTokens']} out",
+        f"estimated cost:  {_cost(report['estimatedCostUsd'])}",
+        "",
+        "Tags (rows: expected, columns: predicted)",
+        _confusion_table(report["tag"]["confusion"]),
+        "",
+        "Lead status (rows: expected, columns: predicted)",
+        _confusion_table(report["status"]["confusion"]),
+        "",
+        "By category",
+        _group_table("category", report["byCategory"]),
+        "",
+        "By style",
+        _group_table("style", report["byStyle"]),
+    ]
+    # A set of one part (e.g. --dataset without `split`) is the whole set, shown above.
+    parts = report["bySplit"].items() if len(report["bySplit"]) > 1 else ()
+    for split, part in parts:
+        title = SPLIT_TITLES[split]
+        lines += ["", f"{title}: {part['calls']} calls",
+                  f"tag accuracy:    {_ratio(part['tag']['correct'], part['calls'])}",
+                  f"status accuracy: {_ratio(part['status']['correct'], part['calls'])}",
+                  f"prompt injections obeyed: {len(part['injections']['obeyed'])} of "
+                  f"{part['injections']['calls']}" + "".join(f" {i}" for i in part["injections"]["obeyed"]),
+                  "", f"{title}, by category", _group_table("category", part["byCategory"]),
+                  "", f"{title}, by style", _group_table("style", part["byStyle"])]
+    if report["failures"]["calls"]:
+        rows = [(failure["id"], failure["reason"]) for failure in report["failures"]["calls"]]
+        lines += ["", "Failed answers", format_table(("id", "reason"), rows, max_width=100)]
+    return "\n".join(lines)
+
+
+def _confusion_table(confusion: dict[str, dict[str, int]]) -> str:
+    columns = list(next(iter(confusion.values())))
+    rows = [(expected, *(counts[c] for c in columns), sum(counts.values())) for expected, counts in confusion.items()]
+    return format_table(("expected", *columns, "total"), rows)
+
+
+def _group_table(name: str, groups: dict[str, dict]) -> str:
+    rows = [(key, group["calls"], _ratio(group["tagCorrect"], group["calls"]),
+             _ratio(group["statusCorrect"], group["calls"])) for key, group in groups.items()]
+    return format_table((name, "calls", "tag correct", "status correct"), rows)
+
+
+def _ratio(correct: int, total: int) -> str:
+    return f"{correct}/{total} = {100 * correct / total:.1f}%" if total else "-"
+
+
+def _cost(cost: float | None) -> str:
+    return "unknown (no price for this model; see LLM_PRICES)" if cost is None else f"${cost:.6f} (USD, estimate)"
