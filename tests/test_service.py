@@ -269,3 +269,15 @@ def test_the_demo_places_contacts_in_its_pipeline_and_shows_what_was_held_back()
     assert "score_range" in result.stdout and "status" in result.stdout
     assert "blocked move: +919740055667 stays in Negotiation, not New Lead" in result.stdout
     assert "held back: +919876543210's tag -> Interested (locked by a person" in result.stdout
+
+
+def test_the_accounts_demo_keeps_each_accounts_records_apart():
+    result = run_main("demo", "--tenants", "2")
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Demo: 2 accounts of 2 agents each in `users`")
+    assert [line.split(":")[0] for line in lines[2:6]] == [
+        "acct-0000 run crm_sync", "acct-0000 run call_processor", "acct-0001 run crm_sync",
+        "acct-0001 run call_processor"]
+    assert any(" is in both acct-0000 and acct-0001: stored 2 times, once per account" in line for line in lines)
+    assert "callsync accounts at" in result.stdout and "2 in the schedule" in result.stdout

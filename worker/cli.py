@@ -105,11 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                       # JSON object a line: their logs go beside them, to stderr.
                       stream=sys.stderr if command in ("evaluate", "once") else None)
         if command == "demo":
-            if args.tenants:
-                from worker.demo_accounts import run_accounts_demo
-                return run_accounts_demo(settings, args.tenants)
             from worker.demo import run_demo
-            return run_demo(settings)
+            return run_demo(settings, args.tenants)
         if command == "evaluate":
             from worker.evaluate import run_evaluation
             return run_evaluation(settings, args)

@@ -1,10 +1,15 @@
 """`main.py demo`: the real jobs, over real HTTP, against a bundled data set served by a local
-fake Bolna API, writing to an in-memory MongoDB. Needs no keys and no server."""
+fake Bolna API, writing to an in-memory MongoDB. Needs no keys and no server. With `--tenants N`,
+the many-accounts mode as `run` with TENANT_SOURCE=mongodb runs it, against one fake Bolna serving
+N organisations: neighbouring accounts share a customer number and a call id on purpose, and each
+keeps its own records of them."""
 from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 
+from fakes.accounts_dataset import accounts_dataset, customer_number
 from fakes.bolna_server import FakeBolna
 from fakes.demo_crm import DEMO_PIPELINE, worked_contacts
 from fakes.demo_dataset import demo_dataset
@@ -14,15 +19,19 @@ from utils.clock import utcnow
 from utils.config import Settings
 from utils.table import format_table
 from worker.app import App
+from worker.fleet import Fleet
 from worker.jobs import JOB_NAMES
+from worker.status import collect_fleet, format_fleet
 
 DEMO_KEY = "demo-key"
 
 
-def run_demo(settings: Settings) -> int:
+def run_demo(settings: Settings, tenants: int | None = None) -> int:
     if settings.log_level != "DEBUG":
         # The demo prints each run's errors itself; log lines would only repeat them.
         logging.getLogger().setLevel(logging.ERROR)
+    if tenants:
+        return _accounts_demo(settings, tenants)
     agents, executions = demo_dataset()
     with FakeBolna(agents, executions, api_key=DEMO_KEY, projection="trimmed") as bolna:
         demo_settings = settings.with_overrides(
@@ -44,14 +53,13 @@ def run_demo(settings: Settings) -> int:
                 for error in record["errors"]:
                     print(f"   ! {error['message']}")
             print(f"\nBolna requests made: {bolna.request_count()}\n")
-            _print_collections(app)
+            _print_collections(app.db)
         finally:
             app.close()
     return 0
 
 
-def _print_collections(app: App) -> None:
-    db = app.db
+def _print_collections(db) -> None:
     customers = db[CUSTOMERS].find().sort("lastCallAt", -1)
     print(f"customers ({db[CUSTOMERS].count_documents({})}) — one per phone number (sample data, not real people)")
     print(format_table(
@@ -75,11 +83,7 @@ def _print_collections(app: App) -> None:
           (c.get("stage") or {}).get("rule"), ((c.get("pastConversations") or [{}])[-1]).get("summary")]
          for c in contacts], max_width=48))
     print()
-    _print_overrides(db)
-
-
-def _print_overrides(db) -> None:
-    """What the routing and a person's locks kept from happening."""
+    # What the routing and a person's locks kept from happening.
     for entry in db[ACTIVITIES].find({"type": "stage_blocked"}):
         # A contact without a stage can be blocked too (a high score kept out of a low stage).
         where = f"in {entry['from']['name']}" if entry.get("from") else "without a stage"
@@ -89,3 +93,49 @@ def _print_overrides(db) -> None:
         fields = ", ".join(f"{name} -> {value}" for name, value in entry["fields"].items())
         print(f"held back: {entry['customerPhone']}'s {fields} (locked by a person; call {entry['callId'][:8]}; "
               "kept under `suggested`)")
+
+
+def _accounts_demo(settings: Settings, tenants: int) -> int:
+    accounts = accounts_dataset(tenants, agents_per_account=2, calls_per_agent=6, seed=2026, span_days=3.0,
+                                transcript_chars=400, shared_ratio=0.2)
+    with FakeBolna.serving(accounts, projection="trimmed") as bolna:
+        demo_settings = settings.with_overrides(
+            mongodb_db="callsync_demo", tenant_source="mongodb", bolna_api_key=None, bolna_base_url=bolna.base_url,
+            backfill_days=7, llm_batch_limit=settings.llm_batch_limit if settings.groq_api_keys else 100)
+        client = HookedClient()
+        users = client[demo_settings.mongodb_db][demo_settings.tenants_collection]
+        users.insert_many([{"_id": account.label, "name": f"Demo organisation {n + 1}",
+                            "bolnaApiKey": account.api_key, "subscription": {"status": "active"}}
+                           for n, account in enumerate(accounts)])
+        fleet = Fleet.build(demo_settings, mongo_client=client)
+        runs: list[dict] = []
+        fleet.subscribe(runs.append)
+        try:
+            fleet.prepare()
+            print(f"Demo: {tenants} accounts of 2 agents each in `users`, served by one fake Bolna API at "
+                  f"{bolna.base_url}, each under its own key; in-memory MongoDB.\n")
+            fleet.work(ahead=timedelta(minutes=demo_settings.sync_interval_minutes))
+            for run in sorted(runs, key=lambda run: (str(run["userId"]), JOB_NAMES.index(run["job"]))):
+                print(f"{run['userId']} run {run['job']}: {run['status']}  {json.dumps(run['counts'])}")
+            _print_accounts(fleet.db, accounts)
+            print("\n" + format_fleet(collect_fleet(fleet.schedule, limit=tenants)))
+        finally:
+            fleet.close()
+    return 0
+
+
+def _print_accounts(db, accounts) -> None:
+    rows = [[account.label, db[CUSTOMERS].count_documents({"userId": account.label}),
+             db[CALLS].count_documents({"userId": account.label}),
+             db[CONTACTS].count_documents({"userId": account.label})] for account in accounts]
+    print("\n" + format_table(["account (userId)", "customers", "calls", "contacts"], rows))
+    if len(accounts) > 1:
+        first, second = accounts[0], accounts[1]
+        shared_ids = {e["id"] for e in first.executions} & {e["id"] for e in second.executions}
+        shared_numbers = {customer_number(e) for e in first.executions} & {customer_number(e) for e in second.executions}
+        for call_id in sorted(shared_ids)[:1]:
+            stored = list(db[CALLS].find({"callId": call_id}, {"userId": 1, "customerPhone": 1}))
+            print(f"\ncall id {call_id[:8]}… is in both {first.label} and {second.label}: stored "
+                  f"{len(stored)} times, once per account ({', '.join(str(s['userId']) for s in stored)})")
+        print(f"customer numbers both accounts called: {len(shared_numbers)}; each account has its own "
+              "customer record of each (unique per {userId, phone})")
