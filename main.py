@@ -1,4 +1,4 @@
-"""Entry point: `python main.py [run|once|demo|status|reanalyze|evaluate]` (see `--help`)."""
+"""Entry point: `python main.py [command]` (the commands: worker/cli.py, or `--help`)."""
 import sys
 
 from worker.cli import main

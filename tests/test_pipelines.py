@@ -18,7 +18,7 @@ from services.pipelines import PipelineCatalog
 from tests.conftest import TEST_DB
 from tests.helpers import AGENT, build_app, execution
 from tests.test_service import run_main
-from worker.review import show_reviews
+from worker.cli import show_reviews
 
 NOW = datetime(2026, 11, 1, 12, 0)
 PHONE = "+919876543210"

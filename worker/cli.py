@@ -1,5 +1,5 @@
-"""Command line: `run` (the daemon), `once`, `demo`, `status`, `reanalyze`, `evaluate`, `forget`, `review`,
-`webhook-url`."""
+"""Command line: `run` (the daemon), `once`, `demo` (worker/demo.py), `status`, `reanalyze`,
+`evaluate` (worker/evaluate.py), `forget`, `review`, `webhook-url`."""
 from __future__ import annotations
 
 import argparse
@@ -7,17 +7,34 @@ import json
 import logging
 import sys
 import threading
+from contextlib import closing
 from datetime import datetime, timedelta
 
+from pymongo.database import Database
 from pymongo.errors import ConfigurationError, ConnectionFailure, PyMongoError
 
+from services.database import STAGE_REVIEWS
 from services.run_records import describe_failure
 from utils.clock import naive_utc
 from utils.config import ConfigError, Settings, load_settings, secret_texts
 from utils.logging import redact, setup_logging
+from utils.phone import Phone, mask_phone, normalize_phone
+from utils.table import format_table
 from worker.jobs import JOB_NAMES
 
-log = logging.getLogger("callsync")
+log = logging.getLogger(__name__)
+
+# What `forget` does to each collection's records of the number.
+ERASED = {
+    "customers": "deleted", "customerCalls": "deleted (links counting the calls)",
+    "calls": "kept without number, transcript, recording, extracted data or analysis text",
+    "contacts": "deleted", "activities": "deleted (status changes, AI decisions, stage moves)",
+    "stageReviews": "deleted (stage suggestions waiting for a person)",
+    "followUps": "no longer fetched by id",
+    "webhookInbox": "deleted (webhook deliveries waiting to be processed)",
+}
+REVIEW_COLUMNS = ("createdAt", "contactId", "customerPhone", "callId", "pipelineId", "currentStage", "suggestedStage",
+                  "leadScore", "confidence", "reasoning")
 
 
 class UsageError(Exception):
@@ -26,6 +43,7 @@ class UsageError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="main.py", description="Bolna -> MongoDB call-intelligence sync worker")
+    parser.set_defaults(account=None)
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("run", help="the daemon: both jobs every SYNC_INTERVAL_MINUTES (default)")
     once = commands.add_parser("once", help="run the jobs now, print each run record as a JSON line")
@@ -36,7 +54,6 @@ def _parser() -> argparse.ArgumentParser:
                                                         "own Bolna key, synced as replicas sync them")
     status = commands.add_parser("status", help="last runs, queue depth, tags and lead statuses; with many "
                                                 "accounts, the accounts by state (--account: one account's)")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--limit", type=_positive, default=50, help="with many accounts: list at most N (default 50)")
     reanalyze = commands.add_parser("reanalyze", help="put calls back in the analysis queue")
     which = reanalyze.add_mutually_exclusive_group(required=True)
@@ -44,13 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--since", type=_date, help="every call made since this date (YYYY-MM-DD or ISO 8601, UTC)")
     evaluate = commands.add_parser("evaluate", help="the analyzer's accuracy on the labelled call set "
                                                     "(Groq with GROQ_API_KEY, else the offline heuristic)")
-    evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.add_argument("--limit", type=_positive, help="only the first N labelled calls")
     evaluate.add_argument("--dataset", help="another labelled set (JSON lines, as evaluation/labelled_calls.jsonl)")
     review = commands.add_parser("review", help="stage moves waiting for a person (confidence below "
                                                 "AUTO_ASSIGN_MIN_CONFIDENCE), oldest first")
-    review.add_argument("--json", action="store_true", help="machine-readable output")
     review.add_argument("--limit", type=_positive, default=100, help="at most N entries (default 100)")
+    for command in (status, evaluate, review):
+        command.add_argument("--json", action="store_true", help="machine-readable output")
     forget = commands.add_parser("forget", help="erase a person's number everywhere and keep it out of later syncs")
     forget.add_argument("--phone", required=True, help="the number, in any spelling")
     forget.add_argument("--dry-run", action="store_true", help="only count what would be removed")
@@ -83,14 +100,14 @@ def _date(text: str) -> datetime:
     return naive_utc(moment)
 
 
-def _require_server(settings: Settings, command: str, needs_bolna: bool = True) -> None:
+def _require_server(settings: Settings, command: str) -> None:
     if not settings.mongodb_uri:
         if command in ("status", "review", "webhook-url"):
             raise UsageError(f"MONGODB_URI is not set: `{command}` reads the database the daemon writes. "
                              "Set MONGODB_URI (see .env.example).")
         raise UsageError("MONGODB_URI is not set: this command writes to MongoDB and will not keep data "
                          "in memory. Set MONGODB_URI (see .env.example), or try `python main.py demo`.")
-    if needs_bolna and not settings.bolna_api_key and settings.tenant_source == "env":
+    if command in ("run", "once") and not settings.bolna_api_key and settings.tenant_source == "env":
         raise UsageError("BOLNA_API_KEY is not set (see .env.example), or try `python main.py demo`.")
 
 
@@ -110,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         if command == "evaluate":
             from worker.evaluate import run_evaluation
             return run_evaluation(settings, args)
-        if command == "webhook-url":
-            return _webhook_url(settings, args)
-        _require_server(settings, command, needs_bolna=command in ("run", "once"))
+        if args.account is not None and settings.tenant_source != "mongodb":
+            raise UsageError("--account names one of many accounts: it needs TENANT_SOURCE=mongodb")
+        if command != "webhook-url":  # needs no database with one account
+            _require_server(settings, command)
         return _COMMANDS[command](settings, args)
     except (ConfigError, UsageError) as exc:
         print(f"callsync: {exc}", file=sys.stderr)
@@ -138,8 +156,6 @@ def _build(settings: Settings, *, prepare: bool = True, account: str | None = No
 
     tenant_id = None
     client = None
-    if account is not None and settings.tenant_source != "mongodb":
-        raise UsageError("--account names one of many accounts: it needs TENANT_SOURCE=mongodb")
     if settings.tenant_source == "mongodb":
         if account is None:
             raise UsageError("TENANT_SOURCE=mongodb: name the account with --account ID")
@@ -176,7 +192,6 @@ def _once(settings: Settings, args) -> int:
     many = settings.tenant_source == "mongodb"
     if many and (args.job or args.full):
         raise UsageError("--job and --full run one account's jobs: with TENANT_SOURCE=mongodb, they are not offered")
-    runtime = _build_fleet(settings) if many else _build(settings)
     failed = False
     printing = threading.Lock()  # accounts are synced side by side: one whole line at a time
 
@@ -186,15 +201,13 @@ def _once(settings: Settings, args) -> int:
             failed |= record["status"] == "failed"
             print(json.dumps(record, default=str), flush=True)
 
-    runtime.subscribe(show)
-    try:
+    with closing(_build_fleet(settings) if many else _build(settings)) as runtime:
+        runtime.subscribe(show)
         if many:
             runtime.work(ahead=timedelta(minutes=settings.sync_interval_minutes))
         else:
             for name in [args.job] if args.job else JOB_NAMES:
                 runtime.run_job(name, full=args.full)
-    finally:
-        runtime.close()
     return 1 if failed else 0
 
 
@@ -202,73 +215,136 @@ def _status(settings: Settings, args) -> int:
     if settings.tenant_source == "mongodb" and args.account is None:
         from worker.status import collect_fleet, format_fleet, show
 
-        fleet = _build_fleet(settings, prepare=False)
-        try:
+        with closing(_build_fleet(settings, prepare=False)) as fleet:
             return show(collect_fleet(fleet.schedule, args.limit), format_fleet, args.json)
-        finally:
-            fleet.close()
-    app = _build(settings, prepare=False, account=args.account)
-    try:
+    with closing(_build(settings, prepare=False, account=args.account)) as app:
         return app.status.show(as_json=args.json)
-    finally:
-        app.close()
 
 
 def _reanalyze(settings: Settings, args) -> int:
-    app = _build(settings, account=args.account)
-    try:
+    with closing(_build(settings, account=args.account)) as app:
         count = app.call_queue.requeue(call_id=args.call_id, since=args.since)
-    finally:
-        app.close()
     print(f"{count} call(s) queued for analysis on the next run")
     return 0 if count or args.since else 1
 
 
 def _forget(settings: Settings, args) -> int:
+    """Erase one person's number everywhere and keep it out of later syncs
+    (services/privacy/erasure.py). The number is never printed: only its last four digits."""
+    from services.privacy.erasure import COLLECTIONS, Eraser, forget
     from services.privacy.hashing import hasher_for, require_hasher
-    from worker.forget import BadNumber, parse_number, run_forget
 
-    try:
-        phone = parse_number(args.phone, settings.default_phone_region, as_stored=args.as_stored)
-    except BadNumber as exc:
-        raise UsageError(str(exc)) from None
-    if not args.dry_run:
-        require_hasher(hasher_for(settings.privacy_hash_key))  # before anything is read or written
-    app = _build(settings, account=args.account)
-    try:
-        print(run_forget(settings, app.db, phone, dry_run=args.dry_run))
-    finally:
-        app.close()
+    phone = _phone(args.phone, settings.default_phone_region, as_stored=args.as_stored)
+    # Checked before anything is read or written.
+    hasher = None if args.dry_run else require_hasher(hasher_for(settings.privacy_hash_key))
+    shown = mask_phone(phone.key)
+    with closing(_build(settings, account=args.account)) as app:
+        if args.dry_run:
+            counts = Eraser(app.db, settings.default_phone_region).find(phone).counts()
+            header = f"{shown}: dry run, nothing changed. An erasure would affect:"
+        else:
+            counts = forget(app.db, phone, hasher, settings.default_phone_region)
+            header = (f"{shown}: erased, and on the suppression list: later syncs skip this number."
+                      + ("" if any(counts.values()) else " Nothing was left to remove."))
+    rows = [[name, counts[name], ERASED[name]] for name in COLLECTIONS]
+    print(header + "\n" + format_table(["collection", "documents", "what happens"], rows, max_width=80))
     return 0
 
 
-def _review(settings: Settings, args) -> int:
-    from worker.review import show_reviews
+def _phone(text: str, region: str, *, as_stored: bool) -> Phone:
+    """Any spelling of a valid number; `as_stored`: the exact text of an invalid one, which the
+    daemon keeps as received (`phoneValid: false`)."""
+    if as_stored:
+        if not text.strip():
+            raise UsageError("--phone is empty")
+        return Phone(raw=text, e164=None)
+    phone = normalize_phone(text, region)
+    if phone is None:
+        raise UsageError("--phone has no digits: give the person's number, in any spelling "
+                         "(international with +, or national as dialled)")
+    if not phone.valid:
+        raise UsageError(f"--phone {mask_phone(text)} is not a valid number in DEFAULT_PHONE_REGION={region}: "
+                         "write it with its country code (+...), or, to erase records stored under exactly "
+                         "this text (numbers the daemon could not read are kept as received), add --as-stored")
+    return phone
 
-    app = _build(settings, prepare=False, account=args.account)
-    try:
+
+def _review(settings: Settings, args) -> int:
+    with closing(_build(settings, prepare=False, account=args.account)) as app:
         return show_reviews(app.db, as_json=args.json, limit=args.limit)
-    finally:
-        app.close()
+
+
+def show_reviews(db: Database, *, as_json: bool, limit: int) -> int:
+    """The stage moves the analysis was not sure enough to make, waiting for a person to accept or
+    dismiss them in the CRM front end (`stage_reviews`, status `open`); oldest first, as the
+    `status_createdAt` index reads them."""
+    cursor = db[STAGE_REVIEWS].find({"status": "open"}, {name: 1 for name in REVIEW_COLUMNS},
+                                    sort=[("createdAt", 1)], limit=limit)
+    reviews = [{**review, "customerPhone": mask_phone(review.get("customerPhone") or "")} for review in cursor]
+    if as_json:
+        print(json.dumps(reviews, default=_json_value))
+        return 0
+    if not reviews:
+        print("no open stage reviews")
+        return 0
+    print(f"{len(reviews)} open stage review(s), oldest first (accept or dismiss them in the CRM)")
+    print(format_table(
+        ["created", "contact", "phone", "call", "from", "suggested", "score", "confidence", "reasoning"],
+        [[r.get("createdAt"), str(r.get("contactId")), r["customerPhone"], r.get("callId"),
+          (r.get("currentStage") or {}).get("name"), (r.get("suggestedStage") or {}).get("name"),
+          r.get("leadScore"), r.get("confidence"), r.get("reasoning")] for r in reviews], max_width=40))
+    return 0
+
+
+def _json_value(value: object) -> str:
+    if isinstance(value, datetime):  # stored times are naive UTC
+        return value.isoformat(timespec="milliseconds") + "Z"
+    return str(value)  # ObjectId
 
 
 def _webhook_url(settings: Settings, args) -> int:
-    """Needs no database with one account: only the settings, and Bolna's API with --apply."""
-    from worker.webhook_url import WebhookUrlError, check_settings, run_webhook_url
+    """The URL to configure at Bolna for this daemon's listener (WEBHOOK_PUBLIC_URL + the token
+    path), and with `--apply` set on the agent through Bolna's API (`PATCH /v2/agent/{id}`,
+    `agent_config.webhook_url`). With many accounts the URL is the account's own (its token
+    derived from WEBHOOK_TOKEN, services/webhooks/routes.py) and `--apply` uses the account's Bolna
+    key. The URL holds the token: it is printed for the person who asked, and never logged."""
+    from services.bolna_client import BolnaClient, BolnaError
+    from services.webhooks.routes import account_token
+    from worker.webhook_listener import PATH_PREFIX
 
-    if args.account is not None and settings.tenant_source != "mongodb":
-        raise UsageError("--account names one of many accounts: it needs TENANT_SOURCE=mongodb")
-    try:
-        check_settings(settings)
-        account = None
-        if settings.tenant_source == "mongodb":
-            if args.account is None:
-                raise UsageError("TENANT_SOURCE=mongodb: each account has its own URL; name it with --account ID")
-            _require_server(settings, "webhook-url", needs_bolna=False)
-            account = _listed_account(settings, args.account)
-        return run_webhook_url(settings, args.agent, args.apply, account)
-    except WebhookUrlError as exc:
-        raise UsageError(str(exc)) from None
+    if not settings.webhook_public_url:
+        raise UsageError("WEBHOOK_PUBLIC_URL is not set: the listener's base URL as Bolna reaches it, "
+                         "e.g. https://hooks.example.com (your reverse proxy; see the README, Webhooks)")
+    if not settings.webhook_token:
+        raise UsageError("WEBHOOK_TOKEN is not set: e.g. `openssl rand -hex 24`, the same the daemon runs with")
+    token = settings.webhook_token
+    if settings.tenant_source == "mongodb":
+        if args.account is None:
+            raise UsageError("TENANT_SOURCE=mongodb: each account has its own URL; name it with --account ID")
+        _require_server(settings, "webhook-url")
+        account = _listed_account(settings, args.account)
+        token = account_token(settings.webhook_token, account.id)
+        settings = settings.with_overrides(bolna_api_key=account.bolna_api_key)
+    url = f"{settings.webhook_public_url}{PATH_PREFIX}{token}"
+    if not args.apply:
+        print(url)
+        if args.agent:
+            print(f"(not changed yet: run again with --apply to set it on agent {args.agent})")
+        return 0
+    if not args.agent:
+        raise UsageError("--apply needs --agent: the Bolna agent whose webhook URL to set")
+    if not settings.bolna_api_key:
+        raise UsageError("BOLNA_API_KEY is not set: --apply changes the agent through Bolna's API")
+    with closing(BolnaClient.from_settings(settings)) as client:
+        try:
+            client.set_webhook_url(args.agent, url)
+        except BolnaError as exc:
+            print(f"callsync: Bolna did not set the webhook URL of agent {args.agent}: {exc}", file=sys.stderr)
+            return 1
+    log.info("webhook URL of agent %s set to %s%s<token>", args.agent, settings.webhook_public_url, PATH_PREFIX,
+             extra={"event": "webhook_url_set"})
+    print(f"agent {args.agent}: webhook URL set to {url}")
+    return 0
 
 
 def _listed_account(settings: Settings, text: str):
@@ -277,14 +353,12 @@ def _listed_account(settings: Settings, text: str):
     from services.tenancy.tenant import UnusableTenant
     from worker.app import connect
 
-    client = connect(settings)
-    try:
+    with closing(connect(settings)) as client:
         db = client[settings.mongodb_db]
-        tenant = TenantSource(settings, db).find(_account_id(db, settings, text))
-    except UnusableTenant as exc:
-        raise UsageError(str(exc)) from None
-    finally:
-        client.close()
+        try:
+            tenant = TenantSource(settings, db).find(_account_id(db, settings, text))
+        except UnusableTenant as exc:
+            raise UsageError(str(exc)) from None
     if tenant is None:
         raise UsageError(f"account {text!r} is not served: TENANTS_FILTER does not list it")
     return tenant
@@ -303,4 +377,4 @@ def _account_id(db, settings: Settings, text: str) -> object:
 
 
 _COMMANDS = {"run": _run, "once": _once, "status": _status, "reanalyze": _reanalyze, "forget": _forget,
-             "review": _review}
+             "review": _review, "webhook-url": _webhook_url}
