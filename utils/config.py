@@ -28,6 +28,7 @@ class ConfigError(ValueError):
 BOLNA_SENDER_IPS = ("13.203.39.153", "13.126.9.249", "13.202.133.53")
 MIN_WEBHOOK_TOKEN_CHARS = 24
 MIN_HASH_KEY_CHARS = 16
+# A lease is renewed every third of it: much shorter, and a slow MongoDB round trip would lose it.
 MIN_LEASE_SECONDS = 15
 # The customer statuses the CRM sync sets (models/customer.py), and their default order
 # (`STATUS_PRECEDENCE`): highest first; statuses in one group rank equal.
@@ -82,22 +83,25 @@ def csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def int_at_least(value: str, minimum: int) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = minimum - 1
-    if number < minimum:
-        raise ValueError(f"must be a whole number of at least {minimum}")
-    return number
+def whole(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """A parser of a whole number of at least `minimum` (and at most `maximum`)."""
+    expected = f"of at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = minimum - 1
+        if number < minimum or (maximum is not None and number > maximum):
+            raise ValueError(f"must be a whole number {expected}")
+        return number
+
+    return parse
 
 
-def positive_int(value: str) -> int:
-    return int_at_least(value, 1)
-
-
-def non_negative_int(value: str) -> int:
-    return int_at_least(value, 0)
+positive_int = whole(1)
+non_negative_int = whole(0)
+port = whole(0, 65535)
 
 
 def positive_float(value: str) -> float:
@@ -186,20 +190,6 @@ def fraction(value: str) -> float:
     if not 0 <= number < 1:
         raise ValueError("must be a fraction from 0 up to (not including) 1, such as 0.5")
     return number
-
-
-def percentage(value: str) -> int:
-    number = int_at_least(value, 0)
-    if number > 100:
-        raise ValueError("must be a whole number from 0 to 100")
-    return number
-
-
-def port(value: str) -> int:
-    port = int_at_least(value, 0)
-    if port > 65535:
-        raise ValueError("must be a port number from 0 to 65535")
-    return port
 
 
 def prices(value: str) -> dict[str, Price]:
@@ -322,17 +312,6 @@ def fernet_secret(value: str) -> str:
     return ",".join(fernet_keys(value))
 
 
-def lease_seconds(value: str) -> int:
-    """Renewed every third of it: much shorter, and a slow MongoDB round trip would lose it."""
-    return int_at_least(value, MIN_LEASE_SECONDS)
-
-
-def default_tenants_filter(key_path: str) -> dict[str, object]:
-    """The accounts served unless TENANTS_FILTER says otherwise: those with a Bolna key (wherever
-    TENANT_FIELDS puts it) and an active or trial subscription."""
-    return {key_path: {"$nin": [None, ""]}, "subscription.status": {"$in": list(ACTIVE_SUBSCRIPTIONS)}}
-
-
 def setting(default: object = None, parse: Callable[[str], object] = stripped, *, secret: bool = False,
             variable: str | None = None) -> Any:
     """One setting's whole declaration. A secret is left out of `repr` and reduced to whether it
@@ -397,7 +376,7 @@ class Settings:
     transcript_retention_days: int | None = setting(None, positive_int)
     record_retention_days: int | None = setting(None, positive_int)
     privacy_hash_key: str | None = setting(None, hash_key, secret=True)  # keys the hashes of erased numbers
-    auto_assign_min_confidence: int = setting(60, percentage)  # below it a stage move waits for a person's review
+    auto_assign_min_confidence: int = setting(60, whole(0, 100))  # below it a stage move waits for a person's review
     # Bolna webhooks (worker/webhook_listener.py): off unless WEBHOOK_PORT is set.
     webhook_port: int | None = setting(None, port)
     webhook_host: str = setting("127.0.0.1")  # behind a reverse proxy on the same host; 0.0.0.0 in a container
@@ -429,7 +408,7 @@ class Settings:
     # syncs (renewed every third of it; an account of a dead replica is taken over after it), how
     # often each replica looks for due accounts, how many it syncs at once, how often the account
     # list is re-read, and the ceiling on LLM analyses per sync interval across all accounts.
-    tenant_lease_seconds: int = setting(120, lease_seconds)
+    tenant_lease_seconds: int = setting(120, whole(MIN_LEASE_SECONDS))
     tenant_poll_seconds: int = setting(5, positive_int)
     tenant_concurrency: int = setting(4, positive_int)
     tenant_refresh_seconds: int = setting(60, positive_int)
@@ -447,11 +426,13 @@ class Settings:
 
     @property
     def tenants_query(self) -> Mapping[str, object]:
-        """The accounts' filter: TENANTS_FILTER, else the default, derived here rather than stored
-        so it follows TENANT_FIELDS' key path however the settings were built."""
+        """The accounts' filter: TENANTS_FILTER, else those with a Bolna key (wherever TENANT_FIELDS
+        puts it) and an active or trial subscription; derived here rather than stored so it follows
+        TENANT_FIELDS' key path however the settings were built."""
         if self.tenants_filter is not None:
             return self.tenants_filter
-        return default_tenants_filter(self.tenant_fields["bolnaApiKey"])
+        return {self.tenant_fields["bolnaApiKey"]: {"$nin": [None, ""]},
+                "subscription.status": {"$in": list(ACTIVE_SUBSCRIPTIONS)}}
 
     def with_overrides(self, **changes) -> "Settings":
         return replace(self, **changes)
