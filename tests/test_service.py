@@ -281,3 +281,20 @@ def test_the_accounts_demo_keeps_each_accounts_records_apart():
         "acct-0001 run call_processor"]
     assert any(" is in both acct-0000 and acct-0001: stored 2 times, once per account" in line for line in lines)
     assert "callsync accounts at" in result.stdout and "2 in the schedule" in result.stdout
+
+
+@pytest.mark.parametrize("args, variables, says", [
+    (("review",), {"TENANT_SOURCE": "mongodb"}, "TENANT_SOURCE=mongodb: name the account with --account ID"),
+    (("reanalyze", "--call-id", "c1"), {"TENANT_SOURCE": "mongodb"}, "name the account with --account ID"),
+    (("forget", "--phone", "+919876543210", "--dry-run"), {"TENANT_SOURCE": "mongodb"},
+     "name the account with --account ID"),
+    (("status", "--account", "a1"), {}, "--account names one of many accounts: it needs TENANT_SOURCE=mongodb"),
+    (("webhook-url", "--account", "a1"), {}, "--account names one of many accounts"),
+    (("webhook-url",), {"TENANT_SOURCE": "mongodb", "WEBHOOK_PUBLIC_URL": "https://hooks.example.com",
+                        "WEBHOOK_TOKEN": "t" * 32}, "TENANT_SOURCE=mongodb: each account has its own URL"),
+])
+def test_the_account_a_command_is_about_is_checked_before_the_database_is_reached(args, variables, says):
+    # A port nothing listens on: the command must refuse before it would try to connect.
+    result = run_main(*args, MONGODB_URI="mongodb://127.0.0.1:1/", **variables)
+    assert result.returncode == 2 and result.stderr.startswith("callsync: ") and says in result.stderr
+    assert "Traceback" not in result.stderr

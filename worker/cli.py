@@ -127,10 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         if command == "evaluate":
             from worker.evaluate import run_evaluation
             return run_evaluation(settings, args)
-        if args.account is not None and settings.tenant_source != "mongodb":
+        many = settings.tenant_source == "mongodb"
+        if args.account is not None and not many:
             raise UsageError("--account names one of many accounts: it needs TENANT_SOURCE=mongodb")
         if command != "webhook-url":  # needs no database with one account
             _require_server(settings, command)
+        if many and args.account is None and command in ("reanalyze", "forget", "review"):
+            raise UsageError("TENANT_SOURCE=mongodb: name the account with --account ID")
         return _COMMANDS[command](settings, args)
     except (ConfigError, UsageError) as exc:
         print(f"callsync: {exc}", file=sys.stderr)
@@ -150,40 +153,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _build(settings: Settings, *, prepare: bool = True, account: str | None = None):
-    """`prepare=False` for read-only commands: no index builds, no marking of other runs.
-    `account`: with many accounts, the one the command is about (required there)."""
-    from worker.app import App, connect
+    """What a command runs on: the one account's App, or with many accounts the one `account`
+    names, or the Fleet of them all when it names none. `prepare=False` for read-only commands:
+    no index builds, no marking of other runs."""
+    if settings.tenant_source == "mongodb" and account is None:
+        from worker.fleet import Fleet
 
-    tenant_id = None
-    client = None
-    if settings.tenant_source == "mongodb":
-        if account is None:
-            raise UsageError("TENANT_SOURCE=mongodb: name the account with --account ID")
-        client = connect(settings)
-        try:
-            tenant_id = _account_id(client[settings.mongodb_db], settings, account)
-        except UsageError:
-            client.close()
-            raise
-    app = App.build(settings, mongo_client=client, tenant_id=tenant_id)
+        runtime = Fleet.build(settings)
+    else:
+        from worker.app import App, connect
+
+        client = None
+        tenant_id = None
+        if account is not None:
+            client = connect(settings)
+            try:
+                tenant_id = _account_id(client[settings.mongodb_db], settings, account)
+            except UsageError:
+                client.close()
+                raise
+        runtime = App.build(settings, mongo_client=client, tenant_id=tenant_id)
     if prepare:
-        app.prepare()
-    return app
-
-
-def _build_fleet(settings: Settings, *, prepare: bool = True):
-    from worker.fleet import Fleet
-
-    fleet = Fleet.build(settings)
-    if prepare:
-        fleet.prepare()
-    return fleet
+        runtime.prepare()
+    return runtime
 
 
 def _run(settings: Settings, _args) -> int:
     from worker.daemon import run_daemon
 
-    return run_daemon(_build_fleet(settings) if settings.tenant_source == "mongodb" else _build(settings))
+    return run_daemon(_build(settings))
 
 
 def _once(settings: Settings, args) -> int:
@@ -201,7 +199,7 @@ def _once(settings: Settings, args) -> int:
             failed |= record["status"] == "failed"
             print(json.dumps(record, default=str), flush=True)
 
-    with closing(_build_fleet(settings) if many else _build(settings)) as runtime:
+    with closing(_build(settings)) as runtime:
         runtime.subscribe(show)
         if many:
             runtime.work(ahead=timedelta(minutes=settings.sync_interval_minutes))
@@ -212,13 +210,12 @@ def _once(settings: Settings, args) -> int:
 
 
 def _status(settings: Settings, args) -> int:
-    if settings.tenant_source == "mongodb" and args.account is None:
-        from worker.status import collect_fleet, format_fleet, show
+    from worker.status import collect_fleet, format_fleet, show
 
-        with closing(_build_fleet(settings, prepare=False)) as fleet:
-            return show(collect_fleet(fleet.schedule, args.limit), format_fleet, args.json)
-    with closing(_build(settings, prepare=False, account=args.account)) as app:
-        return app.status.show(as_json=args.json)
+    with closing(_build(settings, prepare=False, account=args.account)) as runtime:
+        if settings.tenant_source == "mongodb" and args.account is None:
+            return show(collect_fleet(runtime.schedule, args.limit), format_fleet, args.json)
+        return runtime.status.show(as_json=args.json)
 
 
 def _reanalyze(settings: Settings, args) -> int:
