@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
@@ -75,10 +76,6 @@ class ExtraField:
     type: str = "string"  # string | number | boolean
 
 
-def stripped(value: str) -> str:
-    return value.strip()
-
-
 def csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -104,14 +101,23 @@ non_negative_int = whole(0)
 port = whole(0, 65535)
 
 
-def positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = 0.0
-    if not number > 0 or number == float("inf"):
-        raise ValueError("must be a number above 0")
-    return number
+def decimal(accepted: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """A parser of a number in the range `accepted` checks (not a number is in none)."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not accepted(number):
+            raise ValueError(f"must be {expected}")
+        return number
+
+    return parse
+
+
+positive_float = decimal(lambda number: 0 < number < math.inf, "a number above 0")
+fraction = decimal(lambda number: 0 <= number < 1, "a fraction from 0 up to (not including) 1, such as 0.5")
 
 
 def url(value: str) -> str:
@@ -180,16 +186,6 @@ def window_hours(window: str) -> int | None:
     if not number.isdigit() or unit not in ("h", "d"):
         return None
     return int(number) * (24 if unit == "d" else 1)
-
-
-def fraction(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1.0
-    if not 0 <= number < 1:
-        raise ValueError("must be a fraction from 0 up to (not including) 1, such as 0.5")
-    return number
 
 
 def prices(value: str) -> dict[str, Price]:
@@ -312,7 +308,7 @@ def fernet_secret(value: str) -> str:
     return ",".join(fernet_keys(value))
 
 
-def setting(default: object = None, parse: Callable[[str], object] = stripped, *, secret: bool = False,
+def setting(default: object = None, parse: Callable[[str], object] = str.strip, *, secret: bool = False,
             variable: str | None = None) -> Any:
     """One setting's whole declaration. A secret is left out of `repr` and reduced to whether it
     is set by `describe`; a dict default is copied for each Settings."""
