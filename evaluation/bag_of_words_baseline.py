@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from services.analyzer.heuristic import FOLLOW_UP, heuristic_analysis, model_lines
+from services.analyzer.labelled_set import LABEL_TAGS, load_labelled_calls
 from services.analyzer.word_model import trained_model
-from utils.config import DEFAULT_TAGS
-from services.analyzer.labelled_set import load_labelled_calls
+from worker.evaluate import ratio
 
 NOW = datetime(2026, 12, 1)
 
@@ -20,23 +20,19 @@ NOW = datetime(2026, 12, 1)
 def main() -> None:
     calls = load_labelled_calls()
     model = trained_model(model_lines)
-    print(f"{'part':10} {'calls':>5} {'rules alone':>12} {'word model':>12} {'product':>12}")
+    print(f"{'part':10} {'calls':>5} {'rules alone':>15} {'word model':>15} {'product':>15}")
     for split in ("held_out", "challenge"):
         part = [call for call in calls if call.split == split]
         rules = alone = product = 0
         for call in part:
-            analysis = heuristic_analysis(call.transcript, NOW, NOW, DEFAULT_TAGS)
+            analysis = heuristic_analysis(call.transcript, NOW, NOW, LABEL_TAGS)
             by_rules = FOLLOW_UP[0] if "rule 'word_model'" in analysis.reasoning else analysis.tag
             rules += by_rules == call.expected_tag
             alone += model.predict(model_lines(call.transcript))[0] == call.expected_tag
             product += analysis.tag == call.expected_tag
         if part:
-            print(f"{split:10} {len(part):>5} {_share(rules, part):>12} {_share(alone, part):>12} "
-                  f"{_share(product, part):>12}")
-
-
-def _share(correct: int, part: list) -> str:
-    return f"{correct}/{len(part)} {100 * correct / len(part):.0f}%"
+            print(f"{split:10} {len(part):>5} {ratio(rules, len(part)):>15} {ratio(alone, len(part)):>15} "
+                  f"{ratio(product, len(part)):>15}")
 
 
 if __name__ == "__main__":

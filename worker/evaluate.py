@@ -156,8 +156,8 @@ def render_report(report: dict) -> str:
     lines = [
         f"Evaluation of the {report['analyzer']} analyzer{model} on {calls} labelled calls ({report['dataset']})",
         "",
-        f"tag accuracy:    {_ratio(report['tag']['correct'], calls)}",
-        f"status accuracy: {_ratio(report['status']['correct'], calls)}",
+        f"tag accuracy:    {ratio(report['tag']['correct'], calls)}",
+        f"status accuracy: {ratio(report['status']['correct'], calls)}",
         f"failed answers:  {report['failures']['count']} (counted as misses)",
         f"tokens:          {usage['promptTokens']} in / {usage['completionTokens']} out",
         f"estimated cost:  {_cost(report['estimatedCostUsd'])}",
@@ -167,24 +167,18 @@ def render_report(report: dict) -> str:
         "",
         "Lead status (rows: expected, columns: predicted)",
         _confusion_table(report["status"]["confusion"]),
-        "",
-        "By category",
-        _group_table("category", report["byCategory"]),
-        "",
-        "By style",
-        _group_table("style", report["byStyle"]),
+        *_group_tables("By", report),
     ]
     # A set of one part (e.g. --dataset without `split`) is the whole set, shown above.
     parts = report["bySplit"].items() if len(report["bySplit"]) > 1 else ()
     for split, part in parts:
         title = SPLIT_TITLES[split]
         lines += ["", f"{title}: {part['calls']} calls",
-                  f"tag accuracy:    {_ratio(part['tag']['correct'], part['calls'])}",
-                  f"status accuracy: {_ratio(part['status']['correct'], part['calls'])}",
+                  f"tag accuracy:    {ratio(part['tag']['correct'], part['calls'])}",
+                  f"status accuracy: {ratio(part['status']['correct'], part['calls'])}",
                   f"prompt injections obeyed: {len(part['injections']['obeyed'])} of "
                   f"{part['injections']['calls']}" + "".join(f" {i}" for i in part["injections"]["obeyed"]),
-                  "", f"{title}, by category", _group_table("category", part["byCategory"]),
-                  "", f"{title}, by style", _group_table("style", part["byStyle"])]
+                  *_group_tables(f"{title}, by", part)]
     if report["failures"]["calls"]:
         rows = [(failure["id"], failure["reason"]) for failure in report["failures"]["calls"]]
         lines += ["", "Failed answers", format_table(("id", "reason"), rows, max_width=100)]
@@ -197,13 +191,18 @@ def _confusion_table(confusion: dict[str, dict[str, int]]) -> str:
     return format_table(("expected", *columns, "total"), rows)
 
 
-def _group_table(name: str, groups: dict[str, dict]) -> str:
-    rows = [(key, group["calls"], _ratio(group["tagCorrect"], group["calls"]),
-             _ratio(group["statusCorrect"], group["calls"])) for key, group in groups.items()]
-    return format_table((name, "calls", "tag correct", "status correct"), rows)
+def _group_tables(title: str, figures: dict) -> list[str]:
+    """The lines of the figures by category and by style, a titled table each."""
+    lines = []
+    for name, groups in (("category", figures["byCategory"]), ("style", figures["byStyle"])):
+        rows = [(key, group["calls"], ratio(group["tagCorrect"], group["calls"]),
+                 ratio(group["statusCorrect"], group["calls"])) for key, group in groups.items()]
+        lines += ["", f"{title} {name}", format_table((name, "calls", "tag correct", "status correct"), rows)]
+    return lines
 
 
-def _ratio(correct: int, total: int) -> str:
+def ratio(correct: int, total: int) -> str:
+    """A share of correct answers, as every figure of the evaluation shows it."""
     return f"{correct}/{total} = {100 * correct / total:.1f}%" if total else "-"
 
 
