@@ -49,7 +49,6 @@ DEFAULT_TENANT_FIELDS = {
     "llmBatchLimit": "callsync.llmBatchLimit",
     "bolnaRequestsPerMinute": "callsync.bolnaRequestsPerMinute",
 }
-ACTIVE_SUBSCRIPTIONS = ("active", "trial")
 
 
 @dataclass(frozen=True)
@@ -391,8 +390,7 @@ class Settings:
     # A full record fetched for one job, kept for the other (services/record_cache.py).
     bolna_record_cache_size: int = setting(10000, non_negative_int)
     bolna_record_cache_seconds: int = setting(1800, non_negative_int)
-    # Many accounts (services/tenancy): `env` serves the one account of BOLNA_API_KEY; `mongodb`
-    # reads the accounts and their keys from `tenants_collection`.
+    # Many accounts (services/tenancy)
     tenant_source: str = setting("env", one_of(
         "env", "mongodb", explained="env (one account, from BOLNA_API_KEY) or mongodb (the accounts collection)"))
     tenants_collection: str = setting("users", collection_name)
@@ -400,10 +398,7 @@ class Settings:
     tenant_fields: Mapping[str, str] = setting(DEFAULT_TENANT_FIELDS, tenant_field_paths)
     # Fernet key(s) the stored keys are encrypted with; None: they are stored as plain text.
     tenant_keys_secret: str | None = setting(None, fernet_secret, secret=True)
-    # Many accounts across replicas (worker/fleet.py): the lease a replica holds on an account it
-    # syncs (renewed every third of it; an account of a dead replica is taken over after it), how
-    # often each replica looks for due accounts, how many it syncs at once, how often the account
-    # list is re-read, and the ceiling on LLM analyses per sync interval across all accounts.
+    # Many accounts across replicas (worker/fleet.py): a dead replica's accounts are taken over after their lease.
     tenant_lease_seconds: int = setting(120, whole(MIN_LEASE_SECONDS))
     tenant_poll_seconds: int = setting(5, positive_int)
     tenant_concurrency: int = setting(4, positive_int)
@@ -428,7 +423,7 @@ class Settings:
         if self.tenants_filter is not None:
             return self.tenants_filter
         return {self.tenant_fields["bolnaApiKey"]: {"$nin": [None, ""]},
-                "subscription.status": {"$in": list(ACTIVE_SUBSCRIPTIONS)}}
+                "subscription.status": {"$in": ["active", "trial"]}}
 
     def with_overrides(self, **changes) -> "Settings":
         return replace(self, **changes)

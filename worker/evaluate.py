@@ -202,7 +202,6 @@ def _group_tables(title: str, figures: dict) -> list[str]:
 
 
 def ratio(correct: int, total: int) -> str:
-    """A share of correct answers, as every figure of the evaluation shows it."""
     return f"{correct}/{total} = {100 * correct / total:.1f}%" if total else "-"
 
 
