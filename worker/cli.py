@@ -306,7 +306,10 @@ def _webhook_url(settings: Settings, args) -> int:
     derived from WEBHOOK_TOKEN, services/webhooks/routes.py) and `--apply` uses the account's Bolna
     key. The URL holds the token: it is printed for the person who asked, and never logged."""
     from services.bolna_client import BolnaClient, BolnaError
+    from services.tenancy.source import TenantSource
+    from services.tenancy.tenant import UnusableTenant
     from services.webhooks.routes import account_token
+    from worker.app import connect
     from worker.webhook_listener import PATH_PREFIX
 
     if not settings.webhook_public_url:
@@ -319,7 +322,15 @@ def _webhook_url(settings: Settings, args) -> int:
         if args.account is None:
             raise UsageError("TENANT_SOURCE=mongodb: each account has its own URL; name it with --account ID")
         _require_server(settings, "webhook-url")
-        account = _listed_account(settings, args.account)
+        # The account as the daemon serves it (TENANTS_FILTER, its keys readable).
+        with closing(connect(settings)) as client:
+            db = client[settings.mongodb_db]
+            try:
+                account = TenantSource(settings, db).find(_account_id(db, settings, args.account))
+            except UnusableTenant as exc:
+                raise UsageError(str(exc)) from None
+        if account is None:
+            raise UsageError(f"account {args.account!r} is not served: TENANTS_FILTER does not list it")
         token = account_token(settings.webhook_token, account.id)
         settings = settings.with_overrides(bolna_api_key=account.bolna_api_key)
     url = f"{settings.webhook_public_url}{PATH_PREFIX}{token}"
@@ -342,23 +353,6 @@ def _webhook_url(settings: Settings, args) -> int:
              extra={"event": "webhook_url_set"})
     print(f"agent {args.agent}: webhook URL set to {url}")
     return 0
-
-
-def _listed_account(settings: Settings, text: str):
-    """The account `text` names, as the daemon serves it (TENANTS_FILTER, its keys readable)."""
-    from services.tenancy.source import TenantSource
-    from services.tenancy.tenant import UnusableTenant
-    from worker.app import connect
-
-    with closing(connect(settings)) as client:
-        db = client[settings.mongodb_db]
-        try:
-            tenant = TenantSource(settings, db).find(_account_id(db, settings, text))
-        except UnusableTenant as exc:
-            raise UsageError(str(exc)) from None
-    if tenant is None:
-        raise UsageError(f"account {text!r} is not served: TENANTS_FILTER does not list it")
-    return tenant
 
 
 def _account_id(db, settings: Settings, text: str) -> object:
