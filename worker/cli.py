@@ -276,8 +276,7 @@ def _webhook_url(settings: Settings, args) -> int:
 
 def _listed_account(settings: Settings, text: str):
     """The account `text` names, as the daemon serves it (TENANTS_FILTER, its keys readable)."""
-    from services.tenancy.source import TenantSource
-    from services.tenancy.tenant import UnusableTenant
+    from services.tenancy.accounts import TenantSource, UnusableTenant
     from worker.app import connect
 
     client = connect(settings)

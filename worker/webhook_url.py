@@ -10,7 +10,7 @@ import logging
 import sys
 
 from services.bolna_client import BolnaClient, BolnaError
-from services.tenancy.tenant import Tenant
+from services.tenancy.accounts import Tenant
 from services.webhooks.routes import account_token
 from utils.config import Settings
 from worker.webhook_listener import PATH_PREFIX
