@@ -13,8 +13,7 @@ from fakes.bolna_api import RateLimits
 from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import HookedClient
 from services.database import CALLS, CONTACTS, CUSTOMERS, SYNC_RUNS, TENANT_SCHEDULE
-from services.tenancy.llm_quota import LlmQuota
-from services.tenancy.schedule import REFUSED
+from services.tenancy.schedule import REFUSED, LlmQuota
 from tests.conftest import RAISED_LIMITS, TEST_DB
 from tests.helpers import AGENT, execution
 from utils.clock import utcnow

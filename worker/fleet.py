@@ -27,9 +27,7 @@ from services.database import LLM_QUOTA, TENANT_SCHEDULE, WEBHOOK_INBOX, tenant_
 from services.run_records import describe_failure, failed_with
 from services.server_clock import ServerClock
 from services.tenancy.accounts import Tenant, TenantSource
-from services.tenancy.lease import LeaseKeeper
-from services.tenancy.llm_quota import LlmQuota
-from services.tenancy.schedule import TenantClaim, TenantSchedule
+from services.tenancy.schedule import LeaseKeeper, LlmQuota, TenantClaim, TenantSchedule
 from services.webhooks.inbox import Inbox
 from services.webhooks.processor import LEASE_SECONDS, AccountWriters
 from services.webhooks.routes import AccountRoutes

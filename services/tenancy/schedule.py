@@ -18,26 +18,48 @@ the tenants that must be skipped (which stay overdue for as long as they are ski
 the range a claim scans, however many there are. Every write that sets or clears `retiredAt` or
 `refused` sets `active` with it.
 
-The integrator adds `SCHEDULE_INDEXES` to services/database.py for the schedule's collection:
+Its one index (`SCHEDULE_INDEXES`, built by services/database.py):
 
     active_dueAt  (active, dueAt)  the claim: active, due, the longest due first
 
 Renew, finish, release, mark_refused and register's writes select by `_id`, served by `_id_`.
 `register` and `overview` read the whole collection on purpose (a few small fields per tenant,
 once per tenant-list refresh and per status request).
+
+The lease is what keeps two replicas from syncing one account at once; it holds only while the
+holder renews it. So `LeaseKeeper` renews every third of the lease and, beside that, watches the
+lease's end on the database server's clock: when a renewal is refused (another replica took the
+account) or has not been confirmed a margin before the end (a slow or unreachable server, a
+stalled process), it sets the account's stop. The account's jobs then end after their current
+write, as on SIGTERM, before another replica can claim the account.
+
+`LlmQuota` is the ceiling on LLM analyses across every account and replica (LLM_GLOBAL_LIMIT per
+sync interval): before an account's run, its per-run cap is taken from the interval's remaining
+allowance; what the run did not use is given back. One counter document per interval window. A
+take is one atomic `$inc`; when it overshoots the ceiling, the overshoot is returned at once, so
+the sum granted never passes the ceiling even when replicas take at the same instant (each sees
+its own increment's total and returns only what it took beyond the ceiling). The `$inc` never
+upserts: the total it returns is what the take is decided on, and of two upserts racing to create
+a document, one may be answered with no document at all (the test run's wire server) or a
+duplicate-key error, after its increment was or was not applied. The window's document is created
+on its own first, where a race is harmless.
 """
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Iterable
 
 from pymongo import ASCENDING, IndexModel, InsertOne, ReturnDocument, UpdateMany, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services import lease
-from utils.clock import to_millis, utcnow
+from utils.clock import to_millis, unix_seconds, utcnow
+
+log = logging.getLogger(__name__)
 
 # The claim's index, named by its keys in the hint: a simpler planner (the test run's wire server)
 # gives up on an index when the filter has an `$or`; MongoDB's picks the same one unaided.
@@ -284,3 +306,112 @@ def _state_expression(now: datetime) -> dict:
 def _present(field: str) -> dict:
     # $ifNull, not a comparison with null: how a missing field compares differs between servers.
     return {"$ne": [{"$ifNull": [field, None]}, None]}
+
+
+MIN_MARGIN = timedelta(seconds=2)
+
+
+class LeaseKeeper:
+    def __init__(self, schedule: TenantSchedule, claim: TenantClaim, process_stop: threading.Event):
+        self._schedule = schedule
+        self._claim = claim
+        self._process_stop = process_stop
+        # The account's stop, given to its jobs: set on the process's stop or when the lease may be gone.
+        self.stop = threading.Event()
+        self.lost = False
+        self._valid_until = claim.acquired_until  # server time, as the schedule compares it
+        self._margin = max(MIN_MARGIN, schedule.lease / 10)
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._threads = [threading.Thread(target=self._renew, name="lease-renew", daemon=True),
+                         threading.Thread(target=self._watch, name="lease-watch", daemon=True)]
+
+    def __enter__(self) -> "LeaseKeeper":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._done.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _renew(self) -> None:
+        every = self._schedule.lease.total_seconds() / 3
+        while not self._done.wait(every):
+            asked = self._schedule.clock()  # the new end is at least a lease from here
+            try:
+                renewed = self._schedule.renew(self._claim)
+            except Exception:  # noqa: BLE001 - MongoDB away for a moment: the watch fences if it lasts
+                log.warning("could not renew an account's lease", exc_info=True, extra={"event": "lease_renew_failed"})
+                continue
+            if not renewed:
+                self._fence("another replica holds it now")
+                return
+            with self._lock:
+                self._valid_until = max(self._valid_until, asked + self._schedule.lease)
+
+    def _watch(self) -> None:
+        tick = min(1.0, self._schedule.lease.total_seconds() / 10)
+        while not self._done.wait(tick):
+            if self._process_stop.is_set():
+                self.stop.set()
+            with self._lock:
+                deadline = self._valid_until - self._margin
+            if self._schedule.clock() >= deadline:
+                self._fence("no renewal was confirmed in time")
+                return
+
+    def _fence(self, why: str) -> None:
+        self.lost = True
+        self.stop.set()
+        log.warning("account %s: its lease may be gone (%s); its sync stops after the current write",
+                    self._claim.tenant_id, why, extra={"event": "tenant_lease_lost"})
+
+
+class LlmQuota:
+    def __init__(self, counters: Collection, ceiling: int, interval: timedelta, clock: Callable[[], datetime]):
+        """`clock`: the database server's (services/server_clock.py), so replicas agree on the window."""
+        self._counters = counters
+        self._ceiling = ceiling
+        self._interval = interval
+        self._clock = clock
+
+    def take(self, wanted: int) -> "Grant":
+        if wanted <= 0:
+            return Grant(self, None, 0)
+        now = self._clock()
+        window = int(unix_seconds(now) // self._interval.total_seconds())
+        counter = self._increment(window, wanted)
+        if counter is None:  # the window's first take: create its counter, then take
+            try:
+                self._counters.update_one({"_id": window}, {"$setOnInsert": {"taken": 0, "at": now}}, upsert=True)
+            except DuplicateKeyError:
+                pass  # another replica created it at the same instant
+            counter = self._increment(window, wanted)
+        overshoot = min(wanted, max(0, counter["taken"] - self._ceiling))
+        if overshoot:
+            self._give_back(window, overshoot)
+        return Grant(self, window, wanted - overshoot)
+
+    def _increment(self, window: int, count: int) -> dict | None:
+        return self._counters.find_one_and_update({"_id": window}, {"$inc": {"taken": count}},
+                                                  return_document=ReturnDocument.AFTER)
+
+    def _give_back(self, window: int, count: int) -> None:
+        self._counters.update_one({"_id": window}, {"$inc": {"taken": -count}})
+
+
+class Grant:
+    """Analyses an account may make in this run; `settle(used)` returns the rest to its window."""
+
+    def __init__(self, quota: LlmQuota, window: int | None, count: int):
+        self._quota = quota
+        self._window = window
+        self.count = count
+
+    def settle(self, used: int) -> None:
+        unused = self.count - min(used, self.count)
+        if unused and self._window is not None:
+            self._quota._give_back(self._window, unused)
+        self.count = min(used, self.count)
