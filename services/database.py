@@ -94,7 +94,7 @@ _INDEXES: dict[str, list[IndexModel]] = {
         _tenant_index(("fromNumber", ASCENDING), name="fromNumber"),
         _tenant_index(("toNumber", ASCENDING), name="toNumber"),
         _UPDATED,
-        # Retention (services/privacy/retention.py): whole calls by age, and the calls still
+        # Retention (services/privacy.py): whole calls by age, and the calls still
         # holding a transcript by age (those stripped carry `transcriptRemovedAt` and are out of
         # the range, so a pass never walks the calls earlier passes stripped).
         _named(CALL_AGE_INDEX_KEYS, name="callAt"),

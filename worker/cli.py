@@ -228,7 +228,7 @@ def _reanalyze(settings: Settings, args) -> int:
 
 
 def _forget(settings: Settings, args) -> int:
-    from services.privacy.hashing import hasher_for, require_hasher
+    from services.privacy import hasher_for, require_hasher
     from worker.forget import BadNumber, parse_number, run_forget
 
     try:

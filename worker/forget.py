@@ -1,11 +1,10 @@
 """`main.py forget --phone <number>`: erase one person's number everywhere and keep it out of
-later syncs (services/privacy/erasure.py). The number is never printed: only its last four digits."""
+later syncs (services/privacy.py). The number is never printed: only its last four digits."""
 from __future__ import annotations
 
 from pymongo.database import Database
 
-from services.privacy.erasure import COLLECTIONS, Eraser, forget
-from services.privacy.hashing import hasher_for, require_hasher
+from services.privacy import COLLECTIONS, Eraser, forget, hasher_for, require_hasher
 from utils.config import Settings
 from utils.phone import Phone, mask_phone, normalize_phone
 from utils.table import format_table

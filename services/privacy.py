@@ -1,9 +1,19 @@
-"""Erasure of one number everywhere the daemon writes (`main.py forget`).
+"""Personal data kept only as long as needed (how it fits together, and every personal field:
+docs/privacy.md).
 
-`forget` puts the number's keyed hash on the suppression list first, then sweeps: from the moment
-the entry exists no writer stores the number, and a writer that was already writing it finds the
-entry after its write and sweeps again (`PrivacyGuard.recheck`, `contacts.record_decision`), so
-whichever of the two sweeps runs last leaves nothing behind.
+Retention: calls older than `TRANSCRIPT_RETENTION_DAYS` lose their transcript, recording URL and
+raw extracted data; calls older than `RECORD_RETENTION_DAYS` are deleted. A pass of the call
+processor's job, after its analysis (see docs/privacy.md for why there), in small batches so that
+a first pass over years of calls never holds the database or the job for long.
+
+Erasure of one number everywhere the daemon writes (`main.py forget`). `forget` puts the number's
+keyed hash (HMAC-SHA256: without the key, a hash cannot be checked against a guessed number, so a
+copy of the database does not tell who asked to be forgotten) on the suppression list first, then
+sweeps: from the moment the entry exists no writer stores the number, and a writer that was already
+writing it finds the entry after its write and sweeps again (`PrivacyGuard.recheck`,
+`contacts.record_decision`), so whichever of the two sweeps runs last leaves nothing behind. The
+sync writers ask the suppression list before each page which executions are of erased numbers
+(left out, counted `suppressed`), and after it whether a number of the page was erased meanwhile.
 
 What a sweep does, per collection:
 - `customers`, `contacts`, `customer_calls`: the number's documents are deleted (any spelling).
@@ -18,25 +28,108 @@ What a sweep does, per collection:
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import logging
+import threading
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Callable, Iterable
 
+from pymongo import ASCENDING
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from models.execution import MalformedExecution, parse_execution
+from models.call import TRANSCRIPT_FIELDS
+from models.execution import Execution, MalformedExecution, parse_execution
 from services import lease
 from services.analyzer.schema import analysis_document
 from services.customer_merge import linked_call_id
-from services.database import (ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, ERASURES, INBOX_STATE_KEYS,
-                               STAGE_REVIEWS, SYNC_STATE, WEBHOOK_INBOX)
-from services.privacy.hashing import PhoneHasher
-from services.privacy.suppressions import SuppressionList
-from utils.clock import utcnow
+from services.database import (ACTIVITIES, CALL_AGE_INDEX_KEYS, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, ERASURES,
+                               INBOX_STATE_KEYS, STAGE_REVIEWS, SUPPRESSION_KEY_KEYS, SUPPRESSIONS, SYNC_STATE,
+                               TRANSCRIPT_AGE_INDEX_KEYS, WEBHOOK_INBOX)
+from services.run_records import RunRecorder, describe_failure
 from services.webhooks.inbox import WAITING
+from utils.clock import utcnow
+from utils.config import ConfigError
 from utils.phone import DEFAULT_REGION, Phone, lookup_keys
+
+log = logging.getLogger(__name__)
+
+# Hashed with the key to tell, at start-up, whether the configured key is the one the suppression
+# list was written with: a changed key would make every stored hash miss, silently.
+_KEY_CHECK = b"callsync privacy key check"
+
+
+class PrivacyKeyError(ConfigError):
+    """PRIVACY_HASH_KEY is missing, or not the key the suppression list was written with."""
+
+
+class PhoneHasher:
+    def __init__(self, key: str):
+        self._key = key.encode()
+        self.key_id = hmac.new(self._key, _KEY_CHECK, hashlib.sha256).hexdigest()[:16]
+
+    def digest(self, phone_key: str) -> str:
+        """The hash of a number's stored key (E.164, or the text of an invalid number)."""
+        return hmac.new(self._key, phone_key.encode(), hashlib.sha256).hexdigest()
+
+
+def hasher_for(key: str | None) -> PhoneHasher | None:
+    return PhoneHasher(key) if key else None
+
+
+def require_hasher(hasher: PhoneHasher | None) -> PhoneHasher:
+    if hasher is None:
+        raise PrivacyKeyError("PRIVACY_HASH_KEY is not set: erasure records and the suppression list hold "
+                              "a keyed hash of the number, never the number. Set it to a random secret "
+                              "(e.g. `openssl rand -hex 32`) and keep it: see docs/privacy.md.")
+    return hasher
+
+
+class SuppressionList:
+    def __init__(self, db: Database, hasher: PhoneHasher | None):
+        self.entries = db[SUPPRESSIONS]
+        self.hasher = hasher
+
+    def add(self, digest: str) -> None:
+        """Idempotent: an entry already there (a second `forget`, or two at once) is left as it was."""
+        try:
+            self.entries.update_one({"_id": self.entries.local_id(digest)},
+                                    {"$setOnInsert": {"keyId": self.hasher.key_id, "createdAt": utcnow()}},
+                                    upsert=True)
+        except DuplicateKeyError:
+            pass  # another forget of the same number inserted it first
+
+    def suppressed(self, phone_keys: Iterable[str]) -> set[str]:
+        """Which of these numbers (stored keys) are erased. Without a key nothing can be compared:
+        that is an error once the list holds anything, not a reason to import the person again."""
+        keys = set(phone_keys)
+        if not keys:
+            return set()
+        if self.hasher is None:
+            self.check_key()
+            return set()
+        by_id = {self.entries.local_id(self.hasher.digest(key)): key for key in keys}
+        return {by_id[entry["_id"]] for entry in self.entries.find({"_id": {"$in": list(by_id)}}, {"_id": 1})}
+
+    def check_key(self) -> None:
+        """At start-up and whenever a key is needed: the list is usable with this configuration."""
+        if self.hasher is None:
+            if self.entries.find_one({}, {"_id": 1}, hint=SUPPRESSION_KEY_KEYS) is not None:
+                raise PrivacyKeyError("PRIVACY_HASH_KEY is not set, but the suppression list holds erased "
+                                      "numbers: without the key they cannot be recognized, and a sync would "
+                                      "import them again. Set the key they were hashed with (docs/privacy.md).")
+            return
+        # `keyId`, named: a simpler planner (the test run's wire server) scans for a `$ne`.
+        other = self.entries.find_one({"keyId": {"$ne": self.hasher.key_id}}, {"_id": 1}, hint=SUPPRESSION_KEY_KEYS)
+        if other is not None:
+            raise PrivacyKeyError("PRIVACY_HASH_KEY is not the key the suppression list was written with: "
+                                  "erased numbers would not be recognized. Restore the earlier key "
+                                  "(docs/privacy.md).")
+
 
 ERASED = "erased"  # `calls.analysis.skipped` of a call erased before it was analyzed
 # Everything on a call that says who was called or what was said; the rest are the business's figures.
@@ -208,3 +301,108 @@ def _record_erasure(db: Database, digest: str, key_id: str, removed: dict[str, i
         db[ERASURES].update_one({"_id": db[ERASURES].local_id(digest)}, update, upsert=True)
     except DuplicateKeyError:  # another forget of the number inserted it first: now it is an update
         db[ERASURES].update_one({"_id": db[ERASURES].local_id(digest)}, update)
+
+
+class PrivacyGuard:
+    def __init__(self, suppressions: SuppressionList, eraser: Eraser):
+        self.suppressions = suppressions
+        self.eraser = eraser
+
+    def admit(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> list[Execution]:
+        """The executions that may be written: none of an erased number."""
+        barred = self.suppressions.suppressed(_phones(executions))
+        if not barred:
+            return executions
+        admitted = [e for e in executions if not any(phone.key in barred for phone in _numbers(e))]
+        recorder.add("suppressed", len(executions) - len(admitted), agent_id)
+        return admitted
+
+    def recheck(self, executions: list[Execution]) -> None:
+        phones = _phones(executions)
+        for key in self.suppressions.suppressed(phones):
+            log.info("a number was erased while a page holding it was written; erased again",
+                     extra={"event": "erased_during_write"})
+            self.eraser.sweep(phones[key])
+
+
+def _phones(executions: list[Execution]) -> dict[str, Phone]:
+    return {phone.key: phone for e in executions for phone in _numbers(e)}
+
+
+def _numbers(execution: Execution) -> list[Phone]:
+    """Both sides of the call, as `forget` finds them: the erased number may be either, the
+    customer's or not (a call without `call_type` is taken as outbound)."""
+    return [phone for phone in (execution.from_phone, execution.to_phone) if phone is not None]
+
+
+BATCH_SIZE = 200
+# Per pass: a backlog (the setting just turned on) drains over a few runs, each bounded.
+MAX_BATCHES = 25
+_OLDEST_FIRST = [("callAt", ASCENDING)]
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    transcript_days: int | None = None
+    record_days: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.transcript_days or self.record_days)
+
+    def transcript_expired(self, call_at: datetime, now: datetime) -> bool:
+        return self.transcript_days is not None and call_at < now - timedelta(days=self.transcript_days)
+
+    def record_expired(self, call_at: datetime, now: datetime) -> bool:
+        return self.record_days is not None and call_at < now - timedelta(days=self.record_days)
+
+
+class RetentionPass:
+    def __init__(self, db: Database, policy: RetentionPolicy, stop: threading.Event | None = None, *,
+                 batch_size: int = BATCH_SIZE, max_batches: int = MAX_BATCHES):
+        self.calls = db[CALLS]
+        self.policy = policy
+        self.stop = stop or threading.Event()
+        self.batch_size = batch_size
+        self.max_batches = max_batches
+
+    def run(self, recorder: RunRecorder) -> None:
+        """Counted on the run: `retentionPasses`, `callsRemoved`, `transcriptsRemoved`. A database
+        error ends the pass as an error on the run; the next run goes on from where it stopped."""
+        if not self.policy.enabled:
+            return
+        recorder.add("retentionPasses")
+        now = utcnow()
+        try:
+            if self.policy.record_days:
+                cutoff = now - timedelta(days=self.policy.record_days)
+                recorder.add("callsRemoved", self._in_batches({"callAt": {"$lt": cutoff}}, CALL_AGE_INDEX_KEYS, self._delete))
+            if self.policy.transcript_days:
+                cutoff = now - timedelta(days=self.policy.transcript_days)
+                recorder.add("transcriptsRemoved", self._in_batches(
+                    {"transcriptRemovedAt": None, "callAt": {"$lt": cutoff}}, TRANSCRIPT_AGE_INDEX_KEYS,
+                    lambda ids: self._strip(ids, now)))
+        except PyMongoError as exc:
+            recorder.error(f"retention pass stopped ({describe_failure(exc)}); the next run goes on",
+                           code="retention_failed")
+
+    def _in_batches(self, selector: dict, index: list, act: Callable[[list], int]) -> int:
+        """Oldest first, by the index named (a pass must never scan the calls)."""
+        done = 0
+        for _ in range(self.max_batches):
+            ids = [doc["_id"] for doc in self.calls.find(selector, {"_id": 1}, sort=_OLDEST_FIRST, limit=self.batch_size,
+                                                           hint=index)]
+            if ids:
+                done += act(ids)
+            if len(ids) < self.batch_size or self.stop.is_set():
+                break
+        return done
+
+    def _delete(self, ids: list) -> int:
+        return self.calls.delete_many({"_id": {"$in": ids}}).deleted_count
+
+    def _strip(self, ids: list, now: datetime) -> int:
+        # `updatedAt` too: a consumer following "what changed since T" learns its copy must go.
+        return self.calls.update_many({"_id": {"$in": ids}}, {
+            "$unset": {name: "" for name in TRANSCRIPT_FIELDS},
+            "$set": {"transcriptRemovedAt": now, "updatedAt": now}}).modified_count
