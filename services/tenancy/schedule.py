@@ -213,9 +213,7 @@ class TenantSchedule:
         """Hold the tenant for another lease from now; False when the lease was lost (it expired
         and another replica took the tenant, or it was released). A lease that expired but that
         no replica took yet is still this claim's: nobody else synced the tenant meanwhile."""
-        until = to_millis(self.clock() + self.lease)
-        result = self._schedule.update_one(_held(claim), {"$set": {lease.UNTIL: until}})
-        return result.matched_count == 1
+        return self._write(claim, {"$set": {lease.UNTIL: to_millis(self.clock() + self.lease)}})
 
     def finish(self, claim: TenantClaim, result: dict, *, next_due_at: datetime | None = None,
                after: datetime | None = None) -> bool:
@@ -230,13 +228,13 @@ class TenantSchedule:
         due = next_due_at if next_due_at is not None else next_due(claim.due_at, self.interval, now)
         while after is not None and due <= after:
             due += self.interval
-        return self._close(claim, {"dueAt": due, "lastRun": self._run(claim, now, result)})
+        return self._write(claim, {"$set": {"dueAt": due, "lastRun": self._run(claim, now, result)},
+                                   "$unset": lease.RELEASED})
 
     def release(self, claim: TenantClaim) -> bool:
         """Give the tenant back unsynced (shutdown, a sync cut off): still due, for any replica at
         once. False when the lease was lost already."""
-        result = self._schedule.update_one(_held(claim), {"$unset": lease.RELEASED})
-        return result.matched_count == 1
+        return self._write(claim, {"$unset": lease.RELEASED})
 
     def mark_refused(self, claim: TenantClaim, reason: str, *, key_fingerprint: str | None = None) -> bool:
         """The tenant's key was refused: it is skipped, and the others go on, until `register`
@@ -248,18 +246,18 @@ class TenantSchedule:
         its own try."""
         fingerprint = claim.key_fingerprint if key_fingerprint is None else key_fingerprint
         now = self.clock()
-        marked = self._close(claim, {
+        marked = self._write(claim, {"$set": {
             "active": False, "refused": {"reason": reason, "since": now, "keyFingerprint": fingerprint},
-            "lastRun": self._run(claim, now, {"status": REFUSED, "errors": [reason]})},
+            "lastRun": self._run(claim, now, {"status": REFUSED, "errors": [reason]})}, "$unset": lease.RELEASED},
             keyFingerprint=fingerprint)
         if not marked:
             self.release(claim)
         return marked
 
-    def _close(self, claim: TenantClaim, fields: dict, **condition) -> bool:
-        result = self._schedule.update_one({**_held(claim), **condition},
-                                           {"$set": fields, "$unset": lease.RELEASED})
-        return result.matched_count == 1
+    def _write(self, claim: TenantClaim, update: dict, **condition) -> bool:
+        """Whether the tenant, still held by this claim (fenced by its token), took `update`."""
+        held = {"_id": claim.tenant_id, lease.TOKEN: claim.token, **condition}
+        return self._schedule.update_one(held, update).matched_count == 1
 
     def _run(self, claim: TenantClaim, now: datetime, result: dict) -> dict:
         return {**result, "startedAt": claim.claimed_at, "finishedAt": now, "owner": self.owner}
@@ -285,11 +283,6 @@ class TenantSchedule:
             {"$match": {"retiredAt": None}}, {"$sort": {"dueAt": ASCENDING}}, {"$limit": limit},
             {"$project": {"state": _state_expression(now), **{field: 1 for field in _ROW_FIELDS}}}])]
         return {"counts": counts, "total": sum(counts.values()), "tenants": rows}
-
-
-def _held(claim: TenantClaim) -> dict:
-    """The tenant, while this claim holds it."""
-    return {"_id": claim.tenant_id, lease.TOKEN: claim.token}
 
 
 def _state_expression(now: datetime) -> dict:

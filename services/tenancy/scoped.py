@@ -110,9 +110,6 @@ class TenantDatabase:
             raise TenantScopeError(f"command {name!r} is not available on an account's view of the database")
         return self._db.command(command, *args, **kwargs)
 
-    def local_id(self, value: str) -> str:
-        return local_id(self.tenant_id, value)
-
 
 LOCAL_ID_SEPARATOR = ":"
 
