@@ -77,16 +77,12 @@ class PhoneHasher:
         return hmac.new(self._key, phone_key.encode(), hashlib.sha256).hexdigest()
 
 
-def hasher_for(key: str | None) -> PhoneHasher | None:
-    return PhoneHasher(key) if key else None
-
-
-def require_hasher(hasher: PhoneHasher | None) -> PhoneHasher:
-    if hasher is None:
+def hasher_for(key: str | None, *, required: bool = False) -> PhoneHasher | None:
+    if not key and required:
         raise PrivacyKeyError("PRIVACY_HASH_KEY is not set: erasure records and the suppression list hold "
                               "a keyed hash of the number, never the number. Set it to a random secret "
                               "(e.g. `openssl rand -hex 32`) and keep it: see docs/privacy.md.")
-    return hasher
+    return PhoneHasher(key) if key else None
 
 
 class SuppressionList:
@@ -285,15 +281,10 @@ def forget(db: Database, phone: Phone, hasher: PhoneHasher, region: str = DEFAUL
     digest = hasher.digest(phone.key)
     suppressions.add(digest)  # before anything is removed: see the module's docstring
     removed = Eraser(db, region).sweep(phone)
-    _record_erasure(db, digest, hasher.key_id, removed)
-    return removed
-
-
-def _record_erasure(db: Database, digest: str, key_id: str, removed: dict[str, int]) -> None:
-    """One record per number (its hash), kept as evidence: when it was asked, when data was last
-    removed and how much. A sweep that found nothing leaves an existing record as it was."""
+    # One record per number (its hash), kept as evidence: when it was asked, when data was last
+    # removed and how much. A sweep that found nothing leaves an existing record as it was.
     now = utcnow()
-    update: dict = {"$setOnInsert": {"keyId": key_id, "requestedAt": now}}
+    update: dict = {"$setOnInsert": {"keyId": hasher.key_id, "requestedAt": now}}
     if any(removed.values()):
         update["$set"] = {"erasedAt": now}
         update["$inc"] = {f"removed.{name}": count for name, count in removed.items() if count}
@@ -301,6 +292,7 @@ def _record_erasure(db: Database, digest: str, key_id: str, removed: dict[str, i
         db[ERASURES].update_one({"_id": db[ERASURES].local_id(digest)}, update, upsert=True)
     except DuplicateKeyError:  # another forget of the number inserted it first: now it is an update
         db[ERASURES].update_one({"_id": db[ERASURES].local_id(digest)}, update)
+    return removed
 
 
 class PrivacyGuard:
@@ -376,7 +368,9 @@ class RetentionPass:
         try:
             if self.policy.record_days:
                 cutoff = now - timedelta(days=self.policy.record_days)
-                recorder.add("callsRemoved", self._in_batches({"callAt": {"$lt": cutoff}}, CALL_AGE_INDEX_KEYS, self._delete))
+                recorder.add("callsRemoved", self._in_batches(
+                    {"callAt": {"$lt": cutoff}}, CALL_AGE_INDEX_KEYS,
+                    lambda ids: self.calls.delete_many({"_id": {"$in": ids}}).deleted_count))
             if self.policy.transcript_days:
                 cutoff = now - timedelta(days=self.policy.transcript_days)
                 recorder.add("transcriptsRemoved", self._in_batches(
@@ -397,9 +391,6 @@ class RetentionPass:
             if len(ids) < self.batch_size or self.stop.is_set():
                 break
         return done
-
-    def _delete(self, ids: list) -> int:
-        return self.calls.delete_many({"_id": {"$in": ids}}).deleted_count
 
     def _strip(self, ids: list, now: datetime) -> int:
         # `updatedAt` too: a consumer following "what changed since T" learns its copy must go.

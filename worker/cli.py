@@ -228,7 +228,7 @@ def _reanalyze(settings: Settings, args) -> int:
 
 
 def _forget(settings: Settings, args) -> int:
-    from services.privacy import hasher_for, require_hasher
+    from services.privacy import hasher_for
     from worker.forget import BadNumber, parse_number, run_forget
 
     try:
@@ -236,7 +236,7 @@ def _forget(settings: Settings, args) -> int:
     except BadNumber as exc:
         raise UsageError(str(exc)) from None
     if not args.dry_run:
-        require_hasher(hasher_for(settings.privacy_hash_key))  # before anything is read or written
+        hasher_for(settings.privacy_hash_key, required=True)  # before anything is read or written
     app = _build(settings, account=args.account)
     try:
         print(run_forget(settings, app.db, phone, dry_run=args.dry_run))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pymongo.database import Database
 
-from services.privacy import COLLECTIONS, Eraser, forget, hasher_for, require_hasher
+from services.privacy import COLLECTIONS, Eraser, forget, hasher_for
 from utils.config import Settings
 from utils.phone import Phone, mask_phone, normalize_phone
 from utils.table import format_table
@@ -48,7 +48,7 @@ def run_forget(settings: Settings, db: Database, phone: Phone, *, dry_run: bool)
         counts = Eraser(db, settings.default_phone_region).find(phone).counts()
         header = f"{shown}: dry run, nothing changed. An erasure would affect:"
     else:
-        counts = forget(db, phone, require_hasher(hasher_for(settings.privacy_hash_key)), settings.default_phone_region)
+        counts = forget(db, phone, hasher_for(settings.privacy_hash_key, required=True), settings.default_phone_region)
         header = (f"{shown}: erased, and on the suppression list: later syncs skip this number."
                   + ("" if any(counts.values()) else " Nothing was left to remove."))
     rows = [[name, counts[name], _MEANING[name]] for name in COLLECTIONS]

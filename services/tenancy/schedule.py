@@ -57,6 +57,7 @@ from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services import lease
+from services.bulk import DUPLICATE_KEY
 from utils.clock import to_millis, unix_seconds, utcnow
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,6 @@ SCHEDULE_INDEXES = [IndexModel(CLAIM_INDEX_KEYS, name="active_dueAt")]
 
 RUNNING, RETIRED, REFUSED, DUE, WAITING = "running", "retired", "refused", "due", "waiting"
 STATES = (RUNNING, RETIRED, REFUSED, DUE, WAITING)
-DUPLICATE_KEY = 11000
 _ROW_FIELDS = ("dueAt", "keyFingerprint", lease.BY, lease.UNTIL, "refused", "retiredAt", "lastRun")
 
 
