@@ -160,31 +160,36 @@ def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int =
     Through an account's view (single-account mode), the accounts' collections only: the shared
     ones (the schedule, the LLM quota) serve many accounts, and the view does not reach them."""
     shared = not isinstance(db, TenantDatabase)
-    for collection, indexes in _INDEXES.items():
+    # Old documents expire through TTL indexes (these cannot be compound: by age, whatever the account).
+    expiring = {SYNC_RUNS: ("startedAt", RUN_EXPIRY_INDEX, run_retention_days * 86400),
+                WEBHOOK_INBOX: ("receivedAt", INBOX_EXPIRY_INDEX, inbox_days * 86400),
+                WEBHOOK_DELIVERIES: ("at", DELIVERIES_EXPIRY_INDEX, DELIVERY_COUNTS_DAYS * 86400),
+                LLM_QUOTA: ("at", QUOTA_EXPIRY_INDEX, 86400)}  # a window's counter is of no use a day on
+    indexes = {collection: list(models) for collection, models in _INDEXES.items()}
+    for collection, (field, name, seconds) in expiring.items():
+        indexes.setdefault(collection, []).append(
+            IndexModel([(field, ASCENDING)], name=name, expireAfterSeconds=seconds))
+    for collection, models in indexes.items():
         if shared or collection in TENANT_COLLECTIONS:
-            _drop_changed(db[collection], indexes)
-            db[collection].create_indexes(indexes)
+            _drop_changed(db[collection], models)
+            db[collection].create_indexes(models)
     # Leases an earlier version wrote in its own names (services/lease.py), where they can be.
     lease.migrate(db[CALLS], "claim", "expiresAt", {"processed": False, "terminal": True}, QUEUE_INDEX_KEYS)
     lease.migrate(db[WEBHOOK_INBOX], "claim", "expiresAt", {"state": "waiting"}, INBOX_STATE_KEYS)
     if shared:
         lease.migrate(db[TENANT_SCHEDULE], "lease", "until", {})
-    _ensure_expiry(db[SYNC_RUNS], RUN_EXPIRY_INDEX, "startedAt", run_retention_days * 86400)
-    _ensure_expiry(db[WEBHOOK_INBOX], INBOX_EXPIRY_INDEX, "receivedAt", inbox_days * 86400)
-    _ensure_expiry(db[WEBHOOK_DELIVERIES], DELIVERIES_EXPIRY_INDEX, "at", DELIVERY_COUNTS_DAYS * 86400)
-    if shared:
-        _ensure_expiry(db[LLM_QUOTA], QUOTA_EXPIRY_INDEX, "at", 86400)  # a window's counter is of no use a day on
 
 
-_OPTIONS = ("unique", "sparse", "partialFilterExpression")
+_OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds")
 
 
 def _drop_changed(collection: Collection, indexes: list[IndexModel]) -> None:
     """An index of ours that an earlier version built with other keys or options (before
-    accounts, without `userId`; a partial `phone_unique`) is dropped first: MongoDB refuses to
-    build one of the same name differently. Until the new one is built (at once: what it keeps
-    unique was unique before), uniqueness rests on the daemon's own upserts. Indexes of other
-    names (a CRM front end's) are left alone."""
+    accounts, without `userId`; a partial `phone_unique`; another retention) is dropped first:
+    MongoDB refuses to build one of the same name differently (`collMod` could change an expiry in
+    place, but mongomock, for tests and the demo, lacks it). Until the new one is built (at once:
+    what it keeps unique was unique before), uniqueness rests on the daemon's own upserts, and
+    nothing expires early. Indexes of other names (a CRM front end's) are left alone."""
     current = collection.index_information()
     for index in indexes:
         wanted = index.document
@@ -194,14 +199,3 @@ def _drop_changed(collection: Collection, indexes: list[IndexModel]) -> None:
         if (list(existing["key"]) != list(wanted["key"].items())
                 or any(existing.get(option) != wanted.get(option) for option in _OPTIONS)):
             collection.drop_index(wanted["name"])
-
-
-def _ensure_expiry(collection: Collection, name: str, field: str, seconds: int) -> None:
-    """Old documents expire through a TTL index. When the retention changed, MongoDB refuses to
-    re-create the index with another expiry (IndexOptionsConflict); `collMod` could change it in
-    place, but mongomock (tests, demo) lacks it, so the old index is dropped first. Without the
-    index for that moment, nothing expires early: it only delays expiry."""
-    current = collection.index_information().get(name)
-    if current is not None and current.get("expireAfterSeconds") != seconds:
-        collection.drop_index(name)
-    collection.create_index([(field, ASCENDING)], name=name, expireAfterSeconds=seconds)
