@@ -127,7 +127,6 @@ class SuppressionList:
                                   "(docs/privacy.md).")
 
 
-ERASED = "erased"  # `calls.analysis.skipped` of a call erased before it was analyzed
 # Everything on a call that says who was called or what was said; the rest are the business's figures.
 PERSONAL_CALL_FIELDS = (
     "fromNumberRaw", "fromNumber", "toNumberRaw", "toNumber", "customerPhone", "customerPhoneValid",
@@ -233,7 +232,7 @@ class Eraser:
             stripped += calls.update_many({"callId": {"$in": found.analyzed_calls}}, {
                 "$unset": {**unset, **{name: "" for name in ANALYSIS_TEXT_FIELDS}}, "$set": stamp}).modified_count
         if found.waiting_calls:
-            skipped = analysis_document("skipped", attempted_at=now, skipped=ERASED)
+            skipped = analysis_document("skipped", attempted_at=now, skipped="erased")  # erased before analyzed
             stripped += calls.update_many({"callId": {"$in": found.waiting_calls}}, {
                 "$unset": unset, "$set": {**stamp, "processed": True, "analysis": skipped}}).modified_count
         return stripped
@@ -250,8 +249,7 @@ def _delivered_numbers(body: bytes, region: str) -> set[str]:
         execution = parse_execution(payload, region)
     except (MalformedExecution, RecursionError):
         return set(_strings(payload))
-    phones = (execution.from_phone, execution.to_phone)
-    return {text for phone in phones if phone is not None for text in (phone.key, phone.raw)}
+    return {text for phone in _numbers(execution) for text in (phone.key, phone.raw)}
 
 
 def _strings(value, depth: int = 0) -> list[str]:
@@ -338,10 +336,6 @@ class RetentionPolicy:
     transcript_days: int | None = None
     record_days: int | None = None
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.transcript_days or self.record_days)
-
     def transcript_expired(self, call_at: datetime, now: datetime) -> bool:
         return self.transcript_days is not None and call_at < now - timedelta(days=self.transcript_days)
 
@@ -361,7 +355,7 @@ class RetentionPass:
     def run(self, recorder: RunRecorder) -> None:
         """Counted on the run: `retentionPasses`, `callsRemoved`, `transcriptsRemoved`. A database
         error ends the pass as an error on the run; the next run goes on from where it stopped."""
-        if not self.policy.enabled:
+        if not (self.policy.transcript_days or self.policy.record_days):
             return
         recorder.add("retentionPasses")
         now = utcnow()

@@ -301,9 +301,6 @@ def _present(field: str) -> dict:
     return {"$ne": [{"$ifNull": [field, None]}, None]}
 
 
-MIN_MARGIN = timedelta(seconds=2)
-
-
 class LeaseKeeper:
     def __init__(self, schedule: TenantSchedule, claim: TenantClaim, process_stop: threading.Event):
         self._schedule = schedule
@@ -313,7 +310,7 @@ class LeaseKeeper:
         self.stop = threading.Event()
         self.lost = False
         self._valid_until = claim.acquired_until  # server time, as the schedule compares it
-        self._margin = max(MIN_MARGIN, schedule.lease / 10)
+        self._margin = max(timedelta(seconds=2), schedule.lease / 10)
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._threads = [threading.Thread(target=self._renew, name="lease-renew", daemon=True),
@@ -372,7 +369,7 @@ class LlmQuota:
 
     def take(self, wanted: int) -> "Grant":
         if wanted <= 0:
-            return Grant(self, None, 0)
+            return Grant(0, lambda unused: None)
         now = self._clock()
         window = int(unix_seconds(now) // self._interval.total_seconds())
         counter = self._increment(window, wanted)
@@ -385,7 +382,7 @@ class LlmQuota:
         overshoot = min(wanted, max(0, counter["taken"] - self._ceiling))
         if overshoot:
             self._give_back(window, overshoot)
-        return Grant(self, window, wanted - overshoot)
+        return Grant(wanted - overshoot, lambda unused: self._give_back(window, unused))
 
     def _increment(self, window: int, count: int) -> dict | None:
         return self._counters.find_one_and_update({"_id": window}, {"$inc": {"taken": count}},
@@ -395,16 +392,14 @@ class LlmQuota:
         self._counters.update_one({"_id": window}, {"$inc": {"taken": -count}})
 
 
+@dataclass
 class Grant:
     """Analyses an account may make in this run; `settle(used)` returns the rest to its window."""
-
-    def __init__(self, quota: LlmQuota, window: int | None, count: int):
-        self._quota = quota
-        self._window = window
-        self.count = count
+    count: int
+    give_back: Callable[[int], None]
 
     def settle(self, used: int) -> None:
         unused = self.count - min(used, self.count)
-        if unused and self._window is not None:
-            self._quota._give_back(self._window, unused)
-        self.count = min(used, self.count)
+        if unused:
+            self.give_back(unused)
+        self.count -= unused
