@@ -1,30 +1,16 @@
-"""Personal data kept only as long as needed (how it fits together, and every personal field:
-docs/privacy.md).
+"""Personal data kept only as long as needed: retention of old transcripts and calls, erasure of
+one number everywhere (`main.py forget`), and the suppression list that keeps an erased number out
+of later syncs. What each step removes, per collection, and why it is safe while the daemon runs:
+docs/privacy.md.
 
-Retention: calls older than `TRANSCRIPT_RETENTION_DAYS` lose their transcript, recording URL and
-raw extracted data; calls older than `RECORD_RETENTION_DAYS` are deleted. A pass of the call
-processor's job, after its analysis (see docs/privacy.md for why there), in small batches so that
-a first pass over years of calls never holds the database or the job for long.
+Retention is a pass of the call processor's job, after its analysis, in small batches so that a
+first pass over years of calls never holds the database or the job for long.
 
-Erasure of one number everywhere the daemon writes (`main.py forget`). `forget` puts the number's
-keyed hash (HMAC-SHA256: without the key, a hash cannot be checked against a guessed number, so a
-copy of the database does not tell who asked to be forgotten) on the suppression list first, then
-sweeps: from the moment the entry exists no writer stores the number, and a writer that was already
-writing it finds the entry after its write and sweeps again (`PrivacyGuard.recheck`,
-`contacts.record_decision`), so whichever of the two sweeps runs last leaves nothing behind. The
-sync writers ask the suppression list before each page which executions are of erased numbers
-(left out, counted `suppressed`), and after it whether a number of the page was erased meanwhile.
-
-What a sweep does, per collection:
-- `customers`, `contacts`, `customer_calls`: the number's documents are deleted (any spelling).
-- `activities`: its status changes, the AI decisions on its calls and on its contact are deleted.
-- `calls` (the number as the customer's, or on either side: `fromNumber`, `toNumber`): kept for the business's totals (calls, minutes, cost, tags per agent), without a number,
-  a transcript, a recording, extracted data or any text of the analysis; marked `erasedAt`. A call
-  not analyzed yet is marked processed with a `skipped: erased` analysis, and a claim on it is
-  dropped, so an analysis in progress cannot write its text back.
-- `sync_state`: the number's calls are no longer followed by id.
-- `webhook_inbox`: deliveries still waiting with the number on either side (their raw body holds
-  it) are deleted; the numbers are read from the body as the sync reads them (`parse_execution`).
+An erased number stands as its keyed hash (HMAC-SHA256: without the key, a hash cannot be checked
+against a guessed number, so a copy of the database does not tell who asked to be forgotten).
+`forget` suppresses first and sweeps after; a writer checks the list before and after each page
+and sweeps again what it wrote meanwhile (`PrivacyGuard`), so whichever sweep runs last leaves
+nothing behind.
 """
 from __future__ import annotations
 

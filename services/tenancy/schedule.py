@@ -1,13 +1,6 @@
 """The tenant schedule: when each tenant (account) is synced next, and which replica syncs it now.
-
-One document per tenant, `_id` the tenant id:
-
-    {_id, dueAt, keyFingerprint, active,
-     acquired_by, acquired_until, acquired_token         while a replica syncs it (services/lease.py)
-     refused: {reason, since, keyFingerprint}            its key was refused
-     retiredAt                                           no longer in the tenant list
-     lastRun: {startedAt, finishedAt, owner, status, ...the runtime's result}
-     registeredAt}
+One document per tenant, `_id` the tenant id; its fields and its index (`active_dueAt`):
+docs/collections.md (`tenant_schedule`).
 
 Replicas share the work with no configuration: each one claims due tenants atomically
 (`find_one_and_update`) under a lease (services/lease.py): a replica that died leaves its tenants
@@ -18,13 +11,8 @@ the tenants that must be skipped (which stay overdue for as long as they are ski
 the range a claim scans, however many there are. Every write that sets or clears `retiredAt` or
 `refused` sets `active` with it.
 
-Its one index (`SCHEDULE_INDEXES`, built by services/database.py):
-
-    active_dueAt  (active, dueAt)  the claim: active, due, the longest due first
-
-Renew, finish, release, mark_refused and register's writes select by `_id`, served by `_id_`.
 `register` and `overview` read the whole collection on purpose (a few small fields per tenant,
-once per tenant-list refresh and per status request).
+once per tenant-list refresh and per status request); every other write selects by `_id`.
 
 The lease is what keeps two replicas from syncing one account at once; it holds only while the
 holder renews it. So `LeaseKeeper` renews every third of the lease and, beside that, watches the
@@ -34,15 +22,12 @@ stalled process), it sets the account's stop. The account's jobs then end after 
 write, as on SIGTERM, before another replica can claim the account.
 
 `LlmQuota` is the ceiling on LLM analyses across every account and replica (LLM_GLOBAL_LIMIT per
-sync interval): before an account's run, its per-run cap is taken from the interval's remaining
-allowance; what the run did not use is given back. One counter document per interval window. A
-take is one atomic `$inc`; when it overshoots the ceiling, the overshoot is returned at once, so
-the sum granted never passes the ceiling even when replicas take at the same instant (each sees
-its own increment's total and returns only what it took beyond the ceiling). The `$inc` never
-upserts: the total it returns is what the take is decided on, and of two upserts racing to create
-a document, one may be answered with no document at all (the test run's wire server) or a
-duplicate-key error, after its increment was or was not applied. The window's document is created
-on its own first, where a race is harmless.
+sync interval; docs/collections.md, `llm_quota`). A take is one atomic `$inc`, its overshoot
+returned at once, so the sum granted never passes the ceiling even when replicas take at the same
+instant. The `$inc` never upserts: the total it returns is what the take is decided on, and of two
+upserts racing to create a document, one may be answered with no document at all (the test run's
+wire server) or a duplicate-key error, after its increment was or was not applied. The window's
+document is created on its own first, where a race is harmless.
 """
 from __future__ import annotations
 
