@@ -1,12 +1,8 @@
 """The accounts to serve (TENANT_SOURCE): the one of BOLNA_API_KEY, or those of the CRM's
 accounts collection, each mapped through the field map (TENANT_FIELDS) and checked value by value,
 its keys made plain. An account that cannot be served is skipped whole and reported, with its
-reason, and never keeps the others from running.
-
-Stored keys are Fernet tokens decrypted with TENANT_KEYS_SECRET, or plain text when no secret is
-set. The secret holds one Fernet key, or several comma-separated while rotating: the first
-encrypts, every one decrypts. To rotate, put the new key first and keep the old one after it
-until every stored key is re-encrypted with the new one (`MultiFernet.rotate`), then drop it."""
+reason, and never keeps the others from running. Stored keys are Fernet tokens decrypted with
+TENANT_KEYS_SECRET (several keys while rotating: README), or plain text when no secret is set."""
 from __future__ import annotations
 
 import hashlib

@@ -194,11 +194,13 @@ class TenantSchedule:
             return None
         return TenantClaim(doc["_id"], token, doc["dueAt"], now, until, doc.get("keyFingerprint", ""))
 
-    def renew(self, claim: TenantClaim) -> bool:
-        """Hold the tenant for another lease from now; False when the lease was lost (it expired
-        and another replica took the tenant, or it was released). A lease that expired but that
-        no replica took yet is still this claim's: nobody else synced the tenant meanwhile."""
-        return self._write(claim, {"$set": {lease.UNTIL: to_millis(self.clock() + self.lease)}})
+    def renew(self, claim: TenantClaim) -> datetime | None:
+        """Hold the tenant for another lease from now: the lease's new end; None when the lease
+        was lost (it expired and another replica took the tenant, or it was released). A lease that
+        expired but that no replica took yet is still this claim's: nobody else synced the tenant
+        meanwhile."""
+        until = to_millis(self.clock() + self.lease)
+        return until if self._write(claim, {"$set": {lease.UNTIL: until}}) else None
 
     def finish(self, claim: TenantClaim, result: dict, *, next_due_at: datetime | None = None,
                after: datetime | None = None) -> bool:
@@ -314,17 +316,16 @@ class LeaseKeeper:
     def _renew(self) -> None:
         every = self._schedule.lease.total_seconds() / 3
         while not self._done.wait(every):
-            asked = self._schedule.clock()  # the new end is at least a lease from here
             try:
-                renewed = self._schedule.renew(self._claim)
+                until = self._schedule.renew(self._claim)
             except Exception:  # noqa: BLE001 - MongoDB away for a moment: the watch fences if it lasts
                 log.warning("could not renew an account's lease", exc_info=True, extra={"event": "lease_renew_failed"})
                 continue
-            if not renewed:
+            if until is None:
                 self._fence("another replica holds it now")
                 return
             with self._lock:
-                self._valid_until = max(self._valid_until, asked + self._schedule.lease)
+                self._valid_until = max(self._valid_until, until)
 
     def _watch(self) -> None:
         tick = min(1.0, self._schedule.lease.total_seconds() / 10)
