@@ -7,8 +7,7 @@ from models.call import call_upsert
 from models.execution import Execution, execution_id, parse_time
 from services.bulk import bulk_upsert
 from services.database import CALLS
-from services.privacy.guard import PrivacyGuard
-from services.privacy.retention import RetentionPolicy
+from services.privacy import PrivacyGuard, RetentionPolicy
 from services.run_records import RunRecorder
 from utils.clock import utcnow
 

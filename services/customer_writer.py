@@ -21,7 +21,7 @@ from services.bulk import bulk_upsert
 from services.customer_merge import LEGACY_LINK, LEGACY_LINK_EXPRESSION, legacy_links, linked_call_id, merge_records
 from services.database import ACTIVITIES, CUSTOMER_CALLS, CUSTOMERS, PHONE_INDEX_KEYS
 from services.phone_lookup import records_by_phone
-from services.privacy.guard import PrivacyGuard
+from services.privacy import PrivacyGuard
 from services.run_records import RunRecorder
 from utils.clock import utcnow
 from utils.phone import Phone, mask_phone

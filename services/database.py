@@ -66,17 +66,13 @@ def _tenant_index(*keys: tuple[str, int], name: str, **options) -> IndexModel:
     return IndexModel([(TENANT_FIELD, ASCENDING), *keys], name=name, **options)
 
 
-def _named(keys: list, name: str, **options) -> IndexModel:
-    return IndexModel(keys, name=name, **options)
-
-
 # Unique and sparse, not partial: MongoDB uses a partial index only for a query it can prove is
 # inside the filter, and `{phone: "+91…"}` does not prove `$type: "string"`, so every lookup by
 # phone was a collection scan. A sparse index serves any equality or $in on a non-null phone.
 # A record written by another program with neither field is left out of it; the daemon writes
 # every phone as a string (E.164, or the raw text of an invalid number; a call without any number
 # writes no customer), so its own writes never store a null phone.
-_PHONE = _named(PHONE_INDEX_KEYS, unique=True, sparse=True, name=PHONE_INDEX)
+_PHONE = IndexModel(PHONE_INDEX_KEYS, unique=True, sparse=True, name=PHONE_INDEX)
 _UPDATED = _tenant_index(("updatedAt", ASCENDING), name="updatedAt")
 
 # Every index the daemon relies on, by collection; built (idempotently) at start-up.
@@ -85,20 +81,20 @@ _INDEXES: dict[str, list[IndexModel]] = {
     # One link per call counted on a customer: crm_sync counts them per number.
     CUSTOMER_CALLS: [_tenant_index(("phone", ASCENDING), name="phone")],
     CALLS: [
-        _named(CALL_ID_INDEX_KEYS, unique=True, name="callId_unique"),
+        IndexModel(CALL_ID_INDEX_KEYS, unique=True, name="callId_unique"),
         # The analyzer's queue: unprocessed terminal calls, oldest first.
-        _named(QUEUE_INDEX_KEYS, name="analysis_queue"),
+        IndexModel(QUEUE_INDEX_KEYS, name="analysis_queue"),
         _tenant_index(("customerPhone", ASCENDING), name="customerPhone"),
         # An erasure: the calls holding the number on either side, the customer's or not (a call
         # without `call_type` is taken as outbound: its caller is only in `fromNumber`).
         _tenant_index(("fromNumber", ASCENDING), name="fromNumber"),
         _tenant_index(("toNumber", ASCENDING), name="toNumber"),
         _UPDATED,
-        # Retention (services/privacy/retention.py): whole calls by age, and the calls still
+        # Retention (services/privacy.py): whole calls by age, and the calls still
         # holding a transcript by age (those stripped carry `transcriptRemovedAt` and are out of
         # the range, so a pass never walks the calls earlier passes stripped).
-        _named(CALL_AGE_INDEX_KEYS, name="callAt"),
-        _named(TRANSCRIPT_AGE_INDEX_KEYS, name="transcript_retention"),
+        IndexModel(CALL_AGE_INDEX_KEYS, name="callAt"),
+        IndexModel(TRANSCRIPT_AGE_INDEX_KEYS, name="transcript_retention"),
     ],
     CONTACTS: [_PHONE, _UPDATED],
     ACTIVITIES: [
@@ -120,12 +116,12 @@ _INDEXES: dict[str, list[IndexModel]] = {
         _tenant_index(("pending.callId", ASCENDING), name="pending_callId"),
     ],
     SYNC_RUNS: [
-        _named(RUN_INDEX_KEYS, name=JOB_STARTED_INDEX),
+        IndexModel(RUN_INDEX_KEYS, name=JOB_STARTED_INDEX),
         # At start-up: which runs are still `running` on this host (whatever the account).
         IndexModel([("status", ASCENDING), ("host", ASCENDING)], name="status_host"),
     ],
     # Start-up: hashes written with another key than the configured one (services/privacy).
-    SUPPRESSIONS: [_named(SUPPRESSION_KEY_KEYS, name="keyId")],
+    SUPPRESSIONS: [IndexModel(SUPPRESSION_KEY_KEYS, name="keyId")],
     # Stage suggestions a person reviews: the open ones, oldest first (`main.py review`).
     STAGE_REVIEWS: [
         _tenant_index(("callId", ASCENDING), ("round", ASCENDING), unique=True, name="decision_unique"),
@@ -138,11 +134,11 @@ _INDEXES: dict[str, list[IndexModel]] = {
         # Bolna sends each status of a call once, and again when unsure: the second is a duplicate.
         _tenant_index(("callId", ASCENDING), ("status", ASCENDING), unique=True, name="delivery_unique"),
         # Waiting deliveries of every account, oldest first (status), and processed ones by age (lags).
-        _named(INBOX_STATE_KEYS, name="state_receivedAt"),
+        IndexModel(INBOX_STATE_KEYS, name="state_receivedAt"),
         # The processor's claims: lowest rank first, across accounts.
-        _named(INBOX_CLAIM_KEYS, name="state_rank_receivedAt"),
+        IndexModel(INBOX_CLAIM_KEYS, name="state_rank_receivedAt"),
         # One account's waiting deliveries, counted at each accept against its cap.
-        _named(INBOX_ACCOUNT_KEYS, name="userId_state"),
+        IndexModel(INBOX_ACCOUNT_KEYS, name="userId_state"),
     ],
     # The tally's last day of deliveries (status): beside the TTL index, which cannot be compound.
     WEBHOOK_DELIVERIES: [_tenant_index(("at", ASCENDING), name="userId_at")],
@@ -164,31 +160,36 @@ def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int =
     Through an account's view (single-account mode), the accounts' collections only: the shared
     ones (the schedule, the LLM quota) serve many accounts, and the view does not reach them."""
     shared = not isinstance(db, TenantDatabase)
-    for collection, indexes in _INDEXES.items():
+    # Old documents expire through TTL indexes (these cannot be compound: by age, whatever the account).
+    expiring = {SYNC_RUNS: ("startedAt", RUN_EXPIRY_INDEX, run_retention_days * 86400),
+                WEBHOOK_INBOX: ("receivedAt", INBOX_EXPIRY_INDEX, inbox_days * 86400),
+                WEBHOOK_DELIVERIES: ("at", DELIVERIES_EXPIRY_INDEX, DELIVERY_COUNTS_DAYS * 86400),
+                LLM_QUOTA: ("at", QUOTA_EXPIRY_INDEX, 86400)}  # a window's counter is of no use a day on
+    indexes = {collection: list(models) for collection, models in _INDEXES.items()}
+    for collection, (field, name, seconds) in expiring.items():
+        indexes.setdefault(collection, []).append(
+            IndexModel([(field, ASCENDING)], name=name, expireAfterSeconds=seconds))
+    for collection, models in indexes.items():
         if shared or collection in TENANT_COLLECTIONS:
-            _drop_changed(db[collection], indexes)
-            db[collection].create_indexes(indexes)
+            _drop_changed(db[collection], models)
+            db[collection].create_indexes(models)
     # Leases an earlier version wrote in its own names (services/lease.py), where they can be.
     lease.migrate(db[CALLS], "claim", "expiresAt", {"processed": False, "terminal": True}, QUEUE_INDEX_KEYS)
     lease.migrate(db[WEBHOOK_INBOX], "claim", "expiresAt", {"state": "waiting"}, INBOX_STATE_KEYS)
     if shared:
         lease.migrate(db[TENANT_SCHEDULE], "lease", "until", {})
-    _ensure_run_expiry(db[SYNC_RUNS], run_retention_days * 86400)
-    _ensure_expiry(db[WEBHOOK_INBOX], INBOX_EXPIRY_INDEX, "receivedAt", inbox_days * 86400)
-    _ensure_expiry(db[WEBHOOK_DELIVERIES], DELIVERIES_EXPIRY_INDEX, "at", DELIVERY_COUNTS_DAYS * 86400)
-    if shared:
-        _ensure_expiry(db[LLM_QUOTA], QUOTA_EXPIRY_INDEX, "at", 86400)  # a window's counter is of no use a day on
 
 
-_OPTIONS = ("unique", "sparse", "partialFilterExpression")
+_OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds")
 
 
 def _drop_changed(collection: Collection, indexes: list[IndexModel]) -> None:
     """An index of ours that an earlier version built with other keys or options (before
-    accounts, without `userId`; a partial `phone_unique`) is dropped first: MongoDB refuses to
-    build one of the same name differently. Until the new one is built (at once: what it keeps
-    unique was unique before), uniqueness rests on the daemon's own upserts. Indexes of other
-    names (a CRM front end's) are left alone."""
+    accounts, without `userId`; a partial `phone_unique`; another retention) is dropped first:
+    MongoDB refuses to build one of the same name differently (`collMod` could change an expiry in
+    place, but mongomock, for tests and the demo, lacks it). Until the new one is built (at once:
+    what it keeps unique was unique before), uniqueness rests on the daemon's own upserts, and
+    nothing expires early. Indexes of other names (a CRM front end's) are left alone."""
     current = collection.index_information()
     for index in indexes:
         wanted = index.document
@@ -198,18 +199,3 @@ def _drop_changed(collection: Collection, indexes: list[IndexModel]) -> None:
         if (list(existing["key"]) != list(wanted["key"].items())
                 or any(existing.get(option) != wanted.get(option) for option in _OPTIONS)):
             collection.drop_index(wanted["name"])
-
-
-def _ensure_run_expiry(runs: Collection, seconds: int) -> None:
-    _ensure_expiry(runs, RUN_EXPIRY_INDEX, "startedAt", seconds)
-
-
-def _ensure_expiry(collection: Collection, name: str, field: str, seconds: int) -> None:
-    """Old documents expire through a TTL index. When the retention changed, MongoDB refuses to
-    re-create the index with another expiry (IndexOptionsConflict); `collMod` could change it in
-    place, but mongomock (tests, demo) lacks it, so the old index is dropped first. Without the
-    index for that moment, nothing expires early: it only delays expiry."""
-    current = collection.index_information().get(name)
-    if current is not None and current.get("expireAfterSeconds") != seconds:
-        collection.drop_index(name)
-    collection.create_index([(field, ASCENDING)], name=name, expireAfterSeconds=seconds)

@@ -5,8 +5,7 @@ through the normalization the sync uses, and kept out of later writes."""
 import pytest
 
 from services.database import CALLS, WEBHOOK_INBOX
-from services.privacy.erasure import Eraser, forget
-from services.privacy.hashing import PhoneHasher
+from services.privacy import Eraser, PhoneHasher, forget
 from services.webhooks.inbox import WAITING
 from tests.helpers import build_app, execution
 from tests.test_privacy import KEY, OTHERS, PERSON, assert_person_gone, serve, sync  # noqa: F401 - fixture

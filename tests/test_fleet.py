@@ -13,8 +13,7 @@ from fakes.bolna_api import RateLimits
 from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import HookedClient
 from services.database import CALLS, CONTACTS, CUSTOMERS, SYNC_RUNS, TENANT_SCHEDULE
-from services.tenancy.llm_quota import LlmQuota
-from services.tenancy.schedule import REFUSED
+from services.tenancy.schedule import REFUSED, LlmQuota
 from tests.conftest import RAISED_LIMITS, TEST_DB
 from tests.helpers import AGENT, execution
 from utils.clock import utcnow
@@ -223,7 +222,7 @@ def test_quota_grants_never_pass_the_ceiling_when_replicas_take_at_once(db):
 
 
 def test_account_settings_take_the_accounts_keys_and_limits_within_bolnas(settings):
-    from services.tenancy.tenant import Tenant
+    from services.tenancy.accounts import Tenant
 
     tenant = Tenant("acct", bolna_api_key="bk", agent_ids=("a1",), groq_api_key="gk", phone_region="US",
                     llm_batch_limit=3, bolna_requests_per_minute=100_000_000)

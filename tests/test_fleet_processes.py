@@ -23,7 +23,7 @@ from fakes.bolna_api import RateLimits
 from fakes.bolna_server import FakeBolna
 from services.database import SYNC_RUNS, TENANT_SCHEDULE
 from services.tenancy.schedule import TenantSchedule
-from services.tenancy.tenant import Tenant
+from services.tenancy.accounts import Tenant
 from services.webhooks.routes import account_token
 from tests.conftest import RAISED_LIMITS
 from tests.helpers import execution

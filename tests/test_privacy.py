@@ -14,9 +14,8 @@ from models.call import TRANSCRIPT_FIELDS
 from models.execution import parse_execution
 from services.database import (ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, ERASURES, SUPPRESSIONS,
                                SYNC_STATE)
-from services.privacy.erasure import PERSONAL_CALL_FIELDS, Eraser, forget
-from services.privacy.hashing import PhoneHasher, PrivacyKeyError
-from services.privacy.retention import RetentionPass, RetentionPolicy
+from services.privacy import (PERSONAL_CALL_FIELDS, Eraser, PhoneHasher, PrivacyKeyError, RetentionPass, RetentionPolicy,
+                              forget)
 from services.run_records import RunRecorder
 from tests.conftest import TEST_DB
 from tests.faults import assert_customers_match

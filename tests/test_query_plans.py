@@ -19,8 +19,7 @@ from fakes.groq_server import FakeGroq
 from tests.test_pipelines import SALES
 from services.database import (ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, PIPELINES, SUPPRESSIONS,
                                SYNC_STATE, WEBHOOK_INBOX)
-from services.privacy.erasure import Eraser, forget
-from services.privacy.hashing import PhoneHasher
+from services.privacy import Eraser, PhoneHasher, forget
 from services.run_records import RunRecorder
 from tests.conftest import TEST_DB
 from tests.helpers import build_app, requeue

@@ -15,4 +15,4 @@ def test_a_changed_retention_replaces_the_ttl_index(db):
 
     ensure_indexes(db, run_retention_days=7)
     assert expiry_days(db) == 7
-    assert db[SYNC_RUNS].index_information()[RUN_EXPIRY_INDEX]["key"] == [("startedAt", 1)]
+    assert list(db[SYNC_RUNS].index_information()[RUN_EXPIRY_INDEX]["key"]) == [("startedAt", 1)]

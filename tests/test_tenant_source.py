@@ -7,11 +7,8 @@ import pytest
 from bson import ObjectId
 from cryptography.fernet import Fernet
 
-from services.tenancy.document import projection, read_path
-from services.tenancy.keys import KeyReader
-from services.tenancy.source import TenantSource
+from services.tenancy.accounts import KeyReader, Tenant, TenantSource, UnusableTenant, projection, read_path
 from services.tenancy.scoped import local_id
-from services.tenancy.tenant import Tenant, UnusableTenant
 from utils.config import ConfigError, Settings, describe, load_settings
 
 OLD_SECRET = Fernet.generate_key().decode()
@@ -95,7 +92,7 @@ class TestSourceOnDatabase:
         loaded = load(db, TENANTS_COLLECTION="accounts", TENANTS_FILTER='{"plan": "pro"}')
         assert ids(loaded) == ["pro"]
         # The filter no longer excludes accounts without a key: each is skipped, with its reason.
-        assert [(s.id, s.reason) for s in loaded.skipped] == [("pro-without-key", "bolnaApiKey is missing or empty")]
+        assert [(s.tenant_id, s.reason) for s in loaded.skipped] == [("pro-without-key", "bolnaApiKey is missing or empty")]
 
     def test_encrypted_keys_are_decrypted(self, db):
         db.users.insert_one(account("enc", key=encrypt(NEW_SECRET, "bn-plain"), groqApiKey=encrypt(NEW_SECRET, "gsk_plain")))
@@ -121,7 +118,7 @@ class TestSourceOnDatabase:
         with caplog.at_level(logging.WARNING, logger="services.tenancy"):
             loaded = load(db, TENANT_KEYS_SECRET=NEW_SECRET)
         assert ids(loaded) == ["b-right"]
-        reasons = {s.id: s.reason for s in loaded.skipped}
+        reasons = {s.tenant_id: s.reason for s in loaded.skipped}
         assert reasons == {
             "a-wrong": "bolnaApiKey does not decrypt with TENANT_KEYS_SECRET (encrypted with another key, or stored unencrypted)",
             "c-plain": "bolnaApiKey does not decrypt with TENANT_KEYS_SECRET (encrypted with another key, or stored unencrypted)",
@@ -135,7 +132,7 @@ class TestSourceOnDatabase:
         db.users.insert_many([account("enc", key=encrypt(NEW_SECRET, "bn-x")), account("plain")])
         loaded = load(db)
         assert ids(loaded) == ["plain"]
-        assert [(s.id, s.reason) for s in loaded.skipped] == [
+        assert [(s.tenant_id, s.reason) for s in loaded.skipped] == [
             ("enc", "bolnaApiKey looks encrypted but TENANT_KEYS_SECRET is not set")]
 
     @pytest.mark.parametrize("fields,reason", [
@@ -159,7 +156,7 @@ class TestSourceOnDatabase:
         db.users.insert_many([account("bad") | fields, account("good")])
         loaded = load(db, TENANTS_FILTER="{}")
         assert ids(loaded) == ["good"]
-        assert [(s.id, s.reason) for s in loaded.skipped] == [("bad", reason)]
+        assert [(s.tenant_id, s.reason) for s in loaded.skipped] == [("bad", reason)]
 
     def test_no_two_accounts_ids_make_the_same_record_id(self, db):
         """Issue 25: records' ids are `account:value` (local_id); "acme" + ":x" and "acme:" + "x",
@@ -175,7 +172,7 @@ class TestSourceOnDatabase:
         loaded = load(db)
 
         assert sorted(map(str, ids(loaded))) == sorted(["acme", "beta", str(oid)])
-        assert {s.id: s.reason for s in loaded.skipped} == {
+        assert {s.tenant_id: s.reason for s in loaded.skipped} == {
             "acme:": "_id must not contain ':': it ends the account's part of its records' ids",
             str(oid): "_id is a string that spells another account's ObjectId: their records' ids would be one",
             7: "_id must be an ObjectId or a non-empty string"}

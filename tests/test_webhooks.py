@@ -19,8 +19,7 @@ from pymongo.errors import ServerSelectionTimeoutError
 from fakes.bolna_server import FakeBolna
 from fakes.dataset import iso
 from services.database import CALLS, CUSTOMER_CALLS, CUSTOMERS, WEBHOOK_INBOX
-from services.privacy.erasure import forget
-from services.privacy.hashing import hasher_for
+from services.privacy import forget, hasher_for
 from services.webhooks.inbox import DONE, WAITING
 from tests.helpers import AGENT, build_app, execution
 from utils.clock import utcnow

@@ -30,11 +30,8 @@ from services.database import CALLS, LLM_BATCHES, WEBHOOK_DELIVERIES, WEBHOOK_IN
 from services.execution_feed import ExecutionFeed
 from services.page_reader import PageReader
 from services.record_cache import SharedRecords
-from services.privacy.erasure import Eraser
-from services.privacy.guard import PrivacyGuard
-from services.privacy.hashing import hasher_for
-from services.privacy.retention import RetentionPass, RetentionPolicy
-from services.privacy.suppressions import SuppressionList
+from services.privacy import (Eraser, PrivacyGuard, RetentionPass, RetentionPolicy, SuppressionList,
+                              hasher_for)
 from services.run_records import RunListener, RunRecords, describe_failure, stale_after
 from services.server_clock import ServerClock
 from services.webhooks.inbox import Inbox

@@ -227,13 +227,12 @@ def _reanalyze(settings: Settings, args) -> int:
 
 def _forget(settings: Settings, args) -> int:
     """Erase one person's number everywhere and keep it out of later syncs
-    (services/privacy/erasure.py). The number is never printed: only its last four digits."""
-    from services.privacy.erasure import COLLECTIONS, Eraser, forget
-    from services.privacy.hashing import hasher_for, require_hasher
+    (services/privacy.py). The number is never printed: only its last four digits."""
+    from services.privacy import COLLECTIONS, Eraser, forget, hasher_for
 
     phone = _phone(args.phone, settings.default_phone_region, as_stored=args.as_stored)
     # Checked before anything is read or written.
-    hasher = None if args.dry_run else require_hasher(hasher_for(settings.privacy_hash_key))
+    hasher = None if args.dry_run else hasher_for(settings.privacy_hash_key, required=True)
     shown = mask_phone(phone.key)
     with closing(_build(settings, account=args.account)) as app:
         if args.dry_run:
@@ -306,8 +305,7 @@ def _webhook_url(settings: Settings, args) -> int:
     derived from WEBHOOK_TOKEN, services/webhooks/routes.py) and `--apply` uses the account's Bolna
     key. The URL holds the token: it is printed for the person who asked, and never logged."""
     from services.bolna_client import BolnaClient, BolnaError
-    from services.tenancy.source import TenantSource
-    from services.tenancy.tenant import UnusableTenant
+    from services.tenancy.accounts import TenantSource, UnusableTenant
     from services.webhooks.routes import account_token
     from worker.app import connect
     from worker.webhook_listener import PATH_PREFIX

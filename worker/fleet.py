@@ -26,11 +26,8 @@ from services.bolna_client import BolnaAuthError, BolnaClient
 from services.database import LLM_QUOTA, TENANT_SCHEDULE, WEBHOOK_INBOX, tenant_view
 from services.run_records import describe_failure, failed_with
 from services.server_clock import ServerClock
-from services.tenancy.lease import LeaseKeeper
-from services.tenancy.llm_quota import LlmQuota
-from services.tenancy.schedule import TenantClaim, TenantSchedule
-from services.tenancy.source import TenantSource
-from services.tenancy.tenant import Tenant
+from services.tenancy.accounts import Tenant, TenantSource
+from services.tenancy.schedule import LeaseKeeper, LlmQuota, TenantClaim, TenantSchedule
 from services.webhooks.inbox import Inbox
 from services.webhooks.processor import LEASE_SECONDS, AccountWriters
 from services.webhooks.routes import AccountRoutes

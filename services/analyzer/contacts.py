@@ -14,7 +14,7 @@ from services.analyzer.staging import CrmRules, audit, stage_change
 from services.bulk import bulk_upsert
 from services.database import ACTIVITIES, CALLS, CONTACTS
 from services.phone_lookup import records_by_phone
-from services.privacy.erasure import Eraser
+from services.privacy import Eraser
 from utils.phone import Phone
 
 PAST_CONVERSATIONS_KEPT = 20

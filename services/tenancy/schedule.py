@@ -1,13 +1,6 @@
 """The tenant schedule: when each tenant (account) is synced next, and which replica syncs it now.
-
-One document per tenant, `_id` the tenant id:
-
-    {_id, dueAt, keyFingerprint, active,
-     acquired_by, acquired_until, acquired_token         while a replica syncs it (services/lease.py)
-     refused: {reason, since, keyFingerprint}            its key was refused
-     retiredAt                                           no longer in the tenant list
-     lastRun: {startedAt, finishedAt, owner, status, ...the runtime's result}
-     registeredAt}
+One document per tenant, `_id` the tenant id; its fields and its index (`active_dueAt`):
+docs/collections.md (`tenant_schedule`).
 
 Replicas share the work with no configuration: each one claims due tenants atomically
 (`find_one_and_update`) under a lease (services/lease.py): a replica that died leaves its tenants
@@ -18,26 +11,41 @@ the tenants that must be skipped (which stay overdue for as long as they are ski
 the range a claim scans, however many there are. Every write that sets or clears `retiredAt` or
 `refused` sets `active` with it.
 
-The integrator adds `SCHEDULE_INDEXES` to services/database.py for the schedule's collection:
-
-    active_dueAt  (active, dueAt)  the claim: active, due, the longest due first
-
-Renew, finish, release, mark_refused and register's writes select by `_id`, served by `_id_`.
 `register` and `overview` read the whole collection on purpose (a few small fields per tenant,
-once per tenant-list refresh and per status request).
+once per tenant-list refresh and per status request); every other write selects by `_id`.
+
+The lease is what keeps two replicas from syncing one account at once; it holds only while the
+holder renews it. So `LeaseKeeper` renews every third of the lease and, beside that, watches the
+lease's end on the database server's clock: when a renewal is refused (another replica took the
+account) or has not been confirmed a margin before the end (a slow or unreachable server, a
+stalled process), it sets the account's stop. The account's jobs then end after their current
+write, as on SIGTERM, before another replica can claim the account.
+
+`LlmQuota` is the ceiling on LLM analyses across every account and replica (LLM_GLOBAL_LIMIT per
+sync interval; docs/collections.md, `llm_quota`). A take is one atomic `$inc`, its overshoot
+returned at once, so the sum granted never passes the ceiling even when replicas take at the same
+instant. The `$inc` never upserts: the total it returns is what the take is decided on, and of two
+upserts racing to create a document, one may be answered with no document at all (the test run's
+wire server) or a duplicate-key error, after its increment was or was not applied. The window's
+document is created on its own first, where a race is harmless.
 """
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Iterable
 
 from pymongo import ASCENDING, IndexModel, InsertOne, ReturnDocument, UpdateMany, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services import lease
-from utils.clock import to_millis, utcnow
+from services.bulk import DUPLICATE_KEY
+from utils.clock import to_millis, unix_seconds, utcnow
+
+log = logging.getLogger(__name__)
 
 # The claim's index, named by its keys in the hint: a simpler planner (the test run's wire server)
 # gives up on an index when the filter has an `$or`; MongoDB's picks the same one unaided.
@@ -46,7 +54,6 @@ SCHEDULE_INDEXES = [IndexModel(CLAIM_INDEX_KEYS, name="active_dueAt")]
 
 RUNNING, RETIRED, REFUSED, DUE, WAITING = "running", "retired", "refused", "due", "waiting"
 STATES = (RUNNING, RETIRED, REFUSED, DUE, WAITING)
-DUPLICATE_KEY = 11000
 _ROW_FIELDS = ("dueAt", "keyFingerprint", lease.BY, lease.UNTIL, "refused", "retiredAt", "lastRun")
 
 
@@ -187,13 +194,13 @@ class TenantSchedule:
             return None
         return TenantClaim(doc["_id"], token, doc["dueAt"], now, until, doc.get("keyFingerprint", ""))
 
-    def renew(self, claim: TenantClaim) -> bool:
-        """Hold the tenant for another lease from now; False when the lease was lost (it expired
-        and another replica took the tenant, or it was released). A lease that expired but that
-        no replica took yet is still this claim's: nobody else synced the tenant meanwhile."""
+    def renew(self, claim: TenantClaim) -> datetime | None:
+        """Hold the tenant for another lease from now: the lease's new end; None when the lease
+        was lost (it expired and another replica took the tenant, or it was released). A lease that
+        expired but that no replica took yet is still this claim's: nobody else synced the tenant
+        meanwhile."""
         until = to_millis(self.clock() + self.lease)
-        result = self._schedule.update_one(_held(claim), {"$set": {lease.UNTIL: until}})
-        return result.matched_count == 1
+        return until if self._write(claim, {"$set": {lease.UNTIL: until}}) else None
 
     def finish(self, claim: TenantClaim, result: dict, *, next_due_at: datetime | None = None,
                after: datetime | None = None) -> bool:
@@ -208,13 +215,13 @@ class TenantSchedule:
         due = next_due_at if next_due_at is not None else next_due(claim.due_at, self.interval, now)
         while after is not None and due <= after:
             due += self.interval
-        return self._close(claim, {"dueAt": due, "lastRun": self._run(claim, now, result)})
+        return self._write(claim, {"$set": {"dueAt": due, "lastRun": self._run(claim, now, result)},
+                                   "$unset": lease.RELEASED})
 
     def release(self, claim: TenantClaim) -> bool:
         """Give the tenant back unsynced (shutdown, a sync cut off): still due, for any replica at
         once. False when the lease was lost already."""
-        result = self._schedule.update_one(_held(claim), {"$unset": lease.RELEASED})
-        return result.matched_count == 1
+        return self._write(claim, {"$unset": lease.RELEASED})
 
     def mark_refused(self, claim: TenantClaim, reason: str, *, key_fingerprint: str | None = None) -> bool:
         """The tenant's key was refused: it is skipped, and the others go on, until `register`
@@ -226,18 +233,18 @@ class TenantSchedule:
         its own try."""
         fingerprint = claim.key_fingerprint if key_fingerprint is None else key_fingerprint
         now = self.clock()
-        marked = self._close(claim, {
+        marked = self._write(claim, {"$set": {
             "active": False, "refused": {"reason": reason, "since": now, "keyFingerprint": fingerprint},
-            "lastRun": self._run(claim, now, {"status": REFUSED, "errors": [reason]})},
+            "lastRun": self._run(claim, now, {"status": REFUSED, "errors": [reason]})}, "$unset": lease.RELEASED},
             keyFingerprint=fingerprint)
         if not marked:
             self.release(claim)
         return marked
 
-    def _close(self, claim: TenantClaim, fields: dict, **condition) -> bool:
-        result = self._schedule.update_one({**_held(claim), **condition},
-                                           {"$set": fields, "$unset": lease.RELEASED})
-        return result.matched_count == 1
+    def _write(self, claim: TenantClaim, update: dict, **condition) -> bool:
+        """Whether the tenant, still held by this claim (fenced by its token), took `update`."""
+        held = {"_id": claim.tenant_id, lease.TOKEN: claim.token, **condition}
+        return self._schedule.update_one(held, update).matched_count == 1
 
     def _run(self, claim: TenantClaim, now: datetime, result: dict) -> dict:
         return {**result, "startedAt": claim.claimed_at, "finishedAt": now, "owner": self.owner}
@@ -265,11 +272,6 @@ class TenantSchedule:
         return {"counts": counts, "total": sum(counts.values()), "tenants": rows}
 
 
-def _held(claim: TenantClaim) -> dict:
-    """The tenant, while this claim holds it."""
-    return {"_id": claim.tenant_id, lease.TOKEN: claim.token}
-
-
 def _state_expression(now: datetime) -> dict:
     """One state per tenant, the first that applies (the order of `STATES`), on the server: the
     counts are taken without reading every tenant."""
@@ -284,3 +286,106 @@ def _state_expression(now: datetime) -> dict:
 def _present(field: str) -> dict:
     # $ifNull, not a comparison with null: how a missing field compares differs between servers.
     return {"$ne": [{"$ifNull": [field, None]}, None]}
+
+
+class LeaseKeeper:
+    def __init__(self, schedule: TenantSchedule, claim: TenantClaim, process_stop: threading.Event):
+        self._schedule = schedule
+        self._claim = claim
+        self._process_stop = process_stop
+        # The account's stop, given to its jobs: set on the process's stop or when the lease may be gone.
+        self.stop = threading.Event()
+        self.lost = False
+        self._valid_until = claim.acquired_until  # server time, as the schedule compares it
+        self._margin = max(timedelta(seconds=2), schedule.lease / 10)
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._threads = [threading.Thread(target=self._renew, name="lease-renew", daemon=True),
+                         threading.Thread(target=self._watch, name="lease-watch", daemon=True)]
+
+    def __enter__(self) -> "LeaseKeeper":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._done.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _renew(self) -> None:
+        every = self._schedule.lease.total_seconds() / 3
+        while not self._done.wait(every):
+            try:
+                until = self._schedule.renew(self._claim)
+            except Exception:  # noqa: BLE001 - MongoDB away for a moment: the watch fences if it lasts
+                log.warning("could not renew an account's lease", exc_info=True, extra={"event": "lease_renew_failed"})
+                continue
+            if until is None:
+                self._fence("another replica holds it now")
+                return
+            with self._lock:
+                self._valid_until = max(self._valid_until, until)
+
+    def _watch(self) -> None:
+        tick = min(1.0, self._schedule.lease.total_seconds() / 10)
+        while not self._done.wait(tick):
+            if self._process_stop.is_set():
+                self.stop.set()
+            with self._lock:
+                deadline = self._valid_until - self._margin
+            if self._schedule.clock() >= deadline:
+                self._fence("no renewal was confirmed in time")
+                return
+
+    def _fence(self, why: str) -> None:
+        self.lost = True
+        self.stop.set()
+        log.warning("account %s: its lease may be gone (%s); its sync stops after the current write",
+                    self._claim.tenant_id, why, extra={"event": "tenant_lease_lost"})
+
+
+class LlmQuota:
+    def __init__(self, counters: Collection, ceiling: int, interval: timedelta, clock: Callable[[], datetime]):
+        """`clock`: the database server's (services/server_clock.py), so replicas agree on the window."""
+        self._counters = counters
+        self._ceiling = ceiling
+        self._interval = interval
+        self._clock = clock
+
+    def take(self, wanted: int) -> "Grant":
+        if wanted <= 0:
+            return Grant(0, lambda unused: None)
+        now = self._clock()
+        window = int(unix_seconds(now) // self._interval.total_seconds())
+        counter = self._increment(window, wanted)
+        if counter is None:  # the window's first take: create its counter, then take
+            try:
+                self._counters.update_one({"_id": window}, {"$setOnInsert": {"taken": 0, "at": now}}, upsert=True)
+            except DuplicateKeyError:
+                pass  # another replica created it at the same instant
+            counter = self._increment(window, wanted)
+        overshoot = min(wanted, max(0, counter["taken"] - self._ceiling))
+        if overshoot:
+            self._give_back(window, overshoot)
+        return Grant(wanted - overshoot, lambda unused: self._give_back(window, unused))
+
+    def _increment(self, window: int, count: int) -> dict | None:
+        return self._counters.find_one_and_update({"_id": window}, {"$inc": {"taken": count}},
+                                                  return_document=ReturnDocument.AFTER)
+
+    def _give_back(self, window: int, count: int) -> None:
+        self._counters.update_one({"_id": window}, {"$inc": {"taken": -count}})
+
+
+@dataclass
+class Grant:
+    """Analyses an account may make in this run; `settle(used)` returns the rest to its window."""
+    count: int
+    give_back: Callable[[int], None]
+
+    def settle(self, used: int) -> None:
+        unused = self.count - min(used, self.count)
+        if unused:
+            self.give_back(unused)
+        self.count -= unused

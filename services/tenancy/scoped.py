@@ -110,9 +110,6 @@ class TenantDatabase:
             raise TenantScopeError(f"command {name!r} is not available on an account's view of the database")
         return self._db.command(command, *args, **kwargs)
 
-    def local_id(self, value: str) -> str:
-        return local_id(self.tenant_id, value)
-
 
 LOCAL_ID_SEPARATOR = ":"
 
@@ -157,22 +154,18 @@ class ScopedCollection:
     # -- reads ---------------------------------------------------------------------------------
 
     def find(self, filter=None, projection=None, **options):
-        _check_options("find", options)
-        return _ScopedCursor(self._collection.find(self._filter(filter), projection, **options))
+        return _ScopedCursor(self._offered("find", options)(self._filter(filter), projection, **options))
 
     def find_one(self, filter=None, projection=None, **options):
-        _check_options("find_one", options)
         if filter is not None and not isinstance(filter, Mapping):
             filter = {"_id": filter}  # pymongo's find_one(id) shorthand
-        return self._collection.find_one(self._filter(filter), projection, **options)
+        return self._offered("find_one", options)(self._filter(filter), projection, **options)
 
     def count_documents(self, filter, **options):
-        _check_options("count_documents", options)
-        return self._collection.count_documents(self._filter(filter), **options)
+        return self._offered("count_documents", options)(self._filter(filter), **options)
 
     def distinct(self, key, filter=None, **options):
-        _check_options("distinct", options)
-        return self._collection.distinct(key, self._filter(filter), **options)
+        return self._offered("distinct", options)(key, self._filter(filter), **options)
 
     def aggregate(self, pipeline, **options):
         _check_options("aggregate", options)
@@ -192,51 +185,45 @@ class ScopedCollection:
     # -- writes --------------------------------------------------------------------------------
 
     def insert_one(self, document, **options):
-        _check_options("insert_one", options)
-        return self._collection.insert_one(self._stamped(document), **options)
+        return self._offered("insert_one", options)(self._stamped(document), **options)
 
     def insert_many(self, documents, **options):
-        _check_options("insert_many", options)
-        return self._collection.insert_many([self._stamped(d) for d in documents], **options)
+        return self._offered("insert_many", options)([self._stamped(d) for d in documents], **options)
 
     def update_one(self, filter, update, **options):
-        _check_options("update_one", options)
-        return self._collection.update_one(self._filter(filter), _checked(update), **options)
+        return self._offered("update_one", options)(self._filter(filter), _checked(update), **options)
 
     def update_many(self, filter, update, **options):
-        _check_options("update_many", options)
-        return self._collection.update_many(self._filter(filter), _checked(update), **options)
+        return self._offered("update_many", options)(self._filter(filter), _checked(update), **options)
 
     def find_one_and_update(self, filter, update, **options):
-        _check_options("find_one_and_update", options)
-        return self._collection.find_one_and_update(self._filter(filter), _checked(update), **options)
+        return self._offered("find_one_and_update", options)(self._filter(filter), _checked(update), **options)
 
     def replace_one(self, filter, replacement, **options):
-        _check_options("replace_one", options)
-        return self._collection.replace_one(self._filter(filter), self._stamped(replacement), **options)
+        return self._offered("replace_one", options)(self._filter(filter), self._stamped(replacement), **options)
 
     def delete_one(self, filter, **options):
-        _check_options("delete_one", options)
-        return self._collection.delete_one(self._filter(filter), **options)
+        return self._offered("delete_one", options)(self._filter(filter), **options)
 
     def delete_many(self, filter, **options):
-        _check_options("delete_many", options)
-        return self._collection.delete_many(self._filter(filter), **options)
+        return self._offered("delete_many", options)(self._filter(filter), **options)
 
     def find_one_and_delete(self, filter, **options):
-        _check_options("find_one_and_delete", options)
-        return self._collection.find_one_and_delete(self._filter(filter), **options)
+        return self._offered("find_one_and_delete", options)(self._filter(filter), **options)
 
     def bulk_write(self, requests, **options):
-        _check_options("bulk_write", options)
-        return self._collection.bulk_write([self._scoped_request(r) for r in requests], **options)
+        return self._offered("bulk_write", options)([self._scoped_request(r) for r in requests], **options)
 
     # -- the scope -----------------------------------------------------------------------------
 
+    def _offered(self, method: str, options: Mapping):
+        """The collection's `method`, once every option is one the view offers for it (checked
+        before the arguments are scoped: Python evaluates the callee first)."""
+        _check_options(method, options)
+        return getattr(self._collection, method)
+
     def _filter(self, filter) -> dict:
-        if filter is not None and not isinstance(filter, Mapping):
-            raise TenantScopeError(f"a filter must be a document, not {type(filter).__name__}")
-        _check_filter(filter or {})
+        _check_filter({} if filter is None else filter)
         scoped = dict(filter or {})
         if TENANT_FIELD in scoped and scoped[TENANT_FIELD] != self.tenant_id:
             raise TenantScopeError("a filter names another account's userId")

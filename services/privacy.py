@@ -1,0 +1,379 @@
+"""Personal data kept only as long as needed: retention of old transcripts and calls, erasure of
+one number everywhere (`main.py forget`), and the suppression list that keeps an erased number out
+of later syncs. What each step removes, per collection, and why it is safe while the daemon runs:
+docs/privacy.md.
+
+Retention is a pass of the call processor's job, after its analysis, in small batches so that a
+first pass over years of calls never holds the database or the job for long.
+
+An erased number stands as its keyed hash (HMAC-SHA256: without the key, a hash cannot be checked
+against a guessed number, so a copy of the database does not tell who asked to be forgotten).
+`forget` suppresses first and sweeps after; a writer checks the list before and after each page
+and sweeps again what it wrote meanwhile (`PrivacyGuard`), so whichever sweep runs last leaves
+nothing behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable, Iterable
+
+from pymongo import ASCENDING
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from models.call import TRANSCRIPT_FIELDS
+from models.execution import Execution, MalformedExecution, parse_execution
+from services import lease
+from services.analyzer.schema import analysis_document
+from services.customer_merge import linked_call_id
+from services.database import (ACTIVITIES, CALL_AGE_INDEX_KEYS, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, ERASURES,
+                               INBOX_STATE_KEYS, STAGE_REVIEWS, SUPPRESSION_KEY_KEYS, SUPPRESSIONS, SYNC_STATE,
+                               TRANSCRIPT_AGE_INDEX_KEYS, WEBHOOK_INBOX)
+from services.run_records import RunRecorder, describe_failure
+from services.webhooks.inbox import WAITING
+from utils.clock import utcnow
+from utils.config import ConfigError
+from utils.phone import DEFAULT_REGION, Phone, lookup_keys
+
+log = logging.getLogger(__name__)
+
+# Hashed with the key to tell, at start-up, whether the configured key is the one the suppression
+# list was written with: a changed key would make every stored hash miss, silently.
+_KEY_CHECK = b"callsync privacy key check"
+
+
+class PrivacyKeyError(ConfigError):
+    """PRIVACY_HASH_KEY is missing, or not the key the suppression list was written with."""
+
+
+class PhoneHasher:
+    def __init__(self, key: str):
+        self._key = key.encode()
+        self.key_id = hmac.new(self._key, _KEY_CHECK, hashlib.sha256).hexdigest()[:16]
+
+    def digest(self, phone_key: str) -> str:
+        """The hash of a number's stored key (E.164, or the text of an invalid number)."""
+        return hmac.new(self._key, phone_key.encode(), hashlib.sha256).hexdigest()
+
+
+def hasher_for(key: str | None, *, required: bool = False) -> PhoneHasher | None:
+    if not key and required:
+        raise PrivacyKeyError("PRIVACY_HASH_KEY is not set: erasure records and the suppression list hold "
+                              "a keyed hash of the number, never the number. Set it to a random secret "
+                              "(e.g. `openssl rand -hex 32`) and keep it: see docs/privacy.md.")
+    return PhoneHasher(key) if key else None
+
+
+class SuppressionList:
+    def __init__(self, db: Database, hasher: PhoneHasher | None):
+        self.entries = db[SUPPRESSIONS]
+        self.hasher = hasher
+
+    def add(self, digest: str) -> None:
+        """Idempotent: an entry already there (a second `forget`, or two at once) is left as it was."""
+        try:
+            self.entries.update_one({"_id": self.entries.local_id(digest)},
+                                    {"$setOnInsert": {"keyId": self.hasher.key_id, "createdAt": utcnow()}},
+                                    upsert=True)
+        except DuplicateKeyError:
+            pass  # another forget of the same number inserted it first
+
+    def suppressed(self, phone_keys: Iterable[str]) -> set[str]:
+        """Which of these numbers (stored keys) are erased. Without a key nothing can be compared:
+        that is an error once the list holds anything, not a reason to import the person again."""
+        keys = set(phone_keys)
+        if not keys:
+            return set()
+        if self.hasher is None:
+            self.check_key()
+            return set()
+        by_id = {self.entries.local_id(self.hasher.digest(key)): key for key in keys}
+        return {by_id[entry["_id"]] for entry in self.entries.find({"_id": {"$in": list(by_id)}}, {"_id": 1})}
+
+    def check_key(self) -> None:
+        """At start-up and whenever a key is needed: the list is usable with this configuration."""
+        if self.hasher is None:
+            if self.entries.find_one({}, {"_id": 1}, hint=SUPPRESSION_KEY_KEYS) is not None:
+                raise PrivacyKeyError("PRIVACY_HASH_KEY is not set, but the suppression list holds erased "
+                                      "numbers: without the key they cannot be recognized, and a sync would "
+                                      "import them again. Set the key they were hashed with (docs/privacy.md).")
+            return
+        # `keyId`, named: a simpler planner (the test run's wire server) scans for a `$ne`.
+        other = self.entries.find_one({"keyId": {"$ne": self.hasher.key_id}}, {"_id": 1}, hint=SUPPRESSION_KEY_KEYS)
+        if other is not None:
+            raise PrivacyKeyError("PRIVACY_HASH_KEY is not the key the suppression list was written with: "
+                                  "erased numbers would not be recognized. Restore the earlier key "
+                                  "(docs/privacy.md).")
+
+
+# Everything on a call that says who was called or what was said; the rest are the business's figures.
+PERSONAL_CALL_FIELDS = (
+    "fromNumberRaw", "fromNumber", "toNumberRaw", "toNumber", "customerPhone", "customerPhoneValid",
+    "customerPhoneMissing", "transcript", "bolnaSummary", "extractedData", "extracted", "extractedConfidence",
+    "recordingUrl")
+ANALYSIS_TEXT_FIELDS = ("analysis.summary", "analysis.reasoning", "analysis.extra", "analysis.error")
+COLLECTIONS = ("customers", "customerCalls", "calls", "contacts", "activities", "stageReviews", "followUps",
+               "webhookInbox")
+# Where a call stores a number: the customer's, and both sides as normalized.
+CALL_NUMBER_FIELDS = ("customerPhone", "fromNumber", "toNumber")
+
+
+@dataclass(frozen=True)
+class PersonRecords:
+    """What the database holds of one number, found under every spelling it may be stored with."""
+    spellings: list[str]
+    analyzed_calls: list[str]  # call ids; also those only a customer link names
+    waiting_calls: list[str]   # call ids not analyzed yet
+    contact_ids: list
+    customers: int
+    links: int
+    activities: int
+    reviews: int
+    follow_ups: dict[str, list[str]]  # sync_state _id -> the number's calls followed there
+    deliveries: list  # webhook_inbox _ids of waiting deliveries holding the number
+
+    @property
+    def call_ids(self) -> list[str]:
+        return self.analyzed_calls + self.waiting_calls
+
+    def counts(self) -> dict[str, int]:
+        return {"customers": self.customers, "customerCalls": self.links, "calls": len(self.call_ids),
+                "contacts": len(self.contact_ids), "activities": self.activities, "stageReviews": self.reviews,
+                "followUps": sum(len(ids) for ids in self.follow_ups.values()), "webhookInbox": len(self.deliveries)}
+
+
+class Eraser:
+    """`region`: where numbers written without a country code are from (DEFAULT_PHONE_REGION), to
+    read a waiting delivery's numbers as the sync would."""
+
+    def __init__(self, db: Database, region: str = DEFAULT_REGION):
+        self.db = db
+        self.region = region
+
+    def find(self, phone: Phone) -> PersonRecords:
+        spellings = lookup_keys(phone)
+        db = self.db
+        # One query per field, each served by its index (an `$or` is not, on every planner).
+        calls = list({call["callId"]: call for field in CALL_NUMBER_FIELDS for call in db[CALLS].find(
+            {field: {"$in": spellings}}, {"callId": 1, "processed": 1, "_id": 0})}.values())
+        linked = {linked_call_id(link) for link in db[CUSTOMER_CALLS].find({"phone": {"$in": spellings}},
+                                                                            {"_id": 1, "callId": 1})}
+        waiting = sorted(call["callId"] for call in calls if call.get("processed") is False)
+        analyzed = sorted(({call["callId"] for call in calls} | linked) - set(waiting))
+        contact_ids = [doc["_id"] for doc in db[CONTACTS].find({"phone": {"$in": spellings}}, {"_id": 1})]
+        activities = set()
+        for selector in _activity_selectors(spellings, analyzed + waiting, contact_ids):
+            activities |= {doc["_id"] for doc in db[ACTIVITIES].find(selector, {"_id": 1})}
+        follow_ups = {}
+        if analyzed or waiting:
+            ids = set(analyzed + waiting)
+            for state in db[SYNC_STATE].find({"pending.callId": {"$in": sorted(ids)}}, {"pending.callId": 1}):
+                follow_ups[state["_id"]] = [p["callId"] for p in state["pending"] if p["callId"] in ids]
+        return PersonRecords(spellings, analyzed, waiting, contact_ids,
+                             customers=len(list(db[CUSTOMERS].find({"phone": {"$in": spellings}}, {"_id": 1}))),
+                             links=len(linked), activities=len(activities),
+                             reviews=db[STAGE_REVIEWS].count_documents({"customerPhone": {"$in": spellings}}),
+                             follow_ups=follow_ups, deliveries=self._deliveries(set(spellings)))
+
+    def _deliveries(self, spellings: set[str]) -> list:
+        """The waiting deliveries with the number on either side (only those keep their body)."""
+        waiting = self.db[WEBHOOK_INBOX].find({"state": WAITING}, {"body": 1}, hint=INBOX_STATE_KEYS)
+        return [entry["_id"] for entry in waiting
+                if entry.get("body") and _delivered_numbers(bytes(entry["body"]), self.region) & spellings]
+
+    def sweep(self, phone: Phone) -> dict[str, int]:
+        """Remove what the database holds of the number now; what was removed, per collection."""
+        found = self.find(phone)
+        now = utcnow()
+        db = self.db
+        removed = Counter({"calls": self._strip_calls(found, now)})
+        removed["customerCalls"] = db[CUSTOMER_CALLS].delete_many({"phone": {"$in": found.spellings}}).deleted_count
+        for selector in _activity_selectors(found.spellings, found.call_ids, found.contact_ids):
+            removed["activities"] += db[ACTIVITIES].delete_many(selector).deleted_count
+        removed["stageReviews"] = db[STAGE_REVIEWS].delete_many({"customerPhone": {"$in": found.spellings}}).deleted_count
+        removed["contacts"] = db[CONTACTS].delete_many({"phone": {"$in": found.spellings}}).deleted_count
+        removed["customers"] = db[CUSTOMERS].delete_many({"phone": {"$in": found.spellings}}).deleted_count
+        for state_id, call_ids in found.follow_ups.items():
+            # A sync running now may save its own copy of the list back: harmless, its writers skip the number.
+            db[SYNC_STATE].update_one({"_id": state_id}, {"$pull": {"pending": {"callId": {"$in": call_ids}}}})
+            removed["followUps"] += len(call_ids)
+        if found.deliveries:
+            removed["webhookInbox"] = db[WEBHOOK_INBOX].delete_many({"_id": {"$in": found.deliveries}}).deleted_count
+        return {name: removed[name] for name in COLLECTIONS}
+
+    def _strip_calls(self, found: PersonRecords, now: datetime) -> int:
+        calls = self.db[CALLS]
+        stamp = {"erasedAt": now, "transcriptRemovedAt": now, "updatedAt": now}
+        # A lease dropped too: the attempt holding a waiting call writes nothing of it back.
+        unset = {**{name: "" for name in PERSONAL_CALL_FIELDS}, **lease.RELEASED}
+        stripped = 0
+        if found.analyzed_calls:
+            stripped += calls.update_many({"callId": {"$in": found.analyzed_calls}}, {
+                "$unset": {**unset, **{name: "" for name in ANALYSIS_TEXT_FIELDS}}, "$set": stamp}).modified_count
+        if found.waiting_calls:
+            skipped = analysis_document("skipped", attempted_at=now, skipped="erased")  # erased before analyzed
+            stripped += calls.update_many({"callId": {"$in": found.waiting_calls}}, {
+                "$unset": unset, "$set": {**stamp, "processed": True, "analysis": skipped}}).modified_count
+        return stripped
+
+
+def _delivered_numbers(body: bytes, region: str) -> set[str]:
+    """Both numbers of a delivery's body, as the sync stores them (their keys, and as received);
+    for a body the sync could not read, every string in it, which holds the number if anything does."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):  # the listener stores only JSON
+        return set()
+    try:
+        execution = parse_execution(payload, region)
+    except (MalformedExecution, RecursionError):
+        return set(_strings(payload))
+    return {text for phone in _numbers(execution) for text in (phone.key, phone.raw)}
+
+
+def _strings(value, depth: int = 0) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if depth > 20:
+        return []
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return [text for item in items for text in _strings(item, depth + 1)]
+
+
+def _activity_selectors(spellings: list[str], call_ids: list[str], contact_ids: list) -> list[dict]:
+    """Each served by its own index: status changes by number, decisions by call and by contact."""
+    selectors = [{"customerPhone": {"$in": spellings}}]
+    if call_ids:
+        selectors.append({"callId": {"$in": call_ids}})
+    if contact_ids:
+        selectors.append({"contactId": {"$in": contact_ids}})
+    return selectors
+
+
+def forget(db: Database, phone: Phone, hasher: PhoneHasher, region: str = DEFAULT_REGION) -> dict[str, int]:
+    """Erase the number everywhere and keep it out of later syncs; what was removed. Idempotent:
+    a second call finds nothing and changes nothing. `region`: as for `Eraser`."""
+    suppressions = SuppressionList(db, hasher)
+    suppressions.check_key()
+    digest = hasher.digest(phone.key)
+    suppressions.add(digest)  # before anything is removed: see the module's docstring
+    removed = Eraser(db, region).sweep(phone)
+    # One record per number (its hash), kept as evidence: when it was asked, when data was last
+    # removed and how much. A sweep that found nothing leaves an existing record as it was.
+    now = utcnow()
+    update: dict = {"$setOnInsert": {"keyId": hasher.key_id, "requestedAt": now}}
+    if any(removed.values()):
+        update["$set"] = {"erasedAt": now}
+        update["$inc"] = {f"removed.{name}": count for name, count in removed.items() if count}
+    try:
+        db[ERASURES].update_one({"_id": db[ERASURES].local_id(digest)}, update, upsert=True)
+    except DuplicateKeyError:  # another forget of the number inserted it first: now it is an update
+        db[ERASURES].update_one({"_id": db[ERASURES].local_id(digest)}, update)
+    return removed
+
+
+class PrivacyGuard:
+    def __init__(self, suppressions: SuppressionList, eraser: Eraser):
+        self.suppressions = suppressions
+        self.eraser = eraser
+
+    def admit(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> list[Execution]:
+        """The executions that may be written: none of an erased number."""
+        barred = self.suppressions.suppressed(_phones(executions))
+        if not barred:
+            return executions
+        admitted = [e for e in executions if not any(phone.key in barred for phone in _numbers(e))]
+        recorder.add("suppressed", len(executions) - len(admitted), agent_id)
+        return admitted
+
+    def recheck(self, executions: list[Execution]) -> None:
+        phones = _phones(executions)
+        for key in self.suppressions.suppressed(phones):
+            log.info("a number was erased while a page holding it was written; erased again",
+                     extra={"event": "erased_during_write"})
+            self.eraser.sweep(phones[key])
+
+
+def _phones(executions: list[Execution]) -> dict[str, Phone]:
+    return {phone.key: phone for e in executions for phone in _numbers(e)}
+
+
+def _numbers(execution: Execution) -> list[Phone]:
+    """Both sides of the call, as `forget` finds them: the erased number may be either, the
+    customer's or not (a call without `call_type` is taken as outbound)."""
+    return [phone for phone in (execution.from_phone, execution.to_phone) if phone is not None]
+
+
+BATCH_SIZE = 200
+# Per pass: a backlog (the setting just turned on) drains over a few runs, each bounded.
+MAX_BATCHES = 25
+_OLDEST_FIRST = [("callAt", ASCENDING)]
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    transcript_days: int | None = None
+    record_days: int | None = None
+
+    def transcript_expired(self, call_at: datetime, now: datetime) -> bool:
+        return self.transcript_days is not None and call_at < now - timedelta(days=self.transcript_days)
+
+    def record_expired(self, call_at: datetime, now: datetime) -> bool:
+        return self.record_days is not None and call_at < now - timedelta(days=self.record_days)
+
+
+class RetentionPass:
+    def __init__(self, db: Database, policy: RetentionPolicy, stop: threading.Event | None = None, *,
+                 batch_size: int = BATCH_SIZE, max_batches: int = MAX_BATCHES):
+        self.calls = db[CALLS]
+        self.policy = policy
+        self.stop = stop or threading.Event()
+        self.batch_size = batch_size
+        self.max_batches = max_batches
+
+    def run(self, recorder: RunRecorder) -> None:
+        """Counted on the run: `retentionPasses`, `callsRemoved`, `transcriptsRemoved`. A database
+        error ends the pass as an error on the run; the next run goes on from where it stopped."""
+        if not (self.policy.transcript_days or self.policy.record_days):
+            return
+        recorder.add("retentionPasses")
+        now = utcnow()
+        try:
+            if self.policy.record_days:
+                cutoff = now - timedelta(days=self.policy.record_days)
+                recorder.add("callsRemoved", self._in_batches(
+                    {"callAt": {"$lt": cutoff}}, CALL_AGE_INDEX_KEYS,
+                    lambda ids: self.calls.delete_many({"_id": {"$in": ids}}).deleted_count))
+            if self.policy.transcript_days:
+                cutoff = now - timedelta(days=self.policy.transcript_days)
+                recorder.add("transcriptsRemoved", self._in_batches(
+                    {"transcriptRemovedAt": None, "callAt": {"$lt": cutoff}}, TRANSCRIPT_AGE_INDEX_KEYS,
+                    lambda ids: self._strip(ids, now)))
+        except PyMongoError as exc:
+            recorder.error(f"retention pass stopped ({describe_failure(exc)}); the next run goes on",
+                           code="retention_failed")
+
+    def _in_batches(self, selector: dict, index: list, act: Callable[[list], int]) -> int:
+        """Oldest first, by the index named (a pass must never scan the calls)."""
+        done = 0
+        for _ in range(self.max_batches):
+            ids = [doc["_id"] for doc in self.calls.find(selector, {"_id": 1}, sort=_OLDEST_FIRST, limit=self.batch_size,
+                                                           hint=index)]
+            if ids:
+                done += act(ids)
+            if len(ids) < self.batch_size or self.stop.is_set():
+                break
+        return done
+
+    def _strip(self, ids: list, now: datetime) -> int:
+        # `updatedAt` too: a consumer following "what changed since T" learns its copy must go.
+        return self.calls.update_many({"_id": {"$in": ids}}, {
+            "$unset": {name: "" for name in TRANSCRIPT_FIELDS},
+            "$set": {"transcriptRemovedAt": now, "updatedAt": now}}).modified_count

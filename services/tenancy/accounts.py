@@ -1,0 +1,249 @@
+"""The accounts to serve (TENANT_SOURCE): the one of BOLNA_API_KEY, or those of the CRM's
+accounts collection, each mapped through the field map (TENANT_FIELDS) and checked value by value,
+its keys made plain. An account that cannot be served is skipped whole and reported, with its
+reason, and never keeps the others from running. Stored keys are Fernet tokens decrypted with
+TENANT_KEYS_SECRET (several keys while rotating: README), or plain text when no secret is set."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from bson import ObjectId
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from pymongo.database import Database
+
+from services.tenancy.scoped import account_id_problem
+from utils.config import ConfigError, Settings, fernet_keys
+from utils.config import region as parse_region
+
+log = logging.getLogger(__name__)
+
+# Every Fernet token starts so: version byte 0x80, then a 64-bit timestamp whose high bytes are
+# zero until the year 4147, base64url-encoded. A plain Bolna or Groq key never does.
+TOKEN_PREFIX = "gAAAAA"
+_COPY = "_id is a string that spells another account's ObjectId: their records' ids would be one"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """One account the daemon serves: its id (written as `userId` on every record it owns) and the
+    keys and limits it runs with."""
+    id: object  # the account document's _id (ObjectId or str); None in single-account mode
+    bolna_api_key: str = field(repr=False)
+    agent_ids: tuple[str, ...] = ()  # empty: every agent of the account
+    groq_api_key: str | None = field(default=None, repr=False)  # None: the daemon's GROQ_API_KEY
+    phone_region: str | None = None  # None: DEFAULT_PHONE_REGION
+    llm_batch_limit: int | None = None  # LLM calls per run; None: LLM_BATCH_LIMIT
+    bolna_requests_per_minute: int | None = None  # None: Bolna's documented limit
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Tenant":
+        """Single-account mode (TENANT_SOURCE=env): the account of BOLNA_API_KEY, nothing overridden."""
+        if not settings.bolna_api_key:
+            raise ConfigError("BOLNA_API_KEY is not set: TENANT_SOURCE=env serves the account of that key")
+        return cls(id=None, bolna_api_key=settings.bolna_api_key, agent_ids=settings.bolna_agent_ids)
+
+    @property
+    def key_fingerprint(self) -> str:
+        """Lets the daemon notice that an account's key changed (its pace, its cached records
+        belong to the old key) without keeping the key. 64 bits of a hash of a random API key
+        reveal nothing usable about it."""
+        return hashlib.sha256(self.bolna_api_key.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """What logs may show: the id (not a secret), never a key."""
+        return "env" if self.id is None else str(self.id)
+
+
+class UnusableTenant(ValueError):
+    """An account document the daemon cannot serve; the reason names fields, never their values
+    when they are keys."""
+
+    def __init__(self, tenant_id: object, reason: str):
+        super().__init__(f"tenant {tenant_id}: {reason}")
+        self.tenant_id = tenant_id
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TenantList:
+    tenants: tuple[Tenant, ...]
+    skipped: tuple[UnusableTenant, ...] = ()
+
+
+class KeyReader:
+    def __init__(self, fernet: MultiFernet | None):
+        self._fernet = fernet
+
+    @classmethod
+    def from_secret(cls, secret: str | None) -> "KeyReader":
+        """Checked at start-up: a bad secret would otherwise skip every account, run after run."""
+        if not secret:
+            return cls(None)
+        try:
+            parts = fernet_keys(secret)
+        except ValueError as exc:
+            raise ConfigError(f"TENANT_KEYS_SECRET is invalid: {exc}") from None
+        return cls(MultiFernet([Fernet(part) for part in parts]))
+
+    def encrypt(self, plain: str) -> str:
+        """A key as it is to be stored (with the secret's first key)."""
+        if self._fernet is None:
+            raise ConfigError("TENANT_KEYS_SECRET is not set: there is nothing to encrypt with")
+        return self._fernet.encrypt(plain.encode()).decode()
+
+    def plain(self, stored: str, *, tenant_id: object, field: str) -> str:
+        """The usable key, stripped; UnusableTenant (naming the tenant and the field, never the
+        value) when it cannot be had."""
+        if self._fernet is None:
+            if stored.strip().startswith(TOKEN_PREFIX):
+                # Sending a token to Bolna as a key would only earn 401s, and a secret forgotten
+                # in the deployment is the likely cause, so it is said here.
+                raise UnusableTenant(tenant_id, f"{field} looks encrypted but TENANT_KEYS_SECRET is not set")
+            key = stored.strip()
+        else:
+            try:
+                key = self._fernet.decrypt(stored.strip()).decode("utf-8").strip()
+            except (InvalidToken, ValueError, TypeError):
+                # ValueError: text that is not even base64, or a plaintext that is not UTF-8.
+                raise UnusableTenant(tenant_id, f"{field} does not decrypt with TENANT_KEYS_SECRET (encrypted "
+                                                "with another key, or stored unencrypted)") from None
+        if not key:
+            raise UnusableTenant(tenant_id, f"{field} is empty")
+        return key
+
+
+class TenantSource:
+    def __init__(self, settings: Settings, db: Database | None = None):
+        """Checks what can be checked at start-up (the secret), so a mistake stops the daemon
+        once instead of skipping every account at every load."""
+        self._settings = settings
+        if settings.tenant_source == "mongodb":
+            if db is None:
+                raise ConfigError("TENANT_SOURCE=mongodb reads the accounts from MongoDB: a database is needed")
+            self._keys = KeyReader.from_secret(settings.tenant_keys_secret)
+            self._collection = db[settings.tenants_collection]
+        else:
+            Tenant.from_settings(settings)  # BOLNA_API_KEY must be set
+
+    def load(self) -> TenantList:
+        """The accounts as they are now; called again to follow the CRM's changes."""
+        if self._settings.tenant_source != "mongodb":
+            return TenantList((Tenant.from_settings(self._settings),))
+        return self._read(self._settings.tenants_query)
+
+    def find(self, tenant_id: object) -> Tenant | None:
+        """The account `tenant_id` when TENANTS_FILTER lists it (else None); UnusableTenant, with
+        the reason, when it is listed but cannot be served."""
+        listed = self._read({"$and": [self._settings.tenants_query, {"_id": tenant_id}]})
+        if listed.skipped:
+            raise listed.skipped[0]
+        return listed.tenants[0] if listed.tenants else None
+
+    def _read(self, query: dict) -> TenantList:
+        fields = self._settings.tenant_fields
+        tenants: list[Tenant] = []
+        skipped: list[UnusableTenant] = []
+        for document in self._collection.find(query, projection=projection(fields), sort=[("_id", 1)]):
+            try:
+                tenants.append(tenant_from_document(document, fields, self._keys))
+            except UnusableTenant as exc:
+                skipped.append(exc)
+        copies = self._spelled_as_an_object_id(tenants)
+        skipped += [UnusableTenant(tenant.id, _COPY) for tenant in tenants if tenant.id in copies]
+        for exc in skipped:
+            log.warning("tenant %s skipped: %s", exc.tenant_id, exc.reason, extra={"event": "tenant_skipped"})
+        return TenantList(tuple(t for t in tenants if t.id not in copies), tuple(skipped))
+
+    def _spelled_as_an_object_id(self, tenants) -> set:
+        """The string ids of `tenants` that spell another account's ObjectId: the ids of their
+        records (`local_id`) and their webhook token would be that account's."""
+        spelled = {ObjectId(t.id): t.id for t in tenants
+                   if isinstance(t.id, str) and ObjectId.is_valid(t.id) and str(ObjectId(t.id)) == t.id}
+        if not spelled:
+            return set()
+        return {spelled[d["_id"]] for d in self._collection.find({"_id": {"$in": list(spelled)}}, {"_id": 1})}
+
+
+def read_path(document: Mapping, path: str) -> object:
+    """The value at a dotted path, or None when any step is missing or not an object (a list on
+    the way is not fanned out as a query would: an account has one value per setting)."""
+    value: object = document
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def projection(fields: Mapping[str, str]) -> dict[str, int]:
+    """Only the mapped fields are read (the documents are the CRM's users: they hold far more).
+    A path inside another projected one is dropped, since MongoDB refuses the pair as a path
+    collision."""
+    paths = set(fields.values())
+    kept = [path for path in paths
+            if not any(path.startswith(other + ".") for other in paths if other != path)]
+    return {path: 1 for path in sorted(kept)}
+
+
+def tenant_from_document(document: Mapping, fields: Mapping[str, str], keys: KeyReader) -> Tenant:
+    tenant_id = document["_id"]
+    if (problem := account_id_problem(tenant_id)) is not None:
+        raise UnusableTenant(tenant_id, problem)
+
+    def key(name: str, required: bool) -> str | None:
+        path = fields[name]
+        stored = read_path(document, path)
+        if stored is None or (isinstance(stored, str) and not stored.strip()):
+            if required:
+                raise UnusableTenant(tenant_id, f"{path} is missing or empty")
+            return None
+        if not isinstance(stored, str):
+            raise UnusableTenant(tenant_id, f"{path} is not a string")
+        return keys.plain(stored, tenant_id=tenant_id, field=path)
+
+    return Tenant(
+        id=tenant_id,
+        bolna_api_key=key("bolnaApiKey", required=True),
+        agent_ids=_agent_ids(document, fields["agentIds"], tenant_id),
+        groq_api_key=key("groqApiKey", required=False),
+        phone_region=_region(document, fields["phoneRegion"], tenant_id),
+        llm_batch_limit=_positive_int(document, fields["llmBatchLimit"], tenant_id),
+        bolna_requests_per_minute=_positive_int(document, fields["bolnaRequestsPerMinute"], tenant_id),
+    )
+
+
+def _agent_ids(document: Mapping, path: str, tenant_id: object) -> tuple[str, ...]:
+    value = read_path(document, path)
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item.strip() for item in value):
+        raise UnusableTenant(tenant_id, f"{path} must be a list of agent ids (non-empty strings)")
+    return tuple(dict.fromkeys(item.strip() for item in value))
+
+
+def _region(document: Mapping, path: str, tenant_id: object) -> str | None:
+    value = read_path(document, path)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise UnusableTenant(tenant_id, f"{path} must be a region code such as IN or US")
+    try:
+        return parse_region(value)
+    except ValueError as exc:
+        raise UnusableTenant(tenant_id, f"{path} {exc} (got {value!r})") from None
+
+
+def _positive_int(document: Mapping, path: str, tenant_id: object) -> int | None:
+    value = read_path(document, path)
+    if value is None:
+        return None
+    # A CRM in JavaScript stores every number as a double: 20.0 is the 20 it meant.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UnusableTenant(tenant_id, f"{path} must be a whole number of at least 1 (got {value!r})")
+    return value
