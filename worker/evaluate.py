@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from services.analyzer.deadline import Deadline, DeadlineExceeded
+from services.analyzer.pacing import Deadline, DeadlineExceeded
 from services.analyzer.groq_analyzer import GroqAnalyzer, LlmFailure, LlmUnavailable
 from services.analyzer.heuristic import heuristic_analysis
 from services.analyzer.pricing import estimated_cost

@@ -9,7 +9,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from services.analyzer.claims import CallQueue, Claim
-from services.analyzer.deadline import Deadline, DeadlineExceeded
+from services.analyzer.pacing import Deadline, DeadlineExceeded
 from services.analyzer.groq_analyzer import BudgetSpent, GroqAnalyzer, LlmFailure, LlmUnavailable
 from services.analyzer.outcomes import Outcome, OutcomeWriter, record_outcome
 from services.analyzer.schema import HEURISTIC_MODEL, analysis_document

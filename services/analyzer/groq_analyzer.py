@@ -10,9 +10,7 @@ import groq
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from models.pipeline import Pipeline
-from services.analyzer.deadline import Deadline, DeadlineExceeded
-from services.analyzer.pacing import RatePacer
-from services.analyzer.rate_limit import retry_after_seconds
+from services.analyzer.pacing import Deadline, DeadlineExceeded, RatePacer, retry_after_seconds
 from services.analyzer.request import completion_request, prompt_tokens_estimate, stage_names
 from services.analyzer.schema import Analysis, InvalidAnswer, Usage, parse_answer
 from services.request_outcomes import RequestOutcomes
