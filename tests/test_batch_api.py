@@ -7,7 +7,7 @@ import pytest
 
 from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import HookedClient
-from services.analyzer.request import completion_request
+from services.analyzer.prompt import completion_request
 from services.database import LLM_BATCHES
 from services.run_records import RunRecorder
 from tests.helpers import requeue

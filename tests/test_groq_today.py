@@ -10,8 +10,7 @@ import pytest
 from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import HookedClient
 from services.analyzer.groq_analyzer import LlmUnavailable
-from services.analyzer.pricing import estimated_cost
-from services.analyzer.schema import Usage
+from services.analyzer.schema import Usage, estimated_cost
 from tests.test_analyzer_batch import add_call, add_calls, call, fake, run, settings  # noqa: F401 - fixtures
 from utils.config import ANALYSIS_KEYS, DEFAULT_PRICES, ExtraField, Settings
 from worker.app import App

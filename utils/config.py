@@ -52,7 +52,7 @@ ACTIVE_SUBSCRIPTIONS = ("active", "trial")
 
 @dataclass(frozen=True)
 class Price:
-    """What an LLM's tokens cost, in USD per million (services/analyzer/pricing.py estimates)."""
+    """What an LLM's tokens cost, in USD per million (services/analyzer/schema.py estimates)."""
     input_per_million: float
     output_per_million: float
 
@@ -360,7 +360,7 @@ class Settings:
     # llama-3.3-70b-versatile, the earlier default, was decommissioned on 2026-08-16 (404 model_not_found).
     groq_model: str = setting("openai/gpt-oss-20b")
     groq_base_url: str | None = setting(None, url)
-    # services/analyzer/request.py
+    # services/analyzer/prompt.py
     groq_answer_format: str = setting("auto", one_of("auto", "json_schema", "json_object"))
     # sent to the models that take it (gpt-oss)
     groq_reasoning_effort: str = setting("low", one_of("low", "medium", "high"))

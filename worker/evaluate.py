@@ -12,8 +12,7 @@ from typing import Callable
 from services.analyzer.pacing import Deadline, DeadlineExceeded
 from services.analyzer.groq_analyzer import GroqAnalyzer, LlmFailure, LlmUnavailable
 from services.analyzer.heuristic import heuristic_analysis
-from services.analyzer.pricing import estimated_cost
-from services.analyzer.schema import HEURISTIC_MODEL, Usage
+from services.analyzer.schema import HEURISTIC_MODEL, Usage, estimated_cost
 from utils.clock import utcnow
 from utils.config import Settings
 from worker.evaluation_report import Outcome, build_report, render_report

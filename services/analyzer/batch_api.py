@@ -28,7 +28,7 @@ from pymongo.collection import Collection
 from services.analyzer.batch_results import BATCH_ENDPOINT, analysis_of, read_answers, request_line
 from services.analyzer.claims import CallQueue, Claim
 from services.analyzer.outcomes import Outcome, OutcomeWriter, record_outcome
-from services.analyzer.request import completion_request, stage_names
+from services.analyzer.prompt import completion_request, stage_names
 from services.run_records import RunRecorder
 from utils.clock import utcnow
 from utils.config import Settings

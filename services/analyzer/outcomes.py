@@ -13,8 +13,7 @@ from models.stage_routing import recommendation
 from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
 from services.analyzer.contacts import record_decision
 from services.analyzer.heuristic import heuristic_analysis
-from services.analyzer.pricing import estimated_cost
-from services.analyzer.schema import SHORT_TRANSCRIPT, Analysis, Usage, analysis_document
+from services.analyzer.schema import SHORT_TRANSCRIPT, Analysis, Usage, analysis_document, estimated_cost
 from services.analyzer.staging import CrmRules
 from services.database import PIPELINES
 from services.pipelines import PipelineCatalog
