@@ -73,6 +73,17 @@ class LlmAnswer:
     model: str
 
 
+def read_answer(content: str | None, usage: Usage, model: str, settings: Settings,
+                pipeline: Pipeline | None) -> LlmAnswer:
+    """The answer validated, in both lanes; LlmFailure (with the tokens it cost) when it is not an
+    analysis of the expected shape."""
+    try:
+        analysis = parse_answer(content, settings.analysis_tags, settings.analysis_extra_fields, stage_names(pipeline))
+    except InvalidAnswer as exc:
+        raise LlmFailure(f"{model}: invalid answer: {exc}", usage) from exc
+    return LlmAnswer(analysis, usage, model)
+
+
 @dataclass(eq=False)
 class _Key:
     """One API key: its client, and the pacing of its organisation's limits (kept across runs)."""
@@ -158,13 +169,8 @@ class GroqAnalyzer:
             if isinstance(exc, SERVICE_DOWN) and not isinstance(exc, groq.APITimeoutError):
                 raise LlmUnavailable(f"Groq is unavailable: {reason}") from exc
             raise LlmFailure(reason) from exc
-        usage = _usage(completion)
-        try:
-            analysis = parse_answer(_content(completion), self._settings.analysis_tags,
-                                    self._settings.analysis_extra_fields, stage_names(pipeline))
-        except InvalidAnswer as exc:
-            raise LlmFailure(f"{self.model}: invalid answer: {exc}", usage) from exc
-        return LlmAnswer(analysis, usage, self.model)
+        content = completion.choices[0].message.content if completion.choices else None
+        return read_answer(content, _usage(completion), self.model, self._settings, pipeline)
 
     def _request(self, request: dict, deadline: Deadline):
         prompt_tokens = prompt_tokens_estimate(request)
@@ -250,10 +256,6 @@ def _error_code(error: groq.APIStatusError) -> str | None:
     details = body.get("error", body)
     code = details.get("code") if isinstance(details, dict) else None
     return code if isinstance(code, str) else None
-
-
-def _content(completion) -> str | None:
-    return completion.choices[0].message.content if completion.choices else None
 
 
 def _usage(completion) -> Usage:

@@ -12,8 +12,10 @@ from models.pipeline import Pipeline
 from models.stage_routing import recommendation
 from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
 from services.analyzer.contacts import record_decision
+from services.analyzer.groq_analyzer import LlmAnswer, LlmFailure
 from services.analyzer.heuristic import heuristic_analysis
-from services.analyzer.schema import SHORT_TRANSCRIPT, Analysis, Usage, analysis_document, estimated_cost
+from services.analyzer.schema import (HEURISTIC_MODEL, SHORT_TRANSCRIPT, Analysis, Usage, analysis_document,
+                                      estimated_cost)
 from services.analyzer.staging import CrmRules
 from services.database import PIPELINES
 from services.pipelines import PipelineCatalog
@@ -103,9 +105,21 @@ class OutcomeWriter:
             return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
         return _outcome(claim, analysis, usage, cost, has_contact=has_contact)
 
-    def fallback(self, transcript: str, call: dict, now: datetime) -> Analysis:
+    def finish_attempt(self, claim: Claim, result: LlmAnswer | LlmFailure, now: datetime, *,
+                       discount: float = 0.0) -> Outcome:
+        """The LLM's analysis, or a failed attempt with the offline heuristic's, as both lanes
+        write them."""
+        if isinstance(result, LlmFailure):
+            return self.finish(claim, analysis_document(
+                "failed", attempted_at=now, model=HEURISTIC_MODEL, error=str(result), usage=result.usage,
+                used_fallback=True, analysis=self.fallback(claim.call, now)), discount=discount)
+        return self.finish(claim, analysis_document("ok", attempted_at=now, model=result.model, usage=result.usage,
+                                                    analysis=result.analysis), discount=discount)
+
+    def fallback(self, call: dict, now: datetime) -> Analysis:
         """The offline heuristic's analysis: for no key, and for a failed LLM attempt. Where the
         call has a pipeline, it recommends the stage its own score and tag route to."""
+        transcript = (call.get("transcript") or "").strip()
         analysis = heuristic_analysis(transcript, call.get("callAt"), now, self._settings.analysis_tags)
         pipeline = self.pipeline_for(call)
         if pipeline is None:
