@@ -16,7 +16,7 @@ from worker.app import build_analysis
 from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL, LlmUnavailable
 from services.analyzer.claims import MAX_ATTEMPTS
 from services.analyzer.heuristic import CONFIDENCE
-from services.analyzer.outcomes import SETTLED_RESUMES
+from services.analyzer.write_back import SETTLED_RESUMES
 from services import lease
 from services.run_records import RunRecorder
 from utils.clock import to_millis, utcnow

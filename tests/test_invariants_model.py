@@ -37,7 +37,7 @@ from models.customer import StatusRanks, customer_call
 from models.execution import MalformedExecution, parse_execution, parse_time
 from services import lease
 from services.analyzer.batch import claim_lease_seconds
-from services.analyzer.contacts import ACTIVITY_TYPE
+from services.analyzer.write_back import ACTIVITY_TYPE
 from services.customer_writer import STATUS_CHANGE
 from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, WEBHOOK_INBOX
 from services.sync_state import PENDING_MAX_AGE

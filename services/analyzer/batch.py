@@ -11,7 +11,7 @@ from pymongo.errors import PyMongoError
 from services.analyzer.claims import CallQueue, Claim
 from services.analyzer.pacing import Deadline, DeadlineExceeded
 from services.analyzer.groq_analyzer import BudgetSpent, GroqAnalyzer, LlmFailure, LlmUnavailable
-from services.analyzer.outcomes import Outcome, OutcomeWriter, record_outcome
+from services.analyzer.write_back import Outcome, OutcomeWriter, record_outcome
 from services.analyzer.schema import HEURISTIC_MODEL, analysis_document
 from services.run_records import RunRecorder
 from utils.clock import utcnow
@@ -115,7 +115,7 @@ class AnalysisBatch:
                 analysis=self.outcomes.fallback(claim.call, now)))
         try:
             result = self.llm.analyze((claim.call.get("transcript") or "").strip(), deadline,
-                                      self.outcomes.pipeline_for(claim.call))
+                                      self.outcomes.rules.pipeline_for(claim.call))
         except DeadlineExceeded:
             self.queue.release(claim)
             return Outcome(claim.call_id, "released")

@@ -31,7 +31,7 @@ from pymongo.collection import Collection
 from models.pipeline import Pipeline
 from services.analyzer.claims import CallQueue, Claim
 from services.analyzer.groq_analyzer import LlmAnswer, LlmFailure, read_answer
-from services.analyzer.outcomes import OutcomeWriter, record_outcome
+from services.analyzer.write_back import OutcomeWriter, record_outcome
 from services.analyzer.prompt import completion_request
 from services.analyzer.schema import Usage
 from services.run_records import RunRecorder
@@ -134,7 +134,7 @@ class BatchApiLane:
             record_outcome(decided, recorder)
             return None
         request = completion_request((claim.call.get("transcript") or "").strip(), self._settings,
-                                     self._outcomes.pipeline_for(claim.call))
+                                     self._outcomes.rules.pipeline_for(claim.call))
         return json.dumps({"custom_id": claim.call_id, "method": "POST", "url": BATCH_ENDPOINT, "body": request},
                           ensure_ascii=False).encode() + b"\n"
 
@@ -183,7 +183,7 @@ class BatchApiLane:
                 self._queue.release(claim)  # not attempted: back to the queue, attempt not counted
                 released += 1
                 continue
-            result = _attempt(answer, self._settings, self._outcomes.pipeline_for(claim.call))
+            result = _attempt(answer, self._settings, self._outcomes.rules.pipeline_for(claim.call))
             record_outcome(self._outcomes.finish_attempt(claim, result, self._clock(),
                                                          discount=self._settings.llm_batch_api_discount), recorder)
         self._jobs.update_one({"_id": job["_id"]}, {
