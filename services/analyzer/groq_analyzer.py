@@ -43,21 +43,6 @@ class BudgetSpent(LlmUnavailable):
     """The run's LLM request budget (LLM_REQUEST_BUDGET) is spent."""
 
 
-class RequestBudget:
-    """Every HTTP request of a run counts, retries included (the SDK's own retries are off)."""
-
-    def __init__(self, requests: int):
-        self.limit = requests
-        self._left = requests
-        self._lock = threading.Lock()
-
-    def take(self) -> None:
-        with self._lock:
-            if self._left <= 0:
-                raise BudgetSpent(f"the run's budget of {self.limit} LLM requests is spent")
-            self._left -= 1
-
-
 class LlmFailure(Exception):
     """The attempt failed for good; `usage` counts tokens spent on an answer that was unusable."""
 
@@ -91,31 +76,6 @@ class _Key:
     pacer: RatePacer
 
 
-class _KeyRing:
-    """The keys handed out in rotation to spread the rate limit; a key that answers 401 is set
-    aside for the rest of the run (a ring lives for one run)."""
-
-    def __init__(self, keys: list[_Key]):
-        self._keys = list(keys)
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def next(self) -> _Key | None:
-        with self._lock:
-            if not self._keys:
-                return None
-            key = self._keys[self._next % len(self._keys)]
-            self._next += 1
-            return key
-
-    def set_aside(self, key: _Key) -> int:
-        """Returns how many keys are left."""
-        with self._lock:
-            if key in self._keys:
-                self._keys.remove(key)
-            return len(self._keys)
-
-
 class GroqAnalyzer:
     def __init__(self, settings: Settings):
         self._settings = settings
@@ -127,13 +87,28 @@ class GroqAnalyzer:
             for key in settings.groq_api_keys
         ]
         self.outcomes = RequestOutcomes()  # each request's outcome, for the metrics
+        self._lock = threading.Lock()
         self.begin_run(settings.llm_requests_per_run)
 
     def begin_run(self, request_budget: int) -> None:
         """Every key gets another chance each run (a rejected key may have been renewed), and the
         run its own request budget."""
-        self._keys = _KeyRing(self._all_keys)
-        self._budget = RequestBudget(request_budget)
+        with self._lock:
+            self._keys = list(self._all_keys)  # in rotation, to spread the rate limit
+            self._budget = request_budget
+            self._requests = 0
+
+    def _next_key(self) -> _Key | None:
+        """The next key for a request, which counts in the run's budget (every HTTP request does,
+        retries included: the SDK's own retries are off); None when every key was rejected."""
+        with self._lock:
+            if not self._keys:
+                return None
+            if self._requests >= self._budget:
+                raise BudgetSpent(f"the run's budget of {self._budget} LLM requests is spent")
+            key = self._keys[self._requests % len(self._keys)]
+            self._requests += 1
+            return key
 
     def check_model(self) -> str | None:
         """Why the configured model cannot be used, when Groq says it does not exist; None when it
@@ -174,8 +149,7 @@ class GroqAnalyzer:
 
     def _request(self, request: dict, deadline: Deadline):
         prompt_tokens = prompt_tokens_estimate(request)
-        while (key := self._keys.next()) is not None:
-            self._budget.take()
+        while (key := self._next_key()) is not None:
             reserved = key.pacer.acquire(prompt_tokens, deadline)
             headers = completion = None
             try:
@@ -213,7 +187,10 @@ class GroqAnalyzer:
         pauses every request of the key, and what no call can get past ends the run's use of the
         LLM; anything else is raised for the retry loop or as this call's failure."""
         if isinstance(error, groq.AuthenticationError):
-            left = self._keys.set_aside(key)
+            with self._lock:
+                if key in self._keys:
+                    self._keys.remove(key)
+                left = len(self._keys)
             log.warning("a Groq API key was rejected (401); set aside for this run, %d left", left)
             return
         if isinstance(error, groq.RateLimitError):
