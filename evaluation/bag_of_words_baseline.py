@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from services.analyzer.heuristic import FOLLOW_UP, heuristic_analysis, model_lines
-from services.analyzer.word_model import trained_model
+from services.analyzer.heuristic import FOLLOW_UP, heuristic_analysis, model_lines, trained_model
 from utils.config import DEFAULT_TAGS
 from services.analyzer.labelled_set import load_labelled_calls
 
@@ -19,7 +18,7 @@ NOW = datetime(2026, 12, 1)
 
 def main() -> None:
     calls = load_labelled_calls()
-    model = trained_model(model_lines)
+    model = trained_model()
     print(f"{'part':10} {'calls':>5} {'rules alone':>12} {'word model':>12} {'product':>12}")
     for split in ("held_out", "challenge"):
         part = [call for call in calls if call.split == split]
