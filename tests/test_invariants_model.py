@@ -36,7 +36,7 @@ from fakes.mongo_hooks import HookedClient, WriteTrap
 from models.customer import StatusRanks, customer_call
 from models.execution import MalformedExecution, parse_execution, parse_time
 from services import lease
-from services.analyzer.batch import claim_lease_seconds
+from services.analyzer.run import claim_lease_seconds
 from services.analyzer.write_back import ACTIVITY_TYPE
 from services.customer_writer import STATUS_CHANGE
 from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, WEBHOOK_INBOX

@@ -1,10 +1,10 @@
-"""Pacing LLM requests by what Groq's answers say is left of the organisation's limits, so a batch
+"""Pacing LLM requests by what Groq's answers say is left of the organisation's limits, so a run
 stays under them instead of finding them by 429, and ends by its deadline whatever the LLM does.
 
 Each answer carries, per limit, what remains and how long until the limit is whole again; between
 answers the pacer assumes an even refill over that time. A request goes when the tokens it will
 use (its prompt, estimated, plus the completion size seen so far) fit in what is left after the
-requests in flight, so the number in flight adapts to the limit, up to the batch's workers.
+requests in flight, so the number in flight adapts to the limit, up to the run's workers.
 Before the first answer of a process one request goes at a time: nothing is known yet.
 """
 from __future__ import annotations
@@ -90,7 +90,7 @@ class DeadlineExceeded(Exception):
 
 class Deadline:
     def __init__(self, seconds: float, stop: threading.Event | None = None):
-        """`stop`: the daemon's shutdown signal, which ends the batch like its deadline does."""
+        """`stop`: the daemon's shutdown signal, which ends the run like its deadline does."""
         self._ends_at = time.monotonic() + seconds
         self._given_up = threading.Event()
         self._stop = stop or threading.Event()
@@ -109,7 +109,7 @@ class Deadline:
         return min(limit, self.remaining())
 
     def sleep(self, seconds: float) -> None:
-        """Wait before a retry, unless the wait would outlast the deadline. Then the whole batch
+        """Wait before a retry, unless the wait would outlast the deadline. Then the whole run
         gives up: the wait comes from the account's rate limit, which every other call shares."""
         if seconds >= self.remaining():
             self._given_up.set()

@@ -34,7 +34,8 @@ class Usage:
 def estimated_cost(usage: Usage, price: Price | None, *, discount: float = 0.0) -> float | None:
     """USD for `usage` at `price` (USD per million tokens), less `discount` (a fraction: 0.5 is
     half price); None when the model has no price, so an unknown cost is never reported as free.
-    An estimate only: Groq's bill is the truth (prices change, and a batch is billed at its discount)."""
+    An estimate only: Groq's bill is the truth (prices change, and a Batch API job is billed at its
+    discount)."""
     if price is None:
         return None
     full = (usage.prompt_tokens * price.input_per_million

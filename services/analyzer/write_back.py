@@ -1,4 +1,4 @@
-"""One attempt's outcome written back, the same way by both lanes (the synchronous `batch.py`
+"""One attempt's outcome written back, the same way by both lanes (the synchronous `run.py`
 and the Batch API's `batch_api.py`), by the holder of the call's claim only: the decision settled
 on the call, then the CRM, then the call marked processed; and the counts a run record keeps of it.
 
@@ -57,7 +57,7 @@ DECISIONS_KEPT = 100
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one claimed call; counted on the run record by the batch's thread."""
+    """What happened to one claimed call; counted on the run record by the run's thread."""
     call_id: str
     status: str  # ok | failed | skipped | released | claim_lost | crashed
     error: str | None = None

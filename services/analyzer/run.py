@@ -1,5 +1,6 @@
-"""One run of phase 2: claim up to `llm_batch_limit` calls, analyze them a few at a time, write
-every outcome back, and stop starting new calls at the batch deadline."""
+"""One run of phase 2 (not the Batch API lane, `batch_api.py`): claim up to `llm_batch_limit`
+calls, analyze them a few at a time, write every outcome back, and stop starting new calls at the
+run's deadline (LLM_BATCH_DEADLINE_SECONDS)."""
 from __future__ import annotations
 
 import threading
@@ -28,7 +29,7 @@ def claim_lease_seconds(settings: Settings) -> float:
     return settings.llm_batch_deadline_seconds + settings.llm_timeout_seconds + LEASE_MARGIN_SECONDS
 
 
-class AnalysisBatch:
+class AnalysisRun:
     def __init__(self, db: Database, queue: CallQueue, settings: Settings, llm: GroqAnalyzer | None,
                  stop: threading.Event | None = None):
         """`llm`: None analyzes every call with the offline heuristic."""
