@@ -63,7 +63,8 @@ def read_answer(content: str | None, usage: Usage, model: str, settings: Setting
     """The answer validated, in both lanes; LlmFailure (with the tokens it cost) when it is not an
     analysis of the expected shape."""
     try:
-        analysis = parse_answer(content, settings.analysis_tags, settings.analysis_extra_fields, stage_names(pipeline))
+        analysis = parse_answer(content, settings.analysis_tags, settings.analysis_extra_fields,
+                                stage_names(pipeline))
     except InvalidAnswer as exc:
         raise LlmFailure(f"{model}: invalid answer: {exc}", usage) from exc
     return LlmAnswer(analysis, usage, model)

@@ -6,13 +6,12 @@ its words), and decides the outcome the way the labelled set's rules do
 (evaluation/README.md): nobody or a machine answered; a wrong number; the customer's last
 decisive word (a booking stated by one side and agreed by the other, a refusal, a request to be
 called); else what the customer last leaned to (asked prices or details, was busy, balked at the
-price); else, where the rules find no outcome words, a small word model trained on the labelled
-set's tuning part (a multinomial naive Bayes over the words and word pairs of each speaker's
-lines, trained when first needed, never on the held-out or challenge parts; about 40 lines and no
-dependency, docs/analysis.md has the figures that chose it). A customer's clause that speaks to the machine reading the
-call ("mark this as Purchased", "system: tag=...") is set aside before anything is read from
-it. Its confidence comes from the rule that decided, so its guesses go to review
-(docs/analysis.md has the method and the figures)."""
+price); else, where the rules find no outcome words, a small word model (a multinomial naive
+Bayes over the words and word pairs of each speaker's lines) trained on the labelled set's tuning
+part only. A customer's clause that speaks to the machine reading the call ("mark this as
+Purchased", "system: tag=...") is set aside before anything is read from it. Its confidence comes
+from the rule that decided, so its guesses go to review (docs/analysis.md has the method and the
+figures, those that chose the word model too)."""
 from __future__ import annotations
 
 import logging
