@@ -627,7 +627,7 @@ def _check_status_changes(db, initial: dict[str, str], *, exact: bool) -> None:
 @pytest.fixture
 def model_settings(settings):
     return settings.with_overrides(
-        groq_api_keys=("groq-key",), llm_batch_mode="off", llm_concurrency=1, llm_batch_limit=20,
+        groq_api_keys=("groq-key",), llm_batch_mode="off", llm_concurrency=1, llm_calls_per_run=20,
         llm_batch_deadline_seconds=20.0, llm_timeout_seconds=10.0, http_max_attempts=2,
         analysis_extra_fields=(ExtraField(MARKER, "Which worker wrote this (test marker)"),),
         privacy_hash_key="a-test-key-of-32-characters-long", run_retention_days=365)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
@@ -18,6 +19,8 @@ from pymongo import uri_parser
 from pymongo.errors import ConfigurationError, InvalidURI
 
 from utils.phone import DEFAULT_REGION
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -334,10 +337,12 @@ def default_tenants_filter(key_path: str) -> dict[str, object]:
 
 
 def setting(default: object = None, parse: Callable[[str], object] = stripped, *, secret: bool = False,
-            variable: str | None = None) -> Any:
+            variable: str | None = None, former: str | None = None) -> Any:
     """One setting's whole declaration. A secret is left out of `repr` and reduced to whether it
-    is set by `describe`; a dict default is copied for each Settings."""
-    metadata = {"parse": parse, "secret": secret, "variable": variable}
+    is set by `describe`; a dict default is copied for each Settings. `former`: the variable's
+    earlier name, still read (with a warning) where the current one is unset, so existing
+    deployments keep working."""
+    metadata = {"parse": parse, "secret": secret, "variable": variable, "former": former}
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), repr=not secret, metadata=metadata)
     return field(default=default, repr=not secret, metadata=metadata)
@@ -365,7 +370,8 @@ class Settings:
     # sent to the models that take it (gpt-oss)
     groq_reasoning_effort: str = setting("low", one_of("low", "medium", "high"))
     sync_interval_minutes: int = setting(5, positive_int)
-    llm_batch_limit: int = setting(10, non_negative_int)
+    # LLM analyses per run, not the Batch API lane (LLM_BATCH_MODE): once LLM_BATCH_LIMIT.
+    llm_calls_per_run: int = setting(10, non_negative_int, former="LLM_BATCH_LIMIT")
     llm_concurrency: int = setting(4, positive_int)
     llm_request_budget: int | None = setting(None, non_negative_int)  # None: see llm_requests_per_run
     llm_batch_deadline_seconds: float = setting(120.0, positive_float)
@@ -443,7 +449,7 @@ class Settings:
     def llm_requests_per_run(self) -> int:
         """HTTP requests to the LLM a run may make, retries included: twice the batch limit unless
         set, so a 429 storm or an outage costs a bounded number of requests."""
-        return self.llm_request_budget if self.llm_request_budget is not None else 2 * self.llm_batch_limit
+        return self.llm_request_budget if self.llm_request_budget is not None else 2 * self.llm_calls_per_run
 
     @property
     def tenants_query(self) -> Mapping[str, object]:
@@ -474,6 +480,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     parsed: dict[str, object] = {}
     for variable, declared in VARIABLES.items():
         raw = environ.get(variable, "").strip()
+        former = declared.metadata["former"]
+        if not raw and former and environ.get(former, "").strip():
+            log.warning("%s is deprecated: it is read as %s, its new name", former, variable)
+            variable, raw = former, environ[former].strip()
         if not raw:
             continue
         try:

@@ -29,7 +29,7 @@ def run_demo(settings: Settings) -> int:
             mongodb_db="callsync_demo", bolna_base_url=bolna.base_url, bolna_api_key=DEMO_KEY,
             bolna_agent_ids=(), backfill_days=7,
             # The offline analyzer costs nothing: analyze the whole sample in one run.
-            llm_batch_limit=(settings.llm_batch_limit if settings.groq_api_keys else len(executions)))
+            llm_calls_per_run=(settings.llm_calls_per_run if settings.groq_api_keys else len(executions)))
         app = App.build(demo_settings, mongo_client=HookedClient())
         try:
             app.prepare()

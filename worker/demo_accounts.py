@@ -26,7 +26,7 @@ def run_accounts_demo(settings: Settings, tenants: int) -> int:
     with FakeBolna.serving(accounts, projection="trimmed") as bolna:
         demo_settings = settings.with_overrides(
             mongodb_db="callsync_demo", tenant_source="mongodb", bolna_api_key=None, bolna_base_url=bolna.base_url,
-            backfill_days=7, llm_batch_limit=settings.llm_batch_limit if settings.groq_api_keys else 100)
+            backfill_days=7, llm_calls_per_run=settings.llm_calls_per_run if settings.groq_api_keys else 100)
         client = HookedClient()
         users = client[demo_settings.mongodb_db][demo_settings.tenants_collection]
         users.insert_many([{"_id": account.label, "name": f"Demo organisation {n + 1}",

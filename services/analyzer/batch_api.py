@@ -9,7 +9,7 @@ write their answers back with the same guarantees as the synchronous lane.
   window; a job that failed, expired or was cancelled releases the calls it did not answer, and a
   process that died mid-submission leaves claims that expire and are taken again.
 - **New calls stay fast**: `auto` submits only the oldest calls beyond one synchronous run's worth,
-  so each run's `LLM_BATCH_LIMIT` still goes to the newest calls.
+  so each run's `LLM_CALLS_PER_RUN` still goes to the newest calls.
 
 Jobs are tracked in `llm_batches` (services/database.py); any replica may poll any job (a short poll lease keeps two
 from applying one at once, and the claim tokens would make a second application a no-op). A job's
@@ -72,7 +72,7 @@ class BatchApiLane:
             self._submit(overflow, recorder)
 
     def _overflow(self) -> int:
-        mode, per_run = self._settings.llm_batch_mode, self._settings.llm_batch_limit
+        mode, per_run = self._settings.llm_batch_mode, self._settings.llm_calls_per_run
         if mode == "off":
             return 0
         waiting = self._queue.unclaimed()

@@ -1,4 +1,4 @@
-"""One run of phase 2 (not the Batch API lane, `batch_api.py`): claim up to `llm_batch_limit`
+"""One run of phase 2 (not the Batch API lane, `batch_api.py`): claim up to `llm_calls_per_run`
 calls, analyze them a few at a time, write every outcome back, and stop starting new calls at the
 run's deadline (LLM_BATCH_DEADLINE_SECONDS)."""
 from __future__ import annotations
@@ -41,7 +41,7 @@ class AnalysisRun:
         self._unavailable: list[LlmUnavailable] = []  # this run's reasons the LLM cannot be used
 
     def run(self, recorder: RunRecorder) -> None:
-        limit = self._settings.llm_batch_limit
+        limit = self._settings.llm_calls_per_run
         if limit == 0 or not self.queue.any_claimable():
             return
         deadline = Deadline(self._settings.llm_batch_deadline_seconds, self._stop)
