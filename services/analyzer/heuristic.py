@@ -25,7 +25,7 @@ from datetime import datetime
 from services.analyzer import lexicon as lx
 from services.analyzer.labelled_set import DatasetError, load_labelled_calls
 from services.analyzer.prompt import fit_budget, mask_pii
-from services.analyzer.schema import Analysis
+from services.analyzer.schema import Analysis, spelled
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def heuristic_analysis(transcript: str, call_at: datetime | None, now: datetime,
                  + (f"; {set_aside} instruction-like clause(s) of the customer ignored" if set_aside else "")
                  + f" -> {tag}, {status}, score {score}.")
     return Analysis(
-        tag=_configured(tag, tags),
+        tag=spelled(tag, tags),  # None when the configuration dropped the rule's tag
         summary=_summary(verdict, turns),
         lead_score=score,
         lead_status=status,
@@ -464,11 +464,6 @@ def _sentiment(verdict: _Verdict) -> str:
     if verdict.rule in ("booking", "interest"):
         return "positive"
     return "neutral"
-
-
-def _configured(tag: str, tags: tuple[str, ...]) -> str | None:
-    """The configured spelling of the rule's tag; None when the configuration dropped it."""
-    return next((option for option in tags if option.casefold() == tag.casefold()), None)
 
 
 # -- the word model, where the rules find no outcome words -------------------------------------

@@ -143,12 +143,14 @@ def analysis_document(status: str, *, attempted_at: datetime, model: str | None 
     return document
 
 
+def spelled(value: str, allowed: tuple[str, ...]) -> str | None:
+    """The allowed spelling of `value` in any case (models often change the case of an enum)."""
+    return next((option for option in allowed if option.casefold() == value.strip().casefold()), None)
+
+
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> str:
-    """The allowed spelling of `value`; models often change the case of an enum."""
-    if isinstance(value, str):
-        for option in allowed:
-            if option.casefold() == value.strip().casefold():
-                return option
+    if isinstance(value, str) and (option := spelled(value, allowed)) is not None:
+        return option
     raise InvalidAnswer(f"{name} {_short(value)} is not one of {', '.join(allowed)}")
 
 

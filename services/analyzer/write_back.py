@@ -131,11 +131,12 @@ class OutcomeWriter:
         """The LLM's analysis, or a failed attempt with the offline heuristic's, as both lanes
         write them."""
         if isinstance(result, LlmFailure):
-            return self.finish(claim, analysis_document(
-                "failed", attempted_at=now, model=HEURISTIC_MODEL, error=str(result), usage=result.usage,
-                used_fallback=True, analysis=self.fallback(claim.call, now)), discount=discount)
-        return self.finish(claim, analysis_document("ok", attempted_at=now, model=result.model, usage=result.usage,
-                                                    analysis=result.analysis), discount=discount)
+            analysis = analysis_document("failed", attempted_at=now, model=HEURISTIC_MODEL, error=str(result),
+                                         usage=result.usage, used_fallback=True, analysis=self.fallback(claim.call, now))
+        else:
+            analysis = analysis_document("ok", attempted_at=now, model=result.model, usage=result.usage,
+                                         analysis=result.analysis)
+        return self.finish(claim, analysis, discount=discount)
 
     def fallback(self, call: dict, now: datetime) -> Analysis:
         """The offline heuristic's analysis: for no key, and for a failed LLM attempt. Where the
