@@ -10,10 +10,10 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from services.analyzer.claims import CallQueue, Claim
-from services.analyzer.pacing import Deadline, DeadlineExceeded
 from services.analyzer.groq_analyzer import BudgetSpent, GroqAnalyzer, LlmFailure, LlmUnavailable
-from services.analyzer.write_back import Outcome, OutcomeWriter, record_outcome
+from services.analyzer.pacing import Deadline, DeadlineExceeded
 from services.analyzer.schema import HEURISTIC_MODEL, analysis_document
+from services.analyzer.write_back import Outcome, OutcomeWriter, record_outcome
 from services.run_records import RunRecorder
 from utils.clock import utcnow
 from utils.config import Settings
