@@ -31,7 +31,7 @@ def main() -> None:
                                "assistant: It starts at 85 lakhs, with possession next December.\n"
                                "user: Okay, book a site visit for Saturday please.\n"),
             })
-        settings = Settings(groq_api_keys=("bench-key",), groq_base_url=fake.base_url, llm_batch_limit=CALLS)
+        settings = Settings(groq_api_keys=("bench-key",), groq_base_url=fake.base_url, llm_calls_per_run=CALLS)
         recorder = RunRecorder("analyze")
         started = time.monotonic()
         build_analysis(db, settings, "bench:1:x").run(recorder)

@@ -129,7 +129,7 @@ def client_for(settings: Settings, *, minute: float = LIFTED_MINUTE, headroom: f
 
 def settings_for(base_url: str, **overrides) -> Settings:
     return Settings(mongodb_db="callsync_bench", bolna_api_key=API_KEY, bolna_base_url=base_url,
-                    backfill_days=30, llm_batch_limit=0, **overrides)
+                    backfill_days=30, llm_calls_per_run=0, **overrides)
 
 
 def app_for(settings: Settings, mongo: CountedMongo, *, minute: float = LIFTED_MINUTE) -> App:

@@ -8,8 +8,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from services.analyzer.heuristic import MAX_CHARS, heuristic_analysis, model_lines
-from services.analyzer.word_model import trained_model
+from services.analyzer.heuristic import MAX_CHARS, heuristic_analysis, trained_model
 from utils.config import DEFAULT_TAGS
 from services.analyzer.labelled_set import load_labelled_calls
 
@@ -41,7 +40,7 @@ def per_call(quick: bool) -> Timing:
 
 def _timed_training() -> float:
     started = time.process_time()
-    trained_model(model_lines)
+    trained_model()
     return time.process_time() - started
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from services.analyzer.heuristic import FOLLOW_UP, heuristic_analysis, model_lines
+from services.analyzer.heuristic import FOLLOW_UP, heuristic_analysis, model_lines, trained_model
 from services.analyzer.labelled_set import LABEL_TAGS, load_labelled_calls
-from services.analyzer.word_model import trained_model
 from worker.evaluate import ratio
 
 NOW = datetime(2026, 12, 1)
@@ -19,7 +18,7 @@ NOW = datetime(2026, 12, 1)
 
 def main() -> None:
     calls = load_labelled_calls()
-    model = trained_model(model_lines)
+    model = trained_model()
     print(f"{'part':10} {'calls':>5} {'rules alone':>15} {'word model':>15} {'product':>15}")
     for split in ("held_out", "challenge"):
         part = [call for call in calls if call.split == split]

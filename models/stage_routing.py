@@ -1,5 +1,5 @@
 """Where an analysis places a contact in its pipeline, and what may stop the move. Pure rules:
-services/analyzer/staging.py applies them.
+services/analyzer/write_back.py applies them.
 
 Routing, first rule that gives a stage: (1) the call's outcome: won (Purchased, booked, WON) to
 the WON stage, lost (Not_Interested, LOST) to the LOST stage; (2) the open stage (LEAD,

@@ -7,7 +7,7 @@ from collections import Counter
 from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import no_hook
 from models.execution import MalformedExecution, parse_execution, parse_time
-from services.analyzer.contacts import ACTIVITY_TYPE
+from services.analyzer.write_back import ACTIVITY_TYPE
 from services.database import CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS
 from tests.helpers import build_app
 from worker.app import App

@@ -16,7 +16,7 @@ from worker.app import build_analysis
 from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL, LlmUnavailable
 from services.analyzer.claims import MAX_ATTEMPTS
 from services.analyzer.heuristic import CONFIDENCE
-from services.analyzer.outcomes import SETTLED_RESUMES
+from services.analyzer.write_back import SETTLED_RESUMES
 from services import lease
 from services.run_records import RunRecorder
 from utils.clock import to_millis, utcnow
@@ -87,7 +87,7 @@ def analyzed_flats(fake):
 def test_a_run_analyzes_the_oldest_calls_up_to_the_batch_limit(fake, db, settings):
     add_calls(db, 5)
     add_call(db, "ongoing", minutes_ago=500, terminal=False)
-    recorder = run(db, settings.with_overrides(llm_batch_limit=3))
+    recorder = run(db, settings.with_overrides(llm_calls_per_run=3))
     assert sorted(analyzed_flats(fake)) == ["c0", "c1", "c2"]
     assert [call(db, f"c{n}")["processed"] for n in range(5)] == [True, True, True, False, False]
     assert call(db, "c3")["attempts"] == 0 and not has_claim(call(db, "c3"))
@@ -101,7 +101,7 @@ def test_short_transcripts_are_skipped_without_a_request_or_using_up_the_limit(f
     db.calls.update_one({"callId": "silent"}, {"$set": {"transcript": None}})
     add_call(db, "padded", transcript="   user: ok, bye" + " " * 50, minutes_ago=280)
     add_calls(db, 2)
-    recorder = run(db, settings.with_overrides(llm_batch_limit=2))
+    recorder = run(db, settings.with_overrides(llm_calls_per_run=2))
     assert sorted(analyzed_flats(fake)) == ["c0", "c1"]
     for call_id in ("hello", "silent", "padded"):
         analysis = call(db, call_id)["analysis"]
@@ -284,7 +284,7 @@ def test_a_429_storm_with_no_wait_costs_at_most_the_request_budget(fake, db, set
     fake.retry_after = 0  # "retry after 0 s", again and again
     fake.respond("rate_limited")
     add_calls(db, 10)
-    budget = settings.with_overrides(llm_batch_limit=10, llm_concurrency=4)
+    budget = settings.with_overrides(llm_calls_per_run=10, llm_concurrency=4)
     with pytest.raises(LlmUnavailable, match="budget of 20 LLM requests is spent"):
         run(db, budget)
     assert len(fake.recorded()) == budget.llm_requests_per_run == 20
@@ -349,7 +349,7 @@ def test_calls_run_with_bounded_concurrency(fake, db, settings):
     fake.latency = 0.5
     add_calls(db, 8)
     started = time.monotonic()
-    run(db, settings.with_overrides(llm_concurrency=4, llm_batch_limit=8))
+    run(db, settings.with_overrides(llm_concurrency=4, llm_calls_per_run=8))
     elapsed = time.monotonic() - started
     assert 1.0 <= elapsed < 3.0  # two rounds of four: not one round of eight (0.5 s), not eight (4 s)
 
@@ -359,7 +359,7 @@ def test_calls_run_with_bounded_concurrency(fake, db, settings):
 def test_two_processors_never_analyze_the_same_call(fake, db, settings):
     fake.latency = 0.05
     add_calls(db, 12)
-    both = settings.with_overrides(llm_batch_limit=12, llm_concurrency=3)
+    both = settings.with_overrides(llm_calls_per_run=12, llm_concurrency=3)
     recorders = {}
     start = threading.Barrier(2)
 
@@ -418,7 +418,7 @@ def test_an_attempt_whose_call_was_requeued_meanwhile_does_not_mark_it_processed
     add_call(db, "c1")
     fake.on_request(lambda: requeue(db, call_id="c1"))  # while its request is in flight
     # One slot: no other slot of the batch may claim the requeued call again meanwhile.
-    recorder = run(db, settings.with_overrides(llm_batch_limit=1))
+    recorder = run(db, settings.with_overrides(llm_calls_per_run=1))
     stored = call(db, "c1")
     assert not stored["processed"] and stored["attempts"] == 0 and "analysis" not in stored
     assert recorder.counts["claimLost"] == 1
@@ -443,7 +443,7 @@ def test_an_attempt_whose_lease_expired_and_was_retaken_writes_nothing_to_the_co
         assert run(db, heuristic, owner="host-b:2:y").counts["analyzed"] == 1
 
     fake.on_request(retaken_meanwhile)
-    recorder = run(db, settings.with_overrides(llm_batch_limit=1))
+    recorder = run(db, settings.with_overrides(llm_calls_per_run=1))
     assert recorder.counts["claimLost"] == 1
     stored = call(db, "c1")
     assert stored["analysis"]["model"] == "heuristic" and stored["attempts"] == 2
@@ -573,7 +573,7 @@ def test_a_queue_error_ends_only_its_slot_and_is_recorded_once_with_the_outcomes
     recorder = RunRecorder("analyze")
     # One slot at a time: slot 1 skips "short", then its next claim fails; slot 2's claim fails;
     # slot 3 analyzes c0.
-    build_analysis(failing, settings.with_overrides(groq_api_keys=(), llm_batch_limit=3, llm_concurrency=1),
+    build_analysis(failing, settings.with_overrides(groq_api_keys=(), llm_calls_per_run=3, llm_concurrency=1),
                 "host:1:a").run(recorder)
 
     assert (recorder.counts["skipped"], recorder.counts["analyzed"]) == (1, 1)
@@ -593,7 +593,7 @@ def test_a_run_makes_no_empty_claims_beyond_one_per_worker(fake, mongo, settings
     ensure_indexes(db)
     add_calls(db, waiting)
 
-    recorder = run(db, settings.with_overrides(llm_batch_limit=10, llm_concurrency=2))
+    recorder = run(db, settings.with_overrides(llm_calls_per_run=10, llm_concurrency=2))
 
     assert recorder.counts["analyzed"] == waiting
     if waiting:

@@ -3,7 +3,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from services.analyzer.contacts import PAST_CONVERSATIONS_KEPT, record_decision
+from services.analyzer.write_back import PAST_CONVERSATIONS_KEPT, record_decision
 from services.analyzer.schema import Analysis, analysis_document
 from tests.helpers import requeue
 from utils.phone import normalize_phone

@@ -6,7 +6,7 @@ import pytest
 
 from services.analyzer.heuristic import CONFIDENCE, heuristic_analysis
 from services.analyzer.prompt import build_messages, fit_budget, mask_pii
-from services.analyzer.rate_limit import retry_after_seconds
+from services.analyzer.pacing import retry_after_seconds
 from services.analyzer.schema import InvalidAnswer, parse_answer
 from utils.config import DEFAULT_TAGS, ExtraField, Settings
 

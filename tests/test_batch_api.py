@@ -7,7 +7,7 @@ import pytest
 
 from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import HookedClient
-from services.analyzer.request import completion_request
+from services.analyzer.prompt import completion_request
 from services.database import LLM_BATCHES
 from services.run_records import RunRecorder
 from tests.helpers import requeue
@@ -27,7 +27,7 @@ def fake():
 @pytest.fixture
 def settings(fake):
     # Two runs a day of two calls each: a backlog over 4 calls is more than a day's work.
-    return Settings(groq_api_keys=("key-1",), groq_base_url=fake.base_url, llm_batch_limit=2,
+    return Settings(groq_api_keys=("key-1",), groq_base_url=fake.base_url, llm_calls_per_run=2,
                     sync_interval_minutes=720, llm_batch_deadline_seconds=20, llm_timeout_seconds=5)
 
 

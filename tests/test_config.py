@@ -1,3 +1,4 @@
+import logging
 import subprocess
 import sys
 
@@ -9,20 +10,29 @@ from utils.logging import redact
 
 def test_defaults_from_an_empty_environment():
     settings = load_settings({})
-    assert settings.sync_interval_minutes == 5 and settings.llm_batch_limit == 10
+    assert settings.sync_interval_minutes == 5 and settings.llm_calls_per_run == 10
     assert settings.min_transcript_chars == 15 and settings.default_phone_region == "IN"
     assert settings.bolna_base_url == "https://api.bolna.ai" and settings.bolna_agent_ids == ()
 
 
 def test_lists_and_numbers_are_parsed():
-    settings = load_settings({"BOLNA_AGENT_IDS": "a, b,,c", "GROQ_API_KEY": "k1,k2", "LLM_BATCH_LIMIT": "3",
+    settings = load_settings({"BOLNA_AGENT_IDS": "a, b,,c", "GROQ_API_KEY": "k1,k2", "LLM_CALLS_PER_RUN": "3",
                               "DEFAULT_PHONE_REGION": "us", "BOLNA_BASE_URL": "http://127.0.0.1:9/",
                               "ANALYSIS_EXTRA_FIELDS": '[{"name": "Budget", "description": "stated budget"}]'})
     assert settings.bolna_agent_ids == ("a", "b", "c") and settings.groq_api_keys == ("k1", "k2")
-    assert settings.llm_batch_limit == 3 and settings.default_phone_region == "US"
+    assert settings.llm_calls_per_run == 3 and settings.default_phone_region == "US"
     assert settings.bolna_base_url == "http://127.0.0.1:9"
     assert settings.analysis_extra_fields[0].name == "Budget"
 
+
+
+def test_llm_batch_limit_is_still_read_as_the_former_name_of_llm_calls_per_run_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="utils.config"):
+        assert load_settings({"LLM_BATCH_LIMIT": "3"}).llm_calls_per_run == 3
+    assert "LLM_BATCH_LIMIT is deprecated: it is read as LLM_CALLS_PER_RUN" in caplog.text
+    assert load_settings({"LLM_BATCH_LIMIT": "3", "LLM_CALLS_PER_RUN": "7"}).llm_calls_per_run == 7
+    with pytest.raises(ConfigError, match="LLM_BATCH_LIMIT is invalid"):
+        load_settings({"LLM_BATCH_LIMIT": "-1"})
 
 @pytest.mark.parametrize("variable,value", [
     ("SYNC_INTERVAL_MINUTES", "0"), ("SYNC_INTERVAL_MINUTES", "five"), ("DEFAULT_PHONE_REGION", "XX"),

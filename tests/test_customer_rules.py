@@ -136,7 +136,7 @@ def test_a_contact_follows_the_newest_analyzed_call_whatever_order_analyses_fini
                       transcript="user: Yes, I want to buy it, please book the purchase today.\n")
     older = execution(call_id="older", minutes_ago=600,
                       transcript="user: I am not interested, do not call me again please.\n")
-    bolna, app = serve_trimmed([newer], llm_batch_limit=5)
+    bolna, app = serve_trimmed([newer], llm_calls_per_run=5)
     app.run_job("call_processor")
     tag_after_newer = db[CONTACTS].find_one()["tag"]
     bolna.add_execution(older)

@@ -47,7 +47,7 @@ def test_hostile_records_are_written_safely_or_refused_alone(settings, mongo, bo
     bolna = bolna_server(records, [AGENT])
     bolna.inject(r"/executions$", body=page_body(records), times=2)  # the listing of both jobs
     # One 7-day window: one listing per job; a batch big enough for every call.
-    app = app_for(settings.with_overrides(backfill_days=6, llm_batch_limit=20), mongo, bolna)
+    app = app_for(settings.with_overrides(backfill_days=6, llm_calls_per_run=20), mongo, bolna)
     runs = run_both(app)
     assert {r["status"] for r in runs.values()} == {"partial"}
 

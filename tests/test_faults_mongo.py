@@ -27,7 +27,7 @@ CALL_COUNT = 8
 def settings(settings):
     # Three small pages; one analysis at a time, so a run's writes come in the same order
     # every time and the sweeps below reach each of them; a batch as big as the data.
-    return settings.with_overrides(bolna_page_size=3, llm_concurrency=1, llm_batch_limit=CALL_COUNT)
+    return settings.with_overrides(bolna_page_size=3, llm_concurrency=1, llm_calls_per_run=CALL_COUNT)
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_two_daemons_at_once_store_and_analyze_everything_once(settings, mongo, 
     bolna = bolna_server(executions, agents)
     with FakeGroq(latency=0.02) as groq:
         both = settings.with_overrides(groq_api_keys=("key-1",), groq_base_url=groq.base_url,
-                                       bolna_page_size=10, llm_concurrency=3, llm_batch_limit=60)
+                                       bolna_page_size=10, llm_concurrency=3, llm_calls_per_run=60)
         daemons = [app_for(both, mongo, bolna) for _ in range(2)]
         start = threading.Barrier(len(daemons))
         records = []

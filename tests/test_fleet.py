@@ -188,7 +188,7 @@ def test_the_llm_ceiling_holds_across_accounts(fleet_settings, mongo, db, bolna)
                  for i in range(4)]
         bolna.add_account(key, [AGENT], calls, label=key)
     db["users"].insert_many([{"_id": key, "bolnaApiKey": key, **ACTIVE} for key in keys])
-    fleet = replica(fleet_settings.with_overrides(llm_global_limit=6, llm_batch_limit=4), mongo, Clock())
+    fleet = replica(fleet_settings.with_overrides(llm_global_limit=6, llm_calls_per_run=4), mongo, Clock())
 
     every_account(fleet)
 
@@ -229,7 +229,7 @@ def test_account_settings_take_the_accounts_keys_and_limits_within_bolnas(settin
     tuned = account_settings(settings, tenant, llm_limit=2)
     assert (tuned.bolna_api_key, tuned.bolna_agent_ids, tuned.groq_api_keys, tuned.default_phone_region) == (
         "bk", ("a1",), ("gk",), "US")
-    assert tuned.llm_batch_limit == 2
+    assert tuned.llm_calls_per_run == 2
     assert tuned.bolna_listing_rate_per_minute == settings.bolna_listing_rate_per_minute  # never above Bolna's
 
 

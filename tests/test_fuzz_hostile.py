@@ -64,7 +64,7 @@ def test_a_hostile_page_is_written_but_for_its_bad_records_each_counted(settings
         records = [good[0], *hostile, good[1]]
         body = json.dumps({"data": records, "total": len(records), "has_more": False}).encode()
         bolna.inject(r"/executions$", body=body, times=2)
-        app = build_app(settings.with_overrides(backfill_days=6, llm_batch_limit=20), mongomock.MongoClient(), bolna)
+        app = build_app(settings.with_overrides(backfill_days=6, llm_calls_per_run=20), mongomock.MongoClient(), bolna)
         try:
             runs = run_both(app)
         finally:

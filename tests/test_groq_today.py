@@ -10,8 +10,7 @@ import pytest
 from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import HookedClient
 from services.analyzer.groq_analyzer import LlmUnavailable
-from services.analyzer.pricing import estimated_cost
-from services.analyzer.schema import Usage
+from services.analyzer.schema import Usage, estimated_cost
 from tests.test_analyzer_batch import add_call, add_calls, call, fake, run, settings  # noqa: F401 - fixtures
 from utils.config import ANALYSIS_KEYS, DEFAULT_PRICES, ExtraField, Settings
 from worker.app import App
@@ -146,7 +145,7 @@ def test_a_ten_call_batch_paced_by_the_headers_meets_no_429_from_a_token_limit(d
 def test_concurrency_adapts_to_what_the_limit_holds(db, settings):
     with FakeGroq(latency=0.3) as roomy:
         add_calls(db, 8)
-        run(db, settings.with_overrides(groq_base_url=roomy.base_url, llm_concurrency=4, llm_batch_limit=8))
+        run(db, settings.with_overrides(groq_base_url=roomy.base_url, llm_concurrency=4, llm_calls_per_run=8))
         assert roomy.max_in_flight == 4  # one alone until the first answer told the limits, then all four
     db.calls.delete_many({})
     # Room for one request at a time: no more than one is ever in flight.

@@ -179,7 +179,7 @@ def metric_samples(base: str) -> dict[tuple[str, tuple], float]:
 def test_metrics_follow_the_run_records(health_settings, mongo, db, bolna, listen):
     with FakeGroq() as groq:
         llm_settings = health_settings.with_overrides(groq_api_keys=("gsk-test",), groq_base_url=groq.base_url,
-                                                      llm_batch_limit=3)
+                                                      llm_calls_per_run=3)
         app = build_app(llm_settings, mongo, bolna)
         base = listen(app, scheduling())
         crm = app.run_job("crm_sync")
@@ -212,7 +212,7 @@ def test_metrics_follow_the_run_records(health_settings, mongo, db, bolna, liste
 
 
 def test_fallback_ratio_is_the_share_of_heuristic_analyses(health_settings, mongo, bolna, listen):
-    app = build_app(health_settings.with_overrides(llm_batch_limit=4), mongo, bolna)  # no Groq key
+    app = build_app(health_settings.with_overrides(llm_calls_per_run=4), mongo, bolna)  # no Groq key
     base = listen(app, scheduling())
     app.run_job("call_processor")
 
@@ -291,7 +291,7 @@ def test_metrics_parse_and_count_requests_by_outcome_durations_cursors_build_and
         health_settings, mongo, bolna, listen):
     with FakeGroq(retry_after=0.01) as groq:
         app = build_app(health_settings.with_overrides(groq_api_keys=("gsk-test",), groq_base_url=groq.base_url,
-                                                       llm_batch_limit=2, llm_concurrency=1), mongo, bolna)
+                                                       llm_calls_per_run=2, llm_concurrency=1), mongo, bolna)
         base = listen(app, scheduling())
         bolna.inject("/executions$", status=500)  # retried, then answered
         bolna.inject("/executions$", status=429, retry_after=0.01)
@@ -333,7 +333,7 @@ def test_metrics_parse_and_count_requests_by_outcome_durations_cursors_build_and
 def test_a_spent_llm_budget_is_counted(health_settings, mongo, bolna, listen):
     with FakeGroq() as groq:
         app = build_app(health_settings.with_overrides(groq_api_keys=("gsk-test",), groq_base_url=groq.base_url,
-                                                       llm_batch_limit=3, llm_request_budget=1, llm_concurrency=1),
+                                                       llm_calls_per_run=3, llm_request_budget=1, llm_concurrency=1),
                         mongo, bolna)
         base = listen(app, scheduling())
         run = app.run_job("call_processor")

@@ -30,7 +30,7 @@ def test_readyz_fails_within_one_probe_and_metrics_answer_at_once_while_mongodb_
     with WireServer() as server, FakeBolna([AGENT], calls, api_key=settings.bolna_api_key) as bolna:
         # No serverSelectionTimeoutMS in the URI: the driver would wait 5 s (worker/app.py) for a server.
         app = App.build(settings.with_overrides(mongodb_uri=server.uri, bolna_base_url=bolna.base_url,
-                                                health_port=0, llm_batch_limit=1))
+                                                health_port=0, llm_calls_per_run=1))
         app.prepare()
         app.run_job("crm_sync")
         app.run_job("call_processor")  # one of three analyzed: two wait, as the refreshed gauge says

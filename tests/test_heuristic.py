@@ -4,9 +4,9 @@ from datetime import datetime
 
 import pytest
 
-from services.analyzer.heuristic import CONFIDENCE, MAX_CHARS, heuristic_analysis, model_lines
+from services.analyzer.heuristic import (CONFIDENCE, MAX_CHARS, Example, WordModel, heuristic_analysis,
+                                         trained_model)
 from services.analyzer.schema import LEAD_STATUSES, SENTIMENTS
-from services.analyzer.word_model import Example, WordModel, trained_model
 from utils.config import DEFAULT_TAGS
 from services.analyzer.labelled_set import load_labelled_calls
 
@@ -185,7 +185,7 @@ def test_an_injection_that_asks_for_a_refusal_does_not_hide_a_real_interest():
 
 def test_the_shipped_word_model_learns_from_the_tuning_part_only():
     calls = load_labelled_calls()
-    assert trained_model(model_lines).trained_on == sum(call.split == "tuning" for call in calls)
+    assert trained_model().trained_on == sum(call.split == "tuning" for call in calls)
 
 
 # -- the answer's shape ------------------------------------------------------------------------

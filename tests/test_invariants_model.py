@@ -36,8 +36,8 @@ from fakes.mongo_hooks import HookedClient, WriteTrap
 from models.customer import StatusRanks, customer_call
 from models.execution import MalformedExecution, parse_execution, parse_time
 from services import lease
-from services.analyzer.batch import claim_lease_seconds
-from services.analyzer.contacts import ACTIVITY_TYPE
+from services.analyzer.run import claim_lease_seconds
+from services.analyzer.write_back import ACTIVITY_TYPE
 from services.customer_writer import STATUS_CHANGE
 from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, WEBHOOK_INBOX
 from services.sync_state import PENDING_MAX_AGE
@@ -627,7 +627,7 @@ def _check_status_changes(db, initial: dict[str, str], *, exact: bool) -> None:
 @pytest.fixture
 def model_settings(settings):
     return settings.with_overrides(
-        groq_api_keys=("groq-key",), llm_batch_mode="off", llm_concurrency=1, llm_batch_limit=20,
+        groq_api_keys=("groq-key",), llm_batch_mode="off", llm_concurrency=1, llm_calls_per_run=20,
         llm_batch_deadline_seconds=20.0, llm_timeout_seconds=10.0, http_max_attempts=2,
         analysis_extra_fields=(ExtraField(MARKER, "Which worker wrote this (test marker)"),),
         privacy_hash_key="a-test-key-of-32-characters-long", run_retention_days=365)

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _daemon_env(bolna: FakeBolna, uri: str, database: str) -> dict:
     return {**os.environ, "MONGODB_URI": uri, "MONGODB_DB": database, "BOLNA_BASE_URL": bolna.base_url,
             "BOLNA_API_KEY": bolna.api_key, "BACKFILL_DAYS": "6", "BOLNA_PAGE_SIZE": "10",
-            "LLM_BATCH_LIMIT": "500", "GROQ_API_KEY": "", "LOG_LEVEL": "WARNING"}
+            "LLM_CALLS_PER_RUN": "500", "GROQ_API_KEY": "", "LOG_LEVEL": "WARNING"}
 
 
 def _once(bolna: FakeBolna, uri: str, database: str) -> None:

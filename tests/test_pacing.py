@@ -2,9 +2,8 @@
 between, the wait for what is in flight, and a 429 that holds every request."""
 import pytest
 
-from services.analyzer.deadline import Deadline, DeadlineExceeded
-from services.analyzer.pacing import INITIAL_COMPLETION_TOKENS, RECHECK_SECONDS, RatePacer
-from services.analyzer.rate_limit import LimitReading, limit_readings
+from services.analyzer.pacing import (INITIAL_COMPLETION_TOKENS, RECHECK_SECONDS, Deadline, DeadlineExceeded,
+                                      LimitReading, RatePacer, limit_readings)
 
 
 class Clock:

@@ -10,9 +10,8 @@ import pytest
 from fakes.mongo_hooks import WRITE_METHODS, HookedClient
 from models.pipeline import MalformedPipeline, parse_pipeline, pipeline_for
 from models.stage_routing import BLOCKED, KEPT, MOVED, PLACED, REVIEW, decide, route
-from services.analyzer.contacts import record_decision
 from services.analyzer.schema import Analysis, analysis_document
-from services.analyzer.staging import CrmRules
+from services.analyzer.write_back import CrmRules, record_decision
 from services.database import PIPELINES, STAGE_REVIEWS
 from services.pipelines import PipelineCatalog
 from tests.conftest import TEST_DB

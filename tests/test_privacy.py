@@ -192,7 +192,7 @@ def test_forget_while_a_page_of_the_person_is_being_written_leaves_nothing(setti
 
 
 def test_forget_while_the_persons_call_is_analyzed_leaves_nothing(serve, settings, mongo, db):
-    bolna, app = serve(person_and_others(), llm_batch_limit=0)
+    bolna, app = serve(person_and_others(), llm_calls_per_run=0)
     sync(app)  # stored, not analyzed
     fired = []
 
@@ -218,9 +218,9 @@ def test_the_daemon_syncing_at_the_same_time_loses_no_other_data(settings, mongo
     person = next(key for key, n in counts.most_common() if n >= 2)
     person_calls = {call_id for call_id, e in parsed.items() if e.customer_phone and e.customer_phone.key == person}
     bolna = bolna_server(executions, agents)
-    daemon = build_app(settings.with_overrides(privacy_hash_key=KEY, llm_batch_limit=200), mongo, bolna)
+    daemon = build_app(settings.with_overrides(privacy_hash_key=KEY, llm_calls_per_run=200), mongo, bolna)
     reference_db = HookedClient(mongo)[TEST_DB + "_reference"]
-    reference = build_app(settings.with_overrides(mongodb_db=TEST_DB + "_reference", llm_batch_limit=200),
+    reference = build_app(settings.with_overrides(mongodb_db=TEST_DB + "_reference", llm_calls_per_run=200),
                           mongo, bolna)
     try:
         sync(reference)

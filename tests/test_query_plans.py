@@ -132,7 +132,7 @@ def recorded(mongo, mongodb_uri, settings, bolna_server):
     bolna = bolna_server(executions, agents)
     groq = FakeGroq().start()
     # Every call through a Groq Batch API job, applied by the second run; the synchronous lane too.
-    app = build_app(settings.with_overrides(llm_batch_limit=200, groq_api_keys=("key-1",), groq_base_url=groq.base_url,
+    app = build_app(settings.with_overrides(llm_calls_per_run=200, groq_api_keys=("key-1",), groq_base_url=groq.base_url,
                                             llm_batch_mode="always", privacy_hash_key=HASH_KEY,
                                             transcript_retention_days=2, record_retention_days=4), client, bolna)
     client[TEST_DB][PIPELINES].insert_one({**SALES, "updateMode": "UPDATE_EXISTING"})  # every decision routed

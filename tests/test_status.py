@@ -42,7 +42,7 @@ def status_json(db, settings, capsys) -> dict:
 
 
 def test_status_json_reflects_the_run_records(settings, mongo, db, bolna, capsys):
-    app = build_app(settings.with_overrides(llm_batch_limit=4), mongo, bolna)
+    app = build_app(settings.with_overrides(llm_calls_per_run=4), mongo, bolna)
     crm = app.run_job("crm_sync")
     calls = app.run_job("call_processor")
 
@@ -115,7 +115,7 @@ def test_age_of_the_last_success_counts_from_when_it_finished(settings, db, caps
 
 
 def test_table_names_each_job_its_last_status_and_the_counts(settings, mongo, db, bolna, capsys):
-    app = build_app(settings.with_overrides(llm_batch_limit=4), mongo, bolna)
+    app = build_app(settings.with_overrides(llm_calls_per_run=4), mongo, bolna)
     app.run_job("call_processor")
 
     assert show_status(db, settings, as_json=False) == 0

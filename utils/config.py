@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import math
 import os
 from dataclasses import Field, dataclass, field, fields, replace
@@ -19,6 +20,8 @@ from pymongo import uri_parser
 from pymongo.errors import ConfigurationError, InvalidURI
 
 from utils.phone import DEFAULT_REGION
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -53,7 +56,7 @@ DEFAULT_TENANT_FIELDS = {
 
 @dataclass(frozen=True)
 class Price:
-    """What an LLM's tokens cost, in USD per million (services/analyzer/pricing.py estimates)."""
+    """What an LLM's tokens cost, in USD per million (services/analyzer/schema.py estimates)."""
     input_per_million: float
     output_per_million: float
 
@@ -308,10 +311,12 @@ def fernet_secret(value: str) -> str:
 
 
 def setting(default: object = None, parse: Callable[[str], object] = str.strip, *, secret: bool = False,
-            variable: str | None = None) -> Any:
+            variable: str | None = None, former: str | None = None) -> Any:
     """One setting's whole declaration. A secret is left out of `repr` and reduced to whether it
-    is set by `describe`; a dict default is copied for each Settings."""
-    metadata = {"parse": parse, "secret": secret, "variable": variable}
+    is set by `describe`; a dict default is copied for each Settings. `former`: the variable's
+    earlier name, still read (with a warning) where the current one is unset, so existing
+    deployments keep working."""
+    metadata = {"parse": parse, "secret": secret, "variable": variable, "former": former}
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), repr=not secret, metadata=metadata)
     return field(default=default, repr=not secret, metadata=metadata)
@@ -334,12 +339,13 @@ class Settings:
     # llama-3.3-70b-versatile, the earlier default, was decommissioned on 2026-08-16 (404 model_not_found).
     groq_model: str = setting("openai/gpt-oss-20b")
     groq_base_url: str | None = setting(None, url)
-    # services/analyzer/request.py
+    # services/analyzer/prompt.py
     groq_answer_format: str = setting("auto", one_of("auto", "json_schema", "json_object"))
     # sent to the models that take it (gpt-oss)
     groq_reasoning_effort: str = setting("low", one_of("low", "medium", "high"))
     sync_interval_minutes: int = setting(5, positive_int)
-    llm_batch_limit: int = setting(10, non_negative_int)
+    # LLM analyses per run, not the Batch API lane (LLM_BATCH_MODE): once LLM_BATCH_LIMIT.
+    llm_calls_per_run: int = setting(10, non_negative_int, former="LLM_BATCH_LIMIT")
     llm_concurrency: int = setting(4, positive_int)
     llm_request_budget: int | None = setting(None, non_negative_int)  # None: see llm_requests_per_run
     llm_batch_deadline_seconds: float = setting(120.0, positive_float)
@@ -413,7 +419,7 @@ class Settings:
     def llm_requests_per_run(self) -> int:
         """HTTP requests to the LLM a run may make, retries included: twice the batch limit unless
         set, so a 429 storm or an outage costs a bounded number of requests."""
-        return self.llm_request_budget if self.llm_request_budget is not None else 2 * self.llm_batch_limit
+        return self.llm_request_budget if self.llm_request_budget is not None else 2 * self.llm_calls_per_run
 
     @property
     def tenants_query(self) -> Mapping[str, object]:
@@ -446,6 +452,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     parsed: dict[str, object] = {}
     for variable, declared in VARIABLES.items():
         raw = environ.get(variable, "").strip()
+        former = declared.metadata["former"]
+        if not raw and former and environ.get(former, "").strip():
+            log.warning("%s is deprecated: it is read as %s, its new name", former, variable)
+            variable, raw = former, environ[former].strip()
         if not raw:
             continue
         try:

@@ -19,7 +19,7 @@ from pymongo.errors import PyMongoError
 from models.customer import StatusRanks
 import groq
 
-from services.analyzer.batch import AnalysisBatch, claim_lease_seconds
+from services.analyzer.run import AnalysisRun, claim_lease_seconds
 from services.analyzer.batch_api import BatchApiLane
 from services.analyzer.claims import CallQueue
 from services.analyzer.groq_analyzer import GroqAnalyzer
@@ -65,15 +65,15 @@ def new_owner() -> str:
 
 
 def build_analysis(db: Database, settings: Settings, owner: str,
-                   stop: threading.Event | None = None) -> AnalysisBatch:
+                   stop: threading.Event | None = None) -> AnalysisRun:
     """The call processor's second phase. `owner` (unique per process) marks this process's claims;
     `stop` ends a batch early. Without a Groq key every call gets the heuristic analysis."""
     queue = CallQueue(db[CALLS], owner, claim_lease_seconds(settings), clock=ServerClock(db).now)
     llm = GroqAnalyzer(settings) if settings.groq_api_keys else None
-    return AnalysisBatch(db, queue, settings, llm, stop)
+    return AnalysisRun(db, queue, settings, llm, stop)
 
 
-def build_batch_api(db: Database, settings: Settings, owner: str, analysis: AnalysisBatch) -> BatchApiLane | None:
+def build_batch_api(db: Database, settings: Settings, owner: str, analysis: AnalysisRun) -> BatchApiLane | None:
     """The Groq Batch API lane for backlogs; None without a Groq key or with LLM_BATCH_MODE=off."""
     if not settings.groq_api_keys or settings.llm_batch_mode == "off":
         return None

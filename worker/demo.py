@@ -38,7 +38,7 @@ def run_demo(settings: Settings, tenants: int | None = None) -> int:
             mongodb_db="callsync_demo", bolna_base_url=bolna.base_url, bolna_api_key=DEMO_KEY,
             bolna_agent_ids=(), backfill_days=7,
             # The offline analyzer costs nothing: analyze the whole sample in one run.
-            llm_batch_limit=(settings.llm_batch_limit if settings.groq_api_keys else len(executions)))
+            llm_calls_per_run=(settings.llm_calls_per_run if settings.groq_api_keys else len(executions)))
         app = App.build(demo_settings, mongo_client=HookedClient())
         try:
             app.prepare()
@@ -101,7 +101,7 @@ def _accounts_demo(settings: Settings, tenants: int) -> int:
     with FakeBolna.serving(accounts, projection="trimmed") as bolna:
         demo_settings = settings.with_overrides(
             mongodb_db="callsync_demo", tenant_source="mongodb", bolna_api_key=None, bolna_base_url=bolna.base_url,
-            backfill_days=7, llm_batch_limit=settings.llm_batch_limit if settings.groq_api_keys else 100)
+            backfill_days=7, llm_calls_per_run=settings.llm_calls_per_run if settings.groq_api_keys else 100)
         client = HookedClient()
         users = client[demo_settings.mongodb_db][demo_settings.tenants_collection]
         users.insert_many([{"_id": account.label, "name": f"Demo organisation {n + 1}",

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from services.analyzer.deadline import Deadline, DeadlineExceeded
+from services.analyzer.pacing import Deadline, DeadlineExceeded
 from services.analyzer.groq_analyzer import GroqAnalyzer, LlmFailure, LlmUnavailable
 from services.analyzer.heuristic import heuristic_analysis
 from services.analyzer.labelled_set import (LABEL_TAGS, SPLITS, DatasetError, LabelledCall,
                                             load_labelled_calls)
-from services.analyzer.pricing import estimated_cost
-from services.analyzer.schema import HEURISTIC_MODEL, LEAD_STATUSES, Usage
+from services.analyzer.schema import HEURISTIC_MODEL, LEAD_STATUSES, Usage, estimated_cost
 from utils.clock import utcnow
 from utils.config import Price, Settings
 from utils.table import format_table

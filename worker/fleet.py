@@ -51,7 +51,7 @@ def account_settings(settings: Settings, tenant: Tenant, llm_limit: int | None =
     if tenant.phone_region:
         changes["default_phone_region"] = tenant.phone_region
     if llm_limit is not None:
-        changes["llm_batch_limit"] = llm_limit
+        changes["llm_calls_per_run"] = llm_limit
     if tenant.bolna_requests_per_minute:
         # Below Bolna's limits for the organisation, never above them.
         changes["bolna_listing_rate_per_minute"] = min(settings.bolna_listing_rate_per_minute,
@@ -141,7 +141,7 @@ class Fleet(Runtime):
         if tenant is None:  # retired by the new read (a release alone would be claimed again at once)
             self.schedule.release(claim)
             return
-        grant = self.quota.take(tenant.llm_batch_limit or self.settings.llm_batch_limit) if self.quota else None
+        grant = self.quota.take(tenant.llm_batch_limit or self.settings.llm_calls_per_run) if self.quota else None
         settings = account_settings(self.settings, tenant, grant.count if grant else tenant.llm_batch_limit)
         lease = LeaseKeeper(self.schedule, claim, self.stop)
         # The account's jobs stop on the lease's stop: the process's, or the lease's own end.

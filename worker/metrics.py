@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pymongo.errors import PyMongoError
 
-from services.analyzer.outcomes import OUTCOME_COUNTERS
+from services.analyzer.write_back import OUTCOME_COUNTERS
 from services.database import SYNC_STATE
 from services.request_outcomes import OUTCOMES as REQUEST_OUTCOMES, RequestOutcomes
 from services.run_records import SUCCESSFUL, RunRecords

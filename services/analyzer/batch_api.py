@@ -9,15 +9,18 @@ write their answers back with the same guarantees as the synchronous lane.
   window; a job that failed, expired or was cancelled releases the calls it did not answer, and a
   process that died mid-submission leaves claims that expire and are taken again.
 - **New calls stay fast**: `auto` submits only the oldest calls beyond one synchronous run's worth,
-  so each run's `LLM_BATCH_LIMIT` still goes to the newest calls.
+  so each run's `LLM_CALLS_PER_RUN` still goes to the newest calls.
 
 Jobs are tracked in `llm_batches` (services/database.py); any replica may poll any job (a short poll lease keeps two
-from applying one at once, and the claim tokens would make a second application a no-op).
+from applying one at once, and the claim tokens would make a second application a no-op). A job's
+input and output files hold one JSONL line per call, keyed by the call's id (`custom_id`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
@@ -25,10 +28,12 @@ import groq
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 
-from services.analyzer.batch_results import BATCH_ENDPOINT, analysis_of, read_answers, request_line
+from models.pipeline import Pipeline
 from services.analyzer.claims import CallQueue, Claim
-from services.analyzer.outcomes import Outcome, OutcomeWriter, record_outcome
-from services.analyzer.request import completion_request, stage_names
+from services.analyzer.groq_analyzer import LlmAnswer, LlmFailure, read_answer
+from services.analyzer.write_back import OutcomeWriter, record_outcome
+from services.analyzer.prompt import completion_request
+from services.analyzer.schema import Usage
 from services.run_records import RunRecorder
 from utils.clock import utcnow
 from utils.config import Settings
@@ -44,6 +49,7 @@ POLL_LEASE = timedelta(minutes=5)
 MAX_INPUT_BYTES = 90 * 1024 * 1024
 # Groq's batch states that are over; the others (validating, in_progress, finalizing, cancelling) wait.
 FINAL_STATES = frozenset({"completed", "failed", "expired", "cancelled"})
+BATCH_ENDPOINT = "/v1/chat/completions"
 
 
 class BatchApiLane:
@@ -66,7 +72,7 @@ class BatchApiLane:
             self._submit(overflow, recorder)
 
     def _overflow(self) -> int:
-        mode, per_run = self._settings.llm_batch_mode, self._settings.llm_batch_limit
+        mode, per_run = self._settings.llm_batch_mode, self._settings.llm_calls_per_run
         if mode == "off":
             return 0
         waiting = self._queue.unclaimed()
@@ -127,9 +133,10 @@ class BatchApiLane:
         if decided is not None:
             record_outcome(decided, recorder)
             return None
-        transcript = (claim.call.get("transcript") or "").strip()
-        return request_line(claim.call_id, completion_request(transcript, self._settings,
-                                                              self._outcomes.pipeline_for(claim.call)))
+        request = completion_request((claim.call.get("transcript") or "").strip(), self._settings,
+                                     self._outcomes.rules.pipeline_for(claim.call))
+        return json.dumps({"custom_id": claim.call_id, "method": "POST", "url": BATCH_ENDPOINT, "body": request},
+                          ensure_ascii=False).encode() + b"\n"
 
     # -- polling ----------------------------------------------------------------------------------
 
@@ -176,11 +183,9 @@ class BatchApiLane:
                 self._queue.release(claim)  # not attempted: back to the queue, attempt not counted
                 released += 1
                 continue
-            now = self._clock()
-            transcript = (claim.call.get("transcript") or "").strip()
-            analysis = analysis_of(answer, self._settings, now, stage_names(self._outcomes.pipeline_for(claim.call)),
-                                   fallback=lambda: self._outcomes.fallback(transcript, claim.call, now))
-            self._finish(claim, analysis, recorder)
+            result = _attempt(answer, self._settings, self._outcomes.rules.pipeline_for(claim.call))
+            record_outcome(self._outcomes.finish_attempt(claim, result, self._clock(),
+                                                         discount=self._settings.llm_batch_api_discount), recorder)
         self._jobs.update_one({"_id": job["_id"]}, {
             "$set": {"status": "finished", "groqStatus": state, "finishedAt": self._clock(),
                      "answered": len(answers), "released": released},
@@ -191,7 +196,51 @@ class BatchApiLane:
             recorder.error(f"Groq Batch API job {job['groqBatchId']} ended {state}: {len(answers)} answered, "
                            f"{released} call(s) back in the queue", code=f"llm_batch_{state}")
 
-    def _finish(self, claim: Claim, analysis: dict, recorder: RunRecorder) -> Outcome:
-        outcome = self._outcomes.finish(claim, analysis, discount=self._settings.llm_batch_api_discount)
-        record_outcome(outcome, recorder)
-        return outcome
+
+@dataclass(frozen=True)
+class BatchAnswer:
+    """One call's line of the output or error file."""
+    content: str | None
+    usage: Usage
+    model: str | None
+    error: str | None  # the request failed at Groq: why, without Groq's text (it may quote the request)
+
+
+def read_answers(*files: str) -> dict[str, BatchAnswer]:
+    """The answers in the output and error files, by call id; lines that are not JSON or carry
+    no id are left out (their calls count as unanswered)."""
+    answers = {}
+    for line in (line for text in files for line in text.splitlines()):
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(item, dict) or not isinstance(item.get("custom_id"), str):
+            continue
+        response = item.get("response") if isinstance(item.get("response"), dict) else {}
+        body = response.get("body") if isinstance(response.get("body"), dict) else {}
+        status = response.get("status_code")
+        if item.get("error") or status != 200:
+            details = item.get("error") or body.get("error") or {}
+            code = details.get("code") if isinstance(details, dict) else None
+            answers[item["custom_id"]] = BatchAnswer(None, Usage(), body.get("model"),
+                                                     f"request failed ({code or 'HTTP ' + str(status)})")
+            continue
+        usage = body.get("usage") or {}
+        choices = body.get("choices") or [{}]
+        answers[item["custom_id"]] = BatchAnswer((choices[0].get("message") or {}).get("content"),
+                                                 Usage(usage.get("prompt_tokens") or 0,
+                                                       usage.get("completion_tokens") or 0),
+                                                 body.get("model"), None)
+    return answers
+
+
+def _attempt(answer: BatchAnswer, settings: Settings, pipeline: Pipeline | None) -> LlmAnswer | LlmFailure:
+    """One answered call, validated as the synchronous lane validates its answers."""
+    model = answer.model or settings.groq_model
+    try:
+        if answer.error is not None:
+            raise LlmFailure(f"{model}: {answer.error}", answer.usage)
+        return read_answer(answer.content, answer.usage, model, settings, pipeline)
+    except LlmFailure as failure:
+        return LlmFailure(f"Batch API: {failure}", failure.usage)

@@ -124,7 +124,7 @@ class CallQueue:
         self._calls.update_one(_held(claim), {"$unset": lease.RELEASED, "$inc": {"attempts": -1}})
 
     def any_claimable(self) -> bool:
-        """Whether a claim would find a call: one read, where a batch's slots would each make an
+        """Whether a claim would find a call: one read, where a run's slots would each make an
         empty claim (a write) when nothing waits, the steady state of most accounts."""
         return self._calls.find_one(_claimable(self.clock()), {"_id": 1}, hint=QUEUE_INDEX_KEYS) is not None
 

@@ -10,10 +10,8 @@ import groq
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from models.pipeline import Pipeline
-from services.analyzer.deadline import Deadline, DeadlineExceeded
-from services.analyzer.pacing import RatePacer
-from services.analyzer.rate_limit import retry_after_seconds
-from services.analyzer.request import completion_request, prompt_tokens_estimate, stage_names
+from services.analyzer.pacing import Deadline, DeadlineExceeded, RatePacer, retry_after_seconds
+from services.analyzer.prompt import completion_request, prompt_tokens_estimate, stage_names
 from services.analyzer.schema import Analysis, InvalidAnswer, Usage, parse_answer
 from services.request_outcomes import RequestOutcomes
 from utils.config import Settings
@@ -45,21 +43,6 @@ class BudgetSpent(LlmUnavailable):
     """The run's LLM request budget (LLM_REQUEST_BUDGET) is spent."""
 
 
-class RequestBudget:
-    """Every HTTP request of a run counts, retries included (the SDK's own retries are off)."""
-
-    def __init__(self, requests: int):
-        self.limit = requests
-        self._left = requests
-        self._lock = threading.Lock()
-
-    def take(self) -> None:
-        with self._lock:
-            if self._left <= 0:
-                raise BudgetSpent(f"the run's budget of {self.limit} LLM requests is spent")
-            self._left -= 1
-
-
 class LlmFailure(Exception):
     """The attempt failed for good; `usage` counts tokens spent on an answer that was unusable."""
 
@@ -75,36 +58,23 @@ class LlmAnswer:
     model: str
 
 
+def read_answer(content: str | None, usage: Usage, model: str, settings: Settings,
+                pipeline: Pipeline | None) -> LlmAnswer:
+    """The answer validated, in both lanes; LlmFailure (with the tokens it cost) when it is not an
+    analysis of the expected shape."""
+    try:
+        analysis = parse_answer(content, settings.analysis_tags, settings.analysis_extra_fields,
+                                stage_names(pipeline))
+    except InvalidAnswer as exc:
+        raise LlmFailure(f"{model}: invalid answer: {exc}", usage) from exc
+    return LlmAnswer(analysis, usage, model)
+
+
 @dataclass(eq=False)
 class _Key:
     """One API key: its client, and the pacing of its organisation's limits (kept across runs)."""
     client: groq.Groq
     pacer: RatePacer
-
-
-class _KeyRing:
-    """The keys handed out in rotation to spread the rate limit; a key that answers 401 is set
-    aside for the rest of the run (a ring lives for one run)."""
-
-    def __init__(self, keys: list[_Key]):
-        self._keys = list(keys)
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def next(self) -> _Key | None:
-        with self._lock:
-            if not self._keys:
-                return None
-            key = self._keys[self._next % len(self._keys)]
-            self._next += 1
-            return key
-
-    def set_aside(self, key: _Key) -> int:
-        """Returns how many keys are left."""
-        with self._lock:
-            if key in self._keys:
-                self._keys.remove(key)
-            return len(self._keys)
 
 
 class GroqAnalyzer:
@@ -118,13 +88,28 @@ class GroqAnalyzer:
             for key in settings.groq_api_keys
         ]
         self.outcomes = RequestOutcomes()  # each request's outcome, for the metrics
+        self._lock = threading.Lock()
         self.begin_run(settings.llm_requests_per_run)
 
     def begin_run(self, request_budget: int) -> None:
         """Every key gets another chance each run (a rejected key may have been renewed), and the
         run its own request budget."""
-        self._keys = _KeyRing(self._all_keys)
-        self._budget = RequestBudget(request_budget)
+        with self._lock:
+            self._keys = list(self._all_keys)  # in rotation, to spread the rate limit
+            self._budget = request_budget
+            self._requests = 0
+
+    def _next_key(self) -> _Key | None:
+        """The next key for a request, which counts in the run's budget (every HTTP request does,
+        retries included: the SDK's own retries are off); None when every key was rejected."""
+        with self._lock:
+            if not self._keys:
+                return None
+            if self._requests >= self._budget:
+                raise BudgetSpent(f"the run's budget of {self._budget} LLM requests is spent")
+            key = self._keys[self._requests % len(self._keys)]
+            self._requests += 1
+            return key
 
     def check_model(self) -> str | None:
         """Why the configured model cannot be used, when Groq says it does not exist; None when it
@@ -160,18 +145,12 @@ class GroqAnalyzer:
             if isinstance(exc, SERVICE_DOWN) and not isinstance(exc, groq.APITimeoutError):
                 raise LlmUnavailable(f"Groq is unavailable: {reason}") from exc
             raise LlmFailure(reason) from exc
-        usage = _usage(completion)
-        try:
-            analysis = parse_answer(_content(completion), self._settings.analysis_tags,
-                                    self._settings.analysis_extra_fields, stage_names(pipeline))
-        except InvalidAnswer as exc:
-            raise LlmFailure(f"{self.model}: invalid answer: {exc}", usage) from exc
-        return LlmAnswer(analysis, usage, self.model)
+        content = completion.choices[0].message.content if completion.choices else None
+        return read_answer(content, _usage(completion), self.model, self._settings, pipeline)
 
     def _request(self, request: dict, deadline: Deadline):
         prompt_tokens = prompt_tokens_estimate(request)
-        while (key := self._keys.next()) is not None:
-            self._budget.take()
+        while (key := self._next_key()) is not None:
             reserved = key.pacer.acquire(prompt_tokens, deadline)
             headers = completion = None
             try:
@@ -209,7 +188,10 @@ class GroqAnalyzer:
         pauses every request of the key, and what no call can get past ends the run's use of the
         LLM; anything else is raised for the retry loop or as this call's failure."""
         if isinstance(error, groq.AuthenticationError):
-            left = self._keys.set_aside(key)
+            with self._lock:
+                if key in self._keys:
+                    self._keys.remove(key)
+                left = len(self._keys)
             log.warning("a Groq API key was rejected (401); set aside for this run, %d left", left)
             return
         if isinstance(error, groq.RateLimitError):
@@ -252,10 +234,6 @@ def _error_code(error: groq.APIStatusError) -> str | None:
     details = body.get("error", body)
     code = details.get("code") if isinstance(details, dict) else None
     return code if isinstance(code, str) else None
-
-
-def _content(completion) -> str | None:
-    return completion.choices[0].message.content if completion.choices else None
 
 
 def _usage(completion) -> Usage:

@@ -6,21 +6,28 @@ its words), and decides the outcome the way the labelled set's rules do
 (evaluation/README.md): nobody or a machine answered; a wrong number; the customer's last
 decisive word (a booking stated by one side and agreed by the other, a refusal, a request to be
 called); else what the customer last leaned to (asked prices or details, was busy, balked at the
-price); else, where the rules find no outcome words, a small word model trained on the labelled
-set's tuning part (word_model.py). A customer's clause that speaks to the machine reading the
-call ("mark this as Purchased", "system: tag=...") is set aside before anything is read from
-it. Its confidence comes from the rule that decided, so its guesses go to review
-(docs/analysis.md has the method and the figures)."""
+price); else, where the rules find no outcome words, a small word model (a multinomial naive
+Bayes over the words and word pairs of each speaker's lines) trained on the labelled set's tuning
+part only. A customer's clause that speaks to the machine reading the call ("mark this as
+Purchased", "system: tag=...") is set aside before anything is read from it. Its confidence comes
+from the rule that decided, so its guesses go to review (docs/analysis.md has the method and the
+figures, those that chose the word model too)."""
 from __future__ import annotations
 
+import logging
+import math
 import re
+import threading
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from services.analyzer import lexicon as lx
+from services.analyzer.labelled_set import DatasetError, load_labelled_calls
 from services.analyzer.prompt import fit_budget, mask_pii
-from services.analyzer.schema import Analysis
-from services.analyzer.word_model import trained_model
+from services.analyzer.schema import Analysis, spelled
+
+log = logging.getLogger(__name__)
 
 # Longer transcripts keep their start and end, as the LLM's do at the default
 # TRANSCRIPT_CHAR_BUDGET: the heuristic's work stays bounded (a few ms at most).
@@ -119,7 +126,7 @@ def heuristic_analysis(transcript: str, call_at: datetime | None, now: datetime,
                  + (f"; {set_aside} instruction-like clause(s) of the customer ignored" if set_aside else "")
                  + f" -> {tag}, {status}, score {score}.")
     return Analysis(
-        tag=_configured(tag, tags),
+        tag=spelled(tag, tags),  # None when the configuration dropped the rule's tag
         summary=_summary(verdict, turns),
         lead_score=score,
         lead_status=status,
@@ -262,7 +269,7 @@ def _decide(turns: list[_Turn]) -> _Verdict:
         if last.kind == "soft_refusal":
             return _Verdict(NOT_INTERESTED, "soft_refusal", evidence, "do not call again about this offer")
         return _Verdict(FOLLOW_UP, last.kind, evidence, f"call back {_when(turns[last.turn])}".rstrip())
-    model = trained_model(model_lines)
+    model = trained_model()
     if model is not None:
         tag, status = model.predict(_lines(turns))
         outcome = next((o for o in _OUTCOMES if o[:2] == (tag, status)), (tag, status, FOLLOW_UP[2]))
@@ -459,6 +466,81 @@ def _sentiment(verdict: _Verdict) -> str:
     return "neutral"
 
 
-def _configured(tag: str, tags: tuple[str, ...]) -> str | None:
-    """The configured spelling of the rule's tag; None when the configuration dropped it."""
-    return next((option for option in tags if option.casefold() == tag.casefold()), None)
+# -- the word model, where the rules find no outcome words -------------------------------------
+
+SMOOTHING = 1.0
+TRAINING_SPLIT = "tuning"
+
+
+@dataclass(frozen=True)
+class Example:
+    lines: tuple[tuple[bool, str], ...]  # (said by the customer, text), in order
+    label: str  # "tag|status"
+
+
+def features(lines: tuple[tuple[bool, str], ...]) -> list[str]:
+    out = []
+    for by_customer, text in lines:
+        prefix = "c:" if by_customer else "a:"
+        tokens = lx.words(text)
+        out += [prefix + token for token in tokens]
+        out += [prefix + a + "_" + b for a, b in zip(tokens, tokens[1:])]
+    return out
+
+
+class WordModel:
+    def __init__(self, examples: list[Example]):
+        counts: dict[str, Counter] = defaultdict(Counter)
+        priors = Counter(example.label for example in examples)
+        self.trained_on = len(examples)
+        for example in examples:
+            counts[example.label].update(features(example.lines))
+        vocabulary = {feature for label_counts in counts.values() for feature in label_counts}
+        self._prior = {label: math.log(n / len(examples)) for label, n in priors.items()}
+        # log P(feature | label) for every feature seen, and for an unseen one per label
+        self._unseen = {}
+        self._log_p: dict[str, dict[str, float]] = defaultdict(dict)
+        for label, label_counts in counts.items():
+            total = sum(label_counts.values()) + SMOOTHING * len(vocabulary)
+            self._unseen[label] = math.log(SMOOTHING / total)
+            for feature, n in label_counts.items():
+                self._log_p[feature][label] = math.log((n + SMOOTHING) / total)
+
+    def predict(self, lines: tuple[tuple[bool, str], ...]) -> tuple[str, str]:
+        """(tag, lead status) of the most likely label."""
+        scores = dict(self._prior)
+        for feature in features(lines):
+            known = self._log_p.get(feature)
+            if known is None:
+                continue  # in no label's training words: says nothing
+            for label in scores:
+                scores[label] += known.get(label, self._unseen[label])
+        tag, _, status = max(scores, key=scores.get).partition("|")
+        return tag, status
+
+
+_lock = threading.Lock()
+_model: WordModel | None = None
+_tried = False
+
+
+def trained_model() -> WordModel | None:
+    """The model trained on the tuning calls, once per process; None (the rules then guess) when
+    the labelled set cannot be read. Trained on each transcript as the rules read it (its lines,
+    with the customer's instructions set aside), so training and prediction see the same text."""
+    global _model, _tried
+    with _lock:
+        if not _tried:
+            _tried = True
+            _model = _train()
+        return _model
+
+
+def _train() -> WordModel | None:
+    try:
+        calls = [call for call in load_labelled_calls() if call.split == TRAINING_SPLIT]
+    except DatasetError as exc:
+        log.warning("the offline analyzer's word model is off: %s", exc)
+        return None
+    return WordModel([Example(model_lines(call.transcript), f"{call.expected_tag}|{call.expected_status}")
+                      for call in calls]) if calls else None

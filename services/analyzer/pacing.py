@@ -1,21 +1,122 @@
-"""Pacing LLM requests by what Groq's answers say is left of the organisation's limits, so a batch
-stays under them instead of finding them by 429.
+"""Pacing LLM requests by what Groq's answers say is left of the organisation's limits, so a run
+stays under them instead of finding them by 429, and ends by its deadline whatever the LLM does.
 
 Each answer carries, per limit, what remains and how long until the limit is whole again; between
 answers the pacer assumes an even refill over that time. A request goes when the tokens it will
 use (its prompt, estimated, plus the completion size seen so far) fit in what is left after the
-requests in flight, so the number in flight adapts to the limit, up to the batch's workers.
+requests in flight, so the number in flight adapts to the limit, up to the run's workers.
 Before the first answer of a process one request goes at a time: nothing is known yet.
 """
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from services.analyzer.deadline import Deadline
-from services.analyzer.rate_limit import LimitReading, limit_readings
+from utils.http import parse_retry_after
+
+# Groq spells reset times as durations: "7.66s", "2m59.56s", "1h2m", "150ms".
+# A part starts only where a number starts: tried from every digit of a long run of digits, it
+# would rescan the rest of the run each time (quadratic; a header is outside text).
+_DURATION_PART = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True)
+class LimitReading:
+    """One limit as an answer reported it. Groq documents `reset` as the time until the limit is
+    back to its initial state; `limit` is per minute for tokens and per day for requests."""
+    limit: int | None
+    remaining: int
+    reset_seconds: float
+
+    def seconds_until(self, amount: float, elapsed: float) -> float:
+        """How long until `amount` is left, `elapsed` seconds after the reading, refilling evenly
+        towards `limit` until `reset` has passed; 0 when it is now."""
+        whole_at = self.reset_seconds - elapsed
+        if whole_at <= 0:
+            return 0.0  # whole again
+        if self.limit is None or self.limit <= self.remaining:
+            # No refill rate to go by: what is left now, or all of it once whole.
+            return 0.0 if self.remaining >= amount else whole_at
+        rate = (self.limit - self.remaining) / self.reset_seconds
+        return max(0.0, (min(amount, self.limit) - self.remaining) / rate - elapsed)
+
+
+def limit_readings(headers: Mapping[str, str]) -> dict[str, LimitReading]:
+    """The readings of `x-ratelimit-*`, by kind ("requests", "tokens"); a kind whose headers are
+    missing or garbled is left out rather than guessed."""
+    readings = {}
+    for kind in ("requests", "tokens"):
+        remaining = _count(headers.get(f"x-ratelimit-remaining-{kind}"))
+        reset = _duration(headers.get(f"x-ratelimit-reset-{kind}") or "")
+        if remaining is not None and reset is not None:
+            readings[kind] = LimitReading(_count(headers.get(f"x-ratelimit-limit-{kind}")), remaining, reset)
+    return readings
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """`Retry-After` (seconds or an HTTP date) when present; otherwise the latest reset among
+    the rate limits that are used up. None when no hint."""
+    seconds = parse_retry_after(headers.get("retry-after"))
+    if seconds is not None:
+        return seconds
+    resets = [reading.reset_seconds for reading in limit_readings(headers).values() if reading.remaining == 0]
+    return max(resets) if resets else None
+
+
+def _count(value: str | None) -> int | None:
+    try:
+        number = int((value or "").strip())
+    except ValueError:
+        return None
+    return number if number >= 0 else None
+
+
+def _duration(value: str) -> float | None:
+    value = value.strip()
+    parts = _DURATION_PART.findall(value)
+    if not parts or "".join(number + unit for number, unit in parts) != value:
+        return None
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+class DeadlineExceeded(Exception):
+    """An attempt could not finish before the batch deadline; the call goes back to the queue."""
+
+
+class Deadline:
+    def __init__(self, seconds: float, stop: threading.Event | None = None):
+        """`stop`: the daemon's shutdown signal, which ends the run like its deadline does."""
+        self._ends_at = time.monotonic() + seconds
+        self._given_up = threading.Event()
+        self._stop = stop or threading.Event()
+
+    @property
+    def reached(self) -> bool:
+        return self._given_up.is_set() or self._stop.is_set() or time.monotonic() >= self._ends_at
+
+    def remaining(self) -> float:
+        return max(0.0, self._ends_at - time.monotonic())
+
+    def request_timeout(self, limit: float) -> float:
+        """How long the next request may take; raises once the deadline is reached."""
+        if self.reached:
+            raise DeadlineExceeded("the batch deadline was reached before the request")
+        return min(limit, self.remaining())
+
+    def sleep(self, seconds: float) -> None:
+        """Wait before a retry, unless the wait would outlast the deadline. Then the whole run
+        gives up: the wait comes from the account's rate limit, which every other call shares."""
+        if seconds >= self.remaining():
+            self._given_up.set()
+            raise DeadlineExceeded(f"waiting {seconds:.1f} s to retry would pass the batch deadline")
+        if self._stop.wait(seconds):
+            raise DeadlineExceeded("the daemon is stopping")
+
 
 # How often a waiting request looks again: answers arriving meanwhile change what is left.
 RECHECK_SECONDS = 0.05
@@ -24,32 +125,11 @@ INITIAL_COMPLETION_TOKENS = 400
 _MEAN_WEIGHT = 0.2
 
 
-class _Window:
-    """One limit from one reading, refilling evenly towards `limit` until `reset` has passed."""
-
-    def __init__(self, reading: LimitReading, at: float):
-        self.reading = reading
-        self.at = at
-
-    def seconds_until(self, amount: float, now: float) -> float:
-        """How long until `amount` is left; 0 when it is now."""
-        limit, remaining, reset = self.reading.limit, self.reading.remaining, self.reading.reset_seconds
-        elapsed = now - self.at
-        whole_at = reset - elapsed
-        if whole_at <= 0:
-            return 0.0  # whole again
-        if limit is None or limit <= remaining:
-            # No refill rate to go by: what is left now, or all of it once whole.
-            return 0.0 if remaining >= amount else whole_at
-        rate = (limit - remaining) / reset
-        return max(0.0, (min(amount, limit) - remaining) / rate - elapsed)
-
-
 class RatePacer:
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
         self._lock = threading.Lock()
-        self._windows: dict[str, _Window] = {}
+        self._readings: dict[str, tuple[LimitReading, float]] = {}  # with when read
         self._reserved_tokens = 0
         self._in_flight = 0
         self._paused_until = 0.0
@@ -78,7 +158,7 @@ class RatePacer:
             self._reserved_tokens -= reserved
             now = self._clock()
             for kind, reading in limit_readings(headers or {}).items():
-                self._windows[kind] = _Window(reading, now)
+                self._readings[kind] = (reading, now)
             if completion_tokens is not None:
                 self._completion_tokens += _MEAN_WEIGHT * (completion_tokens - self._completion_tokens)
 
@@ -90,16 +170,18 @@ class RatePacer:
     def _wait(self, tokens: int, now: float) -> float:
         if now < self._paused_until:
             return self._paused_until - now
-        if not self._windows:
+        if not self._readings:
             return RECHECK_SECONDS if self._in_flight else 0.0
         waits = [0.0]
-        if (window := self._windows.get("tokens")) is not None:
+        if "tokens" in self._readings:
+            reading, at = self._readings["tokens"]
             needed = tokens + self._reserved_tokens
-            waits.append(window.seconds_until(needed, now))
-            if window.reading.limit is not None and needed > window.reading.limit and self._in_flight:
+            waits.append(reading.seconds_until(needed, now - at))
+            if reading.limit is not None and needed > reading.limit and self._in_flight:
                 # It cannot fit beside the requests in flight, however long it waits; a request
                 # larger than the whole limit goes alone, once the limit is whole.
                 waits.append(RECHECK_SECONDS)
-        if (window := self._windows.get("requests")) is not None:
-            waits.append(window.seconds_until(1 + self._in_flight, now))
+        if "requests" in self._readings:
+            reading, at = self._readings["requests"]
+            waits.append(reading.seconds_until(1 + self._in_flight, now - at))
         return max(waits)

@@ -1,12 +1,15 @@
-"""The request sent to the LLM: instructions, and the transcript as masked, size-bounded data."""
+"""The chat-completion request for one transcript, the same in the synchronous lane and the
+Batch API lane: the model, the instructions, the transcript as masked, size-bounded data, and the
+answer format the model can keep."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Callable
 
 from models.pipeline import Pipeline
-from services.analyzer.schema import LEAD_STATUSES, SENTIMENTS
+from services.analyzer.schema import LEAD_STATUSES, SCHEMA_NAME, SENTIMENTS, answer_json_schema
 from utils.config import ExtraField, Settings
 
 # Masking runs in linear time on any text (tests/test_regex_bounds.py). An address is found from
@@ -21,6 +24,14 @@ _PHONE = re.compile(r"\+?\d(?:[\s().-]{0,2}\d){7,}")
 # Masking each kept end of a cut transcript with this much text past the cut: a number or an
 # address across the cut is whole when masked, and no fragment of it reaches the LLM.
 _CUT_MARGIN = 256
+
+# Constrained decoding for `strict: true` (console.groq.com/docs/structured-outputs, 2026-11);
+# other models take the schema as a best effort only, and `json_object` is the safer choice.
+STRICT_SCHEMA_MODELS = frozenset({"openai/gpt-oss-20b", "openai/gpt-oss-120b"})
+# Take `reasoning_effort` low / medium / high; other models refuse values they do not know.
+REASONING_MODEL_PREFIX = "openai/gpt-oss-"
+# Conservative for English and romanized Hindi alike, so pacing errs on the side of waiting.
+CHARS_PER_TOKEN = 3.0
 
 PHONE_MASK = "[phone]"
 EMAIL_MASK = "[email]"
@@ -38,17 +49,13 @@ def _mask_emails(text: str) -> str:
     done = 0
     for match in _EMAIL_DOMAIN.finditer(text):
         start = match.start()
-        while start > done and _in_local_part(text[start - 1]):
+        while start > done and (text[start - 1].isalnum() or text[start - 1] in "_.+-"):
             start -= 1
         if start < match.start():
             parts += [text[done:start], EMAIL_MASK]
             done = match.end()
     parts.append(text[done:])
     return "".join(parts)
-
-
-def _in_local_part(ch: str) -> bool:
-    return ch.isalnum() or ch in "_.+-"
 
 
 def fit_budget(text: str, budget: int, mask: Callable[[str], str] = lambda part: part) -> str:
@@ -65,8 +72,45 @@ def fit_budget(text: str, budget: int, mask: Callable[[str], str] = lambda part:
     return f"{start}\n[... {len(text) - budget} characters omitted ...]\n{end}"
 
 
+def completion_request(transcript: str, settings: Settings, pipeline: Pipeline | None = None) -> dict:
+    """Keyword arguments of `chat.completions.create`, and the `body` of a batch line.
+    `pipeline`: the contact's, whose stages the answer recommends one of."""
+    request = {
+        "model": settings.groq_model,
+        "messages": build_messages(transcript, settings, pipeline),
+        "temperature": 0,
+        "response_format": _response_format(settings, pipeline),
+    }
+    if settings.groq_model.startswith(REASONING_MODEL_PREFIX):
+        request["reasoning_effort"] = settings.groq_reasoning_effort
+    return request
+
+
+def prompt_tokens_estimate(request: dict) -> int:
+    """Tokens the request's messages will count for, before any answer says so."""
+    characters = sum(len(message["content"]) for message in request["messages"])
+    return math.ceil(characters / CHARS_PER_TOKEN)
+
+
+def stage_names(pipeline: Pipeline | None) -> tuple[str, ...]:
+    return tuple(stage.name for stage in pipeline.stages) if pipeline is not None else ()
+
+
+def _response_format(settings: Settings, pipeline: Pipeline | None) -> dict:
+    """GROQ_ANSWER_FORMAT, or by the model when `auto`."""
+    answer_format = settings.groq_answer_format
+    if answer_format == "auto":
+        answer_format = "json_schema" if settings.groq_model in STRICT_SCHEMA_MODELS else "json_object"
+    if answer_format == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {
+        "name": SCHEMA_NAME,
+        "strict": settings.groq_model in STRICT_SCHEMA_MODELS,
+        "schema": answer_json_schema(settings.analysis_tags, settings.analysis_extra_fields, stage_names(pipeline)),
+    }}
+
+
 def build_messages(transcript: str, settings: Settings, pipeline: Pipeline | None = None) -> list[dict]:
-    """`pipeline`: the contact's, whose stages the model recommends one of."""
     prepared = fit_budget(transcript, settings.transcript_char_budget, mask_pii)
     # JSON-encoded, the transcript cannot close its own quotes and pose as instructions.
     data = json.dumps({"transcript": prepared}, ensure_ascii=False)
@@ -89,7 +133,7 @@ def _instructions(tags: tuple[str, ...], extra_fields: tuple[ExtraField, ...], p
     keys += [f'- "{extra.name}": {extra.type} or null if the call does not say: {extra.description}'
              for extra in extra_fields]
     if pipeline is not None:
-        keys.append(f'- "recommendedStage": one of {_choices(tuple(s.name for s in pipeline.stages))}: the stage of '
+        keys.append(f'- "recommendedStage": one of {_choices(stage_names(pipeline))}: the stage of '
                     f'the sales pipeline "{pipeline.name}" the customer belongs in after this call')
         keys += [f'  - "{stage.name}" ({stage.type}, lead score {stage.minimum}-{stage.maximum})'
                  + (f": {stage.description}" if stage.description else "") for stage in pipeline.stages]

@@ -1,12 +1,12 @@
-"""What an analysis is: the fields asked of the LLM, how an answer is validated, and the
-form it is stored in on the call (`calls.analysis`)."""
+"""What an analysis is: the fields asked of the LLM, how an answer is validated, the form it is
+stored in on the call (`calls.analysis`), and what its tokens cost."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from utils.config import ANALYSIS_KEYS, ExtraField
+from utils.config import ANALYSIS_KEYS, ExtraField, Price
 
 LEAD_STATUSES = ("NEW", "CONTACTED", "QUALIFIED", "WON", "LOST")
 SENTIMENTS = ("positive", "neutral", "negative")
@@ -15,6 +15,7 @@ SHORT_TRANSCRIPT = "transcript_too_short"
 
 _EXTRA_TYPES = {"string": (str,), "number": (int, float), "boolean": (bool,)}
 SCHEMA_NAME = "call_analysis"
+TOKENS_PER_PRICE_UNIT = 1_000_000
 
 
 class InvalidAnswer(ValueError):
@@ -28,6 +29,18 @@ class Usage:
 
     def document(self) -> dict:
         return {"promptTokens": self.prompt_tokens, "completionTokens": self.completion_tokens}
+
+
+def estimated_cost(usage: Usage, price: Price | None, *, discount: float = 0.0) -> float | None:
+    """USD for `usage` at `price` (USD per million tokens), less `discount` (a fraction: 0.5 is
+    half price); None when the model has no price, so an unknown cost is never reported as free.
+    An estimate only: Groq's bill is the truth (prices change, and a Batch API job is billed at its
+    discount)."""
+    if price is None:
+        return None
+    full = (usage.prompt_tokens * price.input_per_million
+            + usage.completion_tokens * price.output_per_million) / TOKENS_PER_PRICE_UNIT
+    return full * (1.0 - discount)
 
 
 @dataclass(frozen=True)
@@ -130,12 +143,14 @@ def analysis_document(status: str, *, attempted_at: datetime, model: str | None 
     return document
 
 
+def spelled(value: str, allowed: tuple[str, ...]) -> str | None:
+    """The allowed spelling of `value` in any case (models often change the case of an enum)."""
+    return next((option for option in allowed if option.casefold() == value.strip().casefold()), None)
+
+
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> str:
-    """The allowed spelling of `value`; models often change the case of an enum."""
-    if isinstance(value, str):
-        for option in allowed:
-            if option.casefold() == value.strip().casefold():
-                return option
+    if isinstance(value, str) and (option := spelled(value, allowed)) is not None:
+        return option
     raise InvalidAnswer(f"{name} {_short(value)} is not one of {', '.join(allowed)}")
 
 

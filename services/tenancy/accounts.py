@@ -35,7 +35,7 @@ class Tenant:
     agent_ids: tuple[str, ...] = ()  # empty: every agent of the account
     groq_api_key: str | None = field(default=None, repr=False)  # None: the daemon's GROQ_API_KEY
     phone_region: str | None = None  # None: DEFAULT_PHONE_REGION
-    llm_batch_limit: int | None = None  # LLM calls per run; None: LLM_BATCH_LIMIT
+    llm_batch_limit: int | None = None  # LLM calls per run; None: LLM_CALLS_PER_RUN
     bolna_requests_per_minute: int | None = None  # None: Bolna's documented limit
 
     @classmethod

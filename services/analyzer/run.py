@@ -1,5 +1,6 @@
-"""One run of phase 2: claim up to `llm_batch_limit` calls, analyze them a few at a time, write
-every outcome back, and stop starting new calls at the batch deadline."""
+"""One run of phase 2 (not the Batch API lane, `batch_api.py`): claim up to `llm_calls_per_run`
+calls, analyze them a few at a time, write every outcome back, and stop starting new calls at the
+run's deadline (LLM_BATCH_DEADLINE_SECONDS)."""
 from __future__ import annotations
 
 import threading
@@ -9,10 +10,10 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from services.analyzer.claims import CallQueue, Claim
-from services.analyzer.deadline import Deadline, DeadlineExceeded
 from services.analyzer.groq_analyzer import BudgetSpent, GroqAnalyzer, LlmFailure, LlmUnavailable
-from services.analyzer.outcomes import Outcome, OutcomeWriter, record_outcome
+from services.analyzer.pacing import Deadline, DeadlineExceeded
 from services.analyzer.schema import HEURISTIC_MODEL, analysis_document
+from services.analyzer.write_back import Outcome, OutcomeWriter, record_outcome
 from services.run_records import RunRecorder
 from utils.clock import utcnow
 from utils.config import Settings
@@ -28,7 +29,7 @@ def claim_lease_seconds(settings: Settings) -> float:
     return settings.llm_batch_deadline_seconds + settings.llm_timeout_seconds + LEASE_MARGIN_SECONDS
 
 
-class AnalysisBatch:
+class AnalysisRun:
     def __init__(self, db: Database, queue: CallQueue, settings: Settings, llm: GroqAnalyzer | None,
                  stop: threading.Event | None = None):
         """`llm`: None analyzes every call with the offline heuristic."""
@@ -36,25 +37,16 @@ class AnalysisBatch:
         self.outcomes = OutcomeWriter(db, queue, settings)  # shared with the Batch API lane
         self._stop = stop  # set on SIGTERM: start no new call, release those cut off
         self._settings = settings
-        self._llm = llm
+        self.llm = llm
         self._unavailable: list[LlmUnavailable] = []  # this run's reasons the LLM cannot be used
 
-    @property
-    def llm(self) -> GroqAnalyzer | None:
-        """The LLM client (None: the offline heuristic only)."""
-        return self._llm
-
-    def check_llm(self) -> str | None:
-        """At start-up: why the configured LLM cannot be used, if Groq already says so."""
-        return self._llm.check_model() if self._llm is not None else None
-
     def run(self, recorder: RunRecorder) -> None:
-        limit = self._settings.llm_batch_limit
+        limit = self._settings.llm_calls_per_run
         if limit == 0 or not self.queue.any_claimable():
             return
         deadline = Deadline(self._settings.llm_batch_deadline_seconds, self._stop)
-        if self._llm is not None:
-            self._llm.begin_run(self._settings.llm_requests_per_run)
+        if self.llm is not None:
+            self.llm.begin_run(self._settings.llm_requests_per_run)
         self._unavailable = []
         workers = min(self._settings.llm_concurrency, limit)
         queue_error = None
@@ -114,18 +106,17 @@ class AnalysisBatch:
                            exception=None if isinstance(exc, PyMongoError) else exc)
 
     def _analyze(self, claim: Claim, deadline: Deadline) -> Outcome:
-        call = claim.call
         now = utcnow()
         decided = self.outcomes.without_llm(claim, now)
         if decided is not None:
             return decided
-        transcript = (call.get("transcript") or "").strip()
-        if self._llm is None:
-            return self._finish(claim, analysis_document(
+        if self.llm is None:
+            return self.outcomes.finish(claim, analysis_document(
                 "ok", attempted_at=now, model=HEURISTIC_MODEL, used_fallback=True,
-                analysis=self._heuristic(transcript, call, now)))
+                analysis=self.outcomes.fallback(claim.call, now)))
         try:
-            answer = self._llm.analyze(transcript, deadline, self.outcomes.pipeline_for(call))
+            result = self.llm.analyze((claim.call.get("transcript") or "").strip(), deadline,
+                                      self.outcomes.rules.pipeline_for(claim.call))
         except DeadlineExceeded:
             self.queue.release(claim)
             return Outcome(claim.call_id, "released")
@@ -135,15 +126,5 @@ class AnalysisBatch:
             self.queue.release(claim)
             return Outcome(claim.call_id, "released")
         except LlmFailure as failure:
-            return self._finish(claim, analysis_document(
-                "failed", attempted_at=now, model=HEURISTIC_MODEL, error=str(failure),
-                usage=failure.usage, used_fallback=True,
-                analysis=self._heuristic(transcript, call, now)))
-        return self._finish(claim, analysis_document("ok", attempted_at=now, model=answer.model,
-                                                     usage=answer.usage, analysis=answer.analysis))
-
-    def _heuristic(self, transcript: str, call: dict, now):
-        return self.outcomes.fallback(transcript, call, now)
-
-    def _finish(self, claim: Claim, analysis: dict) -> Outcome:
-        return self.outcomes.finish(claim, analysis)
+            result = failure
+        return self.outcomes.finish_attempt(claim, result, now)
