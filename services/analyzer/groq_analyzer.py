@@ -15,8 +15,8 @@ from services.analyzer.pacing import RatePacer
 from services.analyzer.rate_limit import retry_after_seconds
 from services.analyzer.request import completion_request, prompt_tokens_estimate, stage_names
 from services.analyzer.schema import Analysis, InvalidAnswer, Usage, parse_answer
-from services.request_outcomes import RequestOutcomes
 from utils.config import Settings
+from utils.http import RequestOutcomes
 
 log = logging.getLogger(__name__)
 
