@@ -1,30 +1,36 @@
 """The page loop: walks each agent's executions since its cursor and hands pages to a writer.
 
 Shared by both jobs; each keeps its own sync state per agent (`services/sync_state.py` holds the
-rules for where the cursor may go). Pages are read by `PageReader` one page ahead of the
-writes (`read_ahead`: two pages held at most, whatever the history) and written by the job's
-writer, one batched write per page.
+rules for where the cursor may go). Each page is read one page ahead of the writes (`read_ahead`:
+two pages held at most, whatever the history) and written by the job's writer, one batched write
+per page.
+
+Reading a page (`PageReader`): Bolna's trimmed listing lacks the transcript and numbers, so a
+terminal call listed that way is fetched whole (`GET /executions/{id}`), unless a writer already
+holds it final. A page's full records are fetched side by side (bounded by `concurrency`, paced by
+the client), and once for both jobs (`SharedRecords`): fetched by each, that would be twice the
+Bolna quota one read needs.
 """
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 from bson.errors import InvalidDocument
+from cachetools import TTLCache
 from pymongo.database import Database
 from pymongo.errors import DocumentTooLarge, OperationFailure
 
-from models.execution import Execution, MalformedExecution
+from models.execution import Execution, MalformedExecution, needs_full_record, parse_execution
 from services.bolna_client import BolnaAuthError, BolnaClient, BolnaError, WindowPage
 from services.database import SYNC_STATE
-from services.page_reader import PageRead, PageReader
-from services.read_ahead import read_ahead
 from services.run_records import RunRecorder, describe_failure
 from services.sync_state import PENDING_MAX_AGE, Followed, SyncState, WindowProgress, follow_ups, read_from
+from utils.logging import in_log_context
 
 # What the database says about one page's data (a document too large, a field of the wrong type in
 # an old record): the page is refused, the run goes on. A lost connection is not among them: every
@@ -179,3 +185,172 @@ class ExecutionFeed:
                            code="page_write_failed", agent_id=agent_id)
             return False
         return True
+
+
+def read_ahead(pages: Iterator, read: Callable, worker: ThreadPoolExecutor,
+               keep_going: Callable[[], bool]) -> Iterator[tuple]:
+    """(page, read(page)) for each page; the next is read while the caller holds this one. Errors
+    of listing or reading reach the caller in order. `keep_going()` false: nothing more is read.
+    Closing the iterator waits for the read under way, so no request outlives the caller's loop."""
+    def next_read() -> tuple | None:
+        page = next(pages, None)
+        return None if page is None else (page, read(page))
+
+    pending: Future | None = worker.submit(in_log_context(next_read))
+    try:
+        while pending is not None:
+            result = pending.result()
+            pending = None
+            if result is None:
+                return
+            if keep_going():
+                pending = worker.submit(in_log_context(next_read))
+            yield result
+    finally:
+        if pending is not None:
+            pending.cancel() or pending.exception()  # not started, or waited for
+
+
+@dataclass
+class PageRead:
+    executions: list[Execution] = field(default_factory=list)  # to write
+    unchanged: int = 0  # stored final already: nothing to do
+    # Calls whose full record failed in a way worth retrying (call id, created_at): a later run
+    # must read them again. A refusal (404, 422) is not among them: it would be retried for ever.
+    retry: list[tuple[str, datetime]] = field(default_factory=list)
+
+
+class PageReader:
+    def __init__(self, client: BolnaClient, region: str, records: SharedRecords, concurrency: int):
+        self.client = client
+        self.region = region
+        self.records = records
+        self._pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="bolna-record")
+        # Until one full record came back, one request goes alone: a refused key then costs one
+        # request, not a page's worth.
+        self._key_accepted = False
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def fetch(self, call_id: str) -> Execution:
+        """One call's full record, fresh (a follow-up asks whether it changed). Raises BolnaError
+        or MalformedExecution."""
+        return parse_execution(self.client.get_execution(call_id), self.region)
+
+    def read(self, page: list, known: set[str], recorder: RunRecorder, agent_id: str) -> PageRead:
+        """`known`: ids the writer already holds final. A bad item is an error on the run; the
+        rest of the page is still read. A refused key stops everything (BolnaAuthError)."""
+        read = PageRead()
+        listed: list[tuple[Execution, bool]] = []  # (as listed, needs its full record)
+        for item in page:
+            try:
+                execution = parse_execution(item, self.region)
+            except MalformedExecution as exc:
+                recorder.error(f"malformed execution: {exc}", code=exc.code, call_id=exc.call_id, agent_id=agent_id)
+                continue
+            if execution.id in known:
+                read.unchanged += 1
+            else:
+                listed.append((execution, needs_full_record(item)))
+        fetched = self._fetch_all([execution for execution, needed in listed if needed])
+        for execution, needed in listed:
+            try:
+                if needed:
+                    full = parse_execution(fetched[execution.id].result(), self.region)
+                    if full.id != execution.id:
+                        raise MalformedExecution(f"GET /executions/{execution.id} returned id {full.id}",
+                                                 execution.id)
+                    execution = full
+            except MalformedExecution as exc:
+                recorder.error(f"malformed execution: {exc}", code=exc.code, call_id=exc.call_id, agent_id=agent_id)
+                continue
+            except BolnaError as exc:
+                if exc.retryable:
+                    read.retry.append((execution.id, execution.created_at))
+                if not self.client.stop.is_set():  # a stop is recorded once, by the feed
+                    recorder.error(f"full record of {execution.id}: {exc}", code="bolna_error",
+                                   call_id=execution.id, agent_id=agent_id)
+                continue
+            execution.agent_id = execution.agent_id or agent_id
+            read.executions.append(execution)
+        return read
+
+    def _fetch_all(self, listed: list[Execution]) -> dict[str, Future]:
+        """Each call's full record (or its failure), by id; a refused key is raised at once."""
+        results: dict[str, Future] = {}
+        for execution in listed:
+            if execution.id not in results:
+                future = results[execution.id] = self._pool.submit(in_log_context(self._get, execution))
+                # Waited for until the key is known good (`_key_accepted`).
+                if not self._key_accepted and isinstance(future.exception(), BolnaAuthError):
+                    raise future.exception()
+        for future in results.values():
+            if isinstance(future.exception(), BolnaAuthError):
+                for other in results.values():
+                    other.cancel()
+                raise future.exception()
+        return results
+
+    def _get(self, execution: Execution) -> dict:
+        try:
+            record = self.records.get(execution.id, execution.status)
+        except BolnaError as exc:
+            # Any answer but a refusal of the key says the key is good.
+            self._key_accepted = self._key_accepted or (exc.status is not None and not isinstance(exc, BolnaAuthError))
+            raise
+        self._key_accepted = True
+        return record
+
+
+Key = tuple[str, str]  # (call id, status as listed)
+
+
+class SharedRecords:
+    """A call's full record fetched once, whichever job needs it first: kept for the other (a
+    cachetools TTL cache, bounded in entries and age) under its id and the status the listing
+    showed, since a terminal call's record is final; when both want one at the same moment (the
+    daemon runs the jobs side by side), the second waits for the first's request."""
+
+    def __init__(self, fetch: Callable[[str], dict], *, size: int, seconds: float):
+        """`fetch(call_id)`: the request itself; `size` 0 keeps nothing (in-flight requests
+        are still shared)."""
+        self._fetch = fetch
+        self._kept: TTLCache | None = TTLCache(maxsize=size, ttl=seconds) if size and seconds else None
+        self._in_flight: dict[Key, _Flight] = {}
+        self._lock = threading.Lock()
+
+    def get(self, call_id: str, status: str) -> dict:
+        """The call's full record. Raises what the request raised (to every job waiting on it)."""
+        key = (call_id, status)
+        with self._lock:
+            if self._kept is not None and key in self._kept:
+                return self._kept.pop(key)  # each job reads a call once: the other one is done
+            flight = self._in_flight.get(key)
+            if flight is None:
+                flight = self._in_flight[key] = _Flight()
+                owner = True
+            else:
+                flight.waiters += 1
+                owner = False
+        if not owner:
+            return flight.result.result()
+        try:
+            record = self._fetch(call_id)
+        except BaseException as exc:
+            with self._lock:
+                del self._in_flight[key]
+            flight.result.set_exception(exc)
+            raise
+        with self._lock:
+            del self._in_flight[key]
+            if not flight.waiters and self._kept is not None:
+                self._kept[key] = record  # for the other job; a waiter has it already
+        flight.result.set_result(record)
+        return record
+
+
+class _Flight:
+    def __init__(self):
+        self.result: Future = Future()
+        self.waiters = 0

@@ -413,7 +413,7 @@ class Settings:
     bolna_rate_per_minute: int = setting(1000, positive_int)
     bolna_rate_headroom: float = setting(0.1, fraction)
     bolna_fetch_concurrency: int = setting(8, positive_int)  # full records (GET /executions/{id}) in flight at once
-    # A full record fetched for one job, kept for the other (services/record_cache.py).
+    # A full record fetched for one job, kept for the other (services/execution_feed.py, `SharedRecords`).
     bolna_record_cache_size: int = setting(10000, non_negative_int)
     bolna_record_cache_seconds: int = setting(1800, non_negative_int)
     # Many accounts (services/tenancy): `env` serves the one account of BOLNA_API_KEY; `mongodb`

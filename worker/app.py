@@ -27,9 +27,7 @@ from services.bolna_client import BolnaClient
 from services.call_writer import CallWriter
 from services.customer_writer import CustomerWriter
 from services.database import CALLS, LLM_BATCHES, WEBHOOK_DELIVERIES, WEBHOOK_INBOX, ensure_indexes, tenant_view
-from services.execution_feed import ExecutionFeed
-from services.page_reader import PageReader
-from services.record_cache import SharedRecords
+from services.execution_feed import ExecutionFeed, PageReader, SharedRecords
 from services.privacy.erasure import Eraser
 from services.privacy.guard import PrivacyGuard
 from services.privacy.hashing import hasher_for
