@@ -310,6 +310,13 @@ def execution_id(payload: dict) -> str | None:
     return str(raw_id).strip()[:200]
 
 
+def linked_call_id(link: dict) -> str:
+    """A `customer_calls` link's call: its `_id` is the call id made unique across accounts
+    (services/tenancy), and links written before accounts existed carry no `callId` (their `_id`
+    is the call id)."""
+    return link.get("callId", link["_id"])
+
+
 def parse_execution(payload: Any, region: str = DEFAULT_REGION, now: datetime | None = None) -> Execution:
     """Read one execution; raises MalformedExecution when it cannot be identified or dated, or
     when a time it carries cannot be used (see `read_time`). `region`: where numbers written

@@ -11,10 +11,9 @@ from pymongo.database import Database
 
 from services.analyzer.contact_update import ContactPlan, already_written, plan_contact, write_contact
 from services.analyzer.staging import CrmRules, audit, stage_change
-from services.bulk import bulk_upsert
 from services.database import ACTIVITIES, CALLS, CONTACTS
-from services.phone_lookup import records_by_phone
 from services.privacy.erasure import Eraser
+from services.writers import bulk_upsert, records_by_phone
 from utils.phone import Phone
 
 PAST_CONVERSATIONS_KEPT = 20

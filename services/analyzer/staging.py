@@ -68,7 +68,7 @@ def audit(db: Database, *, contact_id: object, call: dict, analysis: dict, stage
         writes[HELD_BACK] = {**base, "fields": dict(held), "reason": "locked by a person"}
     operations: list = [UpdateOne({**key, "type": kind}, {"$set": fields}, upsert=True)
                         for kind, fields in writes.items()]
-    # Held-back entries are left: a customer's (services/customer_writer.py) shares the key, and
+    # Held-back entries are left: a customer's (services/writers.py) shares the key, and
     # an entry that says what a lock kept out records no change.
     return operations + [DeleteOne({**key, "type": kind}) for kind in (STAGE_CHANGE, STAGE_BLOCKED) if kind not in writes]
 

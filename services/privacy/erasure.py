@@ -26,10 +26,9 @@ from datetime import datetime
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from models.execution import MalformedExecution, parse_execution
+from models.execution import MalformedExecution, linked_call_id, parse_execution
 from services import lease
 from services.analyzer.schema import analysis_document
-from services.customer_merge import linked_call_id
 from services.database import (ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, ERASURES, INBOX_STATE_KEYS,
                                STAGE_REVIEWS, SYNC_STATE, WEBHOOK_INBOX)
 from services.privacy.hashing import PhoneHasher
