@@ -241,24 +241,21 @@ class Execution:
 FUTURE_TOLERANCE = timedelta(days=1)
 
 
-class UnusableTime(ValueError):
-    """A time written correctly that cannot be used: not representable, or too far ahead."""
-
-
 def parse_time(value: Any) -> datetime | None:
     """ISO 8601 as Bolna writes it (`2026-06-07T10:00:00.123Z`, sometimes without zone) -> naive UTC;
     None when there is none, or it is not a time, or it cannot be represented.
 
     Naive UTC because that is what pymongo hands back, so stored and fresh values compare."""
     try:
-        return read_time(value)
-    except UnusableTime:
+        return _read_time(value)
+    except MalformedExecution:
         return None
 
 
-def read_time(value: Any, latest: datetime | None = None) -> datetime | None:
+def _read_time(value: Any, latest: datetime | None = None, name: str = "time", call_id: str | None = None
+               ) -> datetime | None:
     """`parse_time`, but a time that cannot be represented in UTC ("0001-01-01T00:00:00+01:00"),
-    or lies after `latest`, raises UnusableTime saying why."""
+    or lies after `latest`, makes the execution `call_id` unusable: MalformedExecution saying why."""
     if not isinstance(value, str) or not value.strip():
         return None
     text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
@@ -270,10 +267,12 @@ def read_time(value: Any, latest: datetime | None = None) -> datetime | None:
         # MongoDB stores milliseconds; truncating here keeps re-syncs byte-identical.
         moment = to_millis(naive_utc(moment))
     except OverflowError:
-        raise UnusableTime(f"{value.strip()[:40]!r} is outside the years 1-9999 in UTC") from None
+        raise MalformedExecution(f"execution {name} {value.strip()[:40]!r} is outside the years 1-9999 in UTC",
+                                 call_id, code="unusable_time") from None
     if latest is not None and moment > latest:
-        raise UnusableTime(f"{value.strip()[:40]!r} is more than {FUTURE_TOLERANCE.total_seconds() / 3600:g} "
-                           "hours ahead of this server's clock")
+        raise MalformedExecution(f"execution {name} {value.strip()[:40]!r} is more than "
+                                 f"{FUTURE_TOLERANCE.total_seconds() / 3600:g} hours ahead of this server's clock",
+                                 call_id, code="unusable_time")
     return moment
 
 
@@ -319,7 +318,7 @@ def linked_call_id(link: dict) -> str:
 
 def parse_execution(payload: Any, region: str = DEFAULT_REGION, now: datetime | None = None) -> Execution:
     """Read one execution; raises MalformedExecution when it cannot be identified or dated, or
-    when a time it carries cannot be used (see `read_time`). `region`: where numbers written
+    when a time it carries cannot be used (see `_read_time`). `region`: where numbers written
     without a country code are from; `now`: this server's time (naive UTC), by default the clock's."""
     if not isinstance(payload, dict):
         raise MalformedExecution(f"execution is a {type(payload).__name__}, not an object",
@@ -331,10 +330,10 @@ def parse_execution(payload: Any, region: str = DEFAULT_REGION, now: datetime | 
         # Changing it would store the call under an id Bolna does not know.
         raise MalformedExecution("execution id is not valid text", code="bad_id")
     latest = (now or utcnow()) + FUTURE_TOLERANCE
-    created_at = _checked_time(payload, "created_at", latest, call_id)
+    created_at = _read_time(payload.get("created_at"), latest, "created_at", call_id)
     if created_at is None:
         raise MalformedExecution("execution has no valid created_at", call_id, code="missing_created_at")
-    updated_at = _checked_time(payload, "updated_at", latest, call_id)
+    updated_at = _read_time(payload.get("updated_at"), latest, "updated_at", call_id)
     telephony = payload.get("telephony_data")
     telephony = telephony if isinstance(telephony, dict) else {}
     extraction, extracted_error = _read_extracted(payload.get("extracted_data"))
@@ -374,13 +373,6 @@ def parse_execution(payload: Any, region: str = DEFAULT_REGION, now: datetime | 
         hangup_by=clean_text(telephony.get("hangup_by")),
         answered_by_voice_mail=voicemail if isinstance(voicemail, bool) else None,
     )
-
-
-def _checked_time(payload: dict, name: str, latest: datetime, call_id: str) -> datetime | None:
-    try:
-        return read_time(payload.get(name), latest)
-    except UnusableTime as exc:
-        raise MalformedExecution(f"execution {name} {exc}", call_id, code="unusable_time") from None
 
 
 def _raw_number(value: Any) -> str | None:

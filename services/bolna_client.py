@@ -69,10 +69,6 @@ class BolnaAuthError(BolnaError, FatalError):
         return False
 
 
-# Bolna's documented limits, per minute and per organisation (/work/shared/bolna-api.md).
-LISTING_PER_MINUTE = 500
-OTHER_PER_MINUTE = 1000
-DEFAULT_HEADROOM = 0.1
 # The agent-scoped endpoints under the lower limit; every other path is under the higher one.
 _LISTING_PATHS = re.compile(r"^/v2/agent/(?!all$)[^/]+(/executions)?$|^/call$")
 # A wait is re-checked at least this often: other threads take turns meanwhile.
@@ -86,13 +82,11 @@ def endpoint_class(path: str) -> str:
 
 @dataclass(frozen=True)
 class Limits:
-    listing_per_minute: int = LISTING_PER_MINUTE
-    other_per_minute: int = OTHER_PER_MINUTE
-    headroom: float = DEFAULT_HEADROOM  # the share of each limit left unused
+    # Bolna's documented limits, per minute and per organisation (/work/shared/bolna-api.md).
+    listing_per_minute: int = 500
+    other_per_minute: int = 1000
+    headroom: float = 0.1  # the share of each limit left unused
     minute_seconds: float = 60.0  # shortened only by benchmarks, to time-scale a backfill
-
-    def allowed(self, per_minute: int) -> int:
-        return max(1, int(per_minute * (1 - self.headroom)))
 
 
 class Pacer:
@@ -101,7 +95,8 @@ class Pacer:
     def __init__(self, limits: Limits = Limits()):
         # Buckets without a Limiter: a Limiter leaks its bucket from a thread of its own, and
         # this process may hold a pacer per key; we leak on our own turns instead.
-        self._windows = {kind: InMemoryBucket(_rates(limits.allowed(per_minute), limits.minute_seconds))
+        self._windows = {kind: InMemoryBucket(_rates(max(1, int(per_minute * (1 - limits.headroom))),
+                                                     limits.minute_seconds))
                          for kind, per_minute in (("listing", limits.listing_per_minute),
                                                   ("other", limits.other_per_minute))}
         self._lock = threading.Lock()
@@ -155,15 +150,14 @@ def pacer_for(base_url: str, api_key: str, limits: Limits) -> Pacer:
 
 def iso(moment: datetime) -> str:
     """Naive UTC -> the API's `2026-06-07T00:00:00.000Z`."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.isoformat(timespec="milliseconds") + "Z"
 
 
 class BolnaClient:
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0, max_attempts: int = 5,
                  backoff_seconds: float = 1.0, max_wait: float = 60.0, page_size: int = MAX_PAGE_SIZE,
-                 stop: threading.Event | None = None,
-                 max_pages_per_window: int = MAX_PAGES_PER_WINDOW, limits: Limits = Limits(),
-                 connections: int = 10):
+                 stop: threading.Event | None = None, max_pages_per_window: int = MAX_PAGES_PER_WINDOW,
+                 limits: Limits = Limits(), connections: int = 10):
         """`stop`: once set, a retry wait or a wait for a turn ends at once and no further retry
         is made. `connections`: kept open to Bolna, one per request that may be in flight."""
         self.base_url = base_url.rstrip("/")
@@ -331,7 +325,7 @@ class BolnaClient:
             # read: only what Bolna held when the earliest page was served was seen on every page.
             if served_at is not None:
                 read_through = min(read_through, served_at)
-            yield WindowPage(page["data"], end, last=not more, served_at=served_at, read_through=read_through)
+            yield WindowPage(page["data"], not more, served_at, read_through)
             if not more:
                 return
         raise BolnaError(f"agent {agent_id}: more than {self.max_pages_per_window} pages in one window "
@@ -339,20 +333,18 @@ class BolnaClient:
 
 
 class WindowPage(list):
-    """A page of raw executions that knows its time window and whether it ends the window,
-    so the caller can move its cursor only past fully written windows. `served_at`: the earliest
+    """A page of raw executions that knows whether it ends its time window, so the caller can
+    move its cursor only past fully written windows. `served_at`: the earliest
     Bolna's clock may have read this page (`_read_no_earlier_than`), None when it sent no `Date`.
     `read_through`: how far every page of the window up to this one has seen, by Bolna's clock:
     the window's end, or the earliest page's `served_at` when that is sooner (a clock here ahead
     of Bolna's, or calls made while the window was paged)."""
 
-    def __init__(self, items: list, window_end: datetime, last: bool, served_at: datetime | None = None,
-                 read_through: datetime | None = None):
+    def __init__(self, items: list, last: bool, served_at: datetime | None, read_through: datetime):
         super().__init__(items)
-        self.window_end = window_end
         self.last = last
         self.served_at = served_at
-        self.read_through = window_end if read_through is None else read_through
+        self.read_through = read_through
 
 
 def _date(response: requests.Response) -> datetime | None:
@@ -389,5 +381,5 @@ def _error_text(response: requests.Response) -> str:
     except ValueError:
         return response.text[:200]
     if isinstance(body, dict):
-        return str(body.get("message") or body.get("detail") or body)[:200]
+        body = body.get("message") or body.get("detail") or body
     return str(body)[:200]

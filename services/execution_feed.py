@@ -26,7 +26,7 @@ from pymongo.database import Database
 from pymongo.errors import DocumentTooLarge, OperationFailure
 
 from models.execution import Execution, MalformedExecution, needs_full_record, parse_execution
-from services.bolna_client import BolnaAuthError, BolnaClient, BolnaError, WindowPage
+from services.bolna_client import BolnaAuthError, BolnaClient, BolnaError
 from services.database import SYNC_STATE
 from services.run_records import RunRecorder, describe_failure
 from services.sync_state import PENDING_MAX_AGE, Followed, SyncState, WindowProgress, follow_ups, read_from
@@ -49,7 +49,6 @@ class PageWriter(Protocol):
 @dataclass
 class _Run:
     """One job's run, as its agents share it."""
-    job: str
     writer: PageWriter
     recorder: RunRecorder
     state: SyncState
@@ -86,7 +85,7 @@ class ExecutionFeed:
         state = SyncState(self.state, job, now)
         try:
             with ThreadPoolExecutor(1, thread_name_prefix=f"{job}-read-ahead") as ahead:
-                run = _Run(job, writer, recorder, state, now, ahead)
+                run = _Run(writer, recorder, state, now, ahead)
                 for agent_id in self.agents():
                     if self.stop.is_set():
                         recorder.error("stopped before every agent was synced; the next run resumes",
@@ -104,17 +103,13 @@ class ExecutionFeed:
         finally:
             state.save()
 
-    def _read_page(self, run: _Run, agent_id: str, page: WindowPage) -> PageRead:
-        items = [item for item in page if isinstance(item, dict)]
-        return self.reader.read(page, run.writer.unchanged(items), run.recorder, agent_id)
-
     def _sync_agent(self, run: _Run, agent_id: str, start: datetime) -> None:
         writer, recorder, state, now = run.writer, run.recorder, run.state, run.now
         # One for all the windows of this run: a call to read again in an early window still holds
         # the cursor once a later window is done.
         progress = WindowProgress()
         pages = read_ahead(self.client.iter_pages(agent_id, start),
-                           lambda page: self._read_page(run, agent_id, page), run.ahead,
+                           lambda page: self.reader.read(page, run.writer, run.recorder, agent_id), run.ahead,
                            keep_going=lambda: not self.stop.is_set())
         with closing(pages):
             for page, read in pages:
@@ -238,10 +233,11 @@ class PageReader:
         or MalformedExecution."""
         return parse_execution(self.client.get_execution(call_id), self.region)
 
-    def read(self, page: list, known: set[str], recorder: RunRecorder, agent_id: str) -> PageRead:
-        """`known`: ids the writer already holds final. A bad item is an error on the run; the
-        rest of the page is still read. A refused key stops everything (BolnaAuthError)."""
+    def read(self, page: list, writer: PageWriter, recorder: RunRecorder, agent_id: str) -> PageRead:
+        """A bad item is an error on the run; the rest of the page is still read. A refused key
+        stops everything (BolnaAuthError)."""
         read = PageRead()
+        known = writer.unchanged([item for item in page if isinstance(item, dict)])
         listed: list[tuple[Execution, bool]] = []  # (as listed, needs its full record)
         for item in page:
             try:

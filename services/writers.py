@@ -17,7 +17,7 @@ link per call in `customer_calls`, so the count stays exact and the array stops 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.collection import Collection
@@ -109,9 +109,19 @@ class CustomerWriter:
         found = records_by_phone(self.customers, [phone for phone, _ in by_phone.values()])
         # Links first, legacy ones too: a merge below removes the `callIds` they come from. None is
         # applied until the customer is written under its number's key: until then a restart takes
-        # the page again, and merges and rewrites the record.
-        bulk_upsert(self.links, [link for key, docs in found.items() for link in legacy_links(key, docs, self.links.local_id)]
-                    + [_link(key, call, self.links.local_id) for key, (_phone, calls) in by_phone.items() for call in calls])
+        # the page again, and merges and rewrites the record. Applied at once, a crash before that
+        # left a legacy link's call skipped by every later run, and the merged record under its old
+        # spelling for good (issue 23).
+        legacy = sorted({(key, call_id) for key, docs in found.items()
+                         for doc in docs for call_id in legacy_call_ids(doc)})
+        bulk_upsert(self.links, [
+            UpdateOne({"_id": self.links.local_id(call_id)},
+                      {"$setOnInsert": {"callId": call_id, "phone": key, "applied": False}}, upsert=True)
+            for key, call_id in legacy] + [
+            UpdateOne({"_id": self.links.local_id(call.call_id)}, {"$set": {"phone": key, "at": call.at},
+                                                                   "$setOnInsert": {"callId": call.call_id, "applied": False}},
+                      upsert=True)
+            for key, (_phone, calls) in by_phone.items() for call in calls])
         stored = {key: merge_records(self.customers, key, docs, self.ranks) for key, docs in found.items()}
         counts, legacy_keys = self._counts(list(by_phone))
         # Before the customers: once they hold the new values, a re-run could not tell a lock held one.
@@ -212,30 +222,12 @@ class CustomerWriter:
             for customer in pending], ordered=False)
 
 
-def _link(key: str, call: CustomerCall, link_id: Callable[[str], str]) -> UpdateOne:
-    """The call counted on the number `key`; `applied` once the customer holds it."""
-    return UpdateOne({"_id": link_id(call.call_id)},
-                     {"$set": {"phone": key, "at": call.at}, "$setOnInsert": {"callId": call.call_id, "applied": False}},
-                     upsert=True)
-
-
 def legacy_call_ids(doc: dict) -> list[str]:
     """The call ids of a record's `callIds`: an array, or in some old records a single id."""
     call_ids = doc.get("callIds")
     if isinstance(call_ids, str):
         return [call_ids]
     return [call_id for call_id in call_ids if isinstance(call_id, str)] if isinstance(call_ids, list) else []
-
-
-def legacy_links(key: str, docs: list[dict], link_id: Callable[[str], str]) -> list[UpdateOne]:
-    """Links for the calls the records count in a `callIds` array, not applied yet: a link is
-    applied only once its customer is stored under `key` (`LEGACY_LINK`). Applied at once, a
-    crash before that left the calls skipped by every later run, and the merged record under its
-    old spelling for good (issue 23)."""
-    call_ids = {call_id for doc in docs for call_id in legacy_call_ids(doc)}
-    return [UpdateOne({"_id": link_id(call_id)}, {"$setOnInsert": {"callId": call_id, "phone": key, "applied": False}},
-                      upsert=True)
-            for call_id in sorted(call_ids)]
 
 
 # A link made from a `callIds` array whose call no page has brought yet (a page's link has its
