@@ -31,8 +31,6 @@ from utils.http import RequestOutcomes, parse_retry_after
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 50
-# Requests of one job besides its full records: a listing read ahead and one written page's.
-LISTINGS_IN_FLIGHT = 2
 MAX_WINDOW = timedelta(days=7)  # `from`..`to` may span at most 7 days
 # A `Date` header counts whole seconds: Bolna's clock cannot be told closer than this.
 DATE_RESOLUTION = timedelta(seconds=1)
@@ -142,10 +140,7 @@ def pacer_for(base_url: str, api_key: str, limits: Limits) -> Pacer:
     key (both jobs, a CLI command beside the daemon's jobs) shares one window."""
     key = (base_url.rstrip("/"), hashlib.sha256(api_key.encode()).hexdigest(), limits)
     with _pacers_lock:
-        pacer = _pacers.get(key)
-        if pacer is None:
-            pacer = _pacers[key] = Pacer(limits)
-        return pacer
+        return _pacers.setdefault(key, Pacer(limits))
 
 
 def iso(moment: datetime) -> str:
@@ -197,7 +192,8 @@ class BolnaClient:
         return cls(settings.bolna_base_url, settings.bolna_api_key or "",
                    timeout=settings.http_timeout_seconds, max_attempts=settings.http_max_attempts,
                    backoff_seconds=settings.http_backoff_seconds, page_size=settings.bolna_page_size, stop=stop,
-                   limits=limits, connections=settings.bolna_fetch_concurrency + 2 * LISTINGS_IN_FLIGHT)
+                   # Besides the full records, each job's listing read ahead and its written page's.
+                   limits=limits, connections=settings.bolna_fetch_concurrency + 2 * 2)
 
     def close(self) -> None:
         self.session.close()

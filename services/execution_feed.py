@@ -68,9 +68,6 @@ class ExecutionFeed:
         self.backfill = backfill
         self.overlap = overlap
 
-    def agents(self) -> list[str]:
-        return list(self.agent_ids) or [str(agent["id"]) for agent in self.client.list_agents()]
-
     def run(self, job: str, writer: PageWriter, recorder: RunRecorder, *, full: bool = False) -> None:
         """Sync every agent under `job`'s cursors; one agent's failure is recorded and the others
         still run. A refused API key stops the run: every further request would be refused too.
@@ -86,7 +83,7 @@ class ExecutionFeed:
         try:
             with ThreadPoolExecutor(1, thread_name_prefix=f"{job}-read-ahead") as ahead:
                 run = _Run(writer, recorder, state, now, ahead)
-                for agent_id in self.agents():
+                for agent_id in self.agent_ids or [str(agent["id"]) for agent in self.client.list_agents()]:
                     if self.stop.is_set():
                         recorder.error("stopped before every agent was synced; the next run resumes",
                                        code="interrupted")
@@ -147,7 +144,7 @@ class ExecutionFeed:
         for call_id in plan.fetch:
             checked = Followed(pending[call_id].created_at, now)
             try:
-                execution = self.reader.fetch(call_id)
+                execution = parse_execution(self.client.get_execution(call_id), self.reader.region)
             except BolnaAuthError:
                 raise
             except (BolnaError, MalformedExecution) as exc:
@@ -227,11 +224,6 @@ class PageReader:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def fetch(self, call_id: str) -> Execution:
-        """One call's full record, fresh (a follow-up asks whether it changed). Raises BolnaError
-        or MalformedExecution."""
-        return parse_execution(self.client.get_execution(call_id), self.region)
 
     def read(self, page: list, writer: PageWriter, recorder: RunRecorder, agent_id: str) -> PageRead:
         """A bad item is an error on the run; the rest of the page is still read. A refused key
@@ -313,7 +305,8 @@ class SharedRecords:
         are still shared)."""
         self._fetch = fetch
         self._kept: TTLCache | None = TTLCache(maxsize=size, ttl=seconds) if size and seconds else None
-        self._in_flight: dict[Key, _Flight] = {}
+        self._in_flight: dict[Key, Future] = {}
+        self._waited: set[Key] = set()  # in flight, and another job waits for it
         self._lock = threading.Lock()
 
     def get(self, call_id: str, status: str) -> dict:
@@ -324,29 +317,23 @@ class SharedRecords:
                 return self._kept.pop(key)  # each job reads a call once: the other one is done
             flight = self._in_flight.get(key)
             if flight is None:
-                flight = self._in_flight[key] = _Flight()
-                owner = True
+                own = self._in_flight[key] = Future()
             else:
-                flight.waiters += 1
-                owner = False
-        if not owner:
-            return flight.result.result()
+                self._waited.add(key)
+        if flight is not None:
+            return flight.result()
         try:
             record = self._fetch(call_id)
         except BaseException as exc:
             with self._lock:
                 del self._in_flight[key]
-            flight.result.set_exception(exc)
+                self._waited.discard(key)
+            own.set_exception(exc)
             raise
         with self._lock:
             del self._in_flight[key]
-            if not flight.waiters and self._kept is not None:
+            if key not in self._waited and self._kept is not None:
                 self._kept[key] = record  # for the other job; a waiter has it already
-        flight.result.set_result(record)
+            self._waited.discard(key)
+        own.set_result(record)
         return record
-
-
-class _Flight:
-    def __init__(self):
-        self.result: Future = Future()
-        self.waiters = 0
