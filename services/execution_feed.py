@@ -48,7 +48,6 @@ class PageWriter(Protocol):
 
 @dataclass
 class _Run:
-    """One job's run, as its agents share it."""
     writer: PageWriter
     recorder: RunRecorder
     state: SyncState
@@ -244,12 +243,7 @@ class PageReader:
         fetched = self._fetch_all([execution for execution, needed in listed if needed])
         for execution, needed in listed:
             try:
-                if needed:
-                    full = parse_execution(fetched[execution.id].result(), self.region)
-                    if full.id != execution.id:
-                        raise MalformedExecution(f"GET /executions/{execution.id} returned id {full.id}",
-                                                 execution.id)
-                    execution = full
+                execution = fetched[execution.id].result() if needed else execution
             except MalformedExecution as exc:
                 recorder.error(f"malformed execution: {exc}", code=exc.code, call_id=exc.call_id, agent_id=agent_id)
                 continue
@@ -265,11 +259,11 @@ class PageReader:
         return read
 
     def _fetch_all(self, listed: list[Execution]) -> dict[str, Future]:
-        """Each call's full record (or its failure), by id; a refused key is raised at once."""
+        """Each call's full record, read (or its failure), by id; a refused key is raised at once."""
         results: dict[str, Future] = {}
         for execution in listed:
             if execution.id not in results:
-                future = results[execution.id] = self._pool.submit(in_log_context(self._get, execution))
+                future = results[execution.id] = self._pool.submit(in_log_context(self._full, execution))
                 # Waited for until the key is known good (`_key_accepted`).
                 if not self._key_accepted and isinstance(future.exception(), BolnaAuthError):
                     raise future.exception()
@@ -280,15 +274,18 @@ class PageReader:
                 raise future.exception()
         return results
 
-    def _get(self, execution: Execution) -> dict:
+    def _full(self, listed: Execution) -> Execution:
         try:
-            record = self.records.get(execution.id, execution.status)
+            record = self.records.get(listed.id, listed.status)
         except BolnaError as exc:
             # Any answer but a refusal of the key says the key is good.
             self._key_accepted = self._key_accepted or (exc.status is not None and not isinstance(exc, BolnaAuthError))
             raise
         self._key_accepted = True
-        return record
+        full = parse_execution(record, self.region)
+        if full.id != listed.id:
+            raise MalformedExecution(f"GET /executions/{listed.id} returned id {full.id}", listed.id)
+        return full
 
 
 Key = tuple[str, str]  # (call id, status as listed)
