@@ -54,9 +54,7 @@ def missing_number_reason(raw: object) -> str | None:
 # Repeat callers and re-syncs parse the same strings again and again.
 @lru_cache(maxsize=65536)
 def _to_e164(text: str, region: str) -> str | None:
-    if _e164_valid(text):
-        return text
-    return _parsed_e164(text, region)
+    return text if _e164_valid(text) else _parsed_e164(text, region)
 
 
 def _e164_valid(text: str) -> bool:
