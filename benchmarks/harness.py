@@ -15,8 +15,7 @@ from pymongo import MongoClient, monitoring
 from fakes.bolna_api import RateLimits
 from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import HookedDatabase, RoundTripCounter
-from services.bolna_client import BolnaClient
-from services.bolna_pacing import Limits
+from services.bolna_client import BolnaClient, Limits
 from utils.config import Settings
 from worker.app import App
 

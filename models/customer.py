@@ -15,8 +15,7 @@ from typing import Any, Iterable
 
 from pymongo import UpdateOne
 
-from models.execution import Execution
-from models.extraction import Extraction, Path
+from models.execution import Execution, Extraction, Path
 from models.locks import LOCKED, SUGGESTED
 from utils.config import (BOOKED, CALLBACK, CONTACTED, DEFAULT_PRECEDENCE, INTERESTED, NO_ANSWER, NOT_INTERESTED,
                           VOICEMAIL)

@@ -3,17 +3,162 @@
 The API's shapes drift (list projection vs full record, `conversation_time` vs
 `conversation_duration`, flat vs nested `extracted_data`), so every field is read with a
 fallback and only a missing id or timestamp makes a record unusable.
+
+`extracted_data` comes in every shape Bolna sends:
+- Flat (the legacy extraction prompt): `{"name": "Ravi", "user_interested": true}`.
+- Nested objects: `{"address": {"line1": "12 MG Road", "city": "Pune"}}`. The structure is kept,
+  so each value keeps its path (`extracted.address.city`) and two keys of one name under
+  different parents (`customer.name`, `agent.name`) never overwrite each other.
+- Extractions/dispositions (from Sept 2026): `{Category: {Disposition: {subjective, objective,
+  confidence, confidence_label, reasoning_*, validation}}}`. A disposition is one value: its
+  `objective`, else its `subjective`; its confidence is kept beside, under the same path.
+
+Stored keys are made safe for MongoDB (no dots, no leading `$`); a key that becomes equal to a
+sibling's gets a numbered suffix instead of overwriting it.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from models.extraction import Extraction, clean_text, plain, read_extraction, storable
 from utils.clock import naive_utc, to_millis, utcnow
 from utils.phone import DEFAULT_REGION, Phone, missing_number_reason, normalize_phone
+
+MAX_DEPTH = 6
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f]")  # a regex: a loop per character would cost half the mapping time
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_INT64 = range(-2**63, 2**63)  # BSON integers; a bigger JSON number is kept as its digits
+_DISPOSITION_KEYS = ("objective", "subjective")
+
+Path = tuple[str, ...]
+
+
+def storable(text: str) -> str:
+    """JSON's `\\ud800` escape decodes to a lone surrogate, which UTF-8 (and so BSON) cannot
+    encode: one such character would fail the bulk write of its whole page."""
+    return text if text.isascii() else _SURROGATES.sub("\ufffd", text)
+
+
+def clean_text(value: Any) -> str | None:
+    """Text to store: storable, without the control characters (other than line breaks and tabs)
+    that broken upstream encodings leave; None when nothing is left."""
+    if value is None:
+        return None
+    text = storable(value if isinstance(value, str) else str(value))
+    return _CONTROL.sub("", text) or None
+
+
+@lru_cache(maxsize=4096)  # extraction keys repeat from call to call
+def safe_key(key: Any) -> str:
+    """A MongoDB-safe field name: no dots, no leading `$`."""
+    # BSON field names end at a NUL byte, so no control characters either.
+    text = (clean_text(key) or "").replace(".", "_").strip() or "_"
+    return "_" + text[1:] if text.startswith("$") else text
+
+
+def plain(value: Any, depth: int = 0) -> Any:
+    """A value safe to store: scalars as they are, containers with safe keys, bounded depth."""
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return clean_text(value) if isinstance(value, str) else value
+    if depth >= MAX_DEPTH:
+        return json.dumps(value, default=str)[:1000]
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out[_unique(safe_key(key), out)] = plain(item, depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [plain(v, depth + 1) for v in value]
+    return str(value)
+
+
+def _unique(key: str, siblings: dict) -> str:
+    if key not in siblings:
+        return key
+    number = 2
+    while f"{key}_{number}" in siblings:
+        number += 1
+    return f"{key}_{number}"
+
+
+@dataclass
+class Extraction:
+    values: dict[str, Any] = field(default_factory=dict)      # nested; a disposition is its value
+    confidence: dict[str, Any] = field(default_factory=dict)  # nested like `values`, dispositions only
+    stored: dict[str, Any] = field(default_factory=dict)      # the data as received, made storable: `plain(data)`
+    # Lookup names: a top-level key, or a nested path joined with "_" (`customer_name`).
+    _by_name: dict[str, tuple[Path, Any]] = field(default_factory=dict, repr=False)
+    # Dispositions by their own name, when no other disposition shares it.
+    _dispositions: dict[str, list[tuple[Path, Any]]] = field(default_factory=dict, repr=False)
+
+    def find(self, name: str) -> tuple[Path, Any] | None:
+        """(path, value) of what the extraction calls `name`, or None."""
+        found = self._by_name.get(name)
+        if found is None and len(self._dispositions.get(name, ())) == 1:
+            found = self._dispositions[name][0]
+        return found
+
+    def without(self, paths: set[Path]) -> dict[str, Any]:
+        """The values less the given paths (and the objects those leave empty)."""
+        return _prune(self.values, paths, ())
+
+
+def _prune(values: dict, paths: set[Path], prefix: Path) -> dict:
+    kept: dict[str, Any] = {}
+    for key, value in values.items():
+        path = prefix + (key,)
+        if path in paths:
+            continue
+        if isinstance(value, dict) and any(p[:len(path)] == path for p in paths):
+            value = _prune(value, paths, path)
+            if not value:
+                continue
+        kept[key] = value
+    return kept
+
+
+def read_extraction(data: dict) -> Extraction:
+    """One walk of the data builds the values, the confidences and the storable copy."""
+    extraction = Extraction()
+    _walk(data, (), extraction.values, extraction.confidence, extraction.stored, extraction, 0)
+    return extraction
+
+
+def _walk(data: dict, prefix: Path, values: dict, confidence: dict, stored: dict, extraction: Extraction,
+          depth: int) -> None:
+    """`stored` receives `plain(data, depth)`: each value's copy as `plain(value, depth + 1)`."""
+    for raw_key, raw_value in data.items():
+        key = _unique(safe_key(raw_key), values)
+        path = prefix + (key,)
+        if isinstance(raw_value, dict) and any(name in raw_value for name in _DISPOSITION_KEYS):
+            stored[key] = plain(raw_value, depth + 1)
+            objective = raw_value.get("objective")
+            value = plain(objective if objective not in (None, "") else raw_value.get("subjective"))
+            score = raw_value.get("confidence")
+            score = score if isinstance(score, (int, float)) and not isinstance(score, bool) else \
+                clean_text(raw_value.get("confidence_label"))
+            if score is not None:
+                confidence[key] = score
+            extraction._dispositions.setdefault(key, []).append((path, value))
+        elif isinstance(raw_value, dict) and depth < MAX_DEPTH:
+            value, nested_confidence, nested_stored = {}, {}, {}
+            _walk(raw_value, path, value, nested_confidence, nested_stored, extraction, depth + 1)
+            if nested_confidence:
+                confidence[key] = nested_confidence
+            stored[key] = nested_stored if depth + 1 < MAX_DEPTH else plain(raw_value, depth + 1)
+        else:
+            value = plain(raw_value, depth)
+            # A scalar's copy does not depend on the depth; a container's may, at the limit.
+            stored[key] = plain(raw_value, depth + 1) if isinstance(raw_value, (dict, list, tuple)) else value
+        values[key] = value
+        extraction._by_name.setdefault("_".join(path), (path, value))
+
 
 TERMINAL_STATUSES = frozenset({
     "completed", "balance-low", "busy", "no-answer", "canceled", "cancelled", "failed",
@@ -96,24 +241,21 @@ class Execution:
 FUTURE_TOLERANCE = timedelta(days=1)
 
 
-class UnusableTime(ValueError):
-    """A time written correctly that cannot be used: not representable, or too far ahead."""
-
-
 def parse_time(value: Any) -> datetime | None:
     """ISO 8601 as Bolna writes it (`2026-06-07T10:00:00.123Z`, sometimes without zone) -> naive UTC;
     None when there is none, or it is not a time, or it cannot be represented.
 
     Naive UTC because that is what pymongo hands back, so stored and fresh values compare."""
     try:
-        return read_time(value)
-    except UnusableTime:
+        return _read_time(value)
+    except MalformedExecution:
         return None
 
 
-def read_time(value: Any, latest: datetime | None = None) -> datetime | None:
+def _read_time(value: Any, latest: datetime | None = None, name: str = "time", call_id: str | None = None
+               ) -> datetime | None:
     """`parse_time`, but a time that cannot be represented in UTC ("0001-01-01T00:00:00+01:00"),
-    or lies after `latest`, raises UnusableTime saying why."""
+    or lies after `latest`, makes the execution `call_id` unusable: MalformedExecution saying why."""
     if not isinstance(value, str) or not value.strip():
         return None
     text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
@@ -125,10 +267,12 @@ def read_time(value: Any, latest: datetime | None = None) -> datetime | None:
         # MongoDB stores milliseconds; truncating here keeps re-syncs byte-identical.
         moment = to_millis(naive_utc(moment))
     except OverflowError:
-        raise UnusableTime(f"{value.strip()[:40]!r} is outside the years 1-9999 in UTC") from None
+        raise MalformedExecution(f"execution {name} {value.strip()[:40]!r} is outside the years 1-9999 in UTC",
+                                 call_id, code="unusable_time") from None
     if latest is not None and moment > latest:
-        raise UnusableTime(f"{value.strip()[:40]!r} is more than {FUTURE_TOLERANCE.total_seconds() / 3600:g} "
-                           "hours ahead of this server's clock")
+        raise MalformedExecution(f"execution {name} {value.strip()[:40]!r} is more than "
+                                 f"{FUTURE_TOLERANCE.total_seconds() / 3600:g} hours ahead of this server's clock",
+                                 call_id, code="unusable_time")
     return moment
 
 
@@ -165,9 +309,16 @@ def execution_id(payload: dict) -> str | None:
     return str(raw_id).strip()[:200]
 
 
+def linked_call_id(link: dict) -> str:
+    """A `customer_calls` link's call: its `_id` is the call id made unique across accounts
+    (services/tenancy), and links written before accounts existed carry no `callId` (their `_id`
+    is the call id)."""
+    return link.get("callId", link["_id"])
+
+
 def parse_execution(payload: Any, region: str = DEFAULT_REGION, now: datetime | None = None) -> Execution:
     """Read one execution; raises MalformedExecution when it cannot be identified or dated, or
-    when a time it carries cannot be used (see `read_time`). `region`: where numbers written
+    when a time it carries cannot be used (see `_read_time`). `region`: where numbers written
     without a country code are from; `now`: this server's time (naive UTC), by default the clock's."""
     if not isinstance(payload, dict):
         raise MalformedExecution(f"execution is a {type(payload).__name__}, not an object",
@@ -179,10 +330,10 @@ def parse_execution(payload: Any, region: str = DEFAULT_REGION, now: datetime | 
         # Changing it would store the call under an id Bolna does not know.
         raise MalformedExecution("execution id is not valid text", code="bad_id")
     latest = (now or utcnow()) + FUTURE_TOLERANCE
-    created_at = _checked_time(payload, "created_at", latest, call_id)
+    created_at = _read_time(payload.get("created_at"), latest, "created_at", call_id)
     if created_at is None:
         raise MalformedExecution("execution has no valid created_at", call_id, code="missing_created_at")
-    updated_at = _checked_time(payload, "updated_at", latest, call_id)
+    updated_at = _read_time(payload.get("updated_at"), latest, "updated_at", call_id)
     telephony = payload.get("telephony_data")
     telephony = telephony if isinstance(telephony, dict) else {}
     extraction, extracted_error = _read_extracted(payload.get("extracted_data"))
@@ -222,13 +373,6 @@ def parse_execution(payload: Any, region: str = DEFAULT_REGION, now: datetime | 
         hangup_by=clean_text(telephony.get("hangup_by")),
         answered_by_voice_mail=voicemail if isinstance(voicemail, bool) else None,
     )
-
-
-def _checked_time(payload: dict, name: str, latest: datetime, call_id: str) -> datetime | None:
-    try:
-        return read_time(payload.get(name), latest)
-    except UnusableTime as exc:
-        raise MalformedExecution(f"execution {name} {exc}", call_id, code="unusable_time") from None
 
 
 def _raw_number(value: Any) -> str | None:

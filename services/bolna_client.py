@@ -1,29 +1,36 @@
-"""Bolna REST client: one pooled session, Bearer auth, timeouts, retries that respect the server,
-and every request paced to Bolna's rate limits (`services/bolna_pacing.py`). Safe to share
-between threads."""
+"""Talking to Bolna: one pooled session, Bearer auth, timeouts, retries that respect the server,
+and every request paced to Bolna's rate limits. Safe to share between threads.
+
+Bolna allows 500 requests a minute on an agent's listing (`/v2/agent/{id}/executions`, also
+`/v2/agent/{id}` and `/call`) and 1,000 a minute elsewhere (`GET /executions/{id}`, ...), per
+organisation, and answers 429 beyond. A backfill fires faster than that; pacing here keeps it at
+the limit instead of buying 429s and their waits. The windows are pyrate-limiter's sliding-window
+logs; waiting is ours, on the stop Event, so a SIGTERM ends it at once.
+"""
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
+import re
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Iterator
 
 import requests
+from pyrate_limiter import InMemoryBucket, Rate, RateItem
 from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_when_event_set,
                       wait_exponential_jitter)
 
-from services.bolna_pacing import Limits, PacingStopped, pacer_for
-from services.request_outcomes import RequestOutcomes
 from services.run_records import FatalError
 from utils.clock import naive_utc, to_millis, utcnow
-from utils.http import parse_retry_after
+from utils.http import RequestOutcomes, parse_retry_after
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 50
-# Requests of one job besides its full records: a listing read ahead and one written page's.
-LISTINGS_IN_FLIGHT = 2
 MAX_WINDOW = timedelta(days=7)  # `from`..`to` may span at most 7 days
 # A `Date` header counts whole seconds: Bolna's clock cannot be told closer than this.
 DATE_RESOLUTION = timedelta(seconds=1)
@@ -60,17 +67,92 @@ class BolnaAuthError(BolnaError, FatalError):
         return False
 
 
+# The agent-scoped endpoints under the lower limit; every other path is under the higher one.
+_LISTING_PATHS = re.compile(r"^/v2/agent/(?!all$)[^/]+(/executions)?$|^/call$")
+# A wait is re-checked at least this often: other threads take turns meanwhile.
+_LONGEST_NAP = 1.0
+
+
+def endpoint_class(path: str) -> str:
+    """`listing` (500/min) or `other` (1,000/min)."""
+    return "listing" if _LISTING_PATHS.match(path) else "other"
+
+
+@dataclass(frozen=True)
+class Limits:
+    # Bolna's documented limits, per minute and per organisation (/work/shared/bolna-api.md).
+    listing_per_minute: int = 500
+    other_per_minute: int = 1000
+    headroom: float = 0.1  # the share of each limit left unused
+    minute_seconds: float = 60.0  # shortened only by benchmarks, to time-scale a backfill
+
+
+class Pacer:
+    """One sliding window per endpoint class; `wait_turn` blocks until a request may go."""
+
+    def __init__(self, limits: Limits = Limits()):
+        # Buckets without a Limiter: a Limiter leaks its bucket from a thread of its own, and
+        # this process may hold a pacer per key; we leak on our own turns instead.
+        self._windows = {kind: InMemoryBucket(_rates(max(1, int(per_minute * (1 - limits.headroom))),
+                                                     limits.minute_seconds))
+                         for kind, per_minute in (("listing", limits.listing_per_minute),
+                                                  ("other", limits.other_per_minute))}
+        self._lock = threading.Lock()
+        self.waited_seconds = 0.0  # time requests spent waiting for a turn, for the benchmarks
+
+    def wait_turn(self, path: str, stop: threading.Event) -> None:
+        """Raises BolnaError (the request not sent) when `stop` is set before the turn comes."""
+        kind = endpoint_class(path)
+        window = self._windows[kind]
+        while True:
+            if stop.is_set():
+                raise BolnaError(f"Bolna request {path} not sent: stopped while waiting to request {kind}")
+            with self._lock:
+                now = window.now()
+                decision = window.put_decision(RateItem(kind, now, 1))
+                if decision.allowed:
+                    if window.count() > 2 * window.rates[-1].limit:
+                        window.leak(now)  # the entries older than the window
+                    return
+            wait_ms = decision.retry_after_ms if decision.retry_after_ms is not None else 10
+            nap = min(_LONGEST_NAP, max(wait_ms, 1) / 1000)
+            self.waited_seconds += nap
+            stop.wait(nap)
+
+
+def _rates(allowed: int, minute_seconds: float) -> list[Rate]:
+    """The minute's allowance, spread over its sixtieths: a whole minute's worth sent in one
+    burst would reach Bolna with the jitter of the network, and a request delayed less than
+    one sent before it could make Bolna count one too many in its own window."""
+    minute_ms = int(minute_seconds * 1000)
+    per_tick = math.ceil(allowed / 60)
+    if per_tick >= allowed or minute_ms < 60:
+        return [Rate(allowed, minute_ms)]
+    return [Rate(per_tick, minute_ms // 60), Rate(allowed, minute_ms)]
+
+
+_pacers: dict[tuple[str, str, Limits], Pacer] = {}
+_pacers_lock = threading.Lock()
+
+
+def pacer_for(base_url: str, api_key: str, limits: Limits) -> Pacer:
+    """The process's one pacer for a key: Bolna counts per organisation, so every client of one
+    key (both jobs, a CLI command beside the daemon's jobs) shares one window."""
+    key = (base_url.rstrip("/"), hashlib.sha256(api_key.encode()).hexdigest(), limits)
+    with _pacers_lock:
+        return _pacers.setdefault(key, Pacer(limits))
+
+
 def iso(moment: datetime) -> str:
     """Naive UTC -> the API's `2026-06-07T00:00:00.000Z`."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.isoformat(timespec="milliseconds") + "Z"
 
 
 class BolnaClient:
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0, max_attempts: int = 5,
                  backoff_seconds: float = 1.0, max_wait: float = 60.0, page_size: int = MAX_PAGE_SIZE,
-                 session: requests.Session | None = None, stop: threading.Event | None = None,
-                 max_pages_per_window: int = MAX_PAGES_PER_WINDOW, limits: Limits = Limits(),
-                 connections: int = 10):
+                 stop: threading.Event | None = None, max_pages_per_window: int = MAX_PAGES_PER_WINDOW,
+                 limits: Limits = Limits(), connections: int = 10):
         """`stop`: once set, a retry wait or a wait for a turn ends at once and no further retry
         is made. `connections`: kept open to Bolna, one per request that may be in flight."""
         self.base_url = base_url.rstrip("/")
@@ -85,12 +167,10 @@ class BolnaClient:
         # Bolna's clock less this machine's, as the last `Date` header said; None until one came.
         self.clock_offset: timedelta | None = None
         self.outcomes = RequestOutcomes()  # each request's outcome, for the metrics
-        if session is None:
-            session = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max(1, connections))
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-        self.session = session
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max(1, connections))
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         self.session.headers.update({"Authorization": f"Bearer {api_key}", "Accept": "application/json"})
         exponential = wait_exponential_jitter(multiplier=backoff_seconds, max=max_wait, jitter=backoff_seconds)
 
@@ -112,7 +192,8 @@ class BolnaClient:
         return cls(settings.bolna_base_url, settings.bolna_api_key or "",
                    timeout=settings.http_timeout_seconds, max_attempts=settings.http_max_attempts,
                    backoff_seconds=settings.http_backoff_seconds, page_size=settings.bolna_page_size, stop=stop,
-                   limits=limits, connections=settings.bolna_fetch_concurrency + 2 * LISTINGS_IN_FLIGHT)
+                   # Besides the full records, each job's listing read ahead and its written page's.
+                   limits=limits, connections=settings.bolna_fetch_concurrency + 2 * 2)
 
     def close(self) -> None:
         self.session.close()
@@ -128,26 +209,22 @@ class BolnaClient:
         if isinstance(exc, BolnaError) and exc.sent and exc.status != 429:
             self.outcomes(outcome)
 
-    def _retried(self, attempt, *args):
-        """`attempt(*args)` under the retry loop; a failure given up is counted an `error`."""
+    def _request(self, method: str, path: str, **request) -> tuple[object, datetime | None]:
+        """(body, Bolna's time when it answered), under the retry loop; a failure given up is
+        counted an `error`."""
         try:
-            return self._retrying(attempt, *args)
+            return self._retrying(self._attempt, method, path, request)
         except BolnaError as exc:
             self._count_failure(exc, "error")
             raise
 
-    def _get(self, path: str, params: dict | None = None):
-        return self._get_served(path, params)[0]
-
-    def _get_served(self, path: str, params: dict | None = None) -> tuple[object, datetime | None]:
-        """(body, Bolna's time when it answered), retried as every request is."""
-        return self._retried(self._get_once, path, params)
-
-    def _get_once(self, path: str, params: dict | None):
-        response = self._send("GET", path, params=params)
+    def _attempt(self, method: str, path: str, request: dict) -> tuple[object, datetime | None]:
+        response = self._send(method, path, **request)
         try:
             return response.json(), _read_no_earlier_than(response)
         except ValueError:
+            if method == "PATCH":
+                return None, None  # a 2xx without a JSON body still applied the change
             raise BolnaError(f"Bolna sent a body that is not valid JSON on {path}") from None
         except RecursionError:  # nesting deeper than the parser's stack: not a page we can split
             raise BolnaError(f"Bolna sent a body nested too deep to read on {path}") from None
@@ -156,10 +233,7 @@ class BolnaClient:
         """One request, in its turn under the pace: a refused key raises BolnaAuthError, any
         other failure BolnaError (with Bolna's Retry-After, for the retry loop)."""
         shown = path if method == "GET" else f"{method} {path}"
-        try:
-            self.pacer.wait_turn(path, self.stop)
-        except PacingStopped as exc:
-            raise BolnaError(f"Bolna request {shown} not sent: {exc}") from None
+        self.pacer.wait_turn(path, self.stop)
         with self._count_lock:
             self.requests_made += 1
         try:
@@ -190,13 +264,13 @@ class BolnaClient:
         return utcnow() + (self.clock_offset or timedelta(0))
 
     def list_agents(self) -> list[dict]:
-        agents = self._get("/v2/agent/all")
+        agents, _ = self._request("GET", "/v2/agent/all")
         if not isinstance(agents, list):
             raise BolnaError("GET /v2/agent/all did not return a list", status=200)
         return [agent for agent in agents if isinstance(agent, dict) and agent.get("id")]
 
     def get_execution(self, execution_id: str) -> dict:
-        record = self._get(f"/executions/{execution_id}")
+        record, _ = self._request("GET", f"/executions/{execution_id}")
         if not isinstance(record, dict):
             raise BolnaError(f"GET /executions/{execution_id} did not return an object", status=200)
         return record
@@ -204,14 +278,7 @@ class BolnaClient:
     def set_webhook_url(self, agent_id: str, url: str) -> object:
         """`PATCH /v2/agent/{id}` with `agent_config.webhook_url`, as Bolna documents it; the same
         body again changes nothing, so it is retried like a read."""
-        return self._retried(self._patch_once, f"/v2/agent/{agent_id}", {"agent_config": {"webhook_url": url}})
-
-    def _patch_once(self, path: str, body: dict) -> object:
-        response = self._send("PATCH", path, json=body)
-        try:
-            return response.json()
-        except ValueError:
-            return None  # a 2xx without a JSON body still applied the change
+        return self._request("PATCH", f"/v2/agent/{agent_id}", json={"agent_config": {"webhook_url": url}})[0]
 
     def iter_pages(self, agent_id: str, start: datetime, end: datetime | None = None) -> Iterator[WindowPage]:
         """Pages of one agent's executions created in [start, end], one 7-day window after
@@ -244,7 +311,7 @@ class BolnaClient:
     def _window_pages(self, agent_id: str, start: datetime, end: datetime) -> Iterator[WindowPage]:
         read_through = end
         for page_number in range(1, self.max_pages_per_window + 1):
-            page, served_at = self._get_served(f"/v2/agent/{agent_id}/executions", {
+            page, served_at = self._request("GET", f"/v2/agent/{agent_id}/executions", params={
                 "page_number": page_number, "page_size": self.page_size, "from": iso(start), "to": iso(end)})
             if not isinstance(page, dict) or not isinstance(page.get("data"), list):
                 raise BolnaError(f"executions page {page_number} of agent {agent_id} has no data list",
@@ -254,7 +321,7 @@ class BolnaClient:
             # read: only what Bolna held when the earliest page was served was seen on every page.
             if served_at is not None:
                 read_through = min(read_through, served_at)
-            yield WindowPage(page["data"], end, last=not more, served_at=served_at, read_through=read_through)
+            yield WindowPage(page["data"], not more, served_at, read_through)
             if not more:
                 return
         raise BolnaError(f"agent {agent_id}: more than {self.max_pages_per_window} pages in one window "
@@ -262,20 +329,18 @@ class BolnaClient:
 
 
 class WindowPage(list):
-    """A page of raw executions that knows its time window and whether it ends the window,
-    so the caller can move its cursor only past fully written windows. `served_at`: the earliest
+    """A page of raw executions that knows whether it ends its time window, so the caller can
+    move its cursor only past fully written windows. `served_at`: the earliest
     Bolna's clock may have read this page (`_read_no_earlier_than`), None when it sent no `Date`.
     `read_through`: how far every page of the window up to this one has seen, by Bolna's clock:
     the window's end, or the earliest page's `served_at` when that is sooner (a clock here ahead
     of Bolna's, or calls made while the window was paged)."""
 
-    def __init__(self, items: list, window_end: datetime, last: bool, served_at: datetime | None = None,
-                 read_through: datetime | None = None):
+    def __init__(self, items: list, last: bool, served_at: datetime | None, read_through: datetime):
         super().__init__(items)
-        self.window_end = window_end
         self.last = last
         self.served_at = served_at
-        self.read_through = window_end if read_through is None else read_through
+        self.read_through = read_through
 
 
 def _date(response: requests.Response) -> datetime | None:
@@ -312,5 +377,5 @@ def _error_text(response: requests.Response) -> str:
     except ValueError:
         return response.text[:200]
     if isinstance(body, dict):
-        return str(body.get("message") or body.get("detail") or body)[:200]
+        body = body.get("message") or body.get("detail") or body
     return str(body)[:200]

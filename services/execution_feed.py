@@ -1,30 +1,36 @@
 """The page loop: walks each agent's executions since its cursor and hands pages to a writer.
 
 Shared by both jobs; each keeps its own sync state per agent (`services/sync_state.py` holds the
-rules for where the cursor may go). Pages are read by `PageReader` one page ahead of the
-writes (`read_ahead`: two pages held at most, whatever the history) and written by the job's
-writer, one batched write per page.
+rules for where the cursor may go). Each page is read one page ahead of the writes (`read_ahead`:
+two pages held at most, whatever the history) and written by the job's writer, one batched write
+per page.
+
+Reading a page (`PageReader`): Bolna's trimmed listing lacks the transcript and numbers, so a
+terminal call listed that way is fetched whole (`GET /executions/{id}`), unless a writer already
+holds it final. A page's full records are fetched side by side (bounded by `concurrency`, paced by
+the client), and once for both jobs (`SharedRecords`): fetched by each, that would be twice the
+Bolna quota one read needs.
 """
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 from bson.errors import InvalidDocument
+from cachetools import TTLCache
 from pymongo.database import Database
 from pymongo.errors import DocumentTooLarge, OperationFailure
 
-from models.execution import Execution, MalformedExecution
-from services.bolna_client import BolnaAuthError, BolnaClient, BolnaError, WindowPage
+from models.execution import Execution, MalformedExecution, needs_full_record, parse_execution
+from services.bolna_client import BolnaAuthError, BolnaClient, BolnaError
 from services.database import SYNC_STATE
-from services.page_reader import PageRead, PageReader
-from services.read_ahead import read_ahead
 from services.run_records import RunRecorder, describe_failure
 from services.sync_state import PENDING_MAX_AGE, Followed, SyncState, WindowProgress, follow_ups, read_from
+from utils.logging import in_log_context
 
 # What the database says about one page's data (a document too large, a field of the wrong type in
 # an old record): the page is refused, the run goes on. A lost connection is not among them: every
@@ -42,8 +48,6 @@ class PageWriter(Protocol):
 
 @dataclass
 class _Run:
-    """One job's run, as its agents share it."""
-    job: str
     writer: PageWriter
     recorder: RunRecorder
     state: SyncState
@@ -63,9 +67,6 @@ class ExecutionFeed:
         self.backfill = backfill
         self.overlap = overlap
 
-    def agents(self) -> list[str]:
-        return list(self.agent_ids) or [str(agent["id"]) for agent in self.client.list_agents()]
-
     def run(self, job: str, writer: PageWriter, recorder: RunRecorder, *, full: bool = False) -> None:
         """Sync every agent under `job`'s cursors; one agent's failure is recorded and the others
         still run. A refused API key stops the run: every further request would be refused too.
@@ -80,8 +81,8 @@ class ExecutionFeed:
         state = SyncState(self.state, job, now)
         try:
             with ThreadPoolExecutor(1, thread_name_prefix=f"{job}-read-ahead") as ahead:
-                run = _Run(job, writer, recorder, state, now, ahead)
-                for agent_id in self.agents():
+                run = _Run(writer, recorder, state, now, ahead)
+                for agent_id in self.agent_ids or [str(agent["id"]) for agent in self.client.list_agents()]:
                     if self.stop.is_set():
                         recorder.error("stopped before every agent was synced; the next run resumes",
                                        code="interrupted")
@@ -98,17 +99,13 @@ class ExecutionFeed:
         finally:
             state.save()
 
-    def _read_page(self, run: _Run, agent_id: str, page: WindowPage) -> PageRead:
-        items = [item for item in page if isinstance(item, dict)]
-        return self.reader.read(page, run.writer.unchanged(items), run.recorder, agent_id)
-
     def _sync_agent(self, run: _Run, agent_id: str, start: datetime) -> None:
         writer, recorder, state, now = run.writer, run.recorder, run.state, run.now
         # One for all the windows of this run: a call to read again in an early window still holds
         # the cursor once a later window is done.
         progress = WindowProgress()
         pages = read_ahead(self.client.iter_pages(agent_id, start),
-                           lambda page: self._read_page(run, agent_id, page), run.ahead,
+                           lambda page: self.reader.read(page, run.writer, run.recorder, agent_id), run.ahead,
                            keep_going=lambda: not self.stop.is_set())
         with closing(pages):
             for page, read in pages:
@@ -146,7 +143,7 @@ class ExecutionFeed:
         for call_id in plan.fetch:
             checked = Followed(pending[call_id].created_at, now)
             try:
-                execution = self.reader.fetch(call_id)
+                execution = parse_execution(self.client.get_execution(call_id), self.reader.region)
             except BolnaAuthError:
                 raise
             except (BolnaError, MalformedExecution) as exc:
@@ -179,3 +176,161 @@ class ExecutionFeed:
                            code="page_write_failed", agent_id=agent_id)
             return False
         return True
+
+
+def read_ahead(pages: Iterator, read: Callable, worker: ThreadPoolExecutor,
+               keep_going: Callable[[], bool]) -> Iterator[tuple]:
+    """(page, read(page)) for each page; the next is read while the caller holds this one. Errors
+    of listing or reading reach the caller in order. `keep_going()` false: nothing more is read.
+    Closing the iterator waits for the read under way, so no request outlives the caller's loop."""
+    def next_read() -> tuple | None:
+        page = next(pages, None)
+        return None if page is None else (page, read(page))
+
+    pending: Future | None = worker.submit(in_log_context(next_read))
+    try:
+        while pending is not None:
+            result = pending.result()
+            pending = None
+            if result is None:
+                return
+            if keep_going():
+                pending = worker.submit(in_log_context(next_read))
+            yield result
+    finally:
+        if pending is not None:
+            pending.cancel() or pending.exception()  # not started, or waited for
+
+
+@dataclass
+class PageRead:
+    executions: list[Execution] = field(default_factory=list)  # to write
+    unchanged: int = 0  # stored final already: nothing to do
+    # Calls whose full record failed in a way worth retrying (call id, created_at): a later run
+    # must read them again. A refusal (404, 422) is not among them: it would be retried for ever.
+    retry: list[tuple[str, datetime]] = field(default_factory=list)
+
+
+class PageReader:
+    def __init__(self, client: BolnaClient, region: str, records: SharedRecords, concurrency: int):
+        self.client = client
+        self.region = region
+        self.records = records
+        self._pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="bolna-record")
+        # Until one full record came back, one request goes alone: a refused key then costs one
+        # request, not a page's worth.
+        self._key_accepted = False
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def read(self, page: list, writer: PageWriter, recorder: RunRecorder, agent_id: str) -> PageRead:
+        """A bad item is an error on the run; the rest of the page is still read. A refused key
+        stops everything (BolnaAuthError)."""
+        read = PageRead()
+        known = writer.unchanged([item for item in page if isinstance(item, dict)])
+        listed: list[tuple[Execution, bool]] = []  # (as listed, needs its full record)
+        for item in page:
+            try:
+                execution = parse_execution(item, self.region)
+            except MalformedExecution as exc:
+                recorder.error(f"malformed execution: {exc}", code=exc.code, call_id=exc.call_id, agent_id=agent_id)
+                continue
+            if execution.id in known:
+                read.unchanged += 1
+            else:
+                listed.append((execution, needs_full_record(item)))
+        fetched = self._fetch_all([execution for execution, needed in listed if needed])
+        for execution, needed in listed:
+            try:
+                execution = fetched[execution.id].result() if needed else execution
+            except MalformedExecution as exc:
+                recorder.error(f"malformed execution: {exc}", code=exc.code, call_id=exc.call_id, agent_id=agent_id)
+                continue
+            except BolnaError as exc:
+                if exc.retryable:
+                    read.retry.append((execution.id, execution.created_at))
+                if not self.client.stop.is_set():  # a stop is recorded once, by the feed
+                    recorder.error(f"full record of {execution.id}: {exc}", code="bolna_error",
+                                   call_id=execution.id, agent_id=agent_id)
+                continue
+            execution.agent_id = execution.agent_id or agent_id
+            read.executions.append(execution)
+        return read
+
+    def _fetch_all(self, listed: list[Execution]) -> dict[str, Future]:
+        """Each call's full record, read (or its failure), by id; a refused key is raised at once."""
+        results: dict[str, Future] = {}
+        for execution in listed:
+            if execution.id not in results:
+                future = results[execution.id] = self._pool.submit(in_log_context(self._full, execution))
+                # Waited for until the key is known good (`_key_accepted`).
+                if not self._key_accepted and isinstance(future.exception(), BolnaAuthError):
+                    raise future.exception()
+        for future in results.values():
+            if isinstance(future.exception(), BolnaAuthError):
+                for other in results.values():
+                    other.cancel()
+                raise future.exception()
+        return results
+
+    def _full(self, listed: Execution) -> Execution:
+        try:
+            record = self.records.get(listed.id, listed.status)
+        except BolnaError as exc:
+            # Any answer but a refusal of the key says the key is good.
+            self._key_accepted = self._key_accepted or (exc.status is not None and not isinstance(exc, BolnaAuthError))
+            raise
+        self._key_accepted = True
+        full = parse_execution(record, self.region)
+        if full.id != listed.id:
+            raise MalformedExecution(f"GET /executions/{listed.id} returned id {full.id}", listed.id)
+        return full
+
+
+Key = tuple[str, str]  # (call id, status as listed)
+
+
+class SharedRecords:
+    """A call's full record fetched once, whichever job needs it first: kept for the other (a
+    cachetools TTL cache, bounded in entries and age) under its id and the status the listing
+    showed, since a terminal call's record is final; when both want one at the same moment (the
+    daemon runs the jobs side by side), the second waits for the first's request."""
+
+    def __init__(self, fetch: Callable[[str], dict], *, size: int, seconds: float):
+        """`fetch(call_id)`: the request itself; `size` 0 keeps nothing (in-flight requests
+        are still shared)."""
+        self._fetch = fetch
+        self._kept: TTLCache | None = TTLCache(maxsize=size, ttl=seconds) if size and seconds else None
+        self._in_flight: dict[Key, Future] = {}
+        self._waited: set[Key] = set()  # in flight, and another job waits for it
+        self._lock = threading.Lock()
+
+    def get(self, call_id: str, status: str) -> dict:
+        """The call's full record. Raises what the request raised (to every job waiting on it)."""
+        key = (call_id, status)
+        with self._lock:
+            if self._kept is not None and key in self._kept:
+                return self._kept.pop(key)  # each job reads a call once: the other one is done
+            flight = self._in_flight.get(key)
+            if flight is None:
+                own = self._in_flight[key] = Future()
+            else:
+                self._waited.add(key)
+        if flight is not None:
+            return flight.result()
+        try:
+            record = self._fetch(call_id)
+        except BaseException as exc:
+            with self._lock:
+                del self._in_flight[key]
+                self._waited.discard(key)
+            own.set_exception(exc)
+            raise
+        with self._lock:
+            del self._in_flight[key]
+            if key not in self._waited and self._kept is not None:
+                self._kept[key] = record  # for the other job; a waiter has it already
+            self._waited.discard(key)
+        own.set_result(record)
+        return record

@@ -29,10 +29,9 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from models.call import TRANSCRIPT_FIELDS
-from models.execution import Execution, MalformedExecution, parse_execution
+from models.execution import Execution, MalformedExecution, linked_call_id, parse_execution
 from services import lease
 from services.analyzer.schema import analysis_document
-from services.customer_merge import linked_call_id
 from services.database import (ACTIVITIES, CALL_AGE_INDEX_KEYS, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, ERASURES,
                                INBOX_STATE_KEYS, STAGE_REVIEWS, SUPPRESSION_KEY_KEYS, SUPPRESSIONS, SYNC_STATE,
                                TRANSCRIPT_AGE_INDEX_KEYS, WEBHOOK_INBOX)

@@ -10,8 +10,7 @@ import pytest
 from fakes.bolna_api import RateLimits
 from fakes.dataset import generate
 from fakes.mongo_hooks import HookedClient
-from services.bolna_client import BolnaClient, BolnaError
-from services.bolna_pacing import Limits, Pacer, PacingStopped, endpoint_class
+from services.bolna_client import BolnaClient, BolnaError, Limits, Pacer, endpoint_class
 from services.database import CALLS, CUSTOMERS
 from worker.app import App
 from worker.jobs import JOB_NAMES
@@ -149,5 +148,5 @@ def test_a_stop_ends_the_pacers_wait():
     stop = threading.Event()
     pacer.wait_turn("/executions/x", stop)
     threading.Timer(0.2, stop.set).start()
-    with pytest.raises(PacingStopped):
+    with pytest.raises(BolnaError, match="not sent: stopped"):
         pacer.wait_turn("/executions/x", stop)  # the next turn is a minute away

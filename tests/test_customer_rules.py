@@ -7,9 +7,9 @@ import pytest
 from fakes.mongo_hooks import HookedClient, WriteTrap
 from models.customer import CustomerCall, StatusRanks, customer_upsert
 from models.execution import parse_execution
-from services.customer_merge import merge_records
 from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, tenant_view
 from services.run_records import RunRecorder
+from services.writers import merge_records
 from tests.conftest import TEST_DB
 from tests.faults import app_for, assert_matches_ground_truth, customer_call_ids
 from tests.helpers import AGENT, execution

@@ -38,10 +38,10 @@ from models.execution import MalformedExecution, parse_execution, parse_time
 from services import lease
 from services.analyzer.run import claim_lease_seconds
 from services.analyzer.write_back import ACTIVITY_TYPE
-from services.customer_writer import STATUS_CHANGE
 from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, WEBHOOK_INBOX
 from services.sync_state import PENDING_MAX_AGE
 from services.webhooks.processor import LEASE_SECONDS as INBOX_LEASE_SECONDS
+from services.writers import STATUS_CHANGE
 from tests.conftest import RAISED_LIMITS, TEST_DB
 from tests.faults import assert_customers_match, customer_call_ids, expected_customers
 from tests.helpers import requeue
@@ -59,7 +59,7 @@ PHONES = (("+91 98765 43210", "09876543210", "919876543210"),
           ("+91 91234 56789", "9123456789"),
           ("+1 (415) 555-0134", "+14155550134"))
 LISTING = r"/executions$"  # an agent's listing, not one call's record
-# How a record written before numbers were normalized spells each (services/customer_merge.py).
+# How a record written before numbers were normalized spells each (services/writers.py).
 LEGACY_SPELLINGS = ("09876543210", "9123456789", "(415) 555-0134")
 UNFINISHED = ("queued", "ringing", "in-progress")
 OUTCOMES = ("booked", "callback", "declined", "interested", "no-answer", "voicemail")

@@ -5,7 +5,7 @@ import pytest
 from models.call import call_fields
 from models.customer import customer_call, customer_status
 from models.execution import MalformedExecution, parse_execution, parse_time
-from models.extraction import read_extraction
+from models.execution import read_extraction
 
 
 def execution(**overrides):

@@ -142,12 +142,12 @@ def test_an_identified_dated_execution_is_never_refused(call_id, created_at, ext
 
 @given(st.dictionaries(st.text(max_size=8), json_values, max_size=5))
 def test_extracted_data_walked_once_is_stored_as_plain_makes_it(data):
-    from models.extraction import plain, read_extraction
+    from models.execution import plain, read_extraction
     assert read_extraction(data).stored == plain(data)
 
 
 def test_extracted_data_nested_past_the_depth_limit_is_stored_as_plain_makes_it():
-    from models.extraction import MAX_DEPTH, plain, read_extraction
+    from models.execution import MAX_DEPTH, plain, read_extraction
     data: dict = {"leaf": [1, {"x": 2}]}
     for level in range(MAX_DEPTH + 2):
         data = {f"level{level}": data, "d": {"objective": "yes", "confidence": 0.5}, "l": [data]}

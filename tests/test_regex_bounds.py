@@ -121,7 +121,7 @@ def test_the_product_patterns_are_found():
     names = set(PATTERNS)
     assert {"services.analyzer.prompt._EMAIL_DOMAIN", "services.analyzer.prompt._PHONE",
             "utils.logging._NUMBER_RUN", "utils.logging._URL_CREDENTIALS",
-            "services.analyzer.pacing._DURATION_PART", "models.extraction._CONTROL"} <= names
+            "services.analyzer.pacing._DURATION_PART", "models.execution._CONTROL"} <= names
 
 
 def test_the_attacks_use_every_class_of_a_pattern():

@@ -388,12 +388,12 @@ class Settings:
     webhook_public_url: str | None = setting(None, url)  # the listener's base URL as Bolna reaches it (https://…)
     webhook_inbox_days: int = setting(3, positive_int)  # accepted deliveries are kept this long (TTL)
     webhook_max_waiting: int = setting(5000, positive_int)  # an account's deliveries waiting at once; beyond it, 429
-    # Bolna's documented limits per organisation (services/bolna_pacing.py), and the share left unused.
+    # Bolna's documented limits per organisation (services/bolna_client.py), and the share left unused.
     bolna_listing_rate_per_minute: int = setting(500, positive_int)
     bolna_rate_per_minute: int = setting(1000, positive_int)
     bolna_rate_headroom: float = setting(0.1, fraction)
     bolna_fetch_concurrency: int = setting(8, positive_int)  # full records (GET /executions/{id}) in flight at once
-    # A full record fetched for one job, kept for the other (services/record_cache.py).
+    # A full record fetched for one job, kept for the other (services/execution_feed.py, `SharedRecords`).
     bolna_record_cache_size: int = setting(10000, non_negative_int)
     bolna_record_cache_seconds: int = setting(1800, non_negative_int)
     # Many accounts (services/tenancy)

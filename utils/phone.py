@@ -54,9 +54,7 @@ def missing_number_reason(raw: object) -> str | None:
 # Repeat callers and re-syncs parse the same strings again and again.
 @lru_cache(maxsize=65536)
 def _to_e164(text: str, region: str) -> str | None:
-    if _e164_valid(text):
-        return text
-    return _parsed_e164(text, region)
+    return text if _e164_valid(text) else _parsed_e164(text, region)
 
 
 def _e164_valid(text: str) -> bool:
@@ -71,7 +69,8 @@ def _e164_valid(text: str) -> bool:
         country = int(digits[:length])
         if country in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
             national = digits[length:]
-            if not national or national[0] == "0" or _may_strip_prefix(country, national):
+            prefix = _prefix_for_parsing(country)
+            if not national or national[0] == "0" or (prefix is not None and prefix.match(national)):
                 return False
             number = phonenumbers.PhoneNumber(country_code=country, national_number=int(national))
             return phonenumbers.is_valid_number(number)
@@ -85,11 +84,6 @@ def _prefix_for_parsing(country: int) -> re.Pattern | None:
         country, phonenumbers.region_code_for_country_code(country))
     pattern = metadata.national_prefix_for_parsing if metadata is not None else None
     return re.compile(pattern) if pattern else None
-
-
-def _may_strip_prefix(country: int, national: str) -> bool:
-    prefix = _prefix_for_parsing(country)
-    return prefix is not None and prefix.match(national) is not None
 
 
 def _parsed_e164(text: str, region: str) -> str | None:

@@ -24,12 +24,8 @@ from services.analyzer.batch_api import BatchApiLane
 from services.analyzer.claims import CallQueue
 from services.analyzer.groq_analyzer import GroqAnalyzer
 from services.bolna_client import BolnaClient
-from services.call_writer import CallWriter
-from services.customer_writer import CustomerWriter
 from services.database import CALLS, LLM_BATCHES, WEBHOOK_DELIVERIES, WEBHOOK_INBOX, ensure_indexes, tenant_view
-from services.execution_feed import ExecutionFeed
-from services.page_reader import PageReader
-from services.record_cache import SharedRecords
+from services.execution_feed import ExecutionFeed, PageReader, SharedRecords
 from services.privacy import (Eraser, PrivacyGuard, RetentionPass, RetentionPolicy, SuppressionList,
                               hasher_for)
 from services.run_records import RunListener, RunRecords, describe_failure, stale_after
@@ -38,6 +34,7 @@ from services.webhooks.inbox import Inbox
 from services.webhooks.processor import LEASE_SECONDS, AccountWriters, InboxProcessor
 from services.webhooks.routes import SingleRoute
 from services.webhooks.tally import DeliveryTally
+from services.writers import CallWriter, CustomerWriter
 from utils.config import Settings
 from utils.logging import log_context
 from worker.jobs import JOB_NAMES, JOBS, ScheduledJob

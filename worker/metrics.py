@@ -24,11 +24,11 @@ from pymongo.errors import PyMongoError
 
 from services.analyzer.write_back import OUTCOME_COUNTERS
 from services.database import SYNC_STATE
-from services.request_outcomes import OUTCOMES as REQUEST_OUTCOMES, RequestOutcomes
 from services.run_records import SUCCESSFUL, RunRecords
 from services.sync_state import oldest_cursor
 from services.webhooks.tally import OUTCOMES, DeliveryTally
 from utils.clock import unix_seconds
+from utils.http import OUTCOMES as REQUEST_OUTCOMES, RequestOutcomes
 
 if TYPE_CHECKING:
     from pymongo.database import Database

@@ -13,8 +13,8 @@ from models.pipeline import Pipeline
 from services.analyzer.pacing import Deadline, DeadlineExceeded, RatePacer, retry_after_seconds
 from services.analyzer.prompt import completion_request, prompt_tokens_estimate, stage_names
 from services.analyzer.schema import Analysis, InvalidAnswer, Usage, parse_answer
-from services.request_outcomes import RequestOutcomes
 from utils.config import Settings
+from utils.http import RequestOutcomes
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,8 @@ from services.analyzer.groq_analyzer import LlmAnswer, LlmFailure
 from services.analyzer.heuristic import heuristic_analysis
 from services.analyzer.schema import (HEURISTIC_MODEL, SHORT_TRANSCRIPT, Analysis, Usage, analysis_document,
                                       estimated_cost)
-from services.bulk import bulk_upsert
 from services.database import ACTIVITIES, CALLS, CONTACTS, PHONE_INDEX_KEYS, PIPELINES, STAGE_REVIEWS
-from services.phone_lookup import records_by_phone
+from services.writers import bulk_upsert, records_by_phone
 from services.pipelines import PipelineCatalog
 from services.privacy import Eraser
 from services.run_records import RunRecorder
@@ -401,7 +400,7 @@ def audit(db: Database, *, contact_id: object, call: dict, analysis: dict, stage
         writes[HELD_BACK] = {**base, "fields": dict(held), "reason": "locked by a person"}
     operations: list = [UpdateOne({**key, "type": kind}, {"$set": fields}, upsert=True)
                         for kind, fields in writes.items()]
-    # Held-back entries are left: a customer's (services/customer_writer.py) shares the key, and
+    # Held-back entries are left: a customer's (services/writers.py) shares the key, and
     # an entry that says what a lock kept out records no change.
     return operations + [DeleteOne({**key, "type": kind}) for kind in (STAGE_CHANGE, STAGE_BLOCKED) if kind not in writes]
 

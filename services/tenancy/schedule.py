@@ -37,20 +37,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Iterable
 
-from pymongo import ASCENDING, IndexModel, InsertOne, ReturnDocument, UpdateMany, UpdateOne
+from pymongo import ASCENDING, InsertOne, ReturnDocument, UpdateMany, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services import lease
-from services.bulk import DUPLICATE_KEY
+from services.database import DUPLICATE_KEY, SCHEDULE_CLAIM_KEYS, SCHEDULE_INDEXES
 from utils.clock import to_millis, unix_seconds, utcnow
 
 log = logging.getLogger(__name__)
 
-# The claim's index, named by its keys in the hint: a simpler planner (the test run's wire server)
-# gives up on an index when the filter has an `$or`; MongoDB's picks the same one unaided.
-CLAIM_INDEX_KEYS = [("active", ASCENDING), ("dueAt", ASCENDING)]
-SCHEDULE_INDEXES = [IndexModel(CLAIM_INDEX_KEYS, name="active_dueAt")]
 
 RUNNING, RETIRED, REFUSED, DUE, WAITING = "running", "retired", "refused", "due", "waiting"
 STATES = (RUNNING, RETIRED, REFUSED, DUE, WAITING)
@@ -186,7 +182,7 @@ class TenantSchedule:
             {"active": True, "dueAt": {"$lte": max(now, due_by or now)}, **lease.free(now)},
             {"$set": lease.taken(self.owner, token, until)},
             sort=[("dueAt", ASCENDING)],
-            hint=CLAIM_INDEX_KEYS,
+            hint=SCHEDULE_CLAIM_KEYS,
             projection={"dueAt": 1, "keyFingerprint": 1},
             return_document=ReturnDocument.AFTER,
         )

@@ -20,12 +20,11 @@ from typing import Callable
 from pymongo.errors import PyMongoError
 
 from models.execution import Execution, MalformedExecution, parse_execution
-from services.call_writer import CallWriter
-from services.customer_writer import CustomerWriter
 from services.execution_feed import PAGE_REFUSALS
 from services.run_records import RunRecorder, describe_failure
 from services.webhooks.inbox import MAX_ATTEMPTS, Delivery, Inbox, Processed
 from services.webhooks.tally import DeliveryTally
+from services.writers import CallWriter, CustomerWriter
 from utils.clock import utcnow
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,336 @@
+"""The writers of a page: Bolna executions -> `calls` (the call processor's first phase, one
+document per Bolna call id) and -> `customers` (the CRM sync, one record per phone number), each
+page in batched upserts that survive a lost race with another daemon (`bulk_upsert`).
+
+A customer page: one lookup of the page's numbers under every spelling (`records_by_phone`), a
+link per call in `customer_calls` (what counts a customer's calls, exactly, without an array that
+grows with every call), one count of the links per number, one batch of customer upserts, the
+status changes they made as activities, and the links marked applied — last, so a page cut off by
+a crash is taken again and every step is idempotent.
+
+Legacy customers, written before every spelling of a number meant one customer: two spellings of
+one number (`09876543210` and `+919876543210`) stored as two records are merged into one by the
+same rules as any update (the newest value of each field, the highest-ranked status), and the
+others removed (`merge_records`). A record's `callIds` array (the old way of counting) becomes one
+link per call in `customer_calls`, so the count stays exact and the array stops growing.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pymongo import ReturnDocument, UpdateOne
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError
+
+from models.call import call_upsert
+from models.customer import (EPOCH, PENDING_STATUS_CHANGES, PROFILE_FIELDS, CustomerCall, StatusRanks,
+                             change_reason, customer_call, customer_upsert, held_back, merge_update, status_change)
+from models.execution import Execution, execution_id, linked_call_id, parse_time
+from models.locks import HELD_BACK
+from services.database import ACTIVITIES, CALLS, CUSTOMER_CALLS, CUSTOMERS, DUPLICATE_KEY, PHONE_INDEX_KEYS
+from services.privacy import PrivacyGuard, RetentionPolicy
+from services.run_records import RunRecorder
+from utils.clock import utcnow
+from utils.phone import Phone, lookup_keys, mask_phone
+
+STATUS_CHANGE = "status_change"
+
+
+class CallWriter:
+    def __init__(self, db: Database, guard: PrivacyGuard, retention: RetentionPolicy = RetentionPolicy()):
+        self.calls = db[CALLS]
+        self.guard = guard
+        self.retention = retention
+
+    def unchanged(self, items: list[dict]) -> set[str]:
+        """Calls stored terminal that the listing shows unchanged: the same `updated_at` where the
+        listing has one (full records), else the same status (the trimmed projection has none)."""
+        listed = {call_id: item for item in items if (call_id := execution_id(item))}
+        if not listed:
+            return set()
+        # By callId alone, `terminal` checked here: a filter on a field outside the index keeps
+        # a simple planner (the test run's wire server) off the index; MongoDB's reads the same.
+        stored = self.calls.find({"callId": {"$in": list(listed)}},
+                                 {"callId": 1, "status": 1, "bolnaUpdatedAt": 1, "terminal": 1, "_id": 0})
+        return {doc["callId"] for doc in stored if doc.get("terminal") is True and _same(doc, listed[doc["callId"]])}
+
+    def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> None:
+        now = utcnow()
+        executions = self.guard.admit(executions, recorder, agent_id)
+        # A backfill or a follow-up reaching past the retention would store again what it removed.
+        kept = [e for e in executions if not self.retention.record_expired(e.created_at, now)]
+        recorder.add("expired", len(executions) - len(kept), agent_id)
+        for execution in kept:
+            if execution.extracted_error:
+                recorder.error(f"call {execution.id}: {execution.extracted_error}; stored as received",
+                               code="bad_extracted_data", call_id=execution.id, agent_id=agent_id)
+        inserted, updated = bulk_upsert(self.calls, [
+            call_upsert(e, now, with_transcript=not self.retention.transcript_expired(e.created_at, now))
+            for e in kept])
+        self.guard.recheck(kept)
+        recorder.add("inserted", inserted, agent_id)
+        recorder.add("updated", updated, agent_id)
+
+
+def _same(stored: dict, item: dict) -> bool:
+    updated_at = parse_time(item.get("updated_at"))
+    if updated_at is not None:
+        return stored.get("bolnaUpdatedAt") == updated_at
+    return stored.get("status") == str(item.get("status") or "").lower()
+
+
+class CustomerWriter:
+    def __init__(self, db: Database, ranks: StatusRanks, guard: PrivacyGuard):
+        self.guard = guard
+        self.customers = db[CUSTOMERS]
+        self.links = db[CUSTOMER_CALLS]
+        self.activities = db[ACTIVITIES]
+        self.ranks = ranks
+
+    def unchanged(self, items: list[dict]) -> set[str]:
+        """Calls already applied to their customer: a terminal call's customer data is final."""
+        ids = [call_id for item in items if (call_id := execution_id(item))]
+        if not ids:
+            return set()
+        # By id alone, `applied` checked here: a planner then has nothing to do but the _id index.
+        links = self.links.find({"_id": {"$in": [self.links.local_id(i) for i in ids]}}, {"applied": 1, "callId": 1})
+        return {linked_call_id(link) for link in links if link.get("applied")}
+
+    def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> None:
+        executions = self.guard.admit(executions, recorder, agent_id)
+        by_phone = self._by_phone(executions, recorder, agent_id)
+        if not by_phone:
+            return
+        now = utcnow()
+        found = records_by_phone(self.customers, [phone for phone, _ in by_phone.values()])
+        # Links first, legacy ones too: a merge below removes the `callIds` they come from. None is
+        # applied until the customer is written under its number's key: until then a restart takes
+        # the page again, and merges and rewrites the record. Applied at once, a crash before that
+        # left a legacy link's call skipped by every later run, and the merged record under its old
+        # spelling for good (issue 23).
+        legacy = sorted({(key, call_id) for key, docs in found.items()
+                         for doc in docs for call_id in legacy_call_ids(doc)})
+        bulk_upsert(self.links, [
+            UpdateOne({"_id": self.links.local_id(call_id)},
+                      {"$setOnInsert": {"callId": call_id, "phone": key, "applied": False}}, upsert=True)
+            for key, call_id in legacy] + [
+            UpdateOne({"_id": self.links.local_id(call.call_id)}, {"$set": {"phone": key, "at": call.at},
+                                                                   "$setOnInsert": {"callId": call.call_id, "applied": False}},
+                      upsert=True)
+            for key, (_phone, calls) in by_phone.items() for call in calls])
+        stored = {key: merge_records(self.customers, key, docs, self.ranks) for key, docs in found.items()}
+        counts, legacy_keys = self._counts(list(by_phone))
+        # Before the customers: once they hold the new values, a re-run could not tell a lock held one.
+        self._record_held_back(by_phone, stored, now)
+        inserted, updated = bulk_upsert(self.customers, [
+            customer_upsert(phone, calls, now, ranks=self.ranks, call_count=counts.get(key, 0),
+                            existing_id=stored[key]["_id"] if key in stored else None)
+            for key, (phone, calls) in by_phone.items()])
+        # Before the links are marked applied: a page cut off before this is taken again, and
+        # logs what this write (or any earlier one) left pending.
+        self._log_status_changes([key for key, (_phone, calls) in by_phone.items()
+                                  if self._may_change_status(stored.get(key), calls)], now)
+        call_ids = [call.call_id for _phone, calls in by_phone.values() for call in calls]
+        if legacy_keys:
+            self.links.update_many({"phone": {"$in": legacy_keys}, **LEGACY_LINK}, {"$set": {"applied": True}})
+        self.links.update_many({"_id": {"$in": [self.links.local_id(i) for i in call_ids]}}, {"$set": {"applied": True}})
+        self.guard.recheck(executions)
+        recorder.add("inserted", inserted, agent_id)
+        recorder.add("updated", updated, agent_id)
+
+    def _by_phone(self, executions: list[Execution], recorder: RunRecorder,
+                  agent_id: str) -> dict[str, tuple[Phone, list[CustomerCall]]]:
+        by_phone: dict[str, tuple[Phone, list[CustomerCall]]] = {}
+        for execution in executions:
+            if not execution.terminal:
+                continue  # its outcome and extracted data are not final yet; a later run takes it
+            phone = execution.customer_phone
+            if phone is None:
+                # Not an error: a withheld caller id is how some calls come. The call keeps the reason.
+                recorder.add(f"{execution.customer_phone_missing}Number", 1, agent_id)
+                continue
+            if not phone.valid:
+                recorder.error(f"call {execution.id}: phone {mask_phone(phone.raw)} is not a valid number; "
+                               "stored as given with phoneValid false",
+                               code="invalid_phone", call_id=execution.id, agent_id=agent_id)
+            if execution.extracted_error:
+                recorder.error(f"call {execution.id}: {execution.extracted_error}; customer written "
+                               "without extracted fields", code="bad_extracted_data",
+                               call_id=execution.id, agent_id=agent_id)
+            by_phone.setdefault(phone.key, (phone, []))[1].append(customer_call(execution))
+        return by_phone
+
+    def _counts(self, keys: list[str]) -> tuple[dict[str, int], list[str]]:
+        """The calls counted on each number, and the numbers with legacy links still to apply
+        (`LEGACY_LINK`): known from the links themselves, so a run after a crash anywhere in a
+        merge applies them too, and the steady state pays no write for them."""
+        groups = list(self.links.aggregate([
+            {"$match": {"phone": {"$in": keys}}},
+            {"$group": {"_id": "$phone", "count": {"$sum": 1}, "legacy": {"$sum": {"$cond": [LEGACY_LINK_EXPRESSION, 1, 0]}}}}]))
+        return {group["_id"]: group["count"] for group in groups}, [group["_id"] for group in groups if group["legacy"]]
+
+    def _record_held_back(self, by_phone: dict[str, tuple[Phone, list[CustomerCall]]],
+                          stored: dict[str, dict], now: datetime) -> None:
+        """One activity per page's calls of a number whose locked fields they would have changed."""
+        operations = []
+        for key, (_phone, calls) in by_phone.items():
+            held = held_back(stored.get(key), calls, self.ranks)
+            if held:
+                newest = max(calls, key=lambda call: (call.at, call.call_id))
+                operations.append(UpdateOne(
+                    {"callId": newest.call_id, "type": HELD_BACK, "round": 0},
+                    {"$set": {"customerPhone": key, "customerId": stored.get(key, {}).get("_id"), "fields": held,
+                              "reason": "locked by a person", "at": now}}, upsert=True))
+        bulk_upsert(self.activities, operations)
+
+    def _may_change_status(self, stored: dict | None, calls: list[CustomerCall]) -> bool:
+        """Whether the upsert of `calls` may have made (or an earlier write left) a change to log:
+        the one read of the changes is skipped for the numbers whose status these calls cannot
+        move (the steady state). A status only moves up, so what cannot beat the record as read
+        cannot beat it at the write; a change a person's edit made possible meanwhile stays
+        pending on the record until its number's next write logs it."""
+        return (stored is None or bool(stored.get(PENDING_STATUS_CHANGES))
+                or status_change(stored, calls, self.ranks, ignore_lock=True) is not None)
+
+    def _log_status_changes(self, keys: list[str], now: datetime) -> None:
+        """One activity per status change the upserts made, as each recorded it on its customer
+        (`PENDING_STATUS_CHANGES`, from the status it replaced): keyed by the call that made it,
+        so a change logged twice (two writers, a retry) is one activity; then taken off the
+        customer. A change that did not happen was never recorded."""
+        if not keys:
+            return
+        pending = list(self.customers.find({"phone": {"$in": keys}, f"{PENDING_STATUS_CHANGES}.0": {"$exists": True}},
+                                           {"phone": 1, PENDING_STATUS_CHANGES: 1},
+                                           # Named: a planner may weigh the array clause and scan.
+                                           hint=PHONE_INDEX_KEYS))
+        if not pending:
+            return
+        bulk_upsert(self.activities, [
+            UpdateOne({"callId": change["callId"], "type": STATUS_CHANGE, "round": 0},
+                      {"$setOnInsert": {"customerPhone": customer["phone"], "customerId": customer["_id"],
+                                        "from": change["from"], "to": change["to"], "callAt": change["callAt"],
+                                        "reason": change_reason(change["from"], change["to"], self.ranks), "at": now}},
+                      upsert=True)
+            for customer in pending for change in customer[PENDING_STATUS_CHANGES]])
+        self.customers.bulk_write([
+            UpdateOne({"_id": customer["_id"]}, {"$pull": {PENDING_STATUS_CHANGES: {"callId": {"$in": [
+                change["callId"] for change in customer[PENDING_STATUS_CHANGES]]}}}})
+            for customer in pending], ordered=False)
+
+
+def legacy_call_ids(doc: dict) -> list[str]:
+    """The call ids of a record's `callIds`: an array, or in some old records a single id."""
+    call_ids = doc.get("callIds")
+    if isinstance(call_ids, str):
+        return [call_ids]
+    return [call_id for call_id in call_ids if isinstance(call_id, str)] if isinstance(call_ids, list) else []
+
+
+# A link made from a `callIds` array whose call no page has brought yet (a page's link has its
+# call's `at`), not applied: the writer applies it once its number's customer is written under
+# the number's key. Told from the links themselves, so a run after a crash applies it even when
+# the `callIds` it came from were already merged away. As a query, and as an expression.
+LEGACY_LINK = {"applied": False, "at": {"$exists": False}}
+LEGACY_LINK_EXPRESSION = {"$and": [{"$eq": ["$applied", False]}, {"$eq": [{"$ifNull": ["$at", None]}, None]}]}
+
+
+def merge_records(customers: Collection, key: str, docs: list[dict], ranks: StatusRanks) -> dict:
+    """Fold `docs` (the one to keep first) into the first, stored under the number's `key`, and
+    delete the others; returns the kept record as it now is. Safe to run twice at once: both runs
+    pick the same record and fields."""
+    keep, others = docs[0], docs[1:]
+    if not others and "callIds" not in keep and keep.get("phone") == key:
+        return keep
+    # Folded here, applied on the server by the update's rules: a call written to the kept record
+    # since `docs` were read (another page, a webhook, the other run) stays. Re-keyed in the same
+    # write that drops `callIds`: the record is never without both its array and the key its
+    # links are under, whatever write a crash stops at.
+    kept = customers.find_one_and_update({"_id": keep["_id"]},
+                                         merge_update({**_fold(docs, ranks), "phone": key}, ranks),
+                                         return_document=ReturnDocument.AFTER)
+    if others:
+        customers.delete_many({"_id": {"$in": [doc["_id"] for doc in others]}})
+    return kept if kept is not None else {k: v for k, v in keep.items() if k != "callIds"}
+
+
+def _fold(docs: list[dict], ranks: StatusRanks) -> dict[str, Any]:
+    newest = max(docs, key=lambda doc: _at(doc, "lastCallAt"))
+    merged: dict[str, Any] = {name: newest.get(name) for name in ("lastCallAt", "lastCallId", "agentId", "phoneRaw")
+                              if newest.get(name) is not None}
+    with_status = [doc for doc in docs if doc.get("status") is not None]
+    if with_status:
+        best = max(with_status, key=lambda doc: ranks.key(doc["status"], _at(doc, "statusAt")))
+        merged.update({name: best.get(name) for name in ("status", "statusAt", "statusCallId")
+                       if best.get(name) is not None})
+    fields_at = {}
+    for name in PROFILE_FIELDS:
+        having = [doc for doc in docs if doc.get(name) not in (None, "")]
+        if having:
+            source = max(having, key=lambda doc: _field_at(doc, name))
+            merged[name], fields_at[name] = source[name], _field_at(doc=source, name=name)
+    if fields_at:
+        merged["fieldsAt"] = fields_at
+    with_extracted = [doc for doc in docs if doc.get("extracted")]
+    if with_extracted:
+        source = max(with_extracted, key=lambda doc: doc.get("extractedAt") or _at(doc, "lastCallAt"))
+        merged["extracted"] = source["extracted"]
+        merged["extractedAt"] = source.get("extractedAt") or _at(source, "lastCallAt")
+    merged["callCount"] = max(max(_count(doc), len(legacy_call_ids(doc))) for doc in docs)
+    created = [doc["createdAt"] for doc in docs if isinstance(doc.get("createdAt"), datetime)]
+    if created:
+        merged["createdAt"] = min(created)
+    return merged
+
+
+def _count(doc: dict) -> int:
+    count = doc.get("callCount")
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
+
+
+def _at(doc: dict, name: str) -> datetime:
+    value = doc.get(name)
+    return value if isinstance(value, datetime) else EPOCH
+
+
+def _field_at(doc: dict, name: str) -> datetime:
+    """When a record's field was set: its own time, or (written before those existed) its newest call."""
+    stored = (doc.get("fieldsAt") or {}).get(name)
+    return stored if isinstance(stored, datetime) else _at(doc, "lastCallAt")
+
+
+def records_by_phone(collection: Collection, phones: list[Phone]) -> dict[str, list[dict]]:
+    """The stored records of each number, by its key, in one query; empty lists are left out.
+    The first of each list is the one to keep: the record already keyed by the normalized number,
+    else the oldest by `_id` (every process picks the same)."""
+    keys = {phone.key: lookup_keys(phone) for phone in phones}
+    owner = {spelling: key for key, variants in keys.items() for spelling in variants}
+    if not owner:
+        return {}
+    found: dict[str, list[dict]] = {}
+    for doc in collection.find({"phone": {"$in": list(owner)}}):
+        found.setdefault(owner[doc["phone"]], []).append(doc)
+    for key, docs in found.items():
+        docs.sort(key=lambda doc: (doc["phone"] != key, str(doc["_id"])))
+    return found
+
+
+def bulk_upsert(collection: Collection, operations: list[UpdateOne]) -> tuple[int, int]:
+    """Run upserts in one round trip; returns (inserted, updated).
+
+    Two daemons upserting the same new key at once make one of them hit the unique index;
+    the document exists by then, so running those operations again turns them into updates."""
+    if not operations:
+        return 0, 0
+    try:
+        result = collection.bulk_write(operations, ordered=False)
+        return result.upserted_count, result.modified_count
+    except BulkWriteError as exc:
+        details = exc.details
+        errors = details.get("writeErrors", [])
+        if any(error.get("code") != DUPLICATE_KEY for error in errors):
+            raise
+        retry = [operations[error["index"]] for error in errors]
+        inserted = collection.bulk_write(retry, ordered=False).upserted_count
+        return details.get("nUpserted", 0) + inserted, details.get("nModified", 0) + len(retry) - inserted
