@@ -10,17 +10,17 @@ from models.execution import MalformedExecution, parse_execution, parse_time
 from services.analyzer.contacts import ACTIVITY_TYPE
 from services.database import CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS
 from tests.helpers import build_app
-from worker.app import App
+from worker.app import Runtime
 from worker.jobs import JOB_NAMES
 
 
-def app_for(settings, mongo, bolna: FakeBolna, hook=no_hook) -> App:
-    """A prepared App on `mongo` and `bolna`, every MongoDB operation passing `hook` first.
-    A second App on the same client is a second daemon, or the same daemon restarted."""
+def app_for(settings, mongo, bolna: FakeBolna, hook=no_hook) -> Runtime:
+    """A prepared Runtime on `mongo` and `bolna`, every MongoDB operation passing `hook` first.
+    A second Runtime on the same client is a second daemon, or the same daemon restarted."""
     return build_app(settings, mongo, bolna, hook)
 
 
-def run_both(app: App, **options) -> dict[str, dict]:
+def run_both(app: Runtime, **options) -> dict[str, dict]:
     return {name: app.run_job(name, **options) for name in JOB_NAMES}
 
 

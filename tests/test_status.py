@@ -16,7 +16,7 @@ from services.webhooks.tally import DeliveryTally
 from tests.helpers import AGENT, build_app, execution
 from services.analyzer.claims import CallQueue
 from services.run_records import RunRecords
-from worker.status import StatusReader
+from worker.status import StatusReader, show
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,8 +30,9 @@ def bolna(settings):
 
 
 def show_status(db, settings, as_json: bool) -> int:
-    return StatusReader(db, settings.mongodb_db, RunRecords(db), CallQueue(db[CALLS], "status:1:a", 60),
-                        Inbox(db[WEBHOOK_INBOX], "status:1:a", 60), DeliveryTally(db[WEBHOOK_DELIVERIES])).show(as_json)
+    reader = StatusReader(db, settings.mongodb_db, RunRecords(db), CallQueue(db[CALLS], "status:1:a", 60),
+                          Inbox(db[WEBHOOK_INBOX], "status:1:a", 60), DeliveryTally(db[WEBHOOK_DELIVERIES]))
+    return show(reader.collect(), as_json)
 
 
 def status_json(db, settings, capsys) -> dict:
@@ -146,8 +147,8 @@ def test_a_run_whose_final_write_was_lost_in_an_outage_is_settled_once_mongodb_i
     app.run_job("call_processor")
     stored = db[SYNC_RUNS].find_one({"_id": lost["_id"]})
     assert stored["status"] == "failed" and stored["finishedAt"] == lost["finishedAt"]
-    assert stored["errors"] == lost["errors"] and len(app.runs.unsettled) == 0
-    assert app.status.collect()["jobs"]["crm_sync"]["lastRun"]["status"] == "failed"
+    assert stored["errors"] == lost["errors"] and len(app.account.runs.unsettled) == 0
+    assert app.status()["jobs"]["crm_sync"]["lastRun"]["status"] == "failed"
 
 
 def test_status_shows_a_run_left_running_by_a_dead_process_as_abandoned(settings, db, capsys):

@@ -134,16 +134,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _build(settings: Settings, *, prepare: bool = True, account: str | None = None):
+def _build(settings: Settings, *, prepare: bool = True, account: str | None = None, many: bool = False):
     """`prepare=False` for read-only commands: no index builds, no marking of other runs.
-    `account`: with many accounts, the one the command is about (required there)."""
-    from worker.app import App, connect
+    `account`: with many accounts, the one the command is about (required there, unless `many`:
+    then every account, as the daemon runs them)."""
+    from worker.app import Runtime, connect
 
     tenant_id = None
     client = None
     if account is not None and settings.tenant_source != "mongodb":
         raise UsageError("--account names one of many accounts: it needs TENANT_SOURCE=mongodb")
-    if settings.tenant_source == "mongodb":
+    if settings.tenant_source == "mongodb" and (account is not None or not many):
         if account is None:
             raise UsageError("TENANT_SOURCE=mongodb: name the account with --account ID")
         client = connect(settings)
@@ -152,25 +153,16 @@ def _build(settings: Settings, *, prepare: bool = True, account: str | None = No
         except UsageError:
             client.close()
             raise
-    app = App.build(settings, mongo_client=client, tenant_id=tenant_id)
+    runtime = Runtime.build(settings, mongo_client=client, tenant_id=tenant_id)
     if prepare:
-        app.prepare()
-    return app
-
-
-def _build_fleet(settings: Settings, *, prepare: bool = True):
-    from worker.fleet import Fleet
-
-    fleet = Fleet.build(settings)
-    if prepare:
-        fleet.prepare()
-    return fleet
+        runtime.prepare()
+    return runtime
 
 
 def _run(settings: Settings, _args) -> int:
     from worker.daemon import run_daemon
 
-    return run_daemon(_build_fleet(settings) if settings.tenant_source == "mongodb" else _build(settings))
+    return run_daemon(_build(settings, many=True))
 
 
 def _once(settings: Settings, args) -> int:
@@ -179,7 +171,7 @@ def _once(settings: Settings, args) -> int:
     many = settings.tenant_source == "mongodb"
     if many and (args.job or args.full):
         raise UsageError("--job and --full run one account's jobs: with TENANT_SOURCE=mongodb, they are not offered")
-    runtime = _build_fleet(settings) if many else _build(settings)
+    runtime = _build(settings, many=True)
     failed = False
     printing = threading.Lock()  # accounts are synced side by side: one whole line at a time
 
@@ -202,25 +194,19 @@ def _once(settings: Settings, args) -> int:
 
 
 def _status(settings: Settings, args) -> int:
-    if settings.tenant_source == "mongodb" and args.account is None:
-        from worker.status import collect_fleet, format_fleet, show
+    from worker.status import show
 
-        fleet = _build_fleet(settings, prepare=False)
-        try:
-            return show(collect_fleet(fleet.schedule, args.limit), format_fleet, args.json)
-        finally:
-            fleet.close()
-    app = _build(settings, prepare=False, account=args.account)
+    runtime = _build(settings, prepare=False, account=args.account, many=True)
     try:
-        return app.status.show(as_json=args.json)
+        return show(runtime.status(args.limit), args.json)
     finally:
-        app.close()
+        runtime.close()
 
 
 def _reanalyze(settings: Settings, args) -> int:
     app = _build(settings, account=args.account)
     try:
-        count = app.call_queue.requeue(call_id=args.call_id, since=args.since)
+        count = app.account.call_queue.requeue(call_id=args.call_id, since=args.since)
     finally:
         app.close()
     print(f"{count} call(s) queued for analysis on the next run")

@@ -13,7 +13,7 @@ from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMERS, PIPELINES
 from utils.clock import utcnow
 from utils.config import Settings
 from utils.table import format_table
-from worker.app import App
+from worker.app import Runtime
 from worker.jobs import JOB_NAMES
 
 DEMO_KEY = "demo-key"
@@ -30,7 +30,7 @@ def run_demo(settings: Settings) -> int:
             bolna_agent_ids=(), backfill_days=7,
             # The offline analyzer costs nothing: analyze the whole sample in one run.
             llm_batch_limit=(settings.llm_batch_limit if settings.groq_api_keys else len(executions)))
-        app = App.build(demo_settings, mongo_client=HookedClient())
+        app = Runtime.build(demo_settings, mongo_client=HookedClient())
         try:
             app.prepare()
             app.db[PIPELINES].insert_one(DEMO_PIPELINE)
@@ -50,7 +50,7 @@ def run_demo(settings: Settings) -> int:
     return 0
 
 
-def _print_collections(app: App) -> None:
+def _print_collections(app: Runtime) -> None:
     db = app.db
     customers = db[CUSTOMERS].find().sort("lastCallAt", -1)
     print(f"customers ({db[CUSTOMERS].count_documents({})}) — one per phone number (sample data, not real people)")

@@ -13,9 +13,9 @@ from fakes.mongo_hooks import HookedClient
 from services.database import CALLS, CONTACTS, CUSTOMERS
 from utils.config import Settings
 from utils.table import format_table
-from worker.fleet import Fleet
+from worker.app import Runtime
 from worker.jobs import JOB_NAMES
-from worker.status import collect_fleet, format_fleet
+from worker.status import format_fleet
 
 
 def run_accounts_demo(settings: Settings, tenants: int) -> int:
@@ -32,7 +32,7 @@ def run_accounts_demo(settings: Settings, tenants: int) -> int:
         users.insert_many([{"_id": account.label, "name": f"Demo organisation {n + 1}",
                             "bolnaApiKey": account.api_key, "subscription": {"status": "active"}}
                            for n, account in enumerate(accounts)])
-        fleet = Fleet.build(demo_settings, mongo_client=client)
+        fleet = Runtime.build(demo_settings, mongo_client=client)
         runs: list[dict] = []
         fleet.subscribe(runs.append)
         try:
@@ -43,13 +43,13 @@ def run_accounts_demo(settings: Settings, tenants: int) -> int:
             for run in sorted(runs, key=lambda run: (str(run["userId"]), JOB_NAMES.index(run["job"]))):
                 print(f"{run['userId']} run {run['job']}: {run['status']}  {json.dumps(run['counts'])}")
             _print_accounts(fleet, accounts)
-            print("\n" + format_fleet(collect_fleet(fleet.schedule, limit=tenants)))
+            print("\n" + format_fleet(fleet.status(limit=tenants)))
         finally:
             fleet.close()
     return 0
 
 
-def _print_accounts(fleet: Fleet, accounts) -> None:
+def _print_accounts(fleet: Runtime, accounts) -> None:
     db = fleet.db
     rows = [[account.label, db[CUSTOMERS].count_documents({"userId": account.label}),
              db[CALLS].count_documents({"userId": account.label}),

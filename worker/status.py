@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from typing import Callable
 
 from pymongo.database import Database
 
@@ -58,9 +57,6 @@ class StatusReader:
         return {"deliveries": self.deliveries.totals(since), "waiting": self.inbox.waiting(),
                 "lagMs": {"count": len(lags), "p50": _percentile(lags, 0.50), "p99": _percentile(lags, 0.99)}}
 
-    def show(self, as_json: bool) -> int:
-        return show(self.collect(), format_status, as_json)
-
     def _job(self, job: str, now: datetime) -> dict:
         last = self.runs.last_run(job, self.stale)
         success = self.runs.last_success(job)
@@ -78,7 +74,9 @@ class StatusReader:
         return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-def show(status: dict, formatted: Callable[[dict], str], as_json: bool) -> int:
+def show(status: dict, as_json: bool) -> int:
+    """Prints one account's status (`StatusReader`) or many accounts' (`collect_fleet`)."""
+    formatted = format_fleet if "accounts" in status else format_status
     print(json.dumps(status, default=_json_value) if as_json else formatted(status))
     return 0
 
