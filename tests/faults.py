@@ -10,8 +10,7 @@ from models.execution import MalformedExecution, parse_execution, parse_time
 from services.analyzer.contacts import ACTIVITY_TYPE
 from services.database import CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS
 from tests.helpers import build_app
-from worker.app import Runtime
-from worker.jobs import JOB_NAMES
+from worker.app import JOB_NAMES, Runtime
 
 
 def app_for(settings, mongo, bolna: FakeBolna, hook=no_hook) -> Runtime:

@@ -13,8 +13,7 @@ from fakes.mongo_hooks import HookedClient
 from services.bolna_client import BolnaClient, BolnaError
 from services.bolna_pacing import Limits, Pacer, PacingStopped, endpoint_class
 from services.database import CALLS, CUSTOMERS
-from worker.app import Runtime
-from worker.jobs import JOB_NAMES
+from worker.app import JOB_NAMES, Runtime
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -18,8 +18,7 @@ from services.tenancy.schedule import REFUSED
 from tests.conftest import RAISED_LIMITS, TEST_DB
 from tests.helpers import AGENT, execution
 from utils.clock import utcnow
-from worker.app import Runtime, account_settings
-from worker.jobs import CALL_PROCESSOR, CRM_SYNC
+from worker.app import CALL_PROCESSOR, CRM_SYNC, Runtime, account_settings
 
 SHARED_CALL = "call-in-both"
 ACTIVE = {"subscription": {"status": "active"}}

@@ -190,7 +190,6 @@ def test_the_heuristic_costs_nothing(db):
 
 
 def test_with_many_accounts_the_daemons_model_is_checked_at_start_up_too(fake, mongo, settings, caplog):
-    from worker.app import Runtime
 
     fake.retired_models = {"openai/gpt-oss-20b"}
     fleet = Runtime.build(settings.with_overrides(tenant_source="mongodb", mongodb_uri="mongodb://unused"),

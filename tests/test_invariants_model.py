@@ -47,8 +47,7 @@ from tests.faults import assert_customers_match, customer_call_ids, expected_cus
 from tests.helpers import requeue
 from utils.config import ExtraField
 from utils.phone import normalize_phone
-from worker.app import Runtime
-from worker.jobs import CALL_PROCESSOR, CRM_SYNC, JOB_NAMES
+from worker.app import CALL_PROCESSOR, CRM_SYNC, JOB_NAMES, Runtime
 
 pytestmark = pytest.mark.timeout(900)
 

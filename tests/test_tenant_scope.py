@@ -12,8 +12,7 @@ from services.database import (CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, SYNC_
 from services.tenancy.scoped import TenantScopeError
 from tests.conftest import TEST_DB
 from tests.helpers import AGENT, execution
-from worker.app import Runtime
-from worker.jobs import CALL_PROCESSOR, CRM_SYNC
+from worker.app import CALL_PROCESSOR, CRM_SYNC, Runtime
 
 
 @pytest.fixture

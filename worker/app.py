@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
@@ -38,7 +39,7 @@ from services.privacy.guard import PrivacyGuard
 from services.privacy.hashing import hasher_for
 from services.privacy.retention import RetentionPass, RetentionPolicy
 from services.privacy.suppressions import SuppressionList
-from services.run_records import RunListener, RunRecords, describe_failure, failed_with, stale_after
+from services.run_records import RunListener, RunRecorder, RunRecords, describe_failure, failed_with, stale_after
 from services.server_clock import ServerClock
 from services.tenancy.lease import LeaseKeeper
 from services.tenancy.llm_quota import LlmQuota
@@ -52,9 +53,7 @@ from services.webhooks.tally import DeliveryTally
 from utils.clock import utcnow
 from utils.config import Settings
 from utils.logging import log_context
-from worker.jobs import CALL_PROCESSOR, JOB_NAMES, JOBS, ScheduledJob
 from worker.metrics import RunMetrics, observe_accounts, observe_webhooks
-from worker.status import StatusReader, collect_fleet
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +61,10 @@ DEFAULT_SERVER_SELECTION_MS = 5000
 # Uploading a batch job's input file (up to 90 MB) takes longer than an analysis request.
 BATCH_API_TIMEOUT_SECONDS = 300.0
 ACCOUNTS_PASS = "accounts"  # the daemon's one scheduled job with many accounts
+# The jobs: the scheduler, the CLI's choices, the run records and the cursors in `sync_state` take
+# their names from here; `JOBS` (below `AccountApp`) holds their bodies.
+CRM_SYNC = "crm_sync"
+CALL_PROCESSOR = "call_processor"
 
 
 def connect(settings: Settings) -> MongoClient:
@@ -136,7 +139,6 @@ class AccountApp:
                                   backfill=timedelta(days=settings.backfill_days),
                                   overlap=timedelta(minutes=settings.sync_overlap_minutes))
         self.writers = build_writers(db, settings)
-        self.customer_writer, self.call_writer = self.writers.customers, self.writers.calls
         self.analysis = build_analysis(db, settings, self.owner, self.stop)
         self.retention = RetentionPass(db, retention_policy(settings), self.stop)
         self.call_queue = self.analysis.queue
@@ -148,9 +150,26 @@ class AccountApp:
         if name not in JOBS:
             raise ValueError(f"unknown job {name!r}; expected one of {', '.join(JOB_NAMES)}")
         with log_context(account=None if self.tenant_id is None else str(self.tenant_id)):
-            return self.runs.record(name, lambda recorder: JOBS[name].run(self, recorder, full))
+            return self.runs.record(name, lambda recorder: JOBS[name](self, recorder, full))
 
-    def analyze(self, recorder) -> None:
+    def sync_customers(self, recorder: RunRecorder, full: bool) -> None:
+        """Bolna executions -> customers."""
+        self.feed.run(CRM_SYNC, self.writers.customers, recorder, full=full)
+
+    def process_calls(self, recorder: RunRecorder, full: bool) -> None:
+        """Bolna executions -> calls, then LLM analysis -> contacts, then retention."""
+        try:
+            self.feed.run(CALL_PROCESSOR, self.writers.calls, recorder, full=full)
+        finally:
+            try:
+                # Calls stored by earlier runs are still worth analyzing when Bolna is down.
+                self.analyze(recorder)
+            finally:
+                # Retention is this job's last pass: the job that writes `calls` also ages them out,
+                # after its own analysis, whether Bolna or the LLM answered or not (docs/privacy.md).
+                self.retention.run(recorder)
+
+    def analyze(self, recorder: RunRecorder) -> None:
         """The call processor's second phase: the Batch API lane (its finished jobs applied, a
         backlog's overflow submitted), then this run's synchronous batch."""
         if self.batch_api is not None:
@@ -165,6 +184,19 @@ class AccountApp:
     def close(self) -> None:
         self.reader.close()
         self.bolna.close()
+
+
+JOBS: dict[str, Callable[[AccountApp, RunRecorder, bool], None]] = {
+    CRM_SYNC: AccountApp.sync_customers, CALL_PROCESSOR: AccountApp.process_calls}
+JOB_NAMES = tuple(JOBS)
+
+
+@dataclass(frozen=True)
+class ScheduledJob:
+    """What the daemon runs on an interval: each job (one account), or the accounts' pass (many)."""
+    name: str
+    run: Callable[[], object]
+    seconds: float
 
 
 def account_settings(settings: Settings, tenant: Tenant, llm_limit: int | None = None) -> Settings:
@@ -325,14 +357,6 @@ class Runtime:
             self.metrics.load_last_successes(self.account.runs)
             self._successes_loaded = True
         return self.metrics.last_success_at(job)
-
-    def status(self, limit: int = 50) -> dict:
-        """`main.py status`: the one account's runs, queue and contacts, or many accounts by state
-        (at most `limit` listed)."""
-        if self.account is None:
-            return collect_fleet(self.schedule, limit)
-        return StatusReader(self.db, self.settings.mongodb_db, self.account.runs, self.account.call_queue,
-                            self.inbox, self.deliveries, stale_after(self.settings.sync_interval_minutes)).collect()
 
     def refresh(self, *, force: bool = False) -> None:
         """Re-read the accounts when the last read is TENANT_REFRESH_SECONDS old: new accounts join

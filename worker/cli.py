@@ -15,7 +15,7 @@ from services.run_records import describe_failure
 from utils.clock import naive_utc
 from utils.config import ConfigError, Settings, load_settings, secret_texts
 from utils.logging import redact, setup_logging
-from worker.jobs import JOB_NAMES
+from worker.app import JOB_NAMES
 
 log = logging.getLogger("callsync")
 
@@ -194,11 +194,11 @@ def _once(settings: Settings, args) -> int:
 
 
 def _status(settings: Settings, args) -> int:
-    from worker.status import show
+    from worker.status import collect, show
 
     runtime = _build(settings, prepare=False, account=args.account, many=True)
     try:
-        return show(runtime.status(args.limit), args.json)
+        return show(collect(runtime, args.limit), args.json)
     finally:
         runtime.close()
 

@@ -13,8 +13,7 @@ from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMERS, PIPELINES
 from utils.clock import utcnow
 from utils.config import Settings
 from utils.table import format_table
-from worker.app import Runtime
-from worker.jobs import JOB_NAMES
+from worker.app import JOB_NAMES, Runtime
 
 DEMO_KEY = "demo-key"
 

@@ -13,9 +13,8 @@ from fakes.mongo_hooks import HookedClient
 from services.database import CALLS, CONTACTS, CUSTOMERS
 from utils.config import Settings
 from utils.table import format_table
-from worker.app import Runtime
-from worker.jobs import JOB_NAMES
-from worker.status import format_fleet
+from worker.app import JOB_NAMES, Runtime
+from worker.status import collect, format_fleet
 
 
 def run_accounts_demo(settings: Settings, tenants: int) -> int:
@@ -43,7 +42,7 @@ def run_accounts_demo(settings: Settings, tenants: int) -> int:
             for run in sorted(runs, key=lambda run: (str(run["userId"]), JOB_NAMES.index(run["job"]))):
                 print(f"{run['userId']} run {run['job']}: {run['status']}  {json.dumps(run['counts'])}")
             _print_accounts(fleet, accounts)
-            print("\n" + format_fleet(fleet.status(limit=tenants)))
+            print("\n" + format_fleet(collect(fleet, limit=tenants)))
         finally:
             fleet.close()
     return 0
