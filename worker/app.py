@@ -216,7 +216,6 @@ def account_settings(settings: Settings, tenant: Tenant, llm_limit: int | None =
     return settings.with_overrides(**changes)
 
 
-
 class Runtime:
     """The daemon's process, one for one account and many: the accounts and when each is synced,
     the metrics and run listeners every account's app is attached to, the webhook inbox and its
@@ -278,7 +277,6 @@ class Runtime:
             self.clock = account.call_queue.clock
             self.metrics = RunMetrics(JOB_NAMES, queue_depth=account.call_queue.depth, llm_configured=llm_configured)
             self.metrics.observe_cursors(self.db)
-            self._successes_loaded = False
             self.inbox = inbox = self.inbox_of(tenant_id)
             writers_for = lambda _tenant_id: account.writers  # noqa: E731
         self.deliveries = DeliveryTally(tally[WEBHOOK_DELIVERIES])
@@ -331,6 +329,7 @@ class Runtime:
         if self.account is not None:
             # Before any sync: without the key the erased numbers could not be recognized.
             SuppressionList(self.db, hasher_for(self.settings.privacy_hash_key)).check_key()
+            self.metrics.load_last_successes(self.account.runs)  # health: a restart remembers
         else:
             self.refresh(force=True)
 
@@ -346,17 +345,12 @@ class Runtime:
             return self.account.run_job(name, full=full)
 
     def last_success_at(self, job: str) -> datetime | None:
-        """Health. One account: the job's last success, from the run records the first time (a
-        restart remembers), then from the runs seen. Many: when this replica last got on, by
-        finishing an account's sync or a pass that found none due. Under a standing backlog no pass
-        ends, and the replica is healthy while it keeps finishing accounts; one that finishes
-        nothing is not. (Each account's own runs are in /metrics and `status`.)"""
-        if self.account is None:
-            return self._progress_at
-        if not self._successes_loaded:
-            self.metrics.load_last_successes(self.account.runs)
-            self._successes_loaded = True
-        return self.metrics.last_success_at(job)
+        """Health. One account: the job's last success (loaded by `prepare`, then from the runs
+        seen). Many: when this replica last got on, by finishing an account's sync or a pass that
+        found none due. Under a standing backlog no pass ends, and the replica is healthy while it
+        keeps finishing accounts; one that finishes nothing is not. (Each account's own runs are in
+        /metrics and `status`.)"""
+        return self._progress_at if self.account is None else self.metrics.last_success_at(job)
 
     def refresh(self, *, force: bool = False) -> None:
         """Re-read the accounts when the last read is TENANT_REFRESH_SECONDS old: new accounts join
@@ -425,7 +419,8 @@ class Runtime:
         finally:
             app.close()
             if grant is not None:
-                grant.settle(_llm_used(runs))
+                counts = next((run.get("counts", {}) for run in runs if run["job"] == CALL_PROCESSOR), {})
+                grant.settle(int(counts.get("analyzed", 0) + counts.get("failed", 0)))
         self._record(claim, tenant, runs, lease.lost, due_by)
         self._progress_at = utcnow()
 
@@ -489,8 +484,3 @@ def _subscribe(account: AccountApp, listener: RunListener) -> None:
 
 def _refused(run: dict) -> bool:
     return failed_with(run, BolnaAuthError)
-
-
-def _llm_used(runs: list[dict]) -> int:
-    counts = next((run.get("counts", {}) for run in runs if run["job"] == CALL_PROCESSOR), {})
-    return int(counts.get("analyzed", 0) + counts.get("failed", 0))
