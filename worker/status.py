@@ -54,8 +54,11 @@ def _webhooks(inbox: Inbox, deliveries: DeliveryTally, since: datetime) -> dict:
 
 def _job(last: dict | None, success: dict | None, now: datetime) -> dict:
     success_at = success.get("finishedAt") if success else None
+    summary = {"id": last["_id"], "status": last["status"], "startedAt": last.get("startedAt"),
+               "finishedAt": last.get("finishedAt"), "counts": last.get("counts", {}),
+               "errorCount": last.get("errorCount", 0)} if last else None
     return {
-        "lastRun": _run_summary(last) if last else None,
+        "lastRun": summary,
         "lastSuccessAt": success_at,
         "lastSuccessAgeSeconds": round((now - success_at).total_seconds()) if success_at else None,
     }
@@ -138,12 +141,6 @@ def _percentile(ordered: list[int], fraction: float) -> int | None:
     if not ordered:
         return None
     return ordered[min(len(ordered) - 1, max(0, int(fraction * len(ordered) + 0.999999) - 1))]
-
-
-def _run_summary(run: dict) -> dict:
-    return {"id": run["_id"], "status": run["status"], "startedAt": run.get("startedAt"),
-            "finishedAt": run.get("finishedAt"), "counts": run.get("counts", {}),
-            "errorCount": run.get("errorCount", 0)}
 
 
 def _count_rows(counts: dict[str, int]) -> list[list]:
