@@ -284,7 +284,7 @@ class Runtime:
         observe_webhooks(self.metrics, self.deliveries, inbox.waiting)
         self.webhook_routes = None
         if settings.webhook_token:
-            self.webhook_routes = (SingleRoute(settings.webhook_token, inbox) if self.account
+            self.webhook_routes = (SingleRoute(settings.webhook_token, inbox) if self.account is not None
                                    else AccountRoutes(settings.webhook_token, self.inbox_of))
         self._listeners.append(self.metrics.observe_run)
         if self.account is not None:
