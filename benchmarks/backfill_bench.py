@@ -18,7 +18,7 @@ from fakes.dataset import generate
 from models.execution import needs_full_record
 from services.bolna_client import MAX_PAGE_SIZE
 from utils.clock import utcnow
-from worker.jobs import JOB_NAMES
+from worker.app import JOB_NAMES
 
 LATENCY_SECONDS = 0.1
 AGENTS = 4

@@ -1,5 +1,5 @@
 """`python -m benchmarks.fleet_bench [--accounts 500] [--replicas 3] [--intervals 3] [--quick]`:
-many accounts across replica processes (TENANT_SOURCE=mongodb, worker/fleet.py), end to end.
+many accounts across replica processes (TENANT_SOURCE=mongodb, worker/app.py), end to end.
 
 One fake Bolna in this process serves N accounts of 2 agents each (a few trimmed calls per agent,
 a small latency per answer); N `users` documents; R replicas (`main.py run`, each its own process)
@@ -116,7 +116,7 @@ def _wait_taken_over(db, leased: dict, victim: Replica, killed_at: datetime, lea
 def _isolated(client_uri: str, database: str, bolna_url: str, fake: FakeBolna) -> dict:
     """Round trips, Bolna requests and seconds of one account sync alone (no other replica, one
     account at a time), counted by pymongo's command monitoring in this process."""
-    from worker.fleet import Fleet
+    from worker.app import Runtime
 
     counter = NamedCounter()
     client = MongoClient(client_uri, tz_aware=False, event_listeners=[counter])
@@ -128,7 +128,7 @@ def _isolated(client_uri: str, database: str, bolna_url: str, fake: FakeBolna) -
         schedule.update_many({"_id": {"$in": chosen}}, {"$set": {"dueAt": utcnow() - timedelta(seconds=1)}})
         settings = Settings(mongodb_db=database, tenant_source="mongodb", bolna_base_url=bolna_url,
                             sync_interval_minutes=1, tenant_concurrency=1, tenant_lease_seconds=20)
-        fleet = Fleet(settings, db, client)
+        fleet = Runtime(settings, db, mongo_client=client)
         fleet.prepare()
         counter.names.clear()
         counter.micros.clear()

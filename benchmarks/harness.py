@@ -17,7 +17,7 @@ from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import HookedDatabase, RoundTripCounter
 from services.bolna_client import BolnaClient, Limits
 from utils.config import Settings
-from worker.app import App
+from worker.app import Runtime
 
 API_KEY = "bench-key"
 # The scenarios about the database lift Bolna's rate limits (its minute shortened to 0.6 s, a
@@ -131,8 +131,8 @@ def settings_for(base_url: str, **overrides) -> Settings:
                     backfill_days=30, llm_calls_per_run=0, **overrides)
 
 
-def app_for(settings: Settings, mongo: CountedMongo, *, minute: float = LIFTED_MINUTE) -> App:
-    app = App(settings, mongo.db, client_for(settings, minute=minute))
+def app_for(settings: Settings, mongo: CountedMongo, *, minute: float = LIFTED_MINUTE) -> Runtime:
+    app = Runtime(settings, mongo.db, bolna=client_for(settings, minute=minute))
     app.prepare()
     return app
 

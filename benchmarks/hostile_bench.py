@@ -206,9 +206,9 @@ def _mongo():
 
 @contextmanager
 def _app(mongo_client, **overrides):
-    from worker.app import App
+    from worker.app import Runtime
     with FakeBolna([AGENT], [], api_key="bench-key") as bolna:
-        app = App.build(_settings(bolna_base_url=bolna.base_url, **overrides), mongo_client=mongo_client)
+        app = Runtime.build(_settings(bolna_base_url=bolna.base_url, **overrides), mongo_client=mongo_client)
         app.prepare()
         yield app
 
@@ -289,7 +289,7 @@ def account_flood(mongo_client, flood: int) -> dict:
     accept at a time costs the test server's count of up to WEBHOOK_MAX_WAITING entries, a scan
     there where MongoDB counts an index range) while the processor is stopped; then one of the
     other account through the listener, and 20 more of the flooding account, answered 429."""
-    from worker.fleet import Fleet
+    from worker.app import Runtime
 
     with FakeBolna([], [], api_key="key-flood", label="flood") as bolna:
         bolna.add_account("key-other", [], [], label="other")
@@ -297,7 +297,7 @@ def account_flood(mongo_client, flood: int) -> dict:
         db["users"].insert_many([{"_id": name, "bolnaApiKey": f"key-{name}", "subscription": {"status": "active"}}
                                  for name in ("flood", "other")])
         settings = _settings(tenant_source="mongodb", bolna_api_key=None, bolna_base_url=bolna.base_url)
-        fleet = Fleet(settings, db)
+        fleet = Runtime(settings, db)
         fleet.prepare()
         entries = [waiting_entry(f"flood-{n}", "completed", None,
                                  json.dumps(_record(f"flood-{n}", f"+9198{n:08d}")).encode(), rank=n)

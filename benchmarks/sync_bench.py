@@ -12,7 +12,7 @@ from models.call import call_fields
 from models.execution import parse_execution
 from services.database import CALLS, CUSTOMER_CALLS, SYNC_STATE, ensure_indexes
 from utils.clock import utcnow
-from worker.jobs import JOB_NAMES
+from worker.app import JOB_NAMES
 
 AGENTS = 4
 CURSOR_AGE = timedelta(minutes=5)  # the last run, as a daemon on a 5-minute interval leaves it

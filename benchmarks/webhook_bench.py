@@ -27,7 +27,7 @@ from services.database import CUSTOMERS, WEBHOOK_INBOX
 from tests.helpers import AGENT, execution
 from utils.clock import utcnow
 from utils.config import Settings
-from worker.app import App
+from worker.app import Runtime
 from worker.webhook_listener import PATH_PREFIX, serve_webhooks
 
 TOKEN = "bench_" + "0123456789abcdef" * 2
@@ -65,7 +65,7 @@ def run(deliveries: int, senders: int, mongo_client, rate: float | None = None) 
     settings = Settings(mongodb_db=DATABASE, bolna_api_key="bench-key", webhook_port=0, webhook_token=TOKEN,
                         webhook_allowed_ips=("127.0.0.1",))
     with FakeBolna([AGENT], [], api_key="bench-key") as bolna:
-        app = App.build(settings.with_overrides(bolna_base_url=bolna.base_url), mongo_client=mongo_client)
+        app = Runtime.build(settings.with_overrides(bolna_base_url=bolna.base_url), mongo_client=mongo_client)
         app.prepare()
         service = serve_webhooks(app)
         host, port = service.address

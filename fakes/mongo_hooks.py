@@ -1,8 +1,8 @@
 """A Database stand-in that calls a hook before every collection operation.
 
 Benchmarks count MongoDB round trips with it on mongomock (which has no command monitoring), and
-fault tests make a chosen write fail or "crash the process". It is handed to `App(settings, db,
-bolna)` like a real Database: the code under test cannot tell the difference.
+fault tests make a chosen write fail or "crash the process". It is handed to `Runtime(settings,
+db)` like a real Database: the code under test cannot tell the difference.
 
 mongomock runs `find_one_and_update` and bulk writes as several steps without a lock, so two
 threads can both claim one document — something a real server's single-document atomicity
@@ -204,7 +204,7 @@ class WriteTrap:
 
 
 class HookedClient:
-    """A mongomock client whose databases are HookedDatabases: hand it to `App.build` (and use it
+    """A mongomock client whose databases are HookedDatabases: hand it to `Runtime.build` (and use it
     in tests and the demo) wherever several threads share one in-memory database."""
 
     def __init__(self, client=None, hook: Hook = no_hook):

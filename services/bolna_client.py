@@ -58,7 +58,7 @@ class BolnaError(Exception):
 
 
 class BolnaAuthError(BolnaError, FatalError):
-    """The key was refused: retrying cannot help, the run stops (and worker/fleet.py sets the
+    """The key was refused: retrying cannot help, the run stops (and worker/app.py sets the
     account aside)."""
     run_error_code = "bolna_key_refused"
 

@@ -10,17 +10,16 @@ from models.execution import MalformedExecution, parse_execution, parse_time
 from services.analyzer.write_back import ACTIVITY_TYPE
 from services.database import CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS
 from tests.helpers import build_app
-from worker.app import App
-from worker.jobs import JOB_NAMES
+from worker.app import JOB_NAMES, Runtime
 
 
-def app_for(settings, mongo, bolna: FakeBolna, hook=no_hook) -> App:
-    """A prepared App on `mongo` and `bolna`, every MongoDB operation passing `hook` first.
-    A second App on the same client is a second daemon, or the same daemon restarted."""
+def app_for(settings, mongo, bolna: FakeBolna, hook=no_hook) -> Runtime:
+    """A prepared Runtime on `mongo` and `bolna`, every MongoDB operation passing `hook` first.
+    A second Runtime on the same client is a second daemon, or the same daemon restarted."""
     return build_app(settings, mongo, bolna, hook)
 
 
-def run_both(app: App, **options) -> dict[str, dict]:
+def run_both(app: Runtime, **options) -> dict[str, dict]:
     return {name: app.run_job(name, **options) for name in JOB_NAMES}
 
 

@@ -1,4 +1,4 @@
-"""Shared builders for the job tests: sample executions and an App wired to local fakes."""
+"""Shared builders for the job tests: sample executions and a Runtime wired to local fakes."""
 from __future__ import annotations
 
 import itertools
@@ -8,7 +8,7 @@ from fakes.dataset import iso
 from fakes.mongo_hooks import HookedClient, no_hook
 from services.analyzer.claims import CallQueue
 from services.database import CALLS
-from worker.app import App
+from worker.app import Runtime
 
 AGENT = {"id": "agent-1", "agent_name": "Sales", "agent_status": "processed"}
 _ids = itertools.count(1)
@@ -40,12 +40,12 @@ def execution(customer="+91 98765 43210", *, minutes_ago=30, agent_id="agent-1",
     return record
 
 
-def build_app(settings, mongo, bolna, hook=no_hook) -> App:
-    """A prepared App on the mongomock client `mongo` and the fake `bolna`. Each MongoDB operation
+def build_app(settings, mongo, bolna, hook=no_hook) -> Runtime:
+    """A prepared Runtime on the mongomock client `mongo` and the fake `bolna`. Each MongoDB operation
     passes `hook` first and runs whole under one lock, as on a server (the jobs share mongomock
     across threads)."""
-    app = App.build(settings.with_overrides(bolna_base_url=bolna.base_url),
-                    mongo_client=HookedClient(mongo, hook))
+    app = Runtime.build(settings.with_overrides(bolna_base_url=bolna.base_url),
+                        mongo_client=HookedClient(mongo, hook))
     app.prepare()
     return app
 

@@ -12,8 +12,7 @@ from fakes.dataset import generate
 from fakes.mongo_hooks import HookedClient
 from services.bolna_client import BolnaClient, BolnaError, Limits, Pacer, endpoint_class
 from services.database import CALLS, CUSTOMERS
-from worker.app import App
-from worker.jobs import JOB_NAMES
+from worker.app import JOB_NAMES, Runtime
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,16 +25,16 @@ def history():
                     now=datetime.now(timezone.utc))
 
 
-def _app(settings, mongo, bolna, limits: Limits = Limits()) -> App:
+def _app(settings, mongo, bolna, limits: Limits = Limits()) -> Runtime:
     settings = settings.with_overrides(bolna_base_url=bolna.base_url)
     client = BolnaClient(settings.bolna_base_url, settings.bolna_api_key, backoff_seconds=0.01, max_attempts=8,
                          max_wait=5, limits=limits, connections=16)
-    app = App(settings, HookedClient(mongo)[settings.mongodb_db], client)
+    app = Runtime(settings, HookedClient(mongo)[settings.mongodb_db], bolna=client)
     app.prepare()
     return app
 
 
-def _side_by_side(app: App) -> list[dict]:
+def _side_by_side(app: Runtime) -> list[dict]:
     """Both jobs at once, as the daemon's scheduler starts them."""
     records: dict[str, dict] = {}
     threads = [threading.Thread(target=lambda name=name: records.update({name: app.run_job(name)}))
@@ -94,7 +93,7 @@ def test_a_paced_backfill_meets_no_429(settings, mongo, bolna_server, history, d
     app = _app(settings, mongo, bolna, Limits(40, 80, headroom=0.2, minute_seconds=1))
     assert [record["status"] for record in _side_by_side(app)] == ["ok", "ok"]
     assert [r for r in bolna.requests if r.status == 429] == []
-    assert app.bolna.rate_limited == 0 and app.bolna.pacer.waited_seconds > 0  # the limits were reached
+    assert app.account.bolna.rate_limited == 0 and app.account.bolna.pacer.waited_seconds > 0  # the limits were reached
     assert _complete(db, executions)
 
 
@@ -104,7 +103,7 @@ def test_without_pacing_the_same_backfill_meets_429s_and_still_completes(setting
                          rate_limits=RateLimits(minute_seconds=1, listing=40, other=80))
     app = _app(settings, mongo, bolna, Limits(10**6, 10**6, headroom=0.0, minute_seconds=1))
     assert [record["status"] for record in _side_by_side(app)] == ["ok", "ok"]
-    assert app.bolna.rate_limited > 0  # the fake enforces the limits the pacer keeps to
+    assert app.account.bolna.rate_limited > 0  # the fake enforces the limits the pacer keeps to
     assert [r for r in bolna.requests if r.status == 429]
     assert _complete(db, executions)
 

@@ -32,7 +32,7 @@ def settings(fake):
 
 
 def process(db, settings, owner="host:1:a", *, lane_only=False):
-    """The call processor's analysis phase, as App.analyze runs it."""
+    """The call processor's analysis phase, as AccountApp.analyze runs it."""
     recorder = RunRecorder("call_processor")
     analysis = build_analysis(db, settings, owner)
     build_batch_api(db, settings, owner, analysis).run(recorder)

@@ -24,7 +24,7 @@ def app(settings, mongo):
     with FakeBolna([AGENT], [], api_key=settings.bolna_api_key) as bolna:
         application = build_app(settings, mongo, bolna)
         yield application
-        application.bolna.close()  # the client `mongo` is the fixture's to close
+        application.account.bolna.close()  # the client `mongo` is the fixture's to close
 
 
 def state(call_id: str, status: str, minutes_after: float, **extra) -> dict:
@@ -37,7 +37,8 @@ def state(call_id: str, status: str, minutes_after: float, **extra) -> dict:
 
 def write(app, *records: dict) -> RunRecorder:
     recorder = RunRecorder("call_processor")
-    app.call_writer.write([parse_execution(record, "IN") for record in records], recorder, AGENT["id"])
+    calls = app.account.writers.calls
+    calls.write([parse_execution(record, "IN") for record in records], recorder, AGENT["id"])
     return recorder
 
 
@@ -131,7 +132,7 @@ def test_an_updated_at_far_in_the_future_stored_before_blocks_no_later_update(ap
     """A year-9999 `updated_at` stored before such times were refused (issue 25) would outrank every
     real update for ever: a stored time further ahead than Bolna's clock can be outranks nothing."""
     frozen = replace(parse_execution(state("c-9", "completed", 1), "IN"), updated_at=datetime(9999, 12, 31))
-    app.call_writer.write([frozen], RunRecorder("call_processor"), AGENT["id"])
+    app.account.writers.calls.write([frozen], RunRecorder("call_processor"), AGENT["id"])
     write(app, state("c-9", "completed", 3, total_cost=7.0))  # Bolna's cost, final a little later
     assert stored(app, "c-9")["costCents"] == 7.0
     write(app, state("c-9", "completed", 2, total_cost=1.0))  # and the order holds again after it

@@ -22,7 +22,7 @@ SECOND_AGENT = {"id": "agent-2", "agent_name": "Support", "agent_status": "proce
 
 @pytest.fixture
 def serve_trimmed(settings, mongo, bolna_server):
-    """serve_trimmed(executions) -> (a started fake Bolna, an App syncing from it)."""
+    """serve_trimmed(executions) -> (a started fake Bolna, a Runtime syncing from it)."""
     def start(executions, agents=(AGENT,), **overrides):
         bolna = bolna_server(executions, agents, projection="trimmed")
         return bolna, app_for(settings.with_overrides(**overrides), mongo, bolna)

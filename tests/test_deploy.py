@@ -16,7 +16,7 @@ from fakes.bolna_server import FakeBolna
 from fakes.groq_server import FakeGroq
 from tests.helpers import AGENT, build_app, execution
 from utils.config import Settings
-from worker.jobs import JOB_NAMES
+from worker.app import JOB_NAMES
 from worker.metrics import RunMetrics, observe_accounts
 
 pytestmark = pytest.mark.timeout(60)

@@ -92,7 +92,7 @@ def test_the_process_ending_at_any_write_then_restarting_ends_as_a_clean_run(set
         with pytest.raises(KeyboardInterrupt):
             run_both(app)
 
-        restarted = app_for(settings, mongo, bolna)  # a fresh App on the same data: a restart
+        restarted = app_for(settings, mongo, bolna)  # a fresh Runtime on the same data: a restart
         db = restarted.db
         assert db[SYNC_RUNS].count_documents({"status": "running"}) == 0, "the dead run is not marked"
         run_both(restarted)

@@ -12,7 +12,7 @@ from services.sync_state import SyncState, WindowProgress
 from tests.faults import app_for, assert_matches_ground_truth, run_both
 from tests.helpers import execution
 from utils.clock import utcnow
-from worker.jobs import JOB_NAMES
+from worker.app import JOB_NAMES
 
 pytestmark = pytest.mark.timeout(60)
 AGENTS = [{"id": "agent-1", "agent_name": "Sales"}, {"id": "agent-2", "agent_name": "Support"}]

@@ -1,4 +1,4 @@
-"""Many accounts (worker/fleet.py): accounts read from `users`, each synced with its own key into
+"""Many accounts (worker/app.py's Runtime): accounts read from `users`, each synced with its own key into
 its own records, a refused key set aside without stopping the others, replicas sharing the work
 through the schedule, and the LLM ceiling across accounts."""
 from __future__ import annotations
@@ -17,8 +17,7 @@ from services.tenancy.schedule import REFUSED, LlmQuota
 from tests.conftest import RAISED_LIMITS, TEST_DB
 from tests.helpers import AGENT, execution
 from utils.clock import utcnow
-from worker.fleet import Fleet, account_settings
-from worker.jobs import CALL_PROCESSOR, CRM_SYNC
+from worker.app import CALL_PROCESSOR, CRM_SYNC, Runtime, account_settings
 
 SHARED_CALL = "call-in-both"
 ACTIVE = {"subscription": {"status": "active"}}
@@ -80,13 +79,13 @@ def fleet_settings(settings, bolna):
                                    tenant_lease_seconds=60, tenant_concurrency=2)
 
 
-def replica(settings, mongo, clock) -> Fleet:
-    fleet = Fleet(settings, HookedClient(mongo)[TEST_DB], clock=clock)
+def replica(settings, mongo, clock) -> Runtime:
+    fleet = Runtime(settings, HookedClient(mongo)[TEST_DB], clock=clock)
     fleet.prepare()
     return fleet
 
 
-def every_account(fleet: Fleet) -> int:
+def every_account(fleet: Runtime) -> int:
     return fleet.work(ahead=timedelta(minutes=fleet.settings.sync_interval_minutes))
 
 

@@ -29,7 +29,7 @@ from tests.conftest import RAISED_LIMITS
 from tests.helpers import execution
 from tests.real_mongo import mongo  # noqa: F401 - the fixture, on the server
 from utils.clock import utcnow
-from worker.jobs import CALL_PROCESSOR, CRM_SYNC
+from worker.app import CALL_PROCESSOR, CRM_SYNC
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE, POLL, INTERVAL_MINUTES = 15, 1, 5

@@ -19,7 +19,7 @@ from services.webhooks.routes import account_token
 from tests.conftest import TEST_DB
 from tests.test_webhooks import TOKEN, deliver, started, state_of, wait_until  # noqa: F401 - `started`: a fixture
 from utils.clock import utcnow
-from worker.fleet import Fleet
+from worker.app import Runtime
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,8 +49,8 @@ def users(whole_db):
     return whole_db["users"]
 
 
-def replica(settings, mongo) -> Fleet:
-    fleet = Fleet(settings, HookedClient(mongo)[TEST_DB])
+def replica(settings, mongo) -> Runtime:
+    fleet = Runtime(settings, HookedClient(mongo)[TEST_DB])
     fleet.prepare()
     return fleet
 

@@ -13,7 +13,7 @@ from services.analyzer.groq_analyzer import LlmUnavailable
 from services.analyzer.schema import Usage, estimated_cost
 from tests.test_analyzer_batch import add_call, add_calls, call, fake, run, settings  # noqa: F401 - fixtures
 from utils.config import ANALYSIS_KEYS, DEFAULT_PRICES, ExtraField, Settings
-from worker.app import App
+from worker.app import Runtime
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,8 +83,8 @@ def test_a_request_form_groq_refuses_stops_the_llm_without_burning_the_queue(fak
 
 def test_a_model_that_does_not_exist_is_one_clear_start_up_warning(fake, mongo, settings, caplog, bolna_server):
     fake.retired_models = {"openai/gpt-oss-20b"}
-    app = App.build(settings.with_overrides(mongodb_uri="mongodb://unused", bolna_api_key="k"),
-                    mongo_client=HookedClient(mongo))
+    app = Runtime.build(settings.with_overrides(mongodb_uri="mongodb://unused", bolna_api_key="k"),
+                        mongo_client=HookedClient(mongo))
     with caplog.at_level(logging.WARNING):
         app.prepare()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -189,11 +189,10 @@ def test_the_heuristic_costs_nothing(db):
 
 
 def test_with_many_accounts_the_daemons_model_is_checked_at_start_up_too(fake, mongo, settings, caplog):
-    from worker.fleet import Fleet
 
     fake.retired_models = {"openai/gpt-oss-20b"}
-    fleet = Fleet.build(settings.with_overrides(tenant_source="mongodb", mongodb_uri="mongodb://unused"),
-                        mongo_client=HookedClient(mongo))
+    fleet = Runtime.build(settings.with_overrides(tenant_source="mongodb", mongodb_uri="mongodb://unused"),
+                          mongo_client=HookedClient(mongo))
     with caplog.at_level(logging.WARNING):
         fleet.prepare()
     assert any("GROQ_MODEL openai/gpt-oss-20b does not exist" in r.getMessage() for r in caplog.records)

@@ -10,7 +10,7 @@ import pytest
 from fakes.bolna_server import FakeBolna
 from tests.helpers import AGENT, execution
 from tests.wire_server import WireServer
-from worker.app import App
+from worker.app import Runtime
 from worker.health import PING_TIMEOUT_SECONDS, serve_health
 
 pytestmark = pytest.mark.timeout(90)
@@ -29,8 +29,8 @@ def test_readyz_fails_within_one_probe_and_metrics_answer_at_once_while_mongodb_
     calls = [execution(f"+9198765432{n:02d}", minutes_ago=10 + n, call_id=f"c-{n}") for n in range(3)]
     with WireServer() as server, FakeBolna([AGENT], calls, api_key=settings.bolna_api_key) as bolna:
         # No serverSelectionTimeoutMS in the URI: the driver would wait 5 s (worker/app.py) for a server.
-        app = App.build(settings.with_overrides(mongodb_uri=server.uri, bolna_base_url=bolna.base_url,
-                                                health_port=0, llm_calls_per_run=1))
+        app = Runtime.build(settings.with_overrides(mongodb_uri=server.uri, bolna_base_url=bolna.base_url,
+                                                    health_port=0, llm_calls_per_run=1))
         app.prepare()
         app.run_job("crm_sync")
         app.run_job("call_processor")  # one of three analyzed: two wait, as the refreshed gauge says

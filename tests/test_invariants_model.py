@@ -47,8 +47,7 @@ from tests.faults import assert_customers_match, customer_call_ids, expected_cus
 from tests.helpers import requeue
 from utils.config import ExtraField
 from utils.phone import normalize_phone
-from worker.app import AccountApp, App
-from worker.jobs import CALL_PROCESSOR, CRM_SYNC, JOB_NAMES
+from worker.app import CALL_PROCESSOR, CRM_SYNC, JOB_NAMES, Runtime
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -140,7 +139,7 @@ class SyncModel(RuleBasedStateMachine):
         # The jobs that ran: the calls made before the start are within each one's first backfill.
         self.synced: set[str] = set()
         self.advanced = timedelta(0)
-        self.workers: list[App] = []
+        self.workers: list[Runtime] = []
         self.traps: list[WriteTrap] = []
         self.cues: list[dict] = []
         self.groq.extra = {MARKER: LIVE}
@@ -190,11 +189,11 @@ class SyncModel(RuleBasedStateMachine):
                 "lastCallAt": newest.at, "lastCallId": newest.call_id, **profile})
             self.initial_status[key] = best.status
 
-    def _build(self, index: int) -> App:
-        """Daemon `index` (re)started: a new App on the same database, every write through its hooks."""
+    def _build(self, index: int) -> Runtime:
+        """Daemon `index` (re)started: a new Runtime on the same database, every write through its hooks."""
         if index < len(self.traps):
             # The daemon's own parts only: the database client is the other daemon's too.
-            AccountApp.close(self.workers[index])
+            self.workers[index].account.close()
         trap, cue = WriteTrap(), {}
         if index < len(self.traps):
             self.traps[index], self.cues[index] = trap, cue
@@ -212,8 +211,8 @@ class SyncModel(RuleBasedStateMachine):
                     cue.clear()
                     action()
 
-        app = App.build(self.settings.with_overrides(bolna_base_url=self.bolna.base_url),
-                        mongo_client=HookedClient(self.mongo, hook))
+        app = Runtime.build(self.settings.with_overrides(bolna_base_url=self.bolna.base_url),
+                            mongo_client=HookedClient(self.mongo, hook))
         app.prepare()
         return app
 
@@ -224,7 +223,7 @@ class SyncModel(RuleBasedStateMachine):
                 self._check_exact()
         finally:
             for app in self.workers:
-                AccountApp.close(app)
+                app.account.close()
             self.groq.clear_request_actions()
             self.bolna.clear_actions(api_key=self.key)
             self.traveller.stop()

@@ -35,7 +35,7 @@ _COLLECTIONS = (CUSTOMERS, CUSTOMER_CALLS, CALLS, CONTACTS, ACTIVITIES, SYNC_STA
 
 @pytest.fixture
 def serve(settings, mongo, bolna_server):
-    """serve(executions, **settings) -> (a started fake Bolna, an App syncing from it)."""
+    """serve(executions, **settings) -> (a started fake Bolna, a Runtime syncing from it)."""
     def start(executions, **overrides):
         bolna = bolna_server(executions, [AGENT])
         return bolna, build_app(settings.with_overrides(**{"privacy_hash_key": KEY, **overrides}), mongo, bolna)

@@ -151,10 +151,10 @@ def recorded(mongo, mongodb_uri, settings, bolna_server):
     assert requeue(app.db, call_id=analyzed["callId"]) == 1
     # The re-analysis, by the synchronous lane (the Batch API lane took every call above): its claim,
     # and the call's conversation replaced on its contact.
-    app.analysis.run(RunRecorder("call_processor"))
-    app.runs.last_run("crm_sync"), app.runs.last_success("crm_sync")
-    app.runs.totals("call_processor", utcnow() - timedelta(days=1), ("costUsd",))  # status's LLM usage
-    app.runs.mark_abandoned(timedelta(hours=6))
+    app.account.analysis.run(RunRecorder("call_processor"))
+    app.account.runs.last_run("crm_sync"), app.account.runs.last_success("crm_sync")
+    app.account.runs.totals("call_processor", utcnow() - timedelta(days=1), ("costUsd",))  # status's LLM usage
+    app.account.runs.mark_abandoned(timedelta(hours=6))
     _webhook_deliveries(app, executions[:5])
     yield recorder, client[TEST_DB]
     client.close()

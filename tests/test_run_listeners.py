@@ -12,8 +12,8 @@ def test_listeners_get_the_stored_record_and_a_failing_one_is_contained(settings
 
     with FakeBolna([AGENT], [execution()], api_key=settings.bolna_api_key) as bolna:
         app = build_app(settings, mongo, bolna)
-        app.runs.subscribe(broken)
-        app.runs.subscribe(seen.append)
+        app.account.runs.subscribe(broken)
+        app.account.runs.subscribe(seen.append)
         record = app.run_job("crm_sync")
 
     assert record["status"] == "ok"

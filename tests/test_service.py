@@ -31,12 +31,12 @@ import json, sys
 from fakes.mongo_hooks import HookedClient
 from utils.config import Settings
 from utils.logging import setup_logging
-from worker.app import App
+from worker.app import Runtime
 from worker.daemon import run_daemon
 
 settings = Settings(**json.loads(sys.argv[1]))
 setup_logging(fmt="json", secrets=(settings.bolna_api_key,))
-app = App.build(settings, mongo_client=HookedClient())
+app = Runtime.build(settings, mongo_client=HookedClient())
 app.prepare()
 code = run_daemon(app)
 stored = {

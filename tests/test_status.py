@@ -10,13 +10,10 @@ from pymongo.errors import AutoReconnect
 
 from fakes.bolna_server import FakeBolna
 from utils.clock import utcnow
-from services.database import CALLS, CONTACTS, SYNC_RUNS, WEBHOOK_DELIVERIES, WEBHOOK_INBOX
-from services.webhooks.inbox import Inbox
-from services.webhooks.tally import DeliveryTally
+from services.database import CALLS, CONTACTS, SYNC_RUNS
 from tests.helpers import AGENT, build_app, execution
-from services.analyzer.claims import CallQueue
-from services.run_records import RunRecords
-from worker.status import StatusReader
+from worker.app import Runtime
+from worker.status import collect, show
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,9 +26,17 @@ def bolna(settings):
         yield server
 
 
+def status_of(db, settings) -> dict:
+    """What `main.py status` reads, from another process: a Runtime on the database, not prepared."""
+    runtime = Runtime(settings, db)
+    try:
+        return collect(runtime)
+    finally:
+        runtime.close()
+
+
 def show_status(db, settings, as_json: bool) -> int:
-    return StatusReader(db, settings.mongodb_db, RunRecords(db), CallQueue(db[CALLS], "status:1:a", 60),
-                        Inbox(db[WEBHOOK_INBOX], "status:1:a", 60), DeliveryTally(db[WEBHOOK_DELIVERIES])).show(as_json)
+    return show(status_of(db, settings), as_json)
 
 
 def status_json(db, settings, capsys) -> dict:
@@ -146,8 +151,8 @@ def test_a_run_whose_final_write_was_lost_in_an_outage_is_settled_once_mongodb_i
     app.run_job("call_processor")
     stored = db[SYNC_RUNS].find_one({"_id": lost["_id"]})
     assert stored["status"] == "failed" and stored["finishedAt"] == lost["finishedAt"]
-    assert stored["errors"] == lost["errors"] and len(app.runs.unsettled) == 0
-    assert app.status.collect()["jobs"]["crm_sync"]["lastRun"]["status"] == "failed"
+    assert stored["errors"] == lost["errors"] and len(app.account.runs.unsettled) == 0
+    assert collect(app)["jobs"]["crm_sync"]["lastRun"]["status"] == "failed"
 
 
 def test_status_shows_a_run_left_running_by_a_dead_process_as_abandoned(settings, db, capsys):
@@ -156,10 +161,8 @@ def test_status_shows_a_run_left_running_by_a_dead_process_as_abandoned(settings
                               "host": socket.gethostname(), "pid": 2 ** 22 + 1, "counts": {}})
     db[SYNC_RUNS].insert_one({"_id": "old", "job": "call_processor", "status": "running",
                               "startedAt": utcnow() - timedelta(hours=2), "host": "elsewhere", "pid": 7, "counts": {}})
-    reader = StatusReader(db, settings.mongodb_db, RunRecords(db), CallQueue(db[CALLS], "status:1:a", 60),
-                          Inbox(db[WEBHOOK_INBOX], "status:1:a", 60), DeliveryTally(db[WEBHOOK_DELIVERIES]))
-    jobs = reader.collect()["jobs"]
+    jobs = status_of(db, settings)["jobs"]
     assert jobs["crm_sync"]["lastRun"]["status"] == "abandoned"
     assert jobs["call_processor"]["lastRun"]["status"] == "abandoned"
     db[SYNC_RUNS].update_one({"_id": "dead"}, {"$set": {"pid": os.getppid()}})  # a live process's own run
-    assert reader.collect()["jobs"]["crm_sync"]["lastRun"]["status"] == "running"
+    assert status_of(db, settings)["jobs"]["crm_sync"]["lastRun"]["status"] == "running"

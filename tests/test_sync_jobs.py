@@ -13,7 +13,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 def serve(settings, mongo, bolna_server):
-    """serve(executions) -> (a started fake Bolna, an App syncing from it)."""
+    """serve(executions) -> (a started fake Bolna, a Runtime syncing from it)."""
     def start(executions, agents=(AGENT,), **options):
         bolna = bolna_server(executions, agents, **options)
         return bolna, build_app(settings, mongo, bolna)
@@ -176,7 +176,7 @@ def test_refused_key_fails_the_run_without_retrying(serve, db):
 
 def test_explicit_agent_ids_skip_discovery(serve, db, settings):
     bolna, app = serve([execution()])
-    app.feed.agent_ids = ("agent-1",)
+    app.account.feed.agent_ids = ("agent-1",)
     app.run_job("crm_sync")
     assert bolna.request_count("/v2/agent/all") == 0
 

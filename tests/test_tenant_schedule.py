@@ -9,6 +9,7 @@ import threading
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from pymongo.errors import BulkWriteError
@@ -17,7 +18,7 @@ from fakes.mongo_hooks import HookedClient, RoundTripCounter
 from services.tenancy.schedule import (DUE, REFUSED, RETIRED, RUNNING, SCHEDULE_INDEXES, WAITING, TenantSchedule,
                                        first_due_times, next_due)
 from tests.conftest import TEST_DB
-from worker.status import collect_fleet
+from worker.status import collect
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -451,5 +452,5 @@ def test_overview_counts_each_state_and_lists_the_longest_due_first(replica, sch
     assert rows[1]["acquired_until"] == START + timedelta(seconds=2 * LEASE - 5)
     assert rows[2]["acquired_by"] == "host-dead:9:z"  # still shown: whose lease expired
     assert [row["tenantId"] for row in schedule.overview(limit=2)["tenants"]] == ["t0", "t1"]
-    listed = collect_fleet(schedule, 50)["listed"]  # main.py status: the replica of each lease
+    listed = collect(SimpleNamespace(account=None, schedule=schedule))["listed"]  # main.py status: the replica of each lease
     assert [row["runningOn"] for row in listed[:3]] == [None, "host-a:1:x", "host-dead:9:z"]

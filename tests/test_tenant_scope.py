@@ -12,8 +12,7 @@ from services.database import (CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, SYNC_
 from services.tenancy.scoped import TenantScopeError
 from tests.conftest import TEST_DB
 from tests.helpers import AGENT, execution
-from worker.app import App
-from worker.jobs import CALL_PROCESSOR, CRM_SYNC
+from worker.app import CALL_PROCESSOR, CRM_SYNC, Runtime
 
 
 @pytest.fixture
@@ -123,8 +122,8 @@ def test_same_number_and_same_call_id_in_two_accounts_stay_apart(settings, mongo
         server = bolna_server([execution(call_id=shared_id, extracted={"name": name},
                                          transcript=f"assistant: Hello\nuser: {words}\n")], [AGENT])
         tenant_settings = settings.with_overrides(bolna_base_url=server.base_url)
-        app = App(tenant_settings, HookedClient(mongo)[TEST_DB],
-                  BolnaClient.from_settings(tenant_settings, stop=threading.Event()), tenant_id=tenant)
+        app = Runtime(tenant_settings, HookedClient(mongo)[TEST_DB],
+                      bolna=BolnaClient.from_settings(tenant_settings, stop=threading.Event()), tenant_id=tenant)
         app.prepare()
         apps[tenant] = app
     try:

@@ -26,7 +26,7 @@ from utils.clock import utcnow
 from utils.config import BOLNA_SENDER_IPS
 from utils.phone import normalize_phone
 from worker.health import serve_health
-from worker.status import format_status
+from worker.status import collect, format_status
 from worker.webhook_listener import PATH_PREFIX, THREADS, WebhookApp, WebhookListener, serve_webhooks
 from services.webhooks.senders import SenderPolicy
 
@@ -117,7 +117,7 @@ def test_a_delivery_reaches_calls_customers_and_the_analysis_queue(hook_settings
     assert (call["status"], call["terminal"], call["processed"]) == ("completed", True, False)
     customer = app.db[CUSTOMERS].find_one({})
     assert (customer["phone"], customer["status"], customer["callCount"]) == ("+919876543210", "Interested", 1)
-    assert app.call_queue.depth() == 1
+    assert app.account.call_queue.depth() == 1
     entry = app.db[WEBHOOK_INBOX].find_one({"callId": "w-1"})
     assert entry["state"] == DONE and "body" not in entry and entry["lagMs"] >= 0
 
@@ -311,7 +311,7 @@ def test_a_burst_of_1000_deliveries_is_processed_in_bounded_memory(hook_settings
         current, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert app.db[CUSTOMERS].count_documents({}) == burst and app.call_queue.depth() == burst
+    assert app.db[CUSTOMERS].count_documents({}) == burst and app.account.call_queue.depth() == burst
     # What stays is the database's (mongomock keeps it in this process); what passed through the
     # listener and the processor is bounded by a batch, not by the burst (2.5 MB of bodies).
     transient = peak - current
@@ -355,12 +355,12 @@ def test_deliveries_by_outcome_and_the_lag_in_metrics_and_status(hook_settings, 
     lag_count = [s.value for s in families["callsync_webhook_lag_seconds"].samples if s.name.endswith("_count")]
     assert lag_count == [1]
     app.deliveries.flush(force=True)
-    status = app.status.collect()["webhooks24h"]
+    status = collect(app)["webhooks24h"]
     assert status["deliveries"] == by_outcome and status["waiting"] == 0
     # Bolna stamped the call 57 minutes ago: that is the lag from its updated_at to the write.
     assert status["lagMs"]["count"] == 1 and 56 * 60_000 < status["lagMs"]["p50"] < 58 * 60_000
     assert "webhooks, last 24 h: 1 accepted, 1 duplicate, 1 rejected_token, 1 malformed, 1 processed" in \
-        format_status(app.status.collect())
+        format_status(collect(app))
 
 
 def test_an_account_at_its_cap_is_answered_429_with_retry_after_and_its_retry_is_accepted(

@@ -404,7 +404,7 @@ class Settings:
     tenant_fields: Mapping[str, str] = setting(DEFAULT_TENANT_FIELDS, tenant_field_paths)
     # Fernet key(s) the stored keys are encrypted with; None: they are stored as plain text.
     tenant_keys_secret: str | None = setting(None, fernet_secret, secret=True)
-    # Many accounts across replicas (worker/fleet.py): a dead replica's accounts are taken over after their lease.
+    # Many accounts across replicas (worker/app.py, `Runtime`): a dead replica's accounts are taken over after their lease.
     tenant_lease_seconds: int = setting(120, whole(MIN_LEASE_SECONDS))
     tenant_poll_seconds: int = setting(5, positive_int)
     tenant_concurrency: int = setting(4, positive_int)

@@ -1,5 +1,6 @@
 """Composition root: builds every part from settings, so tests and tools can hand in their own
-MongoDB client (pymongo or mongomock) and point the HTTP clients at local servers."""
+MongoDB client (pymongo or mongomock) and point the HTTP clients at local servers; and the one
+runtime (`Runtime`) that runs one account or many."""
 from __future__ import annotations
 
 import contextlib
@@ -8,44 +9,53 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
+import groq
 from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from models.customer import StatusRanks
-import groq
-
 from services.analyzer.run import AnalysisRun, claim_lease_seconds
 from services.analyzer.batch_api import BatchApiLane
 from services.analyzer.claims import CallQueue
 from services.analyzer.groq_analyzer import GroqAnalyzer
-from services.bolna_client import BolnaClient
-from services.database import CALLS, LLM_BATCHES, WEBHOOK_DELIVERIES, WEBHOOK_INBOX, ensure_indexes, tenant_view
+from services.bolna_client import BolnaAuthError, BolnaClient
+from services.database import (CALLS, LLM_BATCHES, LLM_QUOTA, TENANT_SCHEDULE, WEBHOOK_DELIVERIES, WEBHOOK_INBOX,
+                               ensure_indexes, tenant_view)
 from services.execution_feed import ExecutionFeed, PageReader, SharedRecords
 from services.privacy import (Eraser, PrivacyGuard, RetentionPass, RetentionPolicy, SuppressionList,
                               hasher_for)
-from services.run_records import RunListener, RunRecords, describe_failure, stale_after
+from services.run_records import RunListener, RunRecorder, RunRecords, describe_failure, failed_with, stale_after
 from services.server_clock import ServerClock
+from services.tenancy.accounts import Tenant, TenantSource
+from services.tenancy.schedule import LeaseKeeper, LlmQuota, TenantClaim, TenantSchedule
 from services.webhooks.inbox import Inbox
 from services.webhooks.processor import LEASE_SECONDS, AccountWriters, InboxProcessor
-from services.webhooks.routes import SingleRoute
+from services.webhooks.routes import AccountRoutes, SingleRoute
 from services.webhooks.tally import DeliveryTally
 from services.writers import CallWriter, CustomerWriter
+from utils.clock import utcnow
 from utils.config import Settings
 from utils.logging import log_context
-from worker.jobs import JOB_NAMES, JOBS, ScheduledJob
-from worker.metrics import RunMetrics, observe_webhooks
-from worker.status import StatusReader
+from worker.metrics import RunMetrics, observe_accounts, observe_webhooks
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVER_SELECTION_MS = 5000
 # Uploading a batch job's input file (up to 90 MB) takes longer than an analysis request.
 BATCH_API_TIMEOUT_SECONDS = 300.0
+ACCOUNTS_PASS = "accounts"  # the daemon's one scheduled job with many accounts
+# The jobs: the scheduler, the CLI's choices, the run records and the cursors in `sync_state` take
+# their names from here; `JOBS` (below `AccountApp`) holds their bodies.
+CRM_SYNC = "crm_sync"
+CALL_PROCESSOR = "call_processor"
 
 
 def connect(settings: Settings) -> MongoClient:
@@ -98,9 +108,8 @@ def retention_policy(settings: Settings) -> RetentionPolicy:
 
 class AccountApp:
     """One account's half of the daemon: its Bolna client, its view of the database, both jobs'
-    parts. Single-account mode runs one for the process's life (`App` is one); with many accounts
-    (worker/fleet.py) a replica builds one for each account it has claimed. Either way it is
-    attached to the process's `Runtime` (`Runtime.attach`)."""
+    parts. The `Runtime` keeps one for the process's life with one account, and builds one for
+    each account it has claimed with many; either way attached to it (`Runtime.attach`)."""
 
     def __init__(self, settings: Settings, db: Database, bolna: BolnaClient, tenant_id=None):
         """`tenant_id`: the account whose records this app reads and writes (`userId`); None, the
@@ -121,7 +130,6 @@ class AccountApp:
                                   backfill=timedelta(days=settings.backfill_days),
                                   overlap=timedelta(minutes=settings.sync_overlap_minutes))
         self.writers = build_writers(db, settings)
-        self.customer_writer, self.call_writer = self.writers.customers, self.writers.calls
         self.analysis = build_analysis(db, settings, self.owner, self.stop)
         self.retention = RetentionPass(db, retention_policy(settings), self.stop)
         self.call_queue = self.analysis.queue
@@ -133,9 +141,26 @@ class AccountApp:
         if name not in JOBS:
             raise ValueError(f"unknown job {name!r}; expected one of {', '.join(JOB_NAMES)}")
         with log_context(account=None if self.tenant_id is None else str(self.tenant_id)):
-            return self.runs.record(name, lambda recorder: JOBS[name].run(self, recorder, full))
+            return self.runs.record(name, lambda recorder: JOBS[name](self, recorder, full))
 
-    def analyze(self, recorder) -> None:
+    def sync_customers(self, recorder: RunRecorder, full: bool) -> None:
+        """Bolna executions -> customers."""
+        self.feed.run(CRM_SYNC, self.writers.customers, recorder, full=full)
+
+    def process_calls(self, recorder: RunRecorder, full: bool) -> None:
+        """Bolna executions -> calls, then LLM analysis -> contacts, then retention."""
+        try:
+            self.feed.run(CALL_PROCESSOR, self.writers.calls, recorder, full=full)
+        finally:
+            try:
+                # Calls stored by earlier runs are still worth analyzing when Bolna is down.
+                self.analyze(recorder)
+            finally:
+                # Retention is this job's last pass: the job that writes `calls` also ages them out,
+                # after its own analysis, whether Bolna or the LLM answered or not (docs/privacy.md).
+                self.retention.run(recorder)
+
+    def analyze(self, recorder: RunRecorder) -> None:
         """The call processor's second phase: the Batch API lane (its finished jobs applied, a
         backlog's overflow submitted), then this run's synchronous batch."""
         if self.batch_api is not None:
@@ -152,37 +177,115 @@ class AccountApp:
         self.bolna.close()
 
 
-class Runtime:
-    """The process around the accounts' jobs, one code path for one account (`App`) and many
-    (`worker/fleet.py`): the metrics and run listeners each account's app is attached to, the
-    webhook inbox and its processor, start-up, the wait for running work, teardown. A subclass
-    says which accounts run when (`scheduled_jobs`, `last_success_at`)."""
+JOBS: dict[str, Callable[[AccountApp, RunRecorder, bool], None]] = {
+    CRM_SYNC: AccountApp.sync_customers, CALL_PROCESSOR: AccountApp.process_calls}
+JOB_NAMES = tuple(JOBS)
 
-    settings: Settings
-    db: Database
-    mongo_client: MongoClient | None
-    owner: str
-    clock: Callable[[], datetime]
+
+@dataclass(frozen=True)
+class ScheduledJob:
+    """What the daemon runs on an interval: each job (one account), or the accounts' pass (many)."""
+    name: str
+    run: Callable[[], object]
+    seconds: float
+
+
+def account_settings(settings: Settings, tenant: Tenant, llm_limit: int | None = None) -> Settings:
+    """The daemon's settings with what the account brings: its keys, agents, region and limits."""
+    changes: dict = {"bolna_api_key": tenant.bolna_api_key, "bolna_agent_ids": tenant.agent_ids}
+    if tenant.groq_api_key:
+        changes["groq_api_keys"] = (tenant.groq_api_key,)
+    if tenant.phone_region:
+        changes["default_phone_region"] = tenant.phone_region
+    if llm_limit is not None:
+        changes["llm_calls_per_run"] = llm_limit
+    if tenant.bolna_requests_per_minute:
+        # Below Bolna's limits for the organisation, never above them.
+        changes["bolna_listing_rate_per_minute"] = min(settings.bolna_listing_rate_per_minute,
+                                                       tenant.bolna_requests_per_minute)
+        changes["bolna_rate_per_minute"] = min(settings.bolna_rate_per_minute, tenant.bolna_requests_per_minute)
+    return settings.with_overrides(**changes)
+
+
+class Runtime:
+    """The daemon's process, one for one account and many: the accounts and when each is synced,
+    the metrics and run listeners every account's app is attached to, the webhook inbox and its
+    processor, start-up, `status`, the wait for running work, teardown.
+
+    One account (TENANT_SOURCE unset: the environment's; or `tenant_id`, one of many named on the
+    command line) is a fleet of one whose app (`account`) is kept for the process's life, each job
+    on its own every SYNC_INTERVAL_MINUTES. Many accounts (TENANT_SOURCE=mongodb): the accounts of
+    the CRM, synced by every replica that runs this image, sharing the work through MongoDB with no
+    configuration. Every TENANT_POLL_SECONDS a replica re-reads the account list when it is due
+    (TENANT_REFRESH_SECONDS), then claims due accounts from the tenant schedule under a lease
+    (services/tenancy/schedule.py), TENANT_CONCURRENCY at a time, and runs both jobs for each with
+    that account's own keys, limits and view of the database (an `AccountApp` each). The lease is
+    renewed while the jobs run; a replica that dies stops renewing, and another takes its accounts
+    over once the lease has run out. An account whose Bolna key is refused is set aside until its
+    key changes, and never holds up the others. With WEBHOOK_PORT each listed account has its own
+    webhook URL (services/webhooks/routes.py), and the one inbox processor writes every account's
+    deliveries into that account's records."""
+
+    def __init__(self, settings: Settings, db: Database, *, mongo_client=None, bolna: BolnaClient | None = None,
+                 tenant_id=None, clock: Callable[[], datetime] | None = None):
+        """`bolna`: the one account's client (default: from the settings); `clock`: what leases and
+        quota windows are measured by, the database server's unless given."""
+        self.settings = settings
+        self.mongo_client = mongo_client
+        self.owner = new_owner()
+        self._listeners: list[RunListener] = []
+        self._active = 0
+        self._idle = threading.Condition()
+        self._progress_at: datetime | None = None
+        llm_configured = bool(settings.groq_api_keys)
+        if settings.tenant_source == "mongodb" and tenant_id is None:
+            self.account = None
+            self.db = db
+            self.stop = threading.Event()
+            self.clock = clock = clock or ServerClock(db).now
+            interval = timedelta(minutes=settings.sync_interval_minutes)
+            self.source = TenantSource(settings, db)
+            self.schedule = TenantSchedule(db[TENANT_SCHEDULE], self.owner, settings.tenant_lease_seconds,
+                                           interval.total_seconds(), clock=clock)
+            self.quota = (LlmQuota(db[LLM_QUOTA], settings.llm_global_limit, interval, clock)
+                          if settings.llm_global_limit is not None else None)
+            self._tenants: dict[object, Tenant] = {}
+            self._loaded_at: float | None = None
+            self._refresh_lock = threading.Lock()
+            # Across accounts: counts by job and status, and accounts by state; never by account
+            # (bounded cardinality).
+            self.metrics = RunMetrics(JOB_NAMES, queue_depth=None, llm_configured=llm_configured,
+                                      refresh_after_runs=False)
+            observe_accounts(self.metrics, self.schedule.counts)
+            # Every account's deliveries land in one inbox, each entry under its account.
+            inbox = Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=clock)
+            writers_for, tally = self._writers_for, tenant_view(db, None)  # the replica's tally
+        else:
+            self.account = account = AccountApp(
+                settings, db, bolna or BolnaClient.from_settings(settings, stop=threading.Event()), tenant_id)
+            self.db = tally = account.db
+            self.stop = account.stop
+            self.clock = account.call_queue.clock
+            self.metrics = RunMetrics(JOB_NAMES, queue_depth=account.call_queue.depth, llm_configured=llm_configured)
+            self.metrics.observe_cursors(self.db)
+            self.inbox = inbox = self.inbox_of(tenant_id)
+            writers_for = lambda _tenant_id: account.writers  # noqa: E731
+        self.deliveries = DeliveryTally(tally[WEBHOOK_DELIVERIES])
+        self.webhook_processor = InboxProcessor(inbox, writers_for, self.deliveries)
+        observe_webhooks(self.metrics, self.deliveries, inbox.waiting)
+        self.webhook_routes = None
+        if settings.webhook_token:
+            self.webhook_routes = (SingleRoute(settings.webhook_token, inbox) if self.account is not None
+                                   else AccountRoutes(settings.webhook_token, self.inbox_of))
+        self._listeners.append(self.metrics.observe_run)
+        if self.account is not None:
+            self.attach(self.account)
 
     @classmethod
-    def build(cls, settings: Settings, mongo_client=None, **options):
+    def build(cls, settings: Settings, mongo_client=None, **options) -> Runtime:
         """`mongo_client`: any pymongo-compatible client; default: a MongoClient on MONGODB_URI."""
         mongo_client = mongo_client or connect(settings)
         return cls(settings, mongo_client[settings.mongodb_db], mongo_client=mongo_client, **options)
-
-    def _serve(self, metrics: RunMetrics, inbox: Inbox, writers_for: Callable[[object], AccountWriters | None],
-               routes: Callable[[str], object], tally: Database) -> None:
-        """`inbox`: where the processor claims deliveries; `writers_for(account)`: who writes one;
-        `routes(WEBHOOK_TOKEN)`: the listener's paths, when a token is set; `tally`: the view the
-        deliveries are counted in."""
-        self.metrics = metrics
-        self._listeners: list[RunListener] = [metrics.observe_run]
-        self._active = 0
-        self._idle = threading.Condition()
-        self.deliveries = DeliveryTally(tally[WEBHOOK_DELIVERIES])
-        self.webhook_processor = InboxProcessor(inbox, writers_for, self.deliveries)
-        observe_webhooks(metrics, self.deliveries, inbox.waiting)
-        self.webhook_routes = routes(self.settings.webhook_token) if self.settings.webhook_token else None
 
     def inbox_of(self, tenant_id) -> Inbox:
         """The inbox an account's deliveries are accepted into (its view of `webhook_inbox`)."""
@@ -197,12 +300,16 @@ class Runtime:
         self.metrics.observe_requests(account.bolna.outcomes, account.analysis.llm)
 
     def subscribe(self, listener: RunListener) -> None:
-        """Called with each finished run record of the accounts attached from now on."""
+        """Called with each finished run record of the accounts attached from now on (and the one
+        account's)."""
         self._listeners.append(listener)
+        if self.account is not None:
+            _subscribe(self.account, listener)
 
     def prepare(self) -> None:
         """Start-up work that touches the database: indexes, runs a dead process left open (every
-        account's, one query), and whether Groq knows the daemon's model."""
+        account's, one query), whether Groq knows the daemon's model; then the one account's
+        suppression key, or the list of many accounts."""
         ensure_indexes(self.db, self.settings.run_retention_days, self.settings.webhook_inbox_days)
         abandoned = RunRecords(self.db).mark_abandoned(stale_after(self.settings.sync_interval_minutes))
         if abandoned:
@@ -210,6 +317,133 @@ class Runtime:
         # An account's own key meets a missing model in its first run, which then stops its LLM use.
         if self.settings.groq_api_keys and (problem := GroqAnalyzer(self.settings).check_model()) is not None:
             log.warning("%s", problem, extra={"event": "llm_model_missing"})
+        if self.account is not None:
+            # Before any sync: without the key the erased numbers could not be recognized.
+            SuppressionList(self.db, hasher_for(self.settings.privacy_hash_key)).check_key()
+            self.metrics.load_last_successes(self.account.runs)  # health: a restart remembers
+        else:
+            self.refresh(force=True)
+
+    def scheduled_jobs(self) -> list[ScheduledJob]:
+        if self.account is None:
+            return [ScheduledJob(ACCOUNTS_PASS, self.work, self.settings.tenant_poll_seconds)]
+        seconds = self.settings.sync_interval_minutes * 60
+        return [ScheduledJob(name, functools.partial(self.run_job, name), seconds) for name in JOB_NAMES]
+
+    def run_job(self, name: str, *, full: bool = False) -> dict:
+        """One job of the one account now; its run record (also stored in `sync_runs`)."""
+        with self._running():
+            return self.account.run_job(name, full=full)
+
+    def last_success_at(self, job: str) -> datetime | None:
+        """Health. One account: the job's last success (loaded by `prepare`, then from the runs
+        seen). Many: when this replica last got on, by finishing an account's sync or a pass that
+        found none due. Under a standing backlog no pass ends, and the replica is healthy while it
+        keeps finishing accounts; one that finishes nothing is not. (Each account's own runs are in
+        /metrics and `status`.)"""
+        return self._progress_at if self.account is None else self.metrics.last_success_at(job)
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Re-read the accounts when the last read is TENANT_REFRESH_SECONDS old: new accounts join
+        the schedule, a changed key lifts a refusal, accounts gone are retired."""
+        with self._refresh_lock:
+            if not force and self._loaded_at is not None and (
+                    time.monotonic() - self._loaded_at < self.settings.tenant_refresh_seconds):
+                return
+            listed = self.source.load()
+            self.schedule.register([(tenant.id, tenant.key_fingerprint) for tenant in listed.tenants])
+            self._tenants = {tenant.id: tenant for tenant in listed.tenants}
+            if self.webhook_routes is not None:
+                self.webhook_routes.update(self._tenants)
+            self._loaded_at = time.monotonic()
+            log.info("%d account(s) listed, %d skipped", len(listed.tenants), len(listed.skipped),
+                     extra={"event": "tenants_loaded"})
+
+    def work(self, ahead: timedelta = timedelta(0)) -> int:
+        """One pass (the daemon's job every TENANT_POLL_SECONDS): sync due accounts, a few at a
+        time, until none is due or the daemon stops. Returns how many were synced. `ahead`: also
+        the accounts due within that time (`main.py once` passes an interval: every account)."""
+        with self._running():
+            self.refresh()
+            due_by = self.schedule.clock() + ahead if ahead else None
+            with ThreadPoolExecutor(self.settings.tenant_concurrency, thread_name_prefix="account") as pool:
+                synced = sum(pool.map(lambda _: self._drain(due_by), range(self.settings.tenant_concurrency)))
+            self._progress_at = utcnow()
+            return synced
+
+    def _drain(self, due_by: datetime | None) -> int:
+        synced = 0
+        while not self.stop.is_set() and (claim := self.schedule.claim_due(due_by)) is not None:
+            try:
+                with log_context(account=str(claim.tenant_id)):
+                    self.sync(claim, due_by)
+                synced += 1
+            except Exception as exc:  # noqa: BLE001 - one account's failure must not end the pass for the others
+                log.exception("account %s: its sync failed; it is tried again at its next slot", claim.tenant_id,
+                              extra={"event": "tenant_failed"})
+                try:
+                    self.schedule.finish(claim, {"status": "failed", "error": describe_failure(exc)}, after=due_by)
+                except Exception:  # noqa: BLE001 - MongoDB away: the lease runs out and another claim takes it
+                    log.warning("could not record an account's failed sync", exc_info=True)
+        return synced
+
+    def sync(self, claim: TenantClaim, due_by: datetime | None = None) -> None:
+        """Both jobs for the claimed account, under its lease; the schedule records the result
+        (its next slot after `due_by`, the pass's horizon, so the pass does not meet it again)."""
+        tenant = self._tenant(claim.tenant_id)
+        if tenant is None:  # retired by the new read (a release alone would be claimed again at once)
+            self.schedule.release(claim)
+            return
+        grant = self.quota.take(tenant.llm_batch_limit or self.settings.llm_calls_per_run) if self.quota else None
+        settings = account_settings(self.settings, tenant, grant.count if grant else tenant.llm_batch_limit)
+        lease = LeaseKeeper(self.schedule, claim, self.stop)
+        # The account's jobs stop on the lease's stop: the process's, or the lease's own end.
+        app = AccountApp(settings, self.db, BolnaClient.from_settings(settings, stop=lease.stop), tenant.id)
+        self.attach(app)
+        runs: list[dict] = []
+        try:
+            with lease:
+                for job in JOB_NAMES:
+                    runs.append(app.run_job(job))
+                    if _refused(runs[-1]) or self.stop.is_set() or lease.lost:
+                        break
+        finally:
+            app.close()
+            if grant is not None:
+                counts = next((run.get("counts", {}) for run in runs if run["job"] == CALL_PROCESSOR), {})
+                grant.settle(int(counts.get("analyzed", 0) + counts.get("failed", 0)))
+        self._record(claim, tenant, runs, lease.lost, due_by)
+        self._progress_at = utcnow()
+
+    def _record(self, claim: TenantClaim, tenant: Tenant, runs: list[dict], lease_lost: bool,
+                due_by: datetime | None) -> None:
+        if lease_lost:  # logged by the lease; whoever holds the account now records its own sync
+            return
+        if any(_refused(run) for run in runs):
+            log.warning("account %s: Bolna refused its key; set aside until the key changes", tenant.label,
+                        extra={"event": "tenant_refused"})
+            self.schedule.mark_refused(claim, "Bolna refused the account's API key",
+                                       key_fingerprint=tenant.key_fingerprint)
+        elif len(runs) < len(JOB_NAMES):  # stopping: another replica (or this one, restarted) syncs it soon
+            self.schedule.release(claim)
+        else:
+            statuses = {run["status"] for run in runs}
+            worst = next((status for status in ("failed", "partial") if status in statuses), "ok")
+            self.schedule.finish(claim, {"status": worst, "runs": {run["job"]: run["_id"] for run in runs},
+                                         "errors": sum(run.get("errorCount", 0) for run in runs)}, after=due_by)
+
+    def _writers_for(self, tenant_id) -> AccountWriters | None:
+        """The writers of a delivery's account; None when the account is no longer listed."""
+        tenant = self._tenant(tenant_id)
+        return None if tenant is None else build_writers(tenant_view(self.db, tenant.id),
+                                                         account_settings(self.settings, tenant))
+
+    def _tenant(self, tenant_id) -> Tenant | None:
+        """The listed account; one unknown to this replica's last read (listed by another replica's
+        newer read, or gone since ours) after reading the list again, None if it is gone."""
+        if tenant_id not in self._tenants:
+            self.refresh(force=True)
+        return self._tenants.get(tenant_id)
 
     @contextlib.contextmanager
     def _running(self):
@@ -228,6 +462,8 @@ class Runtime:
             return self._idle.wait_for(lambda: self._active == 0, timeout)
 
     def close(self) -> None:
+        if self.account is not None:
+            self.account.close()
         if self.mongo_client is not None:
             self.mongo_client.close()
 
@@ -237,50 +473,5 @@ def _subscribe(account: AccountApp, listener: RunListener) -> None:
                            else lambda run: listener({**run, "userId": account.tenant_id}))
 
 
-class App(AccountApp, Runtime):
-    """Single-account mode (TENANT_SOURCE=env): one account, its app kept for the process's life
-    and each job scheduled on its own every SYNC_INTERVAL_MINUTES."""
-
-    def __init__(self, settings: Settings, db: Database, bolna: BolnaClient | None = None, mongo_client=None,
-                 tenant_id=None):
-        super().__init__(settings, db, bolna or BolnaClient.from_settings(settings, stop=threading.Event()),
-                         tenant_id)
-        self.mongo_client = mongo_client
-        self.clock = self.call_queue.clock
-        metrics = RunMetrics(JOB_NAMES, queue_depth=self.call_queue.depth, llm_configured=bool(settings.groq_api_keys))
-        metrics.observe_cursors(self.db)
-        self._successes_loaded = False
-        self.inbox = self.inbox_of(tenant_id)
-        self._serve(metrics, self.inbox, lambda _account: self.writers,
-                    lambda token: SingleRoute(token, self.inbox), self.db)
-        self.attach(self)
-        self.status = StatusReader(self.db, settings.mongodb_db, self.runs, self.call_queue, self.inbox,
-                                   self.deliveries, stale_after(settings.sync_interval_minutes))
-
-    def prepare(self) -> None:
-        super().prepare()
-        # Before any sync: without the key the erased numbers could not be recognized.
-        SuppressionList(self.db, hasher_for(self.settings.privacy_hash_key)).check_key()
-
-    def run_job(self, name: str, *, full: bool = False) -> dict:
-        with self._running():
-            return super().run_job(name, full=full)
-
-    def subscribe(self, listener: RunListener) -> None:
-        super().subscribe(listener)
-        _subscribe(self, listener)
-
-    def scheduled_jobs(self) -> list[ScheduledJob]:
-        seconds = self.settings.sync_interval_minutes * 60
-        return [ScheduledJob(name, functools.partial(self.run_job, name), seconds) for name in JOB_NAMES]
-
-    def last_success_at(self, job: str) -> datetime | None:
-        """From the run records the first time (a restart remembers), then from the runs seen."""
-        if not self._successes_loaded:
-            self.metrics.load_last_successes(self.runs)
-            self._successes_loaded = True
-        return self.metrics.last_success_at(job)
-
-    def close(self) -> None:
-        AccountApp.close(self)
-        Runtime.close(self)
+def _refused(run: dict) -> bool:
+    return failed_with(run, BolnaAuthError)

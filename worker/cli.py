@@ -20,7 +20,7 @@ from utils.config import ConfigError, Settings, load_settings, secret_texts
 from utils.logging import redact, setup_logging
 from utils.phone import Phone, mask_phone, normalize_phone
 from utils.table import format_table
-from worker.jobs import JOB_NAMES
+from worker.app import JOB_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -153,26 +153,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _build(settings: Settings, *, prepare: bool = True, account: str | None = None):
-    """What a command runs on: the one account's App, or with many accounts the one `account`
-    names, or the Fleet of them all when it names none. `prepare=False` for read-only commands:
-    no index builds, no marking of other runs."""
-    if settings.tenant_source == "mongodb" and account is None:
-        from worker.fleet import Fleet
+    """What a command runs on: the accounts the daemon serves (TENANT_SOURCE), or the one of many
+    that `account` names. `prepare=False` for read-only commands: no index builds, no marking of
+    other runs."""
+    from worker.app import Runtime, connect
 
-        runtime = Fleet.build(settings)
-    else:
-        from worker.app import App, connect
-
-        client = None
-        tenant_id = None
-        if account is not None:
-            client = connect(settings)
-            try:
-                tenant_id = _account_id(client[settings.mongodb_db], settings, account)
-            except UsageError:
-                client.close()
-                raise
-        runtime = App.build(settings, mongo_client=client, tenant_id=tenant_id)
+    client = None
+    tenant_id = None
+    if account is not None:
+        client = connect(settings)
+        try:
+            tenant_id = _account_id(client[settings.mongodb_db], settings, account)
+        except UsageError:
+            client.close()
+            raise
+    runtime = Runtime.build(settings, mongo_client=client, tenant_id=tenant_id)
     if prepare:
         runtime.prepare()
     return runtime
@@ -210,17 +205,15 @@ def _once(settings: Settings, args) -> int:
 
 
 def _status(settings: Settings, args) -> int:
-    from worker.status import collect_fleet, format_fleet, show
+    from worker.status import collect, show
 
     with closing(_build(settings, prepare=False, account=args.account)) as runtime:
-        if settings.tenant_source == "mongodb" and args.account is None:
-            return show(collect_fleet(runtime.schedule, args.limit), format_fleet, args.json)
-        return runtime.status.show(as_json=args.json)
+        return show(collect(runtime, args.limit), args.json)
 
 
 def _reanalyze(settings: Settings, args) -> int:
     with closing(_build(settings, account=args.account)) as app:
-        count = app.call_queue.requeue(call_id=args.call_id, since=args.since)
+        count = app.account.call_queue.requeue(call_id=args.call_id, since=args.since)
     print(f"{count} call(s) queued for analysis on the next run")
     return 0 if count or args.since else 1
 

@@ -18,16 +18,12 @@ from apscheduler.events import EVENT_SCHEDULER_STARTED
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from typing import TYPE_CHECKING
-
 from services.run_records import UNSETTLED
+from worker.app import Runtime
 from utils.config import describe
 from worker.health import serve_health
 from worker.systemd import READY, STOPPING, Heartbeat, JobWatch, notify, watchdog_seconds
 from worker.webhook_listener import serve_webhooks
-
-if TYPE_CHECKING:
-    from worker.app import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +33,10 @@ EXIT_FORCED = 1  # a job did not stop within the grace period: not a clean stop,
 SETTLE_SECONDS = 15.0  # how often run records lost in an outage are tried again
 
 
-def build_scheduler(app: "Runtime", watch: JobWatch | None = None,
-                    watchdog: float | None = None) -> BlockingScheduler:
-    """`watch`: notes each job's start and end; `watchdog`: systemd's WatchdogSec, when the
-    unit has one: a heartbeat job then pings it while no job is overdue."""
+def run_daemon(app: Runtime) -> int:
+    watch = JobWatch(app.settings.job_deadline_seconds)
+    app.subscribe(watch.progress)
+    watchdog = watchdog_seconds()  # systemd's WatchdogSec, when the unit has one
     jobs = app.scheduled_jobs()
     # One thread per job: the jobs run side by side, each at most once at a time. The heartbeat
     # has its own thread, so a busy job never delays it (only an overdue one silences it).
@@ -49,28 +45,19 @@ def build_scheduler(app: "Runtime", watch: JobWatch | None = None,
                                              "heartbeat": ThreadPoolExecutor(1),
                                              "housekeeping": ThreadPoolExecutor(1)})
     for job in jobs:
-        run = watch.watched(job.name, job.run) if watch is not None else job.run
-        scheduler.add_job(run, "interval", seconds=job.seconds, id=job.name, name=job.name,
-                          next_run_time=datetime.now(timezone.utc), max_instances=1, coalesce=True,
+        scheduler.add_job(watch.watched(job.name, job.run), "interval", seconds=job.seconds, id=job.name,
+                          name=job.name, next_run_time=datetime.now(timezone.utc), max_instances=1, coalesce=True,
                           # A run that could not start on time still runs if it is late by less
                           # than half an interval; later than that, the next tick is as good.
                           misfire_grace_time=max(1, int(job.seconds / 2)))
     # A run record lost in a MongoDB outage is written once MongoDB answers, not only by the next run.
     scheduler.add_job(UNSETTLED.settle, "interval", seconds=SETTLE_SECONDS, id="settle_runs", name="settle_runs",
                       executor="housekeeping", max_instances=1, coalesce=True)
-    if watch is not None and watchdog is not None:
-        # Three beats a WatchdogSec: one late beat is no restart.
+    if watchdog is not None:
+        # A heartbeat pings it while no job is overdue, three beats a WatchdogSec: one late beat is no restart.
         scheduler.add_job(Heartbeat(watch).beat, "interval", seconds=watchdog / 3, id="watchdog",
                           name="watchdog", executor="heartbeat", next_run_time=datetime.now(timezone.utc),
                           max_instances=1, coalesce=True, misfire_grace_time=None)
-    return scheduler
-
-
-def run_daemon(app: "Runtime") -> int:
-    watch = JobWatch(app.settings.job_deadline_seconds)
-    app.subscribe(watch.progress)
-    watchdog = watchdog_seconds()
-    scheduler = build_scheduler(app, watch, watchdog)
     grace = app.settings.shutdown_grace_seconds
     exit_code = 0
     # Called by start() once the jobs are scheduled; MongoDB answered already (prepare()).
@@ -115,7 +102,7 @@ def run_daemon(app: "Runtime") -> int:
             health = serve_health(app, is_scheduling=lambda: scheduler.running, watch=watch)
         if app.settings.webhook_port is not None:
             webhooks = serve_webhooks(app)
-        log.info("daemon started: %s%s", ", ".join(f"{job.name} every {job.seconds:g} s" for job in app.scheduled_jobs()),
+        log.info("daemon started: %s%s", ", ".join(f"{job.name} every {job.seconds:g} s" for job in jobs),
                  f"; systemd watchdog every {watchdog:g} s, job deadline {app.settings.job_deadline_seconds:g} s"
                  if watchdog else "", extra={"event": "daemon_started"})
         # What it runs with, for whoever reads the log later; secrets only as set / not set.

@@ -18,10 +18,8 @@ from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMERS, PIPELINES
 from utils.clock import utcnow
 from utils.config import Settings
 from utils.table import format_table
-from worker.app import App
-from worker.fleet import Fleet
-from worker.jobs import JOB_NAMES
-from worker.status import collect_fleet, format_fleet
+from worker.app import JOB_NAMES, Runtime
+from worker.status import collect, format_fleet
 
 DEMO_KEY = "demo-key"
 
@@ -39,7 +37,7 @@ def run_demo(settings: Settings, tenants: int | None = None) -> int:
             bolna_agent_ids=(), backfill_days=7,
             # The offline analyzer costs nothing: analyze the whole sample in one run.
             llm_calls_per_run=(settings.llm_calls_per_run if settings.groq_api_keys else len(executions)))
-        app = App.build(demo_settings, mongo_client=HookedClient())
+        app = Runtime.build(demo_settings, mongo_client=HookedClient())
         try:
             app.prepare()
             app.db[PIPELINES].insert_one(DEMO_PIPELINE)
@@ -107,7 +105,7 @@ def _accounts_demo(settings: Settings, tenants: int) -> int:
         users.insert_many([{"_id": account.label, "name": f"Demo organisation {n + 1}",
                             "bolnaApiKey": account.api_key, "subscription": {"status": "active"}}
                            for n, account in enumerate(accounts)])
-        fleet = Fleet.build(demo_settings, mongo_client=client)
+        fleet = Runtime.build(demo_settings, mongo_client=client)
         runs: list[dict] = []
         fleet.subscribe(runs.append)
         try:
@@ -118,7 +116,7 @@ def _accounts_demo(settings: Settings, tenants: int) -> int:
             for run in sorted(runs, key=lambda run: (str(run["userId"]), JOB_NAMES.index(run["job"]))):
                 print(f"{run['userId']} run {run['job']}: {run['status']}  {json.dumps(run['counts'])}")
             _print_accounts(fleet.db, accounts)
-            print("\n" + format_fleet(collect_fleet(fleet.schedule, limit=tenants)))
+            print("\n" + format_fleet(collect(fleet, limit=tenants)))
         finally:
             fleet.close()
     return 0

@@ -1,84 +1,78 @@
 """`main.py status`: what the daemon did and what waits — read from the collections it writes,
 so it works from any machine that reaches the database, daemon running or not. One account's
-runs, queue and contacts (`StatusReader`; with many accounts, `--account ID`), or many accounts
-by state (running, due, waiting, refused, retired), the ones due longest with the replica syncing
-them, their last result and errors (`collect_fleet`)."""
+runs, queue and contacts (with many accounts, `--account ID`), or many accounts by state (running,
+due, waiting, refused, retired), the ones due longest with the replica syncing them, their last
+result and errors: both from the one `Runtime` the daemon runs."""
 from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from typing import Callable
 
 from pymongo.database import Database
 
 from services import lease
-from services.analyzer.claims import CallQueue
 from services.database import CALLS, CONTACTS, CUSTOMERS
-from services.run_records import RunRecords
-from services.tenancy.schedule import STATES, TenantSchedule
+from services.run_records import stale_after
+from services.tenancy.schedule import STATES
 from services.webhooks.inbox import Inbox
 from services.webhooks.tally import DeliveryTally
 from utils.clock import utcnow
 from utils.table import format_table
-from worker.jobs import CALL_PROCESSOR, JOB_NAMES
+from worker.app import CALL_PROCESSOR, JOB_NAMES, Runtime
 
 LLM_USAGE_COUNTERS = ("analyzed", "failed", "promptTokens", "completionTokens", "costUsd", "unpricedAnalyses")
 LLM_USAGE_WINDOW = timedelta(hours=24)
 WEBHOOK_WINDOW = timedelta(hours=24)
 
 
-class StatusReader:
-    def __init__(self, db: Database, database_name: str, runs: RunRecords, queue: CallQueue, inbox: Inbox,
-                 deliveries: DeliveryTally, stale: timedelta = timedelta(hours=1)):
-        """`stale`: a run `running` longer than this is dead (`stale_after`)."""
-        self.stale = stale
-        self.db = db
-        self.database_name = database_name
-        self.runs = runs
-        self.queue = queue
-        self.inbox = inbox
-        self.deliveries = deliveries
-
-    def collect(self) -> dict:
-        now = utcnow()
-        return {
-            "database": self.database_name,
-            "checkedAt": now,
-            "jobs": {job: self._job(job, now) for job in JOB_NAMES},
-            "queueDepth": self.queue.depth(),
-            "llmUsage24h": self.runs.totals(CALL_PROCESSOR, now - LLM_USAGE_WINDOW, LLM_USAGE_COUNTERS),
-            "totals": {name: self.db[name].count_documents({}) for name in (CUSTOMERS, CALLS, CONTACTS)},
-            "contactsByTag": self._count_by("tag"),
-            "contactsByLeadStatus": self._count_by("leadStatus"),
-            "webhooks24h": self._webhooks(now - WEBHOOK_WINDOW),
-        }
-
-    def _webhooks(self, since: datetime) -> dict:
-        lags = self.inbox.lags_since(since)
-        return {"deliveries": self.deliveries.totals(since), "waiting": self.inbox.waiting(),
-                "lagMs": {"count": len(lags), "p50": _percentile(lags, 0.50), "p99": _percentile(lags, 0.99)}}
-
-    def show(self, as_json: bool) -> int:
-        return show(self.collect(), format_status, as_json)
-
-    def _job(self, job: str, now: datetime) -> dict:
-        last = self.runs.last_run(job, self.stale)
-        success = self.runs.last_success(job)
-        success_at = success.get("finishedAt") if success else None
-        return {
-            "lastRun": _run_summary(last) if last else None,
-            "lastSuccessAt": success_at,
-            "lastSuccessAgeSeconds": round((now - success_at).total_seconds()) if success_at else None,
-        }
-
-    def _count_by(self, field: str) -> dict[str, int]:
-        """Contacts per value of `field`, most common first; contacts without it count under "none"."""
-        groups = self.db[CONTACTS].aggregate([{"$group": {"_id": f"${field}", "count": {"$sum": 1}}}])
-        counts = {str(group["_id"]) if group["_id"] is not None else "none": group["count"] for group in groups}
-        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+def collect(runtime: Runtime, limit: int = 50) -> dict:
+    """One account's status, or many accounts' (at most `limit` of them listed)."""
+    if runtime.account is None:
+        overview = runtime.schedule.overview(limit=limit)
+        return {"checkedAt": utcnow(), "accounts": overview["counts"], "total": overview["total"],
+                "listed": [_account_row(row) for row in overview["tenants"]]}
+    db, runs, now = runtime.db, runtime.account.runs, utcnow()
+    stale = stale_after(runtime.settings.sync_interval_minutes)
+    return {
+        "database": runtime.settings.mongodb_db,
+        "checkedAt": now,
+        "jobs": {job: _job(runs.last_run(job, stale), runs.last_success(job), now) for job in JOB_NAMES},
+        "queueDepth": runtime.account.call_queue.depth(),
+        "llmUsage24h": runs.totals(CALL_PROCESSOR, now - LLM_USAGE_WINDOW, LLM_USAGE_COUNTERS),
+        "totals": {name: db[name].count_documents({}) for name in (CUSTOMERS, CALLS, CONTACTS)},
+        "contactsByTag": _count_by(db, "tag"),
+        "contactsByLeadStatus": _count_by(db, "leadStatus"),
+        "webhooks24h": _webhooks(runtime.inbox, runtime.deliveries, now - WEBHOOK_WINDOW),
+    }
 
 
-def show(status: dict, formatted: Callable[[dict], str], as_json: bool) -> int:
+def _webhooks(inbox: Inbox, deliveries: DeliveryTally, since: datetime) -> dict:
+    lags = inbox.lags_since(since)
+    return {"deliveries": deliveries.totals(since), "waiting": inbox.waiting(),
+            "lagMs": {"count": len(lags), "p50": _percentile(lags, 0.50), "p99": _percentile(lags, 0.99)}}
+
+
+def _job(last: dict | None, success: dict | None, now: datetime) -> dict:
+    success_at = success.get("finishedAt") if success else None
+    summary = {"id": last["_id"], "status": last["status"], "startedAt": last.get("startedAt"),
+               "finishedAt": last.get("finishedAt"), "counts": last.get("counts", {}),
+               "errorCount": last.get("errorCount", 0)} if last else None
+    return {
+        "lastRun": summary,
+        "lastSuccessAt": success_at,
+        "lastSuccessAgeSeconds": round((now - success_at).total_seconds()) if success_at else None,
+    }
+
+
+def _count_by(db: Database, field: str) -> dict[str, int]:
+    """Contacts per value of `field`, most common first; contacts without it count under "none"."""
+    groups = db[CONTACTS].aggregate([{"$group": {"_id": f"${field}", "count": {"$sum": 1}}}])
+    counts = {str(group["_id"]) if group["_id"] is not None else "none": group["count"] for group in groups}
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def show(status: dict, as_json: bool) -> int:
+    formatted = format_fleet if "accounts" in status else format_status
     print(json.dumps(status, default=_json_value) if as_json else formatted(status))
     return 0
 
@@ -101,12 +95,6 @@ def format_status(status: dict) -> str:
         format_table(["lead status", "contacts"], _count_rows(status["contactsByLeadStatus"])),
     ]
     return "\n\n".join(sections)
-
-
-def collect_fleet(schedule: TenantSchedule, limit: int) -> dict:
-    overview = schedule.overview(limit=limit)
-    return {"checkedAt": utcnow(), "accounts": overview["counts"], "total": overview["total"],
-            "listed": [_account_row(row) for row in overview["tenants"]]}
 
 
 def format_fleet(status: dict) -> str:
@@ -153,12 +141,6 @@ def _percentile(ordered: list[int], fraction: float) -> int | None:
     if not ordered:
         return None
     return ordered[min(len(ordered) - 1, max(0, int(fraction * len(ordered) + 0.999999) - 1))]
-
-
-def _run_summary(run: dict) -> dict:
-    return {"id": run["_id"], "status": run["status"], "startedAt": run.get("startedAt"),
-            "finishedAt": run.get("finishedAt"), "counts": run.get("counts", {}),
-            "errorCount": run.get("errorCount", 0)}
 
 
 def _count_rows(counts: dict[str, int]) -> list[list]:
