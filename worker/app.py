@@ -39,12 +39,12 @@ from services.run_records import RunListener, RunRecords, describe_failure, stal
 from services.server_clock import ServerClock
 from services.webhooks.inbox import Inbox
 from services.webhooks.processor import LEASE_SECONDS, AccountWriters, InboxProcessor
-from services.webhooks.routes import SingleRoute
 from services.webhooks.tally import DeliveryTally
 from utils.config import Settings
 from utils.logging import log_context
 from worker.jobs import JOB_NAMES, JOBS, ScheduledJob
 from worker.metrics import RunMetrics, observe_webhooks
+from worker.webhook_listener import SingleRoute
 from worker.status import StatusReader
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ view of the database (`AccountApp`). The lease is renewed while the jobs run; a 
 stops renewing, and another takes its accounts over once the lease has run out. An account whose
 Bolna key is refused is set aside until its key changes, and never holds up the others.
 
-With WEBHOOK_PORT, each listed account has its own webhook URL (services/webhooks/routes.py); the
+With WEBHOOK_PORT, each listed account has its own webhook URL (worker/webhook_listener.py); the
 replica's one inbox processor writes every account's deliveries into that account's records.
 """
 from __future__ import annotations
@@ -33,13 +33,13 @@ from services.tenancy.source import TenantSource
 from services.tenancy.tenant import Tenant
 from services.webhooks.inbox import Inbox
 from services.webhooks.processor import LEASE_SECONDS, AccountWriters
-from services.webhooks.routes import AccountRoutes
 from utils.clock import utcnow
 from utils.config import Settings
 from utils.logging import log_context
 from worker.app import AccountApp, Runtime, build_writers, new_owner
 from worker.jobs import CALL_PROCESSOR, JOB_NAMES, ScheduledJob
 from worker.metrics import RunMetrics, observe_accounts
+from worker.webhook_listener import AccountRoutes
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`main.py webhook-url [--agent ID] [--apply] [--account ID]`: the URL to configure at Bolna for
 this daemon's listener (WEBHOOK_PUBLIC_URL + the token path), and with `--apply` set on the agent
 through Bolna's API (`PATCH /v2/agent/{id}`, `agent_config.webhook_url`). With many accounts the
-URL is the account's own (its token derived from WEBHOOK_TOKEN, services/webhooks/routes.py) and
+URL is the account's own (its token derived from WEBHOOK_TOKEN, worker/webhook_listener.py) and
 `--apply` uses the account's Bolna key. The URL holds the token: it is printed for the person who
 asked, and never logged."""
 from __future__ import annotations
@@ -11,9 +11,8 @@ import sys
 
 from services.bolna_client import BolnaClient, BolnaError
 from services.tenancy.tenant import Tenant
-from services.webhooks.routes import account_token
 from utils.config import Settings
-from worker.webhook_listener import PATH_PREFIX
+from worker.webhook_listener import PATH_PREFIX, account_token
 
 log = logging.getLogger(__name__)
 
