@@ -42,8 +42,7 @@ from fakes.dataset import iso
 from fakes.mongo_hooks import HookedClient
 from services.database import CALLS, WEBHOOK_INBOX
 from services.database import tenant_view
-from services.webhooks.inbox import waiting_entry
-from services.webhooks.processor import BATCH, InboxProcessor
+from services.webhooks import BATCH, InboxProcessor, waiting_entry
 from tests.helpers import AGENT, execution
 from utils.clock import utcnow
 from utils.config import Settings

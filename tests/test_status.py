@@ -11,8 +11,7 @@ from pymongo.errors import AutoReconnect
 from fakes.bolna_server import FakeBolna
 from utils.clock import utcnow
 from services.database import CALLS, CONTACTS, SYNC_RUNS, WEBHOOK_DELIVERIES, WEBHOOK_INBOX
-from services.webhooks.inbox import Inbox
-from services.webhooks.tally import DeliveryTally
+from services.webhooks import DeliveryTally, Inbox
 from tests.helpers import AGENT, build_app, execution
 from services.analyzer.claims import CallQueue
 from services.run_records import RunRecords

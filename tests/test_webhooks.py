@@ -21,7 +21,7 @@ from fakes.dataset import iso
 from services.database import CALLS, CUSTOMER_CALLS, CUSTOMERS, WEBHOOK_INBOX
 from services.privacy.erasure import forget
 from services.privacy.hashing import hasher_for
-from services.webhooks.inbox import DONE, WAITING
+from services.webhooks import DONE, WAITING
 from tests.helpers import AGENT, build_app, execution
 from utils.clock import utcnow
 from utils.config import BOLNA_SENDER_IPS

@@ -37,9 +37,7 @@ from services.privacy.retention import RetentionPass, RetentionPolicy
 from services.privacy.suppressions import SuppressionList
 from services.run_records import RunListener, RunRecords, describe_failure, stale_after
 from services.server_clock import ServerClock
-from services.webhooks.inbox import Inbox
-from services.webhooks.processor import LEASE_SECONDS, AccountWriters, InboxProcessor
-from services.webhooks.tally import DeliveryTally
+from services.webhooks import LEASE_SECONDS, AccountWriters, DeliveryTally, Inbox, InboxProcessor
 from utils.config import Settings
 from utils.logging import log_context
 from worker.jobs import JOB_NAMES, JOBS, ScheduledJob

@@ -31,8 +31,7 @@ from services.tenancy.llm_quota import LlmQuota
 from services.tenancy.schedule import TenantClaim, TenantSchedule
 from services.tenancy.source import TenantSource
 from services.tenancy.tenant import Tenant
-from services.webhooks.inbox import Inbox
-from services.webhooks.processor import LEASE_SECONDS, AccountWriters
+from services.webhooks import LEASE_SECONDS, AccountWriters, Inbox
 from utils.clock import utcnow
 from utils.config import Settings
 from utils.logging import log_context

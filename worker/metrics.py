@@ -27,7 +27,7 @@ from services.database import SYNC_STATE
 from services.request_outcomes import OUTCOMES as REQUEST_OUTCOMES, RequestOutcomes
 from services.run_records import SUCCESSFUL, RunRecords
 from services.sync_state import oldest_cursor
-from services.webhooks.tally import OUTCOMES, DeliveryTally
+from services.webhooks import OUTCOMES, DeliveryTally
 from utils.clock import unix_seconds
 
 if TYPE_CHECKING:

@@ -16,8 +16,7 @@ from services.analyzer.claims import CallQueue
 from services.database import CALLS, CONTACTS, CUSTOMERS
 from services.run_records import RunRecords
 from services.tenancy.schedule import STATES, TenantSchedule
-from services.webhooks.inbox import Inbox
-from services.webhooks.tally import DeliveryTally
+from services.webhooks import DeliveryTally, Inbox
 from utils.clock import utcnow
 from utils.table import format_table
 from worker.jobs import CALL_PROCESSOR, JOB_NAMES

@@ -58,9 +58,7 @@ from waitress.server import TcpWSGIServer
 
 from models.execution import MalformedExecution, parse_execution
 from services.run_records import describe_failure
-from services.webhooks.inbox import Inbox, InboxFull
-from services.webhooks.processor import InboxProcessor
-from services.webhooks.tally import DeliveryTally
+from services.webhooks import DeliveryTally, Inbox, InboxFull, InboxProcessor
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,10 @@ from services import lease
 from services.analyzer.schema import analysis_document
 from services.customer_merge import linked_call_id
 from services.database import (ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, ERASURES, INBOX_STATE_KEYS,
-                               STAGE_REVIEWS, SYNC_STATE, WEBHOOK_INBOX)
+                               INBOX_WAITING, STAGE_REVIEWS, SYNC_STATE, WEBHOOK_INBOX)
 from services.privacy.hashing import PhoneHasher
 from services.privacy.suppressions import SuppressionList
 from utils.clock import utcnow
-from services.webhooks.inbox import WAITING
 from utils.phone import DEFAULT_REGION, Phone, lookup_keys
 
 ERASED = "erased"  # `calls.analysis.skipped` of a call erased before it was analyzed
@@ -110,7 +109,7 @@ class Eraser:
 
     def _deliveries(self, spellings: set[str]) -> list:
         """The waiting deliveries with the number on either side (only those keep their body)."""
-        waiting = self.db[WEBHOOK_INBOX].find({"state": WAITING}, {"body": 1}, hint=INBOX_STATE_KEYS)
+        waiting = self.db[WEBHOOK_INBOX].find({"state": INBOX_WAITING}, {"body": 1}, hint=INBOX_STATE_KEYS)
         return [entry["_id"] for entry in waiting
                 if entry.get("body") and _delivered_numbers(bytes(entry["body"]), self.region) & spellings]
 
