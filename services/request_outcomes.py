@@ -1,5 +1,5 @@
 """The outcome of each HTTP request to an outside API (Bolna, Groq), for whoever counts them
-(worker/metrics.py). One outcome per request sent:
+(worker/health.py). One outcome per request sent:
 
 - `ok`: answered with success;
 - `429`: rate limited (pacing keeps this near 0; retried after the server's wait);

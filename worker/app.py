@@ -41,7 +41,7 @@ from services.webhooks import LEASE_SECONDS, AccountWriters, DeliveryTally, Inbo
 from utils.config import Settings
 from utils.logging import log_context
 from worker.jobs import JOB_NAMES, JOBS, ScheduledJob
-from worker.metrics import RunMetrics, observe_webhooks
+from worker.health import RunMetrics, observe_webhooks
 from worker.webhook_listener import SingleRoute
 from worker.status import StatusReader
 

@@ -37,7 +37,7 @@ from utils.config import Settings
 from utils.logging import log_context
 from worker.app import AccountApp, Runtime, build_writers, new_owner
 from worker.jobs import CALL_PROCESSOR, JOB_NAMES, ScheduledJob
-from worker.metrics import RunMetrics, observe_accounts
+from worker.health import RunMetrics, observe_accounts
 from worker.webhook_listener import AccountRoutes
 
 log = logging.getLogger(__name__)

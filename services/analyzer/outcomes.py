@@ -132,7 +132,7 @@ def _has_result(analysis: dict) -> bool:
     return "summary" in analysis
 
 
-# Outcome status -> its run-record counter. worker/metrics.py labels its counters by the same
+# Outcome status -> its run-record counter. worker/health.py labels its counters by the same
 # mapping, so the metrics say exactly what the run records say.
 OUTCOME_COUNTERS = {"ok": "analyzed", "failed": "failed", "skipped": "skipped", "released": "released",
                     "claim_lost": "claimLost", "crashed": "crashed"}
