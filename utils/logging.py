@@ -96,24 +96,21 @@ class RedactingFilter(logging.Filter):
         super().__init__()
         self.secrets = tuple(s for s in secrets if s and len(s) >= 4)
 
-    def redact(self, text: str) -> str:
-        return redact(text, self.secrets)
-
     def filter(self, record: logging.LogRecord) -> bool:
         for name, value in _RUN_CONTEXT.get().items():
             if getattr(record, name, None) is None:
                 setattr(record, name, value)
-        record.msg = self.redact(record.getMessage())
+        record.msg = redact(record.getMessage(), self.secrets)
         record.args = None
         # Context fields are printed too, and an id can be anything an upstream or a user sent.
         for name in CONTEXT_FIELDS:
             value = getattr(record, name, None)
             if isinstance(value, str):
-                setattr(record, name, self.redact(value))
+                setattr(record, name, redact(value, self.secrets))
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
+            record.exc_text = redact(record.exc_text, self.secrets)
         return True
 
 
