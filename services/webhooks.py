@@ -45,7 +45,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import groupby
-from typing import Callable
+from typing import Callable, Iterable
 
 from bson import Binary
 from pymongo import ASCENDING, UpdateOne
@@ -300,20 +300,23 @@ class InboxProcessor:
             return 0
         outcomes: list[Processed] = []
         by_account = sorted(deliveries, key=lambda delivery: str(delivery.user_id))
-        for _, group in groupby(by_account, key=lambda delivery: delivery.user_id):
-            part = list(group)
-            try:
-                outcomes += self._process(part)
-            except PyMongoError:
-                # Lost on the way: this account's part and those after it go back to the queue;
-                # what was written before is closed.
-                written = {outcome.entry_id for outcome in outcomes}
-                self.inbox.release(token, [d.entry_id for d in deliveries if d.entry_id not in written])
-                self.inbox.finish(token, outcomes)
-                self._count(outcomes)
-                raise
-        self.inbox.finish(token, outcomes)
-        self._count(outcomes)
+        try:
+            for _, group in groupby(by_account, key=lambda delivery: delivery.user_id):
+                outcomes += self._process(list(group))
+        except PyMongoError:
+            # Lost on the way: this account's part and those after it go back to the queue;
+            # what was written before is closed.
+            written = {outcome.entry_id for outcome in outcomes}
+            self.inbox.release(token, [d.entry_id for d in deliveries if d.entry_id not in written])
+            raise
+        finally:
+            self.inbox.finish(token, outcomes)
+            failed = sum(1 for outcome in outcomes if outcome.error)
+            self.tally.count("failed", failed)
+            self.tally.count("processed", len(outcomes) - failed)
+            for outcome in outcomes:
+                if outcome.lag_ms is not None:
+                    self.tally.lag(outcome.lag_ms / 1000)
         return len(deliveries)
 
     def _process(self, deliveries: list[Delivery]) -> list[Processed]:
@@ -323,7 +326,7 @@ class InboxProcessor:
             return [Processed(delivery.entry_id, error=NOT_LISTED) for delivery in deliveries]
         outcomes, executions = self._read(deliveries, writers.region)
         try:
-            self._write(writers, latest_states(list(executions.values())))
+            self._write(writers, _latest_states(executions.values()))
         except PAGE_REFUSALS as exc:
             # The database refused this data (not a lost connection): each delivery alone, so
             # one bad record does not fail the others.
@@ -367,28 +370,17 @@ class InboxProcessor:
                 outcomes.append(Processed(entry_id, error=f"refused by the database: {describe_failure(exc)}"))
         return outcomes
 
-    def _count(self, outcomes: list[Processed]) -> None:
-        failed = sum(1 for outcome in outcomes if outcome.error)
-        self.tally.count("failed", failed)
-        self.tally.count("processed", len(outcomes) - failed)
-        for outcome in outcomes:
-            if outcome.lag_ms is not None:
-                self.tally.lag(outcome.lag_ms / 1000)
 
-
-def latest_states(executions: list[Execution]) -> list[Execution]:
+def _latest_states(executions: Iterable[Execution]) -> list[Execution]:
     """One execution per call: the furthest state among them (final over unfinished, then the
     newest), so a batch holding several deliveries of a call writes it once."""
+    def progress(execution: Execution) -> tuple:
+        return execution.terminal, execution.updated_at is not None, execution.updated_at or execution.created_at
     latest: dict[str, Execution] = {}
     for execution in executions:
-        current = latest.get(execution.id)
-        if current is None or _progress(execution) >= _progress(current):
+        if execution.id not in latest or progress(execution) >= progress(latest[execution.id]):
             latest[execution.id] = execution
     return list(latest.values())
-
-
-def _progress(execution: Execution) -> tuple:
-    return execution.terminal, execution.updated_at is not None, execution.updated_at or execution.created_at
 
 
 def _lag_ms(execution: Execution, written_at) -> int | None:

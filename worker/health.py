@@ -418,33 +418,29 @@ class _Refreshed(Collector):
     def __init__(self, name: str, help: str, read: Callable[[], object], label: str | None = None):
         self._name, self._help, self._read = name, help, read
         self._labels = [label] if label else []
-        self._value: object = None
+        self._samples: list[tuple[list[str], float]] | None = None
 
     def refresh(self) -> None:
         try:
             with pymongo.timeout(REFRESH_TIMEOUT_SECONDS):
-                self._value = self._read()
+                value = self._read()
         except PyMongoError as exc:
             # The last value stays; the scrape answers at once with it and every other metric.
             log.warning("%s not refreshed: %s", self._name, type(exc).__name__, extra={"event": "metrics_degraded"})
-
-    def _family(self, **value) -> GaugeMetricFamily:
-        return GaugeMetricFamily(self._name, self._help, labels=self._labels or None, **value)
+            return
+        self._samples = [([label], number) for label, number in value.items()] if self._labels else [([], value)]
 
     def describe(self) -> list[GaugeMetricFamily]:
         # Without describe() the registry would run a query at registration to learn the name.
-        return [self._family()]
+        return [GaugeMetricFamily(self._name, self._help, labels=self._labels)]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        value = self._value
-        if value is None:
+        samples = self._samples
+        if samples is None:
             return
-        if not self._labels:
-            yield self._family(value=value)
-            return
-        family = self._family()
-        for label_value, number in value.items():
-            family.add_metric([label_value], number)
+        family = GaugeMetricFamily(self._name, self._help, labels=self._labels)
+        for labels, number in samples:
+            family.add_metric(labels, number)
         yield family
 
 
