@@ -218,7 +218,8 @@ class RunRecords:
                 log.warning("could not store the run record; kept to be written when MongoDB answers: %s",
                             describe_failure(exc), extra={**context, "event": "run_record_failed"})
             except Exception:  # noqa: BLE001 - the run's own work is done; losing its record must not crash
-                log.exception("could not store the run record", extra={**context, "event": "run_record_failed"})
+                log.exception("could not store the run record",
+                              extra={**context, "event": "run_record_failed"})
             log.info("run finished: %s", document["status"],
                      extra={**context, "event": "run_finished", "status": document["status"],
                             "counts": document["counts"]})
@@ -237,8 +238,11 @@ class RunRecords:
         """The last run of `job`; with `stale`, one still `running` whose process is dead (on this
         host) or that is older than `stale` reads as `abandoned`, as the next start will mark it."""
         run = self.runs.find_one({"job": job}, sort=[("startedAt", DESCENDING)])
-        if run is not None and stale is not None and run["status"] == "running" and _dead(run, stale):
-            run = {**run, "status": "abandoned"}
+        if run is not None and stale is not None and run["status"] == "running":
+            started, pid = run.get("startedAt"), run.get("pid")
+            if (started is not None and started < utcnow() - stale) or (
+                    run.get("host") == socket.gethostname() and pid != os.getpid() and not _alive(pid)):
+                run = {**run, "status": "abandoned"}
         return run
 
     def last_success(self, job: str) -> dict | None:
@@ -269,13 +273,6 @@ class RunRecords:
              "$or": [{"host": host, "pid": {"$in": dead}}, {"startedAt": {"$lt": utcnow() - stale_after}}]},
             {"$set": {"status": "abandoned", "finishedAt": utcnow()}})
         return result.modified_count
-
-
-def _dead(run: dict, stale: timedelta) -> bool:
-    started = run.get("startedAt")
-    if started is not None and started < utcnow() - stale:
-        return True
-    return run.get("host") == socket.gethostname() and run.get("pid") != os.getpid() and not _alive(run.get("pid"))
 
 
 def _alive(pid: object) -> bool:

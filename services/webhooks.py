@@ -186,12 +186,10 @@ class DeliveryTally:
         self._pending: Counter = Counter()
         self._lock = threading.Lock()
         self._flushed_at = utcnow()
-        self._outcome_listeners: list[Callable[[str, int], None]] = []
-        self._lag_listeners: list[Callable[[float], None]] = []
-
-    def subscribe(self, on_outcome: Callable[[str, int], None], on_lag: Callable[[float], None]) -> None:
-        self._outcome_listeners.append(on_outcome)
-        self._lag_listeners.append(on_lag)
+        # What /metrics counts as it happens (worker/health.py's observe_webhooks sets them): the
+        # deliveries by outcome, and the seconds from Bolna's `updated_at` to the write of the call.
+        self.on_outcome: Callable[[str, int], None] = lambda outcome, n: None
+        self.on_lag: Callable[[float], None] = lambda seconds: None
 
     def count(self, outcome: str, n: int = 1) -> None:
         if outcome not in OUTCOMES:
@@ -200,13 +198,7 @@ class DeliveryTally:
             return
         with self._lock:
             self._pending[outcome] += n
-        for listener in self._outcome_listeners:
-            listener(outcome, n)
-
-    def lag(self, seconds: float) -> None:
-        """From Bolna's `updated_at` to the write of the call."""
-        for listener in self._lag_listeners:
-            listener(seconds)
+        self.on_outcome(outcome, n)
 
     def flush(self, *, force: bool = False) -> None:
         """Add the counts since the last flush to this hour's document; at most every FLUSH_EVERY
@@ -316,7 +308,7 @@ class InboxProcessor:
             self.tally.count("processed", len(outcomes) - failed)
             for outcome in outcomes:
                 if outcome.lag_ms is not None:
-                    self.tally.lag(outcome.lag_ms / 1000)
+                    self.tally.on_lag(outcome.lag_ms / 1000)
         return len(deliveries)
 
     def _process(self, deliveries: list[Delivery]) -> list[Processed]:
@@ -332,7 +324,14 @@ class InboxProcessor:
             # one bad record does not fail the others.
             log.warning("a batch of %d webhook deliveries was refused (%s); written one by one",
                         len(executions), describe_failure(exc), extra={"event": "webhook_batch_refused"})
-            return outcomes + self._write_each(writers, executions)
+            for entry_id, execution in executions.items():
+                try:
+                    self._write(writers, [execution])
+                    outcomes.append(Processed(entry_id, lag_ms=_lag_ms(execution, utcnow())))
+                except PAGE_REFUSALS as refused:
+                    error = f"refused by the database: {describe_failure(refused)}"
+                    outcomes.append(Processed(entry_id, error=error))
+            return outcomes
         written_at = utcnow()
         return outcomes + [Processed(entry_id, lag_ms=_lag_ms(execution, written_at))
                            for entry_id, execution in executions.items()]
@@ -360,22 +359,13 @@ class InboxProcessor:
             writers.calls.write(page, recorder, agent_id)
             writers.customers.write(page, recorder, agent_id)
 
-    def _write_each(self, writers: AccountWriters, executions: dict[object, Execution]) -> list[Processed]:
-        outcomes = []
-        for entry_id, execution in executions.items():
-            try:
-                self._write(writers, [execution])
-                outcomes.append(Processed(entry_id, lag_ms=_lag_ms(execution, utcnow())))
-            except PAGE_REFUSALS as exc:
-                outcomes.append(Processed(entry_id, error=f"refused by the database: {describe_failure(exc)}"))
-        return outcomes
-
 
 def _latest_states(executions: Iterable[Execution]) -> list[Execution]:
     """One execution per call: the furthest state among them (final over unfinished, then the
     newest), so a batch holding several deliveries of a call writes it once."""
     def progress(execution: Execution) -> tuple:
-        return execution.terminal, execution.updated_at is not None, execution.updated_at or execution.created_at
+        updated = execution.updated_at
+        return execution.terminal, updated is not None, updated or execution.created_at
     latest: dict[str, Execution] = {}
     for execution in executions:
         if execution.id not in latest or progress(execution) >= progress(latest[execution.id]):

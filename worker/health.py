@@ -401,7 +401,8 @@ def observe_webhooks(metrics: RunMetrics, tally: DeliveryTally, waiting: Callabl
                     registry=registry)
     for outcome in OUTCOMES:
         deliveries.labels(outcome)
-    tally.subscribe(lambda outcome, n: deliveries.labels(outcome).inc(n), lag.observe)
+    tally.on_outcome = lambda outcome, n: deliveries.labels(outcome).inc(n)
+    tally.on_lag = lag.observe
 
 
 def observe_accounts(metrics: RunMetrics, counts: Callable[[], dict[str, int]]) -> None:
@@ -428,7 +429,8 @@ class _Refreshed(Collector):
             # The last value stays; the scrape answers at once with it and every other metric.
             log.warning("%s not refreshed: %s", self._name, type(exc).__name__, extra={"event": "metrics_degraded"})
             return
-        self._samples = [([label], number) for label, number in value.items()] if self._labels else [([], value)]
+        self._samples = ([([label], number) for label, number in value.items()] if self._labels
+                         else [([], value)])
 
     def describe(self) -> list[GaugeMetricFamily]:
         # Without describe() the registry would run a query at registration to learn the name.

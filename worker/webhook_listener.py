@@ -290,8 +290,9 @@ class WebhookListener:
     in all, and for how long (docs/reliability.md)."""
 
     def __init__(self, routes: SingleRoute | AccountRoutes, senders: SenderPolicy, tally: DeliveryTally, *,
-                 max_body_bytes: int, region: str, host: str, port: int, limits: ConnectionLimits = ConnectionLimits(),
-                 on_accept: Callable[[], None] = lambda: None, processor: InboxProcessor | None = None):
+                 max_body_bytes: int, region: str, host: str, port: int,
+                 limits: ConnectionLimits = ConnectionLimits(), on_accept: Callable[[], None] = lambda: None,
+                 processor: InboxProcessor | None = None):
         self.routes = routes
         self.senders = senders
         self.tally = tally
@@ -406,9 +407,9 @@ def serve_webhooks(app) -> WebhookListener:
     processor = app.webhook_processor.start()
     try:
         return WebhookListener(app.webhook_routes, senders, app.deliveries,
-                               max_body_bytes=settings.webhook_max_body_bytes, region=settings.default_phone_region,
-                               host=settings.webhook_host, port=settings.webhook_port, on_accept=processor.wake,
-                               processor=processor).start()
+                               max_body_bytes=settings.webhook_max_body_bytes,
+                               region=settings.default_phone_region, host=settings.webhook_host,
+                               port=settings.webhook_port, on_accept=processor.wake, processor=processor).start()
     except BaseException:
         processor.stop()
         raise
