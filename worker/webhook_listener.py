@@ -126,24 +126,9 @@ def account_token(secret: str, tenant_id: object) -> str:
     return hmac.new(secret.encode(), str(tenant_id).encode(), hashlib.sha256).hexdigest()
 
 
-def _path_bytes(token: str) -> bytes:
-    return token.encode("utf-8", "surrogateescape")  # WSGI paths are latin-1 text of raw bytes
-
-
 def _digest(token: str) -> bytes:
-    return hashlib.sha256(_path_bytes(token)).digest()
-
-
-class SingleRoute:
-    """The one account of the environment, behind WEBHOOK_TOKEN."""
-
-    def __init__(self, token: str, inbox: Inbox):
-        self._token = _path_bytes(token)
-        self._inbox = inbox
-
-    def inbox_for(self, token: str) -> Inbox | None:
-        # Constant time, so the answer's timing tells nothing about how much of a guess was right.
-        return self._inbox if hmac.compare_digest(_path_bytes(token), self._token) else None
+    # WSGI paths are latin-1 text of the raw bytes.
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 class AccountRoutes:
@@ -161,9 +146,17 @@ class AccountRoutes:
 
     def inbox_for(self, token: str) -> Inbox | None:
         # Looked up by a digest of the token: how long a lookup takes depends on the digest, which
-        # tells a guesser nothing about the token.
+        # tells a guesser nothing about the token, nor how much of a guess was right.
         accounts, digest = self._accounts, _digest(token)  # `update` replaces the map, never changes it
         return self._inbox_of(accounts[digest]) if digest in accounts else None
+
+
+class SingleRoute(AccountRoutes):
+    """The one account of the environment, behind WEBHOOK_TOKEN itself."""
+
+    def __init__(self, token: str, inbox: Inbox):
+        super().__init__(token, lambda _account: inbox)
+        self._accounts = {_digest(token): None}
 
 
 @dataclass(frozen=True)
@@ -243,29 +236,26 @@ class BoundedServer(TcpWSGIServer):
                 self.set_socket_options(conn)
             except OSError:
                 continue  # the peer left before it was accepted; nothing to serve
-            self._open(conn, addr)
-
-    def _open(self, conn: socket.socket, addr) -> None:
-        peer = addr[0]
-        bounded = not self._unbounded_peer(peer)
-        if bounded:
-            with self._peers_lock:
-                at_bound = self._per_peer[peer] >= self.limits.per_address
-                if not at_bound:
-                    self._per_peer[peer] += 1
-            if at_bound:
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
-                conn.close()
-                return
-        try:
-            channel = self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
-        except OSError:  # the peer reset it meanwhile
-            conn.close()
+            peer = addr[0]
+            bounded = not self._unbounded_peer(peer)
             if bounded:
-                self.peer_closed(peer)
-            return
-        if bounded:
-            channel.counted_peer = peer
+                with self._peers_lock:
+                    at_bound = self._per_peer[peer] >= self.limits.per_address
+                    if not at_bound:
+                        self._per_peer[peer] += 1
+                if at_bound:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+                    conn.close()
+                    continue
+            try:
+                channel = self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+            except OSError:  # the peer reset it meanwhile
+                conn.close()
+                if bounded:
+                    self.peer_closed(peer)
+                continue
+            if bounded:
+                channel.counted_peer = peer
 
     def maintenance(self, now):
         """waitress closes the idle connections; here also those whose request is arriving too slowly."""
@@ -289,7 +279,7 @@ class WebhookListener:
     `processor`: stopped with the listener; `limits`: how many connections, from one address and
     in all, and for how long (docs/reliability.md)."""
 
-    def __init__(self, routes: SingleRoute | AccountRoutes, senders: SenderPolicy, tally: DeliveryTally, *,
+    def __init__(self, routes: AccountRoutes, senders: SenderPolicy, tally: DeliveryTally, *,
                  max_body_bytes: int, region: str, host: str, port: int,
                  limits: ConnectionLimits = ConnectionLimits(), on_accept: Callable[[], None] = lambda: None,
                  processor: InboxProcessor | None = None):
