@@ -114,44 +114,41 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def _context(record: logging.LogRecord) -> dict[str, object]:
-    """The context fields a caller attached; a field passed as None (no call, no agent) is left out."""
-    return {name: getattr(record, name) for name in CONTEXT_FIELDS if getattr(record, name, None) is not None}
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "timestamp": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        line.update(_context(record))
-        if record.exc_text:
-            line["exception"] = record.exc_text
-        return json.dumps(line, default=str)
-
-
-class TextFormatter(logging.Formatter):
+class LineFormatter(logging.Formatter):
+    """One line per record, text or JSON, with the context fields a caller attached (a field passed
+    as None, no call or no agent, is left out)."""
     # UTC like the JSON lines and the stored times, so a log line and a run record compare directly.
     converter = time.gmtime
     default_time_format = "%Y-%m-%dT%H:%M:%S"
     default_msec_format = "%s.%03dZ"
 
-    def __init__(self):
+    def __init__(self, as_json: bool):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.as_json = as_json
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        context = " ".join(f"{name}={value}" for name, value in _context(record).items() if name != "event")
-        return f"{text} [{context}]" if context else text
+        context = {name: getattr(record, name) for name in CONTEXT_FIELDS
+                   if getattr(record, name, None) is not None}
+        if not self.as_json:
+            text = super().format(record)
+            fields = " ".join(f"{name}={value}" for name, value in context.items() if name != "event")
+            return f"{text} [{fields}]" if fields else text
+        line = {
+            "timestamp": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **context,
+        }
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        return json.dumps(line, default=str)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text", secrets: tuple[str, ...] = (),
                   stream=None) -> None:
     handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(LineFormatter(as_json=fmt == "json"))
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -232,7 +232,6 @@ class Probes:
 
 
 def _verdict(reasons: list[str], good: str, bad: str, **more) -> tuple[int, bytes, str]:
-    """200 with no reasons, else 503; the body says why."""
     body = {"status": bad if reasons else good, "reasons": reasons, **more}
     return 503 if reasons else 200, json.dumps(body).encode(), JSON
 
@@ -447,18 +446,14 @@ class _Refreshed(Collector):
 
 
 class HealthServer:
-    """The listener: an asyncio loop in one thread, the checks in a pool of CHECK_THREADS, and a
-    thread that refreshes the metrics read from MongoDB."""
-
     def __init__(self, probes: Probes, metrics: RunMetrics, host: str, port: int, *,
-                 read_timeout: float = READ_TIMEOUT_SECONDS, max_connections: int = MAX_CONNECTIONS):
+                 read_timeout: float = READ_TIMEOUT_SECONDS):
         self._routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
             "/livez": probes.live, "/readyz": probes.ready, "/healthz": probes.healthy,
             "/metrics": lambda: (200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST),
         }
         self._metrics = metrics
         self._read_timeout = read_timeout
-        self._max_connections = max_connections
         self._connections = 0
         self._checks = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="health-check")
         self._loop = asyncio.new_event_loop()
@@ -510,7 +505,7 @@ class HealthServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections += 1  # only this loop's thread touches it
         try:
-            if self._connections > self._max_connections:
+            if self._connections > MAX_CONNECTIONS:
                 return
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._read_timeout)
