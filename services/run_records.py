@@ -57,8 +57,7 @@ class RunRecorder:
         self.status = "running"
         self.counts: Counter = Counter()
         self.agents: defaultdict[str, Counter] = defaultdict(Counter)
-        self.errors: list[dict] = []
-        self.error_count = 0
+        self.errors: list[dict] = []  # the first MAX_ERRORS; counts["errors"] counts them all
         self._lock = threading.Lock()
 
     def add(self, counter: str, n: float = 1, agent_id: str | None = None) -> None:
@@ -80,7 +79,6 @@ class RunRecorder:
     def _record_error(self, message: str, code: str, call_id: str | None = None,
                       agent_id: str | None = None) -> None:
         with self._lock:
-            self.error_count += 1
             self.counts["errors"] += 1
             if agent_id is not None:
                 self.agents[agent_id]["failed"] += 1
@@ -103,7 +101,7 @@ class RunRecorder:
             code = failure.run_error_code if isinstance(failure, FatalError) else FatalError.run_error_code
             self._record_error(describe_failure(failure), code)
         else:
-            self.status = "partial" if self.error_count else "ok"
+            self.status = "partial" if self.counts["errors"] else "ok"
 
     def document(self) -> dict:
         return {
@@ -115,7 +113,7 @@ class RunRecorder:
             "counts": dict(self.counts),
             "agents": {agent: dict(counts) for agent, counts in self.agents.items()},
             "errors": self.errors,
-            "errorCount": self.error_count,
+            "errorCount": self.counts["errors"],
         }
 
 

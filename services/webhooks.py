@@ -258,12 +258,12 @@ class InboxProcessor:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self) -> None:
         """After the batch in hand is written; a batch cut off is taken over once its lease expires."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(30.0)
         try:
             self.tally.flush(force=True)
         except PyMongoError:
@@ -316,7 +316,17 @@ class InboxProcessor:
         writers = self.writers_for(deliveries[0].user_id)
         if writers is None:
             return [Processed(delivery.entry_id, error=NOT_LISTED) for delivery in deliveries]
-        outcomes, executions = self._read(deliveries, writers.region)
+        outcomes: list[Processed] = []
+        executions: dict[object, Execution] = {}
+        for delivery in deliveries:
+            if delivery.attempts > MAX_ATTEMPTS:
+                error = f"cut off {MAX_ATTEMPTS} times; left to the poll"
+                outcomes.append(Processed(delivery.entry_id, error=error))
+                continue
+            try:
+                executions[delivery.entry_id] = parse_execution(json.loads(delivery.body), writers.region)
+            except (ValueError, MalformedExecution) as exc:  # accepted by an older version's checks
+                outcomes.append(Processed(delivery.entry_id, error=f"unreadable: {type(exc).__name__}"))
         try:
             self._write(writers, _latest_states(executions.values()))
         except PAGE_REFUSALS as exc:
@@ -335,20 +345,6 @@ class InboxProcessor:
         written_at = utcnow()
         return outcomes + [Processed(entry_id, lag_ms=_lag_ms(execution, written_at))
                            for entry_id, execution in executions.items()]
-
-    @staticmethod
-    def _read(deliveries: list[Delivery], region: str) -> tuple[list[Processed], dict[object, Execution]]:
-        failed: list[Processed] = []
-        executions: dict[object, Execution] = {}
-        for delivery in deliveries:
-            if delivery.attempts > MAX_ATTEMPTS:
-                failed.append(Processed(delivery.entry_id, error=f"cut off {MAX_ATTEMPTS} times; left to the poll"))
-                continue
-            try:
-                executions[delivery.entry_id] = parse_execution(json.loads(delivery.body), region)
-            except (ValueError, MalformedExecution) as exc:  # accepted by an older version's checks
-                failed.append(Processed(delivery.entry_id, error=f"unreadable: {type(exc).__name__}"))
-        return failed, executions
 
     @staticmethod
     def _write(writers: AccountWriters, executions: list[Execution]) -> None:

@@ -78,10 +78,9 @@ _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 Answer = tuple[str, dict]
 NOT_FOUND: Answer = ("404 Not Found", {"error": "not found"})
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _networks(values: Iterable[str]) -> tuple[Network, ...]:
+def _networks(values: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     return tuple(ipaddress.ip_network(value, strict=False) for value in values)
 
 
@@ -399,7 +398,8 @@ def serve_webhooks(app) -> WebhookListener:
         return WebhookListener(app.webhook_routes, senders, app.deliveries,
                                max_body_bytes=settings.webhook_max_body_bytes,
                                region=settings.default_phone_region, host=settings.webhook_host,
-                               port=settings.webhook_port, on_accept=processor.wake, processor=processor).start()
+                               port=settings.webhook_port, on_accept=processor.wake,
+                               processor=processor).start()
     except BaseException:
         processor.stop()
         raise
