@@ -10,7 +10,8 @@ WEBHOOK_INBOX_DAYS.
 
 With many accounts, a delivery is accepted through its account's view of the database, so the
 entry carries the account's `userId`; a replica's one processor claims the waiting entries of all
-accounts (through the database itself) and writes each through its own account's view.
+accounts (through the database itself), splits a batch by account and writes each part through
+that account's writers (its view of the database, its phone region).
 
 Fair to every account: an account holds at most `max_waiting` waiting entries (WEBHOOK_MAX_WAITING;
 beyond it a delivery is refused with InboxFull, answered 429 for Bolna to retry later), and each
@@ -29,9 +30,7 @@ The processor: a thread of the daemon that claims accepted deliveries and writes
 poll's own writers (calls, then customers), so the analysis queue, the CRM rules, the order-safe
 call write and the suppression list apply to webhooks exactly as to the poll. Woken when the
 listener accepts a delivery, and every POLL_SECONDS anyway (a delivery another replica accepted, or
-one a dead processor left claimed until its lease expired). With many accounts, one processor
-serves them all: a batch is split by the account each delivery came for, and each part is written
-through that account's writers (its view of the database, its phone region).
+one a dead processor left claimed until its lease expired).
 
 The tally: deliveries counted by outcome, in memory for /metrics as they happen, and added to
 `webhook_deliveries` (one document per UTC hour) every few seconds, so `main.py status` shows the
