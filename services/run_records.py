@@ -140,18 +140,15 @@ class UnsettledRuns:
         with self._lock:
             self._pending[run_id] = (runs, fields)
 
-    def settle(self) -> int:
-        """Write what is kept; stops at the first connection failure (MongoDB still away). Returns
-        how many were written."""
+    def settle(self) -> None:
+        """Write what is kept; stops at the first connection failure (MongoDB still away)."""
         with self._lock:
             pending = list(self._pending.items())
-        settled = 0
         for run_id, (runs, fields) in pending:
             context = {"job": fields.get("job"), "run_id": run_id}
             try:
                 # The outcome this process saw is the truth, even over an `abandoned` set meanwhile.
                 runs.update_one({"_id": run_id}, {"$set": fields})
-                settled += 1
                 log.info("run record settled: %s", fields["status"], extra={**context, "event": "run_record_settled"})
             except ConnectionFailure:
                 break
@@ -160,7 +157,6 @@ class UnsettledRuns:
                             extra={**context, "event": "run_record_failed"})
             with self._lock:
                 self._pending.pop(run_id, None)
-        return settled
 
     def __len__(self) -> int:
         with self._lock:
