@@ -466,15 +466,13 @@ class HealthServer:
     @property
     def address(self) -> tuple[str, int]:
         """The bound host and port (the port is chosen by the system when 0 was asked)."""
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return host, port
+        return self._server.sockets[0].getsockname()[:2]
 
     def start(self) -> HealthServer:
         self._thread.start()
         self._refresher.start()
-        host, port = self.address
-        log.info("health and metrics listening on http://%s:%d (/livez, /readyz, /healthz, /metrics)", host, port,
-                 extra={"event": "health_listening"})
+        log.info("health and metrics listening on http://%s:%d (/livez, /readyz, /healthz, /metrics)",
+                 *self.address, extra={"event": "health_listening"})
         return self
 
     def stop(self) -> None:

@@ -107,18 +107,17 @@ class SenderPolicy:
         if self.allowed is None:
             return True
         sender = _address(peer)
-        if sender is not None and self._trusted(sender) and forwarded_for:
-            # None: a proxy we trust wrote something that is not an address.
+        if self._trusted(sender) and forwarded_for:
+            # A hop that is no address (None): a proxy we trust wrote it, and it is refused.
             hops = (_address(hop) for hop in reversed(forwarded_for.split(",")))
-            sender = next((hop for hop in hops if hop is None or not self._trusted(hop)), sender)
+            sender = next((hop for hop in hops if not self._trusted(hop)), sender)
         return sender is not None and any(sender in network for network in self.allowed)
 
     def is_trusted_proxy(self, peer: str) -> bool:
-        address = _address(peer)
-        return address is not None and self._trusted(address)
+        return self._trusted(_address(peer))
 
     def _trusted(self, address) -> bool:
-        return any(address in network for network in self.trusted_proxies)
+        return address is not None and any(address in network for network in self.trusted_proxies)
 
 
 def account_token(secret: str, tenant_id: object) -> str:
@@ -303,8 +302,7 @@ class WebhookListener:
 
     def start(self) -> WebhookListener:
         self._thread.start()
-        host, port = self.address
-        log.info("webhook listener on http://%s:%d%s<token>", host, port, PATH_PREFIX,
+        log.info("webhook listener on http://%s:%d%s<token>", *self.address, PATH_PREFIX,
                  extra={"event": "webhook_listening"})
         return self
 
