@@ -273,20 +273,18 @@ class BoundedServer(TcpWSGIServer):
 
 class WebhookListener:
     """The WSGI application and the server it runs in. `routes`: the token in the path to the inbox
-    of its account; `on_accept`: called after a delivery was stored (wakes the processor);
-    `processor`: stopped with the listener; `limits`: how many connections, from one address and
-    in all, and for how long (docs/reliability.md)."""
+    of its account; `processor`: woken when a delivery was stored, stopped with the listener;
+    `limits`: how many connections, from one address and in all, and for how long
+    (docs/reliability.md)."""
 
     def __init__(self, routes: AccountRoutes, senders: SenderPolicy, tally: DeliveryTally, *,
                  max_body_bytes: int, region: str, host: str, port: int,
-                 limits: ConnectionLimits = ConnectionLimits(), on_accept: Callable[[], None] = lambda: None,
-                 processor: InboxProcessor | None = None):
+                 limits: ConnectionLimits = ConnectionLimits(), processor: InboxProcessor | None = None):
         self.routes = routes
         self.senders = senders
         self.tally = tally
         self.max_body_bytes = max_body_bytes
         self.region = region
-        self.on_accept = on_accept
         self.processor = processor
         self._server = BoundedServer(
             self, host=host, port=port, limits=limits, unbounded_peer=senders.is_trusted_proxy,
@@ -377,7 +375,8 @@ class WebhookListener:
             return "400 Bad Request", {"error": reason[:200]}
         if inbox.accept(execution.id, execution.status, execution.updated_at, body):
             self.tally.count("accepted")
-            self.on_accept()
+            if self.processor is not None:
+                self.processor.wake()
             return "200 OK", {"status": "accepted"}
         self.tally.count("duplicate")
         return "200 OK", {"status": "duplicate"}
@@ -396,8 +395,7 @@ def serve_webhooks(app) -> WebhookListener:
         return WebhookListener(app.webhook_routes, senders, app.deliveries,
                                max_body_bytes=settings.webhook_max_body_bytes,
                                region=settings.default_phone_region, host=settings.webhook_host,
-                               port=settings.webhook_port, on_accept=processor.wake,
-                               processor=processor).start()
+                               port=settings.webhook_port, processor=processor).start()
     except BaseException:
         processor.stop()
         raise
