@@ -41,7 +41,6 @@ import pymongo
 from prometheus_client import (CONTENT_TYPE_LATEST, GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR,
                                CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest)
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 from pymongo.errors import PyMongoError
 
 from services.analyzer.outcomes import OUTCOME_COUNTERS
@@ -410,7 +409,7 @@ def observe_accounts(metrics: RunMetrics, counts: Callable[[], dict[str, int]]) 
                       label="state")
 
 
-class _Refreshed(Collector):
+class _Refreshed:
     """A gauge of a value read from MongoDB: what it counts also changes by other daemons' work
     (another replica, `reanalyze`), so it is read again, by `refresh`. A scrape shows the last value
     read (no series before the first read succeeded). `label`: the read returns a number per value of it."""
@@ -430,10 +429,6 @@ class _Refreshed(Collector):
             return
         self._samples = ([([label], number) for label, number in value.items()] if self._labels
                          else [([], value)])
-
-    def describe(self) -> list[GaugeMetricFamily]:
-        # Without describe() the registry would run a query at registration to learn the name.
-        return [GaugeMetricFamily(self._name, self._help, labels=self._labels)]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         samples = self._samples
