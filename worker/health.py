@@ -1,12 +1,11 @@
 """The daemon's health, as its supervisors read it: systemd's notify protocol and watchdog, the
 optional HTTP listener (HEALTH_PORT) and the Prometheus metrics it serves.
 
-The listener follows Kubernetes' probe names: `/livez` (the process and its scheduler are alive),
-`/readyz` (MongoDB answers and the last runs are not failing), `/healthz` (the jobs succeed often
-enough; kept as it always was) and `/metrics` for Prometheus. It is bounded whatever its clients
-do: one asyncio loop serves every connection in one thread, a client has READ_TIMEOUT_SECONDS to
-send its request head (at most MAX_HEAD_BYTES), at most MAX_CONNECTIONS are open, and the checks
-run in a pool of CHECK_THREADS. Idle or slow clients cost a socket each, never a thread.
+The listener answers Kubernetes' probe names (`/livez`, `/readyz`; `/healthz` kept as it always
+was: `Probes`) and `/metrics`. It is bounded whatever its clients do: one asyncio loop serves every
+connection in one thread, a client has READ_TIMEOUT_SECONDS to send its request head (at most
+MAX_HEAD_BYTES), at most MAX_CONNECTIONS are open, and the checks run in a pool of CHECK_THREADS.
+Idle or slow clients cost a socket each, never a thread.
 
 The metrics are taken from the run records the daemon writes: counters grow by each finished run's
 counts (a `RunRecords` listener), so they say exactly what the stored run records say. What only
