@@ -367,10 +367,9 @@ class RunMetrics:
         analyzed = counts.get("analyzed", 0) + counts.get("failed", 0)
         if analyzed:
             self.fallback_ratio.set(fallbacks / analyzed)
-        if run["status"] in SUCCESSFUL and run.get("finishedAt"):
+        if run["status"] in SUCCESSFUL:
             self._set_last_success(job, run["finishedAt"])
-        if run.get("finishedAt") and run.get("startedAt"):
-            self.duration.labels(job).observe((run["finishedAt"] - run["startedAt"]).total_seconds())
+        self.duration.labels(job).observe((run["finishedAt"] - run["startedAt"]).total_seconds())
         with self._lock:
             self._last_status[job] = run["status"]
         if self._refresh_after_runs:
