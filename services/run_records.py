@@ -78,18 +78,17 @@ class RunRecorder:
 
     def _record_error(self, message: str, code: str, call_id: str | None = None,
                       agent_id: str | None = None) -> None:
+        # Run records are read by other programs: the same masking as the logs.
+        entry = {"code": code, "message": redact(message)[:500]}
+        if call_id is not None:
+            entry["callId"] = call_id
+        if agent_id is not None:
+            entry["agentId"] = agent_id
         with self._lock:
             self.counts["errors"] += 1
             if agent_id is not None:
                 self.agents[agent_id]["failed"] += 1
-        if len(self.errors) < MAX_ERRORS:
-            # Run records are read by other programs: the same masking as the logs.
-            entry = {"code": code, "message": redact(message)[:500]}
-            if call_id is not None:
-                entry["callId"] = call_id
-            if agent_id is not None:
-                entry["agentId"] = agent_id
-            with self._lock:
+            if len(self.errors) < MAX_ERRORS:
                 self.errors.append(entry)
 
     def finish(self, failure: BaseException | None = None) -> None:

@@ -76,8 +76,7 @@ ACCEPTS_PER_PASS = 64
 # SO_LINGER on, 0 s: close() resets the connection, so no TIME_WAIT is kept for a flood's sockets.
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
-Answer = tuple[str, dict]
-NOT_FOUND: Answer = ("404 Not Found", {"error": "not found"})
+NOT_FOUND = ("404 Not Found", {"error": "not found"})
 
 
 def _networks(values: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -345,7 +344,7 @@ class WebhookListener:
                                 ("Cache-Control", "no-store"), *headers])
         return [payload]
 
-    def _handle(self, environ: dict) -> Answer:
+    def _handle(self, environ: dict) -> tuple[str, dict]:
         path = environ.get("PATH_INFO", "")
         if not path.startswith(PATH_PREFIX):
             return NOT_FOUND
