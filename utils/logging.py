@@ -150,11 +150,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text", secrets: tuple[str, ..
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(LineFormatter(as_json=fmt == "json"))
     handler.addFilter(RedactingFilter(secrets))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
+    logging.basicConfig(handlers=[handler], level=level, force=True)  # the root's earlier handlers removed
     # Library chatter (connection pools, scheduler internals) only when debugging.
     for noisy in ("urllib3", "httpx", "httpcore", "apscheduler", "groq", "pymongo", "waitress"):
         logging.getLogger(noisy).setLevel(logging.WARNING if level != "DEBUG" else logging.DEBUG)

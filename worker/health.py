@@ -388,13 +388,12 @@ class RunMetrics:
 def observe_webhooks(metrics: RunMetrics, tally: DeliveryTally, waiting: Callable[[], int]) -> None:
     """Webhook deliveries by outcome and the lag of their writes, as this process sees them; the
     inbox's deliveries waiting to be written (`waiting`, read by the refresh)."""
-    registry = metrics.registry
     metrics.refreshed("callsync_webhook_inbox_waiting", "Webhook deliveries stored and not written yet", waiting)
     deliveries = Counter("callsync_webhook_deliveries", "Webhook deliveries, by outcome", ["outcome"],
-                         registry=registry)
+                         registry=metrics.registry)
     lag = Histogram("callsync_webhook_lag_seconds",
                     "Seconds from Bolna's updated_at of a delivered call to its write", buckets=LAG_BUCKETS,
-                    registry=registry)
+                    registry=metrics.registry)
     for outcome in OUTCOMES:
         deliveries.labels(outcome)
     tally.on_outcome = lambda outcome, n: deliveries.labels(outcome).inc(n)
