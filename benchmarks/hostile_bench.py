@@ -42,15 +42,11 @@ from fakes.dataset import iso
 from fakes.mongo_hooks import HookedClient
 from services.database import CALLS, WEBHOOK_INBOX
 from services.database import tenant_view
-from services.webhooks.inbox import waiting_entry
-from services.webhooks.processor import BATCH, InboxProcessor
-from services.webhooks.routes import account_token
-from services.webhooks.senders import SenderPolicy
+from services.webhooks import BATCH, InboxProcessor, waiting_entry
 from tests.helpers import AGENT, execution
 from utils.clock import utcnow
 from utils.config import Settings
-from worker.bounded_server import raise_descriptor_limit
-from worker.webhook_listener import PATH_PREFIX, WebhookApp, WebhookListener
+from worker.webhook_listener import PATH_PREFIX, SenderPolicy, WebhookListener, account_token, raise_descriptor_limit
 
 PRODUCT_PACKAGES = ("models", "services", "utils", "worker")
 MEGABYTE = 1 << 20
@@ -229,9 +225,9 @@ def _closed(sockets: list[socket.socket]) -> int:
 
 def listener_flood(mongo_client, connections: int) -> dict:
     with _app(mongo_client) as app:
-        web = WebhookApp(app.webhook_routes, SenderPolicy(app.settings.webhook_allowed_ips), app.deliveries,
-                         max_body_bytes=app.settings.webhook_max_body_bytes, region="IN")
-        listener = WebhookListener(web, "127.0.0.1", 0).start()
+        listener = WebhookListener(app.webhook_routes, SenderPolicy(app.settings.webhook_allowed_ips),
+                                   app.deliveries, max_body_bytes=app.settings.webhook_max_body_bytes,
+                                   region="IN", host="127.0.0.1", port=0).start()
         url = "http://%s:%d%s%s" % (*listener.address, PATH_PREFIX, TOKEN)
         try:
             with idle_connections(listener.address, connections) as flood, requests.Session() as session:
@@ -304,9 +300,9 @@ def account_flood(mongo_client, flood: int) -> dict:
                    for n in range(flood)]
         for start in range(0, flood, 1000):
             tenant_view(db, "flood")[WEBHOOK_INBOX].insert_many(entries[start:start + 1000])
-        web = WebhookApp(fleet.webhook_routes, SenderPolicy(settings.webhook_allowed_ips), fleet.deliveries,
-                         max_body_bytes=settings.webhook_max_body_bytes, region="IN")
-        listener = WebhookListener(web, "127.0.0.1", 0).start()
+        listener = WebhookListener(fleet.webhook_routes, SenderPolicy(settings.webhook_allowed_ips),
+                                   fleet.deliveries, max_body_bytes=settings.webhook_max_body_bytes,
+                                   region="IN", host="127.0.0.1", port=0).start()
         try:
             base = "http://%s:%d%s" % (*listener.address, PATH_PREFIX)
             answer = requests.post(base + account_token(TOKEN, "other"),

@@ -21,6 +21,7 @@ STAGE_REVIEWS = "stage_reviews"
 SUPPRESSIONS = "suppressions"
 ERASURES = "erasures"
 WEBHOOK_INBOX = "webhook_inbox"
+INBOX_WAITING = "waiting"  # an entry's state until processed (services/webhooks.py); erasure scrubs these
 WEBHOOK_DELIVERIES = "webhook_deliveries"
 # Across accounts (TENANT_SOURCE=mongodb): when each is synced next and by which replica, and the
 # LLM analyses taken per interval under LLM_GLOBAL_LIMIT.
@@ -57,7 +58,7 @@ TRANSCRIPT_AGE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("transcriptRemovedAt", 
 RUN_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("job", ASCENDING), ("startedAt", DESCENDING)]
 # Across accounts: a replica's one webhook processor claims the waiting deliveries of all of them.
 INBOX_STATE_KEYS = [("state", ASCENDING), ("receivedAt", ASCENDING)]
-# The processor's claims, round-robin across accounts (services/webhooks/inbox.py), and one
+# The processor's claims, round-robin across accounts (services/webhooks.py), and one
 # account's waiting deliveries counted against WEBHOOK_MAX_WAITING.
 INBOX_CLAIM_KEYS = [("state", ASCENDING), ("rank", ASCENDING), ("receivedAt", ASCENDING)]
 INBOX_ACCOUNT_KEYS = [(TENANT_FIELD, ASCENDING), ("state", ASCENDING)]

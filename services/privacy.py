@@ -33,10 +33,9 @@ from models.execution import Execution, MalformedExecution, linked_call_id, pars
 from services import lease
 from services.analyzer.schema import analysis_document
 from services.database import (ACTIVITIES, CALL_AGE_INDEX_KEYS, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, ERASURES,
-                               INBOX_STATE_KEYS, STAGE_REVIEWS, SUPPRESSION_KEY_KEYS, SUPPRESSIONS, SYNC_STATE,
-                               TRANSCRIPT_AGE_INDEX_KEYS, WEBHOOK_INBOX)
+                               INBOX_STATE_KEYS, INBOX_WAITING, STAGE_REVIEWS, SUPPRESSION_KEY_KEYS, SUPPRESSIONS,
+                               SYNC_STATE, TRANSCRIPT_AGE_INDEX_KEYS, WEBHOOK_INBOX)
 from services.run_records import RunRecorder, describe_failure
-from services.webhooks.inbox import WAITING
 from utils.clock import utcnow
 from utils.config import ConfigError
 from utils.phone import DEFAULT_REGION, Phone, lookup_keys
@@ -183,7 +182,7 @@ class Eraser:
 
     def _deliveries(self, spellings: set[str]) -> list:
         """The waiting deliveries with the number on either side (only those keep their body)."""
-        waiting = self.db[WEBHOOK_INBOX].find({"state": WAITING}, {"body": 1}, hint=INBOX_STATE_KEYS)
+        waiting = self.db[WEBHOOK_INBOX].find({"state": INBOX_WAITING}, {"body": 1}, hint=INBOX_STATE_KEYS)
         return [entry["_id"] for entry in waiting
                 if entry.get("body") and _delivered_numbers(bytes(entry["body"]), self.region) & spellings]
 

@@ -57,8 +57,7 @@ class RunRecorder:
         self.status = "running"
         self.counts: Counter = Counter()
         self.agents: defaultdict[str, Counter] = defaultdict(Counter)
-        self.errors: list[dict] = []
-        self.error_count = 0
+        self.errors: list[dict] = []  # the first MAX_ERRORS; counts["errors"] counts them all
         self._lock = threading.Lock()
 
     def add(self, counter: str, n: float = 1, agent_id: str | None = None) -> None:
@@ -79,23 +78,18 @@ class RunRecorder:
 
     def _record_error(self, message: str, code: str, call_id: str | None = None,
                       agent_id: str | None = None) -> None:
-        with self._lock:
-            self._count_error(agent_id)
-        if len(self.errors) < MAX_ERRORS:
-            # Run records are read by other programs: the same masking as the logs.
-            entry = {"code": code, "message": redact(message)[:500]}
-            if call_id is not None:
-                entry["callId"] = call_id
-            if agent_id is not None:
-                entry["agentId"] = agent_id
-            with self._lock:
-                self.errors.append(entry)
-
-    def _count_error(self, agent_id: str | None) -> None:
-        self.error_count += 1
-        self.counts["errors"] += 1
+        # Run records are read by other programs: the same masking as the logs.
+        entry = {"code": code, "message": redact(message)[:500]}
+        if call_id is not None:
+            entry["callId"] = call_id
         if agent_id is not None:
-            self.agents[agent_id]["failed"] += 1
+            entry["agentId"] = agent_id
+        with self._lock:
+            self.counts["errors"] += 1
+            if agent_id is not None:
+                self.agents[agent_id]["failed"] += 1
+            if len(self.errors) < MAX_ERRORS:
+                self.errors.append(entry)
 
     def finish(self, failure: BaseException | None = None) -> None:
         self.finished_at = utcnow()
@@ -106,7 +100,7 @@ class RunRecorder:
             code = failure.run_error_code if isinstance(failure, FatalError) else FatalError.run_error_code
             self._record_error(describe_failure(failure), code)
         else:
-            self.status = "partial" if self.error_count else "ok"
+            self.status = "partial" if self.counts["errors"] else "ok"
 
     def document(self) -> dict:
         return {
@@ -118,7 +112,7 @@ class RunRecorder:
             "counts": dict(self.counts),
             "agents": {agent: dict(counts) for agent, counts in self.agents.items()},
             "errors": self.errors,
-            "errorCount": self.error_count,
+            "errorCount": self.counts["errors"],
         }
 
 
@@ -145,18 +139,15 @@ class UnsettledRuns:
         with self._lock:
             self._pending[run_id] = (runs, fields)
 
-    def settle(self) -> int:
-        """Write what is kept; stops at the first connection failure (MongoDB still away). Returns
-        how many were written."""
+    def settle(self) -> None:
+        """Write what is kept; stops at the first connection failure (MongoDB still away)."""
         with self._lock:
             pending = list(self._pending.items())
-        settled = 0
         for run_id, (runs, fields) in pending:
             context = {"job": fields.get("job"), "run_id": run_id}
             try:
                 # The outcome this process saw is the truth, even over an `abandoned` set meanwhile.
                 runs.update_one({"_id": run_id}, {"$set": fields})
-                settled += 1
                 log.info("run record settled: %s", fields["status"], extra={**context, "event": "run_record_settled"})
             except ConnectionFailure:
                 break
@@ -165,7 +156,6 @@ class UnsettledRuns:
                             extra={**context, "event": "run_record_failed"})
             with self._lock:
                 self._pending.pop(run_id, None)
-        return settled
 
     def __len__(self) -> int:
         with self._lock:
@@ -176,10 +166,10 @@ UNSETTLED = UnsettledRuns()
 
 
 class RunRecords:
-    def __init__(self, db: Database, unsettled: UnsettledRuns = UNSETTLED):
+    def __init__(self, db: Database):
         self.runs = db[SYNC_RUNS]
         self._listeners: list[RunListener] = []
-        self.unsettled = unsettled
+        self.unsettled = UNSETTLED
 
     def subscribe(self, listener: RunListener) -> None:
         """Call `listener` with every finished run's record (from the job's thread)."""
@@ -189,63 +179,63 @@ class RunRecords:
         """Run `body` under a run record. Its exceptions are recorded, not raised: one job's
         failure must never stop the other job or the daemon."""
         recorder = RunRecorder(job)
-        with log_context(job=job, run_id=recorder.run_id):
-            return self._record(recorder, body)
-
-    def _record(self, recorder: RunRecorder, body: Callable[[RunRecorder], None]) -> dict:
-        context = {"job": recorder.job, "run_id": recorder.run_id}
-        self.unsettled.settle()
-        try:
-            self.runs.insert_one({**recorder.document(), "host": socket.gethostname(), "pid": os.getpid()})
-        except Exception as exc:  # noqa: BLE001 - MongoDB is unreachable: the job could not write either
-            log.error("could not start the run record; run skipped: %s", describe_failure(exc),
-                      extra={**context, "event": "run_failed"})
-            recorder.finish(exc)
+        context = {"job": job, "run_id": recorder.run_id}
+        with log_context(**context):
+            self.unsettled.settle()
+            try:
+                self.runs.insert_one({**recorder.document(), "host": socket.gethostname(), "pid": os.getpid()})
+            except Exception as exc:  # noqa: BLE001 - MongoDB is unreachable: the job could not write either
+                log.error("could not start the run record; run skipped: %s", describe_failure(exc),
+                          extra={**context, "event": "run_failed"})
+                recorder.finish(exc)
+                return self._notify(recorder.document(), context)
+            log.info("run started", extra={**context, "event": "run_started"})
+            failure = None
+            try:
+                body(recorder)
+            except Exception as exc:  # noqa: BLE001 - recorded on the run, logged with its traceback
+                failure = exc
+                # A traceback for bugs; a database error's text would quote document values.
+                log.error("run failed: %s", describe_failure(exc), exc_info=not isinstance(exc, PyMongoError),
+                          extra={**context, "event": "run_failed"})
+            recorder.finish(failure)
             document = recorder.document()
-            self._notify(document, context)
-            return document
-        log.info("run started", extra={**context, "event": "run_started"})
-        failure = None
-        try:
-            body(recorder)
-        except Exception as exc:  # noqa: BLE001 - recorded on the run, logged with its traceback
-            failure = exc
-            # A traceback for bugs; a database error's text would quote document values.
-            log.error("run failed: %s", describe_failure(exc), exc_info=not isinstance(exc, PyMongoError),
-                      extra={**context, "event": "run_failed"})
-        recorder.finish(failure)
-        document = recorder.document()
-        fields = {k: v for k, v in document.items() if k != "_id"}
-        try:
-            self.runs.update_one({"_id": recorder.run_id}, {"$set": fields})
-        except PyMongoError as exc:
-            # MongoDB away: the run's own work is done (or failed for the same reason); its record
-            # is written by the next run that finds MongoDB back, and at the latest the next start
-            # marks it abandoned.
-            self.unsettled.keep(self.runs, recorder.run_id, fields)
-            log.warning("could not store the run record; kept to be written when MongoDB answers: %s",
-                        describe_failure(exc), extra={**context, "event": "run_record_failed"})
-        except Exception:  # noqa: BLE001 - the run's own work is done; losing its record must not crash
-            log.exception("could not store the run record", extra={**context, "event": "run_record_failed"})
-        log.info("run finished: %s", document["status"],
-                 extra={**context, "event": "run_finished", "status": document["status"],
-                        "counts": document["counts"]})
-        self._notify(document, context)
-        return document
+            fields = {k: v for k, v in document.items() if k != "_id"}
+            try:
+                self.runs.update_one({"_id": recorder.run_id}, {"$set": fields})
+            except PyMongoError as exc:
+                # MongoDB away: the run's own work is done (or failed for the same reason); its record
+                # is written by the next run that finds MongoDB back, and at the latest the next start
+                # marks it abandoned.
+                self.unsettled.keep(self.runs, recorder.run_id, fields)
+                log.warning("could not store the run record; kept to be written when MongoDB answers: %s",
+                            describe_failure(exc), extra={**context, "event": "run_record_failed"})
+            except Exception:  # noqa: BLE001 - the run's own work is done; losing its record must not crash
+                log.exception("could not store the run record",
+                              extra={**context, "event": "run_record_failed"})
+            log.info("run finished: %s", document["status"],
+                     extra={**context, "event": "run_finished", "status": document["status"],
+                            "counts": document["counts"]})
+            return self._notify(document, context)
 
-    def _notify(self, document: dict, context: dict) -> None:
+    def _notify(self, document: dict, context: dict) -> dict:
+        """Each listener sees the finished run's `document`, returned."""
         for listener in self._listeners:
             try:
                 listener(document)
             except Exception:  # noqa: BLE001 - an observer (metrics) must never fail the job
                 log.exception("a run listener failed", extra={**context, "event": "run_listener_failed"})
+        return document
 
     def last_run(self, job: str, stale: timedelta | None = None) -> dict | None:
         """The last run of `job`; with `stale`, one still `running` whose process is dead (on this
         host) or that is older than `stale` reads as `abandoned`, as the next start will mark it."""
         run = self.runs.find_one({"job": job}, sort=[("startedAt", DESCENDING)])
-        if run is not None and stale is not None and run["status"] == "running" and _dead(run, stale):
-            run = {**run, "status": "abandoned"}
+        if run is not None and stale is not None and run["status"] == "running":
+            started, pid = run.get("startedAt"), run.get("pid")
+            if (started is not None and started < utcnow() - stale) or (
+                    run.get("host") == socket.gethostname() and pid != os.getpid() and not _alive(pid)):
+                run = {**run, "status": "abandoned"}
         return run
 
     def last_success(self, job: str) -> dict | None:
@@ -276,13 +266,6 @@ class RunRecords:
              "$or": [{"host": host, "pid": {"$in": dead}}, {"startedAt": {"$lt": utcnow() - stale_after}}]},
             {"$set": {"status": "abandoned", "finishedAt": utcnow()}})
         return result.modified_count
-
-
-def _dead(run: dict, stale: timedelta) -> bool:
-    started = run.get("startedAt")
-    if started is not None and started < utcnow() - stale:
-        return True
-    return run.get("host") == socket.gethostname() and run.get("pid") != os.getpid() and not _alive(run.get("pid"))
 
 
 def _alive(pid: object) -> bool:

@@ -578,7 +578,7 @@ def test_a_queue_error_ends_only_its_slot_and_is_recorded_once_with_the_outcomes
 
     assert (recorder.counts["skipped"], recorder.counts["analyzed"]) == (1, 1)
     assert recorder.errors == [{"code": "analysis_queue_error", "message": "AutoReconnect"}]
-    assert recorder.error_count == 1
+    assert recorder.counts["errors"] == 1
     assert call(db, "c0")["processed"] and not call(db, "c1")["processed"]
 
 

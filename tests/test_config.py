@@ -96,7 +96,7 @@ def test_many_accounts_settings_are_checked():
     assert (settings.tenant_lease_seconds, settings.tenant_concurrency, settings.llm_global_limit) == (30, 8, 500)
     with pytest.raises(ConfigError, match="TENANT_LEASE_SECONDS"):
         load_settings({"TENANT_LEASE_SECONDS": "5"})  # renewed every third: shorter is lost on a slow round trip
-    # Each account's webhook URL derives from WEBHOOK_TOKEN (services/webhooks/routes.py).
+    # Each account's webhook URL derives from WEBHOOK_TOKEN (worker/webhook_listener.py).
     assert load_settings({"TENANT_SOURCE": "mongodb", "WEBHOOK_PORT": "8080",
                           "WEBHOOK_TOKEN": "t" * 32}).webhook_port == 8080
 

@@ -17,7 +17,7 @@ from fakes.groq_server import FakeGroq
 from tests.helpers import AGENT, build_app, execution
 from utils.config import Settings
 from worker.app import JOB_NAMES
-from worker.metrics import RunMetrics, observe_accounts
+from worker.health import RunMetrics, observe_accounts
 
 pytestmark = pytest.mark.timeout(60)
 

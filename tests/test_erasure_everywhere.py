@@ -6,7 +6,7 @@ import pytest
 
 from services.database import CALLS, WEBHOOK_INBOX
 from services.privacy import Eraser, PhoneHasher, forget
-from services.webhooks.inbox import WAITING
+from services.webhooks import WAITING
 from tests.helpers import build_app, execution
 from tests.test_privacy import KEY, OTHERS, PERSON, assert_person_gone, serve, sync  # noqa: F401 - fixture
 from tests.test_webhooks import TOKEN, bolna, deliver, hook_settings, started  # noqa: F401 - fixtures

@@ -24,7 +24,7 @@ from fakes.bolna_server import FakeBolna
 from services.database import SYNC_RUNS, TENANT_SCHEDULE
 from services.tenancy.schedule import TenantSchedule
 from services.tenancy.accounts import Tenant
-from services.webhooks.routes import account_token
+from worker.webhook_listener import account_token
 from tests.conftest import RAISED_LIMITS
 from tests.helpers import execution
 from tests.real_mongo import mongo  # noqa: F401 - the fixture, on the server

@@ -13,9 +13,8 @@ import pytest
 from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import HookedClient
 from services.database import CALLS, CUSTOMERS, WEBHOOK_INBOX
-from services.webhooks.inbox import DONE, FAILED, WAITING
-from services.webhooks.processor import NOT_LISTED, InboxProcessor
-from services.webhooks.routes import account_token
+from services.webhooks import DONE, FAILED, NOT_LISTED, WAITING, InboxProcessor
+from worker.webhook_listener import account_token
 from tests.conftest import TEST_DB
 from tests.test_webhooks import TOKEN, deliver, started, state_of, wait_until  # noqa: F401 - `started`: a fixture
 from utils.clock import utcnow

@@ -11,7 +11,7 @@ import requests
 from hypothesis import example, given, strategies as st
 
 from services.database import CALLS, CUSTOMERS, WEBHOOK_INBOX
-from services.webhooks.inbox import WAITING
+from services.webhooks import WAITING
 from tests.faults import run_both
 from tests.helpers import AGENT, build_app, execution
 from tests.hostile_inputs import examples, executions, page_items, webhook_bodies

@@ -40,7 +40,7 @@ from services.analyzer.run import claim_lease_seconds
 from services.analyzer.write_back import ACTIVITY_TYPE
 from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, WEBHOOK_INBOX
 from services.sync_state import PENDING_MAX_AGE
-from services.webhooks.processor import LEASE_SECONDS as INBOX_LEASE_SECONDS
+from services.webhooks import LEASE_SECONDS as INBOX_LEASE_SECONDS
 from services.writers import STATUS_CHANGE
 from tests.conftest import RAISED_LIMITS, TEST_DB
 from tests.faults import assert_customers_match, customer_call_ids, expected_customers

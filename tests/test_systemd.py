@@ -15,7 +15,7 @@ import pytest
 from fakes.bolna_server import FakeBolna
 from tests.helpers import AGENT, execution
 from tests.test_service import DAEMON, Daemon
-from worker.systemd import Heartbeat, JobWatch, notify
+from worker.health import JobWatch, notify
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -134,7 +134,8 @@ def test_a_job_that_got_on_is_not_overdue_and_another_jobs_run_does_not_excuse_a
     now = [0.0]
     watch = JobWatch(10, clock=lambda: now[0])
     sent = []
-    beat = Heartbeat(watch, send=lambda *fields: sent.append(fields) or True).beat
+    def beat():
+        watch.heartbeat(send=lambda *fields: sent.append(fields) or True)
     entered, leave = threading.Event(), threading.Event()
 
     def hang():

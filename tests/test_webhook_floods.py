@@ -12,11 +12,9 @@ from contextlib import contextmanager
 import pytest
 
 from services.database import WEBHOOK_INBOX
-from services.webhooks.senders import SenderPolicy
 from tests.helpers import build_app
 from tests.test_webhooks import bolna, deliver, hook_settings, started, state_of  # noqa: F401 - fixtures
-from worker.bounded_server import ConnectionLimits, raise_descriptor_limit
-from worker.webhook_listener import WebhookApp, WebhookListener
+from worker.webhook_listener import ConnectionLimits, SenderPolicy, WebhookListener, raise_descriptor_limit
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,10 +108,10 @@ def test_one_address_holds_a_bounded_number_of_connections_and_others_are_served
 
 def test_idle_and_trickling_clients_are_dropped_after_a_short_timeout(hook_settings, mongo, bolna):
     app = build_app(hook_settings, mongo, bolna)
-    web = WebhookApp(app.webhook_routes, SenderPolicy(("127.0.0.1",)), app.deliveries,
-                     max_body_bytes=hook_settings.webhook_max_body_bytes, region="IN")
     limits = ConnectionLimits(idle_seconds=1.0, request_seconds=2.0, check_seconds=0.2)
-    listener = WebhookListener(web, "127.0.0.1", 0, limits).start()
+    listener = WebhookListener(app.webhook_routes, SenderPolicy(("127.0.0.1",)), app.deliveries,
+                               max_body_bytes=hook_settings.webhook_max_body_bytes, region="IN",
+                               host="127.0.0.1", port=0, limits=limits).start()
     try:
         with idle_connections(listener.address, 2, ["127.0.0.1"]) as (idle, trickling):
             request = b"POST /webhooks/bolna/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"

@@ -20,15 +20,14 @@ from fakes.bolna_server import FakeBolna
 from fakes.dataset import iso
 from services.database import CALLS, CUSTOMER_CALLS, CUSTOMERS, WEBHOOK_INBOX
 from services.privacy import forget, hasher_for
-from services.webhooks.inbox import DONE, WAITING
+from services.webhooks import DONE, WAITING
 from tests.helpers import AGENT, build_app, execution
 from utils.clock import utcnow
 from utils.config import BOLNA_SENDER_IPS
 from utils.phone import normalize_phone
 from worker.health import serve_health
 from worker.status import collect, format_status
-from worker.webhook_listener import PATH_PREFIX, THREADS, WebhookApp, WebhookListener, serve_webhooks
-from services.webhooks.senders import SenderPolicy
+from worker.webhook_listener import PATH_PREFIX, THREADS, SenderPolicy, WebhookListener, serve_webhooks
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,10 +61,10 @@ def started():
             host, port = service.address
         else:  # the listener alone: a process that died before its processor ran
             settings = app.settings.with_overrides(**overrides)
-            web = WebhookApp(app.webhook_routes, SenderPolicy(settings.webhook_allowed_ips,
-                                                              settings.webhook_trusted_proxies),
-                             app.deliveries, max_body_bytes=settings.webhook_max_body_bytes, region="IN")
-            listener = WebhookListener(web, "127.0.0.1", 0).start()
+            listener = WebhookListener(app.webhook_routes, SenderPolicy(settings.webhook_allowed_ips,
+                                                                        settings.webhook_trusted_proxies),
+                                       app.deliveries, max_body_bytes=settings.webhook_max_body_bytes,
+                                       region="IN", host="127.0.0.1", port=0).start()
             stoppers.append(listener.stop)
             host, port = listener.address
         return f"http://{host}:{port}"

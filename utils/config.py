@@ -368,7 +368,7 @@ class Settings:
     health_port: int | None = setting(None, port)
     health_host: str = setting("127.0.0.1")
     health_max_age_intervals: float = setting(3.0, positive_float)
-    # A scheduled job running this long without progress stops the systemd watchdog (worker/systemd.py).
+    # A scheduled job running this long without progress stops the systemd watchdog (worker/health.py).
     job_deadline_seconds: float = setting(3600.0, positive_float)
     # On SIGTERM/SIGINT/SIGHUP the running job has this long to finish its write; then exit 1.
     shutdown_grace_seconds: float = setting(30.0, positive_float)

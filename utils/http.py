@@ -1,5 +1,5 @@
 """HTTP details shared by the API clients (Bolna, Groq): `Retry-After`, and the outcome of each
-request for whoever counts them (worker/metrics.py). One outcome per request sent:
+request for whoever counts them (worker/health.py). One outcome per request sent:
 
 - `ok`: answered with success;
 - `429`: rate limited (pacing keeps this near 0; retried after the server's wait);

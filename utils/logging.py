@@ -96,71 +96,61 @@ class RedactingFilter(logging.Filter):
         super().__init__()
         self.secrets = tuple(s for s in secrets if s and len(s) >= 4)
 
-    def redact(self, text: str) -> str:
-        return redact(text, self.secrets)
-
     def filter(self, record: logging.LogRecord) -> bool:
         for name, value in _RUN_CONTEXT.get().items():
             if getattr(record, name, None) is None:
                 setattr(record, name, value)
-        record.msg = self.redact(record.getMessage())
+        record.msg = redact(record.getMessage(), self.secrets)
         record.args = None
         # Context fields are printed too, and an id can be anything an upstream or a user sent.
         for name in CONTEXT_FIELDS:
             value = getattr(record, name, None)
             if isinstance(value, str):
-                setattr(record, name, self.redact(value))
+                setattr(record, name, redact(value, self.secrets))
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
+            record.exc_text = redact(record.exc_text, self.secrets)
         return True
 
 
-def _context(record: logging.LogRecord) -> dict[str, object]:
-    """The context fields a caller attached; a field passed as None (no call, no agent) is left out."""
-    return {name: getattr(record, name) for name in CONTEXT_FIELDS if getattr(record, name, None) is not None}
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "timestamp": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        line.update(_context(record))
-        if record.exc_text:
-            line["exception"] = record.exc_text
-        return json.dumps(line, default=str)
-
-
-class TextFormatter(logging.Formatter):
+class LineFormatter(logging.Formatter):
+    """One line per record, text or JSON, with the context fields a caller attached (a field passed
+    as None, no call or no agent, is left out)."""
     # UTC like the JSON lines and the stored times, so a log line and a run record compare directly.
     converter = time.gmtime
     default_time_format = "%Y-%m-%dT%H:%M:%S"
     default_msec_format = "%s.%03dZ"
 
-    def __init__(self):
+    def __init__(self, as_json: bool):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.as_json = as_json
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        context = " ".join(f"{name}={value}" for name, value in _context(record).items() if name != "event")
-        return f"{text} [{context}]" if context else text
+        context = {name: getattr(record, name) for name in CONTEXT_FIELDS
+                   if getattr(record, name, None) is not None}
+        if not self.as_json:
+            text = super().format(record)
+            fields = " ".join(f"{name}={value}" for name, value in context.items() if name != "event")
+            return f"{text} [{fields}]" if fields else text
+        line = {
+            "timestamp": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **context,
+        }
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        return json.dumps(line, default=str)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text", secrets: tuple[str, ...] = (),
                   stream=None) -> None:
     handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(LineFormatter(as_json=fmt == "json"))
     handler.addFilter(RedactingFilter(secrets))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
+    logging.basicConfig(handlers=[handler], level=level, force=True)  # the root's earlier handlers removed
     # Library chatter (connection pools, scheduler internals) only when debugging.
     for noisy in ("urllib3", "httpx", "httpcore", "apscheduler", "groq", "pymongo", "waitress"):
         logging.getLogger(noisy).setLevel(logging.WARNING if level != "DEBUG" else logging.DEBUG)

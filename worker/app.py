@@ -36,15 +36,13 @@ from services.run_records import RunListener, RunRecorder, RunRecords, describe_
 from services.server_clock import ServerClock
 from services.tenancy.accounts import Tenant, TenantSource
 from services.tenancy.schedule import LeaseKeeper, LlmQuota, TenantClaim, TenantSchedule
-from services.webhooks.inbox import Inbox
-from services.webhooks.processor import LEASE_SECONDS, AccountWriters, InboxProcessor
-from services.webhooks.routes import AccountRoutes, SingleRoute
-from services.webhooks.tally import DeliveryTally
+from services.webhooks import LEASE_SECONDS, AccountWriters, DeliveryTally, Inbox, InboxProcessor
 from services.writers import CallWriter, CustomerWriter
 from utils.clock import utcnow
 from utils.config import Settings
 from utils.logging import log_context
-from worker.metrics import RunMetrics, observe_accounts, observe_webhooks
+from worker.health import RunMetrics, observe_accounts, observe_webhooks
+from worker.webhook_listener import AccountRoutes, SingleRoute
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +221,7 @@ class Runtime:
     renewed while the jobs run; a replica that dies stops renewing, and another takes its accounts
     over once the lease has run out. An account whose Bolna key is refused is set aside until its
     key changes, and never holds up the others. With WEBHOOK_PORT each listed account has its own
-    webhook URL (services/webhooks/routes.py), and the one inbox processor writes every account's
+    webhook URL (worker/webhook_listener.py), and the one inbox processor writes every account's
     deliveries into that account's records."""
 
     def __init__(self, settings: Settings, db: Database, *, mongo_client=None, bolna: BolnaClient | None = None,

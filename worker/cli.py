@@ -295,13 +295,12 @@ def _webhook_url(settings: Settings, args) -> int:
     """The URL to configure at Bolna for this daemon's listener (WEBHOOK_PUBLIC_URL + the token
     path), and with `--apply` set on the agent through Bolna's API (`PATCH /v2/agent/{id}`,
     `agent_config.webhook_url`). With many accounts the URL is the account's own (its token
-    derived from WEBHOOK_TOKEN, services/webhooks/routes.py) and `--apply` uses the account's Bolna
+    derived from WEBHOOK_TOKEN, worker/webhook_listener.py) and `--apply` uses the account's Bolna
     key. The URL holds the token: it is printed for the person who asked, and never logged."""
     from services.bolna_client import BolnaClient, BolnaError
     from services.tenancy.accounts import TenantSource, UnusableTenant
-    from services.webhooks.routes import account_token
     from worker.app import connect
-    from worker.webhook_listener import PATH_PREFIX
+    from worker.webhook_listener import PATH_PREFIX, account_token
 
     if not settings.webhook_public_url:
         raise UsageError("WEBHOOK_PUBLIC_URL is not set: the listener's base URL as Bolna reaches it, "

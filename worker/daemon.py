@@ -4,7 +4,7 @@ SIGHUP stops it the same clean way but exits EXIT_RESTART, so that a supervisor 
 its configuration read again: the settings are frozen into every part at start-up, and a reload in
 place could leave a running job with half the old settings and half the new.
 Under systemd (Type=notify) it says READY=1 once MongoDB and the scheduler are up, feeds the
-watchdog from the jobs' progress (worker/systemd.py) and says STOPPING=1 when it stops."""
+watchdog from the jobs' progress (worker/health.py) and says STOPPING=1 when it stops."""
 from __future__ import annotations
 
 import logging
@@ -21,8 +21,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from services.run_records import UNSETTLED
 from worker.app import Runtime
 from utils.config import describe
-from worker.health import serve_health
-from worker.systemd import READY, STOPPING, Heartbeat, JobWatch, notify, watchdog_seconds
+from worker.health import READY, STOPPING, JobWatch, notify, serve_health, watchdog_seconds
 from worker.webhook_listener import serve_webhooks
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ def run_daemon(app: Runtime) -> int:
                       executor="housekeeping", max_instances=1, coalesce=True)
     if watchdog is not None:
         # A heartbeat pings it while no job is overdue, three beats a WatchdogSec: one late beat is no restart.
-        scheduler.add_job(Heartbeat(watch).beat, "interval", seconds=watchdog / 3, id="watchdog",
+        scheduler.add_job(watch.heartbeat, "interval", seconds=watchdog / 3, id="watchdog",
                           name="watchdog", executor="heartbeat", next_run_time=datetime.now(timezone.utc),
                           max_instances=1, coalesce=True, misfire_grace_time=None)
     grace = app.settings.shutdown_grace_seconds

@@ -1,34 +1,65 @@
-"""The optional HTTP listener (HEALTH_PORT), following Kubernetes' probe names: `/livez` (the
-process and its scheduler are alive), `/readyz` (MongoDB answers and the last runs are not failing),
-`/healthz` (the jobs succeed often enough; kept as it always was) and `/metrics` for Prometheus.
+"""The daemon's health, as its supervisors read it: systemd's notify protocol and watchdog, the
+optional HTTP listener (HEALTH_PORT) and the Prometheus metrics it serves.
 
-It is bounded whatever its clients do: one asyncio loop serves every connection in one thread, a
-client has READ_TIMEOUT_SECONDS to send its request head (at most MAX_HEAD_BYTES), at most
-MAX_CONNECTIONS are open, and the checks run in a pool of CHECK_THREADS. Idle or slow clients
-cost a socket each, never a thread. A scrape never queries MongoDB (worker/metrics.py)."""
+The listener answers Kubernetes' probe names (`/livez`, `/readyz`; `/healthz` kept as it always
+was: `Probes`) and `/metrics`. It is bounded whatever its clients do: one asyncio loop serves every
+connection in one thread, a client has READ_TIMEOUT_SECONDS to send its request head (at most
+MAX_HEAD_BYTES), at most MAX_CONNECTIONS are open, and the checks run in a pool of CHECK_THREADS.
+Idle or slow clients cost a socket each, never a thread.
+
+The metrics are taken from the run records the daemon writes: counters grow by each finished run's
+counts (a `RunRecords` listener), so they say exactly what the stored run records say. What only
+MongoDB knows (the analysis queue depth, the accounts by state) is read after each run and every
+few seconds by the listener, under a timeout, and a scrape shows the last value read: a scrape
+never waits for MongoDB. The last-success times are loaded from `sync_runs` at start so a restart
+does not forget them.
+
+systemd (sd_notify(3)): each message is one datagram of `KEY=value` lines to the unix socket named
+by $NOTIFY_SOCKET. Hand-written rather than a library: the protocol is this small, and the
+maintained bindings (python-systemd, sdnotify) add a C build or an unmaintained package for it.
+The watchdog is fed from the scheduler's own progress, never from a thread that pings whatever
+happens: `JobWatch` knows which job runs and since when it last got on, and the heartbeat (a job in
+the scheduler) pings only while none has run past JOB_DEADLINE_SECONDS. A hung job, or a scheduler
+that no longer runs its jobs, stops the pings, and systemd (WatchdogSec) kills and restarts it; the
+same rule answers /livez."""
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
+import platform
+import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import pymongo
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR,
+                               CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest)
+from prometheus_client.core import GaugeMetricFamily
+from pymongo.errors import PyMongoError
 
-from services.run_records import describe_failure
-from utils.clock import utcnow
+from services.analyzer.write_back import OUTCOME_COUNTERS
+from services.database import SYNC_STATE
+from utils.http import OUTCOMES as REQUEST_OUTCOMES, RequestOutcomes
+from services.run_records import SUCCESSFUL, RunRecords, describe_failure
+from services.sync_state import oldest_cursor
+from services.webhooks import OUTCOMES, DeliveryTally
+from utils.clock import unix_seconds, utcnow
 
 if TYPE_CHECKING:
-    from worker.app import Runtime
-    from worker.metrics import RunMetrics
-    from worker.systemd import JobWatch
+    from pymongo.database import Database
+
+    from services.analyzer.groq_analyzer import GroqAnalyzer
 
 log = logging.getLogger(__name__)
 
+READY = "READY=1"
+WATCHDOG = "WATCHDOG=1"
+STOPPING = "STOPPING=1"
 READ_TIMEOUT_SECONDS = 5.0
 MAX_HEAD_BYTES = 8192
 MAX_CONNECTIONS = 4096
@@ -39,95 +70,382 @@ PING_TIMEOUT_SECONDS = 2.0
 CHECK_TIMEOUT_SECONDS = 5.0
 # Values /metrics shows that are read from MongoDB are read again this often (and after each run).
 METRICS_REFRESH_SECONDS = 15.0
-
+# A read for a refreshed gauge that takes longer is given up; the gauge keeps its last value.
+REFRESH_TIMEOUT_SECONDS = 2.0
+RUN_STATUSES = ("ok", "partial", "failed")
+WRITE_COUNTS = ("inserted", "updated")
+TOKEN_KINDS = {"prompt": "promptTokens", "completion": "completionTokens"}
+# Seconds from Bolna's `updated_at` to the call's write: Bolna's own delay is part of it.
+LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+# A run lasts from seconds (nothing new) to many minutes (a first sync, a backlog of analyses).
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 JSON = "application/json"
+_REASONS = {200: b"OK", 404: b"Not Found", 405: b"Method Not Allowed", 503: b"Service Unavailable"}
 
 
-class HealthCheck:
-    """Healthy while the scheduler is running and every job's last successful run (ok or partial)
-    is younger than `max_age`. A job that has not succeeded since the daemon started is measured
-    from the start: a fresh install, or a daemon restarted after downtime, is healthy for
-    `max_age` while its first runs catch up."""
+def notify(*fields: str) -> bool:
+    """Send one message to systemd; False when not run under a notify unit (no $NOTIFY_SOCKET) or
+    when it cannot be delivered (a supervisor gone must not stop the daemon)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto("\n".join(fields).encode(), address)
+    except OSError as exc:
+        log.warning("could not notify systemd (%s): %s", fields[0], type(exc).__name__,
+                    extra={"event": "notify_failed"})
+        return False
+    return True
 
-    def __init__(self, jobs: Iterable[str], max_age: timedelta, *, is_scheduling: Callable[[], bool],
-                 last_success: Callable[[str], datetime | None], started_at: datetime | None = None):
-        self.jobs = tuple(jobs)
-        self.max_age = max_age
-        self.started_at = started_at or utcnow()
-        self._is_scheduling = is_scheduling
-        self._last_success = last_success
 
-    def evaluate(self) -> tuple[bool, dict]:
-        """(healthy, the JSON body saying why)."""
-        now = utcnow()
-        reasons = []
-        if not self._is_scheduling():
-            reasons.append("the scheduler is not running")
-        jobs = {}
-        for job in self.jobs:
-            last = self._last_success(job)
-            since_start = last is None or last < self.started_at
-            age = (now - (self.started_at if since_start else last)).total_seconds()
-            jobs[job] = {"lastSuccessAt": _iso(last), "ageSeconds": round(age)}
-            if age > self.max_age.total_seconds():
-                since = f"none since the start {age:.0f}s ago" if since_start else f"the last one finished {age:.0f}s ago"
-                reasons.append(f"{job}: no successful run within {self.max_age.total_seconds():.0f}s ({since})")
-        body = {"status": "unhealthy" if reasons else "ok", "reasons": reasons,
-                "maxAgeSeconds": round(self.max_age.total_seconds()), "jobs": jobs}
-        return not reasons, body
+def watchdog_seconds() -> float | None:
+    """WatchdogSec as systemd passes it ($WATCHDOG_USEC, for $WATCHDOG_PID when set); None when the
+    unit has no watchdog."""
+    usec, pid = os.environ.get("WATCHDOG_USEC"), os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        seconds = int(usec) / 1_000_000
+    except ValueError:
+        log.warning("WATCHDOG_USEC is not a number: ignored", extra={"event": "notify_failed"})
+        return None
+    return seconds if seconds > 0 else None
+
+
+class JobWatch:
+    """Which scheduled jobs are running, and since when each last made progress (its start, or a
+    `progress` call: with many accounts, each account's sync finished)."""
+
+    def __init__(self, deadline_seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.deadline_seconds = deadline_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._busy_since: dict[str, float] = {}
+        self._names: set[str] = set()
+        self._stalled = False
+
+    def watched(self, name: str, run: Callable[[], object]) -> Callable[[], object]:
+        """`run`, with its start and end noted under `name`."""
+        self._names.add(name)
+        def run_watched():
+            with self._lock:
+                self._busy_since[name] = self._clock()
+            try:
+                return run()
+            finally:
+                with self._lock:
+                    self._busy_since.pop(name, None)
+        return run_watched
+
+    def progress(self, run: dict) -> None:
+        """A run finished (a run listener): its job got on, or, when it is no scheduled job's own
+        run (an account's, in the accounts' pass), every running job did."""
+        with self._lock:
+            now = self._clock()
+            names = [run["job"]] if run.get("job") in self._names else list(self._busy_since)
+            for name in names:
+                if name in self._busy_since:
+                    self._busy_since[name] = now
+
+    def overdue(self) -> dict[str, float]:
+        """The jobs running past the deadline without progress: name -> seconds since."""
+        with self._lock:
+            now = self._clock()
+            return {name: now - since for name, since in self._busy_since.items()
+                    if now - since > self.deadline_seconds}
+
+    def heartbeat(self, send: Callable[..., bool] = notify) -> None:
+        """The scheduler's heartbeat job: WATCHDOG=1 while no job is overdue."""
+        overdue = self.overdue()
+        if overdue:
+            if not self._stalled:  # said once, not at every beat
+                log.error("watchdog: %s past the deadline of %.0fs without progress; no longer telling "
+                          "systemd all is well", ", ".join(f"{name} ({seconds:.0f}s)" for name, seconds in overdue.items()),
+                          self.deadline_seconds, extra={"event": "watchdog_stalled"})
+            self._stalled = True
+            return
+        if self._stalled:
+            log.info("watchdog: the jobs got on again", extra={"event": "watchdog_resumed"})
+            self._stalled = False
+        send(WATCHDOG)
 
 
 class Probes:
-    """/livez and /readyz. Live: the scheduler runs and no job is past its deadline (the systemd
-    watchdog's own rule). Ready: live, MongoDB answers a ping within PING_TIMEOUT_SECONDS, and the
-    last run of no scheduled job failed."""
+    """/livez, /readyz and /healthz of `service` (a worker.app.Runtime). Live: the scheduler runs
+    and no job is past its deadline (the watchdog's own rule). Ready: live, MongoDB answers a ping
+    within PING_TIMEOUT_SECONDS, and the last run of no scheduled job failed. Healthy: the scheduler
+    runs and every job's last successful run (ok or partial) is younger than HEALTH_MAX_AGE_INTERVALS
+    sync intervals. A job that has not succeeded since the daemon started (`started_at`) is measured
+    from the start: a fresh install, or a daemon restarted after downtime, is healthy for that long
+    while its first runs catch up."""
 
-    def __init__(self, *, is_scheduling: Callable[[], bool], ping: Callable[[], object],
-                 last_status: Callable[[str], str | None], jobs: Iterable[str], watch: "JobWatch | None" = None):
+    def __init__(self, service, is_scheduling: Callable[[], bool], started_at: datetime | None = None,
+                 watch: JobWatch | None = None):
+        settings = service.settings
+        self.max_age = timedelta(minutes=settings.sync_interval_minutes) * settings.health_max_age_intervals
+        self.jobs = [job.name for job in service.scheduled_jobs()]
+        self.started_at = started_at or utcnow()
+        self._service = service
         self._is_scheduling = is_scheduling
-        self._ping = ping
-        self._last_status = last_status
-        self._jobs = tuple(jobs)
         self._watch = watch
 
-    def live(self) -> tuple[bool, dict]:
+    def live(self) -> tuple[int, bytes, str]:
+        return _verdict(self._live_reasons(), "ok", "not live")
+
+    def ready(self) -> tuple[int, bytes, str]:
+        reasons = self._live_reasons()
+        try:
+            with pymongo.timeout(PING_TIMEOUT_SECONDS):
+                self._service.db.command("ping")
+        except Exception as exc:  # noqa: BLE001 - any failure to answer is "not ready", said in the body
+            reasons.append(f"MongoDB did not answer a ping within {PING_TIMEOUT_SECONDS:g}s: {describe_failure(exc)}")
+        last_status = self._service.metrics.last_status
+        reasons += [f"{job}: its last run failed" for job in self.jobs if last_status(job) == "failed"]
+        return _verdict(reasons, "ready", "not ready")
+
+    def healthy(self) -> tuple[int, bytes, str]:
+        now, max_age = utcnow(), self.max_age.total_seconds()
+        reasons = [] if self._is_scheduling() else ["the scheduler is not running"]
+        jobs = {}
+        for job in self.jobs:
+            last = self._service.last_success_at(job)
+            since_start = last is None or last < self.started_at
+            age = (now - (self.started_at if since_start else last)).total_seconds()
+            jobs[job] = {"lastSuccessAt": last.isoformat(timespec="seconds") + "Z" if last else None,
+                         "ageSeconds": round(age)}
+            if age > max_age:
+                since = f"none since the start {age:.0f}s ago" if since_start else f"the last one finished {age:.0f}s ago"
+                reasons.append(f"{job}: no successful run within {max_age:.0f}s ({since})")
+        return _verdict(reasons, "ok", "unhealthy", maxAgeSeconds=round(max_age), jobs=jobs)
+
+    def _live_reasons(self) -> list[str]:
         reasons = [] if self._is_scheduling() else ["the scheduler is not running"]
         if self._watch is not None:
             reasons += [f"{job}: running for {seconds:.0f}s without progress (deadline "
                         f"{self._watch.deadline_seconds:.0f}s)" for job, seconds in self._watch.overdue().items()]
-        return _verdict(reasons, "ok", "not live")
+        return reasons
 
-    def ready(self) -> tuple[bool, dict]:
-        _live, body = self.live()
-        reasons = list(body["reasons"])
+
+def _verdict(reasons: list[str], good: str, bad: str, **more) -> tuple[int, bytes, str]:
+    body = {"status": bad if reasons else good, "reasons": reasons, **more}
+    return 503 if reasons else 200, json.dumps(body).encode(), JSON
+
+
+class RunMetrics:
+    def __init__(self, jobs: Iterable[str], *, queue_depth: Callable[[], int] | None, llm_configured: bool = False,
+                 refresh_after_runs: bool = True):
+        """`queue_depth`: how many calls wait for analysis, read after each run and by the
+        refresher; None with many accounts (each account's queue is its own, and a count across
+        them would scan). `refresh_after_runs`: read the refreshed gauges again after each run (one
+        account); with many accounts only the listener's refresher reads them, every few seconds,
+        not once per account's run."""
+        self._refresh_after_runs = refresh_after_runs
+        self.jobs = tuple(jobs)
+        self.registry = CollectorRegistry()
+        self._lock = threading.Lock()
+        self._last_success: dict[str, datetime] = {}
+        self._last_status: dict[str, str] = {}
+        self._refreshed: list[_Refreshed] = []
+        registry = self.registry
+        self.runs = Counter("callsync_runs", "Job runs finished, by job and status",
+                            ["job", "status"], registry=registry)
+        self.records_written = Counter(
+            "callsync_records_written",
+            "Documents written by the jobs (crm_sync: customers, call_processor: calls), by operation",
+            ["job", "operation"], registry=registry)
+        self.run_errors = Counter("callsync_run_errors", "Errors recorded on job runs", ["job"],
+                                  registry=registry)
+        self.analyses = Counter("callsync_llm_calls", "Calls taken from the analysis queue, by outcome",
+                                ["outcome"], registry=registry)
+        self.fallbacks = Counter("callsync_llm_fallbacks",
+                                 "Analyses made by the offline heuristic instead of the LLM", registry=registry)
+        self.tokens = Counter("callsync_llm_tokens", "LLM tokens used, by kind", ["kind"], registry=registry)
+        self.cost = Counter("callsync_llm_cost_usd",
+                            "Estimated LLM cost in US dollars, from the price table (LLM_PRICES)",
+                            registry=registry)
+        self.fallback_ratio = Gauge(
+            "callsync_llm_fallback_ratio",
+            "Share of analyses made by the offline heuristic, in the last run that analyzed any call",
+            registry=registry)
+        self.last_success = Gauge("callsync_last_success_timestamp_seconds",
+                                  "When the last ok or partial run of each job finished (Unix time)",
+                                  ["job"], registry=registry)
+        self.budget_spent = Counter("callsync_llm_budget_exhausted",
+                                    "Runs whose LLM request budget (LLM_REQUEST_BUDGET) ran out, leaving calls queued",
+                                    registry=registry)
+        # 1 when a Groq key is set (with many accounts: the daemon's own): without one every
+        # analysis is the heuristic's by design, and the fallback ratio is no alarm.
+        Gauge("callsync_llm_configured", "1 when a Groq API key is configured", registry=registry).set(
+            int(llm_configured))
+        self.duration = Histogram("callsync_run_duration_seconds", "How long each finished run took, by job",
+                                  ["job"], buckets=DURATION_BUCKETS, registry=registry)
+        self.bolna_requests = Counter("callsync_bolna_requests", "Requests to Bolna's API, by outcome "
+                                      "(ok, retried, 429, error)", ["outcome"], registry=registry)
+        self.llm_requests = Counter("callsync_llm_requests", "Requests to Groq's chat completions, by outcome "
+                                    "(ok, retried, 429, error)", ["outcome"], registry=registry)
+        Info("callsync_build", "The running build", registry=registry).info(
+            # Set by the image build (Dockerfile's CALLSYNC_VERSION).
+            {"version": os.environ.get("CALLSYNC_VERSION") or "dev", "python": platform.python_version()})
+        # The process's CPU, memory, file descriptors and start time; the interpreter's GC.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            registry.register(collector)
+        if queue_depth is not None:
+            self.refreshed("callsync_analysis_queue_depth", "Calls stored final and not analyzed yet", queue_depth)
+        # Every series exists from the start, so a rate over the first failure is not lost.
+        for job in self.jobs:
+            for status in RUN_STATUSES:
+                self.runs.labels(job, status)
+            for operation in WRITE_COUNTS:
+                self.records_written.labels(job, operation)
+            self.run_errors.labels(job)
+        for outcome in OUTCOME_COUNTERS:
+            self.analyses.labels(outcome)
+        for kind in TOKEN_KINDS:
+            self.tokens.labels(kind)
+        for outcome in REQUEST_OUTCOMES:
+            self.bolna_requests.labels(outcome)
+            self.llm_requests.labels(outcome)
+
+    def refreshed(self, name: str, help: str, read: Callable[[], object], label: str | None = None) -> None:
+        """A gauge of what `read` returns from MongoDB, read by `refresh` (never at scrape)."""
+        gauge = _Refreshed(name, help, read, label)
+        self.registry.register(gauge)
+        self._refreshed.append(gauge)
+
+    def refresh(self) -> None:
+        """Read the refreshed gauges again, each within REFRESH_TIMEOUT_SECONDS."""
+        for gauge in self._refreshed:
+            gauge.refresh()
+
+    def observe_requests(self, bolna: RequestOutcomes, llm: GroqAnalyzer | None) -> None:
+        """Count the outcome of each request to Bolna (`bolna`: its client's outcomes) and to Groq."""
+        bolna.subscribe(lambda outcome: self.bolna_requests.labels(outcome).inc())
+        if llm is not None:
+            llm.outcomes.subscribe(lambda outcome: self.llm_requests.labels(outcome).inc())
+
+    def observe_cursors(self, db: Database) -> None:
+        """Each job's oldest cursor, in single-account mode (`db`: the account's view). With many
+        accounts there is none: a series per account is unbounded, and the oldest over all of them
+        would scan every account's state (`status --account` shows one account's)."""
+        def read() -> dict[str, float]:
+            cursors = {job: oldest_cursor(db[SYNC_STATE], job) for job in self.jobs}
+            return {job: unix_seconds(cursor) for job, cursor in cursors.items() if cursor is not None}
+        self.refreshed("callsync_cursor_timestamp_seconds",
+                       "Each job's oldest cursor (Unix time, by Bolna's clock): every call created before it "
+                       "is stored; time() minus it is the sync's lag", read, label="job")
+
+    def last_status(self, job: str) -> str | None:
+        """The status of the last run of `job` this process finished (None before the first)."""
+        with self._lock:
+            return self._last_status.get(job)
+
+    def load_last_successes(self, runs: RunRecords) -> None:
+        for job in self.jobs:
+            record = runs.last_success(job)
+            if record and record.get("finishedAt"):
+                self._set_last_success(job, record["finishedAt"])
+
+    def observe_run(self, run: dict) -> None:
+        """A `RunRecords` listener: count one finished run's record."""
+        job, counts = run["job"], run.get("counts", {})
+        self.runs.labels(job, run["status"]).inc()
+        for operation in WRITE_COUNTS:
+            self.records_written.labels(job, operation).inc(counts.get(operation, 0))
+        self.run_errors.labels(job).inc(counts.get("errors", 0))
+        for outcome, counter in OUTCOME_COUNTERS.items():
+            self.analyses.labels(outcome).inc(counts.get(counter, 0))
+        for kind, counter in TOKEN_KINDS.items():
+            self.tokens.labels(kind).inc(counts.get(counter, 0))
+        self.cost.inc(counts.get("costUsd", 0))
+        self.budget_spent.inc(counts.get("llmBudgetSpent", 0))
+        fallbacks = counts.get("fallback", 0)
+        self.fallbacks.inc(fallbacks)
+        # Both ok and failed analyses may carry a heuristic result; skips carry none.
+        analyzed = counts.get("analyzed", 0) + counts.get("failed", 0)
+        if analyzed:
+            self.fallback_ratio.set(fallbacks / analyzed)
+        if run["status"] in SUCCESSFUL:
+            self._set_last_success(job, run["finishedAt"])
+        self.duration.labels(job).observe((run["finishedAt"] - run["startedAt"]).total_seconds())
+        with self._lock:
+            self._last_status[job] = run["status"]
+        if self._refresh_after_runs:
+            self.refresh()  # what the run changed in MongoDB, shown at the next scrape
+
+    def last_success_at(self, job: str) -> datetime | None:
+        with self._lock:
+            return self._last_success.get(job)
+
+    def _set_last_success(self, job: str, finished_at: datetime) -> None:
+        with self._lock:
+            self._last_success[job] = finished_at
+        self.last_success.labels(job).set(unix_seconds(finished_at))
+
+
+def observe_webhooks(metrics: RunMetrics, tally: DeliveryTally, waiting: Callable[[], int]) -> None:
+    """Webhook deliveries by outcome and the lag of their writes, as this process sees them; the
+    inbox's deliveries waiting to be written (`waiting`, read by the refresh)."""
+    metrics.refreshed("callsync_webhook_inbox_waiting", "Webhook deliveries stored and not written yet", waiting)
+    deliveries = Counter("callsync_webhook_deliveries", "Webhook deliveries, by outcome", ["outcome"],
+                         registry=metrics.registry)
+    lag = Histogram("callsync_webhook_lag_seconds",
+                    "Seconds from Bolna's updated_at of a delivered call to its write", buckets=LAG_BUCKETS,
+                    registry=metrics.registry)
+    for outcome in OUTCOMES:
+        deliveries.labels(outcome)
+    tally.on_outcome = lambda outcome, n: deliveries.labels(outcome).inc(n)
+    tally.on_lag = lag.observe
+
+
+def observe_accounts(metrics: RunMetrics, counts: Callable[[], dict[str, int]]) -> None:
+    """Accounts by schedule state (running, due, waiting, refused, retired), read by the refresh."""
+    metrics.refreshed("callsync_accounts", "Accounts in the schedule, by state (TENANT_SOURCE=mongodb)", counts,
+                      label="state")
+
+
+class _Refreshed:
+    """A gauge of a value read from MongoDB: what it counts also changes by other daemons' work
+    (another replica, `reanalyze`), so it is read again, by `refresh`. A scrape shows the last value
+    read (no series before the first read succeeded). `label`: the read returns a number per value of it."""
+
+    def __init__(self, name: str, help: str, read: Callable[[], object], label: str | None = None):
+        self._name, self._help, self._read = name, help, read
+        self._labels = [label] if label else []
+        self._samples: list[tuple[list[str], float]] | None = None
+
+    def refresh(self) -> None:
         try:
-            with pymongo.timeout(PING_TIMEOUT_SECONDS):
-                self._ping()
-        except Exception as exc:  # noqa: BLE001 - any failure to answer is "not ready", said in the body
-            reasons.append(f"MongoDB did not answer a ping within {PING_TIMEOUT_SECONDS:g}s: {describe_failure(exc)}")
-        reasons += [f"{job}: its last run failed" for job in self._jobs if self._last_status(job) == "failed"]
-        return _verdict(reasons, "ready", "not ready")
+            with pymongo.timeout(REFRESH_TIMEOUT_SECONDS):
+                value = self._read()
+        except PyMongoError as exc:
+            # The last value stays; the scrape answers at once with it and every other metric.
+            log.warning("%s not refreshed: %s", self._name, type(exc).__name__, extra={"event": "metrics_degraded"})
+            return
+        self._samples = ([([label], number) for label, number in value.items()] if self._labels
+                         else [([], value)])
 
-
-def _verdict(reasons: list[str], good: str, bad: str) -> tuple[bool, dict]:
-    return not reasons, {"status": bad if reasons else good, "reasons": reasons}
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        samples = self._samples
+        if samples is None:
+            return
+        family = GaugeMetricFamily(self._name, self._help, labels=self._labels)
+        for labels, number in samples:
+            family.add_metric(labels, number)
+        yield family
 
 
 class HealthServer:
-    """The listener: an asyncio loop in one thread, the checks in a pool of CHECK_THREADS, and a
-    thread that refreshes the metrics read from MongoDB."""
-
-    def __init__(self, check: HealthCheck, probes: Probes, metrics: "RunMetrics", host: str, port: int, *,
-                 read_timeout: float = READ_TIMEOUT_SECONDS, max_connections: int = MAX_CONNECTIONS):
+    def __init__(self, probes: Probes, metrics: RunMetrics, host: str, port: int, *,
+                 read_timeout: float = READ_TIMEOUT_SECONDS):
         self._routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
-            "/livez": lambda: _json(*probes.live()),
-            "/readyz": lambda: _json(*probes.ready()),
-            "/healthz": lambda: _json(*check.evaluate()),
+            "/livez": probes.live, "/readyz": probes.ready, "/healthz": probes.healthy,
             "/metrics": lambda: (200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST),
         }
         self._metrics = metrics
         self._read_timeout = read_timeout
-        self._max_connections = max_connections
         self._connections = 0
         self._checks = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="health-check")
         self._loop = asyncio.new_event_loop()
@@ -140,15 +458,13 @@ class HealthServer:
     @property
     def address(self) -> tuple[str, int]:
         """The bound host and port (the port is chosen by the system when 0 was asked)."""
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return host, port
+        return self._server.sockets[0].getsockname()[:2]
 
     def start(self) -> HealthServer:
         self._thread.start()
         self._refresher.start()
-        host, port = self.address
-        log.info("health and metrics listening on http://%s:%d (/livez, /readyz, /healthz, /metrics)", host, port,
-                 extra={"event": "health_listening"})
+        log.info("health and metrics listening on http://%s:%d (/livez, /readyz, /healthz, /metrics)",
+                 *self.address, extra={"event": "health_listening"})
         return self
 
     def stop(self) -> None:
@@ -179,7 +495,7 @@ class HealthServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections += 1  # only this loop's thread touches it
         try:
-            if self._connections > self._max_connections:
+            if self._connections > MAX_CONNECTIONS:
                 return
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._read_timeout)
@@ -206,34 +522,17 @@ class HealthServer:
         try:
             return await asyncio.wait_for(self._loop.run_in_executor(self._checks, route), CHECK_TIMEOUT_SECONDS)
         except asyncio.TimeoutError:
-            return 503, json.dumps({"status": "unknown", "reasons": [
-                f"the check did not finish within {CHECK_TIMEOUT_SECONDS:g}s"]}).encode(), JSON
+            return _verdict([f"the check did not finish within {CHECK_TIMEOUT_SECONDS:g}s"], "", "unknown")
         except Exception as exc:  # noqa: BLE001 - a failing check is a 503 that says why, never a dropped probe
             log.warning("health check %s failed: %s", path, describe_failure(exc), extra={"event": "health_check_failed"})
-            return 503, json.dumps({"status": "unknown", "reasons": [describe_failure(exc)]}).encode(), JSON
+            return _verdict([describe_failure(exc)], "", "unknown")
 
 
-_REASONS = {200: b"OK", 404: b"Not Found", 405: b"Method Not Allowed", 503: b"Service Unavailable"}
-
-
-def _json(healthy: bool, body: dict) -> tuple[int, bytes, str]:
-    return 200 if healthy else 503, json.dumps(body).encode(), JSON
-
-
-def serve_health(service: "Runtime", is_scheduling: Callable[[], bool], started_at: datetime | None = None,
-                 watch: "JobWatch | None" = None, **limits) -> HealthServer:
-    """Start the listener on HEALTH_HOST:HEALTH_PORT, with `service`'s metrics and the last
-    successes of its scheduled jobs. `started_at`: when the daemon started (default: now);
-    `watch`: the jobs' deadlines (the daemon's), for /livez; `limits`: HealthServer's bounds."""
+def serve_health(service, is_scheduling: Callable[[], bool], started_at: datetime | None = None,
+                 watch: JobWatch | None = None, **limits) -> HealthServer:
+    """Start the listener on HEALTH_HOST:HEALTH_PORT for `service` (a worker.app.Runtime): its
+    probes (`started_at`: when the daemon started, default now; `watch`: the jobs' deadlines, for
+    /livez) and its metrics; `limits`: HealthServer's bounds."""
     settings = service.settings
-    max_age = timedelta(minutes=settings.sync_interval_minutes) * settings.health_max_age_intervals
-    jobs = [job.name for job in service.scheduled_jobs()]
-    check = HealthCheck(jobs, max_age, is_scheduling=is_scheduling, last_success=service.last_success_at,
-                        started_at=started_at)
-    probes = Probes(is_scheduling=is_scheduling, ping=lambda: service.db.command("ping"),
-                    last_status=service.metrics.last_status, jobs=jobs, watch=watch)
-    return HealthServer(check, probes, service.metrics, settings.health_host, settings.health_port, **limits).start()
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat(timespec="seconds") + "Z" if moment else None
+    probes = Probes(service, is_scheduling, started_at, watch)
+    return HealthServer(probes, service.metrics, settings.health_host, settings.health_port, **limits).start()

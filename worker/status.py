@@ -14,8 +14,7 @@ from services import lease
 from services.database import CALLS, CONTACTS, CUSTOMERS
 from services.run_records import stale_after
 from services.tenancy.schedule import STATES
-from services.webhooks.inbox import Inbox
-from services.webhooks.tally import DeliveryTally
+from services.webhooks import DeliveryTally, Inbox
 from utils.clock import utcnow
 from utils.table import format_table
 from worker.app import CALL_PROCESSOR, JOB_NAMES, Runtime

@@ -4,24 +4,61 @@
 It accepts fast and never loses: a delivery is checked (sender, token, size, JSON with an id and
 a date), stored in the inbox, and answered 200; the processor writes it moments later. Nothing a
 caller sends produces a traceback or a 500: every failure is an answer chosen here, and a
-database that cannot store the delivery answers 503, which Bolna retries."""
+database that cannot store the delivery answers 503, which Bolna retries.
+
+Who may deliver: Bolna signs nothing, so besides the path's token the documented protection is the
+list of addresses it sends from. Behind a reverse proxy the sender is in X-Forwarded-For, which
+anyone can write: it is believed only from the configured proxies.
+
+Which account a delivery is for: the token in its URL says. Single-account mode has one token,
+WEBHOOK_TOKEN. With many accounts (TENANT_SOURCE=mongodb) each account has its own, derived from
+WEBHOOK_TOKEN and the account's id:
+
+    token = HMAC-SHA256(key=WEBHOOK_TOKEN, message=str(account id)), in hex
+
+so no token is stored anywhere, a CRM front end holding the secret can show each account its
+URL, and one account's URL tells nothing of another's.
+
+Why waitress still: it reads each request whole in its event loop before a worker thread sees it,
+so a slow or idle client holds a socket, never a thread. What it lacks against connection floods
+(slowloris) is added here:
+
+- many connections: `connection_limit` far above waitress' 100 (which 100 idle sockets filled,
+  stopping every delivery before its token or sender was looked at), watched with poll() rather
+  than select() (which cannot watch a descriptor numbered 1024 or more);
+- the process's descriptor limit raised to what that needs (its soft limit up to the hard one);
+- an idle connection closed after `idle_seconds`, and a request that has been arriving for longer
+  than `request_seconds` (a client trickling a byte at a time keeps a connection active, but not
+  for ever) closed too; both checked every `check_seconds`;
+- at most `per_address` connections from one peer address: a flood from one address fills its own
+  allowance and nothing else. A trusted proxy (WEBHOOK_TRUSTED_PROXIES) is not bounded: it carries
+  every sender's connections, and buffers a request whole before it opens one to us.
+"""
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 import json
 import logging
+import resource
+import socket
+import struct
 import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 from pymongo.errors import PyMongoError
 from waitress import wasyncore
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
 
 from models.execution import MalformedExecution, parse_execution
 from services.run_records import describe_failure
-from services.webhooks.inbox import Inbox, InboxFull
-from services.webhooks.routes import AccountRoutes, SingleRoute
-from services.webhooks.senders import SenderPolicy
-from services.webhooks.tally import DeliveryTally
-from worker.bounded_server import BoundedServer, ConnectionLimits
+from services.webhooks import DeliveryTally, Inbox, InboxFull, InboxProcessor
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +69,259 @@ HARD_BODY_FACTOR = 4
 # A throttled account's deliveries are asked again after this: time for the processor to drain
 # thousands of waiting deliveries.
 RETRY_AFTER_SECONDS = 30
+# Descriptors kept for the rest of the process (MongoDB's pool, Bolna and Groq clients, the health
+# server, files) beside the listener's connections.
+RESERVED_DESCRIPTORS = 512
+ACCEPTS_PER_PASS = 64
+# SO_LINGER on, 0 s: close() resets the connection, so no TIME_WAIT is kept for a flood's sockets.
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
-Answer = tuple[str, dict]
-NOT_FOUND: Answer = ("404 Not Found", {"error": "not found"})
+NOT_FOUND = ("404 Not Found", {"error": "not found"})
 
 
-class WebhookApp:
-    """The WSGI application. `routes`: the token in the path to the inbox of its account (a
-    SingleRoute or AccountRoutes); `on_accept`: called after a delivery was stored (wakes the processor)."""
+def _networks(values: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(value, strict=False) for value in values)
 
-    def __init__(self, routes: SingleRoute | AccountRoutes, senders: SenderPolicy, tally: DeliveryTally, *,
-                 max_body_bytes: int, region: str, on_accept: Callable[[], None] = lambda: None):
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+    # An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped or address
+
+
+class SenderPolicy:
+    def __init__(self, allowed: Iterable[str] | None, trusted_proxies: Iterable[str] = ()):
+        """`allowed`: addresses or ranges that may deliver; None lets anyone (the token still holds)."""
+        self.allowed = None if allowed is None else _networks(allowed)
+        self.trusted_proxies = _networks(trusted_proxies)
+
+    def admits(self, peer: str, forwarded_for: str | None) -> bool:
+        """The delivering address is allowed: the peer, or, when the peer is a trusted proxy, the
+        nearest address in X-Forwarded-For that is not one of the trusted proxies (the hops before
+        it were written by the client and prove nothing)."""
+        if self.allowed is None:
+            return True
+        sender = _address(peer)
+        if self._trusted(sender) and forwarded_for:
+            # A hop that is no address (None): a proxy we trust wrote it, and it is refused.
+            hops = (_address(hop) for hop in reversed(forwarded_for.split(",")))
+            sender = next((hop for hop in hops if not self._trusted(hop)), sender)
+        return sender is not None and any(sender in network for network in self.allowed)
+
+    def is_trusted_proxy(self, peer: str) -> bool:
+        return self._trusted(_address(peer))
+
+    def _trusted(self, address) -> bool:
+        return address is not None and any(address in network for network in self.trusted_proxies)
+
+
+def account_token(secret: str, tenant_id: object) -> str:
+    return hmac.new(secret.encode(), str(tenant_id).encode(), hashlib.sha256).hexdigest()
+
+
+def _digest(token: str) -> bytes:
+    # WSGI paths are latin-1 text of the raw bytes.
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+class AccountRoutes:
+    """Every listed account's token, leading to that account's inbox. The map is replaced whole
+    when the accounts are read again (`update`): an account that joins gets its URL then, one that
+    leaves loses it."""
+
+    def __init__(self, secret: str, inbox_of: Callable[[object], Inbox]):
+        self._secret = secret
+        self._inbox_of = inbox_of
+        self._accounts: dict[bytes, object] = {}
+
+    def update(self, tenant_ids: Iterable[object]) -> None:
+        self._accounts = {_digest(account_token(self._secret, tenant_id)): tenant_id for tenant_id in tenant_ids}
+
+    def inbox_for(self, token: str) -> Inbox | None:
+        # Looked up by a digest of the token: how long a lookup takes depends on the digest, which
+        # tells a guesser nothing about the token, nor how much of a guess was right.
+        accounts, digest = self._accounts, _digest(token)  # `update` replaces the map, never changes it
+        return self._inbox_of(accounts[digest]) if digest in accounts else None
+
+
+class SingleRoute(AccountRoutes):
+    """The one account of the environment, behind WEBHOOK_TOKEN itself."""
+
+    def __init__(self, token: str, inbox: Inbox):
+        super().__init__(token, lambda _account: inbox)
+        self._accounts = {_digest(token): None}
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    connections: int = 4096  # open at once, all peers together
+    per_address: int = 32  # open at once from one peer address
+    idle_seconds: float = 10.0  # a connection with nothing sent nor answered this long is closed
+    request_seconds: float = 15.0  # a request still arriving this long after its first byte is closed
+    check_seconds: float = 1.0  # how often the two timeouts above are checked
+    backlog: int = 1024  # connections the kernel queues before they are accepted
+
+
+def raise_descriptor_limit(wanted: int) -> int:
+    """The soft limit on open descriptors raised towards `wanted` (never above the hard limit, never
+    lowered); the limit in force after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft
+
+
+class _Channel(HTTPChannel):
+    """A connection that remembers when its current request began, and is counted against its peer
+    address (by the server, when accepted) until it is closed."""
+    request_began: float | None = None
+    counted_peer: str | None = None
+
+    def received(self, data):
+        if self.request is None and data:
+            self.request_began = time.monotonic()
+        return super().received(data)
+
+    def del_channel(self, map=None):
+        super().del_channel(map)
+        peer, self.counted_peer = self.counted_peer, None
+        if peer is not None:
+            self.server.peer_closed(peer)
+
+
+class BoundedServer(TcpWSGIServer):
+    channel_class = _Channel
+
+    def __init__(self, application, *, host: str, port: int, limits: ConnectionLimits,
+                 unbounded_peer: Callable[[str], bool], **options):
+        """`unbounded_peer(address)`: True for a peer the per-address bound does not apply to (a
+        trusted proxy). `options`: waitress' own settings."""
+        self._unbounded_peer = unbounded_peer
+        self._per_peer: Counter = Counter()
+        self._peers_lock = threading.Lock()
+        available = raise_descriptor_limit(limits.connections + RESERVED_DESCRIPTORS) - RESERVED_DESCRIPTORS
+        if available < limits.connections:
+            limits = replace(limits, connections=max(available, 64))
+            log.warning("the process may open %d descriptors: the webhook listener holds at most %d connections; "
+                        "raise `ulimit -n` for more", available + RESERVED_DESCRIPTORS, limits.connections,
+                        extra={"event": "webhook_descriptor_limit"})
+        self.limits = limits
+        adj = Adjustments(host=host, port=port, connection_limit=limits.connections,
+                          channel_timeout=limits.idle_seconds, cleanup_interval=limits.check_seconds,
+                          backlog=limits.backlog, asyncore_use_poll=True, **options)
+        super().__init__(application, map={}, adj=adj, sockinfo=adj.listen[0])
+
+    def handle_accept(self):
+        # waitress accepts one connection per pass of its loop, and a pass walks every open
+        # connection: under a flood, a delivery waited behind the whole accept queue. Up to a batch
+        # at a time here.
+        for _ in range(ACCEPTS_PER_PASS):
+            if len(self._map) >= self.adj.connection_limit:
+                return
+            try:
+                accepted = self.accept()
+                if accepted is None:
+                    return  # the queue is empty
+                conn, addr = accepted
+                self.set_socket_options(conn)
+            except OSError:
+                continue  # the peer left before it was accepted; nothing to serve
+            peer = addr[0]
+            bounded = not self._unbounded_peer(peer)
+            if bounded:
+                with self._peers_lock:
+                    at_bound = self._per_peer[peer] >= self.limits.per_address
+                    if not at_bound:
+                        self._per_peer[peer] += 1
+                if at_bound:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+                    conn.close()
+                    continue
+            try:
+                channel = self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+            except OSError:  # the peer reset it meanwhile
+                conn.close()
+                if bounded:
+                    self.peer_closed(peer)
+                continue
+            if bounded:
+                channel.counted_peer = peer
+
+    def maintenance(self, now):
+        """waitress closes the idle connections; here also those whose request is arriving too slowly."""
+        super().maintenance(now)
+        cutoff = time.monotonic() - self.limits.request_seconds
+        for channel in list(self.active_channels.values()):
+            began = getattr(channel, "request_began", None)
+            if channel.request is not None and not channel.requests and began is not None and began < cutoff:
+                channel.will_close = True
+
+    def peer_closed(self, peer: str) -> None:
+        with self._peers_lock:
+            self._per_peer[peer] -= 1
+            if self._per_peer[peer] <= 0:
+                del self._per_peer[peer]
+
+
+class WebhookListener:
+    """The WSGI application and the server it runs in. `routes`: the token in the path to the inbox
+    of its account; `processor`: woken when a delivery was stored, stopped with the listener;
+    `limits`: how many connections, from one address and in all, and for how long
+    (docs/reliability.md)."""
+
+    def __init__(self, routes: AccountRoutes, senders: SenderPolicy, tally: DeliveryTally, *,
+                 max_body_bytes: int, region: str, host: str, port: int,
+                 limits: ConnectionLimits = ConnectionLimits(), processor: InboxProcessor | None = None):
         self.routes = routes
         self.senders = senders
         self.tally = tally
         self.max_body_bytes = max_body_bytes
         self.region = region
-        self.on_accept = on_accept
+        self.processor = processor
+        self._server = BoundedServer(
+            self, host=host, port=port, limits=limits, unbounded_peer=senders.is_trusted_proxy,
+            threads=THREADS, ident="", max_request_body_size=max_body_bytes * HARD_BODY_FACTOR,
+            # X-Forwarded-For is judged by SenderPolicy against WEBHOOK_TRUSTED_PROXIES, not cleared.
+            clear_untrusted_proxy_headers=False)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="webhook-listener", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._server.effective_host, int(self._server.effective_port)  # waitress gives text
+
+    def start(self) -> WebhookListener:
+        self._thread.start()
+        log.info("webhook listener on http://%s:%d%s<token>", *self.address, PATH_PREFIX,
+                 extra={"event": "webhook_listening"})
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._server.pull_trigger()  # wakes the loop's select at once
+        self._thread.join(10)
+        # The processor after: what the listener accepted until then is in the inbox, for this
+        # processor's last batch or for the next start.
+        if self.processor is not None:
+            self.processor.stop()
+
+    def _serve(self) -> None:
+        """waitress's own loop, one pass at a time so a stop is seen; the sockets are closed here,
+        in the loop's thread, never under a select running in another."""
+        server = self._server
+        try:
+            while not self._stopping.is_set():
+                wasyncore.loop(timeout=1.0, use_poll=server.adj.asyncore_use_poll, map=server._map, count=1)
+        finally:
+            server.task_dispatcher.shutdown()
+            wasyncore.close_all(server._map)
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
         headers = []
@@ -71,7 +344,7 @@ class WebhookApp:
                                 ("Cache-Control", "no-store"), *headers])
         return [payload]
 
-    def _handle(self, environ: dict) -> Answer:
+    def _handle(self, environ: dict) -> tuple[str, dict]:
         path = environ.get("PATH_INFO", "")
         if not path.startswith(PATH_PREFIX):
             return NOT_FOUND
@@ -84,24 +357,11 @@ class WebhookApp:
             return NOT_FOUND
         if environ.get("REQUEST_METHOD") != "POST":
             return "405 Method Not Allowed", {"error": "POST only"}
-        body = self._body(environ)
-        if body is None:
+        # waitress has the body (up to HARD_BODY_FACTOR times the limit): one byte past the limit tells.
+        body = environ["wsgi.input"].read(self.max_body_bytes + 1)
+        if len(body) > self.max_body_bytes:
             self.tally.count("too_large")
             return "413 Content Too Large", {"error": f"the body exceeds {self.max_body_bytes} bytes"}
-        return self._accept(body, inbox)
-
-    def _body(self, environ: dict) -> bytes | None:
-        """The body, or None when it is over the limit (told by Content-Length when sent)."""
-        try:
-            declared = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            declared = 0
-        if declared > self.max_body_bytes:
-            return None
-        body = environ["wsgi.input"].read(self.max_body_bytes + 1)
-        return None if len(body) > self.max_body_bytes else body
-
-    def _accept(self, body: bytes, inbox: Inbox) -> Answer:
         try:
             execution = parse_execution(json.loads(body), self.region)
         except (ValueError, RecursionError, MalformedExecution) as exc:
@@ -110,85 +370,27 @@ class WebhookApp:
             return "400 Bad Request", {"error": reason[:200]}
         if inbox.accept(execution.id, execution.status, execution.updated_at, body):
             self.tally.count("accepted")
-            self.on_accept()
+            if self.processor is not None:
+                self.processor.wake()
             return "200 OK", {"status": "accepted"}
         self.tally.count("duplicate")
         return "200 OK", {"status": "duplicate"}
 
 
-class WebhookListener:
-    def __init__(self, app: WebhookApp, host: str, port: int, limits: ConnectionLimits = ConnectionLimits()):
-        """`limits`: how many connections, from one address and in all, and for how long (see
-        worker/bounded_server.py and docs/reliability.md)."""
-        self._server = BoundedServer(
-            app, host=host, port=port, limits=limits, unbounded_peer=app.senders.is_trusted_proxy,
-            threads=THREADS, ident="", max_request_body_size=app.max_body_bytes * HARD_BODY_FACTOR,
-            # X-Forwarded-For is judged by SenderPolicy against WEBHOOK_TRUSTED_PROXIES, not cleared.
-            clear_untrusted_proxy_headers=False)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="webhook-listener", daemon=True)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self._server.effective_host, int(self._server.effective_port)  # waitress gives text
-
-    def start(self) -> "WebhookListener":
-        self._thread.start()
-        host, port = self.address
-        log.info("webhook listener on http://%s:%d%s<token>", host, port, PATH_PREFIX,
-                 extra={"event": "webhook_listening"})
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._server.pull_trigger()  # wakes the loop's select at once
-        self._thread.join(10)
-
-    def _serve(self) -> None:
-        """waitress's own loop, one pass at a time so a stop is seen; the sockets are closed here,
-        in the loop's thread, never under a select running in another."""
-        server = self._server
-        try:
-            while not self._stopping.is_set():
-                wasyncore.loop(timeout=1.0, use_poll=server.adj.asyncore_use_poll, map=server._map, count=1)
-        finally:
-            server.task_dispatcher.shutdown()
-            wasyncore.close_all(server._map)
-
-
-class WebhookService:
-    """The listener and the inbox's processor, started and stopped together by the daemon."""
-
-    def __init__(self, listener: WebhookListener, processor):
-        self.listener = listener
-        self.processor = processor
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.listener.address
-
-    def stop(self) -> None:
-        # The listener first: what it accepted until then is in the inbox, for this processor's
-        # last batch or for the next start.
-        self.listener.stop()
-        self.processor.stop()
-
-
-def serve_webhooks(app) -> WebhookService:
+def serve_webhooks(app) -> WebhookListener:
     """Start the processor and the listener on WEBHOOK_HOST:WEBHOOK_PORT for `app` (a
-    worker.app.Runtime: one account or many)."""
+    worker.app.Runtime: one account or many); stopping the listener stops the processor after it."""
     settings = app.settings
     senders = SenderPolicy(settings.webhook_allowed_ips, settings.webhook_trusted_proxies)
     if senders.allowed is None:
         log.warning("WEBHOOK_ALLOWED_IPS=any: any address may deliver webhooks; only the token keeps others out",
                     extra={"event": "webhook_senders_open"})
     processor = app.webhook_processor.start()
-    web = WebhookApp(app.webhook_routes, senders, app.deliveries,
-                     max_body_bytes=settings.webhook_max_body_bytes, region=settings.default_phone_region,
-                     on_accept=processor.wake)
     try:
-        listener = WebhookListener(web, settings.webhook_host, settings.webhook_port).start()
+        return WebhookListener(app.webhook_routes, senders, app.deliveries,
+                               max_body_bytes=settings.webhook_max_body_bytes,
+                               region=settings.default_phone_region, host=settings.webhook_host,
+                               port=settings.webhook_port, processor=processor).start()
     except BaseException:
         processor.stop()
         raise
-    return WebhookService(listener, processor)

@@ -161,7 +161,7 @@ def _outcome(claim: Claim, analysis: dict, usage: Usage, cost: float | None, *, 
                    usage=usage, cost_usd=cost, has_contact=has_contact)
 
 
-# Outcome status -> its run-record counter. worker/metrics.py labels its counters by the same
+# Outcome status -> its run-record counter. worker/health.py labels its counters by the same
 # mapping, so the metrics say exactly what the run records say.
 OUTCOME_COUNTERS = {"ok": "analyzed", "failed": "failed", "skipped": "skipped", "released": "released",
                     "claim_lost": "claimLost", "crashed": "crashed"}
