@@ -24,7 +24,7 @@ from services.database import SYNC_STATE
 from services.page_reader import PageRead, PageReader
 from services.read_ahead import read_ahead
 from services.run_records import RunRecorder, describe_failure
-from services.sync_state import PENDING_MAX_AGE, Followed, SyncState, WindowProgress, follow_ups, read_from
+from services.sync_state import PENDING_MAX_AGE, Followed, SyncState, WindowProgress, follow_ups
 
 # What the database says about one page's data (a document too large, a field of the wrong type in
 # an old record): the page is refused, the run goes on. A lost connection is not among them: every
@@ -86,8 +86,8 @@ class ExecutionFeed:
                         recorder.error("stopped before every agent was synced; the next run resumes",
                                        code="interrupted")
                         return
-                    start = read_from(None if full else state.cursor(agent_id), now,
-                                      overlap=self.overlap, backfill=self.backfill)
+                    start = now - self.backfill if full else state.read_from(agent_id, overlap=self.overlap,
+                                                                             backfill=self.backfill)
                     try:
                         self._follow_up(writer, recorder, agent_id, now, state)
                         self._sync_agent(run, agent_id, start)
