@@ -72,6 +72,11 @@ OUTCOMES = ("booked", "callback", "declined", "interested", "no-answer", "voicem
 MARKER = "writer"
 LIVE, STALE = "live", "stale"
 RANKS = StatusRanks()
+# Which call (or state of a call) a rule takes: an index into what exists then, modulo its length.
+# Drawn with the same bounds whatever exists, because what exists may differ between two runs of
+# one example (whether a change armed between pages fired before a crash depends on the read-ahead
+# thread); a draw bounded by it made Hypothesis stop on FlakyStrategyDefinition.
+PICK = st.integers(0, 30)
 
 PROFILES = {
     # The normal test run: bounded so the whole module stays well under a minute on mongomock.
@@ -286,12 +291,12 @@ class SyncModel(RuleBasedStateMachine):
                   created + timedelta(seconds=0 if unfinished else 40))
 
     @precondition(lambda self: self.workers)
-    @rule(data=st.data(), outcome=st.sampled_from(OUTCOMES))
-    def finish_call(self, data, outcome):
+    @rule(pick=PICK, outcome=st.sampled_from(OUTCOMES))
+    def finish_call(self, pick, outcome):
         """An unfinished call ends (late, maybe hours or days after it started)."""
         unfinished = self._unfinished()
         if unfinished:
-            self._finish(data.draw(st.sampled_from(unfinished)), outcome)
+            self._finish(unfinished[pick % len(unfinished)], outcome)
 
     @precondition(lambda self: self.workers)
     @rule(what=st.sampled_from(["new final", "new unfinished", "finish"]), phone=st.integers(0, len(PHONES) - 1),
@@ -342,13 +347,15 @@ class SyncModel(RuleBasedStateMachine):
     def run_job(self, worker, job):
         self._task(worker, job)
 
-    @precondition(lambda self: self.history)
-    @rule(data=st.data(), worker=st.integers(0, 1), process=st.booleans())
-    def deliver_webhook(self, data, worker, process):
+    @precondition(lambda self: self.workers)
+    @rule(pick=PICK, version=PICK, worker=st.integers(0, 1), process=st.booleans())
+    def deliver_webhook(self, pick, version, worker, process):
         """Bolna posts a state of a call (maybe an older one, late); the listener stores it in the
         inbox as it does before answering, and the processor writes it (now or later)."""
-        call_id = data.draw(st.sampled_from(sorted(self.history)))
-        self._deliver(worker, data.draw(st.sampled_from(self.history[call_id])))
+        if not self.history:
+            return
+        states = self.history[sorted(self.history)[pick % len(self.history)]]
+        self._deliver(worker, states[version % len(states)])
         if process:
             self.workers[worker].webhook_processor.process_batch()
 
@@ -428,11 +435,12 @@ class SyncModel(RuleBasedStateMachine):
         self.score = score
         self.groq.extra = self._answer(LIVE)
 
-    @precondition(lambda self: self.history and self.workers)
-    @rule(data=st.data())
-    def reanalyze(self, data):
+    @precondition(lambda self: self.workers)
+    @rule(pick=PICK)
+    def reanalyze(self, pick):
         """`main.py reanalyze` of one call: a new analysis round."""
-        requeue(self.workers[0].db, call_id=data.draw(st.sampled_from(sorted(self.history))))
+        if self.history:
+            requeue(self.workers[0].db, call_id=sorted(self.history)[pick % len(self.history)])
 
     # -- invariants -----------------------------------------------------------------------------
 
