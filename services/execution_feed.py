@@ -86,8 +86,8 @@ class ExecutionFeed:
                         recorder.error("stopped before every agent was synced; the next run resumes",
                                        code="interrupted")
                         return
-                    start = now - self.backfill if full else state.read_from(agent_id, overlap=self.overlap,
-                                                                             backfill=self.backfill)
+                    start = (now - self.backfill if full
+                             else state.read_from(agent_id, overlap=self.overlap, backfill=self.backfill))
                     try:
                         self._follow_up(writer, recorder, agent_id, now, state)
                         self._sync_agent(run, agent_id, start)
