@@ -29,7 +29,7 @@ from models.execution import Execution, MalformedExecution, needs_full_record, p
 from services.bolna_client import BolnaAuthError, BolnaClient, BolnaError
 from services.database import SYNC_STATE
 from services.run_records import RunRecorder, describe_failure
-from services.sync_state import PENDING_MAX_AGE, Followed, SyncState, WindowProgress, follow_ups, read_from
+from services.sync_state import PENDING_MAX_AGE, Followed, SyncState, WindowProgress, follow_ups
 from utils.logging import in_log_context
 
 # What the database says about one page's data (a document too large, a field of the wrong type in
@@ -87,8 +87,8 @@ class ExecutionFeed:
                         recorder.error("stopped before every agent was synced; the next run resumes",
                                        code="interrupted")
                         return
-                    start = read_from(None if full else state.cursor(agent_id), now,
-                                      overlap=self.overlap, backfill=self.backfill)
+                    start = (now - self.backfill if full
+                             else state.read_from(agent_id, overlap=self.overlap, backfill=self.backfill))
                     try:
                         self._follow_up(writer, recorder, agent_id, now, state)
                         self._sync_agent(run, agent_id, start)

@@ -1,9 +1,13 @@
 """A job's sync state per agent, kept in `sync_state`: the cursor, and the calls followed by id.
 
 The cursor is a low-water mark: every call created before it is stored in its final form. The
-rules that keep it one are the pure functions below; `SyncState` only loads and saves.
+rules that keep it one are the pure functions below; `SyncState` loads and saves, and records where
+an agent's first sync starts.
 
-- A run reads from the cursor minus an overlap (or a backfill on the first run).
+- A run reads from the cursor minus an overlap. An agent's first sync reads from where its
+  backfill starts, recorded once for the agent by the first run of either job to get there, before
+  it writes anything: a first sync cut off by a crash and restarted hours later reads from the same
+  point, and both jobs store the same history (`SyncState.read_from`).
 - The cursor moves only after a whole time window was written, to how far every page of it saw
   by Bolna's clock (`WindowPage.read_through`), or to the oldest call that must be read again
   among all the windows of the run so far (`WindowProgress`), whichever is sooner.
@@ -21,7 +25,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from pymongo import UpdateOne
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.collection import Collection
 
 PENDING_HOLD = timedelta(hours=6)
@@ -31,11 +35,6 @@ PENDING_PER_RUN = 50
 # Cursors are saved together: at the end of a run, and during a long backfill every this many
 # completed windows. Losing unsaved ones to a crash only means re-reading (writes are idempotent).
 SAVE_EVERY_WINDOWS = 8
-
-
-def read_from(cursor: datetime | None, now: datetime, *, overlap: timedelta, backfill: timedelta) -> datetime:
-    """Where a run starts reading: a little before the cursor, or the backfill on a first run."""
-    return cursor - overlap if cursor else now - backfill
 
 
 def holds_cursor(unfinished_created_at: datetime, now: datetime) -> bool:
@@ -120,6 +119,21 @@ class SyncState:
     def cursor(self, agent_id: str) -> datetime | None:
         with self._lock:
             return self._agent(agent_id)["cursor"]
+
+    def read_from(self, agent_id: str, *, overlap: timedelta, backfill: timedelta) -> datetime:
+        """Where this run reads the agent from: a little before the cursor; on a first sync, from
+        the agent's backfill start. Recomputing that from "now" would slide it past the oldest
+        calls each time a first sync is cut off and restarted later, after the other job (or the
+        first attempt's links) stored them; so the first proposal is kept, in one atomic upsert
+        (two daemons at once get the same)."""
+        cursor = self.cursor(agent_id)
+        if cursor is not None:
+            return cursor - overlap
+        recorded = self.state.find_one_and_update(
+            {"_id": self.state.local_id(f"backfill:{agent_id}")},
+            {"$setOnInsert": {"agentId": agent_id, "backfillFrom": self.now - backfill}},
+            upsert=True, return_document=ReturnDocument.AFTER)
+        return recorded["backfillFrom"]
 
     def pending(self, agent_id: str) -> dict[str, Followed]:
         with self._lock:

@@ -61,7 +61,7 @@ def test_outage_mid_pagination_holds_the_cursor_and_the_next_run_completes(paged
     assert record["status"] == "partial"
     assert [e["agentId"] for e in record["errors"]] == [broken_agent]
     assert record["agents"][broken_agent]["fetched"] == 20  # page 1 was written, pages 2-3 never came
-    cursors = {state["agentId"] for state in app.db[SYNC_STATE].find()}
+    cursors = {state["agentId"] for state in app.db[SYNC_STATE].find({"job": "crm_sync"})}
     assert cursors == {healthy_agent}  # the broken agent's window was not completed
 
     assert app.run_job("call_processor")["status"] == "ok"
@@ -115,7 +115,7 @@ def test_malformed_page_is_partial_and_the_next_run_completes(paged_settings, mo
     page_two_fails(bolna, data[0], requests, **fault)
     app = app_for(paged_settings, mongo, bolna)
     assert app.run_job("call_processor")["status"] == "partial"
-    assert app.db[SYNC_STATE].count_documents({"agentId": data[0][0]["id"]}) == 0
+    assert app.db[SYNC_STATE].count_documents({"agentId": data[0][0]["id"], "job": "call_processor"}) == 0
     assert app.run_job("call_processor")["status"] == "ok"
     app.run_job("crm_sync")
     assert_matches_ground_truth(app.db, bolna)

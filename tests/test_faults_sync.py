@@ -1,13 +1,14 @@
 """Faults a real deployment meets in the sync: clocks that disagree, a page the database refuses,
 a call whose full record keeps failing. Each ends in the ground-truth check: nothing lost,
 nothing doubled, and the run went on."""
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
+import time_machine
 from pymongo.errors import OperationFailure
 
 from models.execution import parse_time
-from services.database import CALLS, CUSTOMERS, SYNC_STATE
+from services.database import CALLS, CUSTOMERS, SYNC_RUNS, SYNC_STATE
 from services.sync_state import SyncState, WindowProgress
 from tests.faults import app_for, assert_matches_ground_truth, run_both
 from tests.helpers import execution
@@ -89,6 +90,40 @@ def test_a_young_unfinished_call_holds_the_cursor_across_a_catch_up_of_two_windo
                            transcript="assistant: Hello\nuser: Call me tomorrow\n", extracted_data={"name": "Asha"})
     run_both(app)
     assert_matches_ground_truth(app.db, bolna)
+
+
+class CrashAt:
+    """A MongoDB hook: once armed, the process ends (KeyboardInterrupt, which nothing in the daemon
+    catches) at the first write of one kind."""
+
+    def __init__(self, collection: str, method: str):
+        self.target, self.armed = (collection, method), False
+
+    def __call__(self, collection: str, method: str) -> None:
+        if (collection, method) == self.target and self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stored_first, write",
+                         [(True, (SYNC_RUNS, "insert_one")), (False, (CUSTOMERS, "bulk_write"))],
+                         ids=["the call stored, then at its first write", "after its links"])
+def test_a_first_sync_cut_off_by_a_crash_still_reads_its_backfill_when_restarted_hours_later(
+        settings, mongo, bolna_server, stored_first, write):
+    # Near the far end of the first sync's backfill (8 days): 7.8 days old when the daemon starts.
+    bolna = bolna_server([execution(call_id="edge", minutes_ago=int(7.8 * 24 * 60))], AGENTS[:1])
+    settings = settings.with_overrides(backfill_days=8)
+    crash = CrashAt(*write)
+    app = app_for(settings, mongo, bolna, crash)
+    if stored_first:
+        app.run_job("call_processor")
+    crash.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        app.run_job("crm_sync")  # the first customer sync dies before its cursor is saved
+    # Seven hours later (the call is now more than 8 days old) the daemon is started again.
+    with time_machine.travel(datetime.now(timezone.utc) + timedelta(hours=7), tick=True):
+        run_both(app_for(settings, mongo, bolna))
+        assert_matches_ground_truth(app.db, bolna)
 
 
 class RefuseWrites:

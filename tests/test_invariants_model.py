@@ -3,9 +3,10 @@ drives a simulated Bolna (the fake, over real HTTP) and two daemons on one datab
 created at any time on Bolna's clock, calls finishing late, listings changing between pages, pages
 of any size, 7-day windows, a clock offset of up to +-20 minutes, time passing, webhook
 deliveries (in any order, stale states too), a crash at any database write followed by a restart,
-a race at any write between the two daemons, and a claim that expires while its worker waits for
-the LLM. After every step the safety invariants hold; at quiescence (the jobs run until nothing
-changes, with no crash) every invariant holds exactly.
+a race at any write between the two daemons, a claim that expires while its worker waits for the
+LLM, and lead scores that move contacts up and down a sales pipeline. After every step the safety
+invariants hold; at quiescence (the jobs run until nothing changes, with no crash) every invariant
+holds exactly.
 
 Time is the world's: `time_machine` moves the clock of this process (the daemons', the fakes'),
 Bolna's runs `clock_offset` apart from it. Profiles (CALLSYNC_HYPOTHESIS_PROFILE): the default is
@@ -37,14 +38,16 @@ from models.customer import StatusRanks, customer_call
 from models.execution import MalformedExecution, parse_execution, parse_time
 from services import lease
 from services.analyzer.run import claim_lease_seconds
-from services.analyzer.write_back import ACTIVITY_TYPE
-from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, WEBHOOK_INBOX
+from services.analyzer.write_back import ACTIVITY_TYPE, STAGE_CHANGE
+from services.database import (ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, PIPELINES, SYNC_STATE,
+                               WEBHOOK_INBOX)
 from services.sync_state import PENDING_MAX_AGE
 from services.webhooks import LEASE_SECONDS as INBOX_LEASE_SECONDS
 from services.writers import STATUS_CHANGE
 from tests.conftest import RAISED_LIMITS, TEST_DB
 from tests.faults import assert_customers_match, customer_call_ids, expected_customers
 from tests.helpers import requeue
+from tests.test_pipelines import SALES
 from utils.config import ExtraField
 from utils.phone import normalize_phone
 from worker.app import CALL_PROCESSOR, CRM_SYNC, JOB_NAMES, Runtime
@@ -67,6 +70,11 @@ OUTCOMES = ("booked", "callback", "declined", "interested", "no-answer", "voicem
 MARKER = "writer"
 LIVE, STALE = "live", "stale"
 RANKS = StatusRanks()
+# Which call (or state of a call) a rule takes: an index into what exists then, modulo its length.
+# Drawn with the same bounds whatever exists, because what exists may differ between two runs of
+# one example (whether a change armed between pages fired before a crash depends on the read-ahead
+# thread); a draw bounded by it made Hypothesis stop on FlakyStrategyDefinition.
+PICK = st.integers(0, 30)
 
 PROFILES = {
     # The normal test run: bounded so the whole module stays well under a minute on mongomock.
@@ -84,7 +92,7 @@ def profile(name: str) -> hypothesis_settings:
 
 class Figures:
     """What a run of the machine exercised, printed at the end (docs/reliability.md quotes them)."""
-    examples = steps = crashes = races = expiries = webhooks = 0
+    examples = steps = crashes = races = expiries = webhooks = stage_changes = 0
 
 
 def _record(call_id: str, created, status: str, phone: str, outcome: str | None, updated) -> dict:
@@ -103,12 +111,22 @@ def _record(call_id: str, created, status: str, phone: str, outcome: str | None,
         "conversation_duration": 42.0 if spoke else 0.0, "total_cost": 1.0,
         "created_at": iso(created), "updated_at": iso(updated),
         "answered_by_voice_mail": outcome == "voicemail",
-        "transcript": ("assistant: Hello, Skyline Realty here.\nuser: I want to book a site visit for a "
-                       "2 BHK on Saturday, please call me back with the price.\n") if spoke else None,
+        "transcript": _transcript(outcome) if spoke else None,
         "extracted_data": extracted,
         "telephony_data": {"to_number": phone, "from_number": "+918045671234", "call_type": "outbound",
                            "duration": "42" if spoke else "0", "recording_url": None},
     }
+
+
+# How many times the customer speaks in a call of each outcome: the fake LLM scores a lead by it
+# (40 + 10 a turn), so one number's calls move its contact between the pipeline's stages.
+CUSTOMER_TURNS = {"booked": 4, "interested": 3, "callback": 1, "declined": 0}
+
+
+def _transcript(outcome: str) -> str:
+    turns = ["I want to book a site visit for a 2 BHK on Saturday, please call me back with the price.",
+             "Is parking included?", "What about the loan?", "Saturday at ten works."][:CUSTOMER_TURNS[outcome]]
+    return "assistant: Hello, Skyline Realty here.\n" + "".join(f"user: {turn}\n" for turn in turns)
 
 
 def _final_status(outcome: str) -> str:
@@ -136,13 +154,12 @@ class SyncModel(RuleBasedStateMachine):
         self.ids = itertools.count(1)
         self.history: dict[str, list[dict]] = {}  # every state of every call, as Bolna held it
         self.created: set[str] = set()
-        # The jobs that ran: the calls made before the start are within each one's first backfill.
-        self.synced: set[str] = set()
         self.advanced = timedelta(0)
         self.workers: list[Runtime] = []
         self.traps: list[WriteTrap] = []
         self.cues: list[dict] = []
-        self.groq.extra = {MARKER: LIVE}
+        self.score: int | None = None  # the lead score the LLM answers (None: the fake's own)
+        self.groq.extra = self._answer(LIVE)
         self.groq.clear_request_actions()
         self.skew = timedelta(0)
         self.initial_status: dict[str, str] = {}  # a legacy record's status, before any change
@@ -153,10 +170,12 @@ class SyncModel(RuleBasedStateMachine):
                 page_size=st.integers(1, 4),
                 earlier=st.lists(st.tuples(st.floats(0.01, 7.9), st.integers(0, len(PHONES) - 1),
                                            st.sampled_from(OUTCOMES)), max_size=4),
-                legacy=st.booleans())
-    def start(self, skew_minutes, overlap, page_size, earlier, legacy):
+                legacy=st.booleans(), pipeline=st.booleans())
+    def start(self, skew_minutes, overlap, page_size, earlier, legacy, pipeline):
         """Bolna's clock `skew_minutes` off the daemons'; calls made over the last 8 days, their
-        customers already stored by an old version (`legacy`) under another spelling."""
+        customers already stored by an old version (`legacy`) under another spelling; with
+        `pipeline`, each analysis places the contact in a stage of the sales pipeline (and audits
+        it)."""
         self.skew = timedelta(minutes=skew_minutes)
         self.bolna.clock_offset = self.skew
         self.settings = self.base_settings.with_overrides(
@@ -164,6 +183,8 @@ class SyncModel(RuleBasedStateMachine):
         for days, phone, outcome in earlier:
             created = self.bolna.now() - timedelta(days=days)
             self._add(created, _final_status(outcome), phone, outcome, created + timedelta(minutes=3))
+        if pipeline:
+            self.mongo[TEST_DB][PIPELINES].insert_one(dict(SALES))
         self.workers = [self._build(index) for index in range(2)]
         if legacy:
             self._store_legacy_customers()
@@ -268,12 +289,12 @@ class SyncModel(RuleBasedStateMachine):
                   created + timedelta(seconds=0 if unfinished else 40))
 
     @precondition(lambda self: self.workers)
-    @rule(data=st.data(), outcome=st.sampled_from(OUTCOMES))
-    def finish_call(self, data, outcome):
+    @rule(pick=PICK, outcome=st.sampled_from(OUTCOMES))
+    def finish_call(self, pick, outcome):
         """An unfinished call ends (late, maybe hours or days after it started)."""
         unfinished = self._unfinished()
         if unfinished:
-            self._finish(data.draw(st.sampled_from(unfinished)), outcome)
+            self._finish(unfinished[pick % len(unfinished)], outcome)
 
     @precondition(lambda self: self.workers)
     @rule(what=st.sampled_from(["new final", "new unfinished", "finish"]), phone=st.integers(0, len(PHONES) - 1),
@@ -294,7 +315,7 @@ class SyncModel(RuleBasedStateMachine):
             self.bolna.on_request(LISTING, action, api_key=self.key)
         after(pages_first)
 
-    @precondition(lambda self: self.synced == set(JOB_NAMES))
+    @precondition(lambda self: self.workers and self._backfill_recorded())
     @rule(step=st.sampled_from([timedelta(seconds=20), timedelta(minutes=4), timedelta(minutes=30),
                                 timedelta(hours=7), timedelta(days=7) - timedelta(hours=1)]))
     def advance_time(self, step):
@@ -304,12 +325,16 @@ class SyncModel(RuleBasedStateMachine):
             self.advanced += step
             self.clock.shift(step)
 
+    def _backfill_recorded(self) -> bool:
+        """Whether a first sync has recorded where the agent's backfill starts: from then on the
+        calls made before the start are within every job's first sync, however late it completes.
+        (Before, a restart backfills from its own time, as a daemon that never ran does.)"""
+        return self.workers[0].db[SYNC_STATE].count_documents({"backfillFrom": {"$exists": True}}) > 0
+
     # -- the daemons' side ----------------------------------------------------------------------
 
     def _task(self, worker: int, task: str) -> None:
         app = self.workers[worker]
-        if task != "webhooks":
-            self.synced.add(task)
         if task == "webhooks":
             app.webhook_processor.process_batch()
         else:
@@ -320,13 +345,15 @@ class SyncModel(RuleBasedStateMachine):
     def run_job(self, worker, job):
         self._task(worker, job)
 
-    @precondition(lambda self: self.history)
-    @rule(data=st.data(), worker=st.integers(0, 1), process=st.booleans())
-    def deliver_webhook(self, data, worker, process):
+    @precondition(lambda self: self.workers)
+    @rule(pick=PICK, version=PICK, worker=st.integers(0, 1), process=st.booleans())
+    def deliver_webhook(self, pick, version, worker, process):
         """Bolna posts a state of a call (maybe an older one, late); the listener stores it in the
         inbox as it does before answering, and the processor writes it (now or later)."""
-        call_id = data.draw(st.sampled_from(sorted(self.history)))
-        self._deliver(worker, data.draw(st.sampled_from(self.history[call_id])))
+        if not self.history:
+            return
+        states = self.history[sorted(self.history)[pick % len(self.history)]]
+        self._deliver(worker, states[version % len(states)])
         if process:
             self.workers[worker].webhook_processor.process_batch()
 
@@ -384,22 +411,34 @@ class SyncModel(RuleBasedStateMachine):
                 self._expire_leases()
             self._task(1, CALL_PROCESSOR)
             still_held = first.db[CALLS].count_documents({lease.BY: first.owner}) > 0
-            self.groq.extra = {MARKER: LIVE if still_held else STALE}
+            self.groq.extra = self._answer(LIVE if still_held else STALE)
             # A's next request is under a new, live claim.
-            self.groq.on_request(lambda: setattr(self.groq, "extra", {MARKER: LIVE}))
+            self.groq.on_request(lambda: setattr(self.groq, "extra", self._answer(LIVE)))
 
         self.groq.on_request(meanwhile)
         try:
             self._task(0, CALL_PROCESSOR)
         finally:
             self.groq.clear_request_actions()
-            self.groq.extra = {MARKER: LIVE}
+            self.groq.extra = self._answer(LIVE)
 
-    @precondition(lambda self: self.history and self.workers)
-    @rule(data=st.data())
-    def reanalyze(self, data):
+    def _answer(self, marker: str) -> dict:
+        """What the fake LLM adds to its analyses: the marker, and the lead score chosen."""
+        return {MARKER: marker, **({} if self.score is None else {"leadScore": self.score})}
+
+    @rule(score=st.sampled_from([None, 15, 90]))
+    def lead_score(self, score):
+        """The LLM scores the next leads `score` (None: by the call, see CUSTOMER_TURNS): with a
+        pipeline, a contact moves up or down a stage, or is kept from moving down."""
+        self.score = score
+        self.groq.extra = self._answer(LIVE)
+
+    @precondition(lambda self: self.workers)
+    @rule(pick=PICK)
+    def reanalyze(self, pick):
         """`main.py reanalyze` of one call: a new analysis round."""
-        requeue(self.workers[0].db, call_id=data.draw(st.sampled_from(sorted(self.history))))
+        if self.history:
+            requeue(self.workers[0].db, call_id=sorted(self.history)[pick % len(self.history)])
 
     # -- invariants -----------------------------------------------------------------------------
 
@@ -505,6 +544,7 @@ def check_safety(db, truth: dict[str, dict], region: str, initial: dict[str, str
     _check_contacts(db, exact=False)
     _check_analysis_activities(db, exact=False)
     _check_status_changes(db, initial, exact=False)
+    _check_stage_changes(db, exact=False)
 
 
 def check_exact(db, truth: dict[str, dict], region: str, initial: dict[str, str]) -> None:
@@ -532,6 +572,7 @@ def check_exact(db, truth: dict[str, dict], region: str, initial: dict[str, str]
     _check_contacts(db, exact=True)
     _check_analysis_activities(db, exact=True)
     _check_status_changes(db, initial, exact=True)
+    _check_stage_changes(db, exact=True)
 
 
 def _check_status(customer: dict, applied: list, every: list) -> None:
@@ -621,6 +662,31 @@ def _check_status_changes(db, initial: dict[str, str], *, exact: bool) -> None:
                 assert phone in by_phone, "a customer's status never recorded as a change"
 
 
+def _check_stage_changes(db, *, exact: bool) -> None:
+    """`stage_change` activities are exactly the stage moves made: at most one per call and round,
+    none from a stage to itself; at quiescence each contact's moves chain from no stage to its
+    current one (out of no stage once more than into it, into the current stage once more than
+    out of it, as many in as out for every other stage), and no contact that is not stored has any."""
+    changes = list(db[ACTIVITIES].find({"type": STAGE_CHANGE}))
+    counts = Counter((change["callId"], change.get("round", 0)) for change in changes)
+    twice = [key for key, count in counts.items() if count > 1]
+    assert not twice, f"a stage change logged twice: {twice}"
+    moves: dict[object, Counter] = {}
+    for change in changes:
+        source, target = ((change.get(end) or {}).get("id") for end in ("from", "to"))
+        assert source != target, f"a stage change from {source!r} to itself"
+        moves.setdefault(change["contactId"], Counter()).update({source: -1, target: 1})
+    if not exact:
+        return
+    Figures.stage_changes += len(changes)
+    for contact in db[CONTACTS].find({}, {"stage": 1}):
+        current = (contact.get("stage") or {}).get("id")
+        balance = {stage: count for stage, count in moves.pop(contact["_id"], Counter()).items() if count}
+        assert balance == ({} if current is None else {None: -1, current: 1}), \
+            f"the stage changes logged ({balance}) do not lead to the contact's stage {current!r}"
+    assert not moves, "stage changes logged for a contact that is not stored"
+
+
 # -- the tests ------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -635,14 +701,15 @@ def model_settings(settings):
 @pytest.fixture
 def machine(model_settings):
     """SyncModel bound to one fake Bolna and one fake Groq for the whole test."""
-    for name in ("examples", "steps", "crashes", "races", "expiries", "webhooks"):
+    for name in ("examples", "steps", "crashes", "races", "expiries", "webhooks", "stage_changes"):
         setattr(Figures, name, 0)
     with FakeBolna([AGENT], [], api_key="unused-key", rate_limits=RateLimits(**RAISED_LIMITS)) as bolna, \
             FakeGroq(extra={MARKER: LIVE}) as groq:
         groq_settings = model_settings.with_overrides(groq_base_url=groq.base_url)
         yield type("BoundSyncModel", (SyncModel,), {"bolna": bolna, "groq": groq, "base_settings": groq_settings})
     print(f"\nmodel: {Figures.examples} examples, {Figures.steps} steps, {Figures.crashes} crashes injected, "
-          f"{Figures.races} races, {Figures.expiries} claims expired mid-analysis, {Figures.webhooks} webhooks")
+          f"{Figures.races} races, {Figures.expiries} claims expired mid-analysis, {Figures.webhooks} webhooks, "
+          f"{Figures.stage_changes} stage changes audited at quiescence")
 
 
 def test_sync_and_analysis_invariants_hold_under_crashes_races_and_clocks(machine):

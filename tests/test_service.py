@@ -43,7 +43,7 @@ stored = {
     "runs": list(app.db.sync_runs.find({}, {"job": 1, "status": 1, "counts": 1, "errors": 1})),
     "callIds": [c["callId"] for c in app.db.calls.find()],
     "customerCallIds": [link["_id"] for link in app.db.customer_calls.find({"applied": True})],
-    "cursors": [s["cursor"].isoformat() for s in app.db.sync_state.find()],
+    "cursors": [s["cursor"].isoformat() for s in app.db.sync_state.find({"job": {"$exists": True}})],
 }
 print("STORED " + json.dumps(stored, default=str), flush=True)
 sys.exit(code)

@@ -7,16 +7,10 @@ import pytest
 from fakes.mongo_hooks import HookedClient
 from services.database import SYNC_STATE, tenant_view
 from services.sync_state import (PENDING_HOLD, PENDING_MAX_AGE, PENDING_PER_RUN, SAVE_EVERY_WINDOWS, Followed,
-                                 SyncState, WindowProgress, follow_ups, holds_cursor, read_from)
+                                 SyncState, WindowProgress, follow_ups, holds_cursor)
 
 NOW = datetime(2026, 11, 27, 12, 0)
 WINDOW_END = NOW - timedelta(minutes=1)
-
-
-def test_a_first_run_reads_the_backfill_and_a_later_one_overlaps_its_cursor():
-    window = {"overlap": timedelta(minutes=10), "backfill": timedelta(days=30)}
-    assert read_from(None, NOW, **window) == NOW - timedelta(days=30)
-    assert read_from(NOW - timedelta(hours=1), NOW, **window) == NOW - timedelta(hours=1, minutes=10)
 
 
 def test_an_unfinished_call_holds_the_cursor_until_it_is_pending_hold_old():
@@ -110,6 +104,27 @@ def test_state_is_read_in_one_query_and_written_in_one_batch(state_collection, o
     reloaded = SyncState(state_collection, "crm_sync", NOW)
     assert [reloaded.cursor(agent) for agent in ("a1", "a2", "a3")] == [WINDOW_END] * 3
     assert SyncState(state_collection, "call_processor", NOW).cursor("a1") is None  # each job its own
+
+
+WINDOW = {"overlap": timedelta(minutes=10), "backfill": timedelta(days=30)}
+
+
+def test_a_first_run_reads_the_backfill_and_a_later_one_overlaps_its_cursor(state_collection):
+    state = SyncState(state_collection, "crm_sync", NOW)
+    assert state.read_from("a1", **WINDOW) == NOW - timedelta(days=30)
+    state.window_done("a1", NOW - timedelta(hours=1), WindowProgress())
+    assert state.read_from("a1", **WINDOW) == NOW - timedelta(hours=1, minutes=10)
+
+
+def test_a_first_sync_cut_off_reads_from_the_same_start_hours_later_under_either_job(state_collection):
+    # The first attempt recorded its start and died before any window was done (no cursor saved).
+    assert SyncState(state_collection, "crm_sync", NOW).read_from("a1", **WINDOW) == NOW - timedelta(days=30)
+    later = NOW + timedelta(hours=7)
+    for job in ("crm_sync", "call_processor"):
+        assert SyncState(state_collection, job, later).read_from("a1", **WINDOW) == NOW - timedelta(days=30)
+    # Another agent's first sync starts from its own.
+    assert SyncState(state_collection, "crm_sync", later).read_from("a2", **WINDOW) == \
+        later - timedelta(days=30)
 
 
 def test_a_long_backfill_saves_every_few_windows(state_collection, operations):
