@@ -198,9 +198,9 @@ class GroqAnalyzer:
             key.pacer.pause(max(retry_after_seconds(error.response.headers) or 0.0, MIN_RATE_LIMIT_WAIT))
         elif isinstance(error, groq.NotFoundError):
             raise LlmUnavailable(f"model {self.model} is not available (HTTP 404); set GROQ_MODEL") from error
-        elif isinstance(error, groq.BadRequestError) and _error_code(error) not in CALL_FAULTS:
+        elif isinstance(error, groq.BadRequestError) and error_code(error.body) not in CALL_FAULTS:
             # The request's form (model, answer format, parameters), which every call shares.
-            raise LlmUnavailable(f"{self.model}: Groq refused the request ({_error_code(error) or 'HTTP 400'}); "
+            raise LlmUnavailable(f"{self.model}: Groq refused the request ({error_code(error.body) or 'HTTP 400'}); "
                                  "check GROQ_MODEL, GROQ_ANSWER_FORMAT and GROQ_REASONING_EFFORT") from error
         raise error
 
@@ -229,9 +229,9 @@ def _describe(error: groq.APIError) -> str:
     return f"{type(error).__name__}: {error.message}"
 
 
-def _error_code(error: groq.APIStatusError) -> str | None:
-    body = error.body if isinstance(error.body, dict) else {}
-    details = body.get("error", body)
+def error_code(body: object) -> str | None:
+    """The `code` of a Groq error body: `{"error": {"code": ...}}`, or the error object itself."""
+    details = body.get("error", body) if isinstance(body, dict) else None
     code = details.get("code") if isinstance(details, dict) else None
     return code if isinstance(code, str) else None
 
