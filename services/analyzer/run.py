@@ -117,12 +117,10 @@ class AnalysisRun:
         try:
             result = self.llm.analyze((claim.call.get("transcript") or "").strip(), deadline,
                                       self.outcomes.rules.pipeline_for(claim.call))
-        except DeadlineExceeded:
-            self.queue.release(claim)
-            return Outcome(claim.call_id, "released")
-        except LlmUnavailable as exc:
-            # Not the call's fault: it keeps its place in the queue, and no slot claims another.
-            self._unavailable.append(exc)
+        except (DeadlineExceeded, LlmUnavailable) as exc:
+            if isinstance(exc, LlmUnavailable):
+                # Not the call's fault: it keeps its place in the queue, and no slot claims another.
+                self._unavailable.append(exc)
             self.queue.release(claim)
             return Outcome(claim.call_id, "released")
         except LlmFailure as failure:

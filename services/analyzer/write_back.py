@@ -2,13 +2,8 @@
 and the Batch API's `batch_api.py`), by the holder of the call's claim only: the decision settled
 on the call, then the CRM, then the call marked processed; and the counts a run record keeps of it.
 
-What a decision changes in the CRM: the contact (found by its normalized phone, as customers
-are), its pipeline stage, and the `activities` entries recording it. The contact is written
-atomically, only while it is as the decision found it (its `analysisRevision`), does not follow a
-newer call, and has no field a person locked since (models/locks.py); with a receipt of the
-decision (`decided`: call and round), by which a retake knows the write was made. The stage
-audit: an activity per placement, move, blocked move and held-back field; a review entry where
-the analysis was not sure enough to move anyone."""
+`record_decision` writes what a decision changes in the CRM: the contact (found by its
+normalized phone, as customers are), its pipeline stage, and the `activities` entries recording it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -83,13 +78,12 @@ class OutcomeWriter:
         dies after settling leaves the call claimed and settled; the retake `resume`s it."""
         usage = Usage(analysis["usage"]["promptTokens"], analysis["usage"]["completionTokens"])
         cost = analysis["usage"]["costUsd"] = self._cost(usage, discount)
-        if "summary" not in analysis:  # a skip or an abandoned attempt, no result: processed in one write
-            if not self.queue.finish(claim, analysis):
-                return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
+        if "summary" in analysis:
+            if self.queue.settle(claim, analysis):
+                return self._apply(claim, analysis, usage, cost)
+        elif self.queue.finish(claim, analysis):  # a skip or an abandoned attempt, no result: one write
             return _outcome(claim, analysis, usage, cost, has_contact=True)
-        if not self.queue.settle(claim, analysis):
-            return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
-        return self._apply(claim, analysis, usage, cost)
+        return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
 
     def without_llm(self, claim: Claim, now: datetime) -> Outcome | None:
         """The outcome of a claim that needs no request, the same in both lanes: a settled
@@ -258,30 +252,12 @@ def _write(db: Database, phone: Phone, call: dict, analysis: dict, rules: CrmRul
         plan = plan_contact(found, changes, call_at)
         # A contact created by this write gets its id now, so the activities can name it first.
         contact_id = found["_id"] if found is not None else ObjectId()
-        bulk_upsert(db[ACTIVITIES], [
-            _decision(call, analysis, contact_id, plan, now),
-            *audit(db, contact_id=contact_id, call=call, analysis=analysis, staged=staged, held=plan.held,
-                   applies=plan.applies, now=now)])
+        bulk_upsert(db[ACTIVITIES], audit(db, contact_id=contact_id, call=call, analysis=analysis, staged=staged,
+                                          plan=plan, now=now))
         written = write_contact(contacts, phone, plan, call, contact_id=contact_id, call_at=call_at, now=now)
         if written is not None:
             return written
     raise ContactContention(f"the contact of call {call['callId']} kept changing while it was written")
-
-
-def _decision(call: dict, analysis: dict, contact_id: object, plan: ContactPlan, now: datetime) -> UpdateOne:
-    return UpdateOne({**receipt(call), "type": ACTIVITY_TYPE}, {"$set": {
-        "contactId": contact_id,
-        "changes": plan.changes(),
-        # False: the contact already follows a newer call; this decision is history only.
-        "appliedToContact": plan.applies,
-        "at": now,
-        "summary": analysis["summary"],
-        "reasoning": analysis["reasoning"],
-        "confidence": analysis["confidence"],
-        "model": analysis["model"],
-        "usedFallback": analysis["usedFallback"],
-        "analysisStatus": analysis["status"],
-    }}, upsert=True)
 
 
 def _remember_conversation(contacts: Collection, contact_id: object, entry: dict) -> None:
@@ -374,30 +350,40 @@ def _newer(analyzed_at: object, call_at: datetime) -> bool:
 
 
 def audit(db: Database, *, contact_id: object, call: dict, analysis: dict, staged: tuple[Pipeline, StageDecision] | None,
-          held: dict, applies: bool, now: datetime) -> list:
+          plan: ContactPlan, now: datetime) -> list:
     """The activity writes of one decision (and its review entry, written here): keyed by call,
     type and round, so a retaken attempt rewrites its own, and a stage activity an earlier plan
     of this round made that this one does not (the contact changed before it was written) is
     removed. Written before the contact: what a crash after the contact write would lose is
-    already there. `applies`: False when the contact follows a newer call (no stage audit)."""
-    base = {"contactId": contact_id, "customerPhone": call.get("customerPhone"), "at": now,
-            "confidence": analysis["confidence"], "model": analysis["model"], "usedFallback": analysis["usedFallback"]}
+    already there. No stage audit when the contact follows a newer call (`plan.applies`)."""
+    judged = {"confidence": analysis["confidence"], "model": analysis["model"], "usedFallback": analysis["usedFallback"]}
+    base = {"contactId": contact_id, "customerPhone": call.get("customerPhone"), "at": now, **judged}
     key = receipt(call)
-    writes = {}
-    if staged is not None and applies:
+    writes = {ACTIVITY_TYPE: {
+        "contactId": contact_id,
+        "changes": plan.changes(),
+        # False: the contact already follows a newer call; this decision is history only.
+        "appliedToContact": plan.applies,
+        "at": now,
+        "summary": analysis["summary"],
+        "reasoning": analysis["reasoning"],
+        **judged,
+        "analysisStatus": analysis["status"],
+    }}
+    if staged is not None and plan.applies:
         pipeline, decision = staged
         stage = {"pipelineId": pipeline.id, "reason": decision.reason,
                  "rule": decision.route.rule if decision.route else None,
                  "from": decision.current.document() if decision.current else None,
                  "to": decision.route.stage.document() if decision.route else None}
-        if decision.changes_stage and "stage" not in held:
+        if decision.changes_stage and "stage" not in plan.held:
             writes[STAGE_CHANGE] = {**base, **stage, "action": decision.action}
         elif decision.action == BLOCKED:
             writes[STAGE_BLOCKED] = {**base, **stage}
         elif decision.action == REVIEW:
             _review(db, key, base, stage, analysis)
-    if held and applies:
-        writes[HELD_BACK] = {**base, "fields": dict(held), "reason": "locked by a person"}
+    if plan.held and plan.applies:
+        writes[HELD_BACK] = {**base, "fields": dict(plan.held), "reason": "locked by a person"}
     operations: list = [UpdateOne({**key, "type": kind}, {"$set": fields}, upsert=True)
                         for kind, fields in writes.items()]
     # Held-back entries are left: a customer's (services/writers.py) shares the key, and
