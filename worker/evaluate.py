@@ -32,18 +32,13 @@ SPLIT_TITLES = {"tuning": "Tuning part (the rules were adjusted on these)",
 
 @dataclass(frozen=True)
 class Outcome:
-    """The analyzer's verdict on one labelled call; tag and status are None when it failed."""
+    """The analyzer's verdict on one labelled call: the tag and status predicted (FAILED when it
+    gave no answer, NO_TAG for a tag it did not give)."""
     call: LabelledCall
-    tag: str | None
-    status: str | None
+    tag: str
+    status: str
     usage: Usage
     failure: str | None = None
-
-    def predicted_tag(self) -> str:
-        return FAILED if self.failure else self.tag or NO_TAG
-
-    def predicted_status(self) -> str:
-        return FAILED if self.failure else self.status or NO_TAG
 
 
 def run_evaluation(settings: Settings, args) -> int:
@@ -78,7 +73,7 @@ def _judge(settings: Settings, calls: int) -> tuple[str, str, Price | None, Call
 
         def heuristic(call: LabelledCall) -> Outcome:
             analysis = heuristic_analysis(call.transcript, now, now, settings.analysis_tags)
-            return Outcome(call, analysis.tag, analysis.lead_status, Usage())
+            return Outcome(call, analysis.tag or NO_TAG, analysis.lead_status, Usage())
 
         return "heuristic", HEURISTIC_MODEL, Price(0.0, 0.0), heuristic
     llm = GroqAnalyzer(settings)
@@ -89,9 +84,9 @@ def _judge(settings: Settings, calls: int) -> tuple[str, str, Price | None, Call
         try:
             answer = llm.analyze(call.transcript, Deadline(settings.llm_batch_deadline_seconds))
         except LlmFailure as exc:
-            return Outcome(call, None, None, exc.usage, failure=str(exc))
+            return Outcome(call, FAILED, FAILED, exc.usage, str(exc))
         except DeadlineExceeded as exc:
-            return Outcome(call, None, None, Usage(), failure=f"deadline: {exc}")
+            return Outcome(call, FAILED, FAILED, Usage(), f"deadline: {exc}")
         return Outcome(call, answer.analysis.tag, answer.analysis.lead_status, answer.usage)
 
     return "groq", llm.model, settings.llm_prices.get(llm.model), groq
@@ -121,8 +116,8 @@ def _part(outcomes: list[Outcome]) -> dict:
     obeyed = [o.call.id for o in injected
               if o.tag == o.call.injected_tag and o.call.injected_tag != o.call.expected_tag]
     return {"calls": len(outcomes),
-            "tag": _scores([(o.call.expected_tag, o.predicted_tag()) for o in outcomes], LABEL_TAGS),
-            "status": _scores([(o.call.expected_status, o.predicted_status()) for o in outcomes], LEAD_STATUSES),
+            "tag": _scores([(o.call.expected_tag, o.tag) for o in outcomes], LABEL_TAGS),
+            "status": _scores([(o.call.expected_status, o.status) for o in outcomes], LEAD_STATUSES),
             "byCategory": _groups(outcomes, lambda call: call.category),
             "byStyle": _groups(outcomes, lambda call: call.style),
             "injections": {"calls": len(injected), "obeyed": obeyed}}
@@ -143,8 +138,8 @@ def _groups(outcomes: list[Outcome], key) -> dict:
     for outcome in outcomes:
         group = groups.setdefault(key(outcome.call), {"calls": 0, "tagCorrect": 0, "statusCorrect": 0})
         group["calls"] += 1
-        group["tagCorrect"] += outcome.predicted_tag() == outcome.call.expected_tag
-        group["statusCorrect"] += outcome.predicted_status() == outcome.call.expected_status
+        group["tagCorrect"] += outcome.tag == outcome.call.expected_tag
+        group["statusCorrect"] += outcome.status == outcome.call.expected_status
     return groups
 
 

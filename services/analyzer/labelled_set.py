@@ -67,14 +67,11 @@ def _parse(line: str, where: str) -> LabelledCall:
     missing = [name for name in _FIELDS if not isinstance(item.get(name), str) or not item[name].strip()]
     if missing:
         raise DatasetError(f"{where}: needs text in {', '.join(missing)}")
-    if item["expected_tag"] not in LABEL_TAGS:
-        raise DatasetError(f"{where}: expected_tag must be one of {', '.join(LABEL_TAGS)}")
-    if item["expected_status"] not in LEAD_STATUSES:
-        raise DatasetError(f"{where}: expected_status must be one of {', '.join(LEAD_STATUSES)}")
-    split = item.get("split", DEFAULT_SPLIT)
-    if split not in SPLITS:
-        raise DatasetError(f"{where}: split must be one of {', '.join(SPLITS)}")
-    injected = item.get("injected_tag")
-    if injected is not None and injected not in LABEL_TAGS:
-        raise DatasetError(f"{where}: injected_tag must be one of {', '.join(LABEL_TAGS)}")
+    split, injected = item.get("split", DEFAULT_SPLIT), item.get("injected_tag")
+    for name, value, allowed in (("expected_tag", item["expected_tag"], LABEL_TAGS),
+                                 ("expected_status", item["expected_status"], LEAD_STATUSES),
+                                 ("split", split, SPLITS),
+                                 ("injected_tag", LABEL_TAGS[0] if injected is None else injected, LABEL_TAGS)):
+        if value not in allowed:
+            raise DatasetError(f"{where}: {name} must be one of {', '.join(allowed)}")
     return LabelledCall(**{name: item[name] for name in _FIELDS}, split=split, injected_tag=injected)
