@@ -1,7 +1,6 @@
 """`main.py evaluate`: the configured analyzer (Groq when a key is set, the offline heuristic
-otherwise) run over the labelled call set, its tags and lead statuses compared with the labels.
-The figures (accuracy, confusion tables, per-category, per-style and per-part scores, failures,
-tokens and cost) are printed as JSON or as text for the terminal. Needs no MongoDB and no Bolna key."""
+otherwise) run over the labelled call set, its tags and lead statuses compared with the labels,
+the figures printed as JSON or as text (docs/analysis.md, "Measuring it")."""
 from __future__ import annotations
 
 import json

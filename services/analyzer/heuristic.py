@@ -5,6 +5,7 @@ rules (words in lexicon.py), else by a small word model; docs/analysis.md ("The 
 analyzer") has the method, its rules in order and its figures."""
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -513,22 +514,17 @@ class WordModel:
 
 
 _lock = threading.Lock()
-_model: WordModel | None = None
-_tried = False
 
 
 def trained_model() -> WordModel | None:
     """The model trained on the tuning calls, once per process; None (the rules then guess) when
     the labelled set cannot be read. Trained on each transcript as the rules read it (its lines,
     with the customer's instructions set aside), so training and prediction see the same text."""
-    global _model, _tried
-    with _lock:
-        if not _tried:
-            _tried = True
-            _model = _train()
-        return _model
+    with _lock:  # the slots of a run ask at once: one trains
+        return _train()
 
 
+@functools.cache
 def _train() -> WordModel | None:
     try:
         calls = [call for call in load_labelled_calls() if call.split == TRAINING_SPLIT]
