@@ -188,13 +188,6 @@ class CrmRules:
     def pipeline_for(self, call: dict) -> Pipeline | None:
         return self.pipelines.for_agent(call.get("agentId"))
 
-    def decide(self, call: dict, contact: dict | None, analysis: dict) -> tuple[Pipeline, StageDecision] | None:
-        pipeline = self.pipeline_for(call)
-        if pipeline is None:
-            return None
-        return pipeline, decide(pipeline, contact or {}, analysis, self.min_confidence)
-
-
 
 class ContactContention(RuntimeError):
     """The contact changed under every attempt to write the analysis."""
@@ -236,17 +229,18 @@ def _write(db: Database, phone: Phone, call: dict, analysis: dict, rules: CrmRul
            call_at: datetime, now: datetime) -> object:
     """Read the contact, decide (its stage too), log, write; again when it changed in between."""
     contacts = db[CONTACTS]
+    pipeline = rules.pipeline_for(call) if rules is not None else None
     for _ in range(MAX_DECISIONS):
         found = (records_by_phone(contacts, [phone]).get(phone.key) or [None])[0]
         if found is not None and receipt(call) in (found.get(DECIDED) or ()):
             return found["_id"]  # written by an attempt that stopped before it was seen through
-        staged = rules.decide(call, found, analysis) if rules is not None else None
+        staged = (pipeline, decide(pipeline, found or {}, analysis, rules.min_confidence)) if pipeline else None
         # Unknowns (a tag the configuration lacks, an extra field the call did not mention) leave
         # what an earlier call found.
         changes = {name: analysis[name] for name in _CONTACT_FIELDS if analysis[name] is not None}
         changes.update({f"extra.{name}": value for name, value in analysis["extra"].items() if value is not None})
         if staged is not None and staged[1].changes_stage:
-            pipeline, decision = staged
+            decision = staged[1]
             changes["stage"] = {**decision.route.stage.document(), "pipelineId": pipeline.id,
                                 "rule": decision.route.rule, "callId": call["callId"], "at": now}
         plan = plan_contact(found, changes, call_at)
@@ -302,7 +296,8 @@ def receipt(call: dict) -> dict:
 
 
 def plan_contact(found: dict | None, changes: dict, call_at: datetime) -> ContactPlan:
-    if found is not None and _newer(found.get("analyzedCallAt"), call_at):
+    analyzed_at = (found or {}).get("analyzedCallAt")
+    if isinstance(analyzed_at, datetime) and analyzed_at > call_at:
         return ContactPlan(found, {}, applies=False)
     allowed, held = split_locked(changes, (found or {}).get("locked") or ())
     # A lock holds back only what would differ from what the person set.
@@ -343,10 +338,6 @@ def write_contact(contacts: Collection, phone: Phone, plan: ContactPlan, call: d
         return written["_id"] if written["_id"] == contact_id else None
     written = contacts.update_one({"_id": found["_id"], **condition}, update)
     return found["_id"] if written.matched_count else None
-
-
-def _newer(analyzed_at: object, call_at: datetime) -> bool:
-    return isinstance(analyzed_at, datetime) and analyzed_at > call_at
 
 
 def audit(db: Database, *, contact_id: object, call: dict, analysis: dict, staged: tuple[Pipeline, StageDecision] | None,
