@@ -24,9 +24,6 @@ from utils.table import format_table
 REQUESTS_PER_CALL = 10
 FAILED = "(failed)"  # the predicted column of calls the analyzer gave no answer for
 NO_TAG = "(none)"  # the heuristic's tag when its rule's tag is not configured
-SPLIT_TITLES = {"tuning": "Tuning part (the rules were adjusted on these)",
-                "held_out": "Held-out part (never tuned on)",
-                "challenge": "Challenge part (written after the rules to find their misses, never tuned on)"}
 
 
 @dataclass(frozen=True)
@@ -165,7 +162,7 @@ def render_report(report: dict) -> str:
     # A set of one part (e.g. --dataset without `split`) is the whole set, shown above.
     parts = report["bySplit"].items() if len(report["bySplit"]) > 1 else ()
     for split, part in parts:
-        title = SPLIT_TITLES[split]
+        title = SPLITS[split]
         lines += ["", f"{title}: {part['calls']} calls",
                   f"tag accuracy:    {ratio(part['tag']['correct'], part['calls'])}",
                   f"status accuracy: {ratio(part['status']['correct'], part['calls'])}",

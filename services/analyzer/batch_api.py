@@ -17,7 +17,7 @@ from pymongo import ReturnDocument
 from pymongo.collection import Collection
 
 from models.pipeline import Pipeline
-from services.analyzer.claims import CallQueue, Claim
+from services.analyzer.claims import CallQueue
 from services.analyzer.groq_analyzer import LlmAnswer, LlmFailure, error_code, read_answer
 from services.analyzer.write_back import OutcomeWriter, record_outcome
 from services.analyzer.prompt import completion_request
@@ -81,9 +81,14 @@ class BatchApiLane:
         lines, sent = [], []
         size = 0
         for claim in claims:
-            line = self._line(claim, recorder)
-            if line is None:
+            decided = self._outcomes.without_llm(claim, self._clock())
+            if decided is not None:  # finished here, as the synchronous lane would: abandoned, or too short
+                record_outcome(decided, recorder)
                 continue
+            request = completion_request((claim.call.get("transcript") or "").strip(), self._settings,
+                                         self._outcomes.rules.pipeline_for(claim.call))
+            line = json.dumps({"custom_id": claim.call_id, "method": "POST", "url": BATCH_ENDPOINT, "body": request},
+                              ensure_ascii=False).encode() + b"\n"
             if size + len(line) > MAX_INPUT_BYTES:
                 self._queue.release(claim)  # the next job takes it
                 continue
@@ -114,18 +119,6 @@ class BatchApiLane:
         recorder.add("batchCallsSubmitted", len(sent))
         log.info("submitted %d call(s) to the Groq Batch API", len(sent), extra={"event": "llm_batch_submitted"})
 
-    def _line(self, claim: Claim, recorder: RunRecorder) -> bytes | None:
-        """The call's request line; None for a call that is finished here instead (as the
-        synchronous lane would: abandoned, or too short to analyze)."""
-        decided = self._outcomes.without_llm(claim, self._clock())
-        if decided is not None:
-            record_outcome(decided, recorder)
-            return None
-        request = completion_request((claim.call.get("transcript") or "").strip(), self._settings,
-                                     self._outcomes.rules.pipeline_for(claim.call))
-        return json.dumps({"custom_id": claim.call_id, "method": "POST", "url": BATCH_ENDPOINT, "body": request},
-                          ensure_ascii=False).encode() + b"\n"
-
     # -- polling ----------------------------------------------------------------------------------
 
     def _poll(self, token: str, recorder: RunRecorder) -> None:
@@ -148,12 +141,9 @@ class BatchApiLane:
                            code="llm_batch_poll_failed")
             return
         self._apply(job, state.status, answers, recorder)
-        self._delete_files(job.get("inputFileId"), state.output_file_id, state.error_file_id)
-
-    def _delete_files(self, *file_ids: str | None) -> None:
-        """The job's files hold masked transcripts and their analyses: once applied, Groq need not
-        keep them (docs/privacy.md). Best effort; Groq expires batch files by itself too."""
-        for file_id in filter(None, file_ids):
+        # The job's files hold masked transcripts and their analyses: once applied, Groq need not
+        # keep them (docs/privacy.md). Best effort; Groq expires batch files by itself too.
+        for file_id in filter(None, (job.get("inputFileId"), state.output_file_id, state.error_file_id)):
             try:
                 self._client.files.delete(file_id)
             except groq.APIError as exc:

@@ -13,10 +13,11 @@ DEFAULT_PATH = Path(__file__).resolve().parents[2] / "evaluation" / "labelled_ca
 # The set is labelled with the default tags; evaluate asks the analyzer for these.
 LABEL_TAGS = DEFAULT_TAGS
 _FIELDS = ("id", "style", "category", "transcript", "expected_tag", "expected_status")
-# `tuning`: calls the offline analyzer's rules may be adjusted to; `held_out`: calls written
-# before the rules and never tuned on, whose figures say how it does on calls it has not seen;
-# `challenge`: written after the rules by their author, aiming at what they miss, never tuned on.
-SPLITS = ("tuning", "held_out", "challenge")
+# The parts (`split`), with the title evaluate reports each under. The held-out figures say how
+# the offline analyzer does on calls it has not seen; the challenge part aims at what it misses.
+SPLITS = {"tuning": "Tuning part (the rules were adjusted on these)",
+          "held_out": "Held-out part (never tuned on)",
+          "challenge": "Challenge part (written after the rules to find their misses, never tuned on)"}
 DEFAULT_SPLIT = "tuning"  # a set without the field (e.g. --dataset) is reported as one part
 
 
