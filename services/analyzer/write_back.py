@@ -209,10 +209,9 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rul
     if not call.get("customerPhone"):
         return False
     phone = Phone.stored(call["customerPhone"], bool(call.get("customerPhoneValid")))
-    contacts = db[CONTACTS]
     call_at = call.get("callAt") or now
     contact_id = _write(db, phone, call, analysis, rules, call_at, now)
-    _remember_conversation(contacts, contact_id, {
+    _remember_conversation(db[CONTACTS], contact_id, {
         "callId": call["callId"], "summary": analysis["summary"], "tag": analysis["tag"], "at": call_at,
     })
     stored = db[CALLS].find_one({"callId": call["callId"]}, {"erasedAt": 1, "_id": 0})
@@ -307,9 +306,9 @@ def plan_contact(found: dict | None, changes: dict, call_at: datetime) -> Contac
 
 def write_contact(contacts: Collection, phone: Phone, plan: ContactPlan, call: dict, *, contact_id: object,
                   call_at: datetime, now: datetime) -> object | None:
-    """Write `plan`; the contact's id (`contact_id` for one it creates). None when the contact changed since it was read (another
-    analysis written, a lock set, the contact created by another process): read it again and
-    decide again."""
+    """Write `plan`; the contact's id (`contact_id` for one it creates). None when the contact
+    changed since it was read (another analysis written, a lock set, the contact created by another
+    process): read it again and decide again."""
     touched = {"lastAnalyzedAt": now, "updatedAt": now}
     found = plan.found
     if not plan.applies:
@@ -321,13 +320,12 @@ def write_contact(contacts: Collection, phone: Phone, plan: ContactPlan, call: d
               "$inc": {REVISION: 1},
               "$push": {DECIDED: {"$each": [receipt(call)], "$slice": -DECISIONS_KEPT}},
               "$setOnInsert": {"phoneValid": phone.valid, "createdAt": now}}
-    if found is None:
-        update["$setOnInsert"]["_id"] = contact_id
     # The contact exactly as the decision read it: what it says changed is what changes.
     revision = (found or {}).get(REVISION)
     # `$exists`, not `None`: an upsert would copy an equality into the new contact, and $inc it.
     condition = {REVISION: revision if revision is not None else {"$exists": False}, **unlocked_guard(plan.allowed)}
     if found is None:
+        update["$setOnInsert"]["_id"] = contact_id
         try:
             written = contacts.find_one_and_update({"phone": phone.key, **condition}, update, upsert=True,
                                                    projection={"_id": 1}, hint=PHONE_INDEX_KEYS,
