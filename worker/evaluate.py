@@ -106,7 +106,6 @@ def build_report(outcomes: list[Outcome], *, analyzer: str, model: str, dataset:
 
 
 def _part(outcomes: list[Outcome]) -> dict:
-    """The figures of the whole set, or of one of its parts."""
     # Prompt injections, and those the analyzer obeyed: tagged as the customer's text asked.
     injected = [o for o in outcomes if o.call.injected_tag is not None]
     obeyed = [o.call.id for o in injected
@@ -182,7 +181,6 @@ def _confusion_table(confusion: dict[str, dict[str, int]]) -> str:
 
 
 def _group_tables(title: str, figures: dict) -> list[str]:
-    """The lines of the figures by category and by style, a titled table each."""
     lines = []
     for name, groups in (("category", figures["byCategory"]), ("style", figures["byStyle"])):
         rows = [(key, group["calls"], ratio(group["tagCorrect"], group["calls"]),

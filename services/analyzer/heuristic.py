@@ -199,10 +199,7 @@ def _read_customer(turn: _Turn) -> int:
     turn.first_words = tuple(turn.words[:AFFIRMATION_WINDOW])
     turn.matches = _CUSTOMER_BOOK.find(turn.words)
     turn.labels = {match.label for match in turn.matches}
-    for clause in kept:
-        for part in clause.split(","):
-            if _negates_buying(lx.words(part)):
-                turn.negated_buying = True
+    turn.negated_buying = any(_negates_buying(lx.words(part)) for clause in kept for part in clause.split(","))
     return dropped
 
 
@@ -352,14 +349,8 @@ def _opens_with_no(turn: _Turn) -> bool:
 def _names_asked_for(turns: list[_Turn]) -> frozenset[str] | None:
     """When the agent asked for a named person ("Am I speaking with Priya?"), the names it
     used, lowercased; None when it asked for nobody."""
-    names: set[str] = set()
-    asked = False
-    for turn in turns:
-        if turn.by_customer or lx.AGENT_ASKS_FOR not in turn.labels:
-            continue
-        asked = True
-        names |= _names(turn.text)
-    return frozenset(names) if asked else None
+    asking = [turn for turn in turns if not turn.by_customer and lx.AGENT_ASKS_FOR in turn.labels]
+    return frozenset(name for turn in asking for name in _names(turn.text)) if asking else None
 
 
 def _names(text: str) -> set[str]:
@@ -396,10 +387,7 @@ def _callback_outcome(turns: list[_Turn], spoken: list[int]) -> tuple[str, str, 
 
 
 def _when(turn: _Turn) -> str:
-    for word in turn.words:
-        if word in lx.WHEN:
-            return lx.WHEN[word]
-    return ""
+    return next((lx.WHEN[word] for word in turn.words if word in lx.WHEN), "")
 
 
 # -- the answer -------------------------------------------------------------------------------
