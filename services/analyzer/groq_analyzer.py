@@ -3,6 +3,7 @@ the answer validated before anyone trusts it."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 
 from models.pipeline import Pipeline
 from services.analyzer.pacing import Deadline, DeadlineExceeded, RatePacer, retry_after_seconds
-from services.analyzer.prompt import completion_request, prompt_tokens_estimate, stage_names
+from services.analyzer.prompt import CHARS_PER_TOKEN, completion_request, stage_names
 from services.analyzer.schema import Analysis, InvalidAnswer, Usage, parse_answer
 from utils.config import Settings
 from utils.http import RequestOutcomes
@@ -149,7 +150,9 @@ class GroqAnalyzer:
         return read_answer(content, _usage(completion), self.model, self._settings, pipeline)
 
     def _request(self, request: dict, deadline: Deadline):
-        prompt_tokens = prompt_tokens_estimate(request)
+        # What the messages will count for, before any answer says so.
+        characters = sum(len(message["content"]) for message in request["messages"])
+        prompt_tokens = math.ceil(characters / CHARS_PER_TOKEN)
         while (key := self._next_key()) is not None:
             reserved = key.pacer.acquire(prompt_tokens, deadline)
             headers = completion = None

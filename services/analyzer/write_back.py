@@ -99,13 +99,10 @@ class OutcomeWriter:
         return None
 
     def resume(self, claim: Claim) -> Outcome:
-        """Write the decision an earlier holder settled (`claim.settled`) and stopped before
-        seeing through: the CRM write is idempotent per call and round, so whatever of it the
-        earlier holder did is neither lost nor doubled. No new analysis, no new cost.
-
-        Resumes count against the attempts too: a CRM write that fails every time would
-        otherwise be retried under every later claim for ever. Past the bound the call is
-        finished failed, the settled decision kept on it with the reason."""
+        """Write the decision an earlier holder settled (`claim.settled`) and did not see through:
+        the CRM write is idempotent per call and round, so nothing of it is lost or doubled, at no
+        new cost. Resumes count against the attempts (a CRM write that fails every time would be
+        retried for ever): past the bound the call is finished failed, the decision kept on it."""
         if claim.attempt <= MAX_ATTEMPTS + SETTLED_RESUMES:
             return self._apply(claim, claim.settled, Usage(), 0.0)
         if not self.queue.finish(claim, {**claim.settled, "status": "failed", "error": UNAPPLIED}):
@@ -195,17 +192,12 @@ class ContactContention(RuntimeError):
 
 def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rules: CrmRules | None = None) -> bool:
     """Apply a finished analysis (a `calls.analysis` document with result fields) to the call's
-    contact and log it as an activity. False when the call has no customer number.
-
+    contact and log it as activities (`audit`). False when the call has no customer number.
     With `rules` and a pipeline for the call's agent, the analysis also places or moves the
     contact in the pipeline (models/stage_routing.py). Fields a person locked are not written;
-    what the analysis would have written is kept under `suggested` (models/locks.py).
-
-    One activity per AI decision, keyed by the call's `analysisRound`, written with the stage
-    audit before the contact (from the contact as read, which the write then requires unchanged):
-    a process that stops after the contact write leaves them in place, and its retake, finding
-    the decision's receipt on the contact, writes nothing again; a re-analysis (`reanalyze` starts
-    a new round) adds an activity."""
+    what the analysis would have written is kept under `suggested` (models/locks.py). A retake
+    finds the decision's receipt on the contact and writes nothing again; a re-analysis
+    (`reanalyze` starts a new round) adds an activity."""
     if not call.get("customerPhone"):
         return False
     phone = Phone.stored(call["customerPhone"], bool(call.get("customerPhoneValid")))
