@@ -28,6 +28,7 @@ from services.writers import bulk_upsert, records_by_phone
 from services.pipelines import PipelineCatalog
 from services.privacy import Eraser
 from services.run_records import RunRecorder
+from services.tenancy.accounts import read_path
 from utils.clock import utcnow
 from utils.config import Settings
 from utils.phone import Phone
@@ -258,14 +259,6 @@ def _remember_conversation(contacts: Collection, contact_id: object, entry: dict
     )
 
 
-def value_at(document: dict, dotted: str) -> object:
-    for part in dotted.split("."):
-        if not isinstance(document, dict):
-            return None
-        document = document.get(part)
-    return document
-
-
 @dataclass(frozen=True)
 class ContactPlan:
     """What a decision does to the contact as read (`found`, None: not created yet)."""
@@ -278,8 +271,8 @@ class ContactPlan:
         """Each field the write changes: {"from", "to"}."""
         if not self.applies:
             return {}
-        return {name: {"from": value_at(self.found or {}, name), "to": value}
-                for name, value in self.allowed.items() if value_at(self.found or {}, name) != value}
+        return {name: {"from": read_path(self.found or {}, name), "to": value}
+                for name, value in self.allowed.items() if read_path(self.found or {}, name) != value}
 
 
 def receipt(call: dict) -> dict:
@@ -292,7 +285,7 @@ def plan_contact(found: dict | None, changes: dict, call_at: datetime) -> Contac
         return ContactPlan(found, {}, applies=False)
     allowed, held = split_locked(changes, (found or {}).get("locked") or ())
     # A lock holds back only what would differ from what the person set.
-    held = {name: value for name, value in held.items() if value_at(found or {}, name) != value}
+    held = {name: value for name, value in held.items() if read_path(found or {}, name) != value}
     return ContactPlan(found, allowed, held)
 
 
