@@ -114,7 +114,6 @@ class _Turn:
     matches: list[lx.Match] = field(default_factory=list)
     labels: set[str] = field(default_factory=set)
     negated_buying: bool = False
-    first_words: tuple[str, ...] = ()
     words: list[str] = field(default_factory=list)
     asks: bool = False  # a customer's: asked a question
 
@@ -141,8 +140,7 @@ def heuristic_analysis(transcript: str, call_at: datetime | None, now: datetime,
     turns, set_aside = _read(transcript)
     verdict = _decide(turns)
     customer = [turn for turn in turns if turn.by_customer]
-    rule = RULES[verdict.rule]
-    confidence = rule.confidence
+    confidence = RULES[verdict.rule].confidence
     if verdict.conflicting:
         confidence -= CONFLICT_PENALTY
     if set_aside:
@@ -159,7 +157,7 @@ def heuristic_analysis(transcript: str, call_at: datetime | None, now: datetime,
         summary=_summary(verdict, turns),
         lead_score=score,
         lead_status=status,
-        sentiment=rule.sentiment,
+        sentiment=RULES[verdict.rule].sentiment,
         confidence=max(0, min(100, confidence)),
         reasoning=reasoning,
     )
@@ -196,7 +194,6 @@ def _read_customer(turn: _Turn) -> int:
             kept.append(clause)
     turn.text = ". ".join(clause.strip() for clause in kept)
     turn.words = lx.words(turn.text)
-    turn.first_words = tuple(turn.words[:AFFIRMATION_WINDOW])
     turn.matches = _CUSTOMER_BOOK.find(turn.words)
     turn.labels = {match.label for match in turn.matches}
     turn.negated_buying = any(_negates_buying(lx.words(part)) for clause in kept for part in clause.split(","))
@@ -376,7 +373,7 @@ def _answers_offer_with_yes(turns: list[_Turn], n: int) -> bool:
     if previous is None or previous.by_customer:
         return False
     offered = lx.AGENT_PROPOSAL in previous.labels or lx.AGENT_DONE in previous.labels
-    return offered and bool(lx.AFFIRMATIONS.intersection(turns[n].first_words)) and not (
+    return offered and bool(lx.AFFIRMATIONS.intersection(turns[n].words[:AFFIRMATION_WINDOW])) and not (
         turns[n].labels & {lx.REFUSE, lx.CALLBACK, lx.BUSY} or turns[n].negated_buying)
 
 
