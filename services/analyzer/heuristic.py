@@ -352,12 +352,9 @@ def _names_asked_for(turns: list[_Turn]) -> frozenset[str] | None:
 
 def _names(text: str) -> set[str]:
     """Capitalized words that may be a person's name, lowercased."""
-    names = set()
-    for word in text.split():
-        bare = word.strip(_PUNCTUATION + "?'\"")
-        if bare[:1].isupper() and bare.isalpha() and bare.lower() not in lx.NOT_NAMES:
-            names.add(bare.lower())
-    return names
+    bare_words = (word.strip(_PUNCTUATION + "?'\"") for word in text.split())
+    return {bare.lower() for bare in bare_words
+            if bare[:1].isupper() and bare.isalpha() and bare.lower() not in lx.NOT_NAMES}
 
 
 def _denies_being(turn: _Turn, asked_for: frozenset[str] | None) -> bool:

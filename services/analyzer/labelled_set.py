@@ -42,20 +42,18 @@ def load_labelled_calls(path: Path = DEFAULT_PATH) -> list[LabelledCall]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read the labelled set {path}: {exc}") from None
-    calls: list[LabelledCall] = []
-    seen: set[str] = set()
+    calls: dict[str, LabelledCall] = {}  # by id
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{path.name} line {number}"
         call = _parse(line, where)
-        if call.id in seen:
+        if call.id in calls:
             raise DatasetError(f"{where}: id {call.id!r} is used twice")
-        seen.add(call.id)
-        calls.append(call)
+        calls[call.id] = call
     if not calls:
         raise DatasetError(f"the labelled set {path} holds no calls")
-    return calls
+    return list(calls.values())
 
 
 def _parse(line: str, where: str) -> LabelledCall:
