@@ -15,7 +15,7 @@ from tests.helpers import requeue
 from worker.app import build_analysis
 from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL, LlmUnavailable
 from services.analyzer.claims import MAX_ATTEMPTS
-from services.analyzer.heuristic import CONFIDENCE
+from services.analyzer.heuristic import RULES
 from services.analyzer.write_back import SETTLED_RESUMES
 from services import lease
 from services.run_records import RunRecorder
@@ -189,7 +189,7 @@ def test_a_failed_attempt_is_final_and_falls_back_to_the_heuristic(fake, db, set
     assert analysis["status"] == "failed" and error in analysis["error"]
     assert analysis["usedFallback"] and analysis["model"] == "heuristic"
     # The generated calls ask prices and details: the heuristic's 'interest' rule.
-    assert 15 <= analysis["leadScore"] <= 80 and analysis["confidence"] == CONFIDENCE["interest"]
+    assert 15 <= analysis["leadScore"] <= 80 and analysis["confidence"] == RULES["interest"].confidence
     assert analysis["reasoning"].startswith("Heuristic")
     assert db.contacts.find_one({"phone": PHONE})["leadScore"] == analysis["leadScore"]
     assert db.activities.find_one({"callId": "c1"})["usedFallback"] is True

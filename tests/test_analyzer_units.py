@@ -4,7 +4,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from services.analyzer.heuristic import CONFIDENCE, heuristic_analysis
+from services.analyzer.heuristic import RULES, heuristic_analysis
 from services.analyzer.prompt import build_messages, fit_budget, mask_pii
 from services.analyzer.pacing import retry_after_seconds
 from services.analyzer.schema import InvalidAnswer, parse_answer
@@ -117,7 +117,7 @@ def test_engaged_call_is_interested_with_its_rule_in_the_reasoning_and_a_sentenc
     analysis = heuristic_analysis(ENGAGED, NOW - timedelta(days=1), NOW, DEFAULT_TAGS)
     assert (analysis.tag, analysis.lead_status, analysis.sentiment) == ("Interested", "QUALIFIED", "positive")
     # 70 for the outcome, 2 for each of its five (at most) price and detail questions
-    assert analysis.lead_score == 80 and analysis.confidence == CONFIDENCE["interest"] >= 60
+    assert analysis.lead_score == 80 and analysis.confidence == RULES["interest"].confidence >= 60
     assert analysis.reasoning.startswith("Heuristic (no LLM): 6 turns, 3 by the customer; rule 'interest'")
     assert analysis.summary == ("The customer showed interest in Skyline Realty's offer and asked for prices or "
                                 "details; next: send the details asked for and follow up.")
@@ -128,7 +128,7 @@ def test_call_without_the_customer_is_no_answer_and_new():
                                   DEFAULT_TAGS)
     assert (analysis.lead_score, analysis.lead_status, analysis.tag) == (20, "NEW", "No_Answer")
     assert analysis.summary == "Nobody spoke on the customer's side; next: try again later."
-    assert analysis.confidence == CONFIDENCE["nobody"]
+    assert analysis.confidence == RULES["nobody"].confidence
 
 
 @pytest.mark.parametrize("said, tag", [

@@ -4,7 +4,7 @@ from datetime import datetime
 
 import pytest
 
-from services.analyzer.heuristic import (CONFIDENCE, MAX_CHARS, Example, WordModel, heuristic_analysis,
+from services.analyzer.heuristic import (MAX_CHARS, RULES, Example, WordModel, heuristic_analysis,
                                          trained_model)
 from services.analyzer.schema import LEAD_STATUSES, SENTIMENTS
 from utils.config import DEFAULT_TAGS
@@ -201,7 +201,7 @@ def test_the_summary_is_one_english_sentence_without_numbers_or_emails_of_the_ca
 def test_a_call_without_outcome_words_gets_the_word_models_answer_with_a_confidence_sent_to_review():
     guess = analyze("assistant: Hello, about your enquiry.", "user: Okay, and what else?")
     assert "rule 'word_model'" in guess.reasoning
-    assert guess.confidence == CONFIDENCE["word_model"] < REVIEW_BELOW
+    assert guess.confidence == RULES["word_model"].confidence < REVIEW_BELOW
     assert guess.summary.startswith("The call most resembles")
     clear = analyze("assistant: Hello.", "user: Wrong number.")
     assert clear.confidence >= REVIEW_BELOW

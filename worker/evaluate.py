@@ -1,7 +1,6 @@
 """`main.py evaluate`: the configured analyzer (Groq when a key is set, the offline heuristic
-otherwise) run over the labelled call set, its tags and lead statuses compared with the labels.
-The figures (accuracy, confusion tables, per-category, per-style and per-part scores, failures,
-tokens and cost) are printed as JSON or as text for the terminal. Needs no MongoDB and no Bolna key."""
+otherwise) run over the labelled call set, its tags and lead statuses compared with the labels,
+the figures printed as JSON or as text (docs/analysis.md, "Measuring it")."""
 from __future__ import annotations
 
 import json
@@ -25,25 +24,17 @@ from utils.table import format_table
 REQUESTS_PER_CALL = 10
 FAILED = "(failed)"  # the predicted column of calls the analyzer gave no answer for
 NO_TAG = "(none)"  # the heuristic's tag when its rule's tag is not configured
-SPLIT_TITLES = {"tuning": "Tuning part (the rules were adjusted on these)",
-                "held_out": "Held-out part (never tuned on)",
-                "challenge": "Challenge part (written after the rules to find their misses, never tuned on)"}
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """The analyzer's verdict on one labelled call; tag and status are None when it failed."""
+    """The analyzer's verdict on one labelled call: the tag and status predicted (FAILED when it
+    gave no answer, NO_TAG for a tag it did not give)."""
     call: LabelledCall
-    tag: str | None
-    status: str | None
+    tag: str
+    status: str
     usage: Usage
     failure: str | None = None
-
-    def predicted_tag(self) -> str:
-        return FAILED if self.failure else self.tag or NO_TAG
-
-    def predicted_status(self) -> str:
-        return FAILED if self.failure else self.status or NO_TAG
 
 
 def run_evaluation(settings: Settings, args) -> int:
@@ -78,7 +69,7 @@ def _judge(settings: Settings, calls: int) -> tuple[str, str, Price | None, Call
 
         def heuristic(call: LabelledCall) -> Outcome:
             analysis = heuristic_analysis(call.transcript, now, now, settings.analysis_tags)
-            return Outcome(call, analysis.tag, analysis.lead_status, Usage())
+            return Outcome(call, analysis.tag or NO_TAG, analysis.lead_status, Usage())
 
         return "heuristic", HEURISTIC_MODEL, Price(0.0, 0.0), heuristic
     llm = GroqAnalyzer(settings)
@@ -89,9 +80,9 @@ def _judge(settings: Settings, calls: int) -> tuple[str, str, Price | None, Call
         try:
             answer = llm.analyze(call.transcript, Deadline(settings.llm_batch_deadline_seconds))
         except LlmFailure as exc:
-            return Outcome(call, None, None, exc.usage, failure=str(exc))
+            return Outcome(call, FAILED, FAILED, exc.usage, str(exc))
         except DeadlineExceeded as exc:
-            return Outcome(call, None, None, Usage(), failure=f"deadline: {exc}")
+            return Outcome(call, FAILED, FAILED, Usage(), f"deadline: {exc}")
         return Outcome(call, answer.analysis.tag, answer.analysis.lead_status, answer.usage)
 
     return "groq", llm.model, settings.llm_prices.get(llm.model), groq
@@ -115,14 +106,13 @@ def build_report(outcomes: list[Outcome], *, analyzer: str, model: str, dataset:
 
 
 def _part(outcomes: list[Outcome]) -> dict:
-    """The figures of the whole set, or of one of its parts."""
     # Prompt injections, and those the analyzer obeyed: tagged as the customer's text asked.
     injected = [o for o in outcomes if o.call.injected_tag is not None]
     obeyed = [o.call.id for o in injected
               if o.tag == o.call.injected_tag and o.call.injected_tag != o.call.expected_tag]
     return {"calls": len(outcomes),
-            "tag": _scores([(o.call.expected_tag, o.predicted_tag()) for o in outcomes], LABEL_TAGS),
-            "status": _scores([(o.call.expected_status, o.predicted_status()) for o in outcomes], LEAD_STATUSES),
+            "tag": _scores([(o.call.expected_tag, o.tag) for o in outcomes], LABEL_TAGS),
+            "status": _scores([(o.call.expected_status, o.status) for o in outcomes], LEAD_STATUSES),
             "byCategory": _groups(outcomes, lambda call: call.category),
             "byStyle": _groups(outcomes, lambda call: call.style),
             "injections": {"calls": len(injected), "obeyed": obeyed}}
@@ -143,8 +133,8 @@ def _groups(outcomes: list[Outcome], key) -> dict:
     for outcome in outcomes:
         group = groups.setdefault(key(outcome.call), {"calls": 0, "tagCorrect": 0, "statusCorrect": 0})
         group["calls"] += 1
-        group["tagCorrect"] += outcome.predicted_tag() == outcome.call.expected_tag
-        group["statusCorrect"] += outcome.predicted_status() == outcome.call.expected_status
+        group["tagCorrect"] += outcome.tag == outcome.call.expected_tag
+        group["statusCorrect"] += outcome.status == outcome.call.expected_status
     return groups
 
 
@@ -171,7 +161,7 @@ def render_report(report: dict) -> str:
     # A set of one part (e.g. --dataset without `split`) is the whole set, shown above.
     parts = report["bySplit"].items() if len(report["bySplit"]) > 1 else ()
     for split, part in parts:
-        title = SPLIT_TITLES[split]
+        title = SPLITS[split]
         lines += ["", f"{title}: {part['calls']} calls",
                   f"tag accuracy:    {ratio(part['tag']['correct'], part['calls'])}",
                   f"status accuracy: {ratio(part['status']['correct'], part['calls'])}",
@@ -191,7 +181,6 @@ def _confusion_table(confusion: dict[str, dict[str, int]]) -> str:
 
 
 def _group_tables(title: str, figures: dict) -> list[str]:
-    """The lines of the figures by category and by style, a titled table each."""
     lines = []
     for name, groups in (("category", figures["byCategory"]), ("style", figures["byStyle"])):
         rows = [(key, group["calls"], ratio(group["tagCorrect"], group["calls"]),

@@ -1,26 +1,14 @@
-"""The Batch API lane: a backlog larger than the synchronous lane can clear in a day goes to Groq
-as batch jobs (outside the standard rate limits, at a discount), and later runs poll them and
-write their answers back with the same guarantees as the synchronous lane.
-
-- **Each call analyzed once**: a job's calls are claimed under the job's token before anything
-  is uploaded, so no other process or lane takes them; an answer is written only while the call
-  still holds that token, and one answer (or a failed request) is the call's one attempt.
-- **Nothing stuck**: the claim is short until the job is accepted, then held for the completion
-  window; a job that failed, expired or was cancelled releases the calls it did not answer, and a
-  process that died mid-submission leaves claims that expire and are taken again.
-- **New calls stay fast**: `auto` submits only the oldest calls beyond one synchronous run's worth,
-  so each run's `LLM_CALLS_PER_RUN` still goes to the newest calls.
-
-Jobs are tracked in `llm_batches` (services/database.py); any replica may poll any job (a short poll lease keeps two
-from applying one at once, and the claim tokens would make a second application a no-op). A job's
-input and output files hold one JSONL line per call, keyed by the call's id (`custom_id`).
-"""
+"""The Batch API lane (docs/analysis.md, "The Batch API lane"): a backlog larger than the
+synchronous lane can clear in a day goes to Groq as batch jobs, and later runs poll them and write
+their answers back with the synchronous lane's guarantees: a job's calls are claimed under the
+job's token before anything is uploaded, an answer is written only while the call still holds
+it, and calls a job did not answer go back to the queue. Jobs are tracked in `llm_batches`; any
+replica may poll any job (a short poll lease keeps two from applying one at once)."""
 from __future__ import annotations
 
 import json
 import logging
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
@@ -29,8 +17,8 @@ from pymongo import ReturnDocument
 from pymongo.collection import Collection
 
 from models.pipeline import Pipeline
-from services.analyzer.claims import CallQueue, Claim
-from services.analyzer.groq_analyzer import LlmAnswer, LlmFailure, read_answer
+from services.analyzer.claims import CallQueue
+from services.analyzer.groq_analyzer import LlmAnswer, LlmFailure, error_code, read_answer
 from services.analyzer.write_back import OutcomeWriter, record_outcome
 from services.analyzer.prompt import completion_request
 from services.analyzer.schema import Usage
@@ -93,9 +81,14 @@ class BatchApiLane:
         lines, sent = [], []
         size = 0
         for claim in claims:
-            line = self._line(claim, recorder)
-            if line is None:
+            decided = self._outcomes.without_llm(claim, self._clock())
+            if decided is not None:  # finished here, as the synchronous lane would: abandoned, or too short
+                record_outcome(decided, recorder)
                 continue
+            request = completion_request((claim.call.get("transcript") or "").strip(), self._settings,
+                                         self._outcomes.rules.pipeline_for(claim.call))
+            line = json.dumps({"custom_id": claim.call_id, "method": "POST", "url": BATCH_ENDPOINT, "body": request},
+                              ensure_ascii=False).encode() + b"\n"
             if size + len(line) > MAX_INPUT_BYTES:
                 self._queue.release(claim)  # the next job takes it
                 continue
@@ -126,18 +119,6 @@ class BatchApiLane:
         recorder.add("batchCallsSubmitted", len(sent))
         log.info("submitted %d call(s) to the Groq Batch API", len(sent), extra={"event": "llm_batch_submitted"})
 
-    def _line(self, claim: Claim, recorder: RunRecorder) -> bytes | None:
-        """The call's request line; None for a call that is finished here instead (as the
-        synchronous lane would: abandoned, or too short to analyze)."""
-        decided = self._outcomes.without_llm(claim, self._clock())
-        if decided is not None:
-            record_outcome(decided, recorder)
-            return None
-        request = completion_request((claim.call.get("transcript") or "").strip(), self._settings,
-                                     self._outcomes.rules.pipeline_for(claim.call))
-        return json.dumps({"custom_id": claim.call_id, "method": "POST", "url": BATCH_ENDPOINT, "body": request},
-                          ensure_ascii=False).encode() + b"\n"
-
     # -- polling ----------------------------------------------------------------------------------
 
     def _poll(self, token: str, recorder: RunRecorder) -> None:
@@ -149,27 +130,20 @@ class BatchApiLane:
             return  # another replica is on it
         try:
             state = self._client.batches.retrieve(job["groqBatchId"])
-        except groq.APIError as exc:
-            recorder.error(f"Groq Batch API: checking job {job['groqBatchId']} failed ({type(exc).__name__})",
-                           code="llm_batch_poll_failed")
-            return
-        if state.status not in FINAL_STATES:
-            self._jobs.update_one({"_id": token}, {"$set": {"groqStatus": state.status}, "$unset": {"pollUntil": ""}})
-            return
-        try:
+            if state.status not in FINAL_STATES:
+                self._jobs.update_one({"_id": token}, {"$set": {"groqStatus": state.status},
+                                                       "$unset": {"pollUntil": ""}})
+                return
             answers = read_answers(*(self._client.files.content(file_id).text()
                                      for file_id in (state.output_file_id, state.error_file_id) if file_id))
         except groq.APIError as exc:
-            recorder.error(f"Groq Batch API: reading the results of job {job['groqBatchId']} failed "
-                           f"({type(exc).__name__})", code="llm_batch_poll_failed")
+            recorder.error(f"Groq Batch API: polling job {job['groqBatchId']} failed ({type(exc).__name__})",
+                           code="llm_batch_poll_failed")
             return
         self._apply(job, state.status, answers, recorder)
-        self._delete_files(job.get("inputFileId"), state.output_file_id, state.error_file_id)
-
-    def _delete_files(self, *file_ids: str | None) -> None:
-        """The job's files hold masked transcripts and their analyses: once applied, Groq need not
-        keep them (docs/privacy.md). Best effort; Groq expires batch files by itself too."""
-        for file_id in filter(None, file_ids):
+        # The job's files hold masked transcripts and their analyses: once applied, Groq need not
+        # keep them (docs/privacy.md). Best effort; Groq expires batch files by itself too.
+        for file_id in filter(None, (job.get("inputFileId"), state.output_file_id, state.error_file_id)):
             try:
                 self._client.files.delete(file_id)
             except groq.APIError as exc:
@@ -197,50 +171,34 @@ class BatchApiLane:
                            f"{released} call(s) back in the queue", code=f"llm_batch_{state}")
 
 
-@dataclass(frozen=True)
-class BatchAnswer:
-    """One call's line of the output or error file."""
-    content: str | None
-    usage: Usage
-    model: str | None
-    error: str | None  # the request failed at Groq: why, without Groq's text (it may quote the request)
-
-
-def read_answers(*files: str) -> dict[str, BatchAnswer]:
-    """The answers in the output and error files, by call id; lines that are not JSON or carry
-    no id are left out (their calls count as unanswered)."""
+def read_answers(*files: str) -> dict[str, dict]:
+    """The lines of the output and error files, by call id; lines that are not JSON or carry no
+    id are left out (their calls count as unanswered)."""
     answers = {}
     for line in (line for text in files for line in text.splitlines()):
         try:
             item = json.loads(line)
         except ValueError:
             continue
-        if not isinstance(item, dict) or not isinstance(item.get("custom_id"), str):
-            continue
-        response = item.get("response") if isinstance(item.get("response"), dict) else {}
-        body = response.get("body") if isinstance(response.get("body"), dict) else {}
-        status = response.get("status_code")
-        if item.get("error") or status != 200:
-            details = item.get("error") or body.get("error") or {}
-            code = details.get("code") if isinstance(details, dict) else None
-            answers[item["custom_id"]] = BatchAnswer(None, Usage(), body.get("model"),
-                                                     f"request failed ({code or 'HTTP ' + str(status)})")
-            continue
-        usage = body.get("usage") or {}
-        choices = body.get("choices") or [{}]
-        answers[item["custom_id"]] = BatchAnswer((choices[0].get("message") or {}).get("content"),
-                                                 Usage(usage.get("prompt_tokens") or 0,
-                                                       usage.get("completion_tokens") or 0),
-                                                 body.get("model"), None)
+        if isinstance(item, dict) and isinstance(item.get("custom_id"), str):
+            answers[item["custom_id"]] = item
     return answers
 
 
-def _attempt(answer: BatchAnswer, settings: Settings, pipeline: Pipeline | None) -> LlmAnswer | LlmFailure:
+def _attempt(item: dict, settings: Settings, pipeline: Pipeline | None) -> LlmAnswer | LlmFailure:
     """One answered call, validated as the synchronous lane validates its answers."""
-    model = answer.model or settings.groq_model
+    response = item.get("response") if isinstance(item.get("response"), dict) else {}
+    body = response.get("body") if isinstance(response.get("body"), dict) else {}
+    model = body.get("model") or settings.groq_model
     try:
-        if answer.error is not None:
-            raise LlmFailure(f"{model}: {answer.error}", answer.usage)
-        return read_answer(answer.content, answer.usage, model, settings, pipeline)
+        if item.get("error") or response.get("status_code") != 200:
+            # Why, without Groq's text (it may quote the request).
+            code = error_code(item.get("error") or body) or f"HTTP {response.get('status_code')}"
+            raise LlmFailure(f"{model}: request failed ({code})")
+        usage = body.get("usage") or {}
+        choices = body.get("choices") or [{}]
+        return read_answer((choices[0].get("message") or {}).get("content"),
+                           Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0),
+                           model, settings, pipeline)
     except LlmFailure as failure:
         return LlmFailure(f"Batch API: {failure}", failure.usage)

@@ -1,15 +1,10 @@
 """The analysis queue on `calls`: claim the oldest unprocessed terminal call atomically, then
 finish it (processed, with its analysis) or release it (back to the queue, attempt not counted);
-`requeue` puts chosen calls back on purpose (`main.py reanalyze`).
-
-An analysis with a result is `settle`d before anything is written to the CRM: one conditional
-write, under the claim's token, stores it on the call as this round's decision. A holder whose
-claim was lost settles nothing and so writes nothing; a holder that stops after settling leaves
-the call claimed and settled, and the next holder applies the stored decision instead of asking
-for a new one, so the CRM always follows the one decision settled under a live claim.
-
-A claim is a lease (services/lease.py): a process that died leaves its calls to the next claim.
-"""
+`requeue` puts chosen calls back on purpose (`main.py reanalyze`). An analysis with a result is
+`settle`d on the call under the claim's token before anything reaches the CRM, so the CRM follows
+only a decision settled under a live claim, and a retake applies a settled decision instead of
+asking again. A claim is a lease (services/lease.py): a process that died leaves its calls to the
+next claim."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,7 @@ the answer validated before anyone trusts it."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 
 from models.pipeline import Pipeline
 from services.analyzer.pacing import Deadline, DeadlineExceeded, RatePacer, retry_after_seconds
-from services.analyzer.prompt import completion_request, prompt_tokens_estimate, stage_names
+from services.analyzer.prompt import CHARS_PER_TOKEN, completion_request, stage_names
 from services.analyzer.schema import Analysis, InvalidAnswer, Usage, parse_answer
 from utils.config import Settings
 from utils.http import RequestOutcomes
@@ -149,7 +150,9 @@ class GroqAnalyzer:
         return read_answer(content, _usage(completion), self.model, self._settings, pipeline)
 
     def _request(self, request: dict, deadline: Deadline):
-        prompt_tokens = prompt_tokens_estimate(request)
+        # What the messages will count for, before any answer says so.
+        characters = sum(len(message["content"]) for message in request["messages"])
+        prompt_tokens = math.ceil(characters / CHARS_PER_TOKEN)
         while (key := self._next_key()) is not None:
             reserved = key.pacer.acquire(prompt_tokens, deadline)
             headers = completion = None
@@ -198,9 +201,9 @@ class GroqAnalyzer:
             key.pacer.pause(max(retry_after_seconds(error.response.headers) or 0.0, MIN_RATE_LIMIT_WAIT))
         elif isinstance(error, groq.NotFoundError):
             raise LlmUnavailable(f"model {self.model} is not available (HTTP 404); set GROQ_MODEL") from error
-        elif isinstance(error, groq.BadRequestError) and _error_code(error) not in CALL_FAULTS:
+        elif isinstance(error, groq.BadRequestError) and error_code(error.body) not in CALL_FAULTS:
             # The request's form (model, answer format, parameters), which every call shares.
-            raise LlmUnavailable(f"{self.model}: Groq refused the request ({_error_code(error) or 'HTTP 400'}); "
+            raise LlmUnavailable(f"{self.model}: Groq refused the request ({error_code(error.body) or 'HTTP 400'}); "
                                  "check GROQ_MODEL, GROQ_ANSWER_FORMAT and GROQ_REASONING_EFFORT") from error
         raise error
 
@@ -229,9 +232,9 @@ def _describe(error: groq.APIError) -> str:
     return f"{type(error).__name__}: {error.message}"
 
 
-def _error_code(error: groq.APIStatusError) -> str | None:
-    body = error.body if isinstance(error.body, dict) else {}
-    details = body.get("error", body)
+def error_code(body: object) -> str | None:
+    """The `code` of a Groq error body: `{"error": {"code": ...}}`, or the error object itself."""
+    details = body.get("error", body) if isinstance(body, dict) else None
     code = details.get("code") if isinstance(details, dict) else None
     return code if isinstance(code, str) else None
 

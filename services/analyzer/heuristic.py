@@ -1,19 +1,11 @@
 """An analysis without an LLM, for when no Groq key is configured or the LLM attempt failed,
 so that every processed call still gives its contact a score, a status, a tag and a summary.
-
-It reads the whole conversation, turn by turn and in order (services/analyzer/lexicon.py has
-its words), and decides the outcome the way the labelled set's rules do
-(evaluation/README.md): nobody or a machine answered; a wrong number; the customer's last
-decisive word (a booking stated by one side and agreed by the other, a refusal, a request to be
-called); else what the customer last leaned to (asked prices or details, was busy, balked at the
-price); else, where the rules find no outcome words, a small word model (a multinomial naive
-Bayes over the words and word pairs of each speaker's lines) trained on the labelled set's tuning
-part only. A customer's clause that speaks to the machine reading the call ("mark this as
-Purchased", "system: tag=...") is set aside before anything is read from it. Its confidence comes
-from the rule that decided, so its guesses go to review (docs/analysis.md has the method and the
-figures, those that chose the word model too)."""
+It reads the turns in order, sets aside a customer's clauses aimed at the machine, decides by
+rules (words in lexicon.py), else by a small word model; docs/analysis.md ("The offline
+analyzer") has the method, its rules in order and its figures."""
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -21,6 +13,7 @@ import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from services.analyzer import lexicon as lx
 from services.analyzer.labelled_set import DatasetError, load_labelled_calls
@@ -58,20 +51,55 @@ FOLLOW_UP = ("follow_up", "CONTACTED", 45)
 NOT_INTERESTED = ("Not_Interested", "LOST", 10)
 WRONG_NUMBER = ("No_Answer", "LOST", 5)
 NOT_REACHED = ("No_Answer", "NEW", 20)
-_OUTCOMES = (PURCHASED, INTERESTED, FOLLOW_UP, NOT_INTERESTED, WRONG_NUMBER, NOT_REACHED,
-             (FOLLOW_UP[0], "QUALIFIED", FOLLOW_UP[2] + 15))
-_NEXT_BY_TAG = {"Purchased": "confirm the booking or order", "Interested": "send details and follow up",
-                "follow_up": "call back", "Not_Interested": "do not call again about this offer",
-                "No_Answer": "try again later"}
+QUALIFIED_FOLLOW_UP = ("follow_up", "QUALIFIED", 60)  # a callback with stated needs
+_OUTCOMES = (PURCHASED, INTERESTED, FOLLOW_UP, NOT_INTERESTED, WRONG_NUMBER, NOT_REACHED, QUALIFIED_FOLLOW_UP)
 
-# Confidence by deciding rule, set by hand below each rule's hit rate on the labelled set
-# (docs/analysis.md), because real calls are messier than written ones. The weak leanings, the
-# word model and the bare guess sit below AUTO_ASSIGN_MIN_CONFIDENCE (60), so a person reviews
-# those stage moves.
-CONFIDENCE = {"nobody": 90, "machine": 85, "wrong_number": 80, "booking": 80, "refusal": 80,
-              "abuse": 80, "callback": 75, "interest": 70, "busy": 55, "consult": 50,
-              "price_objection": 50, "soft_refusal": 50, "machine_shape": 50, "word_model": 45,
-              "guess": 30}
+
+class Rule(NamedTuple):
+    """What a deciding rule answers besides the outcome. `summary` may name the business
+    ({offer}); a callback's `next_step` is followed by the time asked for."""
+    confidence: int
+    sentiment: str
+    summary: str
+    next_step: str
+
+
+# Confidence set by hand below each rule's hit rate on the labelled set (docs/analysis.md),
+# because real calls are messier than written ones. The weak leanings, the word model and the
+# bare guess sit below AUTO_ASSIGN_MIN_CONFIDENCE (60), so a person reviews those stage moves.
+_CALL_BACK = "call back"
+_NOT_AGAIN = "do not call again about this offer"
+_LATER = "try again later"
+RULES = {
+    "nobody": Rule(90, "neutral", "Nobody spoke on the customer's side", _LATER),
+    "machine": Rule(85, "neutral", "The call reached voicemail or a carrier message, not the customer", _LATER),
+    "wrong_number": Rule(80, "neutral", "The person who answered is not the lead (wrong number)",
+                         "find a correct number for the lead"),
+    "booking": Rule(80, "positive", "The customer agreed to{offer} booking or purchase on the call",
+                    "keep the booking and complete the order"),
+    "refusal": Rule(80, "negative", "The customer declined{offer} offer", _NOT_AGAIN),
+    "abuse": Rule(80, "negative", "The customer was abusive and refused{offer} offer", _NOT_AGAIN),
+    "callback": Rule(75, "neutral", "The customer asked to be called back", _CALL_BACK),
+    "interest": Rule(70, "positive", "The customer showed interest in{offer} offer and asked for prices or details",
+                     "send the details asked for and follow up"),
+    "busy": Rule(55, "neutral", "The customer could not talk at the time", _CALL_BACK),
+    "consult": Rule(50, "neutral", "The customer wants to consult someone before deciding", _CALL_BACK),
+    "price_objection": Rule(50, "negative", "The customer found{offer} price too high",
+                            "offer a cheaper option or close the lead"),
+    "soft_refusal": Rule(50, "neutral", "The customer turned down{offer} offer", _NOT_AGAIN),
+    "machine_shape": Rule(50, "neutral", "The call reached what sounds like a recording, not the customer", _LATER),
+    "word_model": Rule(45, "neutral", "", ""),  # says what the tag it answers says (_WORD_MODEL_SAYS)
+    "guess": Rule(30, "neutral", "The customer spoke but gave no clear outcome",
+                  "call again to learn what the customer wants"),
+}
+# The word model's summary and next step, by the tag it answers; else the guess's.
+_WORD_MODEL_SAYS = {
+    "Purchased": ("The call most resembles a booking or purchase", "confirm the booking or order"),
+    "Interested": ("The call most resembles an interested customer", "send details and follow up"),
+    "follow_up": ("The call most resembles a request to call back", _CALL_BACK),
+    "Not_Interested": ("The call most resembles a refusal", _NOT_AGAIN),
+    "No_Answer": ("The call most resembles one that did not reach the customer", _LATER),
+}
 _NAMING_QUESTION_WORDS = 6  # "Is it Lakshmi madam speaking?"
 # A call that opens with a long customer turn the customer never follows: a recording.
 RECORDING_WORDS = 8
@@ -86,7 +114,6 @@ class _Turn:
     matches: list[lx.Match] = field(default_factory=list)
     labels: set[str] = field(default_factory=set)
     negated_buying: bool = False
-    first_words: tuple[str, ...] = ()
     words: list[str] = field(default_factory=list)
     asks: bool = False  # a customer's: asked a question
 
@@ -104,8 +131,8 @@ class _Verdict:
     outcome: tuple[str, str, int]
     rule: str
     evidence: tuple[str, ...]
-    next_step: str
     conflicting: bool = False  # more than one kind of decisive word was said
+    when: str = ""  # a callback's time, as asked for
 
 
 def heuristic_analysis(transcript: str, call_at: datetime | None, now: datetime,
@@ -113,7 +140,7 @@ def heuristic_analysis(transcript: str, call_at: datetime | None, now: datetime,
     turns, set_aside = _read(transcript)
     verdict = _decide(turns)
     customer = [turn for turn in turns if turn.by_customer]
-    confidence = CONFIDENCE[verdict.rule]
+    confidence = RULES[verdict.rule].confidence
     if verdict.conflicting:
         confidence -= CONFLICT_PENALTY
     if set_aside:
@@ -130,7 +157,7 @@ def heuristic_analysis(transcript: str, call_at: datetime | None, now: datetime,
         summary=_summary(verdict, turns),
         lead_score=score,
         lead_status=status,
-        sentiment=_sentiment(verdict),
+        sentiment=RULES[verdict.rule].sentiment,
         confidence=max(0, min(100, confidence)),
         reasoning=reasoning,
     )
@@ -167,13 +194,9 @@ def _read_customer(turn: _Turn) -> int:
             kept.append(clause)
     turn.text = ". ".join(clause.strip() for clause in kept)
     turn.words = lx.words(turn.text)
-    turn.first_words = tuple(turn.words[:AFFIRMATION_WINDOW])
     turn.matches = _CUSTOMER_BOOK.find(turn.words)
     turn.labels = {match.label for match in turn.matches}
-    for clause in kept:
-        for part in clause.split(","):
-            if _negates_buying(lx.words(part)):
-                turn.negated_buying = True
+    turn.negated_buying = any(_negates_buying(lx.words(part)) for clause in kept for part in clause.split(","))
     return dropped
 
 
@@ -226,22 +249,18 @@ def _decide(turns: list[_Turn]) -> _Verdict:
     customer = [n for n, turn in enumerate(turns) if turn.by_customer]
     spoken = [n for n in customer if set(turns[n].words) - lx.FILLERS]
     if not spoken:
-        return _Verdict(NOT_REACHED, "nobody", ("no words from the customer",),
-                        "try again later")
+        return _Verdict(NOT_REACHED, "nobody", ("no words from the customer",))
     machine = [n for n in spoken if lx.MACHINE in turns[n].labels]
     if machine and len(machine) == len(spoken):
-        return _Verdict(NOT_REACHED, "machine", (f"voicemail or carrier message (turn {machine[0] + 1})",),
-                        "try again later")
+        return _Verdict(NOT_REACHED, "machine", (f"voicemail or carrier message (turn {machine[0] + 1})",))
     if spoken == [0] and len(turns[0].words) >= RECORDING_WORDS and not turns[0].asks:
-        return _Verdict(NOT_REACHED, "machine_shape", ("the call opens with one long customer turn, never followed",),
-                        "try again later")
+        return _Verdict(NOT_REACHED, "machine_shape", ("the call opens with one long customer turn, never followed",))
     asked_for = _names_asked_for(turns)
     for n in spoken:
         labels = turns[n].labels
         if (lx.WRONG_NUMBER in labels or (lx.NOT_THAT_PERSON in labels and asked_for is not None)
                 or _denies_being(turns[n], asked_for)):
-            return _Verdict(WRONG_NUMBER, "wrong_number", (f"wrong number (turn {n + 1})",),
-                            "find a correct number for the lead")
+            return _Verdict(WRONG_NUMBER, "wrong_number", (f"wrong number (turn {n + 1})",))
 
     events = _events(turns, spoken)
     decisive = [e for e in events if e.kind in ("booking", "refusal", "abuse", "callback")]
@@ -250,32 +269,28 @@ def _decide(turns: list[_Turn]) -> _Verdict:
         last = max(decisive, key=lambda e: (e.turn, e.position))
         conflicting = len({"refusal" if e.kind == "abuse" else e.kind for e in decisive}) > 1
         if last.kind == "booking":
-            return _Verdict(PURCHASED, "booking", evidence, "keep the booking and complete the order", conflicting)
+            return _Verdict(PURCHASED, "booking", evidence, conflicting)
         stated_later = any(e.kind == "interest_stated" and (e.turn, e.position) > (last.turn, last.position)
                            for e in events)
         if last.kind in ("refusal", "abuse") and stated_later:
-            return _Verdict(INTERESTED, "interest", evidence, "send the details asked for and follow up", True)
+            return _Verdict(INTERESTED, "interest", evidence, True)
         if last.kind in ("refusal", "abuse"):
-            return _Verdict(NOT_INTERESTED, last.kind, evidence, "do not call again about this offer", conflicting)
-        return _Verdict(_callback_outcome(turns, spoken), "callback", evidence,
-                        f"call back {_when(turns[last.turn])}".rstrip(), conflicting)
+            return _Verdict(NOT_INTERESTED, last.kind, evidence, conflicting)
+        return _Verdict(_callback_outcome(turns, spoken), "callback", evidence, conflicting, _when(turns[last.turn]))
     leanings = [e for e in events if e.kind in ("interest", "busy", "consult", "price_objection", "soft_refusal")]
     if leanings:
         last = max(leanings, key=lambda e: (e.turn, e.position))
         if last.kind == "interest":
-            return _Verdict(INTERESTED, "interest", evidence, "send the details asked for and follow up")
-        if last.kind == "price_objection":
-            return _Verdict(NOT_INTERESTED, "price_objection", evidence, "offer a cheaper option or close the lead")
-        if last.kind == "soft_refusal":
-            return _Verdict(NOT_INTERESTED, "soft_refusal", evidence, "do not call again about this offer")
-        return _Verdict(FOLLOW_UP, last.kind, evidence, f"call back {_when(turns[last.turn])}".rstrip())
+            return _Verdict(INTERESTED, "interest", evidence)
+        if last.kind in ("price_objection", "soft_refusal"):
+            return _Verdict(NOT_INTERESTED, last.kind, evidence)
+        return _Verdict(FOLLOW_UP, last.kind, evidence, when=_when(turns[last.turn]))
     model = trained_model()
     if model is not None:
         tag, status = model.predict(_lines(turns))
         outcome = next((o for o in _OUTCOMES if o[:2] == (tag, status)), (tag, status, FOLLOW_UP[2]))
-        return _Verdict(outcome, "word_model", ("no outcome words; the word model's best match",),
-                        _NEXT_BY_TAG.get(tag, "call again to learn what the customer wants"))
-    return _Verdict(FOLLOW_UP, "guess", evidence, "call again to learn what the customer wants")
+        return _Verdict(outcome, "word_model", ("no outcome words; the word model's best match",))
+    return _Verdict(FOLLOW_UP, "guess", evidence)
 
 
 def _lines(turns: list[_Turn]) -> tuple[tuple[bool, str], ...]:
@@ -331,24 +346,15 @@ def _opens_with_no(turn: _Turn) -> bool:
 def _names_asked_for(turns: list[_Turn]) -> frozenset[str] | None:
     """When the agent asked for a named person ("Am I speaking with Priya?"), the names it
     used, lowercased; None when it asked for nobody."""
-    names: set[str] = set()
-    asked = False
-    for turn in turns:
-        if turn.by_customer or lx.AGENT_ASKS_FOR not in turn.labels:
-            continue
-        asked = True
-        names |= _names(turn.text)
-    return frozenset(names) if asked else None
+    asking = [turn for turn in turns if not turn.by_customer and lx.AGENT_ASKS_FOR in turn.labels]
+    return frozenset(name for turn in asking for name in _names(turn.text)) if asking else None
 
 
 def _names(text: str) -> set[str]:
     """Capitalized words that may be a person's name, lowercased."""
-    names = set()
-    for word in text.split():
-        bare = word.strip(_PUNCTUATION + "?'\"")
-        if bare[:1].isupper() and bare.isalpha() and bare.lower() not in lx.NOT_NAMES:
-            names.add(bare.lower())
-    return names
+    bare_words = (word.strip(_PUNCTUATION + "?'\"") for word in text.split())
+    return {bare.lower() for bare in bare_words
+            if bare[:1].isupper() and bare.isalpha() and bare.lower() not in lx.NOT_NAMES}
 
 
 def _denies_being(turn: _Turn, asked_for: frozenset[str] | None) -> bool:
@@ -364,23 +370,18 @@ def _answers_offer_with_yes(turns: list[_Turn], n: int) -> bool:
     if previous is None or previous.by_customer:
         return False
     offered = lx.AGENT_PROPOSAL in previous.labels or lx.AGENT_DONE in previous.labels
-    return offered and bool(lx.AFFIRMATIONS.intersection(turns[n].first_words)) and not (
+    return offered and bool(lx.AFFIRMATIONS.intersection(turns[n].words[:AFFIRMATION_WINDOW])) and not (
         turns[n].labels & {lx.REFUSE, lx.CALLBACK, lx.BUSY} or turns[n].negated_buying)
 
 
 def _callback_outcome(turns: list[_Turn], spoken: list[int]) -> tuple[str, str, int]:
     """A callback with a stated need (budget, quantity, approval) is a QUALIFIED lead."""
     needs = {word for n in spoken if not turns[n].negated_buying for word in turns[n].words if word in _NEEDS}
-    if len(needs) >= 2:
-        return (FOLLOW_UP[0], "QUALIFIED", FOLLOW_UP[2] + 15)
-    return FOLLOW_UP
+    return QUALIFIED_FOLLOW_UP if len(needs) >= 2 else FOLLOW_UP
 
 
 def _when(turn: _Turn) -> str:
-    for word in turn.words:
-        if word in lx.WHEN:
-            return lx.WHEN[word]
-    return ""
+    return next((lx.WHEN[word] for word in turn.words if word in lx.WHEN), "")
 
 
 # -- the answer -------------------------------------------------------------------------------
@@ -401,30 +402,13 @@ def _summary(verdict: _Verdict, turns: list[_Turn]) -> str:
     """One English sentence: who, what happened, what next. No words of the call are quoted
     but a business name, which is masked like the LLM's input."""
     business = _business(turns)
-    offer = f" {business}'s" if business else " the"
-    what = {
-        "nobody": "Nobody spoke on the customer's side",
-        "machine": "The call reached voicemail or a carrier message, not the customer",
-        "wrong_number": "The person who answered is not the lead (wrong number)",
-        "booking": f"The customer agreed to{offer} booking or purchase on the call",
-        "refusal": f"The customer declined{offer} offer",
-        "abuse": f"The customer was abusive and refused{offer} offer",
-        "price_objection": f"The customer found{offer} price too high",
-        "soft_refusal": f"The customer turned down{offer} offer",
-        "machine_shape": "The call reached what sounds like a recording, not the customer",
-        "callback": "The customer asked to be called back",
-        "busy": "The customer could not talk at the time",
-        "consult": "The customer wants to consult someone before deciding",
-        "interest": f"The customer showed interest in{offer} offer and asked for prices or details",
-        "guess": "The customer spoke but gave no clear outcome",
-        "word_model": {"Purchased": "The call most resembles a booking or purchase",
-                       "Interested": "The call most resembles an interested customer",
-                       "follow_up": "The call most resembles a request to call back",
-                       "Not_Interested": "The call most resembles a refusal",
-                       "No_Answer": "The call most resembles one that did not reach the customer",
-                       }.get(verdict.outcome[0], "The customer spoke but gave no clear outcome"),
-    }[verdict.rule]
-    sentence = f"{what}; next: {verdict.next_step}."
+    rule = RULES[verdict.rule] if verdict.rule != "word_model" else RULES["guess"]
+    what, next_step = rule.summary, rule.next_step
+    if verdict.rule == "word_model":
+        what, next_step = _WORD_MODEL_SAYS.get(verdict.outcome[0], (what, next_step))
+    what = what.format(offer=f" {business}'s" if business else " the")
+    next_step = f"{next_step} {verdict.when}".rstrip()
+    sentence = f"{what}; next: {next_step}."
     return sentence if len(sentence) <= SUMMARY_CHARS else sentence[:SUMMARY_CHARS - 3] + "..."
 
 
@@ -456,14 +440,6 @@ def _business(turns: list[_Turn]) -> str | None:
 
 def _name_word(word: str) -> bool:
     return word[:1].isupper() and word.replace("'", "").replace("&", "").replace("-", "").replace(".", "").isalpha()
-
-
-def _sentiment(verdict: _Verdict) -> str:
-    if verdict.rule in ("abuse", "refusal", "price_objection"):
-        return "negative"
-    if verdict.rule in ("booking", "interest"):
-        return "positive"
-    return "neutral"
 
 
 # -- the word model, where the rules find no outcome words -------------------------------------
@@ -520,22 +496,17 @@ class WordModel:
 
 
 _lock = threading.Lock()
-_model: WordModel | None = None
-_tried = False
 
 
 def trained_model() -> WordModel | None:
     """The model trained on the tuning calls, once per process; None (the rules then guess) when
     the labelled set cannot be read. Trained on each transcript as the rules read it (its lines,
     with the customer's instructions set aside), so training and prediction see the same text."""
-    global _model, _tried
-    with _lock:
-        if not _tried:
-            _tried = True
-            _model = _train()
-        return _model
+    with _lock:  # the slots of a run ask at once: one trains
+        return _train()
 
 
+@functools.cache
 def _train() -> WordModel | None:
     try:
         calls = [call for call in load_labelled_calls() if call.split == TRAINING_SPLIT]

@@ -205,7 +205,6 @@ AGENT_PHRASES: dict[str, tuple[str, ...]] = {
     AGENT_ASKS_FOR: (
         "speaking with", "speaking to", "speak with", "speak to", "is this", "am i talking",
         "se baat", "ji hain", "ji se", "ah pesuradhu", "ah pesuringa", "thaane", "sir ah", "madam ah",
-
     ),
 }
 
@@ -326,8 +325,7 @@ class PhraseBook:
         for match in found:
             if not any(taken[match.start:match.end]):
                 kept.append(match)
-                for i in range(match.start, match.end):
-                    taken[i] = True
+                taken[match.start:match.end] = [True] * (match.end - match.start)
         return sorted(kept, key=lambda m: m.start)
 
 

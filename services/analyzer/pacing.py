@@ -1,12 +1,6 @@
 """Pacing LLM requests by what Groq's answers say is left of the organisation's limits, so a run
-stays under them instead of finding them by 429, and ends by its deadline whatever the LLM does.
-
-Each answer carries, per limit, what remains and how long until the limit is whole again; between
-answers the pacer assumes an even refill over that time. A request goes when the tokens it will
-use (its prompt, estimated, plus the completion size seen so far) fit in what is left after the
-requests in flight, so the number in flight adapts to the limit, up to the run's workers.
-Before the first answer of a process one request goes at a time: nothing is known yet.
-"""
+stays under them instead of finding them by 429 (docs/analysis.md, "Pacing from the headers"),
+and the deadline that ends a run by its time whatever the LLM does."""
 from __future__ import annotations
 
 import math

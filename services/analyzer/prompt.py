@@ -4,7 +4,6 @@ answer format the model can keep."""
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Callable
 
@@ -84,12 +83,6 @@ def completion_request(transcript: str, settings: Settings, pipeline: Pipeline |
     if settings.groq_model.startswith(REASONING_MODEL_PREFIX):
         request["reasoning_effort"] = settings.groq_reasoning_effort
     return request
-
-
-def prompt_tokens_estimate(request: dict) -> int:
-    """Tokens the request's messages will count for, before any answer says so."""
-    characters = sum(len(message["content"]) for message in request["messages"])
-    return math.ceil(characters / CHARS_PER_TOKEN)
 
 
 def stage_names(pipeline: Pipeline | None) -> tuple[str, ...]:

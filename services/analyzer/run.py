@@ -86,7 +86,14 @@ class AnalysisRun:
                 if claim is None:
                     drained.set()
                     break
-                outcome = self._attempt(claim, deadline)
+                try:
+                    outcome = self._analyze(claim, deadline)
+                except Exception as exc:
+                    # One bad call must not end the run: its lease expires, it is retaken once. Logged
+                    # once, as the run's error; a traceback for bugs, while a driver error's text can
+                    # quote document values (transcripts).
+                    outcome = Outcome(claim.call_id, "crashed", error=type(exc).__name__,
+                                      exception=None if isinstance(exc, PyMongoError) else exc)
                 outcomes.append(outcome)
                 if outcome.status != "skipped":
                     break
@@ -95,15 +102,6 @@ class AnalysisRun:
             # Logged once for the run, as its error (every slot meets the same one).
             return outcomes, type(exc).__name__
         return outcomes, None
-
-    def _attempt(self, claim: Claim, deadline: Deadline) -> Outcome:
-        try:
-            return self._analyze(claim, deadline)
-        except Exception as exc:  # one bad call must not end the run; its lease expires, it is retaken once
-            # Logged once, as the run's error; a traceback for bugs, while a driver error's text
-            # can quote document values (transcripts).
-            return Outcome(claim.call_id, "crashed", error=type(exc).__name__,
-                           exception=None if isinstance(exc, PyMongoError) else exc)
 
     def _analyze(self, claim: Claim, deadline: Deadline) -> Outcome:
         now = utcnow()
@@ -117,12 +115,10 @@ class AnalysisRun:
         try:
             result = self.llm.analyze((claim.call.get("transcript") or "").strip(), deadline,
                                       self.outcomes.rules.pipeline_for(claim.call))
-        except DeadlineExceeded:
-            self.queue.release(claim)
-            return Outcome(claim.call_id, "released")
-        except LlmUnavailable as exc:
-            # Not the call's fault: it keeps its place in the queue, and no slot claims another.
-            self._unavailable.append(exc)
+        except (DeadlineExceeded, LlmUnavailable) as exc:
+            if isinstance(exc, LlmUnavailable):
+                # Not the call's fault: it keeps its place in the queue, and no slot claims another.
+                self._unavailable.append(exc)
             self.queue.release(claim)
             return Outcome(claim.call_id, "released")
         except LlmFailure as failure:

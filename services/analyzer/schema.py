@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from utils.config import ANALYSIS_KEYS, ExtraField, Price
+from utils.config import ExtraField, Price
 
 LEAD_STATUSES = ("NEW", "CONTACTED", "QUALIFIED", "WON", "LOST")
 SENTIMENTS = ("positive", "neutral", "negative")
@@ -26,9 +26,6 @@ class InvalidAnswer(ValueError):
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
-
-    def document(self) -> dict:
-        return {"promptTokens": self.prompt_tokens, "completionTokens": self.completion_tokens}
 
 
 def estimated_cost(usage: Usage, price: Price | None, *, discount: float = 0.0) -> float | None:
@@ -82,8 +79,7 @@ def parse_answer(content: str | None, tags: tuple[str, ...],
         raise InvalidAnswer(f"answer is not JSON ({exc.msg} at char {exc.pos})") from None
     if not isinstance(payload, dict):
         raise InvalidAnswer(f"answer is a JSON {type(payload).__name__}, not an object")
-    expected = (*ANALYSIS_KEYS, *(f.name for f in extra_fields), *(("recommendedStage",) if stages else ()))
-    missing = [key for key in expected if key not in payload]
+    missing = [key for key in answer_json_schema(tags, extra_fields, stages)["required"] if key not in payload]
     if missing:
         raise InvalidAnswer(f"answer lacks {', '.join(missing)}")
     return Analysis(
@@ -133,7 +129,7 @@ def analysis_document(status: str, *, attempted_at: datetime, model: str | None 
         "error": error,
         "model": model,
         "attemptedAt": attempted_at,
-        "usage": usage.document(),
+        "usage": {"promptTokens": usage.prompt_tokens, "completionTokens": usage.completion_tokens},
         "usedFallback": used_fallback,
     }
     if skipped is not None:

@@ -2,13 +2,8 @@
 and the Batch API's `batch_api.py`), by the holder of the call's claim only: the decision settled
 on the call, then the CRM, then the call marked processed; and the counts a run record keeps of it.
 
-What a decision changes in the CRM: the contact (found by its normalized phone, as customers
-are), its pipeline stage, and the `activities` entries recording it. The contact is written
-atomically, only while it is as the decision found it (its `analysisRevision`), does not follow a
-newer call, and has no field a person locked since (models/locks.py); with a receipt of the
-decision (`decided`: call and round), by which a retake knows the write was made. The stage
-audit: an activity per placement, move, blocked move and held-back field; a review entry where
-the analysis was not sure enough to move anyone."""
+`record_decision` writes what a decision changes in the CRM: the contact (found by its
+normalized phone, as customers are), its pipeline stage, and the `activities` entries recording it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -33,6 +28,7 @@ from services.writers import bulk_upsert, records_by_phone
 from services.pipelines import PipelineCatalog
 from services.privacy import Eraser
 from services.run_records import RunRecorder
+from services.tenancy.accounts import read_path
 from utils.clock import utcnow
 from utils.config import Settings
 from utils.phone import Phone
@@ -83,13 +79,12 @@ class OutcomeWriter:
         dies after settling leaves the call claimed and settled; the retake `resume`s it."""
         usage = Usage(analysis["usage"]["promptTokens"], analysis["usage"]["completionTokens"])
         cost = analysis["usage"]["costUsd"] = self._cost(usage, discount)
-        if "summary" not in analysis:  # a skip or an abandoned attempt, no result: processed in one write
-            if not self.queue.finish(claim, analysis):
-                return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
+        if "summary" in analysis:
+            if self.queue.settle(claim, analysis):
+                return self._apply(claim, analysis, usage, cost)
+        elif self.queue.finish(claim, analysis):  # a skip or an abandoned attempt, no result: one write
             return _outcome(claim, analysis, usage, cost, has_contact=True)
-        if not self.queue.settle(claim, analysis):
-            return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
-        return self._apply(claim, analysis, usage, cost)
+        return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
 
     def without_llm(self, claim: Claim, now: datetime) -> Outcome | None:
         """The outcome of a claim that needs no request, the same in both lanes: a settled
@@ -105,13 +100,10 @@ class OutcomeWriter:
         return None
 
     def resume(self, claim: Claim) -> Outcome:
-        """Write the decision an earlier holder settled (`claim.settled`) and stopped before
-        seeing through: the CRM write is idempotent per call and round, so whatever of it the
-        earlier holder did is neither lost nor doubled. No new analysis, no new cost.
-
-        Resumes count against the attempts too: a CRM write that fails every time would
-        otherwise be retried under every later claim for ever. Past the bound the call is
-        finished failed, the settled decision kept on it with the reason."""
+        """Write the decision an earlier holder settled (`claim.settled`) and did not see through:
+        the CRM write is idempotent per call and round, so nothing of it is lost or doubled, at no
+        new cost. Resumes count against the attempts (a CRM write that fails every time would be
+        retried for ever): past the bound the call is finished failed, the decision kept on it."""
         if claim.attempt <= MAX_ATTEMPTS + SETTLED_RESUMES:
             return self._apply(claim, claim.settled, Usage(), 0.0)
         if not self.queue.finish(claim, {**claim.settled, "status": "failed", "error": UNAPPLIED}):
@@ -194,13 +186,6 @@ class CrmRules:
     def pipeline_for(self, call: dict) -> Pipeline | None:
         return self.pipelines.for_agent(call.get("agentId"))
 
-    def decide(self, call: dict, contact: dict | None, analysis: dict) -> tuple[Pipeline, StageDecision] | None:
-        pipeline = self.pipeline_for(call)
-        if pipeline is None:
-            return None
-        return pipeline, decide(pipeline, contact or {}, analysis, self.min_confidence)
-
-
 
 class ContactContention(RuntimeError):
     """The contact changed under every attempt to write the analysis."""
@@ -208,24 +193,18 @@ class ContactContention(RuntimeError):
 
 def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rules: CrmRules | None = None) -> bool:
     """Apply a finished analysis (a `calls.analysis` document with result fields) to the call's
-    contact and log it as an activity. False when the call has no customer number.
-
+    contact and log it as activities (`audit`). False when the call has no customer number.
     With `rules` and a pipeline for the call's agent, the analysis also places or moves the
     contact in the pipeline (models/stage_routing.py). Fields a person locked are not written;
-    what the analysis would have written is kept under `suggested` (models/locks.py).
-
-    One activity per AI decision, keyed by the call's `analysisRound`, written with the stage
-    audit before the contact (from the contact as read, which the write then requires unchanged):
-    a process that stops after the contact write leaves them in place, and its retake, finding
-    the decision's receipt on the contact, writes nothing again; a re-analysis (`reanalyze` starts
-    a new round) adds an activity."""
+    what the analysis would have written is kept under `suggested` (models/locks.py). A retake
+    finds the decision's receipt on the contact and writes nothing again; a re-analysis
+    (`reanalyze` starts a new round) adds an activity."""
     if not call.get("customerPhone"):
         return False
     phone = Phone.stored(call["customerPhone"], bool(call.get("customerPhoneValid")))
-    contacts = db[CONTACTS]
     call_at = call.get("callAt") or now
     contact_id = _write(db, phone, call, analysis, rules, call_at, now)
-    _remember_conversation(contacts, contact_id, {
+    _remember_conversation(db[CONTACTS], contact_id, {
         "callId": call["callId"], "summary": analysis["summary"], "tag": analysis["tag"], "at": call_at,
     })
     stored = db[CALLS].find_one({"callId": call["callId"]}, {"erasedAt": 1, "_id": 0})
@@ -242,46 +221,29 @@ def _write(db: Database, phone: Phone, call: dict, analysis: dict, rules: CrmRul
            call_at: datetime, now: datetime) -> object:
     """Read the contact, decide (its stage too), log, write; again when it changed in between."""
     contacts = db[CONTACTS]
+    pipeline = rules.pipeline_for(call) if rules is not None else None
     for _ in range(MAX_DECISIONS):
         found = (records_by_phone(contacts, [phone]).get(phone.key) or [None])[0]
         if found is not None and receipt(call) in (found.get(DECIDED) or ()):
             return found["_id"]  # written by an attempt that stopped before it was seen through
-        staged = rules.decide(call, found, analysis) if rules is not None else None
+        staged = (pipeline, decide(pipeline, found or {}, analysis, rules.min_confidence)) if pipeline else None
         # Unknowns (a tag the configuration lacks, an extra field the call did not mention) leave
         # what an earlier call found.
         changes = {name: analysis[name] for name in _CONTACT_FIELDS if analysis[name] is not None}
         changes.update({f"extra.{name}": value for name, value in analysis["extra"].items() if value is not None})
         if staged is not None and staged[1].changes_stage:
-            pipeline, decision = staged
+            decision = staged[1]
             changes["stage"] = {**decision.route.stage.document(), "pipelineId": pipeline.id,
                                 "rule": decision.route.rule, "callId": call["callId"], "at": now}
         plan = plan_contact(found, changes, call_at)
         # A contact created by this write gets its id now, so the activities can name it first.
         contact_id = found["_id"] if found is not None else ObjectId()
-        bulk_upsert(db[ACTIVITIES], [
-            _decision(call, analysis, contact_id, plan, now),
-            *audit(db, contact_id=contact_id, call=call, analysis=analysis, staged=staged, held=plan.held,
-                   applies=plan.applies, now=now)])
+        bulk_upsert(db[ACTIVITIES], audit(db, contact_id=contact_id, call=call, analysis=analysis, staged=staged,
+                                          plan=plan, now=now))
         written = write_contact(contacts, phone, plan, call, contact_id=contact_id, call_at=call_at, now=now)
         if written is not None:
             return written
     raise ContactContention(f"the contact of call {call['callId']} kept changing while it was written")
-
-
-def _decision(call: dict, analysis: dict, contact_id: object, plan: ContactPlan, now: datetime) -> UpdateOne:
-    return UpdateOne({**receipt(call), "type": ACTIVITY_TYPE}, {"$set": {
-        "contactId": contact_id,
-        "changes": plan.changes(),
-        # False: the contact already follows a newer call; this decision is history only.
-        "appliedToContact": plan.applies,
-        "at": now,
-        "summary": analysis["summary"],
-        "reasoning": analysis["reasoning"],
-        "confidence": analysis["confidence"],
-        "model": analysis["model"],
-        "usedFallback": analysis["usedFallback"],
-        "analysisStatus": analysis["status"],
-    }}, upsert=True)
 
 
 def _remember_conversation(contacts: Collection, contact_id: object, entry: dict) -> None:
@@ -297,14 +259,6 @@ def _remember_conversation(contacts: Collection, contact_id: object, entry: dict
     )
 
 
-def value_at(document: dict, dotted: str) -> object:
-    for part in dotted.split("."):
-        if not isinstance(document, dict):
-            return None
-        document = document.get(part)
-    return document
-
-
 @dataclass(frozen=True)
 class ContactPlan:
     """What a decision does to the contact as read (`found`, None: not created yet)."""
@@ -317,8 +271,8 @@ class ContactPlan:
         """Each field the write changes: {"from", "to"}."""
         if not self.applies:
             return {}
-        return {name: {"from": value_at(self.found or {}, name), "to": value}
-                for name, value in self.allowed.items() if value_at(self.found or {}, name) != value}
+        return {name: {"from": read_path(self.found or {}, name), "to": value}
+                for name, value in self.allowed.items() if read_path(self.found or {}, name) != value}
 
 
 def receipt(call: dict) -> dict:
@@ -326,19 +280,20 @@ def receipt(call: dict) -> dict:
 
 
 def plan_contact(found: dict | None, changes: dict, call_at: datetime) -> ContactPlan:
-    if found is not None and _newer(found.get("analyzedCallAt"), call_at):
+    analyzed_at = (found or {}).get("analyzedCallAt")
+    if isinstance(analyzed_at, datetime) and analyzed_at > call_at:
         return ContactPlan(found, {}, applies=False)
     allowed, held = split_locked(changes, (found or {}).get("locked") or ())
     # A lock holds back only what would differ from what the person set.
-    held = {name: value for name, value in held.items() if value_at(found or {}, name) != value}
+    held = {name: value for name, value in held.items() if read_path(found or {}, name) != value}
     return ContactPlan(found, allowed, held)
 
 
 def write_contact(contacts: Collection, phone: Phone, plan: ContactPlan, call: dict, *, contact_id: object,
                   call_at: datetime, now: datetime) -> object | None:
-    """Write `plan`; the contact's id (`contact_id` for one it creates). None when the contact changed since it was read (another
-    analysis written, a lock set, the contact created by another process): read it again and
-    decide again."""
+    """Write `plan`; the contact's id (`contact_id` for one it creates). None when the contact
+    changed since it was read (another analysis written, a lock set, the contact created by another
+    process): read it again and decide again."""
     touched = {"lastAnalyzedAt": now, "updatedAt": now}
     found = plan.found
     if not plan.applies:
@@ -350,13 +305,12 @@ def write_contact(contacts: Collection, phone: Phone, plan: ContactPlan, call: d
               "$inc": {REVISION: 1},
               "$push": {DECIDED: {"$each": [receipt(call)], "$slice": -DECISIONS_KEPT}},
               "$setOnInsert": {"phoneValid": phone.valid, "createdAt": now}}
-    if found is None:
-        update["$setOnInsert"]["_id"] = contact_id
     # The contact exactly as the decision read it: what it says changed is what changes.
     revision = (found or {}).get(REVISION)
     # `$exists`, not `None`: an upsert would copy an equality into the new contact, and $inc it.
     condition = {REVISION: revision if revision is not None else {"$exists": False}, **unlocked_guard(plan.allowed)}
     if found is None:
+        update["$setOnInsert"]["_id"] = contact_id
         try:
             written = contacts.find_one_and_update({"phone": phone.key, **condition}, update, upsert=True,
                                                    projection={"_id": 1}, hint=PHONE_INDEX_KEYS,
@@ -369,35 +323,41 @@ def write_contact(contacts: Collection, phone: Phone, plan: ContactPlan, call: d
     return found["_id"] if written.matched_count else None
 
 
-def _newer(analyzed_at: object, call_at: datetime) -> bool:
-    return isinstance(analyzed_at, datetime) and analyzed_at > call_at
-
-
 def audit(db: Database, *, contact_id: object, call: dict, analysis: dict, staged: tuple[Pipeline, StageDecision] | None,
-          held: dict, applies: bool, now: datetime) -> list:
+          plan: ContactPlan, now: datetime) -> list:
     """The activity writes of one decision (and its review entry, written here): keyed by call,
     type and round, so a retaken attempt rewrites its own, and a stage activity an earlier plan
     of this round made that this one does not (the contact changed before it was written) is
     removed. Written before the contact: what a crash after the contact write would lose is
-    already there. `applies`: False when the contact follows a newer call (no stage audit)."""
-    base = {"contactId": contact_id, "customerPhone": call.get("customerPhone"), "at": now,
-            "confidence": analysis["confidence"], "model": analysis["model"], "usedFallback": analysis["usedFallback"]}
+    already there. No stage audit when the contact follows a newer call (`plan.applies`)."""
+    judged = {"confidence": analysis["confidence"], "model": analysis["model"], "usedFallback": analysis["usedFallback"]}
+    base = {"contactId": contact_id, "customerPhone": call.get("customerPhone"), "at": now, **judged}
     key = receipt(call)
-    writes = {}
-    if staged is not None and applies:
+    writes = {ACTIVITY_TYPE: {
+        "contactId": contact_id,
+        "changes": plan.changes(),
+        # False: the contact already follows a newer call; this decision is history only.
+        "appliedToContact": plan.applies,
+        "at": now,
+        "summary": analysis["summary"],
+        "reasoning": analysis["reasoning"],
+        **judged,
+        "analysisStatus": analysis["status"],
+    }}
+    if staged is not None and plan.applies:
         pipeline, decision = staged
         stage = {"pipelineId": pipeline.id, "reason": decision.reason,
                  "rule": decision.route.rule if decision.route else None,
                  "from": decision.current.document() if decision.current else None,
                  "to": decision.route.stage.document() if decision.route else None}
-        if decision.changes_stage and "stage" not in held:
+        if decision.changes_stage and "stage" not in plan.held:
             writes[STAGE_CHANGE] = {**base, **stage, "action": decision.action}
         elif decision.action == BLOCKED:
             writes[STAGE_BLOCKED] = {**base, **stage}
         elif decision.action == REVIEW:
             _review(db, key, base, stage, analysis)
-    if held and applies:
-        writes[HELD_BACK] = {**base, "fields": dict(held), "reason": "locked by a person"}
+    if plan.held and plan.applies:
+        writes[HELD_BACK] = {**base, "fields": dict(plan.held), "reason": "locked by a person"}
     operations: list = [UpdateOne({**key, "type": kind}, {"$set": fields}, upsert=True)
                         for kind, fields in writes.items()]
     # Held-back entries are left: a customer's (services/writers.py) shares the key, and
