@@ -211,6 +211,33 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
     )
 
 
+def new_customer(phone: Phone, calls: list[CustomerCall], now: datetime, *, ranks: StatusRanks,
+                 call_count: int) -> dict:
+    """The record `customer_upsert` makes of these calls where none is stored, built here: the same
+    rules with nothing stored to weigh against, so a number new when read is written by a plain
+    insert, which the server stores without evaluating a pipeline. A record of the number written
+    since the read makes the insert hit the unique `phone`; the upsert is then run in its place
+    (`bulk_upsert(retry_as=...)`). `tests/test_customer_insert.py` checks both make the same record."""
+    newest = _newest(calls)
+    best = _best_status(calls, ranks)
+    fields = _newest_per_field(calls)
+    record = {
+        "phone": phone.key, "phoneValid": phone.valid, "phoneRaw": newest.phone_raw, "lastCallAt": newest.at,
+        "lastCallId": newest.call_id, "agentId": newest.agent_id,
+        "status": best.status, "statusAt": best.at, "statusCallId": best.call_id,
+        "callCount": max(call_count, 0),
+        "fieldsAt": {name: fields[name][1].at for name in PROFILE_FIELDS if name in fields},
+        "createdAt": now, "updatedAt": now,
+        PENDING_STATUS_CHANGES: [{"from": None, "to": best.status, "callId": best.call_id, "callAt": best.at}],
+        **{name: value for name, (value, _source) in fields.items()},
+    }
+    with_extracted = [c for c in calls if c.extracted]
+    if with_extracted:
+        source = _newest(with_extracted)
+        record.update(extracted=source.extracted, extractedAt=source.at)
+    return record
+
+
 def merge_update(merged: dict[str, Any], ranks: StatusRanks) -> list[dict]:
     """The update folding `merged` (services/customer_merge.py: what several records of one number
     hold, each field by the rules above) into the record kept, by the same rules applied on the
