@@ -28,6 +28,8 @@ import mongomock
 import pymongo
 import pymongo.errors
 
+import fakes.mongomock_extensions  # noqa: F401 - what mongomock lacks, taught to it before any use
+
 WRITE_METHODS = frozenset({
     "bulk_write", "insert_one", "insert_many", "update_one", "update_many", "replace_one",
     "find_one_and_update", "find_one_and_replace", "find_one_and_delete", "delete_one", "delete_many",
