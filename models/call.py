@@ -11,6 +11,8 @@ from utils.phone import Phone
 # What TRANSCRIPT_RETENTION_DAYS removes from an old call: what was said, the recording, and the raw
 # extracted data. The analysis, Bolna's summary and the call's figures stay.
 TRANSCRIPT_FIELDS = ("transcript", "recordingUrl", "extractedData", "extracted")
+TAKE = "_takeBolnaFields"  # a temporary field of the update pipeline, removed by its last stage
+EPOCH = datetime(1970, 1, 1)
 
 
 def call_fields(execution: Execution) -> dict:
@@ -47,40 +49,64 @@ def call_fields(execution: Execution) -> dict:
     }
 
 
-def call_upsert(execution: Execution, now: datetime, *, with_transcript: bool = True, hint=None) -> UpdateOne:
+def call_upsert(execution: Execution, now: datetime, *, with_transcript: bool = True) -> UpdateOne:
     """Insert a new call unprocessed; on re-sync refresh Bolna's fields only, so the analysis
     state (`processed`, `analysis`, claims) survives. `with_transcript=False` for a call past its
     transcript retention: a re-sync must not bring back what retention removed.
 
-    Order-safe: the poll and webhooks deliver one call's states in any order, so the filter
-    matches the stored call only when it is not further along than `execution`. A call further
-    along is not matched, and the upsert's insert then hits the unique `callId`: a duplicate key
-    on the retry is a call ahead of this state, nothing written (`bulk_upsert(conditional=True)`).
-    Plain `$set`/`$setOnInsert`, not a pipeline: the server applies them without evaluating an
-    expression per field. `hint`: the `callId` index, which a simpler planner (the test run's wire
-    server) does not pick for a filter with a clause outside it."""
+    Order-safe: the poll and webhooks deliver one call's states in any order, so an aggregation
+    pipeline takes Bolna's fields only when they are not older than the stored ones (`_take`):
+    a stale `updated_at`, or an unfinished status after a final one, changes nothing at all.
+    (Not a filter that leaves out a call further along, with plain `$set`: a filter with a clause
+    beyond the `callId` index makes the test run's wire server scan the collection.)"""
+    fields = _bolna_fields(execution, with_transcript)
+    stage = {name: _if_taken(value, f"${name}") for name, value in fields.items()}
+    stage.update({
+        "updatedAt": _if_taken(now, "$updatedAt"),
+        "processed": {"$ifNull": ["$processed", False]},
+        "attempts": {"$ifNull": ["$attempts", 0]},
+        "createdAt": {"$ifNull": ["$createdAt", {"$literal": now}]},
+    })
+    return UpdateOne({"callId": execution.id},
+                     [{"$set": {TAKE: _newer_or_same(execution, now)}}, {"$set": stage}, {"$unset": TAKE}],
+                     upsert=True)
+
+
+def new_call(execution: Execution, now: datetime, *, with_transcript: bool = True) -> dict:
+    """The document `call_upsert` makes where no call is stored, built here: a call is written by a
+    plain insert, which the server stores without evaluating a pipeline, and one stored already
+    makes the insert hit the unique `callId`; the upsert is then run in its place
+    (`bulk_upsert(retry_as=...)`). `tests/test_plain_inserts.py` checks both make the same one."""
+    return {**_bolna_fields(execution, with_transcript), "updatedAt": now, "processed": False, "attempts": 0,
+            "createdAt": now}
+
+
+def _bolna_fields(execution: Execution, with_transcript: bool) -> dict:
     fields = call_fields(execution)
     if not with_transcript:
         fields = {name: value for name, value in fields.items() if name not in TRANSCRIPT_FIELDS}
-    ahead = _ahead(execution, now)
-    return UpdateOne(
-        {"callId": execution.id, **({"$nor": [ahead]} if ahead else {})},
-        {"$set": {**fields, "updatedAt": now},
-         "$setOnInsert": {"processed": False, "attempts": 0, "createdAt": now}},
-        upsert=True, hint=hint,
-    )
+    return fields
 
 
-def _ahead(execution: Execution, now: datetime) -> dict | None:
-    """The stored calls further along than `execution` (None: none can be): final while it is
-    not, or updated at Bolna after it. Equal times are not ahead, so a re-sync stays a write.
+def _newer_or_same(execution: Execution, now: datetime) -> dict | bool:
+    """True on the server unless the stored call is further along than `execution`: final while
+    it is not, or updated at Bolna after it. Equal times take it, so a re-sync stays a write.
     A stored time further ahead of `now` than Bolna's clock can be (stored before such times were
     refused) outranks nothing: it would freeze the call for ever."""
-    newer = ({"bolnaUpdatedAt": {"$gt": execution.updated_at, "$lte": now + FUTURE_TOLERANCE}}
-             if execution.updated_at is not None else None)
+    stored_final = {"$eq": ["$terminal", True]}
+    stored_time = {"$ifNull": ["$bolnaUpdatedAt", EPOCH]}
+    stored_newer = ({"$and": [{"$gt": [stored_time, execution.updated_at]},
+                              {"$lte": [stored_time, now + FUTURE_TOLERANCE]}]}
+                    if execution.updated_at is not None else False)
     if execution.terminal:
-        return {"terminal": True, **newer} if newer else None
-    return {"$or": [{"terminal": True}, newer]} if newer else {"terminal": True}
+        behind = {"$and": [stored_final, stored_newer]} if stored_newer is not False else False
+    else:
+        behind = {"$or": [stored_final, stored_newer]}
+    return True if behind is False else {"$not": [behind]}
+
+
+def _if_taken(value: object, otherwise: str) -> dict:
+    return {"$cond": [f"${TAKE}", {"$literal": value}, otherwise]}
 
 
 def _key(phone: Phone | None) -> str | None:

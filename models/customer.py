@@ -210,7 +210,7 @@ def new_customer(phone: Phone, calls: list[CustomerCall], now: datetime, *, rank
     rules with nothing stored to weigh against, so a number new when read is written by a plain
     insert, which the server stores without evaluating a pipeline. A record of the number written
     since the read makes the insert hit the unique `phone`; the upsert is then run in its place
-    (`bulk_upsert(retry_as=...)`). `tests/test_customer_insert.py` checks both make the same record."""
+    (`bulk_upsert(retry_as=...)`). `tests/test_plain_inserts.py` checks both make the same record."""
     newest = _newest(calls)
     best = _best_status(calls, ranks)
     fields = _newest_per_field(calls)

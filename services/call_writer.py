@@ -1,12 +1,13 @@
 """The call processor's first phase: every execution -> `calls`, one document per Bolna call id."""
 from __future__ import annotations
 
+from pymongo import InsertOne
 from pymongo.database import Database
 
-from models.call import call_upsert
+from models.call import call_upsert, new_call
 from models.execution import Execution, execution_id, parse_time
 from services.bulk import bulk_upsert
-from services.database import CALL_ID_INDEX_KEYS, CALLS
+from services.database import CALLS
 from services.privacy.guard import PrivacyGuard
 from services.privacy.retention import RetentionPolicy
 from services.run_records import RunRecorder
@@ -41,10 +42,10 @@ class CallWriter:
             if execution.extracted_error:
                 recorder.error(f"call {execution.id}: {execution.extracted_error}; stored as received",
                                code="bad_extracted_data", call_id=execution.id, agent_id=agent_id)
-        inserted, updated = bulk_upsert(self.calls, [
-            call_upsert(e, now, with_transcript=not self.retention.transcript_expired(e.created_at, now),
-                        hint=CALL_ID_INDEX_KEYS)
-            for e in kept], conditional=True)
+        with_transcript = [not self.retention.transcript_expired(e.created_at, now) for e in kept]
+        inserted, updated = bulk_upsert(
+            self.calls, [InsertOne(new_call(e, now, with_transcript=keep)) for e, keep in zip(kept, with_transcript)],
+            retry_as=[call_upsert(e, now, with_transcript=keep) for e, keep in zip(kept, with_transcript)])
         self.guard.recheck(kept)
         recorder.add("inserted", inserted, agent_id)
         recorder.add("updated", updated, agent_id)

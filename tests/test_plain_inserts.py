@@ -1,7 +1,8 @@
-"""A number new when read is written by a plain insert (`new_customer`), built in Python, in place
-of the pipeline upsert (`customer_upsert`), which the server must evaluate expression by
-expression: both must make the same record of the same calls, on mongomock and on the wire server
-(tests/test_mongodb_integration_customer_races.py runs these tests again there)."""
+"""A customer new when read and every call are first written by a plain insert (`new_customer`,
+`new_call`), built in Python, in place of the pipeline upsert (`customer_upsert`, `call_upsert`),
+which the server must evaluate expression by expression: both must make the same document, on
+mongomock and on the wire server (tests/test_mongodb_integration_customer_races.py runs these
+tests again there); the upsert takes over where the document is stored already."""
 from datetime import datetime, timedelta
 
 import pytest
@@ -9,10 +10,13 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from pymongo import InsertOne
 
 from fakes.mongo_hooks import HookedClient
+from models.call import call_upsert, new_call
 from models.customer import PROFILE_FIELDS, CustomerCall, StatusRanks, customer_upsert, new_customer
+from models.execution import parse_execution
 from services.bulk import bulk_upsert
 from tests.conftest import TEST_DB
 from utils.config import DEFAULT_PRECEDENCE
+from tests.helpers import execution
 from utils.phone import normalize_phone
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,3 +66,28 @@ def test_a_number_written_since_the_read_gets_the_upsert_instead(mongo):
                        retry_as=[upsert]) == (0, 1)
     [record] = collection.find()
     assert (record["status"], record["name"], record["callCount"], record["lastCallId"]) == ("Booked", "Asha", 2, "c2")
+
+
+def _record(status: str, transcript: str, with_updated_at: bool) -> dict:
+    record = execution("+91 98765 43210", call_id="c1", status=status, transcript=transcript)
+    if not with_updated_at:
+        del record["updated_at"]  # as in the trimmed listing
+    return record
+
+
+executions = st.tuples(st.builds(_record, st.sampled_from(["queued", "in-progress", "completed", "no-answer"]),
+                                 st.sampled_from(["", "user: hello", "$transcript"]), st.booleans()),
+                       st.booleans())
+
+
+@settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(record_and_keep=executions)
+def test_the_call_insert_makes_the_document_the_upsert_makes(mongo, record_and_keep):
+    record, keep = record_and_keep
+    db = HookedClient(mongo)[TEST_DB]
+    db.upserted.drop()
+    db.inserted.drop()
+    call = parse_execution(record, "IN")
+    db.upserted.bulk_write([call_upsert(call, NOW, with_transcript=keep)])
+    db.inserted.insert_one(new_call(call, NOW, with_transcript=keep))
+    assert db.inserted.find_one({}, {"_id": 0}) == db.upserted.find_one({}, {"_id": 0})
