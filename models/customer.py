@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
 
+from bson import ObjectId
 from pymongo import UpdateOne
 
 from models.execution import Execution
@@ -204,13 +205,23 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
     )
 
 
+def customer_insert(phone: Phone, calls: list[CustomerCall], now: datetime, *, ranks: StatusRanks,
+                    call_count: int) -> UpdateOne:
+    """The write of a number new when read: the record `customer_upsert` would make of these calls
+    (`new_customer`), set on insert onto a fresh `_id`, which always inserts. The server stores it
+    without evaluating a pipeline; a record of the number written since the read makes the insert
+    hit the unique `phone`, and the upsert is then run in its place (`bulk_upsert(retry_as=...)`).
+    An update, not an `InsertOne`: a bulk write sends inserts and updates as two commands, and a
+    page's new and stored numbers stay one round trip."""
+    return UpdateOne({"_id": ObjectId()}, {"$setOnInsert": new_customer(phone, calls, now, ranks=ranks,
+                                                                        call_count=call_count)}, upsert=True)
+
+
 def new_customer(phone: Phone, calls: list[CustomerCall], now: datetime, *, ranks: StatusRanks,
                  call_count: int) -> dict:
-    """The record `customer_upsert` makes of these calls where none is stored, built here: the same
-    rules with nothing stored to weigh against, so a number new when read is written by a plain
-    insert, which the server stores without evaluating a pipeline. A record of the number written
-    since the read makes the insert hit the unique `phone`; the upsert is then run in its place
-    (`bulk_upsert(retry_as=...)`). `tests/test_plain_inserts.py` checks both make the same record."""
+    """The record `customer_upsert` makes of these calls where none is stored, built here with the
+    same rules and nothing stored to weigh against. `tests/test_plain_inserts.py` checks both make
+    the same record."""
     newest = _newest(calls)
     best = _best_status(calls, ranks)
     fields = _newest_per_field(calls)

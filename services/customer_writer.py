@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Callable
 
-from pymongo import InsertOne, UpdateOne
+from pymongo import UpdateOne
 from pymongo.database import Database
 
 from models.customer import (PENDING_STATUS_CHANGES, CustomerCall, StatusRanks, change_reason, customer_call,
-                             customer_upsert, held_back, new_customer, status_change)
+                             customer_insert, customer_upsert, held_back, status_change)
 from models.locks import HELD_BACK
 from models.execution import Execution, execution_id
 from services.bulk import bulk_upsert
@@ -66,8 +66,8 @@ class CustomerWriter:
                                    existing_id=stored[key]["_id"] if key in stored else None)
                    for key, (phone, calls) in by_phone.items()]
         inserted, updated = bulk_upsert(self.customers, [
-            upsert if key in stored else InsertOne(new_customer(phone, calls, now, ranks=self.ranks,
-                                                                call_count=counts.get(key, 0)))
+            upsert if key in stored else customer_insert(phone, calls, now, ranks=self.ranks,
+                                                         call_count=counts.get(key, 0))
             for upsert, (key, (phone, calls)) in zip(upserts, by_phone.items())], retry_as=upserts)
         # Before the links are marked applied: a page cut off before this is taken again, and
         # logs what this write (or any earlier one) left pending.

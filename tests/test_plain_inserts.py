@@ -1,4 +1,4 @@
-"""A customer new when read and every call are first written by a plain insert (`new_customer`,
+"""A customer new when read and every call are first written by a plain insert (`customer_insert`,
 `new_call`), built in Python, in place of the pipeline upsert (`customer_upsert`, `call_upsert`),
 which the server must evaluate expression by expression: both must make the same document, on
 mongomock and on the wire server (tests/test_mongodb_integration_customer_races.py runs these
@@ -7,11 +7,10 @@ from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from pymongo import InsertOne
 
 from fakes.mongo_hooks import HookedClient
 from models.call import call_upsert, new_call
-from models.customer import PROFILE_FIELDS, CustomerCall, StatusRanks, customer_upsert, new_customer
+from models.customer import PROFILE_FIELDS, CustomerCall, StatusRanks, customer_insert, customer_upsert
 from models.execution import parse_execution
 from services.bulk import bulk_upsert
 from tests.conftest import TEST_DB
@@ -42,7 +41,7 @@ def check_same_record(db, page: list[CustomerCall], call_count: int) -> None:
     db.upserted.drop()
     db.inserted.drop()
     db.upserted.bulk_write([customer_upsert(PHONE, page, NOW, ranks=RANKS, call_count=call_count)])
-    db.inserted.insert_one(new_customer(PHONE, page, NOW, ranks=RANKS, call_count=call_count))
+    db.inserted.bulk_write([customer_insert(PHONE, page, NOW, ranks=RANKS, call_count=call_count)])
     assert db.inserted.find_one({}, {"_id": 0}) == db.upserted.find_one({}, {"_id": 0})
 
 
@@ -60,9 +59,9 @@ def test_a_number_written_since_the_read_gets_the_upsert_instead(mongo):
     collection.create_index("phone", unique=True)
     first = [CustomerCall("c1", NOW - timedelta(minutes=5), None, "", "Contacted", {"name": "Asha"}, {})]
     second = [CustomerCall("c2", NOW, None, "", "Booked", {}, {})]
-    collection.insert_one(new_customer(PHONE, first, NOW, ranks=RANKS, call_count=1))
+    collection.bulk_write([customer_insert(PHONE, first, NOW, ranks=RANKS, call_count=1)])
     upsert = customer_upsert(PHONE, second, NOW, ranks=RANKS, call_count=2)
-    assert bulk_upsert(collection, [InsertOne(new_customer(PHONE, second, NOW, ranks=RANKS, call_count=2))],
+    assert bulk_upsert(collection, [customer_insert(PHONE, second, NOW, ranks=RANKS, call_count=2)],
                        retry_as=[upsert]) == (0, 1)
     [record] = collection.find()
     assert (record["status"], record["name"], record["callCount"], record["lastCallId"]) == ("Booked", "Asha", 2, "c2")
