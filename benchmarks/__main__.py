@@ -8,7 +8,7 @@ import time
 
 from benchmarks import backfill_bench, mapping_bench, sync_bench
 from benchmarks.baseline import sequential_llm
-from benchmarks.harness import CountedMongo, Measurement, wire_server_if
+from benchmarks.harness import CountedMongo, Measurement, ping_ms, wire_server_if
 from utils.config import Settings
 from utils.table import format_table
 
@@ -29,15 +29,20 @@ BACKFILL_MINUTE = 30.0
 SCENARIOS = ("first_sync", "steady_state", "full_resync", "backfill", "mapping", "heuristic", "analyzer")
 # Asked by name only, each printing its own figures (not rows of the sync table).
 OWN_REPORTS = ("hostile",)
-HEADERS = ["scenario", "variant", "wall s", "Bolna req", "429s", "Mongo RT", "exec/s", "peak MB"]
+HEADERS = ["scenario", "variant", "wall s", "server CPU s", "Bolna req", "429s", "Mongo RT", "exec/s", "peak MB"]
+# `--calls N`: the size of the scenarios measured at one size, in place of SIZES.
+_calls: int | None = None
 
 
 def _size(name: str, quick: bool):
+    if _calls and isinstance(SIZES[name]["server"][0], int):
+        return _calls
     return SIZES[name]["server" if CountedMongo.server_uri() else "mongomock"][quick]
 
 
 def _row(scenario: str, variant: str, m: Measurement, *, rate: bool = False) -> list:
-    return [scenario, variant, f"{m.seconds:.2f}", m.requests if m.requests else "-",
+    return [scenario, variant, f"{m.seconds:.2f}", f"{m.server_cpu:.2f}" if m.server_cpu is not None else "-",
+            m.requests if m.requests else "-",
             m.rate_limited if m.requests else "-",
             m.round_trips if m.round_trips else "-", f"{m.per_second:,.0f}" if rate else "-",
             f"{m.peak_mb:.1f}" if m.peak_mb is not None else "-"]
@@ -128,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wire-server", action="store_true",
                         help="start the test run's wire server (tests.wire_server: SecantusDB in its own venv) "
                              "and measure against it, as against MONGODB_URI")
+    parser.add_argument("--delay-ms", type=float, default=0.0,
+                        help="reach the server through a proxy adding this delay each way "
+                             "(benchmarks/latency_proxy.py; 1 ms each way: a server in the same region)")
+    parser.add_argument("--calls", type=int,
+                        help="the size of first_sync, backfill and mapping, in place of the default")
     args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS) - set(OWN_REPORTS)
     if unknown:
@@ -135,16 +145,25 @@ def main(argv: list[str] | None = None) -> int:
                      f"{', '.join(SCENARIOS + OWN_REPORTS)}")
     own = [name for name in args.scenarios if name in OWN_REPORTS]
     args.scenarios = [name for name in args.scenarios if name not in OWN_REPORTS]
+    if args.delay_ms and not (args.wire_server or CountedMongo.server_uri()):
+        parser.error("--delay-ms needs a server: --wire-server, or MONGODB_URI")
+    global _calls
+    _calls = args.calls
     logging.disable(logging.WARNING)  # the runs' own logs would bury the table
     if args.wire_server:
         from tests.wire_server import PACKAGE
         backend = f"the wire server ({PACKAGE}, in memory, 127.0.0.1)"
     else:
         backend = "a server at MONGODB_URI" if CountedMongo.server_uri() else "mongomock"
-    with wire_server_if(args.wire_server):
+    if args.delay_ms:
+        backend += f", reached through a proxy adding {args.delay_ms:g} ms each way (benchmarks/latency_proxy.py)"
+    with wire_server_if(args.wire_server, args.delay_ms):
         print("MongoDB: " + backend + ("; round trips counted by command monitoring (pymongo.monitoring)"
                                        if CountedMongo.server_uri() else
-                                       "; round trips counted per collection call (fakes.mongo_hooks)") + "\n")
+                                       "; round trips counted per collection call (fakes.mongo_hooks)"))
+        if CountedMongo.server_uri():
+            print(f"a ping's round trip: {ping_ms():.2f} ms (median of 100)")
+        print()
         if own:
             from benchmarks import hostile_bench
             print("\n".join(hostile_bench.run(args.quick)), flush=True)

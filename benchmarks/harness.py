@@ -3,14 +3,16 @@ requests are counted, timing and peak memory."""
 from __future__ import annotations
 
 import os
+import statistics
 import time
 import tracemalloc
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import mongomock
-from pymongo import MongoClient, monitoring
+from pymongo import MongoClient, monitoring, uri_parser
 
 from fakes.bolna_api import RateLimits
 from fakes.bolna_server import FakeBolna
@@ -29,21 +31,77 @@ _HOUSEKEEPING = frozenset({"hello", "ismaster", "isMaster", "ping", "endSessions
                            "saslContinue", "buildInfo"})
 
 
+# The wire server's process while `wire_server_if` runs it: its CPU time is measured beside each
+# wall time (a server elsewhere, at MONGODB_URI, is not ours to read).
+_server_pid: int | None = None
+
+
 @contextmanager
-def wire_server_if(asked: bool):
+def wire_server_if(asked: bool, delay_ms: float = 0.0):
     """`--wire-server`: the test run's wire server (tests.wire_server) started and made this
     process's MONGODB_URI, the server of CountedMongo and of the benchmarks' own clients, until
-    the block ends. Otherwise nothing changes: MONGODB_URI as set, or mongomock."""
-    if not asked:
-        yield
-        return
-    from tests.wire_server import WireServer
-    server = WireServer().start()
-    os.environ["MONGODB_URI"] = server.uri
+    the block ends. Otherwise nothing changes: MONGODB_URI as set, or mongomock.
+    `delay_ms`: the server reached through benchmarks.latency_proxy, `delay_ms` added each way."""
+    global _server_pid
+    server = proxy = None
+    if asked:
+        from tests.wire_server import WireServer
+        server = WireServer().start()
+        os.environ["MONGODB_URI"] = server.uri
+        _server_pid = server.process.pid
     try:
+        if delay_ms:
+            proxy = _delayed(delay_ms)
         yield
     finally:
-        server.close()
+        if proxy is not None:
+            proxy.close()
+        if server is not None:
+            _server_pid = None
+            server.close()
+
+
+def _delayed(delay_ms: float):
+    """MONGODB_URI pointed at a proxy in front of its server (one host, given as host:port)."""
+    from benchmarks.latency_proxy import DelayProxy
+    uri = CountedMongo.server_uri()
+    parsed = uri_parser.parse_uri(uri)
+    if not uri or len(parsed["nodelist"]) != 1:
+        raise SystemExit("--delay-ms needs one server: --wire-server, or MONGODB_URI naming one host")
+    host, port = parsed["nodelist"][0]
+    proxy = DelayProxy(f"{host}:{port}", delay_ms)
+    # Through the proxy the driver must not go looking for the host the server names itself.
+    parts = urlsplit(uri)
+    credentials = parts.netloc.rpartition("@")[0]
+    os.environ["MONGODB_URI"] = (f"mongodb://{credentials + '@' if credentials else ''}127.0.0.1:{proxy.port}/"
+                                 f"?directConnection=true" + (f"&{parts.query}" if parts.query else ""))
+    return proxy
+
+
+def ping_ms(pings: int = 100) -> float:
+    """The median round trip of a `ping` to MONGODB_URI, proxy included: the delay a run really
+    saw (on a loaded machine the proxy's own hops add to the delay asked)."""
+    client = MongoClient(CountedMongo.server_uri())
+    try:
+        client.admin.command("ping")
+        times = []
+        for _ in range(pings):
+            started = time.perf_counter()
+            client.admin.command("ping")
+            times.append(time.perf_counter() - started)
+    finally:
+        client.close()
+    return statistics.median(times) * 1000
+
+
+def server_cpu_seconds() -> float | None:
+    """The wire server's CPU time so far (user + system, all its threads), from /proc; None when
+    the server is not ours."""
+    if _server_pid is None:
+        return None
+    with open(f"/proc/{_server_pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 class CommandCounter(monitoring.CommandListener):
@@ -74,6 +132,7 @@ class Measurement:
     peak_mb: float | None = None
     records: int = 0
     rate_limited: int = 0  # 429 answers Bolna gave during the run
+    server_cpu: float | None = None  # seconds of the wire server's CPU (user + system) during the run
 
     @property
     def per_second(self) -> float:
@@ -142,6 +201,7 @@ def measure(measurement: Measurement, mongo: CountedMongo, bolna, *, memory: boo
     """Time the block, and count the requests and round trips it made."""
     mongo.counter.reset()
     requests_before = bolna.request_count()
+    cpu_before = server_cpu_seconds()
     if memory:
         tracemalloc.start()
     started = time.perf_counter()
@@ -155,3 +215,5 @@ def measure(measurement: Measurement, mongo: CountedMongo, bolna, *, memory: boo
         measurement.requests = bolna.request_count() - requests_before
         measurement.rate_limited = sum(1 for request in bolna.requests[requests_before:] if request.status == 429)
         measurement.round_trips = mongo.counter.total
+        if cpu_before is not None:
+            measurement.server_cpu = server_cpu_seconds() - cpu_before

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Mapping
 from typing import Callable
 
 import mongomock
 import pymongo
 import pymongo.errors
+
+import fakes.mongomock_extensions  # noqa: F401 - what mongomock lacks, taught to it before any use
 
 WRITE_METHODS = frozenset({
     "bulk_write", "insert_one", "insert_many", "update_one", "update_many", "replace_one",
@@ -118,7 +121,9 @@ class _SortlessOperation:
 def _check_hint(collection, hint) -> None:
     """A server refuses a hint that names no index (by name or by keys); so does this."""
     indexes = collection.index_information()
-    keys = [tuple(pair) for pair in hint] if not isinstance(hint, str) else None
+    # By name, by a list of (key, direction), or as the document an operation's `hint=` becomes.
+    pairs = hint.items() if isinstance(hint, Mapping) else hint
+    keys = [tuple(pair) for pair in pairs] if not isinstance(hint, str) else None
     if keys == [("_id", 1)] or hint == "_id_":
         return  # every collection has `_id_`, one not created yet too (a server builds it with the collection)
     if (keys is None and hint in indexes) or any([tuple(pair) for pair in index["key"]] == keys for index in indexes.values()):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
 
+from bson import ObjectId
 from pymongo import UpdateOne
 
 from models.execution import Execution, Extraction, Path
@@ -33,8 +34,6 @@ _BOOKED_KEYS = ("appointment_booked", "booked", "is_booked", "booking_confirmed"
 _CALLBACK_KEYS = ("callback_user", "callback_requested", "call_back")
 _INTEREST_KEYS = ("user_interested", "interested", "is_interested")
 
-# What the CRM sync writes that a person may lock (models/locks.py).
-LOCKABLE_FIELDS = ("status", *PROFILE_FIELDS, "extracted")
 EPOCH = datetime(1970, 1, 1)
 # The status changes an upsert made, kept on the record by the upsert itself until the writer has
 # logged each as an activity: what a change was is known only to the write that made it.
@@ -170,8 +169,7 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
                                                  "callId": {"$literal": best.call_id},
                                                  "callAt": {"$literal": best.at}}}
     for name, (condition, _value, _source, _at) in offers.items():
-        # `$eq: false`, not `$not`: mongomock evaluates `{$not: [false]}` as false.
-        decide[f"_take_{name}"] = {"$and": [{"$eq": [_locked(name), False]}, condition]}
+        decide[f"_take_{name}"] = {"$and": [{"$not": [_locked(name)]}, condition]}
         decide[f"_hold_{name}"] = {"$and": [_locked(name), condition]}
     stage: dict[str, Any] = {
         "phone": {"$literal": phone.key},
@@ -191,9 +189,7 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
         SUGGESTED: _suggested(offers),
         PENDING_STATUS_CHANGES: {"$cond": [
             {"$and": ["$_take_status", {"$ne": [{"$ifNull": ["$status", None]}, best.status]}]},
-            # `$map` over one element: mongomock evaluates no expression inside an array literal.
-            {"$concatArrays": [{"$ifNull": [f"${PENDING_STATUS_CHANGES}", []]},
-                               {"$map": {"input": [0], "in": "$_status_change"}}]},
+            {"$concatArrays": [{"$ifNull": [f"${PENDING_STATUS_CHANGES}", []]}, ["$_status_change"]]},
             f"${PENDING_STATUS_CHANGES}"]},
     }
     for name, (value, _source) in fields.items():
@@ -201,13 +197,48 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
     if with_extracted:
         stage["extracted"] = _if("$_take_extracted", offers["extracted"][1], "$extracted")
         stage["extractedAt"] = _if("$_take_extracted", offers["extracted"][3], "$extractedAt")
-    temporary = {name: 0 for name in decide}
     return UpdateOne(
         {"_id": existing_id} if existing_id is not None else {"phone": phone.key},
-        # `$project` exclusion, not the `$unset` stage: same effect, and mongomock knows it.
-        [{"$set": decide}, {"$set": stage}, {"$project": temporary}],
+        [{"$set": decide}, {"$set": stage}, {"$unset": list(decide)}],
         upsert=True,
     )
+
+
+def customer_insert(phone: Phone, calls: list[CustomerCall], now: datetime, *, ranks: StatusRanks,
+                    call_count: int) -> UpdateOne:
+    """The write of a number new when read: the record `customer_upsert` would make of these calls
+    (`new_customer`), set on insert onto a fresh `_id`, which always inserts. The server stores it
+    without evaluating a pipeline; a record of the number written since the read makes the insert
+    hit the unique `phone`, and the upsert is then run in its place (`bulk_upsert(retry_as=...)`).
+    An update, not an `InsertOne`: a bulk write sends inserts and updates as two commands, and a
+    page's new and stored numbers stay one round trip."""
+    return UpdateOne({"_id": ObjectId()}, {"$setOnInsert": new_customer(phone, calls, now, ranks=ranks,
+                                                                        call_count=call_count)}, upsert=True)
+
+
+def new_customer(phone: Phone, calls: list[CustomerCall], now: datetime, *, ranks: StatusRanks,
+                 call_count: int) -> dict:
+    """The record `customer_upsert` makes of these calls where none is stored, built here with the
+    same rules and nothing stored to weigh against. `tests/test_plain_inserts.py` checks both make
+    the same record."""
+    newest = _newest(calls)
+    best = _best_status(calls, ranks)
+    fields = _newest_per_field(calls)
+    record = {
+        "phone": phone.key, "phoneValid": phone.valid, "phoneRaw": newest.phone_raw, "lastCallAt": newest.at,
+        "lastCallId": newest.call_id, "agentId": newest.agent_id,
+        "status": best.status, "statusAt": best.at, "statusCallId": best.call_id,
+        "callCount": max(call_count, 0),
+        "fieldsAt": {name: fields[name][1].at for name in PROFILE_FIELDS if name in fields},
+        "createdAt": now, "updatedAt": now,
+        PENDING_STATUS_CHANGES: [{"from": None, "to": best.status, "callId": best.call_id, "callAt": best.at}],
+        **{name: value for name, (value, _source) in fields.items()},
+    }
+    with_extracted = [c for c in calls if c.extracted]
+    if with_extracted:
+        source = _newest(with_extracted)
+        record.update(extracted=source.extracted, extractedAt=source.at)
+    return record
 
 
 def merge_update(merged: dict[str, Any], ranks: StatusRanks) -> list[dict]:
@@ -241,9 +272,7 @@ def merge_update(merged: dict[str, Any], ranks: StatusRanks) -> list[dict]:
         stage["extractedAt"] = _if("$_take_extracted", merged["extractedAt"], "$extractedAt")
     if merged.get("createdAt") is not None:
         stage["createdAt"] = {"$min": [{"$ifNull": ["$createdAt", merged["createdAt"]]}, merged["createdAt"]]}
-    # `$project` exclusion, not the `$unset` stage: same effect, and mongomock knows it.
-    return [*([{"$set": decide}] if decide else []), {"$set": stage},
-            {"$project": {**{name: 0 for name in decide}, "callIds": 0}}]
+    return [*([{"$set": decide}] if decide else []), {"$set": stage}, {"$unset": [*decide, "callIds"]}]
 
 
 def _newest(calls: list[CustomerCall]) -> CustomerCall:
@@ -265,14 +294,10 @@ def _newest_per_field(calls: list[CustomerCall]) -> dict[str, tuple[Any, Custome
 
 
 def _suggested(offers: dict[str, tuple[dict, Any, CustomerCall, datetime]]) -> dict:
-    """`suggested`, with what a lock held back of these offers. Every field a customer's
-    suggestion may hold is listed, so those of earlier calls stay (an object here replaces
-    `suggested`; mongomock has no `$mergeObjects`)."""
-    return {"$cond": [{"$or": [f"$_hold_{name}" for name in offers]}, {
-        name: (_if(f"$_hold_{name}", {"value": offers[name][1], "callId": offers[name][2].call_id,
-                                      "at": offers[name][3]}, f"${SUGGESTED}.{name}")
-               if name in offers else f"${SUGGESTED}.{name}")
-        for name in LOCKABLE_FIELDS}, f"${SUGGESTED}"]}
+    """`suggested`, with what a lock held back of these offers over what earlier calls left."""
+    return {"$cond": [{"$or": [f"$_hold_{name}" for name in offers]}, {"$mergeObjects": [f"${SUGGESTED}", {
+        name: _if(f"$_hold_{name}", {"value": value, "callId": source.call_id, "at": at}, f"${SUGGESTED}.{name}")
+        for name, (_condition, value, source, at) in offers.items()}]}, f"${SUGGESTED}"]}
 
 
 def _locked(field: str) -> dict:

@@ -44,4 +44,4 @@ def migrate(collection: Collection, old: str, old_until: str, within: dict, hint
     be (the documents waiting to be taken), with the `hint` of its index, so start-up walks no more."""
     collection.update_many({**within, old: {"$exists": True}}, [
         {"$set": {BY: f"${old}.owner", UNTIL: f"${old}.{old_until}", TOKEN: f"${old}.token"}},
-        {"$project": {old: 0}}], hint=hint)
+        {"$unset": old}], hint=hint)

@@ -41,9 +41,8 @@ class ServerClock:
             before = self._local()
             server_time = self._db.command("hello")["localTime"]
             after = self._local()
-        except (PyMongoError, KeyError, NotImplementedError) as exc:
-            # An in-process MongoDB (mongomock) shares this clock; a server that cannot answer
-            # now leaves the last offset in use until the next measure.
+        except (PyMongoError, KeyError) as exc:
+            # A server that cannot answer now leaves the last offset in use until the next measure.
             log.debug("server time unavailable (%s); using the offset measured before", type(exc).__name__)
             return
         self._offset = server_time - (before + (after - before) / 2)

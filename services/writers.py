@@ -19,14 +19,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pymongo import ReturnDocument, UpdateOne
+from pymongo import InsertOne, ReturnDocument, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
-from models.call import call_upsert
+from models.call import call_upsert, new_call
 from models.customer import (EPOCH, PENDING_STATUS_CHANGES, PROFILE_FIELDS, CustomerCall, StatusRanks,
-                             change_reason, customer_call, customer_upsert, held_back, merge_update, status_change)
+                             change_reason, customer_call, customer_insert, customer_upsert, held_back, merge_update,
+                             status_change)
 from models.execution import Execution, execution_id, linked_call_id, parse_time
 from models.locks import HELD_BACK
 from services.database import ACTIVITIES, CALLS, CUSTOMER_CALLS, CUSTOMERS, DUPLICATE_KEY, PHONE_INDEX_KEYS
@@ -66,9 +67,10 @@ class CallWriter:
             if execution.extracted_error:
                 recorder.error(f"call {execution.id}: {execution.extracted_error}; stored as received",
                                code="bad_extracted_data", call_id=execution.id, agent_id=agent_id)
-        inserted, updated = bulk_upsert(self.calls, [
-            call_upsert(e, now, with_transcript=not self.retention.transcript_expired(e.created_at, now))
-            for e in kept])
+        with_transcript = [not self.retention.transcript_expired(e.created_at, now) for e in kept]
+        inserted, updated = bulk_upsert(
+            self.calls, [InsertOne(new_call(e, now, with_transcript=keep)) for e, keep in zip(kept, with_transcript)],
+            retry_as=[call_upsert(e, now, with_transcript=keep) for e, keep in zip(kept, with_transcript)])
         self.guard.recheck(kept)
         recorder.add("inserted", inserted, agent_id)
         recorder.add("updated", updated, agent_id)
@@ -124,10 +126,13 @@ class CustomerWriter:
         counts, legacy_keys = self._counts(list(by_phone))
         # Before the customers: once they hold the new values, a re-run could not tell a lock held one.
         self._record_held_back(by_phone, stored, now)
+        upserts = [customer_upsert(phone, calls, now, ranks=self.ranks, call_count=counts.get(key, 0),
+                                   existing_id=stored[key]["_id"] if key in stored else None)
+                   for key, (phone, calls) in by_phone.items()]
         inserted, updated = bulk_upsert(self.customers, [
-            customer_upsert(phone, calls, now, ranks=self.ranks, call_count=counts.get(key, 0),
-                            existing_id=stored[key]["_id"] if key in stored else None)
-            for key, (phone, calls) in by_phone.items()])
+            upsert if key in stored else customer_insert(phone, calls, now, ranks=self.ranks,
+                                                         call_count=counts.get(key, 0))
+            for upsert, (key, (phone, calls)) in zip(upserts, by_phone.items())], retry_as=upserts)
         # Before the links are marked applied: a page cut off before this is taken again, and
         # logs what this write (or any earlier one) left pending.
         self._log_status_changes([key for key, (_phone, calls) in by_phone.items()
@@ -316,21 +321,24 @@ def records_by_phone(collection: Collection, phones: list[Phone]) -> dict[str, l
     return found
 
 
-def bulk_upsert(collection: Collection, operations: list[UpdateOne]) -> tuple[int, int]:
+def bulk_upsert(collection: Collection, operations: list[UpdateOne | InsertOne],
+                retry_as: list[UpdateOne] | None = None) -> tuple[int, int]:
     """Run upserts in one round trip; returns (inserted, updated).
 
     Two daemons upserting the same new key at once make one of them hit the unique index;
-    the document exists by then, so running those operations again turns them into updates."""
+    the document exists by then, so running those operations again turns them into updates.
+    `retry_as`: what to run again in place of each operation (for an `InsertOne` of a document
+    that may be stored already, its upsert)."""
     if not operations:
         return 0, 0
     try:
         result = collection.bulk_write(operations, ordered=False)
-        return result.upserted_count, result.modified_count
+        return result.upserted_count + result.inserted_count, result.modified_count
     except BulkWriteError as exc:
         details = exc.details
         errors = details.get("writeErrors", [])
         if any(error.get("code") != DUPLICATE_KEY for error in errors):
             raise
-        retry = [operations[error["index"]] for error in errors]
-        inserted = collection.bulk_write(retry, ordered=False).upserted_count
-        return details.get("nUpserted", 0) + inserted, details.get("nModified", 0) + len(retry) - inserted
+        again = collection.bulk_write([(retry_as or operations)[error["index"]] for error in errors], ordered=False)
+        inserted = details.get("nUpserted", 0) + details.get("nInserted", 0) + again.upserted_count
+        return inserted, details.get("nModified", 0) + again.modified_count
