@@ -26,13 +26,8 @@ WEBHOOK_DELIVERIES = "webhook_deliveries"
 # LLM analyses taken per interval under LLM_GLOBAL_LIMIT.
 TENANT_SCHEDULE = "tenant_schedule"
 LLM_QUOTA = "llm_quota"
-QUOTA_EXPIRY_INDEX = "ttl_at"
 # The code of a write refused by a unique index.
 DUPLICATE_KEY = 11000
-# The schedule's claim, named by its keys in the hint: a simpler planner (the test run's wire
-# server) gives up on an index when the filter has an `$or`; MongoDB's picks the same one unaided.
-SCHEDULE_CLAIM_KEYS = [("active", ASCENDING), ("dueAt", ASCENDING)]
-SCHEDULE_INDEXES = [IndexModel(SCHEDULE_CLAIM_KEYS, name="active_dueAt")]
 
 # Every collection the daemon writes holds one account's documents at a time (services/tenancy).
 TENANT_COLLECTIONS = (CUSTOMERS, CUSTOMER_CALLS, CALLS, CONTACTS, ACTIVITIES, SYNC_STATE, SYNC_RUNS, LLM_BATCHES,
@@ -41,9 +36,6 @@ TENANT_COLLECTIONS = (CUSTOMERS, CUSTOMER_CALLS, CALLS, CONTACTS, ACTIVITIES, SY
 RUN_EXPIRY_INDEX = "ttl_startedAt"
 JOB_STARTED_INDEX = "job_startedAt"
 PHONE_INDEX = "phone_unique"
-INBOX_EXPIRY_INDEX = "ttl_receivedAt"
-DELIVERIES_EXPIRY_INDEX = "ttl_at"
-DELIVERY_COUNTS_DAYS = 30
 
 # Keys of the indexes some queries name as a hint (a hint by keys survives a renamed index): a
 # simpler planner (the test run's wire server) gives up on an index when the filter has a field
@@ -55,13 +47,14 @@ QUEUE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("processed", ASCENDING), ("termi
 CALL_AGE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("callAt", ASCENDING)]
 TRANSCRIPT_AGE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("transcriptRemovedAt", ASCENDING), ("callAt", ASCENDING)]
 RUN_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("job", ASCENDING), ("startedAt", DESCENDING)]
-# Across accounts: a replica's one webhook processor claims the waiting deliveries of all of them.
+# Across accounts: a replica's one webhook processor claims the waiting deliveries of all of them
+# (round-robin: services/webhooks/inbox.py).
 INBOX_STATE_KEYS = [("state", ASCENDING), ("receivedAt", ASCENDING)]
-# The processor's claims, round-robin across accounts (services/webhooks/inbox.py), and one
-# account's waiting deliveries counted against WEBHOOK_MAX_WAITING.
 INBOX_CLAIM_KEYS = [("state", ASCENDING), ("rank", ASCENDING), ("receivedAt", ASCENDING)]
-INBOX_ACCOUNT_KEYS = [(TENANT_FIELD, ASCENDING), ("state", ASCENDING)]
 SUPPRESSION_KEY_KEYS = [(TENANT_FIELD, ASCENDING), ("keyId", ASCENDING)]
+# The schedule's claim of the account due longest.
+SCHEDULE_CLAIM_KEYS = [("active", ASCENDING), ("dueAt", ASCENDING)]
+SCHEDULE_INDEXES = [IndexModel(SCHEDULE_CLAIM_KEYS, name="active_dueAt")]
 
 # Every index of an account's data leads with `userId` (services/tenancy/scoped.py adds it to every
 # query): a lookup reads the one account's entries, and uniqueness is per account, so two accounts
@@ -143,7 +136,7 @@ _INDEXES: dict[str, list[IndexModel]] = {
         # The processor's claims: lowest rank first, across accounts.
         IndexModel(INBOX_CLAIM_KEYS, name="state_rank_receivedAt"),
         # One account's waiting deliveries, counted at each accept against its cap.
-        IndexModel(INBOX_ACCOUNT_KEYS, name="userId_state"),
+        _tenant_index(("state", ASCENDING), name="userId_state"),
     ],
     # The tally's last day of deliveries (status): beside the TTL index, which cannot be compound.
     WEBHOOK_DELIVERIES: [_tenant_index(("at", ASCENDING), name="userId_at")],
@@ -167,9 +160,9 @@ def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int =
     shared = not isinstance(db, TenantDatabase)
     # Old documents expire through TTL indexes (these cannot be compound: by age, whatever the account).
     expiring = {SYNC_RUNS: ("startedAt", RUN_EXPIRY_INDEX, run_retention_days * 86400),
-                WEBHOOK_INBOX: ("receivedAt", INBOX_EXPIRY_INDEX, inbox_days * 86400),
-                WEBHOOK_DELIVERIES: ("at", DELIVERIES_EXPIRY_INDEX, DELIVERY_COUNTS_DAYS * 86400),
-                LLM_QUOTA: ("at", QUOTA_EXPIRY_INDEX, 86400)}  # a window's counter is of no use a day on
+                WEBHOOK_INBOX: ("receivedAt", "ttl_receivedAt", inbox_days * 86400),
+                WEBHOOK_DELIVERIES: ("at", "ttl_at", 30 * 86400),  # hourly delivery counts, kept 30 days
+                LLM_QUOTA: ("at", "ttl_at", 86400)}  # a window's counter is of no use a day on
     indexes = {collection: list(models) for collection, models in _INDEXES.items()}
     for collection, (field, name, seconds) in expiring.items():
         indexes.setdefault(collection, []).append(
@@ -183,6 +176,7 @@ def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int =
     lease.migrate(db[WEBHOOK_INBOX], "claim", "expiresAt", {"state": "waiting"}, INBOX_STATE_KEYS)
     if shared:
         lease.migrate(db[TENANT_SCHEDULE], "lease", "until", {})
+
 
 
 _OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds")

@@ -15,8 +15,9 @@ import pytest
 from pymongo.errors import BulkWriteError
 
 from fakes.mongo_hooks import HookedClient, RoundTripCounter
-from services.tenancy.schedule import (DUE, REFUSED, RETIRED, RUNNING, SCHEDULE_INDEXES, WAITING, TenantSchedule,
-                                       first_due_times, next_due)
+from services.database import SCHEDULE_INDEXES
+from services.tenancy.schedule import (DUE, REFUSED, RETIRED, RUNNING, WAITING, TenantSchedule, first_due_times,
+                                       next_due)
 from tests.conftest import TEST_DB
 from worker.status import collect
 

@@ -42,7 +42,7 @@ from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services import lease
-from services.database import DUPLICATE_KEY, SCHEDULE_CLAIM_KEYS, SCHEDULE_INDEXES
+from services.database import DUPLICATE_KEY, SCHEDULE_CLAIM_KEYS
 from utils.clock import to_millis, unix_seconds, utcnow
 
 log = logging.getLogger(__name__)
