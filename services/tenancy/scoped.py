@@ -16,6 +16,7 @@ server. A new need is a line added to a list, after checking it cannot leave the
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any, Iterable, Mapping
 
 from bson import ObjectId
@@ -23,21 +24,25 @@ from pymongo import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, Up
 
 TENANT_FIELD = "userId"
 
-# Options each method accepts. Left out on purpose: `collation` (a case-insensitive one makes
-# `userId: "acme"` match "ACME"), `let`, `session`, `array_filters` and the rest no caller passes.
+# The collection methods the view offers: the options each accepts, then how each positional
+# argument is scoped (a method of ScopedCollection: `_filter` adds the account, `_checked` refuses
+# an update that could leave it, `_stamped` writes it in); no further positional argument is taken.
+# Left out on purpose: `collation` (a case-insensitive one makes `userId: "acme"` match "ACME"),
+# `let`, `session`, `array_filters` and the rest no caller passes.
 _READ_OPTIONS = frozenset({"projection", "sort", "limit", "skip", "hint"})
-_OPTIONS = {
-    "find": _READ_OPTIONS, "find_one": _READ_OPTIONS,
-    "count_documents": frozenset({"hint", "limit", "skip"}),
-    "distinct": frozenset(),
-    "aggregate": frozenset({"hint"}),
-    "insert_one": frozenset(), "insert_many": frozenset({"ordered"}),
-    "update_one": frozenset({"upsert", "hint"}), "update_many": frozenset({"upsert", "hint"}),
-    "replace_one": frozenset({"upsert", "hint"}),
-    "find_one_and_update": frozenset({"projection", "sort", "upsert", "return_document", "hint"}),
-    "delete_one": frozenset({"hint"}), "delete_many": frozenset({"hint"}),
-    "find_one_and_delete": frozenset({"projection", "sort", "hint"}),
-    "bulk_write": frozenset({"ordered"}),
+_UPSERT_OPTIONS = frozenset({"upsert", "hint"})
+_METHODS = {
+    "find": (_READ_OPTIONS,), "find_one": (_READ_OPTIONS,),  # their own methods below
+    "distinct": (frozenset(),), "aggregate": (frozenset({"hint"}),),
+    "count_documents": (frozenset({"hint", "limit", "skip"}), "_filter"),
+    "insert_one": (frozenset(), "_stamped"), "insert_many": (frozenset({"ordered"}), "_stamped_all"),
+    "update_one": (_UPSERT_OPTIONS, "_filter", "_checked"), "update_many": (_UPSERT_OPTIONS, "_filter", "_checked"),
+    "replace_one": (_UPSERT_OPTIONS, "_filter", "_stamped"),
+    "find_one_and_update": (frozenset({"projection", "sort", "upsert", "return_document", "hint"}), "_filter",
+                            "_checked"),
+    "delete_one": (frozenset({"hint"}), "_filter"), "delete_many": (frozenset({"hint"}), "_filter"),
+    "find_one_and_delete": (frozenset({"projection", "sort", "hint"}), "_filter"),
+    "bulk_write": (frozenset({"ordered"}), "_scoped_requests"),
 }
 # Index management: indexes span accounts, and touch no document (services/database.py builds them).
 _INDEX_METHODS = frozenset({"create_index", "create_indexes", "index_information", "list_indexes", "drop_index"})
@@ -144,6 +149,8 @@ class ScopedCollection:
     def __getattr__(self, name: str):
         if name in _INDEX_METHODS or name in _COLLECTION_ATTRIBUTES:
             return getattr(self._collection, name)
+        if name in _METHODS:
+            return functools.partial(self._scoped_call, name)
         if name.startswith("_"):
             raise AttributeError(name)
         raise TenantScopeError(f"{name} is not available on an account's collection")
@@ -151,21 +158,27 @@ class ScopedCollection:
     def local_id(self, value: str) -> str:
         return local_id(self.tenant_id, value)
 
-    # -- reads ---------------------------------------------------------------------------------
+    def _scoped_call(self, method: str, *args, **options):
+        _check_options(method, options)
+        scopes = _METHODS[method][1:]
+        if len(args) != len(scopes):
+            raise TypeError(f"{method} takes {len(scopes)} positional argument(s) on an account's collection")
+        return getattr(self._collection, method)(*(getattr(self, scope)(arg) for scope, arg in zip(scopes, args)),
+                                                 **options)
 
     def find(self, filter=None, projection=None, **options):
-        return _ScopedCursor(self._offered("find", options)(self._filter(filter), projection, **options))
+        _check_options("find", options)
+        return _ScopedCursor(self._collection.find(self._filter(filter), projection, **options))
 
     def find_one(self, filter=None, projection=None, **options):
+        _check_options("find_one", options)
         if filter is not None and not isinstance(filter, Mapping):
             filter = {"_id": filter}  # pymongo's find_one(id) shorthand
-        return self._offered("find_one", options)(self._filter(filter), projection, **options)
-
-    def count_documents(self, filter, **options):
-        return self._offered("count_documents", options)(self._filter(filter), **options)
+        return self._collection.find_one(self._filter(filter), projection, **options)
 
     def distinct(self, key, filter=None, **options):
-        return self._offered("distinct", options)(key, self._filter(filter), **options)
+        _check_options("distinct", options)
+        return self._collection.distinct(key, self._filter(filter), **options)
 
     def aggregate(self, pipeline, **options):
         _check_options("aggregate", options)
@@ -182,45 +195,7 @@ class ScopedCollection:
                                               **options)
         return self._collection.aggregate([{"$match": self._filter(None)}, *pipeline], **options)
 
-    # -- writes --------------------------------------------------------------------------------
-
-    def insert_one(self, document, **options):
-        return self._offered("insert_one", options)(self._stamped(document), **options)
-
-    def insert_many(self, documents, **options):
-        return self._offered("insert_many", options)([self._stamped(d) for d in documents], **options)
-
-    def update_one(self, filter, update, **options):
-        return self._offered("update_one", options)(self._filter(filter), _checked(update), **options)
-
-    def update_many(self, filter, update, **options):
-        return self._offered("update_many", options)(self._filter(filter), _checked(update), **options)
-
-    def find_one_and_update(self, filter, update, **options):
-        return self._offered("find_one_and_update", options)(self._filter(filter), _checked(update), **options)
-
-    def replace_one(self, filter, replacement, **options):
-        return self._offered("replace_one", options)(self._filter(filter), self._stamped(replacement), **options)
-
-    def delete_one(self, filter, **options):
-        return self._offered("delete_one", options)(self._filter(filter), **options)
-
-    def delete_many(self, filter, **options):
-        return self._offered("delete_many", options)(self._filter(filter), **options)
-
-    def find_one_and_delete(self, filter, **options):
-        return self._offered("find_one_and_delete", options)(self._filter(filter), **options)
-
-    def bulk_write(self, requests, **options):
-        return self._offered("bulk_write", options)([self._scoped_request(r) for r in requests], **options)
-
     # -- the scope -----------------------------------------------------------------------------
-
-    def _offered(self, method: str, options: Mapping):
-        """The collection's `method`, once every option is one the view offers for it (checked
-        before the arguments are scoped: Python evaluates the callee first)."""
-        _check_options(method, options)
-        return getattr(self._collection, method)
 
     def _filter(self, filter) -> dict:
         _check_filter({} if filter is None else filter)
@@ -236,6 +211,45 @@ class ScopedCollection:
         # In place, as pymongo adds `_id` in place: callers may read either back.
         document[TENANT_FIELD] = self.tenant_id
         return document
+
+    @staticmethod
+    def _checked(update):
+        if isinstance(update, Mapping):
+            for operator, fields in update.items():
+                if operator not in _UPDATE_OPERATORS:
+                    raise TenantScopeError(f"update operator {operator} is not available on an account's collection")
+                if not isinstance(fields, Mapping):
+                    raise TenantScopeError(f"{operator} takes a document")
+                if _touches_tenant(fields):
+                    raise TenantScopeError(f"an update may not {operator} userId")
+                if operator == "$push":
+                    for value in fields.values():
+                        if isinstance(value, Mapping) and any(k.startswith("$") for k in value):
+                            if not set(value) <= _PUSH_MODIFIERS:
+                                refused = sorted(set(value) - _PUSH_MODIFIERS)
+                                raise TenantScopeError(f"$push modifiers {refused} are not available")
+            return update
+        if not isinstance(update, list):
+            raise TenantScopeError(f"an update must be a document or a pipeline, not {type(update).__name__}")
+        for stage in update:  # an aggregation-pipeline update
+            _check_stage(stage, _UPDATE_STAGES, "an account's pipeline update")
+            (name, body), = stage.items()
+            names = [body] if isinstance(body, str) else body
+            if name == "$unset" and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+                raise TenantScopeError("$unset takes a field name or a list of them")
+            if name != "$unset" and not isinstance(body, Mapping):
+                raise TenantScopeError(f"{name} takes a document")
+            if _touches_tenant(names):
+                raise TenantScopeError(f"a pipeline update may not {name} userId")
+            if name == "$project" and _includes_only_some(body):
+                raise TenantScopeError("a pipeline update may not $project some fields only: it would drop userId")
+        return update
+
+    def _stamped_all(self, documents):
+        return [self._stamped(document) for document in documents]
+
+    def _scoped_requests(self, requests):
+        return [self._scoped_request(request) for request in requests]
 
     def _scoped_request(self, request):
         """A copy of a bulk request with the scope applied; pymongo's request classes keep their
@@ -253,7 +267,7 @@ class ScopedCollection:
         if isinstance(request, ReplaceOne):
             request._doc = self._stamped(request._doc)
         elif isinstance(request, (UpdateOne, UpdateMany)):
-            request._doc = _checked(request._doc)
+            request._doc = self._checked(request._doc)
         return request
 
 
@@ -291,7 +305,7 @@ class _ScopedCursor:
 
 
 def _check_options(method: str, options: Mapping) -> None:
-    refused = sorted(set(options) - _OPTIONS[method])
+    refused = sorted(set(options) - _METHODS[method][0])
     if refused:
         raise TenantScopeError(f"{method} option {refused[0]!r} is not available on an account's collection")
 
@@ -328,38 +342,6 @@ def _check_condition(condition: Mapping) -> None:
             raise TenantScopeError(f"query operator {operator} is not available on an account's collection")
         if operator == "$not" and isinstance(argument, Mapping):
             _check_condition(argument)
-
-
-def _checked(update):
-    if isinstance(update, Mapping):
-        for operator, fields in update.items():
-            if operator not in _UPDATE_OPERATORS:
-                raise TenantScopeError(f"update operator {operator} is not available on an account's collection")
-            if not isinstance(fields, Mapping):
-                raise TenantScopeError(f"{operator} takes a document")
-            if _touches_tenant(fields):
-                raise TenantScopeError(f"an update may not {operator} userId")
-            if operator == "$push":
-                for value in fields.values():
-                    if isinstance(value, Mapping) and any(k.startswith("$") for k in value):
-                        if not set(value) <= _PUSH_MODIFIERS:
-                            raise TenantScopeError(f"$push modifiers {sorted(set(value) - _PUSH_MODIFIERS)} are not available")
-        return update
-    if not isinstance(update, list):
-        raise TenantScopeError(f"an update must be a document or a pipeline, not {type(update).__name__}")
-    for stage in update:  # an aggregation-pipeline update
-        _check_stage(stage, _UPDATE_STAGES, "an account's pipeline update")
-        (name, body), = stage.items()
-        names = [body] if isinstance(body, str) else body
-        if name == "$unset" and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-            raise TenantScopeError("$unset takes a field name or a list of them")
-        if name != "$unset" and not isinstance(body, Mapping):
-            raise TenantScopeError(f"{name} takes a document")
-        if _touches_tenant(names):
-            raise TenantScopeError(f"a pipeline update may not {name} userId")
-        if name == "$project" and _includes_only_some(body):
-            raise TenantScopeError("a pipeline update may not $project some fields only: it would drop userId")
-    return update
 
 
 def _includes_only_some(projection: Mapping) -> bool:
