@@ -66,8 +66,7 @@ _COMMANDS = frozenset({"hello", "ping"})
 
 
 class TenantScopeError(RuntimeError):
-    """An operation that would read or write outside its account, or that the view does not
-    offer (it offers only what it can keep inside the account)."""
+    """An operation that would leave its account, or that the view does not offer."""
 
 
 class TenantDatabase:
@@ -81,10 +80,6 @@ class TenantDatabase:
         self._db = db
         self.tenant_id = tenant_id
         self._scoped = frozenset(scoped)
-
-    @property
-    def name(self) -> str:
-        return self._db.name
 
     def __getitem__(self, name: str):
         return self.get_collection(name)
@@ -241,7 +236,9 @@ class ScopedCollection:
                 raise TenantScopeError(f"{name} takes a document")
             if _touches_tenant(names):
                 raise TenantScopeError(f"a pipeline update may not {name} userId")
-            if name == "$project" and _includes_only_some(body):
+            # Anything but an exclusion `$project` keeps only the fields it names (`{_id: 1}`
+            # included), or computes new ones, and so would drop `userId`.
+            if name == "$project" and any(value not in (0, False) for value in body.values()):
                 raise TenantScopeError("a pipeline update may not $project some fields only: it would drop userId")
         return update
 
@@ -282,14 +279,6 @@ class _ScopedCursor:
 
     def __next__(self):
         return next(self._cursor)
-
-    next = __next__
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._cursor.close()
 
     def __getattr__(self, name: str):
         if name not in _CURSOR_METHODS:
@@ -342,12 +331,6 @@ def _check_condition(condition: Mapping) -> None:
             raise TenantScopeError(f"query operator {operator} is not available on an account's collection")
         if operator == "$not" and isinstance(argument, Mapping):
             _check_condition(argument)
-
-
-def _includes_only_some(projection: Mapping) -> bool:
-    """Anything but an exclusion `$project` keeps only the fields it names (`{_id: 1}` included),
-    or computes new ones, and so would drop `userId`."""
-    return any(value not in (0, False) for value in projection.values())
 
 
 def _touches_tenant(fields: Iterable[str]) -> bool:
