@@ -82,33 +82,12 @@ def csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def whole(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """A parser of a whole number of at least `minimum` (and at most `maximum`)."""
-    expected = f"of at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+def number(kind: type, accepted: Callable[[float], bool], expected: str) -> Callable[[str], Any]:
+    """A parser of a number of `kind` in the range `accepted` checks (not a number is in none)."""
 
-    def parse(value: str) -> int:
+    def parse(value: str):
         try:
-            number = int(value)
-        except ValueError:
-            number = minimum - 1
-        if number < minimum or (maximum is not None and number > maximum):
-            raise ValueError(f"must be a whole number {expected}")
-        return number
-
-    return parse
-
-
-positive_int = whole(1)
-non_negative_int = whole(0)
-port = whole(0, 65535)
-
-
-def decimal(accepted: Callable[[float], bool], expected: str) -> Callable[[str], float]:
-    """A parser of a number in the range `accepted` checks (not a number is in none)."""
-
-    def parse(value: str) -> float:
-        try:
-            number = float(value)
+            number = kind(value)
         except ValueError:
             number = math.nan
         if not accepted(number):
@@ -118,8 +97,16 @@ def decimal(accepted: Callable[[float], bool], expected: str) -> Callable[[str],
     return parse
 
 
-positive_float = decimal(lambda number: 0 < number < math.inf, "a number above 0")
-fraction = decimal(lambda number: 0 <= number < 1, "a fraction from 0 up to (not including) 1, such as 0.5")
+def whole(minimum: int, maximum: float = math.inf) -> Callable[[str], int]:
+    span = f"of at least {minimum}" if maximum == math.inf else f"from {minimum} to {maximum}"
+    return number(int, lambda value: minimum <= value <= maximum, f"a whole number {span}")
+
+
+positive_int = whole(1)
+non_negative_int = whole(0)
+port = whole(0, 65535)
+positive_float = number(float, lambda value: 0 < value < math.inf, "a number above 0")
+fraction = number(float, lambda value: 0 <= value < 1, "a fraction from 0 up to (not including) 1, such as 0.5")
 
 
 def url(value: str) -> str:
@@ -306,10 +293,6 @@ def fernet_keys(value: str) -> tuple[str, ...]:
     return parts
 
 
-def fernet_secret(value: str) -> str:
-    return ",".join(fernet_keys(value))
-
-
 def setting(default: object = None, parse: Callable[[str], object] = str.strip, *, secret: bool = False,
             variable: str | None = None, former: str | None = None) -> Any:
     """One setting's whole declaration. A secret is left out of `repr` and reduced to whether it
@@ -403,7 +386,7 @@ class Settings:
     tenants_filter: Mapping[str, object] | None = setting(None, json_object)  # None: see tenants_query
     tenant_fields: Mapping[str, str] = setting(DEFAULT_TENANT_FIELDS, tenant_field_paths)
     # Fernet key(s) the stored keys are encrypted with; None: they are stored as plain text.
-    tenant_keys_secret: str | None = setting(None, fernet_secret, secret=True)
+    tenant_keys_secret: str | None = setting(None, lambda value: ",".join(fernet_keys(value)), secret=True)
     # Many accounts across replicas (worker/app.py, `Runtime`): a dead replica's accounts are taken over after their lease.
     tenant_lease_seconds: int = setting(120, whole(MIN_LEASE_SECONDS))
     tenant_poll_seconds: int = setting(5, positive_int)
