@@ -1,10 +1,7 @@
-"""The tenant schedule: when each tenant (account) is synced next, and which replica syncs it now.
-One document per tenant, `_id` the tenant id; its fields and its index (`active_dueAt`):
-docs/collections.md (`tenant_schedule`).
-
-Replicas share the work with no configuration: each one claims due tenants atomically
-(`find_one_and_update`) under a lease (services/lease.py): a replica that died leaves its tenants
-to the next claim, and one that lost its lease writes nothing (finish, renew, release, refusal).
+"""The tenant schedule: when each tenant (account) is synced next, and which replica syncs it now,
+under a lease (services/lease.py). One document per tenant, `_id` the tenant id; its fields and
+its index: docs/collections.md (`tenant_schedule`); how replicas share the work, and how
+`LeaseKeeper` fences a replica whose lease may be gone: docs/scaling.md.
 
 `active` is false while the tenant is retired or its key refused: it leads the claim index, so
 the tenants that must be skipped (which stay overdue for as long as they are skipped) are outside
@@ -14,20 +11,11 @@ the range a claim scans, however many there are. Every write that sets or clears
 `register` and `overview` read the whole collection on purpose (a few small fields per tenant,
 once per tenant-list refresh and per status request); every other write selects by `_id`.
 
-The lease is what keeps two replicas from syncing one account at once; it holds only while the
-holder renews it. So `LeaseKeeper` renews every third of the lease and, beside that, watches the
-lease's end on the database server's clock: when a renewal is refused (another replica took the
-account) or has not been confirmed a margin before the end (a slow or unreachable server, a
-stalled process), it sets the account's stop. The account's jobs then end after their current
-write, as on SIGTERM, before another replica can claim the account.
-
-`LlmQuota` is the ceiling on LLM analyses across every account and replica (LLM_GLOBAL_LIMIT per
-sync interval; docs/collections.md, `llm_quota`). A take is one atomic `$inc`, its overshoot
-returned at once, so the sum granted never passes the ceiling even when replicas take at the same
-instant. The `$inc` never upserts: the total it returns is what the take is decided on, and of two
-upserts racing to create a document, one may be answered with no document at all (the test run's
-wire server) or a duplicate-key error, after its increment was or was not applied. The window's
-document is created on its own first, where a race is harmless.
+`LlmQuota` is the ceiling on LLM analyses across every account and replica (docs/collections.md,
+`llm_quota`). Its `$inc` never upserts: the total it returns is what the take is decided on, and
+of two upserts racing to create a document, one may be answered with no document at all (the
+test run's wire server) or a duplicate-key error, after its increment was or was not applied. The
+window's document is created on its own first, where a race is harmless.
 """
 from __future__ import annotations
 
@@ -107,9 +95,8 @@ class TenantSchedule:
 
     def register(self, tenants: Iterable[tuple[object, str]]) -> RegisterResult:
         """Bring the schedule in line with the current tenant list, (tenant id, key fingerprint)
-        pairs: new tenants are added (spread over one interval); a changed fingerprint clears a
-        refusal (the key changed, so it gets a try); tenants no longer listed are retired (never
-        claimed; a sync in progress may finish) and un-retired when they are listed again.
+        pairs, as docs/collections.md tells (a retired tenant is never claimed; a sync in progress
+        may finish).
 
         A bounded number of round trips whatever the number of tenants: one read of the whole
         schedule (a few fields each; more batches of the same cursor for a large one) and one
@@ -155,20 +142,17 @@ class TenantSchedule:
         if operations:
             try:
                 self._schedule.bulk_write(operations, ordered=False)
-            except BulkWriteError as exc:
-                self._pass_over_registered_meanwhile(exc, new)
+            except BulkWriteError as failure:
+                # Unordered, so every other write was applied. A failed insert of a new tenant (the
+                # first `len(new)` writes) that is in the schedule now was another replica's
+                # register, done first; any other failure is raised.
+                errors = failure.details.get("writeErrors", [])
+                duplicates = [new[error["index"]] for error in errors
+                              if error.get("code") == DUPLICATE_KEY and error["index"] < len(new)]
+                if (len(duplicates) != len(errors) or failure.details.get("writeConcernErrors")
+                        or self._schedule.count_documents({"_id": {"$in": duplicates}}) != len(duplicates)):
+                    raise
         return RegisterResult(added=len(new), rekeyed=len(rekeyed), retired=len(retired), returned=len(returned))
-
-    def _pass_over_registered_meanwhile(self, failure: BulkWriteError, new: list) -> None:
-        """The bulk write was unordered, so every other write was applied. A failed insert of a
-        new tenant (the first `len(new)` writes) that is in the schedule now was another
-        replica's register, done first; any other failure is raised."""
-        details = failure.details
-        duplicates = [new[error["index"]] for error in details.get("writeErrors", [])
-                      if error.get("code") == DUPLICATE_KEY and error["index"] < len(new)]
-        if (len(duplicates) != len(details.get("writeErrors", [])) or details.get("writeConcernErrors")
-                or self._schedule.count_documents({"_id": {"$in": duplicates}}) != len(duplicates)):
-            raise failure
 
     # -- claims ----------------------------------------------------------------------------
 
