@@ -182,17 +182,16 @@ class TenantSchedule:
         until = to_millis(self.clock() + self.lease)
         return until if self._write(claim, {"$set": {lease.UNTIL: until}}) else None
 
-    def finish(self, claim: TenantClaim, result: dict, *, next_due_at: datetime | None = None,
-               after: datetime | None = None) -> bool:
+    def finish(self, claim: TenantClaim, result: dict, *, after: datetime | None = None) -> bool:
         """Record the sync (`result`: the runtime's outcome, with a `status`) as the tenant's last
-        run and make it due again at `next_due_at` (by default its next slot, `next_due`, and the
-        first slot past `after` when given: a pass claiming by a later `due_by` must not meet the
-        tenant again); the lease is removed. False when the lease was lost, in which case nothing
+        run and make it due again at its next slot (`next_due`; the first slot past `after` when
+        given: a pass claiming by a later `due_by` must not meet the tenant again); the lease is
+        removed. False when the lease was lost, in which case nothing
         was written: the replica that took the tenant over records its own run."""
         if "status" not in result:
             raise ValueError("a run's result needs a status")
         now = self.clock()
-        due = next_due_at if next_due_at is not None else next_due(claim.due_at, self.interval, now)
+        due = next_due(claim.due_at, self.interval, now)
         while after is not None and due <= after:
             due += self.interval
         return self._write(claim, {"$set": {"dueAt": due, "lastRun": self._run(claim, now, result)},
