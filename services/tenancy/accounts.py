@@ -80,7 +80,8 @@ class KeyReader:
 
     @classmethod
     def from_secret(cls, secret: str | None) -> "KeyReader":
-        """Checked at start-up: a bad secret would otherwise skip every account, run after run."""
+        """Checked at start-up (TenantSource): a bad secret would otherwise skip every account, run
+        after run."""
         if not secret:
             return cls(None)
         try:
@@ -118,8 +119,6 @@ class KeyReader:
 
 class TenantSource:
     def __init__(self, settings: Settings, db: Database | None = None):
-        """Checks what can be checked at start-up (the secret), so a mistake stops the daemon
-        once instead of skipping every account at every load."""
         self._settings = settings
         if settings.tenant_source == "mongodb":
             if db is None:
