@@ -151,20 +151,17 @@ class TenantSource:
                 tenants.append(tenant_from_document(document, fields, self._keys))
             except UnusableTenant as exc:
                 skipped.append(exc)
-        copies = self._spelled_as_an_object_id(tenants)
+        # A string id that spells another account's ObjectId: the ids of its records (`local_id`)
+        # and its webhook token would be that account's.
+        spelled = {ObjectId(t.id): t.id for t in tenants
+                   if isinstance(t.id, str) and ObjectId.is_valid(t.id) and str(ObjectId(t.id)) == t.id}
+        copies = set()
+        if spelled:
+            copies = {spelled[d["_id"]] for d in self._collection.find({"_id": {"$in": list(spelled)}}, {"_id": 1})}
         skipped += [UnusableTenant(tenant.id, _COPY) for tenant in tenants if tenant.id in copies]
         for exc in skipped:
             log.warning("tenant %s skipped: %s", exc.tenant_id, exc.reason, extra={"event": "tenant_skipped"})
         return TenantList(tuple(t for t in tenants if t.id not in copies), tuple(skipped))
-
-    def _spelled_as_an_object_id(self, tenants) -> set:
-        """The string ids of `tenants` that spell another account's ObjectId: the ids of their
-        records (`local_id`) and their webhook token would be that account's."""
-        spelled = {ObjectId(t.id): t.id for t in tenants
-                   if isinstance(t.id, str) and ObjectId.is_valid(t.id) and str(ObjectId(t.id)) == t.id}
-        if not spelled:
-            return set()
-        return {spelled[d["_id"]] for d in self._collection.find({"_id": {"$in": list(spelled)}}, {"_id": 1})}
 
 
 def read_path(document: Mapping, path: str) -> object:
