@@ -64,81 +64,60 @@ def _tenant_index(*keys: tuple[str, int], name: str, **options) -> IndexModel:
     return IndexModel([(TENANT_FIELD, ASCENDING), *keys], name=name, **options)
 
 
-# Unique and sparse, not partial: MongoDB uses a partial index only for a query it can prove is
-# inside the filter, and `{phone: "+91…"}` does not prove `$type: "string"`, so every lookup by
-# phone was a collection scan. A sparse index serves any equality or $in on a non-null phone.
-# A record written by another program with neither field is left out of it; the daemon writes
-# every phone as a string (E.164, or the raw text of an invalid number; a call without any number
-# writes no customer), so its own writes never store a null phone.
+# Unique and sparse, not partial: docs/collections.md, "Why `phone_unique` is sparse".
 _PHONE = IndexModel(PHONE_INDEX_KEYS, unique=True, sparse=True, name=PHONE_INDEX)
 _UPDATED = _tenant_index(("updatedAt", ASCENDING), name="updatedAt")
 
-# Every index the daemon relies on, by collection; built (idempotently) at start-up.
+# Every index the daemon relies on, by collection; built (idempotently) at start-up. The queries
+# each serves: docs/collections.md, "Indexes and the queries they serve".
 _INDEXES: dict[str, list[IndexModel]] = {
     CUSTOMERS: [_PHONE, _UPDATED],
-    # One link per call counted on a customer: crm_sync counts them per number.
     CUSTOMER_CALLS: [_tenant_index(("phone", ASCENDING), name="phone")],
     CALLS: [
         IndexModel(CALL_ID_INDEX_KEYS, unique=True, name="callId_unique"),
-        # The analyzer's queue: unprocessed terminal calls, oldest first.
         IndexModel(QUEUE_INDEX_KEYS, name="analysis_queue"),
         _tenant_index(("customerPhone", ASCENDING), name="customerPhone"),
-        # An erasure: the calls holding the number on either side, the customer's or not (a call
-        # without `call_type` is taken as outbound: its caller is only in `fromNumber`).
+        # Both sides: a call without `call_type` is taken as outbound, its caller only in `fromNumber`.
         _tenant_index(("fromNumber", ASCENDING), name="fromNumber"),
         _tenant_index(("toNumber", ASCENDING), name="toNumber"),
         _UPDATED,
-        # Retention (services/privacy.py): whole calls by age, and the calls still
-        # holding a transcript by age (those stripped carry `transcriptRemovedAt` and are out of
-        # the range, so a pass never walks the calls earlier passes stripped).
+        # The calls stripped carry `transcriptRemovedAt` and are out of the range of the calls still
+        # holding a transcript, so a retention pass never walks the calls earlier passes stripped.
         IndexModel(CALL_AGE_INDEX_KEYS, name="callAt"),
         IndexModel(TRANSCRIPT_AGE_INDEX_KEYS, name="transcript_retention"),
     ],
     CONTACTS: [_PHONE, _UPDATED],
     ACTIVITIES: [
-        # One entry per AI decision: a retaken attempt rewrites its decision's entry, a
-        # reanalysis (a new round) adds one.
         _tenant_index(("callId", ASCENDING), ("type", ASCENDING), ("round", ASCENDING), unique=True,
                       name="decision_unique"),
-        # A contact's timeline in the CRM: its activities, newest first.
         _tenant_index(("contactId", ASCENDING), ("at", DESCENDING), name="contactId_at"),
         _tenant_index(("at", DESCENDING), name="at"),
-        # A customer's status changes: what an erasure removes, and a CRM's status history.
         # Sparse: AI decisions carry no `customerPhone`.
         _tenant_index(("customerPhone", ASCENDING), sparse=True, name="customerPhone"),
     ],
     SYNC_STATE: [
-        # Each run reads its job's cursors (`{job}`).
         _tenant_index(("job", ASCENDING), name="job"),
-        # An erasure: which cursors still follow the erased number's calls by id.
         _tenant_index(("pending.callId", ASCENDING), name="pending_callId"),
     ],
     SYNC_RUNS: [
         IndexModel(RUN_INDEX_KEYS, name=JOB_STARTED_INDEX),
-        # At start-up: which runs are still `running` on this host (whatever the account).
-        IndexModel([("status", ASCENDING), ("host", ASCENDING)], name="status_host"),
+        IndexModel([("status", ASCENDING), ("host", ASCENDING)], name="status_host"),  # whatever the account
     ],
-    # Start-up: hashes written with another key than the configured one (services/privacy).
     SUPPRESSIONS: [IndexModel(SUPPRESSION_KEY_KEYS, name="keyId")],
-    # Stage suggestions a person reviews: the open ones, oldest first (`main.py review`).
     STAGE_REVIEWS: [
         _tenant_index(("callId", ASCENDING), ("round", ASCENDING), unique=True, name="decision_unique"),
         _tenant_index(("status", ASCENDING), ("createdAt", ASCENDING), name="status_createdAt"),
         _tenant_index(("customerPhone", ASCENDING), name="customerPhone", sparse=True),
     ],
-    # Groq Batch API jobs still open, polled each run.
     LLM_BATCHES: [_tenant_index(("status", ASCENDING), name="status")],
     WEBHOOK_INBOX: [
         # Bolna sends each status of a call once, and again when unsure: the second is a duplicate.
         _tenant_index(("callId", ASCENDING), ("status", ASCENDING), unique=True, name="delivery_unique"),
-        # Waiting deliveries of every account, oldest first (status), and processed ones by age (lags).
         IndexModel(INBOX_STATE_KEYS, name="state_receivedAt"),
-        # The processor's claims: lowest rank first, across accounts.
         IndexModel(INBOX_CLAIM_KEYS, name="state_rank_receivedAt"),
-        # One account's waiting deliveries, counted at each accept against its cap.
         _tenant_index(("state", ASCENDING), name="userId_state"),
     ],
-    # The tally's last day of deliveries (status): beside the TTL index, which cannot be compound.
+    # Beside the TTL index, which cannot be compound.
     WEBHOOK_DELIVERIES: [_tenant_index(("at", ASCENDING), name="userId_at")],
     TENANT_SCHEDULE: SCHEDULE_INDEXES,
 }
