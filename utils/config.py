@@ -2,8 +2,9 @@
 declared once, as a field of `Settings`: its type, its default, the parser of its variable's text
 and whether it is a secret. The variable is the field's name in capitals unless the declaration
 names another. A parser returns the value or raises ValueError saying what is expected;
-`load_settings` names the variable (and never shows a secret's text). The README's tables and
-`.env.example` are checked against this declaration by tests/test_documented_settings.py."""
+`load_settings` names the variable (and never shows a secret's text). What each setting means:
+the README's tables and `.env.example`, checked against this declaration by
+tests/test_documented_settings.py."""
 from __future__ import annotations
 
 import ipaddress
@@ -322,19 +323,15 @@ class Settings:
     # llama-3.3-70b-versatile, the earlier default, was decommissioned on 2026-08-16 (404 model_not_found).
     groq_model: str = setting("openai/gpt-oss-20b")
     groq_base_url: str | None = setting(None, url)
-    # services/analyzer/prompt.py
     groq_answer_format: str = setting("auto", one_of("auto", "json_schema", "json_object"))
-    # sent to the models that take it (gpt-oss)
     groq_reasoning_effort: str = setting("low", one_of("low", "medium", "high"))
     sync_interval_minutes: int = setting(5, positive_int)
-    # LLM analyses per run, not the Batch API lane (LLM_BATCH_MODE): once LLM_BATCH_LIMIT.
     llm_calls_per_run: int = setting(10, non_negative_int, former="LLM_BATCH_LIMIT")
     llm_concurrency: int = setting(4, positive_int)
     llm_request_budget: int | None = setting(None, non_negative_int)  # None: see llm_requests_per_run
     llm_batch_deadline_seconds: float = setting(120.0, positive_float)
     llm_timeout_seconds: float = setting(30.0, positive_float)
     llm_prices: Mapping[str, Price] = setting(DEFAULT_PRICES, prices)
-    # The Batch API lane (services/analyzer/batch_api.py)
     llm_batch_mode: str = setting("auto", one_of("auto", "off", "always"))
     llm_batch_api_max_calls: int = setting(5000, positive_int)
     llm_batch_api_window: str = setting("24h", completion_window)
@@ -351,17 +348,13 @@ class Settings:
     health_port: int | None = setting(None, port)
     health_host: str = setting("127.0.0.1")
     health_max_age_intervals: float = setting(3.0, positive_float)
-    # A scheduled job running this long without progress stops the systemd watchdog (worker/systemd.py).
     job_deadline_seconds: float = setting(3600.0, positive_float)
-    # On SIGTERM/SIGINT/SIGHUP the running job has this long to finish its write; then exit 1.
     shutdown_grace_seconds: float = setting(30.0, positive_float)
     run_retention_days: int = setting(30, positive_int)
-    # Personal data (docs/privacy.md): None keeps transcripts and call documents without limit.
     transcript_retention_days: int | None = setting(None, positive_int)
     record_retention_days: int | None = setting(None, positive_int)
     privacy_hash_key: str | None = setting(None, hash_key, secret=True)  # keys the hashes of erased numbers
     auto_assign_min_confidence: int = setting(60, whole(0, 100))  # below it a stage move waits for a person's review
-    # Bolna webhooks (worker/webhook_listener.py): off unless WEBHOOK_PORT is set.
     webhook_port: int | None = setting(None, port)
     webhook_host: str = setting("127.0.0.1")  # behind a reverse proxy on the same host; 0.0.0.0 in a container
     webhook_token: str | None = setting(None, path_token, secret=True)  # the secret in the URL's path
@@ -376,18 +369,14 @@ class Settings:
     bolna_rate_per_minute: int = setting(1000, positive_int)
     bolna_rate_headroom: float = setting(0.1, fraction)
     bolna_fetch_concurrency: int = setting(8, positive_int)  # full records (GET /executions/{id}) in flight at once
-    # A full record fetched for one job, kept for the other (services/execution_feed.py, `SharedRecords`).
     bolna_record_cache_size: int = setting(10000, non_negative_int)
     bolna_record_cache_seconds: int = setting(1800, non_negative_int)
-    # Many accounts (services/tenancy)
     tenant_source: str = setting("env", one_of(
         "env", "mongodb", explained="env (one account, from BOLNA_API_KEY) or mongodb (the accounts collection)"))
     tenants_collection: str = setting("users", collection_name)
     tenants_filter: Mapping[str, object] | None = setting(None, json_object)  # None: see tenants_query
     tenant_fields: Mapping[str, str] = setting(DEFAULT_TENANT_FIELDS, tenant_field_paths)
-    # Fernet key(s) the stored keys are encrypted with; None: they are stored as plain text.
     tenant_keys_secret: str | None = setting(None, lambda value: ",".join(fernet_keys(value)), secret=True)
-    # Many accounts across replicas (worker/app.py, `Runtime`): a dead replica's accounts are taken over after their lease.
     tenant_lease_seconds: int = setting(120, whole(MIN_LEASE_SECONDS))
     tenant_poll_seconds: int = setting(5, positive_int)
     tenant_concurrency: int = setting(4, positive_int)
