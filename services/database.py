@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
-from pymongo.collection import Collection
 from pymongo.database import Database
 
 from services import lease
@@ -132,6 +131,9 @@ def tenant_view(db: Database, tenant_id) -> TenantDatabase:
     return TenantDatabase(db, tenant_id, TENANT_COLLECTIONS)
 
 
+_CHANGED_OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds")
+
+
 def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int = 3) -> None:
     """Idempotent; run at start-up. Unique indexes are what make re-syncs updates, not duplicates.
     Through an account's view (single-account mode), the accounts' collections only: the shared
@@ -148,32 +150,22 @@ def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int =
             IndexModel([(field, ASCENDING)], name=name, expireAfterSeconds=seconds))
     for collection, models in indexes.items():
         if shared or collection in TENANT_COLLECTIONS:
-            _drop_changed(db[collection], models)
+            # An index of ours that an earlier version built with other keys or options (before
+            # accounts, without `userId`; a partial `phone_unique`; another retention) is dropped
+            # first: MongoDB refuses to build one of the same name differently (`collMod` could
+            # change an expiry in place, but mongomock, for tests and the demo, lacks it). Until the
+            # new one is built (at once: what it keeps unique was unique before), uniqueness rests
+            # on the daemon's own upserts, and nothing expires early. Indexes of other names (a CRM
+            # front end's) are left alone.
+            current = db[collection].index_information()
+            for wanted in (model.document for model in models):
+                existing = current.get(wanted["name"])
+                if existing is not None and (list(existing["key"]) != list(wanted["key"].items()) or any(
+                        existing.get(option) != wanted.get(option) for option in _CHANGED_OPTIONS)):
+                    db[collection].drop_index(wanted["name"])
             db[collection].create_indexes(models)
     # Leases an earlier version wrote in its own names (services/lease.py), where they can be.
     lease.migrate(db[CALLS], "claim", "expiresAt", {"processed": False, "terminal": True}, QUEUE_INDEX_KEYS)
     lease.migrate(db[WEBHOOK_INBOX], "claim", "expiresAt", {"state": "waiting"}, INBOX_STATE_KEYS)
     if shared:
         lease.migrate(db[TENANT_SCHEDULE], "lease", "until", {})
-
-
-
-_OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds")
-
-
-def _drop_changed(collection: Collection, indexes: list[IndexModel]) -> None:
-    """An index of ours that an earlier version built with other keys or options (before
-    accounts, without `userId`; a partial `phone_unique`; another retention) is dropped first:
-    MongoDB refuses to build one of the same name differently (`collMod` could change an expiry in
-    place, but mongomock, for tests and the demo, lacks it). Until the new one is built (at once:
-    what it keeps unique was unique before), uniqueness rests on the daemon's own upserts, and
-    nothing expires early. Indexes of other names (a CRM front end's) are left alone."""
-    current = collection.index_information()
-    for index in indexes:
-        wanted = index.document
-        existing = current.get(wanted["name"])
-        if existing is None:
-            continue
-        if (list(existing["key"]) != list(wanted["key"].items())
-                or any(existing.get(option) != wanted.get(option) for option in _OPTIONS)):
-            collection.drop_index(wanted["name"])

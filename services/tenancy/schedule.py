@@ -74,9 +74,8 @@ def next_due(previous_due: datetime, interval: timedelta, now: datetime) -> date
 
 
 def first_due_times(count: int, interval: timedelta, now: datetime) -> list[datetime]:
-    """Due times of `count` tenants registered together, evenly over one interval from `now`: a
-    first register of 10,000 tenants does not make them all due at once (nor, through
-    `next_due`'s slots, at once in every later interval); a single new tenant is due now."""
+    """Due times of `count` tenants registered together, evenly over one interval from `now`, so
+    that they are not all due at once, then or later (`next_due`); a single new tenant is due now."""
     return [to_millis(now + interval * n / count) for n in range(count)]
 
 

@@ -8,10 +8,8 @@ document it inserts), and an aggregation starts by matching it. Single-account m
 `None`: `{userId: null}` also matches documents without the field, so a database written before
 accounts existed is that tenant's, unchanged.
 
-The view denies by default: it offers the collection methods, options, query and update
-operators, update-pipeline stages and aggregation stages listed below (what the daemon uses), and
-refuses anything else with `TenantScopeError`, naming what it refused, before it reaches the
-server. A new need is a line added to a list, after checking it cannot leave the account.
+The view denies by default (docs/reliability.md, "Accounts"): what is not on the lists below is
+refused by name. A new need is a line added to a list, after checking it cannot leave the account.
 """
 from __future__ import annotations
 
@@ -116,17 +114,17 @@ LOCAL_ID_SEPARATOR = ":"
 
 def local_id(tenant_id: Any, value: str) -> str:
     """An `_id` made from a value that two accounts may share (a call id, a number's digest):
-    unique across accounts by the tenant's id in front; unchanged in single-account mode, so the
-    documents a database already holds keep their ids. One (account, value) pair per id: the
-    account's spelling holds no separator (`account_id_problem`), so the first one ends it, and no
-    two accounts share a spelling (TenantSource); the stored ids keep the form they always had."""
+    unique across accounts by the tenant's id in front (`account_id_problem` says why no two
+    accounts' ids meet); unchanged in single-account mode, so the documents a database already
+    holds keep their ids."""
     return value if tenant_id is None else f"{tenant_id}{LOCAL_ID_SEPARATOR}{value}"
 
 
 def account_id_problem(tenant_id: Any) -> str | None:
     """Why `tenant_id` cannot be an account's id, or None: an ObjectId, or a string without the
-    separator of `local_id` (with one, "acme" + ":x" and "acme:" + "x" would be one id). Other
-    types are refused too: their spelling may be a string's (5 and "5")."""
+    separator of `local_id` (with one, "acme" + ":x" and "acme:" + "x" would be one id; TenantSource
+    refuses a string spelling another account's ObjectId). Other types are refused too: their
+    spelling may be a string's (5 and "5")."""
     if tenant_id is None or isinstance(tenant_id, ObjectId):
         return None
     if not isinstance(tenant_id, str) or not tenant_id:
