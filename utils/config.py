@@ -244,11 +244,6 @@ def networks(value: str) -> tuple[str, ...]:
     return networks
 
 
-def allowed_senders(value: str) -> tuple[str, ...] | None:
-    """`any` turns the allow-list off (e.g. behind a proxy that filters senders itself)."""
-    return None if value.strip().lower() == "any" else networks(value)
-
-
 def json_object(value: str) -> dict[str, object]:
     document = json.loads(value)
     if not isinstance(document, dict):
@@ -358,7 +353,9 @@ class Settings:
     webhook_port: int | None = setting(None, port)
     webhook_host: str = setting("127.0.0.1")  # behind a reverse proxy on the same host; 0.0.0.0 in a container
     webhook_token: str | None = setting(None, path_token, secret=True)  # the secret in the URL's path
-    webhook_allowed_ips: tuple[str, ...] | None = setting(BOLNA_SENDER_IPS, allowed_senders)  # None: any sender
+    # `any` (None) turns the allow-list off, e.g. behind a proxy that filters senders itself.
+    webhook_allowed_ips: tuple[str, ...] | None = setting(
+        BOLNA_SENDER_IPS, lambda value: None if value.strip().lower() == "any" else networks(value))
     webhook_trusted_proxies: tuple[str, ...] = setting((), networks)  # whose X-Forwarded-For is believed
     webhook_max_body_bytes: int = setting(1_048_576, positive_int)
     webhook_public_url: str | None = setting(None, url)  # the listener's base URL as Bolna reaches it (https://…)

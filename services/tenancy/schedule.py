@@ -185,8 +185,8 @@ class TenantSchedule:
         """Record the sync (`result`: the runtime's outcome, with a `status`) as the tenant's last
         run and make it due again at its next slot (`next_due`; the first slot past `after` when
         given: a pass claiming by a later `due_by` must not meet the tenant again); the lease is
-        removed. False when the lease was lost, in which case nothing
-        was written: the replica that took the tenant over records its own run."""
+        removed. False when the lease was lost, in which case nothing was written: the replica that
+        took the tenant over records its own run."""
         if "status" not in result:
             raise ValueError("a run's result needs a status")
         now = self.clock()
@@ -238,10 +238,8 @@ class TenantSchedule:
         return counts
 
     def overview(self, limit: int = 50) -> dict:
-        """What status shows: how many tenants are in each state (running: held by a live lease;
-        retired; refused; due: waiting for a replica, an expired lease's included; waiting: not
-        due yet), and up to `limit` tenants that are not retired, the longest due first, each
-        with its state, due time, lease (`acquired_by`, `acquired_until`), last run and refusal."""
+        """What status shows: the `counts`, and up to `limit` tenants that are not retired, the
+        longest due first, each with its state and its `_ROW_FIELDS`."""
         now = self.clock()
         counts = self.counts(now)
         rows = [{"tenantId": doc.pop("_id"), **doc} for doc in self._schedule.aggregate([
@@ -251,8 +249,9 @@ class TenantSchedule:
 
 
 def _state_expression(now: datetime) -> dict:
-    """One state per tenant, the first that applies (the order of `STATES`), on the server: the
-    counts are taken without reading every tenant."""
+    """One state per tenant, the first that applies (the order of `STATES`: running is held by a
+    live lease; due includes an expired lease's), on the server: the counts are taken without
+    reading every tenant."""
     return {"$switch": {"branches": [
         {"case": {"$gt": ["$" + lease.UNTIL, now]}, "then": RUNNING},
         {"case": _present("$retiredAt"), "then": RETIRED},
