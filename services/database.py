@@ -21,8 +21,7 @@ SUPPRESSIONS = "suppressions"
 ERASURES = "erasures"
 WEBHOOK_INBOX = "webhook_inbox"
 WEBHOOK_DELIVERIES = "webhook_deliveries"
-# Across accounts (TENANT_SOURCE=mongodb): when each is synced next and by which replica, and the
-# LLM analyses taken per interval under LLM_GLOBAL_LIMIT.
+# Across accounts (TENANT_SOURCE=mongodb).
 TENANT_SCHEDULE = "tenant_schedule"
 LLM_QUOTA = "llm_quota"
 # The code of a write refused by a unique index.

@@ -163,7 +163,6 @@ def one_of(*choices: str, explained: str | None = None) -> Callable[[str], str]:
 
 
 def completion_window(value: str) -> str:
-    """Groq takes 24h to 7d."""
     window = value.strip().lower()
     hours = window_hours(window)
     if hours is None or not 24 <= hours <= 7 * 24:
@@ -179,8 +178,6 @@ def window_hours(window: str) -> int | None:
 
 
 def prices(value: str) -> dict[str, Price]:
-    """JSON object of model -> [input, output] USD per million tokens, added to (or replacing
-    entries of) the built-in table; e.g. {"openai/gpt-oss-20b": [0.075, 0.30]}"""
     table = json.loads(value)
     if not isinstance(table, dict):
         raise ValueError('must be a JSON object such as {"model": [input, output]} in USD per million tokens')
@@ -194,8 +191,6 @@ def prices(value: str) -> dict[str, Price]:
 
 
 def extra_fields(value: str) -> tuple[ExtraField, ...]:
-    """JSON list of {"name", "description", "type"}; e.g.
-    [{"name": "budget", "description": "Budget the caller mentioned", "type": "string"}]"""
     items = json.loads(value)
     if not isinstance(items, list):
         raise ValueError("must be a JSON list of {name, description, type} objects")
@@ -259,9 +254,7 @@ def collection_name(value: str) -> str:
 
 
 def tenant_field_paths(value: str) -> dict[str, str]:
-    """JSON object of the daemon's name -> the CRM's field path, over DEFAULT_TENANT_FIELDS; e.g.
-    {"bolnaApiKey": "integrations.bolna.key"}. A misspelt name would silently keep the default, so
-    it is refused."""
+    """Over DEFAULT_TENANT_FIELDS. A misspelt name would silently keep the default, so it is refused."""
     overrides = json_object(value)
     unknown = sorted(set(overrides) - set(DEFAULT_TENANT_FIELDS))
     if unknown:

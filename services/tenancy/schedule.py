@@ -273,9 +273,9 @@ class LeaseKeeper:
         # The account's stop, given to its jobs: set on the process's stop or when the lease may be gone.
         self.stop = threading.Event()
         self.lost = False
-        self._valid_until = claim.acquired_until  # server time, as the schedule compares it
+        # Server time, as the schedule compares it; written by the renewal alone, read by the watch.
+        self._valid_until = claim.acquired_until
         self._margin = max(timedelta(seconds=2), schedule.lease / 10)
-        self._lock = threading.Lock()
         self._done = threading.Event()
         self._threads = [threading.Thread(target=self._renew, name="lease-renew", daemon=True),
                          threading.Thread(target=self._watch, name="lease-watch", daemon=True)]
@@ -301,17 +301,14 @@ class LeaseKeeper:
             if until is None:
                 self._fence("another replica holds it now")
                 return
-            with self._lock:
-                self._valid_until = max(self._valid_until, until)
+            self._valid_until = max(self._valid_until, until)
 
     def _watch(self) -> None:
         tick = min(1.0, self._schedule.lease.total_seconds() / 10)
         while not self._done.wait(tick):
             if self._process_stop.is_set():
                 self.stop.set()
-            with self._lock:
-                deadline = self._valid_until - self._margin
-            if self._schedule.clock() >= deadline:
+            if self._schedule.clock() >= self._valid_until - self._margin:
                 self._fence("no renewal was confirmed in time")
                 return
 
