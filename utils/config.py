@@ -33,8 +33,6 @@ class ConfigError(ValueError):
 BOLNA_SENDER_IPS = ("13.203.39.153", "13.126.9.249", "13.202.133.53")
 MIN_WEBHOOK_TOKEN_CHARS = 24
 MIN_HASH_KEY_CHARS = 16
-# A lease is renewed every third of it: much shorter, and a slow MongoDB round trip would lose it.
-MIN_LEASE_SECONDS = 15
 # The customer statuses the CRM sync sets (models/customer.py), and their default order
 # (`STATUS_PRECEDENCE`): highest first; statuses in one group rank equal.
 BOOKED, CALLBACK, INTERESTED, NOT_INTERESTED = "Booked", "Callback", "Interested", "Not Interested"
@@ -367,7 +365,8 @@ class Settings:
     tenants_filter: Mapping[str, object] | None = setting(None, json_object)  # None: see tenants_query
     tenant_fields: Mapping[str, str] = setting(DEFAULT_TENANT_FIELDS, tenant_field_paths)
     tenant_keys_secret: str | None = setting(None, lambda value: ",".join(fernet_keys(value)), secret=True)
-    tenant_lease_seconds: int = setting(120, whole(MIN_LEASE_SECONDS))
+    # Renewed every third of it: much shorter, and a slow MongoDB round trip would lose it.
+    tenant_lease_seconds: int = setting(120, whole(15))
     tenant_poll_seconds: int = setting(5, positive_int)
     tenant_concurrency: int = setting(4, positive_int)
     tenant_refresh_seconds: int = setting(60, positive_int)
@@ -385,9 +384,8 @@ class Settings:
 
     @property
     def tenants_query(self) -> Mapping[str, object]:
-        """The accounts' filter: TENANTS_FILTER, else those with a Bolna key (wherever TENANT_FIELDS
-        puts it) and an active or trial subscription; derived here rather than stored so it follows
-        TENANT_FIELDS' key path however the settings were built."""
+        """Derived here rather than stored, so the default follows TENANT_FIELDS' key path however the
+        settings were built."""
         if self.tenants_filter is not None:
             return self.tenants_filter
         return {self.tenant_fields["bolnaApiKey"]: {"$nin": [None, ""]},

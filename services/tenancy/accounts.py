@@ -1,8 +1,7 @@
 """The accounts to serve (TENANT_SOURCE): the one of BOLNA_API_KEY, or those of the CRM's
 accounts collection, each mapped through the field map (TENANT_FIELDS) and checked value by value,
-its keys made plain. An account that cannot be served is skipped whole and reported, with its
-reason, and never keeps the others from running. Stored keys are Fernet tokens decrypted with
-TENANT_KEYS_SECRET (several keys while rotating: README), or plain text when no secret is set."""
+its keys made plain (README, "Encrypted keys"). An account that cannot be served is skipped whole
+and reported, with its reason, and never keeps the others from running."""
 from __future__ import annotations
 
 import hashlib

@@ -42,9 +42,10 @@ _METHODS = {
     "find_one_and_delete": (frozenset({"projection", "sort", "hint"}), "_filter"),
     "bulk_write": (frozenset({"ordered"}), "_scoped_requests"),
 }
-# Index management: indexes span accounts, and touch no document (services/database.py builds them).
-_INDEX_METHODS = frozenset({"create_index", "create_indexes", "index_information", "list_indexes", "drop_index"})
-_COLLECTION_ATTRIBUTES = frozenset({"name", "full_name"})
+# Passed through: the collection's name, and index management (indexes span accounts and touch no
+# document; services/database.py builds them).
+_PASSED_THROUGH = frozenset({"name", "full_name", "create_index", "create_indexes", "index_information",
+                             "list_indexes", "drop_index"})
 # Query operators (a filter is always ANDed with the account's `userId`).
 _QUERY_OPERATORS = frozenset({"$and", "$or", "$nor", "$in", "$nin", "$eq", "$ne", "$gt", "$gte", "$lt", "$lte",
                               "$exists", "$not"})
@@ -69,8 +70,7 @@ class TenantScopeError(RuntimeError):
 
 class TenantDatabase:
     """A database as one tenant sees it: the collections named in `scoped`, each scoped to the
-    tenant, and nothing else (the account list, the tenant schedule are reached through the
-    database itself, by the code that serves every account)."""
+    tenant, and nothing else (the shared ones are reached by the code that serves every account)."""
 
     def __init__(self, db, tenant_id: Any, scoped: Iterable[str]):
         if (problem := account_id_problem(tenant_id)) is not None:
@@ -140,7 +140,7 @@ class ScopedCollection:
         self.tenant_id = tenant_id
 
     def __getattr__(self, name: str):
-        if name in _INDEX_METHODS or name in _COLLECTION_ATTRIBUTES:
+        if name in _PASSED_THROUGH:
             return getattr(self._collection, name)
         if name in _METHODS:
             return functools.partial(self._scoped_call, name)
