@@ -54,10 +54,8 @@ SUPPRESSION_KEY_KEYS = [(TENANT_FIELD, ASCENDING), ("keyId", ASCENDING)]
 SCHEDULE_CLAIM_KEYS = [("active", ASCENDING), ("dueAt", ASCENDING)]
 SCHEDULE_INDEXES = [IndexModel(SCHEDULE_CLAIM_KEYS, name="active_dueAt")]
 
-# Every index of an account's data leads with `userId` (services/tenancy/scoped.py adds it to every
-# query): a lookup reads the one account's entries, and uniqueness is per account, so two accounts
-# may hold the same number or the same call id. (TTL indexes cannot be compound; they expire by age
-# whatever the account.)
+# Every index of an account's data leads with `userId` (the view adds it to every query): a lookup
+# reads the one account's entries, and two accounts may hold the same number or the same call id.
 def _tenant_index(*keys: tuple[str, int], name: str, **options) -> IndexModel:
     return IndexModel([(TENANT_FIELD, ASCENDING), *keys], name=name, **options)
 

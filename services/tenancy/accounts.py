@@ -37,13 +37,6 @@ class Tenant:
     llm_batch_limit: int | None = None  # LLM calls per run; None: LLM_CALLS_PER_RUN
     bolna_requests_per_minute: int | None = None  # None: Bolna's documented limit
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "Tenant":
-        """Single-account mode (TENANT_SOURCE=env): the account of BOLNA_API_KEY, nothing overridden."""
-        if not settings.bolna_api_key:
-            raise ConfigError("BOLNA_API_KEY is not set: TENANT_SOURCE=env serves the account of that key")
-        return cls(id=None, bolna_api_key=settings.bolna_api_key, agent_ids=settings.bolna_agent_ids)
-
     @property
     def key_fingerprint(self) -> str:
         """Lets the daemon notice that an account's key changed (its pace, its cached records
@@ -124,13 +117,15 @@ class TenantSource:
                 raise ConfigError("TENANT_SOURCE=mongodb reads the accounts from MongoDB: a database is needed")
             self._keys = KeyReader.from_secret(settings.tenant_keys_secret)
             self._collection = db[settings.tenants_collection]
-        else:
-            Tenant.from_settings(settings)  # BOLNA_API_KEY must be set
+        elif not settings.bolna_api_key:
+            raise ConfigError("BOLNA_API_KEY is not set: TENANT_SOURCE=env serves the account of that key")
+        else:  # single-account mode: the account of BOLNA_API_KEY, nothing overridden
+            self._env = Tenant(id=None, bolna_api_key=settings.bolna_api_key, agent_ids=settings.bolna_agent_ids)
 
     def load(self) -> TenantList:
         """The accounts as they are now; called again to follow the CRM's changes."""
         if self._settings.tenant_source != "mongodb":
-            return TenantList((Tenant.from_settings(self._settings),))
+            return TenantList((self._env,))
         return self._read(self._settings.tenants_query)
 
     def find(self, tenant_id: object) -> Tenant | None:

@@ -99,7 +99,6 @@ class TenantDatabase:
         raise TenantScopeError(f"{name} is not available on an account's view of the database")
 
     def list_collection_names(self, **_ignored) -> list[str]:
-        """The account's collections that exist."""
         return sorted(self._scoped.intersection(self._db.list_collection_names()))
 
     def command(self, command, *args, **kwargs):
