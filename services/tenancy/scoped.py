@@ -179,13 +179,11 @@ class ScopedCollection:
             _check_stage(stage, _AGGREGATION_STAGES, "an account's aggregation")
             if "$match" in stage:
                 _check_filter(stage["$match"])
-        if pipeline and set(pipeline[0]) == {"$match"}:
-            # One `$match` with the account in it, not one of its own before the caller's: a server
-            # that does not merge them (the test run's wire server) would read the account's every
-            # document to apply the second.
-            return self._collection.aggregate([{"$match": self._filter(pipeline[0]["$match"])}, *pipeline[1:]],
-                                              **options)
-        return self._collection.aggregate([{"$match": self._filter(None)}, *pipeline], **options)
+        # One `$match` with the account in it, the caller's first one included, not one of its own
+        # before the caller's: a server that does not merge them (the test run's wire server) would
+        # read the account's every document to apply the second.
+        first = pipeline.pop(0)["$match"] if pipeline and set(pipeline[0]) == {"$match"} else None
+        return self._collection.aggregate([{"$match": self._filter(first)}, *pipeline], **options)
 
     # -- the scope -----------------------------------------------------------------------------
 
