@@ -98,12 +98,11 @@ class TenantSchedule:
         may finish).
 
         A bounded number of round trips whatever the number of tenants: one read of the whole
-        schedule (a few fields each; more batches of the same cursor for a large one) and one
-        unordered bulk write of the changes only (an insert and an update command, each split
-        only past 100,000 writes), so a refresh that changes nothing writes nothing. Retired and
-        returning tenants are one `$in` update each, not one per tenant. Each write is guarded by
-        what it changes, and a new tenant another replica inserted first is a duplicate that is
-        passed over, so replicas registering at once neither fail nor undo each other's changes.
+        schedule (a few fields each) and one unordered bulk write of the changes only, so a refresh
+        that changes nothing writes nothing; retired and returning tenants are one `$in` update
+        each. Each write is guarded by what it changes, and a new tenant another replica inserted
+        first is a duplicate that is passed over, so replicas registering at once neither fail nor
+        undo each other's changes.
 
         An empty list retires every tenant: a tenant source that cannot read the accounts must
         raise, not return nothing."""
