@@ -395,7 +395,6 @@ class Settings:
         return replace(self, **changes)
 
 
-# Every environment variable read, with the field it sets.
 VARIABLES: dict[str, Field] = {f.metadata["variable"] or f.name.upper(): f for f in fields(Settings)}
 
 

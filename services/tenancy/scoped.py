@@ -34,7 +34,8 @@ _METHODS = {
     "distinct": (frozenset(),), "aggregate": (frozenset({"hint"}),),
     "count_documents": (frozenset({"hint", "limit", "skip"}), "_filter"),
     "insert_one": (frozenset(), "_stamped"), "insert_many": (frozenset({"ordered"}), "_stamped_all"),
-    "update_one": (_UPSERT_OPTIONS, "_filter", "_checked"), "update_many": (_UPSERT_OPTIONS, "_filter", "_checked"),
+    "update_one": (_UPSERT_OPTIONS, "_filter", "_checked"),
+    "update_many": (_UPSERT_OPTIONS, "_filter", "_checked"),
     "replace_one": (_UPSERT_OPTIONS, "_filter", "_stamped"),
     "find_one_and_update": (frozenset({"projection", "sort", "upsert", "return_document", "hint"}), "_filter",
                             "_checked"),
@@ -155,8 +156,8 @@ class ScopedCollection:
         scopes = _METHODS[method][1:]
         if len(args) != len(scopes):
             raise TypeError(f"{method} takes {len(scopes)} positional argument(s) on an account's collection")
-        return getattr(self._collection, method)(*(getattr(self, scope)(arg) for scope, arg in zip(scopes, args)),
-                                                 **options)
+        scoped = [getattr(self, scope)(arg) for scope, arg in zip(scopes, args)]
+        return getattr(self._collection, method)(*scoped, **options)
 
     def find(self, filter=None, projection=None, **options):
         _check_options("find", options)
