@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
-from pymongo.collection import Collection
 from pymongo.database import Database
 
 from services import lease
@@ -23,17 +22,11 @@ ERASURES = "erasures"
 WEBHOOK_INBOX = "webhook_inbox"
 INBOX_WAITING = "waiting"  # an entry's state until processed (services/webhooks.py); erasure scrubs these
 WEBHOOK_DELIVERIES = "webhook_deliveries"
-# Across accounts (TENANT_SOURCE=mongodb): when each is synced next and by which replica, and the
-# LLM analyses taken per interval under LLM_GLOBAL_LIMIT.
+# Across accounts (TENANT_SOURCE=mongodb).
 TENANT_SCHEDULE = "tenant_schedule"
 LLM_QUOTA = "llm_quota"
-QUOTA_EXPIRY_INDEX = "ttl_at"
 # The code of a write refused by a unique index.
 DUPLICATE_KEY = 11000
-# The schedule's claim, named by its keys in the hint: a simpler planner (the test run's wire
-# server) gives up on an index when the filter has an `$or`; MongoDB's picks the same one unaided.
-SCHEDULE_CLAIM_KEYS = [("active", ASCENDING), ("dueAt", ASCENDING)]
-SCHEDULE_INDEXES = [IndexModel(SCHEDULE_CLAIM_KEYS, name="active_dueAt")]
 
 # Every collection the daemon writes holds one account's documents at a time (services/tenancy).
 TENANT_COLLECTIONS = (CUSTOMERS, CUSTOMER_CALLS, CALLS, CONTACTS, ACTIVITIES, SYNC_STATE, SYNC_RUNS, LLM_BATCHES,
@@ -42,9 +35,6 @@ TENANT_COLLECTIONS = (CUSTOMERS, CUSTOMER_CALLS, CALLS, CONTACTS, ACTIVITIES, SY
 RUN_EXPIRY_INDEX = "ttl_startedAt"
 JOB_STARTED_INDEX = "job_startedAt"
 PHONE_INDEX = "phone_unique"
-INBOX_EXPIRY_INDEX = "ttl_receivedAt"
-DELIVERIES_EXPIRY_INDEX = "ttl_at"
-DELIVERY_COUNTS_DAYS = 30
 
 # Keys of the indexes some queries name as a hint (a hint by keys survives a renamed index): a
 # simpler planner (the test run's wire server) gives up on an index when the filter has a field
@@ -56,97 +46,75 @@ QUEUE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("processed", ASCENDING), ("termi
 CALL_AGE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("callAt", ASCENDING)]
 TRANSCRIPT_AGE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("transcriptRemovedAt", ASCENDING), ("callAt", ASCENDING)]
 RUN_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("job", ASCENDING), ("startedAt", DESCENDING)]
-# Across accounts: a replica's one webhook processor claims the waiting deliveries of all of them.
+# Across accounts: a replica's one webhook processor claims the waiting deliveries of all of them
+# (round-robin: services/webhooks.py).
 INBOX_STATE_KEYS = [("state", ASCENDING), ("receivedAt", ASCENDING)]
-# The processor's claims, round-robin across accounts (services/webhooks.py), and one
-# account's waiting deliveries counted against WEBHOOK_MAX_WAITING.
 INBOX_CLAIM_KEYS = [("state", ASCENDING), ("rank", ASCENDING), ("receivedAt", ASCENDING)]
-INBOX_ACCOUNT_KEYS = [(TENANT_FIELD, ASCENDING), ("state", ASCENDING)]
 SUPPRESSION_KEY_KEYS = [(TENANT_FIELD, ASCENDING), ("keyId", ASCENDING)]
+# The schedule's claim of the account due longest.
+SCHEDULE_CLAIM_KEYS = [("active", ASCENDING), ("dueAt", ASCENDING)]
+SCHEDULE_INDEXES = [IndexModel(SCHEDULE_CLAIM_KEYS, name="active_dueAt")]
 
-# Every index of an account's data leads with `userId` (services/tenancy/scoped.py adds it to every
-# query): a lookup reads the one account's entries, and uniqueness is per account, so two accounts
-# may hold the same number or the same call id. (TTL indexes cannot be compound; they expire by age
-# whatever the account.)
+# Every index of an account's data leads with `userId` (the view adds it to every query): a lookup
+# reads the one account's entries, and two accounts may hold the same number or the same call id.
 def _tenant_index(*keys: tuple[str, int], name: str, **options) -> IndexModel:
     return IndexModel([(TENANT_FIELD, ASCENDING), *keys], name=name, **options)
 
 
-# Unique and sparse, not partial: MongoDB uses a partial index only for a query it can prove is
-# inside the filter, and `{phone: "+91…"}` does not prove `$type: "string"`, so every lookup by
-# phone was a collection scan. A sparse index serves any equality or $in on a non-null phone.
-# A record written by another program with neither field is left out of it; the daemon writes
-# every phone as a string (E.164, or the raw text of an invalid number; a call without any number
-# writes no customer), so its own writes never store a null phone.
+# Unique and sparse, not partial: docs/collections.md, "Why `phone_unique` is sparse".
 _PHONE = IndexModel(PHONE_INDEX_KEYS, unique=True, sparse=True, name=PHONE_INDEX)
 _UPDATED = _tenant_index(("updatedAt", ASCENDING), name="updatedAt")
 
-# Every index the daemon relies on, by collection; built (idempotently) at start-up.
+# Every index the daemon relies on, by collection; built (idempotently) at start-up. The queries
+# each serves: docs/collections.md, "Indexes and the queries they serve".
 _INDEXES: dict[str, list[IndexModel]] = {
     CUSTOMERS: [_PHONE, _UPDATED],
-    # One link per call counted on a customer: crm_sync counts them per number.
     CUSTOMER_CALLS: [_tenant_index(("phone", ASCENDING), name="phone")],
     CALLS: [
         IndexModel(CALL_ID_INDEX_KEYS, unique=True, name="callId_unique"),
-        # The analyzer's queue: unprocessed terminal calls, oldest first.
         IndexModel(QUEUE_INDEX_KEYS, name="analysis_queue"),
         _tenant_index(("customerPhone", ASCENDING), name="customerPhone"),
-        # An erasure: the calls holding the number on either side, the customer's or not (a call
-        # without `call_type` is taken as outbound: its caller is only in `fromNumber`).
+        # Both sides: a call without `call_type` is taken as outbound, its caller only in `fromNumber`.
         _tenant_index(("fromNumber", ASCENDING), name="fromNumber"),
         _tenant_index(("toNumber", ASCENDING), name="toNumber"),
         _UPDATED,
-        # Retention (services/privacy.py): whole calls by age, and the calls still
-        # holding a transcript by age (those stripped carry `transcriptRemovedAt` and are out of
-        # the range, so a pass never walks the calls earlier passes stripped).
+        # The calls stripped carry `transcriptRemovedAt` and are out of the range of the calls still
+        # holding a transcript, so a retention pass never walks the calls earlier passes stripped.
         IndexModel(CALL_AGE_INDEX_KEYS, name="callAt"),
         IndexModel(TRANSCRIPT_AGE_INDEX_KEYS, name="transcript_retention"),
     ],
     CONTACTS: [_PHONE, _UPDATED],
     ACTIVITIES: [
-        # One entry per AI decision: a retaken attempt rewrites its decision's entry, a
-        # reanalysis (a new round) adds one.
         _tenant_index(("callId", ASCENDING), ("type", ASCENDING), ("round", ASCENDING), unique=True,
                       name="decision_unique"),
-        # A contact's timeline in the CRM: its activities, newest first.
         _tenant_index(("contactId", ASCENDING), ("at", DESCENDING), name="contactId_at"),
         _tenant_index(("at", DESCENDING), name="at"),
-        # A customer's status changes: what an erasure removes, and a CRM's status history.
         # Sparse: AI decisions carry no `customerPhone`.
         _tenant_index(("customerPhone", ASCENDING), sparse=True, name="customerPhone"),
     ],
     SYNC_STATE: [
-        # Each run reads its job's cursors (`{job}`).
         _tenant_index(("job", ASCENDING), name="job"),
-        # An erasure: which cursors still follow the erased number's calls by id.
         _tenant_index(("pending.callId", ASCENDING), name="pending_callId"),
     ],
     SYNC_RUNS: [
         IndexModel(RUN_INDEX_KEYS, name=JOB_STARTED_INDEX),
-        # At start-up: which runs are still `running` on this host (whatever the account).
-        IndexModel([("status", ASCENDING), ("host", ASCENDING)], name="status_host"),
+        IndexModel([("status", ASCENDING), ("host", ASCENDING)], name="status_host"),  # whatever the account
     ],
-    # Start-up: hashes written with another key than the configured one (services/privacy).
     SUPPRESSIONS: [IndexModel(SUPPRESSION_KEY_KEYS, name="keyId")],
-    # Stage suggestions a person reviews: the open ones, oldest first (`main.py review`).
     STAGE_REVIEWS: [
         _tenant_index(("callId", ASCENDING), ("round", ASCENDING), unique=True, name="decision_unique"),
         _tenant_index(("status", ASCENDING), ("createdAt", ASCENDING), name="status_createdAt"),
         _tenant_index(("customerPhone", ASCENDING), name="customerPhone", sparse=True),
     ],
-    # Groq Batch API jobs still open, polled each run.
     LLM_BATCHES: [_tenant_index(("status", ASCENDING), name="status")],
     WEBHOOK_INBOX: [
         # Bolna sends each status of a call once, and again when unsure: the second is a duplicate.
         _tenant_index(("callId", ASCENDING), ("status", ASCENDING), unique=True, name="delivery_unique"),
-        # Waiting deliveries of every account, oldest first (status), and processed ones by age (lags).
         IndexModel(INBOX_STATE_KEYS, name="state_receivedAt"),
-        # The processor's claims: lowest rank first, across accounts.
         IndexModel(INBOX_CLAIM_KEYS, name="state_rank_receivedAt"),
-        # One account's waiting deliveries, counted at each accept against its cap.
-        IndexModel(INBOX_ACCOUNT_KEYS, name="userId_state"),
+        _tenant_index(("state", ASCENDING), name="userId_state"),
     ],
-    # The tally's last day of deliveries (status): beside the TTL index, which cannot be compound.
+    # Beside the TTL index, which cannot be compound.
     WEBHOOK_DELIVERIES: [_tenant_index(("at", ASCENDING), name="userId_at")],
     TENANT_SCHEDULE: SCHEDULE_INDEXES,
 }
@@ -161,6 +129,9 @@ def tenant_view(db: Database, tenant_id) -> TenantDatabase:
     return TenantDatabase(db, tenant_id, TENANT_COLLECTIONS)
 
 
+_CHANGED_OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds")
+
+
 def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int = 3) -> None:
     """Idempotent; run at start-up. Unique indexes are what make re-syncs updates, not duplicates.
     Through an account's view (single-account mode), the accounts' collections only: the shared
@@ -168,40 +139,31 @@ def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int =
     shared = not isinstance(db, TenantDatabase)
     # Old documents expire through TTL indexes (these cannot be compound: by age, whatever the account).
     expiring = {SYNC_RUNS: ("startedAt", RUN_EXPIRY_INDEX, run_retention_days * 86400),
-                WEBHOOK_INBOX: ("receivedAt", INBOX_EXPIRY_INDEX, inbox_days * 86400),
-                WEBHOOK_DELIVERIES: ("at", DELIVERIES_EXPIRY_INDEX, DELIVERY_COUNTS_DAYS * 86400),
-                LLM_QUOTA: ("at", QUOTA_EXPIRY_INDEX, 86400)}  # a window's counter is of no use a day on
+                WEBHOOK_INBOX: ("receivedAt", "ttl_receivedAt", inbox_days * 86400),
+                WEBHOOK_DELIVERIES: ("at", "ttl_at", 30 * 86400),  # hourly delivery counts, kept 30 days
+                LLM_QUOTA: ("at", "ttl_at", 86400)}  # a window's counter is of no use a day on
     indexes = {collection: list(models) for collection, models in _INDEXES.items()}
     for collection, (field, name, seconds) in expiring.items():
         indexes.setdefault(collection, []).append(
             IndexModel([(field, ASCENDING)], name=name, expireAfterSeconds=seconds))
     for collection, models in indexes.items():
         if shared or collection in TENANT_COLLECTIONS:
-            _drop_changed(db[collection], models)
+            # An index of ours that an earlier version built with other keys or options (before
+            # accounts, without `userId`; a partial `phone_unique`; another retention) is dropped
+            # first: MongoDB refuses to build one of the same name differently (`collMod` could
+            # change an expiry in place, but mongomock, for tests and the demo, lacks it). Until the
+            # new one is built (at once: what it keeps unique was unique before), uniqueness rests
+            # on the daemon's own upserts, and nothing expires early. Indexes of other names (a CRM
+            # front end's) are left alone.
+            current = db[collection].index_information()
+            for wanted in (model.document for model in models):
+                existing = current.get(wanted["name"])
+                if existing is not None and (list(existing["key"]) != list(wanted["key"].items()) or any(
+                        existing.get(option) != wanted.get(option) for option in _CHANGED_OPTIONS)):
+                    db[collection].drop_index(wanted["name"])
             db[collection].create_indexes(models)
     # Leases an earlier version wrote in its own names (services/lease.py), where they can be.
     lease.migrate(db[CALLS], "claim", "expiresAt", {"processed": False, "terminal": True}, QUEUE_INDEX_KEYS)
     lease.migrate(db[WEBHOOK_INBOX], "claim", "expiresAt", {"state": "waiting"}, INBOX_STATE_KEYS)
     if shared:
         lease.migrate(db[TENANT_SCHEDULE], "lease", "until", {})
-
-
-_OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds")
-
-
-def _drop_changed(collection: Collection, indexes: list[IndexModel]) -> None:
-    """An index of ours that an earlier version built with other keys or options (before
-    accounts, without `userId`; a partial `phone_unique`; another retention) is dropped first:
-    MongoDB refuses to build one of the same name differently (`collMod` could change an expiry in
-    place, but mongomock, for tests and the demo, lacks it). Until the new one is built (at once:
-    what it keeps unique was unique before), uniqueness rests on the daemon's own upserts, and
-    nothing expires early. Indexes of other names (a CRM front end's) are left alone."""
-    current = collection.index_information()
-    for index in indexes:
-        wanted = index.document
-        existing = current.get(wanted["name"])
-        if existing is None:
-            continue
-        if (list(existing["key"]) != list(wanted["key"].items())
-                or any(existing.get(option) != wanted.get(option) for option in _OPTIONS)):
-            collection.drop_index(wanted["name"])

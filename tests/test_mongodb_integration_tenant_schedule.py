@@ -5,7 +5,8 @@ from datetime import timedelta
 
 from pymongo import MongoClient
 
-from services.tenancy.schedule import SCHEDULE_INDEXES, TenantSchedule
+from services.database import SCHEDULE_INDEXES
+from services.tenancy.schedule import TenantSchedule
 from tests.conftest import TEST_DB
 from tests.real_mongo import mongo  # noqa: F401 - the fixture, on the server
 from tests.test_query_plans import QueryRecorder, by_id, plan_stages

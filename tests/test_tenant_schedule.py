@@ -15,8 +15,9 @@ import pytest
 from pymongo.errors import BulkWriteError
 
 from fakes.mongo_hooks import HookedClient, RoundTripCounter
-from services.tenancy.schedule import (DUE, REFUSED, RETIRED, RUNNING, SCHEDULE_INDEXES, WAITING, TenantSchedule,
-                                       first_due_times, next_due)
+from services.database import SCHEDULE_INDEXES
+from services.tenancy.schedule import (DUE, REFUSED, RETIRED, RUNNING, WAITING, TenantSchedule, first_due_times,
+                                       next_due)
 from tests.conftest import TEST_DB
 from worker.status import collect
 
@@ -316,9 +317,9 @@ def test_finish_records_the_run_and_sets_the_next_slot(replica, schedule_collect
     assert schedule.claim_due() is None
     clock.advance(INTERVAL - 12)
     again = schedule.claim_due()
-    chosen = START + timedelta(hours=1)
-    assert schedule.finish(again, {"status": "ok"}, next_due_at=chosen)
-    assert stored(schedule_collection, "t1")["dueAt"] == chosen
+    # A pass that claimed by a later `due_by` (`after`) must not meet it again: the first slot past it.
+    assert schedule.finish(again, {"status": "ok"}, after=START + timedelta(hours=1))
+    assert stored(schedule_collection, "t1")["dueAt"] == START + timedelta(hours=1, seconds=INTERVAL)
 
 
 def test_a_result_without_a_status_is_refused(replica):
@@ -353,7 +354,7 @@ def test_a_refused_tenant_is_skipped_and_the_others_go_on(replica, schedule_coll
     assert doc["lastRun"]["status"] == REFUSED and doc["lastRun"]["errors"] == ["401 unauthorized"]
     [other] = claim_all(schedule)
     assert other.tenant_id == "t2"
-    schedule.finish(other, {"status": "ok"}, next_due_at=START + timedelta(days=1))
+    schedule.finish(other, {"status": "ok"}, after=START + timedelta(days=1))
     clock.advance(10 * INTERVAL)
     assert schedule.claim_due() is None  # t1 is skipped however long it has been due
 

@@ -2,8 +2,9 @@
 declared once, as a field of `Settings`: its type, its default, the parser of its variable's text
 and whether it is a secret. The variable is the field's name in capitals unless the declaration
 names another. A parser returns the value or raises ValueError saying what is expected;
-`load_settings` names the variable (and never shows a secret's text). The README's tables and
-`.env.example` are checked against this declaration by tests/test_documented_settings.py."""
+`load_settings` names the variable (and never shows a secret's text). What each setting means:
+the README's tables and `.env.example`, checked against this declaration by
+tests/test_documented_settings.py."""
 from __future__ import annotations
 
 import ipaddress
@@ -32,8 +33,6 @@ class ConfigError(ValueError):
 BOLNA_SENDER_IPS = ("13.203.39.153", "13.126.9.249", "13.202.133.53")
 MIN_WEBHOOK_TOKEN_CHARS = 24
 MIN_HASH_KEY_CHARS = 16
-# A lease is renewed every third of it: much shorter, and a slow MongoDB round trip would lose it.
-MIN_LEASE_SECONDS = 15
 # The customer statuses the CRM sync sets (models/customer.py), and their default order
 # (`STATUS_PRECEDENCE`): highest first; statuses in one group rank equal.
 BOOKED, CALLBACK, INTERESTED, NOT_INTERESTED = "Booked", "Callback", "Interested", "Not Interested"
@@ -82,33 +81,12 @@ def csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def whole(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """A parser of a whole number of at least `minimum` (and at most `maximum`)."""
-    expected = f"of at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+def number(kind: type, accepted: Callable[[float], bool], expected: str) -> Callable[[str], Any]:
+    """A parser of a number of `kind` in the range `accepted` checks (not a number is in none)."""
 
-    def parse(value: str) -> int:
+    def parse(value: str):
         try:
-            number = int(value)
-        except ValueError:
-            number = minimum - 1
-        if number < minimum or (maximum is not None and number > maximum):
-            raise ValueError(f"must be a whole number {expected}")
-        return number
-
-    return parse
-
-
-positive_int = whole(1)
-non_negative_int = whole(0)
-port = whole(0, 65535)
-
-
-def decimal(accepted: Callable[[float], bool], expected: str) -> Callable[[str], float]:
-    """A parser of a number in the range `accepted` checks (not a number is in none)."""
-
-    def parse(value: str) -> float:
-        try:
-            number = float(value)
+            number = kind(value)
         except ValueError:
             number = math.nan
         if not accepted(number):
@@ -118,8 +96,16 @@ def decimal(accepted: Callable[[float], bool], expected: str) -> Callable[[str],
     return parse
 
 
-positive_float = decimal(lambda number: 0 < number < math.inf, "a number above 0")
-fraction = decimal(lambda number: 0 <= number < 1, "a fraction from 0 up to (not including) 1, such as 0.5")
+def whole(minimum: int, maximum: float = math.inf) -> Callable[[str], int]:
+    span = f"of at least {minimum}" if maximum == math.inf else f"from {minimum} to {maximum}"
+    return number(int, lambda value: minimum <= value <= maximum, f"a whole number {span}")
+
+
+positive_int = whole(1)
+non_negative_int = whole(0)
+port = whole(0, 65535)
+positive_float = number(float, lambda value: 0 < value < math.inf, "a number above 0")
+fraction = number(float, lambda value: 0 <= value < 1, "a fraction from 0 up to (not including) 1, such as 0.5")
 
 
 def url(value: str) -> str:
@@ -175,7 +161,6 @@ def one_of(*choices: str, explained: str | None = None) -> Callable[[str], str]:
 
 
 def completion_window(value: str) -> str:
-    """Groq takes 24h to 7d."""
     window = value.strip().lower()
     hours = window_hours(window)
     if hours is None or not 24 <= hours <= 7 * 24:
@@ -191,8 +176,6 @@ def window_hours(window: str) -> int | None:
 
 
 def prices(value: str) -> dict[str, Price]:
-    """JSON object of model -> [input, output] USD per million tokens, added to (or replacing
-    entries of) the built-in table; e.g. {"openai/gpt-oss-20b": [0.075, 0.30]}"""
     table = json.loads(value)
     if not isinstance(table, dict):
         raise ValueError('must be a JSON object such as {"model": [input, output]} in USD per million tokens')
@@ -206,8 +189,6 @@ def prices(value: str) -> dict[str, Price]:
 
 
 def extra_fields(value: str) -> tuple[ExtraField, ...]:
-    """JSON list of {"name", "description", "type"}; e.g.
-    [{"name": "budget", "description": "Budget the caller mentioned", "type": "string"}]"""
     items = json.loads(value)
     if not isinstance(items, list):
         raise ValueError("must be a JSON list of {name, description, type} objects")
@@ -256,11 +237,6 @@ def networks(value: str) -> tuple[str, ...]:
     return networks
 
 
-def allowed_senders(value: str) -> tuple[str, ...] | None:
-    """`any` turns the allow-list off (e.g. behind a proxy that filters senders itself)."""
-    return None if value.strip().lower() == "any" else networks(value)
-
-
 def json_object(value: str) -> dict[str, object]:
     document = json.loads(value)
     if not isinstance(document, dict):
@@ -276,9 +252,7 @@ def collection_name(value: str) -> str:
 
 
 def tenant_field_paths(value: str) -> dict[str, str]:
-    """JSON object of the daemon's name -> the CRM's field path, over DEFAULT_TENANT_FIELDS; e.g.
-    {"bolnaApiKey": "integrations.bolna.key"}. A misspelt name would silently keep the default, so
-    it is refused."""
+    """Over DEFAULT_TENANT_FIELDS. A misspelt name would silently keep the default, so it is refused."""
     overrides = json_object(value)
     unknown = sorted(set(overrides) - set(DEFAULT_TENANT_FIELDS))
     if unknown:
@@ -304,10 +278,6 @@ def fernet_keys(value: str) -> tuple[str, ...]:
             raise ValueError(f"key {position} of {len(parts)} is not a Fernet key: 32 url-safe base64-encoded "
                              "bytes, as `Fernet.generate_key()` makes") from None
     return parts
-
-
-def fernet_secret(value: str) -> str:
-    return ",".join(fernet_keys(value))
 
 
 def setting(default: object = None, parse: Callable[[str], object] = str.strip, *, secret: bool = False,
@@ -339,19 +309,15 @@ class Settings:
     # llama-3.3-70b-versatile, the earlier default, was decommissioned on 2026-08-16 (404 model_not_found).
     groq_model: str = setting("openai/gpt-oss-20b")
     groq_base_url: str | None = setting(None, url)
-    # services/analyzer/prompt.py
     groq_answer_format: str = setting("auto", one_of("auto", "json_schema", "json_object"))
-    # sent to the models that take it (gpt-oss)
     groq_reasoning_effort: str = setting("low", one_of("low", "medium", "high"))
     sync_interval_minutes: int = setting(5, positive_int)
-    # LLM analyses per run, not the Batch API lane (LLM_BATCH_MODE): once LLM_BATCH_LIMIT.
     llm_calls_per_run: int = setting(10, non_negative_int, former="LLM_BATCH_LIMIT")
     llm_concurrency: int = setting(4, positive_int)
     llm_request_budget: int | None = setting(None, non_negative_int)  # None: see llm_requests_per_run
     llm_batch_deadline_seconds: float = setting(120.0, positive_float)
     llm_timeout_seconds: float = setting(30.0, positive_float)
     llm_prices: Mapping[str, Price] = setting(DEFAULT_PRICES, prices)
-    # The Batch API lane (services/analyzer/batch_api.py)
     llm_batch_mode: str = setting("auto", one_of("auto", "off", "always"))
     llm_batch_api_max_calls: int = setting(5000, positive_int)
     llm_batch_api_window: str = setting("24h", completion_window)
@@ -368,21 +334,19 @@ class Settings:
     health_port: int | None = setting(None, port)
     health_host: str = setting("127.0.0.1")
     health_max_age_intervals: float = setting(3.0, positive_float)
-    # A scheduled job running this long without progress stops the systemd watchdog (worker/health.py).
     job_deadline_seconds: float = setting(3600.0, positive_float)
-    # On SIGTERM/SIGINT/SIGHUP the running job has this long to finish its write; then exit 1.
     shutdown_grace_seconds: float = setting(30.0, positive_float)
     run_retention_days: int = setting(30, positive_int)
-    # Personal data (docs/privacy.md): None keeps transcripts and call documents without limit.
     transcript_retention_days: int | None = setting(None, positive_int)
     record_retention_days: int | None = setting(None, positive_int)
     privacy_hash_key: str | None = setting(None, hash_key, secret=True)  # keys the hashes of erased numbers
     auto_assign_min_confidence: int = setting(60, whole(0, 100))  # below it a stage move waits for a person's review
-    # Bolna webhooks (worker/webhook_listener.py): off unless WEBHOOK_PORT is set.
     webhook_port: int | None = setting(None, port)
     webhook_host: str = setting("127.0.0.1")  # behind a reverse proxy on the same host; 0.0.0.0 in a container
     webhook_token: str | None = setting(None, path_token, secret=True)  # the secret in the URL's path
-    webhook_allowed_ips: tuple[str, ...] | None = setting(BOLNA_SENDER_IPS, allowed_senders)  # None: any sender
+    # `any` (None) turns the allow-list off, e.g. behind a proxy that filters senders itself.
+    webhook_allowed_ips: tuple[str, ...] | None = setting(
+        BOLNA_SENDER_IPS, lambda value: None if value.strip().lower() == "any" else networks(value))
     webhook_trusted_proxies: tuple[str, ...] = setting((), networks)  # whose X-Forwarded-For is believed
     webhook_max_body_bytes: int = setting(1_048_576, positive_int)
     webhook_public_url: str | None = setting(None, url)  # the listener's base URL as Bolna reaches it (https://…)
@@ -393,19 +357,16 @@ class Settings:
     bolna_rate_per_minute: int = setting(1000, positive_int)
     bolna_rate_headroom: float = setting(0.1, fraction)
     bolna_fetch_concurrency: int = setting(8, positive_int)  # full records (GET /executions/{id}) in flight at once
-    # A full record fetched for one job, kept for the other (services/execution_feed.py, `SharedRecords`).
     bolna_record_cache_size: int = setting(10000, non_negative_int)
     bolna_record_cache_seconds: int = setting(1800, non_negative_int)
-    # Many accounts (services/tenancy)
     tenant_source: str = setting("env", one_of(
         "env", "mongodb", explained="env (one account, from BOLNA_API_KEY) or mongodb (the accounts collection)"))
     tenants_collection: str = setting("users", collection_name)
     tenants_filter: Mapping[str, object] | None = setting(None, json_object)  # None: see tenants_query
     tenant_fields: Mapping[str, str] = setting(DEFAULT_TENANT_FIELDS, tenant_field_paths)
-    # Fernet key(s) the stored keys are encrypted with; None: they are stored as plain text.
-    tenant_keys_secret: str | None = setting(None, fernet_secret, secret=True)
-    # Many accounts across replicas (worker/app.py, `Runtime`): a dead replica's accounts are taken over after their lease.
-    tenant_lease_seconds: int = setting(120, whole(MIN_LEASE_SECONDS))
+    tenant_keys_secret: str | None = setting(None, lambda value: ",".join(fernet_keys(value)), secret=True)
+    # Renewed every third of it: much shorter, and a slow MongoDB round trip would lose it.
+    tenant_lease_seconds: int = setting(120, whole(15))
     tenant_poll_seconds: int = setting(5, positive_int)
     tenant_concurrency: int = setting(4, positive_int)
     tenant_refresh_seconds: int = setting(60, positive_int)
@@ -423,9 +384,8 @@ class Settings:
 
     @property
     def tenants_query(self) -> Mapping[str, object]:
-        """The accounts' filter: TENANTS_FILTER, else those with a Bolna key (wherever TENANT_FIELDS
-        puts it) and an active or trial subscription; derived here rather than stored so it follows
-        TENANT_FIELDS' key path however the settings were built."""
+        """Derived here rather than stored, so the default follows TENANT_FIELDS' key path however the
+        settings were built."""
         if self.tenants_filter is not None:
             return self.tenants_filter
         return {self.tenant_fields["bolnaApiKey"]: {"$nin": [None, ""]},
@@ -435,7 +395,6 @@ class Settings:
         return replace(self, **changes)
 
 
-# Every environment variable read, with the field it sets.
 VARIABLES: dict[str, Field] = {f.metadata["variable"] or f.name.upper(): f for f in fields(Settings)}
 
 

@@ -1,8 +1,7 @@
 """The accounts to serve (TENANT_SOURCE): the one of BOLNA_API_KEY, or those of the CRM's
 accounts collection, each mapped through the field map (TENANT_FIELDS) and checked value by value,
-its keys made plain. An account that cannot be served is skipped whole and reported, with its
-reason, and never keeps the others from running. Stored keys are Fernet tokens decrypted with
-TENANT_KEYS_SECRET (several keys while rotating: README), or plain text when no secret is set."""
+its keys made plain (README, "Encrypted keys"). An account that cannot be served is skipped whole
+and reported, with its reason, and never keeps the others from running."""
 from __future__ import annotations
 
 import hashlib
@@ -37,13 +36,6 @@ class Tenant:
     phone_region: str | None = None  # None: DEFAULT_PHONE_REGION
     llm_batch_limit: int | None = None  # LLM calls per run; None: LLM_CALLS_PER_RUN
     bolna_requests_per_minute: int | None = None  # None: Bolna's documented limit
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "Tenant":
-        """Single-account mode (TENANT_SOURCE=env): the account of BOLNA_API_KEY, nothing overridden."""
-        if not settings.bolna_api_key:
-            raise ConfigError("BOLNA_API_KEY is not set: TENANT_SOURCE=env serves the account of that key")
-        return cls(id=None, bolna_api_key=settings.bolna_api_key, agent_ids=settings.bolna_agent_ids)
 
     @property
     def key_fingerprint(self) -> str:
@@ -80,7 +72,8 @@ class KeyReader:
 
     @classmethod
     def from_secret(cls, secret: str | None) -> "KeyReader":
-        """Checked at start-up: a bad secret would otherwise skip every account, run after run."""
+        """Checked at start-up (TenantSource): a bad secret would otherwise skip every account, run
+        after run."""
         if not secret:
             return cls(None)
         try:
@@ -118,21 +111,21 @@ class KeyReader:
 
 class TenantSource:
     def __init__(self, settings: Settings, db: Database | None = None):
-        """Checks what can be checked at start-up (the secret), so a mistake stops the daemon
-        once instead of skipping every account at every load."""
         self._settings = settings
         if settings.tenant_source == "mongodb":
             if db is None:
                 raise ConfigError("TENANT_SOURCE=mongodb reads the accounts from MongoDB: a database is needed")
             self._keys = KeyReader.from_secret(settings.tenant_keys_secret)
             self._collection = db[settings.tenants_collection]
-        else:
-            Tenant.from_settings(settings)  # BOLNA_API_KEY must be set
+        elif not settings.bolna_api_key:
+            raise ConfigError("BOLNA_API_KEY is not set: TENANT_SOURCE=env serves the account of that key")
+        else:  # single-account mode: the account of BOLNA_API_KEY, nothing overridden
+            self._env = Tenant(id=None, bolna_api_key=settings.bolna_api_key, agent_ids=settings.bolna_agent_ids)
 
     def load(self) -> TenantList:
         """The accounts as they are now; called again to follow the CRM's changes."""
         if self._settings.tenant_source != "mongodb":
-            return TenantList((Tenant.from_settings(self._settings),))
+            return TenantList((self._env,))
         return self._read(self._settings.tenants_query)
 
     def find(self, tenant_id: object) -> Tenant | None:
@@ -152,20 +145,17 @@ class TenantSource:
                 tenants.append(tenant_from_document(document, fields, self._keys))
             except UnusableTenant as exc:
                 skipped.append(exc)
-        copies = self._spelled_as_an_object_id(tenants)
+        # A string id that spells another account's ObjectId: the ids of its records (`local_id`)
+        # and its webhook token would be that account's.
+        spelled = {ObjectId(t.id): t.id for t in tenants
+                   if isinstance(t.id, str) and ObjectId.is_valid(t.id) and str(ObjectId(t.id)) == t.id}
+        copies = set()
+        if spelled:
+            copies = {spelled[d["_id"]] for d in self._collection.find({"_id": {"$in": list(spelled)}}, {"_id": 1})}
         skipped += [UnusableTenant(tenant.id, _COPY) for tenant in tenants if tenant.id in copies]
         for exc in skipped:
             log.warning("tenant %s skipped: %s", exc.tenant_id, exc.reason, extra={"event": "tenant_skipped"})
         return TenantList(tuple(t for t in tenants if t.id not in copies), tuple(skipped))
-
-    def _spelled_as_an_object_id(self, tenants) -> set:
-        """The string ids of `tenants` that spell another account's ObjectId: the ids of their
-        records (`local_id`) and their webhook token would be that account's."""
-        spelled = {ObjectId(t.id): t.id for t in tenants
-                   if isinstance(t.id, str) and ObjectId.is_valid(t.id) and str(ObjectId(t.id)) == t.id}
-        if not spelled:
-            return set()
-        return {spelled[d["_id"]] for d in self._collection.find({"_id": {"$in": list(spelled)}}, {"_id": 1})}
 
 
 def read_path(document: Mapping, path: str) -> object:

@@ -1,10 +1,7 @@
-"""The tenant schedule: when each tenant (account) is synced next, and which replica syncs it now.
-One document per tenant, `_id` the tenant id; its fields and its index (`active_dueAt`):
-docs/collections.md (`tenant_schedule`).
-
-Replicas share the work with no configuration: each one claims due tenants atomically
-(`find_one_and_update`) under a lease (services/lease.py): a replica that died leaves its tenants
-to the next claim, and one that lost its lease writes nothing (finish, renew, release, refusal).
+"""The tenant schedule: when each tenant (account) is synced next, and which replica syncs it now,
+under a lease (services/lease.py). One document per tenant, `_id` the tenant id; its fields and
+its index: docs/collections.md (`tenant_schedule`); how replicas share the work, and how
+`LeaseKeeper` fences a replica whose lease may be gone: docs/scaling.md.
 
 `active` is false while the tenant is retired or its key refused: it leads the claim index, so
 the tenants that must be skipped (which stay overdue for as long as they are skipped) are outside
@@ -14,20 +11,11 @@ the range a claim scans, however many there are. Every write that sets or clears
 `register` and `overview` read the whole collection on purpose (a few small fields per tenant,
 once per tenant-list refresh and per status request); every other write selects by `_id`.
 
-The lease is what keeps two replicas from syncing one account at once; it holds only while the
-holder renews it. So `LeaseKeeper` renews every third of the lease and, beside that, watches the
-lease's end on the database server's clock: when a renewal is refused (another replica took the
-account) or has not been confirmed a margin before the end (a slow or unreachable server, a
-stalled process), it sets the account's stop. The account's jobs then end after their current
-write, as on SIGTERM, before another replica can claim the account.
-
-`LlmQuota` is the ceiling on LLM analyses across every account and replica (LLM_GLOBAL_LIMIT per
-sync interval; docs/collections.md, `llm_quota`). A take is one atomic `$inc`, its overshoot
-returned at once, so the sum granted never passes the ceiling even when replicas take at the same
-instant. The `$inc` never upserts: the total it returns is what the take is decided on, and of two
-upserts racing to create a document, one may be answered with no document at all (the test run's
-wire server) or a duplicate-key error, after its increment was or was not applied. The window's
-document is created on its own first, where a race is harmless.
+`LlmQuota` is the ceiling on LLM analyses across every account and replica (docs/collections.md,
+`llm_quota`). Its `$inc` never upserts: the total it returns is what the take is decided on, and
+of two upserts racing to create a document, one may be answered with no document at all (the
+test run's wire server) or a duplicate-key error, after its increment was or was not applied. The
+window's document is created on its own first, where a race is harmless.
 """
 from __future__ import annotations
 
@@ -42,7 +30,7 @@ from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services import lease
-from services.database import DUPLICATE_KEY, SCHEDULE_CLAIM_KEYS, SCHEDULE_INDEXES
+from services.database import DUPLICATE_KEY, SCHEDULE_CLAIM_KEYS
 from utils.clock import to_millis, unix_seconds, utcnow
 
 log = logging.getLogger(__name__)
@@ -86,9 +74,8 @@ def next_due(previous_due: datetime, interval: timedelta, now: datetime) -> date
 
 
 def first_due_times(count: int, interval: timedelta, now: datetime) -> list[datetime]:
-    """Due times of `count` tenants registered together, evenly over one interval from `now`: a
-    first register of 10,000 tenants does not make them all due at once (nor, through
-    `next_due`'s slots, at once in every later interval); a single new tenant is due now."""
+    """Due times of `count` tenants registered together, evenly over one interval from `now`, so
+    that they are not all due at once, then or later (`next_due`); a single new tenant is due now."""
     return [to_millis(now + interval * n / count) for n in range(count)]
 
 
@@ -107,17 +94,15 @@ class TenantSchedule:
 
     def register(self, tenants: Iterable[tuple[object, str]]) -> RegisterResult:
         """Bring the schedule in line with the current tenant list, (tenant id, key fingerprint)
-        pairs: new tenants are added (spread over one interval); a changed fingerprint clears a
-        refusal (the key changed, so it gets a try); tenants no longer listed are retired (never
-        claimed; a sync in progress may finish) and un-retired when they are listed again.
+        pairs, as docs/collections.md tells (a retired tenant is never claimed; a sync in progress
+        may finish).
 
         A bounded number of round trips whatever the number of tenants: one read of the whole
-        schedule (a few fields each; more batches of the same cursor for a large one) and one
-        unordered bulk write of the changes only (an insert and an update command, each split
-        only past 100,000 writes), so a refresh that changes nothing writes nothing. Retired and
-        returning tenants are one `$in` update each, not one per tenant. Each write is guarded by
-        what it changes, and a new tenant another replica inserted first is a duplicate that is
-        passed over, so replicas registering at once neither fail nor undo each other's changes.
+        schedule (a few fields each) and one unordered bulk write of the changes only, so a refresh
+        that changes nothing writes nothing; retired and returning tenants are one `$in` update
+        each. Each write is guarded by what it changes, and a new tenant another replica inserted
+        first is a duplicate that is passed over, so replicas registering at once neither fail nor
+        undo each other's changes.
 
         An empty list retires every tenant: a tenant source that cannot read the accounts must
         raise, not return nothing."""
@@ -155,20 +140,17 @@ class TenantSchedule:
         if operations:
             try:
                 self._schedule.bulk_write(operations, ordered=False)
-            except BulkWriteError as exc:
-                self._pass_over_registered_meanwhile(exc, new)
+            except BulkWriteError as failure:
+                # Unordered, so every other write was applied. A failed insert of a new tenant (the
+                # first `len(new)` writes) that is in the schedule now was another replica's
+                # register, done first; any other failure is raised.
+                errors = failure.details.get("writeErrors", [])
+                duplicates = [new[error["index"]] for error in errors
+                              if error.get("code") == DUPLICATE_KEY and error["index"] < len(new)]
+                if (len(duplicates) != len(errors) or failure.details.get("writeConcernErrors")
+                        or self._schedule.count_documents({"_id": {"$in": duplicates}}) != len(duplicates)):
+                    raise
         return RegisterResult(added=len(new), rekeyed=len(rekeyed), retired=len(retired), returned=len(returned))
-
-    def _pass_over_registered_meanwhile(self, failure: BulkWriteError, new: list) -> None:
-        """The bulk write was unordered, so every other write was applied. A failed insert of a
-        new tenant (the first `len(new)` writes) that is in the schedule now was another
-        replica's register, done first; any other failure is raised."""
-        details = failure.details
-        duplicates = [new[error["index"]] for error in details.get("writeErrors", [])
-                      if error.get("code") == DUPLICATE_KEY and error["index"] < len(new)]
-        if (len(duplicates) != len(details.get("writeErrors", [])) or details.get("writeConcernErrors")
-                or self._schedule.count_documents({"_id": {"$in": duplicates}}) != len(duplicates)):
-            raise failure
 
     # -- claims ----------------------------------------------------------------------------
 
@@ -198,17 +180,16 @@ class TenantSchedule:
         until = to_millis(self.clock() + self.lease)
         return until if self._write(claim, {"$set": {lease.UNTIL: until}}) else None
 
-    def finish(self, claim: TenantClaim, result: dict, *, next_due_at: datetime | None = None,
-               after: datetime | None = None) -> bool:
+    def finish(self, claim: TenantClaim, result: dict, *, after: datetime | None = None) -> bool:
         """Record the sync (`result`: the runtime's outcome, with a `status`) as the tenant's last
-        run and make it due again at `next_due_at` (by default its next slot, `next_due`, and the
-        first slot past `after` when given: a pass claiming by a later `due_by` must not meet the
-        tenant again); the lease is removed. False when the lease was lost, in which case nothing
-        was written: the replica that took the tenant over records its own run."""
+        run and make it due again at its next slot (`next_due`; the first slot past `after` when
+        given: a pass claiming by a later `due_by` must not meet the tenant again); the lease is
+        removed. False when the lease was lost, in which case nothing was written: the replica that
+        took the tenant over records its own run."""
         if "status" not in result:
             raise ValueError("a run's result needs a status")
         now = self.clock()
-        due = next_due_at if next_due_at is not None else next_due(claim.due_at, self.interval, now)
+        due = next_due(claim.due_at, self.interval, now)
         while after is not None and due <= after:
             due += self.interval
         return self._write(claim, {"$set": {"dueAt": due, "lastRun": self._run(claim, now, result)},
@@ -256,10 +237,8 @@ class TenantSchedule:
         return counts
 
     def overview(self, limit: int = 50) -> dict:
-        """What status shows: how many tenants are in each state (running: held by a live lease;
-        retired; refused; due: waiting for a replica, an expired lease's included; waiting: not
-        due yet), and up to `limit` tenants that are not retired, the longest due first, each
-        with its state, due time, lease (`acquired_by`, `acquired_until`), last run and refusal."""
+        """What status shows: the `counts`, and up to `limit` tenants that are not retired, the
+        longest due first, each with its state and its `_ROW_FIELDS`."""
         now = self.clock()
         counts = self.counts(now)
         rows = [{"tenantId": doc.pop("_id"), **doc} for doc in self._schedule.aggregate([
@@ -269,8 +248,9 @@ class TenantSchedule:
 
 
 def _state_expression(now: datetime) -> dict:
-    """One state per tenant, the first that applies (the order of `STATES`), on the server: the
-    counts are taken without reading every tenant."""
+    """One state per tenant, the first that applies (the order of `STATES`: running is held by a
+    live lease; due includes an expired lease's), on the server: the counts are taken without
+    reading every tenant."""
     return {"$switch": {"branches": [
         {"case": {"$gt": ["$" + lease.UNTIL, now]}, "then": RUNNING},
         {"case": _present("$retiredAt"), "then": RETIRED},
@@ -292,9 +272,9 @@ class LeaseKeeper:
         # The account's stop, given to its jobs: set on the process's stop or when the lease may be gone.
         self.stop = threading.Event()
         self.lost = False
-        self._valid_until = claim.acquired_until  # server time, as the schedule compares it
+        # Server time, as the schedule compares it; written by the renewal alone, read by the watch.
+        self._valid_until = claim.acquired_until
         self._margin = max(timedelta(seconds=2), schedule.lease / 10)
-        self._lock = threading.Lock()
         self._done = threading.Event()
         self._threads = [threading.Thread(target=self._renew, name="lease-renew", daemon=True),
                          threading.Thread(target=self._watch, name="lease-watch", daemon=True)]
@@ -320,17 +300,14 @@ class LeaseKeeper:
             if until is None:
                 self._fence("another replica holds it now")
                 return
-            with self._lock:
-                self._valid_until = max(self._valid_until, until)
+            self._valid_until = max(self._valid_until, until)
 
     def _watch(self) -> None:
         tick = min(1.0, self._schedule.lease.total_seconds() / 10)
         while not self._done.wait(tick):
             if self._process_stop.is_set():
                 self.stop.set()
-            with self._lock:
-                deadline = self._valid_until - self._margin
-            if self._schedule.clock() >= deadline:
+            if self._schedule.clock() >= self._valid_until - self._margin:
                 self._fence("no renewal was confirmed in time")
                 return
 

@@ -8,14 +8,13 @@ document it inserts), and an aggregation starts by matching it. Single-account m
 `None`: `{userId: null}` also matches documents without the field, so a database written before
 accounts existed is that tenant's, unchanged.
 
-The view denies by default: it offers the collection methods, options, query and update
-operators, update-pipeline stages and aggregation stages listed below (what the daemon uses), and
-refuses anything else with `TenantScopeError`, naming what it refused, before it reaches the
-server. A new need is a line added to a list, after checking it cannot leave the account.
+The view denies by default (docs/reliability.md, "Accounts"): what is not on the lists below is
+refused by name. A new need is a line added to a list, after checking it cannot leave the account.
 """
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any, Iterable, Mapping
 
 from bson import ObjectId
@@ -23,25 +22,31 @@ from pymongo import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, Up
 
 TENANT_FIELD = "userId"
 
-# Options each method accepts. Left out on purpose: `collation` (a case-insensitive one makes
-# `userId: "acme"` match "ACME"), `let`, `session`, `array_filters` and the rest no caller passes.
+# The collection methods the view offers: the options each accepts, then how each positional
+# argument is scoped (a method of ScopedCollection: `_filter` adds the account, `_checked` refuses
+# an update that could leave it, `_stamped` writes it in); no further positional argument is taken.
+# Left out on purpose: `collation` (a case-insensitive one makes `userId: "acme"` match "ACME"),
+# `let`, `session`, `array_filters` and the rest no caller passes.
 _READ_OPTIONS = frozenset({"projection", "sort", "limit", "skip", "hint"})
-_OPTIONS = {
-    "find": _READ_OPTIONS, "find_one": _READ_OPTIONS,
-    "count_documents": frozenset({"hint", "limit", "skip"}),
-    "distinct": frozenset(),
-    "aggregate": frozenset({"hint"}),
-    "insert_one": frozenset(), "insert_many": frozenset({"ordered"}),
-    "update_one": frozenset({"upsert", "hint"}), "update_many": frozenset({"upsert", "hint"}),
-    "replace_one": frozenset({"upsert", "hint"}),
-    "find_one_and_update": frozenset({"projection", "sort", "upsert", "return_document", "hint"}),
-    "delete_one": frozenset({"hint"}), "delete_many": frozenset({"hint"}),
-    "find_one_and_delete": frozenset({"projection", "sort", "hint"}),
-    "bulk_write": frozenset({"ordered"}),
+_UPSERT_OPTIONS = frozenset({"upsert", "hint"})
+_METHODS = {
+    "find": (_READ_OPTIONS,), "find_one": (_READ_OPTIONS,),  # their own methods below
+    "distinct": (frozenset(),), "aggregate": (frozenset({"hint"}),),
+    "count_documents": (frozenset({"hint", "limit", "skip"}), "_filter"),
+    "insert_one": (frozenset(), "_stamped"), "insert_many": (frozenset({"ordered"}), "_stamped_all"),
+    "update_one": (_UPSERT_OPTIONS, "_filter", "_checked"),
+    "update_many": (_UPSERT_OPTIONS, "_filter", "_checked"),
+    "replace_one": (_UPSERT_OPTIONS, "_filter", "_stamped"),
+    "find_one_and_update": (frozenset({"projection", "sort", "upsert", "return_document", "hint"}), "_filter",
+                            "_checked"),
+    "delete_one": (frozenset({"hint"}), "_filter"), "delete_many": (frozenset({"hint"}), "_filter"),
+    "find_one_and_delete": (frozenset({"projection", "sort", "hint"}), "_filter"),
+    "bulk_write": (frozenset({"ordered"}), "_scoped_requests"),
 }
-# Index management: indexes span accounts, and touch no document (services/database.py builds them).
-_INDEX_METHODS = frozenset({"create_index", "create_indexes", "index_information", "list_indexes", "drop_index"})
-_COLLECTION_ATTRIBUTES = frozenset({"name", "full_name"})
+# Passed through: the collection's name, and index management (indexes span accounts and touch no
+# document; services/database.py builds them).
+_PASSED_THROUGH = frozenset({"name", "full_name", "create_index", "create_indexes", "index_information",
+                             "list_indexes", "drop_index"})
 # Query operators (a filter is always ANDed with the account's `userId`).
 _QUERY_OPERATORS = frozenset({"$and", "$or", "$nor", "$in", "$nin", "$eq", "$ne", "$gt", "$gte", "$lt", "$lte",
                               "$exists", "$not"})
@@ -61,14 +66,12 @@ _COMMANDS = frozenset({"hello", "ping"})
 
 
 class TenantScopeError(RuntimeError):
-    """An operation that would read or write outside its account, or that the view does not
-    offer (it offers only what it can keep inside the account)."""
+    """An operation that would leave its account, or that the view does not offer."""
 
 
 class TenantDatabase:
     """A database as one tenant sees it: the collections named in `scoped`, each scoped to the
-    tenant, and nothing else (the account list, the tenant schedule are reached through the
-    database itself, by the code that serves every account)."""
+    tenant, and nothing else (the shared ones are reached by the code that serves every account)."""
 
     def __init__(self, db, tenant_id: Any, scoped: Iterable[str]):
         if (problem := account_id_problem(tenant_id)) is not None:
@@ -76,10 +79,6 @@ class TenantDatabase:
         self._db = db
         self.tenant_id = tenant_id
         self._scoped = frozenset(scoped)
-
-    @property
-    def name(self) -> str:
-        return self._db.name
 
     def __getitem__(self, name: str):
         return self.get_collection(name)
@@ -101,7 +100,6 @@ class TenantDatabase:
         raise TenantScopeError(f"{name} is not available on an account's view of the database")
 
     def list_collection_names(self, **_ignored) -> list[str]:
-        """The account's collections that exist."""
         return sorted(self._scoped.intersection(self._db.list_collection_names()))
 
     def command(self, command, *args, **kwargs):
@@ -116,17 +114,17 @@ LOCAL_ID_SEPARATOR = ":"
 
 def local_id(tenant_id: Any, value: str) -> str:
     """An `_id` made from a value that two accounts may share (a call id, a number's digest):
-    unique across accounts by the tenant's id in front; unchanged in single-account mode, so the
-    documents a database already holds keep their ids. One (account, value) pair per id: the
-    account's spelling holds no separator (`account_id_problem`), so the first one ends it, and no
-    two accounts share a spelling (TenantSource); the stored ids keep the form they always had."""
+    unique across accounts by the tenant's id in front (`account_id_problem` says why no two
+    accounts' ids meet); unchanged in single-account mode, so the documents a database already
+    holds keep their ids."""
     return value if tenant_id is None else f"{tenant_id}{LOCAL_ID_SEPARATOR}{value}"
 
 
 def account_id_problem(tenant_id: Any) -> str | None:
     """Why `tenant_id` cannot be an account's id, or None: an ObjectId, or a string without the
-    separator of `local_id` (with one, "acme" + ":x" and "acme:" + "x" would be one id). Other
-    types are refused too: their spelling may be a string's (5 and "5")."""
+    separator of `local_id` (with one, "acme" + ":x" and "acme:" + "x" would be one id; TenantSource
+    refuses a string spelling another account's ObjectId). Other types are refused too: their
+    spelling may be a string's (5 and "5")."""
     if tenant_id is None or isinstance(tenant_id, ObjectId):
         return None
     if not isinstance(tenant_id, str) or not tenant_id:
@@ -142,8 +140,10 @@ class ScopedCollection:
         self.tenant_id = tenant_id
 
     def __getattr__(self, name: str):
-        if name in _INDEX_METHODS or name in _COLLECTION_ATTRIBUTES:
+        if name in _PASSED_THROUGH:
             return getattr(self._collection, name)
+        if name in _METHODS:
+            return functools.partial(self._scoped_call, name)
         if name.startswith("_"):
             raise AttributeError(name)
         raise TenantScopeError(f"{name} is not available on an account's collection")
@@ -151,21 +151,27 @@ class ScopedCollection:
     def local_id(self, value: str) -> str:
         return local_id(self.tenant_id, value)
 
-    # -- reads ---------------------------------------------------------------------------------
+    def _scoped_call(self, method: str, *args, **options):
+        _check_options(method, options)
+        scopes = _METHODS[method][1:]
+        if len(args) != len(scopes):
+            raise TypeError(f"{method} takes {len(scopes)} positional argument(s) on an account's collection")
+        scoped = [getattr(self, scope)(arg) for scope, arg in zip(scopes, args)]
+        return getattr(self._collection, method)(*scoped, **options)
 
     def find(self, filter=None, projection=None, **options):
-        return _ScopedCursor(self._offered("find", options)(self._filter(filter), projection, **options))
+        _check_options("find", options)
+        return _ScopedCursor(self._collection.find(self._filter(filter), projection, **options))
 
     def find_one(self, filter=None, projection=None, **options):
+        _check_options("find_one", options)
         if filter is not None and not isinstance(filter, Mapping):
             filter = {"_id": filter}  # pymongo's find_one(id) shorthand
-        return self._offered("find_one", options)(self._filter(filter), projection, **options)
-
-    def count_documents(self, filter, **options):
-        return self._offered("count_documents", options)(self._filter(filter), **options)
+        return self._collection.find_one(self._filter(filter), projection, **options)
 
     def distinct(self, key, filter=None, **options):
-        return self._offered("distinct", options)(key, self._filter(filter), **options)
+        _check_options("distinct", options)
+        return self._collection.distinct(key, self._filter(filter), **options)
 
     def aggregate(self, pipeline, **options):
         _check_options("aggregate", options)
@@ -174,53 +180,13 @@ class ScopedCollection:
             _check_stage(stage, _AGGREGATION_STAGES, "an account's aggregation")
             if "$match" in stage:
                 _check_filter(stage["$match"])
-        if pipeline and set(pipeline[0]) == {"$match"}:
-            # One `$match` with the account in it, not one of its own before the caller's: a server
-            # that does not merge them (the test run's wire server) would read the account's every
-            # document to apply the second.
-            return self._collection.aggregate([{"$match": self._filter(pipeline[0]["$match"])}, *pipeline[1:]],
-                                              **options)
-        return self._collection.aggregate([{"$match": self._filter(None)}, *pipeline], **options)
-
-    # -- writes --------------------------------------------------------------------------------
-
-    def insert_one(self, document, **options):
-        return self._offered("insert_one", options)(self._stamped(document), **options)
-
-    def insert_many(self, documents, **options):
-        return self._offered("insert_many", options)([self._stamped(d) for d in documents], **options)
-
-    def update_one(self, filter, update, **options):
-        return self._offered("update_one", options)(self._filter(filter), _checked(update), **options)
-
-    def update_many(self, filter, update, **options):
-        return self._offered("update_many", options)(self._filter(filter), _checked(update), **options)
-
-    def find_one_and_update(self, filter, update, **options):
-        return self._offered("find_one_and_update", options)(self._filter(filter), _checked(update), **options)
-
-    def replace_one(self, filter, replacement, **options):
-        return self._offered("replace_one", options)(self._filter(filter), self._stamped(replacement), **options)
-
-    def delete_one(self, filter, **options):
-        return self._offered("delete_one", options)(self._filter(filter), **options)
-
-    def delete_many(self, filter, **options):
-        return self._offered("delete_many", options)(self._filter(filter), **options)
-
-    def find_one_and_delete(self, filter, **options):
-        return self._offered("find_one_and_delete", options)(self._filter(filter), **options)
-
-    def bulk_write(self, requests, **options):
-        return self._offered("bulk_write", options)([self._scoped_request(r) for r in requests], **options)
+        # One `$match` with the account in it, the caller's first one included, not one of its own
+        # before the caller's: a server that does not merge them (the test run's wire server) would
+        # read the account's every document to apply the second.
+        first = pipeline.pop(0)["$match"] if pipeline and set(pipeline[0]) == {"$match"} else None
+        return self._collection.aggregate([{"$match": self._filter(first)}, *pipeline], **options)
 
     # -- the scope -----------------------------------------------------------------------------
-
-    def _offered(self, method: str, options: Mapping):
-        """The collection's `method`, once every option is one the view offers for it (checked
-        before the arguments are scoped: Python evaluates the callee first)."""
-        _check_options(method, options)
-        return getattr(self._collection, method)
 
     def _filter(self, filter) -> dict:
         _check_filter({} if filter is None else filter)
@@ -236,6 +202,47 @@ class ScopedCollection:
         # In place, as pymongo adds `_id` in place: callers may read either back.
         document[TENANT_FIELD] = self.tenant_id
         return document
+
+    @staticmethod
+    def _checked(update):
+        if isinstance(update, Mapping):
+            for operator, fields in update.items():
+                if operator not in _UPDATE_OPERATORS:
+                    raise TenantScopeError(f"update operator {operator} is not available on an account's collection")
+                if not isinstance(fields, Mapping):
+                    raise TenantScopeError(f"{operator} takes a document")
+                if _touches_tenant(fields):
+                    raise TenantScopeError(f"an update may not {operator} userId")
+                if operator == "$push":
+                    for value in fields.values():
+                        if isinstance(value, Mapping) and any(k.startswith("$") for k in value):
+                            if not set(value) <= _PUSH_MODIFIERS:
+                                refused = sorted(set(value) - _PUSH_MODIFIERS)
+                                raise TenantScopeError(f"$push modifiers {refused} are not available")
+            return update
+        if not isinstance(update, list):
+            raise TenantScopeError(f"an update must be a document or a pipeline, not {type(update).__name__}")
+        for stage in update:  # an aggregation-pipeline update
+            _check_stage(stage, _UPDATE_STAGES, "an account's pipeline update")
+            (name, body), = stage.items()
+            names = [body] if isinstance(body, str) else body
+            if name == "$unset" and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+                raise TenantScopeError("$unset takes a field name or a list of them")
+            if name != "$unset" and not isinstance(body, Mapping):
+                raise TenantScopeError(f"{name} takes a document")
+            if _touches_tenant(names):
+                raise TenantScopeError(f"a pipeline update may not {name} userId")
+            # Anything but an exclusion `$project` keeps only the fields it names (`{_id: 1}`
+            # included), or computes new ones, and so would drop `userId`.
+            if name == "$project" and any(value not in (0, False) for value in body.values()):
+                raise TenantScopeError("a pipeline update may not $project some fields only: it would drop userId")
+        return update
+
+    def _stamped_all(self, documents):
+        return [self._stamped(document) for document in documents]
+
+    def _scoped_requests(self, requests):
+        return [self._scoped_request(request) for request in requests]
 
     def _scoped_request(self, request):
         """A copy of a bulk request with the scope applied; pymongo's request classes keep their
@@ -253,7 +260,7 @@ class ScopedCollection:
         if isinstance(request, ReplaceOne):
             request._doc = self._stamped(request._doc)
         elif isinstance(request, (UpdateOne, UpdateMany)):
-            request._doc = _checked(request._doc)
+            request._doc = self._checked(request._doc)
         return request
 
 
@@ -269,14 +276,6 @@ class _ScopedCursor:
     def __next__(self):
         return next(self._cursor)
 
-    next = __next__
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._cursor.close()
-
     def __getattr__(self, name: str):
         if name not in _CURSOR_METHODS:
             raise TenantScopeError(f"cursor.{name} is not available on an account's collection")
@@ -291,7 +290,7 @@ class _ScopedCursor:
 
 
 def _check_options(method: str, options: Mapping) -> None:
-    refused = sorted(set(options) - _OPTIONS[method])
+    refused = sorted(set(options) - _METHODS[method][0])
     if refused:
         raise TenantScopeError(f"{method} option {refused[0]!r} is not available on an account's collection")
 
@@ -328,44 +327,6 @@ def _check_condition(condition: Mapping) -> None:
             raise TenantScopeError(f"query operator {operator} is not available on an account's collection")
         if operator == "$not" and isinstance(argument, Mapping):
             _check_condition(argument)
-
-
-def _checked(update):
-    if isinstance(update, Mapping):
-        for operator, fields in update.items():
-            if operator not in _UPDATE_OPERATORS:
-                raise TenantScopeError(f"update operator {operator} is not available on an account's collection")
-            if not isinstance(fields, Mapping):
-                raise TenantScopeError(f"{operator} takes a document")
-            if _touches_tenant(fields):
-                raise TenantScopeError(f"an update may not {operator} userId")
-            if operator == "$push":
-                for value in fields.values():
-                    if isinstance(value, Mapping) and any(k.startswith("$") for k in value):
-                        if not set(value) <= _PUSH_MODIFIERS:
-                            raise TenantScopeError(f"$push modifiers {sorted(set(value) - _PUSH_MODIFIERS)} are not available")
-        return update
-    if not isinstance(update, list):
-        raise TenantScopeError(f"an update must be a document or a pipeline, not {type(update).__name__}")
-    for stage in update:  # an aggregation-pipeline update
-        _check_stage(stage, _UPDATE_STAGES, "an account's pipeline update")
-        (name, body), = stage.items()
-        names = [body] if isinstance(body, str) else body
-        if name == "$unset" and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-            raise TenantScopeError("$unset takes a field name or a list of them")
-        if name != "$unset" and not isinstance(body, Mapping):
-            raise TenantScopeError(f"{name} takes a document")
-        if _touches_tenant(names):
-            raise TenantScopeError(f"a pipeline update may not {name} userId")
-        if name == "$project" and _includes_only_some(body):
-            raise TenantScopeError("a pipeline update may not $project some fields only: it would drop userId")
-    return update
-
-
-def _includes_only_some(projection: Mapping) -> bool:
-    """Anything but an exclusion `$project` keeps only the fields it names (`{_id: 1}` included),
-    or computes new ones, and so would drop `userId`."""
-    return any(value not in (0, False) for value in projection.values())
 
 
 def _touches_tenant(fields: Iterable[str]) -> bool:
