@@ -14,7 +14,7 @@ from services.bolna_client import BolnaClient, BolnaError
 
 # The account the records belong to, named in every filter as any writer of this schema must:
 # every index leads with `userId` (docs/collections.md), and a filter without it would scan.
-# `None` is the single account of TENANT_SOURCE=env.
+# `None` is the single account of ACCOUNT_SOURCE=env.
 ACCOUNT = None
 
 

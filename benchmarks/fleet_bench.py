@@ -1,5 +1,5 @@
 """`python -m benchmarks.fleet_bench [--accounts 500] [--replicas 3] [--intervals 3] [--quick]`:
-many accounts across replica processes (TENANT_SOURCE=mongodb, worker/app.py), end to end.
+many accounts across replica processes (ACCOUNT_SOURCE=mongodb, worker/app.py), end to end.
 
 One fake Bolna in this process serves N accounts of 2 agents each (a few trimmed calls per agent,
 a small latency per answer); N `users` documents; R replicas (`main.py run`, each its own process)
@@ -27,7 +27,7 @@ from benchmarks.harness import _HOUSEKEEPING
 from benchmarks.replicas import Replica, cpu_seconds, replica_env
 from fakes.accounts_dataset import accounts_dataset
 from fakes.bolna_server import FakeBolna
-from services.database import SYNC_RUNS, TENANT_SCHEDULE
+from services.database import SYNC_RUNS, ACCOUNT_SCHEDULE
 from utils.clock import utcnow
 from utils.config import Settings
 from utils.table import format_table
@@ -72,13 +72,13 @@ def _snapshot(client: MongoClient, fake: FakeBolna, pids: list[int], server_pid:
 
 def _wait_registered(db, replicas: list[Replica], count: int, timeout: float = 180) -> datetime:
     deadline = time.monotonic() + timeout
-    while db[TENANT_SCHEDULE].count_documents({}) < count:
+    while db[ACCOUNT_SCHEDULE].count_documents({}) < count:
         dead = [r for r in replicas if not r.alive()]
         if dead or time.monotonic() > deadline:
             raise RuntimeError("the replicas did not register the accounts; a replica's log:\n"
                                + (dead or replicas)[0].log_tail())
         time.sleep(0.5)
-    return min(doc["registeredAt"] for doc in db[TENANT_SCHEDULE].find({}, {"registeredAt": 1}))
+    return min(doc["registeredAt"] for doc in db[ACCOUNT_SCHEDULE].find({}, {"registeredAt": 1}))
 
 
 def _kill_busiest(db, replicas: list[Replica], timeout: float = 60) -> tuple[Replica, dict, datetime]:
@@ -86,7 +86,7 @@ def _kill_busiest(db, replicas: list[Replica], timeout: float = 60) -> tuple[Rep
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         now = utcnow()
-        held = list(db[TENANT_SCHEDULE].find({"acquired_until": {"$gt": now}}, {"acquired_by": 1}))
+        held = list(db[ACCOUNT_SCHEDULE].find({"acquired_until": {"$gt": now}}, {"acquired_by": 1}))
         owners = Counter(doc["acquired_by"] for doc in held)
         if owners:
             owner = owners.most_common(1)[0][0]
@@ -94,7 +94,7 @@ def _kill_busiest(db, replicas: list[Replica], timeout: float = 60) -> tuple[Rep
             victim.kill()
             killed_at = utcnow()
             # What it held at the moment it died (a lease it finished meanwhile is no longer in it).
-            leased = {doc["_id"]: doc["acquired_until"] for doc in db[TENANT_SCHEDULE].find(
+            leased = {doc["_id"]: doc["acquired_until"] for doc in db[ACCOUNT_SCHEDULE].find(
                 {"acquired_by": owner, "acquired_until": {"$gt": killed_at}}, {"acquired_until": 1})}
             if leased:
                 return victim, leased, killed_at
@@ -122,12 +122,12 @@ def _isolated(client_uri: str, database: str, bolna_url: str, fake: FakeBolna) -
     client = MongoClient(client_uri, tz_aware=False, event_listeners=[counter])
     try:
         db = client[database]
-        schedule = db[TENANT_SCHEDULE]
+        schedule = db[ACCOUNT_SCHEDULE]
         schedule.update_many({}, {"$set": {"dueAt": utcnow() + timedelta(days=1)}, "$unset": {"acquired_by": "", "acquired_until": "", "acquired_token": ""}})
         chosen = [doc["_id"] for doc in schedule.find({}, {"_id": 1}).sort("_id", 1).limit(ISOLATED_SYNCS)]
         schedule.update_many({"_id": {"$in": chosen}}, {"$set": {"dueAt": utcnow() - timedelta(seconds=1)}})
-        settings = Settings(mongodb_db=database, tenant_source="mongodb", bolna_base_url=bolna_url,
-                            sync_interval_minutes=1, tenant_concurrency=1, tenant_lease_seconds=20)
+        settings = Settings(mongodb_db=database, account_source="mongodb", bolna_base_url=bolna_url,
+                            sync_interval_minutes=1, account_concurrency=1, account_lease_seconds=20)
         fleet = Runtime(settings, db, mongo_client=client)
         fleet.prepare()
         counter.names.clear()
@@ -166,7 +166,7 @@ def measure(args, uri: str, server_pid: int | None) -> dict:
         first = _snapshot(client, fake, pids, server_pid)
         _sleep_until(steady_to)
         last = _snapshot(client, fake, pids, server_pid)
-        phases = {doc["_id"]: doc["dueAt"] for doc in db[TENANT_SCHEDULE].find({}, {"dueAt": 1})}
+        phases = {doc["_id"]: doc["dueAt"] for doc in db[ACCOUNT_SCHEDULE].find({}, {"dueAt": 1})}
         _sleep_until(steady_to + INTERVAL / 4)  # most of the last slots' runs have started by then
         health = {replica.pid: replica.health() for replica in replicas}
         victim, leased, killed_at = _kill_busiest(db, replicas)
@@ -223,8 +223,8 @@ def measure(args, uri: str, server_pid: int | None) -> dict:
 def report(result: dict) -> None:
     fmt = lambda value, spec=".2f": "-" if value is None else format(value, spec)  # noqa: E731
     print(f"\n{result['accounts']} accounts, {result['replicas']} replicas, SYNC_INTERVAL_MINUTES=1, "
-          f"TENANT_CONCURRENCY={result['concurrency']}, TENANT_POLL_SECONDS={result['poll_s']}, "
-          f"TENANT_LEASE_SECONDS={result['lease_s']}, Bolna latency {result['latency_ms']:.0f} ms\n")
+          f"ACCOUNT_CONCURRENCY={result['concurrency']}, ACCOUNT_POLL_SECONDS={result['poll_s']}, "
+          f"ACCOUNT_LEASE_SECONDS={result['lease_s']}, Bolna latency {result['latency_ms']:.0f} ms\n")
     rows = [[row["interval"] or "0 (first syncs)", row["slots"], row["synced_once"], row["missed"],
              row["twice_or_more"], row["pending"], f"{row['min']}/{row['max']}", fmt(row["lag_p50_s"], ".1f"),
              fmt(row["lag_max_s"], ".1f")] for row in result["coverage"]]
@@ -232,7 +232,7 @@ def report(result: dict) -> None:
                         "lag max s"], rows))
     takeover, isolated = result["takeover"], result["isolated"]
     lines = [
-        ("tenants synced twice at once (overlapping runs)", result["overlaps"]),
+        ("accounts synced twice at once (overlapping runs)", result["overlaps"]),
         ("account syncs in the steady intervals", result["steady_syncs"]),
         ("  per replica pid", ", ".join(f"{pid}: {n}" for pid, n in result["per_replica"].items())),
         ("  per replica per interval", fmt(result["per_replica_per_interval"], ".0f")),
@@ -250,7 +250,7 @@ def report(result: dict) -> None:
         ("  by command", ", ".join(f"{k} {v:.1f}" for k, v in isolated["by_command"].items())),
         ("/healthz before the kill", ", ".join(f"{pid}: {h['code']}" for pid, h in result["health"].items())),
         ("  server ms by command (top)", ", ".join(f"{k} {v:.1f}" for k, v in isolated["ms_by_command"].items())),
-        ("SIGKILL: leased tenants taken over", f"{takeover['taken_over']}/{takeover['tenants']}"),
+        ("SIGKILL: leased accounts taken over", f"{takeover['taken_over']}/{takeover['accounts']}"),
         ("  time to a new run, max / median (lease)",
          f"{fmt(takeover['max_s'], '.1f')} / {fmt(takeover['median_s'], '.1f')} s ({result['lease_s']} s)"),
         ("  after the lease's end, max", f"{fmt(takeover['after_lease_end_max_s'], '.1f')} s"),
@@ -268,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--intervals", type=int, default=3, help="steady intervals measured after the first")
     parser.add_argument("--calls-per-agent", type=int, default=4)
     parser.add_argument("--latency", type=float, default=0.03, help="the fake Bolna's answer delay, seconds")
-    parser.add_argument("--concurrency", type=int, default=4, help="TENANT_CONCURRENCY")
-    parser.add_argument("--poll", type=int, default=2, help="TENANT_POLL_SECONDS")
-    parser.add_argument("--lease", type=int, default=20, help="TENANT_LEASE_SECONDS")
+    parser.add_argument("--concurrency", type=int, default=4, help="ACCOUNT_CONCURRENCY")
+    parser.add_argument("--poll", type=int, default=2, help="ACCOUNT_POLL_SECONDS")
+    parser.add_argument("--lease", type=int, default=20, help="ACCOUNT_LEASE_SECONDS")
     parser.add_argument("--quick", action="store_true", help="30 accounts, 2 replicas, 1 steady interval")
     args = parser.parse_args(argv)
     if args.quick:

@@ -1,5 +1,5 @@
 """The fleet benchmark's figures, computed from what the replicas left in MongoDB (run records and
-the tenant schedule), so they say what happened, not what a replica believed. Plain functions over
+the account schedule), so they say what happened, not what a replica believed. Plain functions over
 lists of documents: benchmarks/fleet_bench.py reads, these count."""
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def percentile(values: list[float], fraction: float) -> float | None:
 
 
 def slots_of(phase: datetime, interval: timedelta, start: datetime, end: datetime) -> list[datetime]:
-    """A tenant's slots in [start, end): its due times stay on one lattice (previous due + whole
-    intervals, services/tenancy/schedule.py `next_due`), whose phase is any of its due times."""
+    """A account's slots in [start, end): its due times stay on one lattice (previous due + whole
+    intervals, services/accounts/schedule.py `next_due`), whose phase is any of its due times."""
     first = phase - ((phase - start) // interval) * interval  # the first lattice point at or after start
     slots = []
     while first < end:
@@ -30,7 +30,7 @@ def slots_of(phase: datetime, interval: timedelta, start: datetime, end: datetim
 
 def coverage(runs: list[dict], phases: dict, interval: timedelta, t0: datetime, intervals: int,
              closed_by: datetime) -> list[dict]:
-    """Per interval k (0 = the first syncs, whose slots lie in [t0, t0 + I)): for each tenant's
+    """Per interval k (0 = the first syncs, whose slots lie in [t0, t0 + I)): for each account's
     slot in [t0 + kI, t0 + (k+1)I), how many crm_sync runs started in [slot, slot + I). A slot whose
     window had not closed when the runs were read and has no run yet is pending, not missed."""
     starts: dict[object, list[datetime]] = defaultdict(list)
@@ -41,9 +41,9 @@ def coverage(runs: list[dict], phases: dict, interval: timedelta, t0: datetime, 
     for k in range(intervals + 1):
         begin, end = t0 + k * interval, t0 + (k + 1) * interval
         counts, lags, pending = [], [], 0
-        for tenant, phase in phases.items():
+        for account, phase in phases.items():
             for slot in slots_of(phase, interval, begin, end):
-                inside = sorted(s for s in starts[tenant] if slot <= s < slot + interval)
+                inside = sorted(s for s in starts[account] if slot <= s < slot + interval)
                 if not inside and slot + interval > closed_by:
                     pending += 1
                     continue
@@ -59,14 +59,14 @@ def coverage(runs: list[dict], phases: dict, interval: timedelta, t0: datetime, 
 
 
 def overlaps(runs: list[dict], ends_of_dead: dict[int, datetime], now: datetime) -> int:
-    """Pairs of one tenant's runs (either job) whose [startedAt, finishedAt] overlap: a tenant
+    """Pairs of one account's runs (either job) whose [startedAt, finishedAt] overlap: a account
     synced twice at once. A run a killed replica left open ends when it was killed."""
-    by_tenant: dict[object, list[tuple[datetime, datetime]]] = defaultdict(list)
+    by_account: dict[object, list[tuple[datetime, datetime]]] = defaultdict(list)
     for run in runs:
         end = run.get("finishedAt") or ends_of_dead.get(run.get("pid"), now)
-        by_tenant[run["userId"]].append((run["startedAt"], end))
+        by_account[run["userId"]].append((run["startedAt"], end))
     count = 0
-    for spans in by_tenant.values():
+    for spans in by_account.values():
         spans.sort()
         for i, (_, end) in enumerate(spans):
             count += sum(1 for start, _ in spans[i + 1:] if start < end)
@@ -84,7 +84,7 @@ def spread(runs: list[dict]) -> dict[int, int]:
 
 def sync_seconds(runs: list[dict]) -> list[float]:
     """One account sync, both jobs: a crm_sync's start to the end of the call_processor run the
-    same replica ran next for the same tenant."""
+    same replica ran next for the same account."""
     by_replica: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
         by_replica[(run["userId"], run["pid"])].append(run)
@@ -98,17 +98,17 @@ def sync_seconds(runs: list[dict]) -> list[float]:
 
 
 def takeover(runs: list[dict], leased: dict, killed_pid: int, killed_at: datetime) -> dict:
-    """For each tenant the killed replica held: the time from the kill (and from its lease's end)
+    """For each account the killed replica held: the time from the kill (and from its lease's end)
     to the first run another replica started for it."""
     after_kill, after_lease, waiting = [], [], []
-    for tenant, until in leased.items():
-        starts = sorted(run["startedAt"] for run in runs if run["userId"] == tenant and run["job"] == CRM_SYNC
+    for account, until in leased.items():
+        starts = sorted(run["startedAt"] for run in runs if run["userId"] == account and run["job"] == CRM_SYNC
                         and run["pid"] != killed_pid and run["startedAt"] > killed_at)
         if not starts:
-            waiting.append(tenant)
+            waiting.append(account)
             continue
         after_kill.append((starts[0] - killed_at).total_seconds())
         after_lease.append((starts[0] - until).total_seconds())
-    return {"tenants": len(leased), "taken_over": len(after_kill), "not_taken_over": len(waiting),
+    return {"accounts": len(leased), "taken_over": len(after_kill), "not_taken_over": len(waiting),
             "max_s": max(after_kill, default=None), "median_s": median(after_kill) if after_kill else None,
             "after_lease_end_max_s": max(after_lease, default=None)}

@@ -41,7 +41,7 @@ from fakes.bolna_server import FakeBolna
 from fakes.dataset import iso
 from fakes.mongo_hooks import HookedClient
 from services.database import CALLS, WEBHOOK_INBOX
-from services.database import tenant_view
+from services.database import account_view
 from services.webhooks import BATCH, InboxProcessor, waiting_entry
 from tests.helpers import AGENT, execution
 from utils.clock import utcnow
@@ -292,14 +292,14 @@ def account_flood(mongo_client, flood: int) -> dict:
         db = mongo_client[DATABASE]
         db["users"].insert_many([{"_id": name, "bolnaApiKey": f"key-{name}", "subscription": {"status": "active"}}
                                  for name in ("flood", "other")])
-        settings = _settings(tenant_source="mongodb", bolna_api_key=None, bolna_base_url=bolna.base_url)
+        settings = _settings(account_source="mongodb", bolna_api_key=None, bolna_base_url=bolna.base_url)
         fleet = Runtime(settings, db)
         fleet.prepare()
         entries = [waiting_entry(f"flood-{n}", "completed", None,
                                  json.dumps(_record(f"flood-{n}", f"+9198{n:08d}")).encode(), rank=n)
                    for n in range(flood)]
         for start in range(0, flood, 1000):
-            tenant_view(db, "flood")[WEBHOOK_INBOX].insert_many(entries[start:start + 1000])
+            account_view(db, "flood")[WEBHOOK_INBOX].insert_many(entries[start:start + 1000])
         listener = WebhookListener(fleet.webhook_routes, SenderPolicy(settings.webhook_allowed_ips),
                                    fleet.deliveries, max_body_bytes=settings.webhook_max_body_bytes,
                                    region="IN", host="127.0.0.1", port=0).start()

@@ -70,8 +70,8 @@ class Replica:
 
 def replica_env(uri: str, database: str, bolna_url: str, *, poll: int, lease: int, concurrency: int) -> dict:
     env = {**os.environ, "MONGODB_URI": uri, "MONGODB_DB": database, "BOLNA_BASE_URL": bolna_url,
-           "TENANT_SOURCE": "mongodb", "SYNC_INTERVAL_MINUTES": "1", "TENANT_POLL_SECONDS": str(poll),
-           "TENANT_LEASE_SECONDS": str(lease), "TENANT_CONCURRENCY": str(concurrency),
+           "ACCOUNT_SOURCE": "mongodb", "SYNC_INTERVAL_MINUTES": "1", "ACCOUNT_POLL_SECONDS": str(poll),
+           "ACCOUNT_LEASE_SECONDS": str(lease), "ACCOUNT_CONCURRENCY": str(concurrency),
            "LOG_LEVEL": "WARNING", "LOG_FORMAT": "json"}
     # No Groq key (the offline heuristic), no listener, no single-account key: what a replica of
     # many accounts runs with, not whatever this shell happens to export.

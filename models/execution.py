@@ -311,7 +311,7 @@ def execution_id(payload: dict) -> str | None:
 
 def linked_call_id(link: dict) -> str:
     """A `customer_calls` link's call: its `_id` is the call id made unique across accounts
-    (services/tenancy), and links written before accounts existed carry no `callId` (their `_id`
+    (services/accounts), and links written before accounts existed carry no `callId` (their `_id`
     is the call id)."""
     return link.get("callId", link["_id"])
 

@@ -5,7 +5,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.database import Database
 
 from services import lease
-from services.tenancy.scoped import TENANT_FIELD, TenantDatabase, TenantScopeError
+from services.accounts.scoped import ACCOUNT_FIELD, AccountDatabase, AccountScopeError
 
 CUSTOMERS = "customers"
 CUSTOMER_CALLS = "customer_calls"
@@ -22,14 +22,14 @@ ERASURES = "erasures"
 WEBHOOK_INBOX = "webhook_inbox"
 INBOX_WAITING = "waiting"  # an entry's state until processed (services/webhooks.py); erasure scrubs these
 WEBHOOK_DELIVERIES = "webhook_deliveries"
-# Across accounts (TENANT_SOURCE=mongodb).
-TENANT_SCHEDULE = "tenant_schedule"
+# Across accounts (ACCOUNT_SOURCE=mongodb).
+ACCOUNT_SCHEDULE = "tenant_schedule"
 LLM_QUOTA = "llm_quota"
 # The code of a write refused by a unique index.
 DUPLICATE_KEY = 11000
 
-# Every collection the daemon writes holds one account's documents at a time (services/tenancy).
-TENANT_COLLECTIONS = (CUSTOMERS, CUSTOMER_CALLS, CALLS, CONTACTS, ACTIVITIES, SYNC_STATE, SYNC_RUNS, LLM_BATCHES,
+# Every collection the daemon writes holds one account's documents at a time (services/accounts).
+ACCOUNT_COLLECTIONS = (CUSTOMERS, CUSTOMER_CALLS, CALLS, CONTACTS, ACTIVITIES, SYNC_STATE, SYNC_RUNS, LLM_BATCHES,
                       PIPELINES, STAGE_REVIEWS, SUPPRESSIONS, ERASURES, WEBHOOK_INBOX, WEBHOOK_DELIVERIES)
 
 RUN_EXPIRY_INDEX = "ttl_startedAt"
@@ -39,44 +39,44 @@ PHONE_INDEX = "phone_unique"
 # Keys of the indexes some queries name as a hint (a hint by keys survives a renamed index): a
 # simpler planner (the test run's wire server) gives up on an index when the filter has a field
 # outside it, or on an `$or`, and would scan; MongoDB picks these anyway.
-PHONE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("phone", ASCENDING)]
-CALL_ID_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("callId", ASCENDING)]
-QUEUE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("processed", ASCENDING), ("terminal", ASCENDING),
+PHONE_INDEX_KEYS = [(ACCOUNT_FIELD, ASCENDING), ("phone", ASCENDING)]
+CALL_ID_INDEX_KEYS = [(ACCOUNT_FIELD, ASCENDING), ("callId", ASCENDING)]
+QUEUE_INDEX_KEYS = [(ACCOUNT_FIELD, ASCENDING), ("processed", ASCENDING), ("terminal", ASCENDING),
                     ("callAt", ASCENDING)]
-CALL_AGE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("callAt", ASCENDING)]
-TRANSCRIPT_AGE_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("transcriptRemovedAt", ASCENDING), ("callAt", ASCENDING)]
-RUN_INDEX_KEYS = [(TENANT_FIELD, ASCENDING), ("job", ASCENDING), ("startedAt", DESCENDING)]
+CALL_AGE_INDEX_KEYS = [(ACCOUNT_FIELD, ASCENDING), ("callAt", ASCENDING)]
+TRANSCRIPT_AGE_INDEX_KEYS = [(ACCOUNT_FIELD, ASCENDING), ("transcriptRemovedAt", ASCENDING), ("callAt", ASCENDING)]
+RUN_INDEX_KEYS = [(ACCOUNT_FIELD, ASCENDING), ("job", ASCENDING), ("startedAt", DESCENDING)]
 # Across accounts: a replica's one webhook processor claims the waiting deliveries of all of them
 # (round-robin: services/webhooks.py).
 INBOX_STATE_KEYS = [("state", ASCENDING), ("receivedAt", ASCENDING)]
 INBOX_CLAIM_KEYS = [("state", ASCENDING), ("rank", ASCENDING), ("receivedAt", ASCENDING)]
-SUPPRESSION_KEY_KEYS = [(TENANT_FIELD, ASCENDING), ("keyId", ASCENDING)]
+SUPPRESSION_KEY_KEYS = [(ACCOUNT_FIELD, ASCENDING), ("keyId", ASCENDING)]
 # The schedule's claim of the account due longest.
 SCHEDULE_CLAIM_KEYS = [("active", ASCENDING), ("dueAt", ASCENDING)]
 SCHEDULE_INDEXES = [IndexModel(SCHEDULE_CLAIM_KEYS, name="active_dueAt")]
 
 # Every index of an account's data leads with `userId` (the view adds it to every query): a lookup
 # reads the one account's entries, and two accounts may hold the same number or the same call id.
-def _tenant_index(*keys: tuple[str, int], name: str, **options) -> IndexModel:
-    return IndexModel([(TENANT_FIELD, ASCENDING), *keys], name=name, **options)
+def _account_index(*keys: tuple[str, int], name: str, **options) -> IndexModel:
+    return IndexModel([(ACCOUNT_FIELD, ASCENDING), *keys], name=name, **options)
 
 
 # Unique and sparse, not partial: docs/collections.md, "Why `phone_unique` is sparse".
 _PHONE = IndexModel(PHONE_INDEX_KEYS, unique=True, sparse=True, name=PHONE_INDEX)
-_UPDATED = _tenant_index(("updatedAt", ASCENDING), name="updatedAt")
+_UPDATED = _account_index(("updatedAt", ASCENDING), name="updatedAt")
 
 # Every index the daemon relies on, by collection; built (idempotently) at start-up. The queries
 # each serves: docs/collections.md, "Indexes and the queries they serve".
 _INDEXES: dict[str, list[IndexModel]] = {
     CUSTOMERS: [_PHONE, _UPDATED],
-    CUSTOMER_CALLS: [_tenant_index(("phone", ASCENDING), name="phone")],
+    CUSTOMER_CALLS: [_account_index(("phone", ASCENDING), name="phone")],
     CALLS: [
         IndexModel(CALL_ID_INDEX_KEYS, unique=True, name="callId_unique"),
         IndexModel(QUEUE_INDEX_KEYS, name="analysis_queue"),
-        _tenant_index(("customerPhone", ASCENDING), name="customerPhone"),
+        _account_index(("customerPhone", ASCENDING), name="customerPhone"),
         # Both sides: a call without `call_type` is taken as outbound, its caller only in `fromNumber`.
-        _tenant_index(("fromNumber", ASCENDING), name="fromNumber"),
-        _tenant_index(("toNumber", ASCENDING), name="toNumber"),
+        _account_index(("fromNumber", ASCENDING), name="fromNumber"),
+        _account_index(("toNumber", ASCENDING), name="toNumber"),
         _UPDATED,
         # The calls stripped carry `transcriptRemovedAt` and are out of the range of the calls still
         # holding a transcript, so a retention pass never walks the calls earlier passes stripped.
@@ -85,16 +85,16 @@ _INDEXES: dict[str, list[IndexModel]] = {
     ],
     CONTACTS: [_PHONE, _UPDATED],
     ACTIVITIES: [
-        _tenant_index(("callId", ASCENDING), ("type", ASCENDING), ("round", ASCENDING), unique=True,
+        _account_index(("callId", ASCENDING), ("type", ASCENDING), ("round", ASCENDING), unique=True,
                       name="decision_unique"),
-        _tenant_index(("contactId", ASCENDING), ("at", DESCENDING), name="contactId_at"),
-        _tenant_index(("at", DESCENDING), name="at"),
+        _account_index(("contactId", ASCENDING), ("at", DESCENDING), name="contactId_at"),
+        _account_index(("at", DESCENDING), name="at"),
         # Sparse: AI decisions carry no `customerPhone`.
-        _tenant_index(("customerPhone", ASCENDING), sparse=True, name="customerPhone"),
+        _account_index(("customerPhone", ASCENDING), sparse=True, name="customerPhone"),
     ],
     SYNC_STATE: [
-        _tenant_index(("job", ASCENDING), name="job"),
-        _tenant_index(("pending.callId", ASCENDING), name="pending_callId"),
+        _account_index(("job", ASCENDING), name="job"),
+        _account_index(("pending.callId", ASCENDING), name="pending_callId"),
     ],
     SYNC_RUNS: [
         IndexModel(RUN_INDEX_KEYS, name=JOB_STARTED_INDEX),
@@ -102,31 +102,31 @@ _INDEXES: dict[str, list[IndexModel]] = {
     ],
     SUPPRESSIONS: [IndexModel(SUPPRESSION_KEY_KEYS, name="keyId")],
     STAGE_REVIEWS: [
-        _tenant_index(("callId", ASCENDING), ("round", ASCENDING), unique=True, name="decision_unique"),
-        _tenant_index(("status", ASCENDING), ("createdAt", ASCENDING), name="status_createdAt"),
-        _tenant_index(("customerPhone", ASCENDING), name="customerPhone", sparse=True),
+        _account_index(("callId", ASCENDING), ("round", ASCENDING), unique=True, name="decision_unique"),
+        _account_index(("status", ASCENDING), ("createdAt", ASCENDING), name="status_createdAt"),
+        _account_index(("customerPhone", ASCENDING), name="customerPhone", sparse=True),
     ],
-    LLM_BATCHES: [_tenant_index(("status", ASCENDING), name="status")],
+    LLM_BATCHES: [_account_index(("status", ASCENDING), name="status")],
     WEBHOOK_INBOX: [
         # Bolna sends each status of a call once, and again when unsure: the second is a duplicate.
-        _tenant_index(("callId", ASCENDING), ("status", ASCENDING), unique=True, name="delivery_unique"),
+        _account_index(("callId", ASCENDING), ("status", ASCENDING), unique=True, name="delivery_unique"),
         IndexModel(INBOX_STATE_KEYS, name="state_receivedAt"),
         IndexModel(INBOX_CLAIM_KEYS, name="state_rank_receivedAt"),
-        _tenant_index(("state", ASCENDING), name="userId_state"),
+        _account_index(("state", ASCENDING), name="userId_state"),
     ],
     # Beside the TTL index, which cannot be compound.
-    WEBHOOK_DELIVERIES: [_tenant_index(("at", ASCENDING), name="userId_at")],
-    TENANT_SCHEDULE: SCHEDULE_INDEXES,
+    WEBHOOK_DELIVERIES: [_account_index(("at", ASCENDING), name="userId_at")],
+    ACCOUNT_SCHEDULE: SCHEDULE_INDEXES,
 }
 
 
-def tenant_view(db: Database, tenant_id) -> TenantDatabase:
-    """The database as the account `tenant_id` sees it (None: the single account of the environment)."""
-    if isinstance(db, TenantDatabase):
-        if db.tenant_id != tenant_id:
-            raise TenantScopeError("one account's view of the database cannot be another's")
+def account_view(db: Database, account_id) -> AccountDatabase:
+    """The database as the account `account_id` sees it (None: the single account of the environment)."""
+    if isinstance(db, AccountDatabase):
+        if db.account_id != account_id:
+            raise AccountScopeError("one account's view of the database cannot be another's")
         return db
-    return TenantDatabase(db, tenant_id, TENANT_COLLECTIONS)
+    return AccountDatabase(db, account_id, ACCOUNT_COLLECTIONS)
 
 
 _CHANGED_OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds")
@@ -136,7 +136,7 @@ def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int =
     """Idempotent; run at start-up. Unique indexes are what make re-syncs updates, not duplicates.
     Through an account's view (single-account mode), the accounts' collections only: the shared
     ones (the schedule, the LLM quota) serve many accounts, and the view does not reach them."""
-    shared = not isinstance(db, TenantDatabase)
+    shared = not isinstance(db, AccountDatabase)
     # Old documents expire through TTL indexes (these cannot be compound: by age, whatever the account).
     expiring = {SYNC_RUNS: ("startedAt", RUN_EXPIRY_INDEX, run_retention_days * 86400),
                 WEBHOOK_INBOX: ("receivedAt", "ttl_receivedAt", inbox_days * 86400),
@@ -147,7 +147,7 @@ def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int =
         indexes.setdefault(collection, []).append(
             IndexModel([(field, ASCENDING)], name=name, expireAfterSeconds=seconds))
     for collection, models in indexes.items():
-        if shared or collection in TENANT_COLLECTIONS:
+        if shared or collection in ACCOUNT_COLLECTIONS:
             # An index of ours that an earlier version built with other keys or options (before
             # accounts, without `userId`; a partial `phone_unique`; another retention) is dropped
             # first: MongoDB refuses to build one of the same name differently (`collMod` could
@@ -166,4 +166,4 @@ def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int =
     lease.migrate(db[CALLS], "claim", "expiresAt", {"processed": False, "terminal": True}, QUEUE_INDEX_KEYS)
     lease.migrate(db[WEBHOOK_INBOX], "claim", "expiresAt", {"state": "waiting"}, INBOX_STATE_KEYS)
     if shared:
-        lease.migrate(db[TENANT_SCHEDULE], "lease", "until", {})
+        lease.migrate(db[ACCOUNT_SCHEDULE], "lease", "until", {})

@@ -70,7 +70,7 @@ LEASE_SECONDS = 60.0  # a batch is written in well under a second; a claim this 
 BATCH = 200  # deliveries per claim: one batched write per collection for all of them
 RETRY_AFTER_FAILURE_SECONDS = 2.0
 JOB = "webhooks"
-NOT_LISTED = "the account is no longer listed (TENANTS_FILTER); not written"
+NOT_LISTED = "the account is no longer listed (ACCOUNTS_FILTER); not written"
 # What became of a delivery: at the listener (the first seven; `throttled`: refused 429 as its
 # account had WEBHOOK_MAX_WAITING deliveries waiting), then at the processor (the last two).
 OUTCOMES = ("accepted", "duplicate", "rejected_token", "rejected_sender", "too_large", "malformed", "throttled",

@@ -7,7 +7,7 @@ from hypothesis import settings as hypothesis_settings
 from fakes.bolna_api import RateLimits
 from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import HookedClient
-from services.database import ensure_indexes, tenant_view
+from services.database import ensure_indexes, account_view
 from tests.wire_server import WireServer, ensure_installed
 from utils.config import Settings
 
@@ -61,7 +61,7 @@ def mongo():
 @pytest.fixture
 def whole_db(mongo):
     """The database itself, indexed, as the code that serves every account sees it (the accounts
-    list, the tenant schedule, the LLM quota: collections no account's view reaches)."""
+    list, the account schedule, the LLM quota: collections no account's view reaches)."""
     database = HookedClient(mongo)[TEST_DB]
     ensure_indexes(database)
     return database
@@ -73,7 +73,7 @@ def db(mongo):
     server (fakes.mongo_hooks), since the code under test shares it across threads."""
     database = HookedClient(mongo)[TEST_DB]
     ensure_indexes(database)
-    database = tenant_view(database, None)
+    database = account_view(database, None)
     return database
 
 

@@ -10,7 +10,7 @@ from pymongo.errors import AutoReconnect, OperationFailure
 
 from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import HookedClient
-from services.database import ensure_indexes, tenant_view
+from services.database import ensure_indexes, account_view
 from tests.helpers import requeue
 from worker.app import build_analysis
 from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL, LlmUnavailable
@@ -588,7 +588,7 @@ def test_a_run_makes_no_empty_claims_beyond_one_per_worker(fake, mongo, settings
     calls, the slots after the first empty claim do not claim again (each slot made one empty
     claim, half a steady sync's round trips with many accounts)."""
     calls = Counter()
-    db = tenant_view(HookedClient(mongo, lambda collection, method: calls.update(
+    db = account_view(HookedClient(mongo, lambda collection, method: calls.update(
         [method] if collection == "calls" else []))["callsync_test"], None)
     ensure_indexes(db)
     add_calls(db, waiting)

@@ -34,6 +34,23 @@ def test_llm_batch_limit_is_still_read_as_the_former_name_of_llm_calls_per_run_w
     with pytest.raises(ConfigError, match="LLM_BATCH_LIMIT is invalid"):
         load_settings({"LLM_BATCH_LIMIT": "-1"})
 
+
+@pytest.mark.parametrize("former,value,field,expected", [
+    ("TENANT_SOURCE", "mongodb", "account_source", "mongodb"),
+    ("TENANTS_COLLECTION", "orgs", "accounts_collection", "orgs"),
+    ("TENANTS_FILTER", '{"plan": "pro"}', "accounts_filter", {"plan": "pro"}),
+    ("TENANT_LEASE_SECONDS", "90", "account_lease_seconds", 90),
+    ("TENANT_POLL_SECONDS", "7", "account_poll_seconds", 7),
+    ("TENANT_CONCURRENCY", "2", "account_concurrency", 2),
+    ("TENANT_REFRESH_SECONDS", "30", "account_refresh_seconds", 30),
+])
+def test_the_accounts_settings_are_still_read_under_their_former_tenant_names(former, value, field, expected, caplog):
+    """The code says *account* (docs/architecture.md, Glossary); deployments configured with the
+    TENANT_ spelling keep working, warned."""
+    with caplog.at_level(logging.WARNING, logger="utils.config"):
+        assert getattr(load_settings({former: value}), field) == expected
+    assert f"{former} is deprecated" in caplog.text
+
 @pytest.mark.parametrize("variable,value", [
     ("SYNC_INTERVAL_MINUTES", "0"), ("SYNC_INTERVAL_MINUTES", "five"), ("DEFAULT_PHONE_REGION", "XX"),
     ("MONGODB_URI", "localhost:27017"), ("BOLNA_BASE_URL", "api.bolna.ai"), ("LOG_LEVEL", "LOUD"),
@@ -91,13 +108,13 @@ def test_privacy_settings_are_off_by_default_and_the_hash_key_is_a_secret():
 
 
 def test_many_accounts_settings_are_checked():
-    settings = load_settings({"TENANT_SOURCE": "mongodb", "TENANT_LEASE_SECONDS": "30", "TENANT_CONCURRENCY": "8",
+    settings = load_settings({"ACCOUNT_SOURCE": "mongodb", "ACCOUNT_LEASE_SECONDS": "30", "ACCOUNT_CONCURRENCY": "8",
                               "LLM_GLOBAL_LIMIT": "500"})
-    assert (settings.tenant_lease_seconds, settings.tenant_concurrency, settings.llm_global_limit) == (30, 8, 500)
-    with pytest.raises(ConfigError, match="TENANT_LEASE_SECONDS"):
-        load_settings({"TENANT_LEASE_SECONDS": "5"})  # renewed every third: shorter is lost on a slow round trip
+    assert (settings.account_lease_seconds, settings.account_concurrency, settings.llm_global_limit) == (30, 8, 500)
+    with pytest.raises(ConfigError, match="ACCOUNT_LEASE_SECONDS"):
+        load_settings({"ACCOUNT_LEASE_SECONDS": "5"})  # renewed every third: shorter is lost on a slow round trip
     # Each account's webhook URL derives from WEBHOOK_TOKEN (worker/webhook_listener.py).
-    assert load_settings({"TENANT_SOURCE": "mongodb", "WEBHOOK_PORT": "8080",
+    assert load_settings({"ACCOUNT_SOURCE": "mongodb", "WEBHOOK_PORT": "8080",
                           "WEBHOOK_TOKEN": "t" * 32}).webhook_port == 8080
 
 
@@ -113,7 +130,7 @@ def test_the_settings_load_no_service_or_worker_module():
 
 def test_every_declared_secret_is_masked_in_logs_whole_and_by_its_parts():
     secret = [f.name for f in VARIABLES.values() if f.metadata["secret"]]
-    assert {"mongodb_uri", "bolna_api_key", "groq_api_keys", "webhook_token", "tenant_keys_secret"} <= set(secret)
+    assert {"mongodb_uri", "bolna_api_key", "groq_api_keys", "webhook_token", "account_keys_secret"} <= set(secret)
     settings = Settings().with_overrides(**{
         name: (f"s3cret-{name}-1", f"s3cret-{name}-2") if name == "groq_api_keys"
         else f"s3cret-{name}-1,s3cret-{name}-2" for name in secret})

@@ -7,7 +7,7 @@ import pytest
 from fakes.mongo_hooks import HookedClient, WriteTrap
 from models.customer import CustomerCall, StatusRanks, customer_upsert
 from models.execution import parse_execution
-from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, tenant_view
+from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, account_view
 from services.run_records import RunRecorder
 from services.writers import merge_records
 from tests.conftest import TEST_DB
@@ -221,7 +221,7 @@ def test_a_status_change_is_logged_only_as_the_write_made_it_when_two_writers_ra
             write(customer_writer(db, settings), execution(call_id="booked", minutes_ago=20,
                                                            extracted={"appointment_booked": True}))
 
-    poll = customer_writer(tenant_view(HookedClient(mongo, webhook_lands_first)[TEST_DB], None), settings)
+    poll = customer_writer(account_view(HookedClient(mongo, webhook_lands_first)[TEST_DB], None), settings)
     write(poll, execution(call_id="interested", minutes_ago=30, extracted={"user_interested": True}))
     assert raced and db[CUSTOMERS].find_one()["status"] == "Booked"
     assert status_changes(db) == [(None, "Booked", "booked")]
@@ -236,7 +236,7 @@ def test_a_status_change_cut_off_by_a_crash_is_logged_once_by_the_retry_and_neve
     # taken off the customers, the links marked applied. The process ends before each of them.
     for crash_before in range(5):
         trap = WriteTrap()
-        crashing = customer_writer(tenant_view(HookedClient(mongo, trap)[TEST_DB], None), settings)
+        crashing = customer_writer(account_view(HookedClient(mongo, trap)[TEST_DB], None), settings)
         trap.arm(crash_before, KeyboardInterrupt)
         with pytest.raises(KeyboardInterrupt):
             write(crashing, interested)

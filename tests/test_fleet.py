@@ -12,8 +12,8 @@ from prometheus_client import generate_latest
 from fakes.bolna_api import RateLimits
 from fakes.bolna_server import FakeBolna
 from fakes.mongo_hooks import HookedClient
-from services.database import CALLS, CONTACTS, CUSTOMERS, SYNC_RUNS, TENANT_SCHEDULE
-from services.tenancy.schedule import REFUSED, LlmQuota
+from services.database import CALLS, CONTACTS, CUSTOMERS, SYNC_RUNS, ACCOUNT_SCHEDULE
+from services.accounts.schedule import REFUSED, LlmQuota
 from tests.conftest import RAISED_LIMITS, TEST_DB
 from tests.helpers import AGENT, execution
 from utils.clock import utcnow
@@ -75,8 +75,8 @@ def users(db):
 
 @pytest.fixture
 def fleet_settings(settings, bolna):
-    return settings.with_overrides(tenant_source="mongodb", bolna_api_key=None, bolna_base_url=bolna.base_url,
-                                   tenant_lease_seconds=60, tenant_concurrency=2)
+    return settings.with_overrides(account_source="mongodb", bolna_api_key=None, bolna_base_url=bolna.base_url,
+                                   account_lease_seconds=60, account_concurrency=2)
 
 
 def replica(settings, mongo, clock) -> Runtime:
@@ -102,7 +102,7 @@ def test_each_account_is_synced_with_its_own_key_into_its_own_records(fleet_sett
     assert {c["userId"] for c in raw[CONTACTS].find()} == {"alpha", "beta"}
     runs = {(run["userId"], run["job"]): run["status"] for run in raw[SYNC_RUNS].find()}
     assert runs[("alpha", CRM_SYNC)] == runs[("beta", CALL_PROCESSOR)] == "ok"
-    assert raw[TENANT_SCHEDULE].find_one({"_id": "lapsed"}) is None  # never listed, never synced
+    assert raw[ACCOUNT_SCHEDULE].find_one({"_id": "lapsed"}) is None  # never listed, never synced
 
 
 def test_a_refused_key_sets_its_account_aside_until_the_key_changes(fleet_settings, mongo, users, bolna, caplog):
@@ -110,7 +110,7 @@ def test_a_refused_key_sets_its_account_aside_until_the_key_changes(fleet_settin
     fleet = replica(fleet_settings, mongo, clock)
     every_account(fleet)
 
-    entry = mongo[TEST_DB][TENANT_SCHEDULE].find_one({"_id": "revoked"})
+    entry = mongo[TEST_DB][ACCOUNT_SCHEDULE].find_one({"_id": "revoked"})
     assert entry["refused"]["reason"] and entry["refused"]["since"]
     assert fleet.schedule.overview()["counts"][REFUSED] == 1
     assert "key-revoked" not in caplog.text and "key-alpha" not in caplog.text
@@ -172,11 +172,11 @@ def test_an_account_of_a_dead_replica_is_taken_over_once_its_lease_runs_out(flee
     taken = dead.schedule.claim_due(clock() + ahead)  # ... and the replica dies before syncing it
 
     every_account(alive)
-    assert mongo[TEST_DB][SYNC_RUNS].count_documents({"userId": taken.tenant_id}) == 0
+    assert mongo[TEST_DB][SYNC_RUNS].count_documents({"userId": taken.account_id}) == 0
 
-    clock.advance(fleet_settings.tenant_lease_seconds + 1)
+    clock.advance(fleet_settings.account_lease_seconds + 1)
     assert every_account(alive) == 1
-    assert mongo[TEST_DB][SYNC_RUNS].count_documents({"userId": taken.tenant_id}) >= 1
+    assert mongo[TEST_DB][SYNC_RUNS].count_documents({"userId": taken.account_id}) >= 1
     assert dead.schedule.finish(taken, {"status": "ok"}) is False  # the dead replica's claim writes nothing
 
 
@@ -221,11 +221,11 @@ def test_quota_grants_never_pass_the_ceiling_when_replicas_take_at_once(db):
 
 
 def test_account_settings_take_the_accounts_keys_and_limits_within_bolnas(settings):
-    from services.tenancy.accounts import Tenant
+    from services.accounts.source import Account
 
-    tenant = Tenant("acct", bolna_api_key="bk", agent_ids=("a1",), groq_api_key="gk", phone_region="US",
+    account = Account("acct", bolna_api_key="bk", agent_ids=("a1",), groq_api_key="gk", phone_region="US",
                     llm_batch_limit=3, bolna_requests_per_minute=100_000_000)
-    tuned = account_settings(settings, tenant, llm_limit=2)
+    tuned = account_settings(settings, account, llm_limit=2)
     assert (tuned.bolna_api_key, tuned.bolna_agent_ids, tuned.groq_api_keys, tuned.default_phone_region) == (
         "bk", ("a1",), ("gk",), "US")
     assert tuned.llm_calls_per_run == 2
@@ -274,21 +274,21 @@ def test_a_sync_whose_lease_may_have_run_out_stops_before_another_replica_can_cl
     clock = Clock()
     fleet = replica(fleet_settings, mongo, clock)
     claim = fleet.schedule.claim_due(clock() + timedelta(minutes=fleet_settings.sync_interval_minutes))
-    key = {"alpha": "key-alpha", "beta": "key-beta"}.get(claim.tenant_id)
+    key = {"alpha": "key-alpha", "beta": "key-beta"}.get(claim.account_id)
     if key is None:  # the refused account: no sync to cut short
         fleet.schedule.release(claim)
         claim = fleet.schedule.claim_due(clock() + timedelta(minutes=fleet_settings.sync_interval_minutes))
-        key = {"alpha": "key-alpha", "beta": "key-beta"}[claim.tenant_id]
+        key = {"alpha": "key-alpha", "beta": "key-beta"}[claim.account_id]
     bolna.latency = 0.3  # each request takes a moment: the sync is still running when the lease ends
-    bolna.on_answer(r"/v2/agent/all", lambda: clock.advance(fleet_settings.tenant_lease_seconds + 1), api_key=key)
+    bolna.on_answer(r"/v2/agent/all", lambda: clock.advance(fleet_settings.account_lease_seconds + 1), api_key=key)
 
     fleet.sync(claim)
 
-    entry = mongo[TEST_DB][TENANT_SCHEDULE].find_one({"_id": claim.tenant_id})
+    entry = mongo[TEST_DB][ACCOUNT_SCHEDULE].find_one({"_id": claim.account_id})
     assert "lastRun" not in entry  # this replica recorded nothing: it no longer held the account
     assert mongo[TEST_DB][SYNC_RUNS].count_documents(
-        {"userId": claim.tenant_id, "job": CALL_PROCESSOR, "status": "ok"}) == 0
-    assert "tenant_lease_lost" in [getattr(record, "event", None) for record in caplog.records]
+        {"userId": claim.account_id, "job": CALL_PROCESSOR, "status": "ok"}) == 0
+    assert "account_lease_lost" in [getattr(record, "event", None) for record in caplog.records]
     other = replica(fleet_settings, mongo, clock)
     assert other.schedule.claim_due(clock() + timedelta(minutes=1)) is not None
 

@@ -1,4 +1,4 @@
-"""Many accounts across real replica processes (`main.py run` with TENANT_SOURCE=mongodb) on the
+"""Many accounts across real replica processes (`main.py run` with ACCOUNT_SOURCE=mongodb) on the
 wire server (tests.real_mongo): a replica killed mid-sync is taken over once its leases run out,
 two live replicas never sync one account at once, and the CLI (`once`, `status`) with many
 accounts. tests/test_fleet.py covers the same rules in one process with a test clock."""
@@ -21,9 +21,9 @@ import requests
 from fakes.accounts_dataset import accounts_dataset
 from fakes.bolna_api import RateLimits
 from fakes.bolna_server import FakeBolna
-from services.database import SYNC_RUNS, TENANT_SCHEDULE
-from services.tenancy.schedule import TenantSchedule
-from services.tenancy.accounts import Tenant
+from services.database import SYNC_RUNS, ACCOUNT_SCHEDULE
+from services.accounts.schedule import AccountSchedule
+from services.accounts.source import Account
 from worker.webhook_listener import account_token
 from tests.conftest import RAISED_LIMITS
 from tests.helpers import execution
@@ -79,8 +79,8 @@ def fleet(mongo, mongodb_uri):  # noqa: F811
         db["users"].insert_many([{"_id": a.label, "bolnaApiKey": a.api_key, **ACTIVE} for a in accounts])
         env = {**os.environ, "MONGODB_URI": mongodb_uri, "MONGODB_DB": database, "BOLNA_BASE_URL": bolna.base_url,
                "BOLNA_API_KEY": "", "GROQ_API_KEY": "", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
-               "TENANT_SOURCE": "mongodb", "TENANT_LEASE_SECONDS": str(LEASE), "TENANT_POLL_SECONDS": str(POLL),
-               "TENANT_CONCURRENCY": "2", "SYNC_INTERVAL_MINUTES": str(INTERVAL_MINUTES),
+               "ACCOUNT_SOURCE": "mongodb", "ACCOUNT_LEASE_SECONDS": str(LEASE), "ACCOUNT_POLL_SECONDS": str(POLL),
+               "ACCOUNT_CONCURRENCY": "2", "SYNC_INTERVAL_MINUTES": str(INTERVAL_MINUTES),
                "HTTP_BACKOFF_SECONDS": "0.05", "BOLNA_LISTING_RATE_PER_MINUTE": str(RAISED_LIMITS["listing"]),
                "BOLNA_RATE_PER_MINUTE": str(RAISED_LIMITS["other"])}
         return db, env, accounts, bolna
@@ -108,8 +108,8 @@ def all_due_now(db, accounts) -> None:
     with the same key fingerprint and changes nothing. (Setting `dueAt` after a replica registered
     them would race with its first claims.)"""
     past = utcnow() - timedelta(minutes=2 * INTERVAL_MINUTES)
-    schedule = TenantSchedule(db[TENANT_SCHEDULE], "test", LEASE, INTERVAL_MINUTES * 60, clock=lambda: past)
-    schedule.register([(a.label, Tenant(a.label, bolna_api_key=a.api_key).key_fingerprint) for a in accounts])
+    schedule = AccountSchedule(db[ACCOUNT_SCHEDULE], "test", LEASE, INTERVAL_MINUTES * 60, clock=lambda: past)
+    schedule.register([(a.label, Account(a.label, bolna_api_key=a.api_key).key_fingerprint) for a in accounts])
 
 
 def wait_until(condition, timeout: float, what: str):
@@ -137,12 +137,12 @@ def test_a_replica_killed_mid_sync_is_taken_over_within_one_lease(fleet):
     all_due_now(db, accounts)
     dead = fleet.replica(env, "run").wait_started()
     owned_by_dead = {"acquired_by": {"$regex": f":{dead.pid}:"}}
-    wait_until(lambda: db[TENANT_SCHEDULE].count_documents(owned_by_dead) == 2
+    wait_until(lambda: db[ACCOUNT_SCHEDULE].count_documents(owned_by_dead) == 2
                and len(runs_of(db, pid=dead.pid, status="running")) == 2, 60, "the first replica syncing two accounts")
     assert dead.stop(signal.SIGKILL, 10) == -signal.SIGKILL
     killed_at = utcnow()
     # What the dead replica left: its leases (never renewed again) and its runs still `running`.
-    held = {doc["_id"]: doc["acquired_until"] for doc in db[TENANT_SCHEDULE].find(owned_by_dead)}
+    held = {doc["_id"]: doc["acquired_until"] for doc in db[ACCOUNT_SCHEDULE].find(owned_by_dead)}
     assert len(held) == 2
     left_running = runs_of(db, pid=dead.pid, status="running")
     assert {run["userId"] for run in left_running} == set(held)  # mid-sync: one open run per held account

@@ -1,4 +1,4 @@
-"""Webhooks with many accounts (TENANT_SOURCE=mongodb): each account's URL carries its own token,
+"""Webhooks with many accounts (ACCOUNT_SOURCE=mongodb): each account's URL carries its own token,
 derived from WEBHOOK_TOKEN and its id; a delivery is written into the records of the account whose
 URL it came to, by a replica's one processor. Over real HTTP (waitress on 127.0.0.1); collected
 again on the wire server by tests/test_mongodb_integration_fleet.py."""
@@ -34,7 +34,7 @@ def bolna():
 
 @pytest.fixture
 def hook_settings(settings, bolna):
-    return settings.with_overrides(tenant_source="mongodb", bolna_api_key=None, bolna_base_url=bolna.base_url,
+    return settings.with_overrides(account_source="mongodb", bolna_api_key=None, bolna_base_url=bolna.base_url,
                                    webhook_port=0, webhook_host="127.0.0.1", webhook_token=TOKEN,
                                    webhook_allowed_ips=("127.0.0.1",))
 

@@ -191,7 +191,7 @@ def test_the_heuristic_costs_nothing(db):
 def test_with_many_accounts_the_daemons_model_is_checked_at_start_up_too(fake, mongo, settings, caplog):
 
     fake.retired_models = {"openai/gpt-oss-20b"}
-    fleet = Runtime.build(settings.with_overrides(tenant_source="mongodb", mongodb_uri="mongodb://unused"),
+    fleet = Runtime.build(settings.with_overrides(account_source="mongodb", mongodb_uri="mongodb://unused"),
                           mongo_client=HookedClient(mongo))
     with caplog.at_level(logging.WARNING):
         fleet.prepare()

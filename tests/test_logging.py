@@ -157,7 +157,7 @@ def test_every_line_of_a_run_carries_job_run_and_account_from_every_thread(log_o
         app = AccountApp(settings.with_overrides(bolna_base_url=bolna.base_url, bolna_fetch_concurrency=2),
                          HookedDatabase(mongo[settings.mongodb_db]), BolnaClient.from_settings(
                              settings.with_overrides(bolna_base_url=bolna.base_url), stop=threading.Event()),
-                         tenant_id="acme")
+                         account_id="acme")
         bolna.inject(r"/executions$", status=500)
         bolna.inject(r"/executions/c-1$", status=503)
         run = app.run_job("crm_sync")

@@ -204,7 +204,7 @@ PHONE = normalize_phone("+91 98765 43210", "IN").key
 # A CRM consumer's "find this customer / contact" as it writes it, a call by id, and "what
 # changed since T" (docs/collections.md); T and C are filled in from the recorded run's data.
 # A CRM front end's queries name the account (`userId`) first, as every index does; the single
-# account of TENANT_SOURCE=env is `null`.
+# account of ACCOUNT_SOURCE=env is `null`.
 ACCOUNT = None
 CONSUMER_QUERIES = [
     (CUSTOMERS, {"userId": ACCOUNT, "phone": PHONE}, None, "phone_unique"),

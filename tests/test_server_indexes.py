@@ -10,7 +10,7 @@ import pytest
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
-from services.database import (CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, PHONE_INDEX, TENANT_SCHEDULE, WEBHOOK_INBOX,
+from services.database import (CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, PHONE_INDEX, ACCOUNT_SCHEDULE, WEBHOOK_INBOX,
                                ensure_indexes)
 from tests.conftest import TEST_DB
 from tests.helpers import build_app, execution
@@ -73,12 +73,12 @@ def test_leases_stored_in_the_earlier_shapes_are_rewritten_in_one_vocabulary_at_
     db[CALLS].insert_many([{"callId": "c1", "processed": False, "terminal": True, "claim": claim},
                            {"callId": "c2", "processed": True, "terminal": True}])
     db[WEBHOOK_INBOX].insert_one({"callId": "c1", "status": "completed", "state": "waiting", "claim": claim})
-    db[TENANT_SCHEDULE].insert_one({"_id": "a1", "dueAt": until, "active": True,
+    db[ACCOUNT_SCHEDULE].insert_one({"_id": "a1", "dueAt": until, "active": True,
                                     "lease": {"owner": "host:1:x", "token": "t", "claimedAt": until, "until": until}})
     ensure_indexes(db)
     ensure_indexes(db)  # idempotent
     migrated = {"acquired_by": "host:1:x", "acquired_until": until, "acquired_token": "t"}
-    for collection, old in ((CALLS, "claim"), (WEBHOOK_INBOX, "claim"), (TENANT_SCHEDULE, "lease")):
+    for collection, old in ((CALLS, "claim"), (WEBHOOK_INBOX, "claim"), (ACCOUNT_SCHEDULE, "lease")):
         doc = db[collection].find_one({"acquired_token": {"$exists": True}})
         assert old not in doc and {key: doc[key] for key in migrated} == migrated, collection
     assert set(db[CALLS].find_one({"callId": "c2"})) == {"_id", "callId", "processed", "terminal"}

@@ -272,7 +272,7 @@ def test_the_demo_places_contacts_in_its_pipeline_and_shows_what_was_held_back()
 
 
 def test_the_accounts_demo_keeps_each_accounts_records_apart():
-    result = run_main("demo", "--tenants", "2")
+    result = run_main("demo", "--accounts", "2")
     assert result.returncode == 0 and "Traceback" not in result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("Demo: 2 accounts of 2 agents each in `users`")
@@ -284,14 +284,14 @@ def test_the_accounts_demo_keeps_each_accounts_records_apart():
 
 
 @pytest.mark.parametrize("args, variables, says", [
-    (("review",), {"TENANT_SOURCE": "mongodb"}, "TENANT_SOURCE=mongodb: name the account with --account ID"),
-    (("reanalyze", "--call-id", "c1"), {"TENANT_SOURCE": "mongodb"}, "name the account with --account ID"),
-    (("forget", "--phone", "+919876543210", "--dry-run"), {"TENANT_SOURCE": "mongodb"},
+    (("review",), {"ACCOUNT_SOURCE": "mongodb"}, "ACCOUNT_SOURCE=mongodb: name the account with --account ID"),
+    (("reanalyze", "--call-id", "c1"), {"ACCOUNT_SOURCE": "mongodb"}, "name the account with --account ID"),
+    (("forget", "--phone", "+919876543210", "--dry-run"), {"ACCOUNT_SOURCE": "mongodb"},
      "name the account with --account ID"),
-    (("status", "--account", "a1"), {}, "--account names one of many accounts: it needs TENANT_SOURCE=mongodb"),
+    (("status", "--account", "a1"), {}, "--account names one of many accounts: it needs ACCOUNT_SOURCE=mongodb"),
     (("webhook-url", "--account", "a1"), {}, "--account names one of many accounts"),
-    (("webhook-url",), {"TENANT_SOURCE": "mongodb", "WEBHOOK_PUBLIC_URL": "https://hooks.example.com",
-                        "WEBHOOK_TOKEN": "t" * 32}, "TENANT_SOURCE=mongodb: each account has its own URL"),
+    (("webhook-url",), {"ACCOUNT_SOURCE": "mongodb", "WEBHOOK_PUBLIC_URL": "https://hooks.example.com",
+                        "WEBHOOK_TOKEN": "t" * 32}, "ACCOUNT_SOURCE=mongodb: each account has its own URL"),
 ])
 def test_the_account_a_command_is_about_is_checked_before_the_database_is_reached(args, variables, says):
     # A port nothing listens on: the command must refuse before it would try to connect.

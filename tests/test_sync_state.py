@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from fakes.mongo_hooks import HookedClient
-from services.database import SYNC_STATE, tenant_view
+from services.database import SYNC_STATE, account_view
 from services.sync_state import (PENDING_HOLD, PENDING_MAX_AGE, PENDING_PER_RUN, SAVE_EVERY_WINDOWS, Followed,
                                  SyncState, WindowProgress, follow_ups, holds_cursor)
 
@@ -91,7 +91,7 @@ def operations():
 
 @pytest.fixture
 def state_collection(mongo, operations):
-    return tenant_view(HookedClient(mongo, lambda collection, method: operations.append(method))["callsync_test"], None)[SYNC_STATE]
+    return account_view(HookedClient(mongo, lambda collection, method: operations.append(method))["callsync_test"], None)[SYNC_STATE]
 
 
 def test_state_is_read_in_one_query_and_written_in_one_batch(state_collection, operations):

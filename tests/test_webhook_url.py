@@ -74,7 +74,7 @@ def accounts(mongo, mongodb_uri):  # noqa: F811 - `mongo`: the real server's cli
         {"_id": "alpha", "bolnaApiKey": "key-alpha", "subscription": {"status": "active"}},
         {"_id": "lapsed", "bolnaApiKey": "key-lapsed", "subscription": {"status": "cancelled"}},
     ])
-    yield {**HOOKS, "MONGODB_URI": mongodb_uri, "MONGODB_DB": database, "TENANT_SOURCE": "mongodb"}
+    yield {**HOOKS, "MONGODB_URI": mongodb_uri, "MONGODB_DB": database, "ACCOUNT_SOURCE": "mongodb"}
     mongo.drop_database(database)
 
 
@@ -88,10 +88,10 @@ def test_with_many_accounts_each_account_has_its_own_url(accounts):
     lapsed = run_main("webhook-url", "--account", "lapsed", **accounts)
     unknown = run_main("webhook-url", "--account", "nobody", **accounts)
     assert unnamed.returncode == 2 and "name it with --account" in unnamed.stderr
-    assert lapsed.returncode == 2 and "TENANTS_FILTER does not list it" in lapsed.stderr
+    assert lapsed.returncode == 2 and "ACCOUNTS_FILTER does not list it" in lapsed.stderr
     assert unknown.returncode == 2 and "no account 'nobody'" in unknown.stderr
     single = run_main("webhook-url", "--account", "alpha", **HOOKS)
-    assert single.returncode == 2 and "needs TENANT_SOURCE=mongodb" in single.stderr
+    assert single.returncode == 2 and "needs ACCOUNT_SOURCE=mongodb" in single.stderr
 
 
 def test_with_many_accounts_apply_uses_the_accounts_own_key(accounts):

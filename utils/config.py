@@ -41,9 +41,9 @@ DEFAULT_PRECEDENCE = ((BOOKED,), (CALLBACK, INTERESTED, NOT_INTERESTED), (CONTAC
 DEFAULT_TAGS = ("Purchased", "follow_up", "Interested", "Not_Interested", "No_Answer")
 # Keys of the analysis the LLM returns; configured extra fields may not reuse them.
 ANALYSIS_KEYS = ("tag", "summary", "leadScore", "leadStatus", "sentiment", "confidence", "reasoning")
-# Many accounts (services/tenancy): where each setting of an account is read in its document.
+# Many accounts (services/accounts): where each setting of an account is read in its document.
 # The names are the daemon's; the paths (dotted for nested fields) are the CRM's, overridable.
-DEFAULT_TENANT_FIELDS = {
+DEFAULT_ACCOUNT_FIELDS = {
     "bolnaApiKey": "bolnaApiKey",
     "agentIds": "bolnaAgentIds",
     "groqApiKey": "groqApiKey",
@@ -251,18 +251,18 @@ def collection_name(value: str) -> str:
     return name
 
 
-def tenant_field_paths(value: str) -> dict[str, str]:
-    """Over DEFAULT_TENANT_FIELDS. A misspelt name would silently keep the default, so it is refused."""
+def account_field_paths(value: str) -> dict[str, str]:
+    """Over DEFAULT_ACCOUNT_FIELDS. A misspelt name would silently keep the default, so it is refused."""
     overrides = json_object(value)
-    unknown = sorted(set(overrides) - set(DEFAULT_TENANT_FIELDS))
+    unknown = sorted(set(overrides) - set(DEFAULT_ACCOUNT_FIELDS))
     if unknown:
         raise ValueError(f"unknown field name(s) {', '.join(map(repr, unknown))}: "
-                         f"the names are {', '.join(DEFAULT_TENANT_FIELDS)}")
+                         f"the names are {', '.join(DEFAULT_ACCOUNT_FIELDS)}")
     for name, path in overrides.items():
         if (not isinstance(path, str) or not path.strip() or path.startswith("$")
                 or not all(part.strip() for part in path.split("."))):
             raise ValueError(f"the path of {name!r} must be a field name, dotted for a nested field (a.b)")
-    return {**DEFAULT_TENANT_FIELDS, **{name: path.strip() for name, path in overrides.items()}}
+    return {**DEFAULT_ACCOUNT_FIELDS, **{name: path.strip() for name, path in overrides.items()}}
 
 
 def fernet_keys(value: str) -> tuple[str, ...]:
@@ -359,17 +359,21 @@ class Settings:
     bolna_fetch_concurrency: int = setting(8, positive_int)  # full records (GET /executions/{id}) in flight at once
     bolna_record_cache_size: int = setting(10000, non_negative_int)
     bolna_record_cache_seconds: int = setting(1800, non_negative_int)
-    tenant_source: str = setting("env", one_of(
-        "env", "mongodb", explained="env (one account, from BOLNA_API_KEY) or mongodb (the accounts collection)"))
-    tenants_collection: str = setting("users", collection_name)
-    tenants_filter: Mapping[str, object] | None = setting(None, json_object)  # None: see tenants_query
-    tenant_fields: Mapping[str, str] = setting(DEFAULT_TENANT_FIELDS, tenant_field_paths)
-    tenant_keys_secret: str | None = setting(None, lambda value: ",".join(fernet_keys(value)), secret=True)
+    account_source: str = setting("env", one_of(
+        "env", "mongodb", explained="env (one account, from BOLNA_API_KEY) or mongodb (the accounts collection)"),
+        former="TENANT_SOURCE")
+    accounts_collection: str = setting("users", collection_name, former="TENANTS_COLLECTION")
+    # None: see accounts_query
+    accounts_filter: Mapping[str, object] | None = setting(None, json_object, former="TENANTS_FILTER")
+    account_fields: Mapping[str, str] = setting(DEFAULT_ACCOUNT_FIELDS, account_field_paths,
+                                                former="TENANT_FIELDS")
+    account_keys_secret: str | None = setting(None, lambda value: ",".join(fernet_keys(value)), secret=True,
+                                              former="TENANT_KEYS_SECRET")
     # Renewed every third of it: much shorter, and a slow MongoDB round trip would lose it.
-    tenant_lease_seconds: int = setting(120, whole(15))
-    tenant_poll_seconds: int = setting(5, positive_int)
-    tenant_concurrency: int = setting(4, positive_int)
-    tenant_refresh_seconds: int = setting(60, positive_int)
+    account_lease_seconds: int = setting(120, whole(15), former="TENANT_LEASE_SECONDS")
+    account_poll_seconds: int = setting(5, positive_int, former="TENANT_POLL_SECONDS")
+    account_concurrency: int = setting(4, positive_int, former="TENANT_CONCURRENCY")
+    account_refresh_seconds: int = setting(60, positive_int, former="TENANT_REFRESH_SECONDS")
     llm_global_limit: int | None = setting(None, non_negative_int)
 
     @property
@@ -383,12 +387,12 @@ class Settings:
         return self.llm_request_budget if self.llm_request_budget is not None else 2 * self.llm_calls_per_run
 
     @property
-    def tenants_query(self) -> Mapping[str, object]:
-        """Derived here rather than stored, so the default follows TENANT_FIELDS' key path however the
+    def accounts_query(self) -> Mapping[str, object]:
+        """Derived here rather than stored, so the default follows ACCOUNT_FIELDS' key path however the
         settings were built."""
-        if self.tenants_filter is not None:
-            return self.tenants_filter
-        return {self.tenant_fields["bolnaApiKey"]: {"$nin": [None, ""]},
+        if self.accounts_filter is not None:
+            return self.accounts_filter
+        return {self.account_fields["bolnaApiKey"]: {"$nin": [None, ""]},
                 "subscription.status": {"$in": ["active", "trial"]}}
 
     def with_overrides(self, **changes) -> "Settings":
@@ -438,7 +442,7 @@ def describe(settings: Settings) -> dict[str, object]:
 
 def secret_texts(settings: Settings) -> tuple[str, ...]:
     """The text of every secret that is set, for the log filter to mask: each whole, and each part
-    of a comma-separated one (GROQ_API_KEY's keys, TENANT_KEYS_SECRET's ring are used one by one)."""
+    of a comma-separated one (GROQ_API_KEY's keys, ACCOUNT_KEYS_SECRET's ring are used one by one)."""
     texts: list[str] = []
     for f in fields(settings):
         value = getattr(settings, f.name)

@@ -27,15 +27,15 @@ from services.analyzer.batch_api import BatchApiLane
 from services.analyzer.claims import CallQueue
 from services.analyzer.groq_analyzer import GroqAnalyzer
 from services.bolna_client import BolnaAuthError, BolnaClient
-from services.database import (CALLS, LLM_BATCHES, LLM_QUOTA, TENANT_SCHEDULE, WEBHOOK_DELIVERIES, WEBHOOK_INBOX,
-                               ensure_indexes, tenant_view)
+from services.database import (CALLS, LLM_BATCHES, LLM_QUOTA, ACCOUNT_SCHEDULE, WEBHOOK_DELIVERIES, WEBHOOK_INBOX,
+                               ensure_indexes, account_view)
 from services.execution_feed import ExecutionFeed, PageReader, SharedRecords
 from services.privacy import (Eraser, PrivacyGuard, RetentionPass, RetentionPolicy, SuppressionList,
                               hasher_for)
 from services.run_records import RunListener, RunRecorder, RunRecords, describe_failure, failed_with, stale_after
 from services.server_clock import ServerClock
-from services.tenancy.accounts import Tenant, TenantSource
-from services.tenancy.schedule import LeaseKeeper, LlmQuota, TenantClaim, TenantSchedule
+from services.accounts.source import Account, AccountSource
+from services.accounts.schedule import LeaseKeeper, LlmQuota, AccountClaim, AccountSchedule
 from services.webhooks import LEASE_SECONDS, AccountWriters, DeliveryTally, Inbox, InboxProcessor
 from services.writers import CallWriter, CustomerWriter
 from utils.clock import utcnow
@@ -109,12 +109,12 @@ class AccountApp:
     parts. The `Runtime` keeps one for the process's life with one account, and builds one for
     each account it has claimed with many; either way attached to it (`Runtime.attach`)."""
 
-    def __init__(self, settings: Settings, db: Database, bolna: BolnaClient, tenant_id=None):
-        """`tenant_id`: the account whose records this app reads and writes (`userId`); None, the
+    def __init__(self, settings: Settings, db: Database, bolna: BolnaClient, account_id=None):
+        """`account_id`: the account whose records this app reads and writes (`userId`); None, the
         single account of the environment."""
         self.settings = settings
-        self.db = db = tenant_view(db, tenant_id)
-        self.tenant_id = tenant_id
+        self.db = db = account_view(db, account_id)
+        self.account_id = account_id
         self.bolna = bolna
         self.owner = new_owner()
         self.stop = bolna.stop  # set on SIGTERM: jobs end after their current write, waits end at once
@@ -138,7 +138,7 @@ class AccountApp:
         """Run one job now and return its run record (also stored in `sync_runs`)."""
         if name not in JOBS:
             raise ValueError(f"unknown job {name!r}; expected one of {', '.join(JOB_NAMES)}")
-        with log_context(account=None if self.tenant_id is None else str(self.tenant_id)):
+        with log_context(account=None if self.account_id is None else str(self.account_id)):
             return self.runs.record(name, lambda recorder: JOBS[name](self, recorder, full))
 
     def sync_customers(self, recorder: RunRecorder, full: bool) -> None:
@@ -188,20 +188,20 @@ class ScheduledJob:
     seconds: float
 
 
-def account_settings(settings: Settings, tenant: Tenant, llm_limit: int | None = None) -> Settings:
+def account_settings(settings: Settings, account: Account, llm_limit: int | None = None) -> Settings:
     """The daemon's settings with what the account brings: its keys, agents, region and limits."""
-    changes: dict = {"bolna_api_key": tenant.bolna_api_key, "bolna_agent_ids": tenant.agent_ids}
-    if tenant.groq_api_key:
-        changes["groq_api_keys"] = (tenant.groq_api_key,)
-    if tenant.phone_region:
-        changes["default_phone_region"] = tenant.phone_region
+    changes: dict = {"bolna_api_key": account.bolna_api_key, "bolna_agent_ids": account.agent_ids}
+    if account.groq_api_key:
+        changes["groq_api_keys"] = (account.groq_api_key,)
+    if account.phone_region:
+        changes["default_phone_region"] = account.phone_region
     if llm_limit is not None:
         changes["llm_calls_per_run"] = llm_limit
-    if tenant.bolna_requests_per_minute:
+    if account.bolna_requests_per_minute:
         # Below Bolna's limits for the organisation, never above them.
         changes["bolna_listing_rate_per_minute"] = min(settings.bolna_listing_rate_per_minute,
-                                                       tenant.bolna_requests_per_minute)
-        changes["bolna_rate_per_minute"] = min(settings.bolna_rate_per_minute, tenant.bolna_requests_per_minute)
+                                                       account.bolna_requests_per_minute)
+        changes["bolna_rate_per_minute"] = min(settings.bolna_rate_per_minute, account.bolna_requests_per_minute)
     return settings.with_overrides(**changes)
 
 
@@ -210,13 +210,13 @@ class Runtime:
     the metrics and run listeners every account's app is attached to, the webhook inbox and its
     processor, start-up, `status`, the wait for running work, teardown.
 
-    One account (TENANT_SOURCE unset: the environment's; or `tenant_id`, one of many named on the
+    One account (ACCOUNT_SOURCE unset: the environment's; or `account_id`, one of many named on the
     command line) is a fleet of one whose app (`account`) is kept for the process's life, each job
-    on its own every SYNC_INTERVAL_MINUTES. Many accounts (TENANT_SOURCE=mongodb): the accounts of
+    on its own every SYNC_INTERVAL_MINUTES. Many accounts (ACCOUNT_SOURCE=mongodb): the accounts of
     the CRM, synced by every replica that runs this image, sharing the work through MongoDB with no
-    configuration. Every TENANT_POLL_SECONDS a replica re-reads the account list when it is due
-    (TENANT_REFRESH_SECONDS), then claims due accounts from the tenant schedule under a lease
-    (services/tenancy/schedule.py), TENANT_CONCURRENCY at a time, and runs both jobs for each with
+    configuration. Every ACCOUNT_POLL_SECONDS a replica re-reads the account list when it is due
+    (ACCOUNT_REFRESH_SECONDS), then claims due accounts from the account schedule under a lease
+    (services/accounts/schedule.py), ACCOUNT_CONCURRENCY at a time, and runs both jobs for each with
     that account's own keys, limits and view of the database (an `AccountApp` each). The lease is
     renewed while the jobs run; a replica that dies stops renewing, and another takes its accounts
     over once the lease has run out. An account whose Bolna key is refused is set aside until its
@@ -225,7 +225,7 @@ class Runtime:
     deliveries into that account's records."""
 
     def __init__(self, settings: Settings, db: Database, *, mongo_client=None, bolna: BolnaClient | None = None,
-                 tenant_id=None, clock: Callable[[], datetime] | None = None):
+                 account_id=None, clock: Callable[[], datetime] | None = None):
         """`bolna`: the one account's client (default: from the settings); `clock`: what leases and
         quota windows are measured by, the database server's unless given."""
         self.settings = settings
@@ -236,18 +236,18 @@ class Runtime:
         self._idle = threading.Condition()
         self._progress_at: datetime | None = None
         llm_configured = bool(settings.groq_api_keys)
-        if settings.tenant_source == "mongodb" and tenant_id is None:
+        if settings.account_source == "mongodb" and account_id is None:
             self.account = None
             self.db = db
             self.stop = threading.Event()
             self.clock = clock = clock or ServerClock(db).now
             interval = timedelta(minutes=settings.sync_interval_minutes)
-            self.source = TenantSource(settings, db)
-            self.schedule = TenantSchedule(db[TENANT_SCHEDULE], self.owner, settings.tenant_lease_seconds,
+            self.source = AccountSource(settings, db)
+            self.schedule = AccountSchedule(db[ACCOUNT_SCHEDULE], self.owner, settings.account_lease_seconds,
                                            interval.total_seconds(), clock=clock)
             self.quota = (LlmQuota(db[LLM_QUOTA], settings.llm_global_limit, interval, clock)
                           if settings.llm_global_limit is not None else None)
-            self._tenants: dict[object, Tenant] = {}
+            self._accounts: dict[object, Account] = {}
             self._loaded_at: float | None = None
             self._refresh_lock = threading.Lock()
             # Across accounts: counts by job and status, and accounts by state; never by account
@@ -257,17 +257,17 @@ class Runtime:
             observe_accounts(self.metrics, self.schedule.counts)
             # Every account's deliveries land in one inbox, each entry under its account.
             inbox = Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=clock)
-            writers_for, tally = self._writers_for, tenant_view(db, None)  # the replica's tally
+            writers_for, tally = self._writers_for, account_view(db, None)  # the replica's tally
         else:
             self.account = account = AccountApp(
-                settings, db, bolna or BolnaClient.from_settings(settings, stop=threading.Event()), tenant_id)
+                settings, db, bolna or BolnaClient.from_settings(settings, stop=threading.Event()), account_id)
             self.db = tally = account.db
             self.stop = account.stop
             self.clock = account.call_queue.clock
             self.metrics = RunMetrics(JOB_NAMES, queue_depth=account.call_queue.depth, llm_configured=llm_configured)
             self.metrics.observe_cursors(self.db)
-            self.inbox = inbox = self.inbox_of(tenant_id)
-            writers_for = lambda _tenant_id: account.writers  # noqa: E731
+            self.inbox = inbox = self.inbox_of(account_id)
+            writers_for = lambda _account_id: account.writers  # noqa: E731
         self.deliveries = DeliveryTally(tally[WEBHOOK_DELIVERIES])
         self.webhook_processor = InboxProcessor(inbox, writers_for, self.deliveries)
         observe_webhooks(self.metrics, self.deliveries, inbox.waiting)
@@ -285,9 +285,9 @@ class Runtime:
         mongo_client = mongo_client or connect(settings)
         return cls(settings, mongo_client[settings.mongodb_db], mongo_client=mongo_client, **options)
 
-    def inbox_of(self, tenant_id) -> Inbox:
+    def inbox_of(self, account_id) -> Inbox:
         """The inbox an account's deliveries are accepted into (its view of `webhook_inbox`)."""
-        return Inbox(tenant_view(self.db, tenant_id)[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self.clock,
+        return Inbox(account_view(self.db, account_id)[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self.clock,
                      max_waiting=self.settings.webhook_max_waiting)
 
     def attach(self, account: AccountApp) -> None:
@@ -324,7 +324,7 @@ class Runtime:
 
     def scheduled_jobs(self) -> list[ScheduledJob]:
         if self.account is None:
-            return [ScheduledJob(ACCOUNTS_PASS, self.work, self.settings.tenant_poll_seconds)]
+            return [ScheduledJob(ACCOUNTS_PASS, self.work, self.settings.account_poll_seconds)]
         seconds = self.settings.sync_interval_minutes * 60
         return [ScheduledJob(name, functools.partial(self.run_job, name), seconds) for name in JOB_NAMES]
 
@@ -342,30 +342,30 @@ class Runtime:
         return self._progress_at if self.account is None else self.metrics.last_success_at(job)
 
     def refresh(self, *, force: bool = False) -> None:
-        """Re-read the accounts when the last read is TENANT_REFRESH_SECONDS old: new accounts join
+        """Re-read the accounts when the last read is ACCOUNT_REFRESH_SECONDS old: new accounts join
         the schedule, a changed key lifts a refusal, accounts gone are retired."""
         with self._refresh_lock:
             if not force and self._loaded_at is not None and (
-                    time.monotonic() - self._loaded_at < self.settings.tenant_refresh_seconds):
+                    time.monotonic() - self._loaded_at < self.settings.account_refresh_seconds):
                 return
             listed = self.source.load()
-            self.schedule.register([(tenant.id, tenant.key_fingerprint) for tenant in listed.tenants])
-            self._tenants = {tenant.id: tenant for tenant in listed.tenants}
+            self.schedule.register([(account.id, account.key_fingerprint) for account in listed.accounts])
+            self._accounts = {account.id: account for account in listed.accounts}
             if self.webhook_routes is not None:
-                self.webhook_routes.update(self._tenants)
+                self.webhook_routes.update(self._accounts)
             self._loaded_at = time.monotonic()
-            log.info("%d account(s) listed, %d skipped", len(listed.tenants), len(listed.skipped),
-                     extra={"event": "tenants_loaded"})
+            log.info("%d account(s) listed, %d skipped", len(listed.accounts), len(listed.skipped),
+                     extra={"event": "accounts_loaded"})
 
     def work(self, ahead: timedelta = timedelta(0)) -> int:
-        """One pass (the daemon's job every TENANT_POLL_SECONDS): sync due accounts, a few at a
+        """One pass (the daemon's job every ACCOUNT_POLL_SECONDS): sync due accounts, a few at a
         time, until none is due or the daemon stops. Returns how many were synced. `ahead`: also
         the accounts due within that time (`main.py once` passes an interval: every account)."""
         with self._running():
             self.refresh()
             due_by = self.schedule.clock() + ahead if ahead else None
-            with ThreadPoolExecutor(self.settings.tenant_concurrency, thread_name_prefix="account") as pool:
-                synced = sum(pool.map(lambda _: self._drain(due_by), range(self.settings.tenant_concurrency)))
+            with ThreadPoolExecutor(self.settings.account_concurrency, thread_name_prefix="account") as pool:
+                synced = sum(pool.map(lambda _: self._drain(due_by), range(self.settings.account_concurrency)))
             self._progress_at = utcnow()
             return synced
 
@@ -373,30 +373,30 @@ class Runtime:
         synced = 0
         while not self.stop.is_set() and (claim := self.schedule.claim_due(due_by)) is not None:
             try:
-                with log_context(account=str(claim.tenant_id)):
+                with log_context(account=str(claim.account_id)):
                     self.sync(claim, due_by)
                 synced += 1
             except Exception as exc:  # noqa: BLE001 - one account's failure must not end the pass for the others
-                log.exception("account %s: its sync failed; it is tried again at its next slot", claim.tenant_id,
-                              extra={"event": "tenant_failed"})
+                log.exception("account %s: its sync failed; it is tried again at its next slot", claim.account_id,
+                              extra={"event": "account_failed"})
                 try:
                     self.schedule.finish(claim, {"status": "failed", "error": describe_failure(exc)}, after=due_by)
                 except Exception:  # noqa: BLE001 - MongoDB away: the lease runs out and another claim takes it
                     log.warning("could not record an account's failed sync", exc_info=True)
         return synced
 
-    def sync(self, claim: TenantClaim, due_by: datetime | None = None) -> None:
+    def sync(self, claim: AccountClaim, due_by: datetime | None = None) -> None:
         """Both jobs for the claimed account, under its lease; the schedule records the result
         (its next slot after `due_by`, the pass's horizon, so the pass does not meet it again)."""
-        tenant = self._tenant(claim.tenant_id)
-        if tenant is None:  # retired by the new read (a release alone would be claimed again at once)
+        account = self._account(claim.account_id)
+        if account is None:  # retired by the new read (a release alone would be claimed again at once)
             self.schedule.release(claim)
             return
-        grant = self.quota.take(tenant.llm_batch_limit or self.settings.llm_calls_per_run) if self.quota else None
-        settings = account_settings(self.settings, tenant, grant.count if grant else tenant.llm_batch_limit)
+        grant = self.quota.take(account.llm_batch_limit or self.settings.llm_calls_per_run) if self.quota else None
+        settings = account_settings(self.settings, account, grant.count if grant else account.llm_batch_limit)
         lease = LeaseKeeper(self.schedule, claim, self.stop)
         # The account's jobs stop on the lease's stop: the process's, or the lease's own end.
-        app = AccountApp(settings, self.db, BolnaClient.from_settings(settings, stop=lease.stop), tenant.id)
+        app = AccountApp(settings, self.db, BolnaClient.from_settings(settings, stop=lease.stop), account.id)
         self.attach(app)
         runs: list[dict] = []
         try:
@@ -410,18 +410,18 @@ class Runtime:
             if grant is not None:
                 counts = next((run.get("counts", {}) for run in runs if run["job"] == CALL_PROCESSOR), {})
                 grant.settle(int(counts.get("analyzed", 0) + counts.get("failed", 0)))
-        self._record(claim, tenant, runs, lease.lost, due_by)
+        self._record(claim, account, runs, lease.lost, due_by)
         self._progress_at = utcnow()
 
-    def _record(self, claim: TenantClaim, tenant: Tenant, runs: list[dict], lease_lost: bool,
+    def _record(self, claim: AccountClaim, account: Account, runs: list[dict], lease_lost: bool,
                 due_by: datetime | None) -> None:
         if lease_lost:  # logged by the lease; whoever holds the account now records its own sync
             return
         if any(_refused(run) for run in runs):
-            log.warning("account %s: Bolna refused its key; set aside until the key changes", tenant.label,
-                        extra={"event": "tenant_refused"})
+            log.warning("account %s: Bolna refused its key; set aside until the key changes", account.label,
+                        extra={"event": "account_refused"})
             self.schedule.mark_refused(claim, "Bolna refused the account's API key",
-                                       key_fingerprint=tenant.key_fingerprint)
+                                       key_fingerprint=account.key_fingerprint)
         elif len(runs) < len(JOB_NAMES):  # stopping: another replica (or this one, restarted) syncs it soon
             self.schedule.release(claim)
         else:
@@ -430,18 +430,18 @@ class Runtime:
             self.schedule.finish(claim, {"status": worst, "runs": {run["job"]: run["_id"] for run in runs},
                                          "errors": sum(run.get("errorCount", 0) for run in runs)}, after=due_by)
 
-    def _writers_for(self, tenant_id) -> AccountWriters | None:
+    def _writers_for(self, account_id) -> AccountWriters | None:
         """The writers of a delivery's account; None when the account is no longer listed."""
-        tenant = self._tenant(tenant_id)
-        return None if tenant is None else build_writers(tenant_view(self.db, tenant.id),
-                                                         account_settings(self.settings, tenant))
+        account = self._account(account_id)
+        return None if account is None else build_writers(account_view(self.db, account.id),
+                                                         account_settings(self.settings, account))
 
-    def _tenant(self, tenant_id) -> Tenant | None:
+    def _account(self, account_id) -> Account | None:
         """The listed account; one unknown to this replica's last read (listed by another replica's
         newer read, or gone since ours) after reading the list again, None if it is gone."""
-        if tenant_id not in self._tenants:
+        if account_id not in self._accounts:
             self.refresh(force=True)
-        return self._tenants.get(tenant_id)
+        return self._accounts.get(account_id)
 
     @contextlib.contextmanager
     def _running(self):
@@ -467,8 +467,8 @@ class Runtime:
 
 
 def _subscribe(account: AccountApp, listener: RunListener) -> None:
-    account.runs.subscribe(listener if account.tenant_id is None
-                           else lambda run: listener({**run, "userId": account.tenant_id}))
+    account.runs.subscribe(listener if account.account_id is None
+                           else lambda run: listener({**run, "userId": account.account_id}))
 
 
 def _refused(run: dict) -> bool:

@@ -50,8 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--job", choices=JOB_NAMES, help="only this job")
     once.add_argument("--full", action="store_true", help="ignore the cursors and backfill BACKFILL_DAYS")
     demo = commands.add_parser("demo", help="zero-configuration demo against a local fake Bolna API and in-memory MongoDB")
-    demo.add_argument("--tenants", type=_positive, help="many-accounts mode: N accounts in `users`, each with its "
-                                                        "own Bolna key, synced as replicas sync them")
+    # --tenants: its former name, still accepted.
+    demo.add_argument("--accounts", "--tenants", type=_positive,
+                      help="many-accounts mode: N accounts in `users`, each with its own Bolna key, synced as "
+                           "replicas sync them")
     status = commands.add_parser("status", help="last runs, queue depth, tags and lead statuses; with many "
                                                 "accounts, the accounts by state (--account: one account's)")
     status.add_argument("--limit", type=_positive, default=50, help="with many accounts: list at most N (default 50)")
@@ -74,13 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("--as-stored", action="store_true",
                         help="the exact text of a number that is not valid (stored as received)")
     for command in (status, reanalyze, review, forget):
-        command.add_argument("--account", help="with TENANT_SOURCE=mongodb: the account (its id in "
-                                               "TENANTS_COLLECTION) this command is about")
+        command.add_argument("--account", help="with ACCOUNT_SOURCE=mongodb: the account (its id in "
+                                               "ACCOUNTS_COLLECTION) this command is about")
     hook = commands.add_parser("webhook-url", help="the webhook URL to configure at Bolna (WEBHOOK_PUBLIC_URL + "
                                                    "token); --apply sets it on the agent")
     hook.add_argument("--agent", help="the Bolna agent id")
     hook.add_argument("--apply", action="store_true", help="set it on the agent through Bolna's API")
-    hook.add_argument("--account", help="with TENANT_SOURCE=mongodb: the account whose URL it is (its own token "
+    hook.add_argument("--account", help="with ACCOUNT_SOURCE=mongodb: the account whose URL it is (its own token "
                                         "and, with --apply, its Bolna key)")
     return parser
 
@@ -107,7 +109,7 @@ def _require_server(settings: Settings, command: str) -> None:
                              "Set MONGODB_URI (see .env.example).")
         raise UsageError("MONGODB_URI is not set: this command writes to MongoDB and will not keep data "
                          "in memory. Set MONGODB_URI (see .env.example), or try `python main.py demo`.")
-    if command in ("run", "once") and not settings.bolna_api_key and settings.tenant_source == "env":
+    if command in ("run", "once") and not settings.bolna_api_key and settings.account_source == "env":
         raise UsageError("BOLNA_API_KEY is not set (see .env.example), or try `python main.py demo`.")
 
 
@@ -123,17 +125,17 @@ def main(argv: list[str] | None = None) -> int:
                       stream=sys.stderr if command in ("evaluate", "once") else None)
         if command == "demo":
             from worker.demo import run_demo
-            return run_demo(settings, args.tenants)
+            return run_demo(settings, args.accounts)
         if command == "evaluate":
             from worker.evaluate import run_evaluation
             return run_evaluation(settings, args)
-        many = settings.tenant_source == "mongodb"
+        many = settings.account_source == "mongodb"
         if args.account is not None and not many:
-            raise UsageError("--account names one of many accounts: it needs TENANT_SOURCE=mongodb")
+            raise UsageError("--account names one of many accounts: it needs ACCOUNT_SOURCE=mongodb")
         if command != "webhook-url":  # needs no database with one account
             _require_server(settings, command)
         if many and args.account is None and command in ("reanalyze", "forget", "review"):
-            raise UsageError("TENANT_SOURCE=mongodb: name the account with --account ID")
+            raise UsageError("ACCOUNT_SOURCE=mongodb: name the account with --account ID")
         return _COMMANDS[command](settings, args)
     except (ConfigError, UsageError) as exc:
         print(f"callsync: {exc}", file=sys.stderr)
@@ -153,21 +155,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _build(settings: Settings, *, prepare: bool = True, account: str | None = None):
-    """What a command runs on: the accounts the daemon serves (TENANT_SOURCE), or the one of many
+    """What a command runs on: the accounts the daemon serves (ACCOUNT_SOURCE), or the one of many
     that `account` names. `prepare=False` for read-only commands: no index builds, no marking of
     other runs."""
     from worker.app import Runtime, connect
 
     client = None
-    tenant_id = None
+    account_id = None
     if account is not None:
         client = connect(settings)
         try:
-            tenant_id = _account_id(client[settings.mongodb_db], settings, account)
+            account_id = _account_id(client[settings.mongodb_db], settings, account)
         except UsageError:
             client.close()
             raise
-    runtime = Runtime.build(settings, mongo_client=client, tenant_id=tenant_id)
+    runtime = Runtime.build(settings, mongo_client=client, account_id=account_id)
     if prepare:
         runtime.prepare()
     return runtime
@@ -182,9 +184,9 @@ def _run(settings: Settings, _args) -> int:
 def _once(settings: Settings, args) -> int:
     """The jobs once now, each run record printed as a JSON line. With many accounts, every
     account's, whatever their due times (each account's next slot then follows from it)."""
-    many = settings.tenant_source == "mongodb"
+    many = settings.account_source == "mongodb"
     if many and (args.job or args.full):
-        raise UsageError("--job and --full run one account's jobs: with TENANT_SOURCE=mongodb, they are not offered")
+        raise UsageError("--job and --full run one account's jobs: with ACCOUNT_SOURCE=mongodb, they are not offered")
     failed = False
     printing = threading.Lock()  # accounts are synced side by side: one whole line at a time
 
@@ -298,7 +300,7 @@ def _webhook_url(settings: Settings, args) -> int:
     derived from WEBHOOK_TOKEN, worker/webhook_listener.py) and `--apply` uses the account's Bolna
     key. The URL holds the token: it is printed for the person who asked, and never logged."""
     from services.bolna_client import BolnaClient, BolnaError
-    from services.tenancy.accounts import TenantSource, UnusableTenant
+    from services.accounts.source import AccountSource, UnusableAccount
     from worker.app import connect
     from worker.webhook_listener import PATH_PREFIX, account_token
 
@@ -308,19 +310,19 @@ def _webhook_url(settings: Settings, args) -> int:
     if not settings.webhook_token:
         raise UsageError("WEBHOOK_TOKEN is not set: e.g. `openssl rand -hex 24`, the same the daemon runs with")
     token = settings.webhook_token
-    if settings.tenant_source == "mongodb":
+    if settings.account_source == "mongodb":
         if args.account is None:
-            raise UsageError("TENANT_SOURCE=mongodb: each account has its own URL; name it with --account ID")
+            raise UsageError("ACCOUNT_SOURCE=mongodb: each account has its own URL; name it with --account ID")
         _require_server(settings, "webhook-url")
-        # The account as the daemon serves it (TENANTS_FILTER, its keys readable).
+        # The account as the daemon serves it (ACCOUNTS_FILTER, its keys readable).
         with closing(connect(settings)) as client:
             db = client[settings.mongodb_db]
             try:
-                account = TenantSource(settings, db).find(_account_id(db, settings, args.account))
-            except UnusableTenant as exc:
+                account = AccountSource(settings, db).find(_account_id(db, settings, args.account))
+            except UnusableAccount as exc:
                 raise UsageError(str(exc)) from None
         if account is None:
-            raise UsageError(f"account {args.account!r} is not served: TENANTS_FILTER does not list it")
+            raise UsageError(f"account {args.account!r} is not served: ACCOUNTS_FILTER does not list it")
         token = account_token(settings.webhook_token, account.id)
         settings = settings.with_overrides(bolna_api_key=account.bolna_api_key)
     url = f"{settings.webhook_public_url}{PATH_PREFIX}{token}"
@@ -350,7 +352,7 @@ def _account_id(db, settings: Settings, text: str) -> object:
     account exists (a CRM written in JavaScript stores those), else the text itself."""
     from bson import ObjectId
 
-    accounts = db[settings.tenants_collection]
+    accounts = db[settings.accounts_collection]
     for candidate in ([ObjectId(text)] if ObjectId.is_valid(text) else []) + [text]:
         if accounts.find_one({"_id": candidate}, {"_id": 1}) is not None:
             return candidate

@@ -1,6 +1,6 @@
 """`main.py demo`: the real jobs, over real HTTP, against a bundled data set served by a local
-fake Bolna API, writing to an in-memory MongoDB. Needs no keys and no server. With `--tenants N`,
-the many-accounts mode as `run` with TENANT_SOURCE=mongodb runs it, against one fake Bolna serving
+fake Bolna API, writing to an in-memory MongoDB. Needs no keys and no server. With `--accounts N`,
+the many-accounts mode as `run` with ACCOUNT_SOURCE=mongodb runs it, against one fake Bolna serving
 N organisations: neighbouring accounts share a customer number and a call id on purpose, and each
 keeps its own records of them."""
 from __future__ import annotations
@@ -24,12 +24,12 @@ from worker.status import collect, format_fleet
 DEMO_KEY = "demo-key"
 
 
-def run_demo(settings: Settings, tenants: int | None = None) -> int:
+def run_demo(settings: Settings, accounts: int | None = None) -> int:
     if settings.log_level != "DEBUG":
         # The demo prints each run's errors itself; log lines would only repeat them.
         logging.getLogger().setLevel(logging.ERROR)
-    if tenants:
-        return _accounts_demo(settings, tenants)
+    if accounts:
+        return _accounts_demo(settings, accounts)
     agents, executions = demo_dataset()
     with FakeBolna(agents, executions, api_key=DEMO_KEY, projection="trimmed") as bolna:
         demo_settings = settings.with_overrides(
@@ -93,15 +93,15 @@ def _print_collections(db) -> None:
               "kept under `suggested`)")
 
 
-def _accounts_demo(settings: Settings, tenants: int) -> int:
-    accounts = accounts_dataset(tenants, agents_per_account=2, calls_per_agent=6, seed=2026, span_days=3.0,
+def _accounts_demo(settings: Settings, how_many: int) -> int:
+    accounts = accounts_dataset(how_many, agents_per_account=2, calls_per_agent=6, seed=2026, span_days=3.0,
                                 transcript_chars=400, shared_ratio=0.2)
     with FakeBolna.serving(accounts, projection="trimmed") as bolna:
         demo_settings = settings.with_overrides(
-            mongodb_db="callsync_demo", tenant_source="mongodb", bolna_api_key=None, bolna_base_url=bolna.base_url,
+            mongodb_db="callsync_demo", account_source="mongodb", bolna_api_key=None, bolna_base_url=bolna.base_url,
             backfill_days=7, llm_calls_per_run=settings.llm_calls_per_run if settings.groq_api_keys else 100)
         client = HookedClient()
-        users = client[demo_settings.mongodb_db][demo_settings.tenants_collection]
+        users = client[demo_settings.mongodb_db][demo_settings.accounts_collection]
         users.insert_many([{"_id": account.label, "name": f"Demo organisation {n + 1}",
                             "bolnaApiKey": account.api_key, "subscription": {"status": "active"}}
                            for n, account in enumerate(accounts)])
@@ -110,13 +110,13 @@ def _accounts_demo(settings: Settings, tenants: int) -> int:
         fleet.subscribe(runs.append)
         try:
             fleet.prepare()
-            print(f"Demo: {tenants} accounts of 2 agents each in `users`, served by one fake Bolna API at "
+            print(f"Demo: {how_many} accounts of 2 agents each in `users`, served by one fake Bolna API at "
                   f"{bolna.base_url}, each under its own key; in-memory MongoDB.\n")
             fleet.work(ahead=timedelta(minutes=demo_settings.sync_interval_minutes))
             for run in sorted(runs, key=lambda run: (str(run["userId"]), JOB_NAMES.index(run["job"]))):
                 print(f"{run['userId']} run {run['job']}: {run['status']}  {json.dumps(run['counts'])}")
             _print_accounts(fleet.db, accounts)
-            print("\n" + format_fleet(collect(fleet, limit=tenants)))
+            print("\n" + format_fleet(collect(fleet, limit=how_many)))
         finally:
             fleet.close()
     return 0

@@ -402,7 +402,7 @@ def observe_webhooks(metrics: RunMetrics, tally: DeliveryTally, waiting: Callabl
 
 def observe_accounts(metrics: RunMetrics, counts: Callable[[], dict[str, int]]) -> None:
     """Accounts by schedule state (running, due, waiting, refused, retired), read by the refresh."""
-    metrics.refreshed("callsync_accounts", "Accounts in the schedule, by state (TENANT_SOURCE=mongodb)", counts,
+    metrics.refreshed("callsync_accounts", "Accounts in the schedule, by state (ACCOUNT_SOURCE=mongodb)", counts,
                       label="state")
 
 

@@ -13,7 +13,7 @@ from pymongo.database import Database
 from services import lease
 from services.database import CALLS, CONTACTS, CUSTOMERS
 from services.run_records import stale_after
-from services.tenancy.schedule import STATES
+from services.accounts.schedule import STATES
 from services.webhooks import DeliveryTally, Inbox
 from utils.clock import utcnow
 from utils.table import format_table
@@ -29,7 +29,7 @@ def collect(runtime: Runtime, limit: int = 50) -> dict:
     if runtime.account is None:
         overview = runtime.schedule.overview(limit=limit)
         return {"checkedAt": utcnow(), "accounts": overview["counts"], "total": overview["total"],
-                "listed": [_account_row(row) for row in overview["tenants"]]}
+                "listed": [_account_row(row) for row in overview["accounts"]]}
     db, runs, now = runtime.db, runtime.account.runs, utcnow()
     stale = stale_after(runtime.settings.sync_interval_minutes)
     return {
@@ -112,7 +112,7 @@ def _account_row(row: dict) -> dict:
     """Ids, states and times only: never a key (the schedule holds none, only its fingerprint)."""
     last = row.get("lastRun") or {}
     refused = row.get("refused") or {}
-    return {"account": str(row["tenantId"]), "state": row.get("state"), "dueAt": row.get("dueAt"),
+    return {"account": str(row["accountId"]), "state": row.get("state"), "dueAt": row.get("dueAt"),
             "runningOn": row.get(lease.BY), "lastStatus": last.get("status"),
             "lastFinishedAt": last.get("finishedAt"), "errors": last.get("errors"),
             "refused": f"{refused['reason']} (since {refused['since']:%Y-%m-%d %H:%M})" if refused else None}

@@ -11,7 +11,7 @@ list of addresses it sends from. Behind a reverse proxy the sender is in X-Forwa
 anyone can write: it is believed only from the configured proxies.
 
 Which account a delivery is for: the token in its URL says. Single-account mode has one token,
-WEBHOOK_TOKEN. With many accounts (TENANT_SOURCE=mongodb) each account has its own, derived from
+WEBHOOK_TOKEN. With many accounts (ACCOUNT_SOURCE=mongodb) each account has its own, derived from
 WEBHOOK_TOKEN and the account's id:
 
     token = HMAC-SHA256(key=WEBHOOK_TOKEN, message=str(account id)), in hex
@@ -119,8 +119,8 @@ class SenderPolicy:
         return address is not None and any(address in network for network in self.trusted_proxies)
 
 
-def account_token(secret: str, tenant_id: object) -> str:
-    return hmac.new(secret.encode(), str(tenant_id).encode(), hashlib.sha256).hexdigest()
+def account_token(secret: str, account_id: object) -> str:
+    return hmac.new(secret.encode(), str(account_id).encode(), hashlib.sha256).hexdigest()
 
 
 def _digest(token: str) -> bytes:
@@ -138,8 +138,8 @@ class AccountRoutes:
         self._inbox_of = inbox_of
         self._accounts: dict[bytes, object] = {}
 
-    def update(self, tenant_ids: Iterable[object]) -> None:
-        self._accounts = {_digest(account_token(self._secret, tenant_id)): tenant_id for tenant_id in tenant_ids}
+    def update(self, account_ids: Iterable[object]) -> None:
+        self._accounts = {_digest(account_token(self._secret, account_id)): account_id for account_id in account_ids}
 
     def inbox_for(self, token: str) -> Inbox | None:
         # Looked up by a digest of the token: how long a lookup takes depends on the digest, which

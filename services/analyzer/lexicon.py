@@ -151,7 +151,7 @@ CUSTOMER_PHRASES: dict[str, tuple[str, ...]] = {
     ),
     NOT_THAT_PERSON: (
         "not his number", "not her number", "not their number", "not _ number", "no _ here",
-        "no _ is here", "no _ _ here", "is not there", "moved out", "was my tenant", "got this number",
+        "no _ is here", "no _ _ here", "is not there", "moved out", "was my account", "got this number",
         "this number is mine", "had this number", "not the person", "number check karo", "yahan koi",
         "koi _ nahi hai", "kaun _", "main _ nahi hoon", "mera number hai", "yaarum illa", "yaarum illai",
         "nu yaarum", "no _ at this number", "ka number nahi", "kisi aur", "inga illa",

@@ -28,7 +28,7 @@ from services.writers import bulk_upsert, records_by_phone
 from services.pipelines import PipelineCatalog
 from services.privacy import Eraser
 from services.run_records import RunRecorder
-from services.tenancy.accounts import read_path
+from services.accounts.source import read_path
 from utils.clock import utcnow
 from utils.config import Settings
 from utils.phone import Phone

@@ -1,5 +1,5 @@
-"""The accounts to serve (TENANT_SOURCE): the one of BOLNA_API_KEY, or those of the CRM's
-accounts collection, each mapped through the field map (TENANT_FIELDS) and checked value by value,
+"""The accounts to serve (ACCOUNT_SOURCE): the one of BOLNA_API_KEY, or those of the CRM's
+accounts collection, each mapped through the field map (ACCOUNT_FIELDS) and checked value by value,
 its keys made plain (README, "Encrypted keys"). An account that cannot be served is skipped whole
 and reported, with its reason, and never keeps the others from running."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from bson import ObjectId
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pymongo.database import Database
 
-from services.tenancy.scoped import account_id_problem
+from services.accounts.scoped import account_id_problem
 from utils.config import ConfigError, Settings, fernet_keys
 from utils.config import region as parse_region
 
@@ -26,7 +26,7 @@ _COPY = "_id is a string that spells another account's ObjectId: their records' 
 
 
 @dataclass(frozen=True)
-class Tenant:
+class Account:
     """One account the daemon serves: its id (written as `userId` on every record it owns) and the
     keys and limits it runs with."""
     id: object  # the account document's _id (ObjectId or str); None in single-account mode
@@ -50,20 +50,20 @@ class Tenant:
         return "env" if self.id is None else str(self.id)
 
 
-class UnusableTenant(ValueError):
+class UnusableAccount(ValueError):
     """An account document the daemon cannot serve; the reason names fields, never their values
     when they are keys."""
 
-    def __init__(self, tenant_id: object, reason: str):
-        super().__init__(f"tenant {tenant_id}: {reason}")
-        self.tenant_id = tenant_id
+    def __init__(self, account_id: object, reason: str):
+        super().__init__(f"account {account_id}: {reason}")
+        self.account_id = account_id
         self.reason = reason
 
 
 @dataclass(frozen=True)
-class TenantList:
-    tenants: tuple[Tenant, ...]
-    skipped: tuple[UnusableTenant, ...] = ()
+class AccountList:
+    accounts: tuple[Account, ...]
+    skipped: tuple[UnusableAccount, ...] = ()
 
 
 class KeyReader:
@@ -72,90 +72,90 @@ class KeyReader:
 
     @classmethod
     def from_secret(cls, secret: str | None) -> "KeyReader":
-        """Checked at start-up (TenantSource): a bad secret would otherwise skip every account, run
+        """Checked at start-up (AccountSource): a bad secret would otherwise skip every account, run
         after run."""
         if not secret:
             return cls(None)
         try:
             parts = fernet_keys(secret)
         except ValueError as exc:
-            raise ConfigError(f"TENANT_KEYS_SECRET is invalid: {exc}") from None
+            raise ConfigError(f"ACCOUNT_KEYS_SECRET is invalid: {exc}") from None
         return cls(MultiFernet([Fernet(part) for part in parts]))
 
     def encrypt(self, plain: str) -> str:
         """A key as it is to be stored (with the secret's first key)."""
         if self._fernet is None:
-            raise ConfigError("TENANT_KEYS_SECRET is not set: there is nothing to encrypt with")
+            raise ConfigError("ACCOUNT_KEYS_SECRET is not set: there is nothing to encrypt with")
         return self._fernet.encrypt(plain.encode()).decode()
 
-    def plain(self, stored: str, *, tenant_id: object, field: str) -> str:
-        """The usable key, stripped; UnusableTenant (naming the tenant and the field, never the
+    def plain(self, stored: str, *, account_id: object, field: str) -> str:
+        """The usable key, stripped; UnusableAccount (naming the account and the field, never the
         value) when it cannot be had."""
         if self._fernet is None:
             if stored.strip().startswith(TOKEN_PREFIX):
                 # Sending a token to Bolna as a key would only earn 401s, and a secret forgotten
                 # in the deployment is the likely cause, so it is said here.
-                raise UnusableTenant(tenant_id, f"{field} looks encrypted but TENANT_KEYS_SECRET is not set")
+                raise UnusableAccount(account_id, f"{field} looks encrypted but ACCOUNT_KEYS_SECRET is not set")
             key = stored.strip()
         else:
             try:
                 key = self._fernet.decrypt(stored.strip()).decode("utf-8").strip()
             except (InvalidToken, ValueError, TypeError):
                 # ValueError: text that is not even base64, or a plaintext that is not UTF-8.
-                raise UnusableTenant(tenant_id, f"{field} does not decrypt with TENANT_KEYS_SECRET (encrypted "
+                raise UnusableAccount(account_id, f"{field} does not decrypt with ACCOUNT_KEYS_SECRET (encrypted "
                                                 "with another key, or stored unencrypted)") from None
         if not key:
-            raise UnusableTenant(tenant_id, f"{field} is empty")
+            raise UnusableAccount(account_id, f"{field} is empty")
         return key
 
 
-class TenantSource:
+class AccountSource:
     def __init__(self, settings: Settings, db: Database | None = None):
         self._settings = settings
-        if settings.tenant_source == "mongodb":
+        if settings.account_source == "mongodb":
             if db is None:
-                raise ConfigError("TENANT_SOURCE=mongodb reads the accounts from MongoDB: a database is needed")
-            self._keys = KeyReader.from_secret(settings.tenant_keys_secret)
-            self._collection = db[settings.tenants_collection]
+                raise ConfigError("ACCOUNT_SOURCE=mongodb reads the accounts from MongoDB: a database is needed")
+            self._keys = KeyReader.from_secret(settings.account_keys_secret)
+            self._collection = db[settings.accounts_collection]
         elif not settings.bolna_api_key:
-            raise ConfigError("BOLNA_API_KEY is not set: TENANT_SOURCE=env serves the account of that key")
+            raise ConfigError("BOLNA_API_KEY is not set: ACCOUNT_SOURCE=env serves the account of that key")
         else:  # single-account mode: the account of BOLNA_API_KEY, nothing overridden
-            self._env = Tenant(id=None, bolna_api_key=settings.bolna_api_key, agent_ids=settings.bolna_agent_ids)
+            self._env = Account(id=None, bolna_api_key=settings.bolna_api_key, agent_ids=settings.bolna_agent_ids)
 
-    def load(self) -> TenantList:
+    def load(self) -> AccountList:
         """The accounts as they are now; called again to follow the CRM's changes."""
-        if self._settings.tenant_source != "mongodb":
-            return TenantList((self._env,))
-        return self._read(self._settings.tenants_query)
+        if self._settings.account_source != "mongodb":
+            return AccountList((self._env,))
+        return self._read(self._settings.accounts_query)
 
-    def find(self, tenant_id: object) -> Tenant | None:
-        """The account `tenant_id` when TENANTS_FILTER lists it (else None); UnusableTenant, with
+    def find(self, account_id: object) -> Account | None:
+        """The account `account_id` when ACCOUNTS_FILTER lists it (else None); UnusableAccount, with
         the reason, when it is listed but cannot be served."""
-        listed = self._read({"$and": [self._settings.tenants_query, {"_id": tenant_id}]})
+        listed = self._read({"$and": [self._settings.accounts_query, {"_id": account_id}]})
         if listed.skipped:
             raise listed.skipped[0]
-        return listed.tenants[0] if listed.tenants else None
+        return listed.accounts[0] if listed.accounts else None
 
-    def _read(self, query: dict) -> TenantList:
-        fields = self._settings.tenant_fields
-        tenants: list[Tenant] = []
-        skipped: list[UnusableTenant] = []
+    def _read(self, query: dict) -> AccountList:
+        fields = self._settings.account_fields
+        accounts: list[Account] = []
+        skipped: list[UnusableAccount] = []
         for document in self._collection.find(query, projection=projection(fields), sort=[("_id", 1)]):
             try:
-                tenants.append(tenant_from_document(document, fields, self._keys))
-            except UnusableTenant as exc:
+                accounts.append(account_from_document(document, fields, self._keys))
+            except UnusableAccount as exc:
                 skipped.append(exc)
         # A string id that spells another account's ObjectId: the ids of its records (`local_id`)
         # and its webhook token would be that account's.
-        spelled = {ObjectId(t.id): t.id for t in tenants
+        spelled = {ObjectId(t.id): t.id for t in accounts
                    if isinstance(t.id, str) and ObjectId.is_valid(t.id) and str(ObjectId(t.id)) == t.id}
         copies = set()
         if spelled:
             copies = {spelled[d["_id"]] for d in self._collection.find({"_id": {"$in": list(spelled)}}, {"_id": 1})}
-        skipped += [UnusableTenant(tenant.id, _COPY) for tenant in tenants if tenant.id in copies]
+        skipped += [UnusableAccount(account.id, _COPY) for account in accounts if account.id in copies]
         for exc in skipped:
-            log.warning("tenant %s skipped: %s", exc.tenant_id, exc.reason, extra={"event": "tenant_skipped"})
-        return TenantList(tuple(t for t in tenants if t.id not in copies), tuple(skipped))
+            log.warning("account %s skipped: %s", exc.account_id, exc.reason, extra={"event": "account_skipped"})
+        return AccountList(tuple(t for t in accounts if t.id not in copies), tuple(skipped))
 
 
 def read_path(document: Mapping, path: str) -> object:
@@ -179,55 +179,55 @@ def projection(fields: Mapping[str, str]) -> dict[str, int]:
     return {path: 1 for path in sorted(kept)}
 
 
-def tenant_from_document(document: Mapping, fields: Mapping[str, str], keys: KeyReader) -> Tenant:
-    tenant_id = document["_id"]
-    if (problem := account_id_problem(tenant_id)) is not None:
-        raise UnusableTenant(tenant_id, problem)
+def account_from_document(document: Mapping, fields: Mapping[str, str], keys: KeyReader) -> Account:
+    account_id = document["_id"]
+    if (problem := account_id_problem(account_id)) is not None:
+        raise UnusableAccount(account_id, problem)
 
     def key(name: str, required: bool) -> str | None:
         path = fields[name]
         stored = read_path(document, path)
         if stored is None or (isinstance(stored, str) and not stored.strip()):
             if required:
-                raise UnusableTenant(tenant_id, f"{path} is missing or empty")
+                raise UnusableAccount(account_id, f"{path} is missing or empty")
             return None
         if not isinstance(stored, str):
-            raise UnusableTenant(tenant_id, f"{path} is not a string")
-        return keys.plain(stored, tenant_id=tenant_id, field=path)
+            raise UnusableAccount(account_id, f"{path} is not a string")
+        return keys.plain(stored, account_id=account_id, field=path)
 
-    return Tenant(
-        id=tenant_id,
+    return Account(
+        id=account_id,
         bolna_api_key=key("bolnaApiKey", required=True),
-        agent_ids=_agent_ids(document, fields["agentIds"], tenant_id),
+        agent_ids=_agent_ids(document, fields["agentIds"], account_id),
         groq_api_key=key("groqApiKey", required=False),
-        phone_region=_region(document, fields["phoneRegion"], tenant_id),
-        llm_batch_limit=_positive_int(document, fields["llmBatchLimit"], tenant_id),
-        bolna_requests_per_minute=_positive_int(document, fields["bolnaRequestsPerMinute"], tenant_id),
+        phone_region=_region(document, fields["phoneRegion"], account_id),
+        llm_batch_limit=_positive_int(document, fields["llmBatchLimit"], account_id),
+        bolna_requests_per_minute=_positive_int(document, fields["bolnaRequestsPerMinute"], account_id),
     )
 
 
-def _agent_ids(document: Mapping, path: str, tenant_id: object) -> tuple[str, ...]:
+def _agent_ids(document: Mapping, path: str, account_id: object) -> tuple[str, ...]:
     value = read_path(document, path)
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item.strip() for item in value):
-        raise UnusableTenant(tenant_id, f"{path} must be a list of agent ids (non-empty strings)")
+        raise UnusableAccount(account_id, f"{path} must be a list of agent ids (non-empty strings)")
     return tuple(dict.fromkeys(item.strip() for item in value))
 
 
-def _region(document: Mapping, path: str, tenant_id: object) -> str | None:
+def _region(document: Mapping, path: str, account_id: object) -> str | None:
     value = read_path(document, path)
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise UnusableTenant(tenant_id, f"{path} must be a region code such as IN or US")
+        raise UnusableAccount(account_id, f"{path} must be a region code such as IN or US")
     try:
         return parse_region(value)
     except ValueError as exc:
-        raise UnusableTenant(tenant_id, f"{path} {exc} (got {value!r})") from None
+        raise UnusableAccount(account_id, f"{path} {exc} (got {value!r})") from None
 
 
-def _positive_int(document: Mapping, path: str, tenant_id: object) -> int | None:
+def _positive_int(document: Mapping, path: str, account_id: object) -> int | None:
     value = read_path(document, path)
     if value is None:
         return None
@@ -235,5 +235,5 @@ def _positive_int(document: Mapping, path: str, tenant_id: object) -> int | None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UnusableTenant(tenant_id, f"{path} must be a whole number of at least 1 (got {value!r})")
+        raise UnusableAccount(account_id, f"{path} must be a whole number of at least 1 (got {value!r})")
     return value

@@ -1,6 +1,6 @@
-"""The tenant schedule (services/tenancy/schedule.py): registering the tenant list, claims under
-leases, and that replicas sharing it never sync one tenant at once. On mongomock through the `db`
-fixture (each operation whole, as on a server); tests/test_mongodb_integration_tenant_schedule.py
+"""The account schedule (services/accounts/schedule.py): registering the account list, claims under
+leases, and that replicas sharing it never sync one account at once. On mongomock through the `db`
+fixture (each operation whole, as on a server); tests/test_mongodb_integration_account_schedule.py
 runs them again on a real server."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pymongo.errors import BulkWriteError
 
 from fakes.mongo_hooks import HookedClient, RoundTripCounter
 from services.database import SCHEDULE_INDEXES
-from services.tenancy.schedule import (DUE, REFUSED, RETIRED, RUNNING, WAITING, TenantSchedule, first_due_times,
+from services.accounts.schedule import (DUE, REFUSED, RETIRED, RUNNING, WAITING, AccountSchedule, first_due_times,
                                        next_due)
 from tests.conftest import TEST_DB
 from worker.status import collect
@@ -66,22 +66,22 @@ def schedule_collection(db):
 
 @pytest.fixture
 def replica(schedule_collection, clock):
-    """replica(owner) -> a TenantSchedule of that replica on the shared collection and clock."""
-    def make(owner: str = "host-a:1:x") -> TenantSchedule:
-        return TenantSchedule(schedule_collection, owner, LEASE, INTERVAL, clock)
+    """replica(owner) -> a AccountSchedule of that replica on the shared collection and clock."""
+    def make(owner: str = "host-a:1:x") -> AccountSchedule:
+        return AccountSchedule(schedule_collection, owner, LEASE, INTERVAL, clock)
     return make
 
 
-def stored(collection, tenant_id) -> dict:
-    return collection.find_one({"_id": tenant_id})
+def stored(collection, account_id) -> dict:
+    return collection.find_one({"_id": account_id})
 
 
-def make_due(collection, clock, *tenant_ids) -> None:
-    """Bring the tenants' first slots forward to now (register spreads them over an interval)."""
-    collection.update_many({"_id": {"$in": list(tenant_ids)}}, {"$set": {"dueAt": clock()}})
+def make_due(collection, clock, *account_ids) -> None:
+    """Bring the accounts' first slots forward to now (register spreads them over an interval)."""
+    collection.update_many({"_id": {"$in": list(account_ids)}}, {"$set": {"dueAt": clock()}})
 
 
-def claim_all(schedule: TenantSchedule) -> list:
+def claim_all(schedule: AccountSchedule) -> list:
     claims = []
     while (claim := schedule.claim_due()) is not None:
         claims.append(claim)
@@ -123,7 +123,7 @@ def test_first_due_times_spread_evenly_over_one_interval():
 
 # -- register ---------------------------------------------------------------------------------
 
-def test_new_tenants_are_spread_over_one_interval_and_a_lone_newcomer_is_due_at_once(replica, schedule_collection,
+def test_new_accounts_are_spread_over_one_interval_and_a_lone_newcomer_is_due_at_once(replica, schedule_collection,
                                                                                      clock):
     result = replica().register([(f"t{n}", "fp") for n in range(60)])
     assert result.added == 60
@@ -143,60 +143,60 @@ def counted(mongo, clock):
     counter = RoundTripCounter()
     collection = HookedClient(mongo, counter)[TEST_DB][COLLECTION]
     collection.create_indexes(SCHEDULE_INDEXES)
-    return TenantSchedule(collection, "host-a:1:x", LEASE, INTERVAL, clock), collection, counter
+    return AccountSchedule(collection, "host-a:1:x", LEASE, INTERVAL, clock), collection, counter
 
 
 def test_a_second_register_of_an_unchanged_list_writes_nothing(counted, clock):
     schedule, collection, counter = counted
-    tenants = [(f"t{n}", "fp") for n in range(5)]
-    schedule.register(tenants)
+    accounts = [(f"t{n}", "fp") for n in range(5)]
+    schedule.register(accounts)
     before = list(collection.find(sort=[("_id", 1)]))
     counter.reset()
     clock.advance(10)
-    result = schedule.register(tenants)
+    result = schedule.register(accounts)
     assert (result.added, result.rekeyed, result.retired, result.returned) == (0, 0, 0, 0)
     assert dict(counter.by_method) == {"find": 1}
     assert list(collection.find(sort=[("_id", 1)])) == before
 
 
-def test_a_changed_key_clears_the_refusal_and_the_tenant_is_due_again(replica, schedule_collection, clock):
+def test_a_changed_key_clears_the_refusal_and_the_account_is_due_again(replica, schedule_collection, clock):
     schedule = replica()
     schedule.register([("t1", "fp-1"), ("t2", "fp-2")])
     make_due(schedule_collection, clock, "t1", "t2")
     claim = schedule.claim_due()
-    assert claim.tenant_id == "t1" and claim.key_fingerprint == "fp-1"
+    assert claim.account_id == "t1" and claim.key_fingerprint == "fp-1"
     assert schedule.mark_refused(claim, "401 invalid api key")
 
     # The same key again: still refused.
     assert schedule.register([("t1", "fp-1"), ("t2", "fp-2")]).rekeyed == 0
-    assert [c.tenant_id for c in claim_all(schedule)] == ["t2"]
+    assert [c.account_id for c in claim_all(schedule)] == ["t2"]
 
     result = schedule.register([("t1", "fp-1b"), ("t2", "fp-2")])
     assert result.rekeyed == 1
     doc = stored(schedule_collection, "t1")
     assert doc["active"] and "refused" not in doc and doc["keyFingerprint"] == "fp-1b"
     again = schedule.claim_due()
-    assert again.tenant_id == "t1" and again.key_fingerprint == "fp-1b"
+    assert again.account_id == "t1" and again.key_fingerprint == "fp-1b"
 
 
-def test_unlisted_tenants_are_retired_and_return_when_listed_again(replica, schedule_collection, clock):
+def test_unlisted_accounts_are_retired_and_return_when_listed_again(replica, schedule_collection, clock):
     schedule = replica()
     schedule.register([("t1", "a"), ("t2", "b"), ("t3", "c")])
     make_due(schedule_collection, clock, "t1", "t2", "t3")
     result = schedule.register([("t1", "a")])
     assert (result.retired, result.added) == (2, 0)
     assert stored(schedule_collection, "t2")["retiredAt"] == clock()
-    assert [c.tenant_id for c in claim_all(schedule)] == ["t1"]
+    assert [c.account_id for c in claim_all(schedule)] == ["t1"]
 
     clock.advance(1)
     result = schedule.register([("t1", "a"), ("t2", "b"), ("t3", "c")])
     assert (result.returned, result.retired) == (2, 0)
     assert all(doc["active"] and "retiredAt" not in doc for doc in schedule_collection.find())
     # Their slot was kept, and passed while they were away: due at once.
-    assert sorted(c.tenant_id for c in claim_all(schedule)) == ["t2", "t3"]
+    assert sorted(c.account_id for c in claim_all(schedule)) == ["t2", "t3"]
 
 
-def test_a_retired_tenant_whose_key_was_refused_returns_still_refused(replica, schedule_collection, clock):
+def test_a_retired_account_whose_key_was_refused_returns_still_refused(replica, schedule_collection, clock):
     schedule = replica()
     schedule.register([("t1", "a"), ("t2", "b")])
     make_due(schedule_collection, clock, "t1", "t2")
@@ -207,11 +207,11 @@ def test_a_retired_tenant_whose_key_was_refused_returns_still_refused(replica, s
     assert schedule.register([("t1", "a"), ("t2", "b")]).returned == 1
     doc = stored(schedule_collection, "t1")
     assert "retiredAt" not in doc and not doc["active"] and doc["refused"]["reason"] == "403"
-    assert [c.tenant_id for c in claim_all(schedule)] == ["t2"]
+    assert [c.account_id for c in claim_all(schedule)] == ["t2"]
 
 
-def test_a_tenant_another_replica_registered_meanwhile_is_passed_over(mongo, clock):
-    other_replica = TenantSchedule(HookedClient(mongo)[TEST_DB][COLLECTION], "host-b:2:y", LEASE, INTERVAL, clock)
+def test_a_account_another_replica_registered_meanwhile_is_passed_over(mongo, clock):
+    other_replica = AccountSchedule(HookedClient(mongo)[TEST_DB][COLLECTION], "host-b:2:y", LEASE, INTERVAL, clock)
 
     def register_first(collection, method):
         # Between this replica's read and its write, the other replica registers t2.
@@ -221,7 +221,7 @@ def test_a_tenant_another_replica_registered_meanwhile_is_passed_over(mongo, clo
     raced: list = []
     collection = HookedClient(mongo, register_first)[TEST_DB][COLLECTION]
     collection.create_indexes(SCHEDULE_INDEXES)
-    result = TenantSchedule(collection, "host-a:1:x", LEASE, INTERVAL, clock).register(
+    result = AccountSchedule(collection, "host-a:1:x", LEASE, INTERVAL, clock).register(
         [("t1", "a"), ("t2", "b"), ("t3", "c")])
     assert raced and result.added == 3
     assert sorted(doc["_id"] for doc in collection.find({"active": True})) == ["t1", "t2", "t3"]
@@ -230,20 +230,20 @@ def test_a_tenant_another_replica_registered_meanwhile_is_passed_over(mongo, clo
 def test_a_failed_write_of_register_is_raised(mongo, clock):
     collection = HookedClient(mongo)[TEST_DB][COLLECTION]
     collection.create_indexes(SCHEDULE_INDEXES)
-    collection.create_index([("keyFingerprint", 1)], unique=True)  # any write error but a duplicate tenant
+    collection.create_index([("keyFingerprint", 1)], unique=True)  # any write error but a duplicate account
     with pytest.raises(BulkWriteError):
-        TenantSchedule(collection, "host-a:1:x", LEASE, INTERVAL, clock).register([("t1", "a"), ("t2", "a")])
+        AccountSchedule(collection, "host-a:1:x", LEASE, INTERVAL, clock).register([("t1", "a"), ("t2", "a")])
 
 
-def test_registering_10000_tenants_takes_two_round_trips(counted):
+def test_registering_10000_accounts_takes_two_round_trips(counted):
     schedule, collection, counter = counted
-    tenants = [(f"t{n:05d}", "fp") for n in range(10_000)]
+    accounts = [(f"t{n:05d}", "fp") for n in range(10_000)]
     counter.reset()
-    assert schedule.register(tenants).added == 10_000
+    assert schedule.register(accounts).added == 10_000
     assert dict(counter.by_method) == {"find": 1, "bulk_write": 1}
 
     # A thousand rekeyed, a thousand gone, a thousand new: still two.
-    changed = ([(tenant_id, "fp-new") for tenant_id, _ in tenants[:1000]] + tenants[1000:9000]
+    changed = ([(account_id, "fp-new") for account_id, _ in accounts[:1000]] + accounts[1000:9000]
                + [(f"n{n:05d}", "fp") for n in range(1000)])
     counter.reset()
     result = schedule.register(changed)
@@ -255,19 +255,19 @@ def test_registering_10000_tenants_takes_two_round_trips(counted):
 
 # -- claims -----------------------------------------------------------------------------------
 
-def test_only_due_tenants_are_claimed_oldest_due_first(replica, schedule_collection, clock):
+def test_only_due_accounts_are_claimed_oldest_due_first(replica, schedule_collection, clock):
     schedule = replica()
     schedule.register([("t1", "a"), ("t2", "b"), ("t3", "c")])
     schedule_collection.update_one({"_id": "t1"}, {"$set": {"dueAt": START - timedelta(seconds=5)}})
     schedule_collection.update_one({"_id": "t2"}, {"$set": {"dueAt": START - timedelta(seconds=50)}})
     schedule_collection.update_one({"_id": "t3"}, {"$set": {"dueAt": START + timedelta(seconds=1)}})
     first = schedule.claim_due()
-    assert (first.tenant_id, first.due_at) == ("t2", START - timedelta(seconds=50))
+    assert (first.account_id, first.due_at) == ("t2", START - timedelta(seconds=50))
     assert first.claimed_at == START and first.acquired_until == START + timedelta(seconds=LEASE)
-    assert schedule.claim_due().tenant_id == "t1"
+    assert schedule.claim_due().account_id == "t1"
     assert schedule.claim_due() is None  # t3 is not due yet
     clock.advance(1)
-    assert schedule.claim_due().tenant_id == "t3"
+    assert schedule.claim_due().account_id == "t3"
     lease = stored(schedule_collection, "t2")
     assert lease["acquired_by"] == "host-a:1:x" and lease["acquired_token"] == first.token
 
@@ -282,7 +282,7 @@ def test_a_live_lease_is_left_alone_and_an_expired_one_taken_over(replica, sched
     assert b.claim_due() is None
     clock.advance(1)
     taken = b.claim_due()
-    assert taken.tenant_id == "t1" and taken.token != held.token and taken.due_at == held.due_at
+    assert taken.account_id == "t1" and taken.token != held.token and taken.due_at == held.due_at
     assert stored(schedule_collection, "t1")["acquired_by"] == "host-b:2:y"
     # Replica a, had it only been paused, can no longer write anything for t1.
     assert not a.renew(held) and not a.finish(held, {"status": "ok"})
@@ -301,7 +301,7 @@ def test_renew_keeps_a_long_sync_from_being_taken_over(replica, clock):
         assert a.renew(held)
         assert b.claim_due() is None
     clock.advance(LEASE)
-    assert b.claim_due().tenant_id == "t1"
+    assert b.claim_due().account_id == "t1"
 
 
 def test_finish_records_the_run_and_sets_the_next_slot(replica, schedule_collection, clock):
@@ -329,18 +329,18 @@ def test_a_result_without_a_status_is_refused(replica):
         schedule.finish(schedule.claim_due(), {"calls": 3})
 
 
-def test_release_gives_the_tenant_back_still_due(replica, schedule_collection):
+def test_release_gives_the_account_back_still_due(replica, schedule_collection):
     a, b = replica("host-a:1:x"), replica("host-b:2:y")
     a.register([("t1", "a")])
     claim = a.claim_due()
     assert a.release(claim)
     doc = stored(schedule_collection, "t1")
     assert "lease" not in doc and doc["dueAt"] == START and "lastRun" not in doc
-    assert b.claim_due().tenant_id == "t1"
+    assert b.claim_due().account_id == "t1"
     assert not a.release(claim)
 
 
-def test_a_refused_tenant_is_skipped_and_the_others_go_on(replica, schedule_collection, clock):
+def test_a_refused_account_is_skipped_and_the_others_go_on(replica, schedule_collection, clock):
     schedule = replica()
     schedule.register([("t1", "a"), ("t2", "b")])
     make_due(schedule_collection, clock, "t1", "t2")
@@ -353,7 +353,7 @@ def test_a_refused_tenant_is_skipped_and_the_others_go_on(replica, schedule_coll
     assert not doc["active"] and "lease" not in doc and doc["dueAt"] == START
     assert doc["lastRun"]["status"] == REFUSED and doc["lastRun"]["errors"] == ["401 unauthorized"]
     [other] = claim_all(schedule)
-    assert other.tenant_id == "t2"
+    assert other.account_id == "t2"
     schedule.finish(other, {"status": "ok"}, after=START + timedelta(days=1))
     clock.advance(10 * INTERVAL)
     assert schedule.claim_due() is None  # t1 is skipped however long it has been due
@@ -372,14 +372,14 @@ def test_a_key_that_changed_during_the_sync_is_not_marked_refused(replica, sched
 
 # -- replicas ---------------------------------------------------------------------------------
 
-def test_replicas_never_sync_one_tenant_at_once_and_sync_every_tenant(schedule_collection, clock):
-    """Four replicas claim, hold for a moment (a sync) and finish, over 12 tenants for five
+def test_replicas_never_sync_one_account_at_once_and_sync_every_account(schedule_collection, clock):
+    """Four replicas claim, hold for a moment (a sync) and finish, over 12 accounts for five
     intervals of the shared clock. Each hold is recorded from after its claim returned to before
     its finish was sent, so a recorded hold lies within the real one: two that overlap for one
-    tenant are two replicas syncing it at once."""
-    tenants = [(f"t{n:02d}", "fp") for n in range(12)]
+    account are two replicas syncing it at once."""
+    accounts = [(f"t{n:02d}", "fp") for n in range(12)]
     interval = 10
-    TenantSchedule(schedule_collection, "registrar", LEASE * 20, interval, clock).register(tenants)
+    AccountSchedule(schedule_collection, "registrar", LEASE * 20, interval, clock).register(accounts)
     end = START + timedelta(seconds=5 * interval)
     ticks, tick_lock = iter(range(10 ** 9)), threading.Lock()
     holds: dict[str, list] = defaultdict(list)
@@ -393,7 +393,7 @@ def test_replicas_never_sync_one_tenant_at_once_and_sync_every_tenant(schedule_c
 
     def run(owner: str, seed: int) -> None:
         # A lease longer than the whole run: a takeover here would be a bug, not an expiry.
-        schedule = TenantSchedule(schedule_collection, owner, LEASE * 20, interval, clock)
+        schedule = AccountSchedule(schedule_collection, owner, LEASE * 20, interval, clock)
         pace = random.Random(seed)
         go.wait()
         while clock() < end:
@@ -412,7 +412,7 @@ def test_replicas_never_sync_one_tenant_at_once_and_sync_every_tenant(schedule_c
             finished = tick()
             if not schedule.finish(claim, {"status": "ok"}):
                 lost.append(claim)
-            holds[claim.tenant_id].append((start, finished, owner))
+            holds[claim.account_id].append((start, finished, owner))
             with tick_lock:
                 busy[0] -= 1
 
@@ -424,11 +424,11 @@ def test_replicas_never_sync_one_tenant_at_once_and_sync_every_tenant(schedule_c
     assert not any(thread.is_alive() for thread in threads)
 
     assert not lost
-    assert set(holds) == {tenant_id for tenant_id, _ in tenants}
-    for tenant_id, spans in holds.items():
+    assert set(holds) == {account_id for account_id, _ in accounts}
+    for account_id, spans in holds.items():
         spans.sort()
-        assert all(earlier[1] < later[0] for earlier, later in zip(spans, spans[1:])), (tenant_id, spans)
-        assert 4 <= len(spans) <= 6, (tenant_id, len(spans))  # once a slot, five intervals
+        assert all(earlier[1] < later[0] for earlier, later in zip(spans, spans[1:])), (account_id, spans)
+        assert 4 <= len(spans) <= 6, (account_id, len(spans))  # once a slot, five intervals
     assert len({owner for spans in holds.values() for _, _, owner in spans}) > 1
     assert schedule_collection.count_documents({"acquired_token": {"$exists": True}}) == 0
 
@@ -454,13 +454,13 @@ def test_overview_counts_each_state_and_lists_the_longest_due_first(replica, sch
     overview = schedule.overview()
     assert overview["counts"] == {RUNNING: 1, RETIRED: 1, REFUSED: 1, DUE: 2, WAITING: 1}
     assert overview["total"] == 6
-    rows = overview["tenants"]
-    assert [(row["tenantId"], row["state"]) for row in rows] == [
+    rows = overview["accounts"]
+    assert [(row["accountId"], row["state"]) for row in rows] == [
         ("t0", REFUSED), ("t1", RUNNING), ("t2", DUE), ("t4", DUE), ("t5", WAITING)]
     assert rows[0]["refused"]["reason"] == "401" and rows[0]["lastRun"]["status"] == REFUSED
     assert rows[1]["acquired_by"] == "host-a:1:x" and "acquired_token" not in rows[1]
     assert rows[1]["acquired_until"] == START + timedelta(seconds=2 * LEASE - 5)
     assert rows[2]["acquired_by"] == "host-dead:9:z"  # still shown: whose lease expired
-    assert [row["tenantId"] for row in schedule.overview(limit=2)["tenants"]] == ["t0", "t1"]
+    assert [row["accountId"] for row in schedule.overview(limit=2)["accounts"]] == ["t0", "t1"]
     listed = collect(SimpleNamespace(account=None, schedule=schedule))["listed"]  # main.py status: the replica of each lease
     assert [row["runningOn"] for row in listed[:3]] == [None, "host-a:1:x", "host-dead:9:z"]

@@ -1,15 +1,15 @@
-"""The tenant schedule: when each tenant (account) is synced next, and which replica syncs it now,
-under a lease (services/lease.py). One document per tenant, `_id` the tenant id; its fields and
+"""The account schedule: when each account (account) is synced next, and which replica syncs it now,
+under a lease (services/lease.py). One document per account, `_id` the account id; its fields and
 its index: docs/collections.md (`tenant_schedule`); how replicas share the work, and how
 `LeaseKeeper` fences a replica whose lease may be gone: docs/scaling.md.
 
-`active` is false while the tenant is retired or its key refused: it leads the claim index, so
-the tenants that must be skipped (which stay overdue for as long as they are skipped) are outside
+`active` is false while the account is retired or its key refused: it leads the claim index, so
+the accounts that must be skipped (which stay overdue for as long as they are skipped) are outside
 the range a claim scans, however many there are. Every write that sets or clears `retiredAt` or
 `refused` sets `active` with it.
 
-`register` and `overview` read the whole collection on purpose (a few small fields per tenant,
-once per tenant-list refresh and per status request); every other write selects by `_id`.
+`register` and `overview` read the whole collection on purpose (a few small fields per account,
+once per account-list refresh and per status request); every other write selects by `_id`.
 
 `LlmQuota` is the ceiling on LLM analyses across every account and replica (docs/collections.md,
 `llm_quota`). Its `$inc` never upserts: the total it returns is what the take is decided on, and
@@ -42,13 +42,13 @@ _ROW_FIELDS = ("dueAt", "keyFingerprint", lease.BY, lease.UNTIL, "refused", "ret
 
 
 @dataclass(frozen=True)
-class TenantClaim:
-    tenant_id: object
+class AccountClaim:
+    account_id: object
     token: str  # unique per claim: only the holder of the current claim may write the outcome
     due_at: datetime  # the slot this sync serves: the next one is counted from it (`next_due`)
     claimed_at: datetime
     acquired_until: datetime
-    key_fingerprint: str  # the key the schedule knew when the tenant was claimed
+    key_fingerprint: str  # the key the schedule knew when the account was claimed
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,13 @@ class RegisterResult:
 
 
 def next_due(previous_due: datetime, interval: timedelta, now: datetime) -> datetime:
-    """The tenant's next slot: `previous_due` plus whole intervals, the first at least half an
+    """The account's next slot: `previous_due` plus whole intervals, the first at least half an
     interval after `now` (the end of the sync).
 
-    Slots keep each tenant's place in the interval, so tenants spread over it (the first
-    register spreads them) stay spread: `now + interval` would move every tenant to when its sync
-    happened to end, and after an outage all tenants synced in one burst would stay bunched for
-    good. Whole intervals are skipped when a sync overran or the tenant waited (replicas down),
+    Slots keep each account's place in the interval, so accounts spread over it (the first
+    register spreads them) stay spread: `now + interval` would move every account to when its sync
+    happened to end, and after an outage all accounts synced in one burst would stay bunched for
+    good. Whole intervals are skipped when a sync overran or the account waited (replicas down),
     rather than syncing it again at once for each missed slot; the half interval keeps a sync
     that ended just before its next slot from running again straight away."""
     slots = max(1, -(-(now + interval / 2 - previous_due) // interval))  # ceiling division
@@ -74,57 +74,57 @@ def next_due(previous_due: datetime, interval: timedelta, now: datetime) -> date
 
 
 def first_due_times(count: int, interval: timedelta, now: datetime) -> list[datetime]:
-    """Due times of `count` tenants registered together, evenly over one interval from `now`, so
-    that they are not all due at once, then or later (`next_due`); a single new tenant is due now."""
+    """Due times of `count` accounts registered together, evenly over one interval from `now`, so
+    that they are not all due at once, then or later (`next_due`); a single new account is due now."""
     return [to_millis(now + interval * n / count) for n in range(count)]
 
 
-class TenantSchedule:
+class AccountSchedule:
     def __init__(self, collection: Collection, owner: str, lease_seconds: float, interval_seconds: float,
                  clock: Callable[[], datetime] = utcnow):
         """`owner`: this replica (host:pid:random), shown in status. `interval_seconds`: how often
-        a tenant is synced, for the first spread and the default next due time."""
+        a account is synced, for the first spread and the default next due time."""
         self._schedule = collection
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
         self.interval = timedelta(seconds=interval_seconds)
         self.clock = clock
 
-    # -- the tenant list --------------------------------------------------------------------
+    # -- the account list --------------------------------------------------------------------
 
-    def register(self, tenants: Iterable[tuple[object, str]]) -> RegisterResult:
-        """Bring the schedule in line with the current tenant list, (tenant id, key fingerprint)
-        pairs, as docs/collections.md tells (a retired tenant is never claimed; a sync in progress
+    def register(self, accounts: Iterable[tuple[object, str]]) -> RegisterResult:
+        """Bring the schedule in line with the current account list, (account id, key fingerprint)
+        pairs, as docs/collections.md tells (a retired account is never claimed; a sync in progress
         may finish).
 
-        A bounded number of round trips whatever the number of tenants: one read of the whole
+        A bounded number of round trips whatever the number of accounts: one read of the whole
         schedule (a few fields each) and one unordered bulk write of the changes only, so a refresh
-        that changes nothing writes nothing; retired and returning tenants are one `$in` update
-        each. Each write is guarded by what it changes, and a new tenant another replica inserted
+        that changes nothing writes nothing; retired and returning accounts are one `$in` update
+        each. Each write is guarded by what it changes, and a new account another replica inserted
         first is a duplicate that is passed over, so replicas registering at once neither fail nor
         undo each other's changes.
 
-        An empty list retires every tenant: a tenant source that cannot read the accounts must
+        An empty list retires every account: a account source that cannot read the accounts must
         raise, not return nothing."""
-        listed = dict(tenants)
+        listed = dict(accounts)
         known = {doc["_id"]: doc for doc in self._schedule.find(
             {}, {"keyFingerprint": 1, "retiredAt": 1})}
         now = self.clock()
         operations: list = []
-        new = [tenant_id for tenant_id in listed if tenant_id not in known]
-        for tenant_id, due_at in zip(new, first_due_times(len(new), self.interval, now)):
-            operations.append(InsertOne({"_id": tenant_id, "dueAt": due_at, "keyFingerprint": listed[tenant_id],
+        new = [account_id for account_id in listed if account_id not in known]
+        for account_id, due_at in zip(new, first_due_times(len(new), self.interval, now)):
+            operations.append(InsertOne({"_id": account_id, "dueAt": due_at, "keyFingerprint": listed[account_id],
                                          "active": True, "registeredAt": now}))
-        rekeyed = [tenant_id for tenant_id, doc in known.items()
-                   if tenant_id in listed and doc.get("keyFingerprint") != listed[tenant_id]]
-        for tenant_id in rekeyed:
+        rekeyed = [account_id for account_id, doc in known.items()
+                   if account_id in listed and doc.get("keyFingerprint") != listed[account_id]]
+        for account_id in rekeyed:
             # Listed, with another key: neither retired nor refused any more, whatever it was.
             operations.append(UpdateOne(
-                {"_id": tenant_id, "keyFingerprint": known[tenant_id].get("keyFingerprint")},
-                {"$set": {"keyFingerprint": listed[tenant_id], "active": True},
+                {"_id": account_id, "keyFingerprint": known[account_id].get("keyFingerprint")},
+                {"$set": {"keyFingerprint": listed[account_id], "active": True},
                  "$unset": {"refused": "", "retiredAt": ""}}))
-        returned = [tenant_id for tenant_id, doc in known.items()
-                    if tenant_id in listed and "retiredAt" in doc and doc.get("keyFingerprint") == listed[tenant_id]]
+        returned = [account_id for account_id, doc in known.items()
+                    if account_id in listed and "retiredAt" in doc and doc.get("keyFingerprint") == listed[account_id]]
         if returned:
             # Active again unless its (unchanged) key is refused: both cases, each guarded, so a
             # refusal written between the read and this write is kept.
@@ -132,8 +132,8 @@ class TenantSchedule:
             operations.append(UpdateMany({**back, "refused": None},
                                          {"$set": {"active": True}, "$unset": {"retiredAt": ""}}))
             operations.append(UpdateMany({**back, "refused": {"$ne": None}}, {"$unset": {"retiredAt": ""}}))
-        retired = [tenant_id for tenant_id, doc in known.items()
-                   if tenant_id not in listed and "retiredAt" not in doc]
+        retired = [account_id for account_id, doc in known.items()
+                   if account_id not in listed and "retiredAt" not in doc]
         if retired:
             operations.append(UpdateMany({"_id": {"$in": retired}, "retiredAt": None},
                                          {"$set": {"retiredAt": now, "active": False}}))
@@ -141,7 +141,7 @@ class TenantSchedule:
             try:
                 self._schedule.bulk_write(operations, ordered=False)
             except BulkWriteError as failure:
-                # Unordered, so every other write was applied. A failed insert of a new tenant (the
+                # Unordered, so every other write was applied. A failed insert of a new account (the
                 # first `len(new)` writes) that is in the schedule now was another replica's
                 # register, done first; any other failure is raised.
                 errors = failure.details.get("writeErrors", [])
@@ -154,10 +154,10 @@ class TenantSchedule:
 
     # -- claims ----------------------------------------------------------------------------
 
-    def claim_due(self, due_by: datetime | None = None) -> TenantClaim | None:
-        """The tenant due longest that no live lease holds, leased to this replica; None when no
-        tenant is due. Atomic on the server: of two replicas asking at once, one gets it.
-        `due_by`: a later time than now to count as due by (`main.py once`: every tenant)."""
+    def claim_due(self, due_by: datetime | None = None) -> AccountClaim | None:
+        """The account due longest that no live lease holds, leased to this replica; None when no
+        account is due. Atomic on the server: of two replicas asking at once, one gets it.
+        `due_by`: a later time than now to count as due by (`main.py once`: every account)."""
         token, now = lease.new_token(), self.clock()
         until = to_millis(now + self.lease)
         doc = self._schedule.find_one_and_update(
@@ -170,22 +170,22 @@ class TenantSchedule:
         )
         if doc is None:
             return None
-        return TenantClaim(doc["_id"], token, doc["dueAt"], now, until, doc.get("keyFingerprint", ""))
+        return AccountClaim(doc["_id"], token, doc["dueAt"], now, until, doc.get("keyFingerprint", ""))
 
-    def renew(self, claim: TenantClaim) -> datetime | None:
-        """Hold the tenant for another lease from now: the lease's new end; None when the lease
-        was lost (it expired and another replica took the tenant, or it was released). A lease that
-        expired but that no replica took yet is still this claim's: nobody else synced the tenant
+    def renew(self, claim: AccountClaim) -> datetime | None:
+        """Hold the account for another lease from now: the lease's new end; None when the lease
+        was lost (it expired and another replica took the account, or it was released). A lease that
+        expired but that no replica took yet is still this claim's: nobody else synced the account
         meanwhile."""
         until = to_millis(self.clock() + self.lease)
         return until if self._write(claim, {"$set": {lease.UNTIL: until}}) else None
 
-    def finish(self, claim: TenantClaim, result: dict, *, after: datetime | None = None) -> bool:
-        """Record the sync (`result`: the runtime's outcome, with a `status`) as the tenant's last
+    def finish(self, claim: AccountClaim, result: dict, *, after: datetime | None = None) -> bool:
+        """Record the sync (`result`: the runtime's outcome, with a `status`) as the account's last
         run and make it due again at its next slot (`next_due`; the first slot past `after` when
-        given: a pass claiming by a later `due_by` must not meet the tenant again); the lease is
+        given: a pass claiming by a later `due_by` must not meet the account again); the lease is
         removed. False when the lease was lost, in which case nothing was written: the replica that
-        took the tenant over records its own run."""
+        took the account over records its own run."""
         if "status" not in result:
             raise ValueError("a run's result needs a status")
         now = self.clock()
@@ -195,17 +195,17 @@ class TenantSchedule:
         return self._write(claim, {"$set": {"dueAt": due, "lastRun": self._run(claim, now, result)},
                                    "$unset": lease.RELEASED})
 
-    def release(self, claim: TenantClaim) -> bool:
-        """Give the tenant back unsynced (shutdown, a sync cut off): still due, for any replica at
+    def release(self, claim: AccountClaim) -> bool:
+        """Give the account back unsynced (shutdown, a sync cut off): still due, for any replica at
         once. False when the lease was lost already."""
         return self._write(claim, {"$unset": lease.RELEASED})
 
-    def mark_refused(self, claim: TenantClaim, reason: str, *, key_fingerprint: str | None = None) -> bool:
-        """The tenant's key was refused: it is skipped, and the others go on, until `register`
+    def mark_refused(self, claim: AccountClaim, reason: str, *, key_fingerprint: str | None = None) -> bool:
+        """The account's key was refused: it is skipped, and the others go on, until `register`
         sees another fingerprint for it (`key_fingerprint`: the refused key's, by default the one
         claimed). It stays due, so the new key is tried at once.
 
-        False when nothing was marked: the lease was lost, or the tenant's key changed while it
+        False when nothing was marked: the lease was lost, or the account's key changed while it
         was synced with the old one, in which case the lease is released and the new key gets
         its own try."""
         fingerprint = claim.key_fingerprint if key_fingerprint is None else key_fingerprint
@@ -218,18 +218,18 @@ class TenantSchedule:
             self.release(claim)
         return marked
 
-    def _write(self, claim: TenantClaim, update: dict, **condition) -> bool:
-        """Whether the tenant, still held by this claim (fenced by its token), took `update`."""
-        held = {"_id": claim.tenant_id, lease.TOKEN: claim.token, **condition}
+    def _write(self, claim: AccountClaim, update: dict, **condition) -> bool:
+        """Whether the account, still held by this claim (fenced by its token), took `update`."""
+        held = {"_id": claim.account_id, lease.TOKEN: claim.token, **condition}
         return self._schedule.update_one(held, update).matched_count == 1
 
-    def _run(self, claim: TenantClaim, now: datetime, result: dict) -> dict:
+    def _run(self, claim: AccountClaim, now: datetime, result: dict) -> dict:
         return {**result, "startedAt": claim.claimed_at, "finishedAt": now, "owner": self.owner}
 
     # -- status ----------------------------------------------------------------------------
 
     def counts(self, now: datetime | None = None) -> dict[str, int]:
-        """How many tenants are in each state (`overview`'s counts; /metrics reads them alone)."""
+        """How many accounts are in each state (`overview`'s counts; /metrics reads them alone)."""
         now = now or self.clock()
         counts = dict.fromkeys(STATES, 0)
         for group in self._schedule.aggregate([{"$group": {"_id": _state_expression(now), "n": {"$sum": 1}}}]):
@@ -237,20 +237,20 @@ class TenantSchedule:
         return counts
 
     def overview(self, limit: int = 50) -> dict:
-        """What status shows: the `counts`, and up to `limit` tenants that are not retired, the
+        """What status shows: the `counts`, and up to `limit` accounts that are not retired, the
         longest due first, each with its state and its `_ROW_FIELDS`."""
         now = self.clock()
         counts = self.counts(now)
-        rows = [{"tenantId": doc.pop("_id"), **doc} for doc in self._schedule.aggregate([
+        rows = [{"accountId": doc.pop("_id"), **doc} for doc in self._schedule.aggregate([
             {"$match": {"retiredAt": None}}, {"$sort": {"dueAt": ASCENDING}}, {"$limit": limit},
             {"$project": {"state": _state_expression(now), **{field: 1 for field in _ROW_FIELDS}}}])]
-        return {"counts": counts, "total": sum(counts.values()), "tenants": rows}
+        return {"counts": counts, "total": sum(counts.values()), "accounts": rows}
 
 
 def _state_expression(now: datetime) -> dict:
-    """One state per tenant, the first that applies (the order of `STATES`: running is held by a
+    """One state per account, the first that applies (the order of `STATES`: running is held by a
     live lease; due includes an expired lease's), on the server: the counts are taken without
-    reading every tenant."""
+    reading every account."""
     return {"$switch": {"branches": [
         {"case": {"$gt": ["$" + lease.UNTIL, now]}, "then": RUNNING},
         {"case": _present("$retiredAt"), "then": RETIRED},
@@ -265,7 +265,7 @@ def _present(field: str) -> dict:
 
 
 class LeaseKeeper:
-    def __init__(self, schedule: TenantSchedule, claim: TenantClaim, process_stop: threading.Event):
+    def __init__(self, schedule: AccountSchedule, claim: AccountClaim, process_stop: threading.Event):
         self._schedule = schedule
         self._claim = claim
         self._process_stop = process_stop
@@ -315,7 +315,7 @@ class LeaseKeeper:
         self.lost = True
         self.stop.set()
         log.warning("account %s: its lease may be gone (%s); its sync stops after the current write",
-                    self._claim.tenant_id, why, extra={"event": "tenant_lease_lost"})
+                    self._claim.account_id, why, extra={"event": "account_lease_lost"})
 
 
 class LlmQuota:

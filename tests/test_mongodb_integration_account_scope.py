@@ -7,11 +7,11 @@ from hypothesis import HealthCheck, given, settings
 from services.database import CUSTOMERS
 from tests.conftest import TEST_DB
 from tests.real_mongo import mongo  # noqa: F401 - the fixture, on the server
-from tests.test_tenant_scope import raw  # noqa: F401 - the fixture, on the server
-from tests.test_tenant_scope import (test_a_collection_by_attribute_is_the_scoped_one,  # noqa: F401 - again
+from tests.test_account_scope import raw  # noqa: F401 - the fixture, on the server
+from tests.test_account_scope import (test_a_collection_by_attribute_is_the_scoped_one,  # noqa: F401 - again
                                      test_an_operation_the_view_does_not_offer_is_refused_by_name,
                                      test_what_the_daemon_uses_still_passes)
-from tests.test_tenant_scope_properties import OPERATIONS, run_through_the_view, seeded
+from tests.test_account_scope_properties import OPERATIONS, run_through_the_view, seeded
 
 
 @settings(max_examples=max(60, settings.default.max_examples // 5),

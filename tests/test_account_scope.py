@@ -1,4 +1,4 @@
-"""Scoping by account (services/tenancy/scoped.py): every read and write of a tenant's app stays
+"""Scoping by account (services/accounts/scoped.py): every read and write of a account's app stays
 inside its `userId`, and an attempt to leave it fails before it reaches the server."""
 import threading
 
@@ -8,8 +8,8 @@ from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
 from fakes.mongo_hooks import HookedClient
 from services.bolna_client import BolnaClient
 from services.database import (CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, SYNC_STATE, ensure_indexes,
-                               tenant_view)
-from services.tenancy.scoped import TenantScopeError
+                               account_view)
+from services.accounts.scoped import AccountScopeError
 from tests.conftest import TEST_DB
 from tests.helpers import AGENT, execution
 from worker.app import CALL_PROCESSOR, CRM_SYNC, Runtime
@@ -22,8 +22,8 @@ def raw(mongo):
     return database
 
 
-def test_writes_carry_the_tenant_and_reads_see_only_its_documents(raw):
-    alpha, beta = tenant_view(raw, "alpha")[CUSTOMERS], tenant_view(raw, "beta")[CUSTOMERS]
+def test_writes_carry_the_account_and_reads_see_only_its_documents(raw):
+    alpha, beta = account_view(raw, "alpha")[CUSTOMERS], account_view(raw, "beta")[CUSTOMERS]
     alpha.insert_one({"phone": "+919876543210", "name": "Ravi"})
     beta.update_one({"phone": "+919876543210"}, {"$set": {"name": "Asha"}}, upsert=True)
     beta.bulk_write([UpdateOne({"phone": "+14155550100"}, {"$set": {"name": "Lee"}}, upsert=True),
@@ -60,13 +60,13 @@ def test_writes_carry_the_tenant_and_reads_see_only_its_documents(raw):
 ], ids=["find_one", "find", "count", "set", "unset", "pipeline-set", "replaceWith", "project", "insert",
         "replace", "delete", "lookup", "unionWith", "bulk-update", "bulk-replace", "bulk-delete", "estimate",
         "drop"])
-def test_a_cross_tenant_attempt_fails_and_changes_nothing(raw, attempt):
-    tenant_view(raw, "beta")[CUSTOMERS].insert_one({"phone": "+919876543210", "name": "Asha"})
-    alpha = tenant_view(raw, "alpha")[CUSTOMERS]
+def test_a_cross_account_attempt_fails_and_changes_nothing(raw, attempt):
+    account_view(raw, "beta")[CUSTOMERS].insert_one({"phone": "+919876543210", "name": "Asha"})
+    alpha = account_view(raw, "alpha")[CUSTOMERS]
     alpha.insert_one({"phone": "+919876543210", "name": "Ravi"})
     before = sorted((d["userId"], d["name"]) for d in raw[CUSTOMERS].find())
 
-    with pytest.raises(TenantScopeError):
+    with pytest.raises(AccountScopeError):
         result = attempt(alpha)
         list(result) if hasattr(result, "__iter__") and not isinstance(result, dict) else None
 
@@ -74,27 +74,27 @@ def test_a_cross_tenant_attempt_fails_and_changes_nothing(raw, attempt):
 
 
 def test_one_view_cannot_be_turned_into_another(raw):
-    with pytest.raises(TenantScopeError):
-        tenant_view(tenant_view(raw, "alpha"), "beta")
-    assert tenant_view(tenant_view(raw, "alpha"), "alpha").tenant_id == "alpha"
+    with pytest.raises(AccountScopeError):
+        account_view(account_view(raw, "alpha"), "beta")
+    assert account_view(account_view(raw, "alpha"), "alpha").account_id == "alpha"
 
 
 def test_ids_made_from_shared_values_are_unique_per_account_and_unchanged_for_one(raw):
-    assert tenant_view(raw, None)[CUSTOMER_CALLS].local_id("call-1") == "call-1"
-    assert tenant_view(raw, "alpha")[CUSTOMER_CALLS].local_id("call-1") != tenant_view(raw, "beta")[
+    assert account_view(raw, None)[CUSTOMER_CALLS].local_id("call-1") == "call-1"
+    assert account_view(raw, "alpha")[CUSTOMER_CALLS].local_id("call-1") != account_view(raw, "beta")[
         CUSTOMER_CALLS].local_id("call-1")
 
 
-@pytest.mark.parametrize("tenant_id", ["acme:", 7, ""])
-def test_no_view_for_an_id_whose_records_ids_could_meet_another_accounts(raw, tenant_id):
-    with pytest.raises(TenantScopeError, match="_id must"):
-        tenant_view(raw, tenant_id)
+@pytest.mark.parametrize("account_id", ["acme:", 7, ""])
+def test_no_view_for_an_id_whose_records_ids_could_meet_another_accounts(raw, account_id):
+    with pytest.raises(AccountScopeError, match="_id must"):
+        account_view(raw, account_id)
 
 
 def test_the_single_account_sees_the_documents_written_before_accounts_existed(raw):
     raw[CUSTOMERS].insert_one({"phone": "+919876543210", "name": "Ravi"})  # no userId: an older version
-    assert tenant_view(raw, None)[CUSTOMERS].find_one({"phone": "+919876543210"})["name"] == "Ravi"
-    assert tenant_view(raw, "alpha")[CUSTOMERS].find_one({"phone": "+919876543210"}) is None
+    assert account_view(raw, None)[CUSTOMERS].find_one({"phone": "+919876543210"})["name"] == "Ravi"
+    assert account_view(raw, "alpha")[CUSTOMERS].find_one({"phone": "+919876543210"}) is None
 
 
 def test_indexes_built_before_accounts_are_rebuilt_per_account(mongo):
@@ -109,7 +109,7 @@ def test_indexes_built_before_accounts_are_rebuilt_per_account(mongo):
     assert list(database[CALLS].index_information()["callId_unique"]["key"]) == [("userId", 1), ("callId", 1)]
     assert list(database[CUSTOMERS].index_information()["phone_unique"]["key"]) == [("userId", 1), ("phone", 1)]
     assert "front_end_index" in database[CUSTOMERS].index_information()
-    tenant_view(database, "alpha")[CALLS].insert_one({"callId": "call-1"})  # another account's call-1
+    account_view(database, "alpha")[CALLS].insert_one({"callId": "call-1"})  # another account's call-1
     assert database[CALLS].count_documents({"callId": "call-1"}) == 2
 
 
@@ -118,14 +118,14 @@ def test_same_number_and_same_call_id_in_two_accounts_stay_apart(settings, mongo
     account's customer, call and contact hold its own, and neither job reads the other's."""
     shared_id = "call-shared-1"
     apps = {}
-    for tenant, name, words in (("alpha", "Ravi", "I want to book a visit"), ("beta", "Asha", "not interested, bye")):
+    for account, name, words in (("alpha", "Ravi", "I want to book a visit"), ("beta", "Asha", "not interested, bye")):
         server = bolna_server([execution(call_id=shared_id, extracted={"name": name},
                                          transcript=f"assistant: Hello\nuser: {words}\n")], [AGENT])
-        tenant_settings = settings.with_overrides(bolna_base_url=server.base_url)
-        app = Runtime(tenant_settings, HookedClient(mongo)[TEST_DB],
-                      bolna=BolnaClient.from_settings(tenant_settings, stop=threading.Event()), tenant_id=tenant)
+        account_settings = settings.with_overrides(bolna_base_url=server.base_url)
+        app = Runtime(account_settings, HookedClient(mongo)[TEST_DB],
+                      bolna=BolnaClient.from_settings(account_settings, stop=threading.Event()), account_id=account)
         app.prepare()
-        apps[tenant] = app
+        apps[account] = app
     try:
         for app in apps.values():
             for job in (CRM_SYNC, CALL_PROCESSOR):
@@ -139,7 +139,7 @@ def test_same_number_and_same_call_id_in_two_accounts_stay_apart(settings, mongo
 
     raw = mongo[TEST_DB]
     customers = {d["userId"]: d for d in raw[CUSTOMERS].find()}
-    assert {tenant: c["name"] for tenant, c in customers.items()} == {"alpha": "Ravi", "beta": "Asha"}
+    assert {account: c["name"] for account, c in customers.items()} == {"alpha": "Ravi", "beta": "Asha"}
     assert customers["alpha"]["phone"] == customers["beta"]["phone"] == "+919876543210"
     calls = {d["userId"]: d for d in raw[CALLS].find({"callId": shared_id})}
     assert set(calls) == {"alpha", "beta"}
@@ -188,14 +188,14 @@ CASE_BLIND = {"locale": "en", "strength": 1}  # would make userId "alpha" match 
         "update-collation", "bulk-collation", "collection-database", "with_options", "attribute-database",
         "command", "drop_collection", "client", "shared-collection", "shared-get_collection"])
 def test_an_operation_the_view_does_not_offer_is_refused_by_name(raw, attempt):
-    beta = tenant_view(raw, "beta")[CUSTOMERS]
+    beta = account_view(raw, "beta")[CUSTOMERS]
     beta.insert_one({"phone": "+919876543210", "name": "Asha"})
-    tenant_view(raw, "alpha")[CUSTOMERS].insert_one({"phone": "+919876543210", "name": "Ravi"})
+    account_view(raw, "alpha")[CUSTOMERS].insert_one({"phone": "+919876543210", "name": "Ravi"})
     raw["users"].insert_one({"_id": "beta", "bolnaApiKey": "secret"})
     before = list(raw[CUSTOMERS].find(sort=[("userId", 1)]))
 
-    with pytest.raises(TenantScopeError, match=r"not available|may not|not an account's"):
-        result = attempt(tenant_view(raw, "alpha"))
+    with pytest.raises(AccountScopeError, match=r"not available|may not|not an account's"):
+        result = attempt(account_view(raw, "alpha"))
         list(result) if hasattr(result, "__next__") else None
 
     assert list(raw[CUSTOMERS].find(sort=[("userId", 1)])) == before
@@ -203,8 +203,8 @@ def test_an_operation_the_view_does_not_offer_is_refused_by_name(raw, attempt):
 
 
 def test_a_collection_by_attribute_is_the_scoped_one(raw):
-    tenant_view(raw, "beta")[CUSTOMERS].insert_one({"phone": "+919876543210", "name": "Asha"})
-    alpha = tenant_view(raw, "alpha")
+    account_view(raw, "beta")[CUSTOMERS].insert_one({"phone": "+919876543210", "name": "Asha"})
+    alpha = account_view(raw, "alpha")
     alpha.customers.insert_one({"phone": "+919876543210", "name": "Ravi"})
 
     assert [d["name"] for d in alpha.customers.find()] == ["Ravi"]
@@ -215,7 +215,7 @@ def test_a_collection_by_attribute_is_the_scoped_one(raw):
 def test_what_the_daemon_uses_still_passes(raw):
     """The allowed side of the lists: a pipeline update with an exclusion `$project`, `$push`
     with its modifiers, a cursor's sort and limit, the server's clock, the index methods."""
-    alpha = tenant_view(raw, "alpha")
+    alpha = account_view(raw, "alpha")
     alpha[CUSTOMERS].update_one({"phone": "+1"}, [{"$set": {"_tmp": 1, "name": "Ravi"}}, {"$project": {"_tmp": 0}}],
                                 upsert=True)
     alpha[CUSTOMERS].update_one({"phone": "+1"}, {"$push": {"past": {"$each": [2, 1], "$sort": 1, "$slice": -5}}})

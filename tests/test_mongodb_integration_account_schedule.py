@@ -1,4 +1,4 @@
-"""The tenant schedule's tests again on a real server (tests.real_mongo): claims must be atomic
+"""The account schedule's tests again on a real server (tests.real_mongo): claims must be atomic
 through the server's find_one_and_update, not through mongomock behind a lock; and the schedule's
 queries are answered from its indexes."""
 from datetime import timedelta
@@ -6,14 +6,14 @@ from datetime import timedelta
 from pymongo import MongoClient
 
 from services.database import SCHEDULE_INDEXES
-from services.tenancy.schedule import TenantSchedule
+from services.accounts.schedule import AccountSchedule
 from tests.conftest import TEST_DB
 from tests.real_mongo import mongo  # noqa: F401 - the fixture, on the server
 from tests.test_query_plans import QueryRecorder, by_id, plan_stages
-from tests.test_tenant_schedule import *  # noqa: F401,F403 - collected again, on the server
-from tests.test_tenant_schedule import COLLECTION, INTERVAL, LEASE, START, FakeClock
+from tests.test_account_schedule import *  # noqa: F401,F403 - collected again, on the server
+from tests.test_account_schedule import COLLECTION, INTERVAL, LEASE, START, FakeClock
 
-# Read whole on purpose (services/tenancy/schedule.py): register's diff, status's counts and rows.
+# Read whole on purpose (services/accounts/schedule.py): register's diff, status's counts and rows.
 WHOLE_COLLECTION_READS = {("find", "{}"), ("aggregate", "{}"), ("aggregate", '{"retiredAt": "NoneType"}')}
 
 
@@ -26,7 +26,7 @@ def test_the_schedules_queries_are_answered_from_its_indexes(mongo, mongodb_uri)
         collection = client[TEST_DB][COLLECTION]
         collection.create_indexes(SCHEDULE_INDEXES)
         clock = FakeClock()
-        schedule = TenantSchedule(collection, "host-a:1:x", LEASE, INTERVAL, clock)
+        schedule = AccountSchedule(collection, "host-a:1:x", LEASE, INTERVAL, clock)
         schedule.register([(f"t{n}", "fp") for n in range(50)])
         clock.advance(INTERVAL)
         claims = [schedule.claim_due() for _ in range(3)]
@@ -51,13 +51,13 @@ def test_the_schedules_queries_are_answered_from_its_indexes(mongo, mongodb_uri)
         client.close()
 
 
-def test_a_claim_scans_only_active_due_tenants(mongo, mongodb_uri):
-    """Refused and retired tenants stay overdue for as long as they are skipped; the claim must
+def test_a_claim_scans_only_active_due_accounts(mongo, mongodb_uri):
+    """Refused and retired accounts stay overdue for as long as they are skipped; the claim must
     not walk them: `active` leads the index."""
     collection = mongo[TEST_DB][COLLECTION]
     collection.create_indexes(SCHEDULE_INDEXES)
     clock = FakeClock()
-    schedule = TenantSchedule(collection, "host-a:1:x", LEASE, INTERVAL, clock)
+    schedule = AccountSchedule(collection, "host-a:1:x", LEASE, INTERVAL, clock)
     schedule.register([(f"t{n:03d}", "fp") for n in range(200)])
     collection.update_many({"_id": {"$lt": "t150"}}, {"$set": {"active": False, "retiredAt": START}})
     collection.update_one({"_id": "t199"}, {"$set": {"dueAt": START - timedelta(hours=1)}})
@@ -67,7 +67,7 @@ def test_a_claim_scans_only_active_due_tenants(mongo, mongodb_uri):
         "find": COLLECTION, "filter": {"active": True, "dueAt": {"$lte": now}, "$or": [
             {"acquired_until": None}, {"acquired_until": {"$lte": now}}]},
         "sort": {"dueAt": 1}, "hint": {"active": 1, "dueAt": 1}, "limit": 1}, verbosity="executionStats")
-    # The 50 active tenants at most (they are all due; the wire server's explain ignores the
+    # The 50 active accounts at most (they are all due; the wire server's explain ignores the
     # limit), never the 150 inactive ones before them in `dueAt` order.
     assert explained["executionStats"]["totalKeysExamined"] <= 50, explained["executionStats"]
-    assert schedule.claim_due().tenant_id == "t199"
+    assert schedule.claim_due().account_id == "t199"

@@ -1,4 +1,4 @@
-"""The tenant source (services/tenancy): which accounts are served, with which keys, and how an
+"""The account source (services/accounts): which accounts are served, with which keys, and how an
 account that cannot be served is skipped without a key ever reaching a log."""
 import json
 import logging
@@ -7,8 +7,8 @@ import pytest
 from bson import ObjectId
 from cryptography.fernet import Fernet
 
-from services.tenancy.accounts import KeyReader, Tenant, TenantSource, UnusableTenant, projection, read_path
-from services.tenancy.scoped import local_id
+from services.accounts.source import KeyReader, Account, AccountSource, UnusableAccount, projection, read_path
+from services.accounts.scoped import local_id
 from utils.config import ConfigError, Settings, describe, load_settings
 
 OLD_SECRET = Fernet.generate_key().decode()
@@ -30,18 +30,18 @@ def encrypt(secret: str, plain: str) -> str:
 
 
 def mongodb_settings(**variables) -> Settings:
-    return load_settings({"TENANT_SOURCE": "mongodb", **variables})
+    return load_settings({"ACCOUNT_SOURCE": "mongodb", **variables})
 
 
 def load(db, **variables):
-    return TenantSource(mongodb_settings(**variables), db).load()
+    return AccountSource(mongodb_settings(**variables), db).load()
 
 
-def ids(tenant_list):
-    return [tenant.id for tenant in tenant_list.tenants]
+def ids(account_list):
+    return [account.id for account in account_list.accounts]
 
 
-# ---- reading the accounts from the database (again on a real server: test_mongodb_integration_tenants.py)
+# ---- reading the accounts from the database (again on a real server: test_mongodb_integration_accounts.py)
 
 class TestSourceOnDatabase:
     @pytest.fixture
@@ -58,19 +58,19 @@ class TestSourceOnDatabase:
         ])
         loaded = load(db)
         assert ids(loaded) == ["active", "trial"] and loaded.skipped == ()
-        assert loaded.tenants[0].bolna_api_key == "bn-key"
+        assert loaded.accounts[0].bolna_api_key == "bn-key"
 
-    def test_an_account_maps_to_a_tenant_with_its_overrides(self, db):
+    def test_an_account_maps_to_a_account_with_its_overrides(self, db):
         oid = ObjectId()
         db.users.insert_one(account(oid, key="  bn-1  ", bolnaAgentIds=["a1", " a2 ", "a1"], groqApiKey="gsk_1",
                                     phoneRegion="us", callsync={"llmBatchLimit": 20.0, "bolnaRequestsPerMinute": 300}))
         db.users.insert_one(account("bare", phoneRegion="", bolnaAgentIds=[]))
         # Sorted by _id in BSON's order of types: strings before ObjectIds.
-        bare, first = load(db).tenants
-        assert first == Tenant(id=oid, bolna_api_key="bn-1", agent_ids=("a1", "a2"), groq_api_key="gsk_1",
+        bare, first = load(db).accounts
+        assert first == Account(id=oid, bolna_api_key="bn-1", agent_ids=("a1", "a2"), groq_api_key="gsk_1",
                                phone_region="US", llm_batch_limit=20, bolna_requests_per_minute=300)
         assert type(first.llm_batch_limit) is int
-        assert bare == Tenant(id="bare", bolna_api_key="bn-key")
+        assert bare == Account(id="bare", bolna_api_key="bn-key")
 
     def test_field_names_are_overridden_with_dotted_paths_and_the_default_filter_follows(self, db):
         db.users.insert_many([
@@ -82,22 +82,22 @@ class TestSourceOnDatabase:
         ])
         fields = {"bolnaApiKey": "integrations.bolna.key", "agentIds": "integrations.bolna.agents",
                   "groqApiKey": "integrations.groq", "llmBatchLimit": "limits.llm"}
-        loaded = load(db, TENANT_FIELDS=json.dumps(fields))
-        assert loaded.tenants == (Tenant(id="nested", bolna_api_key="bn-nested", agent_ids=("x",),
+        loaded = load(db, ACCOUNT_FIELDS=json.dumps(fields))
+        assert loaded.accounts == (Account(id="nested", bolna_api_key="bn-nested", agent_ids=("x",),
                                          groq_api_key="gsk_nested", llm_batch_limit=3),)
 
     def test_a_filter_and_a_collection_of_ones_own(self, db):
         db.accounts.insert_many([account("pro", plan="pro"), account("free", plan="free"),
                                  account("pro-without-key", key=None, plan="pro")])
-        loaded = load(db, TENANTS_COLLECTION="accounts", TENANTS_FILTER='{"plan": "pro"}')
+        loaded = load(db, ACCOUNTS_COLLECTION="accounts", ACCOUNTS_FILTER='{"plan": "pro"}')
         assert ids(loaded) == ["pro"]
         # The filter no longer excludes accounts without a key: each is skipped, with its reason.
-        assert [(s.tenant_id, s.reason) for s in loaded.skipped] == [("pro-without-key", "bolnaApiKey is missing or empty")]
+        assert [(s.account_id, s.reason) for s in loaded.skipped] == [("pro-without-key", "bolnaApiKey is missing or empty")]
 
     def test_encrypted_keys_are_decrypted(self, db):
         db.users.insert_one(account("enc", key=encrypt(NEW_SECRET, "bn-plain"), groqApiKey=encrypt(NEW_SECRET, "gsk_plain")))
-        (tenant,) = load(db, TENANT_KEYS_SECRET=NEW_SECRET).tenants
-        assert tenant.bolna_api_key == "bn-plain" and tenant.groq_api_key == "gsk_plain"
+        (served,) = load(db, ACCOUNT_KEYS_SECRET=NEW_SECRET).accounts
+        assert served.bolna_api_key == "bn-plain" and served.groq_api_key == "gsk_plain"
 
     def test_while_rotating_keys_encrypted_with_the_old_secret_still_decrypt(self, db):
         secret = f"{NEW_SECRET}, {OLD_SECRET}"
@@ -105,35 +105,35 @@ class TestSourceOnDatabase:
         db.users.insert_many([account("old", key=encrypt(OLD_SECRET, "bn-old")),
                               account("new", key=encrypt(NEW_SECRET, "bn-new")),
                               account("written-now", key=reader.encrypt("bn-now"))])
-        loaded = load(db, TENANT_KEYS_SECRET=secret)
-        assert [t.bolna_api_key for t in loaded.tenants] == ["bn-new", "bn-old", "bn-now"]
+        loaded = load(db, ACCOUNT_KEYS_SECRET=secret)
+        assert [t.bolna_api_key for t in loaded.accounts] == ["bn-new", "bn-old", "bn-now"]
         # The first key encrypts: once the old one is dropped, what was written now still decrypts.
-        assert KeyReader.from_secret(NEW_SECRET).plain(reader.encrypt("k"), tenant_id="t", field="f") == "k"
+        assert KeyReader.from_secret(NEW_SECRET).plain(reader.encrypt("k"), account_id="t", field="f") == "k"
 
     def test_a_key_that_does_not_decrypt_skips_only_its_account(self, db, caplog):
         db.users.insert_many([account("a-wrong", key=encrypt(OTHER_SECRET, "bn-wrong")),
                               account("b-right", key=encrypt(NEW_SECRET, "bn-right")),
                               account("c-plain", key="bn-stored-plain"),
                               account("d-groq", key=encrypt(NEW_SECRET, "bn-d"), groqApiKey="not-a-token")])
-        with caplog.at_level(logging.WARNING, logger="services.tenancy"):
-            loaded = load(db, TENANT_KEYS_SECRET=NEW_SECRET)
+        with caplog.at_level(logging.WARNING, logger="services.accounts"):
+            loaded = load(db, ACCOUNT_KEYS_SECRET=NEW_SECRET)
         assert ids(loaded) == ["b-right"]
-        reasons = {s.tenant_id: s.reason for s in loaded.skipped}
+        reasons = {s.account_id: s.reason for s in loaded.skipped}
         assert reasons == {
-            "a-wrong": "bolnaApiKey does not decrypt with TENANT_KEYS_SECRET (encrypted with another key, or stored unencrypted)",
-            "c-plain": "bolnaApiKey does not decrypt with TENANT_KEYS_SECRET (encrypted with another key, or stored unencrypted)",
-            "d-groq": "groqApiKey does not decrypt with TENANT_KEYS_SECRET (encrypted with another key, or stored unencrypted)",
+            "a-wrong": "bolnaApiKey does not decrypt with ACCOUNT_KEYS_SECRET (encrypted with another key, or stored unencrypted)",
+            "c-plain": "bolnaApiKey does not decrypt with ACCOUNT_KEYS_SECRET (encrypted with another key, or stored unencrypted)",
+            "d-groq": "groqApiKey does not decrypt with ACCOUNT_KEYS_SECRET (encrypted with another key, or stored unencrypted)",
         }
         messages = [r.getMessage() for r in caplog.records]
-        assert any("tenant a-wrong skipped" in m and "does not decrypt" in m for m in messages)
+        assert any("account a-wrong skipped" in m and "does not decrypt" in m for m in messages)
         assert [r.levelno for r in caplog.records] == [logging.WARNING] * 3
 
     def test_an_encrypted_looking_key_without_a_secret_is_refused(self, db):
         db.users.insert_many([account("enc", key=encrypt(NEW_SECRET, "bn-x")), account("plain")])
         loaded = load(db)
         assert ids(loaded) == ["plain"]
-        assert [(s.tenant_id, s.reason) for s in loaded.skipped] == [
-            ("enc", "bolnaApiKey looks encrypted but TENANT_KEYS_SECRET is not set")]
+        assert [(s.account_id, s.reason) for s in loaded.skipped] == [
+            ("enc", "bolnaApiKey looks encrypted but ACCOUNT_KEYS_SECRET is not set")]
 
     @pytest.mark.parametrize("fields,reason", [
         ({"bolnaAgentIds": "a1,a2"}, "bolnaAgentIds must be a list of agent ids (non-empty strings)"),
@@ -154,9 +154,9 @@ class TestSourceOnDatabase:
     ])
     def test_a_malformed_account_is_skipped_and_the_others_load(self, db, fields, reason):
         db.users.insert_many([account("bad") | fields, account("good")])
-        loaded = load(db, TENANTS_FILTER="{}")
+        loaded = load(db, ACCOUNTS_FILTER="{}")
         assert ids(loaded) == ["good"]
-        assert [(s.tenant_id, s.reason) for s in loaded.skipped] == [("bad", reason)]
+        assert [(s.account_id, s.reason) for s in loaded.skipped] == [("bad", reason)]
 
     def test_no_two_accounts_ids_make_the_same_record_id(self, db):
         """Issue 25: records' ids are `account:value` (local_id); "acme" + ":x" and "acme:" + "x",
@@ -166,18 +166,18 @@ class TestSourceOnDatabase:
         oid = ObjectId()
         db.users.insert_many([account("acme"), account("acme:"), account(oid), account(str(oid)), account(7),
                               account("beta")])
-        with pytest.raises(UnusableTenant, match="spells another account's ObjectId"):
-            TenantSource(mongodb_settings(), db).find(str(oid))
+        with pytest.raises(UnusableAccount, match="spells another account's ObjectId"):
+            AccountSource(mongodb_settings(), db).find(str(oid))
 
         loaded = load(db)
 
         assert sorted(map(str, ids(loaded))) == sorted(["acme", "beta", str(oid)])
-        assert {s.tenant_id: s.reason for s in loaded.skipped} == {
+        assert {s.account_id: s.reason for s in loaded.skipped} == {
             "acme:": "_id must not contain ':': it ends the account's part of its records' ids",
             str(oid): "_id is a string that spells another account's ObjectId: their records' ids would be one",
             7: "_id must be an ObjectId or a non-empty string"}
         values = ["x", ":x", "x:", "", "a:b"]
-        made = [local_id(tenant.id, value) for tenant in loaded.tenants for value in values]
+        made = [local_id(account.id, value) for account in loaded.accounts for value in values]
         assert len(set(made)) == len(made)
         assert local_id("acme", "call-1") == "acme:call-1" and local_id(oid, "c") == f"{oid}:c"  # as before
 
@@ -188,8 +188,8 @@ class TestSourceOnDatabase:
         db.users.insert_many([account("wrong", key=wrong), account("good", key=good, groqApiKey=groq),
                               account("plain", key="bn-secret-plain"), account("bad-region", key=good, phoneRegion="ZZ")])
         with caplog.at_level(logging.DEBUG):
-            loaded = load(db, TENANT_KEYS_SECRET=NEW_SECRET)
-            TenantSource(load_settings({"TENANT_SOURCE": "mongodb", "TENANT_KEYS_SECRET": NEW_SECRET}), db).load()
+            loaded = load(db, ACCOUNT_KEYS_SECRET=NEW_SECRET)
+            AccountSource(load_settings({"ACCOUNT_SOURCE": "mongodb", "ACCOUNT_KEYS_SECRET": NEW_SECRET}), db).load()
         assert ids(loaded) == ["good"] and len(loaded.skipped) == 3
         # The driver's own DEBUG log of its commands holds the documents it read, keys included,
         # whoever reads them: that is for the logging set-up to keep quiet, not this source.
@@ -199,36 +199,36 @@ class TestSourceOnDatabase:
         for secret in (wrong, good, groq, "bn-secret-wrong", "bn-secret-good", "gsk_secret_groq", "bn-secret-plain",
                        NEW_SECRET):
             assert not any(secret in text for text in shown), secret
-        assert "good" in repr(loaded.tenants[0])
+        assert "good" in repr(loaded.accounts[0])
 
 
 # ---- everything that needs no database
 
 def test_the_env_source_serves_the_one_account_of_bolna_api_key():
     settings = load_settings({"BOLNA_API_KEY": "bn-env", "BOLNA_AGENT_IDS": "a1,a2",
-                              "TENANTS_FILTER": '{"plan": "pro"}', "TENANTS_COLLECTION": "accounts"})
-    assert settings.tenant_source == "env"
-    loaded = TenantSource(settings).load()
-    assert loaded.tenants == (Tenant(id=None, bolna_api_key="bn-env", agent_ids=("a1", "a2")),)
-    assert loaded.skipped == () and loaded.tenants[0].label == "env"
+                              "ACCOUNTS_FILTER": '{"plan": "pro"}', "ACCOUNTS_COLLECTION": "accounts"})
+    assert settings.account_source == "env"
+    loaded = AccountSource(settings).load()
+    assert loaded.accounts == (Account(id=None, bolna_api_key="bn-env", agent_ids=("a1", "a2")),)
+    assert loaded.skipped == () and loaded.accounts[0].label == "env"
 
 
 def test_the_env_source_needs_bolna_api_key_and_mongodb_a_database():
     with pytest.raises(ConfigError, match="^BOLNA_API_KEY is not set"):
-        TenantSource(load_settings({}))
-    with pytest.raises(ConfigError, match="TENANT_SOURCE=mongodb"):
-        TenantSource(mongodb_settings())
+        AccountSource(load_settings({}))
+    with pytest.raises(ConfigError, match="ACCOUNT_SOURCE=mongodb"):
+        AccountSource(mongodb_settings())
 
 
-def test_a_tenant_shows_its_id_and_never_its_keys():
-    tenant = Tenant(id=ObjectId("65a000000000000000000001"), bolna_api_key="bn-secret", groq_api_key="gsk_secret",
+def test_a_account_shows_its_id_and_never_its_keys():
+    account = Account(id=ObjectId("65a000000000000000000001"), bolna_api_key="bn-secret", groq_api_key="gsk_secret",
                     agent_ids=("a1",))
-    assert "bn-secret" not in repr(tenant) and "gsk_secret" not in repr(tenant) and "a1" in repr(tenant)
-    assert tenant.label == "65a000000000000000000001"
-    fingerprint = tenant.key_fingerprint
+    assert "bn-secret" not in repr(account) and "gsk_secret" not in repr(account) and "a1" in repr(account)
+    assert account.label == "65a000000000000000000001"
+    fingerprint = account.key_fingerprint
     assert len(fingerprint) == 16 and int(fingerprint, 16) >= 0 and "bn-secret" not in fingerprint
-    assert Tenant(id="other", bolna_api_key="bn-secret").key_fingerprint == fingerprint
-    assert Tenant(id=tenant.id, bolna_api_key="bn-secret2").key_fingerprint != fingerprint
+    assert Account(id="other", bolna_api_key="bn-secret").key_fingerprint == fingerprint
+    assert Account(id=account.id, bolna_api_key="bn-secret2").key_fingerprint != fingerprint
 
 
 def test_read_path_follows_dots_and_stops_at_anything_but_an_object():
@@ -246,37 +246,37 @@ def test_the_projection_reads_only_the_mapped_fields_without_path_collisions():
 
 # ---- settings
 
-def test_tenant_settings_default_to_one_account_from_the_environment():
+def test_account_settings_default_to_one_account_from_the_environment():
     settings = load_settings({})
-    assert settings.tenant_source == "env" and settings.tenants_collection == "users"
-    assert settings.tenant_keys_secret is None
-    assert settings.tenant_fields["llmBatchLimit"] == "callsync.llmBatchLimit"
-    assert settings.tenants_query == {"bolnaApiKey": {"$nin": [None, ""]},
+    assert settings.account_source == "env" and settings.accounts_collection == "users"
+    assert settings.account_keys_secret is None
+    assert settings.account_fields["llmBatchLimit"] == "callsync.llmBatchLimit"
+    assert settings.accounts_query == {"bolnaApiKey": {"$nin": [None, ""]},
                                       "subscription.status": {"$in": ["active", "trial"]}}
 
 
 def test_the_default_filter_follows_the_key_field_and_a_given_filter_wins():
-    settings = load_settings({"TENANT_FIELDS": '{"bolnaApiKey": " bolna.key "}'})
-    assert settings.tenant_fields["bolnaApiKey"] == "bolna.key" and settings.tenant_fields["agentIds"] == "bolnaAgentIds"
-    assert settings.tenants_query["bolna.key"] == {"$nin": [None, ""]} and "bolnaApiKey" not in settings.tenants_query
+    settings = load_settings({"ACCOUNT_FIELDS": '{"bolnaApiKey": " bolna.key "}'})
+    assert settings.account_fields["bolnaApiKey"] == "bolna.key" and settings.account_fields["agentIds"] == "bolnaAgentIds"
+    assert settings.accounts_query["bolna.key"] == {"$nin": [None, ""]} and "bolnaApiKey" not in settings.accounts_query
     # Built directly (tests, demo), the default follows the map just the same.
-    assert "k" in Settings(tenant_fields={**settings.tenant_fields, "bolnaApiKey": "k"}).tenants_query
-    given = load_settings({"TENANT_FIELDS": '{"bolnaApiKey": "bolna.key"}', "TENANTS_FILTER": '{"plan": "pro"}'})
-    assert given.tenants_query == {"plan": "pro"}
+    assert "k" in Settings(account_fields={**settings.account_fields, "bolnaApiKey": "k"}).accounts_query
+    given = load_settings({"ACCOUNT_FIELDS": '{"bolnaApiKey": "bolna.key"}', "ACCOUNTS_FILTER": '{"plan": "pro"}'})
+    assert given.accounts_query == {"plan": "pro"}
 
 
 @pytest.mark.parametrize("variable,value,expected", [
-    ("TENANT_SOURCE", "crm", "must be env"),
-    ("TENANTS_FILTER", "{plan: pro}", ""),
-    ("TENANTS_FILTER", '["plan"]', "must be a JSON object"),
-    ("TENANT_FIELDS", "not json", ""),
-    ("TENANT_FIELDS", '{"bolnaKey": "x"}', "unknown field name(s) 'bolnaKey'"),
-    ("TENANT_FIELDS", '{"agentIds": "a..b"}', "the path of 'agentIds'"),
-    ("TENANT_FIELDS", '{"agentIds": "$x"}', "the path of 'agentIds'"),
-    ("TENANT_FIELDS", '{"agentIds": 5}', "the path of 'agentIds'"),
-    ("TENANTS_COLLECTION", "system.users", "collection name"),
+    ("ACCOUNT_SOURCE", "crm", "must be env"),
+    ("ACCOUNTS_FILTER", "{plan: pro}", ""),
+    ("ACCOUNTS_FILTER", '["plan"]', "must be a JSON object"),
+    ("ACCOUNT_FIELDS", "not json", ""),
+    ("ACCOUNT_FIELDS", '{"bolnaKey": "x"}', "unknown field name(s) 'bolnaKey'"),
+    ("ACCOUNT_FIELDS", '{"agentIds": "a..b"}', "the path of 'agentIds'"),
+    ("ACCOUNT_FIELDS", '{"agentIds": "$x"}', "the path of 'agentIds'"),
+    ("ACCOUNT_FIELDS", '{"agentIds": 5}', "the path of 'agentIds'"),
+    ("ACCOUNTS_COLLECTION", "system.users", "collection name"),
 ])
-def test_bad_tenant_settings_name_the_variable(variable, value, expected):
+def test_bad_account_settings_name_the_variable(variable, value, expected):
     with pytest.raises(ConfigError, match=f"^{variable} is invalid") as raised:
         load_settings({variable: value})
     assert expected in str(raised.value)
@@ -289,18 +289,18 @@ def test_bad_tenant_settings_name_the_variable(variable, value, expected):
 ])
 def test_an_invalid_secret_is_refused_at_start_up_without_showing_it(secret, position):
     with pytest.raises(ConfigError) as raised:
-        load_settings({"TENANT_KEYS_SECRET": secret})
+        load_settings({"ACCOUNT_KEYS_SECRET": secret})
     message = str(raised.value)
-    assert message.startswith("TENANT_KEYS_SECRET is invalid") and position in message
+    assert message.startswith("ACCOUNT_KEYS_SECRET is invalid") and position in message
     assert not any(part.strip() and part.strip() in message for part in secret.split(","))
     # Settings built directly are checked when the source starts.
-    with pytest.raises(ConfigError, match="^TENANT_KEYS_SECRET is invalid") as raised:
-        TenantSource(Settings(tenant_source="mongodb", tenant_keys_secret=secret), db=object())
+    with pytest.raises(ConfigError, match="^ACCOUNT_KEYS_SECRET is invalid") as raised:
+        AccountSource(Settings(account_source="mongodb", account_keys_secret=secret), db=object())
     assert not any(part.strip() and part.strip() in str(raised.value) for part in secret.split(","))
 
 
 def test_the_secret_is_masked_in_settings():
-    settings = load_settings({"TENANT_KEYS_SECRET": f" {NEW_SECRET} , {OLD_SECRET} "})
-    assert settings.tenant_keys_secret == f"{NEW_SECRET},{OLD_SECRET}"
+    settings = load_settings({"ACCOUNT_KEYS_SECRET": f" {NEW_SECRET} , {OLD_SECRET} "})
+    assert settings.account_keys_secret == f"{NEW_SECRET},{OLD_SECRET}"
     assert NEW_SECRET not in repr(settings) and NEW_SECRET not in str(describe(settings))
-    assert describe(settings)["tenant_keys_secret"] is True
+    assert describe(settings)["account_keys_secret"] is True

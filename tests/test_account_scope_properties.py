@@ -1,14 +1,14 @@
-"""A property of the per-account view (services/tenancy/scoped.py, issue 23): whatever filter,
+"""A property of the per-account view (services/accounts/scoped.py, issue 23): whatever filter,
 update (operators or a pipeline), aggregation pipeline or handle account A's code sends through
 its view, no other account's documents are read, changed or deleted. Either the operation is
-refused (`TenantScopeError`), or every other account's document is byte-identical afterwards and
+refused (`AccountScopeError`), or every other account's document is byte-identical afterwards and
 nothing of theirs came back.
 
 Other accounts: "beta", "ALPHA" (a case-insensitive collation would match it) and a document
 written before accounts existed (no `userId`). Every one of their values carries a marker (the
 text "secret", numbers of a million and more), so a result holding one of them is a leak.
 
-On mongomock here; tests/test_mongodb_integration_tenant_scope.py runs it on a real server.
+On mongomock here; tests/test_mongodb_integration_account_scope.py runs it on a real server.
 The bounded profile runs in the test command; CALLSYNC_HYPOTHESIS_PROFILE=long runs many more.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from pymongo import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
 from pymongo.errors import PyMongoError
 
-from services.database import CUSTOMERS, tenant_view
-from services.tenancy.scoped import TenantScopeError
+from services.database import CUSTOMERS, account_view
+from services.accounts.scoped import AccountScopeError
 from tests.conftest import TEST_DB
 
 MINE = "alpha"
@@ -234,10 +234,10 @@ def run_through_the_view(database, operation) -> None:
     before = others_documents(database)
     mine_before = database[CUSTOMERS].count_documents({"userId": MINE})
     try:
-        result = attempt(tenant_view(database, MINE))
+        result = attempt(account_view(database, MINE))
         if hasattr(result, "__next__"):
             result = list(result)
-    except TenantScopeError:
+    except AccountScopeError:
         result = None  # refused before it reached the server
     except (PyMongoError, NotImplementedError, TypeError, ValueError, KeyError, AttributeError) as exc:
         # The server refused it, or the driver did, or mongomock could not (its TypeErrors and

@@ -1,12 +1,12 @@
-"""One account's view of the database: every read and write of a tenant's collection is confined
-to documents whose `userId` is the tenant's, and every document written carries it.
+"""One account's view of the database: every read and write of a account's collection is confined
+to documents whose `userId` is the account's, and every document written carries it.
 
 The whole daemon runs on this view (the composition root hands it out), so scoping is not a
 condition each query must remember: a filter gets `userId` added, an insert or a replacement gets
 it stamped, an upsert inherits it from the filter (MongoDB copies a filter's equalities into the
-document it inserts), and an aggregation starts by matching it. Single-account mode is the tenant
+document it inserts), and an aggregation starts by matching it. Single-account mode is the account
 `None`: `{userId: null}` also matches documents without the field, so a database written before
-accounts existed is that tenant's, unchanged.
+accounts existed is that account's, unchanged.
 
 The view denies by default (docs/reliability.md, "Accounts"): what is not on the lists below is
 refused by name. A new need is a line added to a list, after checking it cannot leave the account.
@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 from bson import ObjectId
 from pymongo import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
 
-TENANT_FIELD = "userId"
+ACCOUNT_FIELD = "userId"
 
 # The collection methods the view offers: the options each accepts, then how each positional
 # argument is scoped (a method of ScopedCollection: `_filter` adds the account, `_checked` refuses
@@ -65,19 +65,19 @@ _CURSOR_METHODS = frozenset({"sort", "limit", "skip", "batch_size", "close", "al
 _COMMANDS = frozenset({"hello", "ping"})
 
 
-class TenantScopeError(RuntimeError):
+class AccountScopeError(RuntimeError):
     """An operation that would leave its account, or that the view does not offer."""
 
 
-class TenantDatabase:
-    """A database as one tenant sees it: the collections named in `scoped`, each scoped to the
-    tenant, and nothing else (the shared ones are reached by the code that serves every account)."""
+class AccountDatabase:
+    """A database as one account sees it: the collections named in `scoped`, each scoped to the
+    account, and nothing else (the shared ones are reached by the code that serves every account)."""
 
-    def __init__(self, db, tenant_id: Any, scoped: Iterable[str]):
-        if (problem := account_id_problem(tenant_id)) is not None:
-            raise TenantScopeError(f"account {tenant_id!r}: {problem}")
+    def __init__(self, db, account_id: Any, scoped: Iterable[str]):
+        if (problem := account_id_problem(account_id)) is not None:
+            raise AccountScopeError(f"account {account_id!r}: {problem}")
         self._db = db
-        self.tenant_id = tenant_id
+        self.account_id = account_id
         self._scoped = frozenset(scoped)
 
     def __getitem__(self, name: str):
@@ -85,10 +85,10 @@ class TenantDatabase:
 
     def get_collection(self, name: str, **options):
         if name not in self._scoped:
-            raise TenantScopeError(f"collection {name!r} is not an account's: it cannot be reached through an account's view")
+            raise AccountScopeError(f"collection {name!r} is not an account's: it cannot be reached through an account's view")
         if options:
-            raise TenantScopeError(f"get_collection options {sorted(options)} are not available on an account's view")
-        return ScopedCollection(self._db.get_collection(name), self.tenant_id)
+            raise AccountScopeError(f"get_collection options {sorted(options)} are not available on an account's view")
+        return ScopedCollection(self._db.get_collection(name), self.account_id)
 
     def __getattr__(self, name: str):
         # pymongo reads `db.customers` as `db["customers"]`: the same, scoped, collection; and a
@@ -97,7 +97,7 @@ class TenantDatabase:
             raise AttributeError(name)
         if name in self._scoped:
             return self[name]
-        raise TenantScopeError(f"{name} is not available on an account's view of the database")
+        raise AccountScopeError(f"{name} is not available on an account's view of the database")
 
     def list_collection_names(self, **_ignored) -> list[str]:
         return sorted(self._scoped.intersection(self._db.list_collection_names()))
@@ -105,39 +105,39 @@ class TenantDatabase:
     def command(self, command, *args, **kwargs):
         name = command if isinstance(command, str) else next(iter(command), None)
         if name not in _COMMANDS:
-            raise TenantScopeError(f"command {name!r} is not available on an account's view of the database")
+            raise AccountScopeError(f"command {name!r} is not available on an account's view of the database")
         return self._db.command(command, *args, **kwargs)
 
 
 LOCAL_ID_SEPARATOR = ":"
 
 
-def local_id(tenant_id: Any, value: str) -> str:
+def local_id(account_id: Any, value: str) -> str:
     """An `_id` made from a value that two accounts may share (a call id, a number's digest):
-    unique across accounts by the tenant's id in front (`account_id_problem` says why no two
+    unique across accounts by the account's id in front (`account_id_problem` says why no two
     accounts' ids meet); unchanged in single-account mode, so the documents a database already
     holds keep their ids."""
-    return value if tenant_id is None else f"{tenant_id}{LOCAL_ID_SEPARATOR}{value}"
+    return value if account_id is None else f"{account_id}{LOCAL_ID_SEPARATOR}{value}"
 
 
-def account_id_problem(tenant_id: Any) -> str | None:
-    """Why `tenant_id` cannot be an account's id, or None: an ObjectId, or a string without the
-    separator of `local_id` (with one, "acme" + ":x" and "acme:" + "x" would be one id; TenantSource
+def account_id_problem(account_id: Any) -> str | None:
+    """Why `account_id` cannot be an account's id, or None: an ObjectId, or a string without the
+    separator of `local_id` (with one, "acme" + ":x" and "acme:" + "x" would be one id; AccountSource
     refuses a string spelling another account's ObjectId). Other types are refused too: their
     spelling may be a string's (5 and "5")."""
-    if tenant_id is None or isinstance(tenant_id, ObjectId):
+    if account_id is None or isinstance(account_id, ObjectId):
         return None
-    if not isinstance(tenant_id, str) or not tenant_id:
+    if not isinstance(account_id, str) or not account_id:
         return "_id must be an ObjectId or a non-empty string"
-    if LOCAL_ID_SEPARATOR in tenant_id:
+    if LOCAL_ID_SEPARATOR in account_id:
         return f"_id must not contain {LOCAL_ID_SEPARATOR!r}: it ends the account's part of its records' ids"
     return None
 
 
 class ScopedCollection:
-    def __init__(self, collection, tenant_id: Any):
+    def __init__(self, collection, account_id: Any):
         self._collection = collection
-        self.tenant_id = tenant_id
+        self.account_id = account_id
 
     def __getattr__(self, name: str):
         if name in _PASSED_THROUGH:
@@ -146,10 +146,10 @@ class ScopedCollection:
             return functools.partial(self._scoped_call, name)
         if name.startswith("_"):
             raise AttributeError(name)
-        raise TenantScopeError(f"{name} is not available on an account's collection")
+        raise AccountScopeError(f"{name} is not available on an account's collection")
 
     def local_id(self, value: str) -> str:
-        return local_id(self.tenant_id, value)
+        return local_id(self.account_id, value)
 
     def _scoped_call(self, method: str, *args, **options):
         _check_options(method, options)
@@ -191,16 +191,16 @@ class ScopedCollection:
     def _filter(self, filter) -> dict:
         _check_filter({} if filter is None else filter)
         scoped = dict(filter or {})
-        if TENANT_FIELD in scoped and scoped[TENANT_FIELD] != self.tenant_id:
-            raise TenantScopeError("a filter names another account's userId")
-        scoped[TENANT_FIELD] = self.tenant_id
+        if ACCOUNT_FIELD in scoped and scoped[ACCOUNT_FIELD] != self.account_id:
+            raise AccountScopeError("a filter names another account's userId")
+        scoped[ACCOUNT_FIELD] = self.account_id
         return scoped
 
     def _stamped(self, document):
-        if document.get(TENANT_FIELD, self.tenant_id) != self.tenant_id:
-            raise TenantScopeError("a document names another account's userId")
+        if document.get(ACCOUNT_FIELD, self.account_id) != self.account_id:
+            raise AccountScopeError("a document names another account's userId")
         # In place, as pymongo adds `_id` in place: callers may read either back.
-        document[TENANT_FIELD] = self.tenant_id
+        document[ACCOUNT_FIELD] = self.account_id
         return document
 
     @staticmethod
@@ -208,34 +208,34 @@ class ScopedCollection:
         if isinstance(update, Mapping):
             for operator, fields in update.items():
                 if operator not in _UPDATE_OPERATORS:
-                    raise TenantScopeError(f"update operator {operator} is not available on an account's collection")
+                    raise AccountScopeError(f"update operator {operator} is not available on an account's collection")
                 if not isinstance(fields, Mapping):
-                    raise TenantScopeError(f"{operator} takes a document")
-                if _touches_tenant(fields):
-                    raise TenantScopeError(f"an update may not {operator} userId")
+                    raise AccountScopeError(f"{operator} takes a document")
+                if _touches_account(fields):
+                    raise AccountScopeError(f"an update may not {operator} userId")
                 if operator == "$push":
                     for value in fields.values():
                         if isinstance(value, Mapping) and any(k.startswith("$") for k in value):
                             if not set(value) <= _PUSH_MODIFIERS:
                                 refused = sorted(set(value) - _PUSH_MODIFIERS)
-                                raise TenantScopeError(f"$push modifiers {refused} are not available")
+                                raise AccountScopeError(f"$push modifiers {refused} are not available")
             return update
         if not isinstance(update, list):
-            raise TenantScopeError(f"an update must be a document or a pipeline, not {type(update).__name__}")
+            raise AccountScopeError(f"an update must be a document or a pipeline, not {type(update).__name__}")
         for stage in update:  # an aggregation-pipeline update
             _check_stage(stage, _UPDATE_STAGES, "an account's pipeline update")
             (name, body), = stage.items()
             names = [body] if isinstance(body, str) else body
             if name == "$unset" and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-                raise TenantScopeError("$unset takes a field name or a list of them")
+                raise AccountScopeError("$unset takes a field name or a list of them")
             if name != "$unset" and not isinstance(body, Mapping):
-                raise TenantScopeError(f"{name} takes a document")
-            if _touches_tenant(names):
-                raise TenantScopeError(f"a pipeline update may not {name} userId")
+                raise AccountScopeError(f"{name} takes a document")
+            if _touches_account(names):
+                raise AccountScopeError(f"a pipeline update may not {name} userId")
             # Anything but an exclusion `$project` keeps only the fields it names (`{_id: 1}`
             # included), or computes new ones, and so would drop `userId`.
             if name == "$project" and any(value not in (0, False) for value in body.values()):
-                raise TenantScopeError("a pipeline update may not $project some fields only: it would drop userId")
+                raise AccountScopeError("a pipeline update may not $project some fields only: it would drop userId")
         return update
 
     def _stamped_all(self, documents):
@@ -246,12 +246,12 @@ class ScopedCollection:
 
     def _scoped_request(self, request):
         """A copy of a bulk request with the scope applied; pymongo's request classes keep their
-        filter and document in `_filter` and `_doc` (pinned driver; tests/test_tenant_scope.py)."""
+        filter and document in `_filter` and `_doc` (pinned driver; tests/test_account_scope.py)."""
         if type(request) not in (InsertOne, UpdateOne, UpdateMany, ReplaceOne, DeleteOne, DeleteMany):
-            raise TenantScopeError(f"{type(request).__name__} cannot be scoped to a tenant")
+            raise AccountScopeError(f"{type(request).__name__} cannot be scoped to a account")
         refused = [name for name in ("_collation", "_array_filters") if getattr(request, name, None) is not None]
         if refused:
-            raise TenantScopeError(f"a bulk request's {refused[0][1:]} is not available on an account's collection")
+            raise AccountScopeError(f"a bulk request's {refused[0][1:]} is not available on an account's collection")
         request = copy.copy(request)
         if isinstance(request, InsertOne):
             request._doc = self._stamped(request._doc)
@@ -278,7 +278,7 @@ class _ScopedCursor:
 
     def __getattr__(self, name: str):
         if name not in _CURSOR_METHODS:
-            raise TenantScopeError(f"cursor.{name} is not available on an account's collection")
+            raise AccountScopeError(f"cursor.{name} is not available on an account's collection")
         attribute = getattr(self._cursor, name)
         if not callable(attribute):
             return attribute
@@ -292,29 +292,29 @@ class _ScopedCursor:
 def _check_options(method: str, options: Mapping) -> None:
     refused = sorted(set(options) - _METHODS[method][0])
     if refused:
-        raise TenantScopeError(f"{method} option {refused[0]!r} is not available on an account's collection")
+        raise AccountScopeError(f"{method} option {refused[0]!r} is not available on an account's collection")
 
 
 def _check_stage(stage, allowed: frozenset, what: str) -> None:
     if not isinstance(stage, Mapping) or len(stage) != 1:
-        raise TenantScopeError(f"{what}: a stage must be a document with one operator")
+        raise AccountScopeError(f"{what}: a stage must be a document with one operator")
     (name,) = stage
     if name not in allowed:
-        raise TenantScopeError(f"{what} may not use {name}")
+        raise AccountScopeError(f"{what} may not use {name}")
 
 
 def _check_filter(filter) -> None:
     """Every operator of a query is one the view offers (the values compared are not walked)."""
     if not isinstance(filter, Mapping):
-        raise TenantScopeError(f"a filter must be a document, not {type(filter).__name__}")
+        raise AccountScopeError(f"a filter must be a document, not {type(filter).__name__}")
     for key, value in filter.items():
         if key in ("$and", "$or", "$nor"):
             if not isinstance(value, list):
-                raise TenantScopeError(f"{key} takes a list of filters")
+                raise AccountScopeError(f"{key} takes a list of filters")
             for clause in value:
                 _check_filter(clause)
         elif key.startswith("$"):
-            raise TenantScopeError(f"query operator {key} is not available on an account's collection")
+            raise AccountScopeError(f"query operator {key} is not available on an account's collection")
         elif isinstance(value, Mapping):
             _check_condition(value)
 
@@ -324,10 +324,10 @@ def _check_condition(condition: Mapping) -> None:
         if not operator.startswith("$"):
             return  # an embedded document compared for equality
         if operator not in _QUERY_OPERATORS:
-            raise TenantScopeError(f"query operator {operator} is not available on an account's collection")
+            raise AccountScopeError(f"query operator {operator} is not available on an account's collection")
         if operator == "$not" and isinstance(argument, Mapping):
             _check_condition(argument)
 
 
-def _touches_tenant(fields: Iterable[str]) -> bool:
-    return any(isinstance(name, str) and (name == TENANT_FIELD or name.startswith(TENANT_FIELD + ".")) for name in fields)
+def _touches_account(fields: Iterable[str]) -> bool:
+    return any(isinstance(name, str) and (name == ACCOUNT_FIELD or name.startswith(ACCOUNT_FIELD + ".")) for name in fields)
