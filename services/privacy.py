@@ -1,16 +1,7 @@
 """Personal data kept only as long as needed: retention of old transcripts and calls, erasure of
 one number everywhere (`main.py forget`), and the suppression list that keeps an erased number out
-of later syncs. What each step removes, per collection, and why it is safe while the daemon runs:
-docs/privacy.md.
-
-Retention is a pass of the call processor's job, after its analysis, in small batches so that a
-first pass over years of calls never holds the database or the job for long.
-
-An erased number stands as its keyed hash (HMAC-SHA256: without the key, a hash cannot be checked
-against a guessed number, so a copy of the database does not tell who asked to be forgotten).
-`forget` suppresses first and sweeps after; a writer checks the list before and after each page
-and sweeps again what it wrote meanwhile (`PrivacyGuard`), so whichever sweep runs last leaves
-nothing behind.
+of later syncs (by its keyed hash). What each step removes, and why it is safe while the daemon
+runs (suppress first, sweep after; write first, check after): docs/privacy.md.
 """
 from __future__ import annotations
 
@@ -76,12 +67,7 @@ class SuppressionList:
 
     def add(self, digest: str) -> None:
         """Idempotent: an entry already there (a second `forget`, or two at once) is left as it was."""
-        try:
-            self.entries.update_one({"_id": self.entries.local_id(digest)},
-                                    {"$setOnInsert": {"keyId": self.hasher.key_id, "createdAt": utcnow()}},
-                                    upsert=True)
-        except DuplicateKeyError:
-            pass  # another forget of the same number inserted it first
+        _upsert(self.entries, digest, {"$setOnInsert": {"keyId": self.hasher.key_id, "createdAt": utcnow()}})
 
     def suppressed(self, phone_keys: Iterable[str]) -> set[str]:
         """Which of these numbers (stored keys) are erased. Without a key nothing can be compared:
@@ -270,11 +256,18 @@ def forget(db: Database, phone: Phone, hasher: PhoneHasher, region: str = DEFAUL
     if any(removed.values()):
         update["$set"] = {"erasedAt": now}
         update["$inc"] = {f"removed.{name}": count for name, count in removed.items() if count}
-    try:
-        db[ERASURES].update_one({"_id": db[ERASURES].local_id(digest)}, update, upsert=True)
-    except DuplicateKeyError:  # another forget of the number inserted it first: now it is an update
-        db[ERASURES].update_one({"_id": db[ERASURES].local_id(digest)}, update)
+    _upsert(db[ERASURES], digest, update)
     return removed
+
+
+def _upsert(collection, digest: str, update: dict) -> None:
+    """Upsert the number's document; another `forget` of the number inserting it first makes this
+    an update."""
+    selector = {"_id": collection.local_id(digest)}
+    try:
+        collection.update_one(selector, update, upsert=True)
+    except DuplicateKeyError:
+        collection.update_one(selector, update)
 
 
 class PrivacyGuard:
