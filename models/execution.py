@@ -2,19 +2,8 @@
 
 The API's shapes drift (list projection vs full record, `conversation_time` vs
 `conversation_duration`, flat vs nested `extracted_data`), so every field is read with a
-fallback and only a missing id or timestamp makes a record unusable.
-
-`extracted_data` comes in every shape Bolna sends:
-- Flat (the legacy extraction prompt): `{"name": "Ravi", "user_interested": true}`.
-- Nested objects: `{"address": {"line1": "12 MG Road", "city": "Pune"}}`. The structure is kept,
-  so each value keeps its path (`extracted.address.city`) and two keys of one name under
-  different parents (`customer.name`, `agent.name`) never overwrite each other.
-- Extractions/dispositions (from Sept 2026): `{Category: {Disposition: {subjective, objective,
-  confidence, confidence_label, reasoning_*, validation}}}`. A disposition is one value: its
-  `objective`, else its `subjective`; its confidence is kept beside, under the same path.
-
-Stored keys are made safe for MongoDB (no dots, no leading `$`); a key that becomes equal to a
-sibling's gets a numbered suffix instead of overwriting it.
+fallback and only a missing id or timestamp makes a record unusable. How `extracted_data` is read
+in each shape Bolna sends, and its keys made safe: docs/collections.md, "Extracted data".
 """
 from __future__ import annotations
 

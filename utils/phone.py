@@ -35,11 +35,9 @@ def normalize_phone(raw: object, region: str = DEFAULT_REGION) -> Phone | None:
     """Parse a number as Bolna sends it. None when there is no number to speak of: nothing, blanks,
     or text without a single digit (`anonymous`, `private`, `Restricted`, ... as carriers write a
     withheld caller id), which would otherwise make strangers one customer."""
-    if raw is None:
+    if missing_number_reason(raw) is not None:
         return None
     text = raw if isinstance(raw, str) else str(raw)
-    if not any(ch.isdigit() for ch in text):
-        return None
     return Phone(raw=text, e164=_to_e164(text.strip(), region))
 
 
