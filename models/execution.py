@@ -231,10 +231,8 @@ FUTURE_TOLERANCE = timedelta(days=1)
 
 
 def parse_time(value: Any) -> datetime | None:
-    """ISO 8601 as Bolna writes it (`2026-06-07T10:00:00.123Z`, sometimes without zone) -> naive UTC;
-    None when there is none, or it is not a time, or it cannot be represented.
-
-    Naive UTC because that is what pymongo hands back, so stored and fresh values compare."""
+    """ISO 8601 as Bolna writes it (`2026-06-07T10:00:00.123Z`, sometimes without zone) -> naive UTC
+    (utils/clock.py); None when there is none, or it is not a time, or it cannot be represented."""
     try:
         return _read_time(value)
     except MalformedExecution:

@@ -10,7 +10,7 @@ def utcnow() -> datetime:
 
 
 def naive_utc(moment: datetime) -> datetime:
-    """An aware time converted to naive UTC; a naive one is taken to be UTC already."""
+    """A naive time is taken to be UTC already."""
     return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
 
 
@@ -20,5 +20,4 @@ def to_millis(moment: datetime) -> datetime:
 
 
 def unix_seconds(stored: datetime) -> float:
-    """A stored (naive UTC) time as Unix time."""
     return stored.replace(tzinfo=timezone.utc).timestamp()
