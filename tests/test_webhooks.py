@@ -343,6 +343,8 @@ def test_deliveries_by_outcome_and_the_lag_in_metrics_and_status(hook_settings, 
         assert deliver(base, b"{").status_code == 400
         wait_until(lambda: drained(app) and app.db[CUSTOMERS].count_documents({}) == 1)
         host, port = health.address
+        # The processor counts a batch once its entries are closed, a moment after the customer's write.
+        wait_until(lambda: 'outcome="processed"} 1.0' in requests.get(f"http://{host}:{port}/metrics", timeout=10).text)
         text = requests.get(f"http://{host}:{port}/metrics", timeout=10).text
     finally:
         health.stop()
