@@ -21,6 +21,7 @@ from utils.logging import redact, setup_logging
 from utils.phone import Phone, mask_phone, normalize_phone
 from utils.table import format_table
 from worker.app import JOB_NAMES
+from worker.status import collect, show, to_json
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +208,6 @@ def _once(settings: Settings, args) -> int:
 
 
 def _status(settings: Settings, args) -> int:
-    from worker.status import collect, show
-
     with closing(_build(settings, prepare=False, account=args.account)) as runtime:
         return show(collect(runtime, args.limit), args.json)
 
@@ -273,7 +272,7 @@ def show_reviews(db: Database, *, as_json: bool, limit: int) -> int:
                                     sort=[("createdAt", 1)], limit=limit)
     reviews = [{**review, "customerPhone": mask_phone(review.get("customerPhone") or "")} for review in cursor]
     if as_json:
-        print(json.dumps(reviews, default=_json_value))
+        print(to_json(reviews))
         return 0
     if not reviews:
         print("no open stage reviews")
@@ -286,11 +285,6 @@ def show_reviews(db: Database, *, as_json: bool, limit: int) -> int:
           r.get("leadScore"), r.get("confidence"), r.get("reasoning")] for r in reviews], max_width=40))
     return 0
 
-
-def _json_value(value: object) -> str:
-    if isinstance(value, datetime):  # stored times are naive UTC
-        return value.isoformat(timespec="milliseconds") + "Z"
-    return str(value)  # ObjectId
 
 
 def _webhook_url(settings: Settings, args) -> int:

@@ -72,8 +72,19 @@ def _count_by(db: Database, field: str) -> dict[str, int]:
 
 def show(status: dict, as_json: bool) -> int:
     formatted = format_fleet if "accounts" in status else format_status
-    print(json.dumps(status, default=_json_value) if as_json else formatted(status))
+    print(to_json(status) if as_json else formatted(status))
     return 0
+
+
+def to_json(value: object) -> str:
+    """`--json` output (`status`, `review`)."""
+    return json.dumps(value, default=_json_value)
+
+
+def _json_value(value: object) -> str:
+    if isinstance(value, datetime):  # stored times are naive UTC
+        return value.isoformat(timespec="milliseconds") + "Z"
+    return str(value)  # ObjectId
 
 
 def format_status(status: dict) -> str:
@@ -153,8 +164,3 @@ def _age(seconds: int | None) -> str | None:
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
-
-def _json_value(value: object) -> str:
-    if isinstance(value, datetime):  # stored times are naive UTC
-        return value.isoformat(timespec="milliseconds") + "Z"
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
