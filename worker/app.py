@@ -252,8 +252,7 @@ class Runtime:
             self._refresh_lock = threading.Lock()
             # Across accounts: counts by job and status, and accounts by state; never by account
             # (bounded cardinality).
-            self.metrics = RunMetrics(JOB_NAMES, queue_depth=None, llm_configured=llm_configured,
-                                      refresh_after_runs=False)
+            self.metrics = RunMetrics(JOB_NAMES, queue_depth=None, llm_configured=llm_configured)
             observe_accounts(self.metrics, self.schedule.counts)
             # Every account's deliveries land in one inbox, each entry under its account.
             inbox = Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=clock)

@@ -1,27 +1,18 @@
 """The daemon's health, as its supervisors read it: systemd's notify protocol and watchdog, the
-optional HTTP listener (HEALTH_PORT) and the Prometheus metrics it serves.
+optional HTTP listener (HEALTH_PORT: `/livez`, `/readyz`, `/healthz`, `/metrics`, docs/operations.md)
+and the Prometheus metrics it serves. The listener is one asyncio loop in one thread, so idle or
+slow clients cost a socket each, never a thread.
 
-The listener answers Kubernetes' probe names (`/livez`, `/readyz`; `/healthz` kept as it always
-was: `Probes`) and `/metrics`. It is bounded whatever its clients do: one asyncio loop serves every
-connection in one thread, a client has READ_TIMEOUT_SECONDS to send its request head (at most
-MAX_HEAD_BYTES), at most MAX_CONNECTIONS are open, and the checks run in a pool of CHECK_THREADS.
-Idle or slow clients cost a socket each, never a thread.
+The metrics are taken from the run records the daemon writes (a `RunRecords` listener), so they
+say exactly what the stored run records say. What only MongoDB knows (the analysis queue depth,
+the accounts by state) is read after each run and every few seconds, under a timeout: a scrape
+never waits for MongoDB.
 
-The metrics are taken from the run records the daemon writes: counters grow by each finished run's
-counts (a `RunRecords` listener), so they say exactly what the stored run records say. What only
-MongoDB knows (the analysis queue depth, the accounts by state) is read after each run and every
-few seconds by the listener, under a timeout, and a scrape shows the last value read: a scrape
-never waits for MongoDB. The last-success times are loaded from `sync_runs` at start so a restart
-does not forget them.
-
-systemd (sd_notify(3)): each message is one datagram of `KEY=value` lines to the unix socket named
-by $NOTIFY_SOCKET. Hand-written rather than a library: the protocol is this small, and the
+systemd (sd_notify(3)) is hand-written rather than a library: the protocol is this small, and the
 maintained bindings (python-systemd, sdnotify) add a C build or an unmaintained package for it.
 The watchdog is fed from the scheduler's own progress, never from a thread that pings whatever
-happens: `JobWatch` knows which job runs and since when it last got on, and the heartbeat (a job in
-the scheduler) pings only while none has run past JOB_DEADLINE_SECONDS. A hung job, or a scheduler
-that no longer runs its jobs, stops the pings, and systemd (WatchdogSec) kills and restarts it; the
-same rule answers /livez."""
+happens: a hung job, or a scheduler that no longer runs its jobs, stops the pings (`JobWatch`),
+and systemd (WatchdogSec) kills and restarts it; the same rule answers /livez."""
 from __future__ import annotations
 
 import asyncio
@@ -174,13 +165,10 @@ class JobWatch:
 
 
 class Probes:
-    """/livez, /readyz and /healthz of `service` (a worker.app.Runtime). Live: the scheduler runs
-    and no job is past its deadline (the watchdog's own rule). Ready: live, MongoDB answers a ping
-    within PING_TIMEOUT_SECONDS, and the last run of no scheduled job failed. Healthy: the scheduler
-    runs and every job's last successful run (ok or partial) is younger than HEALTH_MAX_AGE_INTERVALS
-    sync intervals. A job that has not succeeded since the daemon started (`started_at`) is measured
-    from the start: a fresh install, or a daemon restarted after downtime, is healthy for that long
-    while its first runs catch up."""
+    """/livez, /readyz and /healthz of `service` (a worker.app.Runtime), as docs/operations.md
+    ("Probes") says. A job that has not succeeded since the daemon started (`started_at`) is
+    measured from the start: a fresh install, or a daemon restarted after downtime, is healthy for
+    that long while its first runs catch up."""
 
     def __init__(self, service, is_scheduling: Callable[[], bool], started_at: datetime | None = None,
                  watch: JobWatch | None = None):
@@ -235,14 +223,12 @@ def _verdict(reasons: list[str], good: str, bad: str, **more) -> tuple[int, byte
 
 
 class RunMetrics:
-    def __init__(self, jobs: Iterable[str], *, queue_depth: Callable[[], int] | None, llm_configured: bool = False,
-                 refresh_after_runs: bool = True):
-        """`queue_depth`: how many calls wait for analysis, read after each run and by the
-        refresher; None with many accounts (each account's queue is its own, and a count across
-        them would scan). `refresh_after_runs`: read the refreshed gauges again after each run (one
-        account); with many accounts only the listener's refresher reads them, every few seconds,
-        not once per account's run."""
-        self._refresh_after_runs = refresh_after_runs
+    def __init__(self, jobs: Iterable[str], *, queue_depth: Callable[[], int] | None, llm_configured: bool = False):
+        """`queue_depth`: how many calls wait for analysis (one account); None with many accounts
+        (each account's queue is its own, and a count across them would scan). With one account the
+        refreshed gauges are read again after each run; with many only by the listener's refresher,
+        every few seconds, not once per account's run."""
+        self._refresh_after_runs = queue_depth is not None
         self.jobs = tuple(jobs)
         self.registry = CollectorRegistry()
         self._lock = threading.Lock()
@@ -438,8 +424,13 @@ class _Refreshed:
 
 
 class HealthServer:
-    def __init__(self, probes: Probes, metrics: RunMetrics, host: str, port: int, *,
-                 read_timeout: float = READ_TIMEOUT_SECONDS):
+    """The listener on HEALTH_HOST:HEALTH_PORT for `service` (a worker.app.Runtime): its probes
+    (`started_at`: when the daemon started, default now; `watch`: the jobs' deadlines, for /livez)
+    and its metrics."""
+
+    def __init__(self, service, is_scheduling: Callable[[], bool], started_at: datetime | None = None,
+                 watch: JobWatch | None = None, *, read_timeout: float = READ_TIMEOUT_SECONDS):
+        probes, metrics = Probes(service, is_scheduling, started_at, watch), service.metrics
         self._routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
             "/livez": probes.live, "/readyz": probes.ready, "/healthz": probes.healthy,
             "/metrics": lambda: (200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST),
@@ -450,7 +441,8 @@ class HealthServer:
         self._checks = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="health-check")
         self._loop = asyncio.new_event_loop()
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, host, port, limit=MAX_HEAD_BYTES, backlog=1024))
+            asyncio.start_server(self._serve, service.settings.health_host, service.settings.health_port,
+                                 limit=MAX_HEAD_BYTES, backlog=1024))
         self._thread = threading.Thread(target=self._loop.run_forever, name="health", daemon=True)
         self._stopping = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_metrics, name="metrics-refresh", daemon=True)
@@ -528,11 +520,6 @@ class HealthServer:
             return _verdict([describe_failure(exc)], "", "unknown")
 
 
-def serve_health(service, is_scheduling: Callable[[], bool], started_at: datetime | None = None,
-                 watch: JobWatch | None = None, **limits) -> HealthServer:
-    """Start the listener on HEALTH_HOST:HEALTH_PORT for `service` (a worker.app.Runtime): its
-    probes (`started_at`: when the daemon started, default now; `watch`: the jobs' deadlines, for
-    /livez) and its metrics; `limits`: HealthServer's bounds."""
-    settings = service.settings
-    probes = Probes(service, is_scheduling, started_at, watch)
-    return HealthServer(probes, service.metrics, settings.health_host, settings.health_port, **limits).start()
+
+def serve_health(*args, **options) -> HealthServer:
+    return HealthServer(*args, **options).start()
