@@ -10,29 +10,12 @@ Who may deliver: Bolna signs nothing, so besides the path's token the documented
 list of addresses it sends from. Behind a reverse proxy the sender is in X-Forwarded-For, which
 anyone can write: it is believed only from the configured proxies.
 
-Which account a delivery is for: the token in its URL says. Single-account mode has one token,
-WEBHOOK_TOKEN. With many accounts (ACCOUNT_SOURCE=mongodb) each account has its own, derived from
-WEBHOOK_TOKEN and the account's id:
+Which account a delivery is for: the token in its URL says. One account has WEBHOOK_TOKEN itself;
+with many each has its own, HMAC-SHA256(key=WEBHOOK_TOKEN, message=str(account id)) in hex, so no
+token is stored anywhere and one account's URL tells nothing of another's (docs/scaling.md).
 
-    token = HMAC-SHA256(key=WEBHOOK_TOKEN, message=str(account id)), in hex
-
-so no token is stored anywhere, a CRM front end holding the secret can show each account its
-URL, and one account's URL tells nothing of another's.
-
-Why waitress still: it reads each request whole in its event loop before a worker thread sees it,
-so a slow or idle client holds a socket, never a thread. What it lacks against connection floods
-(slowloris) is added here:
-
-- many connections: `connection_limit` far above waitress' 100 (which 100 idle sockets filled,
-  stopping every delivery before its token or sender was looked at), watched with poll() rather
-  than select() (which cannot watch a descriptor numbered 1024 or more);
-- the process's descriptor limit raised to what that needs (its soft limit up to the hard one);
-- an idle connection closed after `idle_seconds`, and a request that has been arriving for longer
-  than `request_seconds` (a client trickling a byte at a time keeps a connection active, but not
-  for ever) closed too; both checked every `check_seconds`;
-- at most `per_address` connections from one peer address: a flood from one address fills its own
-  allowance and nothing else. A trusted proxy (WEBHOOK_TRUSTED_PROXIES) is not bounded: it carries
-  every sender's connections, and buffers a request whole before it opens one to us.
+Why waitress, and the bounds added to it against connection floods (`ConnectionLimits`,
+`BoundedServer`): docs/reliability.md, "Hostile network input".
 """
 from __future__ import annotations
 
