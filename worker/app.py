@@ -51,9 +51,10 @@ DEFAULT_SERVER_SELECTION_MS = 5000
 BATCH_API_TIMEOUT_SECONDS = 300.0
 ACCOUNTS_PASS = "accounts"  # the daemon's one scheduled job with many accounts
 # The jobs: the scheduler, the CLI's choices, the run records and the cursors in `sync_state` take
-# their names from here; `JOBS` (below `AccountApp`) holds their bodies.
+# their names from here; `AccountApp.run_job` runs them.
 CRM_SYNC = "crm_sync"
 CALL_PROCESSOR = "call_processor"
+JOB_NAMES = (CRM_SYNC, CALL_PROCESSOR)
 
 
 def connect(settings: Settings) -> MongoClient:
@@ -136,10 +137,11 @@ class AccountApp:
 
     def run_job(self, name: str, *, full: bool = False) -> dict:
         """Run one job now and return its run record (also stored in `sync_runs`)."""
-        if name not in JOBS:
+        body = {CRM_SYNC: self.sync_customers, CALL_PROCESSOR: self.process_calls}.get(name)
+        if body is None:
             raise ValueError(f"unknown job {name!r}; expected one of {', '.join(JOB_NAMES)}")
         with log_context(account=None if self.account_id is None else str(self.account_id)):
-            return self.runs.record(name, lambda recorder: JOBS[name](self, recorder, full))
+            return self.runs.record(name, lambda recorder: body(recorder, full))
 
     def sync_customers(self, recorder: RunRecorder, full: bool) -> None:
         """Bolna executions -> customers."""
@@ -175,11 +177,6 @@ class AccountApp:
         self.bolna.close()
 
 
-JOBS: dict[str, Callable[[AccountApp, RunRecorder, bool], None]] = {
-    CRM_SYNC: AccountApp.sync_customers, CALL_PROCESSOR: AccountApp.process_calls}
-JOB_NAMES = tuple(JOBS)
-
-
 @dataclass(frozen=True)
 class ScheduledJob:
     """What the daemon runs on an interval: each job (one account), or the accounts' pass (many)."""
@@ -212,17 +209,10 @@ class Runtime:
 
     One account (ACCOUNT_SOURCE unset: the environment's; or `account_id`, one of many named on the
     command line) is a fleet of one whose app (`account`) is kept for the process's life, each job
-    on its own every SYNC_INTERVAL_MINUTES. Many accounts (ACCOUNT_SOURCE=mongodb): the accounts of
-    the CRM, synced by every replica that runs this image, sharing the work through MongoDB with no
-    configuration. Every ACCOUNT_POLL_SECONDS a replica re-reads the account list when it is due
-    (ACCOUNT_REFRESH_SECONDS), then claims due accounts from the account schedule under a lease
-    (services/accounts/schedule.py), ACCOUNT_CONCURRENCY at a time, and runs both jobs for each with
-    that account's own keys, limits and view of the database (an `AccountApp` each). The lease is
-    renewed while the jobs run; a replica that dies stops renewing, and another takes its accounts
-    over once the lease has run out. An account whose Bolna key is refused is set aside until its
-    key changes, and never holds up the others. With WEBHOOK_PORT each listed account has its own
-    webhook URL (worker/webhook_listener.py), and the one inbox processor writes every account's
-    deliveries into that account's records."""
+    on its own every SYNC_INTERVAL_MINUTES. Many accounts (ACCOUNT_SOURCE=mongodb): every
+    ACCOUNT_POLL_SECONDS a pass claims due accounts under a lease and runs both jobs for each with
+    its own keys, limits and view of the database (an `AccountApp` each), shared with the other
+    replicas as docs/scaling.md ("How the work is shared") says."""
 
     def __init__(self, settings: Settings, db: Database, *, mongo_client=None, bolna: BolnaClient | None = None,
                  account_id=None, clock: Callable[[], datetime] | None = None):
