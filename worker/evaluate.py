@@ -28,8 +28,7 @@ NO_TAG = "(none)"  # the heuristic's tag when its rule's tag is not configured
 
 @dataclass(frozen=True)
 class Outcome:
-    """The analyzer's verdict on one labelled call: the tag and status predicted (FAILED when it
-    gave no answer, NO_TAG for a tag it did not give)."""
+    """The analyzer's verdict on one labelled call."""
     call: LabelledCall
     tag: str
     status: str

@@ -1,8 +1,6 @@
-"""`main.py status`: what the daemon did and what waits — read from the collections it writes,
-so it works from any machine that reaches the database, daemon running or not. One account's
-runs, queue and contacts (with many accounts, `--account ID`), or many accounts by state (running,
-due, waiting, refused, retired), the ones due longest with the replica syncing them, their last
-result and errors: both from the one `Runtime` the daemon runs."""
+"""`main.py status`: what the daemon did and what waits, read from the collections it writes (so
+from any machine that reaches the database, daemon running or not): one account's runs, queue and
+contacts, or many accounts by state."""
 from __future__ import annotations
 
 import json

@@ -89,16 +89,14 @@ class SenderPolicy:
         if self.allowed is None:
             return True
         sender = _address(peer)
-        if self._trusted(sender) and forwarded_for:
+        if self.is_trusted_proxy(peer) and forwarded_for:
             # A hop that is no address (None): a proxy we trust wrote it, and it is refused.
-            hops = (_address(hop) for hop in reversed(forwarded_for.split(",")))
-            sender = next((hop for hop in hops if not self._trusted(hop)), sender)
+            hops = reversed(forwarded_for.split(","))
+            sender = next((_address(hop) for hop in hops if not self.is_trusted_proxy(hop)), sender)
         return sender is not None and any(sender in network for network in self.allowed)
 
     def is_trusted_proxy(self, peer: str) -> bool:
-        return self._trusted(_address(peer))
-
-    def _trusted(self, address) -> bool:
+        address = _address(peer)
         return address is not None and any(address in network for network in self.trusted_proxies)
 
 
