@@ -286,7 +286,6 @@ def show_reviews(db: Database, *, as_json: bool, limit: int) -> int:
     return 0
 
 
-
 def _webhook_url(settings: Settings, args) -> int:
     """The URL to configure at Bolna for this daemon's listener (WEBHOOK_PUBLIC_URL + the token
     path), and with `--apply` set on the agent through Bolna's API (`PATCH /v2/agent/{id}`,

@@ -12,7 +12,6 @@ from services import lease
 from services.database import CALLS, CONTACTS, CUSTOMERS
 from services.run_records import stale_after
 from services.accounts.schedule import STATES
-from services.webhooks import DeliveryTally, Inbox
 from utils.clock import utcnow
 from utils.table import format_table
 from worker.app import CALL_PROCESSOR, JOB_NAMES, Runtime
@@ -30,6 +29,7 @@ def collect(runtime: Runtime, limit: int = 50) -> dict:
                 "listed": [_account_row(row) for row in overview["accounts"]]}
     db, runs, now = runtime.db, runtime.account.runs, utcnow()
     stale = stale_after(runtime.settings.sync_interval_minutes)
+    lags = runtime.inbox.lags_since(now - WEBHOOK_WINDOW)
     return {
         "database": runtime.settings.mongodb_db,
         "checkedAt": now,
@@ -39,14 +39,10 @@ def collect(runtime: Runtime, limit: int = 50) -> dict:
         "totals": {name: db[name].count_documents({}) for name in (CUSTOMERS, CALLS, CONTACTS)},
         "contactsByTag": _count_by(db, "tag"),
         "contactsByLeadStatus": _count_by(db, "leadStatus"),
-        "webhooks24h": _webhooks(runtime.inbox, runtime.deliveries, now - WEBHOOK_WINDOW),
+        "webhooks24h": {"deliveries": runtime.deliveries.totals(now - WEBHOOK_WINDOW),
+                        "waiting": runtime.inbox.waiting(),
+                        "lagMs": {"count": len(lags), "p50": _percentile(lags, 0.5), "p99": _percentile(lags, 0.99)}},
     }
-
-
-def _webhooks(inbox: Inbox, deliveries: DeliveryTally, since: datetime) -> dict:
-    lags = inbox.lags_since(since)
-    return {"deliveries": deliveries.totals(since), "waiting": inbox.waiting(),
-            "lagMs": {"count": len(lags), "p50": _percentile(lags, 0.50), "p99": _percentile(lags, 0.99)}}
 
 
 def _job(last: dict | None, success: dict | None, now: datetime) -> dict:
