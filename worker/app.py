@@ -148,29 +148,27 @@ class AccountApp:
         self.feed.run(CRM_SYNC, self.writers.customers, recorder, full=full)
 
     def process_calls(self, recorder: RunRecorder, full: bool) -> None:
-        """Bolna executions -> calls, then LLM analysis -> contacts, then retention."""
+        """Bolna executions -> calls, then LLM analysis -> contacts (the Batch API lane: its
+        finished jobs applied, a backlog's overflow submitted; then this run's synchronous batch),
+        then retention."""
         try:
             self.feed.run(CALL_PROCESSOR, self.writers.calls, recorder, full=full)
         finally:
             try:
                 # Calls stored by earlier runs are still worth analyzing when Bolna is down.
-                self.analyze(recorder)
+                if self.batch_api is not None:
+                    try:
+                        self.batch_api.run(recorder)
+                    except Exception as exc:  # noqa: BLE001 - the synchronous lane must still run
+                        # A traceback for bugs; a database error's text would quote document values.
+                        recorder.error(f"Batch API lane failed: {describe_failure(exc)}",
+                                       code="llm_batch_lane_failed",
+                                       exc_info=None if isinstance(exc, PyMongoError) else exc)
+                self.analysis.run(recorder)
             finally:
                 # Retention is this job's last pass: the job that writes `calls` also ages them out,
                 # after its own analysis, whether Bolna or the LLM answered or not (docs/privacy.md).
                 self.retention.run(recorder)
-
-    def analyze(self, recorder: RunRecorder) -> None:
-        """The call processor's second phase: the Batch API lane (its finished jobs applied, a
-        backlog's overflow submitted), then this run's synchronous batch."""
-        if self.batch_api is not None:
-            try:
-                self.batch_api.run(recorder)
-            except Exception as exc:  # noqa: BLE001 - the synchronous lane must still run
-                # A traceback for bugs; a database error's text would quote document values.
-                recorder.error(f"Batch API lane failed: {describe_failure(exc)}", code="llm_batch_lane_failed",
-                               exc_info=None if isinstance(exc, PyMongoError) else exc)
-        self.analysis.run(recorder)
 
     def close(self) -> None:
         self.reader.close()
