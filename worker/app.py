@@ -316,7 +316,6 @@ class Runtime:
         return [ScheduledJob(name, functools.partial(self.run_job, name), seconds) for name in JOB_NAMES]
 
     def run_job(self, name: str, *, full: bool = False) -> dict:
-        """One job of the one account now; its run record (also stored in `sync_runs`)."""
         with self._running():
             return self.account.run_job(name, full=full)
 

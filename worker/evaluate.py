@@ -28,7 +28,6 @@ NO_TAG = "(none)"  # the heuristic's tag when its rule's tag is not configured
 
 @dataclass(frozen=True)
 class Outcome:
-    """The analyzer's verdict on one labelled call."""
     call: LabelledCall
     tag: str
     status: str

@@ -119,7 +119,6 @@ class JobWatch:
         self._stalled = False
 
     def watched(self, name: str, run: Callable[[], object]) -> Callable[[], object]:
-        """`run`, with its start and end noted under `name`."""
         self._names.add(name)
         def run_watched():
             with self._lock:
@@ -302,7 +301,6 @@ class RunMetrics:
         self._refreshed.append(gauge)
 
     def refresh(self) -> None:
-        """Read the refreshed gauges again, each within REFRESH_TIMEOUT_SECONDS."""
         for gauge in self._refreshed:
             gauge.refresh()
 
@@ -324,7 +322,6 @@ class RunMetrics:
                        "is stored; time() minus it is the sync's lag", read, label="job")
 
     def last_status(self, job: str) -> str | None:
-        """The status of the last run of `job` this process finished (None before the first)."""
         with self._lock:
             return self._last_status.get(job)
 
