@@ -1,10 +1,6 @@
 """The daemon's life: every job on an interval, first runs at start, a clean stop on SIGTERM or
-SIGINT (the running job ends after its current write), and an immediate one on a second signal.
-SIGHUP stops it the same clean way but exits EXIT_RESTART, so that a supervisor restarts it with
-its configuration read again: the settings are frozen into every part at start-up, and a reload in
-place could leave a running job with half the old settings and half the new.
-Under systemd (Type=notify) it says READY=1 once MongoDB and the scheduler are up, feeds the
-watchdog from the jobs' progress (worker/health.py) and says STOPPING=1 when it stops."""
+SIGINT (the running job ends after its current write), an immediate one on a second signal, and
+SIGHUP's stop for a restart; under systemd, READY, the watchdog and STOPPING (docs/operations.md)."""
 from __future__ import annotations
 
 import contextlib
