@@ -163,59 +163,6 @@ class JobWatch:
         send(WATCHDOG)
 
 
-class Probes:
-    """/livez, /readyz and /healthz of `service` (a worker.app.Runtime), as docs/operations.md
-    ("Probes") says. A job that has not succeeded since the daemon started (`started_at`) is
-    measured from the start: a fresh install, or a daemon restarted after downtime, is healthy for
-    that long while its first runs catch up."""
-
-    def __init__(self, service, is_scheduling: Callable[[], bool], started_at: datetime | None = None,
-                 watch: JobWatch | None = None):
-        settings = service.settings
-        self.max_age = timedelta(minutes=settings.sync_interval_minutes) * settings.health_max_age_intervals
-        self.jobs = [job.name for job in service.scheduled_jobs()]
-        self.started_at = started_at or utcnow()
-        self._service = service
-        self._is_scheduling = is_scheduling
-        self._watch = watch
-
-    def live(self) -> tuple[int, bytes, str]:
-        return _verdict(self._live_reasons(), "ok", "not live")
-
-    def ready(self) -> tuple[int, bytes, str]:
-        reasons = self._live_reasons()
-        try:
-            with pymongo.timeout(PING_TIMEOUT_SECONDS):
-                self._service.db.command("ping")
-        except Exception as exc:  # noqa: BLE001 - any failure to answer is "not ready", said in the body
-            reasons.append(f"MongoDB did not answer a ping within {PING_TIMEOUT_SECONDS:g}s: {describe_failure(exc)}")
-        last_status = self._service.metrics.last_status
-        reasons += [f"{job}: its last run failed" for job in self.jobs if last_status(job) == "failed"]
-        return _verdict(reasons, "ready", "not ready")
-
-    def healthy(self) -> tuple[int, bytes, str]:
-        now, max_age = utcnow(), self.max_age.total_seconds()
-        reasons = [] if self._is_scheduling() else ["the scheduler is not running"]
-        jobs = {}
-        for job in self.jobs:
-            last = self._service.last_success_at(job)
-            since_start = last is None or last < self.started_at
-            age = (now - (self.started_at if since_start else last)).total_seconds()
-            jobs[job] = {"lastSuccessAt": last.isoformat(timespec="seconds") + "Z" if last else None,
-                         "ageSeconds": round(age)}
-            if age > max_age:
-                since = f"none since the start {age:.0f}s ago" if since_start else f"the last one finished {age:.0f}s ago"
-                reasons.append(f"{job}: no successful run within {max_age:.0f}s ({since})")
-        return _verdict(reasons, "ok", "unhealthy", maxAgeSeconds=round(max_age), jobs=jobs)
-
-    def _live_reasons(self) -> list[str]:
-        reasons = [] if self._is_scheduling() else ["the scheduler is not running"]
-        if self._watch is not None:
-            reasons += [f"{job}: running for {seconds:.0f}s without progress (deadline "
-                        f"{self._watch.deadline_seconds:.0f}s)" for job, seconds in self._watch.overdue().items()]
-        return reasons
-
-
 def _verdict(reasons: list[str], good: str, bad: str, **more) -> tuple[int, bytes, str]:
     body = {"status": bad if reasons else good, "reasons": reasons, **more}
     return 503 if reasons else 200, json.dumps(body).encode(), JSON
@@ -421,24 +368,32 @@ class _Refreshed:
 
 
 class HealthServer:
-    """The listener on HEALTH_HOST:HEALTH_PORT for `service` (a worker.app.Runtime): its probes
-    (`started_at`: when the daemon started, default now; `watch`: the jobs' deadlines, for /livez)
-    and its metrics."""
+    """The listener on HEALTH_HOST:HEALTH_PORT for `service` (a worker.app.Runtime): /livez, /readyz
+    and /healthz as docs/operations.md ("Probes") says, and /metrics. `watch`: the jobs' deadlines,
+    for /livez. A job that has not succeeded since the daemon started (`started_at`, default now) is
+    measured from the start: a fresh install, or a daemon restarted after downtime, is healthy for
+    that long while its first runs catch up."""
 
     def __init__(self, service, is_scheduling: Callable[[], bool], started_at: datetime | None = None,
                  watch: JobWatch | None = None, *, read_timeout: float = READ_TIMEOUT_SECONDS):
-        probes, metrics = Probes(service, is_scheduling, started_at, watch), service.metrics
+        settings = service.settings
+        self.max_age = timedelta(minutes=settings.sync_interval_minutes) * settings.health_max_age_intervals
+        self.jobs = [job.name for job in service.scheduled_jobs()]
+        self.started_at = started_at or utcnow()
+        self._service = service
+        self._is_scheduling = is_scheduling
+        self._watch = watch
         self._routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
-            "/livez": probes.live, "/readyz": probes.ready, "/healthz": probes.healthy,
-            "/metrics": lambda: (200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST),
+            "/livez": self.live, "/readyz": self.ready, "/healthz": self.healthy,
+            "/metrics": lambda: (200, generate_latest(service.metrics.registry), CONTENT_TYPE_LATEST),
         }
-        self._metrics = metrics
+        self._metrics = service.metrics
         self._read_timeout = read_timeout
         self._connections = 0
         self._checks = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="health-check")
         self._loop = asyncio.new_event_loop()
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, service.settings.health_host, service.settings.health_port,
+            asyncio.start_server(self._serve, settings.health_host, settings.health_port,
                                  limit=MAX_HEAD_BYTES, backlog=1024))
         self._thread = threading.Thread(target=self._loop.run_forever, name="health", daemon=True)
         self._stopping = threading.Event()
@@ -448,6 +403,42 @@ class HealthServer:
     def address(self) -> tuple[str, int]:
         """The bound host and port (the port is chosen by the system when 0 was asked)."""
         return self._server.sockets[0].getsockname()[:2]
+
+    def live(self) -> tuple[int, bytes, str]:
+        return _verdict(self._live_reasons(), "ok", "not live")
+
+    def ready(self) -> tuple[int, bytes, str]:
+        reasons = self._live_reasons()
+        try:
+            with pymongo.timeout(PING_TIMEOUT_SECONDS):
+                self._service.db.command("ping")
+        except Exception as exc:  # noqa: BLE001 - any failure to answer is "not ready", said in the body
+            reasons.append(f"MongoDB did not answer a ping within {PING_TIMEOUT_SECONDS:g}s: {describe_failure(exc)}")
+        last_status = self._service.metrics.last_status
+        reasons += [f"{job}: its last run failed" for job in self.jobs if last_status(job) == "failed"]
+        return _verdict(reasons, "ready", "not ready")
+
+    def healthy(self) -> tuple[int, bytes, str]:
+        now, max_age = utcnow(), self.max_age.total_seconds()
+        reasons = [] if self._is_scheduling() else ["the scheduler is not running"]
+        jobs = {}
+        for job in self.jobs:
+            last = self._service.last_success_at(job)
+            since_start = last is None or last < self.started_at
+            age = (now - (self.started_at if since_start else last)).total_seconds()
+            jobs[job] = {"lastSuccessAt": last.isoformat(timespec="seconds") + "Z" if last else None,
+                         "ageSeconds": round(age)}
+            if age > max_age:
+                since = f"none since the start {age:.0f}s ago" if since_start else f"the last one finished {age:.0f}s ago"
+                reasons.append(f"{job}: no successful run within {max_age:.0f}s ({since})")
+        return _verdict(reasons, "ok", "unhealthy", maxAgeSeconds=round(max_age), jobs=jobs)
+
+    def _live_reasons(self) -> list[str]:
+        reasons = [] if self._is_scheduling() else ["the scheduler is not running"]
+        if self._watch is not None:
+            reasons += [f"{job}: running for {seconds:.0f}s without progress (deadline "
+                        f"{self._watch.deadline_seconds:.0f}s)" for job, seconds in self._watch.overdue().items()]
+        return reasons
 
     def start(self) -> HealthServer:
         self._thread.start()
