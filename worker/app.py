@@ -245,6 +245,8 @@ class Runtime:
             # Every account's deliveries land in one inbox, each entry under its account.
             inbox = Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=clock)
             writers_for, tally = self._writers_for, account_view(db, None)  # the replica's tally
+            self.webhook_routes = (AccountRoutes(settings.webhook_token, self.inbox_of) if settings.webhook_token
+                                   else None)
         else:
             self.account = account = AccountApp(
                 settings, db, bolna or BolnaClient.from_settings(settings, stop=threading.Event()), account_id)
@@ -255,13 +257,10 @@ class Runtime:
             self.metrics.observe_cursors(self.db)
             self.inbox = inbox = self.inbox_of(account_id)
             writers_for = lambda _account_id: account.writers  # noqa: E731
+            self.webhook_routes = SingleRoute(settings.webhook_token, inbox) if settings.webhook_token else None
         self.deliveries = DeliveryTally(tally[WEBHOOK_DELIVERIES])
         self.webhook_processor = InboxProcessor(inbox, writers_for, self.deliveries)
         observe_webhooks(self.metrics, self.deliveries, inbox.waiting)
-        self.webhook_routes = None
-        if settings.webhook_token:
-            self.webhook_routes = (SingleRoute(settings.webhook_token, inbox) if self.account is not None
-                                   else AccountRoutes(settings.webhook_token, self.inbox_of))
         self._listeners.append(self.metrics.observe_run)
         if self.account is not None:
             self.attach(self.account)
