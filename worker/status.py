@@ -87,14 +87,22 @@ def format_status(status: dict) -> str:
         last = state["lastRun"] or {}
         job_rows.append([job, last.get("status", "never run"), last.get("startedAt"), last.get("finishedAt"),
                          last.get("errorCount"), state["lastSuccessAt"], _age(state["lastSuccessAgeSeconds"])])
-    totals = status["totals"]
+    totals, usage, webhooks = status["totals"], status["llmUsage24h"], status["webhooks24h"]
+    cost = f"${usage['costUsd']:.4f}"
+    if usage["unpricedAnalyses"]:
+        cost += f" (+ {usage['unpricedAnalyses']} analyses of a model without a price; see LLM_PRICES)"
+    delivered = ", ".join(f"{n} {outcome}" for outcome, n in webhooks["deliveries"].items() if n) or "none"
+    lag = webhooks["lagMs"]
+    delay = (f"; from Bolna's updated_at to the write: p50 {lag['p50'] / 1000:.1f} s, p99 {lag['p99'] / 1000:.1f} s "
+             f"over {lag['count']}" if lag["count"] else "")
     sections = [
         f"callsync status of database {status['database']!r} at {status['checkedAt']:%Y-%m-%d %H:%M:%S} UTC",
         format_table(["job", "last run", "started", "finished", "errors", "last success", "age"], job_rows),
         f"customers {totals[CUSTOMERS]}   calls {totals[CALLS]}   contacts {totals[CONTACTS]}   "
         f"waiting for analysis {status['queueDepth']}",
-        _llm_usage(status["llmUsage24h"]),
-        _webhook_summary(status["webhooks24h"]),
+        f"LLM, last 24 h: {usage['analyzed']} analyzed, {usage['failed']} failed, "
+        f"{usage['promptTokens']} prompt + {usage['completionTokens']} completion tokens, estimated cost {cost}",
+        f"webhooks, last 24 h: {delivered}; waiting {webhooks['waiting']}{delay}",
         format_table(["tag", "contacts"], _count_rows(status["contactsByTag"])),
         format_table(["lead status", "contacts"], _count_rows(status["contactsByLeadStatus"])),
     ]
@@ -121,23 +129,6 @@ def _account_row(row: dict) -> dict:
             "runningOn": row.get(lease.BY), "lastStatus": last.get("status"),
             "lastFinishedAt": last.get("finishedAt"), "errors": last.get("errors"),
             "refused": f"{refused['reason']} (since {refused['since']:%Y-%m-%d %H:%M})" if refused else None}
-
-
-def _llm_usage(usage: dict) -> str:
-    cost = f"${usage['costUsd']:.4f}"
-    if usage["unpricedAnalyses"]:
-        cost += f" (+ {usage['unpricedAnalyses']} analyses of a model without a price; see LLM_PRICES)"
-    return (f"LLM, last 24 h: {usage['analyzed']} analyzed, {usage['failed']} failed, "
-            f"{usage['promptTokens']} prompt + {usage['completionTokens']} completion tokens, "
-            f"estimated cost {cost}")
-
-
-def _webhook_summary(webhooks: dict) -> str:
-    counts = ", ".join(f"{n} {outcome}" for outcome, n in webhooks["deliveries"].items() if n) or "none"
-    lag = webhooks["lagMs"]
-    delay = (f"; from Bolna's updated_at to the write: p50 {lag['p50'] / 1000:.1f} s, p99 {lag['p99'] / 1000:.1f} s "
-             f"over {lag['count']}" if lag["count"] else "")
-    return f"webhooks, last 24 h: {counts}; waiting {webhooks['waiting']}{delay}"
 
 
 def _percentile(ordered: list[int], fraction: float) -> int | None:
