@@ -42,7 +42,7 @@ from utils.clock import utcnow
 from utils.config import Settings
 from utils.logging import log_context
 from worker.health import RunMetrics, observe_accounts, observe_webhooks
-from worker.webhook_listener import AccountRoutes, SingleRoute
+from worker.webhook_listener import AccountRoutes, account_token
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +245,7 @@ class Runtime:
             # Every account's deliveries land in one inbox, each entry under its account.
             inbox = Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=clock)
             writers_for, tally = self._writers_for, account_view(db, None)  # the replica's tally
-            self.webhook_routes = (AccountRoutes(settings.webhook_token, self.inbox_of) if settings.webhook_token
-                                   else None)
+            self.webhook_routes = AccountRoutes(self.inbox_of) if settings.webhook_token else None
         else:
             self.account = account = AccountApp(
                 settings, db, bolna or BolnaClient.from_settings(settings, stop=threading.Event()), account_id)
@@ -257,7 +256,8 @@ class Runtime:
             self.metrics.observe_cursors(self.db)
             self.inbox = inbox = self.inbox_of(account_id)
             writers_for = lambda _account_id: account.writers  # noqa: E731
-            self.webhook_routes = SingleRoute(settings.webhook_token, inbox) if settings.webhook_token else None
+            self.webhook_routes = (AccountRoutes(lambda _account_id: inbox, {settings.webhook_token: None})
+                                   if settings.webhook_token else None)
         self.deliveries = DeliveryTally(tally[WEBHOOK_DELIVERIES])
         self.webhook_processor = InboxProcessor(inbox, writers_for, self.deliveries)
         observe_webhooks(self.metrics, self.deliveries, inbox.waiting)
@@ -337,7 +337,8 @@ class Runtime:
             self.schedule.register([(account.id, account.key_fingerprint) for account in listed.accounts])
             self._accounts = {account.id: account for account in listed.accounts}
             if self.webhook_routes is not None:
-                self.webhook_routes.update(self._accounts)
+                self.webhook_routes.update({account_token(self.settings.webhook_token, account_id): account_id
+                                            for account_id in self._accounts})
             self._loaded_at = time.monotonic()
             log.info("%d account(s) listed, %d skipped", len(listed.accounts), len(listed.skipped),
                      extra={"event": "accounts_loaded"})

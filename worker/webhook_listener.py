@@ -110,31 +110,23 @@ def _digest(token: str) -> bytes:
 
 
 class AccountRoutes:
-    """Every listed account's token, leading to that account's inbox. The map is replaced whole
-    when the accounts are read again (`update`): an account that joins gets its URL then, one that
-    leaves loses it."""
+    """Each served token, leading to its account's inbox: WEBHOOK_TOKEN itself to the one account,
+    or each listed account's own (`account_token`). The map is replaced whole when the accounts are
+    read again (`update`): an account that joins gets its URL then, one that leaves loses it."""
 
-    def __init__(self, secret: str, inbox_of: Callable[[object], Inbox]):
-        self._secret = secret
+    def __init__(self, inbox_of: Callable[[object], Inbox], tokens: dict[str, object] | None = None):
         self._inbox_of = inbox_of
-        self._accounts: dict[bytes, object] = {}
+        self.update(tokens or {})
 
-    def update(self, account_ids: Iterable[object]) -> None:
-        self._accounts = {_digest(account_token(self._secret, account_id)): account_id for account_id in account_ids}
+    def update(self, tokens: dict[str, object]) -> None:
+        """`tokens`: each token to the id of its account."""
+        self._accounts = {_digest(token): account_id for token, account_id in tokens.items()}
 
     def inbox_for(self, token: str) -> Inbox | None:
         # Looked up by a digest of the token: how long a lookup takes depends on the digest, which
         # tells a guesser nothing about the token, nor how much of a guess was right.
         accounts, digest = self._accounts, _digest(token)  # `update` replaces the map, never changes it
         return self._inbox_of(accounts[digest]) if digest in accounts else None
-
-
-class SingleRoute(AccountRoutes):
-    """The one account of the environment, behind WEBHOOK_TOKEN itself."""
-
-    def __init__(self, token: str, inbox: Inbox):
-        super().__init__(token, lambda _account: inbox)
-        self._accounts = {_digest(token): None}
 
 
 @dataclass(frozen=True)
