@@ -16,6 +16,7 @@ and systemd (WatchdogSec) kills and restarts it; the same rule answers /livez.""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -227,19 +228,12 @@ class RunMetrics:
         if queue_depth is not None:
             self.refreshed("callsync_analysis_queue_depth", "Calls stored final and not analyzed yet", queue_depth)
         # Every series exists from the start, so a rate over the first failure is not lost.
-        for job in self.jobs:
-            for status in RUN_STATUSES:
-                self.runs.labels(job, status)
-            for operation in WRITE_COUNTS:
-                self.records_written.labels(job, operation)
-            self.run_errors.labels(job)
-        for outcome in OUTCOME_COUNTERS:
-            self.analyses.labels(outcome)
-        for kind in TOKEN_KINDS:
-            self.tokens.labels(kind)
-        for outcome in REQUEST_OUTCOMES:
-            self.bolna_requests.labels(outcome)
-            self.llm_requests.labels(outcome)
+        for counter, *labels in ((self.runs, self.jobs, RUN_STATUSES),
+                                 (self.records_written, self.jobs, WRITE_COUNTS), (self.run_errors, self.jobs),
+                                 (self.analyses, OUTCOME_COUNTERS), (self.tokens, TOKEN_KINDS),
+                                 (self.bolna_requests, REQUEST_OUTCOMES), (self.llm_requests, REQUEST_OUTCOMES)):
+            for values in itertools.product(*labels):
+                counter.labels(*values)
 
     def refreshed(self, name: str, help: str, read: Callable[[], object], label: str | None = None) -> None:
         """A gauge of what `read` returns from MongoDB, read by `refresh` (never at scrape)."""
