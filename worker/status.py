@@ -111,8 +111,7 @@ def format_status(status: dict) -> str:
 
 def format_fleet(status: dict) -> str:
     counts = "   ".join(f"{state} {status['accounts'].get(state, 0)}" for state in STATES)
-    rows = [[row["account"], row["state"], row["dueAt"], row["runningOn"], row["lastStatus"], row["lastFinishedAt"],
-             row["errors"], row["refused"]] for row in status["listed"]]
+    rows = [list(row.values()) for row in status["listed"]]  # in the columns' order (`_account_row`)
     return "\n\n".join([
         f"callsync accounts at {status['checkedAt']:%Y-%m-%d %H:%M:%S} UTC: {status['total']} in the schedule",
         counts,
