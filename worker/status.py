@@ -84,9 +84,13 @@ def _json_value(value: object) -> str:
 def format_status(status: dict) -> str:
     job_rows = []
     for job, state in status["jobs"].items():
-        last = state["lastRun"] or {}
+        last, age = state["lastRun"] or {}, state["lastSuccessAgeSeconds"]
+        if age is not None:
+            minutes, secs = divmod(age, 60)
+            hours, minutes = divmod(minutes, 60)
+            age = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
         job_rows.append([job, last.get("status", "never run"), last.get("startedAt"), last.get("finishedAt"),
-                         last.get("errorCount"), state["lastSuccessAt"], _age(state["lastSuccessAgeSeconds"])])
+                         last.get("errorCount"), state["lastSuccessAt"], age])
     totals, usage, webhooks = status["totals"], status["llmUsage24h"], status["webhooks24h"]
     cost = f"${usage['costUsd']:.4f}"
     if usage["unpricedAnalyses"]:
@@ -139,12 +143,4 @@ def _percentile(ordered: list[int], fraction: float) -> int | None:
 
 def _count_rows(counts: dict[str, int]) -> list[list]:
     return [[name, count] for name, count in counts.items()] or [["(no contacts)", 0]]
-
-
-def _age(seconds: int | None) -> str | None:
-    if seconds is None:
-        return None
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
