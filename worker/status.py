@@ -143,4 +143,3 @@ def _percentile(ordered: list[int], fraction: float) -> int | None:
 
 def _count_rows(counts: dict[str, int]) -> list[list]:
     return [[name, count] for name, count in counts.items()] or [["(no contacts)", 0]]
-
