@@ -96,13 +96,10 @@ def build_writers(db: Database, settings: Settings) -> AccountWriters:
     the poll's, and the webhook processor's for the account's deliveries."""
     guard = PrivacyGuard(SuppressionList(db, hasher_for(settings.privacy_hash_key)),
                          Eraser(db, settings.default_phone_region))
-    return AccountWriters(CallWriter(db, guard, retention_policy(settings)),
+    return AccountWriters(CallWriter(db, guard, RetentionPolicy(settings.transcript_retention_days,
+                                                                settings.record_retention_days)),
                           CustomerWriter(db, StatusRanks(settings.status_precedence), guard),
                           settings.default_phone_region)
-
-
-def retention_policy(settings: Settings) -> RetentionPolicy:
-    return RetentionPolicy(settings.transcript_retention_days, settings.record_retention_days)
 
 
 class AccountApp:
@@ -130,7 +127,7 @@ class AccountApp:
                                   overlap=timedelta(minutes=settings.sync_overlap_minutes))
         self.writers = build_writers(db, settings)
         self.analysis = build_analysis(db, settings, self.owner, self.stop)
-        self.retention = RetentionPass(db, retention_policy(settings), self.stop)
+        self.retention = RetentionPass(db, self.writers.calls.retention, self.stop)
         self.call_queue = self.analysis.queue
         self.batch_api = build_batch_api(db, settings, self.owner, self.analysis)
         self.runs = RunRecords(db)
