@@ -42,7 +42,7 @@ from utils.clock import utcnow
 from utils.config import Settings
 from utils.logging import log_context
 from worker.health import RunMetrics, observe_accounts, observe_webhooks
-from worker.webhook_listener import AccountRoutes, SingleRoute
+from worker.webhook_listener import AccountRoutes, account_token
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,10 @@ DEFAULT_SERVER_SELECTION_MS = 5000
 BATCH_API_TIMEOUT_SECONDS = 300.0
 ACCOUNTS_PASS = "accounts"  # the daemon's one scheduled job with many accounts
 # The jobs: the scheduler, the CLI's choices, the run records and the cursors in `sync_state` take
-# their names from here; `JOBS` (below `AccountApp`) holds their bodies.
+# their names from here; `AccountApp.run_job` runs them.
 CRM_SYNC = "crm_sync"
 CALL_PROCESSOR = "call_processor"
+JOB_NAMES = (CRM_SYNC, CALL_PROCESSOR)
 
 
 def connect(settings: Settings) -> MongoClient:
@@ -95,13 +96,10 @@ def build_writers(db: Database, settings: Settings) -> AccountWriters:
     the poll's, and the webhook processor's for the account's deliveries."""
     guard = PrivacyGuard(SuppressionList(db, hasher_for(settings.privacy_hash_key)),
                          Eraser(db, settings.default_phone_region))
-    return AccountWriters(CallWriter(db, guard, retention_policy(settings)),
+    return AccountWriters(CallWriter(db, guard, RetentionPolicy(settings.transcript_retention_days,
+                                                                settings.record_retention_days)),
                           CustomerWriter(db, StatusRanks(settings.status_precedence), guard),
                           settings.default_phone_region)
-
-
-def retention_policy(settings: Settings) -> RetentionPolicy:
-    return RetentionPolicy(settings.transcript_retention_days, settings.record_retention_days)
 
 
 class AccountApp:
@@ -129,55 +127,49 @@ class AccountApp:
                                   overlap=timedelta(minutes=settings.sync_overlap_minutes))
         self.writers = build_writers(db, settings)
         self.analysis = build_analysis(db, settings, self.owner, self.stop)
-        self.retention = RetentionPass(db, retention_policy(settings), self.stop)
+        self.retention = RetentionPass(db, self.writers.calls.retention, self.stop)
         self.call_queue = self.analysis.queue
         self.batch_api = build_batch_api(db, settings, self.owner, self.analysis)
         self.runs = RunRecords(db)
 
     def run_job(self, name: str, *, full: bool = False) -> dict:
         """Run one job now and return its run record (also stored in `sync_runs`)."""
-        if name not in JOBS:
+        body = {CRM_SYNC: self.sync_customers, CALL_PROCESSOR: self.process_calls}.get(name)
+        if body is None:
             raise ValueError(f"unknown job {name!r}; expected one of {', '.join(JOB_NAMES)}")
         with log_context(account=None if self.account_id is None else str(self.account_id)):
-            return self.runs.record(name, lambda recorder: JOBS[name](self, recorder, full))
+            return self.runs.record(name, lambda recorder: body(recorder, full))
 
     def sync_customers(self, recorder: RunRecorder, full: bool) -> None:
         """Bolna executions -> customers."""
         self.feed.run(CRM_SYNC, self.writers.customers, recorder, full=full)
 
     def process_calls(self, recorder: RunRecorder, full: bool) -> None:
-        """Bolna executions -> calls, then LLM analysis -> contacts, then retention."""
+        """Bolna executions -> calls, then LLM analysis -> contacts (the Batch API lane: its
+        finished jobs applied, a backlog's overflow submitted; then this run's synchronous batch),
+        then retention."""
         try:
             self.feed.run(CALL_PROCESSOR, self.writers.calls, recorder, full=full)
         finally:
             try:
                 # Calls stored by earlier runs are still worth analyzing when Bolna is down.
-                self.analyze(recorder)
+                if self.batch_api is not None:
+                    try:
+                        self.batch_api.run(recorder)
+                    except Exception as exc:  # noqa: BLE001 - the synchronous lane must still run
+                        # A traceback for bugs; a database error's text would quote document values.
+                        recorder.error(f"Batch API lane failed: {describe_failure(exc)}",
+                                       code="llm_batch_lane_failed",
+                                       exc_info=None if isinstance(exc, PyMongoError) else exc)
+                self.analysis.run(recorder)
             finally:
                 # Retention is this job's last pass: the job that writes `calls` also ages them out,
                 # after its own analysis, whether Bolna or the LLM answered or not (docs/privacy.md).
                 self.retention.run(recorder)
 
-    def analyze(self, recorder: RunRecorder) -> None:
-        """The call processor's second phase: the Batch API lane (its finished jobs applied, a
-        backlog's overflow submitted), then this run's synchronous batch."""
-        if self.batch_api is not None:
-            try:
-                self.batch_api.run(recorder)
-            except Exception as exc:  # noqa: BLE001 - the synchronous lane must still run
-                # A traceback for bugs; a database error's text would quote document values.
-                recorder.error(f"Batch API lane failed: {describe_failure(exc)}", code="llm_batch_lane_failed",
-                               exc_info=None if isinstance(exc, PyMongoError) else exc)
-        self.analysis.run(recorder)
-
     def close(self) -> None:
         self.reader.close()
         self.bolna.close()
-
-
-JOBS: dict[str, Callable[[AccountApp, RunRecorder, bool], None]] = {
-    CRM_SYNC: AccountApp.sync_customers, CALL_PROCESSOR: AccountApp.process_calls}
-JOB_NAMES = tuple(JOBS)
 
 
 @dataclass(frozen=True)
@@ -212,17 +204,10 @@ class Runtime:
 
     One account (ACCOUNT_SOURCE unset: the environment's; or `account_id`, one of many named on the
     command line) is a fleet of one whose app (`account`) is kept for the process's life, each job
-    on its own every SYNC_INTERVAL_MINUTES. Many accounts (ACCOUNT_SOURCE=mongodb): the accounts of
-    the CRM, synced by every replica that runs this image, sharing the work through MongoDB with no
-    configuration. Every ACCOUNT_POLL_SECONDS a replica re-reads the account list when it is due
-    (ACCOUNT_REFRESH_SECONDS), then claims due accounts from the account schedule under a lease
-    (services/accounts/schedule.py), ACCOUNT_CONCURRENCY at a time, and runs both jobs for each with
-    that account's own keys, limits and view of the database (an `AccountApp` each). The lease is
-    renewed while the jobs run; a replica that dies stops renewing, and another takes its accounts
-    over once the lease has run out. An account whose Bolna key is refused is set aside until its
-    key changes, and never holds up the others. With WEBHOOK_PORT each listed account has its own
-    webhook URL (worker/webhook_listener.py), and the one inbox processor writes every account's
-    deliveries into that account's records."""
+    on its own every SYNC_INTERVAL_MINUTES. Many accounts (ACCOUNT_SOURCE=mongodb): every
+    ACCOUNT_POLL_SECONDS a pass claims due accounts under a lease and runs both jobs for each with
+    its own keys, limits and view of the database (an `AccountApp` each), shared with the other
+    replicas as docs/scaling.md ("How the work is shared") says."""
 
     def __init__(self, settings: Settings, db: Database, *, mongo_client=None, bolna: BolnaClient | None = None,
                  account_id=None, clock: Callable[[], datetime] | None = None):
@@ -252,12 +237,12 @@ class Runtime:
             self._refresh_lock = threading.Lock()
             # Across accounts: counts by job and status, and accounts by state; never by account
             # (bounded cardinality).
-            self.metrics = RunMetrics(JOB_NAMES, queue_depth=None, llm_configured=llm_configured,
-                                      refresh_after_runs=False)
+            self.metrics = RunMetrics(JOB_NAMES, queue_depth=None, llm_configured=llm_configured)
             observe_accounts(self.metrics, self.schedule.counts)
             # Every account's deliveries land in one inbox, each entry under its account.
             inbox = Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=clock)
             writers_for, tally = self._writers_for, account_view(db, None)  # the replica's tally
+            self.webhook_routes = AccountRoutes(self.inbox_of) if settings.webhook_token else None
         else:
             self.account = account = AccountApp(
                 settings, db, bolna or BolnaClient.from_settings(settings, stop=threading.Event()), account_id)
@@ -268,13 +253,11 @@ class Runtime:
             self.metrics.observe_cursors(self.db)
             self.inbox = inbox = self.inbox_of(account_id)
             writers_for = lambda _account_id: account.writers  # noqa: E731
+            self.webhook_routes = (AccountRoutes(lambda _account_id: inbox, {settings.webhook_token: None})
+                                   if settings.webhook_token else None)
         self.deliveries = DeliveryTally(tally[WEBHOOK_DELIVERIES])
         self.webhook_processor = InboxProcessor(inbox, writers_for, self.deliveries)
         observe_webhooks(self.metrics, self.deliveries, inbox.waiting)
-        self.webhook_routes = None
-        if settings.webhook_token:
-            self.webhook_routes = (SingleRoute(settings.webhook_token, inbox) if self.account is not None
-                                   else AccountRoutes(settings.webhook_token, self.inbox_of))
         self._listeners.append(self.metrics.observe_run)
         if self.account is not None:
             self.attach(self.account)
@@ -329,7 +312,6 @@ class Runtime:
         return [ScheduledJob(name, functools.partial(self.run_job, name), seconds) for name in JOB_NAMES]
 
     def run_job(self, name: str, *, full: bool = False) -> dict:
-        """One job of the one account now; its run record (also stored in `sync_runs`)."""
         with self._running():
             return self.account.run_job(name, full=full)
 
@@ -352,7 +334,8 @@ class Runtime:
             self.schedule.register([(account.id, account.key_fingerprint) for account in listed.accounts])
             self._accounts = {account.id: account for account in listed.accounts}
             if self.webhook_routes is not None:
-                self.webhook_routes.update(self._accounts)
+                self.webhook_routes.update({account_token(self.settings.webhook_token, account_id): account_id
+                                            for account_id in self._accounts})
             self._loaded_at = time.monotonic()
             log.info("%d account(s) listed, %d skipped", len(listed.accounts), len(listed.skipped),
                      extra={"event": "accounts_loaded"})

@@ -10,17 +10,25 @@ import threading
 from contextlib import closing
 from datetime import datetime, timedelta
 
+from bson import ObjectId
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, ConnectionFailure, PyMongoError
 
+from services.accounts.source import AccountSource, UnusableAccount
+from services.bolna_client import BolnaClient, BolnaError
 from services.database import STAGE_REVIEWS
+from services import privacy
 from services.run_records import describe_failure
 from utils.clock import naive_utc
 from utils.config import ConfigError, Settings, load_settings, secret_texts
 from utils.logging import redact, setup_logging
 from utils.phone import Phone, mask_phone, normalize_phone
 from utils.table import format_table
-from worker.app import JOB_NAMES
+from worker.app import JOB_NAMES, Runtime, connect
+from worker.daemon import run_daemon
+from worker.evaluate import run_evaluation
+from worker.status import collect, show, to_json
+from worker.webhook_listener import PATH_PREFIX, account_token
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
             from worker.demo import run_demo
             return run_demo(settings, args.accounts)
         if command == "evaluate":
-            from worker.evaluate import run_evaluation
             return run_evaluation(settings, args)
         many = settings.account_source == "mongodb"
         if args.account is not None and not many:
@@ -158,8 +165,6 @@ def _build(settings: Settings, *, prepare: bool = True, account: str | None = No
     """What a command runs on: the accounts the daemon serves (ACCOUNT_SOURCE), or the one of many
     that `account` names. `prepare=False` for read-only commands: no index builds, no marking of
     other runs."""
-    from worker.app import Runtime, connect
-
     client = None
     account_id = None
     if account is not None:
@@ -176,8 +181,6 @@ def _build(settings: Settings, *, prepare: bool = True, account: str | None = No
 
 
 def _run(settings: Settings, _args) -> int:
-    from worker.daemon import run_daemon
-
     return run_daemon(_build(settings))
 
 
@@ -207,8 +210,6 @@ def _once(settings: Settings, args) -> int:
 
 
 def _status(settings: Settings, args) -> int:
-    from worker.status import collect, show
-
     with closing(_build(settings, prepare=False, account=args.account)) as runtime:
         return show(collect(runtime, args.limit), args.json)
 
@@ -223,21 +224,19 @@ def _reanalyze(settings: Settings, args) -> int:
 def _forget(settings: Settings, args) -> int:
     """Erase one person's number everywhere and keep it out of later syncs
     (services/privacy.py). The number is never printed: only its last four digits."""
-    from services.privacy import COLLECTIONS, Eraser, forget, hasher_for
-
     phone = _phone(args.phone, settings.default_phone_region, as_stored=args.as_stored)
     # Checked before anything is read or written.
-    hasher = None if args.dry_run else hasher_for(settings.privacy_hash_key, required=True)
+    hasher = None if args.dry_run else privacy.hasher_for(settings.privacy_hash_key, required=True)
     shown = mask_phone(phone.key)
     with closing(_build(settings, account=args.account)) as app:
         if args.dry_run:
-            counts = Eraser(app.db, settings.default_phone_region).find(phone).counts()
+            counts = privacy.Eraser(app.db, settings.default_phone_region).find(phone).counts()
             header = f"{shown}: dry run, nothing changed. An erasure would affect:"
         else:
-            counts = forget(app.db, phone, hasher, settings.default_phone_region)
+            counts = privacy.forget(app.db, phone, hasher, settings.default_phone_region)
             header = (f"{shown}: erased, and on the suppression list: later syncs skip this number."
                       + ("" if any(counts.values()) else " Nothing was left to remove."))
-    rows = [[name, counts[name], ERASED[name]] for name in COLLECTIONS]
+    rows = [[name, counts[name], ERASED[name]] for name in privacy.COLLECTIONS]
     print(header + "\n" + format_table(["collection", "documents", "what happens"], rows, max_width=80))
     return 0
 
@@ -273,7 +272,7 @@ def show_reviews(db: Database, *, as_json: bool, limit: int) -> int:
                                     sort=[("createdAt", 1)], limit=limit)
     reviews = [{**review, "customerPhone": mask_phone(review.get("customerPhone") or "")} for review in cursor]
     if as_json:
-        print(json.dumps(reviews, default=_json_value))
+        print(to_json(reviews))
         return 0
     if not reviews:
         print("no open stage reviews")
@@ -287,23 +286,12 @@ def show_reviews(db: Database, *, as_json: bool, limit: int) -> int:
     return 0
 
 
-def _json_value(value: object) -> str:
-    if isinstance(value, datetime):  # stored times are naive UTC
-        return value.isoformat(timespec="milliseconds") + "Z"
-    return str(value)  # ObjectId
-
-
 def _webhook_url(settings: Settings, args) -> int:
     """The URL to configure at Bolna for this daemon's listener (WEBHOOK_PUBLIC_URL + the token
     path), and with `--apply` set on the agent through Bolna's API (`PATCH /v2/agent/{id}`,
     `agent_config.webhook_url`). With many accounts the URL is the account's own (its token
     derived from WEBHOOK_TOKEN, worker/webhook_listener.py) and `--apply` uses the account's Bolna
     key. The URL holds the token: it is printed for the person who asked, and never logged."""
-    from services.bolna_client import BolnaClient, BolnaError
-    from services.accounts.source import AccountSource, UnusableAccount
-    from worker.app import connect
-    from worker.webhook_listener import PATH_PREFIX, account_token
-
     if not settings.webhook_public_url:
         raise UsageError("WEBHOOK_PUBLIC_URL is not set: the listener's base URL as Bolna reaches it, "
                          "e.g. https://hooks.example.com (your reverse proxy; see the README, Webhooks)")
@@ -350,8 +338,6 @@ def _webhook_url(settings: Settings, args) -> int:
 def _account_id(db, settings: Settings, text: str) -> object:
     """The stored `_id` `--account` names: an ObjectId when it is one's 24 hex digits and such an
     account exists (a CRM written in JavaScript stores those), else the text itself."""
-    from bson import ObjectId
-
     accounts = db[settings.accounts_collection]
     for candidate in ([ObjectId(text)] if ObjectId.is_valid(text) else []) + [text]:
         if accounts.find_one({"_id": candidate}, {"_id": 1}) is not None:

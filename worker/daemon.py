@@ -1,12 +1,9 @@
 """The daemon's life: every job on an interval, first runs at start, a clean stop on SIGTERM or
-SIGINT (the running job ends after its current write), and an immediate one on a second signal.
-SIGHUP stops it the same clean way but exits EXIT_RESTART, so that a supervisor restarts it with
-its configuration read again: the settings are frozen into every part at start-up, and a reload in
-place could leave a running job with half the old settings and half the new.
-Under systemd (Type=notify) it says READY=1 once MongoDB and the scheduler are up, feeds the
-watchdog from the jobs' progress (worker/health.py) and says STOPPING=1 when it stops."""
+SIGINT (the running job ends after its current write), an immediate one on a second signal, and
+SIGHUP's stop for a restart; under systemd, READY, the watchdog and STOPPING (docs/operations.md)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -92,15 +89,17 @@ def run_daemon(app: Runtime) -> int:
         if scheduler.running:
             scheduler.shutdown(wait=False)
 
-    health = webhooks = None
-    try:
+    # At the end, in reverse order: STOPPING=1, the webhook listener, the health server, the app.
+    with contextlib.ExitStack() as running:
+        running.callback(app.close)
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, on_signal)
         if app.settings.health_port is not None:
-            health = serve_health(app, is_scheduling=lambda: scheduler.running, watch=watch)
+            running.callback(serve_health(app, is_scheduling=lambda: scheduler.running, watch=watch).stop)
         if app.settings.webhook_port is not None:
-            webhooks = serve_webhooks(app)
+            running.callback(serve_webhooks(app).stop)
+        running.callback(notify, STOPPING)
         log.info("daemon started: %s%s", ", ".join(f"{job.name} every {job.seconds:g} s" for job in jobs),
                  f"; systemd watchdog every {watchdog:g} s, job deadline {app.settings.job_deadline_seconds:g} s"
                  if watchdog else "", extra={"event": "daemon_started"})
@@ -115,12 +114,5 @@ def run_daemon(app: Runtime) -> int:
             notify(STOPPING)
             logging.shutdown()
             os._exit(EXIT_FORCED)  # the stuck job's thread would otherwise hold the interpreter open
-    finally:
-        notify(STOPPING)
-        if webhooks is not None:
-            webhooks.stop()
-        if health is not None:
-            health.stop()
-        app.close()
     log.info("daemon stopped (exit code %d)", exit_code, extra={"event": "daemon_stopped"})
     return exit_code

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import closing
 from datetime import timedelta
 
 from fakes.accounts_dataset import accounts_dataset, customer_number
@@ -37,8 +38,7 @@ def run_demo(settings: Settings, accounts: int | None = None) -> int:
             bolna_agent_ids=(), backfill_days=7,
             # The offline analyzer costs nothing: analyze the whole sample in one run.
             llm_calls_per_run=(settings.llm_calls_per_run if settings.groq_api_keys else len(executions)))
-        app = Runtime.build(demo_settings, mongo_client=HookedClient())
-        try:
+        with closing(Runtime.build(demo_settings, mongo_client=HookedClient())) as app:
             app.prepare()
             app.db[PIPELINES].insert_one(DEMO_PIPELINE)
             app.db[CONTACTS].insert_many(worked_contacts(utcnow()))
@@ -52,8 +52,6 @@ def run_demo(settings: Settings, accounts: int | None = None) -> int:
                     print(f"   ! {error['message']}")
             print(f"\nBolna requests made: {bolna.request_count()}\n")
             _print_collections(app.db)
-        finally:
-            app.close()
     return 0
 
 
@@ -105,10 +103,9 @@ def _accounts_demo(settings: Settings, how_many: int) -> int:
         users.insert_many([{"_id": account.label, "name": f"Demo organisation {n + 1}",
                             "bolnaApiKey": account.api_key, "subscription": {"status": "active"}}
                            for n, account in enumerate(accounts)])
-        fleet = Runtime.build(demo_settings, mongo_client=client)
         runs: list[dict] = []
-        fleet.subscribe(runs.append)
-        try:
+        with closing(Runtime.build(demo_settings, mongo_client=client)) as fleet:
+            fleet.subscribe(runs.append)
             fleet.prepare()
             print(f"Demo: {how_many} accounts of 2 agents each in `users`, served by one fake Bolna API at "
                   f"{bolna.base_url}, each under its own key; in-memory MongoDB.\n")
@@ -117,8 +114,6 @@ def _accounts_demo(settings: Settings, how_many: int) -> int:
                 print(f"{run['userId']} run {run['job']}: {run['status']}  {json.dumps(run['counts'])}")
             _print_accounts(fleet.db, accounts)
             print("\n" + format_fleet(collect(fleet, limit=how_many)))
-        finally:
-            fleet.close()
     return 0
 
 

@@ -28,8 +28,6 @@ NO_TAG = "(none)"  # the heuristic's tag when its rule's tag is not configured
 
 @dataclass(frozen=True)
 class Outcome:
-    """The analyzer's verdict on one labelled call: the tag and status predicted (FAILED when it
-    gave no answer, NO_TAG for a tag it did not give)."""
     call: LabelledCall
     tag: str
     status: str
@@ -142,6 +140,7 @@ def render_report(report: dict) -> str:
     calls = report["calls"]
     usage = report["usage"]
     model = "" if report["model"] == report["analyzer"] else f" ({report['model']})"
+    cost = report["estimatedCostUsd"]
     lines = [
         f"Evaluation of the {report['analyzer']} analyzer{model} on {calls} labelled calls ({report['dataset']})",
         "",
@@ -149,7 +148,8 @@ def render_report(report: dict) -> str:
         f"status accuracy: {ratio(report['status']['correct'], calls)}",
         f"failed answers:  {report['failures']['count']} (counted as misses)",
         f"tokens:          {usage['promptTokens']} in / {usage['completionTokens']} out",
-        f"estimated cost:  {_cost(report['estimatedCostUsd'])}",
+        "estimated cost:  " + ("unknown (no price for this model; see LLM_PRICES)" if cost is None
+                               else f"${cost:.6f} (USD, estimate)"),
         "",
         "Tags (rows: expected, columns: predicted)",
         _confusion_table(report["tag"]["confusion"]),
@@ -191,7 +191,3 @@ def _group_tables(title: str, figures: dict) -> list[str]:
 
 def ratio(correct: int, total: int) -> str:
     return f"{correct}/{total} = {100 * correct / total:.1f}%" if total else "-"
-
-
-def _cost(cost: float | None) -> str:
-    return "unknown (no price for this model; see LLM_PRICES)" if cost is None else f"${cost:.6f} (USD, estimate)"

@@ -1,30 +1,22 @@
 """The daemon's health, as its supervisors read it: systemd's notify protocol and watchdog, the
-optional HTTP listener (HEALTH_PORT) and the Prometheus metrics it serves.
+optional HTTP listener (HEALTH_PORT: `/livez`, `/readyz`, `/healthz`, `/metrics`, docs/operations.md)
+and the Prometheus metrics it serves. The listener is one asyncio loop in one thread, so idle or
+slow clients cost a socket each, never a thread.
 
-The listener answers Kubernetes' probe names (`/livez`, `/readyz`; `/healthz` kept as it always
-was: `Probes`) and `/metrics`. It is bounded whatever its clients do: one asyncio loop serves every
-connection in one thread, a client has READ_TIMEOUT_SECONDS to send its request head (at most
-MAX_HEAD_BYTES), at most MAX_CONNECTIONS are open, and the checks run in a pool of CHECK_THREADS.
-Idle or slow clients cost a socket each, never a thread.
+The metrics are taken from the run records the daemon writes (a `RunRecords` listener), so they
+say exactly what the stored run records say. What only MongoDB knows (the analysis queue depth,
+the accounts by state) is read after each run and every few seconds, under a timeout: a scrape
+never waits for MongoDB.
 
-The metrics are taken from the run records the daemon writes: counters grow by each finished run's
-counts (a `RunRecords` listener), so they say exactly what the stored run records say. What only
-MongoDB knows (the analysis queue depth, the accounts by state) is read after each run and every
-few seconds by the listener, under a timeout, and a scrape shows the last value read: a scrape
-never waits for MongoDB. The last-success times are loaded from `sync_runs` at start so a restart
-does not forget them.
-
-systemd (sd_notify(3)): each message is one datagram of `KEY=value` lines to the unix socket named
-by $NOTIFY_SOCKET. Hand-written rather than a library: the protocol is this small, and the
+systemd (sd_notify(3)) is hand-written rather than a library: the protocol is this small, and the
 maintained bindings (python-systemd, sdnotify) add a C build or an unmaintained package for it.
 The watchdog is fed from the scheduler's own progress, never from a thread that pings whatever
-happens: `JobWatch` knows which job runs and since when it last got on, and the heartbeat (a job in
-the scheduler) pings only while none has run past JOB_DEADLINE_SECONDS. A hung job, or a scheduler
-that no longer runs its jobs, stops the pings, and systemd (WatchdogSec) kills and restarts it; the
-same rule answers /livez."""
+happens: a hung job, or a scheduler that no longer runs its jobs, stops the pings (`JobWatch`),
+and systemd (WatchdogSec) kills and restarts it; the same rule answers /livez."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -128,7 +120,6 @@ class JobWatch:
         self._stalled = False
 
     def watched(self, name: str, run: Callable[[], object]) -> Callable[[], object]:
-        """`run`, with its start and end noted under `name`."""
         self._names.add(name)
         def run_watched():
             with self._lock:
@@ -173,76 +164,18 @@ class JobWatch:
         send(WATCHDOG)
 
 
-class Probes:
-    """/livez, /readyz and /healthz of `service` (a worker.app.Runtime). Live: the scheduler runs
-    and no job is past its deadline (the watchdog's own rule). Ready: live, MongoDB answers a ping
-    within PING_TIMEOUT_SECONDS, and the last run of no scheduled job failed. Healthy: the scheduler
-    runs and every job's last successful run (ok or partial) is younger than HEALTH_MAX_AGE_INTERVALS
-    sync intervals. A job that has not succeeded since the daemon started (`started_at`) is measured
-    from the start: a fresh install, or a daemon restarted after downtime, is healthy for that long
-    while its first runs catch up."""
-
-    def __init__(self, service, is_scheduling: Callable[[], bool], started_at: datetime | None = None,
-                 watch: JobWatch | None = None):
-        settings = service.settings
-        self.max_age = timedelta(minutes=settings.sync_interval_minutes) * settings.health_max_age_intervals
-        self.jobs = [job.name for job in service.scheduled_jobs()]
-        self.started_at = started_at or utcnow()
-        self._service = service
-        self._is_scheduling = is_scheduling
-        self._watch = watch
-
-    def live(self) -> tuple[int, bytes, str]:
-        return _verdict(self._live_reasons(), "ok", "not live")
-
-    def ready(self) -> tuple[int, bytes, str]:
-        reasons = self._live_reasons()
-        try:
-            with pymongo.timeout(PING_TIMEOUT_SECONDS):
-                self._service.db.command("ping")
-        except Exception as exc:  # noqa: BLE001 - any failure to answer is "not ready", said in the body
-            reasons.append(f"MongoDB did not answer a ping within {PING_TIMEOUT_SECONDS:g}s: {describe_failure(exc)}")
-        last_status = self._service.metrics.last_status
-        reasons += [f"{job}: its last run failed" for job in self.jobs if last_status(job) == "failed"]
-        return _verdict(reasons, "ready", "not ready")
-
-    def healthy(self) -> tuple[int, bytes, str]:
-        now, max_age = utcnow(), self.max_age.total_seconds()
-        reasons = [] if self._is_scheduling() else ["the scheduler is not running"]
-        jobs = {}
-        for job in self.jobs:
-            last = self._service.last_success_at(job)
-            since_start = last is None or last < self.started_at
-            age = (now - (self.started_at if since_start else last)).total_seconds()
-            jobs[job] = {"lastSuccessAt": last.isoformat(timespec="seconds") + "Z" if last else None,
-                         "ageSeconds": round(age)}
-            if age > max_age:
-                since = f"none since the start {age:.0f}s ago" if since_start else f"the last one finished {age:.0f}s ago"
-                reasons.append(f"{job}: no successful run within {max_age:.0f}s ({since})")
-        return _verdict(reasons, "ok", "unhealthy", maxAgeSeconds=round(max_age), jobs=jobs)
-
-    def _live_reasons(self) -> list[str]:
-        reasons = [] if self._is_scheduling() else ["the scheduler is not running"]
-        if self._watch is not None:
-            reasons += [f"{job}: running for {seconds:.0f}s without progress (deadline "
-                        f"{self._watch.deadline_seconds:.0f}s)" for job, seconds in self._watch.overdue().items()]
-        return reasons
-
-
 def _verdict(reasons: list[str], good: str, bad: str, **more) -> tuple[int, bytes, str]:
     body = {"status": bad if reasons else good, "reasons": reasons, **more}
     return 503 if reasons else 200, json.dumps(body).encode(), JSON
 
 
 class RunMetrics:
-    def __init__(self, jobs: Iterable[str], *, queue_depth: Callable[[], int] | None, llm_configured: bool = False,
-                 refresh_after_runs: bool = True):
-        """`queue_depth`: how many calls wait for analysis, read after each run and by the
-        refresher; None with many accounts (each account's queue is its own, and a count across
-        them would scan). `refresh_after_runs`: read the refreshed gauges again after each run (one
-        account); with many accounts only the listener's refresher reads them, every few seconds,
-        not once per account's run."""
-        self._refresh_after_runs = refresh_after_runs
+    def __init__(self, jobs: Iterable[str], *, queue_depth: Callable[[], int] | None, llm_configured: bool = False):
+        """`queue_depth`: how many calls wait for analysis (one account); None with many accounts
+        (each account's queue is its own, and a count across them would scan). With one account the
+        refreshed gauges are read again after each run; with many only by the listener's refresher,
+        every few seconds, not once per account's run."""
+        self._refresh_after_runs = queue_depth is not None
         self.jobs = tuple(jobs)
         self.registry = CollectorRegistry()
         self._lock = threading.Lock()
@@ -295,19 +228,12 @@ class RunMetrics:
         if queue_depth is not None:
             self.refreshed("callsync_analysis_queue_depth", "Calls stored final and not analyzed yet", queue_depth)
         # Every series exists from the start, so a rate over the first failure is not lost.
-        for job in self.jobs:
-            for status in RUN_STATUSES:
-                self.runs.labels(job, status)
-            for operation in WRITE_COUNTS:
-                self.records_written.labels(job, operation)
-            self.run_errors.labels(job)
-        for outcome in OUTCOME_COUNTERS:
-            self.analyses.labels(outcome)
-        for kind in TOKEN_KINDS:
-            self.tokens.labels(kind)
-        for outcome in REQUEST_OUTCOMES:
-            self.bolna_requests.labels(outcome)
-            self.llm_requests.labels(outcome)
+        for counter, *labels in ((self.runs, self.jobs, RUN_STATUSES),
+                                 (self.records_written, self.jobs, WRITE_COUNTS), (self.run_errors, self.jobs),
+                                 (self.analyses, OUTCOME_COUNTERS), (self.tokens, TOKEN_KINDS),
+                                 (self.bolna_requests, REQUEST_OUTCOMES), (self.llm_requests, REQUEST_OUTCOMES)):
+            for values in itertools.product(*labels):
+                counter.labels(*values)
 
     def refreshed(self, name: str, help: str, read: Callable[[], object], label: str | None = None) -> None:
         """A gauge of what `read` returns from MongoDB, read by `refresh` (never at scrape)."""
@@ -316,7 +242,6 @@ class RunMetrics:
         self._refreshed.append(gauge)
 
     def refresh(self) -> None:
-        """Read the refreshed gauges again, each within REFRESH_TIMEOUT_SECONDS."""
         for gauge in self._refreshed:
             gauge.refresh()
 
@@ -338,7 +263,6 @@ class RunMetrics:
                        "is stored; time() minus it is the sync's lag", read, label="job")
 
     def last_status(self, job: str) -> str | None:
-        """The status of the last run of `job` this process finished (None before the first)."""
         with self._lock:
             return self._last_status.get(job)
 
@@ -438,19 +362,33 @@ class _Refreshed:
 
 
 class HealthServer:
-    def __init__(self, probes: Probes, metrics: RunMetrics, host: str, port: int, *,
-                 read_timeout: float = READ_TIMEOUT_SECONDS):
+    """The listener on HEALTH_HOST:HEALTH_PORT for `service` (a worker.app.Runtime): /livez, /readyz
+    and /healthz as docs/operations.md ("Probes") says, and /metrics. `watch`: the jobs' deadlines,
+    for /livez. A job that has not succeeded since the daemon started (`started_at`, default now) is
+    measured from the start: a fresh install, or a daemon restarted after downtime, is healthy for
+    that long while its first runs catch up."""
+
+    def __init__(self, service, is_scheduling: Callable[[], bool], started_at: datetime | None = None,
+                 watch: JobWatch | None = None, *, read_timeout: float = READ_TIMEOUT_SECONDS):
+        settings = service.settings
+        self.max_age = timedelta(minutes=settings.sync_interval_minutes) * settings.health_max_age_intervals
+        self.jobs = [job.name for job in service.scheduled_jobs()]
+        self.started_at = started_at or utcnow()
+        self._service = service
+        self._is_scheduling = is_scheduling
+        self._watch = watch
         self._routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
-            "/livez": probes.live, "/readyz": probes.ready, "/healthz": probes.healthy,
-            "/metrics": lambda: (200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST),
+            "/livez": self.live, "/readyz": self.ready, "/healthz": self.healthy,
+            "/metrics": lambda: (200, generate_latest(service.metrics.registry), CONTENT_TYPE_LATEST),
         }
-        self._metrics = metrics
+        self._metrics = service.metrics
         self._read_timeout = read_timeout
         self._connections = 0
         self._checks = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="health-check")
         self._loop = asyncio.new_event_loop()
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, host, port, limit=MAX_HEAD_BYTES, backlog=1024))
+            asyncio.start_server(self._serve, settings.health_host, settings.health_port,
+                                 limit=MAX_HEAD_BYTES, backlog=1024))
         self._thread = threading.Thread(target=self._loop.run_forever, name="health", daemon=True)
         self._stopping = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_metrics, name="metrics-refresh", daemon=True)
@@ -459,6 +397,42 @@ class HealthServer:
     def address(self) -> tuple[str, int]:
         """The bound host and port (the port is chosen by the system when 0 was asked)."""
         return self._server.sockets[0].getsockname()[:2]
+
+    def live(self) -> tuple[int, bytes, str]:
+        return _verdict(self._live_reasons(), "ok", "not live")
+
+    def ready(self) -> tuple[int, bytes, str]:
+        reasons = self._live_reasons()
+        try:
+            with pymongo.timeout(PING_TIMEOUT_SECONDS):
+                self._service.db.command("ping")
+        except Exception as exc:  # noqa: BLE001 - any failure to answer is "not ready", said in the body
+            reasons.append(f"MongoDB did not answer a ping within {PING_TIMEOUT_SECONDS:g}s: {describe_failure(exc)}")
+        last_status = self._service.metrics.last_status
+        reasons += [f"{job}: its last run failed" for job in self.jobs if last_status(job) == "failed"]
+        return _verdict(reasons, "ready", "not ready")
+
+    def healthy(self) -> tuple[int, bytes, str]:
+        now, max_age = utcnow(), self.max_age.total_seconds()
+        reasons = [] if self._is_scheduling() else ["the scheduler is not running"]
+        jobs = {}
+        for job in self.jobs:
+            last = self._service.last_success_at(job)
+            since_start = last is None or last < self.started_at
+            age = (now - (self.started_at if since_start else last)).total_seconds()
+            jobs[job] = {"lastSuccessAt": last.isoformat(timespec="seconds") + "Z" if last else None,
+                         "ageSeconds": round(age)}
+            if age > max_age:
+                since = f"none since the start {age:.0f}s ago" if since_start else f"the last one finished {age:.0f}s ago"
+                reasons.append(f"{job}: no successful run within {max_age:.0f}s ({since})")
+        return _verdict(reasons, "ok", "unhealthy", maxAgeSeconds=round(max_age), jobs=jobs)
+
+    def _live_reasons(self) -> list[str]:
+        reasons = [] if self._is_scheduling() else ["the scheduler is not running"]
+        if self._watch is not None:
+            reasons += [f"{job}: running for {seconds:.0f}s without progress (deadline "
+                        f"{self._watch.deadline_seconds:.0f}s)" for job, seconds in self._watch.overdue().items()]
+        return reasons
 
     def start(self) -> HealthServer:
         self._thread.start()
@@ -528,11 +502,6 @@ class HealthServer:
             return _verdict([describe_failure(exc)], "", "unknown")
 
 
-def serve_health(service, is_scheduling: Callable[[], bool], started_at: datetime | None = None,
-                 watch: JobWatch | None = None, **limits) -> HealthServer:
-    """Start the listener on HEALTH_HOST:HEALTH_PORT for `service` (a worker.app.Runtime): its
-    probes (`started_at`: when the daemon started, default now; `watch`: the jobs' deadlines, for
-    /livez) and its metrics; `limits`: HealthServer's bounds."""
-    settings = service.settings
-    probes = Probes(service, is_scheduling, started_at, watch)
-    return HealthServer(probes, service.metrics, settings.health_host, settings.health_port, **limits).start()
+
+def serve_health(*args, **options) -> HealthServer:
+    return HealthServer(*args, **options).start()

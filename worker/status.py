@@ -1,8 +1,6 @@
-"""`main.py status`: what the daemon did and what waits — read from the collections it writes,
-so it works from any machine that reaches the database, daemon running or not. One account's
-runs, queue and contacts (with many accounts, `--account ID`), or many accounts by state (running,
-due, waiting, refused, retired), the ones due longest with the replica syncing them, their last
-result and errors: both from the one `Runtime` the daemon runs."""
+"""`main.py status`: what the daemon did and what waits, read from the collections it writes (so
+from any machine that reaches the database, daemon running or not): one account's runs, queue and
+contacts, or many accounts by state."""
 from __future__ import annotations
 
 import json
@@ -14,7 +12,6 @@ from services import lease
 from services.database import CALLS, CONTACTS, CUSTOMERS
 from services.run_records import stale_after
 from services.accounts.schedule import STATES
-from services.webhooks import DeliveryTally, Inbox
 from utils.clock import utcnow
 from utils.table import format_table
 from worker.app import CALL_PROCESSOR, JOB_NAMES, Runtime
@@ -32,6 +29,7 @@ def collect(runtime: Runtime, limit: int = 50) -> dict:
                 "listed": [_account_row(row) for row in overview["accounts"]]}
     db, runs, now = runtime.db, runtime.account.runs, utcnow()
     stale = stale_after(runtime.settings.sync_interval_minutes)
+    lags = runtime.inbox.lags_since(now - WEBHOOK_WINDOW)
     return {
         "database": runtime.settings.mongodb_db,
         "checkedAt": now,
@@ -41,14 +39,10 @@ def collect(runtime: Runtime, limit: int = 50) -> dict:
         "totals": {name: db[name].count_documents({}) for name in (CUSTOMERS, CALLS, CONTACTS)},
         "contactsByTag": _count_by(db, "tag"),
         "contactsByLeadStatus": _count_by(db, "leadStatus"),
-        "webhooks24h": _webhooks(runtime.inbox, runtime.deliveries, now - WEBHOOK_WINDOW),
+        "webhooks24h": {"deliveries": runtime.deliveries.totals(now - WEBHOOK_WINDOW),
+                        "waiting": runtime.inbox.waiting(),
+                        "lagMs": {"count": len(lags), "p50": _percentile(lags, 0.5), "p99": _percentile(lags, 0.99)}},
     }
-
-
-def _webhooks(inbox: Inbox, deliveries: DeliveryTally, since: datetime) -> dict:
-    lags = inbox.lags_since(since)
-    return {"deliveries": deliveries.totals(since), "waiting": inbox.waiting(),
-            "lagMs": {"count": len(lags), "p50": _percentile(lags, 0.50), "p99": _percentile(lags, 0.99)}}
 
 
 def _job(last: dict | None, success: dict | None, now: datetime) -> dict:
@@ -72,24 +66,47 @@ def _count_by(db: Database, field: str) -> dict[str, int]:
 
 def show(status: dict, as_json: bool) -> int:
     formatted = format_fleet if "accounts" in status else format_status
-    print(json.dumps(status, default=_json_value) if as_json else formatted(status))
+    print(to_json(status) if as_json else formatted(status))
     return 0
+
+
+def to_json(value: object) -> str:
+    """`--json` output (`status`, `review`)."""
+    return json.dumps(value, default=_json_value)
+
+
+def _json_value(value: object) -> str:
+    if isinstance(value, datetime):  # stored times are naive UTC
+        return value.isoformat(timespec="milliseconds") + "Z"
+    return str(value)  # ObjectId
 
 
 def format_status(status: dict) -> str:
     job_rows = []
     for job, state in status["jobs"].items():
-        last = state["lastRun"] or {}
+        last, age = state["lastRun"] or {}, state["lastSuccessAgeSeconds"]
+        if age is not None:
+            minutes, secs = divmod(age, 60)
+            hours, minutes = divmod(minutes, 60)
+            age = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
         job_rows.append([job, last.get("status", "never run"), last.get("startedAt"), last.get("finishedAt"),
-                         last.get("errorCount"), state["lastSuccessAt"], _age(state["lastSuccessAgeSeconds"])])
-    totals = status["totals"]
+                         last.get("errorCount"), state["lastSuccessAt"], age])
+    totals, usage, webhooks = status["totals"], status["llmUsage24h"], status["webhooks24h"]
+    cost = f"${usage['costUsd']:.4f}"
+    if usage["unpricedAnalyses"]:
+        cost += f" (+ {usage['unpricedAnalyses']} analyses of a model without a price; see LLM_PRICES)"
+    delivered = ", ".join(f"{n} {outcome}" for outcome, n in webhooks["deliveries"].items() if n) or "none"
+    lag = webhooks["lagMs"]
+    delay = (f"; from Bolna's updated_at to the write: p50 {lag['p50'] / 1000:.1f} s, p99 {lag['p99'] / 1000:.1f} s "
+             f"over {lag['count']}" if lag["count"] else "")
     sections = [
         f"callsync status of database {status['database']!r} at {status['checkedAt']:%Y-%m-%d %H:%M:%S} UTC",
         format_table(["job", "last run", "started", "finished", "errors", "last success", "age"], job_rows),
         f"customers {totals[CUSTOMERS]}   calls {totals[CALLS]}   contacts {totals[CONTACTS]}   "
         f"waiting for analysis {status['queueDepth']}",
-        _llm_usage(status["llmUsage24h"]),
-        _webhook_summary(status["webhooks24h"]),
+        f"LLM, last 24 h: {usage['analyzed']} analyzed, {usage['failed']} failed, "
+        f"{usage['promptTokens']} prompt + {usage['completionTokens']} completion tokens, estimated cost {cost}",
+        f"webhooks, last 24 h: {delivered}; waiting {webhooks['waiting']}{delay}",
         format_table(["tag", "contacts"], _count_rows(status["contactsByTag"])),
         format_table(["lead status", "contacts"], _count_rows(status["contactsByLeadStatus"])),
     ]
@@ -98,8 +115,7 @@ def format_status(status: dict) -> str:
 
 def format_fleet(status: dict) -> str:
     counts = "   ".join(f"{state} {status['accounts'].get(state, 0)}" for state in STATES)
-    rows = [[row["account"], row["state"], row["dueAt"], row["runningOn"], row["lastStatus"], row["lastFinishedAt"],
-             row["errors"], row["refused"]] for row in status["listed"]]
+    rows = [list(row.values()) for row in status["listed"]]  # in the columns' order (`_account_row`)
     return "\n\n".join([
         f"callsync accounts at {status['checkedAt']:%Y-%m-%d %H:%M:%S} UTC: {status['total']} in the schedule",
         counts,
@@ -118,23 +134,6 @@ def _account_row(row: dict) -> dict:
             "refused": f"{refused['reason']} (since {refused['since']:%Y-%m-%d %H:%M})" if refused else None}
 
 
-def _llm_usage(usage: dict) -> str:
-    cost = f"${usage['costUsd']:.4f}"
-    if usage["unpricedAnalyses"]:
-        cost += f" (+ {usage['unpricedAnalyses']} analyses of a model without a price; see LLM_PRICES)"
-    return (f"LLM, last 24 h: {usage['analyzed']} analyzed, {usage['failed']} failed, "
-            f"{usage['promptTokens']} prompt + {usage['completionTokens']} completion tokens, "
-            f"estimated cost {cost}")
-
-
-def _webhook_summary(webhooks: dict) -> str:
-    counts = ", ".join(f"{n} {outcome}" for outcome, n in webhooks["deliveries"].items() if n) or "none"
-    lag = webhooks["lagMs"]
-    delay = (f"; from Bolna's updated_at to the write: p50 {lag['p50'] / 1000:.1f} s, p99 {lag['p99'] / 1000:.1f} s "
-             f"over {lag['count']}" if lag["count"] else "")
-    return f"webhooks, last 24 h: {counts}; waiting {webhooks['waiting']}{delay}"
-
-
 def _percentile(ordered: list[int], fraction: float) -> int | None:
     """Nearest-rank percentile of an ascending list."""
     if not ordered:
@@ -144,17 +143,3 @@ def _percentile(ordered: list[int], fraction: float) -> int | None:
 
 def _count_rows(counts: dict[str, int]) -> list[list]:
     return [[name, count] for name, count in counts.items()] or [["(no contacts)", 0]]
-
-
-def _age(seconds: int | None) -> str | None:
-    if seconds is None:
-        return None
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def _json_value(value: object) -> str:
-    if isinstance(value, datetime):  # stored times are naive UTC
-        return value.isoformat(timespec="milliseconds") + "Z"
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")

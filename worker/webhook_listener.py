@@ -10,29 +10,12 @@ Who may deliver: Bolna signs nothing, so besides the path's token the documented
 list of addresses it sends from. Behind a reverse proxy the sender is in X-Forwarded-For, which
 anyone can write: it is believed only from the configured proxies.
 
-Which account a delivery is for: the token in its URL says. Single-account mode has one token,
-WEBHOOK_TOKEN. With many accounts (ACCOUNT_SOURCE=mongodb) each account has its own, derived from
-WEBHOOK_TOKEN and the account's id:
+Which account a delivery is for: the token in its URL says. One account has WEBHOOK_TOKEN itself;
+with many each has its own, HMAC-SHA256(key=WEBHOOK_TOKEN, message=str(account id)) in hex, so no
+token is stored anywhere and one account's URL tells nothing of another's (docs/scaling.md).
 
-    token = HMAC-SHA256(key=WEBHOOK_TOKEN, message=str(account id)), in hex
-
-so no token is stored anywhere, a CRM front end holding the secret can show each account its
-URL, and one account's URL tells nothing of another's.
-
-Why waitress still: it reads each request whole in its event loop before a worker thread sees it,
-so a slow or idle client holds a socket, never a thread. What it lacks against connection floods
-(slowloris) is added here:
-
-- many connections: `connection_limit` far above waitress' 100 (which 100 idle sockets filled,
-  stopping every delivery before its token or sender was looked at), watched with poll() rather
-  than select() (which cannot watch a descriptor numbered 1024 or more);
-- the process's descriptor limit raised to what that needs (its soft limit up to the hard one);
-- an idle connection closed after `idle_seconds`, and a request that has been arriving for longer
-  than `request_seconds` (a client trickling a byte at a time keeps a connection active, but not
-  for ever) closed too; both checked every `check_seconds`;
-- at most `per_address` connections from one peer address: a flood from one address fills its own
-  allowance and nothing else. A trusted proxy (WEBHOOK_TRUSTED_PROXIES) is not bounded: it carries
-  every sender's connections, and buffers a request whole before it opens one to us.
+Why waitress, and the bounds added to it against connection floods (`ConnectionLimits`,
+`BoundedServer`): docs/reliability.md, "Hostile network input".
 """
 from __future__ import annotations
 
@@ -106,16 +89,14 @@ class SenderPolicy:
         if self.allowed is None:
             return True
         sender = _address(peer)
-        if self._trusted(sender) and forwarded_for:
+        if self.is_trusted_proxy(peer) and forwarded_for:
             # A hop that is no address (None): a proxy we trust wrote it, and it is refused.
-            hops = (_address(hop) for hop in reversed(forwarded_for.split(",")))
-            sender = next((hop for hop in hops if not self._trusted(hop)), sender)
+            hops = reversed(forwarded_for.split(","))
+            sender = next((_address(hop) for hop in hops if not self.is_trusted_proxy(hop)), sender)
         return sender is not None and any(sender in network for network in self.allowed)
 
     def is_trusted_proxy(self, peer: str) -> bool:
-        return self._trusted(_address(peer))
-
-    def _trusted(self, address) -> bool:
+        address = _address(peer)
         return address is not None and any(address in network for network in self.trusted_proxies)
 
 
@@ -129,31 +110,23 @@ def _digest(token: str) -> bytes:
 
 
 class AccountRoutes:
-    """Every listed account's token, leading to that account's inbox. The map is replaced whole
-    when the accounts are read again (`update`): an account that joins gets its URL then, one that
-    leaves loses it."""
+    """Each served token, leading to its account's inbox: WEBHOOK_TOKEN itself to the one account,
+    or each listed account's own (`account_token`). The map is replaced whole when the accounts are
+    read again (`update`): an account that joins gets its URL then, one that leaves loses it."""
 
-    def __init__(self, secret: str, inbox_of: Callable[[object], Inbox]):
-        self._secret = secret
+    def __init__(self, inbox_of: Callable[[object], Inbox], tokens: dict[str, object] | None = None):
         self._inbox_of = inbox_of
-        self._accounts: dict[bytes, object] = {}
+        self.update(tokens or {})
 
-    def update(self, account_ids: Iterable[object]) -> None:
-        self._accounts = {_digest(account_token(self._secret, account_id)): account_id for account_id in account_ids}
+    def update(self, tokens: dict[str, object]) -> None:
+        """`tokens`: each token to the id of its account."""
+        self._accounts = {_digest(token): account_id for token, account_id in tokens.items()}
 
     def inbox_for(self, token: str) -> Inbox | None:
         # Looked up by a digest of the token: how long a lookup takes depends on the digest, which
         # tells a guesser nothing about the token, nor how much of a guess was right.
         accounts, digest = self._accounts, _digest(token)  # `update` replaces the map, never changes it
         return self._inbox_of(accounts[digest]) if digest in accounts else None
-
-
-class SingleRoute(AccountRoutes):
-    """The one account of the environment, behind WEBHOOK_TOKEN itself."""
-
-    def __init__(self, token: str, inbox: Inbox):
-        super().__init__(token, lambda _account: inbox)
-        self._accounts = {_digest(token): None}
 
 
 @dataclass(frozen=True)
