@@ -38,7 +38,6 @@ SAVE_EVERY_WINDOWS = 8
 
 
 def holds_cursor(unfinished_created_at: datetime, now: datetime) -> bool:
-    """An unfinished call holds the cursor while it is young; an older one is followed by id."""
     return now - unfinished_created_at < PENDING_HOLD
 
 
@@ -59,8 +58,7 @@ class WindowProgress:
         self.hold = created_at if self.hold is None else min(self.hold, created_at)
 
     def unfinished(self, call_id: str, created_at: datetime, now: datetime) -> None:
-        """A call the next run must see again: not final yet, or not read or written this time.
-        While young it holds the cursor; after that it is followed by id."""
+        """A call the next run must see again: not final yet, or not read or written this time."""
         if holds_cursor(created_at, now):
             self.read_again(created_at)
         else:
@@ -80,21 +78,13 @@ class FollowUps:
 
 
 def follow_ups(pending: dict[str, Followed], now: datetime) -> FollowUps:
-    """`PENDING_PER_RUN` calls are fetched this run, those checked least recently first (never
-    checked before all), so a few that never finish cannot keep the others from being seen."""
-    plan = FollowUps([], {}, [])
-    live = []
-    for call_id, followed in pending.items():
-        if now - followed.created_at > PENDING_MAX_AGE:
-            plan.expired.append(call_id)
-        else:
-            live.append((followed.checked_at is not None, followed.checked_at, followed.created_at, call_id))
-    for number, (*_order, call_id) in enumerate(sorted(live)):
-        if number < PENDING_PER_RUN:
-            plan.fetch.append(call_id)
-        else:
-            plan.keep[call_id] = pending[call_id]
-    return plan
+    """`PENDING_PER_RUN` calls are fetched this run: never checked first, then least recently checked."""
+    expired = [call_id for call_id, followed in pending.items() if now - followed.created_at > PENDING_MAX_AGE]
+    order = [call_id for *_order, call_id in sorted(
+        (followed.checked_at is not None, followed.checked_at, followed.created_at, call_id)
+        for call_id, followed in pending.items() if now - followed.created_at <= PENDING_MAX_AGE)]
+    return FollowUps(order[:PENDING_PER_RUN], {call_id: pending[call_id] for call_id in order[PENDING_PER_RUN:]},
+                     expired)
 
 
 class SyncState:
@@ -121,11 +111,8 @@ class SyncState:
             return self._agent(agent_id)["cursor"]
 
     def read_from(self, agent_id: str, *, overlap: timedelta, backfill: timedelta) -> datetime:
-        """Where this run reads the agent from: a little before the cursor; on a first sync, from
-        the agent's backfill start. Recomputing that from "now" would slide it past the oldest
-        calls each time a first sync is cut off and restarted later, after the other job (or the
-        first attempt's links) stored them; so the first proposal is kept, in one atomic upsert
-        (two daemons at once get the same)."""
+        """A little before the cursor; on a first sync, the agent's backfill start, the first
+        proposal kept in one atomic upsert (two daemons at once get the same)."""
         cursor = self.cursor(agent_id)
         if cursor is not None:
             return cursor - overlap
@@ -174,7 +161,7 @@ class SyncState:
 
 
 def oldest_cursor(state: Collection, job: str) -> datetime | None:
-    """`job`'s oldest cursor over its agents (one account's view): how far behind Bolna the sync
-    is, for the metrics. The query a run's `SyncState` makes, so it is read from the same index."""
+    """How far behind Bolna `job` is, for the metrics: the query a run's `SyncState` makes, so it is
+    read from the same index."""
     cursors = [doc["cursor"] for doc in state.find({"job": job}, {"cursor": 1}) if doc.get("cursor")]
     return min(cursors, default=None)
