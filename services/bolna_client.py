@@ -1,11 +1,9 @@
 """Talking to Bolna: one pooled session, Bearer auth, timeouts, retries that respect the server,
 and every request paced to Bolna's rate limits. Safe to share between threads.
 
-Bolna allows 500 requests a minute on an agent's listing (`/v2/agent/{id}/executions`, also
-`/v2/agent/{id}` and `/call`) and 1,000 a minute elsewhere (`GET /executions/{id}`, ...), per
-organisation, and answers 429 beyond. A backfill fires faster than that; pacing here keeps it at
-the limit instead of buying 429s and their waits. The windows are pyrate-limiter's sliding-window
-logs; waiting is ours, on the stop Event, so a SIGTERM ends it at once.
+A backfill fires faster than Bolna allows; pacing keeps it at the limit instead of buying 429s and
+their waits. The windows are pyrate-limiter's sliding-window logs; waiting is ours, on the stop
+Event, so a SIGTERM ends it at once.
 """
 from __future__ import annotations
 
@@ -45,8 +43,8 @@ MAX_PAGES_PER_WINDOW = 2000
 class BolnaError(Exception):
     def __init__(self, message: str, status: int | None = None, retry_after: float | None = None, *,
                  sent: bool = False):
-        """`sent`: the failure of a request that went out (its outcome is counted once it is known
-        whether another attempt follows)."""
+        """`sent`: a request that went out, its outcome counted once it is known whether another
+        attempt follows."""
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
@@ -67,14 +65,13 @@ class BolnaAuthError(BolnaError, FatalError):
         return False
 
 
-# The agent-scoped endpoints under the lower limit; every other path is under the higher one.
+# The agent-scoped endpoints (an agent's listing, the agent itself, `/call`) under the lower limit.
 _LISTING_PATHS = re.compile(r"^/v2/agent/(?!all$)[^/]+(/executions)?$|^/call$")
 # A wait is re-checked at least this often: other threads take turns meanwhile.
 _LONGEST_NAP = 1.0
 
 
 def endpoint_class(path: str) -> str:
-    """`listing` (500/min) or `other` (1,000/min)."""
     return "listing" if _LISTING_PATHS.match(path) else "other"
 
 
@@ -169,8 +166,8 @@ class BolnaClient:
         self.outcomes = RequestOutcomes()  # each request's outcome, for the metrics
         self.session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max(1, connections))
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        for scheme in ("http://", "https://"):
+            self.session.mount(scheme, adapter)
         self.session.headers.update({"Authorization": f"Bearer {api_key}", "Accept": "application/json"})
         exponential = wait_exponential_jitter(multiplier=backoff_seconds, max=max_wait, jitter=backoff_seconds)
 
@@ -219,17 +216,6 @@ class BolnaClient:
             raise
 
     def _attempt(self, method: str, path: str, request: dict) -> tuple[object, datetime | None]:
-        response = self._send(method, path, **request)
-        try:
-            return response.json(), _read_no_earlier_than(response)
-        except ValueError:
-            if method == "PATCH":
-                return None, None  # a 2xx without a JSON body still applied the change
-            raise BolnaError(f"Bolna sent a body that is not valid JSON on {path}") from None
-        except RecursionError:  # nesting deeper than the parser's stack: not a page we can split
-            raise BolnaError(f"Bolna sent a body nested too deep to read on {path}") from None
-
-    def _send(self, method: str, path: str, **request) -> requests.Response:
         """One request, in its turn under the pace: a refused key raises BolnaAuthError, any
         other failure BolnaError (with Bolna's Retry-After, for the retry loop)."""
         shown = path if method == "GET" else f"{method} {path}"
@@ -255,7 +241,18 @@ class BolnaClient:
             raise BolnaError(f"Bolna answered HTTP {response.status_code} on {shown}: {_error_text(response)}",
                              response.status_code, parse_retry_after(response.headers.get("Retry-After")), sent=True)
         self.outcomes("ok")
-        return response
+        # The earliest Bolna's clock may have read what it answered: the `Date` it stamped once the
+        # answer was ready, less the round trip; in milliseconds, as the listing's `to` is sent, so
+        # a window never reaches past what was asked.
+        served_at = None if stamped is None else to_millis(stamped - response.elapsed)
+        try:
+            return response.json(), served_at
+        except ValueError:
+            if method == "PATCH":
+                return None, None  # a 2xx without a JSON body still applied the change
+            raise BolnaError(f"Bolna sent a body that is not valid JSON on {path}") from None
+        except RecursionError:  # nesting deeper than the parser's stack: not a page we can split
+            raise BolnaError(f"Bolna sent a body nested too deep to read on {path}") from None
 
     def now(self) -> datetime:
         """Bolna's present, by its own clock as its last answer told it (the `Date` header against
@@ -330,11 +327,9 @@ class BolnaClient:
 
 class WindowPage(list):
     """A page of raw executions that knows whether it ends its time window, so the caller can
-    move its cursor only past fully written windows. `served_at`: the earliest
-    Bolna's clock may have read this page (`_read_no_earlier_than`), None when it sent no `Date`.
-    `read_through`: how far every page of the window up to this one has seen, by Bolna's clock:
-    the window's end, or the earliest page's `served_at` when that is sooner (a clock here ahead
-    of Bolna's, or calls made while the window was paged)."""
+    move its cursor only past fully written windows. `served_at`: the earliest Bolna's clock may
+    have read this page, None without a `Date`. `read_through`: how far every page of the window up
+    to this one has seen, by Bolna's clock (`_window_pages`)."""
 
     def __init__(self, items: list, last: bool, served_at: datetime | None, read_through: datetime):
         super().__init__(items)
@@ -351,14 +346,6 @@ def _date(response: requests.Response) -> datetime | None:
     except (KeyError, TypeError, ValueError):
         return None
     return stamped if abs(stamped - utcnow()) <= MAX_CLOCK_SKEW else None
-
-
-def _read_no_earlier_than(response: requests.Response) -> datetime | None:
-    """The earliest Bolna's clock may have read what it answered: the `Date` it stamped once the
-    answer was ready, less the round trip (the header is rounded down to the second, too)."""
-    stamped = _date(response)
-    # In milliseconds, as the listing's `to` is sent: a window never reaches past what was asked.
-    return None if stamped is None else to_millis(stamped - response.elapsed)
 
 
 def _has_more(value: object, agent_id: str, page_number: int) -> bool:
