@@ -24,7 +24,8 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_whe
 
 from services.run_records import FatalError
 from utils.clock import naive_utc, to_millis, utcnow
-from utils.http import RequestOutcomes, parse_retry_after
+from utils.http import parse_retry_after
+from utils.logging import Listeners
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class BolnaClient:
         self.requests_made = 0
         # Bolna's clock less this machine's, as the last `Date` header said; None until one came.
         self.clock_offset: timedelta | None = None
-        self.outcomes = RequestOutcomes()  # each request's outcome, for the metrics
+        self.outcomes = Listeners("request_listener_failed")  # each request's outcome, for the metrics
         self.session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max(1, connections))
         for scheme in ("http://", "https://"):

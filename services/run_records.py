@@ -18,7 +18,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 
 from services.database import JOB_STARTED_INDEX, RUN_INDEX_KEYS, SYNC_RUNS
 from utils.clock import utcnow
-from utils.logging import log_context, redact
+from utils.logging import Listeners, log_context, redact
 
 MAX_ERRORS = 100  # a run over a broken feed must not grow a 16 MB document
 
@@ -168,12 +168,10 @@ UNSETTLED = UnsettledRuns()
 class RunRecords:
     def __init__(self, db: Database):
         self.runs = db[SYNC_RUNS]
-        self._listeners: list[RunListener] = []
         self.unsettled = UNSETTLED
-
-    def subscribe(self, listener: RunListener) -> None:
-        """Call `listener` with every finished run's record (from the job's thread)."""
-        self._listeners.append(listener)
+        # Each sees every finished run's record (from the job's thread), `RunListener`s.
+        self.finished = Listeners("run_listener_failed")
+        self.subscribe = self.finished.subscribe
 
     def record(self, job: str, body: Callable[[RunRecorder], None]) -> dict:
         """Run `body` under a run record. Its exceptions are recorded, not raised: one job's
@@ -188,7 +186,8 @@ class RunRecords:
                 log.error("could not start the run record; run skipped: %s", describe_failure(exc),
                           extra={**context, "event": "run_failed"})
                 recorder.finish(exc)
-                return self._notify(recorder.document(), context)
+                self.finished(recorder.document())
+                return recorder.document()
             log.info("run started", extra={**context, "event": "run_started"})
             failure = None
             try:
@@ -216,16 +215,8 @@ class RunRecords:
             log.info("run finished: %s", document["status"],
                      extra={**context, "event": "run_finished", "status": document["status"],
                             "counts": document["counts"]})
-            return self._notify(document, context)
-
-    def _notify(self, document: dict, context: dict) -> dict:
-        """Each listener sees the finished run's `document`, returned."""
-        for listener in self._listeners:
-            try:
-                listener(document)
-            except Exception:  # noqa: BLE001 - an observer (metrics) must never fail the job
-                log.exception("a run listener failed", extra={**context, "event": "run_listener_failed"})
-        return document
+            self.finished(document)
+            return document
 
     def last_run(self, job: str, stale: timedelta | None = None) -> dict | None:
         """The last run of `job`; with `stale`, one still `running` whose process is dead (on this
