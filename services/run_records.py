@@ -45,9 +45,8 @@ def describe_failure(failure: BaseException) -> str:
 
 
 class RunRecorder:
-    """Collects a run's counts and errors. Counts are global (`counts`) and, when an agent
-    is named, per agent (`agents`). Errors never stop the run; they make it `partial`. Agents
-    synced side by side report to one recorder: it takes one lock per report."""
+    """A run's counts (`counts`, and per agent in `agents`) and errors, which make it `partial`.
+    Threads reporting side by side take one lock per report."""
 
     def __init__(self, job: str):
         self.job = job
@@ -177,18 +176,17 @@ class RunRecords:
         """Run `body` under a run record. Its exceptions are recorded, not raised: one job's
         failure must never stop the other job or the daemon."""
         recorder = RunRecorder(job)
-        context = {"job": job, "run_id": recorder.run_id}
-        with log_context(**context):
+        with log_context(job=job, run_id=recorder.run_id):
             self.unsettled.settle()
             try:
                 self.runs.insert_one({**recorder.document(), "host": socket.gethostname(), "pid": os.getpid()})
             except Exception as exc:  # noqa: BLE001 - MongoDB is unreachable: the job could not write either
                 log.error("could not start the run record; run skipped: %s", describe_failure(exc),
-                          extra={**context, "event": "run_failed"})
+                          extra={"event": "run_failed"})
                 recorder.finish(exc)
-                self.finished(recorder.document())
-                return recorder.document()
-            log.info("run started", extra={**context, "event": "run_started"})
+                self.finished(document := recorder.document())
+                return document
+            log.info("run started", extra={"event": "run_started"})
             failure = None
             try:
                 body(recorder)
@@ -196,7 +194,7 @@ class RunRecords:
                 failure = exc
                 # A traceback for bugs; a database error's text would quote document values.
                 log.error("run failed: %s", describe_failure(exc), exc_info=not isinstance(exc, PyMongoError),
-                          extra={**context, "event": "run_failed"})
+                          extra={"event": "run_failed"})
             recorder.finish(failure)
             document = recorder.document()
             fields = {k: v for k, v in document.items() if k != "_id"}
@@ -208,13 +206,11 @@ class RunRecords:
                 # marks it abandoned.
                 self.unsettled.keep(self.runs, recorder.run_id, fields)
                 log.warning("could not store the run record; kept to be written when MongoDB answers: %s",
-                            describe_failure(exc), extra={**context, "event": "run_record_failed"})
+                            describe_failure(exc), extra={"event": "run_record_failed"})
             except Exception:  # noqa: BLE001 - the run's own work is done; losing its record must not crash
-                log.exception("could not store the run record",
-                              extra={**context, "event": "run_record_failed"})
+                log.exception("could not store the run record", extra={"event": "run_record_failed"})
             log.info("run finished: %s", document["status"],
-                     extra={**context, "event": "run_finished", "status": document["status"],
-                            "counts": document["counts"]})
+                     extra={"event": "run_finished", "status": document["status"], "counts": document["counts"]})
             self.finished(document)
             return document
 
