@@ -129,16 +129,10 @@ def _rates(allowed: int, minute_seconds: float) -> list[Rate]:
     return [Rate(per_tick, minute_ms // 60), Rate(allowed, minute_ms)]
 
 
+# The process's one pacer for a key: Bolna counts per organisation, so every client of one key
+# (both jobs, a CLI command beside the daemon's jobs) shares one window.
 _pacers: dict[tuple[str, str, Limits], Pacer] = {}
 _pacers_lock = threading.Lock()
-
-
-def pacer_for(base_url: str, api_key: str, limits: Limits) -> Pacer:
-    """The process's one pacer for a key: Bolna counts per organisation, so every client of one
-    key (both jobs, a CLI command beside the daemon's jobs) shares one window."""
-    key = (base_url.rstrip("/"), hashlib.sha256(api_key.encode()).hexdigest(), limits)
-    with _pacers_lock:
-        return _pacers.setdefault(key, Pacer(limits))
 
 
 def iso(moment: datetime) -> str:
@@ -154,7 +148,9 @@ class BolnaClient:
         """`stop`: once set, a retry wait or a wait for a turn ends at once and no further retry
         is made. `connections`: kept open to Bolna, one per request that may be in flight."""
         self.base_url = base_url.rstrip("/")
-        self.pacer = pacer_for(self.base_url, api_key, limits)
+        with _pacers_lock:
+            self.pacer = _pacers.setdefault((self.base_url, hashlib.sha256(api_key.encode()).hexdigest(), limits),
+                                            Pacer(limits))
         self._count_lock = threading.Lock()
         self.rate_limited = 0  # 429 answers met: pacing keeps this at 0 in normal operation
         self.max_pages_per_window = max_pages_per_window
@@ -256,8 +252,7 @@ class BolnaClient:
             raise BolnaError(f"Bolna sent a body nested too deep to read on {path}") from None
 
     def now(self) -> datetime:
-        """Bolna's present, by its own clock as its last answer told it (the `Date` header against
-        this machine's clock on arrival, so up to a second and a round trip early, never late);
+        """Bolna's present by its last `Date` (up to a second and a round trip early, never late);
         this machine's clock until an answer came."""
         return utcnow() + (self.clock_offset or timedelta(0))
 
@@ -279,16 +274,13 @@ class BolnaClient:
         return self._request("PATCH", f"/v2/agent/{agent_id}", json={"agent_config": {"webhook_url": url}})[0]
 
     def iter_pages(self, agent_id: str, start: datetime, end: datetime | None = None) -> Iterator[WindowPage]:
-        """Pages of one agent's executions created in [start, end], one 7-day window after
-        another, oldest window first (the API pages newest first within a window). `end` None:
-        up to Bolna's present, by Bolna's clock (`now`), so a call is listed by the first run after
-        it was made whatever this machine's clock says.
+        """Pages of one agent's executions created in [start, end], oldest 7-day window first (the
+        API pages newest first within one). `end` None: up to Bolna's present by Bolna's clock, so
+        a call is listed by the first run after it was made whatever this machine's clock says.
 
-        A client that has had no answer yet does not know Bolna's clock: its first window ends by
-        this machine's (a second past `start` at least, so it is asked something), and when that
-        window's first page shows Bolna's clock further on, the listing goes on up to it.
-
-        Yields lists of raw records; a caller that stops iterating fetches nothing more."""
+        Without an answer yet, Bolna's clock is unknown: the first window ends by this machine's (a
+        second past `start` at least), and goes on up to Bolna's when its first page shows it ahead.
+        A caller that stops iterating fetches nothing more."""
         guessed = end is None and self.clock_offset is None
         end = to_millis(self.now() if end is None else end)  # as `iso` sends it
         if guessed:

@@ -37,11 +37,10 @@ class PageWriter(Protocol):
 
 
 class ExecutionFeed:
-    def __init__(self, db: Database, client: BolnaClient, reader: PageReader, *,
-                 stop: threading.Event | None = None, agent_ids: Iterable[str] = (),
-                 backfill: timedelta = timedelta(days=30), overlap: timedelta = timedelta(minutes=10)):
+    def __init__(self, db: Database, client: BolnaClient, reader: PageReader, *, agent_ids: Iterable[str],
+                 backfill: timedelta, overlap: timedelta):
         self.state = db[SYNC_STATE]
-        self.stop = stop or threading.Event()
+        self.stop = client.stop  # set on SIGTERM: the sync ends after its current write
         self.client = client
         self.reader = reader
         self.agent_ids = tuple(agent_ids)
