@@ -59,11 +59,7 @@ class BolnaError(Exception):
 class BolnaAuthError(BolnaError, FatalError):
     """The key was refused: retrying cannot help, the run stops (and worker/app.py sets the
     account aside)."""
-    run_error_code = "bolna_key_refused"
-
-    @property
-    def retryable(self) -> bool:
-        return False
+    run_error_code = "bolna_key_refused"  # a 401 or 403: never `retryable`
 
 
 # The agent-scoped endpoints (an agent's listing, the agent itself, `/call`) under the lower limit.
@@ -96,7 +92,7 @@ class Pacer:
                          for kind, per_minute in (("listing", limits.listing_per_minute),
                                                   ("other", limits.other_per_minute))}
         self._lock = threading.Lock()
-        self.waited_seconds = 0.0  # time requests spent waiting for a turn, for the benchmarks
+        self.waited_seconds = 0.0  # time requests spent waiting for a turn
 
     def wait_turn(self, path: str, stop: threading.Event) -> None:
         """Raises BolnaError (the request not sent) when `stop` is set before the turn comes."""
@@ -151,13 +147,10 @@ class BolnaClient:
         with _pacers_lock:
             self.pacer = _pacers.setdefault((self.base_url, hashlib.sha256(api_key.encode()).hexdigest(), limits),
                                             Pacer(limits))
-        self._count_lock = threading.Lock()
-        self.rate_limited = 0  # 429 answers met: pacing keeps this at 0 in normal operation
         self.max_pages_per_window = max_pages_per_window
         self.stop = stop or threading.Event()
         self.timeout = timeout
         self.page_size = max(1, min(page_size, MAX_PAGE_SIZE))
-        self.requests_made = 0
         # Bolna's clock less this machine's, as the last `Date` header said; None until one came.
         self.clock_offset: timedelta | None = None
         self.outcomes = Listeners("request_listener_failed")  # each request's outcome, for the metrics
@@ -217,8 +210,6 @@ class BolnaClient:
         other failure BolnaError (with Bolna's Retry-After, for the retry loop)."""
         shown = path if method == "GET" else f"{method} {path}"
         self.pacer.wait_turn(path, self.stop)
-        with self._count_lock:
-            self.requests_made += 1
         try:
             response = self.session.request(method, self.base_url + path, timeout=self.timeout, **request)
         except requests.RequestException as exc:
@@ -231,8 +222,6 @@ class BolnaClient:
             raise BolnaAuthError(f"Bolna refused the API key (HTTP {response.status_code}) on {shown}",
                                  response.status_code, sent=True)
         if response.status_code == 429:
-            with self._count_lock:
-                self.rate_limited += 1
             self.outcomes("429")
         if response.status_code >= 400:
             raise BolnaError(f"Bolna answered HTTP {response.status_code} on {shown}: {_error_text(response)}",
