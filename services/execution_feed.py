@@ -50,13 +50,9 @@ class ExecutionFeed:
     def run(self, job: str, writer: PageWriter, recorder: RunRecorder, *, full: bool = False) -> None:
         """Sync every agent under `job`'s cursors; one agent's failure is recorded and the others
         still run. A refused API key stops the run: every further request would be refused too.
-
-        Agents are synced one after another, so pages are written in the order Bolna lists them
-        (a customer's status changes are recorded in that order); the time goes to fetching, and
-        that runs ahead of the writes and side by side (`read_ahead`, `PageReader`).
-
-        "Now" is Bolna's, as the cursor is: the ages of unfinished calls and the backfill are
-        measured against the calls' `created_at`, stamped by Bolna's clock."""
+        Agents go one after another, so pages are written in the order Bolna lists them (a
+        customer's status changes are recorded in that order). "Now" is Bolna's, as the cursor is:
+        the ages of unfinished calls and the backfill are measured against Bolna's `created_at`."""
         now = self.client.now()
         state = SyncState(self.state, job, now)
         try:
@@ -266,14 +262,11 @@ Key = tuple[str, str]  # (call id, status as listed)
 
 
 class SharedRecords:
-    """A call's full record fetched once, whichever job needs it first: kept for the other (a
-    cachetools TTL cache, bounded in entries and age) under its id and the status the listing
-    showed, since a terminal call's record is final; when both want one at the same moment (the
-    daemon runs the jobs side by side), the second waits for the first's request."""
+    """A call's full record fetched once, whichever job needs it first: kept for the other (`size`
+    0: not kept) under its id and the status the listing showed, since a terminal call's record is
+    final; when both want one at the same moment, the second waits for the first's request."""
 
     def __init__(self, fetch: Callable[[str], dict], *, size: int, seconds: float):
-        """`fetch(call_id)`: the request itself; `size` 0 keeps nothing (in-flight requests
-        are still shared)."""
         self._fetch = fetch
         self._kept: TTLCache | None = TTLCache(maxsize=size, ttl=seconds) if size and seconds else None
         self._in_flight: dict[Key, Future] = {}

@@ -125,10 +125,9 @@ def stale_after(sync_interval_minutes: float) -> timedelta:
 
 
 class UnsettledRuns:
-    """Final run records this process could not write (MongoDB away): kept in memory and written
-    once MongoDB answers again, so a finished run is not left `running`. One for the process
-    (`UNSETTLED`): with many accounts the `RunRecords` of each account's sync come and go, and the
-    next run of any account settles what an earlier one left."""
+    """Final run records this process could not write (MongoDB away), written once MongoDB answers
+    again. One for the process (`UNSETTLED`): each account's `RunRecords` come and go, and the next
+    run of any account settles what an earlier one left."""
 
     def __init__(self):
         self._lock = threading.Lock()

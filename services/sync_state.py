@@ -17,7 +17,6 @@ an agent's first sync starts.
   followed by id instead, a few per run, until it is final or `PENDING_MAX_AGE` old. The same
   holds for a call that could not be read or written (a full record answering 5xx, a page the
   database refuses): retried while young, then followed.
-- Followed calls are checked least recently checked first, so none starves behind others.
 """
 from __future__ import annotations
 
@@ -78,7 +77,8 @@ class FollowUps:
 
 
 def follow_ups(pending: dict[str, Followed], now: datetime) -> FollowUps:
-    """`PENDING_PER_RUN` calls are fetched this run: never checked first, then least recently checked."""
+    """`PENDING_PER_RUN` calls are fetched this run: never checked first, then least recently
+    checked, so a few that never finish cannot starve the others."""
     expired = [call_id for call_id, followed in pending.items() if now - followed.created_at > PENDING_MAX_AGE]
     order = [call_id for *_order, call_id in sorted(
         (followed.checked_at is not None, followed.checked_at, followed.created_at, call_id)
