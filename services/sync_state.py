@@ -36,10 +36,6 @@ PENDING_PER_RUN = 50
 SAVE_EVERY_WINDOWS = 8
 
 
-def holds_cursor(unfinished_created_at: datetime, now: datetime) -> bool:
-    return now - unfinished_created_at < PENDING_HOLD
-
-
 @dataclass(frozen=True)
 class Followed:
     created_at: datetime
@@ -53,13 +49,10 @@ class WindowProgress:
     hold: datetime | None = None  # the oldest call that must be read again by the next run
     followed: dict[str, Followed] = field(default_factory=dict)
 
-    def read_again(self, created_at: datetime) -> None:
-        self.hold = created_at if self.hold is None else min(self.hold, created_at)
-
     def unfinished(self, call_id: str, created_at: datetime, now: datetime) -> None:
         """A call the next run must see again: not final yet, or not read or written this time."""
-        if holds_cursor(created_at, now):
-            self.read_again(created_at)
+        if now - created_at < PENDING_HOLD:  # young: it holds the cursor
+            self.hold = created_at if self.hold is None else min(self.hold, created_at)
         else:
             self.followed[call_id] = Followed(created_at)
 
