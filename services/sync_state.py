@@ -20,7 +20,6 @@ an agent's first sync starts.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -81,8 +80,8 @@ def follow_ups(pending: dict[str, Followed], now: datetime) -> FollowUps:
 
 
 class SyncState:
-    """One job's state for every agent: read in one query, written in one batch. Agents synced
-    side by side share it: every change and the save hold one lock."""
+    """One job's state for every agent: read in one query, written in one batch, by its run's thread
+    alone (the read-ahead thread only reads pages)."""
 
     def __init__(self, state: Collection, job: str, now: datetime):
         self.state = state
@@ -94,14 +93,12 @@ class SyncState:
                        for doc in state.find({"job": job})}
         self.unsaved: set[str] = set()
         self.windows_since_save = 0
-        self._lock = threading.RLock()
 
     def _agent(self, agent_id: str) -> dict:
         return self.stored.setdefault(agent_id, {"cursor": None, "pending": {}})
 
     def cursor(self, agent_id: str) -> datetime | None:
-        with self._lock:
-            return self._agent(agent_id)["cursor"]
+        return self._agent(agent_id)["cursor"]
 
     def read_from(self, agent_id: str, *, overlap: timedelta, backfill: timedelta) -> datetime:
         """A little before the cursor; on a first sync, the agent's backfill start, the first
@@ -116,33 +113,29 @@ class SyncState:
         return recorded["backfillFrom"]
 
     def pending(self, agent_id: str) -> dict[str, Followed]:
-        with self._lock:
-            return dict(self._agent(agent_id)["pending"])
+        return dict(self._agent(agent_id)["pending"])
 
     def set_pending(self, agent_id: str, pending: dict[str, Followed]) -> None:
-        with self._lock:
-            if pending != self._agent(agent_id)["pending"]:
-                self._agent(agent_id)["pending"] = pending
-                self.unsaved.add(agent_id)
+        if pending != self._agent(agent_id)["pending"]:
+            self._agent(agent_id)["pending"] = pending
+            self.unsaved.add(agent_id)
 
     def window_done(self, agent_id: str, window_end: datetime, progress: WindowProgress) -> None:
         """A window was fully written: move the cursor, follow the calls it passed unfinished."""
-        with self._lock:
-            state = self._agent(agent_id)
-            state["cursor"] = progress.cursor(window_end)
-            # A call already followed keeps its record (when it was last checked).
-            state["pending"] = {**progress.followed, **state["pending"]}
-            self.unsaved.add(agent_id)
-            self.windows_since_save += 1
-            if self.windows_since_save >= SAVE_EVERY_WINDOWS:
-                self.save()
+        state = self._agent(agent_id)
+        state["cursor"] = progress.cursor(window_end)
+        # A call already followed keeps its record (when it was last checked).
+        state["pending"] = {**progress.followed, **state["pending"]}
+        self.unsaved.add(agent_id)
+        self.windows_since_save += 1
+        if self.windows_since_save >= SAVE_EVERY_WINDOWS:
+            self.save()
 
     def save(self) -> None:
-        with self._lock:
-            if self.unsaved:
-                self.state.bulk_write([self._save_operation(agent_id) for agent_id in sorted(self.unsaved)])
-            self.unsaved.clear()
-            self.windows_since_save = 0
+        if self.unsaved:
+            self.state.bulk_write([self._save_operation(agent_id) for agent_id in sorted(self.unsaved)])
+        self.unsaved.clear()
+        self.windows_since_save = 0
 
     def _save_operation(self, agent_id: str) -> UpdateOne:
         agent = self.stored[agent_id]
