@@ -44,8 +44,7 @@ MAX_PAGES_PER_WINDOW = 2000
 class BolnaError(Exception):
     def __init__(self, message: str, status: int | None = None, retry_after: float | None = None, *,
                  sent: bool = False):
-        """`sent`: a request that went out, its outcome counted once it is known whether another
-        attempt follows."""
+        """`sent`: the request went out (the retry loop counts its outcome)."""
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after

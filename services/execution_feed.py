@@ -102,8 +102,6 @@ class ExecutionFeed:
         """Fetch by id the calls the cursor passed while they were unfinished; write those that
         are final now, keep following the rest."""
         pending = state.pending(agent_id)
-        if not pending:
-            return
         plan = follow_ups(pending, now)
         for call_id in plan.expired:
             recorder.error(f"call {call_id} is still not stored final after {PENDING_MAX_AGE.days} days; "
@@ -258,9 +256,6 @@ class PageReader:
         return full
 
 
-Key = tuple[str, str]  # (call id, status as listed)
-
-
 class SharedRecords:
     """A call's full record fetched once, whichever job needs it first: kept for the other (`size`
     0: not kept) under its id and the status the listing showed, since a terminal call's record is
@@ -269,8 +264,8 @@ class SharedRecords:
     def __init__(self, fetch: Callable[[str], dict], *, size: int, seconds: float):
         self._fetch = fetch
         self._kept: TTLCache | None = TTLCache(maxsize=size, ttl=seconds) if size and seconds else None
-        self._in_flight: dict[Key, Future] = {}
-        self._waited: set[Key] = set()  # in flight, and another job waits for it
+        self._in_flight: dict[tuple[str, str], Future] = {}  # by (call id, status as listed)
+        self._waited: set[tuple[str, str]] = set()  # in flight, and another job waits for it
         self._lock = threading.Lock()
 
     def get(self, call_id: str, status: str) -> dict:

@@ -20,7 +20,6 @@ REMEASURE_AFTER = timedelta(hours=1)
 
 class ServerClock:
     def __init__(self, db: Database, local: Callable[[], datetime] = utcnow):
-        """`local`: this machine's clock (naive UTC)."""
         self._db = db
         self._local = local
         self._offset = timedelta(0)
@@ -37,8 +36,7 @@ class ServerClock:
                     server_time = self._db.command("hello")["localTime"]
                     after = self._local()
                 except (PyMongoError, KeyError) as exc:
-                    log.debug("server time unavailable (%s); the last offset stays in use until the next measure",
-                              type(exc).__name__)
+                    log.debug("server time unavailable (%s); the last offset stays in use", type(exc).__name__)
                 else:
                     self._offset = server_time - (before + (after - before) / 2)  # half the round trip
                     if abs(self._offset) > timedelta(seconds=5):
