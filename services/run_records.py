@@ -69,8 +69,7 @@ class RunRecorder:
 
     def error(self, message: str, *, code: str, call_id: str | None = None,
               agent_id: str | None = None, exc_info: BaseException | None = None) -> None:
-        """Record an error on the run and log it: the one log line of this failure (with the
-        traceback of `exc_info`, when given)."""
+        """Record an error on the run and log it once (with the traceback of `exc_info`, if given)."""
         log.warning("%s", message, exc_info=exc_info, extra={"job": self.job, "run_id": self.run_id, "event": code,
                                                              "call_id": call_id, "agent_id": agent_id})
         self._record_error(message, code, call_id, agent_id)
@@ -125,9 +124,8 @@ def stale_after(sync_interval_minutes: float) -> timedelta:
 
 
 class UnsettledRuns:
-    """Final run records this process could not write (MongoDB away), written once MongoDB answers
-    again. One for the process (`UNSETTLED`): each account's `RunRecords` come and go, and the next
-    run of any account settles what an earlier one left."""
+    """Final run records this process could not write (MongoDB away), written once it answers. One
+    for the process (`UNSETTLED`), so the next run of any account settles what an earlier one left."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -200,9 +198,7 @@ class RunRecords:
             try:
                 self.runs.update_one({"_id": recorder.run_id}, {"$set": fields})
             except PyMongoError as exc:
-                # MongoDB away: the run's own work is done (or failed for the same reason); its record
-                # is written by the next run that finds MongoDB back, and at the latest the next start
-                # marks it abandoned.
+                # MongoDB away: written once it answers, or else marked abandoned at the next start.
                 self.unsettled.keep(self.runs, recorder.run_id, fields)
                 log.warning("could not store the run record; kept to be written when MongoDB answers: %s",
                             describe_failure(exc), extra={"event": "run_record_failed"})

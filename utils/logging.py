@@ -136,8 +136,7 @@ class RedactingFilter(logging.Filter):
 
 
 class LineFormatter(logging.Formatter):
-    """One line per record, text or JSON, with the context fields a caller attached (a field passed
-    as None, no call or no agent, is left out)."""
+    """One line per record, text or JSON, with the context fields that are set (not None)."""
     # UTC like the JSON lines and the stored times, so a log line and a run record compare directly.
     converter = time.gmtime
     default_time_format = "%Y-%m-%dT%H:%M:%S"
