@@ -1,11 +1,9 @@
 """Talking to Bolna: one pooled session, Bearer auth, timeouts, retries that respect the server,
 and every request paced to Bolna's rate limits. Safe to share between threads.
 
-Bolna allows 500 requests a minute on an agent's listing (`/v2/agent/{id}/executions`, also
-`/v2/agent/{id}` and `/call`) and 1,000 a minute elsewhere (`GET /executions/{id}`, ...), per
-organisation, and answers 429 beyond. A backfill fires faster than that; pacing here keeps it at
-the limit instead of buying 429s and their waits. The windows are pyrate-limiter's sliding-window
-logs; waiting is ours, on the stop Event, so a SIGTERM ends it at once.
+A backfill fires faster than Bolna allows; pacing keeps it at the limit instead of buying 429s and
+their waits. The windows are pyrate-limiter's sliding-window logs; waiting is ours, on the stop
+Event, so a SIGTERM ends it at once.
 """
 from __future__ import annotations
 
@@ -26,7 +24,8 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_whe
 
 from services.run_records import FatalError
 from utils.clock import naive_utc, to_millis, utcnow
-from utils.http import RequestOutcomes, parse_retry_after
+from utils.http import parse_retry_after
+from utils.logging import Listeners
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +44,7 @@ MAX_PAGES_PER_WINDOW = 2000
 class BolnaError(Exception):
     def __init__(self, message: str, status: int | None = None, retry_after: float | None = None, *,
                  sent: bool = False):
-        """`sent`: the failure of a request that went out (its outcome is counted once it is known
-        whether another attempt follows)."""
+        """`sent`: the request went out (the retry loop counts its outcome)."""
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
@@ -60,21 +58,16 @@ class BolnaError(Exception):
 class BolnaAuthError(BolnaError, FatalError):
     """The key was refused: retrying cannot help, the run stops (and worker/app.py sets the
     account aside)."""
-    run_error_code = "bolna_key_refused"
-
-    @property
-    def retryable(self) -> bool:
-        return False
+    run_error_code = "bolna_key_refused"  # a 401 or 403: never `retryable`
 
 
-# The agent-scoped endpoints under the lower limit; every other path is under the higher one.
+# The agent-scoped endpoints (an agent's listing, the agent itself, `/call`) under the lower limit.
 _LISTING_PATHS = re.compile(r"^/v2/agent/(?!all$)[^/]+(/executions)?$|^/call$")
 # A wait is re-checked at least this often: other threads take turns meanwhile.
 _LONGEST_NAP = 1.0
 
 
 def endpoint_class(path: str) -> str:
-    """`listing` (500/min) or `other` (1,000/min)."""
     return "listing" if _LISTING_PATHS.match(path) else "other"
 
 
@@ -98,7 +91,7 @@ class Pacer:
                          for kind, per_minute in (("listing", limits.listing_per_minute),
                                                   ("other", limits.other_per_minute))}
         self._lock = threading.Lock()
-        self.waited_seconds = 0.0  # time requests spent waiting for a turn, for the benchmarks
+        self.waited_seconds = 0.0  # time requests spent waiting for a turn
 
     def wait_turn(self, path: str, stop: threading.Event) -> None:
         """Raises BolnaError (the request not sent) when `stop` is set before the turn comes."""
@@ -131,16 +124,10 @@ def _rates(allowed: int, minute_seconds: float) -> list[Rate]:
     return [Rate(per_tick, minute_ms // 60), Rate(allowed, minute_ms)]
 
 
+# The process's one pacer for a key: Bolna counts per organisation, so every client of one key
+# (both jobs, a CLI command beside the daemon's jobs) shares one window.
 _pacers: dict[tuple[str, str, Limits], Pacer] = {}
 _pacers_lock = threading.Lock()
-
-
-def pacer_for(base_url: str, api_key: str, limits: Limits) -> Pacer:
-    """The process's one pacer for a key: Bolna counts per organisation, so every client of one
-    key (both jobs, a CLI command beside the daemon's jobs) shares one window."""
-    key = (base_url.rstrip("/"), hashlib.sha256(api_key.encode()).hexdigest(), limits)
-    with _pacers_lock:
-        return _pacers.setdefault(key, Pacer(limits))
 
 
 def iso(moment: datetime) -> str:
@@ -156,21 +143,20 @@ class BolnaClient:
         """`stop`: once set, a retry wait or a wait for a turn ends at once and no further retry
         is made. `connections`: kept open to Bolna, one per request that may be in flight."""
         self.base_url = base_url.rstrip("/")
-        self.pacer = pacer_for(self.base_url, api_key, limits)
-        self._count_lock = threading.Lock()
-        self.rate_limited = 0  # 429 answers met: pacing keeps this at 0 in normal operation
+        with _pacers_lock:
+            self.pacer = _pacers.setdefault((self.base_url, hashlib.sha256(api_key.encode()).hexdigest(), limits),
+                                            Pacer(limits))
         self.max_pages_per_window = max_pages_per_window
         self.stop = stop or threading.Event()
         self.timeout = timeout
         self.page_size = max(1, min(page_size, MAX_PAGE_SIZE))
-        self.requests_made = 0
         # Bolna's clock less this machine's, as the last `Date` header said; None until one came.
         self.clock_offset: timedelta | None = None
-        self.outcomes = RequestOutcomes()  # each request's outcome, for the metrics
+        self.outcomes = Listeners("request_listener_failed")  # each request's outcome, for the metrics
         self.session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max(1, connections))
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        for scheme in ("http://", "https://"):
+            self.session.mount(scheme, adapter)
         self.session.headers.update({"Authorization": f"Bearer {api_key}", "Accept": "application/json"})
         exponential = wait_exponential_jitter(multiplier=backoff_seconds, max=max_wait, jitter=backoff_seconds)
 
@@ -219,23 +205,10 @@ class BolnaClient:
             raise
 
     def _attempt(self, method: str, path: str, request: dict) -> tuple[object, datetime | None]:
-        response = self._send(method, path, **request)
-        try:
-            return response.json(), _read_no_earlier_than(response)
-        except ValueError:
-            if method == "PATCH":
-                return None, None  # a 2xx without a JSON body still applied the change
-            raise BolnaError(f"Bolna sent a body that is not valid JSON on {path}") from None
-        except RecursionError:  # nesting deeper than the parser's stack: not a page we can split
-            raise BolnaError(f"Bolna sent a body nested too deep to read on {path}") from None
-
-    def _send(self, method: str, path: str, **request) -> requests.Response:
         """One request, in its turn under the pace: a refused key raises BolnaAuthError, any
         other failure BolnaError (with Bolna's Retry-After, for the retry loop)."""
         shown = path if method == "GET" else f"{method} {path}"
         self.pacer.wait_turn(path, self.stop)
-        with self._count_lock:
-            self.requests_made += 1
         try:
             response = self.session.request(method, self.base_url + path, timeout=self.timeout, **request)
         except requests.RequestException as exc:
@@ -248,18 +221,26 @@ class BolnaClient:
             raise BolnaAuthError(f"Bolna refused the API key (HTTP {response.status_code}) on {shown}",
                                  response.status_code, sent=True)
         if response.status_code == 429:
-            with self._count_lock:
-                self.rate_limited += 1
             self.outcomes("429")
         if response.status_code >= 400:
             raise BolnaError(f"Bolna answered HTTP {response.status_code} on {shown}: {_error_text(response)}",
                              response.status_code, parse_retry_after(response.headers.get("Retry-After")), sent=True)
         self.outcomes("ok")
-        return response
+        # The earliest Bolna's clock may have read what it answered: the `Date` it stamped once the
+        # answer was ready, less the round trip; in milliseconds, as the listing's `to` is sent, so
+        # a window never reaches past what was asked.
+        served_at = None if stamped is None else to_millis(stamped - response.elapsed)
+        try:
+            return response.json(), served_at
+        except ValueError:
+            if method == "PATCH":
+                return None, None  # a 2xx without a JSON body still applied the change
+            raise BolnaError(f"Bolna sent a body that is not valid JSON on {path}") from None
+        except RecursionError:  # nesting deeper than the parser's stack: not a page we can split
+            raise BolnaError(f"Bolna sent a body nested too deep to read on {path}") from None
 
     def now(self) -> datetime:
-        """Bolna's present, by its own clock as its last answer told it (the `Date` header against
-        this machine's clock on arrival, so up to a second and a round trip early, never late);
+        """Bolna's present by its last `Date` (up to a second and a round trip early, never late);
         this machine's clock until an answer came."""
         return utcnow() + (self.clock_offset or timedelta(0))
 
@@ -281,16 +262,13 @@ class BolnaClient:
         return self._request("PATCH", f"/v2/agent/{agent_id}", json={"agent_config": {"webhook_url": url}})[0]
 
     def iter_pages(self, agent_id: str, start: datetime, end: datetime | None = None) -> Iterator[WindowPage]:
-        """Pages of one agent's executions created in [start, end], one 7-day window after
-        another, oldest window first (the API pages newest first within a window). `end` None:
-        up to Bolna's present, by Bolna's clock (`now`), so a call is listed by the first run after
-        it was made whatever this machine's clock says.
+        """Pages of one agent's executions created in [start, end], oldest 7-day window first (the
+        API pages newest first within one). `end` None: up to Bolna's present by Bolna's clock, so
+        a call is listed by the first run after it was made whatever this machine's clock says.
 
-        A client that has had no answer yet does not know Bolna's clock: its first window ends by
-        this machine's (a second past `start` at least, so it is asked something), and when that
-        window's first page shows Bolna's clock further on, the listing goes on up to it.
-
-        Yields lists of raw records; a caller that stops iterating fetches nothing more."""
+        Without an answer yet, Bolna's clock is unknown: the first window ends by this machine's (a
+        second past `start` at least), and goes on up to Bolna's when its first page shows it ahead.
+        A caller that stops iterating fetches nothing more."""
         guessed = end is None and self.clock_offset is None
         end = to_millis(self.now() if end is None else end)  # as `iso` sends it
         if guessed:
@@ -330,11 +308,9 @@ class BolnaClient:
 
 class WindowPage(list):
     """A page of raw executions that knows whether it ends its time window, so the caller can
-    move its cursor only past fully written windows. `served_at`: the earliest
-    Bolna's clock may have read this page (`_read_no_earlier_than`), None when it sent no `Date`.
-    `read_through`: how far every page of the window up to this one has seen, by Bolna's clock:
-    the window's end, or the earliest page's `served_at` when that is sooner (a clock here ahead
-    of Bolna's, or calls made while the window was paged)."""
+    move its cursor only past fully written windows. `served_at`: the earliest Bolna's clock may
+    have read this page, None without a `Date`. `read_through`: how far every page of the window up
+    to this one has seen, by Bolna's clock (`_window_pages`)."""
 
     def __init__(self, items: list, last: bool, served_at: datetime | None, read_through: datetime):
         super().__init__(items)
@@ -351,14 +327,6 @@ def _date(response: requests.Response) -> datetime | None:
     except (KeyError, TypeError, ValueError):
         return None
     return stamped if abs(stamped - utcnow()) <= MAX_CLOCK_SKEW else None
-
-
-def _read_no_earlier_than(response: requests.Response) -> datetime | None:
-    """The earliest Bolna's clock may have read what it answered: the `Date` it stamped once the
-    answer was ready, less the round trip (the header is rounded down to the second, too)."""
-    stamped = _date(response)
-    # In milliseconds, as the listing's `to` is sent: a window never reaches past what was asked.
-    return None if stamped is None else to_millis(stamped - response.elapsed)
 
 
 def _has_more(value: object, agent_id: str, page_number: int) -> bool:

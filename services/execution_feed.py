@@ -1,16 +1,6 @@
-"""The page loop: walks each agent's executions since its cursor and hands pages to a writer.
-
-Shared by both jobs; each keeps its own sync state per agent (`services/sync_state.py` holds the
-rules for where the cursor may go). Each page is read one page ahead of the writes (`read_ahead`:
-two pages held at most, whatever the history) and written by the job's writer, one batched write
-per page.
-
-Reading a page (`PageReader`): Bolna's trimmed listing lacks the transcript and numbers, so a
-terminal call listed that way is fetched whole (`GET /executions/{id}`), unless a writer already
-holds it final. A page's full records are fetched side by side (bounded by `concurrency`, paced by
-the client), and once for both jobs (`SharedRecords`): fetched by each, that would be twice the
-Bolna quota one read needs.
-"""
+"""The page loop of both jobs: each agent's executions since its cursor (`services/sync_state.py`),
+read one page ahead of the writes and handed to the job's writer (docs/architecture.md, "Follow
+one call")."""
 from __future__ import annotations
 
 import threading
@@ -46,21 +36,11 @@ class PageWriter(Protocol):
         """Store one page (one batched write)."""
 
 
-@dataclass
-class _Run:
-    writer: PageWriter
-    recorder: RunRecorder
-    state: SyncState
-    now: datetime
-    ahead: ThreadPoolExecutor  # reads the next page while this one is written
-
-
 class ExecutionFeed:
-    def __init__(self, db: Database, client: BolnaClient, reader: PageReader, *,
-                 stop: threading.Event | None = None, agent_ids: Iterable[str] = (),
-                 backfill: timedelta = timedelta(days=30), overlap: timedelta = timedelta(minutes=10)):
+    def __init__(self, db: Database, client: BolnaClient, reader: PageReader, *, agent_ids: Iterable[str],
+                 backfill: timedelta, overlap: timedelta):
         self.state = db[SYNC_STATE]
-        self.stop = stop or threading.Event()
+        self.stop = client.stop  # set on SIGTERM: the sync ends after its current write
         self.client = client
         self.reader = reader
         self.agent_ids = tuple(agent_ids)
@@ -70,18 +50,13 @@ class ExecutionFeed:
     def run(self, job: str, writer: PageWriter, recorder: RunRecorder, *, full: bool = False) -> None:
         """Sync every agent under `job`'s cursors; one agent's failure is recorded and the others
         still run. A refused API key stops the run: every further request would be refused too.
-
-        Agents are synced one after another, so pages are written in the order Bolna lists them
-        (a customer's status changes are recorded in that order); the time goes to fetching, and
-        that runs ahead of the writes and side by side (`read_ahead`, `PageReader`).
-
-        "Now" is Bolna's, as the cursor is: the ages of unfinished calls and the backfill are
-        measured against the calls' `created_at`, stamped by Bolna's clock."""
+        Agents go one after another, so pages are written in the order Bolna lists them (a
+        customer's status changes are recorded in that order). "Now" is Bolna's, as the cursor is:
+        the ages of unfinished calls and the backfill are measured against Bolna's `created_at`."""
         now = self.client.now()
         state = SyncState(self.state, job, now)
         try:
             with ThreadPoolExecutor(1, thread_name_prefix=f"{job}-read-ahead") as ahead:
-                run = _Run(writer, recorder, state, now, ahead)
                 for agent_id in self.agent_ids or [str(agent["id"]) for agent in self.client.list_agents()]:
                     if self.stop.is_set():
                         recorder.error("stopped before every agent was synced; the next run resumes",
@@ -91,7 +66,7 @@ class ExecutionFeed:
                              else state.read_from(agent_id, overlap=self.overlap, backfill=self.backfill))
                     try:
                         self._follow_up(writer, recorder, agent_id, now, state)
-                        self._sync_agent(run, agent_id, start)
+                        self._sync_agent(writer, recorder, state, now, ahead, agent_id, start)
                     except BolnaAuthError:
                         raise
                     except BolnaError as exc:
@@ -99,13 +74,11 @@ class ExecutionFeed:
         finally:
             state.save()
 
-    def _sync_agent(self, run: _Run, agent_id: str, start: datetime) -> None:
-        writer, recorder, state, now = run.writer, run.recorder, run.state, run.now
-        # One for all the windows of this run: a call to read again in an early window still holds
-        # the cursor once a later window is done.
+    def _sync_agent(self, writer: PageWriter, recorder: RunRecorder, state: SyncState, now: datetime,
+                    ahead: ThreadPoolExecutor, agent_id: str, start: datetime) -> None:
         progress = WindowProgress()
         pages = read_ahead(self.client.iter_pages(agent_id, start),
-                           lambda page: self.reader.read(page, run.writer, run.recorder, agent_id), run.ahead,
+                           lambda page: self.reader.read(page, writer, recorder, agent_id), ahead,
                            keep_going=lambda: not self.stop.is_set())
         with closing(pages):
             for page, read in pages:
@@ -115,15 +88,12 @@ class ExecutionFeed:
                     return
                 recorder.add("fetched", len(page), agent_id)
                 recorder.add("unchanged", read.unchanged, agent_id)
-                for call_id, created_at in read.retry:
-                    progress.unfinished(call_id, created_at, now)
-                for execution in read.executions:
-                    if not execution.terminal:
-                        recorder.add("pending", 1, agent_id)
-                        progress.unfinished(execution.id, execution.created_at, now)
+                unwritten = [execution for execution in read.executions if not execution.terminal]
+                recorder.add("pending", len(unwritten), agent_id)
                 if read.executions and not self._write(writer, read.executions, recorder, agent_id):
-                    for execution in read.executions:
-                        progress.unfinished(execution.id, execution.created_at, now)
+                    unwritten = read.executions
+                for call_id, created_at in read.retry + [(e.id, e.created_at) for e in unwritten]:
+                    progress.unfinished(call_id, created_at, now)
                 if page.last:
                     state.window_done(agent_id, page.read_through, progress)
 
@@ -132,16 +102,13 @@ class ExecutionFeed:
         """Fetch by id the calls the cursor passed while they were unfinished; write those that
         are final now, keep following the rest."""
         pending = state.pending(agent_id)
-        if not pending:
-            return
         plan = follow_ups(pending, now)
-        still = dict(plan.keep)
         for call_id in plan.expired:
             recorder.error(f"call {call_id} is still not stored final after {PENDING_MAX_AGE.days} days; "
                            "no longer followed", code="pending_expired", call_id=call_id, agent_id=agent_id)
         finished: list[Execution] = []
+        unfinished: list[str] = []
         for call_id in plan.fetch:
-            checked = Followed(pending[call_id].created_at, now)
             try:
                 execution = parse_execution(self.client.get_execution(call_id), self.reader.region)
             except BolnaAuthError:
@@ -150,19 +117,20 @@ class ExecutionFeed:
                 recorder.error(f"pending call {call_id}: {exc}", code="bolna_error", call_id=call_id,
                                agent_id=agent_id)
                 if isinstance(exc, BolnaError) and exc.retryable:
-                    still[call_id] = checked
+                    unfinished.append(call_id)
                 continue
             if execution.terminal:
                 execution.agent_id = execution.agent_id or agent_id
                 finished.append(execution)
             else:
-                still[call_id] = checked
+                unfinished.append(call_id)
         if finished:
             if self._write(writer, finished, recorder, agent_id):
                 recorder.add("pendingFinished", len(finished), agent_id)
             else:
-                still.update({execution.id: Followed(pending[execution.id].created_at, now) for execution in finished})
-        state.set_pending(agent_id, still)
+                unfinished += [execution.id for execution in finished]
+        state.set_pending(agent_id, {**plan.keep, **{call_id: Followed(pending[call_id].created_at, now)
+                                                     for call_id in unfinished}})
 
     @staticmethod
     def _write(writer: PageWriter, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> bool:
@@ -288,22 +256,16 @@ class PageReader:
         return full
 
 
-Key = tuple[str, str]  # (call id, status as listed)
-
-
 class SharedRecords:
-    """A call's full record fetched once, whichever job needs it first: kept for the other (a
-    cachetools TTL cache, bounded in entries and age) under its id and the status the listing
-    showed, since a terminal call's record is final; when both want one at the same moment (the
-    daemon runs the jobs side by side), the second waits for the first's request."""
+    """A call's full record fetched once, whichever job needs it first: kept for the other (`size`
+    0: not kept) under its id and the status the listing showed, since a terminal call's record is
+    final; when both want one at the same moment, the second waits for the first's request."""
 
     def __init__(self, fetch: Callable[[str], dict], *, size: int, seconds: float):
-        """`fetch(call_id)`: the request itself; `size` 0 keeps nothing (in-flight requests
-        are still shared)."""
         self._fetch = fetch
         self._kept: TTLCache | None = TTLCache(maxsize=size, ttl=seconds) if size and seconds else None
-        self._in_flight: dict[Key, Future] = {}
-        self._waited: set[Key] = set()  # in flight, and another job waits for it
+        self._in_flight: dict[tuple[str, str], Future] = {}  # by (call id, status as listed)
+        self._waited: set[tuple[str, str]] = set()  # in flight, and another job waits for it
         self._lock = threading.Lock()
 
     def get(self, call_id: str, status: str) -> dict:
@@ -319,18 +281,18 @@ class SharedRecords:
                 self._waited.add(key)
         if flight is not None:
             return flight.result()
+        failure: BaseException | None = None
         try:
             record = self._fetch(call_id)
-        except BaseException as exc:
-            with self._lock:
-                del self._in_flight[key]
-                self._waited.discard(key)
-            own.set_exception(exc)
-            raise
+        except BaseException as exc:  # handed to every waiter, then raised
+            failure = exc
         with self._lock:
             del self._in_flight[key]
-            if key not in self._waited and self._kept is not None:
+            if failure is None and key not in self._waited and self._kept is not None:
                 self._kept[key] = record  # for the other job; a waiter has it already
             self._waited.discard(key)
+        if failure is not None:
+            own.set_exception(failure)
+            raise failure
         own.set_result(record)
         return record

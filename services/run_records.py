@@ -18,7 +18,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 
 from services.database import JOB_STARTED_INDEX, RUN_INDEX_KEYS, SYNC_RUNS
 from utils.clock import utcnow
-from utils.logging import log_context, redact
+from utils.logging import Listeners, log_context, redact
 
 MAX_ERRORS = 100  # a run over a broken feed must not grow a 16 MB document
 
@@ -45,9 +45,8 @@ def describe_failure(failure: BaseException) -> str:
 
 
 class RunRecorder:
-    """Collects a run's counts and errors. Counts are global (`counts`) and, when an agent
-    is named, per agent (`agents`). Errors never stop the run; they make it `partial`. Agents
-    synced side by side report to one recorder: it takes one lock per report."""
+    """A run's counts (`counts`, and per agent in `agents`) and errors, which make it `partial`.
+    Threads reporting side by side take one lock per report."""
 
     def __init__(self, job: str):
         self.job = job
@@ -70,8 +69,7 @@ class RunRecorder:
 
     def error(self, message: str, *, code: str, call_id: str | None = None,
               agent_id: str | None = None, exc_info: BaseException | None = None) -> None:
-        """Record an error on the run and log it: the one log line of this failure (with the
-        traceback of `exc_info`, when given)."""
+        """Record an error on the run and log it once (with the traceback of `exc_info`, if given)."""
         log.warning("%s", message, exc_info=exc_info, extra={"job": self.job, "run_id": self.run_id, "event": code,
                                                              "call_id": call_id, "agent_id": agent_id})
         self._record_error(message, code, call_id, agent_id)
@@ -126,10 +124,8 @@ def stale_after(sync_interval_minutes: float) -> timedelta:
 
 
 class UnsettledRuns:
-    """Final run records this process could not write (MongoDB away): kept in memory and written
-    once MongoDB answers again, so a finished run is not left `running`. One for the process
-    (`UNSETTLED`): with many accounts the `RunRecords` of each account's sync come and go, and the
-    next run of any account settles what an earlier one left."""
+    """Final run records this process could not write (MongoDB away), written once it answers. One
+    for the process (`UNSETTLED`), so the next run of any account settles what an earlier one left."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -168,28 +164,26 @@ UNSETTLED = UnsettledRuns()
 class RunRecords:
     def __init__(self, db: Database):
         self.runs = db[SYNC_RUNS]
-        self._listeners: list[RunListener] = []
         self.unsettled = UNSETTLED
-
-    def subscribe(self, listener: RunListener) -> None:
-        """Call `listener` with every finished run's record (from the job's thread)."""
-        self._listeners.append(listener)
+        # Each sees every finished run's record (from the job's thread), `RunListener`s.
+        self.finished = Listeners("run_listener_failed")
+        self.subscribe = self.finished.subscribe
 
     def record(self, job: str, body: Callable[[RunRecorder], None]) -> dict:
         """Run `body` under a run record. Its exceptions are recorded, not raised: one job's
         failure must never stop the other job or the daemon."""
         recorder = RunRecorder(job)
-        context = {"job": job, "run_id": recorder.run_id}
-        with log_context(**context):
+        with log_context(job=job, run_id=recorder.run_id):
             self.unsettled.settle()
             try:
                 self.runs.insert_one({**recorder.document(), "host": socket.gethostname(), "pid": os.getpid()})
             except Exception as exc:  # noqa: BLE001 - MongoDB is unreachable: the job could not write either
                 log.error("could not start the run record; run skipped: %s", describe_failure(exc),
-                          extra={**context, "event": "run_failed"})
+                          extra={"event": "run_failed"})
                 recorder.finish(exc)
-                return self._notify(recorder.document(), context)
-            log.info("run started", extra={**context, "event": "run_started"})
+                self.finished(document := recorder.document())
+                return document
+            log.info("run started", extra={"event": "run_started"})
             failure = None
             try:
                 body(recorder)
@@ -197,35 +191,23 @@ class RunRecords:
                 failure = exc
                 # A traceback for bugs; a database error's text would quote document values.
                 log.error("run failed: %s", describe_failure(exc), exc_info=not isinstance(exc, PyMongoError),
-                          extra={**context, "event": "run_failed"})
+                          extra={"event": "run_failed"})
             recorder.finish(failure)
             document = recorder.document()
             fields = {k: v for k, v in document.items() if k != "_id"}
             try:
                 self.runs.update_one({"_id": recorder.run_id}, {"$set": fields})
             except PyMongoError as exc:
-                # MongoDB away: the run's own work is done (or failed for the same reason); its record
-                # is written by the next run that finds MongoDB back, and at the latest the next start
-                # marks it abandoned.
+                # MongoDB away: written once it answers, or else marked abandoned at the next start.
                 self.unsettled.keep(self.runs, recorder.run_id, fields)
                 log.warning("could not store the run record; kept to be written when MongoDB answers: %s",
-                            describe_failure(exc), extra={**context, "event": "run_record_failed"})
+                            describe_failure(exc), extra={"event": "run_record_failed"})
             except Exception:  # noqa: BLE001 - the run's own work is done; losing its record must not crash
-                log.exception("could not store the run record",
-                              extra={**context, "event": "run_record_failed"})
+                log.exception("could not store the run record", extra={"event": "run_record_failed"})
             log.info("run finished: %s", document["status"],
-                     extra={**context, "event": "run_finished", "status": document["status"],
-                            "counts": document["counts"]})
-            return self._notify(document, context)
-
-    def _notify(self, document: dict, context: dict) -> dict:
-        """Each listener sees the finished run's `document`, returned."""
-        for listener in self._listeners:
-            try:
-                listener(document)
-            except Exception:  # noqa: BLE001 - an observer (metrics) must never fail the job
-                log.exception("a run listener failed", extra={**context, "event": "run_listener_failed"})
-        return document
+                     extra={"event": "run_finished", "status": document["status"], "counts": document["counts"]})
+            self.finished(document)
+            return document
 
     def last_run(self, job: str, stale: timedelta | None = None) -> dict | None:
         """The last run of `job`; with `stale`, one still `running` whose process is dead (on this

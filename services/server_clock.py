@@ -20,7 +20,6 @@ REMEASURE_AFTER = timedelta(hours=1)
 
 class ServerClock:
     def __init__(self, db: Database, local: Callable[[], datetime] = utcnow):
-        """`local`: this machine's clock (naive UTC)."""
         self._db = db
         self._local = local
         self._offset = timedelta(0)
@@ -31,21 +30,16 @@ class ServerClock:
         local = self._local()
         with self._lock:
             if self._measured_at is None or local - self._measured_at > REMEASURE_AFTER:
-                self._measure(local)
+                self._measured_at = local
+                try:
+                    before = self._local()
+                    server_time = self._db.command("hello")["localTime"]
+                    after = self._local()
+                except (PyMongoError, KeyError) as exc:
+                    log.debug("server time unavailable (%s); the last offset stays in use", type(exc).__name__)
+                else:
+                    self._offset = server_time - (before + (after - before) / 2)  # half the round trip
+                    if abs(self._offset) > timedelta(seconds=5):
+                        log.warning("this machine's clock is %.0f s off the database server's; leases use the "
+                                    "server's", -self._offset.total_seconds(), extra={"event": "clock_skew"})
             return to_millis(local + self._offset)
-
-    def _measure(self, local: datetime) -> None:
-        """The server's `hello` says its time; half the round trip is allowed for."""
-        self._measured_at = local
-        try:
-            before = self._local()
-            server_time = self._db.command("hello")["localTime"]
-            after = self._local()
-        except (PyMongoError, KeyError) as exc:
-            # A server that cannot answer now leaves the last offset in use until the next measure.
-            log.debug("server time unavailable (%s); using the offset measured before", type(exc).__name__)
-            return
-        self._offset = server_time - (before + (after - before) / 2)
-        if abs(self._offset) > timedelta(seconds=5):
-            log.warning("this machine's clock is %.0f s off the database server's; leases use the server's",
-                        -self._offset.total_seconds(), extra={"event": "clock_skew"})

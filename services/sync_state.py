@@ -17,11 +17,9 @@ an agent's first sync starts.
   followed by id instead, a few per run, until it is final or `PENDING_MAX_AGE` old. The same
   holds for a call that could not be read or written (a full record answering 5xx, a page the
   database refuses): retried while young, then followed.
-- Followed calls are checked least recently checked first, so none starves behind others.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -37,11 +35,6 @@ PENDING_PER_RUN = 50
 SAVE_EVERY_WINDOWS = 8
 
 
-def holds_cursor(unfinished_created_at: datetime, now: datetime) -> bool:
-    """An unfinished call holds the cursor while it is young; an older one is followed by id."""
-    return now - unfinished_created_at < PENDING_HOLD
-
-
 @dataclass(frozen=True)
 class Followed:
     created_at: datetime
@@ -55,14 +48,10 @@ class WindowProgress:
     hold: datetime | None = None  # the oldest call that must be read again by the next run
     followed: dict[str, Followed] = field(default_factory=dict)
 
-    def read_again(self, created_at: datetime) -> None:
-        self.hold = created_at if self.hold is None else min(self.hold, created_at)
-
     def unfinished(self, call_id: str, created_at: datetime, now: datetime) -> None:
-        """A call the next run must see again: not final yet, or not read or written this time.
-        While young it holds the cursor; after that it is followed by id."""
-        if holds_cursor(created_at, now):
-            self.read_again(created_at)
+        """A call the next run must see again: not final yet, or not read or written this time."""
+        if now - created_at < PENDING_HOLD:  # young: it holds the cursor
+            self.hold = created_at if self.hold is None else min(self.hold, created_at)
         else:
             self.followed[call_id] = Followed(created_at)
 
@@ -80,26 +69,19 @@ class FollowUps:
 
 
 def follow_ups(pending: dict[str, Followed], now: datetime) -> FollowUps:
-    """`PENDING_PER_RUN` calls are fetched this run, those checked least recently first (never
-    checked before all), so a few that never finish cannot keep the others from being seen."""
-    plan = FollowUps([], {}, [])
-    live = []
-    for call_id, followed in pending.items():
-        if now - followed.created_at > PENDING_MAX_AGE:
-            plan.expired.append(call_id)
-        else:
-            live.append((followed.checked_at is not None, followed.checked_at, followed.created_at, call_id))
-    for number, (*_order, call_id) in enumerate(sorted(live)):
-        if number < PENDING_PER_RUN:
-            plan.fetch.append(call_id)
-        else:
-            plan.keep[call_id] = pending[call_id]
-    return plan
+    """`PENDING_PER_RUN` calls are fetched this run: never checked first, then least recently
+    checked, so a few that never finish cannot starve the others."""
+    expired = [call_id for call_id, followed in pending.items() if now - followed.created_at > PENDING_MAX_AGE]
+    order = [call_id for *_order, call_id in sorted(
+        (followed.checked_at is not None, followed.checked_at, followed.created_at, call_id)
+        for call_id, followed in pending.items() if now - followed.created_at <= PENDING_MAX_AGE)]
+    return FollowUps(order[:PENDING_PER_RUN], {call_id: pending[call_id] for call_id in order[PENDING_PER_RUN:]},
+                     expired)
 
 
 class SyncState:
-    """One job's state for every agent: read in one query, written in one batch. Agents synced
-    side by side share it: every change and the save hold one lock."""
+    """One job's state for every agent: read in one query, written in one batch, by its run's thread
+    alone (the read-ahead thread only reads pages)."""
 
     def __init__(self, state: Collection, job: str, now: datetime):
         self.state = state
@@ -111,21 +93,16 @@ class SyncState:
                        for doc in state.find({"job": job})}
         self.unsaved: set[str] = set()
         self.windows_since_save = 0
-        self._lock = threading.RLock()
 
     def _agent(self, agent_id: str) -> dict:
         return self.stored.setdefault(agent_id, {"cursor": None, "pending": {}})
 
     def cursor(self, agent_id: str) -> datetime | None:
-        with self._lock:
-            return self._agent(agent_id)["cursor"]
+        return self._agent(agent_id)["cursor"]
 
     def read_from(self, agent_id: str, *, overlap: timedelta, backfill: timedelta) -> datetime:
-        """Where this run reads the agent from: a little before the cursor; on a first sync, from
-        the agent's backfill start. Recomputing that from "now" would slide it past the oldest
-        calls each time a first sync is cut off and restarted later, after the other job (or the
-        first attempt's links) stored them; so the first proposal is kept, in one atomic upsert
-        (two daemons at once get the same)."""
+        """A little before the cursor; on a first sync, the agent's backfill start, the first
+        proposal kept in one atomic upsert (two daemons at once get the same)."""
         cursor = self.cursor(agent_id)
         if cursor is not None:
             return cursor - overlap
@@ -136,33 +113,29 @@ class SyncState:
         return recorded["backfillFrom"]
 
     def pending(self, agent_id: str) -> dict[str, Followed]:
-        with self._lock:
-            return dict(self._agent(agent_id)["pending"])
+        return dict(self._agent(agent_id)["pending"])
 
     def set_pending(self, agent_id: str, pending: dict[str, Followed]) -> None:
-        with self._lock:
-            if pending != self._agent(agent_id)["pending"]:
-                self._agent(agent_id)["pending"] = pending
-                self.unsaved.add(agent_id)
+        if pending != self._agent(agent_id)["pending"]:
+            self._agent(agent_id)["pending"] = pending
+            self.unsaved.add(agent_id)
 
     def window_done(self, agent_id: str, window_end: datetime, progress: WindowProgress) -> None:
         """A window was fully written: move the cursor, follow the calls it passed unfinished."""
-        with self._lock:
-            state = self._agent(agent_id)
-            state["cursor"] = progress.cursor(window_end)
-            # A call already followed keeps its record (when it was last checked).
-            state["pending"] = {**progress.followed, **state["pending"]}
-            self.unsaved.add(agent_id)
-            self.windows_since_save += 1
-            if self.windows_since_save >= SAVE_EVERY_WINDOWS:
-                self.save()
+        state = self._agent(agent_id)
+        state["cursor"] = progress.cursor(window_end)
+        # A call already followed keeps its record (when it was last checked).
+        state["pending"] = {**progress.followed, **state["pending"]}
+        self.unsaved.add(agent_id)
+        self.windows_since_save += 1
+        if self.windows_since_save >= SAVE_EVERY_WINDOWS:
+            self.save()
 
     def save(self) -> None:
-        with self._lock:
-            if self.unsaved:
-                self.state.bulk_write([self._save_operation(agent_id) for agent_id in sorted(self.unsaved)])
-            self.unsaved.clear()
-            self.windows_since_save = 0
+        if self.unsaved:
+            self.state.bulk_write([self._save_operation(agent_id) for agent_id in sorted(self.unsaved)])
+        self.unsaved.clear()
+        self.windows_since_save = 0
 
     def _save_operation(self, agent_id: str) -> UpdateOne:
         agent = self.stored[agent_id]
@@ -174,7 +147,7 @@ class SyncState:
 
 
 def oldest_cursor(state: Collection, job: str) -> datetime | None:
-    """`job`'s oldest cursor over its agents (one account's view): how far behind Bolna the sync
-    is, for the metrics. The query a run's `SyncState` makes, so it is read from the same index."""
+    """How far behind Bolna `job` is, for the metrics: the query a run's `SyncState` makes, so it is
+    read from the same index."""
     cursors = [doc["cursor"] for doc in state.find({"job": job}, {"cursor": 1}) if doc.get("cursor")]
     return min(cursors, default=None)

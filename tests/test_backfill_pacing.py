@@ -93,7 +93,7 @@ def test_a_paced_backfill_meets_no_429(settings, mongo, bolna_server, history, d
     app = _app(settings, mongo, bolna, Limits(40, 80, headroom=0.2, minute_seconds=1))
     assert [record["status"] for record in _side_by_side(app)] == ["ok", "ok"]
     assert [r for r in bolna.requests if r.status == 429] == []
-    assert app.account.bolna.rate_limited == 0 and app.account.bolna.pacer.waited_seconds > 0  # the limits were reached
+    assert app.account.bolna.pacer.waited_seconds > 0  # the limits were reached
     assert _complete(db, executions)
 
 
@@ -103,8 +103,7 @@ def test_without_pacing_the_same_backfill_meets_429s_and_still_completes(setting
                          rate_limits=RateLimits(minute_seconds=1, listing=40, other=80))
     app = _app(settings, mongo, bolna, Limits(10**6, 10**6, headroom=0.0, minute_seconds=1))
     assert [record["status"] for record in _side_by_side(app)] == ["ok", "ok"]
-    assert app.account.bolna.rate_limited > 0  # the fake enforces the limits the pacer keeps to
-    assert [r for r in bolna.requests if r.status == 429]
+    assert [r for r in bolna.requests if r.status == 429]  # the fake enforces the limits the pacer keeps to
     assert _complete(db, executions)
 
 

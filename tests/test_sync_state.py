@@ -7,17 +7,23 @@ import pytest
 from fakes.mongo_hooks import HookedClient
 from services.database import SYNC_STATE, account_view
 from services.sync_state import (PENDING_HOLD, PENDING_MAX_AGE, PENDING_PER_RUN, SAVE_EVERY_WINDOWS, Followed,
-                                 SyncState, WindowProgress, follow_ups, holds_cursor)
+                                 SyncState, WindowProgress, follow_ups)
 
 NOW = datetime(2026, 11, 27, 12, 0)
 WINDOW_END = NOW - timedelta(minutes=1)
 
 
+def held(created_at: datetime) -> bool:
+    progress = WindowProgress()
+    progress.unfinished("call", created_at, NOW)
+    return progress.cursor(WINDOW_END) == created_at and not progress.followed
+
+
 def test_an_unfinished_call_holds_the_cursor_until_it_is_pending_hold_old():
-    assert holds_cursor(NOW - timedelta(minutes=3), NOW)
-    assert holds_cursor(NOW - PENDING_HOLD + timedelta(seconds=1), NOW)
-    assert not holds_cursor(NOW - PENDING_HOLD, NOW)
-    assert not holds_cursor(NOW - timedelta(days=3), NOW)
+    assert held(NOW - timedelta(minutes=3))
+    assert held(NOW - PENDING_HOLD + timedelta(seconds=1))
+    assert not held(NOW - PENDING_HOLD)
+    assert not held(NOW - timedelta(days=3))
 
 
 def test_a_window_with_nothing_to_read_again_moves_the_cursor_to_its_end():
@@ -26,15 +32,15 @@ def test_a_window_with_nothing_to_read_again_moves_the_cursor_to_its_end():
 
 def test_the_cursor_stops_at_the_oldest_call_to_read_again():
     progress = WindowProgress()
-    progress.read_again(NOW - timedelta(minutes=5))
-    progress.read_again(NOW - timedelta(minutes=50))  # a full record worth retrying
-    progress.read_again(NOW - timedelta(minutes=20))
+    progress.unfinished("c1", NOW - timedelta(minutes=5), NOW)
+    progress.unfinished("c2", NOW - timedelta(minutes=50), NOW)  # a full record worth retrying
+    progress.unfinished("c3", NOW - timedelta(minutes=20), NOW)
     assert progress.cursor(WINDOW_END) == NOW - timedelta(minutes=50)
 
 
 def test_a_hold_past_the_window_end_never_moves_the_cursor_beyond_the_window():
     progress = WindowProgress()
-    progress.read_again(WINDOW_END + timedelta(minutes=5))
+    progress.unfinished("c1", WINDOW_END + timedelta(minutes=5), NOW)
     assert progress.cursor(WINDOW_END) == WINDOW_END
 
 

@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 
 from utils.phone import mask_phone
 
+log = logging.getLogger(__name__)
+
 # Fields a caller may attach with `extra=` that belong in a structured line.
 CONTEXT_FIELDS = ("job", "run_id", "account", "event", "agent_id", "call_id", "counts", "status")
 
@@ -41,6 +43,25 @@ def in_log_context(function: Callable, *args, **kwargs) -> Callable[[], object]:
     thread pool's workers start with none). Call it where the work is handed over, once per task."""
     context = contextvars.copy_context()
     return lambda: context.run(function, *args, **kwargs)
+
+
+class Listeners:
+    """Whoever observes an event (a request's outcome, a finished run): each is called in turn, and
+    one that fails is logged (as `event`), never raised to the caller."""
+
+    def __init__(self, event: str):
+        self.event = event
+        self._listeners: list[Callable[[object], None]] = []
+
+    def subscribe(self, listener: Callable) -> None:
+        self._listeners.append(listener)
+
+    def __call__(self, value: object) -> None:
+        for listener in self._listeners:
+            try:
+                listener(value)
+            except Exception:  # noqa: BLE001 - an observer (metrics, the watchdog) must never fail its caller
+                log.exception("a listener failed", extra={"event": self.event})
 
 # Every pattern here runs in linear time on any text (tests/test_regex_bounds.py): a log line
 # can quote what a caller sent.
@@ -115,8 +136,7 @@ class RedactingFilter(logging.Filter):
 
 
 class LineFormatter(logging.Formatter):
-    """One line per record, text or JSON, with the context fields a caller attached (a field passed
-    as None, no call or no agent, is left out)."""
+    """One line per record, text or JSON, with the context fields that are set (not None)."""
     # UTC like the JSON lines and the stored times, so a log line and a run record compare directly.
     converter = time.gmtime
     default_time_format = "%Y-%m-%dT%H:%M:%S"

@@ -121,8 +121,7 @@ class AccountApp:
                                      seconds=settings.bolna_record_cache_seconds)
         self.reader = PageReader(bolna, settings.default_phone_region, self.records,
                                  concurrency=settings.bolna_fetch_concurrency)
-        self.feed = ExecutionFeed(db, bolna, self.reader, stop=self.stop,
-                                  agent_ids=settings.bolna_agent_ids,
+        self.feed = ExecutionFeed(db, bolna, self.reader, agent_ids=settings.bolna_agent_ids,
                                   backfill=timedelta(days=settings.backfill_days),
                                   overlap=timedelta(minutes=settings.sync_overlap_minutes))
         self.writers = build_writers(db, settings)

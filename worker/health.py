@@ -36,7 +36,8 @@ from pymongo.errors import PyMongoError
 
 from services.analyzer.write_back import OUTCOME_COUNTERS
 from services.database import SYNC_STATE
-from utils.http import OUTCOMES as REQUEST_OUTCOMES, RequestOutcomes
+from utils.http import OUTCOMES as REQUEST_OUTCOMES
+from utils.logging import Listeners
 from services.run_records import SUCCESSFUL, RunRecords, describe_failure
 from services.sync_state import oldest_cursor
 from services.webhooks import OUTCOMES, DeliveryTally
@@ -245,7 +246,7 @@ class RunMetrics:
         for gauge in self._refreshed:
             gauge.refresh()
 
-    def observe_requests(self, bolna: RequestOutcomes, llm: GroqAnalyzer | None) -> None:
+    def observe_requests(self, bolna: Listeners, llm: GroqAnalyzer | None) -> None:
         """Count the outcome of each request to Bolna (`bolna`: its client's outcomes) and to Groq."""
         bolna.subscribe(lambda outcome: self.bolna_requests.labels(outcome).inc())
         if llm is not None:

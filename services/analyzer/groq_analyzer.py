@@ -15,7 +15,7 @@ from services.analyzer.pacing import Deadline, DeadlineExceeded, RatePacer, retr
 from services.analyzer.prompt import CHARS_PER_TOKEN, completion_request, stage_names
 from services.analyzer.schema import Analysis, InvalidAnswer, Usage, parse_answer
 from utils.config import Settings
-from utils.http import RequestOutcomes
+from utils.logging import Listeners
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class GroqAnalyzer:
                            timeout=settings.llm_timeout_seconds), RatePacer())
             for key in settings.groq_api_keys
         ]
-        self.outcomes = RequestOutcomes()  # each request's outcome, for the metrics
+        self.outcomes = Listeners("request_listener_failed")  # each request's outcome, for the metrics
         self._lock = threading.Lock()
         self.begin_run(settings.llm_requests_per_run)
 
