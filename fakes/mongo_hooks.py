@@ -33,7 +33,7 @@ import fakes.mongomock_extensions  # noqa: F401 - what mongomock lacks, taught t
 WRITE_METHODS = frozenset({
     "bulk_write", "insert_one", "insert_many", "update_one", "update_many", "replace_one",
     "find_one_and_update", "find_one_and_replace", "find_one_and_delete", "delete_one", "delete_many",
-    "create_index", "create_indexes",
+    "create_index", "create_indexes", "drop_index",
 })
 READ_METHODS = frozenset({
     "find", "find_one", "count_documents", "estimated_document_count", "aggregate", "distinct",

@@ -7,7 +7,9 @@ product writes MongoDB's natural forms and the double adapts, not the product:
 - an array literal in an expression (`["$a", 1]`): mongomock returned it unevaluated;
 - the `$unset` stage (of an aggregation or a pipeline update);
 - the `hello` command, answered with `localTime` by the machine's clock (the server's clock of an
-  in-process database is this process's).
+  in-process database is this process's);
+- the `collMod` command changing a TTL index's `expireAfterSeconds` (by `name` or `keyPattern`);
+  its other uses stay unimplemented.
 
 Each is checked against the server's behaviour in tests/test_mongomock_extensions.py. Applied once,
 on import (fakes/mongo_hooks.py imports this module: every mongomock the project uses goes
@@ -70,7 +72,27 @@ def _command_with_extensions(self, command, **kwargs):
     if name == "hello":
         local_time = to_millis(datetime.now(timezone.utc).replace(tzinfo=None))
         return {"isWritablePrimary": True, "localTime": local_time, "ok": 1.0}
+    if name == "collMod" and set(command) == {"collMod", "index"}:
+        return _change_expiry(self, command["collMod"], command["index"])
     return _command(self, command, **kwargs)
+
+
+def _change_expiry(database, collection: str, index: dict) -> dict:
+    if set(index) not in ({"name", "expireAfterSeconds"}, {"keyPattern", "expireAfterSeconds"}):
+        raise NotImplementedError(f"collMod of an index with {sorted(index)}: only a TTL index's expiry is taught")
+    if collection not in database.list_collection_names():
+        raise OperationFailure(f"ns not found: {database.name}.{collection}", code=26)
+    store = database[collection]._store
+    found = [(name, spec) for name, spec in store.indexes.items()
+             if name == index.get("name") or spec["key"] == list(index.get("keyPattern", {}).items())]
+    if not found:
+        raise OperationFailure(f"cannot find index for ns {database.name}.{collection}", code=27)
+    [(name, spec)] = found
+    if "expireAfterSeconds" not in spec:
+        raise NotImplementedError("collMod making an index a TTL index: only a TTL index's expiry is taught")
+    store.create_index(name, {**spec, "expireAfterSeconds": index["expireAfterSeconds"]})
+    return {"expireAfterSeconds_old": spec["expireAfterSeconds"],
+            "expireAfterSeconds_new": index["expireAfterSeconds"], "ok": 1.0}
 
 
 def apply() -> None:

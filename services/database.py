@@ -129,7 +129,7 @@ def account_view(db: Database, account_id) -> AccountDatabase:
     return AccountDatabase(db, account_id, ACCOUNT_COLLECTIONS)
 
 
-_CHANGED_OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds")
+_REBUILT_OPTIONS = ("unique", "sparse", "partialFilterExpression")
 
 
 def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int = 3) -> None:
@@ -148,19 +148,23 @@ def ensure_indexes(db: Database, run_retention_days: int = 30, inbox_days: int =
             IndexModel([(field, ASCENDING)], name=name, expireAfterSeconds=seconds))
     for collection, models in indexes.items():
         if shared or collection in ACCOUNT_COLLECTIONS:
-            # An index of ours that an earlier version built with other keys or options (before
-            # accounts, without `userId`; a partial `phone_unique`; another retention) is dropped
-            # first: MongoDB refuses to build one of the same name differently (`collMod` could
-            # change an expiry in place, but mongomock, for tests and the demo, lacks it). Until the
-            # new one is built (at once: what it keeps unique was unique before), uniqueness rests
-            # on the daemon's own upserts, and nothing expires early. Indexes of other names (a CRM
-            # front end's) are left alone.
+            # An index of ours that an earlier version built differently: another retention is
+            # changed in place (`collMod`: no rebuild, never a moment without the index). Other keys
+            # or options (before accounts, without `userId`; a partial `phone_unique`) are dropped
+            # first: MongoDB refuses to build one of the same name differently. Until the new one is
+            # built (at once: what it keeps unique was unique before), uniqueness rests on the
+            # daemon's own upserts. Indexes of other names (a CRM front end's) are left alone.
             current = db[collection].index_information()
             for wanted in (model.document for model in models):
                 existing = current.get(wanted["name"])
-                if existing is not None and (list(existing["key"]) != list(wanted["key"].items()) or any(
-                        existing.get(option) != wanted.get(option) for option in _CHANGED_OPTIONS)):
+                if existing is None:
+                    continue
+                if list(existing["key"]) != list(wanted["key"].items()) or any(
+                        existing.get(option) != wanted.get(option) for option in _REBUILT_OPTIONS):
                     db[collection].drop_index(wanted["name"])
+                elif existing.get("expireAfterSeconds") != wanted.get("expireAfterSeconds"):
+                    db.command({"collMod": collection, "index": {
+                        "name": wanted["name"], "expireAfterSeconds": wanted["expireAfterSeconds"]}})
             db[collection].create_indexes(models)
     # Leases an earlier version wrote in its own names (services/lease.py), where they can be.
     lease.migrate(db[CALLS], "claim", "expiresAt", {"processed": False, "terminal": True}, QUEUE_INDEX_KEYS)

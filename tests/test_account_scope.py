@@ -179,6 +179,9 @@ CASE_BLIND = {"locale": "en", "strength": 1}  # would make userId "alpha" match 
     lambda view: view[CUSTOMERS].with_options(),
     lambda view: view.customers.database,
     lambda view: view.command("ping") and view.command({"dropDatabase": 1}),
+    lambda view: view.command({"collMod": "users", "index": {"name": "ttl_at", "expireAfterSeconds": 1}}),
+    lambda view: view.command({"collMod": CUSTOMERS, "validator": {"userId": "alpha"}}),
+    lambda view: view.command({"collMod": CUSTOMERS, "index": {"name": "phone_unique", "hidden": True}}),
     lambda view: view.drop_collection(CUSTOMERS),
     lambda view: view.client,
     lambda view: view["users"].find(),
@@ -186,7 +189,7 @@ CASE_BLIND = {"locale": "en", "strength": 1}  # would make userId "alpha" match 
 ], ids=["facet-lookup", "facet-unionWith", "graphLookup", "rename-into-userId", "project-only-id",
         "project-some", "replaceRoot", "unset-userId-in-list", "where", "collation", "cursor-collation",
         "update-collation", "bulk-collation", "collection-database", "with_options", "attribute-database",
-        "command", "drop_collection", "client", "shared-collection", "shared-get_collection"])
+        "command", "collMod-shared", "collMod-validator", "collMod-hidden", "drop_collection", "client", "shared-collection", "shared-get_collection"])
 def test_an_operation_the_view_does_not_offer_is_refused_by_name(raw, attempt):
     beta = account_view(raw, "beta")[CUSTOMERS]
     beta.insert_one({"phone": "+919876543210", "name": "Asha"})

@@ -12,4 +12,5 @@ from tests.test_plain_inserts import (  # noqa: F401 - collected again, on the s
     test_the_call_insert_makes_the_document_the_upsert_makes)
 from tests.test_mongomock_extensions import (  # noqa: F401 - collected again, on the server
     collection, test_merge_objects_as_an_expression, test_not_of_an_array_of_one, test_an_array_literal_is_evaluated,
-    test_the_unset_stage_in_an_aggregation_and_a_pipeline_update, test_hello_tells_the_server_time)
+    test_the_unset_stage_in_an_aggregation_and_a_pipeline_update, test_hello_tells_the_server_time,
+    test_coll_mod_changes_a_ttl_index_expiry_in_place)

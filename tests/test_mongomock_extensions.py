@@ -4,6 +4,7 @@ the double and a server are held to the same answers."""
 from datetime import timedelta
 
 import pytest
+from pymongo.errors import OperationFailure
 
 from tests.conftest import TEST_DB
 from utils.clock import utcnow
@@ -50,3 +51,15 @@ def test_the_unset_stage_in_an_aggregation_and_a_pipeline_update(collection):
 def test_hello_tells_the_server_time(mongo):
     answer = mongo[TEST_DB].command("hello")
     assert abs(answer["localTime"].replace(tzinfo=None) - utcnow()) < timedelta(seconds=5)
+
+
+def test_coll_mod_changes_a_ttl_index_expiry_in_place(mongo):
+    database = mongo[TEST_DB]
+    database["expiring"].create_index([("at", 1)], name="ttl_at", expireAfterSeconds=100)
+    answer = database.command({"collMod": "expiring", "index": {"name": "ttl_at", "expireAfterSeconds": 50}})
+    assert (answer["expireAfterSeconds_old"], answer["expireAfterSeconds_new"]) == (100, 50)
+    database.command({"collMod": "expiring", "index": {"keyPattern": {"at": 1}, "expireAfterSeconds": 60}})
+    assert database["expiring"].index_information()["ttl_at"]["expireAfterSeconds"] == 60
+    with pytest.raises(OperationFailure) as missing:
+        database.command({"collMod": "expiring", "index": {"name": "other", "expireAfterSeconds": 60}})
+    assert missing.value.code == 27  # IndexNotFound

@@ -1,7 +1,7 @@
 """The indexes and writes that only a real server judges (the wire server the test run starts,
 or MONGODB_URI): unique phones that never collide for records without one, the upgrade from
 the earlier partial phone index, and an old record mongomock and a server read differently; leases
-stored in the earlier shapes rewritten at start."""
+stored in the earlier shapes rewritten at start; a changed retention changed in place (`collMod`)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -15,6 +15,8 @@ from services.database import (CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, PHONE
 from tests.conftest import TEST_DB
 from tests.helpers import build_app, execution
 from tests.real_mongo import mongo  # noqa: F401 - the test database on the server, dropped after
+from tests.test_run_retention import (  # noqa: F401 - collected again, on the server
+    test_a_changed_retention_changes_the_ttl_index_in_place)
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -61,7 +61,8 @@ _UPDATE_STAGES = frozenset({"$set", "$addFields", "$unset", "$project"})
 _AGGREGATION_STAGES = frozenset({"$match", "$group", "$sort", "$limit", "$skip", "$project", "$count"})
 # A cursor's own methods that change nothing of its query's scope (not `collation`, `where`, `min`, `max`).
 _CURSOR_METHODS = frozenset({"sort", "limit", "skip", "batch_size", "close", "alive", "hint"})
-# What the view of the database offers besides its collections: `command` only with these.
+# What the view of the database offers besides its collections: `command` only with these, and
+# `collMod` of a TTL index's expiry on one of its collections (`_changes_an_expiry_only`).
 _COMMANDS = frozenset({"hello", "ping"})
 
 
@@ -104,9 +105,17 @@ class AccountDatabase:
 
     def command(self, command, *args, **kwargs):
         name = command if isinstance(command, str) else next(iter(command), None)
-        if name not in _COMMANDS:
+        if name not in _COMMANDS and not self._changes_an_expiry_only(command, args, kwargs):
             raise AccountScopeError(f"command {name!r} is not available on an account's view of the database")
         return self._db.command(command, *args, **kwargs)
+
+    def _changes_an_expiry_only(self, command, args, kwargs) -> bool:
+        """`{collMod: <one of the view's collections>, index: {name, expireAfterSeconds}}` and nothing
+        more (no validator, no other index option): index management, as `drop_index` and
+        `create_indexes` on its collections are; services/database.py changes a retention so."""
+        return (not args and not kwargs and isinstance(command, Mapping) and list(command) == ["collMod", "index"]
+                and command["collMod"] in self._scoped and isinstance(command["index"], Mapping)
+                and set(command["index"]) == {"name", "expireAfterSeconds"})
 
 
 LOCAL_ID_SEPARATOR = ":"
