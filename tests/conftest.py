@@ -1,3 +1,4 @@
+import logging
 import os
 
 import mongomock
@@ -51,6 +52,18 @@ def mongodb_uri():
         return
     with WireServer() as server:
         yield server.uri
+
+
+@pytest.fixture(autouse=True)
+def root_logger_restored():
+    """A test that sets logging up as the CLI does (`setup_logging`, also through `cli.main`) leaves
+    the root logger writing to that test's captured stdout, closed when the test ends: every line a
+    later test logged was a "Logging error". The root's handlers and level are put back after each."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -24,18 +24,14 @@ PHONES = ["+91 98765 43210", "09811122233", "919900011122", "+1 415 555 2671"]
 
 @pytest.fixture
 def log_output():
-    """setup_logging as the CLI calls it, into a buffer; the root logger is restored afterwards."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
+    """setup_logging as the CLI calls it, into a buffer (conftest restores the root logger after)."""
     buffer = io.StringIO()
 
     def start(fmt: str) -> io.StringIO:
         setup_logging("INFO", fmt, secrets=(API_KEY,), stream=buffer)
         return buffer
 
-    yield start
-    root.handlers[:] = saved_handlers
-    root.setLevel(saved_level)
+    return start
 
 
 @pytest.fixture
