@@ -1,5 +1,5 @@
 """The account schedule (services/accounts/schedule.py): registering the account list, claims under
-leases, and that replicas sharing it never sync one account at once. On mongomock through the `db`
+leases, and that replicas sharing it never sync one account at once. On mongomock through the `whole_db`
 fixture (each operation whole, as on a server); tests/test_mongodb_integration_account_schedule.py
 runs them again on a real server."""
 from __future__ import annotations
@@ -51,15 +51,8 @@ def clock():
 
 
 @pytest.fixture
-def db(whole_db):
-    """The database itself: these tests write collections shared by every account, which an
-    account's view refuses."""
-    return whole_db
-
-
-@pytest.fixture
-def schedule_collection(db):
-    collection = db[COLLECTION]
+def schedule_collection(whole_db):
+    collection = whole_db[COLLECTION]
     collection.create_indexes(SCHEDULE_INDEXES)
     return collection
 

@@ -55,15 +55,8 @@ def bolna():
 
 
 @pytest.fixture
-def db(whole_db):
-    """The database itself: these tests write collections shared by every account, which an
-    account's view refuses."""
-    return whole_db
-
-
-@pytest.fixture
-def users(db):
-    users = db["users"]
+def users(whole_db):
+    users = whole_db["users"]
     users.insert_many([
         {"_id": "alpha", "bolnaApiKey": "key-alpha", **ACTIVE},
         {"_id": "beta", "bolnaApiKey": "key-beta", "subscription": {"status": "trial"}},
@@ -130,11 +123,11 @@ def test_a_refused_key_sets_its_account_aside_until_the_key_changes(fleet_settin
     assert mongo[TEST_DB][CUSTOMERS].count_documents({"userId": "revoked"}) == 1
 
 
-def test_two_replicas_split_the_accounts_and_never_sync_one_at_once(fleet_settings, mongo, db, bolna):
+def test_two_replicas_split_the_accounts_and_never_sync_one_at_once(fleet_settings, mongo, whole_db, bolna):
     keys = [f"key-{n}" for n in range(8)]
     for key in keys:
         bolna.add_account(key, [AGENT], account_calls("please call me back tomorrow", key), label=key)
-    db["users"].insert_many([{"_id": key, "bolnaApiKey": key, **ACTIVE} for key in keys])
+    whole_db["users"].insert_many([{"_id": key, "bolnaApiKey": key, **ACTIVE} for key in keys])
     clock = Clock()
     bolna.latency = 0.02  # a sync takes a moment, as over a network: the replicas overlap in time
     replicas = [replica(fleet_settings, mongo, clock) for _ in range(2)]
@@ -180,13 +173,13 @@ def test_an_account_of_a_dead_replica_is_taken_over_once_its_lease_runs_out(flee
     assert dead.schedule.finish(taken, {"status": "ok"}) is False  # the dead replica's claim writes nothing
 
 
-def test_the_llm_ceiling_holds_across_accounts(fleet_settings, mongo, db, bolna):
+def test_the_llm_ceiling_holds_across_accounts(fleet_settings, mongo, whole_db, bolna):
     keys = [f"key-{n}" for n in range(4)]
     for key in keys:
         calls = [execution(customer=f"+91 98000 0000{i}", transcript="assistant: Hello\nuser: I want to buy it now\n")
                  for i in range(4)]
         bolna.add_account(key, [AGENT], calls, label=key)
-    db["users"].insert_many([{"_id": key, "bolnaApiKey": key, **ACTIVE} for key in keys])
+    whole_db["users"].insert_many([{"_id": key, "bolnaApiKey": key, **ACTIVE} for key in keys])
     fleet = replica(fleet_settings.with_overrides(llm_global_limit=6, llm_calls_per_run=4), mongo, Clock())
 
     every_account(fleet)
@@ -195,9 +188,9 @@ def test_the_llm_ceiling_holds_across_accounts(fleet_settings, mongo, db, bolna)
     assert analyzed == 6  # 16 waiting, 4 per account per run, 6 in all this interval
 
 
-def test_quota_grants_never_pass_the_ceiling_when_replicas_take_at_once(db):
+def test_quota_grants_never_pass_the_ceiling_when_replicas_take_at_once(whole_db):
     clock = Clock()
-    quota = LlmQuota(db["llm_quota"], 25, timedelta(minutes=5), clock=clock)
+    quota = LlmQuota(whole_db["llm_quota"], 25, timedelta(minutes=5), clock=clock)
     for _ in range(5):  # five windows, each one's counter created by the race itself
         clock.advance(300)
         grants, lock = [], threading.Lock()
