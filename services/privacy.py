@@ -116,10 +116,7 @@ class PersonRecords:
     analyzed_calls: list[str]  # call ids; also those only a customer link names
     waiting_calls: list[str]   # call ids not analyzed yet
     contact_ids: list
-    customers: int
-    links: int
-    activities: int
-    reviews: int
+    whole: dict[str, int]  # the documents removed whole (`_removed_whole`), by the name erasure reports
     follow_ups: dict[str, list[str]]  # sync_state _id -> the number's calls followed there
     deliveries: list  # webhook_inbox _ids of waiting deliveries holding the number
 
@@ -128,8 +125,7 @@ class PersonRecords:
         return self.analyzed_calls + self.waiting_calls
 
     def counts(self) -> dict[str, int]:
-        return {"customers": self.customers, "customerCalls": self.links, "calls": len(self.call_ids),
-                "contacts": len(self.contact_ids), "activities": self.activities, "stageReviews": self.reviews,
+        return {**self.whole, "calls": len(self.call_ids),
                 "followUps": sum(len(ids) for ids in self.follow_ups.values()), "webhookInbox": len(self.deliveries)}
 
 
@@ -152,19 +148,15 @@ class Eraser:
         waiting = sorted(call["callId"] for call in calls if call.get("processed") is False)
         analyzed = sorted(({call["callId"] for call in calls} | linked) - set(waiting))
         contact_ids = [doc["_id"] for doc in db[CONTACTS].find({"phone": {"$in": spellings}}, {"_id": 1})]
-        activities = set()
-        for selector in _activity_selectors(spellings, analyzed + waiting, contact_ids):
-            activities |= {doc["_id"] for doc in db[ACTIVITIES].find(selector, {"_id": 1})}
+        whole = {name: len({doc["_id"] for selector in selectors for doc in db[collection].find(selector, {"_id": 1})})
+                 for name, collection, selectors in _removed_whole(spellings, analyzed + waiting, contact_ids)}
         follow_ups = {}
         if analyzed or waiting:
             ids = set(analyzed + waiting)
             for state in db[SYNC_STATE].find({"pending.callId": {"$in": sorted(ids)}}, {"pending.callId": 1}):
                 follow_ups[state["_id"]] = [p["callId"] for p in state["pending"] if p["callId"] in ids]
-        return PersonRecords(spellings, analyzed, waiting, contact_ids,
-                             customers=len(list(db[CUSTOMERS].find({"phone": {"$in": spellings}}, {"_id": 1}))),
-                             links=len(linked), activities=len(activities),
-                             reviews=db[STAGE_REVIEWS].count_documents({"customerPhone": {"$in": spellings}}),
-                             follow_ups=follow_ups, deliveries=self._deliveries(set(spellings)))
+        return PersonRecords(spellings, analyzed, waiting, contact_ids, whole, follow_ups,
+                             self._deliveries(set(spellings)))
 
     def _deliveries(self, spellings: set[str]) -> list:
         """The waiting deliveries with the number on either side (only those keep their body)."""
@@ -175,15 +167,10 @@ class Eraser:
     def sweep(self, phone: Phone) -> dict[str, int]:
         """Remove what the database holds of the number now; what was removed, per collection."""
         found = self.find(phone)
-        now = utcnow()
         db = self.db
-        removed = Counter({"calls": self._strip_calls(found, now)})
-        removed["customerCalls"] = db[CUSTOMER_CALLS].delete_many({"phone": {"$in": found.spellings}}).deleted_count
-        for selector in _activity_selectors(found.spellings, found.call_ids, found.contact_ids):
-            removed["activities"] += db[ACTIVITIES].delete_many(selector).deleted_count
-        removed["stageReviews"] = db[STAGE_REVIEWS].delete_many({"customerPhone": {"$in": found.spellings}}).deleted_count
-        removed["contacts"] = db[CONTACTS].delete_many({"phone": {"$in": found.spellings}}).deleted_count
-        removed["customers"] = db[CUSTOMERS].delete_many({"phone": {"$in": found.spellings}}).deleted_count
+        removed = Counter({"calls": self._strip_calls(found, utcnow())})
+        for name, collection, selectors in _removed_whole(found.spellings, found.call_ids, found.contact_ids):
+            removed[name] = sum(db[collection].delete_many(selector).deleted_count for selector in selectors)
         for state_id, call_ids in found.follow_ups.items():
             # A sync running now may save its own copy of the list back: harmless, its writers skip the number.
             db[SYNC_STATE].update_one({"_id": state_id}, {"$pull": {"pending": {"callId": {"$in": call_ids}}}})
@@ -208,6 +195,21 @@ class Eraser:
         return stripped
 
 
+def _removed_whole(spellings: list[str], call_ids: list[str], contact_ids: list) -> list[tuple[str, str, list[dict]]]:
+    """The documents of the number that erasure removes whole: (the name it reports them by, the
+    collection, the selectors, each served by its own index), in the order they are removed (a link
+    names the calls, a contact its activities, so each goes after what it helps find)."""
+    number = {"$in": spellings}
+    activities = [{"customerPhone": number}]  # status changes by number, decisions by call and by contact
+    if call_ids:
+        activities.append({"callId": {"$in": call_ids}})
+    if contact_ids:
+        activities.append({"contactId": {"$in": contact_ids}})
+    return [("customerCalls", CUSTOMER_CALLS, [{"phone": number}]), ("activities", ACTIVITIES, activities),
+            ("stageReviews", STAGE_REVIEWS, [{"customerPhone": number}]), ("contacts", CONTACTS, [{"phone": number}]),
+            ("customers", CUSTOMERS, [{"phone": number}])]
+
+
 def _delivered_numbers(body: bytes, region: str) -> set[str]:
     """Both numbers of a delivery's body, as the sync stores them (their keys, and as received);
     for a body the sync could not read, every string in it, which holds the number if anything does."""
@@ -229,16 +231,6 @@ def _strings(value, depth: int = 0) -> list[str]:
         return []
     items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
     return [text for item in items for text in _strings(item, depth + 1)]
-
-
-def _activity_selectors(spellings: list[str], call_ids: list[str], contact_ids: list) -> list[dict]:
-    """Each served by its own index: status changes by number, decisions by call and by contact."""
-    selectors = [{"customerPhone": {"$in": spellings}}]
-    if call_ids:
-        selectors.append({"callId": {"$in": call_ids}})
-    if contact_ids:
-        selectors.append({"contactId": {"$in": contact_ids}})
-    return selectors
 
 
 def forget(db: Database, phone: Phone, hasher: PhoneHasher, region: str = DEFAULT_REGION) -> dict[str, int]:
