@@ -45,7 +45,6 @@ def free(now: datetime) -> dict:
 
 
 def taken(owner: str, token: str, until: datetime) -> dict:
-    """The `$set` that takes a document until `until`."""
     return {BY: owner, UNTIL: until, TOKEN: token}
 
 
