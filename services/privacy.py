@@ -155,20 +155,27 @@ class Eraser:
             ids = set(analyzed + waiting)
             for state in db[SYNC_STATE].find({"pending.callId": {"$in": sorted(ids)}}, {"pending.callId": 1}):
                 follow_ups[state["_id"]] = [p["callId"] for p in state["pending"] if p["callId"] in ids]
-        return PersonRecords(spellings, analyzed, waiting, contact_ids, whole, follow_ups,
-                             self._deliveries(set(spellings)))
-
-    def _deliveries(self, spellings: set[str]) -> list:
-        """The waiting deliveries with the number on either side (only those keep their body)."""
-        waiting = self.db[WEBHOOK_INBOX].find({"state": INBOX_WAITING}, {"body": 1}, hint=INBOX_STATE_KEYS)
-        return [entry["_id"] for entry in waiting
-                if entry.get("body") and _delivered_numbers(bytes(entry["body"]), self.region) & spellings]
+        # The waiting deliveries with the number on either side (only those keep their body).
+        inbox = db[WEBHOOK_INBOX].find({"state": INBOX_WAITING}, {"body": 1}, hint=INBOX_STATE_KEYS)
+        deliveries = [entry["_id"] for entry in inbox if entry.get("body")
+                      and _delivered_numbers(bytes(entry["body"]), self.region).intersection(spellings)]
+        return PersonRecords(spellings, analyzed, waiting, contact_ids, whole, follow_ups, deliveries)
 
     def sweep(self, phone: Phone) -> dict[str, int]:
         """Remove what the database holds of the number now; what was removed, per collection."""
         found = self.find(phone)
-        db = self.db
-        removed = Counter({"calls": self._strip_calls(found, utcnow())})
+        db, now = self.db, utcnow()
+        stamp = {"erasedAt": now, "transcriptRemovedAt": now, "updatedAt": now}
+        # A lease dropped too: the attempt holding a waiting call writes nothing of it back.
+        unset = {**{name: "" for name in PERSONAL_CALL_FIELDS}, **lease.RELEASED}
+        removed = Counter()
+        if found.analyzed_calls:
+            removed["calls"] += db[CALLS].update_many({"callId": {"$in": found.analyzed_calls}}, {
+                "$unset": {**unset, **{name: "" for name in ANALYSIS_TEXT_FIELDS}}, "$set": stamp}).modified_count
+        if found.waiting_calls:
+            skipped = analysis_document("skipped", attempted_at=now, skipped="erased")  # erased before analyzed
+            removed["calls"] += db[CALLS].update_many({"callId": {"$in": found.waiting_calls}}, {
+                "$unset": unset, "$set": {**stamp, "processed": True, "analysis": skipped}}).modified_count
         for name, collection, selectors in _removed_whole(found.spellings, found.call_ids, found.contact_ids):
             removed[name] = sum(db[collection].delete_many(selector).deleted_count for selector in selectors)
         for state_id, call_ids in found.follow_ups.items():
@@ -178,21 +185,6 @@ class Eraser:
         if found.deliveries:
             removed["webhookInbox"] = db[WEBHOOK_INBOX].delete_many({"_id": {"$in": found.deliveries}}).deleted_count
         return {name: removed[name] for name in COLLECTIONS}
-
-    def _strip_calls(self, found: PersonRecords, now: datetime) -> int:
-        calls = self.db[CALLS]
-        stamp = {"erasedAt": now, "transcriptRemovedAt": now, "updatedAt": now}
-        # A lease dropped too: the attempt holding a waiting call writes nothing of it back.
-        unset = {**{name: "" for name in PERSONAL_CALL_FIELDS}, **lease.RELEASED}
-        stripped = 0
-        if found.analyzed_calls:
-            stripped += calls.update_many({"callId": {"$in": found.analyzed_calls}}, {
-                "$unset": {**unset, **{name: "" for name in ANALYSIS_TEXT_FIELDS}}, "$set": stamp}).modified_count
-        if found.waiting_calls:
-            skipped = analysis_document("skipped", attempted_at=now, skipped="erased")  # erased before analyzed
-            stripped += calls.update_many({"callId": {"$in": found.waiting_calls}}, {
-                "$unset": unset, "$set": {**stamp, "processed": True, "analysis": skipped}}).modified_count
-        return stripped
 
 
 def _removed_whole(spellings: list[str], call_ids: list[str], contact_ids: list) -> list[tuple[str, str, list[dict]]]:
