@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from typing import Callable
 
+from cachetools import TTLCache, cachedmethod
 from pymongo.collection import Collection
 
 from models.pipeline import MalformedPipeline, Pipeline, parse_pipeline, pipeline_for
@@ -17,25 +16,17 @@ REFRESH_SECONDS = 60.0
 
 
 class PipelineCatalog:
-    def __init__(self, collection: Collection, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, collection: Collection):
         self._collection = collection
-        self._clock = clock
+        self._cache = TTLCache(maxsize=1, ttl=REFRESH_SECONDS)
         self._lock = threading.Lock()
-        self._pipelines: list[Pipeline] = []
-        self._loaded_at: float | None = None
 
     def for_agent(self, agent_id: str | None) -> Pipeline | None:
         """The call's pipeline, or None where the CRM has none (contacts then get no stage)."""
-        return pipeline_for(agent_id, self.pipelines())
+        return pipeline_for(agent_id, self._pipelines())
 
-    def pipelines(self) -> list[Pipeline]:
-        with self._lock:
-            if self._loaded_at is None or self._clock() - self._loaded_at >= REFRESH_SECONDS:
-                self._pipelines = self._load()
-                self._loaded_at = self._clock()
-            return self._pipelines
-
-    def _load(self) -> list[Pipeline]:
+    @cachedmethod(lambda self: self._cache, lock=lambda self: self._lock)
+    def _pipelines(self) -> list[Pipeline]:
         pipelines = []
         for document in self._collection.find({"active": {"$ne": False}}, sort=[("_id", 1)]):
             try:

@@ -83,18 +83,18 @@ class SuppressionList:
 
     def check_key(self) -> None:
         """At start-up and whenever a key is needed: the list is usable with this configuration."""
-        if self.hasher is None:
-            if self.entries.find_one({}, {"_id": 1}, hint=SUPPRESSION_KEY_KEYS) is not None:
-                raise PrivacyKeyError("PRIVACY_HASH_KEY is not set, but the suppression list holds erased "
-                                      "numbers: without the key they cannot be recognized, and a sync would "
-                                      "import them again. Set the key they were hashed with (docs/privacy.md).")
+        # Any entry, without a key; with one, an entry of another key. `keyId`, named: a simpler
+        # planner (the test run's wire server) scans for a `$ne`.
+        unusable = {} if self.hasher is None else {"keyId": {"$ne": self.hasher.key_id}}
+        if self.entries.find_one(unusable, {"_id": 1}, hint=SUPPRESSION_KEY_KEYS) is None:
             return
-        # `keyId`, named: a simpler planner (the test run's wire server) scans for a `$ne`.
-        other = self.entries.find_one({"keyId": {"$ne": self.hasher.key_id}}, {"_id": 1}, hint=SUPPRESSION_KEY_KEYS)
-        if other is not None:
-            raise PrivacyKeyError("PRIVACY_HASH_KEY is not the key the suppression list was written with: "
-                                  "erased numbers would not be recognized. Restore the earlier key "
-                                  "(docs/privacy.md).")
+        if self.hasher is None:
+            raise PrivacyKeyError("PRIVACY_HASH_KEY is not set, but the suppression list holds erased "
+                                  "numbers: without the key they cannot be recognized, and a sync would "
+                                  "import them again. Set the key they were hashed with (docs/privacy.md).")
+        raise PrivacyKeyError("PRIVACY_HASH_KEY is not the key the suppression list was written with: "
+                              "erased numbers would not be recognized. Restore the earlier key "
+                              "(docs/privacy.md).")
 
 
 # Everything on a call that says who was called or what was said; the rest are the business's figures.
@@ -116,10 +116,7 @@ class PersonRecords:
     analyzed_calls: list[str]  # call ids; also those only a customer link names
     waiting_calls: list[str]   # call ids not analyzed yet
     contact_ids: list
-    customers: int
-    links: int
-    activities: int
-    reviews: int
+    whole: dict[str, int]  # the documents removed whole (`_removed_whole`), by the name erasure reports
     follow_ups: dict[str, list[str]]  # sync_state _id -> the number's calls followed there
     deliveries: list  # webhook_inbox _ids of waiting deliveries holding the number
 
@@ -128,8 +125,7 @@ class PersonRecords:
         return self.analyzed_calls + self.waiting_calls
 
     def counts(self) -> dict[str, int]:
-        return {"customers": self.customers, "customerCalls": self.links, "calls": len(self.call_ids),
-                "contacts": len(self.contact_ids), "activities": self.activities, "stageReviews": self.reviews,
+        return {**self.whole, "calls": len(self.call_ids),
                 "followUps": sum(len(ids) for ids in self.follow_ups.values()), "webhookInbox": len(self.deliveries)}
 
 
@@ -152,38 +148,36 @@ class Eraser:
         waiting = sorted(call["callId"] for call in calls if call.get("processed") is False)
         analyzed = sorted(({call["callId"] for call in calls} | linked) - set(waiting))
         contact_ids = [doc["_id"] for doc in db[CONTACTS].find({"phone": {"$in": spellings}}, {"_id": 1})]
-        activities = set()
-        for selector in _activity_selectors(spellings, analyzed + waiting, contact_ids):
-            activities |= {doc["_id"] for doc in db[ACTIVITIES].find(selector, {"_id": 1})}
+        whole = {name: len({doc["_id"] for selector in selectors for doc in db[collection].find(selector, {"_id": 1})})
+                 for name, collection, selectors in _removed_whole(spellings, analyzed + waiting, contact_ids)}
         follow_ups = {}
         if analyzed or waiting:
             ids = set(analyzed + waiting)
             for state in db[SYNC_STATE].find({"pending.callId": {"$in": sorted(ids)}}, {"pending.callId": 1}):
                 follow_ups[state["_id"]] = [p["callId"] for p in state["pending"] if p["callId"] in ids]
-        return PersonRecords(spellings, analyzed, waiting, contact_ids,
-                             customers=len(list(db[CUSTOMERS].find({"phone": {"$in": spellings}}, {"_id": 1}))),
-                             links=len(linked), activities=len(activities),
-                             reviews=db[STAGE_REVIEWS].count_documents({"customerPhone": {"$in": spellings}}),
-                             follow_ups=follow_ups, deliveries=self._deliveries(set(spellings)))
-
-    def _deliveries(self, spellings: set[str]) -> list:
-        """The waiting deliveries with the number on either side (only those keep their body)."""
-        waiting = self.db[WEBHOOK_INBOX].find({"state": INBOX_WAITING}, {"body": 1}, hint=INBOX_STATE_KEYS)
-        return [entry["_id"] for entry in waiting
-                if entry.get("body") and _delivered_numbers(bytes(entry["body"]), self.region) & spellings]
+        # The waiting deliveries with the number on either side (only those keep their body).
+        inbox = db[WEBHOOK_INBOX].find({"state": INBOX_WAITING}, {"body": 1}, hint=INBOX_STATE_KEYS)
+        deliveries = [entry["_id"] for entry in inbox if entry.get("body")
+                      and _delivered_numbers(bytes(entry["body"]), self.region).intersection(spellings)]
+        return PersonRecords(spellings, analyzed, waiting, contact_ids, whole, follow_ups, deliveries)
 
     def sweep(self, phone: Phone) -> dict[str, int]:
         """Remove what the database holds of the number now; what was removed, per collection."""
         found = self.find(phone)
-        now = utcnow()
-        db = self.db
-        removed = Counter({"calls": self._strip_calls(found, now)})
-        removed["customerCalls"] = db[CUSTOMER_CALLS].delete_many({"phone": {"$in": found.spellings}}).deleted_count
-        for selector in _activity_selectors(found.spellings, found.call_ids, found.contact_ids):
-            removed["activities"] += db[ACTIVITIES].delete_many(selector).deleted_count
-        removed["stageReviews"] = db[STAGE_REVIEWS].delete_many({"customerPhone": {"$in": found.spellings}}).deleted_count
-        removed["contacts"] = db[CONTACTS].delete_many({"phone": {"$in": found.spellings}}).deleted_count
-        removed["customers"] = db[CUSTOMERS].delete_many({"phone": {"$in": found.spellings}}).deleted_count
+        db, now = self.db, utcnow()
+        stamp = {"erasedAt": now, "transcriptRemovedAt": now, "updatedAt": now}
+        # A lease dropped too: the attempt holding a waiting call writes nothing of it back.
+        unset = {**{name: "" for name in PERSONAL_CALL_FIELDS}, **lease.RELEASED}
+        removed = Counter()
+        if found.analyzed_calls:
+            removed["calls"] += db[CALLS].update_many({"callId": {"$in": found.analyzed_calls}}, {
+                "$unset": {**unset, **{name: "" for name in ANALYSIS_TEXT_FIELDS}}, "$set": stamp}).modified_count
+        if found.waiting_calls:
+            skipped = analysis_document("skipped", attempted_at=now, skipped="erased")  # erased before analyzed
+            removed["calls"] += db[CALLS].update_many({"callId": {"$in": found.waiting_calls}}, {
+                "$unset": unset, "$set": {**stamp, "processed": True, "analysis": skipped}}).modified_count
+        for name, collection, selectors in _removed_whole(found.spellings, found.call_ids, found.contact_ids):
+            removed[name] = sum(db[collection].delete_many(selector).deleted_count for selector in selectors)
         for state_id, call_ids in found.follow_ups.items():
             # A sync running now may save its own copy of the list back: harmless, its writers skip the number.
             db[SYNC_STATE].update_one({"_id": state_id}, {"$pull": {"pending": {"callId": {"$in": call_ids}}}})
@@ -192,20 +186,20 @@ class Eraser:
             removed["webhookInbox"] = db[WEBHOOK_INBOX].delete_many({"_id": {"$in": found.deliveries}}).deleted_count
         return {name: removed[name] for name in COLLECTIONS}
 
-    def _strip_calls(self, found: PersonRecords, now: datetime) -> int:
-        calls = self.db[CALLS]
-        stamp = {"erasedAt": now, "transcriptRemovedAt": now, "updatedAt": now}
-        # A lease dropped too: the attempt holding a waiting call writes nothing of it back.
-        unset = {**{name: "" for name in PERSONAL_CALL_FIELDS}, **lease.RELEASED}
-        stripped = 0
-        if found.analyzed_calls:
-            stripped += calls.update_many({"callId": {"$in": found.analyzed_calls}}, {
-                "$unset": {**unset, **{name: "" for name in ANALYSIS_TEXT_FIELDS}}, "$set": stamp}).modified_count
-        if found.waiting_calls:
-            skipped = analysis_document("skipped", attempted_at=now, skipped="erased")  # erased before analyzed
-            stripped += calls.update_many({"callId": {"$in": found.waiting_calls}}, {
-                "$unset": unset, "$set": {**stamp, "processed": True, "analysis": skipped}}).modified_count
-        return stripped
+
+def _removed_whole(spellings: list[str], call_ids: list[str], contact_ids: list) -> list[tuple[str, str, list[dict]]]:
+    """The documents of the number that erasure removes whole: (the name it reports them by, the
+    collection, the selectors, each served by its own index), in the order they are removed (a link
+    names the calls, a contact its activities, so each goes after what it helps find)."""
+    number = {"$in": spellings}
+    activities = [{"customerPhone": number}]  # status changes by number, decisions by call and by contact
+    if call_ids:
+        activities.append({"callId": {"$in": call_ids}})
+    if contact_ids:
+        activities.append({"contactId": {"$in": contact_ids}})
+    return [("customerCalls", CUSTOMER_CALLS, [{"phone": number}]), ("activities", ACTIVITIES, activities),
+            ("stageReviews", STAGE_REVIEWS, [{"customerPhone": number}]), ("contacts", CONTACTS, [{"phone": number}]),
+            ("customers", CUSTOMERS, [{"phone": number}])]
 
 
 def _delivered_numbers(body: bytes, region: str) -> set[str]:
@@ -229,16 +223,6 @@ def _strings(value, depth: int = 0) -> list[str]:
         return []
     items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
     return [text for item in items for text in _strings(item, depth + 1)]
-
-
-def _activity_selectors(spellings: list[str], call_ids: list[str], contact_ids: list) -> list[dict]:
-    """Each served by its own index: status changes by number, decisions by call and by contact."""
-    selectors = [{"customerPhone": {"$in": spellings}}]
-    if call_ids:
-        selectors.append({"callId": {"$in": call_ids}})
-    if contact_ids:
-        selectors.append({"contactId": {"$in": contact_ids}})
-    return selectors
 
 
 def forget(db: Database, phone: Phone, hasher: PhoneHasher, region: str = DEFAULT_REGION) -> dict[str, int]:

@@ -228,7 +228,6 @@ class RunRecords:
                                   hint=RUN_INDEX_KEYS)
 
     def totals(self, job: str, since: datetime, counters: tuple[str, ...]) -> dict[str, float]:
-        """`counters` summed over the runs of `job` started since `since`."""
         sums = {name: {"$sum": f"$counts.{name}"} for name in counters}
         rows = list(self.runs.aggregate(
             [{"$match": {"job": job, "startedAt": {"$gte": since}}}, {"$group": {"_id": None, **sums}}],

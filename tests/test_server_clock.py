@@ -9,7 +9,7 @@ import pytest
 
 from services.analyzer.claims import CallQueue
 from services.database import CALLS, ensure_indexes
-from services.server_clock import ServerClock
+from services.lease import ServerClock
 from tests.conftest import TEST_DB
 from tests.real_mongo import mongo  # noqa: F401 - the test database on the server, dropped after
 from utils.clock import utcnow

@@ -33,7 +33,7 @@ from services.execution_feed import ExecutionFeed, PageReader, SharedRecords
 from services.privacy import (Eraser, PrivacyGuard, RetentionPass, RetentionPolicy, SuppressionList,
                               hasher_for)
 from services.run_records import RunListener, RunRecorder, RunRecords, describe_failure, failed_with, stale_after
-from services.server_clock import ServerClock
+from services.lease import ServerClock
 from services.accounts.source import Account, AccountSource
 from services.accounts.schedule import LeaseKeeper, LlmQuota, AccountClaim, AccountSchedule
 from services.webhooks import LEASE_SECONDS, AccountWriters, DeliveryTally, Inbox, InboxProcessor

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 from bson import ObjectId
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -88,24 +88,26 @@ class KeyReader:
             raise ConfigError("ACCOUNT_KEYS_SECRET is not set: there is nothing to encrypt with")
         return self._fernet.encrypt(plain.encode()).decode()
 
-    def plain(self, stored: str, *, account_id: object, field: str) -> str:
-        """The usable key, stripped; UnusableAccount (naming the account and the field, never the
+    def plain(self, stored: object) -> str | None:
+        """The usable key, stripped; None when blank; ValueError (saying what is wrong, never the
         value) when it cannot be had."""
-        if self._fernet is None:
-            if stored.strip().startswith(TOKEN_PREFIX):
+        if not isinstance(stored, str):
+            raise ValueError("is not a string")
+        stored = stored.strip()
+        if self._fernet is None or not stored:
+            if stored.startswith(TOKEN_PREFIX):
                 # Sending a token to Bolna as a key would only earn 401s, and a secret forgotten
                 # in the deployment is the likely cause, so it is said here.
-                raise UnusableAccount(account_id, f"{field} looks encrypted but ACCOUNT_KEYS_SECRET is not set")
-            key = stored.strip()
-        else:
-            try:
-                key = self._fernet.decrypt(stored.strip()).decode("utf-8").strip()
-            except (InvalidToken, ValueError, TypeError):
-                # ValueError: text that is not even base64, or a plaintext that is not UTF-8.
-                raise UnusableAccount(account_id, f"{field} does not decrypt with ACCOUNT_KEYS_SECRET (encrypted "
-                                                "with another key, or stored unencrypted)") from None
+                raise ValueError("looks encrypted but ACCOUNT_KEYS_SECRET is not set")
+            return stored or None
+        try:
+            key = self._fernet.decrypt(stored).decode("utf-8").strip()
+        except (InvalidToken, ValueError, TypeError):
+            # ValueError: text that is not even base64, or a plaintext that is not UTF-8.
+            raise ValueError("does not decrypt with ACCOUNT_KEYS_SECRET (encrypted with another key, or "
+                             "stored unencrypted)") from None
         if not key:
-            raise UnusableAccount(account_id, f"{field} is empty")
+            raise ValueError("is empty")
         return key
 
 
@@ -184,56 +186,50 @@ def account_from_document(document: Mapping, fields: Mapping[str, str], keys: Ke
     if (problem := account_id_problem(account_id)) is not None:
         raise UnusableAccount(account_id, problem)
 
-    def key(name: str, required: bool) -> str | None:
+    def read(name: str, parse: Callable[[object], object], *, required: bool = False):
+        """The field's value by `parse` (None: absent), or UnusableAccount with the ValueError's reason."""
         path = fields[name]
-        stored = read_path(document, path)
-        if stored is None or (isinstance(stored, str) and not stored.strip()):
-            if required:
-                raise UnusableAccount(account_id, f"{path} is missing or empty")
-            return None
-        if not isinstance(stored, str):
-            raise UnusableAccount(account_id, f"{path} is not a string")
-        return keys.plain(stored, account_id=account_id, field=path)
+        value = read_path(document, path)
+        try:
+            parsed = None if value is None else parse(value)
+        except ValueError as exc:
+            raise UnusableAccount(account_id, f"{path} {exc}") from None
+        if parsed is None and required:
+            raise UnusableAccount(account_id, f"{path} is missing or empty")
+        return parsed
 
     return Account(
         id=account_id,
-        bolna_api_key=key("bolnaApiKey", required=True),
-        agent_ids=_agent_ids(document, fields["agentIds"], account_id),
-        groq_api_key=key("groqApiKey", required=False),
-        phone_region=_region(document, fields["phoneRegion"], account_id),
-        llm_batch_limit=_positive_int(document, fields["llmBatchLimit"], account_id),
-        bolna_requests_per_minute=_positive_int(document, fields["bolnaRequestsPerMinute"], account_id),
+        bolna_api_key=read("bolnaApiKey", keys.plain, required=True),
+        agent_ids=read("agentIds", _agent_ids) or (),
+        groq_api_key=read("groqApiKey", keys.plain),
+        phone_region=read("phoneRegion", _region),
+        llm_batch_limit=read("llmBatchLimit", _positive_int),
+        bolna_requests_per_minute=read("bolnaRequestsPerMinute", _positive_int),
     )
 
 
-def _agent_ids(document: Mapping, path: str, account_id: object) -> tuple[str, ...]:
-    value = read_path(document, path)
-    if value is None:
-        return ()
+def _agent_ids(value: object) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item.strip() for item in value):
-        raise UnusableAccount(account_id, f"{path} must be a list of agent ids (non-empty strings)")
+        raise ValueError("must be a list of agent ids (non-empty strings)")
     return tuple(dict.fromkeys(item.strip() for item in value))
 
 
-def _region(document: Mapping, path: str, account_id: object) -> str | None:
-    value = read_path(document, path)
-    if value is None or value == "":
+def _region(value: object) -> str | None:
+    if value == "":
         return None
     if not isinstance(value, str):
-        raise UnusableAccount(account_id, f"{path} must be a region code such as IN or US")
+        raise ValueError("must be a region code such as IN or US")
     try:
         return parse_region(value)
     except ValueError as exc:
-        raise UnusableAccount(account_id, f"{path} {exc} (got {value!r})") from None
+        raise ValueError(f"{exc} (got {value!r})") from None
 
 
-def _positive_int(document: Mapping, path: str, account_id: object) -> int | None:
-    value = read_path(document, path)
-    if value is None:
-        return None
+def _positive_int(value: object) -> int:
     # A CRM in JavaScript stores every number as a double: 20.0 is the 20 it meant.
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UnusableAccount(account_id, f"{path} must be a whole number of at least 1 (got {value!r})")
+        raise ValueError(f"must be a whole number of at least 1 (got {value!r})")
     return value
