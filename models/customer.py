@@ -147,56 +147,27 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
                     call_count: int, existing_id: object = None) -> UpdateOne:
     """One upsert for all of a page's calls from one number: onto `existing_id` (the record found
     under any spelling of the number) or a record keyed by the normalized number. The stored
-    `phone` becomes the normalized key. `call_count`: the calls counted for the number so far."""
-    newest = _newest(calls)
-    best = _best_status(calls, ranks)
-    fields = _newest_per_field(calls)
-    with_extracted = [c for c in calls if c.extracted]
-    # What the calls would change, each as (condition, value, call, time); the update then takes
-    # it unless a person locked the field (models/locks.py), in which case it is kept under
-    # `suggested`: all in the one atomic update, so a lock set a moment before always wins.
-    offers: dict[str, tuple[dict, Any, CustomerCall, datetime]] = {
-        "status": (ranks.wins_expression(best.status, best.at), best.status, best, best.at)}
-    for name, (value, source) in fields.items():
-        offers[name] = (_newer_than_stored(name, source.at, f"$fieldsAt.{name}"), value, source, source.at)
-    if with_extracted:
-        source = _newest(with_extracted)
-        offers["extracted"] = (_newer_than_stored("extracted", source.at, "$extractedAt"), source.extracted,
-                               source, source.at)
-    decide: dict[str, Any] = {"_newer": {"$gt": [newest.at, {"$ifNull": ["$lastCallAt", EPOCH]}]},
-                              "_status_change": {"from": {"$ifNull": ["$status", None]},
-                                                 "to": {"$literal": best.status},
-                                                 "callId": {"$literal": best.call_id},
-                                                 "callAt": {"$literal": best.at}}}
-    for name, (condition, _value, _source, _at) in offers.items():
-        decide[f"_take_{name}"] = {"$and": [{"$not": [_locked(name)]}, condition]}
-        decide[f"_hold_{name}"] = {"$and": [_locked(name), condition]}
-    stage: dict[str, Any] = {
-        "phone": {"$literal": phone.key},
+    `phone` becomes the normalized key. `call_count`: the calls counted for the number so far.
+    The record these calls make (`new_customer`) is folded into the stored one by the rules of
+    `_fold_stages`, and a field a person locked (models/locks.py) is kept under `suggested`
+    instead: all in the one atomic update, so a lock set a moment before always wins."""
+    record = new_customer(phone, calls, now, ranks=ranks, call_count=call_count)
+    sources = {"status": record["statusCallId"],
+               **{name: call.call_id for name, (_value, call) in _newest_per_field(calls).items()}}
+    if "extracted" in record:
+        sources["extracted"] = _newest([c for c in calls if c.extracted]).call_id
+    decide, stage = _fold_stages(record, ranks, sources)
+    decide["_status_change"] = {"from": {"$ifNull": ["$status", None]}, "to": {"$literal": record["status"]},
+                                "callId": {"$literal": record["statusCallId"]},
+                                "callAt": {"$literal": record["statusAt"]}}
+    stage.update({
         "phoneValid": phone.valid,
-        "phoneRaw": _if("$_newer", newest.phone_raw, "$phoneRaw"),
-        "lastCallAt": _if("$_newer", newest.at, "$lastCallAt"),
-        "lastCallId": _if("$_newer", newest.call_id, "$lastCallId"),
-        "agentId": _if("$_newer", newest.agent_id, "$agentId"),
-        "status": _if("$_take_status", best.status, "$status"),
-        "statusAt": _if("$_take_status", best.at, "$statusAt"),
-        "statusCallId": _if("$_take_status", best.call_id, "$statusCallId"),
-        "callCount": {"$max": [{"$ifNull": ["$callCount", 0]}, call_count]},
-        "fieldsAt": {name: (_if(f"$_take_{name}", fields[name][1].at, _stored_field_at(name)) if name in fields
-                            else _stored_field_at(name)) for name in PROFILE_FIELDS},
-        "createdAt": {"$ifNull": ["$createdAt", now]},
         "updatedAt": now,
-        SUGGESTED: _suggested(offers),
         PENDING_STATUS_CHANGES: {"$cond": [
-            {"$and": ["$_take_status", {"$ne": [{"$ifNull": ["$status", None]}, best.status]}]},
+            {"$and": ["$_take_status", {"$ne": [{"$ifNull": ["$status", None]}, record["status"]]}]},
             {"$concatArrays": [{"$ifNull": [f"${PENDING_STATUS_CHANGES}", []]}, ["$_status_change"]]},
             f"${PENDING_STATUS_CHANGES}"]},
-    }
-    for name, (value, _source) in fields.items():
-        stage[name] = _if(f"$_take_{name}", value, f"${name}")
-    if with_extracted:
-        stage["extracted"] = _if("$_take_extracted", offers["extracted"][1], "$extracted")
-        stage["extractedAt"] = _if("$_take_extracted", offers["extracted"][3], "$extractedAt")
+    })
     return UpdateOne(
         {"_id": existing_id} if existing_id is not None else {"phone": phone.key},
         [{"$set": decide}, {"$set": stage}, {"$unset": list(decide)}],
@@ -218,9 +189,8 @@ def customer_insert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
 
 def new_customer(phone: Phone, calls: list[CustomerCall], now: datetime, *, ranks: StatusRanks,
                  call_count: int) -> dict:
-    """The record `customer_upsert` makes of these calls where none is stored, built here with the
-    same rules and nothing stored to weigh against. `tests/test_plain_inserts.py` checks both make
-    the same record."""
+    """The record these calls make where none is stored; `customer_upsert` folds it into a stored
+    one. `tests/test_plain_inserts.py` checks both make the same record."""
     newest = _newest(calls)
     best = _best_status(calls, ranks)
     fields = _newest_per_field(calls)
@@ -242,37 +212,57 @@ def new_customer(phone: Phone, calls: list[CustomerCall], now: datetime, *, rank
 
 
 def merge_update(merged: dict[str, Any], ranks: StatusRanks) -> list[dict]:
-    """The update folding `merged` (services/customer_merge.py: what several records of one number
-    hold, each field by the rules above) into the record kept, by the same rules applied on the
-    server against the record as it is then: a call written to it since the records were read
-    is never undone (a status never moves down, a field never goes back to an older value)."""
-    decide: dict[str, Any] = {}
-    stage: dict[str, Any] = {
-        "callCount": {"$max": [{"$ifNull": ["$callCount", 0]}, merged.get("callCount", 0)]}}
-    if merged.get("phone") is not None:
-        stage["phone"] = {"$literal": merged["phone"]}  # the normalized key the record moves to
-    if merged.get("lastCallAt") is not None:
-        decide["_newer"] = {"$gt": [merged["lastCallAt"], {"$ifNull": ["$lastCallAt", EPOCH]}]}
-        stage.update({name: _if("$_newer", merged.get(name), f"${name}")
-                      for name in ("lastCallAt", "lastCallId", "agentId", "phoneRaw") if name in merged})
-    if merged.get("status") is not None:
-        decide["_take_status"] = ranks.wins_expression(merged["status"], merged.get("statusAt"))
-        stage.update({name: _if("$_take_status", merged.get(name), f"${name}")
-                      for name in ("status", "statusAt", "statusCallId")})
-    fields_at = merged.get("fieldsAt") or {}
-    for name, at in fields_at.items():
-        decide[f"_take_{name}"] = _newer_than_stored(name, at, f"$fieldsAt.{name}")
-        stage[name] = _if(f"$_take_{name}", merged[name], f"${name}")
-    if fields_at:
-        stage["fieldsAt"] = {name: (_if(f"$_take_{name}", fields_at[name], _stored_field_at(name)) if name in fields_at
-                                    else _stored_field_at(name)) for name in PROFILE_FIELDS}
-    if merged.get("extracted"):
-        decide["_take_extracted"] = _newer_than_stored("extracted", merged["extractedAt"], "$extractedAt")
-        stage["extracted"] = _if("$_take_extracted", merged["extracted"], "$extracted")
-        stage["extractedAt"] = _if("$_take_extracted", merged["extractedAt"], "$extractedAt")
-    if merged.get("createdAt") is not None:
-        stage["createdAt"] = {"$min": [{"$ifNull": ["$createdAt", merged["createdAt"]]}, merged["createdAt"]]}
+    """The update folding `merged` (services/writers.py: what several records of one number hold,
+    each field by the rules above) into the record kept, by the rules of `_fold_stages`: a call
+    written to it since the records were read is never undone."""
+    decide, stage = _fold_stages(merged, ranks)
     return [*([{"$set": decide}] if decide else []), {"$set": stage}, {"$unset": [*decide, "callIds"]}]
+
+
+# The stored fields an offered field carries with it when it is taken.
+_CARRIED = {"status": ("status", "statusAt", "statusCallId"), "extracted": ("extracted", "extractedAt")}
+
+
+def _fold_stages(record: dict[str, Any], ranks: StatusRanks, sources: dict[str, str] | None = None
+                 ) -> tuple[dict, dict]:
+    """The two `$set` stages (decisions, then values) folding `record` into the stored record, judged
+    on the server against the record as it is then (a status never moves down, a field never goes
+    back to an older value). With `sources` (the call each offered field comes from), a field a
+    person locked is not taken but kept under `suggested`."""
+    offers: dict[str, tuple[dict, Any, datetime]] = {}  # (condition, value, time) of what `record` would change
+    if record.get("status") is not None:
+        offers["status"] = (ranks.wins_expression(record["status"], record.get("statusAt")), record["status"],
+                            record.get("statusAt"))
+    fields_at = record.get("fieldsAt") or {}
+    for name, at in fields_at.items():
+        offers[name] = (_newer_than_stored(name, at, f"$fieldsAt.{name}"), record[name], at)
+    if record.get("extracted"):
+        offers["extracted"] = (_newer_than_stored("extracted", record["extractedAt"], "$extractedAt"),
+                               record["extracted"], record["extractedAt"])
+    decide: dict[str, Any] = {}
+    stage: dict[str, Any] = {"callCount": {"$max": [{"$ifNull": ["$callCount", 0]}, record.get("callCount", 0)]}}
+    if record.get("phone") is not None:
+        stage["phone"] = {"$literal": record["phone"]}  # the normalized key
+    if record.get("lastCallAt") is not None:
+        decide["_newer"] = {"$gt": [record["lastCallAt"], {"$ifNull": ["$lastCallAt", EPOCH]}]}
+        stage.update({name: _if("$_newer", record.get(name), f"${name}")
+                      for name in ("lastCallAt", "lastCallId", "agentId", "phoneRaw") if name in record})
+    for name, (condition, _value, _at) in offers.items():
+        decide[f"_take_{name}"] = condition if sources is None else {"$and": [{"$not": [_locked(name)]}, condition]}
+        if sources is not None:
+            decide[f"_hold_{name}"] = {"$and": [_locked(name), condition]}
+        stage.update({carried: _if(f"$_take_{name}", record.get(carried), f"${carried}")
+                      for carried in _CARRIED.get(name, (name,))})
+    stage["fieldsAt"] = {name: (_if(f"$_take_{name}", fields_at[name], _stored_field_at(name)) if name in fields_at
+                                else _stored_field_at(name)) for name in PROFILE_FIELDS}
+    if record.get("createdAt") is not None:
+        stage["createdAt"] = {"$min": [{"$ifNull": ["$createdAt", record["createdAt"]]}, record["createdAt"]]}
+    if sources is not None:
+        stage[SUGGESTED] = {"$cond": [{"$or": [f"$_hold_{name}" for name in offers]}, {"$mergeObjects": [
+            f"${SUGGESTED}", {name: _if(f"$_hold_{name}", {"value": value, "callId": sources[name], "at": at},
+                                        f"${SUGGESTED}.{name}") for name, (_condition, value, at) in offers.items()}]},
+            f"${SUGGESTED}"]}
+    return decide, stage
 
 
 def _newest(calls: list[CustomerCall]) -> CustomerCall:
@@ -291,13 +281,6 @@ def _newest_per_field(calls: list[CustomerCall]) -> dict[str, tuple[Any, Custome
         for name, value in call.profile.items():
             fields[name] = (value, call)
     return fields
-
-
-def _suggested(offers: dict[str, tuple[dict, Any, CustomerCall, datetime]]) -> dict:
-    """`suggested`, with what a lock held back of these offers over what earlier calls left."""
-    return {"$cond": [{"$or": [f"$_hold_{name}" for name in offers]}, {"$mergeObjects": [f"${SUGGESTED}", {
-        name: _if(f"$_hold_{name}", {"value": value, "callId": source.call_id, "at": at}, f"${SUGGESTED}.{name}")
-        for name, (_condition, value, source, at) in offers.items()}]}, f"${SUGGESTED}"]}
 
 
 def _locked(field: str) -> dict:
