@@ -105,16 +105,14 @@ def _first_flag(extraction: Extraction, keys: tuple[str, ...], used: set[Path]) 
     return None
 
 
-def customer_status(execution: Execution, extraction: Extraction | None = None,
-                    used: set[Path] | None = None) -> str:
-    """The customer's status after this call, from its outcome and what was extracted. Answered
-    as Bolna documents it: `completed` with a conversation (duration above 0) and no voicemail."""
+def customer_status(execution: Execution, extraction: Extraction, used: set[Path]) -> str:
+    """The customer's status after this call, from its outcome and what was extracted (the paths
+    read are added to `used`). Answered as Bolna documents it: `completed` with a conversation
+    (duration above 0) and no voicemail."""
     if execution.voicemail:
         return VOICEMAIL
     if not execution.connected:
         return NO_ANSWER
-    extraction = extraction or Extraction()
-    used = used if used is not None else set()
     booked = extraction.find("appointment_status")
     if _first_flag(extraction, _BOOKED_KEYS, used) or (booked and str(booked[1]).lower() == "booked"):
         return BOOKED
@@ -296,7 +294,7 @@ def held_back(stored: dict | None, calls: list[CustomerCall], ranks: StatusRanks
         return {}
     held = {name: value for name, (value, _call) in _newest_per_field(calls).items()
             if name in locked and stored.get(name) != value}
-    if "status" in locked and status_change(stored, calls, ranks, ignore_lock=True) is not None:
+    if "status" in locked and moves_status(stored, calls, ranks):
         held["status"] = _best_status(calls, ranks).status
     return held
 
@@ -323,21 +321,14 @@ def _if(condition: str, value: Any, otherwise: Any) -> dict:
     return {"$cond": [condition, {"$literal": value}, otherwise]}
 
 
-def status_change(stored: dict | None, calls: list[CustomerCall], ranks: StatusRanks, *,
-                  ignore_lock: bool = False) -> dict | None:
-    """The status change these calls would make to the record as read before the write (the same
-    rule as the update): from, to, the call and the reason; None for no change (and while a
-    person holds the status locked). For what a lock held back, and whether a write may change
-    the status at all; the changes the update made are logged from what it recorded
+def moves_status(stored: dict | None, calls: list[CustomerCall], ranks: StatusRanks) -> bool:
+    """Whether these calls would change the status of the record as read before the write (the
+    same rule as the update), a lock aside: for what a lock held back, and whether a write may
+    change the status at all; the changes the update made are logged from what it recorded
     (`PENDING_STATUS_CHANGES`)."""
-    if not ignore_lock and "status" in ((stored or {}).get(LOCKED) or ()):
-        return None
     best = _best_status(calls, ranks)
     before = (stored or {}).get("status")
-    if not ranks.wins(best.status, best.at, before, (stored or {}).get("statusAt")) or best.status == before:
-        return None
-    return {"from": before, "to": best.status, "callId": best.call_id, "callAt": best.at,
-            "reason": change_reason(before, best.status, ranks)}
+    return best.status != before and ranks.wins(best.status, best.at, before, (stored or {}).get("statusAt"))
 
 
 def change_reason(before: str | None, after: str, ranks: StatusRanks) -> str:
