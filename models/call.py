@@ -6,6 +6,7 @@ from datetime import datetime
 from pymongo import UpdateOne
 
 from models.execution import FUTURE_TOLERANCE, Execution
+from utils.clock import EPOCH
 from utils.phone import Phone
 
 # What TRANSCRIPT_RETENTION_DAYS removes from an old call: what was said, the recording, and the raw
@@ -14,7 +15,6 @@ TRANSCRIPT_FIELDS = ("transcript", "recordingUrl", "extractedData", "extracted")
 TAKE = "_takeBolnaFields"  # a temporary field of the update pipeline, removed by its last stage
 # Set only where no call is stored: the analysis state a re-sync never resets.
 ON_INSERT = ("processed", "attempts", "createdAt")
-EPOCH = datetime(1970, 1, 1)
 
 
 def call_fields(execution: Execution) -> dict:

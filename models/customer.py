@@ -20,6 +20,7 @@ from models.execution import Execution, Extraction, Path
 from models.locks import LOCKED, SUGGESTED
 from utils.config import (BOOKED, CALLBACK, CONTACTED, DEFAULT_PRECEDENCE, INTERESTED, NO_ANSWER, NOT_INTERESTED,
                           VOICEMAIL)
+from utils.clock import EPOCH
 from utils.phone import Phone
 
 # Customer field -> extraction names that mean it (agents' extraction prompts vary).
@@ -34,7 +35,6 @@ _BOOKED_KEYS = ("appointment_booked", "booked", "is_booked", "booking_confirmed"
 _CALLBACK_KEYS = ("callback_user", "callback_requested", "call_back")
 _INTEREST_KEYS = ("user_interested", "interested", "is_interested")
 
-EPOCH = datetime(1970, 1, 1)
 # The status changes an upsert made, kept on the record by the upsert itself until the writer has
 # logged each as an activity: what a change was is known only to the write that made it.
 PENDING_STATUS_CHANGES = "pendingStatusChanges"
