@@ -268,12 +268,10 @@ def _newest(calls: list[CustomerCall]) -> CustomerCall:
 
 
 def _best_status(calls: list[CustomerCall], ranks: StatusRanks) -> CustomerCall:
-    """The call whose status these calls give the customer: the highest rank, then the newest."""
     return max(calls, key=lambda c: (*ranks.key(c.status, c.at), c.call_id))
 
 
 def _newest_per_field(calls: list[CustomerCall]) -> dict[str, tuple[Any, CustomerCall]]:
-    """Each profile field's value from the newest of these calls that named it, with that call."""
     fields: dict[str, tuple[Any, CustomerCall]] = {}
     for call in sorted(calls, key=lambda c: (c.at, c.call_id)):
         for name, value in call.profile.items():
