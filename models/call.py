@@ -6,13 +6,15 @@ from datetime import datetime
 from pymongo import UpdateOne
 
 from models.execution import FUTURE_TOLERANCE, Execution
+from utils.clock import EPOCH
 from utils.phone import Phone
 
 # What TRANSCRIPT_RETENTION_DAYS removes from an old call: what was said, the recording, and the raw
 # extracted data. The analysis, Bolna's summary and the call's figures stay.
 TRANSCRIPT_FIELDS = ("transcript", "recordingUrl", "extractedData", "extracted")
 TAKE = "_takeBolnaFields"  # a temporary field of the update pipeline, removed by its last stage
-EPOCH = datetime(1970, 1, 1)
+# Set only where no call is stored: the analysis state a re-sync never resets.
+ON_INSERT = ("processed", "attempts", "createdAt")
 
 
 def call_fields(execution: Execution) -> dict:
@@ -59,14 +61,9 @@ def call_upsert(execution: Execution, now: datetime, *, with_transcript: bool = 
     a stale `updated_at`, or an unfinished status after a final one, changes nothing at all.
     (Not a filter that leaves out a call further along, with plain `$set`: a filter with a clause
     beyond the `callId` index makes the test run's wire server scan the collection.)"""
-    fields = _bolna_fields(execution, with_transcript)
-    stage = {name: _if_taken(value, f"${name}") for name, value in fields.items()}
-    stage.update({
-        "updatedAt": _if_taken(now, "$updatedAt"),
-        "processed": {"$ifNull": ["$processed", False]},
-        "attempts": {"$ifNull": ["$attempts", 0]},
-        "createdAt": {"$ifNull": ["$createdAt", {"$literal": now}]},
-    })
+    stage = {name: ({"$ifNull": [f"${name}", {"$literal": value}]} if name in ON_INSERT
+                    else {"$cond": [f"${TAKE}", {"$literal": value}, f"${name}"]})
+             for name, value in new_call(execution, now, with_transcript=with_transcript).items()}
     return UpdateOne({"callId": execution.id},
                      [{"$set": {TAKE: _newer_or_same(execution, now)}}, {"$set": stage}, {"$unset": TAKE}],
                      upsert=True)
@@ -77,15 +74,10 @@ def new_call(execution: Execution, now: datetime, *, with_transcript: bool = Tru
     plain insert, which the server stores without evaluating a pipeline, and one stored already
     makes the insert hit the unique `callId`; the upsert is then run in its place
     (`bulk_upsert(retry_as=...)`). `tests/test_plain_inserts.py` checks both make the same one."""
-    return {**_bolna_fields(execution, with_transcript), "updatedAt": now, "processed": False, "attempts": 0,
-            "createdAt": now}
-
-
-def _bolna_fields(execution: Execution, with_transcript: bool) -> dict:
     fields = call_fields(execution)
     if not with_transcript:
         fields = {name: value for name, value in fields.items() if name not in TRANSCRIPT_FIELDS}
-    return fields
+    return {**fields, "updatedAt": now, "processed": False, "attempts": 0, "createdAt": now}
 
 
 def _newer_or_same(execution: Execution, now: datetime) -> dict | bool:
@@ -103,10 +95,6 @@ def _newer_or_same(execution: Execution, now: datetime) -> dict | bool:
     else:
         behind = {"$or": [stored_final, stored_newer]}
     return True if behind is False else {"$not": [behind]}
-
-
-def _if_taken(value: object, otherwise: str) -> dict:
-    return {"$cond": [f"${TAKE}", {"$literal": value}, otherwise]}
 
 
 def _key(phone: Phone | None) -> str | None:

@@ -20,6 +20,7 @@ from models.execution import Execution, Extraction, Path
 from models.locks import LOCKED, SUGGESTED
 from utils.config import (BOOKED, CALLBACK, CONTACTED, DEFAULT_PRECEDENCE, INTERESTED, NO_ANSWER, NOT_INTERESTED,
                           VOICEMAIL)
+from utils.clock import EPOCH
 from utils.phone import Phone
 
 # Customer field -> extraction names that mean it (agents' extraction prompts vary).
@@ -34,7 +35,6 @@ _BOOKED_KEYS = ("appointment_booked", "booked", "is_booked", "booking_confirmed"
 _CALLBACK_KEYS = ("callback_user", "callback_requested", "call_back")
 _INTEREST_KEYS = ("user_interested", "interested", "is_interested")
 
-EPOCH = datetime(1970, 1, 1)
 # The status changes an upsert made, kept on the record by the upsert itself until the writer has
 # logged each as an activity: what a change was is known only to the write that made it.
 PENDING_STATUS_CHANGES = "pendingStatusChanges"
@@ -105,16 +105,14 @@ def _first_flag(extraction: Extraction, keys: tuple[str, ...], used: set[Path]) 
     return None
 
 
-def customer_status(execution: Execution, extraction: Extraction | None = None,
-                    used: set[Path] | None = None) -> str:
-    """The customer's status after this call, from its outcome and what was extracted. Answered
-    as Bolna documents it: `completed` with a conversation (duration above 0) and no voicemail."""
+def customer_status(execution: Execution, extraction: Extraction, used: set[Path]) -> str:
+    """The customer's status after this call, from its outcome and what was extracted (the paths
+    read are added to `used`). Answered as Bolna documents it: `completed` with a conversation
+    (duration above 0) and no voicemail."""
     if execution.voicemail:
         return VOICEMAIL
     if not execution.connected:
         return NO_ANSWER
-    extraction = extraction or Extraction()
-    used = used if used is not None else set()
     booked = extraction.find("appointment_status")
     if _first_flag(extraction, _BOOKED_KEYS, used) or (booked and str(booked[1]).lower() == "booked"):
         return BOOKED
@@ -147,56 +145,27 @@ def customer_upsert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
                     call_count: int, existing_id: object = None) -> UpdateOne:
     """One upsert for all of a page's calls from one number: onto `existing_id` (the record found
     under any spelling of the number) or a record keyed by the normalized number. The stored
-    `phone` becomes the normalized key. `call_count`: the calls counted for the number so far."""
-    newest = _newest(calls)
-    best = _best_status(calls, ranks)
-    fields = _newest_per_field(calls)
-    with_extracted = [c for c in calls if c.extracted]
-    # What the calls would change, each as (condition, value, call, time); the update then takes
-    # it unless a person locked the field (models/locks.py), in which case it is kept under
-    # `suggested`: all in the one atomic update, so a lock set a moment before always wins.
-    offers: dict[str, tuple[dict, Any, CustomerCall, datetime]] = {
-        "status": (ranks.wins_expression(best.status, best.at), best.status, best, best.at)}
-    for name, (value, source) in fields.items():
-        offers[name] = (_newer_than_stored(name, source.at, f"$fieldsAt.{name}"), value, source, source.at)
-    if with_extracted:
-        source = _newest(with_extracted)
-        offers["extracted"] = (_newer_than_stored("extracted", source.at, "$extractedAt"), source.extracted,
-                               source, source.at)
-    decide: dict[str, Any] = {"_newer": {"$gt": [newest.at, {"$ifNull": ["$lastCallAt", EPOCH]}]},
-                              "_status_change": {"from": {"$ifNull": ["$status", None]},
-                                                 "to": {"$literal": best.status},
-                                                 "callId": {"$literal": best.call_id},
-                                                 "callAt": {"$literal": best.at}}}
-    for name, (condition, _value, _source, _at) in offers.items():
-        decide[f"_take_{name}"] = {"$and": [{"$not": [_locked(name)]}, condition]}
-        decide[f"_hold_{name}"] = {"$and": [_locked(name), condition]}
-    stage: dict[str, Any] = {
-        "phone": {"$literal": phone.key},
+    `phone` becomes the normalized key. `call_count`: the calls counted for the number so far.
+    The record these calls make (`new_customer`) is folded into the stored one by the rules of
+    `_fold_stages`, and a field a person locked (models/locks.py) is kept under `suggested`
+    instead: all in the one atomic update, so a lock set a moment before always wins."""
+    record = new_customer(phone, calls, now, ranks=ranks, call_count=call_count)
+    sources = {"status": record["statusCallId"],
+               **{name: call.call_id for name, (_value, call) in _newest_per_field(calls).items()}}
+    if "extracted" in record:
+        sources["extracted"] = _newest([c for c in calls if c.extracted]).call_id
+    decide, stage = _fold_stages(record, ranks, sources)
+    decide["_status_change"] = {"from": {"$ifNull": ["$status", None]}, "to": {"$literal": record["status"]},
+                                "callId": {"$literal": record["statusCallId"]},
+                                "callAt": {"$literal": record["statusAt"]}}
+    stage.update({
         "phoneValid": phone.valid,
-        "phoneRaw": _if("$_newer", newest.phone_raw, "$phoneRaw"),
-        "lastCallAt": _if("$_newer", newest.at, "$lastCallAt"),
-        "lastCallId": _if("$_newer", newest.call_id, "$lastCallId"),
-        "agentId": _if("$_newer", newest.agent_id, "$agentId"),
-        "status": _if("$_take_status", best.status, "$status"),
-        "statusAt": _if("$_take_status", best.at, "$statusAt"),
-        "statusCallId": _if("$_take_status", best.call_id, "$statusCallId"),
-        "callCount": {"$max": [{"$ifNull": ["$callCount", 0]}, call_count]},
-        "fieldsAt": {name: (_if(f"$_take_{name}", fields[name][1].at, _stored_field_at(name)) if name in fields
-                            else _stored_field_at(name)) for name in PROFILE_FIELDS},
-        "createdAt": {"$ifNull": ["$createdAt", now]},
         "updatedAt": now,
-        SUGGESTED: _suggested(offers),
         PENDING_STATUS_CHANGES: {"$cond": [
-            {"$and": ["$_take_status", {"$ne": [{"$ifNull": ["$status", None]}, best.status]}]},
+            {"$and": ["$_take_status", {"$ne": [{"$ifNull": ["$status", None]}, record["status"]]}]},
             {"$concatArrays": [{"$ifNull": [f"${PENDING_STATUS_CHANGES}", []]}, ["$_status_change"]]},
             f"${PENDING_STATUS_CHANGES}"]},
-    }
-    for name, (value, _source) in fields.items():
-        stage[name] = _if(f"$_take_{name}", value, f"${name}")
-    if with_extracted:
-        stage["extracted"] = _if("$_take_extracted", offers["extracted"][1], "$extracted")
-        stage["extractedAt"] = _if("$_take_extracted", offers["extracted"][3], "$extractedAt")
+    })
     return UpdateOne(
         {"_id": existing_id} if existing_id is not None else {"phone": phone.key},
         [{"$set": decide}, {"$set": stage}, {"$unset": list(decide)}],
@@ -218,9 +187,8 @@ def customer_insert(phone: Phone, calls: list[CustomerCall], now: datetime, *, r
 
 def new_customer(phone: Phone, calls: list[CustomerCall], now: datetime, *, ranks: StatusRanks,
                  call_count: int) -> dict:
-    """The record `customer_upsert` makes of these calls where none is stored, built here with the
-    same rules and nothing stored to weigh against. `tests/test_plain_inserts.py` checks both make
-    the same record."""
+    """The record these calls make where none is stored; `customer_upsert` folds it into a stored
+    one. `tests/test_plain_inserts.py` checks both make the same record."""
     newest = _newest(calls)
     best = _best_status(calls, ranks)
     fields = _newest_per_field(calls)
@@ -242,37 +210,57 @@ def new_customer(phone: Phone, calls: list[CustomerCall], now: datetime, *, rank
 
 
 def merge_update(merged: dict[str, Any], ranks: StatusRanks) -> list[dict]:
-    """The update folding `merged` (services/customer_merge.py: what several records of one number
-    hold, each field by the rules above) into the record kept, by the same rules applied on the
-    server against the record as it is then: a call written to it since the records were read
-    is never undone (a status never moves down, a field never goes back to an older value)."""
-    decide: dict[str, Any] = {}
-    stage: dict[str, Any] = {
-        "callCount": {"$max": [{"$ifNull": ["$callCount", 0]}, merged.get("callCount", 0)]}}
-    if merged.get("phone") is not None:
-        stage["phone"] = {"$literal": merged["phone"]}  # the normalized key the record moves to
-    if merged.get("lastCallAt") is not None:
-        decide["_newer"] = {"$gt": [merged["lastCallAt"], {"$ifNull": ["$lastCallAt", EPOCH]}]}
-        stage.update({name: _if("$_newer", merged.get(name), f"${name}")
-                      for name in ("lastCallAt", "lastCallId", "agentId", "phoneRaw") if name in merged})
-    if merged.get("status") is not None:
-        decide["_take_status"] = ranks.wins_expression(merged["status"], merged.get("statusAt"))
-        stage.update({name: _if("$_take_status", merged.get(name), f"${name}")
-                      for name in ("status", "statusAt", "statusCallId")})
-    fields_at = merged.get("fieldsAt") or {}
-    for name, at in fields_at.items():
-        decide[f"_take_{name}"] = _newer_than_stored(name, at, f"$fieldsAt.{name}")
-        stage[name] = _if(f"$_take_{name}", merged[name], f"${name}")
-    if fields_at:
-        stage["fieldsAt"] = {name: (_if(f"$_take_{name}", fields_at[name], _stored_field_at(name)) if name in fields_at
-                                    else _stored_field_at(name)) for name in PROFILE_FIELDS}
-    if merged.get("extracted"):
-        decide["_take_extracted"] = _newer_than_stored("extracted", merged["extractedAt"], "$extractedAt")
-        stage["extracted"] = _if("$_take_extracted", merged["extracted"], "$extracted")
-        stage["extractedAt"] = _if("$_take_extracted", merged["extractedAt"], "$extractedAt")
-    if merged.get("createdAt") is not None:
-        stage["createdAt"] = {"$min": [{"$ifNull": ["$createdAt", merged["createdAt"]]}, merged["createdAt"]]}
+    """The update folding `merged` (services/writers.py: what several records of one number hold,
+    each field by the rules above) into the record kept, by the rules of `_fold_stages`: a call
+    written to it since the records were read is never undone."""
+    decide, stage = _fold_stages(merged, ranks)
     return [*([{"$set": decide}] if decide else []), {"$set": stage}, {"$unset": [*decide, "callIds"]}]
+
+
+# The stored fields an offered field carries with it when it is taken.
+_CARRIED = {"status": ("status", "statusAt", "statusCallId"), "extracted": ("extracted", "extractedAt")}
+
+
+def _fold_stages(record: dict[str, Any], ranks: StatusRanks, sources: dict[str, str] | None = None
+                 ) -> tuple[dict, dict]:
+    """The two `$set` stages (decisions, then values) folding `record` into the stored record, judged
+    on the server against the record as it is then (a status never moves down, a field never goes
+    back to an older value). With `sources` (the call each offered field comes from), a field a
+    person locked is not taken but kept under `suggested`."""
+    offers: dict[str, tuple[dict, Any, datetime]] = {}  # (condition, value, time) of what `record` would change
+    if record.get("status") is not None:
+        offers["status"] = (ranks.wins_expression(record["status"], record.get("statusAt")), record["status"],
+                            record.get("statusAt"))
+    fields_at = record.get("fieldsAt") or {}
+    for name, at in fields_at.items():
+        offers[name] = (_newer_than_stored(name, at, f"$fieldsAt.{name}"), record[name], at)
+    if record.get("extracted"):
+        offers["extracted"] = (_newer_than_stored("extracted", record["extractedAt"], "$extractedAt"),
+                               record["extracted"], record["extractedAt"])
+    decide: dict[str, Any] = {}
+    stage: dict[str, Any] = {"callCount": {"$max": [{"$ifNull": ["$callCount", 0]}, record.get("callCount", 0)]}}
+    if record.get("phone") is not None:
+        stage["phone"] = {"$literal": record["phone"]}  # the normalized key
+    if record.get("lastCallAt") is not None:
+        decide["_newer"] = {"$gt": [record["lastCallAt"], {"$ifNull": ["$lastCallAt", EPOCH]}]}
+        stage.update({name: _if("$_newer", record.get(name), f"${name}")
+                      for name in ("lastCallAt", "lastCallId", "agentId", "phoneRaw") if name in record})
+    for name, (condition, _value, _at) in offers.items():
+        decide[f"_take_{name}"] = condition if sources is None else {"$and": [{"$not": [_locked(name)]}, condition]}
+        if sources is not None:
+            decide[f"_hold_{name}"] = {"$and": [_locked(name), condition]}
+        stage.update({carried: _if(f"$_take_{name}", record.get(carried), f"${carried}")
+                      for carried in _CARRIED.get(name, (name,))})
+    stage["fieldsAt"] = {name: (_if(f"$_take_{name}", fields_at[name], _stored_field_at(name)) if name in fields_at
+                                else _stored_field_at(name)) for name in PROFILE_FIELDS}
+    if record.get("createdAt") is not None:
+        stage["createdAt"] = {"$min": [{"$ifNull": ["$createdAt", record["createdAt"]]}, record["createdAt"]]}
+    if sources is not None:
+        stage[SUGGESTED] = {"$cond": [{"$or": [f"$_hold_{name}" for name in offers]}, {"$mergeObjects": [
+            f"${SUGGESTED}", {name: _if(f"$_hold_{name}", {"value": value, "callId": sources[name], "at": at},
+                                        f"${SUGGESTED}.{name}") for name, (_condition, value, at) in offers.items()}]},
+            f"${SUGGESTED}"]}
+    return decide, stage
 
 
 def _newest(calls: list[CustomerCall]) -> CustomerCall:
@@ -280,24 +268,15 @@ def _newest(calls: list[CustomerCall]) -> CustomerCall:
 
 
 def _best_status(calls: list[CustomerCall], ranks: StatusRanks) -> CustomerCall:
-    """The call whose status these calls give the customer: the highest rank, then the newest."""
     return max(calls, key=lambda c: (*ranks.key(c.status, c.at), c.call_id))
 
 
 def _newest_per_field(calls: list[CustomerCall]) -> dict[str, tuple[Any, CustomerCall]]:
-    """Each profile field's value from the newest of these calls that named it, with that call."""
     fields: dict[str, tuple[Any, CustomerCall]] = {}
     for call in sorted(calls, key=lambda c: (c.at, c.call_id)):
         for name, value in call.profile.items():
             fields[name] = (value, call)
     return fields
-
-
-def _suggested(offers: dict[str, tuple[dict, Any, CustomerCall, datetime]]) -> dict:
-    """`suggested`, with what a lock held back of these offers over what earlier calls left."""
-    return {"$cond": [{"$or": [f"$_hold_{name}" for name in offers]}, {"$mergeObjects": [f"${SUGGESTED}", {
-        name: _if(f"$_hold_{name}", {"value": value, "callId": source.call_id, "at": at}, f"${SUGGESTED}.{name}")
-        for name, (_condition, value, source, at) in offers.items()}]}, f"${SUGGESTED}"]}
 
 
 def _locked(field: str) -> dict:
@@ -313,7 +292,7 @@ def held_back(stored: dict | None, calls: list[CustomerCall], ranks: StatusRanks
         return {}
     held = {name: value for name, (value, _call) in _newest_per_field(calls).items()
             if name in locked and stored.get(name) != value}
-    if "status" in locked and status_change(stored, calls, ranks, ignore_lock=True) is not None:
+    if "status" in locked and moves_status(stored, calls, ranks):
         held["status"] = _best_status(calls, ranks).status
     return held
 
@@ -340,21 +319,14 @@ def _if(condition: str, value: Any, otherwise: Any) -> dict:
     return {"$cond": [condition, {"$literal": value}, otherwise]}
 
 
-def status_change(stored: dict | None, calls: list[CustomerCall], ranks: StatusRanks, *,
-                  ignore_lock: bool = False) -> dict | None:
-    """The status change these calls would make to the record as read before the write (the same
-    rule as the update): from, to, the call and the reason; None for no change (and while a
-    person holds the status locked). For what a lock held back, and whether a write may change
-    the status at all; the changes the update made are logged from what it recorded
+def moves_status(stored: dict | None, calls: list[CustomerCall], ranks: StatusRanks) -> bool:
+    """Whether these calls would change the status of the record as read before the write (the
+    same rule as the update), a lock aside: for what a lock held back, and whether a write may
+    change the status at all; the changes the update made are logged from what it recorded
     (`PENDING_STATUS_CHANGES`)."""
-    if not ignore_lock and "status" in ((stored or {}).get(LOCKED) or ()):
-        return None
     best = _best_status(calls, ranks)
     before = (stored or {}).get("status")
-    if not ranks.wins(best.status, best.at, before, (stored or {}).get("statusAt")) or best.status == before:
-        return None
-    return {"from": before, "to": best.status, "callId": best.call_id, "callAt": best.at,
-            "reason": change_reason(before, best.status, ranks)}
+    return best.status != before and ranks.wins(best.status, best.at, before, (stored or {}).get("statusAt"))
 
 
 def change_reason(before: str | None, after: str, ranks: StatusRanks) -> str:

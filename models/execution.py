@@ -87,7 +87,6 @@ class Extraction:
     _dispositions: dict[str, list[tuple[Path, Any]]] = field(default_factory=dict, repr=False)
 
     def find(self, name: str) -> tuple[Path, Any] | None:
-        """(path, value) of what the extraction calls `name`, or None."""
         found = self._by_name.get(name)
         if found is None and len(self._dispositions.get(name, ())) == 1:
             found = self._dispositions[name][0]
@@ -204,7 +203,6 @@ class Execution:
 
     @property
     def customer_phone(self) -> Phone | None:
-        """`customer_number`, normalized; None when it is missing or withheld."""
         return self.from_phone if self.direction == "inbound" else self.to_phone
 
     @property

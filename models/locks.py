@@ -17,15 +17,11 @@ def _prefixes(field: str) -> list[str]:
     return [".".join(parts[:end]) for end in range(1, len(parts) + 1)]
 
 
-def is_locked(field: str, locked: Iterable[str]) -> bool:
-    held = set(locked)
-    return any(prefix in held for prefix in _prefixes(field))
-
-
 def split_locked(changes: dict[str, Any], locked: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(what may be written, what a lock holds back)."""
-    locked = list(locked or ())
-    allowed = {field: value for field, value in changes.items() if not is_locked(field, locked)}
+    held = set(locked or ())
+    allowed = {field: value for field, value in changes.items()
+               if not any(prefix in held for prefix in _prefixes(field))}
     return allowed, {field: value for field, value in changes.items() if field not in allowed}
 
 

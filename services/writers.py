@@ -27,7 +27,7 @@ from pymongo.errors import BulkWriteError
 from models.call import call_upsert, new_call
 from models.customer import (EPOCH, PENDING_STATUS_CHANGES, PROFILE_FIELDS, CustomerCall, StatusRanks,
                              change_reason, customer_call, customer_insert, customer_upsert, held_back, merge_update,
-                             status_change)
+                             moves_status)
 from models.execution import Execution, execution_id, linked_call_id, parse_time
 from models.locks import HELD_BACK
 from services.database import ACTIVITIES, CALLS, CUSTOMER_CALLS, CUSTOMERS, DUPLICATE_KEY, PHONE_INDEX_KEYS
@@ -197,7 +197,7 @@ class CustomerWriter:
         cannot beat it at the write; a change a person's edit made possible meanwhile stays
         pending on the record until its number's next write logs it."""
         return (stored is None or bool(stored.get(PENDING_STATUS_CHANGES))
-                or status_change(stored, calls, self.ranks, ignore_lock=True) is not None)
+                or moves_status(stored, calls, self.ranks))
 
     def _log_status_changes(self, keys: list[str], now: datetime) -> None:
         """One activity per status change the upserts made, as each recorded it on its customer

@@ -3,7 +3,7 @@ from datetime import datetime
 import pytest
 
 from models.call import call_fields
-from models.customer import customer_call, customer_status
+from models.customer import customer_call
 from models.execution import MalformedExecution, parse_execution, parse_time
 from models.execution import read_extraction
 
@@ -153,7 +153,7 @@ def test_parse_time_variants():
 ])
 def test_customer_status_from_outcome(overrides, status):
     e = parse_execution(execution(**overrides))
-    assert customer_status(e, e.extraction) == status
+    assert customer_call(e).status == status
 
 
 def test_customer_profile_and_unknown_keys():

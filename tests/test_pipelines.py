@@ -8,8 +8,8 @@ from datetime import datetime
 import pytest
 
 from fakes.mongo_hooks import WRITE_METHODS, HookedClient
-from models.pipeline import MalformedPipeline, parse_pipeline, pipeline_for
-from models.stage_routing import BLOCKED, KEPT, MOVED, PLACED, REVIEW, decide, route
+from models.pipeline import (BLOCKED, KEPT, MOVED, PLACED, REVIEW, MalformedPipeline, decide, parse_pipeline,
+                             pipeline_for, route)
 from services.analyzer.schema import Analysis, analysis_document
 from services.analyzer.write_back import CrmRules, record_decision
 from services.database import PIPELINES, STAGE_REVIEWS

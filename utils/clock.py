@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+# The time of what has none stored (a record written before the field existed): older than any.
+EPOCH = datetime(1970, 1, 1)
+
 
 def utcnow() -> datetime:
     return to_millis(datetime.now(timezone.utc).replace(tzinfo=None))

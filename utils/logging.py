@@ -80,7 +80,6 @@ _URL_CREDENTIALS = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z0-9+.-]+://)[^/\s@]+@")
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """`text` with the given secrets, bearer tokens, URL credentials and phone numbers masked."""
     for secret in secrets:
         text = text.replace(secret, "***")
     text = _BEARER.sub(r"\1***", text)
@@ -111,8 +110,6 @@ def _continues_word(ch: str) -> bool:
 
 
 class RedactingFilter(logging.Filter):
-    """Masks registered secrets, bearer tokens and phone-number-like text in every record."""
-
     def __init__(self, secrets: tuple[str, ...] = ()):
         super().__init__()
         self.secrets = tuple(s for s in secrets if s and len(s) >= 4)

@@ -16,8 +16,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from models.locks import HELD_BACK, split_locked, suggestions, unlocked_guard
-from models.pipeline import Pipeline
-from models.stage_routing import BLOCKED, REVIEW, StageDecision, decide, recommendation
+from models.pipeline import BLOCKED, REVIEW, Pipeline, StageDecision, decide, route
 from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
 from services.analyzer.groq_analyzer import LlmAnswer, LlmFailure
 from services.analyzer.heuristic import heuristic_analysis
@@ -137,8 +136,8 @@ class OutcomeWriter:
         pipeline = self.rules.pipeline_for(call)
         if pipeline is None:
             return analysis
-        stage = recommendation(pipeline, score=analysis.lead_score, tag=analysis.tag, lead_status=analysis.lead_status)
-        return replace(analysis, recommended_stage=stage)
+        routed = route(pipeline, score=analysis.lead_score, tag=analysis.tag, lead_status=analysis.lead_status)
+        return replace(analysis, recommended_stage=routed.stage.name)
 
     def _cost(self, usage: Usage, discount: float) -> float | None:
         # By the LLM's price even when the stored result is the fallback's: an answer that
@@ -195,7 +194,7 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rul
     """Apply a finished analysis (a `calls.analysis` document with result fields) to the call's
     contact and log it as activities (`audit`). False when the call has no customer number.
     With `rules` and a pipeline for the call's agent, the analysis also places or moves the
-    contact in the pipeline (models/stage_routing.py). Fields a person locked are not written;
+    contact in the pipeline (models/pipeline.py). Fields a person locked are not written;
     what the analysis would have written is kept under `suggested` (models/locks.py). A retake
     finds the decision's receipt on the contact and writes nothing again; a re-analysis
     (`reanalyze` starts a new round) adds an activity."""
