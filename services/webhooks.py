@@ -347,7 +347,12 @@ class InboxProcessor:
         ordered = sorted(executions, key=lambda execution: execution.agent_id or "")
         for agent_id, group in groupby(ordered, key=lambda execution: execution.agent_id or ""):
             page = list(group)
-            writers.calls.write(page, recorder, agent_id)
+            # Bolna posts on every status change, so all but a call's first delivery find it
+            # stored: each is sent as stored, one round trip whether it is or not, where a plain
+            # insert refused by the unique `callId` and then the update cost two. A read first
+            # would cost two as well.
+            stored_ids = {execution.id for execution in page}
+            writers.calls.write(page, recorder, agent_id, stored_ids)
             writers.customers.write(page, recorder, agent_id)
 
 
