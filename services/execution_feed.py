@@ -181,7 +181,7 @@ def read_ahead(pages: Iterator, read: Callable, worker: ThreadPoolExecutor,
 class PageRead:
     executions: list[Execution] = field(default_factory=list)  # to write
     unchanged: int = 0  # stored final already: nothing to do
-    stored_ids: set[str] = field(default_factory=set)  # stored, changed since: to update
+    stored_ids: set[str] = field(default_factory=set)  # stored already: written as an update
     # Calls whose full record failed in a way worth retrying (call id, created_at): a later run
     # must read them again. A refusal (404, 422) is not among them: it would be retried for ever.
     retry: list[tuple[str, datetime]] = field(default_factory=list)
@@ -216,7 +216,7 @@ class PageReader:
                 read.unchanged += 1
             else:
                 listed.append((execution, needs_full_record(item)))
-        read.stored_ids = {call_id for call_id, unchanged in stored.items() if not unchanged}
+        read.stored_ids = set(stored)
         fetched = self._fetch_all([execution for execution, needed in listed if needed])
         for execution, needed in listed:
             try:

@@ -348,11 +348,9 @@ class InboxProcessor:
         for agent_id, group in groupby(ordered, key=lambda execution: execution.agent_id or ""):
             page = list(group)
             # Bolna posts on every status change, so all but a call's first delivery find it
-            # stored: each is sent as stored, one round trip whether it is or not, where a plain
-            # insert refused by the unique `callId` and then the update cost two. A read first
-            # would cost two as well.
-            stored_ids = {execution.id for execution in page}
-            writers.calls.write(page, recorder, agent_id, stored_ids)
+            # stored: sent as stored, one round trip whether it is or not (a plain insert refused
+            # by the unique `callId`, then the update, cost two; so would a read first).
+            writers.calls.write(page, recorder, agent_id, {execution.id for execution in page})
             writers.customers.write(page, recorder, agent_id)
 
 
