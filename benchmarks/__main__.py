@@ -20,13 +20,15 @@ SIZES = {
     "steady_state": {"server": ((10_000, 100_000), (1_000, 10_000)), "mongomock": ((10_000, 100_000), (1_000, 10_000))},
     "steady_new_calls": {"server": ((10_000, 100_000), (1_000, 10_000)), "mongomock": ((10_000,), (1_000,))},
     "full_resync": {"server": ((10_000, 100_000), (1_000, 10_000)), "mongomock": ((1_000, 10_000), (300, 1_000))},
+    "changed_resync": {"server": ((10_000,), (1_000,)), "mongomock": ((1_000,), (300,))},
     "backfill": {"server": (10_000, 1_000), "mongomock": (1_000, 300)},
     "backfill_sequential": {"server": (1_000, 300), "mongomock": (1_000, 300)},
     "mapping": {"server": (50_000, 5_000), "mongomock": (50_000, 5_000)},
 }
 # The backfill's minute, in seconds (Bolna's is 60): the limits' time-scale (backfill_bench).
 BACKFILL_MINUTE = 30.0
-SCENARIOS = ("first_sync", "steady_state", "full_resync", "backfill", "mapping", "heuristic", "analyzer")
+SCENARIOS = ("first_sync", "steady_state", "full_resync", "changed_resync", "backfill", "mapping", "heuristic",
+             "analyzer")
 # Asked by name only, each printing its own figures (not rows of the sync table).
 OWN_REPORTS = ("hostile",)
 HEADERS = ["scenario", "variant", "wall s", "server CPU s", "Bolna req", "429s", "Mongo RT", "exec/s", "peak MB"]
@@ -69,6 +71,15 @@ def steady_state(quick: bool) -> list[list]:
 def full_resync(quick: bool) -> list[list]:
     return [_row(f"--full re-sync of {history:,}", "callsync (both jobs)", sync_bench.full_resync(history), rate=True)
             for history in _size("full_resync", quick)]
+
+
+def changed_resync(quick: bool) -> list[list]:
+    rows = []
+    for history in _size("changed_resync", quick):
+        ours, naive = sync_bench.changed_resync(history)
+        rows.append(_row(f"--full, {history:,} changed", "callsync (both jobs)", ours, rate=True))
+        rows.append(_row(f"--full, {history:,} changed", "naive, one upsert per record", naive, rate=True))
+    return rows
 
 
 def backfill(quick: bool) -> list[list]:

@@ -1,5 +1,5 @@
 """Sync scenarios: a first sync, steady-state runs over a long history, and a `--full` re-sync
-that reads the whole history; callsync and the naive baseline (benchmarks.baseline) on the same
+that reads the whole history, unchanged or changed at Bolna since; callsync and the naive baseline (benchmarks.baseline) on the same
 data, at the same sizes. Bolna's rate limits are lifted here (harness.LIFTED_MINUTE)."""
 from __future__ import annotations
 
@@ -126,3 +126,18 @@ def full_resync(history: int) -> Measurement:
     with fake_bolna(agents, executions) as bolna:
         return _ours(bolna, agents, Measurement(records=history), seed=_seeder(executions, agents, links=True),
                      full=True)
+
+
+def changed_resync(history: int) -> tuple[Measurement, Measurement]:
+    """`once --full` over the `full_resync` history after Bolna changed every call: the fake serves
+    each with a newer `updated_at` (its clock's, as Bolna stamps a change), so every stored call
+    is written again; the baseline re-reads the same window, one upsert per record."""
+    agents, executions = _dataset(history, span_days=29, seed=404)
+    seed = _seeder(executions, agents, links=True)
+    with fake_bolna(agents, executions) as bolna:
+        for record in executions:
+            bolna.update_execution(record["id"])
+        ours = _ours(bolna, agents, Measurement(records=history), seed=seed, full=True)
+        backfill = timedelta(days=settings_for(bolna.base_url).backfill_days)
+        naive = _naive(bolna, agents, Measurement(records=history), utcnow() - backfill, seed=seed)
+    return ours, naive

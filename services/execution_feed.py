@@ -8,7 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Container, Iterable, Iterator, Protocol
 
 from bson.errors import InvalidDocument
 from cachetools import TTLCache
@@ -29,11 +29,14 @@ PAGE_REFUSALS = (OperationFailure, DocumentTooLarge, InvalidDocument)
 
 
 class PageWriter(Protocol):
-    def unchanged(self, items: list[dict]) -> set[str]:
-        """Ids among these raw list items that are already stored final and need no work."""
+    def stored(self, items: list[dict]) -> dict[str, bool]:
+        """Ids among these raw list items that are already stored, each with whether it is
+        stored final and needs no work."""
 
-    def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> None:
-        """Store one page (one batched write)."""
+    def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str,
+              stored_ids: Container[str] = ()) -> None:
+        """Store one page (one batched write); `stored_ids`, where known, spares a write refused
+        for a record already there."""
 
 
 class ExecutionFeed:
@@ -90,7 +93,8 @@ class ExecutionFeed:
                 recorder.add("unchanged", read.unchanged, agent_id)
                 unwritten = [execution for execution in read.executions if not execution.terminal]
                 recorder.add("pending", len(unwritten), agent_id)
-                if read.executions and not self._write(writer, read.executions, recorder, agent_id):
+                if read.executions and not self._write(writer, read.executions, recorder, agent_id,
+                                                       read.stored_ids):
                     unwritten = read.executions
                 for call_id, created_at in read.retry + [(e.id, e.created_at) for e in unwritten]:
                     progress.unfinished(call_id, created_at, now)
@@ -125,7 +129,9 @@ class ExecutionFeed:
             else:
                 unfinished.append(call_id)
         if finished:
-            if self._write(writer, finished, recorder, agent_id):
+            # A call followed by id was listed unfinished, and stored then by the call writer: sent
+            # as stored (its update still inserts one whose page was refused).
+            if self._write(writer, finished, recorder, agent_id, {execution.id for execution in finished}):
                 recorder.add("pendingFinished", len(finished), agent_id)
             else:
                 unfinished += [execution.id for execution in finished]
@@ -133,10 +139,11 @@ class ExecutionFeed:
                                                      for call_id in unfinished}})
 
     @staticmethod
-    def _write(writer: PageWriter, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> bool:
+    def _write(writer: PageWriter, executions: list[Execution], recorder: RunRecorder, agent_id: str,
+               stored_ids: Container[str]) -> bool:
         """Write one page; False (an error on the run) when the database refuses it."""
         try:
-            writer.write(executions, recorder, agent_id)
+            writer.write(executions, recorder, agent_id, stored_ids)
         except PAGE_REFUSALS as exc:
             ids = ", ".join(execution.id for execution in executions[:20])
             recorder.error(f"agent {agent_id}: a page of {len(executions)} call(s) was refused by the database "
@@ -174,6 +181,7 @@ def read_ahead(pages: Iterator, read: Callable, worker: ThreadPoolExecutor,
 class PageRead:
     executions: list[Execution] = field(default_factory=list)  # to write
     unchanged: int = 0  # stored final already: nothing to do
+    stored_ids: set[str] = field(default_factory=set)  # stored already: written as an update
     # Calls whose full record failed in a way worth retrying (call id, created_at): a later run
     # must read them again. A refusal (404, 422) is not among them: it would be retried for ever.
     retry: list[tuple[str, datetime]] = field(default_factory=list)
@@ -196,7 +204,7 @@ class PageReader:
         """A bad item is an error on the run; the rest of the page is still read. A refused key
         stops everything (BolnaAuthError)."""
         read = PageRead()
-        known = writer.unchanged([item for item in page if isinstance(item, dict)])
+        stored = writer.stored([item for item in page if isinstance(item, dict)])
         listed: list[tuple[Execution, bool]] = []  # (as listed, needs its full record)
         for item in page:
             try:
@@ -204,10 +212,11 @@ class PageReader:
             except MalformedExecution as exc:
                 recorder.error(f"malformed execution: {exc}", code=exc.code, call_id=exc.call_id, agent_id=agent_id)
                 continue
-            if execution.id in known:
+            if stored.get(execution.id):
                 read.unchanged += 1
             else:
                 listed.append((execution, needs_full_record(item)))
+        read.stored_ids = set(stored)
         fetched = self._fetch_all([execution for execution, needed in listed if needed])
         for execution, needed in listed:
             try:

@@ -347,7 +347,10 @@ class InboxProcessor:
         ordered = sorted(executions, key=lambda execution: execution.agent_id or "")
         for agent_id, group in groupby(ordered, key=lambda execution: execution.agent_id or ""):
             page = list(group)
-            writers.calls.write(page, recorder, agent_id)
+            # Bolna posts on every status change, so all but a call's first delivery find it
+            # stored: sent as stored, one round trip whether it is or not (a plain insert refused
+            # by the unique `callId`, then the update, cost two; so would a read first).
+            writers.calls.write(page, recorder, agent_id, {execution.id for execution in page})
             writers.customers.write(page, recorder, agent_id)
 
 

@@ -16,6 +16,7 @@ link per call in `customer_calls`, so the count stays exact and the array stops 
 """
 from __future__ import annotations
 
+from collections.abc import Container
 from datetime import datetime
 from typing import Any
 
@@ -45,19 +46,24 @@ class CallWriter:
         self.guard = guard
         self.retention = retention
 
-    def unchanged(self, items: list[dict]) -> set[str]:
-        """Calls stored terminal that the listing shows unchanged: the same `updated_at` where the
-        listing has one (full records), else the same status (the trimmed projection has none)."""
+    def stored(self, items: list[dict]) -> dict[str, bool]:
+        """The listed calls stored already, each with whether it needs no write: stored terminal
+        and unchanged, the same `updated_at` where the listing has one (full records), else the
+        same status (the trimmed projection has none)."""
         listed = {call_id: item for item in items if (call_id := execution_id(item))}
         if not listed:
-            return set()
+            return {}
         # By callId alone, `terminal` checked here: a filter on a field outside the index keeps
         # a simple planner (the test run's wire server) off the index; MongoDB's reads the same.
         stored = self.calls.find({"callId": {"$in": list(listed)}},
                                  {"callId": 1, "status": 1, "bolnaUpdatedAt": 1, "terminal": 1, "_id": 0})
-        return {doc["callId"] for doc in stored if doc.get("terminal") is True and _same(doc, listed[doc["callId"]])}
+        return {doc["callId"]: doc.get("terminal") is True and _same(doc, listed[doc["callId"]]) for doc in stored}
 
-    def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> None:
+    def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str,
+              stored_ids: Container[str] = ()) -> None:
+        """`stored_ids`: the calls believed stored, sent straight as their update (right either way:
+        it inserts one that is not); the others as a plain insert, which the unique `callId`
+        refuses for one stored meanwhile, and their update follows."""
         now = utcnow()
         executions = self.guard.admit(executions, recorder, agent_id)
         # A backfill or a follow-up reaching past the retention would store again what it removed.
@@ -68,9 +74,10 @@ class CallWriter:
                 recorder.error(f"call {execution.id}: {execution.extracted_error}; stored as received",
                                code="bad_extracted_data", call_id=execution.id, agent_id=agent_id)
         with_transcript = [not self.retention.transcript_expired(e.created_at, now) for e in kept]
-        inserted, updated = bulk_upsert(
-            self.calls, [InsertOne(new_call(e, now, with_transcript=keep)) for e, keep in zip(kept, with_transcript)],
-            retry_as=[call_upsert(e, now, with_transcript=keep) for e, keep in zip(kept, with_transcript)])
+        upserts = [call_upsert(e, now, with_transcript=keep) for e, keep in zip(kept, with_transcript)]
+        inserted, updated = bulk_upsert(self.calls, [
+            upsert if e.id in stored_ids else InsertOne(new_call(e, now, with_transcript=keep))
+            for upsert, e, keep in zip(upserts, kept, with_transcript)], retry_as=upserts)
         self.guard.recheck(kept)
         recorder.add("inserted", inserted, agent_id)
         recorder.add("updated", updated, agent_id)
@@ -91,16 +98,20 @@ class CustomerWriter:
         self.activities = db[ACTIVITIES]
         self.ranks = ranks
 
-    def unchanged(self, items: list[dict]) -> set[str]:
-        """Calls already applied to their customer: a terminal call's customer data is final."""
+    def stored(self, items: list[dict]) -> dict[str, bool]:
+        """The listed calls linked to their customer, each with whether it is applied: a terminal
+        call's customer data is final."""
         ids = [call_id for item in items if (call_id := execution_id(item))]
         if not ids:
-            return set()
+            return {}
         # By id alone, `applied` checked here: a planner then has nothing to do but the _id index.
         links = self.links.find({"_id": {"$in": [self.links.local_id(i) for i in ids]}}, {"applied": 1, "callId": 1})
-        return {linked_call_id(link) for link in links if link.get("applied")}
+        return {linked_call_id(link): bool(link.get("applied")) for link in links}
 
-    def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> None:
+    def write(self, executions: list[Execution], recorder: RunRecorder, agent_id: str,
+              stored_ids: Container[str] = ()) -> None:
+        """`stored_ids` is not needed: the read of the page's numbers below tells a customer to
+        insert from one to update."""
         executions = self.guard.admit(executions, recorder, agent_id)
         by_phone = self._by_phone(executions, recorder, agent_id)
         if not by_phone:

@@ -4,7 +4,9 @@ from datetime import datetime
 import pytest
 
 from fakes.dataset import generate, iso
+from models.execution import parse_execution
 from services.database import CALLS, CUSTOMERS, SYNC_STATE
+from services.run_records import RunRecorder
 from tests.faults import customer_call_ids
 from tests.helpers import AGENT, build_app, execution, now_utc
 
@@ -53,6 +55,44 @@ def test_changed_call_is_updated_in_place_and_keeps_its_analysis(serve, db):
     call = db[CALLS].find_one({"callId": "c-1"})
     assert call["costCents"] == 9.0 and call["processed"] is True and call["analysis"] == analysis
     assert db[CALLS].count_documents({}) == 1
+
+
+def test_a_stored_call_costs_one_write_command_per_page(settings, mongo, bolna_server, db):
+    """Calls already stored go straight to their update: a follow-up by id and a changed call
+    listed again cost one write command on `calls` per page, not an insert the unique `callId`
+    refuses and then the update; a new call on the same page is still a plain insert."""
+    later = execution(call_id="later", status="scheduled", minutes_ago=600)
+    bolna = bolna_server([later] + [execution(call_id=f"c-{n}", minutes_ago=30 + n) for n in range(3)], (AGENT,))
+    sent: list[tuple[str, str]] = []
+    app = build_app(settings, mongo, bolna, hook=lambda collection, method: sent.append((collection, method)))
+    app.run_job("call_processor")
+    for n in range(3):
+        bolna.update_execution(f"c-{n}", total_cost=9.0, updated_at=iso(now_utc()))
+    bolna.update_execution("later", status="completed", conversation_duration=30.0, updated_at=iso(now_utc()))
+    bolna.add_execution(execution(call_id="new", minutes_ago=20))
+    sent.clear()
+    record = app.run_job("call_processor", full=True)
+    # Two pages: the follow-up of "later", then the listing (c-0..2 changed, "new").
+    assert sent.count((CALLS, "bulk_write")) == 2
+    assert record["counts"]["pendingFinished"] == 1
+    assert (record["counts"]["inserted"], record["counts"]["updated"]) == (1, 4)
+    assert db[CALLS].count_documents({"costCents": 9.0}) == 3 and db[CALLS].count_documents({}) == 5
+    assert db[CALLS].find_one({"callId": "later"})["terminal"] is True
+
+
+def test_a_call_stored_after_its_page_was_read_gets_its_update(settings, mongo, bolna_server, db):
+    """A race the page's read cannot see (the call stored meanwhile by a webhook, another replica):
+    written as new, its insert is refused by the unique `callId` and its update runs instead."""
+    app = build_app(settings, mongo, bolna_server([], (AGENT,)))
+    writer, recorder = app.account.writers.calls, RunRecorder("call_processor")
+    record = execution(call_id="raced")
+    writer.write([parse_execution(record, "IN")], recorder, "agent-1")  # the other writer
+    db[CALLS].update_one({"callId": "raced"}, {"$set": {"processed": True}})
+    record.update(total_cost=9.0, updated_at=iso(now_utc()))
+    writer.write([parse_execution(record, "IN")], recorder, "agent-1", stored_ids=())
+    [call] = db[CALLS].find({"callId": "raced"})
+    assert (call["costCents"], call["processed"]) == (9.0, True)
+    assert (recorder.counts["inserted"], recorder.counts["updated"]) == (1, 1)
 
 
 def test_malformed_records_are_errors_and_the_rest_of_the_page_is_written(serve, db):

@@ -227,6 +227,23 @@ def test_a_late_unfinished_status_never_moves_a_call_back(hook_settings, mongo, 
     assert app.db[CUSTOMERS].find_one({})["callCount"] == 2
 
 
+def test_each_delivery_of_a_call_costs_one_write_command_on_calls(hook_settings, mongo, bolna, started):
+    """Bolna posts every status change, so a call's later deliveries find it stored: each is sent
+    as the call's update at once, not as an insert the unique `callId` refuses first; the first
+    delivery too (the update inserts the call)."""
+    sent: list[tuple[str, str]] = []
+    app = build_app(hook_settings, mongo, bolna, hook=lambda collection, method: sent.append((collection, method)))
+    base = started(app)
+    for status, minutes in (("ringing", 0.5), ("in-progress", 1), ("completed", 3)):
+        sent.clear()
+        assert deliver(base, state_of("w-20", status, minutes)).status_code == 200
+        wait_until(lambda: (app.db[WEBHOOK_INBOX].find_one({"callId": "w-20", "status": status})
+                            or {}).get("state") == DONE)
+        assert sent.count((CALLS, "bulk_write")) == 1, status
+    call = app.db[CALLS].find_one({"callId": "w-20"})
+    assert (call["status"], call["processed"], app.db[CALLS].count_documents({})) == ("completed", False, 1)
+
+
 def test_a_delivery_accepted_by_a_process_that_died_is_processed_later(hook_settings, mongo, bolna, started):
     first = build_app(hook_settings, mongo, bolna)
     base = started(first, processor=False)
