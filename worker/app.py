@@ -201,7 +201,7 @@ def account_settings(settings: Settings, account: Account, llm_limit: int | None
 class Runtime:
     """The daemon's process, one for one account and many: the accounts and when each is synced,
     the metrics and run listeners every account's app is attached to, the webhook inbox and its
-    processor, start-up, the wait for running work, teardown.
+    processor, start-up, `status`, the wait for running work, teardown.
 
     One account (ACCOUNT_SOURCE unset: the environment's; or `account_id`, one of many named on the
     command line) is a fleet of one whose app (`account`) is kept for the process's life. Many
