@@ -204,22 +204,6 @@ class TestSourceOnDatabase:
 
 # ---- everything that needs no database
 
-def test_the_env_source_serves_the_one_account_of_bolna_api_key():
-    settings = load_settings({"BOLNA_API_KEY": "bn-env", "BOLNA_AGENT_IDS": "a1,a2",
-                              "ACCOUNTS_FILTER": '{"plan": "pro"}', "ACCOUNTS_COLLECTION": "accounts"})
-    assert settings.account_source == "env"
-    loaded = AccountSource(settings).load()
-    assert loaded.accounts == (Account(id=None, bolna_api_key="bn-env", agent_ids=("a1", "a2")),)
-    assert loaded.skipped == () and loaded.accounts[0].label == "env"
-
-
-def test_the_env_source_needs_bolna_api_key_and_mongodb_a_database():
-    with pytest.raises(ConfigError, match="^BOLNA_API_KEY is not set"):
-        AccountSource(load_settings({}))
-    with pytest.raises(ConfigError, match="ACCOUNT_SOURCE=mongodb"):
-        AccountSource(mongodb_settings())
-
-
 def test_a_account_shows_its_id_and_never_its_keys():
     account = Account(id=ObjectId("65a000000000000000000001"), bolna_api_key="bn-secret", groq_api_key="gsk_secret",
                     agent_ids=("a1",))

@@ -252,11 +252,11 @@ def test_health_counts_each_account_finished_not_only_passes_that_end(fleet_sett
     """Behind a standing backlog no pass ends; a replica that keeps finishing accounts is healthy."""
     clock = Clock()
     fleet = replica(fleet_settings, mongo, clock)
-    assert fleet.last_success_at(fleet.scheduled_jobs()[0].name) is None
+    assert fleet.scheduled_jobs()[0].last_success_at() is None
 
     fleet.sync(fleet.schedule.claim_due(clock() + timedelta(minutes=fleet_settings.sync_interval_minutes)))
 
-    assert fleet.last_success_at(fleet.scheduled_jobs()[0].name) is not None
+    assert fleet.scheduled_jobs()[0].last_success_at() is not None
 
 
 def test_a_sync_whose_lease_may_have_run_out_stops_before_another_replica_can_claim_it(

@@ -211,6 +211,14 @@ def test_run_and_once_refuse_without_mongodb_uri(command):
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("command", ["run", "once"])
+def test_run_and_once_of_the_environments_account_refuse_without_bolna_api_key(command):
+    result = run_main(command, MONGODB_URI="mongodb://localhost:1")
+    assert result.returncode == 2
+    assert result.stderr.startswith("callsync: BOLNA_API_KEY is not set")
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
 def test_a_bad_setting_is_one_line_naming_the_variable():
     result = run_main("run", MONGODB_URI="mongodb://localhost:1", BOLNA_API_KEY="k", HEALTH_PORT="http")
     assert result.returncode == 2

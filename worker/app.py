@@ -40,7 +40,7 @@ from services.webhooks import LEASE_SECONDS, AccountWriters, DeliveryTally, Inbo
 from services.writers import CallWriter, CustomerWriter
 from utils.clock import utcnow
 from utils.config import Settings
-from utils.logging import log_context
+from utils.logging import Listeners, log_context
 from worker.health import RunMetrics, observe_accounts, observe_webhooks
 from worker.webhook_listener import AccountRoutes, account_token
 
@@ -173,10 +173,12 @@ class AccountApp:
 
 @dataclass(frozen=True)
 class ScheduledJob:
-    """What the daemon runs on an interval: each job (one account), or the accounts' pass (many)."""
+    """What the daemon runs on an interval: each job (one account), or the accounts' pass (many);
+    `last_success_at`: when it last got on, for health."""
     name: str
     run: Callable[[], object]
     seconds: float
+    last_success_at: Callable[[], datetime | None]
 
 
 def account_settings(settings: Settings, account: Account, llm_limit: int | None = None) -> Settings:
@@ -202,64 +204,63 @@ class Runtime:
     processor, start-up, `status`, the wait for running work, teardown.
 
     One account (ACCOUNT_SOURCE unset: the environment's; or `account_id`, one of many named on the
-    command line) is a fleet of one whose app (`account`) is kept for the process's life, each job
-    on its own every SYNC_INTERVAL_MINUTES. Many accounts (ACCOUNT_SOURCE=mongodb): every
-    ACCOUNT_POLL_SECONDS a pass claims due accounts under a lease and runs both jobs for each with
-    its own keys, limits and view of the database (an `AccountApp` each), shared with the other
-    replicas as docs/scaling.md ("How the work is shared") says."""
+    command line) is a fleet of one whose app (`account`) is kept for the process's life. Many
+    (ACCOUNT_SOURCE=mongodb): every ACCOUNT_POLL_SECONDS a pass claims due accounts under a lease
+    and runs both jobs for each with its own keys, limits and view of the database (an `AccountApp`
+    each), shared with the other replicas (docs/scaling.md, "How the work is shared").
+
+    Only `__init__`, `prepare`, `scheduled_jobs` and `close` tell the two apart (`account` is None
+    with many). The one account is no entry of the shared schedule on purpose: it writes nothing to
+    `tenant_schedule`, each job keeps its own interval and its own last success for health, and its
+    metrics show its queue and cursors (series per account, with many, would be unbounded)."""
 
     def __init__(self, settings: Settings, db: Database, *, mongo_client=None, bolna: BolnaClient | None = None,
                  account_id=None, clock: Callable[[], datetime] | None = None):
-        """`bolna`: the one account's client (default: from the settings); `clock`: what leases and
-        quota windows are measured by, the database server's unless given."""
+        """`bolna`: the one account's client (default: from the settings); `clock`: what leases,
+        quota windows and the inbox are measured by, the database server's unless given."""
         self.settings = settings
         self.mongo_client = mongo_client
         self.owner = new_owner()
-        self._listeners: list[RunListener] = []
+        self.clock = clock or ServerClock(db).now
+        self._finished = Listeners("run_listener_failed")  # every attached account's runs
         self._active = 0
         self._idle = threading.Condition()
         self._progress_at: datetime | None = None
+        self._accounts: dict[object, Account] = {}
+        self._loaded_at: float | None = None
+        self._refresh_lock = threading.Lock()
+        self.webhook_routes = (AccountRoutes(lambda account_id: self._inbox(account_view(self.db, account_id)))
+                               if settings.webhook_token else None)
         llm_configured = bool(settings.groq_api_keys)
         if settings.account_source == "mongodb" and account_id is None:
             self.account = None
-            self.db = db
-            self.stop = threading.Event()
-            self.clock = clock = clock or ServerClock(db).now
+            self.db, self.stop = db, threading.Event()
             interval = timedelta(minutes=settings.sync_interval_minutes)
             self.source = AccountSource(settings, db)
             self.schedule = AccountSchedule(db[ACCOUNT_SCHEDULE], self.owner, settings.account_lease_seconds,
-                                           interval.total_seconds(), clock=clock)
-            self.quota = (LlmQuota(db[LLM_QUOTA], settings.llm_global_limit, interval, clock)
+                                           interval.total_seconds(), clock=self.clock)
+            self.quota = (LlmQuota(db[LLM_QUOTA], settings.llm_global_limit, interval, self.clock)
                           if settings.llm_global_limit is not None else None)
-            self._accounts: dict[object, Account] = {}
-            self._loaded_at: float | None = None
-            self._refresh_lock = threading.Lock()
             # Across accounts: counts by job and status, and accounts by state; never by account
             # (bounded cardinality).
             self.metrics = RunMetrics(JOB_NAMES, queue_depth=None, llm_configured=llm_configured)
             observe_accounts(self.metrics, self.schedule.counts)
-            # Every account's deliveries land in one inbox, each entry under its account.
-            inbox = Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=clock)
-            writers_for, tally = self._writers_for, account_view(db, None)  # the replica's tally
-            self.webhook_routes = AccountRoutes(self.inbox_of) if settings.webhook_token else None
+            writers_for = self._writers_for
         else:
-            self.account = account = AccountApp(
-                settings, db, bolna or BolnaClient.from_settings(settings, stop=threading.Event()), account_id)
-            self.db = tally = account.db
-            self.stop = account.stop
-            self.clock = account.call_queue.clock
+            self.account = account = AccountApp(settings, db, bolna or BolnaClient.from_settings(settings), account_id)
+            self.db, self.stop = account.db, account.stop
             self.metrics = RunMetrics(JOB_NAMES, queue_depth=account.call_queue.depth, llm_configured=llm_configured)
             self.metrics.observe_cursors(self.db)
-            self.inbox = inbox = self.inbox_of(account_id)
             writers_for = lambda _account_id: account.writers  # noqa: E731
-            self.webhook_routes = (AccountRoutes(lambda _account_id: inbox, {settings.webhook_token: None})
-                                   if settings.webhook_token else None)
-        self.deliveries = DeliveryTally(tally[WEBHOOK_DELIVERIES])
-        self.webhook_processor = InboxProcessor(inbox, writers_for, self.deliveries)
-        observe_webhooks(self.metrics, self.deliveries, inbox.waiting)
-        self._listeners.append(self.metrics.observe_run)
-        if self.account is not None:
-            self.attach(self.account)
+            if self.webhook_routes is not None:
+                self.webhook_routes.update({settings.webhook_token: account_id})
+            self.attach(account)
+        # The processor claims from the inbox of every account this runtime serves (its `db`).
+        self.inbox = self._inbox(self.db)
+        self.deliveries = DeliveryTally(account_view(db, account_id)[WEBHOOK_DELIVERIES])
+        self.webhook_processor = InboxProcessor(self.inbox, writers_for, self.deliveries)
+        observe_webhooks(self.metrics, self.deliveries, self.inbox.waiting)
+        self._finished.subscribe(self.metrics.observe_run)
 
     @classmethod
     def build(cls, settings: Settings, mongo_client=None, **options) -> Runtime:
@@ -267,24 +268,21 @@ class Runtime:
         mongo_client = mongo_client or connect(settings)
         return cls(settings, mongo_client[settings.mongodb_db], mongo_client=mongo_client, **options)
 
-    def inbox_of(self, account_id) -> Inbox:
-        """The inbox an account's deliveries are accepted into (its view of `webhook_inbox`)."""
-        return Inbox(account_view(self.db, account_id)[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self.clock,
+    def _inbox(self, db) -> Inbox:
+        """`webhook_inbox` as `db` sees it: an account's view accepts its deliveries."""
+        return Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self.clock,
                      max_waiting=self.settings.webhook_max_waiting)
 
     def attach(self, account: AccountApp) -> None:
-        """An account's finished runs to the listeners (with its `userId` when it is one of many),
-        its requests to Bolna and Groq to the metrics."""
-        for listener in self._listeners:
-            _subscribe(account, listener)
+        """An account's finished runs to the listeners (with its `userId` when it has one), its
+        requests to Bolna and Groq to the metrics."""
+        stamp = {} if account.account_id is None else {"userId": account.account_id}
+        account.runs.subscribe(lambda run: self._finished({**run, **stamp}))
         self.metrics.observe_requests(account.bolna.outcomes, account.analysis.llm)
 
     def subscribe(self, listener: RunListener) -> None:
-        """Called with each finished run record of the accounts attached from now on (and the one
-        account's)."""
-        self._listeners.append(listener)
-        if self.account is not None:
-            _subscribe(self.account, listener)
+        """Called with each finished run record of every account attached, before or after."""
+        self._finished.subscribe(listener)
 
     def prepare(self) -> None:
         """Start-up work that touches the database: indexes, runs a dead process left open (every
@@ -305,22 +303,19 @@ class Runtime:
             self.refresh(force=True)
 
     def scheduled_jobs(self) -> list[ScheduledJob]:
+        """One account: each job, on its own, healthy by its last success (loaded by `prepare`,
+        then from the runs seen). Many: the pass, healthy by when this replica last got on, by
+        finishing an account's sync or a pass that found none due: under a standing backlog no pass
+        ends, and the replica is healthy while it keeps finishing accounts."""
         if self.account is None:
-            return [ScheduledJob(ACCOUNTS_PASS, self.work, self.settings.account_poll_seconds)]
-        seconds = self.settings.sync_interval_minutes * 60
-        return [ScheduledJob(name, functools.partial(self.run_job, name), seconds) for name in JOB_NAMES]
+            return [ScheduledJob(ACCOUNTS_PASS, self.work, self.settings.account_poll_seconds,
+                                 lambda: self._progress_at)]
+        return [ScheduledJob(name, functools.partial(self.run_job, name), self.settings.sync_interval_minutes * 60,
+                             functools.partial(self.metrics.last_success_at, name)) for name in JOB_NAMES]
 
     def run_job(self, name: str, *, full: bool = False) -> dict:
         with self._running():
             return self.account.run_job(name, full=full)
-
-    def last_success_at(self, job: str) -> datetime | None:
-        """Health. One account: the job's last success (loaded by `prepare`, then from the runs
-        seen). Many: when this replica last got on, by finishing an account's sync or a pass that
-        found none due. Under a standing backlog no pass ends, and the replica is healthy while it
-        keeps finishing accounts; one that finishes nothing is not. (Each account's own runs are in
-        /metrics and `status`.)"""
-        return self._progress_at if self.account is None else self.metrics.last_success_at(job)
 
     def refresh(self, *, force: bool = False) -> None:
         """Re-read the accounts when the last read is ACCOUNT_REFRESH_SECONDS old: new accounts join
@@ -446,11 +441,6 @@ class Runtime:
             self.account.close()
         if self.mongo_client is not None:
             self.mongo_client.close()
-
-
-def _subscribe(account: AccountApp, listener: RunListener) -> None:
-    account.runs.subscribe(listener if account.account_id is None
-                           else lambda run: listener({**run, "userId": account.account_id}))
 
 
 def _refused(run: dict) -> bool:

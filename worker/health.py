@@ -373,7 +373,7 @@ class HealthServer:
                  watch: JobWatch | None = None, *, read_timeout: float = READ_TIMEOUT_SECONDS):
         settings = service.settings
         self.max_age = timedelta(minutes=settings.sync_interval_minutes) * settings.health_max_age_intervals
-        self.jobs = [job.name for job in service.scheduled_jobs()]
+        self.jobs = service.scheduled_jobs()
         self.started_at = started_at or utcnow()
         self._service = service
         self._is_scheduling = is_scheduling
@@ -410,7 +410,7 @@ class HealthServer:
         except Exception as exc:  # noqa: BLE001 - any failure to answer is "not ready", said in the body
             reasons.append(f"MongoDB did not answer a ping within {PING_TIMEOUT_SECONDS:g}s: {describe_failure(exc)}")
         last_status = self._service.metrics.last_status
-        reasons += [f"{job}: its last run failed" for job in self.jobs if last_status(job) == "failed"]
+        reasons += [f"{job.name}: its last run failed" for job in self.jobs if last_status(job.name) == "failed"]
         return _verdict(reasons, "ready", "not ready")
 
     def healthy(self) -> tuple[int, bytes, str]:
@@ -418,14 +418,14 @@ class HealthServer:
         reasons = [] if self._is_scheduling() else ["the scheduler is not running"]
         jobs = {}
         for job in self.jobs:
-            last = self._service.last_success_at(job)
+            last = job.last_success_at()
             since_start = last is None or last < self.started_at
             age = (now - (self.started_at if since_start else last)).total_seconds()
-            jobs[job] = {"lastSuccessAt": last.isoformat(timespec="seconds") + "Z" if last else None,
-                         "ageSeconds": round(age)}
+            jobs[job.name] = {"lastSuccessAt": last.isoformat(timespec="seconds") + "Z" if last else None,
+                              "ageSeconds": round(age)}
             if age > max_age:
                 since = f"none since the start {age:.0f}s ago" if since_start else f"the last one finished {age:.0f}s ago"
-                reasons.append(f"{job}: no successful run within {max_age:.0f}s ({since})")
+                reasons.append(f"{job.name}: no successful run within {max_age:.0f}s ({since})")
         return _verdict(reasons, "ok", "unhealthy", maxAgeSeconds=round(max_age), jobs=jobs)
 
     def _live_reasons(self) -> list[str]:

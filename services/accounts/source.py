@@ -1,7 +1,8 @@
-"""The accounts to serve (ACCOUNT_SOURCE): the one of BOLNA_API_KEY, or those of the CRM's
-accounts collection, each mapped through the field map (ACCOUNT_FIELDS) and checked value by value,
-its keys made plain (README, "Encrypted keys"). An account that cannot be served is skipped whole
-and reported, with its reason, and never keeps the others from running."""
+"""The accounts to serve with ACCOUNT_SOURCE=mongodb: those of the CRM's accounts collection, each
+mapped through the field map (ACCOUNT_FIELDS) and checked value by value, its keys made plain
+(README, "Encrypted keys"). An account that cannot be served is skipped whole and reported, with
+its reason, and never keeps the others from running. (The one account of BOLNA_API_KEY needs no
+source: worker/app.py, `Runtime`.)"""
 from __future__ import annotations
 
 import hashlib
@@ -29,7 +30,7 @@ _COPY = "_id is a string that spells another account's ObjectId: their records' 
 class Account:
     """One account the daemon serves: its id (written as `userId` on every record it owns) and the
     keys and limits it runs with."""
-    id: object  # the account document's _id (ObjectId or str); None in single-account mode
+    id: object  # the account document's _id (ObjectId or str)
     bolna_api_key: str = field(repr=False)
     agent_ids: tuple[str, ...] = ()  # empty: every agent of the account
     groq_api_key: str | None = field(default=None, repr=False)  # None: the daemon's GROQ_API_KEY
@@ -47,7 +48,7 @@ class Account:
     @property
     def label(self) -> str:
         """What logs may show: the id (not a secret), never a key."""
-        return "env" if self.id is None else str(self.id)
+        return str(self.id)
 
 
 class UnusableAccount(ValueError):
@@ -112,22 +113,13 @@ class KeyReader:
 
 
 class AccountSource:
-    def __init__(self, settings: Settings, db: Database | None = None):
+    def __init__(self, settings: Settings, db: Database):
         self._settings = settings
-        if settings.account_source == "mongodb":
-            if db is None:
-                raise ConfigError("ACCOUNT_SOURCE=mongodb reads the accounts from MongoDB: a database is needed")
-            self._keys = KeyReader.from_secret(settings.account_keys_secret)
-            self._collection = db[settings.accounts_collection]
-        elif not settings.bolna_api_key:
-            raise ConfigError("BOLNA_API_KEY is not set: ACCOUNT_SOURCE=env serves the account of that key")
-        else:  # single-account mode: the account of BOLNA_API_KEY, nothing overridden
-            self._env = Account(id=None, bolna_api_key=settings.bolna_api_key, agent_ids=settings.bolna_agent_ids)
+        self._keys = KeyReader.from_secret(settings.account_keys_secret)
+        self._collection = db[settings.accounts_collection]
 
     def load(self) -> AccountList:
         """The accounts as they are now; called again to follow the CRM's changes."""
-        if self._settings.account_source != "mongodb":
-            return AccountList((self._env,))
         return self._read(self._settings.accounts_query)
 
     def find(self, account_id: object) -> Account | None:
