@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import datetime, timedelta
-from typing import Callable
+from datetime import timedelta
 
 import groq
 from pymongo import ReturnDocument
@@ -18,12 +17,10 @@ from pymongo.collection import Collection
 
 from models.pipeline import Pipeline
 from services.analyzer.claims import CallQueue
-from services.analyzer.groq_analyzer import LlmAnswer, LlmFailure, error_code, read_answer
+from services.analyzer.groq_analyzer import LlmAnswer, LlmFailure, error_code, read_completion
 from services.analyzer.write_back import OutcomeWriter, record_outcome
 from services.analyzer.prompt import completion_request
-from services.analyzer.schema import Usage
 from services.run_records import RunRecorder
-from utils.clock import utcnow
 from utils.config import Settings
 
 log = logging.getLogger(__name__)
@@ -42,14 +39,14 @@ BATCH_ENDPOINT = "/v1/chat/completions"
 
 class BatchApiLane:
     def __init__(self, jobs: Collection, queue: CallQueue, outcomes: OutcomeWriter, settings: Settings,
-                 client: groq.Groq, owner: str, clock: Callable[[], datetime] = utcnow):
+                 client: groq.Groq, owner: str):
         self._jobs = jobs
         self._queue = queue
         self._outcomes = outcomes
         self._settings = settings
         self._client = client
         self._owner = owner
-        self._clock = clock
+        self._clock = queue.clock  # the queue's (the server's): job times and claims compare alike
 
     def run(self, recorder: RunRecorder) -> None:
         """Apply the jobs Groq finished, then submit the overflow, if any."""
@@ -189,16 +186,11 @@ def _attempt(item: dict, settings: Settings, pipeline: Pipeline | None) -> LlmAn
     """One answered call, validated as the synchronous lane validates its answers."""
     response = item.get("response") if isinstance(item.get("response"), dict) else {}
     body = response.get("body") if isinstance(response.get("body"), dict) else {}
-    model = body.get("model") or settings.groq_model
+    if item.get("error") or response.get("status_code") != 200:
+        # Why, without Groq's text (it may quote the request).
+        code = error_code(item.get("error") or body) or f"HTTP {response.get('status_code')}"
+        return LlmFailure(f"Batch API: {body.get('model') or settings.groq_model}: request failed ({code})")
     try:
-        if item.get("error") or response.get("status_code") != 200:
-            # Why, without Groq's text (it may quote the request).
-            code = error_code(item.get("error") or body) or f"HTTP {response.get('status_code')}"
-            raise LlmFailure(f"{model}: request failed ({code})")
-        usage = body.get("usage") or {}
-        choices = body.get("choices") or [{}]
-        return read_answer((choices[0].get("message") or {}).get("content"),
-                           Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0),
-                           model, settings, pipeline)
+        return read_completion(body, settings, pipeline)
     except LlmFailure as failure:
         return LlmFailure(f"Batch API: {failure}", failure.usage)

@@ -12,7 +12,6 @@ from pymongo.errors import PyMongoError
 from services.analyzer.claims import CallQueue, Claim
 from services.analyzer.groq_analyzer import BudgetSpent, GroqAnalyzer, LlmFailure, LlmUnavailable
 from services.analyzer.pacing import Deadline, DeadlineExceeded
-from services.analyzer.schema import HEURISTIC_MODEL, analysis_document
 from services.analyzer.write_back import Outcome, OutcomeWriter, record_outcome
 from services.run_records import RunRecorder
 from utils.clock import utcnow
@@ -109,9 +108,7 @@ class AnalysisRun:
         if decided is not None:
             return decided
         if self.llm is None:
-            return self.outcomes.finish(claim, analysis_document(
-                "ok", attempted_at=now, model=HEURISTIC_MODEL, used_fallback=True,
-                analysis=self.outcomes.fallback(claim.call, now)))
+            return self.outcomes.finish_attempt(claim, None, now)
         try:
             result = self.llm.analyze((claim.call.get("transcript") or "").strip(), deadline,
                                       self.outcomes.rules.pipeline_for(claim.call))

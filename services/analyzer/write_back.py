@@ -21,7 +21,7 @@ from models.stage_routing import BLOCKED, REVIEW, StageDecision, decide, recomme
 from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
 from services.analyzer.groq_analyzer import LlmAnswer, LlmFailure
 from services.analyzer.heuristic import heuristic_analysis
-from services.analyzer.schema import (HEURISTIC_MODEL, SHORT_TRANSCRIPT, Analysis, Usage, analysis_document,
+from services.analyzer.schema import (HEURISTIC_MODEL, SHORT_TRANSCRIPT, Usage, analysis_document,
                                       estimated_cost)
 from services.database import ACTIVITIES, CALLS, CONTACTS, PHONE_INDEX_KEYS, PIPELINES, STAGE_REVIEWS
 from services.writers import bulk_upsert, records_by_phone
@@ -117,28 +117,25 @@ class OutcomeWriter:
             return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
         return _outcome(claim, analysis, usage, cost, has_contact=has_contact)
 
-    def finish_attempt(self, claim: Claim, result: LlmAnswer | LlmFailure, now: datetime, *,
+    def finish_attempt(self, claim: Claim, result: LlmAnswer | LlmFailure | None, now: datetime, *,
                        discount: float = 0.0) -> Outcome:
-        """The LLM's analysis, or a failed attempt with the offline heuristic's, as both lanes
-        write them."""
-        if isinstance(result, LlmFailure):
-            analysis = analysis_document("failed", attempted_at=now, model=HEURISTIC_MODEL, error=str(result),
-                                         usage=result.usage, used_fallback=True, analysis=self.fallback(claim.call, now))
-        else:
-            analysis = analysis_document("ok", attempted_at=now, model=result.model, usage=result.usage,
-                                         analysis=result.analysis)
-        return self.finish(claim, analysis, discount=discount)
-
-    def fallback(self, call: dict, now: datetime) -> Analysis:
-        """The offline heuristic's analysis: for no key, and for a failed LLM attempt. Where the
-        call has a pipeline, it recommends the stage its own score and tag route to."""
-        transcript = (call.get("transcript") or "").strip()
-        analysis = heuristic_analysis(transcript, call.get("callAt"), now, self._settings.analysis_tags)
-        pipeline = self.rules.pipeline_for(call)
-        if pipeline is None:
-            return analysis
-        stage = recommendation(pipeline, score=analysis.lead_score, tag=analysis.tag, lead_status=analysis.lead_status)
-        return replace(analysis, recommended_stage=stage)
+        """The LLM's analysis, as both lanes write it; else (`result` None: no LLM, or a failed
+        attempt) the offline heuristic's, recommending where the call has a pipeline the stage its
+        own score and tag route to."""
+        if isinstance(result, LlmAnswer):
+            return self.finish(claim, analysis_document("ok", attempted_at=now, model=result.model,
+                                                        usage=result.usage, analysis=result.analysis),
+                               discount=discount)
+        call = claim.call
+        analysis = heuristic_analysis((call.get("transcript") or "").strip(), call.get("callAt"), now,
+                                      self._settings.analysis_tags)
+        if (pipeline := self.rules.pipeline_for(call)) is not None:
+            analysis = replace(analysis, recommended_stage=recommendation(
+                pipeline, score=analysis.lead_score, tag=analysis.tag, lead_status=analysis.lead_status))
+        failed = {} if result is None else {"error": str(result), "usage": result.usage}
+        return self.finish(claim, analysis_document("ok" if result is None else "failed", attempted_at=now,
+                                                    model=HEURISTIC_MODEL, used_fallback=True, analysis=analysis,
+                                                    **failed), discount=discount)
 
     def _cost(self, usage: Usage, discount: float) -> float | None:
         # By the LLM's price even when the stored result is the fallback's: an answer that
