@@ -28,7 +28,7 @@ MAX_CHARS = 12_000
 _CUSTOMER_SPEAKERS = frozenset({"user", "customer", "human", "caller"})
 _SPEAKER_CHARS = 20
 _CLAUSE_END = re.compile(r"[.!?;{}\[\]\n]")  # where a customer's clause ends
-_SENTENCE_END = re.compile(r"[.!?]")
+_SENTENCE = re.compile(r"[^.!?]*[.!?]|[^.!?]+$")  # with its end mark
 _CASED_WORD = re.compile(r"[A-Za-z_]+")
 _CUSTOMER_BOOK = lx.PhraseBook(lx.CUSTOMER_PHRASES, priority=(
     lx.REFUSE, lx.WRONG_NUMBER, lx.MACHINE, lx.PAYMENT, lx.ACCEPT, lx.CALLBACK, lx.ABUSE,
@@ -224,11 +224,7 @@ def _negates_buying(words: list[str]) -> bool:
 
 def _read_agent(turn: _Turn) -> None:
     """What the agent's sentences do; a sentence that asks or offers states nothing done."""
-    start = 0
-    for end_match in (*_SENTENCE_END.finditer(turn.text), None):
-        end = end_match.end() if end_match else len(turn.text)
-        sentence = turn.text[start:end]
-        start = end
+    for sentence in _SENTENCE.findall(turn.text):
         words = lx.words(sentence)
         if sentence.rstrip().endswith("?") and len(words) <= _NAMING_QUESTION_WORDS and _names(sentence):
             turn.labels.add(lx.AGENT_ASKS_FOR)  # "Hello, Manoj ji?", "Selvi madam ah?"
@@ -239,8 +235,6 @@ def _read_agent(turn: _Turn) -> None:
             if match.label == lx.AGENT_DONE and (asked or lx.NOT_DONE.intersection(words[:match.start])):
                 continue
             turn.labels.add(match.label)
-        if not end_match:
-            break
 
 
 # -- deciding ---------------------------------------------------------------------------------
