@@ -59,8 +59,8 @@ def run_evaluation(settings: Settings, args) -> int:
               f"the LLM is unavailable: {exc}", file=sys.stderr)
         return 1
     dataset = str(Path(args.dataset)) if args.dataset else "evaluation/labelled_calls.jsonl"
-    price = settings.llm_prices.get(model) if llm else Price(0.0, 0.0)  # None: unknown
-    report = build_report(outcomes, analyzer=analyzer, model=model, dataset=dataset, price=price)
+    report = build_report(outcomes, analyzer=analyzer, model=model, dataset=dataset,
+                          price=settings.llm_prices.get(model))
     print(json.dumps(report) if args.json else render_report(report))
     return 0
 

@@ -33,9 +33,10 @@ class Usage:
 
 def estimated_cost(usage: Usage, price: Price | None, *, discount: float = 0.0) -> float | None:
     """USD for `usage` at `price` (USD per million tokens), less `discount` (a fraction: 0.5 is
-    half price); None when the model has no price, so an unknown cost is never reported as free.
-    An estimate only: Groq's bill is the truth (prices change, and a Batch API job is billed at its
-    discount)."""
+    half price); None when tokens were spent on a model without a price, so an unknown cost is never
+    reported as free. An estimate only: Groq's bill is the truth (prices change)."""
+    if not (usage.prompt_tokens or usage.completion_tokens):
+        return 0.0
     if price is None:
         return None
     full = (usage.prompt_tokens * price.input_per_million

@@ -76,9 +76,12 @@ class OutcomeWriter:
         """`analysis`: `calls.analysis` of the attempt; `discount`: off the price (a Batch API
         job's). An analysis with a result is settled on the call first, under the claim: only then
         is it written to the CRM, so a holder whose claim was lost writes nothing. A process that
-        dies after settling leaves the call claimed and settled; the retake `resume`s it."""
+        dies after settling leaves the call claimed and settled; the retake resumes it (`without_llm`)."""
         usage = Usage(analysis["usage"]["promptTokens"], analysis["usage"]["completionTokens"])
-        cost = analysis["usage"]["costUsd"] = self._cost(usage, discount)
+        # By the LLM's price even when the stored result is the fallback's: an answer that
+        # failed validation was still billed.
+        cost = estimated_cost(usage, self._settings.llm_prices.get(self._settings.groq_model), discount=discount)
+        analysis["usage"]["costUsd"] = cost
         if "summary" in analysis:
             if self.queue.settle(claim, analysis):
                 return self._apply(claim, analysis, usage, cost)
@@ -89,26 +92,24 @@ class OutcomeWriter:
     def without_llm(self, claim: Claim, now: datetime) -> Outcome | None:
         """The outcome of a claim that needs no request, the same in both lanes: a settled
         decision resumed, a call past MAX_ATTEMPTS abandoned, a transcript too short to analyze.
-        None: the call is to be analyzed."""
+        None: the call is to be analyzed.
+
+        A decision an earlier holder settled (`claim.settled`) and did not see through is written
+        again: the CRM write is idempotent per call and round, so nothing of it is lost or doubled,
+        at no new cost. Resumes count against the attempts (a CRM write that fails every time would
+        be retried for ever): past the bound the call is finished failed, the decision kept on it."""
+        if claim.settled is not None and claim.attempt <= MAX_ATTEMPTS + SETTLED_RESUMES:
+            return self._apply(claim, claim.settled, Usage(), 0.0)
         if claim.settled is not None:
-            return self.resume(claim)  # decided already: only its CRM write is left
+            if not self.queue.finish(claim, {**claim.settled, "status": "failed", "error": UNAPPLIED}):
+                return Outcome(claim.call_id, "claim_lost")
+            return Outcome(claim.call_id, "failed", error=UNAPPLIED)
         if claim.attempt > MAX_ATTEMPTS:
             # No fallback either: whatever stopped the previous attempts may be this call.
             return self.finish(claim, analysis_document("failed", attempted_at=now, error=ABANDONED))
         if len((claim.call.get("transcript") or "").strip()) < self._settings.min_transcript_chars:
             return self.finish(claim, analysis_document("skipped", attempted_at=now, skipped=SHORT_TRANSCRIPT))
         return None
-
-    def resume(self, claim: Claim) -> Outcome:
-        """Write the decision an earlier holder settled (`claim.settled`) and did not see through:
-        the CRM write is idempotent per call and round, so nothing of it is lost or doubled, at no
-        new cost. Resumes count against the attempts (a CRM write that fails every time would be
-        retried for ever): past the bound the call is finished failed, the decision kept on it."""
-        if claim.attempt <= MAX_ATTEMPTS + SETTLED_RESUMES:
-            return self._apply(claim, claim.settled, Usage(), 0.0)
-        if not self.queue.finish(claim, {**claim.settled, "status": "failed", "error": UNAPPLIED}):
-            return Outcome(claim.call_id, "claim_lost")
-        return Outcome(claim.call_id, "failed", error=UNAPPLIED)
 
     def _apply(self, claim: Claim, analysis: dict, usage: Usage, cost: float | None) -> Outcome:
         has_contact = record_decision(self._db, claim.call, analysis, utcnow(), self.rules)
@@ -136,13 +137,6 @@ class OutcomeWriter:
         return self.finish(claim, analysis_document("ok" if result is None else "failed", attempted_at=now,
                                                     model=HEURISTIC_MODEL, used_fallback=True, analysis=analysis,
                                                     **failed), discount=discount)
-
-    def _cost(self, usage: Usage, discount: float) -> float | None:
-        # By the LLM's price even when the stored result is the fallback's: an answer that
-        # failed validation was still billed.
-        if not (usage.prompt_tokens or usage.completion_tokens):
-            return 0.0
-        return estimated_cost(usage, self._settings.llm_prices.get(self._settings.groq_model), discount=discount)
 
 
 def _outcome(claim: Claim, analysis: dict, usage: Usage, cost: float | None, *, has_contact: bool) -> Outcome:
