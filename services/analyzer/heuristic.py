@@ -107,6 +107,9 @@ CONFLICT_PENALTY = 10  # more than one kind of decisive word: less sure
 INSTRUCTION_PENALTY = 10  # text was set aside: the call was not an ordinary one
 
 
+Lines = tuple[tuple[bool, str], ...]  # a transcript as (said by the customer, text), in order
+
+
 @dataclass
 class _Turn:
     by_customer: bool
@@ -287,11 +290,11 @@ def _decide(turns: list[_Turn]) -> _Verdict:
     return _Verdict(FOLLOW_UP, "guess", evidence)
 
 
-def _lines(turns: list[_Turn]) -> tuple[tuple[bool, str], ...]:
+def _lines(turns: list[_Turn]) -> Lines:
     return tuple((turn.by_customer, turn.text) for turn in turns)
 
 
-def model_lines(transcript: str) -> tuple[tuple[bool, str], ...]:
+def model_lines(transcript: str) -> Lines:
     """A transcript as the word model learns it: as the rules read it."""
     return _lines(_read(transcript)[0])
 
@@ -396,10 +399,9 @@ def _summary(verdict: _Verdict, turns: list[_Turn]) -> str:
     """One English sentence: who, what happened, what next. No words of the call are quoted
     but a business name, which is masked like the LLM's input."""
     business = _business(turns)
-    rule = RULES[verdict.rule] if verdict.rule != "word_model" else RULES["guess"]
-    what, next_step = rule.summary, rule.next_step
+    what, next_step = RULES[verdict.rule].summary, RULES[verdict.rule].next_step
     if verdict.rule == "word_model":
-        what, next_step = _WORD_MODEL_SAYS.get(verdict.outcome[0], (what, next_step))
+        what, next_step = _WORD_MODEL_SAYS.get(verdict.outcome[0], RULES["guess"][2:])
     what = what.format(offer=f" {business}'s" if business else " the")
     next_step = f"{next_step} {verdict.when}".rstrip()
     sentence = f"{what}; next: {next_step}."
@@ -442,13 +444,7 @@ SMOOTHING = 1.0
 TRAINING_SPLIT = "tuning"
 
 
-@dataclass(frozen=True)
-class Example:
-    lines: tuple[tuple[bool, str], ...]  # (said by the customer, text), in order
-    label: str  # "tag|status"
-
-
-def features(lines: tuple[tuple[bool, str], ...]) -> list[str]:
+def features(lines: Lines) -> list[str]:
     out = []
     for by_customer, text in lines:
         prefix = "c:" if by_customer else "a:"
@@ -459,25 +455,26 @@ def features(lines: tuple[tuple[bool, str], ...]) -> list[str]:
 
 
 class WordModel:
-    def __init__(self, examples: list[Example]):
-        counts: dict[str, Counter] = defaultdict(Counter)
-        priors = Counter(example.label for example in examples)
+    def __init__(self, examples: list[tuple[Lines, tuple[str, str]]]):
+        """`examples`: transcripts' lines, each with its label (tag, lead status)."""
+        counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
+        priors = Counter(label for _, label in examples)
         self.trained_on = len(examples)
-        for example in examples:
-            counts[example.label].update(features(example.lines))
+        for lines, label in examples:
+            counts[label].update(features(lines))
         vocabulary = {feature for label_counts in counts.values() for feature in label_counts}
         self._prior = {label: math.log(n / len(examples)) for label, n in priors.items()}
         # log P(feature | label) for every feature seen, and for an unseen one per label
         self._unseen = {}
-        self._log_p: dict[str, dict[str, float]] = defaultdict(dict)
+        self._log_p: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
         for label, label_counts in counts.items():
             total = sum(label_counts.values()) + SMOOTHING * len(vocabulary)
             self._unseen[label] = math.log(SMOOTHING / total)
             for feature, n in label_counts.items():
                 self._log_p[feature][label] = math.log((n + SMOOTHING) / total)
 
-    def predict(self, lines: tuple[tuple[bool, str], ...]) -> tuple[str, str]:
-        """(tag, lead status) of the most likely label."""
+    def predict(self, lines: Lines) -> tuple[str, str]:
+        """The most likely label."""
         scores = dict(self._prior)
         for feature in features(lines):
             known = self._log_p.get(feature)
@@ -485,8 +482,7 @@ class WordModel:
                 continue  # in no label's training words: says nothing
             for label in scores:
                 scores[label] += known.get(label, self._unseen[label])
-        tag, _, status = max(scores, key=scores.get).partition("|")
-        return tag, status
+        return max(scores, key=scores.get)
 
 
 _lock = threading.Lock()
@@ -507,5 +503,5 @@ def _train() -> WordModel | None:
     except DatasetError as exc:
         log.warning("the offline analyzer's word model is off: %s", exc)
         return None
-    return WordModel([Example(model_lines(call.transcript), f"{call.expected_tag}|{call.expected_status}")
+    return WordModel([(model_lines(call.transcript), (call.expected_tag, call.expected_status))
                       for call in calls]) if calls else None

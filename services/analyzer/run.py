@@ -77,7 +77,8 @@ class AnalysisRun:
         slot: they cost no LLM request, and a backlog of unanswered calls must not stall the queue.
 
         Returns the outcomes and, when the queue itself failed (a claim could not be made), the
-        error's type: the outcomes gathered before it must still reach the run record."""
+        error's type (a driver error's text can quote document values such as a phone number):
+        the outcomes gathered before it must still reach the run record."""
         outcomes: list[Outcome] = []
         try:
             while not deadline.reached and not self._unavailable and not drained.is_set():
@@ -97,8 +98,6 @@ class AnalysisRun:
                 if outcome.status != "skipped":
                     break
         except Exception as exc:  # the slot ends; the other slots and the run go on
-            # The type only: a driver error's text can quote document values such as a phone number.
-            # Logged once for the run, as its error (every slot meets the same one).
             return outcomes, type(exc).__name__
         return outcomes, None
 
