@@ -83,7 +83,7 @@ class BatchApiLane:
                 record_outcome(decided, recorder)
                 continue
             request = completion_request((claim.call.get("transcript") or "").strip(), self._settings,
-                                         self._outcomes.rules.pipeline_for(claim.call))
+                                         self._outcomes.pipeline_for(claim.call))
             line = json.dumps({"custom_id": claim.call_id, "method": "POST", "url": BATCH_ENDPOINT, "body": request},
                               ensure_ascii=False).encode() + b"\n"
             if size + len(line) > MAX_INPUT_BYTES:
@@ -154,7 +154,7 @@ class BatchApiLane:
                 self._queue.release(claim)  # not attempted: back to the queue, attempt not counted
                 released += 1
                 continue
-            result = _attempt(answer, self._settings, self._outcomes.rules.pipeline_for(claim.call))
+            result = _attempt(answer, self._settings, self._outcomes.pipeline_for(claim.call))
             record_outcome(self._outcomes.finish_attempt(claim, result, self._clock(),
                                                          discount=self._settings.llm_batch_api_discount), recorder)
         self._jobs.update_one({"_id": job["_id"]}, {

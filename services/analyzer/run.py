@@ -110,7 +110,7 @@ class AnalysisRun:
             return self.outcomes.finish_attempt(claim, None, now)
         try:
             result = self.llm.analyze((claim.call.get("transcript") or "").strip(), deadline,
-                                      self.outcomes.rules.pipeline_for(claim.call))
+                                      self.outcomes.pipeline_for(claim.call))
         except (DeadlineExceeded, LlmUnavailable) as exc:
             if isinstance(exc, LlmUnavailable):
                 # Not the call's fault: it keeps its place in the queue, and no slot claims another.

@@ -70,7 +70,10 @@ class OutcomeWriter:
         self._db = db
         self.queue = queue
         self._settings = settings
-        self.rules = CrmRules(PipelineCatalog(db[PIPELINES]), settings.auto_assign_min_confidence)
+        self._pipelines = PipelineCatalog(db[PIPELINES])
+
+    def pipeline_for(self, call: dict) -> Pipeline | None:
+        return self._pipelines.for_agent(call.get("agentId"))
 
     def finish(self, claim: Claim, analysis: dict, *, discount: float = 0.0) -> Outcome:
         """`analysis`: `calls.analysis` of the attempt; `discount`: off the price (a Batch API
@@ -112,7 +115,8 @@ class OutcomeWriter:
         return None
 
     def _apply(self, claim: Claim, analysis: dict, usage: Usage, cost: float | None) -> Outcome:
-        has_contact = record_decision(self._db, claim.call, analysis, utcnow(), self.rules)
+        has_contact = record_decision(self._db, claim.call, analysis, utcnow(), self.pipeline_for(claim.call),
+                                      self._settings.auto_assign_min_confidence)
         if not self.queue.finish(claim):
             # Retaken while the CRM was written: the new holder applies the same settled decision.
             return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
@@ -130,7 +134,7 @@ class OutcomeWriter:
         call = claim.call
         analysis = heuristic_analysis((call.get("transcript") or "").strip(), call.get("callAt"), now,
                                       self._settings.analysis_tags)
-        if (pipeline := self.rules.pipeline_for(call)) is not None:
+        if (pipeline := self.pipeline_for(call)) is not None:
             analysis = replace(analysis, recommended_stage=recommendation(
                 pipeline, score=analysis.lead_score, tag=analysis.tag, lead_status=analysis.lead_status))
         failed = {} if result is None else {"error": str(result), "usage": result.usage}
@@ -167,26 +171,16 @@ def record_outcome(outcome: Outcome, recorder: RunRecorder) -> None:
 
 # -- the CRM -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class CrmRules:
-    """What routing needs beyond the analysis: the CRM's pipelines and the confidence below which
-    a person reviews the stage instead."""
-    pipelines: PipelineCatalog
-    min_confidence: int
-
-    def pipeline_for(self, call: dict) -> Pipeline | None:
-        return self.pipelines.for_agent(call.get("agentId"))
-
-
 class ContactContention(RuntimeError):
     """The contact changed under every attempt to write the analysis."""
 
 
-def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rules: CrmRules | None = None) -> bool:
+def record_decision(db: Database, call: dict, analysis: dict, now: datetime, pipeline: Pipeline | None,
+                    min_confidence: int) -> bool:
     """Apply a finished analysis (a `calls.analysis` document with result fields) to the call's
     contact and log it as activities (`audit`). False when the call has no customer number.
-    With `rules` and a pipeline for the call's agent, the analysis also places or moves the
-    contact in the pipeline (models/stage_routing.py). Fields a person locked are not written;
+    With the `pipeline` of the call's agent, the analysis also places or moves the contact in it
+    (models/stage_routing.py; below `min_confidence` a person reviews the move). Fields a person locked are not written;
     what the analysis would have written is kept under `suggested` (models/locks.py). A retake
     finds the decision's receipt on the contact and writes nothing again; a re-analysis
     (`reanalyze` starts a new round) adds an activity."""
@@ -194,7 +188,7 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rul
         return False
     phone = Phone.stored(call["customerPhone"], bool(call.get("customerPhoneValid")))
     call_at = call.get("callAt") or now
-    contact_id = _write(db, phone, call, analysis, rules, call_at, now)
+    contact_id = _write(db, phone, call, analysis, pipeline, min_confidence, call_at, now)
     _remember_conversation(db[CONTACTS], contact_id, {
         "callId": call["callId"], "summary": analysis["summary"], "tag": analysis["tag"], "at": call_at,
     })
@@ -208,16 +202,15 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rul
     return True
 
 
-def _write(db: Database, phone: Phone, call: dict, analysis: dict, rules: CrmRules | None,
+def _write(db: Database, phone: Phone, call: dict, analysis: dict, pipeline: Pipeline | None, min_confidence: int,
            call_at: datetime, now: datetime) -> object:
     """Read the contact, decide (its stage too), log, write; again when it changed in between."""
     contacts = db[CONTACTS]
-    pipeline = rules.pipeline_for(call) if rules is not None else None
     for _ in range(MAX_DECISIONS):
         found = (records_by_phone(contacts, [phone]).get(phone.key) or [None])[0]
         if found is not None and receipt(call) in (found.get(DECIDED) or ()):
             return found["_id"]  # written by an attempt that stopped before it was seen through
-        staged = (pipeline, decide(pipeline, found or {}, analysis, rules.min_confidence)) if pipeline else None
+        staged = (pipeline, decide(pipeline, found or {}, analysis, min_confidence)) if pipeline else None
         # Unknowns (a tag the configuration lacks, an extra field the call did not mention) leave
         # what an earlier call found.
         changes = {name: analysis[name] for name in _CONTACT_FIELDS if analysis[name] is not None}
