@@ -49,7 +49,6 @@ class BatchApiLane:
         self._clock = queue.clock  # the queue's (the server's): job times and claims compare alike
 
     def run(self, recorder: RunRecorder) -> None:
-        """Apply the jobs Groq finished, then submit the overflow, if any."""
         for job in self._jobs.find({"status": "submitted"}, {"_id": 1}):
             self._poll(job["_id"], recorder)
         overflow = self._overflow()
@@ -183,7 +182,6 @@ def read_answers(*files: str) -> dict[str, dict]:
 
 
 def _attempt(item: dict, settings: Settings, pipeline: Pipeline | None) -> LlmAnswer | LlmFailure:
-    """One answered call, validated as the synchronous lane validates its answers."""
     response = item.get("response") if isinstance(item.get("response"), dict) else {}
     body = response.get("body") if isinstance(response.get("body"), dict) else {}
     if item.get("error") or response.get("status_code") != 200:

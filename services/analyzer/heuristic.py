@@ -474,7 +474,6 @@ class WordModel:
                 self._log_p[feature][label] = math.log((n + SMOOTHING) / total)
 
     def predict(self, lines: Lines) -> tuple[str, str]:
-        """The most likely label."""
         scores = dict(self._prior)
         for feature in features(lines):
             known = self._log_p.get(feature)

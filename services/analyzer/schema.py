@@ -3,7 +3,7 @@ stored in on the call (`calls.analysis`), and what its tokens cost."""
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -56,18 +56,9 @@ class Analysis:
     extra: dict[str, object] = field(default_factory=dict)
     recommended_stage: str | None = None  # a stage name of the contact's pipeline, where there is one
 
-    def document(self) -> dict:
-        stage = {"recommendedStage": self.recommended_stage} if self.recommended_stage is not None else {}
-        return {**stage,
-            "tag": self.tag,
-            "summary": self.summary,
-            "leadScore": self.lead_score,
-            "leadStatus": self.lead_status,
-            "sentiment": self.sentiment,
-            "confidence": self.confidence,
-            "reasoning": self.reasoning,
-            "extra": dict(self.extra),
-        }
+
+# An Analysis' fields as the stored documents spell them.
+_STORED_NAMES = {"lead_score": "leadScore", "lead_status": "leadStatus", "recommended_stage": "recommendedStage"}
 
 
 def parse_answer(content: str | None, tags: tuple[str, ...],
@@ -158,8 +149,9 @@ def analysis_document(status: str, *, attempted_at: datetime, model: str | None 
     }
     if skipped is not None:
         document["skipped"] = skipped
-    if analysis is not None:
-        document.update(analysis.document())
+    if analysis is not None:  # a recommended stage only where there is one
+        document.update({_STORED_NAMES.get(name, name): value for name, value in asdict(analysis).items()
+                         if name != "recommended_stage" or value is not None})
     return document
 
 

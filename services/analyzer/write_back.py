@@ -79,7 +79,7 @@ class OutcomeWriter:
         """`analysis`: `calls.analysis` of the attempt; `discount`: off the price (a Batch API
         job's). An analysis with a result is settled on the call first, under the claim: only then
         is it written to the CRM, so a holder whose claim was lost writes nothing. A process that
-        dies after settling leaves the call claimed and settled; the retake resumes it (`without_llm`)."""
+        dies after settling leaves the call claimed and settled; the retake resumes it."""
         usage = Usage(analysis["usage"]["promptTokens"], analysis["usage"]["completionTokens"])
         # By the LLM's price even when the stored result is the fallback's: an answer that
         # failed validation was still billed.
