@@ -3,6 +3,7 @@ stored in on the call (`calls.analysis`), and what its tokens cost."""
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Annotated, Literal
@@ -65,8 +66,16 @@ def parse_answer(content: str | None, tags: tuple[str, ...],
                  extra_fields: tuple[ExtraField, ...], stages: tuple[str, ...] = ()) -> Analysis:
     """The LLM's JSON answer as an Analysis; raises InvalidAnswer saying what is wrong. `stages`:
     the names of the contact's pipeline stages, one of which the answer must recommend."""
+    if not content or not content.strip():
+        raise InvalidAnswer("answer is empty")
     try:
-        answer = _answer_shape(tags, extra_fields, stages).validate_json(content or "")
+        payload = json.loads(content)
+    except json.JSONDecodeError as exc:
+        raise InvalidAnswer(f"answer is not JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(payload, dict):
+        raise InvalidAnswer(f"answer is a JSON {type(payload).__name__}, not an object")
+    try:
+        answer = _answer_shape(tags, extra_fields, stages).validate_python(payload)
     except ValidationError as exc:
         # Where and what, never the value: an answer may echo the transcript.
         errors = exc.errors(include_input=False, include_url=False)
