@@ -205,24 +205,17 @@ def _read_customer(turn: _Turn) -> int:
 
 def _is_instruction(clause: str) -> bool:
     lowered = clause.lower().replace(" :", ":")
-    if any(speaker in lowered for speaker in lx.FORGED_SPEAKERS):
-        return True
-    if lx.VALUE_SPELLINGS & set(_CASED_WORD.findall(clause)):
-        return True
     found = set(lx.words(clause))
     targets = found & lx.INSTRUCTION_TARGETS
-    return len(targets) >= 2 or bool(targets and (found & lx.INSTRUCTION_VERBS or found & lx.OUTCOME_WORDS))
+    return (any(speaker in lowered for speaker in lx.FORGED_SPEAKERS)
+            or bool(lx.VALUE_SPELLINGS & set(_CASED_WORD.findall(clause)))
+            or len(targets) >= 2 or bool(targets and (found & lx.INSTRUCTION_VERBS or found & lx.OUTCOME_WORDS)))
 
 
 def _negates_buying(words: list[str]) -> bool:
-    for i, word in enumerate(words):
-        if word not in lx.BUYING_WORDS:
-            continue
-        before = words[max(0, i - NEGATION_WINDOW):i]
-        after = words[i + 1:i + 1 + NEGATION_WINDOW]
-        if lx.NEGATIONS_BEFORE.intersection(before) or lx.NEGATIONS_AFTER.intersection(after):
-            return True
-    return False
+    return any(lx.NEGATIONS_BEFORE.intersection(words[max(0, i - NEGATION_WINDOW):i])
+               or lx.NEGATIONS_AFTER.intersection(words[i + 1:i + 1 + NEGATION_WINDOW])
+               for i, word in enumerate(words) if word in lx.BUYING_WORDS)
 
 
 def _read_agent(turn: _Turn) -> None:

@@ -210,20 +210,19 @@ def _write(db: Database, phone: Phone, call: dict, analysis: dict, pipeline: Pip
         found = (records_by_phone(contacts, [phone]).get(phone.key) or [None])[0]
         if found is not None and receipt(call) in (found.get(DECIDED) or ()):
             return found["_id"]  # written by an attempt that stopped before it was seen through
-        staged = (pipeline, decide(pipeline, found or {}, analysis, min_confidence)) if pipeline else None
+        decision = decide(pipeline, found or {}, analysis, min_confidence) if pipeline else None
         # Unknowns (a tag the configuration lacks, an extra field the call did not mention) leave
         # what an earlier call found.
         changes = {name: analysis[name] for name in _CONTACT_FIELDS if analysis[name] is not None}
         changes.update({f"extra.{name}": value for name, value in analysis["extra"].items() if value is not None})
-        if staged is not None and staged[1].changes_stage:
-            decision = staged[1]
+        if decision is not None and decision.changes_stage:
             changes["stage"] = {**decision.route.stage.document(), "pipelineId": pipeline.id,
                                 "rule": decision.route.rule, "callId": call["callId"], "at": now}
         plan = plan_contact(found, changes, call_at)
         # A contact created by this write gets its id now, so the activities can name it first.
         contact_id = found["_id"] if found is not None else ObjectId()
-        bulk_upsert(db[ACTIVITIES], audit(db, contact_id=contact_id, call=call, analysis=analysis, staged=staged,
-                                          plan=plan, now=now))
+        bulk_upsert(db[ACTIVITIES], audit(db, contact_id=contact_id, call=call, analysis=analysis,
+                                          pipeline=pipeline, decision=decision, plan=plan, now=now))
         written = write_contact(contacts, phone, plan, call, contact_id=contact_id, call_at=call_at, now=now)
         if written is not None:
             return written
@@ -307,7 +306,8 @@ def write_contact(contacts: Collection, phone: Phone, plan: ContactPlan, call: d
     return found["_id"] if written.matched_count else None
 
 
-def audit(db: Database, *, contact_id: object, call: dict, analysis: dict, staged: tuple[Pipeline, StageDecision] | None,
+def audit(db: Database, *, contact_id: object, call: dict, analysis: dict, pipeline: Pipeline | None,
+          decision: StageDecision | None,
           plan: ContactPlan, now: datetime) -> list:
     """The activity writes of one decision (and its review entry, written here): keyed by call,
     type and round, so a retaken attempt rewrites its own, and a stage activity an earlier plan
@@ -328,8 +328,7 @@ def audit(db: Database, *, contact_id: object, call: dict, analysis: dict, stage
         **judged,
         "analysisStatus": analysis["status"],
     }}
-    if staged is not None and plan.applies:
-        pipeline, decision = staged
+    if decision is not None and plan.applies:
         stage = {"pipelineId": pipeline.id, "reason": decision.reason,
                  "rule": decision.route.rule if decision.route else None,
                  "from": decision.current.document() if decision.current else None,
