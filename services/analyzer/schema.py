@@ -58,8 +58,9 @@ class Analysis:
     recommended_stage: str | None = None  # a stage name of the contact's pipeline, where there is one
 
 
-# An Analysis' fields as the stored documents spell them.
+# An Analysis' fields as the answer and the stored documents spell them.
 _STORED_NAMES = {"lead_score": "leadScore", "lead_status": "leadStatus", "recommended_stage": "recommendedStage"}
+_FIELD_NAMES = {stored: name for name, stored in _STORED_NAMES.items()}
 
 
 def parse_answer(content: str | None, tags: tuple[str, ...],
@@ -80,17 +81,8 @@ def parse_answer(content: str | None, tags: tuple[str, ...],
         # Where and what, never the value: an answer may echo the transcript.
         errors = exc.errors(include_input=False, include_url=False)
         raise InvalidAnswer("; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in errors)) from None
-    return Analysis(
-        tag=answer["tag"],
-        summary=answer["summary"],
-        lead_score=answer["leadScore"],
-        lead_status=answer["leadStatus"],
-        sentiment=answer["sentiment"],
-        confidence=answer["confidence"],
-        reasoning=answer["reasoning"],
-        extra={f.name: answer[f.name] for f in extra_fields},
-        recommended_stage=answer.get("recommendedStage"),
-    )
+    extra = {f.name: answer.pop(f.name) for f in extra_fields}
+    return Analysis(**{_FIELD_NAMES.get(name, name): value for name, value in answer.items()}, extra=extra)
 
 
 _Text = Annotated[StrictStr, StringConstraints(strip_whitespace=True)]
