@@ -16,7 +16,6 @@ from pymongo import ReturnDocument
 from pymongo.collection import Collection
 
 from models.pipeline import Pipeline
-from services.analyzer.claims import CallQueue
 from services.analyzer.groq_analyzer import LlmAnswer, LlmFailure, error_code, read_completion
 from services.analyzer.write_back import OutcomeWriter, record_outcome
 from services.analyzer.prompt import completion_request
@@ -38,15 +37,15 @@ BATCH_ENDPOINT = "/v1/chat/completions"
 
 
 class BatchApiLane:
-    def __init__(self, jobs: Collection, queue: CallQueue, outcomes: OutcomeWriter, settings: Settings,
-                 client: groq.Groq, owner: str):
+    def __init__(self, jobs: Collection, outcomes: OutcomeWriter, settings: Settings, client: groq.Groq, owner: str):
+        """`outcomes`: the synchronous lane's queue and write-back (and so its pipeline catalog)."""
         self._jobs = jobs
-        self._queue = queue
+        self._queue = outcomes.queue
         self._outcomes = outcomes
         self._settings = settings
         self._client = client
         self._owner = owner
-        self._clock = queue.clock  # the queue's (the server's): job times and claims compare alike
+        self._clock = outcomes.queue.clock  # the server's: job times and claims compare alike
 
     def run(self, recorder: RunRecorder) -> None:
         for job in self._jobs.find({"status": "submitted"}, {"_id": 1}):
