@@ -23,7 +23,6 @@ from utils.table import format_table
 # limits (each wait is bounded by the call's own deadline) without an endless run.
 REQUESTS_PER_CALL = 10
 FAILED = "(failed)"  # the predicted column of calls the analyzer gave no answer for
-NO_TAG = "(none)"  # the heuristic's tag when its rule's tag is not configured
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,8 @@ def _judge(call: LabelledCall, settings: Settings, llm: GroqAnalyzer | None, now
     call, and ends the run."""
     if llm is None:
         analysis = heuristic_analysis(call.transcript, now, now, settings.analysis_tags)
-        return Outcome(call, analysis.tag or NO_TAG, analysis.lead_status, Usage())
+        # Its rules' tags are the labels' (LABEL_TAGS): every one is configured here.
+        return Outcome(call, analysis.tag, analysis.lead_status, Usage())
     try:
         answer = llm.analyze(call.transcript, Deadline(settings.llm_batch_deadline_seconds))
     except LlmFailure as exc:

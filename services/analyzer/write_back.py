@@ -307,8 +307,7 @@ def write_contact(contacts: Collection, phone: Phone, plan: ContactPlan, call: d
 
 
 def audit(db: Database, *, contact_id: object, call: dict, analysis: dict, pipeline: Pipeline | None,
-          decision: StageDecision | None,
-          plan: ContactPlan, now: datetime) -> list:
+          decision: StageDecision | None, plan: ContactPlan, now: datetime) -> list:
     """The activity writes of one decision (and its review entry, written here): keyed by call,
     type and round, so a retaken attempt rewrites its own, and a stage activity an earlier plan
     of this round made that this one does not (the contact changed before it was written) is
