@@ -392,9 +392,10 @@ def _summary(verdict: _Verdict, turns: list[_Turn]) -> str:
     """One English sentence: who, what happened, what next. No words of the call are quoted
     but a business name, which is masked like the LLM's input."""
     business = _business(turns)
-    what, next_step = RULES[verdict.rule].summary, RULES[verdict.rule].next_step
+    rule = RULES["guess" if verdict.rule == "word_model" else verdict.rule]
+    what, next_step = rule.summary, rule.next_step
     if verdict.rule == "word_model":
-        what, next_step = _WORD_MODEL_SAYS.get(verdict.outcome[0], RULES["guess"][2:])
+        what, next_step = _WORD_MODEL_SAYS.get(verdict.outcome[0], (what, next_step))
     what = what.format(offer=f" {business}'s" if business else " the")
     next_step = f"{next_step} {verdict.when}".rstrip()
     sentence = f"{what}; next: {next_step}."
