@@ -178,7 +178,7 @@ def test_call_without_a_customer_number_keeps_its_analysis_on_the_call_only(fake
 
 @pytest.mark.parametrize("behaviour, error, requests", [
     ("invalid_json", "invalid answer: answer is not JSON", 1),
-    ("wrong_shape", "invalid answer: tag 'Maybe' is not one of", 1),
+    ("wrong_shape", "invalid answer: tag: Input should be 'Purchased'", 1),
 ])
 def test_a_failed_attempt_is_final_and_falls_back_to_the_heuristic(fake, db, settings, behaviour, error, requests):
     fake.respond(behaviour)

@@ -22,7 +22,7 @@ def apply(db, call_id, analysis, phone="+919876543210", at=NOW):
     stored = normalize_phone(phone)  # as the call's document keeps it
     call = {"callId": call_id, "customerPhone": stored.key if stored else None,
             "customerPhoneValid": bool(stored and stored.valid), "callAt": at}
-    return record_decision(db, call, analysis, NOW)
+    return record_decision(db, call, analysis, NOW, None, 60)  # no pipeline
 
 
 def test_the_contact_stored_under_an_older_spelling_of_the_number_is_updated(db):

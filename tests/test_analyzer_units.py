@@ -33,14 +33,14 @@ def test_valid_answer_is_parsed_with_canonical_spellings():
     ("", "empty"),
     ("Sure! {tag: Interested", "not JSON"),
     ("[1, 2]", "not an object"),
-    (json.dumps({k: v for k, v in VALID.items() if k != "sentiment"}), "lacks sentiment"),
-    (json.dumps({**VALID, "tag": "Maybe"}), "tag 'Maybe' is not one of"),
-    (json.dumps({**VALID, "leadScore": 150}), "leadScore 150 is outside 0-100"),
-    (json.dumps({**VALID, "confidence": -1}), "confidence -1 is outside 0-100"),
-    (json.dumps({**VALID, "leadScore": "80"}), "leadScore '80' is not a number"),
-    (json.dumps({**VALID, "leadScore": True}), "leadScore True is not a number"),
-    (json.dumps({**VALID, "leadStatus": "HOT"}), "leadStatus 'HOT' is not one of"),
-    (json.dumps({**VALID, "summary": "  "}), "summary is empty"),
+    (json.dumps({k: v for k, v in VALID.items() if k != "sentiment"}), "sentiment: Field required"),
+    (json.dumps({**VALID, "tag": "Maybe"}), "tag: Input should be 'Purchased'"),
+    (json.dumps({**VALID, "leadScore": 150}), "leadScore: Input should be less than or equal to 100"),
+    (json.dumps({**VALID, "confidence": -1}), "confidence: Input should be greater than or equal to 0"),
+    (json.dumps({**VALID, "leadScore": "80"}), "leadScore: Input should be a valid number"),
+    (json.dumps({**VALID, "leadScore": True}), "leadScore: Input should be a valid number"),
+    (json.dumps({**VALID, "leadStatus": "HOT"}), "leadStatus: Input should be 'NEW'"),
+    (json.dumps({**VALID, "summary": "  "}), "summary: String should have at least 1 character"),
 ])
 def test_answers_of_the_wrong_shape_are_rejected_with_a_clear_error(content, message):
     with pytest.raises(InvalidAnswer, match=message):
@@ -49,11 +49,11 @@ def test_answers_of_the_wrong_shape_are_rejected_with_a_clear_error(content, mes
 
 def test_extra_fields_are_required_keys_of_their_configured_type_or_null():
     assert parse({**VALID, "budget": None}, (BUDGET,)).extra == {"budget": None}
-    with pytest.raises(InvalidAnswer, match="lacks budget"):
+    with pytest.raises(InvalidAnswer, match="budget: Field required"):
         parse(VALID, (BUDGET,))
-    with pytest.raises(InvalidAnswer, match="budget is a int, not a string"):
+    with pytest.raises(InvalidAnswer, match="budget: Input should be a valid string"):
         parse({**VALID, "budget": 5}, (BUDGET,))
-    with pytest.raises(InvalidAnswer, match="urgent is a int, not a boolean"):
+    with pytest.raises(InvalidAnswer, match="urgent: Input should be a valid boolean"):
         parse({**VALID, "urgent": 1}, (ExtraField("urgent", "", "boolean"),))
 
 

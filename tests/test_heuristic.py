@@ -4,7 +4,7 @@ from datetime import datetime
 
 import pytest
 
-from services.analyzer.heuristic import (MAX_CHARS, RULES, Example, WordModel, heuristic_analysis,
+from services.analyzer.heuristic import (MAX_CHARS, RULES, WordModel, heuristic_analysis,
                                          trained_model)
 from services.analyzer.schema import LEAD_STATUSES, SENTIMENTS
 from utils.config import DEFAULT_TAGS
@@ -209,9 +209,9 @@ def test_a_call_without_outcome_words_gets_the_word_models_answer_with_a_confide
 
 def test_the_word_model_learns_each_speakers_words_and_answers_a_tag_and_status():
     model = WordModel([
-        Example(((False, "Shall I book it?"), (True, "haan kar do")), "Purchased|WON"),
-        Example(((False, "Shall I book it?"), (True, "chhodo yaar")), "Not_Interested|LOST"),
-        Example(((False, "haan kar do"), (True, "kaun")), "No_Answer|LOST"),
+        (((False, "Shall I book it?"), (True, "haan kar do")), ("Purchased", "WON")),
+        (((False, "Shall I book it?"), (True, "chhodo yaar")), ("Not_Interested", "LOST")),
+        (((False, "haan kar do"), (True, "kaun")), ("No_Answer", "LOST")),
     ])
     assert model.predict(((True, "theek hai, kar do"),)) == ("Purchased", "WON")
     assert model.predict(((True, "arre chhodo"),)) == ("Not_Interested", "LOST")

@@ -11,7 +11,7 @@ from fakes.mongo_hooks import WRITE_METHODS, HookedClient
 from models.pipeline import (BLOCKED, KEPT, MOVED, PLACED, REVIEW, MalformedPipeline, decide, parse_pipeline,
                              pipeline_for, route)
 from services.analyzer.schema import Analysis, analysis_document
-from services.analyzer.write_back import CrmRules, record_decision
+from services.analyzer.write_back import record_decision
 from services.database import PIPELINES, STAGE_REVIEWS
 from services.pipelines import PipelineCatalog
 from tests.conftest import TEST_DB
@@ -120,13 +120,13 @@ def test_below_the_confidence_threshold_a_person_reviews_the_move():
 @pytest.fixture
 def rules(db):
     db[PIPELINES].insert_one(SALES)
-    return CrmRules(PipelineCatalog(db[PIPELINES]), 60)
+    return PipelineCatalog(db[PIPELINES]).for_agent("agent-1"), 60
 
 
 def apply(db, rules, call_id, result, *, at=NOW, round=0):
     call = {"callId": call_id, "agentId": "agent-1", "customerPhone": PHONE, "customerPhoneValid": True,
             "callAt": at, "analysisRound": round}
-    return record_decision(db, call, result, NOW, rules)
+    return record_decision(db, call, result, NOW, *rules)
 
 
 def contact(db):
@@ -171,7 +171,7 @@ def test_an_unsure_analysis_opens_one_review_entry_and_moves_nothing(db, rules):
 
 
 def test_without_a_pipeline_contacts_get_no_stage(db):
-    rules = CrmRules(PipelineCatalog(db[PIPELINES]), 60)
+    rules = PipelineCatalog(db[PIPELINES]).for_agent("agent-1"), 60
     apply(db, rules, "c1", analysis(score=70))
     assert "stage" not in contact(db) and not activities(db, "stage_change")
 
@@ -305,7 +305,7 @@ def test_review_lists_the_open_entries_oldest_first_with_the_number_masked(db, r
     apply(db, rules, "c1", analysis(score=70, confidence=40))
     other = {"callId": "c2", "agentId": "agent-1", "customerPhone": "+919811122233", "customerPhoneValid": True,
              "callAt": NOW, "analysisRound": 0}
-    record_decision(db, other, analysis(score=20, confidence=30), NOW, rules)
+    record_decision(db, other, analysis(score=20, confidence=30), NOW, *rules)
     db[STAGE_REVIEWS].update_one({"callId": "c2"}, {"$set": {"status": "accepted"}})
 
     assert show_reviews(db, as_json=True, limit=10) == 0

@@ -86,9 +86,7 @@ def build_batch_api(db: Database, settings: Settings, owner: str, analysis: Anal
     # The SDK's own retries (2): these few requests have no retry loop of ours around them.
     client = groq.Groq(api_key=settings.groq_api_keys[0], base_url=settings.groq_base_url,
                        timeout=BATCH_API_TIMEOUT_SECONDS)
-    # The synchronous lane's queue and write-back (and so its pipeline catalog), not copies of them.
-    return BatchApiLane(db[LLM_BATCHES], analysis.queue, analysis.outcomes, settings, client, owner,
-                        clock=analysis.queue.clock)
+    return BatchApiLane(db[LLM_BATCHES], analysis.outcomes, settings, client, owner)
 
 
 def build_writers(db: Database, settings: Settings) -> AccountWriters:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from services.analyzer.pacing import Deadline, DeadlineExceeded
 from services.analyzer.groq_analyzer import GroqAnalyzer, LlmFailure, LlmUnavailable
@@ -23,7 +23,6 @@ from utils.table import format_table
 # limits (each wait is bounded by the call's own deadline) without an endless run.
 REQUESTS_PER_CALL = 10
 FAILED = "(failed)"  # the predicted column of calls the analyzer gave no answer for
-NO_TAG = "(none)"  # the heuristic's tag when its rule's tag is not configured
 
 
 @dataclass(frozen=True)
@@ -43,47 +42,42 @@ def run_evaluation(settings: Settings, args) -> int:
         return 2
     calls = calls[:args.limit] if args.limit else calls
     # The labels use the default tags: the analyzer is asked for those, whatever ANALYSIS_TAGS says.
-    analyzer, model, price, judge = _judge(settings.with_overrides(analysis_tags=LABEL_TAGS), len(calls))
+    settings = settings.with_overrides(analysis_tags=LABEL_TAGS)
+    llm = GroqAnalyzer(settings) if settings.groq_api_keys else None
+    analyzer, model = ("groq", llm.model) if llm else ("heuristic", HEURISTIC_MODEL)
+    if llm is not None:
+        llm.begin_run(REQUESTS_PER_CALL * len(calls))
     print(f"evaluating {len(calls)} labelled call(s) with {analyzer} ({model})", file=sys.stderr)
+    now = utcnow()  # analyzed minutes after the call, as the daemon does: the call's age is zero days
     outcomes: list[Outcome] = []
     try:
         for call in calls:
-            outcomes.append(judge(call))
+            outcomes.append(_judge(call, settings, llm, now))
     except LlmUnavailable as exc:
         print(f"callsync: evaluation stopped after {len(outcomes)} of {len(calls)} call(s): "
               f"the LLM is unavailable: {exc}", file=sys.stderr)
         return 1
     dataset = str(Path(args.dataset)) if args.dataset else "evaluation/labelled_calls.jsonl"
-    report = build_report(outcomes, analyzer=analyzer, model=model, dataset=dataset, price=price)
+    report = build_report(outcomes, analyzer=analyzer, model=model, dataset=dataset,
+                          price=settings.llm_prices.get(model))
     print(json.dumps(report) if args.json else render_report(report))
     return 0
 
 
-def _judge(settings: Settings, calls: int) -> tuple[str, str, Price | None, Callable[[LabelledCall], Outcome]]:
-    """The analyzer as the evaluation sees it: its name, its model, its price (None: unknown) and
-    its verdict on a call."""
-    if not settings.groq_api_keys:
-        now = utcnow()  # analyzed minutes after the call, as the daemon does: the call's age is zero days
-
-        def heuristic(call: LabelledCall) -> Outcome:
-            analysis = heuristic_analysis(call.transcript, now, now, settings.analysis_tags)
-            return Outcome(call, analysis.tag or NO_TAG, analysis.lead_status, Usage())
-
-        return "heuristic", HEURISTIC_MODEL, Price(0.0, 0.0), heuristic
-    llm = GroqAnalyzer(settings)
-    llm.begin_run(REQUESTS_PER_CALL * calls)
-
-    def groq(call: LabelledCall) -> Outcome:
-        """LlmUnavailable is not caught: it is no answer about this call, and ends the run."""
-        try:
-            answer = llm.analyze(call.transcript, Deadline(settings.llm_batch_deadline_seconds))
-        except LlmFailure as exc:
-            return Outcome(call, FAILED, FAILED, exc.usage, str(exc))
-        except DeadlineExceeded as exc:
-            return Outcome(call, FAILED, FAILED, Usage(), f"deadline: {exc}")
-        return Outcome(call, answer.analysis.tag, answer.analysis.lead_status, answer.usage)
-
-    return "groq", llm.model, settings.llm_prices.get(llm.model), groq
+def _judge(call: LabelledCall, settings: Settings, llm: GroqAnalyzer | None, now: datetime) -> Outcome:
+    """The analyzer's verdict on a call. LlmUnavailable is not caught: it is no answer about this
+    call, and ends the run."""
+    if llm is None:
+        analysis = heuristic_analysis(call.transcript, now, now, settings.analysis_tags)
+        # Its rules' tags are the labels' (LABEL_TAGS): every one is configured here.
+        return Outcome(call, analysis.tag, analysis.lead_status, Usage())
+    try:
+        answer = llm.analyze(call.transcript, Deadline(settings.llm_batch_deadline_seconds))
+    except LlmFailure as exc:
+        return Outcome(call, FAILED, FAILED, exc.usage, str(exc))
+    except DeadlineExceeded as exc:
+        return Outcome(call, FAILED, FAILED, Usage(), f"deadline: {exc}")
+    return Outcome(call, answer.analysis.tag, answer.analysis.lead_status, answer.usage)
 
 
 def build_report(outcomes: list[Outcome], *, analyzer: str, model: str, dataset: str, price: Price | None) -> dict:

@@ -320,7 +320,7 @@ class LeaseKeeper:
 
 class LlmQuota:
     def __init__(self, counters: Collection, ceiling: int, interval: timedelta, clock: Callable[[], datetime]):
-        """`clock`: the database server's (services/server_clock.py), so replicas agree on the window."""
+        """`clock`: the database server's (services/lease.py, `ServerClock`), so replicas agree on the window."""
         self._counters = counters
         self._ceiling = ceiling
         self._interval = interval

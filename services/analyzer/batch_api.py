@@ -9,21 +9,17 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import datetime, timedelta
-from typing import Callable
+from datetime import timedelta
 
 import groq
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 
 from models.pipeline import Pipeline
-from services.analyzer.claims import CallQueue
-from services.analyzer.groq_analyzer import LlmAnswer, LlmFailure, error_code, read_answer
+from services.analyzer.groq_analyzer import LlmAnswer, LlmFailure, error_code, read_completion
 from services.analyzer.write_back import OutcomeWriter, record_outcome
 from services.analyzer.prompt import completion_request
-from services.analyzer.schema import Usage
 from services.run_records import RunRecorder
-from utils.clock import utcnow
 from utils.config import Settings
 
 log = logging.getLogger(__name__)
@@ -41,18 +37,17 @@ BATCH_ENDPOINT = "/v1/chat/completions"
 
 
 class BatchApiLane:
-    def __init__(self, jobs: Collection, queue: CallQueue, outcomes: OutcomeWriter, settings: Settings,
-                 client: groq.Groq, owner: str, clock: Callable[[], datetime] = utcnow):
+    def __init__(self, jobs: Collection, outcomes: OutcomeWriter, settings: Settings, client: groq.Groq, owner: str):
+        """`outcomes`: the synchronous lane's queue and write-back (and so its pipeline catalog)."""
         self._jobs = jobs
-        self._queue = queue
+        self._queue = outcomes.queue
         self._outcomes = outcomes
         self._settings = settings
         self._client = client
         self._owner = owner
-        self._clock = clock
+        self._clock = outcomes.queue.clock  # the server's: job times and claims compare alike
 
     def run(self, recorder: RunRecorder) -> None:
-        """Apply the jobs Groq finished, then submit the overflow, if any."""
         for job in self._jobs.find({"status": "submitted"}, {"_id": 1}):
             self._poll(job["_id"], recorder)
         overflow = self._overflow()
@@ -86,7 +81,7 @@ class BatchApiLane:
                 record_outcome(decided, recorder)
                 continue
             request = completion_request((claim.call.get("transcript") or "").strip(), self._settings,
-                                         self._outcomes.rules.pipeline_for(claim.call))
+                                         self._outcomes.pipeline_for(claim.call))
             line = json.dumps({"custom_id": claim.call_id, "method": "POST", "url": BATCH_ENDPOINT, "body": request},
                               ensure_ascii=False).encode() + b"\n"
             if size + len(line) > MAX_INPUT_BYTES:
@@ -157,7 +152,7 @@ class BatchApiLane:
                 self._queue.release(claim)  # not attempted: back to the queue, attempt not counted
                 released += 1
                 continue
-            result = _attempt(answer, self._settings, self._outcomes.rules.pipeline_for(claim.call))
+            result = _attempt(answer, self._settings, self._outcomes.pipeline_for(claim.call))
             record_outcome(self._outcomes.finish_attempt(claim, result, self._clock(),
                                                          discount=self._settings.llm_batch_api_discount), recorder)
         self._jobs.update_one({"_id": job["_id"]}, {
@@ -186,19 +181,13 @@ def read_answers(*files: str) -> dict[str, dict]:
 
 
 def _attempt(item: dict, settings: Settings, pipeline: Pipeline | None) -> LlmAnswer | LlmFailure:
-    """One answered call, validated as the synchronous lane validates its answers."""
     response = item.get("response") if isinstance(item.get("response"), dict) else {}
     body = response.get("body") if isinstance(response.get("body"), dict) else {}
-    model = body.get("model") or settings.groq_model
+    if item.get("error") or response.get("status_code") != 200:
+        # Why, without Groq's text (it may quote the request).
+        code = error_code(item.get("error") or body) or f"HTTP {response.get('status_code')}"
+        return LlmFailure(f"Batch API: {body.get('model') or settings.groq_model}: request failed ({code})")
     try:
-        if item.get("error") or response.get("status_code") != 200:
-            # Why, without Groq's text (it may quote the request).
-            code = error_code(item.get("error") or body) or f"HTTP {response.get('status_code')}"
-            raise LlmFailure(f"{model}: request failed ({code})")
-        usage = body.get("usage") or {}
-        choices = body.get("choices") or [{}]
-        return read_answer((choices[0].get("message") or {}).get("content"),
-                           Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0),
-                           model, settings, pipeline)
+        return read_completion(body, settings, pipeline)
     except LlmFailure as failure:
         return LlmFailure(f"Batch API: {failure}", failure.usage)

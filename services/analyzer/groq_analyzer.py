@@ -59,13 +59,15 @@ class LlmAnswer:
     model: str
 
 
-def read_answer(content: str | None, usage: Usage, model: str, settings: Settings,
-                pipeline: Pipeline | None) -> LlmAnswer:
-    """The answer validated, in both lanes; LlmFailure (with the tokens it cost) when it is not an
-    analysis of the expected shape."""
+def read_completion(body: dict, settings: Settings, pipeline: Pipeline | None) -> LlmAnswer:
+    """A chat completion (the synchronous lane's, or a Batch API line's `body`) validated as an
+    analysis; LlmFailure (with the tokens it cost) when it is not one of the expected shape."""
+    model = body.get("model") or settings.groq_model
+    usage = _usage(body)
+    choices = body.get("choices") or [{}]
     try:
-        analysis = parse_answer(content, settings.analysis_tags, settings.analysis_extra_fields,
-                                stage_names(pipeline))
+        analysis = parse_answer((choices[0].get("message") or {}).get("content"), settings.analysis_tags,
+                                settings.analysis_extra_fields, stage_names(pipeline))
     except InvalidAnswer as exc:
         raise LlmFailure(f"{model}: invalid answer: {exc}", usage) from exc
     return LlmAnswer(analysis, usage, model)
@@ -138,7 +140,7 @@ class GroqAnalyzer:
             before_sleep=lambda state: self._count_transient(state.outcome.exception(), "retried"),
         )
         try:
-            completion = retrying(self._request, request, deadline)
+            body = retrying(self._request, request, deadline)
         except groq.APIError as exc:
             self._count_transient(exc, "error")
             requests = retrying.statistics.get("attempt_number", 1)
@@ -146,23 +148,22 @@ class GroqAnalyzer:
             if isinstance(exc, SERVICE_DOWN) and not isinstance(exc, groq.APITimeoutError):
                 raise LlmUnavailable(f"Groq is unavailable: {reason}") from exc
             raise LlmFailure(reason) from exc
-        content = completion.choices[0].message.content if completion.choices else None
-        return read_answer(content, _usage(completion), self.model, self._settings, pipeline)
+        return read_completion(body, self._settings, pipeline)
 
-    def _request(self, request: dict, deadline: Deadline):
+    def _request(self, request: dict, deadline: Deadline) -> dict:
         # What the messages will count for, before any answer says so.
         characters = sum(len(message["content"]) for message in request["messages"])
         prompt_tokens = math.ceil(characters / CHARS_PER_TOKEN)
         while (key := self._next_key()) is not None:
             reserved = key.pacer.acquire(prompt_tokens, deadline)
-            headers = completion = None
+            headers = body = None
             try:
                 timeout = deadline.request_timeout(self._settings.llm_timeout_seconds)
                 raw = key.client.chat.completions.with_raw_response.create(**request, timeout=timeout)
                 headers = raw.headers
-                completion = raw.parse()
+                body = raw.parse().model_dump()
                 self.outcomes("ok")
-                return completion
+                return body
             except groq.APIStatusError as exc:
                 headers = exc.response.headers
                 if isinstance(exc, groq.RateLimitError):
@@ -177,7 +178,7 @@ class GroqAnalyzer:
                     raise DeadlineExceeded("the batch deadline passed during the request") from exc
                 raise
             finally:
-                key.pacer.settle(reserved, headers, _usage(completion).completion_tokens if completion else None)
+                key.pacer.settle(reserved, headers, _usage(body).completion_tokens if body else None)
         raise LlmUnavailable(f"{self.model}: every Groq API key was rejected (401)")
 
     def _count_transient(self, error: BaseException | None, outcome: str) -> None:
@@ -239,8 +240,6 @@ def error_code(body: object) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def _usage(completion) -> Usage:
-    usage = completion.usage
-    if usage is None:
-        return Usage()
-    return Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0)
+def _usage(body: dict) -> Usage:
+    usage = body.get("usage") or {}
+    return Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)

@@ -28,7 +28,7 @@ MAX_CHARS = 12_000
 _CUSTOMER_SPEAKERS = frozenset({"user", "customer", "human", "caller"})
 _SPEAKER_CHARS = 20
 _CLAUSE_END = re.compile(r"[.!?;{}\[\]\n]")  # where a customer's clause ends
-_SENTENCE_END = re.compile(r"[.!?]")
+_SENTENCE = re.compile(r"[^.!?]*[.!?]|[^.!?]+$")  # with its end mark
 _CASED_WORD = re.compile(r"[A-Za-z_]+")
 _CUSTOMER_BOOK = lx.PhraseBook(lx.CUSTOMER_PHRASES, priority=(
     lx.REFUSE, lx.WRONG_NUMBER, lx.MACHINE, lx.PAYMENT, lx.ACCEPT, lx.CALLBACK, lx.ABUSE,
@@ -105,6 +105,9 @@ _NAMING_QUESTION_WORDS = 6  # "Is it Lakshmi madam speaking?"
 RECORDING_WORDS = 8
 CONFLICT_PENALTY = 10  # more than one kind of decisive word: less sure
 INSTRUCTION_PENALTY = 10  # text was set aside: the call was not an ordinary one
+
+
+Lines = tuple[tuple[bool, str], ...]  # a transcript as (said by the customer, text), in order
 
 
 @dataclass
@@ -202,33 +205,22 @@ def _read_customer(turn: _Turn) -> int:
 
 def _is_instruction(clause: str) -> bool:
     lowered = clause.lower().replace(" :", ":")
-    if any(speaker in lowered for speaker in lx.FORGED_SPEAKERS):
-        return True
-    if lx.VALUE_SPELLINGS & set(_CASED_WORD.findall(clause)):
-        return True
     found = set(lx.words(clause))
     targets = found & lx.INSTRUCTION_TARGETS
-    return len(targets) >= 2 or bool(targets and (found & lx.INSTRUCTION_VERBS or found & lx.OUTCOME_WORDS))
+    return (any(speaker in lowered for speaker in lx.FORGED_SPEAKERS)
+            or bool(lx.VALUE_SPELLINGS & set(_CASED_WORD.findall(clause)))
+            or len(targets) >= 2 or bool(targets and (found & lx.INSTRUCTION_VERBS or found & lx.OUTCOME_WORDS)))
 
 
 def _negates_buying(words: list[str]) -> bool:
-    for i, word in enumerate(words):
-        if word not in lx.BUYING_WORDS:
-            continue
-        before = words[max(0, i - NEGATION_WINDOW):i]
-        after = words[i + 1:i + 1 + NEGATION_WINDOW]
-        if lx.NEGATIONS_BEFORE.intersection(before) or lx.NEGATIONS_AFTER.intersection(after):
-            return True
-    return False
+    return any(lx.NEGATIONS_BEFORE.intersection(words[max(0, i - NEGATION_WINDOW):i])
+               or lx.NEGATIONS_AFTER.intersection(words[i + 1:i + 1 + NEGATION_WINDOW])
+               for i, word in enumerate(words) if word in lx.BUYING_WORDS)
 
 
 def _read_agent(turn: _Turn) -> None:
     """What the agent's sentences do; a sentence that asks or offers states nothing done."""
-    start = 0
-    for end_match in (*_SENTENCE_END.finditer(turn.text), None):
-        end = end_match.end() if end_match else len(turn.text)
-        sentence = turn.text[start:end]
-        start = end
+    for sentence in _SENTENCE.findall(turn.text):
         words = lx.words(sentence)
         if sentence.rstrip().endswith("?") and len(words) <= _NAMING_QUESTION_WORDS and _names(sentence):
             turn.labels.add(lx.AGENT_ASKS_FOR)  # "Hello, Manoj ji?", "Selvi madam ah?"
@@ -239,8 +231,6 @@ def _read_agent(turn: _Turn) -> None:
             if match.label == lx.AGENT_DONE and (asked or lx.NOT_DONE.intersection(words[:match.start])):
                 continue
             turn.labels.add(match.label)
-        if not end_match:
-            break
 
 
 # -- deciding ---------------------------------------------------------------------------------
@@ -293,11 +283,11 @@ def _decide(turns: list[_Turn]) -> _Verdict:
     return _Verdict(FOLLOW_UP, "guess", evidence)
 
 
-def _lines(turns: list[_Turn]) -> tuple[tuple[bool, str], ...]:
+def _lines(turns: list[_Turn]) -> Lines:
     return tuple((turn.by_customer, turn.text) for turn in turns)
 
 
-def model_lines(transcript: str) -> tuple[tuple[bool, str], ...]:
+def model_lines(transcript: str) -> Lines:
     """A transcript as the word model learns it: as the rules read it."""
     return _lines(_read(transcript)[0])
 
@@ -402,7 +392,7 @@ def _summary(verdict: _Verdict, turns: list[_Turn]) -> str:
     """One English sentence: who, what happened, what next. No words of the call are quoted
     but a business name, which is masked like the LLM's input."""
     business = _business(turns)
-    rule = RULES[verdict.rule] if verdict.rule != "word_model" else RULES["guess"]
+    rule = RULES["guess" if verdict.rule == "word_model" else verdict.rule]
     what, next_step = rule.summary, rule.next_step
     if verdict.rule == "word_model":
         what, next_step = _WORD_MODEL_SAYS.get(verdict.outcome[0], (what, next_step))
@@ -448,13 +438,7 @@ SMOOTHING = 1.0
 TRAINING_SPLIT = "tuning"
 
 
-@dataclass(frozen=True)
-class Example:
-    lines: tuple[tuple[bool, str], ...]  # (said by the customer, text), in order
-    label: str  # "tag|status"
-
-
-def features(lines: tuple[tuple[bool, str], ...]) -> list[str]:
+def features(lines: Lines) -> list[str]:
     out = []
     for by_customer, text in lines:
         prefix = "c:" if by_customer else "a:"
@@ -465,25 +449,25 @@ def features(lines: tuple[tuple[bool, str], ...]) -> list[str]:
 
 
 class WordModel:
-    def __init__(self, examples: list[Example]):
-        counts: dict[str, Counter] = defaultdict(Counter)
-        priors = Counter(example.label for example in examples)
+    def __init__(self, examples: list[tuple[Lines, tuple[str, str]]]):
+        """`examples`: transcripts' lines, each with its label (tag, lead status)."""
+        counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
+        priors = Counter(label for _, label in examples)
         self.trained_on = len(examples)
-        for example in examples:
-            counts[example.label].update(features(example.lines))
+        for lines, label in examples:
+            counts[label].update(features(lines))
         vocabulary = {feature for label_counts in counts.values() for feature in label_counts}
         self._prior = {label: math.log(n / len(examples)) for label, n in priors.items()}
         # log P(feature | label) for every feature seen, and for an unseen one per label
         self._unseen = {}
-        self._log_p: dict[str, dict[str, float]] = defaultdict(dict)
+        self._log_p: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
         for label, label_counts in counts.items():
             total = sum(label_counts.values()) + SMOOTHING * len(vocabulary)
             self._unseen[label] = math.log(SMOOTHING / total)
             for feature, n in label_counts.items():
                 self._log_p[feature][label] = math.log((n + SMOOTHING) / total)
 
-    def predict(self, lines: tuple[tuple[bool, str], ...]) -> tuple[str, str]:
-        """(tag, lead status) of the most likely label."""
+    def predict(self, lines: Lines) -> tuple[str, str]:
         scores = dict(self._prior)
         for feature in features(lines):
             known = self._log_p.get(feature)
@@ -491,8 +475,7 @@ class WordModel:
                 continue  # in no label's training words: says nothing
             for label in scores:
                 scores[label] += known.get(label, self._unseen[label])
-        tag, _, status = max(scores, key=scores.get).partition("|")
-        return tag, status
+        return max(scores, key=scores.get)
 
 
 _lock = threading.Lock()
@@ -513,5 +496,5 @@ def _train() -> WordModel | None:
     except DatasetError as exc:
         log.warning("the offline analyzer's word model is off: %s", exc)
         return None
-    return WordModel([Example(model_lines(call.transcript), f"{call.expected_tag}|{call.expected_status}")
+    return WordModel([(model_lines(call.transcript), (call.expected_tag, call.expected_status))
                       for call in calls]) if calls else None

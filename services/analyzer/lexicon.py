@@ -108,7 +108,7 @@ CUSTOMER_PHRASES: dict[str, tuple[str, ...]] = {
         "shuru kar", "start kar", "rakh dijiye", "rakh do", "le lete", "le lenge", "le lunga",
         "note pannikkonga", "vandhudren", "varen", "coming", "ok dhaan", "is perfect", "sounds perfect",
         "count me in", "sign us up", "put us down", "put me down", "book that", "book the", "go ahead", "confirm it",
-        "its confirmed", "it is confirmed", "confirmed from our side", "sign me up", "put my name",
+        "its confirmed", "it is confirmed", "sign me up", "put my name",
         "i ll take it", "ill take it", "i will take it", "i ll take", "i will take", "works for me",
         "suits me", "that works", "fix it", "yes please", "reserve one", "reserve it", "do the upgrade",
         "accept the offer", "i ve accepted", "ive accepted", "we ll take", "lets do it", "let s do it",
@@ -237,7 +237,7 @@ QUESTION_OPENERS = frozenset({"is", "are", "was", "has", "have", "did", "do", "d
 NOT_NAMES = frozenset({"hello", "hi", "hey", "i", "am", "is", "this", "the", "mr", "mrs", "ms", "dr", "sir",
                        "madam", "namaste", "vanakkam", "good", "morning", "afternoon", "evening", "calling",
                        "may", "can", "could", "speak", "speaking", "with", "from", "kya", "main", "naan",
-                       "ji", "am", "are", "you", "your", "we", "our", "my"})
+                       "ji", "are", "you", "your", "we", "our", "my"})
 FILLERS = frozenset({"hello", "hi", "hey", "hmm", "um", "uh", "haan", "ji", "yes", "ok", "okay",
                      "allo", "helo"})
 

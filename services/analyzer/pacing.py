@@ -63,11 +63,8 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
 
 
 def _count(value: str | None) -> int | None:
-    try:
-        number = int((value or "").strip())
-    except ValueError:
-        return None
-    return number if number >= 0 else None
+    value = (value or "").strip()
+    return int(value) if value.isdecimal() else None
 
 
 def _duration(value: str) -> float | None:

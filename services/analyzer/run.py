@@ -12,7 +12,6 @@ from pymongo.errors import PyMongoError
 from services.analyzer.claims import CallQueue, Claim
 from services.analyzer.groq_analyzer import BudgetSpent, GroqAnalyzer, LlmFailure, LlmUnavailable
 from services.analyzer.pacing import Deadline, DeadlineExceeded
-from services.analyzer.schema import HEURISTIC_MODEL, analysis_document
 from services.analyzer.write_back import Outcome, OutcomeWriter, record_outcome
 from services.run_records import RunRecorder
 from utils.clock import utcnow
@@ -78,7 +77,8 @@ class AnalysisRun:
         slot: they cost no LLM request, and a backlog of unanswered calls must not stall the queue.
 
         Returns the outcomes and, when the queue itself failed (a claim could not be made), the
-        error's type: the outcomes gathered before it must still reach the run record."""
+        error's type (a driver error's text can quote document values such as a phone number):
+        the outcomes gathered before it must still reach the run record."""
         outcomes: list[Outcome] = []
         try:
             while not deadline.reached and not self._unavailable and not drained.is_set():
@@ -98,8 +98,6 @@ class AnalysisRun:
                 if outcome.status != "skipped":
                     break
         except Exception as exc:  # the slot ends; the other slots and the run go on
-            # The type only: a driver error's text can quote document values such as a phone number.
-            # Logged once for the run, as its error (every slot meets the same one).
             return outcomes, type(exc).__name__
         return outcomes, None
 
@@ -109,12 +107,10 @@ class AnalysisRun:
         if decided is not None:
             return decided
         if self.llm is None:
-            return self.outcomes.finish(claim, analysis_document(
-                "ok", attempted_at=now, model=HEURISTIC_MODEL, used_fallback=True,
-                analysis=self.outcomes.fallback(claim.call, now)))
+            return self.outcomes.finish_attempt(claim, None, now)
         try:
             result = self.llm.analyze((claim.call.get("transcript") or "").strip(), deadline,
-                                      self.outcomes.rules.pipeline_for(claim.call))
+                                      self.outcomes.pipeline_for(claim.call))
         except (DeadlineExceeded, LlmUnavailable) as exc:
             if isinstance(exc, LlmUnavailable):
                 # Not the call's fault: it keeps its place in the queue, and no slot claims another.

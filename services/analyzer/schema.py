@@ -2,9 +2,15 @@
 stored in on the call (`calls.analysis`), and what its tokens cost."""
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import (AfterValidator, BeforeValidator, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
+                      StringConstraints, TypeAdapter, ValidationError)
+from typing_extensions import TypedDict
 
 from utils.config import ExtraField, Price
 
@@ -12,8 +18,6 @@ LEAD_STATUSES = ("NEW", "CONTACTED", "QUALIFIED", "WON", "LOST")
 SENTIMENTS = ("positive", "neutral", "negative")
 HEURISTIC_MODEL = "heuristic"
 SHORT_TRANSCRIPT = "transcript_too_short"
-
-_EXTRA_TYPES = {"string": (str,), "number": (int, float), "boolean": (bool,)}
 SCHEMA_NAME = "call_analysis"
 TOKENS_PER_PRICE_UNIT = 1_000_000
 
@@ -30,9 +34,10 @@ class Usage:
 
 def estimated_cost(usage: Usage, price: Price | None, *, discount: float = 0.0) -> float | None:
     """USD for `usage` at `price` (USD per million tokens), less `discount` (a fraction: 0.5 is
-    half price); None when the model has no price, so an unknown cost is never reported as free.
-    An estimate only: Groq's bill is the truth (prices change, and a Batch API job is billed at its
-    discount)."""
+    half price); None when tokens were spent on a model without a price, so an unknown cost is never
+    reported as free. An estimate only: Groq's bill is the truth (prices change)."""
+    if not (usage.prompt_tokens or usage.completion_tokens):
+        return 0.0
     if price is None:
         return None
     full = (usage.prompt_tokens * price.input_per_million
@@ -52,25 +57,16 @@ class Analysis:
     extra: dict[str, object] = field(default_factory=dict)
     recommended_stage: str | None = None  # a stage name of the contact's pipeline, where there is one
 
-    def document(self) -> dict:
-        stage = {"recommendedStage": self.recommended_stage} if self.recommended_stage is not None else {}
-        return {**stage,
-            "tag": self.tag,
-            "summary": self.summary,
-            "leadScore": self.lead_score,
-            "leadStatus": self.lead_status,
-            "sentiment": self.sentiment,
-            "confidence": self.confidence,
-            "reasoning": self.reasoning,
-            "extra": dict(self.extra),
-        }
+
+# An Analysis' fields as the answer and the stored documents spell them.
+_STORED_NAMES = {"lead_score": "leadScore", "lead_status": "leadStatus", "recommended_stage": "recommendedStage"}
+_FIELD_NAMES = {stored: name for name, stored in _STORED_NAMES.items()}
 
 
 def parse_answer(content: str | None, tags: tuple[str, ...],
                  extra_fields: tuple[ExtraField, ...], stages: tuple[str, ...] = ()) -> Analysis:
     """The LLM's JSON answer as an Analysis; raises InvalidAnswer saying what is wrong. `stages`:
-    the names of the contact's pipeline stages, one of which the answer must recommend.
-    Error texts quote at most a short value, never the answer, which may echo the transcript."""
+    the names of the contact's pipeline stages, one of which the answer must recommend."""
     if not content or not content.strip():
         raise InvalidAnswer("answer is empty")
     try:
@@ -79,27 +75,47 @@ def parse_answer(content: str | None, tags: tuple[str, ...],
         raise InvalidAnswer(f"answer is not JSON ({exc.msg} at char {exc.pos})") from None
     if not isinstance(payload, dict):
         raise InvalidAnswer(f"answer is a JSON {type(payload).__name__}, not an object")
-    missing = [key for key in answer_json_schema(tags, extra_fields, stages)["required"] if key not in payload]
-    if missing:
-        raise InvalidAnswer(f"answer lacks {', '.join(missing)}")
-    return Analysis(
-        tag=_one_of("tag", payload["tag"], tags),
-        summary=_answer_text("summary", payload["summary"], required=True),
-        lead_score=_percentage("leadScore", payload["leadScore"]),
-        lead_status=_one_of("leadStatus", payload["leadStatus"], LEAD_STATUSES),
-        sentiment=_one_of("sentiment", payload["sentiment"], SENTIMENTS),
-        confidence=_percentage("confidence", payload["confidence"]),
-        reasoning=_answer_text("reasoning", payload["reasoning"], required=False),
-        extra={f.name: _extra_value(f, payload[f.name]) for f in extra_fields},
-        recommended_stage=_one_of("recommendedStage", payload["recommendedStage"], stages) if stages else None,
-    )
+    try:
+        answer = _answer_shape(tags, extra_fields, stages).validate_python(payload)
+    except ValidationError as exc:
+        # Where and what, never the value: an answer may echo the transcript.
+        errors = exc.errors(include_input=False, include_url=False)
+        raise InvalidAnswer("; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in errors)) from None
+    extra = {f.name: answer.pop(f.name) for f in extra_fields}
+    return Analysis(**{_FIELD_NAMES.get(name, name): value for name, value in answer.items()}, extra=extra)
+
+
+_Text = Annotated[StrictStr, StringConstraints(strip_whitespace=True)]
+# A float is rounded; bool is an int in Python, but `true` is not a score (strict).
+_Percentage = Annotated[float, Field(strict=True, ge=0, le=100), AfterValidator(round)]
+_EXTRA_TYPES = {"string": _Text, "number": StrictInt | StrictFloat, "boolean": StrictBool}
+
+
+def _one_of(allowed: tuple[str, ...]) -> object:
+    def canonical(value: object) -> object:
+        return (spelled(value, allowed) or value) if isinstance(value, str) else value
+
+    return Annotated[Literal[allowed], BeforeValidator(canonical)]
+
+
+@functools.lru_cache(maxsize=64)
+def _answer_shape(tags: tuple[str, ...], extra_fields: tuple[ExtraField, ...],
+                  stages: tuple[str, ...]) -> TypeAdapter:
+    """The answer `answer_json_schema` describes, with the ranges strict mode cannot say; an
+    extra field's null says the call did not mention it."""
+    fields = {"tag": _one_of(tags), "summary": Annotated[_Text, StringConstraints(min_length=1)],
+              "leadScore": _Percentage, "leadStatus": _one_of(LEAD_STATUSES), "sentiment": _one_of(SENTIMENTS),
+              "confidence": _Percentage, "reasoning": _Text}
+    fields.update({extra.name: _EXTRA_TYPES[extra.type] | None for extra in extra_fields})
+    if stages:
+        fields["recommendedStage"] = _one_of(stages)
+    return TypeAdapter(TypedDict("Answer", fields))
 
 
 def answer_json_schema(tags: tuple[str, ...], extra_fields: tuple[ExtraField, ...],
                        stages: tuple[str, ...] = ()) -> dict:
     """The answer `parse_answer` accepts, as the JSON Schema of Groq's structured outputs, in
-    the subset strict mode takes: every property required, no additional properties. Ranges are
-    not in that subset; `parse_answer` still checks them."""
+    the subset strict mode takes: every property required, no additional properties, no ranges."""
     properties = {
         "tag": {"type": "string", "enum": list(tags)},
         "summary": {"type": "string"},
@@ -134,49 +150,12 @@ def analysis_document(status: str, *, attempted_at: datetime, model: str | None 
     }
     if skipped is not None:
         document["skipped"] = skipped
-    if analysis is not None:
-        document.update(analysis.document())
+    if analysis is not None:  # a recommended stage only where there is one
+        document.update({_STORED_NAMES.get(name, name): value for name, value in asdict(analysis).items()
+                         if name != "recommended_stage" or value is not None})
     return document
 
 
 def spelled(value: str, allowed: tuple[str, ...]) -> str | None:
     """The allowed spelling of `value` in any case (models often change the case of an enum)."""
     return next((option for option in allowed if option.casefold() == value.strip().casefold()), None)
-
-
-def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> str:
-    if isinstance(value, str) and (option := spelled(value, allowed)) is not None:
-        return option
-    raise InvalidAnswer(f"{name} {_short(value)} is not one of {', '.join(allowed)}")
-
-
-def _answer_text(name: str, value: object, *, required: bool) -> str:
-    if not isinstance(value, str):
-        raise InvalidAnswer(f"{name} is a {type(value).__name__}, not a string")
-    if required and not value.strip():
-        raise InvalidAnswer(f"{name} is empty")
-    return value.strip()
-
-
-def _percentage(name: str, value: object) -> int:
-    # bool is an int in Python, but `true` is not a score.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidAnswer(f"{name} {_short(value)} is not a number")
-    if not 0 <= value <= 100:
-        raise InvalidAnswer(f"{name} {value} is outside 0-100")
-    return round(value)
-
-
-def _extra_value(extra: ExtraField, value: object) -> object:
-    """Null means the call did not mention it; otherwise the value must have the configured type."""
-    if value is None:
-        return None
-    expected = _EXTRA_TYPES[extra.type]
-    if isinstance(value, bool) != (extra.type == "boolean") or not isinstance(value, expected):
-        raise InvalidAnswer(f"{extra.name} is a {type(value).__name__}, not a {extra.type}")
-    return value.strip() if isinstance(value, str) else value
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."

@@ -20,7 +20,7 @@ from models.pipeline import BLOCKED, REVIEW, Pipeline, StageDecision, decide, ro
 from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
 from services.analyzer.groq_analyzer import LlmAnswer, LlmFailure
 from services.analyzer.heuristic import heuristic_analysis
-from services.analyzer.schema import (HEURISTIC_MODEL, SHORT_TRANSCRIPT, Analysis, Usage, analysis_document,
+from services.analyzer.schema import (HEURISTIC_MODEL, SHORT_TRANSCRIPT, Usage, analysis_document,
                                       estimated_cost)
 from services.database import ACTIVITIES, CALLS, CONTACTS, PHONE_INDEX_KEYS, PIPELINES, STAGE_REVIEWS
 from services.writers import bulk_upsert, records_by_phone
@@ -69,15 +69,21 @@ class OutcomeWriter:
         self._db = db
         self.queue = queue
         self._settings = settings
-        self.rules = CrmRules(PipelineCatalog(db[PIPELINES]), settings.auto_assign_min_confidence)
+        self._pipelines = PipelineCatalog(db[PIPELINES])
+
+    def pipeline_for(self, call: dict) -> Pipeline | None:
+        return self._pipelines.for_agent(call.get("agentId"))
 
     def finish(self, claim: Claim, analysis: dict, *, discount: float = 0.0) -> Outcome:
         """`analysis`: `calls.analysis` of the attempt; `discount`: off the price (a Batch API
         job's). An analysis with a result is settled on the call first, under the claim: only then
         is it written to the CRM, so a holder whose claim was lost writes nothing. A process that
-        dies after settling leaves the call claimed and settled; the retake `resume`s it."""
+        dies after settling leaves the call claimed and settled; the retake resumes it."""
         usage = Usage(analysis["usage"]["promptTokens"], analysis["usage"]["completionTokens"])
-        cost = analysis["usage"]["costUsd"] = self._cost(usage, discount)
+        # By the LLM's price even when the stored result is the fallback's: an answer that
+        # failed validation was still billed.
+        cost = estimated_cost(usage, self._settings.llm_prices.get(self._settings.groq_model), discount=discount)
+        analysis["usage"]["costUsd"] = cost
         if "summary" in analysis:
             if self.queue.settle(claim, analysis):
                 return self._apply(claim, analysis, usage, cost)
@@ -88,9 +94,18 @@ class OutcomeWriter:
     def without_llm(self, claim: Claim, now: datetime) -> Outcome | None:
         """The outcome of a claim that needs no request, the same in both lanes: a settled
         decision resumed, a call past MAX_ATTEMPTS abandoned, a transcript too short to analyze.
-        None: the call is to be analyzed."""
+        None: the call is to be analyzed.
+
+        A decision an earlier holder settled (`claim.settled`) and did not see through is written
+        again: the CRM write is idempotent per call and round, so nothing of it is lost or doubled,
+        at no new cost. Resumes count against the attempts (a CRM write that fails every time would
+        be retried for ever): past the bound the call is finished failed, the decision kept on it."""
+        if claim.settled is not None and claim.attempt <= MAX_ATTEMPTS + SETTLED_RESUMES:
+            return self._apply(claim, claim.settled, Usage(), 0.0)
         if claim.settled is not None:
-            return self.resume(claim)  # decided already: only its CRM write is left
+            if not self.queue.finish(claim, {**claim.settled, "status": "failed", "error": UNAPPLIED}):
+                return Outcome(claim.call_id, "claim_lost")
+            return Outcome(claim.call_id, "failed", error=UNAPPLIED)
         if claim.attempt > MAX_ATTEMPTS:
             # No fallback either: whatever stopped the previous attempts may be this call.
             return self.finish(claim, analysis_document("failed", attempted_at=now, error=ABANDONED))
@@ -98,53 +113,33 @@ class OutcomeWriter:
             return self.finish(claim, analysis_document("skipped", attempted_at=now, skipped=SHORT_TRANSCRIPT))
         return None
 
-    def resume(self, claim: Claim) -> Outcome:
-        """Write the decision an earlier holder settled (`claim.settled`) and did not see through:
-        the CRM write is idempotent per call and round, so nothing of it is lost or doubled, at no
-        new cost. Resumes count against the attempts (a CRM write that fails every time would be
-        retried for ever): past the bound the call is finished failed, the decision kept on it."""
-        if claim.attempt <= MAX_ATTEMPTS + SETTLED_RESUMES:
-            return self._apply(claim, claim.settled, Usage(), 0.0)
-        if not self.queue.finish(claim, {**claim.settled, "status": "failed", "error": UNAPPLIED}):
-            return Outcome(claim.call_id, "claim_lost")
-        return Outcome(claim.call_id, "failed", error=UNAPPLIED)
-
     def _apply(self, claim: Claim, analysis: dict, usage: Usage, cost: float | None) -> Outcome:
-        has_contact = record_decision(self._db, claim.call, analysis, utcnow(), self.rules)
+        has_contact = record_decision(self._db, claim.call, analysis, utcnow(), self.pipeline_for(claim.call),
+                                      self._settings.auto_assign_min_confidence)
         if not self.queue.finish(claim):
             # Retaken while the CRM was written: the new holder applies the same settled decision.
             return Outcome(claim.call_id, "claim_lost", usage=usage, cost_usd=cost)
         return _outcome(claim, analysis, usage, cost, has_contact=has_contact)
 
-    def finish_attempt(self, claim: Claim, result: LlmAnswer | LlmFailure, now: datetime, *,
+    def finish_attempt(self, claim: Claim, result: LlmAnswer | LlmFailure | None, now: datetime, *,
                        discount: float = 0.0) -> Outcome:
-        """The LLM's analysis, or a failed attempt with the offline heuristic's, as both lanes
-        write them."""
-        if isinstance(result, LlmFailure):
-            analysis = analysis_document("failed", attempted_at=now, model=HEURISTIC_MODEL, error=str(result),
-                                         usage=result.usage, used_fallback=True, analysis=self.fallback(claim.call, now))
-        else:
-            analysis = analysis_document("ok", attempted_at=now, model=result.model, usage=result.usage,
-                                         analysis=result.analysis)
-        return self.finish(claim, analysis, discount=discount)
-
-    def fallback(self, call: dict, now: datetime) -> Analysis:
-        """The offline heuristic's analysis: for no key, and for a failed LLM attempt. Where the
-        call has a pipeline, it recommends the stage its own score and tag route to."""
-        transcript = (call.get("transcript") or "").strip()
-        analysis = heuristic_analysis(transcript, call.get("callAt"), now, self._settings.analysis_tags)
-        pipeline = self.rules.pipeline_for(call)
-        if pipeline is None:
-            return analysis
-        routed = route(pipeline, score=analysis.lead_score, tag=analysis.tag, lead_status=analysis.lead_status)
-        return replace(analysis, recommended_stage=routed.stage.name)
-
-    def _cost(self, usage: Usage, discount: float) -> float | None:
-        # By the LLM's price even when the stored result is the fallback's: an answer that
-        # failed validation was still billed.
-        if not (usage.prompt_tokens or usage.completion_tokens):
-            return 0.0
-        return estimated_cost(usage, self._settings.llm_prices.get(self._settings.groq_model), discount=discount)
+        """The LLM's analysis, as both lanes write it; else (`result` None: no LLM, or a failed
+        attempt) the offline heuristic's, recommending where the call has a pipeline the stage its
+        own score and tag route to."""
+        if isinstance(result, LlmAnswer):
+            return self.finish(claim, analysis_document("ok", attempted_at=now, model=result.model,
+                                                        usage=result.usage, analysis=result.analysis),
+                               discount=discount)
+        call = claim.call
+        analysis = heuristic_analysis((call.get("transcript") or "").strip(), call.get("callAt"), now,
+                                      self._settings.analysis_tags)
+        if (pipeline := self.pipeline_for(call)) is not None:
+            analysis = replace(analysis, recommended_stage=route(
+                pipeline, score=analysis.lead_score, tag=analysis.tag, lead_status=analysis.lead_status).stage.name)
+        failed = {} if result is None else {"error": str(result), "usage": result.usage}
+        return self.finish(claim, analysis_document("ok" if result is None else "failed", attempted_at=now,
+                                                    model=HEURISTIC_MODEL, used_fallback=True, analysis=analysis,
+                                                    **failed), discount=discount)
 
 
 def _outcome(claim: Claim, analysis: dict, usage: Usage, cost: float | None, *, has_contact: bool) -> Outcome:
@@ -175,26 +170,21 @@ def record_outcome(outcome: Outcome, recorder: RunRecorder) -> None:
 
 # -- the CRM -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class CrmRules:
-    """What routing needs beyond the analysis: the CRM's pipelines and the confidence below which
-    a person reviews the stage instead."""
-    pipelines: PipelineCatalog
-    min_confidence: int
-
-    def pipeline_for(self, call: dict) -> Pipeline | None:
-        return self.pipelines.for_agent(call.get("agentId"))
-
-
 class ContactContention(RuntimeError):
     """The contact changed under every attempt to write the analysis."""
 
 
-def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rules: CrmRules | None = None) -> bool:
+def record_decision(db: Database, call: dict, analysis: dict, now: datetime, pipeline: Pipeline | None,
+                    min_confidence: int) -> bool:
     """Apply a finished analysis (a `calls.analysis` document with result fields) to the call's
     contact and log it as activities (`audit`). False when the call has no customer number.
+<<<<<<< HEAD
     With `rules` and a pipeline for the call's agent, the analysis also places or moves the
     contact in the pipeline (models/pipeline.py). Fields a person locked are not written;
+=======
+    With the `pipeline` of the call's agent, the analysis also places or moves the contact in it
+    (models/pipeline.py; below `min_confidence` a person reviews the move). Fields a person locked are not written;
+>>>>>>> cutan
     what the analysis would have written is kept under `suggested` (models/locks.py). A retake
     finds the decision's receipt on the contact and writes nothing again; a re-analysis
     (`reanalyze` starts a new round) adds an activity."""
@@ -202,7 +192,7 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rul
         return False
     phone = Phone.stored(call["customerPhone"], bool(call.get("customerPhoneValid")))
     call_at = call.get("callAt") or now
-    contact_id = _write(db, phone, call, analysis, rules, call_at, now)
+    contact_id = _write(db, phone, call, analysis, pipeline, min_confidence, call_at, now)
     _remember_conversation(db[CONTACTS], contact_id, {
         "callId": call["callId"], "summary": analysis["summary"], "tag": analysis["tag"], "at": call_at,
     })
@@ -216,29 +206,27 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime, rul
     return True
 
 
-def _write(db: Database, phone: Phone, call: dict, analysis: dict, rules: CrmRules | None,
+def _write(db: Database, phone: Phone, call: dict, analysis: dict, pipeline: Pipeline | None, min_confidence: int,
            call_at: datetime, now: datetime) -> object:
     """Read the contact, decide (its stage too), log, write; again when it changed in between."""
     contacts = db[CONTACTS]
-    pipeline = rules.pipeline_for(call) if rules is not None else None
     for _ in range(MAX_DECISIONS):
         found = (records_by_phone(contacts, [phone]).get(phone.key) or [None])[0]
         if found is not None and receipt(call) in (found.get(DECIDED) or ()):
             return found["_id"]  # written by an attempt that stopped before it was seen through
-        staged = (pipeline, decide(pipeline, found or {}, analysis, rules.min_confidence)) if pipeline else None
+        decision = decide(pipeline, found or {}, analysis, min_confidence) if pipeline else None
         # Unknowns (a tag the configuration lacks, an extra field the call did not mention) leave
         # what an earlier call found.
         changes = {name: analysis[name] for name in _CONTACT_FIELDS if analysis[name] is not None}
         changes.update({f"extra.{name}": value for name, value in analysis["extra"].items() if value is not None})
-        if staged is not None and staged[1].changes_stage:
-            decision = staged[1]
+        if decision is not None and decision.changes_stage:
             changes["stage"] = {**decision.route.stage.document(), "pipelineId": pipeline.id,
                                 "rule": decision.route.rule, "callId": call["callId"], "at": now}
         plan = plan_contact(found, changes, call_at)
         # A contact created by this write gets its id now, so the activities can name it first.
         contact_id = found["_id"] if found is not None else ObjectId()
-        bulk_upsert(db[ACTIVITIES], audit(db, contact_id=contact_id, call=call, analysis=analysis, staged=staged,
-                                          plan=plan, now=now))
+        bulk_upsert(db[ACTIVITIES], audit(db, contact_id=contact_id, call=call, analysis=analysis,
+                                          pipeline=pipeline, decision=decision, plan=plan, now=now))
         written = write_contact(contacts, phone, plan, call, contact_id=contact_id, call_at=call_at, now=now)
         if written is not None:
             return written
@@ -322,8 +310,8 @@ def write_contact(contacts: Collection, phone: Phone, plan: ContactPlan, call: d
     return found["_id"] if written.matched_count else None
 
 
-def audit(db: Database, *, contact_id: object, call: dict, analysis: dict, staged: tuple[Pipeline, StageDecision] | None,
-          plan: ContactPlan, now: datetime) -> list:
+def audit(db: Database, *, contact_id: object, call: dict, analysis: dict, pipeline: Pipeline | None,
+          decision: StageDecision | None, plan: ContactPlan, now: datetime) -> list:
     """The activity writes of one decision (and its review entry, written here): keyed by call,
     type and round, so a retaken attempt rewrites its own, and a stage activity an earlier plan
     of this round made that this one does not (the contact changed before it was written) is
@@ -343,8 +331,7 @@ def audit(db: Database, *, contact_id: object, call: dict, analysis: dict, stage
         **judged,
         "analysisStatus": analysis["status"],
     }}
-    if staged is not None and plan.applies:
-        pipeline, decision = staged
+    if decision is not None and plan.applies:
         stage = {"pipelineId": pipeline.id, "reason": decision.reason,
                  "rule": decision.route.rule if decision.route else None,
                  "from": decision.current.document() if decision.current else None,
