@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
 
 PENDING_HOLD = timedelta(hours=6)
 PENDING_MAX_AGE = timedelta(days=14)
@@ -106,11 +107,16 @@ class SyncState:
         cursor = self.cursor(agent_id)
         if cursor is not None:
             return cursor - overlap
-        recorded = self.state.find_one_and_update(
-            {"_id": self.state.local_id(f"backfill:{agent_id}")},
-            {"$setOnInsert": {"agentId": agent_id, "backfillFrom": self.now - backfill}},
-            upsert=True, return_document=ReturnDocument.AFTER)
-        return recorded["backfillFrom"]
+        key = {"_id": self.state.local_id(f"backfill:{agent_id}")}
+        try:
+            recorded = self.state.find_one_and_update(
+                key, {"$setOnInsert": {"agentId": agent_id, "backfillFrom": self.now - backfill}},
+                upsert=True, return_document=ReturnDocument.AFTER)
+        except DuplicateKeyError:
+            recorded = None
+        # Two first syncs at once: the upsert that loses the insert race may fail on the key
+        # (MongoDB) or answer no document (the test's wire server); the winner's start is stored.
+        return (recorded or self.state.find_one(key))["backfillFrom"]
 
     def pending(self, agent_id: str) -> dict[str, Followed]:
         return dict(self._agent(agent_id)["pending"])

@@ -130,11 +130,13 @@ def test_each_endpoint_is_paced_under_its_documented_limit(path, kind):
 
 
 def test_the_pacer_lets_through_no_more_than_the_limit_less_headroom_in_any_window():
-    minute = 0.3
+    # A "minute" long beside a loaded machine's scheduling delays, which can bunch the recorded
+    # times of turns granted apart.
+    minute = 1.0
     pacer = Pacer(Limits(50, 100, headroom=0.2, minute_seconds=minute))  # 80 "a minute"
     stop = threading.Event()
     turns = []
-    for _ in range(240):
+    for _ in range(200):
         pacer.wait_turn("/executions/x", stop)
         turns.append(time.monotonic())
     busiest = max(sum(1 for t in turns[i:] if t - turns[i] < minute) for i in range(len(turns)))

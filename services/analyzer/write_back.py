@@ -178,13 +178,9 @@ def record_decision(db: Database, call: dict, analysis: dict, now: datetime, pip
                     min_confidence: int) -> bool:
     """Apply a finished analysis (a `calls.analysis` document with result fields) to the call's
     contact and log it as activities (`audit`). False when the call has no customer number.
-<<<<<<< HEAD
-    With `rules` and a pipeline for the call's agent, the analysis also places or moves the
-    contact in the pipeline (models/pipeline.py). Fields a person locked are not written;
-=======
     With the `pipeline` of the call's agent, the analysis also places or moves the contact in it
-    (models/pipeline.py; below `min_confidence` a person reviews the move). Fields a person locked are not written;
->>>>>>> cutan
+    (models/pipeline.py; below `min_confidence` a person reviews the move). Fields a person locked
+    are not written;
     what the analysis would have written is kept under `suggested` (models/locks.py). A retake
     finds the decision's receipt on the contact and writes nothing again; a re-analysis
     (`reanalyze` starts a new round) adds an activity."""
