@@ -287,6 +287,18 @@ def test_an_idle_client_is_dropped_after_the_read_timeout(health_settings, mongo
         server.stop()
 
 
+def test_a_head_past_the_bound_is_refused_at_once(health_settings, mongo, bolna, listen):
+    base = listen(build_app(health_settings, mongo, bolna), scheduling())
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as client:
+        client.sendall(b"GET /healthz HTTP/1.1\r\nX-Padding: " + b"a" * 9000 + b"\r\n\r\n")
+        assert client.recv(100).split(b" ")[1] == b"431"  # Request Header Fields Too Large
+    assert get(base + "/healthz")[0] == 200
+    with socket.create_connection((host, int(port)), timeout=5) as client:
+        client.sendall(b"POST /healthz HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
+        assert client.recv(100).split(b" ")[1] == b"405"
+
+
 def test_metrics_parse_and_count_requests_by_outcome_durations_cursors_build_and_process(
         health_settings, mongo, bolna, listen):
     with FakeGroq(retry_after=0.01) as groq:
