@@ -18,7 +18,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from services.run_records import UNSETTLED
 from worker.app import Runtime
 from utils.config import describe
-from worker.health import READY, STOPPING, JobWatch, notify, serve_health, watchdog_seconds
+from worker.health import READY, STOPPING, HealthServer, JobWatch, notify, watchdog_seconds
 from worker.webhook_listener import serve_webhooks
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def run_daemon(app: Runtime) -> int:
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, on_signal)
         if app.settings.health_port is not None:
-            running.callback(serve_health(app, is_scheduling=lambda: scheduler.running, watch=watch).stop)
+            running.callback(HealthServer(app, is_scheduling=lambda: scheduler.running, watch=watch).start().stop)
         if app.settings.webhook_port is not None:
             running.callback(serve_webhooks(app).stop)
         running.callback(notify, STOPPING)

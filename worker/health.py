@@ -452,7 +452,3 @@ class HealthServer:
                             extra={"event": "health_check_failed"})
                 answer = _verdict([describe_failure(exc)], "", "unknown")
         return respond(start_response, *answer)
-
-
-def serve_health(*args, **options) -> HealthServer:
-    return HealthServer(*args, **options).start()

@@ -161,21 +161,13 @@ def raise_descriptor_limit(wanted: int) -> int:
 
 
 class _Channel(HTTPChannel):
-    """A connection that remembers when its current request began, and is counted against its peer
-    address (by the server, when accepted) until it is closed."""
+    """A connection that remembers when its current request began."""
     request_began: float | None = None
-    counted_peer: str | None = None
 
     def received(self, data):
         if self.request is None and data:
             self.request_began = time.monotonic()
         return super().received(data)
-
-    def del_channel(self, map=None):
-        super().del_channel(map)
-        peer, self.counted_peer = self.counted_peer, None
-        if peer is not None:
-            self.server.peer_closed(peer)
 
 
 class BoundedServer(TcpWSGIServer):
@@ -188,8 +180,6 @@ class BoundedServer(TcpWSGIServer):
         """`unbounded_peer(address)`: True for a peer the per-address bound does not apply to (a
         trusted proxy). `options`: waitress' own settings."""
         self._unbounded_peer = unbounded_peer
-        self._per_peer: Counter = Counter()
-        self._peers_lock = threading.Lock()
         available = raise_descriptor_limit(limits.connections + RESERVED_DESCRIPTORS) - RESERVED_DESCRIPTORS
         if available < limits.connections:
             limits = replace(limits, connections=max(available, 64))
@@ -226,7 +216,8 @@ class BoundedServer(TcpWSGIServer):
     def handle_accept(self):
         # waitress accepts one connection per pass of its loop, and a pass walks every open
         # connection: under a flood, a delivery waited behind the whole accept queue. Up to a batch
-        # at a time here.
+        # at a time here. The connections of each peer are counted afresh, as open now.
+        per_peer = Counter(channel.addr[0] for channel in self.active_channels.values())
         for _ in range(ACCEPTS_PER_PASS):
             if len(self._map) >= self.adj.connection_limit:
                 return
@@ -239,40 +230,24 @@ class BoundedServer(TcpWSGIServer):
             except OSError:
                 continue  # the peer left before it was accepted; nothing to serve
             peer = addr[0]
-            bounded = not self._unbounded_peer(peer)
-            if bounded:
-                with self._peers_lock:
-                    at_bound = self._per_peer[peer] >= self.limits.per_address
-                    if not at_bound:
-                        self._per_peer[peer] += 1
-                if at_bound:
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
-                    conn.close()
-                    continue
+            if per_peer[peer] >= self.limits.per_address and not self._unbounded_peer(peer):
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+                conn.close()
+                continue
             try:
-                channel = self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+                self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
             except OSError:  # the peer reset it meanwhile
                 conn.close()
-                if bounded:
-                    self.peer_closed(peer)
                 continue
-            if bounded:
-                channel.counted_peer = peer
+            per_peer[peer] += 1
 
     def maintenance(self, now):
         """waitress closes the idle connections; here also those whose request is arriving too slowly."""
         super().maintenance(now)
         cutoff = time.monotonic() - self.limits.request_seconds
-        for channel in list(self.active_channels.values()):
-            began = getattr(channel, "request_began", None)
-            if channel.request is not None and not channel.requests and began is not None and began < cutoff:
+        for channel in self.active_channels.values():
+            if channel.request is not None and not channel.requests and channel.request_began < cutoff:
                 channel.will_close = True
-
-    def peer_closed(self, peer: str) -> None:
-        with self._peers_lock:
-            self._per_peer[peer] -= 1
-            if self._per_peer[peer] <= 0:
-                del self._per_peer[peer]
 
 
 class WebhookListener:
