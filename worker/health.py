@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import pymongo
 from prometheus_client import (CONTENT_TYPE_LATEST, GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR,
@@ -175,8 +175,10 @@ class RunMetrics:
         self._lock = threading.Lock()
         self._last_success: dict[str, datetime] = {}
         self._last_status: dict[str, str] = {}
-        self._refreshed: list[_Refreshed] = []
+        self._refreshed: list[tuple[str, str, Callable[[], object], str | None]] = []
+        self._families: dict[str, GaugeMetricFamily] = {}
         registry = self.registry
+        registry.register(self)
         self.runs = self.counter("callsync_runs", "Job runs finished, by job and status",
                                  job=self.jobs, status=RUN_STATUSES)
         self.records_written = self.counter(
@@ -230,14 +232,32 @@ class RunMetrics:
         return counter
 
     def refreshed(self, name: str, help: str, read: Callable[[], object], label: str | None = None) -> None:
-        """A gauge of what `read` returns from MongoDB, read by `refresh` (never at scrape)."""
-        gauge = _Refreshed(name, help, read, label)
-        self.registry.register(gauge)
-        self._refreshed.append(gauge)
+        """A gauge of what `read` returns from MongoDB: what it counts also changes by other daemons'
+        work (another replica, `reanalyze`), so it is read again by `refresh`, never at a scrape, which
+        shows the last value read (no series before the first read succeeded). `label`: the read
+        returns a number per value of it."""
+        self._refreshed.append((name, help, read, label))
 
     def refresh(self) -> None:
-        for gauge in self._refreshed:
-            gauge.refresh()
+        for name, help, read, label in self._refreshed:
+            try:
+                with pymongo.timeout(REFRESH_TIMEOUT_SECONDS):
+                    value = read()
+            except PyMongoError as exc:
+                # The last value stays; the scrape answers at once with it and every other metric.
+                log.warning("%s not refreshed: %s", name, type(exc).__name__, extra={"event": "metrics_degraded"})
+                continue
+            if label is None:
+                family = GaugeMetricFamily(name, help, value=value)
+            else:
+                family = GaugeMetricFamily(name, help, labels=[label])
+                for key, number in value.items():
+                    family.add_metric([key], number)
+            self._families[name] = family  # whole: a scrape sees one read or the next
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        """The registry's collector of the refreshed gauges."""
+        return list(self._families.values())
 
     def observe_requests(self, bolna: Listeners, llm: GroqAnalyzer | None) -> None:
         """Count the outcome of each request to Bolna (`bolna`: its client's outcomes) and to Groq."""
@@ -319,37 +339,6 @@ def observe_accounts(metrics: RunMetrics, counts: Callable[[], dict[str, int]]) 
     """Accounts by schedule state (running, due, waiting, refused, retired), read by the refresh."""
     metrics.refreshed("callsync_accounts", "Accounts in the schedule, by state (ACCOUNT_SOURCE=mongodb)", counts,
                       label="state")
-
-
-class _Refreshed:
-    """A gauge of a value read from MongoDB: what it counts also changes by other daemons' work
-    (another replica, `reanalyze`), so it is read again, by `refresh`. A scrape shows the last value
-    read (no series before the first read succeeded). `label`: the read returns a number per value of it."""
-
-    def __init__(self, name: str, help: str, read: Callable[[], object], label: str | None = None):
-        self._name, self._help, self._read = name, help, read
-        self._labels = [label] if label else []
-        self._samples: list[tuple[list[str], float]] | None = None
-
-    def refresh(self) -> None:
-        try:
-            with pymongo.timeout(REFRESH_TIMEOUT_SECONDS):
-                value = self._read()
-        except PyMongoError as exc:
-            # The last value stays; the scrape answers at once with it and every other metric.
-            log.warning("%s not refreshed: %s", self._name, type(exc).__name__, extra={"event": "metrics_degraded"})
-            return
-        self._samples = ([([label], number) for label, number in value.items()] if self._labels
-                         else [([], value)])
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        samples = self._samples
-        if samples is None:
-            return
-        family = GaugeMetricFamily(self._name, self._help, labels=self._labels)
-        for labels, number in samples:
-            family.add_metric(labels, number)
-        yield family
 
 
 class HealthServer:
