@@ -113,6 +113,9 @@ def test_sigterm_during_a_run_exits_0_after_writing_whole_pages(slow_bolna):
         wait_until(lambda: past_the_first_pages(bolna))
         with urllib.request.urlopen(health_url, timeout=5) as response:
             assert response.status == 200  # scheduling, and a fresh start has time for its first runs
+        # No run has finished yet: the queue's depth was read by the daemon's refresh job.
+        with urllib.request.urlopen(health_url.replace("/healthz", "/metrics"), timeout=5) as response:
+            assert b"\ncallsync_analysis_queue_depth " in response.read()
 
         daemon.process.send_signal(signal.SIGTERM)
         assert daemon.process.wait(timeout=40) == 0

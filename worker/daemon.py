@@ -18,7 +18,8 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from services.run_records import UNSETTLED
 from worker.app import Runtime
 from utils.config import describe
-from worker.health import READY, STOPPING, HealthServer, JobWatch, notify, watchdog_seconds
+from worker.health import (METRICS_REFRESH_SECONDS, READY, STOPPING, HealthServer, JobWatch, notify,
+                           watchdog_seconds)
 from worker.webhook_listener import serve_webhooks
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,9 @@ def run_daemon(app: Runtime) -> int:
         signal.signal(signal.SIGHUP, on_signal)
         if app.settings.health_port is not None:
             running.callback(HealthServer(app, is_scheduling=lambda: scheduler.running, watch=watch).start().stop)
+            scheduler.add_job(app.metrics.refresh, "interval", seconds=METRICS_REFRESH_SECONDS, id="refresh_metrics",
+                              name="refresh_metrics", executor="housekeeping", next_run_time=datetime.now(timezone.utc),
+                              max_instances=1, coalesce=True)
         if app.settings.webhook_port is not None:
             running.callback(serve_webhooks(app).stop)
         running.callback(notify, STOPPING)

@@ -56,7 +56,8 @@ MAX_HEAD_BYTES = 8192
 CHECK_THREADS = 2
 # /readyz: MongoDB must answer a ping within this; a probe's own timeout should be longer.
 PING_TIMEOUT_SECONDS = 2.0
-# Values /metrics shows that are read from MongoDB are read again this often (and after each run).
+# Values /metrics shows that are read from MongoDB are read again this often (by the daemon's
+# refresh job; with one account also after each run).
 METRICS_REFRESH_SECONDS = 15.0
 # A read for a refreshed gauge that takes longer is given up; the gauge keeps its last value.
 REFRESH_TIMEOUT_SECONDS = 2.0
@@ -167,7 +168,7 @@ class RunMetrics:
     def __init__(self, jobs: Iterable[str], *, queue_depth: Callable[[], int] | None, llm_configured: bool = False):
         """`queue_depth`: how many calls wait for analysis (one account); None with many accounts
         (each account's queue is its own, and a count across them would scan). With one account the
-        refreshed gauges are read again after each run; with many only by the listener's refresher,
+        refreshed gauges are read again after each run; with many only by the daemon's refresh job,
         every few seconds, not once per account's run."""
         self._refresh_after_runs = queue_depth is not None
         self.jobs = tuple(jobs)
@@ -368,8 +369,6 @@ class HealthServer:
                                      limits=limits, unbounded_peer=lambda _peer: True, threads=CHECK_THREADS,
                                      max_request_header_size=MAX_HEAD_BYTES, max_request_body_size=MAX_HEAD_BYTES)
         self.address = self._server.address
-        self._stopping = threading.Event()
-        self._refresher = threading.Thread(target=self._refresh_metrics, name="metrics-refresh", daemon=True)
 
     def live(self) -> tuple[str, dict, str]:
         return _verdict(self._live_reasons(), "ok", "not live")
@@ -409,21 +408,12 @@ class HealthServer:
 
     def start(self) -> HealthServer:
         self._server.start()
-        self._refresher.start()
         log.info("health and metrics listening on http://%s:%d (/livez, /readyz, /healthz, /metrics)",
                  *self.address, extra={"event": "health_listening"})
         return self
 
     def stop(self) -> None:
-        self._stopping.set()
         self._server.stop()
-        self._refresher.join(5)
-
-    def _refresh_metrics(self) -> None:
-        while True:
-            self._service.metrics.refresh()
-            if self._stopping.wait(METRICS_REFRESH_SECONDS):
-                return
 
     def __call__(self, environ: dict, start_response) -> list[bytes]:
         path = environ.get("PATH_INFO", "")
