@@ -294,7 +294,7 @@ def test_the_accounts_demo_keeps_each_accounts_records_apart():
     (("status", "--account", "a1"), {}, "--account names one of many accounts: it needs ACCOUNT_SOURCE=mongodb"),
     (("webhook-url", "--account", "a1"), {}, "--account names one of many accounts"),
     (("webhook-url",), {"ACCOUNT_SOURCE": "mongodb", "WEBHOOK_PUBLIC_URL": "https://hooks.example.com",
-                        "WEBHOOK_TOKEN": "t" * 32}, "ACCOUNT_SOURCE=mongodb: each account has its own URL"),
+                        "WEBHOOK_TOKEN": "t" * 32}, "ACCOUNT_SOURCE=mongodb: name the account with --account ID"),
 ])
 def test_the_account_a_command_is_about_is_checked_before_the_database_is_reached(args, variables, says):
     # A port nothing listens on: the command must refuse before it would try to connect.
