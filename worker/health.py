@@ -261,7 +261,6 @@ class RunMetrics:
         return list(self._families.values())
 
     def observe_requests(self, bolna: Listeners, llm: GroqAnalyzer | None) -> None:
-        """Count the outcome of each request to Bolna (`bolna`: its client's outcomes) and to Groq."""
         bolna.subscribe(lambda outcome: self.bolna_requests.labels(outcome).inc())
         if llm is not None:
             llm.outcomes.subscribe(lambda outcome: self.llm_requests.labels(outcome).inc())

@@ -15,7 +15,7 @@ with many each has its own, HMAC-SHA256(key=WEBHOOK_TOKEN, message=str(account i
 token is stored anywhere and one account's URL tells nothing of another's (docs/scaling.md).
 
 Why waitress, and the bounds added to it against connection floods (`ConnectionLimits`,
-`BoundedServer`): docs/reliability.md, "Hostile network input".
+`BoundedServer`, which serves the health listener too): docs/reliability.md, "Hostile network input".
 """
 from __future__ import annotations
 
