@@ -254,9 +254,9 @@ def listener_flood(mongo_client, connections: int) -> dict:
 
 
 def health_flood(mongo_client, connections: int) -> dict:
-    from worker.health import serve_health
+    from worker.health import HealthServer
     with _app(mongo_client) as app:
-        health = serve_health(app, is_scheduling=lambda: True)
+        health = HealthServer(app, is_scheduling=lambda: True).start()
         url = "http://%s:%d/healthz" % health.address
         try:
             requests.get(url, timeout=10)

@@ -240,7 +240,7 @@ def test_an_account_another_replica_listed_first_is_read_and_synced(fleet_settin
 def test_metrics_count_accounts_by_state_never_by_account(fleet_settings, mongo, users):
     fleet = replica(fleet_settings, mongo, Clock())
     every_account(fleet)
-    fleet.metrics.refresh()  # as the health listener does every few seconds
+    fleet.metrics.refresh()  # as the daemon's refresh job does every few seconds
     exposed = generate_latest(fleet.metrics.registry).decode()
     assert 'callsync_accounts{state="refused"} 1.0' in exposed
     assert 'callsync_accounts{state="waiting"} 2.0' in exposed

@@ -15,7 +15,7 @@ from fakes.groq_server import FakeGroq
 from utils.clock import utcnow
 from services.database import CALLS, SYNC_RUNS
 from tests.helpers import AGENT, build_app, execution
-from worker.health import serve_health
+from worker.health import HealthServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,7 +40,7 @@ def listen():
     servers = []
 
     def start(app, scheduling: threading.Event, started_at=None):
-        server = serve_health(app, is_scheduling=scheduling.is_set, started_at=started_at)
+        server = HealthServer(app, is_scheduling=scheduling.is_set, started_at=started_at).start()
         servers.append(server)
         host, port = server.address
         return f"http://{host}:{port}"
@@ -276,7 +276,7 @@ def test_a_thousand_idle_connections_hold_no_thread_and_healthz_still_answers(he
 
 def test_an_idle_client_is_dropped_after_the_read_timeout(health_settings, mongo, bolna):
     app = build_app(health_settings, mongo, bolna)
-    server = serve_health(app, is_scheduling=lambda: True, read_timeout=0.3)
+    server = HealthServer(app, is_scheduling=lambda: True, read_timeout=0.3).start()
     try:
         with socket.create_connection(server.address, timeout=5) as client:
             client.sendall(b"GET /healthz HTTP/1.1\r\n")
@@ -285,6 +285,18 @@ def test_an_idle_client_is_dropped_after_the_read_timeout(health_settings, mongo
             assert time.monotonic() - started < 3
     finally:
         server.stop()
+
+
+def test_a_head_past_the_bound_is_refused_at_once(health_settings, mongo, bolna, listen):
+    base = listen(build_app(health_settings, mongo, bolna), scheduling())
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as client:
+        client.sendall(b"GET /healthz HTTP/1.1\r\nX-Padding: " + b"a" * 9000 + b"\r\n\r\n")
+        assert client.recv(100).split(b" ")[1] == b"431"  # Request Header Fields Too Large
+    assert get(base + "/healthz")[0] == 200
+    with socket.create_connection((host, int(port)), timeout=5) as client:
+        client.sendall(b"POST /healthz HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
+        assert client.recv(100).split(b" ")[1] == b"405"
 
 
 def test_metrics_parse_and_count_requests_by_outcome_durations_cursors_build_and_process(

@@ -11,7 +11,7 @@ from fakes.bolna_server import FakeBolna
 from tests.helpers import AGENT, execution
 from tests.wire_server import WireServer
 from worker.app import Runtime
-from worker.health import PING_TIMEOUT_SECONDS, serve_health
+from worker.health import PING_TIMEOUT_SECONDS, HealthServer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -34,7 +34,7 @@ def test_readyz_fails_within_one_probe_and_metrics_answer_at_once_while_mongodb_
         app.prepare()
         app.run_job("crm_sync")
         app.run_job("call_processor")  # one of three analyzed: two wait, as the refreshed gauge says
-        health = serve_health(app, is_scheduling=lambda: True)
+        health = HealthServer(app, is_scheduling=lambda: True).start()
         try:
             host, port = health.address
             base = f"http://{host}:{port}"

@@ -113,6 +113,9 @@ def test_sigterm_during_a_run_exits_0_after_writing_whole_pages(slow_bolna):
         wait_until(lambda: past_the_first_pages(bolna))
         with urllib.request.urlopen(health_url, timeout=5) as response:
             assert response.status == 200  # scheduling, and a fresh start has time for its first runs
+        # No run has finished yet: the queue's depth was read by the daemon's refresh job.
+        with urllib.request.urlopen(health_url.replace("/healthz", "/metrics"), timeout=5) as response:
+            assert b"\ncallsync_analysis_queue_depth " in response.read()
 
         daemon.process.send_signal(signal.SIGTERM)
         assert daemon.process.wait(timeout=40) == 0
@@ -299,7 +302,7 @@ def test_the_accounts_demo_keeps_each_accounts_records_apart():
     (("status", "--account", "a1"), {}, "--account names one of many accounts: it needs ACCOUNT_SOURCE=mongodb"),
     (("webhook-url", "--account", "a1"), {}, "--account names one of many accounts"),
     (("webhook-url",), {"ACCOUNT_SOURCE": "mongodb", "WEBHOOK_PUBLIC_URL": "https://hooks.example.com",
-                        "WEBHOOK_TOKEN": "t" * 32}, "ACCOUNT_SOURCE=mongodb: each account has its own URL"),
+                        "WEBHOOK_TOKEN": "t" * 32}, "ACCOUNT_SOURCE=mongodb: name the account with --account ID"),
 ])
 def test_the_account_a_command_is_about_is_checked_before_the_database_is_reached(args, variables, says):
     # A port nothing listens on: the command must refuse before it would try to connect.

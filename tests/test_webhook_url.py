@@ -87,7 +87,7 @@ def test_with_many_accounts_each_account_has_its_own_url(accounts):
     unnamed = run_main("webhook-url", **accounts)
     lapsed = run_main("webhook-url", "--account", "lapsed", **accounts)
     unknown = run_main("webhook-url", "--account", "nobody", **accounts)
-    assert unnamed.returncode == 2 and "name it with --account" in unnamed.stderr
+    assert unnamed.returncode == 2 and "name the account with --account" in unnamed.stderr
     assert lapsed.returncode == 2 and "ACCOUNTS_FILTER does not list it" in lapsed.stderr
     assert unknown.returncode == 2 and "no account 'nobody'" in unknown.stderr
     single = run_main("webhook-url", "--account", "alpha", **HOOKS)

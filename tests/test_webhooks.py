@@ -25,7 +25,7 @@ from tests.helpers import AGENT, build_app, execution
 from utils.clock import utcnow
 from utils.config import BOLNA_SENDER_IPS
 from utils.phone import normalize_phone
-from worker.health import serve_health
+from worker.health import HealthServer
 from worker.status import collect, format_status
 from worker.webhook_listener import PATH_PREFIX, THREADS, SenderPolicy, WebhookListener, serve_webhooks
 
@@ -352,7 +352,7 @@ def test_a_call_first_seen_by_webhook_is_not_fetched_again_by_the_poll(hook_sett
 def test_deliveries_by_outcome_and_the_lag_in_metrics_and_status(hook_settings, mongo, bolna, started):
     app = build_app(hook_settings.with_overrides(health_port=0), mongo, bolna)
     base = started(app)
-    health = serve_health(app, is_scheduling=lambda: True)
+    health = HealthServer(app, is_scheduling=lambda: True).start()
     try:
         record = state_of("w-19", "completed", 3)
         assert [deliver(base, record).status_code for _ in range(2)] == [200, 200]

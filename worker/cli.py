@@ -83,15 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("--dry-run", action="store_true", help="only count what would be removed")
     forget.add_argument("--as-stored", action="store_true",
                         help="the exact text of a number that is not valid (stored as received)")
-    for command in (status, reanalyze, review, forget):
-        command.add_argument("--account", help="with ACCOUNT_SOURCE=mongodb: the account (its id in "
-                                               "ACCOUNTS_COLLECTION) this command is about")
     hook = commands.add_parser("webhook-url", help="the webhook URL to configure at Bolna (WEBHOOK_PUBLIC_URL + "
                                                    "token); --apply sets it on the agent")
     hook.add_argument("--agent", help="the Bolna agent id")
     hook.add_argument("--apply", action="store_true", help="set it on the agent through Bolna's API")
-    hook.add_argument("--account", help="with ACCOUNT_SOURCE=mongodb: the account whose URL it is (its own token "
-                                        "and, with --apply, its Bolna key)")
+    for command in (status, reanalyze, review, forget, hook):
+        command.add_argument("--account", help="with ACCOUNT_SOURCE=mongodb: the account (its id in "
+                                               "ACCOUNTS_COLLECTION) this command is about")
     return parser
 
 
@@ -139,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         many = settings.account_source == "mongodb"
         if args.account is not None and not many:
             raise UsageError("--account names one of many accounts: it needs ACCOUNT_SOURCE=mongodb")
-        if command != "webhook-url":  # needs no database with one account
+        if command != "webhook-url" or many:  # webhook-url needs no database with one account
             _require_server(settings, command)
-        if many and args.account is None and command in ("reanalyze", "forget", "review"):
+        if many and args.account is None and command in ("reanalyze", "forget", "review", "webhook-url"):
             raise UsageError("ACCOUNT_SOURCE=mongodb: name the account with --account ID")
         return _COMMANDS[command](settings, args)
     except (ConfigError, UsageError) as exc:
@@ -299,9 +297,6 @@ def _webhook_url(settings: Settings, args) -> int:
         raise UsageError("WEBHOOK_TOKEN is not set: e.g. `openssl rand -hex 24`, the same the daemon runs with")
     token = settings.webhook_token
     if settings.account_source == "mongodb":
-        if args.account is None:
-            raise UsageError("ACCOUNT_SOURCE=mongodb: each account has its own URL; name it with --account ID")
-        _require_server(settings, "webhook-url")
         # The account as the daemon serves it (ACCOUNTS_FILTER, its keys readable).
         with closing(connect(settings)) as client:
             db = client[settings.mongodb_db]

@@ -18,7 +18,8 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from services.run_records import UNSETTLED
 from worker.app import Runtime
 from utils.config import describe
-from worker.health import READY, STOPPING, JobWatch, notify, serve_health, watchdog_seconds
+from worker.health import (METRICS_REFRESH_SECONDS, READY, STOPPING, HealthServer, JobWatch, notify,
+                           watchdog_seconds)
 from worker.webhook_listener import serve_webhooks
 
 log = logging.getLogger(__name__)
@@ -36,24 +37,23 @@ def run_daemon(app: Runtime) -> int:
     jobs = app.scheduled_jobs()
     # One thread per job: the jobs run side by side, each at most once at a time. The heartbeat
     # has its own thread, so a busy job never delays it (only an overdue one silences it).
-    scheduler = BlockingScheduler(timezone=timezone.utc,
+    scheduler = BlockingScheduler(timezone=timezone.utc, job_defaults={"max_instances": 1, "coalesce": True},
                                   executors={"default": ThreadPoolExecutor(len(jobs)),
                                              "heartbeat": ThreadPoolExecutor(1),
                                              "housekeeping": ThreadPoolExecutor(1)})
     for job in jobs:
         scheduler.add_job(watch.watched(job.name, job.run), "interval", seconds=job.seconds, id=job.name,
-                          name=job.name, next_run_time=datetime.now(timezone.utc), max_instances=1, coalesce=True,
+                          name=job.name, next_run_time=datetime.now(timezone.utc),
                           # A run that could not start on time still runs if it is late by less
                           # than half an interval; later than that, the next tick is as good.
                           misfire_grace_time=max(1, int(job.seconds / 2)))
     # A run record lost in a MongoDB outage is written once MongoDB answers, not only by the next run.
     scheduler.add_job(UNSETTLED.settle, "interval", seconds=SETTLE_SECONDS, id="settle_runs", name="settle_runs",
-                      executor="housekeeping", max_instances=1, coalesce=True)
+                      executor="housekeeping")
     if watchdog is not None:
         # A heartbeat pings it while no job is overdue, three beats a WatchdogSec: one late beat is no restart.
-        scheduler.add_job(watch.heartbeat, "interval", seconds=watchdog / 3, id="watchdog",
-                          name="watchdog", executor="heartbeat", next_run_time=datetime.now(timezone.utc),
-                          max_instances=1, coalesce=True, misfire_grace_time=None)
+        scheduler.add_job(watch.heartbeat, "interval", seconds=watchdog / 3, id="watchdog", name="watchdog",
+                          executor="heartbeat", next_run_time=datetime.now(timezone.utc), misfire_grace_time=None)
     grace = app.settings.shutdown_grace_seconds
     exit_code = 0
     # Called by start() once the jobs are scheduled; MongoDB answered already (prepare()).
@@ -96,7 +96,10 @@ def run_daemon(app: Runtime) -> int:
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, on_signal)
         if app.settings.health_port is not None:
-            running.callback(serve_health(app, is_scheduling=lambda: scheduler.running, watch=watch).stop)
+            running.callback(HealthServer(app, is_scheduling=lambda: scheduler.running, watch=watch).start().stop)
+            scheduler.add_job(app.metrics.refresh, "interval", seconds=METRICS_REFRESH_SECONDS,
+                              id="refresh_metrics", name="refresh_metrics", executor="housekeeping",
+                              next_run_time=datetime.now(timezone.utc))
         if app.settings.webhook_port is not None:
             running.callback(serve_webhooks(app).stop)
         running.callback(notify, STOPPING)

@@ -1,7 +1,7 @@
 """The daemon's health, as its supervisors read it: systemd's notify protocol and watchdog, the
 optional HTTP listener (HEALTH_PORT: `/livez`, `/readyz`, `/healthz`, `/metrics`, docs/operations.md)
-and the Prometheus metrics it serves. The listener is one asyncio loop in one thread, so idle or
-slow clients cost a socket each, never a thread.
+and the Prometheus metrics it serves. The listener runs on the webhook listener's bounded server
+(one event loop: idle or slow clients cost a socket each, never a thread).
 
 The metrics are taken from the run records the daemon writes (a `RunRecords` listener), so they
 say exactly what the stored run records say. What only MongoDB knows (the analysis queue depth,
@@ -15,18 +15,15 @@ happens: a hung job, or a scheduler that no longer runs its jobs, stops the ping
 and systemd (WatchdogSec) kills and restarts it; the same rule answers /livez."""
 from __future__ import annotations
 
-import asyncio
 import itertools
-import json
 import logging
 import os
 import platform
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import pymongo
 from prometheus_client import (CONTENT_TYPE_LATEST, GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR,
@@ -42,6 +39,7 @@ from services.run_records import SUCCESSFUL, RunRecords, describe_failure
 from services.sync_state import oldest_cursor
 from services.webhooks import OUTCOMES, DeliveryTally
 from utils.clock import unix_seconds, utcnow
+from worker.webhook_listener import JSON, BoundedServer, ConnectionLimits, respond
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -55,13 +53,11 @@ WATCHDOG = "WATCHDOG=1"
 STOPPING = "STOPPING=1"
 READ_TIMEOUT_SECONDS = 5.0
 MAX_HEAD_BYTES = 8192
-MAX_CONNECTIONS = 4096
 CHECK_THREADS = 2
 # /readyz: MongoDB must answer a ping within this; a probe's own timeout should be longer.
 PING_TIMEOUT_SECONDS = 2.0
-# A check (a ping, the first read of the last successes) that takes longer is answered 503.
-CHECK_TIMEOUT_SECONDS = 5.0
-# Values /metrics shows that are read from MongoDB are read again this often (and after each run).
+# Values /metrics shows that are read from MongoDB are read again this often (by the daemon's
+# refresh job; with one account also after each run).
 METRICS_REFRESH_SECONDS = 15.0
 # A read for a refreshed gauge that takes longer is given up; the gauge keeps its last value.
 REFRESH_TIMEOUT_SECONDS = 2.0
@@ -72,8 +68,6 @@ TOKEN_KINDS = {"prompt": "promptTokens", "completion": "completionTokens"}
 LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 # A run lasts from seconds (nothing new) to many minutes (a first sync, a backlog of analyses).
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
-JSON = "application/json"
-_REASONS = {200: b"OK", 404: b"Not Found", 405: b"Method Not Allowed", 503: b"Service Unavailable"}
 
 
 def notify(*fields: str) -> bool:
@@ -165,16 +159,16 @@ class JobWatch:
         send(WATCHDOG)
 
 
-def _verdict(reasons: list[str], good: str, bad: str, **more) -> tuple[int, bytes, str]:
+def _verdict(reasons: list[str], good: str, bad: str, **more) -> tuple[str, dict, str]:
     body = {"status": bad if reasons else good, "reasons": reasons, **more}
-    return 503 if reasons else 200, json.dumps(body).encode(), JSON
+    return "503 Service Unavailable" if reasons else "200 OK", body, JSON
 
 
 class RunMetrics:
     def __init__(self, jobs: Iterable[str], *, queue_depth: Callable[[], int] | None, llm_configured: bool = False):
         """`queue_depth`: how many calls wait for analysis (one account); None with many accounts
         (each account's queue is its own, and a count across them would scan). With one account the
-        refreshed gauges are read again after each run; with many only by the listener's refresher,
+        refreshed gauges are read again after each run; with many only by the daemon's refresh job,
         every few seconds, not once per account's run."""
         self._refresh_after_runs = queue_depth is not None
         self.jobs = tuple(jobs)
@@ -182,24 +176,24 @@ class RunMetrics:
         self._lock = threading.Lock()
         self._last_success: dict[str, datetime] = {}
         self._last_status: dict[str, str] = {}
-        self._refreshed: list[_Refreshed] = []
+        self._refreshed: list[tuple[str, str, Callable[[], object], str | None]] = []
+        self._families: dict[str, GaugeMetricFamily] = {}
         registry = self.registry
-        self.runs = Counter("callsync_runs", "Job runs finished, by job and status",
-                            ["job", "status"], registry=registry)
-        self.records_written = Counter(
+        registry.register(self)
+        self.runs = self.counter("callsync_runs", "Job runs finished, by job and status",
+                                 job=self.jobs, status=RUN_STATUSES)
+        self.records_written = self.counter(
             "callsync_records_written",
             "Documents written by the jobs (crm_sync: customers, call_processor: calls), by operation",
-            ["job", "operation"], registry=registry)
-        self.run_errors = Counter("callsync_run_errors", "Errors recorded on job runs", ["job"],
-                                  registry=registry)
-        self.analyses = Counter("callsync_llm_calls", "Calls taken from the analysis queue, by outcome",
-                                ["outcome"], registry=registry)
-        self.fallbacks = Counter("callsync_llm_fallbacks",
-                                 "Analyses made by the offline heuristic instead of the LLM", registry=registry)
-        self.tokens = Counter("callsync_llm_tokens", "LLM tokens used, by kind", ["kind"], registry=registry)
-        self.cost = Counter("callsync_llm_cost_usd",
-                            "Estimated LLM cost in US dollars, from the price table (LLM_PRICES)",
-                            registry=registry)
+            job=self.jobs, operation=WRITE_COUNTS)
+        self.run_errors = self.counter("callsync_run_errors", "Errors recorded on job runs", job=self.jobs)
+        self.analyses = self.counter("callsync_llm_calls", "Calls taken from the analysis queue, by outcome",
+                                     outcome=OUTCOME_COUNTERS)
+        self.fallbacks = self.counter("callsync_llm_fallbacks",
+                                      "Analyses made by the offline heuristic instead of the LLM")
+        self.tokens = self.counter("callsync_llm_tokens", "LLM tokens used, by kind", kind=TOKEN_KINDS)
+        self.cost = self.counter("callsync_llm_cost_usd",
+                                 "Estimated LLM cost in US dollars, from the price table (LLM_PRICES)")
         self.fallback_ratio = Gauge(
             "callsync_llm_fallback_ratio",
             "Share of analyses made by the offline heuristic, in the last run that analyzed any call",
@@ -207,19 +201,19 @@ class RunMetrics:
         self.last_success = Gauge("callsync_last_success_timestamp_seconds",
                                   "When the last ok or partial run of each job finished (Unix time)",
                                   ["job"], registry=registry)
-        self.budget_spent = Counter("callsync_llm_budget_exhausted",
-                                    "Runs whose LLM request budget (LLM_REQUEST_BUDGET) ran out, leaving calls queued",
-                                    registry=registry)
+        self.budget_spent = self.counter(
+            "callsync_llm_budget_exhausted",
+            "Runs whose LLM request budget (LLM_REQUEST_BUDGET) ran out, leaving calls queued")
         # 1 when a Groq key is set (with many accounts: the daemon's own): without one every
         # analysis is the heuristic's by design, and the fallback ratio is no alarm.
         Gauge("callsync_llm_configured", "1 when a Groq API key is configured", registry=registry).set(
             int(llm_configured))
         self.duration = Histogram("callsync_run_duration_seconds", "How long each finished run took, by job",
                                   ["job"], buckets=DURATION_BUCKETS, registry=registry)
-        self.bolna_requests = Counter("callsync_bolna_requests", "Requests to Bolna's API, by outcome "
-                                      "(ok, retried, 429, error)", ["outcome"], registry=registry)
-        self.llm_requests = Counter("callsync_llm_requests", "Requests to Groq's chat completions, by outcome "
-                                    "(ok, retried, 429, error)", ["outcome"], registry=registry)
+        self.bolna_requests = self.counter("callsync_bolna_requests", "Requests to Bolna's API, by outcome "
+                                           "(ok, retried, 429, error)", outcome=REQUEST_OUTCOMES)
+        self.llm_requests = self.counter("callsync_llm_requests", "Requests to Groq's chat completions, by "
+                                         "outcome (ok, retried, 429, error)", outcome=REQUEST_OUTCOMES)
         Info("callsync_build", "The running build", registry=registry).info(
             # Set by the image build (Dockerfile's CALLSYNC_VERSION).
             {"version": os.environ.get("CALLSYNC_VERSION") or "dev", "python": platform.python_version()})
@@ -228,26 +222,45 @@ class RunMetrics:
             registry.register(collector)
         if queue_depth is not None:
             self.refreshed("callsync_analysis_queue_depth", "Calls stored final and not analyzed yet", queue_depth)
-        # Every series exists from the start, so a rate over the first failure is not lost.
-        for counter, *labels in ((self.runs, self.jobs, RUN_STATUSES),
-                                 (self.records_written, self.jobs, WRITE_COUNTS), (self.run_errors, self.jobs),
-                                 (self.analyses, OUTCOME_COUNTERS), (self.tokens, TOKEN_KINDS),
-                                 (self.bolna_requests, REQUEST_OUTCOMES), (self.llm_requests, REQUEST_OUTCOMES)):
-            for values in itertools.product(*labels):
+
+    def counter(self, name: str, help: str, **labels: Iterable[str]) -> Counter:
+        """`labels`: each label's values, every series of them created at once, so a rate over the
+        first failure is not lost."""
+        counter = Counter(name, help, list(labels), registry=self.registry)
+        if labels:
+            for values in itertools.product(*labels.values()):
                 counter.labels(*values)
+        return counter
 
     def refreshed(self, name: str, help: str, read: Callable[[], object], label: str | None = None) -> None:
-        """A gauge of what `read` returns from MongoDB, read by `refresh` (never at scrape)."""
-        gauge = _Refreshed(name, help, read, label)
-        self.registry.register(gauge)
-        self._refreshed.append(gauge)
+        """A gauge of what `read` returns from MongoDB: what it counts also changes by other daemons'
+        work (another replica, `reanalyze`), so it is read again by `refresh`, never at a scrape, which
+        shows the last value read (no series before the first read succeeded). `label`: the read
+        returns a number per value of it."""
+        self._refreshed.append((name, help, read, label))
 
     def refresh(self) -> None:
-        for gauge in self._refreshed:
-            gauge.refresh()
+        for name, help, read, label in self._refreshed:
+            try:
+                with pymongo.timeout(REFRESH_TIMEOUT_SECONDS):
+                    value = read()
+            except PyMongoError as exc:
+                # The last value stays; the scrape answers at once with it and every other metric.
+                log.warning("%s not refreshed: %s", name, type(exc).__name__, extra={"event": "metrics_degraded"})
+                continue
+            if label is None:
+                family = GaugeMetricFamily(name, help, value=value)
+            else:
+                family = GaugeMetricFamily(name, help, labels=[label])
+                for key, number in value.items():
+                    family.add_metric([key], number)
+            self._families[name] = family  # whole: a scrape sees one read or the next
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        """The registry's collector of the refreshed gauges."""
+        return list(self._families.values())
 
     def observe_requests(self, bolna: Listeners, llm: GroqAnalyzer | None) -> None:
-        """Count the outcome of each request to Bolna (`bolna`: its client's outcomes) and to Groq."""
         bolna.subscribe(lambda outcome: self.bolna_requests.labels(outcome).inc())
         if llm is not None:
             llm.outcomes.subscribe(lambda outcome: self.llm_requests.labels(outcome).inc())
@@ -314,13 +327,10 @@ def observe_webhooks(metrics: RunMetrics, tally: DeliveryTally, waiting: Callabl
     """Webhook deliveries by outcome and the lag of their writes, as this process sees them; the
     inbox's deliveries waiting to be written (`waiting`, read by the refresh)."""
     metrics.refreshed("callsync_webhook_inbox_waiting", "Webhook deliveries stored and not written yet", waiting)
-    deliveries = Counter("callsync_webhook_deliveries", "Webhook deliveries, by outcome", ["outcome"],
-                         registry=metrics.registry)
+    deliveries = metrics.counter("callsync_webhook_deliveries", "Webhook deliveries, by outcome", outcome=OUTCOMES)
     lag = Histogram("callsync_webhook_lag_seconds",
                     "Seconds from Bolna's updated_at of a delivered call to its write", buckets=LAG_BUCKETS,
                     registry=metrics.registry)
-    for outcome in OUTCOMES:
-        deliveries.labels(outcome)
     tally.on_outcome = lambda outcome, n: deliveries.labels(outcome).inc(n)
     tally.on_lag = lag.observe
 
@@ -329,37 +339,6 @@ def observe_accounts(metrics: RunMetrics, counts: Callable[[], dict[str, int]]) 
     """Accounts by schedule state (running, due, waiting, refused, retired), read by the refresh."""
     metrics.refreshed("callsync_accounts", "Accounts in the schedule, by state (ACCOUNT_SOURCE=mongodb)", counts,
                       label="state")
-
-
-class _Refreshed:
-    """A gauge of a value read from MongoDB: what it counts also changes by other daemons' work
-    (another replica, `reanalyze`), so it is read again, by `refresh`. A scrape shows the last value
-    read (no series before the first read succeeded). `label`: the read returns a number per value of it."""
-
-    def __init__(self, name: str, help: str, read: Callable[[], object], label: str | None = None):
-        self._name, self._help, self._read = name, help, read
-        self._labels = [label] if label else []
-        self._samples: list[tuple[list[str], float]] | None = None
-
-    def refresh(self) -> None:
-        try:
-            with pymongo.timeout(REFRESH_TIMEOUT_SECONDS):
-                value = self._read()
-        except PyMongoError as exc:
-            # The last value stays; the scrape answers at once with it and every other metric.
-            log.warning("%s not refreshed: %s", self._name, type(exc).__name__, extra={"event": "metrics_degraded"})
-            return
-        self._samples = ([([label], number) for label, number in value.items()] if self._labels
-                         else [([], value)])
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        samples = self._samples
-        if samples is None:
-            return
-        family = GaugeMetricFamily(self._name, self._help, labels=self._labels)
-        for labels, number in samples:
-            family.add_metric(labels, number)
-        yield family
 
 
 class HealthServer:
@@ -378,31 +357,22 @@ class HealthServer:
         self._service = service
         self._is_scheduling = is_scheduling
         self._watch = watch
-        self._routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
+        self._routes: dict[str, Callable[[], tuple[str, dict | bytes, str]]] = {
             "/livez": self.live, "/readyz": self.ready, "/healthz": self.healthy,
-            "/metrics": lambda: (200, generate_latest(service.metrics.registry), CONTENT_TYPE_LATEST),
+            "/metrics": lambda: ("200 OK", generate_latest(service.metrics.registry), CONTENT_TYPE_LATEST),
         }
-        self._metrics = service.metrics
-        self._read_timeout = read_timeout
-        self._connections = 0
-        self._checks = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="health-check")
-        self._loop = asyncio.new_event_loop()
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, settings.health_host, settings.health_port,
-                                 limit=MAX_HEAD_BYTES, backlog=1024))
-        self._thread = threading.Thread(target=self._loop.run_forever, name="health", daemon=True)
-        self._stopping = threading.Event()
-        self._refresher = threading.Thread(target=self._refresh_metrics, name="metrics-refresh", daemon=True)
+        # The webhook listener's bounded server (4,096 connections); no bound per address: every
+        # probe may come from one.
+        limits = ConnectionLimits(idle_seconds=read_timeout, request_seconds=read_timeout)
+        self._server = BoundedServer(self, "health-listener", host=settings.health_host, port=settings.health_port,
+                                     limits=limits, unbounded_peer=lambda _peer: True, threads=CHECK_THREADS,
+                                     max_request_header_size=MAX_HEAD_BYTES, max_request_body_size=MAX_HEAD_BYTES)
+        self.address = self._server.address
 
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound host and port (the port is chosen by the system when 0 was asked)."""
-        return self._server.sockets[0].getsockname()[:2]
-
-    def live(self) -> tuple[int, bytes, str]:
+    def live(self) -> tuple[str, dict, str]:
         return _verdict(self._live_reasons(), "ok", "not live")
 
-    def ready(self) -> tuple[int, bytes, str]:
+    def ready(self) -> tuple[str, dict, str]:
         reasons = self._live_reasons()
         try:
             with pymongo.timeout(PING_TIMEOUT_SECONDS):
@@ -413,7 +383,7 @@ class HealthServer:
         reasons += [f"{job.name}: its last run failed" for job in self.jobs if last_status(job.name) == "failed"]
         return _verdict(reasons, "ready", "not ready")
 
-    def healthy(self) -> tuple[int, bytes, str]:
+    def healthy(self) -> tuple[str, dict, str]:
         now, max_age = utcnow(), self.max_age.total_seconds()
         reasons = [] if self._is_scheduling() else ["the scheduler is not running"]
         jobs = {}
@@ -436,73 +406,27 @@ class HealthServer:
         return reasons
 
     def start(self) -> HealthServer:
-        self._thread.start()
-        self._refresher.start()
+        self._server.start()
         log.info("health and metrics listening on http://%s:%d (/livez, /readyz, /healthz, /metrics)",
                  *self.address, extra={"event": "health_listening"})
         return self
 
     def stop(self) -> None:
-        self._stopping.set()
+        self._server.stop()
 
-        async def close():
-            self._server.close()
-            # Open connections are each within a read or a write bounded by the read timeout.
-            await asyncio.wait_for(self._server.wait_closed(), self._read_timeout + 1)
-
-        try:
-            asyncio.run_coroutine_threadsafe(close(), self._loop).result(self._read_timeout + 2)
-        except Exception:  # noqa: BLE001 - stopping anyway; the loop's thread is a daemon
-            log.debug("health server: connections still open at stop", exc_info=True)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._refresher.join(5)
-        self._checks.shutdown(wait=False, cancel_futures=True)
-        if not self._loop.is_running():
-            self._loop.close()
-
-    def _refresh_metrics(self) -> None:
-        while True:
-            self._metrics.refresh()
-            if self._stopping.wait(METRICS_REFRESH_SECONDS):
-                return
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._connections += 1  # only this loop's thread touches it
-        try:
-            if self._connections > MAX_CONNECTIONS:
-                return
-            try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._read_timeout)
-            except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-                return  # slow, idle, oversized or gone: dropped without an answer
-            status, body, content_type = await self._answer(head)
-            writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-                         % (status, _REASONS[status], content_type.encode(), len(body)) + body)
-            await asyncio.wait_for(writer.drain(), self._read_timeout)
-        except (asyncio.TimeoutError, ConnectionError):
-            pass
-        finally:
-            self._connections -= 1
-            writer.close()
-
-    async def _answer(self, head: bytes) -> tuple[int, bytes, str]:
-        method, _, rest = head.partition(b" ")
-        path = rest.split(b" ", 1)[0].split(b"?", 1)[0].decode("latin-1")
-        if method != b"GET":
-            return 405, b'{"error": "only GET"}', JSON
+    def __call__(self, environ: dict, start_response) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
         route = self._routes.get(path)
-        if route is None:
-            return 404, b'{"error": "not found; try /livez, /readyz, /healthz or /metrics"}', JSON
-        try:
-            return await asyncio.wait_for(self._loop.run_in_executor(self._checks, route), CHECK_TIMEOUT_SECONDS)
-        except asyncio.TimeoutError:
-            return _verdict([f"the check did not finish within {CHECK_TIMEOUT_SECONDS:g}s"], "", "unknown")
-        except Exception as exc:  # noqa: BLE001 - a failing check is a 503 that says why, never a dropped probe
-            log.warning("health check %s failed: %s", path, describe_failure(exc), extra={"event": "health_check_failed"})
-            return _verdict([describe_failure(exc)], "", "unknown")
-
-
-
-def serve_health(*args, **options) -> HealthServer:
-    return HealthServer(*args, **options).start()
+        if environ.get("REQUEST_METHOD") != "GET":
+            answer = "405 Method Not Allowed", {"error": "only GET"}, JSON
+        elif route is None:
+            answer = "404 Not Found", {"error": "not found; try /livez, /readyz, /healthz or /metrics"}, JSON
+        else:
+            # Each check is read from memory but the ping, which its own timeout bounds.
+            try:
+                answer = route()
+            except Exception as exc:  # noqa: BLE001 - a failing check is a 503 that says why, never a dropped probe
+                log.warning("health check %s failed: %s", path, describe_failure(exc),
+                            extra={"event": "health_check_failed"})
+                answer = _verdict([describe_failure(exc)], "", "unknown")
+        return respond(start_response, *answer)

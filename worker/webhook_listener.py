@@ -15,7 +15,7 @@ with many each has its own, HMAC-SHA256(key=WEBHOOK_TOKEN, message=str(account i
 token is stored anywhere and one account's URL tells nothing of another's (docs/scaling.md).
 
 Why waitress, and the bounds added to it against connection floods (`ConnectionLimits`,
-`BoundedServer`): docs/reliability.md, "Hostile network input".
+`BoundedServer`, which serves the health listener too): docs/reliability.md, "Hostile network input".
 """
 from __future__ import annotations
 
@@ -52,14 +52,23 @@ HARD_BODY_FACTOR = 4
 # A throttled account's deliveries are asked again after this: time for the processor to drain
 # thousands of waiting deliveries.
 RETRY_AFTER_SECONDS = 30
-# Descriptors kept for the rest of the process (MongoDB's pool, Bolna and Groq clients, the health
-# server, files) beside the listener's connections.
+# Descriptors kept for the rest of the process (MongoDB's pool, Bolna and Groq clients, files)
+# beside a listener's connections.
 RESERVED_DESCRIPTORS = 512
 ACCEPTS_PER_PASS = 64
 # SO_LINGER on, 0 s: close() resets the connection, so no TIME_WAIT is kept for a flood's sockets.
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 NOT_FOUND = ("404 Not Found", {"error": "not found"})
+JSON = "application/json"
+
+
+def respond(start_response, status: str, body: dict | bytes, content_type: str, *headers) -> list[bytes]:
+    """One whole answer, never cached (a WSGI application's return value)."""
+    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(payload))),
+                            ("Cache-Control", "no-store"), *headers])
+    return [payload]
 
 
 def _networks(values: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -152,49 +161,63 @@ def raise_descriptor_limit(wanted: int) -> int:
 
 
 class _Channel(HTTPChannel):
-    """A connection that remembers when its current request began, and is counted against its peer
-    address (by the server, when accepted) until it is closed."""
+    """A connection that remembers when its current request began."""
     request_began: float | None = None
-    counted_peer: str | None = None
 
     def received(self, data):
         if self.request is None and data:
             self.request_began = time.monotonic()
         return super().received(data)
 
-    def del_channel(self, map=None):
-        super().del_channel(map)
-        peer, self.counted_peer = self.counted_peer, None
-        if peer is not None:
-            self.server.peer_closed(peer)
-
 
 class BoundedServer(TcpWSGIServer):
+    """waitress serving `application` from its own loop in a thread named `name`, bounded against
+    floods by `limits` (docs/reliability.md): the webhook listener's server and the health listener's."""
     channel_class = _Channel
 
-    def __init__(self, application, *, host: str, port: int, limits: ConnectionLimits,
+    def __init__(self, application, name: str, *, host: str, port: int, limits: ConnectionLimits,
                  unbounded_peer: Callable[[str], bool], **options):
         """`unbounded_peer(address)`: True for a peer the per-address bound does not apply to (a
         trusted proxy). `options`: waitress' own settings."""
         self._unbounded_peer = unbounded_peer
-        self._per_peer: Counter = Counter()
-        self._peers_lock = threading.Lock()
         available = raise_descriptor_limit(limits.connections + RESERVED_DESCRIPTORS) - RESERVED_DESCRIPTORS
         if available < limits.connections:
             limits = replace(limits, connections=max(available, 64))
-            log.warning("the process may open %d descriptors: the webhook listener holds at most %d connections; "
-                        "raise `ulimit -n` for more", available + RESERVED_DESCRIPTORS, limits.connections,
+            log.warning("the process may open %d descriptors: the %s holds at most %d connections; "
+                        "raise `ulimit -n` for more", available + RESERVED_DESCRIPTORS, name, limits.connections,
                         extra={"event": "webhook_descriptor_limit"})
         self.limits = limits
-        adj = Adjustments(host=host, port=port, connection_limit=limits.connections,
+        adj = Adjustments(host=host, port=port, connection_limit=limits.connections, ident="",
                           channel_timeout=limits.idle_seconds, cleanup_interval=limits.check_seconds,
                           backlog=limits.backlog, asyncore_use_poll=True, **options)
         super().__init__(application, map={}, adj=adj, sockinfo=adj.listen[0])
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.effective_host, int(self.effective_port)  # waitress gives text
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.pull_trigger()  # wakes the loop's poll at once
+        self._thread.join(10)
+        # Closed once the loop ended, never under a poll running in another thread.
+        self.task_dispatcher.shutdown()
+        wasyncore.close_all(self._map)
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():  # one pass at a time, so a stop is seen
+            wasyncore.loop(timeout=1.0, use_poll=True, map=self._map, count=1)
 
     def handle_accept(self):
         # waitress accepts one connection per pass of its loop, and a pass walks every open
         # connection: under a flood, a delivery waited behind the whole accept queue. Up to a batch
-        # at a time here.
+        # at a time here. The connections of each peer are counted afresh, as open now.
+        per_peer = Counter(channel.addr[0] for channel in self.active_channels.values())
         for _ in range(ACCEPTS_PER_PASS):
             if len(self._map) >= self.adj.connection_limit:
                 return
@@ -207,40 +230,24 @@ class BoundedServer(TcpWSGIServer):
             except OSError:
                 continue  # the peer left before it was accepted; nothing to serve
             peer = addr[0]
-            bounded = not self._unbounded_peer(peer)
-            if bounded:
-                with self._peers_lock:
-                    at_bound = self._per_peer[peer] >= self.limits.per_address
-                    if not at_bound:
-                        self._per_peer[peer] += 1
-                if at_bound:
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
-                    conn.close()
-                    continue
+            if per_peer[peer] >= self.limits.per_address and not self._unbounded_peer(peer):
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+                conn.close()
+                continue
             try:
-                channel = self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+                self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
             except OSError:  # the peer reset it meanwhile
                 conn.close()
-                if bounded:
-                    self.peer_closed(peer)
                 continue
-            if bounded:
-                channel.counted_peer = peer
+            per_peer[peer] += 1
 
     def maintenance(self, now):
         """waitress closes the idle connections; here also those whose request is arriving too slowly."""
         super().maintenance(now)
         cutoff = time.monotonic() - self.limits.request_seconds
-        for channel in list(self.active_channels.values()):
-            began = getattr(channel, "request_began", None)
-            if channel.request is not None and not channel.requests and began is not None and began < cutoff:
+        for channel in self.active_channels.values():
+            if channel.request is not None and not channel.requests and channel.request_began < cutoff:
                 channel.will_close = True
-
-    def peer_closed(self, peer: str) -> None:
-        with self._peers_lock:
-            self._per_peer[peer] -= 1
-            if self._per_peer[peer] <= 0:
-                del self._per_peer[peer]
 
 
 class WebhookListener:
@@ -259,42 +266,24 @@ class WebhookListener:
         self.region = region
         self.processor = processor
         self._server = BoundedServer(
-            self, host=host, port=port, limits=limits, unbounded_peer=senders.is_trusted_proxy,
-            threads=THREADS, ident="", max_request_body_size=max_body_bytes * HARD_BODY_FACTOR,
+            self, "webhook-listener", host=host, port=port, limits=limits, unbounded_peer=senders.is_trusted_proxy,
+            threads=THREADS, max_request_body_size=max_body_bytes * HARD_BODY_FACTOR,
             # X-Forwarded-For is judged by SenderPolicy against WEBHOOK_TRUSTED_PROXIES, not cleared.
             clear_untrusted_proxy_headers=False)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="webhook-listener", daemon=True)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self._server.effective_host, int(self._server.effective_port)  # waitress gives text
+        self.address = self._server.address
 
     def start(self) -> WebhookListener:
-        self._thread.start()
+        self._server.start()
         log.info("webhook listener on http://%s:%d%s<token>", *self.address, PATH_PREFIX,
                  extra={"event": "webhook_listening"})
         return self
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._server.pull_trigger()  # wakes the loop's select at once
-        self._thread.join(10)
+        self._server.stop()
         # The processor after: what the listener accepted until then is in the inbox, for this
         # processor's last batch or for the next start.
         if self.processor is not None:
             self.processor.stop()
-
-    def _serve(self) -> None:
-        """waitress's own loop, one pass at a time so a stop is seen; the sockets are closed here,
-        in the loop's thread, never under a select running in another."""
-        server = self._server
-        try:
-            while not self._stopping.is_set():
-                wasyncore.loop(timeout=1.0, use_poll=server.adj.asyncore_use_poll, map=server._map, count=1)
-        finally:
-            server.task_dispatcher.shutdown()
-            wasyncore.close_all(server._map)
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
         headers = []
@@ -312,10 +301,7 @@ class WebhookListener:
         except Exception as exc:  # noqa: BLE001 - a bug of ours must not show a caller a traceback
             log.error("webhook delivery failed (%s)", type(exc).__name__, extra={"event": "webhook_error"})
             status, body = "503 Service Unavailable", {"error": "try again later"}
-        payload = json.dumps(body).encode()
-        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
-                                ("Cache-Control", "no-store"), *headers])
-        return [payload]
+        return respond(start_response, status, body, JSON, *headers)
 
     def _handle(self, environ: dict) -> tuple[str, dict]:
         path = environ.get("PATH_INFO", "")
