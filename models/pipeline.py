@@ -9,7 +9,8 @@ IN_PROGRESS) whose score range holds the lead score; (3) the stage named by the 
 recommendation; (4) the open stage whose range's midpoint is nearest the score.
 
 Protection: a contact in a WON stage leaves it only by a person's hand; one scored 80 or more is
-never moved to a stage starting below 50, one scored 50 or more never below 20.
+never moved to a stage starting below 50, one scored 50 or more never below 20. A first placement
+(no stage yet, or one this pipeline no longer has) is no downgrade: the route alone decides it.
 """
 from __future__ import annotations
 
@@ -183,7 +184,11 @@ def decide(pipeline: Pipeline, contact: dict, analysis: dict, min_confidence: in
 
 
 def _protection(current: Stage | None, score: object, target: Stage) -> str | None:
-    if current is not None and current.type == "WON":
+    # The score floors guard a stage a contact holds; a contact scored high by an analysis that
+    # placed it nowhere (a review, a call before the pipeline existed) has nothing to fall from.
+    if current is None:
+        return None
+    if current.type == "WON":
         return f"the contact is in {current.name} (WON), which only a person can change"
     if not isinstance(score, (int, float)) or isinstance(score, bool):
         return None

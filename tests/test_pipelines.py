@@ -103,6 +103,21 @@ def test_downgrade_protection_and_won_stickiness(contact, result, action):
     assert decide(PIPELINE, contact, result, 60).action == action
 
 
+@pytest.mark.parametrize("contact", [
+    {"leadScore": 90},  # scored by an earlier analysis that placed it nowhere (a review)
+    {"leadScore": 90, "stage": {"id": "gone", "pipelineId": "sales"}},  # a stage the pipeline no longer has
+])
+def test_a_first_placement_is_no_downgrade_whatever_the_earlier_score(contact):
+    lost = decide(PIPELINE, contact, analysis(score=10, tag="Not_Interested", status="LOST"), 60)
+    assert (lost.action, lost.route.stage.id, lost.current) == (PLACED, "lost", None)
+    assert decide(PIPELINE, {"leadScore": 55}, analysis(score=10), 60).action == PLACED  # New Lead
+
+
+def test_a_contact_staged_in_another_pipeline_is_left_there():
+    other = {"stage": {"id": "won", "pipelineId": "support"}, "leadScore": 90}
+    assert decide(PIPELINE, other, analysis(score=10, tag="Not_Interested"), 60).action == KEPT
+
+
 def test_skip_existing_places_only_contacts_without_a_stage():
     skip = parse_pipeline({**SALES, "updateMode": "SKIP_EXISTING"})
     assert decide(skip, {}, analysis(score=70), 60).action == PLACED
@@ -155,6 +170,18 @@ def test_a_blocked_downgrade_is_logged_not_applied(db, rules):
     assert contact(db)["stage"]["id"] == "negotiation" and contact(db)["leadScore"] == 20
     [blocked] = activities(db, "stage_blocked")
     assert blocked["to"]["id"] == "new" and "scored 85" in blocked["reason"] and blocked["callId"] == "c2"
+
+
+def test_a_contact_scored_high_but_never_placed_is_placed_by_its_route(db, rules):
+    """An unsure first analysis scores the contact 90 and leaves it for review, without a stage;
+    the next call is a refusal: nothing to downgrade, so the contact is placed in Lost."""
+    apply(db, rules, "c1", analysis(score=90, confidence=40), at=NOW.replace(hour=9))
+    assert "stage" not in contact(db) and contact(db)["leadScore"] == 90
+    apply(db, rules, "c2", analysis(score=10, tag="Not_Interested", status="LOST"), at=NOW.replace(hour=10))
+    assert (contact(db)["stage"]["id"], contact(db)["stage"]["rule"]) == ("lost", "status")
+    [placed] = activities(db, "stage_change")
+    assert (placed["action"], placed["from"], placed["to"]["id"], placed["callId"]) == ("placed", None, "lost", "c2")
+    assert not activities(db, "stage_blocked")
 
 
 def test_an_unsure_analysis_opens_one_review_entry_and_moves_nothing(db, rules):

@@ -81,9 +81,8 @@ def _print_collections(db) -> None:
     print()
     # What the routing and a person's locks kept from happening.
     for entry in db[ACTIVITIES].find({"type": "stage_blocked"}):
-        # A contact without a stage can be blocked too (a high score kept out of a low stage).
-        where = f"in {entry['from']['name']}" if entry.get("from") else "without a stage"
-        print(f"blocked move: {entry['customerPhone']} stays {where}, not "
+        # Only a contact in a stage is blocked: a first placement is no downgrade.
+        print(f"blocked move: {entry['customerPhone']} stays in {entry['from']['name']}, not "
               f"{entry['to']['name']}: {entry['reason']}")
     for entry in db[ACTIVITIES].find({"type": "held_back"}):
         fields = ", ".join(f"{name} -> {value}" for name, value in entry["fields"].items())
