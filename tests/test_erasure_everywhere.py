@@ -1,7 +1,8 @@
 """`forget` finds a number wherever the daemon stored it (issue 25): on either side of a call, not
 only as its customer (a call without `call_type` is taken as outbound, so its caller is only in
 `fromNumber`), and in the raw body of a webhook delivery still waiting in `webhook_inbox`; found
-through the normalization the sync uses, and kept out of later writes."""
+through the normalization the sync uses, and kept out of later writes. Never on the agent's own line:
+the number on every call of the agent is refused, or erased only where it is a customer's."""
 import pytest
 
 from services.database import CALLS, CUSTOMERS, ERASURES, SUPPRESSIONS, WEBHOOK_INBOX
