@@ -120,16 +120,22 @@ def test_a_number_both_customer_and_agent_line_is_erased_only_where_it_is_the_cu
     assert db[CALLS].find_one({"callId": "l-1"})["erasedAt"]
     assert {c["callId"]: c for c in db[CALLS].find({"callId": {"$ne": "l-1"}})} == agents_calls
     assert {c["phone"]: c for c in db[CUSTOMERS].find()} == others_before
-    # Later syncs leave out the line as a customer only: the agent's calls from it are written as ever.
-    bolna.add_execution(a_call_to_the_agent_line_as_customer("l-2", minutes_ago=5))
-    bolna.add_execution(execution(OTHERS[0], minutes_ago=5, call_id="o-9"))
-    bolna.add_execution(a_call_without_call_type_from_the_agent_line("d-2", minutes_ago=5))
+    # Later syncs leave out the line as a customer only: the agent's calls from it are written as ever,
+    # one without `call_type` too (the line known from the stored calls, then from its page).
+    bolna.add_execution(a_call_to_the_agent_line_as_customer("l-2", minutes_ago=6))
+    bolna.add_execution(a_call_without_call_type_from_the_agent_line("d-2", minutes_ago=6))
     runs = sync(app)
     assert runs["crm_sync"]["counts"]["suppressed"] == 1 and runs["call_processor"]["counts"]["suppressed"] == 1
     assert db[CALLS].find_one({"callId": "l-2"}) is None
-    assert db[CALLS].find_one({"callId": "o-9"})["fromNumber"] == AGENT_LINE.key
     assert db[CALLS].find_one({"callId": "d-2"})["fromNumber"] == AGENT_LINE.key
-    assert db[CUSTOMERS].find_one({"phone": OTHERS[0]})["callCount"] == others_before[OTHERS[0]]["callCount"] + 2
+    for side, direction in (("fromNumber", "outbound"), ("toNumber", "inbound")):  # the stored calls forgotten
+        db[CALLS].delete_many({side: AGENT_LINE.key, "direction": direction})
+    bolna.add_execution(execution(OTHERS[0], minutes_ago=5, call_id="o-9"))
+    bolna.add_execution(a_call_without_call_type_from_the_agent_line("d-3", minutes_ago=5))
+    sync(app)
+    assert db[CALLS].find_one({"callId": "o-9"})["fromNumber"] == AGENT_LINE.key
+    assert db[CALLS].find_one({"callId": "d-3"})["fromNumber"] == AGENT_LINE.key
+    assert db[CUSTOMERS].find_one({"phone": OTHERS[0]})["callCount"] == others_before[OTHERS[0]]["callCount"] + 3
 
 
 def test_a_waiting_delivery_of_the_agent_line_is_kept_when_the_line_is_forgotten_as_a_customer(
