@@ -46,6 +46,9 @@ QUEUE_INDEX_KEYS = [(ACCOUNT_FIELD, ASCENDING), ("processed", ASCENDING), ("term
 CALL_AGE_INDEX_KEYS = [(ACCOUNT_FIELD, ASCENDING), ("callAt", ASCENDING)]
 TRANSCRIPT_AGE_INDEX_KEYS = [(ACCOUNT_FIELD, ASCENDING), ("transcriptRemovedAt", ASCENDING), ("callAt", ASCENDING)]
 RUN_INDEX_KEYS = [(ACCOUNT_FIELD, ASCENDING), ("job", ASCENDING), ("startedAt", DESCENDING)]
+# An erasure's calls by number, filtered by `direction` (the agent's own line is never the person's).
+FROM_NUMBER_INDEX_KEYS = [(ACCOUNT_FIELD, ASCENDING), ("fromNumber", ASCENDING)]
+TO_NUMBER_INDEX_KEYS = [(ACCOUNT_FIELD, ASCENDING), ("toNumber", ASCENDING)]
 # Across accounts: a replica's one webhook processor claims the waiting deliveries of all of them
 # (round-robin: services/webhooks.py).
 INBOX_STATE_KEYS = [("state", ASCENDING), ("receivedAt", ASCENDING)]
@@ -74,9 +77,10 @@ _INDEXES: dict[str, list[IndexModel]] = {
         IndexModel(CALL_ID_INDEX_KEYS, unique=True, name="callId_unique"),
         IndexModel(QUEUE_INDEX_KEYS, name="analysis_queue"),
         _account_index(("customerPhone", ASCENDING), name="customerPhone"),
-        # Both sides: a call without `call_type` is taken as outbound, its caller only in `fromNumber`.
-        _account_index(("fromNumber", ASCENDING), name="fromNumber"),
-        _account_index(("toNumber", ASCENDING), name="toNumber"),
+        # The caller of a call without `call_type` (taken as outbound) is only in `fromNumber`; both
+        # sides tell an agent's own line (services/privacy.py).
+        IndexModel(FROM_NUMBER_INDEX_KEYS, name="fromNumber"),
+        IndexModel(TO_NUMBER_INDEX_KEYS, name="toNumber"),
         _UPDATED,
         # The calls stripped carry `transcriptRemovedAt` and are out of the range of the calls still
         # holding a transcript, so a retention pass never walks the calls earlier passes stripped.

@@ -24,12 +24,13 @@ from models.execution import Execution, MalformedExecution, linked_call_id, pars
 from services import lease
 from services.analyzer.schema import analysis_document
 from services.database import (ACTIVITIES, CALL_AGE_INDEX_KEYS, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, ERASURES,
-                               INBOX_STATE_KEYS, INBOX_WAITING, STAGE_REVIEWS, SUPPRESSION_KEY_KEYS, SUPPRESSIONS,
-                               SYNC_STATE, TRANSCRIPT_AGE_INDEX_KEYS, WEBHOOK_INBOX)
+                               FROM_NUMBER_INDEX_KEYS, INBOX_STATE_KEYS, INBOX_WAITING, STAGE_REVIEWS,
+                               SUPPRESSION_KEY_KEYS, SUPPRESSIONS, SYNC_STATE, TO_NUMBER_INDEX_KEYS,
+                               TRANSCRIPT_AGE_INDEX_KEYS, WEBHOOK_INBOX)
 from services.run_records import RunRecorder, describe_failure
 from utils.clock import utcnow
 from utils.config import ConfigError
-from utils.phone import DEFAULT_REGION, Phone, lookup_keys
+from utils.phone import DEFAULT_REGION, Phone, lookup_keys, mask_phone
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,11 @@ _KEY_CHECK = b"callsync privacy key check"
 
 class PrivacyKeyError(ConfigError):
     """PRIVACY_HASH_KEY is missing, or not the key the suppression list was written with."""
+
+
+class AgentLineError(ValueError):
+    """`forget` of a number the database knows only as an agent's own line: not a person's data,
+    and on every call of the agent; nothing is erased."""
 
 
 class PhoneHasher:
@@ -105,8 +111,10 @@ PERSONAL_CALL_FIELDS = (
 ANALYSIS_TEXT_FIELDS = ("analysis.summary", "analysis.reasoning", "analysis.extra", "analysis.error")
 COLLECTIONS = ("customers", "customerCalls", "calls", "contacts", "activities", "stageReviews", "followUps",
                "webhookInbox")
-# Where a call stores a number: the customer's, and both sides as normalized.
-CALL_NUMBER_FIELDS = ("customerPhone", "fromNumber", "toNumber")
+# The call types that say which side of a call is the agent's own line (the business's number):
+# the caller of an outbound call, the number called on an inbound one. A call without one is taken
+# as outbound (models/execution.py), but its caller may as well be a person who called in.
+DIRECTIONS = ("inbound", "outbound")
 
 
 @dataclass(frozen=True)
@@ -138,11 +146,18 @@ class Eraser:
         self.region = region
 
     def find(self, phone: Phone) -> PersonRecords:
+        """A call is the number's where it is the customer, or the caller of a call without a
+        direction unless the number is known as an agent's own line: never on the agent's side."""
         spellings = lookup_keys(phone)
         db = self.db
+        agent_line = self.agent_line(spellings)
+        selectors = [({"customerPhone": {"$in": spellings}}, None)]
+        if not agent_line:
+            selectors.append(({"fromNumber": {"$in": spellings}, "direction": {"$nin": list(DIRECTIONS)}},
+                              FROM_NUMBER_INDEX_KEYS))
         # One query per field, each served by its index (an `$or` is not, on every planner).
-        calls = list({call["callId"]: call for field in CALL_NUMBER_FIELDS for call in db[CALLS].find(
-            {field: {"$in": spellings}}, {"callId": 1, "processed": 1, "_id": 0})}.values())
+        calls = list({call["callId"]: call for selector, index in selectors for call in db[CALLS].find(
+            selector, {"callId": 1, "processed": 1, "_id": 0}, hint=index)}.values())
         linked = {linked_call_id(link) for link in db[CUSTOMER_CALLS].find({"phone": {"$in": spellings}},
                                                                             {"_id": 1, "callId": 1})}
         waiting = sorted(call["callId"] for call in calls if call.get("processed") is False)
@@ -155,11 +170,28 @@ class Eraser:
             ids = set(analyzed + waiting)
             for state in db[SYNC_STATE].find({"pending.callId": {"$in": sorted(ids)}}, {"pending.callId": 1}):
                 follow_ups[state["_id"]] = [p["callId"] for p in state["pending"] if p["callId"] in ids]
-        # The waiting deliveries with the number on either side (only those keep their body).
+        # The waiting deliveries holding the number as a call's, by the same rule (only those keep their body).
+        lines = set(spellings) if agent_line else set()
         inbox = db[WEBHOOK_INBOX].find({"state": INBOX_WAITING}, {"body": 1}, hint=INBOX_STATE_KEYS)
         deliveries = [entry["_id"] for entry in inbox if entry.get("body")
-                      and _delivered_numbers(bytes(entry["body"]), self.region).intersection(spellings)]
+                      and _delivered_numbers(bytes(entry["body"]), self.region, lines).intersection(spellings)]
         return PersonRecords(spellings, analyzed, waiting, contact_ids, whole, follow_ups, deliveries)
+
+    def agent_line(self, spellings: list[str]) -> bool:
+        """Whether a stored call has the number on its agent's side (one by each index)."""
+        return any(self.db[CALLS].find_one({field: {"$in": spellings}, "direction": direction}, {"_id": 1},
+                                           hint=index)
+                   for field, direction, index in (("fromNumber", "outbound", FROM_NUMBER_INDEX_KEYS),
+                                                   ("toNumber", "inbound", TO_NUMBER_INDEX_KEYS)))
+
+    def check_person(self, phone: Phone) -> None:
+        """Refuse a number known only as an agent's own line: erasing it would erase nothing of a
+        person, and putting it on the suppression list would only keep out a customer it may later be."""
+        if self.agent_line(lookup_keys(phone)) and not any(self.find(phone).counts().values()):
+            raise AgentLineError(
+                f"{mask_phone(phone.key)} is an agent's own line (the business's number its calls are made "
+                "from or received on), and no customer's record of it is left: nothing was erased, nothing "
+                "added to the suppression list. Give the number of the person to erase.")
 
     def sweep(self, phone: Phone) -> dict[str, int]:
         """Remove what the database holds of the number now; what was removed, per collection."""
@@ -202,9 +234,10 @@ def _removed_whole(spellings: list[str], call_ids: list[str], contact_ids: list)
             ("customers", CUSTOMERS, [{"phone": number}])]
 
 
-def _delivered_numbers(body: bytes, region: str) -> set[str]:
-    """Both numbers of a delivery's body, as the sync stores them (their keys, and as received);
-    for a body the sync could not read, every string in it, which holds the number if anything does."""
+def _delivered_numbers(body: bytes, region: str, agent_lines: set[str]) -> set[str]:
+    """A delivery's numbers that may be a person's (`_people`), as the sync stores them (their keys,
+    and as received); for a body the sync could not read, every string in it, which holds the number
+    if anything does, unless the number is an agent's line (the body's sides cannot be told)."""
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError):  # the listener stores only JSON
@@ -212,8 +245,8 @@ def _delivered_numbers(body: bytes, region: str) -> set[str]:
     try:
         execution = parse_execution(payload, region)
     except (MalformedExecution, RecursionError):
-        return set(_strings(payload))
-    return {text for phone in _numbers(execution) for text in (phone.key, phone.raw)}
+        return set() if agent_lines else set(_strings(payload))
+    return {text for phone in _people(execution, agent_lines) for text in (phone.key, phone.raw)}
 
 
 def _strings(value, depth: int = 0) -> list[str]:
@@ -230,9 +263,11 @@ def forget(db: Database, phone: Phone, hasher: PhoneHasher, region: str = DEFAUL
     a second call finds nothing and changes nothing. `region`: as for `Eraser`."""
     suppressions = SuppressionList(db, hasher)
     suppressions.check_key()
+    eraser = Eraser(db, region)
+    eraser.check_person(phone)
     digest = hasher.digest(phone.key)
     suppressions.add(digest)  # before anything is removed: see the module's docstring
-    removed = Eraser(db, region).sweep(phone)
+    removed = eraser.sweep(phone)
     # One record per number (its hash), kept as evidence: when it was asked, when data was last
     # removed and how much. A sweep that found nothing leaves an existing record as it was.
     now = utcnow()
@@ -260,30 +295,48 @@ class PrivacyGuard:
         self.eraser = eraser
 
     def admit(self, executions: list[Execution], recorder: RunRecorder, agent_id: str) -> list[Execution]:
-        """The executions that may be written: none of an erased number."""
-        barred = self.suppressions.suppressed(_phones(executions))
+        """The executions that may be written: none of an erased number as `forget` finds it (the
+        customer, or the caller of a call without a direction); the agent's own line never bars a call."""
+        barred, lines = self._erased(executions)
         if not barred:
             return executions
-        admitted = [e for e in executions if not any(phone.key in barred for phone in _numbers(e))]
+        admitted = [e for e in executions if not any(phone.key in barred for phone in _people(e, lines))]
         recorder.add("suppressed", len(executions) - len(admitted), agent_id)
         return admitted
 
     def recheck(self, executions: list[Execution]) -> None:
-        phones = _phones(executions)
-        for key in self.suppressions.suppressed(phones):
+        barred, lines = self._erased(executions)
+        for phone in {p.key: p for e in executions for p in _people(e, lines) if p.key in barred}.values():
             log.info("a number was erased while a page holding it was written; erased again",
                      extra={"event": "erased_during_write"})
-            self.eraser.sweep(phones[key])
+            self.eraser.sweep(phone)
+
+    def _erased(self, executions: list[Execution]) -> tuple[set[str], set[str]]:
+        """The erased numbers on these executions' people's sides, and of those the callers of calls
+        without a direction known as an agent's line (on this page, or stored): rare, then looked up."""
+        phones = {phone.key: phone for e in executions for phone in _people(e, set())}
+        barred = self.suppressions.suppressed(phones)
+        callers = barred & {e.from_phone.key for e in executions
+                            if e.direction not in DIRECTIONS and e.from_phone is not None}
+        if not callers:
+            return barred, set()
+        on_page = {line.key for e in executions if (line := _agent_side(e)) is not None}
+        return barred, {key for key in callers
+                        if key in on_page or self.eraser.agent_line(lookup_keys(phones[key]))}
 
 
-def _phones(executions: list[Execution]) -> dict[str, Phone]:
-    return {phone.key: phone for e in executions for phone in _numbers(e)}
+def _people(execution: Execution, agent_lines: set[str]) -> list[Phone]:
+    """The numbers on a call that may be a person's, as `forget` finds them: the customer's, and the
+    caller of a call without a direction (who may have called in), unless one of `agent_lines`."""
+    caller = execution.from_phone if execution.direction not in DIRECTIONS else None
+    if caller is not None and caller.key in agent_lines:
+        caller = None
+    return [phone for phone in (execution.customer_phone, caller) if phone is not None]
 
 
-def _numbers(execution: Execution) -> list[Phone]:
-    """Both sides of the call, as `forget` finds them: the erased number may be either, the
-    customer's or not (a call without `call_type` is taken as outbound)."""
-    return [phone for phone in (execution.from_phone, execution.to_phone) if phone is not None]
+def _agent_side(execution: Execution) -> Phone | None:
+    """The agent's own line, on a call whose direction says which side it is."""
+    return {"outbound": execution.from_phone, "inbound": execution.to_phone}.get(execution.direction)
 
 
 BATCH_SIZE = 200

@@ -47,3 +47,18 @@ def test_the_forget_command_erases_and_never_prints_the_number(mongo, mongodb_ur
 
     other_key = _forget(mongodb_uri, "--phone", "9876543210", key="another-key-of-enough-length")
     assert other_key.returncode == 2 and "not the key" in other_key.stderr
+
+
+@pytest.mark.timeout(120)
+def test_the_forget_command_refuses_an_agents_own_line(mongo, mongodb_uri, settings, bolna_server):
+    app = build_app(settings, mongo, bolna_server(person_and_others(), [AGENT]))
+    sync(app)
+    db = mongo[TEST_DB]
+    before = {name: list(db[name].find()) for name in ("calls", "customers", "suppressions", "erasures")}
+
+    for args in (("--phone", "+91 80456 71234", "--dry-run"), ("--phone", "08045671234")):
+        refused = _forget(mongodb_uri, *args)
+        assert refused.returncode == 1
+        assert "agent's own line" in refused.stderr and "nothing was erased" in refused.stderr
+        assert "8045671234" not in (refused.stdout + refused.stderr).replace(" ", "")
+    assert {name: list(db[name].find()) for name in before} == before

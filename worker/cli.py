@@ -227,13 +227,19 @@ def _forget(settings: Settings, args) -> int:
     hasher = None if args.dry_run else privacy.hasher_for(settings.privacy_hash_key, required=True)
     shown = mask_phone(phone.key)
     with closing(_build(settings, account=args.account)) as app:
-        if args.dry_run:
-            counts = privacy.Eraser(app.db, settings.default_phone_region).find(phone).counts()
-            header = f"{shown}: dry run, nothing changed. An erasure would affect:"
-        else:
-            counts = privacy.forget(app.db, phone, hasher, settings.default_phone_region)
-            header = (f"{shown}: erased, and on the suppression list: later syncs skip this number."
-                      + ("" if any(counts.values()) else " Nothing was left to remove."))
+        try:
+            if args.dry_run:
+                eraser = privacy.Eraser(app.db, settings.default_phone_region)
+                eraser.check_person(phone)
+                counts = eraser.find(phone).counts()
+                header = f"{shown}: dry run, nothing changed. An erasure would affect:"
+            else:
+                counts = privacy.forget(app.db, phone, hasher, settings.default_phone_region)
+                header = (f"{shown}: erased, and on the suppression list: later syncs skip this number."
+                          + ("" if any(counts.values()) else " Nothing was left to remove."))
+        except privacy.AgentLineError as exc:
+            print(f"callsync: {exc}", file=sys.stderr)
+            return 1
     rows = [[name, counts[name], ERASED[name]] for name in privacy.COLLECTIONS]
     print(header + "\n" + format_table(["collection", "documents", "what happens"], rows, max_width=80))
     return 0
