@@ -20,11 +20,17 @@ Claims take the lowest ranks first, so the accounts are served round-robin: the 
 delivery of every account, then the second, ... and one account's flood delays another's delivery
 by at most the batch in hand.
 
-The cap is checked by counting, then the entry is inserted: two requests of one account checked at
-once may both pass. Each listener thread holds one delivery at a time, so an account holds at most
-`max_waiting` + (listener threads x replicas) - 1 entries, whatever the burst. (A counter kept
-beside the entries would close that gap but must be remembered and mended after a crash; the
-count is recomputed from the entries themselves, and bounded by `max_waiting` keys.)
+The cap is not counted on every delivery: a count reads every waiting entry up to the cap (index
+keys on MongoDB, whole documents on the test run's wire server), which under a burst is what
+accepting costs. A process counts an account's waiting entries again after COUNT_EVERY accepts,
+once its count is COUNT_AGE_SECONDS old, and before any refusal; in between it adds to the count,
+under a lock, the deliveries it accepted since. So one process never takes an account past
+`max_waiting` (a delivery being inserted while a count is taken may be counted twice: a refusal
+too many until the next count, never an entry too many), and each other replica may have
+accepted, unseen since that count, at most COUNT_EVERY: an account holds at most `max_waiting` +
+(replicas - 1) x COUNT_EVERY entries, whatever the burst. Nothing is remembered that the entries
+do not give again: after a crash the next delivery is counted afresh. (A counter document beside
+the entries would be a second write, to mend after a crash between the two.)
 
 The processor: a thread of the daemon that claims accepted deliveries and writes them through the
 poll's own writers (calls, then customers), so the analysis queue, the CRM rules, the order-safe
@@ -40,6 +46,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -76,6 +83,11 @@ NOT_LISTED = "the account is no longer listed (ACCOUNTS_FILTER); not written"
 OUTCOMES = ("accepted", "duplicate", "rejected_token", "rejected_sender", "too_large", "malformed", "throttled",
             "processed", "failed")
 FLUSH_EVERY = timedelta(seconds=5)
+# The cap's count of an account's waiting deliveries, taken again after this many accepts by one
+# process (each other replica's slack over the cap)...
+COUNT_EVERY = 100
+# ... or once this old, so a delivery's rank follows its account's backlog as it drains.
+COUNT_AGE_SECONDS = 1.0
 
 
 class InboxFull(Exception):
@@ -110,26 +122,54 @@ def waiting_entry(call_id: str, status: str, bolna_updated_at: datetime | None, 
 class Inbox:
     def __init__(self, entries: Collection, owner: str, lease_seconds: float,
                  clock: Callable[[], datetime] = utcnow, *, max_waiting: int = 5000):
-        """`max_waiting`: the waiting entries one account may hold (accepting through its view)."""
+        """`max_waiting`: the waiting entries one account may hold (accepting through its view: one
+        Inbox per account for the process's life, as it keeps the account's count)."""
         self.entries = entries
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
         self.clock = clock
         self.max_waiting = max_waiting
+        self._places = threading.Lock()
+        self._counted = 0  # the account's waiting entries at the last count
+        self._counted_at = float("-inf")  # time.monotonic() when that count began
+        self._since = 0  # accepted by this process since that count, or being inserted when it began
+        self._inserting = 0
 
     def accept(self, call_id: str, status: str, bolna_updated_at: datetime | None, body: bytes) -> bool:
         """Store one delivery; False when this call's status was delivered before (a duplicate).
         Raises InboxFull when the account has `max_waiting` deliveries waiting."""
-        # No hint: the filter is exactly `userId_state`'s keys (the account's view adds `userId`),
-        # which every planner picks; the test run's wire server walks a hinted index whole.
-        waiting = self.entries.count_documents({"state": WAITING}, limit=self.max_waiting)
-        if waiting >= self.max_waiting:
-            raise InboxFull(f"{self.max_waiting} deliveries of this account are waiting")
+        rank = self._take_place()
+        stored = True  # an insert whose answer was lost may be stored: it holds its place until a count
         try:
-            self.entries.insert_one(waiting_entry(call_id, status, bolna_updated_at, body, waiting))
+            self.entries.insert_one(waiting_entry(call_id, status, bolna_updated_at, body, rank))
         except DuplicateKeyError:
-            return False
-        return True
+            stored = False
+        finally:
+            with self._places:
+                self._inserting -= 1
+                if not stored:
+                    self._since -= 1
+        return stored
+
+    def _take_place(self) -> int:
+        """A place under the cap for one delivery, and its rank: the waiting entries counted, plus
+        those this process accepted since. Counted again, under the lock, after COUNT_EVERY places,
+        once COUNT_AGE_SECONDS old, and before any refusal."""
+        with self._places:
+            began = time.monotonic()
+            if (self._since >= COUNT_EVERY or began - self._counted_at >= COUNT_AGE_SECONDS
+                    or self._counted + self._since >= self.max_waiting):
+                # No hint: the filter is exactly `userId_state`'s keys (the account's view adds
+                # `userId`), which every planner picks; the test run's wire server walks a hinted index whole.
+                self._counted = self.entries.count_documents({"state": WAITING}, limit=self.max_waiting)
+                # Those being inserted keep their place: counted twice maybe, never missed.
+                self._counted_at, self._since = began, self._inserting
+            waiting = self._counted + self._since
+            if waiting >= self.max_waiting:
+                raise InboxFull(f"{self.max_waiting} deliveries of this account are waiting")
+            self._since += 1
+            self._inserting += 1
+            return waiting
 
     def claim(self, limit: int) -> tuple[str, list[Delivery]]:
         """Up to `limit` waiting deliveries no live claim holds, lowest rank first (round-robin

@@ -227,8 +227,8 @@ class Runtime:
         self._accounts: dict[object, Account] = {}
         self._loaded_at: float | None = None
         self._refresh_lock = threading.Lock()
-        self.webhook_routes = (AccountRoutes(lambda account_id: self._inbox(account_view(self.db, account_id)))
-                               if settings.webhook_token else None)
+        self._account_inboxes: dict[object, Inbox] = {}
+        self.webhook_routes = AccountRoutes(self._account_inbox) if settings.webhook_token else None
         llm_configured = bool(settings.groq_api_keys)
         if settings.account_source == "mongodb" and account_id is None:
             self.account = None
@@ -270,6 +270,13 @@ class Runtime:
         """`webhook_inbox` as `db` sees it: an account's view accepts its deliveries."""
         return Inbox(db[WEBHOOK_INBOX], self.owner, LEASE_SECONDS, clock=self.clock,
                      max_waiting=self.settings.webhook_max_waiting)
+
+    def _account_inbox(self, account_id) -> Inbox:
+        """The one inbox of an account in this process: it keeps the count its cap is checked by."""
+        inboxes = self._account_inboxes
+        if account_id not in inboxes:  # setdefault: two threads at once still share one
+            inboxes.setdefault(account_id, self._inbox(account_view(self.db, account_id)))
+        return inboxes[account_id]
 
     def attach(self, account: AccountApp) -> None:
         """An account's finished runs to the listeners (with its `userId` when it has one), its
