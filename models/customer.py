@@ -38,6 +38,9 @@ _INTEREST_KEYS = ("user_interested", "interested", "is_interested")
 # The status changes an upsert made, kept on the record by the upsert itself until the writer has
 # logged each as an activity: what a change was is known only to the write that made it.
 PENDING_STATUS_CHANGES = "pendingStatusChanges"
+# Likewise the values a lock held back (`{field, value, callId, at}`): whether a lock holds is
+# decided by the update, against the record as it is then, never by what was read before it.
+PENDING_HELD_BACK = "pendingHeldBack"
 
 
 class StatusRanks:
@@ -260,6 +263,18 @@ def _fold_stages(record: dict[str, Any], ranks: StatusRanks, sources: dict[str, 
             f"${SUGGESTED}", {name: _if(f"$_hold_{name}", {"value": value, "callId": sources[name], "at": at},
                                         f"${SUGGESTED}.{name}") for name, (_condition, value, at) in offers.items()}]},
             f"${SUGGESTED}"]}
+        # A hold already suggested from the same call was noted by the write that suggested it
+        # (a page taken again, two writers of one call): noted once, logged once. Judged on the
+        # suggestions as they were before this update (`_suggested`), which the stage replaces.
+        decide["_suggested"] = f"${SUGGESTED}"
+        noted = {name: {"$and": [f"$_hold_{name}",
+                                 {"$ne": [{"$ifNull": [f"$_suggested.{name}.callId", None]}, sources[name]]}]}
+                 for name in offers}
+        stage[PENDING_HELD_BACK] = {"$cond": [{"$or": list(noted.values())}, {"$concatArrays": [
+            {"$ifNull": [f"${PENDING_HELD_BACK}", []]},
+            *[{"$cond": [note, {"$literal": [{"field": name, "value": offers[name][1], "callId": sources[name],
+                                              "at": offers[name][2]}]}, []]} for name, note in noted.items()]]},
+            f"${PENDING_HELD_BACK}"]}
     return decide, stage
 
 
@@ -284,19 +299,6 @@ def _locked(field: str) -> dict:
     return {"$in": [field, {"$ifNull": [f"${LOCKED}", []]}]}
 
 
-def held_back(stored: dict | None, calls: list[CustomerCall], ranks: StatusRanks) -> dict[str, Any]:
-    """What these calls would change that the record as read holds locked, for the activity log
-    (the update itself decides atomically; a lock set after this read still holds)."""
-    locked = set((stored or {}).get(LOCKED) or ())
-    if not locked:
-        return {}
-    held = {name: value for name, (value, _call) in _newest_per_field(calls).items()
-            if name in locked and stored.get(name) != value}
-    if "status" in locked and moves_status(stored, calls, ranks):
-        held["status"] = _best_status(calls, ranks).status
-    return held
-
-
 def _newer_than_stored(field: str, at: datetime, stored_at: str) -> dict:
     """Take a value when the record lacks it, or when its call is newer than the one that set
     the stored value. A record written before per-field times existed counts as set by its
@@ -317,16 +319,6 @@ def _stored_field_at(field: str) -> dict:
 
 def _if(condition: str, value: Any, otherwise: Any) -> dict:
     return {"$cond": [condition, {"$literal": value}, otherwise]}
-
-
-def moves_status(stored: dict | None, calls: list[CustomerCall], ranks: StatusRanks) -> bool:
-    """Whether these calls would change the status of the record as read before the write (the
-    same rule as the update), a lock aside: for what a lock held back, and whether a write may
-    change the status at all; the changes the update made are logged from what it recorded
-    (`PENDING_STATUS_CHANGES`)."""
-    best = _best_status(calls, ranks)
-    before = (stored or {}).get("status")
-    return best.status != before and ranks.wins(best.status, best.at, before, (stored or {}).get("statusAt"))
 
 
 def change_reason(before: str | None, after: str, ranks: StatusRanks) -> str:

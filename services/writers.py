@@ -5,8 +5,8 @@ page in batched upserts that survive a lost race with another daemon (`bulk_upse
 A customer page: one lookup of the page's numbers under every spelling (`records_by_phone`), a
 link per call in `customer_calls` (what counts a customer's calls, exactly, without an array that
 grows with every call), one count of the links per number, one batch of customer upserts, the
-status changes they made as activities, and the links marked applied — last, so a page cut off by
-a crash is taken again and every step is idempotent.
+status changes they made and the values a lock held back as activities, and the links marked
+applied — last, so a page cut off by a crash is taken again and every step is idempotent.
 
 Legacy customers, written before every spelling of a number meant one customer: two spellings of
 one number (`09876543210` and `+919876543210`) stored as two records are merged into one by the
@@ -26,9 +26,8 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from models.call import call_upsert, new_call
-from models.customer import (EPOCH, PENDING_STATUS_CHANGES, PROFILE_FIELDS, CustomerCall, StatusRanks,
-                             change_reason, customer_call, customer_insert, customer_upsert, held_back, merge_update,
-                             moves_status)
+from models.customer import (EPOCH, PENDING_HELD_BACK, PENDING_STATUS_CHANGES, PROFILE_FIELDS, CustomerCall,
+                             StatusRanks, change_reason, customer_call, customer_insert, customer_upsert, merge_update)
 from models.execution import Execution, execution_id, linked_call_id, parse_time
 from models.locks import HELD_BACK
 from services.database import ACTIVITIES, CALLS, CUSTOMER_CALLS, CUSTOMERS, DUPLICATE_KEY, PHONE_INDEX_KEYS
@@ -135,8 +134,6 @@ class CustomerWriter:
             for key, (_phone, calls) in by_phone.items() for call in calls])
         stored = {key: merge_records(self.customers, key, docs, self.ranks) for key, docs in found.items()}
         counts, legacy_keys = self._counts(list(by_phone))
-        # Before the customers: once they hold the new values, a re-run could not tell a lock held one.
-        self._record_held_back(by_phone, stored, now)
         upserts = [customer_upsert(phone, calls, now, ranks=self.ranks, call_count=counts.get(key, 0),
                                    existing_id=stored[key]["_id"] if key in stored else None)
                    for key, (phone, calls) in by_phone.items()]
@@ -146,8 +143,7 @@ class CustomerWriter:
             for upsert, (key, (phone, calls)) in zip(upserts, by_phone.items())], retry_as=upserts)
         # Before the links are marked applied: a page cut off before this is taken again, and
         # logs what this write (or any earlier one) left pending.
-        self._log_status_changes([key for key, (_phone, calls) in by_phone.items()
-                                  if self._may_change_status(stored.get(key), calls)], now)
+        self._log_pending(list(by_phone), now)
         call_ids = [call.call_id for _phone, calls in by_phone.values() for call in calls]
         if legacy_keys:
             self.links.update_many({"phone": {"$in": legacy_keys}, **LEGACY_LINK}, {"$set": {"applied": True}})
@@ -187,52 +183,45 @@ class CustomerWriter:
             {"$group": {"_id": "$phone", "count": {"$sum": 1}, "legacy": {"$sum": {"$cond": [LEGACY_LINK_EXPRESSION, 1, 0]}}}}]))
         return {group["_id"]: group["count"] for group in groups}, [group["_id"] for group in groups if group["legacy"]]
 
-    def _record_held_back(self, by_phone: dict[str, tuple[Phone, list[CustomerCall]]],
-                          stored: dict[str, dict], now: datetime) -> None:
-        """One activity per page's calls of a number whose locked fields they would have changed."""
-        operations = []
-        for key, (_phone, calls) in by_phone.items():
-            held = held_back(stored.get(key), calls, self.ranks)
-            if held:
-                newest = max(calls, key=lambda call: (call.at, call.call_id))
-                operations.append(UpdateOne(
-                    {"callId": newest.call_id, "type": HELD_BACK, "round": 0},
-                    {"$set": {"customerPhone": key, "customerId": stored.get(key, {}).get("_id"), "fields": held,
-                              "reason": "locked by a person", "at": now}}, upsert=True))
-        bulk_upsert(self.activities, operations)
-
-    def _may_change_status(self, stored: dict | None, calls: list[CustomerCall]) -> bool:
-        """Whether the upsert of `calls` may have made (or an earlier write left) a change to log:
-        the one read of the changes is skipped for the numbers whose status these calls cannot
-        move (the steady state). A status only moves up, so what cannot beat the record as read
-        cannot beat it at the write; a change a person's edit made possible meanwhile stays
-        pending on the record until its number's next write logs it."""
-        return (stored is None or bool(stored.get(PENDING_STATUS_CHANGES))
-                or moves_status(stored, calls, self.ranks))
-
-    def _log_status_changes(self, keys: list[str], now: datetime) -> None:
-        """One activity per status change the upserts made, as each recorded it on its customer
-        (`PENDING_STATUS_CHANGES`, from the status it replaced): keyed by the call that made it,
-        so a change logged twice (two writers, a retry) is one activity; then taken off the
-        customer. A change that did not happen was never recorded."""
-        if not keys:
-            return
-        pending = list(self.customers.find({"phone": {"$in": keys}, f"{PENDING_STATUS_CHANGES}.0": {"$exists": True}},
-                                           {"phone": 1, PENDING_STATUS_CHANGES: 1},
-                                           # Named: a planner may weigh the array clause and scan.
-                                           hint=PHONE_INDEX_KEYS))
+    def _log_pending(self, keys: list[str], now: datetime) -> None:
+        """One activity per status change the upserts made, and one per call whose values a lock
+        held back, as each upsert recorded them on its customer (`PENDING_STATUS_CHANGES`,
+        `PENDING_HELD_BACK`); then taken off the customer. Keyed by the call, so what is logged
+        twice (two writers, a retry) is one activity; what no upsert did was never recorded. Read
+        back for every number of the page, in one query: a lock set or lifted after the page's
+        read decides its write, so what the read saw cannot tell which records to read."""
+        pending = list(self.customers.find(
+            {"phone": {"$in": keys}, "$or": [{f"{PENDING_STATUS_CHANGES}.0": {"$exists": True}},
+                                             {f"{PENDING_HELD_BACK}.0": {"$exists": True}}]},
+            {"phone": 1, PENDING_STATUS_CHANGES: 1, PENDING_HELD_BACK: 1},
+            # Named: a planner may weigh the array clauses and scan.
+            hint=PHONE_INDEX_KEYS))
         if not pending:
             return
-        bulk_upsert(self.activities, [
-            UpdateOne({"callId": change["callId"], "type": STATUS_CHANGE, "round": 0},
-                      {"$setOnInsert": {"customerPhone": customer["phone"], "customerId": customer["_id"],
-                                        "from": change["from"], "to": change["to"], "callAt": change["callAt"],
-                                        "reason": change_reason(change["from"], change["to"], self.ranks), "at": now}},
-                      upsert=True)
-            for customer in pending for change in customer[PENDING_STATUS_CHANGES]])
+        operations = []
+        for customer in pending:
+            about = {"customerPhone": customer["phone"], "customerId": customer["_id"]}
+            operations += [UpdateOne({"callId": change["callId"], "type": STATUS_CHANGE, "round": 0},
+                                     {"$setOnInsert": {**about, "from": change["from"], "to": change["to"],
+                                                       "callAt": change["callAt"], "at": now,
+                                                       "reason": change_reason(change["from"], change["to"], self.ranks)}},
+                                     upsert=True)
+                           for change in customer.get(PENDING_STATUS_CHANGES) or []]
+            held: dict[str, dict[str, Any]] = {}
+            for entry in customer.get(PENDING_HELD_BACK) or []:
+                held.setdefault(entry["callId"], {})[f"fields.{entry['field']}"] = entry["value"]
+            # Field by field: two pages holding different fields of one call add up.
+            operations += [UpdateOne({"callId": call_id, "type": HELD_BACK, "round": 0},
+                                     {"$set": fields, "$setOnInsert": {**about, "reason": "locked by a person", "at": now}},
+                                     upsert=True)
+                           for call_id, fields in held.items()]
+        bulk_upsert(self.activities, operations)
+        # Only the entries logged: one an upsert added since the read stays for the next log.
         self.customers.bulk_write([
-            UpdateOne({"_id": customer["_id"]}, {"$pull": {PENDING_STATUS_CHANGES: {"callId": {"$in": [
-                change["callId"] for change in customer[PENDING_STATUS_CHANGES]]}}}})
+            UpdateOne({"_id": customer["_id"]}, {"$pull": {
+                PENDING_STATUS_CHANGES: {"callId": {"$in": [change["callId"]
+                                                            for change in customer.get(PENDING_STATUS_CHANGES) or []]}},
+                PENDING_HELD_BACK: {"$in": customer.get(PENDING_HELD_BACK) or []}}})
             for customer in pending], ordered=False)
 
 

@@ -290,3 +290,76 @@ def test_a_legacy_field_is_replaced_by_a_newer_call_written_after_a_still_newer_
         customers.bulk_write([customer_upsert(phone, [call], t3, ranks=ranks, call_count=3, existing_id=kept["_id"])])
     [customer] = db[CUSTOMERS].find()
     assert (customer["phone"], customer["name"], customer["lastCallId"]) == (phone.key, "New Name", "c")
+
+
+def held_back_entries(db) -> list[tuple]:
+    return sorted((a["callId"], a["fields"]) for a in db[ACTIVITIES].find({"type": "held_back"}))
+
+
+BOOKED_RAVI = {"appointment_booked": True, "name": "Ravi"}
+
+
+def test_a_lock_set_between_the_read_and_the_write_is_logged_as_held_back_once(mongo, db, settings):
+    """A person locks the status while a page is written: after the writer read the customer,
+    before its upsert. The upsert holds the status (the lock wins); what it held is an activity,
+    and taking the page again (a re-run, a crash) logs nothing more."""
+    db[CUSTOMERS].insert_one({"phone": "+919876543210", "status": "Contacted", "name": "Ravi Kumar"})
+    edits = []
+
+    def person_locks_first(collection, method):
+        if (collection, method) == (CUSTOMERS, "bulk_write") and not edits:
+            edits.append(mongo[TEST_DB][CUSTOMERS].update_one({}, {"$addToSet": {"locked": "status"}}))
+
+    page = execution(call_id="booked", minutes_ago=20, extracted=BOOKED_RAVI)
+    write(customer_writer(account_view(HookedClient(mongo, person_locks_first)[TEST_DB], None), settings), page)
+    customer = db[CUSTOMERS].find_one()
+    assert edits and (customer["status"], customer["name"]) == ("Contacted", "Ravi")
+    assert customer["suggested"]["status"]["value"] == "Booked"
+    assert held_back_entries(db) == [("booked", {"status": "Booked"})]
+    write(customer_writer(db, settings), page)  # the page taken again
+    assert held_back_entries(db) == [("booked", {"status": "Booked"})]
+    assert not db[CUSTOMERS].find_one().get("pendingHeldBack") and status_changes(db) == []
+
+
+def test_a_lock_removed_between_the_read_and_the_write_logs_no_held_back(mongo, db, settings):
+    """The reverse: the person unlocks the status after the read; the upsert applies the call's
+    status, and no activity says a lock held it."""
+    db[CUSTOMERS].insert_one({"phone": "+919876543210", "status": "Contacted", "statusAt": datetime(2020, 1, 1),
+                              "locked": ["status"]})
+    edits = []
+
+    def person_unlocks_first(collection, method):
+        if (collection, method) == (CUSTOMERS, "bulk_write") and not edits:
+            edits.append(mongo[TEST_DB][CUSTOMERS].update_one({}, {"$pull": {"locked": "status"}}))
+
+    page = execution(call_id="booked", minutes_ago=20, extracted=BOOKED_RAVI)
+    write(customer_writer(account_view(HookedClient(mongo, person_unlocks_first)[TEST_DB], None), settings), page)
+    customer = db[CUSTOMERS].find_one()
+    assert edits and customer["status"] == "Booked" and "suggested" not in customer
+    assert held_back_entries(db) == []
+    assert status_changes(db) == [("Contacted", "Booked", "booked")]
+
+
+def test_a_held_back_value_cut_off_by_a_crash_is_logged_once_by_the_retry(mongo, db, settings):
+    page = execution(call_id="booked", minutes_ago=20, extracted=BOOKED_RAVI)
+    # The process ends before each of the page's writes in turn, then the page is taken again.
+    crashed_at = []
+    while not crashed_at or crashed_at[-1] is not None:
+        db[CUSTOMERS].insert_one({"phone": "+919876543210", "status": "Contacted", "name": "Ravi Kumar",
+                                  "locked": ["status", "name"]})
+        trap = WriteTrap()
+        crashing = customer_writer(account_view(HookedClient(mongo, trap)[TEST_DB], None), settings)
+        trap.arm(len(crashed_at), KeyboardInterrupt)
+        try:
+            write(crashing, page)
+        except KeyboardInterrupt:
+            pass
+        crashed_at.append(trap.fired_at)  # None: the page was written whole
+        write(customer_writer(db, settings), page)  # the retry
+        customer = db[CUSTOMERS].find_one()
+        assert held_back_entries(db) == [("booked", {"name": "Ravi", "status": "Booked"})], f"crash at {trap.fired_at}"
+        assert (customer["status"], customer["name"]) == ("Contacted", "Ravi Kumar")
+        assert not customer.get("pendingHeldBack")
+        for name in (CUSTOMERS, ACTIVITIES, CUSTOMER_CALLS):
+            db[name].delete_many({})
+    assert "customers.bulk_write" in crashed_at and crashed_at.index("customers.bulk_write") < len(crashed_at) - 2

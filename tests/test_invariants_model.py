@@ -4,7 +4,8 @@ created at any time on Bolna's clock, calls finishing late, listings changing be
 of any size, 7-day windows, a clock offset of up to +-20 minutes, time passing, webhook
 deliveries (in any order, stale states too), a crash at any database write followed by a restart,
 a race at any write between the two daemons, a claim that expires while its worker waits for the
-LLM, and lead scores that move contacts up and down a sales pipeline. After every step the safety
+LLM, lead scores that move contacts up and down a sales pipeline, and a person locking or
+unlocking a customer's field, between steps or at any write of a daemon's sync. After every step the safety
 invariants hold; at quiescence (the jobs run until nothing changes, with no crash) every invariant
 holds exactly.
 
@@ -34,7 +35,8 @@ from fakes.bolna_server import FakeBolna
 from fakes.dataset import iso
 from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import HookedClient, WriteTrap
-from models.customer import StatusRanks, customer_call
+from models.locks import HELD_BACK, LOCKED, SUGGESTED
+from models.customer import PENDING_HELD_BACK, StatusRanks, customer_call
 from models.execution import MalformedExecution, parse_execution, parse_time
 from services import lease
 from services.analyzer.run import claim_lease_seconds
@@ -80,6 +82,8 @@ PICK = st.integers(0, 30)
 # crashes in four never fired. Half the draws fall within the first three writes; the rest reach the
 # later writes of a long catch-up.
 AT_WRITE = st.integers(0, 2) | st.integers(0, 24)
+# The customer fields a person locks in the model: the status and a profile field its calls set.
+LOCKABLE = ("status", "name")
 
 PROFILES = {
     # The normal test run: bounded so the whole module stays well under a minute on mongomock.
@@ -99,7 +103,7 @@ def profile(name: str) -> hypothesis_settings:
 
 class Figures:
     """What a run of the machine exercised, printed at the end (docs/reliability.md quotes them)."""
-    examples = steps = crashes = races = expiries = webhooks = stage_changes = 0
+    examples = steps = crashes = races = expiries = webhooks = stage_changes = locks = 0
 
 
 def _record(call_id: str, created, status: str, phone: str, outcome: str | None, updated) -> dict:
@@ -170,6 +174,7 @@ class SyncModel(RuleBasedStateMachine):
         self.groq.clear_request_actions()
         self.skew = timedelta(0)
         self.initial_status: dict[str, str] = {}  # a legacy record's status, before any change
+        self.locked_ever: set[tuple[str, str]] = set()  # (number, field) a person locked at some time
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -232,7 +237,8 @@ class SyncModel(RuleBasedStateMachine):
         def hook(collection: str, method: str) -> None:
             trap(collection, method)
             if cue and method in ("bulk_write", "insert_one", "insert_many", "update_one", "update_many",
-                                  "replace_one", "find_one_and_update", "delete_one", "delete_many"):
+                                  "replace_one", "find_one_and_update", "delete_one", "delete_many") \
+                    and cue.get("collection", collection) == collection:
                 cue["remaining"] -= 1
                 if cue["remaining"] < 0:
                     action = cue.pop("action")
@@ -440,6 +446,31 @@ class SyncModel(RuleBasedStateMachine):
         self.groq.extra = self._answer(LIVE)
 
     @precondition(lambda self: self.workers)
+    @rule(phone=st.integers(0, len(PHONES) - 1), field=st.sampled_from(LOCKABLE), lock=st.booleans(),
+          at_write=st.none() | st.integers(0, 3))
+    def person_locks(self, phone, field, lock, at_write):
+        """A person locks (or unlocks) a customer's field in the front end: now, or while daemon A
+        syncs, before its `at_write`-th write to `customers` (0: after it read the first page's
+        customers, before their upsert)."""
+        key = parse_phone_key(PHONES[phone][0])
+
+        def edit():
+            Figures.locks += 1
+            if lock:
+                self.locked_ever.add((key, field))
+            # As the front end writes, outside the daemons' hooks (serialized on mongomock as they are).
+            HookedClient(self.mongo)[TEST_DB][CUSTOMERS].update_one(
+                {"phone": key}, {"$addToSet" if lock else "$pull": {LOCKED: field}})
+        if at_write is None:
+            edit()
+            return
+        self.cues[0].update(remaining=at_write, action=edit, collection=CUSTOMERS)
+        try:
+            self._task(0, CRM_SYNC)
+        finally:
+            self.cues[0].clear()
+
+    @precondition(lambda self: self.workers)
     @rule(pick=PICK)
     def reanalyze(self, pick):
         """`main.py reanalyze` of one call: a new analysis round."""
@@ -453,7 +484,7 @@ class SyncModel(RuleBasedStateMachine):
         Figures.steps += 1
         if self.workers:
             check_safety(self.workers[0].db, self.account.ground_truth(), self.settings.default_phone_region,
-                         self.initial_status)
+                         self.initial_status, self.locked_ever)
 
     def _expire_leases(self) -> None:
         """Every claim's lease over. The clock moved past them already; a real server's clock does
@@ -493,7 +524,7 @@ class SyncModel(RuleBasedStateMachine):
 
     def _check_exact(self) -> None:
         check_exact(self.workers[0].db, self.account.ground_truth(), self.settings.default_phone_region,
-                    self.initial_status)
+                    self.initial_status, self.locked_ever)
 
 
 # -- the invariants, each with the rule it checks -------------------------------------------------
@@ -521,11 +552,14 @@ def _links(db) -> dict[str, list[dict]]:
     return by_phone
 
 
-def check_safety(db, truth: dict[str, dict], region: str, initial: dict[str, str]) -> None:
+def check_safety(db, truth: dict[str, dict], region: str, initial: dict[str, str],
+                 locked: set[tuple[str, str]]) -> None:
     """What holds at every moment, even right after a crash: nothing stored twice or invented, no
     call behind what it was, callCount never above the calls counted, the status and each field
     never from a call older than one already applied, no contact written by a stale claim, no
-    analysis logged twice, every status change a real one."""
+    analysis logged twice, every status change a real one, every value logged as held back one
+    its call gave, on a field a person locked. A field a person locked is left out of the status
+    and field checks: what it holds is the person's."""
     calls = list(db[CALLS].find({}, {"callId": 1, "status": 1, "bolnaUpdatedAt": 1}))
     assert len({c["callId"] for c in calls}) == len(calls), "a call was stored twice"
     for call in calls:
@@ -545,15 +579,17 @@ def check_safety(db, truth: dict[str, dict], region: str, initial: dict[str, str
         assert customer["callCount"] <= len(linked), "callCount above the calls linked"
         applied = [terminal[link["callId"]] for link in linked if link["applied"]]
         every = [terminal[call_id] for call_id in linked_ids]
-        _check_status(customer, applied, every)
-        _check_fields(customer, applied, every)
+        _check_status(customer, applied, every, locked)
+        _check_fields(customer, applied, every, locked)
+    _check_held_back(db, terminal, locked, exact=False)
     _check_contacts(db, exact=False)
     _check_analysis_activities(db, exact=False)
     _check_status_changes(db, initial, exact=False)
     _check_stage_changes(db, exact=False)
 
 
-def check_exact(db, truth: dict[str, dict], region: str, initial: dict[str, str]) -> None:
+def check_exact(db, truth: dict[str, dict], region: str, initial: dict[str, str],
+                locked: set[tuple[str, str]]) -> None:
     """At quiescence: every final call stored once in its final state, every count exact, every
     status, field, contact and activity what the calls say."""
     terminal = _terminal_calls(truth, region)
@@ -573,18 +609,19 @@ def check_exact(db, truth: dict[str, dict], region: str, initial: dict[str, str]
     links = _links(db)
     for customer in db[CUSTOMERS].find():
         every = [terminal[link["callId"]] for link in links.get(customer["phone"], [])]
-        _check_status(customer, every, every)
-        _check_fields(customer, every, every)
+        _check_status(customer, every, every, locked)
+        _check_fields(customer, every, every, locked)
+    _check_held_back(db, terminal, locked, exact=True)
     _check_contacts(db, exact=True)
     _check_analysis_activities(db, exact=True)
     _check_status_changes(db, initial, exact=True)
     _check_stage_changes(db, exact=True)
 
 
-def _check_status(customer: dict, applied: list, every: list) -> None:
+def _check_status(customer: dict, applied: list, every: list, locked: set[tuple[str, str]]) -> None:
     """The status is the highest by precedence of the calls counted: at least that of those
     applied, at most that of every call linked (a crash between the two leaves it in between)."""
-    if not every:
+    if not every or (customer["phone"], "status") in locked:
         return
     rank = RANKS.of(customer.get("status"))
     assert rank <= max(RANKS.of(customer_call(e).status) for e in every), "a status no counted call gave"
@@ -593,7 +630,7 @@ def _check_status(customer: dict, applied: list, every: list) -> None:
         assert rank >= best, f"status {customer.get('status')!r} is below a counted call's (rank {best})"
 
 
-def _check_fields(customer: dict, applied: list, every: list) -> None:
+def _check_fields(customer: dict, applied: list, every: list, locked: set[tuple[str, str]]) -> None:
     """Each profile field holds the newest value: from a counted call no older than the newest
     applied call that names the field."""
     profiles = [(e.created_at, e.id, customer_call(e).profile) for e in every]
@@ -603,9 +640,31 @@ def _check_fields(customer: dict, applied: list, every: list) -> None:
             newest_applied[name] = max(newest_applied.get(name, (execution.created_at, execution.id)),
                                        (execution.created_at, execution.id))
     for name, floor in newest_applied.items():
+        if (customer["phone"], name) in locked:
+            continue
         sources = [(at, call_id) for at, call_id, profile in profiles
                    if profile.get(name) == customer.get(name) and (at, call_id) >= floor]
         assert sources, f"customer field {name!r} = {customer.get(name)!r} is not its newest value"
+
+
+def _check_held_back(db, terminal: dict[str, object], locked: set[tuple[str, str]], *, exact: bool) -> None:
+    """Every value a `held_back` activity names is the one its call gave, on a field a person
+    locked on that call's number; every value a lock holds under `suggested` is logged, or
+    recorded on its customer for the writer to log (a crash in between); at quiescence none is
+    left pending."""
+    for activity in db[ACTIVITIES].find({"type": HELD_BACK}):
+        call = customer_call(terminal[activity["callId"]])
+        said = {"status": call.status, **call.profile}
+        for name, value in activity["fields"].items():
+            assert (activity["customerPhone"], name) in locked, f"a held-back {name!r} on a field never locked"
+            assert said.get(name) == value, f"a held-back {name!r} its call {activity['callId']} did not give"
+    for customer in db[CUSTOMERS].find({}, {"phone": 1, SUGGESTED: 1, PENDING_HELD_BACK: 1}):
+        pending = {(entry["callId"], entry["field"]) for entry in customer.get(PENDING_HELD_BACK) or []}
+        assert not (exact and pending), "a held-back value left unlogged on a customer"
+        for name, held in (customer.get(SUGGESTED) or {}).items():
+            logged = db[ACTIVITIES].find_one({"callId": held["callId"], "type": HELD_BACK, "round": 0})
+            assert (held["callId"], name) in pending or (logged and logged["fields"].get(name) == held["value"]), \
+                f"a value a lock held back ({name!r} of call {held['callId']}) is not logged"
 
 
 def _check_contacts(db, *, exact: bool) -> None:
@@ -707,7 +766,7 @@ def model_settings(settings):
 @pytest.fixture
 def machine(model_settings):
     """SyncModel bound to one fake Bolna and one fake Groq for the whole test."""
-    for name in ("examples", "steps", "crashes", "races", "expiries", "webhooks", "stage_changes"):
+    for name in ("examples", "steps", "crashes", "races", "expiries", "webhooks", "stage_changes", "locks"):
         setattr(Figures, name, 0)
     with FakeBolna([AGENT], [], api_key="unused-key", rate_limits=RateLimits(**RAISED_LIMITS)) as bolna, \
             FakeGroq(extra={MARKER: LIVE}) as groq:
@@ -715,7 +774,7 @@ def machine(model_settings):
         yield type("BoundSyncModel", (SyncModel,), {"bolna": bolna, "groq": groq, "base_settings": groq_settings})
     print(f"\nmodel: {Figures.examples} examples, {Figures.steps} steps, {Figures.crashes} crashes injected, "
           f"{Figures.races} races, {Figures.expiries} claims expired mid-analysis, {Figures.webhooks} webhooks, "
-          f"{Figures.stage_changes} stage changes audited at quiescence")
+          f"{Figures.stage_changes} stage changes audited at quiescence, {Figures.locks} locks set or lifted")
 
 
 def test_sync_and_analysis_invariants_hold_under_crashes_races_and_clocks(machine):
