@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 
 from benchmarks import backfill_bench, mapping_bench, sync_bench
@@ -31,7 +32,7 @@ SCENARIOS = ("first_sync", "steady_state", "full_resync", "changed_resync", "bac
              "analyzer")
 # Asked by name only, each printing its own figures (not rows of the sync table).
 OWN_REPORTS = ("hostile",)
-HEADERS = ["scenario", "variant", "wall s", "server CPU s", "Bolna req", "429s", "Mongo RT", "exec/s", "peak MB"]
+HEADERS = ["scenario", "variant", "wall s", "server CPU s", "client CPU s", "Bolna req", "429s", "Mongo RT", "exec/s", "peak MB"]
 # `--calls N`: the size of the scenarios measured at one size, in place of SIZES.
 _calls: int | None = None
 
@@ -44,6 +45,7 @@ def _size(name: str, quick: bool):
 
 def _row(scenario: str, variant: str, m: Measurement, *, rate: bool = False) -> list:
     return [scenario, variant, f"{m.seconds:.2f}", f"{m.server_cpu:.2f}" if m.server_cpu is not None else "-",
+            f"{m.client_cpu:.2f}" if m.client_cpu else "-",
             m.requests if m.requests else "-",
             m.rate_limited if m.requests else "-",
             m.round_trips if m.round_trips else "-", f"{m.per_second:,.0f}" if rate else "-",
@@ -190,7 +192,8 @@ def _run(args) -> list[list]:
     for name in args.scenarios or SCENARIOS:
         started = time.perf_counter()
         rows += globals()[name](args.quick)
-        print(f"  {name} done in {time.perf_counter() - started:.0f} s", flush=True)
+        load = ", ".join(f"{figure:.1f}" for figure in os.getloadavg())
+        print(f"  {name} done in {time.perf_counter() - started:.0f} s (load average {load})", flush=True)
     return rows
 
 

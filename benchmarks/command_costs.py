@@ -19,26 +19,30 @@ from benchmarks.harness import CountedMongo, Measurement, wire_server_if
 
 
 class CommandCosts(monitoring.CommandListener):
-    """Seconds and counts per (command, collection, filter fields, update form)."""
+    """Seconds, counts and operations (statements or documents) per (command, collection, filter fields, update form: a
+    pipeline, or a document's operators)."""
 
     def __init__(self):
-        self.costs: dict[tuple, list] = defaultdict(lambda: [0, 0.0])
+        self.costs: dict[tuple, list] = defaultdict(lambda: [0, 0.0, 0])
         self._started: dict[int, tuple] = {}
 
     def started(self, event):
         command = event.command
         target = command.get(event.command_name)
         key = (event.command_name, target if isinstance(target, str) else "")
+        documents = len(command.get("updates") or command.get("documents") or [None])
         if event.command_name == "update":
             first = command["updates"][0]
-            key += (",".join(sorted(first["q"])), "pipeline" if isinstance(first["u"], list) else "document")
-        self._started[event.request_id] = key
+            key += (",".join(sorted(first["q"])),
+                    "pipeline" if isinstance(first["u"], list) else "document " + ",".join(sorted(first["u"])))
+        self._started[event.request_id] = key, documents
 
     def succeeded(self, event):
-        key = self._started.pop(event.request_id, None)
+        key, documents = self._started.pop(event.request_id, (None, 0))
         if key is not None:
             self.costs[key][0] += 1
             self.costs[key][1] += event.duration_micros / 1e6
+            self.costs[key][2] += documents
 
     def failed(self, event):
         self._started.pop(event.request_id, None)
@@ -61,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             measured = sync_bench._ours(bolna, agents, Measurement(records=len(executions)), memory=False)
             wall = time.monotonic() - started
     print(f"first sync of {args.calls:,} calls: {wall:.1f} s wall, {measured.round_trips:,} round trips\n")
-    print(f"{'seconds':>8}  {'count':>6}  command")
-    for key, (count, seconds) in sorted(costs.costs.items(), key=lambda item: -item[1][1])[:15]:
-        print(f"{seconds:8.2f}  {count:6d}  {' '.join(part for part in key if part)}")
+    print(f"{'seconds':>8}  {'count':>6}  {'ops':>6}  command")
+    for key, (count, seconds, documents) in sorted(costs.costs.items(), key=lambda item: -item[1][1])[:15]:
+        print(f"{seconds:8.2f}  {count:6d}  {documents:6d}  {' '.join(part for part in key if part)}")
     return 0
 
 

@@ -133,6 +133,10 @@ class Measurement:
     records: int = 0
     rate_limited: int = 0  # 429 answers Bolna gave during the run
     server_cpu: float | None = None  # seconds of the wire server's CPU (user + system) during the run
+    # Seconds of this process's CPU during the run, every thread (the in-process fake Bolna's
+    # included). What the wall time holds beyond both CPU times is waiting: on the network, or
+    # on a core the machine's other processes hold.
+    client_cpu: float = 0.0
 
     @property
     def per_second(self) -> float:
@@ -202,6 +206,7 @@ def measure(measurement: Measurement, mongo: CountedMongo, bolna, *, memory: boo
     mongo.counter.reset()
     requests_before = bolna.request_count()
     cpu_before = server_cpu_seconds()
+    client_before = time.process_time()
     if memory:
         tracemalloc.start()
     started = time.perf_counter()
@@ -209,6 +214,7 @@ def measure(measurement: Measurement, mongo: CountedMongo, bolna, *, memory: boo
         yield measurement
     finally:
         measurement.seconds = time.perf_counter() - started
+        measurement.client_cpu = time.process_time() - client_before
         if memory:
             measurement.peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
             tracemalloc.stop()
