@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fakes.bolna_server import FakeBolna
-from tests.helpers import AGENT, execution
+from tests.helpers import AGENT, execution, wait_until
 from worker.daemon import EXIT_FORCED, EXIT_RESTART
 
 pytestmark = pytest.mark.timeout(90)
@@ -75,13 +75,6 @@ class Daemon:
             if needle in line:
                 return line
         raise AssertionError(f"no line containing {needle!r} in {self.seen}")
-
-
-def wait_until(condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from fakes.dataset import iso
 from services.database import CALLS, CUSTOMER_CALLS, CUSTOMERS, WEBHOOK_INBOX
 from services.privacy import forget, hasher_for
 from services.webhooks import DONE, WAITING
-from tests.helpers import AGENT, build_app, execution
+from tests.helpers import AGENT, build_app, execution, wait_until
 from utils.clock import utcnow
 from utils.config import BOLNA_SENDER_IPS
 from utils.phone import normalize_phone
@@ -83,13 +83,6 @@ def deliver(base: str, record, *, token: str = TOKEN, headers: dict | None = Non
     body = record if isinstance(record, bytes) else json.dumps(record).encode()
     return session.post(url(base, token), data=body, timeout=10,
                         headers={"Content-Type": "application/json", **(headers or {})})
-
-
-def wait_until(condition, timeout: float = 30.0) -> None:
-    give_up = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < give_up, "not reached in time"
-        time.sleep(0.02)
 
 
 def drained(app) -> bool:
