@@ -259,6 +259,17 @@ def test_a_delivery_accepted_by_a_process_that_died_is_processed_later(hook_sett
     assert restarted.db[WEBHOOK_INBOX].find_one({"callId": "w-13"})["attempts"] == 2
 
 
+def test_a_listener_stopped_twice_raises_nothing_and_no_longer_writes_its_trigger(hook_settings, mongo, bolna):
+    app = build_app(hook_settings, mongo, bolna)
+    listener = serve_webhooks(app)
+    assert deliver("http://%s:%d" % listener.address, state_of("w-s", "completed", 3)).status_code == 200
+    listener.stop()
+    # A daemon's stop runs again in teardown (its exit stack, then a signal): the trigger's pipe is
+    # closed by then, and its descriptor numbers may be another file's.
+    listener.stop()
+    assert not listener._thread.is_alive()
+
+
 def test_two_processors_process_each_delivery_once(hook_settings, mongo, bolna, started):
     one, two = build_app(hook_settings, mongo, bolna), build_app(hook_settings, mongo, bolna)
     base = started(one, processor=False)

@@ -186,6 +186,11 @@ class BoundedServer(TcpWSGIServer):
                         "raise `ulimit -n` for more", available + RESERVED_DESCRIPTORS, limits.connections,
                         extra={"event": "webhook_descriptor_limit"})
         self.limits = limits
+        # The trigger's pipe is written by other threads (stop, waitress' task threads finishing a
+        # response) and closed by the loop's: once closed, its descriptor numbers may already be
+        # another file's, which a late write would corrupt (or fail with EBADF).
+        self._trigger_lock = threading.Lock()
+        self._trigger_closed = False
         adj = Adjustments(host=host, port=port, connection_limit=limits.connections,
                           channel_timeout=limits.idle_seconds, cleanup_interval=limits.check_seconds,
                           backlog=limits.backlog, asyncore_use_poll=True, **options)
@@ -236,6 +241,17 @@ class BoundedServer(TcpWSGIServer):
             if channel.request is not None and not channel.requests and began is not None and began < cutoff:
                 channel.will_close = True
 
+    def pull_trigger(self) -> None:
+        """Wake the loop's poll, unless the server is closed (nothing to wake)."""
+        with self._trigger_lock:
+            if not self._trigger_closed:
+                self.trigger.pull_trigger()
+
+    def close(self) -> None:
+        with self._trigger_lock:
+            self._trigger_closed = True
+            super().close()  # closes the trigger too
+
     def peer_closed(self, peer: str) -> None:
         with self._peers_lock:
             self._per_peer[peer] -= 1
@@ -277,8 +293,11 @@ class WebhookListener:
         return self
 
     def stop(self) -> None:
+        """Idempotent, and quiet when the loop has already ended: a daemon's stop never raises."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
-        self._server.pull_trigger()  # wakes the loop's select at once
+        self._server.pull_trigger()  # wakes the loop's poll at once
         self._thread.join(10)
         # The processor after: what the listener accepted until then is in the inbox, for this
         # processor's last batch or for the next start.
@@ -294,6 +313,7 @@ class WebhookListener:
                 wasyncore.loop(timeout=1.0, use_poll=server.adj.asyncore_use_poll, map=server._map, count=1)
         finally:
             server.task_dispatcher.shutdown()
+            server.close()  # first: the trigger is closed under its lock, never under a pull
             wasyncore.close_all(server._map)
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
