@@ -147,7 +147,7 @@ def test_a_second_sigterm_stops_at_once_without_waiting_for_the_running_job(slow
     finally:
         if daemon.process.poll() is None:
             daemon.process.kill()
-    daemon.wait_for_line('"shutdown_forced"', timeout=5)
+    daemon.wait_for_line('"shutdown_forced"', timeout=30)
     events = [json.loads(line).get("event") for line in daemon.seen if line.startswith("{")]
     assert "daemon_stopped" not in events
     assert "Traceback" not in daemon.process.stderr.read()
@@ -184,7 +184,7 @@ def test_a_job_stuck_past_the_grace_period_is_a_failure_exit(slow_bolna):
         release.set()
         if daemon.process.poll() is None:
             daemon.process.kill()
-    daemon.wait_for_line('"shutdown_timeout"', timeout=5)
+    daemon.wait_for_line('"shutdown_timeout"', timeout=30)
     assert "Traceback" not in daemon.process.stderr.read()
 
 
