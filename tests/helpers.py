@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from datetime import datetime, timedelta, timezone
 
 from fakes.dataset import iso
@@ -12,6 +13,14 @@ from worker.app import Runtime
 
 AGENT = {"id": "agent-1", "agent_name": "Sales", "agent_status": "processed"}
 _ids = itertools.count(1)
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    """Until `condition()` holds: what a background thread does is waited for, never slept on."""
+    give_up = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < give_up, "not reached in time"
+        time.sleep(0.02)
 
 
 def now_utc() -> datetime:

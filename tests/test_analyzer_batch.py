@@ -3,6 +3,7 @@ import re
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -11,7 +12,7 @@ from pymongo.errors import AutoReconnect, OperationFailure
 from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import HookedClient
 from services.database import ensure_indexes, account_view
-from tests.helpers import requeue
+from tests.helpers import requeue, wait_until
 from worker.app import build_analysis
 from services.analyzer.groq_analyzer import MAX_REQUESTS_PER_CALL, LlmUnavailable
 from services.analyzer.claims import MAX_ATTEMPTS
@@ -305,8 +306,11 @@ def test_a_429_storm_ends_the_batch_by_its_deadline_leaving_calls_unprocessed(fa
     fake.respond("rate_limited")
     add_calls(db, 6)
     started = time.monotonic()
-    recorder = run(db, settings.with_overrides(llm_batch_deadline_seconds=1.0, llm_concurrency=2))
-    assert time.monotonic() - started < 5.0  # its deadline, not 429s for ever (bound loose for busy machines)
+    # 3 s: room for both calls to be asked twice (the first request goes alone) on a loaded machine;
+    # a request budget the 429s every 0.2 s do not spend first.
+    recorder = run(db, settings.with_overrides(llm_batch_deadline_seconds=3.0, llm_concurrency=2,
+                                               llm_request_budget=200))
+    assert time.monotonic() - started < 20.0  # its deadline, not 429s for ever (bound loose for busy machines)
     # The two calls in flight waited out 429s (every 0.2 s) until a wait would cross the deadline:
     # each was asked again after a 429 (how many times depends on how busy the machine is).
     assert recorder.counts["released"] == 2 and recorder.counts["failed"] == 0
@@ -332,14 +336,19 @@ def test_a_request_cut_off_by_the_deadline_releases_its_call(fake, db, settings)
 
 
 def test_a_stop_signal_ends_the_batch_and_releases_calls_waiting_to_retry(fake, db, settings):
-    fake.respond("rate_limited")  # every attempt waits 0.2 s before its retry
+    fake.respond("rate_limited")  # every attempt waits 0.2 s before its retry, for ever
     add_calls(db, 4)
     stop = threading.Event()
     recorder = RunRecorder("analyze")
-    threading.Timer(0.3, stop.set).start()
-    started = time.monotonic()
-    build_analysis(db, settings.with_overrides(llm_concurrency=2), "host:1:a", stop).run(recorder)
-    assert time.monotonic() - started < 5.0  # the signal, not the 10 s batch deadline
+    # A batch deadline no test waits for: only the signal can end this batch.
+    analysis = build_analysis(db, settings.with_overrides(llm_concurrency=2, llm_batch_deadline_seconds=3600),
+                              "host:1:a", stop)
+    with ThreadPoolExecutor(max_workers=1) as batch:
+        running = batch.submit(analysis.run, recorder)
+        # The signal once both slots hold a call (each has asked Groq), not after a guessed delay.
+        wait_until(lambda: set(analyzed_flats(fake)) == {"c0", "c1"})
+        stop.set()
+        running.result(timeout=20)
     assert recorder.counts["released"] == 2
     for doc in db.calls.find():
         assert not doc["processed"] and doc["attempts"] == 0 and not has_claim(doc)
@@ -348,10 +357,14 @@ def test_a_stop_signal_ends_the_batch_and_releases_calls_waiting_to_retry(fake, 
 def test_calls_run_with_bounded_concurrency(fake, db, settings):
     fake.latency = 0.5
     add_calls(db, 8)
-    started = time.monotonic()
-    run(db, settings.with_overrides(llm_concurrency=4, llm_calls_per_run=8))
-    elapsed = time.monotonic() - started
-    assert 1.0 <= elapsed < 3.0  # two rounds of four: not one round of eight (0.5 s), not eight (4 s)
+    # The first request goes alone (until its answer tells the limits); the next four are held
+    # until all four are in flight at once, which fails (a broken barrier) if fewer may run.
+    together = threading.Barrier(4, timeout=20)
+    for action in [lambda: None] + [together.wait] * 4:
+        fake.on_request(action)
+    recorder = run(db, settings.with_overrides(llm_concurrency=4, llm_calls_per_run=8))
+    assert recorder.counts["analyzed"] == 8
+    assert fake.max_in_flight == 4  # four at once, never more
 
 
 # -- claims: processed once across processes -------------------------------------------------

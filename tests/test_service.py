@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fakes.bolna_server import FakeBolna
-from tests.helpers import AGENT, execution
+from tests.helpers import AGENT, execution, wait_until
 from worker.daemon import EXIT_FORCED, EXIT_RESTART
 
 pytestmark = pytest.mark.timeout(90)
@@ -75,13 +75,6 @@ class Daemon:
             if needle in line:
                 return line
         raise AssertionError(f"no line containing {needle!r} in {self.seen}")
-
-
-def wait_until(condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -157,7 +150,7 @@ def test_a_second_sigterm_stops_at_once_without_waiting_for_the_running_job(slow
     finally:
         if daemon.process.poll() is None:
             daemon.process.kill()
-    daemon.wait_for_line('"shutdown_forced"', timeout=5)
+    daemon.wait_for_line('"shutdown_forced"', timeout=30)
     events = [json.loads(line).get("event") for line in daemon.seen if line.startswith("{")]
     assert "daemon_stopped" not in events
     assert "Traceback" not in daemon.process.stderr.read()
@@ -194,7 +187,7 @@ def test_a_job_stuck_past_the_grace_period_is_a_failure_exit(slow_bolna):
         release.set()
         if daemon.process.poll() is None:
             daemon.process.kill()
-    daemon.wait_for_line('"shutdown_timeout"', timeout=5)
+    daemon.wait_for_line('"shutdown_timeout"', timeout=30)
     assert "Traceback" not in daemon.process.stderr.read()
 
 

@@ -102,12 +102,12 @@ def test_ready_pings_stop_while_a_job_hangs_and_resume_then_stopping(systemd):
 
             release.set()  # the response comes: the job gets on and finishes, the pings resume
             resumed = systemd.wait_for("WATCHDOG=1", since=stalled_at)
-            daemon.wait_for_line('"watchdog_resumed"', timeout=5)
+            daemon.wait_for_line('"watchdog_resumed"', timeout=30)
             assert systemd.times_of("STOPPING=1") == []
 
             daemon.process.send_signal(signal.SIGTERM)
             assert daemon.process.wait(timeout=30) == 0
-            assert systemd.wait_for("STOPPING=1", since=resumed, timeout=5)
+            assert systemd.wait_for("STOPPING=1", since=resumed, timeout=30)
         finally:
             release.set()
             if daemon.process.poll() is None:
@@ -145,7 +145,7 @@ def test_a_job_that_got_on_is_not_overdue_and_another_jobs_run_does_not_excuse_a
     watch.watched("crm_sync", lambda: None)  # both jobs scheduled, as build_scheduler does
     thread = threading.Thread(target=watch.watched("call_processor", hang))
     thread.start()
-    entered.wait(5)
+    assert entered.wait(30)
     now[0] = 9
     beat()
     watch.progress({"job": "crm_sync"})  # another job's run: no progress of this one

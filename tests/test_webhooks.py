@@ -21,7 +21,7 @@ from fakes.dataset import iso
 from services.database import CALLS, CUSTOMER_CALLS, CUSTOMERS, WEBHOOK_INBOX
 from services.privacy import forget, hasher_for
 from services.webhooks import COUNT_AGE_SECONDS, COUNT_EVERY, DONE, WAITING, Inbox, InboxFull
-from tests.helpers import AGENT, build_app, execution
+from tests.helpers import AGENT, build_app, execution, wait_until
 from utils.clock import utcnow
 from utils.config import BOLNA_SENDER_IPS
 from utils.phone import normalize_phone
@@ -83,13 +83,6 @@ def deliver(base: str, record, *, token: str = TOKEN, headers: dict | None = Non
     body = record if isinstance(record, bytes) else json.dumps(record).encode()
     return session.post(url(base, token), data=body, timeout=10,
                         headers={"Content-Type": "application/json", **(headers or {})})
-
-
-def wait_until(condition, timeout: float = 30.0) -> None:
-    give_up = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < give_up, "not reached in time"
-        time.sleep(0.02)
 
 
 def drained(app) -> bool:
@@ -264,6 +257,17 @@ def test_a_delivery_accepted_by_a_process_that_died_is_processed_later(hook_sett
     # The dead process's claim was taken over: its late finish writes nothing.
     assert first.inbox.finish(token, []) == 0
     assert restarted.db[WEBHOOK_INBOX].find_one({"callId": "w-13"})["attempts"] == 2
+
+
+def test_a_listener_stopped_twice_raises_nothing_and_no_longer_writes_its_trigger(hook_settings, mongo, bolna):
+    app = build_app(hook_settings, mongo, bolna)
+    listener = serve_webhooks(app)
+    assert deliver("http://%s:%d" % listener.address, state_of("w-s", "completed", 3)).status_code == 200
+    listener.stop()
+    # A daemon's stop runs again in teardown (its exit stack, then a signal): the trigger's pipe is
+    # closed by then, and its descriptor numbers may be another file's.
+    listener.stop()
+    assert not listener._server._thread.is_alive()
 
 
 def test_two_processors_process_each_delivery_once(hook_settings, mongo, bolna, started):

@@ -187,6 +187,11 @@ class BoundedServer(TcpWSGIServer):
                         "raise `ulimit -n` for more", available + RESERVED_DESCRIPTORS, name, limits.connections,
                         extra={"event": "webhook_descriptor_limit"})
         self.limits = limits
+        # The trigger's pipe is written by other threads (stop, waitress' task threads finishing a
+        # response) and closed by stop: once closed, its descriptor numbers may already be another
+        # file's, which a late write would corrupt (or fail with EBADF).
+        self._trigger_lock = threading.Lock()
+        self._trigger_closed = False
         adj = Adjustments(host=host, port=port, connection_limit=limits.connections, ident="",
                           channel_timeout=limits.idle_seconds, cleanup_interval=limits.check_seconds,
                           backlog=limits.backlog, asyncore_use_poll=True, **options)
@@ -202,11 +207,16 @@ class BoundedServer(TcpWSGIServer):
         self._thread.start()
 
     def stop(self) -> None:
+        """Idempotent: a daemon's stop never raises."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         self.pull_trigger()  # wakes the loop's poll at once
         self._thread.join(10)
-        # Closed once the loop ended, never under a poll running in another thread.
+        # Closed once the loop ended, never under a poll running in another thread; the trigger
+        # first, under its lock, never under a pull.
         self.task_dispatcher.shutdown()
+        self.close()
         wasyncore.close_all(self._map)
 
     def _serve(self) -> None:
@@ -248,6 +258,17 @@ class BoundedServer(TcpWSGIServer):
         for channel in self.active_channels.values():
             if channel.request is not None and not channel.requests and channel.request_began < cutoff:
                 channel.will_close = True
+
+    def pull_trigger(self) -> None:
+        """Wake the loop's poll, unless the server is closed (nothing to wake)."""
+        with self._trigger_lock:
+            if not self._trigger_closed:
+                self.trigger.pull_trigger()
+
+    def close(self) -> None:
+        with self._trigger_lock:
+            self._trigger_closed = True
+            super().close()  # closes the trigger too
 
 
 class WebhookListener:
