@@ -589,7 +589,7 @@ def check_safety(db, truth: dict[str, dict], region: str, initial: dict[str, str
 
 
 def check_exact(db, truth: dict[str, dict], region: str, initial: dict[str, str],
-                locked: set[tuple[str, str]]) -> None:
+                locked: frozenset[tuple[str, str]] = frozenset()) -> None:
     """At quiescence: every final call stored once in its final state, every count exact, every
     status, field, contact and activity what the calls say."""
     terminal = _terminal_calls(truth, region)
