@@ -286,6 +286,25 @@ def test_a_decision_made_on_a_contact_that_changed_before_its_write_is_made_agai
     assert contact(raw)["leadScore"] == 70
 
 
+def test_a_hold_the_decision_made_again_does_not_make_leaves_no_held_back_entry(mongo, rules):
+    """The tag is locked when the decision is made; before its write a person unlocks it and
+    another call's analysis lands: the decision, made again, writes the tag, and no entry says a
+    lock kept it out."""
+    raw = mongo[TEST_DB]
+    raw.contacts.insert_one({"phone": PHONE, "tag": "Purchased", "locked": ["tag"]})
+    other = []
+
+    def unlocked_and_another_analysis_first(collection, method):
+        if collection == "contacts" and method in ("update_one", "find_one_and_update") and not other:
+            raw.contacts.update_one({"phone": PHONE}, {"$pull": {"locked": "tag"}})
+            other.append(apply(HookedClient(mongo)[TEST_DB], rules, "older", analysis(score=50, tag="follow_up"),
+                               at=datetime(2026, 10, 1)))
+
+    apply(HookedClient(mongo, unlocked_and_another_analysis_first)[TEST_DB], rules, "c1", analysis(tag="Interested"))
+    assert other and contact(raw)["tag"] == "Interested" and "suggested" not in contact(raw)
+    assert not activities(raw, "held_back")
+
+
 # -- a person's locks on customers, through the CRM sync ---------------------------------------------
 
 def sync_one_booked_call(settings, mongo, bolna_server, hook=None):

@@ -340,13 +340,14 @@ def audit(db: Database, *, contact_id: object, call: dict, analysis: dict, pipel
             _review(db, key, base, stage, analysis)
     operations: list = [UpdateOne({**key, "type": kind}, {"$set": fields}, upsert=True)
                         for kind, fields in writes.items()]
+    operations += [DeleteOne({**key, "type": kind}) for kind in (STAGE_CHANGE, STAGE_BLOCKED) if kind not in writes]
+    # The contact's own entry (the customer's, services/writers.py, is keyed apart), or none: a
+    # hold an earlier plan of this round made and this one does not was never written.
+    held = held_back_key(key["callId"], key["round"], HELD_ON_CONTACT)
     if plan.held and plan.applies:
-        # The contact's own entry: the customer's (services/writers.py) is keyed apart.
-        operations.append(UpdateOne(held_back_key(key["callId"], key["round"], HELD_ON_CONTACT),
-                                    {"$set": {**base, "fields": dict(plan.held), "reason": "locked by a person"}},
-                                    upsert=True))
-    # A held-back entry is left: it says what a lock kept out, and records no change.
-    return operations + [DeleteOne({**key, "type": kind}) for kind in (STAGE_CHANGE, STAGE_BLOCKED) if kind not in writes]
+        return operations + [UpdateOne(held, {"$set": {**base, "fields": dict(plan.held),
+                                                       "reason": "locked by a person"}}, upsert=True)]
+    return operations + [DeleteOne(held)]
 
 
 def _review(db: Database, key: dict, base: dict, stage: dict, analysis: dict) -> None:
