@@ -10,6 +10,14 @@ from typing import Any, Iterable
 LOCKED = "locked"
 SUGGESTED = "suggested"
 HELD_BACK = "held_back"  # the activity recording what a lock kept out
+# The record a lock held a call's values on. A call's customer (the CRM sync) and its contact (the
+# analysis) are each audited in an entry of their own: under one key, one writer overwrote the other.
+HELD_ON_CUSTOMER, HELD_ON_CONTACT = "customer", "contact"
+
+
+def held_back_key(call_id: str, round: int, record: str) -> dict:
+    """The key of a call's `held_back` activity: one per round and record held."""
+    return {"callId": call_id, "type": HELD_BACK, "round": round, "record": record}
 
 
 def _prefixes(field: str) -> list[str]:

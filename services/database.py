@@ -89,8 +89,10 @@ _INDEXES: dict[str, list[IndexModel]] = {
     ],
     CONTACTS: [_PHONE, _UPDATED],
     ACTIVITIES: [
-        _account_index(("callId", ASCENDING), ("type", ASCENDING), ("round", ASCENDING), unique=True,
-                      name="decision_unique"),
+        # `record`: a call's customer and its contact each have their `held_back` entry (the
+        # other types carry none). Once without it: `ensure_indexes` rebuilds a stored one.
+        _account_index(("callId", ASCENDING), ("type", ASCENDING), ("round", ASCENDING), ("record", ASCENDING),
+                       unique=True, name="decision_unique"),
         _account_index(("contactId", ASCENDING), ("at", DESCENDING), name="contactId_at"),
         _account_index(("at", DESCENDING), name="at"),
         # Sparse: AI decisions carry no `customerPhone`.

@@ -29,7 +29,7 @@ from models.call import call_upsert, new_call
 from models.customer import (EPOCH, PENDING_HELD_BACK, PENDING_STATUS_CHANGES, PROFILE_FIELDS, CustomerCall,
                              StatusRanks, change_reason, customer_call, customer_insert, customer_upsert, merge_update)
 from models.execution import Execution, execution_id, linked_call_id, parse_time
-from models.locks import HELD_BACK
+from models.locks import HELD_ON_CUSTOMER, held_back_key
 from services.database import ACTIVITIES, CALLS, CUSTOMER_CALLS, CUSTOMERS, DUPLICATE_KEY
 from services.privacy import PrivacyGuard, RetentionPolicy
 from services.run_records import RunRecorder
@@ -210,7 +210,7 @@ class CustomerWriter:
             for entry in customer.get(PENDING_HELD_BACK) or []:
                 held.setdefault(entry["callId"], {})[f"fields.{entry['field']}"] = entry["value"]
             # Field by field: two pages holding different fields of one call add up.
-            operations += [UpdateOne({"callId": call_id, "type": HELD_BACK, "round": 0},
+            operations += [UpdateOne(held_back_key(call_id, 0, HELD_ON_CUSTOMER),
                                      {"$set": fields, "$setOnInsert": {**about, "reason": "locked by a person", "at": now}},
                                      upsert=True)
                            for call_id, fields in held.items()]

@@ -35,7 +35,7 @@ from fakes.bolna_server import FakeBolna
 from fakes.dataset import iso
 from fakes.groq_server import FakeGroq
 from fakes.mongo_hooks import HookedClient, WriteTrap
-from models.locks import HELD_BACK, LOCKED, SUGGESTED
+from models.locks import HELD_BACK, HELD_ON_CUSTOMER, LOCKED, SUGGESTED, held_back_key
 from models.customer import PENDING_HELD_BACK, StatusRanks, customer_call
 from models.execution import MalformedExecution, parse_execution, parse_time
 from services import lease
@@ -652,7 +652,9 @@ def _check_held_back(db, terminal: dict[str, object], locked: set[tuple[str, str
     locked on that call's number; every value a lock holds under `suggested` is logged, or
     recorded on its customer for the writer to log (a crash in between); at quiescence none is
     left pending."""
+    # The model locks customer fields only: a contact's entry would be a value no lock held.
     for activity in db[ACTIVITIES].find({"type": HELD_BACK}):
+        assert activity.get("record") == HELD_ON_CUSTOMER, "a held-back entry of a record never locked"
         call = customer_call(terminal[activity["callId"]])
         said = {"status": call.status, **call.profile}
         for name, value in activity["fields"].items():
@@ -662,7 +664,7 @@ def _check_held_back(db, terminal: dict[str, object], locked: set[tuple[str, str
         pending = {(entry["callId"], entry["field"]) for entry in customer.get(PENDING_HELD_BACK) or []}
         assert not (exact and pending), "a held-back value left unlogged on a customer"
         for name, held in (customer.get(SUGGESTED) or {}).items():
-            logged = db[ACTIVITIES].find_one({"callId": held["callId"], "type": HELD_BACK, "round": 0})
+            logged = db[ACTIVITIES].find_one(held_back_key(held["callId"], 0, HELD_ON_CUSTOMER))
             assert (held["callId"], name) in pending or (logged and logged["fields"].get(name) == held["value"]), \
                 f"a value a lock held back ({name!r} of call {held['callId']}) is not logged"
 

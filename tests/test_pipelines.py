@@ -286,6 +286,25 @@ def test_a_decision_made_on_a_contact_that_changed_before_its_write_is_made_agai
     assert contact(raw)["leadScore"] == 70
 
 
+def test_a_hold_the_decision_made_again_does_not_make_leaves_no_held_back_entry(mongo, rules):
+    """The tag is locked when the decision is made; before its write a person unlocks it and
+    another call's analysis lands: the decision, made again, writes the tag, and no entry says a
+    lock kept it out."""
+    raw = mongo[TEST_DB]
+    raw.contacts.insert_one({"phone": PHONE, "tag": "Purchased", "locked": ["tag"]})
+    other = []
+
+    def unlocked_and_another_analysis_first(collection, method):
+        if collection == "contacts" and method in ("update_one", "find_one_and_update") and not other:
+            raw.contacts.update_one({"phone": PHONE}, {"$pull": {"locked": "tag"}})
+            other.append(apply(HookedClient(mongo)[TEST_DB], rules, "older", analysis(score=50, tag="follow_up"),
+                               at=datetime(2026, 10, 1)))
+
+    apply(HookedClient(mongo, unlocked_and_another_analysis_first)[TEST_DB], rules, "c1", analysis(tag="Interested"))
+    assert other and contact(raw)["tag"] == "Interested" and "suggested" not in contact(raw)
+    assert not activities(raw, "held_back")
+
+
 # -- a person's locks on customers, through the CRM sync ---------------------------------------------
 
 def sync_one_booked_call(settings, mongo, bolna_server, hook=None):
@@ -308,6 +327,29 @@ def test_locked_customer_fields_are_held_back_as_suggestions(settings, mongo, bo
     [held] = raw.activities.find({"type": "held_back"})
     assert held["fields"] == {"status": "Booked", "name": "Ravi"} and held["callId"] == "booked"
     assert not list(raw.activities.find({"type": "status_change"}))
+
+
+@pytest.mark.parametrize("jobs", [("crm_sync", "call_processor"), ("call_processor", "crm_sync")])
+def test_a_call_held_back_on_its_customer_and_its_contact_is_audited_for_both(settings, mongo, bolna_server, jobs):
+    """One call whose values a lock holds on its customer (the CRM sync) and on its contact (the
+    analysis): each job's `held_back` entry is kept, whichever runs first."""
+    raw = mongo[TEST_DB]
+    raw.customers.insert_one({"phone": PHONE, "status": "Interested", "name": "Ravi Kumar", "locked": ["status", "name"]})
+    raw.contacts.insert_one({"phone": PHONE, "leadScore": -1, "locked": ["leadScore"]})
+    bolna = bolna_server([execution(PHONE, call_id="booked", extracted={"appointment_booked": True, "name": "Ravi"})],
+                         [AGENT])
+    app = build_app(settings, mongo, bolna)
+    for job in jobs:
+        assert app.run_job(job)["status"] == "ok"
+    score = raw.contacts.find_one()["suggested"]["leadScore"]["value"]
+    entries = list(raw.activities.find({"type": "held_back"}))
+    logged = {(name, value) for entry in entries for name, value in entry["fields"].items()}
+    assert logged == {("status", "Booked"), ("name", "Ravi"), ("leadScore", score)}, "a held-back value is lost"
+    held = {entry["record"]: entry for entry in entries}
+    assert len(entries) == 2 and {record: entry["fields"] for record, entry in held.items()} == {
+        "customer": {"status": "Booked", "name": "Ravi"}, "contact": {"leadScore": score}}
+    assert held["customer"]["customerId"] == raw.customers.find_one()["_id"] and "contactId" not in held["customer"]
+    assert held["contact"]["contactId"] == raw.contacts.find_one()["_id"] and "customerId" not in held["contact"]
 
 
 def test_a_customer_lock_set_while_the_sync_writes_wins(settings, mongo, bolna_server):

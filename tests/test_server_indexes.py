@@ -1,7 +1,8 @@
 """The indexes and writes that only a real server judges (the wire server the test run starts,
 or MONGODB_URI): unique phones that never collide for records without one, the upgrade from
 the earlier partial phone index, and an old record mongomock and a server read differently; leases
-stored in the earlier shapes rewritten at start; a changed retention changed in place (`collMod`)."""
+stored in the earlier shapes rewritten at start; a changed retention changed in place (`collMod`);
+the activities' key rebuilt with `record`."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -10,8 +11,10 @@ import pytest
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
-from services.database import (CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, PHONE_INDEX, ACCOUNT_SCHEDULE, WEBHOOK_INBOX,
-                               ensure_indexes)
+from fakes.mongo_hooks import HookedClient, RoundTripCounter
+from models.locks import HELD_ON_CONTACT, HELD_ON_CUSTOMER, held_back_key
+from services.database import (ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, PHONE_INDEX, ACCOUNT_SCHEDULE,
+                               WEBHOOK_INBOX, ensure_indexes)
 from tests.conftest import TEST_DB
 from tests.helpers import build_app, execution
 from tests.real_mongo import mongo  # noqa: F401 - the test database on the server, dropped after
@@ -49,6 +52,25 @@ def test_the_earlier_partial_phone_index_is_replaced_by_one_the_planner_uses(mon
         assert plan["inputStage"]["stage"] == "IXSCAN", plan
         with pytest.raises(DuplicateKeyError):
             db[collection].insert_one({"phone": "+919876543210"})
+
+
+def test_the_activities_key_built_without_the_held_record_is_rebuilt_once(mongo):
+    """`decision_unique` as an earlier version built it: a call's customer and contact shared one
+    `held_back` key. Rebuilt with `record` at start, once; what it kept unique still is."""
+    operations = RoundTripCounter()
+    db = HookedClient(mongo, operations)[TEST_DB]
+    db[ACTIVITIES].create_index([("userId", ASCENDING), ("callId", ASCENDING), ("type", ASCENDING),
+                                 ("round", ASCENDING)], unique=True, name="decision_unique")
+    db[ACTIVITIES].insert_one({"callId": "c1", "type": "ai_analysis", "round": 0})
+    ensure_indexes(db)
+    ensure_indexes(db)
+    assert operations.by_method["drop_index"] == 1  # idempotent once rebuilt
+    assert list(db[ACTIVITIES].index_information()["decision_unique"]["key"]) == [
+        ("userId", 1), ("callId", 1), ("type", 1), ("round", 1), ("record", 1)]
+    db[ACTIVITIES].insert_many([held_back_key("c1", 0, HELD_ON_CUSTOMER), held_back_key("c1", 0, HELD_ON_CONTACT)])
+    for again in (held_back_key("c1", 0, HELD_ON_CONTACT), {"callId": "c1", "type": "ai_analysis", "round": 0}):
+        with pytest.raises(DuplicateKeyError):
+            db[ACTIVITIES].insert_one(again)
 
 
 def test_a_customer_whose_call_ids_are_not_an_array_is_migrated_not_split_into_characters(

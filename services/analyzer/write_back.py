@@ -15,7 +15,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from models.locks import HELD_BACK, split_locked, suggestions, unlocked_guard
+from models.locks import HELD_ON_CONTACT, held_back_key, split_locked, suggestions, unlocked_guard
 from models.pipeline import BLOCKED, REVIEW, Pipeline, StageDecision, decide, route
 from services.analyzer.claims import MAX_ATTEMPTS, CallQueue, Claim
 from services.analyzer.groq_analyzer import LlmAnswer, LlmFailure
@@ -338,13 +338,16 @@ def audit(db: Database, *, contact_id: object, call: dict, analysis: dict, pipel
             writes[STAGE_BLOCKED] = {**base, **stage}
         elif decision.action == REVIEW:
             _review(db, key, base, stage, analysis)
-    if plan.held and plan.applies:
-        writes[HELD_BACK] = {**base, "fields": dict(plan.held), "reason": "locked by a person"}
     operations: list = [UpdateOne({**key, "type": kind}, {"$set": fields}, upsert=True)
                         for kind, fields in writes.items()]
-    # Held-back entries are left: a customer's (services/writers.py) shares the key, and
-    # an entry that says what a lock kept out records no change.
-    return operations + [DeleteOne({**key, "type": kind}) for kind in (STAGE_CHANGE, STAGE_BLOCKED) if kind not in writes]
+    operations += [DeleteOne({**key, "type": kind}) for kind in (STAGE_CHANGE, STAGE_BLOCKED) if kind not in writes]
+    # The contact's own entry (the customer's, services/writers.py, is keyed apart), or none: a
+    # hold an earlier plan of this round made and this one does not was never written.
+    held = held_back_key(key["callId"], key["round"], HELD_ON_CONTACT)
+    if plan.held and plan.applies:
+        return operations + [UpdateOne(held, {"$set": {**base, "fields": dict(plan.held),
+                                                       "reason": "locked by a person"}}, upsert=True)]
+    return operations + [DeleteOne(held)]
 
 
 def _review(db: Database, key: dict, base: dict, stage: dict, analysis: dict) -> None:
