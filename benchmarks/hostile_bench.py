@@ -9,10 +9,12 @@
 - the webhook listener under 1,000 idle connections (from 50 loopback addresses, 20 each): the
   first delivery after the flood opened (it waits for the listener to accept the queue ahead of
   it) and the median of 20 more while the flood is held;
-- the health server under 1,000 idle connections: the process's threads before and during, and
-  `/healthz`'s median answer time (worker/health.py as it is on this branch);
+- the health listener under 1,000 idle connections: the process's threads before and during, and
+  `/healthz`'s median answer time (worker/health.py as it is on this branch: the webhook listener's
+  waitress `BoundedServer`, whose loop holds an idle connection as a socket, never a thread);
 - one account's flood of 10,000 deliveries, stored while the processor was stopped (an outage,
-  the worst case), then one delivery of another account: how long, once the processor starts,
+  the worst case: twice WEBHOOK_MAX_WAITING, more than the cap lets one account gather), then one
+  delivery of another account: how long, once the processor starts,
   until that one is written, beside one batch's time and the time to drain the flood (what the
   other account waited when the oldest came first); and the flooding account's next deliveries,
   over its WEBHOOK_MAX_WAITING, answered 429.
@@ -281,10 +283,11 @@ def health_flood(mongo_client, connections: int) -> dict:
 
 
 def account_flood(mongo_client, flood: int) -> dict:
-    """Two accounts. `flood` deliveries of one stored as `Inbox.accept` stores them (in bulk: one
-    accept at a time costs the test server's count of up to WEBHOOK_MAX_WAITING entries, a scan
-    there where MongoDB counts an index range) while the processor is stopped; then one of the
-    other account through the listener, and 20 more of the flooding account, answered 429."""
+    """Two accounts. `flood` deliveries of one stored as `Inbox.accept` stores them while the
+    processor is stopped, inserted in bulk: past WEBHOOK_MAX_WAITING the listener refuses them, and
+    a flood this deep is the backlog to drain, not the accepts (measured by the webhook benchmark);
+    then one of the other account through the listener, and 20 more of the flooding account, over
+    its cap: each refusal counts the account's entries afresh (`Inbox` counts before any refusal)."""
     from worker.app import Runtime
 
     with FakeBolna([], [], api_key="key-flood", label="flood") as bolna:
@@ -371,7 +374,7 @@ def run(quick: bool) -> list[str]:
          f"first {listener['first_ms']:.0f} ms (accepting the queue ahead of it), then median "
          f"{listener['median_ms']:.1f} ms, max {listener['max_ms']:.1f} ms; {listener['connected']:,} opened in "
          f"{listener['open_seconds']:.1f} s, {listener['closed']} of them closed by then"),
-        (f"health server under {health['connections']:,} idle connections",
+        (f"health listener under {health['connections']:,} idle connections",
          f"threads {health['threads_before']} before, {health['threads_during']} during; /healthz median "
          f"{health['median_ms']:.1f} ms, max {health['max_ms']:.1f} ms; {health['connected']:,} opened in "
          f"{health['open_seconds']:.1f} s, {health['closed']} of them closed by the server by then (it drops a "
