@@ -41,6 +41,11 @@ PENDING_STATUS_CHANGES = "pendingStatusChanges"
 # Likewise the values a lock held back (`{field, value, callId, at}`): whether a lock holds is
 # decided by the update, against the record as it is then, never by what was read before it.
 PENDING_HELD_BACK = "pendingHeldBack"
+# The change a plain insert made (none to the record's first status; `customer_insert`), kept on the
+# record for good, never taken off: the writer logs it while the link of its call is not applied
+# (the page that inserted it, or one taken again after a crash cut that page off), so a first sync
+# pays no `$pull` of it. The upsert records what it changes under `PENDING_STATUS_CHANGES`.
+FIRST_STATUS_CHANGE = "firstStatusChange"
 
 
 class StatusRanks:
@@ -202,7 +207,7 @@ def new_customer(phone: Phone, calls: list[CustomerCall], now: datetime, *, rank
         "callCount": max(call_count, 0),
         "fieldsAt": {name: fields[name][1].at for name in PROFILE_FIELDS if name in fields},
         "createdAt": now, "updatedAt": now,
-        PENDING_STATUS_CHANGES: [{"from": None, "to": best.status, "callId": best.call_id, "callAt": best.at}],
+        FIRST_STATUS_CHANGE: {"from": None, "to": best.status, "callId": best.call_id, "callAt": best.at},
         **{name: value for name, (value, _source) in fields.items()},
     }
     with_extracted = [c for c in calls if c.extracted]

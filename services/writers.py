@@ -26,8 +26,8 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from models.call import call_upsert, new_call
-from models.customer import (EPOCH, PENDING_HELD_BACK, PENDING_STATUS_CHANGES, PROFILE_FIELDS, CustomerCall,
-                             StatusRanks, change_reason, customer_call, customer_insert, customer_upsert, merge_update)
+from models.customer import (EPOCH, FIRST_STATUS_CHANGE, PENDING_HELD_BACK, PENDING_STATUS_CHANGES, PROFILE_FIELDS,
+                             CustomerCall, StatusRanks, change_reason, customer_call, customer_insert, customer_upsert, merge_update)
 from models.execution import Execution, execution_id, linked_call_id, parse_time
 from models.locks import HELD_ON_CUSTOMER, held_back_key
 from services.database import ACTIVITIES, CALLS, CUSTOMER_CALLS, CUSTOMERS, DUPLICATE_KEY
@@ -133,7 +133,7 @@ class CustomerWriter:
                       upsert=True)
             for key, (_phone, calls) in by_phone.items() for call in calls])
         stored = {key: merge_records(self.customers, key, docs, self.ranks) for key, docs in found.items()}
-        counts, legacy_keys = self._counts(list(by_phone))
+        counts, legacy_keys, unapplied = self._counts(list(by_phone))
         upserts = [customer_upsert(phone, calls, now, ranks=self.ranks, call_count=counts.get(key, 0),
                                    existing_id=stored[key]["_id"] if key in stored else None)
                    for key, (phone, calls) in by_phone.items()]
@@ -143,7 +143,7 @@ class CustomerWriter:
             for upsert, (key, (phone, calls)) in zip(upserts, by_phone.items())], retry_as=upserts)
         # Before the links are marked applied: a page cut off before this is taken again, and
         # logs what this write (or any earlier one) left pending.
-        self._log_pending(list(by_phone), now)
+        self._log_pending(list(by_phone), unapplied, now)
         call_ids = [call.call_id for _phone, calls in by_phone.values() for call in calls]
         if legacy_keys:
             self.links.update_many({"phone": {"$in": legacy_keys}, **LEGACY_LINK}, {"$set": {"applied": True}})
@@ -174,38 +174,47 @@ class CustomerWriter:
             by_phone.setdefault(phone.key, (phone, []))[1].append(customer_call(execution))
         return by_phone
 
-    def _counts(self, keys: list[str]) -> tuple[dict[str, int], list[str]]:
-        """The calls counted on each number, and the numbers with legacy links still to apply
+    def _counts(self, keys: list[str]) -> tuple[dict[str, int], list[str], dict[str, set[str]]]:
+        """The calls counted on each number, the numbers with legacy links still to apply
         (`LEGACY_LINK`): known from the links themselves, so a run after a crash anywhere in a
-        merge applies them too, and the steady state pays no write for them."""
+        merge applies them too, and the steady state pays no write for them; and each number's
+        calls whose link is not applied (this page's new ones, and any a crash cut off)."""
         groups = list(self.links.aggregate([
             {"$match": {"phone": {"$in": keys}}},
-            {"$group": {"_id": "$phone", "count": {"$sum": 1}, "legacy": {"$sum": {"$cond": [LEGACY_LINK_EXPRESSION, 1, 0]}}}}]))
-        return {group["_id"]: group["count"] for group in groups}, [group["_id"] for group in groups if group["legacy"]]
+            {"$group": {"_id": "$phone", "count": {"$sum": 1}, "legacy": {"$sum": {"$cond": [LEGACY_LINK_EXPRESSION, 1, 0]}},
+                        "unapplied": {"$addToSet": {"$cond": [{"$eq": ["$applied", False]}, "$callId", None]}}}}]))
+        return ({group["_id"]: group["count"] for group in groups}, [group["_id"] for group in groups if group["legacy"]],
+                {group["_id"]: set(group["unapplied"]) - {None} for group in groups})
 
-    def _log_pending(self, keys: list[str], now: datetime) -> None:
-        """One activity per status change the upserts made, and one per call whose values a lock
-        held back, as each upsert recorded them on its customer (`PENDING_STATUS_CHANGES`,
-        `PENDING_HELD_BACK`); then taken off the customer. Keyed by the call, so what is logged
-        twice (two writers, a retry) is one activity; what no upsert did was never recorded. Read
-        back for every number of the page, in one query: a lock set or lifted after the page's
-        read decides its write, so what the read saw cannot tell which records to read."""
+    def _log_pending(self, keys: list[str], unapplied: dict[str, set[str]], now: datetime) -> None:
+        """One activity per status change the writes made, and one per call whose values a lock
+        held back, as each write recorded them on its customer: a plain insert's first status
+        (`FIRST_STATUS_CHANGE`), while the link of its call is not applied (`unapplied`: the
+        links are marked applied only after this log, so a page cut off before it, or raced by
+        another writer of the call, logs it again); an upsert's changes and held values
+        (`PENDING_STATUS_CHANGES`, `PENDING_HELD_BACK`), then taken off the customer. Keyed by the
+        call, so what is logged twice (two writers, a retry) is one activity; what no write did
+        was never recorded. Read back for every number of the page, in one query: a lock set or
+        lifted after the page's read decides its write, so what the read saw cannot tell which
+        records to read."""
         # The page's records by the index alone, those with entries picked here: a clause on the
         # arrays beside it made the wire server scan the collection (8 s of a 2,000-call first sync).
-        pending = [customer for customer in self.customers.find(
-                       {"phone": {"$in": keys}}, {"phone": 1, PENDING_STATUS_CHANGES: 1, PENDING_HELD_BACK: 1})
-                   if customer.get(PENDING_STATUS_CHANGES) or customer.get(PENDING_HELD_BACK)]
-        if not pending:
-            return
         operations = []
-        for customer in pending:
+        pending = []
+        for customer in self.customers.find({"phone": {"$in": keys}}, {
+                "phone": 1, FIRST_STATUS_CHANGE: 1, PENDING_STATUS_CHANGES: 1, PENDING_HELD_BACK: 1}):
+            first = customer.get(FIRST_STATUS_CHANGE)
+            changes = [*([first] if first and first["callId"] in unapplied.get(customer["phone"], ()) else []),
+                       *(customer.get(PENDING_STATUS_CHANGES) or [])]
+            if customer.get(PENDING_STATUS_CHANGES) or customer.get(PENDING_HELD_BACK):
+                pending.append(customer)
             about = {"customerPhone": customer["phone"], "customerId": customer["_id"]}
             operations += [UpdateOne({"callId": change["callId"], "type": STATUS_CHANGE, "round": 0},
                                      {"$setOnInsert": {**about, "from": change["from"], "to": change["to"],
                                                        "callAt": change["callAt"], "at": now,
                                                        "reason": change_reason(change["from"], change["to"], self.ranks)}},
                                      upsert=True)
-                           for change in customer.get(PENDING_STATUS_CHANGES) or []]
+                           for change in changes]
             held: dict[str, dict[str, Any]] = {}
             for entry in customer.get(PENDING_HELD_BACK) or []:
                 held.setdefault(entry["callId"], {})[f"fields.{entry['field']}"] = entry["value"]
@@ -215,6 +224,8 @@ class CustomerWriter:
                                      upsert=True)
                            for call_id, fields in held.items()]
         bulk_upsert(self.activities, operations)
+        if not pending:
+            return
         # Only the entries logged: one an upsert added since the read stays for the next log.
         self.customers.bulk_write([
             UpdateOne({"_id": customer["_id"]}, {"$pull": {

@@ -4,7 +4,7 @@ from datetime import datetime
 
 import pytest
 
-from fakes.mongo_hooks import HookedClient, WriteTrap
+from fakes.mongo_hooks import WRITE_METHODS, HookedClient, WriteTrap
 from models.customer import CustomerCall, StatusRanks, customer_upsert
 from models.execution import parse_execution
 from services.database import ACTIVITIES, CALLS, CONTACTS, CUSTOMER_CALLS, CUSTOMERS, account_view
@@ -232,9 +232,10 @@ def test_a_status_change_is_logged_only_as_the_write_made_it_when_two_writers_ra
 def test_a_status_change_cut_off_by_a_crash_is_logged_once_by_the_retry_and_never_one_not_made(mongo, db, settings):
     interested = execution(call_id="interested", minutes_ago=30, extracted={"user_interested": True})
     booked = execution(call_id="booked", minutes_ago=20, extracted={"appointment_booked": True})
-    # A page's writes: its links, the customers' upserts, the changes' activities, the changes
-    # taken off the customers, the links marked applied. The process ends before each of them.
-    for crash_before in range(5):
+    # A first page's writes: its links, the customer's insert, the change's activity, the links
+    # marked applied (nothing to take off the customer: `FIRST_STATUS_CHANGE`, logged while its
+    # call's link is not applied). The process ends before each of them.
+    for crash_before in range(4):
         trap = WriteTrap()
         crashing = customer_writer(account_view(HookedClient(mongo, trap)[TEST_DB], None), settings)
         trap.arm(crash_before, KeyboardInterrupt)
@@ -252,6 +253,41 @@ def test_a_status_change_cut_off_by_a_crash_is_logged_once_by_the_retry_and_neve
         assert customer["status"] == "Booked" and not customer.get("pendingStatusChanges")
         for name in (CUSTOMERS, ACTIVITIES, CUSTOMER_CALLS):
             db[name].delete_many({})
+
+
+def test_a_new_number_s_first_status_is_logged_with_no_write_to_take_it_off_the_customer(mongo, db, settings):
+    """A first sync's common case: the insert's change is logged from the record's own
+    `firstStatusChange`, so the page writes its links, the customer, the activity and the links
+    applied, and no `$pull` (which cost a first sync of 5,000 calls 4,312 updates)."""
+    written = []
+
+    def count(collection, method):
+        if method in WRITE_METHODS:
+            written.append((collection, method))
+
+    writer = customer_writer(account_view(HookedClient(mongo, count)[TEST_DB], None), settings)
+    write(writer, execution(call_id="interested", minutes_ago=30, extracted={"user_interested": True}))
+    assert status_changes(db) == [(None, "Interested", "interested")]
+    assert written == [(CUSTOMER_CALLS, "bulk_write"), (CUSTOMERS, "bulk_write"), (ACTIVITIES, "bulk_write"),
+                       (CUSTOMER_CALLS, "update_many")]
+    write(customer_writer(db, settings), execution(call_id="interested", minutes_ago=30,
+                                                   extracted={"user_interested": True}))
+    assert status_changes(db) == [(None, "Interested", "interested")]
+
+
+def test_a_first_status_cut_off_by_a_crash_is_logged_by_a_later_write_of_another_call(mongo, db, settings):
+    """The cut-off page's call is not listed again (gone from Bolna): its link stays not applied,
+    so the number's next write logs the insert's change, once however many writes follow."""
+    trap = WriteTrap()
+    crashing = customer_writer(account_view(HookedClient(mongo, trap)[TEST_DB], None), settings)
+    trap.arm(2, KeyboardInterrupt)  # after the links and the customer's insert
+    with pytest.raises(KeyboardInterrupt):
+        write(crashing, execution(call_id="interested", minutes_ago=30, extracted={"user_interested": True}))
+    assert status_changes(db) == []
+    for call_id, minutes_ago in (("later", 20), ("latest", 10)):
+        write(customer_writer(db, settings), execution(call_id=call_id, minutes_ago=minutes_ago,
+                                                       extracted={"user_interested": True}))
+    assert status_changes(db) == [(None, "Interested", "interested")]
 
 
 def test_the_status_rule_on_the_server_agrees_with_python_on_every_pair(mongo):

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fakes.mongo_hooks import HookedClient
 from models.call import call_upsert, new_call
-from models.customer import PROFILE_FIELDS, CustomerCall, StatusRanks, customer_insert, customer_upsert
+from models.customer import (FIRST_STATUS_CHANGE, PENDING_STATUS_CHANGES, PROFILE_FIELDS, CustomerCall, StatusRanks,
+                             customer_insert, customer_upsert)
 from models.execution import parse_execution
 from services.writers import bulk_upsert
 from tests.conftest import TEST_DB
@@ -37,12 +38,15 @@ calls = st.lists(st.builds(
 
 
 def check_same_record(db, page: list[CustomerCall], call_count: int) -> None:
-    """The upsert on an empty collection and the insert: the same document, `_id` aside."""
+    """The upsert on an empty collection and the insert: the same document, `_id` aside, and the
+    same change to log, which the upsert records as pending and the insert as its first."""
     db.upserted.drop()
     db.inserted.drop()
     db.upserted.bulk_write([customer_upsert(PHONE, page, NOW, ranks=RANKS, call_count=call_count)])
     db.inserted.bulk_write([customer_insert(PHONE, page, NOW, ranks=RANKS, call_count=call_count)])
-    assert db.inserted.find_one({}, {"_id": 0}) == db.upserted.find_one({}, {"_id": 0})
+    inserted, upserted = db.inserted.find_one({}, {"_id": 0}), db.upserted.find_one({}, {"_id": 0})
+    assert [inserted.pop(FIRST_STATUS_CHANGE)] == upserted.pop(PENDING_STATUS_CHANGES)
+    assert inserted == upserted
 
 
 # The `mongo` fixture is one client for all examples; each example starts from empty collections.
