@@ -196,6 +196,10 @@ class WriteTrap:
     def arm(self, after: int, error: Callable[[], BaseException]) -> None:
         self._remaining, self._error, self.fired_at = after, error, None
 
+    def disarm(self) -> None:
+        """Lets every further write through; `fired_at` stays as it is."""
+        self._remaining = None
+
     def __call__(self, collection: str, method: str) -> None:
         if method not in WRITE_METHODS:
             return
