@@ -27,7 +27,8 @@ from pymongo.errors import BulkWriteError
 
 from models.call import call_upsert, new_call
 from models.customer import (EPOCH, FIRST_STATUS_CHANGE, PENDING_HELD_BACK, PENDING_STATUS_CHANGES, PROFILE_FIELDS,
-                             CustomerCall, StatusRanks, change_reason, customer_call, customer_insert, customer_upsert, merge_update)
+                             CustomerCall, StatusRanks, change_reason, customer_call, customer_insert, customer_upsert,
+                             merge_update)
 from models.execution import Execution, execution_id, linked_call_id, parse_time
 from models.locks import HELD_ON_CUSTOMER, held_back_key
 from services.database import ACTIVITIES, CALLS, CUSTOMER_CALLS, CUSTOMERS, DUPLICATE_KEY
@@ -197,8 +198,9 @@ class CustomerWriter:
         was never recorded. Read back for every number of the page, in one query: a lock set or
         lifted after the page's read decides its write, so what the read saw cannot tell which
         records to read."""
-        # The page's records by the index alone, those with entries picked here: a clause on the
-        # arrays beside it made the wire server scan the collection (8 s of a 2,000-call first sync).
+        # The page's records by the index alone, those with something to log picked here: a clause
+        # on the arrays beside it made the wire server scan the collection (8 s of a 2,000-call
+        # first sync).
         operations = []
         pending = []
         for customer in self.customers.find({"phone": {"$in": keys}}, {

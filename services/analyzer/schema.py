@@ -80,7 +80,8 @@ def parse_answer(content: str | None, tags: tuple[str, ...],
     except ValidationError as exc:
         # Where and what, never the value: an answer may echo the transcript.
         errors = exc.errors(include_input=False, include_url=False)
-        raise InvalidAnswer("; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in errors)) from None
+        raise InvalidAnswer("; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}"
+                                      for e in errors)) from None
     extra = {f.name: answer.pop(f.name) for f in extra_fields}
     return Analysis(**{_FIELD_NAMES.get(name, name): value for name, value in answer.items()}, extra=extra)
 
