@@ -127,6 +127,7 @@ class PersonRecords:
     whole: dict[str, int]  # the documents removed whole (`_removed_whole`), by the name erasure reports
     follow_ups: dict[str, list[str]]  # sync_state _id -> the number's calls followed there
     deliveries: list  # webhook_inbox _ids of waiting deliveries holding the number
+    agent_line: bool  # a stored call has the number on its agent's side
 
     @property
     def call_ids(self) -> list[str]:
@@ -175,7 +176,7 @@ class Eraser:
         inbox = db[WEBHOOK_INBOX].find({"state": INBOX_WAITING}, {"body": 1}, hint=INBOX_STATE_KEYS)
         deliveries = [entry["_id"] for entry in inbox if entry.get("body")
                       and _delivered_numbers(bytes(entry["body"]), self.region, lines).intersection(spellings)]
-        return PersonRecords(spellings, analyzed, waiting, contact_ids, whole, follow_ups, deliveries)
+        return PersonRecords(spellings, analyzed, waiting, contact_ids, whole, follow_ups, deliveries, agent_line)
 
     def agent_line(self, spellings: list[str]) -> bool:
         """Whether a stored call has the number on its agent's side (one by each index)."""
@@ -184,14 +185,17 @@ class Eraser:
                    for field, direction, index in (("fromNumber", "outbound", FROM_NUMBER_INDEX_KEYS),
                                                    ("toNumber", "inbound", TO_NUMBER_INDEX_KEYS)))
 
-    def check_person(self, phone: Phone) -> None:
-        """Refuse a number known only as an agent's own line: erasing it would erase nothing of a
-        person, and putting it on the suppression list would only keep out a customer it may later be."""
-        if self.agent_line(lookup_keys(phone)) and not any(self.find(phone).counts().values()):
+    def find_person(self, phone: Phone) -> PersonRecords:
+        """`find`, refusing a number known only as an agent's own line: erasing it would erase
+        nothing of a person, and putting it on the suppression list would only keep out a customer
+        it may later be."""
+        found = self.find(phone)
+        if found.agent_line and not any(found.counts().values()):
             raise AgentLineError(
                 f"{mask_phone(phone.key)} is an agent's own line (the business's number its calls are made "
                 "from or received on), and no customer's record of it is left: nothing was erased, nothing "
                 "added to the suppression list. Give the number of the person to erase.")
+        return found
 
     def sweep(self, phone: Phone) -> dict[str, int]:
         """Remove what the database holds of the number now; what was removed, per collection."""
@@ -264,7 +268,7 @@ def forget(db: Database, phone: Phone, hasher: PhoneHasher, region: str = DEFAUL
     suppressions = SuppressionList(db, hasher)
     suppressions.check_key()
     eraser = Eraser(db, region)
-    eraser.check_person(phone)
+    eraser.find_person(phone)  # found again by the sweep, once the number is on the list
     digest = hasher.digest(phone.key)
     suppressions.add(digest)  # before anything is removed: see the module's docstring
     removed = eraser.sweep(phone)

@@ -95,7 +95,7 @@ def test_forgetting_only_an_agents_own_line_erases_nothing_and_says_so(serve, db
 
     for spelling in ("+918045671234", "08045671234"):
         with pytest.raises(AgentLineError, match="agent's own line") as refused:
-            Eraser(db).check_person(normalize_phone(spelling, "IN"))  # the dry run's check
+            Eraser(db).find_person(normalize_phone(spelling, "IN"))  # the dry run's lookup
         assert "8045671234" not in str(refused.value)
         with pytest.raises(AgentLineError):
             forget(db, normalize_phone(spelling, "IN"), PhoneHasher(KEY))

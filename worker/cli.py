@@ -229,9 +229,7 @@ def _forget(settings: Settings, args) -> int:
     with closing(_build(settings, account=args.account)) as app:
         try:
             if args.dry_run:
-                eraser = privacy.Eraser(app.db, settings.default_phone_region)
-                eraser.check_person(phone)
-                counts = eraser.find(phone).counts()
+                counts = privacy.Eraser(app.db, settings.default_phone_region).find_person(phone).counts()
                 header = f"{shown}: dry run, nothing changed. An erasure would affect:"
             else:
                 counts = privacy.forget(app.db, phone, hasher, settings.default_phone_region)
